@@ -1,0 +1,401 @@
+//! Group-commit appender: many threads append concurrently, one writer thread
+//! turns whatever is queued into a single durable sink transaction, and each
+//! caller is released only once its record is durable.
+//!
+//! Batching is purely load-driven: the writer never waits to fill a batch. A
+//! lone append is committed at once (its latency is one sink commit); under
+//! load, records arriving while a commit is in flight form the next batch, so
+//! the batch size, and with it throughput, grows with the offered load.
+
+use crate::merkle::{leaf_hash, Hash, MerkleTree};
+use crate::note::{Checkpoint, NoteError, NoteSigner};
+use crate::record::{IndexFields, Record, RecordError, RecordKind};
+use crate::sink::{AppendRecord, LedgerSink, StoredCheckpoint};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Leaf hashes read per sink call when rebuilding the tree at start.
+const LOAD_CHUNK: u64 = 65_536;
+
+/// When checkpoints are signed, and how large a batch may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct AppenderConfig {
+    /// Sign a checkpoint once this many records are unsigned (N).
+    pub checkpoint_every: u64,
+    /// Sign a checkpoint once the oldest unsigned record is this old (T).
+    pub checkpoint_interval: Duration,
+    /// Most records per sink transaction.
+    pub max_batch: usize,
+}
+
+impl Default for AppenderConfig {
+    fn default() -> AppenderConfig {
+        AppenderConfig { checkpoint_every: 1_000, checkpoint_interval: Duration::from_millis(1_000), max_batch: 8_192 }
+    }
+}
+
+/// Proof of durable acceptance handed back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Leaf index of the record.
+    pub index: u64,
+    /// Sequence number of the checkpoint that covers the record: already
+    /// signed when `checkpoint_size` is set, otherwise the next one to be
+    /// signed (within N records or T ms, or at shutdown or restart).
+    pub checkpoint_seq: u64,
+    /// Tree size of that checkpoint when it was signed in the same commit.
+    pub checkpoint_size: Option<u64>,
+}
+
+/// Why an append or the appender failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerError {
+    Record(RecordError),
+    Note(NoteError),
+    /// The sink reported an error; the record is not durable.
+    Sink(String),
+    /// Stored state does not match its signatures; refusing to extend it.
+    Corrupt(String),
+    /// An earlier commit failed; the appender refuses further appends until
+    /// it is restarted from what the sink holds (fail closed).
+    Failed(String),
+    /// The appender has shut down.
+    Closed,
+}
+
+impl fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::Record(e) => write!(f, "{e}"),
+            LedgerError::Note(e) => write!(f, "{e}"),
+            LedgerError::Sink(e) => write!(f, "ledger storage error: {e}"),
+            LedgerError::Corrupt(e) => write!(f, "ledger storage does not match its signed checkpoints: {e}"),
+            LedgerError::Failed(e) => write!(f, "ledger appender stopped after an earlier failure: {e}"),
+            LedgerError::Closed => f.write_str("ledger appender is closed"),
+        }
+    }
+}
+
+impl std::error::Error for LedgerError {}
+
+impl From<RecordError> for LedgerError {
+    fn from(e: RecordError) -> LedgerError {
+        LedgerError::Record(e)
+    }
+}
+
+impl From<NoteError> for LedgerError {
+    fn from(e: NoteError) -> LedgerError {
+        LedgerError::Note(e)
+    }
+}
+
+type CheckpointReply = Sender<Result<Option<StoredCheckpoint>, LedgerError>>;
+
+struct Request {
+    bytes: Vec<u8>,
+    leaf: Hash,
+    id: String,
+    kind: RecordKind,
+    at_ms: i64,
+    fields: IndexFields,
+    reply: Sender<Result<Receipt, LedgerError>>,
+}
+
+enum Msg {
+    Append(Request),
+    Checkpoint(CheckpointReply),
+    Close(CheckpointReply),
+}
+
+/// An append in flight; `wait` returns once it is durable (or failed).
+pub struct Pending {
+    rx: Receiver<Result<Receipt, LedgerError>>,
+}
+
+impl Pending {
+    pub fn wait(self) -> Result<Receipt, LedgerError> {
+        self.rx.recv().unwrap_or(Err(LedgerError::Closed))
+    }
+}
+
+/// Handle to the writer thread. `Sync`: share it (e.g. in an `Arc`) between
+/// request threads.
+pub struct Appender {
+    tx: Sender<Msg>,
+    handle: Option<JoinHandle<()>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Appender {
+    /// Rebuilds the tree from the sink, checks it against the newest signed
+    /// checkpoint, signs a checkpoint over any tail left by a crash, then
+    /// starts the writer thread.
+    pub fn start<S: LedgerSink>(sink: S, signer: NoteSigner, config: AppenderConfig) -> Result<Appender, LedgerError> {
+        let mut writer = Writer::load(sink, signer, config)?;
+        if writer.tree.len() > writer.last_size {
+            writer.checkpoint()?;
+        }
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("gavel-ledger-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LedgerError::Sink(format!("cannot start writer thread: {e}")))?;
+        Ok(Appender { tx, handle: Some(handle) })
+    }
+
+    /// Queues a record and returns at once; the record is durable when
+    /// [`Pending::wait`] returns Ok. Canonicalisation and hashing happen here,
+    /// on the caller's thread, to keep the single writer thread lean.
+    pub fn submit(&self, record: &Record) -> Result<Pending, LedgerError> {
+        let bytes = record.canonical_bytes()?;
+        let (reply, rx) = mpsc::channel();
+        let req = Request {
+            leaf: leaf_hash(&bytes),
+            bytes,
+            id: record.id.clone(),
+            kind: record.kind,
+            at_ms: record.at_ms,
+            fields: record.index_fields(),
+            reply,
+        };
+        self.tx.send(Msg::Append(req)).map_err(|_| LedgerError::Closed)?;
+        Ok(Pending { rx })
+    }
+
+    /// Appends a record and returns once it is durable.
+    pub fn append(&self, record: &Record) -> Result<Receipt, LedgerError> {
+        self.submit(record)?.wait()
+    }
+
+    /// Signs a checkpoint over everything appended so far (None if nothing is
+    /// unsigned).
+    pub fn checkpoint(&self) -> Result<Option<StoredCheckpoint>, LedgerError> {
+        let (reply, rx) = mpsc::channel();
+        self.tx.send(Msg::Checkpoint(reply)).map_err(|_| LedgerError::Closed)?;
+        rx.recv().unwrap_or(Err(LedgerError::Closed))
+    }
+
+    /// Commits everything queued, signs a final checkpoint and stops.
+    pub fn close(mut self) -> Result<Option<StoredCheckpoint>, LedgerError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<Option<StoredCheckpoint>, LedgerError> {
+        let Some(handle) = self.handle.take() else {
+            return Err(LedgerError::Closed);
+        };
+        let (reply, rx) = mpsc::channel();
+        let result = match self.tx.send(Msg::Close(reply)) {
+            Ok(()) => rx.recv().unwrap_or(Err(LedgerError::Closed)),
+            Err(_) => Err(LedgerError::Closed),
+        };
+        if handle.join().is_err() {
+            return Err(LedgerError::Failed("writer thread panicked".into()));
+        }
+        result
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        // Best effort: Drop cannot report; callers who care use `close`.
+        if self.handle.is_some() {
+            let _ = self.shutdown();
+        }
+    }
+}
+
+struct Writer<S> {
+    sink: S,
+    signer: NoteSigner,
+    config: AppenderConfig,
+    tree: MerkleTree,
+    last_seq: u64,
+    last_size: u64,
+    /// When the oldest unsigned record was committed (drives T).
+    unsigned_since: Option<Instant>,
+    failed: Option<String>,
+}
+
+impl<S: LedgerSink> Writer<S> {
+    fn load(sink: S, signer: NoteSigner, config: AppenderConfig) -> Result<Writer<S>, LedgerError> {
+        let sink_err = |e: crate::sink::SinkError| LedgerError::Sink(e.to_string());
+        let count = sink.record_count().map_err(sink_err)?;
+        let mut tree = MerkleTree::new();
+        let mut from = 0;
+        while from < count {
+            let to = (from + LOAD_CHUNK).min(count);
+            let hashes = sink.leaf_hashes(from, to).map_err(sink_err)?;
+            if hashes.len() as u64 != to - from {
+                return Err(LedgerError::Corrupt(format!("records {from}..{to} are not contiguous")));
+            }
+            hashes.into_iter().for_each(|h| tree.push(h));
+            from = to;
+        }
+        let checkpoints = sink.checkpoints().map_err(sink_err)?;
+        let (last_seq, last_size) = match checkpoints.last() {
+            None => (0, 0),
+            Some(stored) => {
+                let cp = Checkpoint::open(&stored.note, &signer.verifier()).map_err(|e| LedgerError::Corrupt(format!("newest checkpoint: {e}")))?;
+                if cp.seq != checkpoints.len() as u64 {
+                    return Err(LedgerError::Corrupt(format!("newest checkpoint has seq {} but {} are stored", cp.seq, checkpoints.len())));
+                }
+                if tree.root_at(cp.size) != Some(cp.root) {
+                    return Err(LedgerError::Corrupt(format!("stored leaves do not match the root signed at size {}", cp.size)));
+                }
+                (cp.seq, cp.size)
+            }
+        };
+        Ok(Writer { sink, signer, config, tree, last_seq, last_size, unsigned_since: None, failed: None })
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut next: Option<Msg> = None;
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match self.unsigned_since {
+                    Some(since) => {
+                        let wait = (since + self.config.checkpoint_interval).saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(wait) {
+                            Ok(m) => m,
+                            Err(RecvTimeoutError::Timeout) => {
+                                let _ = self.checkpoint();
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    None => match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    },
+                },
+            };
+            match msg {
+                Msg::Append(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < self.config.max_batch {
+                        match rx.try_recv() {
+                            Ok(Msg::Append(r)) => batch.push(r),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    self.commit(batch);
+                }
+                Msg::Checkpoint(reply) => {
+                    let _ = reply.send(self.checkpoint());
+                }
+                Msg::Close(reply) => {
+                    let _ = reply.send(self.checkpoint());
+                    return;
+                }
+            }
+        }
+        // Every handle is gone without `close`: still leave a signed tail.
+        let _ = self.checkpoint();
+    }
+
+    fn next_checkpoint(&self) -> Result<StoredCheckpoint, LedgerError> {
+        let cp = Checkpoint { origin: self.signer.name().to_owned(), size: self.tree.len(), root: self.tree.root(), seq: self.last_seq + 1, at_ms: now_ms() };
+        Ok(StoredCheckpoint { seq: cp.seq, size: cp.size, note: cp.sign(&self.signer)? })
+    }
+
+    /// Signs and stores a checkpoint over all committed records, if any are
+    /// unsigned.
+    fn checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, LedgerError> {
+        if let Some(f) = &self.failed {
+            return Err(LedgerError::Failed(f.clone()));
+        }
+        if self.tree.len() == self.last_size {
+            self.unsigned_since = None;
+            return Ok(None);
+        }
+        let cp = self.next_checkpoint()?;
+        match self.sink.append(&[], Some(&cp)) {
+            Ok(()) => {
+                self.signed(&cp);
+                Ok(Some(cp))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.failed = Some(msg.clone());
+                Err(LedgerError::Sink(msg))
+            }
+        }
+    }
+
+    fn signed(&mut self, cp: &StoredCheckpoint) {
+        self.last_seq = cp.seq;
+        self.last_size = cp.size;
+        self.unsigned_since = None;
+    }
+
+    fn commit(&mut self, batch: Vec<Request>) {
+        if let Some(f) = &self.failed {
+            let err = LedgerError::Failed(f.clone());
+            for r in batch {
+                let _ = r.reply.send(Err(err.clone()));
+            }
+            return;
+        }
+        let base = self.tree.len();
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        for (i, r) in batch.into_iter().enumerate() {
+            self.tree.push(r.leaf);
+            records.push(AppendRecord { index: base + i as u64, leaf_hash: r.leaf, bytes: r.bytes, id: r.id, kind: r.kind, at_ms: r.at_ms, fields: r.fields });
+            replies.push(r.reply);
+        }
+        let unsigned = self.tree.len() - self.last_size;
+        let overdue = self.unsigned_since.is_some_and(|t| t.elapsed() >= self.config.checkpoint_interval);
+        let result = if unsigned >= self.config.checkpoint_every || overdue {
+            self.next_checkpoint().map(Some)
+        } else {
+            Ok(None)
+        }
+        .and_then(|cp| match self.sink.append(&records, cp.as_ref()) {
+            Ok(()) => Ok(cp),
+            Err(e) => Err(LedgerError::Sink(e.to_string())),
+        });
+        match result {
+            Ok(cp) => {
+                let (seq, size) = match &cp {
+                    Some(c) => {
+                        self.signed(c);
+                        (c.seq, Some(c.size))
+                    }
+                    None => {
+                        self.unsigned_since.get_or_insert_with(Instant::now);
+                        (self.last_seq + 1, None)
+                    }
+                };
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(Ok(Receipt { index: base + i as u64, checkpoint_seq: seq, checkpoint_size: size }));
+                }
+            }
+            Err(e) => {
+                // The sink's transaction failed, so nothing from this batch
+                // is stored. Our in-memory view may still be ahead of or
+                // behind the sink in ways we cannot know (e.g. an fsync error),
+                // so stop accepting appends until restarted from the sink.
+                self.tree.truncate(base);
+                self.failed = Some(e.to_string());
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! RFC 8785 JSON Canonicalization Scheme (JCS) for `serde_json::Value`.
+//!
+//! Written here rather than pulled in because the ledger's tamper evidence rests
+//! on these bytes being stable forever: the rules are short, and owning them
+//! lets the tests pin every corner (number formatting, UTF-16 key order).
+
+use serde_json::{Map, Number, Value};
+use std::fmt;
+
+/// Largest integer magnitude an IEEE 754 double represents exactly (2^53).
+/// JCS numbers are doubles; larger integers would be silently rounded, so they
+/// are refused instead of changing the recorded value.
+pub const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_992;
+
+/// Why a value has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JcsError {
+    /// An integer outside +-2^53 cannot be represented exactly as a JCS number.
+    UnsafeInteger(String),
+    /// A number serde_json holds that is neither integer nor finite double.
+    BadNumber(String),
+}
+
+impl fmt::Display for JcsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JcsError::UnsafeInteger(n) => {
+                write!(f, "integer {n} is outside the exactly representable range (+-2^53); encode it as a string")
+            }
+            JcsError::BadNumber(n) => write!(f, "number {n} has no canonical JSON form"),
+        }
+    }
+}
+
+impl std::error::Error for JcsError {}
+
+/// Canonical bytes of `value`.
+pub fn to_vec(value: &Value) -> Result<Vec<u8>, JcsError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(&mut out, value)?;
+    Ok(out)
+}
+
+/// Appends the canonical form of `value` to `out`.
+pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), JcsError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(out, n)?,
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => write_object(out, map)?,
+    }
+    Ok(())
+}
+
+fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), JcsError> {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    // RFC 8785 3.2.3: members are sorted by their names as arrays of UTF-16
+    // code units. This differs from UTF-8 byte order for characters above the
+    // BMP versus U+E000..U+FFFF, so serde_json's own order is not enough.
+    entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(out, k);
+        out.push(b':');
+        write_value(out, v)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Appends a JSON string literal escaped as ECMAScript `JSON.stringify` does
+/// (RFC 8785 3.2.2.2): only `"`, `\` and controls below U+0020 are escaped.
+pub fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            0x08 => Some(b"\\b"),
+            0x09 => Some(b"\\t"),
+            0x0a => Some(b"\\n"),
+            0x0c => Some(b"\\f"),
+            0x0d => Some(b"\\r"),
+            _ => None,
+        };
+        if esc.is_none() && b >= 0x20 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match esc {
+            Some(e) => out.extend_from_slice(e),
+            None => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0x0f)]);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
+    if let Some(u) = n.as_u64() {
+        if u > MAX_SAFE_INTEGER {
+            return Err(JcsError::UnsafeInteger(n.to_string()));
+        }
+        out.extend_from_slice(u.to_string().as_bytes());
+        return Ok(());
+    }
+    if let Some(i) = n.as_i64() {
+        if i.unsigned_abs() > MAX_SAFE_INTEGER {
+            return Err(JcsError::UnsafeInteger(n.to_string()));
+        }
+        out.extend_from_slice(i.to_string().as_bytes());
+        return Ok(());
+    }
+    match n.as_f64() {
+        Some(f) if f.is_finite() => {
+            write_f64(out, f);
+            Ok(())
+        }
+        _ => Err(JcsError::BadNumber(n.to_string())),
+    }
+}
+
+/// ECMAScript `Number.prototype.toString` for a finite double (ECMA-262
+/// 7.1.12.1), which RFC 8785 3.2.2.3 adopts.
+pub fn write_f64(out: &mut Vec<u8>, f: f64) {
+    if f == 0.0 {
+        // Both +0 and -0 serialise as "0".
+        out.push(b'0');
+        return;
+    }
+    if f < 0.0 {
+        out.push(b'-');
+    }
+    // Rust's `{:e}` prints the shortest digit string that round-trips, which is
+    // exactly the (k, s) ECMAScript asks for; only the layout differs.
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = match sci.split_once('e') {
+        Some(parts) => parts,
+        None => (sci.as_str(), "0"),
+    };
+    let mut digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    let mut exp: i64 = exp.parse().unwrap_or(0);
+    break_tie_to_even(&mut digits, &mut exp, f.abs());
+    let k = digits.len() as i64;
+    // ECMAScript's n: the value is 0.d1d2...dk * 10^n.
+    let n = exp + 1;
+    if k <= n && n <= 21 {
+        out.extend_from_slice(&digits);
+        out.extend(std::iter::repeat_n(b'0', (n - k) as usize));
+    } else if 0 < n && n <= 21 {
+        let (int, frac) = digits.split_at(n as usize);
+        out.extend_from_slice(int);
+        out.push(b'.');
+        out.extend_from_slice(frac);
+    } else if -6 < n && n <= 0 {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', (-n) as usize));
+        out.extend_from_slice(&digits);
+    } else {
+        let (first, rest) = digits.split_at(1);
+        out.extend_from_slice(first);
+        if !rest.is_empty() {
+            out.push(b'.');
+            out.extend_from_slice(rest);
+        }
+        out.push(b'e');
+        out.push(if n - 1 >= 0 { b'+' } else { b'-' });
+        out.extend_from_slice((n - 1).unsigned_abs().to_string().as_bytes());
+    }
+}
+
+/// ECMAScript picks the even digit string when two shortest candidates are
+/// equally close to the double; Rust's shortest formatting does not promise
+/// that. A tie needs the exact decimal expansion of `f` to continue with a
+/// single 5 right after the shortest digits, which is rare, so the exact
+/// (and slower) expansion is only computed when the last digit is odd.
+fn break_tie_to_even(digits: &mut Vec<u8>, exp: &mut i64, f: f64) {
+    let k = digits.len();
+    if digits.last().is_none_or(|d| (d - b'0') % 2 == 0) {
+        return;
+    }
+    // 800 significant digits cover the longest exact expansion of a double
+    // (about 767 digits, for subnormals).
+    let exact = format!("{f:.800e}");
+    let Some((mantissa, exact_exp)) = exact.split_once('e') else {
+        return;
+    };
+    let ex: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    let is_tie = ex.len() > k + 1 && ex[k] == b'5' && ex[k + 1..].iter().all(|&d| d == b'0');
+    if !is_tie || exact_exp.parse::<i64>().ok() != Some(*exp) {
+        return;
+    }
+    let truncated = &ex[..k];
+    let mut candidate = truncated.to_vec();
+    let mut cand_exp = *exp;
+    if truncated == digits.as_slice() {
+        // Rust rounded down to an odd digit: the even candidate is one up.
+        let mut i = k;
+        loop {
+            if i == 0 {
+                candidate.insert(0, b'1');
+                cand_exp += 1;
+                break;
+            }
+            i -= 1;
+            if candidate[i] == b'9' {
+                candidate[i] = b'0';
+            } else {
+                candidate[i] += 1;
+                break;
+            }
+        }
+    }
+    while candidate.len() > 1 && candidate.last() == Some(&b'0') {
+        candidate.pop();
+    }
+    let text = format!("0.{}e{}", String::from_utf8_lossy(&candidate), cand_exp + 1);
+    if text.parse::<f64>().ok() == Some(f) {
+        *digits = candidate;
+        *exp = cand_exp;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn num(f: f64) -> String {
+        let mut out = Vec::new();
+        write_f64(&mut out, f);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn numbers_match_rfc8785_appendix_b() {
+        // RFC 8785 Appendix B: IEEE 754 value (hex) -> expected serialisation.
+        let cases: &[(u64, &str)] = &[
+            (0x0000000000000000, "0"),
+            (0x8000000000000000, "0"),
+            (0x0000000000000001, "5e-324"),
+            (0x8000000000000001, "-5e-324"),
+            (0x7fefffffffffffff, "1.7976931348623157e+308"),
+            (0xffefffffffffffff, "-1.7976931348623157e+308"),
+            (0x4340000000000000, "9007199254740992"),
+            (0xc340000000000000, "-9007199254740992"),
+            (0x4430000000000000, "295147905179352830000"),
+            (0x44b52d02c7e14af5, "9.999999999999997e+22"),
+            (0x44b52d02c7e14af6, "1e+23"),
+            (0x44b52d02c7e14af7, "1.0000000000000001e+23"),
+            (0x444b1ae4d6e2ef4e, "999999999999999700000"),
+            (0x444b1ae4d6e2ef4f, "999999999999999900000"),
+            (0x444b1ae4d6e2ef50, "1e+21"),
+            (0x3eb0c6f7a0b5ed8c, "9.999999999999997e-7"),
+            (0x3eb0c6f7a0b5ed8d, "0.000001"),
+            (0x41b3de4355555553, "333333333.3333332"),
+            (0x41b3de4355555554, "333333333.33333325"),
+            (0x41b3de4355555555, "333333333.3333333"),
+            (0x41b3de4355555556, "333333333.3333334"),
+            (0x41b3de4355555557, "333333333.33333343"),
+            (0xbecbf647612f3696, "-0.0000033333333333333333"),
+            (0x43143ff3c1cb0959, "1424953923781206.2"),
+        ];
+        for &(bits, want) in cases {
+            assert_eq!(num(f64::from_bits(bits)), want, "bits {bits:#018x}");
+        }
+    }
+
+    #[test]
+    fn rfc8785_sorting_example() {
+        // RFC 8785 3.2.3 sorting example: keys ordered by UTF-16 code units.
+        let v: Value = serde_json::from_str(
+            r#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#,
+        )
+        .unwrap();
+        let got = String::from_utf8(to_vec(&v).unwrap()).unwrap();
+        let order: Vec<&str> = ["Carriage Return", "One", "Control", "Latin Small", "Euro Sign", "Emoji", "Hebrew"].to_vec();
+        let mut last = 0;
+        for name in order {
+            let pos = got.find(name).unwrap();
+            assert!(pos > last, "{name} out of order in {got}");
+            last = pos;
+        }
+    }
+
+    #[test]
+    fn rfc8785_escaping_example() {
+        // RFC 8785 3.2.2.2 example input and output.
+        let v = json!({"string": "\u{20ac}$\u{000F}\u{000a}A'\u{0042}\u{0022}\u{005c}\\\"/"});
+        let got = String::from_utf8(to_vec(&v).unwrap()).unwrap();
+        assert_eq!(got, "{\"string\":\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}");
+    }
+
+    #[test]
+    fn rfc8785_main_example() {
+        // RFC 8785 3.2.4 (with the literal 1E30 value and 4.50 etc).
+        let v: Value = serde_json::from_str(
+            r#"{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001],"string":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","literals":[null,true,false]}"#,
+        )
+        .unwrap();
+        let got = String::from_utf8(to_vec(&v).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            "{\"literals\":[null,true,false],\"numbers\":[333333333.3333333,1e+30,4.5,0.002,1e-27],\"string\":\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}"
+        );
+    }
+
+    #[test]
+    fn unsafe_integers_are_refused() {
+        assert!(to_vec(&json!(9_007_199_254_740_993u64)).is_err());
+        assert!(to_vec(&json!(-9_007_199_254_740_993i64)).is_err());
+        assert_eq!(to_vec(&json!(-9_007_199_254_740_992i64)).unwrap(), b"-9007199254740992");
+    }
+}

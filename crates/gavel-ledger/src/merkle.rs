@@ -1,0 +1,393 @@
+//! RFC 6962 / RFC 9162 Merkle tree: hashing, an append-only in-memory tree
+//! that serves roots and proofs for any past size, and proof verification.
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+/// MTH({}) = SHA-256 of the empty string.
+pub const EMPTY_ROOT: Hash = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93,
+    0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+/// Longest proof any tree of at most 2^64 leaves needs; longer input is refused
+/// before doing any work on it.
+const MAX_PROOF_LEN: usize = 64;
+
+/// Leaf hash: SHA-256(0x00 || data).
+pub fn leaf_hash(data: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(data);
+    h.finalize().into()
+}
+
+/// Interior node hash: SHA-256(0x01 || left || right).
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut buf = [0u8; 65];
+    buf[0] = 1;
+    buf[1..33].copy_from_slice(left);
+    buf[33..].copy_from_slice(right);
+    Sha256::digest(buf).into()
+}
+
+/// Largest power of two strictly smaller than `n` (n >= 2).
+fn split_point(n: u64) -> u64 {
+    1u64 << (63 - (n - 1).leading_zeros())
+}
+
+/// Why a proof request or a proof check failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProofError {
+    /// Requested index or size is outside the tree.
+    OutOfRange { index: u64, size: u64 },
+    /// The proof has the wrong number of hashes for the sizes given.
+    WrongLength,
+    /// The proof does not lead to the expected root.
+    RootMismatch,
+}
+
+impl fmt::Display for ProofError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProofError::OutOfRange { index, size } => write!(f, "index/size {index} out of range for tree size {size}"),
+            ProofError::WrongLength => f.write_str("proof has the wrong number of hashes"),
+            ProofError::RootMismatch => f.write_str("proof does not match the root hash"),
+        }
+    }
+}
+
+impl std::error::Error for ProofError {}
+
+/// Append-only Merkle tree keeping every complete aligned subtree hash:
+/// `levels[k][i]` is the hash of leaves `[i * 2^k, (i + 1) * 2^k)`. That is
+/// two hashes per leaf, and any root or proof for any size needs only
+/// O(log n) lookups plus O(log n) hashes for the ragged right edge.
+#[derive(Debug, Clone, Default)]
+pub struct MerkleTree {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl MerkleTree {
+    pub fn new() -> MerkleTree {
+        MerkleTree::default()
+    }
+
+    /// Tree over the given leaf hashes.
+    pub fn from_leaf_hashes<I: IntoIterator<Item = Hash>>(leaves: I) -> MerkleTree {
+        let mut t = MerkleTree::new();
+        for l in leaves {
+            t.push(l);
+        }
+        t
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Leaf hash at `index`.
+    pub fn leaf(&self, index: u64) -> Option<Hash> {
+        self.node(0, index)
+    }
+
+    /// Appends a leaf hash, completing every subtree it closes.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut hash = leaf;
+        let mut level = 0;
+        loop {
+            if self.levels.len() == level {
+                self.levels.push(Vec::new());
+            }
+            let row = &mut self.levels[level];
+            row.push(hash);
+            let n = row.len();
+            if n % 2 == 1 {
+                break;
+            }
+            hash = node_hash(&row[n - 2], &row[n - 1]);
+            level += 1;
+        }
+    }
+
+    /// Drops leaves past `size` (used to roll back a batch whose commit failed).
+    pub fn truncate(&mut self, size: u64) {
+        for (k, row) in self.levels.iter_mut().enumerate() {
+            row.truncate((size >> k) as usize);
+        }
+        while self.levels.last().is_some_and(Vec::is_empty) {
+            self.levels.pop();
+        }
+    }
+
+    fn node(&self, level: u32, index: u64) -> Option<Hash> {
+        self.levels.get(level as usize)?.get(usize::try_from(index).ok()?).copied()
+    }
+
+    /// MTH of leaves `[start, end)`, `end <= len`, `start < end`.
+    fn range_hash(&self, start: u64, end: u64) -> Option<Hash> {
+        let n = end.checked_sub(start)?;
+        if n == 0 {
+            return None;
+        }
+        if n.is_power_of_two() && start % n == 0 {
+            return self.node(n.trailing_zeros(), start / n);
+        }
+        let k = split_point(n);
+        Some(node_hash(&self.range_hash(start, start + k)?, &self.range_hash(start + k, end)?))
+    }
+
+    /// Root hash of the current tree.
+    pub fn root(&self) -> Hash {
+        self.root_at(self.len()).unwrap_or(EMPTY_ROOT)
+    }
+
+    /// Root hash of the first `size` leaves.
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        if size > self.len() {
+            return None;
+        }
+        if size == 0 {
+            return Some(EMPTY_ROOT);
+        }
+        self.range_hash(0, size)
+    }
+
+    /// Inclusion proof of leaf `index` in the tree of the first `size` leaves
+    /// (RFC 9162 2.1.3.1), ordered from the leaf upwards.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
+        if index >= size || size > self.len() {
+            return Err(ProofError::OutOfRange { index, size });
+        }
+        let mut proof = Vec::new();
+        self.path(index, 0, size, &mut proof).ok_or(ProofError::OutOfRange { index, size })?;
+        Ok(proof)
+    }
+
+    fn path(&self, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Option<()> {
+        if n == 1 {
+            return Some(());
+        }
+        let k = split_point(n);
+        if m < k {
+            self.path(m, start, k, out)?;
+            out.push(self.range_hash(start + k, start + n)?);
+        } else {
+            self.path(m - k, start + k, n - k, out)?;
+            out.push(self.range_hash(start, start + k)?);
+        }
+        Some(())
+    }
+
+    /// Consistency proof between the trees of sizes `old` and `new`
+    /// (RFC 9162 2.1.4.1). Empty when `old` is 0 or equals `new`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ProofError> {
+        if old > new || new > self.len() {
+            return Err(ProofError::OutOfRange { index: old, size: new });
+        }
+        let mut proof = Vec::new();
+        if old > 0 && old < new {
+            self.subproof(old, 0, new, true, &mut proof).ok_or(ProofError::OutOfRange { index: old, size: new })?;
+        }
+        Ok(proof)
+    }
+
+    fn subproof(&self, m: u64, start: u64, n: u64, whole: bool, out: &mut Vec<Hash>) -> Option<()> {
+        if m == n {
+            if !whole {
+                out.push(self.range_hash(start, start + n)?);
+            }
+            return Some(());
+        }
+        let k = split_point(n);
+        if m <= k {
+            self.subproof(m, start, k, whole, out)?;
+            out.push(self.range_hash(start + k, start + n)?);
+        } else {
+            self.subproof(m - k, start + k, n - k, false, out)?;
+            out.push(self.range_hash(start, start + k)?);
+        }
+        Some(())
+    }
+}
+
+/// Root over leaf hashes pushed one at a time, keeping only the O(log n)
+/// "compact range" of complete subtrees: what a verifier needs when it only
+/// wants roots at given sizes.
+#[derive(Debug, Clone, Default)]
+pub struct CompactRange {
+    size: u64,
+    /// Roots of complete subtrees, largest first (one per set bit of `size`).
+    peaks: Vec<Hash>,
+}
+
+impl CompactRange {
+    pub fn new() -> CompactRange {
+        CompactRange::default()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn push(&mut self, leaf: Hash) {
+        let mut hash = leaf;
+        // Each trailing one bit of the old size is a peak that now merges.
+        let mut merges = self.size.trailing_ones();
+        while merges > 0 {
+            if let Some(left) = self.peaks.pop() {
+                hash = node_hash(&left, &hash);
+            }
+            merges -= 1;
+        }
+        self.peaks.push(hash);
+        self.size += 1;
+    }
+
+    /// Root of all leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut iter = self.peaks.iter().rev();
+        let Some(mut acc) = iter.next().copied() else {
+            return EMPTY_ROOT;
+        };
+        for left in iter {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
+/// Verifies that `leaf` is at `index` in the tree of `size` leaves with root
+/// `root` (RFC 9162 2.1.3.2).
+pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
+    if index >= size {
+        return Err(ProofError::OutOfRange { index, size });
+    }
+    if proof.len() > MAX_PROOF_LEN {
+        return Err(ProofError::WrongLength);
+    }
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if snode == 0 {
+            return Err(ProofError::WrongLength);
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r);
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    if snode != 0 {
+        return Err(ProofError::WrongLength);
+    }
+    if &r != root {
+        return Err(ProofError::RootMismatch);
+    }
+    Ok(())
+}
+
+/// Verifies that the tree of `old` leaves with root `old_root` is a prefix of
+/// the tree of `new` leaves with root `new_root` (RFC 9162 2.1.4.2).
+pub fn verify_consistency(old: u64, new: u64, old_root: &Hash, new_root: &Hash, proof: &[Hash]) -> Result<(), ProofError> {
+    if old > new {
+        return Err(ProofError::OutOfRange { index: old, size: new });
+    }
+    if proof.len() > MAX_PROOF_LEN {
+        return Err(ProofError::WrongLength);
+    }
+    if old == new {
+        if !proof.is_empty() {
+            return Err(ProofError::WrongLength);
+        }
+        return if old_root == new_root { Ok(()) } else { Err(ProofError::RootMismatch) };
+    }
+    if old == 0 {
+        // Every tree extends the empty tree; the empty proof is the only one.
+        return if proof.is_empty() { Ok(()) } else { Err(ProofError::WrongLength) };
+    }
+    let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
+    if old.is_power_of_two() {
+        path.push(*old_root);
+    }
+    path.extend_from_slice(proof);
+    let Some((first, rest)) = path.split_first() else {
+        return Err(ProofError::WrongLength);
+    };
+    let (mut fnode, mut snode) = (old - 1, new - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (*first, *first);
+    for c in rest {
+        if snode == 0 {
+            return Err(ProofError::WrongLength);
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    if snode != 0 {
+        return Err(ProofError::WrongLength);
+    }
+    if &fr != old_root || &sr != new_root {
+        return Err(ProofError::RootMismatch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_root_is_sha256_of_nothing() {
+        assert_eq!(EMPTY_ROOT, <[u8; 32]>::from(Sha256::digest(b"")));
+        assert_eq!(MerkleTree::new().root(), EMPTY_ROOT);
+        assert_eq!(CompactRange::new().root(), EMPTY_ROOT);
+    }
+
+    #[test]
+    fn truncate_restores_earlier_tree() {
+        let leaves: Vec<Hash> = (0u32..37).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut t = MerkleTree::from_leaf_hashes(leaves.iter().copied());
+        let want = MerkleTree::from_leaf_hashes(leaves[..21].iter().copied());
+        t.truncate(21);
+        assert_eq!(t.len(), 21);
+        assert_eq!(t.root(), want.root());
+        t.push(leaves[21]);
+        assert_eq!(t.root(), MerkleTree::from_leaf_hashes(leaves[..22].iter().copied()).root());
+    }
+
+    #[test]
+    fn split_point_matches_reference() {
+        // Cases from transparency-dev/merkle testonly/reference_test.go TestDownToPowerOfTwo.
+        for (n, want) in [(2, 1), (7, 4), (8, 4), (63, 32), (28937, 16384)] {
+            assert_eq!(split_point(n), want);
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The ledger record: a small versioned envelope around a JSON body, stored as
+//! its RFC 8785 canonical bytes (the bytes the Merkle leaf hashes).
+
+use crate::jcs::{self, JcsError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// Version of the record envelope. Bumped on any change to the canonical
+/// layout; verifiers refuse versions they do not know rather than guess.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a record is about. The serialised names are part of format 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A governance decision on one inference (the engine's decision JSON).
+    Decision,
+    /// What happened after a decision (usage, latency, output hash).
+    Outcome,
+    /// A contract was loaded; body should follow [`ContractLoaded`].
+    ContractLoaded,
+    KeyCreated,
+    KeyRevoked,
+    ApprovalRequested,
+    ApprovalGranted,
+    ApprovalPending,
+    ApprovalCompleted,
+    ApprovalRevoked,
+    Kill,
+    Unkill,
+    CooldownStarted,
+    CooldownEnded,
+    Breach,
+    Recovery,
+    /// Any other administrative action (e.g. a payload subject forgotten).
+    Admin,
+}
+
+impl RecordKind {
+    /// Every kind, in a stable order (for CLI help and tests).
+    pub const ALL: [RecordKind; 17] = [
+        RecordKind::Decision,
+        RecordKind::Outcome,
+        RecordKind::ContractLoaded,
+        RecordKind::KeyCreated,
+        RecordKind::KeyRevoked,
+        RecordKind::ApprovalRequested,
+        RecordKind::ApprovalGranted,
+        RecordKind::ApprovalPending,
+        RecordKind::ApprovalCompleted,
+        RecordKind::ApprovalRevoked,
+        RecordKind::Kill,
+        RecordKind::Unkill,
+        RecordKind::CooldownStarted,
+        RecordKind::CooldownEnded,
+        RecordKind::Breach,
+        RecordKind::Recovery,
+        RecordKind::Admin,
+    ];
+
+    /// The name used in the canonical bytes and in the sink's `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Decision => "decision",
+            RecordKind::Outcome => "outcome",
+            RecordKind::ContractLoaded => "contract_loaded",
+            RecordKind::KeyCreated => "key_created",
+            RecordKind::KeyRevoked => "key_revoked",
+            RecordKind::ApprovalRequested => "approval_requested",
+            RecordKind::ApprovalGranted => "approval_granted",
+            RecordKind::ApprovalPending => "approval_pending",
+            RecordKind::ApprovalCompleted => "approval_completed",
+            RecordKind::ApprovalRevoked => "approval_revoked",
+            RecordKind::Kill => "kill",
+            RecordKind::Unkill => "unkill",
+            RecordKind::CooldownStarted => "cooldown_started",
+            RecordKind::CooldownEnded => "cooldown_ended",
+            RecordKind::Breach => "breach",
+            RecordKind::Recovery => "recovery",
+            RecordKind::Admin => "admin",
+        }
+    }
+
+    /// Inverse of [`RecordKind::as_str`].
+    pub fn parse(s: &str) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One ledger entry. `body` is whatever the producer records (the engine's
+/// decision JSON, a governance change); the envelope fields are fixed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub format: u32,
+    pub kind: RecordKind,
+    /// Milliseconds since the Unix epoch, as seen by the producer.
+    pub at_ms: i64,
+    /// Producer-chosen identifier (decision id, approval id + event, ...).
+    pub id: String,
+    pub body: Value,
+}
+
+/// Why bytes are not a valid record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    Canonical(JcsError),
+    Parse(String),
+    UnknownFormat(u32),
+    /// The bytes parse but are not in canonical form, so they are not what
+    /// this format writes.
+    NotCanonical,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Canonical(e) => write!(f, "record has no canonical form: {e}"),
+            RecordError::Parse(e) => write!(f, "record does not parse: {e}"),
+            RecordError::UnknownFormat(v) => write!(f, "unknown record format {v} (this build knows {FORMAT_VERSION})"),
+            RecordError::NotCanonical => f.write_str("record bytes are not in RFC 8785 canonical form"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl Record {
+    /// A format-1 record whose body is any serialisable value.
+    pub fn new<B: Serialize>(kind: RecordKind, at_ms: i64, id: impl Into<String>, body: &B) -> Result<Record, RecordError> {
+        let body = serde_json::to_value(body).map_err(|e| RecordError::Parse(e.to_string()))?;
+        Ok(Record { format: FORMAT_VERSION, kind, at_ms, id: id.into(), body })
+    }
+
+    /// RFC 8785 canonical bytes: what is stored and what the leaf hashes.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, RecordError> {
+        // Written member by member (keys already in RFC 8785 order: at_ms,
+        // body, format, id, kind) to avoid cloning the body into a map.
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"at_ms\":");
+        jcs::write_value(&mut out, &Value::from(self.at_ms)).map_err(RecordError::Canonical)?;
+        out.extend_from_slice(b",\"body\":");
+        jcs::write_value(&mut out, &self.body).map_err(RecordError::Canonical)?;
+        out.extend_from_slice(b",\"format\":");
+        out.extend_from_slice(self.format.to_string().as_bytes());
+        out.extend_from_slice(b",\"id\":");
+        jcs::write_string(&mut out, &self.id);
+        out.extend_from_slice(b",\"kind\":");
+        jcs::write_string(&mut out, self.kind.as_str());
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// Parses stored bytes and checks they are exactly the canonical form of a
+    /// record of a known format.
+    pub fn from_canonical(bytes: &[u8]) -> Result<Record, RecordError> {
+        let record: Record = serde_json::from_slice(bytes).map_err(|e| RecordError::Parse(e.to_string()))?;
+        if record.format != FORMAT_VERSION {
+            return Err(RecordError::UnknownFormat(record.format));
+        }
+        if record.canonical_bytes()? != bytes {
+            return Err(RecordError::NotCanonical);
+        }
+        Ok(record)
+    }
+
+    /// The query columns a sink stores next to the bytes (see [`IndexFields`]).
+    pub fn index_fields(&self) -> IndexFields {
+        let str_field = |name: &str| self.body.get(name).and_then(Value::as_str).map(str::to_owned);
+        let reason_codes = self
+            .body
+            .get("reason_codes")
+            .and_then(Value::as_array)
+            .map(|codes| codes.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        IndexFields {
+            deployment: str_field("deployment"),
+            approval_id: str_field("approval_id"),
+            principal: str_field("principal"),
+            reason_codes,
+        }
+    }
+}
+
+/// Filter columns taken from conventional body members: `deployment`,
+/// `approval_id`, `principal` (strings) and `reason_codes` (array of strings).
+/// They are a query aid only: verification never trusts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFields {
+    pub deployment: Option<String>,
+    pub approval_id: Option<String>,
+    pub principal: Option<String>,
+    pub reason_codes: Vec<String>,
+}
+
+/// Suggested body of a [`RecordKind::ContractLoaded`] record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractLoaded {
+    pub contract_version: String,
+    pub previous_version: Option<String>,
+    /// Human-readable summary lines of what changed.
+    pub changes: Vec<String>,
+    /// True when any limit was raised, a guard disabled, a tier lowered or an
+    /// allowlist widened: the change weakens governance.
+    pub loosening: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_layout_is_pinned() {
+        let r = Record::new(RecordKind::Decision, 1_700_000_000_000, "d-1", &json!({"z": 1, "a": [true, null, 1.5]})).unwrap();
+        let bytes = r.canonical_bytes().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"at_ms":1700000000000,"body":{"a":[true,null,1.5],"z":1},"format":1,"id":"d-1","kind":"decision"}"#
+        );
+        assert_eq!(Record::from_canonical(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn non_canonical_and_unknown_are_refused() {
+        let spaced = br#"{"at_ms":1, "body":{},"format":1,"id":"x","kind":"kill"}"#;
+        assert_eq!(Record::from_canonical(spaced), Err(RecordError::NotCanonical));
+        let v2 = br#"{"at_ms":1,"body":{},"format":2,"id":"x","kind":"kill"}"#;
+        assert_eq!(Record::from_canonical(v2), Err(RecordError::UnknownFormat(2)));
+        let extra = br#"{"at_ms":1,"body":{},"extra":0,"format":1,"id":"x","kind":"kill"}"#;
+        assert!(matches!(Record::from_canonical(extra), Err(RecordError::Parse(_))));
+        assert!(matches!(Record::from_canonical(b"\xff"), Err(RecordError::Parse(_))));
+    }
+
+    #[test]
+    fn kinds_round_trip_through_names() {
+        for k in RecordKind::ALL {
+            assert_eq!(RecordKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+        }
+        assert_eq!(RecordKind::parse("nope"), None);
+    }
+
+    #[test]
+    fn index_fields_come_from_conventional_members() {
+        let r = Record::new(
+            RecordKind::Decision,
+            0,
+            "d",
+            &json!({"deployment": "prod", "approval_id": "ap-1", "principal": "alice", "reason_codes": ["pii", 3, "cost"]}),
+        )
+        .unwrap();
+        let f = r.index_fields();
+        assert_eq!(f.deployment.as_deref(), Some("prod"));
+        assert_eq!(f.approval_id.as_deref(), Some("ap-1"));
+        assert_eq!(f.principal.as_deref(), Some("alice"));
+        assert_eq!(f.reason_codes, vec!["pii".to_owned(), "cost".to_owned()]);
+    }
+}

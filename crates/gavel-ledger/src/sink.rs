@@ -1,0 +1,135 @@
+//! The storage interface the appender writes through, and an in-memory sink.
+
+use crate::merkle::Hash;
+use crate::record::{IndexFields, RecordKind};
+use std::sync::{Arc, Mutex};
+
+/// Boxed storage error: sinks wrap whatever their backend reports.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A record as handed to a sink: the canonical bytes plus everything a sink
+/// may want to store beside them for lookups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRecord {
+    pub index: u64,
+    pub leaf_hash: Hash,
+    pub bytes: Vec<u8>,
+    pub id: String,
+    pub kind: RecordKind,
+    pub at_ms: i64,
+    pub fields: IndexFields,
+}
+
+/// A record as read back: only what verification relies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub index: u64,
+    /// Hash computed at append time. Verification recomputes it from `bytes`
+    /// and reports a mismatch at this exact index.
+    pub leaf_hash: Hash,
+    pub bytes: Vec<u8>,
+}
+
+/// A signed checkpoint as stored: the note is the authority, `seq` and `size`
+/// are copies for lookup (verification checks them against the note).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub seq: u64,
+    pub size: u64,
+    pub note: String,
+}
+
+/// Durable, append-only storage for records and checkpoints.
+///
+/// `append` must make the whole batch durable atomically (one transaction,
+/// one fsync) before returning Ok: the appender acknowledges callers on Ok.
+pub trait LedgerSink: Send + 'static {
+    /// Appends records (with consecutive indexes continuing the ledger) and
+    /// optionally a checkpoint, atomically and durably.
+    fn append(&mut self, records: &[AppendRecord], checkpoint: Option<&StoredCheckpoint>) -> Result<(), SinkError>;
+    /// Number of records stored.
+    fn record_count(&self) -> Result<u64, SinkError>;
+    /// Stored leaf hashes for indexes `[from, to)`, in index order.
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError>;
+    /// Stored records for indexes `[from, to)`, in index order. Gaps are
+    /// returned as they are (verification detects them).
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError>;
+    /// Every stored checkpoint, in `seq` order.
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError>;
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    records: Vec<StoredRecord>,
+    checkpoints: Vec<StoredCheckpoint>,
+    batches: u64,
+}
+
+/// In-memory sink for tests and benchmarks of the pure parts. Clones share
+/// storage, so a test can inspect what an appender wrote.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+impl MemorySink {
+    pub fn new() -> MemorySink {
+        MemorySink::default()
+    }
+
+    /// Copies of everything stored.
+    pub fn snapshot(&self) -> (Vec<StoredRecord>, Vec<StoredCheckpoint>) {
+        match self.inner.lock() {
+            Ok(g) => (g.records.clone(), g.checkpoints.clone()),
+            Err(p) => (p.get_ref().records.clone(), p.get_ref().checkpoints.clone()),
+        }
+    }
+
+    /// Number of `append` calls (to observe batching).
+    pub fn batches(&self) -> u64 {
+        self.inner.lock().map(|g| g.batches).unwrap_or(0)
+    }
+}
+
+fn lock(inner: &Mutex<MemoryInner>) -> Result<std::sync::MutexGuard<'_, MemoryInner>, SinkError> {
+    inner.lock().map_err(|_| "memory sink lock poisoned".into())
+}
+
+impl LedgerSink for MemorySink {
+    fn append(&mut self, records: &[AppendRecord], checkpoint: Option<&StoredCheckpoint>) -> Result<(), SinkError> {
+        let mut g = lock(&self.inner)?;
+        let next = g.records.len() as u64;
+        for (i, r) in records.iter().enumerate() {
+            if r.index != next + i as u64 {
+                return Err(format!("record index {} does not continue the ledger at {}", r.index, next + i as u64).into());
+            }
+        }
+        g.records.extend(records.iter().map(|r| StoredRecord { index: r.index, leaf_hash: r.leaf_hash, bytes: r.bytes.clone() }));
+        if let Some(cp) = checkpoint {
+            g.checkpoints.push(cp.clone());
+        }
+        g.batches += 1;
+        Ok(())
+    }
+
+    fn record_count(&self) -> Result<u64, SinkError> {
+        Ok(lock(&self.inner)?.records.len() as u64)
+    }
+
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+        Ok(self.read_records(from, to)?.into_iter().map(|r| r.leaf_hash).collect())
+    }
+
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+        let g = lock(&self.inner)?;
+        // Indexes are contiguous from 0 here: `append` refuses anything else.
+        let len = g.records.len();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(len);
+        let to = usize::try_from(to).unwrap_or(usize::MAX).clamp(from, len);
+        Ok(g.records[from..to].to_vec())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+        Ok(lock(&self.inner)?.checkpoints.clone())
+    }
+}
