@@ -1,0 +1,167 @@
+//! The secrets + PII pass: one Aho-Corasick automaton over literal anchors (secret prefixes,
+//! assignment keywords, date-of-birth cues), `memchr` for `@` and `:`, and a vectorisable digit
+//! search for numbers. Validators run only on anchored candidates.
+//!
+//! Every detector is *local*: whether a candidate is a finding depends only on a bounded
+//! neighbourhood of its anchor. That is what lets [`crate::StreamScanner`] rescan a window of a
+//! stream and get exactly the findings of a whole-text scan. A candidate whose decision needs bytes
+//! past the end of a non-final buffer is reported through [`Sink::incomplete`] instead of being
+//! decided.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+use crate::{pii, secrets, BuildError, Finding};
+
+/// Where detector output goes, plus the streaming bookkeeping.
+pub(crate) struct Sink<'a> {
+    pub out: &'a mut Vec<Finding>,
+    /// Added to every span (the text may be a slice of a larger input).
+    pub base: usize,
+    /// `false` while more bytes may follow the text (streaming).
+    pub is_final: bool,
+    /// Earliest span start of a candidate that could not be decided yet.
+    pub pending: Option<usize>,
+}
+
+impl Sink<'_> {
+    pub fn push(&mut self, finding: Finding) {
+        let finding = Finding {
+            span: finding.span.start + self.base..finding.span.end + self.base,
+            ..finding
+        };
+        // Overlapping anchors (`secret` inside `client_secret`) can reach the same value twice.
+        let dup = self
+            .out
+            .iter()
+            .rev()
+            .take(8)
+            .any(|f| f.rule_id == finding.rule_id && f.span == finding.span);
+        if !dup {
+            self.out.push(finding);
+        }
+    }
+
+    /// Records that a candidate starting at `start` needs bytes beyond the buffer.
+    pub fn incomplete(&mut self, start: usize) {
+        if !self.is_final {
+            self.pending = Some(self.pending.map_or(start, |p| p.min(start)));
+        }
+    }
+
+    /// `true` when a scan that stopped at `end == len` must wait for more bytes.
+    pub fn hit_end(&mut self, end: usize, len: usize, start: usize) -> bool {
+        if end >= len && !self.is_final {
+            self.incomplete(start);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What an anchor literal starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Anchor {
+    Secret(secrets::Prefix),
+    Keyword(secrets::KeywordKind),
+    Dob,
+}
+
+#[derive(Debug)]
+pub(crate) struct Detectors {
+    secrets: bool,
+    pii: bool,
+    anchors: AhoCorasick,
+    kinds: Vec<Anchor>,
+}
+
+impl Detectors {
+    pub fn new(secrets_on: bool, pii_on: bool) -> Result<Self, BuildError> {
+        let mut patterns: Vec<&'static str> = Vec::new();
+        let mut kinds = Vec::new();
+        if secrets_on {
+            for (lit, anchor) in secrets::prefixes() {
+                patterns.push(lit);
+                kinds.push(anchor);
+            }
+            for &(lit, kw) in secrets::KEYWORDS {
+                patterns.push(lit);
+                kinds.push(Anchor::Keyword(kw));
+            }
+        }
+        if pii_on {
+            for &lit in pii::DOB_CUES {
+                patterns.push(lit);
+                kinds.push(Anchor::Dob);
+            }
+        }
+        // Case-insensitive so that keywords match `PASSWORD` and `Password`; case-sensitive
+        // prefixes (`AKIA`) re-check their case after the match.
+        let anchors = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)
+            .map_err(|e| BuildError(e.to_string()))?;
+        Ok(Detectors {
+            secrets: secrets_on,
+            pii: pii_on,
+            anchors,
+            kinds,
+        })
+    }
+
+    /// Whole-text scan: every candidate is decided.
+    pub fn scan_final(&self, text: &str, base: usize, out: &mut Vec<Finding>) {
+        let mut sink = Sink {
+            out,
+            base,
+            is_final: true,
+            pending: None,
+        };
+        self.scan(text, 0, &mut sink);
+    }
+
+    /// Scans candidates anchored at or after `from`; bytes before `from` are left context only.
+    pub fn scan(&self, text: &str, from: usize, sink: &mut Sink<'_>) {
+        let bytes = text.as_bytes();
+        if self.pii {
+            pii::scan_numbers(bytes, from, sink);
+            pii::scan_emails(bytes, from, sink);
+            pii::scan_ipv6(text, from, sink);
+        }
+        if self.secrets || self.pii {
+            let input = aho_corasick::Input::new(bytes).range(from..);
+            for m in self.anchors.find_overlapping_iter(input) {
+                let Some(kind) = self.kinds.get(m.pattern().as_usize()) else {
+                    continue;
+                };
+                match *kind {
+                    Anchor::Secret(p) => secrets::on_prefix(bytes, m.start(), m.end(), p, sink),
+                    Anchor::Keyword(k) => secrets::on_keyword(bytes, m.start(), m.end(), k, sink),
+                    Anchor::Dob => pii::on_dob_cue(bytes, m.start(), m.end(), sink),
+                }
+            }
+        }
+    }
+}
+
+/// Byte at `i`, `None` past the end.
+#[inline]
+pub(crate) fn at(b: &[u8], i: usize) -> Option<u8> {
+    b.get(i).copied()
+}
+
+/// End of the run of bytes from `i` matching `pred`, at most `max` long.
+#[inline]
+pub(crate) fn run_end(b: &[u8], i: usize, max: usize, pred: impl Fn(u8) -> bool) -> usize {
+    let mut j = i;
+    while j < b.len() && j - i < max && pred(b[j]) {
+        j += 1;
+    }
+    j
+}
+
+#[inline]
+pub(crate) fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}

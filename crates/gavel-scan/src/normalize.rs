@@ -1,0 +1,191 @@
+//! Text normalisation before injection scoring, with a map back to original byte offsets.
+//!
+//! Order: NFKC (per character, and only when the text is not already NFKC, because the check is
+//! much cheaper than the transform), drop zero-width and bidi controls, fold confusable
+//! Cyrillic/Greek letters to Latin, lower-case, collapse horizontal whitespace, then fold
+//! leetspeak digits and symbols that sit inside words (`1gn0r3` -> `ignore`).
+
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+
+/// Reusable buffers: normalised bytes and, for each, the original byte offset it came from.
+#[derive(Debug, Default)]
+pub(crate) struct Normalized {
+    pub bytes: Vec<u8>,
+    /// `map[i]` is the original offset of `bytes[i]`; one extra entry maps the end.
+    pub map: Vec<u32>,
+}
+
+impl Normalized {
+    /// Original byte range of the normalised range `s..e`.
+    pub fn original(&self, s: usize, e: usize, end_of_text: usize) -> std::ops::Range<usize> {
+        let start = self.map.get(s).map_or(end_of_text, |&o| o as usize);
+        let end = self.map.get(e).map_or(end_of_text, |&o| o as usize);
+        start..end.max(start)
+    }
+}
+
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{00AD}'
+            | '\u{180E}'
+            | '\u{061C}'
+            | '\u{034F}'
+            | '\u{FE00}'..='\u{FE0F}'
+    )
+}
+
+/// Letters that render like Latin ones (a subset of Unicode's confusables for Cyrillic and Greek,
+/// the scripts used in homoglyph attacks on English keywords).
+fn confusable(c: char) -> Option<char> {
+    Some(match c {
+        'а' | 'А' | 'α' | 'Α' => 'a',
+        'в' | 'В' | 'β' | 'Β' | 'Ь' => 'b',
+        'с' | 'С' | 'ϲ' => 'c',
+        'ԁ' => 'd',
+        'е' | 'Е' | 'ё' | 'ε' | 'Ε' => 'e',
+        'һ' | 'Н' | 'Η' => 'h',
+        'і' | 'І' | 'ι' | 'Ι' | 'ı' => 'i',
+        'ј' | 'Ј' => 'j',
+        'к' | 'К' | 'κ' | 'Κ' => 'k',
+        'ӏ' => 'l',
+        'м' | 'М' | 'Μ' => 'm',
+        'п' | 'η' | 'Ν' => 'n',
+        'о' | 'О' | 'ο' | 'Ο' | 'σ' => 'o',
+        'р' | 'Р' | 'ρ' | 'Ρ' => 'p',
+        'ԛ' => 'q',
+        'г' => 'r',
+        'ѕ' | 'Ѕ' => 's',
+        'т' | 'Т' | 'τ' | 'Τ' => 't',
+        'υ' | 'μ' => 'u',
+        'ν' => 'v',
+        'ԝ' | 'ω' => 'w',
+        'х' | 'Х' | 'χ' | 'Χ' => 'x',
+        'у' | 'У' | 'Υ' | 'γ' => 'y',
+        'Ζ' => 'z',
+        _ => return None,
+    })
+}
+
+/// Normalises `src` into `out` (cleared first). Offsets in `out.map` are relative to `src`.
+pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
+    out.bytes.clear();
+    out.map.clear();
+    let compat = is_nfkc_quick(src.chars()) != IsNormalized::Yes;
+    let mut last_space = true;
+    for (o, c) in src.char_indices() {
+        if compat {
+            for d in std::iter::once(c).nfkc() {
+                push_char(d, o as u32, out, &mut last_space);
+            }
+        } else {
+            push_char(c, o as u32, out, &mut last_space);
+        }
+    }
+    out.map.push(src.len() as u32);
+    fold_leet(&mut out.bytes);
+}
+
+fn push_char(c: char, origin: u32, out: &mut Normalized, last_space: &mut bool) {
+    if is_invisible(c) {
+        return;
+    }
+    if c.is_whitespace() {
+        if c == '\n' {
+            // Newlines stay: fake conversation turns are recognised at line starts.
+            if out.bytes.last() == Some(&b' ') {
+                out.bytes.pop();
+                out.map.pop();
+            }
+            out.bytes.push(b'\n');
+            out.map.push(origin);
+            *last_space = true;
+        } else if !*last_space {
+            out.bytes.push(b' ');
+            out.map.push(origin);
+            *last_space = true;
+        }
+        return;
+    }
+    *last_space = false;
+    let c = confusable(c).unwrap_or(c);
+    if c.is_ascii() {
+        out.bytes.push(c.to_ascii_lowercase() as u8);
+        out.map.push(origin);
+        return;
+    }
+    let mut buf = [0u8; 4];
+    for l in c.to_lowercase() {
+        for &b in l.encode_utf8(&mut buf).as_bytes() {
+            out.bytes.push(b);
+            out.map.push(origin);
+        }
+    }
+}
+
+/// Replaces leetspeak digits and symbols that touch a letter. ASCII-for-ASCII, so offsets and
+/// UTF-8 validity are unchanged.
+fn fold_leet(bytes: &mut [u8]) {
+    let n = bytes.len();
+    for i in 0..n {
+        let Some(&c) = bytes.get(i) else {
+            break;
+        };
+        let to = match c {
+            b'0' => b'o',
+            b'1' | b'!' => b'i',
+            b'3' => b'e',
+            b'4' | b'@' => b'a',
+            b'5' | b'$' => b's',
+            b'7' => b't',
+            _ => continue,
+        };
+        let letter = |j: Option<usize>| j.and_then(|j| bytes.get(j)).is_some_and(|b| b.is_ascii_lowercase());
+        let prev = letter(i.checked_sub(1));
+        let next = letter(Some(i + 1));
+        // `!` and `$` end or start words legitimately; they only count inside a word.
+        let inside = if matches!(c, b'!' | b'$' | b'@') { prev && next } else { prev || next };
+        if inside {
+            if let Some(slot) = bytes.get_mut(i) {
+                *slot = to;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(s: &str) -> String {
+        let mut n = Normalized::default();
+        normalize_into(s, &mut n);
+        assert_eq!(n.map.len(), n.bytes.len() + 1);
+        String::from_utf8(n.bytes).unwrap()
+    }
+
+    #[test]
+    fn folds_compatibility_invisible_confusable_and_leet() {
+        assert_eq!(norm("ＩＧＮＯＲＥ"), "ignore");
+        assert_eq!(norm("ig\u{200B}no\u{202E}re"), "ignore");
+        assert_eq!(norm("іgnоrе"), "ignore"); // Cyrillic і, о, е
+        assert_eq!(norm("1gn0r3 pr3v10us"), "ignore previous");
+        assert_eq!(norm("a  \t b\r\n  c"), "a b\nc");
+        assert_eq!(norm("gpt 4 costs $20"), "gpt 4 costs $20");
+    }
+
+    #[test]
+    fn map_points_back_to_original_bytes() {
+        let src = "ｘ ignore";
+        let mut n = Normalized::default();
+        normalize_into(src, &mut n);
+        let at = n.bytes.iter().position(|&b| b == b'i').unwrap();
+        let r = n.original(at, at + 6, src.len());
+        assert_eq!(&src[r], "ignore");
+    }
+}
