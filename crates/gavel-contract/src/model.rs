@@ -1,0 +1,470 @@
+//! The validated contract. Only `validate` constructs these types, so holding a `Contract`
+//! means every reference resolves, every value is in range and every binding is computed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::template::PromptTemplate;
+use crate::time::{Date, Span};
+
+/// A validated governance contract. Its `version` is the SHA-256 of its canonical form.
+#[derive(Debug, Clone, Serialize)]
+pub struct Contract {
+    #[serde(skip)]
+    pub version: ContractVersion,
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub schema: u32,
+    pub organization: String,
+    pub taxonomy: Taxonomy,
+    pub endpoints: BTreeMap<String, Endpoint>,
+    pub use_cases: BTreeMap<String, UseCase>,
+    pub deployments: BTreeMap<String, Deployment>,
+    pub policy: Policy,
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Contract {
+    pub fn deployment(&self, id: &str) -> Option<&Deployment> {
+        self.deployments.get(id)
+    }
+
+    pub fn use_case_of(&self, deployment: &Deployment) -> Option<&UseCase> {
+        self.use_cases.get(&deployment.use_case)
+    }
+
+    pub fn endpoint_of(&self, deployment: &Deployment) -> Option<&Endpoint> {
+        self.endpoints.get(&deployment.endpoint)
+    }
+
+    pub fn price_of(&self, snapshot: &str) -> Option<Price> {
+        self.prices.get(snapshot).copied()
+    }
+}
+
+/// Hex SHA-256 of a contract's canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(transparent)]
+pub struct ContractVersion(pub String);
+
+impl fmt::Display for ContractVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Hex SHA-256 of a deployment's canonical form, file contents included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Default, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct Binding(pub String);
+
+impl fmt::Display for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The EU AI Act's risk tiers, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Unacceptable,
+    High,
+    Limited,
+    Minimal,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Unacceptable, Tier::High, Tier::Limited, Tier::Minimal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Unacceptable => "unacceptable",
+            Tier::High => "high",
+            Tier::Limited => "limited",
+            Tier::Minimal => "minimal",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Taxonomy {
+    pub classify: Vec<ClassifyRule>,
+    pub default_tier: Tier,
+    pub requirements: BTreeMap<Tier, ApprovalRequirements>,
+    pub spend_tiers: Vec<SpendTier>,
+}
+
+impl Taxonomy {
+    /// The tier of a domain: the first rule naming it, else the default. The second value says
+    /// whether a rule named it (a domain no rule names is worth a warning: it may be a typo).
+    pub fn classify(&self, domain: &str) -> (Tier, bool) {
+        self.classify
+            .iter()
+            .find(|rule| rule.domains.iter().any(|d| d == domain))
+            .map_or((self.default_tier, false), |rule| (rule.tier, true))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifyRule {
+    pub domains: Vec<String>,
+    pub tier: Tier,
+}
+
+/// What an approval of a deployment in a given tier must carry.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalRequirements {
+    pub allowed: bool,
+    pub approvers: u32,
+    pub distinct_roles: Vec<String>,
+    pub evidence: Vec<String>,
+    pub max_validity_days: Option<u32>,
+    pub require_thresholds: Vec<Signal>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpendTier {
+    pub above_usd_per_month: f64,
+    pub extra_role: String,
+}
+
+/// The monitored measures an approval can set thresholds on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    Accuracy,
+    Drift,
+    Latency,
+    Abuse,
+    Fallback,
+    Fairness,
+    Spend,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 7] = [
+        Signal::Accuracy,
+        Signal::Drift,
+        Signal::Latency,
+        Signal::Abuse,
+        Signal::Fallback,
+        Signal::Fairness,
+        Signal::Spend,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Accuracy => "accuracy",
+            Signal::Drift => "drift",
+            Signal::Latency => "latency",
+            Signal::Abuse => "abuse",
+            Signal::Fallback => "fallback",
+            Signal::Fairness => "fairness",
+            Signal::Spend => "spend",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an endpoint sends data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointLocation {
+    External,
+    SelfHosted,
+}
+
+impl EndpointLocation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointLocation::External => "external",
+            EndpointLocation::SelfHosted => "self_hosted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub location: EndpointLocation,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UseCase {
+    pub id: String,
+    pub domain: String,
+    pub tier: Tier,
+    pub owner: String,
+    pub oncall: Oncall,
+    pub population: String,
+    pub data_classes: Vec<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Oncall {
+    pub webhook: String,
+    pub runbook: Option<String>,
+    pub severity_map: BTreeMap<String, String>,
+}
+
+/// The governed unit: everything that must be approved together.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub id: String,
+    pub use_case: String,
+    pub endpoint: String,
+    pub model: ModelRef,
+    pub prompt_template: Option<PromptTemplate>,
+    pub tools: BTreeMap<String, ToolSchema>,
+    pub params: BTreeMap<String, ParamRule>,
+    pub retrieval: Option<Retrieval>,
+    pub eval_set: Option<FileDigest>,
+    pub fallback: Option<Fallback>,
+    /// Non-empty for chains: the steps a run of this deployment may take.
+    pub steps: BTreeMap<String, Step>,
+    #[serde(skip)]
+    pub binding: Binding,
+}
+
+impl Deployment {
+    pub fn is_chain(&self) -> bool {
+        !self.steps.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub snapshot: String,
+    pub deprecates: Option<Date>,
+}
+
+/// A file whose contents are bound into a deployment.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileDigest {
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// An approved tool: its JSON schema (parsed, for conformance) and the file's digest.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolSchema {
+    pub file: FileDigest,
+    #[serde(skip)]
+    pub schema: serde_json::Value,
+}
+
+/// An approved generation parameter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamRule {
+    /// The request may omit it or send exactly this value; for `max_tokens` it is a ceiling.
+    Exactly(serde_json::Value),
+    /// The request may send any number in `[min, max]`.
+    Range { min: f64, max: f64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Retrieval {
+    pub index: String,
+    pub top_k: Option<u32>,
+    pub embedding_model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    Deployment(String),
+    Response(String),
+    HumanQueue(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Model,
+    Tool,
+    Retriever,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub kind: StepKind,
+    /// For `tool` steps: which of the deployment's tools the step calls.
+    pub tool: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub privacy: Option<PrivacyPolicy>,
+    pub injection: Option<InjectionPolicy>,
+    pub sovereignty: Vec<SovereigntyRule>,
+    pub budgets: Vec<Budget>,
+    pub resources: BTreeMap<String, u64>,
+    pub abuse: Option<AbusePolicy>,
+    pub idempotency_window: Span,
+}
+
+/// What to do with a finding of a given class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingAction {
+    Block,
+    Redact,
+    Flag,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PrivacyActions {
+    pub pii: FindingAction,
+    pub secret: FindingAction,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrivacyPolicy {
+    pub input: PrivacyActions,
+    pub retrieved: PrivacyActions,
+    pub output: PrivacyActions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InjectionPolicy {
+    pub input: FindingAction,
+    pub retrieved: FindingAction,
+    pub threshold: f64,
+}
+
+/// Where data of a class may be sent: a location (`self_hosted`, `external`) or `region:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Destination {
+    Location(EndpointLocation),
+    Region(String),
+}
+
+impl Destination {
+    pub fn admits(&self, endpoint: &Endpoint) -> bool {
+        match self {
+            Destination::Location(location) => *location == endpoint.location,
+            Destination::Region(region) => *region == endpoint.region,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnViolation {
+    RouteOrBlock,
+    Block,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SovereigntyRule {
+    pub data_class: String,
+    pub allow: Vec<Destination>,
+    pub on_violation: OnViolation,
+}
+
+impl SovereigntyRule {
+    pub fn admits(&self, endpoint: &Endpoint) -> bool {
+        self.allow.iter().any(|d| d.admits(endpoint))
+    }
+}
+
+/// Who a budget window is counted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetScope {
+    Organization,
+    UseCase,
+    Deployment,
+    Principal,
+    Run,
+}
+
+impl BudgetScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetScope::Organization => "organization",
+            BudgetScope::UseCase => "use_case",
+            BudgetScope::Deployment => "deployment",
+            BudgetScope::Principal => "principal",
+            BudgetScope::Run => "run",
+        }
+    }
+}
+
+/// One budget line. Each distinct scope value (each use case, each principal...) gets its own
+/// counters; `window: None` means the budget never resets (used for runs).
+#[derive(Debug, Clone, Serialize)]
+pub struct Budget {
+    pub scope: BudgetScope,
+    pub window: Option<Span>,
+    pub only_use_case: Option<String>,
+    pub only_deployment: Option<String>,
+    pub limits: Limits,
+}
+
+/// Limits in integer units so that sums are exact: micro-dollars, not floating dollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub tokens: Option<u64>,
+    pub usd_micros: Option<u64>,
+    pub requests: Option<u64>,
+    pub tool_calls: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AbusePolicy {
+    pub strikes: u32,
+    pub within: Span,
+    pub cooldown: Span,
+}
+
+/// USD per one million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Price {
+    /// Cost in micro-dollars, rounded up so that estimates never undercount.
+    pub fn cost_micros(self, input_tokens: u64, output_tokens: u64) -> u64 {
+        // USD per 1M tokens equals micro-USD per token.
+        let micros = self.input * input_tokens as f64 + self.output * output_tokens as f64;
+        if micros.is_finite() && micros >= 0.0 {
+            micros.ceil() as u64
+        } else {
+            u64::MAX
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Every kind of bad contract gets one located sentence saying what is wrong.
+
+use crate::Files;
+
+fn first_error(files: &Files) -> String {
+    match files.load() {
+        Ok(_) => panic!("the contract was accepted"),
+        Err(errors) => errors.first().unwrap().to_string(),
+    }
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let mut f = Files::example();
+    f.edit(
+        "    population: \"Acme employees\"",
+        "    population: \"Acme employees\"\n    populaton: typo",
+    );
+    let e = first_error(&f);
+    assert!(e.starts_with("gavel.yaml:"), "{e}");
+    assert!(e.contains("unknown field `populaton`"), "{e}");
+    let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+    assert_eq!(
+        f.contract().lines().nth(line - 1).unwrap().trim(),
+        "populaton: typo"
+    );
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let mut f = Files::example();
+    f.edit(
+        "abuse:       { strikes: 3,",
+        "abuse:       { strikes: many,",
+    );
+    let e = first_error(&f);
+    assert!(e.contains("invalid u32") || e.contains("strikes"), "{e}");
+    assert!(e.starts_with("gavel.yaml:"), "{e}");
+}
+
+#[test]
+fn dangling_use_case_reference_names_the_alternatives() {
+    let mut f = Files::example();
+    f.edit(
+        "    use_case: credit-limit\n",
+        "    use_case: credit-limits\n",
+    );
+    let e = first_error(&f);
+    assert!(e.contains("unknown use case `credit-limits`"), "{e}");
+    assert!(e.contains("credit-limit,"), "{e}");
+}
+
+#[test]
+fn dangling_endpoint_and_fallback() {
+    let mut f = Files::example();
+    f.edit(
+        "endpoint: azure-eu\n    model: { name: gpt-4o-mini",
+        "endpoint: azure-us\n    model: { name: gpt-4o-mini",
+    );
+    assert!(first_error(&f).contains("unknown endpoint `azure-us`"));
+    let mut f = Files::example();
+    f.edit(
+        "fallback: { deployment: support-triage-local }",
+        "fallback: { deployment: nowhere }",
+    );
+    assert!(first_error(&f).contains("unknown deployment `nowhere`"));
+}
+
+#[test]
+fn fallback_cycles_are_refused() {
+    let mut f = Files::example();
+    f.edit(
+        "fallback: { response: \"Thanks, a person from our team will pick this up shortly.\" }",
+        "fallback: { deployment: support-triage-v3 }",
+    );
+    assert!(first_error(&f).contains("cycle"));
+}
+
+#[test]
+fn impossible_values() {
+    let cases = [
+        (
+            "abuse:       { strikes: 3, within: 10m",
+            "abuse:       { strikes: 3, within: 10y",
+            "unknown unit",
+        ),
+        ("threshold: 0.8", "threshold: 1.8", "within [0, 1]"),
+        (
+            "deprecates: 2027-06-30 }\n    prompt_template: prompts/triage.txt",
+            "deprecates: 2027-02-30 }\n    prompt_template: prompts/triage.txt",
+            "not a date",
+        ),
+        (
+            "{ scope: use_case,  window: 1m, tokens: 200000 }",
+            "{ scope: use_case, tokens: 200000 }",
+            "needs a `window`",
+        ),
+        (
+            "{ scope: principal, window: 1m, requests: 120 }",
+            "{ scope: principal, window: 1m }",
+            "sets no limit",
+        ),
+        (
+            "memory_mb: { capacity: 16384 }",
+            "memory_mb: { capacity: 0 }",
+            "capacity 0",
+        ),
+        (
+            "unacceptable: { allowed: false }",
+            "unacceptable: { allowed: true, approvers: 1 }",
+            "cannot be `allowed: true`",
+        ),
+        ("tier: high }", "tier: severe }", "unknown tier `severe`"),
+        (
+            "location: self_hosted",
+            "location: on_prem",
+            "unknown location `on_prem`",
+        ),
+        ("owner: alice@acme.example", "owner: alice", "not an email"),
+        (
+            "params: { temperature: 0.2, max_tokens: 512 }",
+            "params: { temperature: 0.2, max_tokens: 0 }",
+            "max_tokens must be",
+        ),
+        (
+            "require_thresholds: [accuracy, drift, fairness]",
+            "require_thresholds: [accuracy, vibes]",
+            "unknown threshold `vibes`",
+        ),
+        ("\"region:eu\"]", "\"continent:eu\"]", "unknown destination"),
+    ];
+    for (from, to, expected) in cases {
+        let mut f = Files::example();
+        f.edit(from, to);
+        let e = first_error(&f);
+        assert!(
+            e.contains(expected),
+            "editing `{to}` gave `{e}`, expected `{expected}`"
+        );
+        assert!(e.starts_with("gavel.yaml:"), "{e}");
+    }
+}
+
+#[test]
+fn missing_referenced_file_is_named() {
+    let mut f = Files::example();
+    f.0.remove("prompts/credit.txt");
+    let e = first_error(&f);
+    assert!(e.contains("cannot read prompt template"), "{e}");
+    assert!(e.contains("prompts/credit.txt"), "{e}");
+}
+
+#[test]
+fn bad_tool_schema_and_template() {
+    let mut f = Files::example();
+    f.set("schemas/lookup_order.json", "{ not json");
+    assert!(first_error(&f).contains("not valid JSON"));
+    let mut f = Files::example();
+    f.set("prompts/triage.txt", "Queues: {{queues}}");
+    assert!(first_error(&f).contains("do not declare `queues`"));
+}
+
+#[test]
+fn usd_budgets_need_prices() {
+    let mut f = Files::example();
+    f.edit(
+        "  llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }\n",
+        "",
+    );
+    let e = first_error(&f);
+    assert!(e.contains("has no price"), "{e}");
+}
+
+#[test]
+fn malformed_yaml_invalid_utf8_and_nul() {
+    let mut f = Files::example();
+    f.set("gavel.yaml", "version: 1\norganization: [acme\n");
+    assert!(first_error(&f).starts_with("gavel.yaml:"));
+    let mut f = Files::example();
+    f.0.insert(
+        "gavel.yaml".into(),
+        b"version: 1\norganization: \xff\n".to_vec(),
+    );
+    assert!(first_error(&f).contains("invalid UTF-8"));
+    let mut f = Files::example();
+    f.set("gavel.yaml", "version: 1\norganization: a\0b\n");
+    assert!(first_error(&f).contains("NUL"));
+    let mut f = Files::example();
+    f.set("gavel.yaml", "");
+    assert!(first_error(&f).starts_with("gavel.yaml"));
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let mut f = Files::example();
+    f.edit("endpoint: openai\n", "endpoint: nope1\n");
+    f.edit("use_case: order-agent\n", "use_case: nope2\n");
+    let errors = f.load().unwrap_err();
+    assert!(errors.0.len() >= 2, "{errors}");
+}
+
+#[test]
+fn unclassified_domain_warns() {
+    let mut f = Files::example();
+    f.edit(
+        "domain: internal_knowledge\n",
+        "domain: internal_knowlege\n",
+    );
+    let loaded = f.load().unwrap();
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.contains("internal_knowlege")));
+}

@@ -1,0 +1,986 @@
+//! The decision pipeline (SPEC section 5).
+//!
+//! Guards run cheapest first and stop at the first terminal verdict: state (kills, cooldowns),
+//! approval, conformance, content scanning, sovereignty, then the budget reservation. The
+//! reservation is taken last, so a request that a guard refuses never holds budget. Any error
+//! from the state backend ends the pipeline with BLOCK `governance.unavailable`.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use gavel_contract::time::{Span, Timestamp};
+use gavel_contract::{
+    Budget, BudgetScope, Contract, Deployment, Fallback, OnViolation, ParamRule, UseCase,
+};
+
+use crate::approval::{covering_approval, NotCovered};
+use crate::decision::*;
+use crate::request::{ActionKind, ContentRole, DecideRequest};
+use crate::scan::{ContentScanner, ScanReport};
+use crate::state::*;
+use crate::tokens::Encoding;
+
+/// Parameters a request may send without them being approved: they change transport, not
+/// behaviour or cost.
+const NEUTRAL_PARAMS: &[&str] = &["stream", "stream_options", "user", "seed"];
+
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// How long an unsettled reservation holds resources.
+    pub reservation_ttl: Span,
+    /// Completion tokens reserved when neither the request nor the approval sets max_tokens.
+    pub default_max_tokens: u64,
+    /// The content-scanning stage; `None` skips it.
+    pub scanner: Option<Arc<dyn ContentScanner>>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            reservation_ttl: Span::from_secs(600),
+            default_max_tokens: 4096,
+            scanner: None,
+        }
+    }
+}
+
+/// Rules on requests under one contract. Cheap to clone and share: swap in a new `Engine` when
+/// the contract changes.
+#[derive(Clone)]
+pub struct Engine {
+    contract: Arc<Contract>,
+    config: EngineConfig,
+}
+
+/// One request to decide, with what the caller (not the request) asserts: who is asking, the
+/// decision's id and the time.
+pub struct DecideInput<'a> {
+    pub request: &'a DecideRequest,
+    /// The authenticated principal.
+    pub principal: &'a str,
+    pub decision_id: String,
+    pub now: Timestamp,
+}
+
+/// Actual usage reported after the action ran.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub tool_calls: u64,
+}
+
+/// A terminal verdict from a guard.
+struct Stop {
+    verdict: Verdict,
+    reason: Reason,
+    retry_until: Option<Timestamp>,
+}
+
+impl Stop {
+    fn block(reason: Reason) -> Stop {
+        Stop {
+            verdict: Verdict::Block,
+            reason,
+            retry_until: None,
+        }
+    }
+
+    fn cooldown(reason: Reason, until: Timestamp) -> Stop {
+        Stop {
+            verdict: Verdict::Cooldown,
+            reason,
+            retry_until: Some(until),
+        }
+    }
+}
+
+/// What the guards concluded.
+struct Evaluation {
+    verdict: Verdict,
+    reasons: Vec<Reason>,
+    obligations: Vec<Obligation>,
+    findings: Vec<FindingRecord>,
+    retry_until: Option<Timestamp>,
+    approval_id: Option<String>,
+    estimate: Option<Estimate>,
+}
+
+impl Engine {
+    pub fn new(contract: Arc<Contract>, config: EngineConfig) -> Engine {
+        Engine { contract, config }
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    /// Decides one request. Never fails: whatever goes wrong becomes a BLOCK.
+    pub fn decide(&self, state: &dyn RuntimeState, input: DecideInput<'_>) -> Decision {
+        let DecideInput {
+            request,
+            principal,
+            decision_id,
+            now,
+        } = input;
+        let deployment = self.contract.deployment(&request.deployment);
+        let use_case = deployment.and_then(|d| self.contract.use_case_of(d));
+        let mut decision = Decision {
+            decision_id,
+            verdict: Verdict::Block,
+            reasons: Vec::new(),
+            obligations: Vec::new(),
+            findings: Vec::new(),
+            deployment: request.deployment.clone(),
+            use_case: use_case.map(|u| u.id.clone()),
+            tier: use_case.map(|u| u.tier.as_str().to_string()),
+            binding: deployment.map(|d| d.binding.0.clone()),
+            approval_id: None,
+            contract_version: self.contract.version.0.clone(),
+            principal: principal.to_string(),
+            run_id: request.run_id.clone(),
+            at: now.to_rfc3339(),
+            retry_after: None,
+            retry_after_seconds: None,
+            would_be: None,
+            first_decision_id: None,
+            estimate: None,
+            input_sha256: input_digest(request),
+        };
+
+        if let Some(claimed) = request.principal.as_deref().filter(|p| *p != principal) {
+            decision.reasons.push(Reason::new(
+                ReasonCode::PrincipalMismatch,
+                format!(
+                    "the request names principal `{claimed}` but the key belongs to `{principal}`"
+                ),
+            ));
+            return decision;
+        }
+        let (Some(deployment), Some(use_case)) = (deployment, use_case) else {
+            decision.reasons.push(Reason::new(
+                ReasonCode::DeploymentUnknown,
+                format!(
+                    "deployment `{}` is not in contract {}",
+                    request.deployment,
+                    short(&self.contract.version.0)
+                ),
+            ));
+            return decision;
+        };
+
+        if !request.dry_run {
+            if let Some(key) = &request.idempotency_key {
+                let scoped = format!("{principal}\u{1f}{}\u{1f}{key}", deployment.id);
+                let expires = now.saturating_add(self.contract.policy.idempotency_window);
+                let mine = PriorDecision {
+                    decision_id: decision.decision_id.clone(),
+                    verdict: String::new(),
+                };
+                match state.claim_idempotency(&scoped, &mine, now, expires) {
+                    Ok(None) => {}
+                    Ok(Some(first)) => {
+                        decision.verdict = Verdict::NoOp;
+                        decision.reasons.push(
+                            Reason::new(
+                                ReasonCode::IdempotentDuplicate,
+                                format!("idempotency key already used within {}; the first decision stands", self.contract.policy.idempotency_window),
+                            )
+                            .with("first_decision_id", first.decision_id.clone()),
+                        );
+                        decision.first_decision_id = Some(first.decision_id);
+                        return decision;
+                    }
+                    Err(e) => {
+                        decision.reasons.push(unavailable(&e));
+                        return decision;
+                    }
+                }
+            }
+        }
+
+        let ctx = Ctx {
+            engine: self,
+            request,
+            principal,
+            deployment,
+            use_case,
+            now,
+            decision_id: &decision.decision_id,
+        };
+        let evaluation = match ctx.evaluate(state, request.dry_run) {
+            Ok(evaluation) => evaluation,
+            Err(e) => Evaluation {
+                verdict: Verdict::Block,
+                reasons: vec![unavailable(&e)],
+                obligations: Vec::new(),
+                findings: Vec::new(),
+                retry_until: None,
+                approval_id: None,
+                estimate: None,
+            },
+        };
+        decision.approval_id = evaluation.approval_id;
+        decision.findings = evaluation.findings;
+        decision.estimate = evaluation.estimate;
+        if request.dry_run {
+            decision.verdict = Verdict::NoOp;
+            decision.reasons.push(Reason::new(ReasonCode::DryRun, "dry run: nothing was executed or consumed; `would_be` is the decision a real request would get"));
+            decision.would_be = Some(WouldBe {
+                verdict: evaluation.verdict,
+                reasons: evaluation.reasons,
+                obligations: evaluation.obligations,
+            });
+            return decision;
+        }
+        decision.verdict = evaluation.verdict;
+        decision.reasons = evaluation.reasons;
+        decision.obligations = evaluation.obligations;
+        if let Some(until) = evaluation.retry_until {
+            decision.set_retry_after(now, until);
+        }
+        if decision.verdict == Verdict::Block {
+            if let Err(e) = self.record_strike(state, &decision, principal, now) {
+                decision.reasons.push(unavailable(&e));
+            }
+        }
+        decision
+    }
+
+    /// Settles a decision's reservation with what the action actually used.
+    pub fn settle(
+        &self,
+        state: &dyn RuntimeState,
+        decision_id: &str,
+        deployment_id: &str,
+        usage: &Usage,
+        now: Timestamp,
+    ) -> Result<Settled, StateError> {
+        let deployment = self.contract.deployment(deployment_id).ok_or_else(|| {
+            StateError(format!(
+                "deployment `{deployment_id}` is not in the contract"
+            ))
+        })?;
+        let price = self.contract.price_of(&deployment.model.snapshot);
+        let actual = Amounts {
+            tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+            usd_micros: price.map_or(0, |p| {
+                p.cost_micros(usage.prompt_tokens, usage.completion_tokens)
+            }),
+            requests: 1,
+            tool_calls: usage.tool_calls,
+        };
+        state.settle(decision_id, actual, now)
+    }
+
+    /// Blocks for abuse reasons count against the principal; enough of them start a cooldown.
+    fn record_strike(
+        &self,
+        state: &dyn RuntimeState,
+        decision: &Decision,
+        principal: &str,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
+        let Some(abuse) = self.contract.policy.abuse else {
+            return Ok(());
+        };
+        if !decision.reason_codes().any(ReasonCode::is_abuse) {
+            return Ok(());
+        }
+        let strikes = state.add_strike(principal, now, abuse.within.millis())?;
+        if strikes >= abuse.strikes {
+            state.start_cooldown(&Cooldown {
+                scope: Scope::Principal(principal.to_string()),
+                code: ReasonCode::AbuseCooldown.as_str().to_string(),
+                reason: format!("{strikes} abuse blocks within {}", abuse.within),
+                since: now,
+                until: now.saturating_add(abuse.cooldown),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: &StateError) -> Reason {
+    Reason::new(
+        ReasonCode::GovernanceUnavailable,
+        format!("governance state is unavailable ({e}); failing closed"),
+    )
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// SHA-256 over every text with its role and length, so that different splits of the same
+/// characters hash differently.
+fn input_digest(request: &DecideRequest) -> String {
+    let mut hasher = Sha256::new();
+    for (role, text) in request.texts() {
+        hasher.update([role as u8]);
+        hasher.update((text.len() as u64).to_be_bytes());
+        hasher.update(text.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+struct Ctx<'a> {
+    engine: &'a Engine,
+    request: &'a DecideRequest,
+    principal: &'a str,
+    deployment: &'a Deployment,
+    use_case: &'a UseCase,
+    now: Timestamp,
+    decision_id: &'a str,
+}
+
+impl Ctx<'_> {
+    fn contract(&self) -> &Contract {
+        &self.engine.contract
+    }
+
+    fn evaluate(&self, state: &dyn RuntimeState, dry_run: bool) -> Result<Evaluation, StateError> {
+        let mut eval = Evaluation {
+            verdict: Verdict::Allow,
+            reasons: Vec::new(),
+            obligations: Vec::new(),
+            findings: Vec::new(),
+            retry_until: None,
+            approval_id: None,
+            estimate: None,
+        };
+        let view = state.view(
+            &self.deployment.id,
+            &self.use_case.id,
+            self.principal,
+            self.request.run_id.as_deref(),
+            self.now,
+        )?;
+        let outcome = self
+            .state_guard(&view)
+            .or_else(|| self.approval_guard(&view, &mut eval))
+            .or_else(|| self.conformance_guard(&mut eval));
+        if let Some(stop) = outcome {
+            return Ok(eval.stopped(stop));
+        }
+        let scan = self.scan();
+        eval.findings = scan.findings;
+        if let Some(reason) = scan.block {
+            return Ok(eval.stopped(Stop::block(reason)));
+        }
+        eval.reasons.extend(scan.notes);
+        if !scan.redactions.is_empty() {
+            eval.obligations.push(Obligation::Redact {
+                redactions: scan.redactions,
+            });
+        }
+        let target = match self.sovereignty_guard(state, &scan.detected_classes, &mut eval)? {
+            Ok(target) => target,
+            Err(stop) => return Ok(eval.stopped(stop)),
+        };
+        if let Some(stop) = self.budget_guard(state, target, dry_run, &mut eval)? {
+            return Ok(eval.stopped(stop));
+        }
+        Ok(eval)
+    }
+
+    fn state_guard(&self, view: &GovernanceView) -> Option<Stop> {
+        if let Some(kill) = view.kills.iter().find(|k| k.until.is_none()) {
+            return Some(Stop::block(
+                Reason::new(
+                    ReasonCode::KillswitchActive,
+                    format!(
+                        "kill switch on `{}` by {}: {}",
+                        kill.scope.key(),
+                        kill.by,
+                        kill.reason
+                    ),
+                )
+                .with("scope", kill.scope.key()),
+            ));
+        }
+        if let Some(kill) = view
+            .kills
+            .iter()
+            .filter(|k| k.until.is_some())
+            .max_by_key(|k| k.until)
+        {
+            let until = kill.until.unwrap_or(self.now);
+            return Some(Stop::cooldown(
+                Reason::new(
+                    ReasonCode::KillswitchActive,
+                    format!(
+                        "timed kill on `{}` by {} until {until}: {}",
+                        kill.scope.key(),
+                        kill.by,
+                        kill.reason
+                    ),
+                )
+                .with("scope", kill.scope.key()),
+                until,
+            ));
+        }
+        let cooldown = view.cooldowns.iter().max_by_key(|c| c.until)?;
+        let code = if cooldown.code == ReasonCode::AbuseCooldown.as_str() {
+            ReasonCode::AbuseCooldown
+        } else {
+            ReasonCode::CooldownActive
+        };
+        Some(Stop::cooldown(
+            Reason::new(
+                code,
+                format!(
+                    "`{}` is cooling down until {}: {}",
+                    cooldown.scope.key(),
+                    cooldown.until,
+                    cooldown.reason
+                ),
+            )
+            .with("scope", cooldown.scope.key())
+            .with("cause", cooldown.code.clone()),
+            cooldown.until,
+        ))
+    }
+
+    fn approval_guard(&self, view: &GovernanceView, eval: &mut Evaluation) -> Option<Stop> {
+        let d = self.deployment;
+        if self.use_case.tier == gavel_contract::Tier::Unacceptable {
+            return Some(Stop::block(Reason::new(
+                ReasonCode::TierUnacceptable,
+                format!(
+                    "use case `{}` is tier unacceptable (domain `{}`); it can never run",
+                    self.use_case.id, self.use_case.domain
+                ),
+            )));
+        }
+        let approval = match covering_approval(&view.approvals, d, self.now) {
+            Ok(approval) => approval,
+            Err(why) => return Some(Stop::block(self.not_covered_reason(why))),
+        };
+        eval.approval_id = Some(approval.id.clone());
+        if let Some(date) = d.model.deprecates {
+            if self.now >= date.start() {
+                return Some(Stop::block(
+                    Reason::new(ReasonCode::ModelDeprecated, format!("model snapshot `{}` was deprecated on {date}; re-approve a current snapshot", d.model.snapshot))
+                        .with("snapshot", d.model.snapshot.clone())
+                        .with("deprecated_on", date.to_string()),
+                ));
+            }
+        }
+        None
+    }
+
+    fn not_covered_reason(&self, why: NotCovered) -> Reason {
+        let d = &self.deployment.id;
+        let binding = short(&self.deployment.binding.0);
+        match why {
+            NotCovered::Missing => Reason::new(ReasonCode::ApprovalMissing, format!("deployment `{d}` (binding {binding}) has no approval; nothing runs unapproved")),
+            NotCovered::Pending(id) => Reason::new(ReasonCode::ApprovalPending, format!("approval {id} of `{d}` is still pending signoffs")).with("approval_id", id),
+            NotCovered::Expired(id) => Reason::new(ReasonCode::ApprovalExpired, format!("approval {id} of `{d}` has expired; re-approve it")).with("approval_id", id),
+            NotCovered::Revoked(id) => Reason::new(ReasonCode::ApprovalRevoked, format!("approval {id} of `{d}` was revoked")).with("approval_id", id),
+            NotCovered::BindingMismatch { approval_id, approved } => Reason::new(
+                ReasonCode::ApprovalBindingMismatch,
+                format!("deployment `{d}` changed since approval {approval_id}: approved binding {}, current {binding}; the change needs its own approval", short(&approved)),
+            )
+            .with("approval_id", approval_id)
+            .with("approved_binding", approved)
+            .with("current_binding", self.deployment.binding.0.clone()),
+        }
+    }
+
+    fn conformance_guard(&self, eval: &mut Evaluation) -> Option<Stop> {
+        let d = self.deployment;
+        let r = self.request;
+        if let Some(model) = &r.model {
+            if *model != d.model.name && *model != d.model.snapshot && *model != d.id {
+                return Some(Stop::block(
+                    Reason::new(
+                        ReasonCode::ConformanceModel,
+                        format!(
+                            "model `{model}` is not the approved `{}` ({})",
+                            d.model.name, d.model.snapshot
+                        ),
+                    )
+                    .with("requested", model.clone())
+                    .with("approved", d.model.snapshot.clone()),
+                ));
+            }
+        }
+        if let Some(stop) = self.chain_guard() {
+            return Some(stop);
+        }
+        if r.action.kind == ActionKind::Inference {
+            if let Some(stop) = self.system_prompt_guard() {
+                return Some(stop);
+            }
+        }
+        for tool in &r.tools {
+            let name = &tool.function.name;
+            let Some(approved) = d.tools.get(name) else {
+                return Some(Stop::block(
+                    Reason::new(
+                        ReasonCode::ToolNotApproved,
+                        format!("tool `{name}` is not approved for `{}`", d.id),
+                    )
+                    .with("tool", name.clone()),
+                ));
+            };
+            if tool.function.parameters.as_ref() != Some(&approved.schema) {
+                return Some(Stop::block(
+                    Reason::new(
+                        ReasonCode::ConformanceToolSchema,
+                        format!("tool `{name}`'s schema differs from the approved one"),
+                    )
+                    .with("tool", name.clone())
+                    .with("approved_sha256", approved.file.sha256.clone()),
+                ));
+            }
+        }
+        self.params_guard(eval)
+    }
+
+    fn chain_guard(&self) -> Option<Stop> {
+        let d = self.deployment;
+        let r = self.request;
+        let tool_call = (r.action.kind == ActionKind::ToolCall)
+            .then(|| r.action.name.clone().unwrap_or_default());
+        if let Some(name) = &tool_call {
+            if !d.tools.contains_key(name) {
+                return Some(Stop::block(
+                    Reason::new(
+                        ReasonCode::ToolNotApproved,
+                        format!("tool `{name}` is not approved for `{}`", d.id),
+                    )
+                    .with("tool", name.clone()),
+                ));
+            }
+        }
+        let step_reason = |message: String| {
+            Some(Stop::block(Reason::new(
+                ReasonCode::ChainStepUndeclared,
+                message,
+            )))
+        };
+        match (&r.step, d.is_chain()) {
+            (None, false) => None,
+            (Some(step), false) => step_reason(format!(
+                "`{}` is not a chain; it declares no step `{step}`",
+                d.id
+            )),
+            (None, true) => step_reason(format!(
+                "`{}` is a chain; name the step (one of: {})",
+                d.id,
+                d.steps.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            (Some(step), true) => {
+                let Some(declared) = d.steps.get(step) else {
+                    return step_reason(format!("chain `{}` declares no step `{step}`", d.id));
+                };
+                let fits = match declared.kind {
+                    gavel_contract::StepKind::Tool => {
+                        tool_call.as_deref() == declared.tool.as_deref()
+                    }
+                    gavel_contract::StepKind::Model => r.action.kind == ActionKind::Inference,
+                    gavel_contract::StepKind::Retriever => r.action.kind != ActionKind::ToolCall,
+                };
+                if fits {
+                    None
+                } else {
+                    step_reason(format!("step `{step}` of `{}` is a {:?} step; this request does something else", d.id, declared.kind).to_lowercase())
+                }
+            }
+        }
+    }
+
+    fn system_prompt_guard(&self) -> Option<Stop> {
+        let prompts = self.request.system_prompts();
+        let refuse = |message: String| {
+            Some(Stop::block(Reason::new(
+                ReasonCode::ConformanceSystemPrompt,
+                message,
+            )))
+        };
+        match (&self.deployment.prompt_template, prompts.as_slice()) {
+            (None, []) => None,
+            (None, _) => refuse(format!(
+                "`{}` has no approved prompt template, so it takes no system prompt",
+                self.deployment.id
+            )),
+            (Some(_), []) => refuse(format!(
+                "`{}` must be called with its approved system prompt",
+                self.deployment.id
+            )),
+            (Some(template), [prompt]) => match template.check(prompt) {
+                Ok(()) => None,
+                Err(mismatch) => Some(Stop::block(
+                    Reason::new(ReasonCode::ConformanceSystemPrompt, mismatch.to_string())
+                        .with("approved_sha256", template.file.sha256.clone()),
+                )),
+            },
+            (Some(_), _) => refuse(format!(
+                "{} system messages; the approved template is one message",
+                prompts.len()
+            )),
+        }
+    }
+
+    fn params_guard(&self, eval: &mut Evaluation) -> Option<Stop> {
+        let d = self.deployment;
+        for (name, value) in &self.request.params {
+            if NEUTRAL_PARAMS.contains(&name.as_str())
+                || name == "max_tokens"
+                || name == "max_completion_tokens"
+            {
+                continue;
+            }
+            let refuse = |why: String| {
+                Some(Stop::block(
+                    Reason::new(ReasonCode::ConformanceParams, why)
+                        .with("param", name.clone())
+                        .with("value", value.clone()),
+                ))
+            };
+            match d.params.get(name) {
+                None => {
+                    return refuse(format!("parameter `{name}` is not approved for `{}`", d.id))
+                }
+                Some(ParamRule::Exactly(approved)) => {
+                    if !same_value(approved, value) {
+                        return refuse(format!(
+                            "parameter `{name}` = {value} but the approved value is {approved}"
+                        ));
+                    }
+                }
+                Some(ParamRule::Range { min, max }) => match value.as_f64() {
+                    Some(v) if v >= *min && v <= *max => {}
+                    _ => return refuse(format!(
+                        "parameter `{name}` = {value} is outside the approved range [{min}, {max}]"
+                    )),
+                },
+            }
+        }
+        let requested = ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .filter_map(|k| self.request.params.get(*k))
+            .find_map(Value::as_u64);
+        let approved = match d.params.get("max_tokens") {
+            Some(ParamRule::Exactly(v)) => v.as_f64().map(|n| n as u64),
+            _ => None,
+        };
+        let ceiling = approved.unwrap_or(self.engine.config.default_max_tokens);
+        let effective = requested.map_or(ceiling, |n| n.min(ceiling));
+        if requested.is_some_and(|n| n > ceiling) {
+            eval.reasons.push(
+                Reason::new(
+                    ReasonCode::MaxTokensCapped,
+                    format!("max_tokens capped to {ceiling}"),
+                )
+                .with("requested", requested.unwrap_or_default())
+                .with("limit", ceiling),
+            );
+        }
+        if requested != Some(effective) {
+            eval.obligations.push(Obligation::CapMaxTokens {
+                max_tokens: effective,
+            });
+        }
+        None
+    }
+
+    fn scan(&self) -> ScanReport {
+        let mut report = ScanReport::default();
+        if let Some(scanner) = &self.engine.config.scanner {
+            let texts: Vec<(ContentRole, std::borrow::Cow<'_, str>)> =
+                self.request.texts().collect();
+            scanner.scan(&texts, &self.contract().policy, &mut report);
+        }
+        report
+    }
+
+    /// Returns the deployment the request will run on (itself or a route target).
+    fn sovereignty_guard<'c>(
+        &'c self,
+        state: &dyn RuntimeState,
+        detected: &[String],
+        eval: &mut Evaluation,
+    ) -> Result<Result<&'c Deployment, Stop>, StateError> {
+        let contract = self.contract();
+        let Some(endpoint) = contract.endpoint_of(self.deployment) else {
+            return Ok(Err(Stop::block(Reason::new(
+                ReasonCode::GovernanceUnavailable,
+                "the deployment's endpoint is missing from the contract",
+            ))));
+        };
+        let classes: Vec<&str> = self
+            .use_case
+            .data_classes
+            .iter()
+            .map(String::as_str)
+            .chain(detected.iter().map(String::as_str))
+            .collect();
+        let violated: Vec<&gavel_contract::SovereigntyRule> = contract
+            .policy
+            .sovereignty
+            .iter()
+            .filter(|rule| classes.contains(&rule.data_class.as_str()) && !rule.admits(endpoint))
+            .collect();
+        if violated.is_empty() {
+            return Ok(Ok(self.deployment));
+        }
+        let names: Vec<&str> = violated.iter().map(|r| r.data_class.as_str()).collect();
+        let may_route = violated
+            .iter()
+            .all(|r| r.on_violation == OnViolation::RouteOrBlock);
+        if may_route {
+            if let Some(Fallback::Deployment(target_id)) = &self.deployment.fallback {
+                if let Some(target) = contract.deployment(target_id) {
+                    let admitted = contract
+                        .endpoint_of(target)
+                        .is_some_and(|e| violated.iter().all(|r| r.admits(e)));
+                    let approvals = state.approvals_of(target_id)?;
+                    let approval = covering_approval(&approvals, target, self.now).ok();
+                    let current = target.model.deprecates.is_none_or(|d| self.now < d.start());
+                    if let (true, Some(approval), true) = (admitted, approval, current) {
+                        eval.reasons.push(
+                            Reason::new(
+                                ReasonCode::SovereigntyRouted,
+                                format!(
+                                    "{} data may not go to endpoint `{}`; routed to `{target_id}`",
+                                    names.join(", "),
+                                    endpoint.id
+                                ),
+                            )
+                            .with("data_classes", json!(names))
+                            .with("to", target_id.clone()),
+                        );
+                        eval.obligations.push(Obligation::Route {
+                            deployment: target_id.clone(),
+                            endpoint: target.endpoint.clone(),
+                            binding: target.binding.0.clone(),
+                            approval_id: approval.id.clone(),
+                        });
+                        return Ok(Ok(target));
+                    }
+                }
+            }
+        }
+        Ok(Err(Stop::block(
+            Reason::new(
+                ReasonCode::SovereigntyEndpoint,
+                format!("{} data may not go to endpoint `{}` ({}, {}) and no approved alternative is allowed to take it", names.join(", "), endpoint.id, endpoint.location.as_str(), endpoint.region),
+            )
+            .with("data_classes", json!(names))
+            .with("endpoint", endpoint.id.clone()),
+        )))
+    }
+
+    fn budget_guard(
+        &self,
+        state: &dyn RuntimeState,
+        target: &Deployment,
+        dry_run: bool,
+        eval: &mut Evaluation,
+    ) -> Result<Option<Stop>, StateError> {
+        let contract = self.contract();
+        let applicable: Vec<(&Budget, String)> = contract
+            .policy
+            .budgets
+            .iter()
+            .filter(|b| {
+                b.only_use_case
+                    .as_ref()
+                    .is_none_or(|u| *u == self.use_case.id)
+            })
+            .filter(|b| {
+                b.only_deployment
+                    .as_ref()
+                    .is_none_or(|d| *d == self.deployment.id)
+            })
+            .filter_map(|b| self.scope_value(b.scope).map(|v| (b, v)))
+            .collect();
+        let resources: Vec<ResourceClaim> = self
+            .request
+            .resources
+            .iter()
+            .map(|(name, amount)| (name, *amount, contract.policy.resources.get(name).copied()))
+            .map(|(name, amount, capacity)| ResourceClaim {
+                name: name.clone(),
+                amount,
+                capacity: capacity.unwrap_or(0),
+            })
+            .collect();
+        if let Some(unknown) = resources.iter().find(|r| r.capacity == 0) {
+            return Ok(Some(Stop::block(Reason::new(
+                ReasonCode::BudgetResource,
+                format!(
+                    "resource `{}` is not declared in the contract's policy.resources",
+                    unknown.name
+                ),
+            ))));
+        }
+        let max_tokens = eval
+            .obligations
+            .iter()
+            .find_map(|o| match o {
+                Obligation::CapMaxTokens { max_tokens } => Some(*max_tokens),
+                _ => None,
+            })
+            .or_else(|| {
+                self.request
+                    .params
+                    .get("max_tokens")
+                    .and_then(Value::as_u64)
+            })
+            .or_else(|| {
+                self.request
+                    .params
+                    .get("max_completion_tokens")
+                    .and_then(Value::as_u64)
+            })
+            .unwrap_or(self.engine.config.default_max_tokens);
+        let needs_tokens = applicable
+            .iter()
+            .any(|(b, _)| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
+        let is_inference = self.request.action.kind == ActionKind::Inference;
+        let prompt_tokens = if needs_tokens && is_inference {
+            let encoding = Encoding::for_model(&target.model.name);
+            let texts: Vec<std::borrow::Cow<'_, str>> =
+                self.request.texts().map(|(_, t)| t).collect();
+            encoding.count_chat(texts.iter().map(|t| t.as_ref()))
+        } else {
+            0
+        };
+        let completion = if is_inference { max_tokens } else { 0 };
+        let usd_micros = contract
+            .price_of(&target.model.snapshot)
+            .map_or(0, |p| p.cost_micros(prompt_tokens, completion));
+        let tool_calls = u64::from(self.request.action.kind == ActionKind::ToolCall);
+        let amounts = Amounts {
+            tokens: prompt_tokens + completion,
+            usd_micros,
+            requests: 1,
+            tool_calls,
+        };
+        eval.estimate = Some(Estimate {
+            prompt_tokens,
+            max_tokens: completion,
+            usd_micros,
+            tool_calls,
+        });
+        let windows = applicable
+            .iter()
+            .map(|(budget, scope_value)| window_charge(budget, scope_value, amounts, self.now))
+            .collect();
+        let reservation = ReservationRequest {
+            reservation_id: self.decision_id.to_string(),
+            windows,
+            resources,
+            expires_at: self.now.saturating_add(self.engine.config.reservation_ttl),
+        };
+        Ok(state
+            .reserve(&reservation, self.now, dry_run)?
+            .err()
+            .map(|refusal| self.refusal_stop(refusal)))
+    }
+
+    fn scope_value(&self, scope: BudgetScope) -> Option<String> {
+        match scope {
+            BudgetScope::Organization => Some(self.contract().organization.clone()),
+            BudgetScope::UseCase => Some(self.use_case.id.clone()),
+            BudgetScope::Deployment => Some(self.deployment.id.clone()),
+            BudgetScope::Principal => Some(self.principal.to_string()),
+            BudgetScope::Run => self.request.run_id.clone(),
+        }
+    }
+
+    fn refusal_stop(&self, refusal: Refusal) -> Stop {
+        match refusal {
+            Refusal::Window { key, measure, limit, used, requested, resets_at } => {
+                let (code, unit) = match measure {
+                    Measure::Tokens => (ReasonCode::BudgetTokens, "tokens"),
+                    Measure::UsdMicros => (ReasonCode::BudgetSpend, "micro-USD"),
+                    Measure::Requests => (ReasonCode::BudgetRate, "requests"),
+                    Measure::ToolCalls => (ReasonCode::BudgetToolCalls, "tool calls"),
+                };
+                let reason = Reason::new(code, format!("budget `{key}` would exceed its limit: {used} + {requested} > {limit} {unit}"))
+                    .with("budget", key)
+                    .with("limit", limit)
+                    .with("used", used)
+                    .with("requested", requested);
+                match resets_at {
+                    Some(until) => Stop::cooldown(reason, until),
+                    None => Stop::block(reason),
+                }
+            }
+            Refusal::Resource { name, capacity, in_use, requested } => Stop::cooldown(
+                Reason::new(ReasonCode::BudgetResource, format!("resource `{name}`: {in_use} in use + {requested} requested > capacity {capacity}"))
+                    .with("resource", name)
+                    .with("limit", capacity)
+                    .with("used", in_use)
+                    .with("requested", requested),
+                self.now.saturating_add(Span::from_secs(1)),
+            ),
+        }
+    }
+}
+
+impl Evaluation {
+    fn stopped(mut self, stop: Stop) -> Evaluation {
+        self.verdict = stop.verdict;
+        self.reasons.insert(0, stop.reason);
+        self.retry_until = stop.retry_until;
+        self.obligations.clear();
+        self
+    }
+}
+
+/// The counter a budget line charges for this request: fixed windows aligned to the epoch, so
+/// every replica computes the same window boundaries.
+pub fn window_charge(
+    budget: &Budget,
+    scope_value: &str,
+    amounts: Amounts,
+    now: Timestamp,
+) -> WindowCharge {
+    let line = format!(
+        "{}/{}/{}/{}",
+        budget.scope.as_str(),
+        budget.window.map_or("run".to_string(), |w| w.to_string()),
+        budget.only_use_case.as_deref().unwrap_or("*"),
+        budget.only_deployment.as_deref().unwrap_or("*"),
+    );
+    let (key, resets_at) = match budget.window {
+        Some(window) => {
+            let size = i64::try_from(window.millis()).unwrap_or(i64::MAX).max(1);
+            let start = now.millis().div_euclid(size) * size;
+            (
+                format!("{line}|{scope_value}|{start}"),
+                Some(Timestamp(start.saturating_add(size))),
+            )
+        }
+        None => (format!("{line}|{scope_value}"), None),
+    };
+    WindowCharge {
+        key,
+        limits: WindowLimits {
+            tokens: budget.limits.tokens,
+            usd_micros: budget.limits.usd_micros,
+            requests: budget.limits.requests,
+            tool_calls: budget.limits.tool_calls,
+        },
+        amounts,
+        resets_at,
+    }
+}
+
+/// Numbers compare by value (0.2 == 0.20), everything else structurally.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,325 @@
+//! The decide request: what a caller asks to do. The same JSON is accepted by `gavel decide`
+//! and (later) `POST /v1/decide`; docs/decide.md documents it.
+//!
+//! Parsing is strict: an unknown field is an error, so a misspelt `dry_run` or an invented
+//! `bypass: true` can never be silently taken for something else.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Bodies nested deeper than this are refused before they reach serde.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    /// The deployment id the caller wants to use.
+    pub deployment: String,
+    /// Optional: when present it must equal the authenticated principal.
+    #[serde(default)]
+    pub principal: Option<String>,
+    #[serde(default)]
+    pub action: Action,
+    /// Chat messages in OpenAI's shape.
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    /// Content parts marked with their role, for non-chat actions and retrieved documents.
+    #[serde(default)]
+    pub content: Vec<ContentPart>,
+    /// The model name the caller will send upstream; must match the approved model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Generation parameters (temperature, max_tokens, ...).
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// Tool definitions offered to the model, in OpenAI's `tools` shape.
+    #[serde(default)]
+    pub tools: Vec<ToolDefinition>,
+    /// For chains: the declared step this request is.
+    #[serde(default)]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Declared resource needs while the action runs, e.g. `{ "memory_mb": 2048 }`.
+    #[serde(default)]
+    pub resources: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    #[serde(rename = "type")]
+    pub kind: ActionKind,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub args: Option<Value>,
+}
+
+impl Default for Action {
+    fn default() -> Self {
+        Action {
+            kind: ActionKind::Inference,
+            name: None,
+            args: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Inference,
+    ToolCall,
+    Task,
+}
+
+/// An OpenAI chat message. Fields the engine does not govern (e.g. `tool_call_id`) are
+/// accepted so that real chat bodies parse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: MessageRole,
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<MessagePart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessagePart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl Message {
+    /// The message's text; non-text parts (images...) contribute nothing.
+    pub fn text(&self) -> String {
+        match &self.content {
+            None => String::new(),
+            Some(MessageContent::Text(t)) => t.clone(),
+            Some(MessageContent::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// Who wrote a piece of content, which decides how it is scanned: retrieved documents and tool
+/// outputs are data, so instructions inside them are suspect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentRole {
+    User,
+    System,
+    Assistant,
+    Retrieved,
+    ToolOutput,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentPart {
+    pub role: ContentRole,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDefinition {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: FunctionDefinition,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDefinition {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+impl DecideRequest {
+    /// Every piece of text in the request with its role, in order: messages, then parts.
+    pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
+        let messages = self.messages.iter().map(|m| {
+            let role = match m.role {
+                MessageRole::System | MessageRole::Developer => ContentRole::System,
+                MessageRole::User => ContentRole::User,
+                MessageRole::Assistant => ContentRole::Assistant,
+                MessageRole::Tool => ContentRole::ToolOutput,
+            };
+            let text = match &m.content {
+                Some(MessageContent::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
+                _ => std::borrow::Cow::Owned(m.text()),
+            };
+            (role, text)
+        });
+        let parts = self
+            .content
+            .iter()
+            .map(|p| (p.role, std::borrow::Cow::Borrowed(p.text.as_str())));
+        messages.chain(parts)
+    }
+
+    /// The system prompt: system/developer messages joined, or system content parts.
+    pub fn system_prompts(&self) -> Vec<std::borrow::Cow<'_, str>> {
+        self.texts()
+            .filter(|(role, _)| *role == ContentRole::System)
+            .map(|(_, text)| text)
+            .collect()
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError(pub String);
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Parses one JSON request, refusing deep nesting before serde recurses into it.
+pub fn parse_request(bytes: &[u8]) -> Result<DecideRequest, RequestError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        RequestError(format!(
+            "the request is not valid UTF-8 (first bad byte at offset {}); send UTF-8 JSON",
+            e.valid_up_to()
+        ))
+    })?;
+    if let Some(depth_at) = too_deep(text.as_bytes(), MAX_JSON_DEPTH) {
+        return Err(RequestError(format!(
+            "the request nests deeper than {MAX_JSON_DEPTH} levels (at byte {depth_at}); flatten it"
+        )));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let what = e.to_string();
+        let hint = if what.starts_with("unknown field") {
+            "; see docs/decide.md for the accepted fields"
+        } else if what.starts_with("missing field") {
+            "; this field is required"
+        } else {
+            ""
+        };
+        RequestError(format!("invalid decide request: {what}{hint}"))
+    })
+}
+
+/// Returns the byte offset where nesting first exceeds `max`, ignoring brackets in strings.
+fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_chat_request() {
+        let r = parse_request(
+            br#"{"deployment":"d","messages":[{"role":"system","content":"S"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"params":{"max_tokens":10}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.system_prompts(), vec!["S"]);
+        assert_eq!(r.texts().count(), 2);
+        assert_eq!(r.action.kind, ActionKind::Inference);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_deep_nesting_and_bad_utf8() {
+        let e = parse_request(br#"{"deployment":"d","bypass":true}"#).unwrap_err();
+        assert!(e.0.contains("unknown field `bypass`"), "{e}");
+        let deep = format!(
+            "{{\"deployment\":\"d\",\"params\":{{\"x\":{}{}}}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(parse_request(deep.as_bytes())
+            .unwrap_err()
+            .0
+            .contains("nests deeper"));
+        assert!(parse_request(b"{\"deployment\":\"\xff\"}")
+            .unwrap_err()
+            .0
+            .contains("UTF-8"));
+        assert!(parse_request(b"{")
+            .unwrap_err()
+            .0
+            .starts_with("invalid decide request"));
+        assert!(parse_request(b"{}")
+            .unwrap_err()
+            .0
+            .contains("missing field `deployment`"));
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count_as_nesting() {
+        let text = format!("{{\"deployment\":\"{}\"}}", "[".repeat(500));
+        assert!(parse_request(text.as_bytes()).is_ok());
+    }
+}

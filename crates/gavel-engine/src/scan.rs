@@ -1,0 +1,28 @@
+//! The content-scanning stage's seam. The engine asks a `ContentScanner` for findings on the
+//! request's texts; the scanner applies the contract's privacy and injection policy and says
+//! whether to block, what to redact and which data classes it saw (which feed sovereignty).
+
+use std::borrow::Cow;
+
+use gavel_contract::Policy;
+
+use crate::decision::{FindingRecord, Reason, Redaction};
+use crate::request::ContentRole;
+
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    pub findings: Vec<FindingRecord>,
+    /// Set when a finding's policy action is `block`.
+    pub block: Option<Reason>,
+    /// Flagged (not blocking) findings, reported as reasons on the decision.
+    pub notes: Vec<Reason>,
+    pub redactions: Vec<Redaction>,
+    /// Data classes seen in the content, e.g. `pii`, `secret`.
+    pub detected_classes: Vec<String>,
+}
+
+pub trait ContentScanner: Send + Sync {
+    /// Scans `texts` (indexed as `Redaction::text_index` and `FindingRecord::text_index`) under
+    /// `policy` and fills `report`.
+    fn scan(&self, texts: &[(ContentRole, Cow<'_, str>)], policy: &Policy, report: &mut ScanReport);
+}

@@ -1,0 +1,369 @@
+//! The governance state the engine reads and the counters it updates, behind one trait.
+//!
+//! The engine knows nothing about where state lives: `MemoryState` (in this crate) keeps it in
+//! process, `gavel-store` keeps it in SQLite (and later PostgreSQL/Redis). Every method may fail;
+//! the engine turns any failure into BLOCK `governance.unavailable`, never into an ALLOW.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use gavel_contract::time::Timestamp;
+
+/// What a kill switch or a cooldown applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "scope", content = "id", rename_all = "snake_case")]
+pub enum Scope {
+    All,
+    UseCase(String),
+    Deployment(String),
+    Principal(String),
+    Run(String),
+}
+
+impl Scope {
+    /// `all`, `use_case:ID`, `deployment:ID`, `principal:NAME`, `run:ID`.
+    pub fn key(&self) -> String {
+        match self {
+            Scope::All => "all".to_string(),
+            Scope::UseCase(id) => format!("use_case:{id}"),
+            Scope::Deployment(id) => format!("deployment:{id}"),
+            Scope::Principal(id) => format!("principal:{id}"),
+            Scope::Run(id) => format!("run:{id}"),
+        }
+    }
+
+    pub fn parse_key(key: &str) -> Option<Scope> {
+        if key == "all" {
+            return Some(Scope::All);
+        }
+        let (kind, id) = key.split_once(':')?;
+        let id = id.to_string();
+        match kind {
+            "use_case" => Some(Scope::UseCase(id)),
+            "deployment" => Some(Scope::Deployment(id)),
+            "principal" => Some(Scope::Principal(id)),
+            "run" => Some(Scope::Run(id)),
+            _ => None,
+        }
+    }
+}
+
+/// An operator's stop. With `until` it is a timed kill (COOLDOWN until then), else a BLOCK
+/// until someone unkills it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kill {
+    pub scope: Scope,
+    pub reason: String,
+    pub by: String,
+    pub at: Timestamp,
+    pub until: Option<Timestamp>,
+}
+
+/// A pause until `until`, started by the engine (abuse strikes) or monitoring (breaches).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cooldown {
+    pub scope: Scope,
+    /// The reason code that started it, e.g. `abuse.cooldown`.
+    pub code: String,
+    pub reason: String,
+    pub since: Timestamp,
+    pub until: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    /// Some signoffs are still missing.
+    Pending,
+    /// Complete: every requirement of the tier was met.
+    Active,
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signoff {
+    pub principal: String,
+    /// The approver's governance role (e.g. `risk`), from their key.
+    pub approver_role: Option<String>,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub kind: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+/// What happens when a threshold is breached (applied by monitoring).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum OnBreach {
+    Cooldown { seconds: u64 },
+    Fallback,
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub by: String,
+    pub at: Timestamp,
+    pub reason: String,
+}
+
+/// A decision by people: this binding of this deployment may serve this use case and
+/// population until `expires_at`, under these thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub deployment: String,
+    pub use_case: String,
+    pub binding: String,
+    pub contract_version: String,
+    pub tier: String,
+    pub population: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub thresholds: BTreeMap<String, f64>,
+    pub on_breach: OnBreach,
+    pub evidence: Vec<Evidence>,
+    pub signoffs: Vec<Signoff>,
+    pub status: ApprovalStatus,
+    pub revocation: Option<Revocation>,
+}
+
+impl Approval {
+    /// `pending`, `active`, `expired` or `revoked` as of `now`.
+    pub fn state_at(&self, now: Timestamp) -> &'static str {
+        match self.status {
+            ApprovalStatus::Revoked => "revoked",
+            _ if now >= self.expires_at => "expired",
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Active => "active",
+        }
+    }
+}
+
+/// The slice of governance state one decision reads.
+#[derive(Debug, Clone, Default)]
+pub struct GovernanceView {
+    /// Kill switches on `all`, the use case or the deployment.
+    pub kills: Vec<Kill>,
+    /// Unexpired cooldowns on the deployment, use case, principal or run.
+    pub cooldowns: Vec<Cooldown>,
+    /// Every approval ever made for the deployment (and its route targets are fetched
+    /// separately); the engine picks the one that applies.
+    pub approvals: Vec<Approval>,
+}
+
+/// Amounts charged to a budget window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amounts {
+    pub tokens: u64,
+    pub usd_micros: u64,
+    pub requests: u64,
+    pub tool_calls: u64,
+}
+
+impl Amounts {
+    pub fn saturating_add(self, other: Amounts) -> Amounts {
+        Amounts {
+            tokens: self.tokens.saturating_add(other.tokens),
+            usd_micros: self.usd_micros.saturating_add(other.usd_micros),
+            requests: self.requests.saturating_add(other.requests),
+            tool_calls: self.tool_calls.saturating_add(other.tool_calls),
+        }
+    }
+
+    pub fn saturating_sub(self, other: Amounts) -> Amounts {
+        Amounts {
+            tokens: self.tokens.saturating_sub(other.tokens),
+            usd_micros: self.usd_micros.saturating_sub(other.usd_micros),
+            requests: self.requests.saturating_sub(other.requests),
+            tool_calls: self.tool_calls.saturating_sub(other.tool_calls),
+        }
+    }
+}
+
+/// Limits of one window (`None` = no limit on that measure).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowLimits {
+    pub tokens: Option<u64>,
+    pub usd_micros: Option<u64>,
+    pub requests: Option<u64>,
+    pub tool_calls: Option<u64>,
+}
+
+/// Which measure of a window overflowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    Tokens,
+    UsdMicros,
+    Requests,
+    ToolCalls,
+}
+
+impl WindowLimits {
+    /// The first measure for which `used + add` would exceed the limit.
+    pub fn overflow(&self, used: Amounts, add: Amounts) -> Option<(Measure, u64, u64)> {
+        let checks = [
+            (Measure::Tokens, self.tokens, used.tokens, add.tokens),
+            (
+                Measure::UsdMicros,
+                self.usd_micros,
+                used.usd_micros,
+                add.usd_micros,
+            ),
+            (
+                Measure::Requests,
+                self.requests,
+                used.requests,
+                add.requests,
+            ),
+            (
+                Measure::ToolCalls,
+                self.tool_calls,
+                used.tool_calls,
+                add.tool_calls,
+            ),
+        ];
+        checks.into_iter().find_map(|(measure, limit, used, add)| {
+            let limit = limit?;
+            (add > 0 && used.saturating_add(add) > limit).then_some((measure, limit, used))
+        })
+    }
+}
+
+/// One window a reservation is charged to. `key` identifies the counter: the budget line, the
+/// scope value and the window's start, so the same line counts separately per use case,
+/// principal or run and per window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCharge {
+    pub key: String,
+    pub limits: WindowLimits,
+    pub amounts: Amounts,
+    /// When the window ends (`None` for run budgets that never reset).
+    pub resets_at: Option<Timestamp>,
+}
+
+/// A capacity held while an action runs (memory, external calls).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceClaim {
+    pub name: String,
+    pub amount: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRequest {
+    pub reservation_id: String,
+    pub windows: Vec<WindowCharge>,
+    pub resources: Vec<ResourceClaim>,
+    /// Unsettled reservations stop holding resources at this instant (their budget charge
+    /// stays at the estimate), so a caller that never reports back cannot leak capacity.
+    pub expires_at: Timestamp,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    Window {
+        key: String,
+        measure: Measure,
+        limit: u64,
+        used: u64,
+        requested: u64,
+        resets_at: Option<Timestamp>,
+    },
+    Resource {
+        name: String,
+        capacity: u64,
+        in_use: u64,
+        requested: u64,
+    },
+}
+
+/// Errors from the state backend. The engine treats every one as "cannot decide".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateError(pub String);
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// The first decision made under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorDecision {
+    pub decision_id: String,
+    pub verdict: String,
+}
+
+/// The outcome of settling a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Settled,
+    /// Already settled, or never existed.
+    Unknown,
+}
+
+/// Everything the engine needs from governance state.
+pub trait RuntimeState: Send + Sync {
+    /// Kills, cooldowns and approvals relevant to one request.
+    fn view(
+        &self,
+        deployment: &str,
+        use_case: &str,
+        principal: &str,
+        run_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<GovernanceView, StateError>;
+
+    /// Approvals of another deployment (a route target).
+    fn approvals_of(&self, deployment: &str) -> Result<Vec<Approval>, StateError>;
+
+    /// Atomically records `key` -> `decision` unless the key is already held and unexpired, in
+    /// which case the first decision is returned and nothing is recorded.
+    fn claim_idempotency(
+        &self,
+        key: &str,
+        decision: &PriorDecision,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<Option<PriorDecision>, StateError>;
+
+    /// Atomically charges every window and claims every resource, or nothing. In-flight
+    /// reservations count. With `dry_run`, checks without recording anything.
+    fn reserve(
+        &self,
+        request: &ReservationRequest,
+        now: Timestamp,
+        dry_run: bool,
+    ) -> Result<Result<(), Refusal>, StateError>;
+
+    /// Replaces a reservation's estimated amounts with the actual ones (per window, in the
+    /// window it was charged to) and releases its resources.
+    fn settle(
+        &self,
+        reservation_id: &str,
+        actual: Amounts,
+        now: Timestamp,
+    ) -> Result<Settled, StateError>;
+
+    /// Records an abuse strike against `principal` and returns how many strikes it has within
+    /// `[now - within, now]`.
+    fn add_strike(
+        &self,
+        principal: &str,
+        now: Timestamp,
+        within_ms: u64,
+    ) -> Result<u32, StateError>;
+
+    /// Starts a cooldown (abuse, breach).
+    fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError>;
+}
