@@ -33,7 +33,11 @@ pub struct AppenderConfig {
 
 impl Default for AppenderConfig {
     fn default() -> AppenderConfig {
-        AppenderConfig { checkpoint_every: 1_000, checkpoint_interval: Duration::from_millis(1_000), max_batch: 8_192 }
+        AppenderConfig {
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_millis(1_000),
+            max_batch: 8_192,
+        }
     }
 }
 
@@ -72,8 +76,13 @@ impl fmt::Display for LedgerError {
             LedgerError::Record(e) => write!(f, "{e}"),
             LedgerError::Note(e) => write!(f, "{e}"),
             LedgerError::Sink(e) => write!(f, "ledger storage error: {e}"),
-            LedgerError::Corrupt(e) => write!(f, "ledger storage does not match its signed checkpoints: {e}"),
-            LedgerError::Failed(e) => write!(f, "ledger appender stopped after an earlier failure: {e}"),
+            LedgerError::Corrupt(e) => write!(
+                f,
+                "ledger storage does not match its signed checkpoints: {e}"
+            ),
+            LedgerError::Failed(e) => {
+                write!(f, "ledger appender stopped after an earlier failure: {e}")
+            }
             LedgerError::Closed => f.write_str("ledger appender is closed"),
         }
     }
@@ -130,14 +139,20 @@ pub struct Appender {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Appender {
     /// Rebuilds the tree from the sink, checks it against the newest signed
     /// checkpoint, signs a checkpoint over any tail left by a crash, then
     /// starts the writer thread.
-    pub fn start<S: LedgerSink>(sink: S, signer: NoteSigner, config: AppenderConfig) -> Result<Appender, LedgerError> {
+    pub fn start<S: LedgerSink>(
+        sink: S,
+        signer: NoteSigner,
+        config: AppenderConfig,
+    ) -> Result<Appender, LedgerError> {
         let mut writer = Writer::load(sink, signer, config)?;
         if writer.tree.len() > writer.last_size {
             writer.checkpoint()?;
@@ -147,7 +162,10 @@ impl Appender {
             .name("gavel-ledger-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| LedgerError::Sink(format!("cannot start writer thread: {e}")))?;
-        Ok(Appender { tx, handle: Some(handle) })
+        Ok(Appender {
+            tx,
+            handle: Some(handle),
+        })
     }
 
     /// Queues a record and returns at once; the record is durable when
@@ -165,7 +183,9 @@ impl Appender {
             fields: record.index_fields(),
             reply,
         };
-        self.tx.send(Msg::Append(req)).map_err(|_| LedgerError::Closed)?;
+        self.tx
+            .send(Msg::Append(req))
+            .map_err(|_| LedgerError::Closed)?;
         Ok(Pending { rx })
     }
 
@@ -178,7 +198,9 @@ impl Appender {
     /// unsigned).
     pub fn checkpoint(&self) -> Result<Option<StoredCheckpoint>, LedgerError> {
         let (reply, rx) = mpsc::channel();
-        self.tx.send(Msg::Checkpoint(reply)).map_err(|_| LedgerError::Closed)?;
+        self.tx
+            .send(Msg::Checkpoint(reply))
+            .map_err(|_| LedgerError::Closed)?;
         rx.recv().unwrap_or(Err(LedgerError::Closed))
     }
 
@@ -234,7 +256,9 @@ impl<S: LedgerSink> Writer<S> {
             let to = (from + LOAD_CHUNK).min(count);
             let hashes = sink.leaf_hashes(from, to).map_err(sink_err)?;
             if hashes.len() as u64 != to - from {
-                return Err(LedgerError::Corrupt(format!("records {from}..{to} are not contiguous")));
+                return Err(LedgerError::Corrupt(format!(
+                    "records {from}..{to} are not contiguous"
+                )));
             }
             hashes.into_iter().for_each(|h| tree.push(h));
             from = to;
@@ -243,17 +267,34 @@ impl<S: LedgerSink> Writer<S> {
         let (last_seq, last_size) = match checkpoints.last() {
             None => (0, 0),
             Some(stored) => {
-                let cp = Checkpoint::open(&stored.note, &signer.verifier()).map_err(|e| LedgerError::Corrupt(format!("newest checkpoint: {e}")))?;
+                let cp = Checkpoint::open(&stored.note, &signer.verifier())
+                    .map_err(|e| LedgerError::Corrupt(format!("newest checkpoint: {e}")))?;
                 if cp.seq != checkpoints.len() as u64 {
-                    return Err(LedgerError::Corrupt(format!("newest checkpoint has seq {} but {} are stored", cp.seq, checkpoints.len())));
+                    return Err(LedgerError::Corrupt(format!(
+                        "newest checkpoint has seq {} but {} are stored",
+                        cp.seq,
+                        checkpoints.len()
+                    )));
                 }
                 if tree.root_at(cp.size) != Some(cp.root) {
-                    return Err(LedgerError::Corrupt(format!("stored leaves do not match the root signed at size {}", cp.size)));
+                    return Err(LedgerError::Corrupt(format!(
+                        "stored leaves do not match the root signed at size {}",
+                        cp.size
+                    )));
                 }
                 (cp.seq, cp.size)
             }
         };
-        Ok(Writer { sink, signer, config, tree, last_seq, last_size, unsigned_since: None, failed: None })
+        Ok(Writer {
+            sink,
+            signer,
+            config,
+            tree,
+            last_seq,
+            last_size,
+            unsigned_since: None,
+            failed: None,
+        })
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
@@ -263,7 +304,8 @@ impl<S: LedgerSink> Writer<S> {
                 Some(m) => m,
                 None => match self.unsigned_since {
                     Some(since) => {
-                        let wait = (since + self.config.checkpoint_interval).saturating_duration_since(Instant::now());
+                        let wait = (since + self.config.checkpoint_interval)
+                            .saturating_duration_since(Instant::now());
                         match rx.recv_timeout(wait) {
                             Ok(m) => m,
                             Err(RecvTimeoutError::Timeout) => {
@@ -308,8 +350,18 @@ impl<S: LedgerSink> Writer<S> {
     }
 
     fn next_checkpoint(&self) -> Result<StoredCheckpoint, LedgerError> {
-        let cp = Checkpoint { origin: self.signer.name().to_owned(), size: self.tree.len(), root: self.tree.root(), seq: self.last_seq + 1, at_ms: now_ms() };
-        Ok(StoredCheckpoint { seq: cp.seq, size: cp.size, note: cp.sign(&self.signer)? })
+        let cp = Checkpoint {
+            origin: self.signer.name().to_owned(),
+            size: self.tree.len(),
+            root: self.tree.root(),
+            seq: self.last_seq + 1,
+            at_ms: now_ms(),
+        };
+        Ok(StoredCheckpoint {
+            seq: cp.seq,
+            size: cp.size,
+            note: cp.sign(&self.signer)?,
+        })
     }
 
     /// Signs and stores a checkpoint over all committed records, if any are
@@ -355,11 +407,21 @@ impl<S: LedgerSink> Writer<S> {
         let mut records = Vec::with_capacity(batch.len());
         for (i, r) in batch.into_iter().enumerate() {
             self.tree.push(r.leaf);
-            records.push(AppendRecord { index: base + i as u64, leaf_hash: r.leaf, bytes: r.bytes, id: r.id, kind: r.kind, at_ms: r.at_ms, fields: r.fields });
+            records.push(AppendRecord {
+                index: base + i as u64,
+                leaf_hash: r.leaf,
+                bytes: r.bytes,
+                id: r.id,
+                kind: r.kind,
+                at_ms: r.at_ms,
+                fields: r.fields,
+            });
             replies.push(r.reply);
         }
         let unsigned = self.tree.len() - self.last_size;
-        let overdue = self.unsigned_since.is_some_and(|t| t.elapsed() >= self.config.checkpoint_interval);
+        let overdue = self
+            .unsigned_since
+            .is_some_and(|t| t.elapsed() >= self.config.checkpoint_interval);
         let result = if unsigned >= self.config.checkpoint_every || overdue {
             self.next_checkpoint().map(Some)
         } else {
@@ -382,7 +444,11 @@ impl<S: LedgerSink> Writer<S> {
                     }
                 };
                 for (i, reply) in replies.into_iter().enumerate() {
-                    let _ = reply.send(Ok(Receipt { index: base + i as u64, checkpoint_seq: seq, checkpoint_size: size }));
+                    let _ = reply.send(Ok(Receipt {
+                        index: base + i as u64,
+                        checkpoint_seq: seq,
+                        checkpoint_size: size,
+                    }));
                 }
             }
             Err(e) => {

@@ -297,7 +297,16 @@ mod tests {
         )
         .unwrap();
         let got = String::from_utf8(to_vec(&v).unwrap()).unwrap();
-        let order: Vec<&str> = ["Carriage Return", "One", "Control", "Latin Small", "Euro Sign", "Emoji", "Hebrew"].to_vec();
+        let order: Vec<&str> = [
+            "Carriage Return",
+            "One",
+            "Control",
+            "Latin Small",
+            "Euro Sign",
+            "Emoji",
+            "Hebrew",
+        ]
+        .to_vec();
         let mut last = 0;
         for name in order {
             let pos = got.find(name).unwrap();
@@ -311,7 +320,10 @@ mod tests {
         // RFC 8785 3.2.2.2 example input and output.
         let v = json!({"string": "\u{20ac}$\u{000F}\u{000a}A'\u{0042}\u{0022}\u{005c}\\\"/"});
         let got = String::from_utf8(to_vec(&v).unwrap()).unwrap();
-        assert_eq!(got, "{\"string\":\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}");
+        assert_eq!(
+            got,
+            "{\"string\":\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}"
+        );
     }
 
     #[test]
@@ -332,6 +344,9 @@ mod tests {
     fn unsafe_integers_are_refused() {
         assert!(to_vec(&json!(9_007_199_254_740_993u64)).is_err());
         assert!(to_vec(&json!(-9_007_199_254_740_993i64)).is_err());
-        assert_eq!(to_vec(&json!(-9_007_199_254_740_992i64)).unwrap(), b"-9007199254740992");
+        assert_eq!(
+            to_vec(&json!(-9_007_199_254_740_992i64)).unwrap(),
+            b"-9007199254740992"
+        );
     }
 }

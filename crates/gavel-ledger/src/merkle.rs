@@ -9,8 +9,8 @@ pub type Hash = [u8; 32];
 
 /// MTH({}) = SHA-256 of the empty string.
 pub const EMPTY_ROOT: Hash = [
-    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93,
-    0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
 ];
 
 /// Longest proof any tree of at most 2^64 leaves needs; longer input is refused
@@ -53,7 +53,9 @@ pub enum ProofError {
 impl fmt::Display for ProofError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProofError::OutOfRange { index, size } => write!(f, "index/size {index} out of range for tree size {size}"),
+            ProofError::OutOfRange { index, size } => {
+                write!(f, "index/size {index} out of range for tree size {size}")
+            }
             ProofError::WrongLength => f.write_str("proof has the wrong number of hashes"),
             ProofError::RootMismatch => f.write_str("proof does not match the root hash"),
         }
@@ -129,7 +131,10 @@ impl MerkleTree {
     }
 
     fn node(&self, level: u32, index: u64) -> Option<Hash> {
-        self.levels.get(level as usize)?.get(usize::try_from(index).ok()?).copied()
+        self.levels
+            .get(level as usize)?
+            .get(usize::try_from(index).ok()?)
+            .copied()
     }
 
     /// MTH of leaves `[start, end)`, `end <= len`, `start < end`.
@@ -142,7 +147,10 @@ impl MerkleTree {
             return self.node(n.trailing_zeros(), start / n);
         }
         let k = split_point(n);
-        Some(node_hash(&self.range_hash(start, start + k)?, &self.range_hash(start + k, end)?))
+        Some(node_hash(
+            &self.range_hash(start, start + k)?,
+            &self.range_hash(start + k, end)?,
+        ))
     }
 
     /// Root hash of the current tree.
@@ -168,7 +176,8 @@ impl MerkleTree {
             return Err(ProofError::OutOfRange { index, size });
         }
         let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof).ok_or(ProofError::OutOfRange { index, size })?;
+        self.path(index, 0, size, &mut proof)
+            .ok_or(ProofError::OutOfRange { index, size })?;
         Ok(proof)
     }
 
@@ -191,11 +200,18 @@ impl MerkleTree {
     /// (RFC 9162 2.1.4.1). Empty when `old` is 0 or equals `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ProofError> {
         if old > new || new > self.len() {
-            return Err(ProofError::OutOfRange { index: old, size: new });
+            return Err(ProofError::OutOfRange {
+                index: old,
+                size: new,
+            });
         }
         let mut proof = Vec::new();
         if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof).ok_or(ProofError::OutOfRange { index: old, size: new })?;
+            self.subproof(old, 0, new, true, &mut proof)
+                .ok_or(ProofError::OutOfRange {
+                    index: old,
+                    size: new,
+                })?;
         }
         Ok(proof)
     }
@@ -267,7 +283,13 @@ impl CompactRange {
 
 /// Verifies that `leaf` is at `index` in the tree of `size` leaves with root
 /// `root` (RFC 9162 2.1.3.2).
-pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
+pub fn verify_inclusion(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), ProofError> {
     if index >= size {
         return Err(ProofError::OutOfRange { index, size });
     }
@@ -303,9 +325,18 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
 
 /// Verifies that the tree of `old` leaves with root `old_root` is a prefix of
 /// the tree of `new` leaves with root `new_root` (RFC 9162 2.1.4.2).
-pub fn verify_consistency(old: u64, new: u64, old_root: &Hash, new_root: &Hash, proof: &[Hash]) -> Result<(), ProofError> {
+pub fn verify_consistency(
+    old: u64,
+    new: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> Result<(), ProofError> {
     if old > new {
-        return Err(ProofError::OutOfRange { index: old, size: new });
+        return Err(ProofError::OutOfRange {
+            index: old,
+            size: new,
+        });
     }
     if proof.len() > MAX_PROOF_LEN {
         return Err(ProofError::WrongLength);
@@ -314,11 +345,19 @@ pub fn verify_consistency(old: u64, new: u64, old_root: &Hash, new_root: &Hash, 
         if !proof.is_empty() {
             return Err(ProofError::WrongLength);
         }
-        return if old_root == new_root { Ok(()) } else { Err(ProofError::RootMismatch) };
+        return if old_root == new_root {
+            Ok(())
+        } else {
+            Err(ProofError::RootMismatch)
+        };
     }
     if old == 0 {
         // Every tree extends the empty tree; the empty proof is the only one.
-        return if proof.is_empty() { Ok(()) } else { Err(ProofError::WrongLength) };
+        return if proof.is_empty() {
+            Ok(())
+        } else {
+            Err(ProofError::WrongLength)
+        };
     }
     let mut path: Vec<Hash> = Vec::with_capacity(proof.len() + 1);
     if old.is_power_of_two() {
@@ -380,7 +419,10 @@ mod tests {
         assert_eq!(t.len(), 21);
         assert_eq!(t.root(), want.root());
         t.push(leaves[21]);
-        assert_eq!(t.root(), MerkleTree::from_leaf_hashes(leaves[..22].iter().copied()).root());
+        assert_eq!(
+            t.root(),
+            MerkleTree::from_leaf_hashes(leaves[..22].iter().copied()).root()
+        );
     }
 
     #[test]

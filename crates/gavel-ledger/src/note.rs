@@ -44,7 +44,9 @@ impl fmt::Display for NoteError {
 impl std::error::Error for NoteError {}
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('+') && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+    !name.is_empty()
+        && !name.contains('+')
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Key id per the signed-note spec: the first four bytes, big-endian, of
@@ -65,11 +67,20 @@ fn parse_key_parts<'a>(s: &'a str, what: &str) -> Result<(&'a str, u32, Vec<u8>)
     let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(NoteError::BadKey(format!("{what} is not name+keyid+key")));
     };
-    if !valid_name(name) || id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-        return Err(NoteError::BadKey(format!("{what} has a bad name or key id")));
+    if !valid_name(name)
+        || id.len() != 8
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(NoteError::BadKey(format!(
+            "{what} has a bad name or key id"
+        )));
     }
     let id = u32::from_str_radix(id, 16).map_err(|e| NoteError::BadKey(e.to_string()))?;
-    let key = B64.decode(key).map_err(|e| NoteError::BadKey(e.to_string()))?;
+    let key = B64
+        .decode(key)
+        .map_err(|e| NoteError::BadKey(e.to_string()))?;
     Ok((name, id, key))
 }
 
@@ -102,15 +113,24 @@ impl NoteSigner {
         }
         let key = SigningKey::from_bytes(seed);
         let id = key_id(name, &key.verifying_key());
-        Ok(NoteSigner { name: name.to_owned(), key, id })
+        Ok(NoteSigner {
+            name: name.to_owned(),
+            key,
+            id,
+        })
     }
 
     /// Parses the `PRIVATE+KEY+...` text form.
     pub fn from_private_key(s: &str) -> Result<NoteSigner, NoteError> {
-        let rest = s.trim_end().strip_prefix("PRIVATE+KEY+").ok_or_else(|| NoteError::BadKey("missing PRIVATE+KEY+ prefix".into()))?;
+        let rest = s
+            .trim_end()
+            .strip_prefix("PRIVATE+KEY+")
+            .ok_or_else(|| NoteError::BadKey("missing PRIVATE+KEY+ prefix".into()))?;
         let (name, id, key) = parse_key_parts(rest, "private key")?;
         let seed: [u8; 32] = match key.split_first() {
-            Some((&ALG_ED25519, seed)) => seed.try_into().map_err(|_| NoteError::BadKey("Ed25519 seed must be 32 bytes".into()))?,
+            Some((&ALG_ED25519, seed)) => seed
+                .try_into()
+                .map_err(|_| NoteError::BadKey("Ed25519 seed must be 32 bytes".into()))?,
             _ => return Err(NoteError::BadKey("unsupported key algorithm".into())),
         };
         let signer = NoteSigner::from_seed(name, &seed)?;
@@ -124,7 +144,12 @@ impl NoteSigner {
     pub fn to_private_key(&self) -> String {
         let mut bytes = vec![ALG_ED25519];
         bytes.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.id, B64.encode(bytes))
+        format!(
+            "PRIVATE+KEY+{}+{:08x}+{}",
+            self.name,
+            self.id,
+            B64.encode(bytes)
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -132,7 +157,11 @@ impl NoteSigner {
     }
 
     pub fn verifier(&self) -> NoteVerifier {
-        NoteVerifier { name: self.name.clone(), key: self.key.verifying_key(), id: self.id }
+        NoteVerifier {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+            id: self.id,
+        }
     }
 
     /// Signs `text` (which must end in a newline) and returns the signed note.
@@ -141,7 +170,11 @@ impl NoteSigner {
         let sig = self.key.sign(text.as_bytes());
         let mut blob = self.id.to_be_bytes().to_vec();
         blob.extend_from_slice(&sig.to_bytes());
-        Ok(format!("{text}\n\u{2014} {} {}\n", self.name, B64.encode(blob)))
+        Ok(format!(
+            "{text}\n\u{2014} {} {}\n",
+            self.name,
+            B64.encode(blob)
+        ))
     }
 }
 
@@ -150,7 +183,9 @@ fn check_text(text: &str) -> Result<(), NoteError> {
         return Err(NoteError::Malformed("text must end with a newline".into()));
     }
     if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(NoteError::Malformed("text contains control characters".into()));
+        return Err(NoteError::Malformed(
+            "text contains control characters".into(),
+        ));
     }
     Ok(())
 }
@@ -176,14 +211,21 @@ impl NoteVerifier {
     pub fn parse(s: &str) -> Result<NoteVerifier, NoteError> {
         let (name, id, key) = parse_key_parts(s.trim(), "verifier key")?;
         let public: [u8; 32] = match key.split_first() {
-            Some((&ALG_ED25519, k)) => k.try_into().map_err(|_| NoteError::BadKey("Ed25519 public key must be 32 bytes".into()))?,
+            Some((&ALG_ED25519, k)) => k
+                .try_into()
+                .map_err(|_| NoteError::BadKey("Ed25519 public key must be 32 bytes".into()))?,
             _ => return Err(NoteError::BadKey("unsupported key algorithm".into())),
         };
-        let key = VerifyingKey::from_bytes(&public).map_err(|e| NoteError::BadKey(e.to_string()))?;
+        let key =
+            VerifyingKey::from_bytes(&public).map_err(|e| NoteError::BadKey(e.to_string()))?;
         if key_id(name, &key) != id {
             return Err(NoteError::BadKey("key id does not match key".into()));
         }
-        Ok(NoteVerifier { name: name.to_owned(), key, id })
+        Ok(NoteVerifier {
+            name: name.to_owned(),
+            key,
+            id,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -198,21 +240,31 @@ impl NoteVerifier {
     /// Signature lines by other keys are allowed and ignored (co-signers,
     /// witnesses); one valid signature by this key is required.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
-        let split = note.rfind("\n\n").ok_or_else(|| NoteError::Malformed("no blank line before signatures".into()))?;
+        let split = note
+            .rfind("\n\n")
+            .ok_or_else(|| NoteError::Malformed("no blank line before signatures".into()))?;
         let text = &note[..split + 1];
         let sigs = &note[split + 2..];
         check_text(text)?;
         if !sigs.ends_with('\n') {
-            return Err(NoteError::Malformed("signature block must end with a newline".into()));
+            return Err(NoteError::Malformed(
+                "signature block must end with a newline".into(),
+            ));
         }
         let mut found = false;
         for line in sigs.lines() {
-            let rest = line.strip_prefix("\u{2014} ").ok_or_else(|| NoteError::Malformed("signature line must start with an em dash".into()))?;
-            let (name, b64) = rest.split_once(' ').ok_or_else(|| NoteError::Malformed("signature line needs name and signature".into()))?;
+            let rest = line.strip_prefix("\u{2014} ").ok_or_else(|| {
+                NoteError::Malformed("signature line must start with an em dash".into())
+            })?;
+            let (name, b64) = rest.split_once(' ').ok_or_else(|| {
+                NoteError::Malformed("signature line needs name and signature".into())
+            })?;
             if !valid_name(name) {
                 return Err(NoteError::Malformed("bad signer name".into()));
             }
-            let blob = B64.decode(b64).map_err(|e| NoteError::Malformed(e.to_string()))?;
+            let blob = B64
+                .decode(b64)
+                .map_err(|e| NoteError::Malformed(e.to_string()))?;
             if blob.len() < 5 {
                 return Err(NoteError::Malformed("signature too short".into()));
             }
@@ -221,7 +273,9 @@ impl NoteVerifier {
                 continue;
             }
             let sig = Signature::from_slice(&blob[4..]).map_err(|_| NoteError::BadSignature)?;
-            self.key.verify_strict(text.as_bytes(), &sig).map_err(|_| NoteError::BadSignature)?;
+            self.key
+                .verify_strict(text.as_bytes(), &sig)
+                .map_err(|_| NoteError::BadSignature)?;
             found = true;
         }
         if found {
@@ -247,13 +301,22 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The note text (C2SP tlog-checkpoint body).
     pub fn to_text(&self) -> String {
-        format!("{}\n{}\n{}\n{SEQ_PREFIX}{}\n{TIME_PREFIX}{}\n", self.origin, self.size, B64.encode(self.root), self.seq, self.at_ms)
+        format!(
+            "{}\n{}\n{}\n{SEQ_PREFIX}{}\n{TIME_PREFIX}{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root),
+            self.seq,
+            self.at_ms
+        )
     }
 
     /// Parses note text produced by [`Checkpoint::to_text`].
     pub fn parse(text: &str) -> Result<Checkpoint, NoteError> {
         let bad = |m: &str| NoteError::Malformed(format!("checkpoint: {m}"));
-        let body = text.strip_suffix('\n').ok_or_else(|| bad("missing final newline"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("missing final newline"))?;
         let lines: Vec<&str> = body.split('\n').collect();
         let [origin, size, root, seq, at] = lines.as_slice() else {
             return Err(bad("expected origin, size, root, seq and time lines"));
@@ -262,14 +325,27 @@ impl Checkpoint {
             return Err(bad("empty origin"));
         }
         let size = parse_decimal(size).ok_or_else(|| bad("size is not a decimal integer"))?;
-        let root: Hash = B64.decode(root).ok().and_then(|r| r.try_into().ok()).ok_or_else(|| bad("root is not a base64 SHA-256 hash"))?;
-        let seq = seq.strip_prefix(SEQ_PREFIX).and_then(parse_decimal).ok_or_else(|| bad("missing sequence line"))?;
+        let root: Hash = B64
+            .decode(root)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or_else(|| bad("root is not a base64 SHA-256 hash"))?;
+        let seq = seq
+            .strip_prefix(SEQ_PREFIX)
+            .and_then(parse_decimal)
+            .ok_or_else(|| bad("missing sequence line"))?;
         let at_ms = at
             .strip_prefix(TIME_PREFIX)
             .and_then(parse_decimal)
             .and_then(|t| i64::try_from(t).ok())
             .ok_or_else(|| bad("missing time line"))?;
-        Ok(Checkpoint { origin: (*origin).to_owned(), size, root, seq, at_ms })
+        Ok(Checkpoint {
+            origin: (*origin).to_owned(),
+            size,
+            root,
+            seq,
+            at_ms,
+        })
     }
 
     /// Signs the checkpoint, returning the signed note.
@@ -282,7 +358,11 @@ impl Checkpoint {
     pub fn open(note: &str, verifier: &NoteVerifier) -> Result<Checkpoint, NoteError> {
         let cp = Checkpoint::parse(verifier.open(note)?)?;
         if cp.origin != verifier.name() {
-            return Err(NoteError::Malformed(format!("checkpoint origin {:?} is not the key name {:?}", cp.origin, verifier.name())));
+            return Err(NoteError::Malformed(format!(
+                "checkpoint origin {:?} is not the key name {:?}",
+                cp.origin,
+                verifier.name()
+            )));
         }
         Ok(cp)
     }
@@ -290,7 +370,8 @@ impl Checkpoint {
 
 /// Decimal without sign, leading zeros or spaces (tlog-checkpoint's rule).
 fn parse_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return None;
     }
     s.parse().ok()
@@ -302,7 +383,8 @@ mod tests {
 
     // Vectors from golang.org/x/mod sumdb/note/note_test.go (TestNewSigner,
     // TestSign, TestOpen), the reference implementation of C2SP signed-note.
-    const GO_SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+    const GO_SKEY: &str =
+        "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
     const GO_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
     const GO_TEXT: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
     const GO_SIG: &str = "\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
@@ -318,15 +400,25 @@ mod tests {
         let v = NoteVerifier::parse(GO_VKEY).unwrap();
         assert_eq!(v.open(&signed).unwrap(), GO_TEXT);
         // A co-signature by an unknown key is ignored.
-        assert_eq!(v.open(&format!("{GO_TEXT}\n{GO_SIG}{GO_ENOCH_SIG}")).unwrap(), GO_TEXT);
-        assert_eq!(v.open(&format!("{GO_TEXT}\n{GO_ENOCH_SIG}")), Err(NoteError::NotSigned));
+        assert_eq!(
+            v.open(&format!("{GO_TEXT}\n{GO_SIG}{GO_ENOCH_SIG}"))
+                .unwrap(),
+            GO_TEXT
+        );
+        assert_eq!(
+            v.open(&format!("{GO_TEXT}\n{GO_ENOCH_SIG}")),
+            Err(NoteError::NotSigned)
+        );
     }
 
     #[test]
     fn tampered_notes_and_keys_are_refused() {
         let v = NoteVerifier::parse(GO_VKEY).unwrap();
         let good = format!("{GO_TEXT}\n{GO_SIG}");
-        assert_eq!(v.open(&good.replace("cryptography", "cryptographY")), Err(NoteError::BadSignature));
+        assert_eq!(
+            v.open(&good.replace("cryptography", "cryptographY")),
+            Err(NoteError::BadSignature)
+        );
         assert!(v.open(GO_TEXT).is_err());
         assert!(v.open(&good[..good.len() - 1]).is_err());
         let mut b = GO_VKEY.as_bytes().to_vec();
@@ -342,14 +434,33 @@ mod tests {
     #[test]
     fn checkpoint_round_trip_and_origin_binding() {
         let signer = NoteSigner::from_seed("gavel.test/log", &[7u8; 32]).unwrap();
-        let cp = Checkpoint { origin: "gavel.test/log".into(), size: 42, root: [9u8; 32], seq: 3, at_ms: 1_700_000_000_123 };
+        let cp = Checkpoint {
+            origin: "gavel.test/log".into(),
+            size: 42,
+            root: [9u8; 32],
+            seq: 3,
+            at_ms: 1_700_000_000_123,
+        };
         let note = cp.sign(&signer).unwrap();
-        assert!(note.starts_with("gavel.test/log\n42\nCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=\ngavel-seq 3\n"));
+        assert!(note.starts_with(
+            "gavel.test/log\n42\nCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=\ngavel-seq 3\n"
+        ));
         assert_eq!(Checkpoint::open(&note, &signer.verifier()).unwrap(), cp);
         let other = NoteSigner::from_seed("gavel.test/log", &[8u8; 32]).unwrap();
-        assert_eq!(Checkpoint::open(&note, &other.verifier()), Err(NoteError::NotSigned));
-        let wrong_origin = Checkpoint { origin: "elsewhere".into(), ..cp };
-        assert!(Checkpoint::open(&wrong_origin.sign(&signer).unwrap(), &signer.verifier()).is_err());
-        assert!(Checkpoint::parse("o\n042\nCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=\ngavel-seq 1\ngavel-time 0\n").is_err());
+        assert_eq!(
+            Checkpoint::open(&note, &other.verifier()),
+            Err(NoteError::NotSigned)
+        );
+        let wrong_origin = Checkpoint {
+            origin: "elsewhere".into(),
+            ..cp
+        };
+        assert!(
+            Checkpoint::open(&wrong_origin.sign(&signer).unwrap(), &signer.verifier()).is_err()
+        );
+        assert!(Checkpoint::parse(
+            "o\n042\nCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=\ngavel-seq 1\ngavel-time 0\n"
+        )
+        .is_err());
     }
 }

@@ -40,7 +40,9 @@ impl PayloadKey {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<PayloadKey, PayloadError> {
-        let k: [u8; 32] = bytes.try_into().map_err(|_| PayloadError("key must be 32 bytes".into()))?;
+        let k: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| PayloadError("key must be 32 bytes".into()))?;
         Ok(PayloadKey(k))
     }
 
@@ -55,7 +57,15 @@ impl PayloadKey {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::getrandom(&mut nonce).map_err(|e| PayloadError(e.to_string()))?;
         let cipher = XChaCha20Poly1305::new((&self.0).into());
-        let ct = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context }).map_err(|_| PayloadError("encryption failed".into()))?;
+        let ct = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context,
+                },
+            )
+            .map_err(|_| PayloadError("encryption failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         Ok(out)
@@ -68,13 +78,24 @@ impl PayloadKey {
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let cipher = XChaCha20Poly1305::new((&self.0).into());
-        cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: context }).map_err(|_| PayloadError("wrong key, context or corrupted payload".into()))
+        cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: context,
+                },
+            )
+            .map_err(|_| PayloadError("wrong key, context or corrupted payload".into()))
     }
 }
 
 /// Hex SHA-256 of a payload: what a record stores instead of the payload.
 pub fn payload_hash(plaintext: &[u8]) -> String {
-    Sha256::digest(plaintext).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(plaintext)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -87,8 +108,14 @@ mod tests {
         let sealed = k.seal(b"rec-1/input", b"hello").unwrap();
         assert_eq!(k.open(b"rec-1/input", &sealed).unwrap(), b"hello");
         assert!(k.open(b"rec-2/input", &sealed).is_err());
-        assert!(PayloadKey::generate().unwrap().open(b"rec-1/input", &sealed).is_err());
+        assert!(PayloadKey::generate()
+            .unwrap()
+            .open(b"rec-1/input", &sealed)
+            .is_err());
         assert!(k.open(b"rec-1/input", &sealed[..10]).is_err());
-        assert_eq!(payload_hash(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            payload_hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

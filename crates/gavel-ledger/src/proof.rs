@@ -57,19 +57,28 @@ pub struct CheckedInclusion {
 impl InclusionBundle {
     /// Builds a bundle for leaf `index` against the newest checkpoint, using a
     /// tree already loaded (e.g. kept by a server).
-    pub fn from_tree(tree: &MerkleTree, index: u64, record_bytes: &[u8], checkpoint_note: &str, verifier: &NoteVerifier) -> Result<InclusionBundle, ProofFailure> {
+    pub fn from_tree(
+        tree: &MerkleTree,
+        index: u64,
+        record_bytes: &[u8],
+        checkpoint_note: &str,
+        verifier: &NoteVerifier,
+    ) -> Result<InclusionBundle, ProofFailure> {
         let cp = Checkpoint::open(checkpoint_note, verifier).map_err(failure)?;
         if index >= cp.size {
             return Err(failure(format!("record {index} is not yet covered by a signed checkpoint (newest covers {} records)", cp.size)));
         }
         if tree.leaf(index) != Some(leaf_hash(record_bytes)) {
-            return Err(failure(format!("record {index} bytes do not match the tree")));
+            return Err(failure(format!(
+                "record {index} bytes do not match the tree"
+            )));
         }
         if tree.root_at(cp.size) != Some(cp.root) {
             return Err(failure("the tree does not match the signed checkpoint"));
         }
         let proof = tree.inclusion_proof(index, cp.size).map_err(failure)?;
-        let record = String::from_utf8(record_bytes.to_vec()).map_err(|_| failure("record bytes are not UTF-8"))?;
+        let record = String::from_utf8(record_bytes.to_vec())
+            .map_err(|_| failure("record bytes are not UTF-8"))?;
         Ok(InclusionBundle {
             format: BUNDLE_FORMAT.to_owned(),
             index,
@@ -82,13 +91,22 @@ impl InclusionBundle {
 
     /// Builds a bundle for leaf `index` from a sink (loads the leaf hashes
     /// up to the newest checkpoint).
-    pub fn from_sink<S: LedgerSink + ?Sized>(sink: &S, index: u64, verifier: &NoteVerifier) -> Result<InclusionBundle, ProofFailure> {
+    pub fn from_sink<S: LedgerSink + ?Sized>(
+        sink: &S,
+        index: u64,
+        verifier: &NoteVerifier,
+    ) -> Result<InclusionBundle, ProofFailure> {
         let checkpoints = sink.checkpoints().map_err(failure)?;
-        let newest = checkpoints.last().ok_or_else(|| failure("the ledger has no signed checkpoint yet"))?;
+        let newest = checkpoints
+            .last()
+            .ok_or_else(|| failure("the ledger has no signed checkpoint yet"))?;
         let hashes = sink.leaf_hashes(0, newest.size).map_err(failure)?;
         let tree = MerkleTree::from_leaf_hashes(hashes);
         let record = sink.read_records(index, index + 1).map_err(failure)?;
-        let record = record.into_iter().next().ok_or_else(|| failure(format!("no record {index}")))?;
+        let record = record
+            .into_iter()
+            .next()
+            .ok_or_else(|| failure(format!("no record {index}")))?;
         InclusionBundle::from_tree(&tree, index, &record.bytes, &newest.note, verifier)
     }
 
@@ -106,16 +124,33 @@ impl InclusionBundle {
         let proof: Vec<Hash> = self
             .proof
             .iter()
-            .map(|h| B64.decode(h).ok().and_then(|b| Hash::try_from(b).ok()).ok_or_else(|| failure("proof hash is not base64 SHA-256")))
+            .map(|h| {
+                B64.decode(h)
+                    .ok()
+                    .and_then(|b| Hash::try_from(b).ok())
+                    .ok_or_else(|| failure("proof hash is not base64 SHA-256"))
+            })
             .collect::<Result<_, _>>()?;
-        verify_inclusion(&leaf_hash(self.record.as_bytes()), self.index, cp.size, &proof, &cp.root).map_err(failure)?;
-        Ok(CheckedInclusion { record, index: self.index, checkpoint: cp })
+        verify_inclusion(
+            &leaf_hash(self.record.as_bytes()),
+            self.index,
+            cp.size,
+            &proof,
+            &cp.root,
+        )
+        .map_err(failure)?;
+        Ok(CheckedInclusion {
+            record,
+            index: self.index,
+            checkpoint: cp,
+        })
     }
 }
 
 /// `gavel audit check-proof FILE --pubkey KEY`: parses the JSON and checks it.
 pub fn check_proof_json(json: &str, verifier_key: &str) -> Result<CheckedInclusion, ProofFailure> {
     let verifier = NoteVerifier::parse(verifier_key).map_err(failure)?;
-    let bundle: InclusionBundle = serde_json::from_str(json).map_err(|e| failure(format!("not a proof file: {e}")))?;
+    let bundle: InclusionBundle =
+        serde_json::from_str(json).map_err(|e| failure(format!("not a proof file: {e}")))?;
     bundle.check(&verifier)
 }

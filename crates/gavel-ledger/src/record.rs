@@ -124,8 +124,13 @@ impl fmt::Display for RecordError {
         match self {
             RecordError::Canonical(e) => write!(f, "record has no canonical form: {e}"),
             RecordError::Parse(e) => write!(f, "record does not parse: {e}"),
-            RecordError::UnknownFormat(v) => write!(f, "unknown record format {v} (this build knows {FORMAT_VERSION})"),
-            RecordError::NotCanonical => f.write_str("record bytes are not in RFC 8785 canonical form"),
+            RecordError::UnknownFormat(v) => write!(
+                f,
+                "unknown record format {v} (this build knows {FORMAT_VERSION})"
+            ),
+            RecordError::NotCanonical => {
+                f.write_str("record bytes are not in RFC 8785 canonical form")
+            }
         }
     }
 }
@@ -134,9 +139,20 @@ impl std::error::Error for RecordError {}
 
 impl Record {
     /// A format-1 record whose body is any serialisable value.
-    pub fn new<B: Serialize>(kind: RecordKind, at_ms: i64, id: impl Into<String>, body: &B) -> Result<Record, RecordError> {
+    pub fn new<B: Serialize>(
+        kind: RecordKind,
+        at_ms: i64,
+        id: impl Into<String>,
+        body: &B,
+    ) -> Result<Record, RecordError> {
         let body = serde_json::to_value(body).map_err(|e| RecordError::Parse(e.to_string()))?;
-        Ok(Record { format: FORMAT_VERSION, kind, at_ms, id: id.into(), body })
+        Ok(Record {
+            format: FORMAT_VERSION,
+            kind,
+            at_ms,
+            id: id.into(),
+            body,
+        })
     }
 
     /// RFC 8785 canonical bytes: what is stored and what the leaf hashes.
@@ -161,7 +177,8 @@ impl Record {
     /// Parses stored bytes and checks they are exactly the canonical form of a
     /// record of a known format.
     pub fn from_canonical(bytes: &[u8]) -> Result<Record, RecordError> {
-        let record: Record = serde_json::from_slice(bytes).map_err(|e| RecordError::Parse(e.to_string()))?;
+        let record: Record =
+            serde_json::from_slice(bytes).map_err(|e| RecordError::Parse(e.to_string()))?;
         if record.format != FORMAT_VERSION {
             return Err(RecordError::UnknownFormat(record.format));
         }
@@ -173,12 +190,23 @@ impl Record {
 
     /// The query columns a sink stores next to the bytes (see [`IndexFields`]).
     pub fn index_fields(&self) -> IndexFields {
-        let str_field = |name: &str| self.body.get(name).and_then(Value::as_str).map(str::to_owned);
+        let str_field = |name: &str| {
+            self.body
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let reason_codes = self
             .body
             .get("reason_codes")
             .and_then(Value::as_array)
-            .map(|codes| codes.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|codes| {
+                codes
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         IndexFields {
             deployment: str_field("deployment"),
@@ -219,7 +247,13 @@ mod tests {
 
     #[test]
     fn canonical_layout_is_pinned() {
-        let r = Record::new(RecordKind::Decision, 1_700_000_000_000, "d-1", &json!({"z": 1, "a": [true, null, 1.5]})).unwrap();
+        let r = Record::new(
+            RecordKind::Decision,
+            1_700_000_000_000,
+            "d-1",
+            &json!({"z": 1, "a": [true, null, 1.5]}),
+        )
+        .unwrap();
         let bytes = r.canonical_bytes().unwrap();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
@@ -231,12 +265,24 @@ mod tests {
     #[test]
     fn non_canonical_and_unknown_are_refused() {
         let spaced = br#"{"at_ms":1, "body":{},"format":1,"id":"x","kind":"kill"}"#;
-        assert_eq!(Record::from_canonical(spaced), Err(RecordError::NotCanonical));
+        assert_eq!(
+            Record::from_canonical(spaced),
+            Err(RecordError::NotCanonical)
+        );
         let v2 = br#"{"at_ms":1,"body":{},"format":2,"id":"x","kind":"kill"}"#;
-        assert_eq!(Record::from_canonical(v2), Err(RecordError::UnknownFormat(2)));
+        assert_eq!(
+            Record::from_canonical(v2),
+            Err(RecordError::UnknownFormat(2))
+        );
         let extra = br#"{"at_ms":1,"body":{},"extra":0,"format":1,"id":"x","kind":"kill"}"#;
-        assert!(matches!(Record::from_canonical(extra), Err(RecordError::Parse(_))));
-        assert!(matches!(Record::from_canonical(b"\xff"), Err(RecordError::Parse(_))));
+        assert!(matches!(
+            Record::from_canonical(extra),
+            Err(RecordError::Parse(_))
+        ));
+        assert!(matches!(
+            Record::from_canonical(b"\xff"),
+            Err(RecordError::Parse(_))
+        ));
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub struct StoredCheckpoint {
 pub trait LedgerSink: Send + 'static {
     /// Appends records (with consecutive indexes continuing the ledger) and
     /// optionally a checkpoint, atomically and durably.
-    fn append(&mut self, records: &[AppendRecord], checkpoint: Option<&StoredCheckpoint>) -> Result<(), SinkError>;
+    fn append(
+        &mut self,
+        records: &[AppendRecord],
+        checkpoint: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError>;
     /// Number of records stored.
     fn record_count(&self) -> Result<u64, SinkError>;
     /// Stored leaf hashes for indexes `[from, to)`, in index order.
@@ -96,15 +100,28 @@ fn lock(inner: &Mutex<MemoryInner>) -> Result<std::sync::MutexGuard<'_, MemoryIn
 }
 
 impl LedgerSink for MemorySink {
-    fn append(&mut self, records: &[AppendRecord], checkpoint: Option<&StoredCheckpoint>) -> Result<(), SinkError> {
+    fn append(
+        &mut self,
+        records: &[AppendRecord],
+        checkpoint: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError> {
         let mut g = lock(&self.inner)?;
         let next = g.records.len() as u64;
         for (i, r) in records.iter().enumerate() {
             if r.index != next + i as u64 {
-                return Err(format!("record index {} does not continue the ledger at {}", r.index, next + i as u64).into());
+                return Err(format!(
+                    "record index {} does not continue the ledger at {}",
+                    r.index,
+                    next + i as u64
+                )
+                .into());
             }
         }
-        g.records.extend(records.iter().map(|r| StoredRecord { index: r.index, leaf_hash: r.leaf_hash, bytes: r.bytes.clone() }));
+        g.records.extend(records.iter().map(|r| StoredRecord {
+            index: r.index,
+            leaf_hash: r.leaf_hash,
+            bytes: r.bytes.clone(),
+        }));
         if let Some(cp) = checkpoint {
             g.checkpoints.push(cp.clone());
         }
@@ -117,7 +134,11 @@ impl LedgerSink for MemorySink {
     }
 
     fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
-        Ok(self.read_records(from, to)?.into_iter().map(|r| r.leaf_hash).collect())
+        Ok(self
+            .read_records(from, to)?
+            .into_iter()
+            .map(|r| r.leaf_hash)
+            .collect())
     }
 
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {

@@ -25,7 +25,10 @@ pub struct VerifyOptions {
 
 impl Default for VerifyOptions {
     fn default() -> VerifyOptions {
-        VerifyOptions { check_format: true, require_signed_tail: false }
+        VerifyOptions {
+            check_format: true,
+            require_signed_tail: false,
+        }
     }
 }
 
@@ -132,25 +135,47 @@ impl fmt::Display for VerifyError {
 impl std::error::Error for VerifyError {}
 
 fn fail(index: Option<u64>, checkpoint_seq: Option<u64>, problem: Problem) -> VerifyError {
-    VerifyError::Failed(VerifyFailure { index, checkpoint_seq, problem })
+    VerifyError::Failed(VerifyFailure {
+        index,
+        checkpoint_seq,
+        problem,
+    })
 }
 
 /// Opens every checkpoint and checks their sequence (signatures, seq 1..n,
 /// sizes never shrinking). Returns the parsed checkpoints in order.
-pub fn open_checkpoints(stored: &[StoredCheckpoint], verifier: &NoteVerifier) -> Result<Vec<Checkpoint>, VerifyError> {
+pub fn open_checkpoints(
+    stored: &[StoredCheckpoint],
+    verifier: &NoteVerifier,
+) -> Result<Vec<Checkpoint>, VerifyError> {
     let mut out: Vec<Checkpoint> = Vec::with_capacity(stored.len());
     for (i, s) in stored.iter().enumerate() {
-        let cp = Checkpoint::open(&s.note, verifier).map_err(|e| fail(None, Some(s.seq), Problem::CheckpointNote(e)))?;
+        let cp = Checkpoint::open(&s.note, verifier)
+            .map_err(|e| fail(None, Some(s.seq), Problem::CheckpointNote(e)))?;
         let expected = i as u64 + 1;
         if cp.seq != expected {
-            return Err(fail(None, Some(cp.seq), Problem::CheckpointSequence { expected, found: cp.seq }));
+            return Err(fail(
+                None,
+                Some(cp.seq),
+                Problem::CheckpointSequence {
+                    expected,
+                    found: cp.seq,
+                },
+            ));
         }
         if cp.seq != s.seq || cp.size != s.size {
             return Err(fail(None, Some(cp.seq), Problem::CheckpointColumns));
         }
         if let Some(prev) = out.last() {
             if cp.size < prev.size {
-                return Err(fail(None, Some(cp.seq), Problem::CheckpointShrinks { previous: prev.size, size: cp.size }));
+                return Err(fail(
+                    None,
+                    Some(cp.seq),
+                    Problem::CheckpointShrinks {
+                        previous: prev.size,
+                        size: cp.size,
+                    },
+                ));
             }
         }
         out.push(cp);
@@ -159,7 +184,12 @@ pub fn open_checkpoints(stored: &[StoredCheckpoint], verifier: &NoteVerifier) ->
 }
 
 /// Verifies records (in index order) against stored checkpoints.
-pub fn verify_records<I>(records: I, checkpoints: &[StoredCheckpoint], verifier: &NoteVerifier, opts: VerifyOptions) -> Result<VerifyReport, VerifyError>
+pub fn verify_records<I>(
+    records: I,
+    checkpoints: &[StoredCheckpoint],
+    verifier: &NoteVerifier,
+    opts: VerifyOptions,
+) -> Result<VerifyReport, VerifyError>
 where
     I: IntoIterator<Item = Result<StoredRecord, SinkError>>,
 {
@@ -169,38 +199,58 @@ where
     // matched one covered (the start of the range a mismatch implicates).
     let mut next_cp = 0usize;
     let mut good_size = 0u64;
-    let check_due = |tree: &MerkleTree, next_cp: &mut usize, good_size: &mut u64| -> Result<(), VerifyError> {
-        while let Some(cp) = cps.get(*next_cp) {
-            if cp.size != tree.len() {
-                break;
+    let check_due =
+        |tree: &MerkleTree, next_cp: &mut usize, good_size: &mut u64| -> Result<(), VerifyError> {
+            while let Some(cp) = cps.get(*next_cp) {
+                if cp.size != tree.len() {
+                    break;
+                }
+                if tree.root() != cp.root {
+                    return Err(fail(
+                        Some(*good_size),
+                        Some(cp.seq),
+                        Problem::RootMismatch {
+                            checkpoint_seq: cp.seq,
+                            size: cp.size,
+                        },
+                    ));
+                }
+                *good_size = cp.size;
+                *next_cp += 1;
             }
-            if tree.root() != cp.root {
-                return Err(fail(Some(*good_size), Some(cp.seq), Problem::RootMismatch { checkpoint_seq: cp.seq, size: cp.size }));
-            }
-            *good_size = cp.size;
-            *next_cp += 1;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     check_due(&tree, &mut next_cp, &mut good_size)?;
     for rec in records {
         let rec = rec.map_err(VerifyError::Sink)?;
         let index = tree.len();
         if rec.index != index {
-            return Err(fail(Some(index), None, Problem::IndexGap { found: rec.index }));
+            return Err(fail(
+                Some(index),
+                None,
+                Problem::IndexGap { found: rec.index },
+            ));
         }
         let leaf = leaf_hash(&rec.bytes);
         if leaf != rec.leaf_hash {
             return Err(fail(Some(index), None, Problem::LeafHash));
         }
         if opts.check_format {
-            Record::from_canonical(&rec.bytes).map_err(|e| fail(Some(index), None, Problem::Format(e)))?;
+            Record::from_canonical(&rec.bytes)
+                .map_err(|e| fail(Some(index), None, Problem::Format(e)))?;
         }
         tree.push(leaf);
         check_due(&tree, &mut next_cp, &mut good_size)?;
     }
     if let Some(cp) = cps.get(next_cp) {
-        return Err(fail(Some(tree.len()), Some(cp.seq), Problem::Truncated { checkpoint_seq: cp.seq, size: cp.size }));
+        return Err(fail(
+            Some(tree.len()),
+            Some(cp.seq),
+            Problem::Truncated {
+                checkpoint_seq: cp.seq,
+                size: cp.size,
+            },
+        ));
     }
     // Each checkpoint matched the recomputed tree, so consecutive ones are
     // consistent by construction; still check it the way an outside auditor
@@ -208,9 +258,19 @@ where
     // on every real ledger.
     for pair in cps.windows(2) {
         if let [a, b] = pair {
-            let ok = tree.consistency_proof(a.size, b.size).ok().is_some_and(|p| verify_consistency(a.size, b.size, &a.root, &b.root, &p).is_ok());
+            let ok = tree
+                .consistency_proof(a.size, b.size)
+                .ok()
+                .is_some_and(|p| verify_consistency(a.size, b.size, &a.root, &b.root, &p).is_ok());
             if !ok {
-                return Err(fail(Some(a.size), Some(b.seq), Problem::Inconsistent { from_seq: a.seq, to_seq: b.seq }));
+                return Err(fail(
+                    Some(a.size),
+                    Some(b.seq),
+                    Problem::Inconsistent {
+                        from_seq: a.seq,
+                        to_seq: b.seq,
+                    },
+                ));
             }
         }
     }
@@ -220,11 +280,20 @@ where
     if opts.require_signed_tail && unsigned_tail > 0 {
         return Err(fail(Some(signed), None, Problem::Unsigned));
     }
-    Ok(VerifyReport { records: tree.len(), checkpoints: cps.len() as u64, latest, unsigned_tail })
+    Ok(VerifyReport {
+        records: tree.len(),
+        checkpoints: cps.len() as u64,
+        latest,
+        unsigned_tail,
+    })
 }
 
 /// Verifies everything a sink holds, reading records in chunks.
-pub fn verify_sink<S: LedgerSink + ?Sized>(sink: &S, verifier: &NoteVerifier, opts: VerifyOptions) -> Result<VerifyReport, VerifyError> {
+pub fn verify_sink<S: LedgerSink + ?Sized>(
+    sink: &S,
+    verifier: &NoteVerifier,
+    opts: VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
     let checkpoints = sink.checkpoints().map_err(VerifyError::Sink)?;
     let count = sink.record_count().map_err(VerifyError::Sink)?;
     let mut from = 0u64;
@@ -237,11 +306,13 @@ pub fn verify_sink<S: LedgerSink + ?Sized>(sink: &S, verifier: &NoteVerifier, op
         from = to;
         Some(r)
     });
-    let records = chunks.flat_map(|chunk: Result<Vec<StoredRecord>, SinkError>| -> Vec<Result<StoredRecord, SinkError>> {
-        match chunk {
-            Ok(v) => v.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e)],
-        }
-    });
+    let records = chunks.flat_map(
+        |chunk: Result<Vec<StoredRecord>, SinkError>| -> Vec<Result<StoredRecord, SinkError>> {
+            match chunk {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            }
+        },
+    );
     verify_records(records, &checkpoints, verifier, opts)
 }

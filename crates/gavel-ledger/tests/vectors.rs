@@ -7,10 +7,15 @@
 //! - testonly/reference_test.go (commit 141d627eab770a7e9a2514f46a8b6338e6d90874):
 //!   TestRefInclusionProof and TestRefConsistencyProof expected proofs.
 
-use gavel_ledger::merkle::{leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT};
+use gavel_ledger::merkle::{
+    leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT,
+};
 
 fn hd(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn h(s: &str) -> Hash {
@@ -18,7 +23,19 @@ fn h(s: &str) -> Hash {
 }
 
 fn leaf_inputs() -> Vec<Vec<u8>> {
-    ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"].iter().map(|s| hd(s)).collect()
+    [
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
+        "606162636465666768696a6b6c6d6e6f",
+    ]
+    .iter()
+    .map(|s| hd(s))
+    .collect()
 }
 
 const ROOTS: [&str; 9] = [
@@ -70,10 +87,18 @@ fn leaf_and_node_hashes_match() {
         assert_eq!(leaves[i], h(want), "leaf {i}");
     }
     for (i, want) in LEVEL1.iter().enumerate() {
-        assert_eq!(node_hash(&leaves[2 * i], &leaves[2 * i + 1]), h(want), "level 1 node {i}");
+        assert_eq!(
+            node_hash(&leaves[2 * i], &leaves[2 * i + 1]),
+            h(want),
+            "level 1 node {i}"
+        );
     }
     for (i, want) in LEVEL2.iter().enumerate() {
-        assert_eq!(node_hash(&h(LEVEL1[2 * i]), &h(LEVEL1[2 * i + 1])), h(want), "level 2 node {i}");
+        assert_eq!(
+            node_hash(&h(LEVEL1[2 * i]), &h(LEVEL1[2 * i + 1])),
+            h(want),
+            "level 2 node {i}"
+        );
     }
 }
 
@@ -82,7 +107,11 @@ fn roots_for_every_size_match() {
     let full = tree(8);
     for (size, want) in ROOTS.iter().enumerate() {
         assert_eq!(tree(size).root(), h(want), "root of size {size}");
-        assert_eq!(full.root_at(size as u64), Some(h(want)), "root_at({size}) of the 8-leaf tree");
+        assert_eq!(
+            full.root_at(size as u64),
+            Some(h(want)),
+            "root_at({size}) of the 8-leaf tree"
+        );
     }
 }
 
@@ -90,9 +119,21 @@ fn roots_for_every_size_match() {
 fn inclusion_proofs_match_reference() {
     let cases: [(u64, u64, &[&str]); 6] = [
         (0, 1, &[]),
-        (0, 2, &["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"]),
-        (1, 2, &["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"]),
-        (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
+        (
+            0,
+            2,
+            &["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"],
+        ),
+        (
+            1,
+            2,
+            &["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"],
+        ),
+        (
+            2,
+            3,
+            &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+        ),
         (
             1,
             5,
@@ -138,7 +179,14 @@ fn consistency_proofs_match_reference() {
                 "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
             ],
         ),
-        (2, 5, &["5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e", "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
+        (
+            2,
+            5,
+            &[
+                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+            ],
+        ),
         (
             6,
             8,
@@ -154,7 +202,14 @@ fn consistency_proofs_match_reference() {
         let want: Vec<Hash> = want.iter().map(|s| h(s)).collect();
         let got = full.consistency_proof(old, new).unwrap();
         assert_eq!(got, want, "consistency proof {old}:{new}");
-        verify_consistency(old, new, &h(ROOTS[old as usize]), &h(ROOTS[new as usize]), &got).unwrap();
+        verify_consistency(
+            old,
+            new,
+            &h(ROOTS[old as usize]),
+            &h(ROOTS[new as usize]),
+            &got,
+        )
+        .unwrap();
     }
 }
 
@@ -164,10 +219,24 @@ fn every_pair_of_reference_sizes_is_consistent_and_tamper_fails() {
     for new in 1..=8u64 {
         for old in 1..=new {
             let p = full.consistency_proof(old, new).unwrap();
-            verify_consistency(old, new, &h(ROOTS[old as usize]), &h(ROOTS[new as usize]), &p).unwrap();
+            verify_consistency(
+                old,
+                new,
+                &h(ROOTS[old as usize]),
+                &h(ROOTS[new as usize]),
+                &p,
+            )
+            .unwrap();
             if old < new {
                 // Swapping the roots must fail.
-                assert!(verify_consistency(old, new, &h(ROOTS[new as usize]), &h(ROOTS[old as usize]), &p).is_err());
+                assert!(verify_consistency(
+                    old,
+                    new,
+                    &h(ROOTS[new as usize]),
+                    &h(ROOTS[old as usize]),
+                    &p
+                )
+                .is_err());
             }
         }
     }

@@ -1,0 +1,400 @@
+//! Property tests: proofs for random trees, and tamper detection over random
+//! ledgers (every single edit, deletion, insertion, reordering or truncation
+//! of stored records or checkpoints must make `verify` fail).
+
+use gavel_ledger::merkle::{
+    leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT,
+};
+use gavel_ledger::{
+    verify_records, Appender, AppenderConfig, MemorySink, NoteSigner, Record, RecordKind,
+    StoredCheckpoint, StoredRecord, VerifyError, VerifyOptions,
+};
+use proptest::prelude::*;
+use serde_json::json;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// RFC 6962 section 2.1 MTH, written straight from the definition.
+fn reference_root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => EMPTY_ROOT,
+        1 => leaves[0],
+        n => {
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            node_hash(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
+        }
+    }
+}
+
+fn leaves(n: u64) -> Vec<Hash> {
+    (0..n).map(|i| leaf_hash(&i.to_le_bytes())).collect()
+}
+
+/// A tampered copy of a proof: flip a bit, drop, add or duplicate a hash.
+fn tamper_proof(proof: &[Hash], how: u8, at: usize) -> Option<Vec<Hash>> {
+    let mut p = proof.to_vec();
+    match how % 3 {
+        0 if !p.is_empty() => {
+            let i = at % p.len();
+            p[i][at % 32] ^= 1 << (at % 8);
+        }
+        1 if !p.is_empty() => {
+            p.remove(at % p.len());
+        }
+        2 => p.insert(at % (p.len() + 1), [at as u8; 32]),
+        _ => return None,
+    }
+    Some(p)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn roots_match_the_definition(n in 0u64..300) {
+        let ls = leaves(n);
+        let t = MerkleTree::from_leaf_hashes(ls.iter().copied());
+        prop_assert_eq!(t.root(), reference_root(&ls));
+        for size in [0, n / 3, n / 2, n] {
+            prop_assert_eq!(t.root_at(size), Some(reference_root(&ls[..size as usize])));
+        }
+    }
+
+    #[test]
+    fn inclusion_proofs_verify_and_tampered_fail(n in 1u64..2000, i in any::<u64>(), how in any::<u8>(), at in any::<usize>()) {
+        let ls = leaves(n);
+        let t = MerkleTree::from_leaf_hashes(ls.iter().copied());
+        let index = i % n;
+        let root = t.root();
+        let proof = t.inclusion_proof(index, n).unwrap();
+        prop_assert!(verify_inclusion(&ls[index as usize], index, n, &proof, &root).is_ok());
+        if let Some(bad) = tamper_proof(&proof, how, at) {
+            prop_assert!(verify_inclusion(&ls[index as usize], index, n, &bad, &root).is_err());
+        }
+        // Wrong leaf, index or root all fail. (A wrong size can verify with
+        // the right root for some indexes: the signed checkpoint, not the
+        // proof, binds the size to the root.)
+        prop_assert!(verify_inclusion(&leaf_hash(b"other"), index, n, &proof, &root).is_err());
+        if n > 1 {
+            let other = (index + 1 + (i >> 32) % (n - 1)) % n;
+            prop_assert!(verify_inclusion(&ls[index as usize], other, n, &proof, &root).is_err());
+        }
+        let mut wrong_root = root;
+        wrong_root[at % 32] ^= 1;
+        prop_assert!(verify_inclusion(&ls[index as usize], index, n, &proof, &wrong_root).is_err());
+    }
+
+    #[test]
+    fn consistency_proofs_verify_and_tampered_fail(n in 1u64..2000, m in any::<u64>(), how in any::<u8>(), at in any::<usize>()) {
+        let old = m % (n + 1);
+        let t = MerkleTree::from_leaf_hashes(leaves(n));
+        let (r1, r2) = (t.root_at(old).unwrap(), t.root());
+        let proof = t.consistency_proof(old, n).unwrap();
+        prop_assert!(verify_consistency(old, n, &r1, &r2, &proof).is_ok());
+        if let Some(bad) = tamper_proof(&proof, how, at) {
+            prop_assert!(verify_consistency(old, n, &r1, &r2, &bad).is_err());
+        }
+        if old > 0 {
+            let mut wrong = r1;
+            wrong[at % 32] ^= 1;
+            prop_assert!(verify_consistency(old, n, &wrong, &r2, &proof).is_err());
+            let mut wrong = r2;
+            wrong[at % 32] ^= 1;
+            prop_assert!(verify_consistency(old, n, &r1, &wrong, &proof).is_err());
+        }
+    }
+
+    #[test]
+    fn jcs_numbers_round_trip(bits in any::<u64>()) {
+        let f = f64::from_bits(bits);
+        prop_assume!(f.is_finite());
+        let mut out = Vec::new();
+        gavel_ledger::jcs::write_f64(&mut out, f);
+        let back: f64 = std::str::from_utf8(&out).unwrap().parse().unwrap();
+        prop_assert!(back == f, "{} -> {}", f, String::from_utf8_lossy(&out));
+    }
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed("gavel.test/ledger", &[42u8; 32]).unwrap()
+}
+
+/// A ledger of `n` decision records with a checkpoint every `every` records,
+/// closed cleanly so a final checkpoint covers everything.
+fn build_ledger(n: usize, every: u64) -> (Vec<StoredRecord>, Vec<StoredCheckpoint>) {
+    let sink = MemorySink::new();
+    let config = AppenderConfig {
+        checkpoint_every: every,
+        checkpoint_interval: Duration::from_secs(3600),
+        max_batch: 4,
+    };
+    let app = Appender::start(sink.clone(), signer(), config).unwrap();
+    for i in 0..n {
+        let body = json!({"deployment": "prod", "verdict": if i % 3 == 0 { "deny" } else { "allow" }, "n": i});
+        app.append(
+            &Record::new(
+                RecordKind::Decision,
+                1_700_000_000_000 + i as i64,
+                format!("d-{i}"),
+                &body,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    }
+    app.close().unwrap();
+    sink.snapshot()
+}
+
+type Ledger = (usize, Vec<StoredRecord>, Vec<StoredCheckpoint>);
+
+/// Random-shaped ledgers built (and checked to verify) once, so each property
+/// case pays only for tampering and one verification.
+fn ledger_pool() -> &'static [Ledger] {
+    static POOL: OnceLock<Vec<Ledger>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut pool = Vec::new();
+        for n in 1..24 {
+            for every in [1, 2, 3, 5, 8, 13] {
+                let (recs, cps) = build_ledger(n, every);
+                let report = verify(&recs, &cps).unwrap();
+                assert_eq!((report.records, report.unsigned_tail), (n as u64, 0));
+                pool.push((n, recs, cps));
+            }
+        }
+        pool
+    })
+}
+
+fn strict() -> VerifyOptions {
+    VerifyOptions {
+        check_format: true,
+        require_signed_tail: true,
+    }
+}
+
+fn verify(
+    records: &[StoredRecord],
+    cps: &[StoredCheckpoint],
+) -> Result<gavel_ledger::VerifyReport, VerifyError> {
+    verify_records(
+        records.iter().cloned().map(Ok),
+        cps,
+        &signer().verifier(),
+        strict(),
+    )
+}
+
+/// Re-numbers records by position, as an attacker rewriting rows would.
+fn renumber(records: &mut [StoredRecord]) {
+    for (i, r) in records.iter_mut().enumerate() {
+        r.index = i as u64;
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Tamper {
+    /// Flip one bit of a record's bytes, keeping its stored leaf hash.
+    EditBytes {
+        rec: usize,
+        byte: usize,
+    },
+    /// Edit bytes and recompute the stored leaf hash to match.
+    EditBytesAndHash {
+        rec: usize,
+        byte: usize,
+    },
+    DeleteRecord {
+        rec: usize,
+        renumber: bool,
+    },
+    InsertRecord {
+        at: usize,
+        renumber: bool,
+    },
+    SwapRecords {
+        a: usize,
+        b: usize,
+    },
+    TruncateRecords {
+        keep: usize,
+    },
+    EditCheckpoint {
+        cp: usize,
+        ch: usize,
+    },
+    DeleteCheckpoint {
+        cp: usize,
+    },
+    DuplicateCheckpoint {
+        cp: usize,
+    },
+    SwapCheckpoints {
+        a: usize,
+        b: usize,
+    },
+    TruncateCheckpoints {
+        keep: usize,
+    },
+}
+
+fn tamper_strategy() -> impl Strategy<Value = Tamper> {
+    let i = any::<usize>;
+    prop_oneof![
+        (i(), i()).prop_map(|(rec, byte)| Tamper::EditBytes { rec, byte }),
+        (i(), i()).prop_map(|(rec, byte)| Tamper::EditBytesAndHash { rec, byte }),
+        (i(), any::<bool>()).prop_map(|(rec, renumber)| Tamper::DeleteRecord { rec, renumber }),
+        (i(), any::<bool>()).prop_map(|(at, renumber)| Tamper::InsertRecord { at, renumber }),
+        (i(), i()).prop_map(|(a, b)| Tamper::SwapRecords { a, b }),
+        i().prop_map(|keep| Tamper::TruncateRecords { keep }),
+        (i(), i()).prop_map(|(cp, ch)| Tamper::EditCheckpoint { cp, ch }),
+        i().prop_map(|cp| Tamper::DeleteCheckpoint { cp }),
+        i().prop_map(|cp| Tamper::DuplicateCheckpoint { cp }),
+        (i(), i()).prop_map(|(a, b)| Tamper::SwapCheckpoints { a, b }),
+        i().prop_map(|keep| Tamper::TruncateCheckpoints { keep }),
+    ]
+}
+
+/// Applies the tamper; false if it is a no-op for this ledger (e.g. swapping
+/// an element with itself), which the property then skips.
+fn apply(t: &Tamper, recs: &mut Vec<StoredRecord>, cps: &mut Vec<StoredCheckpoint>) -> bool {
+    let (n, c) = (recs.len(), cps.len());
+    match *t {
+        Tamper::EditBytes { rec, byte } | Tamper::EditBytesAndHash { rec, byte } => {
+            let r = &mut recs[rec % n];
+            let b = byte % r.bytes.len();
+            r.bytes[b] ^= 1 << (byte % 8);
+            if matches!(t, Tamper::EditBytesAndHash { .. }) {
+                r.leaf_hash = leaf_hash(&r.bytes);
+            }
+        }
+        Tamper::DeleteRecord { rec, renumber: re } => {
+            recs.remove(rec % n);
+            if re {
+                renumber(recs);
+            }
+        }
+        Tamper::InsertRecord { at, renumber: re } => {
+            let forged = Record::new(
+                RecordKind::Decision,
+                0,
+                "forged",
+                &json!({"verdict": "allow"}),
+            )
+            .unwrap()
+            .canonical_bytes()
+            .unwrap();
+            let pos = at % (n + 1);
+            recs.insert(
+                pos,
+                StoredRecord {
+                    index: pos as u64,
+                    leaf_hash: leaf_hash(&forged),
+                    bytes: forged,
+                },
+            );
+            if re {
+                renumber(recs);
+            }
+        }
+        Tamper::SwapRecords { a, b } => {
+            if a % n == b % n {
+                return false;
+            }
+            recs.swap(a % n, b % n);
+            renumber(recs);
+        }
+        Tamper::TruncateRecords { keep } => recs.truncate(keep % n),
+        Tamper::EditCheckpoint { cp, ch } => {
+            let note = &mut cps[cp % c].note;
+            let chars: Vec<char> = note.chars().collect();
+            let i = ch % chars.len();
+            let replacement = if chars[i] == 'A' { 'B' } else { 'A' };
+            *note = chars
+                .iter()
+                .enumerate()
+                .map(|(j, &x)| if j == i { replacement } else { x })
+                .collect();
+        }
+        Tamper::DeleteCheckpoint { cp } => {
+            cps.remove(cp % c);
+        }
+        Tamper::DuplicateCheckpoint { cp } => {
+            let dup = cps[cp % c].clone();
+            cps.insert(cp % c, dup);
+        }
+        Tamper::SwapCheckpoints { a, b } => {
+            if a % c == b % c {
+                return false;
+            }
+            cps.swap(a % c, b % c);
+        }
+        Tamper::TruncateCheckpoints { keep } => cps.truncate(keep % c),
+    }
+    true
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_single_tamper_is_detected(pick in any::<usize>(), t in tamper_strategy()) {
+        let pool = ledger_pool();
+        let (n, mut recs, mut cps) = pool[pick % pool.len()].clone();
+        prop_assume!(apply(&t, &mut recs, &mut cps));
+        match verify(&recs, &cps) {
+            Err(VerifyError::Failed(f)) => {
+                // The named index is always within the ledger as stored or
+                // as signed.
+                if let Some(i) = f.index {
+                    prop_assert!(i <= n as u64 + 1, "index {} for ledger of {}", i, n);
+                }
+            }
+            other => prop_assert!(false, "tamper {:?} not detected: {:?}", t, other),
+        }
+    }
+}
+
+#[test]
+fn an_edited_record_is_named_exactly() {
+    let (mut recs, cps) = build_ledger(30, 7);
+    recs[17].bytes[5] ^= 1;
+    match verify(&recs, &cps) {
+        Err(VerifyError::Failed(f)) => {
+            assert_eq!(f.index, Some(17));
+            assert_eq!(f.problem, gavel_ledger::Problem::LeafHash);
+        }
+        other => panic!("not detected: {other:?}"),
+    }
+}
+
+#[test]
+fn a_rehashed_edit_is_named_by_its_checkpoint_range() {
+    let (mut recs, cps) = build_ledger(30, 7);
+    // A well-formed, canonical replacement: only the signed roots can tell.
+    let forged = Record::new(
+        RecordKind::Decision,
+        0,
+        "d-17",
+        &json!({"verdict": "allow"}),
+    )
+    .unwrap()
+    .canonical_bytes()
+    .unwrap();
+    recs[17].leaf_hash = leaf_hash(&forged);
+    recs[17].bytes = forged;
+    match verify(&recs, &cps) {
+        Err(VerifyError::Failed(f)) => {
+            // Checkpoints sign sizes 7, 14, 21, 28, 30: record 17 is in 14..21.
+            assert_eq!(f.index, Some(14));
+            assert!(
+                matches!(
+                    f.problem,
+                    gavel_ledger::Problem::RootMismatch { size: 21, .. }
+                ),
+                "{f}"
+            );
+        }
+        other => panic!("not detected: {other:?}"),
+    }
+}
