@@ -200,13 +200,9 @@ impl Scanners {
             injection_score: 0.0,
         };
         if let (true, Some(mode)) = (self.config.injection, role.injection_mode()) {
-            let score = self.injection.score_into(
-                text,
-                mode,
-                self.config.injection_threshold,
-                0,
-                out,
-            );
+            let score =
+                self.injection
+                    .score_into(text, mode, self.config.injection_threshold, 0, out);
             outcome.injection_score = score;
         }
         outcome
@@ -214,7 +210,12 @@ impl Scanners {
 
     /// Scans arbitrary bytes: invalid UTF-8 sequences and runs of NUL bytes become findings of
     /// their own, and every valid stretch is scanned as text with spans relative to `bytes`.
-    pub fn scan_bytes(&self, bytes: &[u8], role: ContentRole, out: &mut Vec<Finding>) -> ScanOutcome {
+    pub fn scan_bytes(
+        &self,
+        bytes: &[u8],
+        role: ContentRole,
+        out: &mut Vec<Finding>,
+    ) -> ScanOutcome {
         let mut outcome = ScanOutcome {
             injection_score: 0.0,
         };
@@ -361,6 +362,8 @@ mod tests {
         assert_eq!(outcome.injection_score, 0.0);
         let outcome = scanners().scan(text, ContentRole::User, &mut out);
         assert!(outcome.injection_score >= 0.5);
-        assert!(out.iter().any(|f| f.rule_id == "injection.instruction_override"));
+        assert!(out
+            .iter()
+            .any(|f| f.rule_id == "injection.instruction_override"));
     }
 }

@@ -145,11 +145,18 @@ fn fold_leet(bytes: &mut [u8]) {
             b'7' => b't',
             _ => continue,
         };
-        let letter = |j: Option<usize>| j.and_then(|j| bytes.get(j)).is_some_and(|b| b.is_ascii_lowercase());
+        let letter = |j: Option<usize>| {
+            j.and_then(|j| bytes.get(j))
+                .is_some_and(|b| b.is_ascii_lowercase())
+        };
         let prev = letter(i.checked_sub(1));
         let next = letter(Some(i + 1));
         // `!` and `$` end or start words legitimately; they only count inside a word.
-        let inside = if matches!(c, b'!' | b'$' | b'@') { prev && next } else { prev || next };
+        let inside = if matches!(c, b'!' | b'$' | b'@') {
+            prev && next
+        } else {
+            prev || next
+        };
         if inside {
             if let Some(slot) = bytes.get_mut(i) {
                 *slot = to;

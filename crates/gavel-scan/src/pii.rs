@@ -69,7 +69,9 @@ fn sep_len_at(b: &[u8], i: usize) -> usize {
     if two && at(b, i + 2).is_some_and(|c| c.is_ascii_digit()) {
         return 2;
     }
-    if matches!(at(b, i), Some(b' ' | b'-' | b'.' | b'/' | b')')) && at(b, i + 1).is_some_and(|c| c.is_ascii_digit()) {
+    if matches!(at(b, i), Some(b' ' | b'-' | b'.' | b'/' | b')'))
+        && at(b, i + 1).is_some_and(|c| c.is_ascii_digit())
+    {
         return 1;
     }
     0
@@ -178,7 +180,8 @@ fn number(b: &[u8], p: usize, sink: &mut Sink<'_>) -> Option<usize> {
         i += sep;
     }
     let end = i;
-    let plus = p >= 1 && at(b, p - 1) == Some(b'+') && !(p >= 2 && at(b, p - 2).is_some_and(is_word));
+    let plus =
+        p >= 1 && at(b, p - 1) == Some(b'+') && !(p >= 2 && at(b, p - 2).is_some_and(is_word));
     let paren = p >= 1 && at(b, p - 1) == Some(b'(');
     let start = if plus || paren { p - 1 } else { p };
     // Three bytes of lookahead decide whether the number goes on (separator + digit).
@@ -241,7 +244,9 @@ fn classify(b: &[u8], g: &Groups, plus: bool, paren: bool) -> Option<(&'static s
         let grouping = g.n == 1
             || lens.is(&[4, 6, 5])
             || lens.is(&[4, 6, 4])
-            || (g.n >= 3 && (0..g.n - 1).all(|k| g.len(k) == 4) && (1..=4).contains(&g.len(g.n - 1)));
+            || (g.n >= 3
+                && (0..g.n - 1).all(|k| g.len(k) == 4)
+                && (1..=4).contains(&g.len(g.n - 1)));
         if consistent && grouping && luhn_valid(digits) && card_brand_ok(digits) {
             return Some(("pii.payment_card", if g.n == 1 { 0.9 } else { 0.95 }));
         }
@@ -258,17 +263,23 @@ fn phone(b: &[u8], g: &Groups, plus: bool, paren: bool) -> Option<(&'static str,
     let digits = g.digits();
     let nd = digits.len();
     let lens = Lens::of(g);
-    let phone_sep = |s: &[u8]| matches!(s, b" " | b"-" | b"." | b") " | b")" | b" (" | b")-" | b").");
+    let phone_sep =
+        |s: &[u8]| matches!(s, b" " | b"-" | b"." | b") " | b")" | b" (" | b")-" | b").");
     if !g.seps_all(b, phone_sep) {
         return None;
     }
     // E.164 with a plus: country code and subscriber number, 8 to 15 digits.
     if plus {
         let cc_ok = g.len(0) <= 3 || g.n == 1;
-        return ((8..=15).contains(&nd) && cc_ok && digits.first() != Some(&b'0')).then_some(("pii.phone", 0.9));
+        return ((8..=15).contains(&nd) && cc_ok && digits.first() != Some(&b'0'))
+            .then_some(("pii.phone", 0.9));
     }
     // International dialling prefix `00` / `011` followed by a country code.
-    if g.n >= 3 && (digits.starts_with(b"00") || digits.starts_with(b"011")) && (10..=18).contains(&nd) && g.len(0) <= 4 {
+    if g.n >= 3
+        && (digits.starts_with(b"00") || digits.starts_with(b"011"))
+        && (10..=18).contains(&nd)
+        && g.len(0) <= 4
+    {
         return Some(("pii.phone", 0.8));
     }
     // North American numbers: (NXX) NXX-XXXX, NXX-NXX-XXXX, 1-NXX-NXX-XXXX.
@@ -311,7 +322,11 @@ impl Lens {
         self.lens.get(..self.n) == Some(pattern)
     }
     fn all_in(&self, lo: usize, hi: usize) -> bool {
-        self.lens.get(..self.n).unwrap_or_default().iter().all(|l| (lo..=hi).contains(l))
+        self.lens
+            .get(..self.n)
+            .unwrap_or_default()
+            .iter()
+            .all(|l| (lo..=hi).contains(l))
     }
 }
 
@@ -321,7 +336,10 @@ fn iban(b: &[u8], start: usize, sink: &mut Sink<'_>) {
     if start > 0 && at(b, start - 1).is_some_and(|c| c.is_ascii_alphanumeric()) {
         return;
     }
-    if !b.get(start..start + 2).is_some_and(|c| c.iter().all(u8::is_ascii_uppercase)) {
+    if !b
+        .get(start..start + 2)
+        .is_some_and(|c| c.iter().all(u8::is_ascii_uppercase))
+    {
         return;
     }
     let alnum = |c: u8| c.is_ascii_uppercase() || c.is_ascii_digit();
@@ -381,7 +399,9 @@ fn email(b: &[u8], a: usize, sink: &mut Sink<'_>) {
     if ls == a || at(b, a - 1) == Some(b'.') {
         return;
     }
-    let de = run_end(b, a + 1, 254, |c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+    let de = run_end(b, a + 1, 254, |c| {
+        c.is_ascii_alphanumeric() || c == b'.' || c == b'-'
+    });
     if sink.hit_end(de + 1, b.len(), ls) {
         return;
     }
@@ -396,7 +416,11 @@ fn email(b: &[u8], a: usize, sink: &mut Sink<'_>) {
     let mut labels = 0;
     let mut tld: &[u8] = &[];
     for label in domain.split(|&c| c == b'.') {
-        if label.is_empty() || label.len() > 63 || label.first() == Some(&b'-') || label.last() == Some(&b'-') {
+        if label.is_empty()
+            || label.len() > 63
+            || label.first() == Some(&b'-')
+            || label.last() == Some(&b'-')
+        {
             return;
         }
         labels += 1;
@@ -421,7 +445,10 @@ pub(crate) fn scan_ipv6(text: &str, from: usize, sink: &mut Sink<'_>) {
         let c = from + rel;
         // Only the first colon of a run anchors a candidate.
         let mut rs = c;
-        while rs > 0 && c - rs <= MAX_IPV6 && at(b, rs - 1).is_some_and(|x| x.is_ascii_hexdigit() || x == b'.') {
+        while rs > 0
+            && c - rs <= MAX_IPV6
+            && at(b, rs - 1).is_some_and(|x| x.is_ascii_hexdigit() || x == b'.')
+        {
             rs -= 1;
         }
         if c - rs > MAX_IPV6 || (rs > 0 && at(b, rs - 1) == Some(b':')) {
@@ -438,7 +465,7 @@ pub(crate) fn scan_ipv6(text: &str, from: usize, sink: &mut Sink<'_>) {
         while end > c && at(b, end - 1) == Some(b'.') {
             end -= 1;
         }
-        let attached = |x: Option<u8>| x.is_some_and(|x| is_word(x));
+        let attached = |x: Option<u8>| x.is_some_and(is_word);
         if attached(rs.checked_sub(1).and_then(|q| at(b, q))) || attached(at(b, re)) {
             continue;
         }
@@ -454,8 +481,18 @@ pub(crate) fn scan_ipv6(text: &str, from: usize, sink: &mut Sink<'_>) {
 }
 
 const MONTHS: &[&str] = &[
-    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-    "november", "december",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
 ];
 
 pub(crate) fn on_dob_cue(b: &[u8], start: usize, end: usize, sink: &mut Sink<'_>) {
@@ -603,7 +640,8 @@ fn is_month(word: &[u8]) -> bool {
         && MONTHS.iter().any(|m| {
             let m = m.as_bytes();
             (word.len() == m.len() || word.len() == 3)
-                && m.get(..word.len()).is_some_and(|p| p.eq_ignore_ascii_case(word))
+                && m.get(..word.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(word))
         })
 }
 
@@ -615,7 +653,9 @@ fn day_month_date_at(b: &[u8], i: usize) -> DateParse {
     }
     let mut j = skip_ordinal(b, i + ld);
     j = run_end(b, j, 1, |c| c == b' ');
-    if b.get(j..j + 3).is_some_and(|w| w.eq_ignore_ascii_case(b"of ")) {
+    if b.get(j..j + 3)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"of "))
+    {
         j += 3;
     }
     let word_end = run_end(b, j, 12, |c| c.is_ascii_alphabetic());
@@ -647,8 +687,17 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(found("write to Jane.Doe+tag@mail.example.co.uk."), [("pii.email", "Jane.Doe+tag@mail.example.co.uk")]);
-        for not in ["@decorator", "user@localhost", "a@b.c", "x@1.2.3.4", "name@domain.toolongtldxxxxxxxxxxxxxxxxxx"] {
+        assert_eq!(
+            found("write to Jane.Doe+tag@mail.example.co.uk."),
+            [("pii.email", "Jane.Doe+tag@mail.example.co.uk")]
+        );
+        for not in [
+            "@decorator",
+            "user@localhost",
+            "a@b.c",
+            "x@1.2.3.4",
+            "name@domain.toolongtldxxxxxxxxxxxxxxxxxx",
+        ] {
             assert!(found(not).is_empty(), "{not}");
         }
     }
@@ -668,16 +717,32 @@ mod tests {
         ] {
             assert_eq!(found(text), [("pii.phone", phone)], "{text}");
         }
-        for not in ["in 2024-01-15 at 10:30", "version 1.2.3", "3.14159", "x = 12345678", "+12", "call 555-1234"] {
+        for not in [
+            "in 2024-01-15 at 10:30",
+            "version 1.2.3",
+            "3.14159",
+            "x = 12345678",
+            "+12",
+            "call 555-1234",
+        ] {
             assert!(found(not).is_empty(), "{not}: {:?}", found(not));
         }
     }
 
     #[test]
     fn cards_need_luhn_and_issuer() {
-        assert_eq!(found("card 4111 1111 1111 1111 exp"), [("pii.payment_card", "4111 1111 1111 1111")]);
-        assert_eq!(found("amex 3782-822463-10005"), [("pii.payment_card", "3782-822463-10005")]);
-        assert_eq!(found("5555555555554444"), [("pii.payment_card", "5555555555554444")]);
+        assert_eq!(
+            found("card 4111 1111 1111 1111 exp"),
+            [("pii.payment_card", "4111 1111 1111 1111")]
+        );
+        assert_eq!(
+            found("amex 3782-822463-10005"),
+            [("pii.payment_card", "3782-822463-10005")]
+        );
+        assert_eq!(
+            found("5555555555554444"),
+            [("pii.payment_card", "5555555555554444")]
+        );
         assert!(found("4111 1111 1111 1112").is_empty());
         assert!(found("order 1234567812345670").is_empty());
     }
@@ -685,35 +750,74 @@ mod tests {
     #[test]
     fn ssn_with_invalid_ranges_excluded() {
         assert_eq!(found("SSN 536-22-1234."), [("pii.us_ssn", "536-22-1234")]);
-        for bad in ["000-12-3456", "666-12-3456", "912-12-3456", "536-00-1234", "536-22-0000"] {
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "912-12-3456",
+            "536-00-1234",
+            "536-22-0000",
+        ] {
             assert!(found(bad).is_empty(), "{bad}");
         }
     }
 
     #[test]
     fn ip_addresses() {
-        assert_eq!(found("host 192.168.10.254:8080"), [("pii.ipv4", "192.168.10.254")]);
+        assert_eq!(
+            found("host 192.168.10.254:8080"),
+            [("pii.ipv4", "192.168.10.254")]
+        );
         assert!(found("256.1.1.1 and 1.2.3.4").is_empty());
-        assert_eq!(found("addr 2001:db8:85a3::8a2e:370:7334."), [("pii.ipv6", "2001:db8:85a3::8a2e:370:7334")]);
-        assert_eq!(found("fe80::1ff:fe23:4567:890a%eth0"), [("pii.ipv6", "fe80::1ff:fe23:4567:890a")]);
-        for not in ["std::vector", "12:30:45", "a::b", "00:1A:2B:3C:4D:5E", "deadbeef::"] {
+        assert_eq!(
+            found("addr 2001:db8:85a3::8a2e:370:7334."),
+            [("pii.ipv6", "2001:db8:85a3::8a2e:370:7334")]
+        );
+        assert_eq!(
+            found("fe80::1ff:fe23:4567:890a%eth0"),
+            [("pii.ipv6", "fe80::1ff:fe23:4567:890a")]
+        );
+        for not in [
+            "std::vector",
+            "12:30:45",
+            "a::b",
+            "00:1A:2B:3C:4D:5E",
+            "deadbeef::",
+        ] {
             assert!(found(not).is_empty(), "{not}: {:?}", found(not));
         }
     }
 
     #[test]
     fn iban_in_text() {
-        assert_eq!(found("pay to GB29 NWBK 6016 1331 9268 19 today"), [("pii.iban", "GB29 NWBK 6016 1331 9268 19")]);
-        assert_eq!(found("IBAN: DE89370400440532013000."), [("pii.iban", "DE89370400440532013000")]);
+        assert_eq!(
+            found("pay to GB29 NWBK 6016 1331 9268 19 today"),
+            [("pii.iban", "GB29 NWBK 6016 1331 9268 19")]
+        );
+        assert_eq!(
+            found("IBAN: DE89370400440532013000."),
+            [("pii.iban", "DE89370400440532013000")]
+        );
         assert!(found("GB29 NWBK 6016 1331 9268 18").is_empty());
     }
 
     #[test]
     fn dates_of_birth_need_a_cue() {
-        assert_eq!(found("DOB: 1985-03-05"), [("pii.date_of_birth", "1985-03-05")]);
-        assert_eq!(found("she was born on March 5th, 1985 in Ohio"), [("pii.date_of_birth", "March 5th, 1985")]);
-        assert_eq!(found("Date of birth 05/03/1985"), [("pii.date_of_birth", "05/03/1985")]);
-        assert_eq!(found("born 5 March 1985"), [("pii.date_of_birth", "5 March 1985")]);
+        assert_eq!(
+            found("DOB: 1985-03-05"),
+            [("pii.date_of_birth", "1985-03-05")]
+        );
+        assert_eq!(
+            found("she was born on March 5th, 1985 in Ohio"),
+            [("pii.date_of_birth", "March 5th, 1985")]
+        );
+        assert_eq!(
+            found("Date of birth 05/03/1985"),
+            [("pii.date_of_birth", "05/03/1985")]
+        );
+        assert_eq!(
+            found("born 5 March 1985"),
+            [("pii.date_of_birth", "5 March 1985")]
+        );
         assert!(found("released on 1985-03-05").is_empty());
         assert!(found("reborn 1985-03-05").is_empty());
     }

@@ -40,14 +40,21 @@ impl Redactor {
             .filter(|f| matches!(f.kind, FindingKind::Secret | FindingKind::Pii))
             .filter(|f| text.get(f.span.clone()).is_some() && !f.span.is_empty())
             .collect();
-        spans.sort_by(|a, b| a.span.start.cmp(&b.span.start).then(b.span.end.cmp(&a.span.end)));
+        spans.sort_by(|a, b| {
+            a.span
+                .start
+                .cmp(&b.span.start)
+                .then(b.span.end.cmp(&a.span.end))
+        });
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         for f in spans {
             if f.span.start < at {
                 continue;
             }
-            let (Some(before), Some(value)) = (text.get(at..f.span.start), text.get(f.span.clone())) else {
+            let (Some(before), Some(value)) =
+                (text.get(at..f.span.start), text.get(f.span.clone()))
+            else {
                 continue;
             };
             out.push_str(before);
@@ -66,7 +73,11 @@ impl Redactor {
 
     fn number(&mut self, label: &'static str, value: &str) -> u32 {
         let h = self.keys.hash_one((label, value));
-        if let Some(&(_, _, n)) = self.seen.iter().find(|(sh, sl, _)| *sh == h && *sl == label) {
+        if let Some(&(_, _, n)) = self
+            .seen
+            .iter()
+            .find(|(sh, sl, _)| *sh == h && *sl == label)
+        {
             return n;
         }
         let n = match self.counters.iter_mut().find(|(l, _)| *l == label) {
@@ -105,9 +116,15 @@ mod tests {
             r.redact(a, &scan(&s, a)),
             "From [EMAIL_1] to [EMAIL_2], cc [EMAIL_1]"
         );
-        assert_eq!(r.redact(b, &scan(&s, b)), "Reply to [EMAIL_2] or call [PHONE_1]");
+        assert_eq!(
+            r.redact(b, &scan(&s, b)),
+            "Reply to [EMAIL_2] or call [PHONE_1]"
+        );
         // A new request starts numbering again.
-        assert_eq!(Redactor::new().redact(b, &scan(&s, b)), "Reply to [EMAIL_1] or call [PHONE_1]");
+        assert_eq!(
+            Redactor::new().redact(b, &scan(&s, b)),
+            "Reply to [EMAIL_1] or call [PHONE_1]"
+        );
     }
 
     #[test]
@@ -119,7 +136,10 @@ mod tests {
             confidence: 1.0,
         };
         let mut r = Redactor::new();
-        assert_eq!(r.redact("0123456789", &[f(2, 6), f(0, 4), f(8, 40)]), "[PHONE_1]456789");
+        assert_eq!(
+            r.redact("0123456789", &[f(2, 6), f(0, 4), f(8, 40)]),
+            "[PHONE_1]456789"
+        );
         assert_eq!(r.redact("é", &[f(1, 2)]), "é");
     }
 }

@@ -67,7 +67,12 @@ const fn run(class: Class, min: usize, max: usize) -> Body {
     }
 }
 
-const fn rule(literal: &'static str, rule_id: &'static str, body: Body, confidence: f32) -> PrefixRule {
+const fn rule(
+    literal: &'static str,
+    rule_id: &'static str,
+    body: Body,
+    confidence: f32,
+) -> PrefixRule {
     PrefixRule {
         literal,
         rule_id,
@@ -90,14 +95,29 @@ static PREFIX_RULES: &[PrefixRule] = &[
     rule("ASIA", AWS, run(UpperDigit, 16, 16), 0.95),
     rule("ABIA", AWS, run(UpperDigit, 16, 16), 0.9),
     rule("ACCA", AWS, run(UpperDigit, 16, 16), 0.9),
-    rule("AIza", "secret.gcp_api_key", run(AlnumDashUnderscore, 35, 35), 0.95),
-    rule("GOCSPX-", "secret.gcp_oauth_client_secret", run(AlnumDashUnderscore, 28, 28), 0.95),
+    rule(
+        "AIza",
+        "secret.gcp_api_key",
+        run(AlnumDashUnderscore, 35, 35),
+        0.95,
+    ),
+    rule(
+        "GOCSPX-",
+        "secret.gcp_oauth_client_secret",
+        run(AlnumDashUnderscore, 28, 28),
+        0.95,
+    ),
     rule("ghp_", GITHUB, run(Alnum, 36, 36), 0.95),
     rule("gho_", GITHUB, run(Alnum, 36, 36), 0.95),
     rule("ghu_", GITHUB, run(Alnum, 36, 36), 0.95),
     rule("ghs_", GITHUB, run(Alnum, 36, 36), 0.95),
     rule("ghr_", GITHUB, run(Alnum, 36, 36), 0.95),
-    rule("github_pat_", GITHUB, run(AlnumDashUnderscore, 70, 100), 0.95),
+    rule(
+        "github_pat_",
+        GITHUB,
+        run(AlnumDashUnderscore, 70, 100),
+        0.95,
+    ),
     rule("glpat-", GITLAB, run(AlnumDashUnderscore, 20, 64), 0.95),
     rule("glrt-", GITLAB, run(AlnumDashUnderscore, 20, 64), 0.9),
     rule("gldt-", GITLAB, run(AlnumDashUnderscore, 20, 64), 0.9),
@@ -108,16 +128,31 @@ static PREFIX_RULES: &[PrefixRule] = &[
     rule("xoxr-", SLACK, run(SlackToken, 20, 250), 0.95),
     rule("xoxs-", SLACK, run(SlackToken, 20, 250), 0.95),
     rule("xoxe-", SLACK, run(SlackToken, 20, 250), 0.9),
-    rule("hooks.slack.com/services/", "secret.slack_webhook", run(WebhookPath, 40, 80), 0.95),
+    rule(
+        "hooks.slack.com/services/",
+        "secret.slack_webhook",
+        run(WebhookPath, 40, 80),
+        0.95,
+    ),
     rule("sk_live_", STRIPE, run(Alnum, 20, 247), 0.95),
     rule("rk_live_", STRIPE, run(Alnum, 20, 247), 0.95),
     rule("sk_test_", STRIPE, run(Alnum, 20, 247), 0.7),
     rule("rk_test_", STRIPE, run(Alnum, 20, 247), 0.7),
     rule("sk-proj-", OPENAI, run(AlnumDashUnderscore, 40, 300), 0.95),
-    rule("sk-svcacct-", OPENAI, run(AlnumDashUnderscore, 40, 300), 0.95),
+    rule(
+        "sk-svcacct-",
+        OPENAI,
+        run(AlnumDashUnderscore, 40, 300),
+        0.95,
+    ),
     rule("sk-admin-", OPENAI, run(AlnumDashUnderscore, 40, 300), 0.95),
     rule("sk-", OPENAI, run(Alnum, 48, 48), 0.85),
-    rule("sk-ant-", "secret.anthropic_api_key", run(AlnumDashUnderscore, 32, 300), 0.95),
+    rule(
+        "sk-ant-",
+        "secret.anthropic_api_key",
+        run(AlnumDashUnderscore, 32, 300),
+        0.95,
+    ),
     rule("hf_", "secret.huggingface_token", run(Alnum, 34, 34), 0.85),
     rule("npm_", "secret.npm_token", run(Alnum, 36, 36), 0.85),
     rule("SG.", "secret.sendgrid_api_key", Body::SendGrid, 0.95),
@@ -143,7 +178,12 @@ static PREFIX_RULES: &[PrefixRule] = &[
         },
         0.9,
     ),
-    rule("Q~", "secret.azure_client_secret", Body::AzureClientSecret, 0.85),
+    rule(
+        "Q~",
+        "secret.azure_client_secret",
+        Body::AzureClientSecret,
+        0.85,
+    ),
     rule("-----BEGIN ", "secret.private_key", Body::PrivateKey, 0.99),
     rule("eyJ", "secret.jwt", Body::Jwt, 0.95),
     rule("://", "secret.url_credentials", Body::UrlCredentials, 0.85),
@@ -185,7 +225,16 @@ pub(crate) static KEYWORDS: &[(&str, KeywordKind)] = &[
 fn has_vendor_prefix(value: &[u8]) -> bool {
     PREFIX_RULES
         .iter()
-        .filter(|r| matches!(r.body, Body::Run { body_only: false, .. } | Body::Jwt | Body::SendGrid))
+        .filter(|r| {
+            matches!(
+                r.body,
+                Body::Run {
+                    body_only: false,
+                    ..
+                } | Body::Jwt
+                    | Body::SendGrid
+            )
+        })
         .any(|r| value.starts_with(r.literal.as_bytes()))
         || value.get(4..6) == Some(b"Q~")
 }
@@ -215,7 +264,10 @@ pub(crate) fn on_prefix(b: &[u8], start: usize, end: usize, prefix: Prefix, sink
             body_only,
         } => {
             // A token glued to a longer word (`xAKIA...`) is some other identifier.
-            if !body_only && at(b, start.wrapping_sub(1)).is_some_and(|c| c.is_ascii_alphanumeric()) && start > 0 {
+            if !body_only
+                && at(b, start.wrapping_sub(1)).is_some_and(|c| c.is_ascii_alphanumeric())
+                && start > 0
+            {
                 return;
             }
             let body_end = run_end(b, end, max + 1, |c| class.contains(c));
@@ -254,7 +306,9 @@ fn azure_client_secret(b: &[u8], q: usize, q_end: usize, rule: &PrefixRule, sink
     let Some(start) = q.checked_sub(4) else {
         return;
     };
-    let head_ok = b.get(start..q - 1).is_some_and(|h| h.iter().all(|&c| class(c)))
+    let head_ok = b
+        .get(start..q - 1)
+        .is_some_and(|h| h.iter().all(|&c| class(c)))
         && at(b, q - 1).is_some_and(|c| c.is_ascii_digit())
         && !at(b, start.wrapping_sub(1)).is_some_and(class);
     if !head_ok {
@@ -275,7 +329,9 @@ const MAX_KEY_BLOCK: usize = 16 * 1024;
 
 fn private_key(b: &[u8], start: usize, end: usize, rule: &PrefixRule, sink: &mut Sink<'_>) {
     // `-----BEGIN [A-Z0-9 ]{0,30}PRIVATE KEY( BLOCK)?-----`
-    let label_end = run_end(b, end, 48, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b' ');
+    let label_end = run_end(b, end, 48, |c| {
+        c.is_ascii_uppercase() || c.is_ascii_digit() || c == b' '
+    });
     if sink.hit_end(label_end + 5, b.len(), start) {
         return;
     }
@@ -338,7 +394,8 @@ fn jwt(b: &[u8], start: usize, rule: &PrefixRule, sink: &mut Sink<'_>) {
     // The header must decode to a JOSE header; `eyJ` alone is just base64 of `{"`.
     let header = b.get(start..header_end).unwrap_or_default();
     let mut buf = [0u8; 768];
-    let Ok(n) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(header, &mut buf) else {
+    let Ok(n) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(header, &mut buf)
+    else {
         return;
     };
     let decoded = buf.get(..n).unwrap_or_default();
@@ -372,7 +429,8 @@ fn url_credentials(b: &[u8], start: usize, end: usize, rule: &PrefixRule, sink: 
     if !(start > 0 && at(b, start - 1).is_some_and(|c| c.is_ascii_alphanumeric())) {
         return;
     }
-    let userinfo = |c: u8| !c.is_ascii_whitespace() && !matches!(c, b'/' | b'@' | b'"' | b'\'' | b'<' | b'>');
+    let userinfo =
+        |c: u8| !c.is_ascii_whitespace() && !matches!(c, b'/' | b'@' | b'"' | b'\'' | b'<' | b'>');
     let user_end = run_end(b, end, 65, |c| userinfo(c) && c != b':');
     if sink.hit_end(user_end, b.len(), start) {
         return;
@@ -400,7 +458,13 @@ const MAX_NAME_TAIL: usize = 24;
 /// Longest value considered for a generic assignment.
 const MAX_VALUE: usize = 256;
 
-pub(crate) fn on_keyword(b: &[u8], start: usize, end: usize, kind: KeywordKind, sink: &mut Sink<'_>) {
+pub(crate) fn on_keyword(
+    b: &[u8],
+    start: usize,
+    end: usize,
+    kind: KeywordKind,
+    sink: &mut Sink<'_>,
+) {
     // The keyword must begin a name component: `db_password`, `dbPassword`, `"token"`, not
     // `stopwatch` for `pwd` or `tokenizer`'s middle.
     if let Some(prev) = start.checked_sub(1).and_then(|p| at(b, p)) {
@@ -424,7 +488,8 @@ fn bearer(b: &[u8], start: usize, end: usize, sink: &mut Sink<'_>) {
     if sp == end {
         return;
     }
-    let token = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+    let token =
+        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
     let tok_end = run_end(b, sp, 4097, token);
     let tok_end = run_end(b, tok_end, 2, |c| c == b'=');
     if sink.hit_end(tok_end, b.len(), start) {
@@ -442,7 +507,9 @@ fn bearer(b: &[u8], start: usize, end: usize, sink: &mut Sink<'_>) {
 
 fn assignment(b: &[u8], start: usize, end: usize, kind: KeywordKind, sink: &mut Sink<'_>) {
     let len = b.len();
-    let name_end = run_end(b, end, MAX_NAME_TAIL + 1, |c| is_word(c) || c == b'-' || c == b'.');
+    let name_end = run_end(b, end, MAX_NAME_TAIL + 1, |c| {
+        is_word(c) || c == b'-' || c == b'.'
+    });
     if name_end - end > MAX_NAME_TAIL {
         return;
     }
@@ -469,7 +536,9 @@ fn assignment(b: &[u8], start: usize, end: usize, kind: KeywordKind, sink: &mut 
     let (v_start, v_end) = match quote {
         Some(q) => {
             let v_start = i + 1;
-            let v_end = run_end(b, v_start, MAX_VALUE + 1, |c| c != q && !c.is_ascii_whitespace());
+            let v_end = run_end(b, v_start, MAX_VALUE + 1, |c| {
+                c != q && !c.is_ascii_whitespace()
+            });
             if sink.hit_end(v_end, len, start) {
                 return;
             }
@@ -481,7 +550,23 @@ fn assignment(b: &[u8], start: usize, end: usize, kind: KeywordKind, sink: &mut 
         None => {
             let value = |c: u8| {
                 c.is_ascii_alphanumeric()
-                    || matches!(c, b'+' | b'/' | b'=' | b'_' | b'~' | b'!' | b'@' | b'#' | b'$' | b'%' | b'^' | b'&' | b'*' | b'-' | b'.')
+                    || matches!(
+                        c,
+                        b'+' | b'/'
+                            | b'='
+                            | b'_'
+                            | b'~'
+                            | b'!'
+                            | b'@'
+                            | b'#'
+                            | b'$'
+                            | b'%'
+                            | b'^'
+                            | b'&'
+                            | b'*'
+                            | b'-'
+                            | b'.'
+                    )
             };
             let v_end = run_end(b, i, MAX_VALUE + 1, value);
             if sink.hit_end(v_end + 1, len, start) {
@@ -496,7 +581,11 @@ fn assignment(b: &[u8], start: usize, end: usize, kind: KeywordKind, sink: &mut 
     };
     let value = b.get(v_start..v_end).unwrap_or_default();
     let min_len = if quote.is_some() { 8 } else { 10 };
-    if value.len() < min_len || value.len() > MAX_VALUE || is_placeholder(value) || has_vendor_prefix(value) {
+    if value.len() < min_len
+        || value.len() > MAX_VALUE
+        || is_placeholder(value)
+        || has_vendor_prefix(value)
+    {
         return;
     }
     let classes = class_count(value);
@@ -509,14 +598,22 @@ fn assignment(b: &[u8], start: usize, end: usize, kind: KeywordKind, sink: &mut 
     if !shaped || entropy(value) < needed_entropy {
         return;
     }
-    let name = b.get(start.saturating_sub(16)..name_end).unwrap_or_default();
+    let name = b
+        .get(start.saturating_sub(16)..name_end)
+        .unwrap_or_default();
     let aws = memchr::memmem::find(&name.to_ascii_lowercase_array(), b"aws").is_some();
     let (rule_id, confidence) = if aws && value.len() == 40 {
         ("secret.aws_secret_access_key", 0.9)
     } else if kind == KeywordKind::Password {
-        ("secret.password_assignment", if quote.is_some() { 0.8 } else { 0.7 })
+        (
+            "secret.password_assignment",
+            if quote.is_some() { 0.8 } else { 0.7 },
+        )
     } else {
-        ("secret.generic_api_key", if quote.is_some() { 0.75 } else { 0.65 })
+        (
+            "secret.generic_api_key",
+            if quote.is_some() { 0.75 } else { 0.65 },
+        )
     };
     sink.push(secret(rule_id, v_start, v_end, confidence));
 }
@@ -540,7 +637,10 @@ impl std::ops::Deref for LowerBuf {
 
 impl LowerArray for [u8] {
     fn to_ascii_lowercase_array(&self) -> LowerBuf {
-        let mut out = LowerBuf { buf: [0; 48], len: 0 };
+        let mut out = LowerBuf {
+            buf: [0; 48],
+            len: 0,
+        };
         for (slot, c) in out.buf.iter_mut().zip(self) {
             *slot = c.to_ascii_lowercase();
             out.len += 1;
@@ -552,13 +652,38 @@ impl LowerArray for [u8] {
 /// Values that document where a secret goes rather than being one.
 fn is_placeholder(v: &[u8]) -> bool {
     const MARKERS: &[&[u8]] = &[
-        b"xxxx", b"****", b"....", b"<", b">", b"${", b"{{", b"%s", b"your", b"example", b"placeholder",
-        b"redacted", b"dummy", b"sample", b"changeme", b"here", b"process.env", b"os.environ",
-        b"getenv", b"null", b"none", b"undefined", b"secret_key", b"api_key", b"password", b"token",
+        b"xxxx",
+        b"****",
+        b"....",
+        b"<",
+        b">",
+        b"${",
+        b"{{",
+        b"%s",
+        b"your",
+        b"example",
+        b"placeholder",
+        b"redacted",
+        b"dummy",
+        b"sample",
+        b"changeme",
+        b"here",
+        b"process.env",
+        b"os.environ",
+        b"getenv",
+        b"null",
+        b"none",
+        b"undefined",
+        b"secret_key",
+        b"api_key",
+        b"password",
+        b"token",
     ];
     let lower = v.to_ascii_lowercase_array();
     // Long values are only partially lowered; the markers that matter sit at the start anyway.
-    MARKERS.iter().any(|m| memchr::memmem::find(&lower, m).is_some())
+    MARKERS
+        .iter()
+        .any(|m| memchr::memmem::find(&lower, m).is_some())
         || v.iter().all(|&c| c == v.first().copied().unwrap_or(0))
 }
 
@@ -605,7 +730,7 @@ pub(crate) fn entropy(v: &[u8]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::{ContentRole, ScanConfig, Scanners};
 
     /// Deterministic pseudo-random characters so that every test key is built here, not copied.
@@ -648,33 +773,160 @@ mod tests {
             let text = wrap(&secret);
             v.push((rule, secret, text));
         };
-        add("secret.aws_access_key_id", format!("AKIA{}", g.chars(UPPER_DIGIT, 16)), &|s| format!("aws_access_key_id = {s}\n"));
-        add("secret.aws_secret_access_key", g.chars(B64, 40), &|s| format!("aws_secret_access_key = {s}\n"));
-        add("secret.gcp_api_key", format!("AIza{}", g.chars(URLSAFE, 35)), &|s| format!("const key = \"{s}\";"));
-        add("secret.gcp_oauth_client_secret", format!("GOCSPX-{}", g.chars(URLSAFE, 28)), &|s| format!("\"client_secret\": \"{s}\","));
-        add("secret.github_token", format!("ghp_{}", g.chars(ALNUM, 36)), &|s| format!("git clone https://{s}@github.com/o/r.git"));
-        add("secret.github_token", format!("github_pat_{}", g.chars(URLSAFE, 82)), &|s| format!("GH={s}"));
-        add("secret.gitlab_token", format!("glpat-{}", g.chars(URLSAFE, 20)), &|s| format!("export GITLAB_TOKEN={s}"));
-        add("secret.slack_token", format!("xoxb-{}-{}-{}", g.chars(b"0123456789", 12), g.chars(b"0123456789", 13), g.chars(ALNUM, 24)), &|s| format!("slack: {s}"));
-        add("secret.slack_webhook", format!("hooks.slack.com/services/T{}/B{}/{}", g.chars(UPPER_DIGIT, 8), g.chars(UPPER_DIGIT, 10), g.chars(ALNUM, 24)), &|s| format!("url=https://{s}"));
-        add("secret.stripe_key", format!("sk_live_{}", g.chars(ALNUM, 24)), &|s| format!("Stripe.api_key = '{s}'"));
-        add("secret.openai_api_key", format!("sk-proj-{}", g.chars(URLSAFE, 120)), &|s| format!("OPENAI_API_KEY={s}"));
-        add("secret.openai_api_key", format!("sk-{}T3BlbkFJ{}", g.chars(ALNUM, 20), g.chars(ALNUM, 20)), &|s| format!("openai.api_key = \"{s}\""));
-        add("secret.anthropic_api_key", format!("sk-ant-api03-{}", g.chars(URLSAFE, 93)), &|s| format!("x-api-key: {s}"));
-        add("secret.huggingface_token", format!("hf_{}{}", g.chars(b"abcdefghijklmnop", 17), g.chars(b"ABCDEFGHIJKLMNOP", 17)), &|s| format!("login(token=\"{s}\")"));
-        add("secret.npm_token", format!("npm_{}", g.chars(ALNUM, 36)), &|s| format!("//registry.npmjs.org/:_authToken={s}"));
-        add("secret.sendgrid_api_key", format!("SG.{}.{}", g.chars(URLSAFE, 22), g.chars(URLSAFE, 43)), &|s| format!("SENDGRID={s}"));
-        add("secret.azure_storage_key", format!("{}==", g.chars(B64, 86)), &|s| format!("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={s};EndpointSuffix=core.windows.net"));
-        add("secret.azure_shared_access_key", format!("{}=", g.chars(B64, 43)), &|s| format!("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey={s}"));
-        add("secret.azure_client_secret", format!("{}{}Q~{}", g.chars(ALNUM, 3), g.chars(b"0123456789", 1), g.chars(ALNUM, 34)), &|s| format!("AZURE_CLIENT_SECRET: {s}"));
-        add("secret.private_key", format!("-----BEGIN RSA PRIVATE KEY-----\n{}\n{}\n-----END RSA PRIVATE KEY-----", g.chars(B64, 64), g.chars(B64, 40)), &|s| format!("key:\n{s}\nrest"));
-        let header = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b"{\"alg\":\"HS256\",\"typ\":\"JWT\"}");
-        let payload = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, format!("{{\"sub\":\"{}\",\"iat\":1516239022}}", g.chars(ALNUM, 10)));
-        add("secret.jwt", format!("{header}.{payload}.{}", g.chars(URLSAFE, 43)), &|s| format!("cookie session={s}; path=/"));
-        add("secret.url_credentials", format!("p{}", g.chars(ALNUM, 15)), &|s| format!("DATABASE_URL=postgres://app:{s}@db.internal:5432/app"));
-        add("secret.bearer_token", g.chars(URLSAFE, 40), &|s| format!("curl -H 'Authorization: Bearer {s}' https://api.example.com"));
-        add("secret.password_assignment", format!("{}!{}", g.chars(ALNUM, 8), g.chars(b"0123456789", 3)), &|s| format!("db:\n  password: \"{s}\"\n"));
-        add("secret.generic_api_key", g.chars(ALNUM, 32), &|s| format!("{{\"api_key\": \"{s}\"}}"));
+        add(
+            "secret.aws_access_key_id",
+            format!("AKIA{}", g.chars(UPPER_DIGIT, 16)),
+            &|s| format!("aws_access_key_id = {s}\n"),
+        );
+        add("secret.aws_secret_access_key", g.chars(B64, 40), &|s| {
+            format!("aws_secret_access_key = {s}\n")
+        });
+        add(
+            "secret.gcp_api_key",
+            format!("AIza{}", g.chars(URLSAFE, 35)),
+            &|s| format!("const key = \"{s}\";"),
+        );
+        add(
+            "secret.gcp_oauth_client_secret",
+            format!("GOCSPX-{}", g.chars(URLSAFE, 28)),
+            &|s| format!("\"client_secret\": \"{s}\","),
+        );
+        add(
+            "secret.github_token",
+            format!("ghp_{}", g.chars(ALNUM, 36)),
+            &|s| format!("git clone https://{s}@github.com/o/r.git"),
+        );
+        add(
+            "secret.github_token",
+            format!("github_pat_{}", g.chars(URLSAFE, 82)),
+            &|s| format!("GH={s}"),
+        );
+        add(
+            "secret.gitlab_token",
+            format!("glpat-{}", g.chars(URLSAFE, 20)),
+            &|s| format!("export GITLAB_TOKEN={s}"),
+        );
+        add(
+            "secret.slack_token",
+            format!(
+                "xoxb-{}-{}-{}",
+                g.chars(b"0123456789", 12),
+                g.chars(b"0123456789", 13),
+                g.chars(ALNUM, 24)
+            ),
+            &|s| format!("slack: {s}"),
+        );
+        add(
+            "secret.slack_webhook",
+            format!(
+                "hooks.slack.com/services/T{}/B{}/{}",
+                g.chars(UPPER_DIGIT, 8),
+                g.chars(UPPER_DIGIT, 10),
+                g.chars(ALNUM, 24)
+            ),
+            &|s| format!("url=https://{s}"),
+        );
+        add(
+            "secret.stripe_key",
+            format!("sk_live_{}", g.chars(ALNUM, 24)),
+            &|s| format!("Stripe.api_key = '{s}'"),
+        );
+        add(
+            "secret.openai_api_key",
+            format!("sk-proj-{}", g.chars(URLSAFE, 120)),
+            &|s| format!("OPENAI_API_KEY={s}"),
+        );
+        add(
+            "secret.openai_api_key",
+            format!("sk-{}T3BlbkFJ{}", g.chars(ALNUM, 20), g.chars(ALNUM, 20)),
+            &|s| format!("openai.api_key = \"{s}\""),
+        );
+        add(
+            "secret.anthropic_api_key",
+            format!("sk-ant-api03-{}", g.chars(URLSAFE, 93)),
+            &|s| format!("x-api-key: {s}"),
+        );
+        add(
+            "secret.huggingface_token",
+            format!(
+                "hf_{}{}",
+                g.chars(b"abcdefghijklmnop", 17),
+                g.chars(b"ABCDEFGHIJKLMNOP", 17)
+            ),
+            &|s| format!("login(token=\"{s}\")"),
+        );
+        add(
+            "secret.npm_token",
+            format!("npm_{}", g.chars(ALNUM, 36)),
+            &|s| format!("//registry.npmjs.org/:_authToken={s}"),
+        );
+        add(
+            "secret.sendgrid_api_key",
+            format!("SG.{}.{}", g.chars(URLSAFE, 22), g.chars(URLSAFE, 43)),
+            &|s| format!("SENDGRID={s}"),
+        );
+        add(
+            "secret.azure_storage_key",
+            format!("{}==", g.chars(B64, 86)),
+            &|s| {
+                format!("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={s};EndpointSuffix=core.windows.net")
+            },
+        );
+        add(
+            "secret.azure_shared_access_key",
+            format!("{}=", g.chars(B64, 43)),
+            &|s| {
+                format!("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey={s}")
+            },
+        );
+        add(
+            "secret.azure_client_secret",
+            format!(
+                "{}{}Q~{}",
+                g.chars(ALNUM, 3),
+                g.chars(b"0123456789", 1),
+                g.chars(ALNUM, 34)
+            ),
+            &|s| format!("AZURE_CLIENT_SECRET: {s}"),
+        );
+        add(
+            "secret.private_key",
+            format!(
+                "-----BEGIN RSA PRIVATE KEY-----\n{}\n{}\n-----END RSA PRIVATE KEY-----",
+                g.chars(B64, 64),
+                g.chars(B64, 40)
+            ),
+            &|s| format!("key:\n{s}\nrest"),
+        );
+        let header = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            b"{\"alg\":\"HS256\",\"typ\":\"JWT\"}",
+        );
+        let payload = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            format!("{{\"sub\":\"{}\",\"iat\":1516239022}}", g.chars(ALNUM, 10)),
+        );
+        add(
+            "secret.jwt",
+            format!("{header}.{payload}.{}", g.chars(URLSAFE, 43)),
+            &|s| format!("cookie session={s}; path=/"),
+        );
+        add(
+            "secret.url_credentials",
+            format!("p{}", g.chars(ALNUM, 15)),
+            &|s| format!("DATABASE_URL=postgres://app:{s}@db.internal:5432/app"),
+        );
+        add("secret.bearer_token", g.chars(URLSAFE, 40), &|s| {
+            format!("curl -H 'Authorization: Bearer {s}' https://api.example.com")
+        });
+        add(
+            "secret.password_assignment",
+            format!("{}!{}", g.chars(ALNUM, 8), g.chars(b"0123456789", 3)),
+            &|s| format!("db:\n  password: \"{s}\"\n"),
+        );
+        add("secret.generic_api_key", g.chars(ALNUM, 32), &|s| {
+            format!("{{\"api_key\": \"{s}\"}}")
+        });
         v
     }
 
@@ -714,7 +966,13 @@ mod tests {
     #[test]
     fn private_key_without_end_reports_the_header() {
         let found = ids("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA");
-        assert_eq!(found, [("secret.private_key", "-----BEGIN OPENSSH PRIVATE KEY-----".to_string())]);
+        assert_eq!(
+            found,
+            [(
+                "secret.private_key",
+                "-----BEGIN OPENSSH PRIVATE KEY-----".to_string()
+            )]
+        );
         assert!(ids("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----").is_empty());
     }
 

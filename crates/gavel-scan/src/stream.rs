@@ -70,7 +70,9 @@ impl StreamScanner {
         self.buf.push_str(chunk);
         let pending = self.scan(false);
         let end = self.base + self.buf.len();
-        let limit = end.saturating_sub(HOLD_BACK).min(pending.unwrap_or(usize::MAX));
+        let limit = end
+            .saturating_sub(HOLD_BACK)
+            .min(pending.unwrap_or(usize::MAX));
         let to = self.char_floor(limit.max(self.released));
         let next_from = pending.unwrap_or(end).min(end.saturating_sub(OVERLAP));
         self.scan_from = next_from.max(self.base);
@@ -138,6 +140,202 @@ impl StreamScanner {
         if drop > 4096 && self.buf.is_char_boundary(drop) {
             self.buf.drain(..drop);
             self.base += drop;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ContentRole, ScanConfig};
+    use proptest::prelude::*;
+
+    fn scanners() -> Arc<Scanners> {
+        Arc::new(Scanners::new(&ScanConfig::default()).unwrap())
+    }
+
+    type Key = (usize, usize, &'static str, u32);
+
+    fn key(f: &Finding) -> Key {
+        (f.span.start, f.span.end, f.rule_id, f.confidence.to_bits())
+    }
+
+    fn whole(s: &Scanners, text: &str) -> Vec<Key> {
+        let mut out = Vec::new();
+        s.scan(text, ContentRole::Output, &mut out);
+        let mut keys: Vec<Key> = out.iter().map(key).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Streams `text` split at `cuts` and checks the two invariants; returns streamed findings.
+    fn check_stream(s: &Arc<Scanners>, text: &str, cuts: &[usize]) -> Vec<Key> {
+        let expected = whole(s, text);
+        let mut bounds: Vec<usize> = cuts
+            .iter()
+            .map(|&c| c % (text.len() + 1))
+            .filter(|&c| text.is_char_boundary(c))
+            .collect();
+        bounds.push(0);
+        bounds.push(text.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut st = StreamScanner::new(s.clone());
+        let mut reported: Vec<Key> = Vec::new();
+        let mut released = String::new();
+        let step = |ev: StreamEvent<'_>, reported: &mut Vec<Key>, released: &mut String| {
+            reported.extend(ev.findings.iter().map(key));
+            released.push_str(ev.released);
+            for f in &expected {
+                assert!(
+                    f.0 >= released.len() || reported.contains(f),
+                    "released {} bytes past the start of unreported {f:?} in {text:?} cut at {bounds:?}",
+                    released.len()
+                );
+            }
+        };
+        for w in bounds.windows(2) {
+            let ev = st.push(&text[w[0]..w[1]]);
+            step(ev, &mut reported, &mut released);
+        }
+        let ev = st.finish();
+        step(ev, &mut reported, &mut released);
+        assert_eq!(released, text);
+        reported.sort();
+        reported
+    }
+
+    #[test]
+    fn hold_back_keeps_an_email_until_it_is_reported() {
+        let s = scanners();
+        let mut st = StreamScanner::new(s);
+        let ev = st.push("Contact: jane.doe");
+        assert_eq!(ev.released, "");
+        let ev = st.push("@example.org please");
+        assert_eq!(
+            ev.findings
+                .iter()
+                .map(|f| (f.span.start, f.span.end))
+                .collect::<Vec<_>>(),
+            [(9, 29)]
+        );
+        assert_eq!(ev.released, "");
+        let tail = " ".repeat(HOLD_BACK);
+        let ev = st.push(&tail);
+        assert!(ev.findings.is_empty());
+        assert_eq!(ev.released, "Contact: jane.doe@example.org please");
+        assert_eq!(st.finish().released.len(), HOLD_BACK);
+    }
+
+    #[test]
+    fn growing_number_stops_release_before_its_start() {
+        let s = scanners();
+        let mut st = StreamScanner::new(s);
+        let filler = "x".repeat(300);
+        let ev = st.push(&format!("{filler} card 4111"));
+        let released = ev.released.len();
+        assert!(released <= filler.len() + 6, "{released}");
+        for part in [" 1111", " 1111", " 1111"] {
+            let ev = st.push(part);
+            assert!(st_released_ok(ev.released));
+        }
+        let ev = st.finish();
+        assert_eq!(
+            ev.findings.iter().map(|f| f.rule_id).collect::<Vec<_>>(),
+            ["pii.payment_card"]
+        );
+    }
+
+    fn st_released_ok(released: &str) -> bool {
+        !released.contains('4') && !released.contains('1')
+    }
+
+    #[test]
+    fn long_streams_are_compacted() {
+        let s = scanners();
+        let mut st = StreamScanner::new(s);
+        let chunk = "lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(4);
+        for _ in 0..1000 {
+            st.push(&chunk);
+        }
+        assert!(st.buf.len() < 16 * 1024, "{}", st.buf.len());
+        assert_eq!(st.finish().released.len(), HOLD_BACK);
+        assert_eq!(st.released_len(), chunk.len() * 1000);
+    }
+
+    #[test]
+    fn every_fake_secret_streams_byte_by_byte() {
+        let s = scanners();
+        for (_, _, text) in crate::secrets::tests::fake_secrets(3) {
+            let cuts: Vec<usize> = (0..text.len()).collect();
+            assert_eq!(check_stream(&s, &text, &cuts), whole(&s, &text), "{text}");
+        }
+    }
+
+    const FRAGMENTS: &[&str] = &[
+        " ",
+        " ",
+        "\n",
+        "a",
+        "the ",
+        "word",
+        "é",
+        "日本",
+        "1",
+        "23",
+        "-",
+        ".",
+        ":",
+        "@",
+        "(",
+        ")",
+        "+",
+        "/",
+        "x",
+        "Z",
+        "=",
+        "\"",
+        "jane.doe@example.org",
+        "x@y.co",
+        "+1 415 555 2671",
+        "(415) 555-2671",
+        "415.555.2671",
+        "4111 1111 1111 1111",
+        "5555555555554444",
+        "536-22-1234",
+        "192.168.1.20",
+        "2001:db8::8a2e:370:7334",
+        "fe80::1",
+        "GB29 NWBK 6016 1331 9268 19",
+        "DE89370400440532013000",
+        "DOB: 1985-03-05",
+        "born March 5, 1985",
+        "password = \"S3cr3t!pass\"",
+        "api_key: ",
+        "AKIAQWERTYUIOPASDFGH",
+        "ghp_",
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY-----",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl",
+        "postgres://u:pw12345@h/db",
+        "Authorization: Bearer 0a1b2c3d4e5f6a7b8c9d0e1f",
+        "12:30",
+        "v1.2.3",
+        "3.14159",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+        #[test]
+        fn any_chunking_reports_exactly_the_whole_text_findings(
+            parts in prop::collection::vec(prop::sample::select(FRAGMENTS), 0..60),
+            cuts in prop::collection::vec(0usize..4000, 0..40),
+        ) {
+            let text: String = parts.concat();
+            let s = scanners();
+            let streamed = check_stream(&s, &text, &cuts);
+            prop_assert_eq!(streamed, whole(&s, &text));
         }
     }
 }
