@@ -187,7 +187,7 @@ pub fn write_f64(out: &mut Vec<u8>, f: f64) {
             out.extend_from_slice(rest);
         }
         out.push(b'e');
-        out.push(if n - 1 >= 0 { b'+' } else { b'-' });
+        out.push(if n > 0 { b'+' } else { b'-' });
         out.extend_from_slice((n - 1).unsigned_abs().to_string().as_bytes());
     }
 }

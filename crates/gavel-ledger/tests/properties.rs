@@ -2,6 +2,9 @@
 //! ledgers (every single edit, deletion, insertion, reordering or truncation
 //! of stored records or checkpoints must make `verify` fail).
 
+// Test helpers outside #[test] fns may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use gavel_ledger::merkle::{
     leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT,
 };

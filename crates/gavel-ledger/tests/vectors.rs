@@ -7,6 +7,9 @@
 //! - testonly/reference_test.go (commit 141d627eab770a7e9a2514f46a8b6338e6d90874):
 //!   TestRefInclusionProof and TestRefConsistencyProof expected proofs.
 
+// Test helpers outside #[test] fns may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use gavel_ledger::merkle::{
     leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT,
 };

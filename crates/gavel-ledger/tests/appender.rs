@@ -1,0 +1,268 @@
+//! Group-commit appender behaviour over in-memory sinks.
+
+// Test helpers outside #[test] fns may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use gavel_ledger::merkle::Hash;
+use gavel_ledger::{
+    verify_sink, AppendRecord, Appender, AppenderConfig, LedgerError, LedgerSink, MemorySink,
+    NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, VerifyOptions,
+};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed("gavel.test/appender", &[1u8; 32]).unwrap()
+}
+
+fn record(i: usize) -> Record {
+    Record::new(
+        RecordKind::Decision,
+        i as i64,
+        format!("d-{i}"),
+        &json!({"n": i}),
+    )
+    .unwrap()
+}
+
+fn strict() -> VerifyOptions {
+    VerifyOptions {
+        check_format: true,
+        require_signed_tail: true,
+    }
+}
+
+/// Wraps a sink, sleeping per commit like an fsync would, and optionally
+/// failing on demand.
+#[derive(Clone)]
+struct SlowSink {
+    inner: MemorySink,
+    delay: Duration,
+    fail: Arc<AtomicBool>,
+}
+
+impl LedgerSink for SlowSink {
+    fn append(
+        &mut self,
+        records: &[AppendRecord],
+        checkpoint: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError> {
+        std::thread::sleep(self.delay);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("disk on fire".into());
+        }
+        self.inner.append(records, checkpoint)
+    }
+    fn record_count(&self) -> Result<u64, SinkError> {
+        self.inner.record_count()
+    }
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+        self.inner.leaf_hashes(from, to)
+    }
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+        self.inner.read_records(from, to)
+    }
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+        self.inner.checkpoints()
+    }
+}
+
+#[test]
+fn concurrent_appends_are_batched_and_all_acknowledged() {
+    let mem = MemorySink::new();
+    let sink = SlowSink {
+        inner: mem.clone(),
+        delay: Duration::from_millis(2),
+        fail: Arc::new(AtomicBool::new(false)),
+    };
+    let app = Arc::new(Appender::start(sink, signer(), AppenderConfig::default()).unwrap());
+    let threads = 16;
+    let per = 50;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let app = Arc::clone(&app);
+            std::thread::spawn(move || {
+                (0..per)
+                    .map(|i| app.append(&record(t * per + i)).unwrap().index)
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut indexes: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..(threads * per) as u64).collect::<Vec<_>>());
+    let batches = mem.batches();
+    // 800 records under 16-way load with a 2 ms commit: one commit per record
+    // would take 1.6 s; group commit needs far fewer.
+    assert!(
+        batches < (threads * per / 4) as u64,
+        "{batches} batches for {} records",
+        threads * per
+    );
+    Arc::try_unwrap(app).ok().unwrap().close().unwrap();
+    let report = verify_sink(&mem, &signer().verifier(), strict()).unwrap();
+    assert_eq!(report.records, (threads * per) as u64);
+}
+
+#[test]
+fn a_lone_append_is_not_held_back() {
+    let mem = MemorySink::new();
+    let sink = SlowSink {
+        inner: mem.clone(),
+        delay: Duration::from_millis(1),
+        fail: Arc::new(AtomicBool::new(false)),
+    };
+    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        app.append(&record(i)).unwrap();
+        worst = worst.max(t.elapsed());
+    }
+    // One 1 ms commit each; allow generous scheduling noise on a shared box.
+    assert!(
+        worst < Duration::from_millis(50),
+        "lone append took {worst:?}"
+    );
+    assert_eq!(mem.batches(), 20);
+}
+
+#[test]
+fn checkpoints_every_n_records_with_receipts_naming_them() {
+    let mem = MemorySink::new();
+    let config = AppenderConfig {
+        checkpoint_every: 5,
+        checkpoint_interval: Duration::from_secs(3600),
+        max_batch: 1,
+    };
+    let app = Appender::start(mem.clone(), signer(), config).unwrap();
+    let receipts: Vec<_> = (0..12).map(|i| app.append(&record(i)).unwrap()).collect();
+    assert_eq!(receipts[3].checkpoint_seq, 1);
+    assert_eq!(receipts[3].checkpoint_size, None);
+    assert_eq!(
+        (receipts[4].checkpoint_seq, receipts[4].checkpoint_size),
+        (1, Some(5))
+    );
+    assert_eq!(
+        (receipts[9].checkpoint_seq, receipts[9].checkpoint_size),
+        (2, Some(10))
+    );
+    assert_eq!(
+        (receipts[11].checkpoint_seq, receipts[11].checkpoint_size),
+        (3, None)
+    );
+    let closing = app.close().unwrap().unwrap();
+    assert_eq!((closing.seq, closing.size), (3, 12));
+}
+
+#[test]
+fn checkpoints_after_t_ms_without_further_appends() {
+    let mem = MemorySink::new();
+    let config = AppenderConfig {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_millis(20),
+        max_batch: 64,
+    };
+    let app = Appender::start(mem.clone(), signer(), config).unwrap();
+    app.append(&record(0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mem.snapshot().1.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(mem.snapshot().1.len(), 1, "no timed checkpoint");
+    verify_sink(&mem, &signer().verifier(), strict()).unwrap();
+    drop(app);
+}
+
+#[test]
+fn restart_signs_a_tail_left_by_a_crash() {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), AppenderConfig::default()).unwrap();
+    for i in 0..3 {
+        app.append(&record(i)).unwrap();
+    }
+    // Simulate a crash: records are durable, no closing checkpoint.
+    std::mem::forget(app);
+    let report = verify_sink(&mem, &signer().verifier(), VerifyOptions::default()).unwrap();
+    assert_eq!(report.unsigned_tail, 3);
+    assert!(verify_sink(&mem, &signer().verifier(), strict()).is_err());
+    let app = Appender::start(mem.clone(), signer(), AppenderConfig::default()).unwrap();
+    let r = app.append(&record(3)).unwrap();
+    assert_eq!((r.index, r.checkpoint_seq), (3, 2));
+    app.close().unwrap();
+    let report = verify_sink(&mem, &signer().verifier(), strict()).unwrap();
+    assert_eq!((report.records, report.checkpoints), (4, 2));
+}
+
+#[test]
+fn a_failed_commit_fails_closed() {
+    let mem = MemorySink::new();
+    let fail = Arc::new(AtomicBool::new(false));
+    let sink = SlowSink {
+        inner: mem.clone(),
+        delay: Duration::ZERO,
+        fail: Arc::clone(&fail),
+    };
+    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
+    app.append(&record(0)).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    assert!(matches!(app.append(&record(1)), Err(LedgerError::Sink(_))));
+    fail.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        app.append(&record(2)),
+        Err(LedgerError::Failed(_))
+    ));
+    drop(app);
+    // A fresh appender resumes from what the sink holds.
+    let app = Appender::start(mem.clone(), signer(), AppenderConfig::default()).unwrap();
+    assert_eq!(app.append(&record(3)).unwrap().index, 1);
+    app.close().unwrap();
+    verify_sink(&mem, &signer().verifier(), strict()).unwrap();
+}
+
+#[test]
+fn refuses_to_extend_a_ledger_signed_by_another_key() {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), AppenderConfig::default()).unwrap();
+    app.append(&record(0)).unwrap();
+    app.close().unwrap();
+    let other = NoteSigner::from_seed("gavel.test/appender", &[2u8; 32]).unwrap();
+    assert!(matches!(
+        Appender::start(mem, other, AppenderConfig::default()),
+        Err(LedgerError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn inclusion_bundle_round_trip() {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), AppenderConfig::default()).unwrap();
+    for i in 0..10 {
+        app.append(&record(i)).unwrap();
+    }
+    app.close().unwrap();
+    let v = signer().verifier();
+    let bundle = gavel_ledger::InclusionBundle::from_sink(&mem, 6, &v).unwrap();
+    let json = serde_json::to_string_pretty(&bundle).unwrap();
+    let checked = gavel_ledger::check_proof_json(&json, &v.to_string()).unwrap();
+    assert_eq!(
+        (
+            checked.index,
+            checked.record.id.as_str(),
+            checked.checkpoint.size
+        ),
+        (6, "d-6", 10)
+    );
+    let forged = json.replace("\\\"n\\\":6", "\\\"n\\\":7");
+    assert_ne!(forged, json);
+    assert!(gavel_ledger::check_proof_json(&forged, &v.to_string()).is_err());
+    let other = NoteSigner::from_seed("gavel.test/appender", &[3u8; 32])
+        .unwrap()
+        .verifier();
+    assert!(gavel_ledger::check_proof_json(&json, &other.to_string()).is_err());
+}
