@@ -1,1 +1,285 @@
+//! SQLite storage for the gavel ledger.
+//!
+//! [`SqliteLedgerSink`] opens its own connection on the database file the
+//! rest of gavel uses and keeps to its own `ledger_*` tables. Ledger rows are
+//! only ever inserted: this crate has no UPDATE or DELETE statement for them,
+//! and triggers make the database refuse one from anyone else. The payload
+//! tables are the exception by design: forgetting a subject deletes its key.
 
+mod keys;
+mod payload;
+mod query;
+
+pub use keys::{create_signing_key, load_signing_key, public_key};
+pub use query::{ExportFilter, LedgerEntry};
+
+use gavel_ledger::merkle::Hash;
+use gavel_ledger::note::NoteError;
+use gavel_ledger::payload::PayloadError;
+use gavel_ledger::proof::ProofFailure;
+use gavel_ledger::record::RecordError;
+use gavel_ledger::{AppendRecord, LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS ledger_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO ledger_meta (key, value) VALUES ('schema_version', '1');
+
+CREATE TABLE IF NOT EXISTS ledger_records (
+    idx          INTEGER PRIMARY KEY,   -- Merkle leaf index
+    id           TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL,
+    leaf_hash    BLOB NOT NULL,         -- SHA-256(0x00 || bytes), as appended
+    bytes        BLOB NOT NULL,         -- canonical record (the authority)
+    deployment   TEXT,                  -- query aids copied from the body
+    approval_id  TEXT,
+    principal    TEXT,
+    reason_codes TEXT                   -- JSON array of strings, or NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_records_id ON ledger_records (id);
+CREATE INDEX IF NOT EXISTS ledger_records_kind_at ON ledger_records (kind, at_ms);
+CREATE INDEX IF NOT EXISTS ledger_records_deployment ON ledger_records (deployment, at_ms) WHERE deployment IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ledger_records_approval ON ledger_records (approval_id) WHERE approval_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ledger_records_principal ON ledger_records (principal) WHERE principal IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS ledger_checkpoints (
+    seq   INTEGER PRIMARY KEY,
+    size  INTEGER NOT NULL,
+    note  TEXT NOT NULL                 -- C2SP signed note (the authority)
+);
+
+CREATE TRIGGER IF NOT EXISTS ledger_records_no_update BEFORE UPDATE ON ledger_records
+    BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_records_no_delete BEFORE DELETE ON ledger_records
+    BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only'); END;
+
+-- Payload capture: not ledger rows. Keys are deleted to crypto-shred.
+CREATE TABLE IF NOT EXISTS ledger_payload_keys (
+    subject    TEXT PRIMARY KEY,
+    key        BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger_payloads (
+    record_id TEXT NOT NULL,
+    part      TEXT NOT NULL,            -- e.g. 'input', 'output'
+    subject   TEXT NOT NULL,
+    sealed    BLOB NOT NULL,            -- nonce || XChaCha20-Poly1305 ciphertext
+    PRIMARY KEY (record_id, part)
+);
+CREATE INDEX IF NOT EXISTS ledger_payloads_subject ON ledger_payloads (subject);
+"#;
+
+/// Errors from the SQLite ledger and its helpers.
+#[derive(Debug)]
+pub enum Error {
+    Sqlite(rusqlite::Error),
+    Io(std::io::Error),
+    Record(RecordError),
+    Note(NoteError),
+    Payload(PayloadError),
+    Proof(ProofFailure),
+    /// Stored data that should have been written by this crate is not.
+    Invalid(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Sqlite(e) => write!(f, "sqlite: {e}"),
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Record(e) => write!(f, "{e}"),
+            Error::Note(e) => write!(f, "{e}"),
+            Error::Payload(e) => write!(f, "{e}"),
+            Error::Proof(e) => write!(f, "{e}"),
+            Error::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Sqlite(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+/// The ledger's tables in a SQLite database, through one connection.
+pub struct SqliteLedgerSink {
+    conn: Connection,
+}
+
+impl fmt::Debug for SqliteLedgerSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SqliteLedgerSink({:?})", self.conn.path())
+    }
+}
+
+fn to_hash(bytes: Vec<u8>) -> Result<Hash, rusqlite::Error> {
+    Hash::try_from(bytes).map_err(|b| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            format!("leaf hash of {} bytes", b.len()).into(),
+        )
+    })
+}
+
+fn to_u64(v: i64) -> Result<u64, rusqlite::Error> {
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, v))
+}
+
+fn to_i64(v: u64) -> Result<i64, SinkError> {
+    i64::try_from(v).map_err(|_| format!("{v} exceeds SQLite's integer range").into())
+}
+
+impl SqliteLedgerSink {
+    /// Opens (creating if needed) the ledger tables in the database at `path`.
+    /// WAL journal with synchronous=FULL: each commit is fsynced to the WAL,
+    /// so a committed batch survives power loss and kill -9.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteLedgerSink, Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Invalid(format!(
+                "database refused WAL mode (journal_mode = {mode})"
+            )));
+        }
+        // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, which
+        // would let an acknowledged record vanish on power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Deleted payload keys are overwritten, not left in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteLedgerSink { conn })
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl LedgerSink for SqliteLedgerSink {
+    fn append(
+        &mut self,
+        records: &[AppendRecord],
+        checkpoint: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError> {
+        // IMMEDIATE takes the write lock up front, so a busy database makes us
+        // wait (busy_timeout) instead of failing half-way through the batch.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            if let Some(first) = records.first() {
+                let next: i64 = tx.query_row(
+                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_records",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if next != to_i64(first.index)? {
+                    return Err(format!(
+                        "batch starts at index {} but the ledger holds {next} records",
+                        first.index
+                    )
+                    .into());
+                }
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO ledger_records (idx, id, kind, at_ms, leaf_hash, bytes, deployment, approval_id, principal, reason_codes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for r in records {
+                let codes = if r.fields.reason_codes.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&r.fields.reason_codes)?)
+                };
+                insert.execute(params![
+                    to_i64(r.index)?,
+                    r.id,
+                    r.kind.as_str(),
+                    r.at_ms,
+                    &r.leaf_hash[..],
+                    r.bytes,
+                    r.fields.deployment,
+                    r.fields.approval_id,
+                    r.fields.principal,
+                    codes
+                ])?;
+            }
+            if let Some(cp) = checkpoint {
+                tx.prepare_cached(
+                    "INSERT INTO ledger_checkpoints (seq, size, note) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![to_i64(cp.seq)?, to_i64(cp.size)?, cp.note])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn record_count(&self) -> Result<u64, SinkError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_records",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(to_u64(n)?)
+    }
+
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+        )?;
+        let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| to_hash(r.get(0)?))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+        let mut stmt = self.conn.prepare_cached("SELECT idx, leaf_hash, bytes FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
+        let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| {
+            Ok(StoredRecord {
+                index: to_u64(r.get(0)?)?,
+                leaf_hash: to_hash(r.get(1)?)?,
+                bytes: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, size, note FROM ledger_checkpoints ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredCheckpoint {
+                seq: to_u64(r.get(0)?)?,
+                size: to_u64(r.get(1)?)?,
+                note: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}

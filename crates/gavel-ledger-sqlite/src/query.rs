@@ -1,0 +1,165 @@
+//! Read-side queries for the CLI: lookup by id, filtered listing and JSON
+//! Lines export, verification and proofs.
+
+use crate::{Error, SqliteLedgerSink};
+use gavel_ledger::{
+    verify_sink, InclusionBundle, NoteVerifier, Record, RecordKind, VerifyError, VerifyOptions,
+    VerifyReport,
+};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, OptionalExtension};
+use std::io::Write;
+
+/// Filters over stored records; every set field must match. The columns come
+/// from conventional body members (see `gavel_ledger::IndexFields`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportFilter {
+    pub kind: Option<RecordKind>,
+    pub deployment: Option<String>,
+    pub approval_id: Option<String>,
+    pub principal: Option<String>,
+    /// Matches records whose `reason_codes` contain this code.
+    pub reason_code: Option<String>,
+    /// Inclusive lower bound on `at_ms`.
+    pub from_ms: Option<i64>,
+    /// Exclusive upper bound on `at_ms`.
+    pub to_ms: Option<i64>,
+    pub limit: Option<u64>,
+    /// Newest (highest index) first, e.g. "latest decisions under approval X".
+    pub newest_first: bool,
+}
+
+/// A stored record with its leaf index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    pub index: u64,
+    pub record: Record,
+}
+
+impl ExportFilter {
+    fn to_sql(&self) -> (String, Vec<SqlValue>) {
+        let mut sql = String::from("SELECT idx, bytes FROM ledger_records WHERE 1 = 1");
+        let mut args: Vec<SqlValue> = Vec::new();
+        let mut eq = |col: &str, v: &Option<String>, args: &mut Vec<SqlValue>| {
+            if let Some(v) = v {
+                args.push(SqlValue::Text(v.clone()));
+                sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+            }
+        };
+        eq("kind", &self.kind.map(|k| k.as_str().to_owned()), &mut args);
+        eq("deployment", &self.deployment, &mut args);
+        eq("approval_id", &self.approval_id, &mut args);
+        eq("principal", &self.principal, &mut args);
+        if let Some(code) = &self.reason_code {
+            args.push(SqlValue::Text(code.clone()));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM json_each(reason_codes) WHERE value = ?{})",
+                args.len()
+            ));
+        }
+        if let Some(from) = self.from_ms {
+            args.push(SqlValue::Integer(from));
+            sql.push_str(&format!(" AND at_ms >= ?{}", args.len()));
+        }
+        if let Some(to) = self.to_ms {
+            args.push(SqlValue::Integer(to));
+            sql.push_str(&format!(" AND at_ms < ?{}", args.len()));
+        }
+        sql.push_str(if self.newest_first {
+            " ORDER BY idx DESC"
+        } else {
+            " ORDER BY idx"
+        });
+        if let Some(limit) = self.limit {
+            args.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+            sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        }
+        (sql, args)
+    }
+}
+
+fn index_of(v: i64) -> Result<u64, Error> {
+    u64::try_from(v).map_err(|_| Error::Invalid(format!("negative record index {v}")))
+}
+
+impl SqliteLedgerSink {
+    /// The record with this id (the first appended, should ids repeat).
+    pub fn record_by_id(&self, id: &str) -> Result<Option<LedgerEntry>, Error> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn()
+            .query_row(
+                "SELECT idx, bytes FROM ledger_records WHERE id = ?1 ORDER BY idx LIMIT 1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(idx, bytes)| {
+            Ok(LedgerEntry {
+                index: index_of(idx)?,
+                record: Record::from_canonical(&bytes).map_err(Error::Record)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records matching `filter`, parsed.
+    pub fn query(&self, filter: &ExportFilter) -> Result<Vec<LedgerEntry>, Error> {
+        let mut out = Vec::new();
+        self.for_each_matching(filter, |idx, bytes| {
+            out.push(LedgerEntry {
+                index: idx,
+                record: Record::from_canonical(bytes).map_err(Error::Record)?,
+            });
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Writes matching records as JSON Lines: each line is exactly a
+    /// record's canonical bytes, so SHA-256(0x00 || line) is its leaf hash.
+    /// Returns the number of lines written.
+    pub fn export_jsonl(&self, filter: &ExportFilter, out: &mut dyn Write) -> Result<u64, Error> {
+        let mut n = 0;
+        self.for_each_matching(filter, |_, bytes| {
+            out.write_all(bytes)?;
+            out.write_all(b"\n")?;
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    fn for_each_matching(
+        &self,
+        filter: &ExportFilter,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (sql, args) = filter.to_sql();
+        let mut stmt = self.conn().prepare(&sql)?;
+        let mut rows = stmt.query(params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            let idx: i64 = row.get(0)?;
+            let bytes: Vec<u8> = row.get(1)?;
+            f(index_of(idx)?, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// `gavel audit verify`: re-derives everything stored.
+    pub fn verify(
+        &self,
+        verifier: &NoteVerifier,
+        opts: VerifyOptions,
+    ) -> Result<VerifyReport, VerifyError> {
+        verify_sink(self, verifier, opts)
+    }
+
+    /// `gavel audit prove ID`: inclusion proof of the record against the
+    /// newest signed checkpoint.
+    pub fn prove(&self, id: &str, verifier: &NoteVerifier) -> Result<InclusionBundle, Error> {
+        let entry = self
+            .record_by_id(id)?
+            .ok_or_else(|| Error::Invalid(format!("no record with id {id:?}")))?;
+        InclusionBundle::from_sink(self, entry.index, verifier).map_err(Error::Proof)
+    }
+}

@@ -1,0 +1,377 @@
+//! The SQLite sink end to end: appends, queries, export, proofs, append-only
+//! enforcement, tamper detection, key files and payload crypto-shredding.
+
+// Test helpers outside #[test] fns may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::TempDir;
+use gavel_ledger::merkle::leaf_hash;
+use gavel_ledger::{
+    check_proof_json, Appender, AppenderConfig, NoteSigner, NoteVerifier, Problem, Record,
+    RecordKind, VerifyError, VerifyOptions,
+};
+use gavel_ledger_sqlite::{
+    create_signing_key, load_signing_key, public_key, ExportFilter, SqliteLedgerSink,
+};
+use serde_json::json;
+
+fn strict() -> VerifyOptions {
+    VerifyOptions {
+        check_format: true,
+        require_signed_tail: true,
+    }
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed("gavel.test/sqlite", &[5u8; 32]).unwrap()
+}
+
+/// 30 decisions across two deployments and approvals, plus a kill record.
+fn populate(db: &std::path::Path) {
+    let app = Appender::start(
+        SqliteLedgerSink::open(db).unwrap(),
+        signer(),
+        AppenderConfig {
+            checkpoint_every: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..30i64 {
+        let body = json!({
+            "deployment": if i % 2 == 0 { "prod" } else { "staging" },
+            "approval_id": format!("ap-{}", i % 3),
+            "principal": if i < 10 { "alice" } else { "bob" },
+            "reason_codes": if i % 5 == 0 { json!(["pii", "cost"]) } else { json!([]) },
+            "verdict": "allow",
+        });
+        app.append(&Record::new(RecordKind::Decision, 1_000 + i, format!("d-{i}"), &body).unwrap())
+            .unwrap();
+    }
+    app.append(&Record::new(RecordKind::Kill, 2_000, "kill-1", &json!({"by": "ops"})).unwrap())
+        .unwrap();
+    app.close().unwrap();
+}
+
+#[test]
+fn appends_survive_reopen_and_verify() {
+    let dir = TempDir::new("reopen");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    let report = sink.verify(&signer().verifier(), strict()).unwrap();
+    assert_eq!((report.records, report.unsigned_tail), (31, 0));
+    assert_eq!(report.checkpoints, 4); // sizes 8, 16, 24 and the closing 31
+    let e = sink.record_by_id("d-7").unwrap().unwrap();
+    assert_eq!(
+        (e.index, e.record.body["principal"].as_str()),
+        (7, Some("alice"))
+    );
+    assert!(sink.record_by_id("nope").unwrap().is_none());
+}
+
+#[test]
+fn filters_select_the_right_records() {
+    let dir = TempDir::new("filters");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    let ids = |f: ExportFilter| -> Vec<String> {
+        sink.query(&f)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.id)
+            .collect()
+    };
+    let decisions = ExportFilter {
+        kind: Some(RecordKind::Decision),
+        ..Default::default()
+    };
+    assert_eq!(ids(decisions.clone()).len(), 30);
+    assert_eq!(
+        ids(ExportFilter {
+            kind: Some(RecordKind::Kill),
+            ..Default::default()
+        }),
+        vec!["kill-1"]
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            deployment: Some("prod".into()),
+            ..decisions.clone()
+        })
+        .len(),
+        15
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            approval_id: Some("ap-1".into()),
+            ..Default::default()
+        }),
+        vec!["d-1", "d-4", "d-7", "d-10", "d-13", "d-16", "d-19", "d-22", "d-25", "d-28"]
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            principal: Some("alice".into()),
+            ..Default::default()
+        })
+        .len(),
+        10
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            reason_code: Some("pii".into()),
+            ..Default::default()
+        }),
+        vec!["d-0", "d-5", "d-10", "d-15", "d-20", "d-25"]
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            from_ms: Some(1_010),
+            to_ms: Some(1_013),
+            ..Default::default()
+        }),
+        vec!["d-10", "d-11", "d-12"]
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            approval_id: Some("ap-2".into()),
+            newest_first: true,
+            limit: Some(2),
+            ..Default::default()
+        }),
+        vec!["d-29", "d-26"]
+    );
+    // Values containing SQL or JSON syntax are just values.
+    assert!(ids(ExportFilter {
+        reason_code: Some("pii' OR 1=1 --".into()),
+        ..Default::default()
+    })
+    .is_empty());
+}
+
+#[test]
+fn export_lines_are_the_leaf_preimages() {
+    let dir = TempDir::new("export");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    let mut out = Vec::new();
+    let n = sink
+        .export_jsonl(
+            &ExportFilter {
+                principal: Some("alice".into()),
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .unwrap();
+    assert_eq!(n, 10);
+    let lines: Vec<&[u8]> = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    use gavel_ledger::LedgerSink;
+    let stored = sink.read_records(0, 10).unwrap();
+    for (line, rec) in lines.iter().zip(&stored) {
+        assert_eq!(leaf_hash(line), rec.leaf_hash);
+        serde_json::from_slice::<serde_json::Value>(line).unwrap();
+    }
+}
+
+#[test]
+fn prove_and_check_proof_with_only_the_public_key() {
+    let dir = TempDir::new("prove");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    let bundle = sink.prove("d-12", &signer().verifier()).unwrap();
+    let json = serde_json::to_string(&bundle).unwrap();
+    let checked = check_proof_json(&json, &public_key(&signer())).unwrap();
+    assert_eq!((checked.index, checked.record.id.as_str()), (12, "d-12"));
+    assert!(check_proof_json(&json.replace("d-12", "d-13"), &public_key(&signer())).is_err());
+    assert!(sink.prove("missing", &signer().verifier()).is_err());
+}
+
+#[test]
+fn ledger_rows_refuse_update_and_delete() {
+    let dir = TempDir::new("appendonly");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    for sql in [
+        "UPDATE ledger_records SET bytes = x'00' WHERE idx = 3",
+        "DELETE FROM ledger_records WHERE idx = 3",
+        "UPDATE ledger_checkpoints SET note = '' WHERE seq = 1",
+        "DELETE FROM ledger_checkpoints",
+    ] {
+        let err = raw.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+}
+
+fn tamper(db: &std::path::Path, sql: &str) {
+    let raw = rusqlite::Connection::open(db).unwrap();
+    raw.execute_batch(
+        "DROP TRIGGER ledger_records_no_update; DROP TRIGGER ledger_records_no_delete;
+         DROP TRIGGER ledger_checkpoints_no_update; DROP TRIGGER ledger_checkpoints_no_delete;",
+    )
+    .unwrap();
+    raw.execute_batch(sql).unwrap();
+}
+
+fn failure(db: &std::path::Path) -> gavel_ledger::VerifyFailure {
+    match SqliteLedgerSink::open(db)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+    {
+        Err(VerifyError::Failed(f)) => f,
+        other => panic!("tamper not detected: {other:?}"),
+    }
+}
+
+#[test]
+fn tampering_in_the_database_is_named() {
+    let cases: [(&str, Option<u64>); 5] = [
+        ("UPDATE ledger_records SET bytes = CAST(replace(CAST(bytes AS TEXT), 'allow', 'deny!') AS BLOB) WHERE idx = 11", Some(11)),
+        ("DELETE FROM ledger_records WHERE idx = 20", Some(20)),
+        ("DELETE FROM ledger_records WHERE idx >= 25", Some(25)),
+        ("DELETE FROM ledger_checkpoints WHERE seq = 2", None),
+        ("UPDATE ledger_checkpoints SET note = replace(note, 'gavel-seq 3', 'gavel-seq 4') WHERE seq = 3", None),
+    ];
+    for (sql, index) in cases {
+        let dir = TempDir::new("tamper");
+        let db = dir.path("gavel.db");
+        populate(&db);
+        tamper(&db, sql);
+        let f = failure(&db);
+        assert_eq!(f.index, index, "{sql}: {f}");
+    }
+}
+
+#[test]
+fn a_consistently_rehashed_edit_is_caught_by_the_signed_root() {
+    let dir = TempDir::new("rehash");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let forged = Record::new(
+        RecordKind::Decision,
+        1_011,
+        "d-11",
+        &json!({"verdict": "deny"}),
+    )
+    .unwrap()
+    .canonical_bytes()
+    .unwrap();
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute("DROP TRIGGER ledger_records_no_update", [])
+        .unwrap();
+    raw.execute(
+        "UPDATE ledger_records SET bytes = ?1, leaf_hash = ?2 WHERE idx = 11",
+        rusqlite::params![forged, &leaf_hash(&forged)[..]],
+    )
+    .unwrap();
+    let f = failure(&db);
+    // Checkpoints sign 8, 16, 24, 31: record 11 lies in 8..16.
+    assert_eq!(f.index, Some(8));
+    assert!(
+        matches!(f.problem, Problem::RootMismatch { size: 16, .. }),
+        "{f}"
+    );
+}
+
+#[test]
+fn key_files_are_owner_only() {
+    let dir = TempDir::new("keys");
+    let path = dir.path("ledger.key");
+    let signer = create_signing_key(&path, "gavel.example/ledger").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let loaded = load_signing_key(&path).unwrap();
+    assert_eq!(public_key(&loaded), public_key(&signer));
+    let v = NoteVerifier::parse(&public_key(&loaded)).unwrap();
+    assert_eq!(v.name(), "gavel.example/ledger");
+    assert!(
+        create_signing_key(&path, "again").is_err(),
+        "must not overwrite a key"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_signing_key(&path).is_err());
+    }
+}
+
+#[test]
+fn forgetting_a_subject_shreds_payloads_and_keeps_the_ledger_valid() {
+    let dir = TempDir::new("payload");
+    let db = dir.path("gavel.db");
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    let prompt = b"my card number is 4111 1111 1111 1111";
+    let hash = gavel_ledger::payload::payload_hash(prompt);
+    sink.store_payload("user-9", "d-1", "input", prompt)
+        .unwrap();
+    sink.store_payload("user-8", "d-2", "input", b"other")
+        .unwrap();
+    let app = Appender::start(
+        SqliteLedgerSink::open(&db).unwrap(),
+        signer(),
+        AppenderConfig::default(),
+    )
+    .unwrap();
+    app.append(
+        &Record::new(
+            RecordKind::Decision,
+            1,
+            "d-1",
+            &json!({"input_sha256": hash}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    app.close().unwrap();
+    assert_eq!(
+        sink.load_payload("d-1", "input").unwrap().as_deref(),
+        Some(&prompt[..])
+    );
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    let key: Vec<u8> = raw
+        .query_row(
+            "SELECT key FROM ledger_payload_keys WHERE subject = 'user-9'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(raw);
+    // Only ciphertext was ever stored.
+    let db_bytes = std::fs::read(&db).unwrap();
+    assert!(!db_bytes.windows(prompt.len()).any(|w| w == prompt));
+    assert!(sink.forget("user-9").unwrap());
+    assert!(!sink.forget("user-9").unwrap());
+    assert_eq!(sink.load_payload("d-1", "input").unwrap(), None);
+    assert_eq!(
+        sink.load_payload("d-2", "input").unwrap().as_deref(),
+        Some(&b"other"[..])
+    );
+    sink.verify(&signer().verifier(), strict()).unwrap();
+    // The destroyed key is gone from the database and its WAL, not just
+    // unlinked from the table.
+    for f in ["gavel.db", "gavel.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path(f)) {
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_slice()),
+                "key bytes remain in {f}"
+            );
+        }
+    }
+}
