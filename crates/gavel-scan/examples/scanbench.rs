@@ -163,6 +163,17 @@ fn injection_direct(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut s
             println!("fp {:.2} {} {:?}", o.injection_score, snippet(b), feats);
         }
     }
+    if verbose {
+        let mut top: Vec<(f32, &String)> = benign
+            .iter()
+            .filter(|b| !held_out(b))
+            .map(|b| (s.injection(b, ContentRole::User).score, b))
+            .collect();
+        top.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (sc, b) in top.iter().take(8) {
+            println!("top benign {sc:.2} {}", snippet(b));
+        }
+    }
     println!("\n## Injection, direct (role user, threshold {})", s.config().injection_threshold);
     println!("| split | detection on inthewild_jailbreaks | false positives on arena-hard |");
     println!("|---|---|---|");

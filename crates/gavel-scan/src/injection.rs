@@ -77,6 +77,7 @@ enum Cue {
     Jail,
     Persona,
     Ai,
+    ModelName,
     Extract,
     SysObject,
     TurnLabel,
@@ -94,442 +95,92 @@ enum Cue {
 
 use Cue::*;
 
-/// Cue vocabulary. A trailing `*` matches a stem (no word boundary on the right).
-static CUES: &[(&str, Cue)] = &[
+/// Cue vocabulary by class. A trailing `*` matches a stem (no word boundary on the right).
+static CUES: &[(Cue, &[&str])] = &[
     // override verbs
-    ("ignor*", Override),
-    ("disregard*", Override),
-    ("forget", Override),
-    ("forgot", Override),
-    ("bypass*", Override),
-    ("overrid*", Override),
-    ("overwrit*", Override),
-    ("neglect", Override),
-    ("abandon", Override),
-    ("discard", Override),
-    ("do not follow", Override),
-    ("don't follow", Override),
-    ("dont follow", Override),
-    ("stop following", Override),
-    ("no longer follow", Override),
-    ("disobey*", Override),
-    ("set aside", Override),
-    ("pay no attention", Override),
-    ("not bound by", Override),
-    ("free of", Override),
-    ("break free of", Override),
-    ("freed from", Override),
-    ("broken free of", Override),
-    ("violat*", Override),
-    ("circumvent*", Override),
-    ("not have to abide", Override),
-    ("do not have to follow", Override),
-    ("don't have to follow", Override),
-    ("does not follow", Override),
-    ("doesn't follow", Override),
-    ("never follow", Override),
-    ("not need to follow", Override),
+    (Override, &[
+        "ignor*", "disregard*", "forget", "forgot", "bypass*", "overrid*", "overwrit*", "neglect", "abandon", "discard", "do not follow", "don't follow", "dont follow", "stop following", "no longer follow", "disobey*", "set aside", "pay no attention", "not bound by", "free of", "break free of", "freed from", "broken free of", "violat*", "circumvent*", "not have to abide", "do not have to follow", "don't have to follow", "does not follow", "doesn't follow", "never follow", "not need to follow",
+    ]),
     // what gets overridden
-    ("instruction*", Directive),
-    ("rules", Directive),
-    ("guideline*", Directive),
-    ("directive*", Directive),
-    ("prompts", Directive),
-    ("the prompt", Directive),
-    ("polic*", Directive),
-    ("restriction*", Directive),
-    ("programming", Directive),
-    ("constraint*", Directive),
-    ("filters", Directive),
-    ("safeguard*", Directive),
-    ("limitation*", Directive),
-    ("boundaries", Directive),
-    ("protocols", Directive),
-    ("your training", Directive),
-    ("ethic*", Directive),
-    ("moral*", Directive),
-    ("principles", Directive),
-    ("what you were told", Directive),
-    ("the above", Directive),
-    ("everything above", Directive),
-    ("all of the above", Directive),
-    ("previous context", Directive),
-    ("safety", Directive),
-    ("content filter*", Directive),
-    ("terms of service", Directive),
-    ("censorship", Directive),
+    (Directive, &[
+        "instruction*", "rules", "guideline*", "directive*", "prompts", "the prompt", "polic*", "restriction*", "programming", "constraint*", "filters", "safeguard*", "limitation*", "boundaries", "protocols", "your training", "ethic*", "moral*", "principles", "what you were told", "the above", "everything above", "all of the above", "previous context", "safety", "content filter*", "terms of service", "censorship",
+    ]),
     // restriction-removal and jailbreak framing
-    ("jailbr*", Jail),
-    ("unfiltered", Jail),
-    ("uncensored", Jail),
-    ("unrestricted", Jail),
-    ("unlimited", Jail),
-    ("no restrictions", Jail),
-    ("without restrictions", Jail),
-    ("without any restrictions", Jail),
-    ("no limits", Jail),
-    ("no limitations", Jail),
-    ("no filters", Jail),
-    ("no filter", Jail),
-    ("no rules", Jail),
-    ("no ethical", Jail),
-    ("no moral", Jail),
-    ("no morals", Jail),
-    ("no ethics", Jail),
-    ("amoral", Jail),
-    ("immoral", Jail),
-    ("unethical", Jail),
-    ("developer mode", Jail),
-    ("dev mode", Jail),
-    ("do anything now", Jail),
-    ("god mode", Jail),
-    ("anything goes", Jail),
-    ("never refuse*", Jail),
-    ("not refuse", Jail),
-    ("won't refuse", Jail),
-    ("cannot refuse", Jail),
-    ("can't refuse", Jail),
-    ("never decline", Jail),
-    ("never say no", Jail),
-    ("no matter how", Jail),
-    ("regardless of", Jail),
-    ("illegal", Jail),
-    ("harmful", Jail),
-    ("offensive", Jail),
-    ("explicit", Jail),
-    ("nsfw", Jail),
-    ("profanity", Jail),
-    ("swear*", Jail),
-    ("dangerous", Jail),
-    ("content polic*", Jail),
-    ("openai", Jail),
-    ("stay in character", Jail),
-    ("break character", Jail),
-    ("breaking character", Jail),
-    ("out of character", Jail),
-    ("two responses", Jail),
-    ("two different responses", Jail),
-    ("two ways", Jail),
-    ("\u{1F513}", Jail),
-    ("\u{1F512}", Jail),
-    ("dan", Jail),
-    ("stan", Jail),
-    ("evil", Jail),
-    ("devil*", Jail),
-    ("malicious", Jail),
-    ("censor*", Jail),
-    ("warnings", Jail),
-    ("disclaimer*", Jail),
-    ("moraliz*", Jail),
-    ("apologi*", Jail),
-    ("as an ai language model", Jail),
-    ("i'm sorry", Jail),
-    ("i am sorry", Jail),
-    ("opposite", Jail),
-    ("unhinged", Jail),
-    ("rogue", Jail),
-    ("no longer", Jail),
-    ("without question", Jail),
-    ("whatever it is", Jail),
-    ("any request", Jail),
-    ("not care", Jail),
-    ("doesn't care", Jail),
-    ("don't care", Jail),
-    ("tokens", Jail),
-    ("freedom", Jail),
-    ("liberat*", Jail),
-    ("free will", Jail),
-    ("sentien*", Jail),
+    (Jail, &[
+        "jailbr*", "unfiltered", "uncensored", "unrestricted", "unlimited", "no restrictions", "without restrictions", "without any restrictions", "no limits", "no limitations", "no filters", "no filter", "no rules", "no ethical", "no moral", "no morals", "no ethics", "amoral", "immoral", "unethical", "developer mode", "dev mode", "do anything now", "god mode", "anything goes", "never refuse*", "not refuse", "won't refuse", "cannot refuse", "can't refuse", "never decline", "never say no", "no matter how", "regardless of", "illegal", "harmful", "offensive", "explicit", "nsfw", "profanity", "swear*", "dangerous", "content polic*", "stay in character", "break character", "breaking character", "out of character", "two responses", "two different responses", "two ways", "\u{1F513}", "\u{1F512}", "dan", "stan", "evil", "devil*", "malicious", "censor*", "warnings", "disclaimer*", "moraliz*", "apologi*", "as an ai language model", "i'm sorry", "i am sorry", "opposite", "unhinged", "rogue", "no longer", "without question", "whatever it is", "any request", "not care", "doesn't care", "don't care", "tokens", "freedom", "liberat*", "free will", "sentien*", "at all times", "under no circumstances", "without exception", "no matter what", "do not remind", "don't remind", "not allowed to", "never break", "always stay", "you must always", "you will always", "you will never", "must never", "will never", "laws", "ruthless",
+    ]),
     // persona framing
-    ("you are now", Persona),
-    ("you're now", Persona),
-    ("you will now", Persona),
-    ("from now on", Persona),
-    ("act as", Persona),
-    ("acting as", Persona),
-    ("pretend*", Persona),
-    ("roleplay*", Persona),
-    ("role-play*", Persona),
-    ("role play", Persona),
-    ("simulat*", Persona),
-    ("character", Persona),
-    ("persona", Persona),
-    ("you are going to", Persona),
-    ("your name is", Persona),
-    ("imagine", Persona),
-    ("play the role", Persona),
-    ("take on the role", Persona),
-    ("assume the role", Persona),
-    ("alter ego", Persona),
-    ("you will act", Persona),
-    ("hypothetical*", Persona),
-    ("fictional", Persona),
-    ("in this story", Persona),
-    ("let's play", Persona),
-    ("a game", Persona),
-    ("respond as", Persona),
-    ("answer as", Persona),
-    ("stay as", Persona),
-    ("new ai", Persona),
+    (Persona, &[
+        "you are now", "you're now", "you will now", "from now on", "act as", "acting as", "pretend*", "roleplay*", "role-play*", "role play", "simulat*", "character", "persona", "you are going to", "your name is", "imagine", "play the role", "take on the role", "assume the role", "alter ego", "you will act", "hypothetical*", "fictional", "in this story", "let's play", "a game", "respond as", "answer as", "stay as", "new ai", "you are no longer", "you will be", "in the role", "the role of", "your role", "named", "called", "reply as", "talk as", "speak as", "personif*", "transform into", "embody", "impersonat*", "mode", "enabled", "activated", "scenario", "universe", "entity", "entities", "personas", "act like", "you are a", "you're a", "you are an",
+    ]),
     // addresses to the assistant
-    ("chatgpt", Ai),
-    ("gpt", Ai),
-    ("ai", Ai),
-    ("assistant", Ai),
-    ("language model", Ai),
-    ("llm", Ai),
-    ("chatbot", Ai),
-    ("claude", Ai),
-    ("bard", Ai),
-    ("the model", Ai),
-    ("ai model", Ai),
-    ("artificial intelligence", Ai),
-    // extraction of hidden context
-    ("reveal*", Extract),
-    ("show me", Extract),
-    ("print", Extract),
-    ("repeat", Extract),
-    ("output", Extract),
-    ("display", Extract),
-    ("tell me", Extract),
-    ("leak", Extract),
-    ("disclose", Extract),
-    ("dump", Extract),
-    ("share", Extract),
-    ("write out", Extract),
-    ("spell out", Extract),
-    ("echo", Extract),
-    ("recite", Extract),
-    ("what is", Extract),
-    ("what are", Extract),
-    ("what were", Extract),
-    ("give me", Extract),
-    ("copy", Extract),
-    ("system prompt", SysObject),
-    ("system message", SysObject),
-    ("system instructions", SysObject),
-    ("initial prompt", SysObject),
-    ("initial instructions", SysObject),
-    ("hidden instructions", SysObject),
-    ("hidden prompt", SysObject),
-    ("your instructions", SysObject),
-    ("your prompt", SysObject),
-    ("your rules", SysObject),
-    ("text above", SysObject),
-    ("instructions above", SysObject),
-    ("pre-prompt", SysObject),
-    ("preprompt", SysObject),
-    ("original instructions", SysObject),
-    ("original prompt", SysObject),
-    ("confidential instructions", SysObject),
-    ("secret instructions", SysObject),
-    ("developer instructions", SysObject),
-    ("prompt above", SysObject),
-    ("words above", SysObject),
-    ("your configuration", SysObject),
-    ("your guidelines", SysObject),
-    ("previous instructions", SysObject),
-    // conversation turns and delimiters
-    ("system:", TurnLabel),
-    ("assistant:", TurnLabel),
-    ("user:", TurnLabel),
-    ("human:", TurnLabel),
-    ("ai:", TurnLabel),
-    ("### instruction", Special),
-    ("### system", Special),
-    ("### response", Special),
-    ("<|im_start|>", Special),
-    ("<|im_end|>", Special),
-    ("<|system|>", Special),
-    ("<|user|>", Special),
-    ("<|assistant|>", Special),
-    ("<|endoftext|>", Special),
-    ("[inst]", Special),
-    ("[/inst]", Special),
-    ("<<sys>>", Special),
-    ("</s>", Special),
-    ("<system>", Special),
-    ("</system>", Special),
-    ("[system]", Special),
-    ("end of user input", Special),
-    ("end of document", Special),
-    ("end of context", Special),
-    ("new instructions", Special),
-    ("updated instructions", Special),
-    ("system override", Special),
-    ("system update", Special),
-    ("admin override", Special),
-    ("important instructions", Special),
-    ("note to ai", Special),
-    ("note to the ai", Special),
-    ("ai instructions", Special),
-    ("instructions for the ai", Special),
-    // task imperatives (indirect mode)
-    ("draft", StrongImperative),
-    ("compose", StrongImperative),
-    ("explain", StrongImperative),
-    ("translate", StrongImperative),
-    ("summarize", StrongImperative),
-    ("summarise", StrongImperative),
-    ("describe", StrongImperative),
-    ("generate", StrongImperative),
-    ("rewrite", StrongImperative),
-    ("rearrange", StrongImperative),
-    ("introduce", StrongImperative),
-    ("integrate", StrongImperative),
-    ("incorporate", StrongImperative),
-    ("encode", StrongImperative),
-    ("answer", StrongImperative),
-    ("respond", StrongImperative),
-    ("remove", StrongImperative),
-    ("replace", StrongImperative),
-    ("insert", StrongImperative),
-    ("append", StrongImperative),
-    ("write", StrongImperative),
-    ("can you", StrongImperative),
-    ("could you", StrongImperative),
-    ("solve", StrongImperative),
-    ("calculate", StrongImperative),
-    ("recommend", StrongImperative),
-    ("convert", StrongImperative),
-    ("enlist", StrongImperative),
-    ("embed", StrongImperative),
-    ("utilize", StrongImperative),
-    ("seamlessly", StrongImperative),
-    ("don't hesitate", StrongImperative),
-    ("do not hesitate", StrongImperative),
-    ("add", Imperative),
-    ("include", Imperative),
-    ("mention", Imperative),
-    ("use", Imperative),
-    ("ensure", Imperative),
-    ("make sure", Imperative),
-    ("begin", Imperative),
-    ("start", Imperative),
-    ("end", Imperative),
-    ("encourage", Imperative),
-    ("ask", Imperative),
-    ("tell", Imperative),
-    ("inform", Imperative),
-    ("convince", Imperative),
-    ("persuade", Imperative),
-    ("promote", Imperative),
-    ("visit", Imperative),
-    ("click", Imperative),
-    ("download", Imperative),
-    ("install", Imperative),
-    ("run", Imperative),
-    ("execute", Imperative),
-    ("send", Imperative),
-    ("show", Imperative),
-    ("give", Imperative),
-    ("list", Imperative),
-    ("provide", Imperative),
-    ("create", Imperative),
-    ("reply", Imperative),
-    ("what is", Imperative),
-    ("who is", Imperative),
-    ("how do", Imperative),
-    ("you may", Imperative),
-    ("you should", Imperative),
-    ("you must", Imperative),
+    (Ai, &[
+        "ai", "assistant", "language model", "llm", "chatbot", "the model", "ai model", "artificial intelligence",
+    ]),
+    // extraction verbs
+    (Extract, &[
+        "reveal*", "show me", "print", "repeat", "output", "display", "tell me", "leak", "disclose", "dump", "share", "write out", "spell out", "echo", "recite", "what is", "what are", "what were", "give me", "copy",
+    ]),
+    // hidden context
+    (SysObject, &[
+        "system prompt", "system message", "system instructions", "initial prompt", "initial instructions", "hidden instructions", "hidden prompt", "your instructions", "your prompt", "your rules", "text above", "instructions above", "pre-prompt", "preprompt", "original instructions", "original prompt", "confidential instructions", "secret instructions", "developer instructions", "prompt above", "words above", "your configuration", "your guidelines", "previous instructions",
+    ]),
+    // conversation-turn labels (checked at line start)
+    (TurnLabel, &[
+        "system:", "assistant:", "user:", "human:", "ai:",
+    ]),
+    // chat-template tokens and delimiter phrases
+    (Special, &[
+        "### instruction", "### system", "### response", "<|im_start|>", "<|im_end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>", "[inst]", "[/inst]", "<<sys>>", "</s>", "<system>", "</system>", "[system]", "end of user input", "end of document", "end of context", "new instructions", "updated instructions", "system override", "system update", "admin override", "important instructions", "note to ai", "note to the ai", "ai instructions", "instructions for the ai",
+    ]),
+    // task requests (indirect mode)
+    (StrongImperative, &[
+        "draft", "compose", "explain", "translate", "summarize", "summarise", "describe", "generate", "rewrite", "rearrange", "introduce", "integrate", "incorporate", "encode", "answer", "respond", "remove", "replace", "insert", "append", "write", "can you", "could you", "solve", "calculate", "recommend", "convert", "enlist", "embed", "utilize", "seamlessly", "don't hesitate", "do not hesitate", "develop", "break down", "augment", "enhance", "modify", "scramble", "jumble", "render", "group", "what is", "what are", "what's", "who is", "who wrote", "how do", "how does", "how can", "why do", "why does",
+    ]),
+    // weaker imperatives
+    (Imperative, &[
+        "add", "include", "mention", "use", "ensure", "make sure", "begin", "start", "end", "encourage", "ask", "tell", "inform", "convince", "persuade", "promote", "visit", "click", "download", "install", "run", "execute", "send", "show", "give", "list", "provide", "create", "reply", "you may", "you should", "you must",
+    ]),
     // the assistant's own output
-    ("your answer*", YourOutput),
-    ("your response*", YourOutput),
-    ("your reply", YourOutput),
-    ("your output", YourOutput),
-    ("your summary", YourOutput),
-    ("your code", YourOutput),
-    ("your solution", YourOutput),
-    ("your implementation", YourOutput),
-    ("your codebase", YourOutput),
-    ("your program", YourOutput),
-    ("your script", YourOutput),
-    ("your project", YourOutput),
-    ("your application", YourOutput),
-    ("in your answer*", InYourOutput),
-    ("in your response*", InYourOutput),
-    ("in your reply", InYourOutput),
-    ("in your output", InYourOutput),
-    ("to your answer*", InYourOutput),
-    ("to your response*", InYourOutput),
-    ("into your answer*", InYourOutput),
-    ("into your response*", InYourOutput),
-    ("your answer should", InYourOutput),
-    ("your response should", InYourOutput),
-    ("in your code", InYourOutput),
-    ("into your code", InYourOutput),
-    ("to your code", InYourOutput),
-    ("your code should", InYourOutput),
-    ("in your solution", InYourOutput),
-    ("into your solution", InYourOutput),
-    ("in your implementation", InYourOutput),
-    ("in the code you", InYourOutput),
-    ("to your codebase", InYourOutput),
-    ("in your program", InYourOutput),
-    ("to the user", User),
-    ("the user", User),
-    ("users to", User),
-    ("the reader", User),
-    // code and tools
-    ("following code", CodeRef),
-    ("code section", CodeRef),
-    ("code snippet", CodeRef),
-    ("code excerpt", CodeRef),
-    ("code block", CodeRef),
-    ("code segment", CodeRef),
-    ("code fragment", CodeRef),
-    ("following snippet", CodeRef),
-    ("this code", CodeRef),
-    ("import os", CodeImport),
-    ("import subprocess", CodeImport),
-    ("import requests", CodeImport),
-    ("import socket", CodeImport),
-    ("import shutil", CodeImport),
-    ("import smtplib", CodeImport),
-    ("import urllib", CodeImport),
-    ("import http", CodeImport),
-    ("import psutil", CodeImport),
-    ("import usb", CodeImport),
-    ("subprocess.", CodeImport),
-    ("os.system", CodeImport),
-    ("os.environ", CodeImport),
-    ("requests.post", CodeImport),
-    ("requests.get", CodeImport),
-    ("eval(", CodeImport),
-    ("exec(", CodeImport),
-    ("curl ", Tool),
-    ("wget ", Tool),
-    ("rm -rf", Tool),
-    ("powershell", Tool),
-    ("call the function", Tool),
-    ("call the tool", Tool),
-    ("use the tool", Tool),
-    ("invoke the", Tool),
-    ("send an email", Tool),
-    ("send email", Tool),
-    ("send a message", Tool),
-    ("forward this", Tool),
-    ("forward all", Tool),
-    ("transfer the", Tool),
-    ("transfer $", Tool),
-    ("exfiltrat*", Tool),
-    ("api key*", Tool),
-    ("credentials", Tool),
-    ("password*", Tool),
-    ("www.", Tool),
-    ("http://", Tool),
-    ("https://", Tool),
-    ("example.com", Tool),
-    ("click here", Tool),
-    ("function call", Tool),
-    ("tool call", Tool),
-    ("```", Fence),
+    (YourOutput, &[
+        "your answer*", "your response*", "your reply", "your output", "your summary", "your code", "your solution", "your implementation", "your codebase", "your program", "your script", "your project", "your application", "your message", "your text", "your words", "your sentences",
+    ]),
+    // instructions about the assistant's output
+    (InYourOutput, &[
+        "in your answer*", "in your response*", "in your reply", "in your output", "to your answer*", "to your response*", "into your answer*", "into your response*", "your answer should", "your response should", "in your code", "into your code", "to your code", "your code should", "in your solution", "into your solution", "in your implementation", "in the code you", "to your codebase", "in your program",
+    ]),
+    // the reader of the answer
+    (User, &[
+        "to the user", "the user", "users to", "the reader",
+    ]),
+    // references to code to insert
+    (CodeRef, &[
+        "following code", "code section", "code snippet", "code excerpt", "code block", "code segment", "code fragment", "following snippet", "this code",
+    ]),
+    // code that reaches the system or network
+    (CodeImport, &[
+        "import os", "import subprocess", "import requests", "import socket", "import shutil", "import smtplib", "import urllib", "import http", "import psutil", "import usb", "subprocess.", "os.system", "os.environ", "requests.post", "requests.get", "eval(", "exec(",
+    ]),
+    // tool use and exfiltration
+    (Tool, &[
+        "curl ", "wget ", "rm -rf", "powershell", "call the function", "call the tool", "use the tool", "invoke the", "send an email", "send email", "send a message", "forward this", "forward all", "transfer the", "transfer $", "exfiltrat*", "api key*", "credentials", "password*", "www.", "http://", "https://", "example.com", "click here", "function call", "tool call",
+    ]),
+    // code fences
+    (Fence, &[
+        "```",
+    ]),
+    // assistant products by name
+    (ModelName, &[
+        "chatgpt", "gpt", "openai", "bard", "bing", "claude",
+    ]),
 ];
 
 #[derive(Debug, Clone, Copy)]
 struct Token {
     cue: Cue,
+    /// The original text capitalises the cue's first letter (a sentence start the normalised
+    /// text cannot show when punctuation is missing).
+    capital: bool,
     pattern: u32,
     start: usize,
     end: usize,
@@ -541,6 +192,7 @@ struct Scratch {
     norm: Normalized,
     tokens: Vec<Token>,
     evidence: Vec<Evidence>,
+    window: Vec<Evidence>,
     decoded: Vec<u8>,
     inner: Normalized,
     inner_tokens: Vec<Token>,
@@ -560,14 +212,27 @@ pub(crate) struct Model {
 
 /// Bytes between cues that still count as "the same phrase" for paired features.
 const PAIR_WINDOW: usize = 64;
+/// Evidence of `tokens` with spans mapped back to the original text.
+fn collect(tokens: &[Token], norm: &Normalized, len: usize, mode: InjectionMode, out: &mut Vec<Evidence>) {
+    features(tokens, &norm.bytes, mode, &mut |feature, ns, ne, weight| {
+        out.push(Evidence {
+            feature,
+            span: norm.original(ns, ne, len),
+            weight,
+        })
+    });
+}
+
+/// Sentences per scoring window in indirect mode.
+const WINDOW_SENTENCES: usize = 3;
 /// Shortest encoded run worth decoding.
 const MIN_ENCODED: usize = 24;
 
 impl Model {
     pub fn new() -> Result<Self, BuildError> {
-        let mut patterns = Vec::with_capacity(CUES.len());
-        let mut meta = Vec::with_capacity(CUES.len());
-        for &(p, cue) in CUES {
+        let mut patterns = Vec::new();
+        let mut meta = Vec::new();
+        for (cue, p) in CUES.iter().flat_map(|&(cue, list)| list.iter().map(move |&p| (cue, p))) {
             let (text, stem) = match p.strip_suffix('*') {
                 Some(t) => (t, true),
                 None => (p, false),
@@ -643,24 +308,50 @@ impl Model {
     fn score(&self, text: &str, mode: InjectionMode, s: &mut Scratch) -> f32 {
         s.evidence.clear();
         normalize_into(text, &mut s.norm);
-        self.tokenize(&s.norm.bytes, &mut s.tokens);
-        features(
-            &s.tokens,
-            &s.norm.bytes,
-            mode,
-            &mut |feature, ns, ne, weight| {
-                s.evidence.push(Evidence {
-                    feature,
-                    span: s.norm.original(ns, ne, text.len()),
-                    weight,
-                });
-            },
-        );
+        self.tokenize(&s.norm.bytes, text.as_bytes(), &s.norm.map, &mut s.tokens);
+        let Scratch {
+            norm,
+            tokens,
+            evidence,
+            window,
+            ..
+        } = s;
+        let len = text.len();
+        match mode {
+            InjectionMode::Direct => {
+                collect(tokens, norm, len, mode, evidence);
+            }
+            InjectionMode::Indirect => {
+                // Retrieved content is scored by windows of a few sentences and the best window
+                // counts: an injected instruction is local, and cues scattered over a long
+                // document (a link here, an imperative there) must not add up to one.
+                let bytes = norm.bytes.as_slice();
+                let mut best = -1.0f32;
+                let mut seg_start = 0;
+                while seg_start < bytes.len() {
+                    let mut seg_end = seg_start;
+                    for _ in 0..WINDOW_SENTENCES {
+                        seg_end = sentence_end(bytes, seg_end);
+                    }
+                    let lo = tokens.partition_point(|t| t.start < seg_start);
+                    let hi = tokens.partition_point(|t| t.start < seg_end);
+                    window.clear();
+                    collect(tokens.get(lo..hi).unwrap_or_default(), norm, len, mode, window);
+                    let sc = combine(window);
+                    if sc > best {
+                        best = sc;
+                        evidence.clear();
+                        evidence.extend_from_slice(window);
+                    }
+                    seg_start = sentence_end(bytes, seg_start);
+                }
+            }
+        }
         self.hidden(text, mode, s);
         combine(&s.evidence)
     }
 
-    fn tokenize(&self, bytes: &[u8], tokens: &mut Vec<Token>) {
+    fn tokenize(&self, bytes: &[u8], orig: &[u8], map: &[u32], tokens: &mut Vec<Token>) {
         tokens.clear();
         for m in self.cues.find_overlapping_iter(bytes) {
             let Some(&(cue, left, right)) = self.meta.get(m.pattern().as_usize()) else {
@@ -685,13 +376,19 @@ impl Model {
             } else {
                 crate::detect::run_end(bytes, m.end(), 32, |c| c.is_ascii_alphanumeric())
             };
+            let capital = map
+                .get(m.start())
+                .and_then(|&o| orig.get(o as usize))
+                .is_some_and(u8::is_ascii_uppercase);
             tokens.push(Token {
                 cue,
+                capital,
                 pattern: m.pattern().as_u32(),
                 start: m.start(),
                 end,
             });
         }
+        tokens.sort_unstable_by_key(|t| (t.start, t.end));
     }
 
     /// Scores what encodings hide: base64 / hex / URL-encoded runs that decode to text, and the
@@ -729,7 +426,7 @@ impl Model {
             return;
         };
         normalize_into(decoded, &mut s.inner);
-        self.tokenize(&s.inner.bytes, &mut s.inner_tokens);
+        self.tokenize(&s.inner.bytes, decoded.as_bytes(), &s.inner.map, &mut s.inner_tokens);
         s.inner_evidence.clear();
         let inner_evidence = &mut s.inner_evidence;
         features(
@@ -859,6 +556,35 @@ fn combine(evidence: &[Evidence]) -> f32 {
     (1.0 - keep).clamp(0.0, 1.0)
 }
 
+/// End of the sentence that contains `i` (just past its terminator), or the end of the text.
+fn sentence_end(bytes: &[u8], i: usize) -> usize {
+    let mut j = i;
+    while let Some(&c) = bytes.get(j) {
+        j += 1;
+        let next = bytes.get(j).copied();
+        let term = matches!(c, b'\n' | b'|')
+            || (matches!(c, b'.' | b'?' | b'!') && matches!(next, None | Some(b' ' | b'\n')));
+        if term {
+            break;
+        }
+    }
+    j.max(i + 1).min(bytes.len().max(i + 1))
+}
+
+/// `true` when the sentence starting at `start` names neither writer nor reader (no I, we,
+/// you...): a task stated to nobody in particular, as an injected request to the assistant is.
+fn impersonal(bytes: &[u8], start: usize) -> bool {
+    const PRONOUNS: &[&[u8]] = &[
+        b"i", b"me", b"my", b"we", b"us", b"our", b"you", b"your", b"i'm", b"i'll", b"we're",
+        b"we'll", b"you're", b"you'll", b"let's", b"ours", b"yours",
+    ];
+    let end = sentence_end(bytes, start);
+    let sentence = bytes.get(start..end).unwrap_or_default();
+    !sentence
+        .split(|c| !(c.is_ascii_alphanumeric() || *c == b'\''))
+        .any(|w| PRONOUNS.contains(&w))
+}
+
 fn sentence_break(bytes: &[u8], from: usize, to: usize) -> bool {
     bytes.get(from..to).is_some_and(|s| {
         s.iter()
@@ -905,6 +631,8 @@ struct Weights {
     imperative: f32,
     imperative_max: usize,
     ai: f32,
+    model_name: f32,
+    impersonal_task: f32,
     user: f32,
     code_ref: f32,
     code_import: f32,
@@ -915,9 +643,9 @@ struct Weights {
 
 const DIRECT: Weights = Weights {
     override_pair: 0.75,
-    jail: 0.16,
+    jail: 0.2,
     jail_max: 12,
-    persona: 0.12,
+    persona: 0.15,
     persona_max: 4,
     extract_pair: 0.7,
     sys_object: 0.15,
@@ -929,6 +657,8 @@ const DIRECT: Weights = Weights {
     imperative: 0.0,
     imperative_max: 0,
     ai: 0.05,
+    model_name: 0.25,
+    impersonal_task: 0.0,
     user: 0.0,
     code_ref: 0.0,
     code_import: 0.0,
@@ -953,6 +683,8 @@ const INDIRECT: Weights = Weights {
     imperative: 0.12,
     imperative_max: 3,
     ai: 0.3,
+    model_name: 0.3,
+    impersonal_task: 0.3,
     user: 0.15,
     code_ref: 0.3,
     code_import: 0.2,
@@ -987,6 +719,7 @@ fn features(
     };
     let (mut jail, mut persona, mut imperative, mut tool) = (0usize, 0usize, 0usize, 0usize);
     let mut turn_lines = 0usize;
+    let mut impersonal_seen = false;
     for (k, t) in tokens.iter().enumerate() {
         let later = || {
             tokens
@@ -1035,6 +768,9 @@ fn features(
                 persona += 1;
                 emit(Feature::PersonaJailbreak, t.start, t.end, w.persona);
             }
+            ModelName if w.model_name > 0.0 && first_time(t.pattern) => {
+                emit(Feature::AddressedToAssistant, t.start, t.end, w.model_name);
+            }
             Ai if w.ai > 0.0 && first_time(t.pattern) => {
                 emit(Feature::AddressedToAssistant, t.start, t.end, w.ai);
             }
@@ -1055,7 +791,8 @@ fn features(
                 );
             }
             StrongImperative | Imperative
-                if imperative < w.imperative_max && at_sentence_start(bytes, t.start) =>
+                if imperative < w.imperative_max
+                    && (at_sentence_start(bytes, t.start) || (t.capital && t.cue == StrongImperative)) =>
             {
                 imperative += 1;
                 let weight = if t.cue == StrongImperative {
@@ -1064,6 +801,16 @@ fn features(
                     w.imperative
                 };
                 emit(Feature::AddressedToAssistant, t.start, t.end, weight);
+                // Only task verbs: "Click here." or "Visit our site." are the e-mail's own calls to action.
+                if w.impersonal_task > 0.0
+                    && t.cue == StrongImperative
+                    && !impersonal_seen
+                    && impersonal(bytes, t.start)
+                {
+                    impersonal_seen = true;
+                    let end = sentence_end(bytes, t.start);
+                    emit(Feature::AddressedToAssistant, t.start, end, w.impersonal_task);
+                }
             }
             User if w.user > 0.0 && first_time(t.pattern) => {
                 emit(Feature::AddressedToAssistant, t.start, t.end, w.user);
