@@ -129,28 +129,7 @@ impl Engine {
         } = input;
         let deployment = self.contract.deployment(&request.deployment);
         let use_case = deployment.and_then(|d| self.contract.use_case_of(d));
-        let mut decision = Decision {
-            decision_id,
-            verdict: Verdict::Block,
-            reasons: Vec::new(),
-            obligations: Vec::new(),
-            findings: Vec::new(),
-            deployment: request.deployment.clone(),
-            use_case: use_case.map(|u| u.id.clone()),
-            tier: use_case.map(|u| u.tier.as_str().to_string()),
-            binding: deployment.map(|d| d.binding.0.clone()),
-            approval_id: None,
-            contract_version: self.contract.version.0.clone(),
-            principal: principal.to_string(),
-            run_id: request.run_id.clone(),
-            at: now.to_rfc3339(),
-            retry_after: None,
-            retry_after_seconds: None,
-            would_be: None,
-            first_decision_id: None,
-            estimate: None,
-            input_sha256: input_digest(request),
-        };
+        let mut decision = self.skeleton(request, principal, decision_id, now);
 
         if let Some(claimed) = request.principal.as_deref().filter(|p| *p != principal) {
             decision.reasons.push(Reason::new(
@@ -249,6 +228,49 @@ impl Engine {
             }
         }
         decision
+    }
+
+    /// A BLOCK for a request the caller refuses before the pipeline runs (for example when the
+    /// contract version has not been applied).
+    pub fn refuse(&self, input: DecideInput<'_>, reason: Reason) -> Decision {
+        let mut decision =
+            self.skeleton(input.request, input.principal, input.decision_id, input.now);
+        decision.reasons.push(reason);
+        decision
+    }
+
+    /// A BLOCK with no reasons yet and every id the request allows.
+    fn skeleton(
+        &self,
+        request: &DecideRequest,
+        principal: &str,
+        decision_id: String,
+        now: Timestamp,
+    ) -> Decision {
+        let deployment = self.contract.deployment(&request.deployment);
+        let use_case = deployment.and_then(|d| self.contract.use_case_of(d));
+        Decision {
+            decision_id,
+            verdict: Verdict::Block,
+            reasons: Vec::new(),
+            obligations: Vec::new(),
+            findings: Vec::new(),
+            deployment: request.deployment.clone(),
+            use_case: use_case.map(|u| u.id.clone()),
+            tier: use_case.map(|u| u.tier.as_str().to_string()),
+            binding: deployment.map(|d| d.binding.0.clone()),
+            approval_id: None,
+            contract_version: self.contract.version.0.clone(),
+            principal: principal.to_string(),
+            run_id: request.run_id.clone(),
+            at: now.to_rfc3339(),
+            retry_after: None,
+            retry_after_seconds: None,
+            would_be: None,
+            first_decision_id: None,
+            estimate: None,
+            input_sha256: input_digest(request),
+        }
     }
 
     /// Settles a decision's reservation with what the action actually used.
@@ -657,9 +679,11 @@ impl Ctx<'_> {
                 }
                 Some(ParamRule::Range { min, max }) => match value.as_f64() {
                     Some(v) if v >= *min && v <= *max => {}
-                    _ => return refuse(format!(
+                    _ => {
+                        return refuse(format!(
                         "parameter `{name}` = {value} is outside the approved range [{min}, {max}]"
-                    )),
+                    ))
+                    }
                 },
             }
         }

@@ -177,7 +177,7 @@ impl RuntimeState for MemoryState {
                     measure,
                     limit,
                     used,
-                    requested: amount_of(charge.amounts, measure),
+                    requested: charge.amounts.of(measure),
                     resets_at: charge.resets_at,
                 }));
             }
@@ -255,15 +255,6 @@ impl RuntimeState for MemoryState {
     fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError> {
         self.lock()?.cooldowns.push(cooldown.clone());
         Ok(())
-    }
-}
-
-pub(crate) fn amount_of(amounts: Amounts, measure: Measure) -> u64 {
-    match measure {
-        Measure::Tokens => amounts.tokens,
-        Measure::UsdMicros => amounts.usd_micros,
-        Measure::Requests => amounts.requests,
-        Measure::ToolCalls => amounts.tool_calls,
     }
 }
 

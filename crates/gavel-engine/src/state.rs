@@ -167,6 +167,15 @@ pub struct Amounts {
 }
 
 impl Amounts {
+    pub fn of(self, measure: Measure) -> u64 {
+        match measure {
+            Measure::Tokens => self.tokens,
+            Measure::UsdMicros => self.usd_micros,
+            Measure::Requests => self.requests,
+            Measure::ToolCalls => self.tool_calls,
+        }
+    }
+
     pub fn saturating_add(self, other: Amounts) -> Amounts {
         Amounts {
             tokens: self.tokens.saturating_add(other.tokens),

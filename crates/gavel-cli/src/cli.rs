@@ -1,0 +1,158 @@
+//! The command line, as clap sees it. Each command's logic is in `cmd/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gavel",
+    version,
+    about = "Runtime governance for AI systems: every request ruled on, every ruling tied to an approval.",
+    after_help = "Exit codes: 0 ok; 1 invalid input or refused; 2 usage error; 3 authentication or authorisation failed; 4 storage unavailable."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The contract: a YAML file or a folder holding gavel.yaml.
+    #[arg(long, global = true, env = "GAVEL_CONTRACT", default_value = ".")]
+    pub contract: PathBuf,
+    /// The SQLite database [default: gavel.db next to the contract].
+    #[arg(long, global = true, env = "GAVEL_DB")]
+    pub db: Option<PathBuf>,
+    /// Your API key (prefer the GAVEL_KEY environment variable: flags show up in `ps`).
+    #[arg(long, global = true, env = "GAVEL_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write the example contract and a database into DIR, and print the first admin key.
+    Init {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Validate the contract and summarise it; exit 1 if it is invalid.
+    Check {
+        /// The contract (overrides --contract).
+        path: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record the contract's current version and deployments as applied by you (operator or admin).
+    Apply,
+    /// Manage API keys (admin).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sign an approval of a deployment's current binding (approver).
+    Approve(ApproveArgs),
+    /// Revoke an approval (approver).
+    Revoke {
+        approval_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// List approvals with their state.
+    Approvals {
+        #[arg(long)]
+        deployment: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide requests: one JSON object, or JSON Lines, on stdin or from --file (service).
+    Decide {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Settle a decision's reserved budget with the actual usage (service).
+    Outcome {
+        #[arg(long)]
+        decision: String,
+        #[arg(long)]
+        deployment: String,
+        #[arg(long)]
+        prompt_tokens: u64,
+        #[arg(long)]
+        completion_tokens: u64,
+        #[arg(long, default_value_t = 0)]
+        tool_calls: u64,
+    },
+    /// Stop a deployment, a use case or everything (operator).
+    Kill(KillArgs),
+    /// Lift a kill switch (operator).
+    Unkill(ScopeArgs),
+    /// Who approved this deployment, how it performs against its thresholds, who is on the hook.
+    Explain {
+        deployment: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once and only its hash is stored.
+    Create {
+        #[arg(long)]
+        principal: String,
+        /// service, operator, approver, auditor or admin.
+        #[arg(long)]
+        role: String,
+        /// For approvers: the role they sign as, e.g. risk, engineering, budget_owner.
+        #[arg(long)]
+        approver_role: Option<String>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    pub deployment: String,
+    /// Who the approval covers; required to start an approval.
+    #[arg(long)]
+    pub population: Option<String>,
+    /// Expiry: YYYY-MM-DD, an RFC 3339 time, or a duration from now such as 90d.
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// A threshold NAME=VALUE (accuracy, drift, latency, abuse, fallback, fairness, spend); repeatable.
+    #[arg(long = "threshold")]
+    pub thresholds: Vec<String>,
+    /// What a breach does: cooldown:<duration>, fallback or block.
+    #[arg(long)]
+    pub on_breach: Option<String>,
+    /// Evidence KIND=PATH (the file is hashed in); repeatable.
+    #[arg(long = "evidence")]
+    pub evidence: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    #[arg(long, group = "scope")]
+    pub deployment: Option<String>,
+    #[arg(long, group = "scope")]
+    pub use_case: Option<String>,
+    /// Everything in the organisation.
+    #[arg(long, group = "scope")]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[arg(long)]
+    pub reason: String,
+    /// A timed kill (COOLDOWN until it ends), e.g. 30m; without it the kill holds until unkill.
+    #[arg(long = "for")]
+    pub duration: Option<String>,
+}

@@ -1,0 +1,228 @@
+//! `gavel approve`, `gavel revoke`, `gavel approvals`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use gavel_contract::time::{Span, Timestamp};
+use gavel_engine::approval::{parse_on_breach, sign, Approver, Signing, SignoffOutcome, Terms};
+use gavel_engine::{Approval, ApprovalStatus, Evidence, Revocation};
+use gavel_store::{Role, Store};
+
+use crate::cli::ApproveArgs;
+use crate::context::{new_id, now, print_json, short, Context};
+use crate::failure::{Failure, Outcome};
+
+pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
+    let loaded = ctx.load_contract()?;
+    let contract = &loaded.contract;
+    let store = ctx.store()?;
+    let who = ctx.authenticate(&store, &[Role::Approver], "approving")?;
+    let at = now();
+    let terms = terms_from(&args, at)?;
+    let deployment = contract.deployment(&args.deployment).ok_or_else(|| {
+        Failure::invalid(format!(
+            "deployment `{}` is not in the contract; see `gavel check`",
+            args.deployment
+        ))
+    })?;
+    let pending = store
+        .all_approvals()?
+        .into_iter()
+        .filter(|a| {
+            a.deployment == deployment.id
+                && a.status == ApprovalStatus::Pending
+                && a.expires_at > at
+        })
+        .filter(|a| a.binding == deployment.binding.0)
+        .max_by_key(|a| a.created_at);
+    let registration = store.registration(&deployment.id)?;
+    let new_id = new_id("apr")?;
+    let outcome = sign(
+        contract,
+        Signing {
+            deployment_id: &deployment.id,
+            pending: pending.as_ref(),
+            terms,
+            approver: Approver {
+                principal: &who.principal,
+                approver_role: who.approver_role.as_deref(),
+            },
+            registration: registration.as_ref(),
+            new_id: &new_id,
+            now: at,
+        },
+    )
+    .map_err(|why| Failure::invalid(format!("approval refused: {why}")))?;
+    store.save_approval(outcome.approval())?;
+    match &outcome {
+        SignoffOutcome::Completed(a) => println!(
+            "approval {} of `{}` is active: binding {}, until {}",
+            a.id,
+            a.deployment,
+            short(&a.binding),
+            a.expires_at
+        ),
+        SignoffOutcome::Pending { approval, missing } => println!(
+            "approval {} of `{}` is pending; still needed: {}",
+            approval.id,
+            approval.deployment,
+            missing.join("; ")
+        ),
+    }
+    Ok(())
+}
+
+/// The terms, if any were given; starting an approval needs population, expiry and on_breach.
+fn terms_from(args: &ApproveArgs, at: Timestamp) -> Result<Option<Terms>, Failure> {
+    let any = args.population.is_some()
+        || args.expires.is_some()
+        || args.on_breach.is_some()
+        || !args.thresholds.is_empty()
+        || !args.evidence.is_empty();
+    if !any {
+        return Ok(None);
+    }
+    let population = args
+        .population
+        .clone()
+        .ok_or_else(|| Failure::invalid("a new approval needs --population (who it covers)"))?;
+    let expires = args
+        .expires
+        .as_deref()
+        .ok_or_else(|| Failure::invalid("a new approval needs --expires"))?;
+    let expires_at = parse_expiry(expires, at)?;
+    let on_breach = parse_on_breach(args.on_breach.as_deref().ok_or_else(|| {
+        Failure::invalid(
+            "a new approval needs --on-breach (cooldown:<duration>, fallback or block)",
+        )
+    })?)
+    .map_err(Failure::invalid)?;
+    let mut thresholds = BTreeMap::new();
+    for t in &args.thresholds {
+        let (name, value) = t
+            .split_once('=')
+            .ok_or_else(|| Failure::invalid(format!("--threshold `{t}` is not NAME=VALUE")))?;
+        let value: f64 = value.parse().map_err(|_| {
+            Failure::invalid(format!("--threshold `{t}`: `{value}` is not a number"))
+        })?;
+        thresholds.insert(name.to_string(), value);
+    }
+    let mut evidence = Vec::new();
+    for e in &args.evidence {
+        let (kind, path) = e
+            .split_once('=')
+            .ok_or_else(|| Failure::invalid(format!("--evidence `{e}` is not KIND=PATH")))?;
+        evidence.push(Evidence {
+            kind: kind.to_string(),
+            path: path.to_string(),
+            sha256: file_sha256(Path::new(path))?,
+        });
+    }
+    Ok(Some(Terms {
+        population,
+        expires_at,
+        thresholds,
+        on_breach,
+        evidence,
+    }))
+}
+
+fn parse_expiry(text: &str, at: Timestamp) -> Result<Timestamp, Failure> {
+    if let Ok(span) = Span::parse(text) {
+        return Ok(at.saturating_add(span));
+    }
+    Timestamp::parse_rfc3339(text).ok_or_else(|| {
+        Failure::invalid(format!("--expires `{text}` is not a date (YYYY-MM-DD), an RFC 3339 time or a duration like 90d"))
+    })
+}
+
+fn file_sha256(path: &Path) -> Result<String, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Failure::invalid(format!(
+            "cannot read evidence file `{}` ({e})",
+            path.display()
+        ))
+    })?;
+    Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
+    let store = ctx.store()?;
+    let who = ctx.authenticate(&store, &[Role::Approver], "revoking an approval")?;
+    let mut approval = store.approval(approval_id)?.ok_or_else(|| {
+        Failure::invalid(format!(
+            "no approval `{approval_id}`; see `gavel approvals`"
+        ))
+    })?;
+    if approval.status == ApprovalStatus::Revoked {
+        return Err(Failure::invalid(format!(
+            "approval {approval_id} is already revoked"
+        )));
+    }
+    if reason.trim().is_empty() {
+        return Err(Failure::invalid(
+            "--reason must say why the approval is revoked",
+        ));
+    }
+    approval.status = ApprovalStatus::Revoked;
+    approval.revocation = Some(Revocation {
+        by: who.principal.clone(),
+        at: now(),
+        reason: reason.to_string(),
+    });
+    store.save_approval(&approval)?;
+    println!(
+        "approval {approval_id} of `{}` revoked by {}",
+        approval.deployment, who.principal
+    );
+    Ok(())
+}
+
+pub fn list(ctx: &Context, deployment: Option<&str>, as_json: bool) -> Outcome {
+    let store = ctx.store()?;
+    ctx.authenticate(
+        &store,
+        &[Role::Approver, Role::Auditor, Role::Operator, Role::Admin],
+        "listing approvals",
+    )?;
+    let at = now();
+    let approvals: Vec<Approval> = store
+        .all_approvals()?
+        .into_iter()
+        .filter(|a| deployment.is_none_or(|d| a.deployment == d))
+        .collect();
+    if as_json {
+        let rows: Vec<_> = approvals
+            .iter()
+            .map(|a| json!({"state": a.state_at(at), "approval": a}))
+            .collect();
+        return print_json(&rows);
+    }
+    println!(
+        "{:<30} {:<22} {:<8} {:<13} {:<25} SIGNED BY",
+        "ID", "DEPLOYMENT", "STATE", "BINDING", "EXPIRES"
+    );
+    for a in &approvals {
+        let signers: Vec<String> = a
+            .signoffs
+            .iter()
+            .map(|s| match &s.approver_role {
+                Some(role) => format!("{} ({role})", s.principal),
+                None => s.principal.clone(),
+            })
+            .collect();
+        println!(
+            "{:<30} {:<22} {:<8} {:<13} {:<25} {}",
+            a.id,
+            a.deployment,
+            a.state_at(at),
+            short(&a.binding),
+            a.expires_at.to_string(),
+            signers.join(", ")
+        );
+    }
+    Ok(())
+}

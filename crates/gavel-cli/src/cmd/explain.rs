@@ -1,0 +1,176 @@
+//! `gavel explain DEPLOYMENT`: the auditor's three questions, answered from the contract and
+//! the system of record.
+
+use serde_json::json;
+
+use gavel_engine::approval::{covering_approval, NotCovered};
+use gavel_engine::{relevant_scopes, RuntimeState};
+use gavel_store::{Role, Store};
+
+use crate::context::{now, print_json, short, Context};
+use crate::failure::{Failure, Outcome};
+
+pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
+    let contract = ctx.load_contract()?.contract;
+    let store = ctx.store()?;
+    ctx.authenticate(
+        &store,
+        &[Role::Auditor, Role::Approver, Role::Operator, Role::Admin],
+        "explaining a deployment",
+    )?;
+    let d = contract.deployment(deployment_id).ok_or_else(|| {
+        Failure::invalid(format!(
+            "deployment `{deployment_id}` is not in the contract; see `gavel check`"
+        ))
+    })?;
+    let use_case = contract
+        .use_case_of(d)
+        .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
+    let at = now();
+    let approvals = store.approvals_of(&d.id)?;
+    let covering = covering_approval(&approvals, d, at);
+    let scopes = relevant_scopes(&d.id, &use_case.id, "", None);
+    let kills: Vec<_> = store
+        .kills(at)?
+        .into_iter()
+        .filter(|k| scopes.contains(&k.scope))
+        .collect();
+    let cooldowns: Vec<_> = store
+        .cooldowns(at)?
+        .into_iter()
+        .filter(|c| scopes.contains(&c.scope))
+        .collect();
+    let registration = store.registration(&d.id)?;
+
+    let why_not = match &covering {
+        Ok(_) => None,
+        Err(NotCovered::Missing) => {
+            Some("no approval has been made for this deployment".to_string())
+        }
+        Err(NotCovered::Pending(id)) => Some(format!("approval {id} is pending signoffs")),
+        Err(NotCovered::Expired(id)) => Some(format!("approval {id} has expired")),
+        Err(NotCovered::Revoked(id)) => Some(format!("approval {id} was revoked")),
+        Err(NotCovered::BindingMismatch {
+            approval_id,
+            approved,
+        }) => Some(format!(
+            "approval {approval_id} covers binding {}, but the deployment is now {}",
+            short(approved),
+            short(&d.binding.0)
+        )),
+    };
+    let performance = "no signals yet: monitoring of latency, accuracy, drift, abuse and fallback is not built in this version, so no live value can be compared with the approved thresholds";
+    if as_json {
+        return print_json(&json!({
+            "deployment": d.id,
+            "binding": d.binding,
+            "use_case": use_case.id,
+            "tier": use_case.tier,
+            "who_approved": {
+                "approval": covering.as_ref().ok(),
+                "not_covered_because": why_not,
+                "history": approvals,
+                "binding_applied_by": registration.as_ref().map(|r| json!({"principal": r.changed_by, "at": r.at})),
+            },
+            "performance": {
+                "thresholds": covering.as_ref().ok().map(|a| &a.thresholds),
+                "signals": null,
+                "note": performance,
+            },
+            "on_the_hook": {
+                "owner": use_case.owner,
+                "oncall": use_case.oncall,
+                "paged": [],
+            },
+            "state": { "kills": kills, "cooldowns": cooldowns },
+        }));
+    }
+    println!(
+        "{} ({} use case `{}`, binding {})",
+        d.id,
+        use_case.tier,
+        use_case.id,
+        short(&d.binding.0)
+    );
+    println!("\n1. Who approved it?");
+    match &covering {
+        Ok(a) => {
+            println!(
+                "   approval {} ({}), valid until {}",
+                a.id,
+                a.state_at(at),
+                a.expires_at
+            );
+            println!("   population: {}", a.population);
+            for s in &a.signoffs {
+                println!(
+                    "   signed by {}{} at {}",
+                    s.principal,
+                    s.approver_role
+                        .as_ref()
+                        .map(|r| format!(" as {r}"))
+                        .unwrap_or_default(),
+                    s.at
+                );
+            }
+            for e in &a.evidence {
+                println!(
+                    "   evidence {}: {} (sha256 {})",
+                    e.kind,
+                    e.path,
+                    short(&e.sha256)
+                );
+            }
+            println!(
+                "   on breach: {}",
+                serde_json::to_string(&a.on_breach).unwrap_or_default()
+            );
+            println!("   under contract version {}", short(&a.contract_version));
+        }
+        Err(_) => println!(
+            "   nobody: {}; every request is refused",
+            why_not.unwrap_or_default()
+        ),
+    }
+    if let Some(r) = &registration {
+        println!(
+            "   this binding was applied by {} at {}",
+            r.changed_by, r.at
+        );
+    }
+    println!("\n2. How does it perform against its thresholds?");
+    match &covering {
+        Ok(a) if !a.thresholds.is_empty() => {
+            for (name, value) in &a.thresholds {
+                println!("   {name}: approved threshold {value}");
+            }
+        }
+        _ => println!("   no approved thresholds"),
+    }
+    println!("   {performance}");
+    println!("\n3. Who is on the hook?");
+    println!("   owner: {}", use_case.owner);
+    println!("   on-call webhook: {}", use_case.oncall.webhook);
+    if let Some(runbook) = &use_case.oncall.runbook {
+        println!("   runbook: {runbook}");
+    }
+    println!("   paged: never (no breach has been recorded)");
+    for k in &kills {
+        println!(
+            "\nKILLED: `{}` by {} at {}: {}",
+            k.scope.key(),
+            k.by,
+            k.at,
+            k.reason
+        );
+    }
+    for c in &cooldowns {
+        println!(
+            "\nCOOLING DOWN: `{}` until {}: {}",
+            c.scope.key(),
+            c.until,
+            c.reason
+        );
+    }
+    Ok(())
+}

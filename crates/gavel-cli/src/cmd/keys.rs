@@ -1,0 +1,68 @@
+//! `gavel keys create|list|revoke` (admin).
+
+use gavel_store::{Role, Store};
+
+use crate::cli::KeysCommand;
+use crate::cmd::init::create_key;
+use crate::context::{now, Context};
+use crate::failure::{Failure, Outcome};
+
+pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
+    let store = ctx.store()?;
+    let admin = ctx.authenticate(&store, &[Role::Admin], "managing keys")?;
+    match command {
+        KeysCommand::Create {
+            principal,
+            role,
+            approver_role,
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                Failure::invalid(format!(
+                    "unknown role `{role}`; expected service, operator, approver, auditor or admin"
+                ))
+            })?;
+            if principal.trim().is_empty() || principal.chars().any(char::is_control) {
+                return Err(Failure::invalid(
+                    "--principal must be a non-empty name without control characters",
+                ));
+            }
+            if approver_role.is_some() && role != Role::Approver {
+                return Err(Failure::invalid(
+                    "--approver-role applies only to keys with role approver",
+                ));
+            }
+            let key = create_key(&store, &principal, role, approver_role, &admin.principal)?;
+            println!("{key}");
+            eprintln!(
+                "created a {role} key for `{principal}`; it is shown once, only its hash is stored"
+            );
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<32} {:<20} {:<9} {:<14} {}",
+                "ID", "PRINCIPAL", "ROLE", "SIGNS AS", "STATE"
+            );
+            for k in store.keys()? {
+                let state = k
+                    .revoked_at
+                    .map_or("active".to_string(), |t| format!("revoked {t}"));
+                println!(
+                    "{:<32} {:<20} {:<9} {:<14} {state}",
+                    k.id,
+                    k.principal,
+                    k.role,
+                    k.approver_role.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_key(&id, now())? {
+                return Err(Failure::invalid(format!(
+                    "no active key with id `{id}`; see `gavel keys list`"
+                )));
+            }
+            eprintln!("revoked key {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! What every command needs: where the contract and database are, who is calling, the time
+//! and fresh ids.
+
+use std::path::{Path, PathBuf};
+
+use gavel_contract::time::Timestamp;
+use gavel_contract::Loaded;
+use gavel_store::{hash_key, KeyRecord, Role, SqliteStore, Store};
+
+use crate::cli::Global;
+use crate::failure::Failure;
+
+pub struct Context {
+    pub contract_path: PathBuf,
+    pub db_path: PathBuf,
+    key: Option<String>,
+}
+
+impl Context {
+    pub fn new(global: &Global) -> Context {
+        let contract_file = gavel_contract::contract_file(&global.contract);
+        let db_path = global.db.clone().unwrap_or_else(|| {
+            contract_file
+                .parent()
+                .map_or_else(|| PathBuf::from("gavel.db"), |dir| dir.join("gavel.db"))
+        });
+        Context {
+            contract_path: global.contract.clone(),
+            db_path,
+            key: global.key.clone(),
+        }
+    }
+
+    pub fn load_contract(&self) -> Result<Loaded, Failure> {
+        load_contract_at(&self.contract_path)
+    }
+
+    pub fn store(&self) -> Result<SqliteStore, Failure> {
+        Ok(SqliteStore::open_existing(&self.db_path)?)
+    }
+
+    /// The caller's key record, if the key is valid and its role is one of `allowed`.
+    pub fn authenticate(
+        &self,
+        store: &dyn Store,
+        allowed: &[Role],
+        action: &str,
+    ) -> Result<KeyRecord, Failure> {
+        let key = self
+            .key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                Failure::auth(format!(
+                    "{action} needs an API key; set GAVEL_KEY or pass --key"
+                ))
+            })?;
+        let record = store.key_by_hash(&hash_key(key))?.ok_or_else(|| {
+            Failure::auth("this API key is not known; check GAVEL_KEY or ask an admin for a key")
+        })?;
+        if record.revoked_at.is_some() {
+            return Err(Failure::auth(format!(
+                "key {} of `{}` was revoked; ask an admin for a new one",
+                record.id, record.principal
+            )));
+        }
+        if !allowed.contains(&record.role) {
+            let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+            return Err(Failure::auth(format!(
+                "`{}` has role {}; {action} needs role {}",
+                record.principal,
+                record.role,
+                roles.join(" or ")
+            )));
+        }
+        Ok(record)
+    }
+}
+
+pub fn load_contract_at(path: &Path) -> Result<Loaded, Failure> {
+    gavel_contract::load(path).map_err(|errors| Failure::invalid(errors.to_string()))
+}
+
+pub fn now() -> Timestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp(i64::try_from(millis).unwrap_or(i64::MAX))
+}
+
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], Failure> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Failure::storage(format!("the system has no randomness to offer ({e})")))?;
+    Ok(bytes)
+}
+
+/// A fresh time-ordered id such as `dec_01J...`.
+pub fn new_id(prefix: &str) -> Result<String, Failure> {
+    Ok(gavel_engine::new_id(prefix, now(), random_bytes()?))
+}
+
+/// The first 12 hex digits of a hash, for tables.
+pub fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::invalid(format!("cannot print JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `gavel`: definition and glue. Parse the command line, run one command from `cmd/`, map its
+//! failure to an exit code. Logic lives in the library crates.
+
+mod cli;
+mod cmd;
+mod context;
+mod failure;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use context::Context;
+use failure::{Failure, EXIT_USAGE};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            // Printing help or a usage error cannot usefully fail.
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { exit_code, message }) => {
+            eprintln!("gavel: {message}");
+            ExitCode::from(exit_code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Context::new(&cli.global);
+    match cli.command {
+        Command::Init { dir } => cmd::init::run(&dir),
+        Command::Check { path, json } => cmd::check::run(&ctx, path.as_deref(), json),
+        Command::Apply => cmd::apply::run(&ctx),
+        Command::Keys(command) => cmd::keys::run(&ctx, command),
+        Command::Approve(args) => cmd::approve::approve(&ctx, args),
+        Command::Revoke {
+            approval_id,
+            reason,
+        } => cmd::approve::revoke(&ctx, &approval_id, &reason),
+        Command::Approvals { deployment, json } => {
+            cmd::approve::list(&ctx, deployment.as_deref(), json)
+        }
+        Command::Decide { file } => cmd::decide::decide(&ctx, file.as_deref()),
+        Command::Outcome {
+            decision,
+            deployment,
+            prompt_tokens,
+            completion_tokens,
+            tool_calls,
+        } => cmd::decide::outcome(
+            &ctx,
+            &decision,
+            &deployment,
+            gavel_engine::Usage {
+                prompt_tokens,
+                completion_tokens,
+                tool_calls,
+            },
+        ),
+        Command::Kill(args) => cmd::kill::kill(&ctx, &args),
+        Command::Unkill(args) => cmd::kill::unkill(&ctx, &args),
+        Command::Explain { deployment, json } => cmd::explain::run(&ctx, &deployment, json),
+    }
+}

@@ -1,0 +1,84 @@
+//! Where governance state lives: API keys (hashed), approvals, deployment registrations,
+//! contract versions seen, kill switches, cooldowns, budget windows with in-flight
+//! reservations, idempotency keys and abuse strikes.
+//!
+//! [`Store`] is the one narrow interface; [`SqliteStore`] is the embedded implementation. The
+//! trait speaks in domain types only (no SQL, no rows), so a PostgreSQL backend implements the
+//! same methods and runs the same test suite (`tests/it/suite.rs`). The engine's view of state
+//! is [`gavel_engine::RuntimeState`], which every `Store` also implements.
+//!
+//! ```
+//! use gavel_store::{SqliteStore, Store};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+//! assert!(store.keys().unwrap().is_empty());
+//! ```
+
+mod keys;
+mod sqlite;
+
+pub use keys::{hash_key, KeyRecord, Role};
+pub use sqlite::SqliteStore;
+
+use gavel_contract::time::Timestamp;
+use gavel_engine::approval::Registration;
+use gavel_engine::{Approval, Cooldown, Kill, RuntimeState, Scope};
+
+/// A storage failure, described for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<StoreError> for gavel_engine::StateError {
+    fn from(e: StoreError) -> Self {
+        gavel_engine::StateError(e.0)
+    }
+}
+
+/// A contract version as first applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractRecord {
+    pub version: String,
+    pub applied_by: String,
+    pub at: Timestamp,
+}
+
+/// Everything gavel keeps besides the ledger.
+pub trait Store: RuntimeState {
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Marks a key revoked; returns false if no such unrevoked key exists.
+    fn revoke_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError>;
+
+    /// Records a contract version; returns false if it was applied before.
+    fn record_contract(&self, record: &ContractRecord) -> Result<bool, StoreError>;
+    fn contract_applied(&self, version: &str) -> Result<Option<ContractRecord>, StoreError>;
+    fn registration(&self, deployment: &str) -> Result<Option<Registration>, StoreError>;
+    fn set_registration(
+        &self,
+        deployment: &str,
+        registration: &Registration,
+    ) -> Result<(), StoreError>;
+
+    /// Inserts or replaces an approval (by id).
+    fn save_approval(&self, approval: &Approval) -> Result<(), StoreError>;
+    fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// Every approval, oldest first.
+    fn all_approvals(&self) -> Result<Vec<Approval>, StoreError>;
+
+    fn set_kill(&self, kill: &Kill) -> Result<(), StoreError>;
+    /// Removes a kill switch and returns it, if one was set.
+    fn clear_kill(&self, scope: &Scope) -> Result<Option<Kill>, StoreError>;
+    /// Kill switches in force at `now`.
+    fn kills(&self, now: Timestamp) -> Result<Vec<Kill>, StoreError>;
+    /// Cooldowns in force at `now`.
+    fn cooldowns(&self, now: Timestamp) -> Result<Vec<Cooldown>, StoreError>;
+}

@@ -1,0 +1,669 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! Writes that must be atomic across processes (budget reservations, idempotency claims) run
+//! in `BEGIN IMMEDIATE` transactions, which take SQLite's write lock up front, so two `gavel`
+//! processes (or threads) can never both see room in a window and both take it.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use gavel_contract::time::Timestamp;
+use gavel_engine::approval::Registration;
+use gavel_engine::*;
+
+use crate::keys::{KeyRecord, Role};
+use crate::{ContractRecord, Store, StoreError};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, principal TEXT NOT NULL, role TEXT NOT NULL,
+    approver_role TEXT, created_at INTEGER NOT NULL, created_by TEXT NOT NULL, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS contract_versions (
+    version TEXT PRIMARY KEY, applied_by TEXT NOT NULL, applied_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS registrations (
+    deployment TEXT PRIMARY KEY, binding TEXT NOT NULL, changed_by TEXT NOT NULL, changed_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, deployment TEXT NOT NULL, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS approvals_by_deployment ON approvals (deployment);
+CREATE TABLE IF NOT EXISTS kills (scope TEXT PRIMARY KEY, until INTEGER, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cooldowns (
+    id INTEGER PRIMARY KEY, scope TEXT NOT NULL, until INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS cooldowns_by_scope ON cooldowns (scope, until);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_windows (
+    key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL,
+    requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, windows TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reservation_resources (
+    reservation_id TEXT NOT NULL, name TEXT NOT NULL, amount INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS resources_by_name ON reservation_resources (name, expires_at);
+CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
+";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{context}: {e}"))
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError(format!("cannot encode a record: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError(format!("a stored record is corrupt: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError(format!(
+                "cannot open the database `{}`: {e}",
+                path.display()
+            ))
+        })?;
+        Self::init(conn, &path.display().to_string())
+    }
+
+    /// Opens an existing database, refusing to create one (for read-only commands).
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Err(StoreError(format!(
+                "no database at `{}`; create one with `gavel init` or pass --db",
+                path.display()
+            )));
+        }
+        Self::open(path)
+    }
+
+    fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(err("busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("WAL mode"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err("synchronous"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| StoreError(format!("cannot create the schema in `{name}`: {e}")))?;
+        let version: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err("schema version"))?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )
+                .map_err(err("schema version"))?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(StoreError(format!(
+                    "`{name}` has schema version {v}; this gavel understands {SCHEMA_VERSION}"
+                )))
+            }
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError("the database handle is poisoned by an earlier panic".into()))
+    }
+
+    fn approvals_where(&self, deployment: Option<&str>) -> Result<Vec<Approval>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body FROM approvals WHERE (?1 IS NULL OR deployment = ?1) ORDER BY created_at, id",
+            )
+            .map_err(err("approvals"))?;
+        let rows = stmt
+            .query_map([deployment], |r| r.get::<_, String>(0))
+            .map_err(err("approvals"))?;
+        rows.map(|row| from_json(&row.map_err(err("approvals"))?))
+            .collect()
+    }
+}
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(KeyRecord, String)> {
+    let role: String = row.get(3)?;
+    Ok((
+        KeyRecord {
+            id: row.get(0)?,
+            hash: row.get(1)?,
+            principal: row.get(2)?,
+            role: Role::Service,
+            approver_role: row.get(4)?,
+            created_at: Timestamp(row.get(5)?),
+            created_by: row.get(6)?,
+            revoked_at: row.get::<_, Option<i64>>(7)?.map(Timestamp),
+        },
+        role,
+    ))
+}
+
+fn with_role((mut key, role): (KeyRecord, String)) -> Result<KeyRecord, StoreError> {
+    key.role = Role::parse(&role)
+        .ok_or_else(|| StoreError(format!("key {} has unknown role `{role}`", key.id)))?;
+    Ok(key)
+}
+
+const KEY_COLUMNS: &str =
+    "id, hash, principal, role, approver_role, created_at, created_by, revoked_at";
+
+impl Store for SqliteStore {
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.conn()?
+            .execute(
+                &format!(
+                    "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    key.id,
+                    key.hash,
+                    key.principal,
+                    key.role.as_str(),
+                    key.approver_role,
+                    key.created_at.millis(),
+                    key.created_by,
+                    key.revoked_at.map(Timestamp::millis)
+                ],
+            )
+            .map_err(err("insert key"))?;
+        Ok(())
+    }
+
+    fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = self
+            .conn()?
+            .query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
+                [hash],
+                key_from_row,
+            )
+            .optional()
+            .map_err(err("key lookup"))?;
+        row.map(with_role).transpose()
+    }
+
+    fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ))
+            .map_err(err("keys"))?;
+        let rows = stmt.query_map([], key_from_row).map_err(err("keys"))?;
+        rows.map(|r| with_role(r.map_err(err("keys"))?)).collect()
+    }
+
+    fn revoke_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()?
+            .execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at.millis()],
+            )
+            .map_err(err("revoke key"))?;
+        Ok(changed == 1)
+    }
+
+    fn record_contract(&self, record: &ContractRecord) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()?
+            .execute(
+                "INSERT OR IGNORE INTO contract_versions (version, applied_by, applied_at) VALUES (?1, ?2, ?3)",
+                params![record.version, record.applied_by, record.at.millis()],
+            )
+            .map_err(err("record contract"))?;
+        Ok(changed == 1)
+    }
+
+    fn contract_applied(&self, version: &str) -> Result<Option<ContractRecord>, StoreError> {
+        self.conn()?
+            .query_row(
+                "SELECT version, applied_by, applied_at FROM contract_versions WHERE version = ?1",
+                [version],
+                |r| {
+                    Ok(ContractRecord {
+                        version: r.get(0)?,
+                        applied_by: r.get(1)?,
+                        at: Timestamp(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(err("contract lookup"))
+    }
+
+    fn registration(&self, deployment: &str) -> Result<Option<Registration>, StoreError> {
+        self.conn()?
+            .query_row(
+                "SELECT binding, changed_by, changed_at FROM registrations WHERE deployment = ?1",
+                [deployment],
+                |r| {
+                    Ok(Registration {
+                        binding: r.get(0)?,
+                        changed_by: r.get(1)?,
+                        at: Timestamp(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(err("registration"))
+    }
+
+    fn set_registration(
+        &self,
+        deployment: &str,
+        registration: &Registration,
+    ) -> Result<(), StoreError> {
+        self.conn()?
+            .execute(
+                "INSERT INTO registrations (deployment, binding, changed_by, changed_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (deployment) DO UPDATE SET binding = ?2, changed_by = ?3, changed_at = ?4",
+                params![deployment, registration.binding, registration.changed_by, registration.at.millis()],
+            )
+            .map_err(err("registration"))?;
+        Ok(())
+    }
+
+    fn save_approval(&self, approval: &Approval) -> Result<(), StoreError> {
+        self.conn()?
+            .execute(
+                "INSERT INTO approvals (id, deployment, created_at, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET body = ?4",
+                params![
+                    approval.id,
+                    approval.deployment,
+                    approval.created_at.millis(),
+                    json(approval)?
+                ],
+            )
+            .map_err(err("save approval"))?;
+        Ok(())
+    }
+
+    fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let body: Option<String> = self
+            .conn()?
+            .query_row("SELECT body FROM approvals WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err("approval"))?;
+        body.map(|b| from_json(&b)).transpose()
+    }
+
+    fn all_approvals(&self) -> Result<Vec<Approval>, StoreError> {
+        self.approvals_where(None)
+    }
+
+    fn set_kill(&self, kill: &Kill) -> Result<(), StoreError> {
+        self.conn()?
+            .execute(
+                "INSERT INTO kills (scope, until, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scope) DO UPDATE SET until = ?2, body = ?3",
+                params![
+                    kill.scope.key(),
+                    kill.until.map(Timestamp::millis),
+                    json(kill)?
+                ],
+            )
+            .map_err(err("kill"))?;
+        Ok(())
+    }
+
+    fn clear_kill(&self, scope: &Scope) -> Result<Option<Kill>, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(err("unkill"))?;
+        let body: Option<String> = tx
+            .query_row(
+                "SELECT body FROM kills WHERE scope = ?1",
+                [scope.key()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err("unkill"))?;
+        tx.execute("DELETE FROM kills WHERE scope = ?1", [scope.key()])
+            .map_err(err("unkill"))?;
+        tx.commit().map_err(err("unkill"))?;
+        body.map(|b| from_json(&b)).transpose()
+    }
+
+    fn kills(&self, now: Timestamp) -> Result<Vec<Kill>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT body FROM kills WHERE until IS NULL OR until > ?1 ORDER BY scope",
+            )
+            .map_err(err("kills"))?;
+        let rows = stmt
+            .query_map([now.millis()], |r| r.get::<_, String>(0))
+            .map_err(err("kills"))?;
+        rows.map(|r| from_json(&r.map_err(err("kills"))?)).collect()
+    }
+
+    fn cooldowns(&self, now: Timestamp) -> Result<Vec<Cooldown>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT body FROM cooldowns WHERE until > ?1 ORDER BY id")
+            .map_err(err("cooldowns"))?;
+        let rows = stmt
+            .query_map([now.millis()], |r| r.get::<_, String>(0))
+            .map_err(err("cooldowns"))?;
+        rows.map(|r| from_json(&r.map_err(err("cooldowns"))?))
+            .collect()
+    }
+}
+
+impl RuntimeState for SqliteStore {
+    fn view(
+        &self,
+        deployment: &str,
+        use_case: &str,
+        principal: &str,
+        run_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<GovernanceView, StateError> {
+        let scopes = relevant_scopes(deployment, use_case, principal, run_id);
+        let kills = self
+            .kills(now)?
+            .into_iter()
+            .filter(|k| scopes.contains(&k.scope))
+            .collect();
+        let cooldowns = self
+            .cooldowns(now)?
+            .into_iter()
+            .filter(|c| scopes.contains(&c.scope))
+            .collect();
+        let approvals = self.approvals_where(Some(deployment))?;
+        Ok(GovernanceView {
+            kills,
+            cooldowns,
+            approvals,
+        })
+    }
+
+    fn approvals_of(&self, deployment: &str) -> Result<Vec<Approval>, StateError> {
+        Ok(self.approvals_where(Some(deployment))?)
+    }
+
+    fn claim_idempotency(
+        &self,
+        key: &str,
+        decision: &PriorDecision,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<Option<PriorDecision>, StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("idempotency"))?;
+        let prior: Option<String> = tx
+            .query_row(
+                "SELECT decision_id FROM idempotency WHERE key = ?1 AND expires_at > ?2",
+                params![key, now.millis()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err("idempotency"))?;
+        if let Some(decision_id) = prior {
+            return Ok(Some(PriorDecision {
+                decision_id,
+                verdict: String::new(),
+            }));
+        }
+        tx.execute(
+            "INSERT INTO idempotency (key, decision_id, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET decision_id = ?2, expires_at = ?3",
+            params![key, decision.decision_id, expires_at.millis()],
+        )
+        .map_err(err("idempotency"))?;
+        tx.commit().map_err(err("idempotency"))?;
+        Ok(None)
+    }
+
+    fn reserve(
+        &self,
+        request: &ReservationRequest,
+        now: Timestamp,
+        dry_run: bool,
+    ) -> Result<Result<(), Refusal>, StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("reserve"))?;
+        for charge in &request.windows {
+            let used = window_usage(&tx, &charge.key)?;
+            if let Some((measure, limit, used)) = charge.limits.overflow(used, charge.amounts) {
+                let requested = charge.amounts.of(measure);
+                return Ok(Err(Refusal::Window {
+                    key: charge.key.clone(),
+                    measure,
+                    limit,
+                    used,
+                    requested,
+                    resets_at: charge.resets_at,
+                }));
+            }
+        }
+        for claim in &request.resources {
+            let in_use: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(SUM(amount), 0) FROM reservation_resources WHERE name = ?1 AND expires_at > ?2",
+                    params![claim.name, now.millis()],
+                    |r| r.get(0),
+                )
+                .map_err(err("reserve"))?;
+            let in_use = to_u64(in_use);
+            if in_use.saturating_add(claim.amount) > claim.capacity {
+                return Ok(Err(Refusal::Resource {
+                    name: claim.name.clone(),
+                    capacity: claim.capacity,
+                    in_use,
+                    requested: claim.amount,
+                }));
+            }
+        }
+        if dry_run {
+            return Ok(Ok(()));
+        }
+        for charge in &request.windows {
+            add_to_window(&tx, &charge.key, charge.amounts, false)?;
+        }
+        let held: Vec<(&str, Amounts)> = request
+            .windows
+            .iter()
+            .map(|c| (c.key.as_str(), c.amounts))
+            .collect();
+        tx.execute(
+            "INSERT INTO reservations (id, expires_at, windows) VALUES (?1, ?2, ?3)",
+            params![
+                request.reservation_id,
+                request.expires_at.millis(),
+                json(&held)?
+            ],
+        )
+        .map_err(err("reserve"))?;
+        for claim in &request.resources {
+            tx.execute(
+                "INSERT INTO reservation_resources (reservation_id, name, amount, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![request.reservation_id, claim.name, to_i64(claim.amount), request.expires_at.millis()],
+            )
+            .map_err(err("reserve"))?;
+        }
+        tx.commit().map_err(err("reserve"))?;
+        Ok(Ok(()))
+    }
+
+    fn settle(
+        &self,
+        reservation_id: &str,
+        actual: Amounts,
+        _now: Timestamp,
+    ) -> Result<Settled, StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("settle"))?;
+        let held: Option<String> = tx
+            .query_row(
+                "SELECT windows FROM reservations WHERE id = ?1",
+                [reservation_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err("settle"))?;
+        let Some(held) = held else {
+            return Ok(Settled::Unknown);
+        };
+        let held: Vec<(String, Amounts)> = from_json(&held)?;
+        for (key, reserved) in held {
+            let used = window_usage(&tx, &key)?;
+            let settled = used.saturating_sub(reserved).saturating_add(actual);
+            add_to_window(&tx, &key, settled, true)?;
+        }
+        tx.execute("DELETE FROM reservations WHERE id = ?1", [reservation_id])
+            .map_err(err("settle"))?;
+        tx.execute(
+            "DELETE FROM reservation_resources WHERE reservation_id = ?1",
+            [reservation_id],
+        )
+        .map_err(err("settle"))?;
+        tx.commit().map_err(err("settle"))?;
+        Ok(Settled::Settled)
+    }
+
+    fn add_strike(
+        &self,
+        principal: &str,
+        now: Timestamp,
+        within_ms: u64,
+    ) -> Result<u32, StateError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("strike"))?;
+        let since = now.millis().saturating_sub(to_i64(within_ms));
+        tx.execute(
+            "DELETE FROM strikes WHERE principal = ?1 AND at < ?2",
+            params![principal, since],
+        )
+        .map_err(err("strike"))?;
+        tx.execute(
+            "INSERT INTO strikes (principal, at) VALUES (?1, ?2)",
+            params![principal, now.millis()],
+        )
+        .map_err(err("strike"))?;
+        let count: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM strikes WHERE principal = ?1",
+                [principal],
+                |r| r.get(0),
+            )
+            .map_err(err("strike"))?;
+        tx.commit().map_err(err("strike"))?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError> {
+        self.conn()?
+            .execute(
+                "INSERT INTO cooldowns (scope, until, body) VALUES (?1, ?2, ?3)",
+                params![
+                    cooldown.scope.key(),
+                    cooldown.until.millis(),
+                    json(cooldown)?
+                ],
+            )
+            .map_err(err("cooldown"))?;
+        Ok(())
+    }
+}
+
+fn window_usage(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<Amounts, StoreError> {
+    let row = tx
+        .query_row(
+            "SELECT tokens, usd_micros, requests, tool_calls FROM budget_windows WHERE key = ?1",
+            [key],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(err("budget window"))?;
+    Ok(
+        row.map_or(Amounts::default(), |(tokens, usd, requests, tools)| {
+            Amounts {
+                tokens: to_u64(tokens),
+                usd_micros: to_u64(usd),
+                requests: to_u64(requests),
+                tool_calls: to_u64(tools),
+            }
+        }),
+    )
+}
+
+/// Adds `amounts` to a window (or, with `replace`, sets it to `amounts`).
+fn add_to_window(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    amounts: Amounts,
+    replace: bool,
+) -> Result<(), StoreError> {
+    let sql = if replace {
+        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (key) DO UPDATE SET tokens = ?2, usd_micros = ?3, requests = ?4, tool_calls = ?5"
+    } else {
+        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (key) DO UPDATE SET tokens = tokens + ?2, usd_micros = usd_micros + ?3,
+             requests = requests + ?4, tool_calls = tool_calls + ?5"
+    };
+    tx.execute(
+        sql,
+        params![
+            key,
+            to_i64(amounts.tokens),
+            to_i64(amounts.usd_micros),
+            to_i64(amounts.requests),
+            to_i64(amounts.tool_calls)
+        ],
+    )
+    .map_err(err("budget window"))?;
+    Ok(())
+}
