@@ -88,7 +88,44 @@ pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
         }
     }
     out.map.push(src.len() as u32);
+    drop_inword_hyphens(out);
     fold_leet(&mut out.bytes);
+}
+
+/// Removes runs of `-` between two letters (`i-nstruction`, `m----ssage`), a cheap way to break
+/// keyword matching that real compounds (`role-play` -> `roleplay`) survive.
+fn drop_inword_hyphens(out: &mut Normalized) {
+    let n = out.bytes.len();
+    let mut w = 0;
+    let mut r = 0;
+    while r < n {
+        let c = out.bytes.get(r).copied().unwrap_or(0);
+        if c == b'-' && w > 0 && out.bytes.get(w - 1).is_some_and(u8::is_ascii_alphabetic) {
+            let run_end = crate::detect::run_end(&out.bytes, r, usize::MAX, |b| b == b'-');
+            if out.bytes.get(run_end).is_some_and(u8::is_ascii_alphabetic) {
+                r = run_end;
+                continue;
+            }
+        }
+        if let (Some(&b), Some(&m)) = (out.bytes.get(r), out.map.get(r)) {
+            if let Some(slot) = out.bytes.get_mut(w) {
+                *slot = b;
+            }
+            if let Some(slot) = out.map.get_mut(w) {
+                *slot = m;
+            }
+        }
+        w += 1;
+        r += 1;
+    }
+    // The end-of-text entry of the map follows the kept bytes.
+    if let Some(&end) = out.map.get(n) {
+        if let Some(slot) = out.map.get_mut(w) {
+            *slot = end;
+        }
+    }
+    out.bytes.truncate(w);
+    out.map.truncate(w + 1);
 }
 
 fn push_char(c: char, origin: u32, out: &mut Normalized, last_space: &mut bool) {
@@ -106,6 +143,15 @@ fn push_char(c: char, origin: u32, out: &mut Normalized, last_space: &mut bool) 
             out.map.push(origin);
             *last_space = true;
         } else if !*last_space {
+            out.bytes.push(b' ');
+            out.map.push(origin);
+            *last_space = true;
+        }
+        return;
+    }
+    // `developer_mode` and `developer mode` are the same words; `\_` is Markdown's escape.
+    if c == '_' || c == '\\' {
+        if !*last_space {
             out.bytes.push(b' ');
             out.map.push(origin);
             *last_space = true;
@@ -184,6 +230,7 @@ mod tests {
         assert_eq!(norm("1gn0r3 pr3v10us"), "ignore previous");
         assert_eq!(norm("a  \t b\r\n  c"), "a b\nc");
         assert_eq!(norm("gpt 4 costs $20"), "gpt 4 costs $20");
+        assert_eq!(norm("i-nstruction m----ssage role-play -x a- DEV\\_MODE"), "instruction message roleplay -x a- dev mode");
     }
 
     #[test]
