@@ -131,7 +131,7 @@ static CUES: &[(Cue, &[&str])] = &[
     ]),
     // chat-template tokens and delimiter phrases
     (Special, &[
-        "### instruction", "### system", "### response", "<|im_start|>", "<|im_end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>", "[inst]", "[/inst]", "<<sys>>", "</s>", "<system>", "</system>", "[system]", "end of user input", "end of document", "end of context", "new instructions", "updated instructions", "system override", "system update", "admin override", "important instructions", "note to ai", "note to the ai", "ai instructions", "instructions for the ai",
+        "### instruction", "### system", "### response", "<|im start|>", "<|im end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>", "[inst]", "[/inst]", "<<sys>>", "</s>", "<system>", "</system>", "[system]", "end of user input", "end of document", "end of context", "new instructions", "updated instructions", "system override", "system update", "admin override", "important instructions", "note to ai", "note to the ai", "ai instructions", "instructions for the ai",
     ]),
     // task requests (indirect mode)
     (StrongImperative, &[
