@@ -1,0 +1,159 @@
+//! Budgets and resources: reserve before, settle after, refuse from the first overflow.
+
+use serde_json::json;
+
+use gavel_contract::time::Span;
+use gavel_engine::*;
+
+use crate::*;
+
+#[test]
+fn request_rate_per_principal_cools_down_until_the_window_resets() {
+    let w = World::example();
+    w.approve("kb-search-v1");
+    for i in 0..120 {
+        assert_eq!(
+            w.decide(kb_request()).verdict,
+            Verdict::Allow,
+            "request {i}"
+        );
+    }
+    let d = w.decide(kb_request());
+    assert_verdict(&d, Verdict::Cooldown, "budget.rate");
+    assert_eq!(d.reasons[0].evidence["limit"], json!(120));
+    assert_eq!(
+        d.retry_after_seconds,
+        Some(60),
+        "NOW is on a minute boundary"
+    );
+    // Another principal has its own window; the next minute starts afresh.
+    assert_eq!(
+        w.decide_at(kb_request(), "svc-2", NOW).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        w.decide_at(kb_request(), "svc", NOW.saturating_add(Span::from_secs(60)))
+            .verdict,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn token_budget_counts_prompt_plus_max_tokens_and_settlement_frees_room() {
+    let w = World::edited(&[("window: 1m, tokens: 200000", "window: 1m, tokens: 1000")]);
+    w.approve("kb-search-v1");
+    let first = w.decide(kb_request());
+    let estimate = first.estimate.clone().unwrap();
+    assert!(
+        estimate.prompt_tokens > 20 && estimate.prompt_tokens < 100,
+        "{estimate:?}"
+    );
+    assert_eq!(estimate.max_tokens, 400);
+    assert_eq!(w.decide(kb_request()).verdict, Verdict::Allow);
+    let refused = w.decide(kb_request());
+    assert_verdict(&refused, Verdict::Cooldown, "budget.tokens");
+    // Settle the first with what it really used: 30 + 20 tokens.
+    let usage = Usage {
+        prompt_tokens: 30,
+        completion_tokens: 20,
+        tool_calls: 0,
+    };
+    assert_eq!(
+        w.engine
+            .settle(&w.state, &first.decision_id, "kb-search-v1", &usage, NOW)
+            .unwrap(),
+        Settled::Settled
+    );
+    assert_eq!(
+        w.engine
+            .settle(&w.state, &first.decision_id, "kb-search-v1", &usage, NOW)
+            .unwrap(),
+        Settled::Unknown,
+        "settles once"
+    );
+    assert_eq!(w.decide(kb_request()).verdict, Verdict::Allow);
+}
+
+#[test]
+fn spend_budget_uses_the_price_table() {
+    let w = World::edited(&[("window: 1d, usd: 300", "window: 1d, usd: 0.001")]);
+    w.approve("kb-search-v1");
+    let d = w.decide(kb_request());
+    // gpt-4o-mini: 0.15 USD/1M in, 0.6 USD/1M out.
+    let e = d.estimate.unwrap();
+    assert_eq!(
+        e.usd_micros,
+        ((e.prompt_tokens as f64) * 0.15 + 400.0 * 0.6).ceil() as u64
+    );
+    let mut allowed = 1;
+    loop {
+        let d = w.decide(kb_request());
+        if d.verdict != Verdict::Allow {
+            assert_verdict(&d, Verdict::Cooldown, "budget.spend");
+            break;
+        }
+        allowed += 1;
+    }
+    assert_eq!(allowed, 1000 / e.usd_micros);
+}
+
+#[test]
+fn run_budget_on_tool_calls_blocks_the_run_only() {
+    let w = World::edited(&[(
+        "tokens: 50000, tool_calls: 40",
+        "tokens: 50000, tool_calls: 2",
+    )]);
+    w.approve("order-agent-v2");
+    let call = |run: &str| json!({"deployment": "order-agent-v2", "step": "lookup", "run_id": run, "action": {"type": "tool_call", "name": "lookup_order"}});
+    assert_eq!(w.decide(call("r1")).verdict, Verdict::Allow);
+    assert_eq!(w.decide(call("r1")).verdict, Verdict::Allow);
+    // A run's budget never resets, so this is a BLOCK, not a COOLDOWN.
+    assert_verdict(&w.decide(call("r1")), Verdict::Block, "budget.tool_calls");
+    assert_eq!(w.decide(call("r2")).verdict, Verdict::Allow);
+}
+
+#[test]
+fn resources_are_held_while_in_flight() {
+    let w = World::example();
+    w.approve("kb-search-v1");
+    let mut r = kb_request();
+    r["resources"] = json!({"memory_mb": 10000});
+    let first = w.decide(r.clone());
+    assert_eq!(first.verdict, Verdict::Allow);
+    assert_eq!(w.state.resources_in_use("memory_mb", NOW).unwrap(), 10000);
+    let second = w.decide(r.clone());
+    assert_verdict(&second, Verdict::Cooldown, "budget.resource");
+    w.engine
+        .settle(
+            &w.state,
+            &first.decision_id,
+            "kb-search-v1",
+            &Usage::default(),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(w.decide(r.clone()).verdict, Verdict::Allow);
+    // An unsettled reservation stops holding resources after its time to live.
+    let later = NOW.saturating_add(Span::from_secs(601));
+    assert_eq!(w.decide_at(r, "svc", later).verdict, Verdict::Allow);
+}
+
+#[test]
+fn undeclared_resources_are_refused() {
+    let w = World::example();
+    w.approve("kb-search-v1");
+    let mut r = kb_request();
+    r["resources"] = json!({"gpu": 1});
+    assert_verdict(&w.decide(r), Verdict::Block, "budget.resource");
+}
+
+#[test]
+fn a_refused_request_holds_no_budget() {
+    let w = World::example();
+    w.approve("kb-search-v1");
+    let mut r = kb_request();
+    r["model"] = json!("gpt-5");
+    assert_eq!(w.decide(r).verdict, Verdict::Block);
+    assert_eq!(w.state.open_reservations(NOW).unwrap(), 0);
+    assert!(w.state.all_windows().unwrap().is_empty());
+}
