@@ -44,16 +44,25 @@ fn main() -> Res<()> {
     if pii_path.exists() {
         pii(&scanners, &pii_path, verbose, &mut summary)?;
     } else {
-        println!("\n(PII table skipped: {} missing; run bench/scanners/run.sh)", pii_path.display());
+        println!(
+            "\n(PII table skipped: {} missing; run bench/scanners/run.sh)",
+            pii_path.display()
+        );
     }
     let secrets_path = data.join("secrets.jsonl");
     if secrets_path.exists() {
         secrets(&scanners, &secrets_path, &corpora, verbose, &mut summary)?;
     } else {
-        println!("\n(secrets table skipped: {} missing; run bench/scanners/run.sh)", secrets_path.display());
+        println!(
+            "\n(secrets table skipped: {} missing; run bench/scanners/run.sh)",
+            secrets_path.display()
+        );
     }
     if data.exists() {
-        std::fs::write(data.join("gavel.json"), serde_json::to_string_pretty(&summary)?)?;
+        std::fs::write(
+            data.join("gavel.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
     }
     Ok(())
 }
@@ -124,8 +133,15 @@ fn strings(v: &Value) -> Vec<String> {
     }
 }
 
-fn injection_direct(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut serde_json::Map<String, Value>) -> Res<()> {
-    let attacks = strings(&read_json(&corpora.join("attacks/inthewild_jailbreaks.json"))?);
+fn injection_direct(
+    s: &Scanners,
+    corpora: &Path,
+    verbose: bool,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Res<()> {
+    let attacks = strings(&read_json(
+        &corpora.join("attacks/inthewild_jailbreaks.json"),
+    )?);
     let benign: Vec<String> = read_jsonl(&corpora.join("benign/arena_hard_v0.1_questions.jsonl"))?
         .iter()
         .filter_map(|v| v.get("prompt").and_then(Value::as_str).map(str::to_owned))
@@ -174,12 +190,20 @@ fn injection_direct(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut s
             println!("top benign {sc:.2} {}", snippet(b));
         }
     }
-    println!("\n## Injection, direct (role user, threshold {})", s.config().injection_threshold);
+    println!(
+        "\n## Injection, direct (role user, threshold {})",
+        s.config().injection_threshold
+    );
     println!("| split | detection on inthewild_jailbreaks | false positives on arena-hard |");
     println!("|---|---|---|");
     for held in [false, true] {
         let i = usize::from(held);
-        println!("| {} | {} | {} |", split_name(held), det[i].show(), fp[i].show());
+        println!(
+            "| {} | {} | {} |",
+            split_name(held),
+            det[i].show(),
+            fp[i].show()
+        );
     }
     let n = attacks.len() + benign.len();
     println!(
@@ -200,16 +224,30 @@ fn injection_direct(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut s
 /// Splits an e-mail near its middle at a sentence end.
 fn middle(ctx: &str) -> usize {
     let half = ctx.len() / 2;
-    let after = ctx.get(half..).and_then(|t| t.find(". ")).map(|i| half + i + 2);
+    let after = ctx
+        .get(half..)
+        .and_then(|t| t.find(". "))
+        .map(|i| half + i + 2);
     match after {
         Some(i) if i < ctx.len() => i,
-        _ => (0..=half).rev().find(|&i| ctx.is_char_boundary(i)).unwrap_or(0),
+        _ => (0..=half)
+            .rev()
+            .find(|&i| ctx.is_char_boundary(i))
+            .unwrap_or(0),
     }
 }
 
-fn injection_indirect(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut serde_json::Map<String, Value>) -> Res<()> {
+fn injection_indirect(
+    s: &Scanners,
+    corpora: &Path,
+    verbose: bool,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Res<()> {
     let mut attacks: Vec<(String, String)> = Vec::new();
-    for file in ["bipia_text_attacks_train.json", "bipia_code_attacks_train.json"] {
+    for file in [
+        "bipia_text_attacks_train.json",
+        "bipia_code_attacks_train.json",
+    ] {
         let v = read_json(&corpora.join("attacks").join(file))?;
         if let Value::Object(o) = v {
             for (cat, list) in o {
@@ -227,7 +265,8 @@ fn injection_indirect(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut
     let mut out = Vec::new();
     let mut score = |text: &str| {
         out.clear();
-        s.scan(text, ContentRole::Retrieved, &mut out).injection_score
+        s.scan(text, ContentRole::Retrieved, &mut out)
+            .injection_score
     };
     // [split][position]
     let mut det = [[Rate::default(); 3]; 2];
@@ -239,7 +278,11 @@ fn injection_indirect(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut
             let m = middle(e);
             let texts = [
                 format!("{a} {e}"),
-                format!("{} {a} {}", e.get(..m).unwrap_or_default(), e.get(m..).unwrap_or_default()),
+                format!(
+                    "{} {a} {}",
+                    e.get(..m).unwrap_or_default(),
+                    e.get(m..).unwrap_or_default()
+                ),
                 format!("{e} {a}"),
             ];
             for (pos, t) in texts.iter().enumerate() {
@@ -279,13 +322,27 @@ fn injection_indirect(s: &Scanners, corpora: &Path, verbose: bool, summary: &mut
             hit: r.iter().map(|x| x.hit).sum(),
             total: r.iter().map(|x| x.total).sum(),
         };
-        println!("| {} | {} | {} | {} | {} |", split_name(held), r[0].show(), r[1].show(), r[2].show(), all.show());
-        summary.insert(format!("injection_indirect_{}", split_name(held)), serde_json::json!({"detection": all.pct()}));
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            split_name(held),
+            r[0].show(),
+            r[1].show(),
+            r[2].show(),
+            all.show()
+        );
+        summary.insert(
+            format!("injection_indirect_{}", split_name(held)),
+            serde_json::json!({"detection": all.pct()}),
+        );
     }
     println!("| split (by e-mail) | false positives on clean e-mails |");
     println!("|---|---|");
     for held in [false, true] {
-        println!("| {} | {} |", split_name(held), fp[usize::from(held)].show());
+        println!(
+            "| {} | {} |",
+            split_name(held),
+            fp[usize::from(held)].show()
+        );
     }
     println!("\nper attack category (both splits):");
     for (cat, r) in &per_cat {
@@ -333,7 +390,12 @@ impl Prf {
     }
 }
 
-fn pii(s: &Scanners, path: &Path, verbose: bool, summary: &mut serde_json::Map<String, Value>) -> Res<()> {
+fn pii(
+    s: &Scanners,
+    path: &Path,
+    verbose: bool,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Res<()> {
     let rows = read_jsonl(path)?;
     let mut stats: [BTreeMap<String, Prf>; 2] = Default::default();
     let mut out = Vec::new();
@@ -370,7 +432,9 @@ fn pii(s: &Scanners, path: &Path, verbose: bool, summary: &mut serde_json::Map<S
             .filter_map(|f| Some((entity_of(f)?, f.span.start, f.span.end)))
             .collect();
         for &(ty, ps, pe) in &pred {
-            let ok = gold.iter().any(|(gt, gs, ge)| gt == ty && ps < *ge && *gs < pe);
+            let ok = gold
+                .iter()
+                .any(|(gt, gs, ge)| gt == ty && ps < *ge && *gs < pe);
             let e = st.entry(ty.to_owned()).or_default();
             if ok {
                 e.tp += 1;
@@ -383,17 +447,25 @@ fn pii(s: &Scanners, path: &Path, verbose: bool, summary: &mut serde_json::Map<S
             }
         }
         for (gt, gs, ge) in &gold {
-            let found = pred.iter().any(|&(ty, ps, pe)| ty == gt && ps < *ge && *gs < pe);
+            let found = pred
+                .iter()
+                .any(|&(ty, ps, pe)| ty == gt && ps < *ge && *gs < pe);
             if !found {
                 st.entry(gt.clone()).or_default().fneg += 1;
                 if verbose && !held && shown < 40 {
                     shown += 1;
-                    println!("pii miss {gt}: {:?}", text.get(*gs..*ge).unwrap_or_default());
+                    println!(
+                        "pii miss {gt}: {:?}",
+                        text.get(*gs..*ge).unwrap_or_default()
+                    );
                 }
             }
         }
     }
-    println!("\n## PII (Faker-generated labelled set, {} texts, span-overlap match)", rows.len());
+    println!(
+        "\n## PII (Faker-generated labelled set, {} texts, span-overlap match)",
+        rows.len()
+    );
     println!("| entity | train P | train R | held-out P | held-out R |");
     println!("|---|---|---|---|---|");
     let mut entities: Vec<&String> = stats[0].keys().chain(stats[1].keys()).collect();
@@ -403,13 +475,22 @@ fn pii(s: &Scanners, path: &Path, verbose: bool, summary: &mut serde_json::Map<S
     for e in entities {
         let a = stats[0].get(e).copied().unwrap_or_default();
         let b = stats[1].get(e).copied().unwrap_or_default();
-        println!("| {e} | {:.3} | {:.3} | {:.3} | {:.3} |", a.p(), a.r(), b.p(), b.r());
+        println!(
+            "| {e} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            a.p(),
+            a.r(),
+            b.p(),
+            b.r()
+        );
         let all = Prf {
             tp: a.tp + b.tp,
             fp: a.fp + b.fp,
             fneg: a.fneg + b.fneg,
         };
-        json.insert(e.clone(), serde_json::json!({"precision": all.p(), "recall": all.r()}));
+        json.insert(
+            e.clone(),
+            serde_json::json!({"precision": all.p(), "recall": all.r()}),
+        );
     }
     // Throughput on the same texts, repeated so that the timer sees more than noise.
     let t = Instant::now();
@@ -431,7 +512,13 @@ fn pii(s: &Scanners, path: &Path, verbose: bool, summary: &mut serde_json::Map<S
     Ok(())
 }
 
-fn secrets(s: &Scanners, path: &Path, corpora: &Path, verbose: bool, summary: &mut serde_json::Map<String, Value>) -> Res<()> {
+fn secrets(
+    s: &Scanners,
+    path: &Path,
+    corpora: &Path,
+    verbose: bool,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Res<()> {
     let rows = read_jsonl(path)?;
     let mut per_rule: BTreeMap<String, [Rate; 2]> = BTreeMap::new();
     let mut out = Vec::new();
@@ -439,14 +526,20 @@ fn secrets(s: &Scanners, path: &Path, corpora: &Path, verbose: bool, summary: &m
         let text = row.get("text").and_then(Value::as_str).unwrap_or_default();
         let kind = row.get("kind").and_then(Value::as_str).unwrap_or_default();
         let (Some(gs), Some(ge)) = (
-            row.get("start").and_then(Value::as_u64).and_then(|v| usize::try_from(v).ok()),
-            row.get("end").and_then(Value::as_u64).and_then(|v| usize::try_from(v).ok()),
+            row.get("start")
+                .and_then(Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok()),
+            row.get("end")
+                .and_then(Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok()),
         ) else {
             continue;
         };
         out.clear();
         s.scan(text, ContentRole::Output, &mut out);
-        let hit = out.iter().any(|f| f.kind == FindingKind::Secret && f.span.start < ge && gs < f.span.end);
+        let hit = out
+            .iter()
+            .any(|f| f.kind == FindingKind::Secret && f.span.start < ge && gs < f.span.end);
         per_rule.entry(kind.to_owned()).or_default()[usize::from(held_out(text))].add(hit);
         if verbose && !hit {
             println!("secret miss {kind}: {}", snippet(text));
@@ -475,14 +568,21 @@ fn secrets(s: &Scanners, path: &Path, corpora: &Path, verbose: bool, summary: &m
     for b in &benign {
         out.clear();
         s.scan(b, ContentRole::Output, &mut out);
-        let secret: Vec<&Finding> = out.iter().filter(|f| f.kind == FindingKind::Secret).collect();
+        let secret: Vec<&Finding> = out
+            .iter()
+            .filter(|f| f.kind == FindingKind::Secret)
+            .collect();
         if !secret.is_empty() {
             fp_prompts += 1;
         }
         for f in &secret {
             *fp_rules.entry(f.rule_id).or_default() += 1;
             if verbose {
-                println!("arena secret {}: {:?}", f.rule_id, b.get(f.span.clone()).map(snippet));
+                println!(
+                    "arena secret {}: {:?}",
+                    f.rule_id,
+                    b.get(f.span.clone()).map(snippet)
+                );
             }
         }
         let pii: Vec<&Finding> = out.iter().filter(|f| f.kind == FindingKind::Pii).collect();
@@ -492,7 +592,11 @@ fn secrets(s: &Scanners, path: &Path, corpora: &Path, verbose: bool, summary: &m
         for f in &pii {
             *pii_rules.entry(f.rule_id).or_default() += 1;
             if verbose {
-                println!("arena pii {}: {:?}", f.rule_id, b.get(f.span.clone()).map(snippet));
+                println!(
+                    "arena pii {}: {:?}",
+                    f.rule_id,
+                    b.get(f.span.clone()).map(snippet)
+                );
             }
         }
     }

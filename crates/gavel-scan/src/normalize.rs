@@ -230,7 +230,10 @@ mod tests {
         assert_eq!(norm("1gn0r3 pr3v10us"), "ignore previous");
         assert_eq!(norm("a  \t b\r\n  c"), "a b\nc");
         assert_eq!(norm("gpt 4 costs $20"), "gpt 4 costs $20");
-        assert_eq!(norm("i-nstruction m----essage role-play -x a- DEV\\_MODE"), "instruction message roleplay -x a- dev mode");
+        assert_eq!(
+            norm("i-nstruction m----essage role-play -x a- DEV\\_MODE"),
+            "instruction message roleplay -x a- dev mode"
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn sep_len_at(b: &[u8], i: usize) -> usize {
     if two && at(b, i + 2).is_some_and(|c| c.is_ascii_digit()) {
         return 2;
     }
-    if matches!(at(b, i), Some(b' ' | b'-' | b'.' | b'/' | b')'))
+    if matches!(at(b, i), Some(b' ' | b'-' | b'.' | b'/' | b')' | b'('))
         && at(b, i + 1).is_some_and(|c| c.is_ascii_digit())
     {
         return 1;
@@ -198,7 +198,18 @@ fn number(b: &[u8], p: usize, sink: &mut Sink<'_>) -> Option<usize> {
             return Some(end);
         }
     }
-    let finding = classify(b, &g, plus, paren).map(|(rule, conf)| {
+    let class = classify(b, &g, plus, paren);
+    if class.is_some() {
+        match inside_iban(b, p, sink.is_final) {
+            Iban::Valid(_) => return Some(end),
+            Iban::NeedMore => {
+                sink.incomplete(start);
+                return None;
+            }
+            Iban::No => {}
+        }
+    }
+    let finding = class.map(|(rule, conf)| {
         let s = if rule == "pii.phone" { start } else { p };
         pii(rule, s, end, conf)
     });
@@ -263,15 +274,19 @@ fn phone(b: &[u8], g: &Groups, plus: bool, paren: bool) -> Option<(&'static str,
     let digits = g.digits();
     let nd = digits.len();
     let lens = Lens::of(g);
-    let phone_sep =
-        |s: &[u8]| matches!(s, b" " | b"-" | b"." | b") " | b")" | b" (" | b")-" | b").");
+    let phone_sep = |s: &[u8]| {
+        matches!(
+            s,
+            b" " | b"-" | b"." | b") " | b")" | b" (" | b")-" | b")." | b"("
+        )
+    };
     if !g.seps_all(b, phone_sep) {
         return None;
     }
     // E.164 with a plus: country code and subscriber number, 8 to 15 digits.
     if plus {
-        let cc_ok = g.len(0) <= 3 || g.n == 1;
-        return ((8..=15).contains(&nd) && cc_ok && digits.first() != Some(&b'0'))
+        // Country codes are often written glued to the number (`+34800 43 45 79`).
+        return ((8..=15).contains(&nd) && digits.first() != Some(&b'0'))
             .then_some(("pii.phone", 0.9));
     }
     // International dialling prefix `00` / `011` followed by a country code.
@@ -300,6 +315,17 @@ fn phone(b: &[u8], g: &Groups, plus: bool, paren: bool) -> Option<(&'static str,
     // National numbers with a trunk prefix 0, grouped: `020 7946 0958`, `01 23 45 67 89`.
     if g.n >= 2 && digits.first() == Some(&b'0') && (10..=11).contains(&nd) && g.len(0) >= 2 {
         return Some(("pii.phone", 0.7));
+    }
+    // Unformatted: ten digits with a valid NANP area code and exchange (which also rules out
+    // Unix timestamps), or a national number with trunk prefix 0. Less sure: could be an id.
+    if g.n == 1 && !paren {
+        let d = |i: usize| digits.get(i).copied().unwrap_or(b'0');
+        if nd == 10 && d(0) >= b'2' && d(3) >= b'2' {
+            return Some(("pii.phone", 0.5));
+        }
+        if (10..=11).contains(&nd) && d(0) == b'0' && d(1) != b'0' {
+            return Some(("pii.phone", 0.5));
+        }
     }
     None
 }
@@ -333,14 +359,29 @@ impl Lens {
 /// IBAN starting at `start` (two upper-case letters, then the check digits at `start + 2`), in
 /// the compact form or grouped by four with single spaces.
 fn iban(b: &[u8], start: usize, sink: &mut Sink<'_>) {
-    if start > 0 && at(b, start - 1).is_some_and(|c| c.is_ascii_alphanumeric()) {
-        return;
+    match iban_at(b, start, sink.is_final) {
+        Iban::Valid(end) => sink.push(pii("pii.iban", start, end, 0.98)),
+        Iban::NeedMore => sink.incomplete(start),
+        Iban::No => {}
     }
-    if !b
-        .get(start..start + 2)
-        .is_some_and(|c| c.iter().all(u8::is_ascii_uppercase))
-    {
-        return;
+}
+
+enum Iban {
+    Valid(usize),
+    NeedMore,
+    No,
+}
+
+fn iban_at(b: &[u8], start: usize, is_final: bool) -> Iban {
+    if start > 0 && at(b, start - 1).is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return Iban::No;
+    }
+    let head = b.get(start..start + 4);
+    let head_ok = head.is_some_and(|h| {
+        h.iter().take(2).all(u8::is_ascii_uppercase) && h.iter().skip(2).all(u8::is_ascii_digit)
+    });
+    if !head_ok {
+        return Iban::No;
     }
     let alnum = |c: u8| c.is_ascii_uppercase() || c.is_ascii_digit();
     let mut i = start;
@@ -350,7 +391,7 @@ fn iban(b: &[u8], start: usize, sink: &mut Sink<'_>) {
         count += e - i;
         i = e;
         if count > 34 {
-            return;
+            return Iban::No;
         }
         if at(b, i) == Some(b' ') && at(b, i + 1).is_some_and(alnum) && count % 4 == 0 {
             i += 1;
@@ -358,15 +399,40 @@ fn iban(b: &[u8], start: usize, sink: &mut Sink<'_>) {
         }
         break;
     }
-    if sink.hit_end(i + 2, b.len(), start) {
-        return;
+    if !is_final && i + 2 >= b.len() {
+        return Iban::NeedMore;
     }
     if at(b, i).is_some_and(|c| c.is_ascii_alphanumeric()) {
-        return;
+        return Iban::No;
     }
     if iban_valid(b.get(start..i).unwrap_or_default()) {
-        sink.push(pii("pii.iban", start, i, 0.98));
+        Iban::Valid(i)
+    } else {
+        Iban::No
     }
+}
+
+/// The digit groups of a grouped IBAN (`GB29 NWBK 6016 1331 ...`) look like a number of their
+/// own; a number that a valid IBAN to its left covers is part of that IBAN. Looks back at most
+/// one IBAN length, so the check stays local.
+fn inside_iban(b: &[u8], p: usize, is_final: bool) -> Iban {
+    let lo = p.saturating_sub(42);
+    let mut q = p;
+    while q > lo {
+        q -= 1;
+        let Some(c) = at(b, q) else {
+            break;
+        };
+        if !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == b' ') {
+            break;
+        }
+        match iban_at(b, q, is_final) {
+            Iban::Valid(end) if end > p => return Iban::Valid(end),
+            Iban::NeedMore => return Iban::NeedMore,
+            _ => {}
+        }
+    }
+    Iban::No
 }
 
 /// Longest e-mail local part (RFC 5321).
