@@ -1,0 +1,227 @@
+//! The `Store` half of the interface (keys, approvals, registrations, kills), and what only a
+//! file-backed store can show: state survives reopening, and two connections stay exact.
+
+use gavel_contract::time::Span;
+use gavel_engine::approval::Registration;
+use gavel_engine::*;
+use gavel_store::{hash_key, ContractRecord, KeyRecord, Role, SqliteStore, Store};
+
+use crate::*;
+
+fn approval(id: &str) -> Approval {
+    Approval {
+        id: id.into(),
+        deployment: "kb".into(),
+        use_case: "uc".into(),
+        binding: "b".repeat(64),
+        contract_version: "v".into(),
+        tier: "minimal".into(),
+        population: "p".into(),
+        created_at: NOW,
+        expires_at: NOW.saturating_add(Span::from_days(1)),
+        thresholds: [("accuracy".to_string(), 0.9)].into(),
+        on_breach: OnBreach::Cooldown { seconds: 60 },
+        evidence: vec![],
+        signoffs: vec![Signoff {
+            principal: "rita".into(),
+            approver_role: Some("risk".into()),
+            at: NOW,
+        }],
+        status: ApprovalStatus::Active,
+        revocation: None,
+    }
+}
+
+#[test]
+fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gavel.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.insert_key(&KeyRecord {
+            id: "key_1".into(),
+            hash: hash_key("gvl_secret"),
+            principal: "rita".into(),
+            role: Role::Approver,
+            approver_role: Some("risk".into()),
+            created_at: NOW,
+            created_by: "admin".into(),
+            revoked_at: None,
+        })
+        .unwrap();
+        s.save_approval(&approval("apr_1")).unwrap();
+        s.set_registration(
+            "kb",
+            &Registration {
+                binding: "b".into(),
+                changed_by: "olga".into(),
+                at: NOW,
+            },
+        )
+        .unwrap();
+        assert!(s
+            .record_contract(&ContractRecord {
+                version: "v1".into(),
+                applied_by: "olga".into(),
+                at: NOW
+            })
+            .unwrap());
+        assert!(!s
+            .record_contract(&ContractRecord {
+                version: "v1".into(),
+                applied_by: "olga".into(),
+                at: NOW
+            })
+            .unwrap());
+        s.set_kill(&Kill {
+            scope: Scope::UseCase("uc".into()),
+            reason: "r".into(),
+            by: "olga".into(),
+            at: NOW,
+            until: None,
+        })
+        .unwrap();
+        s.reserve(
+            &reservation("r1", vec![charge("a", 70, 100)], vec![]),
+            NOW,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+    }
+    let s = SqliteStore::open_existing(&path).unwrap();
+    let key = s.key_by_hash(&hash_key("gvl_secret")).unwrap().unwrap();
+    assert_eq!(
+        (
+            key.principal.as_str(),
+            key.role,
+            key.approver_role.as_deref()
+        ),
+        ("rita", Role::Approver, Some("risk"))
+    );
+    assert!(s.key_by_hash(&hash_key("gvl_other")).unwrap().is_none());
+    assert_eq!(s.approval("apr_1").unwrap().unwrap(), approval("apr_1"));
+    assert_eq!(s.registration("kb").unwrap().unwrap().changed_by, "olga");
+    assert_eq!(
+        s.contract_applied("v1").unwrap().unwrap().applied_by,
+        "olga"
+    );
+    assert_eq!(s.kills(NOW).unwrap().len(), 1);
+    assert!(s
+        .reserve(
+            &reservation("r2", vec![charge("a", 31, 100)], vec![]),
+            NOW,
+            false
+        )
+        .unwrap()
+        .is_err());
+    assert!(s.revoke_key("key_1", NOW).unwrap());
+    assert!(!s.revoke_key("key_1", NOW).unwrap());
+    assert!(s
+        .key_by_hash(&hash_key("gvl_secret"))
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+}
+
+#[test]
+fn the_key_itself_is_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gavel.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let secret = "gvl_0123456789abcdef0123456789abcdef";
+    s.insert_key(&KeyRecord {
+        id: "key_1".into(),
+        hash: hash_key(secret),
+        principal: "svc".into(),
+        role: Role::Service,
+        approver_role: None,
+        created_at: NOW,
+        created_by: "admin".into(),
+        revoked_at: None,
+    })
+    .unwrap();
+    drop(s);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        if let Ok(more) = std::fs::read(format!("{}{suffix}", path.display())) {
+            bytes.extend(more);
+        }
+    }
+    assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+}
+
+#[test]
+fn two_connections_to_one_file_share_exact_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gavel.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let grants = std::thread::scope(|scope| {
+        let ha = scope.spawn(|| {
+            (0..20)
+                .filter(|i| {
+                    a.reserve(
+                        &reservation(&format!("a{i}"), vec![charge("w", 10, 100)], vec![]),
+                        NOW,
+                        false,
+                    )
+                    .unwrap()
+                    .is_ok()
+                })
+                .count()
+        });
+        let hb = scope.spawn(|| {
+            (0..20)
+                .filter(|i| {
+                    b.reserve(
+                        &reservation(&format!("b{i}"), vec![charge("w", 10, 100)], vec![]),
+                        NOW,
+                        false,
+                    )
+                    .unwrap()
+                    .is_ok()
+                })
+                .count()
+        });
+        ha.join().unwrap() + hb.join().unwrap()
+    });
+    assert_eq!(grants, 10);
+}
+
+#[test]
+fn approvals_are_replaced_by_id_and_listed_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+    s.save_approval(&approval("apr_1")).unwrap();
+    let mut second = approval("apr_2");
+    second.created_at = NOW.saturating_add(Span::from_secs(1));
+    s.save_approval(&second).unwrap();
+    let mut revoked = approval("apr_1");
+    revoked.status = ApprovalStatus::Revoked;
+    s.save_approval(&revoked).unwrap();
+    let all = s.all_approvals().unwrap();
+    assert_eq!(
+        all.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["apr_1", "apr_2"]
+    );
+    assert_eq!(all[0].status, ApprovalStatus::Revoked);
+    assert_eq!(s.approvals_of("kb").unwrap().len(), 2);
+}
+
+#[test]
+fn a_database_from_a_newer_gavel_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gavel.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let e = SqliteStore::open(&path).err().unwrap();
+    assert!(e.0.contains("schema version 99"), "{e}");
+}
