@@ -1,0 +1,265 @@
+//! Approvals through the CLI: the taxonomy's requirements, segregation of duties, revocation.
+
+use crate::*;
+
+const CREDIT_TERMS: [&str; 16] = [
+    "--population",
+    "EU card holders",
+    "--expires",
+    "90d",
+    "--on-breach",
+    "block",
+    "--threshold",
+    "accuracy=0.9",
+    "--threshold",
+    "drift=0.2",
+    "--threshold",
+    "fairness=0.8",
+    "--evidence",
+    "eval=evals/credit-v1.jsonl",
+    "--evidence",
+    "bias=evals/credit-v1.jsonl",
+];
+
+fn credit(extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["approve".to_string(), "credit-limit-v1".to_string()];
+    args.extend(CREDIT_TERMS.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn high_risk_needs_two_approvers_with_distinct_roles() {
+    let r = Ready::new();
+    let g = &r.g;
+    let args = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
+    let first = g.run(Some(&r.risk), &strs(&args)).ok();
+    assert!(first.stdout.contains("pending"), "{}", first.stdout);
+    assert!(
+        first.stdout.contains("role `engineering`"),
+        "{}",
+        first.stdout
+    );
+    let request = serde_json::json!({"deployment": "credit-limit-v1"});
+    assert_eq!(
+        g.decide(&r.service, &request)["reasons"][0]["code"],
+        "approval.pending"
+    );
+    g.run(Some(&r.risk), &["approve", "credit-limit-v1"])
+        .fails(1, "already signed");
+    // A second risk approver is a second approver but not the missing role.
+    let risk2 = g.key("rolf", "approver", Some("risk"));
+    let second = g.run(Some(&risk2), &["approve", "credit-limit-v1"]).ok();
+    assert!(
+        second.stdout.contains("pending") && second.stdout.contains("engineering"),
+        "{}",
+        second.stdout
+    );
+    let done = g
+        .run(Some(&r.engineering), &["approve", "credit-limit-v1"])
+        .ok();
+    assert!(done.stdout.contains("is active"), "{}", done.stdout);
+    let list = g
+        .run(
+            Some(&r.auditor),
+            &["approvals", "--deployment", "credit-limit-v1"],
+        )
+        .ok();
+    assert!(
+        list.stdout
+            .contains("rita (risk), rolf (risk), emil (engineering)"),
+        "{}",
+        list.stdout
+    );
+}
+
+#[test]
+fn refusals_name_the_missing_requirement() {
+    let r = Ready::new();
+    let g = &r.g;
+    g.run(Some(&r.risk), &strs(&credit(&[])))
+        .fails(1, "missing: human_oversight");
+    let mut no_fairness = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
+    let i = no_fairness
+        .iter()
+        .position(|a| a == "fairness=0.8")
+        .unwrap();
+    no_fairness.drain(i - 1..=i);
+    g.run(Some(&r.risk), &strs(&no_fairness))
+        .fails(1, "missing: fairness");
+    let mut too_long = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
+    let i = too_long.iter().position(|a| a == "90d").unwrap();
+    too_long[i] = "200d".into();
+    g.run(Some(&r.risk), &strs(&too_long))
+        .fails(1, "at most 180 days");
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "tenant-score-v0",
+            "--population",
+            "x",
+            "--expires",
+            "1d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .fails(1, "can never be approved");
+    g.run(Some(&r.risk), &["approve", "order-agent-v2"])
+        .fails(1, "no approval of `order-agent-v2` is pending");
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "order-agent-v2",
+            "--population",
+            "p",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "sometimes",
+        ],
+    )
+    .fails(1, "on_breach `sometimes`");
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "order-agent-v2",
+            "--population",
+            "p",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .fails(1, "missing: eval");
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "ghost",
+            "--population",
+            "p",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .fails(1, "not in the contract");
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "order-agent-v2",
+            "--population",
+            "p",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "block",
+            "--evidence",
+            "eval=nope.jsonl",
+        ],
+    )
+    .fails(1, "cannot read evidence file");
+}
+
+#[test]
+fn whoever_applied_a_binding_cannot_approve_it() {
+    let r = Ready::new();
+    let g = &r.g;
+    // One person, two keys: applying as operator, then approving as approver.
+    let bob_ops = g.key("bob", "operator", None);
+    let bob_approver = g.key("bob", "approver", None);
+    std::fs::write(g.path("prompts/kb.txt"), "Answer in one sentence.\n").unwrap();
+    g.run(Some(&bob_ops), &["apply"]).ok();
+    g.run(
+        Some(&bob_approver),
+        &[
+            "approve",
+            "kb-search-v1",
+            "--population",
+            "p",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .fails(1, "segregation of duties");
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "kb-search-v1",
+            "--population",
+            "p",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .ok();
+}
+
+#[test]
+fn an_unapplied_binding_cannot_be_approved() {
+    let r = Ready::new();
+    std::fs::write(r.g.path("prompts/kb.txt"), "Different.\n").unwrap();
+    r.g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "kb-search-v1",
+            "--population",
+            "p",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .fails(1, "has not been applied");
+}
+
+#[test]
+fn revocation_stops_serving_at_once() {
+    let r = Ready::new();
+    let g = &r.g;
+    let d = g.decide(&r.service, &kb_request());
+    let approval = d["approval_id"].as_str().unwrap().to_string();
+    g.run(
+        Some(&r.engineering),
+        &["revoke", &approval, "--reason", "wrong population"],
+    )
+    .ok();
+    assert_eq!(
+        g.decide(&r.service, &kb_request())["reasons"][0]["code"],
+        "approval.revoked"
+    );
+    g.run(
+        Some(&r.engineering),
+        &["revoke", &approval, "--reason", "again"],
+    )
+    .fails(1, "already revoked");
+    g.run(
+        Some(&r.engineering),
+        &["revoke", "apr_nope", "--reason", "x"],
+    )
+    .fails(1, "no approval");
+    let list = g.run(Some(&r.auditor), &["approvals", "--json"]).ok();
+    assert!(
+        list.stdout.contains("\"state\": \"revoked\""),
+        "{}",
+        list.stdout
+    );
+}

@@ -1,0 +1,225 @@
+//! The README's tour, end to end.
+
+use serde_json::json;
+
+use crate::*;
+
+#[test]
+fn init_check_apply_approve_decide_outcome_explain() {
+    let r = Ready::new();
+    let g = &r.g;
+    let check = g.run(None, &["check"]).ok();
+    assert!(
+        check.stdout.contains("credit-limit           high"),
+        "{}",
+        check.stdout
+    );
+    assert!(check.stdout.contains("applied"));
+    assert!(check.stdout.contains("kb-search-v1") && check.stdout.contains("approval: active"));
+
+    let d = g.decide(&r.service, &kb_request());
+    assert_eq!(d["verdict"], "ALLOW", "{d}");
+    assert!(d["approval_id"].as_str().unwrap().starts_with("apr_"));
+    assert_eq!(d["principal"], "svc-wiki");
+    let id = d["decision_id"].as_str().unwrap();
+
+    let settled = g
+        .run(
+            Some(&r.service),
+            &[
+                "outcome",
+                "--decision",
+                id,
+                "--deployment",
+                "kb-search-v1",
+                "--prompt-tokens",
+                "40",
+                "--completion-tokens",
+                "120",
+            ],
+        )
+        .ok();
+    assert!(settled.stdout.contains("\"settled\":true"));
+    g.run(
+        Some(&r.service),
+        &[
+            "outcome",
+            "--decision",
+            id,
+            "--deployment",
+            "kb-search-v1",
+            "--prompt-tokens",
+            "1",
+            "--completion-tokens",
+            "1",
+        ],
+    )
+    .fails(1, "holds no open reservation");
+
+    let explain = g.run(Some(&r.auditor), &["explain", "kb-search-v1"]).ok();
+    assert!(
+        explain.stdout.contains("signed by rita as risk"),
+        "{}",
+        explain.stdout
+    );
+    assert!(explain.stdout.contains("owner: dana@acme.example"));
+    assert!(explain.stdout.contains("applied by olga"));
+    let explain: serde_json::Value = serde_json::from_str(
+        &g.run(Some(&r.auditor), &["explain", "kb-search-v1", "--json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        explain["who_approved"]["approval"]["signoffs"][0]["principal"],
+        "rita"
+    );
+    assert_eq!(explain["on_the_hook"]["owner"], "dana@acme.example");
+}
+
+#[test]
+fn json_lines_in_one_decision_per_line_out() {
+    let r = Ready::new();
+    let lines = [
+        kb_request().to_string(),
+        json!({"deployment": "credit-limit-v1"}).to_string(),
+        json!({"deployment": "ghost"}).to_string(),
+    ]
+    .join("\n");
+    let run =
+        r.g.run_stdin(Some(&r.service), &["decide"], lines.as_bytes())
+            .ok();
+    let verdicts: Vec<String> = run
+        .json_lines()
+        .iter()
+        .map(|d| format!("{} {}", d["verdict"], d["reasons"][0]["code"]))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            "\"ALLOW\" null",
+            "\"BLOCK\" \"approval.missing\"",
+            "\"BLOCK\" \"deployment.unknown\""
+        ]
+    );
+}
+
+#[test]
+fn pretty_printed_single_request_is_one_request() {
+    let r = Ready::new();
+    let pretty = serde_json::to_string_pretty(&kb_request()).unwrap();
+    let run =
+        r.g.run_stdin(Some(&r.service), &["decide"], pretty.as_bytes())
+            .ok();
+    assert_eq!(run.json_lines().len(), 1);
+    assert_eq!(run.json_lines()[0]["verdict"], "ALLOW");
+}
+
+#[test]
+fn kill_and_unkill() {
+    let r = Ready::new();
+    let g = &r.g;
+    g.run(
+        Some(&r.operator),
+        &[
+            "kill",
+            "--use-case",
+            "knowledge-search",
+            "--reason",
+            "incident 7",
+        ],
+    )
+    .ok();
+    let d = g.decide(&r.service, &kb_request());
+    assert_eq!(d["reasons"][0]["code"], "killswitch.active");
+    assert!(g
+        .run(Some(&r.auditor), &["explain", "kb-search-v1"])
+        .ok()
+        .stdout
+        .contains("KILLED"));
+    g.run(
+        Some(&r.operator),
+        &["unkill", "--use-case", "knowledge-search"],
+    )
+    .ok();
+    assert_eq!(g.decide(&r.service, &kb_request())["verdict"], "ALLOW");
+    g.run(
+        Some(&r.operator),
+        &["unkill", "--use-case", "knowledge-search"],
+    )
+    .fails(1, "no kill switch");
+    g.run(
+        Some(&r.operator),
+        &["kill", "--all", "--reason", "drill", "--for", "10m"],
+    )
+    .ok();
+    let d = g.decide(&r.service, &kb_request());
+    assert_eq!(d["verdict"], "COOLDOWN");
+    assert!(d["retry_after_seconds"].as_u64().unwrap() > 590);
+    g.run(
+        Some(&r.operator),
+        &["kill", "--deployment", "ghost", "--reason", "x"],
+    )
+    .fails(1, "not in the contract");
+    let run = g.run(Some(&r.operator), &["kill", "--reason", "x"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[test]
+fn a_changed_deployment_is_refused_until_applied_and_reapproved() {
+    let r = Ready::new();
+    let g = &r.g;
+    std::fs::write(g.path("prompts/kb.txt"), "Answer briefly.\n").unwrap();
+    let changed = serde_json::json!({
+        "deployment": "kb-search-v1",
+        "messages": [{"role": "system", "content": "Answer briefly.\n"}, {"role": "user", "content": "hi"}]
+    });
+    let d = g.decide(&r.service, &changed);
+    assert_eq!(
+        d["reasons"][0]["code"], "governance.unavailable",
+        "an unapplied contract fails closed: {d}"
+    );
+    assert!(d["reasons"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("gavel apply"));
+    let applied = g.run(Some(&r.operator), &["apply"]).ok();
+    assert!(
+        applied.stdout.contains("kb-search-v1 -> binding"),
+        "{}",
+        applied.stdout
+    );
+    let d = g.decide(&r.service, &changed);
+    assert_eq!(d["reasons"][0]["code"], "approval.binding_mismatch", "{d}");
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "kb-search-v1",
+            "--population",
+            "Acme employees",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .ok();
+    assert_eq!(g.decide(&r.service, &changed)["verdict"], "ALLOW");
+}
+
+#[test]
+fn idempotent_and_dry_run_from_the_command_line() {
+    let r = Ready::new();
+    let mut req = kb_request();
+    req["idempotency_key"] = json!("job-1");
+    let first = r.g.decide(&r.service, &req);
+    let second = r.g.decide(&r.service, &req);
+    assert_eq!(second["verdict"], "NO_OP");
+    assert_eq!(second["first_decision_id"], first["decision_id"]);
+    let mut dry = kb_request();
+    dry["dry_run"] = json!(true);
+    let d = r.g.decide(&r.service, &dry);
+    assert_eq!(d["verdict"], "NO_OP");
+    assert_eq!(d["would_be"]["verdict"], "ALLOW");
+}
