@@ -108,6 +108,37 @@ pub fn short(hash: &str) -> &str {
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Failure::invalid(format!("cannot print JSON: {e}")))?;
-    println!("{text}");
-    Ok(())
+    emit(&text)
 }
+
+/// Writes one line to standard output. A closed pipe (`gavel decide | head -1`) ends the
+/// command with an error instead of a panic.
+pub fn emit(line: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::storage(format!("cannot write to standard output ({e})")))
+}
+
+/// Writes a diagnostic line to standard error; if even that is closed there is no one to tell.
+pub fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `println!` that fails instead of panicking; use inside functions returning `Result<_, Failure>`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::context::emit(&format!($($arg)*))?
+    };
+}
+
+/// `eprintln!` that never panics.
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        $crate::context::note(&format!($($arg)*))
+    };
+}
+
+pub(crate) use {diag, out};

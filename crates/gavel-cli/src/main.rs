@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { exit_code, message }) => {
-            eprintln!("gavel: {message}");
+            context::note(&format!("gavel: {message}"));
             ExitCode::from(exit_code)
         }
     }

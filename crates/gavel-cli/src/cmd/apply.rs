@@ -5,6 +5,7 @@
 use gavel_engine::approval::Registration;
 use gavel_store::{ContractRecord, Role, Store};
 
+use crate::context::out;
 use crate::context::{now, short, Context};
 use crate::failure::Outcome;
 
@@ -39,7 +40,7 @@ pub fn run(ctx: &Context) -> Outcome {
         )?;
         changed.push(format!("  {} -> binding {}", d.id, short(&d.binding.0)));
     }
-    println!(
+    out!(
         "contract {} {} by {}",
         short(&contract.version.0),
         if new_version {
@@ -50,14 +51,14 @@ pub fn run(ctx: &Context) -> Outcome {
         who.principal
     );
     if changed.is_empty() {
-        println!("no deployment changed");
+        out!("no deployment changed");
     } else {
-        println!(
+        out!(
             "{} deployment(s) changed and need approval of the new binding:",
             changed.len()
         );
         for line in changed {
-            println!("{line}");
+            out!("{line}");
         }
     }
     Ok(())

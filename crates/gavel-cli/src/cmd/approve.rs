@@ -12,6 +12,7 @@ use gavel_engine::{Approval, ApprovalStatus, Evidence, Revocation};
 use gavel_store::{Role, Store};
 
 use crate::cli::ApproveArgs;
+use crate::context::out;
 use crate::context::{new_id, now, print_json, short, Context};
 use crate::failure::{Failure, Outcome};
 
@@ -58,14 +59,14 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
     .map_err(|why| Failure::invalid(format!("approval refused: {why}")))?;
     store.save_approval(outcome.approval())?;
     match &outcome {
-        SignoffOutcome::Completed(a) => println!(
+        SignoffOutcome::Completed(a) => out!(
             "approval {} of `{}` is active: binding {}, until {}",
             a.id,
             a.deployment,
             short(&a.binding),
             a.expires_at
         ),
-        SignoffOutcome::Pending { approval, missing } => println!(
+        SignoffOutcome::Pending { approval, missing } => out!(
             "approval {} of `{}` is pending; still needed: {}",
             approval.id,
             approval.deployment,
@@ -174,9 +175,10 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
         reason: reason.to_string(),
     });
     store.save_approval(&approval)?;
-    println!(
+    out!(
         "approval {approval_id} of `{}` revoked by {}",
-        approval.deployment, who.principal
+        approval.deployment,
+        who.principal
     );
     Ok(())
 }
@@ -201,9 +203,13 @@ pub fn list(ctx: &Context, deployment: Option<&str>, as_json: bool) -> Outcome {
             .collect();
         return print_json(&rows);
     }
-    println!(
+    out!(
         "{:<30} {:<22} {:<8} {:<13} {:<25} SIGNED BY",
-        "ID", "DEPLOYMENT", "STATE", "BINDING", "EXPIRES"
+        "ID",
+        "DEPLOYMENT",
+        "STATE",
+        "BINDING",
+        "EXPIRES"
     );
     for a in &approvals {
         let signers: Vec<String> = a
@@ -214,7 +220,7 @@ pub fn list(ctx: &Context, deployment: Option<&str>, as_json: bool) -> Outcome {
                 None => s.principal.clone(),
             })
             .collect();
-        println!(
+        out!(
             "{:<30} {:<22} {:<8} {:<13} {:<25} {}",
             a.id,
             a.deployment,

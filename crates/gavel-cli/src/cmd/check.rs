@@ -9,6 +9,7 @@ use gavel_engine::approval::{covering_approval, NotCovered};
 use gavel_engine::RuntimeState;
 use gavel_store::{SqliteStore, Store};
 
+use crate::context::out;
 use crate::context::{load_contract_at, now, print_json, short, Context};
 use crate::failure::Outcome;
 
@@ -53,7 +54,7 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
             "deployments": deployments.iter().map(|(d, tier, approval)| json!({"id": d.id, "use_case": d.use_case, "tier": tier, "binding": d.binding, "approval": approval})).collect::<Vec<_>>(),
         }));
     }
-    println!(
+    out!(
         "contract OK: {} (organization `{}`), version {}{}",
         gavel_contract::contract_file(path).display(),
         contract.organization,
@@ -65,11 +66,11 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
         }
     );
     for warning in &loaded.warnings {
-        println!("warning: {warning}");
+        out!("warning: {warning}");
     }
-    println!("\nuse cases:");
+    out!("\nuse cases:");
     for u in contract.use_cases.values() {
-        println!(
+        out!(
             "  {:<22} {:<13} {:<18} owner {}",
             u.id,
             u.tier.as_str(),
@@ -77,9 +78,9 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
             u.owner
         );
     }
-    println!("\ndeployments:");
+    out!("\ndeployments:");
     for (d, tier, approval) in &deployments {
-        println!(
+        out!(
             "  {:<22} {:<13} binding {}  approval: {approval}",
             d.id,
             tier,
@@ -90,7 +91,7 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
         .iter()
         .filter(|(_, _, a)| !a.starts_with("active"))
         .count();
-    println!(
+    out!(
         "\n{lacking} of {} deployment(s) lack a valid approval and will be refused",
         deployments.len()
     );

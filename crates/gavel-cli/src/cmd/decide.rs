@@ -11,6 +11,7 @@ use gavel_engine::{
 };
 use gavel_store::{Role, Store};
 
+use crate::context::out;
 use crate::context::{new_id, now, short, Context};
 use crate::failure::{Failure, Outcome};
 
@@ -32,7 +33,7 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
             Ok(request) => request,
             Err(e) => {
                 bad_lines += 1;
-                println!("{}", json!({ "error": e.0, "line": line }));
+                out!("{}", json!({ "error": e.0, "line": line }));
                 continue;
             }
         };
@@ -58,7 +59,7 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
         };
         let text = serde_json::to_string(&decision)
             .map_err(|e| Failure::invalid(format!("cannot print a decision: {e}")))?;
-        println!("{text}");
+        out!("{text}");
     }
     if bad_lines > 0 {
         return Err(Failure::invalid(format!(
@@ -119,7 +120,7 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
         )));
     }
     match engine.settle(&store, decision_id, deployment, &usage, now())? {
-        Settled::Settled => println!("{}", json!({ "decision_id": decision_id, "settled": true })),
+        Settled::Settled => out!("{}", json!({ "decision_id": decision_id, "settled": true })),
         Settled::Unknown => {
             return Err(Failure::invalid(format!(
                 "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"

@@ -7,6 +7,7 @@ use gavel_engine::approval::{covering_approval, NotCovered};
 use gavel_engine::{relevant_scopes, RuntimeState};
 use gavel_store::{Role, Store};
 
+use crate::context::out;
 use crate::context::{now, print_json, short, Context};
 use crate::failure::{Failure, Outcome};
 
@@ -85,25 +86,25 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
             "state": { "kills": kills, "cooldowns": cooldowns },
         }));
     }
-    println!(
+    out!(
         "{} ({} use case `{}`, binding {})",
         d.id,
         use_case.tier,
         use_case.id,
         short(&d.binding.0)
     );
-    println!("\n1. Who approved it?");
+    out!("\n1. Who approved it?");
     match &covering {
         Ok(a) => {
-            println!(
+            out!(
                 "   approval {} ({}), valid until {}",
                 a.id,
                 a.state_at(at),
                 a.expires_at
             );
-            println!("   population: {}", a.population);
+            out!("   population: {}", a.population);
             for s in &a.signoffs {
-                println!(
+                out!(
                     "   signed by {}{} at {}",
                     s.principal,
                     s.approver_role
@@ -114,49 +115,50 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
                 );
             }
             for e in &a.evidence {
-                println!(
+                out!(
                     "   evidence {}: {} (sha256 {})",
                     e.kind,
                     e.path,
                     short(&e.sha256)
                 );
             }
-            println!(
+            out!(
                 "   on breach: {}",
                 serde_json::to_string(&a.on_breach).unwrap_or_default()
             );
-            println!("   under contract version {}", short(&a.contract_version));
+            out!("   under contract version {}", short(&a.contract_version));
         }
-        Err(_) => println!(
+        Err(_) => out!(
             "   nobody: {}; every request is refused",
             why_not.unwrap_or_default()
         ),
     }
     if let Some(r) = &registration {
-        println!(
+        out!(
             "   this binding was applied by {} at {}",
-            r.changed_by, r.at
+            r.changed_by,
+            r.at
         );
     }
-    println!("\n2. How does it perform against its thresholds?");
+    out!("\n2. How does it perform against its thresholds?");
     match &covering {
         Ok(a) if !a.thresholds.is_empty() => {
             for (name, value) in &a.thresholds {
-                println!("   {name}: approved threshold {value}");
+                out!("   {name}: approved threshold {value}");
             }
         }
-        _ => println!("   no approved thresholds"),
+        _ => out!("   no approved thresholds"),
     }
-    println!("   {performance}");
-    println!("\n3. Who is on the hook?");
-    println!("   owner: {}", use_case.owner);
-    println!("   on-call webhook: {}", use_case.oncall.webhook);
+    out!("   {performance}");
+    out!("\n3. Who is on the hook?");
+    out!("   owner: {}", use_case.owner);
+    out!("   on-call webhook: {}", use_case.oncall.webhook);
     if let Some(runbook) = &use_case.oncall.runbook {
-        println!("   runbook: {runbook}");
+        out!("   runbook: {runbook}");
     }
-    println!("   paged: never (no breach has been recorded)");
+    out!("   paged: never (no breach has been recorded)");
     for k in &kills {
-        println!(
+        out!(
             "\nKILLED: `{}` by {} at {}: {}",
             k.scope.key(),
             k.by,
@@ -165,7 +167,7 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         );
     }
     for c in &cooldowns {
-        println!(
+        out!(
             "\nCOOLING DOWN: `{}` until {}: {}",
             c.scope.key(),
             c.until,

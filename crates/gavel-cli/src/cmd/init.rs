@@ -4,6 +4,7 @@ use std::path::Path;
 
 use gavel_store::{hash_key, KeyRecord, Role, SqliteStore, Store};
 
+use crate::context::{diag, out};
 use crate::context::{new_id, now, random_bytes};
 use crate::failure::{Failure, Outcome};
 
@@ -20,8 +21,8 @@ pub fn run(dir: &Path) -> Outcome {
     gavel_contract::example::write_to(dir).map_err(|e| Failure::invalid(e.to_string()))?;
     let store = SqliteStore::open(&db_path)?;
     let key = create_key(&store, "admin", Role::Admin, None, "gavel init")?;
-    println!("{key}");
-    eprintln!(
+    out!("{key}");
+    diag!(
         "wrote the example contract to {}/gavel.yaml and created {}\n\
          the line above is the first admin key (principal `admin`); it is shown once, store it now:\n  export GAVEL_KEY=<that key>\n\
          next: `gavel check`, then `gavel keys create` for operators, approvers and services",

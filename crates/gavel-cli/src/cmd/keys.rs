@@ -4,6 +4,7 @@ use gavel_store::{Role, Store};
 
 use crate::cli::KeysCommand;
 use crate::cmd::init::create_key;
+use crate::context::{diag, out};
 use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
 
@@ -32,21 +33,25 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
                 ));
             }
             let key = create_key(&store, &principal, role, approver_role, &admin.principal)?;
-            println!("{key}");
-            eprintln!(
+            out!("{key}");
+            diag!(
                 "created a {role} key for `{principal}`; it is shown once, only its hash is stored"
             );
         }
         KeysCommand::List => {
-            println!(
+            out!(
                 "{:<32} {:<20} {:<9} {:<14} {}",
-                "ID", "PRINCIPAL", "ROLE", "SIGNS AS", "STATE"
+                "ID",
+                "PRINCIPAL",
+                "ROLE",
+                "SIGNS AS",
+                "STATE"
             );
             for k in store.keys()? {
                 let state = k
                     .revoked_at
                     .map_or("active".to_string(), |t| format!("revoked {t}"));
-                println!(
+                out!(
                     "{:<32} {:<20} {:<9} {:<14} {state}",
                     k.id,
                     k.principal,
@@ -61,7 +66,7 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
                     "no active key with id `{id}`; see `gavel keys list`"
                 )));
             }
-            eprintln!("revoked key {id}");
+            diag!("revoked key {id}");
         }
     }
     Ok(())

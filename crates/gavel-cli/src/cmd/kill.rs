@@ -5,6 +5,7 @@ use gavel_engine::{Kill, Scope};
 use gavel_store::{Role, Store};
 
 use crate::cli::{KillArgs, ScopeArgs};
+use crate::context::out;
 use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
 
@@ -58,11 +59,11 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
         until,
     })?;
     match until {
-        Some(until) => println!(
+        Some(until) => out!(
             "killed `{}` until {until}: requests get COOLDOWN",
             scope.key()
         ),
-        None => println!(
+        None => out!(
             "killed `{}`: requests get BLOCK until `gavel unkill`",
             scope.key()
         ),
@@ -75,7 +76,7 @@ pub fn unkill(ctx: &Context, args: &ScopeArgs) -> Outcome {
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Operator], "unkilling")?;
     match store.clear_kill(&scope)? {
-        Some(_) => println!(
+        Some(_) => out!(
             "lifted the kill switch on `{}` ({})",
             scope.key(),
             who.principal
