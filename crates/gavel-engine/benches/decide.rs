@@ -1,4 +1,7 @@
-#![expect(clippy::panic, reason = "a bench that cannot build its contract has nothing to measure")]
+#![expect(
+    clippy::panic,
+    reason = "a bench that cannot build its contract has nothing to measure"
+)]
 
 //! Decision latency on the example contract with a ~1 KB prompt (SPEC section 11: p99 <= 20 us
 //! for the full default pipeline).
@@ -23,12 +26,22 @@ const NOW: Timestamp = Timestamp(1_795_348_800_000);
 fn contract() -> gavel_contract::Contract {
     let text = gavel_contract::example::FILES[0]
         .1
-        .replace("window: 1m, tokens: 200000", "window: 1m, tokens: 2000000000")
+        .replace(
+            "window: 1m, tokens: 200000",
+            "window: 1m, tokens: 2000000000",
+        )
         .replace("window: 1d, usd: 300", "window: 1d, usd: 1000000")
-        .replace("window: 1m, requests: 120", "window: 1m, requests: 100000000");
-    gavel_contract::load_bytes(Path::new("gavel.yaml"), text.as_bytes(), &gavel_contract::example::InMemory)
-        .map(|l| l.contract)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .replace(
+            "window: 1m, requests: 120",
+            "window: 1m, requests: 100000000",
+        );
+    gavel_contract::load_bytes(
+        Path::new("gavel.yaml"),
+        text.as_bytes(),
+        &gavel_contract::example::InMemory,
+    )
+    .map(|l| l.contract)
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn request() -> DecideRequest {
@@ -75,7 +88,11 @@ fn setup() -> (Engine, MemoryState, DecideRequest) {
         revocation: None,
     };
     state.put_approval(approval).unwrap_or_default();
-    (Engine::new(contract, EngineConfig::default()), state, request())
+    (
+        Engine::new(contract, EngineConfig::default()),
+        state,
+        request(),
+    )
 }
 
 fn decide_once(engine: &Engine, state: &MemoryState, request: &DecideRequest, i: u64) -> Decision {
@@ -93,7 +110,11 @@ fn decide_once(engine: &Engine, state: &MemoryState, request: &DecideRequest, i:
 fn percentiles() {
     let (engine, state, request) = setup();
     let text_bytes: usize = request.texts().map(|(_, t)| t.len()).sum();
-    let usage = Usage { prompt_tokens: 200, completion_tokens: 100, tool_calls: 0 };
+    let usage = Usage {
+        prompt_tokens: 200,
+        completion_tokens: 100,
+        tool_calls: 0,
+    };
     for i in 0..2_000 {
         let d = decide_once(&engine, &state, &request, i);
         let _ = engine.settle(&state, &d.decision_id, "kb-search-v1", &usage, NOW);
@@ -127,23 +148,46 @@ fn percentiles() {
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(5));
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .measurement_time(Duration::from_secs(5));
     let (engine, state, request) = setup();
     let mut i = 0u64;
     criterion.bench_function("decide/kb-search-v1/1KB/allow", |b| {
         b.iter(|| {
             i += 1;
             let d = decide_once(&engine, &state, &request, i);
-            let _ = engine.settle(&state, &d.decision_id, "kb-search-v1", &Usage::default(), NOW);
+            let _ = engine.settle(
+                &state,
+                &d.decision_id,
+                "kb-search-v1",
+                &Usage::default(),
+                NOW,
+            );
             d
         })
     });
-    let system = request.system_prompts().first().map(|s| s.to_string()).unwrap_or_default();
+    let system = request
+        .system_prompts()
+        .first()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     criterion.bench_function("tokenize/o200k/1KB", |b| {
-        b.iter(|| Encoding::O200k.count_chat(request.texts().map(|(_, t)| t).collect::<Vec<_>>().iter().map(|t| t.as_ref())))
+        b.iter(|| {
+            Encoding::O200k.count_chat(
+                request
+                    .texts()
+                    .map(|(_, t)| t)
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|t| t.as_ref()),
+            )
+        })
     });
     criterion.bench_function("template_check/kb", |b| {
-        let template = engine.contract().deployments["kb-search-v1"].prompt_template.clone();
+        let template = engine.contract().deployments["kb-search-v1"]
+            .prompt_template
+            .clone();
         b.iter(|| template.as_ref().map(|t| t.check(black_box(&system))))
     });
     criterion.final_summary();

@@ -3,6 +3,7 @@
 
 mod bindings;
 mod errors;
+mod robustness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -106,3 +106,77 @@ proptest! {
         }
     }
 }
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        ".{0,20}".prop_map(Value::from),
+        prop::sample::select(vec![
+            "kb-search-v1",
+            "order-agent-v2",
+            "system",
+            "user",
+            "tool_call",
+            "inference",
+            "lookup_order"
+        ])
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "deployment",
+                    "messages",
+                    "content",
+                    "role",
+                    "text",
+                    "params",
+                    "tools",
+                    "function",
+                    "name",
+                    "parameters",
+                    "action",
+                    "type",
+                    "args",
+                    "step",
+                    "run_id",
+                    "idempotency_key",
+                    "dry_run",
+                    "resources",
+                    "model",
+                    "max_tokens",
+                    "temperature",
+                    "principal",
+                ])
+                .prop_map(str::to_string),
+                inner,
+                0..6,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    /// Arbitrary request-shaped JSON: parsing never panics, deciding never panics, and with no
+    /// approvals in the state nothing is ever allowed.
+    #[test]
+    fn arbitrary_requests_never_panic_and_never_allow_unapproved(mut body in json_value(), deployment in 0..DEPLOYMENTS.len()) {
+        if let Value::Object(map) = &mut body {
+            map.insert("deployment".into(), json!(DEPLOYMENTS[deployment]));
+        }
+        let w = World::example();
+        if let Ok(request) = parse_request(body.to_string().as_bytes()) {
+            let d = w.engine.decide(&w.state, DecideInput { request: &request, principal: "svc", decision_id: "dec_p".into(), now: NOW });
+            prop_assert!(d.verdict != Verdict::Allow, "{:?}", d);
+        }
+    }
+}
