@@ -11,8 +11,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use gavel_scan::{ContentRole, ScanConfig, Scanners, StreamScanner};
 
 fn corpus() -> String {
-    let dir = std::env::var("GAVEL_CORPORA")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpora").to_string());
+    let dir = std::env::var("GAVEL_CORPORA").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpora").to_string()
+    });
     let path = format!("{dir}/benign/arena_hard_v0.1_questions.jsonl");
     let raw = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     raw.lines()
@@ -60,7 +61,10 @@ fn benches(c: &mut Criterion) {
     let kb = prefix(&text, 1024);
     let mut g = c.benchmark_group("injection");
     g.throughput(Throughput::Bytes(kb.len() as u64));
-    for (name, role) in [("direct_1k", ContentRole::User), ("indirect_1k", ContentRole::Retrieved)] {
+    for (name, role) in [
+        ("direct_1k", ContentRole::User),
+        ("indirect_1k", ContentRole::Retrieved),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
@@ -84,23 +88,30 @@ fn benches(c: &mut Criterion) {
             let mut v = Vec::new();
             let mut rest = stream_text;
             while !rest.is_empty() {
-                let p = prefix(rest, chunk.max(rest.chars().next().map_or(1, char::len_utf8)));
+                let p = prefix(
+                    rest,
+                    chunk.max(rest.chars().next().map_or(1, char::len_utf8)),
+                );
                 v.push(p);
                 rest = &rest[p.len()..];
             }
             v
         };
         g.throughput(Throughput::Elements(chunks.len() as u64));
-        g.bench_with_input(BenchmarkId::new("push_per_chunk", chunk), &chunks, |b, chunks| {
-            b.iter(|| {
-                let mut s = StreamScanner::new(shared.clone());
-                let mut released = 0;
-                for c in chunks {
-                    released += s.push(c).released.len();
-                }
-                released + s.finish().released.len()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("push_per_chunk", chunk),
+            &chunks,
+            |b, chunks| {
+                b.iter(|| {
+                    let mut s = StreamScanner::new(shared.clone());
+                    let mut released = 0;
+                    for c in chunks {
+                        released += s.push(c).released.len();
+                    }
+                    released + s.finish().released.len()
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -34,19 +34,28 @@ const MAX_GROUPS: usize = 8;
 /// Most digits in a number candidate (E.164 has 15, cards 19, IBAN is handled apart).
 const MAX_DIGITS: usize = 24;
 
-/// Finds the next ASCII digit at or after `i`. Checks 16 bytes at a time with a loop the
-/// compiler vectorises: digits are rare in prose, and this is the hot loop of the PII pass.
+/// Finds the next ASCII digit at or after `i`. Digits are rare in prose and this is the hot
+/// loop of the PII pass, so it tests 32 bytes at a time with a SWAR "any byte below 10" check on
+/// the bytes xor `0x30` (exact as an any-test), then locates the digit bytewise.
 #[inline]
 fn find_digit(b: &[u8], mut i: usize) -> Option<usize> {
-    while let Some(chunk) = b.get(i..i + 16) {
-        let mut any = 0u8;
-        for &c in chunk {
-            any |= u8::from(c.wrapping_sub(b'0') < 10);
-        }
-        if any != 0 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    let word = |c: &[u8]| -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ ZEROS;
+        x.wrapping_sub(ONES * 10) & !x & HIGHS
+    };
+    while let Some(chunk) = b.get(i..i + 32) {
+        let (a, rest) = chunk.split_at(8);
+        let (c, rest) = rest.split_at(8);
+        let (d, e) = rest.split_at(8);
+        if word(a) | word(c) | word(d) | word(e) != 0 {
             break;
         }
-        i += 16;
+        i += 32;
     }
     while let Some(&c) = b.get(i) {
         if c.is_ascii_digit() {
@@ -91,7 +100,8 @@ fn continues(b: &[u8], p: usize) -> bool {
 pub(crate) fn scan_numbers(b: &[u8], from: usize, sink: &mut Sink<'_>) {
     let mut i = from;
     while let Some(p) = find_digit(b, i) {
-        i = p + 1;
+        // Whatever happens to this digit, the rest of its run cannot start a number.
+        i = run_end(b, p, usize::MAX, |c| c.is_ascii_digit());
         if continues(b, p) {
             continue;
         }
@@ -100,6 +110,12 @@ pub(crate) fn scan_numbers(b: &[u8], from: usize, sink: &mut Sink<'_>) {
             if p >= 2 && prev.is_some_and(|c| c.is_ascii_uppercase()) {
                 iban(b, p - 2, sink);
             }
+            continue;
+        }
+        // Fast path: a short number that does not continue (`2023`, `42`) is no PII shape. The
+        // shortest is an unformatted phone of 8 digits after `+`.
+        let lone = sep_len_at(b, i) == 0 && i - p < 8;
+        if lone && (sink.is_final || i + 3 <= b.len()) {
             continue;
         }
         if let Some(end) = number(b, p, sink) {
