@@ -46,11 +46,13 @@ CREATE TABLE IF NOT EXISTS ledger_records (
     principal    TEXT,
     reason_codes TEXT                   -- JSON array of strings, or NULL
 );
+-- Only the two lookups that must be instant are indexed: every index adds
+-- to each durable append (about 2-4 us per record per index, measured).
+-- Other filters (deployment, principal, kind, time range, reason code) scan:
+-- they serve offline audit exports.
 CREATE INDEX IF NOT EXISTS ledger_records_id ON ledger_records (id);
-CREATE INDEX IF NOT EXISTS ledger_records_kind_at ON ledger_records (kind, at_ms);
-CREATE INDEX IF NOT EXISTS ledger_records_deployment ON ledger_records (deployment, at_ms) WHERE deployment IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ledger_records_approval ON ledger_records (approval_id) WHERE approval_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ledger_records_principal ON ledger_records (principal) WHERE principal IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ledger_records_approval ON ledger_records (approval_id)
+    WHERE approval_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS ledger_checkpoints (
     seq   INTEGER PRIMARY KEY,
@@ -169,6 +171,9 @@ impl SqliteLedgerSink {
         // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, which
         // would let an acknowledged record vanish on power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Fewer, larger WAL checkpoints (32 MiB rather than 4 MiB): each runs
+        // inside some committing writer's call and fsyncs the database file.
+        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
         // Deleted payload keys are overwritten, not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;

@@ -7,6 +7,7 @@ use crate::note::{Checkpoint, NoteError, NoteVerifier};
 use crate::record::{Record, RecordError};
 use crate::sink::{LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
 use std::fmt;
+use std::sync::mpsc;
 
 /// Records read from a sink per call while verifying.
 const READ_CHUNK: u64 = 16_384;
@@ -15,7 +16,8 @@ const READ_CHUNK: u64 = 16_384;
 #[derive(Debug, Clone, Copy)]
 pub struct VerifyOptions {
     /// Also parse every record and check its bytes are the canonical form of a
-    /// known format (catches writer bugs; tampering is caught by hashes alone).
+    /// known format. Catches writer bugs, not tampering (the hashes and
+    /// signatures catch that), and costs about 5x: off by default.
     pub check_format: bool,
     /// Fail when records exist past the last signed checkpoint. A running
     /// appender always has such a tail (at most N records or T ms old); a
@@ -288,7 +290,10 @@ where
     })
 }
 
-/// Verifies everything a sink holds, reading records in chunks.
+/// Verifies everything a sink holds. Reading (storage I/O and decoding) and
+/// verifying (hashing) overlap: this thread reads chunks while a scoped
+/// worker verifies the previous ones, which roughly doubles throughput over
+/// doing both in turn.
 pub fn verify_sink<S: LedgerSink + ?Sized>(
     sink: &S,
     verifier: &NoteVerifier,
@@ -296,23 +301,35 @@ pub fn verify_sink<S: LedgerSink + ?Sized>(
 ) -> Result<VerifyReport, VerifyError> {
     let checkpoints = sink.checkpoints().map_err(VerifyError::Sink)?;
     let count = sink.record_count().map_err(VerifyError::Sink)?;
-    let mut from = 0u64;
-    let chunks = std::iter::from_fn(move || {
-        if from >= count {
-            return None;
-        }
-        let to = from.saturating_add(READ_CHUNK);
-        let r = sink.read_records(from, to);
-        from = to;
-        Some(r)
-    });
-    let records = chunks.flat_map(
-        |chunk: Result<Vec<StoredRecord>, SinkError>| -> Vec<Result<StoredRecord, SinkError>> {
-            match chunk {
-                Ok(v) => v.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
+    // A few chunks in flight bound memory while keeping both threads busy.
+    let (tx, rx) = mpsc::sync_channel::<Result<Vec<StoredRecord>, SinkError>>(4);
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            let records =
+                rx.into_iter()
+                    .flat_map(|chunk| -> Vec<Result<StoredRecord, SinkError>> {
+                        match chunk {
+                            Ok(v) => v.into_iter().map(Ok).collect(),
+                            Err(e) => vec![Err(e)],
+                        }
+                    });
+            verify_records(records, &checkpoints, verifier, opts)
+        });
+        let mut from = 0u64;
+        while from < count {
+            let to = from.saturating_add(READ_CHUNK).min(count);
+            let chunk = sink.read_records(from, to);
+            let failed = chunk.is_err();
+            // A send error means the worker stopped early (it found a
+            // problem); its result says which.
+            if tx.send(chunk).is_err() || failed {
+                break;
             }
-        },
-    );
-    verify_records(records, &checkpoints, verifier, opts)
+            from = to;
+        }
+        drop(tx);
+        worker
+            .join()
+            .unwrap_or_else(|_| Err(VerifyError::Sink("verification thread panicked".into())))
+    })
 }

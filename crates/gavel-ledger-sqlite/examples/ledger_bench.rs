@@ -1,0 +1,410 @@
+//! Ledger benchmark, one command, prints a table:
+//!
+//!   cargo run --release -p gavel-ledger-sqlite --example ledger_bench [-- --dir DIR --records N]
+//!
+//! Durable appends/s through the group-commit appender into SQLite (WAL,
+//! synchronous=FULL) at several concurrency levels, latency of a lone append
+//! next to the raw fsync cost, verification speed, and proof timings.
+
+// A benchmark reports failures by stopping loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use gavel_ledger::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash, MerkleTree};
+use gavel_ledger::{
+    verify_records, AppendRecord, Appender, AppenderConfig, InclusionBundle, LedgerSink,
+    NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, VerifyOptions,
+};
+use gavel_ledger_sqlite::SqliteLedgerSink;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counts sink commits, to report the batch sizes group commit achieved.
+struct Counting {
+    inner: SqliteLedgerSink,
+    commits: Arc<AtomicU64>,
+}
+
+impl LedgerSink for Counting {
+    fn append(
+        &mut self,
+        records: &[AppendRecord],
+        checkpoint: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.inner.append(records, checkpoint)
+    }
+    fn record_count(&self) -> Result<u64, SinkError> {
+        self.inner.record_count()
+    }
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+        self.inner.leaf_hashes(from, to)
+    }
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+        self.inner.read_records(from, to)
+    }
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+        self.inner.checkpoints()
+    }
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed("gavel.bench/ledger", &[9u8; 32]).unwrap()
+}
+
+/// A decision shaped like the engine's (SPEC section 7 fields), ~450 bytes.
+fn decision(i: u64) -> Record {
+    let body = json!({
+        "contract_version": "c-2026-11-01.3",
+        "binding": {"deployment": "support-bot", "model": "m-large", "tier": "t2"},
+        "deployment": "support-bot",
+        "approval_id": format!("ap-{}", i % 17),
+        "principal": format!("svc-{}", i % 5),
+        "verdict": if i % 10 == 0 { "deny" } else { "allow" },
+        "reason_codes": if i % 10 == 0 { json!(["pii.email"]) } else { json!([]) },
+        "findings": [{"guard": "pii", "kind": "email", "count": 1}],
+        "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "output_sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+        "usage": {"input_tokens": 812, "output_tokens": 164, "cost_micros": 1290},
+        "latency_ms": 412,
+    });
+    Record::new(
+        RecordKind::Decision,
+        1_764_000_000_000 + i as i64,
+        format!("dec-{i:012}"),
+        &body,
+    )
+    .unwrap()
+}
+
+/// A minimal decision (ids, verdict, one hash), ~270 bytes, to show how
+/// throughput depends on record size (the disk writes every byte twice).
+fn small_decision(i: u64) -> Record {
+    let body = json!({
+        "deployment": "support-bot",
+        "approval_id": format!("ap-{}", i % 17),
+        "principal": format!("svc-{}", i % 5),
+        "verdict": "allow",
+        "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    });
+    Record::new(
+        RecordKind::Decision,
+        1_764_000_000_000 + i as i64,
+        format!("dec-{i:012}"),
+        &body,
+    )
+    .unwrap()
+}
+
+/// Threads, depth per thread, records, record maker, size label.
+type Run = (u64, u64, u64, fn(u64) -> Record, &'static str);
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} us", d.as_secs_f64() * 1e6)
+}
+
+fn fsync_baseline(dir: &Path) -> Duration {
+    let path = dir.join("fsync.probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        f.write_all(&[0u8; 4096]).unwrap();
+        f.sync_data().unwrap();
+        times.push(t.elapsed());
+    }
+    let _ = std::fs::remove_file(path);
+    times.sort();
+    pct(&times, 0.5)
+}
+
+fn lone_append(dir: &Path) -> Vec<Duration> {
+    let db = dir.join("lone.db");
+    let app = Appender::start(
+        SqliteLedgerSink::open(&db).unwrap(),
+        signer(),
+        AppenderConfig::default(),
+    )
+    .unwrap();
+    let mut times = Vec::new();
+    for i in 0..1_000 {
+        let r = decision(i);
+        let t = Instant::now();
+        app.append(&r).unwrap();
+        times.push(t.elapsed());
+    }
+    app.close().unwrap();
+    times.sort();
+    times
+}
+
+/// `threads` threads each keeping `depth` appends in flight.
+fn throughput(
+    db: &Path,
+    threads: u64,
+    depth: u64,
+    total: u64,
+    base: u64,
+    make: fn(u64) -> Record,
+) -> (f64, u64) {
+    let commits = Arc::new(AtomicU64::new(0));
+    let sink = Counting {
+        inner: SqliteLedgerSink::open(db).unwrap(),
+        commits: Arc::clone(&commits),
+    };
+    let app = Arc::new(Appender::start(sink, signer(), AppenderConfig::default()).unwrap());
+    let per_thread = total / threads;
+    // Decisions are built before the clock starts: the engine has its decision
+    // JSON anyway. Canonicalisation and hashing (in `submit`) are timed.
+    let records: Arc<Vec<Record>> =
+        Arc::new((0..per_thread * threads).map(|i| make(base + i)).collect());
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let app = Arc::clone(&app);
+            let records = Arc::clone(&records);
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while i < per_thread {
+                    let n = depth.min(per_thread - i);
+                    let pending: Vec<_> = (0..n)
+                        .map(|k| {
+                            app.submit(&records[(t * per_thread + i + k) as usize])
+                                .unwrap()
+                        })
+                        .collect();
+                    for p in pending {
+                        p.wait().unwrap();
+                    }
+                    i += n;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let elapsed = start.elapsed();
+    let app = Arc::try_unwrap(app).ok().unwrap();
+    app.close().unwrap();
+    let n = per_thread * threads;
+    (
+        n as f64 / elapsed.as_secs_f64(),
+        commits.load(Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let total: u64 = arg("--records").map_or(200_000, |s| s.parse().unwrap());
+    let dir = arg("--dir").map_or_else(
+        || std::env::temp_dir().join(format!("gavel-ledger-bench-{}", std::process::id())),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    println!(
+        "gavel ledger bench: dir {}, {} cores",
+        dir.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "record size: {} bytes canonical",
+        decision(0).canonical_bytes().unwrap().len()
+    );
+    println!();
+
+    let fsync = fsync_baseline(&dir);
+    let lone = lone_append(&dir);
+    println!("| lone append (1 caller, 1000 appends)     | value |");
+    println!("|------------------------------------------|-------|");
+    println!(
+        "| raw fsync of 4 KiB on this disk (p50)    | {} |",
+        us(fsync)
+    );
+    println!(
+        "| durable append latency p50               | {} |",
+        us(pct(&lone, 0.5))
+    );
+    println!(
+        "| durable append latency p99               | {} |",
+        us(pct(&lone, 0.99))
+    );
+    println!(
+        "| durable append latency max              | {} |",
+        us(pct(&lone, 1.0))
+    );
+    println!();
+
+    let db = dir.join("bench.db");
+    println!(
+        "| in flight (threads x depth), record size | records | durable appends/s | commits | mean batch |"
+    );
+    println!(
+        "|------------------------------------------|---------|-------------------|---------|------------|"
+    );
+    let mut base = 0;
+    let small_len = small_decision(0).canonical_bytes().unwrap().len();
+    let runs: [Run; 5] = [
+        (1, 1, 2_000, decision, "608 B"),
+        (4, 4, total / 4, decision, "608 B"),
+        (8, 32, total, decision, "608 B"),
+        (4, 1024, total, decision, "608 B"),
+        (4, 1024, total, small_decision, "small"),
+    ];
+    for (threads, depth, n, make, label) in runs {
+        let (rate, commits) = throughput(&db, threads, depth, n, base, make);
+        base += n;
+        let label = if label == "small" {
+            format!("{small_len} B")
+        } else {
+            label.to_owned()
+        };
+        println!(
+            "| {:>4} ({threads} x {depth}), {label} records | {n} | {rate:.0} | {commits} | {:.1} |",
+            threads * depth,
+            n as f64 / commits.max(1) as f64
+        );
+    }
+    println!();
+
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    let v = signer().verifier();
+    println!("| verification | records | checkpoints | seconds | records/s |");
+    println!("|--------------|---------|-------------|---------|-----------|");
+    for (label, check_format) in [
+        ("SQLite, hashes + tree + signatures", false),
+        ("SQLite, plus canonical-format check", true),
+    ] {
+        let t = Instant::now();
+        let report = sink
+            .verify(
+                &v,
+                VerifyOptions {
+                    check_format,
+                    require_signed_tail: true,
+                },
+            )
+            .unwrap();
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "| {label} | {} | {} | {s:.3} | {:.0} |",
+            report.records,
+            report.checkpoints,
+            report.records as f64 / s
+        );
+    }
+    let records = sink.read_records(0, u64::MAX >> 1).unwrap();
+    let checkpoints = sink.checkpoints().unwrap();
+    let t = Instant::now();
+    let report = verify_records(
+        records.iter().cloned().map(Ok),
+        &checkpoints,
+        &v,
+        VerifyOptions {
+            check_format: false,
+            require_signed_tail: true,
+        },
+    )
+    .unwrap();
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "| in memory, hashes + tree + signatures | {} | {} | {s:.3} | {:.0} |",
+        report.records,
+        report.checkpoints,
+        report.records as f64 / s
+    );
+    println!();
+
+    let n: u64 = 1 << 20;
+    let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+    let t = Instant::now();
+    let tree = MerkleTree::from_leaf_hashes(leaves.iter().copied());
+    let build = t.elapsed();
+    let root = tree.root();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let iters = 20_000u32;
+    let idx: Vec<u64> = (0..iters).map(|_| rnd() % n).collect();
+    let t = Instant::now();
+    let proofs: Vec<Vec<Hash>> = idx
+        .iter()
+        .map(|&i| tree.inclusion_proof(i, n).unwrap())
+        .collect();
+    let gen = t.elapsed() / iters;
+    let t = Instant::now();
+    for (&i, p) in idx.iter().zip(&proofs) {
+        verify_inclusion(&leaves[i as usize], i, n, p, &root).unwrap();
+    }
+    let ver = t.elapsed() / iters;
+    let olds: Vec<u64> = (0..iters).map(|_| 1 + rnd() % (n - 1)).collect();
+    let t = Instant::now();
+    let cproofs: Vec<Vec<Hash>> = olds
+        .iter()
+        .map(|&m| tree.consistency_proof(m, n).unwrap())
+        .collect();
+    let cgen = t.elapsed() / iters;
+    let old_roots: Vec<Hash> = olds.iter().map(|&m| tree.root_at(m).unwrap()).collect();
+    let t = Instant::now();
+    for ((&m, p), r) in olds.iter().zip(&cproofs).zip(&old_roots) {
+        verify_consistency(m, n, r, &root, p).unwrap();
+    }
+    let cver = t.elapsed() / iters;
+    // Whole third-party check of a proof file: JSON parse, Ed25519, canonical
+    // record check, path.
+    let total_stored = sink.record_count().unwrap();
+    let bundle = InclusionBundle::from_sink(&sink, total_stored / 2, &v).unwrap();
+    let json = serde_json::to_string(&bundle).unwrap();
+    let key = v.to_string();
+    let t = Instant::now();
+    for _ in 0..1_000 {
+        gavel_ledger::check_proof_json(&json, &key).unwrap();
+    }
+    let bundle_check = t.elapsed() / 1_000;
+    println!("| proofs on a 2^20-leaf tree (mean of {iters}) | value |");
+    println!("|----------------------------------------------|-------|");
+    println!(
+        "| build tree from leaf hashes                  | {:.0} ms |",
+        build.as_secs_f64() * 1e3
+    );
+    println!(
+        "| inclusion proof generation                   | {} |",
+        us(gen)
+    );
+    println!(
+        "| inclusion proof verification                 | {} |",
+        us(ver)
+    );
+    println!(
+        "| consistency proof generation                 | {} |",
+        us(cgen)
+    );
+    println!(
+        "| consistency proof verification               | {} |",
+        us(cver)
+    );
+    println!(
+        "| check-proof of a bundle (incl. Ed25519)      | {} |",
+        us(bundle_check)
+    );
+    if arg("--dir").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
