@@ -3,8 +3,8 @@
 
 use crate::{Error, SqliteLedgerSink};
 use gavel_ledger::{
-    verify_sink, InclusionBundle, NoteVerifier, Record, RecordKind, VerifyError, VerifyOptions,
-    VerifyReport,
+    verify_sink, InclusionBundle, LedgerSink, NoteVerifier, Record, RecordKind, VerifyError,
+    VerifyOptions, VerifyReport,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension};
@@ -127,6 +127,19 @@ impl SqliteLedgerSink {
             Ok(())
         })?;
         Ok(n)
+    }
+
+    /// Writes every signed checkpoint as JSON Lines,
+    /// `{"seq":N,"size":N,"note":"<signed note>"}`, for independent auditors.
+    pub fn export_checkpoints_jsonl(&self, out: &mut dyn Write) -> Result<u64, Error> {
+        let checkpoints = self
+            .checkpoints()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        for cp in &checkpoints {
+            let line = serde_json::json!({"seq": cp.seq, "size": cp.size, "note": cp.note});
+            writeln!(out, "{line}")?;
+        }
+        Ok(checkpoints.len() as u64)
     }
 
     fn for_each_matching(
