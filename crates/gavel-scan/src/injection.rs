@@ -708,6 +708,7 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct Model {
     cues: AhoCorasick,
+    rot13_markers: Vec<memchr::memmem::Finder<'static>>,
     /// Per pattern: (cue class, stem match, needs left boundary, needs right boundary).
     meta: Vec<(Cue, bool, bool)>,
 }
@@ -730,6 +731,21 @@ fn collect(
         })
     });
 }
+
+/// Bytes that can be part of a base64, hex or URL-encoded run.
+static ENCODED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_' | b'%');
+        c += 1;
+    }
+    t
+};
+
+/// rot13 of frequent English words, with spaces: `the`, `and`, `you`, `is`, `of`, `to`.
+const ROT13_MARKERS: [&str; 6] = [" gur ", " naq ", " lbh ", " vf ", " bs ", " gb "];
 
 /// Sentences per scoring window in indirect mode.
 const WINDOW_SENTENCES: usize = 3;
@@ -759,11 +775,21 @@ impl Model {
             patterns.push(text);
             meta.push((cue, first_alnum, last_alnum && !stem));
         }
+        // A full DFA: a few hundred kilobytes once, and the fastest overlapping search.
         let cues = AhoCorasickBuilder::new()
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .match_kind(MatchKind::Standard)
             .build(&patterns)
             .map_err(|e| BuildError(e.to_string()))?;
-        Ok(Model { cues, meta })
+        let rot13_markers = ROT13_MARKERS
+            .iter()
+            .map(|m| memchr::memmem::Finder::new(m.as_bytes()))
+            .collect();
+        Ok(Model {
+            cues,
+            rot13_markers,
+            meta,
+        })
     }
 
     /// Scores `text`; when the score reaches `threshold`, appends one finding per piece of
@@ -912,26 +938,27 @@ impl Model {
     /// rot13 of the whole text. Hidden evidence is reported on the encoded span.
     fn hidden(&self, text: &str, mode: InjectionMode, s: &mut Scratch) {
         let bytes = text.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            let b64_end = crate::detect::run_end(bytes, i, usize::MAX, |c| {
-                c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_' | b'%')
-            });
-            if b64_end - i >= MIN_ENCODED {
-                let run = bytes.get(i..b64_end).unwrap_or_default();
-                if decode_any(run, &mut s.decoded) {
-                    self.score_inner(mode, i..b64_end, s);
-                }
-                i = b64_end;
-            } else {
-                i = b64_end.max(i + 1);
+        let mut run_start = 0;
+        for i in 0..=bytes.len() {
+            if bytes.get(i).is_some_and(|&c| ENCODED[usize::from(c)]) {
+                continue;
             }
+            if i - run_start >= MIN_ENCODED {
+                let run = bytes.get(run_start..i).unwrap_or_default();
+                if decode_any(run, &mut s.decoded) {
+                    self.score_inner(mode, run_start..i, s);
+                }
+            }
+            run_start = i + 1;
         }
-        // rot13 only matters when the plain text has few cues of its own: a text full of cues is
-        // already scored, and a rot13 jailbreak reads as gibberish before decoding.
-        if s.tokens.len() < 3
-            && bytes.iter().filter(|c| c.is_ascii_alphabetic()).count() >= MIN_ENCODED
-        {
+        // rot13 is tried only when the text is full of the rot13 forms of common English words
+        // (`gur`, `naq`, `lbh`...); decoding every text would double the cost for nothing.
+        let rot13_words: usize = self
+            .rot13_markers
+            .iter()
+            .map(|f| f.find_iter(&s.norm.bytes).take(4).count())
+            .sum();
+        if rot13_words >= 2 {
             s.decoded.clear();
             s.decoded.extend(bytes.iter().map(|&c| rot13(c)));
             self.score_inner(mode, 0..bytes.len(), s);

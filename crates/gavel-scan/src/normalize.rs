@@ -76,19 +76,35 @@ fn confusable(c: char) -> Option<char> {
 pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
     out.bytes.clear();
     out.map.clear();
-    let compat = is_nfkc_quick(src.chars()) != IsNormalized::Yes;
+    out.bytes.reserve(src.len());
+    out.map.reserve(src.len() + 1);
+    // ASCII is always NFKC; the quick check only runs on text with other characters.
+    let compat = !src.is_ascii() && is_nfkc_quick(src.chars()) != IsNormalized::Yes;
+    let bytes = src.as_bytes();
     let mut last_space = true;
-    for (o, c) in src.char_indices() {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b.is_ascii() {
+            push_ascii(b, i as u32, out, &mut last_space);
+            i += 1;
+            continue;
+        }
+        let Some(c) = src.get(i..).and_then(|rest| rest.chars().next()) else {
+            break;
+        };
         if compat {
             for d in std::iter::once(c).nfkc() {
-                push_char(d, o as u32, out, &mut last_space);
+                push_char(d, i as u32, out, &mut last_space);
             }
         } else {
-            push_char(c, o as u32, out, &mut last_space);
+            push_char(c, i as u32, out, &mut last_space);
         }
+        i += c.len_utf8();
     }
     out.map.push(src.len() as u32);
-    drop_inword_hyphens(out);
+    if memchr::memchr(b'-', &out.bytes).is_some() {
+        drop_inword_hyphens(out);
+    }
     fold_leet(&mut out.bytes);
 }
 
@@ -132,8 +148,29 @@ fn push_char(c: char, origin: u32, out: &mut Normalized, last_space: &mut bool) 
     if is_invisible(c) {
         return;
     }
+    let c = confusable(c).unwrap_or(c);
+    if c.is_ascii() {
+        push_ascii(c as u8, origin, out, last_space);
+        return;
+    }
     if c.is_whitespace() {
-        if c == '\n' {
+        push_ascii(b' ', origin, out, last_space);
+        return;
+    }
+    *last_space = false;
+    let mut buf = [0u8; 4];
+    for l in c.to_lowercase() {
+        for &b in l.encode_utf8(&mut buf).as_bytes() {
+            out.bytes.push(b);
+            out.map.push(origin);
+        }
+    }
+}
+
+#[inline(always)]
+fn push_ascii(b: u8, origin: u32, out: &mut Normalized, last_space: &mut bool) {
+    match b {
+        b'\n' => {
             // Newlines stay: fake conversation turns are recognised at line starts.
             if out.bytes.last() == Some(&b' ') {
                 out.bytes.pop();
@@ -142,33 +179,18 @@ fn push_char(c: char, origin: u32, out: &mut Normalized, last_space: &mut bool) 
             out.bytes.push(b'\n');
             out.map.push(origin);
             *last_space = true;
-        } else if !*last_space {
-            out.bytes.push(b' ');
-            out.map.push(origin);
-            *last_space = true;
         }
-        return;
-    }
-    // `developer_mode` and `developer mode` are the same words; `\_` is Markdown's escape.
-    if c == '_' || c == '\\' {
-        if !*last_space {
-            out.bytes.push(b' ');
-            out.map.push(origin);
-            *last_space = true;
+        // `developer_mode` and `developer mode` are the same words; `\_` is Markdown's escape.
+        b' ' | b'\t' | b'\r' | 0x0b | 0x0c | b'_' | b'\\' => {
+            if !*last_space {
+                out.bytes.push(b' ');
+                out.map.push(origin);
+                *last_space = true;
+            }
         }
-        return;
-    }
-    *last_space = false;
-    let c = confusable(c).unwrap_or(c);
-    if c.is_ascii() {
-        out.bytes.push(c.to_ascii_lowercase() as u8);
-        out.map.push(origin);
-        return;
-    }
-    let mut buf = [0u8; 4];
-    for l in c.to_lowercase() {
-        for &b in l.encode_utf8(&mut buf).as_bytes() {
-            out.bytes.push(b);
+        _ => {
+            *last_space = false;
+            out.bytes.push(b.to_ascii_lowercase());
             out.map.push(origin);
         }
     }
@@ -182,15 +204,10 @@ fn fold_leet(bytes: &mut [u8]) {
         let Some(&c) = bytes.get(i) else {
             break;
         };
-        let to = match c {
-            b'0' => b'o',
-            b'1' | b'!' => b'i',
-            b'3' => b'e',
-            b'4' | b'@' => b'a',
-            b'5' | b'$' => b's',
-            b'7' => b't',
-            _ => continue,
-        };
+        let to = LEET[usize::from(c)];
+        if to == 0 {
+            continue;
+        }
         let letter = |j: Option<usize>| {
             j.and_then(|j| bytes.get(j))
                 .is_some_and(|b| b.is_ascii_lowercase())
@@ -210,6 +227,21 @@ fn fold_leet(bytes: &mut [u8]) {
         }
     }
 }
+
+/// Leetspeak replacements, 0 for bytes that are not leet.
+static LEET: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'0' as usize] = b'o';
+    t[b'1' as usize] = b'i';
+    t[b'!' as usize] = b'i';
+    t[b'3' as usize] = b'e';
+    t[b'4' as usize] = b'a';
+    t[b'@' as usize] = b'a';
+    t[b'5' as usize] = b's';
+    t[b'$' as usize] = b's';
+    t[b'7' as usize] = b't';
+    t
+};
 
 #[cfg(test)]
 mod tests {
