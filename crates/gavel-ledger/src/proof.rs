@@ -102,7 +102,9 @@ impl InclusionBundle {
             .ok_or_else(|| failure("the ledger has no signed checkpoint yet"))?;
         let hashes = sink.leaf_hashes(0, newest.size).map_err(failure)?;
         let tree = MerkleTree::from_leaf_hashes(hashes);
-        let record = sink.read_records(index, index + 1).map_err(failure)?;
+        let record = sink
+            .read_records(index, index.saturating_add(1))
+            .map_err(failure)?;
         let record = record
             .into_iter()
             .next()

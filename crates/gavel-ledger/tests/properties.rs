@@ -401,3 +401,49 @@ fn a_rehashed_edit_is_named_by_its_checkpoint_range() {
         other => panic!("not detected: {other:?}"),
     }
 }
+
+/// A valid proof file for the no-panic property below.
+fn proof_json() -> &'static (String, String) {
+    static PROOF: OnceLock<(String, String)> = OnceLock::new();
+    PROOF.get_or_init(|| {
+        let sink = MemorySink::new();
+        let app = Appender::start(sink.clone(), signer(), AppenderConfig::default()).unwrap();
+        for i in 0..5 {
+            app.append(
+                &Record::new(RecordKind::Decision, i, format!("d-{i}"), &json!({"n": i})).unwrap(),
+            )
+            .unwrap();
+        }
+        app.close().unwrap();
+        let v = signer().verifier();
+        let bundle = gavel_ledger::InclusionBundle::from_sink(&sink, 3, &v).unwrap();
+        (serde_json::to_string(&bundle).unwrap(), v.to_string())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Parsers of outside input return errors, never panic, on arbitrary or
+    /// corrupted input; a corrupted proof file is always rejected.
+    #[test]
+    fn parsers_never_panic(junk in proptest::collection::vec(any::<u8>(), 0..300), at in any::<usize>(), byte in any::<u8>()) {
+        let text = String::from_utf8_lossy(&junk);
+        let _ = Record::from_canonical(&junk);
+        let _ = gavel_ledger::Checkpoint::parse(&text);
+        let _ = gavel_ledger::NoteVerifier::parse(&text);
+        let _ = gavel_ledger::NoteSigner::from_private_key(&text);
+        let _ = signer().verifier().open(&text);
+        let (json, key) = proof_json();
+        let _ = gavel_ledger::check_proof_json(&text, key);
+        let mut corrupted = json.clone().into_bytes();
+        let i = at % corrupted.len();
+        corrupted[i] = byte;
+        let corrupted = String::from_utf8_lossy(&corrupted);
+        if corrupted != json.as_str() {
+            // Every byte of a proof file matters: any change is rejected.
+            prop_assert!(gavel_ledger::check_proof_json(&corrupted, key).is_err(), "accepted: {}", corrupted);
+        }
+        prop_assert!(gavel_ledger::check_proof_json(json, key).is_ok());
+    }
+}
