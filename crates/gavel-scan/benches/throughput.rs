@@ -4,6 +4,11 @@
 //!
 //! Text: the arena-hard prompts concatenated (typical English and code from real users), read
 //! from `../shared/corpora` or `$GAVEL_CORPORA`.
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "bench setup: a missing corpus or a scanner that cannot build must stop the bench"
+)]
 
 use std::sync::Arc;
 

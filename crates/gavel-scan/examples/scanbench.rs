@@ -522,6 +522,7 @@ fn secrets(
     let rows = read_jsonl(path)?;
     let mut per_rule: BTreeMap<String, [Rate; 2]> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut secs = 0.0f64;
     for row in &rows {
         let text = row.get("text").and_then(Value::as_str).unwrap_or_default();
         let kind = row.get("kind").and_then(Value::as_str).unwrap_or_default();
@@ -536,7 +537,9 @@ fn secrets(
             continue;
         };
         out.clear();
+        let t = Instant::now();
         s.scan(text, ContentRole::Output, &mut out);
+        secs += t.elapsed().as_secs_f64();
         let hit = out
             .iter()
             .any(|f| f.kind == FindingKind::Secret && f.span.start < ge && gs < f.span.end);
@@ -612,7 +615,13 @@ fn secrets(
     );
     summary.insert(
         "secrets".into(),
-        serde_json::json!({"recall_train": all[0].pct(), "recall_held_out": all[1].pct(), "arena_fp_prompts": fp_prompts}),
+        serde_json::json!({
+            "recall_train": all[0].pct(),
+            "recall_held_out": all[1].pct(),
+            "recall": Rate { hit: all[0].hit + all[1].hit, total: all[0].total + all[1].total }.pct(),
+            "arena_fp_prompts": fp_prompts,
+            "us_per_text": secs * 1e6 / rows.len().max(1) as f64,
+        }),
     );
     Ok(())
 }

@@ -228,6 +228,12 @@ pub(crate) static KEYWORDS: &[(&str, KeywordKind)] = &[
     ("access_token", KeywordKind::ApiKey),
     ("token", KeywordKind::ApiKey),
     ("private_key", KeywordKind::ApiKey),
+    // camelCase spellings (the automaton is case-sensitive; see `detect`)
+    ("apiKey", KeywordKind::ApiKey),
+    ("accessKey", KeywordKind::ApiKey),
+    ("authToken", KeywordKind::ApiKey),
+    ("accessToken", KeywordKind::ApiKey),
+    ("privateKey", KeywordKind::ApiKey),
     ("bearer", KeywordKind::Bearer),
 ];
 
