@@ -368,6 +368,9 @@ impl<S: LedgerSink> Writer<S> {
     /// unsigned.
     fn checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, LedgerError> {
         if let Some(f) = &self.failed {
+            // Nothing more will be signed: stop the T-timer, or the writer
+            // loop would wake at once, forever.
+            self.unsigned_since = None;
             return Err(LedgerError::Failed(f.clone()));
         }
         if self.tree.len() == self.last_size {

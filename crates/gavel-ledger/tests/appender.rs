@@ -266,3 +266,48 @@ fn inclusion_bundle_round_trip() {
         .verifier();
     assert!(gavel_ledger::check_proof_json(&json, &other.to_string()).is_err());
 }
+
+#[test]
+fn a_failed_timed_checkpoint_does_not_spin_the_writer() {
+    let mem = MemorySink::new();
+    let fail = Arc::new(AtomicBool::new(false));
+    let sink = SlowSink {
+        inner: mem.clone(),
+        delay: Duration::ZERO,
+        fail: Arc::clone(&fail),
+    };
+    let config = AppenderConfig {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_millis(5),
+        max_batch: 64,
+    };
+    let app = Appender::start(sink, signer(), config).unwrap();
+    app.append(&record(0)).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    // The timed checkpoint fails; afterwards the writer must idle, not spin.
+    std::thread::sleep(Duration::from_millis(50));
+    let cpu_before = process_cpu();
+    std::thread::sleep(Duration::from_millis(300));
+    let used = process_cpu().saturating_sub(cpu_before);
+    assert!(
+        used < Duration::from_millis(150),
+        "writer burned {used:?} of CPU while idle"
+    );
+    assert!(matches!(
+        app.append(&record(1)),
+        Err(LedgerError::Failed(_))
+    ));
+}
+
+/// CPU time used by this process so far (utime + stime from /proc).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command name: state is field 3, utime 14 and stime 15.
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
