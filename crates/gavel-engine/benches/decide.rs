@@ -44,29 +44,57 @@ fn contract() -> gavel_contract::Contract {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn request() -> DecideRequest {
+/// ~1 KB requests: the approved system prompt plus a user message built from real user
+/// prompts (arena-hard, third-party), so the tokenizer sees varied text rather than one prompt
+/// over and over. Falls back to one fixed question when the corpus is absent.
+fn requests() -> Vec<DecideRequest> {
     let system = gavel_contract::example::FILES
         .iter()
         .find(|(p, _)| *p == "prompts/kb.txt")
         .map(|(_, c)| c.to_string())
         .unwrap_or_default();
-    let question = "I am new to the platform team and need to understand how our internal wiki describes the \
-        process for requesting production database access, including who approves it, how long approvals last, \
-        whether break-glass access exists for incidents, what audit trail is kept when someone uses it, and how \
-        that differs between the EU and US regions. Please also tell me which runbook pages I should read first, \
-        who owns them, and whether the on-call rotation has its own access policy that supersedes the general one. \
-        Finally, summarise any recent changes to the policy that were announced in the engineering newsletter or \
-        in the platform channel over the last quarter, and cite the page titles you used for each part.";
-    let body = json!({
-        "deployment": "kb-search-v1",
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
-        "params": {"max_tokens": 300},
-        "run_id": "bench-run"
-    });
-    parse_request(body.to_string().as_bytes()).unwrap_or_default()
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/corpora/benign/arena_hard_v0.1_questions.jsonl"
+    );
+    let prompts: Vec<String> = std::fs::read_to_string(corpus)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["prompt"].as_str().map(str::to_string))
+        .collect();
+    let prompts = if prompts.is_empty() {
+        eprintln!("(corpus not found at {corpus}: using one fixed question)");
+        vec!["How do I request production database access, who approves it and how long does it last?".to_string()]
+    } else {
+        prompts
+    };
+    let target = 1024 - system.len();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < prompts.len().max(1) {
+        let mut user = String::new();
+        while user.len() < target {
+            user.push_str(&prompts[i % prompts.len()]);
+            user.push('\n');
+            i += 1;
+        }
+        let cut = (0..=target)
+            .rev()
+            .find(|&n| user.is_char_boundary(n))
+            .unwrap_or(0);
+        user.truncate(cut);
+        let body = json!({
+            "deployment": "kb-search-v1",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "params": {"max_tokens": 300}
+        });
+        out.push(parse_request(body.to_string().as_bytes()).unwrap_or_default());
+    }
+    out
 }
 
-fn setup() -> (Engine, MemoryState, DecideRequest) {
+fn setup() -> (Engine, MemoryState, Vec<DecideRequest>) {
     let contract = Arc::new(contract());
     let state = MemoryState::new();
     let d = &contract.deployments["kb-search-v1"];
@@ -91,7 +119,7 @@ fn setup() -> (Engine, MemoryState, DecideRequest) {
     (
         Engine::new(contract, EngineConfig::default()),
         state,
-        request(),
+        requests(),
     )
 }
 
@@ -107,42 +135,56 @@ fn decide_once(engine: &Engine, state: &MemoryState, request: &DecideRequest, i:
     )
 }
 
-fn percentiles() {
-    let (engine, state, request) = setup();
-    let text_bytes: usize = request.texts().map(|(_, t)| t.len()).sum();
+/// Per-decision latency over `n` decisions cycling through the requests. With `cold`, the
+/// tokenizer's piece memo is emptied before each decision (untimed), which is the worst case:
+/// every piece counted from scratch.
+fn percentiles(cold: bool) {
+    let (engine, state, requests) = setup();
+    let bytes: usize = requests
+        .iter()
+        .map(|r| r.texts().map(|(_, t)| t.len()).sum::<usize>())
+        .sum::<usize>()
+        / requests.len().max(1);
     let usage = Usage {
         prompt_tokens: 200,
         completion_tokens: 100,
         tool_calls: 0,
     };
-    for i in 0..2_000 {
-        let d = decide_once(&engine, &state, &request, i);
-        let _ = engine.settle(&state, &d.decision_id, "kb-search-v1", &usage, NOW);
-    }
-    let n = 200_000u64;
+    let n = std::env::var("DECIDE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000u64);
     let mut samples = Vec::with_capacity(n as usize);
     let mut busy = Duration::ZERO;
-    for i in 0..n {
+    for i in 0..n + 2_000 {
+        let request = &requests[i as usize % requests.len()];
+        if cold {
+            Encoding::clear_memo();
+        }
         let start = Instant::now();
-        let d = black_box(decide_once(&engine, &state, &request, 2_000 + i));
+        let d = black_box(decide_once(&engine, &state, request, i));
         let took = start.elapsed();
-        busy += took;
-        samples.push(took.as_nanos() as u64);
         assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.reasons);
         let _ = engine.settle(&state, &d.decision_id, "kb-search-v1", &usage, NOW);
+        if i >= 2_000 {
+            busy += took;
+            samples.push(took.as_nanos() as u64);
+        }
     }
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
-    println!("\ndecision latency, example contract, kb-search-v1 ALLOW path, {text_bytes}-byte prompt, {n} decisions, one thread:");
-    println!("| p50 | p90 | p99 | p99.9 | max | decisions/s (one core) |");
-    println!("|---|---|---|---|---|---|");
     println!(
-        "| {:.1} us | {:.1} us | {:.1} us | {:.1} us | {:.1} us | {:.0} |",
+        "| {} | {} | {bytes} B | {:.1} us | {:.1} us | {:.1} us | {:.1} us | {:.0} |",
+        if cold {
+            "cold (memo cleared each time)"
+        } else {
+            "warm"
+        },
+        requests.len(),
         at(0.50),
         at(0.90),
         at(0.99),
         at(0.999),
-        at(1.0),
         n as f64 / busy.as_secs_f64()
     );
 }
@@ -151,12 +193,12 @@ fn main() {
     let mut criterion = Criterion::default()
         .configure_from_args()
         .measurement_time(Duration::from_secs(5));
-    let (engine, state, request) = setup();
+    let (engine, state, requests) = setup();
     let mut i = 0u64;
     criterion.bench_function("decide/kb-search-v1/1KB/allow", |b| {
         b.iter(|| {
             i += 1;
-            let d = decide_once(&engine, &state, &request, i);
+            let d = decide_once(&engine, &state, &requests[i as usize % requests.len()], i);
             let _ = engine.settle(
                 &state,
                 &d.decision_id,
@@ -167,23 +209,21 @@ fn main() {
             d
         })
     });
-    let system = request
+    criterion.bench_function("tokenize/o200k/1KB/warm", |b| {
+        b.iter(|| {
+            i += 1;
+            let texts: Vec<_> = requests[i as usize % requests.len()]
+                .texts()
+                .map(|(_, t)| t)
+                .collect();
+            Encoding::O200k.count_chat(texts.iter().map(|t| t.as_ref()))
+        })
+    });
+    let system = requests[0]
         .system_prompts()
         .first()
         .map(|s| s.to_string())
         .unwrap_or_default();
-    criterion.bench_function("tokenize/o200k/1KB", |b| {
-        b.iter(|| {
-            Encoding::O200k.count_chat(
-                request
-                    .texts()
-                    .map(|(_, t)| t)
-                    .collect::<Vec<_>>()
-                    .iter()
-                    .map(|t| t.as_ref()),
-            )
-        })
-    });
     criterion.bench_function("template_check/kb", |b| {
         let template = engine.contract().deployments["kb-search-v1"]
             .prompt_template
@@ -191,5 +231,9 @@ fn main() {
         b.iter(|| template.as_ref().map(|t| t.check(black_box(&system))))
     });
     criterion.final_summary();
-    percentiles();
+    println!("\ndecision latency, example contract, kb-search-v1 ALLOW path (every guard and the budget reservation), one thread:");
+    println!("| tokenizer memo | distinct prompts | mean prompt | p50 | p90 | p99 | p99.9 | decisions/s (one core) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    percentiles(false);
+    percentiles(true);
 }

@@ -32,6 +32,7 @@ mod ids;
 mod memory;
 mod request;
 mod scan;
+mod scanning;
 mod state;
 mod tokens;
 
@@ -41,5 +42,6 @@ pub use ids::new_id;
 pub use memory::{relevant_scopes, MemoryState};
 pub use request::*;
 pub use scan::{ContentScanner, ScanReport};
+pub use scanning::PolicyScanner;
 pub use state::*;
 pub use tokens::Encoding;

@@ -6,6 +6,7 @@ mod fail_closed;
 mod guards;
 mod properties;
 mod reasons_doc;
+mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;

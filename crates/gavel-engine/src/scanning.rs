@@ -1,0 +1,235 @@
+//! The scanner stage: `gavel-scan`'s detectors under the contract's `policy.privacy` and
+//! `policy.injection`.
+//!
+//! Per text and role: secrets and PII take the privacy action for the text's direction (user,
+//! assistant and system messages are input; retrieved documents and tool outputs use
+//! `privacy.retrieved`, which defaults to the input's), injection takes `injection.input` for
+//! user and assistant turns (direct) and `injection.retrieved` for retrieved documents and tool
+//! outputs (indirect: instructions inside data are suspect), at `injection.threshold`. System
+//! prompts are not scanned: conformance already proved them equal to the approved template.
+//! NUL bytes are refused as invalid input. Every finding is recorded (kind, rule, span,
+//! confidence), never the text; detected classes feed the sovereignty guard even when no
+//! privacy policy is set.
+
+use std::borrow::Cow;
+
+use gavel_contract::{FindingAction, Policy, PrivacyActions};
+use gavel_scan::{
+    ContentRole as ScanRole, DataClasses, Finding, FindingKind, Redactor, ScanConfig, Scanners,
+};
+
+use crate::decision::{FindingRecord, Reason, ReasonCode, Redaction};
+use crate::request::ContentRole;
+use crate::scan::{ContentScanner, ScanReport};
+
+/// The default content scanner: every detector on, the contract's policy deciding what to do.
+pub struct PolicyScanner {
+    scanners: Scanners,
+}
+
+impl PolicyScanner {
+    pub fn new() -> Result<PolicyScanner, String> {
+        // Findings are thresholded here, by the contract, so the scanners report all evidence
+        // from a low floor.
+        let config = ScanConfig {
+            injection_threshold: 0.0,
+            ..ScanConfig::default()
+        };
+        Scanners::new(&config)
+            .map(|scanners| PolicyScanner { scanners })
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct Direction {
+    privacy: Option<PrivacyActions>,
+    injection: Option<FindingAction>,
+    code: ReasonCode,
+    scan_role: ScanRole,
+}
+
+fn direction(role: ContentRole, policy: &Policy) -> Option<Direction> {
+    let injection_threshold_action = |indirect: bool| {
+        policy
+            .injection
+            .as_ref()
+            .map(|i| if indirect { i.retrieved } else { i.input })
+    };
+    match role {
+        ContentRole::System => None,
+        ContentRole::User | ContentRole::Assistant => Some(Direction {
+            privacy: policy.privacy.as_ref().map(|p| p.input),
+            injection: injection_threshold_action(false),
+            code: ReasonCode::InjectionDirect,
+            scan_role: ScanRole::User,
+        }),
+        ContentRole::Retrieved | ContentRole::ToolOutput => Some(Direction {
+            privacy: policy.privacy.as_ref().map(|p| p.retrieved),
+            injection: injection_threshold_action(true),
+            code: ReasonCode::InjectionIndirect,
+            scan_role: if role == ContentRole::Retrieved {
+                ScanRole::Retrieved
+            } else {
+                ScanRole::ToolOutput
+            },
+        }),
+    }
+}
+
+fn role_name(role: ContentRole) -> &'static str {
+    match role {
+        ContentRole::User => "user",
+        ContentRole::System => "system",
+        ContentRole::Assistant => "assistant",
+        ContentRole::Retrieved => "retrieved",
+        ContentRole::ToolOutput => "tool_output",
+    }
+}
+
+fn evidence(reason: Reason, index: usize, role: ContentRole, f: &Finding) -> Reason {
+    reason
+        .with("rule_id", f.rule_id)
+        .with("text_index", index)
+        .with("role", role_name(role))
+        .with("start", f.span.start)
+        .with("end", f.span.end)
+        .with("confidence", f64::from(f.confidence))
+}
+
+impl ContentScanner for PolicyScanner {
+    fn scan(
+        &self,
+        texts: &[(ContentRole, Cow<'_, str>)],
+        policy: &Policy,
+        report: &mut ScanReport,
+    ) {
+        let mut findings = Vec::new();
+        let mut classes = std::collections::BTreeSet::new();
+        let mut redactor: Option<Redactor> = None;
+        for (index, (role, text)) in texts.iter().enumerate() {
+            let Some(direction) = direction(*role, policy) else {
+                continue;
+            };
+            if let Some(nul) = text.find('\0') {
+                let reason = Reason::new(
+                    ReasonCode::InputInvalid,
+                    "a NUL byte in the content; send text without control bytes",
+                )
+                .with("text_index", index)
+                .with("start", nul);
+                report.block.get_or_insert(reason);
+                continue;
+            }
+            findings.clear();
+            let outcome = self.scanners.scan(text, direction.scan_role, &mut findings);
+            classes.extend(DataClasses::from_findings(&findings).names());
+            for f in &findings {
+                report.findings.push(FindingRecord {
+                    kind: kind_name(f.kind).to_string(),
+                    rule_id: f.rule_id.to_string(),
+                    text_index: index,
+                    start: f.span.start,
+                    end: f.span.end,
+                    confidence: f.confidence,
+                });
+                let (action, code, what) = match f.kind {
+                    FindingKind::Secret => (
+                        direction.privacy.map(|p| p.secret),
+                        ReasonCode::PrivacySecret,
+                        "a secret",
+                    ),
+                    FindingKind::Pii => (
+                        direction.privacy.map(|p| p.pii),
+                        ReasonCode::PrivacyPii,
+                        "personal data",
+                    ),
+                    FindingKind::Injection => continue,
+                    FindingKind::InvalidUtf8 | FindingKind::NulByte => (
+                        Some(FindingAction::Block),
+                        ReasonCode::InputInvalid,
+                        "invalid input",
+                    ),
+                };
+                let message = format!("{what} ({}) in {} content", f.rule_id, role_name(*role));
+                match action {
+                    Some(FindingAction::Block) => {
+                        report.block.get_or_insert_with(|| {
+                            evidence(Reason::new(code, message), index, *role, f)
+                        });
+                    }
+                    Some(FindingAction::Redact) => {
+                        let redactor = redactor.get_or_insert_with(Redactor::new);
+                        if let Some(placeholder) = placeholder(redactor, text, f) {
+                            report.redactions.push(Redaction {
+                                text_index: index,
+                                start: f.span.start,
+                                end: f.span.end,
+                                placeholder,
+                            });
+                        }
+                    }
+                    Some(FindingAction::Flag) => {
+                        report
+                            .notes
+                            .push(evidence(Reason::new(code, message), index, *role, f))
+                    }
+                    Some(FindingAction::Allow) | None => {}
+                }
+            }
+            if let (Some(action), Some(threshold)) = (
+                direction.injection,
+                policy.injection.as_ref().map(|i| i.threshold),
+            ) {
+                let score = f64::from(outcome.injection_score);
+                if score >= threshold && action != FindingAction::Allow {
+                    let strongest = findings
+                        .iter()
+                        .filter(|f| f.kind == FindingKind::Injection)
+                        .max_by(|a, b| a.confidence.total_cmp(&b.confidence));
+                    let message = format!(
+                        "{} content scores {score:.2} for prompt injection (threshold {threshold})",
+                        role_name(*role)
+                    );
+                    let mut reason = Reason::new(direction.code, message)
+                        .with("score", score)
+                        .with("threshold", threshold)
+                        .with("text_index", index);
+                    if let Some(f) = strongest {
+                        reason = reason
+                            .with("feature", f.rule_id)
+                            .with("start", f.span.start)
+                            .with("end", f.span.end);
+                    }
+                    if action == FindingAction::Block {
+                        report.block.get_or_insert(reason);
+                    } else {
+                        report.notes.push(reason);
+                    }
+                }
+            }
+        }
+        report
+            .detected_classes
+            .extend(classes.into_iter().map(str::to_string));
+    }
+}
+
+/// The placeholder for one finding, numbered consistently within the request.
+fn placeholder(redactor: &mut Redactor, text: &str, finding: &Finding) -> Option<String> {
+    let value = text.get(finding.span.clone())?;
+    let alone = Finding {
+        span: 0..value.len(),
+        ..finding.clone()
+    };
+    Some(redactor.redact(value, std::slice::from_ref(&alone)))
+}
+
+fn kind_name(kind: FindingKind) -> &'static str {
+    match kind {
+        FindingKind::Secret => "secret",
+        FindingKind::Pii => "pii",
+        FindingKind::Injection => "injection",
+        FindingKind::InvalidUtf8 => "invalid_utf8",
+        FindingKind::NulByte => "nul_byte",
+    }
+}
