@@ -239,6 +239,10 @@ fn main() {
         us(pct(&lone, 0.5))
     );
     println!(
+        "| added over the raw fsync (p50 - p50)     | {} |",
+        us(pct(&lone, 0.5).saturating_sub(fsync))
+    );
+    println!(
         "| durable append latency p99               | {} |",
         us(pct(&lone, 0.99))
     );
