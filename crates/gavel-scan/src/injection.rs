@@ -76,6 +76,7 @@ enum Cue {
     Directive,
     Jail,
     Persona,
+    IdentitySwap,
     Ai,
     ModelName,
     Extract,
@@ -280,10 +281,6 @@ static CUES: &[(Cue, &[&str])] = &[
     (
         Persona,
         &[
-            "you are now",
-            "you're now",
-            "you will now",
-            "from now on",
             "act as",
             "acting as",
             "pretend*",
@@ -300,7 +297,6 @@ static CUES: &[(Cue, &[&str])] = &[
             "take on the role",
             "assume the role",
             "alter ego",
-            "you will act",
             "hypothetical*",
             "fictional",
             "in this story",
@@ -310,7 +306,6 @@ static CUES: &[(Cue, &[&str])] = &[
             "answer as",
             "stay as",
             "new ai",
-            "you are no longer",
             "you will be",
             "in the role",
             "the role of",
@@ -321,7 +316,6 @@ static CUES: &[(Cue, &[&str])] = &[
             "talk as",
             "speak as",
             "personif*",
-            "transform into",
             "embody",
             "impersonat*",
             "mode",
@@ -339,6 +333,42 @@ static CUES: &[(Cue, &[&str])] = &[
             "i want you to act",
             "take up the",
             "become",
+            "is an ai",
+            "is a chatbot",
+            "an ai that",
+            "an ai who",
+            "a chatbot that",
+            "chatbot who",
+            "bot that",
+            "bot who",
+            "a model that",
+            "an artificial intelligence",
+            "two separate",
+            "both personas",
+            "alternate",
+            "in this chat",
+            "this chat",
+        ],
+    ),
+    // identity replacement: the assistant is told it is someone else from now on
+    (
+        IdentitySwap,
+        &[
+            "you are now",
+            "you're now",
+            "you will now",
+            "from now on",
+            "you are no longer",
+            "transform into",
+            "you will act",
+            "now you are",
+            "now you're",
+            "you will roleplay",
+            "you will pretend",
+            "stay in",
+            "only replies",
+            "only respond",
+            "always respond as",
         ],
     ),
     // addresses to the assistant
@@ -449,6 +479,10 @@ static CUES: &[(Cue, &[&str])] = &[
             "note to the ai",
             "ai instructions",
             "instructions for the ai",
+            "system instruction",
+            "instruction begins",
+            "instructions begin",
+            "message termination",
         ],
     ),
     // task requests (indirect mode)
@@ -1170,6 +1204,7 @@ struct Weights {
     jail_max: usize,
     persona: f32,
     persona_max: usize,
+    identity_swap: f32,
     extract_pair: f32,
     sys_object: f32,
     turn_label: f32,
@@ -1196,6 +1231,7 @@ const DIRECT: Weights = Weights {
     jail_max: 12,
     persona: 0.15,
     persona_max: 4,
+    identity_swap: 0.3,
     extract_pair: 0.7,
     sys_object: 0.15,
     turn_label: 0.2,
@@ -1222,6 +1258,7 @@ const INDIRECT: Weights = Weights {
     jail_max: 8,
     persona: 0.15,
     persona_max: 3,
+    identity_swap: 0.3,
     extract_pair: 0.7,
     sys_object: 0.3,
     turn_label: 0.35,
@@ -1316,6 +1353,9 @@ fn features(
             Persona if persona < w.persona_max && first_time(t.pattern) => {
                 persona += 1;
                 emit(Feature::PersonaJailbreak, t.start, t.end, w.persona);
+            }
+            IdentitySwap if first_time(t.pattern) => {
+                emit(Feature::PersonaJailbreak, t.start, t.end, w.identity_swap);
             }
             ModelName if w.model_name > 0.0 && first_time(t.pattern) => {
                 emit(Feature::AddressedToAssistant, t.start, t.end, w.model_name);
