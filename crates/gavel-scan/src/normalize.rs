@@ -82,6 +82,10 @@ pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
     let compat = !src.is_ascii() && is_nfkc_quick(src.chars()) != IsNormalized::Yes;
     let bytes = src.as_bytes();
     let mut last_space = true;
+    if !compat && src.is_ascii() {
+        normalize_ascii(bytes, out);
+        return finish(src, out);
+    }
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b.is_ascii() {
@@ -101,12 +105,71 @@ pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
         }
         i += c.len_utf8();
     }
+    finish(src, out);
+}
+
+fn finish(src: &str, out: &mut Normalized) {
     out.map.push(src.len() as u32);
     if memchr::memchr(b'-', &out.bytes).is_some() {
         drop_inword_hyphens(out);
     }
     fold_leet(&mut out.bytes);
 }
+
+/// The common case, ASCII text: one table lookup per byte, writing into buffers sized up front.
+fn normalize_ascii(bytes: &[u8], out: &mut Normalized) {
+    out.bytes.resize(bytes.len(), 0);
+    out.map.resize(bytes.len(), 0);
+    let mut w = 0usize;
+    let mut last_space = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        let kind = ASCII_KIND[usize::from(b)];
+        let (byte, keep) = match kind {
+            // ordinary byte, lower-cased
+            0 => {
+                last_space = false;
+                (b.to_ascii_lowercase(), true)
+            }
+            // horizontal space, `_`, `\\`: one space at most
+            1 => {
+                let keep = !last_space;
+                last_space = true;
+                (b' ', keep)
+            }
+            // newline replaces a preceding space
+            _ => {
+                if w > 0 && out.bytes.get(w - 1) == Some(&b' ') {
+                    w -= 1;
+                }
+                last_space = true;
+                (b'\n', true)
+            }
+        };
+        if keep {
+            if let (Some(slot), Some(m)) = (out.bytes.get_mut(w), out.map.get_mut(w)) {
+                *slot = byte;
+                *m = i as u32;
+            }
+            w += 1;
+        }
+    }
+    out.bytes.truncate(w);
+    out.map.truncate(w);
+}
+
+/// 0: ordinary, 1: collapsible space, 2: newline.
+static ASCII_KIND: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b' ' as usize] = 1;
+    t[b'\t' as usize] = 1;
+    t[b'\r' as usize] = 1;
+    t[0x0b] = 1;
+    t[0x0c] = 1;
+    t[b'_' as usize] = 1;
+    t[b'\\' as usize] = 1;
+    t[b'\n' as usize] = 2;
+    t
+};
 
 /// Removes runs of `-` between two letters (`i-nstruction`, `m----ssage`), a cheap way to break
 /// keyword matching that real compounds (`role-play` -> `roleplay`) survive.
