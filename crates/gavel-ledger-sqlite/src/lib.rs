@@ -174,6 +174,10 @@ impl SqliteLedgerSink {
         // Fewer, larger WAL checkpoints (32 MiB rather than 4 MiB): each runs
         // inside some committing writer's call and fsyncs the database file.
         conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
+        // 32 MiB page cache (default 2 MiB): keeps the id and approval index
+        // pages hot as the ledger grows, which makes appends measurably
+        // cheaper.
+        conn.pragma_update(None, "cache_size", -32_768)?;
         // Deleted payload keys are overwritten, not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;

@@ -67,9 +67,16 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), JcsError> {
 fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), JcsError> {
     let mut entries: Vec<(&String, &Value)> = map.iter().collect();
     // RFC 8785 3.2.3: members are sorted by their names as arrays of UTF-16
-    // code units. This differs from UTF-8 byte order for characters above the
-    // BMP versus U+E000..U+FFFF, so serde_json's own order is not enough.
-    entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    // code units. That differs from UTF-8 byte order for characters above the
+    // BMP versus U+E000..U+FFFF, and serde_json's map may keep insertion order
+    // (its `preserve_order` feature), so check and sort when needed. The check
+    // is the common, cheap path: serde_json's default map is already in order
+    // for the usual ASCII keys.
+    let utf16_order =
+        |a: &(&String, &Value), b: &(&String, &Value)| a.0.encode_utf16().cmp(b.0.encode_utf16());
+    if !entries.is_sorted_by(|a, b| utf16_order(a, b).is_le()) {
+        entries.sort_by(utf16_order);
+    }
     out.push(b'{');
     for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
