@@ -311,3 +311,17 @@ fn process_cpu() -> Duration {
         + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
     Duration::from_millis(ticks * 10)
 }
+
+#[test]
+fn the_appender_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + 'static>(_: &T) {}
+    let app = Appender::start(MemorySink::new(), signer(), AppenderConfig::default()).unwrap();
+    shareable(&app);
+    let pending = app.submit(&record(0)).unwrap();
+    // A pending append can be waited on from another thread.
+    let receipt = std::thread::spawn(move || pending.wait())
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.index, 0);
+}
