@@ -13,21 +13,34 @@ use crate::failure::Failure;
 pub struct Context {
     pub contract_path: PathBuf,
     pub db_path: PathBuf,
+    db_given: bool,
     key: Option<String>,
 }
 
 impl Context {
     pub fn new(global: &Global) -> Context {
-        let contract_file = gavel_contract::contract_file(&global.contract);
-        let db_path = global.db.clone().unwrap_or_else(|| {
-            contract_file
-                .parent()
-                .map_or_else(|| PathBuf::from("gavel.db"), |dir| dir.join("gavel.db"))
-        });
         Context {
+            db_path: global
+                .db
+                .clone()
+                .unwrap_or_else(|| default_db(&global.contract)),
             contract_path: global.contract.clone(),
-            db_path,
+            db_given: global.db.is_some(),
             key: global.key.clone(),
+        }
+    }
+
+    /// The same caller, looking at another contract (and its database, unless --db was given).
+    pub fn with_contract(&self, contract: &Path) -> Context {
+        Context {
+            contract_path: contract.to_path_buf(),
+            db_path: if self.db_given {
+                self.db_path.clone()
+            } else {
+                default_db(contract)
+            },
+            db_given: self.db_given,
+            key: self.key.clone(),
         }
     }
 
@@ -75,6 +88,13 @@ impl Context {
         }
         Ok(record)
     }
+}
+
+/// `gavel.db` next to the contract file.
+fn default_db(contract: &Path) -> PathBuf {
+    gavel_contract::contract_file(contract)
+        .parent()
+        .map_or_else(|| PathBuf::from("gavel.db"), |dir| dir.join("gavel.db"))
 }
 
 pub fn load_contract_at(path: &Path) -> Result<Loaded, Failure> {

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::model::{Binding, Contract, ContractVersion, Deployment, Endpoint};
+use crate::model::{Binding, Contract, ContractVersion, Deployment, Endpoint, Tier};
 
 /// Bumped when the canonical form of a binding changes meaning, so old approvals cannot match
 /// bindings computed a different way.
@@ -19,6 +19,17 @@ struct BindingForm<'a> {
     format: &'static str,
     deployment: &'a Deployment,
     endpoint: Option<&'a Endpoint>,
+    use_case: Option<UseCaseTerms<'a>>,
+}
+
+/// What an approval of a use case is granted on: changing the domain (so the tier), the
+/// population or the data classes needs a new approval. Owner and on-call do not.
+#[derive(Serialize)]
+struct UseCaseTerms<'a> {
+    domain: &'a str,
+    tier: Tier,
+    population: &'a str,
+    data_classes: &'a [String],
 }
 
 fn sha256_of_canonical<T: Serialize>(value: &T) -> Result<String, String> {
@@ -33,6 +44,12 @@ pub fn binding_of(contract: &Contract, deployment: &Deployment) -> Result<Bindin
         format: BINDING_FORMAT,
         deployment,
         endpoint: contract.endpoint_of(deployment),
+        use_case: contract.use_case_of(deployment).map(|u| UseCaseTerms {
+            domain: &u.domain,
+            tier: u.tier,
+            population: &u.population,
+            data_classes: &u.data_classes,
+        }),
     })
     .map(Binding)
 }

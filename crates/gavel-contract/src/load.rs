@@ -97,6 +97,12 @@ fn explain(message: &str) -> String {
         format!("{message}; remove or rename the key (see docs/contract.md)")
     } else if message.starts_with("missing field") {
         format!("{message}; this key is required here")
+    } else if message.starts_with("duplicate mapping key") {
+        let key_part = message
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(message);
+        format!("{key_part}; each key may appear once")
     } else if message.starts_with("data did not match any variant") {
         "this value has the wrong shape; expected a number, a string, a boolean or { min, max }"
             .to_string()

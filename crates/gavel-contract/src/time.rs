@@ -122,6 +122,11 @@ impl Span {
         let count: u64 = number.parse().map_err(|_| {
             format!("`{text}` is not a duration; expected e.g. `30s`, `1m`, `24h`, `7d`")
         })?;
+        if unit.is_empty() {
+            return Err(format!(
+                "`{text}` has no unit; expected e.g. `30s`, `1m`, `24h`, `7d`"
+            ));
+        }
         let unit_ms: u64 = match unit {
             "ms" => 1,
             "s" => 1000,

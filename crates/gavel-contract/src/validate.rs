@@ -742,6 +742,13 @@ fn policy(
     });
     let mut sovereignty = Vec::new();
     for rule in raw.sovereignty {
+        let class = &rule.data_class.value;
+        if class.is_empty() || !class.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            v.error(
+                &rule.data_class,
+                format!("data class `{class}` must be lowercase letters and `_`, e.g. pii"),
+            );
+        }
         let mut allow = Vec::new();
         for dest in &rule.allow {
             match dest.value.as_str() {

@@ -289,9 +289,10 @@ fn missing_signoffs(signoffs: &[Signoff], approvers: u32, roles: &[String]) -> V
     let mut missing = Vec::new();
     let count = signoffs.len() as u32;
     if count < approvers {
+        let more = approvers - count;
+        let plural = if more == 1 { "" } else { "s" };
         missing.push(format!(
-            "{} more approver(s) ({count} of {approvers})",
-            approvers - count
+            "{more} more approver{plural} ({count} of {approvers})"
         ));
     }
     // Each role needs its own principal: match roles to distinct signers greedily (each signer
@@ -393,8 +394,12 @@ pub fn covering_approval<'a>(
             .filter(move |a| a.status == status)
             .max_by_key(|a| a.created_at)
     };
-    if let Some(a) = latest(ApprovalStatus::Pending).filter(|a| now < a.expires_at) {
-        return Err(NotCovered::Pending(a.id.clone()));
+    if let Some(a) = latest(ApprovalStatus::Pending) {
+        return Err(if now < a.expires_at {
+            NotCovered::Pending(a.id.clone())
+        } else {
+            NotCovered::Expired(a.id.clone())
+        });
     }
     if let Some(a) = latest(ApprovalStatus::Active) {
         return Err(NotCovered::Expired(a.id.clone()));

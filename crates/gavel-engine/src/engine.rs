@@ -152,16 +152,17 @@ impl Engine {
             return decision;
         };
 
-        if !request.dry_run {
-            if let Some(key) = &request.idempotency_key {
+        let idempotency_key = match request
+            .idempotency_key
+            .as_ref()
+            .filter(|_| !request.dry_run)
+        {
+            None => None,
+            Some(key) => {
                 let scoped = format!("{principal}\u{1f}{}\u{1f}{key}", deployment.id);
                 let expires = now.saturating_add(self.contract.policy.idempotency_window);
-                let mine = PriorDecision {
-                    decision_id: decision.decision_id.clone(),
-                    verdict: String::new(),
-                };
-                match state.claim_idempotency(&scoped, &mine, now, expires) {
-                    Ok(None) => {}
+                match state.claim_idempotency(&scoped, &decision.decision_id, now, expires) {
+                    Ok(None) => Some(scoped),
                     Ok(Some(first)) => {
                         decision.verdict = Verdict::NoOp;
                         decision.reasons.push(
@@ -169,9 +170,9 @@ impl Engine {
                                 ReasonCode::IdempotentDuplicate,
                                 format!("idempotency key already used within {}; the first decision stands", self.contract.policy.idempotency_window),
                             )
-                            .with("first_decision_id", first.decision_id.clone()),
+                            .with("first_decision_id", first.clone()),
                         );
-                        decision.first_decision_id = Some(first.decision_id);
+                        decision.first_decision_id = Some(first);
                         return decision;
                     }
                     Err(e) => {
@@ -180,7 +181,7 @@ impl Engine {
                     }
                 }
             }
-        }
+        };
 
         let ctx = Ctx {
             engine: self,
@@ -226,6 +227,11 @@ impl Engine {
             if let Err(e) = self.record_strike(state, &decision, principal, now) {
                 decision.reasons.push(unavailable(&e));
             }
+        }
+        if let Some(key) = idempotency_key.filter(|_| decision.verdict != Verdict::Allow) {
+            // Nothing executed, so the key is not spent: a retry is decided afresh. If giving
+            // it back fails, the key stays held, which errs towards not executing.
+            let _ = state.release_idempotency(&key, &decision.decision_id);
         }
         decision
     }
@@ -612,7 +618,11 @@ impl Ctx<'_> {
                 if fits {
                     None
                 } else {
-                    step_reason(format!("step `{step}` of `{}` is a {:?} step; this request does something else", d.id, declared.kind).to_lowercase())
+                    step_reason(format!(
+                        "step `{step}` of `{}` is a {} step; this request does something else",
+                        d.id,
+                        step_kind_name(declared.kind)
+                    ))
                 }
             }
         }
@@ -707,7 +717,7 @@ impl Ctx<'_> {
                 .with("limit", ceiling),
             );
         }
-        if requested != Some(effective) {
+        if requested != Some(effective) && self.request.action.kind == ActionKind::Inference {
             eval.obligations.push(Obligation::CapMaxTokens {
                 max_tokens: effective,
             });
@@ -768,7 +778,18 @@ impl Ctx<'_> {
                     let approvals = state.approvals_of(target_id)?;
                     let approval = covering_approval(&approvals, target, self.now).ok();
                     let current = target.model.deprecates.is_none_or(|d| self.now < d.start());
-                    if let (true, Some(approval), true) = (admitted, approval, current) {
+                    let target_state = state.view(
+                        target_id,
+                        &target.use_case,
+                        self.principal,
+                        self.request.run_id.as_deref(),
+                        self.now,
+                    )?;
+                    let stopped =
+                        !target_state.kills.is_empty() || !target_state.cooldowns.is_empty();
+                    if let (true, Some(approval), true, false) =
+                        (admitted, approval, current, stopped)
+                    {
                         eval.reasons.push(
                             Reason::new(
                                 ReasonCode::SovereigntyRouted,
@@ -998,6 +1019,14 @@ pub fn window_charge(
         },
         amounts,
         resets_at,
+    }
+}
+
+fn step_kind_name(kind: gavel_contract::StepKind) -> &'static str {
+    match kind {
+        gavel_contract::StepKind::Tool => "tool",
+        gavel_contract::StepKind::Model => "model",
+        gavel_contract::StepKind::Retriever => "retriever",
     }
 }
 

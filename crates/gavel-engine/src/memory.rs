@@ -19,7 +19,7 @@ struct Inner {
     kills: BTreeMap<Scope, Kill>,
     cooldowns: Vec<Cooldown>,
     approvals: BTreeMap<String, Vec<Approval>>,
-    idempotency: HashMap<String, (PriorDecision, Timestamp)>,
+    idempotency: HashMap<String, (String, Timestamp)>,
     windows: HashMap<String, Amounts>,
     reservations: HashMap<String, HeldReservation>,
     strikes: HashMap<String, Vec<Timestamp>>,
@@ -146,20 +146,32 @@ impl RuntimeState for MemoryState {
     fn claim_idempotency(
         &self,
         key: &str,
-        decision: &PriorDecision,
+        decision_id: &str,
         now: Timestamp,
         expires_at: Timestamp,
-    ) -> Result<Option<PriorDecision>, StateError> {
+    ) -> Result<Option<String>, StateError> {
         let mut inner = self.lock()?;
-        if let Some((prior, until)) = inner.idempotency.get(key) {
+        if let Some((first, until)) = inner.idempotency.get(key) {
             if *until > now {
-                return Ok(Some(prior.clone()));
+                return Ok(Some(first.clone()));
             }
         }
         inner
             .idempotency
-            .insert(key.to_string(), (decision.clone(), expires_at));
+            .insert(key.to_string(), (decision_id.to_string(), expires_at));
         Ok(None)
+    }
+
+    fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError> {
+        let mut inner = self.lock()?;
+        if inner
+            .idempotency
+            .get(key)
+            .is_some_and(|(holder, _)| holder == decision_id)
+        {
+            inner.idempotency.remove(key);
+        }
+        Ok(())
     }
 
     fn reserve(

@@ -80,10 +80,10 @@ pub enum ActionKind {
     Task,
 }
 
-/// An OpenAI chat message. Fields the engine does not govern (e.g. `tool_call_id`) are
-/// accepted so that real chat bodies parse.
+/// An OpenAI chat message. Fields the engine does not govern (`refusal`, `audio`,
+/// `annotations`...) are accepted and ignored so that real chat bodies parse; the request
+/// itself stays strict, so no field can switch a guard off.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: MessageRole,
     #[serde(default)]

@@ -306,13 +306,6 @@ impl std::fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
-/// The first decision made under an idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PriorDecision {
-    pub decision_id: String,
-    pub verdict: String,
-}
-
 /// The outcome of settling a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -336,15 +329,19 @@ pub trait RuntimeState: Send + Sync {
     /// Approvals of another deployment (a route target).
     fn approvals_of(&self, deployment: &str) -> Result<Vec<Approval>, StateError>;
 
-    /// Atomically records `key` -> `decision` unless the key is already held and unexpired, in
-    /// which case the first decision is returned and nothing is recorded.
+    /// Atomically records `key` -> `decision_id` unless the key is already held and unexpired,
+    /// in which case the first decision's id is returned and nothing is recorded.
     fn claim_idempotency(
         &self,
         key: &str,
-        decision: &PriorDecision,
+        decision_id: &str,
         now: Timestamp,
         expires_at: Timestamp,
-    ) -> Result<Option<PriorDecision>, StateError>;
+    ) -> Result<Option<String>, StateError>;
+
+    /// Gives a key back if `decision_id` still holds it: a refused request executed nothing, so
+    /// a retry with the same key must be decided afresh.
+    fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError>;
 
     /// Atomically charges every window and claims every resource, or nothing. In-flight
     /// reservations count. With `dry_run`, checks without recording anything.

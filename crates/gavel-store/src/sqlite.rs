@@ -421,15 +421,15 @@ impl RuntimeState for SqliteStore {
     fn claim_idempotency(
         &self,
         key: &str,
-        decision: &PriorDecision,
+        decision_id: &str,
         now: Timestamp,
         expires_at: Timestamp,
-    ) -> Result<Option<PriorDecision>, StateError> {
+    ) -> Result<Option<String>, StateError> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("idempotency"))?;
-        let prior: Option<String> = tx
+        let first: Option<String> = tx
             .query_row(
                 "SELECT decision_id FROM idempotency WHERE key = ?1 AND expires_at > ?2",
                 params![key, now.millis()],
@@ -437,20 +437,27 @@ impl RuntimeState for SqliteStore {
             )
             .optional()
             .map_err(err("idempotency"))?;
-        if let Some(decision_id) = prior {
-            return Ok(Some(PriorDecision {
-                decision_id,
-                verdict: String::new(),
-            }));
+        if first.is_some() {
+            return Ok(first);
         }
         tx.execute(
             "INSERT INTO idempotency (key, decision_id, expires_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (key) DO UPDATE SET decision_id = ?2, expires_at = ?3",
-            params![key, decision.decision_id, expires_at.millis()],
+            params![key, decision_id, expires_at.millis()],
         )
         .map_err(err("idempotency"))?;
         tx.commit().map_err(err("idempotency"))?;
         Ok(None)
+    }
+
+    fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError> {
+        self.conn()?
+            .execute(
+                "DELETE FROM idempotency WHERE key = ?1 AND decision_id = ?2",
+                params![key, decision_id],
+            )
+            .map_err(err("idempotency"))?;
+        Ok(())
     }
 
     fn reserve(

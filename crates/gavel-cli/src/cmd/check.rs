@@ -14,7 +14,11 @@ use crate::context::{load_contract_at, now, print_json, short, Context};
 use crate::failure::Outcome;
 
 pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
-    let path = path.unwrap_or(&ctx.contract_path);
+    let ctx = &path.map_or_else(
+        || ctx.with_contract(&ctx.contract_path),
+        |p| ctx.with_contract(p),
+    );
+    let path = &ctx.contract_path;
     let loaded = load_contract_at(path)?;
     let contract = &loaded.contract;
     // The database is optional here: `check` runs in CI on a contract alone.

@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
             let key = create_key(&store, &principal, role, approver_role, &admin.principal)?;
             out!("{key}");
             diag!(
-                "created a {role} key for `{principal}`; it is shown once, only its hash is stored"
+                "created a key with role {role} for `{principal}`; it is shown once, only its hash is stored"
             );
         }
         KeysCommand::List => {
@@ -55,7 +55,7 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
                     "{:<32} {:<20} {:<9} {:<14} {state}",
                     k.id,
                     k.principal,
-                    k.role,
+                    k.role.as_str(),
                     k.approver_role.as_deref().unwrap_or("-")
                 );
             }

@@ -59,6 +59,15 @@ fn binding_edits() -> Vec<(&'static str, Box<dyn Fn(&mut Files)>)> {
                 );
             }),
         ),
+        (
+            "use case population",
+            Box::new(|f: &mut Files| {
+                f.edit(
+                    "population: \"EU retail customers writing to support\"",
+                    "population: \"All customers\"",
+                );
+            }),
+        ),
     ]
 }
 
@@ -113,7 +122,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
     fn binding_changes_exactly_when_bound_content_changes(
-        bound in proptest::collection::vec(any::<bool>(), 8),
+        bound in proptest::collection::vec(any::<bool>(), 9),
         neutral in proptest::collection::vec(any::<bool>(), 5),
     ) {
         let base = triage_binding(&Files::example());

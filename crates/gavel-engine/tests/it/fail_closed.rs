@@ -40,12 +40,16 @@ impl RuntimeState for Broken {
     fn claim_idempotency(
         &self,
         k: &str,
-        d: &PriorDecision,
+        d: &str,
         now: Timestamp,
         e: Timestamp,
-    ) -> Result<Option<PriorDecision>, StateError> {
+    ) -> Result<Option<String>, StateError> {
         self.check("claim_idempotency")?;
         self.inner.claim_idempotency(k, d, now, e)
+    }
+    fn release_idempotency(&self, k: &str, d: &str) -> Result<(), StateError> {
+        self.check("release_idempotency")?;
+        self.inner.release_idempotency(k, d)
     }
     fn reserve(
         &self,

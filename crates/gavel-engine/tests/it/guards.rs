@@ -416,6 +416,27 @@ mod sovereignty {
     }
 
     #[test]
+    fn a_stopped_fallback_is_not_a_route() {
+        let w = world();
+        w.approve("support-triage-v3");
+        w.approve("support-triage-local");
+        w.state
+            .kill(Kill {
+                scope: Scope::Deployment("support-triage-local".into()),
+                reason: "gpu fire".into(),
+                by: "olga".into(),
+                at: NOW,
+                until: None,
+            })
+            .unwrap();
+        assert_verdict(
+            &w.decide(triage_request("support-triage-v3")),
+            Verdict::Block,
+            "sovereignty.endpoint",
+        );
+    }
+
+    #[test]
     fn block_rules_never_route() {
         let w = World::edited(&[(
             "    data_classes: [internal]\n  credit-limit:",
@@ -459,6 +480,22 @@ mod idempotency_and_dry_run {
         assert!(second.estimate.is_none(), "a duplicate consumes nothing");
         // The window is per principal.
         assert_eq!(w.decide_at(r, "other", NOW).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn a_refused_request_does_not_spend_its_key() {
+        let w = World::example();
+        let mut r = kb_request();
+        r["idempotency_key"] = json!("k");
+        assert_verdict(&w.decide(r.clone()), Verdict::Block, "approval.missing");
+        w.approve("kb-search-v1");
+        let retried = w.decide(r.clone());
+        assert_eq!(
+            retried.verdict,
+            Verdict::Allow,
+            "the retry is decided afresh"
+        );
+        assert_verdict(&w.decide(r), Verdict::NoOp, "idempotent.duplicate");
     }
 
     #[test]

@@ -239,48 +239,57 @@ fn resources_are_released_by_settle_or_expiry() {
 }
 
 #[test]
-fn idempotency_claims_hold_until_expiry() {
+fn idempotency_claims_hold_until_expiry_or_release() {
     for b in backends() {
         let s = &*b.state;
-        let first = PriorDecision {
-            decision_id: "dec_1".into(),
-            verdict: String::new(),
-        };
-        let second = PriorDecision {
-            decision_id: "dec_2".into(),
-            verdict: String::new(),
-        };
         let until = NOW.saturating_add(Span::from_secs(60));
         assert_eq!(
-            s.claim_idempotency("k", &first, NOW, until).unwrap(),
+            s.claim_idempotency("k", "dec_1", NOW, until).unwrap(),
             None,
             "{}",
             b.name
         );
         assert_eq!(
-            s.claim_idempotency("k", &second, NOW, until)
+            s.claim_idempotency("k", "dec_2", NOW, until)
                 .unwrap()
-                .map(|p| p.decision_id),
-            Some("dec_1".into()),
+                .as_deref(),
+            Some("dec_1"),
             "{}",
             b.name
         );
         assert_eq!(
-            s.claim_idempotency("other", &second, NOW, until).unwrap(),
+            s.claim_idempotency("other", "dec_2", NOW, until).unwrap(),
+            None,
+            "{}",
+            b.name
+        );
+        // Only the holder can give a key back.
+        s.release_idempotency("k", "dec_2").unwrap();
+        assert_eq!(
+            s.claim_idempotency("k", "dec_3", NOW, until)
+                .unwrap()
+                .as_deref(),
+            Some("dec_1"),
+            "{}",
+            b.name
+        );
+        s.release_idempotency("k", "dec_1").unwrap();
+        assert_eq!(
+            s.claim_idempotency("k", "dec_4", NOW, until).unwrap(),
             None,
             "{}",
             b.name
         );
         assert_eq!(
             s.claim_idempotency(
-                "k",
-                &second,
+                "other",
+                "dec_5",
                 until,
                 until.saturating_add(Span::from_secs(60))
             )
             .unwrap(),
             None,
-            "{}",
+            "{}: expired",
             b.name
         );
     }
