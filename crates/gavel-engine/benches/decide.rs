@@ -117,7 +117,10 @@ fn setup() -> (Engine, MemoryState, Vec<DecideRequest>) {
     };
     state.put_approval(approval).unwrap_or_default();
     (
-        Engine::new(contract, EngineConfig::default()),
+        Engine::new(
+            contract,
+            EngineConfig::standard().unwrap_or_else(|e| panic!("{e}")),
+        ),
         state,
         requests(),
     )

@@ -36,6 +36,17 @@ pub struct EngineConfig {
     pub scanner: Option<Arc<dyn ContentScanner>>,
 }
 
+impl EngineConfig {
+    /// The full default pipeline: the defaults plus the content scanners under the contract's
+    /// privacy and injection policy.
+    pub fn standard() -> Result<EngineConfig, String> {
+        Ok(EngineConfig {
+            scanner: Some(Arc::new(crate::scanning::PolicyScanner::new()?)),
+            ..EngineConfig::default()
+        })
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {

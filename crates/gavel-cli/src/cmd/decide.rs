@@ -25,7 +25,10 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
     let who = ctx.authenticate(&store, &[Role::Service], "deciding")?;
     let contract = Arc::new(loaded.contract);
     let applied = store.contract_applied(&contract.version.0)?.is_some();
-    let engine = Engine::new(contract.clone(), EngineConfig::default());
+    let engine = Engine::new(
+        contract.clone(),
+        EngineConfig::standard().map_err(Failure::storage)?,
+    );
 
     let mut bad_lines = 0usize;
     for (line, item) in requests(&input) {
@@ -113,7 +116,10 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
     let loaded = ctx.load_contract()?;
     let store = ctx.store()?;
     ctx.authenticate(&store, &[Role::Service], "reporting an outcome")?;
-    let engine = Engine::new(Arc::new(loaded.contract), EngineConfig::default());
+    let engine = Engine::new(
+        Arc::new(loaded.contract),
+        EngineConfig::standard().map_err(Failure::storage)?,
+    );
     if engine.contract().deployment(deployment).is_none() {
         return Err(Failure::invalid(format!(
             "deployment `{deployment}` is not in the contract"

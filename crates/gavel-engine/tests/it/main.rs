@@ -6,6 +6,7 @@ mod fail_closed;
 mod guards;
 mod properties;
 mod reasons_doc;
+mod scanning;
 mod tokens;
 
 use std::path::Path;
@@ -19,6 +20,14 @@ use gavel_engine::*;
 
 /// 2026-11-22T12:00:00Z, a fixed "now" well before the example's deprecation dates.
 pub const NOW: Timestamp = Timestamp(1_795_348_800_000);
+
+/// The standard configuration, built once: compiling the scanners is the slow part of a test.
+pub fn shared_config() -> EngineConfig {
+    static CONFIG: std::sync::OnceLock<EngineConfig> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| EngineConfig::standard().unwrap())
+        .clone()
+}
 
 pub struct World {
     pub contract: Arc<Contract>,
@@ -51,7 +60,7 @@ impl World {
     pub fn with_contract(contract: Contract) -> World {
         let contract = Arc::new(contract);
         World {
-            engine: Engine::new(contract.clone(), EngineConfig::default()),
+            engine: Engine::new(contract.clone(), shared_config()),
             contract,
             state: MemoryState::new(),
             next_id: std::cell::Cell::new(0),
