@@ -127,19 +127,28 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
 }
 
 fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
-    if let Some(u) = n.as_u64() {
-        if u > MAX_SAFE_INTEGER {
-            return Err(JcsError::UnsafeInteger(n.to_string()));
+    let int = n
+        .as_u64()
+        .map(|u| (u, false))
+        .or_else(|| n.as_i64().map(|i| (i.unsigned_abs(), true)));
+    if let Some((magnitude, negative)) = int {
+        let text = n.to_string();
+        if magnitude <= MAX_SAFE_INTEGER {
+            out.extend_from_slice(text.as_bytes());
+            return Ok(());
         }
-        out.extend_from_slice(u.to_string().as_bytes());
-        return Ok(());
-    }
-    if let Some(i) = n.as_i64() {
-        if i.unsigned_abs() > MAX_SAFE_INTEGER {
-            return Err(JcsError::UnsafeInteger(n.to_string()));
+        // Beyond 2^53 a JCS number is the nearest double. Accept the integer
+        // only if that double prints as the very same digits (as happens
+        // when a large double was written, e.g. 389761334621997900), so the
+        // canonical text never silently changes a value.
+        let mut as_double = Vec::new();
+        let f = magnitude as f64;
+        write_f64(&mut as_double, if negative { -f } else { f });
+        if as_double == text.as_bytes() {
+            out.extend_from_slice(&as_double);
+            return Ok(());
         }
-        out.extend_from_slice(i.to_string().as_bytes());
-        return Ok(());
+        return Err(JcsError::UnsafeInteger(text));
     }
     match n.as_f64() {
         Some(f) if f.is_finite() => {
@@ -345,6 +354,27 @@ mod tests {
             got,
             "{\"literals\":[null,true,false],\"numbers\":[333333333.3333333,1e+30,4.5,0.002,1e-27],\"string\":\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\"}"
         );
+    }
+
+    #[test]
+    fn large_integers_are_kept_only_when_a_double_prints_them_exactly() {
+        // 3.897613346219979e17 prints as these digits; reading them back as
+        // an integer must canonicalise to the same text.
+        assert_eq!(
+            to_vec(&json!(389_761_334_621_997_900u64)).unwrap(),
+            b"389761334621997900"
+        );
+        assert_eq!(
+            to_vec(&json!(3.897613346219979e17)).unwrap(),
+            b"389761334621997900"
+        );
+        assert_eq!(
+            to_vec(&json!(-1_152_921_504_606_847_000i64)).unwrap(),
+            b"-1152921504606847000"
+        );
+        // 2^60 is a double, but ECMAScript prints it as 1152921504606847000:
+        // the integer's own digits would change, so it is refused.
+        assert!(to_vec(&json!(1u64 << 60)).is_err());
     }
 
     #[test]
