@@ -137,12 +137,15 @@ impl fmt::Debug for SqliteLedgerSink {
     }
 }
 
-fn to_hash(bytes: Vec<u8>) -> Result<Hash, rusqlite::Error> {
-    Hash::try_from(bytes).map_err(|b| {
+/// Reads a 32-byte hash column without an intermediate allocation (this runs
+/// once per record when verifying or loading the tree).
+fn hash_column(row: &rusqlite::Row<'_>, col: usize) -> Result<Hash, rusqlite::Error> {
+    let blob = row.get_ref(col)?.as_blob()?;
+    Hash::try_from(blob).map_err(|_| {
         rusqlite::Error::FromSqlConversionFailure(
-            0,
+            col,
             rusqlite::types::Type::Blob,
-            format!("leaf hash of {} bytes", b.len()).into(),
+            format!("leaf hash of {} bytes", blob.len()).into(),
         )
     })
 }
@@ -262,7 +265,7 @@ impl LedgerSink for SqliteLedgerSink {
         let mut stmt = self.conn.prepare_cached(
             "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
         )?;
-        let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| to_hash(r.get(0)?))?;
+        let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| hash_column(r, 0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -271,7 +274,7 @@ impl LedgerSink for SqliteLedgerSink {
         let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| {
             Ok(StoredRecord {
                 index: to_u64(r.get(0)?)?,
-                leaf_hash: to_hash(r.get(1)?)?,
+                leaf_hash: hash_column(r, 1)?,
                 bytes: r.get(2)?,
             })
         })?;
