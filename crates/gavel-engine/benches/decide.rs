@@ -237,6 +237,12 @@ fn main() {
     println!("\ndecision latency, example contract, kb-search-v1 ALLOW path (every guard and the budget reservation), one thread:");
     println!("| tokenizer memo | distinct prompts | mean prompt | p50 | p90 | p99 | p99.9 | decisions/s (one core) |");
     println!("|---|---|---|---|---|---|---|---|");
-    percentiles(false);
-    percentiles(true);
+    // DECIDE_MEMO=warm or cold runs one of the two (e.g. under callgrind); default both.
+    let memo = std::env::var("DECIDE_MEMO").unwrap_or_default();
+    if memo != "cold" {
+        percentiles(false);
+    }
+    if memo != "warm" {
+        percentiles(true);
+    }
 }
