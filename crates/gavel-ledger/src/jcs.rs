@@ -67,15 +67,11 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), JcsError> {
 fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), JcsError> {
     let mut entries: Vec<(&String, &Value)> = map.iter().collect();
     // RFC 8785 3.2.3: members are sorted by their names as arrays of UTF-16
-    // code units. That differs from UTF-8 byte order for characters above the
-    // BMP versus U+E000..U+FFFF, and serde_json's map may keep insertion order
-    // (its `preserve_order` feature), so check and sort when needed. The check
-    // is the common, cheap path: serde_json's default map is already in order
-    // for the usual ASCII keys.
-    let utf16_order =
-        |a: &(&String, &Value), b: &(&String, &Value)| a.0.encode_utf16().cmp(b.0.encode_utf16());
-    if !entries.is_sorted_by(|a, b| utf16_order(a, b).is_le()) {
-        entries.sort_by(utf16_order);
+    // code units. serde_json's map may keep insertion order (its
+    // `preserve_order` feature), so check and sort when needed; the default
+    // map is usually in order already, making the check the common path.
+    if !entries.is_sorted_by(|a, b| utf16_cmp(a.0, b.0).is_le()) {
+        entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
     }
     out.push(b'{');
     for (i, (k, v)) in entries.into_iter().enumerate() {
@@ -88,6 +84,19 @@ fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), JcsEr
     }
     out.push(b'}');
     Ok(())
+}
+
+/// Orders strings by UTF-16 code units. UTF-8 byte order agrees except when
+/// a character above the BMP (lead byte 0xF0..0xF4) meets one in
+/// U+E000..U+FFFF (lead byte 0xEE or 0xEF), so bytes are compared directly
+/// unless such lead bytes occur.
+fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let needs_utf16 = |s: &str| s.bytes().any(|c| c >= 0xEE);
+    if needs_utf16(a) || needs_utf16(b) {
+        a.encode_utf16().cmp(b.encode_utf16())
+    } else {
+        a.as_bytes().cmp(b.as_bytes())
+    }
 }
 
 /// Appends a JSON string literal escaped as ECMAScript `JSON.stringify` does
