@@ -972,18 +972,28 @@ impl Model {
     /// rot13 of the whole text. Hidden evidence is reported on the encoded span.
     fn hidden(&self, text: &str, mode: InjectionMode, s: &mut Scratch) {
         let bytes = text.as_bytes();
-        let mut run_start = 0;
-        for i in 0..=bytes.len() {
-            if bytes.get(i).is_some_and(|&c| ENCODED[usize::from(c)]) {
+        let enc = |i: usize| bytes.get(i).is_some_and(|&c| ENCODED[usize::from(c)]);
+        // Skip search for runs of at least MIN_ENCODED encoded bytes: if the last byte of a
+        // window is not encodable, no long run starts inside it (prose moves 24 bytes a step).
+        let mut i = 0;
+        while i + MIN_ENCODED <= bytes.len() {
+            let last = i + MIN_ENCODED - 1;
+            if !enc(last) {
+                i = last + 1;
                 continue;
             }
-            if i - run_start >= MIN_ENCODED {
-                let run = bytes.get(run_start..i).unwrap_or_default();
-                if decode_any(run, &mut s.decoded) {
-                    self.score_inner(mode, run_start..i, s);
+            match (i..last).rev().find(|&j| !enc(j)) {
+                Some(j) => i = j + 1,
+                None => {
+                    let end =
+                        crate::detect::run_end(bytes, i, usize::MAX, |c| ENCODED[usize::from(c)]);
+                    let run = bytes.get(i..end).unwrap_or_default();
+                    if decode_any(run, &mut s.decoded) {
+                        self.score_inner(mode, i..end, s);
+                    }
+                    i = end + 1;
                 }
             }
-            run_start = i + 1;
         }
         // rot13 is tried only when the text is full of the rot13 forms of common English words
         // (`gur`, `naq`, `lbh`...); decoding every text would double the cost for nothing.

@@ -78,19 +78,29 @@ pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
     out.map.clear();
     out.bytes.reserve(src.len());
     out.map.reserve(src.len() + 1);
-    // ASCII is always NFKC; the quick check only runs on text with other characters.
-    let compat = !src.is_ascii() && is_nfkc_quick(src.chars()) != IsNormalized::Yes;
+    // ASCII is always NFKC (and resets canonical ordering), so the quick check only needs the
+    // other characters; leaving ASCII out can only make it more cautious.
+    let compat = !src.is_ascii()
+        && is_nfkc_quick(src.chars().filter(|c| !c.is_ascii())) != IsNormalized::Yes;
     let bytes = src.as_bytes();
     let mut last_space = true;
-    if !compat && src.is_ascii() {
-        normalize_ascii(bytes, out);
-        return finish(src, out);
-    }
     let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b.is_ascii() {
-            push_ascii(b, i as u32, out, &mut last_space);
-            i += 1;
+    while i < bytes.len() {
+        // ASCII runs go through the table-driven writer; other characters one by one.
+        let run = bytes
+            .get(i..)
+            .unwrap_or_default()
+            .iter()
+            .position(|b| !b.is_ascii())
+            .map_or(bytes.len(), |p| i + p);
+        if run > i {
+            normalize_ascii(
+                bytes.get(i..run).unwrap_or_default(),
+                i,
+                out,
+                &mut last_space,
+            );
+            i = run;
             continue;
         }
         let Some(c) = src.get(i..).and_then(|rest| rest.chars().next()) else {
@@ -116,24 +126,24 @@ fn finish(src: &str, out: &mut Normalized) {
     fold_leet(&mut out.bytes);
 }
 
-/// The common case, ASCII text: one table lookup per byte, writing into buffers sized up front.
-fn normalize_ascii(bytes: &[u8], out: &mut Normalized) {
-    out.bytes.resize(bytes.len(), 0);
-    out.map.resize(bytes.len(), 0);
-    let mut w = 0usize;
-    let mut last_space = true;
-    for (i, &b) in bytes.iter().enumerate() {
-        let kind = ASCII_KIND[usize::from(b)];
-        let (byte, keep) = match kind {
+/// Appends an ASCII run (at offset `origin` of the source): one table lookup per byte, writing
+/// into space reserved up front instead of pushing byte by byte.
+fn normalize_ascii(run: &[u8], origin: usize, out: &mut Normalized, last_space: &mut bool) {
+    let start = out.bytes.len();
+    out.bytes.resize(start + run.len(), 0);
+    out.map.resize(start + run.len(), 0);
+    let mut w = start;
+    for (k, &b) in run.iter().enumerate() {
+        let (byte, keep) = match ASCII_KIND[usize::from(b)] {
             // ordinary byte, lower-cased
             0 => {
-                last_space = false;
+                *last_space = false;
                 (b.to_ascii_lowercase(), true)
             }
             // horizontal space, `_`, `\\`: one space at most
             1 => {
-                let keep = !last_space;
-                last_space = true;
+                let keep = !*last_space;
+                *last_space = true;
                 (b' ', keep)
             }
             // newline replaces a preceding space
@@ -141,14 +151,14 @@ fn normalize_ascii(bytes: &[u8], out: &mut Normalized) {
                 if w > 0 && out.bytes.get(w - 1) == Some(&b' ') {
                     w -= 1;
                 }
-                last_space = true;
+                *last_space = true;
                 (b'\n', true)
             }
         };
         if keep {
             if let (Some(slot), Some(m)) = (out.bytes.get_mut(w), out.map.get_mut(w)) {
                 *slot = byte;
-                *m = i as u32;
+                *m = (origin + k) as u32;
             }
             w += 1;
         }
