@@ -160,7 +160,7 @@ impl fmt::Display for Span {
             (1000, "s"),
         ];
         for (size, unit) in UNITS {
-            if self.millis % size == 0 {
+            if self.millis.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.millis / size);
             }
         }

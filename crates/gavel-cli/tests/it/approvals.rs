@@ -34,7 +34,7 @@ fn strs(args: &[String]) -> Vec<&str> {
 
 #[test]
 fn high_risk_needs_two_approvers_with_distinct_roles() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     let args = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
     let first = g.run(Some(&r.risk), &strs(&args)).ok();
@@ -79,7 +79,7 @@ fn high_risk_needs_two_approvers_with_distinct_roles() {
 
 #[test]
 fn refusals_name_the_missing_requirement() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     g.run(Some(&r.risk), &strs(&credit(&[])))
         .fails(1, "missing: human_oversight");
@@ -174,7 +174,7 @@ fn refusals_name_the_missing_requirement() {
 
 #[test]
 fn whoever_applied_a_binding_cannot_approve_it() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     // One person, two keys: applying as operator, then approving as approver.
     let bob_ops = g.key("bob", "operator", None);
@@ -213,7 +213,7 @@ fn whoever_applied_a_binding_cannot_approve_it() {
 
 #[test]
 fn an_unapplied_binding_cannot_be_approved() {
-    let r = Ready::new();
+    let r = Ready::start();
     std::fs::write(r.g.path("prompts/kb.txt"), "Different.\n").unwrap();
     r.g.run(
         Some(&r.risk),
@@ -233,7 +233,7 @@ fn an_unapplied_binding_cannot_be_approved() {
 
 #[test]
 fn revocation_stops_serving_at_once() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     let d = g.decide(&r.service, &kb_request());
     let approval = d["approval_id"].as_str().unwrap().to_string();

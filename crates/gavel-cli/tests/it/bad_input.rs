@@ -57,7 +57,7 @@ fn init_refuses_an_initialised_folder() {
 
 #[test]
 fn malformed_requests_get_an_error_line_and_exit_1() {
-    let r = Ready::new();
+    let r = Ready::start();
     let cases: Vec<(&[u8], &str)> = vec![
         (b"{\"deployment\": ", "invalid decide request"),
         (b"{\"deployment\": 42}", "invalid type"),
@@ -98,7 +98,7 @@ fn malformed_requests_get_an_error_line_and_exit_1() {
 
 #[test]
 fn a_bad_line_does_not_stop_the_good_ones() {
-    let r = Ready::new();
+    let r = Ready::start();
     let input = format!("{}\nnot json\n{}\n", kb_request(), kb_request());
     let run =
         r.g.run_stdin(Some(&r.service), &["decide"], input.as_bytes());
@@ -112,7 +112,7 @@ fn a_bad_line_does_not_stop_the_good_ones() {
 
 #[test]
 fn nul_bytes_in_content_are_decided_not_crashed_on() {
-    let r = Ready::new();
+    let r = Ready::start();
     let mut req = kb_request();
     req["messages"][1]["content"] = serde_json::json!("hello\u{0000}world");
     let d = r.g.decide(&r.service, &req);

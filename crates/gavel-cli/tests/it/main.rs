@@ -1,6 +1,13 @@
 //! The real `gavel` binary, driven the way an operator would: init, keys, apply, approve,
 //! decide, kill, explain; and every refusal with its exit code.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail loudly by design"
+)]
+
 mod approvals;
 mod bad_input;
 mod roles;
@@ -162,7 +169,7 @@ pub struct Ready {
 }
 
 impl Ready {
-    pub fn new() -> Ready {
+    pub fn start() -> Ready {
         let g = Gavel::init();
         let operator = g.key("olga", "operator", None);
         let risk = g.key("rita", "approver", Some("risk"));

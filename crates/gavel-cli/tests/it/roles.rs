@@ -5,7 +5,7 @@ use crate::*;
 
 #[test]
 fn every_command_refuses_every_wrong_role() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     let admin = g.admin.clone();
     let approver = r.risk.clone();
@@ -114,7 +114,7 @@ fn every_command_refuses_every_wrong_role() {
 
 #[test]
 fn missing_unknown_and_revoked_keys_are_refused() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     g.run(None, &["approvals"]).fails(3, "needs an API key");
     g.run(Some("gvl_not_a_real_key"), &["approvals"])
@@ -156,7 +156,7 @@ fn missing_unknown_and_revoked_keys_are_refused() {
 
 #[test]
 fn keys_are_shown_once_and_never_listed_or_stored() {
-    let r = Ready::new();
+    let r = Ready::start();
     let list = r.g.run(Some(&r.g.admin), &["keys", "list"]).ok();
     for key in [&r.service, &r.operator, &r.g.admin] {
         assert!(!list.stdout.contains(key.as_str()));
@@ -171,7 +171,7 @@ fn keys_are_shown_once_and_never_listed_or_stored() {
 
 #[test]
 fn override_attempts_change_nothing() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     let unapproved = serde_json::json!({"deployment": "credit-limit-v1"});
     // Environment variables and flags that sound like overrides.

@@ -6,7 +6,7 @@ use crate::*;
 
 #[test]
 fn init_check_apply_approve_decide_outcome_explain() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     let check = g.run(None, &["check"]).ok();
     assert!(
@@ -79,7 +79,7 @@ fn init_check_apply_approve_decide_outcome_explain() {
 
 #[test]
 fn json_lines_in_one_decision_per_line_out() {
-    let r = Ready::new();
+    let r = Ready::start();
     let lines = [
         kb_request().to_string(),
         json!({"deployment": "credit-limit-v1"}).to_string(),
@@ -106,7 +106,7 @@ fn json_lines_in_one_decision_per_line_out() {
 
 #[test]
 fn pretty_printed_single_request_is_one_request() {
-    let r = Ready::new();
+    let r = Ready::start();
     let pretty = serde_json::to_string_pretty(&kb_request()).unwrap();
     let run =
         r.g.run_stdin(Some(&r.service), &["decide"], pretty.as_bytes())
@@ -117,7 +117,7 @@ fn pretty_printed_single_request_is_one_request() {
 
 #[test]
 fn kill_and_unkill() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     g.run(
         Some(&r.operator),
@@ -167,7 +167,7 @@ fn kill_and_unkill() {
 
 #[test]
 fn a_changed_deployment_is_refused_until_applied_and_reapproved() {
-    let r = Ready::new();
+    let r = Ready::start();
     let g = &r.g;
     std::fs::write(g.path("prompts/kb.txt"), "Answer briefly.\n").unwrap();
     let changed = serde_json::json!({
@@ -210,7 +210,7 @@ fn a_changed_deployment_is_refused_until_applied_and_reapproved() {
 
 #[test]
 fn idempotent_and_dry_run_from_the_command_line() {
-    let r = Ready::new();
+    let r = Ready::start();
     let mut req = kb_request();
     req["idempotency_key"] = json!("job-1");
     let first = r.g.decide(&r.service, &req);

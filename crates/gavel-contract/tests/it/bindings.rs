@@ -5,7 +5,10 @@ use proptest::prelude::*;
 use crate::Files;
 
 /// Edits that touch one deployment's bound content (support-triage-v3's or the files it binds).
-fn binding_edits() -> Vec<(&'static str, Box<dyn Fn(&mut Files)>)> {
+/// A named change to the example's files.
+type Edit = (&'static str, Box<dyn Fn(&mut Files)>);
+
+fn binding_edits() -> Vec<Edit> {
     vec![
         (
             "template text",
@@ -72,7 +75,7 @@ fn binding_edits() -> Vec<(&'static str, Box<dyn Fn(&mut Files)>)> {
 }
 
 /// Edits that must leave support-triage-v3's binding alone.
-fn neutral_edits() -> Vec<(&'static str, Box<dyn Fn(&mut Files)>)> {
+fn neutral_edits() -> Vec<Edit> {
     vec![
         (
             "comment",

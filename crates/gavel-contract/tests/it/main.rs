@@ -1,6 +1,13 @@
 //! Loading the contract: the example, located errors for every kind of bad input, and the
 //! binding property (a binding changes exactly when bound content changes).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail loudly by design"
+)]
+
 mod bindings;
 mod errors;
 mod robustness;

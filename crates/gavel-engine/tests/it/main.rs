@@ -1,6 +1,13 @@
 //! The engine against the example contract: one module per guard, plus the properties that
 //! must hold whatever the request.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail loudly by design"
+)]
+
 mod budgets;
 mod fail_closed;
 mod guards;

@@ -1,6 +1,13 @@
 //! One suite, every backend: the in-memory state and SQLite must behave the same. A PostgreSQL
 //! backend joins by adding one line to `backends()`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail loudly by design"
+)]
+
 mod concurrency;
 mod sqlite_only;
 
