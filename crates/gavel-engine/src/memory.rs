@@ -181,29 +181,12 @@ impl RuntimeState for MemoryState {
         dry_run: bool,
     ) -> Result<Result<(), Refusal>, StateError> {
         let mut inner = self.lock()?;
-        for charge in &request.windows {
-            let used = inner.windows.get(&charge.key).copied().unwrap_or_default();
-            if let Some((measure, limit, used)) = charge.limits.overflow(used, charge.amounts) {
-                return Ok(Err(Refusal::Window {
-                    key: charge.key.clone(),
-                    measure,
-                    limit,
-                    used,
-                    requested: charge.amounts.of(measure),
-                    resets_at: charge.resets_at,
-                }));
-            }
-        }
-        for claim in &request.resources {
-            let in_use = resource_in_use(&inner, &claim.name, now);
-            if in_use.saturating_add(claim.amount) > claim.capacity {
-                return Ok(Err(Refusal::Resource {
-                    name: claim.name.clone(),
-                    capacity: claim.capacity,
-                    in_use,
-                    requested: claim.amount,
-                }));
-            }
+        let refusal = request.first_refusal(
+            |key| Ok::<_, StateError>(inner.windows.get(key).copied().unwrap_or_default()),
+            |name| Ok(resource_in_use(&inner, name, now)),
+        )?;
+        if let Some(refusal) = refusal {
+            return Ok(Err(refusal));
         }
         if dry_run {
             return Ok(Ok(()));

@@ -275,6 +275,43 @@ pub struct ReservationRequest {
     pub expires_at: Timestamp,
 }
 
+impl ReservationRequest {
+    /// The first window or resource this reservation would overflow, given each window's usage
+    /// and each resource's amount in use. Backends call it inside their atomic section, so the
+    /// rule is written once.
+    pub fn first_refusal<E>(
+        &self,
+        mut window_usage: impl FnMut(&str) -> Result<Amounts, E>,
+        mut resource_in_use: impl FnMut(&str) -> Result<u64, E>,
+    ) -> Result<Option<Refusal>, E> {
+        for charge in &self.windows {
+            let used = window_usage(&charge.key)?;
+            if let Some((measure, limit, used)) = charge.limits.overflow(used, charge.amounts) {
+                return Ok(Some(Refusal::Window {
+                    key: charge.key.clone(),
+                    measure,
+                    limit,
+                    used,
+                    requested: charge.amounts.of(measure),
+                    resets_at: charge.resets_at,
+                }));
+            }
+        }
+        for claim in &self.resources {
+            let in_use = resource_in_use(&claim.name)?;
+            if in_use.saturating_add(claim.amount) > claim.capacity {
+                return Ok(Some(Refusal::Resource {
+                    name: claim.name.clone(),
+                    capacity: claim.capacity,
+                    in_use,
+                    requested: claim.amount,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {

@@ -470,37 +470,20 @@ impl RuntimeState for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("reserve"))?;
-        for charge in &request.windows {
-            let used = window_usage(&tx, &charge.key)?;
-            if let Some((measure, limit, used)) = charge.limits.overflow(used, charge.amounts) {
-                let requested = charge.amounts.of(measure);
-                return Ok(Err(Refusal::Window {
-                    key: charge.key.clone(),
-                    measure,
-                    limit,
-                    used,
-                    requested,
-                    resets_at: charge.resets_at,
-                }));
-            }
-        }
-        for claim in &request.resources {
-            let in_use: i64 = tx
-                .query_row(
+        let refusal = request.first_refusal(
+            |key| window_usage(&tx, key),
+            |name| {
+                tx.query_row(
                     "SELECT COALESCE(SUM(amount), 0) FROM reservation_resources WHERE name = ?1 AND expires_at > ?2",
-                    params![claim.name, now.millis()],
-                    |r| r.get(0),
+                    params![name, now.millis()],
+                    |r| r.get::<_, i64>(0),
                 )
-                .map_err(err("reserve"))?;
-            let in_use = to_u64(in_use);
-            if in_use.saturating_add(claim.amount) > claim.capacity {
-                return Ok(Err(Refusal::Resource {
-                    name: claim.name.clone(),
-                    capacity: claim.capacity,
-                    in_use,
-                    requested: claim.amount,
-                }));
-            }
+                .map(to_u64)
+                .map_err(err("reserve"))
+            },
+        )?;
+        if let Some(refusal) = refusal {
+            return Ok(Err(refusal));
         }
         if dry_run {
             return Ok(Ok(()));
