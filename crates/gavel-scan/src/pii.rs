@@ -525,6 +525,12 @@ pub(crate) fn scan_ipv6(text: &str, from: usize, sink: &mut Sink<'_>) {
     let class = |c: u8| c.is_ascii_hexdigit() || c == b':' || c == b'.';
     for rel in memchr::memchr_iter(b':', rest) {
         let c = from + rel;
+        // An address has a second colon at most four hex digits after its first; most colons
+        // (`key: value`, `https://`) fail this before any scanning.
+        let r = run_end(b, c + 1, 4, |x| x.is_ascii_hexdigit());
+        if r < b.len() && at(b, r) != Some(b':') {
+            continue;
+        }
         // Only the first colon of a run anchors a candidate.
         let mut rs = c;
         while rs > 0
