@@ -153,7 +153,7 @@ fn throughput(
     total: u64,
     base: u64,
     make: fn(u64) -> Record,
-) -> (f64, u64) {
+) -> (f64, u64, f64) {
     let commits = Arc::new(AtomicU64::new(0));
     let sink = Counting {
         inner: SqliteLedgerSink::open(db).unwrap(),
@@ -166,6 +166,7 @@ fn throughput(
     let records: Arc<Vec<Record>> =
         Arc::new((0..per_thread * threads).map(|i| make(base + i)).collect());
     let start = Instant::now();
+    let cpu_start = process_cpu();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let app = Arc::clone(&app);
@@ -192,13 +193,33 @@ fn throughput(
         w.join().unwrap();
     }
     let elapsed = start.elapsed();
+    let cpu = process_cpu() - cpu_start;
     let app = Arc::try_unwrap(app).ok().unwrap();
     app.close().unwrap();
     let n = per_thread * threads;
     (
         n as f64 / elapsed.as_secs_f64(),
         commits.load(Ordering::Relaxed),
+        cpu.as_secs_f64() * 1e6 / n as f64,
     )
+}
+
+/// CPU time (user + system) this process has used: unlike wall-clock rates
+/// it barely moves when other jobs share the machine.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15, in clock ticks of 10 ms.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 fn main() {
@@ -254,10 +275,10 @@ fn main() {
 
     let db = dir.join("bench.db");
     println!(
-        "| in flight (threads x depth), record size | records | durable appends/s | commits | mean batch |"
+        "| in flight (threads x depth), record size | records | durable appends/s | commits | mean batch | CPU us/append |"
     );
     println!(
-        "|------------------------------------------|---------|-------------------|---------|------------|"
+        "|------------------------------------------|---------|-------------------|---------|------------|---------------|"
     );
     let mut base = 0;
     let small_len = small_decision(0).canonical_bytes().unwrap().len();
@@ -269,7 +290,7 @@ fn main() {
         (4, 1024, total, small_decision, "small"),
     ];
     for (threads, depth, n, make, label) in runs {
-        let (rate, commits) = throughput(&db, threads, depth, n, base, make);
+        let (rate, commits, cpu_us) = throughput(&db, threads, depth, n, base, make);
         base += n;
         let label = if label == "small" {
             format!("{small_len} B")
@@ -277,7 +298,7 @@ fn main() {
             label.to_owned()
         };
         println!(
-            "| {:>4} ({threads} x {depth}), {label} records | {n} | {rate:.0} | {commits} | {:.1} |",
+            "| {:>4} ({threads} x {depth}), {label} records | {n} | {rate:.0} | {commits} | {:.1} | {cpu_us:.1} |",
             threads * depth,
             n as f64 / commits.max(1) as f64
         );
