@@ -235,52 +235,6 @@ impl MerkleTree {
     }
 }
 
-/// Root over leaf hashes pushed one at a time, keeping only the O(log n)
-/// "compact range" of complete subtrees: what a verifier needs when it only
-/// wants roots at given sizes.
-#[derive(Debug, Clone, Default)]
-pub struct CompactRange {
-    size: u64,
-    /// Roots of complete subtrees, largest first (one per set bit of `size`).
-    peaks: Vec<Hash>,
-}
-
-impl CompactRange {
-    pub fn new() -> CompactRange {
-        CompactRange::default()
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn push(&mut self, leaf: Hash) {
-        let mut hash = leaf;
-        // Each trailing one bit of the old size is a peak that now merges.
-        let mut merges = self.size.trailing_ones();
-        while merges > 0 {
-            if let Some(left) = self.peaks.pop() {
-                hash = node_hash(&left, &hash);
-            }
-            merges -= 1;
-        }
-        self.peaks.push(hash);
-        self.size += 1;
-    }
-
-    /// Root of all leaves pushed so far.
-    pub fn root(&self) -> Hash {
-        let mut iter = self.peaks.iter().rev();
-        let Some(mut acc) = iter.next().copied() else {
-            return EMPTY_ROOT;
-        };
-        for left in iter {
-            acc = node_hash(left, &acc);
-        }
-        acc
-    }
-}
-
 /// Verifies that `leaf` is at `index` in the tree of `size` leaves with root
 /// `root` (RFC 9162 2.1.3.2).
 pub fn verify_inclusion(
@@ -407,7 +361,6 @@ mod tests {
     fn empty_root_is_sha256_of_nothing() {
         assert_eq!(EMPTY_ROOT, <[u8; 32]>::from(Sha256::digest(b"")));
         assert_eq!(MerkleTree::new().root(), EMPTY_ROOT);
-        assert_eq!(CompactRange::new().root(), EMPTY_ROOT);
     }
 
     #[test]
