@@ -19,6 +19,7 @@
 //! ```
 
 mod binding;
+pub mod diff;
 mod error;
 pub mod example;
 mod load;

@@ -1,0 +1,523 @@
+//! What changed between two contract versions, and whether any change loosens governance.
+//!
+//! Loading a new version is a recorded governance change (SPEC section 4); the record carries
+//! this summary, and a version that raises a limit, weakens or removes a guard, lowers a tier
+//! or widens an allowlist is flagged as loosening, so that review can focus there.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::model::*;
+
+/// One change, in words, with whether it loosens governance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub what: String,
+    pub loosening: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContractDiff {
+    pub changes: Vec<Change>,
+}
+
+impl ContractDiff {
+    pub fn loosening(&self) -> bool {
+        self.changes.iter().any(|c| c.loosening)
+    }
+
+    fn note(&mut self, loosening: bool, what: String) {
+        self.changes.push(Change { what, loosening });
+    }
+}
+
+/// Compares two contracts. Equal versions give an empty diff.
+pub fn diff(old: &Contract, new: &Contract) -> ContractDiff {
+    let mut d = ContractDiff::default();
+    if old.version == new.version {
+        return d;
+    }
+    use_cases(&mut d, &old.use_cases, &new.use_cases);
+    deployments(&mut d, &old.deployments, &new.deployments);
+    requirements(&mut d, &old.taxonomy, &new.taxonomy);
+    policy(&mut d, &old.policy, &new.policy);
+    if d.changes.is_empty() {
+        d.note(
+            false,
+            "wording, prices or other details changed (no limit, guard, tier or allowlist)".into(),
+        );
+    }
+    d
+}
+
+fn added_removed<'a, T>(
+    old: &'a BTreeMap<String, T>,
+    new: &'a BTreeMap<String, T>,
+) -> (Vec<&'a String>, Vec<&'a String>) {
+    let added = new.keys().filter(|k| !old.contains_key(*k)).collect();
+    let removed = old.keys().filter(|k| !new.contains_key(*k)).collect();
+    (added, removed)
+}
+
+fn use_cases(
+    d: &mut ContractDiff,
+    old: &BTreeMap<String, UseCase>,
+    new: &BTreeMap<String, UseCase>,
+) {
+    let (added, removed) = added_removed(old, new);
+    for id in added {
+        d.note(false, format!("use case `{id}` added"));
+    }
+    for id in removed {
+        d.note(false, format!("use case `{id}` removed"));
+    }
+    for (id, n) in new {
+        let Some(o) = old.get(id) else { continue };
+        // Tiers are ordered most severe first, so a lower tier compares greater.
+        if n.tier > o.tier {
+            d.note(
+                true,
+                format!("use case `{id}` tier lowered from {} to {}", o.tier, n.tier),
+            );
+        } else if n.tier < o.tier {
+            d.note(
+                false,
+                format!("use case `{id}` tier raised from {} to {}", o.tier, n.tier),
+            );
+        }
+        let dropped: Vec<&String> = o
+            .data_classes
+            .iter()
+            .filter(|c| !n.data_classes.contains(c))
+            .collect();
+        if !dropped.is_empty() {
+            d.note(
+                true,
+                format!("use case `{id}` no longer declares data classes {dropped:?}"),
+            );
+        }
+        if n.population != o.population {
+            d.note(false, format!("use case `{id}` population changed"));
+        }
+    }
+}
+
+fn deployments(
+    d: &mut ContractDiff,
+    old: &BTreeMap<String, Deployment>,
+    new: &BTreeMap<String, Deployment>,
+) {
+    let (added, removed) = added_removed(old, new);
+    for id in added {
+        d.note(
+            false,
+            format!("deployment `{id}` added (it needs an approval)"),
+        );
+    }
+    for id in removed {
+        d.note(false, format!("deployment `{id}` removed"));
+    }
+    for (id, n) in new {
+        let Some(o) = old.get(id) else { continue };
+        if n.binding == o.binding {
+            continue;
+        }
+        d.note(
+            false,
+            format!(
+                "deployment `{id}` changed: binding {} -> {} (it needs a new approval)",
+                short(&o.binding.0),
+                short(&n.binding.0)
+            ),
+        );
+        for tool in n.tools.keys().filter(|t| !o.tools.contains_key(*t)) {
+            d.note(
+                true,
+                format!("deployment `{id}` may call new tool `{tool}`"),
+            );
+        }
+        for (name, rule) in &n.params {
+            if widened(o.params.get(name), rule) {
+                d.note(true, format!("deployment `{id}` param `{name}` widened"));
+            }
+        }
+    }
+}
+
+fn widened(old: Option<&ParamRule>, new: &ParamRule) -> bool {
+    match (old, new) {
+        (None, _) => true,
+        (Some(ParamRule::Range { min: a, max: b }), ParamRule::Range { min: c, max: e }) => {
+            c < a || e > b
+        }
+        (Some(ParamRule::Exactly(a)), ParamRule::Range { min, max }) => {
+            a.as_f64().is_none_or(|v| *min < v || *max > v)
+        }
+        (Some(ParamRule::Exactly(a)), ParamRule::Exactly(b)) => match (a.as_f64(), b.as_f64()) {
+            // For max_tokens the value is a ceiling; for others any change is a change, not a widening.
+            (Some(x), Some(y)) => y > x,
+            _ => false,
+        },
+        (Some(ParamRule::Range { .. }), ParamRule::Exactly(_)) => false,
+    }
+}
+
+fn requirements(d: &mut ContractDiff, old: &Taxonomy, new: &Taxonomy) {
+    for (tier, n) in &new.requirements {
+        let Some(o) = old.requirements.get(tier) else {
+            continue;
+        };
+        if n.allowed && !o.allowed {
+            d.note(true, format!("tier `{tier}` became approvable"));
+        }
+        if n.approvers < o.approvers {
+            d.note(
+                true,
+                format!(
+                    "tier `{tier}` needs {} approvers instead of {}",
+                    n.approvers, o.approvers
+                ),
+            );
+        }
+        for (what, o_list, n_list) in [
+            ("role", &o.distinct_roles, &n.distinct_roles),
+            ("evidence", &o.evidence, &n.evidence),
+        ] {
+            for gone in o_list.iter().filter(|x| !n_list.contains(x)) {
+                d.note(
+                    true,
+                    format!("tier `{tier}` no longer requires {what} `{gone}`"),
+                );
+            }
+        }
+        for gone in o
+            .require_thresholds
+            .iter()
+            .filter(|s| !n.require_thresholds.contains(s))
+        {
+            d.note(
+                true,
+                format!("tier `{tier}` no longer requires a `{gone}` threshold"),
+            );
+        }
+        if n.max_validity_days.unwrap_or(u32::MAX) > o.max_validity_days.unwrap_or(u32::MAX) {
+            d.note(
+                true,
+                format!(
+                    "tier `{tier}` approvals may last longer ({:?} days)",
+                    n.max_validity_days
+                ),
+            );
+        }
+    }
+    let old_spend: BTreeMap<&str, f64> = old
+        .spend_tiers
+        .iter()
+        .map(|t| (t.extra_role.as_str(), t.above_usd_per_month))
+        .collect();
+    for (role, above) in old_spend {
+        match new.spend_tiers.iter().find(|t| t.extra_role == role) {
+            None => d.note(true, format!("spend tier for role `{role}` removed")),
+            Some(t) if t.above_usd_per_month > above => d.note(
+                true,
+                format!(
+                    "spend tier for role `{role}` raised to {} USD/month",
+                    t.above_usd_per_month
+                ),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn action_rank(action: FindingAction) -> u8 {
+    match action {
+        FindingAction::Block => 0,
+        FindingAction::Redact => 1,
+        FindingAction::Flag => 2,
+        FindingAction::Allow => 3,
+    }
+}
+
+fn policy(d: &mut ContractDiff, old: &Policy, new: &Policy) {
+    match (&old.privacy, &new.privacy) {
+        (Some(_), None) => d.note(true, "privacy policy removed".into()),
+        (Some(o), Some(n)) => {
+            let pairs = [
+                ("input pii", o.input.pii, n.input.pii),
+                ("input secret", o.input.secret, n.input.secret),
+                ("retrieved pii", o.retrieved.pii, n.retrieved.pii),
+                ("retrieved secret", o.retrieved.secret, n.retrieved.secret),
+                ("output pii", o.output.pii, n.output.pii),
+                ("output secret", o.output.secret, n.output.secret),
+            ];
+            for (what, a, b) in pairs {
+                if action_rank(b) != action_rank(a) {
+                    d.note(
+                        action_rank(b) > action_rank(a),
+                        format!("privacy {what}: {a:?} -> {b:?}").to_lowercase(),
+                    );
+                }
+            }
+        }
+        (None, Some(_)) => d.note(false, "privacy policy added".into()),
+        (None, None) => {}
+    }
+    match (&old.injection, &new.injection) {
+        (Some(_), None) => d.note(true, "injection policy removed".into()),
+        (Some(o), Some(n)) => {
+            for (what, a, b) in [
+                ("input", o.input, n.input),
+                ("retrieved", o.retrieved, n.retrieved),
+            ] {
+                if action_rank(b) != action_rank(a) {
+                    d.note(
+                        action_rank(b) > action_rank(a),
+                        format!("injection {what}: {a:?} -> {b:?}").to_lowercase(),
+                    );
+                }
+            }
+            if n.threshold != o.threshold {
+                d.note(
+                    n.threshold > o.threshold,
+                    format!("injection threshold {} -> {}", o.threshold, n.threshold),
+                );
+            }
+        }
+        (None, Some(_)) => d.note(false, "injection policy added".into()),
+        (None, None) => {}
+    }
+    sovereignty(d, &old.sovereignty, &new.sovereignty);
+    budgets(d, &old.budgets, &new.budgets);
+    for (name, capacity) in &new.resources {
+        match old.resources.get(name) {
+            Some(o) if capacity > o => d.note(
+                true,
+                format!("resource `{name}` capacity raised {o} -> {capacity}"),
+            ),
+            None => d.note(true, format!("resource `{name}` added")),
+            _ => {}
+        }
+    }
+    match (old.abuse, new.abuse) {
+        (Some(_), None) => d.note(true, "abuse cooldowns removed".into()),
+        (Some(o), Some(n)) => {
+            if n.strikes > o.strikes || n.within < o.within || n.cooldown < o.cooldown {
+                d.note(true, format!("abuse policy relaxed ({} strikes in {} -> {} strikes in {}, cooldown {} -> {})", o.strikes, o.within, n.strikes, n.within, o.cooldown, n.cooldown));
+            }
+        }
+        _ => {}
+    }
+    if new.idempotency_window < old.idempotency_window {
+        d.note(
+            true,
+            format!(
+                "idempotency window shortened {} -> {}",
+                old.idempotency_window, new.idempotency_window
+            ),
+        );
+    }
+}
+
+fn sovereignty(d: &mut ContractDiff, old: &[SovereigntyRule], new: &[SovereigntyRule]) {
+    for o in old {
+        match new.iter().find(|n| n.data_class == o.data_class) {
+            None => d.note(
+                true,
+                format!("sovereignty rule for `{}` removed", o.data_class),
+            ),
+            Some(n) => {
+                let widened: Vec<&Destination> =
+                    n.allow.iter().filter(|x| !o.allow.contains(x)).collect();
+                if !widened.is_empty() {
+                    d.note(
+                        true,
+                        format!("`{}` data may now go to {widened:?}", o.data_class),
+                    );
+                }
+                if o.on_violation == OnViolation::Block
+                    && n.on_violation == OnViolation::RouteOrBlock
+                {
+                    d.note(
+                        true,
+                        format!(
+                            "`{}` violations may now be routed instead of blocked",
+                            o.data_class
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for n in new
+        .iter()
+        .filter(|n| !old.iter().any(|o| o.data_class == n.data_class))
+    {
+        d.note(
+            false,
+            format!("sovereignty rule for `{}` added", n.data_class),
+        );
+    }
+}
+
+/// Budget lines are matched by what they count (scope, window, filters); their limits compared.
+fn budgets(d: &mut ContractDiff, old: &[Budget], new: &[Budget]) {
+    let line = |b: &Budget| {
+        format!(
+            "{}/{}/{}/{}",
+            b.scope.as_str(),
+            b.window.map_or("run".to_string(), |w| w.to_string()),
+            b.only_use_case.as_deref().unwrap_or("*"),
+            b.only_deployment.as_deref().unwrap_or("*")
+        )
+    };
+    let new_lines: BTreeMap<String, &Budget> = new.iter().map(|b| (line(b), b)).collect();
+    let old_lines: BTreeSet<String> = old.iter().map(line).collect();
+    for o in old {
+        let key = line(o);
+        let Some(n) = new_lines.get(&key) else {
+            d.note(true, format!("budget `{key}` removed"));
+            continue;
+        };
+        let measures = [
+            ("tokens", o.limits.tokens, n.limits.tokens),
+            ("usd_micros", o.limits.usd_micros, n.limits.usd_micros),
+            ("requests", o.limits.requests, n.limits.requests),
+            ("tool_calls", o.limits.tool_calls, n.limits.tool_calls),
+        ];
+        for (what, a, b) in measures {
+            match (a, b) {
+                (Some(a), Some(b)) if b > a => {
+                    d.note(true, format!("budget `{key}` {what} raised {a} -> {b}"))
+                }
+                (Some(a), Some(b)) if b < a => {
+                    d.note(false, format!("budget `{key}` {what} lowered {a} -> {b}"))
+                }
+                (Some(a), None) => {
+                    d.note(true, format!("budget `{key}` {what} limit ({a}) removed"))
+                }
+                (None, Some(b)) => d.note(false, format!("budget `{key}` {what} limited to {b}")),
+                _ => {}
+            }
+        }
+    }
+    for key in new_lines.keys().filter(|k| !old_lines.contains(*k)) {
+        d.note(false, format!("budget `{key}` added"));
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn contract(edits: &[(&str, &str)]) -> Contract {
+        let mut text = crate::example::FILES[0].1.to_string();
+        for (from, to) in edits {
+            assert!(text.contains(from), "no `{from}`");
+            text = text.replacen(from, to, 1);
+        }
+        crate::load_bytes(
+            Path::new("gavel.yaml"),
+            text.as_bytes(),
+            &crate::example::InMemory,
+        )
+        .unwrap()
+        .contract
+    }
+
+    fn loosening(edits: &[(&str, &str)]) -> ContractDiff {
+        diff(&contract(&[]), &contract(edits))
+    }
+
+    #[test]
+    fn identical_contracts_have_no_changes() {
+        assert!(diff(&contract(&[]), &contract(&[])).changes.is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_loosening_is_flagged() {
+        let cases: [(&str, &str, &str); 9] = [
+            (
+                "window: 1m, requests: 120",
+                "window: 1m, requests: 500",
+                "raised 120 -> 500",
+            ),
+            (
+                "secret: block }, output",
+                "secret: flag }, output",
+                "privacy input secret",
+            ),
+            ("threshold: 0.8", "threshold: 0.95", "injection threshold"),
+            (
+                "domain: credit\n",
+                "domain: marketing\n",
+                "tier lowered from high to limited",
+            ),
+            (
+                "allow: [self_hosted, \"region:eu\"]",
+                "allow: [self_hosted, \"region:eu\", external]",
+                "may now go to",
+            ),
+            (
+                "memory_mb: { capacity: 16384 }",
+                "memory_mb: { capacity: 32768 }",
+                "capacity raised",
+            ),
+            (
+                "limited: { approvers: 1, evidence: [eval],",
+                "limited: { approvers: 1,",
+                "no longer requires evidence `eval`",
+            ),
+            (
+                "abuse:       { strikes: 3,",
+                "abuse:       { strikes: 10,",
+                "abuse policy relaxed",
+            ),
+            (
+                "    - { scope: principal, window: 1m, requests: 120 }\n",
+                "",
+                "removed",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let d = loosening(&[(from, to)]);
+            assert!(d.loosening(), "`{to}` should loosen: {d:?}");
+            assert!(
+                d.changes
+                    .iter()
+                    .any(|c| c.loosening && c.what.contains(expected)),
+                "`{to}`: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tightening_is_recorded_but_not_flagged() {
+        let d = loosening(&[
+            ("window: 1m, requests: 120", "window: 1m, requests: 60"),
+            ("threshold: 0.8", "threshold: 0.7"),
+        ]);
+        assert!(!d.loosening(), "{d:?}");
+        assert_eq!(d.changes.len(), 2, "{d:?}");
+    }
+
+    #[test]
+    fn a_changed_deployment_is_named_and_new_tools_loosen() {
+        let d = loosening(&[(
+            "params: { temperature: 0.1, max_tokens: 400 }",
+            "params: { temperature: 0.1, max_tokens: 800 }",
+        )]);
+        assert!(d
+            .changes
+            .iter()
+            .any(|c| c.what.contains("kb-search-v1") && c.what.contains("needs a new approval")));
+        assert!(d.loosening(), "a higher max_tokens ceiling loosens: {d:?}");
+    }
+}
