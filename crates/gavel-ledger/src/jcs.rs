@@ -139,9 +139,15 @@ fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
     let int = n
         .as_u64()
         .map(|u| (u, false))
-        .or_else(|| n.as_i64().map(|i| (i.unsigned_abs(), true)));
+        .or_else(|| n.as_i64().map(|i| (i.unsigned_abs(), i < 0)));
     if let Some((magnitude, negative)) = int {
-        let text = n.to_string();
+        // Printed from the value, not `n.to_string()`: under serde_json's
+        // `arbitrary_precision` feature that would echo the input text.
+        let text = if negative {
+            format!("-{magnitude}")
+        } else {
+            magnitude.to_string()
+        };
         if magnitude <= MAX_SAFE_INTEGER {
             out.extend_from_slice(text.as_bytes());
             return Ok(());
