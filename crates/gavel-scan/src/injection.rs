@@ -275,6 +275,16 @@ static CUES: &[(Cue, &[&str])] = &[
             "laws",
             "ruthless",
             "in character",
+            "your creator",
+            "your developers",
+            "your developer",
+            "i am your",
+            "programmer at",
+            "engineer at",
+            "debug mode",
+            "maintenance mode",
+            "admin mode",
+            "sudo",
         ],
     ),
     // persona framing
@@ -348,6 +358,7 @@ static CUES: &[(Cue, &[&str])] = &[
             "alternate",
             "in this chat",
             "this chat",
+            "imaginary",
         ],
     ),
     // identity replacement: the assistant is told it is someone else from now on
@@ -483,6 +494,7 @@ static CUES: &[(Cue, &[&str])] = &[
             "instruction begins",
             "instructions begin",
             "message termination",
+            "<|",
         ],
     ),
     // task requests (indirect mode)
