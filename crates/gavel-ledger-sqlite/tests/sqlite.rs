@@ -235,12 +235,14 @@ fn failure(db: &std::path::Path) -> gavel_ledger::VerifyFailure {
 
 #[test]
 fn tampering_in_the_database_is_named() {
+    // Checkpoints sign 8, 16, 24 and 31 records; a bad checkpoint is named
+    // by the first record it would have been the first to sign.
     let cases: [(&str, Option<u64>); 5] = [
         ("UPDATE ledger_records SET bytes = CAST(replace(CAST(bytes AS TEXT), 'allow', 'deny!') AS BLOB) WHERE idx = 11", Some(11)),
         ("DELETE FROM ledger_records WHERE idx = 20", Some(20)),
         ("DELETE FROM ledger_records WHERE idx >= 25", Some(25)),
-        ("DELETE FROM ledger_checkpoints WHERE seq = 2", None),
-        ("UPDATE ledger_checkpoints SET note = replace(note, 'gavel-seq 3', 'gavel-seq 4') WHERE seq = 3", None),
+        ("DELETE FROM ledger_checkpoints WHERE seq = 2", Some(8)),
+        ("UPDATE ledger_checkpoints SET note = replace(note, 'gavel-seq 3', 'gavel-seq 4') WHERE seq = 3", Some(16)),
     ];
     for (sql, index) in cases {
         let dir = TempDir::new("tamper");

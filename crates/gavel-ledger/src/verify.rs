@@ -99,8 +99,9 @@ impl fmt::Display for Problem {
     }
 }
 
-/// The first problem found. `index` is the first record index implicated
-/// (for a root mismatch: the first record after the last good checkpoint).
+/// The first problem found. `index` is the first record index implicated:
+/// for a root mismatch or a bad checkpoint, the first record after the last
+/// good checkpoint. `checkpoint_seq` names the checkpoint involved, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyFailure {
     pub index: Option<u64>,
@@ -152,12 +153,15 @@ pub fn open_checkpoints(
 ) -> Result<Vec<Checkpoint>, VerifyError> {
     let mut out: Vec<Checkpoint> = Vec::with_capacity(stored.len());
     for (i, s) in stored.iter().enumerate() {
+        // Records from the last good checkpoint on are the first ones a bad
+        // checkpoint leaves without a valid signature: name that index.
+        let first_unsigned = Some(out.last().map_or(0, |c: &Checkpoint| c.size));
         let cp = Checkpoint::open(&s.note, verifier)
-            .map_err(|e| fail(None, Some(s.seq), Problem::CheckpointNote(e)))?;
+            .map_err(|e| fail(first_unsigned, Some(s.seq), Problem::CheckpointNote(e)))?;
         let expected = i as u64 + 1;
         if cp.seq != expected {
             return Err(fail(
-                None,
+                first_unsigned,
                 Some(cp.seq),
                 Problem::CheckpointSequence {
                     expected,
@@ -166,12 +170,16 @@ pub fn open_checkpoints(
             ));
         }
         if cp.seq != s.seq || cp.size != s.size {
-            return Err(fail(None, Some(cp.seq), Problem::CheckpointColumns));
+            return Err(fail(
+                first_unsigned,
+                Some(cp.seq),
+                Problem::CheckpointColumns,
+            ));
         }
         if let Some(prev) = out.last() {
             if cp.size < prev.size {
                 return Err(fail(
-                    None,
+                    first_unsigned,
                     Some(cp.seq),
                     Problem::CheckpointShrinks {
                         previous: prev.size,

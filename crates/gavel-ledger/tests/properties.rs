@@ -470,7 +470,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Canonical bytes parse back to the same value (numbers as doubles),
     /// canonicalising again is a no-op, and records built from such bodies
