@@ -21,6 +21,7 @@ pub use keys::{hash_key, KeyRecord, Role};
 pub use sqlite::SqliteStore;
 
 use gavel_contract::time::Timestamp;
+use gavel_contract::Snapshot;
 use gavel_engine::approval::Registration;
 use gavel_engine::{Approval, Cooldown, Kill, RuntimeState, Scope};
 
@@ -58,9 +59,16 @@ pub trait Store: RuntimeState {
     /// Marks a key revoked; returns false if no such unrevoked key exists.
     fn revoke_key(&self, id: &str, at: Timestamp) -> Result<bool, StoreError>;
 
-    /// Records a contract version; returns false if it was applied before.
-    fn record_contract(&self, record: &ContractRecord) -> Result<bool, StoreError>;
+    /// Records a contract version and the files it was built from; returns false if it was
+    /// applied before (its record and files are kept as first applied).
+    fn record_contract(
+        &self,
+        record: &ContractRecord,
+        snapshot: &Snapshot,
+    ) -> Result<bool, StoreError>;
     fn contract_applied(&self, version: &str) -> Result<Option<ContractRecord>, StoreError>;
+    /// The most recently applied version, with the files it was built from.
+    fn latest_contract(&self) -> Result<Option<(ContractRecord, Snapshot)>, StoreError>;
     fn registration(&self, deployment: &str) -> Result<Option<Registration>, StoreError>;
     fn set_registration(
         &self,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use gavel_contract::time::Timestamp;
+use gavel_contract::Snapshot;
 use gavel_engine::approval::Registration;
 use gavel_engine::*;
 
@@ -25,7 +26,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, principal TEXT NOT NULL, role TEXT NOT NULL,
     approver_role TEXT, created_at INTEGER NOT NULL, created_by TEXT NOT NULL, revoked_at INTEGER);
 CREATE TABLE IF NOT EXISTS contract_versions (
-    version TEXT PRIMARY KEY, applied_by TEXT NOT NULL, applied_at INTEGER NOT NULL);
+    version TEXT PRIMARY KEY, applied_by TEXT NOT NULL, applied_at INTEGER NOT NULL,
+    contract_name TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS contract_files (
+    version TEXT NOT NULL, path TEXT NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY (version, path));
 CREATE TABLE IF NOT EXISTS registrations (
     deployment TEXT PRIMARY KEY, binding TEXT NOT NULL, changed_by TEXT NOT NULL, changed_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS approvals (
@@ -154,6 +158,14 @@ impl SqliteStore {
     }
 }
 
+fn contract_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContractRecord> {
+    Ok(ContractRecord {
+        version: r.get(0)?,
+        applied_by: r.get(1)?,
+        at: Timestamp(r.get(2)?),
+    })
+}
+
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(KeyRecord, String)> {
     let role: String = row.get(3)?;
     Ok((
@@ -237,15 +249,54 @@ impl Store for SqliteStore {
         Ok(changed == 1)
     }
 
-    fn record_contract(&self, record: &ContractRecord) -> Result<bool, StoreError> {
-        let changed = self
-            .conn()?
-            .execute(
-                "INSERT OR IGNORE INTO contract_versions (version, applied_by, applied_at) VALUES (?1, ?2, ?3)",
-                params![record.version, record.applied_by, record.at.millis()],
+    fn record_contract(
+        &self,
+        record: &ContractRecord,
+        snapshot: &Snapshot,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("record contract"))?;
+        let known: bool = tx
+            .query_row(
+                "SELECT 1 FROM contract_versions WHERE version = ?1",
+                [&record.version],
+                |_| Ok(true),
+            )
+            .optional()
+            .map_err(err("record contract"))?
+            .unwrap_or(false);
+        // Re-applying an older version makes it the latest again, so `seq` always moves on.
+        let seq: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM contract_versions",
+                [],
+                |r| r.get(0),
             )
             .map_err(err("record contract"))?;
-        Ok(changed == 1)
+        if known {
+            tx.execute(
+                "UPDATE contract_versions SET seq = ?2 WHERE version = ?1",
+                params![record.version, seq],
+            )
+            .map_err(err("record contract"))?;
+        } else {
+            tx.execute(
+                "INSERT INTO contract_versions (version, applied_by, applied_at, contract_name, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![record.version, record.applied_by, record.at.millis(), snapshot.contract_name, seq],
+            )
+            .map_err(err("record contract"))?;
+            for (path, bytes) in &snapshot.files {
+                tx.execute(
+                    "INSERT INTO contract_files (version, path, bytes) VALUES (?1, ?2, ?3)",
+                    params![record.version, path, bytes],
+                )
+                .map_err(err("record contract"))?;
+            }
+        }
+        tx.commit().map_err(err("record contract"))?;
+        Ok(!known)
     }
 
     fn contract_applied(&self, version: &str) -> Result<Option<ContractRecord>, StoreError> {
@@ -253,16 +304,42 @@ impl Store for SqliteStore {
             .query_row(
                 "SELECT version, applied_by, applied_at FROM contract_versions WHERE version = ?1",
                 [version],
-                |r| {
-                    Ok(ContractRecord {
-                        version: r.get(0)?,
-                        applied_by: r.get(1)?,
-                        at: Timestamp(r.get(2)?),
-                    })
-                },
+                contract_record,
             )
             .optional()
             .map_err(err("contract lookup"))
+    }
+
+    fn latest_contract(&self) -> Result<Option<(ContractRecord, Snapshot)>, StoreError> {
+        let conn = self.conn()?;
+        let latest = conn
+            .query_row(
+                "SELECT version, applied_by, applied_at, contract_name FROM contract_versions ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((contract_record(r)?, r.get::<_, String>(3)?)),
+            )
+            .optional()
+            .map_err(err("latest contract"))?;
+        let Some((record, contract_name)) = latest else {
+            return Ok(None);
+        };
+        let mut stmt = conn
+            .prepare("SELECT path, bytes FROM contract_files WHERE version = ?1")
+            .map_err(err("contract files"))?;
+        let files = stmt
+            .query_map([&record.version], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(err("contract files"))?
+            .collect::<Result<_, _>>()
+            .map_err(err("contract files"))?;
+        Ok(Some((
+            record,
+            Snapshot {
+                contract_name,
+                files,
+            },
+        )))
     }
 
     fn registration(&self, deployment: &str) -> Result<Option<Registration>, StoreError> {

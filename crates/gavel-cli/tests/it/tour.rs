@@ -223,3 +223,44 @@ fn idempotent_and_dry_run_from_the_command_line() {
     assert_eq!(d["verdict"], "NO_OP");
     assert_eq!(d["would_be"]["verdict"], "ALLOW");
 }
+
+#[test]
+fn apply_reports_what_changed_and_flags_loosening() {
+    let r = Ready::start();
+    let g = &r.g;
+    let text = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    std::fs::write(
+        g.path("gavel.yaml"),
+        text.replace("window: 1m, requests: 120", "window: 1m, requests: 500")
+            .replace("threshold: 0.8", "threshold: 0.7"),
+    )
+    .unwrap();
+    let run = g.run(Some(&r.operator), &["apply"]).ok();
+    assert!(run.stdout.contains("LOOSENING"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("LOOSENS budget `principal/1m/*/*` requests raised 120 -> 500"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("-       injection threshold 0.8 -> 0.7"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("no deployment binding changed"),
+        "{}",
+        run.stdout
+    );
+    // Going back is a change too, and it tightens.
+    std::fs::write(g.path("gavel.yaml"), text).unwrap();
+    let back = g.run(Some(&r.operator), &["apply"]).ok();
+    assert!(!back.stdout.contains("LOOSENING"), "{}", back.stdout);
+    assert!(
+        back.stdout.contains("it is the current version again"),
+        "{}",
+        back.stdout
+    );
+}

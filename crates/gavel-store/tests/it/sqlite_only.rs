@@ -59,20 +59,17 @@ fn everything_survives_reopening() {
             },
         )
         .unwrap();
-        assert!(s
-            .record_contract(&ContractRecord {
-                version: "v1".into(),
-                applied_by: "olga".into(),
-                at: NOW
-            })
-            .unwrap());
-        assert!(!s
-            .record_contract(&ContractRecord {
-                version: "v1".into(),
-                applied_by: "olga".into(),
-                at: NOW
-            })
-            .unwrap());
+        let record = ContractRecord {
+            version: "v1".into(),
+            applied_by: "olga".into(),
+            at: NOW,
+        };
+        let snapshot = gavel_contract::Snapshot {
+            contract_name: "gavel.yaml".into(),
+            files: [("gavel.yaml".to_string(), b"version: 1".to_vec())].into(),
+        };
+        assert!(s.record_contract(&record, &snapshot).unwrap());
+        assert!(!s.record_contract(&record, &snapshot).unwrap());
         s.set_kill(&Kill {
             scope: Scope::UseCase("uc".into()),
             reason: "r".into(),
@@ -106,6 +103,9 @@ fn everything_survives_reopening() {
         s.contract_applied("v1").unwrap().unwrap().applied_by,
         "olga"
     );
+    let (latest, files) = s.latest_contract().unwrap().unwrap();
+    assert_eq!(latest.version, "v1");
+    assert_eq!(files.files["gavel.yaml"], b"version: 1".to_vec());
     assert_eq!(s.kills(NOW).unwrap().len(), 1);
     assert!(s
         .reserve(
