@@ -302,10 +302,10 @@ fn policy(d: &mut ContractDiff, old: &Policy, new: &Policy) {
     }
     match (old.abuse, new.abuse) {
         (Some(_), None) => d.note(true, "abuse cooldowns removed".into()),
-        (Some(o), Some(n)) => {
-            if n.strikes > o.strikes || n.within < o.within || n.cooldown < o.cooldown {
-                d.note(true, format!("abuse policy relaxed ({} strikes in {} -> {} strikes in {}, cooldown {} -> {})", o.strikes, o.within, n.strikes, n.within, o.cooldown, n.cooldown));
-            }
+        (Some(o), Some(n))
+            if n.strikes > o.strikes || n.within < o.within || n.cooldown < o.cooldown =>
+        {
+            d.note(true, format!("abuse policy relaxed ({} strikes in {} -> {} strikes in {}, cooldown {} -> {})", o.strikes, o.within, n.strikes, n.within, o.cooldown, n.cooldown));
         }
         _ => {}
     }
