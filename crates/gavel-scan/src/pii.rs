@@ -200,12 +200,14 @@ fn number(b: &[u8], p: usize, sink: &mut Sink<'_>) -> Option<usize> {
         p >= 1 && at(b, p - 1) == Some(b'+') && !(p >= 2 && at(b, p - 2).is_some_and(is_word));
     let paren = p >= 1 && at(b, p - 1) == Some(b'(');
     let start = if plus || paren { p - 1 } else { p };
+    // Too many digits or groups is never PII, whatever follows; deciding it now also keeps a
+    // stream of digits from holding back output forever.
+    if g.overflow {
+        return Some(end);
+    }
     // Three bytes of lookahead decide whether the number goes on (separator + digit).
     if sink.hit_end(end + 3, b.len(), start) {
         return None;
-    }
-    if g.overflow {
-        return Some(end);
     }
     // Glued to a word (`12abc`) it is an identifier; `x123` after a phone is an extension.
     if let Some(c) = at(b, end) {
