@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Number, Value};
 use std::fmt;
+use std::io::Write as _;
 
 /// Largest integer magnitude an IEEE 754 double represents exactly (2^53).
 /// JCS numbers are doubles; larger integers would be silently rounded, so they
@@ -65,16 +66,32 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), JcsError> {
 }
 
 fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), JcsError> {
-    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
     // RFC 8785 3.2.3: members are sorted by their names as arrays of UTF-16
-    // code units. serde_json's map may keep insertion order (its
-    // `preserve_order` feature), so check and sort when needed; the default
-    // map is usually in order already, making the check the common path.
-    if !entries.is_sorted_by(|a, b| utf16_cmp(a.0, b.0).is_le()) {
-        entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
-    }
+    // code units. serde_json's default map is usually in that order already
+    // (so no copy is made), but its `preserve_order` feature keeps insertion
+    // order and UTF-8 order can differ, so check and sort when needed.
+    let keys = map.keys();
+    let in_order = keys
+        .clone()
+        .zip(keys.skip(1))
+        .all(|(a, b)| utf16_cmp(a, b).is_le());
     out.push(b'{');
-    for (i, (k, v)) in entries.into_iter().enumerate() {
+    if in_order {
+        write_members(out, map.iter())?;
+    } else {
+        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+        entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
+        write_members(out, entries.into_iter())?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_members<'a>(
+    out: &mut Vec<u8>,
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> Result<(), JcsError> {
+    for (i, (k, v)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -82,7 +99,6 @@ fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), JcsEr
         out.push(b':');
         write_value(out, v)?;
     }
-    out.push(b'}');
     Ok(())
 }
 
@@ -143,15 +159,19 @@ fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
     if let Some((magnitude, negative)) = int {
         // Printed from the value, not `n.to_string()`: under serde_json's
         // `arbitrary_precision` feature that would echo the input text.
+        if magnitude <= MAX_SAFE_INTEGER {
+            if negative {
+                out.push(b'-');
+            }
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{magnitude}");
+            return Ok(());
+        }
         let text = if negative {
             format!("-{magnitude}")
         } else {
             magnitude.to_string()
         };
-        if magnitude <= MAX_SAFE_INTEGER {
-            out.extend_from_slice(text.as_bytes());
-            return Ok(());
-        }
         // Beyond 2^53 a JCS number is the nearest double. Accept the integer
         // only if that double prints as the very same digits (as happens
         // when a large double was written, e.g. 389761334621997900), so the

@@ -5,6 +5,7 @@ use crate::jcs::{self, JcsError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
+use std::io::Write as _;
 
 /// Version of the record envelope. Bumped on any change to the canonical
 /// layout; verifiers refuse versions they do not know rather than guess.
@@ -165,7 +166,8 @@ impl Record {
         out.extend_from_slice(b",\"body\":");
         jcs::write_value(&mut out, &self.body).map_err(RecordError::Canonical)?;
         out.extend_from_slice(b",\"format\":");
-        out.extend_from_slice(self.format.to_string().as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{}", self.format);
         out.extend_from_slice(b",\"id\":");
         jcs::write_string(&mut out, &self.id);
         out.extend_from_slice(b",\"kind\":");
