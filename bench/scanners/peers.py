@@ -84,20 +84,23 @@ def run_presidio(rows):
     return stats, elapsed * 1e6 / len(rows)
 
 
-def detect_secrets_lines(text, plugins):
-    from detect_secrets.core.scan import scan_line
+def detect_secrets_values(text, plugins, scratch):
+    """Secret values detect-secrets finds in `text`, scanned as a file (what its CLI and
+    pre-commit hook do). Its ad-hoc `scan_line` treats every word of free text as a candidate
+    value and flags ordinary words with the entropy plugins, so it is not used here."""
+    from detect_secrets import SecretsCollection
     from detect_secrets.settings import transient_settings
 
-    found = []
+    path = os.path.join(scratch, "sample.txt")
+    with open(path, "w") as f:
+        f.write(text)
     with transient_settings({"plugins_used": plugins}):
-        for line in text.splitlines():
-            for secret in scan_line(line):
-                if secret.secret_value:
-                    found.append(secret.secret_value)
-    return found
+        collection = SecretsCollection()
+        collection.scan_file(path)
+    return [secret.secret_value for _, secret in collection if secret.secret_value]
 
 
-def run_detect_secrets(rows, arena, with_entropy):
+def run_detect_secrets(rows, arena, with_entropy, scratch):
     from detect_secrets.settings import default_settings
 
     with default_settings() as settings:
@@ -107,14 +110,14 @@ def run_detect_secrets(rows, arena, with_entropy):
     per_kind = {}
     started = time.perf_counter()
     for r in rows:
-        values = detect_secrets_lines(r["text"], plugins)
+        values = detect_secrets_values(r["text"], plugins, scratch)
         gold = r["text"].encode()[r["start"] : r["end"]].decode()
         hit = any(v in gold or gold in v for v in values)
         k = per_kind.setdefault(r["kind"], [0, 0])
         k[0] += int(hit)
         k[1] += 1
     elapsed = time.perf_counter() - started
-    fp_prompts = sum(1 for p in arena if detect_secrets_lines(p, plugins))
+    fp_prompts = sum(1 for p in arena if detect_secrets_values(p, plugins, scratch))
     return per_kind, fp_prompts, elapsed * 1e6 / len(rows)
 
 
@@ -128,6 +131,8 @@ def main():
     arena = [r["prompt"] for r in load_jsonl(os.path.join(args.corpora, "benign/arena_hard_v0.1_questions.jsonl"))]
     gavel = json.load(open(os.path.join(args.data, "gavel.json")))
 
+    scratch = os.path.join(args.data, "detect-secrets")
+    os.makedirs(scratch, exist_ok=True)
     stats, us_per_text = run_presidio(rows)
     gavel_us = gavel["pii_us_per_text"]
     print(f"\n## PII: Presidio (pattern recognizers, blank spaCy) vs gavel, {len(rows)} Faker texts")
@@ -146,11 +151,11 @@ def main():
     print(f"\n## Secrets: detect-secrets vs gavel ({len(secrets)} generated fakes; arena-hard false positives)")
     g = gavel["secrets"]
     for with_entropy in (True, False):
-        per_kind, fp, us = run_detect_secrets(secrets, arena, with_entropy)
+        per_kind, fp, us = run_detect_secrets(secrets, arena, with_entropy, scratch)
         hit = sum(v[0] for v in per_kind.values())
         total = sum(v[1] for v in per_kind.values())
         label = "with" if with_entropy else "without"
-        print(f"detect-secrets {label} entropy plugins: recall {100 * hit / total:.1f}% ({hit}/{total}), "
+        print(f"detect-secrets (file scan, includes writing the file) {label} entropy plugins: recall {100 * hit / total:.1f}% ({hit}/{total}), "
               f"arena-hard prompts flagged {fp}/{len(arena)}, {us:.0f} us/text")
         print("  per kind: " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in sorted(per_kind.items())))
     print(f"gavel: recall {g['recall']:.1f}%, arena-hard prompts flagged {g['arena_fp_prompts']}/{len(arena)}, "
