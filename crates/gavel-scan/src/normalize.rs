@@ -120,7 +120,15 @@ pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
 
 fn finish(src: &str, out: &mut Normalized) {
     out.map.push(src.len() as u32);
-    if memchr::memchr(b'-', &out.bytes).is_some() {
+    // Compaction rewrites both buffers; most texts have hyphens but none inside a word.
+    let letter = |i: Option<usize>| {
+        i.and_then(|i| out.bytes.get(i))
+            .is_some_and(u8::is_ascii_alphabetic)
+    };
+    let inword = memchr::memchr_iter(b'-', &out.bytes).any(|i| {
+        letter(i.checked_sub(1)) && (letter(Some(i + 1)) || out.bytes.get(i + 1) == Some(&b'-'))
+    });
+    if inword {
         drop_inword_hyphens(out);
     }
     fold_leet(&mut out.bytes);
