@@ -63,6 +63,7 @@ pub struct Evidence {
     pub weight: f32,
 }
 
+/// The injection score of one text with all its evidence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InjectionReport {
     pub score: f32,

@@ -180,6 +180,7 @@ pub struct Scanners {
 }
 
 impl Scanners {
+    /// Compiles the automata for `config`. Done once; the result is shared across threads.
     pub fn new(config: &ScanConfig) -> Result<Self, BuildError> {
         Ok(Scanners {
             config: config.clone(),

@@ -33,6 +33,9 @@ pub struct StreamEvent<'a> {
     pub released: &'a str,
 }
 
+/// Incremental scanner for one output stream (secrets and PII). Create one per stream from a
+/// shared `Arc<Scanners>`; feed it chunks with [`StreamScanner::push`] and end with
+/// [`StreamScanner::finish`].
 #[derive(Debug)]
 pub struct StreamScanner {
     scanners: Arc<Scanners>,
@@ -65,6 +68,8 @@ impl StreamScanner {
         self.released
     }
 
+    /// Adds a chunk; returns the findings decided so far that were not reported before and the
+    /// text that is now safe to forward (possibly empty).
     pub fn push(&mut self, chunk: &str) -> StreamEvent<'_> {
         self.compact();
         self.buf.push_str(chunk);
