@@ -54,7 +54,8 @@ requests="$(cat <<JSON
 JSON
 )"
 step "gavel decide   (JSON Lines in, one decision per line out: verdict and first reason shown)"
-echo "$requests" | as "$service" decide | python3 -c '
+echo "$requests" | as "$service" decide > decisions.jsonl
+python3 -c '
 import json, sys
 for line in sys.stdin:
     d = json.loads(line)
@@ -63,7 +64,13 @@ for line in sys.stdin:
     if not extra and d["obligations"]:
         extra = "obligations: " + ", ".join(o["type"] for o in d["obligations"])
     print("%-8s %-18s %-28s %s" % (d["verdict"], d["deployment"], first, extra))
-'
+' < decisions.jsonl
+first_decision="$(head -n 1 decisions.jsonl | python3 -c 'import json,sys; print(json.load(sys.stdin)["decision_id"])')"
+
+step "gavel audit verify; gavel audit prove $first_decision > proof.json; gavel audit check-proof proof.json --pubkey KEY"
+as "$auditor" audit verify
+as "$auditor" audit prove "$first_decision" > proof.json
+"$gavel" audit check-proof proof.json --pubkey "$("$gavel" audit pubkey)"
 
 step "gavel kill --use-case knowledge-search --reason ... --for 10m   (then decide again)"
 as "$operator" kill --use-case knowledge-search --reason "incident 7: wrong answers" --for 10m
@@ -74,5 +81,13 @@ as "$operator" unkill --use-case knowledge-search
 
 step "gavel explain credit-limit-v1   (the auditor's three questions)"
 as "$auditor" explain credit-limit-v1
+
+step "gavel audit export --kind approval_completed   (every governance change is a ledger record)"
+as "$auditor" audit export --kind approval_completed 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(r["kind"], r["body"]["approval_id"], r["body"]["deployment"], "last signed by", r["body"]["principal"])
+'
 
 printf '\nthe folder is %s; try: cd %s && GAVEL_KEY=<a key> %s --help\n' "$dir" "$dir" "$gavel"

@@ -88,6 +88,9 @@ pub enum Command {
     Kill(KillArgs),
     /// Lift a kill switch (operator).
     Unkill(ScopeArgs),
+    /// The tamper-evident ledger: verify, show, export, prove, check-proof, pubkey.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Who approved this deployment, how it performs against its thresholds, who is on the hook.
     Explain {
         deployment: String,
@@ -113,6 +116,55 @@ pub enum KeysCommand {
     List,
     /// Revoke a key by id.
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Re-derive every record, the tree and every checkpoint signature; exit 1 naming the
+    /// first bad index if anything was edited, deleted, inserted, reordered or truncated.
+    Verify {
+        /// Also fail if records after the newest checkpoint are not yet signed.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// One record by id (decision id, or a governance change's id).
+    Show { id: String },
+    /// Records as JSON Lines (their canonical bytes), filtered.
+    Export(ExportArgs),
+    /// An inclusion proof of a record against the newest signed checkpoint, as JSON.
+    Prove { id: String },
+    /// Verify a proof file with nothing but it and the ledger's public key (no database).
+    CheckProof {
+        file: PathBuf,
+        #[arg(long)]
+        pubkey: String,
+    },
+    /// The ledger's public key (signed-note verifier key), for third parties.
+    Pubkey,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub deployment: Option<String>,
+    #[arg(long)]
+    pub approval: Option<String>,
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// A reason code, e.g. approval.missing.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// A record kind, e.g. decision, approval_completed, kill.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// From this time (inclusive): YYYY-MM-DD or RFC 3339.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Up to this time (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub limit: Option<u64>,
 }
 
 #[derive(Debug, Args)]

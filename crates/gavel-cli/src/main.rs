@@ -5,6 +5,7 @@ mod cli;
 mod cmd;
 mod context;
 mod failure;
+mod ledger;
 
 use std::process::ExitCode;
 
@@ -67,6 +68,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         ),
         Command::Kill(args) => cmd::kill::kill(&ctx, &args),
         Command::Unkill(args) => cmd::kill::unkill(&ctx, &args),
+        Command::Audit(command) => cmd::audit::run(&ctx, command),
         Command::Explain { deployment, json } => cmd::explain::run(&ctx, &deployment, json),
     }
 }

@@ -301,9 +301,18 @@ pub struct Decision {
     /// SHA-256 of the request's texts, so the ledger can tie a decision to its input without
     /// storing it.
     pub input_sha256: String,
+    /// A cooldown this decision started (the principal's abuse strikes reached the limit), so
+    /// the caller can record it as the governance change it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_cooldown: Option<crate::state::Cooldown>,
 }
 
 impl Decision {
+    /// The reason codes as strings, for indexes and filters.
+    pub fn reason_code_strings(&self) -> Vec<&'static str> {
+        self.reasons.iter().map(|r| r.code.as_str()).collect()
+    }
+
     pub fn reason_codes(&self) -> impl Iterator<Item = ReasonCode> + '_ {
         self.reasons.iter().map(|r| r.code)
     }

@@ -76,7 +76,7 @@ pub struct DecideInput<'a> {
 }
 
 /// Actual usage reported after the action ran.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -170,7 +170,7 @@ impl Engine {
         {
             None => None,
             Some(key) => {
-                let scoped = format!("{principal}\u{1f}{}\u{1f}{key}", deployment.id);
+                let scoped = idempotency_scope(principal, &deployment.id, key);
                 let expires = now.saturating_add(self.contract.policy.idempotency_window);
                 match state.claim_idempotency(&scoped, &decision.decision_id, now, expires) {
                     Ok(None) => Some(scoped),
@@ -235,8 +235,9 @@ impl Engine {
             decision.set_retry_after(now, until);
         }
         if decision.verdict == Verdict::Block {
-            if let Err(e) = self.record_strike(state, &decision, principal, now) {
-                decision.reasons.push(unavailable(&e));
+            match self.record_strike(state, &decision, principal, now) {
+                Ok(started) => decision.started_cooldown = started,
+                Err(e) => decision.reasons.push(unavailable(&e)),
             }
         }
         if let Some(key) = idempotency_key.filter(|_| decision.verdict != Verdict::Allow) {
@@ -287,7 +288,28 @@ impl Engine {
             first_decision_id: None,
             estimate: None,
             input_sha256: input_digest(request),
+            started_cooldown: None,
         }
+    }
+
+    /// Takes back everything a decision holds (its reservation and its idempotency key), for
+    /// a caller that could not act on it, e.g. because the ledger refused its record. The
+    /// caller then reports `governance.unavailable` instead.
+    pub fn withdraw(
+        &self,
+        state: &dyn RuntimeState,
+        request: &DecideRequest,
+        decision: &Decision,
+        now: Timestamp,
+    ) -> Result<(), StateError> {
+        state.settle(&decision.decision_id, Amounts::default(), now)?;
+        if let Some(key) = &request.idempotency_key {
+            state.release_idempotency(
+                &idempotency_scope(&decision.principal, &request.deployment, key),
+                &decision.decision_id,
+            )?;
+        }
+        Ok(())
     }
 
     /// Settles a decision's reservation with what the action actually used.
@@ -316,32 +338,40 @@ impl Engine {
         state.settle(decision_id, actual, now)
     }
 
-    /// Blocks for abuse reasons count against the principal; enough of them start a cooldown.
+    /// Blocks for abuse reasons count against the principal; enough of them start a cooldown,
+    /// which is returned.
     fn record_strike(
         &self,
         state: &dyn RuntimeState,
         decision: &Decision,
         principal: &str,
         now: Timestamp,
-    ) -> Result<(), StateError> {
+    ) -> Result<Option<Cooldown>, StateError> {
         let Some(abuse) = self.contract.policy.abuse else {
-            return Ok(());
+            return Ok(None);
         };
         if !decision.reason_codes().any(ReasonCode::is_abuse) {
-            return Ok(());
+            return Ok(None);
         }
         let strikes = state.add_strike(principal, now, abuse.within.millis())?;
-        if strikes >= abuse.strikes {
-            state.start_cooldown(&Cooldown {
-                scope: Scope::Principal(principal.to_string()),
-                code: ReasonCode::AbuseCooldown.as_str().to_string(),
-                reason: format!("{strikes} abuse blocks within {}", abuse.within),
-                since: now,
-                until: now.saturating_add(abuse.cooldown),
-            })?;
+        if strikes < abuse.strikes {
+            return Ok(None);
         }
-        Ok(())
+        let cooldown = Cooldown {
+            scope: Scope::Principal(principal.to_string()),
+            code: ReasonCode::AbuseCooldown.as_str().to_string(),
+            reason: format!("{strikes} abuse blocks within {}", abuse.within),
+            since: now,
+            until: now.saturating_add(abuse.cooldown),
+        };
+        state.start_cooldown(&cooldown)?;
+        Ok(Some(cooldown))
     }
+}
+
+/// Idempotency keys are scoped to the principal and deployment.
+fn idempotency_scope(principal: &str, deployment: &str, key: &str) -> String {
+    format!("{principal}\u{1f}{deployment}\u{1f}{key}")
 }
 
 fn unavailable(e: &StateError) -> Reason {

@@ -1,19 +1,23 @@
 //! `gavel apply`: records the contract's version (with the files it was built from) and every
 //! deployment's binding as applied by the caller, and says what changed since the last applied
-//! version, flagging every change that loosens governance. Approvals bind to applied bindings,
-//! and whoever applied a binding cannot approve it (segregation of duties).
+//! version, flagging every change that loosens governance. The change is written to the ledger
+//! before it takes effect. Approvals bind to applied bindings, and whoever applied a binding
+//! cannot approve it (segregation of duties).
 
 use gavel_contract::diff::{diff, ContractDiff};
 use gavel_engine::approval::Registration;
+use gavel_ledger::RecordKind;
 use gavel_store::{ContractRecord, Role, Store};
+use serde_json::json;
 
 use crate::context::out;
-use crate::context::{now, short, Context};
-use crate::failure::Outcome;
+use crate::context::{new_id, now, short, Context};
+use crate::failure::{Failure, Outcome};
+use crate::ledger::{self, Ledger};
 
 pub fn run(ctx: &Context) -> Outcome {
     let (loaded, snapshot) = gavel_contract::load_with_snapshot(&ctx.contract_path)
-        .map_err(|errors| crate::failure::Failure::invalid(errors.to_string()))?;
+        .map_err(|errors| Failure::invalid(errors.to_string()))?;
     let contract = &loaded.contract;
     let store = ctx.store()?;
     let who = ctx.authenticate(
@@ -38,6 +42,34 @@ pub fn run(ctx: &Context) -> Outcome {
         },
         None => None,
     };
+    let mut rebound = Vec::new();
+    for d in contract.deployments.values() {
+        if store
+            .registration(&d.id)?
+            .is_none_or(|r| r.binding != d.binding.0)
+        {
+            rebound.push(d);
+        }
+    }
+    let summary: Vec<String> = changes
+        .iter()
+        .flat_map(|c| c.changes.iter())
+        .map(|c| format!("{}{}", if c.loosening { "LOOSENS " } else { "" }, c.what))
+        .collect();
+    let body = ledger::change(
+        &who.principal,
+        "contract_loaded",
+        json!({
+            "contract_version": contract.version,
+            "previous_version": previous.as_ref().map(|(r, _)| &r.version),
+            "changes": summary,
+            "loosening": changes.as_ref().is_some_and(ContractDiff::loosening),
+            "rebound": rebound.iter().map(|d| json!({"deployment": d.id, "binding": d.binding})).collect::<Vec<_>>(),
+        }),
+    );
+    let ledger = Ledger::open(&ctx.db_path)?;
+    ledger.record(RecordKind::ContractLoaded, at, &new_id("chg")?, &body)?;
+    ledger.close()?;
     let new_version = store.record_contract(
         &ContractRecord {
             version: contract.version.0.clone(),
@@ -46,12 +78,7 @@ pub fn run(ctx: &Context) -> Outcome {
         },
         &snapshot,
     )?;
-    let mut rebound = Vec::new();
-    for d in contract.deployments.values() {
-        let current = store.registration(&d.id)?;
-        if current.as_ref().is_some_and(|r| r.binding == d.binding.0) {
-            continue;
-        }
+    for d in &rebound {
         store.set_registration(
             &d.id,
             &Registration {
@@ -60,7 +87,6 @@ pub fn run(ctx: &Context) -> Outcome {
                 at,
             },
         )?;
-        rebound.push(format!("  {} -> binding {}", d.id, short(&d.binding.0)));
     }
     out!(
         "contract {} {} by {}",
@@ -82,9 +108,13 @@ pub fn run(ctx: &Context) -> Outcome {
     if rebound.is_empty() {
         out!("no deployment binding changed");
     } else {
-        out!("{} deployment binding(s) recorded as applied by {}; approvals of earlier bindings no longer cover them:", rebound.len(), who.principal);
-        for line in rebound {
-            out!("{line}");
+        out!(
+            "{} deployment binding(s) recorded as applied by {}; approvals of earlier bindings no longer cover them:",
+            rebound.len(),
+            who.principal
+        );
+        for d in rebound {
+            out!("  {} -> binding {}", d.id, short(&d.binding.0));
         }
     }
     Ok(())

@@ -9,12 +9,14 @@ use sha2::{Digest, Sha256};
 use gavel_contract::time::{Span, Timestamp};
 use gavel_engine::approval::{parse_on_breach, sign, Approver, Signing, SignoffOutcome, Terms};
 use gavel_engine::{Approval, ApprovalStatus, Evidence, Revocation};
+use gavel_ledger::RecordKind;
 use gavel_store::{Role, Store};
 
 use crate::cli::ApproveArgs;
 use crate::context::out;
 use crate::context::{new_id, now, print_json, short, Context};
 use crate::failure::{Failure, Outcome};
+use crate::ledger::{self, Ledger};
 
 pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
     let loaded = ctx.load_contract()?;
@@ -55,9 +57,40 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
             new_id: &new_id,
             now: at,
         },
-    )
-    .map_err(|why| Failure::invalid(format!("approval refused: {why}")))?;
-    store.save_approval(outcome.approval())?;
+    );
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(why) => {
+            // A refused approval is an admin action too: the attempt is on the record.
+            let body = ledger::change(
+                &who.principal,
+                "approval_refused",
+                json!({ "deployment": deployment.id, "binding": deployment.binding, "why": why }),
+            );
+            ledger.record(
+                RecordKind::Admin,
+                at,
+                &crate::context::new_id("chg")?,
+                &body,
+            )?;
+            ledger.close()?;
+            return Err(Failure::invalid(format!("approval refused: {why}")));
+        }
+    };
+    let (kind, action) = match &outcome {
+        SignoffOutcome::Completed(_) => (RecordKind::ApprovalCompleted, "approval_completed"),
+        SignoffOutcome::Pending { .. } => (RecordKind::ApprovalPending, "approval_pending"),
+    };
+    let approval = outcome.approval();
+    let body = ledger::change(
+        &who.principal,
+        action,
+        json!({ "approval_id": approval.id, "deployment": approval.deployment, "approver_role": who.approver_role, "approval": approval }),
+    );
+    ledger.record(kind, at, &crate::context::new_id("chg")?, &body)?;
+    ledger.close()?;
+    store.save_approval(approval)?;
     match &outcome {
         SignoffOutcome::Completed(a) => out!(
             "approval {} of `{}` is active: binding {}, until {}",
@@ -168,12 +201,26 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
             "--reason must say why the approval is revoked",
         ));
     }
+    let at = now();
     approval.status = ApprovalStatus::Revoked;
     approval.revocation = Some(Revocation {
         by: who.principal.clone(),
-        at: now(),
+        at,
         reason: reason.to_string(),
     });
+    let body = ledger::change(
+        &who.principal,
+        "approval_revoked",
+        json!({ "approval_id": approval.id, "deployment": approval.deployment, "reason": reason }),
+    );
+    let ledger = Ledger::open(&ctx.db_path)?;
+    ledger.record(
+        RecordKind::ApprovalRevoked,
+        at,
+        &crate::context::new_id("chg")?,
+        &body,
+    )?;
+    ledger.close()?;
     store.save_approval(&approval)?;
     out!(
         "approval {approval_id} of `{}` revoked by {}",

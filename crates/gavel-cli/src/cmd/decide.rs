@@ -7,13 +7,16 @@ use std::sync::Arc;
 use serde_json::json;
 
 use gavel_engine::{
-    parse_request, DecideInput, Engine, EngineConfig, Reason, ReasonCode, Settled, Usage,
+    parse_request, DecideInput, DecideRequest, Decision, Engine, EngineConfig, Reason, ReasonCode,
+    Settled, Usage, Verdict,
 };
+use gavel_ledger::{Pending, RecordKind};
 use gavel_store::{Role, Store};
 
 use crate::context::out;
 use crate::context::{new_id, now, short, Context};
 use crate::failure::{Failure, Outcome};
+use crate::ledger::{self, Ledger};
 
 /// Input larger than this is refused whole: a decide batch is requests, not a data dump.
 const MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -30,21 +33,23 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
         EngineConfig::standard().map_err(Failure::storage)?,
     );
 
-    let mut bad_lines = 0usize;
+    let ledger = Ledger::open(&ctx.db_path)?;
+
+    // Decide every request, queue its record, and print nothing until the records are durable:
+    // nobody may act on a decision the ledger does not hold.
+    let mut results = Vec::new();
     for (line, item) in requests(&input) {
         let request = match parse_request(item) {
             Ok(request) => request,
             Err(e) => {
-                bad_lines += 1;
-                out!("{}", json!({ "error": e.0, "line": line }));
+                results.push(Decided::Unreadable { line, error: e.0 });
                 continue;
             }
         };
-        let decision_id = new_id("dec")?;
         let input = DecideInput {
             request: &request,
             principal: &who.principal,
-            decision_id,
+            decision_id: new_id("dec")?,
             now: now(),
         };
         let decision = if applied {
@@ -60,16 +65,119 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
             );
             engine.refuse(input, reason)
         };
-        let text = serde_json::to_string(&decision)
-            .map_err(|e| Failure::invalid(format!("cannot print a decision: {e}")))?;
-        out!("{text}");
+        let pending = ledger_body(&decision).and_then(|body| {
+            ledger.submit(RecordKind::Decision, now(), &decision.decision_id, &body)
+        });
+        let cooldown = match &decision.started_cooldown {
+            Some(cooldown) => Some(ledger.submit(
+                RecordKind::CooldownStarted,
+                cooldown.since,
+                &new_id("chg")?,
+                &ledger::change(
+                    &decision.principal,
+                    "cooldown_started",
+                    json!({ "cooldown": cooldown, "decision_id": decision.decision_id }),
+                ),
+            )),
+            None => None,
+        };
+        results.push(Decided::Decided {
+            request,
+            decision: Box::new(decision),
+            pending,
+            cooldown,
+        });
     }
+
+    let mut bad_lines = 0usize;
+    for result in results {
+        match result {
+            Decided::Unreadable { line, error } => {
+                bad_lines += 1;
+                out!("{}", json!({ "error": error, "line": line }));
+            }
+            Decided::Decided {
+                request,
+                decision,
+                pending,
+                cooldown,
+            } => {
+                let durable = pending
+                    .and_then(ledger::wait)
+                    .and_then(|receipt| match cooldown {
+                        Some(started) => started.and_then(ledger::wait).map(|_| receipt),
+                        None => Ok(receipt),
+                    });
+                let mut shown = match durable {
+                    Ok(receipt) => {
+                        let mut shown = serde_json::to_value(&*decision).map_err(|e| {
+                            Failure::invalid(format!("cannot print a decision: {e}"))
+                        })?;
+                        shown["receipt"] = json!(receipt);
+                        shown
+                    }
+                    Err(why) => unrecorded(&engine, &store, &request, &decision, &why)?,
+                };
+                if let Some(object) = shown.as_object_mut() {
+                    object.remove("started_cooldown");
+                }
+                out!("{shown}");
+            }
+        }
+    }
+    ledger.close()?;
     if bad_lines > 0 {
         return Err(Failure::invalid(format!(
             "{bad_lines} request(s) could not be read; their lines carry an `error`"
         )));
     }
     Ok(())
+}
+
+enum Decided {
+    Unreadable {
+        line: usize,
+        error: String,
+    },
+    Decided {
+        request: DecideRequest,
+        decision: Box<Decision>,
+        pending: Result<Pending, Failure>,
+        cooldown: Option<Result<Pending, Failure>>,
+    },
+}
+
+/// The decision as the ledger stores it: the decision itself plus its reason codes at the top
+/// level, which the ledger indexes.
+fn ledger_body(decision: &Decision) -> Result<serde_json::Value, Failure> {
+    let mut body = serde_json::to_value(decision)
+        .map_err(|e| Failure::storage(format!("cannot encode a decision: {e}")))?;
+    body["reason_codes"] = json!(decision.reason_code_strings());
+    Ok(body)
+}
+
+/// The ledger did not take the record: the decision must not be acted on. Give back what it
+/// holds and answer BLOCK `governance.unavailable` instead (fail closed).
+fn unrecorded(
+    engine: &Engine,
+    store: &dyn Store,
+    request: &DecideRequest,
+    decision: &Decision,
+    why: &Failure,
+) -> Result<serde_json::Value, Failure> {
+    let _ = engine.withdraw(store, request, decision, now());
+    let mut blocked = decision.clone();
+    blocked.verdict = Verdict::Block;
+    blocked.obligations.clear();
+    blocked.reasons = vec![Reason::new(
+        ReasonCode::GovernanceUnavailable,
+        format!(
+            "the ledger could not record this decision ({}); failing closed",
+            why.message
+        ),
+    )];
+    serde_json::to_value(&blocked)
+        .map_err(|e| Failure::invalid(format!("cannot print a decision: {e}")))
 }
 
 fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
@@ -115,18 +223,24 @@ fn requests(input: &[u8]) -> Vec<(usize, &[u8])> {
 pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage) -> Outcome {
     let loaded = ctx.load_contract()?;
     let store = ctx.store()?;
-    ctx.authenticate(&store, &[Role::Service], "reporting an outcome")?;
-    let engine = Engine::new(
-        Arc::new(loaded.contract),
-        EngineConfig::standard().map_err(Failure::storage)?,
-    );
+    let who = ctx
+        .authenticate(&store, &[Role::Service], "reporting an outcome")?
+        .principal;
+    let engine = Engine::new(Arc::new(loaded.contract), EngineConfig::default());
     if engine.contract().deployment(deployment).is_none() {
         return Err(Failure::invalid(format!(
             "deployment `{deployment}` is not in the contract"
         )));
     }
-    match engine.settle(&store, decision_id, deployment, &usage, now())? {
-        Settled::Settled => out!("{}", json!({ "decision_id": decision_id, "settled": true })),
+    let at = now();
+    match engine.settle(&store, decision_id, deployment, &usage, at)? {
+        Settled::Settled => {
+            let body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
+            let ledger = Ledger::open(&ctx.db_path)?;
+            let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
+            ledger.close()?;
+            out!("{}", json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }));
+        }
         Settled::Unknown => {
             return Err(Failure::invalid(format!(
                 "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"

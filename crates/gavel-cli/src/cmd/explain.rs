@@ -42,6 +42,25 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         .filter(|c| scopes.contains(&c.scope))
         .collect();
     let registration = store.registration(&d.id)?;
+    // The latest decisions served under the covering approval, from the ledger.
+    let latest: Vec<serde_json::Value> = match &covering {
+        Ok(a) => {
+            let filter = gavel_ledger_sqlite::ExportFilter {
+                kind: Some(gavel_ledger::RecordKind::Decision),
+                approval_id: Some(a.id.clone()),
+                limit: Some(5),
+                newest_first: true,
+                ..Default::default()
+            };
+            crate::ledger::open_sink(&ctx.db_path)?
+                .query(&filter)
+                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+                .into_iter()
+                .map(|entry| json!({ "index": entry.index, "decision_id": entry.record.id, "verdict": entry.record.body["verdict"], "at": entry.record.body["at"] }))
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
 
     let why_not = match &covering {
         Ok(_) => None,
@@ -72,6 +91,7 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
                 "not_covered_because": why_not,
                 "history": approvals,
                 "binding_applied_by": registration.as_ref().map(|r| json!({"principal": r.changed_by, "at": r.at})),
+                "latest_decisions": latest,
             },
             "performance": {
                 "thresholds": covering.as_ref().ok().map(|a| &a.thresholds),
@@ -132,6 +152,15 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
             "   nobody: {}; every request is refused",
             why_not.unwrap_or_default()
         ),
+    }
+    for decision in &latest {
+        out!(
+            "   served {} ({}) at {}, ledger leaf {}",
+            decision["decision_id"].as_str().unwrap_or_default(),
+            decision["verdict"].as_str().unwrap_or_default(),
+            decision["at"].as_str().unwrap_or_default(),
+            decision["index"]
+        );
     }
     if let Some(r) = &registration {
         out!(

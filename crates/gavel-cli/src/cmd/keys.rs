@@ -1,12 +1,15 @@
 //! `gavel keys create|list|revoke` (admin).
 
+use gavel_ledger::RecordKind;
 use gavel_store::{Role, Store};
+use serde_json::json;
 
 use crate::cli::KeysCommand;
 use crate::cmd::init::create_key;
 use crate::context::{diag, out};
-use crate::context::{now, Context};
+use crate::context::{new_id, now, Context};
 use crate::failure::{Failure, Outcome};
+use crate::ledger::{self, Ledger};
 
 pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
     let store = ctx.store()?;
@@ -32,7 +35,16 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
                     "--approver-role applies only to keys with role approver",
                 ));
             }
-            let key = create_key(&store, &principal, role, approver_role, &admin.principal)?;
+            let ledger = Ledger::open(&ctx.db_path)?;
+            let key = create_key(
+                &store,
+                &ledger,
+                &principal,
+                role,
+                approver_role,
+                &admin.principal,
+            )?;
+            ledger.close()?;
             out!("{key}");
             diag!(
                 "created a key with role {role} for `{principal}`; it is shown once, only its hash is stored"
@@ -61,11 +73,25 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
             }
         }
         KeysCommand::Revoke { id } => {
-            if !store.revoke_key(&id, now())? {
+            let Some(key) = store
+                .keys()?
+                .into_iter()
+                .find(|k| k.id == id && k.revoked_at.is_none())
+            else {
                 return Err(Failure::invalid(format!(
                     "no active key with id `{id}`; see `gavel keys list`"
                 )));
-            }
+            };
+            let at = now();
+            let ledger = Ledger::open(&ctx.db_path)?;
+            let body = ledger::change(
+                &admin.principal,
+                "key_revoked",
+                json!({ "key_id": id, "key_principal": key.principal }),
+            );
+            ledger.record(RecordKind::KeyRevoked, at, &new_id("chg")?, &body)?;
+            ledger.close()?;
+            store.revoke_key(&id, at)?;
             diag!("revoked key {id}");
         }
     }

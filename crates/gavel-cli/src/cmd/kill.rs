@@ -2,12 +2,15 @@
 
 use gavel_contract::time::Span;
 use gavel_engine::{Kill, Scope};
+use gavel_ledger::RecordKind;
 use gavel_store::{Role, Store};
+use serde_json::json;
 
 use crate::cli::{KillArgs, ScopeArgs};
 use crate::context::out;
-use crate::context::{now, Context};
+use crate::context::{new_id, now, Context};
 use crate::failure::{Failure, Outcome};
+use crate::ledger::{self, Ledger};
 
 fn scope_of(ctx: &Context, args: &ScopeArgs) -> Result<Scope, Failure> {
     let contract = ctx.load_contract()?.contract;
@@ -51,6 +54,14 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
         .map(|d| Span::parse(d).map(|span| at.saturating_add(span)))
         .transpose()
         .map_err(|why| Failure::invalid(format!("--for: {why}")))?;
+    let body = ledger::change(
+        &who.principal,
+        "kill",
+        json!({ "scope": scope.key(), "reason": args.reason, "until": until }),
+    );
+    let ledger = Ledger::open(&ctx.db_path)?;
+    ledger.record(RecordKind::Kill, at, &new_id("chg")?, &body)?;
+    ledger.close()?;
     store.set_kill(&Kill {
         scope: scope.clone(),
         reason: args.reason.clone(),
@@ -75,6 +86,16 @@ pub fn unkill(ctx: &Context, args: &ScopeArgs) -> Outcome {
     let scope = scope_of(ctx, args)?;
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Operator], "unkilling")?;
+    if !store.kills(now())?.iter().any(|k| k.scope == scope) {
+        return Err(Failure::invalid(format!(
+            "no kill switch is set on `{}`",
+            scope.key()
+        )));
+    }
+    let body = ledger::change(&who.principal, "unkill", json!({ "scope": scope.key() }));
+    let ledger = Ledger::open(&ctx.db_path)?;
+    ledger.record(RecordKind::Unkill, now(), &new_id("chg")?, &body)?;
+    ledger.close()?;
     match store.clear_kill(&scope)? {
         Some(_) => out!(
             "lifted the kill switch on `{}` ({})",

@@ -1,5 +1,6 @@
 pub mod apply;
 pub mod approve;
+pub mod audit;
 pub mod check;
 pub mod decide;
 pub mod explain;

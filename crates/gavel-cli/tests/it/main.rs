@@ -9,6 +9,7 @@
 )]
 
 mod approvals;
+mod audit;
 mod bad_input;
 mod roles;
 mod tour;
@@ -71,7 +72,7 @@ impl Run {
     }
 }
 
-fn output(out: Output) -> Run {
+pub fn output(out: Output) -> Run {
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

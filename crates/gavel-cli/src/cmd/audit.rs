@@ -1,0 +1,144 @@
+//! `gavel audit`: verify, show, export, prove, check-proof, pubkey.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use gavel_contract::time::Timestamp;
+use gavel_ledger::{check_proof_json, RecordKind, VerifyError, VerifyOptions};
+use gavel_ledger_sqlite::ExportFilter;
+use gavel_store::Role;
+
+use crate::cli::{AuditCommand, ExportArgs};
+use crate::context::out;
+use crate::context::Context;
+use crate::failure::{Failure, Outcome};
+use crate::ledger;
+
+const READERS: [Role; 4] = [Role::Auditor, Role::Approver, Role::Operator, Role::Admin];
+
+pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
+    match command {
+        AuditCommand::CheckProof { file, pubkey } => return check_proof(&file, &pubkey),
+        AuditCommand::Pubkey => {
+            out!(
+                "{}",
+                gavel_ledger_sqlite::public_key(&ledger::load_key(&ctx.db_path)?)
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
+    let store = ctx.store()?;
+    ctx.authenticate(&store, &READERS, "reading the ledger")?;
+    let sink = ledger::open_sink(&ctx.db_path)?;
+    let verifier = ledger::load_key(&ctx.db_path)?.verifier();
+    match command {
+        AuditCommand::Verify { strict } => {
+            let options = VerifyOptions {
+                require_signed_tail: strict,
+                ..VerifyOptions::default()
+            };
+            match sink.verify(&verifier, options) {
+                Ok(report) => {
+                    out!(
+                        "ledger OK: {} records, {} signed checkpoints{}, {} record(s) after the newest checkpoint",
+                        report.records,
+                        report.checkpoints,
+                        report.latest.map(|c| format!(" (newest: #{} over {} records)", c.seq, c.size)).unwrap_or_default(),
+                        report.unsigned_tail
+                    );
+                }
+                Err(VerifyError::Failed(failure)) => {
+                    return Err(Failure::invalid(format!(
+                        "the ledger does NOT verify: {failure}"
+                    )));
+                }
+                Err(e) => return Err(Failure::storage(e)),
+            }
+        }
+        AuditCommand::Show { id } => {
+            let entry = sink
+                .record_by_id(&id)
+                .map_err(Failure::storage)?
+                .ok_or_else(|| Failure::invalid(format!("no ledger record with id `{id}`")))?;
+            let shown = json!({ "index": entry.index, "record": entry.record });
+            crate::context::print_json(&shown)?;
+        }
+        AuditCommand::Export(args) => {
+            let filter = export_filter(&args)?;
+            let mut stdout = std::io::stdout().lock();
+            let count = sink
+                .export_jsonl(&filter, &mut stdout)
+                .map_err(|e| Failure::storage(format!("export failed: {e}")))?;
+            crate::context::note(&format!("exported {count} record(s)"));
+        }
+        AuditCommand::Prove { id } => {
+            let bundle = sink
+                .prove(&id, &verifier)
+                .map_err(|e| Failure::invalid(format!("cannot prove `{id}`: {e}")))?;
+            crate::context::print_json(&bundle)?;
+        }
+        AuditCommand::CheckProof { .. } | AuditCommand::Pubkey => {}
+    }
+    Ok(())
+}
+
+fn check_proof(file: &Path, pubkey: &str) -> Outcome {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Failure::invalid(format!("cannot read the proof `{}` ({e})", file.display()))
+    })?;
+    let checked = check_proof_json(&text, pubkey)
+        .map_err(|e| Failure::invalid(format!("the proof does NOT verify: {}", e.0)))?;
+    out!(
+        "proof OK: record `{}` ({}) is leaf {} of the ledger `{}` as signed in checkpoint #{} over {} records",
+        checked.record.id,
+        checked.record.kind.as_str(),
+        checked.index,
+        checked.checkpoint.origin,
+        checked.checkpoint.seq,
+        checked.checkpoint.size
+    );
+    Ok(())
+}
+
+fn export_filter(args: &ExportArgs) -> Result<ExportFilter, Failure> {
+    let time = |flag: &str, value: &Option<String>| -> Result<Option<i64>, Failure> {
+        value
+            .as_deref()
+            .map(|v| {
+                Timestamp::parse_rfc3339(v)
+                    .map(Timestamp::millis)
+                    .ok_or_else(|| {
+                        Failure::invalid(format!(
+                            "--{flag} `{v}` is not a date (YYYY-MM-DD) or RFC 3339 time"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let kind = args
+        .kind
+        .as_deref()
+        .map(|k| {
+            RecordKind::parse(k).ok_or_else(|| {
+                let kinds: Vec<&str> = RecordKind::ALL.iter().map(|k| k.as_str()).collect();
+                Failure::invalid(format!(
+                    "unknown record kind `{k}`; expected one of {}",
+                    kinds.join(", ")
+                ))
+            })
+        })
+        .transpose()?;
+    Ok(ExportFilter {
+        kind,
+        deployment: args.deployment.clone(),
+        approval_id: args.approval.clone(),
+        principal: args.principal.clone(),
+        reason_code: args.reason.clone(),
+        from_ms: time("from", &args.from)?,
+        to_ms: time("to", &args.to)?,
+        limit: args.limit,
+        newest_first: false,
+    })
+}

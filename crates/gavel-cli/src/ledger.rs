@@ -1,0 +1,121 @@
+//! The tamper-evident ledger as the CLI uses it: one group-commit appender over the SQLite
+//! sink in the same database, signing checkpoints with the key `gavel init` created.
+//!
+//! Governance changes are recorded before they take effect (an action that then fails to
+//! apply leaves a record of the attempt, never a change without a record). Decisions are
+//! recorded before their verdict is printed: a caller never acts on a decision the ledger
+//! does not hold.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use gavel_contract::time::Timestamp;
+use gavel_ledger::{Appender, AppenderConfig, NoteSigner, Pending, Receipt, Record, RecordKind};
+use gavel_ledger_sqlite::SqliteLedgerSink;
+
+use crate::failure::Failure;
+
+/// The signing key's file name, next to the database.
+pub const KEY_FILE: &str = "gavel-ledger.key";
+
+pub fn key_path(db_path: &Path) -> PathBuf {
+    db_path
+        .parent()
+        .map_or_else(|| PathBuf::from(KEY_FILE), |dir| dir.join(KEY_FILE))
+}
+
+/// The log's name in its checkpoints (the first line of every signed note).
+pub fn origin(organization: &str) -> String {
+    format!("gavel.ledger/{organization}")
+}
+
+/// Creates the checkpoint signing key (owner-only, never overwritten).
+pub fn create_key(db_path: &Path, organization: &str) -> Result<NoteSigner, Failure> {
+    let path = key_path(db_path);
+    gavel_ledger_sqlite::create_signing_key(&path, &origin(organization)).map_err(|e| {
+        Failure::storage(format!(
+            "cannot create the ledger signing key `{}`: {e}",
+            path.display()
+        ))
+    })
+}
+
+pub fn load_key(db_path: &Path) -> Result<NoteSigner, Failure> {
+    let path = key_path(db_path);
+    gavel_ledger_sqlite::load_signing_key(&path).map_err(|e| {
+        Failure::storage(format!(
+            "cannot load the ledger signing key `{}`: {e}; it is created by `gavel init`",
+            path.display()
+        ))
+    })
+}
+
+pub fn open_sink(db_path: &Path) -> Result<SqliteLedgerSink, Failure> {
+    SqliteLedgerSink::open(db_path)
+        .map_err(|e| Failure::storage(format!("cannot open the ledger: {e}")))
+}
+
+pub struct Ledger {
+    appender: Appender,
+}
+
+impl Ledger {
+    pub fn open(db_path: &Path) -> Result<Ledger, Failure> {
+        let signer = load_key(db_path)?;
+        let appender = Appender::start(open_sink(db_path)?, signer, AppenderConfig::default())
+            .map_err(|e| Failure::storage(format!("the ledger cannot start: {e}")))?;
+        Ok(Ledger { appender })
+    }
+
+    /// Queues a record; it is durable once the returned `Pending` resolves.
+    pub fn submit<B: Serialize>(
+        &self,
+        kind: RecordKind,
+        at: Timestamp,
+        id: &str,
+        body: &B,
+    ) -> Result<Pending, Failure> {
+        let record = Record::new(kind, at.millis(), id, body)
+            .map_err(|e| Failure::storage(format!("cannot encode a ledger record: {e}")))?;
+        self.appender
+            .submit(&record)
+            .map_err(|e| Failure::storage(format!("the ledger refused a record: {e}")))
+    }
+
+    /// Appends a record and returns once it is durable.
+    pub fn record<B: Serialize>(
+        &self,
+        kind: RecordKind,
+        at: Timestamp,
+        id: &str,
+        body: &B,
+    ) -> Result<Receipt, Failure> {
+        wait(self.submit(kind, at, id, body)?)
+    }
+
+    /// Signs a final checkpoint and stops the writer.
+    pub fn close(self) -> Result<(), Failure> {
+        self.appender.close().map(|_| ()).map_err(|e| {
+            Failure::storage(format!(
+                "the ledger could not sign its final checkpoint: {e}"
+            ))
+        })
+    }
+}
+
+pub fn wait(pending: Pending) -> Result<Receipt, Failure> {
+    pending
+        .wait()
+        .map_err(|e| Failure::storage(format!("the ledger could not make a record durable: {e}")))
+}
+
+/// A governance change: who did what, with the fields the ledger indexes.
+pub fn change(principal: &str, action: &str, details: Value) -> Value {
+    let mut body = json!({ "principal": principal, "action": action });
+    if let (Some(body), Value::Object(details)) = (body.as_object_mut(), details) {
+        body.extend(details);
+    }
+    body
+}

@@ -1,0 +1,247 @@
+//! The ledger from the command line: every decision and governance change is recorded before
+//! it takes effect, verifies, can be proved to a third party, and any edit is caught.
+
+use crate::*;
+
+fn kinds(r: &Ready) -> Vec<String> {
+    let run = r.g.run(Some(&r.auditor), &["audit", "export"]).ok();
+    run.stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_governance_change_and_decision_is_recorded() {
+    let r = Ready::start();
+    let g = &r.g;
+    let setup = kinds(&r);
+    // init's admin key, five more keys, the contract, one approval.
+    assert_eq!(
+        setup.iter().filter(|k| *k == "key_created").count(),
+        6,
+        "{setup:?}"
+    );
+    assert_eq!(setup.iter().filter(|k| *k == "contract_loaded").count(), 1);
+    assert_eq!(
+        setup.iter().filter(|k| *k == "approval_completed").count(),
+        1
+    );
+
+    let d = g.decide(&r.service, &kb_request());
+    assert!(
+        d["receipt"]["index"].as_u64().unwrap() >= setup.len() as u64,
+        "{d}"
+    );
+    let id = d["decision_id"].as_str().unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&g.run(Some(&r.auditor), &["audit", "show", id]).ok().stdout).unwrap();
+    assert_eq!(shown["record"]["body"]["verdict"], "ALLOW");
+    assert_eq!(
+        shown["record"]["body"]["reason_codes"],
+        serde_json::json!([])
+    );
+
+    g.run(
+        Some(&r.operator),
+        &["kill", "--deployment", "kb-search-v1", "--reason", "drill"],
+    )
+    .ok();
+    g.run(
+        Some(&r.operator),
+        &["unkill", "--deployment", "kb-search-v1"],
+    )
+    .ok();
+    g.run(
+        Some(&r.risk),
+        &[
+            "approve",
+            "tenant-score-v0",
+            "--population",
+            "x",
+            "--expires",
+            "1d",
+            "--on-breach",
+            "block",
+        ],
+    )
+    .fails(1, "never be approved");
+    g.run(
+        Some(&r.risk),
+        &[
+            "revoke",
+            d["approval_id"].as_str().unwrap(),
+            "--reason",
+            "audit finding",
+        ],
+    )
+    .ok();
+    let after = kinds(&r);
+    for kind in ["decision", "kill", "unkill", "admin", "approval_revoked"] {
+        assert!(
+            after.iter().any(|k| k == kind),
+            "no `{kind}` record: {after:?}"
+        );
+    }
+    let refused = g
+        .run(Some(&r.auditor), &["audit", "export", "--kind", "admin"])
+        .ok();
+    assert!(
+        refused.stdout.contains("approval_refused") && refused.stdout.contains("tenant-score-v0"),
+        "{}",
+        refused.stdout
+    );
+
+    let by_approval = g
+        .run(
+            Some(&r.auditor),
+            &[
+                "audit",
+                "export",
+                "--approval",
+                d["approval_id"].as_str().unwrap(),
+                "--kind",
+                "decision",
+            ],
+        )
+        .ok();
+    assert_eq!(by_approval.stdout.lines().count(), 1);
+    let explain = g
+        .run(Some(&r.auditor), &["explain", "kb-search-v1", "--json"])
+        .ok();
+    assert!(explain.stdout.contains("\"latest_decisions\""));
+    g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
+        .ok();
+}
+
+#[test]
+fn no_secret_reaches_the_ledger() {
+    let r = Ready::start();
+    let mut req = kb_request();
+    let aws = format!("AKIA{}", "QWERTYUIOPASDFGH");
+    req["messages"][1]["content"] =
+        serde_json::json!(format!("my key {aws} and mail jane.doe@example.org"));
+    let d = r.g.decide(&r.service, &req);
+    assert_eq!(d["reasons"][0]["code"], "privacy.secret");
+    let export = r.g.run(Some(&r.auditor), &["audit", "export"]).ok().stdout;
+    for secret in [
+        aws.as_str(),
+        "jane.doe@example.org",
+        r.service.as_str(),
+        r.g.admin.as_str(),
+    ] {
+        assert!(
+            !export.contains(secret),
+            "`{secret}` leaked into the ledger"
+        );
+    }
+}
+
+#[test]
+fn a_proof_verifies_with_only_the_public_key_and_tampering_fails() {
+    let r = Ready::start();
+    let g = &r.g;
+    let d = g.decide(&r.service, &kb_request());
+    let proof = g
+        .run(
+            Some(&r.auditor),
+            &["audit", "prove", d["decision_id"].as_str().unwrap()],
+        )
+        .ok()
+        .stdout;
+    std::fs::write(g.path("proof.json"), &proof).unwrap();
+    let pubkey = g
+        .run(None, &["audit", "pubkey"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    // A third party: no database, no key, a different folder.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let check = |file: &std::path::Path| {
+        crate::output(
+            gavel_command(elsewhere.path(), None)
+                .args(["audit", "check-proof"])
+                .arg(file)
+                .args(["--pubkey", &pubkey])
+                .output()
+                .unwrap(),
+        )
+    };
+    let ok = check(&g.path("proof.json")).ok();
+    assert!(ok.stdout.contains("proof OK"), "{}", ok.stdout);
+    let tampered = proof.replacen("ALLOW", "BLOCK", 1);
+    assert_ne!(tampered, proof);
+    std::fs::write(g.path("tampered.json"), tampered).unwrap();
+    check(&g.path("tampered.json")).fails(1, "does NOT verify");
+}
+
+#[test]
+fn verify_names_the_first_edited_record() {
+    let r = Ready::start();
+    let g = &r.g;
+    g.decide(&r.service, &kb_request());
+    g.run(Some(&r.auditor), &["audit", "verify"]).ok();
+    let conn = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
+    // The append-only triggers stop mistakes, not an attacker with the file: drop them.
+    let triggers: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ledger_records'",
+        )
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for trigger in triggers {
+        conn.execute(&format!("DROP TRIGGER {trigger}"), [])
+            .unwrap();
+    }
+    let (idx, bytes): (i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT idx, bytes FROM ledger_records WHERE kind = 'contract_loaded'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let edited = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replacen("\"olga\"", "\"mallory\"", 1)
+        .into_bytes();
+    assert_ne!(edited, bytes);
+    conn.execute(
+        "UPDATE ledger_records SET bytes = ?1 WHERE idx = ?2",
+        rusqlite::params![edited, idx],
+    )
+    .unwrap();
+    drop(conn);
+    let run = g.run(Some(&r.auditor), &["audit", "verify"]);
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("does NOT verify"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&idx.to_string()),
+        "names index {idx}: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn without_a_usable_ledger_nothing_is_decided() {
+    let r = Ready::start();
+    let key = r.g.path("gavel-ledger.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = r.g.run_stdin(
+        Some(&r.service),
+        &["decide"],
+        kb_request().to_string().as_bytes(),
+    );
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("owner-only"), "{}", run.stderr);
+    assert!(!run.stdout.contains("ALLOW"));
+}
