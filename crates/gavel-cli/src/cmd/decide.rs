@@ -82,7 +82,7 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
             None => None,
         };
         results.push(Decided::Decided {
-            request,
+            request: Box::new(request),
             decision: Box::new(decision),
             pending,
             cooldown,
@@ -140,7 +140,7 @@ enum Decided {
         error: String,
     },
     Decided {
-        request: DecideRequest,
+        request: Box<DecideRequest>,
         decision: Box<Decision>,
         pending: Result<Pending, Failure>,
         cooldown: Option<Result<Pending, Failure>>,
