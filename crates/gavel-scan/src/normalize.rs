@@ -140,37 +140,42 @@ fn normalize_ascii(run: &[u8], origin: usize, out: &mut Normalized, last_space: 
     let start = out.bytes.len();
     out.bytes.resize(start + run.len(), 0);
     out.map.resize(start + run.len(), 0);
+    // Plain slices and a local flag let the compiler keep everything in registers.
+    let bytes = out.bytes.as_mut_slice();
+    let map = out.map.as_mut_slice();
+    let mut space = *last_space;
     let mut w = start;
     for (k, &b) in run.iter().enumerate() {
-        let (byte, keep) = match ASCII_KIND[usize::from(b)] {
+        let byte = match ASCII_KIND[usize::from(b)] {
             // ordinary byte, lower-cased
             0 => {
-                *last_space = false;
-                (b.to_ascii_lowercase(), true)
+                space = false;
+                b.to_ascii_lowercase()
             }
             // horizontal space, `_`, `\\`: one space at most
             1 => {
-                let keep = !*last_space;
-                *last_space = true;
-                (b' ', keep)
+                if space {
+                    continue;
+                }
+                space = true;
+                b' '
             }
             // newline replaces a preceding space
             _ => {
-                if w > 0 && out.bytes.get(w - 1) == Some(&b' ') {
+                if w > 0 && bytes.get(w - 1) == Some(&b' ') {
                     w -= 1;
                 }
-                *last_space = true;
-                (b'\n', true)
+                space = true;
+                b'\n'
             }
         };
-        if keep {
-            if let (Some(slot), Some(m)) = (out.bytes.get_mut(w), out.map.get_mut(w)) {
-                *slot = byte;
-                *m = (origin + k) as u32;
-            }
-            w += 1;
+        if let (Some(slot), Some(m)) = (bytes.get_mut(w), map.get_mut(w)) {
+            *slot = byte;
+            *m = (origin + k) as u32;
         }
+        w += 1;
     }
+    *last_space = space;
     out.bytes.truncate(w);
     out.map.truncate(w);
 }
