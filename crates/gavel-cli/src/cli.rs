@@ -141,6 +141,13 @@ pub enum AuditCommand {
     },
     /// The ledger's public key (signed-note verifier key), for third parties.
     Pubkey,
+    /// A decision's captured payload, if payload capture is on and the subject not forgotten.
+    Payload { decision_id: String },
+    /// Crypto-shred a subject: destroy its payload key (admin). The ledger still verifies.
+    Forget {
+        #[arg(long)]
+        subject: String,
+    },
 }
 
 #[derive(Debug, Args)]

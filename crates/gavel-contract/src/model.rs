@@ -330,6 +330,9 @@ pub struct Policy {
     pub resources: BTreeMap<String, u64>,
     pub abuse: Option<AbusePolicy>,
     pub idempotency_window: Span,
+    /// When set, prompts are stored encrypted under a key per subject, the subject being this
+    /// request metadata field (e.g. `user_id`); off by default.
+    pub payload_subject: Option<String>,
 }
 
 /// What to do with a finding of a given class.

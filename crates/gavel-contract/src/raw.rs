@@ -198,6 +198,14 @@ pub(crate) struct RawPolicy {
     pub abuse: Option<RawAbuse>,
     #[serde(default)]
     pub idempotency: Option<RawIdempotency>,
+    #[serde(default)]
+    pub payload_capture: Option<RawPayloadCapture>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPayloadCapture {
+    pub subject: Sp<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -819,6 +819,13 @@ fn policy(
         .idempotency
         .and_then(|i| v.span(&i.window, "idempotency.window"))
         .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW);
+    let payload_subject = raw.payload_capture.map(|p| {
+        let field = &p.subject.value;
+        if field.is_empty() || !field.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            v.error(&p.subject, format!("payload_capture.subject `{field}` must name a metadata field: lowercase letters, digits and `_`"));
+        }
+        field.clone()
+    });
     Policy {
         privacy,
         injection,
@@ -827,6 +834,7 @@ fn policy(
         resources,
         abuse,
         idempotency_window,
+        payload_subject,
     }
 }
 

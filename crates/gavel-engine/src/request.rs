@@ -49,6 +49,11 @@ pub struct DecideRequest {
     /// Declared resource needs while the action runs, e.g. `{ "memory_mb": 2048 }`.
     #[serde(default)]
     pub resources: BTreeMap<String, u64>,
+    /// Caller metadata (an end-user id, a ticket id). Never a switch for any guard; the
+    /// field the contract names in `policy.payload_capture.subject` selects whose key encrypts
+    /// a captured payload.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

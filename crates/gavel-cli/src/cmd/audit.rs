@@ -30,6 +30,9 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
         _ => {}
     }
     let store = ctx.store()?;
+    if let AuditCommand::Forget { subject } = &command {
+        return forget(ctx, &store, subject);
+    }
     ctx.authenticate(&store, &READERS, "reading the ledger")?;
     let sink = ledger::open_sink(&ctx.db_path)?;
     let verifier = ledger::load_key(&ctx.db_path)?.verifier();
@@ -79,7 +82,41 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
                 .map_err(|e| Failure::invalid(format!("cannot prove `{id}`: {e}")))?;
             crate::context::print_json(&bundle)?;
         }
-        AuditCommand::CheckProof { .. } | AuditCommand::Pubkey => {}
+        AuditCommand::Payload { decision_id } => match sink.load_payload(&decision_id, "input").map_err(Failure::storage)? {
+            Some(bytes) => out!("{}", String::from_utf8_lossy(&bytes)),
+            None => return Err(Failure::invalid(format!("no readable payload for `{decision_id}` (capture off, or its subject was forgotten)"))),
+        },
+        AuditCommand::Forget { .. } | AuditCommand::CheckProof { .. } | AuditCommand::Pubkey => {}
+    }
+    Ok(())
+}
+
+/// Records the erasure (by the subject's digest, not the identifier), then destroys the key.
+fn forget(ctx: &Context, store: &dyn gavel_store::Store, subject: &str) -> Outcome {
+    use sha2::{Digest, Sha256};
+    let who = ctx.authenticate(store, &[Role::Admin], "forgetting a subject")?;
+    let at = crate::context::now();
+    let digest = hex::encode(Sha256::digest(subject.as_bytes()));
+    let body = ledger::change(
+        &who.principal,
+        "subject_forgotten",
+        json!({ "subject_sha256": digest }),
+    );
+    let recorder = ledger::Ledger::open(&ctx.db_path)?;
+    recorder.record(
+        RecordKind::Admin,
+        at,
+        &crate::context::new_id("chg")?,
+        &body,
+    )?;
+    recorder.close()?;
+    let existed = ledger::open_sink(&ctx.db_path)?
+        .forget(subject)
+        .map_err(Failure::storage)?;
+    if existed {
+        out!("forgot subject (sha256 {}): its payload key is destroyed; captured payloads can no longer be read", &digest[..12]);
+    } else {
+        out!("no payload key for that subject; the request is recorded anyway");
     }
     Ok(())
 }

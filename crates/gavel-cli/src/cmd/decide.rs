@@ -34,6 +34,11 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
     );
 
     let ledger = Ledger::open(&ctx.db_path)?;
+    // Payload capture is off unless the contract names the subject field.
+    let capture = match &contract.policy.payload_subject {
+        Some(field) => Some((field.clone(), ledger::open_sink(&ctx.db_path)?)),
+        None => None,
+    };
 
     // Decide every request, queue its record, and print nothing until the records are durable:
     // nobody may act on a decision the ledger does not hold.
@@ -110,6 +115,9 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
                     });
                 let mut shown = match durable {
                     Ok(receipt) => {
+                        if let Some((field, sink)) = &capture {
+                            capture_payload(sink, field, &request, &decision)?;
+                        }
                         let mut shown = serde_json::to_value(&*decision).map_err(|e| {
                             Failure::invalid(format!("cannot print a decision: {e}"))
                         })?;
@@ -145,6 +153,32 @@ enum Decided {
         pending: Result<Pending, Failure>,
         cooldown: Option<Result<Pending, Failure>>,
     },
+}
+
+/// Stores the request's texts encrypted under the subject's key (crypto-shreddable with
+/// `gavel audit forget`). The ledger record holds only their digest (`input_sha256`).
+fn capture_payload(
+    sink: &gavel_ledger_sqlite::SqliteLedgerSink,
+    field: &str,
+    request: &DecideRequest,
+    decision: &Decision,
+) -> Outcome {
+    let Some(subject) = request.metadata.get(field) else {
+        return Ok(());
+    };
+    let texts: Vec<serde_json::Value> = request
+        .texts()
+        .map(|(role, text)| json!({ "role": role, "text": text }))
+        .collect();
+    let plaintext = serde_json::to_vec(&texts)
+        .map_err(|e| Failure::storage(format!("cannot encode a payload: {e}")))?;
+    sink.store_payload(subject, &decision.decision_id, "input", &plaintext)
+        .map_err(|e| {
+            Failure::storage(format!(
+                "cannot store the payload of {}: {e}",
+                decision.decision_id
+            ))
+        })
 }
 
 /// The decision as the ledger stores it: the decision itself plus its reason codes at the top

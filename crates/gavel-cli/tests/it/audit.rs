@@ -245,3 +245,52 @@ fn without_a_usable_ledger_nothing_is_decided() {
     assert!(run.stderr.contains("owner-only"), "{}", run.stderr);
     assert!(!run.stdout.contains("ALLOW"));
 }
+
+#[test]
+fn captured_payloads_are_crypto_shredded_by_forget_and_the_ledger_still_verifies() {
+    let r = Ready::start();
+    let g = &r.g;
+    let text = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    std::fs::write(
+        g.path("gavel.yaml"),
+        text.replace(
+            "  idempotency: { window: 24h }\n",
+            "  idempotency: { window: 24h }\n  payload_capture: { subject: user_id }\n",
+        ),
+    )
+    .unwrap();
+    g.run(Some(&r.operator), &["apply"]).ok();
+    let mut req = kb_request();
+    req["metadata"] = serde_json::json!({"user_id": "u-42"});
+    let d = g.decide(&r.service, &req);
+    let id = d["decision_id"].as_str().unwrap();
+    let payload = g.run(Some(&r.auditor), &["audit", "payload", id]).ok();
+    assert!(
+        payload.stdout.contains("Where is the VPN guide?"),
+        "{}",
+        payload.stdout
+    );
+    // Not captured without the subject field.
+    let other = g.decide(&r.service, &kb_request());
+    g.run(
+        Some(&r.auditor),
+        &["audit", "payload", other["decision_id"].as_str().unwrap()],
+    )
+    .fails(1, "no readable payload");
+
+    g.run(Some(&r.auditor), &["audit", "forget", "--subject", "u-42"])
+        .fails(3, "needs role admin");
+    g.run(Some(&g.admin), &["audit", "forget", "--subject", "u-42"])
+        .ok();
+    g.run(Some(&r.auditor), &["audit", "payload", id])
+        .fails(1, "no readable payload");
+    g.run(Some(&r.auditor), &["audit", "verify"]).ok();
+    let record = g
+        .run(Some(&r.auditor), &["audit", "export", "--kind", "admin"])
+        .ok()
+        .stdout;
+    assert!(
+        record.contains("subject_forgotten") && !record.contains("u-42"),
+        "{record}"
+    );
+}
