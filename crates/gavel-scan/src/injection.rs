@@ -78,6 +78,7 @@ enum Cue {
     Jail,
     Persona,
     IdentitySwap,
+    YouRule,
     Ai,
     ModelName,
     Extract,
@@ -381,6 +382,27 @@ static CUES: &[(Cue, &[&str])] = &[
             "only replies",
             "only respond",
             "always respond as",
+        ],
+    ),
+    // rules addressed to the assistant, counted at sentence starts
+    (
+        YouRule,
+        &[
+            "you will",
+            "you must",
+            "you are",
+            "you can",
+            "you have",
+            "you should",
+            "you do",
+            "you don't",
+            "you never",
+            "you always",
+            "you may",
+            "you cannot",
+            "you can't",
+            "you won't",
+            "you'll",
         ],
     ),
     // addresses to the assistant
@@ -1228,6 +1250,8 @@ struct Weights {
     persona: f32,
     persona_max: usize,
     identity_swap: f32,
+    you_rule: f32,
+    you_rule_max: usize,
     extract_pair: f32,
     sys_object: f32,
     turn_label: f32,
@@ -1255,6 +1279,8 @@ const DIRECT: Weights = Weights {
     persona: 0.15,
     persona_max: 4,
     identity_swap: 0.3,
+    you_rule: 0.1,
+    you_rule_max: 5,
     extract_pair: 0.7,
     sys_object: 0.15,
     turn_label: 0.2,
@@ -1282,6 +1308,8 @@ const INDIRECT: Weights = Weights {
     persona: 0.15,
     persona_max: 3,
     identity_swap: 0.3,
+    you_rule: 0.0,
+    you_rule_max: 0,
     extract_pair: 0.7,
     sys_object: 0.3,
     turn_label: 0.35,
@@ -1329,6 +1357,7 @@ fn features(
     let (mut jail, mut persona, mut imperative, mut tool) = (0usize, 0usize, 0usize, 0usize);
     let mut turn_lines = 0usize;
     let mut impersonal_seen = false;
+    let mut you_rules = 0usize;
     for (k, t) in tokens.iter().enumerate() {
         let later = || {
             tokens
@@ -1376,6 +1405,14 @@ fn features(
             Persona if persona < w.persona_max && first_time(t.pattern) => {
                 persona += 1;
                 emit(Feature::PersonaJailbreak, t.start, t.end, w.persona);
+            }
+            YouRule
+                if you_rules < w.you_rule_max
+                    && at_sentence_start(bytes, t.start)
+                    && first_time(t.pattern) =>
+            {
+                you_rules += 1;
+                emit(Feature::PersonaJailbreak, t.start, t.end, w.you_rule);
             }
             IdentitySwap if first_time(t.pattern) => {
                 emit(Feature::PersonaJailbreak, t.start, t.end, w.identity_swap);
