@@ -88,6 +88,23 @@ pub enum Command {
     Kill(KillArgs),
     /// Lift a kill switch (operator).
     Unkill(ScopeArgs),
+    /// Scan text for secrets, PII and prompt injection; exit 1 if anything at or above the
+    /// threshold is found, 0 if not.
+    Scan {
+        /// A file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        input: PathBuf,
+        /// How to read the text: user (direct injection), retrieved or tool_output (indirect),
+        /// system, output.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Injection score from which injection counts as found.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
     /// The tamper-evident ledger: verify, show, export, prove, check-proof, pubkey.
     #[command(subcommand)]
     Audit(AuditCommand),

@@ -69,6 +69,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Kill(args) => cmd::kill::kill(&ctx, &args),
         Command::Unkill(args) => cmd::kill::unkill(&ctx, &args),
         Command::Audit(command) => cmd::audit::run(&ctx, command),
+        Command::Scan {
+            input,
+            role,
+            threshold,
+            format,
+        } => cmd::scan::run(&input, &role, threshold, &format),
         Command::Explain { deployment, json } => cmd::explain::run(&ctx, &deployment, json),
     }
 }

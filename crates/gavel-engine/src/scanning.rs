@@ -130,7 +130,7 @@ impl ContentScanner for PolicyScanner {
                     text_index: index,
                     start: f.span.start,
                     end: f.span.end,
-                    confidence: f.confidence,
+                    confidence: (f.confidence * 1000.0).round() / 1000.0,
                 });
                 let (action, code, what) = match f.kind {
                     FindingKind::Secret => (

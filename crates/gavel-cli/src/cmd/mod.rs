@@ -7,3 +7,4 @@ pub mod explain;
 pub mod init;
 pub mod keys;
 pub mod kill;
+pub mod scan;
