@@ -94,7 +94,16 @@ fn requests() -> Vec<DecideRequest> {
     out
 }
 
-fn setup() -> (Engine, MemoryState, Vec<DecideRequest>) {
+/// Which pipeline to measure.
+#[derive(Clone, Copy)]
+enum Pipeline {
+    /// `EngineConfig::standard()`: every guard, the scanners and the reservation.
+    Full,
+    /// Every guard and the reservation, without the content scanners.
+    WithoutScanners,
+}
+
+fn setup_with(pipeline: Pipeline) -> (Engine, MemoryState, Vec<DecideRequest>) {
     let contract = Arc::new(contract());
     let state = MemoryState::new();
     let d = &contract.deployments["kb-search-v1"];
@@ -119,11 +128,18 @@ fn setup() -> (Engine, MemoryState, Vec<DecideRequest>) {
     (
         Engine::new(
             contract,
-            EngineConfig::standard().unwrap_or_else(|e| panic!("{e}")),
+            match pipeline {
+                Pipeline::Full => EngineConfig::standard().unwrap_or_else(|e| panic!("{e}")),
+                Pipeline::WithoutScanners => EngineConfig::default(),
+            },
         ),
         state,
         requests(),
     )
+}
+
+fn setup() -> (Engine, MemoryState, Vec<DecideRequest>) {
+    setup_with(Pipeline::Full)
 }
 
 fn decide_once(engine: &Engine, state: &MemoryState, request: &DecideRequest, i: u64) -> Decision {
@@ -141,8 +157,8 @@ fn decide_once(engine: &Engine, state: &MemoryState, request: &DecideRequest, i:
 /// Per-decision latency over `n` decisions cycling through the requests. With `cold`, the
 /// tokenizer's piece memo is emptied before each decision (untimed), which is the worst case:
 /// every piece counted from scratch.
-fn percentiles(cold: bool) {
-    let (engine, state, requests) = setup();
+fn percentiles(pipeline: Pipeline, cold: bool) {
+    let (engine, state, requests) = setup_with(pipeline);
     let bytes: usize = requests
         .iter()
         .map(|r| r.texts().map(|(_, t)| t.len()).sum::<usize>())
@@ -177,7 +193,11 @@ fn percentiles(cold: bool) {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
     println!(
-        "| {} | {} | {bytes} B | {:.1} us | {:.1} us | {:.1} us | {:.1} us | {:.0} |",
+        "| {} | {} | {} | {bytes} B | {:.1} us | {:.1} us | {:.1} us | {:.1} us | {:.0} |",
+        match pipeline {
+            Pipeline::Full => "full (guards + scanners + reservation)",
+            Pipeline::WithoutScanners => "guards + reservation, no scanners",
+        },
         if cold {
             "cold (memo cleared each time)"
         } else {
@@ -235,14 +255,16 @@ fn main() {
     });
     criterion.final_summary();
     println!("\ndecision latency, example contract, kb-search-v1 ALLOW path (every guard and the budget reservation), one thread:");
-    println!("| tokenizer memo | distinct prompts | mean prompt | p50 | p90 | p99 | p99.9 | decisions/s (one core) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| pipeline | tokenizer memo | distinct prompts | mean prompt | p50 | p90 | p99 | p99.9 | decisions/s (one core) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     // DECIDE_MEMO=warm or cold runs one of the two (e.g. under callgrind); default both.
     let memo = std::env::var("DECIDE_MEMO").unwrap_or_default();
-    if memo != "cold" {
-        percentiles(false);
-    }
-    if memo != "warm" {
-        percentiles(true);
+    for pipeline in [Pipeline::Full, Pipeline::WithoutScanners] {
+        if memo != "cold" {
+            percentiles(pipeline, false);
+        }
+        if memo != "warm" {
+            percentiles(pipeline, true);
+        }
     }
 }
