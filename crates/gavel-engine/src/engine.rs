@@ -582,7 +582,7 @@ impl Ctx<'_> {
         if let Some(stop) = self.chain_guard() {
             return Some(stop);
         }
-        if r.action.kind == ActionKind::Inference {
+        if r.is_generative() {
             if let Some(stop) = self.system_prompt_guard() {
                 return Some(stop);
             }
@@ -710,11 +710,13 @@ impl Ctx<'_> {
             {
                 continue;
             }
+            // The offending value is described by its type only: a caller may put anything in
+            // a parameter, including a credential, and reasons are recorded in the ledger.
             let refuse = |why: String| {
                 Some(Stop::block(
                     Reason::new(ReasonCode::ConformanceParams, why)
                         .with("param", name.clone())
-                        .with("value", value.clone()),
+                        .with("value_type", json_type(value)),
                 ))
             };
             match d.params.get(name) {
@@ -724,7 +726,7 @@ impl Ctx<'_> {
                 Some(ParamRule::Exactly(approved)) => {
                     if !same_value(approved, value) {
                         return refuse(format!(
-                            "parameter `{name}` = {value} but the approved value is {approved}"
+                            "parameter `{name}` differs from the approved value {approved}"
                         ));
                     }
                 }
@@ -732,16 +734,32 @@ impl Ctx<'_> {
                     Some(v) if v >= *min && v <= *max => {}
                     _ => {
                         return refuse(format!(
-                        "parameter `{name}` = {value} is outside the approved range [{min}, {max}]"
-                    ))
+                            "parameter `{name}` is outside the approved range [{min}, {max}]"
+                        ))
                     }
                 },
             }
         }
-        let requested = ["max_tokens", "max_completion_tokens"]
-            .iter()
-            .filter_map(|k| self.request.params.get(*k))
-            .find_map(Value::as_u64);
+        // Both spellings may be sent; the larger one is what the caller asks for.
+        let mut requested: Option<u64> = None;
+        let mut spellings = 0;
+        for key in ["max_tokens", "max_completion_tokens"] {
+            let Some(value) = self.request.params.get(key) else {
+                continue;
+            };
+            let Some(n) = value.as_u64() else {
+                return Some(Stop::block(
+                    Reason::new(
+                        ReasonCode::ConformanceParams,
+                        format!("`{key}` must be a whole number of tokens"),
+                    )
+                    .with("param", key)
+                    .with("value_type", json_type(value)),
+                ));
+            };
+            spellings += 1;
+            requested = Some(requested.map_or(n, |r| r.max(n)));
+        }
         let approved = match d.params.get("max_tokens") {
             Some(ParamRule::Exactly(v)) => v.as_f64().map(|n| n as u64),
             _ => None,
@@ -758,7 +776,7 @@ impl Ctx<'_> {
                 .with("limit", ceiling),
             );
         }
-        if requested != Some(effective) && self.request.action.kind == ActionKind::Inference {
+        if (requested != Some(effective) || spellings > 1) && self.request.is_generative() {
             eval.obligations.push(Obligation::CapMaxTokens {
                 max_tokens: effective,
             });
@@ -876,17 +894,14 @@ impl Ctx<'_> {
             .policy
             .budgets
             .iter()
+            // A routed request runs on, and is charged to, its route target.
             .filter(|b| {
                 b.only_use_case
                     .as_ref()
-                    .is_none_or(|u| *u == self.use_case.id)
+                    .is_none_or(|u| *u == target.use_case)
             })
-            .filter(|b| {
-                b.only_deployment
-                    .as_ref()
-                    .is_none_or(|d| *d == self.deployment.id)
-            })
-            .filter_map(|b| self.scope_value(b.scope).map(|v| (b, v)))
+            .filter(|b| b.only_deployment.as_ref().is_none_or(|d| *d == target.id))
+            .filter_map(|b| self.scope_value(b.scope, target).map(|v| (b, v)))
             .collect();
         let resources: Vec<ResourceClaim> = self
             .request
@@ -931,8 +946,8 @@ impl Ctx<'_> {
         let needs_tokens = applicable
             .iter()
             .any(|(b, _)| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
-        let is_inference = self.request.action.kind == ActionKind::Inference;
-        let prompt_tokens = if needs_tokens && is_inference {
+        let is_inference = self.request.is_generative();
+        let prompt_tokens = if needs_tokens {
             let encoding = Encoding::for_model(&target.model.name);
             let texts: Vec<std::borrow::Cow<'_, str>> =
                 self.request.texts().map(|(_, t)| t).collect();
@@ -946,7 +961,7 @@ impl Ctx<'_> {
             .map_or(0, |p| p.cost_micros(prompt_tokens, completion));
         let tool_calls = u64::from(self.request.action.kind == ActionKind::ToolCall);
         let amounts = Amounts {
-            tokens: prompt_tokens + completion,
+            tokens: prompt_tokens.saturating_add(completion),
             usd_micros,
             requests: 1,
             tool_calls,
@@ -973,11 +988,11 @@ impl Ctx<'_> {
             .map(|refusal| self.refusal_stop(refusal)))
     }
 
-    fn scope_value(&self, scope: BudgetScope) -> Option<String> {
+    fn scope_value(&self, scope: BudgetScope, target: &Deployment) -> Option<String> {
         match scope {
             BudgetScope::Organization => Some(self.contract().organization.clone()),
-            BudgetScope::UseCase => Some(self.use_case.id.clone()),
-            BudgetScope::Deployment => Some(self.deployment.id.clone()),
+            BudgetScope::UseCase => Some(target.use_case.clone()),
+            BudgetScope::Deployment => Some(target.id.clone()),
             BudgetScope::Principal => Some(self.principal.to_string()),
             BudgetScope::Run => self.request.run_id.clone(),
         }
@@ -1068,6 +1083,17 @@ fn step_kind_name(kind: gavel_contract::StepKind) -> &'static str {
         gavel_contract::StepKind::Tool => "tool",
         gavel_contract::StepKind::Model => "model",
         gavel_contract::StepKind::Retriever => "retriever",
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 

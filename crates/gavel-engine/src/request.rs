@@ -200,7 +200,27 @@ impl DecideRequest {
             .content
             .iter()
             .map(|p| (p.role, std::borrow::Cow::Borrowed(p.text.as_str())));
-        messages.chain(parts)
+        // Tool-call arguments (in assistant messages and in a tool_call action) are content
+        // too: they can carry secrets, PII or instructions, so they are scanned and hashed.
+        let calls = self
+            .messages
+            .iter()
+            .filter_map(|m| m.tool_calls.as_ref())
+            .chain(self.action.args.as_ref())
+            .map(|v| {
+                (
+                    ContentRole::Assistant,
+                    std::borrow::Cow::Owned(v.to_string()),
+                )
+            });
+        messages.chain(parts).chain(calls)
+    }
+
+    /// Whether the request generates text (an inference, or anything carrying chat messages):
+    /// then the prompt template, the max_tokens ceiling and token budgets apply whatever the
+    /// action is called.
+    pub fn is_generative(&self) -> bool {
+        self.action.kind == ActionKind::Inference || !self.messages.is_empty()
     }
 
     /// The system prompt: system/developer messages joined, or system content parts.

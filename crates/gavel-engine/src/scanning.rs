@@ -6,7 +6,9 @@
 //! `privacy.retrieved`, which defaults to the input's), injection takes `injection.input` for
 //! user and assistant turns (direct) and `injection.retrieved` for retrieved documents and tool
 //! outputs (indirect: instructions inside data are suspect), at `injection.threshold`. System
-//! prompts are not scanned: conformance already proved them equal to the approved template.
+//! prompts are scanned for secrets and PII only (their template variables are the caller's),
+//! not for injection: conformance proved the rest equal to the approved template. Tool-call
+//! arguments are scanned as input.
 //! NUL bytes are refused as invalid input. Every finding is recorded (kind, rule, span,
 //! confidence), never the text; detected classes feed the sovereignty guard even when no
 //! privacy policy is set.
@@ -56,7 +58,14 @@ fn direction(role: ContentRole, policy: &Policy) -> Option<Direction> {
             .map(|i| if indirect { i.retrieved } else { i.input })
     };
     match role {
-        ContentRole::System => None,
+        // System prompts passed conformance (they are the approved template), but template
+        // variables are filled by the caller: scan them for secrets and PII, not injection.
+        ContentRole::System => Some(Direction {
+            privacy: policy.privacy.as_ref().map(|p| p.input),
+            injection: None,
+            code: ReasonCode::InjectionDirect,
+            scan_role: ScanRole::System,
+        }),
         ContentRole::User | ContentRole::Assistant => Some(Direction {
             privacy: policy.privacy.as_ref().map(|p| p.input),
             injection: injection_threshold_action(false),
@@ -159,13 +168,27 @@ impl ContentScanner for PolicyScanner {
                     }
                     Some(FindingAction::Redact) => {
                         let redactor = redactor.get_or_insert_with(Redactor::new);
-                        if let Some(placeholder) = placeholder(redactor, text, f) {
-                            report.redactions.push(Redaction {
+                        match placeholder(redactor, text, f) {
+                            Some(placeholder) => report.redactions.push(Redaction {
                                 text_index: index,
                                 start: f.span.start,
                                 end: f.span.end,
                                 placeholder,
-                            });
+                            }),
+                            // A span that cannot be redacted must not go out unredacted.
+                            None => {
+                                report.block.get_or_insert_with(|| {
+                                    evidence(
+                                        Reason::new(
+                                            code,
+                                            format!("{message}, and it cannot be redacted"),
+                                        ),
+                                        index,
+                                        *role,
+                                        f,
+                                    )
+                                });
+                            }
                         }
                     }
                     Some(FindingAction::Flag) => {

@@ -13,6 +13,7 @@ mod fail_closed;
 mod guards;
 mod properties;
 mod reasons_doc;
+mod review_fixes;
 mod scanning;
 mod tokens;
 
