@@ -48,6 +48,25 @@ impl Context {
         load_contract_at(&self.contract_path)
     }
 
+    /// Why the contract on disk is not the one in force, if it is not: only the most recently
+    /// applied version governs (a caller cannot pick an older or an unapplied file).
+    pub fn not_in_force(
+        &self,
+        store: &dyn Store,
+        version: &str,
+    ) -> Result<Option<String>, Failure> {
+        Ok(match store.latest_contract()? {
+            None => Some("no contract has been applied yet; an operator must run `gavel apply`".to_string()),
+            Some((latest, _)) if latest.version != version => Some(format!(
+                "the contract file is version {}, but the version in force is {} (applied by {}); run `gavel apply` to make this file the one in force",
+                short(version),
+                short(&latest.version),
+                latest.applied_by
+            )),
+            Some(_) => None,
+        })
+    }
+
     pub fn store(&self) -> Result<SqliteStore, Failure> {
         Ok(SqliteStore::open_existing(&self.db_path)?)
     }

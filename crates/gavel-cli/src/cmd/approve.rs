@@ -23,6 +23,10 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
     let contract = &loaded.contract;
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Approver], "approving")?;
+    // Approvals are judged under the contract in force, never under a local copy.
+    if let Some(why) = ctx.not_in_force(&store, &contract.version.0)? {
+        return Err(Failure::invalid(format!("approval refused: {why}")));
+    }
     let at = now();
     let terms = terms_from(&args, at)?;
     let deployment = contract.deployment(&args.deployment).ok_or_else(|| {

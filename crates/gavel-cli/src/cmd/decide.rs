@@ -14,7 +14,7 @@ use gavel_ledger::{Pending, RecordKind};
 use gavel_store::{Role, Store};
 
 use crate::context::out;
-use crate::context::{new_id, now, short, Context};
+use crate::context::{new_id, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
 
@@ -27,7 +27,7 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Service], "deciding")?;
     let contract = Arc::new(loaded.contract);
-    let applied = store.contract_applied(&contract.version.0)?.is_some();
+    let not_in_force = ctx.not_in_force(&store, &contract.version.0)?;
     let engine = Engine::new(
         contract.clone(),
         EngineConfig::standard().map_err(Failure::storage)?,
@@ -57,18 +57,14 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
             decision_id: new_id("dec")?,
             now: now(),
         };
-        let decision = if applied {
-            engine.decide(&store, input)
-        } else {
-            // Fail closed: a contract nobody applied is an unrecorded governance change.
-            let reason = Reason::new(
-                ReasonCode::GovernanceUnavailable,
-                format!(
-                    "contract version {} has not been applied; an operator must run `gavel apply`",
-                    short(&contract.version.0)
-                ),
-            );
-            engine.refuse(input, reason)
+        let decision = match &not_in_force {
+            None => engine.decide(&store, input),
+            // Fail closed: only the version in force governs; anything else is an unrecorded
+            // governance change.
+            Some(why) => engine.refuse(
+                input,
+                Reason::new(ReasonCode::GovernanceUnavailable, why.clone()),
+            ),
         };
         let pending = ledger_body(&decision).and_then(|body| {
             ledger.submit(RecordKind::Decision, now(), &decision.decision_id, &body)
@@ -260,6 +256,9 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
     let who = ctx
         .authenticate(&store, &[Role::Service], "reporting an outcome")?
         .principal;
+    if let Some(why) = ctx.not_in_force(&store, &loaded.contract.version.0)? {
+        return Err(Failure::invalid(why));
+    }
     let engine = Engine::new(Arc::new(loaded.contract), EngineConfig::default());
     if engine.contract().deployment(deployment).is_none() {
         return Err(Failure::invalid(format!(

@@ -228,7 +228,7 @@ fn an_unapplied_binding_cannot_be_approved() {
             "block",
         ],
     )
-    .fails(1, "has not been applied");
+    .fails(1, "the version in force is");
 }
 
 #[test]
@@ -261,5 +261,77 @@ fn revocation_stops_serving_at_once() {
         list.stdout.contains("\"state\": \"revoked\""),
         "{}",
         list.stdout
+    );
+}
+
+#[test]
+fn an_approver_cannot_bring_their_own_rules() {
+    let r = Ready::start();
+    let g = &r.g;
+    // A private copy of the contract that lowers the bar for high-risk approvals.
+    let evil = g.path("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    for (path, contents) in gavel_contract::example::FILES {
+        let target = evil.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, contents).unwrap();
+    }
+    let text = std::fs::read_to_string(evil.join("gavel.yaml")).unwrap();
+    let lowered = text.replace(
+        "high:    { approvers: 2, distinct_roles: [risk, engineering], evidence: [eval, bias, human_oversight], max_validity_days: 180, require_thresholds: [accuracy, drift, fairness] }",
+        "high:    { approvers: 1, max_validity_days: 3650 }",
+    );
+    assert_ne!(lowered, text);
+    std::fs::write(evil.join("gavel.yaml"), lowered).unwrap();
+    let db = g.path("gavel.db");
+    let run = g.run(
+        Some(&r.risk),
+        &[
+            "--contract",
+            evil.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "approve",
+            "credit-limit-v1",
+            "--population",
+            "p",
+            "--expires",
+            "3000d",
+            "--on-breach",
+            "block",
+        ],
+    );
+    run.fails(1, "the version in force is");
+    // Nor can a service pick an older or private contract to be judged under.
+    let mut req = kb_request();
+    req["deployment"] = serde_json::json!("kb-search-v1");
+    let out = crate::output(
+        gavel_command(g.dir.path(), Some(&r.service))
+            .args([
+                "--contract",
+                evil.to_str().unwrap(),
+                "--db",
+                db.to_str().unwrap(),
+                "decide",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(req.to_string().as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap(),
+    );
+    assert!(
+        out.stdout.contains("governance.unavailable") && out.stdout.contains("version in force"),
+        "{}",
+        out.stdout
     );
 }
