@@ -76,8 +76,14 @@ pub trait Store: RuntimeState {
         registration: &Registration,
     ) -> Result<(), StoreError>;
 
-    /// Inserts or replaces an approval (by id).
-    fn save_approval(&self, approval: &Approval) -> Result<(), StoreError>;
+    /// Writes an approval if the stored one is still as the caller read it (`read`: `None` for
+    /// a new approval), so that a signoff racing a revocation or another signoff cannot undo
+    /// it. Returns false, writing nothing, when it changed in between.
+    fn save_approval(
+        &self,
+        approval: &Approval,
+        read: Option<&Approval>,
+    ) -> Result<bool, StoreError>;
     fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
     /// Every approval, oldest first.
     fn all_approvals(&self) -> Result<Vec<Approval>, StoreError>;

@@ -374,20 +374,40 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn save_approval(&self, approval: &Approval) -> Result<(), StoreError> {
-        self.conn()?
-            .execute(
-                "INSERT INTO approvals (id, deployment, created_at, body) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET body = ?4",
-                params![
-                    approval.id,
-                    approval.deployment,
-                    approval.created_at.millis(),
-                    json(approval)?
-                ],
-            )
+    fn save_approval(
+        &self,
+        approval: &Approval,
+        read: Option<&Approval>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("save approval"))?;
-        Ok(())
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT body FROM approvals WHERE id = ?1",
+                [&approval.id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err("save approval"))?;
+        let stored: Option<Approval> = stored.map(|b| from_json(&b)).transpose()?;
+        if stored.as_ref() != read {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO approvals (id, deployment, created_at, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET body = ?4",
+            params![
+                approval.id,
+                approval.deployment,
+                approval.created_at.millis(),
+                json(approval)?
+            ],
+        )
+        .map_err(err("save approval"))?;
+        tx.commit().map_err(err("save approval"))?;
+        Ok(true)
     }
 
     fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {

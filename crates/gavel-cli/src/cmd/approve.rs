@@ -93,8 +93,11 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
         json!({ "approval_id": approval.id, "deployment": approval.deployment, "approver_role": who.approver_role, "approval": approval }),
     );
     ledger.record(kind, at, &crate::context::new_id("chg")?, &body)?;
+    let written = store.save_approval(approval, pending.as_ref())?;
+    if !written {
+        abort(&ledger, &who.principal, &approval.id, at)?;
+    }
     ledger.close()?;
-    store.save_approval(approval)?;
     match &outcome {
         SignoffOutcome::Completed(a) => out!(
             "approval {} of `{}` is active: binding {}, until {}",
@@ -168,6 +171,25 @@ fn terms_from(args: &ApproveArgs, at: Timestamp) -> Result<Option<Terms>, Failur
     }))
 }
 
+/// Someone else changed the approval between our read and our write: the change recorded a
+/// moment ago did not take effect, and the ledger says so.
+fn abort(ledger: &Ledger, principal: &str, approval_id: &str, at: Timestamp) -> Outcome {
+    let body = ledger::change(
+        principal,
+        "approval_change_aborted",
+        json!({ "approval_id": approval_id, "why": "changed concurrently" }),
+    );
+    ledger.record(
+        RecordKind::Admin,
+        at,
+        &crate::context::new_id("chg")?,
+        &body,
+    )?;
+    Err(Failure::invalid(format!(
+        "approval {approval_id} changed while this command ran (another signoff or a revocation); nothing was changed, look again with `gavel approvals`"
+    )))
+}
+
 fn parse_expiry(text: &str, at: Timestamp) -> Result<Timestamp, Failure> {
     if let Ok(span) = Span::parse(text) {
         return Ok(at.saturating_add(span));
@@ -205,6 +227,7 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
             "--reason must say why the approval is revoked",
         ));
     }
+    let read = approval.clone();
     let at = now();
     approval.status = ApprovalStatus::Revoked;
     approval.revocation = Some(Revocation {
@@ -224,8 +247,10 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
         &crate::context::new_id("chg")?,
         &body,
     )?;
+    if !store.save_approval(&approval, Some(&read))? {
+        abort(&ledger, &who.principal, &approval.id, at)?;
+    }
     ledger.close()?;
-    store.save_approval(&approval)?;
     out!(
         "approval {approval_id} of `{}` revoked by {}",
         approval.deployment,

@@ -49,7 +49,7 @@ fn everything_survives_reopening() {
             revoked_at: None,
         })
         .unwrap();
-        s.save_approval(&approval("apr_1")).unwrap();
+        assert!(s.save_approval(&approval("apr_1"), None).unwrap());
         s.set_registration(
             "kb",
             &Registration {
@@ -194,13 +194,23 @@ fn two_connections_to_one_file_share_exact_budgets() {
 fn approvals_are_replaced_by_id_and_listed_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
-    s.save_approval(&approval("apr_1")).unwrap();
+    assert!(s.save_approval(&approval("apr_1"), None).unwrap());
     let mut second = approval("apr_2");
     second.created_at = NOW.saturating_add(Span::from_secs(1));
-    s.save_approval(&second).unwrap();
+    assert!(s.save_approval(&second, None).unwrap());
     let mut revoked = approval("apr_1");
     revoked.status = ApprovalStatus::Revoked;
-    s.save_approval(&revoked).unwrap();
+    assert!(
+        !s.save_approval(&revoked, None).unwrap(),
+        "not new any more"
+    );
+    let mut stale = approval("apr_1");
+    stale.population = "someone else".into();
+    assert!(
+        !s.save_approval(&revoked, Some(&stale)).unwrap(),
+        "changed since it was read"
+    );
+    assert!(s.save_approval(&revoked, Some(&approval("apr_1"))).unwrap());
     let all = s.all_approvals().unwrap();
     assert_eq!(
         all.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
