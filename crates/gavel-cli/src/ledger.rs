@@ -59,14 +59,39 @@ pub fn open_sink(db_path: &Path) -> Result<SqliteLedgerSink, Failure> {
 
 pub struct Ledger {
     appender: Appender,
+    /// One appender per ledger at a time: the appender keeps the tree in memory, so two
+    /// processes appending at once would disagree about the next index. Held until close.
+    _writer_lock: std::fs::File,
 }
 
 impl Ledger {
     pub fn open(db_path: &Path) -> Result<Ledger, Failure> {
+        let lock_path = db_path.with_extension("ledger-lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                Failure::storage(format!(
+                    "cannot open the ledger lock `{}`: {e}",
+                    lock_path.display()
+                ))
+            })?;
+        // Waits for another gavel process to finish appending.
+        lock.lock().map_err(|e| {
+            Failure::storage(format!(
+                "cannot lock the ledger `{}`: {e}",
+                lock_path.display()
+            ))
+        })?;
         let signer = load_key(db_path)?;
         let appender = Appender::start(open_sink(db_path)?, signer, AppenderConfig::default())
             .map_err(|e| Failure::storage(format!("the ledger cannot start: {e}")))?;
-        Ok(Ledger { appender })
+        Ok(Ledger {
+            appender,
+            _writer_lock: lock,
+        })
     }
 
     /// Queues a record; it is durable once the returned `Pending` resolves.

@@ -54,6 +54,22 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
         .map(|d| Span::parse(d).map(|span| at.saturating_add(span)))
         .transpose()
         .map_err(|why| Failure::invalid(format!("--for: {why}")))?;
+    // A kill can be extended or made permanent, never shortened: lifting one is `unkill`,
+    // which is its own recorded decision.
+    if let Some(existing) = store.kills(at)?.into_iter().find(|k| k.scope == scope) {
+        let shorter = match (existing.until, until) {
+            (None, Some(_)) => true,
+            (Some(old), Some(new)) => new < old,
+            (_, None) => false,
+        };
+        if shorter {
+            return Err(Failure::invalid(format!(
+                "`{}` is already killed{}; a new kill may not end sooner (use `gavel unkill` to lift it)",
+                scope.key(),
+                existing.until.map(|u| format!(" until {u}")).unwrap_or_default()
+            )));
+        }
+    }
     let body = ledger::change(
         &who.principal,
         "kill",

@@ -294,3 +294,43 @@ fn captured_payloads_are_crypto_shredded_by_forget_and_the_ledger_still_verifies
         "{record}"
     );
 }
+
+#[test]
+fn concurrent_decide_processes_all_get_recorded() {
+    let r = Ready::start();
+    let g = &r.g;
+    let batch: String = (0..5).map(|_| format!("{}\n", kb_request())).collect();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let mut child = gavel_command(g.dir.path(), Some(&r.service))
+                .arg("decide")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(batch.as_bytes())
+                .unwrap();
+            child
+        })
+        .collect();
+    for child in children {
+        let run = crate::output(child.wait_with_output().unwrap()).ok();
+        let verdicts: Vec<_> = run
+            .json_lines()
+            .iter()
+            .map(|d| d["verdict"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(verdicts, vec!["ALLOW"; 5], "{}", run.stdout);
+    }
+    let decisions = g
+        .run(Some(&r.auditor), &["audit", "export", "--kind", "decision"])
+        .ok();
+    assert_eq!(decisions.stdout.lines().count(), 20);
+    g.run(Some(&r.auditor), &["audit", "verify"]).ok();
+}

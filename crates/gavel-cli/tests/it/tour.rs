@@ -150,6 +150,35 @@ fn kill_and_unkill() {
     .fails(1, "no kill switch");
     g.run(
         Some(&r.operator),
+        &[
+            "kill",
+            "--use-case",
+            "knowledge-search",
+            "--reason",
+            "incident 8",
+        ],
+    )
+    .ok();
+    g.run(
+        Some(&r.operator),
+        &[
+            "kill",
+            "--use-case",
+            "knowledge-search",
+            "--reason",
+            "shorter",
+            "--for",
+            "1s",
+        ],
+    )
+    .fails(1, "may not end sooner");
+    g.run(
+        Some(&r.operator),
+        &["unkill", "--use-case", "knowledge-search"],
+    )
+    .ok();
+    g.run(
+        Some(&r.operator),
         &["kill", "--all", "--reason", "drill", "--for", "10m"],
     )
     .ok();
