@@ -42,6 +42,7 @@ pub fn diff(old: &Contract, new: &Contract) -> ContractDiff {
     deployments(&mut d, &old.deployments, &new.deployments);
     requirements(&mut d, &old.taxonomy, &new.taxonomy);
     policy(&mut d, &old.policy, &new.policy);
+    prices(&mut d, &old.prices, &new.prices);
     if d.changes.is_empty() {
         d.note(
             false,
@@ -309,6 +310,12 @@ fn policy(d: &mut ContractDiff, old: &Policy, new: &Policy) {
         }
         _ => {}
     }
+    if new.payload_subject.is_some() && old.payload_subject.is_none() {
+        d.note(
+            true,
+            "payload capture turned on: prompts are now retained (encrypted)".into(),
+        );
+    }
     if new.idempotency_window < old.idempotency_window {
         d.note(
             true,
@@ -407,6 +414,25 @@ fn budgets(d: &mut ContractDiff, old: &[Budget], new: &[Budget]) {
     }
 }
 
+/// A lower price lets more traffic through the same USD budget.
+fn prices(d: &mut ContractDiff, old: &BTreeMap<String, Price>, new: &BTreeMap<String, Price>) {
+    for (snapshot, o) in old {
+        match new.get(snapshot) {
+            Some(n) if n.input < o.input || n.output < o.output => d.note(
+                true,
+                format!(
+                    "price of `{snapshot}` lowered ({}/{} -> {}/{} USD per 1M tokens)",
+                    o.input, o.output, n.input, n.output
+                ),
+            ),
+            Some(n) if n.input > o.input || n.output > o.output => {
+                d.note(false, format!("price of `{snapshot}` raised"))
+            }
+            _ => {}
+        }
+    }
+}
+
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
@@ -496,6 +522,25 @@ mod tests {
                 "`{to}`: {d:?}"
             );
         }
+    }
+
+    #[test]
+    fn lower_prices_and_payload_capture_are_flagged() {
+        let d = loosening(&[(
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.0, output: 0.0 }",
+        )]);
+        assert!(
+            d.changes.iter().any(|c| c.loosening
+                && c.what
+                    .contains("price of `llama-3.1-8b-instruct-q8-2024-07` lowered")),
+            "{d:?}"
+        );
+        let d = loosening(&[(
+            "  idempotency: { window: 24h }\n",
+            "  idempotency: { window: 24h }\n  payload_capture: { subject: user_id }\n",
+        )]);
+        assert!(d.loosening(), "{d:?}");
     }
 
     #[test]

@@ -436,6 +436,16 @@ pub struct Budget {
     pub limits: Limits,
 }
 
+impl Budget {
+    /// Whether two lines would charge the same counters (same scope, window and filters).
+    pub fn counts_the_same_as(&self, other: &Budget) -> bool {
+        self.scope == other.scope
+            && self.window == other.window
+            && self.only_use_case == other.only_use_case
+            && self.only_deployment == other.only_deployment
+    }
+}
+
 /// Limits in integer units so that sums are exact: micro-dollars, not floating dollars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Limits {

@@ -25,6 +25,9 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// No model generates this many tokens in one reply; a larger ceiling is a typo.
+const MAX_TOKENS_CEILING: f64 = 10_000_000.0;
+
 pub(crate) const DEFAULT_IDEMPOTENCY_WINDOW: Span = Span::from_secs(24 * 3600);
 
 struct Validator<'a> {
@@ -561,16 +564,16 @@ fn deployments(
             };
             if name == "max_tokens" {
                 let ok = match &rule {
-                    ParamRule::Exactly(value) => {
-                        value.as_f64().is_some_and(|n| n >= 1.0 && n.fract() == 0.0)
-                    }
+                    ParamRule::Exactly(value) => value.as_f64().is_some_and(|n| {
+                        (1.0..=MAX_TOKENS_CEILING).contains(&n) && n.fract() == 0.0
+                    }),
                     ParamRule::Range { .. } => false,
                 };
                 if !ok {
                     if let Some(at) = d.params.get(name) {
                         v.error(
                             at,
-                            "max_tokens must be a positive whole number (the approved ceiling)",
+                            "max_tokens must be a whole number from 1 to 10000000 (the approved ceiling)",
                         );
                     }
                 }
@@ -777,9 +780,17 @@ fn policy(
             on_violation,
         });
     }
-    let mut budgets = Vec::new();
+    let mut budgets: Vec<Budget> = Vec::new();
     for b in raw.budgets {
         if let Some(budget) = budget(v, &b, use_cases, deployments) {
+            // Two lines counting the same thing would share one counter; say so instead.
+            if budgets
+                .iter()
+                .any(|other| other.counts_the_same_as(&budget))
+            {
+                v.error(&b, "another budget line has the same scope, window and filters; merge their limits into one line");
+                continue;
+            }
             budgets.push(budget);
         }
     }

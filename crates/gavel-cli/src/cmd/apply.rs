@@ -63,7 +63,8 @@ pub fn run(ctx: &Context) -> Outcome {
             "contract_version": contract.version,
             "previous_version": previous.as_ref().map(|(r, _)| &r.version),
             "changes": summary,
-            "loosening": changes.as_ref().is_some_and(ContractDiff::loosening),
+            // When the previous version cannot be compared, assume the worst.
+            "loosening": previous.is_some() && changes.as_ref().is_none_or(ContractDiff::loosening),
             "rebound": rebound.iter().map(|d| json!({"deployment": d.id, "binding": d.binding})).collect::<Vec<_>>(),
         }),
     );

@@ -106,6 +106,16 @@ fn impossible_values() {
             "capacity 0",
         ),
         (
+            "{ scope: principal, window: 1m, requests: 120 }",
+            "{ scope: principal, window: 1m, requests: 120 }\n    - { scope: principal, window: 1m, tokens: 5 }",
+            "same scope, window and filters",
+        ),
+        (
+            "params: { temperature: 0.2, max_tokens: 512 }",
+            "params: { temperature: 0.2, max_tokens: 18446744073709551615 }",
+            "from 1 to 10000000",
+        ),
+        (
             "unacceptable: { allowed: false }",
             "unacceptable: { allowed: true, approvers: 1 }",
             "cannot be `allowed: true`",
