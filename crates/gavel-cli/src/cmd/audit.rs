@@ -82,10 +82,31 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
                 .map_err(|e| Failure::invalid(format!("cannot prove `{id}`: {e}")))?;
             crate::context::print_json(&bundle)?;
         }
-        AuditCommand::Payload { decision_id } => match sink.load_payload(&decision_id, "input").map_err(Failure::storage)? {
-            Some(bytes) => out!("{}", String::from_utf8_lossy(&bytes)),
-            None => return Err(Failure::invalid(format!("no readable payload for `{decision_id}` (capture off, or its subject was forgotten)"))),
-        },
+        AuditCommand::Payload { decision_id } => {
+            // Reading a captured prompt is itself an audited act, and only auditors and admins may.
+            let reader = ctx.authenticate(
+                &store,
+                &[Role::Auditor, Role::Admin],
+                "reading a captured payload",
+            )?;
+            let body = ledger::change(
+                &reader.principal,
+                "payload_read",
+                json!({ "decision_id": decision_id }),
+            );
+            let recorder = ledger::Ledger::open(&ctx.db_path)?;
+            recorder.record(
+                RecordKind::Admin,
+                crate::context::now(),
+                &crate::context::new_id("chg")?,
+                &body,
+            )?;
+            recorder.close()?;
+            match sink.load_payload(&decision_id, "input").map_err(Failure::storage)? {
+                Some(bytes) => out!("{}", String::from_utf8_lossy(&bytes)),
+                None => return Err(Failure::invalid(format!("no readable payload for `{decision_id}` (capture off, or its subject was forgotten)"))),
+            }
+        }
         AuditCommand::Forget { .. } | AuditCommand::CheckProof { .. } | AuditCommand::Pubkey => {}
     }
     Ok(())

@@ -265,13 +265,35 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
             "deployment `{deployment}` is not in the contract"
         )));
     }
+    // Only the principal a decision was made for settles it, and under the deployment it ran
+    // on (the route target, if it was routed): the ledger says which.
+    let decided = ledger::open_sink(&ctx.db_path)?
+        .record_by_id(decision_id)
+        .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+        .filter(|entry| entry.record.kind == RecordKind::Decision)
+        .ok_or_else(|| Failure::invalid(format!("no decision `{decision_id}` in the ledger")))?
+        .record
+        .body;
+    if decided["principal"].as_str() != Some(who.as_str()) {
+        return Err(Failure::auth(format!("decision `{decision_id}` was made for another principal; only it may report the outcome")));
+    }
+    let ran_on = decided["obligations"]
+        .as_array()
+        .and_then(|obligations| obligations.iter().find(|o| o["type"] == "route"))
+        .and_then(|route| route["deployment"].as_str())
+        .or(decided["deployment"].as_str())
+        .unwrap_or_default();
+    if ran_on != deployment {
+        return Err(Failure::invalid(format!("decision `{decision_id}` ran on `{ran_on}`; report its outcome with --deployment {ran_on}")));
+    }
     let at = now();
+    // Recorded first: the settlement changes budgets, a governance-relevant effect.
+    let body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
+    ledger.close()?;
     match engine.settle(&store, decision_id, deployment, &usage, at)? {
         Settled::Settled => {
-            let body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
-            let ledger = Ledger::open(&ctx.db_path)?;
-            let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
-            ledger.close()?;
             out!("{}", json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }));
         }
         Settled::Unknown => {

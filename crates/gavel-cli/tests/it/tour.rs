@@ -55,6 +55,29 @@ fn init_check_apply_approve_decide_outcome_explain() {
         ],
     )
     .fails(1, "holds no open reservation");
+    // Nobody else settles it, and not under another deployment.
+    let second = g.decide(&r.service, &kb_request());
+    let second = second["decision_id"].as_str().unwrap();
+    let other = g.key("other-team", "service", None);
+    let settle = |key: &str, decision: &str, deployment: &str| {
+        g.run(
+            Some(key),
+            &[
+                "outcome",
+                "--decision",
+                decision,
+                "--deployment",
+                deployment,
+                "--prompt-tokens",
+                "0",
+                "--completion-tokens",
+                "0",
+            ],
+        )
+    };
+    settle(&other, second, "kb-search-v1").fails(3, "another principal");
+    settle(&r.service, second, "credit-limit-v1").fails(1, "ran on `kb-search-v1`");
+    settle(&r.service, "dec_nope", "kb-search-v1").fails(1, "no decision `dec_nope`");
 
     let explain = g.run(Some(&r.auditor), &["explain", "kb-search-v1"]).ok();
     assert!(
