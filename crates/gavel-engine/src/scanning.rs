@@ -134,7 +134,7 @@ impl ContentScanner for PolicyScanner {
             classes.extend(DataClasses::from_findings(&findings).names());
             for f in &findings {
                 report.findings.push(FindingRecord {
-                    kind: kind_name(f.kind).to_string(),
+                    kind: f.kind.as_str().to_string(),
                     rule_id: f.rule_id.to_string(),
                     text_index: index,
                     start: f.span.start,
@@ -245,14 +245,4 @@ fn placeholder(redactor: &mut Redactor, text: &str, finding: &Finding) -> Option
         ..finding.clone()
     };
     Some(redactor.redact(value, std::slice::from_ref(&alone)))
-}
-
-fn kind_name(kind: FindingKind) -> &'static str {
-    match kind {
-        FindingKind::Secret => "secret",
-        FindingKind::Pii => "pii",
-        FindingKind::Injection => "injection",
-        FindingKind::InvalidUtf8 => "invalid_utf8",
-        FindingKind::NulByte => "nul_byte",
-    }
 }

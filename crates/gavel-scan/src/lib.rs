@@ -96,6 +96,19 @@ pub enum FindingKind {
     NulByte,
 }
 
+impl FindingKind {
+    /// The kind as decisions, ledger records and `gavel scan` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Secret => "secret",
+            FindingKind::Pii => "pii",
+            FindingKind::Injection => "injection",
+            FindingKind::InvalidUtf8 => "invalid_utf8",
+            FindingKind::NulByte => "nul_byte",
+        }
+    }
+}
+
 /// One detection. Spans are byte offsets into the scanned text; the text itself is never copied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {

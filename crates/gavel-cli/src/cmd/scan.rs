@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use gavel_scan::{ContentRole, FindingKind, ScanConfig, Scanners};
+use gavel_scan::{ContentRole, ScanConfig, Scanners};
 
 use crate::context::out;
 use crate::failure::{Failure, Outcome, EXIT_INVALID};
@@ -52,7 +52,7 @@ pub fn run(input: &Path, role: &str, threshold: f32, format: &str) -> Outcome {
     if json_output {
         let rows: Vec<_> = findings
             .iter()
-            .map(|f| json!({ "kind": kind(f.kind), "rule_id": f.rule_id, "start": f.span.start, "end": f.span.end, "confidence": rounded(f.confidence) }))
+            .map(|f| json!({ "kind": f.kind.as_str(), "rule_id": f.rule_id, "start": f.span.start, "end": f.span.end, "confidence": rounded(f.confidence) }))
             .collect();
         out!(
             "{}",
@@ -106,14 +106,4 @@ fn read(input: &Path) -> Result<Vec<u8>, Failure> {
 /// Confidences are f32; print them as the short decimals they were set as.
 fn rounded(confidence: f32) -> f64 {
     (f64::from(confidence) * 1000.0).round() / 1000.0
-}
-
-fn kind(kind: FindingKind) -> &'static str {
-    match kind {
-        FindingKind::Secret => "secret",
-        FindingKind::Pii => "pii",
-        FindingKind::Injection => "injection",
-        FindingKind::InvalidUtf8 => "invalid_utf8",
-        FindingKind::NulByte => "nul_byte",
-    }
 }
