@@ -65,6 +65,8 @@ pub enum ReasonCode {
     ConformanceParams,
     #[serde(rename = "conformance.tool_schema")]
     ConformanceToolSchema,
+    #[serde(rename = "conformance.tool_args")]
+    ConformanceToolArgs,
     #[serde(rename = "tool.not_approved")]
     ToolNotApproved,
     #[serde(rename = "chain.step_undeclared")]
@@ -102,7 +104,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 34] = [
+    pub const ALL: [ReasonCode; 35] = [
         ReasonCode::GovernanceUnavailable,
         ReasonCode::DeploymentUnknown,
         ReasonCode::PrincipalMismatch,
@@ -120,6 +122,7 @@ impl ReasonCode {
         ReasonCode::ConformanceSystemPrompt,
         ReasonCode::ConformanceParams,
         ReasonCode::ConformanceToolSchema,
+        ReasonCode::ConformanceToolArgs,
         ReasonCode::ToolNotApproved,
         ReasonCode::ChainStepUndeclared,
         ReasonCode::SovereigntyEndpoint,
@@ -158,6 +161,7 @@ impl ReasonCode {
             ReasonCode::ConformanceSystemPrompt => "conformance.system_prompt",
             ReasonCode::ConformanceParams => "conformance.params",
             ReasonCode::ConformanceToolSchema => "conformance.tool_schema",
+            ReasonCode::ConformanceToolArgs => "conformance.tool_args",
             ReasonCode::ToolNotApproved => "tool.not_approved",
             ReasonCode::ChainStepUndeclared => "chain.step_undeclared",
             ReasonCode::SovereigntyEndpoint => "sovereignty.endpoint",
@@ -189,6 +193,7 @@ impl ReasonCode {
                 | ReasonCode::ToolNotApproved
                 | ReasonCode::ConformanceSystemPrompt
                 | ReasonCode::ConformanceToolSchema
+                | ReasonCode::ConformanceToolArgs
         )
     }
 }

@@ -579,7 +579,7 @@ impl Ctx<'_> {
                 ));
             }
         }
-        if let Some(stop) = self.chain_guard() {
+        if let Some(stop) = self.chain_guard().or_else(|| self.tool_args_guard()) {
             return Some(stop);
         }
         if r.is_generative() {
@@ -667,6 +667,27 @@ impl Ctx<'_> {
                 }
             }
         }
+    }
+
+    /// A tool call's arguments must fit the tool's approved schema; none given counts as `{}`,
+    /// so leaving them out cannot skip the check.
+    fn tool_args_guard(&self) -> Option<Stop> {
+        let r = self.request;
+        if r.action.kind != ActionKind::ToolCall {
+            return None;
+        }
+        let name = r.action.name.as_deref().unwrap_or_default();
+        let approved = self.deployment.tools.get(name)?;
+        let empty = Value::Object(serde_json::Map::new());
+        let args = r.action.args.as_ref().unwrap_or(&empty);
+        let problem = crate::schema::violation(&approved.schema, args)?;
+        Some(Stop::block(
+            Reason::new(
+                ReasonCode::ConformanceToolArgs,
+                format!("arguments to `{name}` do not fit its approved schema: {problem}"),
+            )
+            .with("tool", name),
+        ))
     }
 
     fn system_prompt_guard(&self) -> Option<Stop> {

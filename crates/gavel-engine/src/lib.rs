@@ -33,6 +33,7 @@ mod memory;
 mod request;
 mod scan;
 mod scanning;
+mod schema;
 mod state;
 mod tokens;
 

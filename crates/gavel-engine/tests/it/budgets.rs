@@ -104,7 +104,7 @@ fn run_budget_on_tool_calls_blocks_the_run_only() {
         "tokens: 50000, tool_calls: 2",
     )]);
     w.approve("order-agent-v2");
-    let call = |run: &str| json!({"deployment": "order-agent-v2", "step": "lookup", "run_id": run, "action": {"type": "tool_call", "name": "lookup_order"}});
+    let call = |run: &str| json!({"deployment": "order-agent-v2", "step": "lookup", "run_id": run, "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
     assert_eq!(w.decide(call("r1")).verdict, Verdict::Allow);
     assert_eq!(w.decide(call("r1")).verdict, Verdict::Allow);
     // A run's budget never resets, so this is a BLOCK, not a COOLDOWN.

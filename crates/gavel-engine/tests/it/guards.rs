@@ -455,7 +455,7 @@ mod sovereignty {
     fn allowed_region_passes() {
         let w = World::example();
         w.approve("order-agent-v2");
-        let r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order"}});
+        let r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
         assert_eq!(w.decide(r).verdict, Verdict::Allow);
     }
 }
@@ -556,7 +556,7 @@ mod abuse {
         for _ in 0..3 {
             assert_verdict(&w.decide(bad.clone()), Verdict::Block, "tool.not_approved");
         }
-        let good = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order"}});
+        let good = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
         let d = w.decide(good.clone());
         assert_verdict(&d, Verdict::Cooldown, "abuse.cooldown");
         assert_eq!(d.retry_after_seconds, Some(15 * 60));

@@ -53,7 +53,7 @@ fn request(kind: u8, deployment: &str) -> Value {
         0 => kb_request(),
         1 => triage_request(deployment),
         2 => {
-            json!({"deployment": deployment, "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order"}})
+            json!({"deployment": deployment, "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}})
         }
         3 => json!({"deployment": deployment}),
         _ => {

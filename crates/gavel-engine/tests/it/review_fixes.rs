@@ -49,7 +49,7 @@ fn tool_call_arguments_are_scanned() {
     let w = World::example();
     w.approve("order-agent-v2");
     let aws = format!("AKIA{}", "QWERTYUIOPASDFGH");
-    let r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345", "note": aws}}});
+    let r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": format!("A00012345 {aws}")}}});
     assert_verdict(&w.decide(r), Verdict::Block, "privacy.secret");
 }
 
@@ -112,4 +112,39 @@ fn a_routed_request_is_charged_to_its_target() {
             .any(|(k, _)| k.contains("|support-triage-v3|")),
         "{windows:?}"
     );
+}
+
+#[test]
+fn tool_call_arguments_must_fit_the_approved_schema() {
+    let w = World::example();
+    w.approve("order-agent-v2");
+    let refund = |args: serde_json::Value| json!({"deployment": "order-agent-v2", "step": "refund", "run_id": "r", "action": {"type": "tool_call", "name": "issue_refund", "args": args}});
+    assert_eq!(
+        w.decide(refund(
+            json!({"order_id": "A00012345", "amount_eur": 40, "reason": "damaged"})
+        ))
+        .verdict,
+        Verdict::Allow
+    );
+    let d = w.decide(refund(
+        json!({"order_id": "A00012345", "amount_eur": 5000, "reason": "damaged"}),
+    ));
+    assert_verdict(&d, Verdict::Block, "conformance.tool_args");
+    assert!(
+        d.reasons[0]
+            .message
+            .contains("$.amount_eur: above the maximum 500"),
+        "{}",
+        d.reasons[0].message
+    );
+    assert_verdict(
+        &w.decide(refund(
+            json!({"order_id": "A00012345", "amount_eur": 1, "reason": "damaged", "to_iban": "X"}),
+        )),
+        Verdict::Block,
+        "conformance.tool_args",
+    );
+    // Leaving the arguments out is checked as `{}`, not skipped.
+    let no_args = json!({"deployment": "order-agent-v2", "step": "refund", "run_id": "r", "action": {"type": "tool_call", "name": "issue_refund"}});
+    assert_verdict(&w.decide(no_args), Verdict::Block, "conformance.tool_args");
 }
