@@ -135,12 +135,20 @@ impl Detectors {
                 .map_err(|e| BuildError(e.to_string()))
         };
         let keyword_refs: Vec<&str> = keywords.iter().map(String::as_str).collect();
+        // Keywords are searched overlapping: with leftmost matching, which keywords are seen
+        // depends on where the search starts (`authToken` hides `token` from a scan starting
+        // before it but not from one starting inside it), and the streaming scanner rescans
+        // from inside the text. Every keyword occurrence is a candidate; `on_keyword` decides.
+        let keyword_automaton = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::Standard)
+            .build(&keyword_refs)
+            .map_err(|e| BuildError(e.to_string()))?;
         Ok(Detectors {
             secrets: secrets_on,
             pii: pii_on,
             prefixes: build(&prefixes)?,
             prefix_kinds,
-            keywords: build(&keyword_refs)?,
+            keywords: keyword_automaton,
             keyword_kinds,
             tilde: if secrets_on {
                 secrets::tilde_rule()
@@ -187,7 +195,7 @@ impl Detectors {
         }
         if self.secrets || self.pii {
             let input = aho_corasick::Input::new(bytes).range(from..);
-            for m in self.keywords.find_iter(input) {
+            for m in self.keywords.find_overlapping_iter(input) {
                 match self.keyword_kinds.get(m.pattern().as_usize()) {
                     Some(&Anchor::Keyword(k)) => {
                         secrets::on_keyword(bytes, m.start(), m.end(), k, sink)

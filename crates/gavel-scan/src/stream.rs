@@ -342,6 +342,23 @@ mod tests {
         "3.14159",
     ];
 
+    /// Found by fuzzing: the keyword search once depended on where a rescan started, so a
+    /// stream reported a secret the whole-text scan did not.
+    #[test]
+    fn keyword_inside_a_camel_case_word_is_seen_the_same_from_any_start() {
+        let s = scanners();
+        let text = format!("aauthTokena:aa.doGmail {}", "a".repeat(43));
+        let expected = whole(&s, &text);
+        for chunk in 1..=text.len() {
+            let cuts: Vec<usize> = (chunk..text.len()).step_by(chunk).collect();
+            assert_eq!(
+                check_stream(&s, &text, &cuts),
+                expected,
+                "chunks of {chunk}"
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
 
