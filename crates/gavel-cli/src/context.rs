@@ -59,8 +59,8 @@ impl Context {
             None => Some("no contract has been applied yet; an operator must run `gavel apply`".to_string()),
             Some((latest, _)) if latest.version != version => Some(format!(
                 "the contract file is version {}, but the version in force is {} (applied by {}); run `gavel apply` to make this file the one in force",
-                short(version),
-                short(&latest.version),
+                gavel_contract::short_hash(version),
+                gavel_contract::short_hash(&latest.version),
                 latest.applied_by
             )),
             Some(_) => None,
@@ -137,11 +137,6 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], Failure> {
 /// A fresh time-ordered id such as `dec_01J...`.
 pub fn new_id(prefix: &str) -> Result<String, Failure> {
     Ok(gavel_engine::new_id(prefix, now(), random_bytes()?))
-}
-
-/// The first 12 hex digits of a hash, for tables.
-pub fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
 }
 
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {

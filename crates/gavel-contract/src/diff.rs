@@ -128,8 +128,8 @@ fn deployments(
             false,
             format!(
                 "deployment `{id}` changed: binding {} -> {} (it needs a new approval)",
-                short(&o.binding.0),
-                short(&n.binding.0)
+                short_hash(&o.binding.0),
+                short_hash(&n.binding.0)
             ),
         );
         for tool in n.tools.keys().filter(|t| !o.tools.contains_key(*t)) {
@@ -431,10 +431,6 @@ fn prices(d: &mut ContractDiff, old: &BTreeMap<String, Price>, new: &BTreeMap<St
             _ => {}
         }
     }
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
 }
 
 #[cfg(test)]

@@ -56,6 +56,11 @@ impl fmt::Display for ContractVersion {
     }
 }
 
+/// The first 12 hex digits of a hash, as messages and tables show bindings and versions.
+pub fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 /// Hex SHA-256 of a deployment's canonical form, file contents included.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Default, PartialOrd, Ord)]
 #[serde(transparent)]

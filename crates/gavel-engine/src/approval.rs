@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
 use gavel_contract::{BudgetScope, Contract, Deployment, Signal, Tier};
 
@@ -128,7 +129,7 @@ pub fn sign(contract: &Contract, signing: Signing<'_>) -> Result<SignoffOutcome,
     let registration = registration.filter(|r| r.binding == *binding).ok_or_else(|| {
         format!(
             "deployment `{deployment_id}`'s current binding {} has not been applied; an operator must run `gavel apply` first",
-            short(binding)
+            short_hash(binding)
         )
     })?;
     if registration.changed_by == approver.principal {
@@ -149,8 +150,8 @@ pub fn sign(contract: &Contract, signing: Signing<'_>) -> Result<SignoffOutcome,
                 return Err(format!(
                     "pending approval {} was for binding {}, but the deployment is now {}; revoke it and start a new one",
                     open.id,
-                    short(&open.binding),
-                    short(binding)
+                    short_hash(&open.binding),
+                    short_hash(binding)
                 ));
             }
             if open.signoffs.iter().any(|s| s.principal == approver.principal) {
@@ -209,10 +210,6 @@ pub fn sign(contract: &Contract, signing: Signing<'_>) -> Result<SignoffOutcome,
     } else {
         Ok(SignoffOutcome::Pending { approval, missing })
     }
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
 }
 
 fn check_terms(

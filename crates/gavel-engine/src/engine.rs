@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
 use gavel_contract::{
     Budget, BudgetScope, Contract, Deployment, Fallback, OnViolation, ParamRule, UseCase,
@@ -157,7 +158,7 @@ impl Engine {
                 format!(
                     "deployment `{}` is not in contract {}",
                     request.deployment,
-                    short(&self.contract.version.0)
+                    short_hash(&self.contract.version.0)
                 ),
             ));
             return decision;
@@ -381,10 +382,6 @@ fn unavailable(e: &StateError) -> Reason {
     )
 }
 
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
-}
-
 /// SHA-256 over every text with its role and length, so that different splits of the same
 /// characters hash differently.
 fn input_digest(request: &DecideRequest) -> String {
@@ -545,7 +542,7 @@ impl Ctx<'_> {
 
     fn not_covered_reason(&self, why: NotCovered) -> Reason {
         let d = &self.deployment.id;
-        let binding = short(&self.deployment.binding.0);
+        let binding = short_hash(&self.deployment.binding.0);
         match why {
             NotCovered::Missing => Reason::new(ReasonCode::ApprovalMissing, format!("deployment `{d}` (binding {binding}) has no approval; nothing runs unapproved")),
             NotCovered::Pending(id) => Reason::new(ReasonCode::ApprovalPending, format!("approval {id} of `{d}` is still pending signoffs")).with("approval_id", id),
@@ -553,7 +550,7 @@ impl Ctx<'_> {
             NotCovered::Revoked(id) => Reason::new(ReasonCode::ApprovalRevoked, format!("approval {id} of `{d}` was revoked")).with("approval_id", id),
             NotCovered::BindingMismatch { approval_id, approved } => Reason::new(
                 ReasonCode::ApprovalBindingMismatch,
-                format!("deployment `{d}` changed since approval {approval_id}: approved binding {}, current {binding}; the change needs its own approval", short(&approved)),
+                format!("deployment `{d}` changed since approval {approval_id}: approved binding {}, current {binding}; the change needs its own approval", short_hash(&approved)),
             )
             .with("approval_id", approval_id)
             .with("approved_binding", approved)
@@ -737,7 +734,7 @@ impl Ctx<'_> {
                 Some(Stop::block(
                     Reason::new(ReasonCode::ConformanceParams, why)
                         .with("param", name.clone())
-                        .with("value_type", json_type(value)),
+                        .with("value_type", crate::schema::json_type(value)),
                 ))
             };
             match d.params.get(name) {
@@ -775,7 +772,7 @@ impl Ctx<'_> {
                         format!("`{key}` must be a whole number of tokens"),
                     )
                     .with("param", key)
-                    .with("value_type", json_type(value)),
+                    .with("value_type", crate::schema::json_type(value)),
                 ));
             };
             spellings += 1;
@@ -1104,17 +1101,6 @@ fn step_kind_name(kind: gavel_contract::StepKind) -> &'static str {
         gavel_contract::StepKind::Tool => "tool",
         gavel_contract::StepKind::Model => "model",
         gavel_contract::StepKind::Retriever => "retriever",
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 

@@ -31,7 +31,7 @@ fn check(schema: &Value, value: &Value, path: &str, depth: usize) -> Option<Stri
             return Some(format!(
                 "{path}: expected {}, got {}",
                 names.join(" or "),
-                type_of(value)
+                json_type(value)
             ));
         }
     }
@@ -145,7 +145,8 @@ fn has_type(value: &Value, name: &str) -> bool {
     }
 }
 
-fn type_of(value: &Value) -> &'static str {
+/// The JSON type of a value, as schemas and reasons name it.
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

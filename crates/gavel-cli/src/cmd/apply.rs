@@ -5,13 +5,14 @@
 //! cannot approve it (segregation of duties).
 
 use gavel_contract::diff::{diff, ContractDiff};
+use gavel_contract::short_hash;
 use gavel_engine::approval::Registration;
 use gavel_ledger::RecordKind;
 use gavel_store::{ContractRecord, Role, Store};
 use serde_json::json;
 
 use crate::context::out;
-use crate::context::{new_id, now, short, Context};
+use crate::context::{new_id, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
 
@@ -35,7 +36,7 @@ pub fn run(ctx: &Context) -> Outcome {
             Err(e) => {
                 out!(
                     "cannot reload the previous version {} to compare: {e}",
-                    short(&record.version)
+                    short_hash(&record.version)
                 );
                 None
             }
@@ -91,7 +92,7 @@ pub fn run(ctx: &Context) -> Outcome {
     }
     out!(
         "contract {} {} by {}",
-        short(&contract.version.0),
+        short_hash(&contract.version.0),
         if new_version {
             "applied"
         } else {
@@ -115,7 +116,7 @@ pub fn run(ctx: &Context) -> Outcome {
             who.principal
         );
         for d in rebound {
-            out!("  {} -> binding {}", d.id, short(&d.binding.0));
+            out!("  {} -> binding {}", d.id, short_hash(&d.binding.0));
         }
     }
     Ok(())
@@ -124,7 +125,7 @@ pub fn run(ctx: &Context) -> Outcome {
 fn print_changes(previous: &str, changes: &ContractDiff) -> Outcome {
     out!(
         "changes since {}{}:",
-        short(previous),
+        short_hash(previous),
         if changes.loosening() {
             " (LOOSENING: review the flagged lines)"
         } else {

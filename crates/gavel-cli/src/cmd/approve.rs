@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
 use gavel_engine::approval::{parse_on_breach, sign, Approver, Signing, SignoffOutcome, Terms};
 use gavel_engine::{Approval, ApprovalStatus, Evidence, Revocation};
@@ -14,7 +15,7 @@ use gavel_store::{Role, Store};
 
 use crate::cli::ApproveArgs;
 use crate::context::out;
-use crate::context::{new_id, now, print_json, short, Context};
+use crate::context::{new_id, now, print_json, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
 
@@ -103,7 +104,7 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
             "approval {} of `{}` is active: binding {}, until {}",
             a.id,
             a.deployment,
-            short(&a.binding),
+            short_hash(&a.binding),
             a.expires_at
         ),
         SignoffOutcome::Pending { approval, missing } => out!(
@@ -301,7 +302,7 @@ pub fn list(ctx: &Context, deployment: Option<&str>, as_json: bool) -> Outcome {
             a.id,
             a.deployment,
             a.state_at(at),
-            short(&a.binding),
+            short_hash(&a.binding),
             a.expires_at.to_string(),
             signers.join(", ")
         );

@@ -5,12 +5,13 @@ use std::path::Path;
 
 use serde_json::json;
 
+use gavel_contract::short_hash;
 use gavel_engine::approval::{covering_approval, NotCovered};
 use gavel_engine::RuntimeState;
 use gavel_store::{SqliteStore, Store};
 
 use crate::context::out;
-use crate::context::{load_contract_at, now, print_json, short, Context};
+use crate::context::{load_contract_at, now, print_json, Context};
 use crate::failure::Outcome;
 
 pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
@@ -62,7 +63,7 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
         "contract OK: {} (organization `{}`), version {}{}",
         gavel_contract::contract_file(path).display(),
         contract.organization,
-        short(&contract.version.0),
+        short_hash(&contract.version.0),
         match applied {
             Some(true) => ", applied",
             Some(false) => ", NOT applied (run `gavel apply`)",
@@ -88,7 +89,7 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
             "  {:<22} {:<13} binding {}  approval: {approval}",
             d.id,
             tier,
-            short(&d.binding.0)
+            short_hash(&d.binding.0)
         );
     }
     let lacking = deployments

@@ -3,12 +3,13 @@
 
 use serde_json::json;
 
+use gavel_contract::short_hash;
 use gavel_engine::approval::{covering_approval, NotCovered};
 use gavel_engine::{relevant_scopes, RuntimeState};
 use gavel_store::{Role, Store};
 
 use crate::context::out;
-use crate::context::{now, print_json, short, Context};
+use crate::context::{now, print_json, Context};
 use crate::failure::{Failure, Outcome};
 
 pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
@@ -75,8 +76,8 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
             approved,
         }) => Some(format!(
             "approval {approval_id} covers binding {}, but the deployment is now {}",
-            short(approved),
-            short(&d.binding.0)
+            short_hash(approved),
+            short_hash(&d.binding.0)
         )),
     };
     let performance = "no signals yet: monitoring of latency, accuracy, drift, abuse and fallback is not built in this version, so no live value can be compared with the approved thresholds";
@@ -111,7 +112,7 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         d.id,
         use_case.tier,
         use_case.id,
-        short(&d.binding.0)
+        short_hash(&d.binding.0)
     );
     out!("\n1. Who approved it?");
     match &covering {
@@ -139,14 +140,17 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
                     "   evidence {}: {} (sha256 {})",
                     e.kind,
                     e.path,
-                    short(&e.sha256)
+                    short_hash(&e.sha256)
                 );
             }
             out!(
                 "   on breach: {}",
                 serde_json::to_string(&a.on_breach).unwrap_or_default()
             );
-            out!("   under contract version {}", short(&a.contract_version));
+            out!(
+                "   under contract version {}",
+                short_hash(&a.contract_version)
+            );
         }
         Err(_) => out!(
             "   nobody: {}; every request is refused",
