@@ -370,19 +370,10 @@ fn sovereignty(d: &mut ContractDiff, old: &[SovereigntyRule], new: &[Sovereignty
 
 /// Budget lines are matched by what they count (scope, window, filters); their limits compared.
 fn budgets(d: &mut ContractDiff, old: &[Budget], new: &[Budget]) {
-    let line = |b: &Budget| {
-        format!(
-            "{}/{}/{}/{}",
-            b.scope.as_str(),
-            b.window.map_or("run".to_string(), |w| w.to_string()),
-            b.only_use_case.as_deref().unwrap_or("*"),
-            b.only_deployment.as_deref().unwrap_or("*")
-        )
-    };
-    let new_lines: BTreeMap<String, &Budget> = new.iter().map(|b| (line(b), b)).collect();
-    let old_lines: BTreeSet<String> = old.iter().map(line).collect();
+    let new_lines: BTreeMap<String, &Budget> = new.iter().map(|b| (b.line(), b)).collect();
+    let old_lines: BTreeSet<String> = old.iter().map(Budget::line).collect();
     for o in old {
-        let key = line(o);
+        let key = o.line();
         let Some(n) = new_lines.get(&key) else {
             d.note(true, format!("budget `{key}` removed"));
             continue;

@@ -442,6 +442,18 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// The line's name, `scope/window/use_case/deployment` (`run` for run budgets, `*` for no
+    /// filter), e.g. `principal/1m/*/*`: the budget's counters and reasons are keyed by it.
+    pub fn line(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.scope.as_str(),
+            self.window.map_or("run".to_string(), |w| w.to_string()),
+            self.only_use_case.as_deref().unwrap_or("*"),
+            self.only_deployment.as_deref().unwrap_or("*")
+        )
+    }
+
     /// Whether two lines would charge the same counters (same scope, window and filters).
     pub fn counts_the_same_as(&self, other: &Budget) -> bool {
         self.scope == other.scope

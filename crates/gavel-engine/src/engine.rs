@@ -1065,13 +1065,7 @@ pub fn window_charge(
     amounts: Amounts,
     now: Timestamp,
 ) -> WindowCharge {
-    let line = format!(
-        "{}/{}/{}/{}",
-        budget.scope.as_str(),
-        budget.window.map_or("run".to_string(), |w| w.to_string()),
-        budget.only_use_case.as_deref().unwrap_or("*"),
-        budget.only_deployment.as_deref().unwrap_or("*"),
-    );
+    let line = budget.line();
     let (key, resets_at) = match budget.window {
         Some(window) => {
             let size = i64::try_from(window.millis()).unwrap_or(i64::MAX).max(1);
