@@ -141,7 +141,10 @@ impl Engine {
         } = input;
         let deployment = self.contract.deployment(&request.deployment);
         let use_case = deployment.and_then(|d| self.contract.use_case_of(d));
-        let mut decision = self.skeleton(request, principal, decision_id, now);
+        // Every stage reads the request's texts (the digest, the template check, the scanners,
+        // the token count): gather them once, tool-call arguments serialised once.
+        let texts: Vec<Text<'_>> = request.texts().collect();
+        let mut decision = self.skeleton(request, &texts, principal, decision_id, now);
 
         if let Some(claimed) = request.principal.as_deref().filter(|p| *p != principal) {
             decision.reasons.push(Reason::new(
@@ -203,6 +206,7 @@ impl Engine {
             use_case,
             now,
             decision_id: &decision.decision_id,
+            texts: &texts,
         };
         let evaluation = match ctx.evaluate(state, request.dry_run) {
             Ok(evaluation) => evaluation,
@@ -252,8 +256,13 @@ impl Engine {
     /// A BLOCK for a request the caller refuses before the pipeline runs (for example when the
     /// contract version has not been applied).
     pub fn refuse(&self, input: DecideInput<'_>, reason: Reason) -> Decision {
-        let mut decision =
-            self.skeleton(input.request, input.principal, input.decision_id, input.now);
+        let mut decision = self.skeleton(
+            input.request,
+            &input.request.texts().collect::<Vec<_>>(),
+            input.principal,
+            input.decision_id,
+            input.now,
+        );
         decision.reasons.push(reason);
         decision
     }
@@ -262,6 +271,7 @@ impl Engine {
     fn skeleton(
         &self,
         request: &DecideRequest,
+        texts: &[Text<'_>],
         principal: &str,
         decision_id: String,
         now: Timestamp,
@@ -288,7 +298,7 @@ impl Engine {
             would_be: None,
             first_decision_id: None,
             estimate: None,
-            input_sha256: input_digest(request),
+            input_sha256: input_digest(texts),
             started_cooldown: None,
         }
     }
@@ -382,12 +392,15 @@ fn unavailable(e: &StateError) -> Reason {
     )
 }
 
+/// One text of a request with the role it was written in.
+type Text<'a> = (ContentRole, std::borrow::Cow<'a, str>);
+
 /// SHA-256 over every text with its role and length, so that different splits of the same
 /// characters hash differently.
-fn input_digest(request: &DecideRequest) -> String {
+fn input_digest(texts: &[Text<'_>]) -> String {
     let mut hasher = Sha256::new();
-    for (role, text) in request.texts() {
-        hasher.update([role as u8]);
+    for (role, text) in texts {
+        hasher.update([*role as u8]);
         hasher.update((text.len() as u64).to_be_bytes());
         hasher.update(text.as_bytes());
     }
@@ -402,6 +415,7 @@ struct Ctx<'a> {
     use_case: &'a UseCase,
     now: Timestamp,
     decision_id: &'a str,
+    texts: &'a [Text<'a>],
 }
 
 impl Ctx<'_> {
@@ -688,7 +702,12 @@ impl Ctx<'_> {
     }
 
     fn system_prompt_guard(&self) -> Option<Stop> {
-        let prompts = self.request.system_prompts();
+        let prompts: Vec<&str> = self
+            .texts
+            .iter()
+            .filter(|(role, _)| *role == ContentRole::System)
+            .map(|(_, text)| text.as_ref())
+            .collect();
         let refuse = |message: String| {
             Some(Stop::block(Reason::new(
                 ReasonCode::ConformanceSystemPrompt,
@@ -805,9 +824,7 @@ impl Ctx<'_> {
     fn scan(&self) -> ScanReport {
         let mut report = ScanReport::default();
         if let Some(scanner) = &self.engine.config.scanner {
-            let texts: Vec<(ContentRole, std::borrow::Cow<'_, str>)> =
-                self.request.texts().collect();
-            scanner.scan(&texts, &self.contract().policy, &mut report);
+            scanner.scan(self.texts, &self.contract().policy, &mut report);
         }
         report
     }
@@ -967,9 +984,7 @@ impl Ctx<'_> {
         let is_inference = self.request.is_generative();
         let prompt_tokens = if needs_tokens {
             let encoding = Encoding::for_model(&target.model.name);
-            let texts: Vec<std::borrow::Cow<'_, str>> =
-                self.request.texts().map(|(_, t)| t).collect();
-            encoding.count_chat(texts.iter().map(|t| t.as_ref()))
+            encoding.count_chat(self.texts.iter().map(|(_, t)| t.as_ref()))
         } else {
             0
         };
