@@ -109,6 +109,35 @@ impl Ledger {
             .map_err(|e| Failure::storage(format!("the ledger refused a record: {e}")))
     }
 
+    /// Queues a governance change by `principal` under a fresh id; durable once resolved.
+    pub fn submit_change(
+        &self,
+        kind: RecordKind,
+        at: Timestamp,
+        principal: &str,
+        action: &str,
+        details: Value,
+    ) -> Result<Pending, Failure> {
+        self.submit(
+            kind,
+            at,
+            &crate::context::new_id("chg")?,
+            &change(principal, action, details),
+        )
+    }
+
+    /// Records a governance change by `principal` under a fresh id, durably.
+    pub fn record_change(
+        &self,
+        kind: RecordKind,
+        at: Timestamp,
+        principal: &str,
+        action: &str,
+        details: Value,
+    ) -> Result<Receipt, Failure> {
+        wait(self.submit_change(kind, at, principal, action, details)?)
+    }
+
     /// Appends a record and returns once it is durable.
     pub fn record<B: Serialize>(
         &self,
@@ -128,6 +157,22 @@ impl Ledger {
             ))
         })
     }
+}
+
+/// Opens the ledger, records one governance change durably and closes it: for commands that
+/// make a single change, before they make it.
+pub fn record_change(
+    db_path: &Path,
+    kind: RecordKind,
+    at: Timestamp,
+    principal: &str,
+    action: &str,
+    details: Value,
+) -> Result<Receipt, Failure> {
+    let ledger = Ledger::open(db_path)?;
+    let receipt = ledger.record_change(kind, at, principal, action, details)?;
+    ledger.close()?;
+    Ok(receipt)
 }
 
 pub fn wait(pending: Pending) -> Result<Receipt, Failure> {

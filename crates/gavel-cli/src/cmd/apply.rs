@@ -12,9 +12,9 @@ use gavel_store::{ContractRecord, Role, Store};
 use serde_json::json;
 
 use crate::context::out;
-use crate::context::{new_id, now, Context};
+use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
-use crate::ledger::{self, Ledger};
+use crate::ledger;
 
 pub fn run(ctx: &Context) -> Outcome {
     let (loaded, snapshot) = gavel_contract::load_with_snapshot(&ctx.contract_path)
@@ -57,7 +57,10 @@ pub fn run(ctx: &Context) -> Outcome {
         .flat_map(|c| c.changes.iter())
         .map(|c| format!("{}{}", if c.loosening { "LOOSENS " } else { "" }, c.what))
         .collect();
-    let body = ledger::change(
+    ledger::record_change(
+        &ctx.db_path,
+        RecordKind::ContractLoaded,
+        at,
         &who.principal,
         "contract_loaded",
         json!({
@@ -68,10 +71,7 @@ pub fn run(ctx: &Context) -> Outcome {
             "loosening": previous.is_some() && changes.as_ref().is_none_or(ContractDiff::loosening),
             "rebound": rebound.iter().map(|d| json!({"deployment": d.id, "binding": d.binding})).collect::<Vec<_>>(),
         }),
-    );
-    let ledger = Ledger::open(&ctx.db_path)?;
-    ledger.record(RecordKind::ContractLoaded, at, &new_id("chg")?, &body)?;
-    ledger.close()?;
+    )?;
     let new_version = store.record_contract(
         &ContractRecord {
             version: contract.version.0.clone(),

@@ -17,7 +17,7 @@ use crate::cli::ApproveArgs;
 use crate::context::out;
 use crate::context::{new_id, now, print_json, Context};
 use crate::failure::{Failure, Outcome};
-use crate::ledger::{self, Ledger};
+use crate::ledger::Ledger;
 
 pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
     let loaded = ctx.load_contract()?;
@@ -68,16 +68,12 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
         Ok(outcome) => outcome,
         Err(why) => {
             // A refused approval is an admin action too: the attempt is on the record.
-            let body = ledger::change(
+            ledger.record_change(
+                RecordKind::Admin,
+                at,
                 &who.principal,
                 "approval_refused",
                 json!({ "deployment": deployment.id, "binding": deployment.binding, "why": why }),
-            );
-            ledger.record(
-                RecordKind::Admin,
-                at,
-                &crate::context::new_id("chg")?,
-                &body,
             )?;
             ledger.close()?;
             return Err(Failure::invalid(format!("approval refused: {why}")));
@@ -88,12 +84,7 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
         SignoffOutcome::Pending { .. } => (RecordKind::ApprovalPending, "approval_pending"),
     };
     let approval = outcome.approval();
-    let body = ledger::change(
-        &who.principal,
-        action,
-        json!({ "approval_id": approval.id, "deployment": approval.deployment, "approver_role": who.approver_role, "approval": approval }),
-    );
-    ledger.record(kind, at, &crate::context::new_id("chg")?, &body)?;
+    ledger.record_change(kind, at, &who.principal, action, json!({ "approval_id": approval.id, "deployment": approval.deployment, "approver_role": who.approver_role, "approval": approval }))?;
     let written = store.save_approval(approval, pending.as_ref())?;
     if !written {
         abort(&ledger, &who.principal, &approval.id, at)?;
@@ -175,16 +166,12 @@ fn terms_from(args: &ApproveArgs, at: Timestamp) -> Result<Option<Terms>, Failur
 /// Someone else changed the approval between our read and our write: the change recorded a
 /// moment ago did not take effect, and the ledger says so.
 fn abort(ledger: &Ledger, principal: &str, approval_id: &str, at: Timestamp) -> Outcome {
-    let body = ledger::change(
+    ledger.record_change(
+        RecordKind::Admin,
+        at,
         principal,
         "approval_change_aborted",
         json!({ "approval_id": approval_id, "why": "changed concurrently" }),
-    );
-    ledger.record(
-        RecordKind::Admin,
-        at,
-        &crate::context::new_id("chg")?,
-        &body,
     )?;
     Err(Failure::invalid(format!(
         "approval {approval_id} changed while this command ran (another signoff or a revocation); nothing was changed, look again with `gavel approvals`"
@@ -236,17 +223,13 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
         at,
         reason: reason.to_string(),
     });
-    let body = ledger::change(
+    let ledger = Ledger::open(&ctx.db_path)?;
+    ledger.record_change(
+        RecordKind::ApprovalRevoked,
+        at,
         &who.principal,
         "approval_revoked",
         json!({ "approval_id": approval.id, "deployment": approval.deployment, "reason": reason }),
-    );
-    let ledger = Ledger::open(&ctx.db_path)?;
-    ledger.record(
-        RecordKind::ApprovalRevoked,
-        at,
-        &crate::context::new_id("chg")?,
-        &body,
     )?;
     if !store.save_approval(&approval, Some(&read))? {
         abort(&ledger, &who.principal, &approval.id, at)?;

@@ -89,19 +89,14 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
                 &[Role::Auditor, Role::Admin],
                 "reading a captured payload",
             )?;
-            let body = ledger::change(
+            ledger::record_change(
+                &ctx.db_path,
+                RecordKind::Admin,
+                crate::context::now(),
                 &reader.principal,
                 "payload_read",
                 json!({ "decision_id": decision_id }),
-            );
-            let recorder = ledger::Ledger::open(&ctx.db_path)?;
-            recorder.record(
-                RecordKind::Admin,
-                crate::context::now(),
-                &crate::context::new_id("chg")?,
-                &body,
             )?;
-            recorder.close()?;
             match sink.load_payload(&decision_id, "input").map_err(Failure::storage)? {
                 Some(bytes) => out!("{}", String::from_utf8_lossy(&bytes)),
                 None => return Err(Failure::invalid(format!("no readable payload for `{decision_id}` (capture off, or its subject was forgotten)"))),
@@ -118,19 +113,14 @@ fn forget(ctx: &Context, store: &dyn gavel_store::Store, subject: &str) -> Outco
     let who = ctx.authenticate(store, &[Role::Admin], "forgetting a subject")?;
     let at = crate::context::now();
     let digest = hex::encode(Sha256::digest(subject.as_bytes()));
-    let body = ledger::change(
+    ledger::record_change(
+        &ctx.db_path,
+        RecordKind::Admin,
+        at,
         &who.principal,
         "subject_forgotten",
         json!({ "subject_sha256": digest }),
-    );
-    let recorder = ledger::Ledger::open(&ctx.db_path)?;
-    recorder.record(
-        RecordKind::Admin,
-        at,
-        &crate::context::new_id("chg")?,
-        &body,
     )?;
-    recorder.close()?;
     let existed = ledger::open_sink(&ctx.db_path)?
         .forget(subject)
         .map_err(Failure::storage)?;

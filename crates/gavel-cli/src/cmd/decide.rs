@@ -70,15 +70,12 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
             ledger.submit(RecordKind::Decision, now(), &decision.decision_id, &body)
         });
         let cooldown = match &decision.started_cooldown {
-            Some(cooldown) => Some(ledger.submit(
+            Some(cooldown) => Some(ledger.submit_change(
                 RecordKind::CooldownStarted,
                 cooldown.since,
-                &new_id("chg")?,
-                &ledger::change(
-                    &decision.principal,
-                    "cooldown_started",
-                    json!({ "cooldown": cooldown, "decision_id": decision.decision_id }),
-                ),
+                &decision.principal,
+                "cooldown_started",
+                json!({ "cooldown": cooldown, "decision_id": decision.decision_id }),
             )),
             None => None,
         };

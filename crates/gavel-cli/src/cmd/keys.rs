@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::cli::KeysCommand;
 use crate::cmd::init::create_key;
 use crate::context::{diag, out};
-use crate::context::{new_id, now, Context};
+use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
 
@@ -83,14 +83,14 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
                 )));
             };
             let at = now();
-            let ledger = Ledger::open(&ctx.db_path)?;
-            let body = ledger::change(
+            ledger::record_change(
+                &ctx.db_path,
+                RecordKind::KeyRevoked,
+                at,
                 &admin.principal,
                 "key_revoked",
                 json!({ "key_id": id, "key_principal": key.principal }),
-            );
-            ledger.record(RecordKind::KeyRevoked, at, &new_id("chg")?, &body)?;
-            ledger.close()?;
+            )?;
             store.revoke_key(&id, at)?;
             diag!("revoked key {id}");
         }

@@ -8,9 +8,9 @@ use serde_json::json;
 
 use crate::cli::{KillArgs, ScopeArgs};
 use crate::context::out;
-use crate::context::{new_id, now, Context};
+use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
-use crate::ledger::{self, Ledger};
+use crate::ledger;
 
 fn scope_of(ctx: &Context, args: &ScopeArgs) -> Result<Scope, Failure> {
     let contract = ctx.load_contract()?.contract;
@@ -70,14 +70,14 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
             )));
         }
     }
-    let body = ledger::change(
+    ledger::record_change(
+        &ctx.db_path,
+        RecordKind::Kill,
+        at,
         &who.principal,
         "kill",
         json!({ "scope": scope.key(), "reason": args.reason, "until": until }),
-    );
-    let ledger = Ledger::open(&ctx.db_path)?;
-    ledger.record(RecordKind::Kill, at, &new_id("chg")?, &body)?;
-    ledger.close()?;
+    )?;
     store.set_kill(&Kill {
         scope: scope.clone(),
         reason: args.reason.clone(),
@@ -108,10 +108,14 @@ pub fn unkill(ctx: &Context, args: &ScopeArgs) -> Outcome {
             scope.key()
         )));
     }
-    let body = ledger::change(&who.principal, "unkill", json!({ "scope": scope.key() }));
-    let ledger = Ledger::open(&ctx.db_path)?;
-    ledger.record(RecordKind::Unkill, now(), &new_id("chg")?, &body)?;
-    ledger.close()?;
+    ledger::record_change(
+        &ctx.db_path,
+        RecordKind::Unkill,
+        now(),
+        &who.principal,
+        "unkill",
+        json!({ "scope": scope.key() }),
+    )?;
     match store.clear_kill(&scope)? {
         Some(_) => out!(
             "lifted the kill switch on `{}` ({})",
