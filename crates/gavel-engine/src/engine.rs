@@ -210,15 +210,7 @@ impl Engine {
         };
         let evaluation = match ctx.evaluate(state, request.dry_run) {
             Ok(evaluation) => evaluation,
-            Err(e) => Evaluation {
-                verdict: Verdict::Block,
-                reasons: vec![unavailable(&e)],
-                obligations: Vec::new(),
-                findings: Vec::new(),
-                retry_until: None,
-                approval_id: None,
-                estimate: None,
-            },
+            Err(e) => Evaluation::allow().stopped(Stop::block(unavailable(&e))),
         };
         decision.approval_id = evaluation.approval_id;
         decision.findings = evaluation.findings;
@@ -424,15 +416,7 @@ impl Ctx<'_> {
     }
 
     fn evaluate(&self, state: &dyn RuntimeState, dry_run: bool) -> Result<Evaluation, StateError> {
-        let mut eval = Evaluation {
-            verdict: Verdict::Allow,
-            reasons: Vec::new(),
-            obligations: Vec::new(),
-            findings: Vec::new(),
-            retry_until: None,
-            approval_id: None,
-            estimate: None,
-        };
+        let mut eval = Evaluation::allow();
         let view = state.view(
             &self.deployment.id,
             &self.use_case.id,
@@ -1063,6 +1047,19 @@ impl Ctx<'_> {
 }
 
 impl Evaluation {
+    /// Nothing has stopped the request yet.
+    fn allow() -> Evaluation {
+        Evaluation {
+            verdict: Verdict::Allow,
+            reasons: Vec::new(),
+            obligations: Vec::new(),
+            findings: Vec::new(),
+            retry_until: None,
+            approval_id: None,
+            estimate: None,
+        }
+    }
+
     fn stopped(mut self, stop: Stop) -> Evaluation {
         self.verdict = stop.verdict;
         self.reasons.insert(0, stop.reason);
