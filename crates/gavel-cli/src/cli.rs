@@ -71,6 +71,8 @@ pub enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Run the gateway: OpenAI-compatible proxy, decide API, admin API (operator or admin key).
+    Serve(ServeArgs),
     /// Settle a decision's reserved budget with the actual usage (service).
     Outcome {
         #[arg(long)]
@@ -167,7 +169,8 @@ pub enum AuditCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExportArgs {
     #[arg(long)]
     pub deployment: Option<String>,
@@ -191,7 +194,8 @@ pub struct ExportArgs {
     pub limit: Option<u64>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApproveArgs {
     pub deployment: String,
     /// Who the approval covers; required to start an approval.
@@ -202,16 +206,19 @@ pub struct ApproveArgs {
     pub expires: Option<String>,
     /// A threshold NAME=VALUE (accuracy, drift, latency, abuse, fallback, fairness, spend); repeatable.
     #[arg(long = "threshold")]
+    #[serde(default)]
     pub thresholds: Vec<String>,
     /// What a breach does: cooldown:<duration>, fallback or block.
     #[arg(long)]
     pub on_breach: Option<String>,
     /// Evidence KIND=PATH (the file is hashed in); repeatable.
     #[arg(long = "evidence")]
+    #[serde(default)]
     pub evidence: Vec<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScopeArgs {
     #[arg(long, group = "scope")]
     pub deployment: Option<String>,
@@ -219,6 +226,7 @@ pub struct ScopeArgs {
     pub use_case: Option<String>,
     /// Everything in the organisation.
     #[arg(long, group = "scope")]
+    #[serde(default)]
     pub all: bool,
 }
 
@@ -231,4 +239,44 @@ pub struct KillArgs {
     /// A timed kill (COOLDOWN until it ends), e.g. 30m; without it the kill holds until unkill.
     #[arg(long = "for")]
     pub duration: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers), in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most connections open at once; more are turned away.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a client has to send its request head (also the keep-alive idle limit).
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: String,
+    /// Time a client has to send its request body.
+    #[arg(long, default_value = "30s")]
+    pub body_timeout: String,
+    /// Time to connect to an upstream.
+    #[arg(long, default_value = "5s")]
+    pub connect_timeout: String,
+    /// Time to an upstream's response head, and the longest silence inside a stream.
+    #[arg(long, default_value = "60s")]
+    pub first_byte_timeout: String,
+    /// Longest an upstream call may take in all.
+    #[arg(long, default_value = "300s")]
+    pub upstream_timeout: String,
+    /// How often the contract path is checked for a new version.
+    #[arg(long, default_value = "1s")]
+    pub reload_interval: String,
+    /// How long shutdown waits for requests in flight.
+    #[arg(long, default_value = "10s")]
+    pub drain_timeout: String,
+    /// Logs as JSON lines (default: text).
+    #[arg(long)]
+    pub log_json: bool,
 }

@@ -78,35 +78,42 @@ impl Context {
         allowed: &[Role],
         action: &str,
     ) -> Result<KeyRecord, Failure> {
-        let key = self
-            .key
-            .as_deref()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                Failure::auth(format!(
-                    "{action} needs an API key; set GAVEL_KEY or pass --key"
-                ))
-            })?;
-        let record = store.key_by_hash(&hash_key(key))?.ok_or_else(|| {
-            Failure::auth("this API key is not known; check GAVEL_KEY or ask an admin for a key")
-        })?;
-        if record.revoked_at.is_some() {
-            return Err(Failure::auth(format!(
-                "key {} of `{}` was revoked; ask an admin for a new one",
-                record.id, record.principal
-            )));
-        }
-        if !allowed.contains(&record.role) {
-            let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
-            return Err(Failure::auth(format!(
-                "`{}` has role {}; {action} needs role {}",
-                record.principal,
-                record.role,
-                roles.join(" or ")
-            )));
-        }
-        Ok(record)
+        authenticate(store, self.key.as_deref(), allowed, action)
     }
+}
+
+/// The key's record, if the key is valid and its role is one of `allowed`; `action` names what
+/// the caller is doing, for the refusal.
+pub fn authenticate(
+    store: &dyn Store,
+    key: Option<&str>,
+    allowed: &[Role],
+    action: &str,
+) -> Result<KeyRecord, Failure> {
+    let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
+        Failure::auth(format!(
+            "{action} needs an API key; set GAVEL_KEY or pass --key"
+        ))
+    })?;
+    let record = store.key_by_hash(&hash_key(key))?.ok_or_else(|| {
+        Failure::auth("this API key is not known; check GAVEL_KEY or ask an admin for a key")
+    })?;
+    if record.revoked_at.is_some() {
+        return Err(Failure::auth(format!(
+            "key {} of `{}` was revoked; ask an admin for a new one",
+            record.id, record.principal
+        )));
+    }
+    if !allowed.contains(&record.role) {
+        let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        return Err(Failure::auth(format!(
+            "`{}` has role {}; {action} needs role {}",
+            record.principal,
+            record.role,
+            roles.join(" or ")
+        )));
+    }
+    Ok(record)
 }
 
 /// `gavel.db` next to the contract file.

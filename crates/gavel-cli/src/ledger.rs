@@ -7,12 +7,15 @@
 //! does not hold.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use gavel_contract::time::Timestamp;
-use gavel_ledger::{Appender, AppenderConfig, NoteSigner, Pending, Receipt, Record, RecordKind};
+use gavel_ledger::{
+    Appender, AppenderConfig, BatchObserver, NoteSigner, Pending, Receipt, Record, RecordKind,
+};
 use gavel_ledger_sqlite::SqliteLedgerSink;
 
 use crate::failure::Failure;
@@ -52,6 +55,9 @@ pub fn load_key(db_path: &Path) -> Result<NoteSigner, Failure> {
     })
 }
 
+/// How long a command waits for another gavel command to finish with the ledger.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
 pub fn open_sink(db_path: &Path) -> Result<SqliteLedgerSink, Failure> {
     SqliteLedgerSink::open(db_path)
         .map_err(|e| Failure::storage(format!("cannot open the ledger: {e}")))
@@ -65,7 +71,25 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Opens the ledger for appending, waiting a while for another gavel process to finish.
     pub fn open(db_path: &Path) -> Result<Ledger, Failure> {
+        Ledger::open_with(db_path, LOCK_PATIENCE, None)
+    }
+
+    /// Opens the ledger for a long-running writer (`gavel serve`): fails at once if another
+    /// process holds it, and reports every committed batch to `observer`.
+    pub fn open_exclusive(
+        db_path: &Path,
+        observer: Option<BatchObserver>,
+    ) -> Result<Ledger, Failure> {
+        Ledger::open_with(db_path, Duration::ZERO, observer)
+    }
+
+    fn open_with(
+        db_path: &Path,
+        patience: Duration,
+        observer: Option<BatchObserver>,
+    ) -> Result<Ledger, Failure> {
         let lock_path = db_path.with_extension("ledger-lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -78,16 +102,35 @@ impl Ledger {
                     lock_path.display()
                 ))
             })?;
-        // Waits for another gavel process to finish appending.
-        lock.lock().map_err(|e| {
-            Failure::storage(format!(
-                "cannot lock the ledger `{}`: {e}",
-                lock_path.display()
-            ))
-        })?;
+        let deadline = Instant::now() + patience;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Failure::storage(format!(
+                        "the ledger `{}` is held by another gavel process (a running `gavel serve` holds it for as long as it runs: use its admin API, or stop it)",
+                        lock_path.display()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Failure::storage(format!(
+                        "cannot lock the ledger `{}`: {e}",
+                        lock_path.display()
+                    )))
+                }
+            }
+        }
         let signer = load_key(db_path)?;
-        let appender = Appender::start(open_sink(db_path)?, signer, AppenderConfig::default())
-            .map_err(|e| Failure::storage(format!("the ledger cannot start: {e}")))?;
+        let appender = Appender::start_observed(
+            open_sink(db_path)?,
+            signer,
+            AppenderConfig::default(),
+            observer,
+        )
+        .map_err(|e| Failure::storage(format!("the ledger cannot start: {e}")))?;
         Ok(Ledger {
             appender,
             _writer_lock: lock,

@@ -6,6 +6,7 @@ mod cmd;
 mod context;
 mod failure;
 mod ledger;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 tool_calls,
             },
         ),
+        Command::Serve(args) => serve::run(&ctx, &args),
         Command::Kill(args) => cmd::kill::kill(&ctx, &args),
         Command::Unkill(args) => cmd::kill::unkill(&ctx, &args),
         Command::Audit(command) => cmd::audit::run(&ctx, command),

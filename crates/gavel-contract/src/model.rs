@@ -214,9 +214,24 @@ impl EndpointLocation {
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
     pub id: String,
+    /// The base URL (`https://api.openai.com/v1`); `mock://<id>` for a mock endpoint.
     pub url: String,
+    pub kind: EndpointKind,
     pub location: EndpointLocation,
     pub region: String,
+    /// The environment variable the gateway reads the upstream's API key from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+
+/// How the gateway reaches an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum EndpointKind {
+    /// An OpenAI-compatible HTTP API at `url`.
+    Openai,
+    /// gavel answers itself, deterministically, for demos and tests: no model behind it.
+    Mock { latency_ms: u64 },
 }
 
 #[derive(Debug, Clone, Serialize)]

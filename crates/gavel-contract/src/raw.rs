@@ -74,9 +74,26 @@ pub(crate) struct RawSpendTier {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEndpoint {
-    pub url: Sp<String>,
+    /// `openai` (an OpenAI-compatible HTTP API, the default) or `mock` (gavel answers itself).
+    #[serde(default)]
+    pub kind: Option<Sp<String>>,
+    #[serde(default)]
+    pub url: Option<Sp<String>>,
     pub location: Sp<String>,
     pub region: String,
+    /// The environment variable holding the upstream's API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<Sp<String>>,
+    #[serde(default)]
+    pub mock: Option<RawMock>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMock {
+    /// Delay before the first byte of a reply, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: Option<Sp<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -384,19 +384,79 @@ fn endpoints(
                 EndpointLocation::External
             }
         };
-        let url = e.url.value.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            v.error(
-                &e.url,
-                format!("`{url}` is not an http(s) URL; expected e.g. https://api.example.com/v1"),
-            );
+        let kind = match e.kind.as_ref().map(|k| k.value.as_str()) {
+            None | Some("openai") => EndpointKind::Openai,
+            Some("mock") => EndpointKind::Mock {
+                latency_ms: e
+                    .mock
+                    .as_ref()
+                    .and_then(|m| m.latency_ms.as_ref())
+                    .map_or(0, |l| l.value),
+            },
+            Some(other) => {
+                if let Some(at) = &e.kind {
+                    v.error(
+                        at,
+                        format!("unknown endpoint kind `{other}`; expected openai or mock"),
+                    );
+                }
+                EndpointKind::Openai
+            }
+        };
+        let url = match (&kind, &e.url) {
+            (EndpointKind::Mock { .. }, None) => format!("mock://{id}"),
+            (EndpointKind::Mock { .. }, Some(url)) => {
+                v.error(
+                    url,
+                    format!("endpoint `{id}` is a mock: gavel answers itself, so it takes no url; remove it"),
+                );
+                String::new()
+            }
+            (EndpointKind::Openai, Some(url)) => {
+                let text = url.value.trim();
+                if !(text.starts_with("http://") || text.starts_with("https://")) || text.len() < 10
+                {
+                    v.error(
+                        url,
+                        format!("`{text}` is not an http(s) URL; expected e.g. https://api.example.com/v1"),
+                    );
+                }
+                text.trim_end_matches('/').to_string()
+            }
+            (EndpointKind::Openai, None) => {
+                v.error(
+                    &e.location,
+                    format!("endpoint `{id}` has no url; expected e.g. url: https://api.example.com/v1 (or kind: mock)"),
+                );
+                String::new()
+            }
+        };
+        if let (EndpointKind::Openai, Some(mock)) = (&kind, &e.mock) {
+            if let Some(at) = &mock.latency_ms {
+                v.error(
+                    at,
+                    format!("endpoint `{id}` is not a mock; `mock` settings need kind: mock"),
+                );
+            }
         }
+        let api_key_env = e.api_key_env.map(|env| {
+            let name = env.value.trim().to_string();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                v.error(
+                    &env,
+                    format!("`{name}` is not an environment variable name; expected e.g. OPENAI_API_KEY (the key itself never goes in the contract)"),
+                );
+            }
+            name
+        });
         out.insert(
             id.clone(),
             Endpoint {
                 id,
-                url: url.to_string(),
+                url,
+                kind,
                 location,
+                api_key_env,
                 region: e.region,
             },
         );

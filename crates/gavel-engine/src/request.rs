@@ -252,7 +252,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<DecideRequest, RequestError> {
             e.valid_up_to()
         ))
     })?;
-    if let Some(depth_at) = too_deep(text.as_bytes(), MAX_JSON_DEPTH) {
+    if let Some(depth_at) = nesting_exceeds(text.as_bytes(), MAX_JSON_DEPTH) {
         return Err(RequestError(format!(
             "the request nests deeper than {MAX_JSON_DEPTH} levels (at byte {depth_at}); flatten it"
         )));
@@ -271,7 +271,9 @@ pub fn parse_request(bytes: &[u8]) -> Result<DecideRequest, RequestError> {
 }
 
 /// Returns the byte offset where nesting first exceeds `max`, ignoring brackets in strings.
-fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
+/// The byte offset where JSON `bytes` first nest deeper than `max`, if they do: a check that
+/// runs before any parser recurses.
+pub fn nesting_exceeds(bytes: &[u8], max: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

@@ -14,6 +14,7 @@ use crate::sink::{AppendRecord, LedgerSink, StoredCheckpoint};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,10 @@ impl Default for AppenderConfig {
         }
     }
 }
+
+/// Called by the writer thread after every committed batch with its record count and how long
+/// the sink transaction (the fsync included) took; a gateway feeds its metrics from it.
+pub type BatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
 /// Proof of durable acceptance handed back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +158,18 @@ impl Appender {
         signer: NoteSigner,
         config: AppenderConfig,
     ) -> Result<Appender, LedgerError> {
+        Appender::start_observed(sink, signer, config, None)
+    }
+
+    /// [`Appender::start`], reporting every committed batch to `observer`.
+    pub fn start_observed<S: LedgerSink>(
+        sink: S,
+        signer: NoteSigner,
+        config: AppenderConfig,
+        observer: Option<BatchObserver>,
+    ) -> Result<Appender, LedgerError> {
         let mut writer = Writer::load(sink, signer, config)?;
+        writer.observer = observer;
         if writer.tree.len() > writer.last_size {
             writer.checkpoint()?;
         }
@@ -247,6 +263,7 @@ struct Writer<S> {
     /// When the oldest unsigned record was committed (drives T).
     unsigned_since: Option<Instant>,
     failed: Option<String>,
+    observer: Option<BatchObserver>,
 }
 
 impl<S: LedgerSink> Writer<S> {
@@ -297,6 +314,7 @@ impl<S: LedgerSink> Writer<S> {
             last_size,
             unsigned_since: None,
             failed: None,
+            observer: None,
         })
     }
 
@@ -433,9 +451,15 @@ impl<S: LedgerSink> Writer<S> {
         } else {
             Ok(None)
         }
-        .and_then(|cp| match self.sink.append(&records, cp.as_ref()) {
-            Ok(()) => Ok(cp),
-            Err(e) => Err(LedgerError::Sink(e.to_string())),
+        .and_then(|cp| {
+            let started = Instant::now();
+            let appended = self.sink.append(&records, cp.as_ref());
+            if let (Ok(()), Some(observe)) = (&appended, &self.observer) {
+                observe(records.len(), started.elapsed());
+            }
+            appended
+                .map(|()| cp)
+                .map_err(|e| LedgerError::Sink(e.to_string()))
         });
         match result {
             Ok(cp) => {

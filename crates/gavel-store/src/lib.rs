@@ -18,7 +18,7 @@ mod keys;
 mod sqlite;
 
 pub use keys::{hash_key, KeyRecord, Role};
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 use gavel_contract::time::Timestamp;
 use gavel_contract::Snapshot;

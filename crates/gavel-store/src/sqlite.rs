@@ -53,6 +53,18 @@ CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL
 CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
 ";
 
+/// How far a commit is made durable before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: survives power loss (SQLite `synchronous=FULL`).
+    EveryCommit,
+    /// No fsync per commit in WAL mode: a commit survives the process being killed, but the
+    /// last moments may be lost on power loss or an OS crash (`synchronous=NORMAL`). For the
+    /// gateway's hot counters (budgets, idempotency keys), whose decisions the ledger records
+    /// durably anyway.
+    ProcessCrash,
+}
+
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
@@ -98,6 +110,18 @@ impl SqliteStore {
             )));
         }
         Self::open(path)
+    }
+
+    /// Changes how far each commit is made durable (every connection starts at
+    /// [`Durability::EveryCommit`]).
+    pub fn set_durability(&self, durability: Durability) -> Result<(), StoreError> {
+        let level = match durability {
+            Durability::EveryCommit => "FULL",
+            Durability::ProcessCrash => "NORMAL",
+        };
+        self.conn()?
+            .pragma_update(None, "synchronous", level)
+            .map_err(err("synchronous"))
     }
 
     fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {

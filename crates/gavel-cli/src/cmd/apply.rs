@@ -5,7 +5,8 @@
 //! cannot approve it (segregation of duties).
 
 use gavel_contract::diff::{diff, ContractDiff};
-use gavel_contract::short_hash;
+use gavel_contract::time::Timestamp;
+use gavel_contract::{short_hash, Contract, Snapshot};
 use gavel_engine::approval::Registration;
 use gavel_ledger::RecordKind;
 use gavel_store::{ContractRecord, Role, Store};
@@ -14,30 +15,103 @@ use serde_json::json;
 use crate::context::out;
 use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
-use crate::ledger;
+use crate::ledger::Ledger;
 
 pub fn run(ctx: &Context) -> Outcome {
     let (loaded, snapshot) = gavel_contract::load_with_snapshot(&ctx.contract_path)
         .map_err(|errors| Failure::invalid(errors.to_string()))?;
-    let contract = &loaded.contract;
     let store = ctx.store()?;
     let who = ctx.authenticate(
         &store,
         &[Role::Operator, Role::Admin],
         "applying a contract",
     )?;
-    let at = now();
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let applied = apply(
+        &store,
+        &ledger,
+        &loaded.contract,
+        &snapshot,
+        &who.principal,
+        now(),
+    );
+    ledger.close()?;
+    let applied = applied?;
+    let contract = &loaded.contract;
+    if let Some(why) = &applied.not_compared {
+        out!("{why}");
+    }
+    out!(
+        "contract {} {} by {}",
+        short_hash(&contract.version.0),
+        if applied.new_version {
+            "applied"
+        } else {
+            "was applied before; it is the current version again"
+        },
+        who.principal
+    );
+    match (&applied.previous, &applied.changes) {
+        (None, _) => out!("first contract applied"),
+        (Some(previous), Some(changes)) if *previous != contract.version.0 => {
+            print_changes(previous, changes)?
+        }
+        _ => {}
+    }
+    if applied.rebound.is_empty() {
+        out!("no deployment binding changed");
+    } else {
+        out!(
+            "{} deployment binding(s) recorded as applied by {}; approvals of earlier bindings no longer cover them:",
+            applied.rebound.len(),
+            who.principal
+        );
+        for (id, binding) in &applied.rebound {
+            out!("  {id} -> binding {}", short_hash(binding));
+        }
+    }
+    Ok(())
+}
+
+/// What applying a contract changed.
+pub struct Applied {
+    /// The version in force before, if any.
+    pub previous: Option<String>,
+    /// What changed since `previous` (None when there is no previous version or it could not
+    /// be reloaded to compare: see `not_compared`).
+    pub changes: Option<ContractDiff>,
+    pub not_compared: Option<String>,
+    /// Whether the change was recorded as loosening governance.
+    pub loosening: bool,
+    /// Deployments whose binding is new: (deployment, binding).
+    pub rebound: Vec<(String, String)>,
+    /// False when this exact version had been applied before.
+    pub new_version: bool,
+}
+
+/// Makes `contract` the version in force, as `principal` did: recorded in the ledger (with what
+/// changed and whether it loosens governance) before the store changes. Shared by `gavel apply`
+/// and the gateway's reload.
+pub fn apply(
+    store: &dyn Store,
+    ledger: &Ledger,
+    contract: &Contract,
+    snapshot: &Snapshot,
+    principal: &str,
+    at: Timestamp,
+) -> Result<Applied, Failure> {
     let previous = store.latest_contract()?;
+    let mut not_compared = None;
     let changes = match &previous {
         // The previous version reloads from its own files; if that fails (a newer gavel
         // changed validation), say so rather than pretend nothing changed.
         Some((record, files)) => match files.load() {
             Ok(old) => Some(diff(&old.contract, contract)),
             Err(e) => {
-                out!(
+                not_compared = Some(format!(
                     "cannot reload the previous version {} to compare: {e}",
                     short_hash(&record.version)
-                );
+                ));
                 None
             }
         },
@@ -49,7 +123,7 @@ pub fn run(ctx: &Context) -> Outcome {
             .registration(&d.id)?
             .is_none_or(|r| r.binding != d.binding.0)
         {
-            rebound.push(d);
+            rebound.push((d.id.clone(), d.binding.0.clone()));
         }
     }
     let summary: Vec<String> = changes
@@ -57,69 +131,47 @@ pub fn run(ctx: &Context) -> Outcome {
         .flat_map(|c| c.changes.iter())
         .map(|c| format!("{}{}", if c.loosening { "LOOSENS " } else { "" }, c.what))
         .collect();
-    ledger::record_change(
-        &ctx.db_path,
+    // When the previous version cannot be compared, assume the worst.
+    let loosening = previous.is_some() && changes.as_ref().is_none_or(ContractDiff::loosening);
+    ledger.record_change(
         RecordKind::ContractLoaded,
         at,
-        &who.principal,
+        principal,
         "contract_loaded",
         json!({
             "contract_version": contract.version,
             "previous_version": previous.as_ref().map(|(r, _)| &r.version),
             "changes": summary,
-            // When the previous version cannot be compared, assume the worst.
-            "loosening": previous.is_some() && changes.as_ref().is_none_or(ContractDiff::loosening),
-            "rebound": rebound.iter().map(|d| json!({"deployment": d.id, "binding": d.binding})).collect::<Vec<_>>(),
+            "loosening": loosening,
+            "rebound": rebound.iter().map(|(d, b)| json!({"deployment": d, "binding": b})).collect::<Vec<_>>(),
         }),
     )?;
     let new_version = store.record_contract(
         &ContractRecord {
             version: contract.version.0.clone(),
-            applied_by: who.principal.clone(),
+            applied_by: principal.to_string(),
             at,
         },
-        &snapshot,
+        snapshot,
     )?;
-    for d in &rebound {
+    for (deployment, binding) in &rebound {
         store.set_registration(
-            &d.id,
+            deployment,
             &Registration {
-                binding: d.binding.0.clone(),
-                changed_by: who.principal.clone(),
+                binding: binding.clone(),
+                changed_by: principal.to_string(),
                 at,
             },
         )?;
     }
-    out!(
-        "contract {} {} by {}",
-        short_hash(&contract.version.0),
-        if new_version {
-            "applied"
-        } else {
-            "was applied before; it is the current version again"
-        },
-        who.principal
-    );
-    match (&previous, &changes) {
-        (None, _) => out!("first contract applied"),
-        (Some((record, _)), Some(changes)) if record.version != contract.version.0 => {
-            print_changes(&record.version, changes)?
-        }
-        _ => {}
-    }
-    if rebound.is_empty() {
-        out!("no deployment binding changed");
-    } else {
-        out!(
-            "{} deployment binding(s) recorded as applied by {}; approvals of earlier bindings no longer cover them:",
-            rebound.len(),
-            who.principal
-        );
-        for d in rebound {
-            out!("  {} -> binding {}", d.id, short_hash(&d.binding.0));
-        }
-    }
-    Ok(())
+    Ok(Applied {
+        previous: previous.map(|(r, _)| r.version),
+        changes,
+        not_compared,
+        loosening,
+        rebound,
+        new_version,
+    })
 }
 
 fn print_changes(previous: &str, changes: &ContractDiff) -> Outcome {

@@ -6,12 +6,12 @@ use std::path::Path;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
+use gavel_contract::{short_hash, Contract};
 use gavel_engine::approval::{parse_on_breach, sign, Approver, Signing, SignoffOutcome, Terms};
 use gavel_engine::{Approval, ApprovalStatus, Evidence, Revocation};
 use gavel_ledger::RecordKind;
-use gavel_store::{Role, Store};
+use gavel_store::{KeyRecord, Role, Store};
 
 use crate::cli::ApproveArgs;
 use crate::context::out;
@@ -28,8 +28,25 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
     if let Some(why) = ctx.not_in_force(&store, &contract.version.0)? {
         return Err(Failure::invalid(format!("approval refused: {why}")));
     }
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let outcome = sign_off(&store, &ledger, contract, &who, &args);
+    ledger.close()?;
+    out!("{}", describe(&outcome?));
+    Ok(())
+}
+
+/// One approver's signoff on a deployment's current binding under `contract` (the one in
+/// force): starts an approval (with terms) or adds to the pending one. Recorded before it is
+/// stored; a refusal is recorded too.
+pub fn sign_off(
+    store: &dyn Store,
+    ledger: &Ledger,
+    contract: &Contract,
+    who: &KeyRecord,
+    args: &ApproveArgs,
+) -> Result<SignoffOutcome, Failure> {
     let at = now();
-    let terms = terms_from(&args, at)?;
+    let terms = terms_from(args, at)?;
     let deployment = contract.deployment(&args.deployment).ok_or_else(|| {
         Failure::invalid(format!(
             "deployment `{}` is not in the contract; see `gavel check`",
@@ -63,7 +80,6 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
             now: at,
         },
     );
-    let ledger = Ledger::open(&ctx.db_path)?;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(why) => {
@@ -75,7 +91,6 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
                 "approval_refused",
                 json!({ "deployment": deployment.id, "binding": deployment.binding, "why": why }),
             )?;
-            ledger.close()?;
             return Err(Failure::invalid(format!("approval refused: {why}")));
         }
     };
@@ -85,27 +100,29 @@ pub fn approve(ctx: &Context, args: ApproveArgs) -> Outcome {
     };
     let approval = outcome.approval();
     ledger.record_change(kind, at, &who.principal, action, json!({ "approval_id": approval.id, "deployment": approval.deployment, "approver_role": who.approver_role, "approval": approval }))?;
-    let written = store.save_approval(approval, pending.as_ref())?;
-    if !written {
-        abort(&ledger, &who.principal, &approval.id, at)?;
+    if !store.save_approval(approval, pending.as_ref())? {
+        abort(ledger, &who.principal, &approval.id, at)?;
     }
-    ledger.close()?;
-    match &outcome {
-        SignoffOutcome::Completed(a) => out!(
+    Ok(outcome)
+}
+
+/// One sentence on where a signoff left the approval.
+pub fn describe(outcome: &SignoffOutcome) -> String {
+    match outcome {
+        SignoffOutcome::Completed(a) => format!(
             "approval {} of `{}` is active: binding {}, until {}",
             a.id,
             a.deployment,
             short_hash(&a.binding),
             a.expires_at
         ),
-        SignoffOutcome::Pending { approval, missing } => out!(
+        SignoffOutcome::Pending { approval, missing } => format!(
             "approval {} of `{}` is pending; still needed: {}",
             approval.id,
             approval.deployment,
             missing.join("; ")
         ),
     }
-    Ok(())
 }
 
 /// The terms, if any were given; starting an approval needs population, expiry and on_breach.
@@ -200,6 +217,21 @@ fn file_sha256(path: &Path) -> Result<String, Failure> {
 pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Approver], "revoking an approval")?;
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let revoked = revoke_as(&store, &ledger, &who, approval_id, reason);
+    ledger.close()?;
+    out!("{}", revoked?);
+    Ok(())
+}
+
+/// Revokes an approval as `who`: recorded, then stored compare-and-set.
+pub fn revoke_as(
+    store: &dyn Store,
+    ledger: &Ledger,
+    who: &KeyRecord,
+    approval_id: &str,
+    reason: &str,
+) -> Result<String, Failure> {
     let mut approval = store.approval(approval_id)?.ok_or_else(|| {
         Failure::invalid(format!(
             "no approval `{approval_id}`; see `gavel approvals`"
@@ -211,9 +243,7 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
         )));
     }
     if reason.trim().is_empty() {
-        return Err(Failure::invalid(
-            "--reason must say why the approval is revoked",
-        ));
+        return Err(Failure::invalid("a revocation must say why (--reason)"));
     }
     let read = approval.clone();
     let at = now();
@@ -223,7 +253,6 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
         at,
         reason: reason.to_string(),
     });
-    let ledger = Ledger::open(&ctx.db_path)?;
     ledger.record_change(
         RecordKind::ApprovalRevoked,
         at,
@@ -232,15 +261,12 @@ pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {
         json!({ "approval_id": approval.id, "deployment": approval.deployment, "reason": reason }),
     )?;
     if !store.save_approval(&approval, Some(&read))? {
-        abort(&ledger, &who.principal, &approval.id, at)?;
+        abort(ledger, &who.principal, &approval.id, at)?;
     }
-    ledger.close()?;
-    out!(
+    Ok(format!(
         "approval {approval_id} of `{}` revoked by {}",
-        approval.deployment,
-        who.principal
-    );
-    Ok(())
+        approval.deployment, who.principal
+    ))
 }
 
 pub fn list(ctx: &Context, deployment: Option<&str>, as_json: bool) -> Outcome {

@@ -15,7 +15,7 @@ use crate::context::Context;
 use crate::failure::{Failure, Outcome};
 use crate::ledger;
 
-const READERS: [Role; 4] = [Role::Auditor, Role::Approver, Role::Operator, Role::Admin];
+pub const READERS: [Role; 4] = [Role::Auditor, Role::Approver, Role::Operator, Role::Admin];
 
 pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
     match command {
@@ -150,7 +150,7 @@ fn check_proof(file: &Path, pubkey: &str) -> Outcome {
     Ok(())
 }
 
-fn export_filter(args: &ExportArgs) -> Result<ExportFilter, Failure> {
+pub fn export_filter(args: &ExportArgs) -> Result<ExportFilter, Failure> {
     let time = |flag: &str, value: &Option<String>| -> Result<Option<i64>, Failure> {
         value
             .as_deref()

@@ -66,24 +66,11 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
                 Reason::new(ReasonCode::GovernanceUnavailable, why.clone()),
             ),
         };
-        let pending = ledger_body(&decision).and_then(|body| {
-            ledger.submit(RecordKind::Decision, now(), &decision.decision_id, &body)
-        });
-        let cooldown = match &decision.started_cooldown {
-            Some(cooldown) => Some(ledger.submit_change(
-                RecordKind::CooldownStarted,
-                cooldown.since,
-                &decision.principal,
-                "cooldown_started",
-                json!({ "cooldown": cooldown, "decision_id": decision.decision_id }),
-            )),
-            None => None,
-        };
+        let submitted = submit(&ledger, &decision);
         results.push(Decided::Decided {
             request: Box::new(request),
             decision: Box::new(decision),
-            pending,
-            cooldown,
+            submitted,
         });
     }
 
@@ -97,28 +84,25 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
             Decided::Decided {
                 request,
                 decision,
-                pending,
-                cooldown,
+                submitted,
             } => {
-                let durable = pending
-                    .and_then(ledger::wait)
-                    .and_then(|receipt| match cooldown {
-                        Some(started) => started.and_then(ledger::wait).map(|_| receipt),
-                        None => Ok(receipt),
-                    });
-                let mut shown = match durable {
-                    Ok(receipt) => {
-                        if let Some((field, sink)) = &capture {
-                            capture_payload(sink, field, &request, &decision)?;
+                let mut shown =
+                    match submitted.wait() {
+                        Ok(receipt) => {
+                            if let Some((field, sink)) = &capture {
+                                capture_payload(sink, field, &request, &decision)?;
+                            }
+                            let mut shown = serde_json::to_value(&*decision).map_err(|e| {
+                                Failure::invalid(format!("cannot print a decision: {e}"))
+                            })?;
+                            shown["receipt"] = json!(receipt);
+                            shown
                         }
-                        let mut shown = serde_json::to_value(&*decision).map_err(|e| {
-                            Failure::invalid(format!("cannot print a decision: {e}"))
-                        })?;
-                        shown["receipt"] = json!(receipt);
-                        shown
-                    }
-                    Err(why) => unrecorded(&engine, &store, &request, &decision, &why)?,
-                };
+                        Err(why) => serde_json::to_value(withdrawn(
+                            &engine, &store, &request, &decision, &why,
+                        ))
+                        .map_err(|e| Failure::invalid(format!("cannot print a decision: {e}")))?,
+                    };
                 if let Some(object) = shown.as_object_mut() {
                     object.remove("started_cooldown");
                 }
@@ -143,14 +127,49 @@ enum Decided {
     Decided {
         request: Box<DecideRequest>,
         decision: Box<Decision>,
-        pending: Result<Pending, Failure>,
-        cooldown: Option<Result<Pending, Failure>>,
+        submitted: Submitted,
     },
+}
+
+/// A decision's ledger record (and the cooldown it started, if any) on their way to disk.
+pub struct Submitted {
+    decision: Result<Pending, Failure>,
+    cooldown: Option<Result<Pending, Failure>>,
+}
+
+impl Submitted {
+    /// The decision's receipt once every record is durable.
+    pub fn wait(self) -> Result<gavel_ledger::Receipt, Failure> {
+        let receipt = self.decision.and_then(ledger::wait)?;
+        if let Some(started) = self.cooldown {
+            started.and_then(ledger::wait)?;
+        }
+        Ok(receipt)
+    }
+}
+
+/// Queues a decision's record, and the record of the cooldown it started.
+pub fn submit(ledger: &Ledger, decision: &Decision) -> Submitted {
+    let pending = ledger_body(decision)
+        .and_then(|body| ledger.submit(RecordKind::Decision, now(), &decision.decision_id, &body));
+    let cooldown = decision.started_cooldown.as_ref().map(|cooldown| {
+        ledger.submit_change(
+            RecordKind::CooldownStarted,
+            cooldown.since,
+            &decision.principal,
+            "cooldown_started",
+            json!({ "cooldown": cooldown, "decision_id": decision.decision_id }),
+        )
+    });
+    Submitted {
+        decision: pending,
+        cooldown,
+    }
 }
 
 /// Stores the request's texts encrypted under the subject's key (crypto-shreddable with
 /// `gavel audit forget`). The ledger record holds only their digest (`input_sha256`).
-fn capture_payload(
+pub fn capture_payload(
     sink: &gavel_ledger_sqlite::SqliteLedgerSink,
     field: &str,
     request: &DecideRequest,
@@ -185,17 +204,18 @@ fn ledger_body(decision: &Decision) -> Result<serde_json::Value, Failure> {
 
 /// The ledger did not take the record: the decision must not be acted on. Give back what it
 /// holds and answer BLOCK `governance.unavailable` instead (fail closed).
-fn unrecorded(
+pub fn withdrawn(
     engine: &Engine,
     store: &dyn Store,
     request: &DecideRequest,
     decision: &Decision,
     why: &Failure,
-) -> Result<serde_json::Value, Failure> {
+) -> Decision {
     let _ = engine.withdraw(store, request, decision, now());
     let mut blocked = decision.clone();
     blocked.verdict = Verdict::Block;
     blocked.obligations.clear();
+    blocked.started_cooldown = None;
     blocked.reasons = vec![Reason::new(
         ReasonCode::GovernanceUnavailable,
         format!(
@@ -203,8 +223,7 @@ fn unrecorded(
             why.message
         ),
     )];
-    serde_json::to_value(&blocked)
-        .map_err(|e| Failure::invalid(format!("cannot print a decision: {e}")))
+    blocked
 }
 
 fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
@@ -257,21 +276,50 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
         return Err(Failure::invalid(why));
     }
     let engine = Engine::new(Arc::new(loaded.contract), EngineConfig::default());
+    let sink = ledger::open_sink(&ctx.db_path)?;
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let settled = settle_outcome(
+        &engine,
+        &store,
+        &ledger,
+        &sink,
+        &who,
+        decision_id,
+        deployment,
+        &usage,
+    );
+    ledger.close()?;
+    out!("{}", settled?);
+    Ok(())
+}
+
+/// Settles a decision's reservation with the actual usage, as the principal it was made for
+/// and under the deployment it ran on (the ledger says which); recorded first, because a
+/// settlement changes budgets.
+#[allow(clippy::too_many_arguments)]
+pub fn settle_outcome(
+    engine: &Engine,
+    store: &dyn Store,
+    ledger: &Ledger,
+    sink: &gavel_ledger_sqlite::SqliteLedgerSink,
+    who: &str,
+    decision_id: &str,
+    deployment: &str,
+    usage: &Usage,
+) -> Result<serde_json::Value, Failure> {
     if engine.contract().deployment(deployment).is_none() {
         return Err(Failure::invalid(format!(
             "deployment `{deployment}` is not in the contract"
         )));
     }
-    // Only the principal a decision was made for settles it, and under the deployment it ran
-    // on (the route target, if it was routed): the ledger says which.
-    let decided = ledger::open_sink(&ctx.db_path)?
+    let decided = sink
         .record_by_id(decision_id)
         .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
         .filter(|entry| entry.record.kind == RecordKind::Decision)
         .ok_or_else(|| Failure::invalid(format!("no decision `{decision_id}` in the ledger")))?
         .record
         .body;
-    if decided["principal"].as_str() != Some(who.as_str()) {
+    if decided["principal"].as_str() != Some(who) {
         return Err(Failure::auth(format!("decision `{decision_id}` was made for another principal; only it may report the outcome")));
     }
     let ran_on = decided["obligations"]
@@ -284,20 +332,12 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
         return Err(Failure::invalid(format!("decision `{decision_id}` ran on `{ran_on}`; report its outcome with --deployment {ran_on}")));
     }
     let at = now();
-    // Recorded first: the settlement changes budgets, a governance-relevant effect.
     let body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
-    let ledger = Ledger::open(&ctx.db_path)?;
     let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
-    ledger.close()?;
-    match engine.settle(&store, decision_id, deployment, &usage, at)? {
-        Settled::Settled => {
-            out!("{}", json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }));
-        }
-        Settled::Unknown => {
-            return Err(Failure::invalid(format!(
-                "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"
-            )))
-        }
+    match engine.settle(store, decision_id, deployment, usage, at)? {
+        Settled::Settled => Ok(json!({ "decision_id": decision_id, "settled": true, "receipt": receipt })),
+        Settled::Unknown => Err(Failure::invalid(format!(
+            "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"
+        ))),
     }
-    Ok(())
 }

@@ -3,9 +3,13 @@
 
 use serde_json::json;
 
-use gavel_contract::short_hash;
+use gavel_contract::time::Timestamp;
+use gavel_contract::{short_hash, Contract, Deployment, UseCase};
+use gavel_engine::approval::Registration;
 use gavel_engine::approval::{covering_approval, NotCovered};
-use gavel_engine::{relevant_scopes, RuntimeState};
+use gavel_engine::relevant_scopes;
+use gavel_engine::{Approval, Cooldown, Kill};
+use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_store::{Role, Store};
 
 use crate::context::out;
@@ -20,93 +24,23 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         &[Role::Auditor, Role::Approver, Role::Operator, Role::Admin],
         "explaining a deployment",
     )?;
-    let d = contract.deployment(deployment_id).ok_or_else(|| {
-        Failure::invalid(format!(
-            "deployment `{deployment_id}` is not in the contract; see `gavel check`"
-        ))
-    })?;
-    let use_case = contract
-        .use_case_of(d)
-        .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
-    let at = now();
-    let approvals = store.approvals_of(&d.id)?;
-    let covering = covering_approval(&approvals, d, at);
-    let scopes = relevant_scopes(&d.id, &use_case.id, "", None);
-    let kills: Vec<_> = store
-        .kills(at)?
-        .into_iter()
-        .filter(|k| scopes.contains(&k.scope))
-        .collect();
-    let cooldowns: Vec<_> = store
-        .cooldowns(at)?
-        .into_iter()
-        .filter(|c| scopes.contains(&c.scope))
-        .collect();
-    let registration = store.registration(&d.id)?;
-    // The latest decisions served under the covering approval, from the ledger.
-    let latest: Vec<serde_json::Value> = match &covering {
-        Ok(a) => {
-            let filter = gavel_ledger_sqlite::ExportFilter {
-                kind: Some(gavel_ledger::RecordKind::Decision),
-                approval_id: Some(a.id.clone()),
-                limit: Some(5),
-                newest_first: true,
-                ..Default::default()
-            };
-            crate::ledger::open_sink(&ctx.db_path)?
-                .query(&filter)
-                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
-                .into_iter()
-                .map(|entry| json!({ "index": entry.index, "decision_id": entry.record.id, "verdict": entry.record.body["verdict"], "at": entry.record.body["at"] }))
-                .collect()
-        }
-        Err(_) => Vec::new(),
-    };
-
-    let why_not = match &covering {
-        Ok(_) => None,
-        Err(NotCovered::Missing) => {
-            Some("no approval has been made for this deployment".to_string())
-        }
-        Err(NotCovered::Pending(id)) => Some(format!("approval {id} is pending signoffs")),
-        Err(NotCovered::Expired(id)) => Some(format!("approval {id} has expired")),
-        Err(NotCovered::Revoked(id)) => Some(format!("approval {id} was revoked")),
-        Err(NotCovered::BindingMismatch {
-            approval_id,
-            approved,
-        }) => Some(format!(
-            "approval {approval_id} covers binding {}, but the deployment is now {}",
-            short_hash(approved),
-            short_hash(&d.binding.0)
-        )),
-    };
-    let performance = "no signals yet: monitoring of latency, accuracy, drift, abuse and fallback is not built in this version, so no live value can be compared with the approved thresholds";
+    let sink = crate::ledger::open_sink(&ctx.db_path)?;
+    let e = gather(&contract, &store, &sink, deployment_id)?;
     if as_json {
-        return print_json(&json!({
-            "deployment": d.id,
-            "binding": d.binding,
-            "use_case": use_case.id,
-            "tier": use_case.tier,
-            "who_approved": {
-                "approval": covering.as_ref().ok(),
-                "not_covered_because": why_not,
-                "history": approvals,
-                "binding_applied_by": registration.as_ref().map(|r| json!({"principal": r.changed_by, "at": r.at})),
-                "latest_decisions": latest,
-            },
-            "performance": {
-                "thresholds": covering.as_ref().ok().map(|a| &a.thresholds),
-                "signals": null,
-                "note": performance,
-            },
-            "on_the_hook": {
-                "owner": use_case.owner,
-                "oncall": use_case.oncall,
-                "paged": [],
-            },
-            "state": { "kills": kills, "cooldowns": cooldowns },
-        }));
+        return print_json(&e.json());
     }
+    let Explanation {
+        d,
+        use_case,
+        at,
+        approvals: _,
+        covering,
+        kills,
+        cooldowns,
+        registration,
+        latest,
+        why_not,
+    } = e;
     out!(
         "{} ({} use case `{}`, binding {})",
         d.id,
@@ -182,7 +116,7 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         }
         _ => out!("   no approved thresholds"),
     }
-    out!("   {performance}");
+    out!("   {PERFORMANCE}");
     out!("\n3. Who is on the hook?");
     out!("   owner: {}", use_case.owner);
     out!("   on-call webhook: {}", use_case.oncall.webhook);
@@ -208,4 +142,143 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         );
     }
     Ok(())
+}
+
+/// Everything `explain` says about one deployment, read from the contract, the store and the
+/// ledger.
+pub struct Explanation<'a> {
+    d: &'a Deployment,
+    use_case: &'a UseCase,
+    at: Timestamp,
+    approvals: Vec<Approval>,
+    covering: Result<Approval, NotCovered>,
+    kills: Vec<Kill>,
+    cooldowns: Vec<Cooldown>,
+    registration: Option<Registration>,
+    latest: Vec<serde_json::Value>,
+    why_not: Option<String>,
+}
+
+const PERFORMANCE: &str = "no signals yet: monitoring of latency, accuracy, drift, abuse and fallback is not built in this version, so no live value can be compared with the approved thresholds";
+
+pub fn gather<'a>(
+    contract: &'a Contract,
+    store: &dyn Store,
+    sink: &SqliteLedgerSink,
+    deployment_id: &str,
+) -> Result<Explanation<'a>, Failure> {
+    let d = contract.deployment(deployment_id).ok_or_else(|| {
+        Failure::invalid(format!(
+            "deployment `{deployment_id}` is not in the contract; see `gavel check`"
+        ))
+    })?;
+    let use_case = contract
+        .use_case_of(d)
+        .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
+    let at = now();
+    let approvals = store.approvals_of(&d.id)?;
+    let covering = covering_approval(&approvals, d, at).cloned();
+    let scopes = relevant_scopes(&d.id, &use_case.id, "", None);
+    let kills: Vec<_> = store
+        .kills(at)?
+        .into_iter()
+        .filter(|k| scopes.contains(&k.scope))
+        .collect();
+    let cooldowns: Vec<_> = store
+        .cooldowns(at)?
+        .into_iter()
+        .filter(|c| scopes.contains(&c.scope))
+        .collect();
+    let registration = store.registration(&d.id)?;
+    // The latest decisions served under the covering approval, from the ledger.
+    let latest: Vec<serde_json::Value> = match &covering {
+        Ok(a) => {
+            let filter = gavel_ledger_sqlite::ExportFilter {
+                kind: Some(gavel_ledger::RecordKind::Decision),
+                approval_id: Some(a.id.clone()),
+                limit: Some(5),
+                newest_first: true,
+                ..Default::default()
+            };
+            sink
+                .query(&filter)
+                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+                .into_iter()
+                .map(|entry| json!({ "index": entry.index, "decision_id": entry.record.id, "verdict": entry.record.body["verdict"], "at": entry.record.body["at"] }))
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
+
+    let why_not = match &covering {
+        Ok(_) => None,
+        Err(NotCovered::Missing) => {
+            Some("no approval has been made for this deployment".to_string())
+        }
+        Err(NotCovered::Pending(id)) => Some(format!("approval {id} is pending signoffs")),
+        Err(NotCovered::Expired(id)) => Some(format!("approval {id} has expired")),
+        Err(NotCovered::Revoked(id)) => Some(format!("approval {id} was revoked")),
+        Err(NotCovered::BindingMismatch {
+            approval_id,
+            approved,
+        }) => Some(format!(
+            "approval {approval_id} covers binding {}, but the deployment is now {}",
+            short_hash(approved),
+            short_hash(&d.binding.0)
+        )),
+    };
+    Ok(Explanation {
+        d,
+        use_case,
+        at,
+        approvals,
+        covering,
+        kills,
+        cooldowns,
+        registration,
+        latest,
+        why_not,
+    })
+}
+
+impl Explanation<'_> {
+    pub fn json(&self) -> serde_json::Value {
+        let Explanation {
+            d,
+            use_case,
+            approvals,
+            covering,
+            kills,
+            cooldowns,
+            registration,
+            latest,
+            why_not,
+            ..
+        } = self;
+        let performance = PERFORMANCE;
+        json!({
+            "deployment": d.id,
+            "binding": d.binding,
+            "use_case": use_case.id,
+            "tier": use_case.tier,
+            "who_approved": {
+                "approval": covering.as_ref().ok(),
+                "not_covered_because": why_not,
+                "history": approvals,
+                "binding_applied_by": registration.as_ref().map(|r| json!({"principal": r.changed_by, "at": r.at})),
+                "latest_decisions": latest,
+            },
+            "performance": {
+                "thresholds": covering.as_ref().ok().map(|a| &a.thresholds),
+                "signals": null,
+                "note": performance,
+            },
+            "on_the_hook": {
+                "owner": use_case.owner,
+                "oncall": use_case.oncall,
+                "paged": [],
+            },
+            "state": { "kills": kills, "cooldowns": cooldowns },
+        })
+    }
 }

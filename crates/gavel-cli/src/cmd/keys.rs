@@ -1,7 +1,7 @@
 //! `gavel keys create|list|revoke` (admin).
 
 use gavel_ledger::RecordKind;
-use gavel_store::{Role, Store};
+use gavel_store::{KeyRecord, Role, Store};
 use serde_json::json;
 
 use crate::cli::KeysCommand;
@@ -9,7 +9,7 @@ use crate::cmd::init::create_key;
 use crate::context::{diag, out};
 use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
-use crate::ledger::{self, Ledger};
+use crate::ledger::Ledger;
 
 pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
     let store = ctx.store()?;
@@ -20,21 +20,7 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
             role,
             approver_role,
         } => {
-            let role = Role::parse(&role).ok_or_else(|| {
-                Failure::invalid(format!(
-                    "unknown role `{role}`; expected service, operator, approver, auditor or admin"
-                ))
-            })?;
-            if principal.trim().is_empty() || principal.chars().any(char::is_control) {
-                return Err(Failure::invalid(
-                    "--principal must be a non-empty name without control characters",
-                ));
-            }
-            if approver_role.is_some() && role != Role::Approver {
-                return Err(Failure::invalid(
-                    "--approver-role applies only to keys with role approver",
-                ));
-            }
+            let role = key_terms(&principal, &role, approver_role.as_deref())?;
             let ledger = Ledger::open(&ctx.db_path)?;
             let key = create_key(
                 &store,
@@ -73,27 +59,64 @@ pub fn run(ctx: &Context, command: KeysCommand) -> Outcome {
             }
         }
         KeysCommand::Revoke { id } => {
-            let Some(key) = store
-                .keys()?
-                .into_iter()
-                .find(|k| k.id == id && k.revoked_at.is_none())
-            else {
-                return Err(Failure::invalid(format!(
-                    "no active key with id `{id}`; see `gavel keys list`"
-                )));
-            };
-            let at = now();
-            ledger::record_change(
-                &ctx.db_path,
-                RecordKind::KeyRevoked,
-                at,
-                &admin.principal,
-                "key_revoked",
-                json!({ "key_id": id, "key_principal": key.principal }),
-            )?;
-            store.revoke_key(&id, at)?;
-            diag!("revoked key {id}");
+            let ledger = Ledger::open(&ctx.db_path)?;
+            let done = revoke_as(&store, &ledger, &admin, &id);
+            ledger.close()?;
+            diag!("{}", done?);
         }
     }
     Ok(())
+}
+
+/// Revokes an active key as `admin`: recorded, then stored.
+pub fn revoke_as(
+    store: &dyn Store,
+    ledger: &Ledger,
+    admin: &KeyRecord,
+    id: &str,
+) -> Result<String, Failure> {
+    let Some(key) = store
+        .keys()?
+        .into_iter()
+        .find(|k| k.id == id && k.revoked_at.is_none())
+    else {
+        return Err(Failure::invalid(format!(
+            "no active key with id `{id}`; see `gavel keys list`"
+        )));
+    };
+    let at = now();
+    ledger.record_change(
+        RecordKind::KeyRevoked,
+        at,
+        &admin.principal,
+        "key_revoked",
+        json!({ "key_id": id, "key_principal": key.principal }),
+    )?;
+    store.revoke_key(id, at)?;
+    Ok(format!("revoked key {id}"))
+}
+
+/// Checks a new key's terms: a known role, a printable principal, an approver role only for
+/// approvers.
+pub fn key_terms(
+    principal: &str,
+    role: &str,
+    approver_role: Option<&str>,
+) -> Result<Role, Failure> {
+    let role = Role::parse(role).ok_or_else(|| {
+        Failure::invalid(format!(
+            "unknown role `{role}`; expected service, operator, approver, auditor or admin"
+        ))
+    })?;
+    if principal.trim().is_empty() || principal.chars().any(char::is_control) {
+        return Err(Failure::invalid(
+            "the principal must be a non-empty name without control characters",
+        ));
+    }
+    if approver_role.is_some() && role != Role::Approver {
+        return Err(Failure::invalid(
+            "an approver role applies only to keys with role approver",
+        ));
+    }
+    Ok(role)
 }

@@ -1,19 +1,19 @@
 //! `gavel kill` and `gavel unkill` (operator).
 
 use gavel_contract::time::Span;
+use gavel_contract::Contract;
 use gavel_engine::{Kill, Scope};
 use gavel_ledger::RecordKind;
-use gavel_store::{Role, Store};
+use gavel_store::{KeyRecord, Role, Store};
 use serde_json::json;
 
 use crate::cli::{KillArgs, ScopeArgs};
 use crate::context::out;
 use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
-use crate::ledger;
+use crate::ledger::Ledger;
 
-fn scope_of(ctx: &Context, args: &ScopeArgs) -> Result<Scope, Failure> {
-    let contract = ctx.load_contract()?.contract;
+pub fn scope_of(contract: &Contract, args: &ScopeArgs) -> Result<Scope, Failure> {
     match (&args.deployment, &args.use_case, args.all) {
         (Some(d), None, false) => {
             if contract.deployment(d).is_none() {
@@ -39,12 +39,29 @@ fn scope_of(ctx: &Context, args: &ScopeArgs) -> Result<Scope, Failure> {
 }
 
 pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
-    let scope = scope_of(ctx, &args.scope)?;
+    let contract = ctx.load_contract()?.contract;
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Operator], "killing")?;
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let done = kill_as(&store, &ledger, &contract, &who, args);
+    ledger.close()?;
+    out!("{}", done?);
+    Ok(())
+}
+
+/// Sets a kill switch as `who`: recorded, then stored. A kill can be extended or made
+/// permanent, never shortened: lifting one is `unkill`, which is its own recorded decision.
+pub fn kill_as(
+    store: &dyn Store,
+    ledger: &Ledger,
+    contract: &Contract,
+    who: &KeyRecord,
+    args: &KillArgs,
+) -> Result<String, Failure> {
+    let scope = scope_of(contract, &args.scope)?;
     if args.reason.trim().is_empty() {
         return Err(Failure::invalid(
-            "--reason must say why (it is shown on every refused request)",
+            "a kill must say why (--reason; it is shown on every refused request)",
         ));
     }
     let at = now();
@@ -54,8 +71,6 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
         .map(|d| Span::parse(d).map(|span| at.saturating_add(span)))
         .transpose()
         .map_err(|why| Failure::invalid(format!("--for: {why}")))?;
-    // A kill can be extended or made permanent, never shortened: lifting one is `unkill`,
-    // which is its own recorded decision.
     if let Some(existing) = store.kills(at)?.into_iter().find(|k| k.scope == scope) {
         let shorter = match (existing.until, until) {
             (None, Some(_)) => true,
@@ -70,8 +85,7 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
             )));
         }
     }
-    ledger::record_change(
-        &ctx.db_path,
+    ledger.record_change(
         RecordKind::Kill,
         at,
         &who.principal,
@@ -85,31 +99,43 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
         at,
         until,
     })?;
-    match until {
-        Some(until) => out!(
+    Ok(match until {
+        Some(until) => format!(
             "killed `{}` until {until}: requests get COOLDOWN",
             scope.key()
         ),
-        None => out!(
+        None => format!(
             "killed `{}`: requests get BLOCK until `gavel unkill`",
             scope.key()
         ),
-    }
-    Ok(())
+    })
 }
 
 pub fn unkill(ctx: &Context, args: &ScopeArgs) -> Outcome {
-    let scope = scope_of(ctx, args)?;
+    let contract = ctx.load_contract()?.contract;
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Operator], "unkilling")?;
+    let ledger = Ledger::open(&ctx.db_path)?;
+    let done = unkill_as(&store, &ledger, &contract, &who, args);
+    ledger.close()?;
+    out!("{}", done?);
+    Ok(())
+}
+
+/// Lifts a kill switch as `who`: recorded, then cleared.
+pub fn unkill_as(
+    store: &dyn Store,
+    ledger: &Ledger,
+    contract: &Contract,
+    who: &KeyRecord,
+    args: &ScopeArgs,
+) -> Result<String, Failure> {
+    let scope = scope_of(contract, args)?;
+    let not_killed = || Failure::invalid(format!("no kill switch is set on `{}`", scope.key()));
     if !store.kills(now())?.iter().any(|k| k.scope == scope) {
-        return Err(Failure::invalid(format!(
-            "no kill switch is set on `{}`",
-            scope.key()
-        )));
+        return Err(not_killed());
     }
-    ledger::record_change(
-        &ctx.db_path,
+    ledger.record_change(
         RecordKind::Unkill,
         now(),
         &who.principal,
@@ -117,17 +143,11 @@ pub fn unkill(ctx: &Context, args: &ScopeArgs) -> Outcome {
         json!({ "scope": scope.key() }),
     )?;
     match store.clear_kill(&scope)? {
-        Some(_) => out!(
+        Some(_) => Ok(format!(
             "lifted the kill switch on `{}` ({})",
             scope.key(),
             who.principal
-        ),
-        None => {
-            return Err(Failure::invalid(format!(
-                "no kill switch is set on `{}`",
-                scope.key()
-            )))
-        }
+        )),
+        None => Err(not_killed()),
     }
-    Ok(())
 }

@@ -54,7 +54,7 @@ fn dangling_use_case_reference_names_the_alternatives() {
 fn dangling_endpoint_and_fallback() {
     let mut f = Files::example();
     f.edit(
-        "endpoint: azure-eu\n    model: { name: gpt-4o-mini",
+        "endpoint: demo\n    model: { name: gpt-4o-mini",
         "endpoint: azure-us\n    model: { name: gpt-4o-mini",
     );
     assert!(first_error(&f).contains("unknown endpoint `azure-us`"));
@@ -64,6 +64,29 @@ fn dangling_endpoint_and_fallback() {
         "fallback: { deployment: nowhere }",
     );
     assert!(first_error(&f).contains("unknown deployment `nowhere`"));
+}
+
+#[test]
+fn endpoint_kinds_are_checked() {
+    let mut f = Files::example();
+    f.edit("kind: mock, location", "kind: grpc, location");
+    assert!(first_error(&f).contains("unknown endpoint kind `grpc`; expected openai or mock"));
+    let mut f = Files::example();
+    f.edit(
+        "demo:        { kind: mock,",
+        "demo: { kind: mock, url: \"http://x.example/v1\",",
+    );
+    assert!(first_error(&f).contains("is a mock: gavel answers itself, so it takes no url"));
+    let mut f = Files::example();
+    f.edit(
+        "local-llama: { url: \"http://10.0.0.5:8000/v1\",",
+        "local-llama: { api_key_env: \"sk-live-123\",",
+    );
+    let e = first_error(&f);
+    assert!(
+        e.contains("has no url") || e.contains("is not an environment variable name"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1,0 +1,321 @@
+//! The admin API: keys, approvals, kill switches, status, explain, ledger queries and proofs.
+//! Each action is the CLI's own (the same function, the same checks, recorded in the ledger
+//! before it takes effect); roles are checked by the route table before a handler runs.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use gavel_engine::approval::covering_approval;
+use gavel_engine::relevant_scopes;
+use gavel_ledger::VerifyOptions;
+use gavel_store::{KeyRecord, Store};
+
+use super::api::{blocking, reply, typed};
+use super::error::ApiError;
+use super::gateway::Gateway;
+use crate::cli::{ApproveArgs, ExportArgs, KillArgs, ScopeArgs};
+use crate::cmd::{approve, audit, explain, keys, kill};
+use crate::context::now;
+use crate::failure::Failure;
+
+/// Runs an action with the gateway's store, ledger and contract, off the async workers.
+async fn act(
+    gw: Arc<Gateway>,
+    action: impl FnOnce(&Gateway) -> Result<Value, Failure> + Send + 'static,
+) -> Response {
+    reply(blocking(move || action(&gw).map_err(ApiError::from)).await)
+}
+
+pub async fn list_keys(State(gw): State<Arc<Gateway>>) -> Response {
+    act(gw, |gw| {
+        let keys: Vec<Value> = gw
+            .store
+            .keys()?
+            .into_iter()
+            .map(|k| json!({ "id": k.id, "principal": k.principal, "role": k.role.as_str(), "approver_role": k.approver_role, "created_at": k.created_at, "revoked_at": k.revoked_at }))
+            .collect();
+        Ok(json!({ "keys": keys }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    principal: String,
+    role: String,
+    #[serde(default)]
+    approver_role: Option<String>,
+}
+
+pub async fn create_key(
+    State(gw): State<Arc<Gateway>>,
+    Extension(admin): Extension<KeyRecord>,
+    request: Request,
+) -> Response {
+    let body: NewKey = match body_of(&gw, request).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    act(gw, move |gw| {
+        let role = keys::key_terms(&body.principal, &body.role, body.approver_role.as_deref())?;
+        let key = crate::cmd::init::create_key(&gw.store, &gw.ledger, &body.principal, role, body.approver_role.clone(), &admin.principal)?;
+        Ok(json!({ "key": key, "principal": body.principal, "role": role.as_str(), "note": "shown once; only its hash is stored" }))
+    })
+    .await
+}
+
+pub async fn revoke_key(
+    State(gw): State<Arc<Gateway>>,
+    Extension(admin): Extension<KeyRecord>,
+    Path(id): Path<String>,
+) -> Response {
+    act(gw, move |gw| {
+        Ok(json!({ "message": keys::revoke_as(&gw.store, &gw.ledger, &admin, &id)? }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentQuery {
+    #[serde(default)]
+    deployment: Option<String>,
+}
+
+pub async fn list_approvals(
+    State(gw): State<Arc<Gateway>>,
+    Query(query): Query<DeploymentQuery>,
+) -> Response {
+    act(gw, move |gw| {
+        let at = now();
+        let rows: Vec<Value> = gw
+            .store
+            .all_approvals()?
+            .into_iter()
+            .filter(|a| query.deployment.as_ref().is_none_or(|d| &a.deployment == d))
+            .map(|a| json!({ "state": a.state_at(at), "approval": a }))
+            .collect();
+        Ok(json!({ "approvals": rows }))
+    })
+    .await
+}
+
+pub async fn approve(
+    State(gw): State<Arc<Gateway>>,
+    Extension(who): Extension<KeyRecord>,
+    request: Request,
+) -> Response {
+    let args: ApproveArgs = match body_of(&gw, request).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    act(gw, move |gw| {
+        // The gateway's engine holds the contract in force: approvals are judged under it.
+        let engine = gw.engine();
+        let outcome = approve::sign_off(&gw.store, &gw.ledger, engine.contract(), &who, &args)?;
+        Ok(json!({ "message": approve::describe(&outcome), "approval": outcome.approval() }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Because {
+    reason: String,
+}
+
+pub async fn revoke_approval(
+    State(gw): State<Arc<Gateway>>,
+    Extension(who): Extension<KeyRecord>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let body: Because = match body_of(&gw, request).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    act(gw, move |gw| Ok(json!({ "message": approve::revoke_as(&gw.store, &gw.ledger, &who, &id, &body.reason)? }))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillBody {
+    #[serde(default)]
+    deployment: Option<String>,
+    #[serde(default)]
+    use_case: Option<String>,
+    #[serde(default)]
+    all: bool,
+    reason: String,
+    #[serde(default, rename = "for")]
+    duration: Option<String>,
+}
+
+pub async fn kill(
+    State(gw): State<Arc<Gateway>>,
+    Extension(who): Extension<KeyRecord>,
+    request: Request,
+) -> Response {
+    let body: KillBody = match body_of(&gw, request).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    act(gw, move |gw| {
+        let args = KillArgs {
+            scope: ScopeArgs { deployment: body.deployment, use_case: body.use_case, all: body.all },
+            reason: body.reason,
+            duration: body.duration,
+        };
+        Ok(json!({ "message": kill::kill_as(&gw.store, &gw.ledger, gw.engine().contract(), &who, &args)? }))
+    })
+    .await
+}
+
+pub async fn unkill(
+    State(gw): State<Arc<Gateway>>,
+    Extension(who): Extension<KeyRecord>,
+    request: Request,
+) -> Response {
+    let scope: ScopeArgs = match body_of(&gw, request).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    act(gw, move |gw| Ok(json!({ "message": kill::unkill_as(&gw.store, &gw.ledger, gw.engine().contract(), &who, &scope)? }))).await
+}
+
+/// Every deployment's state now: killed, cooling down, unapproved or serving; its approval and
+/// owner.
+pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
+    act(gw, |gw| {
+        let engine = gw.engine();
+        let contract = engine.contract();
+        let at = now();
+        let kills = gw.store.kills(at)?;
+        let cooldowns = gw.store.cooldowns(at)?;
+        let approvals = gw.store.all_approvals()?;
+        let mut rows = Vec::new();
+        for d in contract.deployments.values() {
+            let Some(use_case) = contract.use_case_of(d) else { continue };
+            let scopes = relevant_scopes(&d.id, &use_case.id, "", None);
+            let mine: Vec<_> = approvals.iter().filter(|a| a.deployment == d.id).cloned().collect();
+            let covering = covering_approval(&mine, d, at);
+            let kill = kills.iter().find(|k| scopes.contains(&k.scope));
+            let cooldown = cooldowns.iter().find(|c| scopes.contains(&c.scope));
+            let state = match (kill, cooldown, &covering) {
+                (Some(k), _, _) if k.until.is_none() => "killed",
+                (Some(_), _, _) | (None, Some(_), _) => "cooldown",
+                (None, None, Err(_)) => "unapproved",
+                (None, None, Ok(_)) => "serving",
+            };
+            rows.push(json!({
+                "deployment": d.id,
+                "state": state,
+                "use_case": use_case.id,
+                "tier": use_case.tier,
+                "owner": use_case.owner,
+                "endpoint": d.endpoint,
+                "approval_id": covering.as_ref().ok().map(|a| &a.id),
+                "approval_expires": covering.as_ref().ok().map(|a| a.expires_at),
+                "thresholds": covering.as_ref().ok().map(|a| &a.thresholds),
+                "kill": kill,
+                "cooldown": cooldown,
+            }));
+        }
+        Ok(json!({ "contract_version": contract.version, "deployments": rows, "signals": "not built in this version (issue 6): no live signal is compared with thresholds yet" }))
+    })
+    .await
+}
+
+pub async fn explain(State(gw): State<Arc<Gateway>>, Path(deployment): Path<String>) -> Response {
+    act(gw, move |gw| {
+        let engine = gw.engine();
+        let sink = reader(gw)?;
+        Ok(explain::gather(engine.contract(), &gw.store, &sink, &deployment)?.json())
+    })
+    .await
+}
+
+/// `GET /v1/audit/records?...`: JSON Lines, as `gavel audit export`.
+pub async fn records(State(gw): State<Arc<Gateway>>, Query(args): Query<ExportArgs>) -> Response {
+    let result = blocking(move || {
+        let filter = audit::export_filter(&args)?;
+        let mut out = Vec::new();
+        reader(&gw)?
+            .export_jsonl(&filter, &mut out)
+            .map_err(|e| ApiError::unavailable(format!("export failed: {e}")))?;
+        Ok(out)
+    })
+    .await;
+    match result {
+        Ok(lines) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jsonl"),
+            )],
+            lines,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn record(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    act(gw, move |gw| {
+        let entry = reader(gw)?
+            .record_by_id(&id)
+            .map_err(Failure::storage)?
+            .ok_or_else(|| Failure::invalid(format!("no ledger record with id `{id}`")))?;
+        Ok(json!({ "index": entry.index, "record": entry.record }))
+    })
+    .await
+}
+
+pub async fn proof(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    act(gw, move |gw| {
+        let verifier = crate::ledger::load_key(&gw.db_path)?.verifier();
+        let bundle = reader(gw)?
+            .prove(&id, &verifier)
+            .map_err(|e| Failure::invalid(format!("cannot prove `{id}`: {e}")))?;
+        serde_json::to_value(bundle)
+            .map_err(|e| Failure::storage(format!("cannot encode the proof: {e}")))
+    })
+    .await
+}
+
+pub async fn verify(State(gw): State<Arc<Gateway>>) -> Response {
+    act(gw, |gw| {
+        let verifier = crate::ledger::load_key(&gw.db_path)?.verifier();
+        match reader(gw)?.verify(&verifier, VerifyOptions::default()) {
+            Ok(report) => Ok(json!({ "ok": true, "records": report.records, "checkpoints": report.checkpoints, "unsigned_tail": report.unsigned_tail })),
+            Err(gavel_ledger::VerifyError::Failed(failure)) => Ok(json!({ "ok": false, "failure": failure.to_string() })),
+            Err(e) => Err(Failure::storage(e)),
+        }
+    })
+    .await
+}
+
+pub async fn pubkey(State(gw): State<Arc<Gateway>>) -> Response {
+    act(gw, |gw| Ok(json!({ "pubkey": gavel_ledger_sqlite::public_key(&crate::ledger::load_key(&gw.db_path)?) }))).await
+}
+
+fn reader(
+    gw: &Gateway,
+) -> Result<std::sync::MutexGuard<'_, gavel_ledger_sqlite::SqliteLedgerSink>, Failure> {
+    gw.ledger_reader
+        .lock()
+        .map_err(|_| Failure::storage("the ledger reader is unavailable"))
+}
+
+async fn body_of<T: serde::de::DeserializeOwned>(
+    gw: &Gateway,
+    request: Request,
+) -> Result<T, ApiError> {
+    typed(&gw.read_body(request.into_body()).await?)
+}

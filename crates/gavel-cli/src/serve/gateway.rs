@@ -1,0 +1,283 @@
+//! The gateway's shared state and the steps every route takes: authenticate, read a bounded
+//! body, decide and record durably before answering.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
+
+use gavel_engine::{DecideInput, DecideRequest, Decision, Engine, Reason, ReasonCode, Usage};
+use gavel_ledger::{Receipt, RecordKind};
+use gavel_ledger_sqlite::SqliteLedgerSink;
+use gavel_scan::Scanners;
+use gavel_store::{KeyRecord, Role, SqliteStore};
+
+use super::error::{ApiError, ApiResult};
+use super::metrics;
+use crate::cmd::decide::{capture_payload, submit, withdrawn};
+use crate::context::{authenticate, new_id, now};
+use crate::failure::Failure;
+use crate::ledger::Ledger;
+
+/// What a client controls, bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its body.
+    pub body_timeout: Duration,
+}
+
+/// How long to wait for an upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// Until the response head (and, for streams, between chunks).
+    pub first_byte: Duration,
+    pub total: Duration,
+}
+
+pub struct Gateway {
+    /// The engine under the contract in force; swapped whole when a new version is loaded.
+    pub engine: ArcSwap<Engine>,
+    pub store: SqliteStore,
+    pub ledger: Ledger,
+    /// A second connection for ledger queries, proofs and captured payloads.
+    pub ledger_reader: Mutex<SqliteLedgerSink>,
+    /// Output scanners (secrets and PII), shared by every stream.
+    pub output_scanners: Arc<Scanners>,
+    pub http: reqwest::Client,
+    pub limits: Limits,
+    pub timeouts: UpstreamTimeouts,
+    /// The operator who started the gateway: contract reloads are recorded as theirs.
+    pub operator: String,
+    pub contract_path: PathBuf,
+    pub db_path: PathBuf,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Set once the contract and the ledger are loaded.
+    pub ready: AtomicBool,
+}
+
+/// A decision the ledger holds (or, if it could not take it, the fail-closed refusal).
+pub struct Ruling {
+    pub decision: Decision,
+    pub receipt: Option<Receipt>,
+}
+
+impl Ruling {
+    /// The decision as callers see it: the decision JSON plus its receipt.
+    pub fn shown(&self) -> Value {
+        let mut shown = serde_json::to_value(&self.decision).unwrap_or_else(|_| json!({}));
+        if let Some(object) = shown.as_object_mut() {
+            object.remove("started_cooldown");
+        }
+        if let Some(receipt) = &self.receipt {
+            shown["receipt"] = json!(receipt);
+        }
+        shown
+    }
+}
+
+impl Gateway {
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The caller's key, if it is valid (else 401) and its role is allowed here (else 403).
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[Role],
+        action: &str,
+    ) -> ApiResult<KeyRecord> {
+        let key = bearer(headers);
+        let record = authenticate(&self.store, key, &Role::ALL, action)
+            .map_err(|f| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", f.message))?;
+        if !allowed.contains(&record.role) {
+            let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "role_not_allowed",
+                format!(
+                    "`{}` has role {}; {action} needs role {}",
+                    record.principal,
+                    record.role,
+                    roles.join(" or ")
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Decides one request and waits until its record is durable. A record the ledger does not
+    /// take turns the decision into BLOCK `governance.unavailable` (and gives back what it held).
+    pub async fn decide(self: &Arc<Self>, request: DecideRequest, principal: &str) -> Ruling {
+        let started = Instant::now();
+        let engine = self.engine();
+        let decision_id = match new_id("dec") {
+            Ok(id) => id,
+            Err(f) => return self.refused(&engine, &request, principal, f),
+        };
+        let decision = engine.decide(
+            &self.store,
+            DecideInput {
+                request: &request,
+                principal,
+                decision_id,
+                now: now(),
+            },
+        );
+        let submitted = submit(&self.ledger, &decision);
+        let committing = Instant::now();
+        let durable = tokio::task::spawn_blocking(move || submitted.wait())
+            .await
+            .unwrap_or_else(|e| Err(Failure::storage(format!("the ledger wait failed: {e}"))));
+        metrics::ledger_wait(committing.elapsed());
+        let ruling = match durable {
+            Ok(receipt) => {
+                self.capture(&engine, &request, &decision);
+                Ruling {
+                    decision,
+                    receipt: Some(receipt),
+                }
+            }
+            Err(why) => Ruling {
+                decision: withdrawn(&engine, &self.store, &request, &decision, &why),
+                receipt: None,
+            },
+        };
+        metrics::decided(&ruling.decision, started.elapsed());
+        ruling
+    }
+
+    fn refused(
+        &self,
+        engine: &Engine,
+        request: &DecideRequest,
+        principal: &str,
+        why: Failure,
+    ) -> Ruling {
+        let decision = engine.refuse(
+            DecideInput {
+                request,
+                principal,
+                decision_id: "dec_unavailable".to_string(),
+                now: now(),
+            },
+            Reason::new(ReasonCode::GovernanceUnavailable, why.message),
+        );
+        Ruling {
+            decision,
+            receipt: None,
+        }
+    }
+
+    /// Stores the request's texts encrypted under the subject's key when the contract asks for
+    /// payload capture. A failure is logged, not fatal: the decision is already recorded.
+    fn capture(&self, engine: &Engine, request: &DecideRequest, decision: &Decision) {
+        let Some(field) = &engine.contract().policy.payload_subject else {
+            return;
+        };
+        let Ok(sink) = self.ledger_reader.lock() else {
+            return;
+        };
+        if let Err(e) = capture_payload(&sink, field, request, decision) {
+            tracing::error!(decision_id = %decision.decision_id, error = %e.message, "payload capture failed");
+        }
+    }
+
+    /// Records what happened after an ALLOW (usage, latency, output digest, findings) and
+    /// settles the decision's reservation with the actual usage. Not awaited: the decision is
+    /// what must be durable before acting; this follows it.
+    pub fn record_outcome(&self, decision: &Decision, ran_on: &str, usage: &Usage, details: Value) {
+        let engine = self.engine();
+        let at = now();
+        if let Err(e) = engine.settle(&self.store, &decision.decision_id, ran_on, usage, at) {
+            tracing::error!(decision_id = %decision.decision_id, error = %e, "settling usage failed");
+        }
+        let mut body = json!({
+            "principal": decision.principal,
+            "decision_id": decision.decision_id,
+            "deployment": ran_on,
+            "usage": usage,
+        });
+        if let (Some(body), Value::Object(details)) = (body.as_object_mut(), details) {
+            body.extend(details);
+        }
+        let submitted =
+            new_id("out").and_then(|id| self.ledger.submit(RecordKind::Outcome, at, &id, &body));
+        if let Err(e) = submitted {
+            tracing::error!(decision_id = %decision.decision_id, error = %e.message, "the outcome could not be recorded");
+        }
+    }
+
+    /// Reads a request body of at most `max_body_bytes`, within `body_timeout`.
+    pub async fn read_body(&self, body: Body) -> ApiResult<Bytes> {
+        let limit = self.limits.max_body_bytes;
+        match tokio::time::timeout(self.limits.body_timeout, axum::body::to_bytes(body, limit))
+            .await
+        {
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s; send it at once",
+                    self.limits.body_timeout.as_secs()
+                ),
+            )),
+            Ok(Err(_)) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is larger than {limit} bytes (or was cut off); send less"
+                ),
+            )),
+            Ok(Ok(bytes)) => Ok(bytes),
+        }
+    }
+}
+
+/// The key from `Authorization: Bearer <key>`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// Parses a JSON body with the same guards as the decide request: UTF-8, bounded nesting.
+pub fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_utf8",
+            format!(
+                "the body is not valid UTF-8 (first bad byte at offset {}); send UTF-8 JSON",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    if let Some(at) = gavel_engine::nesting_exceeds(text.as_bytes(), gavel_engine::MAX_JSON_DEPTH) {
+        return Err(ApiError::bad_request(
+            "too_deep",
+            format!(
+                "the body nests deeper than {} levels (at byte {at}); flatten it",
+                gavel_engine::MAX_JSON_DEPTH
+            ),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })
+}

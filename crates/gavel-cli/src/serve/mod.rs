@@ -1,0 +1,244 @@
+//! `gavel serve`: the gateway. An OpenAI-compatible enforcement proxy, the decide API and the
+//! admin API over the embedded default (the contract path, the SQLite file, the ledger).
+//!
+//! `gateway.rs` holds the shared state and the decide-and-record step; `proxy.rs` the OpenAI
+//! routes; `api.rs` the decide API and health; `admin.rs` the admin API; `routes.rs` the route
+//! table (router, authorisation and OpenAPI from one list); `upstream.rs` calls endpoints (and
+//! the mock); `output.rs` scans answers; `reload.rs` watches the contract; `metrics.rs` names
+//! the metrics. This file owns start-up, the listener and its limits, and shutdown.
+
+mod admin;
+mod api;
+mod error;
+mod gateway;
+mod metrics;
+mod output;
+mod proxy;
+mod reload;
+mod routes;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+
+use gavel_contract::time::Span;
+use gavel_scan::{ScanConfig, Scanners};
+use gavel_store::{Durability, Role};
+
+use crate::cli::ServeArgs;
+use crate::context::{diag, Context};
+use crate::failure::{Failure, Outcome};
+use crate::ledger::{self, Ledger};
+use gateway::{Gateway, Limits, UpstreamTimeouts};
+
+pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
+    init_logs(args.log_json);
+    let store = ctx.store()?;
+    let operator = ctx.authenticate(&store, &[Role::Operator, Role::Admin], "serving")?;
+    // Budget counters and idempotency keys are written on every request: they survive the
+    // process being killed; the decisions that consumed them are in the ledger, fsynced.
+    store.set_durability(Durability::ProcessCrash)?;
+    let (loaded, snapshot) = gavel_contract::load_with_snapshot(&ctx.contract_path)
+        .map_err(|errors| Failure::invalid(errors.to_string()))?;
+    let metrics = metrics::install().map_err(Failure::storage)?;
+    let ledger = Ledger::open_exclusive(&ctx.db_path, Some(Arc::new(metrics::ledger_batch)))?;
+    let (engine, applied) = reload::make_in_force(
+        &store,
+        &ledger,
+        loaded.contract,
+        &snapshot,
+        &operator.principal,
+    )?;
+    if let Some(applied) = applied {
+        diag!(
+            "applied contract {} as {} (it was not the version in force){}",
+            gavel_contract::short_hash(&engine.contract().version.0),
+            operator.principal,
+            if applied.loosening {
+                "; it LOOSENS governance, see `gavel audit export --kind contract_loaded`"
+            } else {
+                ""
+            }
+        );
+    }
+    let duration = |flag: &str, text: &str| -> Result<Duration, Failure> {
+        Span::parse(text)
+            .map(|s| Duration::from_millis(s.millis()))
+            .map_err(|why| Failure::usage(format!("--{flag}: {why}")))
+    };
+    let timeouts = UpstreamTimeouts {
+        connect: duration("connect-timeout", &args.connect_timeout)?,
+        first_byte: duration("first-byte-timeout", &args.first_byte_timeout)?,
+        total: duration("upstream-timeout", &args.upstream_timeout)?,
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| Failure::storage(format!("cannot build the HTTP client: {e}")))?;
+    let output_scanners = Scanners::new(&ScanConfig::default())
+        .map_err(|e| Failure::storage(format!("cannot build the output scanners: {e}")))?;
+    let gw = Arc::new(Gateway {
+        engine: ArcSwap::from_pointee(engine),
+        store,
+        ledger,
+        ledger_reader: Mutex::new(ledger::open_sink(&ctx.db_path)?),
+        output_scanners: Arc::new(output_scanners),
+        http,
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            body_timeout: duration("body-timeout", &args.body_timeout)?,
+        },
+        timeouts,
+        operator: operator.principal.clone(),
+        contract_path: ctx.contract_path.clone(),
+        db_path: ctx.db_path.clone(),
+        metrics,
+        ready: Default::default(),
+    });
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        Failure::usage(format!(
+            "--listen `{}` is not an address such as 127.0.0.1:8080",
+            args.listen
+        ))
+    })?;
+    let settings = Listening {
+        header_timeout: duration("header-timeout", &args.header_timeout)?,
+        max_header_bytes: args.max_header_bytes.max(8192),
+        max_connections: args.max_connections,
+        drain: duration("drain-timeout", &args.drain_timeout)?,
+        reload_every: duration("reload-interval", &args.reload_interval)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::storage(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(gw.clone(), listen, settings))?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    // Every request is done: sign the final checkpoint.
+    match Arc::into_inner(gw) {
+        Some(gw) => gw.ledger.close()?,
+        None => diag!(
+            "some work outlived the drain; the ledger signs its final checkpoint as it closes"
+        ),
+    }
+    diag!("gavel serve: stopped; the ledger is flushed and checkpointed");
+    Ok(())
+}
+
+struct Listening {
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    max_connections: usize,
+    drain: Duration,
+    reload_every: Duration,
+}
+
+async fn serve(gw: Arc<Gateway>, listen: SocketAddr, settings: Listening) -> Outcome {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::storage(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::storage(format!("cannot read the listening address: {e}")))?;
+    let router = routes::router(gw.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(reload::watch(gw.clone(), settings.reload_every, stop_rx));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .max_buf_size(settings.max_header_bytes);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    gw.ready.store(true, Ordering::Release);
+    // The one line on standard output: where to send requests (tests read it for port 0).
+    println!("gavel serve: listening on http://{local}");
+    tracing::info!(%local, contract = %gavel_contract::short_hash(&gw.engine().contract().version.0), "serving");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::connection_refused();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    gw.ready.store(false, Ordering::Release);
+    drop(listener);
+    tracing::info!("draining");
+    let _ = stop_tx.send(true);
+    let _ = watcher.await;
+    if tokio::time::timeout(settings.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout were cut");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GAVEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

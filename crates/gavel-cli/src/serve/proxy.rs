@@ -1,0 +1,1037 @@
+//! The OpenAI-compatible proxy: `POST /v1/chat/completions` (streamed or not),
+//! `POST /v1/embeddings`, `GET /v1/models`.
+//!
+//! Every call is decided (and the decision made durable) before the upstream is called; the
+//! decision's obligations are applied to the body sent upstream (redaction, routing, the
+//! max_tokens cap); the answer passes the output scanners (streams through the hold-back
+//! window) before it reaches the client; usage is settled and an outcome recorded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use gavel_contract::{Contract, Deployment, Fallback};
+use gavel_engine::{DecideRequest, Decision, Message, Obligation, ToolDefinition, Usage, Verdict};
+use gavel_store::KeyRecord;
+
+use super::error::{ApiError, ApiResult};
+use super::gateway::{parse_json, Gateway, Ruling};
+use super::metrics;
+use super::output::{OutputGuard, Violation};
+use super::upstream::{self, ByteStream, Reply};
+
+/// Body fields that are not generation parameters.
+const STRUCTURAL: &[&str] = &["model", "messages", "tools"];
+/// Said (in a response header, the outcome record and the logs) when the upstream reports a
+/// model other than the approved snapshot.
+const SNAPSHOT_CHANGED: &str = "model.snapshot_changed";
+/// How many fallback hops a failed call may take (a -> b -> canned response).
+const MAX_FALLBACK_HOPS: usize = 3;
+
+pub async fn chat_completions(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<KeyRecord>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match chat(&gw, caller, &parts.headers, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn chat(
+    gw: &Arc<Gateway>,
+    caller: KeyRecord,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = gw.read_body(body).await?;
+    let body = parse_json(&bytes)?;
+    let Value::Object(fields) = body else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object with `model` and `messages`",
+        ));
+    };
+    let engine = gw.engine();
+    let contract = engine.contract();
+    let (deployment_id, model) = deployment_of(headers, &fields, contract)?;
+    let request = decide_request(headers, &fields, deployment_id, model)?;
+    let stream = fields.get("stream") == Some(&Value::Bool(true));
+    let ruling = gw.decide(request.clone(), &caller.principal).await;
+    if ruling.decision.verdict != Verdict::Allow {
+        return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
+    }
+    let call = Call {
+        gw: gw.clone(),
+        caller,
+        fields,
+        request,
+        stream,
+        started: Instant::now(),
+    };
+    Ok(call.run(ruling).await)
+}
+
+/// Which deployment: the `X-Gavel-Deployment` header, else the body's `model` naming a
+/// deployment id. Returns the deployment and the model name the request claims (checked by
+/// conformance when it is not the deployment id).
+fn deployment_of(
+    headers: &HeaderMap,
+    fields: &Map<String, Value>,
+    contract: &Contract,
+) -> ApiResult<(String, Option<String>)> {
+    let model = match fields.get("model") {
+        Some(Value::String(m)) => Some(m.clone()),
+        None => None,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`model` must be a string",
+            ))
+        }
+    };
+    if let Some(header) = headers.get("x-gavel-deployment") {
+        let id = header.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_request", "X-Gavel-Deployment must be ASCII")
+        })?;
+        return Ok((id.to_string(), model.filter(|m| m != id)));
+    }
+    match model {
+        Some(m) if contract.deployment(&m).is_some() => Ok((m, None)),
+        Some(m) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("`{m}` is not a deployment of this gateway; set `model` to a deployment id (GET /v1/models lists yours) or send X-Gavel-Deployment"),
+        )),
+        None => Err(ApiError::bad_request("invalid_request", "`model` is missing; set it to a deployment id")),
+    }
+}
+
+/// The chat body as a decide request: messages, tools, and every other field as a parameter
+/// (so an unapproved one is refused by conformance, and `bypass: true` is just that).
+fn decide_request(
+    headers: &HeaderMap,
+    fields: &Map<String, Value>,
+    deployment: String,
+    model: Option<String>,
+) -> ApiResult<DecideRequest> {
+    let messages: Vec<Message> = match fields.get("messages") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("`messages` is not a list of chat messages: {e}"),
+            )
+        })?,
+        None => Vec::new(),
+    };
+    let tools: Vec<ToolDefinition> = match fields.get("tools") {
+        Some(t) => serde_json::from_value(t.clone()).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("`tools` is not a list of tool definitions: {e}"),
+            )
+        })?,
+        None => Vec::new(),
+    };
+    let header = |name: &str| -> ApiResult<Option<String>> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(str::to_string).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("the {name} header must be ASCII"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let mut metadata = std::collections::BTreeMap::new();
+    if let Some(Value::String(user)) = fields.get("user") {
+        metadata.insert("user".to_string(), user.clone());
+    }
+    Ok(DecideRequest {
+        deployment,
+        model,
+        messages,
+        tools,
+        params: fields
+            .iter()
+            .filter(|(k, _)| !STRUCTURAL.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        idempotency_key: header("idempotency-key")?,
+        run_id: header("x-gavel-run-id")?,
+        step: header("x-gavel-step")?,
+        metadata,
+        ..DecideRequest::default()
+    })
+}
+
+/// One allowed call on its way upstream and back.
+struct Call {
+    gw: Arc<Gateway>,
+    caller: KeyRecord,
+    fields: Map<String, Value>,
+    request: DecideRequest,
+    stream: bool,
+    started: Instant,
+}
+
+impl Call {
+    async fn run(self, ruling: Ruling) -> Response {
+        let mut ruling = ruling;
+        let mut hops = 0;
+        loop {
+            let engine = self.gw.engine();
+            let contract = engine.contract();
+            let ran_on = route_of(&ruling.decision);
+            let Some(deployment) = contract.deployment(&ran_on) else {
+                return ApiError::unavailable(format!(
+                    "deployment `{ran_on}` left the contract while this request ran"
+                ))
+                .into_response();
+            };
+            let Some(endpoint) = contract.endpoint_of(deployment) else {
+                return ApiError::unavailable(format!("deployment `{ran_on}` has no endpoint"))
+                    .into_response();
+            };
+            let body = self.upstream_body(&ruling.decision, deployment);
+            let reply = upstream::call(
+                &self.gw.http,
+                self.gw.timeouts,
+                endpoint,
+                "/chat/completions",
+                &body,
+                self.stream,
+            )
+            .await;
+            let failure = match reply {
+                Ok(Reply::Whole { status, body }) => {
+                    return self.whole(&ruling, deployment, status, body, hops > 0)
+                }
+                Ok(Reply::Stream(bytes)) => {
+                    return self.relay(ruling, deployment.clone(), bytes, hops > 0)
+                }
+                Err(e) => e,
+            };
+            let why = failure.describe(&endpoint.id);
+            tracing::warn!(decision_id = %ruling.decision.decision_id, deployment = %ran_on, error = %why, "upstream failed");
+            self.gw.record_outcome(&ruling.decision, &ran_on, &Usage::default(), json!({ "upstream_error": why, "latency_ms": self.started.elapsed().as_millis() as u64 }));
+            hops += 1;
+            match deployment.fallback.clone() {
+                Some(Fallback::Deployment(next)) if hops <= MAX_FALLBACK_HOPS => {
+                    metrics::fallback(&ran_on, &next);
+                    match self.decide_fallback(&next, &ruling.decision).await {
+                        Ok(next_ruling) => ruling = next_ruling,
+                        Err(refused) => return refused.into_response(),
+                    }
+                }
+                Some(Fallback::Response(text)) => {
+                    metrics::fallback(&ran_on, "response");
+                    return self.canned(&ruling.decision, deployment, &text);
+                }
+                Some(Fallback::HumanQueue(queue)) => {
+                    metrics::fallback(&ran_on, "human_queue");
+                    return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fallback.human_queue", format!("{why}; the approved fallback is the human queue `{queue}`: hand the request to it")).into_response();
+                }
+                _ => {
+                    return ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream.unavailable",
+                        format!("{why}; deployment `{ran_on}` has no approved fallback"),
+                    )
+                    .into_response();
+                }
+            }
+        }
+    }
+
+    /// The fallback deployment is governed like any other: its own decision, recorded.
+    async fn decide_fallback(&self, next: &str, failed: &Decision) -> ApiResult<Ruling> {
+        let mut request = self.request.clone();
+        request.deployment = next.to_string();
+        request.model = None;
+        // The first decision holds the idempotency key; the fallback is the same request.
+        request.idempotency_key = None;
+        request
+            .metadata
+            .insert("fallback_for".to_string(), failed.decision_id.clone());
+        let ruling = self.gw.decide(request, &self.caller.principal).await;
+        if ruling.decision.verdict != Verdict::Allow {
+            return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
+        }
+        Ok(ruling)
+    }
+
+    /// The body sent upstream: the caller's, with the approved model name and the decision's
+    /// obligations applied.
+    fn upstream_body(&self, decision: &Decision, deployment: &Deployment) -> Value {
+        let mut body = self.fields.clone();
+        body.insert("model".to_string(), json!(deployment.model.name));
+        for obligation in &decision.obligations {
+            match obligation {
+                Obligation::CapMaxTokens { max_tokens } => {
+                    let mut capped = false;
+                    for key in ["max_tokens", "max_completion_tokens"] {
+                        if body.contains_key(key) {
+                            body.insert(key.to_string(), json!(max_tokens));
+                            capped = true;
+                        }
+                    }
+                    if !capped {
+                        body.insert("max_tokens".to_string(), json!(max_tokens));
+                    }
+                }
+                Obligation::Redact { redactions } => {
+                    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+                        redact_messages(messages, &self.request.messages, redactions);
+                    }
+                }
+                Obligation::Route { .. } => {}
+            }
+        }
+        if self.stream {
+            body.insert(
+                "stream_options".to_string(),
+                json!({ "include_usage": true }),
+            );
+        }
+        Value::Object(body)
+    }
+
+    fn whole(
+        &self,
+        ruling: &Ruling,
+        deployment: &Deployment,
+        status: StatusCode,
+        body: Bytes,
+        fallback: bool,
+    ) -> Response {
+        let decision = &ruling.decision;
+        if !status.is_success() {
+            // The upstream refused the request (4xx): its answer, as it gave it.
+            self.gw.record_outcome(decision, &deployment.id, &Usage::default(), json!({ "upstream_status": status.as_u16(), "latency_ms": self.started.elapsed().as_millis() as u64 }));
+            return passthrough(status, body, decision);
+        }
+        let Ok(mut reply) = serde_json::from_slice::<Value>(&body) else {
+            self.gw.record_outcome(
+                decision,
+                &deployment.id,
+                &Usage::default(),
+                json!({ "upstream_error": "the answer was not JSON" }),
+            );
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream.invalid",
+                format!(
+                    "endpoint of `{}` answered with something that is not JSON",
+                    deployment.id
+                ),
+            )
+            .into_response();
+        };
+        let mut guard = self.guard();
+        let mut violation = None;
+        if let Some(choices) = reply["choices"].as_array_mut() {
+            for choice in choices {
+                if let Some(text) = choice["message"]["content"].as_str().map(str::to_string) {
+                    match guard
+                        .push(&text)
+                        .and_then(|head| guard.finish().map(|tail| head + &tail))
+                    {
+                        Ok(checked) => choice["message"]["content"] = json!(checked),
+                        Err(v) => {
+                            violation = Some(v);
+                            break;
+                        }
+                    }
+                    guard = self.guard_with(std::mem::take(&mut guard.findings));
+                }
+            }
+        }
+        let usage = usage_of(&reply["usage"]).unwrap_or_else(|| counted(decision, &reply));
+        let snapshot = snapshot_check(deployment, reply["model"].as_str());
+        let mut details = json!({
+            "upstream_status": status.as_u16(),
+            "latency_ms": self.started.elapsed().as_millis() as u64,
+            "output_sha256": hex::encode(Sha256::digest(&body)),
+            "output_findings": guard.findings,
+            "fallback": fallback,
+        });
+        merge(&mut details, &snapshot);
+        if let Some(v) = violation {
+            metrics::output_violation(&deployment.id, v.code.as_str());
+            details["output_violation"] = json!({ "code": v.code.as_str(), "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end });
+            self.gw
+                .record_outcome(decision, &deployment.id, &usage, details);
+            return output_refusal(decision, &v).into_response();
+        }
+        self.gw
+            .record_outcome(decision, &deployment.id, &usage, details);
+        let mut response = (StatusCode::OK, Json(reply)).into_response();
+        annotate(response.headers_mut(), ruling, fallback, &snapshot);
+        response
+    }
+
+    fn guard(&self) -> OutputGuard {
+        self.guard_with(Vec::new())
+    }
+
+    fn guard_with(&self, findings: Vec<Value>) -> OutputGuard {
+        let actions = self
+            .gw
+            .engine()
+            .contract()
+            .policy
+            .privacy
+            .as_ref()
+            .map(|p| p.output);
+        let mut guard = OutputGuard::new(self.gw.output_scanners.clone(), actions);
+        guard.findings = findings;
+        guard
+    }
+
+    /// The approved fallback response, in the shape the client asked for.
+    fn canned(&self, decision: &Decision, deployment: &Deployment, text: &str) -> Response {
+        let id = format!("chatcmpl-{}", decision.decision_id);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-gavel-fallback", HeaderValue::from_static("response"));
+        if let Ok(v) = HeaderValue::from_str(&decision.decision_id) {
+            headers.insert("x-gavel-decision-id", v);
+        }
+        if self.stream {
+            let chunk = json!({ "id": id, "object": "chat.completion.chunk", "created": 0, "model": deployment.model.name,
+                "choices": [{ "index": 0, "delta": { "role": "assistant", "content": text }, "finish_reason": "stop" }] });
+            let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            return (StatusCode::OK, headers, body).into_response();
+        }
+        let reply = json!({ "id": id, "object": "chat.completion", "created": 0, "model": deployment.model.name,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+            "usage": { "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 } });
+        (StatusCode::OK, headers, Json(reply)).into_response()
+    }
+
+    /// Relays a server-sent-event stream through the output guard. Content is re-chunked to
+    /// what the guard releases; a violation ends the stream with an error event.
+    fn relay(
+        self,
+        ruling: Ruling,
+        deployment: Deployment,
+        upstream: ByteStream,
+        fallback: bool,
+    ) -> Response {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        annotate(&mut headers, &ruling, fallback, &Value::Null);
+        tokio::spawn(async move {
+            let summary = self
+                .pump(&ruling.decision, &deployment, upstream, &tx)
+                .await;
+            let usage = summary.usage.clone().unwrap_or_else(|| Usage {
+                prompt_tokens: ruling
+                    .decision
+                    .estimate
+                    .as_ref()
+                    .map_or(0, |e| e.prompt_tokens),
+                completion_tokens: gavel_engine::Encoding::for_model(&deployment.model.name)
+                    .count(&summary.text_seen),
+                tool_calls: 0,
+            });
+            let mut details = json!({
+                "stream": true,
+                "latency_ms": self.started.elapsed().as_millis() as u64,
+                "output_sha256": hex::encode(Sha256::digest(summary.text_seen.as_bytes())),
+                "output_findings": summary.findings,
+                "fallback": fallback,
+                "ended": summary.ended,
+            });
+            merge(&mut details, &summary.snapshot);
+            if let Some(v) = &summary.violation {
+                metrics::stream_violation(&deployment.id, v.code.as_str());
+                details["output_violation"] = json!({ "code": v.code.as_str(), "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end });
+            }
+            self.gw
+                .record_outcome(&ruling.decision, &deployment.id, &usage, details);
+        });
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|bytes| (Ok::<_, std::io::Error>(bytes), rx))
+        });
+        (StatusCode::OK, headers, Body::from_stream(body)).into_response()
+    }
+
+    async fn pump(
+        &self,
+        decision: &Decision,
+        deployment: &Deployment,
+        mut upstream: ByteStream,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+    ) -> StreamSummary {
+        let mut summary = StreamSummary::default();
+        let mut guard = self.guard();
+        let mut pending = String::new();
+        let mut template: Option<Value> = None;
+        let deadline = self.started + self.gw.timeouts.total;
+        loop {
+            let wait = self
+                .gw
+                .timeouts
+                .first_byte
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let next = match tokio::time::timeout(wait, upstream.next()).await {
+                Err(_) => Err("the upstream stalled (no data within the timeout)".to_string()),
+                Ok(None) => Err("the upstream ended the stream without [DONE]".to_string()),
+                Ok(Some(Err(e))) => Err(format!("the upstream stream broke ({e})")),
+                Ok(Some(Ok(bytes))) => Ok(bytes),
+            };
+            let bytes = match next {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    summary.ended = why.clone();
+                    let error =
+                        ApiError::new(StatusCode::BAD_GATEWAY, "upstream.stream_broken", why);
+                    let _ = tx.send(event(&error.body())).await;
+                    return summary;
+                }
+            };
+            pending.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some((data, rest)) = next_event(&pending) {
+                pending = rest;
+                let Some(data) = data else { continue };
+                if data == "[DONE]" {
+                    match guard.finish() {
+                        Ok(tail) => {
+                            if !tail.is_empty() {
+                                summary.text_released.push_str(&tail);
+                                let _ = tx.send(content_event(template.as_ref(), &tail)).await;
+                            }
+                            summary.findings = std::mem::take(&mut guard.findings);
+                            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                            summary.ended = "done".to_string();
+                        }
+                        Err(v) => {
+                            self.cut(
+                                &mut summary,
+                                decision,
+                                v,
+                                std::mem::take(&mut guard.findings),
+                                tx,
+                            )
+                            .await
+                        }
+                    }
+                    return summary;
+                }
+                let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                if chunk.get("error").is_some() {
+                    let _ = tx.send(event(&chunk)).await;
+                    summary.ended = "upstream error event".to_string();
+                    return summary;
+                }
+                if let Some(usage) = usage_of(&chunk["usage"]) {
+                    summary.usage = Some(usage);
+                }
+                if summary.snapshot.is_null() {
+                    if let Some(model) = chunk["model"].as_str() {
+                        summary.snapshot = snapshot_check(deployment, Some(model));
+                    }
+                }
+                let mut finished = false;
+                let mut forward = false;
+                if let Some(choices) = chunk["choices"].as_array_mut() {
+                    for choice in choices.iter_mut() {
+                        let delta = &mut choice["delta"];
+                        let mut released = String::new();
+                        if let Some(text) = delta["content"].as_str().map(str::to_string) {
+                            summary.text_seen.push_str(&text);
+                            match guard.push(&text) {
+                                Ok(r) => released = r,
+                                Err(v) => {
+                                    self.cut(
+                                        &mut summary,
+                                        decision,
+                                        v,
+                                        std::mem::take(&mut guard.findings),
+                                        tx,
+                                    )
+                                    .await;
+                                    return summary;
+                                }
+                            }
+                        }
+                        if !choice["finish_reason"].is_null() {
+                            finished = true;
+                            match guard.finish() {
+                                Ok(tail) => released.push_str(&tail),
+                                Err(v) => {
+                                    self.cut(
+                                        &mut summary,
+                                        decision,
+                                        v,
+                                        std::mem::take(&mut guard.findings),
+                                        tx,
+                                    )
+                                    .await;
+                                    return summary;
+                                }
+                            }
+                        }
+                        let delta = &mut choice["delta"];
+                        if delta.get("content").is_some() || !released.is_empty() {
+                            delta["content"] = json!(released);
+                        }
+                        let has_more = delta
+                            .as_object()
+                            .is_some_and(|d| d.keys().any(|k| k != "content"));
+                        forward |= !released.is_empty() || has_more || finished;
+                        summary.text_released.push_str(&released);
+                    }
+                    if choices.is_empty() {
+                        forward = true;
+                    }
+                }
+                if template.is_none() {
+                    template = Some(chunk.clone());
+                }
+                if forward && tx.send(event(&chunk)).await.is_err() {
+                    summary.ended = "client disconnected".to_string();
+                    return summary;
+                }
+            }
+        }
+    }
+
+    /// Ends the stream with a governance error event: nothing of the violating span was sent.
+    async fn cut(
+        &self,
+        summary: &mut StreamSummary,
+        decision: &Decision,
+        v: Violation,
+        findings: Vec<Value>,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+    ) {
+        let error = output_refusal(decision, &v);
+        let _ = tx.send(event(&error.body())).await;
+        summary.findings = findings;
+        summary.ended = format!("cut: {}", v.code.as_str());
+        summary.violation = Some(v);
+    }
+}
+
+#[derive(Default)]
+struct StreamSummary {
+    usage: Option<Usage>,
+    /// Everything the upstream sent (for the digest and counting), and what the client got.
+    text_seen: String,
+    text_released: String,
+    findings: Vec<Value>,
+    snapshot: Value,
+    violation: Option<Violation>,
+    ended: String,
+}
+
+/// The next complete server-sent event in `buffer`: its data (None for a comment or an event
+/// without data) and what follows it.
+fn next_event(buffer: &str) -> Option<(Option<String>, String)> {
+    let normalized_end = buffer
+        .find("\n\n")
+        .map(|i| (i, 2))
+        .or_else(|| buffer.find("\r\n\r\n").map(|i| (i, 4)))?;
+    let (end, gap) = normalized_end;
+    let block = &buffer[..end];
+    let data: Vec<&str> = block
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    let data = (!data.is_empty()).then(|| data.join("\n"));
+    Some((data, buffer[end + gap..].to_string()))
+}
+
+fn event(data: &Value) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// A content chunk shaped like the upstream's chunks, carrying `text`.
+fn content_event(template: Option<&Value>, text: &str) -> Bytes {
+    let mut chunk = template
+        .cloned()
+        .unwrap_or_else(|| json!({ "object": "chat.completion.chunk" }));
+    chunk["choices"] = json!([{ "index": 0, "delta": { "content": text }, "finish_reason": null }]);
+    if let Some(object) = chunk.as_object_mut() {
+        object.remove("usage");
+    }
+    event(&chunk)
+}
+
+fn output_refusal(decision: &Decision, v: &Violation) -> ApiError {
+    let mut error = ApiError::new(StatusCode::FORBIDDEN, v.code.as_str(), v.message());
+    error.decision = Some(
+        json!({ "decision_id": decision.decision_id, "reasons": [{ "code": v.code.as_str(), "message": v.message(), "direction": "output", "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end }] }),
+    );
+    error
+}
+
+/// The deployment the decision runs on: its route obligation's, else its own.
+fn route_of(decision: &Decision) -> String {
+    decision
+        .obligations
+        .iter()
+        .find_map(|o| match o {
+            Obligation::Route { deployment, .. } => Some(deployment.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| decision.deployment.clone())
+}
+
+/// Replaces redacted spans in the messages sent upstream. Redactions index the request's
+/// texts, which begin with one text per message; a message given as parts becomes one text.
+fn redact_messages(
+    messages: &mut [Value],
+    parsed: &[Message],
+    redactions: &[gavel_engine::Redaction],
+) {
+    for (index, message) in parsed.iter().enumerate() {
+        let mut spans: Vec<&gavel_engine::Redaction> = redactions
+            .iter()
+            .filter(|r| r.text_index == index)
+            .collect();
+        if spans.is_empty() {
+            continue;
+        }
+        spans.sort_by_key(|r| std::cmp::Reverse(r.start));
+        let mut text = message.text();
+        for r in spans {
+            if r.end <= text.len() && text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
+            {
+                text.replace_range(r.start..r.end, &r.placeholder);
+            }
+        }
+        if let Some(slot) = messages.get_mut(index) {
+            slot["content"] = json!(text);
+        }
+    }
+}
+
+fn usage_of(value: &Value) -> Option<Usage> {
+    Some(Usage {
+        prompt_tokens: value["prompt_tokens"].as_u64()?,
+        completion_tokens: value["completion_tokens"].as_u64().unwrap_or(0),
+        tool_calls: 0,
+    })
+}
+
+/// Usage when the upstream reports none: the decision's prompt estimate and the answer counted.
+fn counted(decision: &Decision, reply: &Value) -> Usage {
+    let text: String = reply["choices"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c["message"]["content"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    Usage {
+        prompt_tokens: decision.estimate.as_ref().map_or(0, |e| e.prompt_tokens),
+        completion_tokens: gavel_engine::Encoding::for_model(
+            reply["model"].as_str().unwrap_or("gpt-4o"),
+        )
+        .count(&text),
+        tool_calls: 0,
+    }
+}
+
+/// The model snapshot the upstream says it used, against the approved one.
+fn snapshot_check(deployment: &Deployment, reported: Option<&str>) -> Value {
+    let Some(reported) = reported else {
+        return Value::Null;
+    };
+    let changed = reported != deployment.model.snapshot && reported != deployment.model.name;
+    if changed {
+        metrics::snapshot_changed(&deployment.id);
+        tracing::warn!(deployment = %deployment.id, approved = %deployment.model.snapshot, reported, SNAPSHOT_CHANGED);
+    }
+    json!({ "snapshot_reported": reported, "snapshot_changed": changed })
+}
+
+fn merge(details: &mut Value, extra: &Value) {
+    if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+}
+
+fn annotate(headers: &mut HeaderMap, ruling: &Ruling, fallback: bool, snapshot: &Value) {
+    if let Ok(v) = HeaderValue::from_str(&ruling.decision.decision_id) {
+        headers.insert("x-gavel-decision-id", v);
+    }
+    if let Some(receipt) = &ruling.receipt {
+        if let Ok(v) = HeaderValue::from_str(&receipt.index.to_string()) {
+            headers.insert("x-gavel-ledger-index", v);
+        }
+    }
+    if fallback {
+        headers.insert("x-gavel-fallback", HeaderValue::from_static("deployment"));
+    }
+    if snapshot["snapshot_changed"] == json!(true) {
+        headers.insert(
+            "x-gavel-warning",
+            HeaderValue::from_static(SNAPSHOT_CHANGED),
+        );
+    }
+}
+
+fn passthrough(status: StatusCode, body: Bytes, decision: &Decision) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&decision.decision_id) {
+        response.headers_mut().insert("x-gavel-decision-id", v);
+    }
+    response
+}
+
+pub async fn embeddings(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<KeyRecord>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match embed(&gw, caller, &parts.headers, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn embed(
+    gw: &Arc<Gateway>,
+    caller: KeyRecord,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bytes = gw.read_body(body).await?;
+    let Value::Object(fields) = parse_json(&bytes)? else {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object with `model` and `input`",
+        ));
+    };
+    let engine = gw.engine();
+    let (deployment_id, model) = deployment_of(headers, &fields, engine.contract())?;
+    // The input is content like any other: scanned, counted, governed.
+    let inputs: Vec<String> = match fields.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`input` must be a string or a list of strings",
+            ))
+        }
+    };
+    let request = DecideRequest {
+        deployment: deployment_id,
+        model,
+        content: inputs
+            .iter()
+            .map(|text| gavel_engine::ContentPart {
+                role: gavel_engine::ContentRole::User,
+                text: text.clone(),
+            })
+            .collect(),
+        action: gavel_engine::Action {
+            kind: gavel_engine::ActionKind::Task,
+            name: Some("embeddings".to_string()),
+            args: None,
+        },
+        params: fields
+            .iter()
+            .filter(|(k, _)| !["model", "input"].contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        idempotency_key: headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        ..DecideRequest::default()
+    };
+    let ruling = gw.decide(request, &caller.principal).await;
+    if ruling.decision.verdict != Verdict::Allow {
+        return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
+    }
+    let contract = engine.contract();
+    let ran_on = route_of(&ruling.decision);
+    let deployment = contract
+        .deployment(&ran_on)
+        .ok_or_else(|| ApiError::unavailable("the deployment left the contract"))?;
+    let endpoint = contract
+        .endpoint_of(deployment)
+        .ok_or_else(|| ApiError::unavailable("the deployment has no endpoint"))?;
+    let mut body = fields.clone();
+    body.insert("model".to_string(), json!(deployment.model.name));
+    if let Some(Obligation::Redact { redactions }) = ruling
+        .decision
+        .obligations
+        .iter()
+        .find(|o| matches!(o, Obligation::Redact { .. }))
+    {
+        let mut redacted = inputs.clone();
+        let mut spans: Vec<_> = redactions.iter().collect();
+        spans.sort_by_key(|r| std::cmp::Reverse(r.start));
+        for r in spans {
+            if let Some(text) = redacted.get_mut(r.text_index) {
+                if r.end <= text.len()
+                    && text.is_char_boundary(r.start)
+                    && text.is_char_boundary(r.end)
+                {
+                    text.replace_range(r.start..r.end, &r.placeholder);
+                }
+            }
+        }
+        body.insert("input".to_string(), json!(redacted));
+    }
+    let started = Instant::now();
+    match upstream::call(
+        &gw.http,
+        gw.timeouts,
+        endpoint,
+        "/embeddings",
+        &Value::Object(body),
+        false,
+    )
+    .await
+    {
+        Ok(Reply::Whole { status, body }) => {
+            let usage = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| usage_of(&v["usage"]))
+                .unwrap_or_default();
+            gw.record_outcome(&ruling.decision, &ran_on, &usage, json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64 }));
+            Ok(passthrough(status, body, &ruling.decision))
+        }
+        Ok(Reply::Stream(_)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream.invalid",
+            "the endpoint streamed an embeddings answer",
+        )),
+        Err(e) => {
+            let why = e.describe(&endpoint.id);
+            gw.record_outcome(
+                &ruling.decision,
+                &ran_on,
+                &Usage::default(),
+                json!({ "upstream_error": why }),
+            );
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream.unavailable",
+                why,
+            ))
+        }
+    }
+}
+
+/// `GET /v1/models`: the deployments this caller may use now (approved, not killed), as models.
+pub async fn models(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<KeyRecord>,
+) -> Response {
+    let engine = gw.engine();
+    let now = crate::context::now();
+    let mut data = Vec::new();
+    for deployment in engine.contract().deployments.values() {
+        let request = DecideRequest {
+            deployment: deployment.id.clone(),
+            dry_run: true,
+            action: gavel_engine::Action {
+                kind: gavel_engine::ActionKind::Task,
+                name: None,
+                args: None,
+            },
+            ..DecideRequest::default()
+        };
+        // A dry run consumes nothing and is not recorded: it only asks whether the approval,
+        // kill switches and cooldowns would let this caller in.
+        let decision = engine.decide(
+            &gw.store,
+            gavel_engine::DecideInput {
+                request: &request,
+                principal: &caller.principal,
+                decision_id: "models".into(),
+                now,
+            },
+        );
+        let usable = decision
+            .would_be
+            .as_ref()
+            .is_some_and(|w| w.verdict == Verdict::Allow);
+        if usable {
+            data.push(json!({ "id": deployment.id, "object": "model", "created": 0, "owned_by": engine.contract().organization, "gavel": { "model": deployment.model.name, "snapshot": deployment.model.snapshot, "approval_id": decision.approval_id } }));
+        }
+    }
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_on_blank_lines_and_keep_the_rest() {
+        let (data, rest) = next_event("data: {\"a\":1}\n\ndata: [DO").unwrap();
+        assert_eq!(data.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(rest, "data: [DO");
+        assert!(next_event(&rest).is_none());
+        let (data, rest) = next_event(": keep-alive\r\n\r\n").unwrap();
+        assert_eq!(data, None);
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn redaction_replaces_spans_from_the_end() {
+        let parsed: Vec<Message> = serde_json::from_value(
+            json!([{ "role": "user", "content": "mail a@b.co and c@d.co" }]),
+        )
+        .unwrap();
+        let mut messages = vec![json!({ "role": "user", "content": "mail a@b.co and c@d.co" })];
+        let r = |start, end, p: &str| gavel_engine::Redaction {
+            text_index: 0,
+            start,
+            end,
+            placeholder: p.into(),
+        };
+        redact_messages(
+            &mut messages,
+            &parsed,
+            &[r(5, 11, "[EMAIL_1]"), r(16, 22, "[EMAIL_2]")],
+        );
+        assert_eq!(messages[0]["content"], "mail [EMAIL_1] and [EMAIL_2]");
+    }
+}

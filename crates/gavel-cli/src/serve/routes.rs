@@ -1,0 +1,195 @@
+//! Every route in one table: method, path, the roles allowed, a summary. The router, the
+//! authorisation layer and `/openapi.json` are all built from it, so the document cannot drift
+//! from what is served and no route can be added without saying who may call it.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use gavel_store::Role;
+
+use super::gateway::Gateway;
+use super::{admin, api, proxy};
+
+/// Who may call a route; empty means public (health, readiness, metrics, the API document).
+pub struct RouteDoc {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub roles: &'static [Role],
+    pub summary: &'static str,
+}
+
+const SERVICE: &[Role] = &[Role::Service];
+const READERS: &[Role] = &[Role::Auditor, Role::Approver, Role::Operator, Role::Admin];
+const PUBLIC: &[Role] = &[];
+
+macro_rules! route {
+    ($method:ident, $path:literal, $roles:expr, $summary:literal, $handler:expr) => {
+        (
+            RouteDoc {
+                method: stringify!($method),
+                path: $path,
+                roles: $roles,
+                summary: $summary,
+            },
+            $method($handler),
+        )
+    };
+}
+
+pub fn table() -> Vec<(RouteDoc, MethodRouter<Arc<Gateway>>)> {
+    vec![
+        route!(get, "/healthz", PUBLIC, "Liveness: the process is up.", api::healthz),
+        route!(get, "/readyz", PUBLIC, "Readiness: the contract and the ledger are loaded.", api::readyz),
+        route!(get, "/metrics", PUBLIC, "Prometheus metrics.", api::metrics),
+        route!(get, "/openapi.json", PUBLIC, "This document.", openapi),
+        route!(get, "/v1/audit/pubkey", PUBLIC, "The ledger's checkpoint verification key (a C2SP note verifier key).", admin::pubkey),
+        route!(post, "/v1/chat/completions", SERVICE, "OpenAI-compatible chat completions (streamed or not), governed: decided and recorded before the upstream is called, output scanned before it is released.", proxy::chat_completions),
+        route!(post, "/v1/embeddings", SERVICE, "OpenAI-compatible embeddings, governed.", proxy::embeddings),
+        route!(get, "/v1/models", SERVICE, "The deployments the caller may use now, as models.", proxy::models),
+        route!(post, "/v1/decide", SERVICE, "Decide any action (inference, tool call, task): the decide request of docs/decide.md; answers the decision with its ledger receipt.", api::decide),
+        route!(post, "/v1/outcome", SERVICE, "Settle a decision's reserved budget with the actual usage; recorded.", api::outcome),
+        route!(post, "/v1/feedback", SERVICE, "Report an accuracy proxy for a decision (a score in [0,1] and/or a label, features); recorded.", api::feedback),
+        route!(get, "/v1/status", READERS, "Every deployment's state (serving, killed, cooldown, unapproved), approval and owner.", admin::status),
+        route!(get, "/v1/explain/{deployment}", READERS, "The auditor's three questions for one deployment.", admin::explain),
+        route!(get, "/v1/admin/keys", &[Role::Admin], "List API keys (never the keys themselves).", admin::list_keys),
+        route!(post, "/v1/admin/keys", &[Role::Admin], "Create an API key: {principal, role, approver_role?}; the key is in the answer, once.", admin::create_key),
+        route!(post, "/v1/admin/keys/{id}/revoke", &[Role::Admin], "Revoke an API key.", admin::revoke_key),
+        route!(get, "/v1/admin/approvals", READERS, "List approvals with their state.", admin::list_approvals),
+        route!(post, "/v1/admin/approvals", &[Role::Approver], "Request or grant an approval: a signoff on a deployment's current binding ({deployment, population?, expires?, on_breach?, thresholds?, evidence?}, as `gavel approve`).", admin::approve),
+        route!(post, "/v1/admin/approvals/{id}/revoke", &[Role::Approver], "Revoke an approval: {reason}.", admin::revoke_approval),
+        route!(post, "/v1/admin/kill", &[Role::Operator], "Set a kill switch: {deployment | use_case | all, reason, for?}.", admin::kill),
+        route!(post, "/v1/admin/unkill", &[Role::Operator], "Lift a kill switch: {deployment | use_case | all}.", admin::unkill),
+        route!(get, "/v1/audit/records", READERS, "Ledger records as JSON Lines; query: deployment, approval, principal, reason, kind, from, to, limit.", admin::records),
+        route!(get, "/v1/audit/records/{id}", READERS, "One ledger record by id.", admin::record),
+        route!(get, "/v1/audit/proof/{id}", READERS, "An inclusion proof for a record plus the signed checkpoint, checkable with the public key alone.", admin::proof),
+        route!(post, "/v1/audit/verify", READERS, "Re-derive every leaf, the tree and every checkpoint signature.", admin::verify),
+    ]
+}
+
+/// The router: every route behind its authorisation check.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let mut router = Router::new();
+    for (doc, handler) in table() {
+        let handler = handler.route_layer(middleware::from_fn_with_state(
+            (gw.clone(), doc.roles, doc.summary),
+            authorize,
+        ));
+        router = router.route(doc.path, handler);
+    }
+    router
+        .fallback(|| async {
+            super::error::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; GET /openapi.json lists them",
+            )
+        })
+        .with_state(gw)
+}
+
+type Guard = (Arc<Gateway>, &'static [Role], &'static str);
+
+/// Checks the caller's key against the route's roles and hands the key record to the handler.
+async fn authorize(
+    State((gw, roles, summary)): State<Guard>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if roles.is_empty() {
+        return next.run(request).await;
+    }
+    let action = summary.split([':', '.']).next().unwrap_or(summary);
+    match gw.authorize(request.headers(), roles, &format!("`{action}`")) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// OpenAPI 3.1, generated from the route table.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (doc, _) in table() {
+        // axum's `{param}` path syntax is OpenAPI's too.
+        let entry = paths.entry(doc.path).or_insert_with(|| json!({}));
+        let params: Vec<Value> = doc
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        let roles: Vec<&str> = doc.roles.iter().map(|r| r.as_str()).collect();
+        let mut operation = json!({
+            "summary": doc.summary,
+            "parameters": params,
+            "x-gavel-roles": roles,
+            "responses": {
+                "200": { "description": "OK" },
+                "400": { "description": "Bad request: what was wrong, in OpenAI's error shape", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+            },
+        });
+        if !doc.roles.is_empty() {
+            operation["security"] = json!([{ "bearer": [] }]);
+            operation["responses"]["401"] = json!({ "description": "No valid API key" });
+            operation["responses"]["403"] = json!({ "description": "The key's role may not call this route, or governance refused (BLOCK)" });
+        }
+        if doc.method == "post" {
+            operation["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "type": "object" } } } });
+        }
+        entry[doc.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "gavel", "version": env!("CARGO_PKG_VERSION"), "description": "Runtime governance gateway: OpenAI-compatible proxy, decide API, admin API. Reason codes: docs/reasons.md." },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": { "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "properties": {
+                "message": { "type": "string" }, "type": { "type": "string" }, "code": { "type": "string", "description": "gavel's reason code" }, "decision_id": { "type": "string" } } } } } },
+        },
+    })
+}
+
+async fn openapi() -> Json<Value> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_once_with_its_roles() {
+        let doc = document();
+        let mut seen = std::collections::BTreeSet::new();
+        for (route, _) in table() {
+            assert!(
+                seen.insert((route.method, route.path)),
+                "{} {} twice",
+                route.method,
+                route.path
+            );
+            let op = &doc["paths"][route.path][route.method];
+            assert_eq!(op["summary"], route.summary);
+            assert_eq!(
+                op["x-gavel-roles"].as_array().map(Vec::len),
+                Some(route.roles.len())
+            );
+        }
+        // The data path is for services only: an admin key there changes nothing.
+        for path in ["/v1/chat/completions", "/v1/decide", "/v1/embeddings"] {
+            assert_eq!(
+                doc["paths"][path]["post"]["x-gavel-roles"],
+                json!(["service"])
+            );
+        }
+    }
+}
