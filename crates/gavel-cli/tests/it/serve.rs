@@ -1,0 +1,889 @@
+//! `gavel serve` driven over real HTTP: the proxy, the decide API, the admin API and its role
+//! table, bad input, upstream faults, hot reload, shutdown and kill -9.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{gavel_command, kb_prompt, Gavel, Ready};
+
+/// A running `gavel serve`; stopped (SIGTERM, then waited for) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(g: &Gavel, operator: &str, extra: &[&str]) -> Server {
+        let mut child = gavel_command(g.dir.path(), Some(operator))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--reload-interval",
+                "200ms",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("gavel serve: listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Server {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// SIGTERM and wait: the graceful path. Returns the exit code.
+    pub fn stop(mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        terminate(&child);
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    /// kill -9: no drain, no final checkpoint.
+    pub fn kill_hard(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: gavel\r\nConnection: close\r\n");
+        if let Some(key) = key {
+            head.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ));
+        let mut raw = head.into_bytes();
+        raw.extend_from_slice(body.as_bytes());
+        self.raw(&raw)
+    }
+
+    pub fn raw(&self, bytes: &[u8]) -> Reply {
+        let Ok(mut stream) = TcpStream::connect(&self.addr) else {
+            return Reply {
+                status: 0,
+                headers: Vec::new(),
+                body: String::new(),
+            };
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _ = stream.write_all(bytes);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        Reply::parse(&response)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Reply {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return Reply {
+                status: 0,
+                headers: Vec::new(),
+                body: text,
+            };
+        };
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The OpenAI-shaped error's `code`.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+    out
+}
+
+fn chat(_: &Gavel, user: &str) -> Value {
+    json!({ "model": "kb-search-v1", "messages": [
+        { "role": "system", "content": kb_prompt() },
+        { "role": "user", "content": user } ] })
+}
+
+#[test]
+fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    assert_eq!(s.request("GET", "/readyz", None, None).status, 200);
+
+    let ok = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "Where is the VPN guide?")),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let id = ok.header("x-gavel-decision-id").unwrap().to_string();
+    assert!(ok.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("VPN guide"));
+
+    // The input's e-mail address is redacted before the upstream sees it (the mock echoes it).
+    let redacted = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "Mail jane.doe@example.org the guide")),
+    );
+    assert_eq!(redacted.status, 200, "{}", redacted.body);
+    let answer = redacted.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        answer.contains("[EMAIL_1]") && !answer.contains("jane.doe"),
+        "{answer}"
+    );
+
+    // Not approved: 403 with the reason code, OpenAI's error shape, the decision id.
+    let mut unapproved = chat(&r.g, "hi");
+    unapproved["model"] = json!("support-triage-v3");
+    let blocked = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&unapproved),
+    );
+    assert_eq!(blocked.status, 403, "{}", blocked.body);
+    assert_eq!(blocked.code(), "approval.missing");
+    assert!(blocked.json()["error"]["decision_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("dec_"));
+
+    // A non-streamed answer with PII is refused whole (policy.privacy.output.pii: block).
+    let leaky = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "Who owns it? [mock:pii]")),
+    );
+    assert_eq!(leaky.status, 403, "{}", leaky.body);
+    assert_eq!(leaky.code(), "privacy.pii");
+    assert!(!leaky.body.contains("jane.doe"));
+
+    // Streamed: the stream ends with an error event, and no byte of the address went out.
+    let mut streamed = chat(&r.g, "Who owns it? [mock:pii]");
+    streamed["stream"] = json!(true);
+    let cut = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&streamed),
+    );
+    assert_eq!(cut.status, 200);
+    assert!(
+        cut.body.contains("\"code\":\"privacy.pii\""),
+        "{}",
+        cut.body
+    );
+    assert!(
+        !cut.body.contains("jane") && !cut.body.contains("[DONE]"),
+        "{}",
+        cut.body
+    );
+
+    // A clean stream ends with [DONE], and the usage is settled.
+    let mut clean = chat(&r.g, "Where is the VPN guide?");
+    clean["stream"] = json!(true);
+    let done = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&clean),
+    );
+    assert!(
+        done.body.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        done.body
+    );
+
+    // Every decision is in the ledger, and the ledger verifies.
+    let shown = s.request(
+        "GET",
+        &format!("/v1/audit/records/{id}"),
+        Some(&r.auditor),
+        None,
+    );
+    assert_eq!(shown.json()["record"]["body"]["verdict"], "ALLOW");
+    assert_eq!(
+        s.request(
+            "POST",
+            "/v1/audit/verify",
+            Some(&r.auditor),
+            Some(&json!({}))
+        )
+        .json()["ok"],
+        true
+    );
+    let metrics = s.request("GET", "/metrics", None, None).body;
+    assert!(
+        metrics.contains("gavel_decisions_total")
+            && metrics.contains("gavel_decision_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gavel_stream_violations_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn decide_api_answers_with_the_verdicts_status_and_retry_after() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let request = json!({ "deployment": "kb-search-v1", "messages": [
+        { "role": "system", "content": kb_prompt() }, { "role": "user", "content": "hi" } ], "idempotency_key": "k1" });
+    let first = s.request("POST", "/v1/decide", Some(&r.service), Some(&request));
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["verdict"], "ALLOW");
+    assert!(first.json()["receipt"]["index"].is_u64());
+    let again = s.request("POST", "/v1/decide", Some(&r.service), Some(&request));
+    assert_eq!(
+        (again.status, again.json()["verdict"].clone()),
+        (200, json!("NO_OP"))
+    );
+
+    // A timed kill through the admin API: COOLDOWN, 503, Retry-After.
+    let killed = s.request(
+        "POST",
+        "/v1/admin/kill",
+        Some(&r.operator),
+        Some(&json!({ "deployment": "kb-search-v1", "reason": "incident 9", "for": "10m" })),
+    );
+    assert_eq!(killed.status, 200, "{}", killed.body);
+    let mut fresh = request.clone();
+    fresh["idempotency_key"] = json!("k2");
+    let cooled = s.request("POST", "/v1/decide", Some(&r.service), Some(&fresh));
+    assert_eq!(cooled.status, 503, "{}", cooled.body);
+    assert_eq!(cooled.json()["verdict"], "COOLDOWN");
+    let retry: u64 = cooled.header("retry-after").unwrap().parse().unwrap();
+    assert!((590..=600).contains(&retry), "{retry}");
+    let via_proxy = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "hi")),
+    );
+    assert_eq!(
+        (via_proxy.status, via_proxy.code()),
+        (503, "killswitch.active".to_string())
+    );
+    assert!(via_proxy.header("retry-after").is_some());
+    assert_eq!(
+        s.request(
+            "POST",
+            "/v1/admin/unkill",
+            Some(&r.operator),
+            Some(&json!({ "deployment": "kb-search-v1" }))
+        )
+        .status,
+        200
+    );
+
+    // Budgets: the example allows a principal 120 requests a minute; the 121st is a 429.
+    let mut statuses = Vec::new();
+    for i in 0..125 {
+        let mut each = request.clone();
+        each["idempotency_key"] = json!(format!("b{i}"));
+        statuses.push(
+            s.request("POST", "/v1/decide", Some(&r.service), Some(&each))
+                .status,
+        );
+    }
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(limited >= 4, "{statuses:?}");
+
+    // Outcome and feedback go to the ledger.
+    let id = first.json()["decision_id"].as_str().unwrap().to_string();
+    let settled = s.request("POST", "/v1/outcome", Some(&r.service), Some(&json!({ "decision_id": id, "deployment": "kb-search-v1", "usage": { "prompt_tokens": 10, "completion_tokens": 5 } })));
+    assert_eq!(settled.status, 200, "{}", settled.body);
+    let fb = s.request(
+        "POST",
+        "/v1/feedback",
+        Some(&r.service),
+        Some(&json!({ "decision_id": id, "score": 0.9, "label": true })),
+    );
+    assert_eq!(fb.status, 200, "{}", fb.body);
+    let fb = s.request(
+        "POST",
+        "/v1/feedback",
+        Some(&r.service),
+        Some(&json!({ "decision_id": id, "score": 3 })),
+    );
+    assert_eq!(fb.status, 400);
+}
+
+/// Every route that needs a role refuses every other role (403) and a missing key (401); the
+/// table is the one the gateway serves at /openapi.json.
+#[test]
+fn every_admin_route_refuses_every_wrong_role() {
+    let r = Ready::start();
+    let admin = r.g.admin.clone();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let doc = s.request("GET", "/openapi.json", None, None).json();
+    let keys = [
+        ("service", r.service.clone()),
+        ("operator", r.operator.clone()),
+        ("approver", r.risk.clone()),
+        ("auditor", r.auditor.clone()),
+        ("admin", admin),
+    ];
+    let mut checked = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            let roles: Vec<&str> = op["x-gavel-roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            if roles.is_empty() {
+                continue;
+            }
+            let concrete = path
+                .replace("{deployment}", "kb-search-v1")
+                .replace("{id}", "nope");
+            let method = method.to_uppercase();
+            let body = (method == "POST").then(|| json!({}));
+            let anonymous = s.request(&method, &concrete, None, body.as_ref());
+            assert_eq!(
+                anonymous.status, 401,
+                "{method} {path} without a key: {}",
+                anonymous.body
+            );
+            for (role, key) in &keys {
+                let reply = s.request(&method, &concrete, Some(key), body.as_ref());
+                if roles.contains(role) {
+                    assert!(
+                        reply.status != 401 && reply.status != 403,
+                        "{method} {path} as {role}: {} {}",
+                        reply.status,
+                        reply.body
+                    );
+                } else {
+                    assert_eq!(
+                        reply.status, 403,
+                        "{method} {path} as {role}: {}",
+                        reply.body
+                    );
+                    assert_eq!(reply.code(), "role_not_allowed");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 100, "{checked}");
+}
+
+#[test]
+fn override_attempts_change_nothing() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let mut unapproved = chat(&r.g, "hi");
+    unapproved["model"] = json!("support-triage-v3");
+    let body = unapproved.to_string();
+    for extra in ["X-Gavel-Override: true\r\n", "X-Gavel-Bypass: 1\r\n", ""] {
+        for path in ["/v1/chat/completions", "/v1/chat/completions?force=true"] {
+            let raw = format!("POST {path} HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {}\r\n{extra}Content-Length: {}\r\n\r\n{body}", r.service, body.len());
+            let reply = s.raw(raw.as_bytes());
+            assert_eq!(
+                (reply.status, reply.code()),
+                (403, "approval.missing".to_string()),
+                "{path} {extra}"
+            );
+        }
+    }
+    let mut bypass = chat(&r.g, "hi");
+    bypass["model"] = json!("support-triage-v3");
+    bypass["bypass"] = json!(true);
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&bypass),
+    );
+    assert_eq!(reply.status, 403);
+    // An admin key is not a data-path key.
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.g.admin),
+        Some(&unapproved),
+    );
+    assert_eq!(
+        (reply.status, reply.code()),
+        (403, "role_not_allowed".to_string())
+    );
+    let decide = json!({ "deployment": "support-triage-v3", "bypass": true });
+    assert_eq!(
+        s.request("POST", "/v1/decide", Some(&r.service), Some(&decide))
+            .status,
+        400
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_the_gateway_stays_up() {
+    let r = Ready::start();
+    let s = Server::start(
+        &r.g,
+        &r.operator,
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--header-timeout",
+            "1s",
+            "--max-header-bytes",
+            "16384",
+        ],
+    );
+    let post = |body: &[u8]| {
+        let mut raw = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n", r.service, body.len()).into_bytes();
+        raw.extend_from_slice(body);
+        s.raw(&raw)
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("malformed", b"{\"model\": ".to_vec(), 400, "invalid_json"),
+        ("wrong type", br#"{"model": 42, "messages": []}"#.to_vec(), 400, "invalid_request"),
+        ("messages wrong", br#"{"model": "kb-search-v1", "messages": "hi"}"#.to_vec(), 400, "invalid_request"),
+        ("not an object", b"[1,2]".to_vec(), 400, "invalid_request"),
+        ("invalid utf-8", b"{\"model\": \"kb-search-v1\xff\"}".to_vec(), 400, "invalid_utf8"),
+        ("deep", format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(), 400, "too_deep"),
+        ("oversized", vec![b' '; 70_000], 413, "body_too_large"),
+        ("nul", b"{\"model\": \"kb-search-v1\", \"messages\": [{\"role\": \"user\", \"content\": \"a\\u0000b\"}]}".to_vec(), 403, ""),
+    ];
+    for (what, body, status, code) in cases {
+        let reply = post(&body);
+        assert_eq!(reply.status, status, "{what}: {}", reply.body);
+        if !code.is_empty() {
+            assert_eq!(reply.code(), code, "{what}");
+        }
+        assert!(
+            reply.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    // A giant header: refused by the HTTP layer.
+    let giant = format!(
+        "GET /healthz HTTP/1.1\r\nHost: g\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let reply = s.raw(giant.as_bytes());
+    assert!(reply.status == 431 || reply.status == 0, "{}", reply.status);
+    // A slow client that never finishes its head is cut off after the header timeout.
+    let mut slow = TcpStream::connect(&s.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: g\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the slow client was not cut off"
+    );
+    // Still serving.
+    assert_eq!(s.request("GET", "/healthz", None, None).status, 200);
+    let ok = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "still there?")),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
+
+/// A tiny upstream that misbehaves as the user message asks: `fault:500`, `fault:reset`,
+/// `fault:stall`, `fault:stream-reset`; otherwise a fixed completion.
+fn faulty_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer(stream));
+        }
+    });
+    addr
+}
+
+fn answer(mut stream: TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let completion = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": "fine" }, "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 } }).to_string();
+    if body.contains("fault:500") {
+        let _ =
+            stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}");
+    } else if body.contains("fault:reset") {
+        drop(stream);
+    } else if body.contains("fault:stall") {
+        std::thread::sleep(Duration::from_secs(30));
+    } else if body.contains("fault:stream-reset") || body.contains("fault:stream-stall") {
+        let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "content": "partial answer " }, "finish_reason": null }] });
+        let event = format!("data: {chunk}\n\n");
+        let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n", event.len()).as_bytes());
+        let _ = stream.flush();
+        if body.contains("fault:stream-stall") {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        drop(stream);
+    } else {
+        let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{completion}", completion.len()).as_bytes());
+    }
+}
+
+/// A folder whose kb-search-v1 calls `upstream` (and, with `fallback`, falls back to a canned
+/// response).
+fn with_upstream(upstream: &str, fallback: bool) -> Ready {
+    Ready::start_with(|yaml| {
+        let mut yaml = yaml.replace(
+            "demo:        { kind: mock, location: self_hosted, region: eu, mock: { latency_ms: 5 } }",
+            &format!("demo:        {{ url: \"http://{upstream}/v1\", location: self_hosted, region: eu }}"),
+        );
+        if fallback {
+            yaml = yaml.replace(
+                "    retrieval: { index: wiki-2026-11, top_k: 5, embedding_model: text-embedding-3-small }\n",
+                "    retrieval: { index: wiki-2026-11, top_k: 5, embedding_model: text-embedding-3-small }\n    fallback: { response: \"The assistant is unavailable; a person will answer.\" }\n",
+            );
+        }
+        yaml
+    })
+}
+
+#[test]
+fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
+    let upstream = faulty_upstream();
+    let r = with_upstream(&upstream, true);
+    let s = Server::start(
+        &r.g,
+        &r.operator,
+        &["--first-byte-timeout", "1s", "--upstream-timeout", "5s"],
+    );
+    let ok = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "hello")),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["choices"][0]["message"]["content"], "fine");
+    for fault in ["fault:500", "fault:reset", "fault:stall"] {
+        let reply = s.request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&r.service),
+            Some(&chat(&r.g, fault)),
+        );
+        assert_eq!(reply.status, 200, "{fault}: {}", reply.body);
+        assert_eq!(
+            reply.header("x-gavel-fallback"),
+            Some("response"),
+            "{fault}"
+        );
+        assert!(reply.body.contains("a person will answer"), "{fault}");
+    }
+    // Mid-stream faults: the client gets what was checked, then an error event; never a hang.
+    for fault in ["fault:stream-reset", "fault:stream-stall"] {
+        let mut streamed = chat(&r.g, fault);
+        streamed["stream"] = json!(true);
+        let reply = s.request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&r.service),
+            Some(&streamed),
+        );
+        assert!(
+            reply.body.contains("upstream.stream_broken"),
+            "{fault}: {}",
+            reply.body
+        );
+        assert!(!reply.body.contains("[DONE]"), "{fault}");
+    }
+    // Every failure is in the ledger as an outcome.
+    let records = s.request(
+        "GET",
+        "/v1/audit/records?kind=outcome",
+        Some(&r.auditor),
+        None,
+    );
+    let errors = records
+        .body
+        .lines()
+        .filter(|l| {
+            l.contains("upstream_error")
+                || l.contains("stream_broken")
+                || l.contains("stream broke")
+                || l.contains("stalled")
+        })
+        .count();
+    assert!(errors >= 5, "{}", records.body);
+
+    // Without a fallback: a clear 502 naming the endpoint.
+    drop(s);
+    let r = with_upstream(&upstream, false);
+    let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "1s"]);
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "fault:500")),
+    );
+    assert_eq!(
+        (reply.status, reply.code()),
+        (502, "upstream.unavailable".to_string()),
+        "{}",
+        reply.body
+    );
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("HTTP 500"));
+}
+
+#[test]
+fn contract_reloads_are_applied_or_refused_and_recorded() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let path = r.g.path("gavel.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    // Loosen a budget: applied and flagged.
+    std::fs::write(
+        &path,
+        original.replace("requests: 120 }", "requests: 240 }"),
+    )
+    .unwrap();
+    let loaded = wait_for(|| {
+        let body = s
+            .request(
+                "GET",
+                "/v1/audit/records?kind=contract_loaded",
+                Some(&r.auditor),
+                None,
+            )
+            .body;
+        body.lines().count() >= 2 && body.contains("\"loosening\":true")
+    });
+    assert!(loaded, "the loosened contract was not recorded");
+    // An invalid edit is refused; the last good version keeps serving.
+    std::fs::write(
+        &path,
+        original.replace("version: 1", "version: 1\nbogus_key: 3"),
+    )
+    .unwrap();
+    let refused = wait_for(|| {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=admin",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .contains("contract_reload_refused")
+    });
+    assert!(
+        refused,
+        "the invalid contract was not refused on the record"
+    );
+    let ok = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "still governed?")),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    // A graceful stop signs a final checkpoint: the strict verify (no unsigned tail) passes.
+    assert_eq!(s.stop(), 0);
+    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
+        .ok();
+}
+
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// kill -9 in the middle of a load: every decision a client was told about is in the ledger,
+/// and the ledger verifies after a restart.
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_decision() {
+    let r = Ready::start_with(|yaml| yaml.replace("requests: 120 }", "requests: 1000000 }"));
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let addr = s.addr.clone();
+    let body = json!({ "deployment": "kb-search-v1", "messages": [
+        { "role": "system", "content": kb_prompt() }, { "role": "user", "content": "load" } ] });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, key, body, stop) =
+                (addr.clone(), r.service.clone(), body.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let client = Server { child: None, addr };
+                let mut acknowledged = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = client.request("POST", "/v1/decide", Some(&key), Some(&body));
+                    if reply.status == 200 {
+                        if let Ok(v) = serde_json::from_str::<Value>(&reply.body) {
+                            acknowledged
+                                .push(v["decision_id"].as_str().unwrap_or_default().to_string());
+                        }
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kill_hard();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acknowledged.len() > 20,
+        "too little load: {}",
+        acknowledged.len()
+    );
+    // The ledger verifies (the appender signs the crash tail when it next opens).
+    let s = Server::start(&r.g, &r.operator, &[]);
+    drop(s);
+    r.g.run(Some(&r.auditor), &["audit", "verify"]).ok();
+    let exported =
+        r.g.run(Some(&r.auditor), &["audit", "export", "--kind", "decision"])
+            .ok()
+            .stdout;
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !exported.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged decisions are missing, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
