@@ -887,3 +887,74 @@ fn kill_9_under_load_loses_no_acknowledged_decision() {
         missing.first()
     );
 }
+
+/// The official `openai` Python package (tests/python/openai_client.py): completions streamed
+/// and not, redaction, BLOCK as PermissionDeniedError, a stream cut by an output violation,
+/// COOLDOWN as RateLimitError with its retry delay. The package is installed from PyPI into
+/// the target folder when Python does not already have it.
+#[test]
+fn official_openai_client() {
+    let python = python_with_openai();
+    let r = Ready::start_with(|yaml| yaml.replace("requests: 120 }", "requests: 5 }"));
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/openai_client.py"
+    );
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg(script)
+        .env("GAVEL_BASE_URL", format!("http://{}/v1", s.addr))
+        .env("GAVEL_SERVICE_KEY", &r.service)
+        .env("GAVEL_KB_PROMPT", kb_prompt());
+    if let Some(path) = &python {
+        command.env("PYTHONPATH", path);
+    }
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("all openai client cases passed"),
+        "{stdout}"
+    );
+}
+
+/// None when `import openai` already works; else the folder it was installed into.
+fn python_with_openai() -> Option<String> {
+    let importable = |path: Option<&str>| {
+        let mut check = std::process::Command::new("python3");
+        check.args(["-c", "import openai"]);
+        if let Some(path) = path {
+            check.env("PYTHONPATH", path);
+        }
+        check.output().is_ok_and(|o| o.status.success())
+    };
+    if importable(None) {
+        return None;
+    }
+    let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/python-openai");
+    if !importable(Some(target)) {
+        let install = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--target",
+                target,
+                "openai>=1.40",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            install.status.success(),
+            "the official openai package is needed (pip install openai): {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+    }
+    Some(target.to_string())
+}
