@@ -90,4 +90,47 @@ for line in sys.stdin:
     print(r["kind"], r["body"]["approval_id"], r["body"]["deployment"], "last signed by", r["body"]["principal"])
 '
 
+step "gavel serve   (the gateway: OpenAI-compatible proxy, decide API, admin API; kb-search-v1 runs on the mock endpoint)"
+GAVEL_KEY="$operator" "$gavel" serve --listen 127.0.0.1:0 > serve.out 2> serve.log &
+serve_pid=$!
+trap 'kill -TERM $serve_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "listening on" serve.out 2>/dev/null && break; sleep 0.1; done
+url="$(sed -n 's/^gavel serve: listening on //p' serve.out)"
+echo "listening on $url"
+GAVEL_URL="$url" SVC="$service" python3 - <<'PY'
+import json, os, urllib.request, urllib.error
+url, key, kb = os.environ["GAVEL_URL"], os.environ["SVC"], open("prompts/kb.txt").read()
+def post(body):
+    req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+        {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+def chat(user, model="kb-search-v1", stream=False):
+    return post({"model": model, "stream": stream, "messages": [{"role": "system", "content": kb}, {"role": "user", "content": user}]})
+status, headers, body = chat("Where is the VPN guide?")
+if status != 200: print(status, body)
+print("POST /v1/chat/completions  ->", status, json.loads(body)["choices"][0]["message"]["content"][:70] + "...", "| decision", headers["x-gavel-decision-id"])
+status, _, body = chat("Mail the guide to jane.doe@example.org")
+if status != 200: print(body)
+print("with an e-mail address     ->", status, "upstream saw:", json.loads(body)["choices"][0]["message"]["content"].split("You asked: ")[1])
+status, _, body = chat("hi", model="support-triage-v3")
+print("unapproved deployment      ->", status, json.loads(body)["error"]["code"])
+status, _, body = chat("Who owns the guide? [mock:pii]", stream=True)
+events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+print("stream whose answer leaks PII ->", status, "stream ended with", json.loads(events[-1])["error"]["code"], "after", len(events) - 1, "clean event(s)")
+PY
+if [ -t 1 ]; then
+  printf '\nthe gateway keeps running at %s (Ctrl-C stops it; it drains and signs a final checkpoint).\n' "$url"
+  printf 'try: curl %s/chat/completions -H "Authorization: Bearer %s" -d @request.json\n' "$url/v1" "$service"
+  wait $serve_pid || true
+else
+  kill -TERM $serve_pid; wait $serve_pid || true
+  step "gavel audit verify --strict   (after the gateway stopped: every record signed)"
+  as "$auditor" audit verify --strict
+fi
+trap - EXIT
+
 printf '\nthe folder is %s; try: cd %s && GAVEL_KEY=<a key> %s --help\n' "$dir" "$dir" "$gavel"
