@@ -109,7 +109,12 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
             args.listen
         ))
     })?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let settings = Listening {
+        tls,
         header_timeout: duration("header-timeout", &args.header_timeout)?,
         max_header_bytes: args.max_header_bytes.max(8192),
         max_connections: args.max_connections,
@@ -134,6 +139,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
 }
 
 struct Listening {
+    tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
     max_header_bytes: usize,
     max_connections: usize,
@@ -159,7 +165,12 @@ async fn serve(gw: Arc<Gateway>, listen: SocketAddr, settings: Listening) -> Out
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     gw.ready.store(true, Ordering::Release);
     // The one line on standard output: where to send requests (tests read it for port 0).
-    println!("gavel serve: listening on http://{local}");
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("gavel serve: listening on {scheme}://{local}");
     tracing::info!(%local, contract = %gavel_contract::short_hash(&gw.engine().contract().version.0), "serving");
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -182,13 +193,31 @@ async fn serve(gw: Arc<Gateway>, listen: SocketAddr, settings: Listening) -> Out
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
+        let (http, service, watcher) = (
+            http.clone(),
             TowerToHyperService::new(router.clone()),
+            graceful.watcher(),
         );
-        let connection = graceful.watch(connection);
+        let (tls, handshake_within) = (settings.tls.clone(), settings.header_timeout);
         tokio::spawn(async move {
-            let _ = connection.await;
+            match tls {
+                None => {
+                    let _ = watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+                // The handshake is part of the head: a client gets as long for it.
+                Some(tls) => match tokio::time::timeout(handshake_within, tls.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => {
+                        let _ = watcher
+                            .watch(http.serve_connection(TokioIo::new(stream), service))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
+            }
             drop(slot);
         });
     }
@@ -204,6 +233,49 @@ async fn serve(gw: Arc<Gateway>, listen: SocketAddr, settings: Listening) -> Out
         tracing::warn!("connections still open after the drain timeout were cut");
     }
     Ok(())
+}
+
+/// A TLS acceptor (rustls, HTTP/1.1) for the certificate chain and key in PEM files.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, Failure> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            Failure::invalid(format!(
+                "--tls-cert `{}`: not a PEM certificate chain ({e})",
+                cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Failure::invalid(format!(
+            "--tls-cert `{}` holds no certificate",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        Failure::invalid(format!(
+            "--tls-key `{}`: not a PEM private key ({e})",
+            key.display()
+        ))
+    })?;
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Failure::storage(format!("TLS setup failed: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| {
+        Failure::invalid(format!(
+            "the TLS certificate and key do not fit together: {e}"
+        ))
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn shutdown_signal() {

@@ -37,9 +37,10 @@ impl Server {
             .unwrap();
         let addr = line
             .trim()
-            .strip_prefix("gavel serve: listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
+            .strip_prefix("gavel serve: listening on ")
+            .and_then(|url| url.split_once("://"))
+            .map(|(_, addr)| addr.to_string())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
         Server {
             child: Some(child),
             addr,
@@ -957,4 +958,69 @@ fn python_with_openai() -> Option<String> {
         );
     }
     Some(target.to_string())
+}
+
+/// `--tls-cert/--tls-key`: the gateway speaks HTTPS (a client that trusts the certificate gets
+/// through; plain HTTP on the same port does not).
+#[test]
+fn tls_serves_https() {
+    let r = Ready::start();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .current_dir(r.g.dir.path())
+        .output()
+        .expect("openssl makes the test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let s = Server::start(
+        &r.g,
+        &r.operator,
+        &["--tls-cert", "cert.pem", "--tls-key", "key.pem"],
+    );
+    let client = format!(
+        "import json, ssl, urllib.request\n\
+ctx = ssl.create_default_context(cafile='cert.pem')\n\
+print(urllib.request.urlopen('https://{addr}/healthz', context=ctx).read().decode())\n\
+body = json.dumps({{'model': 'kb-search-v1', 'messages': [{{'role': 'system', 'content': open('prompts/kb.txt').read()}}, {{'role': 'user', 'content': 'hi over TLS'}}]}}).encode()\n\
+req = urllib.request.Request('https://{addr}/v1/chat/completions', body, {{'Authorization': 'Bearer {key}', 'Content-Type': 'application/json'}})\n\
+print(json.load(urllib.request.urlopen(req, context=ctx))['choices'][0]['message']['content'])\n",
+        addr = s.addr,
+        key = r.service
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &client])
+        .current_dir(r.g.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("ok") && stdout.contains("hi over TLS"),
+        "{stdout}"
+    );
+    // Plain HTTP to the TLS port is not served.
+    assert_ne!(s.request("GET", "/healthz", None, None).status, 200);
 }
