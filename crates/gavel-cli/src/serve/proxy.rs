@@ -871,9 +871,10 @@ async fn embed(
             name: Some("embeddings".to_string()),
             args: None,
         },
+        // `encoding_format` is transport (floats or base64), like `stream` for chat.
         params: fields
             .iter()
-            .filter(|(k, _)| !["model", "input"].contains(&k.as_str()))
+            .filter(|(k, _)| !["model", "input", "encoding_format"].contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         idempotency_key: headers

@@ -297,6 +297,29 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
         done.body
     );
 
+    // The models this caller may use: the approved deployment only.
+    let models = s
+        .request("GET", "/v1/models", Some(&r.service), None)
+        .json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["kb-search-v1"]);
+    // Embeddings are governed too.
+    let embedded = s.request("POST", "/v1/embeddings", Some(&r.service), Some(&json!({ "model": "kb-search-v1", "input": ["hello", "mail a@example.org"], "encoding_format": "float" })));
+    assert_eq!(embedded.status, 200, "{}", embedded.body);
+    assert_eq!(embedded.json()["data"].as_array().unwrap().len(), 2);
+    let unapproved_embedding = s.request(
+        "POST",
+        "/v1/embeddings",
+        Some(&r.service),
+        Some(&json!({ "model": "support-triage-v3", "input": "x" })),
+    );
+    assert_eq!(unapproved_embedding.code(), "approval.missing");
+
     // Every decision is in the ledger, and the ledger verifies.
     let shown = s.request(
         "GET",
