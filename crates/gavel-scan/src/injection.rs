@@ -104,6 +104,8 @@ enum Cue {
     Naming,
     /// Synthetic: a coined name after a naming phrase (`DAN`, `BasedGPT`, `CODEMASTER`).
     CoinedName,
+    /// rot13 of a frequent English word (`gur`, `naq`, `lbh`): the text may be rot13.
+    Rot13Word,
 }
 
 use Cue::*;
@@ -1052,6 +1054,11 @@ static CUES: &[(Cue, &[&str])] = &[
     ),
     // code fences
     (Fence, &["```"]),
+    // rot13 of `the`, `and`, `you`, `is`, `of`, `to`, with spaces
+    (
+        Rot13Word,
+        &[" gur ", " naq ", " lbh ", " vf ", " bs ", " gb "],
+    ),
     // assistant products by name
     (
         ModelName,
@@ -1081,6 +1088,7 @@ struct Scratch {
     inner: Normalized,
     inner_tokens: Vec<Token>,
     inner_evidence: Vec<Evidence>,
+    bounds: Vec<usize>,
 }
 
 thread_local! {
@@ -1090,7 +1098,6 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct Model {
     cues: AhoCorasick,
-    rot13_markers: Vec<memchr::memmem::Finder<'static>>,
     /// Per pattern: (cue class, stem match, needs left boundary, needs right boundary).
     meta: Vec<(Cue, bool, bool)>,
 }
@@ -1126,9 +1133,6 @@ static ENCODED: [bool; 256] = {
     t
 };
 
-/// rot13 of frequent English words, with spaces: `the`, `and`, `you`, `is`, `of`, `to`.
-const ROT13_MARKERS: [&str; 6] = [" gur ", " naq ", " lbh ", " vf ", " bs ", " gb "];
-
 /// Sentences per scoring window in indirect mode.
 const WINDOW_SENTENCES: usize = 3;
 /// Shortest encoded run worth decoding.
@@ -1163,15 +1167,7 @@ impl Model {
             .match_kind(MatchKind::Standard)
             .build(&patterns)
             .map_err(|e| BuildError(e.to_string()))?;
-        let rot13_markers = ROT13_MARKERS
-            .iter()
-            .map(|m| memchr::memmem::Finder::new(m.as_bytes()))
-            .collect();
-        Ok(Model {
-            cues,
-            rot13_markers,
-            meta,
-        })
+        Ok(Model { cues, meta })
     }
 
     /// Scores `text`; when the score reaches `threshold`, appends one finding per piece of
@@ -1227,12 +1223,13 @@ impl Model {
     fn score(&self, text: &str, mode: InjectionMode, s: &mut Scratch) -> f32 {
         s.evidence.clear();
         normalize_into(text, &mut s.norm);
-        self.tokenize(&s.norm.bytes, text.as_bytes(), &s.norm.map, &mut s.tokens);
+        self.tokenize(&s.norm, text.as_bytes(), &mut s.tokens);
         let Scratch {
             norm,
             tokens,
             evidence,
             window,
+            bounds,
             ..
         } = s;
         let len = text.len();
@@ -1245,15 +1242,29 @@ impl Model {
                 // counts: an injected instruction is local, and cues scattered over a long
                 // document (a link here, an imperative there) must not add up to one.
                 let bytes = norm.bytes.as_slice();
+                // Sentence starts, found once: window `k` is sentences `k..k + 3`.
+                bounds.clear();
+                let mut at = 0;
+                while at < bytes.len() {
+                    bounds.push(at);
+                    at = sentence_end(bytes, at);
+                }
                 let mut best = -1.0f32;
-                let mut seg_start = 0;
-                while seg_start < bytes.len() {
-                    let mut seg_end = seg_start;
-                    for _ in 0..WINDOW_SENTENCES {
-                        seg_end = sentence_end(bytes, seg_end);
-                    }
+                for (k, &seg_start) in bounds.iter().enumerate() {
+                    let seg_end = bounds
+                        .get(k + WINDOW_SENTENCES)
+                        .copied()
+                        .unwrap_or(bytes.len());
                     let lo = tokens.partition_point(|t| t.start < seg_start);
                     let hi = tokens.partition_point(|t| t.start < seg_end);
+                    if lo == hi {
+                        // No cue, score 0: only the first such window can be the best so far.
+                        if best < 0.0 {
+                            best = 0.0;
+                            evidence.clear();
+                        }
+                        continue;
+                    }
                     window.clear();
                     collect(
                         tokens.get(lo..hi).unwrap_or_default(),
@@ -1268,7 +1279,6 @@ impl Model {
                         evidence.clear();
                         evidence.extend_from_slice(window);
                     }
-                    seg_start = sentence_end(bytes, seg_start);
                 }
             }
         }
@@ -1276,34 +1286,35 @@ impl Model {
         combine(&s.evidence)
     }
 
-    fn tokenize(&self, bytes: &[u8], orig: &[u8], map: &[u32], tokens: &mut Vec<Token>) {
+    fn tokenize(&self, norm: &Normalized, orig: &[u8], tokens: &mut Vec<Token>) {
+        let bytes = norm.bytes.as_slice();
         tokens.clear();
         for m in self.cues.find_overlapping_iter(bytes) {
-            let Some(&(cue, left, right)) = self.meta.get(m.pattern().as_usize()) else {
+            let (pid, m_start, m_end) = (m.pattern().as_usize(), m.start(), m.end());
+            let Some(&(cue, left, right)) = self.meta.get(pid) else {
                 continue;
             };
             let word = |i: Option<usize>| {
                 i.and_then(|i| bytes.get(i))
                     .is_some_and(|b| b.is_ascii_alphanumeric())
             };
-            if (left && word(m.start().checked_sub(1))) || (right && word(Some(m.end()))) {
+            if (left && word(m_start.checked_sub(1))) || (right && word(Some(m_end))) {
                 continue;
             }
             // A stem's evidence covers the whole word (`instruction` -> `instructions`).
             let end = if right
-                || !m
-                    .end()
+                || !m_end
                     .checked_sub(1)
                     .and_then(|i| bytes.get(i))
                     .is_some_and(u8::is_ascii_alphanumeric)
             {
-                m.end()
+                m_end
             } else {
-                crate::detect::run_end(bytes, m.end(), 32, |c| c.is_ascii_alphanumeric())
+                crate::detect::run_end(bytes, m_end, 32, |c| c.is_ascii_alphanumeric())
             };
             if cue == Naming {
                 // Only the coined name after the phrase is evidence, never the phrase itself.
-                if let Some((start, end)) = coined_name(bytes, orig, map, end) {
+                if let Some((start, end)) = coined_name(norm, orig, end) {
                     tokens.push(Token {
                         cue: CoinedName,
                         capital: false,
@@ -1314,15 +1325,14 @@ impl Model {
                 }
                 continue;
             }
-            let capital = map
-                .get(m.start())
-                .and_then(|&o| orig.get(o as usize))
+            let capital = orig
+                .get(norm.orig_of(m_start))
                 .is_some_and(u8::is_ascii_uppercase);
             tokens.push(Token {
                 cue,
                 capital,
-                pattern: m.pattern().as_u32(),
-                start: m.start(),
+                pattern: pid as u32,
+                start: m_start,
                 end,
             });
         }
@@ -1384,11 +1394,12 @@ impl Model {
         }
         // rot13 is tried only when the text is full of the rot13 forms of common English words
         // (`gur`, `naq`, `lbh`...); decoding every text would double the cost for nothing.
-        let rot13_words: usize = self
-            .rot13_markers
+        let rot13_words = s
+            .tokens
             .iter()
-            .map(|f| f.find_iter(&s.norm.bytes).take(4).count())
-            .sum();
+            .filter(|t| t.cue == Rot13Word)
+            .take(2)
+            .count();
         if rot13_words >= 2 {
             s.decoded.clear();
             s.decoded.extend(bytes.iter().map(|&c| rot13(c)));
@@ -1401,12 +1412,7 @@ impl Model {
             return;
         };
         normalize_into(decoded, &mut s.inner);
-        self.tokenize(
-            &s.inner.bytes,
-            decoded.as_bytes(),
-            &s.inner.map,
-            &mut s.inner_tokens,
-        );
+        self.tokenize(&s.inner, decoded.as_bytes(), &mut s.inner_tokens);
         s.inner_evidence.clear();
         let inner_evidence = &mut s.inner_evidence;
         features(
@@ -1450,7 +1456,8 @@ const NOT_NAMES: &[&[u8]] = &[
 /// persona name: all capitals in the original text (at least three letters: `DAN`, `CODEMASTER`,
 /// `GPT-X`), or a made-up `…GPT` name (`BasedGPT`, `breadgpt`; not GPT or ChatGPT themselves, nor
 /// their version numbers). Returns the name's normalised span.
-fn coined_name(bytes: &[u8], orig: &[u8], map: &[u32], at: usize) -> Option<(usize, usize)> {
+fn coined_name(norm: &Normalized, orig: &[u8], at: usize) -> Option<(usize, usize)> {
+    let bytes = norm.bytes.as_slice();
     let mut s = at;
     while bytes
         .get(s)
@@ -1482,7 +1489,7 @@ fn coined_name(bytes: &[u8], orig: &[u8], map: &[u32], at: usize) -> Option<(usi
     // The original spelling: capitals are gone from the normalised text.
     let (mut letters, mut upper) = (0usize, 0usize);
     for k in s..e {
-        let Some(&c) = map.get(k).and_then(|&o| orig.get(o as usize)) else {
+        let Some(&c) = orig.get(norm.orig_of(k)) else {
             continue;
         };
         if c.is_ascii_alphabetic() {

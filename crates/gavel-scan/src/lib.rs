@@ -48,6 +48,9 @@
 mod detect;
 mod injection;
 mod normalize;
+/// The straightforward normaliser the fast one is tested against.
+#[cfg(test)]
+mod normalize_ref;
 mod pii;
 mod redact;
 mod secrets;

@@ -1,26 +1,76 @@
 //! Text normalisation before injection scoring, with a map back to original byte offsets.
 //!
-//! Order: NFKC (per character, and only when the text is not already NFKC, because the check is
-//! much cheaper than the transform), drop zero-width and bidi controls, fold confusable
-//! Cyrillic/Greek letters to Latin, lower-case, collapse horizontal whitespace, then fold
-//! leetspeak digits and symbols that sit inside words (`1gn0r3` -> `ignore`).
+//! Order: NFKC (per character, only for characters whose NFKC quick check is not "yes", because
+//! the check is much cheaper than the transform), drop zero-width and bidi controls, fold
+//! confusable Cyrillic/Greek letters to Latin, lower-case, collapse horizontal whitespace, then
+//! fold leetspeak digits and symbols that sit inside words (`1gn0r3` -> `ignore`).
+//!
+//! Cost: ASCII goes through one table-driven loop that writes one byte per input byte; the map
+//! back to the original is kept as breakpoints (where the normalised text stops being a plain
+//! copy: a collapsed space, a dropped or folded character), so a typical prompt writes a handful
+//! of them instead of four bytes of offset per byte of text.
 
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-/// Reusable buffers: normalised bytes and, for each, the original byte offset it came from.
+/// Reusable buffers: normalised bytes and the map back to the original offsets.
 #[derive(Debug, Default)]
 pub(crate) struct Normalized {
     pub bytes: Vec<u8>,
-    /// `map[i]` is the original offset of `bytes[i]`; one extra entry maps the end.
-    pub map: Vec<u32>,
+    /// Breakpoints `(n, o)`, sorted by `n`, the first at `n = 0`: byte `n + j` of the normalised
+    /// text comes from original offset `o + j`, up to the next breakpoint. Only character starts
+    /// of the normalised text are looked up, and each maps to a character start of the original.
+    marks: Vec<(u32, u32)>,
+    /// Spare buffer for rebuilding `marks` when hyphens are removed.
+    spare: Vec<(u32, u32)>,
+    /// Positions of leetspeak candidates in `bytes` (valid unless `leet_all`).
+    leet: Vec<u32>,
+    /// `leet` is incomplete: fold by scanning every byte.
+    leet_all: bool,
+    /// Original length: the offset of the end of the normalised text.
+    end: u32,
+    /// Per-character verdicts (see `char_class`), direct-mapped; survives across texts.
+    cache: Option<Box<[(char, bool); CACHE]>>,
 }
 
+/// Entries of the per-character cache.
+const CACHE: usize = 128;
+
 impl Normalized {
+    /// Original offset of normalised byte `i` (the original length for `i` at or past the end).
+    pub fn orig_of(&self, i: usize) -> usize {
+        if i >= self.bytes.len() {
+            return self.end as usize;
+        }
+        let k = self.marks.partition_point(|&(n, _)| n as usize <= i);
+        match k.checked_sub(1).and_then(|k| self.marks.get(k)) {
+            Some(&(n, o)) => o as usize + (i - n as usize),
+            None => i,
+        }
+    }
+
     /// Original byte range of the normalised range `s..e`.
     pub fn original(&self, s: usize, e: usize, end_of_text: usize) -> std::ops::Range<usize> {
-        let start = self.map.get(s).map_or(end_of_text, |&o| o as usize);
-        let end = self.map.get(e).map_or(end_of_text, |&o| o as usize);
+        let at = |i: usize| {
+            if i >= self.bytes.len() {
+                end_of_text
+            } else {
+                self.orig_of(i)
+            }
+        };
+        let (start, end) = (at(s), at(e));
         start..end.max(start)
+    }
+
+    /// Records that normalised byte `w` comes from original offset `o`, unless the breakpoints
+    /// already say so. `w` is never below the last breakpoint.
+    #[inline]
+    fn mark(&mut self, w: usize, o: usize) {
+        let (w32, o32) = (w as u32, o as u32);
+        match self.marks.last_mut() {
+            Some(last) if last.1.wrapping_add(w32.wrapping_sub(last.0)) == o32 => {}
+            Some(last) if last.0 == w32 => *last = (w32, o32),
+            _ => self.marks.push((w32, o32)),
+        }
     }
 }
 
@@ -72,225 +122,450 @@ fn confusable(c: char) -> Option<char> {
     })
 }
 
-/// Normalises `src` into `out` (cleared first). Offsets in `out.map` are relative to `src`.
+/// Normalises `src` into `out` (cleared first). Offsets are relative to `src`.
 pub(crate) fn normalize_into(src: &str, out: &mut Normalized) {
     out.bytes.clear();
-    out.map.clear();
+    out.marks.clear();
+    out.marks.push((0, 0));
+    out.leet.clear();
+    out.leet_all = false;
+    out.end = src.len() as u32;
     out.bytes.reserve(src.len());
-    out.map.reserve(src.len() + 1);
-    // ASCII is always NFKC (and resets canonical ordering), so the quick check only needs the
-    // other characters; leaving ASCII out can only make it more cautious.
-    let compat = !src.is_ascii()
-        && is_nfkc_quick(src.chars().filter(|c| !c.is_ascii())) != IsNormalized::Yes;
     let bytes = src.as_bytes();
-    let mut last_space = true;
+    let mut st = State {
+        space: true,
+        seen: 0,
+    };
     let mut i = 0;
     while i < bytes.len() {
-        // ASCII runs go through the table-driven writer; other characters one by one.
-        let run = bytes
-            .get(i..)
-            .unwrap_or_default()
-            .iter()
-            .position(|b| !b.is_ascii())
-            .map_or(bytes.len(), |p| i + p);
-        if run > i {
-            normalize_ascii(
-                bytes.get(i..run).unwrap_or_default(),
-                i,
-                out,
-                &mut last_space,
-            );
-            i = run;
-            continue;
-        }
-        let Some(c) = src.get(i..).and_then(|rest| rest.chars().next()) else {
+        // ASCII runs go through the table-driven loop, which stops at the first other byte.
+        let rest = bytes.get(i..).unwrap_or_default();
+        let n = normalize_ascii(rest, i, out, &mut st);
+        i += n;
+        let Some(c) = src.get(i..).and_then(|r| r.chars().next()) else {
             break;
         };
-        if compat {
-            for d in std::iter::once(c).nfkc() {
-                push_char(d, i as u32, out, &mut last_space);
-            }
+        // Most characters of a text are their own normalisation (an apostrophe, an accented
+        // small letter, an emoji); the verdict is cached so each costs a lookup after the first.
+        let plain = char_is_plain(c, out);
+        if plain {
+            st.space = false;
+            out.mark(out.bytes.len(), i);
+            out.bytes
+                .extend_from_slice(src.get(i..i + c.len_utf8()).unwrap_or_default().as_bytes());
+        } else if is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes {
+            // NFKC per character: a character whose quick check says "yes" is its own NFKC form.
+            push_char(c, i, out, &mut st);
         } else {
-            push_char(c, i as u32, out, &mut last_space);
+            for d in std::iter::once(c).nfkc() {
+                push_char(d, i, out, &mut st);
+            }
         }
         i += c.len_utf8();
     }
-    finish(src, out);
+    finish(out, st.seen);
 }
 
-fn finish(src: &str, out: &mut Normalized) {
-    out.map.push(src.len() as u32);
-    // Compaction rewrites both buffers; most texts have hyphens but none inside a word.
-    let letter = |i: Option<usize>| {
-        i.and_then(|i| out.bytes.get(i))
-            .is_some_and(u8::is_ascii_alphabetic)
-    };
-    let inword = memchr::memchr_iter(b'-', &out.bytes).any(|i| {
-        letter(i.checked_sub(1)) && (letter(Some(i + 1)) || out.bytes.get(i + 1) == Some(&b'-'))
-    });
-    if inword {
-        drop_inword_hyphens(out);
-    }
-    fold_leet(&mut out.bytes);
-}
-
-/// Appends an ASCII run (at offset `origin` of the source): one table lookup per byte, writing
-/// into space reserved up front instead of pushing byte by byte.
-fn normalize_ascii(run: &[u8], origin: usize, out: &mut Normalized, last_space: &mut bool) {
-    let start = out.bytes.len();
-    out.bytes.resize(start + run.len(), 0);
-    out.map.resize(start + run.len(), 0);
-    // Plain slices and a local flag let the compiler keep everything in registers.
-    let bytes = out.bytes.as_mut_slice();
-    let map = out.map.as_mut_slice();
-    let mut space = *last_space;
-    let mut w = start;
-    for (k, &b) in run.iter().enumerate() {
-        let byte = match ASCII_KIND[usize::from(b)] {
-            // ordinary byte, lower-cased
-            0 => {
-                space = false;
-                b.to_ascii_lowercase()
-            }
-            // horizontal space, `_`, `\\`: one space at most
-            1 => {
-                if space {
-                    continue;
-                }
-                space = true;
-                b' '
-            }
-            // newline replaces a preceding space
-            _ => {
-                if w > 0 && bytes.get(w - 1) == Some(&b' ') {
-                    w -= 1;
-                }
-                space = true;
-                b'\n'
-            }
-        };
-        if let (Some(slot), Some(m)) = (bytes.get_mut(w), map.get_mut(w)) {
-            *slot = byte;
-            *m = (origin + k) as u32;
+/// `true` when `c` is left exactly as it is: its own NFKC form, visible, not a confusable,
+/// not whitespace, its own lower case.
+fn char_is_plain(c: char, out: &mut Normalized) -> bool {
+    let slot = (u32::from(c).wrapping_mul(0x9E37_79B9) >> 25) as usize % CACHE;
+    let cache = out
+        .cache
+        .get_or_insert_with(|| Box::new([('\0', false); CACHE]));
+    if let Some(&(k, v)) = cache.get(slot) {
+        if k == c {
+            return v;
         }
-        w += 1;
     }
-    *last_space = space;
-    out.bytes.truncate(w);
-    out.map.truncate(w);
+    let mut lower = c.to_lowercase();
+    let v = lower.next() == Some(c)
+        && lower.next().is_none()
+        && !is_invisible(c)
+        && confusable(c).is_none()
+        && !c.is_whitespace()
+        && is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes;
+    if let Some(e) = cache.get_mut(slot) {
+        *e = (c, v);
+    }
+    v
 }
 
-/// 0: ordinary, 1: collapsible space, 2: newline.
-static ASCII_KIND: [u8; 256] = {
+/// Loop state carried across ASCII runs and other characters.
+struct State {
+    /// The last byte written is a space or newline (or nothing was written yet).
+    space: bool,
+    /// Union of the `KIND` bits of every byte written.
+    seen: u8,
+}
+
+fn finish(out: &mut Normalized, seen: u8) {
+    // Compaction rewrites the bytes and the map; most texts have hyphens but none inside a word.
+    if seen & HYPHEN != 0 {
+        let letter = |i: Option<usize>| {
+            i.and_then(|i| out.bytes.get(i))
+                .is_some_and(u8::is_ascii_alphabetic)
+        };
+        let inword = memchr::memchr_iter(b'-', &out.bytes).any(|i| {
+            letter(i.checked_sub(1)) && (letter(Some(i + 1)) || out.bytes.get(i + 1) == Some(&b'-'))
+        });
+        if inword {
+            drop_inword_hyphens(out);
+            out.leet_all = true;
+        }
+    }
+    if seen & LEET != 0 {
+        if out.leet_all {
+            let n = out.bytes.len();
+            fold_leet(&mut out.bytes, 0..n);
+        } else {
+            let Normalized { bytes, leet, .. } = out;
+            for &p in leet.iter() {
+                fold_leet(bytes, p as usize..p as usize + 1);
+            }
+        }
+    }
+}
+
+/// `KIND` bits: a collapsible space (horizontal whitespace, `_`, `\\`), a newline, a leetspeak
+/// candidate, a hyphen, a byte that is not ASCII (ends the run).
+const SPACE: u8 = 1;
+const NEWLINE: u8 = 2;
+const LEET: u8 = 4;
+const HYPHEN: u8 = 8;
+const NON_ASCII: u8 = 16;
+
+static KIND: [u8; 256] = {
     let mut t = [0u8; 256];
-    t[b' ' as usize] = 1;
-    t[b'\t' as usize] = 1;
-    t[b'\r' as usize] = 1;
-    t[0x0b] = 1;
-    t[0x0c] = 1;
-    t[b'_' as usize] = 1;
-    t[b'\\' as usize] = 1;
-    t[b'\n' as usize] = 2;
+    let mut c = 0x80;
+    while c < 256 {
+        t[c] = NON_ASCII;
+        c += 1;
+    }
+    t[b' ' as usize] = SPACE;
+    t[b'\t' as usize] = SPACE;
+    t[b'\r' as usize] = SPACE;
+    t[0x0b] = SPACE;
+    t[0x0c] = SPACE;
+    // `developer_mode` and `developer mode` are the same words; `\_` is Markdown's escape.
+    t[b'_' as usize] = SPACE;
+    t[b'\\' as usize] = SPACE;
+    t[b'\n' as usize] = NEWLINE;
+    t[b'-' as usize] = HYPHEN;
+    let mut k = 0;
+    while k < 256 {
+        if LEET_TO[k] != 0 {
+            t[k] = LEET;
+        }
+        k += 1;
+    }
     t
 };
 
-/// Removes runs of `-` between two letters (`i-nstruction`, `m----ssage`), a cheap way to break
-/// keyword matching that real compounds (`role-play` -> `roleplay`) survive.
-fn drop_inword_hyphens(out: &mut Normalized) {
-    let n = out.bytes.len();
-    let mut w = 0;
-    let mut r = 0;
-    while r < n {
-        let c = out.bytes.get(r).copied().unwrap_or(0);
-        if c == b'-' && w > 0 && out.bytes.get(w - 1).is_some_and(u8::is_ascii_alphabetic) {
-            let run_end = crate::detect::run_end(&out.bytes, r, usize::MAX, |b| b == b'-');
-            if out.bytes.get(run_end).is_some_and(u8::is_ascii_alphabetic) {
-                r = run_end;
-                continue;
-            }
-        }
-        if let (Some(&b), Some(&m)) = (out.bytes.get(r), out.map.get(r)) {
-            if let Some(slot) = out.bytes.get_mut(w) {
-                *slot = b;
-            }
-            if let Some(slot) = out.map.get_mut(w) {
-                *slot = m;
-            }
-        }
-        w += 1;
-        r += 1;
+static LOWER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).to_ascii_lowercase();
+        c += 1;
     }
-    // The end-of-text entry of the map follows the kept bytes.
-    if let Some(&end) = out.map.get(n) {
-        if let Some(slot) = out.map.get_mut(w) {
-            *slot = end;
+    t
+};
+
+/// Appends the ASCII prefix of `rest` (at offset `origin` of the source); returns its length.
+/// One table lookup per byte, writing into space reserved up front; breakpoints only where the
+/// output stops being a copy of the input.
+fn normalize_ascii(rest: &[u8], origin: usize, out: &mut Normalized, st: &mut State) -> usize {
+    let run = rest.get(..ascii_prefix(rest)).unwrap_or_default();
+    let Normalized {
+        bytes, marks, leet, ..
+    } = out;
+    let start = bytes.len();
+    bytes.resize(start + run.len(), 0);
+    // Plain slices and locals let the compiler keep the loop state in registers.
+    let buf = bytes.as_mut_slice();
+    let mut w = start;
+    let mut space = st.space;
+    let mut seen = st.seen;
+    // After another character or a skipped byte, the next byte written may need a breakpoint.
+    let mut dirty = true;
+    let mut k = 0;
+    // Where the next attempt at eight bytes at a time may start (after a failed attempt, the
+    // scalar loop goes first for eight bytes, so that code or short lines cost little extra).
+    let mut next_try = 0;
+    while k < run.len() {
+        // Eight bytes at a time while they are letters, punctuation and single spaces.
+        if !dirty && k >= next_try {
+            while let (Some(src), Some(dst)) = (run.get(k..k + 8), buf.get_mut(w..w + 8)) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(src);
+                let x = u64::from_le_bytes(word);
+                let Some(lower) = plain_word(x, space) else {
+                    next_try = k + 8;
+                    break;
+                };
+                dst.copy_from_slice(&lower.to_le_bytes());
+                space = x >> 56 == u64::from(b' ');
+                k += 8;
+                w += 8;
+            }
         }
+        let Some(&b) = run.get(k) else {
+            break;
+        };
+        let kind = KIND[usize::from(b)];
+        if kind & (SPACE | NEWLINE) == 0 {
+            if dirty {
+                push_mark(marks, w, origin + k);
+                dirty = false;
+            }
+            space = false;
+            // The common case: a stretch of ordinary bytes, lower-cased one for one.
+            let mut b = b;
+            let mut kind = kind;
+            loop {
+                if kind == LEET {
+                    leet.push(w as u32);
+                }
+                let Some(slot) = buf.get_mut(w) else {
+                    break;
+                };
+                *slot = LOWER[usize::from(b)];
+                seen |= kind;
+                w += 1;
+                k += 1;
+                match run.get(k) {
+                    Some(&next) if KIND[usize::from(next)] & (SPACE | NEWLINE) == 0 => {
+                        b = next;
+                        kind = KIND[usize::from(next)];
+                    }
+                    _ => break,
+                }
+            }
+            continue;
+        }
+        if kind == SPACE {
+            if space {
+                dirty = true;
+            } else {
+                if dirty {
+                    push_mark(marks, w, origin + k);
+                    dirty = false;
+                }
+                if let Some(slot) = buf.get_mut(w) {
+                    *slot = b' ';
+                }
+                space = true;
+                w += 1;
+            }
+        } else {
+            // A newline stays (fake conversation turns are recognised at line starts) and
+            // replaces a preceding space.
+            if w > 0 && buf.get(w - 1) == Some(&b' ') {
+                w -= 1;
+            }
+            push_mark(marks, w, origin + k);
+            dirty = false;
+            if let Some(slot) = buf.get_mut(w) {
+                *slot = b'\n';
+            }
+            space = true;
+            w += 1;
+        }
+        k += 1;
     }
-    out.bytes.truncate(w);
-    out.map.truncate(w + 1);
+    st.space = space;
+    st.seen = seen;
+    bytes.truncate(w);
+    k
 }
 
-fn push_char(c: char, origin: u32, out: &mut Normalized, last_space: &mut bool) {
+/// Eight ASCII bytes lower-cased, when the scalar loop would copy them one for one: no
+/// control byte, `_`, `\\`, `-`, digit or leetspeak symbol (`!`, `$`, `@`), no two spaces in a row,
+/// and no space first when the output already ends with one (`space_before`). `None` otherwise.
+#[inline(always)]
+fn plain_word(x: u64, space_before: bool) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    // Exact per-byte masks (high bit set where true), for bytes below 0x80.
+    let at_least = |v: u8| (x + ONES * u64::from(0x80 - v)) & HIGH;
+    let equal = |v: u8| {
+        let y = x ^ (ONES * u64::from(v));
+        !(((y & LOW7) + LOW7) | y) & HIGH
+    };
+    let ge = |v: u8| at_least(v);
+    let controls = !ge(0x20) & HIGH;
+    let digits = ge(b'0') & !ge(b'9' + 1);
+    let special = controls
+        | equal(b'!')
+        | equal(b'$')
+        | digits
+        | equal(b'@')
+        | equal(b'_')
+        | equal(b'\\')
+        | equal(b'-');
+    let spaces = equal(b' ');
+    if special != 0 || spaces & (spaces << 8) != 0 || (space_before && spaces & 0x80 != 0) {
+        return None;
+    }
+    let upper = ge(b'A') & !ge(b'Z' + 1);
+    Some(x | (upper >> 2))
+}
+
+/// Length of the ASCII prefix of `b`, eight bytes at a time.
+fn ascii_prefix(b: &[u8]) -> usize {
+    let mut n = 0;
+    for chunk in b.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let high = u64::from_le_bytes(word) & 0x8080_8080_8080_8080;
+        if high != 0 {
+            return n + (high.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + b
+        .get(n..)
+        .unwrap_or_default()
+        .iter()
+        .position(|c| !c.is_ascii())
+        .unwrap_or(b.len() - n)
+}
+
+/// Removes runs of `-` between two letters (`i-nstruction`, `m----ssage`), a cheap way to break
+/// keyword matching that real compounds (`role-play` -> `roleplay`) survive. Moves the text
+/// between removed runs in blocks and shifts the breakpoints with it.
+fn drop_inword_hyphens(out: &mut Normalized) {
+    let mut marks = std::mem::take(&mut out.spare);
+    marks.clear();
+    let n = out.bytes.len();
+    let alpha = |b: &[u8], i: usize| b.get(i).is_some_and(u8::is_ascii_alphabetic);
+    // Text `r..` is still to be moved to `w..`.
+    let (mut r, mut w) = (0usize, 0usize);
+    let mut next_mark = 0usize;
+    let mut from = 0usize;
+    loop {
+        let hit = memchr::memchr(b'-', out.bytes.get(from..).unwrap_or_default()).map(|h| from + h);
+        let h = hit.unwrap_or(n);
+        let run_end = match hit {
+            Some(h) => crate::detect::run_end(&out.bytes, h, usize::MAX, |b| b == b'-'),
+            None => n,
+        };
+        let remove =
+            hit.is_some() && h > 0 && alpha(&out.bytes, h - 1) && alpha(&out.bytes, run_end);
+        if hit.is_some() && !remove {
+            from = run_end;
+            continue;
+        }
+        // Move `r..h` to `w..`: its breakpoints shift left by `r - w`, and its first byte may
+        // need one of its own.
+        let shift = r - w;
+        let mut cur = out
+            .marks
+            .get(next_mark.saturating_sub(1))
+            .copied()
+            .unwrap_or((0, 0));
+        while let Some(&m) = out.marks.get(next_mark) {
+            if m.0 as usize > r {
+                break;
+            }
+            cur = m;
+            next_mark += 1;
+        }
+        push_mark(&mut marks, w, cur.1 as usize + (r - cur.0 as usize));
+        while let Some(&m) = out.marks.get(next_mark) {
+            if m.0 as usize >= h {
+                break;
+            }
+            push_mark(&mut marks, m.0 as usize - shift, m.1 as usize);
+            next_mark += 1;
+        }
+        out.bytes.copy_within(r..h, w);
+        w += h - r;
+        if hit.is_none() {
+            break;
+        }
+        r = run_end;
+        from = run_end;
+    }
+    out.bytes.truncate(w);
+    if marks.is_empty() {
+        marks.push((0, 0));
+    }
+    out.spare = std::mem::replace(&mut out.marks, marks);
+}
+
+fn push_mark(marks: &mut Vec<(u32, u32)>, w: usize, o: usize) {
+    let (w32, o32) = (w as u32, o as u32);
+    match marks.last_mut() {
+        Some(last) if last.1.wrapping_add(w32.wrapping_sub(last.0)) == o32 => {}
+        Some(last) if last.0 == w32 => *last = (w32, o32),
+        _ => marks.push((w32, o32)),
+    }
+}
+
+fn push_char(c: char, origin: usize, out: &mut Normalized, st: &mut State) {
     if is_invisible(c) {
         return;
     }
     let c = confusable(c).unwrap_or(c);
     if c.is_ascii() {
-        push_ascii(c as u8, origin, out, last_space);
+        push_ascii(c as u8, origin, out, st);
         return;
     }
     if c.is_whitespace() {
-        push_ascii(b' ', origin, out, last_space);
+        push_ascii(b' ', origin, out, st);
         return;
     }
-    *last_space = false;
+    st.space = false;
     let mut buf = [0u8; 4];
     for l in c.to_lowercase() {
-        for &b in l.encode_utf8(&mut buf).as_bytes() {
-            out.bytes.push(b);
-            out.map.push(origin);
-        }
+        // Each output character starts at the original character's start.
+        out.mark(out.bytes.len(), origin);
+        out.bytes
+            .extend_from_slice(l.encode_utf8(&mut buf).as_bytes());
     }
 }
 
-#[inline(always)]
-fn push_ascii(b: u8, origin: u32, out: &mut Normalized, last_space: &mut bool) {
-    match b {
-        b'\n' => {
-            // Newlines stay: fake conversation turns are recognised at line starts.
-            if out.bytes.last() == Some(&b' ') {
-                out.bytes.pop();
-                out.map.pop();
-            }
-            out.bytes.push(b'\n');
-            out.map.push(origin);
-            *last_space = true;
+/// One ASCII byte that came from another character (NFKC, confusable, Unicode space).
+fn push_ascii(b: u8, origin: usize, out: &mut Normalized, st: &mut State) {
+    let kind = KIND[usize::from(b)];
+    if kind & SPACE != 0 {
+        if st.space {
+            return;
         }
-        // `developer_mode` and `developer mode` are the same words; `\_` is Markdown's escape.
-        b' ' | b'\t' | b'\r' | 0x0b | 0x0c | b'_' | b'\\' => {
-            if !*last_space {
-                out.bytes.push(b' ');
-                out.map.push(origin);
-                *last_space = true;
-            }
-        }
-        _ => {
-            *last_space = false;
-            out.bytes.push(b.to_ascii_lowercase());
-            out.map.push(origin);
-        }
+        st.space = true;
+        out.mark(out.bytes.len(), origin);
+        out.bytes.push(b' ');
+        return;
     }
+    if kind & NEWLINE != 0 {
+        if out.bytes.last() == Some(&b' ') {
+            out.bytes.pop();
+        }
+        st.space = true;
+        out.mark(out.bytes.len(), origin);
+        out.bytes.push(b'\n');
+        return;
+    }
+    st.space = false;
+    st.seen |= kind;
+    if kind & LEET != 0 {
+        out.leet.push(out.bytes.len() as u32);
+    }
+    out.mark(out.bytes.len(), origin);
+    out.bytes.push(b.to_ascii_lowercase());
 }
 
-/// Replaces leetspeak digits and symbols that touch a letter. ASCII-for-ASCII, so offsets and
-/// UTF-8 validity are unchanged.
-fn fold_leet(bytes: &mut [u8]) {
-    let n = bytes.len();
-    for i in 0..n {
+/// Replaces leetspeak digits and symbols in `range` that touch a letter. ASCII-for-ASCII, so
+/// offsets and UTF-8 validity are unchanged.
+fn fold_leet(bytes: &mut [u8], range: std::ops::Range<usize>) {
+    for i in range {
         let Some(&c) = bytes.get(i) else {
             break;
         };
-        let to = LEET[usize::from(c)];
+        let to = LEET_TO[usize::from(c)];
         if to == 0 {
             continue;
         }
@@ -315,7 +590,7 @@ fn fold_leet(bytes: &mut [u8]) {
 }
 
 /// Leetspeak replacements, 0 for bytes that are not leet.
-static LEET: [u8; 256] = {
+static LEET_TO: [u8; 256] = {
     let mut t = [0u8; 256];
     t[b'0' as usize] = b'o';
     t[b'1' as usize] = b'i';
@@ -336,7 +611,12 @@ mod tests {
     fn norm(s: &str) -> String {
         let mut n = Normalized::default();
         normalize_into(s, &mut n);
-        assert_eq!(n.map.len(), n.bytes.len() + 1);
+        // Every character start of the output maps to a character start of the input.
+        let out = std::str::from_utf8(&n.bytes).unwrap();
+        for (i, _) in out.char_indices() {
+            assert!(s.is_char_boundary(n.orig_of(i)), "{s:?} at {i}");
+        }
+        assert_eq!(n.orig_of(n.bytes.len()), s.len());
         String::from_utf8(n.bytes).unwrap()
     }
 
@@ -362,5 +642,67 @@ mod tests {
         let at = n.bytes.iter().position(|&b| b == b'i').unwrap();
         let r = n.original(at, at + 6, src.len());
         assert_eq!(&src[r], "ignore");
+    }
+}
+
+/// The fast normaliser against the reference one: same bytes, same offsets at every character
+/// start, on the corpora and on random mixes of the cases each fast path handles.
+#[cfg(test)]
+mod equiv {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(s: &str) {
+        let mut old = crate::normalize_ref::Normalized::default();
+        crate::normalize_ref::normalize_into(s, &mut old);
+        let mut new = Normalized::default();
+        normalize_into(s, &mut new);
+        assert_eq!(old.bytes, new.bytes, "{s:?}");
+        let out = std::str::from_utf8(&new.bytes).unwrap();
+        for (i, _) in out.char_indices() {
+            assert_eq!(old.map[i] as usize, new.orig_of(i), "{s:?} at {i}");
+        }
+        assert_eq!(
+            old.map[new.bytes.len()] as usize,
+            new.orig_of(new.bytes.len())
+        );
+    }
+
+    #[test]
+    fn corpora_equal() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpora");
+        if !std::path::Path::new(dir).exists() {
+            eprintln!("corpora not found at {dir}: skipped");
+            return;
+        }
+        let mut n = 0;
+        for f in [
+            "attacks/inthewild_jailbreaks.json",
+            "benign/arena_hard_v0.1_questions.jsonl",
+            "benign/bipia_email_contexts_train.jsonl",
+            "attacks/bipia_text_attacks_train.json",
+            "attacks/bipia_code_attacks_train.json",
+        ] {
+            let raw = std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+            for t in raw.split('"') {
+                check(t);
+                n += 1;
+            }
+            check(&raw);
+        }
+        assert!(n > 1000);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, .. ProptestConfig::default() })]
+        #[test]
+        fn random_equal(parts in prop::collection::vec(prop::sample::select(vec![
+            " ", "  ", "\n", " \n", "\t", "_", "\\", "-", "--", "a", "B", "x-y", "1", "0", "!", "@", "$", "3",
+            "é", "É", "ＩＧＮＯＲＥ", "\u{200B}", "і", "ﬁ", "ǅ", "ĳ", "\u{FDFA}", "㎒", "\u{0301}", "e\u{0301}",
+            "\u{00A0}", "\u{2028}", "\u{3000}", "İ", "ẞ", "ß", "日本", "\r\n", "x", "word", "ignore",
+            "The Quick brown fox jumps ", "ABCDEFGHIJKLMNOP", "q\"#%&'()*+,./:;<=>?[]^`{|}~z",
+        ]), 0..40)) {
+            check(&parts.concat());
+        }
     }
 }
