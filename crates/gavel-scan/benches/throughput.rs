@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gavel_scan::{ContentRole, ScanConfig, Scanners, StreamScanner};
+use gavel_scan::{ContentRole, ScanConfig, Scanners, StreamInjection, StreamScanner};
 
 fn corpus() -> String {
     let dir = std::env::var("GAVEL_CORPORA").unwrap_or_else(|_| {
@@ -62,7 +62,7 @@ fn benches(c: &mut Criterion) {
         ..ScanConfig::default()
     })
     .unwrap();
-    let all = Scanners::new(&ScanConfig::default()).unwrap();
+    let all = Arc::new(Scanners::new(&ScanConfig::default()).unwrap());
     let kb = prefix(&text, 1024);
     let mut g = c.benchmark_group("injection");
     g.throughput(Throughput::Bytes(kb.len() as u64));
@@ -109,6 +109,21 @@ fn benches(c: &mut Criterion) {
             |b, chunks| {
                 b.iter(|| {
                     let mut s = StreamScanner::new(shared.clone());
+                    let mut released = 0;
+                    for c in chunks {
+                        released += s.push(c).released.len();
+                    }
+                    released + s.finish().released.len()
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("push_per_chunk_with_injection", chunk),
+            &chunks,
+            |b, chunks| {
+                b.iter(|| {
+                    let mut s =
+                        StreamScanner::with_injection(all.clone(), StreamInjection::default());
                     let mut released = 0;
                     for c in chunks {
                         released += s.push(c).released.len();

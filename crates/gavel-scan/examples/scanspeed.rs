@@ -4,12 +4,16 @@
 //! `cargo run --release -p gavel-scan --example scanspeed [-- CORPORA_DIR]`
 //!
 //! Same inputs as `benches/throughput.rs`: the arena-hard prompts concatenated, its first KiB
-//! for injection, its first 64 KiB streamed in 64-byte chunks.
+//! for injection, its first 64 KiB streamed in 64-byte chunks (secrets and PII, then also
+//! injection with the default window).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use gavel_scan::{ContentRole, ScanConfig, Scanners, StreamScanner};
+use gavel_scan::{
+    ContentRole, ScanConfig, Scanners, StreamInjection, StreamScanner, INJECTION_STEP,
+    INJECTION_WINDOW,
+};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -75,6 +79,18 @@ fn main() -> Res<()> {
         "streaming, {} bytes in {} chunks of 64 bytes: {:.3} us per chunk",
         stream_text.len(),
         chunks.len(),
+        t * 1e6 / chunks.len() as f64
+    );
+    let all = Arc::new(Scanners::new(&ScanConfig::default())?);
+    let t = min_time(5, || {
+        let mut s = StreamScanner::with_injection(all.clone(), StreamInjection::default());
+        for c in &chunks {
+            s.push(c);
+        }
+        s.finish();
+    });
+    println!(
+        "streaming with injection (window {INJECTION_WINDOW}, step {INJECTION_STEP}), same chunks: {:.3} us per chunk",
         t * 1e6 / chunks.len() as f64
     );
     Ok(())

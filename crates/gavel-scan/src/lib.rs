@@ -61,7 +61,9 @@ use std::ops::Range;
 
 pub use injection::{Evidence, Feature, InjectionMode, InjectionReport};
 pub use redact::Redactor;
-pub use stream::{StreamEvent, StreamScanner, HOLD_BACK};
+pub use stream::{
+    StreamEvent, StreamInjection, StreamScanner, HOLD_BACK, INJECTION_STEP, INJECTION_WINDOW,
+};
 pub use validate::{iban_valid, luhn_valid, us_ssn_valid};
 
 /// What a piece of content is, which decides how it is scanned.
