@@ -53,6 +53,20 @@ CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL
 CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
 ";
 
+/// Waits for another writer (another process, or the ledger committing to the same file) for
+/// up to about 10 s. SQLite's own busy timeout sleeps a millisecond or more per retry; the
+/// writer in the way usually holds the lock for one fsync, so short waits come first.
+fn wait_for_writer(attempt: i32) -> bool {
+    const QUICK: i32 = 100;
+    match attempt {
+        0..QUICK => std::thread::sleep(Duration::from_micros(25)),
+        // 100 x 25 us, then 500 us at a time: about 10 s in all.
+        QUICK..20_000 => std::thread::sleep(Duration::from_micros(500)),
+        _ => return false,
+    }
+    true
+}
+
 /// How far a commit is made durable before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -125,8 +139,10 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(err("busy timeout"))?;
+        conn.busy_handler(Some(wait_for_writer))
+            .map_err(err("busy handler"))?;
+        // Every statement stays prepared: re-parsing SQL was a visible share of a decision.
+        conn.set_prepared_statement_cache_capacity(128);
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err("WAL mode"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -134,20 +150,17 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)
             .map_err(|e| StoreError(format!("cannot create the schema in `{name}`: {e}")))?;
         let version: Option<String> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT value FROM meta WHERE key = 'schema_version'")
+            .map_err(err("statement"))?
+            .query_row([], |r| r.get(0))
             .optional()
             .map_err(err("schema version"))?;
         match version {
             None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION.to_string()],
-                )
-                .map_err(err("schema version"))?;
+                conn.prepare_cached("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)")
+                    .map_err(err("statement"))?
+                    .execute([SCHEMA_VERSION.to_string()])
+                    .map_err(err("schema version"))?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
             Some(v) => {
@@ -283,39 +296,36 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("record contract"))?;
         let known: bool = tx
-            .query_row(
-                "SELECT 1 FROM contract_versions WHERE version = ?1",
-                [&record.version],
-                |_| Ok(true),
-            )
+            .prepare_cached("SELECT 1 FROM contract_versions WHERE version = ?1")
+            .map_err(err("statement"))?
+            .query_row([&record.version], |_| Ok(true))
             .optional()
             .map_err(err("record contract"))?
             .unwrap_or(false);
         // Re-applying an older version makes it the latest again, so `seq` always moves on.
         let seq: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM contract_versions",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM contract_versions")
+            .map_err(err("statement"))?
+            .query_row([], |r| r.get(0))
             .map_err(err("record contract"))?;
         if known {
-            tx.execute(
-                "UPDATE contract_versions SET seq = ?2 WHERE version = ?1",
-                params![record.version, seq],
-            )
-            .map_err(err("record contract"))?;
+            tx.prepare_cached("UPDATE contract_versions SET seq = ?2 WHERE version = ?1")
+                .map_err(err("statement"))?
+                .execute(params![record.version, seq])
+                .map_err(err("record contract"))?;
         } else {
-            tx.execute(
-                "INSERT INTO contract_versions (version, applied_by, applied_at, contract_name, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+            tx.prepare_cached("INSERT INTO contract_versions (version, applied_by, applied_at, contract_name, seq) VALUES (?1, ?2, ?3, ?4, ?5)")
+.map_err(err("statement"))?
+.execute(
                 params![record.version, record.applied_by, record.at.millis(), snapshot.contract_name, seq],
             )
             .map_err(err("record contract"))?;
             for (path, bytes) in &snapshot.files {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO contract_files (version, path, bytes) VALUES (?1, ?2, ?3)",
-                    params![record.version, path, bytes],
                 )
+                .map_err(err("statement"))?
+                .execute(params![record.version, path, bytes])
                 .map_err(err("record contract"))?;
             }
         }
@@ -325,11 +335,11 @@ impl Store for SqliteStore {
 
     fn contract_applied(&self, version: &str) -> Result<Option<ContractRecord>, StoreError> {
         self.conn()?
-            .query_row(
+            .prepare_cached(
                 "SELECT version, applied_by, applied_at FROM contract_versions WHERE version = ?1",
-                [version],
-                contract_record,
             )
+            .map_err(err("statement"))?
+            .query_row([version], contract_record)
             .optional()
             .map_err(err("contract lookup"))
     }
@@ -337,8 +347,9 @@ impl Store for SqliteStore {
     fn latest_contract(&self) -> Result<Option<(ContractRecord, Snapshot)>, StoreError> {
         let conn = self.conn()?;
         let latest = conn
-            .query_row(
-                "SELECT version, applied_by, applied_at, contract_name FROM contract_versions ORDER BY seq DESC LIMIT 1",
+            .prepare_cached("SELECT version, applied_by, applied_at, contract_name FROM contract_versions ORDER BY seq DESC LIMIT 1")
+.map_err(err("statement"))?
+.query_row(
                 [],
                 |r| Ok((contract_record(r)?, r.get::<_, String>(3)?)),
             )
@@ -368,17 +379,17 @@ impl Store for SqliteStore {
 
     fn registration(&self, deployment: &str) -> Result<Option<Registration>, StoreError> {
         self.conn()?
-            .query_row(
+            .prepare_cached(
                 "SELECT binding, changed_by, changed_at FROM registrations WHERE deployment = ?1",
-                [deployment],
-                |r| {
-                    Ok(Registration {
-                        binding: r.get(0)?,
-                        changed_by: r.get(1)?,
-                        at: Timestamp(r.get(2)?),
-                    })
-                },
             )
+            .map_err(err("statement"))?
+            .query_row([deployment], |r| {
+                Ok(Registration {
+                    binding: r.get(0)?,
+                    changed_by: r.get(1)?,
+                    at: Timestamp(r.get(2)?),
+                })
+            })
             .optional()
             .map_err(err("registration"))
     }
@@ -389,9 +400,10 @@ impl Store for SqliteStore {
         registration: &Registration,
     ) -> Result<(), StoreError> {
         self.conn()?
-            .execute(
-                "INSERT INTO registrations (deployment, binding, changed_by, changed_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (deployment) DO UPDATE SET binding = ?2, changed_by = ?3, changed_at = ?4",
+            .prepare_cached("INSERT INTO registrations (deployment, binding, changed_by, changed_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (deployment) DO UPDATE SET binding = ?2, changed_by = ?3, changed_at = ?4")
+.map_err(err("statement"))?
+.execute(
                 params![deployment, registration.binding, registration.changed_by, registration.at.millis()],
             )
             .map_err(err("registration"))?;
@@ -408,27 +420,26 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("save approval"))?;
         let stored: Option<String> = tx
-            .query_row(
-                "SELECT body FROM approvals WHERE id = ?1",
-                [&approval.id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT body FROM approvals WHERE id = ?1")
+            .map_err(err("statement"))?
+            .query_row([&approval.id], |r| r.get(0))
             .optional()
             .map_err(err("save approval"))?;
         let stored: Option<Approval> = stored.map(|b| from_json(&b)).transpose()?;
         if stored.as_ref() != read {
             return Ok(false);
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO approvals (id, deployment, created_at, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET body = ?4",
-            params![
-                approval.id,
-                approval.deployment,
-                approval.created_at.millis(),
-                json(approval)?
-            ],
         )
+        .map_err(err("statement"))?
+        .execute(params![
+            approval.id,
+            approval.deployment,
+            approval.created_at.millis(),
+            json(approval)?
+        ])
         .map_err(err("save approval"))?;
         tx.commit().map_err(err("save approval"))?;
         Ok(true)
@@ -451,15 +462,16 @@ impl Store for SqliteStore {
 
     fn set_kill(&self, kill: &Kill) -> Result<(), StoreError> {
         self.conn()?
-            .execute(
+            .prepare_cached(
                 "INSERT INTO kills (scope, until, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (scope) DO UPDATE SET until = ?2, body = ?3",
-                params![
-                    kill.scope.key(),
-                    kill.until.map(Timestamp::millis),
-                    json(kill)?
-                ],
             )
+            .map_err(err("statement"))?
+            .execute(params![
+                kill.scope.key(),
+                kill.until.map(Timestamp::millis),
+                json(kill)?
+            ])
             .map_err(err("kill"))?;
         Ok(())
     }
@@ -468,14 +480,14 @@ impl Store for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(err("unkill"))?;
         let body: Option<String> = tx
-            .query_row(
-                "SELECT body FROM kills WHERE scope = ?1",
-                [scope.key()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT body FROM kills WHERE scope = ?1")
+            .map_err(err("statement"))?
+            .query_row([scope.key()], |r| r.get(0))
             .optional()
             .map_err(err("unkill"))?;
-        tx.execute("DELETE FROM kills WHERE scope = ?1", [scope.key()])
+        tx.prepare_cached("DELETE FROM kills WHERE scope = ?1")
+            .map_err(err("statement"))?
+            .execute([scope.key()])
             .map_err(err("unkill"))?;
         tx.commit().map_err(err("unkill"))?;
         body.map(|b| from_json(&b)).transpose()
@@ -551,21 +563,22 @@ impl RuntimeState for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("idempotency"))?;
         let first: Option<String> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT decision_id FROM idempotency WHERE key = ?1 AND expires_at > ?2",
-                params![key, now.millis()],
-                |r| r.get(0),
             )
+            .map_err(err("statement"))?
+            .query_row(params![key, now.millis()], |r| r.get(0))
             .optional()
             .map_err(err("idempotency"))?;
         if first.is_some() {
             return Ok(first);
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO idempotency (key, decision_id, expires_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (key) DO UPDATE SET decision_id = ?2, expires_at = ?3",
-            params![key, decision_id, expires_at.millis()],
         )
+        .map_err(err("statement"))?
+        .execute(params![key, decision_id, expires_at.millis()])
         .map_err(err("idempotency"))?;
         tx.commit().map_err(err("idempotency"))?;
         Ok(None)
@@ -573,10 +586,9 @@ impl RuntimeState for SqliteStore {
 
     fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError> {
         self.conn()?
-            .execute(
-                "DELETE FROM idempotency WHERE key = ?1 AND decision_id = ?2",
-                params![key, decision_id],
-            )
+            .prepare_cached("DELETE FROM idempotency WHERE key = ?1 AND decision_id = ?2")
+            .map_err(err("statement"))?
+            .execute(params![key, decision_id])
             .map_err(err("idempotency"))?;
         Ok(())
     }
@@ -594,8 +606,9 @@ impl RuntimeState for SqliteStore {
         let refusal = request.first_refusal(
             |key| window_usage(&tx, key),
             |name| {
-                tx.query_row(
-                    "SELECT COALESCE(SUM(amount), 0) FROM reservation_resources WHERE name = ?1 AND expires_at > ?2",
+                tx.prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM reservation_resources WHERE name = ?1 AND expires_at > ?2")
+.map_err(err("statement"))?
+.query_row(
                     params![name, now.millis()],
                     |r| r.get::<_, i64>(0),
                 )
@@ -617,18 +630,18 @@ impl RuntimeState for SqliteStore {
             .iter()
             .map(|c| (c.key.as_str(), c.amounts))
             .collect();
-        tx.execute(
-            "INSERT INTO reservations (id, expires_at, windows) VALUES (?1, ?2, ?3)",
-            params![
+        tx.prepare_cached("INSERT INTO reservations (id, expires_at, windows) VALUES (?1, ?2, ?3)")
+            .map_err(err("statement"))?
+            .execute(params![
                 request.reservation_id,
                 request.expires_at.millis(),
                 json(&held)?
-            ],
-        )
-        .map_err(err("reserve"))?;
+            ])
+            .map_err(err("reserve"))?;
         for claim in &request.resources {
-            tx.execute(
-                "INSERT INTO reservation_resources (reservation_id, name, amount, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            tx.prepare_cached("INSERT INTO reservation_resources (reservation_id, name, amount, expires_at) VALUES (?1, ?2, ?3, ?4)")
+.map_err(err("statement"))?
+.execute(
                 params![request.reservation_id, claim.name, to_i64(claim.amount), request.expires_at.millis()],
             )
             .map_err(err("reserve"))?;
@@ -648,11 +661,9 @@ impl RuntimeState for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("settle"))?;
         let held: Option<String> = tx
-            .query_row(
-                "SELECT windows FROM reservations WHERE id = ?1",
-                [reservation_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT windows FROM reservations WHERE id = ?1")
+            .map_err(err("statement"))?
+            .query_row([reservation_id], |r| r.get(0))
             .optional()
             .map_err(err("settle"))?;
         let Some(held) = held else {
@@ -664,13 +675,14 @@ impl RuntimeState for SqliteStore {
             let settled = used.saturating_sub(reserved).saturating_add(actual);
             add_to_window(&tx, &key, settled, true)?;
         }
-        tx.execute("DELETE FROM reservations WHERE id = ?1", [reservation_id])
+        tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")
+            .map_err(err("statement"))?
+            .execute([reservation_id])
             .map_err(err("settle"))?;
-        tx.execute(
-            "DELETE FROM reservation_resources WHERE reservation_id = ?1",
-            [reservation_id],
-        )
-        .map_err(err("settle"))?;
+        tx.prepare_cached("DELETE FROM reservation_resources WHERE reservation_id = ?1")
+            .map_err(err("statement"))?
+            .execute([reservation_id])
+            .map_err(err("settle"))?;
         tx.commit().map_err(err("settle"))?;
         Ok(Settled::Settled)
     }
@@ -686,22 +698,18 @@ impl RuntimeState for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("strike"))?;
         let since = now.millis().saturating_sub(to_i64(within_ms));
-        tx.execute(
-            "DELETE FROM strikes WHERE principal = ?1 AND at < ?2",
-            params![principal, since],
-        )
-        .map_err(err("strike"))?;
-        tx.execute(
-            "INSERT INTO strikes (principal, at) VALUES (?1, ?2)",
-            params![principal, now.millis()],
-        )
-        .map_err(err("strike"))?;
+        tx.prepare_cached("DELETE FROM strikes WHERE principal = ?1 AND at < ?2")
+            .map_err(err("statement"))?
+            .execute(params![principal, since])
+            .map_err(err("strike"))?;
+        tx.prepare_cached("INSERT INTO strikes (principal, at) VALUES (?1, ?2)")
+            .map_err(err("statement"))?
+            .execute(params![principal, now.millis()])
+            .map_err(err("strike"))?;
         let count: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM strikes WHERE principal = ?1",
-                [principal],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT COUNT(*) FROM strikes WHERE principal = ?1")
+            .map_err(err("statement"))?
+            .query_row([principal], |r| r.get(0))
             .map_err(err("strike"))?;
         tx.commit().map_err(err("strike"))?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
@@ -709,14 +717,13 @@ impl RuntimeState for SqliteStore {
 
     fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError> {
         self.conn()?
-            .execute(
-                "INSERT INTO cooldowns (scope, until, body) VALUES (?1, ?2, ?3)",
-                params![
-                    cooldown.scope.key(),
-                    cooldown.until.millis(),
-                    json(cooldown)?
-                ],
-            )
+            .prepare_cached("INSERT INTO cooldowns (scope, until, body) VALUES (?1, ?2, ?3)")
+            .map_err(err("statement"))?
+            .execute(params![
+                cooldown.scope.key(),
+                cooldown.until.millis(),
+                json(cooldown)?
+            ])
             .map_err(err("cooldown"))?;
         Ok(())
     }
@@ -724,18 +731,18 @@ impl RuntimeState for SqliteStore {
 
 fn window_usage(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<Amounts, StoreError> {
     let row = tx
-        .query_row(
+        .prepare_cached(
             "SELECT tokens, usd_micros, requests, tool_calls FROM budget_windows WHERE key = ?1",
-            [key],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
         )
+        .map_err(err("statement"))?
+        .query_row([key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
         .optional()
         .map_err(err("budget window"))?;
     Ok(
@@ -765,16 +772,15 @@ fn add_to_window(
          ON CONFLICT (key) DO UPDATE SET tokens = tokens + ?2, usd_micros = usd_micros + ?3,
              requests = requests + ?4, tool_calls = tool_calls + ?5"
     };
-    tx.execute(
-        sql,
-        params![
+    tx.prepare_cached(sql)
+        .map_err(err("statement"))?
+        .execute(params![
             key,
             to_i64(amounts.tokens),
             to_i64(amounts.usd_micros),
             to_i64(amounts.requests),
             to_i64(amounts.tool_calls)
-        ],
-    )
-    .map_err(err("budget window"))?;
+        ])
+        .map_err(err("budget window"))?;
     Ok(())
 }

@@ -162,7 +162,10 @@ async fn mock(
         // Never answers; the caller's timeout ends it.
         std::future::pending::<()>().await;
     }
-    tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+    // The timer's granularity is a millisecond: a zero latency must not wait for a tick.
+    if latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+    }
     let model = body["model"].as_str().unwrap_or("mock").to_string();
     if path == "/embeddings" {
         return Ok(Reply::Whole {
