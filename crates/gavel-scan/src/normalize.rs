@@ -5,10 +5,12 @@
 //! confusable Cyrillic/Greek letters to Latin, lower-case, collapse horizontal whitespace, then
 //! fold leetspeak digits and symbols that sit inside words (`1gn0r3` -> `ignore`).
 //!
-//! Cost: ASCII goes through one table-driven loop that writes one byte per input byte; the map
+//! Cost: ASCII goes through one loop that lower-cases eight bytes at a time while they are
+//! letters, punctuation and single spaces, and one table lookup per byte otherwise; the map
 //! back to the original is kept as breakpoints (where the normalised text stops being a plain
 //! copy: a collapsed space, a dropped or folded character), so a typical prompt writes a handful
-//! of them instead of four bytes of offset per byte of text.
+//! of them instead of four bytes of offset per byte of text. Other characters that are their
+//! own normal form (most of them) are copied after one cached check.
 
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
@@ -28,7 +30,7 @@ pub(crate) struct Normalized {
     leet_all: bool,
     /// Original length: the offset of the end of the normalised text.
     end: u32,
-    /// Per-character verdicts (see `char_class`), direct-mapped; survives across texts.
+    /// Per-character verdicts of `char_is_plain`, direct-mapped; survives across texts.
     cache: Option<Box<[(char, bool); CACHE]>>,
 }
 
@@ -65,12 +67,7 @@ impl Normalized {
     /// already say so. `w` is never below the last breakpoint.
     #[inline]
     fn mark(&mut self, w: usize, o: usize) {
-        let (w32, o32) = (w as u32, o as u32);
-        match self.marks.last_mut() {
-            Some(last) if last.1.wrapping_add(w32.wrapping_sub(last.0)) == o32 => {}
-            Some(last) if last.0 == w32 => *last = (w32, o32),
-            _ => self.marks.push((w32, o32)),
-        }
+        push_mark(&mut self.marks, w, o);
     }
 }
 
@@ -496,6 +493,8 @@ fn drop_inword_hyphens(out: &mut Normalized) {
     out.spare = std::mem::replace(&mut out.marks, marks);
 }
 
+/// Records that normalised byte `w` comes from original offset `o`, unless the breakpoints
+/// already say so (`w` is never below the last breakpoint).
 fn push_mark(marks: &mut Vec<(u32, u32)>, w: usize, o: usize) {
     let (w32, o32) = (w as u32, o as u32);
     match marks.last_mut() {
