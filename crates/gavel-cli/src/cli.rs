@@ -270,6 +270,12 @@ pub struct ServeArgs {
     /// Longest an upstream call may take in all.
     #[arg(long, default_value = "300s")]
     pub upstream_timeout: String,
+    /// Failed upstream calls in a row that open an endpoint's circuit breaker.
+    #[arg(long, default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps calls away from the endpoint before one probe.
+    #[arg(long, default_value = "10s")]
+    pub breaker_open: String,
     /// How often the contract path is checked for a new version.
     #[arg(long, default_value = "1s")]
     pub reload_interval: String,

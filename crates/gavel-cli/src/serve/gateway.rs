@@ -50,9 +50,8 @@ pub struct Gateway {
     pub ledger_reader: Mutex<SqliteLedgerSink>,
     /// Output scanners (secrets and PII), shared by every stream.
     pub output_scanners: Arc<Scanners>,
-    pub http: reqwest::Client,
+    pub upstreams: super::upstream::Upstreams,
     pub limits: Limits,
-    pub timeouts: UpstreamTimeouts,
     /// The operator who started the gateway: contract reloads are recorded as theirs.
     pub operator: String,
     pub contract_path: PathBuf,

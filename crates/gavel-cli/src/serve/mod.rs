@@ -36,6 +36,7 @@ use crate::context::{diag, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
 use gateway::{Gateway, Limits, UpstreamTimeouts};
+use upstream::{Breakers, Upstreams};
 
 pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     init_logs(args.log_json);
@@ -91,12 +92,18 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         ledger,
         ledger_reader: Mutex::new(ledger::open_sink(&ctx.db_path)?),
         output_scanners: Arc::new(output_scanners),
-        http,
+        upstreams: Upstreams {
+            http,
+            timeouts,
+            breakers: Breakers::new(
+                args.breaker_failures.max(1),
+                duration("breaker-open", &args.breaker_open)?,
+            ),
+        },
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             body_timeout: duration("body-timeout", &args.body_timeout)?,
         },
-        timeouts,
         operator: operator.principal.clone(),
         contract_path: ctx.contract_path.clone(),
         db_path: ctx.db_path.clone(),

@@ -26,7 +26,7 @@ use super::error::{ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway, Ruling};
 use super::metrics;
 use super::output::{OutputGuard, Violation};
-use super::upstream::{self, ByteStream, Reply};
+use super::upstream::{ByteStream, Reply};
 
 /// Body fields that are not generation parameters.
 const STRUCTURAL: &[&str] = &["model", "messages", "tools"];
@@ -207,15 +207,11 @@ impl Call {
                     .into_response();
             };
             let body = self.upstream_body(&ruling.decision, deployment);
-            let reply = upstream::call(
-                &self.gw.http,
-                self.gw.timeouts,
-                endpoint,
-                "/chat/completions",
-                &body,
-                self.stream,
-            )
-            .await;
+            let reply = self
+                .gw
+                .upstreams
+                .call(endpoint, "/chat/completions", &body, self.stream)
+                .await;
             let failure = match reply {
                 Ok(Reply::Whole { status, body }) => {
                     return self.whole(&ruling, deployment, status, body, hops > 0)
@@ -492,10 +488,11 @@ impl Call {
         let mut guard = self.guard();
         let mut pending = String::new();
         let mut template: Option<Value> = None;
-        let deadline = self.started + self.gw.timeouts.total;
+        let deadline = self.started + self.gw.upstreams.timeouts.total;
         loop {
             let wait = self
                 .gw
+                .upstreams
                 .timeouts
                 .first_byte
                 .min(deadline.saturating_duration_since(Instant::now()));
@@ -919,15 +916,10 @@ async fn embed(
         body.insert("input".to_string(), json!(redacted));
     }
     let started = Instant::now();
-    match upstream::call(
-        &gw.http,
-        gw.timeouts,
-        endpoint,
-        "/embeddings",
-        &Value::Object(body),
-        false,
-    )
-    .await
+    match gw
+        .upstreams
+        .call(endpoint, "/embeddings", &Value::Object(body), false)
+        .await
     {
         Ok(Reply::Whole { status, body }) => {
             let usage = serde_json::from_slice::<Value>(&body)

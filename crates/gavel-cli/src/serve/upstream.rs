@@ -38,6 +38,8 @@ pub enum UpstreamError {
     Status(u16),
     Broken(String),
     NoKey(String),
+    /// The endpoint's breaker is open for this many more milliseconds.
+    CircuitOpen(u64),
 }
 
 impl UpstreamError {
@@ -47,6 +49,9 @@ impl UpstreamError {
             UpstreamError::Timeout(what) => format!("endpoint `{endpoint}` timed out ({what})"),
             UpstreamError::Status(code) => format!("endpoint `{endpoint}` answered HTTP {code}"),
             UpstreamError::Broken(e) => format!("endpoint `{endpoint}` broke off its answer ({e})"),
+            UpstreamError::CircuitOpen(ms) => format!(
+                "endpoint `{endpoint}` failed repeatedly; its circuit is open for {ms} ms more, so it was not called"
+            ),
             UpstreamError::NoKey(var) => format!(
                 "endpoint `{endpoint}` needs an API key in the environment variable {var}, which the gateway does not have"
             ),
@@ -60,30 +65,107 @@ impl UpstreamError {
             UpstreamError::Status(_) => "server_error",
             UpstreamError::Broken(_) => "broken",
             UpstreamError::NoKey(_) => "no_key",
+            UpstreamError::CircuitOpen(_) => "circuit_open",
         }
     }
 }
 
-/// Sends `body` to `path` (e.g. `/chat/completions`) of the endpoint.
-pub async fn call(
-    http: &reqwest::Client,
-    timeouts: UpstreamTimeouts,
-    endpoint: &Endpoint,
-    path: &str,
-    body: &Value,
-    stream: bool,
-) -> Result<Reply, UpstreamError> {
-    let started = Instant::now();
-    let result = match &endpoint.kind {
-        EndpointKind::Mock { latency_ms } => mock(path, body, stream, *latency_ms).await,
-        EndpointKind::Openai => http_call(http, timeouts, endpoint, path, body, stream).await,
-    };
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.label(),
-    };
-    metrics::upstream(&endpoint.id, outcome, started.elapsed());
-    result
+/// How the gateway reaches upstreams: one HTTP client, the timeouts, and a circuit breaker per
+/// endpoint.
+pub struct Upstreams {
+    pub http: reqwest::Client,
+    pub timeouts: UpstreamTimeouts,
+    pub breakers: Breakers,
+}
+
+impl Upstreams {
+    /// Sends `body` to `path` (e.g. `/chat/completions`) of the endpoint, unless its breaker is
+    /// open.
+    pub async fn call(
+        &self,
+        endpoint: &Endpoint,
+        path: &str,
+        body: &Value,
+        stream: bool,
+    ) -> Result<Reply, UpstreamError> {
+        if let Some(for_ms) = self.breakers.open(&endpoint.id) {
+            metrics::upstream(&endpoint.id, "circuit_open", Duration::ZERO);
+            return Err(UpstreamError::CircuitOpen(for_ms));
+        }
+        let started = Instant::now();
+        let result = match &endpoint.kind {
+            EndpointKind::Mock { latency_ms } => mock(path, body, stream, *latency_ms).await,
+            EndpointKind::Openai => {
+                http_call(&self.http, self.timeouts, endpoint, path, body, stream).await
+            }
+        };
+        self.breakers.record(&endpoint.id, result.is_ok());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        metrics::upstream(&endpoint.id, outcome, started.elapsed());
+        result
+    }
+}
+
+/// A circuit breaker per endpoint: after `failures_to_open` failed calls in a row, calls are not
+/// attempted for `open_for` (the fallback answers at once instead of after a timeout); then one
+/// call goes through as a probe (half-open): a success closes the breaker, a failure opens it
+/// again.
+pub struct Breakers {
+    pub failures_to_open: u32,
+    pub open_for: Duration,
+    state: std::sync::Mutex<std::collections::HashMap<String, Breaker>>,
+}
+
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Breakers {
+    pub fn new(failures_to_open: u32, open_for: Duration) -> Breakers {
+        Breakers {
+            failures_to_open,
+            open_for,
+            state: Default::default(),
+        }
+    }
+
+    /// Milliseconds until the breaker half-opens, if it is open now. A breaker whose time is up
+    /// lets one probe through and holds the others back until the probe is answered.
+    fn open(&self, endpoint: &str) -> Option<u64> {
+        let mut state = self.state.lock().ok()?;
+        let breaker = state.get_mut(endpoint)?;
+        let until = breaker.open_until?;
+        let now = Instant::now();
+        if now < until {
+            return Some(until.duration_since(now).as_millis() as u64);
+        }
+        // Half-open: this call is the probe.
+        breaker.open_until = Some(now + self.open_for);
+        None
+    }
+
+    fn record(&self, endpoint: &str, ok: bool) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let breaker = state.entry(endpoint.to_string()).or_default();
+        if ok {
+            *breaker = Breaker::default();
+            return;
+        }
+        breaker.failures = breaker.failures.saturating_add(1);
+        if breaker.failures >= self.failures_to_open {
+            if breaker.open_until.is_none() {
+                tracing::warn!(endpoint, failures = breaker.failures, "circuit opened");
+            }
+            breaker.open_until = Some(Instant::now() + self.open_for);
+        }
+    }
 }
 
 async fn http_call(
