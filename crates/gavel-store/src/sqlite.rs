@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -52,20 +51,6 @@ CREATE INDEX IF NOT EXISTS resources_by_name ON reservation_resources (name, exp
 CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
 ";
-
-/// Waits for another writer (another process, or the ledger committing to the same file) for
-/// up to about 10 s. SQLite's own busy timeout sleeps a millisecond or more per retry; the
-/// writer in the way usually holds the lock for one fsync, so short waits come first.
-fn wait_for_writer(attempt: i32) -> bool {
-    const QUICK: i32 = 100;
-    match attempt {
-        0..QUICK => std::thread::sleep(Duration::from_micros(25)),
-        // 100 x 25 us, then 500 us at a time: about 10 s in all.
-        QUICK..20_000 => std::thread::sleep(Duration::from_micros(500)),
-        _ => return false,
-    }
-    true
-}
 
 /// How far a commit is made durable before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +124,7 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
-        conn.busy_handler(Some(wait_for_writer))
+        conn.busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
             .map_err(err("busy handler"))?;
         // Every statement stays prepared: re-parsing SQL was a visible share of a decision.
         conn.set_prepared_statement_cache_capacity(128);
