@@ -24,7 +24,6 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-/// How long a statement waits for another connection's write lock.
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS ledger_meta (
