@@ -24,7 +24,6 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS ledger_meta (
     key   TEXT PRIMARY KEY,
