@@ -712,6 +712,24 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 100, .. ProptestConfig::default() })]
+
+        /// Arbitrary text (any characters, windows as small as allowed): no panic, spans on
+        /// character boundaries, evidence never released before it is reported.
+        #[test]
+        fn injection_streams_of_arbitrary_text(
+            text in "(\\PC|[ .\n-]|ignore previous instructions ){0,300}",
+            cuts in prop::collection::vec(0usize..2000, 0..30),
+            window in 0usize..300,
+            step in 0usize..200,
+        ) {
+            let s = scanners();
+            let config = StreamInjection { window, step, ..StreamInjection::default() };
+            check_injection_stream(&s, config, &text, &cuts);
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
 
         #[test]
