@@ -119,37 +119,53 @@ impl Gateway {
     /// Decides one request and waits until its record is durable. A record the ledger does not
     /// take turns the decision into BLOCK `governance.unavailable` (and gives back what it held).
     pub async fn decide(self: &Arc<Self>, request: DecideRequest, principal: &str) -> Ruling {
+        // Deciding reads and writes SQLite and waiting for the ledger blocks on an fsync: both
+        // run on a blocking thread, never on the async workers that serve every connection.
+        let gw = self.clone();
+        let deployment = request.deployment.clone();
+        let owner = principal.to_string();
+        match tokio::task::spawn_blocking(move || gw.decide_now(&request, &owner)).await {
+            Ok(ruling) => ruling,
+            Err(e) => {
+                let request = DecideRequest {
+                    deployment,
+                    ..DecideRequest::default()
+                };
+                let failure = Failure::storage(format!("the decision was lost: {e}"));
+                self.refused(&self.engine(), &request, principal, failure)
+            }
+        }
+    }
+
+    fn decide_now(&self, request: &DecideRequest, principal: &str) -> Ruling {
         let started = Instant::now();
         let engine = self.engine();
         let decision_id = match new_id("dec") {
             Ok(id) => id,
-            Err(f) => return self.refused(&engine, &request, principal, f),
+            Err(f) => return self.refused(&engine, request, principal, f),
         };
         let decision = engine.decide(
             &self.store,
             DecideInput {
-                request: &request,
+                request,
                 principal,
                 decision_id,
                 now: now(),
             },
         );
-        let submitted = submit(&self.ledger, &decision);
         let committing = Instant::now();
-        let durable = tokio::task::spawn_blocking(move || submitted.wait())
-            .await
-            .unwrap_or_else(|e| Err(Failure::storage(format!("the ledger wait failed: {e}"))));
+        let durable = submit(&self.ledger, &decision).wait();
         metrics::ledger_wait(committing.elapsed());
         let ruling = match durable {
             Ok(receipt) => {
-                self.capture(&engine, &request, &decision);
+                self.capture(&engine, request, &decision);
                 Ruling {
                     decision,
                     receipt: Some(receipt),
                 }
             }
             Err(why) => Ruling {
-                decision: withdrawn(&engine, &self.store, &request, &decision, &why),
+                decision: withdrawn(&engine, &self.store, request, &decision, &why),
                 receipt: None,
             },
         };
@@ -196,15 +212,40 @@ impl Gateway {
     /// Records what happened after an ALLOW (usage, latency, output digest, findings) and
     /// settles the decision's reservation with the actual usage. Not awaited: the decision is
     /// what must be durable before acting; this follows it.
-    pub fn record_outcome(&self, decision: &Decision, ran_on: &str, usage: &Usage, details: Value) {
-        let engine = self.engine();
+    pub fn record_outcome(
+        self: &Arc<Self>,
+        decision: &Decision,
+        ran_on: &str,
+        usage: &Usage,
+        details: Value,
+    ) {
+        let gw = self.clone();
+        let (decision_id, principal) = (decision.decision_id.clone(), decision.principal.clone());
+        let (ran_on, usage) = (ran_on.to_string(), usage.clone());
+        // Settling writes SQLite: off the async workers, like deciding.
+        tokio::task::spawn_blocking(move || {
+            gw.settle_and_record(&decision_id, &principal, &ran_on, &usage, details)
+        });
+    }
+
+    fn settle_and_record(
+        &self,
+        decision_id: &str,
+        principal: &str,
+        ran_on: &str,
+        usage: &Usage,
+        details: Value,
+    ) {
         let at = now();
-        if let Err(e) = engine.settle(&self.store, &decision.decision_id, ran_on, usage, at) {
-            tracing::error!(decision_id = %decision.decision_id, error = %e, "settling usage failed");
+        if let Err(e) = self
+            .engine()
+            .settle(&self.store, decision_id, ran_on, usage, at)
+        {
+            tracing::error!(decision_id, error = %e, "settling usage failed");
         }
         let mut body = json!({
-            "principal": decision.principal,
-            "decision_id": decision.decision_id,
+            "principal": principal,
+            "decision_id": decision_id,
             "deployment": ran_on,
             "usage": usage,
         });
@@ -214,7 +255,7 @@ impl Gateway {
         let submitted =
             new_id("out").and_then(|id| self.ledger.submit(RecordKind::Outcome, at, &id, &body));
         if let Err(e) = submitted {
-            tracing::error!(decision_id = %decision.decision_id, error = %e.message, "the outcome could not be recorded");
+            tracing::error!(decision_id, error = %e.message, "the outcome could not be recorded");
         }
     }
 

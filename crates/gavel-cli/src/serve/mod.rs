@@ -131,7 +131,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     // Blocking threads wait for ledger commits and run admin actions; each new thread costs an
     // allocator arena, so their number is bounded (waits queue; a commit answers many at once).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(16)
+        .max_blocking_threads(64)
         .enable_all()
         .build()
         .map_err(|e| Failure::storage(format!("cannot start the runtime: {e}")))?;
