@@ -49,6 +49,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         .map_err(|errors| Failure::invalid(errors.to_string()))?;
     let metrics = metrics::install().map_err(Failure::storage)?;
     let ledger = Ledger::open_exclusive(&ctx.db_path, Some(Arc::new(metrics::ledger_batch)))?;
+    let watched = reload::files_of(&ctx.contract_path, &snapshot);
     let (engine, applied) = reload::make_in_force(
         &store,
         &ledger,
@@ -135,7 +136,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| Failure::storage(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(gw.clone(), listen, settings))?;
+    runtime.block_on(serve(gw.clone(), listen, settings, watched))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
     // Every request is done: sign the final checkpoint.
     match Arc::into_inner(gw) {
@@ -157,7 +158,12 @@ struct Listening {
     reload_every: Duration,
 }
 
-async fn serve(gw: Arc<Gateway>, listen: SocketAddr, settings: Listening) -> Outcome {
+async fn serve(
+    gw: Arc<Gateway>,
+    listen: SocketAddr,
+    settings: Listening,
+    watched: Vec<std::path::PathBuf>,
+) -> Outcome {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Failure::storage(format!("cannot listen on {listen}: {e}")))?;
@@ -166,7 +172,12 @@ async fn serve(gw: Arc<Gateway>, listen: SocketAddr, settings: Listening) -> Out
         .map_err(|e| Failure::storage(format!("cannot read the listening address: {e}")))?;
     let router = routes::router(gw.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(reload::watch(gw.clone(), settings.reload_every, stop_rx));
+    let watcher = tokio::spawn(reload::watch(
+        gw.clone(),
+        settings.reload_every,
+        stop_rx,
+        watched,
+    ));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)

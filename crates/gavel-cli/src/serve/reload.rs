@@ -1,10 +1,12 @@
-//! Contract hot reload: the contract path is re-read on an interval; a valid new version is
+//! Contract hot reload: the contract's files are watched on an interval (modification time and
+//! size; a full read when they change, and every 30 s regardless); a valid new version is
 //! applied (recorded with what changed and its loosening flag, as `gavel apply` records it) and
 //! swapped in atomically; an invalid one is refused, recorded and logged, and the last good
 //! version keeps governing.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
@@ -40,27 +42,78 @@ pub fn make_in_force(
     Ok((Engine::new(Arc::new(contract), config), applied))
 }
 
-/// Polls the contract until `stop` fires.
+/// The files a contract was read from.
+pub fn files_of(contract_path: &Path, snapshot: &Snapshot) -> Vec<PathBuf> {
+    let file = gavel_contract::contract_file(contract_path);
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    snapshot.files.keys().map(|name| base.join(name)).collect()
+}
+
+/// Modification time and size of each file: a cheap test of whether anything changed since the
+/// last full read (which parses, validates and hashes everything).
+#[derive(PartialEq)]
+struct Fingerprint(Vec<Option<(SystemTime, u64)>>);
+
+impl Fingerprint {
+    fn of(files: &[PathBuf]) -> Fingerprint {
+        Fingerprint(
+            files
+                .iter()
+                .map(|f| {
+                    std::fs::metadata(f)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Reads the contract in full at least this often, whatever the fingerprint says (a file that an
+/// invalid version named may appear without the others changing).
+const FULL_READ_EVERY: Duration = Duration::from_secs(30);
+
+/// Polls the contract until `stop` fires: a fingerprint every `every`, a full read when it
+/// changed.
 pub async fn watch(
     gw: Arc<Gateway>,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    mut files: Vec<PathBuf>,
 ) {
     let mut last_refusal: Option<String> = None;
+    let mut seen = Fingerprint::of(&files);
+    let mut last_full_read = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
+        let now_seen = Fingerprint::of(&files);
+        if now_seen == seen && last_full_read.elapsed() < FULL_READ_EVERY {
+            continue;
+        }
+        seen = now_seen;
+        last_full_read = Instant::now();
         let gw2 = gw.clone();
         let current = gw.engine().contract().version.0.clone();
         let refused = last_refusal.clone();
         let outcome =
             tokio::task::spawn_blocking(move || check(&gw2, &current, refused.as_deref())).await;
         match outcome {
-            Ok(Reloaded::Unchanged) => {}
-            Ok(Reloaded::Swapped) => last_refusal = None,
-            Ok(Reloaded::Refused(why)) => last_refusal = Some(why),
+            Ok((reloaded, read)) => {
+                // `seen` was taken before the read, so a change made during it is seen next
+                // time. A different set of files has no fingerprint yet: read again next time.
+                if let Some(read) = read.filter(|read| *read != files) {
+                    files = read;
+                    seen = Fingerprint(Vec::new());
+                }
+                match reloaded {
+                    Reloaded::Unchanged => {}
+                    Reloaded::Swapped => last_refusal = None,
+                    Reloaded::Refused(why) => last_refusal = Some(why),
+                }
+            }
             Err(e) => tracing::error!(error = %e, "contract reload task failed"),
         }
     }
@@ -73,13 +126,19 @@ enum Reloaded {
     Refused(String),
 }
 
-fn check(gw: &Gateway, current: &str, already_refused: Option<&str>) -> Reloaded {
+/// Reads the contract in full; with the outcome, the files it was read from (when it loaded).
+fn check(
+    gw: &Gateway,
+    current: &str,
+    already_refused: Option<&str>,
+) -> (Reloaded, Option<Vec<PathBuf>>) {
     let (loaded, snapshot) = match load_with_snapshot(&gw.contract_path) {
         Ok(found) => found,
-        Err(errors) => return refuse(gw, errors.to_string(), already_refused),
+        Err(errors) => return (refuse(gw, errors.to_string(), already_refused), None),
     };
+    let files = Some(files_of(&gw.contract_path, &snapshot));
     if loaded.contract.version.0 == current {
-        return Reloaded::Unchanged;
+        return (Reloaded::Unchanged, files);
     }
     let version = loaded.contract.version.0.clone();
     match make_in_force(
@@ -94,9 +153,9 @@ fn check(gw: &Gateway, current: &str, already_refused: Option<&str>) -> Reloaded
             metrics::reload("applied");
             let loosening = applied.as_ref().is_some_and(|a| a.loosening);
             tracing::info!(version = %short_hash(&version), loosening, "contract reloaded");
-            Reloaded::Swapped
+            (Reloaded::Swapped, files)
         }
-        Err(failure) => refuse(gw, failure.message, already_refused),
+        Err(failure) => (refuse(gw, failure.message, already_refused), files),
     }
 }
 
