@@ -129,10 +129,11 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         drain: duration("drain-timeout", &args.drain_timeout)?,
         reload_every: duration("reload-interval", &args.reload_interval)?,
     };
-    // Blocking threads wait for ledger commits and run admin actions; each new thread costs an
-    // allocator arena, so their number is bounded (waits queue; a commit answers many at once).
+    // Blocking threads decide (each keeps its own token-count memo, up to a few MB) and wait for
+    // ledger commits: their number bounds memory. 16 waiting at once still fill a group commit
+    // well beyond what this disk's fsync rate needs.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(64)
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .map_err(|e| Failure::storage(format!("cannot start the runtime: {e}")))?;
