@@ -6,7 +6,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cargo build --quiet --manifest-path "$root/Cargo.toml" -p gavel-cli
-gavel="$root/target/debug/gavel"
+gavel="${CARGO_TARGET_DIR:-$root/target}/debug/gavel"
 dir="${1:-$(mktemp -d -t gavel-quickstart.XXXXXX)}"
 cd "$dir"
 
