@@ -90,6 +90,13 @@ pub fn authenticate(
     allowed: &[Role],
     action: &str,
 ) -> Result<KeyRecord, Failure> {
+    let record = known_key(store, key, action)?;
+    role_allowed(&record, allowed, action)?;
+    Ok(record)
+}
+
+/// The record of an active key (any role).
+pub fn known_key(store: &dyn Store, key: Option<&str>, action: &str) -> Result<KeyRecord, Failure> {
     let key = key.filter(|k| !k.is_empty()).ok_or_else(|| {
         Failure::auth(format!(
             "{action} needs an API key; set GAVEL_KEY or pass --key"
@@ -104,16 +111,21 @@ pub fn authenticate(
             record.id, record.principal
         )));
     }
-    if !allowed.contains(&record.role) {
-        let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
-        return Err(Failure::auth(format!(
-            "`{}` has role {}; {action} needs role {}",
-            record.principal,
-            record.role,
-            roles.join(" or ")
-        )));
-    }
     Ok(record)
+}
+
+/// Refuses a key whose role is not one of `allowed`.
+pub fn role_allowed(record: &KeyRecord, allowed: &[Role], action: &str) -> Result<(), Failure> {
+    if allowed.contains(&record.role) {
+        return Ok(());
+    }
+    let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+    Err(Failure::auth(format!(
+        "`{}` has role {}; {action} needs role {}",
+        record.principal,
+        record.role,
+        roles.join(" or ")
+    )))
 }
 
 /// `gavel.db` next to the contract file.

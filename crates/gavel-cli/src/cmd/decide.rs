@@ -293,6 +293,29 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
     Ok(())
 }
 
+/// The ledger's record of a decision made for `who` (only that principal may `act` on it: report
+/// its outcome, give feedback).
+pub fn own_decision(
+    sink: &gavel_ledger_sqlite::SqliteLedgerSink,
+    decision_id: &str,
+    who: &str,
+    act: &str,
+) -> Result<serde_json::Value, Failure> {
+    let decided = sink
+        .record_by_id(decision_id)
+        .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+        .filter(|entry| entry.record.kind == RecordKind::Decision)
+        .ok_or_else(|| Failure::invalid(format!("no decision `{decision_id}` in the ledger")))?
+        .record
+        .body;
+    if decided["principal"].as_str() != Some(who) {
+        return Err(Failure::auth(format!(
+            "decision `{decision_id}` was made for another principal; only it may {act}"
+        )));
+    }
+    Ok(decided)
+}
+
 /// Settles a decision's reservation with the actual usage, as the principal it was made for
 /// and under the deployment it ran on (the ledger says which); recorded first, because a
 /// settlement changes budgets.
@@ -312,16 +335,7 @@ pub fn settle_outcome(
             "deployment `{deployment}` is not in the contract"
         )));
     }
-    let decided = sink
-        .record_by_id(decision_id)
-        .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
-        .filter(|entry| entry.record.kind == RecordKind::Decision)
-        .ok_or_else(|| Failure::invalid(format!("no decision `{decision_id}` in the ledger")))?
-        .record
-        .body;
-    if decided["principal"].as_str() != Some(who) {
-        return Err(Failure::auth(format!("decision `{decision_id}` was made for another principal; only it may report the outcome")));
-    }
+    let decided = own_decision(sink, decision_id, who, "report the outcome")?;
     let ran_on = decided["obligations"]
         .as_array()
         .and_then(|obligations| obligations.iter().find(|o| o["type"] == "route"))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -16,8 +16,8 @@ use gavel_engine::relevant_scopes;
 use gavel_ledger::VerifyOptions;
 use gavel_store::{KeyRecord, Store};
 
-use super::api::{blocking, reply, typed};
-use super::error::ApiError;
+use super::api::{blocking, typed};
+use super::error::{ApiError, ApiResult};
 use super::gateway::Gateway;
 use crate::cli::{ApproveArgs, ExportArgs, KillArgs, ScopeArgs};
 use crate::cmd::{approve, audit, explain, keys, kill};
@@ -28,11 +28,13 @@ use crate::failure::Failure;
 async fn act(
     gw: Arc<Gateway>,
     action: impl FnOnce(&Gateway) -> Result<Value, Failure> + Send + 'static,
-) -> Response {
-    reply(blocking(move || action(&gw).map_err(ApiError::from)).await)
+) -> ApiResult<Json<Value>> {
+    blocking(move || action(&gw).map_err(ApiError::from))
+        .await
+        .map(Json)
 }
 
-pub async fn list_keys(State(gw): State<Arc<Gateway>>) -> Response {
+pub async fn list_keys(State(gw): State<Arc<Gateway>>) -> ApiResult<Json<Value>> {
     act(gw, |gw| {
         let keys: Vec<Value> = gw
             .store
@@ -58,11 +60,8 @@ pub async fn create_key(
     State(gw): State<Arc<Gateway>>,
     Extension(admin): Extension<KeyRecord>,
     request: Request,
-) -> Response {
-    let body: NewKey = match body_of(&gw, request).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+) -> ApiResult<Json<Value>> {
+    let body: NewKey = body_of(&gw, request).await?;
     act(gw, move |gw| {
         let role = keys::key_terms(&body.principal, &body.role, body.approver_role.as_deref())?;
         let key = crate::cmd::init::create_key(&gw.store, &gw.ledger, &body.principal, role, body.approver_role.clone(), &admin.principal)?;
@@ -75,7 +74,7 @@ pub async fn revoke_key(
     State(gw): State<Arc<Gateway>>,
     Extension(admin): Extension<KeyRecord>,
     Path(id): Path<String>,
-) -> Response {
+) -> ApiResult<Json<Value>> {
     act(gw, move |gw| {
         Ok(json!({ "message": keys::revoke_as(&gw.store, &gw.ledger, &admin, &id)? }))
     })
@@ -92,7 +91,7 @@ pub struct DeploymentQuery {
 pub async fn list_approvals(
     State(gw): State<Arc<Gateway>>,
     Query(query): Query<DeploymentQuery>,
-) -> Response {
+) -> ApiResult<Json<Value>> {
     act(gw, move |gw| {
         let at = now();
         let rows: Vec<Value> = gw
@@ -111,11 +110,8 @@ pub async fn approve(
     State(gw): State<Arc<Gateway>>,
     Extension(who): Extension<KeyRecord>,
     request: Request,
-) -> Response {
-    let args: ApproveArgs = match body_of(&gw, request).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+) -> ApiResult<Json<Value>> {
+    let args: ApproveArgs = body_of(&gw, request).await?;
     act(gw, move |gw| {
         // The gateway's engine holds the contract in force: approvals are judged under it.
         let engine = gw.engine();
@@ -136,11 +132,8 @@ pub async fn revoke_approval(
     Extension(who): Extension<KeyRecord>,
     Path(id): Path<String>,
     request: Request,
-) -> Response {
-    let body: Because = match body_of(&gw, request).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+) -> ApiResult<Json<Value>> {
+    let body: Because = body_of(&gw, request).await?;
     act(gw, move |gw| Ok(json!({ "message": approve::revoke_as(&gw.store, &gw.ledger, &who, &id, &body.reason)? }))).await
 }
 
@@ -162,11 +155,8 @@ pub async fn kill(
     State(gw): State<Arc<Gateway>>,
     Extension(who): Extension<KeyRecord>,
     request: Request,
-) -> Response {
-    let body: KillBody = match body_of(&gw, request).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+) -> ApiResult<Json<Value>> {
+    let body: KillBody = body_of(&gw, request).await?;
     act(gw, move |gw| {
         let args = KillArgs {
             scope: ScopeArgs { deployment: body.deployment, use_case: body.use_case, all: body.all },
@@ -182,17 +172,14 @@ pub async fn unkill(
     State(gw): State<Arc<Gateway>>,
     Extension(who): Extension<KeyRecord>,
     request: Request,
-) -> Response {
-    let scope: ScopeArgs = match body_of(&gw, request).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+) -> ApiResult<Json<Value>> {
+    let scope: ScopeArgs = body_of(&gw, request).await?;
     act(gw, move |gw| Ok(json!({ "message": kill::unkill_as(&gw.store, &gw.ledger, gw.engine().contract(), &who, &scope)? }))).await
 }
 
 /// Every deployment's state now: killed, cooling down, unapproved or serving; its approval and
 /// owner.
-pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
+pub async fn status(State(gw): State<Arc<Gateway>>) -> ApiResult<Json<Value>> {
     act(gw, |gw| {
         let engine = gw.engine();
         let contract = engine.contract();
@@ -233,10 +220,13 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
     .await
 }
 
-pub async fn explain(State(gw): State<Arc<Gateway>>, Path(deployment): Path<String>) -> Response {
+pub async fn explain(
+    State(gw): State<Arc<Gateway>>,
+    Path(deployment): Path<String>,
+) -> ApiResult<Json<Value>> {
     act(gw, move |gw| {
         let engine = gw.engine();
-        let sink = reader(gw)?;
+        let sink = gw.ledger_reader()?;
         Ok(explain::gather(engine.contract(), &gw.store, &sink, &deployment)?.json())
     })
     .await
@@ -247,7 +237,7 @@ pub async fn records(State(gw): State<Arc<Gateway>>, Query(args): Query<ExportAr
     let result = blocking(move || {
         let filter = audit::export_filter(&args)?;
         let mut out = Vec::new();
-        reader(&gw)?
+        gw.ledger_reader()?
             .export_jsonl(&filter, &mut out)
             .map_err(|e| ApiError::unavailable(format!("export failed: {e}")))?;
         Ok(out)
@@ -266,9 +256,13 @@ pub async fn records(State(gw): State<Arc<Gateway>>, Query(args): Query<ExportAr
     }
 }
 
-pub async fn record(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+pub async fn record(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     act(gw, move |gw| {
-        let entry = reader(gw)?
+        let entry = gw
+            .ledger_reader()?
             .record_by_id(&id)
             .map_err(Failure::storage)?
             .ok_or_else(|| Failure::invalid(format!("no ledger record with id `{id}`")))?;
@@ -277,10 +271,14 @@ pub async fn record(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> R
     .await
 }
 
-pub async fn proof(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+pub async fn proof(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     act(gw, move |gw| {
         let verifier = crate::ledger::load_key(&gw.db_path)?.verifier();
-        let bundle = reader(gw)?
+        let bundle = gw
+            .ledger_reader()?
             .prove(&id, &verifier)
             .map_err(|e| Failure::invalid(format!("cannot prove `{id}`: {e}")))?;
         serde_json::to_value(bundle)
@@ -289,10 +287,10 @@ pub async fn proof(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Re
     .await
 }
 
-pub async fn verify(State(gw): State<Arc<Gateway>>) -> Response {
+pub async fn verify(State(gw): State<Arc<Gateway>>) -> ApiResult<Json<Value>> {
     act(gw, |gw| {
         let verifier = crate::ledger::load_key(&gw.db_path)?.verifier();
-        match reader(gw)?.verify(&verifier, VerifyOptions::default()) {
+        match gw.ledger_reader()?.verify(&verifier, VerifyOptions::default()) {
             Ok(report) => Ok(json!({ "ok": true, "records": report.records, "checkpoints": report.checkpoints, "unsigned_tail": report.unsigned_tail })),
             Err(gavel_ledger::VerifyError::Failed(failure)) => Ok(json!({ "ok": false, "failure": failure.to_string() })),
             Err(e) => Err(Failure::storage(e)),
@@ -301,16 +299,8 @@ pub async fn verify(State(gw): State<Arc<Gateway>>) -> Response {
     .await
 }
 
-pub async fn pubkey(State(gw): State<Arc<Gateway>>) -> Response {
+pub async fn pubkey(State(gw): State<Arc<Gateway>>) -> ApiResult<Json<Value>> {
     act(gw, |gw| Ok(json!({ "pubkey": gavel_ledger_sqlite::public_key(&crate::ledger::load_key(&gw.db_path)?) }))).await
-}
-
-fn reader(
-    gw: &Gateway,
-) -> Result<std::sync::MutexGuard<'_, gavel_ledger_sqlite::SqliteLedgerSink>, Failure> {
-    gw.ledger_reader
-        .lock()
-        .map_err(|_| Failure::storage("the ledger reader is unavailable"))
 }
 
 async fn body_of<T: serde::de::DeserializeOwned>(

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -14,9 +15,9 @@ use gavel_engine::{parse_request, Usage};
 use gavel_ledger::RecordKind;
 use gavel_store::KeyRecord;
 
-use super::error::{status_of, ApiError, ApiResult};
+use super::error::{retry_after, status_of, ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway};
-use crate::cmd::decide::settle_outcome;
+use crate::cmd::decide::{own_decision, settle_outcome};
 use crate::context::{new_id, now};
 
 pub async fn healthz() -> &'static str {
@@ -50,28 +51,19 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 pub async fn decide(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
-    request: Request,
-) -> Response {
-    let body = match gw.read_body(request.into_body()).await {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
-    };
-    let request = match parse_request(&body) {
-        Ok(request) => request,
-        Err(e) => return ApiError::bad_request("invalid_request", e.0).into_response(),
-    };
-    let ruling = gw.decide(request, &caller.principal).await;
+    body: Body,
+) -> ApiResult<Response> {
+    let body = gw.read_body(body).await?;
+    let request =
+        parse_request(&body).map_err(|e| ApiError::bad_request("invalid_request", e.0))?;
+    let ruling = gw.decide(Arc::new(request), &caller.principal).await;
     let status = match status_of(&ruling.decision) {
         StatusCode::CONFLICT => StatusCode::OK,
         other => other,
     };
     let mut response = (status, Json(ruling.shown())).into_response();
-    if let Some(seconds) = ruling.decision.retry_after_seconds {
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-    }
-    response
+    retry_after(&mut response, ruling.decision.retry_after_seconds);
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -86,33 +78,24 @@ struct OutcomeBody {
 pub async fn outcome(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
-    request: Request,
-) -> Response {
-    let result = async {
-        let body: OutcomeBody = typed(&gw.read_body(request.into_body()).await?)?;
-        let gw = gw.clone();
-        blocking(move || {
-            let engine = gw.engine();
-            let sink = gw
-                .ledger_reader
-                .lock()
-                .map_err(|_| ApiError::unavailable("the ledger reader is unavailable"))?;
-            settle_outcome(
-                &engine,
-                &gw.store,
-                &gw.ledger,
-                &sink,
-                &caller.principal,
-                &body.decision_id,
-                &body.deployment,
-                &body.usage,
-            )
-            .map_err(ApiError::from)
-        })
-        .await
-    }
-    .await;
-    reply(result)
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let body: OutcomeBody = typed(&gw.read_body(body).await?)?;
+    blocking(move || {
+        settle_outcome(
+            &gw.engine(),
+            &gw.store,
+            &gw.ledger,
+            &*gw.ledger_reader()?,
+            &caller.principal,
+            &body.decision_id,
+            &body.deployment,
+            &body.usage,
+        )
+        .map_err(ApiError::from)
+    })
+    .await
+    .map(Json)
 }
 
 #[derive(Deserialize)]
@@ -134,59 +117,38 @@ struct FeedbackBody {
 pub async fn feedback(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
-    request: Request,
-) -> Response {
-    let result = async {
-        let body: FeedbackBody = typed(&gw.read_body(request.into_body()).await?)?;
-        if body.score.is_none() && body.label.is_none() {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "feedback needs a `score` in [0, 1], a `label`, or both",
-            ));
-        }
-        if body.score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "`score` must be between 0 and 1",
-            ));
-        }
-        if let Some((name, _)) = body
-            .features
-            .iter()
-            .find(|(_, v)| !(v.is_number() || v.is_string() || v.is_boolean()))
-        {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                format!("feature `{name}` must be a number, a string or a boolean"),
-            ));
-        }
-        let decided = {
-            let sink = gw
-                .ledger_reader
-                .lock()
-                .map_err(|_| ApiError::unavailable("the ledger reader is unavailable"))?;
-            sink.record_by_id(&body.decision_id)
-                .map_err(|e| ApiError::unavailable(format!("cannot read the ledger: {e}")))?
-                .filter(|entry| entry.record.kind == RecordKind::Decision)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_request",
-                        format!("no decision `{}` in the ledger", body.decision_id),
-                    )
-                })?
-                .record
-                .body
-        };
-        if decided["principal"].as_str() != Some(caller.principal.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "not_your_decision",
-                format!(
-                    "decision `{}` was made for another principal; only it may give feedback",
-                    body.decision_id
-                ),
-            ));
-        }
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let body: FeedbackBody = typed(&gw.read_body(body).await?)?;
+    if body.score.is_none() && body.label.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "feedback needs a `score` in [0, 1], a `label`, or both",
+        ));
+    }
+    if body.score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`score` must be between 0 and 1",
+        ));
+    }
+    if let Some((name, _)) = body
+        .features
+        .iter()
+        .find(|(_, v)| !(v.is_number() || v.is_string() || v.is_boolean()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("feature `{name}` must be a number, a string or a boolean"),
+        ));
+    }
+    blocking(move || {
+        let decided = own_decision(
+            &*gw.ledger_reader()?,
+            &body.decision_id,
+            &caller.principal,
+            "give feedback",
+        )?;
         let record = json!({
             "principal": caller.principal,
             "decision_id": body.decision_id,
@@ -194,13 +156,11 @@ pub async fn feedback(
             "feedback": { "score": body.score, "label": body.label, "features": body.features },
         });
         let id = new_id("fbk")?;
-        let pending = gw.ledger.submit(RecordKind::Outcome, now(), &id, &record)?;
-        let receipt =
-            blocking(move || crate::ledger::wait(pending).map_err(ApiError::from)).await?;
+        let receipt = gw.ledger.record(RecordKind::Outcome, now(), &id, &record)?;
         Ok(json!({ "feedback_id": id, "decision_id": body.decision_id, "receipt": receipt }))
-    }
-    .await;
-    reply(result)
+    })
+    .await
+    .map(Json)
 }
 
 /// Parses a JSON body into `T`, strictly.
@@ -220,11 +180,4 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::unavailable(format!("the work was lost: {e}")))?
-}
-
-pub fn reply(result: ApiResult<Value>) -> Response {
-    match result {
-        Ok(value) => Json(value).into_response(),
-        Err(e) => e.into_response(),
-    }
 }

@@ -142,7 +142,9 @@ impl From<Failure> for ApiError {
     fn from(failure: Failure) -> Self {
         let (status, code) = match failure.exit_code {
             EXIT_INVALID | EXIT_USAGE => (StatusCode::BAD_REQUEST, "invalid_request"),
-            EXIT_AUTH => (StatusCode::UNAUTHORIZED, "invalid_api_key"),
+            // Keys are checked before a handler runs (401 there); an action's own refusal of
+            // the caller (not your decision, not your role) is a 403.
+            EXIT_AUTH => (StatusCode::FORBIDDEN, "not_allowed"),
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ReasonCode::GovernanceUnavailable.as_str(),
@@ -155,11 +157,7 @@ impl From<Failure> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
-        if let Some(seconds) = self.retry_after_seconds {
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
+        retry_after(&mut response, self.retry_after_seconds);
         if let Some(id) = self
             .decision
             .as_ref()
@@ -173,3 +171,10 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Sets `Retry-After` (whole seconds) when a COOLDOWN says when to retry.
+pub fn retry_after(response: &mut Response, seconds: Option<u64>) {
+    if let Some(value) = seconds.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+}

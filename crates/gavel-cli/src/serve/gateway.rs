@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -20,8 +20,8 @@ use gavel_store::{KeyRecord, Role, SqliteStore};
 use super::error::{ApiError, ApiResult};
 use super::metrics;
 use crate::cmd::decide::{capture_payload, submit, withdrawn};
-use crate::context::{authenticate, new_id, now};
-use crate::failure::Failure;
+use crate::context::{known_key, new_id, now, role_allowed};
+use crate::failure::{Failure, EXIT_AUTH};
 use crate::ledger::Ledger;
 
 /// What a client controls, bounded.
@@ -86,6 +86,13 @@ impl Gateway {
         self.engine.load_full()
     }
 
+    /// The connection for ledger queries, proofs and captured payloads.
+    pub fn ledger_reader(&self) -> Result<MutexGuard<'_, SqliteLedgerSink>, Failure> {
+        self.ledger_reader
+            .lock()
+            .map_err(|_| Failure::storage("the ledger reader is unavailable"))
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -97,28 +104,29 @@ impl Gateway {
         allowed: &[Role],
         action: &str,
     ) -> ApiResult<KeyRecord> {
-        let key = bearer(headers);
-        let record = authenticate(&self.store, key, &Role::ALL, action)
-            .map_err(|f| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", f.message))?;
-        if !allowed.contains(&record.role) {
-            let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        let Some(key) = bearer(headers).filter(|k| !k.is_empty()) else {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "role_not_allowed",
-                format!(
-                    "`{}` has role {}; {action} needs role {}",
-                    record.principal,
-                    record.role,
-                    roles.join(" or ")
-                ),
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                format!("{action} needs an API key: send it as `Authorization: Bearer <key>`"),
             ));
-        }
+        };
+        // An unknown key is a 401; a store that cannot answer is a 503, not a 401.
+        let record = known_key(&self.store, Some(key), action).map_err(|f| {
+            if f.exit_code == EXIT_AUTH {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", f.message)
+            } else {
+                ApiError::from(f)
+            }
+        })?;
+        role_allowed(&record, allowed, action)
+            .map_err(|f| ApiError::new(StatusCode::FORBIDDEN, "role_not_allowed", f.message))?;
         Ok(record)
     }
 
     /// Decides one request and waits until its record is durable. A record the ledger does not
     /// take turns the decision into BLOCK `governance.unavailable` (and gives back what it held).
-    pub async fn decide(self: &Arc<Self>, request: DecideRequest, principal: &str) -> Ruling {
+    pub async fn decide(self: &Arc<Self>, request: Arc<DecideRequest>, principal: &str) -> Ruling {
         // Deciding reads and writes SQLite and waiting for the ledger blocks on an fsync: both
         // run on a blocking thread, never on the async workers that serve every connection.
         let gw = self.clone();
@@ -201,7 +209,7 @@ impl Gateway {
         let Some(field) = &engine.contract().policy.payload_subject else {
             return;
         };
-        let Ok(sink) = self.ledger_reader.lock() else {
+        let Ok(sink) = self.ledger_reader() else {
             return;
         };
         if let Err(e) = capture_payload(&sink, field, request, decision) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -39,19 +39,7 @@ const MAX_FALLBACK_HOPS: usize = 3;
 pub async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
-    request: Request,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    match chat(&gw, caller, &parts.headers, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn chat(
-    gw: &Arc<Gateway>,
-    caller: KeyRecord,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let bytes = gw.read_body(body).await?;
@@ -64,15 +52,15 @@ async fn chat(
     };
     let engine = gw.engine();
     let contract = engine.contract();
-    let (deployment_id, model) = deployment_of(headers, &fields, contract)?;
-    let request = decide_request(headers, &fields, deployment_id, model)?;
+    let (deployment_id, model) = deployment_of(&headers, &fields, contract)?;
+    let request = Arc::new(decide_request(&headers, &fields, deployment_id, model)?);
     let stream = fields.get("stream") == Some(&Value::Bool(true));
     let ruling = gw.decide(request.clone(), &caller.principal).await;
     if ruling.decision.verdict != Verdict::Allow {
         return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
     }
     let call = Call {
-        gw: gw.clone(),
+        gw,
         caller,
         fields,
         request,
@@ -183,7 +171,7 @@ struct Call {
     gw: Arc<Gateway>,
     caller: KeyRecord,
     fields: Map<String, Value>,
-    request: DecideRequest,
+    request: Arc<DecideRequest>,
     stream: bool,
     started: Instant,
 }
@@ -255,7 +243,7 @@ impl Call {
 
     /// The fallback deployment is governed like any other: its own decision, recorded.
     async fn decide_fallback(&self, next: &str, failed: &Decision) -> ApiResult<Ruling> {
-        let mut request = self.request.clone();
+        let mut request = DecideRequest::clone(&self.request);
         request.deployment = next.to_string();
         request.model = None;
         // The first decision holds the idempotency key; the fallback is the same request.
@@ -263,7 +251,10 @@ impl Call {
         request
             .metadata
             .insert("fallback_for".to_string(), failed.decision_id.clone());
-        let ruling = self.gw.decide(request, &self.caller.principal).await;
+        let ruling = self
+            .gw
+            .decide(Arc::new(request), &self.caller.principal)
+            .await;
         if ruling.decision.verdict != Verdict::Allow {
             return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
         }
@@ -337,22 +328,25 @@ impl Call {
             )
             .into_response();
         };
-        let mut guard = self.guard();
+        // Each choice is its own answer: its own guard, one push and the end.
+        let mut findings = Vec::new();
         let mut violation = None;
         if let Some(choices) = reply["choices"].as_array_mut() {
             for choice in choices {
-                if let Some(text) = choice["message"]["content"].as_str().map(str::to_string) {
-                    match guard
-                        .push(&text)
-                        .and_then(|head| guard.finish().map(|tail| head + &tail))
-                    {
-                        Ok(checked) => choice["message"]["content"] = json!(checked),
-                        Err(v) => {
-                            violation = Some(v);
-                            break;
-                        }
+                let Some(text) = choice["message"]["content"].as_str().map(str::to_string) else {
+                    continue;
+                };
+                let mut guard = self.guard();
+                let checked = guard
+                    .push(&text)
+                    .and_then(|head| guard.finish().map(|tail| head + &tail));
+                findings.append(&mut guard.findings);
+                match checked {
+                    Ok(checked) => choice["message"]["content"] = json!(checked),
+                    Err(v) => {
+                        violation = Some(v);
+                        break;
                     }
-                    guard = self.guard_with(std::mem::take(&mut guard.findings));
                 }
             }
         }
@@ -362,7 +356,7 @@ impl Call {
             "upstream_status": status.as_u16(),
             "latency_ms": self.started.elapsed().as_millis() as u64,
             "output_sha256": hex::encode(Sha256::digest(&body)),
-            "output_findings": guard.findings,
+            "output_findings": findings,
             "fallback": fallback,
         });
         merge(&mut details, &snapshot);
@@ -381,21 +375,9 @@ impl Call {
     }
 
     fn guard(&self) -> OutputGuard {
-        self.guard_with(Vec::new())
-    }
-
-    fn guard_with(&self, findings: Vec<Value>) -> OutputGuard {
-        let actions = self
-            .gw
-            .engine()
-            .contract()
-            .policy
-            .privacy
-            .as_ref()
-            .map(|p| p.output);
-        let mut guard = OutputGuard::new(self.gw.output_scanners.clone(), actions);
-        guard.findings = findings;
-        guard
+        let engine = self.gw.engine();
+        let actions = engine.contract().policy.privacy.as_ref().map(|p| p.output);
+        OutputGuard::new(self.gw.output_scanners.clone(), actions)
     }
 
     /// The approved fallback response, in the shape the client asked for.
@@ -520,7 +502,6 @@ impl Call {
                     match guard.finish() {
                         Ok(tail) => {
                             if !tail.is_empty() {
-                                summary.text_released.push_str(&tail);
                                 let _ = tx.send(content_event(template.as_ref(), &tail)).await;
                             }
                             summary.findings = std::mem::take(&mut guard.findings);
@@ -604,7 +585,6 @@ impl Call {
                             .as_object()
                             .is_some_and(|d| d.keys().any(|k| k != "content"));
                         forward |= !released.is_empty() || has_more || finished;
-                        summary.text_released.push_str(&released);
                     }
                     if choices.is_empty() {
                         forward = true;
@@ -641,9 +621,8 @@ impl Call {
 #[derive(Default)]
 struct StreamSummary {
     usage: Option<Usage>,
-    /// Everything the upstream sent (for the digest and counting), and what the client got.
+    /// Everything the upstream sent, for the digest and for counting when it reports no usage.
     text_seen: String,
-    text_released: String,
     findings: Vec<Value>,
     snapshot: Value,
     violation: Option<Violation>,
@@ -712,25 +691,30 @@ fn redact_messages(
     redactions: &[gavel_engine::Redaction],
 ) {
     for (index, message) in parsed.iter().enumerate() {
-        let mut spans: Vec<&gavel_engine::Redaction> = redactions
-            .iter()
-            .filter(|r| r.text_index == index)
-            .collect();
-        if spans.is_empty() {
+        if !redactions.iter().any(|r| r.text_index == index) {
             continue;
         }
-        spans.sort_by_key(|r| std::cmp::Reverse(r.start));
-        let mut text = message.text();
-        for r in spans {
-            if r.end <= text.len() && text.is_char_boundary(r.start) && text.is_char_boundary(r.end)
-            {
-                text.replace_range(r.start..r.end, &r.placeholder);
-            }
-        }
         if let Some(slot) = messages.get_mut(index) {
-            slot["content"] = json!(text);
+            slot["content"] = json!(redacted(&message.text(), index, redactions));
         }
     }
+}
+
+/// Text `index` of a request (redactions index the request's texts) with its redacted spans
+/// replaced by their placeholders, the last span first so earlier offsets stay valid.
+fn redacted(text: &str, index: usize, redactions: &[gavel_engine::Redaction]) -> String {
+    let mut spans: Vec<&gavel_engine::Redaction> = redactions
+        .iter()
+        .filter(|r| r.text_index == index)
+        .collect();
+    spans.sort_by_key(|r| std::cmp::Reverse(r.start));
+    let mut text = text.to_string();
+    for r in spans {
+        if r.end <= text.len() && text.is_char_boundary(r.start) && text.is_char_boundary(r.end) {
+            text.replace_range(r.start..r.end, &r.placeholder);
+        }
+    }
+    text
 }
 
 fn usage_of(value: &Value) -> Option<Usage> {
@@ -815,19 +799,7 @@ fn passthrough(status: StatusCode, body: Bytes, decision: &Decision) -> Response
 pub async fn embeddings(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
-    request: Request,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    match embed(&gw, caller, &parts.headers, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn embed(
-    gw: &Arc<Gateway>,
-    caller: KeyRecord,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let bytes = gw.read_body(body).await?;
@@ -838,7 +810,7 @@ async fn embed(
         ));
     };
     let engine = gw.engine();
-    let (deployment_id, model) = deployment_of(headers, &fields, engine.contract())?;
+    let (deployment_id, model) = deployment_of(&headers, &fields, engine.contract())?;
     // The input is content like any other: scanned, counted, governed.
     let inputs: Vec<String> = match fields.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
@@ -880,7 +852,7 @@ async fn embed(
             .map(str::to_string),
         ..DecideRequest::default()
     };
-    let ruling = gw.decide(request, &caller.principal).await;
+    let ruling = gw.decide(Arc::new(request), &caller.principal).await;
     if ruling.decision.verdict != Verdict::Allow {
         return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
     }
@@ -900,20 +872,13 @@ async fn embed(
         .iter()
         .find(|o| matches!(o, Obligation::Redact { .. }))
     {
-        let mut redacted = inputs.clone();
-        let mut spans: Vec<_> = redactions.iter().collect();
-        spans.sort_by_key(|r| std::cmp::Reverse(r.start));
-        for r in spans {
-            if let Some(text) = redacted.get_mut(r.text_index) {
-                if r.end <= text.len()
-                    && text.is_char_boundary(r.start)
-                    && text.is_char_boundary(r.end)
-                {
-                    text.replace_range(r.start..r.end, &r.placeholder);
-                }
-            }
-        }
-        body.insert("input".to_string(), json!(redacted));
+        // An embeddings request has no messages: its inputs are texts 0, 1, ...
+        let inputs: Vec<String> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| redacted(text, i, redactions))
+            .collect();
+        body.insert("input".to_string(), json!(inputs));
     }
     let started = Instant::now();
     match gw
