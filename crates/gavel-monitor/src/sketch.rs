@@ -1,0 +1,263 @@
+//! Mergeable distributions: a log-scale histogram for numbers and a capped count table for
+//! categories. Both merge by adding counts, so windows are sums of buckets and replicas' or
+//! processes' observations add up without coordination.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Ratio between consecutive bucket bounds: any value is represented within 1% of itself.
+const GAMMA: f64 = 1.02;
+/// Values closer to zero than this are counted as zero.
+const ZERO: f64 = 1e-9;
+/// Distinct categories kept per feature; further ones are counted under [`OTHER`].
+pub const MAX_CATEGORIES: usize = 64;
+/// The category that collects everything past [`MAX_CATEGORIES`].
+pub const OTHER: &str = "(other)";
+
+/// A histogram with logarithmic buckets (1% relative precision) over any finite numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sketch {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    positive: BTreeMap<i32, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    negative: BTreeMap<i32, u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    zero: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn index_of(magnitude: f64) -> i32 {
+    // Bucket i holds (GAMMA^(i-1), GAMMA^i]; the cast saturates for absurd magnitudes.
+    (magnitude.ln() / GAMMA.ln()).ceil() as i32
+}
+
+/// A value inside bucket `index`, within 1% of every value the bucket holds.
+fn representative(index: i32) -> f64 {
+    2.0 * GAMMA.powi(index) / (1.0 + GAMMA)
+}
+
+impl Sketch {
+    /// Counts `value`; NaN and infinities are ignored (callers refuse them at the edge).
+    pub fn add(&mut self, value: f64) {
+        self.add_n(value, 1);
+    }
+
+    fn add_n(&mut self, value: f64, n: u64) {
+        if !value.is_finite() {
+            return;
+        }
+        let magnitude = value.abs();
+        if magnitude < ZERO {
+            self.zero += n;
+        } else if value > 0.0 {
+            *self.positive.entry(index_of(magnitude)).or_default() += n;
+        } else {
+            *self.negative.entry(index_of(magnitude)).or_default() += n;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Sketch) {
+        for (i, n) in &other.positive {
+            *self.positive.entry(*i).or_default() += n;
+        }
+        for (i, n) in &other.negative {
+            *self.negative.entry(*i).or_default() += n;
+        }
+        self.zero += other.zero;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.positive.values().sum::<u64>() + self.negative.values().sum::<u64>() + self.zero
+    }
+
+    /// Every bucket as (representative value, count), in ascending order of value.
+    pub fn values(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let negative = self
+            .negative
+            .iter()
+            .rev()
+            .map(|(i, n)| (-representative(*i), *n));
+        let zero = (self.zero > 0).then_some((0.0, self.zero));
+        let positive = self.positive.iter().map(|(i, n)| (representative(*i), *n));
+        negative.chain(zero).chain(positive)
+    }
+
+    /// The value at quantile `q` in [0, 1] (nearest rank), or None when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (value, n) in self.values() {
+            seen += n;
+            if seen >= rank {
+                return Some(value);
+            }
+        }
+        self.values().last().map(|(v, _)| v)
+    }
+
+    /// Approximate mean (from the bucket representatives).
+    pub fn mean(&self) -> Option<f64> {
+        let total = self.count();
+        (total > 0).then(|| self.values().map(|(v, n)| v * n as f64).sum::<f64>() / total as f64)
+    }
+}
+
+/// Counts per category, at most [`MAX_CATEGORIES`] of them plus [`OTHER`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Categories {
+    counts: BTreeMap<String, u64>,
+}
+
+impl Categories {
+    pub fn add(&mut self, category: &str) {
+        self.add_n(category, 1);
+    }
+
+    fn add_n(&mut self, category: &str, n: u64) {
+        if let Some(count) = self.counts.get_mut(category) {
+            *count += n;
+        } else if self.counts.len() < MAX_CATEGORIES {
+            self.counts.insert(category.to_string(), n);
+        } else {
+            *self.counts.entry(OTHER.to_string()).or_default() += n;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Categories) {
+        for (category, n) in &other.counts {
+            self.add_n(category, *n);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.counts.iter().map(|(c, n)| (c.as_str(), *n))
+    }
+
+    pub fn get(&self, category: &str) -> u64 {
+        self.counts.get(category).copied().unwrap_or(0)
+    }
+}
+
+/// One value of a declared or built-in feature.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureValue {
+    Number(f64),
+    Category(String),
+}
+
+/// The distribution of one feature: its numbers and, apart, its categorical values (a feature
+/// that changes type shows up as drift rather than being dropped).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Feature {
+    #[serde(default, skip_serializing_if = "is_empty_sketch")]
+    pub numbers: Sketch,
+    #[serde(default, skip_serializing_if = "is_empty_categories")]
+    pub categories: Categories,
+}
+
+fn is_empty_sketch(s: &Sketch) -> bool {
+    s.count() == 0
+}
+
+fn is_empty_categories(c: &Categories) -> bool {
+    c.count() == 0
+}
+
+impl Feature {
+    pub fn add(&mut self, value: &FeatureValue) {
+        match value {
+            FeatureValue::Number(v) => self.numbers.add(*v),
+            FeatureValue::Category(c) => self.categories.add(c),
+        }
+    }
+
+    pub fn merge(&mut self, other: &Feature) {
+        self.numbers.merge(&other.numbers);
+        self.categories.merge(&other.categories);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.numbers.count() + self.categories.count()
+    }
+
+    /// Numeric when most of its values are numbers.
+    pub fn is_numeric(&self) -> bool {
+        self.numbers.count() >= self.categories.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn quantiles_are_within_one_percent() {
+        let mut s = Sketch::default();
+        for v in 1..=1000 {
+            s.add(v as f64);
+        }
+        for (q, exact) in [(0.5, 500.0), (0.95, 950.0), (0.99, 990.0), (1.0, 1000.0)] {
+            let got = s.quantile(q).unwrap_or_default();
+            assert!(
+                (got - exact).abs() / exact <= 0.01,
+                "q{q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(s.count(), 1000);
+    }
+
+    #[test]
+    fn negatives_zero_and_positives_stay_in_order() {
+        let mut s = Sketch::default();
+        for v in [-5.0, 0.0, 3.0, -0.5, f64::NAN, f64::INFINITY] {
+            s.add(v);
+        }
+        let values: Vec<f64> = s.values().map(|(v, _)| v).collect();
+        assert_eq!(values.len(), 4, "NaN and infinity are not counted");
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+        assert_eq!(s.quantile(0.0), Some(values[0]));
+    }
+
+    #[test]
+    fn categories_past_the_cap_go_to_other() {
+        let mut c = Categories::default();
+        for i in 0..MAX_CATEGORIES + 10 {
+            c.add(&format!("c{i}"));
+        }
+        assert_eq!(c.get(OTHER), 10);
+        assert_eq!(c.count(), (MAX_CATEGORIES + 10) as u64);
+    }
+
+    proptest! {
+        #[test]
+        fn merging_equals_adding_everything_to_one(a in proptest::collection::vec(-1e6f64..1e6, 0..200), b in proptest::collection::vec(-1e6f64..1e6, 0..200)) {
+            let (mut left, mut right, mut all) = (Sketch::default(), Sketch::default(), Sketch::default());
+            for v in &a { left.add(*v); all.add(*v); }
+            for v in &b { right.add(*v); all.add(*v); }
+            left.merge(&right);
+            prop_assert_eq!(left, all);
+        }
+
+        #[test]
+        fn every_value_is_represented_within_one_percent(v in 1e-6f64..1e9) {
+            let mut s = Sketch::default();
+            s.add(v);
+            let got = s.quantile(0.5).unwrap_or_default();
+            prop_assert!((got - v).abs() / v <= 0.01);
+        }
+    }
+}
