@@ -316,6 +316,16 @@ fn policy(d: &mut ContractDiff, old: &Policy, new: &Policy) {
             "payload capture turned on: prompts are now retained (encrypted)".into(),
         );
     }
+    let (o, n) = (&old.monitoring, &new.monitoring);
+    if n.window > o.window
+        || n.min_samples > o.min_samples
+        || n.drift_min_samples > o.drift_min_samples
+        || n.min_group_size > o.min_group_size
+    {
+        d.note(true, format!("monitoring slower to notice (window {} -> {}, min_samples {} -> {}, drift_min_samples {} -> {}, min_group_size {} -> {})", o.window, n.window, o.min_samples, n.min_samples, o.drift_min_samples, n.drift_min_samples, o.min_group_size, n.min_group_size));
+    } else if n != o {
+        d.note(false, "monitoring settings changed".into());
+    }
     if new.idempotency_window < old.idempotency_window {
         d.note(
             true,

@@ -353,6 +353,41 @@ pub struct Policy {
     /// When set, prompts are stored encrypted under a key per subject, the subject being this
     /// request metadata field (e.g. `user_id`); off by default.
     pub payload_subject: Option<String>,
+    pub monitoring: Monitoring,
+}
+
+/// How signals are gathered and judged (`policy.monitoring`, docs/monitoring.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Monitoring {
+    /// The sliding window signals are computed over.
+    pub window: Span,
+    /// Its granularity, and that of the stored rollups.
+    pub bucket: Span,
+    /// Observations a signal needs in the window before it is checked.
+    pub min_samples: u64,
+    /// Quantile bins per numeric feature for drift.
+    pub drift_bins: u32,
+    /// Values a feature needs in the window and in the baseline before drift is checked.
+    pub drift_min_samples: u64,
+    /// Outcomes a group needs before it enters fairness comparisons.
+    pub min_group_size: u64,
+    /// Share of requests (percent) that still go to a deployment routed to its fallback by a
+    /// breach, so that its recovery can be observed.
+    pub probe_percent: u32,
+}
+
+impl Default for Monitoring {
+    fn default() -> Monitoring {
+        Monitoring {
+            window: Span::from_millis(5 * 60_000),
+            bucket: Span::from_millis(10_000),
+            min_samples: 20,
+            drift_bins: 10,
+            drift_min_samples: 50,
+            min_group_size: 30,
+            probe_percent: 10,
+        }
+    }
 }
 
 /// What to do with a finding of a given class.

@@ -217,6 +217,20 @@ pub(crate) struct RawPolicy {
     pub idempotency: Option<RawIdempotency>,
     #[serde(default)]
     pub payload_capture: Option<RawPayloadCapture>,
+    #[serde(default)]
+    pub monitoring: Option<RawMonitoring>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMonitoring {
+    pub window: Option<Sp<String>>,
+    pub bucket: Option<Sp<String>>,
+    pub min_samples: Option<Sp<u64>>,
+    pub drift_bins: Option<Sp<u32>>,
+    pub drift_min_samples: Option<Sp<u64>>,
+    pub min_group_size: Option<Sp<u64>>,
+    pub probe_percent: Option<Sp<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

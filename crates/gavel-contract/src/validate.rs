@@ -897,6 +897,7 @@ fn policy(
         }
         field.clone()
     });
+    let monitoring = raw.monitoring.map(|m| monitoring(v, m)).unwrap_or_default();
     Policy {
         privacy,
         injection,
@@ -906,6 +907,83 @@ fn policy(
         abuse,
         idempotency_window,
         payload_subject,
+        monitoring,
+    }
+}
+
+fn monitoring(v: &mut Validator<'_>, raw: RawMonitoring) -> Monitoring {
+    let defaults = Monitoring::default();
+    let mut span = |text: &Option<Sp<String>>, what: &str, default: Span| {
+        text.as_ref()
+            .and_then(|t| v.span(t, what))
+            .unwrap_or(default)
+    };
+    let window = span(&raw.window, "monitoring.window", defaults.window);
+    let bucket = span(&raw.bucket, "monitoring.bucket", defaults.bucket);
+    if let Some(at) = &raw.bucket {
+        if bucket.millis() < 1000 {
+            v.error(at, "monitoring.bucket must be at least 1s");
+        }
+    }
+    if let Some(at) = raw.window.as_ref().or(raw.bucket.as_ref()) {
+        if window < bucket {
+            v.error(
+                at,
+                format!("monitoring.window ({window}) must be at least one bucket ({bucket})"),
+            );
+        } else if bucket.millis() >= 1000 && window.millis() / bucket.millis() > 1000 {
+            v.error(at, format!("monitoring.window ({window}) holds more than 1000 buckets of {bucket}; use a longer bucket"));
+        }
+    }
+    let mut count = |value: Option<Sp<u64>>, what: &str, default: u64| match value {
+        Some(n) if n.value == 0 => {
+            v.error(&n, format!("monitoring.{what} must be at least 1"));
+            default
+        }
+        Some(n) => n.value,
+        None => default,
+    };
+    let min_samples = count(raw.min_samples, "min_samples", defaults.min_samples);
+    let drift_min_samples = count(
+        raw.drift_min_samples,
+        "drift_min_samples",
+        defaults.drift_min_samples,
+    );
+    let min_group_size = count(
+        raw.min_group_size,
+        "min_group_size",
+        defaults.min_group_size,
+    );
+    let drift_bins = match raw.drift_bins {
+        Some(n) if !(2..=100).contains(&n.value) => {
+            v.error(
+                &n,
+                format!("monitoring.drift_bins is {}; expected 2 to 100", n.value),
+            );
+            defaults.drift_bins
+        }
+        Some(n) => n.value,
+        None => defaults.drift_bins,
+    };
+    let probe_percent = match raw.probe_percent {
+        Some(n) if !(1..=100).contains(&n.value) => {
+            v.error(
+                &n,
+                format!("monitoring.probe_percent is {}; expected 1 to 100", n.value),
+            );
+            defaults.probe_percent
+        }
+        Some(n) => n.value,
+        None => defaults.probe_percent,
+    };
+    Monitoring {
+        window,
+        bucket,
+        min_samples,
+        drift_bins,
+        drift_min_samples,
+        min_group_size,
+        probe_percent,
     }
 }
 

@@ -101,10 +101,26 @@ pub enum ReasonCode {
     IdempotentDuplicate,
     #[serde(rename = "dry_run")]
     DryRun,
+    #[serde(rename = "contract.breach.accuracy")]
+    ContractBreachAccuracy,
+    #[serde(rename = "contract.breach.drift")]
+    ContractBreachDrift,
+    #[serde(rename = "contract.breach.latency")]
+    ContractBreachLatency,
+    #[serde(rename = "contract.breach.error")]
+    ContractBreachError,
+    #[serde(rename = "contract.breach.abuse")]
+    ContractBreachAbuse,
+    #[serde(rename = "contract.breach.fallback")]
+    ContractBreachFallback,
+    #[serde(rename = "contract.breach.fairness")]
+    ContractBreachFairness,
+    #[serde(rename = "contract.breach.spend")]
+    ContractBreachSpend,
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 35] = [
+    pub const ALL: [ReasonCode; 43] = [
         ReasonCode::GovernanceUnavailable,
         ReasonCode::DeploymentUnknown,
         ReasonCode::PrincipalMismatch,
@@ -140,6 +156,14 @@ impl ReasonCode {
         ReasonCode::InputInvalid,
         ReasonCode::IdempotentDuplicate,
         ReasonCode::DryRun,
+        ReasonCode::ContractBreachAccuracy,
+        ReasonCode::ContractBreachDrift,
+        ReasonCode::ContractBreachLatency,
+        ReasonCode::ContractBreachError,
+        ReasonCode::ContractBreachAbuse,
+        ReasonCode::ContractBreachFallback,
+        ReasonCode::ContractBreachFairness,
+        ReasonCode::ContractBreachSpend,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -179,7 +203,31 @@ impl ReasonCode {
             ReasonCode::InputInvalid => "input.invalid",
             ReasonCode::IdempotentDuplicate => "idempotent.duplicate",
             ReasonCode::DryRun => "dry_run",
+            ReasonCode::ContractBreachAccuracy => "contract.breach.accuracy",
+            ReasonCode::ContractBreachDrift => "contract.breach.drift",
+            ReasonCode::ContractBreachLatency => "contract.breach.latency",
+            ReasonCode::ContractBreachError => "contract.breach.error",
+            ReasonCode::ContractBreachAbuse => "contract.breach.abuse",
+            ReasonCode::ContractBreachFallback => "contract.breach.fallback",
+            ReasonCode::ContractBreachFairness => "contract.breach.fairness",
+            ReasonCode::ContractBreachSpend => "contract.breach.spend",
         }
+    }
+
+    /// `contract.breach.<signal>` for a monitored signal (a threshold name such as `drift_js`
+    /// maps to its signal, `drift`).
+    pub fn breach_of(signal: &str) -> Option<ReasonCode> {
+        Some(match signal {
+            "accuracy" => ReasonCode::ContractBreachAccuracy,
+            "drift" => ReasonCode::ContractBreachDrift,
+            "latency" => ReasonCode::ContractBreachLatency,
+            "error" => ReasonCode::ContractBreachError,
+            "abuse" => ReasonCode::ContractBreachAbuse,
+            "fallback" => ReasonCode::ContractBreachFallback,
+            "fairness" => ReasonCode::ContractBreachFairness,
+            "spend" => ReasonCode::ContractBreachSpend,
+            _ => return None,
+        })
     }
 
     /// Blocks for these reasons count as strikes against the principal (SPEC: repeated abuse

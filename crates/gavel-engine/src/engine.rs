@@ -120,6 +120,8 @@ struct Evaluation {
     retry_until: Option<Timestamp>,
     approval_id: Option<String>,
     estimate: Option<Estimate>,
+    /// A breach whose `on_breach` routes this request to the fallback.
+    breach_route: Option<Breach>,
 }
 
 impl Engine {
@@ -384,6 +386,22 @@ fn unavailable(e: &StateError) -> Reason {
     )
 }
 
+/// `contract.breach.<signal>` with the breach's figures and what it means for this request.
+fn breach_reason(breach: &Breach, consequence: &str) -> Reason {
+    let code = ReasonCode::breach_of(&breach.signal).unwrap_or(ReasonCode::GovernanceUnavailable);
+    Reason::new(
+        code,
+        format!(
+            "`{}` breached its approved `{}` threshold ({:.4} against {}) since {}; {consequence}",
+            breach.deployment, breach.threshold, breach.value, breach.limit, breach.since
+        ),
+    )
+    .with("breach_id", breach.id.clone())
+    .with("threshold", breach.threshold.clone())
+    .with("value", breach.value)
+    .with("limit", breach.limit)
+}
+
 /// One text of a request with the role it was written in.
 type Text<'a> = (ContentRole, std::borrow::Cow<'a, str>);
 
@@ -535,7 +553,55 @@ impl Ctx<'_> {
                 ));
             }
         }
-        None
+        match &view.breach {
+            Some(breach) if breach.approval_id == approval.id => self.breach_guard(breach, eval),
+            _ => None,
+        }
+    }
+
+    /// The approval's `on_breach` while monitoring holds a breach on it: BLOCK until a new
+    /// approval, COOLDOWN until the cooldown ends (then traffic probes the deployment), or a
+    /// route to the fallback for all but a probing share of requests.
+    fn breach_guard(&self, breach: &Breach, eval: &mut Evaluation) -> Option<Stop> {
+        match breach.on_breach {
+            OnBreach::Block => Some(Stop::block(breach_reason(
+                breach,
+                "blocked until a new approval",
+            ))),
+            OnBreach::Cooldown { .. } => match breach.until {
+                Some(until) if self.now < until => {
+                    Some(Stop::cooldown(breach_reason(breach, "cooling down"), until))
+                }
+                _ => {
+                    eval.reasons.push(breach_reason(
+                        breach,
+                        "the cooldown is over; this request probes recovery",
+                    ));
+                    None
+                }
+            },
+            OnBreach::Fallback if self.is_probe() => {
+                eval.reasons
+                    .push(breach_reason(breach, "this request probes recovery"));
+                None
+            }
+            OnBreach::Fallback => {
+                eval.breach_route = Some(breach.clone());
+                None
+            }
+        }
+    }
+
+    /// Whether this decision is one of the share let through to a breached deployment so that
+    /// its recovery can be observed (chosen by the decision id, so it replays identically).
+    fn is_probe(&self) -> bool {
+        let hash = self
+            .decision_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        hash % 100 < u64::from(self.contract().policy.monitoring.probe_percent)
     }
 
     fn not_covered_reason(&self, why: NotCovered) -> Reason {
@@ -813,6 +879,69 @@ impl Ctx<'_> {
         report
     }
 
+    /// The use case's declared data classes and those the scanners detected.
+    fn data_classes<'s>(&'s self, detected: &'s [String]) -> Vec<&'s str> {
+        self.use_case
+            .data_classes
+            .iter()
+            .map(String::as_str)
+            .chain(detected.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// The deployment's fallback and the route obligation to it, when the fallback is a
+    /// deployment whose endpoint `admits`, with a covering approval, a current snapshot, and
+    /// no kill or cooldown of its own.
+    fn approved_fallback(
+        &self,
+        state: &dyn RuntimeState,
+        admits: impl Fn(&gavel_contract::Endpoint) -> bool,
+    ) -> Result<Option<(&Deployment, Obligation)>, StateError> {
+        let contract = self.contract();
+        let Some(Fallback::Deployment(target_id)) = &self.deployment.fallback else {
+            return Ok(None);
+        };
+        let Some(target) = contract.deployment(target_id) else {
+            return Ok(None);
+        };
+        if !contract.endpoint_of(target).is_some_and(admits) {
+            return Ok(None);
+        }
+        if target
+            .model
+            .deprecates
+            .is_some_and(|d| self.now >= d.start())
+        {
+            return Ok(None);
+        }
+        let approvals = state.approvals_of(target_id)?;
+        let Ok(approval) = covering_approval(&approvals, target, self.now) else {
+            return Ok(None);
+        };
+        let target_state = state.view(
+            target_id,
+            &target.use_case,
+            self.principal,
+            self.request.run_id.as_deref(),
+            self.now,
+        )?;
+        let breached = target_state
+            .breach
+            .is_some_and(|b| b.approval_id == approval.id);
+        if !target_state.kills.is_empty() || !target_state.cooldowns.is_empty() || breached {
+            return Ok(None);
+        }
+        Ok(Some((
+            target,
+            Obligation::Route {
+                deployment: target_id.clone(),
+                endpoint: target.endpoint.clone(),
+                binding: target.binding.0.clone(),
+                approval_id: approval.id.clone(),
+            },
+        )))
+    }
+
     /// Returns the deployment the request will run on (itself or a route target).
     fn sovereignty_guard<'c>(
         &'c self,
@@ -821,19 +950,38 @@ impl Ctx<'_> {
         eval: &mut Evaluation,
     ) -> Result<Result<&'c Deployment, Stop>, StateError> {
         let contract = self.contract();
+        if let Some(breach) = eval.breach_route.take() {
+            let classes = self.data_classes(detected);
+            let rules: Vec<&gavel_contract::SovereigntyRule> = contract
+                .policy
+                .sovereignty
+                .iter()
+                .filter(|rule| classes.contains(&rule.data_class.as_str()))
+                .collect();
+            return Ok(
+                match self.approved_fallback(state, |e| rules.iter().all(|r| r.admits(e)))? {
+                    Some((target, obligation)) => {
+                        eval.reasons.push(
+                            breach_reason(&breach, "routed to the approved fallback")
+                                .with("to", target.id.clone()),
+                        );
+                        eval.obligations.push(obligation);
+                        Ok(target)
+                    }
+                    None => Err(Stop::block(breach_reason(
+                        &breach,
+                        "its fallback is not an approved deployment that may take this request, so it is blocked",
+                    ))),
+                },
+            );
+        }
         let Some(endpoint) = contract.endpoint_of(self.deployment) else {
             return Ok(Err(Stop::block(Reason::new(
                 ReasonCode::GovernanceUnavailable,
                 "the deployment's endpoint is missing from the contract",
             ))));
         };
-        let classes: Vec<&str> = self
-            .use_case
-            .data_classes
-            .iter()
-            .map(String::as_str)
-            .chain(detected.iter().map(String::as_str))
-            .collect();
+        let classes = self.data_classes(detected);
         let violated: Vec<&gavel_contract::SovereigntyRule> = contract
             .policy
             .sovereignty
@@ -848,47 +996,24 @@ impl Ctx<'_> {
             .iter()
             .all(|r| r.on_violation == OnViolation::RouteOrBlock);
         if may_route {
-            if let Some(Fallback::Deployment(target_id)) = &self.deployment.fallback {
-                if let Some(target) = contract.deployment(target_id) {
-                    let admitted = contract
-                        .endpoint_of(target)
-                        .is_some_and(|e| violated.iter().all(|r| r.admits(e)));
-                    let approvals = state.approvals_of(target_id)?;
-                    let approval = covering_approval(&approvals, target, self.now).ok();
-                    let current = target.model.deprecates.is_none_or(|d| self.now < d.start());
-                    let target_state = state.view(
-                        target_id,
-                        &target.use_case,
-                        self.principal,
-                        self.request.run_id.as_deref(),
-                        self.now,
-                    )?;
-                    let stopped =
-                        !target_state.kills.is_empty() || !target_state.cooldowns.is_empty();
-                    if let (true, Some(approval), true, false) =
-                        (admitted, approval, current, stopped)
-                    {
-                        eval.reasons.push(
-                            Reason::new(
-                                ReasonCode::SovereigntyRouted,
-                                format!(
-                                    "{} data may not go to endpoint `{}`; routed to `{target_id}`",
-                                    names.join(", "),
-                                    endpoint.id
-                                ),
-                            )
-                            .with("data_classes", json!(names))
-                            .with("to", target_id.clone()),
-                        );
-                        eval.obligations.push(Obligation::Route {
-                            deployment: target_id.clone(),
-                            endpoint: target.endpoint.clone(),
-                            binding: target.binding.0.clone(),
-                            approval_id: approval.id.clone(),
-                        });
-                        return Ok(Ok(target));
-                    }
-                }
+            if let Some((target, obligation)) =
+                self.approved_fallback(state, |e| violated.iter().all(|r| r.admits(e)))?
+            {
+                eval.reasons.push(
+                    Reason::new(
+                        ReasonCode::SovereigntyRouted,
+                        format!(
+                            "{} data may not go to endpoint `{}`; routed to `{}`",
+                            names.join(", "),
+                            endpoint.id,
+                            target.id
+                        ),
+                    )
+                    .with("data_classes", json!(names))
+                    .with("to", target.id.clone()),
+                );
+                eval.obligations.push(obligation);
+                return Ok(Ok(target));
             }
         }
         Ok(Err(Stop::block(
@@ -1057,6 +1182,7 @@ impl Evaluation {
             retry_until: None,
             approval_id: None,
             estimate: None,
+            breach_route: None,
         }
     }
 

@@ -23,6 +23,7 @@ struct Inner {
     windows: HashMap<String, Amounts>,
     reservations: HashMap<String, HeldReservation>,
     strikes: HashMap<String, Vec<Timestamp>>,
+    breaches: HashMap<String, Breach>,
 }
 
 struct HeldReservation {
@@ -52,6 +53,18 @@ impl MemoryState {
     }
 
     /// Adds or replaces (by id) an approval.
+    /// Puts a breach in force on its deployment (replacing any other), as monitoring does.
+    pub fn set_breach(&self, breach: Breach) -> Result<(), StateError> {
+        self.lock()?
+            .breaches
+            .insert(breach.deployment.clone(), breach);
+        Ok(())
+    }
+
+    pub fn clear_breach(&self, deployment: &str) -> Result<Option<Breach>, StateError> {
+        Ok(self.lock()?.breaches.remove(deployment))
+    }
+
     pub fn put_approval(&self, approval: Approval) -> Result<(), StateError> {
         let mut inner = self.lock()?;
         let list = inner
@@ -131,6 +144,7 @@ impl RuntimeState for MemoryState {
                 .cloned()
                 .collect(),
             approvals: inner.approvals.get(deployment).cloned().unwrap_or_default(),
+            breach: inner.breaches.get(deployment).cloned(),
         })
     }
 

@@ -145,6 +145,25 @@ impl Approval {
     }
 }
 
+/// A threshold breach in force on a deployment, started by monitoring under the approval's
+/// `on_breach`; it ends when monitoring sees the signal recover (or a new approval).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    pub id: String,
+    pub deployment: String,
+    pub approval_id: String,
+    /// The threshold name (`drift`, `drift_js`, `latency`, ...).
+    pub threshold: String,
+    /// The signal it watches, as in `contract.breach.<signal>`.
+    pub signal: String,
+    pub value: f64,
+    pub limit: f64,
+    pub on_breach: OnBreach,
+    pub since: Timestamp,
+    /// For a cooldown: when it ends and probe traffic is let through.
+    pub until: Option<Timestamp>,
+}
+
 /// The slice of governance state one decision reads.
 #[derive(Debug, Clone, Default)]
 pub struct GovernanceView {
@@ -155,6 +174,8 @@ pub struct GovernanceView {
     /// Every approval ever made for the deployment (and its route targets are fetched
     /// separately); the engine picks the one that applies.
     pub approvals: Vec<Approval>,
+    /// The breach in force on the deployment, if any.
+    pub breach: Option<Breach>,
 }
 
 /// Amounts charged to a budget window.

@@ -1,6 +1,7 @@
 //! Where governance state lives: API keys (hashed), approvals, deployment registrations,
 //! contract versions seen, kill switches, cooldowns, budget windows with in-flight
-//! reservations, idempotency keys and abuse strikes.
+//! reservations, idempotency keys, abuse strikes, breaches in force, signal rollups and drift
+//! baselines.
 //!
 //! [`Store`] is the one narrow interface; [`SqliteStore`] is the embedded implementation. The
 //! trait speaks in domain types only (no SQL, no rows), so a PostgreSQL backend implements the
@@ -23,7 +24,7 @@ pub use sqlite::{Durability, SqliteStore};
 use gavel_contract::time::Timestamp;
 use gavel_contract::Snapshot;
 use gavel_engine::approval::Registration;
-use gavel_engine::{Approval, Cooldown, Kill, RuntimeState, Scope};
+use gavel_engine::{Approval, Breach, Cooldown, Kill, RuntimeState, Scope};
 
 /// A storage failure, described for an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,30 @@ pub struct ContractRecord {
     pub version: String,
     pub applied_by: String,
     pub at: Timestamp,
+}
+
+/// One stored bucket of a deployment's signals, as written by one process (`writer`). Rows of
+/// the same bucket from different writers add up; the body is gavel-monitor's bucket as JSON,
+/// which the store does not interpret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollup {
+    pub deployment: String,
+    pub start_ms: i64,
+    pub writer: String,
+    pub body: String,
+}
+
+/// The distributions drift is measured against, recorded with an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBaseline {
+    pub approval_id: String,
+    pub deployment: String,
+    pub recorded_at: Timestamp,
+    pub recorded_by: String,
+    /// Where it came from: `file:<sha256>` or `traffic:<from>..<to>`.
+    pub source: String,
+    /// gavel-monitor's baseline as JSON.
+    pub body: String,
 }
 
 /// Everything gavel keeps besides the ledger.
@@ -95,4 +120,28 @@ pub trait Store: RuntimeState {
     fn kills(&self, now: Timestamp) -> Result<Vec<Kill>, StoreError>;
     /// Cooldowns in force at `now`.
     fn cooldowns(&self, now: Timestamp) -> Result<Vec<Cooldown>, StoreError>;
+
+    /// Puts a breach in force on its deployment; false, writing nothing, when one already is.
+    fn start_breach(&self, breach: &Breach) -> Result<bool, StoreError>;
+    /// Replaces the deployment's breach in force (a cooldown extended after a failed probe).
+    fn update_breach(&self, breach: &Breach) -> Result<(), StoreError>;
+    /// Ends the deployment's breach and returns it, if there was one.
+    fn end_breach(&self, deployment: &str) -> Result<Option<Breach>, StoreError>;
+    /// Every breach in force.
+    fn breaches(&self) -> Result<Vec<Breach>, StoreError>;
+
+    /// Writes rollup rows, replacing rows with the same deployment, start and writer.
+    fn save_rollups(&self, rows: &[Rollup]) -> Result<(), StoreError>;
+    /// Rows of buckets starting at or after `from_ms`, optionally of one deployment.
+    fn rollups_since(
+        &self,
+        from_ms: i64,
+        deployment: Option<&str>,
+    ) -> Result<Vec<Rollup>, StoreError>;
+    /// Deletes rows of buckets that started before `before_ms`; returns how many.
+    fn prune_rollups(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// Records the baseline of an approval, replacing an earlier one of the same approval.
+    fn save_baseline(&self, baseline: &StoredBaseline) -> Result<(), StoreError>;
+    fn baseline(&self, approval_id: &str) -> Result<Option<StoredBaseline>, StoreError>;
 }

@@ -15,7 +15,7 @@ use gavel_engine::approval::Registration;
 use gavel_engine::*;
 
 use crate::keys::{KeyRecord, Role};
-use crate::{ContractRecord, Store, StoreError};
+use crate::{ContractRecord, Rollup, Store, StoreError, StoredBaseline};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS reservation_resources (
 CREATE INDEX IF NOT EXISTS resources_by_name ON reservation_resources (name, expires_at);
 CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
+CREATE TABLE IF NOT EXISTS breaches (deployment TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rollups (
+    start_ms INTEGER NOT NULL, deployment TEXT NOT NULL, writer TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (start_ms, deployment, writer));
+CREATE TABLE IF NOT EXISTS baselines (
+    approval_id TEXT PRIMARY KEY, deployment TEXT NOT NULL, recorded_at INTEGER NOT NULL,
+    recorded_by TEXT NOT NULL, source TEXT NOT NULL, body TEXT NOT NULL);
 ";
 
 /// How far a commit is made durable before it returns.
@@ -502,6 +509,130 @@ impl Store for SqliteStore {
         rows.map(|r| from_json(&r.map_err(err("cooldowns"))?))
             .collect()
     }
+
+    fn start_breach(&self, breach: &Breach) -> Result<bool, StoreError> {
+        let inserted = self
+            .conn()?
+            .prepare_cached("INSERT OR IGNORE INTO breaches (deployment, body) VALUES (?1, ?2)")
+            .map_err(err("statement"))?
+            .execute(params![breach.deployment, json(breach)?])
+            .map_err(err("breach"))?;
+        Ok(inserted == 1)
+    }
+
+    fn update_breach(&self, breach: &Breach) -> Result<(), StoreError> {
+        self.conn()?
+            .prepare_cached("UPDATE breaches SET body = ?2 WHERE deployment = ?1")
+            .map_err(err("statement"))?
+            .execute(params![breach.deployment, json(breach)?])
+            .map_err(err("breach"))?;
+        Ok(())
+    }
+
+    fn end_breach(&self, deployment: &str) -> Result<Option<Breach>, StoreError> {
+        let body: Option<String> = self
+            .conn()?
+            .prepare_cached("DELETE FROM breaches WHERE deployment = ?1 RETURNING body")
+            .map_err(err("statement"))?
+            .query_row([deployment], |r| r.get(0))
+            .optional()
+            .map_err(err("breach"))?;
+        body.map(|b| from_json(&b)).transpose()
+    }
+
+    fn breaches(&self) -> Result<Vec<Breach>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT body FROM breaches ORDER BY deployment")
+            .map_err(err("breaches"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(err("breaches"))?;
+        rows.map(|r| from_json(&r.map_err(err("breaches"))?))
+            .collect()
+    }
+
+    fn save_rollups(&self, rows: &[Rollup]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(err("rollups"))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO rollups (start_ms, deployment, writer, body) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(err("statement"))?;
+            for row in rows {
+                stmt.execute(params![row.start_ms, row.deployment, row.writer, row.body])
+                    .map_err(err("rollups"))?;
+            }
+        }
+        tx.commit().map_err(err("rollups"))
+    }
+
+    fn rollups_since(
+        &self,
+        from_ms: i64,
+        deployment: Option<&str>,
+    ) -> Result<Vec<Rollup>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT start_ms, deployment, writer, body FROM rollups
+                 WHERE start_ms >= ?1 AND (?2 IS NULL OR deployment = ?2) ORDER BY start_ms",
+            )
+            .map_err(err("rollups"))?;
+        let rows = stmt
+            .query_map(params![from_ms, deployment], |r| {
+                Ok(Rollup {
+                    start_ms: r.get(0)?,
+                    deployment: r.get(1)?,
+                    writer: r.get(2)?,
+                    body: r.get(3)?,
+                })
+            })
+            .map_err(err("rollups"))?;
+        rows.map(|r| r.map_err(err("rollups"))).collect()
+    }
+
+    fn prune_rollups(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.conn()?
+            .prepare_cached("DELETE FROM rollups WHERE start_ms < ?1")
+            .map_err(err("statement"))?
+            .execute([before_ms])
+            .map_err(err("rollups"))
+    }
+
+    fn save_baseline(&self, b: &StoredBaseline) -> Result<(), StoreError> {
+        self.conn()?
+            .prepare_cached(
+                "INSERT OR REPLACE INTO baselines (approval_id, deployment, recorded_at, recorded_by, source, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(err("statement"))?
+            .execute(params![b.approval_id, b.deployment, b.recorded_at.millis(), b.recorded_by, b.source, b.body])
+            .map_err(err("baseline"))?;
+        Ok(())
+    }
+
+    fn baseline(&self, approval_id: &str) -> Result<Option<StoredBaseline>, StoreError> {
+        self.conn()?
+            .prepare_cached(
+                "SELECT approval_id, deployment, recorded_at, recorded_by, source, body FROM baselines WHERE approval_id = ?1",
+            )
+            .map_err(err("statement"))?
+            .query_row([approval_id], |r| {
+                Ok(StoredBaseline {
+                    approval_id: r.get(0)?,
+                    deployment: r.get(1)?,
+                    recorded_at: Timestamp(r.get(2)?),
+                    recorded_by: r.get(3)?,
+                    source: r.get(4)?,
+                    body: r.get(5)?,
+                })
+            })
+            .optional()
+            .map_err(err("baseline"))
+    }
 }
 
 impl RuntimeState for SqliteStore {
@@ -525,10 +656,20 @@ impl RuntimeState for SqliteStore {
             .filter(|c| scopes.contains(&c.scope))
             .collect();
         let approvals = self.approvals_where(Some(deployment))?;
+        let breach = self
+            .conn()?
+            .prepare_cached("SELECT body FROM breaches WHERE deployment = ?1")
+            .map_err(err("statement"))?
+            .query_row([deployment], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(err("breach"))?
+            .map(|b| from_json(&b))
+            .transpose()?;
         Ok(GovernanceView {
             kills,
             cooldowns,
             approvals,
+            breach,
         })
     }
 

@@ -161,6 +161,12 @@ fn impossible_values() {
             "unknown threshold `vibes`",
         ),
         ("\"region:eu\"]", "\"continent:eu\"]", "unknown destination"),
+        ("window: 5m, bucket: 10s", "window: 5s, bucket: 10s", "at least one bucket"),
+        ("window: 5m, bucket: 10s", "window: 5m, bucket: 100ms", "at least 1s"),
+        ("drift_bins: 10", "drift_bins: 1", "expected 2 to 100"),
+        ("min_samples: 20", "min_samples: 0", "min_samples must be at least 1"),
+        ("probe_percent: 10", "probe_percent: 101", "expected 1 to 100"),
+        ("probe_percent: 10", "probe_share: 10", "unknown field"),
     ];
     for (from, to, expected) in cases {
         let mut f = Files::example();

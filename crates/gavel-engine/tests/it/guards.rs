@@ -603,3 +603,122 @@ mod overrides {
         assert_eq!(w.decide_at(r, "admin", NOW).verdict, Verdict::Block);
     }
 }
+
+mod breach {
+    use super::*;
+
+    fn breach(approval: &Approval, on_breach: OnBreach, until: Option<Timestamp>) -> Breach {
+        Breach {
+            id: "brc_1".into(),
+            deployment: approval.deployment.clone(),
+            approval_id: approval.id.clone(),
+            threshold: "drift_js".into(),
+            signal: "drift".into(),
+            value: 0.42,
+            limit: 0.1,
+            on_breach,
+            since: NOW,
+            until,
+        }
+    }
+
+    fn route_of(d: &Decision) -> Option<String> {
+        d.obligations.iter().find_map(|o| match o {
+            Obligation::Route { deployment, .. } => Some(deployment.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_cooldown_breach_pauses_until_it_ends_then_lets_probes_through() {
+        let w = World::example();
+        let a = w.approve("kb-search-v1");
+        let until = NOW.saturating_add(Span::from_secs(60));
+        w.state
+            .set_breach(breach(&a, OnBreach::Cooldown { seconds: 60 }, Some(until)))
+            .unwrap();
+        let d = w.decide(kb_request());
+        assert_verdict(&d, Verdict::Cooldown, "contract.breach.drift");
+        assert_eq!(d.reasons[0].evidence["breach_id"], json!("brc_1"));
+        let after = w.decide_at(kb_request(), "svc", until);
+        assert_eq!(after.verdict, Verdict::Allow, "{after:?}");
+        assert!(
+            codes(&after).contains(&"contract.breach.drift"),
+            "a probe says so"
+        );
+    }
+
+    #[test]
+    fn a_block_breach_holds_until_another_approval_covers_the_deployment() {
+        let w = World::example();
+        let a = w.approve("kb-search-v1");
+        w.state
+            .set_breach(breach(&a, OnBreach::Block, None))
+            .unwrap();
+        let far = NOW.saturating_add(Span::from_days(20));
+        assert_verdict(
+            &w.decide_at(kb_request(), "svc", far),
+            Verdict::Block,
+            "contract.breach.drift",
+        );
+        let mut newer = w.approval("kb-search-v1", ApprovalStatus::Active);
+        newer.created_at = NOW.saturating_add(Span::from_secs(1));
+        w.state.put_approval(newer).unwrap();
+        let d = w.decide(kb_request());
+        assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+    }
+
+    #[test]
+    fn a_fallback_breach_routes_all_but_the_probes() {
+        let w = World::example();
+        let a = w.approve("support-triage-v3");
+        w.approve("support-triage-local");
+        w.state
+            .set_breach(breach(&a, OnBreach::Fallback, None))
+            .unwrap();
+        let (mut routed, mut probes) = (0, 0);
+        for i in 0..200 {
+            // A principal each: the example allows 120 requests a minute per principal.
+            let d = w.decide_at(triage_request("support-triage-v3"), &format!("svc{i}"), NOW);
+            assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+            assert!(codes(&d).contains(&"contract.breach.drift"));
+            match route_of(&d).as_deref() {
+                Some("support-triage-local") => routed += 1,
+                None => probes += 1,
+                other => panic!("unexpected route {other:?}"),
+            }
+        }
+        // probe_percent 10 in the example: about 20 of 200, chosen by decision id.
+        assert!(
+            (5..=40).contains(&probes),
+            "{probes} probes, {routed} routed"
+        );
+    }
+
+    #[test]
+    fn a_fallback_breach_without_an_approved_fallback_blocks() {
+        let w = World::example();
+        let a = w.approve("support-triage-v3");
+        w.state
+            .set_breach(breach(&a, OnBreach::Fallback, None))
+            .unwrap();
+        let blocked = (0..50)
+            .map(|_| w.decide(triage_request("support-triage-v3")))
+            .filter(|d| d.verdict == Verdict::Block)
+            .inspect(|d| assert_verdict(d, Verdict::Block, "contract.breach.drift"))
+            .count();
+        assert!(blocked >= 30, "all but the probes are blocked: {blocked}");
+    }
+
+    #[test]
+    fn a_breach_of_an_earlier_approval_does_not_touch_the_current_one() {
+        let w = World::example();
+        let mut old = w.approval("kb-search-v1", ApprovalStatus::Active);
+        old.id = "apr_old".into();
+        w.approve("kb-search-v1");
+        w.state
+            .set_breach(breach(&old, OnBreach::Block, None))
+            .unwrap();
+        assert_eq!(w.decide(kb_request()).verdict, Verdict::Allow);
+    }
+}

@@ -235,3 +235,81 @@ fn a_database_from_a_newer_gavel_is_refused() {
     let e = SqliteStore::open(&path).err().unwrap();
     assert!(e.0.contains("schema version 99"), "{e}");
 }
+
+#[test]
+fn one_breach_per_deployment_shows_in_the_view_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+    let breach = Breach {
+        id: "brc_1".into(),
+        deployment: "kb".into(),
+        approval_id: "apr_1".into(),
+        threshold: "latency".into(),
+        signal: "latency".into(),
+        value: 900.0,
+        limit: 500.0,
+        on_breach: OnBreach::Cooldown { seconds: 60 },
+        since: NOW,
+        until: Some(NOW.saturating_add(Span::from_secs(60))),
+    };
+    assert!(s.start_breach(&breach).unwrap());
+    let second = Breach {
+        id: "brc_2".into(),
+        ..breach.clone()
+    };
+    assert!(
+        !s.start_breach(&second).unwrap(),
+        "one breach at a time per deployment"
+    );
+    let extended = Breach {
+        until: Some(NOW.saturating_add(Span::from_secs(120))),
+        ..breach.clone()
+    };
+    s.update_breach(&extended).unwrap();
+    let view = s.view("kb", "uc", "svc", None, NOW).unwrap();
+    assert_eq!(view.breach, Some(extended.clone()));
+    assert!(s
+        .view("other", "uc", "svc", None, NOW)
+        .unwrap()
+        .breach
+        .is_none());
+    assert_eq!(s.breaches().unwrap(), vec![extended.clone()]);
+    assert_eq!(s.end_breach("kb").unwrap(), Some(extended));
+    assert_eq!(s.end_breach("kb").unwrap(), None);
+    assert!(s
+        .view("kb", "uc", "svc", None, NOW)
+        .unwrap()
+        .breach
+        .is_none());
+}
+
+#[test]
+fn rollups_replace_per_writer_and_prune_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+    let row = |start_ms: i64, writer: &str, body: &str| gavel_store::Rollup {
+        deployment: "kb".into(),
+        start_ms,
+        writer: writer.into(),
+        body: body.into(),
+    };
+    s.save_rollups(&[
+        row(10_000, "a", "1"),
+        row(10_000, "b", "2"),
+        row(20_000, "a", "3"),
+    ])
+    .unwrap();
+    s.save_rollups(&[row(10_000, "a", "4")]).unwrap();
+    let bodies: Vec<String> = s
+        .rollups_since(0, Some("kb"))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(bodies.len(), 3);
+    assert!(bodies.contains(&"4".to_string()) && !bodies.contains(&"1".to_string()));
+    assert!(s.rollups_since(0, Some("other")).unwrap().is_empty());
+    assert_eq!(s.rollups_since(15_000, None).unwrap().len(), 1);
+    assert_eq!(s.prune_rollups(15_000).unwrap(), 2);
+    assert_eq!(s.rollups_since(0, None).unwrap().len(), 1);
+}
