@@ -85,6 +85,47 @@ pub enum Command {
         completion_tokens: u64,
         #[arg(long, default_value_t = 0)]
         tool_calls: u64,
+        /// What else to record for monitoring, as JSON: {"latency_ms", "success",
+        /// "fallback_used", "score", "prediction", "label", "group", "features": {...}}.
+        #[arg(long)]
+        report: Option<String>,
+    },
+    /// Report an accuracy proxy, a label, a prediction or features for a decision (service).
+    Feedback {
+        decision: String,
+        /// An accuracy proxy in [0, 1].
+        #[arg(long)]
+        score: Option<f64>,
+        /// The ground truth: true/false or 1/0.
+        #[arg(long)]
+        label: Option<String>,
+        /// What the model predicted: true/false or 1/0.
+        #[arg(long)]
+        prediction: Option<String>,
+        /// The subject's group, for fairness.
+        #[arg(long)]
+        group: Option<String>,
+        /// A declared feature, NAME=VALUE (repeatable); a number when VALUE reads as one.
+        #[arg(long = "feature")]
+        features: Vec<String>,
+    },
+    /// Record the baseline drift is measured against, with the deployment's approval
+    /// (approver): from an eval-set run's feature rows, or from a window of past traffic.
+    Baseline {
+        deployment: String,
+        /// JSON Lines: one object of features per line.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        file: Option<PathBuf>,
+        /// Start of the traffic window (YYYY-MM-DD or RFC 3339 UTC).
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+    },
+    /// Every deployment's state and signals against its approved thresholds.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
     /// Stop a deployment, a use case or everything (operator).
     Kill(KillArgs),

@@ -6,6 +6,7 @@ mod cmd;
 mod context;
 mod failure;
 mod ledger;
+mod monitoring;
 mod serve;
 
 use std::process::ExitCode;
@@ -57,6 +58,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             prompt_tokens,
             completion_tokens,
             tool_calls,
+            report,
         } => cmd::decide::outcome(
             &ctx,
             &decision,
@@ -66,7 +68,39 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 completion_tokens,
                 tool_calls,
             },
+            report.as_deref(),
         ),
+        Command::Feedback {
+            decision,
+            score,
+            label,
+            prediction,
+            group,
+            features,
+        } => cmd::feedback::run(
+            &ctx,
+            &decision,
+            cmd::feedback::FeedbackArgs {
+                score,
+                label,
+                prediction,
+                group,
+                features,
+            },
+        ),
+        Command::Baseline {
+            deployment,
+            file,
+            from,
+            to,
+        } => cmd::baseline::run(
+            &ctx,
+            &deployment,
+            file.as_deref(),
+            from.as_deref(),
+            to.as_deref(),
+        ),
+        Command::Status { json } => cmd::status::run(&ctx, json),
         Command::Serve(args) => serve::run(&ctx, &args),
         Command::Kill(args) => cmd::kill::kill(&ctx, &args),
         Command::Unkill(args) => cmd::kill::unkill(&ctx, &args),

@@ -318,6 +318,17 @@ impl Engine {
     }
 
     /// Settles a decision's reservation with what the action actually used.
+    /// What `usage` on a deployment costs by the contract's price table (0 when unpriced or
+    /// unknown).
+    pub fn usd_micros(&self, deployment_id: &str, usage: &Usage) -> u64 {
+        self.contract
+            .deployment(deployment_id)
+            .and_then(|d| self.contract.price_of(&d.model.snapshot))
+            .map_or(0, |p| {
+                p.cost_micros(usage.prompt_tokens, usage.completion_tokens)
+            })
+    }
+
     pub fn settle(
         &self,
         state: &dyn RuntimeState,
@@ -331,12 +342,9 @@ impl Engine {
                 "deployment `{deployment_id}` is not in the contract"
             ))
         })?;
-        let price = self.contract.price_of(&deployment.model.snapshot);
         let actual = Amounts {
             tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
-            usd_micros: price.map_or(0, |p| {
-                p.cost_micros(usage.prompt_tokens, usage.completion_tokens)
-            }),
+            usd_micros: self.usd_micros(&deployment.id, usage),
             requests: 1,
             tool_calls: usage.tool_calls,
         };

@@ -17,6 +17,7 @@ use crate::context::out;
 use crate::context::{new_id, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
+use crate::monitoring::{record_once, Reported};
 
 /// Input larger than this is refused whole: a decide batch is requests, not a data dump.
 const MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -266,7 +267,21 @@ fn requests(input: &[u8]) -> Vec<(usize, &[u8])> {
         .collect()
 }
 
-pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage) -> Outcome {
+pub fn outcome(
+    ctx: &Context,
+    decision_id: &str,
+    deployment: &str,
+    usage: Usage,
+    report: Option<&str>,
+) -> Outcome {
+    let reported: Reported = match report {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| Failure::usage(format!("--report is not a report object: {e}")))?,
+        None => Reported::default(),
+    };
+    reported
+        .check()
+        .map_err(|why| Failure::usage(format!("--report: {why}")))?;
     let loaded = ctx.load_contract()?;
     let store = ctx.store()?;
     let who = ctx
@@ -287,9 +302,25 @@ pub fn outcome(ctx: &Context, decision_id: &str, deployment: &str, usage: Usage)
         decision_id,
         deployment,
         &usage,
+        &reported,
     );
     ledger.close()?;
-    out!("{}", settled?);
+    let settled = settled?;
+    let observed = reported.outcome(
+        decision_id,
+        true,
+        Some(&usage),
+        engine.usd_micros(deployment, &usage),
+    );
+    record_once(
+        &store,
+        engine.contract(),
+        deployment,
+        &new_id("cli")?,
+        now(),
+        |b| b.record_outcome(&observed),
+    )?;
+    out!("{settled}");
     Ok(())
 }
 
@@ -329,6 +360,7 @@ pub fn settle_outcome(
     decision_id: &str,
     deployment: &str,
     usage: &Usage,
+    reported: &Reported,
 ) -> Result<serde_json::Value, Failure> {
     if engine.contract().deployment(deployment).is_none() {
         return Err(Failure::invalid(format!(
@@ -346,7 +378,12 @@ pub fn settle_outcome(
         return Err(Failure::invalid(format!("decision `{decision_id}` ran on `{ran_on}`; report its outcome with --deployment {ran_on}")));
     }
     let at = now();
-    let body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
+    let mut body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
+    if let (Some(body), Ok(serde_json::Value::Object(extra))) =
+        (body.as_object_mut(), serde_json::to_value(reported))
+    {
+        body.extend(extra);
+    }
     let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
     match engine.settle(store, decision_id, deployment, usage, at)? {
         Settled::Settled => Ok(json!({ "decision_id": decision_id, "settled": true, "receipt": receipt })),

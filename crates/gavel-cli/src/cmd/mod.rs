@@ -1,10 +1,13 @@
 pub mod apply;
 pub mod approve;
 pub mod audit;
+pub mod baseline;
 pub mod check;
 pub mod decide;
 pub mod explain;
+pub mod feedback;
 pub mod init;
 pub mod keys;
 pub mod kill;
 pub mod scan;
+pub mod status;

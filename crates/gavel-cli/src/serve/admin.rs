@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -11,8 +12,6 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use gavel_engine::approval::covering_approval;
-use gavel_engine::relevant_scopes;
 use gavel_ledger::VerifyOptions;
 use gavel_store::{KeyRecord, Store};
 
@@ -20,7 +19,8 @@ use super::api::{blocking, typed};
 use super::error::{ApiError, ApiResult};
 use super::gateway::Gateway;
 use crate::cli::{ApproveArgs, ExportArgs, KillArgs, ScopeArgs};
-use crate::cmd::{approve, audit, explain, keys, kill};
+use crate::cmd::baseline::{self, Source};
+use crate::cmd::{approve, audit, explain, keys, kill, status};
 use crate::context::now;
 use crate::failure::Failure;
 
@@ -177,45 +177,69 @@ pub async fn unkill(
     act(gw, move |gw| Ok(json!({ "message": kill::unkill_as(&gw.store, &gw.ledger, gw.engine().contract(), &who, &scope)? }))).await
 }
 
-/// Every deployment's state now: killed, cooling down, unapproved or serving; its approval and
-/// owner.
+/// Every deployment's state, its signals against its approved thresholds, approval and owner
+/// (as `gavel status --json`).
 pub async fn status(State(gw): State<Arc<Gateway>>) -> ApiResult<Json<Value>> {
     act(gw, |gw| {
-        let engine = gw.engine();
-        let contract = engine.contract();
-        let at = now();
-        let kills = gw.store.kills(at)?;
-        let cooldowns = gw.store.cooldowns(at)?;
-        let approvals = gw.store.all_approvals()?;
-        let mut rows = Vec::new();
-        for d in contract.deployments.values() {
-            let Some(use_case) = contract.use_case_of(d) else { continue };
-            let scopes = relevant_scopes(&d.id, &use_case.id, "", None);
-            let mine: Vec<_> = approvals.iter().filter(|a| a.deployment == d.id).cloned().collect();
-            let covering = covering_approval(&mine, d, at);
-            let kill = kills.iter().find(|k| scopes.contains(&k.scope));
-            let cooldown = cooldowns.iter().find(|c| scopes.contains(&c.scope));
-            let state = match (kill, cooldown, &covering) {
-                (Some(k), _, _) if k.until.is_none() => "killed",
-                (Some(_), _, _) | (None, Some(_), _) => "cooldown",
-                (None, None, Err(_)) => "unapproved",
-                (None, None, Ok(_)) => "serving",
-            };
-            rows.push(json!({
-                "deployment": d.id,
-                "state": state,
-                "use_case": use_case.id,
-                "tier": use_case.tier,
-                "owner": use_case.owner,
-                "endpoint": d.endpoint,
-                "approval_id": covering.as_ref().ok().map(|a| &a.id),
-                "approval_expires": covering.as_ref().ok().map(|a| a.expires_at),
-                "thresholds": covering.as_ref().ok().map(|a| &a.thresholds),
-                "kill": kill,
-                "cooldown": cooldown,
-            }));
+        // The monitor writes its buckets once a second; read the freshest.
+        Ok(status::gather(gw.engine().contract(), &gw.store)?)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineBody {
+    deployment: String,
+    /// Feature rows of an eval-set run: objects of features.
+    #[serde(default)]
+    rows: Option<Vec<Value>>,
+    /// A name for the rows (e.g. the eval set's file), kept in the record.
+    #[serde(default)]
+    label: Option<String>,
+    /// A window of past traffic instead: RFC 3339 UTC times or dates.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+/// Records a drift baseline with the deployment's approval (as `gavel baseline`).
+pub async fn baseline(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<KeyRecord>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let body: BaselineBody = typed(&gw.read_body(body).await?)?;
+    let source = match (body.rows, body.from, body.to) {
+        (Some(rows), None, None) => Source::Rows {
+            label: body.label.unwrap_or_else(|| "api".into()),
+            text: rows
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        },
+        (None, Some(from), Some(to)) => Source::Traffic {
+            from: baseline::parse_time("from", &from)?,
+            to: baseline::parse_time("to", &to)?,
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give either `rows` (feature objects) or both `from` and `to`",
+            ))
         }
-        Ok(json!({ "contract_version": contract.version, "deployments": rows, "signals": "not built in this version (issue 6): no live signal is compared with thresholds yet" }))
+    };
+    act(gw, move |gw| {
+        Ok(baseline::record_baseline(
+            gw.engine().contract(),
+            &gw.store,
+            &gw.ledger,
+            &caller,
+            &body.deployment,
+            source,
+        )?)
     })
     .await
 }

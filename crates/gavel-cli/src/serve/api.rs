@@ -8,17 +8,16 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use gavel_engine::{parse_request, Usage};
-use gavel_ledger::RecordKind;
 use gavel_store::KeyRecord;
 
 use super::error::{retry_after, status_of, ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway};
-use crate::cmd::decide::{own_decision, settle_outcome};
-use crate::context::{new_id, now};
+use crate::cmd::decide::settle_outcome;
+use crate::cmd::feedback::record_feedback;
+use crate::monitoring::Reported;
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -66,101 +65,107 @@ pub async fn decide(
     Ok(response)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OutcomeBody {
-    decision_id: String,
-    deployment: String,
-    usage: Usage,
-}
-
-/// `POST /v1/outcome`: settles a decision's reservation with what it actually used.
+/// `POST /v1/outcome`: settles a decision's reservation with what it actually used, and
+/// records what else the caller reports (latency, success, fallback, prediction, label, group,
+/// features) for monitoring.
 pub async fn outcome(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let body: OutcomeBody = typed(&gw.read_body(body).await?)?;
+    let mut fields = object(&gw.read_body(body).await?)?;
+    let decision_id = take_string(&mut fields, "decision_id")?;
+    let deployment = take_string(&mut fields, "deployment")?;
+    let usage: Usage = serde_json::from_value(fields.remove("usage").unwrap_or(Value::Null))
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("`usage` must be {{prompt_tokens, completion_tokens, tool_calls?}}: {e}"),
+            )
+        })?;
+    let reported = reported(fields)?;
     blocking(move || {
-        settle_outcome(
-            &gw.engine(),
+        let engine = gw.engine();
+        let settled = settle_outcome(
+            &engine,
             &gw.store,
             &gw.ledger,
             &*gw.ledger_reader()?,
             &caller.principal,
-            &body.decision_id,
-            &body.deployment,
-            &body.usage,
-        )
-        .map_err(ApiError::from)
+            &decision_id,
+            &deployment,
+            &usage,
+            &reported,
+        )?;
+        let usd = engine.usd_micros(&deployment, &usage);
+        gw.monitor.record_outcome(
+            &deployment,
+            &reported.outcome(&decision_id, true, Some(&usage), usd),
+        );
+        Ok(settled)
     })
     .await
     .map(Json)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FeedbackBody {
-    decision_id: String,
-    /// An accuracy proxy in [0, 1] (a rating, a grader's score).
-    #[serde(default)]
-    score: Option<f64>,
-    /// A labelled outcome (the ground truth once known), e.g. `true`, `"fraud"`.
-    #[serde(default)]
-    label: Option<Value>,
-    /// Declared features (numbers or categories) for drift and fairness monitoring.
-    #[serde(default)]
-    features: serde_json::Map<String, Value>,
-}
-
-/// `POST /v1/feedback`: records an accuracy proxy for one of the caller's decisions.
+/// `POST /v1/feedback`: an accuracy proxy, a label, a prediction, a group or features for one
+/// of the caller's decisions.
 pub async fn feedback(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let body: FeedbackBody = typed(&gw.read_body(body).await?)?;
-    if body.score.is_none() && body.label.is_none() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "feedback needs a `score` in [0, 1], a `label`, or both",
-        ));
-    }
-    if body.score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "`score` must be between 0 and 1",
-        ));
-    }
-    if let Some((name, _)) = body
-        .features
-        .iter()
-        .find(|(_, v)| !(v.is_number() || v.is_string() || v.is_boolean()))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("feature `{name}` must be a number, a string or a boolean"),
-        ));
-    }
+    let mut fields = object(&gw.read_body(body).await?)?;
+    let decision_id = take_string(&mut fields, "decision_id")?;
+    let reported = reported(fields)?;
     blocking(move || {
-        let decided = own_decision(
+        let (answer, deployment) = record_feedback(
+            &gw.ledger,
             &*gw.ledger_reader()?,
-            &body.decision_id,
             &caller.principal,
-            "give feedback",
+            &decision_id,
+            &reported,
         )?;
-        let record = json!({
-            "principal": caller.principal,
-            "decision_id": body.decision_id,
-            "deployment": decided["deployment"],
-            "feedback": { "score": body.score, "label": body.label, "features": body.features },
-        });
-        let id = new_id("fbk")?;
-        let receipt = gw.ledger.record(RecordKind::Outcome, now(), &id, &record)?;
-        Ok(json!({ "feedback_id": id, "decision_id": body.decision_id, "receipt": receipt }))
+        gw.monitor
+            .record_outcome(&deployment, &reported.outcome(&decision_id, false, None, 0));
+        Ok(answer)
     })
     .await
     .map(Json)
+}
+
+fn object(bytes: &[u8]) -> ApiResult<serde_json::Map<String, Value>> {
+    match parse_json(bytes)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+fn take_string(fields: &mut serde_json::Map<String, Value>, name: &str) -> ApiResult<String> {
+    match fields.remove(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`{name}` is required: a string"),
+        )),
+    }
+}
+
+/// The rest of the body as a report, strictly (unknown fields are errors).
+fn reported(fields: serde_json::Map<String, Value>) -> ApiResult<Reported> {
+    let reported: Reported = serde_json::from_value(Value::Object(fields)).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("the body does not fit this route: {e}"),
+        )
+    })?;
+    reported
+        .check()
+        .map_err(|why| ApiError::bad_request("invalid_request", why))?;
+    Ok(reported)
 }
 
 /// Parses a JSON body into `T`, strictly.

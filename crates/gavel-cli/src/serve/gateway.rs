@@ -42,6 +42,8 @@ pub struct UpstreamTimeouts {
 }
 
 pub struct Gateway {
+    /// Signals per deployment, checked against thresholds once a second.
+    pub monitor: super::monitor::Monitor,
     /// The engine under the contract in force; swapped whole when a new version is loaded.
     pub engine: ArcSwap<Engine>,
     pub store: SqliteStore,
@@ -178,6 +180,11 @@ impl Gateway {
             },
         };
         metrics::decided(&ruling.decision, started.elapsed());
+        let known = engine
+            .contract()
+            .deployment(&ruling.decision.deployment)
+            .is_some();
+        self.monitor.record_decision(&ruling.decision, known);
         ruling
     }
 
@@ -245,12 +252,14 @@ impl Gateway {
         details: Value,
     ) {
         let at = now();
-        if let Err(e) = self
-            .engine()
-            .settle(&self.store, decision_id, ran_on, usage, at)
-        {
+        let engine = self.engine();
+        if let Err(e) = engine.settle(&self.store, decision_id, ran_on, usage, at) {
             tracing::error!(decision_id, error = %e, "settling usage failed");
         }
+        self.monitor.record_outcome(
+            ran_on,
+            &observed(&engine, decision_id, ran_on, usage, &details),
+        );
         let mut body = json!({
             "principal": principal,
             "decision_id": decision_id,
@@ -291,6 +300,34 @@ impl Gateway {
             Ok(Ok(bytes)) => Ok(bytes),
         }
     }
+}
+
+/// What monitoring learns from a proxied call's outcome details.
+fn observed(
+    engine: &Engine,
+    decision_id: &str,
+    ran_on: &str,
+    usage: &Usage,
+    details: &Value,
+) -> gavel_monitor::Outcome {
+    let failed = details.get("upstream_error").is_some()
+        || details["upstream_status"]
+            .as_u64()
+            .is_some_and(|s| !(200..300).contains(&s));
+    let reported = crate::monitoring::Reported {
+        latency_ms: details["latency_ms"].as_f64(),
+        success: Some(!failed),
+        fallback_used: details["fallback"].as_bool(),
+        ..Default::default()
+    };
+    let mut outcome = reported.outcome(
+        decision_id,
+        true,
+        Some(usage),
+        engine.usd_micros(ran_on, usage),
+    );
+    outcome.snapshot_changed = details["snapshot_changed"].as_bool() == Some(true);
+    outcome
 }
 
 /// The key from `Authorization: Bearer <key>`.

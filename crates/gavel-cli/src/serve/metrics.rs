@@ -93,3 +93,17 @@ pub fn reload(outcome: &'static str) {
 pub fn connection_refused() {
     metrics::counter!("gavel_connections_refused_total").increment(1);
 }
+
+/// A deployment's signal as last evaluated (one gauge per deployment and signal).
+pub fn signal(deployment: &str, name: &'static str, value: f64) {
+    metrics::gauge!("gavel_signal", "deployment" => deployment.to_string(), "signal" => name)
+        .set(value);
+}
+
+pub fn breach(deployment: &str, signal: &str, event: &'static str) {
+    metrics::counter!("gavel_breach_events_total", "deployment" => deployment.to_string(), "signal" => signal.to_string(), "event" => event).increment(1);
+}
+
+pub fn alert(outcome: &'static str) {
+    metrics::counter!("gavel_alerts_total", "outcome" => outcome).increment(1);
+}

@@ -12,6 +12,7 @@ mod api;
 mod error;
 mod gateway;
 mod metrics;
+mod monitor;
 mod output;
 mod proxy;
 mod reload;
@@ -87,7 +88,11 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         .map_err(|e| Failure::storage(format!("cannot build the HTTP client: {e}")))?;
     let output_scanners = Scanners::new(&ScanConfig::default())
         .map_err(|e| Failure::storage(format!("cannot build the output scanners: {e}")))?;
+    let (monitor, alert_queue) = monitor::Monitor::new(&crate::monitoring::config_of(
+        &engine.contract().policy.monitoring,
+    ))?;
     let gw = Arc::new(Gateway {
+        monitor,
         engine: ArcSwap::from_pointee(engine),
         store,
         ledger,
@@ -137,7 +142,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         .enable_all()
         .build()
         .map_err(|e| Failure::storage(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(gw.clone(), listen, settings, watched))?;
+    runtime.block_on(serve(gw.clone(), listen, settings, watched, alert_queue))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
     // Every request is done: sign the final checkpoint.
     match Arc::into_inner(gw) {
@@ -164,6 +169,7 @@ async fn serve(
     listen: SocketAddr,
     settings: Listening,
     watched: Vec<std::path::PathBuf>,
+    alert_queue: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
 ) -> Outcome {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -176,9 +182,11 @@ async fn serve(
     let watcher = tokio::spawn(reload::watch(
         gw.clone(),
         settings.reload_every,
-        stop_rx,
+        stop_rx.clone(),
         watched,
     ));
+    let monitoring = tokio::spawn(monitor::run(gw.clone(), stop_rx));
+    tokio::spawn(monitor::deliver_alerts(gw.clone(), alert_queue));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
@@ -248,6 +256,7 @@ async fn serve(
     tracing::info!("draining");
     let _ = stop_tx.send(true);
     let _ = watcher.await;
+    let _ = monitoring.await;
     if tokio::time::timeout(settings.drain, graceful.shutdown())
         .await
         .is_err()

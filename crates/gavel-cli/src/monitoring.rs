@@ -1,0 +1,333 @@
+//! Monitoring glue shared by the CLI and the gateway: what callers report about outcomes, the
+//! contract's settings as gavel-monitor's config, windows rebuilt from stored rollups, and each
+//! deployment's status (state, signals against the covering approval's thresholds).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use gavel_contract::time::Timestamp;
+use gavel_contract::{Contract, Monitoring};
+use gavel_engine::approval::covering_approval;
+use gavel_engine::{relevant_scopes, Approval, Breach, OnBreach, Usage};
+use gavel_monitor::{
+    checks, signals, Baseline, Bucket, Check, Config, FeatureValue, Outcome, Signals,
+};
+use gavel_store::{Rollup, Store, StoredBaseline};
+
+use crate::failure::Failure;
+
+/// What a caller may report with an outcome or feedback, beyond usage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reported {
+    /// How long the action took, end to end, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Whether it succeeded (false counts towards the error rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    /// Whether the approved fallback served it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_used: Option<bool>,
+    /// An accuracy proxy in [0, 1] (a rating, a grader's score).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// What the model predicted, for a scoring deployment: true/false or 1/0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<Value>,
+    /// The ground truth once known: true/false or 1/0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<Value>,
+    /// The group the subject belongs to, for fairness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Declared features (numbers, strings or booleans) for drift.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub features: Map<String, Value>,
+}
+
+/// Largest number of declared features one report may carry.
+const MAX_FEATURES: usize = 64;
+
+impl Reported {
+    /// Checks every field; the error names the field and what it must be.
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .latency_ms
+            .is_some_and(|ms| !ms.is_finite() || ms < 0.0)
+        {
+            return Err("`latency_ms` must be a non-negative number".into());
+        }
+        if self.score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+            return Err("`score` must be between 0 and 1".into());
+        }
+        binary("prediction", self.prediction.as_ref())?;
+        binary("label", self.label.as_ref())?;
+        if self
+            .group
+            .as_ref()
+            .is_some_and(|g| g.is_empty() || g.len() > 128)
+        {
+            return Err("`group` must be 1 to 128 characters".into());
+        }
+        if self.features.len() > MAX_FEATURES {
+            return Err(format!("at most {MAX_FEATURES} features per report"));
+        }
+        for (name, value) in &self.features {
+            if feature_value(value).is_none() {
+                return Err(format!(
+                    "feature `{name}` must be a finite number, a string or a boolean"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        serde_json::to_value(self).is_ok_and(|v| v.as_object().is_some_and(Map::is_empty))
+    }
+
+    /// The observation for monitoring. `executed`: this reports a run (an outcome), not only a
+    /// judgement on one (feedback).
+    pub fn outcome(
+        &self,
+        decision_id: &str,
+        executed: bool,
+        usage: Option<&Usage>,
+        usd_micros: u64,
+    ) -> Outcome {
+        let mut features: Vec<(String, FeatureValue)> = self
+            .features
+            .iter()
+            .filter_map(|(name, v)| feature_value(v).map(|f| (name.clone(), f)))
+            .collect();
+        if let Some(u) = usage.filter(|u| u.prompt_tokens + u.completion_tokens > 0) {
+            features.push((
+                "prompt_tokens".into(),
+                FeatureValue::Number(u.prompt_tokens as f64),
+            ));
+            features.push((
+                "output_tokens".into(),
+                FeatureValue::Number(u.completion_tokens as f64),
+            ));
+        }
+        Outcome {
+            decision_id: Some(decision_id.to_string()),
+            executed,
+            latency_ms: self.latency_ms,
+            error: self.success == Some(false),
+            fallback: self.fallback_used == Some(true),
+            spend_usd_micros: usd_micros,
+            snapshot_changed: false,
+            score: self.score,
+            features,
+            group: self.group.clone(),
+            prediction: self.prediction.as_ref().and_then(as_bool),
+            label: self.label.as_ref().and_then(as_bool),
+        }
+    }
+}
+
+fn binary(field: &str, value: Option<&Value>) -> Result<(), String> {
+    match value {
+        Some(v) if as_bool(v).is_none() => Err(format!("`{field}` must be true/false or 1/0")),
+        _ => Ok(()),
+    }
+}
+
+fn as_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) if n.as_f64() == Some(1.0) => Some(true),
+        Value::Number(n) if n.as_f64() == Some(0.0) => Some(false),
+        _ => None,
+    }
+}
+
+pub fn feature_value(v: &Value) -> Option<FeatureValue> {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(FeatureValue::Number),
+        Value::String(s) => Some(FeatureValue::Category(s.clone())),
+        Value::Bool(b) => Some(FeatureValue::Category(b.to_string())),
+        _ => None,
+    }
+}
+
+/// The contract's `policy.monitoring` as gavel-monitor's config.
+pub fn config_of(m: &Monitoring) -> Config {
+    Config {
+        window_ms: m.window.millis() as i64,
+        bucket_ms: m.bucket.millis().max(1000) as i64,
+        min_samples: m.min_samples,
+        drift_bins: m.drift_bins as usize,
+        drift_min_samples: m.drift_min_samples,
+        min_group_size: m.min_group_size,
+    }
+}
+
+/// Adds one stored row's bucket to `windows` (rows that do not parse are skipped with a log
+/// line: one bad row must not hide every other signal).
+pub fn add_row(windows: &mut HashMap<String, Bucket>, row: &Rollup) {
+    match serde_json::from_str::<Bucket>(&row.body) {
+        Ok(bucket) => windows
+            .entry(row.deployment.clone())
+            .or_default()
+            .merge(&bucket),
+        Err(e) => {
+            tracing::warn!(deployment = %row.deployment, start_ms = row.start_ms, error = %e, "a stored signal rollup does not parse; skipped")
+        }
+    }
+}
+
+/// Every deployment's window over the last `window_ms`, from stored rollups (all writers).
+pub fn stored_windows(
+    store: &dyn Store,
+    cfg: &Config,
+    now: Timestamp,
+) -> Result<HashMap<String, Bucket>, Failure> {
+    let from = window_start(cfg, now.millis());
+    let mut windows = HashMap::new();
+    for row in store.rollups_since(from, None)? {
+        add_row(&mut windows, &row);
+    }
+    Ok(windows)
+}
+
+/// The first bucket start inside the window ending at `now_ms`.
+pub fn window_start(cfg: &Config, now_ms: i64) -> i64 {
+    (now_ms - cfg.window_ms).div_euclid(cfg.bucket_ms) * cfg.bucket_ms + cfg.bucket_ms
+}
+
+/// Writes one observation as a rollup row of its own (for one-shot writers such as the CLI;
+/// rows add up, so nothing is read back or overwritten).
+pub fn record_once(
+    store: &dyn Store,
+    contract: &Contract,
+    deployment: &str,
+    writer_id: &str,
+    at: Timestamp,
+    fill: impl FnOnce(&mut Bucket),
+) -> Result<(), Failure> {
+    let cfg = config_of(&contract.policy.monitoring);
+    let mut bucket = Bucket::default();
+    fill(&mut bucket);
+    let body = serde_json::to_string(&bucket)
+        .map_err(|e| Failure::storage(format!("cannot encode a rollup: {e}")))?;
+    store.save_rollups(&[Rollup {
+        deployment: deployment.to_string(),
+        start_ms: at.millis().div_euclid(cfg.bucket_ms) * cfg.bucket_ms,
+        writer: writer_id.to_string(),
+        body,
+    }])?;
+    Ok(())
+}
+
+/// The baseline recorded with an approval, if any.
+pub fn baseline_of(store: &dyn Store, approval_id: &str) -> Result<Option<Baseline>, Failure> {
+    match store.baseline(approval_id)? {
+        Some(StoredBaseline { body, .. }) => serde_json::from_str(&body).map(Some).map_err(|e| {
+            Failure::storage(format!("the baseline of {approval_id} is corrupt: {e}"))
+        }),
+        None => Ok(None),
+    }
+}
+
+/// One deployment as `gavel status` shows it.
+#[derive(Debug, Serialize)]
+pub struct DeploymentStatus {
+    pub deployment: String,
+    /// serving, cooldown, fallback, blocked, killed or unapproved.
+    pub state: &'static str,
+    pub use_case: String,
+    pub owner: String,
+    pub approval: Option<Value>,
+    pub breach: Option<Breach>,
+    pub has_baseline: bool,
+    pub signals: Signals,
+    pub checks: Vec<Check>,
+}
+
+/// Every deployment's state and signals against its covering approval's thresholds.
+pub fn status(
+    contract: &Contract,
+    store: &dyn Store,
+    windows: &HashMap<String, Bucket>,
+    now: Timestamp,
+) -> Result<Vec<DeploymentStatus>, Failure> {
+    let cfg = config_of(&contract.policy.monitoring);
+    let kills = store.kills(now)?;
+    let cooldowns = store.cooldowns(now)?;
+    let breaches: HashMap<String, Breach> = store
+        .breaches()?
+        .into_iter()
+        .map(|b| (b.deployment.clone(), b))
+        .collect();
+    let mut approvals: BTreeMap<String, Vec<Approval>> = BTreeMap::new();
+    for a in store.all_approvals()? {
+        approvals.entry(a.deployment.clone()).or_default().push(a);
+    }
+    let empty = Bucket::default();
+    let mut rows = Vec::with_capacity(contract.deployments.len());
+    for d in contract.deployments.values() {
+        let Some(use_case) = contract.use_case_of(d) else {
+            continue;
+        };
+        let scopes = relevant_scopes(&d.id, &use_case.id, "", None);
+        let covering = approvals
+            .get(&d.id)
+            .and_then(|a| covering_approval(a, d, now).ok())
+            .cloned();
+        let breach = breaches
+            .get(&d.id)
+            .filter(|b| covering.as_ref().is_some_and(|a| a.id == b.approval_id))
+            .cloned();
+        let kill = kills.iter().find(|k| scopes.contains(&k.scope));
+        let cooling = cooldowns.iter().any(|c| scopes.contains(&c.scope));
+        let state = match (kill, &breach, &covering) {
+            (Some(k), _, _) if k.until.is_none() => "killed",
+            (Some(_), _, _) => "cooldown",
+            (None, _, None) => "unapproved",
+            (None, Some(b), Some(_)) => match b.on_breach {
+                OnBreach::Block => "blocked",
+                OnBreach::Fallback => "fallback",
+                OnBreach::Cooldown { .. } if b.until.is_some_and(|u| now < u) => "cooldown",
+                OnBreach::Cooldown { .. } => "probing",
+            },
+            (None, None, Some(_)) if cooling => "cooldown",
+            (None, None, Some(_)) => "serving",
+        };
+        let baseline = match &covering {
+            Some(a) => baseline_of(store, &a.id)?,
+            None => None,
+        };
+        let window = windows.get(&d.id).unwrap_or(&empty);
+        let s = signals(window, baseline.as_ref(), &cfg);
+        let c = covering
+            .as_ref()
+            .map(|a| checks(&s, &a.thresholds, &cfg))
+            .unwrap_or_default();
+        rows.push(DeploymentStatus {
+            deployment: d.id.clone(),
+            state,
+            use_case: use_case.id.clone(),
+            owner: use_case.owner.clone(),
+            approval: covering.as_ref().map(|a| json!({
+                "id": a.id,
+                "approved_by": a.signoffs.iter().map(|s| s.principal.clone()).collect::<Vec<_>>(),
+                "expires_at": a.expires_at,
+                "on_breach": a.on_breach,
+                "thresholds": a.thresholds,
+            })),
+            breach,
+            has_baseline: baseline.is_some(),
+            signals: s,
+            checks: c,
+        });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,495 @@
+//! Live monitoring in the gateway: every decision and outcome lands in its deployment's current
+//! bucket (one short lock per deployment); once a second the buckets are written to storage,
+//! the signals of each deployment under thresholds are checked, and breaches are started,
+//! probed, extended and ended, recorded in the ledger and alerted to the on-call webhook.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use gavel_contract::time::{Span, Timestamp};
+use gavel_engine::approval::covering_approval;
+use gavel_engine::{Breach, Decision, OnBreach, ReasonCode, RuntimeState, Verdict};
+use gavel_ledger::RecordKind;
+use gavel_monitor::breach::{next_step, Action, Active, Step};
+use gavel_monitor::{checks, signal_of, signals, Bucket, Check, Config, Outcome, Series};
+use gavel_store::{Rollup, Store};
+
+use super::gateway::Gateway;
+use super::metrics;
+use crate::context::{new_id, now};
+use crate::failure::Failure;
+use crate::monitoring::{add_row, baseline_of, config_of, window_start};
+
+/// How long rollups are kept (baselines from a traffic window read them back).
+const KEEP_ROLLUPS: Span = Span::from_days(30);
+/// Waits between webhook attempts; one attempt more than there are waits.
+const ALERT_BACKOFF_MS: [u64; 5] = [500, 1_000, 2_000, 4_000, 8_000];
+
+pub struct Monitor {
+    /// This process's name on the rollup rows it writes.
+    writer: String,
+    bucket_ms: i64,
+    keep_ms: i64,
+    series: RwLock<HashMap<String, Arc<Mutex<Series>>>>,
+    /// Rows other processes wrote (an earlier run of this gateway, the CLI), parsed once.
+    others: Mutex<HashMap<(String, i64, String), (String, Bucket)>>,
+    alerts: tokio::sync::mpsc::UnboundedSender<Value>,
+}
+
+impl Monitor {
+    /// A monitor and the receiving end of its alert queue (for [`deliver_alerts`]).
+    pub fn new(
+        cfg: &Config,
+    ) -> Result<(Monitor, tokio::sync::mpsc::UnboundedReceiver<Value>), Failure> {
+        let (alerts, queue) = tokio::sync::mpsc::unbounded_channel();
+        let monitor = Monitor {
+            writer: new_id("gw")?,
+            bucket_ms: cfg.bucket_ms,
+            keep_ms: cfg.window_ms + 2 * cfg.bucket_ms,
+            series: RwLock::default(),
+            others: Mutex::default(),
+            alerts,
+        };
+        Ok((monitor, queue))
+    }
+
+    fn series(&self, deployment: &str) -> Option<Arc<Mutex<Series>>> {
+        if let Some(s) = self.series.read().ok()?.get(deployment) {
+            return Some(s.clone());
+        }
+        let mut all = self.series.write().ok()?;
+        Some(
+            all.entry(deployment.to_string())
+                .or_insert_with(|| Arc::new(Mutex::new(Series::new(self.bucket_ms, self.keep_ms))))
+                .clone(),
+        )
+    }
+
+    /// Counts a decision on a deployment the contract has (unknown names are not tracked, so a
+    /// client cannot grow the map).
+    pub fn record_decision(&self, decision: &Decision, known: bool) {
+        if !known {
+            return;
+        }
+        let first = decision.reasons.first().map(|r| r.code);
+        let blocked = decision.verdict == Verdict::Block;
+        let abusive = !decision.findings.is_empty()
+            || (blocked && first.is_some_and(ReasonCode::is_abuse))
+            || first == Some(ReasonCode::AbuseCooldown);
+        if let Some(series) = self.series(&decision.deployment) {
+            if let Ok(mut s) = series.lock() {
+                s.at(now().millis())
+                    .record_decision(&decision.decision_id, blocked, abusive);
+            }
+        }
+    }
+
+    pub fn record_outcome(&self, deployment: &str, outcome: &Outcome) {
+        if let Some(series) = self.series(deployment) {
+            if let Ok(mut s) = series.lock() {
+                s.at(now().millis()).record_outcome(outcome);
+            }
+        }
+    }
+
+    /// Writes changed buckets, then checks every deployment. Runs on a blocking thread.
+    pub fn tick(&self, gw: &Gateway) -> Result<(), Failure> {
+        let at = now();
+        self.flush(&gw.store)?;
+        let engine = gw.engine();
+        let contract = engine.contract();
+        let cfg = config_of(&contract.policy.monitoring);
+        let from = window_start(&cfg, at.millis());
+        self.read_others(&gw.store, from - cfg.window_ms)?;
+        let breaches: HashMap<String, Breach> = gw
+            .store
+            .breaches()?
+            .into_iter()
+            .map(|b| (b.deployment.clone(), b))
+            .collect();
+        for d in contract.deployments.values() {
+            let active = breaches.get(&d.id);
+            let approvals = gw
+                .store
+                .approvals_of(&d.id)
+                .map_err(|e| Failure::storage(e.0))?;
+            let covering = covering_approval(&approvals, d, at).ok();
+            if covering.is_none_or(|a| a.thresholds.is_empty()) && active.is_none() {
+                continue;
+            }
+            let thresholds = covering.map(|a| a.thresholds.clone()).unwrap_or_default();
+            let baseline = match covering {
+                Some(a) => baseline_of(&gw.store, &a.id)?,
+                None => None,
+            };
+            let window = self.window(&d.id, from, at.millis() + 1);
+            let now_signals = signals(&window, baseline.as_ref(), &cfg);
+            let now_checks = checks(&now_signals, &thresholds, &cfg);
+            publish(&d.id, &now_checks);
+            let as_active = active.map(monitored);
+            let probe_checks = match as_active.as_ref().and_then(|a| a.probe_from(at.millis())) {
+                Some(probe_from) => {
+                    // Whole buckets after the probing started: the bucket it started in may
+                    // hold what caused the breach.
+                    let first =
+                        probe_from.div_euclid(cfg.bucket_ms) * cfg.bucket_ms + cfg.bucket_ms;
+                    let probes = self.window(&d.id, first.max(from), at.millis() + 1);
+                    checks(
+                        &signals(&probes, baseline.as_ref(), &cfg),
+                        &thresholds,
+                        &cfg,
+                    )
+                }
+                None => Vec::new(),
+            };
+            let covering_id = covering.map(|a| a.id.as_str()).unwrap_or("");
+            match next_step(
+                as_active.as_ref(),
+                covering_id,
+                &now_checks,
+                &probe_checks,
+                at.millis(),
+            ) {
+                Step::Nothing => {}
+                Step::Start(check) => {
+                    if let Some(approval) = covering {
+                        self.start(
+                            gw,
+                            contract,
+                            d,
+                            approval,
+                            &check,
+                            &now_signals.examples,
+                            &cfg,
+                            at,
+                        )?;
+                    }
+                }
+                Step::Extend { until_ms, check } => {
+                    if let Some(breach) = active {
+                        let extended = Breach {
+                            until: Some(Timestamp(until_ms)),
+                            value: check.value.unwrap_or(breach.value),
+                            ..breach.clone()
+                        };
+                        gw.ledger.record(RecordKind::CooldownStarted, at, &new_id("chg")?, &json!({
+                            "breach_id": breach.id, "deployment": d.id, "signal": breach.signal,
+                            "threshold": breach.threshold, "value": check.value, "limit": check.limit,
+                            "samples": check.samples, "until": extended.until,
+                            "why": "probes after the cooldown still breach the threshold",
+                        }))?;
+                        gw.store.update_breach(&extended)?;
+                        metrics::breach(&d.id, &breach.signal, "extended");
+                        tracing::warn!(deployment = %d.id, breach_id = %breach.id, "probes still breach; cooling down again");
+                    }
+                }
+                Step::Recover { why } => {
+                    if let Some(breach) = active {
+                        let probe = probe_checks
+                            .iter()
+                            .find(|c| c.threshold == breach.threshold);
+                        gw.ledger.record(
+                            RecordKind::Recovery,
+                            at,
+                            &new_id("chg")?,
+                            &json!({
+                                "breach_id": breach.id, "deployment": d.id, "signal": breach.signal,
+                                "threshold": breach.threshold, "value": probe.and_then(|c| c.value),
+                                "limit": breach.limit, "samples": probe.map(|c| c.samples),
+                                "since": breach.since, "why": why,
+                            }),
+                        )?;
+                        gw.store.end_breach(&d.id)?;
+                        metrics::breach(&d.id, &breach.signal, "recovered");
+                        tracing::info!(deployment = %d.id, breach_id = %breach.id, %why, "recovered");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        gw: &Gateway,
+        contract: &gavel_contract::Contract,
+        d: &gavel_contract::Deployment,
+        approval: &gavel_engine::Approval,
+        check: &Check,
+        examples: &[String],
+        cfg: &Config,
+        at: Timestamp,
+    ) -> Result<(), Failure> {
+        let breach = Breach {
+            id: new_id("brc")?,
+            deployment: d.id.clone(),
+            approval_id: approval.id.clone(),
+            threshold: check.threshold.clone(),
+            signal: signal_of(&check.threshold).to_string(),
+            value: check.value.unwrap_or_default(),
+            limit: check.limit,
+            on_breach: approval.on_breach.clone(),
+            since: at,
+            until: match approval.on_breach {
+                OnBreach::Cooldown { seconds } => Some(at.saturating_add(Span::from_secs(seconds))),
+                _ => None,
+            },
+        };
+        let use_case = contract.use_case_of(d);
+        let approved_by: Vec<&str> = approval
+            .signoffs
+            .iter()
+            .map(|s| s.principal.as_str())
+            .collect();
+        let alert = json!({
+            "kind": "gavel.breach",
+            "summary": format!("{}: {} {} {:.4} against the approved {} (window {}); on_breach {}",
+                d.id, check.threshold, if check.bound == gavel_monitor::Bound::Max { "rose to" } else { "fell to" },
+                breach.value, check.limit, Span::from_millis(cfg.window_ms as u64), on_breach_name(&approval.on_breach)),
+            "breach_id": breach.id,
+            "deployment": d.id,
+            "use_case": d.use_case,
+            "signal": breach.signal,
+            "threshold": breach.threshold,
+            "bound": check.bound,
+            "value": check.value,
+            "limit": check.limit,
+            "samples": check.samples,
+            "window": Span::from_millis(cfg.window_ms as u64).to_string(),
+            "since": at,
+            "approval_id": approval.id,
+            "approved_by": approved_by,
+            "on_breach": approval.on_breach,
+            "until": breach.until,
+            "owner": use_case.map(|u| u.owner.clone()),
+            "severity": use_case.and_then(|u| u.oncall.severity_map.get("breach").cloned()),
+            "runbook": use_case.and_then(|u| u.oncall.runbook.clone()),
+            "example_decision_ids": examples,
+        });
+        gw.ledger
+            .record(RecordKind::Breach, at, &breach.id, &alert)?;
+        if !gw.store.start_breach(&breach)? {
+            return Ok(());
+        }
+        metrics::breach(&d.id, &breach.signal, "started");
+        tracing::warn!(deployment = %d.id, breach_id = %breach.id, threshold = %breach.threshold, value = breach.value, limit = breach.limit, "threshold breached");
+        if let Some(webhook) = use_case.map(|u| u.oncall.webhook.clone()) {
+            let _ = self
+                .alerts
+                .send(json!({ "webhook": webhook, "alert": alert }));
+        }
+        Ok(())
+    }
+
+    fn flush(&self, store: &dyn Store) -> Result<(), Failure> {
+        let all: Vec<(String, Arc<Mutex<Series>>)> = match self.series.read() {
+            Ok(m) => m.iter().map(|(d, s)| (d.clone(), s.clone())).collect(),
+            Err(_) => return Err(Failure::storage("the signal series are unavailable")),
+        };
+        let mut rows = Vec::new();
+        for (deployment, series) in all {
+            let dirty = match series.lock() {
+                Ok(mut s) => s.take_dirty(),
+                Err(_) => continue,
+            };
+            for (start_ms, bucket) in dirty {
+                let body = serde_json::to_string(&bucket)
+                    .map_err(|e| Failure::storage(format!("cannot encode a rollup: {e}")))?;
+                rows.push(Rollup {
+                    deployment: deployment.clone(),
+                    start_ms,
+                    writer: self.writer.clone(),
+                    body,
+                });
+            }
+        }
+        if !rows.is_empty() {
+            store.save_rollups(&rows)?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads other writers' rows since `from_ms`, parsing only those that changed.
+    fn read_others(&self, store: &dyn Store, from_ms: i64) -> Result<(), Failure> {
+        let rows = store.rollups_since(from_ms, None)?;
+        let mut others = self
+            .others
+            .lock()
+            .map_err(|_| Failure::storage("the rollup cache is unavailable"))?;
+        let mut seen = HashSet::new();
+        for row in rows.into_iter().filter(|r| r.writer != self.writer) {
+            let key = (row.deployment.clone(), row.start_ms, row.writer.clone());
+            seen.insert(key.clone());
+            if others.get(&key).is_some_and(|(body, _)| *body == row.body) {
+                continue;
+            }
+            let mut parsed = HashMap::new();
+            add_row(&mut parsed, &row);
+            let bucket = parsed.remove(&row.deployment).unwrap_or_default();
+            others.insert(key, (row.body, bucket));
+        }
+        others.retain(|key, _| seen.contains(key));
+        Ok(())
+    }
+
+    /// This process's buckets plus other writers' over [from_ms, to_ms).
+    fn window(&self, deployment: &str, from_ms: i64, to_ms: i64) -> Bucket {
+        let mut sum = self
+            .series(deployment)
+            .and_then(|s| s.lock().ok().map(|s| s.window(from_ms, to_ms)))
+            .unwrap_or_default();
+        if let Ok(others) = self.others.lock() {
+            for ((d, start, _), (_, bucket)) in others.iter() {
+                if d == deployment && *start + self.bucket_ms > from_ms && *start < to_ms {
+                    sum.merge(bucket);
+                }
+            }
+        }
+        sum
+    }
+}
+
+fn on_breach_name(on_breach: &OnBreach) -> String {
+    match on_breach {
+        OnBreach::Cooldown { seconds } => format!("cooldown {}", Span::from_secs(*seconds)),
+        OnBreach::Fallback => "fallback".into(),
+        OnBreach::Block => "block until re-approved".into(),
+    }
+}
+
+fn monitored(b: &Breach) -> Active {
+    Active {
+        approval_id: b.approval_id.clone(),
+        threshold: b.threshold.clone(),
+        action: match b.on_breach {
+            OnBreach::Cooldown { seconds } => Action::Cooldown {
+                ms: (seconds * 1000) as i64,
+            },
+            OnBreach::Fallback => Action::Fallback,
+            OnBreach::Block => Action::Block,
+        },
+        since_ms: b.since.millis(),
+        until_ms: b.until.map(Timestamp::millis),
+    }
+}
+
+fn publish(deployment: &str, checks: &[Check]) {
+    for c in checks {
+        if let (Some(value), Some((name, _, _))) = (
+            c.value,
+            gavel_monitor::THRESHOLDS
+                .iter()
+                .find(|(n, _, _)| *n == c.threshold),
+        ) {
+            metrics::signal(deployment, name, value);
+        }
+    }
+}
+
+/// Checks once a second until `stop`, then writes the last buckets.
+pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => break,
+        }
+        let worker = gw.clone();
+        match tokio::task::spawn_blocking(move || worker.monitor.tick(&worker)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e.message, "monitoring could not evaluate the signals")
+            }
+            Err(e) => tracing::error!(error = %e, "monitoring stopped unexpectedly"),
+        }
+        if let Err(e) = gw
+            .store
+            .prune_rollups(now().saturating_sub(KEEP_ROLLUPS).millis())
+        {
+            tracing::warn!(error = %e, "old rollups could not be pruned");
+        }
+    }
+    let worker = gw.clone();
+    let _ = tokio::task::spawn_blocking(move || worker.monitor.flush(&worker.store)).await;
+}
+
+/// Posts each alert to its webhook, retrying with backoff, and records in the ledger whether
+/// the on-call was reached (the webhook's host only: its path may carry a token).
+pub async fn deliver_alerts(
+    gw: Arc<Gateway>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Value>,
+) {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    else {
+        tracing::error!("cannot build the alert client; alerts stay in the ledger only");
+        return;
+    };
+    let mut sent = HashSet::new();
+    while let Some(item) = queue.recv().await {
+        let (webhook, alert) = (
+            item["webhook"].as_str().unwrap_or_default().to_string(),
+            item["alert"].clone(),
+        );
+        let breach_id = alert["breach_id"].as_str().unwrap_or_default().to_string();
+        if !sent.insert(breach_id.clone()) {
+            continue;
+        }
+        let gw = gw.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let mut attempts = 0;
+            let mut last = String::new();
+            let delivered = loop {
+                attempts += 1;
+                let request = http
+                    .post(&webhook)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(alert.to_string());
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => break true,
+                    Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
+                    Err(e) => {
+                        last = if e.is_timeout() {
+                            "timed out".into()
+                        } else if e.is_connect() {
+                            "connection failed".into()
+                        } else {
+                            "request failed".into()
+                        }
+                    }
+                }
+                match ALERT_BACKOFF_MS.get(attempts - 1) {
+                    Some(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+                    None => break false,
+                }
+            };
+            metrics::alert(if delivered { "delivered" } else { "failed" });
+            let host = reqwest::Url::parse(&webhook)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default();
+            let details = json!({ "breach_id": breach_id, "webhook_host": host, "attempts": attempts, "delivered": delivered, "last_error": (!delivered).then_some(last) });
+            let record = tokio::task::spawn_blocking(move || {
+                gw.ledger.record_change(
+                    RecordKind::Admin,
+                    now(),
+                    "gavel",
+                    if delivered {
+                        "alert_delivered"
+                    } else {
+                        "alert_failed"
+                    },
+                    details,
+                )
+            });
+            if !matches!(record.await, Ok(Ok(_))) {
+                tracing::error!("the alert delivery could not be recorded");
+            }
+        });
+    }
+}
