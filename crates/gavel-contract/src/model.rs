@@ -158,10 +158,11 @@ pub enum Signal {
     Fallback,
     Fairness,
     Spend,
+    Error,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 7] = [
+    pub const ALL: [Signal; 8] = [
         Signal::Accuracy,
         Signal::Drift,
         Signal::Latency,
@@ -169,6 +170,7 @@ impl Signal {
         Signal::Fallback,
         Signal::Fairness,
         Signal::Spend,
+        Signal::Error,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -180,11 +182,21 @@ impl Signal {
             Signal::Fallback => "fallback",
             Signal::Fairness => "fairness",
             Signal::Spend => "spend",
+            Signal::Error => "error",
         }
     }
 
     pub fn parse(text: &str) -> Option<Signal> {
         Signal::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The signal an approval threshold watches: its own name, or `drift_js` (drift measured
+    /// by Jensen-Shannon distance rather than PSI) for drift.
+    pub fn of_threshold(name: &str) -> Option<Signal> {
+        match name {
+            "drift_js" => Some(Signal::Drift),
+            _ => Signal::parse(name),
+        }
     }
 }
 

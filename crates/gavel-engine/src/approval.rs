@@ -234,9 +234,9 @@ fn check_terms(
         }
     }
     for name in terms.thresholds.keys() {
-        if Signal::parse(name).is_none() {
+        if Signal::of_threshold(name).is_none() {
             return Err(format!(
-                "unknown threshold `{name}`; expected one of {}",
+                "unknown threshold `{name}`; expected one of {}, drift_js",
                 Signal::ALL.map(Signal::as_str).join(", ")
             ));
         }
@@ -250,7 +250,13 @@ fn check_terms(
         .require_thresholds
         .iter()
         .map(|s| s.as_str())
-        .filter(|s| !terms.thresholds.contains_key(*s))
+        // `drift_js` (Jensen-Shannon) is a drift threshold as much as `drift` (PSI).
+        .filter(|s| {
+            !terms
+                .thresholds
+                .keys()
+                .any(|k| k == s || (*s == "drift" && k == "drift_js"))
+        })
         .collect();
     if !missing_thresholds.is_empty() {
         return Err(format!(

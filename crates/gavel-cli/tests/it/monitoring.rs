@@ -1,0 +1,293 @@
+//! Monitoring end to end, over real HTTP against the real binary: a deployment drifts, the
+//! breach is detected within the window, the verdict changes at once, the on-call webhook gets
+//! exactly one alert, the ledger has the breach and the recovery, and recovery follows the
+//! signal's return.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::serve::Server;
+use super::{kb_request, Gavel};
+
+/// A webhook receiver on loopback that keeps every JSON body it is sent.
+fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/hook/secret-token",
+        listener.local_addr().unwrap()
+    );
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (url, received)
+}
+
+struct Setup {
+    g: Gavel,
+    operator: String,
+    risk: String,
+    service: String,
+    auditor: String,
+}
+
+/// The example with a short window, kb-search-v1 paging `hook`, no per-principal request
+/// budget in the way, and an approval with a drift threshold and a 3 s cooldown on breach.
+fn setup(hook: &str) -> Setup {
+    let g = Gavel::init();
+    let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    let yaml = yaml
+        .replacen(
+            "oncall: { webhook: \"https://hooks.acme.example/pager/platform\" }",
+            &format!("oncall: {{ webhook: \"{hook}\", runbook: \"https://wiki.acme.example/runbooks/kb\" }}"),
+            1,
+        )
+        .replace("window: 1m, requests: 120", "window: 1m, requests: 100000")
+        .replace("monitoring:  { window: 5m, bucket: 10s, min_samples: 20, drift_bins: 10, drift_min_samples: 50,", "monitoring:  { window: 8s, bucket: 1s, min_samples: 20, drift_bins: 10, drift_min_samples: 30,");
+    std::fs::write(g.path("gavel.yaml"), yaml).unwrap();
+    let operator = g.key("olga", "operator", None);
+    let risk = g.key("rita", "approver", Some("risk"));
+    let service = g.key("svc-wiki", "service", None);
+    let auditor = g.key("audrey", "auditor", None);
+    g.run(Some(&operator), &["apply"]).ok();
+    g.run(
+        Some(&risk),
+        &[
+            "approve",
+            "kb-search-v1",
+            "--population",
+            "Acme employees",
+            "--expires",
+            "30d",
+            "--on-breach",
+            "cooldown:3s",
+            "--threshold",
+            "drift_js=0.3",
+            "--threshold",
+            "drift=1.0",
+        ],
+    )
+    .ok();
+    Setup {
+        g,
+        operator,
+        risk,
+        service,
+        auditor,
+    }
+}
+
+/// A decision and its outcome with `score` as a declared feature; the decision's HTTP status.
+fn served(s: &Server, key: &str, score: f64) -> u16 {
+    let decided = s.request("POST", "/v1/decide", Some(key), Some(&kb_request()));
+    if decided.status != 200 {
+        return decided.status;
+    }
+    let id = decided.json()["decision_id"].as_str().unwrap().to_string();
+    let outcome = json!({ "decision_id": id, "deployment": "kb-search-v1",
+        "usage": { "prompt_tokens": 20, "completion_tokens": 5 },
+        "latency_ms": 12.5, "success": true, "features": { "score": score } });
+    let reported = s.request("POST", "/v1/outcome", Some(key), Some(&outcome));
+    assert_eq!(reported.status, 200, "{}", reported.body);
+    200
+}
+
+fn records(s: &Server, key: &str, kind: &str) -> Vec<Value> {
+    let r = s.request(
+        "GET",
+        &format!("/v1/audit/records?kind={kind}"),
+        Some(key),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Scores spread evenly over [0, 1), as the baseline; shifted ones sit in [0.8, 1.0).
+fn in_distribution(i: usize) -> f64 {
+    ((i * 37) % 100) as f64 / 100.0
+}
+
+#[test]
+fn drift_breaches_cools_down_alerts_once_and_recovers() {
+    let (hook, alerts) = webhook();
+    let t = setup(&hook);
+    let s = Server::start(&t.g, &t.operator, &[]);
+
+    let rows: Vec<Value> = (0..300)
+        .map(|i| json!({ "score": in_distribution(i) }))
+        .collect();
+    let recorded = s.request(
+        "POST",
+        "/v1/admin/baselines",
+        Some(&t.risk),
+        Some(&json!({ "deployment": "kb-search-v1", "rows": rows, "label": "evals/kb.jsonl" })),
+    );
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    assert_eq!(recorded.json()["values_per_feature"]["score"], 300);
+    let refused = s.request(
+        "POST",
+        "/v1/admin/baselines",
+        Some(&t.service),
+        Some(&json!({ "deployment": "kb-search-v1", "rows": [] })),
+    );
+    assert_eq!(refused.status, 403, "a service key records no baseline");
+
+    // In distribution: served, and the status shows drift within its threshold.
+    for i in 0..40 {
+        assert_eq!(served(&s, &t.service, in_distribution(i)), 200);
+    }
+    let mut status = Value::Null;
+    assert!(
+        until(Duration::from_secs(5), || {
+            status = s
+                .request("GET", "/v1/status", Some(&t.auditor), None)
+                .json();
+            let kb = kb(&status);
+            kb["checks"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["threshold"] == "drift_js" && c["state"] == "within")
+            })
+        }),
+        "{status:#}"
+    );
+    assert_eq!(kb(&status)["state"], "serving");
+    assert!(alerts.lock().unwrap().is_empty());
+
+    // Drift: the scores move to the top of the range. Within the window the breach is found
+    // and the very next request is refused (COOLDOWN, 503).
+    let drift_started = Instant::now();
+    for i in 0..60 {
+        served(&s, &t.service, 0.8 + in_distribution(i) / 5.0);
+    }
+    let mut refused = None;
+    assert!(
+        until(Duration::from_secs(8), || {
+            let r = s.request("POST", "/v1/decide", Some(&t.service), Some(&kb_request()));
+            let hit = r.status == 503;
+            refused = Some(r);
+            hit
+        }),
+        "no breach within the 8 s window: {:?}",
+        refused.map(|r| r.body)
+    );
+    let refused = refused.unwrap();
+    let reason = &refused.json()["reasons"][0];
+    assert_eq!(reason["code"], "contract.breach.drift", "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+    assert!(drift_started.elapsed() < Duration::from_secs(8));
+
+    // Exactly one alert, with what the on-call needs.
+    assert!(until(Duration::from_secs(5), || !alerts
+        .lock()
+        .unwrap()
+        .is_empty()));
+    let alert = alerts.lock().unwrap()[0].clone();
+    assert_eq!(alert["deployment"], "kb-search-v1");
+    assert_eq!(alert["signal"], "drift");
+    assert!(
+        ["drift_js", "drift"].contains(&alert["threshold"].as_str().unwrap()),
+        "{alert:#}"
+    );
+    assert!(alert["value"].as_f64().unwrap() > alert["limit"].as_f64().unwrap());
+    assert_eq!(alert["window"], "8s");
+    assert_eq!(alert["approved_by"], json!(["rita"]));
+    assert_eq!(alert["owner"], "dana@acme.example");
+    assert_eq!(alert["runbook"], "https://wiki.acme.example/runbooks/kb");
+    assert!(alert["since"].is_string());
+    assert!(!alert["example_decision_ids"].as_array().unwrap().is_empty());
+    let breach_id = alert["breach_id"].as_str().unwrap().to_string();
+
+    // After the 3 s cooldown, requests probe; in-distribution probes recover the deployment.
+    let mut probes = 0;
+    let recovered = until(Duration::from_secs(20), || {
+        if served(&s, &t.service, in_distribution(probes)) == 200 {
+            probes += 1;
+        }
+        !records(&s, &t.auditor, "recovery").is_empty()
+    });
+    assert!(recovered, "no recovery after {probes} probes");
+    assert_eq!(served(&s, &t.service, 0.5), 200, "serving again");
+
+    let breaches = records(&s, &t.auditor, "breach");
+    assert_eq!(breaches.len(), 1, "{breaches:#?}");
+    assert_eq!(breaches[0]["id"], breach_id);
+    let recovery = &records(&s, &t.auditor, "recovery")[0];
+    assert_eq!(recovery["body"]["breach_id"], breach_id);
+    // Delivery is recorded, with the webhook's host only (its path carries a token).
+    assert!(until(Duration::from_secs(5), || {
+        records(&s, &t.auditor, "admin")
+            .iter()
+            .any(|r| r["body"]["action"] == "alert_delivered")
+    }));
+    let admin = records(&s, &t.auditor, "admin");
+    assert!(!serde_json::to_string(&admin)
+        .unwrap()
+        .contains("secret-token"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        alerts.lock().unwrap().len(),
+        1,
+        "one alert per breach, none for the recovery"
+    );
+    assert_eq!(
+        kb(&s
+            .request("GET", "/v1/status", Some(&t.auditor), None)
+            .json())["state"],
+        "serving"
+    );
+    s.stop();
+
+    // The signals survive a restart: the stored rollups are read back.
+    let status = t.g.run(Some(&t.auditor), &["status", "--json"]).ok();
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert!(
+        kb(&status)["signals"]["decisions"].as_u64().unwrap() > 0,
+        "{status:#}"
+    );
+}
+
+fn kb(status: &Value) -> &Value {
+    status["deployments"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["deployment"] == "kb-search-v1"))
+        .unwrap_or(&Value::Null)
+}
