@@ -184,15 +184,17 @@ pub fn add_row(windows: &mut HashMap<String, Bucket>, row: &Rollup) {
     }
 }
 
-/// Every deployment's window over the last `window_ms`, from stored rollups (all writers).
+/// Each deployment's window over the last `window_ms` (or only `only`'s), from stored
+/// rollups of every writer.
 pub fn stored_windows(
     store: &dyn Store,
     cfg: &Config,
     now: Timestamp,
+    only: Option<&str>,
 ) -> Result<HashMap<String, Bucket>, Failure> {
     let from = window_start(cfg, now.millis());
     let mut windows = HashMap::new();
-    for row in store.rollups_since(from, None)? {
+    for row in store.rollups_since(from, only)? {
         add_row(&mut windows, &row);
     }
     Ok(windows)
@@ -252,12 +254,14 @@ pub struct DeploymentStatus {
     pub checks: Vec<Check>,
 }
 
-/// Every deployment's state and signals against its covering approval's thresholds.
+/// Every deployment's (or only `only`'s) state and signals against its covering approval's
+/// thresholds.
 pub fn status(
     contract: &Contract,
     store: &dyn Store,
     windows: &HashMap<String, Bucket>,
     now: Timestamp,
+    only: Option<&str>,
 ) -> Result<Vec<DeploymentStatus>, Failure> {
     let cfg = config_of(&contract.policy.monitoring);
     let kills = store.kills(now)?;
@@ -277,6 +281,9 @@ pub fn status(
         let Some(use_case) = contract.use_case_of(d) else {
             continue;
         };
+        if only.is_some_and(|o| o != d.id) {
+            continue;
+        }
         let scopes = relevant_scopes(&d.id, &use_case.id, "", None);
         let covering = approvals
             .get(&d.id)

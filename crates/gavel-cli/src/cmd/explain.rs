@@ -12,9 +12,12 @@ use gavel_engine::{Approval, Cooldown, Kill};
 use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_store::{Role, Store};
 
+use gavel_monitor::CheckState;
+
 use crate::context::out;
 use crate::context::{now, print_json, Context};
 use crate::failure::{Failure, Outcome};
+use crate::monitoring::{config_of, status, stored_windows, DeploymentStatus};
 
 pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
     let contract = ctx.load_contract()?.contract;
@@ -26,6 +29,7 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
     )?;
     let sink = crate::ledger::open_sink(&ctx.db_path)?;
     let e = gather(&contract, &store, &sink, deployment_id)?;
+    let window_name = contract.policy.monitoring.window;
     if as_json {
         return print_json(&e.json());
     }
@@ -40,6 +44,9 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         registration,
         latest,
         why_not,
+        performance,
+        breaches,
+        pages,
     } = e;
     out!(
         "{} ({} use case `{}`, binding {})",
@@ -108,22 +115,67 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
         );
     }
     out!("\n2. How does it perform against its thresholds?");
-    match &covering {
-        Ok(a) if !a.thresholds.is_empty() => {
-            for (name, value) in &a.thresholds {
-                out!("   {name}: approved threshold {value}");
-            }
+    let signals = &performance.signals;
+    out!(
+        "   over the last {}: {} decisions, {} executions{}",
+        window_name,
+        signals.decisions,
+        signals.executions,
+        match &performance.breach {
+            Some(b) => format!("; BREACH {} of `{}` since {}", b.id, b.threshold, b.since),
+            None => String::new(),
         }
-        _ => out!("   no approved thresholds"),
+    );
+    if performance.checks.is_empty() {
+        out!("   no approved thresholds");
     }
-    out!("   {PERFORMANCE}");
+    for c in &performance.checks {
+        out!(
+            "   {}: {} against the approved {} ({} {})",
+            c.threshold,
+            c.value.map_or("-".to_string(), |v| format!("{v:.4}")),
+            c.limit,
+            match c.state {
+                CheckState::Within => "within",
+                CheckState::Breached => "BREACHED",
+                CheckState::Insufficient => "too few observations:",
+            },
+            match c.state {
+                CheckState::Insufficient => c.samples.to_string(),
+                _ => format!("n={}", c.samples),
+            }
+        );
+    }
     out!("\n3. Who is on the hook?");
     out!("   owner: {}", use_case.owner);
     out!("   on-call webhook: {}", use_case.oncall.webhook);
     if let Some(runbook) = &use_case.oncall.runbook {
         out!("   runbook: {runbook}");
     }
-    out!("   paged: never (no breach has been recorded)");
+    if breaches.is_empty() {
+        out!("   paged: never (no breach has been recorded)");
+    }
+    for b in &breaches {
+        let id = b["breach_id"].as_str().unwrap_or_default();
+        let page = pages.iter().find(|p| p["breach_id"] == id);
+        out!(
+            "   breach {id} at {}: {} {} against {}; on-call {}",
+            b["since"].as_str().unwrap_or_default(),
+            b["threshold"].as_str().unwrap_or_default(),
+            b["value"],
+            b["limit"],
+            match page {
+                Some(p) if p["delivered"] == true =>
+                    format!("paged ({} attempt(s))", p["attempts"]),
+                Some(p) => format!(
+                    "NOT reached after {} attempt(s): {}",
+                    p["attempts"],
+                    p["last_error"].as_str().unwrap_or_default()
+                ),
+                None => "alert pending or not recorded".to_string(),
+            }
+        );
+    }
     for k in &kills {
         out!(
             "\nKILLED: `{}` by {} at {}: {}",
@@ -157,9 +209,12 @@ pub struct Explanation<'a> {
     registration: Option<Registration>,
     latest: Vec<serde_json::Value>,
     why_not: Option<String>,
+    /// Signals over the window against the covering approval's thresholds.
+    performance: DeploymentStatus,
+    /// The latest breach records (newest first) and the alert deliveries recorded.
+    breaches: Vec<serde_json::Value>,
+    pages: Vec<serde_json::Value>,
 }
-
-const PERFORMANCE: &str = "no signals yet: monitoring of latency, accuracy, drift, abuse and fallback is not built in this version, so no live value can be compared with the approved thresholds";
 
 pub fn gather<'a>(
     contract: &'a Contract,
@@ -210,6 +265,32 @@ pub fn gather<'a>(
         Err(_) => Vec::new(),
     };
 
+    let cfg = config_of(&contract.policy.monitoring);
+    let windows = stored_windows(store, &cfg, at, Some(&d.id))?;
+    let performance = status(contract, store, &windows, at, Some(&d.id))?
+        .pop()
+        .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
+    let newest =
+        |kind: gavel_ledger::RecordKind, limit: u64| -> Result<Vec<serde_json::Value>, Failure> {
+            let filter = gavel_ledger_sqlite::ExportFilter {
+                kind: Some(kind),
+                deployment: Some(d.id.clone()),
+                limit: Some(limit),
+                newest_first: true,
+                ..Default::default()
+            };
+            Ok(sink
+                .query(&filter)
+                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+                .into_iter()
+                .map(|entry| entry.record.body)
+                .collect())
+        };
+    let breaches = newest(gavel_ledger::RecordKind::Breach, 5)?;
+    let pages: Vec<serde_json::Value> = newest(gavel_ledger::RecordKind::Admin, 50)?
+        .into_iter()
+        .filter(|r| r["action"] == "alert_delivered" || r["action"] == "alert_failed")
+        .collect();
     let why_not = match &covering {
         Ok(_) => None,
         Err(NotCovered::Missing) => {
@@ -238,6 +319,9 @@ pub fn gather<'a>(
         registration,
         latest,
         why_not,
+        performance,
+        breaches,
+        pages,
     })
 }
 
@@ -253,9 +337,11 @@ impl Explanation<'_> {
             registration,
             latest,
             why_not,
+            performance,
+            breaches,
+            pages,
             ..
         } = self;
-        let performance = PERFORMANCE;
         json!({
             "deployment": d.id,
             "binding": d.binding,
@@ -270,13 +356,16 @@ impl Explanation<'_> {
             },
             "performance": {
                 "thresholds": covering.as_ref().ok().map(|a| &a.thresholds),
-                "signals": null,
-                "note": performance,
+                "state": performance.state,
+                "signals": performance.signals,
+                "checks": performance.checks,
+                "breach": performance.breach,
             },
             "on_the_hook": {
                 "owner": use_case.owner,
                 "oncall": use_case.oncall,
-                "paged": [],
+                "breaches": breaches,
+                "paged": pages,
             },
             "state": { "kills": kills, "cooldowns": cooldowns },
         })

@@ -18,8 +18,8 @@ pub const READERS: &[Role] = &[Role::Auditor, Role::Approver, Role::Operator, Ro
 pub fn gather(contract: &Contract, store: &dyn Store) -> Result<Value, Failure> {
     let at = now();
     let cfg = config_of(&contract.policy.monitoring);
-    let windows = stored_windows(store, &cfg, at)?;
-    let rows = status(contract, store, &windows, at)?;
+    let windows = stored_windows(store, &cfg, at, None)?;
+    let rows = status(contract, store, &windows, at, None)?;
     Ok(json!({
         "at": at,
         "contract_version": contract.version,
@@ -38,8 +38,8 @@ pub fn run(ctx: &Context, json_out: bool) -> Outcome {
     }
     let at = now();
     let cfg = config_of(&loaded.contract.policy.monitoring);
-    let windows = stored_windows(&store, &cfg, at)?;
-    let rows = status(&loaded.contract, &store, &windows, at)?;
+    let windows = stored_windows(&store, &cfg, at, None)?;
+    let rows = status(&loaded.contract, &store, &windows, at, None)?;
     out!(
         "{} deployment(s), signals over the last {} (as of {at})",
         rows.len(),

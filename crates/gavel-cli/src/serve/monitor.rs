@@ -473,7 +473,7 @@ pub async fn deliver_alerts(
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_string))
                 .unwrap_or_default();
-            let details = json!({ "breach_id": breach_id, "webhook_host": host, "attempts": attempts, "delivered": delivered, "last_error": (!delivered).then_some(last) });
+            let details = json!({ "breach_id": breach_id, "deployment": alert["deployment"], "webhook_host": host, "attempts": attempts, "delivered": delivered, "last_error": (!delivered).then_some(last) });
             let record = tokio::task::spawn_blocking(move || {
                 gw.ledger.record_change(
                     RecordKind::Admin,
