@@ -338,3 +338,72 @@ pub fn status(
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(v: Value) -> Result<Reported, String> {
+        let r: Reported = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        r.check().map(|()| r)
+    }
+
+    #[test]
+    fn reports_are_checked_field_by_field() {
+        for (bad, says) in [
+            (json!({ "latency_ms": -1 }), "latency_ms"),
+            (json!({ "score": 1.5 }), "score"),
+            (json!({ "prediction": "yes" }), "prediction"),
+            (json!({ "label": 2 }), "label"),
+            (json!({ "group": "" }), "group"),
+            (json!({ "features": { "x": [1] } }), "feature `x`"),
+            (json!({ "features": { "x": null } }), "feature `x`"),
+            (json!({ "bypass": true }), "unknown field"),
+        ] {
+            let e = report(bad.clone()).err().unwrap_or_default();
+            assert!(e.contains(says), "{bad} gave `{e}`");
+        }
+        let many: Map<String, Value> = (0..65).map(|i| (format!("f{i}"), json!(i))).collect();
+        assert!(report(json!({ "features": many })).is_err());
+    }
+
+    #[test]
+    fn a_report_becomes_an_observation() {
+        let r = report(
+            json!({ "latency_ms": 12.5, "success": false, "prediction": 1, "label": false,
+            "group": "g", "features": { "score": 0.25, "channel": "web", "vip": true } }),
+        )
+        .unwrap_or_default();
+        let usage = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            tool_calls: 0,
+        };
+        let o = r.outcome("dec_1", true, Some(&usage), 42);
+        assert!(o.executed && o.error && !o.fallback);
+        assert_eq!(
+            (o.prediction, o.label, o.spend_usd_micros),
+            (Some(true), Some(false), 42)
+        );
+        let names: Vec<&str> = o.features.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["channel", "score", "vip", "prompt_tokens", "output_tokens"]
+        );
+        assert!(o
+            .features
+            .contains(&("vip".into(), FeatureValue::Category("true".into()))));
+        assert!(report(json!({})).unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn the_window_starts_at_the_first_whole_bucket_inside_it() {
+        let cfg = Config {
+            window_ms: 60_000,
+            bucket_ms: 10_000,
+            ..Config::default()
+        };
+        assert_eq!(window_start(&cfg, 125_000), 70_000);
+        assert_eq!(window_start(&cfg, 120_000), 70_000);
+    }
+}

@@ -291,3 +291,73 @@ fn kb(status: &Value) -> &Value {
         .and_then(|d| d.iter().find(|d| d["deployment"] == "kb-search-v1"))
         .unwrap_or(&Value::Null)
 }
+
+#[test]
+fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
+    let r = super::Ready::start();
+    let other = r.g.key("svc-other", "service", None);
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let decided = s.request("POST", "/v1/decide", Some(&r.service), Some(&kb_request()));
+    let id = decided.json()["decision_id"].as_str().unwrap().to_string();
+    let outcome = |extra: Value| {
+        let mut body = json!({ "decision_id": id, "deployment": "kb-search-v1",
+            "usage": { "prompt_tokens": 1, "completion_tokens": 1 } });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (bad, says) in [
+        (json!({ "score": 2 }), "`score`"),
+        (json!({ "prediction": "maybe" }), "`prediction`"),
+        (
+            json!({ "features": { "x": { "nested": 1 } } }),
+            "feature `x`",
+        ),
+        (json!({ "override": true }), "unknown field"),
+    ] {
+        let reply = s.request(
+            "POST",
+            "/v1/outcome",
+            Some(&r.service),
+            Some(&outcome(bad.clone())),
+        );
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert!(reply.body.contains(says), "{bad}: {}", reply.body);
+    }
+    let feedback =
+        |body: Value, key: &str| s.request("POST", "/v1/feedback", Some(key), Some(&body));
+    let run_fields = feedback(json!({ "decision_id": id, "latency_ms": 5 }), &r.service);
+    assert_eq!(run_fields.status, 400, "{}", run_fields.body);
+    let empty = feedback(json!({ "decision_id": id }), &r.service);
+    assert_eq!(empty.status, 400, "{}", empty.body);
+    let foreign = feedback(json!({ "decision_id": id, "score": 0.5 }), &other);
+    assert_eq!(
+        foreign.status, 403,
+        "another principal's decision: {}",
+        foreign.body
+    );
+    let fine = feedback(
+        json!({ "decision_id": id, "score": 0.5, "label": 1, "prediction": 1, "group": "a" }),
+        &r.service,
+    );
+    assert_eq!(fine.status, 200, "{}", fine.body);
+    let settled = s.request(
+        "POST",
+        "/v1/outcome",
+        Some(&r.service),
+        Some(&outcome(json!({ "latency_ms": 3.5 }))),
+    );
+    assert_eq!(settled.status, 200, "{}", settled.body);
+    let recorded = s.request(
+        "GET",
+        &format!("/v1/audit/records?kind=outcome&deployment=kb-search-v1"),
+        Some(&r.auditor),
+        None,
+    );
+    assert!(
+        recorded.body.contains("\"latency_ms\":3.5"),
+        "the report is in the outcome record: {}",
+        recorded.body
+    );
+}
