@@ -18,16 +18,107 @@ pub const OTHER: &str = "(other)";
 /// A histogram with logarithmic buckets (1% relative precision) over any finite numbers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sketch {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    positive: BTreeMap<i32, u64>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    negative: BTreeMap<i32, u64>,
+    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    positive: Counts,
+    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    negative: Counts,
     #[serde(default, skip_serializing_if = "is_zero")]
     zero: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// Counts by bucket index, sorted by index: merging two is one linear pass, and they are
+/// stored as a flat `[index, count, index, count, ...]` array (compact, quick to parse).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Counts(Vec<(i32, u64)>);
+
+impl Counts {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn add(&mut self, index: i32, n: u64) {
+        match self.0.binary_search_by_key(&index, |(i, _)| *i) {
+            Ok(at) => self.0[at].1 += n,
+            Err(at) => self.0.insert(at, (index, n)),
+        }
+    }
+
+    fn merge(&mut self, other: &Counts) {
+        if other.0.is_empty() {
+            return;
+        }
+        if self.0.is_empty() {
+            self.0.clone_from(&other.0);
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.0.len().max(other.0.len()));
+        let (mut a, mut b) = (self.0.iter().peekable(), other.0.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    merged.push((x.0, x.1 + y.1));
+                    a.next();
+                    b.next();
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => {
+                    merged.push(**x);
+                    a.next();
+                }
+                (_, Some(y)) => {
+                    merged.push(**y);
+                    b.next();
+                }
+                (Some(x), None) => {
+                    merged.push(**x);
+                    a.next();
+                }
+                (None, None) => break,
+            }
+        }
+        self.0 = merged;
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len() * 2))?;
+        for (index, n) in &self.0 {
+            seq.serialize_element(&i64::from(*index))?;
+            seq.serialize_element(&(*n as i64))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Counts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let flat = Vec::<i64>::deserialize(deserializer)?;
+        if flat.len() % 2 != 0 {
+            return Err(serde::de::Error::custom(
+                "counts must be index, count pairs",
+            ));
+        }
+        let mut counts = Counts::default();
+        for pair in flat.chunks_exact(2) {
+            let index = i32::try_from(pair[0]).map_err(serde::de::Error::custom)?;
+            let n = u64::try_from(pair[1]).map_err(serde::de::Error::custom)?;
+            // Stored sorted; `add` keeps a hand-edited row correct too.
+            match counts.0.last() {
+                Some((last, _)) if *last >= index => counts.add(index, n),
+                _ => counts.0.push((index, n)),
+            }
+        }
+        Ok(counts)
+    }
 }
 
 fn index_of(magnitude: f64) -> i32 {
@@ -43,46 +134,43 @@ fn representative(index: i32) -> f64 {
 impl Sketch {
     /// Counts `value`; NaN and infinities are ignored (callers refuse them at the edge).
     pub fn add(&mut self, value: f64) {
-        self.add_n(value, 1);
-    }
-
-    fn add_n(&mut self, value: f64, n: u64) {
         if !value.is_finite() {
             return;
         }
         let magnitude = value.abs();
         if magnitude < ZERO {
-            self.zero += n;
+            self.zero += 1;
         } else if value > 0.0 {
-            *self.positive.entry(index_of(magnitude)).or_default() += n;
+            self.positive.add(index_of(magnitude), 1);
         } else {
-            *self.negative.entry(index_of(magnitude)).or_default() += n;
+            self.negative.add(index_of(magnitude), 1);
         }
     }
 
     pub fn merge(&mut self, other: &Sketch) {
-        for (i, n) in &other.positive {
-            *self.positive.entry(*i).or_default() += n;
-        }
-        for (i, n) in &other.negative {
-            *self.negative.entry(*i).or_default() += n;
-        }
+        self.positive.merge(&other.positive);
+        self.negative.merge(&other.negative);
         self.zero += other.zero;
     }
 
     pub fn count(&self) -> u64 {
-        self.positive.values().sum::<u64>() + self.negative.values().sum::<u64>() + self.zero
+        self.positive.total() + self.negative.total() + self.zero
     }
 
     /// Every bucket as (representative value, count), in ascending order of value.
     pub fn values(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         let negative = self
             .negative
+            .0
             .iter()
             .rev()
             .map(|(i, n)| (-representative(*i), *n));
         let zero = (self.zero > 0).then_some((0.0, self.zero));
-        let positive = self.positive.iter().map(|(i, n)| (representative(*i), *n));
+        let positive = self
+            .positive
+            .0
+            .iter()
+            .map(|(i, n)| (representative(*i), *n));
         negative.chain(zero).chain(positive)
     }
 
