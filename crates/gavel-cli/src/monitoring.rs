@@ -185,17 +185,44 @@ pub fn add_row(windows: &mut HashMap<String, Bucket>, row: &Rollup) {
 }
 
 /// Each deployment's window over the last `window_ms` (or only `only`'s), from stored
-/// rollups of every writer.
+/// rollups of every writer. Rows are parsed on every core: with a thousand deployments the
+/// window is tens of thousands of rows.
 pub fn stored_windows(
     store: &dyn Store,
     cfg: &Config,
     now: Timestamp,
     only: Option<&str>,
 ) -> Result<HashMap<String, Bucket>, Failure> {
-    let from = window_start(cfg, now.millis());
-    let mut windows = HashMap::new();
-    for row in store.rollups_since(from, only)? {
-        add_row(&mut windows, &row);
+    let rows = store.rollups_since(window_start(cfg, now.millis()), only)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = rows.len().div_ceil(threads).max(1);
+    let parts: Vec<HashMap<String, Bucket>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut windows = HashMap::new();
+                    for row in part {
+                        add_row(&mut windows, row);
+                    }
+                    windows
+                })
+            })
+            .collect();
+        workers.into_iter().filter_map(|w| w.join().ok()).collect()
+    });
+    let mut windows: HashMap<String, Bucket> = HashMap::new();
+    for part in parts {
+        for (deployment, bucket) in part {
+            match windows.get_mut(&deployment) {
+                Some(window) => window.merge(&bucket),
+                None => {
+                    windows.insert(deployment, bucket);
+                }
+            }
+        }
     }
     Ok(windows)
 }
@@ -326,7 +353,7 @@ pub fn status(
             approval: covering.as_ref().map(|a| json!({
                 "id": a.id,
                 "approved_by": a.signoffs.iter().map(|s| s.principal.clone()).collect::<Vec<_>>(),
-                "expires_at": a.expires_at,
+                "expires_at": a.expires_at.to_rfc3339(),
                 "on_breach": a.on_breach,
                 "thresholds": a.thresholds,
             })),

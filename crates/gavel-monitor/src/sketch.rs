@@ -55,6 +55,10 @@ impl Counts {
             self.0.clone_from(&other.0);
             return;
         }
+        // Windows merge buckets of the same feature: usually every index is already here.
+        if self.add_in_place(other) {
+            return;
+        }
         let mut merged = Vec::with_capacity(self.0.len().max(other.0.len()));
         let (mut a, mut b) = (self.0.iter().peekable(), other.0.iter().peekable());
         loop {
@@ -80,6 +84,27 @@ impl Counts {
             }
         }
         self.0 = merged;
+    }
+
+    /// Adds `other` when it holds no index that `self` lacks; false (nothing changed) if not.
+    fn add_in_place(&mut self, other: &Counts) -> bool {
+        let mut at = 0;
+        for (index, _) in &other.0 {
+            while at < self.0.len() && self.0[at].0 < *index {
+                at += 1;
+            }
+            if at == self.0.len() || self.0[at].0 != *index {
+                return false;
+            }
+        }
+        let mut at = 0;
+        for (index, n) in &other.0 {
+            while self.0[at].0 < *index {
+                at += 1;
+            }
+            self.0[at].1 += n;
+        }
+        true
     }
 
     fn total(&self) -> u64 {
@@ -338,6 +363,20 @@ mod tests {
             for v in &b { right.add(*v); all.add(*v); }
             left.merge(&right);
             prop_assert_eq!(left, all);
+        }
+
+        #[test]
+        fn merging_in_either_order_and_through_storage_agrees(a in proptest::collection::vec(1f64..1e4, 0..100), b in proptest::collection::vec(1f64..1e4, 0..100)) {
+            let (mut x, mut y) = (Sketch::default(), Sketch::default());
+            for v in &a { x.add(*v); }
+            for v in &b { y.add(*v); }
+            let mut xy = x.clone();
+            xy.merge(&y);
+            let mut yx = y.clone();
+            yx.merge(&x);
+            prop_assert_eq!(&xy, &yx);
+            let stored: Sketch = serde_json::from_str(&serde_json::to_string(&xy).unwrap_or_default()).unwrap_or_default();
+            prop_assert_eq!(stored, xy);
         }
 
         #[test]

@@ -1,10 +1,12 @@
 //! `gavel status` (and `GET /v1/status`): every deployment's state, its signals over the window
 //! against the covering approval's thresholds, its approval and owner.
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use gavel_contract::Contract;
-use gavel_monitor::{Bound, CheckState};
+use gavel_monitor::{Bound, Bucket, CheckState};
 use gavel_store::{Role, Store};
 
 use crate::context::{now, out, Context};
@@ -14,14 +16,16 @@ use crate::monitoring::{config_of, status, stored_windows, DeploymentStatus};
 /// Who may read the status: everyone but the data path's service keys.
 pub const READERS: &[Role] = &[Role::Auditor, Role::Approver, Role::Operator, Role::Admin];
 
-/// The whole status as one JSON document.
-pub fn gather(contract: &Contract, store: &dyn Store) -> Result<Value, Failure> {
+/// The whole status as one JSON document, over `windows` (each deployment's window now).
+pub fn gather(
+    contract: &Contract,
+    store: &dyn Store,
+    windows: &HashMap<String, Bucket>,
+) -> Result<Value, Failure> {
     let at = now();
-    let cfg = config_of(&contract.policy.monitoring);
-    let windows = stored_windows(store, &cfg, at, None)?;
-    let rows = status(contract, store, &windows, at, None)?;
+    let rows = status(contract, store, windows, at, None)?;
     Ok(json!({
-        "at": at,
+        "at": at.to_rfc3339(),
         "contract_version": contract.version,
         "window": contract.policy.monitoring.window.to_string(),
         "deployments": rows,
@@ -32,13 +36,13 @@ pub fn run(ctx: &Context, json_out: bool) -> Outcome {
     let loaded = ctx.load_contract()?;
     let store = ctx.store()?;
     ctx.authenticate(&store, READERS, "reading the status")?;
-    if json_out {
-        out!("{}", gather(&loaded.contract, &store)?);
-        return Ok(());
-    }
     let at = now();
     let cfg = config_of(&loaded.contract.policy.monitoring);
     let windows = stored_windows(&store, &cfg, at, None)?;
+    if json_out {
+        out!("{}", gather(&loaded.contract, &store, &windows)?);
+        return Ok(());
+    }
     let rows = status(&loaded.contract, &store, &windows, at, None)?;
     out!(
         "{} deployment(s), signals over the last {} (as of {at})",

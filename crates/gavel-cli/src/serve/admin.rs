@@ -181,8 +181,11 @@ pub async fn unkill(
 /// (as `gavel status --json`).
 pub async fn status(State(gw): State<Arc<Gateway>>) -> ApiResult<Json<Value>> {
     act(gw, |gw| {
-        // The monitor writes its buckets once a second; read the freshest.
-        Ok(status::gather(gw.engine().contract(), &gw.store)?)
+        // The live windows: this process's buckets and other writers' rows as of the last
+        // evaluation (at most a second old), with no storage to parse.
+        let engine = gw.engine();
+        let windows = gw.monitor.windows(&engine.contract().policy.monitoring);
+        status::gather(engine.contract(), &gw.store, &windows)
     })
     .await
 }
@@ -232,14 +235,18 @@ pub async fn baseline(
         }
     };
     act(gw, move |gw| {
-        Ok(baseline::record_baseline(
+        let recorded = baseline::record_baseline(
             gw.engine().contract(),
             &gw.store,
             &gw.ledger,
             &caller,
             &body.deployment,
             source,
-        )?)
+        )?;
+        if let Some(approval) = recorded["approval_id"].as_str() {
+            gw.monitor.forget_baseline(approval);
+        }
+        Ok(recorded)
     })
     .await
 }

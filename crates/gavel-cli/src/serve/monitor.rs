@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 
 use gavel_contract::time::{Span, Timestamp};
 use gavel_engine::approval::covering_approval;
-use gavel_engine::{Breach, Decision, OnBreach, ReasonCode, RuntimeState, Verdict};
+use gavel_engine::{Breach, Decision, OnBreach, ReasonCode, Verdict};
 use gavel_ledger::RecordKind;
 use gavel_monitor::breach::{next_step, Action, Active, Step};
-use gavel_monitor::{checks, signal_of, signals, Bucket, Check, Config, Outcome, Series};
+use gavel_monitor::{checks, signal_of, signals, Baseline, Bucket, Check, Config, Outcome, Series};
 use gavel_store::{Rollup, Store};
 
 use super::gateway::Gateway;
@@ -23,10 +23,18 @@ use crate::context::{new_id, now};
 use crate::failure::Failure;
 use crate::monitoring::{add_row, baseline_of, config_of, window_start};
 
+/// How long a baseline read from storage is used before it is read again (a new one recorded
+/// through this gateway is seen at once: the route forgets the cached one).
+const BASELINE_TTL_MS: i64 = 10_000;
 /// How long rollups are kept (baselines from a traffic window read them back).
 const KEEP_ROLLUPS: Span = Span::from_days(30);
 /// Waits between webhook attempts; one attempt more than there are waits.
 const ALERT_BACKOFF_MS: [u64; 5] = [500, 1_000, 2_000, 4_000, 8_000];
+
+/// A stored row's identity: deployment, bucket start, writer.
+type RowKey = (String, i64, String);
+/// When a baseline was read, and what was read (None: the approval has none).
+type CachedBaseline = (i64, Option<Arc<Baseline>>);
 
 pub struct Monitor {
     /// This process's name on the rollup rows it writes.
@@ -35,7 +43,9 @@ pub struct Monitor {
     keep_ms: i64,
     series: RwLock<HashMap<String, Arc<Mutex<Series>>>>,
     /// Rows other processes wrote (an earlier run of this gateway, the CLI), parsed once.
-    others: Mutex<HashMap<(String, i64, String), (String, Bucket)>>,
+    others: Mutex<HashMap<RowKey, (String, Bucket)>>,
+    /// Baselines by approval id, read at most every [`BASELINE_TTL_MS`].
+    baselines: Mutex<HashMap<String, CachedBaseline>>,
     alerts: tokio::sync::mpsc::UnboundedSender<Value>,
 }
 
@@ -51,6 +61,7 @@ impl Monitor {
             keep_ms: cfg.window_ms + 2 * cfg.bucket_ms,
             series: RwLock::default(),
             others: Mutex::default(),
+            baselines: Mutex::default(),
             alerts,
         };
         Ok((monitor, queue))
@@ -110,23 +121,26 @@ impl Monitor {
             .into_iter()
             .map(|b| (b.deployment.clone(), b))
             .collect();
+        let mut approvals: HashMap<String, Vec<gavel_engine::Approval>> = HashMap::new();
+        for a in gw.store.all_approvals()? {
+            approvals.entry(a.deployment.clone()).or_default().push(a);
+        }
         for d in contract.deployments.values() {
             let active = breaches.get(&d.id);
-            let approvals = gw
-                .store
-                .approvals_of(&d.id)
-                .map_err(|e| Failure::storage(e.0))?;
-            let covering = covering_approval(&approvals, d, at).ok();
+            let covering = approvals
+                .get(&d.id)
+                .and_then(|a| covering_approval(a, d, at).ok());
             if covering.is_none_or(|a| a.thresholds.is_empty()) && active.is_none() {
                 continue;
             }
             let thresholds = covering.map(|a| a.thresholds.clone()).unwrap_or_default();
             let baseline = match covering {
-                Some(a) => baseline_of(&gw.store, &a.id)?,
+                Some(a) => self.baseline(&gw.store, &a.id, at.millis())?,
                 None => None,
             };
+            let baseline = baseline.as_deref();
             let window = self.window(&d.id, from, at.millis() + 1);
-            let now_signals = signals(&window, baseline.as_ref(), &cfg);
+            let now_signals = signals(&window, baseline, &cfg);
             let now_checks = checks(&now_signals, &thresholds, &cfg);
             publish(&d.id, &now_checks);
             let as_active = active.map(monitored);
@@ -137,11 +151,7 @@ impl Monitor {
                     let first =
                         probe_from.div_euclid(cfg.bucket_ms) * cfg.bucket_ms + cfg.bucket_ms;
                     let probes = self.window(&d.id, first.max(from), at.millis() + 1);
-                    checks(
-                        &signals(&probes, baseline.as_ref(), &cfg),
-                        &thresholds,
-                        &cfg,
-                    )
+                    checks(&signals(&probes, baseline, &cfg), &thresholds, &cfg)
                 }
                 None => Vec::new(),
             };
@@ -285,6 +295,33 @@ impl Monitor {
         Ok(())
     }
 
+    fn baseline(
+        &self,
+        store: &dyn Store,
+        approval_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<Arc<Baseline>>, Failure> {
+        let mut cache = self
+            .baselines
+            .lock()
+            .map_err(|_| Failure::storage("the baseline cache is unavailable"))?;
+        if let Some((read_at, baseline)) = cache.get(approval_id) {
+            if now_ms - read_at < BASELINE_TTL_MS {
+                return Ok(baseline.clone());
+            }
+        }
+        let baseline = baseline_of(store, approval_id)?.map(Arc::new);
+        cache.insert(approval_id.to_string(), (now_ms, baseline.clone()));
+        Ok(baseline)
+    }
+
+    /// Drops the cached baseline of an approval (a new one was just recorded).
+    pub fn forget_baseline(&self, approval_id: &str) {
+        if let Ok(mut cache) = self.baselines.lock() {
+            cache.remove(approval_id);
+        }
+    }
+
     fn flush(&self, store: &dyn Store) -> Result<(), Failure> {
         let all: Vec<(String, Arc<Mutex<Series>>)> = match self.series.read() {
             Ok(m) => m.iter().map(|(d, s)| (d.clone(), s.clone())).collect(),
@@ -334,6 +371,27 @@ impl Monitor {
         }
         others.retain(|key, _| seen.contains(key));
         Ok(())
+    }
+
+    /// Every deployment's window now, as the last evaluation saw other writers' rows.
+    pub fn windows(&self, monitoring: &gavel_contract::Monitoring) -> HashMap<String, Bucket> {
+        let cfg = config_of(monitoring);
+        let now_ms = now().millis();
+        let from = window_start(&cfg, now_ms);
+        let mut names: HashSet<String> = match self.series.read() {
+            Ok(all) => all.keys().cloned().collect(),
+            Err(_) => HashSet::new(),
+        };
+        if let Ok(others) = self.others.lock() {
+            names.extend(others.keys().map(|(d, _, _)| d.clone()));
+        }
+        names
+            .into_iter()
+            .map(|d| {
+                let window = self.window(&d, from, now_ms + 1);
+                (d, window)
+            })
+            .collect()
     }
 
     /// This process's buckets plus other writers' over [from_ms, to_ms).

@@ -235,6 +235,12 @@ fn drift_breaches_cools_down_alerts_once_and_recovers() {
     assert!(alert["since"].is_string());
     assert!(!alert["example_decision_ids"].as_array().unwrap().is_empty());
     let breach_id = alert["breach_id"].as_str().unwrap().to_string();
+    let metrics = s.request("GET", "/metrics", None, None).body;
+    assert!(
+        metrics.contains("gavel_signal{deployment=\"kb-search-v1\",signal=\"drift_js\"}"),
+        "per-deployment signal gauges: {metrics}"
+    );
+    assert!(metrics.contains("gavel_breach_events_total{deployment=\"kb-search-v1\",signal=\"drift\",event=\"started\"} 1"));
 
     // After the 3 s cooldown, requests probe; in-distribution probes recover the deployment.
     let mut probes = 0;
@@ -351,7 +357,7 @@ fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
     assert_eq!(settled.status, 200, "{}", settled.body);
     let recorded = s.request(
         "GET",
-        &format!("/v1/audit/records?kind=outcome&deployment=kb-search-v1"),
+        "/v1/audit/records?kind=outcome&deployment=kb-search-v1",
         Some(&r.auditor),
         None,
     );
