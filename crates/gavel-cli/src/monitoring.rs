@@ -173,7 +173,7 @@ pub fn config_of(m: &Monitoring) -> Config {
 /// Adds one stored row's bucket to `windows` (rows that do not parse are skipped with a log
 /// line: one bad row must not hide every other signal).
 pub fn add_row(windows: &mut HashMap<String, Bucket>, row: &Rollup) {
-    match serde_json::from_str::<Bucket>(&row.body) {
+    match Bucket::from_bytes(&row.body) {
         Ok(bucket) => windows
             .entry(row.deployment.clone())
             .or_default()
@@ -245,8 +245,7 @@ pub fn record_once(
     let cfg = config_of(&contract.policy.monitoring);
     let mut bucket = Bucket::default();
     fill(&mut bucket);
-    let body = serde_json::to_string(&bucket)
-        .map_err(|e| Failure::storage(format!("cannot encode a rollup: {e}")))?;
+    let body = bucket.to_bytes().map_err(Failure::storage)?;
     store.save_rollups(&[Rollup {
         deployment: deployment.to_string(),
         start_ms: at.millis().div_euclid(cfg.bucket_ms) * cfg.bucket_ms,

@@ -32,7 +32,6 @@ pub struct Outcome {
 
 /// Counts of one deployment over one bucket of time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Bucket {
     pub decisions: u64,
     pub blocked: u64,
@@ -140,8 +139,14 @@ impl Bucket {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        *self == Bucket::default()
+    /// The bucket as stored: postcard (compact, and several times quicker to read back than
+    /// JSON; a status over a thousand deployments reads tens of thousands of buckets).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        postcard::to_allocvec(self).map_err(|e| format!("cannot encode a bucket: {e}"))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Bucket, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("a stored bucket does not decode: {e}"))
     }
 }
 
@@ -309,8 +314,11 @@ mod tests {
         );
         assert_eq!(b.groups["g"].false_positive, 1);
         assert_eq!(b.examples, vec!["d1".to_string()]);
-        let json = serde_json::to_string(&b).unwrap_or_default();
-        let back: Bucket = serde_json::from_str(&json).unwrap_or_default();
+        let back = Bucket::from_bytes(&b.to_bytes().unwrap_or_default()).unwrap_or_default();
         assert_eq!(back, b, "buckets survive storage");
+        assert!(
+            Bucket::from_bytes(b"\xff\xff").is_err(),
+            "garbage is an error, not a bucket"
+        );
     }
 }

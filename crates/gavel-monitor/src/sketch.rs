@@ -18,16 +18,12 @@ pub const OTHER: &str = "(other)";
 /// A histogram with logarithmic buckets (1% relative precision) over any finite numbers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sketch {
-    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    #[serde(default)]
     positive: Counts,
-    #[serde(default, skip_serializing_if = "Counts::is_empty")]
+    #[serde(default)]
     negative: Counts,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     zero: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// Counts by bucket index, sorted by index: merging two is one linear pass, and they are
@@ -36,10 +32,6 @@ fn is_zero(n: &u64) -> bool {
 struct Counts(Vec<(i32, u64)>);
 
 impl Counts {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     fn add(&mut self, index: i32, n: u64) {
         match self.0.binary_search_by_key(&index, |(i, _)| *i) {
             Ok(at) => self.0[at].1 += n,
@@ -275,18 +267,10 @@ pub enum FeatureValue {
 /// that changes type shows up as drift rather than being dropped).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Feature {
-    #[serde(default, skip_serializing_if = "is_empty_sketch")]
+    #[serde(default)]
     pub numbers: Sketch,
-    #[serde(default, skip_serializing_if = "is_empty_categories")]
+    #[serde(default)]
     pub categories: Categories,
-}
-
-fn is_empty_sketch(s: &Sketch) -> bool {
-    s.count() == 0
-}
-
-fn is_empty_categories(c: &Categories) -> bool {
-    c.count() == 0
 }
 
 impl Feature {

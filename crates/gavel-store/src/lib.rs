@@ -53,14 +53,14 @@ pub struct ContractRecord {
 }
 
 /// One stored bucket of a deployment's signals, as written by one process (`writer`). Rows of
-/// the same bucket from different writers add up; the body is gavel-monitor's bucket as JSON,
+/// the same bucket from different writers add up; the body is gavel-monitor's encoded bucket,
 /// which the store does not interpret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rollup {
     pub deployment: String,
     pub start_ms: i64,
     pub writer: String,
-    pub body: String,
+    pub body: Vec<u8>,
 }
 
 /// The distributions drift is measured against, recorded with an approval.

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL
 CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
 CREATE TABLE IF NOT EXISTS breaches (deployment TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rollups (
-    start_ms INTEGER NOT NULL, deployment TEXT NOT NULL, writer TEXT NOT NULL, body TEXT NOT NULL,
+    start_ms INTEGER NOT NULL, deployment TEXT NOT NULL, writer TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (start_ms, deployment, writer));
 CREATE TABLE IF NOT EXISTS baselines (
     approval_id TEXT PRIMARY KEY, deployment TEXT NOT NULL, recorded_at INTEGER NOT NULL,

@@ -35,8 +35,16 @@ const KEEP_ROLLUPS: Span = Span::from_days(30);
 /// Waits between webhook attempts; one attempt more than there are waits.
 const ALERT_BACKOFF_MS: [u64; 5] = [500, 1_000, 2_000, 4_000, 8_000];
 
-/// A stored row's identity: deployment, bucket start, writer.
-type RowKey = (String, i64, String);
+/// One deployment's rows from other writers, by (bucket start, writer), with their bytes.
+type RowsOf = HashMap<(i64, String), (Vec<u8>, Bucket)>;
+
+/// Other writers' rows by deployment.
+#[derive(Default)]
+struct Others {
+    rows: HashMap<String, RowsOf>,
+    /// Whether the whole window has been read once.
+    read_once: bool,
+}
 /// When a baseline was read, and what was read (None: the approval has none).
 type CachedBaseline = (i64, Option<Arc<Baseline>>);
 
@@ -47,7 +55,7 @@ pub struct Monitor {
     keep_ms: i64,
     series: RwLock<HashMap<String, Arc<Mutex<Series>>>>,
     /// Rows other processes wrote (an earlier run of this gateway, the CLI), parsed once.
-    others: Mutex<HashMap<RowKey, (String, Bucket)>>,
+    others: Mutex<Others>,
     /// Baselines by approval id, read at most every [`BASELINE_TTL_MS`].
     baselines: Mutex<HashMap<String, CachedBaseline>>,
     alerts: tokio::sync::mpsc::UnboundedSender<Value>,
@@ -147,7 +155,7 @@ impl Monitor {
         let contract = engine.contract();
         let cfg = config_of(&contract.policy.monitoring);
         let from = window_start(&cfg, at.millis());
-        self.read_others(&gw.store, from - cfg.window_ms)?;
+        self.read_others(&gw.store, from, at.millis())?;
         let breaches: HashMap<String, Breach> = gw
             .store
             .breaches()?
@@ -367,8 +375,7 @@ impl Monitor {
                 Err(_) => continue,
             };
             for (start_ms, bucket) in dirty {
-                let body = serde_json::to_string(&bucket)
-                    .map_err(|e| Failure::storage(format!("cannot encode a rollup: {e}")))?;
+                let body = bucket.to_bytes().map_err(Failure::storage)?;
                 rows.push(Rollup {
                     deployment: deployment.clone(),
                     start_ms,
@@ -383,26 +390,38 @@ impl Monitor {
         Ok(())
     }
 
-    /// Re-reads other writers' rows since `from_ms`, parsing only those that changed.
-    fn read_others(&self, store: &dyn Store, from_ms: i64) -> Result<(), Failure> {
-        let rows = store.rollups_since(from_ms, None)?;
+    /// Brings other writers' rows up to date: all of the window the first time, then only the
+    /// last two buckets (writers only add to the bucket of the moment), dropping rows that
+    /// left the window. A row is decoded again only when its bytes changed.
+    fn read_others(&self, store: &dyn Store, from_ms: i64, now_ms: i64) -> Result<(), Failure> {
         let mut others = self
             .others
             .lock()
             .map_err(|_| Failure::storage("the rollup cache is unavailable"))?;
-        let mut seen = HashSet::new();
-        for row in rows.into_iter().filter(|r| r.writer != self.writer) {
-            let key = (row.deployment.clone(), row.start_ms, row.writer.clone());
-            seen.insert(key.clone());
-            if others.get(&key).is_some_and(|(body, _)| *body == row.body) {
+        let since = match others.read_once {
+            true => from_ms.max(now_ms - 2 * self.bucket_ms),
+            false => from_ms,
+        };
+        for row in store.rollups_since(since, None)? {
+            if row.writer == self.writer {
                 continue;
             }
-            let mut parsed = HashMap::new();
-            add_row(&mut parsed, &row);
-            let bucket = parsed.remove(&row.deployment).unwrap_or_default();
-            others.insert(key, (row.body, bucket));
+            let rows = others.rows.entry(row.deployment.clone()).or_default();
+            let key = (row.start_ms, row.writer.clone());
+            if rows.get(&key).is_some_and(|(body, _)| *body == row.body) {
+                continue;
+            }
+            let mut decoded = HashMap::new();
+            add_row(&mut decoded, &row);
+            let bucket = decoded.remove(&row.deployment).unwrap_or_default();
+            rows.insert(key, (row.body, bucket));
         }
-        others.retain(|key, _| seen.contains(key));
+        others.read_once = true;
+        let bucket_ms = self.bucket_ms;
+        for rows in others.rows.values_mut() {
+            rows.retain(|(start, _), _| *start + bucket_ms > from_ms);
+        }
+        others.rows.retain(|_, rows| !rows.is_empty());
         Ok(())
     }
 
@@ -416,7 +435,7 @@ impl Monitor {
             Err(_) => HashSet::new(),
         };
         if let Ok(others) = self.others.lock() {
-            names.extend(others.keys().map(|(d, _, _)| d.clone()));
+            names.extend(others.rows.keys().cloned());
         }
         names
             .into_iter()
@@ -434,8 +453,8 @@ impl Monitor {
             .and_then(|s| s.lock().ok().map(|s| s.window(from_ms, to_ms)))
             .unwrap_or_default();
         if let Ok(others) = self.others.lock() {
-            for ((d, start, _), (_, bucket)) in others.iter() {
-                if d == deployment && *start + self.bucket_ms > from_ms && *start < to_ms {
+            for ((start, _), (_, bucket)) in others.rows.get(deployment).into_iter().flatten() {
+                if *start + self.bucket_ms > from_ms && *start < to_ms {
                     sum.merge(bucket);
                 }
             }

@@ -291,7 +291,7 @@ fn rollups_replace_per_writer_and_prune_by_age() {
         deployment: "kb".into(),
         start_ms,
         writer: writer.into(),
-        body: body.into(),
+        body: body.as_bytes().to_vec(),
     };
     s.save_rollups(&[
         row(10_000, "a", "1"),
@@ -300,14 +300,14 @@ fn rollups_replace_per_writer_and_prune_by_age() {
     ])
     .unwrap();
     s.save_rollups(&[row(10_000, "a", "4")]).unwrap();
-    let bodies: Vec<String> = s
+    let bodies: Vec<Vec<u8>> = s
         .rollups_since(0, Some("kb"))
         .unwrap()
         .into_iter()
         .map(|r| r.body)
         .collect();
     assert_eq!(bodies.len(), 3);
-    assert!(bodies.contains(&"4".to_string()) && !bodies.contains(&"1".to_string()));
+    assert!(bodies.contains(&b"4".to_vec()) && !bodies.contains(&b"1".to_vec()));
     assert!(s.rollups_since(0, Some("other")).unwrap().is_empty());
     assert_eq!(s.rollups_since(15_000, None).unwrap().len(), 1);
     assert_eq!(s.prune_rollups(15_000).unwrap(), 2);
