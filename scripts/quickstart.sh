@@ -122,6 +122,9 @@ status, _, body = chat("Who owns the guide? [mock:pii]", stream=True)
 events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
 print("stream whose answer leaks PII ->", status, "stream ended with", json.loads(events[-1])["error"]["code"], "after", len(events) - 1, "clean event(s)")
 PY
+step "gavel status   (every deployment: its state, signals over the window, approved thresholds against them)"
+sleep 1.2   # the gateway writes its monitoring buckets once a second
+as "$auditor" status
 if [ -t 1 ]; then
   printf '\nthe gateway keeps running at %s (Ctrl-C stops it; it drains and signs a final checkpoint).\n' "$url"
   printf 'try: curl %s/chat/completions -H "Authorization: Bearer %s" -d @request.json\n' "$url/v1" "$service"
