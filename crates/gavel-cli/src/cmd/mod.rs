@@ -3,6 +3,7 @@ pub mod approve;
 pub mod audit;
 pub mod check;
 pub mod decide;
+pub mod drift;
 pub mod explain;
 pub mod init;
 pub mod keys;
