@@ -585,7 +585,10 @@ enum Bound {
 fn bound_of(threshold: &str) -> Option<Bound> {
     match threshold {
         "accuracy" | "fairness" => Some(Bound::Minimum),
-        "latency" | "drift" | "abuse" | "fallback" | "error" | "spend" => Some(Bound::Maximum),
+        // `drift_js`: drift measured as a Jensen-Shannon distance (docs/monitoring.md).
+        "latency" | "drift" | "drift_js" | "abuse" | "fallback" | "error" | "spend" => {
+            Some(Bound::Maximum)
+        }
         _ => None,
     }
 }
@@ -1274,6 +1277,7 @@ mod tests {
             ("latency", 500.0),
             ("spend", 100.0),
             ("drift", 0.2),
+            ("drift_js", 0.1),
             ("future_signal", 1.0),
         ]);
         let after = thresholds(&[
@@ -1282,6 +1286,7 @@ mod tests {
             ("latency", 800.0), // higher maximum: looser
             ("spend", 50.0),    // lower maximum: tighter
             // drift dropped: looser
+            ("drift_js", 0.3),      // higher maximum: looser
             ("future_signal", 2.0), // unknown direction, changed
             ("abuse", 0.1),         // new: tighter
         ]);
@@ -1295,6 +1300,7 @@ mod tests {
             [
                 ("accuracy", "minimum lowered", Some(0.85)),
                 ("drift", "dropped", None),
+                ("drift_js", "maximum raised", Some(0.3)),
                 ("future_signal", "changed (direction unknown)", Some(2.0)),
                 ("latency", "maximum raised", Some(800.0)),
             ]
