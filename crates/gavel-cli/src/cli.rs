@@ -157,6 +157,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compliance drift from the ledger: per-guard block and finding rates by day, guards gone
+    /// quiet, loosened contracts and approval thresholds, approvals extended repeatedly.
+    Drift(DriftArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,4 +335,31 @@ pub struct ServeArgs {
     /// The certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    /// From this time (inclusive): YYYY-MM-DD or RFC 3339 [default: the start of the UTC day
+    /// 29 days before the last day, so 30 days].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Up to this time (exclusive): YYYY-MM-DD or RFC 3339 [default: now].
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this deployment's decisions and approvals; repeatable [default: every deployment].
+    #[arg(long = "deployment", value_name = "ID")]
+    pub deployments: Vec<String>,
+    /// The quiet window: a guard that fired earlier in the period and on none of its last N
+    /// days is reported as quiet (with enough traffic; see docs/cli.md).
+    #[arg(long, default_value_t = 7)]
+    pub quiet_days: u32,
+    /// Decisions each of those last days needs for a silent guard to count as quiet.
+    #[arg(long, default_value_t = 10)]
+    pub min_daily_decisions: u64,
+    /// How long after an approval expires a new approval of the same binding still extends it.
+    #[arg(long, default_value = "7d")]
+    pub extension_gap: String,
+    /// text or json.
+    #[arg(long, default_value = "text")]
+    pub format: String,
 }

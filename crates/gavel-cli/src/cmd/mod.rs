@@ -4,6 +4,7 @@ pub mod audit;
 pub mod baseline;
 pub mod check;
 pub mod decide;
+pub mod drift;
 pub mod explain;
 pub mod feedback;
 pub mod init;

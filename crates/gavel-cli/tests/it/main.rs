@@ -11,6 +11,7 @@
 mod approvals;
 mod audit;
 mod bad_input;
+mod drift;
 mod fairness;
 mod monitoring;
 mod roles;
