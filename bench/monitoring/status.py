@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,8 +40,11 @@ def http(addr, method, path, key, body=None):
     req = urllib.request.Request(f"http://{addr}{path}", data=data, method=method)
     req.add_header("Authorization", f"Bearer {key}")
     req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return r.read()
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:
+        sys.exit(f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')}")
 
 
 def main():
@@ -92,7 +96,7 @@ def main():
         http(addr, "POST", "/v1/outcome", service, {
             "decision_id": decided["decision_id"], "deployment": names[0],
             "usage": {"prompt_tokens": 50 + (i * 11) % 400, "completion_tokens": 20 + (i * 17) % 300},
-            "latency_ms": 100 + (i * 29) % 900, "success": i % 50 != 0, "features": {"topic": f"t{i % 5}"}})
+            "latency_ms": 100 + (i * 29) % 900, "success": i % 50 != 0, "features": {"topic": f"t{i % 7}"}})
     time.sleep(1.5)
     db = sqlite3.connect(os.path.join(folder, "gavel.db"))
     template = db.execute("SELECT body FROM rollups WHERE deployment = ? ORDER BY length(body) DESC LIMIT 1", (names[0],)).fetchone()[0]
