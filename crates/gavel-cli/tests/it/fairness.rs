@@ -205,12 +205,12 @@ fn four_fifths_rule_breaches_on_exact_group_rates_and_alerts_once() {
         .replacen("\nuse_cases:\n", &format!("\nuse_cases:\n  loan-offers:\n    domain: marketing\n    owner: lena@acme.example\n    oncall: {{ webhook: \"{hook}\", runbook: \"https://wiki.acme.example/runbooks/offers\" }}\n    population: \"Retail customers with a current account\"\n    data_classes: [pii]\n"), 1)
         .replacen("\ndeployments:\n", &format!("\ndeployments:\n  {DEPLOYMENT}:\n    use_case: loan-offers\n    endpoint: local-llama\n    model: {{ name: llama-3.1-8b-instruct, snapshot: llama-3.1-8b-instruct-q8-2024-07 }}\n"), 1)
         .replace("window: 1m, requests: 120", "window: 1m, requests: 100000")
-        .replace("monitoring:  { window: 5m, bucket: 10s, min_samples: 20, drift_bins: 10, drift_min_samples: 50, min_group_size: 30,", "monitoring:  { window: 1h, bucket: 1s, min_samples: 20, drift_bins: 10, drift_min_samples: 50, min_group_size: 30,");
+        .replace("monitoring:  { window: 5m, bucket: 10s, min_samples: 20, drift_bins: 10, drift_min_samples: 50, min_group_size: 30,", "monitoring:  { window: 10m, bucket: 1s, min_samples: 20, drift_bins: 10, drift_min_samples: 50, min_group_size: 30,");
     for edit in [
         "loan-offers:",
         "use_case: loan-offers",
         "requests: 100000",
-        "window: 1h, bucket: 1s",
+        "window: 10m, bucket: 1s",
     ] {
         assert_eq!(
             edited.matches(edit).count(),
@@ -269,7 +269,7 @@ fn four_fifths_rule_breaches_on_exact_group_rates_and_alerts_once() {
     }
 
     // Phase 1: A 18/30 = 0.6, B 15/30 = 0.5, C 0/10 reported but not compared: ratio 5/6.
-    let d = status_with(&s, &auditor, 70);
+    let d = status_with(&s, &auditor, phase_1.len() as u64);
     let f = &d["signals"]["fairness"];
     close(&f["demographic_parity_ratio"], 0.5 / 0.6);
     assert_eq!(group(f, "C")["compared"], false, "{f:#}");
@@ -286,7 +286,7 @@ fn four_fifths_rule_breaches_on_exact_group_rates_and_alerts_once() {
     for (id, row) in ids[phase_1.len()..].iter().zip(&phase_2) {
         report(id, *row);
     }
-    let d = status_with(&s, &auditor, 110);
+    let d = status_with(&s, &auditor, (phase_1.len() + phase_2.len()) as u64);
     let f = &d["signals"]["fairness"];
     // By hand, over both phases:
     // A: n 50, selected 30, TP 24, FP 6, TN 16, FN 4.
