@@ -65,6 +65,10 @@ impl Reported {
         }
         binary("prediction", self.prediction.as_ref())?;
         binary("label", self.label.as_ref())?;
+        // Without the prediction beside them, a group or a label would be dropped silently.
+        if self.prediction.is_none() && (self.group.is_some() || self.label.is_some()) {
+            return Err("`group` and `label` need the `prediction` in the same report (fairness and labelled accuracy compare them with it)".into());
+        }
         if self
             .group
             .as_ref()
@@ -385,6 +389,8 @@ mod tests {
             (json!({ "features": { "x": [1] } }), "feature `x`"),
             (json!({ "features": { "x": null } }), "feature `x`"),
             (json!({ "bypass": true }), "unknown field"),
+            (json!({ "group": "a" }), "need the `prediction`"),
+            (json!({ "label": true }), "need the `prediction`"),
         ] {
             let e = report(bad.clone()).err().unwrap_or_default();
             assert!(e.contains(says), "{bad} gave `{e}`");

@@ -141,6 +141,11 @@ pub trait Store: RuntimeState {
     /// Deletes rows of buckets that started before `before_ms`; returns how many.
     fn prune_rollups(&self, before_ms: i64) -> Result<usize, StoreError>;
 
+    /// Whether a decision still holds an open reservation (no outcome settled it yet).
+    fn reservation_open(&self, decision_id: &str) -> Result<bool, StoreError>;
+    /// Claims the one feedback a decision may get; false, writing nothing, when it was given.
+    fn claim_feedback(&self, decision_id: &str, feedback_id: &str) -> Result<bool, StoreError>;
+
     /// Records the baseline of an approval, replacing an earlier one of the same approval.
     fn save_baseline(&self, baseline: &StoredBaseline) -> Result<(), StoreError>;
     fn baseline(&self, approval_id: &str) -> Result<Option<StoredBaseline>, StoreError>;

@@ -51,6 +51,7 @@ CREATE INDEX IF NOT EXISTS resources_by_name ON reservation_resources (name, exp
 CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
 CREATE TABLE IF NOT EXISTS breaches (deployment TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback_claims (decision_id TEXT PRIMARY KEY, feedback_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rollups (
     start_ms INTEGER NOT NULL, deployment TEXT NOT NULL, writer TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (start_ms, deployment, writer));
@@ -600,6 +601,26 @@ impl Store for SqliteStore {
             .map_err(err("statement"))?
             .execute([before_ms])
             .map_err(err("rollups"))
+    }
+
+    fn reservation_open(&self, decision_id: &str) -> Result<bool, StoreError> {
+        self.conn()?
+            .prepare_cached("SELECT 1 FROM reservations WHERE id = ?1")
+            .map_err(err("statement"))?
+            .exists([decision_id])
+            .map_err(err("reservation"))
+    }
+
+    fn claim_feedback(&self, decision_id: &str, feedback_id: &str) -> Result<bool, StoreError> {
+        let claimed = self
+            .conn()?
+            .prepare_cached(
+                "INSERT OR IGNORE INTO feedback_claims (decision_id, feedback_id) VALUES (?1, ?2)",
+            )
+            .map_err(err("statement"))?
+            .execute(params![decision_id, feedback_id])
+            .map_err(err("feedback"))?;
+        Ok(claimed == 1)
     }
 
     fn save_baseline(&self, b: &StoredBaseline) -> Result<(), StoreError> {

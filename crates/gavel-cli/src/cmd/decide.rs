@@ -377,6 +377,10 @@ pub fn settle_outcome(
     if ran_on != deployment {
         return Err(Failure::invalid(format!("decision `{decision_id}` ran on `{ran_on}`; report its outcome with --deployment {ran_on}")));
     }
+    // Refused before anything is recorded: the ledger lists only outcomes that settled.
+    if !store.reservation_open(decision_id)? {
+        return Err(no_open_reservation(decision_id));
+    }
     let at = now();
     let mut body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
     if let (Some(body), Ok(serde_json::Value::Object(extra))) =
@@ -386,9 +390,16 @@ pub fn settle_outcome(
     }
     let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
     match engine.settle(store, decision_id, deployment, usage, at)? {
-        Settled::Settled => Ok(json!({ "decision_id": decision_id, "settled": true, "receipt": receipt })),
-        Settled::Unknown => Err(Failure::invalid(format!(
-            "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"
-        ))),
+        Settled::Settled => {
+            Ok(json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }))
+        }
+        // Another report settled it between the check and here.
+        Settled::Unknown => Err(no_open_reservation(decision_id)),
     }
+}
+
+fn no_open_reservation(decision_id: &str) -> Failure {
+    Failure::invalid(format!(
+        "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"
+    ))
 }

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use gavel_ledger::RecordKind;
-use gavel_store::Role;
+use gavel_store::{Role, Store};
 
 use crate::cmd::decide::own_decision;
 use crate::context::{new_id, now, out, Context};
@@ -16,6 +16,7 @@ use crate::monitoring::{feature_value, record_once, Reported};
 /// Checks that `reported` is feedback (a judgement, not a run) and records it. Returns the
 /// answer and the deployment the decision was made on.
 pub fn record_feedback(
+    store: &dyn Store,
     ledger: &Ledger,
     sink: &gavel_ledger_sqlite::SqliteLedgerSink,
     who: &str,
@@ -44,6 +45,13 @@ pub fn record_feedback(
         "feedback": reported,
     });
     let id = new_id("fbk")?;
+    // One feedback per decision: counting a second would let one caller weigh a decision, a
+    // group or a score as often as it likes.
+    if !store.claim_feedback(decision_id, &id)? {
+        return Err(Failure::invalid(format!(
+            "decision `{decision_id}` already has its feedback; one is counted per decision"
+        )));
+    }
     let receipt = ledger.record(RecordKind::Outcome, now(), &id, &record)?;
     Ok((
         json!({ "feedback_id": id, "decision_id": decision_id, "receipt": receipt }),
@@ -99,7 +107,7 @@ pub fn run(ctx: &Context, decision_id: &str, args: FeedbackArgs) -> Outcome {
         .principal;
     let sink = ledger::open_sink(&ctx.db_path)?;
     let ledger = Ledger::open(&ctx.db_path)?;
-    let recorded = record_feedback(&ledger, &sink, &who, decision_id, &reported);
+    let recorded = record_feedback(&store, &ledger, &sink, &who, decision_id, &reported);
     ledger.close()?;
     let (answer, deployment) = recorded?;
     let observed = reported.outcome(decision_id, false, None, 0);

@@ -120,6 +120,7 @@ pub async fn feedback(
     let reported = reported(fields)?;
     blocking(move || {
         let (answer, deployment) = record_feedback(
+            &gw.store,
             &gw.ledger,
             &*gw.ledger_reader()?,
             &caller.principal,

@@ -355,11 +355,33 @@ fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
         Some(&outcome(json!({ "latency_ms": 3.5 }))),
     );
     assert_eq!(settled.status, 200, "{}", settled.body);
+    // Once each: a second outcome or feedback is refused and leaves no record.
+    let again = s.request(
+        "POST",
+        "/v1/outcome",
+        Some(&r.service),
+        Some(&outcome(json!({}))),
+    );
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("no open reservation"), "{}", again.body);
+    let twice = feedback(json!({ "decision_id": id, "score": 0.9 }), &r.service);
+    assert_eq!(twice.status, 400, "{}", twice.body);
+    assert!(
+        twice.body.contains("already has its feedback"),
+        "{}",
+        twice.body
+    );
     let recorded = s.request(
         "GET",
         "/v1/audit/records?kind=outcome&deployment=kb-search-v1",
         Some(&r.auditor),
         None,
+    );
+    assert_eq!(
+        recorded.body.lines().count(),
+        2,
+        "one outcome and one feedback: {}",
+        recorded.body
     );
     assert!(
         recorded.body.contains("\"latency_ms\":3.5"),
