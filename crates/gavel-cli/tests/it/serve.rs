@@ -424,7 +424,7 @@ fn decide_api_answers_with_the_verdicts_status_and_retry_after() {
         "POST",
         "/v1/feedback",
         Some(&r.service),
-        Some(&json!({ "decision_id": id, "score": 0.9, "label": true })),
+        Some(&json!({ "decision_id": id, "score": 0.9, "label": true, "prediction": true })),
     );
     assert_eq!(fb.status, 200, "{}", fb.body);
     let fb = s.request(
