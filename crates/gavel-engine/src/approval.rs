@@ -382,11 +382,14 @@ pub fn covering_approval<'a>(
     let current =
         |a: &&Approval| a.binding == deployment.binding.0 && a.use_case == deployment.use_case;
     let live = |a: &&Approval| a.status == ApprovalStatus::Active && now < a.expires_at;
+    // The newest live approval is the one in force: a re-approval supersedes the earlier one
+    // (its thresholds, its on_breach, and any breach held against the earlier one), even when
+    // it expires sooner.
     if let Some(a) = approvals
         .iter()
         .filter(current)
         .filter(live)
-        .max_by_key(|a| a.expires_at)
+        .max_by_key(|a| (a.created_at, a.expires_at))
     {
         return Ok(a);
     }

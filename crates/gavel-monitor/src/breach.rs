@@ -53,13 +53,15 @@ pub enum Step {
     },
 }
 
-/// The next step. `covering` is the approval covering the deployment now; `window` are the
-/// checks over the whole window; `probes` the checks over observations since `probe_from`.
+/// The next step. `covering` is the approval covering the deployment now, if any; `window`
+/// are the checks over the window; `probes` the checks over observations since `probe_from`,
+/// of which recovery needs at least `min_probes`.
 pub fn next_step(
     active: Option<&Active>,
-    covering: &str,
+    covering: Option<&str>,
     window: &[Check],
     probes: &[Check],
+    min_probes: u64,
     now_ms: i64,
 ) -> Step {
     let Some(active) = active else {
@@ -68,10 +70,17 @@ pub fn next_step(
             None => Step::Nothing,
         };
     };
-    if active.approval_id != covering {
-        return Step::Recover {
-            why: format!("approval {covering} now covers the deployment"),
-        };
+    match covering {
+        // Only another live approval ends a breach this way: while nothing covers the
+        // deployment (a changed binding, an expiry), the breach stays, so that changing the
+        // contract back and forth cannot lift it.
+        Some(other) if other != active.approval_id => {
+            return Step::Recover {
+                why: format!("approval {other} now covers the deployment"),
+            }
+        }
+        Some(_) => {}
+        None => return Step::Nothing,
     }
     if active.probe_from(now_ms).is_none() {
         return Step::Nothing;
@@ -82,7 +91,7 @@ pub fn next_step(
         };
     };
     match (probe.state, active.action) {
-        (CheckState::Within, _) => Step::Recover {
+        (CheckState::Within, _) if probe.samples >= min_probes => Step::Recover {
             why: format!(
                 "`{}` is back within its threshold on {} probe observation(s)",
                 active.threshold, probe.samples
@@ -126,15 +135,29 @@ mod tests {
     fn a_breach_starts_once_and_waits_out_its_cooldown() {
         let breached = [check(CheckState::Breached)];
         assert!(matches!(
-            next_step(None, "apr_1", &breached, &[], 0),
+            next_step(None, Some("apr_1"), &breached, &[], 20, 0),
             Step::Start(_)
         ));
         assert_eq!(
-            next_step(None, "apr_1", &[check(CheckState::Insufficient)], &[], 0),
+            next_step(
+                None,
+                Some("apr_1"),
+                &[check(CheckState::Insufficient)],
+                &[],
+                20,
+                0
+            ),
             Step::Nothing
         );
         assert_eq!(
-            next_step(Some(&cooling(1000)), "apr_1", &breached, &breached, 500),
+            next_step(
+                Some(&cooling(1000)),
+                Some("apr_1"),
+                &breached,
+                &breached,
+                20,
+                500
+            ),
             Step::Nothing
         );
     }
@@ -143,19 +166,34 @@ mod tests {
     fn probes_after_the_cooldown_recover_or_extend() {
         let a = cooling(1000);
         assert!(matches!(
-            next_step(Some(&a), "apr_1", &[], &[check(CheckState::Within)], 1500),
+            next_step(
+                Some(&a),
+                Some("apr_1"),
+                &[],
+                &[check(CheckState::Within)],
+                20,
+                1500
+            ),
             Step::Recover { .. }
         ));
         assert!(matches!(
-            next_step(Some(&a), "apr_1", &[], &[check(CheckState::Breached)], 1500),
+            next_step(
+                Some(&a),
+                Some("apr_1"),
+                &[],
+                &[check(CheckState::Breached)],
+                20,
+                1500
+            ),
             Step::Extend { until_ms: 2500, .. }
         ));
         assert_eq!(
             next_step(
                 Some(&a),
-                "apr_1",
+                Some("apr_1"),
                 &[],
                 &[check(CheckState::Insufficient)],
+                20,
                 1500
             ),
             Step::Nothing
@@ -170,13 +208,44 @@ mod tests {
             ..cooling(0)
         };
         assert_eq!(
-            next_step(Some(&a), "apr_1", &[], &[check(CheckState::Within)], 10_000),
+            next_step(
+                Some(&a),
+                Some("apr_1"),
+                &[],
+                &[check(CheckState::Within)],
+                20,
+                10_000
+            ),
             Step::Nothing
         );
         assert!(matches!(
-            next_step(Some(&a), "apr_2", &[], &[], 10_000),
+            next_step(Some(&a), Some("apr_2"), &[], &[], 20, 10_000),
             Step::Recover { .. }
         ));
+    }
+
+    #[test]
+    fn recovery_needs_enough_probes_and_a_live_approval() {
+        let a = cooling(1000);
+        let few = Check {
+            samples: 0,
+            ..check(CheckState::Within)
+        };
+        assert_eq!(
+            next_step(Some(&a), Some("apr_1"), &[], &[few], 20, 1500),
+            Step::Nothing,
+            "an empty probe window proves nothing"
+        );
+        let block = Active {
+            action: Action::Block,
+            until_ms: None,
+            ..cooling(0)
+        };
+        assert_eq!(
+            next_step(Some(&block), None, &[], &[], 20, 10),
+            Step::Nothing,
+            "nothing covers it: the breach stays"
+        );
     }
 
     #[test]
@@ -187,11 +256,25 @@ mod tests {
             ..cooling(0)
         };
         assert_eq!(
-            next_step(Some(&a), "apr_1", &[], &[check(CheckState::Breached)], 10),
+            next_step(
+                Some(&a),
+                Some("apr_1"),
+                &[],
+                &[check(CheckState::Breached)],
+                20,
+                10
+            ),
             Step::Nothing
         );
         assert!(matches!(
-            next_step(Some(&a), "apr_1", &[], &[check(CheckState::Within)], 10),
+            next_step(
+                Some(&a),
+                Some("apr_1"),
+                &[],
+                &[check(CheckState::Within)],
+                20,
+                10
+            ),
             Step::Recover { .. }
         ));
     }

@@ -10,6 +10,10 @@ use crate::stats::GroupCounts;
 
 /// Decision ids kept per bucket for alerts ("the decisions to look at").
 pub const EXAMPLES: usize = 5;
+/// Distinct features and groups a bucket keeps: clients name them, so they are bounded. Values
+/// of further features are not kept; further groups are counted under [`crate::sketch::OTHER`].
+pub const MAX_FEATURES: usize = 64;
+pub const MAX_GROUPS: usize = 64;
 
 /// What is known after a request ran (from the gateway, `/v1/outcome` or `/v1/feedback`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,7 +73,7 @@ impl Bucket {
                 self.latency_ms.add(ms);
             }
         }
-        self.spend_usd_micros += o.spend_usd_micros;
+        self.spend_usd_micros = self.spend_usd_micros.saturating_add(o.spend_usd_micros);
         self.snapshot_changes += u64::from(o.snapshot_changed);
         let labelled_match = match (o.prediction, o.label) {
             (Some(p), Some(l)) => Some(if p == l { 1.0 } else { 0.0 }),
@@ -80,8 +84,10 @@ impl Bucket {
             self.scores += 1;
         }
         for (name, value) in &o.features {
+            let full = self.features.len() >= MAX_FEATURES;
             match self.features.get_mut(name) {
                 Some(feature) => feature.add(value),
+                None if full => {}
                 None => {
                     let mut feature = Feature::default();
                     feature.add(value);
@@ -90,12 +96,18 @@ impl Bucket {
             }
         }
         if let (Some(group), Some(prediction)) = (&o.group, o.prediction) {
+            let known = self.groups.contains_key(group) || self.groups.len() < MAX_GROUPS - 1;
+            let group = if known {
+                group.as_str()
+            } else {
+                crate::sketch::OTHER
+            };
             match self.groups.get_mut(group) {
                 Some(counts) => counts.add(prediction, o.label),
                 None => {
                     let mut counts = GroupCounts::default();
                     counts.add(prediction, o.label);
-                    self.groups.insert(group.clone(), counts);
+                    self.groups.insert(group.to_string(), counts);
                 }
             }
         }
@@ -124,7 +136,7 @@ impl Bucket {
         self.errors += o.errors;
         self.fallbacks += o.fallbacks;
         self.latency_ms.merge(&o.latency_ms);
-        self.spend_usd_micros += o.spend_usd_micros;
+        self.spend_usd_micros = self.spend_usd_micros.saturating_add(o.spend_usd_micros);
         self.snapshot_changes += o.snapshot_changes;
         self.score_sum += o.score_sum;
         self.scores += o.scores;
@@ -174,6 +186,11 @@ impl Series {
             keep_ms,
             buckets: VecDeque::new(),
         }
+    }
+
+    /// Changes how long buckets are kept (a reloaded contract with another window).
+    pub fn keep(&mut self, keep_ms: i64) {
+        self.keep_ms = keep_ms;
     }
 
     /// The start of the bucket holding `at_ms`.
@@ -287,6 +304,27 @@ mod tests {
         s.load(5_000, &stored);
         assert_eq!(s.window(0, 30_000).decisions, 3);
         assert_eq!(s.window(20_000, 30_000).abusive, 1);
+    }
+
+    #[test]
+    fn client_named_features_and_groups_are_bounded() {
+        let mut b = Bucket::default();
+        for i in 0..200 {
+            b.record_outcome(&Outcome {
+                features: vec![(format!("f{i}"), FeatureValue::Number(1.0))],
+                group: Some(format!("g{i}")),
+                prediction: Some(true),
+                spend_usd_micros: u64::MAX / 2,
+                ..Default::default()
+            });
+        }
+        assert_eq!(b.features.len(), MAX_FEATURES);
+        assert_eq!(b.groups.len(), MAX_GROUPS);
+        assert_eq!(
+            b.groups[crate::sketch::OTHER].n,
+            200 - (MAX_GROUPS as u64 - 1)
+        );
+        assert_eq!(b.spend_usd_micros, u64::MAX, "spend saturates");
     }
 
     #[test]

@@ -138,9 +138,13 @@ impl<'de> Deserialize<'de> for Counts {
     }
 }
 
+/// Bucket indexes are kept within +-MAX_INDEX (magnitudes from about 1e-9 to 1e17; larger
+/// ones are counted in the last bucket), so that every representative value is finite.
+const MAX_INDEX: i32 = 2000;
+
 fn index_of(magnitude: f64) -> i32 {
-    // Bucket i holds (GAMMA^(i-1), GAMMA^i]; the cast saturates for absurd magnitudes.
-    (magnitude.ln() / GAMMA.ln()).ceil() as i32
+    // Bucket i holds (GAMMA^(i-1), GAMMA^i].
+    ((magnitude.ln() / GAMMA.ln()).ceil() as i32).clamp(-MAX_INDEX, MAX_INDEX)
 }
 
 /// A value inside bucket `index`, within 1% of every value the bucket holds.
@@ -327,6 +331,15 @@ mod tests {
         assert_eq!(values.len(), 4, "NaN and infinity are not counted");
         assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
         assert_eq!(s.quantile(0.0), Some(values[0]));
+    }
+
+    #[test]
+    fn huge_values_stay_finite() {
+        let mut s = Sketch::default();
+        s.add(1e308);
+        s.add(-1e308);
+        assert!(s.values().all(|(v, _)| v.is_finite()));
+        assert!(s.quantile(1.0).is_some_and(f64::is_finite));
     }
 
     #[test]

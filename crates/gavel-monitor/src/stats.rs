@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::sketch::Feature;
+use crate::sketch::{Feature, OTHER};
 
 /// The proportion an empty bin counts as in PSI (0.01%), so that an empty bin on either side
 /// gives a large but finite term instead of infinity.
@@ -65,14 +65,18 @@ pub fn binned(baseline: &Feature, current: &Feature, bins: usize) -> (Vec<u64>, 
         };
         (count(baseline), count(current))
     } else {
-        let mut names: Vec<&str> = baseline.categories.iter().map(|(c, _)| c).collect();
-        for (c, _) in current.categories.iter() {
-            if !names.contains(&c) {
-                names.push(c);
-            }
-        }
+        // Categories named on both sides are compared one by one; the rest (new ones, gone
+        // ones, and those a side counted under OTHER once it had MAX_CATEGORIES names, which
+        // depends on arrival order) are compared together as OTHER.
+        let names: Vec<&str> = baseline
+            .categories
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| *c != OTHER && current.categories.get(c) > 0)
+            .collect();
         let count = |f: &Feature| {
             let mut counts: Vec<u64> = names.iter().map(|c| f.categories.get(c)).collect();
+            counts.push(f.categories.count() - counts.iter().sum::<u64>());
             counts.push(f.numbers.count());
             counts
         };
@@ -303,10 +307,8 @@ mod tests {
         for c in ["b", "c"] {
             current.add(&FeatureValue::Category(c.into()));
         }
-        assert_eq!(
-            binned(&base, &current, 10),
-            (vec![2, 1, 0, 0], vec![0, 1, 1, 0])
-        );
+        // `b` is on both sides; `a` (gone) and `c` (new) are compared together as OTHER.
+        assert_eq!(binned(&base, &current, 10), (vec![1, 2, 0], vec![1, 1, 0]));
     }
 
     #[test]
