@@ -50,15 +50,24 @@ pub struct Reported {
 
 /// Largest number of declared features one report may carry.
 const MAX_FEATURES: usize = 64;
+/// Longest feature name and category, in bytes.
+const MAX_NAME: usize = 64;
+const MAX_CATEGORY: usize = 128;
+/// Largest magnitude of a reported number (latency in ms, a feature's value).
+const MAX_NUMBER: f64 = 1e12;
+/// Features gavel computes itself; a report may not feed them.
+pub const BUILT_IN_FEATURES: [&str; 3] = ["prompt_tokens", "output_tokens", "injection_score"];
 
 impl Reported {
     /// Checks every field; the error names the field and what it must be.
     pub fn check(&self) -> Result<(), String> {
         if self
             .latency_ms
-            .is_some_and(|ms| !ms.is_finite() || ms < 0.0)
+            .is_some_and(|ms| !ms.is_finite() || !(0.0..=MAX_NUMBER).contains(&ms))
         {
-            return Err("`latency_ms` must be a non-negative number".into());
+            return Err(format!(
+                "`latency_ms` must be a number from 0 to {MAX_NUMBER}"
+            ));
         }
         if self.score.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
             return Err("`score` must be between 0 and 1".into());
@@ -69,24 +78,60 @@ impl Reported {
         if self.prediction.is_none() && (self.group.is_some() || self.label.is_some()) {
             return Err("`group` and `label` need the `prediction` in the same report (fairness and labelled accuracy compare them with it)".into());
         }
-        if self
-            .group
-            .as_ref()
-            .is_some_and(|g| g.is_empty() || g.len() > 128)
-        {
-            return Err("`group` must be 1 to 128 characters".into());
+        if self.group.as_ref().is_some_and(|g| {
+            g.is_empty() || g.len() > MAX_CATEGORY || g == gavel_monitor::sketch::OTHER
+        }) {
+            return Err(format!(
+                "`group` must be 1 to {MAX_CATEGORY} bytes and not `{}`",
+                gavel_monitor::sketch::OTHER
+            ));
         }
         if self.features.len() > MAX_FEATURES {
             return Err(format!("at most {MAX_FEATURES} features per report"));
         }
         for (name, value) in &self.features {
-            if feature_value(value).is_none() {
+            if name.is_empty() || name.len() > MAX_NAME {
+                return Err(format!("feature names are 1 to {MAX_NAME} bytes"));
+            }
+            if BUILT_IN_FEATURES.contains(&name.as_str()) {
                 return Err(format!(
-                    "feature `{name}` must be a finite number, a string or a boolean"
+                    "feature `{name}` is computed by gavel; name yours otherwise"
                 ));
+            }
+            match feature_value(value) {
+                Some(FeatureValue::Number(n)) if n.abs() > MAX_NUMBER => {
+                    return Err(format!(
+                        "feature `{name}`: numbers are at most {MAX_NUMBER} in magnitude"
+                    ))
+                }
+                Some(FeatureValue::Category(c))
+                    if c.is_empty()
+                        || c.len() > MAX_CATEGORY
+                        || c == gavel_monitor::sketch::OTHER =>
+                {
+                    return Err(format!(
+                        "feature `{name}`: a category is 1 to {MAX_CATEGORY} bytes and not `{}`",
+                        gavel_monitor::sketch::OTHER
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(format!(
+                        "feature `{name}` must be a finite number, a string or a boolean"
+                    ))
+                }
             }
         }
         Ok(())
+    }
+
+    /// Whether it judges the decision (a score, a prediction, a label or a group): that may be
+    /// counted once per decision, with the outcome or with the feedback.
+    pub fn judges(&self) -> bool {
+        self.score.is_some()
+            || self.prediction.is_some()
+            || self.label.is_some()
+            || self.group.is_some()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -390,6 +435,14 @@ mod tests {
             (json!({ "features": { "x": null } }), "feature `x`"),
             (json!({ "bypass": true }), "unknown field"),
             (json!({ "group": "a" }), "need the `prediction`"),
+            (json!({ "latency_ms": 1e308 }), "latency_ms"),
+            (json!({ "features": { "x": 1e300 } }), "at most"),
+            (
+                json!({ "features": { "prompt_tokens": 5 } }),
+                "computed by gavel",
+            ),
+            (json!({ "features": { "x": "(other)" } }), "not `(other)`"),
+            (json!({ "prediction": true, "group": "(other)" }), "`group`"),
             (json!({ "label": true }), "need the `prediction`"),
         ] {
             let e = report(bad.clone()).err().unwrap_or_default();

@@ -143,8 +143,9 @@ pub trait Store: RuntimeState {
 
     /// Whether a decision still holds an open reservation (no outcome settled it yet).
     fn reservation_open(&self, decision_id: &str) -> Result<bool, StoreError>;
-    /// Claims the one feedback a decision may get; false, writing nothing, when it was given.
-    fn claim_feedback(&self, decision_id: &str, feedback_id: &str) -> Result<bool, StoreError>;
+    /// Claims, all or none, what a decision may be given once (`feedback:<id>`,
+    /// `judged:<id>`) for `by`; the first key already claimed, writing nothing, if any was.
+    fn claim_reports(&self, keys: &[String], by: &str) -> Result<Option<String>, StoreError>;
 
     /// Records the baseline of an approval, replacing an earlier one of the same approval.
     fn save_baseline(&self, baseline: &StoredBaseline) -> Result<(), StoreError>;

@@ -51,7 +51,7 @@ CREATE INDEX IF NOT EXISTS resources_by_name ON reservation_resources (name, exp
 CREATE TABLE IF NOT EXISTS strikes (principal TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS strikes_by_principal ON strikes (principal, at);
 CREATE TABLE IF NOT EXISTS breaches (deployment TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS feedback_claims (decision_id TEXT PRIMARY KEY, feedback_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS report_claims (key TEXT PRIMARY KEY, by_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rollups (
     start_ms INTEGER NOT NULL, deployment TEXT NOT NULL, writer TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (start_ms, deployment, writer));
@@ -611,16 +611,29 @@ impl Store for SqliteStore {
             .map_err(err("reservation"))
     }
 
-    fn claim_feedback(&self, decision_id: &str, feedback_id: &str) -> Result<bool, StoreError> {
-        let claimed = self
-            .conn()?
-            .prepare_cached(
-                "INSERT OR IGNORE INTO feedback_claims (decision_id, feedback_id) VALUES (?1, ?2)",
-            )
-            .map_err(err("statement"))?
-            .execute(params![decision_id, feedback_id])
-            .map_err(err("feedback"))?;
-        Ok(claimed == 1)
+    fn claim_reports(&self, keys: &[String], by: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("report claim"))?;
+        for key in keys {
+            let taken = tx
+                .prepare_cached("SELECT 1 FROM report_claims WHERE key = ?1")
+                .map_err(err("statement"))?
+                .exists([key])
+                .map_err(err("report claim"))?;
+            if taken {
+                return Ok(Some(key.clone()));
+            }
+        }
+        for key in keys {
+            tx.prepare_cached("INSERT INTO report_claims (key, by_id) VALUES (?1, ?2)")
+                .map_err(err("statement"))?
+                .execute(params![key, by])
+                .map_err(err("report claim"))?;
+        }
+        tx.commit().map_err(err("report claim"))?;
+        Ok(None)
     }
 
     fn save_baseline(&self, b: &StoredBaseline) -> Result<(), StoreError> {

@@ -56,6 +56,13 @@ pub fn record_baseline(
         .ok_or_else(|| {
             Failure::invalid(format!("`{deployment}` has no active or pending approval of its current binding to record a baseline with; start one with `gavel approve`"))
         })?;
+    // Captured with the approval, once: a different baseline is a different approval.
+    if let Some(earlier) = store.baseline(&approval.id)? {
+        return Err(Failure::invalid(format!(
+            "approval {} already has its baseline ({}, recorded by {} at {}); a different baseline needs a new approval",
+            approval.id, earlier.source, earlier.recorded_by, earlier.recorded_at
+        )));
+    }
     let (baseline, source_name) = match source {
         Source::Rows { label, text } => {
             let baseline = from_rows(&text)?;

@@ -381,6 +381,14 @@ pub fn settle_outcome(
     if !store.reservation_open(decision_id)? {
         return Err(no_open_reservation(decision_id));
     }
+    if reported.judges() {
+        crate::cmd::feedback::claim(
+            store,
+            decision_id,
+            &[format!("judged:{decision_id}")],
+            "outcome",
+        )?;
+    }
     let at = now();
     let mut body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
     if let (Some(body), Ok(serde_json::Value::Object(extra))) =

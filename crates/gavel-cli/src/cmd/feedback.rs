@@ -45,18 +45,39 @@ pub fn record_feedback(
         "feedback": reported,
     });
     let id = new_id("fbk")?;
-    // One feedback per decision: counting a second would let one caller weigh a decision, a
-    // group or a score as often as it likes.
-    if !store.claim_feedback(decision_id, &id)? {
-        return Err(Failure::invalid(format!(
-            "decision `{decision_id}` already has its feedback; one is counted per decision"
-        )));
+    // One feedback per decision, and one judgement (score, prediction, label, group) whether it
+    // comes with the outcome or the feedback: counting a second would let one caller weigh a
+    // decision, a group or a score as often as it likes.
+    let mut once = vec![format!("feedback:{decision_id}")];
+    if reported.judges() {
+        once.push(format!("judged:{decision_id}"));
     }
+    claim(store, decision_id, &once, &id)?;
     let receipt = ledger.record(RecordKind::Outcome, now(), &id, &record)?;
     Ok((
         json!({ "feedback_id": id, "decision_id": decision_id, "receipt": receipt }),
         deployment,
     ))
+}
+
+/// Claims `keys` (all or none) for `by`; refuses, naming what the decision already has.
+pub fn claim(
+    store: &dyn Store,
+    decision_id: &str,
+    keys: &[String],
+    by: &str,
+) -> Result<(), Failure> {
+    let Some(taken) = store.claim_reports(keys, by)? else {
+        return Ok(());
+    };
+    let what = if taken.starts_with("judged:") {
+        "a score, prediction, label or group (given with its outcome or feedback)"
+    } else {
+        "its feedback"
+    };
+    Err(Failure::invalid(format!(
+        "decision `{decision_id}` already has {what}; one is counted per decision"
+    )))
 }
 
 /// The CLI's options as a report.

@@ -107,3 +107,9 @@ pub fn breach(deployment: &str, signal: &str, event: &'static str) {
 pub fn alert(outcome: &'static str) {
     metrics::counter!("gavel_alerts_total", "outcome" => outcome).increment(1);
 }
+
+/// Monitoring could not evaluate a deployment this second (see the logs).
+pub fn monitor_failure(deployment: &str) {
+    metrics::counter!("gavel_monitor_failures_total", "deployment" => deployment.to_string())
+        .increment(1);
+}

@@ -256,13 +256,15 @@ async fn serve(
     tracing::info!("draining");
     let _ = stop_tx.send(true);
     let _ = watcher.await;
-    let _ = monitoring.await;
     if tokio::time::timeout(settings.drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout were cut");
     }
+    // After the drain: the requests it finished are counted in the last buckets written.
+    let _ = monitoring.await;
+    monitor::final_flush(gw.clone()).await;
     Ok(())
 }
 

@@ -48,14 +48,28 @@ struct Others {
 /// When a baseline was read, and what was read (None: the approval has none).
 type CachedBaseline = (i64, Option<Arc<Baseline>>);
 
+/// What one evaluation shares across deployments.
+#[derive(Clone, Copy)]
+struct Tick<'a> {
+    gw: &'a Gateway,
+    contract: &'a gavel_contract::Contract,
+    cfg: &'a Config,
+    from: i64,
+    at: Timestamp,
+}
+
 pub struct Monitor {
     /// This process's name on the rollup rows it writes.
     writer: String,
     bucket_ms: i64,
-    keep_ms: i64,
     series: RwLock<HashMap<String, Arc<Mutex<Series>>>>,
     /// Rows other processes wrote (an earlier run of this gateway, the CLI), parsed once.
     others: Mutex<Others>,
+    /// Per deployment, the first bucket after its last recovery (new breaches are judged from
+    /// there on; kept in memory: after a restart, the whole window counts again).
+    clean_since: Mutex<HashMap<String, i64>>,
+    /// How long series keep buckets (the window, which a reload may change).
+    keep_ms: std::sync::atomic::AtomicI64,
     /// Baselines by approval id, read at most every [`BASELINE_TTL_MS`].
     baselines: Mutex<HashMap<String, CachedBaseline>>,
     alerts: tokio::sync::mpsc::UnboundedSender<Value>,
@@ -70,7 +84,8 @@ impl Monitor {
         let monitor = Monitor {
             writer: new_id("gw")?,
             bucket_ms: cfg.bucket_ms,
-            keep_ms: cfg.window_ms + 2 * cfg.bucket_ms,
+            keep_ms: std::sync::atomic::AtomicI64::new(cfg.window_ms + 2 * cfg.bucket_ms),
+            clean_since: Mutex::default(),
             series: RwLock::default(),
             others: Mutex::default(),
             baselines: Mutex::default(),
@@ -86,7 +101,10 @@ impl Monitor {
         let mut all = self.series.write().ok()?;
         Some(
             all.entry(deployment.to_string())
-                .or_insert_with(|| Arc::new(Mutex::new(Series::new(self.bucket_ms, self.keep_ms))))
+                .or_insert_with(|| {
+                    let keep = self.keep_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    Arc::new(Mutex::new(Series::new(self.bucket_ms, keep)))
+                })
                 .clone(),
         )
     }
@@ -154,6 +172,7 @@ impl Monitor {
         let engine = gw.engine();
         let contract = engine.contract();
         let cfg = config_of(&contract.policy.monitoring);
+        self.keep_for(&cfg);
         let from = window_start(&cfg, at.millis());
         self.read_others(&gw.store, from, at.millis())?;
         let breaches: HashMap<String, Breach> = gw
@@ -166,6 +185,13 @@ impl Monitor {
         for a in gw.store.all_approvals()? {
             approvals.entry(a.deployment.clone()).or_default().push(a);
         }
+        let tick = Tick {
+            gw,
+            contract,
+            cfg: &cfg,
+            from,
+            at,
+        };
         for d in contract.deployments.values() {
             let active = breaches.get(&d.id);
             let covering = approvals
@@ -174,89 +200,118 @@ impl Monitor {
             if covering.is_none_or(|a| a.thresholds.is_empty()) && active.is_none() {
                 continue;
             }
-            let thresholds = covering.map(|a| a.thresholds.clone()).unwrap_or_default();
-            let baseline = match covering {
-                Some(a) => self.baseline(&gw.store, &a.id, at.millis())?,
-                None => None,
-            };
-            let baseline = baseline.as_deref();
-            let window = self.window(&d.id, from, at.millis() + 1);
-            let now_signals = signals(&window, baseline, &cfg);
-            let now_checks = checks(&now_signals, &thresholds, &cfg);
-            publish(&d.id, &now_checks);
-            let as_active = active.map(monitored);
-            let probe_checks = match as_active.as_ref().and_then(|a| a.probe_from(at.millis())) {
-                Some(probe_from) => {
-                    // Whole buckets after the probing started: the bucket it started in may
-                    // hold what caused the breach.
-                    let first =
-                        probe_from.div_euclid(cfg.bucket_ms) * cfg.bucket_ms + cfg.bucket_ms;
-                    let probes = self.window(&d.id, first.max(from), at.millis() + 1);
-                    checks(&signals(&probes, baseline, &cfg), &thresholds, &cfg)
+            // One deployment's failure (a corrupt baseline, a refused record) must not stop the
+            // others from being watched.
+            if let Err(e) = self.evaluate(&tick, d, active, covering) {
+                metrics::monitor_failure(&d.id);
+                tracing::error!(deployment = %d.id, error = %e.message, "monitoring could not evaluate this deployment");
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(
+        &self,
+        tick: &Tick<'_>,
+        d: &gavel_contract::Deployment,
+        active: Option<&Breach>,
+        covering: Option<&gavel_engine::Approval>,
+    ) -> Result<(), Failure> {
+        let Tick {
+            gw,
+            contract,
+            cfg,
+            from,
+            at,
+        } = *tick;
+        let thresholds = covering.map(|a| a.thresholds.clone()).unwrap_or_default();
+        let baseline = match covering {
+            Some(a) => self.baseline(&gw.store, &a.id, at.millis())?,
+            None => None,
+        };
+        let baseline = baseline.as_deref();
+        // After a recovery, a new breach is judged on what came after it: the buckets that
+        // caused the last one are still in the window.
+        let clean_since = self.clean_since(&d.id).unwrap_or(from).max(from);
+        let window = self.window(&d.id, clean_since, at.millis() + 1);
+        let now_signals = signals(&window, baseline, cfg);
+        let now_checks = checks(&now_signals, &thresholds, cfg);
+        publish(&d.id, &now_checks);
+        let as_active = active.map(monitored);
+        let probe_checks = match as_active.as_ref().and_then(|a| a.probe_from(at.millis())) {
+            Some(probe_from) => {
+                // Whole buckets after the probing started: the bucket it started in may
+                // hold what caused the breach.
+                let first = probe_from.div_euclid(cfg.bucket_ms) * cfg.bucket_ms + cfg.bucket_ms;
+                let probes = self.window(&d.id, first.max(from), at.millis() + 1);
+                checks(&signals(&probes, baseline, cfg), &thresholds, cfg)
+            }
+            None => Vec::new(),
+        };
+        match next_step(
+            as_active.as_ref(),
+            covering.map(|a| a.id.as_str()),
+            &now_checks,
+            &probe_checks,
+            cfg.min_samples,
+            at.millis(),
+        ) {
+            Step::Nothing => {}
+            Step::Start(check) => {
+                if let Some(approval) = covering {
+                    self.start(
+                        gw,
+                        contract,
+                        d,
+                        approval,
+                        &check,
+                        &now_signals.examples,
+                        cfg,
+                        at,
+                    )?;
                 }
-                None => Vec::new(),
-            };
-            let covering_id = covering.map(|a| a.id.as_str()).unwrap_or("");
-            match next_step(
-                as_active.as_ref(),
-                covering_id,
-                &now_checks,
-                &probe_checks,
-                at.millis(),
-            ) {
-                Step::Nothing => {}
-                Step::Start(check) => {
-                    if let Some(approval) = covering {
-                        self.start(
-                            gw,
-                            contract,
-                            d,
-                            approval,
-                            &check,
-                            &now_signals.examples,
-                            &cfg,
-                            at,
-                        )?;
-                    }
+            }
+            Step::Extend { until_ms, check } => {
+                if let Some(breach) = active {
+                    let extended = Breach {
+                        until: Some(Timestamp(until_ms)),
+                        value: check.value.unwrap_or(breach.value),
+                        ..breach.clone()
+                    };
+                    gw.ledger.record(RecordKind::CooldownStarted, at, &new_id("chg")?, &json!({
+                        "breach_id": breach.id, "deployment": d.id, "signal": breach.signal,
+                        "threshold": breach.threshold, "value": check.value, "limit": check.limit,
+                        "samples": check.samples, "until": extended.until,
+                        "why": "probes after the cooldown still breach the threshold",
+                    }))?;
+                    gw.store.update_breach(&extended)?;
+                    metrics::breach(&d.id, &breach.signal, "extended");
+                    tracing::warn!(deployment = %d.id, breach_id = %breach.id, "probes still breach; cooling down again");
                 }
-                Step::Extend { until_ms, check } => {
-                    if let Some(breach) = active {
-                        let extended = Breach {
-                            until: Some(Timestamp(until_ms)),
-                            value: check.value.unwrap_or(breach.value),
-                            ..breach.clone()
-                        };
-                        gw.ledger.record(RecordKind::CooldownStarted, at, &new_id("chg")?, &json!({
+            }
+            Step::Recover { why } => {
+                if let Some(breach) = active {
+                    let probe = probe_checks
+                        .iter()
+                        .find(|c| c.threshold == breach.threshold);
+                    gw.ledger.record(
+                        RecordKind::Recovery,
+                        at,
+                        &new_id("chg")?,
+                        &json!({
                             "breach_id": breach.id, "deployment": d.id, "signal": breach.signal,
-                            "threshold": breach.threshold, "value": check.value, "limit": check.limit,
-                            "samples": check.samples, "until": extended.until,
-                            "why": "probes after the cooldown still breach the threshold",
-                        }))?;
-                        gw.store.update_breach(&extended)?;
-                        metrics::breach(&d.id, &breach.signal, "extended");
-                        tracing::warn!(deployment = %d.id, breach_id = %breach.id, "probes still breach; cooling down again");
-                    }
-                }
-                Step::Recover { why } => {
-                    if let Some(breach) = active {
-                        let probe = probe_checks
-                            .iter()
-                            .find(|c| c.threshold == breach.threshold);
-                        gw.ledger.record(
-                            RecordKind::Recovery,
-                            at,
-                            &new_id("chg")?,
-                            &json!({
-                                "breach_id": breach.id, "deployment": d.id, "signal": breach.signal,
-                                "threshold": breach.threshold, "value": probe.and_then(|c| c.value),
-                                "limit": breach.limit, "samples": probe.map(|c| c.samples),
-                                "since": breach.since, "why": why,
-                            }),
-                        )?;
-                        gw.store.end_breach(&d.id)?;
-                        metrics::breach(&d.id, &breach.signal, "recovered");
-                        tracing::info!(deployment = %d.id, breach_id = %breach.id, %why, "recovered");
-                    }
+                            "threshold": breach.threshold, "value": probe.and_then(|c| c.value),
+                            "limit": breach.limit, "samples": probe.map(|c| c.samples),
+                            "since": breach.since, "why": why,
+                        }),
+                    )?;
+                    gw.store.end_breach(&d.id)?;
+                    self.set_clean_since(
+                        &d.id,
+                        at.millis().div_euclid(cfg.bucket_ms) * cfg.bucket_ms + cfg.bucket_ms,
+                    );
+                    metrics::breach(&d.id, &breach.signal, "recovered");
+                    tracing::info!(deployment = %d.id, breach_id = %breach.id, %why, "recovered");
                 }
             }
         }
@@ -321,10 +376,15 @@ impl Monitor {
             "runbook": use_case.and_then(|u| u.oncall.runbook.clone()),
             "example_decision_ids": examples,
         });
-        gw.ledger
-            .record(RecordKind::Breach, at, &breach.id, &alert)?;
+        // Stored first, so that a breach that is already in force (another evaluation got there)
+        // is not recorded twice; taken back if the ledger refuses the record, so that nothing
+        // acts on a breach the ledger does not hold.
         if !gw.store.start_breach(&breach)? {
             return Ok(());
+        }
+        if let Err(e) = gw.ledger.record(RecordKind::Breach, at, &breach.id, &alert) {
+            gw.store.end_breach(&d.id)?;
+            return Err(e);
         }
         metrics::breach(&d.id, &breach.signal, "started");
         tracing::warn!(deployment = %d.id, breach_id = %breach.id, threshold = %breach.threshold, value = breach.value, limit = breach.limit, "threshold breached");
@@ -354,6 +414,33 @@ impl Monitor {
         let baseline = baseline_of(store, approval_id)?.map(Arc::new);
         cache.insert(approval_id.to_string(), (now_ms, baseline.clone()));
         Ok(baseline)
+    }
+
+    /// Follows the window of the contract in force (a reload may lengthen it).
+    fn keep_for(&self, cfg: &Config) {
+        let keep = cfg.window_ms + 2 * cfg.bucket_ms;
+        let before = self
+            .keep_ms
+            .swap(keep, std::sync::atomic::Ordering::Relaxed);
+        if before != keep {
+            if let Ok(all) = self.series.read() {
+                for series in all.values() {
+                    if let Ok(mut s) = series.lock() {
+                        s.keep(keep);
+                    }
+                }
+            }
+        }
+    }
+
+    fn clean_since(&self, deployment: &str) -> Option<i64> {
+        self.clean_since.lock().ok()?.get(deployment).copied()
+    }
+
+    fn set_clean_since(&self, deployment: &str, from_ms: i64) {
+        if let Ok(mut all) = self.clean_since.lock() {
+            all.insert(deployment.to_string(), from_ms);
+        }
     }
 
     /// Drops the cached baseline of an approval (a new one was just recorded).
@@ -500,7 +587,7 @@ fn publish(deployment: &str, checks: &[Check]) {
     }
 }
 
-/// Checks once a second until `stop`, then writes the last buckets.
+/// Checks once a second until `stop` ([`final_flush`] writes what the drain adds).
 pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -522,8 +609,18 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
             tracing::warn!(error = %e, "old rollups could not be pruned");
         }
     }
+}
+
+/// Writes the last buckets, once the drain has finished the requests in flight.
+pub async fn final_flush(gw: Arc<Gateway>) {
     let worker = gw.clone();
-    let _ = tokio::task::spawn_blocking(move || worker.monitor.flush(&worker.store)).await;
+    match tokio::task::spawn_blocking(move || worker.monitor.flush(&worker.store)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e.message, "the last monitoring buckets could not be written")
+        }
+        Err(e) => tracing::error!(error = %e, "the last monitoring buckets were lost"),
+    }
 }
 
 /// Posts each alert to its webhook, retrying with backoff, and records in the ledger whether

@@ -163,6 +163,22 @@ fn drift_breaches_cools_down_alerts_once_and_recovers() {
     );
     assert_eq!(recorded.status, 200, "{}", recorded.body);
     assert_eq!(recorded.json()["values_per_feature"]["score"], 300);
+    let replaced = s.request(
+        "POST",
+        "/v1/admin/baselines",
+        Some(&t.risk),
+        Some(&json!({ "deployment": "kb-search-v1", "rows": [{ "score": 1.0 }] })),
+    );
+    assert_eq!(
+        replaced.status, 400,
+        "a baseline is captured once per approval: {}",
+        replaced.body
+    );
+    assert!(
+        replaced.body.contains("already has its baseline"),
+        "{}",
+        replaced.body
+    );
     let refused = s.request(
         "POST",
         "/v1/admin/baselines",
@@ -384,6 +400,28 @@ fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
         "{}",
         twice.body
     );
+    // A judgement (score, prediction, label, group) counts once, with the outcome or the feedback.
+    let second = s.request("POST", "/v1/decide", Some(&r.service), Some(&kb_request()));
+    let second = second.json()["decision_id"].as_str().unwrap().to_string();
+    let judged = s.request("POST", "/v1/outcome", Some(&r.service), Some(&json!({ "decision_id": second,
+        "deployment": "kb-search-v1", "usage": { "prompt_tokens": 1, "completion_tokens": 1 }, "score": 0.2 })));
+    assert_eq!(judged.status, 200, "{}", judged.body);
+    let rejudged = feedback(json!({ "decision_id": second, "score": 0.9 }), &r.service);
+    assert_eq!(rejudged.status, 400, "{}", rejudged.body);
+    assert!(
+        rejudged.body.contains("already has a score"),
+        "{}",
+        rejudged.body
+    );
+    let features_only = feedback(
+        json!({ "decision_id": second, "features": { "x": 1 } }),
+        &r.service,
+    );
+    assert_eq!(
+        features_only.status, 200,
+        "features alone judge nothing: {}",
+        features_only.body
+    );
     let recorded = s.request(
         "GET",
         "/v1/audit/records?kind=outcome&deployment=kb-search-v1",
@@ -392,9 +430,10 @@ fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
     );
     assert_eq!(
         recorded.body.lines().count(),
-        2,
-        "one outcome and one feedback: {}",
-        recorded.body
+        4,
+        "two outcomes and two feedbacks: {} (the last feedback said {})",
+        recorded.body,
+        features_only.body
     );
     assert!(
         recorded.body.contains("\"latency_ms\":3.5"),
