@@ -187,6 +187,15 @@ async fn serve(
     ));
     let monitoring = tokio::spawn(monitor::run(gw.clone(), stop_rx));
     tokio::spawn(monitor::deliver_alerts(gw.clone(), alert_queue));
+    let pager = gw.clone();
+    tokio::task::spawn_blocking(move || match pager.monitor.resend_undelivered(&pager) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            alerts = n,
+            "paging again for breaches whose alert was not delivered"
+        ),
+        Err(e) => tracing::error!(error = %e.message, "could not look for undelivered alerts"),
+    });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)

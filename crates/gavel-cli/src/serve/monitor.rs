@@ -443,6 +443,53 @@ impl Monitor {
         }
     }
 
+    /// Pages again for breaches still in force whose alert the ledger does not show delivered
+    /// (the gateway stopped while it was being sent, or every attempt failed).
+    pub fn resend_undelivered(&self, gw: &Gateway) -> Result<usize, Failure> {
+        let reader = gw.ledger_reader()?;
+        let mut resent = 0;
+        for breach in gw.store.breaches()? {
+            let filter = gavel_ledger_sqlite::ExportFilter {
+                kind: Some(RecordKind::Admin),
+                deployment: Some(breach.deployment.clone()),
+                newest_first: true,
+                limit: Some(200),
+                ..Default::default()
+            };
+            let delivered = reader
+                .query(&filter)
+                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+                .iter()
+                .any(|e| {
+                    e.record.body["action"] == "alert_delivered"
+                        && e.record.body["breach_id"] == breach.id.as_str()
+                });
+            if delivered {
+                continue;
+            }
+            let recorded = reader
+                .record_by_id(&breach.id)
+                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?;
+            let webhook = gw
+                .engine()
+                .contract()
+                .deployment(&breach.deployment)
+                .and_then(|d| {
+                    gw.engine()
+                        .contract()
+                        .use_case_of(d)
+                        .map(|u| u.oncall.webhook.clone())
+                });
+            if let (Some(entry), Some(webhook)) = (recorded, webhook) {
+                let _ = self
+                    .alerts
+                    .send(json!({ "webhook": webhook, "alert": entry.record.body }));
+                resent += 1;
+            }
+        }
+        Ok(resent)
+    }
+
     /// Drops the cached baseline of an approval (a new one was just recorded).
     pub fn forget_baseline(&self, approval_id: &str) {
         if let Ok(mut cache) = self.baselines.lock() {

@@ -5,48 +5,15 @@
 //! breaches, the next decide is refused (`contract.breach.fairness`), the on-call webhook gets
 //! exactly one alert and the ledger holds the breach.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::hooks::{records, until, webhook};
 use super::serve::Server;
 use super::Gavel;
 
 const DEPLOYMENT: &str = "offer-select-v1";
-
-/// A webhook receiver on loopback that keeps every JSON body it is sent.
-fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook/offers", listener.local_addr().unwrap());
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = received.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok() {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
-        }
-    });
-    (url, received)
-}
 
 /// Outcomes of one group in one phase: how many of each (prediction, label).
 struct Cell {
@@ -121,31 +88,6 @@ fn interleaved(cells: &[Cell]) -> Vec<(&'static str, bool, bool)> {
     let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
     (0..longest)
         .flat_map(|i| lists.iter().filter_map(move |l| l.get(i).copied()))
-        .collect()
-}
-
-fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn records(s: &Server, key: &str, kind: &str) -> Vec<Value> {
-    let r = s.request(
-        "GET",
-        &format!("/v1/audit/records?kind={kind}"),
-        Some(key),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 

@@ -13,6 +13,7 @@ mod audit;
 mod bad_input;
 mod drift;
 mod fairness;
+mod hooks;
 mod monitoring;
 mod roles;
 mod serve;
@@ -180,17 +181,8 @@ impl Ready {
 
     /// As `start`, with the contract edited by `edit` before it is applied.
     pub fn start_with(edit: impl FnOnce(&str) -> String) -> Ready {
-        let g = Gavel::init();
-        let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
-        std::fs::write(g.path("gavel.yaml"), edit(&yaml)).unwrap();
-        let operator = g.key("olga", "operator", None);
-        let risk = g.key("rita", "approver", Some("risk"));
-        let engineering = g.key("emil", "approver", Some("engineering"));
-        let service = g.key("svc-wiki", "service", None);
-        let auditor = g.key("audrey", "auditor", None);
-        g.run(Some(&operator), &["apply"]).ok();
-        g.run(
-            Some(&risk),
+        Ready::start_approving(
+            edit,
             &[
                 "approve",
                 "kb-search-v1",
@@ -202,7 +194,21 @@ impl Ready {
                 "cooldown:15m",
             ],
         )
-        .ok();
+    }
+
+    /// As `start_with`, with the approval `approve` (the arguments of `gavel approve`, run
+    /// with the risk approver's key) instead of the default one.
+    pub fn start_approving(edit: impl FnOnce(&str) -> String, approve: &[&str]) -> Ready {
+        let g = Gavel::init();
+        let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+        std::fs::write(g.path("gavel.yaml"), edit(&yaml)).unwrap();
+        let operator = g.key("olga", "operator", None);
+        let risk = g.key("rita", "approver", Some("risk"));
+        let engineering = g.key("emil", "approver", Some("engineering"));
+        let service = g.key("svc-wiki", "service", None);
+        let auditor = g.key("audrey", "auditor", None);
+        g.run(Some(&operator), &["apply"]).ok();
+        g.run(Some(&risk), approve).ok();
         Ready {
             g,
             operator,

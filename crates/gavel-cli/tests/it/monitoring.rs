@@ -3,79 +3,27 @@
 //! exactly one alert, the ledger has the breach and the recovery, and recovery follows the
 //! signal's return.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::hooks::{failing_webhook, records, until, webhook};
 use super::serve::Server;
-use super::{kb_request, Gavel};
-
-/// A webhook receiver on loopback that keeps every JSON body it is sent.
-fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/hook/secret-token",
-        listener.local_addr().unwrap()
-    );
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let sink = received.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok() {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    sink.lock().unwrap().push(v);
-                }
-            }
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
-        }
-    });
-    (url, received)
-}
-
-struct Setup {
-    g: Gavel,
-    operator: String,
-    risk: String,
-    service: String,
-    auditor: String,
-}
+use super::{kb_request, Ready};
 
 /// The example with a short window, kb-search-v1 paging `hook`, no per-principal request
-/// budget in the way, and an approval with a drift threshold and a 3 s cooldown on breach.
-fn setup(hook: &str) -> Setup {
-    let g = Gavel::init();
-    let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
-    let yaml = yaml
-        .replacen(
-            "oncall: { webhook: \"https://hooks.acme.example/pager/platform\" }",
-            &format!("oncall: {{ webhook: \"{hook}\", runbook: \"https://wiki.acme.example/runbooks/kb\" }}"),
-            1,
-        )
-        .replace("window: 1m, requests: 120", "window: 1m, requests: 100000")
-        .replace("monitoring:  { window: 5m, bucket: 10s, min_samples: 20, drift_bins: 10, drift_min_samples: 50,", "monitoring:  { window: 8s, bucket: 1s, min_samples: 20, drift_bins: 10, drift_min_samples: 30,");
-    std::fs::write(g.path("gavel.yaml"), yaml).unwrap();
-    let operator = g.key("olga", "operator", None);
-    let risk = g.key("rita", "approver", Some("risk"));
-    let service = g.key("svc-wiki", "service", None);
-    let auditor = g.key("audrey", "auditor", None);
-    g.run(Some(&operator), &["apply"]).ok();
-    g.run(
-        Some(&risk),
+/// budget in the way, and an approval with drift thresholds and a 3 s cooldown on breach.
+fn setup(hook: &str) -> Ready {
+    Ready::start_approving(
+        |yaml| {
+            yaml.replacen(
+                "oncall: { webhook: \"https://hooks.acme.example/pager/platform\" }",
+                &format!("oncall: {{ webhook: \"{hook}\", runbook: \"https://wiki.acme.example/runbooks/kb\" }}"),
+                1,
+            )
+            .replace("window: 1m, requests: 120", "window: 1m, requests: 100000")
+            .replace("monitoring:  { window: 5m, bucket: 10s, min_samples: 20, drift_bins: 10, drift_min_samples: 50,", "monitoring:  { window: 8s, bucket: 1s, min_samples: 20, drift_bins: 10, drift_min_samples: 30,")
+        },
         &[
             "approve",
             "kb-search-v1",
@@ -91,14 +39,6 @@ fn setup(hook: &str) -> Setup {
             "drift=1.0",
         ],
     )
-    .ok();
-    Setup {
-        g,
-        operator,
-        risk,
-        service,
-        auditor,
-    }
 }
 
 /// A decision and its outcome with `score` as a declared feature; the decision's HTTP status.
@@ -114,31 +54,6 @@ fn served(s: &Server, key: &str, score: f64) -> u16 {
     let reported = s.request("POST", "/v1/outcome", Some(key), Some(&outcome));
     assert_eq!(reported.status, 200, "{}", reported.body);
     200
-}
-
-fn records(s: &Server, key: &str, kind: &str) -> Vec<Value> {
-    let r = s.request(
-        "GET",
-        &format!("/v1/audit/records?kind={kind}"),
-        Some(key),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }
 
 /// Scores spread evenly over [0, 1), as the baseline; shifted ones sit in [0.8, 1.0).
@@ -440,4 +355,72 @@ fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
         "the report is in the outcome record: {}",
         recorded.body
     );
+}
+
+/// An alert the gateway could not deliver before it stopped is sent when it starts again, and
+/// its delivery is recorded: the on-call is paged once the webhook answers.
+#[test]
+fn an_undelivered_alert_is_sent_after_a_restart() {
+    let (hook, alerts, failing) = failing_webhook(true);
+    let t = setup(&hook);
+    let s = Server::start(&t.g, &t.operator, &[]);
+    let rows: Vec<Value> = (0..300)
+        .map(|i| json!({ "score": in_distribution(i) }))
+        .collect();
+    let recorded = s.request(
+        "POST",
+        "/v1/admin/baselines",
+        Some(&t.risk),
+        Some(&json!({ "deployment": "kb-search-v1", "rows": rows })),
+    );
+    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    for i in 0..60 {
+        served(&s, &t.service, 0.8 + in_distribution(i) / 5.0);
+    }
+    assert!(
+        until(Duration::from_secs(8), || !alerts
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "no alert attempt"
+    );
+    let breach_id = alerts.lock().unwrap()[0]["breach_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.stop();
+    let delivered = |s: &Server| {
+        records(s, &t.auditor, "admin").iter().any(|r| {
+            r["body"]["action"] == "alert_delivered" && r["body"]["breach_id"] == breach_id.as_str()
+        })
+    };
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let again = Server::start(&t.g, &t.operator, &[]);
+    assert!(
+        until(Duration::from_secs(8), || delivered(&again)),
+        "the alert was not sent again"
+    );
+    let received = alerts.lock().unwrap().clone();
+    assert!(
+        received.len() >= 2,
+        "a failed attempt, then the delivery: {received:#?}"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|a| a["breach_id"] == breach_id.as_str()),
+        "{received:#?}"
+    );
+    // Delivered once: the next start finds the delivery in the ledger and pages no more.
+    again.stop();
+    let count = received.len();
+    let third = Server::start(&t.g, &t.operator, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        alerts.lock().unwrap().len(),
+        count,
+        "paged again although delivered"
+    );
+    third.stop();
 }
