@@ -61,12 +61,8 @@ fn in_distribution(i: usize) -> f64 {
     ((i * 37) % 100) as f64 / 100.0
 }
 
-#[test]
-fn drift_breaches_cools_down_alerts_once_and_recovers() {
-    let (hook, alerts) = webhook();
-    let t = setup(&hook);
-    let s = Server::start(&t.g, &t.operator, &[]);
-
+/// Records 300 in-distribution scores as kb-search-v1's baseline, as the risk approver.
+fn record_baseline(s: &Server, t: &Ready) -> super::serve::Reply {
     let rows: Vec<Value> = (0..300)
         .map(|i| json!({ "score": in_distribution(i) }))
         .collect();
@@ -77,6 +73,16 @@ fn drift_breaches_cools_down_alerts_once_and_recovers() {
         Some(&json!({ "deployment": "kb-search-v1", "rows": rows, "label": "evals/kb.jsonl" })),
     );
     assert_eq!(recorded.status, 200, "{}", recorded.body);
+    recorded
+}
+
+#[test]
+fn drift_breaches_cools_down_alerts_once_and_recovers() {
+    let (hook, alerts) = webhook();
+    let t = setup(&hook);
+    let s = Server::start(&t.g, &t.operator, &[]);
+
+    let recorded = record_baseline(&s, &t);
     assert_eq!(recorded.json()["values_per_feature"]["score"], 300);
     let replaced = s.request(
         "POST",
@@ -364,16 +370,7 @@ fn an_undelivered_alert_is_sent_after_a_restart() {
     let (hook, alerts, failing) = failing_webhook(true);
     let t = setup(&hook);
     let s = Server::start(&t.g, &t.operator, &[]);
-    let rows: Vec<Value> = (0..300)
-        .map(|i| json!({ "score": in_distribution(i) }))
-        .collect();
-    let recorded = s.request(
-        "POST",
-        "/v1/admin/baselines",
-        Some(&t.risk),
-        Some(&json!({ "deployment": "kb-search-v1", "rows": rows })),
-    );
-    assert_eq!(recorded.status, 200, "{}", recorded.body);
+    record_baseline(&s, &t);
     for i in 0..60 {
         served(&s, &t.service, 0.8 + in_distribution(i) / 5.0);
     }
