@@ -78,6 +78,14 @@ def main():
     server = subprocess.Popen([gavel, "serve", "--listen", "127.0.0.1:0"], cwd=folder,
                               env=dict(os.environ, GAVEL_KEY=operator), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     addr = server.stdout.readline().strip().split("://", 1)[1]
+    try:
+        measure(args, gavel, folder, names, addr, risk, service, auditor)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def measure(args, gavel, folder, names, addr, risk, service, auditor):
     baseline = [{"prompt_tokens": 50 + (i * 7) % 400, "output_tokens": 20 + (i * 13) % 300, "topic": f"t{i % 7}"} for i in range(500)]
     started = time.time()
     for n in names:
@@ -119,8 +127,6 @@ def main():
 
     cli_times, cli_out = timed(lambda: run(gavel, folder, auditor, "status", "--json"))
     api_times, api_out = timed(lambda: http(addr, "GET", "/v1/status", auditor))
-    server.terminate()
-    server.wait()
     status = json.loads(cli_out)
     rows_with_checks = sum(1 for d in status["deployments"] if d["checks"])
     sample = next(d for d in status["deployments"] if d["deployment"] == names[1])
