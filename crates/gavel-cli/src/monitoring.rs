@@ -243,9 +243,13 @@ pub fn stored_windows(
     only: Option<&str>,
 ) -> Result<HashMap<String, Bucket>, Failure> {
     let rows = store.rollups_since(window_start(cfg, now.millis()), only)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    // Threads pay off only for thousands of rows (a window of many deployments).
+    let threads = match rows.len() {
+        0..2048 => 1,
+        _ => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8),
+    };
     let chunk = rows.len().div_ceil(threads).max(1);
     let parts: Vec<HashMap<String, Bucket>> = std::thread::scope(|scope| {
         let workers: Vec<_> = rows
@@ -281,27 +285,70 @@ pub fn window_start(cfg: &Config, now_ms: i64) -> i64 {
     (now_ms - cfg.window_ms).div_euclid(cfg.bucket_ms) * cfg.bucket_ms + cfg.bucket_ms
 }
 
-/// Writes one observation as a rollup row of its own (for one-shot writers such as the CLI;
-/// rows add up, so nothing is read back or overwritten).
+/// A reported outcome or feedback once recorded: the answer for the caller, and what
+/// monitoring counts on which deployment.
+pub struct Recorded {
+    pub answer: Value,
+    pub deployment: String,
+    pub observed: Outcome,
+}
+
+/// Writes what a one-shot writer such as the CLI observed as a rollup row of its own (rows add
+/// up, so nothing is read back or overwritten).
 pub fn record_once(
     store: &dyn Store,
     contract: &Contract,
-    deployment: &str,
+    recorded: &Recorded,
     writer_id: &str,
     at: Timestamp,
-    fill: impl FnOnce(&mut Bucket),
 ) -> Result<(), Failure> {
     let cfg = config_of(&contract.policy.monitoring);
     let mut bucket = Bucket::default();
-    fill(&mut bucket);
+    bucket.record_outcome(&recorded.observed);
     let body = bucket.to_bytes().map_err(Failure::storage)?;
     store.save_rollups(&[Rollup {
-        deployment: deployment.to_string(),
+        deployment: recorded.deployment.clone(),
         start_ms: at.millis().div_euclid(cfg.bucket_ms) * cfg.bucket_ms,
         writer: writer_id.to_string(),
         body,
     }])?;
     Ok(())
+}
+
+/// The bodies of a deployment's latest `limit` ledger records of `kind`, newest first.
+pub fn newest_records(
+    sink: &gavel_ledger_sqlite::SqliteLedgerSink,
+    kind: gavel_ledger::RecordKind,
+    deployment: &str,
+    limit: u64,
+) -> Result<Vec<Value>, Failure> {
+    let filter = gavel_ledger_sqlite::ExportFilter {
+        kind: Some(kind),
+        deployment: Some(deployment.to_string()),
+        limit: Some(limit),
+        newest_first: true,
+        ..Default::default()
+    };
+    Ok(sink
+        .query(&filter)
+        .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+        .into_iter()
+        .map(|entry| entry.record.body)
+        .collect())
+}
+
+/// The recorded attempts to page a deployment's on-call (`alert_delivered`, `alert_failed`),
+/// newest first.
+pub fn alert_deliveries(
+    sink: &gavel_ledger_sqlite::SqliteLedgerSink,
+    deployment: &str,
+) -> Result<Vec<Value>, Failure> {
+    Ok(
+        newest_records(sink, gavel_ledger::RecordKind::Admin, deployment, 200)?
+            .into_iter()
+            .filter(|r| r["action"] == "alert_delivered" || r["action"] == "alert_failed")
+            .collect(),
+    )
 }
 
 /// The baseline recorded with an approval, if any.

@@ -17,7 +17,7 @@ use crate::context::out;
 use crate::context::{new_id, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
-use crate::monitoring::{record_once, Reported};
+use crate::monitoring::{record_once, Recorded, Reported};
 
 /// Input larger than this is refused whole: a decide batch is requests, not a data dump.
 const MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -306,21 +306,8 @@ pub fn outcome(
     );
     ledger.close()?;
     let settled = settled?;
-    let observed = reported.outcome(
-        decision_id,
-        true,
-        Some(&usage),
-        engine.usd_micros(deployment, &usage),
-    );
-    record_once(
-        &store,
-        engine.contract(),
-        deployment,
-        &new_id("cli")?,
-        now(),
-        |b| b.record_outcome(&observed),
-    )?;
-    out!("{settled}");
+    record_once(&store, engine.contract(), &settled, &new_id("cli")?, now())?;
+    out!("{}", settled.answer);
     Ok(())
 }
 
@@ -361,7 +348,7 @@ pub fn settle_outcome(
     deployment: &str,
     usage: &Usage,
     reported: &Reported,
-) -> Result<serde_json::Value, Failure> {
+) -> Result<Recorded, Failure> {
     if engine.contract().deployment(deployment).is_none() {
         return Err(Failure::invalid(format!(
             "deployment `{deployment}` is not in the contract"
@@ -398,9 +385,16 @@ pub fn settle_outcome(
     }
     let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
     match engine.settle(store, decision_id, deployment, usage, at)? {
-        Settled::Settled => {
-            Ok(json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }))
-        }
+        Settled::Settled => Ok(Recorded {
+            answer: json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }),
+            deployment: deployment.to_string(),
+            observed: reported.outcome(
+                decision_id,
+                true,
+                Some(usage),
+                engine.usd_micros(deployment, usage),
+            ),
+        }),
         // Another report settled it between the check and here.
         Settled::Unknown => Err(no_open_reservation(decision_id)),
     }

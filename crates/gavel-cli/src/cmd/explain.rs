@@ -17,7 +17,9 @@ use gavel_monitor::CheckState;
 use crate::context::out;
 use crate::context::{now, print_json, Context};
 use crate::failure::{Failure, Outcome};
-use crate::monitoring::{config_of, status, stored_windows, DeploymentStatus};
+use crate::monitoring::{
+    alert_deliveries, config_of, newest_records, status, stored_windows, DeploymentStatus,
+};
 
 pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
     let contract = ctx.load_contract()?.contract;
@@ -270,27 +272,8 @@ pub fn gather<'a>(
     let performance = status(contract, store, &windows, at, Some(&d.id))?
         .pop()
         .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
-    let newest =
-        |kind: gavel_ledger::RecordKind, limit: u64| -> Result<Vec<serde_json::Value>, Failure> {
-            let filter = gavel_ledger_sqlite::ExportFilter {
-                kind: Some(kind),
-                deployment: Some(d.id.clone()),
-                limit: Some(limit),
-                newest_first: true,
-                ..Default::default()
-            };
-            Ok(sink
-                .query(&filter)
-                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
-                .into_iter()
-                .map(|entry| entry.record.body)
-                .collect())
-        };
-    let breaches = newest(gavel_ledger::RecordKind::Breach, 5)?;
-    let pages: Vec<serde_json::Value> = newest(gavel_ledger::RecordKind::Admin, 50)?
-        .into_iter()
-        .filter(|r| r["action"] == "alert_delivered" || r["action"] == "alert_failed")
-        .collect();
+    let breaches = newest_records(sink, gavel_ledger::RecordKind::Breach, &d.id, 5)?;
+    let pages = alert_deliveries(sink, &d.id)?;
     let why_not = match &covering {
         Ok(_) => None,
         Err(NotCovered::Missing) => {

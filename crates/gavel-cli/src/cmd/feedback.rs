@@ -11,10 +11,9 @@ use crate::cmd::decide::own_decision;
 use crate::context::{new_id, now, out, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
-use crate::monitoring::{feature_value, record_once, Reported};
+use crate::monitoring::{feature_value, record_once, Recorded, Reported};
 
-/// Checks that `reported` is feedback (a judgement, not a run) and records it. Returns the
-/// answer and the deployment the decision was made on.
+/// Checks that `reported` is feedback (a judgement, not a run) and records it.
 pub fn record_feedback(
     store: &dyn Store,
     ledger: &Ledger,
@@ -22,7 +21,7 @@ pub fn record_feedback(
     who: &str,
     decision_id: &str,
     reported: &Reported,
-) -> Result<(Value, String), Failure> {
+) -> Result<Recorded, Failure> {
     if reported.latency_ms.is_some()
         || reported.success.is_some()
         || reported.fallback_used.is_some()
@@ -54,10 +53,11 @@ pub fn record_feedback(
     }
     claim(store, decision_id, &once, &id)?;
     let receipt = ledger.record(RecordKind::Outcome, now(), &id, &record)?;
-    Ok((
-        json!({ "feedback_id": id, "decision_id": decision_id, "receipt": receipt }),
+    Ok(Recorded {
+        answer: json!({ "feedback_id": id, "decision_id": decision_id, "receipt": receipt }),
         deployment,
-    ))
+        observed: reported.outcome(decision_id, false, None, 0),
+    })
 }
 
 /// Claims `keys` (all or none) for `by`; refuses, naming what the decision already has.
@@ -130,16 +130,8 @@ pub fn run(ctx: &Context, decision_id: &str, args: FeedbackArgs) -> Outcome {
     let ledger = Ledger::open(&ctx.db_path)?;
     let recorded = record_feedback(&store, &ledger, &sink, &who, decision_id, &reported);
     ledger.close()?;
-    let (answer, deployment) = recorded?;
-    let observed = reported.outcome(decision_id, false, None, 0);
-    record_once(
-        &store,
-        &loaded.contract,
-        &deployment,
-        &new_id("cli")?,
-        now(),
-        |b| b.record_outcome(&observed),
-    )?;
-    out!("{answer}");
+    let recorded = recorded?;
+    record_once(&store, &loaded.contract, &recorded, &new_id("cli")?, now())?;
+    out!("{}", recorded.answer);
     Ok(())
 }

@@ -85,9 +85,8 @@ pub async fn outcome(
         })?;
     let reported = reported(fields)?;
     blocking(move || {
-        let engine = gw.engine();
-        let settled = settle_outcome(
-            &engine,
+        let recorded = settle_outcome(
+            &gw.engine(),
             &gw.store,
             &gw.ledger,
             &*gw.ledger_reader()?,
@@ -97,12 +96,9 @@ pub async fn outcome(
             &usage,
             &reported,
         )?;
-        let usd = engine.usd_micros(&deployment, &usage);
-        gw.monitor.record_outcome(
-            &deployment,
-            &reported.outcome(&decision_id, true, Some(&usage), usd),
-        );
-        Ok(settled)
+        gw.monitor
+            .record_outcome(&recorded.deployment, &recorded.observed);
+        Ok(recorded.answer)
     })
     .await
     .map(Json)
@@ -119,7 +115,7 @@ pub async fn feedback(
     let decision_id = take_string(&mut fields, "decision_id")?;
     let reported = reported(fields)?;
     blocking(move || {
-        let (answer, deployment) = record_feedback(
+        let recorded = record_feedback(
             &gw.store,
             &gw.ledger,
             &*gw.ledger_reader()?,
@@ -128,8 +124,8 @@ pub async fn feedback(
             &reported,
         )?;
         gw.monitor
-            .record_outcome(&deployment, &reported.outcome(&decision_id, false, None, 0));
-        Ok(answer)
+            .record_outcome(&recorded.deployment, &recorded.observed);
+        Ok(recorded.answer)
     })
     .await
     .map(Json)

@@ -23,7 +23,7 @@ use super::gateway::Gateway;
 use super::metrics;
 use crate::context::{new_id, now};
 use crate::failure::Failure;
-use crate::monitoring::{add_row, baseline_of, config_of, window_start};
+use crate::monitoring::{add_row, alert_deliveries, baseline_of, config_of, window_start};
 
 /// How long a baseline read from storage is used before it is read again (a new one recorded
 /// through this gateway is seen at once: the route forgets the cached one).
@@ -449,21 +449,9 @@ impl Monitor {
         let reader = gw.ledger_reader()?;
         let mut resent = 0;
         for breach in gw.store.breaches()? {
-            let filter = gavel_ledger_sqlite::ExportFilter {
-                kind: Some(RecordKind::Admin),
-                deployment: Some(breach.deployment.clone()),
-                newest_first: true,
-                limit: Some(200),
-                ..Default::default()
-            };
-            let delivered = reader
-                .query(&filter)
-                .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+            let delivered = alert_deliveries(&reader, &breach.deployment)?
                 .iter()
-                .any(|e| {
-                    e.record.body["action"] == "alert_delivered"
-                        && e.record.body["breach_id"] == breach.id.as_str()
-                });
+                .any(|r| r["action"] == "alert_delivered" && r["breach_id"] == breach.id.as_str());
             if delivered {
                 continue;
             }

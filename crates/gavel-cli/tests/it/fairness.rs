@@ -117,7 +117,7 @@ fn close(value: &Value, expected: f64) {
 /// The status once it has counted `n` outcomes (rollups are written once a second).
 fn status_with(s: &Server, auditor: &str, n: u64) -> Value {
     let mut d = Value::Null;
-    let counted = until(Duration::from_secs(5), || {
+    let counted = until(Duration::from_secs(15), || {
         d = deployment(&s.request("GET", "/v1/status", Some(auditor), None).json());
         d["signals"]["fairness"]["groups"]
             .as_array()
@@ -260,7 +260,7 @@ fn four_fifths_rule_breaches_on_exact_group_rates_and_alerts_once() {
     // The breach is in force: the next decide is COOLDOWN contract.breach.fairness, 503.
     let mut refused = None;
     assert!(
-        until(Duration::from_secs(5), || {
+        until(Duration::from_secs(15), || {
             let r = s.request("POST", "/v1/decide", Some(&service), Some(&task));
             let hit = r.status != 200;
             refused = Some(r);
@@ -284,7 +284,7 @@ fn four_fifths_rule_breaches_on_exact_group_rates_and_alerts_once() {
     );
 
     // Exactly one alert, naming what the on-call needs.
-    assert!(until(Duration::from_secs(5), || !alerts
+    assert!(until(Duration::from_secs(15), || !alerts
         .lock()
         .unwrap()
         .is_empty()));
@@ -310,7 +310,7 @@ fn four_fifths_rule_breaches_on_exact_group_rates_and_alerts_once() {
     assert_eq!(breaches[0]["id"], alert["breach_id"]);
     assert_eq!(breaches[0]["body"]["deployment"], DEPLOYMENT);
     assert_eq!(breaches[0]["body"]["signal"], "fairness");
-    assert!(until(Duration::from_secs(5), || {
+    assert!(until(Duration::from_secs(15), || {
         records(&s, &auditor, "admin")
             .iter()
             .any(|r| r["body"]["action"] == "alert_delivered")

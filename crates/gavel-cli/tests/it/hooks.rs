@@ -58,7 +58,8 @@ pub fn failing_webhook(failing: bool) -> (String, Arc<Mutex<Vec<Value>>>, Arc<At
     (url, received, failing)
 }
 
-/// Polls `done` every 100 ms until it holds or `limit` has passed.
+/// Polls `done` every 100 ms until it holds or `limit` has passed (a deadline for something
+/// that happens in the background, generous for a loaded machine; not a speed measurement).
 pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {

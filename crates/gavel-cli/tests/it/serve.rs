@@ -840,7 +840,7 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
 }
 
 fn wait_for(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if done() {
             return true;
