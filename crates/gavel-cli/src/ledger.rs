@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use gavel_contract::time::Timestamp;
 use gavel_ledger::{
-    Appender, AppenderConfig, BatchObserver, NoteSigner, Pending, Receipt, Record, RecordKind,
+    Appender, AppenderConfig, BatchObserver, Durable, NoteSigner, Pending, Receipt, Record,
+    RecordKind,
 };
 use gavel_ledger_sqlite::SqliteLedgerSink;
 
@@ -145,11 +146,37 @@ impl Ledger {
         id: &str,
         body: &B,
     ) -> Result<Pending, Failure> {
-        let record = Record::new(kind, at.millis(), id, body)
-            .map_err(|e| Failure::storage(format!("cannot encode a ledger record: {e}")))?;
         self.appender
-            .submit(&record)
-            .map_err(|e| Failure::storage(format!("the ledger refused a record: {e}")))
+            .submit(&encode(kind, at, id, body)?)
+            .map_err(refused)
+    }
+
+    /// [`Ledger::submit`] for async callers: await the returned `Durable`.
+    pub fn submit_async<B: Serialize>(
+        &self,
+        kind: RecordKind,
+        at: Timestamp,
+        id: &str,
+        body: &B,
+    ) -> Result<Durable, Failure> {
+        self.appender
+            .submit_async(&encode(kind, at, id, body)?)
+            .map_err(refused)
+    }
+
+    /// Queues a record nobody waits on before acting (what happened after an answer was
+    /// sent): it rides with the next commit someone waits on, or goes on its own within
+    /// the appender's background delay (10 ms).
+    pub fn submit_background<B: Serialize>(
+        &self,
+        kind: RecordKind,
+        at: Timestamp,
+        id: &str,
+        body: &B,
+    ) -> Result<Pending, Failure> {
+        self.appender
+            .submit_background(&encode(kind, at, id, body)?)
+            .map_err(refused)
     }
 
     /// Queues a governance change by `principal` under a fresh id; durable once resolved.
@@ -216,6 +243,20 @@ pub fn record_change(
     let receipt = ledger.record_change(kind, at, principal, action, details)?;
     ledger.close()?;
     Ok(receipt)
+}
+
+fn encode<B: Serialize>(
+    kind: RecordKind,
+    at: Timestamp,
+    id: &str,
+    body: &B,
+) -> Result<Record, Failure> {
+    Record::new(kind, at.millis(), id, body)
+        .map_err(|e| Failure::storage(format!("cannot encode a ledger record: {e}")))
+}
+
+fn refused(e: gavel_ledger::LedgerError) -> Failure {
+    Failure::storage(format!("the ledger refused a record: {e}"))
 }
 
 pub fn wait(pending: Pending) -> Result<Receipt, Failure> {

@@ -19,7 +19,7 @@ use gavel_ledger::payload::PayloadError;
 use gavel_ledger::proof::ProofFailure;
 use gavel_ledger::record::RecordError;
 use gavel_ledger::{AppendRecord, LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -170,6 +170,32 @@ pub fn wait_for_writer(attempt: i32) -> bool {
     true
 }
 
+/// Runs `work` inside `BEGIN IMMEDIATE` (the write lock taken up front) and commits if it returns
+/// Ok; rolls back if it fails, if the commit fails or if it panics. BEGIN and COMMIT are
+/// prepared once per connection: `Connection::transaction` parses them anew each time, which
+/// was a visible share of every decision's and every ledger commit's CPU.
+pub fn immediate<T, E: From<rusqlite::Error>>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    struct Open<'c>(Option<&'c Connection>);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            if let Some(conn) = self.0 {
+                let _ = conn
+                    .prepare_cached("ROLLBACK")
+                    .and_then(|mut s| s.execute([]));
+            }
+        }
+    }
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let mut open = Open(Some(conn));
+    let value = work(conn)?;
+    conn.prepare_cached("COMMIT")?.execute([])?;
+    open.0 = None;
+    Ok(value)
+}
+
 impl SqliteLedgerSink {
     /// Opens (creating if needed) the ledger tables in the database at `path`.
     /// WAL journal with synchronous=FULL: each commit is fsynced to the WAL,
@@ -212,16 +238,11 @@ impl LedgerSink for SqliteLedgerSink {
     ) -> Result<(), SinkError> {
         // IMMEDIATE takes the write lock up front, so a busy database makes us
         // wait (busy_timeout) instead of failing half-way through the batch.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
+        immediate(&self.conn, |tx| {
             if let Some(first) = records.first() {
-                let next: i64 = tx.query_row(
-                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_records",
-                    [],
-                    |r| r.get(0),
-                )?;
+                let next: i64 = tx
+                    .prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_records")?
+                    .query_row([], |r| r.get(0))?;
                 if next != to_i64(first.index)? {
                     return Err(format!(
                         "batch starts at index {} but the ledger holds {next} records",
@@ -259,9 +280,8 @@ impl LedgerSink for SqliteLedgerSink {
                 )?
                 .execute(params![to_i64(cp.seq)?, to_i64(cp.size)?, cp.note])?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     fn record_count(&self) -> Result<u64, SinkError> {
@@ -305,5 +325,45 @@ impl LedgerSink for SqliteLedgerSink {
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap_or(-1)
+    }
+
+    #[test]
+    fn immediate_commits_on_ok_and_rolls_back_on_error_or_panic() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let insert = |c: &Connection| c.execute("INSERT INTO t VALUES (1)", []).map(|_| ());
+
+        immediate::<_, rusqlite::Error>(&conn, insert).unwrap();
+        assert_eq!(count(&conn), 1);
+
+        let failed = immediate(&conn, |c| {
+            insert(c)?;
+            Err::<(), _>(rusqlite::Error::InvalidQuery)
+        });
+        assert!(failed.is_err());
+        assert_eq!(count(&conn), 1, "the failed transaction's insert is gone");
+
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            immediate::<(), rusqlite::Error>(&conn, |c| {
+                insert(c)?;
+                panic!("work panicked");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(count(&conn), 1, "a panic rolls back too");
+        // And the connection is left outside any transaction, usable again.
+        assert!(conn.is_autocommit());
+        immediate::<_, rusqlite::Error>(&conn, insert).unwrap();
+        assert_eq!(count(&conn), 2);
     }
 }

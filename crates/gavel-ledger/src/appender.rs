@@ -2,10 +2,19 @@
 //! turns whatever is queued into a single durable sink transaction, and each
 //! caller is released only once its record is durable.
 //!
-//! Batching is purely load-driven: the writer never waits to fill a batch. A
-//! lone append is committed at once (its latency is one sink commit); under
-//! load, records arriving while a commit is in flight form the next batch, so
-//! the batch size, and with it throughput, grows with the offered load.
+//! Batching is load-driven: the writer never waits to fill a batch of records
+//! someone is waiting on. A lone append is committed at once (its latency is
+//! one sink commit); under load, records arriving while a commit is in flight
+//! form the next batch, so the batch size, and with it throughput, grows with
+//! the offered load.
+//!
+//! Background records (what follows an act already taken, such as the outcome
+//! of a call whose answer has been sent) are the exception: nobody waits on
+//! them, so a batch of only background records lingers up to
+//! `background_delay` for the next record that is waited on and rides with
+//! its commit. That halves the commits of a gateway that records a decision
+//! and an outcome per request, and keeps outcome commits from delaying the
+//! next decision's.
 
 use crate::merkle::{leaf_hash, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
@@ -13,8 +22,11 @@ use crate::record::{IndexFields, Record, RecordError, RecordKind};
 use crate::sink::{AppendRecord, LedgerSink, StoredCheckpoint};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +42,9 @@ pub struct AppenderConfig {
     pub checkpoint_interval: Duration,
     /// Most records per sink transaction.
     pub max_batch: usize,
+    /// How long a batch of only background records waits for a record that
+    /// is waited on before it is committed on its own.
+    pub background_delay: Duration,
 }
 
 impl Default for AppenderConfig {
@@ -38,6 +53,7 @@ impl Default for AppenderConfig {
             checkpoint_every: 1_000,
             checkpoint_interval: Duration::from_millis(1_000),
             max_batch: 8_192,
+            background_delay: Duration::from_millis(10),
         }
     }
 }
@@ -116,7 +132,32 @@ struct Request {
     kind: RecordKind,
     at_ms: i64,
     fields: IndexFields,
-    reply: SyncSender<Result<Receipt, LedgerError>>,
+    reply: Reply,
+    /// Someone waits on this record before acting (see the module comment).
+    waited_on: bool,
+}
+
+type Outcome = Result<Receipt, LedgerError>;
+
+/// Where the writer sends a record's outcome: a thread blocked in
+/// [`Pending::wait`] or a task awaiting [`Durable`].
+enum Reply {
+    Blocking(SyncSender<Outcome>),
+    Async(tokio::sync::oneshot::Sender<Outcome>),
+}
+
+impl Reply {
+    fn send(self, outcome: Outcome) {
+        // The caller may have stopped waiting; the record is stored anyway.
+        match self {
+            Reply::Blocking(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Async(tx) => {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
 }
 
 enum Msg {
@@ -133,6 +174,22 @@ pub struct Pending {
 impl Pending {
     pub fn wait(self) -> Result<Receipt, LedgerError> {
         self.rx.recv().unwrap_or(Err(LedgerError::Closed))
+    }
+}
+
+/// An append in flight for async callers: resolves once it is durable (or
+/// failed), without holding a thread while the commit runs.
+pub struct Durable {
+    rx: tokio::sync::oneshot::Receiver<Outcome>,
+}
+
+impl Future for Durable {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(LedgerError::Closed)))
     }
 }
 
@@ -188,11 +245,32 @@ impl Appender {
     /// [`Pending::wait`] returns Ok. Canonicalisation and hashing happen here,
     /// on the caller's thread, to keep the single writer thread lean.
     pub fn submit(&self, record: &Record) -> Result<Pending, LedgerError> {
-        let bytes = record.canonical_bytes()?;
         // A one-slot channel: the writer sends exactly one reply, and this
         // kind allocates far less than an unbounded one (measurable at
         // 100k appends/s).
         let (reply, rx) = mpsc::sync_channel(1);
+        self.send(record, Reply::Blocking(reply), true)?;
+        Ok(Pending { rx })
+    }
+
+    /// [`Appender::submit`] for async callers: await the returned [`Durable`].
+    pub fn submit_async(&self, record: &Record) -> Result<Durable, LedgerError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(record, Reply::Async(reply), true)?;
+        Ok(Durable { rx })
+    }
+
+    /// Queues a background record: one nobody waits on before acting. It is
+    /// committed with the next record that is waited on, or on its own after
+    /// `background_delay`; [`Pending::wait`] still says when it is durable.
+    pub fn submit_background(&self, record: &Record) -> Result<Pending, LedgerError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(record, Reply::Blocking(reply), false)?;
+        Ok(Pending { rx })
+    }
+
+    fn send(&self, record: &Record, reply: Reply, waited_on: bool) -> Result<(), LedgerError> {
+        let bytes = record.canonical_bytes()?;
         let req = Request {
             leaf: leaf_hash(&bytes),
             bytes,
@@ -201,11 +279,11 @@ impl Appender {
             at_ms: record.at_ms,
             fields: record.index_fields(),
             reply,
+            waited_on,
         };
         self.tx
             .send(Msg::Append(req))
-            .map_err(|_| LedgerError::Closed)?;
-        Ok(Pending { rx })
+            .map_err(|_| LedgerError::Closed)
     }
 
     /// Appends a record and returns once it is durable.
@@ -251,6 +329,19 @@ impl Drop for Appender {
             let _ = self.shutdown();
         }
     }
+}
+
+/// Moves queued appends into `batch` (up to `max`) without waiting; returns a
+/// non-append message met on the way.
+fn drain(rx: &Receiver<Msg>, batch: &mut Vec<Request>, max: usize) -> Option<Msg> {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(Msg::Append(r)) => batch.push(r),
+            Ok(other) => return Some(other),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    None
 }
 
 struct Writer<S> {
@@ -345,16 +436,7 @@ impl<S: LedgerSink> Writer<S> {
             match msg {
                 Msg::Append(first) => {
                     let mut batch = vec![first];
-                    while batch.len() < self.config.max_batch {
-                        match rx.try_recv() {
-                            Ok(Msg::Append(r)) => batch.push(r),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                        }
-                    }
+                    next = self.gather(&rx, &mut batch);
                     self.commit(batch);
                 }
                 Msg::Checkpoint(reply) => {
@@ -368,6 +450,34 @@ impl<S: LedgerSink> Writer<S> {
         }
         // Every handle is gone without `close`: still leave a signed tail.
         let _ = self.checkpoint();
+    }
+
+    /// Adds whatever is queued to `batch`; a batch of only background records
+    /// then waits up to `background_delay` for a record that is waited on.
+    /// Returns a non-append message that ended the gathering, to handle next.
+    fn gather(&self, rx: &Receiver<Msg>, batch: &mut Vec<Request>) -> Option<Msg> {
+        let max = self.config.max_batch;
+        if let Some(other) = drain(rx, batch, max) {
+            return Some(other);
+        }
+        if batch.iter().any(|r| r.waited_on) {
+            return None;
+        }
+        let deadline = Instant::now() + self.config.background_delay;
+        while batch.len() < max {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Msg::Append(r)) => {
+                    let waited_on = r.waited_on;
+                    batch.push(r);
+                    if waited_on {
+                        return drain(rx, batch, max);
+                    }
+                }
+                Ok(other) => return Some(other),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        None
     }
 
     fn next_checkpoint(&self) -> Result<StoredCheckpoint, LedgerError> {
@@ -422,7 +532,7 @@ impl<S: LedgerSink> Writer<S> {
         if let Some(f) = &self.failed {
             let err = LedgerError::Failed(f.clone());
             for r in batch {
-                let _ = r.reply.send(Err(err.clone()));
+                r.reply.send(Err(err.clone()));
             }
             return;
         }
@@ -474,7 +584,7 @@ impl<S: LedgerSink> Writer<S> {
                     }
                 };
                 for (i, reply) in replies.into_iter().enumerate() {
-                    let _ = reply.send(Ok(Receipt {
+                    reply.send(Ok(Receipt {
                         index: base + i as u64,
                         checkpoint_seq: seq,
                         checkpoint_size: size,
@@ -489,7 +599,7 @@ impl<S: LedgerSink> Writer<S> {
                 self.tree.truncate(base);
                 self.failed = Some(e.to_string());
                 for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                    reply.send(Err(e.clone()));
                 }
             }
         }

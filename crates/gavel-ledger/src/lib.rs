@@ -20,7 +20,9 @@ pub mod record;
 pub mod sink;
 pub mod verify;
 
-pub use appender::{Appender, AppenderConfig, BatchObserver, LedgerError, Pending, Receipt};
+pub use appender::{
+    Appender, AppenderConfig, BatchObserver, Durable, LedgerError, Pending, Receipt,
+};
 pub use merkle::{Hash, MerkleTree};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use proof::{check_proof_json, CheckedInclusion, InclusionBundle};

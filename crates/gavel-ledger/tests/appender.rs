@@ -9,6 +9,7 @@ use gavel_ledger::{
     NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, VerifyOptions,
 };
 use serde_json::json;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,6 +145,7 @@ fn checkpoints_every_n_records_with_receipts_naming_them() {
         checkpoint_every: 5,
         checkpoint_interval: Duration::from_secs(3600),
         max_batch: 1,
+        ..AppenderConfig::default()
     };
     let app = Appender::start(mem.clone(), signer(), config).unwrap();
     let receipts: Vec<_> = (0..12).map(|i| app.append(&record(i)).unwrap()).collect();
@@ -172,6 +174,7 @@ fn checkpoints_after_t_ms_without_further_appends() {
         checkpoint_every: 1_000_000,
         checkpoint_interval: Duration::from_millis(20),
         max_batch: 64,
+        ..AppenderConfig::default()
     };
     let app = Appender::start(mem.clone(), signer(), config).unwrap();
     app.append(&record(0)).unwrap();
@@ -284,4 +287,65 @@ fn the_appender_can_be_shared_between_threads() {
         .unwrap()
         .unwrap();
     assert_eq!(receipt.index, 0);
+}
+
+fn lingering(delay: Duration) -> AppenderConfig {
+    AppenderConfig {
+        background_delay: delay,
+        ..AppenderConfig::default()
+    }
+}
+
+#[test]
+fn a_background_record_rides_with_the_next_waited_on_commit() {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), lingering(Duration::from_secs(3600))).unwrap();
+    let background = app.submit_background(&record(0)).unwrap();
+    // Nobody waits on it, so it is not committed on its own within the hour.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(mem.batches(), 0);
+    let waited = app.append(&record(1)).unwrap();
+    assert_eq!(waited.index, 1);
+    assert_eq!(background.wait().unwrap().index, 0);
+    assert_eq!(mem.batches(), 1, "one commit carried both");
+}
+
+#[test]
+fn a_lone_background_record_is_committed_after_the_delay() {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), lingering(Duration::from_millis(20))).unwrap();
+    let receipt = app.submit_background(&record(0)).unwrap().wait().unwrap();
+    assert_eq!(receipt.index, 0);
+    assert_eq!(mem.batches(), 1);
+}
+
+#[test]
+fn closing_commits_and_signs_a_lingering_background_record() {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), lingering(Duration::from_secs(3600))).unwrap();
+    let background = app.submit_background(&record(0)).unwrap();
+    let closing = app.close().unwrap().unwrap();
+    assert_eq!(closing.size, 1);
+    assert_eq!(background.wait().unwrap().index, 0);
+    verify_sink(&mem, &signer().verifier(), strict()).unwrap();
+}
+
+#[test]
+fn an_async_submission_resolves_once_durable() {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), AppenderConfig::default()).unwrap();
+    let mut durable = std::pin::pin!(app.submit_async(&record(0)).unwrap());
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let receipt = loop {
+        if let std::task::Poll::Ready(r) = durable.as_mut().poll(&mut cx) {
+            break r.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the commit never resolved");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(receipt.index, 0);
+    assert_eq!(mem.record_count().unwrap(), 1);
+    app.close().unwrap();
 }

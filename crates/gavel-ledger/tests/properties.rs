@@ -130,6 +130,7 @@ fn build_ledger(n: usize, every: u64) -> (Vec<StoredRecord>, Vec<StoredCheckpoin
         checkpoint_every: every,
         checkpoint_interval: Duration::from_secs(3600),
         max_batch: 4,
+        ..AppenderConfig::default()
     };
     let app = Appender::start(sink.clone(), signer(), config).unwrap();
     for i in 0..n {

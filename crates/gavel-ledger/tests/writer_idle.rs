@@ -74,6 +74,7 @@ fn a_failed_timed_checkpoint_does_not_spin_the_writer() {
         checkpoint_every: 1_000_000,
         checkpoint_interval: Duration::from_millis(5),
         max_batch: 64,
+        ..AppenderConfig::default()
     };
     let signer = NoteSigner::from_seed("gavel.test/idle", &[1u8; 32]).unwrap();
     let app = Appender::start(sink, signer, config).unwrap();

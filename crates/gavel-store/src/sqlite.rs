@@ -4,10 +4,13 @@
 //! in `BEGIN IMMEDIATE` transactions, which take SQLite's write lock up front, so two `gavel`
 //! processes (or threads) can never both see room in a window and both take it.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use gavel_ledger_sqlite::immediate;
 
 use gavel_contract::time::Timestamp;
 use gavel_contract::Snapshot;
@@ -60,6 +63,42 @@ CREATE TABLE IF NOT EXISTS baselines (
     recorded_by TEXT NOT NULL, source TEXT NOT NULL, body TEXT NOT NULL);
 ";
 
+/// Tables the governance view and key lookups read. Every change to them, by any connection of
+/// any process, bumps `generation` (by trigger, so no write path can forget it); a reader that
+/// sees the generation it last loaded knows its copy is current.
+const WATCHED_TABLES: [&str; 5] = ["kills", "cooldowns", "approvals", "breaches", "api_keys"];
+
+fn generation_schema() -> String {
+    let mut sql = String::from(
+        "CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+         INSERT OR IGNORE INTO generation (id, n) VALUES (0, 0);",
+    );
+    for table in WATCHED_TABLES {
+        for op in ["insert", "update", "delete"] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER IF NOT EXISTS {table}_{op}_bumps AFTER {op} ON {table}
+                 BEGIN UPDATE generation SET n = n + 1 WHERE id = 0; END;"
+            ));
+        }
+    }
+    sql
+}
+
+/// Governance state as of one generation: kills, cooldowns, approvals, breaches and keys.
+/// Loaded whole when the generation moves, so a decision reads one integer, not five tables.
+struct Governance {
+    generation: i64,
+    /// Kills and cooldowns that had ended by this time were left out.
+    loaded_at: Timestamp,
+    kills: Vec<Kill>,
+    cooldowns: Vec<Cooldown>,
+    /// By deployment, oldest first.
+    approvals: HashMap<String, Vec<Approval>>,
+    breaches: HashMap<String, Breach>,
+    /// By key hash.
+    keys: HashMap<String, KeyRecord>,
+}
+
 /// How far a commit is made durable before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -74,6 +113,13 @@ pub enum Durability {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    governance: Mutex<Option<Arc<Governance>>>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError(format!("the database refused a transaction: {e}"))
+    }
 }
 
 fn err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -141,6 +187,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err("synchronous"))?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(&generation_schema()))
             .map_err(|e| StoreError(format!("cannot create the schema in `{name}`: {e}")))?;
         let version: Option<String> = conn
             .prepare_cached("SELECT value FROM meta WHERE key = 'schema_version'")
@@ -164,6 +211,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            governance: Mutex::new(None),
         })
     }
 
@@ -174,18 +222,83 @@ impl SqliteStore {
     }
 
     fn approvals_where(&self, deployment: Option<&str>) -> Result<Vec<Approval>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT body FROM approvals WHERE (?1 IS NULL OR deployment = ?1) ORDER BY created_at, id",
-            )
-            .map_err(err("approvals"))?;
-        let rows = stmt
-            .query_map([deployment], |r| r.get::<_, String>(0))
-            .map_err(err("approvals"))?;
-        rows.map(|row| from_json(&row.map_err(err("approvals"))?))
-            .collect()
+        bodies(&*self.conn()?, APPROVALS_SQL, [deployment])
     }
+
+    /// The governance state as of the latest committed change: the cached copy while the
+    /// generation has not moved, else everything read again in one read transaction. `now`
+    /// is when kills and cooldowns are to be judged (None: the caller reads neither).
+    fn governance(&self, now: Option<Timestamp>) -> Result<Arc<Governance>, StoreError> {
+        let mut conn = self.conn()?;
+        let generation = current_generation(&conn)?;
+        let mut cached = self.governance.lock().map_err(|_| {
+            StoreError("the governance cache is poisoned by an earlier panic".into())
+        })?;
+        let current = |g: &&Arc<Governance>| {
+            g.generation == generation && now.is_none_or(|now| now >= g.loaded_at)
+        };
+        if let Some(governance) = cached.as_ref().filter(current) {
+            return Ok(governance.clone());
+        }
+        let loaded_at = now.unwrap_or(Timestamp(i64::MIN));
+        let tx = conn.transaction().map_err(err("governance"))?;
+        let mut approvals: HashMap<String, Vec<Approval>> = HashMap::new();
+        for approval in bodies::<Approval, _>(&tx, APPROVALS_SQL, [None::<&str>])? {
+            approvals
+                .entry(approval.deployment.clone())
+                .or_default()
+                .push(approval);
+        }
+        let keys = {
+            let mut stmt = tx
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys"))
+                .map_err(err("keys"))?;
+            let rows = stmt.query_map([], key_from_row).map_err(err("keys"))?;
+            rows.map(|r| with_role(r.map_err(err("keys"))?).map(|k| (k.hash.clone(), k)))
+                .collect::<Result<HashMap<_, _>, _>>()?
+        };
+        let governance = Arc::new(Governance {
+            generation: current_generation(&tx)?,
+            loaded_at,
+            kills: bodies(&tx, KILLS_SQL, [loaded_at.millis()])?,
+            cooldowns: bodies(&tx, COOLDOWNS_SQL, [loaded_at.millis()])?,
+            approvals,
+            breaches: bodies::<Breach, _>(&tx, BREACHES_SQL, [])?
+                .into_iter()
+                .map(|b| (b.deployment.clone(), b))
+                .collect(),
+            keys,
+        });
+        tx.commit().map_err(err("governance"))?;
+        *cached = Some(governance.clone());
+        Ok(governance)
+    }
+}
+
+const APPROVALS_SQL: &str =
+    "SELECT body FROM approvals WHERE (?1 IS NULL OR deployment = ?1) ORDER BY created_at, id";
+const KILLS_SQL: &str = "SELECT body FROM kills WHERE until IS NULL OR until > ?1 ORDER BY scope";
+const COOLDOWNS_SQL: &str = "SELECT body FROM cooldowns WHERE until > ?1 ORDER BY id";
+const BREACHES_SQL: &str = "SELECT body FROM breaches ORDER BY deployment";
+
+fn current_generation(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT n FROM generation WHERE id = 0")
+        .map_err(err("statement"))?
+        .query_row([], |r| r.get(0))
+        .map_err(err("generation"))
+}
+
+/// Every row of a one-column query of JSON bodies, decoded.
+fn bodies<T: serde::de::DeserializeOwned, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(err("statement"))?;
+    let rows = stmt
+        .query_map(params, |r| r.get::<_, String>(0))
+        .map_err(err("query"))?;
+    rows.map(|r| from_json(&r.map_err(err("query"))?)).collect()
 }
 
 fn contract_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContractRecord> {
@@ -245,16 +358,7 @@ impl Store for SqliteStore {
     }
 
     fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = self
-            .conn()?
-            .query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
-                [hash],
-                key_from_row,
-            )
-            .optional()
-            .map_err(err("key lookup"))?;
-        row.map(with_role).transpose()
+        Ok(self.governance(None)?.keys.get(hash).cloned())
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -487,28 +591,11 @@ impl Store for SqliteStore {
     }
 
     fn kills(&self, now: Timestamp) -> Result<Vec<Kill>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT body FROM kills WHERE until IS NULL OR until > ?1 ORDER BY scope",
-            )
-            .map_err(err("kills"))?;
-        let rows = stmt
-            .query_map([now.millis()], |r| r.get::<_, String>(0))
-            .map_err(err("kills"))?;
-        rows.map(|r| from_json(&r.map_err(err("kills"))?)).collect()
+        bodies(&*self.conn()?, KILLS_SQL, [now.millis()])
     }
 
     fn cooldowns(&self, now: Timestamp) -> Result<Vec<Cooldown>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT body FROM cooldowns WHERE until > ?1 ORDER BY id")
-            .map_err(err("cooldowns"))?;
-        let rows = stmt
-            .query_map([now.millis()], |r| r.get::<_, String>(0))
-            .map_err(err("cooldowns"))?;
-        rows.map(|r| from_json(&r.map_err(err("cooldowns"))?))
-            .collect()
+        bodies(&*self.conn()?, COOLDOWNS_SQL, [now.millis()])
     }
 
     fn start_breach(&self, breach: &Breach) -> Result<bool, StoreError> {
@@ -542,15 +629,7 @@ impl Store for SqliteStore {
     }
 
     fn breaches(&self) -> Result<Vec<Breach>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT body FROM breaches ORDER BY deployment")
-            .map_err(err("breaches"))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(err("breaches"))?;
-        rows.map(|r| from_json(&r.map_err(err("breaches"))?))
-            .collect()
+        bodies(&*self.conn()?, BREACHES_SQL, [])
     }
 
     fn save_rollups(&self, rows: &[Rollup]) -> Result<(), StoreError> {
@@ -679,36 +758,36 @@ impl RuntimeState for SqliteStore {
         now: Timestamp,
     ) -> Result<GovernanceView, StateError> {
         let scopes = relevant_scopes(deployment, use_case, principal, run_id);
-        let kills = self
-            .kills(now)?
-            .into_iter()
-            .filter(|k| scopes.contains(&k.scope))
-            .collect();
-        let cooldowns = self
-            .cooldowns(now)?
-            .into_iter()
-            .filter(|c| scopes.contains(&c.scope))
-            .collect();
-        let approvals = self.approvals_where(Some(deployment))?;
-        let breach = self
-            .conn()?
-            .prepare_cached("SELECT body FROM breaches WHERE deployment = ?1")
-            .map_err(err("statement"))?
-            .query_row([deployment], |r| r.get::<_, String>(0))
-            .optional()
-            .map_err(err("breach"))?
-            .map(|b| from_json(&b))
-            .transpose()?;
+        let governance = self.governance(Some(now))?;
         Ok(GovernanceView {
-            kills,
-            cooldowns,
-            approvals,
-            breach,
+            kills: governance
+                .kills
+                .iter()
+                .filter(|k| k.until.is_none_or(|until| until > now) && scopes.contains(&k.scope))
+                .cloned()
+                .collect(),
+            cooldowns: governance
+                .cooldowns
+                .iter()
+                .filter(|c| c.until > now && scopes.contains(&c.scope))
+                .cloned()
+                .collect(),
+            approvals: governance
+                .approvals
+                .get(deployment)
+                .cloned()
+                .unwrap_or_default(),
+            breach: governance.breaches.get(deployment).cloned(),
         })
     }
 
     fn approvals_of(&self, deployment: &str) -> Result<Vec<Approval>, StateError> {
-        Ok(self.approvals_where(Some(deployment))?)
+        Ok(self
+            .governance(None)?
+            .approvals
+            .get(deployment)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn claim_idempotency(
@@ -718,30 +797,28 @@ impl RuntimeState for SqliteStore {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<Option<String>, StateError> {
-        let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err("idempotency"))?;
-        let first: Option<String> = tx
-            .prepare_cached(
-                "SELECT decision_id FROM idempotency WHERE key = ?1 AND expires_at > ?2",
+        let conn = self.conn()?;
+        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
+            let first: Option<String> = tx
+                .prepare_cached(
+                    "SELECT decision_id FROM idempotency WHERE key = ?1 AND expires_at > ?2",
+                )
+                .map_err(err("statement"))?
+                .query_row(params![key, now.millis()], |r| r.get(0))
+                .optional()
+                .map_err(err("idempotency"))?;
+            if first.is_some() {
+                return Ok(first);
+            }
+            tx.prepare_cached(
+                "INSERT INTO idempotency (key, decision_id, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET decision_id = ?2, expires_at = ?3",
             )
             .map_err(err("statement"))?
-            .query_row(params![key, now.millis()], |r| r.get(0))
-            .optional()
+            .execute(params![key, decision_id, expires_at.millis()])
             .map_err(err("idempotency"))?;
-        if first.is_some() {
-            return Ok(first);
-        }
-        tx.prepare_cached(
-            "INSERT INTO idempotency (key, decision_id, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO UPDATE SET decision_id = ?2, expires_at = ?3",
-        )
-        .map_err(err("statement"))?
-        .execute(params![key, decision_id, expires_at.millis()])
-        .map_err(err("idempotency"))?;
-        tx.commit().map_err(err("idempotency"))?;
-        Ok(None)
+            Ok(None)
+        })?)
     }
 
     fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError> {
@@ -759,38 +836,38 @@ impl RuntimeState for SqliteStore {
         now: Timestamp,
         dry_run: bool,
     ) -> Result<Result<(), Refusal>, StateError> {
-        let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err("reserve"))?;
-        let refusal = request.first_refusal(
-            |key| window_usage(&tx, key),
-            |name| {
-                tx.prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM reservation_resources WHERE name = ?1 AND expires_at > ?2")
-.map_err(err("statement"))?
-.query_row(
-                    params![name, now.millis()],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(to_u64)
-                .map_err(err("reserve"))
-            },
-        )?;
-        if let Some(refusal) = refusal {
-            return Ok(Err(refusal));
-        }
-        if dry_run {
-            return Ok(Ok(()));
-        }
-        for charge in &request.windows {
-            add_to_window(&tx, &charge.key, charge.amounts, false)?;
-        }
-        let held: Vec<(&str, Amounts)> = request
-            .windows
-            .iter()
-            .map(|c| (c.key.as_str(), c.amounts))
-            .collect();
-        tx.prepare_cached("INSERT INTO reservations (id, expires_at, windows) VALUES (?1, ?2, ?3)")
+        let conn = self.conn()?;
+        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
+            let refusal = request.first_refusal(
+                |key| window_usage(tx, key),
+                |name| {
+                    tx.prepare_cached("SELECT COALESCE(SUM(amount), 0) FROM reservation_resources WHERE name = ?1 AND expires_at > ?2")
+    .map_err(err("statement"))?
+    .query_row(
+                        params![name, now.millis()],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(to_u64)
+                    .map_err(err("reserve"))
+                },
+            )?;
+            if let Some(refusal) = refusal {
+                return Ok(Err(refusal));
+            }
+            if dry_run {
+                return Ok(Ok(()));
+            }
+            for charge in &request.windows {
+                add_to_window(tx, &charge.key, charge.amounts, false)?;
+            }
+            let held: Vec<(&str, Amounts)> = request
+                .windows
+                .iter()
+                .map(|c| (c.key.as_str(), c.amounts))
+                .collect();
+            tx.prepare_cached(
+                "INSERT INTO reservations (id, expires_at, windows) VALUES (?1, ?2, ?3)",
+            )
             .map_err(err("statement"))?
             .execute(params![
                 request.reservation_id,
@@ -798,16 +875,16 @@ impl RuntimeState for SqliteStore {
                 json(&held)?
             ])
             .map_err(err("reserve"))?;
-        for claim in &request.resources {
-            tx.prepare_cached("INSERT INTO reservation_resources (reservation_id, name, amount, expires_at) VALUES (?1, ?2, ?3, ?4)")
-.map_err(err("statement"))?
-.execute(
-                params![request.reservation_id, claim.name, to_i64(claim.amount), request.expires_at.millis()],
-            )
-            .map_err(err("reserve"))?;
-        }
-        tx.commit().map_err(err("reserve"))?;
-        Ok(Ok(()))
+            for claim in &request.resources {
+                tx.prepare_cached("INSERT INTO reservation_resources (reservation_id, name, amount, expires_at) VALUES (?1, ?2, ?3, ?4)")
+    .map_err(err("statement"))?
+    .execute(
+                    params![request.reservation_id, claim.name, to_i64(claim.amount), request.expires_at.millis()],
+                )
+                .map_err(err("reserve"))?;
+            }
+            Ok(Ok(()))
+        })?)
     }
 
     fn settle(
@@ -816,35 +893,33 @@ impl RuntimeState for SqliteStore {
         actual: Amounts,
         _now: Timestamp,
     ) -> Result<Settled, StateError> {
-        let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err("settle"))?;
-        let held: Option<String> = tx
-            .prepare_cached("SELECT windows FROM reservations WHERE id = ?1")
-            .map_err(err("statement"))?
-            .query_row([reservation_id], |r| r.get(0))
-            .optional()
-            .map_err(err("settle"))?;
-        let Some(held) = held else {
-            return Ok(Settled::Unknown);
-        };
-        let held: Vec<(String, Amounts)> = from_json(&held)?;
-        for (key, reserved) in held {
-            let used = window_usage(&tx, &key)?;
-            let settled = used.saturating_sub(reserved).saturating_add(actual);
-            add_to_window(&tx, &key, settled, true)?;
-        }
-        tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")
-            .map_err(err("statement"))?
-            .execute([reservation_id])
-            .map_err(err("settle"))?;
-        tx.prepare_cached("DELETE FROM reservation_resources WHERE reservation_id = ?1")
-            .map_err(err("statement"))?
-            .execute([reservation_id])
-            .map_err(err("settle"))?;
-        tx.commit().map_err(err("settle"))?;
-        Ok(Settled::Settled)
+        let conn = self.conn()?;
+        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
+            let held: Option<String> = tx
+                .prepare_cached("SELECT windows FROM reservations WHERE id = ?1")
+                .map_err(err("statement"))?
+                .query_row([reservation_id], |r| r.get(0))
+                .optional()
+                .map_err(err("settle"))?;
+            let Some(held) = held else {
+                return Ok(Settled::Unknown);
+            };
+            let held: Vec<(String, Amounts)> = from_json(&held)?;
+            for (key, reserved) in held {
+                let used = window_usage(tx, &key)?;
+                let settled = used.saturating_sub(reserved).saturating_add(actual);
+                add_to_window(tx, &key, settled, true)?;
+            }
+            tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")
+                .map_err(err("statement"))?
+                .execute([reservation_id])
+                .map_err(err("settle"))?;
+            tx.prepare_cached("DELETE FROM reservation_resources WHERE reservation_id = ?1")
+                .map_err(err("statement"))?
+                .execute([reservation_id])
+                .map_err(err("settle"))?;
+            Ok(Settled::Settled)
+        })?)
     }
 
     fn add_strike(
@@ -853,26 +928,24 @@ impl RuntimeState for SqliteStore {
         now: Timestamp,
         within_ms: u64,
     ) -> Result<u32, StateError> {
-        let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err("strike"))?;
-        let since = now.millis().saturating_sub(to_i64(within_ms));
-        tx.prepare_cached("DELETE FROM strikes WHERE principal = ?1 AND at < ?2")
-            .map_err(err("statement"))?
-            .execute(params![principal, since])
-            .map_err(err("strike"))?;
-        tx.prepare_cached("INSERT INTO strikes (principal, at) VALUES (?1, ?2)")
-            .map_err(err("statement"))?
-            .execute(params![principal, now.millis()])
-            .map_err(err("strike"))?;
-        let count: i64 = tx
-            .prepare_cached("SELECT COUNT(*) FROM strikes WHERE principal = ?1")
-            .map_err(err("statement"))?
-            .query_row([principal], |r| r.get(0))
-            .map_err(err("strike"))?;
-        tx.commit().map_err(err("strike"))?;
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        let conn = self.conn()?;
+        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
+            let since = now.millis().saturating_sub(to_i64(within_ms));
+            tx.prepare_cached("DELETE FROM strikes WHERE principal = ?1 AND at < ?2")
+                .map_err(err("statement"))?
+                .execute(params![principal, since])
+                .map_err(err("strike"))?;
+            tx.prepare_cached("INSERT INTO strikes (principal, at) VALUES (?1, ?2)")
+                .map_err(err("statement"))?
+                .execute(params![principal, now.millis()])
+                .map_err(err("strike"))?;
+            let count: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM strikes WHERE principal = ?1")
+                .map_err(err("statement"))?
+                .query_row([principal], |r| r.get(0))
+                .map_err(err("strike"))?;
+            Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        })?)
     }
 
     fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError> {
@@ -889,7 +962,7 @@ impl RuntimeState for SqliteStore {
     }
 }
 
-fn window_usage(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<Amounts, StoreError> {
+fn window_usage(tx: &Connection, key: &str) -> Result<Amounts, StoreError> {
     let row = tx
         .prepare_cached(
             "SELECT tokens, usd_micros, requests, tool_calls FROM budget_windows WHERE key = ?1",
@@ -919,7 +992,7 @@ fn window_usage(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<Amounts, St
 
 /// Adds `amounts` to a window (or, with `replace`, sets it to `amounts`).
 fn add_to_window(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     key: &str,
     amounts: Amounts,
     replace: bool,

@@ -4,13 +4,14 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
+use gavel_contract::time::Timestamp;
 use gavel_engine::{
     parse_request, DecideInput, DecideRequest, Decision, Engine, EngineConfig, Reason, ReasonCode,
     Settled, Usage, Verdict,
 };
-use gavel_ledger::{Pending, RecordKind};
+use gavel_ledger::{Durable, Pending, RecordKind};
 use gavel_store::{Role, Store};
 
 use crate::context::out;
@@ -128,17 +129,18 @@ enum Decided {
     Decided {
         request: Box<DecideRequest>,
         decision: Box<Decision>,
-        submitted: Submitted,
+        submitted: Submitted<Pending>,
     },
 }
 
-/// A decision's ledger record (and the cooldown it started, if any) on their way to disk.
-pub struct Submitted {
-    decision: Result<Pending, Failure>,
-    cooldown: Option<Result<Pending, Failure>>,
+/// A decision's ledger record (and the cooldown it started, if any) on their way to disk:
+/// `Pending` for threads that block until durable, `Durable` for async tasks that await it.
+pub struct Submitted<P> {
+    decision: Result<P, Failure>,
+    cooldown: Option<Result<P, Failure>>,
 }
 
-impl Submitted {
+impl Submitted<Pending> {
     /// The decision's receipt once every record is durable.
     pub fn wait(self) -> Result<gavel_ledger::Receipt, Failure> {
         let receipt = self.decision.and_then(ledger::wait)?;
@@ -149,17 +151,50 @@ impl Submitted {
     }
 }
 
+impl Submitted<Durable> {
+    /// [`Submitted::wait`] without holding a thread while the commit runs.
+    pub async fn durable(self) -> Result<gavel_ledger::Receipt, Failure> {
+        let made_durable =
+            |e| Failure::storage(format!("the ledger could not make a record durable: {e}"));
+        let receipt = self.decision?.await.map_err(made_durable)?;
+        if let Some(started) = self.cooldown {
+            started?.await.map_err(made_durable)?;
+        }
+        Ok(receipt)
+    }
+}
+
 /// Queues a decision's record, and the record of the cooldown it started.
-pub fn submit(ledger: &Ledger, decision: &Decision) -> Submitted {
+pub fn submit(ledger: &Ledger, decision: &Decision) -> Submitted<Pending> {
+    queue(decision, |kind, at, id, body| {
+        ledger.submit(kind, at, id, body)
+    })
+}
+
+/// [`submit`] for async callers.
+pub fn submit_async(ledger: &Ledger, decision: &Decision) -> Submitted<Durable> {
+    queue(decision, |kind, at, id, body| {
+        ledger.submit_async(kind, at, id, body)
+    })
+}
+
+fn queue<P>(
+    decision: &Decision,
+    send: impl Fn(RecordKind, Timestamp, &str, &Value) -> Result<P, Failure>,
+) -> Submitted<P> {
     let pending = ledger_body(decision)
-        .and_then(|body| ledger.submit(RecordKind::Decision, now(), &decision.decision_id, &body));
+        .and_then(|body| send(RecordKind::Decision, now(), &decision.decision_id, &body));
     let cooldown = decision.started_cooldown.as_ref().map(|cooldown| {
-        ledger.submit_change(
-            RecordKind::CooldownStarted,
-            cooldown.since,
+        let body = ledger::change(
             &decision.principal,
             "cooldown_started",
             json!({ "cooldown": cooldown, "decision_id": decision.decision_id }),
+        );
+        send(
+            RecordKind::CooldownStarted,
+            cooldown.since,
+            &new_id("chg")?,
+            &body,
         )
     });
     Submitted {

@@ -19,7 +19,7 @@ use gavel_store::{KeyRecord, Role, SqliteStore};
 
 use super::error::{ApiError, ApiResult};
 use super::metrics;
-use crate::cmd::decide::{capture_payload, submit, withdrawn};
+use crate::cmd::decide::{capture_payload, submit_async, withdrawn};
 use crate::context::{known_key, new_id, now, role_allowed};
 use crate::failure::{Failure, EXIT_AUTH};
 use crate::ledger::Ledger;
@@ -129,55 +129,63 @@ impl Gateway {
     /// Decides one request and waits until its record is durable. A record the ledger does not
     /// take turns the decision into BLOCK `governance.unavailable` (and gives back what it held).
     pub async fn decide(self: &Arc<Self>, request: Arc<DecideRequest>, principal: &str) -> Ruling {
-        // Deciding reads and writes SQLite and waiting for the ledger blocks on an fsync: both
-        // run on a blocking thread, never on the async workers that serve every connection.
-        let gw = self.clone();
-        let deployment = request.deployment.clone();
-        let owner = principal.to_string();
-        match tokio::task::spawn_blocking(move || gw.decide_now(&request, &owner)).await {
-            Ok(ruling) => ruling,
-            Err(e) => {
-                let request = DecideRequest {
-                    deployment,
-                    ..DecideRequest::default()
-                };
-                let failure = Failure::storage(format!("the decision was lost: {e}"));
-                self.refused(&self.engine(), &request, principal, failure)
-            }
-        }
-    }
-
-    fn decide_now(&self, request: &DecideRequest, principal: &str) -> Ruling {
         let started = Instant::now();
         let engine = self.engine();
-        let decision_id = match new_id("dec") {
-            Ok(id) => id,
-            Err(f) => return self.refused(&engine, request, principal, f),
+        // Deciding reads and writes SQLite: on a blocking thread, never on the async workers
+        // that serve every connection. The fsync is awaited, holding no thread.
+        let gw = self.clone();
+        let (req, owner) = (request.clone(), principal.to_string());
+        let deciding = tokio::task::spawn_blocking(move || {
+            let decision = gw.decide_now(&engine, &req, &owner)?;
+            let submitted = submit_async(&gw.ledger, &decision);
+            Ok::<_, Failure>((engine, decision, submitted))
+        });
+        let (engine, decision, submitted) = match deciding.await {
+            Ok(Ok(decided)) => decided,
+            Ok(Err(failure)) => return self.refused(&self.engine(), &request, principal, failure),
+            Err(e) => {
+                let failure = Failure::storage(format!("the decision was lost: {e}"));
+                return self.refused(&self.engine(), &request, principal, failure);
+            }
         };
-        let decision = engine.decide(
-            &self.store,
-            DecideInput {
-                request,
-                principal,
-                decision_id,
-                now: now(),
-            },
-        );
         let committing = Instant::now();
-        let durable = submit(&self.ledger, &decision).wait();
+        let durable = submitted.durable().await;
         metrics::ledger_wait(committing.elapsed());
         let ruling = match durable {
             Ok(receipt) => {
-                self.capture(&engine, request, &decision);
+                if engine.contract().policy.payload_subject.is_some() {
+                    let (gw, engine, req, decision) = (
+                        self.clone(),
+                        engine.clone(),
+                        request.clone(),
+                        decision.clone(),
+                    );
+                    let _ =
+                        tokio::task::spawn_blocking(move || gw.capture(&engine, &req, &decision))
+                            .await;
+                }
                 Ruling {
                     decision,
                     receipt: Some(receipt),
                 }
             }
-            Err(why) => Ruling {
-                decision: withdrawn(&engine, &self.store, request, &decision, &why),
-                receipt: None,
-            },
+            Err(why) => {
+                // Giving back the reservation writes SQLite: a blocking thread again.
+                let (gw, in_force, req) = (self.clone(), engine.clone(), request.clone());
+                let withdrawing = tokio::task::spawn_blocking(move || {
+                    withdrawn(&in_force, &gw.store, &req, &decision, &why)
+                });
+                match withdrawing.await {
+                    Ok(blocked) => Ruling {
+                        decision: blocked,
+                        receipt: None,
+                    },
+                    Err(e) => {
+                        let failure = Failure::storage(format!("the decision was lost: {e}"));
+                        return self.refused(&engine, &request, principal, failure);
+                    }
+                }
+            }
         };
         metrics::decided(&ruling.decision, started.elapsed());
         let known = engine
@@ -186,6 +194,23 @@ impl Gateway {
             .is_some();
         self.monitor.record_decision(&ruling.decision, known);
         ruling
+    }
+
+    fn decide_now(
+        &self,
+        engine: &Engine,
+        request: &DecideRequest,
+        principal: &str,
+    ) -> Result<Decision, Failure> {
+        Ok(engine.decide(
+            &self.store,
+            DecideInput {
+                request,
+                principal,
+                decision_id: new_id("dec")?,
+                now: now(),
+            },
+        ))
     }
 
     fn refused(
@@ -269,8 +294,10 @@ impl Gateway {
         if let (Some(body), Value::Object(details)) = (body.as_object_mut(), details) {
             body.extend(details);
         }
-        let submitted =
-            new_id("out").and_then(|id| self.ledger.submit(RecordKind::Outcome, at, &id, &body));
+        let submitted = new_id("out").and_then(|id| {
+            self.ledger
+                .submit_background(RecordKind::Outcome, at, &id, &body)
+        });
         if let Err(e) = submitted {
             tracing::error!(decision_id, error = %e.message, "the outcome could not be recorded");
         }

@@ -313,3 +313,84 @@ fn rollups_replace_per_writer_and_prune_by_age() {
     assert_eq!(s.prune_rollups(15_000).unwrap(), 2);
     assert_eq!(s.rollups_since(0, None).unwrap().len(), 1);
 }
+
+/// The governance view and key lookups are served from a copy that is read again only when
+/// the watched tables change; a change made through another connection (another gavel process)
+/// must show on the very next read, never a stale answer.
+#[test]
+fn changes_from_another_connection_show_at_once_despite_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gavel.db");
+    let gateway = SqliteStore::open(&path).unwrap();
+    let cli = SqliteStore::open(&path).unwrap();
+    let view = |s: &SqliteStore| s.view("kb", "uc", "svc", None, NOW).unwrap();
+    let fresh = view(&gateway);
+    assert!(fresh.kills.is_empty() && fresh.approvals.is_empty() && fresh.breach.is_none());
+    assert!(gateway.key_by_hash(&hash_key("gvl_k")).unwrap().is_none());
+
+    cli.insert_key(&KeyRecord {
+        id: "key_1".into(),
+        hash: hash_key("gvl_k"),
+        principal: "svc".into(),
+        role: Role::Service,
+        approver_role: None,
+        created_at: NOW,
+        created_by: "admin".into(),
+        revoked_at: None,
+    })
+    .unwrap();
+    assert!(gateway.key_by_hash(&hash_key("gvl_k")).unwrap().is_some());
+    cli.revoke_key("key_1", NOW).unwrap();
+    let key = gateway.key_by_hash(&hash_key("gvl_k")).unwrap().unwrap();
+    assert!(key.revoked_at.is_some(), "a revocation shows at once");
+
+    cli.save_approval(&approval("apr_1"), None).unwrap();
+    assert_eq!(view(&gateway).approvals, vec![approval("apr_1")]);
+    assert_eq!(gateway.approvals_of("kb").unwrap(), vec![approval("apr_1")]);
+
+    let kill = Kill {
+        scope: Scope::Deployment("kb".into()),
+        reason: "r".into(),
+        by: "olga".into(),
+        at: NOW,
+        until: Some(NOW.saturating_add(Span::from_secs(60))),
+    };
+    cli.set_kill(&kill).unwrap();
+    assert_eq!(view(&gateway).kills, vec![kill.clone()]);
+    // A timed kill ends by the clock, with no write to announce it.
+    let later = NOW.saturating_add(Span::from_secs(61));
+    assert!(gateway
+        .view("kb", "uc", "svc", None, later)
+        .unwrap()
+        .kills
+        .is_empty());
+    // A view asked for an earlier moment than the copy was taken at is answered afresh.
+    assert_eq!(view(&gateway).kills, vec![kill]);
+
+    let cooldown = Cooldown {
+        scope: Scope::Principal("svc".into()),
+        code: "abuse.cooldown".into(),
+        reason: "r".into(),
+        since: NOW,
+        until: NOW.saturating_add(Span::from_secs(30)),
+    };
+    cli.start_cooldown(&cooldown).unwrap();
+    assert_eq!(view(&gateway).cooldowns, vec![cooldown]);
+
+    let breach = Breach {
+        id: "brc_1".into(),
+        deployment: "kb".into(),
+        approval_id: "apr_1".into(),
+        threshold: "latency".into(),
+        signal: "latency".into(),
+        value: 900.0,
+        limit: 500.0,
+        on_breach: OnBreach::Block,
+        since: NOW,
+        until: None,
+    };
+    cli.start_breach(&breach).unwrap();
+    assert_eq!(view(&gateway).breach, Some(breach));
+    cli.end_breach("kb").unwrap();
+    assert!(view(&gateway).breach.is_none());
+}
