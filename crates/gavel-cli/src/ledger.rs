@@ -74,22 +74,24 @@ pub struct Ledger {
 impl Ledger {
     /// Opens the ledger for appending, waiting a while for another gavel process to finish.
     pub fn open(db_path: &Path) -> Result<Ledger, Failure> {
-        Ledger::open_with(db_path, LOCK_PATIENCE, None)
+        Ledger::open_with(db_path, LOCK_PATIENCE, None, false)
     }
 
     /// Opens the ledger for a long-running writer (`gavel serve`): fails at once if another
-    /// process holds it, and reports every committed batch to `observer`.
+    /// process holds it, and reports every committed batch to `observer`. Its commits never
+    /// checkpoint the WAL: the caller runs a `WalCheckpointer`.
     pub fn open_exclusive(
         db_path: &Path,
         observer: Option<BatchObserver>,
     ) -> Result<Ledger, Failure> {
-        Ledger::open_with(db_path, Duration::ZERO, observer)
+        Ledger::open_with(db_path, Duration::ZERO, observer, true)
     }
 
     fn open_with(
         db_path: &Path,
         patience: Duration,
         observer: Option<BatchObserver>,
+        background_checkpoints: bool,
     ) -> Result<Ledger, Failure> {
         let lock_path = db_path.with_extension("ledger-lock");
         let lock = std::fs::OpenOptions::new()
@@ -125,13 +127,14 @@ impl Ledger {
             }
         }
         let signer = load_key(db_path)?;
-        let appender = Appender::start_observed(
-            open_sink(db_path)?,
-            signer,
-            AppenderConfig::default(),
-            observer,
-        )
-        .map_err(|e| Failure::storage(format!("the ledger cannot start: {e}")))?;
+        let sink = open_sink(db_path)?;
+        if background_checkpoints {
+            sink.hand_checkpoints_to_background().map_err(|e| {
+                Failure::storage(format!("cannot configure the ledger connection: {e}"))
+            })?;
+        }
+        let appender = Appender::start_observed(sink, signer, AppenderConfig::default(), observer)
+            .map_err(|e| Failure::storage(format!("the ledger cannot start: {e}")))?;
         Ok(Ledger {
             appender,
             _writer_lock: lock,

@@ -228,6 +228,40 @@ impl SqliteLedgerSink {
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
+
+    /// Stops this connection's commits from checkpointing the WAL (a checkpoint copies the
+    /// WAL into the database file and syncs it, inside whichever commit crosses the
+    /// threshold, so that commit's caller waits for it). For a process that runs a
+    /// [`WalCheckpointer`] instead.
+    pub fn hand_checkpoints_to_background(&self) -> Result<(), Error> {
+        Ok(self.conn.pragma_update(None, "wal_autocheckpoint", 0)?)
+    }
+}
+
+/// Checkpoints the WAL on a connection of its own, so that no commit on a request's path
+/// does: the gateway calls [`WalCheckpointer::run`] every 200 ms, and its other connections
+/// have automatic checkpoints off.
+pub struct WalCheckpointer {
+    conn: Connection,
+}
+
+impl WalCheckpointer {
+    pub fn open(path: impl AsRef<Path>) -> Result<WalCheckpointer, Error> {
+        Ok(WalCheckpointer {
+            conn: Connection::open(path)?,
+        })
+    }
+
+    /// A passive checkpoint: copies what it can without waiting for readers or writers, who
+    /// go on meanwhile. Returns the WAL's size in frames and how many are now in the
+    /// database file.
+    pub fn run(&self) -> Result<(i64, i64), Error> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })?)
+    }
 }
 
 impl LedgerSink for SqliteLedgerSink {
@@ -365,5 +399,33 @@ mod tests {
         assert!(conn.is_autocommit());
         immediate::<_, rusqlite::Error>(&conn, insert).unwrap();
         assert_eq!(count(&conn), 2);
+    }
+
+    #[test]
+    fn checkpoints_handed_to_the_background_happen_only_when_it_runs() {
+        let dir = std::env::temp_dir().join(format!("gavel-wal-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("wal.db");
+        let _ = std::fs::remove_file(&path);
+        let sink = SqliteLedgerSink::open(&path).unwrap();
+        sink.hand_checkpoints_to_background().unwrap();
+        let checkpointer = WalCheckpointer::open(&path).unwrap();
+        // Well past the 8192-page threshold the sink would otherwise checkpoint at.
+        let blob = vec![7u8; 64 * 1024];
+        for _ in 0..600 {
+            sink.conn()
+                .execute(
+                    "INSERT INTO ledger_meta (key, value) VALUES (hex(randomblob(8)), ?1)",
+                    [&blob],
+                )
+                .unwrap();
+        }
+        let (frames, copied) = checkpointer.run().unwrap();
+        assert!(
+            frames > 8192,
+            "no commit checkpointed on its own: {frames} frames in the WAL"
+        );
+        assert_eq!(copied, frames, "the background checkpoint copied them all");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

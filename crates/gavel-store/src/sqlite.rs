@@ -177,6 +177,15 @@ impl SqliteStore {
             .map_err(err("synchronous"))
     }
 
+    /// Stops this connection's commits from checkpointing the WAL, for a process that runs a
+    /// `gavel_ledger_sqlite::WalCheckpointer` (a checkpoint inside a budget commit made the
+    /// decision waiting on it several milliseconds late).
+    pub fn hand_checkpoints_to_background(&self) -> Result<(), StoreError> {
+        self.conn()?
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(err("wal_autocheckpoint"))
+    }
+
     fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
         conn.busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
             .map_err(err("busy handler"))?;
