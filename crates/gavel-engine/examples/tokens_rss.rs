@@ -13,6 +13,9 @@
 //! cargo run --release -p gavel-engine --example tokens_rss -- bpe-openai
 //! ```
 
+#[path = "common/arena_hard.rs"]
+mod arena_hard;
+
 use std::time::Instant;
 
 use gavel_engine::Encoding;
@@ -38,20 +41,7 @@ fn split() -> String {
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "gavel".into());
-    let corpus = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/corpora/benign/arena_hard_v0.1_questions.jsonl"
-    );
-    let prompts: Vec<String> = std::fs::read_to_string(corpus)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let prompts = arena_hard::prompts();
     let count = |encoding: Encoding, text: &str| -> u64 {
         match (which.as_str(), encoding) {
             ("bpe-openai", Encoding::O200k) => bpe_openai::o200k_base().count(text) as u64,

@@ -14,6 +14,9 @@
 //! (later prompts reuse earlier ones' chunks, as in a running gateway); "per prompt" clears it
 //! before every prompt (cold). Run the first-count timing with `tokens_rss`, which starts cold.
 
+#[path = "common/arena_hard.rs"]
+mod arena_hard;
+
 use std::time::{Duration, Instant};
 
 use gavel_engine::Encoding;
@@ -32,20 +35,7 @@ fn best_of(mut pass: impl FnMut() -> u64) -> (Duration, u64) {
 }
 
 fn main() {
-    let corpus = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/corpora/benign/arena_hard_v0.1_questions.jsonl"
-    );
-    let prompts: Vec<String> = std::fs::read_to_string(corpus)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let prompts = arena_hard::prompts();
     let bytes: usize = prompts.iter().map(String::len).sum();
     println!(
         "{} arena-hard prompts, {} bytes; best of {PASSES} passes",

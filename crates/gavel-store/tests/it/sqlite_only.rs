@@ -32,6 +32,20 @@ fn approval(id: &str) -> Approval {
     }
 }
 
+/// Key `key_1` of principal `svc`, role service, for `secret`.
+fn service_key(secret: &str) -> KeyRecord {
+    KeyRecord {
+        id: "key_1".into(),
+        hash: hash_key(secret),
+        principal: "svc".into(),
+        role: Role::Service,
+        approver_role: None,
+        created_at: NOW,
+        created_by: "admin".into(),
+        revoked_at: None,
+    }
+}
+
 #[test]
 fn everything_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,17 +145,7 @@ fn the_key_itself_is_never_stored() {
     let path = dir.path().join("gavel.db");
     let s = SqliteStore::open(&path).unwrap();
     let secret = "gvl_0123456789abcdef0123456789abcdef";
-    s.insert_key(&KeyRecord {
-        id: "key_1".into(),
-        hash: hash_key(secret),
-        principal: "svc".into(),
-        role: Role::Service,
-        approver_role: None,
-        created_at: NOW,
-        created_by: "admin".into(),
-        revoked_at: None,
-    })
-    .unwrap();
+    s.insert_key(&service_key(secret)).unwrap();
     drop(s);
     let mut bytes = std::fs::read(&path).unwrap();
     for suffix in ["-wal", "-shm"] {
@@ -328,17 +332,7 @@ fn changes_from_another_connection_show_at_once_despite_the_cache() {
     assert!(fresh.kills.is_empty() && fresh.approvals.is_empty() && fresh.breach.is_none());
     assert!(gateway.key_by_hash(&hash_key("gvl_k")).unwrap().is_none());
 
-    cli.insert_key(&KeyRecord {
-        id: "key_1".into(),
-        hash: hash_key("gvl_k"),
-        principal: "svc".into(),
-        role: Role::Service,
-        approver_role: None,
-        created_at: NOW,
-        created_by: "admin".into(),
-        revoked_at: None,
-    })
-    .unwrap();
+    cli.insert_key(&service_key("gvl_k")).unwrap();
     assert!(gateway.key_by_hash(&hash_key("gvl_k")).unwrap().is_some());
     cli.revoke_key("key_1", NOW).unwrap();
     let key = gateway.key_by_hash(&hash_key("gvl_k")).unwrap().unwrap();
