@@ -337,18 +337,27 @@ impl Engine {
         usage: &Usage,
         now: Timestamp,
     ) -> Result<Settled, StateError> {
+        state.settle(decision_id, self.actual_amounts(deployment_id, usage)?, now)
+    }
+
+    /// What a call on `deployment_id` actually consumed, priced: what settling charges in
+    /// place of the reservation's estimate.
+    pub fn actual_amounts(
+        &self,
+        deployment_id: &str,
+        usage: &Usage,
+    ) -> Result<Amounts, StateError> {
         let deployment = self.contract.deployment(deployment_id).ok_or_else(|| {
             StateError(format!(
                 "deployment `{deployment_id}` is not in the contract"
             ))
         })?;
-        let actual = Amounts {
+        Ok(Amounts {
             tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
             usd_micros: self.usd_micros(&deployment.id, usage),
             requests: 1,
             tool_calls: usage.tool_calls,
-        };
-        state.settle(decision_id, actual, now)
+        })
     }
 
     /// Blocks for abuse reasons count against the principal; enough of them start a cooldown,

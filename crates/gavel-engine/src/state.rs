@@ -419,6 +419,19 @@ pub trait RuntimeState: Send + Sync {
         now: Timestamp,
     ) -> Result<Settled, StateError>;
 
+    /// [`RuntimeState::settle`] for many reservations at once (a backend may do them in one
+    /// transaction); one answer per settlement, in order.
+    fn settle_many(
+        &self,
+        settlements: &[(String, Amounts)],
+        now: Timestamp,
+    ) -> Result<Vec<Settled>, StateError> {
+        settlements
+            .iter()
+            .map(|(reservation_id, actual)| self.settle(reservation_id, *actual, now))
+            .collect()
+    }
+
     /// Records an abuse strike against `principal` and returns how many strikes it has within
     /// `[now - within, now]`.
     fn add_strike(

@@ -903,31 +903,22 @@ impl RuntimeState for SqliteStore {
         _now: Timestamp,
     ) -> Result<Settled, StateError> {
         let conn = self.conn()?;
-        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
-            let held: Option<String> = tx
-                .prepare_cached("SELECT windows FROM reservations WHERE id = ?1")
-                .map_err(err("statement"))?
-                .query_row([reservation_id], |r| r.get(0))
-                .optional()
-                .map_err(err("settle"))?;
-            let Some(held) = held else {
-                return Ok(Settled::Unknown);
-            };
-            let held: Vec<(String, Amounts)> = from_json(&held)?;
-            for (key, reserved) in held {
-                let used = window_usage(tx, &key)?;
-                let settled = used.saturating_sub(reserved).saturating_add(actual);
-                add_to_window(tx, &key, settled, true)?;
-            }
-            tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")
-                .map_err(err("statement"))?
-                .execute([reservation_id])
-                .map_err(err("settle"))?;
-            tx.prepare_cached("DELETE FROM reservation_resources WHERE reservation_id = ?1")
-                .map_err(err("statement"))?
-                .execute([reservation_id])
-                .map_err(err("settle"))?;
-            Ok(Settled::Settled)
+        Ok(immediate(&conn, |tx| {
+            settle_in(tx, reservation_id, actual)
+        })?)
+    }
+
+    fn settle_many(
+        &self,
+        settlements: &[(String, Amounts)],
+        _now: Timestamp,
+    ) -> Result<Vec<Settled>, StateError> {
+        let conn = self.conn()?;
+        Ok(immediate(&conn, |tx| {
+            settlements
+                .iter()
+                .map(|(reservation_id, actual)| settle_in(tx, reservation_id, *actual))
+                .collect::<Result<Vec<_>, StoreError>>()
         })?)
     }
 
@@ -969,6 +960,39 @@ impl RuntimeState for SqliteStore {
             .map_err(err("cooldown"))?;
         Ok(())
     }
+}
+
+/// Replaces one reservation's estimate with `actual` in every window it charged, and releases
+/// its resources; inside the caller's write transaction.
+fn settle_in(
+    tx: &Connection,
+    reservation_id: &str,
+    actual: Amounts,
+) -> Result<Settled, StoreError> {
+    let held: Option<String> = tx
+        .prepare_cached("SELECT windows FROM reservations WHERE id = ?1")
+        .map_err(err("statement"))?
+        .query_row([reservation_id], |r| r.get(0))
+        .optional()
+        .map_err(err("settle"))?;
+    let Some(held) = held else {
+        return Ok(Settled::Unknown);
+    };
+    let held: Vec<(String, Amounts)> = from_json(&held)?;
+    for (key, reserved) in held {
+        let used = window_usage(tx, &key)?;
+        let settled = used.saturating_sub(reserved).saturating_add(actual);
+        add_to_window(tx, &key, settled, true)?;
+    }
+    tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")
+        .map_err(err("statement"))?
+        .execute([reservation_id])
+        .map_err(err("settle"))?;
+    tx.prepare_cached("DELETE FROM reservation_resources WHERE reservation_id = ?1")
+        .map_err(err("statement"))?
+        .execute([reservation_id])
+        .map_err(err("settle"))?;
+    Ok(Settled::Settled)
 }
 
 fn window_usage(tx: &Connection, key: &str) -> Result<Amounts, StoreError> {

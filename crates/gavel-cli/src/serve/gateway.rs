@@ -11,7 +11,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use gavel_engine::{DecideInput, DecideRequest, Decision, Engine, Reason, ReasonCode, Usage};
+use gavel_engine::{
+    Amounts, DecideInput, DecideRequest, Decision, Engine, Reason, ReasonCode, RuntimeState, Usage,
+};
 use gavel_ledger::{Receipt, RecordKind};
 use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_scan::Scanners;
@@ -61,6 +63,26 @@ pub struct Gateway {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set once the contract and the ledger are loaded.
     pub ready: AtomicBool,
+    /// Outcomes waiting to be settled and recorded (see [`Gateway::record_outcome`]).
+    pub finished: Mutex<Vec<Finished>>,
+    /// Whether a blocking task is draining `finished`.
+    pub settling: AtomicBool,
+}
+
+/// What happened after an ALLOW, waiting to be settled and recorded.
+pub struct Finished {
+    decision_id: String,
+    principal: String,
+    ran_on: String,
+    usage: Usage,
+    details: Value,
+}
+
+fn lock_queue(queue: &Mutex<Vec<Finished>>) -> MutexGuard<'_, Vec<Finished>> {
+    // A panic while holding the lock leaves a plain Vec behind: still usable.
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A decision the ledger holds (or, if it could not take it, the fail-closed refusal).
@@ -251,7 +273,9 @@ impl Gateway {
 
     /// Records what happened after an ALLOW (usage, latency, output digest, findings) and
     /// settles the decision's reservation with the actual usage. Not awaited: the decision is
-    /// what must be durable before acting; this follows it.
+    /// what must be durable before acting; this follows it. Outcomes queue, and one blocking
+    /// task at a time settles whatever has queued in one store transaction, so under load
+    /// many requests share one (before, each took a blocking thread and a transaction).
     pub fn record_outcome(
         self: &Arc<Self>,
         decision: &Decision,
@@ -259,47 +283,79 @@ impl Gateway {
         usage: &Usage,
         details: Value,
     ) {
-        let gw = self.clone();
-        let (decision_id, principal) = (decision.decision_id.clone(), decision.principal.clone());
-        let (ran_on, usage) = (ran_on.to_string(), usage.clone());
-        // Settling writes SQLite: off the async workers, like deciding.
-        tokio::task::spawn_blocking(move || {
-            gw.settle_and_record(&decision_id, &principal, &ran_on, &usage, details)
-        });
+        let finished = Finished {
+            decision_id: decision.decision_id.clone(),
+            principal: decision.principal.clone(),
+            ran_on: ran_on.to_string(),
+            usage: usage.clone(),
+            details,
+        };
+        lock_queue(&self.finished).push(finished);
+        if !self.settling.swap(true, Ordering::AcqRel) {
+            let gw = self.clone();
+            // Settling writes SQLite: off the async workers, like deciding.
+            tokio::task::spawn_blocking(move || gw.settle_queued());
+        }
     }
 
-    fn settle_and_record(
-        &self,
-        decision_id: &str,
-        principal: &str,
-        ran_on: &str,
-        usage: &Usage,
-        details: Value,
-    ) {
+    /// Settles and records what has queued, batch after batch, until nothing is left.
+    fn settle_queued(&self) {
+        loop {
+            let batch = std::mem::take(&mut *lock_queue(&self.finished));
+            if batch.is_empty() {
+                self.settling.store(false, Ordering::Release);
+                // An outcome queued between the take and the flag's reset found the flag
+                // still set and started no task: look once more.
+                if lock_queue(&self.finished).is_empty()
+                    || self.settling.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            self.settle_and_record(batch);
+        }
+    }
+
+    fn settle_and_record(&self, batch: Vec<Finished>) {
         let at = now();
         let engine = self.engine();
-        if let Err(e) = engine.settle(&self.store, decision_id, ran_on, usage, at) {
-            tracing::error!(decision_id, error = %e, "settling usage failed");
+        let settlements: Vec<(String, Amounts)> = batch
+            .iter()
+            .filter_map(|f| match engine.actual_amounts(&f.ran_on, &f.usage) {
+                Ok(actual) => Some((f.decision_id.clone(), actual)),
+                Err(e) => {
+                    tracing::error!(decision_id = %f.decision_id, error = %e, "settling usage failed");
+                    None
+                }
+            })
+            .collect();
+        if let Err(e) = self.store.settle_many(&settlements, at) {
+            for (decision_id, _) in &settlements {
+                tracing::error!(%decision_id, error = %e, "settling usage failed");
+            }
         }
-        self.monitor.record_outcome(
-            ran_on,
-            &observed(&engine, decision_id, ran_on, usage, &details),
-        );
-        let mut body = json!({
-            "principal": principal,
-            "decision_id": decision_id,
-            "deployment": ran_on,
-            "usage": usage,
-        });
-        if let (Some(body), Value::Object(details)) = (body.as_object_mut(), details) {
-            body.extend(details);
-        }
-        let submitted = new_id("out").and_then(|id| {
-            self.ledger
-                .submit_background(RecordKind::Outcome, at, &id, &body)
-        });
-        if let Err(e) = submitted {
-            tracing::error!(decision_id, error = %e.message, "the outcome could not be recorded");
+        for f in batch {
+            self.monitor.record_outcome(
+                &f.ran_on,
+                &observed(&engine, &f.decision_id, &f.ran_on, &f.usage, &f.details),
+            );
+            let mut body = json!({
+                "principal": f.principal,
+                "decision_id": f.decision_id,
+                "deployment": f.ran_on,
+                "usage": f.usage,
+            });
+            if let (Some(body), Value::Object(details)) = (body.as_object_mut(), f.details) {
+                body.extend(details);
+            }
+            let submitted = new_id("out").and_then(|id| {
+                self.ledger
+                    .submit_background(RecordKind::Outcome, at, &id, &body)
+            });
+            if let Err(e) = submitted {
+                tracing::error!(decision_id = %f.decision_id, error = %e.message, "the outcome could not be recorded");
+            }
         }
     }
 

@@ -121,6 +121,8 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         db_path: ctx.db_path.clone(),
         metrics,
         ready: Default::default(),
+        finished: Default::default(),
+        settling: Default::default(),
     });
     let listen: SocketAddr = args.listen.parse().map_err(|_| {
         Failure::usage(format!(

@@ -158,6 +158,55 @@ fn dry_run_reserve_records_nothing() {
 }
 
 #[test]
+fn settling_many_at_once_equals_settling_each() {
+    for b in backends() {
+        let s = &*b.state;
+        for id in ["r1", "r2", "r3"] {
+            s.reserve(
+                &reservation(id, vec![charge("a", 30, 100)], vec![]),
+                NOW,
+                false,
+            )
+            .unwrap()
+            .unwrap();
+        }
+        let used = |tokens| Amounts {
+            tokens,
+            requests: 1,
+            ..Default::default()
+        };
+        let settled = s
+            .settle_many(
+                &[
+                    ("r1".to_string(), used(5)),
+                    ("unknown".to_string(), used(50)),
+                    ("r2".to_string(), used(7)),
+                ],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            settled,
+            vec![Settled::Settled, Settled::Unknown, Settled::Settled],
+            "{}",
+            b.name
+        );
+        // Held now: 5 + 7 settled, 30 still reserved by r3: 42 of 100, so 58 fit and 59 not.
+        let fits = |id: &str, tokens| {
+            s.reserve(
+                &reservation(id, vec![charge("a", tokens, 100)], vec![]),
+                NOW,
+                true,
+            )
+            .unwrap()
+            .is_ok()
+        };
+        assert!(fits("probe1", 58), "{}", b.name);
+        assert!(!fits("probe2", 59), "{}", b.name);
+    }
+}
+
+#[test]
 fn settle_replaces_the_estimate_and_only_once() {
     for b in backends() {
         let s = &*b.state;
