@@ -13,7 +13,8 @@
 # written to bench/gateway/results.md.
 #
 # Options (environment):
-#   RATES="30 500 2000 max"   rates (req/s) for direct, gavel and Portkey; `max` = no rate limit
+#   RATES="30 50 500 2000 max"   rates (req/s) for direct, gavel and Portkey; `max` = no rate limit
+#                             (30 and 50 are also LiteLLM's, so gavel is compared with it at each)
 #   LITELLM_RATES="30 50 max" rates for LiteLLM (it saturates well below 500 req/s here)
 #   DURATION=10s              length of each measured run (oha -z)
 #   CONCURRENCY=50            oha -c
@@ -32,7 +33,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 CACHE="${CACHE:-$HOME/.cache/gavel-bench}"
-RATES="${RATES:-30 500 2000 max}"
+RATES="${RATES:-30 50 500 2000 max}"
 LITELLM_RATES="${LITELLM_RATES:-30 50 max}"
 DURATION="${DURATION:-10s}"
 CONCURRENCY="${CONCURRENCY:-50}"
