@@ -1,7 +1,7 @@
 //! The `Store` half of the interface (keys, approvals, registrations, kills), and what only a
 //! file-backed store can show: state survives reopening, and two connections stay exact.
 
-use gavel_contract::time::Span;
+use gavel_contract::time::{Span, Timestamp};
 use gavel_engine::approval::Registration;
 use gavel_engine::*;
 use gavel_store::{hash_key, ContractRecord, KeyRecord, Role, SqliteStore, Store};
@@ -43,6 +43,22 @@ fn service_key(secret: &str) -> KeyRecord {
         created_at: NOW,
         created_by: "admin".into(),
         revoked_at: None,
+    }
+}
+
+/// Breach `brc_1` of `kb` under `apr_1`: p99 latency 900 against 500.
+fn latency_breach(on_breach: OnBreach, until: Option<Timestamp>) -> Breach {
+    Breach {
+        id: "brc_1".into(),
+        deployment: "kb".into(),
+        approval_id: "apr_1".into(),
+        threshold: "latency".into(),
+        signal: "latency".into(),
+        value: 900.0,
+        limit: 500.0,
+        on_breach,
+        since: NOW,
+        until,
     }
 }
 
@@ -244,18 +260,10 @@ fn a_database_from_a_newer_gavel_is_refused() {
 fn one_breach_per_deployment_shows_in_the_view_until_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
-    let breach = Breach {
-        id: "brc_1".into(),
-        deployment: "kb".into(),
-        approval_id: "apr_1".into(),
-        threshold: "latency".into(),
-        signal: "latency".into(),
-        value: 900.0,
-        limit: 500.0,
-        on_breach: OnBreach::Cooldown { seconds: 60 },
-        since: NOW,
-        until: Some(NOW.saturating_add(Span::from_secs(60))),
-    };
+    let breach = latency_breach(
+        OnBreach::Cooldown { seconds: 60 },
+        Some(NOW.saturating_add(Span::from_secs(60))),
+    );
     assert!(s.start_breach(&breach).unwrap());
     let second = Breach {
         id: "brc_2".into(),
@@ -371,18 +379,7 @@ fn changes_from_another_connection_show_at_once_despite_the_cache() {
     cli.start_cooldown(&cooldown).unwrap();
     assert_eq!(view(&gateway).cooldowns, vec![cooldown]);
 
-    let breach = Breach {
-        id: "brc_1".into(),
-        deployment: "kb".into(),
-        approval_id: "apr_1".into(),
-        threshold: "latency".into(),
-        signal: "latency".into(),
-        value: 900.0,
-        limit: 500.0,
-        on_breach: OnBreach::Block,
-        since: NOW,
-        until: None,
-    };
+    let breach = latency_breach(OnBreach::Block, None);
     cli.start_breach(&breach).unwrap();
     assert_eq!(view(&gateway).breach, Some(breach));
     cli.end_breach("kb").unwrap();
