@@ -151,6 +151,23 @@ impl Gateway {
     /// Decides one request and waits until its record is durable. A record the ledger does not
     /// take turns the decision into BLOCK `governance.unavailable` (and gives back what it held).
     pub async fn decide(self: &Arc<Self>, request: Arc<DecideRequest>, principal: &str) -> Ruling {
+        // A task of its own, so that it runs to the end even if the client goes away meanwhile:
+        // a reservation the ledger refused must be given back, and the decision counted.
+        let (gw, req, owner) = (self.clone(), request.clone(), principal.to_string());
+        match tokio::spawn(async move { gw.decide_to_the_end(req, &owner).await }).await {
+            Ok(ruling) => ruling,
+            Err(e) => {
+                let failure = Failure::storage(format!("the decision was lost: {e}"));
+                self.refused(&self.engine(), &request, principal, failure)
+            }
+        }
+    }
+
+    async fn decide_to_the_end(
+        self: Arc<Self>,
+        request: Arc<DecideRequest>,
+        principal: &str,
+    ) -> Ruling {
         let started = Instant::now();
         let engine = self.engine();
         // Deciding reads and writes SQLite: on a blocking thread, never on the async workers
