@@ -9,6 +9,9 @@
 //! The text is the first KiB of the arena-hard prompts concatenated (`../shared/corpora`, or
 //! `$GAVEL_CORPORA`).
 
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use std::time::Instant;
 
 use gavel_scan::{ContentRole, ScanConfig, Scanners};
@@ -22,20 +25,9 @@ fn median(mut nanos: Vec<u128>) -> u128 {
 
 fn main() -> Res<()> {
     let dir = std::env::var("GAVEL_CORPORA").unwrap_or_else(|_| "../shared/corpora".into());
-    let raw = std::fs::read_to_string(format!("{dir}/benign/arena_hard_v0.1_questions.jsonl"))?;
-    let mut prompts = Vec::new();
-    for line in raw.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
-            prompts.push(p.to_owned());
-        }
-    }
+    let prompts = corpus::arena_hard_prompts(&dir)?;
     let text = prompts.join("\n\n");
-    let mut end = 1024.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let kb = text.get(..end).unwrap_or_default();
+    let kb = corpus::prefix(&text, 1024);
     let scanners = Scanners::new(&ScanConfig::default())?;
     let mut out = Vec::new();
     let mut scan = || {

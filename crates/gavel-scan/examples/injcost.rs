@@ -14,6 +14,9 @@
 //! characters, most non-ASCII first; `email` is the first KiB of the BIPIA e-mails concatenated
 //! (prose). Modes: `direct`, `indirect`. Prints the score so the work cannot be optimised away.
 
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use gavel_scan::{ContentRole, ScanConfig, Scanners};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -24,14 +27,7 @@ fn main() -> Res<()> {
     let mode = args.next().unwrap_or_else(|| "direct".into());
     let iters: u32 = args.next().map_or(Ok(1), |n| n.parse())?;
     let dir = std::env::var("GAVEL_CORPORA").unwrap_or_else(|_| "../shared/corpora".into());
-    let raw = std::fs::read_to_string(format!("{dir}/benign/arena_hard_v0.1_questions.jsonl"))?;
-    let mut prompts = Vec::new();
-    for line in raw.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
-            prompts.push(p.to_owned());
-        }
-    }
+    let prompts = corpus::arena_hard_prompts(&dir)?;
     let text = match which.as_str() {
         "ascii" => prompts.join("\n\n"),
         "unicode" => {
@@ -54,7 +50,7 @@ fn main() -> Res<()> {
         }
         other => return Err(format!("unknown text `{other}` (ascii|unicode|email)").into()),
     };
-    let kb = prefix(&text, 1024);
+    let kb = corpus::prefix(&text, 1024);
     let role = match mode.as_str() {
         "direct" => ContentRole::User,
         "indirect" => ContentRole::Retrieved,
@@ -78,12 +74,4 @@ fn main() -> Res<()> {
         total / iters as f32
     );
     Ok(())
-}
-
-fn prefix(text: &str, n: usize) -> &str {
-    let mut end = n.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default()
 }

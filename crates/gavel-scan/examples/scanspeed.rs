@@ -7,6 +7,9 @@
 //! for injection, its first 64 KiB streamed in 64-byte chunks (secrets and PII, then also
 //! injection with the default window).
 
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,16 +24,9 @@ fn main() -> Res<()> {
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "../shared/corpora".into());
-    let raw = std::fs::read_to_string(format!("{dir}/benign/arena_hard_v0.1_questions.jsonl"))?;
-    let mut prompts = Vec::new();
-    for line in raw.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        if let Some(p) = v.get("prompt").and_then(|p| p.as_str()) {
-            prompts.push(p.to_owned());
-        }
-    }
+    let prompts = corpus::arena_hard_prompts(&dir)?;
     let text = prompts.join("\n\n");
-    let kb = prefix(&text, 1024);
+    let kb = corpus::prefix(&text, 1024);
     let detectors = Scanners::new(&ScanConfig {
         injection: false,
         ..ScanConfig::default()
@@ -66,7 +62,7 @@ fn main() -> Res<()> {
         );
     }
     let shared = Arc::new(detectors);
-    let stream_text = prefix(&text, 64 * 1024);
+    let stream_text = corpus::prefix(&text, 64 * 1024);
     let chunks = chunked(stream_text, 64);
     let t = min_time(5, || {
         let mut s = StreamScanner::new(shared.clone());
@@ -107,14 +103,6 @@ fn min_time(per_sample: u32, mut f: impl FnMut()) -> f64 {
         best = best.min(t.elapsed().as_secs_f64() / f64::from(per_sample));
     }
     best
-}
-
-fn prefix(text: &str, n: usize) -> &str {
-    let mut end = n.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default()
 }
 
 fn chunked(text: &str, size: usize) -> Vec<&str> {
