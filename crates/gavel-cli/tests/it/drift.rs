@@ -480,16 +480,7 @@ fn a_loosening_contract_load_is_reported_with_what_it_loosened() {
 fn looser_thresholds_and_repeated_extensions_of_real_approvals() {
     let r = Ready::start();
     let approve = |thresholds: &[&str]| {
-        let mut args = vec![
-            "approve",
-            "kb-search-v1",
-            "--population",
-            "Acme employees",
-            "--expires",
-            "30d",
-            "--on-breach",
-            "cooldown:15m",
-        ];
+        let mut args = approve_kb("cooldown:15m");
         for t in thresholds {
             args.extend(["--threshold", t]);
         }

@@ -181,19 +181,7 @@ impl Ready {
 
     /// As `start`, with the contract edited by `edit` before it is applied.
     pub fn start_with(edit: impl FnOnce(&str) -> String) -> Ready {
-        Ready::start_approving(
-            edit,
-            &[
-                "approve",
-                "kb-search-v1",
-                "--population",
-                "Acme employees",
-                "--expires",
-                "30d",
-                "--on-breach",
-                "cooldown:15m",
-            ],
-        )
+        Ready::start_approving(edit, &approve_kb("cooldown:15m"))
     }
 
     /// As `start_with`, with the approval `approve` (the arguments of `gavel approve`, run
@@ -234,4 +222,19 @@ pub fn kb_request() -> Value {
         "deployment": "kb-search-v1",
         "messages": [{"role": "system", "content": kb_prompt()}, {"role": "user", "content": "Where is the VPN guide?"}]
     })
+}
+
+/// `gavel approve kb-search-v1` for Acme employees, 30 days, with `on_breach`; callers append
+/// thresholds or evidence.
+pub fn approve_kb(on_breach: &str) -> Vec<&str> {
+    vec![
+        "approve",
+        "kb-search-v1",
+        "--population",
+        "Acme employees",
+        "--expires",
+        "30d",
+        "--on-breach",
+        on_breach,
+    ]
 }

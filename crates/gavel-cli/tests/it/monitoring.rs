@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::hooks::{failing_webhook, records, until, webhook};
 use super::serve::Server;
-use super::{kb_request, Ready};
+use super::{approve_kb, kb_request, Ready};
 
 /// The example with a short window, kb-search-v1 paging `hook`, no per-principal request
 /// budget in the way, and an approval with drift thresholds and a 3 s cooldown on breach.
@@ -25,19 +25,10 @@ fn setup(hook: &str) -> Ready {
             .replace("monitoring:  { window: 5m, bucket: 10s, min_samples: 20, drift_bins: 10, drift_min_samples: 50,", "monitoring:  { window: 30s, bucket: 1s, min_samples: 20, drift_bins: 10, drift_min_samples: 30,")
         },
         &[
-            "approve",
-            "kb-search-v1",
-            "--population",
-            "Acme employees",
-            "--expires",
-            "30d",
-            "--on-breach",
-            "cooldown:3s",
-            "--threshold",
-            "drift_js=0.3",
-            "--threshold",
-            "drift=1.0",
-        ],
+            approve_kb("cooldown:3s"),
+            vec!["--threshold", "drift_js=0.3", "--threshold", "drift=1.0"],
+        ]
+        .concat(),
     )
 }
 

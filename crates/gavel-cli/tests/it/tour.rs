@@ -243,20 +243,7 @@ fn a_changed_deployment_is_refused_until_applied_and_reapproved() {
     );
     let d = g.decide(&r.service, &changed);
     assert_eq!(d["reasons"][0]["code"], "approval.binding_mismatch", "{d}");
-    g.run(
-        Some(&r.risk),
-        &[
-            "approve",
-            "kb-search-v1",
-            "--population",
-            "Acme employees",
-            "--expires",
-            "30d",
-            "--on-breach",
-            "block",
-        ],
-    )
-    .ok();
+    g.run(Some(&r.risk), &approve_kb("block")).ok();
     assert_eq!(g.decide(&r.service, &changed)["verdict"], "ALLOW");
 }
 
