@@ -165,39 +165,13 @@ mod tests {
     #[test]
     fn probes_after_the_cooldown_recover_or_extend() {
         let a = cooling(1000);
+        let probed = |state| next_step(Some(&a), Some("apr_1"), &[], &[check(state)], 20, 1500);
+        assert!(matches!(probed(CheckState::Within), Step::Recover { .. }));
         assert!(matches!(
-            next_step(
-                Some(&a),
-                Some("apr_1"),
-                &[],
-                &[check(CheckState::Within)],
-                20,
-                1500
-            ),
-            Step::Recover { .. }
-        ));
-        assert!(matches!(
-            next_step(
-                Some(&a),
-                Some("apr_1"),
-                &[],
-                &[check(CheckState::Breached)],
-                20,
-                1500
-            ),
+            probed(CheckState::Breached),
             Step::Extend { until_ms: 2500, .. }
         ));
-        assert_eq!(
-            next_step(
-                Some(&a),
-                Some("apr_1"),
-                &[],
-                &[check(CheckState::Insufficient)],
-                20,
-                1500
-            ),
-            Step::Nothing
-        );
+        assert_eq!(probed(CheckState::Insufficient), Step::Nothing);
     }
 
     #[test]
