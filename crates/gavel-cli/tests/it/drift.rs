@@ -125,6 +125,26 @@ fn drift_json(g: &Gavel, key: &str, args: &[&str]) -> Value {
     serde_json::from_str(&run.stdout).unwrap()
 }
 
+/// The two weeks `two_weeks` writes, kb-search-v1 only.
+const KB_FORTNIGHT: [&str; 6] = [
+    "--from",
+    "2026-10-01",
+    "--to",
+    "2026-10-15",
+    "--deployment",
+    "kb-search-v1",
+];
+
+fn kb_fortnight_json(r: &Ready, extra: &[&str]) -> Value {
+    drift_json(&r.g, &r.auditor, &[KB_FORTNIGHT.as_slice(), extra].concat())
+}
+
+fn kb_fortnight_text(r: &Ready) -> String {
+    let mut args = vec!["drift"];
+    args.extend_from_slice(&KB_FORTNIGHT);
+    r.g.run(Some(&r.auditor), &args).ok().stdout
+}
+
 fn guard<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["guards"]
         .as_array()
@@ -203,18 +223,7 @@ fn two_weeks() -> (Ready, Value) {
         &[],
     );
     ledger.close();
-    let report = drift_json(
-        &r.g,
-        &r.auditor,
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-10-15",
-            "--deployment",
-            "kb-search-v1",
-        ],
-    );
+    let report = kb_fortnight_json(&r, &[]);
     (r, report)
 }
 
@@ -276,21 +285,7 @@ fn block_and_finding_rates_by_day_are_exact() {
     );
 
     // The text tables carry the same figures.
-    let text =
-        r.g.run(
-            Some(&r.auditor),
-            &[
-                "drift",
-                "--from",
-                "2026-10-01",
-                "--to",
-                "2026-10-15",
-                "--deployment",
-                "kb-search-v1",
-            ],
-        )
-        .ok()
-        .stdout;
+    let text = kb_fortnight_text(&r);
     assert!(
         text.contains("(14 UTC days), kb-search-v1: 280 decision(s)"),
         "{text}"
@@ -330,56 +325,16 @@ fn a_quiet_guard_is_reported_and_a_rare_one_is_not() {
     );
 
     // Without the traffic to show anything, nothing is called quiet, and the report says why.
-    let thin = drift_json(
-        &r.g,
-        &r.auditor,
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-10-15",
-            "--deployment",
-            "kb-search-v1",
-            "--min-daily-decisions",
-            "21",
-        ],
-    );
+    let thin = kb_fortnight_json(&r, &["--min-daily-decisions", "21"]);
     assert_eq!(thin["quiet"]["guards"], json!([]));
     assert_eq!(
         thin["quiet"]["not_checked"],
         "2026-10-08 had 20 decision(s), fewer than --min-daily-decisions 21: traffic did not continue, so silence shows nothing"
     );
     // A longer quiet window reaches back to the day privacy.pii last fired.
-    let eight = drift_json(
-        &r.g,
-        &r.auditor,
-        &[
-            "--from",
-            "2026-10-01",
-            "--to",
-            "2026-10-15",
-            "--deployment",
-            "kb-search-v1",
-            "--quiet-days",
-            "8",
-        ],
-    );
+    let eight = kb_fortnight_json(&r, &["--quiet-days", "8"]);
     assert_eq!(eight["quiet"]["guards"], json!([]));
-    let text =
-        r.g.run(
-            Some(&r.auditor),
-            &[
-                "drift",
-                "--from",
-                "2026-10-01",
-                "--to",
-                "2026-10-15",
-                "--deployment",
-                "kb-search-v1",
-            ],
-        )
-        .ok()
-        .stdout;
+    let text = kb_fortnight_text(&r);
     assert!(
         text.contains("\n  last days: 2026-10-08 to 2026-10-14\n"),
         "{text}"
