@@ -239,15 +239,8 @@ impl SqliteStore {
     /// is when kills and cooldowns are to be judged (None: the caller reads neither).
     fn governance(&self, now: Option<Timestamp>) -> Result<Arc<Governance>, StoreError> {
         let mut conn = self.conn()?;
-        let generation = current_generation(&conn)?;
-        let mut cached = self.governance.lock().map_err(|_| {
-            StoreError("the governance cache is poisoned by an earlier panic".into())
-        })?;
-        let current = |g: &&Arc<Governance>| {
-            g.generation == generation && now.is_none_or(|now| now >= g.loaded_at)
-        };
-        if let Some(governance) = cached.as_ref().filter(current) {
-            return Ok(governance.clone());
+        if let Some(governance) = self.current_copy(&conn, now)? {
+            return Ok(governance);
         }
         let loaded_at = now.unwrap_or(Timestamp(i64::MIN));
         let tx = conn.transaction().map_err(err("governance"))?;
@@ -279,8 +272,29 @@ impl SqliteStore {
             keys,
         });
         tx.commit().map_err(err("governance"))?;
-        *cached = Some(governance.clone());
+        *self.cache()? = Some(governance.clone());
         Ok(governance)
+    }
+
+    /// The cached copy if no watched table changed since it was read (and, for `now`, if it
+    /// was not read for a later moment).
+    fn current_copy(
+        &self,
+        conn: &Connection,
+        now: Option<Timestamp>,
+    ) -> Result<Option<Arc<Governance>>, StoreError> {
+        let generation = current_generation(conn)?;
+        Ok(self
+            .cache()?
+            .as_ref()
+            .filter(|g| g.generation == generation && now.is_none_or(|now| now >= g.loaded_at))
+            .cloned())
+    }
+
+    fn cache(&self) -> Result<MutexGuard<'_, Option<Arc<Governance>>>, StoreError> {
+        self.governance
+            .lock()
+            .map_err(|_| StoreError("the governance cache is poisoned by an earlier panic".into()))
     }
 }
 
@@ -367,7 +381,22 @@ impl Store for SqliteStore {
     }
 
     fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.governance(None)?.keys.get(hash).cloned())
+        // A current copy answers at once (the gateway's case: every decision keeps one). Without
+        // one, a single indexed lookup: a one-shot CLI command should not read every approval
+        // to authenticate its caller.
+        let conn = self.conn()?;
+        if let Some(governance) = self.current_copy(&conn, None)? {
+            return Ok(governance.keys.get(hash).cloned());
+        }
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"
+            ))
+            .map_err(err("statement"))?
+            .query_row([hash], key_from_row)
+            .optional()
+            .map_err(err("key lookup"))?;
+        row.map(with_role).transpose()
     }
 
     fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
