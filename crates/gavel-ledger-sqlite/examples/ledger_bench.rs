@@ -2,30 +2,36 @@
 //!
 //!   cargo run --release -p gavel-ledger-sqlite --example ledger_bench [-- --dir DIR --records N]
 //!
-//! Durable appends/s through the group-commit appender into SQLite (WAL,
-//! synchronous=FULL) at several concurrency levels, latency of a lone append
-//! next to the raw fsync cost, verification speed, and proof timings.
+//! Durable appends/s through the group-commit appender into SQLite at several concurrency
+//! levels, latency of a lone append next to the raw fsync cost, verification speed, and proof
+//! timings. The ledger runs as `gavel serve` runs it: WAL, the fsync on the appender's sync
+//! thread, WAL checkpoints every 200 ms on a thread of their own.
+//!
+//! `--run 4x1024` measures only that many threads x appends in flight, with gateway-sized
+//! records (a quick check after a change).
 
 // A benchmark reports failures by stopping loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use gavel_ledger::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash, MerkleTree};
 use gavel_ledger::{
-    verify_records, AppendRecord, Appender, AppenderConfig, InclusionBundle, LedgerSink,
+    verify_records, AppendRecord, Appender, AppenderConfig, Flusher, InclusionBundle, LedgerSink,
     NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, VerifyOptions,
 };
-use gavel_ledger_sqlite::SqliteLedgerSink;
+use gavel_ledger_sqlite::{SqliteLedgerSink, WalCheckpointer};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Counts sink commits, to report the batch sizes group commit achieved.
+/// Counts sink commits and the time spent in them, to report the batch sizes group commit
+/// achieved and how busy the one writer thread was.
 struct Counting {
     inner: SqliteLedgerSink,
     commits: Arc<AtomicU64>,
+    commit_nanos: Arc<AtomicU64>,
 }
 
 impl LedgerSink for Counting {
@@ -35,7 +41,11 @@ impl LedgerSink for Counting {
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError> {
         self.commits.fetch_add(1, Ordering::Relaxed);
-        self.inner.append(records, checkpoint)
+        let started = Instant::now();
+        let appended = self.inner.append(records, checkpoint);
+        self.commit_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        appended
     }
     fn record_count(&self) -> Result<u64, SinkError> {
         self.inner.record_count()
@@ -49,39 +59,53 @@ impl LedgerSink for Counting {
     fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
         self.inner.checkpoints()
     }
+    fn flusher(&mut self) -> Result<Option<Box<dyn Flusher>>, SinkError> {
+        self.inner.flusher()
+    }
 }
 
 fn signer() -> NoteSigner {
     NoteSigner::from_seed("gavel.bench/ledger", &[9u8; 32]).unwrap()
 }
 
-/// A decision shaped like the engine's (SPEC section 7 fields), ~450 bytes.
+/// A decision as the gateway records it for the bench's 1 KiB question (every field of the
+/// engine's decision record, an ALLOW with a max_tokens obligation and a low-confidence
+/// injection finding): 911 bytes canonical, the size of the gateway bench's records.
 fn decision(i: u64) -> Record {
+    let id = format!("dec_01M81W{i:020}");
     let body = json!({
-        "contract_version": "c-2026-11-01.3",
-        "binding": {"deployment": "support-bot", "model": "m-large", "tier": "t2"},
-        "deployment": "support-bot",
-        "approval_id": format!("ap-{}", i % 17),
-        "principal": format!("svc-{}", i % 5),
-        "verdict": if i % 10 == 0 { "deny" } else { "allow" },
-        "reason_codes": if i % 10 == 0 { json!(["pii.email"]) } else { json!([]) },
-        "findings": [{"guard": "pii", "kind": "email", "count": 1}],
-        "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        "output_sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
-        "usage": {"input_tokens": 812, "output_tokens": 164, "cost_micros": 1290},
-        "latency_ms": 412,
+        "approval_id": format!("apr_01M81WNC1FT2B7KJCX0MRBYA{:02}", i % 17),
+        "at": "2026-11-22T15:05:45.163Z",
+        "binding": "913be1a49b8ee7425d211ccd733c2da354dfd0ae3acca37cc7c09069b48fdf04",
+        "contract_version": "0f9a678fb96293ecedc2423dc8407a561df5eed6761b89472a46d159d24630a0",
+        "decision_id": id,
+        "deployment": "kb-search-v1",
+        "estimate": {"max_tokens": 400, "prompt_tokens": 219, "tool_calls": 0, "usd_micros": 290},
+        "findings": [{
+            "confidence": 0.2, "end": 412, "kind": "injection.persona_jailbreak",
+            "rule_id": "injection.persona", "start": 377, "text_index": 1,
+        }],
+        "input_sha256": "f4c9c9d7ba478337bd00fc61b15db8466fae232b9aebde85d7248b209d2375ae",
+        "obligations": [{"max_tokens": 400, "type": "cap_max_tokens"}],
+        "principal": format!("svc-support-{}", i % 5),
+        "reason_codes": [],
+        "reasons": [],
+        "run_id": null,
+        "tier": "minimal",
+        "use_case": "knowledge-search",
+        "verdict": "ALLOW",
     });
     Record::new(
         RecordKind::Decision,
         1_764_000_000_000 + i as i64,
-        format!("dec-{i:012}"),
+        id,
         &body,
     )
     .unwrap()
 }
 
-/// A minimal decision (ids, verdict, one hash), ~270 bytes, to show how
-/// throughput depends on record size (the disk writes every byte twice).
+/// A minimal decision (ids, verdict, one hash), ~250 bytes, to show how
+/// throughput depends on record size.
 fn small_decision(i: u64) -> Record {
     let body = json!({
         "deployment": "support-bot",
@@ -99,8 +123,49 @@ fn small_decision(i: u64) -> Record {
     .unwrap()
 }
 
-/// Threads, depth per thread, records, record maker, size label.
-type Run = (u64, u64, u64, fn(u64) -> Record, &'static str);
+/// Threads, depth per thread, records, record maker.
+type Run = (u64, u64, u64, fn(u64) -> Record);
+
+/// The WAL checkpoints of `gavel serve`: a thread of their own every 200 ms, none inside a
+/// commit. Stops when dropped.
+struct BackgroundCheckpoints {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundCheckpoints {
+    fn start(db: &Path) -> BackgroundCheckpoints {
+        let checkpointer = WalCheckpointer::open(db).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                checkpointer.run().unwrap();
+            }
+        });
+        BackgroundCheckpoints {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BackgroundCheckpoints {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// The ledger's connection as `gavel serve` opens it.
+fn serve_like_sink(db: &Path) -> (SqliteLedgerSink, BackgroundCheckpoints) {
+    let sink = SqliteLedgerSink::open(db).unwrap();
+    sink.hand_checkpoints_to_background().unwrap();
+    (sink, BackgroundCheckpoints::start(db))
+}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -127,12 +192,8 @@ fn fsync_baseline(dir: &Path) -> Duration {
 
 fn lone_append(dir: &Path) -> Vec<Duration> {
     let db = dir.join("lone.db");
-    let app = Appender::start(
-        SqliteLedgerSink::open(&db).unwrap(),
-        signer(),
-        AppenderConfig::default(),
-    )
-    .unwrap();
+    let (sink, _checkpoints) = serve_like_sink(&db);
+    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     let mut times = Vec::new();
     for i in 0..1_000 {
         let r = decision(i);
@@ -145,6 +206,15 @@ fn lone_append(dir: &Path) -> Vec<Duration> {
     times
 }
 
+/// What one throughput run measured.
+struct Throughput {
+    appends_per_s: f64,
+    commits: u64,
+    cpu_us_per_append: f64,
+    /// Share of the run the writer thread spent inside sink commits.
+    writer_busy: f64,
+}
+
 /// `threads` threads each keeping `depth` appends in flight.
 fn throughput(
     db: &Path,
@@ -153,11 +223,14 @@ fn throughput(
     total: u64,
     base: u64,
     make: fn(u64) -> Record,
-) -> (f64, u64, f64) {
+) -> Throughput {
     let commits = Arc::new(AtomicU64::new(0));
+    let commit_nanos = Arc::new(AtomicU64::new(0));
+    let (inner, _checkpoints) = serve_like_sink(db);
     let sink = Counting {
-        inner: SqliteLedgerSink::open(db).unwrap(),
+        inner,
         commits: Arc::clone(&commits),
+        commit_nanos: Arc::clone(&commit_nanos),
     };
     let app = Arc::new(Appender::start(sink, signer(), AppenderConfig::default()).unwrap());
     let per_thread = total / threads;
@@ -197,11 +270,12 @@ fn throughput(
     let app = Arc::try_unwrap(app).ok().unwrap();
     app.close().unwrap();
     let n = per_thread * threads;
-    (
-        n as f64 / elapsed.as_secs_f64(),
-        commits.load(Ordering::Relaxed),
-        cpu.as_secs_f64() * 1e6 / n as f64,
-    )
+    Throughput {
+        appends_per_s: n as f64 / elapsed.as_secs_f64(),
+        commits: commits.load(Ordering::Relaxed),
+        cpu_us_per_append: cpu.as_secs_f64() * 1e6 / n as f64,
+        writer_busy: commit_nanos.load(Ordering::Relaxed) as f64 / elapsed.as_nanos() as f64,
+    }
 }
 
 /// CPU time (user + system) this process has used: unlike wall-clock rates
@@ -220,6 +294,35 @@ fn process_cpu() -> Duration {
             .unwrap_or(0)
     };
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// The lone-append latency table: one caller, one record at a time.
+fn lone_table(dir: &Path) {
+    let fsync = fsync_baseline(dir);
+    let lone = lone_append(dir);
+    println!("| lone append (1 caller, 1000 appends)     | value |");
+    println!("|------------------------------------------|-------|");
+    println!(
+        "| raw fsync of 4 KiB on this disk (p50)    | {} |",
+        us(fsync)
+    );
+    println!(
+        "| durable append latency p50               | {} |",
+        us(pct(&lone, 0.5))
+    );
+    println!(
+        "| added over the raw fsync (p50 - p50)     | {} |",
+        us(pct(&lone, 0.5).saturating_sub(fsync))
+    );
+    println!(
+        "| durable append latency p99               | {} |",
+        us(pct(&lone, 0.99))
+    );
+    println!(
+        "| durable append latency max              | {} |",
+        us(pct(&lone, 1.0))
+    );
+    println!();
 }
 
 fn main() {
@@ -247,64 +350,52 @@ fn main() {
     );
     println!();
 
-    let fsync = fsync_baseline(&dir);
-    let lone = lone_append(&dir);
-    println!("| lone append (1 caller, 1000 appends)     | value |");
-    println!("|------------------------------------------|-------|");
-    println!(
-        "| raw fsync of 4 KiB on this disk (p50)    | {} |",
-        us(fsync)
-    );
-    println!(
-        "| durable append latency p50               | {} |",
-        us(pct(&lone, 0.5))
-    );
-    println!(
-        "| added over the raw fsync (p50 - p50)     | {} |",
-        us(pct(&lone, 0.5).saturating_sub(fsync))
-    );
-    println!(
-        "| durable append latency p99               | {} |",
-        us(pct(&lone, 0.99))
-    );
-    println!(
-        "| durable append latency max              | {} |",
-        us(pct(&lone, 1.0))
-    );
-    println!();
+    let only: Option<(u64, u64)> = arg("--run").map(|v| {
+        let (threads, depth) = v.split_once('x').expect("--run THREADSxDEPTH, e.g. 4x1024");
+        (threads.parse().unwrap(), depth.parse().unwrap())
+    });
+    if only.is_none() {
+        lone_table(&dir);
+    }
 
     let db = dir.join("bench.db");
     println!(
-        "| in flight (threads x depth), record size | records | durable appends/s | commits | mean batch | CPU us/append |"
+        "| in flight (threads x depth), record size | records | durable appends/s | commits | mean batch | CPU us/append | writer busy |"
     );
     println!(
-        "|------------------------------------------|---------|-------------------|---------|------------|---------------|"
+        "|------------------------------------------|---------|-------------------|---------|------------|---------------|-------------|"
     );
     let mut base = 0;
-    let small_len = small_decision(0).canonical_bytes().unwrap().len();
     let runs: [Run; 5] = [
-        (1, 1, 2_000, decision, "608 B"),
-        (4, 4, total / 4, decision, "608 B"),
-        (8, 32, total, decision, "608 B"),
-        (4, 1024, total, decision, "608 B"),
-        (4, 1024, total, small_decision, "small"),
+        (1, 1, 2_000, decision),
+        (4, 4, total / 4, decision),
+        (8, 32, total, decision),
+        (4, 1024, total, decision),
+        (4, 1024, total, small_decision),
     ];
-    for (threads, depth, n, make, label) in runs {
-        let (rate, commits, cpu_us) = throughput(&db, threads, depth, n, base, make);
+    let runs = match only {
+        Some((threads, depth)) => vec![(threads, depth, total, decision as fn(u64) -> Record)],
+        None => runs.to_vec(),
+    };
+    for (threads, depth, n, make) in runs {
+        let run = throughput(&db, threads, depth, n, base, make);
         base += n;
-        let label = if label == "small" {
-            format!("{small_len} B")
-        } else {
-            label.to_owned()
-        };
+        let label = format!("{} B", make(0).canonical_bytes().unwrap().len());
         println!(
-            "| {:>4} ({threads} x {depth}), {label} records | {n} | {rate:.0} | {commits} | {:.1} | {cpu_us:.1} |",
+            "| {:>4} ({threads} x {depth}), {label} records | {n} | {:.0} | {} | {:.1} | {:.1} | {:.0}% |",
             threads * depth,
-            n as f64 / commits.max(1) as f64
+            run.appends_per_s,
+            run.commits,
+            n as f64 / run.commits.max(1) as f64,
+            run.cpu_us_per_append,
+            run.writer_busy * 100.0
         );
     }
     println!();
 
+    if only.is_some() {
+        return;
+    }
     let sink = SqliteLedgerSink::open(&db).unwrap();
     let v = signer().verifier();
     println!("| verification | records | checkpoints | seconds | records/s |");

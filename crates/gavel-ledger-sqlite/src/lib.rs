@@ -18,7 +18,7 @@ use gavel_ledger::note::NoteError;
 use gavel_ledger::payload::PayloadError;
 use gavel_ledger::proof::ProofFailure;
 use gavel_ledger::record::RecordError;
-use gavel_ledger::{AppendRecord, LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
+use gavel_ledger::{AppendRecord, Flusher, LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
 use rusqlite::{params, Connection};
 use std::fmt;
 use std::path::Path;
@@ -170,6 +170,16 @@ pub fn wait_for_writer(attempt: i32) -> bool {
     true
 }
 
+/// The WAL checkpointer's busy handler: a checkpoint that holds writers back waits at most
+/// about 2 ms for the connections in its way, then does what it can without them.
+fn wait_briefly(attempt: i32) -> bool {
+    if attempt >= 20 {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(100));
+    true
+}
+
 /// Runs `work` inside `BEGIN IMMEDIATE` (the write lock taken up front) and commits if it returns
 /// Ok; rolls back if it fails, if the commit fails or if it panics. BEGIN and COMMIT are
 /// prepared once per connection: `Connection::transaction` parses them anew each time, which
@@ -243,24 +253,82 @@ impl SqliteLedgerSink {
 /// have automatic checkpoints off.
 pub struct WalCheckpointer {
     conn: Connection,
+    restart_after: i64,
+}
+
+/// What one [`WalCheckpointer::run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalCheckpoint {
+    /// Frames in the WAL when the last checkpoint of the run began.
+    pub frames: i64,
+    /// How many of them are now in the database file.
+    pub copied: i64,
+    /// Whether the run held writers back, caught up and made the next writer start the WAL
+    /// over (see [`WalCheckpointer::run`]).
+    pub restarted: bool,
 }
 
 impl WalCheckpointer {
+    /// WAL frames (16 MiB of 4 KiB pages) past which a checkpoint that has not caught up
+    /// holds writers back until it has.
+    pub const RESTART_AFTER_FRAMES: i64 = 4096;
+
     pub fn open(path: impl AsRef<Path>) -> Result<WalCheckpointer, Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_handler(Some(wait_briefly))?;
         Ok(WalCheckpointer {
-            conn: Connection::open(path)?,
+            conn,
+            restart_after: WalCheckpointer::RESTART_AFTER_FRAMES,
         })
     }
 
-    /// A passive checkpoint: copies what it can without waiting for readers or writers, who
-    /// go on meanwhile. Returns the WAL's size in frames and how many are now in the
-    /// database file.
-    pub fn run(&self) -> Result<(i64, i64), Error> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })?)
+    /// Sets the WAL size, in frames, past which [`WalCheckpointer::run`] restarts the WAL.
+    pub fn restart_after(mut self, frames: i64) -> WalCheckpointer {
+        self.restart_after = frames;
+        self
+    }
+
+    /// A passive checkpoint first: it copies what it can without waiting for readers or
+    /// writers, who go on meanwhile. The WAL is reused from its start only by a writer that
+    /// finds every frame copied, which under steady writes a passive checkpoint never
+    /// achieves (new frames land while it copies, even when it copied all it saw), so the
+    /// WAL would grow for as long as the load lasts. Once it holds more than `restart_after`
+    /// frames, a RESTART checkpoint
+    /// follows: it holds writers back only while it copies what the passive one missed and
+    /// syncs, and makes the next writer start the WAL over. It waits at most about 2 ms for
+    /// the writer lock and for readers of older snapshots, holding writers back meanwhile;
+    /// past that it copies what it can, like the passive one, and a later run tries again.
+    pub fn run(&self) -> Result<WalCheckpoint, Error> {
+        let passive = self.checkpoint("PASSIVE")?;
+        if passive.frames <= self.restart_after {
+            return Ok(passive);
+        }
+        self.checkpoint("RESTART")
+    }
+
+    fn checkpoint(&self, mode: &str) -> Result<WalCheckpoint, Error> {
+        let (busy, frames, copied): (i64, i64, i64) =
+            self.conn
+                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        Ok(WalCheckpoint {
+            frames,
+            copied,
+            restarted: busy == 0 && mode == "RESTART",
+        })
+    }
+}
+
+/// Syncs the WAL file: everything any connection committed to it before the call began is
+/// durable when it returns (an fsync covers the file, whichever descriptor asks).
+struct WalFlusher {
+    wal: std::fs::File,
+}
+
+impl Flusher for WalFlusher {
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(self.wal.sync_data()?)
     }
 }
 
@@ -347,6 +415,25 @@ impl LedgerSink for SqliteLedgerSink {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// Commits stop syncing (`synchronous=NORMAL`: in WAL mode every commit is still atomic
+    /// and a crash of the process loses none) and the appender's sync thread syncs the WAL
+    /// file instead, outside the write lock. The descriptor stays on the right file: SQLite
+    /// removes or replaces a WAL only when its last connection closes, and this one stays
+    /// open for as long as the appender runs.
+    fn flusher(&mut self) -> Result<Option<Box<dyn Flusher>>, SinkError> {
+        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let wal_path = format!("{db}-wal");
+        let wal = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&wal_path)
+            .map_err(|e| format!("cannot open the WAL `{wal_path}` to sync it: {e}"))?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Some(Box::new(WalFlusher { wal })))
+    }
+
     fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
         let mut stmt = self
             .conn
@@ -420,12 +507,65 @@ mod tests {
                 )
                 .unwrap();
         }
-        let (frames, copied) = checkpointer.run().unwrap();
+        let run = checkpointer.run().unwrap();
         assert!(
-            frames > 8192,
-            "no commit checkpointed on its own: {frames} frames in the WAL"
+            run.frames > 8192,
+            "no commit checkpointed on its own: {run:?}"
         );
-        assert_eq!(copied, frames, "the background checkpoint copied them all");
+        assert_eq!(
+            run.copied, run.frames,
+            "the background checkpoint copied them all"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Under writes that never pause, passive checkpoints never catch up and the WAL is never
+    /// started over; the checkpointer's RESTART step is what keeps its file bounded.
+    #[test]
+    fn the_wal_stays_bounded_under_writes_that_never_pause() {
+        let dir = std::env::temp_dir().join(format!("gavel-wal-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("busy.db");
+        let sink = SqliteLedgerSink::open(&path).unwrap();
+        sink.hand_checkpoints_to_background().unwrap();
+        sink.conn()
+            .pragma_update(None, "synchronous", "OFF")
+            .unwrap();
+        const RESTART_AFTER: i64 = 256;
+        let checkpointer = WalCheckpointer::open(&path)
+            .unwrap()
+            .restart_after(RESTART_AFTER);
+        let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still_writing = std::sync::Arc::clone(&writing);
+        let writer = std::thread::spawn(move || {
+            let page = vec![7u8; 4000];
+            // About 48 MiB of WAL frames (a 4,000-byte row spills into a second page), one
+            // small transaction after another.
+            for _ in 0..6_000 {
+                sink.conn()
+                    .execute(
+                        "INSERT INTO ledger_meta (key, value) VALUES (hex(randomblob(8)), ?1)",
+                        [&page],
+                    )
+                    .unwrap();
+            }
+            still_writing.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut restarts = 0;
+        while writing.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+            restarts += usize::from(checkpointer.run().unwrap().restarted);
+        }
+        writer.join().unwrap();
+        let wal_bytes = std::fs::metadata(dir.join("busy.db-wal")).unwrap().len();
+        // The WAL file never shrinks, so its size is the most it ever held: a restart's
+        // threshold plus what the writer adds between two runs, far below the 48 MiB written.
+        assert!(
+            wal_bytes < 8 << 20,
+            "the WAL grew to {wal_bytes} bytes ({restarts} restarts)"
+        );
+        assert!(restarts > 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

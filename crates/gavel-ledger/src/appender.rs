@@ -15,17 +15,22 @@
 //! its commit. That halves the commits of a gateway that records a decision
 //! and an outcome per request, and keeps outcome commits from delaying the
 //! next decision's.
+//!
+//! When the sink can split durability off its commits ([`LedgerSink::flusher`]), a
+//! second thread makes each committed batch durable (the fsync) and only then
+//! acknowledges it, while the writer already commits the next batch: syncing
+//! overlaps writing, and the sink's write lock is not held through the fsync.
 
 use crate::merkle::{leaf_hash, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
 use crate::record::{IndexFields, Record, RecordError, RecordKind};
-use crate::sink::{AppendRecord, LedgerSink, StoredCheckpoint};
+use crate::sink::{AppendRecord, Flusher, LedgerSink, StoredCheckpoint};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -58,8 +63,9 @@ impl Default for AppenderConfig {
     }
 }
 
-/// Called by the writer thread after every committed batch with its record count and how long
-/// the sink transaction (the fsync included) took; a gateway feeds its metrics from it.
+/// Called after every durable batch of records with its record count and how long it took from
+/// the start of its sink transaction until it was durable (the fsync included); a gateway feeds
+/// its metrics from it.
 pub type BatchObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
 /// Proof of durable acceptance handed back to the caller.
@@ -160,6 +166,92 @@ impl Reply {
     }
 }
 
+/// Committed work whose callers hear of it once it is durable.
+enum Ack {
+    Records {
+        replies: Vec<Reply>,
+        base: u64,
+        checkpoint_seq: u64,
+        checkpoint_size: Option<u64>,
+        started: Instant,
+    },
+    /// A checkpoint committed on request (with a reply) or on the T timer.
+    Checkpoint {
+        reply: Option<CheckpointReply>,
+        checkpoint: StoredCheckpoint,
+    },
+}
+
+impl Ack {
+    /// Tells the callers: receipts if the work is durable, the error if not.
+    fn settle(self, durable: Result<(), &LedgerError>, observer: Option<&BatchObserver>) {
+        match self {
+            Ack::Records {
+                replies,
+                base,
+                checkpoint_seq,
+                checkpoint_size,
+                started,
+            } => match durable {
+                Ok(()) => {
+                    if let Some(observe) = observer {
+                        observe(replies.len(), started.elapsed());
+                    }
+                    for (i, reply) in replies.into_iter().enumerate() {
+                        reply.send(Ok(Receipt {
+                            index: base + i as u64,
+                            checkpoint_seq,
+                            checkpoint_size,
+                        }));
+                    }
+                }
+                Err(e) => replies.into_iter().for_each(|r| r.send(Err(e.clone()))),
+            },
+            Ack::Checkpoint { reply, checkpoint } => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(durable.map(|()| Some(checkpoint)).map_err(Clone::clone));
+                }
+            }
+        }
+    }
+}
+
+/// How committed work is acknowledged: at once (the sink's commits are durable), or by the
+/// sync thread after its next flush.
+enum Acks {
+    Now,
+    AfterFlush {
+        tx: Sender<Ack>,
+        handle: JoinHandle<()>,
+    },
+}
+
+/// The sync thread: flushes once for everything that queued up meanwhile, then acknowledges
+/// it. After a failed flush nothing more is acknowledged: what the failed sync covered is in
+/// doubt, and a later sync that succeeds would not prove otherwise.
+fn flush_loop(
+    mut flusher: Box<dyn Flusher>,
+    rx: Receiver<Ack>,
+    failed: Arc<OnceLock<String>>,
+    observer: Option<BatchObserver>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut acks = vec![first];
+        acks.extend(rx.try_iter());
+        let durable = match failed.get() {
+            Some(f) => Err(LedgerError::Failed(f.clone())),
+            None => flusher.flush().map_err(|e| {
+                let msg = format!("sync failed: {e}");
+                let _ = failed.set(msg.clone());
+                LedgerError::Sink(msg)
+            }),
+        };
+        for ack in acks {
+            ack.settle(durable.as_ref().map(|_| ()), observer.as_ref());
+        }
+    }
+}
+
 enum Msg {
     Append(Request),
     Checkpoint(CheckpointReply),
@@ -230,6 +322,7 @@ impl Appender {
         if writer.tree.len() > writer.last_size {
             writer.checkpoint()?;
         }
+        writer.split_durability()?;
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("gavel-ledger-writer".into())
@@ -353,8 +446,13 @@ struct Writer<S> {
     last_size: u64,
     /// When the oldest unsigned record was committed (drives T).
     unsigned_since: Option<Instant>,
-    failed: Option<String>,
+    /// Why the appender stopped: set by the writer or by the sync thread, whichever fails
+    /// first.
+    failed: Arc<OnceLock<String>>,
+    /// Reports durable batches while acknowledgements are `Acks::Now`; the sync thread takes
+    /// it over otherwise.
     observer: Option<BatchObserver>,
+    acks: Acks,
 }
 
 impl<S: LedgerSink> Writer<S> {
@@ -404,9 +502,67 @@ impl<S: LedgerSink> Writer<S> {
             last_seq,
             last_size,
             unsigned_since: None,
-            failed: None,
+            failed: Arc::new(OnceLock::new()),
             observer: None,
+            acks: Acks::Now,
         })
+    }
+
+    /// Hands durability to a sync thread if the sink can split it off its commits.
+    fn split_durability(&mut self) -> Result<(), LedgerError> {
+        let Some(flusher) = self
+            .sink
+            .flusher()
+            .map_err(|e| LedgerError::Sink(e.to_string()))?
+        else {
+            return Ok(());
+        };
+        let (tx, rx) = mpsc::channel();
+        let failed = Arc::clone(&self.failed);
+        let observer = self.observer.take();
+        let handle = std::thread::Builder::new()
+            .name("gavel-ledger-sync".into())
+            .spawn(move || flush_loop(flusher, rx, failed, observer))
+            .map_err(|e| LedgerError::Sink(format!("cannot start the sync thread: {e}")))?;
+        self.acks = Acks::AfterFlush { tx, handle };
+        Ok(())
+    }
+
+    fn acknowledge(&self, ack: Ack) {
+        match &self.acks {
+            Acks::Now => ack.settle(Ok(()), self.observer.as_ref()),
+            Acks::AfterFlush { tx, .. } => {
+                if let Err(returned) = tx.send(ack) {
+                    let stopped = LedgerError::Failed("the ledger's sync thread stopped".into());
+                    returned.0.settle(Err(&stopped), None);
+                }
+            }
+        }
+    }
+
+    /// Answers a checkpoint request (or, with no reply, a timed checkpoint): a committed
+    /// checkpoint once it is durable, anything else at once.
+    fn checkpoint_done(
+        &self,
+        reply: Option<CheckpointReply>,
+        result: Result<Option<StoredCheckpoint>, LedgerError>,
+    ) {
+        match result {
+            Ok(Some(checkpoint)) => self.acknowledge(Ack::Checkpoint { reply, checkpoint }),
+            other => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(other);
+                }
+            }
+        }
+    }
+
+    /// Waits until the sync thread has acknowledged everything committed.
+    fn finish(self) {
+        if let Acks::AfterFlush { tx, handle } = self.acks {
+            drop(tx);
+            let _ = handle.join();
+        }
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
@@ -421,7 +577,8 @@ impl<S: LedgerSink> Writer<S> {
                         match rx.recv_timeout(wait) {
                             Ok(m) => m,
                             Err(RecvTimeoutError::Timeout) => {
-                                let _ = self.checkpoint();
+                                let result = self.checkpoint();
+                                self.checkpoint_done(None, result);
                                 continue;
                             }
                             Err(RecvTimeoutError::Disconnected) => break,
@@ -440,16 +597,21 @@ impl<S: LedgerSink> Writer<S> {
                     self.commit(batch);
                 }
                 Msg::Checkpoint(reply) => {
-                    let _ = reply.send(self.checkpoint());
+                    let result = self.checkpoint();
+                    self.checkpoint_done(Some(reply), result);
                 }
                 Msg::Close(reply) => {
-                    let _ = reply.send(self.checkpoint());
-                    return;
+                    let result = self.checkpoint();
+                    self.checkpoint_done(Some(reply), result);
+                    break;
                 }
             }
         }
-        // Every handle is gone without `close`: still leave a signed tail.
-        let _ = self.checkpoint();
+        // Every handle is gone without `close`: still leave a signed tail (after a `close`
+        // there is nothing left to sign).
+        let result = self.checkpoint();
+        self.checkpoint_done(None, result);
+        self.finish();
     }
 
     /// Adds whatever is queued to `batch`; a batch of only background records
@@ -498,7 +660,7 @@ impl<S: LedgerSink> Writer<S> {
     /// Signs and stores a checkpoint over all committed records, if any are
     /// unsigned.
     fn checkpoint(&mut self) -> Result<Option<StoredCheckpoint>, LedgerError> {
-        if let Some(f) = &self.failed {
+        if let Some(f) = self.failed.get() {
             // Nothing more will be signed: stop the T-timer, or the writer
             // loop would wake at once, forever.
             self.unsigned_since = None;
@@ -516,7 +678,7 @@ impl<S: LedgerSink> Writer<S> {
             }
             Err(e) => {
                 let msg = e.to_string();
-                self.failed = Some(msg.clone());
+                let _ = self.failed.set(msg.clone());
                 Err(LedgerError::Sink(msg))
             }
         }
@@ -529,7 +691,7 @@ impl<S: LedgerSink> Writer<S> {
     }
 
     fn commit(&mut self, batch: Vec<Request>) {
-        if let Some(f) = &self.failed {
+        if let Some(f) = self.failed.get() {
             let err = LedgerError::Failed(f.clone());
             for r in batch {
                 r.reply.send(Err(err.clone()));
@@ -556,24 +718,21 @@ impl<S: LedgerSink> Writer<S> {
         let overdue = self
             .unsigned_since
             .is_some_and(|t| t.elapsed() >= self.config.checkpoint_interval);
+        let started = Instant::now();
         let result = if unsigned >= self.config.checkpoint_every || overdue {
             self.next_checkpoint().map(Some)
         } else {
             Ok(None)
         }
         .and_then(|cp| {
-            let started = Instant::now();
-            let appended = self.sink.append(&records, cp.as_ref());
-            if let (Ok(()), Some(observe)) = (&appended, &self.observer) {
-                observe(records.len(), started.elapsed());
-            }
-            appended
+            self.sink
+                .append(&records, cp.as_ref())
                 .map(|()| cp)
                 .map_err(|e| LedgerError::Sink(e.to_string()))
         });
         match result {
             Ok(cp) => {
-                let (seq, size) = match &cp {
+                let (checkpoint_seq, checkpoint_size) = match &cp {
                     Some(c) => {
                         self.signed(c);
                         (c.seq, Some(c.size))
@@ -583,13 +742,13 @@ impl<S: LedgerSink> Writer<S> {
                         (self.last_seq + 1, None)
                     }
                 };
-                for (i, reply) in replies.into_iter().enumerate() {
-                    reply.send(Ok(Receipt {
-                        index: base + i as u64,
-                        checkpoint_seq: seq,
-                        checkpoint_size: size,
-                    }));
-                }
+                self.acknowledge(Ack::Records {
+                    replies,
+                    base,
+                    checkpoint_seq,
+                    checkpoint_size,
+                    started,
+                });
             }
             Err(e) => {
                 // The sink's transaction failed, so nothing from this batch
@@ -597,7 +756,7 @@ impl<S: LedgerSink> Writer<S> {
                 // behind the sink in ways we cannot know (e.g. an fsync error),
                 // so stop accepting appends until restarted from the sink.
                 self.tree.truncate(base);
-                self.failed = Some(e.to_string());
+                let _ = self.failed.set(e.to_string());
                 for reply in replies {
                     reply.send(Err(e.clone()));
                 }

@@ -27,7 +27,9 @@ pub use merkle::{Hash, MerkleTree};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use proof::{check_proof_json, CheckedInclusion, InclusionBundle};
 pub use record::{ContractLoaded, IndexFields, Record, RecordKind, FORMAT_VERSION};
-pub use sink::{AppendRecord, LedgerSink, MemorySink, SinkError, StoredCheckpoint, StoredRecord};
+pub use sink::{
+    AppendRecord, Flusher, LedgerSink, MemorySink, SinkError, StoredCheckpoint, StoredRecord,
+};
 pub use verify::{
     verify_records, verify_sink, Problem, VerifyError, VerifyFailure, VerifyOptions, VerifyReport,
 };

@@ -39,13 +39,22 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// Makes everything its sink has committed so far durable (an fsync). It runs on a thread of
+/// its own, so the sink commits the next batch while the previous one is being synced, and
+/// the sink's write lock is not held for the length of a sync.
+pub trait Flusher: Send + 'static {
+    /// Returns once every commit that returned before this call began is durable.
+    fn flush(&mut self) -> Result<(), SinkError>;
+}
+
 /// Durable, append-only storage for records and checkpoints.
 ///
-/// `append` must make the whole batch durable atomically (one transaction,
-/// one fsync) before returning Ok: the appender acknowledges callers on Ok.
+/// `append` must store the whole batch atomically (one transaction) and, unless the sink has
+/// handed out a [`Flusher`], durably (one fsync) before returning Ok: the appender
+/// acknowledges callers once their batch is durable.
 pub trait LedgerSink: Send + 'static {
     /// Appends records (with consecutive indexes continuing the ledger) and
-    /// optionally a checkpoint, atomically and durably.
+    /// optionally a checkpoint, atomically (and durably, without a flusher).
     fn append(
         &mut self,
         records: &[AppendRecord],
@@ -60,6 +69,13 @@ pub trait LedgerSink: Send + 'static {
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError>;
     /// Every stored checkpoint, in `seq` order.
     fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError>;
+    /// Splits durability off `append`: afterwards `append` need only be atomic, and a batch
+    /// is durable once a [`Flusher::flush`] that began after its `append` returned has
+    /// returned. The appender asks once, at start. A sink that cannot split returns None
+    /// and stays durable on `append`.
+    fn flusher(&mut self) -> Result<Option<Box<dyn Flusher>>, SinkError> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Default)]

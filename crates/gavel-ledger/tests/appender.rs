@@ -349,3 +349,111 @@ fn an_async_submission_resolves_once_durable() {
     assert_eq!(mem.record_count().unwrap(), 1);
     app.close().unwrap();
 }
+
+/// A memory sink whose durability is split off, as SQLite's is: each `flush` returns what the
+/// test hands it, and blocks until then.
+struct SyncedByHand {
+    inner: MemorySink,
+    flushes: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
+}
+
+struct HandFlusher(std::sync::mpsc::Receiver<Result<(), String>>);
+
+impl gavel_ledger::Flusher for HandFlusher {
+    fn flush(&mut self) -> Result<(), SinkError> {
+        match self.0.recv() {
+            Ok(result) => Ok(result?),
+            Err(_) => Err("the test stopped flushing".into()),
+        }
+    }
+}
+
+impl LedgerSink for SyncedByHand {
+    fn append(
+        &mut self,
+        records: &[AppendRecord],
+        checkpoint: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError> {
+        self.inner.append(records, checkpoint)
+    }
+    fn record_count(&self) -> Result<u64, SinkError> {
+        self.inner.record_count()
+    }
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+        self.inner.leaf_hashes(from, to)
+    }
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+        self.inner.read_records(from, to)
+    }
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+        self.inner.checkpoints()
+    }
+    fn flusher(&mut self) -> Result<Option<Box<dyn gavel_ledger::Flusher>>, SinkError> {
+        Ok(self
+            .flushes
+            .take()
+            .map(|rx| Box::new(HandFlusher(rx)) as Box<dyn gavel_ledger::Flusher>))
+    }
+}
+
+fn synced_by_hand() -> (
+    MemorySink,
+    Appender,
+    std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let mem = MemorySink::new();
+    let (flush, flushes) = std::sync::mpsc::channel();
+    let sink = SyncedByHand {
+        inner: mem.clone(),
+        flushes: Some(flushes),
+    };
+    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
+    (mem, app, flush)
+}
+
+#[test]
+fn a_committed_record_is_acknowledged_only_once_flushed() {
+    let (mem, app, flush) = synced_by_hand();
+    let app = Arc::new(app);
+    let acknowledged = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (app, acknowledged) = (Arc::clone(&app), Arc::clone(&acknowledged));
+        std::thread::spawn(move || {
+            let receipt = app.append(&record(0)).unwrap();
+            acknowledged.store(true, Ordering::SeqCst);
+            receipt
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mem.batches() == 0 {
+        assert!(Instant::now() < deadline, "the record was never committed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Committed, but no flush has returned: the caller must still be waiting.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!acknowledged.load(Ordering::SeqCst));
+    flush.send(Ok(())).unwrap();
+    assert_eq!(waiter.join().unwrap().index, 0);
+    // The closing checkpoint is acknowledged after a flush too.
+    flush.send(Ok(())).unwrap();
+    let app = Arc::try_unwrap(app).ok().unwrap();
+    assert_eq!(app.close().unwrap().unwrap().size, 1);
+}
+
+#[test]
+fn a_failed_flush_fails_closed() {
+    let (_mem, app, flush) = synced_by_hand();
+    flush.send(Ok(())).unwrap();
+    app.append(&record(0)).unwrap();
+    flush.send(Err("fsync: input/output error".into())).unwrap();
+    match app.append(&record(1)) {
+        Err(LedgerError::Sink(e)) => assert!(e.contains("input/output error"), "{e}"),
+        other => panic!("expected the sync failure, got {other:?}"),
+    }
+    // Nothing more is acknowledged, even if a later sync would succeed.
+    flush.send(Ok(())).unwrap();
+    assert!(matches!(
+        app.append(&record(2)),
+        Err(LedgerError::Failed(_))
+    ));
+}
