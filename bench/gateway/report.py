@@ -59,6 +59,49 @@ def load_run(path):
     }, None
 
 
+# gavel's histograms whose means over a run say where its time went (sum and count deltas).
+STAGES = [
+    ("gavel_decision_seconds", "decision, durable (ms)", 1000.0),
+    ("gavel_ledger_wait_seconds", "of which the ledger wait (ms)", 1000.0),
+    ("gavel_ledger_commit_seconds", "ledger commit + sync (ms)", 1000.0),
+    ("gavel_ledger_batch_records", "records per commit", 1.0),
+    ("gavel_upstream_seconds", "upstream call (ms)", 1000.0),
+]
+
+
+def read_metrics(path):
+    """Sums and counts of every histogram in one Prometheus text dump, labels summed over."""
+    totals = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("#") or " " not in line:
+                    continue
+                name, value = line.rsplit(" ", 1)
+                base = name.split("{", 1)[0]
+                for suffix in ("_sum", "_count"):
+                    if base.endswith(suffix):
+                        key = (base[: -len(suffix)], suffix)
+                        totals[key] = totals.get(key, 0.0) + float(value)
+    except (OSError, ValueError):
+        return None
+    return totals
+
+
+def stage_means(json_path):
+    """Means of gavel's stage histograms over one run, from the dumps beside its oha JSON."""
+    stem = json_path[: -len(".json")] if json_path.endswith(".json") else json_path
+    before, after = read_metrics(stem + ".metrics0"), read_metrics(stem + ".metrics1")
+    if before is None or after is None:
+        return None
+    means = {}
+    for name, _, scale in STAGES:
+        n = after.get((name, "_count"), 0.0) - before.get((name, "_count"), 0.0)
+        total = after.get((name, "_sum"), 0.0) - before.get((name, "_sum"), 0.0)
+        means[name] = total / n * scale if n > 0 else None
+    return means
+
+
 def ms(x):
     if x is None:
         return "-"
@@ -176,6 +219,22 @@ def main():
             w("| %s | %s | %s | %s |" % (LABELS.get(target, target), r,
                                          ms(f["p50"] - d["p50"]), ms(f["p99"] - d["p99"])))
     w("")
+
+    # Where gavel's time went, from its own /metrics around each run.
+    stages = []
+    for target, rate, path, *_ in read_tsv(os.path.join(scratch, "runs.tsv")):
+        means = stage_means(path) if target == "gavel" else None
+        if means:
+            stages.append("| %s | %s |" % (rate, " | ".join(
+                ("%.3f" % means[name] if scale > 1 else "%.2f" % means[name]) if means[name] is not None else "-"
+                for name, _, scale in STAGES)))
+    if stages:
+        w("## Where gavel's time goes (means over each run, from its /metrics)")
+        w("")
+        w("| rate (req/s) | %s |" % " | ".join(label for _, label, _ in STAGES))
+        w("|---:|%s" % ("---:|" * len(STAGES)))
+        out.extend(stages)
+        w("")
 
     # gavel's added p99 against LiteLLM's, at rates LiteLLM was asked for (not `max`).
     lines = []

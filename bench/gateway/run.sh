@@ -387,7 +387,10 @@ measure() {
     before="$(rss_kb "$pid")"; cpu0="$(cpu_ticks "$pid")"
     up0="$(cpu_ticks "$NGINX_PID")"; children_ticks > "$scratch/gen0"; sys0="$(machine_busy_ticks)"
     say "$name: $rate req/s for $DURATION (-c $CONCURRENCY)"
+    # gavel's own histograms before and after, for where its time goes (report.py).
+    [ -n "${METRICS_URL:-}" ] && curl -s -m 10 "$METRICS_URL" > "${out%.json}.metrics0" 2>/dev/null || true
     oha_run "$name" "$rate" "$DURATION" "$url" "$out" "$@"
+    [ -n "${METRICS_URL:-}" ] && curl -s -m 10 "$METRICS_URL" > "${out%.json}.metrics1" 2>/dev/null || true
     sys1="$(machine_busy_ticks)"; children_ticks > "$scratch/gen1"; up1="$(cpu_ticks "$NGINX_PID")"
     gen0="$(cat "$scratch/gen0")"; gen1="$(cat "$scratch/gen1")"
     after="$(rss_kb "$pid")"; cpu1="$(cpu_ticks "$pid")"
@@ -478,7 +481,7 @@ for target in $TARGETS; do
       url="http://127.0.0.1:$port/v1/chat/completions"
       if verify gavel "$url" "Authorization: Bearer $service"; then
         db0="$(du -sk "$GAVEL_DIR" | cut -f1)"
-        measure gavel "$pid" "$url" "$RATES" "$WARMUP" 200 "Authorization: Bearer $service"
+        METRICS_URL="http://127.0.0.1:$port/metrics" measure gavel "$pid" "$url" "$RATES" "$WARMUP" 200 "Authorization: Bearer $service"
         kill -0 "$pid" 2>/dev/null || NOTE[gavel]="${NOTE[gavel]:-}gavel serve was no longer running after the load. "
         stop_pid "$pid"
         NOTE[gavel]="${NOTE[gavel]:-}$(gavel_ledger_check "$db0")"
