@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS ledger_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-INSERT OR IGNORE INTO ledger_meta (key, value) VALUES ('schema_version', '1');
+INSERT OR IGNORE INTO ledger_meta (key, value) VALUES ('schema_version', '2');
 
 CREATE TABLE IF NOT EXISTS ledger_records (
     idx          INTEGER PRIMARY KEY,   -- Merkle leaf index
@@ -43,13 +43,22 @@ CREATE TABLE IF NOT EXISTS ledger_records (
     principal    TEXT,
     reason_codes TEXT                   -- JSON array of strings, or NULL
 );
--- Only the two lookups that must be instant are indexed: every index adds
--- to each durable append (about 2-4 us per record per index, measured).
--- Other filters (deployment, principal, kind, time range, reason code) scan:
--- they serve offline audit exports.
+-- Only the lookup by id is indexed: every index adds to each durable append
+-- (about 2-4 us per record per index, measured). Records by approval are found
+-- through ledger_approval_spans; other filters (deployment, principal, kind,
+-- time range, reason code) scan: they serve offline audit exports.
 CREATE INDEX IF NOT EXISTS ledger_records_id ON ledger_records (id);
-CREATE INDEX IF NOT EXISTS ledger_records_approval ON ledger_records (approval_id)
-    WHERE approval_id IS NOT NULL;
+
+-- Per committed batch and approval: the index range holding that batch's
+-- records under the approval (other records may sit in between; queries check
+-- approval_id). One row per approval per batch instead of one index entry per
+-- record. A query aid like the columns above: verification never reads it.
+CREATE TABLE IF NOT EXISTS ledger_approval_spans (
+    approval_id TEXT NOT NULL,
+    first_idx   INTEGER NOT NULL,
+    last_idx    INTEGER NOT NULL,
+    PRIMARY KEY (approval_id, first_idx)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS ledger_checkpoints (
     seq   INTEGER PRIMARY KEY,
@@ -60,6 +69,10 @@ CREATE TABLE IF NOT EXISTS ledger_checkpoints (
 CREATE TRIGGER IF NOT EXISTS ledger_records_no_update BEFORE UPDATE ON ledger_records
     BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_records_no_delete BEFORE DELETE ON ledger_records
+    BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_approval_spans_no_update BEFORE UPDATE ON ledger_approval_spans
+    BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_approval_spans_no_delete BEFORE DELETE ON ledger_approval_spans
     BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
     BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only'); END;
@@ -232,6 +245,7 @@ impl SqliteLedgerSink {
         // Deleted payload keys are overwritten, not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        upgrade_from_schema_1(&conn)?;
         Ok(SqliteLedgerSink { conn })
     }
 
@@ -246,6 +260,33 @@ impl SqliteLedgerSink {
     pub fn hand_checkpoints_to_background(&self) -> Result<(), Error> {
         Ok(self.conn.pragma_update(None, "wal_autocheckpoint", 0)?)
     }
+}
+
+/// A ledger made by schema 1 found records by approval through an index on `approval_id`,
+/// which cost every append an index insert. Schema 2 keeps spans instead: this gives each
+/// approval one span over its old records (from its first to its last, so a lookup scans that
+/// range and checks `approval_id`), then drops the index. Once, in one transaction.
+fn upgrade_from_schema_1(conn: &Connection) -> Result<(), Error> {
+    const OLD_INDEX: &str =
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ledger_records_approval'";
+    let has_old_index = |c: &Connection| c.prepare(OLD_INDEX)?.exists([]);
+    if !has_old_index(conn)? {
+        return Ok(());
+    }
+    immediate(conn, |tx| {
+        // Another process may have upgraded while this one waited for the write lock.
+        if has_old_index(tx)? {
+            tx.execute_batch(
+                "INSERT INTO ledger_approval_spans (approval_id, first_idx, last_idx)
+                     SELECT approval_id, MIN(idx), MAX(idx) FROM ledger_records
+                     WHERE approval_id IS NOT NULL GROUP BY approval_id;
+                 DROP INDEX ledger_records_approval;
+                 UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version';",
+            )?;
+        }
+        Ok::<_, rusqlite::Error>(())
+    })?;
+    Ok(())
 }
 
 /// Checkpoints the WAL on a connection of its own, so that no commit on a request's path
@@ -332,6 +373,22 @@ impl Flusher for WalFlusher {
     }
 }
 
+/// For each approval in a batch, the first and last index of its records there.
+fn approval_spans(records: &[AppendRecord]) -> Vec<(&str, u64, u64)> {
+    // A batch rarely holds more than a few approvals: a list beats a map.
+    let mut spans: Vec<(&str, u64, u64)> = Vec::new();
+    for r in records {
+        let Some(approval) = r.fields.approval_id.as_deref() else {
+            continue;
+        };
+        match spans.iter_mut().find(|(a, _, _)| *a == approval) {
+            Some(span) => span.2 = r.index,
+            None => spans.push((approval, r.index, r.index)),
+        }
+    }
+    spans
+}
+
 impl LedgerSink for SqliteLedgerSink {
     fn append(
         &mut self,
@@ -375,6 +432,12 @@ impl LedgerSink for SqliteLedgerSink {
                     r.fields.principal,
                     codes
                 ])?;
+            }
+            let mut span = tx.prepare_cached(
+                "INSERT INTO ledger_approval_spans (approval_id, first_idx, last_idx) VALUES (?1, ?2, ?3)",
+            )?;
+            for (approval, first, last) in approval_spans(records) {
+                span.execute(params![approval, to_i64(first)?, to_i64(last)?])?;
             }
             if let Some(cp) = checkpoint {
                 tx.prepare_cached(

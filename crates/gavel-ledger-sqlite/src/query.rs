@@ -36,10 +36,21 @@ pub struct LedgerEntry {
     pub record: Record,
 }
 
+/// Spans of one approval closer than this many records are read as one range: the records in
+/// between cost less to skip than another query.
+const SPAN_GAP: i64 = 64;
+
 impl ExportFilter {
-    fn to_sql(&self) -> (String, Vec<SqlValue>) {
+    /// The query for this filter, restricted to an index range (inclusive) and with its own
+    /// limit, or the filter's.
+    fn to_sql(&self, range: Option<(i64, i64)>, limit: Option<u64>) -> (String, Vec<SqlValue>) {
         let mut sql = String::from("SELECT idx, bytes FROM ledger_records WHERE 1 = 1");
         let mut args: Vec<SqlValue> = Vec::new();
+        if let Some((first, last)) = range {
+            args.push(SqlValue::Integer(first));
+            args.push(SqlValue::Integer(last));
+            sql.push_str(" AND idx BETWEEN ?1 AND ?2");
+        }
         let mut eq = |col: &str, v: &Option<String>, args: &mut Vec<SqlValue>| {
             if let Some(v) = v {
                 args.push(SqlValue::Text(v.clone()));
@@ -70,7 +81,7 @@ impl ExportFilter {
         } else {
             " ORDER BY idx"
         });
-        if let Some(limit) = self.limit {
+        if let Some(limit) = limit {
             args.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
             sql.push_str(&format!(" LIMIT ?{}", args.len()));
         }
@@ -147,15 +158,62 @@ impl SqliteLedgerSink {
         filter: &ExportFilter,
         mut f: impl FnMut(u64, &[u8]) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let (sql, args) = filter.to_sql();
-        let mut stmt = self.conn().prepare(&sql)?;
+        let Some(approval) = &filter.approval_id else {
+            self.for_each_row(filter.to_sql(None, filter.limit), &mut f)?;
+            return Ok(());
+        };
+        // Through the approval's spans, range by range in the order asked, until the limit.
+        let mut left = filter.limit;
+        for range in self.approval_ranges(approval, filter.newest_first)? {
+            if left == Some(0) {
+                break;
+            }
+            let found = self.for_each_row(filter.to_sql(Some(range), left), &mut f)?;
+            left = left.map(|n| n.saturating_sub(found));
+        }
+        Ok(())
+    }
+
+    /// Runs one query of `for_each_matching`; returns how many rows it passed to `f`.
+    fn for_each_row(
+        &self,
+        (sql, args): (String, Vec<SqlValue>),
+        f: &mut impl FnMut(u64, &[u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let mut stmt = self.conn().prepare_cached(&sql)?;
         let mut rows = stmt.query(params_from_iter(args))?;
+        let mut found = 0;
         while let Some(row) = rows.next()? {
             let idx: i64 = row.get(0)?;
             let bytes: Vec<u8> = row.get(1)?;
             f(index_of(idx)?, &bytes)?;
+            found += 1;
         }
-        Ok(())
+        Ok(found)
+    }
+
+    /// Index ranges (inclusive) that hold every record of `approval`, in index order or
+    /// newest first; spans less than `SPAN_GAP` apart are merged.
+    fn approval_ranges(
+        &self,
+        approval: &str,
+        newest_first: bool,
+    ) -> Result<Vec<(i64, i64)>, Error> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT first_idx, last_idx FROM ledger_approval_spans WHERE approval_id = ?1 ORDER BY first_idx",
+        )?;
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        for span in stmt.query_map(params![approval], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            let (first, last): (i64, i64) = span?;
+            match ranges.last_mut() {
+                Some(range) if first - range.1 <= SPAN_GAP => range.1 = range.1.max(last),
+                _ => ranges.push((first, last)),
+            }
+        }
+        if newest_first {
+            ranges.reverse();
+        }
+        Ok(ranges)
     }
 
     /// `gavel audit verify`: re-derives everything stored.
