@@ -165,7 +165,8 @@ def main():
     w("")
     w("Run: %s. Machine: %s. %s" % (meta.get("date", "?"), meta.get("machine", "?"), meta.get("load", "")))
     w("")
-    w("Load: oha, %s per run, -c %s, fixed rate with `--latency-correction` (latency counted "
+    w("Load: oha, %s per run (fixed-rate runs longer where needed for at least %s requests), -c %s, "
+      "fixed rate with `--latency-correction` (latency counted "
       "from when each request was due, so queueing shows), `max` = no rate limit (saturation). "
       "One target at a time; load generator, target and nginx share the same cores. Same body "
       "(%s bytes: the kb-search-v1 system prompt and a ~1 KB question) and the same nginx upstream "
@@ -174,7 +175,7 @@ def main():
       "for direct it is nginx's. Other load %%: CPU used during the run by processes outside the "
       "bench (machine busy time less the target, nginx and oha), as %% of all cores; 10 or more "
       "(bold) means the run shared the machine with other work. Versions: %s."
-      % (meta.get("duration", "?"), meta.get("concurrency", "?"), meta.get("body_bytes", "?"),
+      % (meta.get("duration", "?"), meta.get("min_samples", "?"), meta.get("concurrency", "?"), meta.get("body_bytes", "?"),
          meta.get("versions", "?")))
     w("")
     w("| target | rate asked (req/s) | achieved (200/s) | kept up | 200s | non-200 | errors | p50 ms | p99 ms | CPU ms/req | other load % | RSS idle MB | RSS before → after MB |")

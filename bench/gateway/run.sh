@@ -17,6 +17,8 @@
 #                             (30 and 50 are also LiteLLM's, so gavel is compared with it at each)
 #   LITELLM_RATES="30 50 max" rates for LiteLLM (it saturates well below 500 req/s here)
 #   DURATION=10s              length of each measured run (oha -z)
+#   MIN_SAMPLES=1000          fixed-rate runs last long enough for this many requests (30 req/s:
+#                             34 s), so that a p99 rests on ten requests, not three
 #   CONCURRENCY=50            oha -c
 #   PEERS=0                   skip LiteLLM and Portkey
 #   TARGETS="direct gavel litellm portkey"   which targets, in this order
@@ -36,6 +38,7 @@ CACHE="${CACHE:-$HOME/.cache/gavel-bench}"
 RATES="${RATES:-30 50 500 2000 max}"
 LITELLM_RATES="${LITELLM_RATES:-30 50 max}"
 DURATION="${DURATION:-10s}"
+MIN_SAMPLES="${MIN_SAMPLES:-1000}"
 CONCURRENCY="${CONCURRENCY:-50}"
 PEERS="${PEERS:-1}"
 WARMUP="${WARMUP:-3s}"
@@ -373,7 +376,7 @@ PY
 # measure NAME PID URL "RATES" WARMUP_SECONDS WARMUP_RATE [HEADER...]
 measure() {
   local name="$1" pid="$2" url="$3" rates="$4" wdur="$5" wrate="$6"; shift 6
-  local idle before after rate out cpu0 cpu1 up0 up1 gen0 gen1 sys0 sys1 other
+  local idle before after rate out cpu0 cpu1 up0 up1 gen0 gen1 sys0 sys1 other run_s
   idle="$(rss_kb "$pid")"
   say "$name: idle RSS $(( idle / 1024 )) MB; warm-up $wdur at $wrate req/s"
   oha_run "$name" "$wrate" "$wdur" "$url" "$scratch/raw/$name-warmup.json" "$@"
@@ -386,10 +389,14 @@ measure() {
     wait_quiet
     before="$(rss_kb "$pid")"; cpu0="$(cpu_ticks "$pid")"
     up0="$(cpu_ticks "$NGINX_PID")"; children_ticks > "$scratch/gen0"; sys0="$(machine_busy_ticks)"
-    say "$name: $rate req/s for $DURATION (-c $CONCURRENCY)"
+    run_s="$DUR_S"
+    if [ "$rate" != "max" ] && [ $(( (MIN_SAMPLES + rate - 1) / rate )) -gt "$run_s" ]; then
+      run_s=$(( (MIN_SAMPLES + rate - 1) / rate ))
+    fi
+    say "$name: $rate req/s for ${run_s}s (-c $CONCURRENCY)"
     # gavel's own histograms before and after, for where its time goes (report.py).
     [ -n "${METRICS_URL:-}" ] && curl -s -m 10 "$METRICS_URL" > "${out%.json}.metrics0" 2>/dev/null || true
-    oha_run "$name" "$rate" "$DURATION" "$url" "$out" "$@"
+    oha_run "$name" "$rate" "${run_s}s" "$url" "$out" "$@"
     [ -n "${METRICS_URL:-}" ] && curl -s -m 10 "$METRICS_URL" > "${out%.json}.metrics1" 2>/dev/null || true
     sys1="$(machine_busy_ticks)"; children_ticks > "$scratch/gen1"; up1="$(cpu_ticks "$NGINX_PID")"
     gen0="$(cat "$scratch/gen0")"; gen1="$(cat "$scratch/gen1")"
@@ -399,8 +406,8 @@ measure() {
     other=$(( (sys1 - sys0) - (cpu1 - cpu0) - (gen1 - gen0) ))
     [ "$pid" != "$NGINX_PID" ] && other=$(( other - (up1 - up0) ))
     [ "$other" -lt 0 ] && other=0
-    say "$name: $rate: $(summary_line "$out"); RSS $(( before / 1024 )) -> $(( after / 1024 )) MB; other processes used $(( other * 100 / (CLK * NCPU * $(secs "$DURATION")) ))% of the machine"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$out" "$before" "$after" "$DUR_S" "$(( cpu1 - cpu0 ))" "$other" >> "$scratch/runs.tsv"
+    say "$name: $rate: $(summary_line "$out"); RSS $(( before / 1024 )) -> $(( after / 1024 )) MB; other processes used $(( other * 100 / (CLK * NCPU * run_s) ))% of the machine"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$out" "$before" "$after" "$run_s" "$(( cpu1 - cpu0 ))" "$other" >> "$scratch/runs.tsv"
     sleep 1
   done
   IDLE[$name]="$idle"
@@ -560,6 +567,7 @@ cpu="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
   echo "machine=$(nproc) cores (${cpu:-unknown CPU}), $(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
   echo "load=Load average at the start: $LOAD_START, at the end: $(cut -d' ' -f1-3 /proc/loadavg); busiest processes at the start (ps, lifetime average): $BUSY_START."
   echo "duration=$DURATION"
+  echo "min_samples=$MIN_SAMPLES"
   echo "concurrency=$CONCURRENCY"
   echo "body_bytes=$(wc -c < "$BODY")"
   echo "clk_tck=$CLK"
