@@ -36,12 +36,24 @@ fn strict() -> VerifyOptions {
 }
 
 /// Wraps a sink, sleeping per commit like an fsync would, and optionally
-/// failing on demand.
-#[derive(Clone)]
+/// failing on demand. With `flushes`, it splits durability off its commits as
+/// SQLite's sink does: each `flush` returns what the test sends, once it does.
 struct SlowSink {
     inner: MemorySink,
     delay: Duration,
     fail: Arc<AtomicBool>,
+    flushes: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
+}
+
+struct HandFlusher(std::sync::mpsc::Receiver<Result<(), String>>);
+
+impl gavel_ledger::Flusher for HandFlusher {
+    fn flush(&mut self) -> Result<(), SinkError> {
+        match self.0.recv() {
+            Ok(result) => Ok(result?),
+            Err(_) => Err("the test stopped flushing".into()),
+        }
+    }
 }
 
 impl LedgerSink for SlowSink {
@@ -68,6 +80,12 @@ impl LedgerSink for SlowSink {
     fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
         self.inner.checkpoints()
     }
+    fn flusher(&mut self) -> Result<Option<Box<dyn gavel_ledger::Flusher>>, SinkError> {
+        Ok(self
+            .flushes
+            .take()
+            .map(|rx| Box::new(HandFlusher(rx)) as Box<dyn gavel_ledger::Flusher>))
+    }
 }
 
 #[test]
@@ -77,6 +95,7 @@ fn concurrent_appends_are_batched_and_all_acknowledged() {
         inner: mem.clone(),
         delay: Duration::from_millis(2),
         fail: Arc::new(AtomicBool::new(false)),
+        flushes: None,
     };
     let app = Arc::new(Appender::start(sink, signer(), AppenderConfig::default()).unwrap());
     let threads = 16;
@@ -117,6 +136,7 @@ fn a_lone_append_is_not_held_back() {
         inner: mem.clone(),
         delay: Duration::from_millis(1),
         fail: Arc::new(AtomicBool::new(false)),
+        flushes: None,
     };
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     let mut times: Vec<Duration> = (0..21)
@@ -215,6 +235,7 @@ fn a_failed_commit_fails_closed() {
         inner: mem.clone(),
         delay: Duration::ZERO,
         fail: Arc::clone(&fail),
+        flushes: None,
     };
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     app.append(&record(0)).unwrap();
@@ -350,52 +371,6 @@ fn an_async_submission_resolves_once_durable() {
     app.close().unwrap();
 }
 
-/// A memory sink whose durability is split off, as SQLite's is: each `flush` returns what the
-/// test hands it, and blocks until then.
-struct SyncedByHand {
-    inner: MemorySink,
-    flushes: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
-}
-
-struct HandFlusher(std::sync::mpsc::Receiver<Result<(), String>>);
-
-impl gavel_ledger::Flusher for HandFlusher {
-    fn flush(&mut self) -> Result<(), SinkError> {
-        match self.0.recv() {
-            Ok(result) => Ok(result?),
-            Err(_) => Err("the test stopped flushing".into()),
-        }
-    }
-}
-
-impl LedgerSink for SyncedByHand {
-    fn append(
-        &mut self,
-        records: &[AppendRecord],
-        checkpoint: Option<&StoredCheckpoint>,
-    ) -> Result<(), SinkError> {
-        self.inner.append(records, checkpoint)
-    }
-    fn record_count(&self) -> Result<u64, SinkError> {
-        self.inner.record_count()
-    }
-    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
-        self.inner.leaf_hashes(from, to)
-    }
-    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
-        self.inner.read_records(from, to)
-    }
-    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
-        self.inner.checkpoints()
-    }
-    fn flusher(&mut self) -> Result<Option<Box<dyn gavel_ledger::Flusher>>, SinkError> {
-        Ok(self
-            .flushes
-            .take()
-            .map(|rx| Box::new(HandFlusher(rx)) as Box<dyn gavel_ledger::Flusher>))
-    }
-}
-
 fn synced_by_hand() -> (
     MemorySink,
     Appender,
@@ -403,8 +378,10 @@ fn synced_by_hand() -> (
 ) {
     let mem = MemorySink::new();
     let (flush, flushes) = std::sync::mpsc::channel();
-    let sink = SyncedByHand {
+    let sink = SlowSink {
         inner: mem.clone(),
+        delay: Duration::ZERO,
+        fail: Arc::new(AtomicBool::new(false)),
         flushes: Some(flushes),
     };
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
