@@ -294,6 +294,8 @@ fn upgrade_from_schema_1(conn: &Connection) -> Result<(), Error> {
 /// have automatic checkpoints off.
 pub struct WalCheckpointer {
     conn: Connection,
+    /// The database file, to sync before a RESTART (see `run`).
+    db: std::fs::File,
     restart_after: i64,
 }
 
@@ -315,10 +317,11 @@ impl WalCheckpointer {
     pub const RESTART_AFTER_FRAMES: i64 = 4096;
 
     pub fn open(path: impl AsRef<Path>) -> Result<WalCheckpointer, Error> {
-        let conn = Connection::open(path)?;
+        let conn = Connection::open(path.as_ref())?;
         conn.busy_handler(Some(wait_briefly))?;
         Ok(WalCheckpointer {
             conn,
+            db: std::fs::File::open(path.as_ref())?,
             restart_after: WalCheckpointer::RESTART_AFTER_FRAMES,
         })
     }
@@ -344,6 +347,11 @@ impl WalCheckpointer {
         if passive.frames <= self.restart_after {
             return Ok(passive);
         }
+        // A passive checkpoint that could not copy every frame (readers held some back) does
+        // not sync the database file, so the pages it copied stay dirty; the RESTART would
+        // sync them all while it holds writers back (p99 near 100 ms at 2,000 req/s). Synced
+        // here first, with nobody waiting, the RESTART has little left to sync.
+        self.db.sync_data()?;
         self.checkpoint("RESTART")
     }
 
