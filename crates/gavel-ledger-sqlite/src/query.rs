@@ -40,6 +40,12 @@ pub struct LedgerEntry {
 /// between cost less to skip than another query.
 const SPAN_GAP: i64 = 64;
 
+/// Whether `span` lies within `SPAN_GAP` of `range`, on either side (spans of one approval
+/// never overlap: each comes from its own batch).
+fn within_gap(range: (i64, i64), span: (i64, i64)) -> bool {
+    span.0 - range.1 <= SPAN_GAP && range.0 - span.1 <= SPAN_GAP
+}
+
 impl ExportFilter {
     /// The query for this filter, restricted to an index range (inclusive) and with its own
     /// limit, or the filter's.
@@ -162,14 +168,35 @@ impl SqliteLedgerSink {
             self.for_each_row(filter.to_sql(None, filter.limit), &mut f)?;
             return Ok(());
         };
-        // Through the approval's spans, range by range in the order asked, until the limit.
+        // Through the approval's spans, read in the order asked and merged on the way, range
+        // by range until the limit: "the latest ten" reads a few spans, not all of them.
+        let order = if filter.newest_first { "DESC" } else { "ASC" };
+        let mut spans = self.conn().prepare_cached(&format!(
+            "SELECT first_idx, last_idx FROM ledger_approval_spans WHERE approval_id = ?1 ORDER BY first_idx {order}"
+        ))?;
+        let mut spans = spans.query(params![approval])?;
         let mut left = filter.limit;
-        for range in self.approval_ranges(approval, filter.newest_first)? {
-            if left == Some(0) {
-                break;
+        let mut pending: Option<(i64, i64)> = None;
+        while left != Some(0) {
+            let next: Option<(i64, i64)> = match spans.next()? {
+                Some(row) => Some((row.get(0)?, row.get(1)?)),
+                None => None,
+            };
+            match (pending, next) {
+                (Some(range), Some(span)) if within_gap(range, span) => {
+                    pending = Some((range.0.min(span.0), range.1.max(span.1)));
+                }
+                (range, span) => {
+                    if let Some(range) = range {
+                        let found = self.for_each_row(filter.to_sql(Some(range), left), &mut f)?;
+                        left = left.map(|n| n.saturating_sub(found));
+                    }
+                    if span.is_none() {
+                        break;
+                    }
+                    pending = span;
+                }
             }
-            let found = self.for_each_row(filter.to_sql(Some(range), left), &mut f)?;
-            left = left.map(|n| n.saturating_sub(found));
         }
         Ok(())
     }
@@ -190,30 +217,6 @@ impl SqliteLedgerSink {
             found += 1;
         }
         Ok(found)
-    }
-
-    /// Index ranges (inclusive) that hold every record of `approval`, in index order or
-    /// newest first; spans less than `SPAN_GAP` apart are merged.
-    fn approval_ranges(
-        &self,
-        approval: &str,
-        newest_first: bool,
-    ) -> Result<Vec<(i64, i64)>, Error> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT first_idx, last_idx FROM ledger_approval_spans WHERE approval_id = ?1 ORDER BY first_idx",
-        )?;
-        let mut ranges: Vec<(i64, i64)> = Vec::new();
-        for span in stmt.query_map(params![approval], |r| Ok((r.get(0)?, r.get(1)?)))? {
-            let (first, last): (i64, i64) = span?;
-            match ranges.last_mut() {
-                Some(range) if first - range.1 <= SPAN_GAP => range.1 = range.1.max(last),
-                _ => ranges.push((first, last)),
-            }
-        }
-        if newest_first {
-            ranges.reverse();
-        }
-        Ok(ranges)
     }
 
     /// `gavel audit verify`: re-derives everything stored.
