@@ -337,9 +337,9 @@ impl WalCheckpointer {
     /// finds every frame copied, which under steady writes a passive checkpoint never
     /// achieves (new frames land while it copies, even when it copied all it saw), so the
     /// WAL would grow for as long as the load lasts. Once it holds more than `restart_after`
-    /// frames, a RESTART checkpoint
-    /// follows: it holds writers back only while it copies what the passive one missed and
-    /// syncs, and makes the next writer start the WAL over. It waits at most about 2 ms for
+    /// frames, the database file is synced and a RESTART checkpoint follows: it holds writers
+    /// back only while it copies what the passive one missed and syncs, and makes the next
+    /// writer start the WAL over. It waits at most about 2 ms for
     /// the writer lock and for readers of older snapshots, holding writers back meanwhile;
     /// past that it copies what it can, like the passive one, and a later run tries again.
     pub fn run(&self) -> Result<WalCheckpoint, Error> {

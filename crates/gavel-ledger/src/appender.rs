@@ -718,13 +718,13 @@ impl<S: LedgerSink> Writer<S> {
         let overdue = self
             .unsigned_since
             .is_some_and(|t| t.elapsed() >= self.config.checkpoint_interval);
-        let started = Instant::now();
-        let result = if unsigned >= self.config.checkpoint_every || overdue {
+        let checkpoint = if unsigned >= self.config.checkpoint_every || overdue {
             self.next_checkpoint().map(Some)
         } else {
             Ok(None)
-        }
-        .and_then(|cp| {
+        };
+        let started = Instant::now();
+        let result = checkpoint.and_then(|cp| {
             self.sink
                 .append(&records, cp.as_ref())
                 .map(|()| cp)
