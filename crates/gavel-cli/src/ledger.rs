@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use gavel_contract::time::Timestamp;
@@ -142,43 +141,43 @@ impl Ledger {
     }
 
     /// Queues a record; it is durable once the returned `Pending` resolves.
-    pub fn submit<B: Serialize>(
+    pub fn submit(
         &self,
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: &B,
+        body: Value,
     ) -> Result<Pending, Failure> {
         self.appender
-            .submit(&encode(kind, at, id, body)?)
+            .submit(&encode(kind, at, id, body))
             .map_err(refused)
     }
 
     /// [`Ledger::submit`] for async callers: await the returned `Durable`.
-    pub fn submit_async<B: Serialize>(
+    pub fn submit_async(
         &self,
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: &B,
+        body: Value,
     ) -> Result<Durable, Failure> {
         self.appender
-            .submit_async(&encode(kind, at, id, body)?)
+            .submit_async(&encode(kind, at, id, body))
             .map_err(refused)
     }
 
     /// Queues a record nobody waits on before acting (what happened after an answer was
     /// sent): it rides with the next commit someone waits on, or goes on its own within
     /// the appender's background delay (10 ms).
-    pub fn submit_background<B: Serialize>(
+    pub fn submit_background(
         &self,
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: &B,
+        body: Value,
     ) -> Result<Pending, Failure> {
         self.appender
-            .submit_background(&encode(kind, at, id, body)?)
+            .submit_background(&encode(kind, at, id, body))
             .map_err(refused)
     }
 
@@ -195,7 +194,7 @@ impl Ledger {
             kind,
             at,
             &crate::context::new_id("chg")?,
-            &change(principal, action, details),
+            change(principal, action, details),
         )
     }
 
@@ -212,12 +211,12 @@ impl Ledger {
     }
 
     /// Appends a record and returns once it is durable.
-    pub fn record<B: Serialize>(
+    pub fn record(
         &self,
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: &B,
+        body: Value,
     ) -> Result<Receipt, Failure> {
         wait(self.submit(kind, at, id, body)?)
     }
@@ -248,14 +247,8 @@ pub fn record_change(
     Ok(receipt)
 }
 
-fn encode<B: Serialize>(
-    kind: RecordKind,
-    at: Timestamp,
-    id: &str,
-    body: &B,
-) -> Result<Record, Failure> {
-    Record::new(kind, at.millis(), id, body)
-        .map_err(|e| Failure::storage(format!("cannot encode a ledger record: {e}")))
+fn encode(kind: RecordKind, at: Timestamp, id: &str, body: Value) -> Record {
+    Record::from_value(kind, at.millis(), id, body)
 }
 
 fn refused(e: gavel_ledger::LedgerError) -> Failure {

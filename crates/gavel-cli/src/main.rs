@@ -17,6 +17,9 @@ use cli::{Cli, Command};
 use context::Context;
 use failure::{Failure, EXIT_USAGE};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

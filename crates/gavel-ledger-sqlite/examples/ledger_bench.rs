@@ -13,6 +13,11 @@
 // A benchmark reports failures by stopping loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// The allocator `gavel serve` runs with: records are built on the callers' threads and freed on
+// the writer's, which glibc's malloc makes costly.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use gavel_ledger::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash, MerkleTree};
 use gavel_ledger::{
     verify_records, AppendRecord, Appender, AppenderConfig, Flusher, InclusionBundle, LedgerSink,

@@ -156,6 +156,18 @@ impl Record {
         })
     }
 
+    /// A format-1 record over a body already built as JSON (taken as it is: [`Record::new`]
+    /// would copy it).
+    pub fn from_value(kind: RecordKind, at_ms: i64, id: impl Into<String>, body: Value) -> Record {
+        Record {
+            format: FORMAT_VERSION,
+            kind,
+            at_ms,
+            id: id.into(),
+            body,
+        }
+    }
+
     /// RFC 8785 canonical bytes: what is stored and what the leaf hashes.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>, RecordError> {
         // Written member by member (keys already in RFC 8785 order: at_ms,
@@ -262,6 +274,31 @@ mod tests {
             r#"{"at_ms":1700000000000,"body":{"a":[true,null,1.5],"z":1},"format":1,"id":"d-1","kind":"decision"}"#
         );
         assert_eq!(Record::from_canonical(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn a_record_over_a_json_body_is_the_record_over_the_same_data_typed() {
+        #[derive(Serialize)]
+        struct Typed {
+            z: u32,
+            a: (bool, Option<u8>, f64),
+        }
+        let typed = Typed {
+            z: 1,
+            a: (true, None, 1.5),
+        };
+        let from_typed = Record::new(RecordKind::Outcome, 5, "o-1", &typed).unwrap();
+        let from_json = Record::from_value(
+            RecordKind::Outcome,
+            5,
+            "o-1",
+            json!({"a": [true, null, 1.5], "z": 1}),
+        );
+        assert_eq!(from_json, from_typed);
+        assert_eq!(
+            from_json.canonical_bytes().unwrap(),
+            from_typed.canonical_bytes().unwrap()
+        );
     }
 
     #[test]

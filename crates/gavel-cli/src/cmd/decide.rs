@@ -180,10 +180,10 @@ pub fn submit_async(ledger: &Ledger, decision: &Decision) -> Submitted<Durable> 
 
 fn queue<P>(
     decision: &Decision,
-    send: impl Fn(RecordKind, Timestamp, &str, &Value) -> Result<P, Failure>,
+    send: impl Fn(RecordKind, Timestamp, &str, Value) -> Result<P, Failure>,
 ) -> Submitted<P> {
     let pending = ledger_body(decision)
-        .and_then(|body| send(RecordKind::Decision, now(), &decision.decision_id, &body));
+        .and_then(|body| send(RecordKind::Decision, now(), &decision.decision_id, body));
     let cooldown = decision.started_cooldown.as_ref().map(|cooldown| {
         let body = ledger::change(
             &decision.principal,
@@ -194,7 +194,7 @@ fn queue<P>(
             RecordKind::CooldownStarted,
             cooldown.since,
             &new_id("chg")?,
-            &body,
+            body,
         )
     });
     Submitted {
@@ -418,7 +418,7 @@ pub fn settle_outcome(
     {
         body.extend(extra);
     }
-    let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, &body)?;
+    let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, body)?;
     match engine.settle(store, decision_id, deployment, usage, at)? {
         Settled::Settled => Ok(Recorded {
             answer: json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }),

@@ -52,7 +52,7 @@ pub fn record_feedback(
         once.push(format!("judged:{decision_id}"));
     }
     claim(store, decision_id, &once, &id)?;
-    let receipt = ledger.record(RecordKind::Outcome, now(), &id, &record)?;
+    let receipt = ledger.record(RecordKind::Outcome, now(), &id, record)?;
     Ok(Recorded {
         answer: json!({ "feedback_id": id, "decision_id": decision_id, "receipt": receipt }),
         deployment,

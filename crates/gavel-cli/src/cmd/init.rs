@@ -67,7 +67,7 @@ pub fn create_key(
         "key_created",
         json!({ "key_id": record.id, "key_principal": record.principal, "role": role.as_str(), "approver_role": record.approver_role }),
     );
-    ledger.record(RecordKind::KeyCreated, record.created_at, &record.id, &body)?;
+    ledger.record(RecordKind::KeyCreated, record.created_at, &record.id, body)?;
     store.insert_key(&record)?;
     Ok(key)
 }

@@ -368,7 +368,7 @@ impl Gateway {
             }
             let submitted = new_id("out").and_then(|id| {
                 self.ledger
-                    .submit_background(RecordKind::Outcome, at, &id, &body)
+                    .submit_background(RecordKind::Outcome, at, &id, body)
             });
             if let Err(e) = submitted {
                 tracing::error!(decision_id = %f.decision_id, error = %e.message, "the outcome could not be recorded");

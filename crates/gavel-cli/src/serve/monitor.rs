@@ -278,7 +278,7 @@ impl Monitor {
                         value: check.value.unwrap_or(breach.value),
                         ..breach.clone()
                     };
-                    gw.ledger.record(RecordKind::CooldownStarted, at, &new_id("chg")?, &json!({
+                    gw.ledger.record(RecordKind::CooldownStarted, at, &new_id("chg")?, json!({
                         "breach_id": breach.id, "deployment": d.id, "signal": breach.signal,
                         "threshold": breach.threshold, "value": check.value, "limit": check.limit,
                         "samples": check.samples, "until": extended.until,
@@ -298,7 +298,7 @@ impl Monitor {
                         RecordKind::Recovery,
                         at,
                         &new_id("chg")?,
-                        &json!({
+                        json!({
                             "breach_id": breach.id, "deployment": d.id, "signal": breach.signal,
                             "threshold": breach.threshold, "value": probe.and_then(|c| c.value),
                             "limit": breach.limit, "samples": probe.map(|c| c.samples),
@@ -382,7 +382,10 @@ impl Monitor {
         if !gw.store.start_breach(&breach)? {
             return Ok(());
         }
-        if let Err(e) = gw.ledger.record(RecordKind::Breach, at, &breach.id, &alert) {
+        if let Err(e) = gw
+            .ledger
+            .record(RecordKind::Breach, at, &breach.id, alert.clone())
+        {
             gw.store.end_breach(&d.id)?;
             return Err(e);
         }
