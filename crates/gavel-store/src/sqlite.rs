@@ -113,7 +113,17 @@ pub enum Durability {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// A second connection, only for the governance copy: its generation check and its reload
+    /// read without waiting for `conn`, which a budget transaction may hold while it waits for
+    /// the ledger's write lock. Authenticating a request (on the gateway's async workers) and
+    /// a decision's view then never queue behind another decision's writes.
+    watch: Mutex<Connection>,
     governance: Mutex<Option<Arc<Governance>>>,
+}
+
+fn locked(conn: &Mutex<Connection>) -> Result<MutexGuard<'_, Connection>, StoreError> {
+    conn.lock()
+        .map_err(|_| StoreError("the database handle is poisoned by an earlier panic".into()))
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -145,13 +155,15 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path).map_err(|e| {
-            StoreError(format!(
-                "cannot open the database `{}`: {e}",
-                path.display()
-            ))
-        })?;
-        Self::init(conn, &path.display().to_string())
+        let connect = || {
+            Connection::open(path).map_err(|e| {
+                StoreError(format!(
+                    "cannot open the database `{}`: {e}",
+                    path.display()
+                ))
+            })
+        };
+        Self::init(connect()?, connect()?, &path.display().to_string())
     }
 
     /// Opens an existing database, refusing to create one (for read-only commands).
@@ -186,9 +198,11 @@ impl SqliteStore {
             .map_err(err("wal_autocheckpoint"))
     }
 
-    fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
-        conn.busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
-            .map_err(err("busy handler"))?;
+    fn init(conn: Connection, watch: Connection, name: &str) -> Result<SqliteStore, StoreError> {
+        for c in [&conn, &watch] {
+            c.busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
+                .map_err(err("busy handler"))?;
+        }
         // Every statement stays prepared: re-parsing SQL was a visible share of a decision.
         conn.set_prepared_statement_cache_capacity(128);
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -220,14 +234,17 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            watch: Mutex::new(watch),
             governance: Mutex::new(None),
         })
     }
 
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.conn
-            .lock()
-            .map_err(|_| StoreError("the database handle is poisoned by an earlier panic".into()))
+        locked(&self.conn)
+    }
+
+    fn watch(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        locked(&self.watch)
     }
 
     fn approvals_where(&self, deployment: Option<&str>) -> Result<Vec<Approval>, StoreError> {
@@ -238,7 +255,7 @@ impl SqliteStore {
     /// generation has not moved, else everything read again in one read transaction. `now`
     /// is when kills and cooldowns are to be judged (None: the caller reads neither).
     fn governance(&self, now: Option<Timestamp>) -> Result<Arc<Governance>, StoreError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.watch()?;
         if let Some(governance) = self.current_copy(&conn, now)? {
             return Ok(governance);
         }
@@ -384,7 +401,7 @@ impl Store for SqliteStore {
         // A current copy answers at once (the gateway's case: every decision keeps one). Without
         // one, a single indexed lookup: a one-shot CLI command should not read every approval
         // to authenticate its caller.
-        let conn = self.conn()?;
+        let conn = self.watch()?;
         if let Some(governance) = self.current_copy(&conn, None)? {
             return Ok(governance.keys.get(hash).cloned());
         }

@@ -210,6 +210,44 @@ fn two_connections_to_one_file_share_exact_budgets() {
     assert_eq!(grants, 10);
 }
 
+/// A budget transaction waiting for the write lock (the gateway's ledger holds it through
+/// every commit) must not hold back authentication, which runs on the gateway's async workers.
+#[test]
+fn a_key_is_found_while_a_budget_transaction_waits_for_the_write_lock() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gavel.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let secret = "gvl_0123456789abcdef0123456789abcdef";
+    store.insert_key(&service_key(secret)).unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let reserved = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let grant = store.reserve(
+                &reservation("r1", vec![charge("w", 10, 100)], vec![]),
+                NOW,
+                false,
+            );
+            reserved.store(true, Ordering::SeqCst);
+            grant
+        });
+        // Time for the reservation to start waiting (were it slower, this test would pass
+        // without showing anything, never fail wrongly).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let found = store.key_by_hash(&hash_key(secret)).unwrap();
+        let reservation_still_waiting = !reserved.load(Ordering::SeqCst);
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(found.map(|k| k.principal), Some("svc".to_string()));
+        assert!(
+            reservation_still_waiting,
+            "the key lookup waited until the budget transaction was done"
+        );
+        assert!(waiting.join().unwrap().unwrap().is_ok());
+    });
+}
+
 #[test]
 fn approvals_are_replaced_by_id_and_listed_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
