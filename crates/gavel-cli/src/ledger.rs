@@ -168,7 +168,7 @@ impl Ledger {
 
     /// Queues a record nobody waits on before acting (what happened after an answer was
     /// sent): it rides with the next commit someone waits on, or goes on its own within
-    /// the appender's background delay (10 ms).
+    /// the appender's background delay (`AppenderConfig::background_delay`, 100 ms).
     pub fn submit_background(
         &self,
         kind: RecordKind,

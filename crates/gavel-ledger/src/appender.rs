@@ -58,7 +58,7 @@ impl Default for AppenderConfig {
             checkpoint_every: 1_000,
             checkpoint_interval: Duration::from_millis(1_000),
             max_batch: 8_192,
-            // Long enough for a gateway serving ten requests a second or more to commit each
+            // Long enough for a gateway serving a few tens of requests a second to commit each
             // outcome with the next decision: one commit and one fsync per request, not two.
             background_delay: Duration::from_millis(100),
         }

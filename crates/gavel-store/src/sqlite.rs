@@ -113,10 +113,11 @@ pub enum Durability {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    /// A second connection, only for the governance copy: its generation check and its reload
-    /// read without waiting for `conn`, which a budget transaction may hold while it waits for
-    /// the ledger's write lock. Authenticating a request (on the gateway's async workers) and
-    /// a decision's view then never queue behind another decision's writes.
+    /// A second connection, only for reads of governance: the copy's generation check, its
+    /// reload and key lookups run without waiting for `conn`, which a budget transaction may
+    /// hold while it waits for the ledger's write lock. Authenticating a request (on the
+    /// gateway's async workers) and a decision's view then never queue behind another
+    /// decision's writes.
     watch: Mutex<Connection>,
     governance: Mutex<Option<Arc<Governance>>>,
 }

@@ -220,6 +220,16 @@ fn a_key_is_found_while_a_budget_transaction_waits_for_the_write_lock() {
     let store = SqliteStore::open(&path).unwrap();
     let secret = "gvl_0123456789abcdef0123456789abcdef";
     store.insert_key(&service_key(secret)).unwrap();
+    assert!(store.save_approval(&approval("apr_1"), None).unwrap());
+    // The governance copy is loaded, as in a gateway that has decided before.
+    assert_eq!(
+        store
+            .view("kb", "uc", "svc", None, NOW)
+            .unwrap()
+            .approvals
+            .len(),
+        1
+    );
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let reserved = AtomicBool::new(false);
@@ -237,12 +247,14 @@ fn a_key_is_found_while_a_budget_transaction_waits_for_the_write_lock() {
         // without showing anything, never fail wrongly).
         std::thread::sleep(std::time::Duration::from_millis(200));
         let found = store.key_by_hash(&hash_key(secret)).unwrap();
+        let view = store.view("kb", "uc", "svc", None, NOW).unwrap();
         let reservation_still_waiting = !reserved.load(Ordering::SeqCst);
         other.execute_batch("COMMIT").unwrap();
         assert_eq!(found.map(|k| k.principal), Some("svc".to_string()));
+        assert_eq!(view.approvals.len(), 1);
         assert!(
             reservation_still_waiting,
-            "the key lookup waited until the budget transaction was done"
+            "the key lookup or the view waited until the budget transaction was done"
         );
         assert!(waiting.join().unwrap().unwrap().is_ok());
     });
