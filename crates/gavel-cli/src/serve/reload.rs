@@ -82,7 +82,10 @@ pub async fn watch(
     mut files: Vec<PathBuf>,
 ) {
     let mut last_refusal: Option<String> = None;
-    let mut seen = Fingerprint::of(&files);
+    // Nothing seen yet, so the first tick reads in full: an edit made after start-up read the
+    // contract but before this task first ran would otherwise look like the state already seen,
+    // and wait for the 30-second full read (the reload test met exactly that on a busy machine).
+    let mut seen = Fingerprint(Vec::new());
     let mut last_full_read = Instant::now();
     loop {
         tokio::select! {
