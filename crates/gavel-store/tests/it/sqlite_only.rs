@@ -155,13 +155,20 @@ fn everything_survives_reopening() {
         .is_some());
 }
 
+const SECRET: &str = "gvl_0123456789abcdef0123456789abcdef";
+
+/// A store in a new file under `dir` holding the service key for [`SECRET`].
+fn store_with_service_key(dir: &tempfile::TempDir) -> (SqliteStore, std::path::PathBuf) {
+    let path = dir.path().join("gavel.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.insert_key(&service_key(SECRET)).unwrap();
+    (store, path)
+}
+
 #[test]
 fn the_key_itself_is_never_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gavel.db");
-    let s = SqliteStore::open(&path).unwrap();
-    let secret = "gvl_0123456789abcdef0123456789abcdef";
-    s.insert_key(&service_key(secret)).unwrap();
+    let (s, path) = store_with_service_key(&dir);
     drop(s);
     let mut bytes = std::fs::read(&path).unwrap();
     for suffix in ["-wal", "-shm"] {
@@ -169,7 +176,7 @@ fn the_key_itself_is_never_stored() {
             bytes.extend(more);
         }
     }
-    assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
 }
 
 #[test]
@@ -216,10 +223,7 @@ fn two_connections_to_one_file_share_exact_budgets() {
 fn a_key_is_found_while_a_budget_transaction_waits_for_the_write_lock() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gavel.db");
-    let store = SqliteStore::open(&path).unwrap();
-    let secret = "gvl_0123456789abcdef0123456789abcdef";
-    store.insert_key(&service_key(secret)).unwrap();
+    let (store, path) = store_with_service_key(&dir);
     assert!(store.save_approval(&approval("apr_1"), None).unwrap());
     // The governance copy is loaded, as in a gateway that has decided before.
     assert_eq!(
@@ -246,7 +250,7 @@ fn a_key_is_found_while_a_budget_transaction_waits_for_the_write_lock() {
         // Time for the reservation to start waiting (were it slower, this test would pass
         // without showing anything, never fail wrongly).
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let found = store.key_by_hash(&hash_key(secret)).unwrap();
+        let found = store.key_by_hash(&hash_key(SECRET)).unwrap();
         let view = store.view("kb", "uc", "svc", None, NOW).unwrap();
         let reservation_still_waiting = !reserved.load(Ordering::SeqCst);
         other.execute_batch("COMMIT").unwrap();
