@@ -147,13 +147,7 @@ impl Record {
         body: &B,
     ) -> Result<Record, RecordError> {
         let body = serde_json::to_value(body).map_err(|e| RecordError::Parse(e.to_string()))?;
-        Ok(Record {
-            format: FORMAT_VERSION,
-            kind,
-            at_ms,
-            id: id.into(),
-            body,
-        })
+        Ok(Record::from_value(kind, at_ms, id, body))
     }
 
     /// A format-1 record over a body already built as JSON (taken as it is: [`Record::new`]
