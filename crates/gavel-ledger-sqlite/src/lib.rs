@@ -611,8 +611,9 @@ mod tests {
         let still_writing = std::sync::Arc::clone(&writing);
         let writer = std::thread::spawn(move || {
             let page = vec![7u8; 4000];
-            // About 48 MiB of WAL frames (a 4,000-byte row spills into a second page), one
-            // small transaction after another.
+            // About 100 MiB of WAL frames (a 4,000-byte row spills into an overflow page, and
+            // each commit also rewrites table and index pages), one small transaction after
+            // another.
             for _ in 0..6_000 {
                 sink.conn()
                     .execute(
@@ -631,9 +632,11 @@ mod tests {
         writer.join().unwrap();
         let wal_bytes = std::fs::metadata(dir.join("busy.db-wal")).unwrap().len();
         // The WAL file never shrinks, so its size is the most it ever held: a restart's
-        // threshold plus what the writer adds between two runs, far below the 48 MiB written.
+        // threshold plus what the writer adds between two runs that restart. Without restarts
+        // it reaches about 100 MiB; with them, 4-9 MiB here, more when other tests keep the
+        // checkpointer's thread off the CPU (CI's two cores once saw 9 MiB), hence the margin.
         assert!(
-            wal_bytes < 8 << 20,
+            wal_bytes < 32 << 20,
             "the WAL grew to {wal_bytes} bytes ({restarts} restarts)"
         );
         assert!(restarts > 0);
