@@ -9,11 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use gavel_contract::time::Timestamp;
 use gavel_ledger::{
-    Appender, AppenderConfig, BatchObserver, Durable, NoteSigner, Pending, Receipt, Record,
+    Appender, AppenderConfig, BatchObserver, Durable, Encoded, NoteSigner, Pending, Receipt,
     RecordKind,
 };
 use gavel_ledger_sqlite::SqliteLedgerSink;
@@ -146,10 +147,10 @@ impl Ledger {
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: Value,
+        body: impl Serialize,
     ) -> Result<Pending, Failure> {
         self.appender
-            .submit(&encode(kind, at, id, body))
+            .submit(encode(kind, at, id, body)?)
             .map_err(refused)
     }
 
@@ -159,10 +160,10 @@ impl Ledger {
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: Value,
+        body: impl Serialize,
     ) -> Result<Durable, Failure> {
         self.appender
-            .submit_async(&encode(kind, at, id, body))
+            .submit_async(encode(kind, at, id, body)?)
             .map_err(refused)
     }
 
@@ -174,10 +175,10 @@ impl Ledger {
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: Value,
+        body: impl Serialize,
     ) -> Result<Pending, Failure> {
         self.appender
-            .submit_background(&encode(kind, at, id, body))
+            .submit_background(encode(kind, at, id, body)?)
             .map_err(refused)
     }
 
@@ -216,7 +217,7 @@ impl Ledger {
         kind: RecordKind,
         at: Timestamp,
         id: &str,
-        body: Value,
+        body: impl Serialize,
     ) -> Result<Receipt, Failure> {
         wait(self.submit(kind, at, id, body)?)
     }
@@ -247,8 +248,15 @@ pub fn record_change(
     Ok(receipt)
 }
 
-fn encode(kind: RecordKind, at: Timestamp, id: &str, body: Value) -> Record {
-    Record::from_value(kind, at.millis(), id, body)
+/// The record's canonical bytes, written straight from the body (no JSON tree is built).
+fn encode(
+    kind: RecordKind,
+    at: Timestamp,
+    id: &str,
+    body: impl Serialize,
+) -> Result<Encoded, Failure> {
+    Encoded::new(kind, at.millis(), id, &body)
+        .map_err(|e| Failure::storage(format!("cannot encode a ledger record: {e}")))
 }
 
 fn refused(e: gavel_ledger::LedgerError) -> Failure {

@@ -308,6 +308,15 @@ pub struct FindingRecord {
     pub confidence: f32,
 }
 
+/// The decision as the ledger records it: the decision itself plus its reason codes as a
+/// top-level list, which the ledger indexes and filters on.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord<'d> {
+    #[serde(flatten)]
+    decision: &'d Decision,
+    reason_codes: Vec<&'static str>,
+}
+
 /// The reservation a decision holds; settle it with the actual usage when the action is done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Estimate {
@@ -361,6 +370,14 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The decision as the ledger records it.
+    pub fn record(&self) -> DecisionRecord<'_> {
+        DecisionRecord {
+            decision: self,
+            reason_codes: self.reason_code_strings(),
+        }
+    }
+
     /// The reason codes as strings, for indexes and filters.
     pub fn reason_code_strings(&self) -> Vec<&'static str> {
         self.reasons.iter().map(|r| r.code.as_str()).collect()

@@ -18,10 +18,12 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use gavel_engine::{Decision, Estimate, FindingRecord, Obligation, Verdict};
 use gavel_ledger::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash, MerkleTree};
 use gavel_ledger::{
-    verify_records, AppendRecord, Appender, AppenderConfig, Flusher, InclusionBundle, LedgerSink,
-    NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, VerifyOptions,
+    verify_records, AppendRecord, Appender, AppenderConfig, Encoded, Flusher, InclusionBundle,
+    LedgerSink, NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord,
+    VerifyOptions,
 };
 use gavel_ledger_sqlite::{SqliteLedgerSink, WalCheckpointer};
 use serde_json::json;
@@ -73,63 +75,91 @@ fn signer() -> NoteSigner {
     NoteSigner::from_seed("gavel.bench/ledger", &[9u8; 32]).unwrap()
 }
 
-/// A decision as the gateway records it for the bench's 1 KiB question (every field of the
-/// engine's decision record, an ALLOW with a max_tokens obligation and a low-confidence
-/// injection finding): 911 bytes canonical, the size of the gateway bench's records.
-fn decision(i: u64) -> Record {
-    let id = format!("dec_01M81W{i:020}");
-    let body = json!({
-        "approval_id": format!("apr_01M81WNC1FT2B7KJCX0MRBYA{:02}", i % 17),
-        "at": "2026-11-22T15:05:45.163Z",
-        "binding": "913be1a49b8ee7425d211ccd733c2da354dfd0ae3acca37cc7c09069b48fdf04",
-        "contract_version": "0f9a678fb96293ecedc2423dc8407a561df5eed6761b89472a46d159d24630a0",
-        "decision_id": id,
-        "deployment": "kb-search-v1",
-        "estimate": {"max_tokens": 400, "prompt_tokens": 219, "tool_calls": 0, "usd_micros": 290},
-        "findings": [{
-            "confidence": 0.2, "end": 412, "kind": "injection.persona_jailbreak",
-            "rule_id": "injection.persona", "start": 377, "text_index": 1,
+/// A record's body as its producer holds it before recording it.
+enum Body {
+    /// The engine's typed decision: written straight into canonical bytes, as the gateway does.
+    Decision(Box<Decision>),
+    Json {
+        id: String,
+        value: serde_json::Value,
+    },
+}
+
+impl Body {
+    /// What the producer does on its own thread to record the body (before `submit` hashes it).
+    fn encode(&self, at_ms: i64) -> Encoded {
+        match self {
+            Body::Decision(d) => {
+                Encoded::new(RecordKind::Decision, at_ms, &d.decision_id, &d.record())
+            }
+            Body::Json { id, value } => Encoded::new(RecordKind::Decision, at_ms, id, value),
+        }
+        .unwrap()
+    }
+
+    fn size(&self) -> usize {
+        self.encode(1_764_000_000_000).bytes.len()
+    }
+}
+
+/// A decision as the gateway records it for the bench's 1 KiB question (an ALLOW with a
+/// max_tokens obligation and a low-confidence injection finding): about 930 bytes canonical,
+/// the size of the gateway bench's records.
+fn decision(i: u64) -> Body {
+    Body::Decision(Box::new(Decision {
+        decision_id: format!("dec_01M81W{i:020}"),
+        verdict: Verdict::Allow,
+        reasons: vec![],
+        obligations: vec![Obligation::CapMaxTokens { max_tokens: 400 }],
+        findings: vec![FindingRecord {
+            kind: "injection.persona_jailbreak".into(),
+            rule_id: "injection.persona".into(),
+            text_index: 1,
+            start: 377,
+            end: 412,
+            confidence: 0.2,
         }],
-        "input_sha256": "f4c9c9d7ba478337bd00fc61b15db8466fae232b9aebde85d7248b209d2375ae",
-        "obligations": [{"max_tokens": 400, "type": "cap_max_tokens"}],
-        "principal": format!("svc-support-{}", i % 5),
-        "reason_codes": [],
-        "reasons": [],
-        "run_id": null,
-        "tier": "minimal",
-        "use_case": "knowledge-search",
-        "verdict": "ALLOW",
-    });
-    Record::new(
-        RecordKind::Decision,
-        1_764_000_000_000 + i as i64,
-        id,
-        &body,
-    )
-    .unwrap()
+        deployment: "kb-search-v1".into(),
+        use_case: Some("knowledge-search".into()),
+        tier: Some("minimal".into()),
+        binding: Some("913be1a49b8ee7425d211ccd733c2da354dfd0ae3acca37cc7c09069b48fdf04".into()),
+        approval_id: Some(format!("apr_01M81WNC1FT2B7KJCX0MRBYA{:02}", i % 17)),
+        contract_version: "0f9a678fb96293ecedc2423dc8407a561df5eed6761b89472a46d159d24630a0".into(),
+        principal: format!("svc-support-{}", i % 5),
+        run_id: None,
+        at: "2026-11-22T15:05:45.163Z".into(),
+        retry_after: None,
+        retry_after_seconds: None,
+        would_be: None,
+        first_decision_id: None,
+        estimate: Some(Estimate {
+            prompt_tokens: 219,
+            max_tokens: 400,
+            usd_micros: 290,
+            tool_calls: 0,
+        }),
+        input_sha256: "f4c9c9d7ba478337bd00fc61b15db8466fae232b9aebde85d7248b209d2375ae".into(),
+        started_cooldown: None,
+    }))
 }
 
 /// A minimal decision (ids, verdict, one hash), ~250 bytes, to show how
 /// throughput depends on record size.
-fn small_decision(i: u64) -> Record {
-    let body = json!({
-        "deployment": "support-bot",
-        "approval_id": format!("ap-{}", i % 17),
-        "principal": format!("svc-{}", i % 5),
-        "verdict": "allow",
-        "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-    });
-    Record::new(
-        RecordKind::Decision,
-        1_764_000_000_000 + i as i64,
-        format!("dec-{i:012}"),
-        &body,
-    )
-    .unwrap()
+fn small_decision(i: u64) -> Body {
+    Body::Json {
+        id: format!("dec-{i:012}"),
+        value: json!({
+            "deployment": "support-bot",
+            "approval_id": format!("ap-{}", i % 17),
+            "principal": format!("svc-{}", i % 5),
+            "verdict": "allow",
+            "input_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        }),
+    }
 }
 
 /// Threads, depth per thread, records, record maker.
-type Run = (u64, u64, u64, fn(u64) -> Record);
+type Run = (u64, u64, u64, fn(u64) -> Body);
 
 /// The WAL checkpoints of `gavel serve`: a thread of their own every 200 ms, none inside a
 /// commit. Stops when dropped.
@@ -201,9 +231,10 @@ fn lone_append(dir: &Path) -> Vec<Duration> {
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     let mut times = Vec::new();
     for i in 0..1_000 {
-        let r = decision(i);
+        let body = decision(i);
         let t = Instant::now();
-        app.append(&r).unwrap();
+        app.append(body.encode(1_764_000_000_000 + i as i64))
+            .unwrap();
         times.push(t.elapsed());
     }
     app.close().unwrap();
@@ -227,7 +258,7 @@ fn throughput(
     depth: u64,
     total: u64,
     base: u64,
-    make: fn(u64) -> Record,
+    make: fn(u64) -> Body,
 ) -> Throughput {
     let commits = Arc::new(AtomicU64::new(0));
     let commit_nanos = Arc::new(AtomicU64::new(0));
@@ -239,9 +270,9 @@ fn throughput(
     };
     let app = Arc::new(Appender::start(sink, signer(), AppenderConfig::default()).unwrap());
     let per_thread = total / threads;
-    // Decisions are built before the clock starts: the engine has its decision
-    // JSON anyway. Canonicalisation and hashing (in `submit`) are timed.
-    let records: Arc<Vec<Record>> =
+    // Decisions are built before the clock starts: the engine has its decision anyway.
+    // Writing the record's canonical bytes and hashing them (in `submit`) are timed.
+    let records: Arc<Vec<Body>> =
         Arc::new((0..per_thread * threads).map(|i| make(base + i)).collect());
     let start = Instant::now();
     let cpu_start = process_cpu();
@@ -255,7 +286,8 @@ fn throughput(
                     let n = depth.min(per_thread - i);
                     let pending: Vec<_> = (0..n)
                         .map(|k| {
-                            app.submit(&records[(t * per_thread + i + k) as usize])
+                            let at = (t * per_thread + i + k) as usize;
+                            app.submit(records[at].encode(1_764_000_000_000 + at as i64))
                                 .unwrap()
                         })
                         .collect();
@@ -299,6 +331,45 @@ fn process_cpu() -> Duration {
             .unwrap_or(0)
     };
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// What recording a decision costs its producer's thread before the appender sees it, both
+/// ways a body can become canonical bytes. Rounds of 20,000 decisions, one thread, the two
+/// ways alternating; the best round of seven each (the least disturbed by other work).
+fn encoding_table() {
+    let bodies: Vec<Body> = (0..20_000).map(decision).collect();
+    let round = |encode: &dyn Fn(&Body) -> usize| {
+        let t = Instant::now();
+        let bytes: usize = bodies.iter().map(encode).sum();
+        std::hint::black_box(bytes);
+        t.elapsed() / bodies.len() as u32
+    };
+    let direct = |b: &Body| b.encode(1).bytes.len();
+    let via_tree = |b: &Body| match b {
+        Body::Decision(d) => Record::new(RecordKind::Decision, 1, &d.decision_id, &d.record())
+            .unwrap()
+            .encode()
+            .unwrap()
+            .bytes
+            .len(),
+        Body::Json { .. } => unreachable!("decision() makes typed decisions"),
+    };
+    let (mut best_direct, mut best_tree) = (Duration::MAX, Duration::MAX);
+    for _ in 0..7 {
+        best_direct = best_direct.min(round(&direct));
+        best_tree = best_tree.min(round(&via_tree));
+    }
+    println!("| encoding a decision record (1 thread, best of 7 x 20,000) | per record |");
+    println!("|-----------------------------------------------------------|------------|");
+    println!(
+        "| typed decision straight to canonical bytes (`Encoded::new`) | {} |",
+        us(best_direct)
+    );
+    println!(
+        "| through a JSON tree (`serde_json::to_value`, then canonicalised) | {} |",
+        us(best_tree)
+    );
+    println!();
 }
 
 /// The lone-append latency table: one caller, one record at a time.
@@ -349,16 +420,14 @@ fn main() {
         dir.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!(
-        "record size: {} bytes canonical",
-        decision(0).canonical_bytes().unwrap().len()
-    );
+    println!("record size: {} bytes canonical", decision(0).size());
     println!();
 
     let only: Option<(u64, u64)> = arg("--run").map(|v| {
         let (threads, depth) = v.split_once('x').expect("--run THREADSxDEPTH, e.g. 4x1024");
         (threads.parse().unwrap(), depth.parse().unwrap())
     });
+    encoding_table();
     if only.is_none() {
         lone_table(&dir);
     }
@@ -379,13 +448,13 @@ fn main() {
         (4, 1024, total, small_decision),
     ];
     let runs = match only {
-        Some((threads, depth)) => vec![(threads, depth, total, decision as fn(u64) -> Record)],
+        Some((threads, depth)) => vec![(threads, depth, total, decision as fn(u64) -> Body)],
         None => runs.to_vec(),
     };
     for (threads, depth, n, make) in runs {
         let run = throughput(&db, threads, depth, n, base, make);
         base += n;
-        let label = format!("{} B", make(0).canonical_bytes().unwrap().len());
+        let label = format!("{} B", make(0).size());
         println!(
             "| {:>4} ({threads} x {depth}), {label} records | {n} | {:.0} | {} | {:.1} | {:.1} | {:.0}% |",
             threads * depth,

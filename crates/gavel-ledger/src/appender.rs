@@ -23,7 +23,7 @@
 
 use crate::merkle::{leaf_hash, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
-use crate::record::{IndexFields, Record, RecordError, RecordKind};
+use crate::record::{Appendable, IndexFields, RecordError, RecordKind};
 use crate::sink::{AppendRecord, Flusher, LedgerSink, StoredCheckpoint};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -339,7 +339,7 @@ impl Appender {
     /// Queues a record and returns at once; the record is durable when
     /// [`Pending::wait`] returns Ok. Canonicalisation and hashing happen here,
     /// on the caller's thread, to keep the single writer thread lean.
-    pub fn submit(&self, record: &Record) -> Result<Pending, LedgerError> {
+    pub fn submit(&self, record: impl Appendable) -> Result<Pending, LedgerError> {
         // A one-slot channel: the writer sends exactly one reply, and this
         // kind allocates far less than an unbounded one (measurable at
         // 100k appends/s).
@@ -349,7 +349,7 @@ impl Appender {
     }
 
     /// [`Appender::submit`] for async callers: await the returned [`Durable`].
-    pub fn submit_async(&self, record: &Record) -> Result<Durable, LedgerError> {
+    pub fn submit_async(&self, record: impl Appendable) -> Result<Durable, LedgerError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(record, Reply::Async(reply), true)?;
         Ok(Durable { rx })
@@ -358,21 +358,26 @@ impl Appender {
     /// Queues a background record: one nobody waits on before acting. It is
     /// committed with the next record that is waited on, or on its own after
     /// `background_delay`; [`Pending::wait`] still says when it is durable.
-    pub fn submit_background(&self, record: &Record) -> Result<Pending, LedgerError> {
+    pub fn submit_background(&self, record: impl Appendable) -> Result<Pending, LedgerError> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.send(record, Reply::Blocking(reply), false)?;
         Ok(Pending { rx })
     }
 
-    fn send(&self, record: &Record, reply: Reply, waited_on: bool) -> Result<(), LedgerError> {
-        let bytes = record.canonical_bytes()?;
+    fn send(
+        &self,
+        record: impl Appendable,
+        reply: Reply,
+        waited_on: bool,
+    ) -> Result<(), LedgerError> {
+        let record = record.encoded()?;
         let req = Request {
-            leaf: leaf_hash(&bytes),
-            bytes,
-            id: record.id.clone(),
+            leaf: leaf_hash(&record.bytes),
+            bytes: record.bytes,
+            id: record.id,
             kind: record.kind,
             at_ms: record.at_ms,
-            fields: record.index_fields(),
+            fields: record.fields,
             reply,
             waited_on,
         };
@@ -382,7 +387,7 @@ impl Appender {
     }
 
     /// Appends a record and returns once it is durable.
-    pub fn append(&self, record: &Record) -> Result<Receipt, LedgerError> {
+    pub fn append(&self, record: impl Appendable) -> Result<Receipt, LedgerError> {
         self.submit(record)?.wait()
     }
 

@@ -26,7 +26,9 @@ pub use appender::{
 pub use merkle::{Hash, MerkleTree};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use proof::{check_proof_json, CheckedInclusion, InclusionBundle};
-pub use record::{ContractLoaded, IndexFields, Record, RecordKind, FORMAT_VERSION};
+pub use record::{
+    Appendable, ContractLoaded, Encoded, IndexFields, Record, RecordKind, FORMAT_VERSION,
+};
 pub use sink::{
     AppendRecord, Flusher, LedgerSink, MemorySink, SinkError, StoredCheckpoint, StoredRecord,
 };

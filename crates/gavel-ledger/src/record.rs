@@ -5,7 +5,6 @@ use crate::jcs::{self, JcsError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
-use std::io::Write as _;
 
 /// Version of the record envelope. Bumped on any change to the canonical
 /// layout; verifiers refuse versions they do not know rather than guess.
@@ -164,22 +163,28 @@ impl Record {
 
     /// RFC 8785 canonical bytes: what is stored and what the leaf hashes.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>, RecordError> {
-        // Written member by member (keys already in RFC 8785 order: at_ms,
-        // body, format, id, kind) to avoid cloning the body into a map.
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"{\"at_ms\":");
-        jcs::write_value(&mut out, &Value::from(self.at_ms)).map_err(RecordError::Canonical)?;
-        out.extend_from_slice(b",\"body\":");
-        jcs::write_value(&mut out, &self.body).map_err(RecordError::Canonical)?;
-        out.extend_from_slice(b",\"format\":");
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "{}", self.format);
-        out.extend_from_slice(b",\"id\":");
-        jcs::write_string(&mut out, &self.id);
-        out.extend_from_slice(b",\"kind\":");
-        jcs::write_string(&mut out, self.kind.as_str());
-        out.push(b'}');
+        write_envelope(
+            &mut out,
+            self.format,
+            self.kind,
+            self.at_ms,
+            &self.id,
+            &self.body,
+            |_, _| {},
+        )?;
         Ok(out)
+    }
+
+    /// The record as the appender takes it: canonical bytes and query columns.
+    pub fn encode(&self) -> Result<Encoded, RecordError> {
+        Ok(Encoded {
+            kind: self.kind,
+            at_ms: self.at_ms,
+            id: self.id.clone(),
+            bytes: self.canonical_bytes()?,
+            fields: self.index_fields(),
+        })
     }
 
     /// Parses stored bytes and checks they are exactly the canonical form of a
@@ -198,15 +203,113 @@ impl Record {
 
     /// The query columns a sink stores next to the bytes (see [`IndexFields`]).
     pub fn index_fields(&self) -> IndexFields {
-        let str_field = |name: &str| {
-            self.body
-                .get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let reason_codes = self
-            .body
-            .get("reason_codes")
+        IndexFields::from_members(|name| self.body.get(name))
+    }
+}
+
+/// Writes the envelope around `body`, calling `visit_body_member` as
+/// [`jcs::write_visiting_members`] does for the body.
+fn write_envelope<B: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    format: u32,
+    kind: RecordKind,
+    at_ms: i64,
+    id: &str,
+    body: &B,
+    visit_body_member: impl FnMut(&[u8], &[u8]),
+) -> Result<(), RecordError> {
+    // Member by member, keys already in RFC 8785 order: at_ms, body, format, id, kind.
+    out.extend_from_slice(b"{\"at_ms\":");
+    jcs::write(out, &at_ms).map_err(RecordError::Canonical)?;
+    out.extend_from_slice(b",\"body\":");
+    jcs::write_visiting_members(out, body, visit_body_member).map_err(RecordError::Canonical)?;
+    out.extend_from_slice(b",\"format\":");
+    jcs::write(out, &format).map_err(RecordError::Canonical)?;
+    out.extend_from_slice(b",\"id\":");
+    jcs::write_string(out, id);
+    out.extend_from_slice(b",\"kind\":");
+    jcs::write_string(out, kind.as_str());
+    out.push(b'}');
+    Ok(())
+}
+
+/// A record in its canonical bytes, with the query columns a sink stores next to them: what
+/// the appender takes ([`Record::encode`] or [`Encoded::new`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub kind: RecordKind,
+    pub at_ms: i64,
+    pub id: String,
+    pub bytes: Vec<u8>,
+    pub fields: IndexFields,
+}
+
+impl Encoded {
+    /// A format-1 record over any serialisable body, written straight into its canonical
+    /// bytes: no JSON tree is built on the way (for a decision, that is most of the cost of
+    /// recording it). The same bytes and columns as `Record::new(..)?.encode()`.
+    pub fn new<B: Serialize + ?Sized>(
+        kind: RecordKind,
+        at_ms: i64,
+        id: impl Into<String>,
+        body: &B,
+    ) -> Result<Encoded, RecordError> {
+        let id = id.into();
+        let mut bytes = Vec::with_capacity(1024);
+        let mut fields = IndexFields::default();
+        write_envelope(
+            &mut bytes,
+            FORMAT_VERSION,
+            kind,
+            at_ms,
+            &id,
+            body,
+            |key, value| fields.take(key, value),
+        )?;
+        Ok(Encoded {
+            kind,
+            at_ms,
+            id,
+            bytes,
+            fields,
+        })
+    }
+}
+
+/// What the appender accepts: a [`Record`] (encoded on the caller's thread) or an [`Encoded`]
+/// one.
+pub trait Appendable {
+    fn encoded(self) -> Result<Encoded, RecordError>;
+}
+
+impl Appendable for &Record {
+    fn encoded(self) -> Result<Encoded, RecordError> {
+        self.encode()
+    }
+}
+
+impl Appendable for Encoded {
+    fn encoded(self) -> Result<Encoded, RecordError> {
+        Ok(self)
+    }
+}
+
+/// Filter columns taken from conventional body members: `deployment`,
+/// `approval_id`, `principal` (strings) and `reason_codes` (array of strings).
+/// They are a query aid only: verification never trusts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFields {
+    pub deployment: Option<String>,
+    pub approval_id: Option<String>,
+    pub principal: Option<String>,
+    pub reason_codes: Vec<String>,
+}
+
+impl IndexFields {
+    /// The columns of a body given its members by name.
+    fn from_members<'v>(member: impl Fn(&str) -> Option<&'v Value>) -> IndexFields {
+        let str_field = |name: &str| member(name).and_then(Value::as_str).map(str::to_owned);
+        let reason_codes = member("reason_codes")
             .and_then(Value::as_array)
             .map(|codes| {
                 codes
@@ -223,17 +326,28 @@ impl Record {
             reason_codes,
         }
     }
-}
 
-/// Filter columns taken from conventional body members: `deployment`,
-/// `approval_id`, `principal` (strings) and `reason_codes` (array of strings).
-/// They are a query aid only: verification never trusts them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexFields {
-    pub deployment: Option<String>,
-    pub approval_id: Option<String>,
-    pub principal: Option<String>,
-    pub reason_codes: Vec<String>,
+    /// Takes a body member (key as a JSON string literal, value as canonical JSON) if it is
+    /// one of the four, as [`IndexFields::from_members`] reads them.
+    fn take(&mut self, key: &[u8], value: &[u8]) {
+        let string = || serde_json::from_slice::<String>(value).ok();
+        match key {
+            b"\"deployment\"" => self.deployment = string(),
+            b"\"approval_id\"" => self.approval_id = string(),
+            b"\"principal\"" => self.principal = string(),
+            b"\"reason_codes\"" => {
+                let codes = serde_json::from_slice::<Vec<Value>>(value).unwrap_or_default();
+                self.reason_codes = codes
+                    .into_iter()
+                    .filter_map(|code| match code {
+                        Value::String(code) => Some(code),
+                        _ => None,
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Suggested body of a [`RecordKind::ContractLoaded`] record.
@@ -293,6 +407,95 @@ mod tests {
             from_json.canonical_bytes().unwrap(),
             from_typed.canonical_bytes().unwrap()
         );
+    }
+
+    #[test]
+    fn an_encoded_typed_body_is_the_record_over_its_json_encoded() {
+        #[derive(Serialize)]
+        struct Decision {
+            verdict: &'static str,
+            principal: &'static str,
+            reason_codes: Vec<&'static str>,
+            deployment: Option<&'static str>,
+            approval_id: u32,
+            confidence: f32,
+        }
+        let typed = Decision {
+            verdict: "BLOCK",
+            principal: "svc",
+            reason_codes: vec!["privacy.pii", "injection.direct"],
+            deployment: Some("prod"),
+            approval_id: 7,
+            confidence: 0.2,
+        };
+        let encoded = Encoded::new(RecordKind::Decision, 9, "d-9", &typed).unwrap();
+        let via_record = Record::new(RecordKind::Decision, 9, "d-9", &typed)
+            .unwrap()
+            .encode()
+            .unwrap();
+        assert_eq!(encoded, via_record);
+        assert_eq!(encoded.fields.principal.as_deref(), Some("svc"));
+        assert_eq!(encoded.fields.approval_id, None, "not a string");
+        assert_eq!(encoded.fields.reason_codes.len(), 2);
+        // Bodies that are not objects have no columns, even when positions would fit.
+        for body in [
+            json!(["prod", "ap", "svc", ["x"]]),
+            json!("prod"),
+            json!(null),
+        ] {
+            let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
+            assert_eq!(encoded.fields, IndexFields::default(), "{body}");
+            assert_eq!(
+                encoded,
+                Record::new(RecordKind::Admin, 1, "a", &body)
+                    .unwrap()
+                    .encode()
+                    .unwrap()
+            );
+        }
+        // Members of the wrong type are skipped as the JSON route skips them; nested objects
+        // and objects inside an enum variant are not the body's members.
+        #[derive(Serialize)]
+        enum Wrapped {
+            Change { deployment: &'static str },
+        }
+        for body in [
+            json!({"reason_codes": ["a", 3, null, "b"], "principal": 5, "deployment": "d"}),
+            json!({"x": {"deployment": "nested"}, "approval_id": ["ap"]}),
+            serde_json::to_value(Wrapped::Change {
+                deployment: "inner",
+            })
+            .unwrap(),
+        ] {
+            let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
+            let via_record = Record::new(RecordKind::Admin, 1, "a", &body)
+                .unwrap()
+                .encode()
+                .unwrap();
+            assert_eq!(encoded, via_record, "{body}");
+        }
+        let wrapped = Encoded::new(
+            RecordKind::Admin,
+            1,
+            "a",
+            &Wrapped::Change {
+                deployment: "inner",
+            },
+        )
+        .unwrap();
+        assert_eq!(wrapped.fields, IndexFields::default());
+        let first = Encoded::new(
+            RecordKind::Admin,
+            1,
+            "a",
+            &json!({"reason_codes": ["a", 3, "b"], "deployment": "d"}),
+        )
+        .unwrap();
+        assert_eq!(
+            first.fields.reason_codes,
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert_eq!(first.fields.deployment.as_deref(), Some("d"));
     }
 
     #[test]

@@ -4,12 +4,13 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use gavel_contract::time::Timestamp;
 use gavel_engine::{
-    parse_request, DecideInput, DecideRequest, Decision, Engine, EngineConfig, Reason, ReasonCode,
-    Settled, Usage, Verdict,
+    parse_request, DecideInput, DecideRequest, Decision, DecisionRecord, Engine, EngineConfig,
+    Reason, ReasonCode, Settled, Usage, Verdict,
 };
 use gavel_ledger::{Durable, Pending, RecordKind};
 use gavel_store::{Role, Store};
@@ -180,16 +181,20 @@ pub fn submit_async(ledger: &Ledger, decision: &Decision) -> Submitted<Durable> 
 
 fn queue<P>(
     decision: &Decision,
-    send: impl Fn(RecordKind, Timestamp, &str, Value) -> Result<P, Failure>,
+    send: impl Fn(RecordKind, Timestamp, &str, Body<'_>) -> Result<P, Failure>,
 ) -> Submitted<P> {
-    let pending = ledger_body(decision)
-        .and_then(|body| send(RecordKind::Decision, now(), &decision.decision_id, body));
+    let pending = send(
+        RecordKind::Decision,
+        now(),
+        &decision.decision_id,
+        Body::Decision(decision.record()),
+    );
     let cooldown = decision.started_cooldown.as_ref().map(|cooldown| {
-        let body = ledger::change(
+        let body = Body::Change(ledger::change(
             &decision.principal,
             "cooldown_started",
             json!({ "cooldown": cooldown, "decision_id": decision.decision_id }),
-        );
+        ));
         send(
             RecordKind::CooldownStarted,
             cooldown.since,
@@ -229,13 +234,12 @@ pub fn capture_payload(
         })
 }
 
-/// The decision as the ledger stores it: the decision itself plus its reason codes at the top
-/// level, which the ledger indexes.
-fn ledger_body(decision: &Decision) -> Result<serde_json::Value, Failure> {
-    let mut body = serde_json::to_value(decision)
-        .map_err(|e| Failure::storage(format!("cannot encode a decision: {e}")))?;
-    body["reason_codes"] = json!(decision.reason_code_strings());
-    Ok(body)
+/// What [`queue`] records: a decision, or the governance change it caused.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'d> {
+    Decision(DecisionRecord<'d>),
+    Change(Value),
 }
 
 /// The ledger did not take the record: the decision must not be acted on. Give back what it
@@ -439,4 +443,82 @@ fn no_open_reservation(decision_id: &str) -> Failure {
     Failure::invalid(format!(
         "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gavel_engine::{Estimate, FindingRecord, Obligation, Redaction};
+    use gavel_ledger::{Encoded, Record};
+
+    /// Writing the decision straight into canonical bytes must not change the record: the
+    /// same bytes (and query columns) as the decision's JSON with its reason codes added.
+    #[test]
+    fn a_decision_is_recorded_as_its_json_plus_reason_codes() {
+        let decision = Decision {
+            decision_id: "dec_1".into(),
+            verdict: Verdict::Allow,
+            reasons: vec![
+                Reason::new(ReasonCode::PrivacyPii, "an e-mail address")
+                    .with("kind", "email")
+                    .with("start", 3),
+                Reason::new(ReasonCode::InjectionDirect, "override").with("score", 0.81),
+            ],
+            obligations: vec![
+                Obligation::CapMaxTokens { max_tokens: 400 },
+                Obligation::Redact {
+                    redactions: vec![Redaction {
+                        text_index: 1,
+                        start: 3,
+                        end: 20,
+                        placeholder: "[EMAIL_1]".into(),
+                    }],
+                },
+            ],
+            findings: vec![FindingRecord {
+                kind: "pii.email".into(),
+                rule_id: "pii.email".into(),
+                text_index: 1,
+                start: 3,
+                end: 20,
+                confidence: 0.2,
+            }],
+            deployment: "kb-search-v1".into(),
+            use_case: Some("knowledge-search".into()),
+            tier: None,
+            binding: Some("913be1a4".into()),
+            approval_id: Some("apr_1".into()),
+            contract_version: "0f9a678f".into(),
+            principal: "svc-support".into(),
+            run_id: None,
+            at: "2026-11-22T15:05:45.163Z".into(),
+            retry_after: None,
+            retry_after_seconds: None,
+            would_be: None,
+            first_decision_id: None,
+            estimate: Some(Estimate {
+                prompt_tokens: 219,
+                max_tokens: 400,
+                usd_micros: 290,
+                tool_calls: 0,
+            }),
+            input_sha256: "f4c9c9d7".into(),
+            started_cooldown: None,
+        };
+        let mut json = serde_json::to_value(&decision).unwrap();
+        json["reason_codes"] = json!(decision.reason_code_strings());
+        let from_json = Record::from_value(RecordKind::Decision, 5, "dec_1", json)
+            .encode()
+            .unwrap();
+        let direct = Encoded::new(RecordKind::Decision, 5, "dec_1", &decision.record()).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&direct.bytes),
+            String::from_utf8_lossy(&from_json.bytes)
+        );
+        assert_eq!(direct, from_json);
+        assert_eq!(
+            direct.fields.reason_codes,
+            vec!["privacy.pii".to_owned(), "injection.direct".to_owned()]
+        );
+    }
 }

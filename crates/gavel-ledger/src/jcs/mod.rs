@@ -1,12 +1,12 @@
-//! RFC 8785 JSON Canonicalization Scheme (JCS) for `serde_json::Value`.
+//! RFC 8785 JSON Canonicalization Scheme (JCS) for any `Serialize` value (a
+//! `serde_json::Value` or a typed body), written straight into bytes.
 //!
 //! Written here rather than pulled in because the ledger's tamper evidence rests
 //! on these bytes being stable forever: the rules are short, and owning them
 //! lets the tests pin every corner (number formatting, UTF-16 key order).
 
-use serde_json::{Map, Number, Value};
+use serde_json::Number;
 use std::fmt;
-use std::io::Write as _;
 
 /// Largest integer magnitude an IEEE 754 double represents exactly (2^53).
 /// JCS numbers are doubles; larger integers would be silently rounded, so they
@@ -20,6 +20,11 @@ pub enum JcsError {
     UnsafeInteger(String),
     /// A number serde_json holds that is neither integer nor finite double.
     BadNumber(String),
+    /// An object has this key twice; its canonical form would be ambiguous.
+    DuplicateKey(String),
+    /// The value cannot be written as JSON (its `Serialize` failed, or an object key
+    /// is not a string, an integer or a boolean).
+    Serialize(String),
 }
 
 impl fmt::Display for JcsError {
@@ -29,78 +34,17 @@ impl fmt::Display for JcsError {
                 write!(f, "integer {n} is outside the exactly representable range (+-2^53); encode it as a string")
             }
             JcsError::BadNumber(n) => write!(f, "number {n} has no canonical JSON form"),
+            JcsError::DuplicateKey(k) => write!(f, "an object has the key `{k}` twice"),
+            JcsError::Serialize(e) => write!(f, "cannot be written as JSON: {e}"),
         }
     }
 }
 
 impl std::error::Error for JcsError {}
 
-/// Canonical bytes of `value`.
-pub fn to_vec(value: &Value) -> Result<Vec<u8>, JcsError> {
-    let mut out = Vec::with_capacity(256);
-    write_value(&mut out, value)?;
-    Ok(out)
-}
+mod serializer;
 
-/// Appends the canonical form of `value` to `out`.
-pub fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), JcsError> {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => write_number(out, n)?,
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item)?;
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => write_object(out, map)?,
-    }
-    Ok(())
-}
-
-fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) -> Result<(), JcsError> {
-    // RFC 8785 3.2.3: members are sorted by their names as arrays of UTF-16
-    // code units. serde_json's default map is usually in that order already
-    // (so no copy is made), but its `preserve_order` feature keeps insertion
-    // order and UTF-8 order can differ, so check and sort when needed.
-    let keys = map.keys();
-    let in_order = keys
-        .clone()
-        .zip(keys.skip(1))
-        .all(|(a, b)| utf16_cmp(a, b).is_le());
-    out.push(b'{');
-    if in_order {
-        write_members(out, map.iter())?;
-    } else {
-        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-        entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
-        write_members(out, entries.into_iter())?;
-    }
-    out.push(b'}');
-    Ok(())
-}
-
-fn write_members<'a>(
-    out: &mut Vec<u8>,
-    members: impl Iterator<Item = (&'a String, &'a Value)>,
-) -> Result<(), JcsError> {
-    for (i, (k, v)) in members.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_string(out, k);
-        out.push(b':');
-        write_value(out, v)?;
-    }
-    Ok(())
-}
+pub use serializer::{to_vec, write, write_visiting_members};
 
 /// Orders strings by UTF-16 code units. UTF-8 byte order agrees except when
 /// a character above the BMP (lead byte 0xF0..0xF4) meets one in
@@ -115,30 +59,40 @@ fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// Bytes a JSON string literal must escape: `"`, `\` and controls below U+0020.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Appends a JSON string literal escaped as ECMAScript `JSON.stringify` does
 /// (RFC 8785 3.2.2.2): only `"`, `\` and controls below U+0020 are escaped.
+#[inline]
 pub fn write_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: Option<&[u8]> = match b {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            0x08 => Some(b"\\b"),
-            0x09 => Some(b"\\t"),
-            0x0a => Some(b"\\n"),
-            0x0c => Some(b"\\f"),
-            0x0d => Some(b"\\r"),
-            _ => None,
-        };
-        if esc.is_none() && b >= 0x20 {
-            continue;
-        }
+    while let Some(offset) = bytes[start..].iter().position(|&b| ESCAPED[usize::from(b)]) {
+        let i = start + offset;
         out.extend_from_slice(&bytes[start..i]);
-        match esc {
-            Some(e) => out.extend_from_slice(e),
-            None => {
+        let b = bytes[i];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x09 => out.extend_from_slice(b"\\t"),
+            0x0a => out.extend_from_slice(b"\\n"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x0d => out.extend_from_slice(b"\\r"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
@@ -149,6 +103,21 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Appends the decimal digits of `n` (what `write!` would, without the formatting machinery).
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
@@ -163,8 +132,7 @@ fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
             if negative {
                 out.push(b'-');
             }
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "{magnitude}");
+            write_u64(out, magnitude);
             return Ok(());
         }
         let text = if negative {
@@ -298,7 +266,7 @@ fn break_tie_to_even(digits: &mut Vec<u8>, exp: &mut i64, f: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn num(f: f64) -> String {
         let mut out = Vec::new();
