@@ -336,17 +336,57 @@ impl IndexFields {
             b"\"approval_id\"" => self.approval_id = string(),
             b"\"principal\"" => self.principal = string(),
             b"\"reason_codes\"" => {
-                let codes = serde_json::from_slice::<Vec<Value>>(value).unwrap_or_default();
-                self.reason_codes = codes
-                    .into_iter()
-                    .filter_map(|code| match code {
-                        Value::String(code) => Some(code),
-                        _ => None,
-                    })
-                    .collect();
+                let codes = serde_json::from_slice::<Vec<Code>>(value).unwrap_or_default();
+                self.reason_codes = codes.into_iter().filter_map(|code| code.0).collect();
             }
             _ => {}
         }
+    }
+}
+
+/// An element of `reason_codes`: a string, or anything else, skipped (with `IgnoredAny`, which
+/// has no nesting limit, so that a deeply nested element does not lose the other codes).
+struct Code(Option<String>);
+
+impl<'de> Deserialize<'de> for Code {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Code, D::Error> {
+        struct Element;
+        impl<'de> serde::de::Visitor<'de> for Element {
+            type Value = Code;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Code, E> {
+                Ok(Code(Some(s.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_unit<E>(self) -> Result<Code, E> {
+                Ok(Code(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Code, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Code(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Code, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Code(None))
+            }
+        }
+        d.deserialize_any(Element)
     }
 }
 
@@ -484,6 +524,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(wrapped.fields, IndexFields::default());
+        // An enum variant that is the body is an object of one member, as in JSON.
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Variant {
+            Deployment(&'static str),
+            ReasonCodes(Vec<&'static str>),
+            Principal(&'static str, u8),
+        }
+        for body in [
+            Variant::Deployment("prod"),
+            Variant::ReasonCodes(vec!["a", "b"]),
+            Variant::Principal("p", 1),
+        ] {
+            let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
+            let via_record = Record::new(RecordKind::Admin, 1, "a", &body)
+                .unwrap()
+                .encode()
+                .unwrap();
+            assert_eq!(encoded, via_record);
+        }
+        let deployment =
+            Encoded::new(RecordKind::Admin, 1, "a", &Variant::Deployment("prod")).unwrap();
+        assert_eq!(deployment.fields.deployment.as_deref(), Some("prod"));
+        // A deeply nested element (past serde_json's nesting limit) does not lose the codes.
+        let mut deep = json!("x");
+        for _ in 0..200 {
+            deep = json!([deep]);
+        }
+        let body = json!({"reason_codes": ["a", deep, "b"]});
+        let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
+        assert_eq!(
+            encoded.fields.reason_codes,
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert_eq!(
+            encoded.fields,
+            Record::new(RecordKind::Admin, 1, "a", &body)
+                .unwrap()
+                .index_fields()
+        );
         let first = Encoded::new(
             RecordKind::Admin,
             1,
