@@ -576,49 +576,24 @@ impl<'a, 'o> ser::Serializer for &'a mut Writer<'o> {
     }
 }
 
-impl ser::SerializeSeq for Array<'_, '_> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.close()
-    }
+/// serde has one trait per kind of sequence; an array is written the same for each.
+macro_rules! array_impls {
+    ($($kind:ident: $method:ident),*) => {
+        $(impl ser::$kind for Array<'_, '_> {
+            type Ok = ();
+            type Error = JcsError;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), JcsError> {
+                self.close()
+            }
+        })*
+    };
 }
 
-impl ser::SerializeTuple for Array<'_, '_> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Array<'_, '_> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Array<'_, '_> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.close()
-    }
-}
+array_impls!(SerializeSeq: serialize_element, SerializeTuple: serialize_element,
+    SerializeTupleStruct: serialize_field, SerializeTupleVariant: serialize_field);
 
 impl ser::SerializeMap for Object<'_, '_> {
     type Ok = ();
@@ -641,35 +616,27 @@ impl ser::SerializeMap for Object<'_, '_> {
     }
 }
 
-impl ser::SerializeStruct for Object<'_, '_> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), JcsError> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.close()
-    }
+/// A struct and a struct variant are written the same.
+macro_rules! struct_impls {
+    ($($kind:ident),*) => {
+        $(impl ser::$kind for Object<'_, '_> {
+            type Ok = ();
+            type Error = JcsError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), JcsError> {
+                self.field(key, value)
+            }
+            fn end(self) -> Result<(), JcsError> {
+                self.close()
+            }
+        })*
+    };
 }
 
-impl ser::SerializeStructVariant for Object<'_, '_> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), JcsError> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.close()
-    }
-}
+struct_impls!(SerializeStruct, SerializeStructVariant);
 
 /// Writes a map key as the JSON string serde_json would make of it: strings as they are,
 /// integers and booleans as their text, unit variants as their name.
