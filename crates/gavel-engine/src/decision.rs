@@ -265,7 +265,14 @@ impl Reason {
         }
     }
 
+    /// Adds a piece of evidence. `code` and `message` are the reason's own members: evidence
+    /// under either name would give the ledger a record with a key twice, which it refuses
+    /// (the decision would then fail closed), so it is a mistake in the caller.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Reason {
+        debug_assert!(
+            key != "code" && key != "message",
+            "evidence named `{key}` would clash with the reason's own member"
+        );
         self.evidence.insert(key.to_string(), value.into());
         self
     }
@@ -392,5 +399,27 @@ impl Decision {
         let wait_ms = until.millis().saturating_sub(now.millis()).max(0) as u64;
         self.retry_after = Some(until.to_rfc3339());
         self.retry_after_seconds = Some(wait_ms.div_ceil(1000).max(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ledger refuses a record with a key twice: evidence must not shadow `code` or
+    /// `message`, which sit next to it in the reason's JSON.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "would clash")]
+    fn evidence_cannot_shadow_the_reason_code() {
+        let _ = Reason::new(ReasonCode::BudgetTokens, "over").with("code", "x");
+    }
+
+    #[test]
+    fn evidence_sits_next_to_code_and_message() {
+        let reason = Reason::new(ReasonCode::BudgetTokens, "over").with("limit", 5);
+        let json = serde_json::to_value(&reason).unwrap();
+        assert_eq!(json["code"], "budget.tokens");
+        assert_eq!(json["limit"], 5);
     }
 }
