@@ -24,6 +24,7 @@
 #   TARGETS="direct gavel litellm portkey"   which targets, in this order
 #   WARMUP=3s                 warm-up before each target's runs (Portkey: twice as long)
 #   GAVEL_BUILD=0             do not build gavel; use target/release/gavel as it is
+#   GAVEL=path/to/gavel       measure this gavel binary instead (with GAVEL_BUILD=0; see ab.sh)
 #   CACHE=~/.cache/gavel-bench   where oha, the LiteLLM venv and Portkey are installed
 #   KEEP=1                    keep the scratch folder (it is kept anyway; KEEP=0 removes it)
 #   RESULTS=bench/gateway/results.md   where the report is written ("" = do not write)
@@ -224,7 +225,8 @@ if want portkey && [ -z "${PROBLEM[portkey]:-}" ]; then
   say "Portkey gateway: $PORTKEY_VERSION (node $(node --version))"
 fi
 
-GAVEL="$root/target/release/gavel"
+GAVEL_GIVEN="${GAVEL:-}"
+GAVEL="${GAVEL:-$root/target/release/gavel}"
 GAVEL_VERSION=""
 if want gavel; then
   if ! grep -Eq '\bServe\b' "$root/crates/gavel-cli/src/cli.rs"; then
@@ -242,7 +244,11 @@ if want gavel; then
       elif ! "$GAVEL" serve --help > /dev/null 2>&1; then
         PROBLEM[gavel]="not built yet: $GAVEL has no working \`serve\` command"
       else
-        GAVEL_VERSION="@$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$root" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in crates/')"
+        if [ -n "$GAVEL_GIVEN" ]; then
+          GAVEL_VERSION=" (binary $GAVEL_GIVEN)"
+        else
+          GAVEL_VERSION="@$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$root" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in crates/')"
+        fi
         say "gavel: $GAVEL (source $GAVEL_VERSION)"
       fi
     fi
