@@ -245,7 +245,7 @@ if want gavel; then
         PROBLEM[gavel]="not built yet: $GAVEL has no working \`serve\` command"
       else
         if [ -n "$GAVEL_GIVEN" ]; then
-          GAVEL_VERSION=" (binary $GAVEL_GIVEN)"
+          GAVEL_VERSION="(binary $GAVEL_GIVEN)"
         else
           GAVEL_VERSION="@$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$root" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in crates/')"
         fi
