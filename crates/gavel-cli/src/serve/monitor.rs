@@ -382,10 +382,7 @@ impl Monitor {
         if !gw.store.start_breach(&breach)? {
             return Ok(());
         }
-        if let Err(e) = gw
-            .ledger
-            .record(RecordKind::Breach, at, &breach.id, alert.clone())
-        {
+        if let Err(e) = gw.ledger.record(RecordKind::Breach, at, &breach.id, &alert) {
             gw.store.end_breach(&d.id)?;
             return Err(e);
         }
