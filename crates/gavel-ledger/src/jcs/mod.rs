@@ -22,8 +22,9 @@ pub enum JcsError {
     BadNumber(String),
     /// An object has this key twice; its canonical form would be ambiguous.
     DuplicateKey(String),
-    /// The value cannot be written as JSON (its `Serialize` failed, or an object key
-    /// is not a string, an integer or a boolean).
+    /// The value cannot be written as JSON: its `Serialize` failed (or went on after an
+    /// error), an object key is not a string, a number or a boolean, or it is serde_json's
+    /// raw JSON.
     Serialize(String),
 }
 
@@ -105,21 +106,6 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Appends the decimal digits of `n` (what `write!` would, without the formatting machinery).
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
 fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
     let int = n
         .as_u64()
@@ -132,7 +118,7 @@ fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
             if negative {
                 out.push(b'-');
             }
-            write_u64(out, magnitude);
+            out.extend_from_slice(itoa::Buffer::new().format(magnitude).as_bytes());
             return Ok(());
         }
         let text = if negative {

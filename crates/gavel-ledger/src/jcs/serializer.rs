@@ -112,6 +112,23 @@ impl<'o> Writer<'o> {
         }
     }
 
+    /// A `Serialize` impl called the serializer out of order: nothing more is written.
+    fn misuse(&mut self, what: &str) -> JcsError {
+        self.failed = true;
+        JcsError::Serialize(what.to_owned())
+    }
+
+    /// Ends an array or object (and the enum-variant wrapper around it, when `close` is two
+    /// bytes).
+    fn close(&mut self, close: &[u8]) {
+        self.out.extend_from_slice(close);
+        self.depth = self.depth.saturating_sub(close.len());
+        if close.len() == 2 {
+            let value_end = self.out.len() - 1;
+            self.close_variant(value_end);
+        }
+    }
+
     /// Writes a nested value, remembering whether it failed.
     fn nested<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
         self.check()?;
@@ -279,7 +296,6 @@ struct Array<'a, 'o> {
 impl Array<'_, '_> {
     #[inline]
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.writer.check()?;
         if !self.first {
             self.writer.out.push(b',');
         }
@@ -289,12 +305,7 @@ impl Array<'_, '_> {
 
     fn close(self) -> Result<(), JcsError> {
         self.writer.check()?;
-        self.writer.out.extend_from_slice(self.close);
-        self.writer.depth = self.writer.depth.saturating_sub(self.close.len());
-        if self.close.len() == 2 {
-            let value_end = self.writer.out.len() - 1;
-            self.writer.close_variant(value_end);
-        }
+        self.writer.close(self.close);
         Ok(())
     }
 }
@@ -316,8 +327,7 @@ impl Object<'_, '_> {
     fn begin_key(&mut self) -> Result<(), JcsError> {
         self.writer.check()?;
         if self.key_pending {
-            self.writer.failed = true;
-            return Err(JcsError::Serialize("an object key without a value".into()));
+            return Err(self.writer.misuse("an object key without a value"));
         }
         if self.writer.members.len() > self.first {
             self.writer.out.push(b',');
@@ -335,10 +345,8 @@ impl Object<'_, '_> {
 
     #[inline]
     fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.writer.check()?;
         if !self.key_pending {
-            self.writer.failed = true;
-            return Err(JcsError::Serialize("an object value without a key".into()));
+            return Err(self.writer.misuse("an object value without a key"));
         }
         self.key_pending = false;
         let key = self
@@ -370,19 +378,13 @@ impl Object<'_, '_> {
     fn close(self) -> Result<(), JcsError> {
         self.writer.check()?;
         if self.key_pending {
-            self.writer.failed = true;
-            return Err(JcsError::Serialize("an object key without a value".into()));
+            return Err(self.writer.misuse("an object key without a value"));
         }
         // A plain object with nothing open around it is the value itself (a variant's object
         // closes with its wrapper, which is the value).
         let root = self.writer.depth == 1 && self.close.len() == 1;
         self.writer.sort_members(self.first, root)?;
-        self.writer.out.extend_from_slice(self.close);
-        self.writer.depth = self.writer.depth.saturating_sub(self.close.len());
-        if self.close.len() == 2 {
-            let value_end = self.writer.out.len() - 1;
-            self.writer.close_variant(value_end);
-        }
+        self.writer.close(self.close);
         Ok(())
     }
 }
