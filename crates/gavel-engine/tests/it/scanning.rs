@@ -109,3 +109,23 @@ fn nul_bytes_are_invalid_input() {
         "input.invalid",
     );
 }
+
+/// What the ledger records for a decision (`Decision::record`) is the decision's own JSON plus
+/// its reason codes as a top-level list: real decisions, an ALLOW with a redaction and a
+/// finding and a BLOCK with evidence.
+#[test]
+fn a_decision_is_recorded_as_its_json_plus_reason_codes() {
+    let w = World::example();
+    w.approve("kb-search-v1");
+    let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
+    let decisions = [
+        w.decide(with_user("Please email jane.doe@example.org about it")),
+        w.decide(with_user(&format!("my key is {key}, can you check it?"))),
+    ];
+    assert!(!decisions[0].findings.is_empty() && !decisions[1].reasons.is_empty());
+    for d in &decisions {
+        let mut want = serde_json::to_value(d).unwrap();
+        want["reason_codes"] = json!(d.reason_code_strings());
+        assert_eq!(serde_json::to_value(d.record()).unwrap(), want);
+    }
+}

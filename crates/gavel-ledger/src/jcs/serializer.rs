@@ -939,6 +939,15 @@ mod tests {
         unit: (),
         character: char,
         nan: f64,
+        // Internally tagged, as the engine's obligations are: the tag is a member like the rest.
+        tagged: Vec<Tagged>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Tagged {
+        CapMaxTokens { max_tokens: u64 },
+        Route { to: String, approval_id: String },
     }
 
     /// A `serialize_bytes` caller without pulling in serde_bytes.
@@ -975,6 +984,13 @@ mod tests {
             unit: (),
             character: '\u{1f600}',
             nan: f64::NAN,
+            tagged: vec![
+                Tagged::CapMaxTokens { max_tokens: 400 },
+                Tagged::Route {
+                    to: "local".into(),
+                    approval_id: "apr_1".into(),
+                },
+            ],
         };
         let direct = to_vec(&value).unwrap();
         assert_eq!(
