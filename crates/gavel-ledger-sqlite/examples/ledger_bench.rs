@@ -474,9 +474,14 @@ fn main() {
     let v = signer().verifier();
     println!("| verification | records | checkpoints | seconds | records/s |");
     println!("|--------------|---------|-------------|---------|-----------|");
-    for (label, check_format) in [
-        ("SQLite, hashes + tree + signatures", false),
-        ("SQLite, plus canonical-format check", true),
+    for (label, check_format, check_query_aids) in [
+        ("SQLite, hashes + tree + signatures", false, false),
+        ("SQLite, plus canonical-format check", true, false),
+        (
+            "SQLite, plus format and query aids (`gavel audit verify`)",
+            true,
+            true,
+        ),
     ] {
         let t = Instant::now();
         let report = sink
@@ -484,6 +489,7 @@ fn main() {
                 &v,
                 VerifyOptions {
                     check_format,
+                    check_query_aids,
                     require_signed_tail: true,
                 },
             )
@@ -505,6 +511,7 @@ fn main() {
         &v,
         VerifyOptions {
             check_format: false,
+            check_query_aids: false,
             require_signed_tail: true,
         },
     )

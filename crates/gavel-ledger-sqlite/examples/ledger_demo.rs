@@ -77,6 +77,7 @@ fn main() {
             &verifier,
             VerifyOptions {
                 check_format: true,
+                check_query_aids: true,
                 require_signed_tail: true,
             },
         )

@@ -6,6 +6,7 @@
 //! and triggers make the database refuse one from anyone else. The payload
 //! tables are the exception by design: forgetting a subject deletes its key.
 
+mod aids;
 mod keys;
 mod payload;
 mod query;
@@ -52,7 +53,8 @@ CREATE INDEX IF NOT EXISTS ledger_records_id ON ledger_records (id);
 -- Per committed batch and approval: the index range holding that batch's
 -- records under the approval (other records may sit in between; queries check
 -- approval_id). One row per approval per batch instead of one index entry per
--- record. A query aid like the columns above: verification never reads it.
+-- record. A query aid like the columns above: `verify` checks both against the records
+-- (src/aids.rs), because an edited aid can hide a record from a filtered query.
 CREATE TABLE IF NOT EXISTS ledger_approval_spans (
     approval_id TEXT NOT NULL,
     first_idx   INTEGER NOT NULL,

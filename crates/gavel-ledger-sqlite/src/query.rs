@@ -219,13 +219,18 @@ impl SqliteLedgerSink {
         Ok(found)
     }
 
-    /// `gavel audit verify`: re-derives everything stored.
+    /// `gavel audit verify`: re-derives everything stored, then (with `check_query_aids`)
+    /// checks the query aids against the records the tree has just proven.
     pub fn verify(
         &self,
         verifier: &NoteVerifier,
         opts: VerifyOptions,
     ) -> Result<VerifyReport, VerifyError> {
-        verify_sink(self, verifier, opts)
+        let report = verify_sink(self, verifier, opts)?;
+        if opts.check_query_aids {
+            self.verify_query_aids()?;
+        }
+        Ok(report)
     }
 
     /// `gavel audit prove ID`: inclusion proof of the record against the

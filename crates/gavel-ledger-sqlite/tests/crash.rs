@@ -106,6 +106,7 @@ fn sigkill_loses_no_acknowledged_record() {
                 &verifier,
                 VerifyOptions {
                     check_format: true,
+                    check_query_aids: true,
                     require_signed_tail: true,
                 },
             )

@@ -131,6 +131,11 @@ proptest! {
             }
         }
         prop_assert!(ids_under(&sink, "apr-unknown", false, None).is_empty());
+        // Whatever the batches, the spans the sink wrote cover every record under each approval.
+        prop_assert_eq!(
+            sink.verify_query_aids().unwrap(),
+            approvals.len() as u64
+        );
     }
 }
 
@@ -157,6 +162,11 @@ fn a_schema_1_ledger_is_upgraded_in_place() {
     )
     .unwrap();
     let sink = SqliteLedgerSink::open(&db).unwrap();
+    assert_eq!(
+        sink.verify_query_aids().unwrap(),
+        approvals.len() as u64,
+        "the upgrade's spans cover the old records"
+    );
     for (a, name) in APPROVALS.iter().enumerate() {
         assert_eq!(
             ids_under(&sink, name, false, None),

@@ -20,6 +20,7 @@ use serde_json::json;
 fn strict() -> VerifyOptions {
     VerifyOptions {
         check_format: true,
+        check_query_aids: true,
         require_signed_tail: true,
     }
 }
@@ -217,7 +218,8 @@ fn tamper(db: &std::path::Path, sql: &str) {
     let raw = rusqlite::Connection::open(db).unwrap();
     raw.execute_batch(
         "DROP TRIGGER ledger_records_no_update; DROP TRIGGER ledger_records_no_delete;
-         DROP TRIGGER ledger_checkpoints_no_update; DROP TRIGGER ledger_checkpoints_no_delete;",
+         DROP TRIGGER ledger_checkpoints_no_update; DROP TRIGGER ledger_checkpoints_no_delete;
+         DROP TRIGGER ledger_approval_spans_no_update; DROP TRIGGER ledger_approval_spans_no_delete;",
     )
     .unwrap();
     raw.execute_batch(sql).unwrap();
@@ -252,6 +254,87 @@ fn tampering_in_the_database_is_named() {
         let f = failure(&db);
         assert_eq!(f.index, index, "{sql}: {f}");
     }
+}
+
+#[test]
+fn edited_query_columns_and_spans_are_named() {
+    // `populate`: record i has deployment prod (even) or staging, approval ap-(i % 3),
+    // principal alice (i < 10) or bob, reason codes pii and cost when i % 5 == 0; the
+    // appender commits them one by one, so each has a span of its own.
+    let cases: [(&str, u64, &str); 10] = [
+        (
+            "UPDATE ledger_records SET approval_id = 'ap-9' WHERE idx = 4",
+            4,
+            "`approval_id` column",
+        ),
+        (
+            "UPDATE ledger_records SET approval_id = NULL WHERE idx = 5",
+            5,
+            "`approval_id` column",
+        ),
+        (
+            "UPDATE ledger_records SET deployment = 'prod' WHERE idx = 7",
+            7,
+            "`deployment` column",
+        ),
+        (
+            "UPDATE ledger_records SET principal = 'alice' WHERE idx = 12",
+            12,
+            "`principal` column",
+        ),
+        (
+            "UPDATE ledger_records SET reason_codes = NULL WHERE idx = 10",
+            10,
+            "`reason_codes` column",
+        ),
+        (
+            "UPDATE ledger_records SET reason_codes = 'pii' WHERE idx = 15",
+            15,
+            "not a JSON list",
+        ),
+        (
+            "UPDATE ledger_records SET id = 'd-99' WHERE idx = 3",
+            3,
+            "`id` column",
+        ),
+        (
+            "UPDATE ledger_records SET kind = 'kill' WHERE idx = 2",
+            2,
+            "`kind` column",
+        ),
+        (
+            "UPDATE ledger_records SET at_ms = 0 WHERE idx = 6",
+            6,
+            "`at_ms` column",
+        ),
+        (
+            "DELETE FROM ledger_approval_spans WHERE first_idx = 9",
+            9,
+            "no approval span of \"ap-0\"",
+        ),
+    ];
+    for (sql, index, named) in cases {
+        let dir = TempDir::new("aids");
+        let db = dir.path("gavel.db");
+        populate(&db);
+        tamper(&db, sql);
+        let f = failure(&db);
+        assert_eq!(f.index, Some(index), "{sql}: {f}");
+        assert!(matches!(f.problem, Problem::QueryAid(_)), "{sql}: {f}");
+        assert!(f.to_string().contains(named), "{sql}: {f}");
+    }
+    // A span that covers more than its approval's records hides nothing: queries check
+    // `approval_id` within a span.
+    let dir = TempDir::new("aids-wide");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    tamper(
+        &db,
+        "INSERT INTO ledger_approval_spans (approval_id, first_idx, last_idx) VALUES ('ap-1', 100, 200)",
+    );
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    sink.verify(&signer().verifier(), strict()).unwrap();
+    assert_eq!(sink.verify_query_aids().unwrap(), 31);
 }
 
 #[test]

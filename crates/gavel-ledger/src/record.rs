@@ -296,7 +296,8 @@ impl Appendable for Encoded {
 
 /// Filter columns taken from conventional body members: `deployment`,
 /// `approval_id`, `principal` (strings) and `reason_codes` (array of strings).
-/// They are a query aid only: verification never trusts them.
+/// They are a query aid only: verification never trusts them, and checks a sink's copies
+/// against the records (`VerifyOptions::check_query_aids`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexFields {
     pub deployment: Option<String>,

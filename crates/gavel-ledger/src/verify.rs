@@ -17,8 +17,14 @@ const READ_CHUNK: u64 = 16_384;
 pub struct VerifyOptions {
     /// Also parse every record and check its bytes are the canonical form of a
     /// known format. Catches writer bugs, not tampering (the hashes and
-    /// signatures catch that), and costs about 5x: off by default.
+    /// signatures catch that), and costs about 5x; on by default, as in
+    /// `gavel audit verify`.
     pub check_format: bool,
+    /// Also check the query aids a sink keeps next to the records (lookup columns, the ranges
+    /// that find records by approval) against the records the tree has proven: an edited aid
+    /// changes no record, but can hide one from a filtered query. Parses every record again;
+    /// on by default. Sinks without query aids have nothing to check.
+    pub check_query_aids: bool,
     /// Fail when records exist past the last signed checkpoint. A running
     /// appender always has such a tail (at most N records or T ms old); a
     /// ledger closed cleanly or reopened after a crash has none.
@@ -29,6 +35,7 @@ impl Default for VerifyOptions {
     fn default() -> VerifyOptions {
         VerifyOptions {
             check_format: true,
+            check_query_aids: true,
             require_signed_tail: false,
         }
     }
@@ -72,6 +79,10 @@ pub enum Problem {
     Inconsistent { from_seq: u64, to_seq: u64 },
     /// Records follow the last checkpoint (only with `require_signed_tail`).
     Unsigned,
+    /// A query aid the sink keeps next to the record (a lookup column, a range that finds
+    /// records by approval) disagrees with the record: a filtered query would miss the record
+    /// or return it for the wrong filter. Says which aid and what it holds.
+    QueryAid(String),
 }
 
 impl fmt::Display for Problem {
@@ -95,6 +106,10 @@ impl fmt::Display for Problem {
             }
             Problem::Inconsistent { from_seq, to_seq } => write!(f, "checkpoints {from_seq} and {to_seq} are not consistent"),
             Problem::Unsigned => f.write_str("records from here on are not covered by any signed checkpoint"),
+            Problem::QueryAid(what) => write!(
+                f,
+                "{what}, so a filtered query (export, explain, show) would miss the record or return it for the wrong filter (query data edited)"
+            ),
         }
     }
 }

@@ -31,6 +31,7 @@ fn record(i: usize) -> Record {
 fn strict() -> VerifyOptions {
     VerifyOptions {
         check_format: true,
+        check_query_aids: true,
         require_signed_tail: true,
     }
 }

@@ -173,6 +173,7 @@ fn ledger_pool() -> &'static [Ledger] {
 fn strict() -> VerifyOptions {
     VerifyOptions {
         check_format: true,
+        check_query_aids: true,
         require_signed_tail: true,
     }
 }

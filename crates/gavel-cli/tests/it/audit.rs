@@ -231,6 +231,55 @@ fn verify_names_the_first_edited_record() {
 }
 
 #[test]
+fn verify_names_a_decision_hidden_from_its_approval() {
+    let r = Ready::start();
+    let g = &r.g;
+    let d = g.decide(&r.service, &kb_request());
+    let approval = d["approval_id"].as_str().unwrap();
+    let under_approval = || {
+        g.run(
+            Some(&r.auditor),
+            &[
+                "audit",
+                "export",
+                "--approval",
+                approval,
+                "--kind",
+                "decision",
+            ],
+        )
+        .ok()
+        .stdout
+        .lines()
+        .count()
+    };
+    assert_eq!(under_approval(), 1);
+    let conn = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
+    conn.execute("DROP TRIGGER ledger_records_no_update", [])
+        .unwrap();
+    // The record's bytes, and so the tree and every signature, stay as they were: only the
+    // column that `--approval` filters on is changed.
+    let idx: i64 = conn
+        .query_row(
+            "UPDATE ledger_records SET approval_id = 'apr-elsewhere' WHERE kind = 'decision' RETURNING idx",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    assert_eq!(under_approval(), 0, "the edit hides the decision");
+    let run = g.run(Some(&r.auditor), &["audit", "verify"]);
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("does NOT verify")
+            && run.stderr.contains(&format!("record {idx}:"))
+            && run.stderr.contains("`approval_id` column"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn without_a_usable_ledger_nothing_is_decided() {
     let r = Ready::start();
     let key = r.g.path("gavel-ledger.key");
