@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use gavel_ledger::{IndexFields, Problem, Record, VerifyError, VerifyFailure};
+use gavel_ledger::{IndexFields, Problem, RecordAids, VerifyError, VerifyFailure};
 use rusqlite::OptionalExtension;
 
 use crate::SqliteLedgerSink;
@@ -104,12 +104,12 @@ fn check_row(row: &StoredAids) -> Result<(), VerifyError> {
     let index = row.index;
     // The tree has verified these bytes; a record that does not even parse is the format
     // check's to report (it runs before, by default).
-    let record: Record = serde_json::from_slice(&row.bytes)
-        .map_err(|e| mismatch(index, format!("the record does not parse ({e})")))?;
-    compare(index, "id", &row.id, &record.id)?;
+    let record = RecordAids::from_bytes(&row.bytes)
+        .map_err(|e| mismatch(index, format!("the record's columns cannot be read: {e}")))?;
+    compare(index, "id", &row.id.as_str(), &record.id.as_str())?;
     compare(index, "kind", &row.kind.as_str(), &record.kind.as_str())?;
     compare(index, "at_ms", &row.at_ms, &record.at_ms)?;
-    let derived = record.index_fields();
+    let derived = record.fields;
     compare(
         index,
         "deployment",

@@ -27,7 +27,8 @@ pub use merkle::{Hash, MerkleTree};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use proof::{check_proof_json, CheckedInclusion, InclusionBundle};
 pub use record::{
-    Appendable, ContractLoaded, Encoded, IndexFields, Record, RecordKind, FORMAT_VERSION,
+    Appendable, ContractLoaded, Encoded, IndexFields, Record, RecordAids, RecordKind,
+    FORMAT_VERSION,
 };
 pub use sink::{
     AppendRecord, Flusher, LedgerSink, MemorySink, SinkError, StoredCheckpoint, StoredRecord,

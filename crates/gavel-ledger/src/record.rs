@@ -2,6 +2,7 @@
 //! its RFC 8785 canonical bytes (the bytes the Merkle leaf hashes).
 
 use crate::jcs::{self, JcsError};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
@@ -331,63 +332,167 @@ impl IndexFields {
     /// Takes a body member (key as a JSON string literal, value as canonical JSON) if it is
     /// one of the four, as [`IndexFields::from_members`] reads them.
     fn take(&mut self, key: &[u8], value: &[u8]) {
-        let string = || serde_json::from_slice::<String>(value).ok();
         match key {
-            b"\"deployment\"" => self.deployment = string(),
-            b"\"approval_id\"" => self.approval_id = string(),
-            b"\"principal\"" => self.principal = string(),
+            b"\"deployment\"" => self.deployment = text(value),
+            b"\"approval_id\"" => self.approval_id = text(value),
+            b"\"principal\"" => self.principal = text(value),
             b"\"reason_codes\"" => {
-                let codes = serde_json::from_slice::<Vec<Code>>(value).unwrap_or_default();
-                self.reason_codes = codes.into_iter().filter_map(|code| code.0).collect();
+                self.reason_codes = serde_json::from_slice::<Lenient<Codes>>(value)
+                    .map(|codes| codes.0 .0)
+                    .unwrap_or_default();
             }
             _ => {}
         }
     }
 }
 
-/// An element of `reason_codes`: a string, or anything else, skipped (with `IgnoredAny`, which
-/// has no nesting limit, so that a deeply nested element does not lose the other codes).
-struct Code(Option<String>);
+fn text(value: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Lenient<Text>>(value)
+        .ok()
+        .and_then(|text| text.0 .0)
+}
 
-impl<'de> Deserialize<'de> for Code {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Code, D::Error> {
-        struct Element;
-        impl<'de> serde::de::Visitor<'de> for Element {
-            type Value = Code;
+/// A record's envelope members and query columns, read from its bytes without building its
+/// body: what a sink's lookup columns must hold for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordAids {
+    pub id: String,
+    pub kind: RecordKind,
+    pub at_ms: i64,
+    pub fields: IndexFields,
+}
+
+impl RecordAids {
+    /// The parsed record's `id`, `kind`, `at_ms` and [`Record::index_fields`], at a fraction of
+    /// the cost of parsing it: members other than these are skipped, not built.
+    pub fn from_bytes(bytes: &[u8]) -> Result<RecordAids, RecordError> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            id: String,
+            kind: RecordKind,
+            at_ms: i64,
+            body: Lenient<IndexFields>,
+        }
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| RecordError::Parse(e.to_string()))?;
+        Ok(RecordAids {
+            id: envelope.id,
+            kind: envelope.kind,
+            at_ms: envelope.at_ms,
+            fields: envelope.body.0,
+        })
+    }
+}
+
+/// What a query column takes from a JSON value, by the value's type; values of any other type
+/// give the default. Skipped values are read with `IgnoredAny`, which has no nesting limit, so
+/// a deeply nested value loses nothing around it.
+trait Pick: Default {
+    fn string(_: &str) -> Self {
+        Self::default()
+    }
+    fn list<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
+    fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Self::default())
+    }
+}
+
+/// Any JSON value, read for what `T` picks from it.
+struct Lenient<T>(T);
+
+impl<'de, T: Pick> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Lenient<T>, D::Error> {
+        struct AnyValue<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Pick> Visitor<'de> for AnyValue<T> {
+            type Value = Lenient<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_str<E>(self, s: &str) -> Result<Code, E> {
-                Ok(Code(Some(s.to_owned())))
+            fn visit_str<E>(self, s: &str) -> Result<Lenient<T>, E> {
+                Ok(Lenient(T::string(s)))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Code, E> {
-                Ok(Code(None))
+            fn visit_bool<E>(self, _: bool) -> Result<Lenient<T>, E> {
+                Ok(Lenient(T::default()))
             }
-            fn visit_i64<E>(self, _: i64) -> Result<Code, E> {
-                Ok(Code(None))
+            fn visit_i64<E>(self, _: i64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(T::default()))
             }
-            fn visit_u64<E>(self, _: u64) -> Result<Code, E> {
-                Ok(Code(None))
+            fn visit_u64<E>(self, _: u64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(T::default()))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Code, E> {
-                Ok(Code(None))
+            fn visit_f64<E>(self, _: f64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(T::default()))
             }
-            fn visit_unit<E>(self) -> Result<Code, E> {
-                Ok(Code(None))
+            fn visit_unit<E>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient(T::default()))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Code, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Code(None))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Lenient<T>, A::Error> {
+                T::list(seq).map(Lenient)
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Code, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Code(None))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Lenient<T>, A::Error> {
+                T::object(map).map(Lenient)
             }
         }
-        d.deserialize_any(Element)
+        d.deserialize_any(AnyValue(std::marker::PhantomData))
+    }
+}
+
+/// `deployment`, `approval_id`, `principal`: a string, or nothing.
+#[derive(Default)]
+struct Text(Option<String>);
+
+impl Pick for Text {
+    fn string(s: &str) -> Text {
+        Text(Some(s.to_owned()))
+    }
+}
+
+/// `reason_codes`: the strings of a list, in order; other elements are skipped.
+#[derive(Default)]
+struct Codes(Vec<String>);
+
+impl Pick for Codes {
+    fn list<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Codes, A::Error> {
+        let mut codes = Vec::new();
+        while let Some(code) = seq.next_element::<Lenient<Text>>()? {
+            codes.extend(code.0 .0);
+        }
+        Ok(Codes(codes))
+    }
+}
+
+/// A body's columns: the four conventional members of an object body; other bodies have none.
+impl Pick for IndexFields {
+    fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<IndexFields, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Member {
+            Deployment,
+            ApprovalId,
+            Principal,
+            ReasonCodes,
+            #[serde(other)]
+            Other,
+        }
+        let mut fields = IndexFields::default();
+        while let Some(member) = map.next_key::<Member>()? {
+            match member {
+                Member::Deployment => fields.deployment = map.next_value::<Lenient<Text>>()?.0 .0,
+                Member::ApprovalId => fields.approval_id = map.next_value::<Lenient<Text>>()?.0 .0,
+                Member::Principal => fields.principal = map.next_value::<Lenient<Text>>()?.0 .0,
+                Member::ReasonCodes => {
+                    fields.reason_codes = map.next_value::<Lenient<Codes>>()?.0 .0;
+                }
+                Member::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
     }
 }
 
@@ -560,6 +665,11 @@ mod tests {
             vec!["a".to_owned(), "b".to_owned()]
         );
         assert_eq!(
+            RecordAids::from_bytes(&encoded.bytes).unwrap().fields,
+            encoded.fields,
+            "read back from the bytes, too"
+        );
+        assert_eq!(
             encoded.fields,
             Record::new(RecordKind::Admin, 1, "a", &body)
                 .unwrap()
@@ -609,6 +719,44 @@ mod tests {
             assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
         }
         assert_eq!(RecordKind::parse("nope"), None);
+    }
+
+    #[test]
+    fn query_columns_are_read_back_from_the_bytes() {
+        let r = Record::new(
+            RecordKind::Decision,
+            -5,
+            "d\n\"1",
+            &json!({"verdict": {"deployment": "nested"}, "deployment": "prod", "approval_id": "ap-1", "principal": "alice", "reason_codes": ["pii", 3, ["x"], "cost"], "zzz": [1, 2]}),
+        )
+        .unwrap();
+        let aids = RecordAids::from_bytes(&r.canonical_bytes().unwrap()).unwrap();
+        assert_eq!(
+            aids,
+            RecordAids {
+                id: "d\n\"1".to_owned(),
+                kind: RecordKind::Decision,
+                at_ms: -5,
+                fields: IndexFields {
+                    deployment: Some("prod".to_owned()),
+                    approval_id: Some("ap-1".to_owned()),
+                    principal: Some("alice".to_owned()),
+                    reason_codes: vec!["pii".to_owned(), "cost".to_owned()],
+                },
+            }
+        );
+        assert_eq!(aids.fields, r.index_fields());
+        for body in [
+            json!("prod"),
+            json!(["prod"]),
+            json!(null),
+            json!({"principal": 7}),
+        ] {
+            let r = Record::new(RecordKind::Admin, 1, "a", &body).unwrap();
+            let aids = RecordAids::from_bytes(&r.canonical_bytes().unwrap()).unwrap();
+            assert_eq!(aids.fields, IndexFields::default(), "{body}");
+        }
+        assert!(RecordAids::from_bytes(b"{\"id\":1}").is_err());
     }
 
     #[test]

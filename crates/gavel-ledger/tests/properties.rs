@@ -9,8 +9,8 @@ use gavel_ledger::merkle::{
     leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT,
 };
 use gavel_ledger::{
-    verify_records, Appender, AppenderConfig, MemorySink, NoteSigner, Record, RecordKind,
-    StoredCheckpoint, StoredRecord, VerifyError, VerifyOptions,
+    verify_records, Appender, AppenderConfig, MemorySink, NoteSigner, Record, RecordAids,
+    RecordKind, StoredCheckpoint, StoredRecord, VerifyError, VerifyOptions,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -486,10 +486,56 @@ proptest! {
         prop_assert!(!bytes.contains(&b'\n'), "canonical JSON must fit on one line");
         let record = Record::new(RecordKind::Admin, 1, "x", &v).unwrap();
         let rb = record.canonical_bytes().unwrap();
-        prop_assert_eq!(Record::from_canonical(&rb).unwrap().canonical_bytes().unwrap(), rb);
+        prop_assert_eq!(Record::from_canonical(&rb).unwrap().canonical_bytes().unwrap(), rb.clone());
         // Encoding straight from the body gives the same bytes and query columns.
         let encoded = gavel_ledger::Encoded::new(RecordKind::Admin, 1, "x", &v).unwrap();
         prop_assert_eq!(encoded, record.encode().unwrap());
+        prop_assert_eq!(aids_of(&record), RecordAids::from_bytes(&rb).unwrap());
+    }
+
+    /// Bodies with the conventional members, holding anything: the columns read back from the
+    /// bytes without building the body are the parsed record's.
+    #[test]
+    fn query_columns_read_from_bytes_are_the_parsed_records(
+        members in proptest::collection::btree_map(
+            prop_oneof![
+                Just("deployment".to_owned()),
+                Just("approval_id".to_owned()),
+                Just("principal".to_owned()),
+                Just("reason_codes".to_owned()),
+                "[a-z_]{0,12}",
+            ],
+            prop_oneof![
+                "[\\x00-\\x1f\"a-z\u{1f600}]{0,6}".prop_map(serde_json::Value::String),
+                json_value(),
+                proptest::collection::vec(
+                    prop_oneof![
+                        "[a-z.]{0,6}".prop_map(serde_json::Value::String),
+                        json_value(),
+                    ],
+                    0..5,
+                )
+                .prop_map(serde_json::Value::Array),
+            ],
+            0..6,
+        ),
+        kind in 0usize..RecordKind::ALL.len(),
+        at_ms in -(1i64 << 53)..=(1i64 << 53),
+        id in "[\\x00-\\x1f\"a-z\u{1f600}]{0,10}",
+    ) {
+        let body = serde_json::Value::Object(members.into_iter().collect());
+        let record = Record::new(RecordKind::ALL[kind], at_ms, id, &body).unwrap();
+        let bytes = record.canonical_bytes().unwrap();
+        prop_assert_eq!(aids_of(&record), RecordAids::from_bytes(&bytes).unwrap());
+    }
+}
+
+fn aids_of(record: &Record) -> RecordAids {
+    RecordAids {
+        id: record.id.clone(),
+        kind: record.kind,
+        at_ms: record.at_ms,
+        fields: record.index_fields(),
     }
 }
 
