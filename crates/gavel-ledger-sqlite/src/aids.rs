@@ -1,26 +1,17 @@
 //! Verification of the query aids: the columns copied next to each record's bytes (`id`,
 //! `kind`, `at_ms`, `deployment`, `approval_id`, `principal`, `reason_codes`) and the approval
 //! spans. The bytes are the authority and the Merkle tree proves them; the aids decide which
-//! records a filtered query returns, so an edited aid could hide a record from "every
-//! decision under approval X" without touching what any record says. `verify` checks them
-//! once the tree has verified the bytes.
+//! records a lookup or a filtered query returns, so an edited aid could hide a record from
+//! "every decision under approval X" without touching what any record says. `verify` checks
+//! them once the tree has verified the bytes.
 
 use std::collections::HashMap;
 
-use gavel_ledger::{IndexFields, Problem, RecordAids, VerifyError, VerifyFailure};
-use rusqlite::OptionalExtension;
+use gavel_ledger::{Problem, RecordAids, VerifyError, VerifyFailure};
+use rusqlite::types::ValueRef;
+use rusqlite::{OptionalExtension, Row};
 
 use crate::SqliteLedgerSink;
-
-/// The aids of one stored row, as read back.
-struct StoredAids {
-    index: i64,
-    bytes: Vec<u8>,
-    id: String,
-    kind: String,
-    at_ms: i64,
-    fields: IndexFields,
-}
 
 fn mismatch(index: i64, what: String) -> VerifyError {
     VerifyError::Failed(VerifyFailure {
@@ -34,106 +25,164 @@ fn storage(e: rusqlite::Error) -> VerifyError {
     VerifyError::Sink(Box::new(e))
 }
 
+/// Why a lookup column matters, for the sentence that names an edited one.
+const COLUMN_EDITED: &str = "lookups and filters on it (`audit show`, `audit export`, `gavel explain`) would miss the record or return it for the wrong value (query columns edited)";
+const SPANS_EDITED: &str = "approval spans edited";
+
+/// Reads column `i` (`name`) as optional text; any other type is itself an edit.
+fn text(row: &Row, i: usize, name: &str, index: i64) -> Result<Option<String>, VerifyError> {
+    match row.get_ref(i).map_err(storage)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .map(|t| Some(t.to_owned()))
+            .map_err(|_| {
+                mismatch(
+                    index,
+                    format!("the `{name}` column is not UTF-8 text: {COLUMN_EDITED}"),
+                )
+            }),
+        other => Err(mismatch(
+            index,
+            format!(
+                "the `{name}` column holds {} data, not text: {COLUMN_EDITED}",
+                other.data_type().to_string().to_lowercase()
+            ),
+        )),
+    }
+}
+
 /// Column `name` holds `stored`; the record says `derived`.
 fn compare<T: PartialEq + std::fmt::Debug>(
     index: i64,
     name: &str,
-    stored: &T,
-    derived: &T,
+    stored: T,
+    derived: T,
 ) -> Result<(), VerifyError> {
     if stored == derived {
         return Ok(());
     }
     Err(mismatch(
         index,
-        format!("the `{name}` column holds {stored:?} but the record says {derived:?}"),
+        format!(
+            "the `{name}` column holds {stored:?} but the record says {derived:?}: {COLUMN_EDITED}"
+        ),
     ))
 }
 
 impl SqliteLedgerSink {
-    /// Checks every record's query columns against its bytes, and that each record under an
-    /// approval lies within one of that approval's spans. Names the first record whose aids
-    /// are wrong. Returns how many records were checked.
-    pub fn verify_query_aids(&self) -> Result<u64, VerifyError> {
-        let mut rows = self
+    /// Checks the query aids of the first `records` records (those the tree has proven): that
+    /// the approval spans are well formed and one approval's never overlap (this crate writes
+    /// one per approval per committed batch), that every record's query columns equal what
+    /// its bytes say, and that each record under an approval lies within one of that
+    /// approval's spans. Names the first record whose aids are wrong.
+    pub fn verify_query_aids(&self, records: u64) -> Result<(), VerifyError> {
+        self.verify_spans_are_disjoint()?;
+        let mut stmt = self
             .conn()
             .prepare(
                 "SELECT idx, bytes, id, kind, at_ms, deployment, approval_id, principal, reason_codes
-                 FROM ledger_records ORDER BY idx",
+                 FROM ledger_records WHERE idx < ?1 ORDER BY idx",
             )
             .map_err(storage)?;
-        let mut rows = rows.query([]).map_err(storage)?;
+        let mut rows = stmt
+            .query([i64::try_from(records).unwrap_or(i64::MAX)])
+            .map_err(storage)?;
         let mut spans = Spans::new(self);
-        let mut checked = 0u64;
         while let Some(row) = rows.next().map_err(storage)? {
             let index: i64 = row.get(0).map_err(storage)?;
-            let codes: Option<String> = row.get(8).map_err(storage)?;
-            let reason_codes = match codes.as_deref() {
+            let bytes = row
+                .get_ref(1)
+                .map_err(storage)?
+                .as_bytes()
+                .map_err(|_| mismatch(index, "the record's bytes are not a blob".to_owned()))?;
+            // The tree has verified these bytes; a record that does not even parse is the
+            // format check's to report (it runs before, by default).
+            let record = RecordAids::from_bytes(bytes).map_err(|e| {
+                mismatch(
+                    index,
+                    format!("the record's lookup columns cannot be read from it: {e}"),
+                )
+            })?;
+            compare(index, "id", text(row, 2, "id", index)?, Some(record.id))?;
+            compare(
+                index,
+                "kind",
+                text(row, 3, "kind", index)?.as_deref(),
+                Some(record.kind.as_str()),
+            )?;
+            let at_ms = match row.get_ref(4).map_err(storage)? {
+                ValueRef::Integer(at_ms) => Some(at_ms),
+                _ => None,
+            };
+            compare(index, "at_ms", at_ms, Some(record.at_ms))?;
+            let fields = record.fields;
+            compare(
+                index,
+                "deployment",
+                text(row, 5, "deployment", index)?,
+                fields.deployment,
+            )?;
+            let approval_id = text(row, 6, "approval_id", index)?;
+            compare(index, "approval_id", &approval_id, &fields.approval_id)?;
+            compare(
+                index,
+                "principal",
+                text(row, 7, "principal", index)?,
+                fields.principal,
+            )?;
+            let reason_codes = match text(row, 8, "reason_codes", index)? {
                 None => Vec::new(),
-                Some(json) => serde_json::from_str(json).map_err(|e| {
+                Some(json) => serde_json::from_str(&json).map_err(|e| {
                     mismatch(
                         index,
-                        format!("the `reason_codes` column is not a JSON list of strings ({e})"),
+                        format!("the `reason_codes` column is not a JSON list of strings ({e}): {COLUMN_EDITED}"),
                     )
                 })?,
             };
-            let stored = StoredAids {
-                index,
-                bytes: row.get(1).map_err(storage)?,
-                id: row.get(2).map_err(storage)?,
-                kind: row.get(3).map_err(storage)?,
-                at_ms: row.get(4).map_err(storage)?,
-                fields: IndexFields {
-                    deployment: row.get(5).map_err(storage)?,
-                    approval_id: row.get(6).map_err(storage)?,
-                    principal: row.get(7).map_err(storage)?,
-                    reason_codes,
-                },
-            };
-            check_row(&stored)?;
-            if let Some(approval) = &stored.fields.approval_id {
+            compare(index, "reason_codes", reason_codes, fields.reason_codes)?;
+            if let Some(approval) = &approval_id {
                 spans.check_covers(approval, index)?;
             }
-            checked += 1;
         }
-        Ok(checked)
+        Ok(())
     }
-}
 
-fn check_row(row: &StoredAids) -> Result<(), VerifyError> {
-    let index = row.index;
-    // The tree has verified these bytes; a record that does not even parse is the format
-    // check's to report (it runs before, by default).
-    let record = RecordAids::from_bytes(&row.bytes)
-        .map_err(|e| mismatch(index, format!("the record's columns cannot be read: {e}")))?;
-    compare(index, "id", &row.id.as_str(), &record.id.as_str())?;
-    compare(index, "kind", &row.kind.as_str(), &record.kind.as_str())?;
-    compare(index, "at_ms", &row.at_ms, &record.at_ms)?;
-    let derived = record.fields;
-    compare(
-        index,
-        "deployment",
-        &row.fields.deployment,
-        &derived.deployment,
-    )?;
-    compare(
-        index,
-        "approval_id",
-        &row.fields.approval_id,
-        &derived.approval_id,
-    )?;
-    compare(
-        index,
-        "principal",
-        &row.fields.principal,
-        &derived.principal,
-    )?;
-    compare(
-        index,
-        "reason_codes",
-        &row.fields.reason_codes,
-        &derived.reason_codes,
-    )
+    /// Every span begins no later than it ends, and one approval's spans do not overlap: what
+    /// makes "the span starting nearest below" the only candidate for a record.
+    fn verify_spans_are_disjoint(&self) -> Result<(), VerifyError> {
+        let mut stmt = self
+            .conn()
+            .prepare(
+                "SELECT approval_id, first_idx, last_idx FROM ledger_approval_spans
+                 ORDER BY approval_id, first_idx",
+            )
+            .map_err(storage)?;
+        let mut rows = stmt.query([]).map_err(storage)?;
+        let mut previous: Option<(String, i64, i64)> = None;
+        while let Some(row) = rows.next().map_err(storage)? {
+            let approval: String = row.get(0).map_err(storage)?;
+            let (first, last): (i64, i64) =
+                (row.get(1).map_err(storage)?, row.get(2).map_err(storage)?);
+            if first > last {
+                return Err(mismatch(
+                    first,
+                    format!("a span of approval {approval:?} ends at {last}, before it begins ({SPANS_EDITED})"),
+                ));
+            }
+            if let Some((before, before_first, before_last)) = &previous {
+                if *before == approval && first <= *before_last {
+                    return Err(mismatch(
+                        first,
+                        format!(
+                            "spans of approval {approval:?} overlap ({before_first}..={before_last} and {first}..={last}); the ledger never writes overlapping spans ({SPANS_EDITED})"
+                        ),
+                    ));
+                }
+            }
+            previous = Some((approval, first, last));
+        }
+        Ok(())
+    }
 }
 
 /// Span lookups for records read in index order: the span that covered an approval's last
@@ -158,8 +207,8 @@ impl<'s> Spans<'s> {
                 return Ok(());
             }
         }
-        // Spans of one approval do not overlap: the one starting nearest below `index` is the
-        // only one that can cover it.
+        // One approval's spans do not overlap (checked first): the one starting nearest below
+        // `index` is the only one that can cover it.
         let span: Option<(i64, i64)> = self
             .sink
             .conn()
@@ -181,7 +230,7 @@ impl<'s> Spans<'s> {
             }
             _ => Err(mismatch(
                 index,
-                format!("no approval span of {approval:?} covers this record"),
+                format!("no span of approval {approval:?} covers this record: `audit export --approval` and `gavel explain` would miss it ({SPANS_EDITED})"),
             )),
         }
     }

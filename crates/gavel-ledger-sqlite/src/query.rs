@@ -177,6 +177,11 @@ impl SqliteLedgerSink {
         let mut spans = spans.query(params![approval])?;
         let mut left = filter.limit;
         let mut pending: Option<(i64, i64)> = None;
+        // The last index read so far, in the order asked. Spans of one approval never overlap
+        // as this crate writes them; each range is still cut to what has not been read, so
+        // that an overlapping span inserted by hand cannot make a record come twice and push
+        // another past the limit (`verify` reports such spans).
+        let mut read_to: Option<i64> = None;
         while left != Some(0) {
             let next: Option<(i64, i64)> = match spans.next()? {
                 Some(row) => Some((row.get(0)?, row.get(1)?)),
@@ -187,9 +192,16 @@ impl SqliteLedgerSink {
                     pending = Some((range.0.min(span.0), range.1.max(span.1)));
                 }
                 (range, span) => {
-                    if let Some(range) = range {
-                        let found = self.for_each_row(filter.to_sql(Some(range), left), &mut f)?;
+                    let unread = range.map(|(first, last)| match (read_to, filter.newest_first) {
+                        (Some(edge), false) => (first.max(edge.saturating_add(1)), last),
+                        (Some(edge), true) => (first, last.min(edge.saturating_sub(1))),
+                        (None, _) => (first, last),
+                    });
+                    if let Some((first, last)) = unread.filter(|(first, last)| first <= last) {
+                        let found =
+                            self.for_each_row(filter.to_sql(Some((first, last)), left), &mut f)?;
                         left = left.map(|n| n.saturating_sub(found));
+                        read_to = Some(if filter.newest_first { first } else { last });
                     }
                     if span.is_none() {
                         break;
@@ -228,7 +240,7 @@ impl SqliteLedgerSink {
     ) -> Result<VerifyReport, VerifyError> {
         let report = verify_sink(self, verifier, opts)?;
         if opts.check_query_aids {
-            self.verify_query_aids()?;
+            self.verify_query_aids(report.records)?;
         }
         Ok(report)
     }

@@ -131,11 +131,9 @@ proptest! {
             }
         }
         prop_assert!(ids_under(&sink, "apr-unknown", false, None).is_empty());
-        // Whatever the batches, the spans the sink wrote cover every record under each approval.
-        prop_assert_eq!(
-            sink.verify_query_aids().unwrap(),
-            approvals.len() as u64
-        );
+        // Whatever the batches, the spans the sink wrote are disjoint and cover every record
+        // under each approval.
+        sink.verify_query_aids(approvals.len() as u64).unwrap();
     }
 }
 
@@ -162,11 +160,8 @@ fn a_schema_1_ledger_is_upgraded_in_place() {
     )
     .unwrap();
     let sink = SqliteLedgerSink::open(&db).unwrap();
-    assert_eq!(
-        sink.verify_query_aids().unwrap(),
-        approvals.len() as u64,
-        "the upgrade's spans cover the old records"
-    );
+    // The upgrade's spans cover the old records, and the new batches' spans follow them.
+    sink.verify_query_aids(approvals.len() as u64).unwrap();
     for (a, name) in APPROVALS.iter().enumerate() {
         assert_eq!(
             ids_under(&sink, name, false, None),
@@ -195,4 +190,47 @@ fn a_schema_1_ledger_is_upgraded_in_place() {
     assert!(conn
         .execute("DELETE FROM ledger_approval_spans", [])
         .is_err());
+}
+
+#[test]
+fn an_overlapping_span_neither_repeats_nor_hides_a_record_and_verify_names_it() {
+    let dir = TempDir::new("overlap");
+    let db = dir.path("gavel.db");
+    // Records of apr-b at 100, 201, 302, 403, 504 and 605: spans too far apart to be merged.
+    let mut batches = Vec::new();
+    for _ in 0..6 {
+        batches.push(vec![None; 100]);
+        batches.push(vec![Some(1)]);
+    }
+    let approvals = {
+        let mut sink = SqliteLedgerSink::open(&db).unwrap();
+        append_batches(&mut sink, &batches)
+    };
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER ledger_approval_spans_no_update; DROP TRIGGER ledger_approval_spans_no_delete;
+         INSERT INTO ledger_approval_spans (approval_id, first_idx, last_idx) VALUES ('apr-b', 0, 2000);",
+    )
+    .unwrap();
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    for newest_first in [false, true] {
+        for limit in [None, Some(5)] {
+            assert_eq!(
+                ids_under(&sink, "apr-b", newest_first, limit),
+                expected(&approvals, 1, newest_first, limit),
+                "newest_first {newest_first} limit {limit:?}"
+            );
+        }
+    }
+    let Err(gavel_ledger::VerifyError::Failed(failure)) =
+        sink.verify_query_aids(approvals.len() as u64)
+    else {
+        panic!("an overlapping span passed");
+    };
+    assert!(
+        failure
+            .to_string()
+            .contains("spans of approval \"apr-b\" overlap"),
+        "{failure}"
+    );
 }

@@ -22,8 +22,9 @@ pub struct VerifyOptions {
     pub check_format: bool,
     /// Also check the query aids a sink keeps next to the records (lookup columns, the ranges
     /// that find records by approval) against the records the tree has proven: an edited aid
-    /// changes no record, but can hide one from a filtered query. Parses every record again;
-    /// on by default. Sinks without query aids have nothing to check.
+    /// changes no record, but can hide one from a filtered query. Reads every record again;
+    /// on by default. Honoured by a sink's own verify (`SqliteLedgerSink::verify`), which
+    /// knows its aids; [`verify_sink`] checks only what every sink has.
     pub check_query_aids: bool,
     /// Fail when records exist past the last signed checkpoint. A running
     /// appender always has such a tail (at most N records or T ms old); a
@@ -80,8 +81,9 @@ pub enum Problem {
     /// Records follow the last checkpoint (only with `require_signed_tail`).
     Unsigned,
     /// A query aid the sink keeps next to the record (a lookup column, a range that finds
-    /// records by approval) disagrees with the record: a filtered query would miss the record
-    /// or return it for the wrong filter. Says which aid and what it holds.
+    /// records by approval) disagrees with the record or is malformed: a filtered query would
+    /// miss the record or return it for the wrong filter. The sentence says which aid, what it
+    /// holds and what it would break.
     QueryAid(String),
 }
 
@@ -106,10 +108,7 @@ impl fmt::Display for Problem {
             }
             Problem::Inconsistent { from_seq, to_seq } => write!(f, "checkpoints {from_seq} and {to_seq} are not consistent"),
             Problem::Unsigned => f.write_str("records from here on are not covered by any signed checkpoint"),
-            Problem::QueryAid(what) => write!(
-                f,
-                "{what}, so a filtered query (export, explain, show) would miss the record or return it for the wrong filter (query data edited)"
-            ),
+            Problem::QueryAid(what) => f.write_str(what),
         }
     }
 }
