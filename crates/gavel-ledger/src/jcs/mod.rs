@@ -80,30 +80,62 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    // The bytes since the last escape, copied in one piece when the next one (or the end) comes.
     let mut start = 0;
-    while let Some(offset) = bytes[start..].iter().position(|&b| ESCAPED[usize::from(b)]) {
-        let i = start + offset;
-        out.extend_from_slice(&bytes[start..i]);
-        let b = bytes[i];
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x09 => out.extend_from_slice(b"\\t"),
-            0x0a => out.extend_from_slice(b"\\n"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            0x0d => out.extend_from_slice(b"\\r"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0x0f)]);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        // Most strings in a record (ids, hashes, codes) need no escaping: eight bytes at a time
+        // while none does.
+        if let Some(word) = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        {
+            if !any_escaped(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
             }
         }
-        start = i + 1;
+        if ESCAPED[usize::from(b)] {
+            out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+            write_escape(out, b);
+            start = i + 1;
+        }
+        i += 1;
     }
-    out.extend_from_slice(&bytes[start..]);
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes of `word` is one [`ESCAPED`] marks: a control byte (below
+/// 0x20), `"` or `\`. Word-at-a-time tests (exact as a yes or no): a byte below n, for n up to
+/// 0x80, leaves its high bit set in `(w - n * ONES) & !w`; a byte equal to c is a zero byte of
+/// `w ^ c * ONES`. Bytes of 0x80 and above (UTF-8 beyond ASCII) are never flagged.
+fn any_escaped(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u64| w.wrapping_sub(n * ONES) & !w & HIGHS;
+    let control = below(word, 0x20);
+    let quote = below(word ^ (u64::from(b'"') * ONES), 1);
+    let backslash = below(word ^ (u64::from(b'\\') * ONES), 1);
+    control | quote | backslash != 0
+}
+
+fn write_escape(out: &mut Vec<u8>, b: u8) {
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x09 => out.extend_from_slice(b"\\t"),
+        0x0a => out.extend_from_slice(b"\\n"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        0x0d => out.extend_from_slice(b"\\r"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0x0f)]);
+        }
+    }
 }
 
 fn write_number(out: &mut Vec<u8>, n: &Number) -> Result<(), JcsError> {
@@ -252,6 +284,35 @@ fn break_tie_to_even(digits: &mut Vec<u8>, exp: &mut i64, f: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_word_test_flags_exactly_the_bytes_that_are_escaped() {
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = b;
+                assert_eq!(
+                    any_escaped(u64::from_le_bytes(word)),
+                    ESCAPED[usize::from(b)],
+                    "byte {b:#04x} at {at}"
+                );
+            }
+        }
+        // Every string whose escapes fall at every offset of a word, past the end of a word,
+        // or nowhere: escaped byte by byte as the table says.
+        for len in 0..20 {
+            for at in 0..len {
+                for b in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    let mut text = vec![b'x'; len];
+                    text[at] = b;
+                    let text = String::from_utf8(text).unwrap();
+                    let mut out = Vec::new();
+                    write_string(&mut out, &text);
+                    assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+                }
+            }
+        }
+    }
     use serde_json::{json, Value};
 
     fn num(f: f64) -> String {
