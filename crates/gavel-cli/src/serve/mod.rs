@@ -52,6 +52,13 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     store.hand_checkpoints_to_background()?;
     let checkpointer = WalCheckpointer::open(&ctx.db_path)
         .map_err(|e| Failure::storage(format!("cannot open the database for checkpoints: {e}")))?;
+    // Commits then write over the WAL's blocks instead of growing it, which halves the fsync a
+    // decision waits for on ext4 (docs/ledger.md section 7). Only a cost saved: serving goes
+    // on without it, and a disk too full for it will refuse the ledger's records anyway.
+    match checkpointer.preallocate() {
+        Ok(bytes) => tracing::debug!(bytes, "WAL preallocated"),
+        Err(e) => tracing::warn!(error = %e, "cannot preallocate the WAL; commits will grow it"),
+    }
     let (loaded, snapshot) = gavel_contract::load_with_snapshot(&ctx.contract_path)
         .map_err(|errors| Failure::invalid(errors.to_string()))?;
     let metrics = metrics::install().map_err(Failure::storage)?;

@@ -1,10 +1,11 @@
 //! Load generator for the crash test: `gavel-ledger-crash-writer DB KEYFILE TAG`
 //! appends decisions from several threads and prints `ACK <id>` for each one
 //! only after the appender reports it durable. The test SIGKILLs it at random
-//! moments; it exits by itself after a while in case nobody does.
+//! moments; it exits by itself after a while in case nobody does. Its WAL is kept as
+//! `gavel serve` keeps it: preallocated, and checkpointed by a thread of its own.
 
 use gavel_ledger::{Appender, AppenderConfig, Record, RecordKind};
-use gavel_ledger_sqlite::{load_signing_key, SqliteLedgerSink};
+use gavel_ledger_sqlite::{load_signing_key, SqliteLedgerSink, WalCheckpointer};
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
@@ -33,6 +34,15 @@ fn main() -> ExitCode {
 
 fn run(db: &str, key: &str, tag: &str) -> Result<(), Box<dyn std::error::Error>> {
     let sink = SqliteLedgerSink::open(db)?;
+    sink.hand_checkpoints_to_background()?;
+    let checkpointer = WalCheckpointer::open(db)?;
+    checkpointer.preallocate()?;
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Err(e) = checkpointer.run() {
+            eprintln!("crash writer: checkpoint: {e}");
+        }
+    });
     let signer = load_signing_key(key)?;
     let config = AppenderConfig {
         checkpoint_every: 256,
