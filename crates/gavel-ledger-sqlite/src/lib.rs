@@ -572,6 +572,14 @@ impl LedgerSink for SqliteLedgerSink {
 mod tests {
     use super::*;
 
+    /// An empty folder of this process's own under the temporary directory.
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn count(conn: &Connection) -> i64 {
         conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap_or(-1)
@@ -642,9 +650,7 @@ mod tests {
     /// working over the zeros, and a new connection that recovers the WAL finds every commit.
     #[test]
     fn a_preallocated_wal_is_written_over_and_recovered() {
-        let dir = std::env::temp_dir().join(format!("gavel-wal-prealloc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("gavel-wal-prealloc");
         let path = dir.join("pre.db");
         let wal = dir.join("pre.db-wal");
         let sink = SqliteLedgerSink::open(&path).unwrap();
@@ -694,9 +700,7 @@ mod tests {
     /// started over; the checkpointer's RESTART step is what keeps its file bounded.
     #[test]
     fn the_wal_stays_bounded_under_writes_that_never_pause() {
-        let dir = std::env::temp_dir().join(format!("gavel-wal-busy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("gavel-wal-busy");
         let path = dir.join("busy.db");
         let sink = SqliteLedgerSink::open(&path).unwrap();
         sink.hand_checkpoints_to_background().unwrap();
