@@ -202,9 +202,13 @@ impl Record {
         Ok(record)
     }
 
-    /// The query columns a sink stores next to the bytes (see [`IndexFields`]).
+    /// The query columns a sink stores next to the bytes (see [`IndexFields`]): read from the
+    /// body as [`RecordAids::from_bytes`] and [`Encoded::new`] read them from bytes.
     pub fn index_fields(&self) -> IndexFields {
-        IndexFields::from_members(|name| self.body.get(name))
+        // Any JSON value reads as `Lenient<_>`: nothing here can fail.
+        Lenient::<IndexFields>::deserialize(&self.body)
+            .map(|fields| fields.0)
+            .unwrap_or_default()
     }
 }
 
@@ -308,29 +312,8 @@ pub struct IndexFields {
 }
 
 impl IndexFields {
-    /// The columns of a body given its members by name.
-    fn from_members<'v>(member: impl Fn(&str) -> Option<&'v Value>) -> IndexFields {
-        let str_field = |name: &str| member(name).and_then(Value::as_str).map(str::to_owned);
-        let reason_codes = member("reason_codes")
-            .and_then(Value::as_array)
-            .map(|codes| {
-                codes
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        IndexFields {
-            deployment: str_field("deployment"),
-            approval_id: str_field("approval_id"),
-            principal: str_field("principal"),
-            reason_codes,
-        }
-    }
-
     /// Takes a body member (key as a JSON string literal, value as canonical JSON) if it is
-    /// one of the four, as [`IndexFields::from_members`] reads them.
+    /// one of the four, read as [`Pick`] reads them.
     fn take(&mut self, key: &[u8], value: &[u8]) {
         match key {
             b"\"deployment\"" => self.deployment = text(value),
@@ -574,12 +557,7 @@ mod tests {
             approval_id: 7,
             confidence: 0.2,
         };
-        let encoded = Encoded::new(RecordKind::Decision, 9, "d-9", &typed).unwrap();
-        let via_record = Record::new(RecordKind::Decision, 9, "d-9", &typed)
-            .unwrap()
-            .encode()
-            .unwrap();
-        assert_eq!(encoded, via_record);
+        let encoded = both_routes(&typed);
         assert_eq!(encoded.fields.principal.as_deref(), Some("svc"));
         assert_eq!(encoded.fields.approval_id, None, "not a string");
         assert_eq!(encoded.fields.reason_codes.len(), 2);
@@ -589,15 +567,7 @@ mod tests {
             json!("prod"),
             json!(null),
         ] {
-            let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
-            assert_eq!(encoded.fields, IndexFields::default(), "{body}");
-            assert_eq!(
-                encoded,
-                Record::new(RecordKind::Admin, 1, "a", &body)
-                    .unwrap()
-                    .encode()
-                    .unwrap()
-            );
+            assert_eq!(both_routes(&body).fields, IndexFields::default(), "{body}");
         }
         // Members of the wrong type are skipped as the JSON route skips them; nested objects
         // and objects inside an enum variant are not the body's members.
@@ -613,22 +583,11 @@ mod tests {
             })
             .unwrap(),
         ] {
-            let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
-            let via_record = Record::new(RecordKind::Admin, 1, "a", &body)
-                .unwrap()
-                .encode()
-                .unwrap();
-            assert_eq!(encoded, via_record, "{body}");
+            both_routes(&body);
         }
-        let wrapped = Encoded::new(
-            RecordKind::Admin,
-            1,
-            "a",
-            &Wrapped::Change {
-                deployment: "inner",
-            },
-        )
-        .unwrap();
+        let wrapped = both_routes(&Wrapped::Change {
+            deployment: "inner",
+        });
         assert_eq!(wrapped.fields, IndexFields::default());
         // An enum variant that is the body is an object of one member, as in JSON.
         #[derive(Serialize)]
@@ -643,23 +602,16 @@ mod tests {
             Variant::ReasonCodes(vec!["a", "b"]),
             Variant::Principal("p", 1),
         ] {
-            let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
-            let via_record = Record::new(RecordKind::Admin, 1, "a", &body)
-                .unwrap()
-                .encode()
-                .unwrap();
-            assert_eq!(encoded, via_record);
+            both_routes(&body);
         }
-        let deployment =
-            Encoded::new(RecordKind::Admin, 1, "a", &Variant::Deployment("prod")).unwrap();
+        let deployment = both_routes(&Variant::Deployment("prod"));
         assert_eq!(deployment.fields.deployment.as_deref(), Some("prod"));
         // A deeply nested element (past serde_json's nesting limit) does not lose the codes.
         let mut deep = json!("x");
         for _ in 0..200 {
             deep = json!([deep]);
         }
-        let body = json!({"reason_codes": ["a", deep, "b"]});
-        let encoded = Encoded::new(RecordKind::Admin, 1, "a", &body).unwrap();
+        let encoded = both_routes(&json!({"reason_codes": ["a", deep, "b"]}));
         assert_eq!(
             encoded.fields.reason_codes,
             vec!["a".to_owned(), "b".to_owned()]
@@ -669,24 +621,24 @@ mod tests {
             encoded.fields,
             "read back from the bytes, too"
         );
-        assert_eq!(
-            encoded.fields,
-            Record::new(RecordKind::Admin, 1, "a", &body)
-                .unwrap()
-                .index_fields()
-        );
-        let first = Encoded::new(
-            RecordKind::Admin,
-            1,
-            "a",
-            &json!({"reason_codes": ["a", 3, "b"], "deployment": "d"}),
-        )
-        .unwrap();
+        let first = both_routes(&json!({"reason_codes": ["a", 3, "b"], "deployment": "d"}));
         assert_eq!(
             first.fields.reason_codes,
             vec!["a".to_owned(), "b".to_owned()]
         );
         assert_eq!(first.fields.deployment.as_deref(), Some("d"));
+    }
+
+    /// The body encoded straight to bytes, after checking it is exactly what the JSON-tree
+    /// route (`Record::new(..).encode()`) gives: the same bytes and the same columns.
+    fn both_routes<B: Serialize>(body: &B) -> Encoded {
+        let encoded = Encoded::new(RecordKind::Admin, 1, "a", body).unwrap();
+        let via_record = Record::new(RecordKind::Admin, 1, "a", body)
+            .unwrap()
+            .encode()
+            .unwrap();
+        assert_eq!(encoded, via_record);
+        encoded
     }
 
     #[test]

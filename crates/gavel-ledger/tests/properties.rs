@@ -9,8 +9,8 @@ use gavel_ledger::merkle::{
     leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT,
 };
 use gavel_ledger::{
-    verify_records, Appender, AppenderConfig, MemorySink, NoteSigner, Record, RecordAids,
-    RecordKind, StoredCheckpoint, StoredRecord, VerifyError, VerifyOptions,
+    verify_records, Appender, AppenderConfig, IndexFields, MemorySink, NoteSigner, Record,
+    RecordAids, RecordKind, StoredCheckpoint, StoredRecord, VerifyError, VerifyOptions,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -528,15 +528,47 @@ proptest! {
         let bytes = record.canonical_bytes().unwrap();
         let parsed = Record::from_canonical(&bytes).unwrap();
         prop_assert_eq!(aids_of(&parsed), RecordAids::from_bytes(&bytes).unwrap());
+        let encoded = gavel_ledger::Encoded::new(RecordKind::ALL[kind], at_ms, &parsed.id, &body).unwrap();
+        prop_assert_eq!(encoded.fields, reference_fields(&body));
     }
 }
 
+/// What a sink stores for the record, its columns checked against the reference below.
 fn aids_of(record: &Record) -> RecordAids {
+    let fields = record.index_fields();
+    assert_eq!(fields, reference_fields(&record.body), "{}", record.body);
     RecordAids {
         id: record.id.clone(),
         kind: record.kind,
         at_ms: record.at_ms,
-        fields: record.index_fields(),
+        fields,
+    }
+}
+
+/// The query columns as `IndexFields` documents them, walking the JSON tree: the body's
+/// `deployment`, `approval_id` and `principal` members when they are strings, and the strings
+/// of its `reason_codes` member when it is a list. The code reads them without a tree.
+fn reference_fields(body: &serde_json::Value) -> IndexFields {
+    let text = |name: &str| {
+        body.get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    IndexFields {
+        deployment: text("deployment"),
+        approval_id: text("approval_id"),
+        principal: text("principal"),
+        reason_codes: body
+            .get("reason_codes")
+            .and_then(serde_json::Value::as_array)
+            .map(|codes| {
+                codes
+                    .iter()
+                    .filter_map(serde_json::Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
