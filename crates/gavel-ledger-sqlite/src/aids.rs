@@ -30,17 +30,20 @@ const COLUMN_EDITED: &str = "lookups and filters on it (`audit show`, `audit exp
 const SPANS_EDITED: &str = "approval spans edited";
 
 /// Reads column `i` (`name`) as optional text; any other type is itself an edit.
-fn text(row: &Row, i: usize, name: &str, index: i64) -> Result<Option<String>, VerifyError> {
+fn text<'r>(
+    row: &'r Row,
+    i: usize,
+    name: &str,
+    index: i64,
+) -> Result<Option<&'r str>, VerifyError> {
     match row.get_ref(i).map_err(storage)? {
         ValueRef::Null => Ok(None),
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .map(|t| Some(t.to_owned()))
-            .map_err(|_| {
-                mismatch(
-                    index,
-                    format!("the `{name}` column is not UTF-8 text: {COLUMN_EDITED}"),
-                )
-            }),
+        ValueRef::Text(t) => std::str::from_utf8(t).map(Some).map_err(|_| {
+            mismatch(
+                index,
+                format!("the `{name}` column is not UTF-8 text: {COLUMN_EDITED}"),
+            )
+        }),
         other => Err(mismatch(
             index,
             format!(
@@ -103,44 +106,38 @@ impl SqliteLedgerSink {
                     format!("the record's lookup columns cannot be read from it: {e}"),
                 )
             })?;
-            compare(index, "id", text(row, 2, "id", index)?, Some(record.id))?;
+            let fields = &record.fields;
+            let approval_id = text(row, 6, "approval_id", index)?;
             compare(
                 index,
-                "kind",
-                text(row, 3, "kind", index)?.as_deref(),
-                Some(record.kind.as_str()),
+                "approval_id",
+                approval_id,
+                fields.approval_id.as_deref(),
             )?;
+            for (column, name, derived) in [
+                (2, "id", Some(record.id.as_str())),
+                (3, "kind", Some(record.kind.as_str())),
+                (5, "deployment", fields.deployment.as_deref()),
+                (7, "principal", fields.principal.as_deref()),
+            ] {
+                compare(index, name, text(row, column, name, index)?, derived)?;
+            }
             let at_ms = match row.get_ref(4).map_err(storage)? {
                 ValueRef::Integer(at_ms) => Some(at_ms),
                 _ => None,
             };
             compare(index, "at_ms", at_ms, Some(record.at_ms))?;
-            let fields = record.fields;
-            compare(
-                index,
-                "deployment",
-                text(row, 5, "deployment", index)?,
-                fields.deployment,
-            )?;
-            let approval_id = text(row, 6, "approval_id", index)?;
-            compare(index, "approval_id", &approval_id, &fields.approval_id)?;
-            compare(
-                index,
-                "principal",
-                text(row, 7, "principal", index)?,
-                fields.principal,
-            )?;
             let reason_codes = match text(row, 8, "reason_codes", index)? {
                 None => Vec::new(),
-                Some(json) => serde_json::from_str(&json).map_err(|e| {
+                Some(json) => serde_json::from_str(json).map_err(|e| {
                     mismatch(
                         index,
                         format!("the `reason_codes` column is not a JSON list of strings ({e}): {COLUMN_EDITED}"),
                     )
                 })?,
             };
-            compare(index, "reason_codes", reason_codes, fields.reason_codes)?;
-            if let Some(approval) = &approval_id {
+            compare(index, "reason_codes", &reason_codes, &fields.reason_codes)?;
+            if let Some(approval) = approval_id {
                 spans.check_covers(approval, index)?;
             }
         }
