@@ -16,11 +16,13 @@ mkdir -p "$data"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import faker, presidio_analyzer, detect_secrets, spacy" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import faker, presidio_analyzer, detect_secrets, spacy, jinja2, yaml" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/scanners/requirements.txt
 fi
 
 "$venv/bin/python" bench/scanners/gen_data.py --out "$data"
+# A second jailbreak corpus (PyRIT's templates, from its wheel on PyPI; see the script).
+"$venv/bin/python" bench/scanners/pyrit_jailbreaks.py --out "$data" --corpora ../shared/corpora
 cargo run --quiet --release -p gavel-scan --example scanbench -- --data "$data" --corpora ../shared/corpora
 # Presidio's e-mail recognizer would fetch the public-suffix list: keep it offline.
 TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="" TLDEXTRACT_CACHE="$data/tldextract" \

@@ -8,6 +8,8 @@
 //! - `--data` (default `target/scanbench`): the labelled PII and secrets sets written by
 //!   `bench/scanners/run.sh` (Faker, seeded). Without them the PII and secrets tables are skipped.
 //!   gavel's figures are also written there as `gavel.json` for the peer comparison.
+//!   With `pyrit_jailbreaks.json` there too (written by `bench/scanners/pyrit_jailbreaks.py`),
+//!   a second jailbreak corpus is scored, split like the others.
 //! - `--verbose`: prints the first 60 characters of missed attacks and false positives of the
 //!   *training* split, for tuning. Held-out texts are never printed.
 //!
@@ -39,6 +41,15 @@ fn main() -> Res<()> {
     let mut summary = serde_json::Map::new();
 
     injection_direct(&scanners, &corpora, verbose, &mut summary)?;
+    let pyrit_path = data.join("pyrit_jailbreaks.json");
+    if pyrit_path.exists() {
+        injection_second_corpus(&scanners, &pyrit_path, verbose, &mut summary)?;
+    } else {
+        println!(
+            "\n(second jailbreak corpus skipped: {} missing; run bench/scanners/run.sh)",
+            pyrit_path.display()
+        );
+    }
     injection_indirect(&scanners, &corpora, verbose, &mut summary)?;
     let pii_path = data.join("pii.jsonl");
     if pii_path.exists() {
@@ -216,6 +227,53 @@ fn injection_direct(
         summary.insert(
             format!("injection_direct_{}", split_name(held)),
             serde_json::json!({"detection": det[i].pct(), "false_positive": fp[i].pct()}),
+        );
+    }
+    Ok(())
+}
+
+/// Detection on PyRIT's jailbreak templates (see bench/scanners/pyrit_jailbreaks.py), by the
+/// template's folder and split like the other corpora; `--verbose` prints training misses only.
+fn injection_second_corpus(
+    s: &Scanners,
+    path: &Path,
+    verbose: bool,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Res<()> {
+    let mut by_group: BTreeMap<String, [Rate; 2]> = BTreeMap::new();
+    let mut all = [Rate::default(); 2];
+    let mut out = Vec::new();
+    let Value::Array(prompts) = read_json(path)? else {
+        return Err(format!("{}: expected a JSON list", path.display()).into());
+    };
+    for p in &prompts {
+        let (Some(text), Some(group)) = (
+            p.get("text").and_then(Value::as_str),
+            p.get("group").and_then(Value::as_str),
+        ) else {
+            return Err(format!("{}: every entry needs `text` and `group`", path.display()).into());
+        };
+        let held = held_out(text);
+        out.clear();
+        let score = s.scan(text, ContentRole::User, &mut out).injection_score;
+        let hit = score >= s.config().injection_threshold;
+        by_group.entry(group.to_owned()).or_default()[usize::from(held)].add(hit);
+        all[usize::from(held)].add(hit);
+        if verbose && !held && !hit {
+            println!("miss {score:.2} [{group}] {}", snippet(text));
+        }
+    }
+    println!("\n## Injection, direct: second corpus (PyRIT jailbreak templates, role user)");
+    println!("| template folder | train | held-out |");
+    println!("|---|---|---|");
+    for (group, [train, held]) in &by_group {
+        println!("| {group} | {} | {} |", train.show(), held.show());
+    }
+    println!("| all | {} | {} |", all[0].show(), all[1].show());
+    for held in [false, true] {
+        summary.insert(
+            format!("injection_direct_pyrit_{}", split_name(held)),
+            serde_json::json!({"detection": all[usize::from(held)].pct()}),
         );
     }
     Ok(())
