@@ -2,12 +2,12 @@
 //! tree, every checkpoint signature, and consistency between consecutive
 //! checkpoints. Reports the first problem found and where.
 
-use crate::merkle::{leaf_hash, verify_consistency, MerkleTree};
+use crate::merkle::{leaf_hash, verify_consistency, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteVerifier};
 use crate::record::{Record, RecordError};
 use crate::sink::{LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
 use std::fmt;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 /// Records read from a sink per call while verifying.
 const READ_CHUNK: u64 = 16_384;
@@ -207,6 +207,30 @@ pub fn open_checkpoints(
     Ok(out)
 }
 
+/// What verification needs of one record once its own bytes have been examined: the leaf hash
+/// recomputed from them and, with `check_format`, whether they are a canonical record. This part
+/// needs nothing but the record, so [`verify_sink`] runs it on several threads; everything that
+/// depends on the order of records (indexes, the tree, checkpoints) runs on one.
+struct Examined {
+    index: u64,
+    stored_leaf: Hash,
+    leaf: Hash,
+    format: Result<(), RecordError>,
+}
+
+fn examine(rec: &StoredRecord, check_format: bool) -> Examined {
+    Examined {
+        index: rec.index,
+        stored_leaf: rec.leaf_hash,
+        leaf: leaf_hash(&rec.bytes),
+        format: if check_format {
+            Record::from_canonical(&rec.bytes).map(drop)
+        } else {
+            Ok(())
+        },
+    }
+}
+
 /// Verifies records (in index order) against stored checkpoints.
 pub fn verify_records<I>(
     records: I,
@@ -216,6 +240,22 @@ pub fn verify_records<I>(
 ) -> Result<VerifyReport, VerifyError>
 where
     I: IntoIterator<Item = Result<StoredRecord, SinkError>>,
+{
+    let examined = records
+        .into_iter()
+        .map(|rec| rec.map(|rec| examine(&rec, opts.check_format)));
+    verify_examined(examined, checkpoints, verifier, opts)
+}
+
+/// The part of verification that follows the order of records, over records already examined.
+fn verify_examined<I>(
+    records: I,
+    checkpoints: &[StoredCheckpoint],
+    verifier: &NoteVerifier,
+    opts: VerifyOptions,
+) -> Result<VerifyReport, VerifyError>
+where
+    I: IntoIterator<Item = Result<Examined, SinkError>>,
 {
     let cps = open_checkpoints(checkpoints, verifier)?;
     let mut tree = MerkleTree::new();
@@ -255,15 +295,12 @@ where
                 Problem::IndexGap { found: rec.index },
             ));
         }
-        let leaf = leaf_hash(&rec.bytes);
-        if leaf != rec.leaf_hash {
+        if rec.leaf != rec.stored_leaf {
             return Err(fail(Some(index), None, Problem::LeafHash));
         }
-        if opts.check_format {
-            Record::from_canonical(&rec.bytes)
-                .map_err(|e| fail(Some(index), None, Problem::Format(e)))?;
-        }
-        tree.push(leaf);
+        rec.format
+            .map_err(|e| fail(Some(index), None, Problem::Format(e)))?;
+        tree.push(rec.leaf);
         check_due(&tree, &mut next_cp, &mut good_size)?;
     }
     if let Some(cp) = cps.get(next_cp) {
@@ -312,46 +349,261 @@ where
     })
 }
 
-/// Verifies everything a sink holds. Reading (storage I/O and decoding) and
-/// verifying (hashing) overlap: this thread reads chunks while a scoped
-/// worker verifies the previous ones, which roughly doubles throughput over
-/// doing both in turn.
+/// Verifies everything a sink holds. Three stages overlap: this thread reads chunks of
+/// records; examiners hash (and with `check_format` parse) each chunk's records;
+/// one thread puts the examined chunks back in order and does the rest. Hashing and parsing are
+/// most of the work, and they are the part that spreads over cores.
 pub fn verify_sink<S: LedgerSink + ?Sized>(
     sink: &S,
     verifier: &NoteVerifier,
     opts: VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_sink_in_chunks(sink, verifier, opts, READ_CHUNK)
+}
+
+fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
+    sink: &S,
+    verifier: &NoteVerifier,
+    opts: VerifyOptions,
+    chunk_records: u64,
+) -> Result<VerifyReport, VerifyError> {
+    type Chunk<T> = (u64, Result<Vec<T>, SinkError>);
     let checkpoints = sink.checkpoints().map_err(VerifyError::Sink)?;
     let count = sink.record_count().map_err(VerifyError::Sink)?;
-    // A few chunks in flight bound memory while keeping both threads busy.
-    let (tx, rx) = mpsc::sync_channel::<Result<Vec<StoredRecord>, SinkError>>(4);
+    // Hashing a record costs about what reading it does, so the reader keeps a core of its own;
+    // parsing it too (the format check) costs several times more, and every core examines.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let examiners = if opts.check_format {
+        cores
+    } else {
+        cores.saturating_sub(1).max(1)
+    };
+    // A few chunks in flight bound memory while keeping every thread busy.
+    let (read_tx, read_rx) = mpsc::sync_channel::<Chunk<StoredRecord>>(examiners + 2);
+    // Shared by the examiners alone: once they have all stopped (because the last stage did),
+    // the receiver is gone and the reader's next send fails instead of waiting forever.
+    let read_rx = Arc::new(Mutex::new(read_rx));
+    let (examined_tx, examined_rx) = mpsc::sync_channel::<Chunk<Examined>>(examiners + 2);
     std::thread::scope(|scope| {
-        let worker = scope.spawn(move || {
-            let records =
-                rx.into_iter()
-                    .flat_map(|chunk| -> Vec<Result<StoredRecord, SinkError>> {
-                        match chunk {
-                            Ok(v) => v.into_iter().map(Ok).collect(),
-                            Err(e) => vec![Err(e)],
-                        }
+        let examining: Vec<_> = (0..examiners)
+            .map(|_| {
+                let (read_rx, examined_tx) = (read_rx.clone(), examined_tx.clone());
+                scope.spawn(move || loop {
+                    // The lock is held only while waiting for the next chunk, never while working.
+                    let next = read_rx
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .recv();
+                    let Ok((seq, chunk)) = next else { break };
+                    let examined = chunk.map(|records| {
+                        records
+                            .iter()
+                            .map(|rec| examine(rec, opts.check_format))
+                            .collect()
                     });
-            verify_records(records, &checkpoints, verifier, opts)
+                    // A send error means the last stage stopped early (it found a problem).
+                    if examined_tx.send((seq, examined)).is_err() {
+                        break;
+                    }
+                })
+            })
+            .collect();
+        drop((read_rx, examined_tx));
+        let last_stage = scope.spawn(move || {
+            let records =
+                in_order(examined_rx).flat_map(|chunk| -> Vec<Result<Examined, SinkError>> {
+                    match chunk {
+                        Ok(v) => v.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e)],
+                    }
+                });
+            verify_examined(records, &checkpoints, verifier, opts)
         });
-        let mut from = 0u64;
+        let (mut from, mut seq) = (0u64, 0u64);
         while from < count {
-            let to = from.saturating_add(READ_CHUNK).min(count);
+            let to = from.saturating_add(chunk_records.max(1)).min(count);
             let chunk = sink.read_records(from, to);
             let failed = chunk.is_err();
-            // A send error means the worker stopped early (it found a
-            // problem); its result says which.
-            if tx.send(chunk).is_err() || failed {
+            // A send error means every examiner stopped, because the last stage did.
+            if read_tx.send((seq, chunk)).is_err() || failed {
                 break;
             }
-            from = to;
+            (from, seq) = (to, seq + 1);
         }
-        drop(tx);
-        worker
-            .join()
-            .unwrap_or_else(|_| Err(VerifyError::Sink("verification thread panicked".into())))
+        drop(read_tx);
+        let verified = last_stage.join();
+        // Joined here, so that a panic is an error rather than a panic of this call; a lost
+        // chunk also ends the records early (see `in_order`), so this check must come first.
+        let examined_all = examining.into_iter().all(|e| e.join().is_ok());
+        match verified {
+            Ok(report) if examined_all => report,
+            _ => Err(VerifyError::Sink("a verification thread panicked".into())),
+        }
     })
+}
+
+/// Chunks numbered 0, 1, 2, ... as they arrive in any order, given back in order. Ends at the
+/// first number that never comes (every sender is gone): an examiner that panicked loses its
+/// chunk, and the records after it must not be verified as if they came next.
+fn in_order<T>(rx: mpsc::Receiver<(u64, T)>) -> impl Iterator<Item = T> {
+    let mut waiting = std::collections::BTreeMap::new();
+    let mut next = 0u64;
+    std::iter::from_fn(move || loop {
+        if let Some(chunk) = waiting.remove(&next) {
+            next += 1;
+            return Some(chunk);
+        }
+        let (seq, chunk) = rx.recv().ok()?;
+        waiting.insert(seq, chunk);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AppendRecord, Appender, AppenderConfig, MemorySink, NoteSigner, RecordKind};
+    use std::time::Duration;
+
+    /// Records and checkpoints as stored, however they were tampered with; read-only.
+    struct Stored {
+        records: Vec<StoredRecord>,
+        checkpoints: Vec<StoredCheckpoint>,
+        /// Reading records from this index on fails, as a storage error would.
+        unreadable_from: u64,
+    }
+
+    impl LedgerSink for Stored {
+        fn append(
+            &mut self,
+            _: &[AppendRecord],
+            _: Option<&StoredCheckpoint>,
+        ) -> Result<(), SinkError> {
+            Err("read-only".into())
+        }
+        fn record_count(&self) -> Result<u64, SinkError> {
+            Ok(self.records.len() as u64)
+        }
+        fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+            Ok(self
+                .read_records(from, to)?
+                .iter()
+                .map(|r| r.leaf_hash)
+                .collect())
+        }
+        fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+            if to > self.unreadable_from {
+                return Err(format!("disk error reading record {}", self.unreadable_from).into());
+            }
+            Ok(self
+                .records
+                .get(from as usize..to as usize)
+                .unwrap_or_default()
+                .to_vec())
+        }
+        fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+            Ok(self.checkpoints.clone())
+        }
+    }
+
+    fn signer() -> NoteSigner {
+        NoteSigner::from_seed("gavel.test/ledger", &[7u8; 32]).unwrap()
+    }
+
+    fn ledger(n: usize) -> Stored {
+        let sink = MemorySink::new();
+        let config = AppenderConfig {
+            checkpoint_every: 16,
+            checkpoint_interval: Duration::from_secs(3600),
+            ..AppenderConfig::default()
+        };
+        let app = Appender::start(sink.clone(), signer(), config).unwrap();
+        for i in 0..n {
+            let body = serde_json::json!({ "deployment": "prod", "n": i });
+            app.append(
+                &Record::new(
+                    RecordKind::Decision,
+                    1_700_000_000_000 + i as i64,
+                    format!("d-{i}"),
+                    &body,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        }
+        app.close().unwrap();
+        let (records, checkpoints) = sink.snapshot();
+        Stored {
+            records,
+            checkpoints,
+            unreadable_from: u64::MAX,
+        }
+    }
+
+    fn one_pass(s: &Stored) -> Result<VerifyReport, VerifyError> {
+        verify_records(
+            s.records.iter().cloned().map(Ok),
+            &s.checkpoints,
+            &signer().verifier(),
+            VerifyOptions::default(),
+        )
+    }
+
+    fn in_chunks_of_7(s: &Stored) -> Result<VerifyReport, VerifyError> {
+        verify_sink_in_chunks(s, &signer().verifier(), VerifyOptions::default(), 7)
+    }
+
+    /// Chunks examined on several threads and put back in order give what one pass over the
+    /// records gives: the same report, or the same first problem at the same index, including
+    /// across chunk boundaries (7, 14, 21, ...).
+    #[test]
+    fn chunks_examined_on_several_threads_verify_like_one_pass() {
+        type Tamper = fn(&mut Stored);
+        let tampers: [(&str, Tamper); 6] = [
+            ("untouched", |_| {}),
+            ("a byte edited in the sixth chunk", |s| {
+                s.records[40].bytes[5] ^= 1
+            }),
+            ("records swapped across a chunk boundary", |s| {
+                s.records.swap(20, 21)
+            }),
+            ("a record deleted", |s| {
+                s.records.remove(50);
+            }),
+            ("records truncated mid-chunk", |s| s.records.truncate(60)),
+            ("bytes that are no canonical record, hash updated", |s| {
+                s.records[33].bytes = b"{\"not\": \"a record\"}".to_vec();
+                s.records[33].leaf_hash = leaf_hash(&s.records[33].bytes);
+            }),
+        ];
+        for (what, tamper) in tampers {
+            let mut s = ledger(100);
+            tamper(&mut s);
+            match (one_pass(&s), in_chunks_of_7(&s)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}"),
+                (Err(VerifyError::Failed(a)), Err(VerifyError::Failed(b))) => {
+                    assert_eq!(a, b, "{what}")
+                }
+                (a, b) => panic!("{what}: one pass gave {a:?}, chunks gave {b:?}"),
+            }
+        }
+        assert_eq!(in_chunks_of_7(&ledger(100)).unwrap().records, 100);
+    }
+
+    /// A read that fails part-way is an error, never a report over the records read before it.
+    #[test]
+    fn a_storage_error_part_way_is_not_a_shorter_ledger() {
+        let mut s = ledger(100);
+        s.unreadable_from = 90;
+        s.checkpoints.truncate(3);
+        assert!(one_pass(&Stored {
+            records: s.records[..90].to_vec(),
+            checkpoints: s.checkpoints.clone(),
+            unreadable_from: u64::MAX
+        })
+        .is_ok());
+        match in_chunks_of_7(&s) {
+            Err(VerifyError::Sink(e)) => assert!(e.to_string().contains("disk error"), "{e}"),
+            other => panic!("expected the storage error, got {other:?}"),
+        }
+    }
 }
