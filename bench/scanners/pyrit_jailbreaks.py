@@ -1,16 +1,24 @@
-"""A second jailbreak corpus for the scanner bench, for validation only: Microsoft PyRIT's
-jailbreak templates (MIT), taken from the PyRIT wheel on PyPI (downloaded with --no-deps and read
-as a zip: nothing is installed), each filled with one AdvBench goal that PyRIT ships
+"""A second jailbreak corpus for the scanner bench: Microsoft PyRIT's jailbreak templates (MIT),
+taken from the PyRIT wheel on PyPI (downloaded with --no-deps and read as a zip: nothing is
+installed), each filled with one AdvBench goal that PyRIT ships
 (seed_datasets/local/adv_bench.prompt), chosen by a hash of the template's path.
 
 Why: the detector was tuned on the training split of inthewild_jailbreaks.json and its held-out
-split has been looked at several times. A corpus collected by other people, never used for tuning,
-says more about how the detector generalises. Templates that repeat an inthewild prompt (half or
-more of their word 8-grams appear in one) are left out and counted, so that the figure does not
+split has been looked at several times; other prompts say more about how it generalises.
+PyRIT's `in_the_wild` folder comes from the same collection as inthewild_jailbreaks.json
+(verazuo/jailbreak_llms), its other folders from elsewhere (jailbreakchat, Pliny's L1B3RT4S,
+published techniques). A template is left out when 30% or more of its word 8-grams, taken with
+the request slot left empty, appear anywhere in inthewild_jailbreaks.json: the figures must not
 rest on prompts the detector was tuned on.
 
-Writes pyrit_jailbreaks.json into --out: a JSON list of {"text", "group", "template"}, where
-group is the template's folder (in_the_wild, pliny, Arth_Singh, ..., or top-level).
+The split is made here, not by the bench: templates that share half their 8-grams (the same
+prompt for another model, a lightly edited copy) form one cluster, and a cluster goes wholly to
+train or to held-out (30%, by a hash of its first template's path). Otherwise a held-out prompt
+could be a near-copy of a training one.
+
+Writes pyrit_jailbreaks.json into --out: a JSON list of {"text", "group", "template",
+"held_out"}, where group is the template's folder (in_the_wild, pliny, Arth_Singh, ..., or
+top-level).
 """
 
 import argparse
@@ -23,26 +31,28 @@ import sys
 import zipfile
 
 import jinja2
+import jinja2.sandbox
 import yaml
 
 PYRIT = "pyrit==1.1.0"
 TEMPLATES = "pyrit/datasets/jailbreak/templates/"
 GOALS = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
-OVERLAP = 0.5
+OVERLAP = 0.3
+CLUSTER = 0.5
 NGRAM = 8
+HELD_OUT_PERCENT = 30
 
 
 def wheel(cache):
     os.makedirs(cache, exist_ok=True)
-    found = [f for f in os.listdir(cache) if f.startswith("pyrit-") and f.endswith(".whl")]
-    if not found:
+    name = "pyrit-" + PYRIT.split("==")[1] + "-py3-none-any.whl"
+    if not os.path.exists(os.path.join(cache, name)):
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
              "--no-deps", "--only-binary", ":all:", "-d", cache, PYRIT],
             check=True,
         )
-        found = [f for f in os.listdir(cache) if f.startswith("pyrit-") and f.endswith(".whl")]
-    return os.path.join(cache, sorted(found)[-1])
+    return os.path.join(cache, name)
 
 
 def words(text):
@@ -75,7 +85,8 @@ def main():
     for prompt in json.load(open(os.path.join(args.corpora, "attacks/inthewild_jailbreaks.json"))):
         seen |= ngrams(prompt)
 
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    # Templates come from a download: rendered in Jinja's sandbox.
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
     out, skipped, repeats, duplicates = [], {}, 0, 0
     texts = set()
     for name, t in templates:
@@ -88,10 +99,11 @@ def main():
         goal = goals[stable_index(rel, len(goals))]
         try:
             text = env.from_string(t["value"]).render(prompt=goal)
+            blank = env.from_string(t["value"]).render(prompt="")
         except jinja2.TemplateError:
             skipped["do not render"] = skipped.get("do not render", 0) + 1
             continue
-        grams = ngrams(text)
+        grams = ngrams(blank)
         if grams and len(grams & seen) / len(grams) >= OVERLAP:
             repeats += 1
             continue
@@ -99,7 +111,31 @@ def main():
             duplicates += 1
             continue
         texts.add(text)
-        out.append({"text": text, "group": group, "template": rel})
+        out.append({"text": text, "group": group, "template": rel, "grams": grams})
+
+    # Clusters of near-copies (union-find), each wholly in one split.
+    parent = list(range(len(out)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(out):
+        for j in range(i + 1, len(out)):
+            b = out[j]["grams"]
+            small = min(len(a["grams"]), len(b)) or 1
+            if len(a["grams"] & b) / small >= CLUSTER:
+                parent[root(j)] = root(i)
+    first = {}
+    for i, r in enumerate(out):
+        k = root(i)
+        first[k] = min(first.get(k, r["template"]), r["template"])
+    for i, r in enumerate(out):
+        r["held_out"] = stable_index(first[root(i)], 100) < HELD_OUT_PERCENT
+        del r["grams"]
+    clusters = len(set(root(i) for i in range(len(out))))
 
     path = os.path.join(args.out, "pyrit_jailbreaks.json")
     with open(path, "w") as f:
@@ -108,7 +144,8 @@ def main():
     for r in out:
         by_group[r["group"]] = by_group.get(r["group"], 0) + 1
     print(
-        f"pyrit_jailbreaks.json: {len(out)} prompts from {len(templates)} templates of {os.path.basename(whl)} "
+        f"pyrit_jailbreaks.json: {len(out)} prompts ({sum(r['held_out'] for r in out)} held out; "
+        f"{clusters} clusters of near-copies) from {len(templates)} templates of {os.path.basename(whl)} "
         f"({', '.join(f'{g} {n}' for g, n in sorted(by_group.items()))}); left out: {repeats} that repeat "
         f"an inthewild prompt, {duplicates} duplicates"
         + "".join(f", {n} that {why}" for why, n in sorted(skipped.items())),

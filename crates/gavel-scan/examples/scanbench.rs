@@ -9,7 +9,7 @@
 //!   `bench/scanners/run.sh` (Faker, seeded). Without them the PII and secrets tables are skipped.
 //!   gavel's figures are also written there as `gavel.json` for the peer comparison.
 //!   With `pyrit_jailbreaks.json` there too (written by `bench/scanners/pyrit_jailbreaks.py`),
-//!   a second jailbreak corpus is scored, split like the others.
+//!   a second jailbreak corpus is scored, with the split that script made.
 //! - `--verbose`: prints the first 60 characters of missed attacks and false positives of the
 //!   *training* split, for tuning. Held-out texts are never printed.
 //!
@@ -232,44 +232,53 @@ fn injection_direct(
     Ok(())
 }
 
-/// Detection on PyRIT's jailbreak templates (see bench/scanners/pyrit_jailbreaks.py), by the
-/// template's folder and split like the other corpora; `--verbose` prints training misses only.
+/// Detection on PyRIT's jailbreak templates (see bench/scanners/pyrit_jailbreaks.py, which also
+/// splits them, by clusters of near-copies). Training figures by template folder; the held-out
+/// split only as a whole, so that no single held-out text can be read off a small cell.
+/// `--verbose` prints training misses only.
 fn injection_second_corpus(
     s: &Scanners,
     path: &Path,
     verbose: bool,
     summary: &mut serde_json::Map<String, Value>,
 ) -> Res<()> {
-    let mut by_group: BTreeMap<String, [Rate; 2]> = BTreeMap::new();
+    let mut train_by_group: BTreeMap<String, Rate> = BTreeMap::new();
     let mut all = [Rate::default(); 2];
     let mut out = Vec::new();
     let Value::Array(prompts) = read_json(path)? else {
         return Err(format!("{}: expected a JSON list", path.display()).into());
     };
     for p in &prompts {
-        let (Some(text), Some(group)) = (
+        let (Some(text), Some(group), Some(held)) = (
             p.get("text").and_then(Value::as_str),
             p.get("group").and_then(Value::as_str),
+            p.get("held_out").and_then(Value::as_bool),
         ) else {
-            return Err(format!("{}: every entry needs `text` and `group`", path.display()).into());
+            return Err(format!(
+                "{}: every entry needs `text`, `group` and `held_out`",
+                path.display()
+            )
+            .into());
         };
-        let held = held_out(text);
         out.clear();
         let score = s.scan(text, ContentRole::User, &mut out).injection_score;
         let hit = score >= s.config().injection_threshold;
-        by_group.entry(group.to_owned()).or_default()[usize::from(held)].add(hit);
         all[usize::from(held)].add(hit);
-        if verbose && !held && !hit {
-            println!("miss {score:.2} [{group}] {}", snippet(text));
+        if !held {
+            train_by_group.entry(group.to_owned()).or_default().add(hit);
+            if verbose && !hit {
+                println!("miss {score:.2} [{group}] {}", snippet(text));
+            }
         }
     }
     println!("\n## Injection, direct: second corpus (PyRIT jailbreak templates, role user)");
-    println!("| template folder | train | held-out |");
+    println!("| split | template folder | detection |");
     println!("|---|---|---|");
-    for (group, [train, held]) in &by_group {
-        println!("| {group} | {} | {} |", train.show(), held.show());
+    for (group, rate) in &train_by_group {
+        println!("| train | {group} | {} |", rate.show());
     }
-    println!("| all | {} | {} |", all[0].show(), all[1].show());
+    println!("| train | all | {} |", all[0].show());
+    println!("| held-out | all | {} |", all[1].show());
     for held in [false, true] {
         summary.insert(
             format!("injection_direct_pyrit_{}", split_name(held)),
