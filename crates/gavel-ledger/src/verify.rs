@@ -9,8 +9,8 @@ use crate::sink::{LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
 use std::fmt;
 use std::sync::{mpsc, Arc, Mutex};
 
-/// Records read from a sink per call while verifying.
-const READ_CHUNK: u64 = 16_384;
+/// Records read from a sink per call while verifying (about 4 MB of gateway-sized records).
+const READ_CHUNK: u64 = 4_096;
 
 /// What to check beyond the cryptographic chain.
 #[derive(Debug, Clone, Copy)]
@@ -358,18 +358,6 @@ pub fn verify_sink<S: LedgerSink + ?Sized>(
     verifier: &NoteVerifier,
     opts: VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
-    verify_sink_in_chunks(sink, verifier, opts, READ_CHUNK)
-}
-
-fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
-    sink: &S,
-    verifier: &NoteVerifier,
-    opts: VerifyOptions,
-    chunk_records: u64,
-) -> Result<VerifyReport, VerifyError> {
-    type Chunk<T> = (u64, Result<Vec<T>, SinkError>);
-    let checkpoints = sink.checkpoints().map_err(VerifyError::Sink)?;
-    let count = sink.record_count().map_err(VerifyError::Sink)?;
     // Hashing a record costs about what reading it does, so the reader keeps a core of its own;
     // parsing it too (the format check) costs several times more, and every core examines.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
@@ -378,12 +366,45 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
     } else {
         cores.saturating_sub(1).max(1)
     };
-    // A few chunks in flight bound memory while keeping every thread busy.
-    let (read_tx, read_rx) = mpsc::sync_channel::<Chunk<StoredRecord>>(examiners + 2);
+    let pipeline = Pipeline {
+        chunk_records: READ_CHUNK,
+        examiners,
+        examine,
+    };
+    verify_sink_in_chunks(sink, verifier, opts, pipeline)
+}
+
+/// How [`verify_sink`] splits its work; tests choose small chunks, several examiners and an
+/// examiner that fails.
+struct Pipeline {
+    chunk_records: u64,
+    examiners: usize,
+    examine: fn(&StoredRecord, bool) -> Examined,
+}
+
+fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
+    sink: &S,
+    verifier: &NoteVerifier,
+    opts: VerifyOptions,
+    pipeline: Pipeline,
+) -> Result<VerifyReport, VerifyError> {
+    type Chunk<T> = (u64, Result<Vec<T>, SinkError>);
+    let checkpoints = sink.checkpoints().map_err(VerifyError::Sink)?;
+    let count = sink.record_count().map_err(VerifyError::Sink)?;
+    let Pipeline {
+        chunk_records,
+        examiners,
+        examine,
+    } = pipeline;
+    let examiners = examiners.max(1);
+    // Two chunks waiting at each hand-over keep every thread busy; memory stays within a few
+    // chunks per examiner (the last stage may also hold examined chunks, about 100 bytes a
+    // record, while it waits for an earlier one).
+    let (read_tx, read_rx) = mpsc::sync_channel::<Chunk<StoredRecord>>(2);
     // Shared by the examiners alone: once they have all stopped (because the last stage did),
     // the receiver is gone and the reader's next send fails instead of waiting forever.
     let read_rx = Arc::new(Mutex::new(read_rx));
-    let (examined_tx, examined_rx) = mpsc::sync_channel::<Chunk<Examined>>(examiners + 2);
+    let (examined_tx, examined_rx) = mpsc::sync_channel::<Chunk<Examined>>(2);
     std::thread::scope(|scope| {
         let examining: Vec<_> = (0..examiners)
             .map(|_| {
@@ -395,11 +416,20 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .recv();
                     let Ok((seq, chunk)) = next else { break };
-                    let examined = chunk.map(|records| {
-                        records
-                            .iter()
-                            .map(|rec| examine(rec, opts.check_format))
-                            .collect()
+                    // A panic while examining becomes this chunk's error, so that no chunk is
+                    // ever missing and the last stage reports it in its place.
+                    let examined = chunk.and_then(|records| {
+                        std::panic::catch_unwind(|| {
+                            records
+                                .iter()
+                                .map(|rec| examine(rec, opts.check_format))
+                                .collect()
+                        })
+                        .map_err(|_| {
+                            let first = records.first().map_or(0, |r| r.index);
+                            format!("examining the records from index {first} on failed (a panic)")
+                                .into()
+                        })
                     });
                     // A send error means the last stage stopped early (it found a problem).
                     if examined_tx.send((seq, examined)).is_err() {
@@ -431,20 +461,20 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
             (from, seq) = (to, seq + 1);
         }
         drop(read_tx);
+        // Every thread is joined here, so that a panic is an error rather than a panic of
+        // this call.
         let verified = last_stage.join();
-        // Joined here, so that a panic is an error rather than a panic of this call; a lost
-        // chunk also ends the records early (see `in_order`), so this check must come first.
-        let examined_all = examining.into_iter().all(|e| e.join().is_ok());
+        let joined: Vec<_> = examining.into_iter().map(|e| e.join()).collect();
         match verified {
-            Ok(report) if examined_all => report,
+            Ok(report) if joined.iter().all(Result::is_ok) => report,
             _ => Err(VerifyError::Sink("a verification thread panicked".into())),
         }
     })
 }
 
 /// Chunks numbered 0, 1, 2, ... as they arrive in any order, given back in order. Ends at the
-/// first number that never comes (every sender is gone): an examiner that panicked loses its
-/// chunk, and the records after it must not be verified as if they came next.
+/// first number that never comes (every sender is gone), so that records after a missing chunk
+/// are never verified as if they came next.
 fn in_order<T>(rx: mpsc::Receiver<(u64, T)>) -> impl Iterator<Item = T> {
     let mut waiting = std::collections::BTreeMap::new();
     let mut next = 0u64;
@@ -548,8 +578,14 @@ mod tests {
         )
     }
 
+    /// Four examiners even on one core, so that chunks come back out of order.
     fn in_chunks_of_7(s: &Stored) -> Result<VerifyReport, VerifyError> {
-        verify_sink_in_chunks(s, &signer().verifier(), VerifyOptions::default(), 7)
+        let pipeline = Pipeline {
+            chunk_records: 7,
+            examiners: 4,
+            examine,
+        };
+        verify_sink_in_chunks(s, &signer().verifier(), VerifyOptions::default(), pipeline)
     }
 
     /// Chunks examined on several threads and put back in order give what one pass over the
@@ -604,6 +640,26 @@ mod tests {
         match in_chunks_of_7(&s) {
             Err(VerifyError::Sink(e)) => assert!(e.to_string().contains("disk error"), "{e}"),
             other => panic!("expected the storage error, got {other:?}"),
+        }
+    }
+
+    /// An examiner that panics costs its chunk an error in its place: never a panic of the
+    /// caller, never a report, never a wait for the rest of the ledger.
+    #[test]
+    fn a_panic_while_examining_is_an_error_in_its_place() {
+        fn panics_at_30(rec: &StoredRecord, check_format: bool) -> Examined {
+            assert_ne!(rec.index, 30, "a bug in examining");
+            examine(rec, check_format)
+        }
+        let s = ledger(100);
+        let pipeline = Pipeline {
+            chunk_records: 7,
+            examiners: 4,
+            examine: panics_at_30,
+        };
+        match verify_sink_in_chunks(&s, &signer().verifier(), VerifyOptions::default(), pipeline) {
+            Err(VerifyError::Sink(e)) => assert!(e.to_string().contains("index 28"), "{e}"),
+            other => panic!("expected an error for the chunk from 28, got {other:?}"),
         }
     }
 }
