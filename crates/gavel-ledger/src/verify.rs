@@ -440,13 +440,14 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
             .collect();
         drop((read_rx, examined_tx));
         let last_stage = scope.spawn(move || {
-            let records =
-                in_order(examined_rx).flat_map(|chunk| -> Vec<Result<Examined, SinkError>> {
-                    match chunk {
-                        Ok(v) => v.into_iter().map(Ok).collect(),
-                        Err(e) => vec![Err(e)],
-                    }
-                });
+            let records = in_order(examined_rx).flat_map(|chunk| {
+                // A chunk's records one by one, or its error in their place; not copied.
+                let (records, error) = match chunk {
+                    Ok(records) => (records, None),
+                    Err(e) => (Vec::new(), Some(e)),
+                };
+                records.into_iter().map(Ok).chain(error.map(Err))
+            });
             verify_examined(records, &checkpoints, verifier, opts)
         });
         let (mut from, mut seq) = (0u64, 0u64);
