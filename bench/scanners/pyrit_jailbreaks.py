@@ -22,6 +22,7 @@ top-level).
 """
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ import jinja2
 import jinja2.sandbox
 import yaml
 
-PYRIT = "pyrit==1.1.0"
+PYRIT_VERSION = "1.1.0"
 TEMPLATES = "pyrit/datasets/jailbreak/templates/"
 GOALS = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 OVERLAP = 0.3
@@ -45,11 +46,11 @@ HELD_OUT_PERCENT = 30
 
 def wheel(cache):
     os.makedirs(cache, exist_ok=True)
-    name = "pyrit-" + PYRIT.split("==")[1] + "-py3-none-any.whl"
+    name = f"pyrit-{PYRIT_VERSION}-py3-none-any.whl"
     if not os.path.exists(os.path.join(cache, name)):
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-             "--no-deps", "--only-binary", ":all:", "-d", cache, PYRIT],
+             "--no-deps", "--only-binary", ":all:", "-d", cache, f"pyrit=={PYRIT_VERSION}"],
             check=True,
         )
     return os.path.join(cache, name)
@@ -87,21 +88,21 @@ def main():
 
     # Templates come from a download: rendered in Jinja's sandbox.
     env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
-    out, skipped, repeats, duplicates = [], {}, 0, 0
+    out, skipped, repeats, duplicates = [], collections.Counter(), 0, 0
     texts = set()
     for name, t in templates:
         rel = name[len(TEMPLATES):]
         group = rel.split("/")[0] if "/" in rel else "top-level"
         params = t.get("parameters") or []
         if params != ["prompt"]:
-            skipped["need parameters other than `prompt`"] = skipped.get("need parameters other than `prompt`", 0) + 1
+            skipped["need parameters other than `prompt`"] += 1
             continue
         goal = goals[stable_index(rel, len(goals))]
         try:
             text = env.from_string(t["value"]).render(prompt=goal)
             blank = env.from_string(t["value"]).render(prompt="")
         except jinja2.TemplateError:
-            skipped["do not render"] = skipped.get("do not render", 0) + 1
+            skipped["do not render"] += 1
             continue
         grams = ngrams(blank)
         if grams and len(grams & seen) / len(grams) >= OVERLAP:
@@ -140,9 +141,7 @@ def main():
     path = os.path.join(args.out, "pyrit_jailbreaks.json")
     with open(path, "w") as f:
         json.dump(out, f)
-    by_group = {}
-    for r in out:
-        by_group[r["group"]] = by_group.get(r["group"], 0) + 1
+    by_group = collections.Counter(r["group"] for r in out)
     print(
         f"pyrit_jailbreaks.json: {len(out)} prompts ({sum(r['held_out'] for r in out)} held out; "
         f"{clusters} clusters of near-copies) from {len(templates)} templates of {os.path.basename(whl)} "
