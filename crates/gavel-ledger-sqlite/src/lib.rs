@@ -199,25 +199,44 @@ fn wait_briefly(attempt: i32) -> bool {
 /// Ok; rolls back if it fails, if the commit fails or if it panics. BEGIN and COMMIT are
 /// prepared once per connection: `Connection::transaction` parses them anew each time, which
 /// was a visible share of every decision's and every ledger commit's CPU.
+///
+/// On a connection already inside a transaction (a batch of decisions that commits as one),
+/// `work` runs in a savepoint instead: it is undone alone if it fails, and it commits with the
+/// enclosing transaction.
 pub fn immediate<T, E: From<rusqlite::Error>>(
     conn: &Connection,
     work: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
-    struct Open<'c>(Option<&'c Connection>);
+    struct Open<'c> {
+        conn: Option<&'c Connection>,
+        undo: &'static [&'static str],
+    }
     impl Drop for Open<'_> {
         fn drop(&mut self) {
-            if let Some(conn) = self.0 {
-                let _ = conn
-                    .prepare_cached("ROLLBACK")
-                    .and_then(|mut s| s.execute([]));
+            if let Some(conn) = self.conn {
+                for sql in self.undo {
+                    let _ = conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+                }
             }
         }
     }
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let mut open = Open(Some(conn));
+    let (begin, end, undo): (&str, &str, &'static [&'static str]) = if conn.is_autocommit() {
+        ("BEGIN IMMEDIATE", "COMMIT", &["ROLLBACK"])
+    } else {
+        (
+            "SAVEPOINT nested",
+            "RELEASE nested",
+            &["ROLLBACK TO nested", "RELEASE nested"],
+        )
+    };
+    conn.prepare_cached(begin)?.execute([])?;
+    let mut open = Open {
+        conn: Some(conn),
+        undo,
+    };
     let value = work(conn)?;
-    conn.prepare_cached("COMMIT")?.execute([])?;
-    open.0 = None;
+    conn.prepare_cached(end)?.execute([])?;
+    open.conn = None;
     Ok(value)
 }
 

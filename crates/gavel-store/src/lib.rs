@@ -19,7 +19,7 @@ mod keys;
 mod sqlite;
 
 pub use keys::{hash_key, KeyRecord, Role};
-pub use sqlite::{Durability, SqliteStore};
+pub use sqlite::{Batch, Durability, SqliteStore};
 
 use gavel_contract::time::Timestamp;
 use gavel_contract::Snapshot;

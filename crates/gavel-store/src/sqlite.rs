@@ -113,6 +113,11 @@ pub enum Durability {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Taken before `conn` by every use of it, and held by a [`Batch`] for its whole life (a
+    /// batch locks `conn` itself call by call: a held `Connection` guard cannot be shared with
+    /// the engine, which wants `Sync` state). So nothing else writes into a batch's
+    /// transaction, and nothing waits on `conn` while a batch is open except on this lock.
+    writer: Mutex<()>,
     /// A second connection, only for reads of governance: the copy's generation check, its
     /// reload and key lookups run without waiting for `conn`, which a budget transaction may
     /// hold while it waits for the ledger's write lock. Authenticating a request (on the
@@ -122,9 +127,28 @@ pub struct SqliteStore {
     governance: Mutex<Option<Arc<Governance>>>,
 }
 
-fn locked(conn: &Mutex<Connection>) -> Result<MutexGuard<'_, Connection>, StoreError> {
+fn locked<T>(conn: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
     conn.lock()
         .map_err(|_| StoreError("the database handle is poisoned by an earlier panic".into()))
+}
+
+/// The store's connection, held for one call (see `SqliteStore::writer`).
+struct Held<'a> {
+    conn: MutexGuard<'a, Connection>,
+    _writer: MutexGuard<'a, ()>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -235,13 +259,18 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            writer: Mutex::new(()),
             watch: Mutex::new(watch),
             governance: Mutex::new(None),
         })
     }
 
-    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        locked(&self.conn)
+    fn conn(&self) -> Result<Held<'_>, StoreError> {
+        let writer = locked(&self.writer)?;
+        Ok(Held {
+            conn: locked(&self.conn)?,
+            _writer: writer,
+        })
     }
 
     fn watch(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
@@ -804,8 +833,206 @@ impl Store for SqliteStore {
     }
 }
 
-impl RuntimeState for SqliteStore {
-    fn view(
+/// The runtime state over one connection the caller holds: [`SqliteStore`] lends it its
+/// connection for one call, a [`Batch`] for many.
+struct Connected<'a> {
+    conn: &'a Connection,
+}
+
+impl SqliteStore {
+    fn store(&self) -> &SqliteStore {
+        self
+    }
+
+    fn lend<T>(
+        &self,
+        work: impl FnOnce(&Connected<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let conn = self.conn()?;
+        work(&Connected { conn: &conn })
+    }
+
+    /// Opens a write transaction that decisions share until [`Batch::commit`]: one write lock,
+    /// one commit and one WAL write of each changed page for all of them, instead of one each.
+    /// Other users of the store's connection wait until the batch is committed or dropped
+    /// (rolled back).
+    pub fn batch(&self) -> Result<Batch<'_>, StoreError> {
+        let writer = locked(&self.writer)?;
+        locked(&self.conn)?
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut begin| begin.execute([]))
+            .map_err(err("begin a batch"))?;
+        Ok(Batch {
+            store: self,
+            writer: Some(writer),
+        })
+    }
+}
+
+/// Decisions made in one write transaction (see [`SqliteStore::batch`]). Each write a decision
+/// makes runs in a savepoint, so a decision whose write fails is undone alone. Reads of
+/// governance (kills, cooldowns, approvals) go through the store's second connection and so
+/// see what is committed, not what this batch has written: a cooldown a decision starts binds
+/// the next decisions once the batch is committed.
+pub struct Batch<'s> {
+    store: &'s SqliteStore,
+    /// `None` once committed.
+    writer: Option<MutexGuard<'s, ()>>,
+}
+
+impl Batch<'_> {
+    /// The state to decide against: reads and writes within this batch.
+    pub fn state(&self) -> impl RuntimeState + '_ {
+        BatchState(self)
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        if self.writer.is_none() {
+            return Err(StoreError("the batch was already committed".into()));
+        }
+        locked(&self.store.conn)
+    }
+
+    /// False once SQLite has rolled the whole transaction back on its own (an I/O error, a
+    /// full disk): what the batch wrote is gone, and it must not be reported as held.
+    pub fn is_intact(&self) -> bool {
+        self.conn().is_ok_and(|c| !c.is_autocommit())
+    }
+
+    /// Commits everything the batch's decisions wrote, or nothing.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let committed = {
+            let conn = self.conn()?;
+            if conn.is_autocommit() {
+                return Err(StoreError(
+                    "the database rolled the batch back after an error".into(),
+                ));
+            }
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut commit| commit.execute([]))
+                .map_err(err("commit a batch"))
+        };
+        if committed.is_ok() {
+            self.writer = None;
+        }
+        committed.map(drop)
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if let Ok(conn) = self.conn() {
+            if !conn.is_autocommit() {
+                let _ = conn
+                    .prepare_cached("ROLLBACK")
+                    .and_then(|mut rollback| rollback.execute([]));
+            }
+        }
+    }
+}
+
+/// A batch lent out as runtime state; every call uses the batch's transaction.
+struct BatchState<'b, 's>(&'b Batch<'s>);
+
+impl BatchState<'_, '_> {
+    fn store(&self) -> &SqliteStore {
+        self.0.store
+    }
+
+    fn lend<T>(
+        &self,
+        work: impl FnOnce(&Connected<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let conn = self.0.conn()?;
+        work(&Connected { conn: &conn })
+    }
+}
+
+/// `RuntimeState` for a type whose `lend` runs a call on a [`Connected`] and whose `store` reads
+/// governance: the store (its own connection, one transaction per write) and a batch's state
+/// (the batch's transaction).
+macro_rules! runtime_state_through_lend {
+    ($ty:ty) => {
+        impl RuntimeState for $ty {
+            fn view(
+                &self,
+                deployment: &str,
+                use_case: &str,
+                principal: &str,
+                run_id: Option<&str>,
+                now: Timestamp,
+            ) -> Result<GovernanceView, StateError> {
+                self.store()
+                    .governance_view(deployment, use_case, principal, run_id, now)
+            }
+
+            fn approvals_of(&self, deployment: &str) -> Result<Vec<Approval>, StateError> {
+                self.store().approvals_in_force(deployment)
+            }
+
+            fn claim_idempotency(
+                &self,
+                key: &str,
+                decision_id: &str,
+                now: Timestamp,
+                expires_at: Timestamp,
+            ) -> Result<Option<String>, StateError> {
+                self.lend(|c| c.claim_idempotency(key, decision_id, now, expires_at))
+            }
+
+            fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError> {
+                self.lend(|c| c.release_idempotency(key, decision_id))
+            }
+
+            fn reserve(
+                &self,
+                request: &ReservationRequest,
+                now: Timestamp,
+                dry_run: bool,
+            ) -> Result<Result<(), Refusal>, StateError> {
+                self.lend(|c| c.reserve(request, now, dry_run))
+            }
+
+            fn settle(
+                &self,
+                reservation_id: &str,
+                actual: Amounts,
+                now: Timestamp,
+            ) -> Result<Settled, StateError> {
+                self.lend(|c| c.settle(reservation_id, actual, now))
+            }
+
+            fn settle_many(
+                &self,
+                settlements: &[(String, Amounts)],
+                now: Timestamp,
+            ) -> Result<Vec<Settled>, StateError> {
+                self.lend(|c| c.settle_many(settlements, now))
+            }
+
+            fn add_strike(
+                &self,
+                principal: &str,
+                now: Timestamp,
+                within_ms: u64,
+            ) -> Result<u32, StateError> {
+                self.lend(|c| c.add_strike(principal, now, within_ms))
+            }
+
+            fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError> {
+                self.lend(|c| c.start_cooldown(cooldown))
+            }
+        }
+    };
+}
+
+runtime_state_through_lend!(SqliteStore);
+runtime_state_through_lend!(BatchState<'_, '_>);
+
+/// The runtime state's reads: the governance copy, on the second connection (never `conn`,
+/// which a batch or a waiting budget transaction may hold).
+impl SqliteStore {
+    fn governance_view(
         &self,
         deployment: &str,
         use_case: &str,
@@ -837,7 +1064,7 @@ impl RuntimeState for SqliteStore {
         })
     }
 
-    fn approvals_of(&self, deployment: &str) -> Result<Vec<Approval>, StateError> {
+    fn approvals_in_force(&self, deployment: &str) -> Result<Vec<Approval>, StateError> {
         Ok(self
             .governance(None)?
             .approvals
@@ -845,7 +1072,10 @@ impl RuntimeState for SqliteStore {
             .cloned()
             .unwrap_or_default())
     }
+}
 
+/// The runtime state's writes, on the connection lent.
+impl Connected<'_> {
     fn claim_idempotency(
         &self,
         key: &str,
@@ -853,8 +1083,7 @@ impl RuntimeState for SqliteStore {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<Option<String>, StateError> {
-        let conn = self.conn()?;
-        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
+        Ok(immediate(self.conn, |tx| -> Result<_, StoreError> {
             let first: Option<String> = tx
                 .prepare_cached(
                     "SELECT decision_id FROM idempotency WHERE key = ?1 AND expires_at > ?2",
@@ -878,7 +1107,7 @@ impl RuntimeState for SqliteStore {
     }
 
     fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError> {
-        self.conn()?
+        self.conn
             .prepare_cached("DELETE FROM idempotency WHERE key = ?1 AND decision_id = ?2")
             .map_err(err("statement"))?
             .execute(params![key, decision_id])
@@ -892,8 +1121,7 @@ impl RuntimeState for SqliteStore {
         now: Timestamp,
         dry_run: bool,
     ) -> Result<Result<(), Refusal>, StateError> {
-        let conn = self.conn()?;
-        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
+        Ok(immediate(self.conn, |tx| -> Result<_, StoreError> {
             let refusal = request.first_refusal(
                 |key| window_usage(tx, key),
                 |name| {
@@ -949,8 +1177,7 @@ impl RuntimeState for SqliteStore {
         actual: Amounts,
         _now: Timestamp,
     ) -> Result<Settled, StateError> {
-        let conn = self.conn()?;
-        Ok(immediate(&conn, |tx| {
+        Ok(immediate(self.conn, |tx| {
             settle_in(tx, reservation_id, actual)
         })?)
     }
@@ -960,8 +1187,7 @@ impl RuntimeState for SqliteStore {
         settlements: &[(String, Amounts)],
         _now: Timestamp,
     ) -> Result<Vec<Settled>, StateError> {
-        let conn = self.conn()?;
-        Ok(immediate(&conn, |tx| {
+        Ok(immediate(self.conn, |tx| {
             settlements
                 .iter()
                 .map(|(reservation_id, actual)| settle_in(tx, reservation_id, *actual))
@@ -975,8 +1201,7 @@ impl RuntimeState for SqliteStore {
         now: Timestamp,
         within_ms: u64,
     ) -> Result<u32, StateError> {
-        let conn = self.conn()?;
-        Ok(immediate(&conn, |tx| -> Result<_, StoreError> {
+        Ok(immediate(self.conn, |tx| -> Result<_, StoreError> {
             let since = now.millis().saturating_sub(to_i64(within_ms));
             tx.prepare_cached("DELETE FROM strikes WHERE principal = ?1 AND at < ?2")
                 .map_err(err("statement"))?
@@ -996,7 +1221,7 @@ impl RuntimeState for SqliteStore {
     }
 
     fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError> {
-        self.conn()?
+        self.conn
             .prepare_cached("INSERT INTO cooldowns (scope, until, body) VALUES (?1, ?2, ?3)")
             .map_err(err("statement"))?
             .execute(params![

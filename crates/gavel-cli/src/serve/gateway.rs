@@ -21,7 +21,7 @@ use gavel_store::{KeyRecord, Role, SqliteStore};
 
 use super::error::{ApiError, ApiResult};
 use super::metrics;
-use crate::cmd::decide::{capture_payload, submit_async, withdrawn};
+use crate::cmd::decide::{capture_payload, withdrawn};
 use crate::context::{known_key, new_id, now, role_allowed};
 use crate::failure::{Failure, EXIT_AUTH};
 use crate::ledger::Ledger;
@@ -44,6 +44,8 @@ pub struct UpstreamTimeouts {
 }
 
 pub struct Gateway {
+    /// Makes every decision, in batches that share a store transaction.
+    pub decider: super::decider::Decider,
     /// Signals per deployment, checked against thresholds once a second.
     pub monitor: super::monitor::Monitor,
     /// The engine under the contract in force; swapped whole when a new version is loaded.
@@ -63,10 +65,6 @@ pub struct Gateway {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set once the contract and the ledger are loaded.
     pub ready: AtomicBool,
-    /// Outcomes waiting to be settled and recorded (see [`Gateway::record_outcome`]).
-    pub finished: Mutex<Vec<Finished>>,
-    /// Whether a blocking task is draining `finished`.
-    pub settling: AtomicBool,
 }
 
 /// What happened after an ALLOW, waiting to be settled and recorded.
@@ -76,13 +74,6 @@ pub struct Finished {
     ran_on: String,
     usage: Usage,
     details: Value,
-}
-
-fn lock_queue(queue: &Mutex<Vec<Finished>>) -> MutexGuard<'_, Vec<Finished>> {
-    // A panic while holding the lock leaves a plain Vec behind: still usable.
-    queue
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A decision the ledger holds (or, if it could not take it, the fail-closed refusal).
@@ -170,22 +161,13 @@ impl Gateway {
     ) -> Ruling {
         let started = Instant::now();
         let engine = self.engine();
-        // Deciding reads and writes SQLite: on a blocking thread, never on the async workers
-        // that serve every connection. The fsync is awaited, holding no thread.
-        let gw = self.clone();
-        let (req, owner) = (request.clone(), principal.to_string());
-        let deciding = tokio::task::spawn_blocking(move || {
-            let decision = gw.decide_now(&engine, &req, &owner)?;
-            let submitted = submit_async(&gw.ledger, &decision);
-            Ok::<_, Failure>((engine, decision, submitted))
-        });
-        let (engine, decision, submitted) = match deciding.await {
-            Ok(Ok(decided)) => decided,
-            Ok(Err(failure)) => return self.refused(&self.engine(), &request, principal, failure),
-            Err(e) => {
-                let failure = Failure::storage(format!("the decision was lost: {e}"));
-                return self.refused(&self.engine(), &request, principal, failure);
-            }
+        let decided = self
+            .decider
+            .decide(engine.clone(), request.clone(), principal)
+            .await;
+        let (decision, submitted) = match decided {
+            Ok(decided) => decided,
+            Err(failure) => return self.refused(&engine, &request, principal, failure),
         };
         let committing = Instant::now();
         let durable = submitted.durable().await;
@@ -235,23 +217,6 @@ impl Gateway {
         ruling
     }
 
-    fn decide_now(
-        &self,
-        engine: &Engine,
-        request: &DecideRequest,
-        principal: &str,
-    ) -> Result<Decision, Failure> {
-        Ok(engine.decide(
-            &self.store,
-            DecideInput {
-                request,
-                principal,
-                decision_id: new_id("dec")?,
-                now: now(),
-            },
-        ))
-    }
-
     fn refused(
         &self,
         engine: &Engine,
@@ -290,54 +255,23 @@ impl Gateway {
 
     /// Records what happened after an ALLOW (usage, latency, output digest, findings) and
     /// settles the decision's reservation with the actual usage. Not awaited: the decision is
-    /// what must be durable before acting; this follows it. Outcomes queue, and one blocking
-    /// task at a time settles whatever has queued in one store transaction, so under load
-    /// many requests share one (before, each took a blocking thread and a transaction).
-    pub fn record_outcome(
-        self: &Arc<Self>,
-        decision: &Decision,
-        ran_on: &str,
-        usage: &Usage,
-        details: Value,
-    ) {
-        let finished = Finished {
+    /// what must be durable before acting; this follows it. The decider settles it in its next
+    /// store transaction, with whatever else has queued by then.
+    pub fn record_outcome(&self, decision: &Decision, ran_on: &str, usage: &Usage, details: Value) {
+        self.decider.settle(Finished {
             decision_id: decision.decision_id.clone(),
             principal: decision.principal.clone(),
             ran_on: ran_on.to_string(),
             usage: usage.clone(),
             details,
-        };
-        lock_queue(&self.finished).push(finished);
-        if !self.settling.swap(true, Ordering::AcqRel) {
-            let gw = self.clone();
-            // Settling writes SQLite: off the async workers, like deciding.
-            tokio::task::spawn_blocking(move || gw.settle_queued());
-        }
+        });
     }
 
-    /// Settles and records what has queued, batch after batch, until nothing is left.
-    fn settle_queued(&self) {
-        loop {
-            let batch = std::mem::take(&mut *lock_queue(&self.finished));
-            if batch.is_empty() {
-                self.settling.store(false, Ordering::Release);
-                // An outcome queued between the take and the flag's reset found the flag
-                // still set and started no task: look once more.
-                if lock_queue(&self.finished).is_empty()
-                    || self.settling.swap(true, Ordering::AcqRel)
-                {
-                    return;
-                }
-                continue;
-            }
-            self.settle_and_record(batch);
-        }
-    }
-
-    fn settle_and_record(&self, batch: Vec<Finished>) {
-        let at = now();
+    /// Replaces the reservations of `finished` with their actual usage, in `state`'s
+    /// transaction. A failure is logged: the reservation then holds until it expires.
+    pub fn settle(&self, state: &dyn RuntimeState, finished: &[Finished]) {
         let engine = self.engine();
-        let settlements: Vec<(String, Amounts)> = batch
+        let settlements: Vec<(String, Amounts)> = finished
             .iter()
             .filter_map(|f| match engine.actual_amounts(&f.ran_on, &f.usage) {
                 Ok(actual) => Some((f.decision_id.clone(), actual)),
@@ -347,12 +281,18 @@ impl Gateway {
                 }
             })
             .collect();
-        if let Err(e) = self.store.settle_many(&settlements, at) {
+        if let Err(e) = state.settle_many(&settlements, now()) {
             for (decision_id, _) in &settlements {
                 tracing::error!(%decision_id, error = %e, "settling usage failed");
             }
         }
-        for f in batch {
+    }
+
+    /// Counts `finished` in monitoring and submits their outcome records to the ledger.
+    pub fn record_settled(&self, finished: Vec<Finished>) {
+        let at = now();
+        let engine = self.engine();
+        for f in finished {
             self.monitor.record_outcome(
                 &f.ran_on,
                 &observed(&engine, &f.decision_id, &f.ran_on, &f.usage, &f.details),

@@ -13,6 +13,7 @@ const UPSTREAM_SECONDS: &str = "gavel_upstream_seconds";
 const LEDGER_COMMIT_SECONDS: &str = "gavel_ledger_commit_seconds";
 const LEDGER_WAIT_SECONDS: &str = "gavel_ledger_wait_seconds";
 const LEDGER_BATCH_RECORDS: &str = "gavel_ledger_batch_records";
+const DECISION_BATCH_DECISIONS: &str = "gavel_decision_batch_decisions";
 
 /// Microseconds to minutes: a decision takes tens of microseconds, an upstream seconds.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -36,12 +37,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
             .set_buckets_for_metric(Matcher::Full(name.to_string()), SECONDS_BUCKETS)
             .map_err(|e| e.to_string())?;
     }
+    for name in [LEDGER_BATCH_RECORDS, DECISION_BATCH_DECISIONS] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), BATCH_BUCKETS)
+            .map_err(|e| e.to_string())?;
+    }
     builder
-        .set_buckets_for_metric(
-            Matcher::Full(LEDGER_BATCH_RECORDS.to_string()),
-            BATCH_BUCKETS,
-        )
-        .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))
 }
@@ -61,6 +62,11 @@ pub fn ledger_wait(took: Duration) {
 pub fn ledger_batch(records: usize, took: Duration) {
     metrics::histogram!(LEDGER_COMMIT_SECONDS).record(took.as_secs_f64());
     metrics::histogram!(LEDGER_BATCH_RECORDS).record(records as f64);
+}
+
+/// One store transaction of the decider (called on its thread).
+pub fn decision_batch(decisions: usize) {
+    metrics::histogram!(DECISION_BATCH_DECISIONS).record(decisions as f64);
 }
 
 pub fn upstream(endpoint: &str, outcome: &'static str, took: Duration) {

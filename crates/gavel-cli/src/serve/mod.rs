@@ -9,6 +9,7 @@
 
 mod admin;
 mod api;
+mod decider;
 mod error;
 mod gateway;
 mod metrics;
@@ -104,7 +105,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     let (monitor, alert_queue) = monitor::Monitor::new(&crate::monitoring::config_of(
         &engine.contract().policy.monitoring,
     ))?;
+    let (decider, decisions) = decider::Decider::new();
     let gw = Arc::new(Gateway {
+        decider,
         monitor,
         engine: ArcSwap::from_pointee(engine),
         store,
@@ -128,9 +131,8 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         db_path: ctx.db_path.clone(),
         metrics,
         ready: Default::default(),
-        finished: Default::default(),
-        settling: Default::default(),
     });
+    decider::start(decisions, Arc::downgrade(&gw))?;
     let listen: SocketAddr = args.listen.parse().map_err(|_| {
         Failure::usage(format!(
             "--listen `{}` is not an address such as 127.0.0.1:8080",
@@ -149,9 +151,8 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         drain: duration("drain-timeout", &args.drain_timeout)?,
         reload_every: duration("reload-interval", &args.reload_interval)?,
     };
-    // Blocking threads decide (each keeps its own token-count memo, up to a few MB) and wait for
-    // ledger commits: their number bounds memory. 16 waiting at once still fill a group commit
-    // well beyond what this disk's fsync rate needs.
+    // Blocking threads run what writes SQLite off the request path (admin actions, withdrawn
+    // decisions, payload capture); the decider thread makes the decisions. 16 bound memory.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(16)
         .enable_all()
