@@ -199,12 +199,39 @@ fn wait_briefly(attempt: i32) -> bool {
 /// Ok; rolls back if it fails, if the commit fails or if it panics. BEGIN and COMMIT are
 /// prepared once per connection: `Connection::transaction` parses them anew each time, which
 /// was a visible share of every decision's and every ledger commit's CPU.
-///
-/// On a connection already inside a transaction (a batch of decisions that commits as one),
-/// `work` runs in a savepoint instead: it is undone alone if it fails, and it commits with the
-/// enclosing transaction.
 pub fn immediate<T, E: From<rusqlite::Error>>(
     conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    undone_unless_ok(conn, ("BEGIN IMMEDIATE", "COMMIT"), &["ROLLBACK"], work)
+}
+
+/// Runs `work` in a savepoint of the transaction `conn` has open, so that it is undone alone if
+/// it fails or panics; what it did commits with the enclosing transaction. Outside a
+/// transaction this is an error, never a transaction of its own: a caller that meant to write
+/// inside one must not have its writes committed on their own.
+pub fn savepoint<T, E: From<rusqlite::Error>>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    if conn.is_autocommit() {
+        return Err(E::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some("the transaction this write belongs to was rolled back".into()),
+        )));
+    }
+    undone_unless_ok(
+        conn,
+        ("SAVEPOINT nested", "RELEASE nested"),
+        &["ROLLBACK TO nested", "RELEASE nested"],
+        work,
+    )
+}
+
+fn undone_unless_ok<T, E: From<rusqlite::Error>>(
+    conn: &Connection,
+    (begin, end): (&str, &str),
+    undo: &'static [&'static str],
     work: impl FnOnce(&Connection) -> Result<T, E>,
 ) -> Result<T, E> {
     struct Open<'c> {
@@ -220,15 +247,6 @@ pub fn immediate<T, E: From<rusqlite::Error>>(
             }
         }
     }
-    let (begin, end, undo): (&str, &str, &'static [&'static str]) = if conn.is_autocommit() {
-        ("BEGIN IMMEDIATE", "COMMIT", &["ROLLBACK"])
-    } else {
-        (
-            "SAVEPOINT nested",
-            "RELEASE nested",
-            &["ROLLBACK TO nested", "RELEASE nested"],
-        )
-    };
     conn.prepare_cached(begin)?.execute([])?;
     let mut open = Open {
         conn: Some(conn),

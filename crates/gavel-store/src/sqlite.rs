@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use gavel_ledger_sqlite::immediate;
+use gavel_ledger_sqlite::{immediate, savepoint};
 
 use gavel_contract::time::Timestamp;
 use gavel_contract::Snapshot;
@@ -265,8 +265,16 @@ impl SqliteStore {
         })
     }
 
+    /// The `writer` lock. It guards nothing but the order of access, so a panic that poisoned
+    /// it leaves nothing inconsistent behind: taken regardless.
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn conn(&self) -> Result<Held<'_>, StoreError> {
-        let writer = locked(&self.writer)?;
+        let writer = self.writer();
         Ok(Held {
             conn: locked(&self.conn)?,
             _writer: writer,
@@ -837,6 +845,8 @@ impl Store for SqliteStore {
 /// connection for one call, a [`Batch`] for many.
 struct Connected<'a> {
     conn: &'a Connection,
+    /// Inside a [`Batch`]'s transaction: each write is a savepoint of it.
+    in_batch: bool,
 }
 
 impl SqliteStore {
@@ -849,7 +859,10 @@ impl SqliteStore {
         work: impl FnOnce(&Connected<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         let conn = self.conn()?;
-        work(&Connected { conn: &conn })
+        work(&Connected {
+            conn: &conn,
+            in_batch: false,
+        })
     }
 
     /// Opens a write transaction that decisions share until [`Batch::commit`]: one write lock,
@@ -857,7 +870,7 @@ impl SqliteStore {
     /// Other users of the store's connection wait until the batch is committed or dropped
     /// (rolled back).
     pub fn batch(&self) -> Result<Batch<'_>, StoreError> {
-        let writer = locked(&self.writer)?;
+        let writer = self.writer();
         locked(&self.conn)?
             .prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut begin| begin.execute([]))
@@ -920,13 +933,25 @@ impl Batch<'_> {
 }
 
 impl Drop for Batch<'_> {
+    /// Rolls back what was not committed, also after a panic inside a call (which poisons the
+    /// connection's lock): the connection is then back out of any transaction, so it is fit
+    /// for use again and its poison is cleared.
     fn drop(&mut self) {
-        if let Ok(conn) = self.conn() {
-            if !conn.is_autocommit() {
-                let _ = conn
-                    .prepare_cached("ROLLBACK")
-                    .and_then(|mut rollback| rollback.execute([]));
-            }
+        if self.writer.is_none() {
+            return;
+        }
+        let lock = &self.store.conn;
+        let conn = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !conn.is_autocommit() {
+            let _ = conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut rollback| rollback.execute([]));
+        }
+        if conn.is_autocommit() {
+            drop(conn);
+            lock.clear_poison();
         }
     }
 }
@@ -944,7 +969,10 @@ impl BatchState<'_, '_> {
         work: impl FnOnce(&Connected<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         let conn = self.0.conn()?;
-        work(&Connected { conn: &conn })
+        work(&Connected {
+            conn: &conn,
+            in_batch: true,
+        })
     }
 }
 
@@ -1076,6 +1104,18 @@ impl SqliteStore {
 
 /// The runtime state's writes, on the connection lent.
 impl Connected<'_> {
+    /// `work` in a write transaction of its own, or in a savepoint of the batch's.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.in_batch {
+            savepoint(self.conn, work)
+        } else {
+            immediate(self.conn, work)
+        }
+    }
+
     fn claim_idempotency(
         &self,
         key: &str,
@@ -1083,7 +1123,7 @@ impl Connected<'_> {
         now: Timestamp,
         expires_at: Timestamp,
     ) -> Result<Option<String>, StateError> {
-        Ok(immediate(self.conn, |tx| -> Result<_, StoreError> {
+        Ok(self.write(|tx| -> Result<_, StoreError> {
             let first: Option<String> = tx
                 .prepare_cached(
                     "SELECT decision_id FROM idempotency WHERE key = ?1 AND expires_at > ?2",
@@ -1107,12 +1147,13 @@ impl Connected<'_> {
     }
 
     fn release_idempotency(&self, key: &str, decision_id: &str) -> Result<(), StateError> {
-        self.conn
-            .prepare_cached("DELETE FROM idempotency WHERE key = ?1 AND decision_id = ?2")
-            .map_err(err("statement"))?
-            .execute(params![key, decision_id])
-            .map_err(err("idempotency"))?;
-        Ok(())
+        Ok(self.write(|tx| {
+            tx.prepare_cached("DELETE FROM idempotency WHERE key = ?1 AND decision_id = ?2")
+                .map_err(err("statement"))?
+                .execute(params![key, decision_id])
+                .map_err(err("idempotency"))
+                .map(drop)
+        })?)
     }
 
     fn reserve(
@@ -1121,7 +1162,7 @@ impl Connected<'_> {
         now: Timestamp,
         dry_run: bool,
     ) -> Result<Result<(), Refusal>, StateError> {
-        Ok(immediate(self.conn, |tx| -> Result<_, StoreError> {
+        Ok(self.write(|tx| -> Result<_, StoreError> {
             let refusal = request.first_refusal(
                 |key| window_usage(tx, key),
                 |name| {
@@ -1177,9 +1218,7 @@ impl Connected<'_> {
         actual: Amounts,
         _now: Timestamp,
     ) -> Result<Settled, StateError> {
-        Ok(immediate(self.conn, |tx| {
-            settle_in(tx, reservation_id, actual)
-        })?)
+        Ok(self.write(|tx| settle_in(tx, reservation_id, actual))?)
     }
 
     fn settle_many(
@@ -1187,7 +1226,7 @@ impl Connected<'_> {
         settlements: &[(String, Amounts)],
         _now: Timestamp,
     ) -> Result<Vec<Settled>, StateError> {
-        Ok(immediate(self.conn, |tx| {
+        Ok(self.write(|tx| {
             settlements
                 .iter()
                 .map(|(reservation_id, actual)| settle_in(tx, reservation_id, *actual))
@@ -1201,7 +1240,7 @@ impl Connected<'_> {
         now: Timestamp,
         within_ms: u64,
     ) -> Result<u32, StateError> {
-        Ok(immediate(self.conn, |tx| -> Result<_, StoreError> {
+        Ok(self.write(|tx| -> Result<_, StoreError> {
             let since = now.millis().saturating_sub(to_i64(within_ms));
             tx.prepare_cached("DELETE FROM strikes WHERE principal = ?1 AND at < ?2")
                 .map_err(err("statement"))?
@@ -1221,16 +1260,17 @@ impl Connected<'_> {
     }
 
     fn start_cooldown(&self, cooldown: &Cooldown) -> Result<(), StateError> {
-        self.conn
-            .prepare_cached("INSERT INTO cooldowns (scope, until, body) VALUES (?1, ?2, ?3)")
-            .map_err(err("statement"))?
-            .execute(params![
-                cooldown.scope.key(),
-                cooldown.until.millis(),
-                json(cooldown)?
-            ])
-            .map_err(err("cooldown"))?;
-        Ok(())
+        Ok(self.write(|tx| {
+            tx.prepare_cached("INSERT INTO cooldowns (scope, until, body) VALUES (?1, ?2, ?3)")
+                .map_err(err("statement"))?
+                .execute(params![
+                    cooldown.scope.key(),
+                    cooldown.until.millis(),
+                    json(cooldown)?
+                ])
+                .map_err(err("cooldown"))
+                .map(drop)
+        })?)
     }
 }
 

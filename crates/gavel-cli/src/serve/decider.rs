@@ -3,15 +3,18 @@
 //!
 //! Requests queue here, and so do the outcomes of answered requests. The thread takes whatever
 //! has queued (at most [`MAX_BATCH`]), settles the outcomes and decides the requests inside one
-//! `SqliteStore::batch`, commits, then hands each record to the ledger and answers. Under load many decisions share one write lock, one commit and one WAL write of
-//! each budget page; a lone decision waits for nobody. Before, each decision took a blocking
+//! `SqliteStore::batch`, commits, then hands each record to the ledger and answers. Under load
+//! many decisions share one write lock, one commit and one WAL write of each budget page; a
+//! lone decision waits for nobody. The batch holds SQLite's write lock from its first write to
+//! its commit, so the ledger's next commit (same file) waits that long: a few decisions' CPU. Before, each decision took a blocking
 //! thread and a transaction of its own, and the threads queued on the store's connection and on
 //! SQLite's write lock: at 2,000 req/s that queue (futex waits and wake-ups, busy-handler
 //! sleeps) was a larger share of the gateway's CPU than deciding.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
@@ -24,16 +27,17 @@ use crate::cmd::decide::{submit_async, Submitted};
 use crate::context::{new_id, now};
 use crate::failure::Failure;
 
-/// Decisions and outcomes per store transaction at most: enough to share one commit among everything a
-/// busy gateway has queued, few enough that the write lock is not held for long.
+/// Decisions and outcomes per store transaction at most: enough to share one commit among
+/// everything a busy gateway has queued, few enough that the write lock is not held for long.
 const MAX_BATCH: usize = 64;
 
 /// A decision whose store writes are committed and whose record is submitted to the ledger.
 pub type Decided = Result<(Decision, Submitted<Durable>), Failure>;
 
-/// The queue into the decider thread.
+/// The queue into the decider thread, and the thread.
 pub struct Decider {
     work: Sender<Work>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The decider thread's end of the queue.
@@ -42,6 +46,8 @@ pub struct Queue(Receiver<Work>);
 enum Work {
     Decide(Job),
     Settle(Finished),
+    /// Handle what came before, then stop.
+    Stop,
 }
 
 struct Job {
@@ -60,15 +66,44 @@ impl Job {
 }
 
 impl Decider {
-    /// The queue, and its other end for [`start`].
+    /// The queue, and its other end for [`Decider::start`].
     pub fn new() -> (Decider, Queue) {
         let (work, queue) = channel();
-        (Decider { work }, Queue(queue))
+        let decider = Decider {
+            work,
+            thread: Mutex::new(None),
+        };
+        (decider, Queue(queue))
+    }
+
+    /// Starts the decider thread. It holds the gateway weakly (the gateway owns the decider).
+    pub fn start(&self, queue: Queue, gateway: Weak<Gateway>) -> Result<(), Failure> {
+        let thread = std::thread::Builder::new()
+            .name("gavel-decider".into())
+            .spawn(move || run(&queue.0, &gateway))
+            .map_err(|e| Failure::storage(format!("cannot start the decider thread: {e}")))?;
+        *self
+            .thread
+            .lock()
+            .map_err(|_| Failure::storage("the decider is poisoned"))? = Some(thread);
+        Ok(())
+    }
+
+    /// Handles everything queued so far, then stops the thread and waits for it: at shutdown,
+    /// once no request is left, so that the last outcomes are settled and recorded before the
+    /// ledger closes.
+    pub fn stop(&self) {
+        let _ = self.work.send(Work::Stop);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the decider thread ended with a panic");
+            }
+        }
     }
 
     /// Queues an answered request's outcome for settling and recording. If the decider has
-    /// stopped (the gateway is shutting down) the outcome is logged and dropped: its
-    /// reservation holds until it expires.
+    /// stopped, the outcome is logged and dropped: its reservation holds until it expires.
     pub fn settle(&self, finished: Finished) {
         if self.work.send(Work::Settle(finished)).is_err() {
             tracing::error!("an outcome arrived after the decider stopped; it was not recorded");
@@ -99,30 +134,33 @@ impl Decider {
     }
 }
 
-/// Starts the decider thread. It holds the gateway weakly, and stops once the gateway (and so
-/// the queue's sending end) is gone.
-pub fn start(queue: Queue, gateway: Weak<Gateway>) -> Result<(), Failure> {
-    std::thread::Builder::new()
-        .name("gavel-decider".into())
-        .spawn(move || run(&queue.0, &gateway))
-        .map(drop)
-        .map_err(|e| Failure::storage(format!("cannot start the decider thread: {e}")))
-}
-
+/// Until stopped, or until the gateway is gone (and with it the queue's sending end).
 fn run(queue: &Receiver<Work>, gateway: &Weak<Gateway>) {
-    while let Ok(first) = queue.recv() {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = queue.recv() else {
+            return;
+        };
         let (mut jobs, mut outcomes) = (Vec::new(), Vec::new());
         for work in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
             match work {
                 Work::Decide(job) => jobs.push(job),
                 Work::Settle(finished) => outcomes.push(finished),
+                Work::Stop => stopping = true,
             }
         }
         let Some(gw) = gateway.upgrade() else {
+            if !outcomes.is_empty() {
+                tracing::error!(
+                    outcomes = outcomes.len(),
+                    "outcomes arrived after the gateway stopped; they were not recorded"
+                );
+            }
             return;
         };
         // A panic fails the decisions in hand (their callers see them lost and refuse, fail
-        // closed) and rolls their transaction back; the next requests are decided as usual.
+        // closed) and rolls their transaction back (`Batch`'s drop, which also makes the
+        // store's connection usable again); the next requests are decided as usual.
         let batches = AssertUnwindSafe(|| decide_in_batches(&gw, jobs, outcomes));
         if catch_unwind(batches).is_err() {
             tracing::error!("a batch of decisions failed with a panic; they were refused");
@@ -157,7 +195,7 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
         {
             let state = batch.state();
             if let Some(settled) = &settled {
-                gw.settle(&state, settled);
+                gw.settle(&batch, settled);
             }
             for job in waiting.by_ref() {
                 let decision = match new_id("dec") {
@@ -182,12 +220,12 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
                 }
             }
         }
-        if !decided.is_empty() {
-            metrics::decision_batch(decided.len());
-        }
         let committed = batch.commit();
         match &committed {
             Ok(()) => {
+                if !decided.is_empty() {
+                    metrics::decision_batch(decided.len());
+                }
                 for (job, decision) in decided {
                     let submitted = submit_async(&gw.ledger, &decision);
                     job.answer(Ok((decision, submitted)));

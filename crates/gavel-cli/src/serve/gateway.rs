@@ -17,7 +17,7 @@ use gavel_engine::{
 use gavel_ledger::{Receipt, RecordKind};
 use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_scan::Scanners;
-use gavel_store::{KeyRecord, Role, SqliteStore};
+use gavel_store::{Batch, KeyRecord, Role, SqliteStore};
 
 use super::error::{ApiError, ApiResult};
 use super::metrics;
@@ -267,9 +267,9 @@ impl Gateway {
         });
     }
 
-    /// Replaces the reservations of `finished` with their actual usage, in `state`'s
+    /// Replaces the reservations of `finished` with their actual usage, in `batch`'s
     /// transaction. A failure is logged: the reservation then holds until it expires.
-    pub fn settle(&self, state: &dyn RuntimeState, finished: &[Finished]) {
+    pub fn settle(&self, batch: &Batch<'_>, finished: &[Finished]) {
         let engine = self.engine();
         let settlements: Vec<(String, Amounts)> = finished
             .iter()
@@ -281,7 +281,7 @@ impl Gateway {
                 }
             })
             .collect();
-        if let Err(e) = state.settle_many(&settlements, now()) {
+        if let Err(e) = batch.state().settle_many(&settlements, now()) {
             for (decision_id, _) in &settlements {
                 tracing::error!(%decision_id, error = %e, "settling usage failed");
             }

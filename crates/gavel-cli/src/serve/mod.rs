@@ -132,7 +132,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         metrics,
         ready: Default::default(),
     });
-    decider::start(decisions, Arc::downgrade(&gw))?;
+    gw.decider.start(decisions, Arc::downgrade(&gw))?;
     let listen: SocketAddr = args.listen.parse().map_err(|_| {
         Failure::usage(format!(
             "--listen `{}` is not an address such as 127.0.0.1:8080",
@@ -167,7 +167,8 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         checkpointer,
     ))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
-    // Every request is done: sign the final checkpoint.
+    // Every request is done: settle and record the last outcomes, then sign the final checkpoint.
+    gw.decider.stop();
     match Arc::into_inner(gw) {
         Some(gw) => gw.ledger.close()?,
         None => diag!(

@@ -921,6 +921,17 @@ pub async fn models(
     State(gw): State<Arc<Gateway>>,
     Extension(caller): Extension<KeyRecord>,
 ) -> Response {
+    // The dry runs read the store, which may wait for the decider's batch: a blocking thread.
+    match tokio::task::spawn_blocking(move || usable_models(&gw, &caller)).await {
+        Ok(data) => Json(json!({ "object": "list", "data": data })).into_response(),
+        Err(e) => ApiError::from(crate::failure::Failure::storage(format!(
+            "listing models failed: {e}"
+        )))
+        .into_response(),
+    }
+}
+
+fn usable_models(gw: &Gateway, caller: &KeyRecord) -> Vec<Value> {
     let engine = gw.engine();
     let now = crate::context::now();
     let mut data = Vec::new();
@@ -954,7 +965,7 @@ pub async fn models(
             data.push(json!({ "id": deployment.id, "object": "model", "created": 0, "owned_by": engine.contract().organization, "gavel": { "model": deployment.model.name, "snapshot": deployment.model.snapshot, "approval_id": decision.approval_id } }));
         }
     }
-    Json(json!({ "object": "list", "data": data })).into_response()
+    data
 }
 
 #[cfg(test)]

@@ -440,8 +440,10 @@ fn changes_from_another_connection_show_at_once_despite_the_cache() {
     assert!(view(&gateway).breach.is_none());
 }
 
-/// Tokens charged to window `key`, as another connection sees them (committed only).
+/// Tokens charged to window `key`, as another connection sees them (committed only); `None`
+/// when the window has no row.
 fn committed_tokens(path: &std::path::Path, key: &str) -> Option<i64> {
+    use rusqlite::OptionalExtension;
     rusqlite::Connection::open(path)
         .unwrap()
         .query_row(
@@ -449,7 +451,8 @@ fn committed_tokens(path: &std::path::Path, key: &str) -> Option<i64> {
             [key],
             |r| r.get(0),
         )
-        .ok()
+        .optional()
+        .unwrap()
 }
 
 #[test]
@@ -462,6 +465,8 @@ fn a_batch_sees_its_own_writes_commits_them_together_and_undoes_a_failed_one_alo
         let state = batch.state();
         let w = |id: &str, tokens| reservation(id, vec![charge("w", tokens, 100)], vec![]);
         assert_eq!(state.reserve(&w("r1", 60), NOW, false).unwrap(), Ok(()));
+        let other = reservation("r3", vec![charge("v", 7, 100)], vec![]);
+        assert_eq!(state.reserve(&other, NOW, false).unwrap(), Ok(()));
         // The first reservation counts, though nothing is committed yet: 60 + 60 > 100.
         assert!(state.reserve(&w("r2", 60), NOW, false).unwrap().is_err());
         // A write that fails (the reservation id is taken) is undone alone: its charge to
@@ -472,6 +477,34 @@ fn a_batch_sees_its_own_writes_commits_them_together_and_undoes_a_failed_one_alo
     assert_eq!(committed_tokens(&path, "w"), None, "seen before the commit");
     batch.commit().unwrap();
     assert_eq!(committed_tokens(&path, "w"), Some(60));
+    assert_eq!(committed_tokens(&path, "v"), Some(7));
+}
+
+#[test]
+fn a_panic_inside_a_batch_rolls_it_back_and_leaves_the_store_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gavel.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let w = |id: &str, tokens| reservation(id, vec![charge("w", tokens, 100)], vec![]);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let batch = store.batch().unwrap();
+        assert_eq!(
+            batch.state().reserve(&w("r1", 40), NOW, false).unwrap(),
+            Ok(())
+        );
+        panic!("a bug while deciding");
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(committed_tokens(&path, "w"), None);
+    // Writes go on as before, on their own and in batches.
+    assert_eq!(store.reserve(&w("r2", 10), NOW, false).unwrap(), Ok(()));
+    let batch = store.batch().unwrap();
+    assert_eq!(
+        batch.state().reserve(&w("r3", 5), NOW, false).unwrap(),
+        Ok(())
+    );
+    batch.commit().unwrap();
+    assert_eq!(committed_tokens(&path, "w"), Some(15));
 }
 
 #[test]
