@@ -6,10 +6,12 @@
 //! `SqliteStore::batch`, commits, then hands each record to the ledger and answers. Under load
 //! many decisions share one write lock, one commit and one WAL write of each budget page; a
 //! lone decision waits for nobody. The batch holds SQLite's write lock from its first write to
-//! its commit, so the ledger's next commit (same file) waits that long: a few decisions' CPU. Before, each decision took a blocking
-//! thread and a transaction of its own, and the threads queued on the store's connection and on
-//! SQLite's write lock: at 2,000 req/s that queue (futex waits and wake-ups, busy-handler
-//! sleeps) was a larger share of the gateway's CPU than deciding.
+//! its commit, so the ledger's next commit (same file) waits that long: a few decisions' CPU.
+//!
+//! Before, each decision took a blocking thread and a transaction of its own, and the threads
+//! queued on the store's connection and on SQLite's write lock: at 2,000 req/s that queue
+//! (futex waits and wake-ups, busy-handler sleeps) cost more of the gateway's CPU than deciding
+//! (docs/gateway.md, "Measured").
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
