@@ -19,8 +19,11 @@ use gavel_ledger::note::NoteError;
 use gavel_ledger::payload::PayloadError;
 use gavel_ledger::proof::ProofFailure;
 use gavel_ledger::record::RecordError;
-use gavel_ledger::{AppendRecord, Flusher, LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
-use rusqlite::{params, Connection};
+use gavel_ledger::{
+    AppendRecord, Flusher, LedgerSink, RecordReader, SinkError, StoredCheckpoint, StoredRecord,
+    Visit,
+};
+use rusqlite::{params, Connection, OpenFlags};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -160,6 +163,33 @@ fn hash_column(row: &rusqlite::Row<'_>, col: usize) -> Result<Hash, rusqlite::Er
             format!("leaf hash of {} bytes", blob.len()).into(),
         )
     })
+}
+
+/// Lends the records of indexes `[from, to)` to `visit` straight from SQLite's row, uncopied.
+fn visit_rows(conn: &Connection, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, leaf_hash, bytes FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+    )?;
+    let mut rows = stmt.query(params![to_i64(from)?, to_i64(to)?])?;
+    while let Some(row) = rows.next()? {
+        visit(
+            to_u64(row.get(0)?)?,
+            &hash_column(row, 1)?,
+            row.get_ref(2)?.as_blob()?,
+        );
+    }
+    Ok(())
+}
+
+/// A verification's extra reader: see [`SqliteLedgerSink::parallel_reader`].
+struct Reader {
+    conn: Connection,
+}
+
+impl RecordReader for Reader {
+    fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
+        visit_rows(&self.conn, from, to, visit)
+    }
 }
 
 fn to_u64(v: i64) -> Result<u64, rusqlite::Error> {
@@ -560,15 +590,34 @@ impl LedgerSink for SqliteLedgerSink {
     }
 
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
-        let mut stmt = self.conn.prepare_cached("SELECT idx, leaf_hash, bytes FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
-        let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| {
-            Ok(StoredRecord {
-                index: to_u64(r.get(0)?)?,
-                leaf_hash: hash_column(r, 1)?,
-                bytes: r.get(2)?,
-            })
+        let mut records = Vec::new();
+        visit_rows(&self.conn, from, to, &mut |index, leaf_hash, bytes| {
+            records.push(StoredRecord {
+                index,
+                leaf_hash: *leaf_hash,
+                bytes: bytes.to_vec(),
+            });
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        Ok(records)
+    }
+
+    fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
+        visit_rows(&self.conn, from, to, visit)
+    }
+
+    /// A read-only connection of its own to the same file. Records below the count a
+    /// verification starts from never change (the ledger is append-only), so readers that
+    /// start their read transactions at different moments read the same bytes.
+    fn parallel_reader(&self) -> Result<Option<Box<dyn RecordReader>>, SinkError> {
+        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let conn = Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_handler(Some(wait_for_writer))?;
+        Ok(Some(Box::new(Reader { conn })))
     }
 
     /// Commits stop syncing (`synchronous=NORMAL`: in WAL mode every commit is still atomic

@@ -31,7 +31,8 @@ pub use record::{
     FORMAT_VERSION,
 };
 pub use sink::{
-    AppendRecord, Flusher, LedgerSink, MemorySink, SinkError, StoredCheckpoint, StoredRecord,
+    AppendRecord, Flusher, LedgerSink, MemorySink, RecordReader, SinkError, StoredCheckpoint,
+    StoredRecord, Visit,
 };
 pub use verify::{
     verify_records, verify_sink, Problem, VerifyError, VerifyFailure, VerifyOptions, VerifyReport,

@@ -76,6 +76,30 @@ pub trait LedgerSink: Send + 'static {
     fn flusher(&mut self) -> Result<Option<Box<dyn Flusher>>, SinkError> {
         Ok(None)
     }
+    /// What [`LedgerSink::read_records`] reads, lent to `visit` one record at a time
+    /// (`index, stored leaf hash, bytes`) instead of copied out. Verification reads every
+    /// record once, and copying each out cost about as much as hashing it.
+    fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
+        for r in self.read_records(from, to)? {
+            visit(r.index, &r.leaf_hash, &r.bytes);
+        }
+        Ok(())
+    }
+    /// Another reader of the committed records, independent of this sink, so that
+    /// verification reads on several threads at once (for a database: a connection of its
+    /// own). None when the sink has none; verification then reads on one thread.
+    fn parallel_reader(&self) -> Result<Option<Box<dyn RecordReader>>, SinkError> {
+        Ok(None)
+    }
+}
+
+/// Receives stored records one at a time: index, stored leaf hash, canonical bytes.
+pub type Visit<'a> = &'a mut dyn FnMut(u64, &Hash, &[u8]);
+
+/// Reads committed records on a thread of its own; see [`LedgerSink::parallel_reader`].
+pub trait RecordReader: Send {
+    /// As [`LedgerSink::visit_records`].
+    fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError>;
 }
 
 #[derive(Debug, Default)]

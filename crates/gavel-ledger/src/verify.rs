@@ -5,9 +5,10 @@
 use crate::merkle::{leaf_hash, verify_consistency, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteVerifier};
 use crate::record::{Record, RecordError};
-use crate::sink::{LedgerSink, SinkError, StoredCheckpoint, StoredRecord};
+use crate::sink::{LedgerSink, SinkError, StoredCheckpoint, StoredRecord, Visit};
 use std::fmt;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 /// Records read from a sink per call while verifying (about 4 MB of gateway-sized records).
 const READ_CHUNK: u64 = 4_096;
@@ -218,13 +219,13 @@ struct Examined {
     format: Result<(), RecordError>,
 }
 
-fn examine(rec: &StoredRecord, check_format: bool) -> Examined {
+fn examine(index: u64, stored_leaf: &Hash, bytes: &[u8], check_format: bool) -> Examined {
     Examined {
-        index: rec.index,
-        stored_leaf: rec.leaf_hash,
-        leaf: leaf_hash(&rec.bytes),
+        index,
+        stored_leaf: *stored_leaf,
+        leaf: leaf_hash(bytes),
         format: if check_format {
-            Record::from_canonical(&rec.bytes).map(drop)
+            Record::from_canonical(bytes).map(drop)
         } else {
             Ok(())
         },
@@ -243,7 +244,7 @@ where
 {
     let examined = records
         .into_iter()
-        .map(|rec| rec.map(|rec| examine(&rec, opts.check_format)));
+        .map(|rec| rec.map(|r| examine(r.index, &r.leaf_hash, &r.bytes, opts.check_format)));
     verify_examined(examined, checkpoints, verifier, opts)
 }
 
@@ -349,38 +350,35 @@ where
     })
 }
 
-/// Verifies everything a sink holds. Three stages overlap: this thread reads chunks of
-/// records; examiners hash (and with `check_format` parse) each chunk's records;
-/// one thread puts the examined chunks back in order and does the rest. Hashing and parsing are
-/// most of the work, and they are the part that spreads over cores.
+/// Verifies everything a sink holds. Workers take chunks of records in turn, each reading its
+/// chunk in place and examining it (the leaf hash, and with `check_format` the parse); one thread
+/// puts the examined chunks back in order and does the rest. The calling thread is one worker,
+/// and each reader the sink can open ([`LedgerSink::parallel_reader`]) adds one, up to a worker
+/// per core: reading and hashing are most of the work, and they are the part that spreads.
 pub fn verify_sink<S: LedgerSink + ?Sized>(
     sink: &S,
     verifier: &NoteVerifier,
     opts: VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
-    // Hashing a record costs about what reading it does, so the reader keeps a core of its own;
-    // parsing it too (the format check) costs several times more, and every core examines.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let examiners = if opts.check_format {
-        cores
-    } else {
-        cores.saturating_sub(1).max(1)
-    };
     let pipeline = Pipeline {
         chunk_records: READ_CHUNK,
-        examiners,
+        workers: cores,
         examine,
     };
     verify_sink_in_chunks(sink, verifier, opts, pipeline)
 }
 
-/// How [`verify_sink`] splits its work; tests choose small chunks, several examiners and an
+/// How [`verify_sink`] splits its work; tests choose small chunks, several workers and an
 /// examiner that fails.
 struct Pipeline {
     chunk_records: u64,
-    examiners: usize,
-    examine: fn(&StoredRecord, bool) -> Examined,
+    /// At most this many read and examine; fewer if the sink has fewer readers.
+    workers: usize,
+    examine: fn(u64, &Hash, &[u8], bool) -> Examined,
 }
+
+type Chunk = (u64, Result<Vec<Examined>, SinkError>);
 
 fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
     sink: &S,
@@ -388,57 +386,28 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
     opts: VerifyOptions,
     pipeline: Pipeline,
 ) -> Result<VerifyReport, VerifyError> {
-    type Chunk<T> = (u64, Result<Vec<T>, SinkError>);
     let checkpoints = sink.checkpoints().map_err(VerifyError::Sink)?;
     let count = sink.record_count().map_err(VerifyError::Sink)?;
-    let Pipeline {
-        chunk_records,
-        examiners,
-        examine,
-    } = pipeline;
-    let examiners = examiners.max(1);
-    // Two chunks waiting at each hand-over keep every thread busy; memory stays within a few
-    // chunks per examiner (the last stage may also hold examined chunks, about 100 bytes a
-    // record, while it waits for an earlier one).
-    let (read_tx, read_rx) = mpsc::sync_channel::<Chunk<StoredRecord>>(2);
-    // Shared by the examiners alone: once they have all stopped (because the last stage did),
-    // the receiver is gone and the reader's next send fails instead of waiting forever.
-    let read_rx = Arc::new(Mutex::new(read_rx));
-    let (examined_tx, examined_rx) = mpsc::sync_channel::<Chunk<Examined>>(2);
+    let mut readers = Vec::new();
+    while readers.len() < pipeline.workers {
+        match sink.parallel_reader().map_err(VerifyError::Sink)? {
+            Some(reader) => readers.push(reader),
+            None => break,
+        }
+    }
+    let chunks = Chunks {
+        next: AtomicU64::new(0),
+        count,
+        records: pipeline.chunk_records.max(1),
+        examine: pipeline.examine,
+        check_format: opts.check_format,
+    };
+    // Two chunks waiting per worker keep every thread busy; the last stage may also hold
+    // examined chunks (about 100 bytes a record) while it waits for an earlier one.
+    let (examined_tx, examined_rx) = mpsc::sync_channel::<Chunk>(2 * readers.len().max(1));
+    // The calling thread works too: with a reader of its own if the sink has one for it.
+    let own_reader = readers.pop();
     std::thread::scope(|scope| {
-        let examining: Vec<_> = (0..examiners)
-            .map(|_| {
-                let (read_rx, examined_tx) = (read_rx.clone(), examined_tx.clone());
-                scope.spawn(move || loop {
-                    // The lock is held only while waiting for the next chunk, never while working.
-                    let next = read_rx
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .recv();
-                    let Ok((seq, chunk)) = next else { break };
-                    // A panic while examining becomes this chunk's error, so that no chunk is
-                    // ever missing and the last stage reports it in its place.
-                    let examined = chunk.and_then(|records| {
-                        std::panic::catch_unwind(|| {
-                            records
-                                .iter()
-                                .map(|rec| examine(rec, opts.check_format))
-                                .collect()
-                        })
-                        .map_err(|_| {
-                            let first = records.first().map_or(0, |r| r.index);
-                            format!("examining the records from index {first} on failed (a panic)")
-                                .into()
-                        })
-                    });
-                    // A send error means the last stage stopped early (it found a problem).
-                    if examined_tx.send((seq, examined)).is_err() {
-                        break;
-                    }
-                })
-            })
-            .collect();
-        drop((read_rx, examined_tx));
         let last_stage = scope.spawn(move || {
             let records = in_order(examined_rx).flat_map(|chunk| {
                 // A chunk's records one by one, or its error in their place; not copied.
@@ -450,27 +419,70 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
             });
             verify_examined(records, &checkpoints, verifier, opts)
         });
-        let (mut from, mut seq) = (0u64, 0u64);
-        while from < count {
-            let to = from.saturating_add(chunk_records.max(1)).min(count);
-            let chunk = sink.read_records(from, to);
-            let failed = chunk.is_err();
-            // A send error means every examiner stopped, because the last stage did.
-            if read_tx.send((seq, chunk)).is_err() || failed {
-                break;
-            }
-            (from, seq) = (to, seq + 1);
+        let chunks = &chunks;
+        let working: Vec<_> = readers
+            .into_iter()
+            .map(|reader| {
+                let tx = examined_tx.clone();
+                scope.spawn(move || chunks.work(&tx, |f, t, v| reader.visit_records(f, t, v)))
+            })
+            .collect();
+        match own_reader {
+            Some(reader) => chunks.work(&examined_tx, |f, t, v| reader.visit_records(f, t, v)),
+            None => chunks.work(&examined_tx, |f, t, v| sink.visit_records(f, t, v)),
         }
-        drop(read_tx);
+        drop(examined_tx);
         // Every thread is joined here, so that a panic is an error rather than a panic of
         // this call.
-        let verified = last_stage.join();
-        let joined: Vec<_> = examining.into_iter().map(|e| e.join()).collect();
-        match verified {
+        let joined: Vec<_> = working.into_iter().map(|w| w.join()).collect();
+        match last_stage.join() {
             Ok(report) if joined.iter().all(Result::is_ok) => report,
             _ => Err(VerifyError::Sink("a verification thread panicked".into())),
         }
     })
+}
+
+/// The chunks of one verification, handed out in turn to whichever worker asks next.
+struct Chunks {
+    next: AtomicU64,
+    count: u64,
+    records: u64,
+    examine: fn(u64, &Hash, &[u8], bool) -> Examined,
+    check_format: bool,
+}
+
+impl Chunks {
+    /// Reads and examines chunks until none is left or the last stage has stopped (it found a
+    /// problem). Every chunk taken is sent, examined or as its error, so that the last stage
+    /// never waits for one that will not come; after an error this worker stops.
+    fn work<R>(&self, tx: &mpsc::SyncSender<Chunk>, read: R)
+    where
+        R: Fn(u64, u64, Visit<'_>) -> Result<(), SinkError>,
+    {
+        loop {
+            let seq = self.next.fetch_add(1, Ordering::Relaxed);
+            let from = seq.saturating_mul(self.records);
+            if from >= self.count {
+                return;
+            }
+            let to = from.saturating_add(self.records).min(self.count);
+            let mut examined = Vec::with_capacity((to - from) as usize);
+            let (examine, check_format) = (self.examine, self.check_format);
+            // A panic while reading or examining becomes this chunk's error, in its place.
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                read(from, to, &mut |index, stored, bytes| {
+                    examined.push(examine(index, stored, bytes, check_format));
+                })
+            }))
+            .unwrap_or_else(|_| {
+                Err(format!("examining the records from index {from} on failed (a panic)").into())
+            });
+            let failed = read.is_err();
+            if tx.send((seq, read.map(|()| examined))).is_err() || failed {
+                return;
+            }
+        }
+    }
 }
 
 /// Chunks numbered 0, 1, 2, ... as they arrive in any order, given back in order. Ends at the
@@ -492,10 +504,13 @@ fn in_order<T>(rx: mpsc::Receiver<(u64, T)>) -> impl Iterator<Item = T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AppendRecord, Appender, AppenderConfig, MemorySink, NoteSigner, RecordKind};
+    use crate::{
+        AppendRecord, Appender, AppenderConfig, MemorySink, NoteSigner, RecordKind, RecordReader,
+    };
     use std::time::Duration;
 
     /// Records and checkpoints as stored, however they were tampered with; read-only.
+    #[derive(Clone)]
     struct Stored {
         records: Vec<StoredRecord>,
         checkpoints: Vec<StoredCheckpoint>,
@@ -533,6 +548,16 @@ mod tests {
         }
         fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
             Ok(self.checkpoints.clone())
+        }
+        /// A copy per reader, as a database's connections each read the same records.
+        fn parallel_reader(&self) -> Result<Option<Box<dyn RecordReader>>, SinkError> {
+            Ok(Some(Box::new(self.clone())))
+        }
+    }
+
+    impl RecordReader for Stored {
+        fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
+            LedgerSink::visit_records(self, from, to, visit)
         }
     }
 
@@ -579,11 +604,11 @@ mod tests {
         )
     }
 
-    /// Four examiners even on one core, so that chunks come back out of order.
+    /// Four workers even on one core, so that chunks come back out of order.
     fn in_chunks_of_7(s: &Stored) -> Result<VerifyReport, VerifyError> {
         let pipeline = Pipeline {
             chunk_records: 7,
-            examiners: 4,
+            workers: 4,
             examine,
         };
         verify_sink_in_chunks(s, &signer().verifier(), VerifyOptions::default(), pipeline)
@@ -648,14 +673,14 @@ mod tests {
     /// caller, never a report, never a wait for the rest of the ledger.
     #[test]
     fn a_panic_while_examining_is_an_error_in_its_place() {
-        fn panics_at_30(rec: &StoredRecord, check_format: bool) -> Examined {
-            assert_ne!(rec.index, 30, "a bug in examining");
-            examine(rec, check_format)
+        fn panics_at_30(index: u64, stored: &Hash, bytes: &[u8], check_format: bool) -> Examined {
+            assert_ne!(index, 30, "a bug in examining");
+            examine(index, stored, bytes, check_format)
         }
         let s = ledger(100);
         let pipeline = Pipeline {
             chunk_records: 7,
-            examiners: 4,
+            workers: 4,
             examine: panics_at_30,
         };
         match verify_sink_in_chunks(&s, &signer().verifier(), VerifyOptions::default(), pipeline) {
