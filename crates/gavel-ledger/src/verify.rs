@@ -352,9 +352,10 @@ where
 
 /// Verifies everything a sink holds. Workers take chunks of records in turn, each reading its
 /// chunk in place and examining it (the leaf hash, and with `check_format` the parse); one thread
-/// puts the examined chunks back in order and does the rest. The calling thread is one worker,
-/// and each reader the sink can open ([`LedgerSink::parallel_reader`]) adds one, up to a worker
-/// per core: reading and hashing are most of the work, and they are the part that spreads.
+/// puts the examined chunks back in order and does the rest. A worker per core (at most 8), each
+/// with a reader of its own ([`LedgerSink::parallel_reader`]), the calling thread among them;
+/// a sink without such readers is read on the calling thread alone. Reading and hashing are most
+/// of the work, and they are the part that spreads.
 pub fn verify_sink<S: LedgerSink + ?Sized>(
     sink: &S,
     verifier: &NoteVerifier,
