@@ -850,10 +850,6 @@ struct Connected<'a> {
 }
 
 impl SqliteStore {
-    fn store(&self) -> &SqliteStore {
-        self
-    }
-
     fn lend<T>(
         &self,
         work: impl FnOnce(&Connected<'_>) -> Result<T, StateError>,
@@ -896,7 +892,10 @@ pub struct Batch<'s> {
 impl Batch<'_> {
     /// The state to decide against: reads and writes within this batch.
     pub fn state(&self) -> impl RuntimeState + '_ {
-        BatchState(self)
+        BatchState {
+            batch: self,
+            governance: Mutex::new(None),
+        }
     }
 
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
@@ -957,18 +956,34 @@ impl Drop for Batch<'_> {
 }
 
 /// A batch lent out as runtime state; every call uses the batch's transaction.
-struct BatchState<'b, 's>(&'b Batch<'s>);
+struct BatchState<'b, 's> {
+    batch: &'b Batch<'s>,
+    /// The governance copy, checked against the generation once per batch rather than once
+    /// per read: nobody can commit a change to governance while the batch holds SQLite's write
+    /// lock, and the batch's own writes (a cooldown) are not visible to the copy's connection.
+    governance: Mutex<Option<Arc<Governance>>>,
+}
 
 impl BatchState<'_, '_> {
-    fn store(&self) -> &SqliteStore {
-        self.0.store
+    /// As [`SqliteStore::governance`], from the copy this batch already checked when it can.
+    fn governance(&self, now: Option<Timestamp>) -> Result<Arc<Governance>, StoreError> {
+        let mut held = locked(&self.governance)?;
+        if let Some(copy) = held
+            .as_ref()
+            .filter(|g| now.is_none_or(|now| now >= g.loaded_at))
+        {
+            return Ok(copy.clone());
+        }
+        let copy = self.batch.store.governance(now)?;
+        *held = Some(copy.clone());
+        Ok(copy)
     }
 
     fn lend<T>(
         &self,
         work: impl FnOnce(&Connected<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        let conn = self.0.conn()?;
+        let conn = self.batch.conn()?;
         work(&Connected {
             conn: &conn,
             in_batch: true,
@@ -976,9 +991,9 @@ impl BatchState<'_, '_> {
     }
 }
 
-/// `RuntimeState` for a type whose `lend` runs a call on a [`Connected`] and whose `store` reads
-/// governance: the store (its own connection, one transaction per write) and a batch's state
-/// (the batch's transaction).
+/// `RuntimeState` for a type whose `lend` runs a call on a [`Connected`] and whose `governance`
+/// gives the governance copy: the store (its own connection, one transaction per write) and a
+/// batch's state (the batch's transaction).
 macro_rules! runtime_state_through_lend {
     ($ty:ty) => {
         impl RuntimeState for $ty {
@@ -990,12 +1005,22 @@ macro_rules! runtime_state_through_lend {
                 run_id: Option<&str>,
                 now: Timestamp,
             ) -> Result<GovernanceView, StateError> {
-                self.store()
-                    .governance_view(deployment, use_case, principal, run_id, now)
+                let scopes = relevant_scopes(deployment, use_case, principal, run_id);
+                Ok(view_of(
+                    &*self.governance(Some(now))?,
+                    deployment,
+                    &scopes,
+                    now,
+                ))
             }
 
             fn approvals_of(&self, deployment: &str) -> Result<Vec<Approval>, StateError> {
-                self.store().approvals_in_force(deployment)
+                Ok(self
+                    .governance(None)?
+                    .approvals
+                    .get(deployment)
+                    .cloned()
+                    .unwrap_or_default())
             }
 
             fn claim_idempotency(
@@ -1057,48 +1082,34 @@ macro_rules! runtime_state_through_lend {
 runtime_state_through_lend!(SqliteStore);
 runtime_state_through_lend!(BatchState<'_, '_>);
 
-/// The runtime state's reads: the governance copy, on the second connection (never `conn`,
-/// which a batch or a waiting budget transaction may hold).
-impl SqliteStore {
-    fn governance_view(
-        &self,
-        deployment: &str,
-        use_case: &str,
-        principal: &str,
-        run_id: Option<&str>,
-        now: Timestamp,
-    ) -> Result<GovernanceView, StateError> {
-        let scopes = relevant_scopes(deployment, use_case, principal, run_id);
-        let governance = self.governance(Some(now))?;
-        Ok(GovernanceView {
-            kills: governance
-                .kills
-                .iter()
-                .filter(|k| k.until.is_none_or(|until| until > now) && scopes.contains(&k.scope))
-                .cloned()
-                .collect(),
-            cooldowns: governance
-                .cooldowns
-                .iter()
-                .filter(|c| c.until > now && scopes.contains(&c.scope))
-                .cloned()
-                .collect(),
-            approvals: governance
-                .approvals
-                .get(deployment)
-                .cloned()
-                .unwrap_or_default(),
-            breach: governance.breaches.get(deployment).cloned(),
-        })
-    }
-
-    fn approvals_in_force(&self, deployment: &str) -> Result<Vec<Approval>, StateError> {
-        Ok(self
-            .governance(None)?
+/// What a decision needs of the governance copy, for its scopes at `now`. The copy comes from
+/// the store's second connection (never `conn`, which a batch or a waiting budget transaction
+/// may hold).
+fn view_of(
+    governance: &Governance,
+    deployment: &str,
+    scopes: &[Scope],
+    now: Timestamp,
+) -> GovernanceView {
+    GovernanceView {
+        kills: governance
+            .kills
+            .iter()
+            .filter(|k| k.until.is_none_or(|until| until > now) && scopes.contains(&k.scope))
+            .cloned()
+            .collect(),
+        cooldowns: governance
+            .cooldowns
+            .iter()
+            .filter(|c| c.until > now && scopes.contains(&c.scope))
+            .cloned()
+            .collect(),
+        approvals: governance
             .approvals
             .get(deployment)
             .cloned()
-            .unwrap_or_default())
+            .unwrap_or_default(),
+        breach: governance.breaches.get(deployment).cloned(),
     }
 }
 

@@ -550,3 +550,44 @@ fn a_dropped_batch_leaves_nothing_and_other_writers_wait_for_it_instead_of_joini
     // it too.
     assert_eq!(committed_tokens(&path, "w"), Some(5));
 }
+
+/// A batch checks the governance copy once and reads it for each decision after; a decision
+/// at an earlier moment than the copy was read for still sees what had not ended by then.
+#[test]
+fn a_batch_reuses_its_governance_copy_only_for_moments_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+    assert!(store.save_approval(&approval("apr_1"), None).unwrap());
+    let kill = Kill {
+        scope: Scope::Deployment("kb".into()),
+        reason: "r".into(),
+        by: "olga".into(),
+        at: NOW,
+        until: Some(NOW.saturating_add(Span::from_secs(60))),
+    };
+    store.set_kill(&kill).unwrap();
+    let batch = store.batch().unwrap();
+    let state = batch.state();
+    let at = |secs| {
+        state
+            .view(
+                "kb",
+                "uc",
+                "svc",
+                None,
+                NOW.saturating_add(Span::from_secs(secs)),
+            )
+            .unwrap()
+    };
+    let later = at(120);
+    assert!(later.kills.is_empty(), "the kill had ended");
+    assert_eq!(later.approvals.len(), 1);
+    assert_eq!(
+        at(30).kills,
+        vec![kill],
+        "read for a moment the copy does not cover"
+    );
+    assert_eq!(state.approvals_of("kb").unwrap().len(), 1);
+    drop(state);
+    batch.commit().unwrap();
+}
