@@ -32,6 +32,17 @@ fn approval(id: &str) -> Approval {
     }
 }
 
+/// A timed kill of deployment `kb` from `NOW` for 60 seconds.
+fn kill_of_kb_for_a_minute() -> Kill {
+    Kill {
+        scope: Scope::Deployment("kb".into()),
+        reason: "r".into(),
+        by: "olga".into(),
+        at: NOW,
+        until: Some(NOW.saturating_add(Span::from_secs(60))),
+    }
+}
+
 /// Key `key_1` of principal `svc`, role service, for `secret`.
 fn service_key(secret: &str) -> KeyRecord {
     KeyRecord {
@@ -404,13 +415,7 @@ fn changes_from_another_connection_show_at_once_despite_the_cache() {
     assert_eq!(view(&gateway).approvals, vec![approval("apr_1")]);
     assert_eq!(gateway.approvals_of("kb").unwrap(), vec![approval("apr_1")]);
 
-    let kill = Kill {
-        scope: Scope::Deployment("kb".into()),
-        reason: "r".into(),
-        by: "olga".into(),
-        at: NOW,
-        until: Some(NOW.saturating_add(Span::from_secs(60))),
-    };
+    let kill = kill_of_kb_for_a_minute();
     cli.set_kill(&kill).unwrap();
     assert_eq!(view(&gateway).kills, vec![kill.clone()]);
     // A timed kill ends by the clock, with no write to announce it.
@@ -558,13 +563,7 @@ fn a_batch_reuses_its_governance_copy_only_for_moments_it_covers() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
     assert!(store.save_approval(&approval("apr_1"), None).unwrap());
-    let kill = Kill {
-        scope: Scope::Deployment("kb".into()),
-        reason: "r".into(),
-        by: "olga".into(),
-        at: NOW,
-        until: Some(NOW.saturating_add(Span::from_secs(60))),
-    };
+    let kill = kill_of_kb_for_a_minute();
     store.set_kill(&kill).unwrap();
     let batch = store.batch().unwrap();
     let state = batch.state();
