@@ -8,7 +8,9 @@
 //! thread, WAL checkpoints every 200 ms on a thread of their own.
 //!
 //! `--run 4x1024` measures only that many threads x appends in flight, with gateway-sized
-//! records (a quick check after a change).
+//! records (a quick check after a change); `--run verify` only verification and proofs over
+//! what the folder holds; `--run shared` only lone appends into that ledger with another
+//! connection committing to the file between them, as the store's does in `gavel serve`.
 
 // A benchmark reports failures by stopping loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -243,6 +245,55 @@ fn lone_append(dir: &Path) -> Vec<Duration> {
     times
 }
 
+/// Lone appends as `gavel serve` makes them: into a ledger that already holds `db`'s records,
+/// with another connection (the store's, in `gavel serve`) committing to the same file before
+/// each one. Its commit makes the ledger's connection drop its page cache at the next append,
+/// so this shows what that costs. Returns the sorted latencies and the process CPU per append
+/// (the other commit and the background threads included).
+fn shared_file_appends(db: &Path) -> (Vec<Duration>, Duration) {
+    const APPENDS: u64 = 1_000;
+    let (sink, _checkpoints) = serve_like_sink(db);
+    let base = sink.record_count().unwrap();
+    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
+    let other = rusqlite::Connection::open(db).unwrap();
+    other
+        .busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
+        .unwrap();
+    other.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    other
+        .execute_batch("CREATE TABLE IF NOT EXISTS bench_other_writer (n INTEGER)")
+        .unwrap();
+    let mut times = Vec::new();
+    let cpu = process_cpu();
+    for i in 0..APPENDS {
+        other
+            .execute("INSERT INTO bench_other_writer (n) VALUES (?1)", [i])
+            .unwrap();
+        let body = decision(base + i);
+        let t = Instant::now();
+        app.append(body.encode(1_764_000_000_000 + (base + i) as i64))
+            .unwrap();
+        times.push(t.elapsed());
+    }
+    let cpu = (process_cpu() - cpu) / APPENDS as u32;
+    app.close().unwrap();
+    times.sort();
+    (times, cpu)
+}
+
+fn shared_file_table(db: &Path) {
+    let (times, cpu) = shared_file_appends(db);
+    println!("| lone append, another connection committing before each (1000) | value |");
+    println!("|----------------------------------------------------------------|-------|");
+    println!("| durable append latency p50 | {} |", us(pct(&times, 0.5)));
+    println!("| durable append latency p99 | {} |", us(pct(&times, 0.99)));
+    println!(
+        "| process CPU per append (the other commit included) | {} |",
+        us(cpu)
+    );
+    println!();
+}
+
 /// What one throughput run measured.
 struct Throughput {
     appends_per_s: f64,
@@ -402,6 +453,18 @@ fn lone_table(dir: &Path) {
     println!();
 }
 
+/// What `--run` asks for: everything, or one part.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Full,
+    /// Only the verification and proof tables, over what the folder holds.
+    Verify,
+    /// Only the lone appends with another connection committing in between.
+    Shared,
+    /// Only that many threads x appends in flight, with gateway-sized records.
+    Throughput(u64, u64),
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -424,21 +487,37 @@ fn main() {
     println!("record size: {} bytes canonical", decision(0).size());
     println!();
 
-    // `--run verify`: only the verification and proof tables, over what the folder holds.
-    let verify_only = arg("--run").as_deref() == Some("verify");
-    let only: Option<(u64, u64)> = arg("--run").filter(|_| !verify_only).map(|v| {
-        let (threads, depth) = v.split_once('x').expect("--run THREADSxDEPTH, e.g. 4x1024");
-        (threads.parse().unwrap(), depth.parse().unwrap())
-    });
-    if !verify_only {
+    let mode = match arg("--run").as_deref() {
+        None => Mode::Full,
+        Some("verify") => Mode::Verify,
+        Some("shared") => Mode::Shared,
+        Some(v) => {
+            let (threads, depth) = v
+                .split_once('x')
+                .expect("--run verify|shared|THREADSxDEPTH, e.g. 4x1024");
+            Mode::Throughput(threads.parse().unwrap(), depth.parse().unwrap())
+        }
+    };
+    if matches!(mode, Mode::Full | Mode::Throughput(..)) {
         encoding_table();
     }
-    if only.is_none() && !verify_only {
+    if mode == Mode::Full {
         lone_table(&dir);
     }
 
     let db = dir.join("bench.db");
-    if !verify_only {
+    let runs: Vec<Run> = match mode {
+        Mode::Full => vec![
+            (1, 1, 2_000, decision),
+            (4, 4, total / 4, decision),
+            (8, 32, total, decision),
+            (4, 1024, total, decision),
+            (4, 1024, total, small_decision),
+        ],
+        Mode::Throughput(threads, depth) => vec![(threads, depth, total, decision)],
+        Mode::Verify | Mode::Shared => vec![],
+    };
+    if !runs.is_empty() {
         println!(
             "| in flight (threads x depth), record size | records | durable appends/s | commits | mean batch | CPU us/append | writer busy |"
         );
@@ -447,18 +526,6 @@ fn main() {
         );
     }
     let mut base = 0;
-    let runs: [Run; 5] = [
-        (1, 1, 2_000, decision),
-        (4, 4, total / 4, decision),
-        (8, 32, total, decision),
-        (4, 1024, total, decision),
-        (4, 1024, total, small_decision),
-    ];
-    let runs = match only {
-        _ if verify_only => vec![],
-        Some((threads, depth)) => vec![(threads, depth, total, decision as fn(u64) -> Body)],
-        None => runs.to_vec(),
-    };
     for (threads, depth, n, make) in runs {
         let run = throughput(&db, threads, depth, n, base, make);
         base += n;
@@ -475,7 +542,11 @@ fn main() {
     }
     println!();
 
-    if only.is_some() {
+    // After the throughput runs, so that the tree the appender loads is a large one.
+    if matches!(mode, Mode::Full | Mode::Shared) {
+        shared_file_table(&db);
+    }
+    if !matches!(mode, Mode::Full | Mode::Verify) {
         return;
     }
     let sink = SqliteLedgerSink::open(&db).unwrap();

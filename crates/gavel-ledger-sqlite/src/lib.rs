@@ -322,6 +322,19 @@ impl SqliteLedgerSink {
         &self.conn
     }
 
+    /// A read-only connection to the same file; None for an in-memory database.
+    fn read_only_connection(&self) -> Result<Option<Connection>, rusqlite::Error> {
+        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let conn = Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_handler(Some(wait_for_writer))?;
+        Ok(Some(conn))
+    }
+
     /// Stops this connection's commits from checkpointing the WAL (a checkpoint copies the
     /// WAL into the database file and syncs it, inside whichever commit crosses the
     /// threshold, so that commit's caller waits for it). For a process that runs a
@@ -581,8 +594,15 @@ impl LedgerSink for SqliteLedgerSink {
         Ok(to_u64(n)?)
     }
 
+    /// Read through a connection of its own where there is a file: the appender loads its tree
+    /// with this at start, and every leaf read through the writing connection would leave that
+    /// connection's page cache with a hash table sized for the whole pass. SQLite sweeps the
+    /// whole table each time another connection's commit makes it drop its cache, which in
+    /// `gavel serve` is at every ledger commit.
     fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
-        let mut stmt = self.conn.prepare_cached(
+        let own = self.read_only_connection()?;
+        let conn = own.as_ref().unwrap_or(&self.conn);
+        let mut stmt = conn.prepare_cached(
             "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
         )?;
         let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| hash_column(r, 0))?;
@@ -609,15 +629,9 @@ impl LedgerSink for SqliteLedgerSink {
     /// verification starts from never change (the ledger is append-only), so readers that
     /// start their read transactions at different moments read the same bytes.
     fn parallel_reader(&self) -> Result<Option<Box<dyn RecordReader>>, SinkError> {
-        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
-            return Ok(None);
-        };
-        let conn = Connection::open_with_flags(
-            db,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_handler(Some(wait_for_writer))?;
-        Ok(Some(Box::new(Reader { conn })))
+        Ok(self
+            .read_only_connection()?
+            .map(|conn| Box::new(Reader { conn }) as Box<dyn RecordReader>))
     }
 
     /// Commits stop syncing (`synchronous=NORMAL`: in WAL mode every commit is still atomic
