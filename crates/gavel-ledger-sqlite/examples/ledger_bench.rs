@@ -228,33 +228,39 @@ fn fsync_baseline(dir: &Path) -> Duration {
     pct(&times, 0.5)
 }
 
-fn lone_append(dir: &Path) -> Vec<Duration> {
-    let db = dir.join("lone.db");
-    let (sink, _checkpoints) = serve_like_sink(&db);
+/// 1,000 appends one at a time into the ledger at `db`, after what it holds, with `before` run
+/// ahead of each one (untimed). Returns the sorted latencies and the process CPU per append
+/// (`before` and the background threads included).
+fn lone_appends(db: &Path, mut before: impl FnMut(u64)) -> (Vec<Duration>, Duration) {
+    const APPENDS: u64 = 1_000;
+    let (sink, _checkpoints) = serve_like_sink(db);
+    let base = sink.record_count().unwrap();
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     let mut times = Vec::new();
-    for i in 0..1_000 {
+    let cpu = process_cpu();
+    for i in base..base + APPENDS {
+        before(i);
         let body = decision(i);
         let t = Instant::now();
         app.append(body.encode(1_764_000_000_000 + i as i64))
             .unwrap();
         times.push(t.elapsed());
     }
+    let cpu = (process_cpu() - cpu) / APPENDS as u32;
     app.close().unwrap();
     times.sort();
-    times
+    (times, cpu)
+}
+
+fn lone_append(dir: &Path) -> Vec<Duration> {
+    lone_appends(&dir.join("lone.db"), |_| {}).0
 }
 
 /// Lone appends as `gavel serve` makes them: into a ledger that already holds `db`'s records,
 /// with another connection (the store's, in `gavel serve`) committing to the same file before
 /// each one. Its commit makes the ledger's connection drop its page cache at the next append,
-/// so this shows what that costs. Returns the sorted latencies and the process CPU per append
-/// (the other commit and the background threads included).
+/// so this shows what that costs.
 fn shared_file_appends(db: &Path) -> (Vec<Duration>, Duration) {
-    const APPENDS: u64 = 1_000;
-    let (sink, _checkpoints) = serve_like_sink(db);
-    let base = sink.record_count().unwrap();
-    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     let other = rusqlite::Connection::open(db).unwrap();
     other
         .busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
@@ -263,22 +269,11 @@ fn shared_file_appends(db: &Path) -> (Vec<Duration>, Duration) {
     other
         .execute_batch("CREATE TABLE IF NOT EXISTS bench_other_writer (n INTEGER)")
         .unwrap();
-    let mut times = Vec::new();
-    let cpu = process_cpu();
-    for i in 0..APPENDS {
+    lone_appends(db, |i| {
         other
             .execute("INSERT INTO bench_other_writer (n) VALUES (?1)", [i])
             .unwrap();
-        let body = decision(base + i);
-        let t = Instant::now();
-        app.append(body.encode(1_764_000_000_000 + (base + i) as i64))
-            .unwrap();
-        times.push(t.elapsed());
-    }
-    let cpu = (process_cpu() - cpu) / APPENDS as u32;
-    app.close().unwrap();
-    times.sort();
-    (times, cpu)
+    })
 }
 
 fn shared_file_table(db: &Path) {
