@@ -237,6 +237,23 @@ def main():
         out.extend(stages)
         w("")
 
+    # What one fdatasync costs on this disk: every decision waits for at least one.
+    floor_path = os.path.join(scratch, "fsync-floor.json")
+    if os.path.exists(floor_path):
+        try:
+            with open(floor_path) as f:
+                floor = json.load(f)
+            w("## Durability floor (one fdatasync in gavel's data folder, nothing else running)")
+            w("")
+            w("- %d fdatasyncs of a WAL-frame-shaped write at %g/s (`bench/gateway/fsync_floor.py`, "
+              "before gavel's runs): p50 %s ms, p99 %s ms, max %s ms. Each of gavel's decisions waits "
+              "for at least one such sync before the upstream is called, so at that rate gavel's added "
+              "latency cannot be below it on this disk."
+              % (floor["samples"], floor["rate"], ms(floor["p50_ms"]), ms(floor["p99_ms"]), ms(floor["max_ms"])))
+            w("")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append("durability floor: unreadable %s (%s)" % (floor_path, e))
+
     # gavel's added p99 against LiteLLM's, at rates LiteLLM was asked for (not `max`).
     lines = []
     for (tt, r) in sorted(results, key=lambda k: rate_key(k[1])):

@@ -25,6 +25,9 @@
 #   WARMUP=3s                 warm-up before each target's runs (Portkey: twice as long)
 #   GAVEL_BUILD=0             do not build gavel; use target/release/gavel as it is
 #   GAVEL=path/to/gavel       measure this gavel binary instead (with GAVEL_BUILD=0; see ab.sh)
+#   FLOOR_SAMPLES=600         fdatasyncs timed in gavel's data folder at the lowest fixed rate,
+#                             before gavel's runs (fsync_floor.py; 0 = skip): every decision waits
+#                             for one, so it bounds gavel's added latency from below on this disk
 #   CACHE=~/.cache/gavel-bench   where oha, the LiteLLM venv and Portkey are installed
 #   KEEP=1                    keep the scratch folder (it is kept anyway; KEEP=0 removes it)
 #   RESULTS=bench/gateway/results.md   where the report is written ("" = do not write)
@@ -40,6 +43,7 @@ RATES="${RATES:-30 50 500 2000 max}"
 LITELLM_RATES="${LITELLM_RATES:-30 50 max}"
 DURATION="${DURATION:-10s}"
 MIN_SAMPLES="${MIN_SAMPLES:-1000}"
+FLOOR_SAMPLES="${FLOOR_SAMPLES:-600}"
 CONCURRENCY="${CONCURRENCY:-50}"
 PEERS="${PEERS:-1}"
 WARMUP="${WARMUP:-3s}"
@@ -494,6 +498,13 @@ for target in $TARGETS; do
       url="http://127.0.0.1:$port/v1/chat/completions"
       if verify gavel "$url" "Authorization: Bearer $service"; then
         db0="$(du -sk "$GAVEL_DIR" | cut -f1)"
+        floor_rate="$(printf '%s\n' $RATES | grep -E '^[0-9]+$' | sort -n | head -n 1 || true)"
+        if [ -n "$floor_rate" ] && [ "$FLOOR_SAMPLES" -gt 0 ]; then
+          wait_quiet
+          say "gavel: durability floor: $FLOOR_SAMPLES fdatasyncs in $GAVEL_DIR at $floor_rate/s"
+          python3 "$here/fsync_floor.py" "$GAVEL_DIR" "$floor_rate" "$FLOOR_SAMPLES" > "$scratch/fsync-floor.json" \
+            || say "gavel: the durability floor probe failed"
+        fi
         METRICS_URL="http://127.0.0.1:$port/metrics" measure gavel "$pid" "$url" "$RATES" "$WARMUP" 200 "Authorization: Bearer $service"
         kill -0 "$pid" 2>/dev/null || NOTE[gavel]="${NOTE[gavel]:-}gavel serve was no longer running after the load. "
         stop_pid "$pid"
