@@ -53,10 +53,16 @@ if [ ! -d "$corpus/scan_bytes" ]; then
     seed "$d" s4 "$(printf 'plain text \377\376 invalid utf8 \342\200\213 zero width')"
 fi
 
+if [ ! -d "$corpus/ledger_record" ]; then
+    d="$corpus/ledger_record"
+    seed "$d" l1 '{"at_ms":1764000000000,"body":{"approval_id":"apr_1","confidence":0.699999988079071,"deployment":"kb-search-v1","reason_codes":["privacy.pii"],"verdict":"allow"},"format":1,"id":"dec_1","kind":"decision"}'
+    seed "$d" l2 '{"at_ms":-5,"body":{"":[null,true,false,1e+21,-0.5,"\u0000\n\"\\ é"],"\"":{}},"format":1,"id":"","kind":"admin"}'
+fi
+
 status=0
 summary=()
 # fuzz_dir:target pairs
-for entry in "fuzz:contract_load" "fuzz:decide_request" "crates/gavel-scan/fuzz:scan_bytes"; do
+for entry in "fuzz:contract_load" "fuzz:decide_request" "fuzz:ledger_record" "crates/gavel-scan/fuzz:scan_bytes"; do
     dir="$root/${entry%%:*}"
     target="${entry##*:}"
     # scan_bytes only checks stream/whole agreement meaningfully on inputs longer than the

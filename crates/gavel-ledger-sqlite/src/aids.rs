@@ -78,70 +78,55 @@ impl SqliteLedgerSink {
     /// one per approval per committed batch), that every record's query columns equal what
     /// its bytes say, and that each record under an approval lies within one of that
     /// approval's spans. Names the first record whose aids are wrong.
+    ///
+    /// Records are independent here, so the range is split into one stretch per core (two to
+    /// eight), each read on a read-only connection of its own; the first stretch with a wrong
+    /// aid names it. An in-memory database, or a ledger of few records, is read on the one
+    /// connection.
     pub fn verify_query_aids(&self, records: u64) -> Result<(), VerifyError> {
         self.verify_spans_are_disjoint()?;
-        let mut stmt = self
-            .conn()
-            .prepare(
-                "SELECT idx, bytes, id, kind, at_ms, deployment, approval_id, principal, reason_codes
-                 FROM ledger_records WHERE idx < ?1 ORDER BY idx",
-            )
-            .map_err(storage)?;
-        let mut rows = stmt
-            .query([i64::try_from(records).unwrap_or(i64::MAX)])
-            .map_err(storage)?;
-        let mut spans = Spans::new(self);
-        while let Some(row) = rows.next().map_err(storage)? {
-            let index: i64 = row.get(0).map_err(storage)?;
-            let bytes = row
-                .get_ref(1)
-                .map_err(storage)?
-                .as_bytes()
-                .map_err(|_| mismatch(index, "the record's bytes are not a blob".to_owned()))?;
-            // The tree has verified these bytes; a record that does not even parse is the
-            // format check's to report (it runs before, by default).
-            let record = RecordAids::from_bytes(bytes).map_err(|e| {
-                mismatch(
-                    index,
-                    format!("the record's lookup columns cannot be read from it: {e}"),
-                )
-            })?;
-            let fields = &record.fields;
-            let approval_id = text(row, 6, "approval_id", index)?;
-            compare(
-                index,
-                "approval_id",
-                approval_id,
-                fields.approval_id.as_deref(),
-            )?;
-            for (column, name, derived) in [
-                (2, "id", Some(record.id.as_str())),
-                (3, "kind", Some(record.kind.as_str())),
-                (5, "deployment", fields.deployment.as_deref()),
-                (7, "principal", fields.principal.as_deref()),
-            ] {
-                compare(index, name, text(row, column, name, index)?, derived)?;
-            }
-            let at_ms = match row.get_ref(4).map_err(storage)? {
-                ValueRef::Integer(at_ms) => Some(at_ms),
-                _ => None,
-            };
-            compare(index, "at_ms", at_ms, Some(record.at_ms))?;
-            let reason_codes = match text(row, 8, "reason_codes", index)? {
-                None => Vec::new(),
-                Some(json) => serde_json::from_str(json).map_err(|e| {
-                    mismatch(
-                        index,
-                        format!("the `reason_codes` column is not a JSON list of strings ({e}): {COLUMN_EDITED}"),
-                    )
-                })?,
-            };
-            compare(index, "reason_codes", &reason_codes, &fields.reason_codes)?;
-            if let Some(approval) = approval_id {
-                spans.check_covers(approval, index)?;
+        let records = i64::try_from(records).unwrap_or(i64::MAX);
+        // At least two stretches even on one core, so that every machine runs the split path.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(2, 8));
+        let stretches = if records < AIDS_STRETCH_MIN {
+            1
+        } else {
+            cores as i64
+        };
+        let mut readers = Vec::new();
+        for _ in 1..stretches {
+            match self.read_only_connection().map_err(storage)? {
+                Some(conn) => readers.push(conn),
+                None => break,
             }
         }
-        Ok(())
+        if readers.is_empty() {
+            return check_aids(self.conn(), 0, records);
+        }
+        let per = records / (readers.len() as i64 + 1) + 1;
+        let bounds = |i: i64| ((i * per).min(records), ((i + 1) * per).min(records));
+        std::thread::scope(|scope| {
+            let others: Vec<_> = readers
+                .into_iter()
+                .enumerate()
+                .map(|(i, conn)| {
+                    let (from, to) = bounds(i as i64 + 1);
+                    scope.spawn(move || check_aids(&conn, from, to))
+                })
+                .collect();
+            let (from, to) = bounds(0);
+            // Stretches in index order: the first that fails names the first wrong record.
+            std::iter::once(check_aids(self.conn(), from, to))
+                .chain(others.into_iter().map(|worker| {
+                    worker.join().unwrap_or_else(|_| {
+                        Err(VerifyError::Sink(
+                            "checking the query aids failed (a panic)".into(),
+                        ))
+                    })
+                }))
+                .collect::<Result<Vec<()>, VerifyError>>()
+                .map(drop)
+        })
     }
 
     /// Every span begins no later than it ends, and one approval's spans do not overlap: what
@@ -182,18 +167,86 @@ impl SqliteLedgerSink {
     }
 }
 
+/// Fewer records than this are checked on one connection: opening others would cost more than
+/// it saves.
+const AIDS_STRETCH_MIN: i64 = 1_024;
+
+/// Checks the query aids of records `[from, to)` through `conn` (see
+/// [`SqliteLedgerSink::verify_query_aids`]).
+fn check_aids(conn: &rusqlite::Connection, from: i64, to: i64) -> Result<(), VerifyError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT idx, bytes, id, kind, at_ms, deployment, approval_id, principal, reason_codes
+             FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+        )
+        .map_err(storage)?;
+    let mut rows = stmt.query([from, to]).map_err(storage)?;
+    let mut spans = Spans::new(conn);
+    while let Some(row) = rows.next().map_err(storage)? {
+        let index: i64 = row.get(0).map_err(storage)?;
+        let bytes = row
+            .get_ref(1)
+            .map_err(storage)?
+            .as_bytes()
+            .map_err(|_| mismatch(index, "the record's bytes are not a blob".to_owned()))?;
+        // The tree has verified these bytes; a record that does not even parse is the
+        // format check's to report (it runs before, by default).
+        let record = RecordAids::from_bytes(bytes).map_err(|e| {
+            mismatch(
+                index,
+                format!("the record's lookup columns cannot be read from it: {e}"),
+            )
+        })?;
+        let fields = &record.fields;
+        let approval_id = text(row, 6, "approval_id", index)?;
+        compare(
+            index,
+            "approval_id",
+            approval_id,
+            fields.approval_id.as_deref(),
+        )?;
+        for (column, name, derived) in [
+            (2, "id", Some(record.id.as_str())),
+            (3, "kind", Some(record.kind.as_str())),
+            (5, "deployment", fields.deployment.as_deref()),
+            (7, "principal", fields.principal.as_deref()),
+        ] {
+            compare(index, name, text(row, column, name, index)?, derived)?;
+        }
+        let at_ms = match row.get_ref(4).map_err(storage)? {
+            ValueRef::Integer(at_ms) => Some(at_ms),
+            _ => None,
+        };
+        compare(index, "at_ms", at_ms, Some(record.at_ms))?;
+        let reason_codes = match text(row, 8, "reason_codes", index)? {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                mismatch(
+                    index,
+                    format!("the `reason_codes` column is not a JSON list of strings ({e}): {COLUMN_EDITED}"),
+                )
+            })?,
+        };
+        compare(index, "reason_codes", &reason_codes, &fields.reason_codes)?;
+        if let Some(approval) = approval_id {
+            spans.check_covers(approval, index)?;
+        }
+    }
+    Ok(())
+}
+
 /// Span lookups for records read in index order: the span that covered an approval's last
 /// record usually covers its next one too (one span per approval per committed batch), so
 /// the database is asked about once per batch, not once per record.
 struct Spans<'s> {
-    sink: &'s SqliteLedgerSink,
+    conn: &'s rusqlite::Connection,
     last: HashMap<String, (i64, i64)>,
 }
 
 impl<'s> Spans<'s> {
-    fn new(sink: &'s SqliteLedgerSink) -> Spans<'s> {
+    fn new(conn: &'s rusqlite::Connection) -> Spans<'s> {
         Spans {
-            sink,
+            conn,
             last: HashMap::new(),
         }
     }
@@ -207,8 +260,7 @@ impl<'s> Spans<'s> {
         // One approval's spans do not overlap (checked first): the one starting nearest below
         // `index` is the only one that can cover it.
         let span: Option<(i64, i64)> = self
-            .sink
-            .conn()
+            .conn
             .prepare_cached(
                 "SELECT first_idx, last_idx FROM ledger_approval_spans
                  WHERE approval_id = ?1 AND first_idx <= ?2 ORDER BY first_idx DESC LIMIT 1",

@@ -355,6 +355,94 @@ fn edited_query_columns_and_spans_are_named() {
 }
 
 #[test]
+fn query_aids_checked_in_stretches_name_the_first_edit() {
+    // Enough records that the aids are checked in stretches on connections of their own (two
+    // or more, split by index): an edit in a later stretch is found, and of edits in two
+    // stretches the earlier one is named.
+    let dir = TempDir::new("aids-stretches");
+    let db = dir.path("gavel.db");
+    let app = Appender::start(
+        SqliteLedgerSink::open(&db).unwrap(),
+        signer(),
+        AppenderConfig::default(),
+    )
+    .unwrap();
+    let pending: Vec<_> = (0..3_000i64)
+        .map(|i| {
+            let body = json!({"approval_id": format!("ap-{}", i % 4), "deployment": "prod"});
+            app.submit(&Record::new(RecordKind::Decision, i, format!("d-{i}"), &body).unwrap())
+                .unwrap()
+        })
+        .collect();
+    for p in pending {
+        p.wait().unwrap();
+    }
+    app.close().unwrap();
+    let pristine = std::fs::read(&db).unwrap();
+    // Spans follow the batches the writer happened to commit: the first record a deleted span
+    // covered (its first index) is the one named.
+    let first_uncovered: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT MIN(first_idx) FROM ledger_approval_spans WHERE approval_id = 'ap-3' AND last_idx >= 2000",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // Where stretches begin and end on machines of two to eight cores, each edited alone.
+    let edges = (2..=8u64).flat_map(|n| {
+        let per = 3_000 / n + 1;
+        (1..n).flat_map(move |i| [i * per - 1, i * per])
+    });
+    let cases = edges.map(|i| {
+        (
+            format!("UPDATE ledger_records SET principal = 'x' WHERE idx = {i}"),
+            i,
+        )
+    });
+    for (sql, index) in cases {
+        std::fs::write(&db, &pristine).unwrap();
+        tamper(&db, &sql);
+        let found = SqliteLedgerSink::open(&db)
+            .unwrap()
+            .verify_query_aids(3_000);
+        match found {
+            Err(VerifyError::Failed(f)) => assert_eq!(f.index, Some(index), "{sql}: {f}"),
+            other => panic!("{sql}: not found ({other:?})"),
+        }
+    }
+    for (sql, index) in [
+        (
+            "UPDATE ledger_records SET deployment = 'staging' WHERE idx = 2990",
+            2990,
+        ),
+        (
+            "UPDATE ledger_records SET deployment = 'staging' WHERE idx IN (40, 2990)",
+            40,
+        ),
+        (
+            "UPDATE ledger_records SET principal = 'x' WHERE idx IN (1499, 1500, 1501)",
+            1499,
+        ),
+        (
+            "DELETE FROM ledger_approval_spans WHERE approval_id = 'ap-3' AND last_idx >= 2000",
+            first_uncovered as u64,
+        ),
+    ] {
+        std::fs::write(&db, &pristine).unwrap();
+        tamper(&db, sql);
+        let f = failure(&db);
+        assert_eq!(f.index, Some(index), "{sql}: {f}");
+        assert!(matches!(f.problem, Problem::QueryAid(_)), "{sql}: {f}");
+    }
+    std::fs::write(&db, &pristine).unwrap();
+    SqliteLedgerSink::open(&db)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+        .unwrap();
+}
+
+#[test]
 fn a_consistently_rehashed_edit_is_caught_by_the_signed_root() {
     let dir = TempDir::new("rehash");
     let db = dir.path("gavel.db");

@@ -202,6 +202,64 @@ impl Record {
         Ok(record)
     }
 
+    /// Checks that stored bytes are exactly the canonical form of a record of a known format,
+    /// as [`Record::from_canonical`] does, but in one pass over the bytes without building the
+    /// record: what verification runs on every record.
+    pub fn check_canonical(bytes: &[u8]) -> Result<(), RecordError> {
+        const ENVELOPE: [&[u8]; 5] = [
+            b"\"at_ms\"",
+            b"\"body\"",
+            b"\"format\"",
+            b"\"id\"",
+            b"\"kind\"",
+        ];
+        let parse = |what: &str| RecordError::Parse(what.to_owned());
+        if bytes.first() != Some(&b'{') {
+            return Err(parse("a record is a JSON object"));
+        }
+        let mut members: Vec<(&[u8], &[u8])> = Vec::with_capacity(ENVELOPE.len());
+        jcs::check(bytes, |key, value| members.push((key, value))).map_err(
+            |defect| match defect {
+                jcs::Defect::Syntax(..) => RecordError::Parse(defect.describe()),
+                jcs::Defect::NotCanonical(..) => RecordError::NotCanonical,
+            },
+        )?;
+        // Keys come sorted and once each, so the envelope is exactly these five in this order.
+        if members.len() != ENVELOPE.len()
+            || members.iter().zip(ENVELOPE).any(|((k, _), e)| *k != e)
+        {
+            return Err(parse(
+                "a record has exactly the members at_ms, body, format, id and kind",
+            ));
+        }
+        let integer = |value: &[u8]| {
+            std::str::from_utf8(value)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+        };
+        let [(_, at_ms), _, (_, format), (_, id), (_, kind)] = members[..] else {
+            return Err(parse("a record has exactly five members"));
+        };
+        if integer(at_ms).is_none() {
+            return Err(parse("`at_ms` is not an integer"));
+        }
+        if id.first() != Some(&b'"') {
+            return Err(parse("`id` is not a string"));
+        }
+        let kind_name = kind
+            .strip_prefix(b"\"")
+            .and_then(|k| k.strip_suffix(b"\""))
+            .and_then(|k| std::str::from_utf8(k).ok());
+        if kind_name.and_then(RecordKind::parse).is_none() {
+            return Err(parse("`kind` is not a known record kind"));
+        }
+        match integer(format).and_then(|f| u32::try_from(f).ok()) {
+            Some(FORMAT_VERSION) => Ok(()),
+            Some(other) => Err(RecordError::UnknownFormat(other)),
+            None => Err(parse("`format` is not a version number")),
+        }
+    }
+
     /// The query columns a sink stores next to the bytes (see [`IndexFields`]): read from the
     /// body as [`RecordAids::from_bytes`] and [`Encoded::new`] read them from bytes.
     pub fn index_fields(&self) -> IndexFields {

@@ -225,7 +225,7 @@ fn examine(index: u64, stored_leaf: &Hash, bytes: &[u8], check_format: bool) -> 
         stored_leaf: *stored_leaf,
         leaf: leaf_hash(bytes),
         format: if check_format {
-            Record::from_canonical(bytes).map(drop)
+            Record::check_canonical(bytes)
         } else {
             Ok(())
         },

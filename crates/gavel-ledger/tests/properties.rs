@@ -587,3 +587,105 @@ fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         _ => a == b,
     }
 }
+
+/// One edit of a record's bytes: bytes and pieces that change JSON's structure or its
+/// canonical form (whitespace, escapes, number forms, brackets, invalid UTF-8) put in,
+/// replacing or removing what is there.
+fn edited(bytes: &[u8], at: usize, op: u8, piece: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let at = at % (out.len() + 1);
+    match op % 4 {
+        0 => {
+            out.splice(at..at, piece.iter().copied());
+        }
+        1 => {
+            let end = (at + piece.len()).min(out.len());
+            out.splice(at..end, piece.iter().copied());
+        }
+        2 => {
+            let end = (at + 1 + usize::from(op / 4 % 3)).min(out.len());
+            out.drain(at..end);
+        }
+        _ => {
+            if at + 1 < out.len() {
+                out.swap(at, at + 1);
+            }
+        }
+    }
+    out
+}
+
+const PIECES: &[&[u8]] = &[
+    b" ",
+    b"\n",
+    b"\\",
+    b"\"",
+    b",",
+    b":",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"0",
+    b"-",
+    b".",
+    b"e",
+    b"E",
+    b"+",
+    b".0",
+    b"e+1",
+    b"1",
+    b"9",
+    b"u",
+    b"\\u0041",
+    b"\\u000a",
+    b"\\u001F",
+    b"\\u001f",
+    b"\\/",
+    b"\\ud800",
+    b"\x01",
+    b"\xff",
+    b"\xc3\xa9",
+    b"true",
+    b"null",
+    b"\"a\":1,",
+    b"\"format\":2",
+    b"\"kind\":\"nope\"",
+    b"1e400",
+    b"9007199254740993",
+    b"-0",
+    b"A",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The one-pass canonical check (`Record::check_canonical`, what verification runs) accepts
+    /// exactly what parsing and writing again (`Record::from_canonical`) accepts: every
+    /// record, and any edit of one.
+    #[test]
+    fn the_one_pass_check_agrees_with_parsing_and_rewriting(
+        v in json_value(),
+        kind in 0usize..RecordKind::ALL.len(),
+        at_ms in -(1i64 << 53)..=(1i64 << 53),
+        id in "[\\x00-\\x1f\"a-z\u{e000}\u{1f600}]{0,8}",
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0..PIECES.len()), 0..3),
+    ) {
+        let record = Record::new(RecordKind::ALL[kind], at_ms, id, &v).unwrap();
+        let mut bytes = record.canonical_bytes().unwrap();
+        prop_assert!(Record::check_canonical(&bytes).is_ok());
+        for (at, op, piece) in edits {
+            bytes = edited(&bytes, at, op, PIECES[piece]);
+            let reference = Record::from_canonical(&bytes);
+            let one_pass = Record::check_canonical(&bytes);
+            prop_assert_eq!(
+                one_pass.is_ok(),
+                reference.is_ok(),
+                "{}: one pass {:?}, reference {:?}",
+                String::from_utf8_lossy(&bytes),
+                one_pass,
+                reference.map(drop)
+            );
+        }
+    }
+}

@@ -43,7 +43,10 @@ impl fmt::Display for JcsError {
 
 impl std::error::Error for JcsError {}
 
+mod check;
 mod serializer;
+
+pub(crate) use check::{check, Defect};
 
 pub use serializer::{to_vec, write, write_visiting_members};
 
@@ -235,10 +238,15 @@ pub fn write_f64(out: &mut Vec<u8>, f: f64) {
 /// single 5 right after the shortest digits, which is rare, so the exact
 /// (and slower) expansion is only computed when the last digit is odd.
 fn break_tie_to_even(digits: &mut Vec<u8>, exp: &mut i64, f: f64) {
-    let k = digits.len();
-    if digits.last().is_none_or(|d| (d - b'0') % 2 == 0) {
+    if digits.last().is_none_or(|d| (d - b'0') % 2 == 0) || !tie_is_possible(f) {
         return;
     }
+    exact_tie_break(digits, exp, f);
+}
+
+/// [`break_tie_to_even`] for an odd last digit, from the exact expansion of `f`.
+fn exact_tie_break(digits: &mut Vec<u8>, exp: &mut i64, f: f64) {
+    let k = digits.len();
     // 800 significant digits cover the longest exact expansion of a double
     // (about 767 digits, for subnormals).
     let exact = format!("{f:.800e}");
@@ -281,9 +289,86 @@ fn break_tie_to_even(digits: &mut Vec<u8>, exp: &mut i64, f: f64) {
     }
 }
 
+/// Whether a positive finite double can lie exactly halfway between two shortest digit strings.
+/// That needs its exact decimal expansion to have one digit more than the shortest string, so at
+/// most 18 significant digits. A double is m * 2^e with m odd: for e < 0 its expansion's
+/// significant digits are those of m * 5^-e, for e >= 0 it is an integer, and integers below
+/// 2^53 print exactly (every integer there is a double, so no shorter string round-trips). Most
+/// fractions (0.7 as an f32 widens to 11744051 * 2^-24, whose expansion has 24 digits) are
+/// ruled out here, before the 800-digit expansion in [`break_tie_to_even`].
+fn tie_is_possible(f: f64) -> bool {
+    let bits = f.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i64;
+    let fraction = bits & ((1u64 << 52) - 1);
+    let (mut m, mut e) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1u64 << 52), biased - 1075)
+    };
+    if m == 0 {
+        return false;
+    }
+    let zeros = m.trailing_zeros();
+    m >>= zeros;
+    e += i64::from(zeros);
+    if e >= 0 {
+        // m * 2^e < 2^(bits of m + e): below 2^53 it prints exactly.
+        return i64::from(64 - m.leading_zeros()) + e > 53;
+    }
+    match u32::try_from(-e) {
+        Ok(fives) if fives <= 25 => u128::from(m) * 5u128.pow(fives) < 10u128.pow(18),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubles_ruled_out_of_ties_are_left_as_they_are() {
+        // Odd last digits (where ties are looked for) among f32 fractions, their halves and
+        // random doubles: whenever `tie_is_possible` says no, the exact test agrees.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut checked = 0;
+        for i in 0..20_000u32 {
+            let f = match i % 4 {
+                0 => f64::from(i as f32 / 1000.0),
+                1 => f64::from_bits(next() >> 2),
+                2 => (next() % 1_000_000) as f64 / 1024.0,
+                // Small odd numbers over powers of two: real ties among them (2^-24 is
+                // 5.9604644775390625e-8, halfway between two 16-digit strings).
+                _ => (1 + 2 * (next() % 64)) as f64 / 2f64.powi(1 + (next() % 40) as i32),
+            };
+            if !f.is_finite() || f <= 0.0 || tie_is_possible(f) {
+                continue;
+            }
+            let sci = format!("{f:e}");
+            let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+            let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+            if digits.last().is_none_or(|d| (d - b'0') % 2 == 0) {
+                continue;
+            }
+            let mut exact_digits = digits.clone();
+            let mut exp: i64 = exp.parse().unwrap_or(0);
+            let before = exp;
+            // The exact test, without the shortcut.
+            exact_tie_break(&mut exact_digits, &mut exp, f);
+            assert_eq!((exact_digits, exp), (digits, before), "{f:e}");
+            checked += 1;
+        }
+        assert!(checked > 5_000, "{checked}");
+        // Short expansions (halves, eighths) and integers from 2^53 up stay candidates.
+        for f in [0.5, 2.5, 0.375, 9007199254740993.0 * 2.0] {
+            assert!(tie_is_possible(f), "{f}");
+        }
+    }
 
     #[test]
     fn the_word_test_flags_exactly_the_bytes_that_are_escaped() {
