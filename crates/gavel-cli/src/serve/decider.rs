@@ -2,7 +2,8 @@
 //! store transaction.
 //!
 //! Requests queue here, and so do the outcomes of answered requests. The thread takes whatever
-//! has queued (at most [`MAX_BATCH`]), settles the outcomes and decides the requests inside one
+//! has queued (at most [`MAX_BATCH`]; outcomes alone wait up to [`OUTCOME_WAIT`] for a request
+//! to share its transaction), settles the outcomes and decides the requests inside one
 //! `SqliteStore::batch`, commits, then hands each record to the ledger and answers. Under load
 //! many decisions share one write lock, one commit and one WAL write of each budget page; a
 //! lone decision waits for nobody. The batch holds SQLite's write lock from its first write to
@@ -17,6 +18,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -32,6 +34,14 @@ use crate::failure::Failure;
 /// Decisions and outcomes per store transaction at most: enough to share one commit among
 /// everything a busy gateway has queued, few enough that the write lock is not held for long.
 const MAX_BATCH: usize = 64;
+
+/// How long outcomes with no decision beside them wait for one before they are settled alone
+/// (the ledger's outcome records wait as long for a decision's commit: `background_delay`).
+/// Settled in the next decision's transaction, an outcome costs no transaction of its own:
+/// it writes the budget and reservation pages that decision writes anyway. The decision still
+/// sees it settled (outcomes are settled first), so budgets answer as if it had been settled
+/// at once; only readers outside the decider (status, monitoring) see it up to this late.
+const OUTCOME_WAIT: Duration = Duration::from_millis(100);
 
 /// A decision whose store writes are committed and whose record is submitted to the ledger.
 pub type Decided = Result<(Decision, Submitted<Durable>), Failure>;
@@ -136,6 +146,24 @@ impl Decider {
     }
 }
 
+/// What the decider took from its queue for one round.
+#[derive(Default)]
+struct Taken {
+    jobs: Vec<Job>,
+    outcomes: Vec<Finished>,
+    stop: bool,
+}
+
+impl Taken {
+    fn add(&mut self, work: Work) {
+        match work {
+            Work::Decide(job) => self.jobs.push(job),
+            Work::Settle(finished) => self.outcomes.push(finished),
+            Work::Stop => self.stop = true,
+        }
+    }
+}
+
 /// Until stopped, or until the gateway is gone (and with it the queue's sending end).
 fn run(queue: &Receiver<Work>, gateway: &Weak<Gateway>) {
     let mut stopping = false;
@@ -143,14 +171,29 @@ fn run(queue: &Receiver<Work>, gateway: &Weak<Gateway>) {
         let Ok(first) = queue.recv() else {
             return;
         };
-        let (mut jobs, mut outcomes) = (Vec::new(), Vec::new());
+        let mut taken = Taken::default();
         for work in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
-            match work {
-                Work::Decide(job) => jobs.push(job),
-                Work::Settle(finished) => outcomes.push(finished),
-                Work::Stop => stopping = true,
+            taken.add(work);
+        }
+        if taken.jobs.is_empty() && !taken.stop {
+            let deadline = Instant::now() + OUTCOME_WAIT;
+            while taken.jobs.is_empty() && !taken.stop && taken.outcomes.len() < MAX_BATCH {
+                match queue.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(work) => taken.add(work),
+                    Err(_) => break,
+                }
+            }
+            let room = MAX_BATCH.saturating_sub(taken.jobs.len() + taken.outcomes.len());
+            for work in queue.try_iter().take(room) {
+                taken.add(work);
             }
         }
+        let Taken {
+            jobs,
+            outcomes,
+            stop,
+        } = taken;
+        stopping = stop;
         let Some(gw) = gateway.upgrade() else {
             if !outcomes.is_empty() {
                 tracing::error!(
