@@ -225,20 +225,18 @@ impl Record {
             },
         )?;
         // Keys come sorted and once each, so the envelope is exactly these five in this order.
-        if members.len() != ENVELOPE.len()
-            || members.iter().zip(ENVELOPE).any(|((k, _), e)| *k != e)
-        {
-            return Err(parse(
-                "a record has exactly the members at_ms, body, format, id and kind",
-            ));
+        let envelope =
+            || parse("a record has exactly the members at_ms, body, format, id and kind");
+        let [(k0, at_ms), (k1, _), (k2, format), (k3, id), (k4, kind)] = members[..] else {
+            return Err(envelope());
+        };
+        if [k0, k1, k2, k3, k4] != ENVELOPE {
+            return Err(envelope());
         }
         let integer = |value: &[u8]| {
             std::str::from_utf8(value)
                 .ok()
                 .and_then(|t| t.parse::<i64>().ok())
-        };
-        let [(_, at_ms), _, (_, format), (_, id), (_, kind)] = members[..] else {
-            return Err(parse("a record has exactly five members"));
         };
         if integer(at_ms).is_none() {
             return Err(parse("`at_ms` is not an integer"));
@@ -718,6 +716,23 @@ mod tests {
         ));
         assert!(matches!(
             Record::from_canonical(b"\xff"),
+            Err(RecordError::Parse(_))
+        ));
+        // The one-pass check says the same of each.
+        assert_eq!(
+            Record::check_canonical(spaced),
+            Err(RecordError::NotCanonical)
+        );
+        assert_eq!(
+            Record::check_canonical(v2),
+            Err(RecordError::UnknownFormat(2))
+        );
+        assert!(matches!(
+            Record::check_canonical(extra),
+            Err(RecordError::Parse(_))
+        ));
+        assert!(matches!(
+            Record::check_canonical(b"\xff"),
             Err(RecordError::Parse(_))
         ));
     }
