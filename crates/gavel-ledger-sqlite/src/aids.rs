@@ -103,27 +103,31 @@ impl SqliteLedgerSink {
         if readers.is_empty() {
             return check_aids(self.conn(), 0, records);
         }
-        let per = records / (readers.len() as i64 + 1) + 1;
-        let bounds = |i: i64| ((i * per).min(records), ((i + 1) * per).min(records));
+        // Stretch i of n holds [records * i / n, records * (i + 1) / n): every index once.
+        let n = readers.len() as i128 + 1;
+        let edge = |i: i128| i64::try_from(i128::from(records) * i / n).unwrap_or(records);
         std::thread::scope(|scope| {
             let others: Vec<_> = readers
                 .into_iter()
-                .enumerate()
-                .map(|(i, conn)| {
-                    let (from, to) = bounds(i as i64 + 1);
+                .zip(1..)
+                .map(|(conn, i)| {
+                    let (from, to) = (edge(i), edge(i + 1));
                     scope.spawn(move || check_aids(&conn, from, to))
                 })
                 .collect();
-            let (from, to) = bounds(0);
+            let mut results = vec![check_aids(self.conn(), edge(0), edge(1))];
+            // Every worker joined before any error is returned, so that none is left running
+            // and a panic in one becomes an error, not a panic of the scope.
+            results.extend(others.into_iter().map(|worker| {
+                worker.join().unwrap_or_else(|_| {
+                    Err(VerifyError::Sink(
+                        "checking the query aids failed (a panic)".into(),
+                    ))
+                })
+            }));
             // Stretches in index order: the first that fails names the first wrong record.
-            std::iter::once(check_aids(self.conn(), from, to))
-                .chain(others.into_iter().map(|worker| {
-                    worker.join().unwrap_or_else(|_| {
-                        Err(VerifyError::Sink(
-                            "checking the query aids failed (a panic)".into(),
-                        ))
-                    })
-                }))
+            results
+                .into_iter()
                 .collect::<Result<Vec<()>, VerifyError>>()
                 .map(drop)
         })

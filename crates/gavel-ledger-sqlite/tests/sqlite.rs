@@ -367,7 +367,8 @@ fn query_aids_checked_in_stretches_name_the_first_edit() {
         AppenderConfig::default(),
     )
     .unwrap();
-    let pending: Vec<_> = (0..3_000i64)
+    // An odd count: stretches that do not divide it evenly must still cover every record.
+    let pending: Vec<_> = (0..3_001i64)
         .map(|i| {
             let body = json!({"approval_id": format!("ap-{}", i % 4), "deployment": "prod"});
             app.submit(&Record::new(RecordKind::Decision, i, format!("d-{i}"), &body).unwrap())
@@ -390,10 +391,9 @@ fn query_aids_checked_in_stretches_name_the_first_edit() {
         )
         .unwrap();
     // Where stretches begin and end on machines of two to eight cores, each edited alone.
-    let edges = (2..=8u64).flat_map(|n| {
-        let per = 3_000 / n + 1;
-        (1..n).flat_map(move |i| [i * per - 1, i * per])
-    });
+    let edges = (2..=8u64)
+        .flat_map(|n| (1..n).flat_map(move |i| [3_001 * i / n - 1, 3_001 * i / n]))
+        .chain([3_000]);
     let cases = edges.map(|i| {
         (
             format!("UPDATE ledger_records SET principal = 'x' WHERE idx = {i}"),
@@ -405,7 +405,7 @@ fn query_aids_checked_in_stretches_name_the_first_edit() {
         tamper(&db, &sql);
         let found = SqliteLedgerSink::open(&db)
             .unwrap()
-            .verify_query_aids(3_000);
+            .verify_query_aids(3_001);
         match found {
             Err(VerifyError::Failed(f)) => assert_eq!(f.index, Some(index), "{sql}: {f}"),
             other => panic!("{sql}: not found ({other:?})"),

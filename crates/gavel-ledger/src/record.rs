@@ -204,7 +204,9 @@ impl Record {
 
     /// Checks that stored bytes are exactly the canonical form of a record of a known format,
     /// as [`Record::from_canonical`] does, but in one pass over the bytes without building the
-    /// record: what verification runs on every record.
+    /// record: what verification runs on every record. Both accept and refuse the same bytes;
+    /// bytes with several defects may be refused for another of them (form is checked before
+    /// the envelope, so a non-canonical record of another format is `NotCanonical` here).
     pub fn check_canonical(bytes: &[u8]) -> Result<(), RecordError> {
         const ENVELOPE: [&[u8]; 5] = [
             b"\"at_ms\"",

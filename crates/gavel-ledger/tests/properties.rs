@@ -465,8 +465,12 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
-            proptest::collection::btree_map("[a-z\u{e000}\u{1f600}\"]{0,4}", inner, 0..6)
-                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map(
+                "[\\x00-\\x1f\\\\a-z\u{e000}\u{1f600}\"]{0,4}",
+                inner,
+                0..6
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
         ]
     })
 }

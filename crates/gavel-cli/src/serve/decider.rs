@@ -40,7 +40,9 @@ const MAX_BATCH: usize = 64;
 /// Settled in the next decision's transaction, an outcome costs no transaction of its own:
 /// it writes the budget and reservation pages that decision writes anyway. The decision still
 /// sees it settled (outcomes are settled first), so budgets answer as if it had been settled
-/// at once; only readers outside the decider (status, monitoring) see it up to this late.
+/// at once. What follows the settling comes up to this late: readers of the store outside the
+/// decider (status), monitoring's count (which may fall in the next bucket) and the outcome's
+/// ledger record (its `at_ms` is when it was settled).
 const OUTCOME_WAIT: Duration = Duration::from_millis(100);
 
 /// A decision whose store writes are committed and whose record is submitted to the ledger.

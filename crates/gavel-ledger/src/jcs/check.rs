@@ -421,6 +421,9 @@ mod tests {
             // U+E000 sorts after U+1F600 in UTF-16 (0xE000 > 0xD83D), before it in UTF-8.
             "{\"\u{1f600}\":1,\"\u{e000}\":2}",
             r#"{"\"":1,"a":2}"#,
+            // Escaped keys are ordered by their text: U+0001 before U+0008, U+000A before U+000B.
+            r#"{"\u0001":1,"\b":2}"#,
+            r#"{"\n":1,"\u000b":2}"#,
         ] {
             assert!(ok(json), "{json}");
         }
@@ -437,6 +440,8 @@ mod tests {
             r#"{"b":1,"a":2}"#,
             r#"{"a":1,"a":2}"#,
             "{\"\u{e000}\":1,\"\u{1f600}\":2}",
+            r#"{"\b":1,"\u0001":2}"#,
+            r#"{"\u000b":1,"\n":2}"#,
             r#""\u0041""#,
             r#""\u000a""#,
             r#""\u001F""#,

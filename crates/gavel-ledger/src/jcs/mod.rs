@@ -342,8 +342,9 @@ mod tests {
                 0 => f64::from(i as f32 / 1000.0),
                 1 => f64::from_bits(next() >> 2),
                 2 => (next() % 1_000_000) as f64 / 1024.0,
-                // Small odd numbers over powers of two: real ties among them (2^-24 is
-                // 5.9604644775390625e-8, halfway between two 16-digit strings).
+                // Small odd numbers over powers of two: real ties among them (2^-25,
+                // 2.98023223876953125e-8, lies halfway between two 17-digit strings that both
+                // read back as it).
                 _ => (1 + 2 * (next() % 64)) as f64 / 2f64.powi(1 + (next() % 40) as i32),
             };
             if !f.is_finite() || f <= 0.0 || tie_is_possible(f) {
