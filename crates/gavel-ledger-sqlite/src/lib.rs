@@ -12,7 +12,7 @@ mod payload;
 mod query;
 
 pub use keys::{create_signing_key, load_signing_key, public_key};
-pub use query::{ExportFilter, LedgerEntry};
+pub use query::{ExportFilter, LedgerEntry, VerifyStep};
 
 use gavel_ledger::merkle::Hash;
 use gavel_ledger::note::NoteError;

@@ -3,8 +3,8 @@
 
 use crate::{Error, SqliteLedgerSink};
 use gavel_ledger::{
-    verify_sink, InclusionBundle, LedgerSink, NoteVerifier, Record, RecordKind, VerifyError,
-    VerifyOptions, VerifyReport,
+    verify_sink_reporting, InclusionBundle, LedgerSink, NoteVerifier, Record, RecordKind,
+    VerifyError, VerifyOptions, VerifyReport,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension};
@@ -97,6 +97,15 @@ impl ExportFilter {
 
 fn index_of(v: i64) -> Result<u64, Error> {
     u64::try_from(v).map_err(|_| Error::Invalid(format!("negative record index {v}")))
+}
+
+/// How far [`SqliteLedgerSink::verify_reporting`] has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyStep {
+    /// `done` of the `total` records read, hashed and checked in index order so far.
+    Records { done: u64, total: u64 },
+    /// The tree verified; the query aids of these records are being checked.
+    QueryAids { records: u64 },
 }
 
 impl SqliteLedgerSink {
@@ -238,8 +247,24 @@ impl SqliteLedgerSink {
         verifier: &NoteVerifier,
         opts: VerifyOptions,
     ) -> Result<VerifyReport, VerifyError> {
-        let report = verify_sink(self, verifier, opts)?;
+        self.verify_reporting(verifier, opts, &|_| {})
+    }
+
+    /// [`SqliteLedgerSink::verify`], telling `progress` how far it has come, for a caller that
+    /// shows long work.
+    pub fn verify_reporting(
+        &self,
+        verifier: &NoteVerifier,
+        opts: VerifyOptions,
+        progress: &(dyn Fn(VerifyStep) + Sync),
+    ) -> Result<VerifyReport, VerifyError> {
+        let report = verify_sink_reporting(self, verifier, opts, &|done, total| {
+            progress(VerifyStep::Records { done, total })
+        })?;
         if opts.check_query_aids {
+            progress(VerifyStep::QueryAids {
+                records: report.records,
+            });
             self.verify_query_aids(report.records)?;
         }
         Ok(report)

@@ -35,5 +35,6 @@ pub use sink::{
     StoredRecord, Visit,
 };
 pub use verify::{
-    verify_records, verify_sink, Problem, VerifyError, VerifyFailure, VerifyOptions, VerifyReport,
+    verify_records, verify_sink, verify_sink_reporting, Problem, VerifyError, VerifyFailure,
+    VerifyOptions, VerifyReport,
 };

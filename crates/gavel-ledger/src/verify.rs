@@ -361,13 +361,24 @@ pub fn verify_sink<S: LedgerSink + ?Sized>(
     verifier: &NoteVerifier,
     opts: VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_sink_reporting(sink, verifier, opts, &|_, _| {})
+}
+
+/// [`verify_sink`], calling `progress(records examined, records stored)` as chunks of records
+/// come back in order (every [`READ_CHUNK`] records or so), for a caller that shows long work.
+pub fn verify_sink_reporting<S: LedgerSink + ?Sized>(
+    sink: &S,
+    verifier: &NoteVerifier,
+    opts: VerifyOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<VerifyReport, VerifyError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let pipeline = Pipeline {
         chunk_records: READ_CHUNK,
         workers: cores,
         examine,
     };
-    verify_sink_in_chunks(sink, verifier, opts, pipeline)
+    verify_sink_in_chunks(sink, verifier, opts, pipeline, progress)
 }
 
 /// How [`verify_sink`] splits its work; tests choose small chunks, several workers and an
@@ -386,6 +397,7 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
     verifier: &NoteVerifier,
     opts: VerifyOptions,
     pipeline: Pipeline,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<VerifyReport, VerifyError> {
     let checkpoints = sink.checkpoints().map_err(VerifyError::Sink)?;
     let count = sink.record_count().map_err(VerifyError::Sink)?;
@@ -410,12 +422,15 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
     let own_reader = readers.pop();
     std::thread::scope(|scope| {
         let last_stage = scope.spawn(move || {
+            let mut examined = 0u64;
             let records = in_order(examined_rx).flat_map(|chunk| {
                 // A chunk's records one by one, or its error in their place; not copied.
                 let (records, error) = match chunk {
                     Ok(records) => (records, None),
                     Err(e) => (Vec::new(), Some(e)),
                 };
+                examined += records.len() as u64;
+                progress(examined, count);
                 records.into_iter().map(Ok).chain(error.map(Err))
             });
             verify_examined(records, &checkpoints, verifier, opts)
@@ -612,7 +627,37 @@ mod tests {
             workers: 4,
             examine,
         };
-        verify_sink_in_chunks(s, &signer().verifier(), VerifyOptions::default(), pipeline)
+        verify_sink_in_chunks(
+            s,
+            &signer().verifier(),
+            VerifyOptions::default(),
+            pipeline,
+            &|_, _| {},
+        )
+    }
+
+    /// Progress counts the records examined in order, a chunk at a time, up to all of them.
+    #[test]
+    fn progress_counts_every_record_in_order() {
+        let stored = ledger(40);
+        let calls = std::sync::Mutex::new(Vec::new());
+        let pipeline = Pipeline {
+            chunk_records: 7,
+            workers: 4,
+            examine,
+        };
+        let report = verify_sink_in_chunks(
+            &stored,
+            &signer().verifier(),
+            VerifyOptions::default(),
+            pipeline,
+            &|done, total| calls.lock().unwrap().push((done, total)),
+        )
+        .unwrap();
+        assert_eq!(report.records, 40);
+        let calls = calls.into_inner().unwrap();
+        let expected: Vec<(u64, u64)> = [7, 14, 21, 28, 35, 40].iter().map(|&d| (d, 40)).collect();
+        assert_eq!(calls, expected);
     }
 
     /// Chunks examined on several threads and put back in order give what one pass over the
@@ -684,7 +729,13 @@ mod tests {
             workers: 4,
             examine: panics_at_30,
         };
-        match verify_sink_in_chunks(&s, &signer().verifier(), VerifyOptions::default(), pipeline) {
+        match verify_sink_in_chunks(
+            &s,
+            &signer().verifier(),
+            VerifyOptions::default(),
+            pipeline,
+            &|_, _| {},
+        ) {
             Err(VerifyError::Sink(e)) => assert!(e.to_string().contains("index 28"), "{e}"),
             other => panic!("expected an error for the chunk from 28, got {other:?}"),
         }

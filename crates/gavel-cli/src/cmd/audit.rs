@@ -1,12 +1,15 @@
 //! `gavel audit`: verify, show, export, prove, check-proof, pubkey.
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use gavel_contract::time::Timestamp;
 use gavel_ledger::{check_proof_json, RecordKind, VerifyError, VerifyOptions};
-use gavel_ledger_sqlite::ExportFilter;
+use gavel_ledger_sqlite::{ExportFilter, VerifyStep};
 use gavel_store::Role;
 
 use crate::cli::{AuditCommand, ExportArgs};
@@ -42,7 +45,10 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
                 require_signed_tail: strict,
                 ..VerifyOptions::default()
             };
-            match sink.verify(&verifier, options) {
+            let progress = VerifyProgress::on_terminal();
+            let verified = sink.verify_reporting(&verifier, options, &|step| progress.show(step));
+            progress.finish();
+            match verified {
                 Ok(report) => {
                     out!(
                         "ledger OK: {} records, {} signed checkpoints{}, {} record(s) after the newest checkpoint",
@@ -189,4 +195,116 @@ pub fn export_filter(args: &ExportArgs) -> Result<ExportFilter, Failure> {
         limit: args.limit,
         newest_first: false,
     })
+}
+
+/// How far `audit verify` has come, on stderr when it is a terminal: one line, rewritten at most
+/// four times a second (a ledger of ten million records takes about a minute). Nothing when
+/// stderr is not a terminal, so that pipes and logs get the result alone.
+struct VerifyProgress {
+    /// None shows nothing.
+    shown: Mutex<Option<ProgressLine>>,
+}
+
+/// Where the progress line goes, and when it was last written.
+struct ProgressLine {
+    out: Box<dyn Write + Send>,
+    last: Option<Instant>,
+}
+
+impl VerifyProgress {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn on_terminal() -> VerifyProgress {
+        let stderr = std::io::stderr();
+        let out = stderr
+            .is_terminal()
+            .then(|| Box::new(stderr) as Box<dyn Write + Send>);
+        VerifyProgress::to(out)
+    }
+
+    fn to(out: Option<Box<dyn Write + Send>>) -> VerifyProgress {
+        VerifyProgress {
+            shown: Mutex::new(out.map(|out| ProgressLine { out, last: None })),
+        }
+    }
+
+    fn show(&self, step: VerifyStep) {
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ProgressLine { out, last }) = shown.as_mut() else {
+            return;
+        };
+        let line = match step {
+            VerifyStep::Records { done, total } => {
+                let recent = last.is_some_and(|at| at.elapsed() < VerifyProgress::EVERY);
+                if recent && done < total {
+                    return;
+                }
+                format!("verifying the ledger: {done} of {total} records")
+            }
+            VerifyStep::QueryAids { records } => {
+                format!("checking the query aids of {records} records")
+            }
+        };
+        // Carriage return and erase-line: the line is rewritten in place.
+        let _ = write!(out, "\r\x1b[2K{line}");
+        let _ = out.flush();
+        *last = Some(Instant::now());
+    }
+
+    /// Ends the line, if one was shown.
+    fn finish(&self) {
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ProgressLine { out, last: Some(_) }) = shown.as_mut() {
+            let _ = writeln!(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A writer whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn progress_is_one_rewritten_line_at_most_four_times_a_second_and_always_the_last_step() {
+        let captured = Captured::default();
+        let progress = VerifyProgress::to(Some(Box::new(captured.clone())));
+        for done in [4_096, 8_192, 12_288] {
+            progress.show(VerifyStep::Records {
+                done,
+                total: 12_288,
+            });
+        }
+        progress.show(VerifyStep::QueryAids { records: 12_288 });
+        progress.finish();
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "\r\x1b[2Kverifying the ledger: 4096 of 12288 records\
+             \r\x1b[2Kverifying the ledger: 12288 of 12288 records\
+             \r\x1b[2Kchecking the query aids of 12288 records\n"
+        );
+    }
+
+    #[test]
+    fn nothing_is_shown_off_a_terminal() {
+        let progress = VerifyProgress::to(None);
+        progress.show(VerifyStep::Records { done: 1, total: 2 });
+        progress.finish();
+        assert!(progress.shown.lock().unwrap().is_none());
+    }
 }
