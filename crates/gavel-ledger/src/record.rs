@@ -219,21 +219,25 @@ impl Record {
         if bytes.first() != Some(&b'{') {
             return Err(parse("a record is a JSON object"));
         }
-        let mut members: Vec<(&[u8], &[u8])> = Vec::with_capacity(ENVELOPE.len());
-        jcs::check(bytes, |key, value| members.push((key, value))).map_err(
-            |defect| match defect {
-                jcs::Defect::Syntax(..) => RecordError::Parse(defect.describe()),
-                jcs::Defect::NotCanonical(..) => RecordError::NotCanonical,
-            },
-        )?;
+        // The envelope's members, without an allocation per record; `found` counts them all.
+        let mut members: [(&[u8], &[u8]); 5] = [(&[], &[]); 5];
+        let mut found = 0;
+        jcs::check(bytes, |key, value| {
+            if let Some(slot) = members.get_mut(found) {
+                *slot = (key, value);
+            }
+            found += 1;
+        })
+        .map_err(|defect| match defect {
+            jcs::Defect::Syntax(..) => RecordError::Parse(defect.describe()),
+            jcs::Defect::NotCanonical(..) => RecordError::NotCanonical,
+        })?;
         // Keys come sorted and once each, so the envelope is exactly these five in this order.
-        let envelope =
-            || parse("a record has exactly the members at_ms, body, format, id and kind");
-        let [(k0, at_ms), (k1, _), (k2, format), (k3, id), (k4, kind)] = members[..] else {
-            return Err(envelope());
-        };
-        if [k0, k1, k2, k3, k4] != ENVELOPE {
-            return Err(envelope());
+        let [(k0, at_ms), (k1, _), (k2, format), (k3, id), (k4, kind)] = members;
+        if found != ENVELOPE.len() || [k0, k1, k2, k3, k4] != ENVELOPE {
+            return Err(parse(
+                "a record has exactly the members at_ms, body, format, id and kind",
+            ));
         }
         let integer = |value: &[u8]| {
             std::str::from_utf8(value)

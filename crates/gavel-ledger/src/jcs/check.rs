@@ -6,7 +6,7 @@
 //! way to write each value: no whitespace, members in UTF-16 order with no key twice, strings
 //! escaped as `write_string` escapes them, numbers as `write_number` prints them.
 
-use super::{any_escaped, utf16_cmp, write_number};
+use super::{any_escaped, is_plain_key, literal_order, write_number};
 use std::cmp::Ordering;
 
 /// Nesting at which serde_json stops parsing (its recursion limit of 128 counts every open
@@ -72,13 +72,11 @@ struct Checker<'a> {
     number: Vec<u8>,
 }
 
-/// A string literal found: where it is, and whether it holds escapes (then its bytes are not
-/// its text, which matters when keys are ordered).
+/// A string literal found: from its opening quote to just past its closing one.
 #[derive(Clone, Copy)]
 struct Literal {
     start: usize,
     end: usize,
-    escaped: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -214,7 +212,6 @@ impl<'a> Checker<'a> {
     fn string(&mut self) -> Result<Literal, Defect> {
         let start = self.at;
         self.at += 1;
-        let mut escaped = false;
         loop {
             // Eight bytes at a time while none is a quote, a backslash or a control byte.
             let rest = self.bytes.get(self.at..).unwrap_or_default();
@@ -234,7 +231,6 @@ impl<'a> Checker<'a> {
                 b'"' => break,
                 b'\\' => {
                     self.escape()?;
-                    escaped = true;
                 }
                 0x00..=0x1f => {
                     return Err(Defect::Syntax(
@@ -249,7 +245,6 @@ impl<'a> Checker<'a> {
         Ok(Literal {
             start,
             end: self.at,
-            escaped,
         })
     }
 
@@ -347,53 +342,16 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    /// The order of two keys' texts (RFC 8785: by UTF-16 code units).
+    /// The order of two keys' texts (RFC 8785: by UTF-16 code units), as the writer orders
+    /// them.
     fn key_order(&self, a: Literal, b: Literal) -> Ordering {
+        let literal = |l: Literal| self.bytes.get(l.start..l.end).unwrap_or_default();
         let inner = |l: Literal| self.bytes.get(l.start + 1..l.end - 1).unwrap_or_default();
-        // Without escapes the bytes are the text, and UTF-8 byte order is UTF-16 order unless
-        // lead bytes from 0xEE up take part (see `utf16_cmp`).
-        if !a.escaped && !b.escaped && !inner(a).iter().chain(inner(b)).any(|&c| c >= 0xEE) {
+        if is_plain_key(inner(a)) && is_plain_key(inner(b)) {
             return inner(a).cmp(inner(b));
         }
-        let text = |l: Literal| {
-            let inner = self.bytes.get(l.start + 1..l.end - 1).unwrap_or_default();
-            let inner = std::str::from_utf8(inner).unwrap_or_default();
-            if l.escaped {
-                std::borrow::Cow::Owned(unescape(inner))
-            } else {
-                std::borrow::Cow::Borrowed(inner)
-            }
-        };
-        utf16_cmp(&text(a), &text(b))
+        literal_order(literal(a), literal(b))
     }
-}
-
-/// The text of a string literal's inside whose escapes have been checked (see
-/// [`Checker::escape`]).
-fn unescape(inner: &str) -> String {
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('b') => out.push('\u{08}'),
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some('f') => out.push('\u{0c}'),
-            Some('r') => out.push('\r'),
-            Some('u') => {
-                let hex: String = chars.by_ref().take(4).collect();
-                let unit = u32::from_str_radix(&hex, 16).unwrap_or(0);
-                out.push(char::from_u32(unit).unwrap_or('\u{0}'));
-            }
-            Some(other) => out.push(other),
-            None => {}
-        }
-    }
-    out
 }
 
 #[cfg(test)]

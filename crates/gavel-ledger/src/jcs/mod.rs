@@ -63,6 +63,19 @@ fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// Whether a key's bytes between the quotes order as its UTF-16 code units do: no escapes, and
+/// no lead byte from 0xEE up (see [`utf16_cmp`]). Plain keys are ordered by their bytes.
+fn is_plain_key(inner: &[u8]) -> bool {
+    inner.iter().all(|&b| b != b'\\' && b < 0xEE)
+}
+
+/// Orders two key literals (quotes included) by their texts, escapes undone: for keys that are
+/// not both plain.
+fn literal_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let unescaped = |bytes: &[u8]| serde_json::from_slice::<String>(bytes).unwrap_or_default();
+    utf16_cmp(&unescaped(a), &unescaped(b))
+}
+
 /// Bytes a JSON string literal must escape: `"`, `\` and controls below U+0020.
 static ESCAPED: [bool; 256] = {
     let mut table = [false; 256];

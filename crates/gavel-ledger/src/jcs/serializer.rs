@@ -9,7 +9,7 @@
 //! twice ([`JcsError::DuplicateKey`]) rather than keeping the last value; serde_json's
 //! `RawValue`; and a `Serialize` impl that goes on writing after an error it was given.
 
-use super::{utf16_cmp, write_number, write_string, JcsError};
+use super::{is_plain_key, literal_order, write_number, write_string, JcsError};
 use serde::ser::{self, Impossible, Serialize};
 use serde_json::Number;
 use std::cmp::Ordering;
@@ -272,14 +272,13 @@ fn key_order(out: &[u8], a: &Member, b: &Member) -> Ordering {
         let inner = |m: &Member| &out[m.start + 1..m.key_end - 1];
         return a.prefix.cmp(&b.prefix).then_with(|| inner(a).cmp(inner(b)));
     }
-    let unescaped = |bytes: &[u8]| serde_json::from_slice::<String>(bytes).unwrap_or_default();
-    utf16_cmp(&unescaped(literal(a)), &unescaped(literal(b)))
+    literal_order(literal(a), literal(b))
 }
 
 /// [`Member::plain`] and [`Member::prefix`] of a key's bytes between the quotes.
 #[inline]
 fn key_order_hints(inner: &[u8]) -> (bool, u64) {
-    let plain = inner.iter().all(|&b| b != b'\\' && b < 0xEE);
+    let plain = is_plain_key(inner);
     let mut first = [0u8; 8];
     let n = inner.len().min(8);
     first[..n].copy_from_slice(&inner[..n]);
@@ -791,6 +790,7 @@ impl ser::Serializer for KeyWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jcs::utf16_cmp;
     use proptest::prelude::*;
     use serde::Serialize;
     use serde_json::{json, Value};
