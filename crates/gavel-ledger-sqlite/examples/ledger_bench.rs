@@ -172,7 +172,7 @@ struct BackgroundCheckpoints {
 
 impl BackgroundCheckpoints {
     fn start(db: &Path) -> BackgroundCheckpoints {
-        let checkpointer = WalCheckpointer::open(db).unwrap();
+        let mut checkpointer = WalCheckpointer::open(db).unwrap();
         checkpointer.preallocate().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 fn run(db: &str, key: &str, tag: &str) -> Result<(), Box<dyn std::error::Error>> {
     let sink = SqliteLedgerSink::open(db)?;
     sink.hand_checkpoints_to_background()?;
-    let checkpointer = WalCheckpointer::open(db)?;
+    let mut checkpointer = WalCheckpointer::open(db)?;
     checkpointer.preallocate()?;
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(200));
