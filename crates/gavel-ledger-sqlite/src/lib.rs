@@ -12,7 +12,7 @@ mod payload;
 mod query;
 
 pub use keys::{create_signing_key, load_signing_key, public_key};
-pub use query::{ExportFilter, LedgerEntry, VerifyStep};
+pub use query::{ExportFilter, LedgerEntry};
 
 use gavel_ledger::merkle::Hash;
 use gavel_ledger::note::NoteError;
@@ -21,7 +21,7 @@ use gavel_ledger::proof::ProofFailure;
 use gavel_ledger::record::RecordError;
 use gavel_ledger::{
     AppendRecord, Flusher, LedgerSink, RecordReader, SinkError, StoredCheckpoint, StoredRecord,
-    Visit,
+    Visit, VisitWithAids,
 };
 use rusqlite::{params, Connection, OpenFlags};
 use std::fmt;
@@ -189,6 +189,15 @@ struct Reader {
 impl RecordReader for Reader {
     fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
         visit_rows(&self.conn, from, to, visit)
+    }
+
+    fn visit_records_with_aids(
+        &self,
+        from: u64,
+        to: u64,
+        visit: VisitWithAids<'_>,
+    ) -> Result<(), SinkError> {
+        aids::visit_rows_with_aids(&self.conn, from, to, visit)
     }
 }
 
@@ -690,6 +699,15 @@ impl LedgerSink for SqliteLedgerSink {
 
     fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
         visit_rows(&self.conn, from, to, visit)
+    }
+
+    fn visit_records_with_aids(
+        &self,
+        from: u64,
+        to: u64,
+        visit: VisitWithAids<'_>,
+    ) -> Result<(), SinkError> {
+        aids::visit_rows_with_aids(&self.conn, from, to, visit)
     }
 
     /// A read-only connection of its own to the same file. Records below the count a

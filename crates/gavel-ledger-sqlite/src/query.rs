@@ -3,7 +3,7 @@
 
 use crate::{Error, SqliteLedgerSink};
 use gavel_ledger::{
-    verify_sink_reporting, InclusionBundle, LedgerSink, NoteVerifier, Record, RecordKind,
+    verify_sink_reporting, InclusionBundle, LedgerSink, NoteVerifier, Problem, Record, RecordKind,
     VerifyError, VerifyOptions, VerifyReport,
 };
 use rusqlite::types::Value as SqlValue;
@@ -97,15 +97,6 @@ impl ExportFilter {
 
 fn index_of(v: i64) -> Result<u64, Error> {
     u64::try_from(v).map_err(|_| Error::Invalid(format!("negative record index {v}")))
-}
-
-/// How far [`SqliteLedgerSink::verify_reporting`] has come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerifyStep {
-    /// `done` of the `total` records read, hashed and checked in index order so far.
-    Records { done: u64, total: u64 },
-    /// The tree verified; the query aids of these records are being checked.
-    QueryAids { records: u64 },
 }
 
 impl SqliteLedgerSink {
@@ -240,34 +231,37 @@ impl SqliteLedgerSink {
         Ok(found)
     }
 
-    /// `gavel audit verify`: re-derives everything stored, then (with `check_query_aids`)
-    /// checks the query aids against the records the tree has just proven.
+    /// `gavel audit verify`: re-derives everything stored and (with `check_query_aids`)
+    /// checks the query aids against the records in the same pass; a wrong aid is named only
+    /// once everything else has verified, after the approval spans' own shape.
     pub fn verify(
         &self,
         verifier: &NoteVerifier,
         opts: VerifyOptions,
     ) -> Result<VerifyReport, VerifyError> {
-        self.verify_reporting(verifier, opts, &|_| {})
+        self.verify_reporting(verifier, opts, &|_, _| {})
     }
 
-    /// [`SqliteLedgerSink::verify`], telling `progress` how far it has come, for a caller that
-    /// shows long work.
+    /// [`SqliteLedgerSink::verify`], calling `progress(records verified, records stored)` as
+    /// it goes, for a caller that shows long work.
     pub fn verify_reporting(
         &self,
         verifier: &NoteVerifier,
         opts: VerifyOptions,
-        progress: &(dyn Fn(VerifyStep) + Sync),
+        progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<VerifyReport, VerifyError> {
-        let report = verify_sink_reporting(self, verifier, opts, &|done, total| {
-            progress(VerifyStep::Records { done, total })
-        })?;
-        if opts.check_query_aids {
-            progress(VerifyStep::QueryAids {
-                records: report.records,
-            });
-            self.verify_query_aids(report.records)?;
+        let verified = verify_sink_reporting(self, verifier, opts, progress);
+        let only_aids_wrong = match &verified {
+            Ok(_) => true,
+            Err(VerifyError::Failed(failure)) => matches!(failure.problem, Problem::QueryAid(_)),
+            Err(VerifyError::Sink(_)) => false,
+        };
+        // Overlapping spans make "the span nearest below covers it" the wrong question, so
+        // they are named before any record the spans seemed not to cover.
+        if opts.check_query_aids && only_aids_wrong {
+            self.verify_spans_are_disjoint()?;
         }
-        Ok(report)
+        verified
     }
 
     /// `gavel audit prove ID`: inclusion proof of the record against the

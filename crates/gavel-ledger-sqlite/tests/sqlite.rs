@@ -355,11 +355,11 @@ fn edited_query_columns_and_spans_are_named() {
 }
 
 #[test]
-fn query_aids_checked_in_stretches_name_the_first_edit() {
-    // Enough records that the aids are checked in stretches on connections of their own (two
-    // or more, split by index): an edit in a later stretch is found, and of edits in two
-    // stretches the earlier one is named.
-    let dir = TempDir::new("aids-stretches");
+fn query_aids_checked_chunk_by_chunk_name_the_first_edit() {
+    // Enough records for several of verification's chunks (4,096 records each, read and
+    // checked on connections of their own): an edit in a later chunk is found, and of edits
+    // in two chunks the earlier one is named.
+    let dir = TempDir::new("aids-chunks");
     let db = dir.path("gavel.db");
     let app = Appender::start(
         SqliteLedgerSink::open(&db).unwrap(),
@@ -367,8 +367,8 @@ fn query_aids_checked_in_stretches_name_the_first_edit() {
         AppenderConfig::default(),
     )
     .unwrap();
-    // An odd count: stretches that do not divide it evenly must still cover every record.
-    let pending: Vec<_> = (0..3_001i64)
+    // A count that leaves the last chunk nearly empty.
+    let pending: Vec<_> = (0..8_195i64)
         .map(|i| {
             let body = json!({"approval_id": format!("ap-{}", i % 4), "deployment": "prod"});
             app.submit(&Record::new(RecordKind::Decision, i, format!("d-{i}"), &body).unwrap())
@@ -385,47 +385,39 @@ fn query_aids_checked_in_stretches_name_the_first_edit() {
     let first_uncovered: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row(
-            "SELECT MIN(first_idx) FROM ledger_approval_spans WHERE approval_id = 'ap-3' AND last_idx >= 2000",
+            "SELECT MIN(first_idx) FROM ledger_approval_spans WHERE approval_id = 'ap-3' AND last_idx >= 6000",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    // Where stretches begin and end on machines of two to eight cores, each edited alone.
-    let edges = (2..=8u64)
-        .flat_map(|n| (1..n).flat_map(move |i| [3_001 * i / n - 1, 3_001 * i / n]))
-        .chain([3_000]);
-    let cases = edges.map(|i| {
-        (
-            format!("UPDATE ledger_records SET principal = 'x' WHERE idx = {i}"),
-            i,
-        )
-    });
-    for (sql, index) in cases {
+    // Where chunks begin and end, each edited alone.
+    for index in [0, 4_095, 4_096, 8_191, 8_192, 8_194] {
+        let sql = format!("UPDATE ledger_records SET principal = 'x' WHERE idx = {index}");
         std::fs::write(&db, &pristine).unwrap();
         tamper(&db, &sql);
-        let found = SqliteLedgerSink::open(&db)
-            .unwrap()
-            .verify_query_aids(3_001);
-        match found {
-            Err(VerifyError::Failed(f)) => assert_eq!(f.index, Some(index), "{sql}: {f}"),
-            other => panic!("{sql}: not found ({other:?})"),
-        }
+        let f = failure(&db);
+        assert_eq!(f.index, Some(index), "{sql}: {f}");
+        assert!(matches!(f.problem, Problem::QueryAid(_)), "{sql}: {f}");
     }
     for (sql, index) in [
         (
-            "UPDATE ledger_records SET deployment = 'staging' WHERE idx = 2990",
-            2990,
+            "UPDATE ledger_records SET deployment = 'staging' WHERE idx = 8190",
+            8190,
         ),
         (
-            "UPDATE ledger_records SET deployment = 'staging' WHERE idx IN (40, 2990)",
+            "UPDATE ledger_records SET deployment = 'staging' WHERE idx IN (40, 8190)",
             40,
         ),
         (
-            "UPDATE ledger_records SET principal = 'x' WHERE idx IN (1499, 1500, 1501)",
-            1499,
+            "UPDATE ledger_records SET deployment = 'staging' WHERE idx IN (4100, 8190)",
+            4100,
         ),
         (
-            "DELETE FROM ledger_approval_spans WHERE approval_id = 'ap-3' AND last_idx >= 2000",
+            "UPDATE ledger_records SET principal = 'x' WHERE idx IN (4095, 4096, 4097)",
+            4095,
+        ),
+        (
+            "DELETE FROM ledger_approval_spans WHERE approval_id = 'ap-3' AND last_idx >= 6000",
             first_uncovered as u64,
         ),
     ] {

@@ -31,8 +31,8 @@ pub use record::{
     FORMAT_VERSION,
 };
 pub use sink::{
-    AppendRecord, Flusher, LedgerSink, MemorySink, RecordReader, SinkError, StoredCheckpoint,
-    StoredRecord, Visit,
+    AidCheck, AidError, AppendRecord, Flusher, LedgerSink, MemorySink, RecordReader, SinkError,
+    StoredCheckpoint, StoredRecord, Visit, VisitWithAids,
 };
 pub use verify::{
     verify_records, verify_sink, verify_sink_reporting, Problem, VerifyError, VerifyFailure,

@@ -208,60 +208,7 @@ impl Record {
     /// bytes with several defects may be refused for another of them (form is checked before
     /// the envelope, so a non-canonical record of another format is `NotCanonical` here).
     pub fn check_canonical(bytes: &[u8]) -> Result<(), RecordError> {
-        const ENVELOPE: [&[u8]; 5] = [
-            b"\"at_ms\"",
-            b"\"body\"",
-            b"\"format\"",
-            b"\"id\"",
-            b"\"kind\"",
-        ];
-        let parse = |what: &str| RecordError::Parse(what.to_owned());
-        if bytes.first() != Some(&b'{') {
-            return Err(parse("a record is a JSON object"));
-        }
-        // The envelope's members, without an allocation per record; `found` counts them all.
-        let mut members: [(&[u8], &[u8]); 5] = [(&[], &[]); 5];
-        let mut found = 0;
-        jcs::check(bytes, |key, value| {
-            if let Some(slot) = members.get_mut(found) {
-                *slot = (key, value);
-            }
-            found += 1;
-        })
-        .map_err(|defect| match defect {
-            jcs::Defect::Syntax(..) => RecordError::Parse(defect.describe()),
-            jcs::Defect::NotCanonical(..) => RecordError::NotCanonical,
-        })?;
-        // Keys come sorted and once each, so the envelope is exactly these five in this order.
-        let [(k0, at_ms), (k1, _), (k2, format), (k3, id), (k4, kind)] = members;
-        if found != ENVELOPE.len() || [k0, k1, k2, k3, k4] != ENVELOPE {
-            return Err(parse(
-                "a record has exactly the members at_ms, body, format, id and kind",
-            ));
-        }
-        let integer = |value: &[u8]| {
-            std::str::from_utf8(value)
-                .ok()
-                .and_then(|t| t.parse::<i64>().ok())
-        };
-        if integer(at_ms).is_none() {
-            return Err(parse("`at_ms` is not an integer"));
-        }
-        if id.first() != Some(&b'"') {
-            return Err(parse("`id` is not a string"));
-        }
-        let kind_name = kind
-            .strip_prefix(b"\"")
-            .and_then(|k| k.strip_suffix(b"\""))
-            .and_then(|k| std::str::from_utf8(k).ok());
-        if kind_name.and_then(RecordKind::parse).is_none() {
-            return Err(parse("`kind` is not a known record kind"));
-        }
-        match integer(format).and_then(|f| u32::try_from(f).ok()) {
-            Some(FORMAT_VERSION) => Ok(()),
-            Some(other) => Err(RecordError::UnknownFormat(other)),
-            None => Err(parse("`format` is not a version number")),
-        }
+        check_envelope(bytes, None).map(drop)
     }
 
     /// The query columns a sink stores next to the bytes (see [`IndexFields`]): read from the
@@ -271,6 +218,78 @@ impl Record {
         Lenient::<IndexFields>::deserialize(&self.body)
             .map(|fields| fields.0)
             .unwrap_or_default()
+    }
+}
+
+/// The envelope members of bytes that [`check_envelope`] found to be a canonical record.
+struct CheckedEnvelope<'a> {
+    at_ms: i64,
+    /// The `id` member's string literal, quotes included.
+    id: &'a [u8],
+    kind: RecordKind,
+}
+
+/// [`Record::check_canonical`], calling `visit_body_member` with each body member (key as its
+/// string literal, value as canonical bytes) in the same pass, and returning the envelope.
+fn check_envelope<'a>(
+    bytes: &'a [u8],
+    visit_body_member: jcs::Visit<'_, 'a>,
+) -> Result<CheckedEnvelope<'a>, RecordError> {
+    const ENVELOPE: [&[u8]; 5] = [
+        b"\"at_ms\"",
+        b"\"body\"",
+        b"\"format\"",
+        b"\"id\"",
+        b"\"kind\"",
+    ];
+    let parse = |what: &str| RecordError::Parse(what.to_owned());
+    if bytes.first() != Some(&b'{') {
+        return Err(parse("a record is a JSON object"));
+    }
+    // The envelope's members, without an allocation per record; `found` counts them all. The
+    // second-level visitor sees the members of the one member that may be an object, the body.
+    let mut members: [(&[u8], &[u8]); 5] = [(&[], &[]); 5];
+    let mut found = 0;
+    jcs::check(
+        bytes,
+        |key, value| {
+            if let Some(slot) = members.get_mut(found) {
+                *slot = (key, value);
+            }
+            found += 1;
+        },
+        visit_body_member,
+    )
+    .map_err(|defect| match defect {
+        jcs::Defect::Syntax(..) => RecordError::Parse(defect.describe()),
+        jcs::Defect::NotCanonical(..) => RecordError::NotCanonical,
+    })?;
+    // Keys come sorted and once each, so the envelope is exactly these five in this order.
+    let [(k0, at_ms), (k1, _), (k2, format), (k3, id), (k4, kind)] = members;
+    if found != ENVELOPE.len() || [k0, k1, k2, k3, k4] != ENVELOPE {
+        return Err(parse(
+            "a record has exactly the members at_ms, body, format, id and kind",
+        ));
+    }
+    let integer = |value: &[u8]| {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok())
+    };
+    let at_ms = integer(at_ms).ok_or_else(|| parse("`at_ms` is not an integer"))?;
+    if id.first() != Some(&b'"') {
+        return Err(parse("`id` is not a string"));
+    }
+    let kind = kind
+        .strip_prefix(b"\"")
+        .and_then(|k| k.strip_suffix(b"\""))
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .and_then(RecordKind::parse)
+        .ok_or_else(|| parse("`kind` is not a known record kind"))?;
+    match integer(format).and_then(|f| u32::try_from(f).ok()) {
+        Some(FORMAT_VERSION) => Ok(CheckedEnvelope { at_ms, id, kind }),
+        Some(other) => Err(RecordError::UnknownFormat(other)),
+        None => Err(parse("`format` is not a version number")),
     }
 }
 
@@ -408,6 +427,26 @@ pub struct RecordAids {
 }
 
 impl RecordAids {
+    /// [`Record::check_canonical`] and [`RecordAids::from_bytes`] in one pass over the bytes:
+    /// the aids of bytes that are exactly a canonical record, or why they are not one. The body
+    /// members are read as the writer reads them ([`Encoded::new`]). What verification runs
+    /// on every record when it checks both the format and a sink's query aids.
+    pub fn from_canonical(bytes: &[u8]) -> Result<RecordAids, RecordError> {
+        let mut fields = IndexFields::default();
+        let envelope = {
+            let mut take = |key: &[u8], value: &[u8]| fields.take(key, value);
+            check_envelope(bytes, Some(&mut take))?
+        };
+        let id = serde_json::from_slice::<String>(envelope.id)
+            .map_err(|e| RecordError::Parse(e.to_string()))?;
+        Ok(RecordAids {
+            id,
+            kind: envelope.kind,
+            at_ms: envelope.at_ms,
+            fields,
+        })
+    }
+
     /// The parsed record's `id`, `kind`, `at_ms` and [`Record::index_fields`], at a fraction of
     /// the cost of parsing it: members other than these are skipped, not built.
     pub fn from_bytes(bytes: &[u8]) -> Result<RecordAids, RecordError> {

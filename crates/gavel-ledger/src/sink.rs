@@ -1,7 +1,7 @@
 //! The storage interface the appender writes through, and an in-memory sink.
 
 use crate::merkle::Hash;
-use crate::record::{IndexFields, RecordKind};
+use crate::record::{IndexFields, RecordAids, RecordKind};
 use std::sync::{Arc, Mutex};
 
 /// Boxed storage error: sinks wrap whatever their backend reports.
@@ -85,6 +85,18 @@ pub trait LedgerSink: Send + 'static {
         }
         Ok(())
     }
+    /// [`LedgerSink::visit_records`], with a check of the query aids the sink keeps next to
+    /// each record (see [`VisitWithAids`]). A sink that keeps none passes `None`.
+    fn visit_records_with_aids(
+        &self,
+        from: u64,
+        to: u64,
+        visit: VisitWithAids<'_>,
+    ) -> Result<(), SinkError> {
+        self.visit_records(from, to, &mut |index, hash, bytes| {
+            visit(index, hash, bytes, None)
+        })
+    }
     /// Another reader of the committed records, independent of this sink, so that
     /// verification reads on several threads at once (for a database: a connection of its
     /// own). None when the sink has none; verification then reads on one thread.
@@ -96,10 +108,41 @@ pub trait LedgerSink: Send + 'static {
 /// Receives stored records one at a time: index, stored leaf hash, canonical bytes.
 pub type Visit<'a> = &'a mut dyn FnMut(u64, &Hash, &[u8]);
 
+/// Receives stored records one at a time as [`Visit`] does, and with each a check of the query
+/// aids the sink keeps for it (lookup columns and the like), or None when it keeps none:
+/// verification derives the aids from the bytes and hands them to the check. The aids decide
+/// what a filtered query returns, and the Merkle tree does not cover them, so an edited aid
+/// could hide a record from "every decision under approval X" without changing any record.
+pub type VisitWithAids<'a> = &'a mut dyn FnMut(u64, &Hash, &[u8], Option<AidCheck<'_>>);
+
+/// Compares the query aids a sink keeps for one record with `aids`, those its bytes give.
+pub type AidCheck<'c> = &'c mut dyn FnMut(&RecordAids) -> Result<(), AidError>;
+
+/// Why a sink's query aids for a record could not be confirmed.
+#[derive(Debug)]
+pub enum AidError {
+    /// An aid disagrees with the record or is malformed: the sentence says which aid, what it
+    /// holds and what it would break.
+    Mismatch(String),
+    /// Reading what the check needs failed.
+    Sink(SinkError),
+}
+
 /// Reads committed records on a thread of its own; see [`LedgerSink::parallel_reader`].
 pub trait RecordReader: Send {
     /// As [`LedgerSink::visit_records`].
     fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError>;
+    /// As [`LedgerSink::visit_records_with_aids`].
+    fn visit_records_with_aids(
+        &self,
+        from: u64,
+        to: u64,
+        visit: VisitWithAids<'_>,
+    ) -> Result<(), SinkError> {
+        self.visit_records(from, to, &mut |index, hash, bytes| {
+            visit(index, hash, bytes, None)
+        })
+    }
 }
 
 #[derive(Debug, Default)]

@@ -4,8 +4,10 @@
 
 use crate::merkle::{leaf_hash, verify_consistency, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteVerifier};
-use crate::record::{Record, RecordError};
-use crate::sink::{LedgerSink, SinkError, StoredCheckpoint, StoredRecord, Visit};
+use crate::record::{Record, RecordAids, RecordError};
+use crate::sink::{
+    AidCheck, AidError, LedgerSink, SinkError, StoredCheckpoint, StoredRecord, VisitWithAids,
+};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -22,10 +24,10 @@ pub struct VerifyOptions {
     /// `gavel audit verify`.
     pub check_format: bool,
     /// Also check the query aids a sink keeps next to the records (lookup columns, the ranges
-    /// that find records by approval) against the records the tree has proven: an edited aid
-    /// changes no record, but can hide one from a filtered query. Reads every record again;
-    /// on by default. Honoured by a sink's own verify (`SqliteLedgerSink::verify`), which
-    /// knows its aids; [`verify_sink`] checks only what every sink has.
+    /// that find records by approval) against the records: an edited aid changes no record,
+    /// but can hide one from a filtered query. Checked in the same pass as the rest, for sinks
+    /// that keep aids ([`LedgerSink::visit_records_with_aids`]); a wrong aid is reported only
+    /// when everything else verifies, at the first record whose aids are wrong. On by default.
     pub check_query_aids: bool,
     /// Fail when records exist past the last signed checkpoint. A running
     /// appender always has such a tail (at most N records or T ms old); a
@@ -209,26 +211,50 @@ pub fn open_checkpoints(
 }
 
 /// What verification needs of one record once its own bytes have been examined: the leaf hash
-/// recomputed from them and, with `check_format`, whether they are a canonical record. This part
-/// needs nothing but the record, so [`verify_sink`] runs it on several threads; everything that
-/// depends on the order of records (indexes, the tree, checkpoints) runs on one.
+/// recomputed from them, with `check_format` whether they are a canonical record, and with
+/// `check_query_aids` whether the sink's aids for it agree with them. This part needs nothing
+/// but the record, so [`verify_sink`] runs it on several threads; everything that depends on
+/// the order of records (indexes, the tree, checkpoints) runs on one.
 struct Examined {
     index: u64,
     stored_leaf: Hash,
     leaf: Hash,
     format: Result<(), RecordError>,
+    aids: Result<(), AidError>,
 }
 
-fn examine(index: u64, stored_leaf: &Hash, bytes: &[u8], check_format: bool) -> Examined {
+fn examine(
+    index: u64,
+    stored_leaf: &Hash,
+    bytes: &[u8],
+    opts: VerifyOptions,
+    aid_check: Option<AidCheck<'_>>,
+) -> Examined {
+    let check_aids = aid_check.filter(|_| opts.check_query_aids);
+    let (format, aids) = match (check_aids, opts.check_format) {
+        (None, false) => (Ok(()), Ok(())),
+        (None, true) => (Record::check_canonical(bytes), Ok(())),
+        // One pass gives the format's answer and the aids.
+        (Some(check), true) => match RecordAids::from_canonical(bytes) {
+            Ok(aids) => (Ok(()), check(&aids)),
+            Err(e) => (Err(e), Ok(())),
+        },
+        (Some(check), false) => match RecordAids::from_bytes(bytes) {
+            Ok(aids) => (Ok(()), check(&aids)),
+            Err(e) => (
+                Ok(()),
+                Err(AidError::Mismatch(format!(
+                    "the record's lookup columns cannot be read from it: {e}"
+                ))),
+            ),
+        },
+    };
     Examined {
         index,
         stored_leaf: *stored_leaf,
         leaf: leaf_hash(bytes),
-        format: if check_format {
-            Record::check_canonical(bytes)
-        } else {
-            Ok(())
-        },
+        format,
+        aids,
     }
 }
 
@@ -244,7 +270,7 @@ where
 {
     let examined = records
         .into_iter()
-        .map(|rec| rec.map(|r| examine(r.index, &r.leaf_hash, &r.bytes, opts.check_format)));
+        .map(|rec| rec.map(|r| examine(r.index, &r.leaf_hash, &r.bytes, opts, None)));
     verify_examined(examined, checkpoints, verifier, opts)
 }
 
@@ -286,6 +312,9 @@ where
             Ok(())
         };
     check_due(&tree, &mut next_cp, &mut good_size)?;
+    // Reported only once everything else has verified, as when the aids were checked in a
+    // pass of their own over the proven records.
+    let mut first_wrong_aid: Option<(u64, String)> = None;
     for rec in records {
         let rec = rec.map_err(VerifyError::Sink)?;
         let index = tree.len();
@@ -301,6 +330,13 @@ where
         }
         rec.format
             .map_err(|e| fail(Some(index), None, Problem::Format(e)))?;
+        match rec.aids {
+            Ok(()) => {}
+            Err(AidError::Sink(e)) => return Err(VerifyError::Sink(e)),
+            Err(AidError::Mismatch(what)) => {
+                first_wrong_aid.get_or_insert((index, what));
+            }
+        }
         tree.push(rec.leaf);
         check_due(&tree, &mut next_cp, &mut good_size)?;
     }
@@ -341,6 +377,9 @@ where
     let unsigned_tail = tree.len() - signed;
     if opts.require_signed_tail && unsigned_tail > 0 {
         return Err(fail(Some(signed), None, Problem::Unsigned));
+    }
+    if let Some((index, what)) = first_wrong_aid {
+        return Err(fail(Some(index), None, Problem::QueryAid(what)));
     }
     Ok(VerifyReport {
         records: tree.len(),
@@ -387,8 +426,11 @@ struct Pipeline {
     chunk_records: u64,
     /// At most this many read and examine; fewer if the sink has fewer readers.
     workers: usize,
-    examine: fn(u64, &Hash, &[u8], bool) -> Examined,
+    examine: Examiner,
 }
+
+/// Examines one record: [`examine`], or in tests one that fails.
+type Examiner = fn(u64, &Hash, &[u8], VerifyOptions, Option<AidCheck<'_>>) -> Examined;
 
 type Chunk = (u64, Result<Vec<Examined>, SinkError>);
 
@@ -413,7 +455,7 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
         count,
         records: pipeline.chunk_records.max(1),
         examine: pipeline.examine,
-        check_format: opts.check_format,
+        opts,
     };
     // Two chunks waiting per worker keep every thread busy; the last stage may also hold
     // examined chunks (about 100 bytes a record) while it waits for an earlier one.
@@ -440,12 +482,18 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
             .into_iter()
             .map(|reader| {
                 let tx = examined_tx.clone();
-                scope.spawn(move || chunks.work(&tx, |f, t, v| reader.visit_records(f, t, v)))
+                scope.spawn(move || {
+                    chunks.work(&tx, |f, t, v| reader.visit_records_with_aids(f, t, v))
+                })
             })
             .collect();
         match own_reader {
-            Some(reader) => chunks.work(&examined_tx, |f, t, v| reader.visit_records(f, t, v)),
-            None => chunks.work(&examined_tx, |f, t, v| sink.visit_records(f, t, v)),
+            Some(reader) => chunks.work(&examined_tx, |f, t, v| {
+                reader.visit_records_with_aids(f, t, v)
+            }),
+            None => chunks.work(&examined_tx, |f, t, v| {
+                sink.visit_records_with_aids(f, t, v)
+            }),
         }
         drop(examined_tx);
         // Every thread is joined here, so that a panic is an error rather than a panic of
@@ -463,8 +511,8 @@ struct Chunks {
     next: AtomicU64,
     count: u64,
     records: u64,
-    examine: fn(u64, &Hash, &[u8], bool) -> Examined,
-    check_format: bool,
+    examine: Examiner,
+    opts: VerifyOptions,
 }
 
 impl Chunks {
@@ -473,7 +521,7 @@ impl Chunks {
     /// never waits for one that will not come; after an error this worker stops.
     fn work<R>(&self, tx: &mpsc::SyncSender<Chunk>, read: R)
     where
-        R: Fn(u64, u64, Visit<'_>) -> Result<(), SinkError>,
+        R: Fn(u64, u64, VisitWithAids<'_>) -> Result<(), SinkError>,
     {
         loop {
             let seq = self.next.fetch_add(1, Ordering::Relaxed);
@@ -483,11 +531,11 @@ impl Chunks {
             }
             let to = from.saturating_add(self.records).min(self.count);
             let mut examined = Vec::with_capacity((to - from) as usize);
-            let (examine, check_format) = (self.examine, self.check_format);
+            let (examine, opts) = (self.examine, self.opts);
             // A panic while reading or examining becomes this chunk's error, in its place.
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                read(from, to, &mut |index, stored, bytes| {
-                    examined.push(examine(index, stored, bytes, check_format));
+                read(from, to, &mut |index, stored, bytes, aid_check| {
+                    examined.push(examine(index, stored, bytes, opts, aid_check));
                 })
             }))
             .unwrap_or_else(|_| {
@@ -522,6 +570,7 @@ mod tests {
     use super::*;
     use crate::{
         AppendRecord, Appender, AppenderConfig, MemorySink, NoteSigner, RecordKind, RecordReader,
+        Visit,
     };
     use std::time::Duration;
 
@@ -532,6 +581,26 @@ mod tests {
         checkpoints: Vec<StoredCheckpoint>,
         /// Reading records from this index on fails, as a storage error would.
         unreadable_from: u64,
+        /// Records whose query aid (a copy of the body's `deployment`, "prod" in every
+        /// record `ledger` makes) was edited.
+        edited_aids: Vec<u64>,
+    }
+
+    impl Stored {
+        /// The sink's aid for record `index` against the one its bytes give.
+        fn check_aid(&self, index: u64, aids: &RecordAids) -> Result<(), AidError> {
+            let stored = if self.edited_aids.contains(&index) {
+                "edited"
+            } else {
+                "prod"
+            };
+            match aids.fields.deployment.as_deref() {
+                Some(d) if d == stored => Ok(()),
+                derived => Err(AidError::Mismatch(format!(
+                    "the deployment aid holds {stored:?} but the record says {derived:?}"
+                ))),
+            }
+        }
     }
 
     impl LedgerSink for Stored {
@@ -565,6 +634,21 @@ mod tests {
         fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
             Ok(self.checkpoints.clone())
         }
+        fn visit_records_with_aids(
+            &self,
+            from: u64,
+            to: u64,
+            visit: VisitWithAids<'_>,
+        ) -> Result<(), SinkError> {
+            LedgerSink::visit_records(self, from, to, &mut |index, hash, bytes| {
+                visit(
+                    index,
+                    hash,
+                    bytes,
+                    Some(&mut |aids| self.check_aid(index, aids)),
+                )
+            })
+        }
         /// A copy per reader, as a database's connections each read the same records.
         fn parallel_reader(&self) -> Result<Option<Box<dyn RecordReader>>, SinkError> {
             Ok(Some(Box::new(self.clone())))
@@ -574,6 +658,14 @@ mod tests {
     impl RecordReader for Stored {
         fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError> {
             LedgerSink::visit_records(self, from, to, visit)
+        }
+        fn visit_records_with_aids(
+            &self,
+            from: u64,
+            to: u64,
+            visit: VisitWithAids<'_>,
+        ) -> Result<(), SinkError> {
+            LedgerSink::visit_records_with_aids(self, from, to, visit)
         }
     }
 
@@ -608,6 +700,7 @@ mod tests {
             records,
             checkpoints,
             unreadable_from: u64::MAX,
+            edited_aids: Vec::new(),
         }
     }
 
@@ -706,7 +799,8 @@ mod tests {
         assert!(one_pass(&Stored {
             records: s.records[..90].to_vec(),
             checkpoints: s.checkpoints.clone(),
-            unreadable_from: u64::MAX
+            unreadable_from: u64::MAX,
+            edited_aids: Vec::new(),
         })
         .is_ok());
         match in_chunks_of_7(&s) {
@@ -719,9 +813,15 @@ mod tests {
     /// caller, never a report, never a wait for the rest of the ledger.
     #[test]
     fn a_panic_while_examining_is_an_error_in_its_place() {
-        fn panics_at_30(index: u64, stored: &Hash, bytes: &[u8], check_format: bool) -> Examined {
+        fn panics_at_30(
+            index: u64,
+            stored: &Hash,
+            bytes: &[u8],
+            opts: VerifyOptions,
+            aid_check: Option<AidCheck<'_>>,
+        ) -> Examined {
             assert_ne!(index, 30, "a bug in examining");
-            examine(index, stored, bytes, check_format)
+            examine(index, stored, bytes, opts, aid_check)
         }
         let s = ledger(100);
         let pipeline = Pipeline {
@@ -739,5 +839,50 @@ mod tests {
             Err(VerifyError::Sink(e)) => assert!(e.to_string().contains("index 28"), "{e}"),
             other => panic!("expected an error for the chunk from 28, got {other:?}"),
         }
+    }
+
+    /// The sink's query aids are checked in the same pass, chunk by chunk: the first record
+    /// whose aid is wrong is named, but only once everything else has verified (a problem in
+    /// the records or the tree is named first, wherever it lies); without `check_query_aids`,
+    /// or with the format check off, the aids are still read right.
+    #[test]
+    fn wrong_query_aids_are_named_in_order_after_everything_else() {
+        let verify = |s: &Stored, opts: VerifyOptions| {
+            let pipeline = Pipeline {
+                chunk_records: 7,
+                workers: 4,
+                examine,
+            };
+            verify_sink_in_chunks(s, &signer().verifier(), opts, pipeline, &|_, _| {})
+        };
+        let failure = |result: Result<VerifyReport, VerifyError>| match result {
+            Err(VerifyError::Failed(f)) => (f.index, f.problem),
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        let mut s = ledger(100);
+        assert!(verify(&s, VerifyOptions::default()).is_ok());
+        s.edited_aids = vec![64, 22, 90];
+        let (index, problem) = failure(verify(&s, VerifyOptions::default()));
+        assert_eq!(index, Some(22));
+        assert!(
+            matches!(&problem, Problem::QueryAid(what) if what.contains("\"edited\"")),
+            "{problem:?}"
+        );
+        let without_format = VerifyOptions {
+            check_format: false,
+            ..VerifyOptions::default()
+        };
+        assert_eq!(failure(verify(&s, without_format)).0, Some(22));
+        let without_aids = VerifyOptions {
+            check_query_aids: false,
+            ..VerifyOptions::default()
+        };
+        assert!(verify(&s, without_aids).is_ok());
+        // A record edited after the first wrong aid is still the problem named.
+        s.records[70].bytes[5] ^= 1;
+        assert_eq!(
+            failure(verify(&s, VerifyOptions::default())),
+            (Some(70), Problem::LeafHash)
+        );
     }
 }

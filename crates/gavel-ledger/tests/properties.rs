@@ -495,6 +495,7 @@ proptest! {
         let encoded = gavel_ledger::Encoded::new(RecordKind::Admin, 1, "x", &v).unwrap();
         prop_assert_eq!(encoded, record.encode().unwrap());
         prop_assert_eq!(aids_of(&record), RecordAids::from_bytes(&rb).unwrap());
+        prop_assert_eq!(aids_of(&record), RecordAids::from_canonical(&rb).unwrap());
     }
 
     /// Bodies with the conventional members, holding anything: the columns read back from the
@@ -532,6 +533,7 @@ proptest! {
         let bytes = record.canonical_bytes().unwrap();
         let parsed = Record::from_canonical(&bytes).unwrap();
         prop_assert_eq!(aids_of(&parsed), RecordAids::from_bytes(&bytes).unwrap());
+        prop_assert_eq!(aids_of(&parsed), RecordAids::from_canonical(&bytes).unwrap());
         let encoded = gavel_ledger::Encoded::new(RecordKind::ALL[kind], at_ms, &parsed.id, &body).unwrap();
         prop_assert_eq!(encoded.fields, reference_fields(&body));
     }
@@ -690,6 +692,13 @@ proptest! {
                 one_pass,
                 reference.map(drop)
             );
+            // The same pass reading the query columns too: the same answer, and for a record,
+            // the columns the parsed record gives.
+            let with_aids = RecordAids::from_canonical(&bytes);
+            prop_assert_eq!(with_aids.as_ref().map(drop), one_pass.as_ref().map(drop));
+            if let (Ok(aids), Ok(parsed)) = (with_aids, &reference) {
+                prop_assert_eq!(aids, aids_of(parsed));
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use gavel_contract::time::Timestamp;
 use gavel_ledger::{check_proof_json, RecordKind, VerifyError, VerifyOptions};
-use gavel_ledger_sqlite::{ExportFilter, VerifyStep};
+use gavel_ledger_sqlite::ExportFilter;
 use gavel_store::Role;
 
 use crate::cli::{AuditCommand, ExportArgs};
@@ -46,7 +46,9 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
                 ..VerifyOptions::default()
             };
             let progress = VerifyProgress::on_terminal();
-            let verified = sink.verify_reporting(&verifier, options, &|step| progress.show(step));
+            let verified = sink.verify_reporting(&verifier, options, &|done, total| {
+                progress.show(done, total)
+            });
             progress.finish();
             match verified {
                 Ok(report) => {
@@ -228,23 +230,17 @@ impl VerifyProgress {
         }
     }
 
-    fn show(&self, step: VerifyStep) {
+    /// `done` of `total` records verified (read, hashed and checked in index order).
+    fn show(&self, done: u64, total: u64) {
         let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ProgressLine { out, last }) = shown.as_mut() else {
             return;
         };
-        let line = match step {
-            VerifyStep::Records { done, total } => {
-                let recent = last.is_some_and(|at| at.elapsed() < VerifyProgress::EVERY);
-                if recent && done < total {
-                    return;
-                }
-                format!("verifying the ledger: {done} of {total} records")
-            }
-            VerifyStep::QueryAids { records } => {
-                format!("checking the query aids of {records} records")
-            }
-        };
+        let recent = last.is_some_and(|at| at.elapsed() < VerifyProgress::EVERY);
+        if recent && done < total {
+            return;
+        }
+        let line = format!("verifying the ledger: {done} of {total} records");
         // Carriage return and erase-line: the line is rewritten in place.
         let _ = write!(out, "\r\x1b[2K{line}");
         let _ = out.flush();
@@ -284,26 +280,21 @@ mod tests {
         let captured = Captured::default();
         let progress = VerifyProgress::to(Some(Box::new(captured.clone())));
         for done in [4_096, 8_192, 12_288] {
-            progress.show(VerifyStep::Records {
-                done,
-                total: 12_288,
-            });
+            progress.show(done, 12_288);
         }
-        progress.show(VerifyStep::QueryAids { records: 12_288 });
         progress.finish();
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text,
             "\r\x1b[2Kverifying the ledger: 4096 of 12288 records\
-             \r\x1b[2Kverifying the ledger: 12288 of 12288 records\
-             \r\x1b[2Kchecking the query aids of 12288 records\n"
+             \r\x1b[2Kverifying the ledger: 12288 of 12288 records\n"
         );
     }
 
     #[test]
     fn nothing_is_shown_off_a_terminal() {
         let progress = VerifyProgress::to(None);
-        progress.show(VerifyStep::Records { done: 1, total: 2 });
+        progress.show(1, 2);
         progress.finish();
         assert!(progress.shown.lock().unwrap().is_none());
     }

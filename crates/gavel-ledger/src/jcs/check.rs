@@ -35,10 +35,13 @@ impl Defect {
 
 /// Checks that `bytes` are one canonical JSON value and nothing else, calling
 /// `visit_top_member` with the key (as its string literal, quotes included) and the value bytes
-/// of each member when that value is an object, in order.
+/// of each member when that value is an object, in order; and `visit_second_member` likewise
+/// for the members of each of those values that is itself an object (before the member that
+/// holds them), so that a caller reads a record's body members in the same pass.
 pub(crate) fn check<'a>(
     bytes: &'a [u8],
     mut visit_top_member: impl FnMut(&'a [u8], &'a [u8]),
+    visit_second_member: Visit<'_, 'a>,
 ) -> Result<(), Defect> {
     // Outside strings only ASCII is JSON, so the bytes are UTF-8 wherever they are JSON at all:
     // one pass over them all here costs less than one per string.
@@ -51,7 +54,7 @@ pub(crate) fn check<'a>(
         depth: 0,
         number: Vec::new(),
     };
-    checker.value(Some(&mut visit_top_member))?;
+    checker.value(Some(&mut visit_top_member), visit_second_member)?;
     match bytes.get(checker.at) {
         None => Ok(()),
         Some(b' ' | b'\t' | b'\n' | b'\r') => Err(Defect::NotCanonical(
@@ -62,7 +65,8 @@ pub(crate) fn check<'a>(
     }
 }
 
-type Visit<'v, 'a> = Option<&'v mut dyn FnMut(&'a [u8], &'a [u8])>;
+/// Called with a member's key (its string literal) and value bytes.
+pub(crate) type Visit<'v, 'a> = Option<&'v mut dyn FnMut(&'a [u8], &'a [u8])>;
 
 struct Checker<'a> {
     bytes: &'a [u8],
@@ -80,9 +84,11 @@ struct Literal {
 }
 
 impl<'a> Checker<'a> {
-    fn value(&mut self, visit: Visit<'_, 'a>) -> Result<(), Defect> {
+    /// `visit` sees the members of this value if it is an object, `below` those of its members'
+    /// values that are objects.
+    fn value(&mut self, visit: Visit<'_, 'a>, below: Visit<'_, 'a>) -> Result<(), Defect> {
         match self.bytes.get(self.at) {
-            Some(b'{') => self.object(visit),
+            Some(b'{') => self.object(visit, below),
             Some(b'[') => self.array(),
             Some(b'"') => self.string().map(drop),
             Some(b't') => self.literal(b"true"),
@@ -130,7 +136,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn object(&mut self, mut visit: Visit<'_, 'a>) -> Result<(), Defect> {
+    fn object(&mut self, mut visit: Visit<'_, 'a>, mut below: Visit<'_, 'a>) -> Result<(), Defect> {
         self.enter()?;
         if self.bytes.get(self.at) == Some(&b'}') {
             self.at += 1;
@@ -164,7 +170,10 @@ impl<'a> Checker<'a> {
                 _ => return Err(Defect::Syntax("expected `:` after the key", self.at)),
             }
             let value_start = self.at;
-            self.value(None)?;
+            let below = below
+                .as_mut()
+                .map(|v| &mut **v as &mut dyn FnMut(&'a [u8], &'a [u8]));
+            self.value(below, None)?;
             if let Some(visit) = visit.as_mut() {
                 visit(
                     self.bytes.get(key.start..key.end).unwrap_or_default(),
@@ -187,7 +196,7 @@ impl<'a> Checker<'a> {
             return Ok(());
         }
         loop {
-            self.value(None)?;
+            self.value(None, None)?;
             if !self.separator(b']')? {
                 break;
             }
@@ -359,7 +368,7 @@ mod tests {
     use super::*;
 
     fn ok(json: &str) -> bool {
-        check(json.as_bytes(), |_, _| {}).is_ok()
+        check(json.as_bytes(), |_, _| {}, None).is_ok()
     }
 
     #[test]
@@ -414,7 +423,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    check(json.as_bytes(), |_, _| {}),
+                    check(json.as_bytes(), |_, _| {}, None),
                     Err(Defect::NotCanonical(..))
                 ),
                 "{json}"
@@ -441,12 +450,15 @@ mod tests {
             "\"\\u12\"",
         ] {
             assert!(
-                matches!(check(json.as_bytes(), |_, _| {}), Err(Defect::Syntax(..))),
+                matches!(
+                    check(json.as_bytes(), |_, _| {}, None),
+                    Err(Defect::Syntax(..))
+                ),
                 "{json}"
             );
         }
         assert!(matches!(
-            check(b"\"\xff\"", |_, _| {}),
+            check(b"\"\xff\"", |_, _| {}, None),
             Err(Defect::Syntax(..))
         ));
     }
@@ -463,15 +475,42 @@ mod tests {
     #[test]
     fn top_members_are_visited_in_order_with_their_value_bytes() {
         let mut seen = Vec::new();
-        check(br#"{"a":[1,{"x":2}],"b":"c"}"#, |k, v| {
-            seen.push((k.to_vec(), v.to_vec()));
-        })
+        check(
+            br#"{"a":[1,{"x":2}],"b":"c"}"#,
+            |k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+            },
+            None,
+        )
         .unwrap();
         assert_eq!(
             seen,
             vec![
                 (b"\"a\"".to_vec(), b"[1,{\"x\":2}]".to_vec()),
                 (b"\"b\"".to_vec(), b"\"c\"".to_vec()),
+            ]
+        );
+    }
+
+    /// Only the members of objects that are top members' values: not those of objects in
+    /// arrays, nor deeper ones.
+    #[test]
+    fn second_members_are_those_of_top_members_that_are_objects() {
+        let mut top = Vec::new();
+        let mut second = Vec::new();
+        let mut record_second = |k: &[u8], v: &[u8]| second.push((k.to_vec(), v.to_vec()));
+        check(
+            br#"{"a":[{"no":1}],"b":{"c":{"d":2},"e":"f"},"g":{}}"#,
+            |k, _| top.push(k.to_vec()),
+            Some(&mut record_second),
+        )
+        .unwrap();
+        assert_eq!(top, [&b"\"a\""[..], b"\"b\"", b"\"g\""]);
+        assert_eq!(
+            second,
+            vec![
+                (b"\"c\"".to_vec(), b"{\"d\":2}".to_vec()),
+                (b"\"e\"".to_vec(), b"\"f\"".to_vec()),
             ]
         );
     }

@@ -46,7 +46,7 @@ impl std::error::Error for JcsError {}
 mod check;
 mod serializer;
 
-pub(crate) use check::{check, Defect};
+pub(crate) use check::{check, Defect, Visit};
 
 pub use serializer::{to_vec, write, write_visiting_members};
 
