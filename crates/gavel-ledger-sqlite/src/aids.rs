@@ -16,12 +16,24 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::SqliteLedgerSink;
 
-fn spans_mismatch(index: i64, what: String) -> VerifyError {
+fn spans_mismatch(index: Option<i64>, what: String) -> VerifyError {
     VerifyError::Failed(VerifyFailure {
-        index: u64::try_from(index).ok(),
+        index: index.and_then(|i| u64::try_from(i).ok()),
         checkpoint_seq: None,
         problem: Problem::QueryAid(what),
     })
+}
+
+/// A span column that is not what the ledger writes there (a text approval id, integer bounds)
+/// makes reading it fail: an edit of the spans, not a storage failure.
+fn span_edit(e: &rusqlite::Error) -> Option<String> {
+    matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+    )
+    .then(|| format!("a span holds a value of the wrong type ({e}) ({SPANS_EDITED})"))
 }
 
 fn storage(e: rusqlite::Error) -> AidError {
@@ -75,22 +87,23 @@ impl SqliteLedgerSink {
             .map_err(read_error)?;
         let mut rows = stmt.query([]).map_err(read_error)?;
         let mut previous: Option<(String, i64, i64)> = None;
+        let read = |e: rusqlite::Error| match span_edit(&e) {
+            Some(what) => spans_mismatch(None, what),
+            None => read_error(e),
+        };
         while let Some(row) = rows.next().map_err(read_error)? {
-            let approval: String = row.get(0).map_err(read_error)?;
-            let (first, last): (i64, i64) = (
-                row.get(1).map_err(read_error)?,
-                row.get(2).map_err(read_error)?,
-            );
+            let approval: String = row.get(0).map_err(read)?;
+            let (first, last): (i64, i64) = (row.get(1).map_err(read)?, row.get(2).map_err(read)?);
             if first > last {
                 return Err(spans_mismatch(
-                    first,
+                    Some(first),
                     format!("a span of approval {approval:?} ends at {last}, before it begins ({SPANS_EDITED})"),
                 ));
             }
             if let Some((before, before_first, before_last)) = &previous {
                 if *before == approval && first <= *before_last {
                     return Err(spans_mismatch(
-                        first,
+                        Some(first),
                         format!(
                             "spans of approval {approval:?} overlap ({before_first}..={before_last} and {first}..={last}); the ledger never writes overlapping spans ({SPANS_EDITED})"
                         ),
@@ -196,7 +209,8 @@ impl<'s> Spans<'s> {
                 return Ok(());
             }
         }
-        // One approval's spans do not overlap (checked first): the one starting nearest below
+        // One approval's spans do not overlap (`verify_spans_are_disjoint`, which names an
+        // overlap before any record this finds uncovered): the one starting nearest below
         // `index` is the only one that can cover it.
         let span: Option<(i64, i64)> = self
             .conn
@@ -210,7 +224,10 @@ impl<'s> Spans<'s> {
                 })
                 .optional()
             })
-            .map_err(storage)?;
+            .map_err(|e| match span_edit(&e) {
+                Some(what) => AidError::Mismatch(what),
+                None => storage(e),
+            })?;
         match span {
             Some((first, last)) if last >= index => {
                 self.last.insert(approval.to_owned(), (first, last));

@@ -503,6 +503,8 @@ impl WalCheckpointer {
                 restarted: false,
             });
         }
+        // Quiet again only if this run finishes the job; otherwise the next run tries again.
+        self.quiet_since = None;
         let mut last = self.checkpoint("PASSIVE")?;
         if last.frames > self.restart_after {
             // A passive checkpoint that could not copy every frame (readers held some back)
@@ -513,26 +515,26 @@ impl WalCheckpointer {
             self.db.sync_data()?;
             last = self.checkpoint("RESTART")?;
         }
-        if last.frames > 0 && last.copied == last.frames {
-            self.start_wal_over()?;
+        let finished = last.copied == last.frames && (last.frames == 0 || self.start_wal_over()?);
+        if finished {
+            // The version read before the checkpoint, which this connection's own commit does
+            // not change: a commit of another connection since then makes the next run work.
+            self.quiet_since = Some(version);
         }
-        // Unchanged by this connection's own commit: a later run sees a new version only if
-        // another connection committed meanwhile.
-        self.quiet_since = Some(self.data_version()?);
         Ok(last)
     }
 
     /// Inserts a row and deletes it in one transaction, which makes this connection the writer
-    /// that starts the WAL over and leaves the data as it was (SQLite writes no frame for an
-    /// update to the same value). The first commit into a WAL started over writes a new WAL
-    /// header and syncs it (SQLite does so even at `synchronous=NORMAL`, so that writes the
-    /// disk reorders cannot corrupt the database: sqlite.org ticket ff5be73dee). Left to the
-    /// next writer, that sync fell inside a decision's store commit about every 200 ms at low
-    /// rates: half a millisecond more for that request. Done here, it is off every request's
-    /// path. If a reader still uses the WAL, SQLite does not start it over and a later run
-    /// tries again; a writer that holds the lock past the busy handler's wait starts it over
-    /// itself, which is not a failure.
-    fn start_wal_over(&self) -> Result<(), Error> {
+    /// that starts the WAL over and leaves the data as it was (an update to the same value
+    /// would not do: SQLite writes no frame for it). The first commit into a WAL started over
+    /// writes a new WAL header and syncs it (SQLite does so even at `synchronous=NORMAL`, so
+    /// that writes the disk reorders cannot corrupt the database: sqlite.org ticket
+    /// ff5be73dee). Left to the next writer, that sync fell inside a decision's store commit
+    /// about every 200 ms at low rates: half a millisecond more for that request. Done here,
+    /// it is off every request's path. If a reader still uses the WAL, SQLite does not start
+    /// it over and the commit goes after the frames there. False when another writer held the
+    /// lock past the busy handler's wait: that writer goes first, and a later run tries again.
+    fn start_wal_over(&self) -> Result<bool, Error> {
         let written = immediate(&self.conn, |c| {
             c.prepare_cached(
                 "INSERT INTO ledger_meta (key, value) VALUES ('wal_started_over', '')",
@@ -546,9 +548,9 @@ impl WalCheckpointer {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>
             {
-                Ok(())
+                Ok(false)
             }
-            other => Ok(other?),
+            other => other.map(|()| true).map_err(Error::from),
         }
     }
 
@@ -934,6 +936,41 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 12);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A run that a reader kept from copying every frame is not taken for a finished one: the
+    /// next run copies the rest even if nothing was committed in between.
+    #[test]
+    fn a_run_held_back_by_a_reader_is_finished_by_the_next() {
+        let dir = fresh_dir("gavel-wal-held");
+        let path = dir.join("held.db");
+        let sink = SqliteLedgerSink::open(&path).unwrap();
+        sink.hand_checkpoints_to_background().unwrap();
+        let mut checkpointer = WalCheckpointer::open(&path).unwrap();
+        let insert = |i: u32| {
+            sink.conn()
+                .execute(
+                    "INSERT INTO ledger_meta (key, value) VALUES (?1, 'x')",
+                    [format!("k{i}")],
+                )
+                .unwrap();
+        };
+        (0..5).for_each(insert);
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT COUNT(*) FROM ledger_meta", [], |r| r.get(0))
+            .unwrap();
+        (5..10).for_each(insert);
+        let held = checkpointer.run().unwrap();
+        assert!(
+            held.copied < held.frames,
+            "the reader held frames back: {held:?}"
+        );
+        reader.execute_batch("COMMIT").unwrap();
+        let next = checkpointer.run().unwrap();
+        assert!(next.frames > 0 && next.copied == next.frames, "{next:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -339,6 +339,25 @@ fn edited_query_columns_and_spans_are_named() {
         assert!(matches!(f.problem, Problem::QueryAid(_)), "{sql}: {f}");
         assert!(f.to_string().contains(named), "{sql}: {f}");
     }
+    // A span bound of another type is an edit of the spans too, not a storage error, and an
+    // edited record later in the ledger is still the problem named first.
+    let span_of_text = "UPDATE ledger_approval_spans SET last_idx = 'x5' WHERE first_idx = 11";
+    for (also, index, named) in [
+        ("", None, "a span holds a value of the wrong type"),
+        (
+            "UPDATE ledger_records SET bytes = x'00' WHERE idx = 20",
+            Some(20),
+            "record edited",
+        ),
+    ] {
+        let dir = TempDir::new("aids-span-type");
+        let db = dir.path("gavel.db");
+        populate(&db);
+        tamper(&db, &format!("{span_of_text}; {also}"));
+        let f = failure(&db);
+        assert_eq!(f.index, index, "{also}: {f}");
+        assert!(f.to_string().contains(named), "{also}: {f}");
+    }
     // A span that covers more than its approval's records, without overlapping another of
     // the same approval, hides nothing: queries check `approval_id` within a span.
     let dir = TempDir::new("aids-wide");

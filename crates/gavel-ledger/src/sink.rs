@@ -132,17 +132,15 @@ pub enum AidError {
 pub trait RecordReader: Send {
     /// As [`LedgerSink::visit_records`].
     fn visit_records(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<(), SinkError>;
-    /// As [`LedgerSink::visit_records_with_aids`].
+    /// As [`LedgerSink::visit_records_with_aids`], which a sink's readers must do as the sink
+    /// does: no default here, so that a sink that keeps aids cannot hand out readers that
+    /// skip them.
     fn visit_records_with_aids(
         &self,
         from: u64,
         to: u64,
         visit: VisitWithAids<'_>,
-    ) -> Result<(), SinkError> {
-        self.visit_records(from, to, &mut |index, hash, bytes| {
-            visit(index, hash, bytes, None)
-        })
-    }
+    ) -> Result<(), SinkError>;
 }
 
 #[derive(Debug, Default)]

@@ -313,8 +313,9 @@ where
         };
     check_due(&tree, &mut next_cp, &mut good_size)?;
     // Reported only once everything else has verified, as when the aids were checked in a
-    // pass of their own over the proven records.
-    let mut first_wrong_aid: Option<(u64, String)> = None;
+    // pass of their own over the proven records; so is a failure to read what an aid check
+    // needs, which must not hide a problem with the records.
+    let mut first_wrong_aid: Option<(u64, AidError)> = None;
     for rec in records {
         let rec = rec.map_err(VerifyError::Sink)?;
         let index = tree.len();
@@ -330,12 +331,8 @@ where
         }
         rec.format
             .map_err(|e| fail(Some(index), None, Problem::Format(e)))?;
-        match rec.aids {
-            Ok(()) => {}
-            Err(AidError::Sink(e)) => return Err(VerifyError::Sink(e)),
-            Err(AidError::Mismatch(what)) => {
-                first_wrong_aid.get_or_insert((index, what));
-            }
+        if let Err(wrong) = rec.aids {
+            first_wrong_aid.get_or_insert((index, wrong));
         }
         tree.push(rec.leaf);
         check_due(&tree, &mut next_cp, &mut good_size)?;
@@ -378,8 +375,12 @@ where
     if opts.require_signed_tail && unsigned_tail > 0 {
         return Err(fail(Some(signed), None, Problem::Unsigned));
     }
-    if let Some((index, what)) = first_wrong_aid {
-        return Err(fail(Some(index), None, Problem::QueryAid(what)));
+    match first_wrong_aid {
+        Some((index, AidError::Mismatch(what))) => {
+            return Err(fail(Some(index), None, Problem::QueryAid(what)))
+        }
+        Some((_, AidError::Sink(e))) => return Err(VerifyError::Sink(e)),
+        None => {}
     }
     Ok(VerifyReport {
         records: tree.len(),
@@ -584,11 +585,18 @@ mod tests {
         /// Records whose query aid (a copy of the body's `deployment`, "prod" in every
         /// record `ledger` makes) was edited.
         edited_aids: Vec<u64>,
+        /// Records whose aid cannot be read, as a storage error would have it.
+        unreadable_aids: Vec<u64>,
     }
 
     impl Stored {
         /// The sink's aid for record `index` against the one its bytes give.
         fn check_aid(&self, index: u64, aids: &RecordAids) -> Result<(), AidError> {
+            if self.unreadable_aids.contains(&index) {
+                return Err(AidError::Sink(
+                    format!("disk error reading the aids of record {index}").into(),
+                ));
+            }
             let stored = if self.edited_aids.contains(&index) {
                 "edited"
             } else {
@@ -701,6 +709,7 @@ mod tests {
             checkpoints,
             unreadable_from: u64::MAX,
             edited_aids: Vec::new(),
+            unreadable_aids: Vec::new(),
         }
     }
 
@@ -801,6 +810,7 @@ mod tests {
             checkpoints: s.checkpoints.clone(),
             unreadable_from: u64::MAX,
             edited_aids: Vec::new(),
+            unreadable_aids: Vec::new(),
         })
         .is_ok());
         match in_chunks_of_7(&s) {
@@ -878,8 +888,22 @@ mod tests {
             ..VerifyOptions::default()
         };
         assert!(verify(&s, without_aids).is_ok());
-        // A record edited after the first wrong aid is still the problem named.
+        // An aid that cannot be read is a storage error, not a wrong aid, and it is reported
+        // after the rest too.
+        s.edited_aids.clear();
+        s.unreadable_aids = vec![10];
+        match verify(&s, VerifyOptions::default()) {
+            Err(VerifyError::Sink(e)) => assert!(e.to_string().contains("record 10"), "{e}"),
+            other => panic!("expected the storage error, got {other:?}"),
+        }
+        // A record edited after the first wrong or unreadable aid is still the problem named.
         s.records[70].bytes[5] ^= 1;
+        assert_eq!(
+            failure(verify(&s, VerifyOptions::default())),
+            (Some(70), Problem::LeafHash)
+        );
+        s.unreadable_aids.clear();
+        s.edited_aids = vec![22];
         assert_eq!(
             failure(verify(&s, VerifyOptions::default())),
             (Some(70), Problem::LeafHash)
