@@ -883,25 +883,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A ledger in a fresh folder (`gavel.db`) whose WAL checkpoints are the returned
+    /// checkpointer's to run.
+    fn checkpointed_ledger(name: &str) -> (std::path::PathBuf, SqliteLedgerSink, WalCheckpointer) {
+        let dir = fresh_dir(name);
+        let path = dir.join("gavel.db");
+        let sink = SqliteLedgerSink::open(&path).unwrap();
+        sink.hand_checkpoints_to_background().unwrap();
+        let checkpointer = WalCheckpointer::open(&path).unwrap();
+        (dir, sink, checkpointer)
+    }
+
+    /// Commits one row (key `k{i}`) through the sink's connection.
+    fn commit_row(sink: &SqliteLedgerSink, i: u32) {
+        sink.conn()
+            .execute(
+                "INSERT INTO ledger_meta (key, value) VALUES (?1, 'x')",
+                [format!("k{i}")],
+            )
+            .unwrap();
+    }
+
     /// A run that copied every frame starts the WAL over itself, so that the next commit of
     /// another connection writes into it as it is (starting it over would sync the WAL's
     /// header inside that commit); a run that finds nothing new committed does nothing.
     #[test]
     fn a_run_that_copied_every_frame_starts_the_wal_over_itself() {
-        let dir = fresh_dir("gavel-wal-over");
-        let path = dir.join("over.db");
-        let wal = dir.join("over.db-wal");
-        let sink = SqliteLedgerSink::open(&path).unwrap();
-        sink.hand_checkpoints_to_background().unwrap();
-        let mut checkpointer = WalCheckpointer::open(&path).unwrap();
-        let insert = |i: u32| {
-            sink.conn()
-                .execute(
-                    "INSERT INTO ledger_meta (key, value) VALUES (?1, 'x')",
-                    [format!("k{i}")],
-                )
-                .unwrap();
-        };
+        let (dir, sink, mut checkpointer) = checkpointed_ledger("gavel-wal-over");
+        let wal = dir.join("gavel.db-wal");
+        let insert = |i| commit_row(&sink, i);
         // The WAL header's checkpoint sequence number: one more each time the WAL starts over.
         let starts = || {
             let header = std::fs::read(&wal).unwrap();
@@ -943,21 +953,10 @@ mod tests {
     /// next run copies the rest even if nothing was committed in between.
     #[test]
     fn a_run_held_back_by_a_reader_is_finished_by_the_next() {
-        let dir = fresh_dir("gavel-wal-held");
-        let path = dir.join("held.db");
-        let sink = SqliteLedgerSink::open(&path).unwrap();
-        sink.hand_checkpoints_to_background().unwrap();
-        let mut checkpointer = WalCheckpointer::open(&path).unwrap();
-        let insert = |i: u32| {
-            sink.conn()
-                .execute(
-                    "INSERT INTO ledger_meta (key, value) VALUES (?1, 'x')",
-                    [format!("k{i}")],
-                )
-                .unwrap();
-        };
+        let (dir, sink, mut checkpointer) = checkpointed_ledger("gavel-wal-held");
+        let insert = |i| commit_row(&sink, i);
         (0..5).for_each(insert);
-        let reader = Connection::open(&path).unwrap();
+        let reader = Connection::open(dir.join("gavel.db")).unwrap();
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader
             .query_row("SELECT COUNT(*) FROM ledger_meta", [], |r| r.get(0))
