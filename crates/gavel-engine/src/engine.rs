@@ -124,9 +124,55 @@ struct Evaluation {
     breach_route: Option<Breach>,
 }
 
+/// What the content scanners found in one request under one engine, worked out ahead of the
+/// decision by [`Engine::prescan`]: a caller that decides on one thread for everyone (the
+/// gateway's decider) scans on each request's own thread instead, since scanning needs no
+/// state. Opaque: only the engine makes one, and [`Engine::decide_prescanned`] takes its
+/// findings only for the request it was made for (the same texts in the same roles) under the
+/// same contract and scanners; for any other request it scans again. So it cannot carry
+/// findings past the scanners.
+pub struct Prescanned {
+    contract: Arc<Contract>,
+    scanner: Option<Arc<dyn ContentScanner>>,
+    input_sha256: String,
+    report: ScanReport,
+}
+
 impl Engine {
     pub fn new(contract: Arc<Contract>, config: EngineConfig) -> Engine {
         Engine { contract, config }
+    }
+
+    /// Runs the content-scanning stage on `request` now, for [`Engine::decide_prescanned`].
+    pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
+        let texts: Vec<Text<'_>> = request.texts().collect();
+        Prescanned {
+            contract: Arc::clone(&self.contract),
+            scanner: self.config.scanner.clone(),
+            input_sha256: input_digest(&texts),
+            report: self.scan_texts(&texts),
+        }
+    }
+
+    fn scan_texts(&self, texts: &[Text<'_>]) -> ScanReport {
+        let mut report = ScanReport::default();
+        if let Some(scanner) = &self.config.scanner {
+            scanner.scan(texts, &self.contract.policy, &mut report);
+        }
+        report
+    }
+
+    /// Whether `prescanned` was made by this engine's contract and scanners for the request
+    /// whose texts digest to `input_sha256`.
+    fn made_for(&self, prescanned: &Prescanned, input_sha256: &str) -> bool {
+        let same_scanner = match (&prescanned.scanner, &self.config.scanner) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        Arc::ptr_eq(&prescanned.contract, &self.contract)
+            && same_scanner
+            && prescanned.input_sha256 == input_sha256
     }
 
     pub fn contract(&self) -> &Contract {
@@ -135,6 +181,17 @@ impl Engine {
 
     /// Decides one request. Never fails: whatever goes wrong becomes a BLOCK.
     pub fn decide(&self, state: &dyn RuntimeState, input: DecideInput<'_>) -> Decision {
+        self.decide_prescanned(state, input, None)
+    }
+
+    /// [`Engine::decide`], with the scanners' findings taken from `prescanned` when it was
+    /// made for this request under this engine (see [`Prescanned`]); otherwise it scans.
+    pub fn decide_prescanned(
+        &self,
+        state: &dyn RuntimeState,
+        input: DecideInput<'_>,
+        prescanned: Option<Prescanned>,
+    ) -> Decision {
         let DecideInput {
             request,
             principal,
@@ -210,7 +267,10 @@ impl Engine {
             decision_id: &decision.decision_id,
             texts: &texts,
         };
-        let evaluation = match ctx.evaluate(state, request.dry_run) {
+        let prescanned = prescanned
+            .filter(|p| self.made_for(p, &decision.input_sha256))
+            .map(|p| p.report);
+        let evaluation = match ctx.evaluate(state, request.dry_run, prescanned) {
             Ok(evaluation) => evaluation,
             Err(e) => Evaluation::allow().stopped(Stop::block(unavailable(&e))),
         };
@@ -450,7 +510,13 @@ impl Ctx<'_> {
         &self.engine.contract
     }
 
-    fn evaluate(&self, state: &dyn RuntimeState, dry_run: bool) -> Result<Evaluation, StateError> {
+    /// `prescanned`: the scanners' report on this request, when it was made beforehand.
+    fn evaluate(
+        &self,
+        state: &dyn RuntimeState,
+        dry_run: bool,
+        prescanned: Option<ScanReport>,
+    ) -> Result<Evaluation, StateError> {
         let mut eval = Evaluation::allow();
         let view = state.view(
             &self.deployment.id,
@@ -466,7 +532,7 @@ impl Ctx<'_> {
         if let Some(stop) = outcome {
             return Ok(eval.stopped(stop));
         }
-        let scan = self.scan();
+        let scan = prescanned.unwrap_or_else(|| self.engine.scan_texts(self.texts));
         eval.findings = scan.findings;
         if let Some(reason) = scan.block {
             return Ok(eval.stopped(Stop::block(reason)));
@@ -886,14 +952,6 @@ impl Ctx<'_> {
             });
         }
         None
-    }
-
-    fn scan(&self) -> ScanReport {
-        let mut report = ScanReport::default();
-        if let Some(scanner) = &self.engine.config.scanner {
-            scanner.scan(self.texts, &self.contract().policy, &mut report);
-        }
-        report
     }
 
     /// The use case's declared data classes and those the scanners detected.

@@ -38,7 +38,7 @@ mod state;
 mod tokens;
 
 pub use decision::*;
-pub use engine::{window_charge, DecideInput, Engine, EngineConfig, Usage};
+pub use engine::{window_charge, DecideInput, Engine, EngineConfig, Prescanned, Usage};
 pub use ids::new_id;
 pub use memory::{relevant_scopes, MemoryState};
 pub use request::*;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use gavel_engine::{DecideInput, DecideRequest, Decision, Engine};
+use gavel_engine::{DecideInput, DecideRequest, Decision, Engine, Prescanned};
 use gavel_ledger::appender::Durable;
 
 use super::gateway::{Finished, Gateway};
@@ -67,6 +67,9 @@ enum Work {
 struct Job {
     engine: Arc<Engine>,
     request: Arc<DecideRequest>,
+    /// The scanners' findings, worked out on the caller's task: scanning needs no state, so
+    /// it stays out of the one thread every decision goes through.
+    prescanned: Option<Prescanned>,
     principal: String,
     reply: oneshot::Sender<Decided>,
 }
@@ -134,6 +137,7 @@ impl Decider {
     ) -> Decided {
         let (reply, answer) = oneshot::channel();
         let job = Job {
+            prescanned: Some(engine.prescan(&request)),
             engine,
             request,
             principal: principal.to_string(),
@@ -244,17 +248,18 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
             if let Some(settled) = &settled {
                 gw.settle(&batch, settled);
             }
-            for job in waiting.by_ref() {
+            for mut job in waiting.by_ref() {
                 let decision = match new_id("dec") {
-                    Ok(decision_id) => job.engine.decide(
-                        &state,
-                        DecideInput {
+                    Ok(decision_id) => {
+                        let input = DecideInput {
                             request: &job.request,
                             principal: &job.principal,
                             decision_id,
                             now: now(),
-                        },
-                    ),
+                        };
+                        let prescanned = job.prescanned.take();
+                        job.engine.decide_prescanned(&state, input, prescanned)
+                    }
                     Err(failure) => {
                         job.answer(Err(failure));
                         continue;

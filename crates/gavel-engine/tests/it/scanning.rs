@@ -129,3 +129,88 @@ fn a_decision_is_recorded_as_its_json_plus_reason_codes() {
         assert_eq!(serde_json::to_value(d.record()).unwrap(), want);
     }
 }
+
+/// Findings worked out ahead of the decision (`Engine::prescan`, as the gateway does off its
+/// decider thread) give the decision the engine makes on its own; a report made for another
+/// request, or by an engine with other scanners, is not taken: the engine scans again, so a
+/// report cannot carry a request past the scanners.
+/// The standard scanners, counting the texts they are asked to scan.
+struct Counting {
+    inner: Arc<dyn ContentScanner>,
+    scans: std::sync::atomic::AtomicUsize,
+}
+
+impl ContentScanner for Counting {
+    fn scan(
+        &self,
+        texts: &[(ContentRole, std::borrow::Cow<'_, str>)],
+        policy: &gavel_contract::Policy,
+        report: &mut ScanReport,
+    ) {
+        self.scans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.scan(texts, policy, report);
+    }
+}
+
+#[test]
+fn a_prescanned_report_is_taken_only_for_its_own_request_and_engine() {
+    let mut w = World::example();
+    let counting = Arc::new(Counting {
+        inner: shared_config().scanner.unwrap(),
+        scans: Default::default(),
+    });
+    let config = EngineConfig {
+        scanner: Some(counting.clone()),
+        ..shared_config()
+    };
+    w.engine = Engine::new(w.contract.clone(), config);
+    let scans = || counting.scans.load(std::sync::atomic::Ordering::SeqCst);
+    w.approve("kb-search-v1");
+    let parse = |v: serde_json::Value| parse_request(v.to_string().as_bytes()).unwrap();
+    let secret = parse(with_user(&format!(
+        "my key is AKIA{}, can you check it?",
+        "QWERTYUIOPASDFGH"
+    )));
+    let clean = parse(with_user("How do I reset my VPN password?"));
+    // Each decision under a principal of its own: blocks count as strikes, and three would
+    // put the principal in a cooldown.
+    let calls = std::cell::Cell::new(0);
+    let decide = |request: &DecideRequest, prescanned: Option<Prescanned>| {
+        calls.set(calls.get() + 1);
+        let principal = format!("svc-{}", calls.get());
+        let input = DecideInput {
+            request,
+            principal: &principal,
+            decision_id: "dec_prescan".into(),
+            now: NOW,
+        };
+        w.engine.decide_prescanned(&w.state, input, prescanned)
+    };
+    let plain = decide(&secret, None);
+    assert_verdict(&plain, Verdict::Block, "privacy.secret");
+    assert_eq!(scans(), 1);
+    let ahead = decide(&secret, Some(w.engine.prescan(&secret)));
+    assert_eq!(scans(), 2, "scanned once, ahead of the decision");
+    let ruling = |d: &Decision| {
+        serde_json::to_value((&d.verdict, &d.reasons, &d.findings, &d.obligations)).unwrap()
+    };
+    assert_eq!(ruling(&ahead), ruling(&plain));
+    // The clean request's (empty) report, and one from an engine without scanners.
+    let others = [
+        w.engine.prescan(&clean),
+        Engine::new(w.contract.clone(), EngineConfig::default()).prescan(&secret),
+    ];
+    for other in others {
+        let before = scans();
+        assert_verdict(
+            &decide(&secret, Some(other)),
+            Verdict::Block,
+            "privacy.secret",
+        );
+        assert_eq!(scans(), before + 1, "scanned again");
+    }
+    assert_eq!(
+        decide(&clean, Some(w.engine.prescan(&clean))).verdict,
+        Verdict::Allow
+    );
+}
