@@ -45,6 +45,14 @@ const MAX_BATCH: usize = 64;
 /// ledger record (its `at_ms` is when it was settled).
 const OUTCOME_WAIT: Duration = Duration::from_millis(100);
 
+/// Requests with at most this many bytes of text are scanned on the async worker that reads
+/// them (tens of microseconds a kilobyte at most); longer ones on a blocking thread.
+const PRESCAN_INLINE_UP_TO: usize = 64 << 10;
+
+fn text_bytes(request: &DecideRequest) -> usize {
+    request.texts().map(|(_, text)| text.len()).sum()
+}
+
 /// A decision whose store writes are committed and whose record is submitted to the ledger.
 pub type Decided = Result<(Decision, Submitted<Durable>), Failure>;
 
@@ -135,9 +143,19 @@ impl Decider {
         request: Arc<DecideRequest>,
         principal: &str,
     ) -> Decided {
+        let prescanned = if text_bytes(&request) <= PRESCAN_INLINE_UP_TO {
+            engine.prescan(&request)
+        } else {
+            // A long text ties up its thread for milliseconds: not one of the async workers,
+            // which serve every other connection meanwhile.
+            let (engine, request) = (engine.clone(), request.clone());
+            tokio::task::spawn_blocking(move || engine.prescan(&request))
+                .await
+                .map_err(|_| Failure::storage("scanning the request failed (a panic)"))?
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            prescanned: Some(engine.prescan(&request)),
+            prescanned: Some(prescanned),
             engine,
             request,
             principal: principal.to_string(),

@@ -233,6 +233,23 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
         answer.contains("[EMAIL_1]") && !answer.contains("jane.doe"),
         "{answer}"
     );
+    // Past 64 KiB of text the scanners run on a blocking thread: the same redaction.
+    let long = format!(
+        "Mail jane.doe@example.org the guide. {}",
+        "Where is the VPN guide? ".repeat(3_000)
+    );
+    let redacted = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, &long)),
+    );
+    assert_eq!(redacted.status, 200, "{}", redacted.body);
+    assert!(
+        redacted.body.contains("[EMAIL_1]") && !redacted.body.contains("jane.doe"),
+        "{}",
+        &redacted.body[redacted.body.len().saturating_sub(300)..]
+    );
 
     // Not approved: 403 with the reason code, OpenAI's error shape, the decision id.
     let mut unapproved = chat(&r.g, "hi");

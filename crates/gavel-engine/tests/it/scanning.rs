@@ -130,11 +130,7 @@ fn a_decision_is_recorded_as_its_json_plus_reason_codes() {
     }
 }
 
-/// Findings worked out ahead of the decision (`Engine::prescan`, as the gateway does off its
-/// decider thread) give the decision the engine makes on its own; a report made for another
-/// request, or by an engine with other scanners, is not taken: the engine scans again, so a
-/// report cannot carry a request past the scanners.
-/// The standard scanners, counting the texts they are asked to scan.
+/// The standard scanners, counting the calls to them.
 struct Counting {
     inner: Arc<dyn ContentScanner>,
     scans: std::sync::atomic::AtomicUsize,
@@ -152,6 +148,10 @@ impl ContentScanner for Counting {
     }
 }
 
+/// Findings worked out ahead of the decision (`Engine::prescan`, as the gateway does off its
+/// decider thread) give the decision the engine makes on its own; a report made for another
+/// request, or by an engine with other scanners, is not taken: the engine scans again, so a
+/// report cannot carry a request past the scanners.
 #[test]
 fn a_prescanned_report_is_taken_only_for_its_own_request_and_engine() {
     let mut w = World::example();
@@ -195,10 +195,28 @@ fn a_prescanned_report_is_taken_only_for_its_own_request_and_engine() {
         serde_json::to_value((&d.verdict, &d.reasons, &d.findings, &d.obligations)).unwrap()
     };
     assert_eq!(ruling(&ahead), ruling(&plain));
-    // The clean request's (empty) report, and one from an engine without scanners.
+    // A request with PII is allowed with a redaction: notes, redactions and detected classes
+    // (which feed sovereignty) come out the same from a report made ahead.
+    let pii = parse(with_user("Please email jane.doe@example.org about it"));
+    let plain = decide(&pii, None);
+    assert!(!plain.obligations.is_empty(), "{plain:?}");
+    assert_eq!(
+        ruling(&decide(&pii, Some(w.engine.prescan(&pii)))),
+        ruling(&plain)
+    );
+    // The clean request's (empty) report; one from an engine without scanners; one from an
+    // engine with these scanners over an equal contract that is not this engine's.
+    let elsewhere = Engine::new(
+        Arc::new((*w.contract).clone()),
+        EngineConfig {
+            scanner: Some(counting.clone()),
+            ..shared_config()
+        },
+    );
     let others = [
         w.engine.prescan(&clean),
         Engine::new(w.contract.clone(), EngineConfig::default()).prescan(&secret),
+        elsewhere.prescan(&secret),
     ];
     for other in others {
         let before = scans();
