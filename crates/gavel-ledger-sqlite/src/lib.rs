@@ -390,7 +390,8 @@ pub struct WalCheckpointer {
     /// The WAL file's path, for [`WalCheckpointer::preallocate`].
     wal: std::path::PathBuf,
     restart_after: i64,
-    /// The database's `data_version` when the last run ended, after its own writes.
+    /// The database's `data_version` when the last finished run began (every frame copied and
+    /// the WAL started over): while it is unchanged, nobody else has committed since.
     quiet_since: Option<i64>,
 }
 
@@ -493,7 +494,7 @@ impl WalCheckpointer {
     ///
     /// When every frame was copied, the run then starts the WAL over itself (see
     /// `start_wal_over`), so that no commit on a request's path does. A run that finds nothing
-    /// committed by other connections since its last one does nothing at all.
+    /// committed by other connections since the last run that finished so does nothing at all.
     pub fn run(&mut self) -> Result<WalCheckpoint, Error> {
         let version = self.data_version()?;
         if self.quiet_since == Some(version) {
@@ -804,13 +805,7 @@ mod tests {
 
     #[test]
     fn checkpoints_handed_to_the_background_happen_only_when_it_runs() {
-        let dir = std::env::temp_dir().join(format!("gavel-wal-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("wal.db");
-        let _ = std::fs::remove_file(&path);
-        let sink = SqliteLedgerSink::open(&path).unwrap();
-        sink.hand_checkpoints_to_background().unwrap();
-        let mut checkpointer = WalCheckpointer::open(&path).unwrap();
+        let (dir, sink, mut checkpointer) = checkpointed_ledger("gavel-wal");
         // Well past the 8192-page threshold the sink would otherwise checkpoint at.
         let blob = vec![7u8; 64 * 1024];
         for _ in 0..600 {
@@ -837,13 +832,9 @@ mod tests {
     /// working over the zeros, and a new connection that recovers the WAL finds every commit.
     #[test]
     fn a_preallocated_wal_is_written_over_and_recovered() {
-        let dir = fresh_dir("gavel-wal-prealloc");
-        let path = dir.join("pre.db");
-        let wal = dir.join("pre.db-wal");
-        let sink = SqliteLedgerSink::open(&path).unwrap();
-        sink.hand_checkpoints_to_background().unwrap();
+        let (dir, sink, checkpointer) = checkpointed_ledger("gavel-wal-prealloc");
+        let (path, wal) = (dir.join("gavel.db"), dir.join("gavel.db-wal"));
         let before = std::fs::metadata(&wal).unwrap().len();
-        let checkpointer = WalCheckpointer::open(&path).unwrap();
         assert_eq!(
             checkpointer.preallocate().unwrap(),
             WalCheckpointer::PREALLOCATE_BYTES - before
@@ -853,14 +844,7 @@ mod tests {
             WalCheckpointer::PREALLOCATE_BYTES
         );
         assert_eq!(checkpointer.preallocate().unwrap(), 0, "once is enough");
-        for i in 0..50 {
-            sink.conn()
-                .execute(
-                    "INSERT INTO ledger_meta (key, value) VALUES (?1, 'x')",
-                    [format!("k{i}")],
-                )
-                .unwrap();
-        }
+        (0..50).for_each(|i| commit_row(&sink, i));
         assert_eq!(
             std::fs::metadata(&wal).unwrap().len(),
             WalCheckpointer::PREALLOCATE_BYTES,
@@ -871,15 +855,7 @@ mod tests {
         let copy = dir.join("copy.db");
         std::fs::copy(&path, &copy).unwrap();
         std::fs::copy(&wal, dir.join("copy.db-wal")).unwrap();
-        let recovered = Connection::open(&copy).unwrap();
-        let n: i64 = recovered
-            .query_row(
-                "SELECT COUNT(*) FROM ledger_meta WHERE key LIKE 'k%'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(n, 50);
+        assert_eq!(committed_rows(&Connection::open(&copy).unwrap()), 50);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -902,6 +878,16 @@ mod tests {
                 [format!("k{i}")],
             )
             .unwrap();
+    }
+
+    /// The rows `commit_row` committed, as `conn` sees them.
+    fn committed_rows(conn: &Connection) -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM ledger_meta WHERE key LIKE 'k%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
     }
 
     /// A run that copied every frame starts the WAL over itself, so that the next commit of
@@ -937,15 +923,7 @@ mod tests {
         assert_eq!(starts(), before + 2, "an idle run writes nothing");
         insert(11);
         assert_eq!(starts(), before + 2);
-        let n: i64 = sink
-            .conn()
-            .query_row(
-                "SELECT COUNT(*) FROM ledger_meta WHERE key LIKE 'k%'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(n, 12);
+        assert_eq!(committed_rows(sink.conn()), 12);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
