@@ -143,7 +143,8 @@ impl<'a> Checker<'a> {
             self.depth -= 1;
             return Ok(());
         }
-        let mut previous: Option<Literal> = None;
+        // The previous key, and whether it is plain (so each key is looked at once for that).
+        let mut previous: Option<(Literal, bool)> = None;
         loop {
             match self.bytes.get(self.at) {
                 Some(b'"') => {}
@@ -153,15 +154,16 @@ impl<'a> Checker<'a> {
                 _ => return Err(Defect::Syntax("expected a string as the key", self.at)),
             }
             let key = self.string()?;
+            let plain = is_plain_key(self.inner(key));
             if let Some(previous) = previous {
-                if self.key_order(previous, key) != Ordering::Less {
+                if self.key_order(previous, (key, plain)) != Ordering::Less {
                     return Err(Defect::NotCanonical(
                         "object keys out of order or repeated",
                         key.start,
                     ));
                 }
             }
-            previous = Some(key);
+            previous = Some((key, plain));
             match self.bytes.get(self.at) {
                 Some(b':') => self.at += 1,
                 Some(b' ' | b'\t' | b'\n' | b'\r') => {
@@ -351,14 +353,18 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
+    /// A string literal's bytes between its quotes.
+    fn inner(&self, l: Literal) -> &'a [u8] {
+        self.bytes.get(l.start + 1..l.end - 1).unwrap_or_default()
+    }
+
     /// The order of two keys' texts (RFC 8785: by UTF-16 code units), as the writer orders
-    /// them.
-    fn key_order(&self, a: Literal, b: Literal) -> Ordering {
-        let literal = |l: Literal| self.bytes.get(l.start..l.end).unwrap_or_default();
-        let inner = |l: Literal| self.bytes.get(l.start + 1..l.end - 1).unwrap_or_default();
-        if is_plain_key(inner(a)) && is_plain_key(inner(b)) {
-            return inner(a).cmp(inner(b));
+    /// them; each key comes with whether it is plain (`is_plain_key`).
+    fn key_order(&self, (a, a_plain): (Literal, bool), (b, b_plain): (Literal, bool)) -> Ordering {
+        if a_plain && b_plain {
+            return self.inner(a).cmp(self.inner(b));
         }
+        let literal = |l: Literal| self.bytes.get(l.start..l.end).unwrap_or_default();
         literal_order(literal(a), literal(b))
     }
 }
