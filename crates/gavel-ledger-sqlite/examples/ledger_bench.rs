@@ -24,11 +24,12 @@ use gavel_engine::{Decision, Estimate, FindingRecord, Obligation, Verdict};
 use gavel_ledger::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash, MerkleTree};
 use gavel_ledger::{
     verify_records, AppendRecord, Appender, AppenderConfig, Encoded, Flusher, InclusionBundle,
-    LedgerSink, NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord,
+    LedgerSink, NoteSigner, Pending, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord,
     VerifyOptions,
 };
 use gavel_ledger_sqlite::{SqliteLedgerSink, WalCheckpointer};
 use serde_json::json;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -331,21 +332,20 @@ fn throughput(
             let producer = std::thread::Builder::new().name("bench-producer".into());
             producer
                 .spawn(move || {
-                    let mut i = 0;
-                    while i < per_thread {
-                        let n = depth.min(per_thread - i);
-                        let pending: Vec<_> = (0..n)
-                            .map(|k| {
-                                let at = (t * per_thread + i + k) as usize;
-                                app.submit(records[at].encode(1_764_000_000_000 + at as i64))
-                                    .unwrap()
-                            })
-                            .collect();
-                        for p in pending {
-                            p.wait().unwrap();
+                    // A sliding window, as independent callers keep it: a new append as soon
+                    // as the oldest is durable, never a pause with nothing in flight.
+                    let mut in_flight = VecDeque::with_capacity(depth as usize);
+                    for i in 0..per_thread {
+                        if in_flight.len() as u64 == depth {
+                            in_flight.pop_front().map(Pending::wait).unwrap().unwrap();
                         }
-                        i += n;
+                        let at = (t * per_thread + i) as usize;
+                        let body = records[at].encode(1_764_000_000_000 + at as i64);
+                        in_flight.push_back(app.submit(body).unwrap());
                     }
+                    in_flight.into_iter().for_each(|p| {
+                        p.wait().unwrap();
+                    });
                 })
                 .unwrap()
         })
