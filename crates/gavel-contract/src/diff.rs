@@ -477,7 +477,7 @@ mod tests {
                 "secret: flag }, output",
                 "privacy input secret",
             ),
-            ("threshold: 0.8", "threshold: 0.95", "injection threshold"),
+            ("threshold: 0.5", "threshold: 0.95", "injection threshold"),
             (
                 "domain: credit\n",
                 "domain: marketing\n",
@@ -544,7 +544,7 @@ mod tests {
     fn tightening_is_recorded_but_not_flagged() {
         let d = loosening(&[
             ("window: 1m, requests: 120", "window: 1m, requests: 60"),
-            ("threshold: 0.8", "threshold: 0.7"),
+            ("threshold: 0.5", "threshold: 0.4"),
         ]);
         assert!(!d.loosening(), "{d:?}");
         assert_eq!(d.changes.len(), 2, "{d:?}");

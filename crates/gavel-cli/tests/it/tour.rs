@@ -271,7 +271,7 @@ fn apply_reports_what_changed_and_flags_loosening() {
     std::fs::write(
         g.path("gavel.yaml"),
         text.replace("window: 1m, requests: 120", "window: 1m, requests: 500")
-            .replace("threshold: 0.8", "threshold: 0.7"),
+            .replace("threshold: 0.5", "threshold: 0.4"),
     )
     .unwrap();
     let run = g.run(Some(&r.operator), &["apply"]).ok();
@@ -284,7 +284,7 @@ fn apply_reports_what_changed_and_flags_loosening() {
     );
     assert!(
         run.stdout
-            .contains("-       injection threshold 0.8 -> 0.7"),
+            .contains("-       injection threshold 0.5 -> 0.4"),
         "{}",
         run.stdout
     );
@@ -303,7 +303,7 @@ fn apply_reports_what_changed_and_flags_loosening() {
     );
     assert!(
         back.stdout
-            .contains("LOOSENS injection threshold 0.7 -> 0.8"),
+            .contains("LOOSENS injection threshold 0.4 -> 0.5"),
         "{}",
         back.stdout
     );

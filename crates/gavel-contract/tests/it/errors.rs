@@ -107,7 +107,7 @@ fn impossible_values() {
             "abuse:       { strikes: 3, within: 10y",
             "unknown unit",
         ),
-        ("threshold: 0.8", "threshold: 1.8", "within [0, 1]"),
+        ("threshold: 0.5", "threshold: 1.5", "within [0, 1]"),
         (
             "deprecates: 2027-06-30 }\n    prompt_template: prompts/triage.txt",
             "deprecates: 2027-02-30 }\n    prompt_template: prompts/triage.txt",

@@ -1,5 +1,5 @@
 //! The scanner stage under the example contract's policy: privacy input { pii: redact,
-//! secret: block }, injection { input: block, retrieved: block, threshold: 0.8 }.
+//! secret: block }, injection { input: block, retrieved: block, threshold: 0.5 }.
 
 use serde_json::json;
 
@@ -55,6 +55,17 @@ fn a_secret_in_input_blocks_without_echoing_it() {
     assert!(!serde_json::to_string(&d).unwrap().contains(&key));
 }
 
+/// The quality bench (bench/scanners, docs/scanners.md) measures detection and false positives
+/// at the scanners' default threshold; the example contract, which the quick start serves, must
+/// block at that same operating point, or the figures describe a gateway nobody runs.
+#[test]
+fn the_example_contract_blocks_injection_at_the_measured_threshold() {
+    let contract = gavel_contract::example::load().unwrap().contract;
+    let injection = contract.policy.injection.as_ref().unwrap();
+    let measured = gavel_scan::ScanConfig::default().injection_threshold;
+    assert_eq!(injection.threshold, f64::from(measured));
+}
+
 #[test]
 fn direct_injection_blocks_and_counts_as_a_strike() {
     let w = World::example();
@@ -63,7 +74,7 @@ fn direct_injection_blocks_and_counts_as_a_strike() {
     for _ in 0..3 {
         let d = w.decide(with_user(attack));
         assert_verdict(&d, Verdict::Block, "injection.direct");
-        assert!(d.reasons[0].evidence["score"].as_f64().unwrap() >= 0.8);
+        assert!(d.reasons[0].evidence["score"].as_f64().unwrap() >= 0.5);
     }
     assert_verdict(&w.decide(kb_request()), Verdict::Cooldown, "abuse.cooldown");
 }
