@@ -186,9 +186,15 @@ pub enum AuditCommand {
     /// Re-derive every record, the tree and every checkpoint signature; exit 1 naming the
     /// first bad index if anything was edited, deleted, inserted, reordered or truncated.
     Verify {
-        /// Also fail if records after the newest checkpoint are not yet signed.
+        /// Also fail if records after the newest checkpoint are not yet signed while a gavel
+        /// process is writing the ledger (with none writing, such records always fail).
         #[arg(long)]
         strict: bool,
+        /// Check the checkpoints' signatures against this public key (as `gavel audit pubkey`
+        /// prints it) instead of the one derived from the signing key file next to the
+        /// database: pin the key you trust, and verify without read access to the private key.
+        #[arg(long, value_name = "KEY")]
+        pubkey: Option<String>,
     },
     /// One record by id (decision id, or a governance change's id).
     Show { id: String },

@@ -64,6 +64,31 @@ pub fn open_sink(db_path: &Path) -> Result<SqliteLedgerSink, Failure> {
         .map_err(|e| Failure::storage(format!("cannot open the ledger: {e}")))
 }
 
+/// Whether a gavel process holds the ledger for writing now (see [`Ledger::open`]).
+pub fn writer_running(db_path: &Path) -> Result<bool, Failure> {
+    let lock_path = db_path.with_extension("ledger-lock");
+    let lock = match std::fs::File::open(&lock_path) {
+        Ok(lock) => lock,
+        // No process has ever written this ledger from here.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(Failure::storage(format!(
+                "cannot open the ledger lock `{}`: {e}",
+                lock_path.display()
+            )))
+        }
+    };
+    match lock.try_lock_shared() {
+        // Released when `lock` drops, at once: a writer may start during the check.
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(Failure::storage(format!(
+            "cannot check the ledger lock `{}`: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
 pub struct Ledger {
     appender: Appender,
     /// One appender per ledger at a time: the appender keeps the tree in memory, so two

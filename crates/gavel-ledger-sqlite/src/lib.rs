@@ -28,7 +28,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS ledger_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

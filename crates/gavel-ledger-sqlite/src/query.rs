@@ -250,6 +250,7 @@ impl SqliteLedgerSink {
         opts: VerifyOptions,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<VerifyReport, VerifyError> {
+        self.verify_rows_are_contiguous()?;
         let verified = verify_sink_reporting(self, verifier, opts, progress);
         let only_aids_wrong = match &verified {
             Ok(_) => true,
@@ -259,6 +260,7 @@ impl SqliteLedgerSink {
         // Overlapping spans make "the span nearest below covers it" the wrong question, so
         // they are named before any record the spans seemed not to cover.
         if opts.check_query_aids && only_aids_wrong {
+            self.verify_lookup_indexes()?;
             self.verify_spans_are_disjoint()?;
         }
         verified

@@ -256,6 +256,73 @@ fn tampering_in_the_database_is_named() {
     }
 }
 
+/// A copy of record 3's row inserted at `index`.
+fn row_copied_to(index: i64) -> String {
+    format!(
+        "INSERT INTO ledger_records SELECT {index}, id, kind, at_ms, leaf_hash, bytes, deployment,
+         approval_id, principal, reason_codes FROM ledger_records WHERE idx = 3"
+    )
+}
+
+#[test]
+fn rows_outside_the_ledger_are_named_without_walking_to_them() {
+    // Below 0, verification would never read the row; far above the 31 records, it would read
+    // empty ranges for years (2^62) or fail to count them (i64::MAX). Each is named at once.
+    let dir = TempDir::new("outside-below");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    tamper(&db, &row_copied_to(-1));
+    let f = failure(&db);
+    assert_eq!(
+        (f.index, &f.problem),
+        (None, &Problem::RowOutside { index: -1 }),
+        "{f}"
+    );
+    for far in [1_i64 << 62, i64::MAX] {
+        let dir = TempDir::new("outside-above");
+        let db = dir.path("gavel.db");
+        populate(&db);
+        tamper(&db, &row_copied_to(far));
+        let f = failure(&db);
+        let found = u64::try_from(far).unwrap();
+        assert_eq!(
+            (f.index, &f.problem),
+            (Some(31), &Problem::IndexGap { found }),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn planted_and_hollowed_lookup_indexes_are_named() {
+    let cases = [
+        // Another index, partial: an export by deployment that used it would skip record 11.
+        (
+            "CREATE INDEX ledger_records_deployment ON ledger_records (deployment) WHERE idx <> 11",
+            "the index `ledger_records_deployment`",
+        ),
+        // The id index rebuilt partial, its definition edited back to the whole one's.
+        (
+            "CREATE TEMP TABLE kept AS SELECT sql FROM sqlite_master WHERE name = 'ledger_records_id';
+             DROP INDEX ledger_records_id;
+             CREATE INDEX ledger_records_id ON ledger_records (id) WHERE idx <> 11;
+             PRAGMA writable_schema = ON;
+             UPDATE sqlite_master SET sql = (SELECT sql FROM kept) WHERE name = 'ledger_records_id';
+             PRAGMA writable_schema = OFF;",
+            "holds 30 entries for 31 records",
+        ),
+    ];
+    for (sql, named) in cases {
+        let dir = TempDir::new("indexes");
+        let db = dir.path("gavel.db");
+        populate(&db);
+        tamper(&db, sql);
+        let f = failure(&db);
+        assert!(matches!(f.problem, Problem::QueryAid(_)), "{sql}: {f}");
+        assert!(f.to_string().contains(named), "{sql}: {f}");
+    }
+}
+
 #[test]
 fn edited_query_columns_and_spans_are_named() {
     // `populate`: record i has deployment prod (even) or staging, approval ap-(i % 3),

@@ -23,7 +23,7 @@
 
 use crate::merkle::{leaf_hash, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
-use crate::record::{Appendable, IndexFields, RecordError, RecordKind};
+use crate::record::{Appendable, IndexFields, Record, RecordError, RecordKind};
 use crate::sink::{AppendRecord, Flusher, LedgerSink, StoredCheckpoint};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -462,6 +462,53 @@ struct Writer<S> {
     acks: Acks,
 }
 
+/// The records after the newest checkpoint are what the writer signs first when it starts:
+/// what a writer that stopped without signing them (a crash) left. Nothing proves them yet, so
+/// they are checked before the key vouches for them: each stored leaf hash must be the hash of
+/// its bytes, and the bytes a canonical record; and there can be no more of them than one
+/// writer leaves unsigned (a checkpoint is due every `checkpoint_every` records, after a batch
+/// of at most `max_batch`). More means checkpoints were removed or records added by someone
+/// without the key; signing over them would make the forgery verify.
+fn check_unsigned_tail<S: LedgerSink>(
+    sink: &S,
+    signed: u64,
+    count: u64,
+    config: &AppenderConfig,
+) -> Result<(), LedgerError> {
+    let most = config
+        .checkpoint_every
+        .saturating_add(config.max_batch as u64);
+    if count - signed > most {
+        return Err(LedgerError::Corrupt(format!(
+            "{} records follow the newest signed checkpoint (over {signed}), more than a writer \
+             leaves unsigned (at most {most}): checkpoints were removed or records added without \
+             the signing key, and this writer will not sign over them (run `gavel audit verify`)",
+            count - signed
+        )));
+    }
+    let mut problem = None;
+    sink.visit_records(signed, count, &mut |index, stored_hash, bytes| {
+        if problem.is_some() {
+            return;
+        }
+        if leaf_hash(bytes) != *stored_hash {
+            problem = Some(format!(
+                "record {index} does not hash to its stored leaf hash"
+            ));
+        } else if let Err(e) = Record::check_canonical(bytes) {
+            problem = Some(format!("record {index} is not a canonical record: {e}"));
+        }
+    })
+    .map_err(|e| LedgerError::Sink(e.to_string()))?;
+    match problem {
+        Some(what) => Err(LedgerError::Corrupt(format!(
+            "{what}; it follows the newest signed checkpoint, and this writer will not sign over \
+             it (run `gavel audit verify`)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl<S: LedgerSink> Writer<S> {
     fn load(sink: S, signer: NoteSigner, config: AppenderConfig) -> Result<Writer<S>, LedgerError> {
         let sink_err = |e: crate::sink::SinkError| LedgerError::Sink(e.to_string());
@@ -501,6 +548,7 @@ impl<S: LedgerSink> Writer<S> {
                 (cp.seq, cp.size)
             }
         };
+        check_unsigned_tail(&sink, last_size, count, &config)?;
         Ok(Writer {
             sink,
             signer,

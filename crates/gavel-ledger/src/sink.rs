@@ -162,6 +162,21 @@ impl MemorySink {
         MemorySink::default()
     }
 
+    /// A sink holding `records` and `checkpoints` as stored (a [`MemorySink::snapshot`], say),
+    /// unchecked: for reopening what another sink held, edits included.
+    pub fn from_parts(
+        records: Vec<StoredRecord>,
+        checkpoints: Vec<StoredCheckpoint>,
+    ) -> MemorySink {
+        MemorySink {
+            inner: Arc::new(Mutex::new(MemoryInner {
+                records,
+                checkpoints,
+                batches: 0,
+            })),
+        }
+    }
+
     /// Copies of everything stored.
     pub fn snapshot(&self) -> (Vec<StoredRecord>, Vec<StoredCheckpoint>) {
         match self.inner.lock() {

@@ -70,6 +70,9 @@ pub enum Problem {
     CheckpointShrinks { previous: u64, size: u64 },
     /// Expected record `index`, found another index (deletion/insertion).
     IndexGap { found: u64 },
+    /// A stored row holds an index no append writes (below 0): verification reads records
+    /// from index 0 and would never see it, but lookups by id may return it.
+    RowOutside { index: i64 },
     /// The stored leaf hash is not the hash of the stored bytes.
     LeafHash,
     /// The bytes are not a valid canonical record.
@@ -100,6 +103,7 @@ impl fmt::Display for Problem {
             }
             Problem::CheckpointShrinks { previous, size } => write!(f, "checkpoint signs {size} records after one signed {previous}"),
             Problem::IndexGap { found } => write!(f, "found record index {found} here (record deleted, inserted or moved)"),
+            Problem::RowOutside { index } => write!(f, "a row holds the record index {index}, which no append writes (a row inserted outside the ledger)"),
             Problem::LeafHash => f.write_str("stored bytes do not hash to the stored leaf hash (record edited)"),
             Problem::Format(e) => write!(f, "{e}"),
             Problem::RootMismatch { checkpoint_seq, size } => write!(

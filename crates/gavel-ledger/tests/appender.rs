@@ -228,6 +228,77 @@ fn restart_signs_a_tail_left_by_a_crash() {
     assert_eq!((report.records, report.checkpoints), (4, 2));
 }
 
+/// Appends `n` records and stops without the closing checkpoint, as a crash does; returns what
+/// the sink holds.
+fn crashed_after(n: usize, config: AppenderConfig) -> (Vec<StoredRecord>, Vec<StoredCheckpoint>) {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), config).unwrap();
+    for i in 0..n {
+        app.append(&record(i)).unwrap();
+    }
+    std::mem::forget(app);
+    mem.snapshot()
+}
+
+fn refused(sink: MemorySink, config: AppenderConfig) -> String {
+    match Appender::start(sink, signer(), config) {
+        Err(LedgerError::Corrupt(why)) => why,
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("started, and would sign over the tail"),
+    }
+}
+
+#[test]
+fn restart_does_not_sign_an_edited_tail() {
+    let config = AppenderConfig::default();
+    let (mut records, checkpoints) = crashed_after(3, config);
+    // Bytes edited, stored leaf hash left as it was.
+    records[1].bytes = record(7).encode().unwrap().bytes;
+    let why = refused(MemorySink::from_parts(records, checkpoints.clone()), config);
+    assert!(why.contains("record 1 does not hash"), "{why}");
+
+    // Bytes and leaf hash edited together, into something that is not a canonical record.
+    let (mut records, _) = crashed_after(3, config);
+    let mut bytes = records[2].bytes.clone();
+    bytes.insert(1, b' ');
+    records[2].leaf_hash = gavel_ledger::merkle::leaf_hash(&bytes);
+    records[2].bytes = bytes;
+    let why = refused(MemorySink::from_parts(records, checkpoints), config);
+    assert!(why.contains("record 2 is not a canonical record"), "{why}");
+}
+
+#[test]
+fn restart_does_not_sign_more_than_a_writer_leaves_unsigned() {
+    let config = AppenderConfig {
+        checkpoint_every: 2,
+        max_batch: 2,
+        ..AppenderConfig::default()
+    };
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), config).unwrap();
+    for i in 0..10 {
+        app.append(&record(i)).unwrap();
+    }
+    app.close().unwrap();
+    let (records, checkpoints) = mem.snapshot();
+    assert!(checkpoints.len() > 1);
+    // As stored, it reopens.
+    Appender::start(
+        MemorySink::from_parts(records.clone(), checkpoints),
+        signer(),
+        config,
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    // With its checkpoints removed, 10 records are unsigned where a writer leaves at most 4.
+    let why = refused(MemorySink::from_parts(records, Vec::new()), config);
+    assert!(
+        why.contains("10 records follow the newest signed checkpoint"),
+        "{why}"
+    );
+}
+
 #[test]
 fn a_failed_commit_fails_closed() {
     let mem = MemorySink::new();

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use gavel_contract::time::Timestamp;
-use gavel_ledger::{check_proof_json, RecordKind, VerifyError, VerifyOptions};
+use gavel_ledger::{
+    check_proof_json, NoteVerifier, Problem, RecordKind, VerifyError, VerifyOptions,
+};
 use gavel_ledger_sqlite::ExportFilter;
 use gavel_store::Role;
 
@@ -38,11 +40,28 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
     }
     ctx.authenticate(&store, &READERS, "reading the ledger")?;
     let sink = ledger::open_sink(&ctx.db_path)?;
-    let verifier = ledger::load_key(&ctx.db_path)?.verifier();
+    let pinned = match &command {
+        AuditCommand::Verify {
+            pubkey: Some(key), ..
+        } => Some(NoteVerifier::parse(key).map_err(|e| {
+            Failure::invalid(format!(
+                "--pubkey is not a ledger public key as `gavel audit pubkey` prints it: {e}"
+            ))
+        })?),
+        _ => None,
+    };
+    let verifier = match pinned {
+        Some(verifier) => verifier,
+        None => ledger::load_key(&ctx.db_path)?.verifier(),
+    };
     match command {
-        AuditCommand::Verify { strict } => {
+        AuditCommand::Verify { strict, .. } => {
+            // A writer signs what it appends within N records or T ms, and signs what a
+            // crashed one left when it starts, after checking it; with no writer running,
+            // records past the newest checkpoint are proven by nothing.
+            let writing = ledger::writer_running(&ctx.db_path)?;
             let options = VerifyOptions {
-                require_signed_tail: strict,
+                require_signed_tail: strict || !writing,
                 ..VerifyOptions::default()
             };
             let progress = VerifyProgress::on_terminal();
@@ -59,6 +78,13 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
                         report.latest.map(|c| format!(" (newest: #{} over {} records)", c.seq, c.size)).unwrap_or_default(),
                         report.unsigned_tail
                     );
+                }
+                Err(VerifyError::Failed(failure))
+                    if failure.problem == Problem::Unsigned && !writing =>
+                {
+                    return Err(Failure::invalid(format!(
+                        "the ledger does NOT verify: {failure}, and no gavel process is writing the ledger. A writer killed before its next checkpoint leaves such records: the next gavel command that writes the ledger (e.g. `gavel serve`) checks them and signs them. Otherwise they were added or rewritten without the signing key"
+                    )));
                 }
                 Err(VerifyError::Failed(failure)) => {
                     return Err(Failure::invalid(format!(

@@ -231,6 +231,49 @@ fn verify_names_the_first_edited_record() {
 }
 
 #[test]
+fn records_no_checkpoint_covers_fail_verify_while_nobody_writes() {
+    let r = Ready::start();
+    let g = &r.g;
+    g.decide(&r.service, &kb_request());
+    let pubkey = g.run(Some(&r.auditor), &["audit", "pubkey"]).ok().stdout;
+    let pubkey = pubkey.trim();
+    g.run(Some(&r.auditor), &["audit", "verify", "--pubkey", pubkey])
+        .ok();
+    // Someone with the file but not the key removes the newest checkpoint, so that records can
+    // be rewritten past the one before it.
+    let conn = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER ledger_checkpoints_no_delete;
+         DELETE FROM ledger_checkpoints WHERE seq = (SELECT MAX(seq) FROM ledger_checkpoints);",
+    )
+    .unwrap();
+    drop(conn);
+    let run = g
+        .run(Some(&r.auditor), &["audit", "verify"])
+        .fails(1, "not covered by any signed checkpoint");
+    assert!(
+        run.stderr
+            .contains("no gavel process is writing the ledger"),
+        "{}",
+        run.stderr
+    );
+    // A pinned key of the same name that is not the ledger's, and one that is not a key.
+    let name = pubkey.split('+').next().unwrap();
+    let other = gavel_ledger::NoteSigner::from_seed(name, &[9; 32])
+        .unwrap()
+        .verifier()
+        .to_string();
+    assert_ne!(other, pubkey);
+    g.run(Some(&r.auditor), &["audit", "verify", "--pubkey", &other])
+        .fails(1, "does NOT verify");
+    g.run(
+        Some(&r.auditor),
+        &["audit", "verify", "--pubkey", "nonsense"],
+    )
+    .fails(1, "--pubkey is not a ledger public key");
+}
+
+#[test]
 fn verify_names_a_decision_hidden_from_its_approval() {
     let r = Ready::start();
     let g = &r.g;
