@@ -1,6 +1,7 @@
 //! `gavel approve`, `gavel revoke`, `gavel approvals`.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
 use serde_json::json;
@@ -46,7 +47,7 @@ pub fn sign_off(
     args: &ApproveArgs,
 ) -> Result<SignoffOutcome, Failure> {
     let at = now();
-    let terms = terms_from(args, at)?;
+    let terms = terms_from(args, at, contract)?;
     let deployment = contract.deployment(&args.deployment).ok_or_else(|| {
         Failure::invalid(format!(
             "deployment `{}` is not in the contract; see `gavel check`",
@@ -126,7 +127,11 @@ pub fn describe(outcome: &SignoffOutcome) -> String {
 }
 
 /// The terms, if any were given; starting an approval needs population, expiry and on_breach.
-fn terms_from(args: &ApproveArgs, at: Timestamp) -> Result<Option<Terms>, Failure> {
+fn terms_from(
+    args: &ApproveArgs,
+    at: Timestamp,
+    contract: &Contract,
+) -> Result<Option<Terms>, Failure> {
     let any = args.population.is_some()
         || args.expires.is_some()
         || args.on_breach.is_some()
@@ -168,7 +173,7 @@ fn terms_from(args: &ApproveArgs, at: Timestamp) -> Result<Option<Terms>, Failur
         evidence.push(Evidence {
             kind: kind.to_string(),
             path: path.to_string(),
-            sha256: file_sha256(Path::new(path))?,
+            sha256: evidence_sha256(contract, path)?,
         });
     }
     Ok(Some(Terms {
@@ -204,14 +209,50 @@ fn parse_expiry(text: &str, at: Timestamp) -> Result<Timestamp, Failure> {
     })
 }
 
-fn file_sha256(path: &Path) -> Result<String, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Failure::invalid(format!(
-            "cannot read evidence file `{}` ({e})",
-            path.display()
+/// The largest evidence file hashed.
+const EVIDENCE_MAX_BYTES: u64 = 256 << 20;
+
+/// The SHA-256 of an evidence file: a path relative to the contract's folder (as the contract's
+/// own files are) to a regular file inside that folder, of at most 256 MiB, hashed as it is read.
+/// The gateway hashes evidence for approvers calling over HTTP: without these bounds an
+/// approver could have it read any file it can (`/etc/shadow`) or one without end
+/// (`/dev/zero`, which filled its memory).
+fn evidence_sha256(contract: &Contract, path: &str) -> Result<String, Failure> {
+    let refuse = |why: String| Failure::invalid(format!("evidence file `{path}`: {why}"));
+    let folder = contract
+        .source
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let root = folder
+        .canonicalize()
+        .map_err(|e| refuse(format!("the contract's folder cannot be resolved ({e})")))?;
+    let file = root.join(path).canonicalize().map_err(|e| {
+        refuse(format!(
+            "cannot be read ({e}); evidence paths are relative to the contract's folder"
         ))
     })?;
-    Ok(hex::encode(Sha256::digest(bytes)))
+    if !file.starts_with(&root) {
+        return Err(refuse(
+            "it is outside the contract's folder; evidence lives with the contract, where an auditor can hash it again".into(),
+        ));
+    }
+    // Checked before opening: opening a FIFO waits for a writer.
+    let meta = std::fs::metadata(&file).map_err(|e| refuse(format!("cannot be read ({e})")))?;
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    let opened = std::fs::File::open(&file).map_err(|e| refuse(format!("cannot be read ({e})")))?;
+    let mut hasher = Sha256::new();
+    let hashed = std::io::copy(&mut opened.take(EVIDENCE_MAX_BYTES + 1), &mut hasher)
+        .map_err(|e| refuse(format!("cannot be read ({e})")))?;
+    if hashed > EVIDENCE_MAX_BYTES {
+        return Err(refuse(format!(
+            "it is larger than {} MiB; hash large artefacts yourself and give a small file that names them",
+            EVIDENCE_MAX_BYTES >> 20
+        )));
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 pub fn revoke(ctx: &Context, approval_id: &str, reason: &str) -> Outcome {

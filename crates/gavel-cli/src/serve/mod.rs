@@ -95,6 +95,8 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         total: duration("upstream-timeout", &args.upstream_timeout)?,
     };
     let http = reqwest::Client::builder()
+        // The approved endpoint is the only address a governed request may go to.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeouts.connect)
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)

@@ -36,6 +36,8 @@ pub enum UpstreamError {
     Connect(String),
     Timeout(&'static str),
     Status(u16),
+    /// A 3xx: never followed, since the new address is one no approval names.
+    Redirected(u16),
     Broken(String),
     NoKey(String),
     /// The endpoint's breaker is open for this many more milliseconds.
@@ -48,6 +50,9 @@ impl UpstreamError {
             UpstreamError::Connect(e) => format!("endpoint `{endpoint}` could not be reached ({e})"),
             UpstreamError::Timeout(what) => format!("endpoint `{endpoint}` timed out ({what})"),
             UpstreamError::Status(code) => format!("endpoint `{endpoint}` answered HTTP {code}"),
+            UpstreamError::Redirected(code) => format!(
+                "endpoint `{endpoint}` answered with a redirect (HTTP {code}), which gavel does not follow: it would send the governed request to an address no approval names"
+            ),
             UpstreamError::Broken(e) => format!("endpoint `{endpoint}` broke off its answer ({e})"),
             UpstreamError::CircuitOpen(ms) => format!(
                 "endpoint `{endpoint}` failed repeatedly; its circuit is open for {ms} ms more, so it was not called"
@@ -63,6 +68,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "connect_error",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::Status(_) => "server_error",
+            UpstreamError::Redirected(_) => "redirect",
             UpstreamError::Broken(_) => "broken",
             UpstreamError::NoKey(_) => "no_key",
             UpstreamError::CircuitOpen(_) => "circuit_open",
@@ -94,7 +100,14 @@ impl Upstreams {
         }
         let started = Instant::now();
         let result = match &endpoint.kind {
-            EndpointKind::Mock { latency_ms } => mock(path, body, stream, *latency_ms).await,
+            // Bounded like a real upstream's answer, so that `[mock:stall]` shows what a stall
+            // costs instead of hanging the request.
+            EndpointKind::Mock { latency_ms } => tokio::time::timeout(
+                self.timeouts.first_byte,
+                mock(path, body, stream, *latency_ms),
+            )
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(FIRST_BYTE))),
             EndpointKind::Openai => {
                 http_call(&self.http, self.timeouts, endpoint, path, body, stream).await
             }
@@ -168,6 +181,8 @@ impl Breakers {
     }
 }
 
+const FIRST_BYTE: &str = "no response head within the first-byte timeout";
+
 async fn http_call(
     http: &reqwest::Client,
     timeouts: UpstreamTimeouts,
@@ -186,11 +201,7 @@ async fn http_call(
         request = request.bearer_auth(key);
     }
     let response = match tokio::time::timeout(timeouts.first_byte, request.send()).await {
-        Err(_) => {
-            return Err(UpstreamError::Timeout(
-                "no response head within the first-byte timeout",
-            ))
-        }
+        Err(_) => return Err(UpstreamError::Timeout(FIRST_BYTE)),
         Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect(root_cause(&e))),
         Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout("the total timeout")),
         Ok(Err(e)) => return Err(UpstreamError::Broken(root_cause(&e))),
@@ -200,6 +211,9 @@ async fn http_call(
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     if status.is_server_error() {
         return Err(UpstreamError::Status(status.as_u16()));
+    }
+    if status.is_redirection() {
+        return Err(UpstreamError::Redirected(status.as_u16()));
     }
     if stream && status.is_success() {
         let bytes = response
@@ -241,7 +255,7 @@ async fn mock(
     }
     let stall = asked.contains("[mock:stall]");
     if stall && !stream {
-        // Never answers; the caller's timeout ends it.
+        // Never answers; the first-byte timeout ends it.
         std::future::pending::<()>().await;
     }
     // The timer's granularity is a millisecond: a zero latency must not wait for a tick.

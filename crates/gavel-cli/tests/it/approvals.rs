@@ -335,3 +335,37 @@ fn an_approver_cannot_bring_their_own_rules() {
         out.stdout
     );
 }
+
+/// Evidence is hashed by whoever signs off, the gateway included (for approvers over HTTP):
+/// only regular files inside the contract's folder, so that no approver can have it read
+/// another file or one without end.
+#[test]
+fn evidence_files_are_regular_files_inside_the_contract_folder() {
+    let r = Ready::start();
+    let g = &r.g;
+    std::os::unix::fs::symlink("/dev/zero", g.path("evals/zero.jsonl")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(g.path("evals/fifo.jsonl"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    for (evidence, why) in [
+        ("human_oversight=/dev/zero", "outside the contract's folder"),
+        (
+            "human_oversight=/etc/passwd",
+            "outside the contract's folder",
+        ),
+        ("human_oversight=../no-such-file", "cannot be read"),
+        (
+            "human_oversight=evals/zero.jsonl",
+            "outside the contract's folder",
+        ),
+        ("human_oversight=evals/fifo.jsonl", "not a regular file"),
+        ("human_oversight=evals", "not a regular file"),
+    ] {
+        let args = credit(&["--evidence", evidence]);
+        g.run(Some(&r.risk), &strs(&args)).fails(1, why);
+    }
+    let args = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
+    g.run(Some(&r.risk), &strs(&args)).ok();
+}

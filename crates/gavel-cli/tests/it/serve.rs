@@ -637,7 +637,8 @@ fn bad_input_gets_a_clear_error_and_the_gateway_stays_up() {
 }
 
 /// A tiny upstream that misbehaves as the user message asks: `fault:500`, `fault:reset`,
-/// `fault:stall`, `fault:stream-reset`; otherwise a fixed completion.
+/// `fault:stall`, `fault:stream-reset`, `fault:redirect:PORT` (a 307 to that port on this
+/// host); otherwise a fixed completion.
 fn faulty_upstream() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -670,7 +671,10 @@ fn answer(mut stream: TcpStream) {
     let completion = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": "fine" }, "finish_reason": "stop" }],
         "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 } }).to_string();
-    if body.contains("fault:500") {
+    if let Some(port) = body.split("fault:redirect:").nth(1) {
+        let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+        let _ = stream.write_all(format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}/v1/chat/completions\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    } else if body.contains("fault:500") {
         let _ =
             stream.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}");
     } else if body.contains("fault:reset") {
@@ -741,6 +745,27 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         );
         assert!(reply.body.contains("a person will answer"), "{fault}");
     }
+    // A redirect is a failure like those, and is not followed: nothing reaches the address
+    // it names.
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let port = elsewhere.local_addr().unwrap().port();
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, &format!("fault:redirect:{port}"))),
+    );
+    assert_eq!(
+        reply.header("x-gavel-fallback"),
+        Some("response"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        matches!(elsewhere.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the redirect was followed"
+    );
     // Mid-stream faults: the client gets what was checked, then an error event; never a hang.
     for fault in ["fault:stream-reset", "fault:stream-stall"] {
         let mut streamed = chat(&r.g, fault);
@@ -1235,4 +1260,25 @@ fn circuit_breaker_opens_after_failures_and_probes_to_close() {
     assert_eq!(probe.json()["choices"][0]["message"]["content"], "fine");
     let metrics = s.request("GET", "/metrics", None, None).body;
     assert!(metrics.contains("outcome=\"circuit_open\""), "{metrics}");
+}
+
+/// The mock's `[mock:stall]` answers nothing, as a stalled upstream would; the first-byte
+/// timeout ends it as it ends a real upstream's stall.
+#[test]
+fn a_stalled_mock_answer_ends_at_the_first_byte_timeout() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "1s"]);
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "Are you there? [mock:stall]")),
+    );
+    assert_eq!(
+        (reply.status, reply.code()),
+        (502, "upstream.unavailable".to_string()),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("first-byte timeout"), "{}", reply.body);
 }
