@@ -535,9 +535,13 @@ impl Ctx<'_> {
             return Ok(eval.stopped(stop));
         }
         let scan = prescanned.unwrap_or_else(|| self.engine.scan_texts(self.texts));
+        let unredactable = self.unredactable(&scan);
         eval.findings = scan.findings;
         if let Some(reason) = scan.block {
             return Ok(eval.stopped(Stop::block(reason)));
+        }
+        if let Some(stop) = unredactable {
+            return Ok(eval.stopped(stop));
         }
         eval.reasons.extend(scan.notes);
         if !scan.redactions.is_empty() {
@@ -553,6 +557,36 @@ impl Ctx<'_> {
             return Ok(eval.stopped(stop));
         }
         Ok(eval)
+    }
+
+    /// A redaction of a text that cannot be rewritten in place (tool-call arguments, a
+    /// message's other fields: see [`DecideRequest::redactable_texts`]) would let the span go
+    /// out as it is: the request is blocked instead, as for a span the redactor cannot cover.
+    fn unredactable(&self, scan: &ScanReport) -> Option<Stop> {
+        let redactable = self.request.redactable_texts();
+        let r = scan
+            .redactions
+            .iter()
+            .find(|r| r.text_index >= redactable)?;
+        let kind = scan
+            .findings
+            .iter()
+            .find(|f| (f.text_index, f.start, f.end) == (r.text_index, r.start, r.end))
+            .map_or("pii", |f| f.kind.as_str());
+        let code = if kind == "secret" {
+            ReasonCode::PrivacySecret
+        } else {
+            ReasonCode::PrivacyPii
+        };
+        Some(Stop::block(
+            Reason::new(
+                code,
+                format!("{kind} found outside a message's content (tool-call arguments or another message field), where it cannot be redacted"),
+            )
+            .with("text_index", r.text_index)
+            .with("start", r.start)
+            .with("end", r.end),
+        ))
     }
 
     fn state_guard(&self, view: &GovernanceView) -> Option<Stop> {

@@ -85,10 +85,13 @@ pub enum ActionKind {
     Task,
 }
 
-/// An OpenAI chat message. Fields the engine does not govern (`refusal`, `audio`,
-/// `annotations`...) are accepted and ignored so that real chat bodies parse; the request
-/// itself stays strict, so no field can switch a guard off.
+/// An OpenAI chat message, with every field OpenAI's API defines and no other: a body is
+/// forwarded upstream as it came, so a field the engine did not read would carry text past
+/// the scanners. Besides `content`, the fields that can hold text (`name`, `refusal`,
+/// `function_call`, `audio`, `annotations`) are scanned as one more text of the message (see
+/// [`DecideRequest::texts`]).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: MessageRole,
     #[serde(default)]
@@ -99,6 +102,14 @@ pub struct Message {
     pub tool_call_id: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<Value>,
+    #[serde(default)]
+    pub refusal: Option<Value>,
+    #[serde(default)]
+    pub function_call: Option<Value>,
+    #[serde(default)]
+    pub audio: Option<Value>,
+    #[serde(default)]
+    pub annotations: Option<Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -118,15 +129,75 @@ pub enum MessageContent {
     Parts(Vec<MessagePart>),
 }
 
+/// A part of a message's content, with the fields OpenAI's API defines for its part types.
+/// `text` is the message's text; the others (an image's URL, a file's or audio's data, a
+/// refusal) are scanned with the message's other fields.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MessagePart {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
     pub text: Option<String>,
+    #[serde(default)]
+    pub image_url: Option<Value>,
+    #[serde(default)]
+    pub input_audio: Option<Value>,
+    #[serde(default)]
+    pub file: Option<Value>,
+    #[serde(default)]
+    pub refusal: Option<Value>,
+}
+
+impl MessagePart {
+    fn carries_more_than_text(&self) -> bool {
+        [
+            &self.image_url,
+            &self.input_audio,
+            &self.file,
+            &self.refusal,
+        ]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| !v.is_null()))
+    }
 }
 
 impl Message {
+    /// Everything the message carries besides its text and tool calls, as one JSON text to
+    /// scan, or `None` when that is nothing: `name`, `refusal`, `function_call`, `audio`,
+    /// `annotations`, and the content parts that are not text.
+    pub fn other_content(&self) -> Option<String> {
+        let mut other = serde_json::Map::new();
+        let fields = [
+            ("name", self.name.as_ref().map(|n| Value::String(n.clone()))),
+            ("refusal", self.refusal.clone()),
+            ("function_call", self.function_call.clone()),
+            ("audio", self.audio.clone()),
+            ("annotations", self.annotations.clone()),
+        ];
+        for (key, value) in fields {
+            if let Some(value) = value.filter(|v| !v.is_null()) {
+                other.insert(key.to_string(), value);
+            }
+        }
+        if let Some(MessageContent::Parts(parts)) = &self.content {
+            let parts: Vec<Value> = parts
+                .iter()
+                .filter(|p| p.carries_more_than_text())
+                .map(|p| {
+                    serde_json::json!({
+                        "image_url": p.image_url, "input_audio": p.input_audio,
+                        "file": p.file, "refusal": p.refusal,
+                    })
+                })
+                .collect();
+            if !parts.is_empty() {
+                other.insert("parts".to_string(), Value::Array(parts));
+            }
+        }
+        (!other.is_empty()).then(|| Value::Object(other).to_string())
+    }
+
     /// The message's text; non-text parts (images...) contribute nothing.
     pub fn text(&self) -> String {
         match &self.content {
@@ -138,6 +209,15 @@ impl Message {
                 .collect::<Vec<_>>()
                 .join("\n"),
         }
+    }
+}
+
+fn role_of(role: MessageRole) -> ContentRole {
+    match role {
+        MessageRole::System | MessageRole::Developer => ContentRole::System,
+        MessageRole::User => ContentRole::User,
+        MessageRole::Assistant => ContentRole::Assistant,
+        MessageRole::Tool => ContentRole::ToolOutput,
     }
 }
 
@@ -181,15 +261,13 @@ pub struct FunctionDefinition {
 }
 
 impl DecideRequest {
-    /// Every piece of text in the request with its role, in order: messages, then parts.
+    /// Every piece of text in the request with its role, in order: one per message (its
+    /// content), one per content part, the tool calls' arguments, then one per message that
+    /// carries more than content and tool calls ([`Message::other_content`]). Only the first
+    /// two kinds can be redacted ([`DecideRequest::redactable_texts`]).
     pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
         let messages = self.messages.iter().map(|m| {
-            let role = match m.role {
-                MessageRole::System | MessageRole::Developer => ContentRole::System,
-                MessageRole::User => ContentRole::User,
-                MessageRole::Assistant => ContentRole::Assistant,
-                MessageRole::Tool => ContentRole::ToolOutput,
-            };
+            let role = role_of(m.role);
             let text = match &m.content {
                 Some(MessageContent::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
                 _ => std::borrow::Cow::Owned(m.text()),
@@ -213,7 +291,19 @@ impl DecideRequest {
                     std::borrow::Cow::Owned(v.to_string()),
                 )
             });
-        messages.chain(parts).chain(calls)
+        let others = self.messages.iter().filter_map(|m| {
+            m.other_content()
+                .map(|text| (role_of(m.role), std::borrow::Cow::Owned(text)))
+        });
+        messages.chain(parts).chain(calls).chain(others)
+    }
+
+    /// How many of [`DecideRequest::texts`] come first and can be redacted in place: each
+    /// message's content and each content part. The texts after them (tool-call arguments,
+    /// other message fields) are scanned, but a finding there that policy would redact
+    /// blocks instead.
+    pub fn redactable_texts(&self) -> usize {
+        self.messages.len() + self.content.len()
     }
 
     /// Whether the request generates text (an inference, or anything carrying chat messages):
@@ -223,9 +313,10 @@ impl DecideRequest {
         self.action.kind == ActionKind::Inference || !self.messages.is_empty()
     }
 
-    /// The system prompt: system/developer messages joined, or system content parts.
+    /// The system prompt: system/developer messages' content, or system content parts.
     pub fn system_prompts(&self) -> Vec<std::borrow::Cow<'_, str>> {
         self.texts()
+            .take(self.redactable_texts())
             .filter(|(role, _)| *role == ContentRole::System)
             .map(|(_, text)| text)
             .collect()

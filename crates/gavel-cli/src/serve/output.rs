@@ -67,6 +67,12 @@ impl OutputGuard {
         self.judge(&findings, from, &released)
     }
 
+    /// Guards `text` as a whole answer: one push, then the end.
+    pub fn whole(&mut self, text: &str) -> Result<String, Violation> {
+        let head = self.push(text)?;
+        Ok(head + &self.finish()?)
+    }
+
     /// Ends the answer: decides what was held back and releases the rest.
     pub fn finish(&mut self) -> Result<String, Violation> {
         let from = self.scanner.released_len();
@@ -144,6 +150,41 @@ impl OutputGuard {
         self.redactions.retain(|(span, _)| span.end > to);
         out
     }
+}
+
+/// Guards, in place, every string in `value` (object keys included), each as a whole answer
+/// with a guard of its own from `new_guard`, adding what they found to `findings`. An upstream's
+/// answer carries text in more places than the message content the proxy guards as the answer
+/// (a `refusal`, tool-call arguments, content given as parts, an error's message, fields of the
+/// upstream's own), and all of it reaches the client. A span split across two strings (two
+/// stream events) is seen by neither.
+pub fn guard_strings(
+    value: &mut Value,
+    new_guard: &dyn Fn() -> OutputGuard,
+    findings: &mut Vec<Value>,
+) -> Result<(), Violation> {
+    let guarded = |text: &str, findings: &mut Vec<Value>| {
+        let mut guard = new_guard();
+        let result = guard.whole(text);
+        findings.append(&mut guard.findings);
+        result
+    };
+    match value {
+        Value::String(text) => *text = guarded(text, findings)?,
+        Value::Array(items) => {
+            for item in items {
+                guard_strings(item, new_guard, findings)?;
+            }
+        }
+        Value::Object(members) => {
+            for (key, mut member) in std::mem::take(members) {
+                guard_strings(&mut member, new_guard, findings)?;
+                members.insert(guarded(&key, findings)?, member);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use gavel_store::KeyRecord;
 use super::error::{ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway, Ruling};
 use super::metrics;
-use super::output::{OutputGuard, Violation};
+use super::output::{guard_strings, OutputGuard, Violation};
 use super::upstream::{ByteStream, Reply};
 
 /// Body fields that are not generation parameters.
@@ -307,9 +307,33 @@ impl Call {
     ) -> Response {
         let decision = &ruling.decision;
         if !status.is_success() {
-            // The upstream refused the request (4xx): its answer, as it gave it.
-            self.gw.record_outcome(decision, &deployment.id, &Usage::default(), json!({ "upstream_status": status.as_u16(), "latency_ms": self.started.elapsed().as_millis() as u64 }));
-            return passthrough(status, body, decision);
+            // The upstream refused the request (4xx): its answer, as it gave it once guarded
+            // like any answer (an error message can quote what it was sent, or anything).
+            let mut findings = Vec::new();
+            let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": self.started.elapsed().as_millis() as u64 });
+            let guarded = match serde_json::from_slice::<Value>(&body) {
+                Ok(mut refusal) => guard_strings(&mut refusal, &|| self.guard(), &mut findings)
+                    .map(|()| Bytes::from(refusal.to_string())),
+                Err(_) => self
+                    .guard()
+                    .whole(&String::from_utf8_lossy(&body))
+                    .map(Bytes::from),
+            };
+            details["output_findings"] = json!(findings);
+            return match guarded {
+                Ok(body) => {
+                    self.gw
+                        .record_outcome(decision, &deployment.id, &Usage::default(), details);
+                    passthrough(status, body, decision)
+                }
+                Err(v) => {
+                    metrics::output_violation(&deployment.id, v.code.as_str());
+                    details["output_violation"] = json!({ "code": v.code.as_str(), "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end });
+                    self.gw
+                        .record_outcome(decision, &deployment.id, &Usage::default(), details);
+                    output_refusal(decision, &v).into_response()
+                }
+            };
         }
         let Ok(mut reply) = serde_json::from_slice::<Value>(&body) else {
             self.gw.record_outcome(
@@ -328,25 +352,39 @@ impl Call {
             )
             .into_response();
         };
-        // Each choice is its own answer: its own guard, one push and the end.
+        // Each choice is its own answer: its own guard, one push and the end. Then every other
+        // string of the reply, each on its own, with the contents set aside meanwhile.
         let mut findings = Vec::new();
         let mut violation = None;
+        let mut contents = Vec::new();
         if let Some(choices) = reply["choices"].as_array_mut() {
-            for choice in choices {
+            for choice in choices.iter_mut() {
                 let Some(text) = choice["message"]["content"].as_str().map(str::to_string) else {
+                    contents.push(None);
                     continue;
                 };
                 let mut guard = self.guard();
-                let checked = guard
-                    .push(&text)
-                    .and_then(|head| guard.finish().map(|tail| head + &tail));
+                let checked = guard.whole(&text);
                 findings.append(&mut guard.findings);
                 match checked {
-                    Ok(checked) => choice["message"]["content"] = json!(checked),
+                    Ok(checked) => {
+                        contents.push(Some(checked));
+                        choice["message"]["content"] = Value::Null;
+                    }
                     Err(v) => {
                         violation = Some(v);
                         break;
                     }
+                }
+            }
+        }
+        if violation.is_none() {
+            violation = guard_strings(&mut reply, &|| self.guard(), &mut findings).err();
+        }
+        if let Some(choices) = reply["choices"].as_array_mut() {
+            for (choice, content) in choices.iter_mut().zip(contents) {
+                if let Some(content) = content {
+                    choice["message"]["content"] = json!(content);
                 }
             }
         }
@@ -469,6 +507,8 @@ impl Call {
         let mut summary = StreamSummary::default();
         let mut guard = self.guard();
         let mut pending = String::new();
+        // The bytes of a character the last read cut in two, until the next read completes it.
+        let mut cut_char: Vec<u8> = Vec::new();
         let mut template: Option<Value> = None;
         let deadline = self.started + self.gw.upstreams.timeouts.total;
         loop {
@@ -494,7 +534,7 @@ impl Call {
                     return summary;
                 }
             };
-            pending.push_str(&String::from_utf8_lossy(&bytes));
+            decode_utf8_into(&mut pending, &mut cut_char, &bytes);
             while let Some((data, rest)) = next_event(&pending) {
                 pending = rest;
                 let Some(data) = data else { continue };
@@ -525,6 +565,12 @@ impl Call {
                     continue;
                 };
                 if chunk.get("error").is_some() {
+                    if let Err(v) = guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings)
+                    {
+                        let findings = std::mem::take(&mut guard.findings);
+                        self.cut(&mut summary, decision, v, findings, tx).await;
+                        return summary;
+                    }
                     let _ = tx.send(event(&chunk)).await;
                     summary.ended = "upstream error event".to_string();
                     return summary;
@@ -588,6 +634,34 @@ impl Call {
                     }
                     if choices.is_empty() {
                         forward = true;
+                    }
+                }
+                // Every other string of the event (a refusal, tool-call arguments, fields of the
+                // upstream's own), each on its own, with the released content set aside.
+                let released: Vec<Value> = chunk["choices"]
+                    .as_array_mut()
+                    .map(|choices| {
+                        choices
+                            .iter_mut()
+                            .map(|c| {
+                                c["delta"]
+                                    .get_mut("content")
+                                    .map(Value::take)
+                                    .unwrap_or(Value::Null)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Err(v) = guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings) {
+                    let findings = std::mem::take(&mut guard.findings);
+                    self.cut(&mut summary, decision, v, findings, tx).await;
+                    return summary;
+                }
+                if let Some(choices) = chunk["choices"].as_array_mut() {
+                    for (choice, content) in choices.iter_mut().zip(released) {
+                        if let Some(slot) = choice["delta"].get_mut("content") {
+                            *slot = content;
+                        }
                     }
                 }
                 if template.is_none() {
@@ -782,6 +856,41 @@ fn annotate(headers: &mut HeaderMap, ruling: &Ruling, fallback: bool, snapshot: 
             HeaderValue::from_static(SNAPSHOT_CHANGED),
         );
     }
+}
+
+/// Appends `bytes` to `text` as UTF-8, continuing the character `cut` holds from the last
+/// call and keeping in `cut` the start of one the end of `bytes` leaves incomplete: a read of
+/// the upstream's stream can end inside a character. Bytes that cannot be UTF-8 become U+FFFD.
+fn decode_utf8_into(text: &mut String, cut: &mut Vec<u8>, bytes: &[u8]) {
+    cut.extend_from_slice(bytes);
+    let mut rest: &[u8] = cut;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                text.push_str(valid);
+                rest = &[];
+                break;
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                match e.error_len() {
+                    // An incomplete character at the end: wait for the rest of it.
+                    None => {
+                        rest = after;
+                        break;
+                    }
+                    Some(bad) => {
+                        text.push(char::REPLACEMENT_CHARACTER);
+                        rest = after.get(bad..).unwrap_or_default();
+                    }
+                }
+            }
+        }
+    }
+    let keep = rest.len();
+    let from = cut.len() - keep;
+    cut.drain(..from);
 }
 
 fn passthrough(status: StatusCode, body: Bytes, decision: &Decision) -> Response {
@@ -1002,5 +1111,24 @@ mod tests {
             &[r(5, 11, "[EMAIL_1]"), r(16, 22, "[EMAIL_2]")],
         );
         assert_eq!(messages[0]["content"], "mail [EMAIL_1] and [EMAIL_2]");
+    }
+
+    #[test]
+    fn characters_cut_between_reads_are_decoded_whole() {
+        let text = "héllo → wörld 🦀".as_bytes();
+        for cut_at in 0..=text.len() {
+            let (mut decoded, mut cut) = (String::new(), Vec::new());
+            decode_utf8_into(&mut decoded, &mut cut, &text[..cut_at]);
+            decode_utf8_into(&mut decoded, &mut cut, &text[cut_at..]);
+            assert_eq!(decoded, "héllo → wörld 🦀", "cut at {cut_at}");
+            assert!(cut.is_empty());
+        }
+        // Bytes that cannot be UTF-8 become one replacement each; a started character waits.
+        let (mut decoded, mut cut) = (String::new(), Vec::new());
+        decode_utf8_into(&mut decoded, &mut cut, b"a\xffb\xf0\x9f");
+        assert_eq!(
+            (decoded.as_str(), cut.as_slice()),
+            ("a\u{fffd}b", &b"\xf0\x9f"[..])
+        );
     }
 }

@@ -169,7 +169,7 @@ fn refusals_name_the_missing_requirement() {
             "eval=nope.jsonl",
         ],
     )
-    .fails(1, "cannot read evidence file");
+    .fails(1, "evidence file `nope.jsonl`: cannot be read");
 }
 
 #[test]

@@ -671,7 +671,46 @@ fn answer(mut stream: TcpStream) {
     let completion = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": "fine" }, "finish_reason": "stop" }],
         "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 } }).to_string();
-    if let Some(port) = body.split("fault:redirect:").nth(1) {
+    // A token the output scanners know (GitHub's format), in places other than the content.
+    let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
+    let sse = |events: &[String]| {
+        let mut out =
+            String::from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: ");
+        let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        out.push_str(&format!("{}\r\n\r\n{body}", body.len()));
+        out
+    };
+    if body.contains("fault:refusal-secret") {
+        let reply = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": "fine", "refusal": format!("I will not use {token}") }, "finish_reason": "stop" }] }).to_string();
+        let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len()).as_bytes());
+    } else if body.contains("fault:400-secret") {
+        let reply = json!({ "error": { "message": format!("invalid key {token}"), "type": "invalid_request_error" } }).to_string();
+        let _ = stream.write_all(format!("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len()).as_bytes());
+    } else if body.contains("fault:stream-error-secret") {
+        let error =
+            json!({ "error": { "message": format!("quota of {token} exceeded") } }).to_string();
+        let _ = stream.write_all(sse(&[error]).as_bytes());
+    } else if body.contains("fault:stream-refusal-secret") {
+        let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "refusal": format!("not with {token}") }, "finish_reason": null }] }).to_string();
+        let _ = stream.write_all(sse(&[chunk, "[DONE]".to_string()]).as_bytes());
+    } else if body.contains("fault:stream-utf8") {
+        // "héllo" with the two bytes of "é" in two writes, flushed apart.
+        let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "content": "héllo" }, "finish_reason": "stop" }] }).to_string();
+        let event = format!("data: {chunk}\n\ndata: [DONE]\n\n").into_bytes();
+        let split = event.iter().position(|&b| b == 0xc3).unwrap() + 1;
+        let _ = stream.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n",
+                event.len()
+            )
+            .as_bytes(),
+        );
+        let _ = stream.write_all(&event[..split]);
+        let _ = stream.flush();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = stream.write_all(&event[split..]);
+    } else if let Some(port) = body.split("fault:redirect:").nth(1) {
         let port: String = port.chars().take_while(char::is_ascii_digit).collect();
         let _ = stream.write_all(format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}/v1/chat/completions\r\nContent-Length: 0\r\n\r\n").as_bytes());
     } else if body.contains("fault:500") {
@@ -1281,4 +1320,54 @@ fn a_stalled_mock_answer_ends_at_the_first_byte_timeout() {
         reply.body
     );
     assert!(reply.body.contains("first-byte timeout"), "{}", reply.body);
+}
+
+/// Everything of an upstream's answer reaches the client, so everything is guarded: a refusal,
+/// an error body, an error event or a refusal delta holding a secret is refused or cut like
+/// content holding one; and a character split between two reads of a stream arrives whole.
+#[test]
+fn answers_are_guarded_outside_their_content_too() {
+    let upstream = faulty_upstream();
+    let r = with_upstream(&upstream, false);
+    let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "2s"]);
+    for fault in ["fault:refusal-secret", "fault:400-secret"] {
+        let reply = s.request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&r.service),
+            Some(&chat(&r.g, fault)),
+        );
+        assert_eq!(
+            (reply.status, reply.code()),
+            (403, "privacy.secret".to_string()),
+            "{fault}: {}",
+            reply.body
+        );
+        assert!(!reply.body.contains("ghp_"), "{fault}: {}", reply.body);
+    }
+    for fault in ["fault:stream-error-secret", "fault:stream-refusal-secret"] {
+        let mut streamed = chat(&r.g, fault);
+        streamed["stream"] = json!(true);
+        let reply = s.request(
+            "POST",
+            "/v1/chat/completions",
+            Some(&r.service),
+            Some(&streamed),
+        );
+        assert!(
+            reply.body.contains("\"code\":\"privacy.secret\""),
+            "{fault}: {}",
+            reply.body
+        );
+        assert!(!reply.body.contains("ghp_"), "{fault}: {}", reply.body);
+    }
+    let mut streamed = chat(&r.g, "fault:stream-utf8");
+    streamed["stream"] = json!(true);
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&streamed),
+    );
+    assert!(reply.body.contains("héllo"), "{}", reply.body);
 }
