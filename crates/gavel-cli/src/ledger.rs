@@ -248,6 +248,11 @@ impl Ledger {
     }
 
     /// Signs a final checkpoint and stops the writer.
+    /// Why the ledger stopped accepting records, after a failed commit or sync.
+    pub fn failure(&self) -> Option<&str> {
+        self.appender.failure()
+    }
+
     pub fn close(self) -> Result<(), Failure> {
         self.appender.close().map(|_| ()).map_err(|e| {
             Failure::storage(format!(

@@ -292,6 +292,8 @@ impl Future for Durable {
 pub struct Appender {
     tx: Sender<Msg>,
     handle: Option<JoinHandle<()>>,
+    /// Set by the writer or the sync thread when a commit or a sync fails.
+    failed: Arc<OnceLock<String>>,
 }
 
 fn now_ms() -> i64 {
@@ -326,6 +328,7 @@ impl Appender {
         }
         writer.split_durability()?;
         let (tx, rx) = mpsc::channel();
+        let failed = Arc::clone(&writer.failed);
         let handle = std::thread::Builder::new()
             .name("gavel-ledger-writer".into())
             .spawn(move || writer.run(rx))
@@ -333,7 +336,14 @@ impl Appender {
         Ok(Appender {
             tx,
             handle: Some(handle),
+            failed,
         })
+    }
+
+    /// Why the appender stopped accepting records, once a commit or a sync has failed (it
+    /// refuses every append from then on: see [`LedgerError::Failed`]).
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
     }
 
     /// Queues a record and returns at once; the record is durable when

@@ -311,8 +311,11 @@ fn a_failed_commit_fails_closed() {
     };
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     app.append(&record(0)).unwrap();
+    assert_eq!(app.failure(), None);
     fail.store(true, Ordering::SeqCst);
     assert!(matches!(app.append(&record(1)), Err(LedgerError::Sink(_))));
+    // Said once for all (a gateway's readiness and its log read it), and it stays.
+    assert!(app.failure().is_some());
     fail.store(false, Ordering::SeqCst);
     assert!(matches!(
         app.append(&record(2)),

@@ -24,15 +24,28 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.is_ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (
+    if !gw.is_ready() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: loading the contract and the ledger",
         )
-            .into_response()
+            .into_response();
     }
+    match gw.ledger.failure() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", ledger_stopped(why)),
+        )
+            .into_response(),
+    }
+}
+
+/// What a stopped ledger means for the gateway, in one sentence.
+pub fn ledger_stopped(why: &str) -> String {
+    format!(
+        "the ledger stopped accepting records after a failure ({why}); every decision is refused (BLOCK governance.unavailable) until gavel serve is restarted once the cause (a full disk, a failing device) is fixed"
+    )
 }
 
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {

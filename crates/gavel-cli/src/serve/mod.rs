@@ -213,6 +213,7 @@ async fn serve(
         watched,
     ));
     tokio::spawn(checkpoint_wal(checkpointer, stop_rx.clone()));
+    tokio::spawn(report_a_stopped_ledger(gw.clone(), stop_rx.clone()));
     let monitoring = tokio::spawn(monitor::run(gw.clone(), stop_rx));
     tokio::spawn(monitor::deliver_alerts(gw.clone(), alert_queue));
     let pager = gw.clone();
@@ -377,6 +378,21 @@ async fn checkpoint_wal(
                 tracing::error!(error = %e, "WAL checkpoints stopped unexpectedly");
                 break;
             }
+        }
+    }
+}
+
+/// Logs once, as an error, that the ledger has stopped accepting records: from then on every
+/// decision is a BLOCK, and `/readyz` says why.
+async fn report_a_stopped_ledger(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(why) = gw.ledger.failure() {
+            tracing::error!("{}", api::ledger_stopped(why));
+            return;
         }
     }
 }
