@@ -577,15 +577,40 @@ impl WalCheckpointer {
 }
 
 /// Syncs the WAL file: everything any connection committed to it before the call began is
-/// durable when it returns (an fsync covers the file, whichever descriptor asks).
+/// durable when it returns (an fsync covers the file, whichever descriptor asks). Durable only
+/// if the files are still where the next start will look: a database or WAL deleted while the
+/// ledger runs keeps taking writes into an unlinked file, which vanish when it closes, so a
+/// flush after either was unlinked fails (and the appender with it: fail closed).
 struct WalFlusher {
     wal: std::fs::File,
+    database: std::fs::File,
 }
 
 impl Flusher for WalFlusher {
     fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(self.wal.sync_data()?)
+        self.wal.sync_data()?;
+        for (file, what) in [(&self.wal, "WAL"), (&self.database, "database")] {
+            if unlinked(file)? {
+                return Err(format!(
+                    "the ledger's {what} file was deleted while gavel ran: records written since are not in any file the next start would read"
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
+}
+
+/// Whether no directory entry names `file` any more.
+#[cfg(unix)]
+fn unlinked(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata()?.nlink() == 0)
+}
+
+#[cfg(not(unix))]
+fn unlinked(_file: &std::fs::File) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 /// For each approval in a batch, the first and last index of its records there.
@@ -737,8 +762,10 @@ impl LedgerSink for SqliteLedgerSink {
             .write(true)
             .open(&wal_path)
             .map_err(|e| format!("cannot open the WAL `{wal_path}` to sync it: {e}"))?;
+        let database = std::fs::File::open(db)
+            .map_err(|e| format!("cannot open the database `{db}` to watch it: {e}"))?;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Ok(Some(Box::new(WalFlusher { wal })))
+        Ok(Some(Box::new(WalFlusher { wal, database })))
     }
 
     fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {

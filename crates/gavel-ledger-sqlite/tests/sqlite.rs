@@ -643,3 +643,29 @@ fn forgetting_a_subject_shreds_payloads_and_keeps_the_ledger_valid() {
         }
     }
 }
+
+/// A record written into a database file someone deleted would vanish when the ledger closes:
+/// it must not be acknowledged as durable.
+#[test]
+fn appends_fail_once_the_database_file_is_deleted() {
+    for deleted in ["gavel.db", "gavel.db-wal"] {
+        let dir = TempDir::new("deleted");
+        let db = dir.path("gavel.db");
+        let app = Appender::start(
+            SqliteLedgerSink::open(&db).unwrap(),
+            signer(),
+            AppenderConfig::default(),
+        )
+        .unwrap();
+        let record =
+            |i: i64| Record::new(RecordKind::Decision, i, format!("d-{i}"), &json!({})).unwrap();
+        app.append(&record(0)).unwrap();
+        std::fs::remove_file(dir.path(deleted)).unwrap();
+        let refused = app.append(&record(1)).unwrap_err();
+        assert!(
+            refused.to_string().contains("was deleted"),
+            "{deleted}: {refused}"
+        );
+        assert!(app.failure().is_some());
+    }
+}
