@@ -26,7 +26,7 @@ use super::error::{ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway, Ruling};
 use super::metrics;
 use super::output::{guard_strings, OutputGuard, Violation};
-use super::upstream::{ByteStream, Reply};
+use super::upstream::{too_large, ByteStream, Reply, ANSWER_MAX_BYTES};
 
 /// Body fields that are not generation parameters.
 const STRUCTURAL: &[&str] = &["model", "messages", "tools"];
@@ -54,7 +54,16 @@ pub async fn chat_completions(
     let contract = engine.contract();
     let (deployment_id, model) = deployment_of(&headers, &fields, contract)?;
     let request = Arc::new(decide_request(&headers, &fields, deployment_id, model)?);
-    let stream = fields.get("stream") == Some(&Value::Bool(true));
+    let stream = match fields.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("`stream` must be true or false, not {other}"),
+            ))
+        }
+    };
     let ruling = gw.decide(request.clone(), &caller.principal).await;
     if ruling.decision.verdict != Verdict::Allow {
         return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
@@ -511,6 +520,7 @@ impl Call {
         let mut cut_char: Vec<u8> = Vec::new();
         let mut template: Option<Value> = None;
         let deadline = self.started + self.gw.upstreams.timeouts.total;
+        let mut received = 0usize;
         loop {
             let wait = self
                 .gw
@@ -522,7 +532,13 @@ impl Call {
                 Err(_) => Err("the upstream stalled (no data within the timeout)".to_string()),
                 Ok(None) => Err("the upstream ended the stream without [DONE]".to_string()),
                 Ok(Some(Err(e))) => Err(format!("the upstream stream broke ({e})")),
-                Ok(Some(Ok(bytes))) => Ok(bytes),
+                Ok(Some(Ok(bytes))) if received + bytes.len() > ANSWER_MAX_BYTES => {
+                    Err(too_large())
+                }
+                Ok(Some(Ok(bytes))) => {
+                    received += bytes.len();
+                    Ok(bytes)
+                }
             };
             let bytes = match next {
                 Ok(bytes) => bytes,

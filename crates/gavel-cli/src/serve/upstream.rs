@@ -221,11 +221,36 @@ async fn http_call(
             .map(|chunk| chunk.map_err(|e| root_cause(&e)));
         return Ok(Reply::Stream(Box::pin(bytes)));
     }
-    match response.bytes().await {
-        Ok(body) => Ok(Reply::Whole { status, body }),
-        Err(e) if e.is_timeout() => Err(UpstreamError::Timeout("the total timeout")),
-        Err(e) => Err(UpstreamError::Broken(root_cause(&e))),
+    let mut response = response;
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > ANSWER_MAX_BYTES => {
+                return Err(UpstreamError::Broken(too_large()))
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => {
+                return Ok(Reply::Whole {
+                    status,
+                    body: body.into(),
+                })
+            }
+            Err(e) if e.is_timeout() => return Err(UpstreamError::Timeout("the total timeout")),
+            Err(e) => return Err(UpstreamError::Broken(root_cause(&e))),
+        }
     }
+}
+
+/// The most an upstream's answer may hold, whole or streamed: an answer is held in memory
+/// (whole, or the text a stream has sent, for counting its tokens), so an upstream sending
+/// without end would otherwise take the gateway's memory with it.
+pub const ANSWER_MAX_BYTES: usize = 32 << 20;
+
+pub fn too_large() -> String {
+    format!(
+        "the answer is larger than {} MiB, the most gavel takes from an upstream",
+        ANSWER_MAX_BYTES >> 20
+    )
 }
 
 /// reqwest's errors wrap the interesting part (connection refused, reset) a few levels down.

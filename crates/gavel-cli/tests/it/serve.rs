@@ -587,6 +587,7 @@ fn bad_input_gets_a_clear_error_and_the_gateway_stays_up() {
         ("wrong type", br#"{"model": 42, "messages": []}"#.to_vec(), 400, "invalid_request"),
         ("messages wrong", br#"{"model": "kb-search-v1", "messages": "hi"}"#.to_vec(), 400, "invalid_request"),
         ("not an object", b"[1,2]".to_vec(), 400, "invalid_request"),
+        ("stream not a boolean", br#"{"model": "kb-search-v1", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}"#.to_vec(), 400, "invalid_request"),
         ("invalid utf-8", b"{\"model\": \"kb-search-v1\xff\"}".to_vec(), 400, "invalid_utf8"),
         ("deep", format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(), 400, "too_deep"),
         ("oversized", vec![b' '; 70_000], 413, "body_too_large"),
@@ -680,7 +681,22 @@ fn answer(mut stream: TcpStream) {
         out.push_str(&format!("{}\r\n\r\n{body}", body.len()));
         out
     };
-    if body.contains("fault:refusal-secret") {
+    if body.contains("fault:huge") {
+        // More than the 32 MiB gavel takes, whole or streamed (one event that never ends).
+        let streamed = body.contains("fault:huge-stream");
+        let head = if streamed {
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 34603008\r\n\r\ndata: "
+        } else {
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 34603008\r\n\r\n"
+        };
+        let _ = stream.write_all(head.as_bytes());
+        let block = vec![b' '; 1 << 20];
+        for _ in 0..33 {
+            if stream.write_all(&block).is_err() {
+                return;
+            }
+        }
+    } else if body.contains("fault:refusal-secret") {
         let reply = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
             "choices": [{ "index": 0, "message": { "role": "assistant", "content": "fine", "refusal": format!("I will not use {token}") }, "finish_reason": "stop" }] }).to_string();
         let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len()).as_bytes());
@@ -861,6 +877,28 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         .as_str()
         .unwrap()
         .contains("HTTP 500"));
+    // An answer without end is cut at 32 MiB, whole or streamed.
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&chat(&r.g, "fault:huge")),
+    );
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert!(reply.body.contains("larger than 32 MiB"), "{}", reply.body);
+    let mut streamed = chat(&r.g, "fault:huge-stream");
+    streamed["stream"] = json!(true);
+    let reply = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&r.service),
+        Some(&streamed),
+    );
+    assert!(
+        reply.body.contains("upstream.stream_broken") && reply.body.contains("larger than 32 MiB"),
+        "{}",
+        &reply.body[..reply.body.len().min(500)]
+    );
 }
 
 #[test]
