@@ -246,10 +246,18 @@ pub(crate) fn visit_rows_with_aids(
     let mut spans = Spans::new(conn);
     while let Some(row) = rows.next()? {
         let index: i64 = row.get(0)?;
+        // A leaf hash or bytes column of another SQL type (or a hash of another length) is an
+        // edit of this record, not a storage failure: handed on as a hash no bytes have, and
+        // as whatever bytes the column holds, so that verification names the record.
+        let leaf = crate::hash_column(row, 1).unwrap_or([0; 32]);
+        let bytes = match row.get_ref(2)? {
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
+            ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => &[],
+        };
         visit(
             crate::to_u64(index)?,
-            &crate::hash_column(row, 1)?,
-            row.get_ref(2)?.as_blob()?,
+            &leaf,
+            bytes,
             Some(&mut |aids| check_columns(row, index, aids, &mut spans)),
         );
     }
@@ -264,6 +272,11 @@ fn check_columns(
     record: &RecordAids,
     spans: &mut Spans,
 ) -> Result<(), AidError> {
+    if !matches!(row.get_ref(2).map_err(storage)?, ValueRef::Blob(_)) {
+        return Err(AidError::Mismatch(
+            "the `bytes` column holds the record as text, not as a blob: `audit show`, `audit export` and `audit prove` cannot read it (record column edited)".into(),
+        ));
+    }
     let fields = &record.fields;
     let approval_id = text(row, 7, "approval_id")?;
     compare("approval_id", approval_id, fields.approval_id.as_deref())?;

@@ -23,6 +23,7 @@ use gavel_ledger::{
     AppendRecord, Flusher, LedgerSink, RecordReader, SinkError, StoredCheckpoint, StoredRecord,
     Visit, VisitWithAids,
 };
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags};
 use std::fmt;
 use std::path::Path;
@@ -772,11 +773,21 @@ impl LedgerSink for SqliteLedgerSink {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, size, note FROM ledger_checkpoints ORDER BY seq")?;
+        // A column of another SQL type, or a negative number, is an edit of the checkpoint,
+        // not a storage failure: read as a value no checkpoint has (u64::MAX, a note of no
+        // lines), so that verification names the checkpoint as it names any edited one.
+        let number = |v: ValueRef<'_>| match v {
+            ValueRef::Integer(n) => u64::try_from(n).unwrap_or(u64::MAX),
+            _ => u64::MAX,
+        };
         let rows = stmt.query_map([], |r| {
             Ok(StoredCheckpoint {
-                seq: to_u64(r.get(0)?)?,
-                size: to_u64(r.get(1)?)?,
-                note: r.get(2)?,
+                seq: number(r.get_ref(0)?),
+                size: number(r.get_ref(1)?),
+                note: match r.get_ref(2)? {
+                    ValueRef::Text(note) => String::from_utf8_lossy(note).into_owned(),
+                    _ => String::new(),
+                },
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -256,6 +256,52 @@ fn tampering_in_the_database_is_named() {
     }
 }
 
+#[test]
+fn columns_of_another_sql_type_are_edits_named_like_any() {
+    // Checkpoints sign 8, 16, 24 and 31 records (see `tampering_in_the_database_is_named`).
+    let cases: [(&str, Option<u64>, &str); 6] = [
+        (
+            "UPDATE ledger_records SET leaf_hash = hex(leaf_hash) WHERE idx = 11",
+            Some(11),
+            "leaf hash",
+        ),
+        (
+            "UPDATE ledger_records SET leaf_hash = substr(leaf_hash, 1, 31) WHERE idx = 12",
+            Some(12),
+            "leaf hash",
+        ),
+        (
+            "UPDATE ledger_records SET bytes = 7 WHERE idx = 13",
+            Some(13),
+            "leaf hash",
+        ),
+        (
+            "UPDATE ledger_records SET bytes = CAST(bytes AS TEXT) WHERE idx = 14",
+            Some(14),
+            "as text, not as a blob",
+        ),
+        (
+            "UPDATE ledger_checkpoints SET size = 'x' WHERE seq = 2",
+            Some(8),
+            "columns differ",
+        ),
+        (
+            "UPDATE ledger_checkpoints SET note = CAST(note AS BLOB) WHERE seq = 3",
+            Some(16),
+            "checkpoint does not verify",
+        ),
+    ];
+    for (sql, index, named) in cases {
+        let dir = TempDir::new("types");
+        let db = dir.path("gavel.db");
+        populate(&db);
+        tamper(&db, sql);
+        let f = failure(&db);
+        assert_eq!(f.index, index, "{sql}: {f}");
+        assert!(f.to_string().contains(named), "{sql}: {f}");
+    }
+}
+
 /// A copy of record 3's row inserted at `index`.
 fn row_copied_to(index: i64) -> String {
     format!(
