@@ -240,7 +240,9 @@ impl RuntimeState for MemoryState {
         };
         for (key, reserved) in held.windows {
             let used = inner.windows.entry(key).or_default();
-            *used = used.saturating_sub(reserved).saturating_add(actual);
+            *used = used
+                .saturating_sub(reserved)
+                .saturating_add(actual.settled_within(reserved));
         }
         Ok(Settled::Settled)
     }

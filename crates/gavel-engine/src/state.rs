@@ -206,6 +206,24 @@ impl Amounts {
         }
     }
 
+    /// What settling charges for a call reserved as `reserved` that reports using `self`: the
+    /// report, up to twice the reservation plus a margin (1,024 tokens, $0.001, 8 tool calls,
+    /// 1 request). A call cannot use more completion tokens than the `max_tokens` reserved
+    /// for it, and its prompt was counted when it was reserved; a report far past both is not
+    /// a call this reservation allowed, and settled whole it would fill every window the
+    /// reservation charged (one outcome claiming 2^53 tokens locked a use case out for a day).
+    pub fn settled_within(self, reserved: Amounts) -> Amounts {
+        let cap = |actual: u64, reserved: u64, margin: u64| {
+            actual.min(reserved.saturating_mul(2).saturating_add(margin))
+        };
+        Amounts {
+            tokens: cap(self.tokens, reserved.tokens, 1_024),
+            usd_micros: cap(self.usd_micros, reserved.usd_micros, 1_000),
+            requests: cap(self.requests, reserved.requests, 1),
+            tool_calls: cap(self.tool_calls, reserved.tool_calls, 8),
+        }
+    }
+
     pub fn saturating_sub(self, other: Amounts) -> Amounts {
         Amounts {
             tokens: self.tokens.saturating_sub(other.tokens),

@@ -1304,7 +1304,9 @@ fn settle_in(
     let held: Vec<(String, Amounts)> = from_json(&held)?;
     for (key, reserved) in held {
         let used = window_usage(tx, &key)?;
-        let settled = used.saturating_sub(reserved).saturating_add(actual);
+        let settled = used
+            .saturating_sub(reserved)
+            .saturating_add(actual.settled_within(reserved));
         add_to_window(tx, &key, settled, true)?;
     }
     tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")

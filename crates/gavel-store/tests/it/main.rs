@@ -207,6 +207,39 @@ fn settling_many_at_once_equals_settling_each() {
 }
 
 #[test]
+fn a_settlement_charges_at_most_twice_its_reservation() {
+    for b in backends() {
+        let s = &*b.state;
+        s.reserve(
+            &reservation("r1", vec![charge("a", 80, 1_000_000)], vec![]),
+            NOW,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let claimed = Amounts {
+            tokens: 1 << 53,
+            requests: 1,
+            ..Default::default()
+        };
+        assert_eq!(s.settle("r1", claimed, NOW).unwrap(), Settled::Settled);
+        // 2 x 80 + 1,024 charged: room is left for the next call.
+        let left = 1_000_000 - (2 * 80 + 1_024);
+        let fits = |id: &str, tokens: u64| {
+            s.reserve(
+                &reservation(id, vec![charge("a", tokens, 1_000_000)], vec![]),
+                NOW,
+                false,
+            )
+            .unwrap()
+            .is_ok()
+        };
+        assert!(!fits("r2", left + 1), "{}", b.name);
+        assert!(fits("r3", left), "{}", b.name);
+    }
+}
+
+#[test]
 fn settle_replaces_the_estimate_and_only_once() {
     for b in backends() {
         let s = &*b.state;
