@@ -82,10 +82,24 @@ pub struct DecideInput<'a> {
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
+    #[serde(deserialize_with = "json_safe_count")]
     pub prompt_tokens: u64,
+    #[serde(deserialize_with = "json_safe_count")]
     pub completion_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_safe_count")]
     pub tool_calls: u64,
+}
+
+/// A count the ledger's canonical JSON can record exactly: at most 2^53 - 1 (RFC 8785 numbers
+/// are IEEE doubles). Larger is refused as bad input here rather than failing the record later.
+fn json_safe_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = <u64 as serde::Deserialize>::deserialize(d)?;
+    if n > (1 << 53) - 1 {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is larger than 2^53 - 1, the largest count the ledger records exactly"
+        )));
+    }
+    Ok(n)
 }
 
 /// A terminal verdict from a guard.

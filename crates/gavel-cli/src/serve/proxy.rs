@@ -808,9 +808,11 @@ fn redacted(text: &str, index: usize, redactions: &[gavel_engine::Redaction]) ->
 }
 
 fn usage_of(value: &Value) -> Option<Usage> {
+    // Counts the ledger records exactly (see `Usage`); settlement caps what they charge.
+    const MOST: u64 = (1 << 53) - 1;
     Some(Usage {
-        prompt_tokens: value["prompt_tokens"].as_u64()?,
-        completion_tokens: value["completion_tokens"].as_u64().unwrap_or(0),
+        prompt_tokens: value["prompt_tokens"].as_u64()?.min(MOST),
+        completion_tokens: value["completion_tokens"].as_u64().unwrap_or(0).min(MOST),
         tool_calls: 0,
     })
 }

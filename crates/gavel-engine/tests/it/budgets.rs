@@ -157,3 +157,16 @@ fn a_refused_request_holds_no_budget() {
     assert_eq!(w.state.open_reservations(NOW).unwrap(), 0);
     assert!(w.state.all_windows().unwrap().is_empty());
 }
+
+#[test]
+fn reported_usage_is_a_count_the_ledger_records_exactly() {
+    let most = (1u64 << 53) - 1;
+    let usage = |n: u64| {
+        serde_json::from_value::<Usage>(
+            serde_json::json!({"prompt_tokens": n, "completion_tokens": 1}),
+        )
+    };
+    assert_eq!(usage(most).unwrap().prompt_tokens, most);
+    let refused = usage(most + 1).unwrap_err().to_string();
+    assert!(refused.contains("2^53 - 1"), "{refused}");
+}
