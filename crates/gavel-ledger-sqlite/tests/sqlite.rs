@@ -235,6 +235,25 @@ fn failure(db: &std::path::Path) -> gavel_ledger::VerifyFailure {
     }
 }
 
+/// An appender on the ledger at `db`, configured as by default.
+fn appender(db: &std::path::Path) -> Appender {
+    Appender::start(
+        SqliteLedgerSink::open(db).unwrap(),
+        signer(),
+        AppenderConfig::default(),
+    )
+    .unwrap()
+}
+
+/// What verification says of a `populate`d ledger after `sql`.
+fn failure_after(sql: &str) -> gavel_ledger::VerifyFailure {
+    let dir = TempDir::new("tamper");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    tamper(&db, sql);
+    failure(&db)
+}
+
 #[test]
 fn tampering_in_the_database_is_named() {
     // Checkpoints sign 8, 16, 24 and 31 records; a bad checkpoint is named
@@ -247,11 +266,7 @@ fn tampering_in_the_database_is_named() {
         ("UPDATE ledger_checkpoints SET note = replace(note, 'gavel-seq 3', 'gavel-seq 4') WHERE seq = 3", Some(16)),
     ];
     for (sql, index) in cases {
-        let dir = TempDir::new("tamper");
-        let db = dir.path("gavel.db");
-        populate(&db);
-        tamper(&db, sql);
-        let f = failure(&db);
+        let f = failure_after(sql);
         assert_eq!(f.index, index, "{sql}: {f}");
     }
 }
@@ -292,11 +307,7 @@ fn columns_of_another_sql_type_are_edits_named_like_any() {
         ),
     ];
     for (sql, index, named) in cases {
-        let dir = TempDir::new("types");
-        let db = dir.path("gavel.db");
-        populate(&db);
-        tamper(&db, sql);
-        let f = failure(&db);
+        let f = failure_after(sql);
         assert_eq!(f.index, index, "{sql}: {f}");
         assert!(f.to_string().contains(named), "{sql}: {f}");
     }
@@ -314,22 +325,14 @@ fn row_copied_to(index: i64) -> String {
 fn rows_outside_the_ledger_are_named_without_walking_to_them() {
     // Below 0, verification would never read the row; far above the 31 records, it would read
     // empty ranges for years (2^62) or fail to count them (i64::MAX). Each is named at once.
-    let dir = TempDir::new("outside-below");
-    let db = dir.path("gavel.db");
-    populate(&db);
-    tamper(&db, &row_copied_to(-1));
-    let f = failure(&db);
+    let f = failure_after(&row_copied_to(-1));
     assert_eq!(
         (f.index, &f.problem),
         (None, &Problem::RowOutside { index: -1 }),
         "{f}"
     );
     for far in [1_i64 << 62, i64::MAX] {
-        let dir = TempDir::new("outside-above");
-        let db = dir.path("gavel.db");
-        populate(&db);
-        tamper(&db, &row_copied_to(far));
-        let f = failure(&db);
+        let f = failure_after(&row_copied_to(far));
         let found = u64::try_from(far).unwrap();
         assert_eq!(
             (f.index, &f.problem),
@@ -359,11 +362,7 @@ fn planted_and_hollowed_lookup_indexes_are_named() {
         ),
     ];
     for (sql, named) in cases {
-        let dir = TempDir::new("indexes");
-        let db = dir.path("gavel.db");
-        populate(&db);
-        tamper(&db, sql);
-        let f = failure(&db);
+        let f = failure_after(sql);
         assert!(matches!(f.problem, Problem::QueryAid(_)), "{sql}: {f}");
         assert!(f.to_string().contains(named), "{sql}: {f}");
     }
@@ -443,11 +442,7 @@ fn edited_query_columns_and_spans_are_named() {
         ),
     ];
     for (sql, index, named) in cases {
-        let dir = TempDir::new("aids");
-        let db = dir.path("gavel.db");
-        populate(&db);
-        tamper(&db, sql);
-        let f = failure(&db);
+        let f = failure_after(sql);
         assert_eq!(f.index, Some(index), "{sql}: {f}");
         assert!(matches!(f.problem, Problem::QueryAid(_)), "{sql}: {f}");
         assert!(f.to_string().contains(named), "{sql}: {f}");
@@ -463,11 +458,7 @@ fn edited_query_columns_and_spans_are_named() {
             "record edited",
         ),
     ] {
-        let dir = TempDir::new("aids-span-type");
-        let db = dir.path("gavel.db");
-        populate(&db);
-        tamper(&db, &format!("{span_of_text}; {also}"));
-        let f = failure(&db);
+        let f = failure_after(&format!("{span_of_text}; {also}"));
         assert_eq!(f.index, index, "{also}: {f}");
         assert!(f.to_string().contains(named), "{also}: {f}");
     }
@@ -493,12 +484,7 @@ fn query_aids_checked_chunk_by_chunk_name_the_first_edit() {
     // in two chunks the earlier one is named.
     let dir = TempDir::new("aids-chunks");
     let db = dir.path("gavel.db");
-    let app = Appender::start(
-        SqliteLedgerSink::open(&db).unwrap(),
-        signer(),
-        AppenderConfig::default(),
-    )
-    .unwrap();
+    let app = appender(&db);
     // A count that leaves the last chunk nearly empty.
     let pending: Vec<_> = (0..8_195i64)
         .map(|i| {
@@ -637,12 +623,7 @@ fn forgetting_a_subject_shreds_payloads_and_keeps_the_ledger_valid() {
         .unwrap();
     sink.store_payload("user-8", "d-2", "input", b"other")
         .unwrap();
-    let app = Appender::start(
-        SqliteLedgerSink::open(&db).unwrap(),
-        signer(),
-        AppenderConfig::default(),
-    )
-    .unwrap();
+    let app = appender(&db);
     app.append(
         &Record::new(
             RecordKind::Decision,
@@ -697,12 +678,7 @@ fn appends_fail_once_the_database_file_is_deleted() {
     for deleted in ["gavel.db", "gavel.db-wal"] {
         let dir = TempDir::new("deleted");
         let db = dir.path("gavel.db");
-        let app = Appender::start(
-            SqliteLedgerSink::open(&db).unwrap(),
-            signer(),
-            AppenderConfig::default(),
-        )
-        .unwrap();
+        let app = appender(&db);
         let record =
             |i: i64| Record::new(RecordKind::Decision, i, format!("d-{i}"), &json!({})).unwrap();
         app.append(&record(0)).unwrap();

@@ -61,6 +61,11 @@ impl Server {
         child.wait().unwrap();
     }
 
+    /// `POST /v1/chat/completions` with `body`.
+    pub fn chat(&self, key: Option<&str>, body: Option<&Value>) -> Reply {
+        self.request("POST", "/v1/chat/completions", key, body)
+    }
+
     pub fn request(
         &self,
         method: &str,
@@ -204,9 +209,7 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
     let s = Server::start(&r.g, &r.operator, &[]);
     assert_eq!(s.request("GET", "/readyz", None, None).status, 200);
 
-    let ok = s.request(
-        "POST",
-        "/v1/chat/completions",
+    let ok = s.chat(
         Some(&r.service),
         Some(&chat(&r.g, "Where is the VPN guide?")),
     );
@@ -218,9 +221,7 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
         .contains("VPN guide"));
 
     // The input's e-mail address is redacted before the upstream sees it (the mock echoes it).
-    let redacted = s.request(
-        "POST",
-        "/v1/chat/completions",
+    let redacted = s.chat(
         Some(&r.service),
         Some(&chat(&r.g, "Mail jane.doe@example.org the guide")),
     );
@@ -238,12 +239,7 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
         "Mail jane.doe@example.org the guide. {}",
         "Where is the VPN guide? ".repeat(3_000)
     );
-    let redacted = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, &long)),
-    );
+    let redacted = s.chat(Some(&r.service), Some(&chat(&r.g, &long)));
     assert_eq!(redacted.status, 200, "{}", redacted.body);
     assert!(
         redacted.body.contains("[EMAIL_1]") && !redacted.body.contains("jane.doe"),
@@ -254,12 +250,7 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
     // Not approved: 403 with the reason code, OpenAI's error shape, the decision id.
     let mut unapproved = chat(&r.g, "hi");
     unapproved["model"] = json!("support-triage-v3");
-    let blocked = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&unapproved),
-    );
+    let blocked = s.chat(Some(&r.service), Some(&unapproved));
     assert_eq!(blocked.status, 403, "{}", blocked.body);
     assert_eq!(blocked.code(), "approval.missing");
     assert!(blocked.json()["error"]["decision_id"]
@@ -268,9 +259,7 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
         .starts_with("dec_"));
 
     // A non-streamed answer with PII is refused whole (policy.privacy.output.pii: block).
-    let leaky = s.request(
-        "POST",
-        "/v1/chat/completions",
+    let leaky = s.chat(
         Some(&r.service),
         Some(&chat(&r.g, "Who owns it? [mock:pii]")),
     );
@@ -281,12 +270,7 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
     // Streamed: the stream ends with an error event, and no byte of the address went out.
     let mut streamed = chat(&r.g, "Who owns it? [mock:pii]");
     streamed["stream"] = json!(true);
-    let cut = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&streamed),
-    );
+    let cut = s.chat(Some(&r.service), Some(&streamed));
     assert_eq!(cut.status, 200);
     assert!(
         cut.body.contains("\"code\":\"privacy.pii\""),
@@ -302,12 +286,7 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
     // A clean stream ends with [DONE], and the usage is settled.
     let mut clean = chat(&r.g, "Where is the VPN guide?");
     clean["stream"] = json!(true);
-    let done = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&clean),
-    );
+    let done = s.chat(Some(&r.service), Some(&clean));
     assert!(
         done.body.trim_end().ends_with("data: [DONE]"),
         "{}",
@@ -398,12 +377,7 @@ fn decide_api_answers_with_the_verdicts_status_and_retry_after() {
     assert_eq!(cooled.json()["verdict"], "COOLDOWN");
     let retry: u64 = cooled.header("retry-after").unwrap().parse().unwrap();
     assert!((590..=600).contains(&retry), "{retry}");
-    let via_proxy = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "hi")),
-    );
+    let via_proxy = s.chat(Some(&r.service), Some(&chat(&r.g, "hi")));
     assert_eq!(
         (via_proxy.status, via_proxy.code()),
         (503, "killswitch.active".to_string())
@@ -536,20 +510,10 @@ fn override_attempts_change_nothing() {
     let mut bypass = chat(&r.g, "hi");
     bypass["model"] = json!("support-triage-v3");
     bypass["bypass"] = json!(true);
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&bypass),
-    );
+    let reply = s.chat(Some(&r.service), Some(&bypass));
     assert_eq!(reply.status, 403);
     // An admin key is not a data-path key.
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.g.admin),
-        Some(&unapproved),
-    );
+    let reply = s.chat(Some(&r.g.admin), Some(&unapproved));
     assert_eq!(
         (reply.status, reply.code()),
         (403, "role_not_allowed".to_string())
@@ -628,12 +592,7 @@ fn bad_input_gets_a_clear_error_and_the_gateway_stays_up() {
     );
     // Still serving.
     assert_eq!(s.request("GET", "/healthz", None, None).status, 200);
-    let ok = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "still there?")),
-    );
+    let ok = s.chat(Some(&r.service), Some(&chat(&r.g, "still there?")));
     assert_eq!(ok.status, 200, "{}", ok.body);
 }
 
@@ -777,21 +736,11 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         &r.operator,
         &["--first-byte-timeout", "1s", "--upstream-timeout", "5s"],
     );
-    let ok = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "hello")),
-    );
+    let ok = s.chat(Some(&r.service), Some(&chat(&r.g, "hello")));
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()["choices"][0]["message"]["content"], "fine");
     for fault in ["fault:500", "fault:reset", "fault:stall"] {
-        let reply = s.request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&r.service),
-            Some(&chat(&r.g, fault)),
-        );
+        let reply = s.chat(Some(&r.service), Some(&chat(&r.g, fault)));
         assert_eq!(reply.status, 200, "{fault}: {}", reply.body);
         assert_eq!(
             reply.header("x-gavel-fallback"),
@@ -805,9 +754,7 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
     let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
     elsewhere.set_nonblocking(true).unwrap();
     let port = elsewhere.local_addr().unwrap().port();
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
+    let reply = s.chat(
         Some(&r.service),
         Some(&chat(&r.g, &format!("fault:redirect:{port}"))),
     );
@@ -825,12 +772,7 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
     for fault in ["fault:stream-reset", "fault:stream-stall"] {
         let mut streamed = chat(&r.g, fault);
         streamed["stream"] = json!(true);
-        let reply = s.request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&r.service),
-            Some(&streamed),
-        );
+        let reply = s.chat(Some(&r.service), Some(&streamed));
         assert!(
             reply.body.contains("upstream.stream_broken"),
             "{fault}: {}",
@@ -861,12 +803,7 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
     drop(s);
     let r = with_upstream(&upstream, false);
     let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "1s"]);
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "fault:500")),
-    );
+    let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:500")));
     assert_eq!(
         (reply.status, reply.code()),
         (502, "upstream.unavailable".to_string()),
@@ -878,22 +815,12 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         .unwrap()
         .contains("HTTP 500"));
     // An answer without end is cut at 32 MiB, whole or streamed.
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "fault:huge")),
-    );
+    let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:huge")));
     assert_eq!(reply.status, 502, "{}", reply.body);
     assert!(reply.body.contains("larger than 32 MiB"), "{}", reply.body);
     let mut streamed = chat(&r.g, "fault:huge-stream");
     streamed["stream"] = json!(true);
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&streamed),
-    );
+    let reply = s.chat(Some(&r.service), Some(&streamed));
     assert!(
         reply.body.contains("upstream.stream_broken") && reply.body.contains("larger than 32 MiB"),
         "{}",
@@ -945,12 +872,7 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
         refused,
         "the invalid contract was not refused on the record"
     );
-    let ok = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "still governed?")),
-    );
+    let ok = s.chat(Some(&r.service), Some(&chat(&r.g, "still governed?")));
     assert_eq!(ok.status, 200, "{}", ok.body);
     // A graceful stop signs a final checkpoint: the strict verify (no unsigned tail) passes.
     assert_eq!(s.stop(), 0);
@@ -1288,21 +1210,11 @@ fn circuit_breaker_opens_after_failures_and_probes_to_close() {
         &["--breaker-failures", "3", "--breaker-open", "1500ms"],
     );
     for _ in 0..3 {
-        let reply = s.request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&r.service),
-            Some(&chat(&r.g, "fault:reset")),
-        );
+        let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:reset")));
         assert_eq!(reply.header("x-gavel-fallback"), Some("response"));
     }
     // Open: even a request the upstream would answer gets the fallback, without a call.
-    let open = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "hello")),
-    );
+    let open = s.chat(Some(&r.service), Some(&chat(&r.g, "hello")));
     assert_eq!(
         open.header("x-gavel-fallback"),
         Some("response"),
@@ -1322,12 +1234,7 @@ fn circuit_breaker_opens_after_failures_and_probes_to_close() {
     assert!(recorded, "the open circuit is not in the outcome record");
     std::thread::sleep(Duration::from_millis(1700));
     // The probe succeeds and closes the circuit.
-    let probe = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&chat(&r.g, "hello")),
-    );
+    let probe = s.chat(Some(&r.service), Some(&chat(&r.g, "hello")));
     assert_eq!(
         (probe.status, probe.header("x-gavel-fallback")),
         (200, None),
@@ -1345,9 +1252,7 @@ fn circuit_breaker_opens_after_failures_and_probes_to_close() {
 fn a_stalled_mock_answer_ends_at_the_first_byte_timeout() {
     let r = Ready::start();
     let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "1s"]);
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
+    let reply = s.chat(
         Some(&r.service),
         Some(&chat(&r.g, "Are you there? [mock:stall]")),
     );
@@ -1369,12 +1274,7 @@ fn answers_are_guarded_outside_their_content_too() {
     let r = with_upstream(&upstream, false);
     let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "2s"]);
     for fault in ["fault:refusal-secret", "fault:400-secret"] {
-        let reply = s.request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&r.service),
-            Some(&chat(&r.g, fault)),
-        );
+        let reply = s.chat(Some(&r.service), Some(&chat(&r.g, fault)));
         assert_eq!(
             (reply.status, reply.code()),
             (403, "privacy.secret".to_string()),
@@ -1386,12 +1286,7 @@ fn answers_are_guarded_outside_their_content_too() {
     for fault in ["fault:stream-error-secret", "fault:stream-refusal-secret"] {
         let mut streamed = chat(&r.g, fault);
         streamed["stream"] = json!(true);
-        let reply = s.request(
-            "POST",
-            "/v1/chat/completions",
-            Some(&r.service),
-            Some(&streamed),
-        );
+        let reply = s.chat(Some(&r.service), Some(&streamed));
         assert!(
             reply.body.contains("\"code\":\"privacy.secret\""),
             "{fault}: {}",
@@ -1401,11 +1296,6 @@ fn answers_are_guarded_outside_their_content_too() {
     }
     let mut streamed = chat(&r.g, "fault:stream-utf8");
     streamed["stream"] = json!(true);
-    let reply = s.request(
-        "POST",
-        "/v1/chat/completions",
-        Some(&r.service),
-        Some(&streamed),
-    );
+    let reply = s.chat(Some(&r.service), Some(&streamed));
     assert!(reply.body.contains("héllo"), "{}", reply.body);
 }
