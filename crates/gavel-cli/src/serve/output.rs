@@ -162,13 +162,12 @@ pub fn guard_strings(
     value: &mut Value,
     new_guard: &dyn Fn() -> OutputGuard,
     findings: &mut Vec<Value>,
-    clean: &mut Clean,
 ) -> Result<(), Violation> {
     match value {
-        Value::String(text) => clean.guard(text, new_guard, findings)?,
+        Value::String(text) => guard_string(text, new_guard, findings)?,
         Value::Array(items) => {
             for item in items {
-                guard_strings(item, new_guard, findings, clean)?;
+                guard_strings(item, new_guard, findings)?;
             }
         }
         Value::Object(members) => {
@@ -176,9 +175,9 @@ pub fn guard_strings(
             // map for every object would cost more than guarding it.
             let mut renamed = Vec::new();
             for (key, member) in members.iter_mut() {
-                guard_strings(member, new_guard, findings, clean)?;
+                guard_strings(member, new_guard, findings)?;
                 let mut guarded_key = key.clone();
-                clean.guard(&mut guarded_key, new_guard, findings)?;
+                guard_string(&mut guarded_key, new_guard, findings)?;
                 if guarded_key != *key {
                     renamed.push((key.clone(), guarded_key));
                 }
@@ -194,36 +193,41 @@ pub fn guard_strings(
     Ok(())
 }
 
-/// Strings already guarded and found clean in one answer, not scanned again: an answer repeats
-/// itself (field names, and a stream's id, model and fingerprint in every event), and each
-/// string scanned costs about half a microsecond. Bounded, so that an upstream sending ever new
-/// strings does not grow it.
-#[derive(Default)]
-pub struct Clean(std::collections::HashSet<String>);
+/// Most strings [`CLEAN`] holds before it starts again.
+const CLEAN_MOST: usize = 512;
 
-impl Clean {
-    const MOST: usize = 256;
+thread_local! {
+    /// Strings this thread guarded and found to hold nothing at all, not scanned again:
+    /// answers repeat themselves (field names, a model's name, a stream's id in every event),
+    /// and each string scanned costs about half a microsecond. Whether a string holds a
+    /// finding depends on it and the scanners alone, not on the policy or the answer around
+    /// it, so what was clean once stays clean. Emptied when full, so that ids seen once do not
+    /// keep out the strings that recur.
+    static CLEAN: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
+}
 
-    /// Guards `text` in place as a whole answer, unless it is known clean.
-    fn guard(
-        &mut self,
-        text: &mut String,
-        new_guard: &dyn Fn() -> OutputGuard,
-        findings: &mut Vec<Value>,
-    ) -> Result<(), Violation> {
-        if self.0.contains(text.as_str()) {
-            return Ok(());
-        }
-        let mut guard = new_guard();
-        let result = guard.whole(text);
-        let found = !guard.findings.is_empty();
-        findings.append(&mut guard.findings);
-        if !found && self.0.len() < Clean::MOST {
-            self.0.insert(text.clone());
-        }
-        *text = result?;
-        Ok(())
+/// Guards `text` in place as a whole answer, unless this thread found it clean before.
+fn guard_string(
+    text: &mut String,
+    new_guard: &dyn Fn() -> OutputGuard,
+    findings: &mut Vec<Value>,
+) -> Result<(), Violation> {
+    if CLEAN.with_borrow(|clean| clean.contains(text.as_str())) {
+        return Ok(());
     }
+    let mut guard = new_guard();
+    let result = guard.whole(text);
+    if guard.findings.is_empty() {
+        CLEAN.with_borrow_mut(|clean| {
+            if clean.len() >= CLEAN_MOST {
+                clean.clear();
+            }
+            clean.insert(text.clone());
+        });
+    }
+    findings.append(&mut guard.findings);
+    *text = result?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,5 +309,37 @@ mod tests {
             run(&mut guard(FindingAction::Block), &text, 13).unwrap(),
             text
         );
+    }
+
+    /// Every string of an answer is guarded, keys included; what holds a finding is guarded
+    /// again each time (only clean strings are remembered), and a redacted key is renamed.
+    #[test]
+    fn every_string_is_guarded_each_time_it_holds_something() {
+        let email = "jane.doe@example.org";
+        for _ in 0..3 {
+            let mut answer = serde_json::json!({
+                "id": "c1",
+                "choices": [{"message": {"refusal": format!("write to {email}")}}],
+                (format!("note {email}")): 1,
+            });
+            let mut findings = Vec::new();
+            guard_strings(&mut answer, &|| guard(FindingAction::Redact), &mut findings).unwrap();
+            let text = answer.to_string();
+            assert!(!text.contains(email), "{text}");
+            assert_eq!(
+                answer["choices"][0]["message"]["refusal"],
+                "write to [EMAIL_1]"
+            );
+            assert_eq!(answer["note [EMAIL_1]"], 1, "{text}");
+            assert_eq!(findings.len(), 2);
+            let mut blocked = answer.clone();
+            blocked["extra"] = serde_json::json!(["ok", email]);
+            let refused = guard_strings(
+                &mut blocked,
+                &|| guard(FindingAction::Block),
+                &mut Vec::new(),
+            );
+            assert!(refused.is_err());
+        }
     }
 }

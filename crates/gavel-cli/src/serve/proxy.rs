@@ -25,7 +25,7 @@ use gavel_store::KeyRecord;
 use super::error::{ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway, Ruling};
 use super::metrics;
-use super::output::{guard_strings, Clean, OutputGuard, Violation};
+use super::output::{guard_strings, OutputGuard, Violation};
 use super::upstream::{too_large, ByteStream, Reply, ANSWER_MAX_BYTES};
 
 /// Body fields that are not generation parameters.
@@ -321,13 +321,8 @@ impl Call {
             let mut findings = Vec::new();
             let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": self.started.elapsed().as_millis() as u64 });
             let guarded = match serde_json::from_slice::<Value>(&body) {
-                Ok(mut refusal) => guard_strings(
-                    &mut refusal,
-                    &|| self.guard(),
-                    &mut findings,
-                    &mut Clean::default(),
-                )
-                .map(|()| Bytes::from(refusal.to_string())),
+                Ok(mut refusal) => guard_strings(&mut refusal, &|| self.guard(), &mut findings)
+                    .map(|()| Bytes::from(refusal.to_string())),
                 Err(_) => self
                     .guard()
                     .whole(&String::from_utf8_lossy(&body))
@@ -393,13 +388,7 @@ impl Call {
             }
         }
         if violation.is_none() {
-            violation = guard_strings(
-                &mut reply,
-                &|| self.guard(),
-                &mut findings,
-                &mut Clean::default(),
-            )
-            .err();
+            violation = guard_strings(&mut reply, &|| self.guard(), &mut findings).err();
         }
         if let Some(choices) = reply["choices"].as_array_mut() {
             for (choice, content) in choices.iter_mut().zip(contents) {
@@ -532,7 +521,6 @@ impl Call {
         let mut template: Option<Value> = None;
         let deadline = self.started + self.gw.upstreams.timeouts.total;
         let mut received = 0usize;
-        let mut clean = Clean::default();
         loop {
             let wait = self
                 .gw
@@ -593,12 +581,8 @@ impl Call {
                     continue;
                 };
                 if chunk.get("error").is_some() {
-                    if let Err(v) = guard_strings(
-                        &mut chunk,
-                        &|| self.guard(),
-                        &mut guard.findings,
-                        &mut clean,
-                    ) {
+                    if let Err(v) = guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings)
+                    {
                         let findings = std::mem::take(&mut guard.findings);
                         self.cut(&mut summary, decision, v, findings, tx).await;
                         return summary;
@@ -684,12 +668,7 @@ impl Call {
                             .collect()
                     })
                     .unwrap_or_default();
-                if let Err(v) = guard_strings(
-                    &mut chunk,
-                    &|| self.guard(),
-                    &mut guard.findings,
-                    &mut clean,
-                ) {
+                if let Err(v) = guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings) {
                     let findings = std::mem::take(&mut guard.findings);
                     self.cut(&mut summary, decision, v, findings, tx).await;
                     return summary;
