@@ -89,6 +89,12 @@ pub fn writer_running(db_path: &Path) -> Result<bool, Failure> {
     }
 }
 
+/// The ledger opened for reading only (audit commands): nothing is written to the file.
+pub fn open_reader(db_path: &Path) -> Result<SqliteLedgerSink, Failure> {
+    SqliteLedgerSink::open_read_only(db_path)
+        .map_err(|e| Failure::storage(format!("cannot open the ledger: {e}")))
+}
+
 pub struct Ledger {
     appender: Appender,
     /// One appender per ledger at a time: the appender keeps the tree in memory, so two

@@ -154,6 +154,14 @@ impl SqliteLedgerSink {
             })
             .map_err(read_error)?;
         let stored = ledger_schema_objects(conn).map_err(read_error)?;
+        if let Some((kind, name, _)) = expected.difference(&stored).next() {
+            return Err(failed(
+                None,
+                Problem::QueryAid(format!(
+                    "the ledger's tables lack the {kind} `{name}` that gavel creates (an append-only trigger or a lookup index): someone removed it (schema edited)"
+                )),
+            ));
+        }
         if let Some((kind, name, _)) = stored.difference(&expected).next() {
             return Err(failed(
                 None,

@@ -333,6 +333,18 @@ impl SqliteLedgerSink {
     }
 
     /// A read-only connection to the same file; None for an in-memory database.
+    /// Opens the ledger at `path` for reading only: no schema run, nothing written, so that
+    /// checking a ledger (`audit verify`) never changes the file it checks (opening it for
+    /// writing would put back append-only triggers someone dropped, hiding that they did).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteLedgerSink, Error> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_handler(Some(wait_for_writer))?;
+        Ok(SqliteLedgerSink { conn })
+    }
+
     fn read_only_connection(&self) -> Result<Option<Connection>, rusqlite::Error> {
         let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
             return Ok(None);

@@ -260,10 +260,14 @@ impl SqliteLedgerSink {
         // Overlapping spans make "the span nearest below covers it" the wrong question, so
         // they are named before any record the spans seemed not to cover.
         if opts.check_query_aids && only_aids_wrong {
-            self.verify_lookup_indexes()?;
             self.verify_spans_are_disjoint()?;
         }
-        verified
+        // The schema last: a record's wrong aid, named by its index, says more.
+        let report = verified?;
+        if opts.check_query_aids {
+            self.verify_lookup_indexes()?;
+        }
+        Ok(report)
     }
 
     /// `gavel audit prove ID`: inclusion proof of the record against the

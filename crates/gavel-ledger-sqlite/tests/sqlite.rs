@@ -313,6 +313,38 @@ fn columns_of_another_sql_type_are_edits_named_like_any() {
     }
 }
 
+/// Read-only, verification changes nothing in the file it checks; so a dropped append-only
+/// trigger stays dropped, and is named.
+#[test]
+fn verifying_read_only_names_a_dropped_trigger_and_leaves_it_dropped() {
+    let dir = TempDir::new("trigger");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute_batch("DROP TRIGGER ledger_records_no_update")
+        .unwrap();
+    let f = match SqliteLedgerSink::open_read_only(&db)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+    {
+        Err(VerifyError::Failed(f)) => f,
+        other => panic!("a dropped trigger was not named: {other:?}"),
+    };
+    assert!(
+        f.to_string()
+            .contains("lack the trigger `ledger_records_no_update`"),
+        "{f}"
+    );
+    let still_dropped: i64 = raw
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'ledger_records_no_update'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(still_dropped, 0);
+}
+
 /// A copy of record 3's row inserted at `index`.
 fn row_copied_to(index: i64) -> String {
     format!(

@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
         return forget(ctx, &store, subject);
     }
     ctx.authenticate(&store, &READERS, "reading the ledger")?;
-    let sink = ledger::open_sink(&ctx.db_path)?;
+    let sink = ledger::open_reader(&ctx.db_path)?;
     let pinned = match &command {
         AuditCommand::Verify {
             pubkey: Some(key), ..
