@@ -298,6 +298,53 @@ impl DecideRequest {
         messages.chain(parts).chain(calls).chain(others)
     }
 
+    /// The first identifier that holds a secret, as (field, rule id). Identifiers (the
+    /// deployment and model names, the run, step and idempotency ids, tool, parameter and
+    /// resource names) go into ledger records and reasons as they are, and no secret may be
+    /// in a ledger record; unlike content, they cannot be scanned and redacted, so a request
+    /// carrying a secret in one is refused before anything is decided or recorded.
+    pub fn secret_in_identifiers(&self) -> Option<(&'static str, &'static str)> {
+        static SECRETS: std::sync::OnceLock<Option<gavel_scan::Scanners>> =
+            std::sync::OnceLock::new();
+        // Secrets only: identifiers are short, and PII or injection in them is not what this
+        // guards (they are not content, and are never shown to a model).
+        let scanners = SECRETS.get_or_init(|| {
+            gavel_scan::Scanners::new(&gavel_scan::ScanConfig {
+                pii: false,
+                injection: false,
+                ..gavel_scan::ScanConfig::default()
+            })
+            .ok()
+        });
+        // Without scanners nothing could be checked: refuse rather than record unchecked.
+        let Some(scanners) = scanners else {
+            return Some(("identifiers", "scanners unavailable"));
+        };
+        fn optional(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or_default()
+        }
+        let singles = [
+            ("deployment", self.deployment.as_str()),
+            ("model", optional(&self.model)),
+            ("run_id", optional(&self.run_id)),
+            ("step", optional(&self.step)),
+            ("idempotency_key", optional(&self.idempotency_key)),
+            ("action.name", optional(&self.action.name)),
+        ];
+        let names = self
+            .tools
+            .iter()
+            .map(|t| ("tools[].function.name", t.function.name.as_str()))
+            .chain(self.params.keys().map(|k| ("params", k.as_str())))
+            .chain(self.resources.keys().map(|k| ("resources", k.as_str())));
+        let mut findings = Vec::new();
+        singles.into_iter().chain(names).find_map(|(field, text)| {
+            findings.clear();
+            scanners.scan(text, gavel_scan::ContentRole::User, &mut findings);
+            findings.first().map(|f| (field, f.rule_id))
+        })
+    }
+
     /// How many of [`DecideRequest::texts`] come first and can be redacted in place: each
     /// message's content and each content part. The texts after them (tool-call arguments,
     /// other message fields) are scanned, but a finding there that policy would redact
@@ -348,7 +395,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<DecideRequest, RequestError> {
             "the request nests deeper than {MAX_JSON_DEPTH} levels (at byte {depth_at}); flatten it"
         )));
     }
-    serde_json::from_str(text).map_err(|e| {
+    let request: DecideRequest = serde_json::from_str(text).map_err(|e| {
         let what = e.to_string();
         let hint = if what.starts_with("unknown field") {
             "; see docs/decide.md for the accepted fields"
@@ -358,7 +405,18 @@ pub fn parse_request(bytes: &[u8]) -> Result<DecideRequest, RequestError> {
             ""
         };
         RequestError(format!("invalid decide request: {what}{hint}"))
-    })
+    })?;
+    match request.secret_in_identifiers() {
+        Some((field, rule)) => Err(secret_in(field, rule)),
+        None => Ok(request),
+    }
+}
+
+/// Why a request with a secret in identifier `field` is refused.
+pub fn secret_in(field: &str, rule: &str) -> RequestError {
+    RequestError(format!(
+        "`{field}` holds what looks like a secret ({rule}); identifiers are recorded in the ledger as they are, so send an opaque id and keep secrets out of them"
+    ))
 }
 
 /// Returns the byte offset where nesting first exceeds `max`, ignoring brackets in strings.

@@ -157,7 +157,7 @@ fn decide_request(
     if let Some(Value::String(user)) = fields.get("user") {
         metadata.insert("user".to_string(), user.clone());
     }
-    Ok(DecideRequest {
+    let request = DecideRequest {
         deployment,
         model,
         messages,
@@ -172,7 +172,14 @@ fn decide_request(
         step: header("x-gavel-step")?,
         metadata,
         ..DecideRequest::default()
-    })
+    };
+    match request.secret_in_identifiers() {
+        Some((field, rule)) => Err(ApiError::bad_request(
+            "invalid_request",
+            gavel_engine::secret_in(field, rule).0,
+        )),
+        None => Ok(request),
+    }
 }
 
 /// One allowed call on its way upstream and back.

@@ -570,6 +570,22 @@ fn bad_input_gets_a_clear_error_and_the_gateway_stays_up() {
             "{what}"
         );
     }
+    // A secret in an identifier header: refused before anything is decided or recorded.
+    let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
+    let body = chat(&r.g, "hello").to_string();
+    let raw = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {}\r\nX-Gavel-Run-Id: {key}\r\nContent-Length: {}\r\n\r\n{body}", r.service, body.len());
+    let reply = s.raw(raw.as_bytes());
+    assert_eq!(
+        (reply.status, reply.code()),
+        (400, "invalid_request".to_string()),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("`run_id`") && !reply.body.contains(&key),
+        "{}",
+        reply.body
+    );
     // A giant header: refused by the HTTP layer.
     let giant = format!(
         "GET /healthz HTTP/1.1\r\nHost: g\r\nX-Big: {}\r\n\r\n",

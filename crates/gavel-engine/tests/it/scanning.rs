@@ -308,3 +308,29 @@ fn a_message_field_openai_does_not_define_is_refused() {
     r["messages"][1]["content"] = json!([{"type": "text", "text": "hi", "extra": 1}]);
     assert!(parse_request(r.to_string().as_bytes()).is_err());
 }
+
+/// Identifiers go into the ledger as they are, so one holding a secret is refused at parsing,
+/// before anything is decided or recorded; content holding one is scanned instead.
+#[test]
+fn a_secret_in_an_identifier_is_refused_before_anything_is_recorded() {
+    let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
+    for (field, value) in [
+        ("run_id", json!(key)),
+        ("step", json!(format!("step-{key}"))),
+        ("idempotency_key", json!(key)),
+        ("params", json!({ key.clone(): 1 })),
+        ("resources", json!({ key.clone(): 1 })),
+    ] {
+        let mut r = kb_request();
+        r[field] = value;
+        let refused = parse_request(r.to_string().as_bytes()).unwrap_err();
+        assert!(refused.0.contains(&format!("`{field}`")), "{refused}");
+        assert!(
+            !refused.0.contains(&key),
+            "the refusal echoes the secret: {refused}"
+        );
+    }
+    let mut r = kb_request();
+    r["run_id"] = json!("run-2026-11-24-0001");
+    parse_request(r.to_string().as_bytes()).unwrap();
+}
