@@ -108,14 +108,15 @@ impl Ledger {
         Ledger::open_with(db_path, LOCK_PATIENCE, None, false)
     }
 
-    /// Opens the ledger for a long-running writer (`gavel serve`): fails at once if another
-    /// process holds it, and reports every committed batch to `observer`. Its commits never
-    /// checkpoint the WAL: the caller runs a `WalCheckpointer`.
+    /// Opens the ledger for a long-running writer (`gavel serve`): fails within a second if
+    /// another process holds it (not at once: `audit verify` holds it for a moment to see
+    /// whether a writer runs), and reports every committed batch to `observer`. Its commits
+    /// never checkpoint the WAL: the caller runs a `WalCheckpointer`.
     pub fn open_exclusive(
         db_path: &Path,
         observer: Option<BatchObserver>,
     ) -> Result<Ledger, Failure> {
-        Ledger::open_with(db_path, Duration::ZERO, observer, true)
+        Ledger::open_with(db_path, Duration::from_secs(1), observer, true)
     }
 
     fn open_with(
@@ -253,12 +254,12 @@ impl Ledger {
         wait(self.submit(kind, at, id, body)?)
     }
 
-    /// Signs a final checkpoint and stops the writer.
     /// Why the ledger stopped accepting records, after a failed commit or sync.
     pub fn failure(&self) -> Option<&str> {
         self.appender.failure()
     }
 
+    /// Signs a final checkpoint and stops the writer.
     pub fn close(self) -> Result<(), Failure> {
         self.appender.close().map(|_| ()).map_err(|e| {
             Failure::storage(format!(

@@ -885,9 +885,12 @@ impl Ctx<'_> {
     }
 
     fn system_prompt_guard(&self) -> Option<Stop> {
+        // Message contents and content parts only: a system message's other fields (its
+        // `name`) are scanned as a text of their own, not part of the prompt.
         let prompts: Vec<&str> = self
             .texts
             .iter()
+            .take(self.request.redactable_texts())
             .filter(|(role, _)| *role == ContentRole::System)
             .map(|(_, text)| text.as_ref())
             .collect();

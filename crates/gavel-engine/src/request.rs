@@ -87,9 +87,9 @@ pub enum ActionKind {
 
 /// An OpenAI chat message, with every field OpenAI's API defines and no other: a body is
 /// forwarded upstream as it came, so a field the engine did not read would carry text past
-/// the scanners. Besides `content`, the fields that can hold text (`name`, `refusal`,
-/// `function_call`, `audio`, `annotations`) are scanned as one more text of the message (see
-/// [`DecideRequest::texts`]).
+/// the scanners. Besides `content` and `tool_calls`, the fields that can hold text (`name`,
+/// `tool_call_id`, `refusal`, `function_call`, `audio`, `annotations`) are scanned as one more
+/// text of the message (see [`DecideRequest::texts`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
@@ -164,12 +164,15 @@ impl MessagePart {
 
 impl Message {
     /// Everything the message carries besides its text and tool calls, as one JSON text to
-    /// scan, or `None` when that is nothing: `name`, `refusal`, `function_call`, `audio`,
-    /// `annotations`, and the content parts that are not text.
+    /// scan, or `None` when that is nothing: `name`, `tool_call_id`, `refusal`,
+    /// `function_call`, `audio`, `annotations`, and the content parts that are not text.
     pub fn other_content(&self) -> Option<String> {
         let mut other = serde_json::Map::new();
+        let text = |v: &Option<String>| v.as_ref().map(|t| Value::String(t.clone()));
         let fields = [
-            ("name", self.name.as_ref().map(|n| Value::String(n.clone()))),
+            ("name", text(&self.name)),
+            // An id by OpenAI's design, but any string by JSON's: forwarded as it came.
+            ("tool_call_id", text(&self.tool_call_id)),
             ("refusal", self.refusal.clone()),
             ("function_call", self.function_call.clone()),
             ("audio", self.audio.clone()),

@@ -80,7 +80,12 @@ fn ledger_schema_objects(conn: &Connection) -> rusqlite::Result<BTreeSet<SchemaO
         "SELECT type, name, sql FROM sqlite_master
          WHERE type IN ('index', 'trigger') AND tbl_name LIKE 'ledger\\_%' ESCAPE '\\'",
     )?
-    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    .query_map([], |r| {
+        // Definitions compared word by word: a reformatted schema text is the same schema.
+        let sql: Option<String> = r.get(2)?;
+        let words = sql.map(|sql| sql.split_whitespace().collect::<Vec<_>>().join(" "));
+        Ok((r.get(0)?, r.get(1)?, words))
+    })?
     .collect()
 }
 

@@ -332,7 +332,6 @@ impl SqliteLedgerSink {
         &self.conn
     }
 
-    /// A read-only connection to the same file; None for an in-memory database.
     /// Opens the ledger at `path` for reading only: no schema run, nothing written, so that
     /// checking a ledger (`audit verify`) never changes the file it checks (opening it for
     /// writing would put back append-only triggers someone dropped, hiding that they did).
@@ -345,6 +344,7 @@ impl SqliteLedgerSink {
         Ok(SqliteLedgerSink { conn })
     }
 
+    /// A read-only connection to the same file; None for an in-memory database.
     fn read_only_connection(&self) -> Result<Option<Connection>, rusqlite::Error> {
         let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
             return Ok(None);

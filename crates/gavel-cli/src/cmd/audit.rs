@@ -9,9 +9,9 @@ use serde_json::json;
 
 use gavel_contract::time::Timestamp;
 use gavel_ledger::{
-    check_proof_json, NoteVerifier, Problem, RecordKind, VerifyError, VerifyOptions,
+    check_proof_json, NoteVerifier, Problem, RecordKind, VerifyError, VerifyOptions, VerifyReport,
 };
-use gavel_ledger_sqlite::ExportFilter;
+use gavel_ledger_sqlite::{ExportFilter, SqliteLedgerSink};
 use gavel_store::Role;
 
 use crate::cli::{AuditCommand, ExportArgs};
@@ -59,16 +59,18 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
             // A writer signs what it appends within N records or T ms, and signs what a
             // crashed one left when it starts, after checking it; with no writer running,
             // records past the newest checkpoint are proven by nothing.
-            let writing = ledger::writer_running(&ctx.db_path)?;
-            let options = VerifyOptions {
-                require_signed_tail: strict || !writing,
-                ..VerifyOptions::default()
-            };
-            let progress = VerifyProgress::on_terminal();
-            let verified = sink.verify_reporting(&verifier, options, &|done, total| {
-                progress.show(done, total)
-            });
-            progress.finish();
+            let mut writing = ledger::writer_running(&ctx.db_path)?;
+            let mut verified = verify(&sink, &verifier, strict || !writing);
+            if let Err(VerifyError::Failed(failure)) = &verified {
+                // A writer that started after the probe appends before it signs: look again
+                // before calling its records unproven.
+                if failure.problem == Problem::Unsigned && !writing && !strict {
+                    writing = ledger::writer_running(&ctx.db_path)?;
+                    if writing {
+                        verified = verify(&sink, &verifier, false);
+                    }
+                }
+            }
             match verified {
                 Ok(report) => {
                     out!(
@@ -164,6 +166,23 @@ fn forget(ctx: &Context, store: &dyn gavel_store::Store, subject: &str) -> Outco
         out!("no payload key for that subject; the request is recorded anyway");
     }
     Ok(())
+}
+
+/// Verifies the whole ledger, showing progress on a terminal.
+fn verify(
+    sink: &SqliteLedgerSink,
+    verifier: &NoteVerifier,
+    require_signed_tail: bool,
+) -> Result<VerifyReport, VerifyError> {
+    let options = VerifyOptions {
+        require_signed_tail,
+        ..VerifyOptions::default()
+    };
+    let progress = VerifyProgress::on_terminal();
+    let verified =
+        sink.verify_reporting(verifier, options, &|done, total| progress.show(done, total));
+    progress.finish();
+    verified
 }
 
 fn check_proof(file: &Path, pubkey: &str) -> Outcome {

@@ -196,6 +196,11 @@ pub fn guard_strings(
 /// Most strings [`CLEAN`] holds before it starts again.
 const CLEAN_MOST: usize = 512;
 
+/// Longest string [`CLEAN`] remembers: what recurs is short (names, ids, a model), and
+/// remembering long strings would let an upstream fill 512 entries with answers of up to the
+/// 32 MiB an answer may hold.
+const CLEAN_LONGEST: usize = 256;
+
 thread_local! {
     /// Strings this thread guarded and found to hold nothing at all, not scanned again:
     /// answers repeat themselves (field names, a model's name, a stream's id in every event),
@@ -217,7 +222,7 @@ fn guard_string(
     }
     let mut guard = new_guard();
     let result = guard.whole(text);
-    if guard.findings.is_empty() {
+    if guard.findings.is_empty() && text.len() <= CLEAN_LONGEST {
         CLEAN.with_borrow_mut(|clean| {
             if clean.len() >= CLEAN_MOST {
                 clean.clear();

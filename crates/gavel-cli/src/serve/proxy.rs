@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use gavel_contract::{Contract, Deployment, Fallback};
+use gavel_contract::{Contract, Deployment, Fallback, FindingAction};
 use gavel_engine::{DecideRequest, Decision, Message, Obligation, ToolDefinition, Usage, Verdict};
 use gavel_store::KeyRecord;
 
@@ -395,6 +395,7 @@ impl Call {
             }
         }
         if violation.is_none() {
+            self.withhold_logprobs(&mut reply);
             violation = guard_strings(&mut reply, &|| self.guard(), &mut findings).err();
         }
         if let Some(choices) = reply["choices"].as_array_mut() {
@@ -426,6 +427,27 @@ impl Call {
         let mut response = (StatusCode::OK, Json(reply)).into_response();
         annotate(response.headers_mut(), ruling, fallback, &snapshot);
         response
+    }
+
+    /// Drops the `logprobs` of every choice when an output policy applies: they repeat the
+    /// answer one token per string, so no guard sees a span whole (a redacted address would
+    /// come back intact, token by token), and in a stream they carry text the hold-back window
+    /// has not cleared yet.
+    fn withhold_logprobs(&self, answer: &mut Value) {
+        let engine = self.gw.engine();
+        let guarded = engine.contract().policy.privacy.as_ref().is_some_and(|p| {
+            p.output.pii != FindingAction::Allow || p.output.secret != FindingAction::Allow
+        });
+        if !guarded {
+            return;
+        }
+        if let Some(choices) = answer["choices"].as_array_mut() {
+            for choice in choices {
+                if let Some(logprobs) = choice.get_mut("logprobs").filter(|l| !l.is_null()) {
+                    *logprobs = Value::Null;
+                }
+            }
+        }
     }
 
     fn guard(&self) -> OutputGuard {
@@ -675,6 +697,7 @@ impl Call {
                             .collect()
                     })
                     .unwrap_or_default();
+                self.withhold_logprobs(&mut chunk);
                 if let Err(v) = guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings) {
                     let findings = std::mem::take(&mut guard.findings);
                     self.cut(&mut summary, decision, v, findings, tx).await;

@@ -671,6 +671,15 @@ fn answer(mut stream: TcpStream) {
                 return;
             }
         }
+    } else if body.contains("fault:logprobs") {
+        // An address no single string holds whole: one token per string.
+        let tokens: Vec<Value> = ["jane", ".doe@", "example", ".org"]
+            .iter()
+            .map(|t| json!({ "token": t, "logprob": -0.1 }))
+            .collect();
+        let reply = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": "fine" }, "logprobs": { "content": tokens }, "finish_reason": "stop" }] }).to_string();
+        let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len()).as_bytes());
     } else if body.contains("fault:refusal-secret") {
         let reply = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
             "choices": [{ "index": 0, "message": { "role": "assistant", "content": "fine", "refusal": format!("I will not use {token}") }, "finish_reason": "stop" }] }).to_string();
@@ -1310,6 +1319,16 @@ fn answers_are_guarded_outside_their_content_too() {
         );
         assert!(!reply.body.contains("ghp_"), "{fault}: {}", reply.body);
     }
+    // Log probabilities repeat the answer one token per string, where no guard sees a span
+    // whole: under an output policy they are withheld.
+    let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:logprobs")));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.json()["choices"][0]["logprobs"].is_null(),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("jane"), "{}", reply.body);
     let mut streamed = chat(&r.g, "fault:stream-utf8");
     streamed["stream"] = json!(true);
     let reply = s.chat(Some(&r.service), Some(&streamed));

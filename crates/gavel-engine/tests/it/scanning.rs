@@ -261,6 +261,10 @@ fn text_outside_a_messages_content_is_scanned() {
             "privacy.secret",
         ),
         (
+            json!({"role": "tool", "tool_call_id": key, "content": "ok"}),
+            "privacy.secret",
+        ),
+        (
             json!({"role": "assistant", "content": null, "refusal": format!("I cannot share {key}")}),
             "privacy.secret",
         ),
@@ -287,15 +291,18 @@ fn text_outside_a_messages_content_is_scanned() {
             "{message}"
         );
     }
-    // The same fields holding nothing sensitive change nothing.
+    // The same fields holding nothing sensitive change nothing, a system message's `name`
+    // included (it is not part of the system prompt).
     let w = World::example();
     w.approve("kb-search-v1");
     let mut r = kb_request();
+    r["messages"][0]["name"] = json!("instructions");
     r["messages"]
         .as_array_mut()
         .unwrap()
         .push(json!({"role": "user", "content": "thanks", "name": "olga_2", "refusal": null}));
-    assert_eq!(w.decide(r).verdict, Verdict::Allow);
+    let d = w.decide(r);
+    assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
 }
 
 #[test]
