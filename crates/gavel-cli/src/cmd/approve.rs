@@ -237,12 +237,22 @@ fn evidence_sha256(contract: &Contract, path: &str) -> Result<String, Failure> {
             "it is outside the contract's folder; evidence lives with the contract, where an auditor can hash it again".into(),
         ));
     }
-    // Checked before opening: opening a FIFO waits for a writer.
-    let meta = std::fs::metadata(&file).map_err(|e| refuse(format!("cannot be read ({e})")))?;
+    // Opened without following a symlink swapped in since the path was resolved, and without
+    // waiting (opening a FIFO waits for a writer); then checked on the open file itself.
+    let opened = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&file)
+            .map_err(|e| refuse(format!("cannot be read ({e})")))?
+    };
+    let meta = opened
+        .metadata()
+        .map_err(|e| refuse(format!("cannot be read ({e})")))?;
     if !meta.is_file() {
         return Err(refuse("it is not a regular file".into()));
     }
-    let opened = std::fs::File::open(&file).map_err(|e| refuse(format!("cannot be read ({e})")))?;
     let mut hasher = Sha256::new();
     let hashed = std::io::copy(&mut opened.take(EVIDENCE_MAX_BYTES + 1), &mut hasher)
         .map_err(|e| refuse(format!("cannot be read ({e})")))?;

@@ -184,7 +184,15 @@ pub fn guard_strings(
             }
             for (key, guarded_key) in renamed {
                 if let Some(member) = members.remove(&key) {
-                    members.insert(guarded_key, member);
+                    // Two keys can redact to the same placeholder (each string is guarded on
+                    // its own): number the later ones rather than overwrite a member.
+                    let mut free = guarded_key.clone();
+                    let mut n = 1;
+                    while members.contains_key(&free) {
+                        n += 1;
+                        free = format!("{guarded_key} ({n})");
+                    }
+                    members.insert(free, member);
                 }
             }
         }
@@ -337,6 +345,16 @@ mod tests {
             );
             assert_eq!(answer["note [EMAIL_1]"], 1, "{text}");
             assert_eq!(findings.len(), 2);
+            // Two keys redacted alike keep both members.
+            let mut twins =
+                serde_json::json!({ (format!("to {email}")): 1, "to bob@example.com": 2 });
+            guard_strings(
+                &mut twins,
+                &|| guard(FindingAction::Redact),
+                &mut Vec::new(),
+            )
+            .unwrap();
+            assert_eq!(twins.as_object().unwrap().len(), 2, "{twins}");
             let mut blocked = answer.clone();
             blocked["extra"] = serde_json::json!(["ok", email]);
             let refused = guard_strings(
