@@ -1334,3 +1334,26 @@ fn answers_are_guarded_outside_their_content_too() {
     let reply = s.chat(Some(&r.service), Some(&streamed));
     assert!(reply.body.contains("héllo"), "{}", reply.body);
 }
+
+/// The database deleted under a running gateway: records written since would vanish at close,
+/// so the ledger stops, every decision is refused, and /readyz says why (it said ready).
+#[test]
+fn a_deleted_database_stops_the_ledger_and_readiness_says_so() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let ok = s.chat(Some(&r.service), Some(&chat(&r.g, "hello")));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    for file in ["gavel.db", "gavel.db-wal"] {
+        std::fs::remove_file(r.g.path(file)).unwrap();
+    }
+    let refused = s.chat(Some(&r.service), Some(&chat(&r.g, "hello again")));
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.code(), "governance.unavailable", "{}", refused.body);
+    let ready = s.request("GET", "/readyz", None, None);
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains("stopped accepting records"),
+        "{}",
+        ready.body
+    );
+}
