@@ -265,9 +265,10 @@ pub struct FunctionDefinition {
 
 impl DecideRequest {
     /// Every piece of text in the request with its role, in order: one per message (its
-    /// content), one per content part, the tool calls' arguments, then one per message that
-    /// carries more than content and tool calls ([`Message::other_content`]). Only the first
-    /// two kinds can be redacted ([`DecideRequest::redactable_texts`]).
+    /// content), one per content part, the tool calls' arguments, one per message that carries
+    /// more than content and tool calls ([`Message::other_content`]), then the offered tools'
+    /// descriptions. Only the first two kinds can be redacted
+    /// ([`DecideRequest::redactable_texts`]).
     pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
         let messages = self.messages.iter().map(|m| {
             let role = role_of(m.role);
@@ -298,7 +299,20 @@ impl DecideRequest {
             m.other_content()
                 .map(|text| (role_of(m.role), std::borrow::Cow::Owned(text)))
         });
-        messages.chain(parts).chain(calls).chain(others)
+        // Tool descriptions go to the model with the request, and conformance compares only a
+        // tool's name and schema: they are read like the system prompt's filled-in variables
+        // (secrets and personal data, not injection: they are the application's own words).
+        let descriptions = self.tools.iter().filter_map(|t| {
+            t.function
+                .description
+                .as_deref()
+                .map(|d| (ContentRole::System, std::borrow::Cow::Borrowed(d)))
+        });
+        messages
+            .chain(parts)
+            .chain(calls)
+            .chain(others)
+            .chain(descriptions)
     }
 
     /// The first identifier that holds a secret, as (field, rule id). Identifiers (the

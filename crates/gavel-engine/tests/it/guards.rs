@@ -339,6 +339,22 @@ mod conformance {
         assert_verdict(&w.decide(r), Verdict::Block, "conformance.tool_schema");
     }
 
+    /// Only a tool's name and schema are compared with the approval; its description goes to
+    /// the model too, so it is scanned like the system prompt's filled-in variables.
+    #[test]
+    fn a_secret_in_a_tool_description_blocks() {
+        let w = world();
+        let mut r = plan_request();
+        r["tools"][0]["function"]["description"] = json!("Looks up an order by its id.");
+        assert_eq!(w.decide(r).verdict, Verdict::Allow);
+        let mut r = plan_request();
+        r["tools"][0]["function"]["description"] = json!(format!(
+            "Looks up an order; use key AKIA{}",
+            "QWERTYUIOPASDFGH"
+        ));
+        assert_verdict(&w.decide(r), Verdict::Block, "privacy.secret");
+    }
+
     #[test]
     fn chain_steps_must_be_declared_and_match_the_action() {
         let w = world();
