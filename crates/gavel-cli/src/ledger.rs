@@ -64,6 +64,17 @@ pub fn open_sink(db_path: &Path) -> Result<SqliteLedgerSink, Failure> {
         .map_err(|e| Failure::storage(format!("cannot open the ledger: {e}")))
 }
 
+/// Refuses `text` (what `what` names: a reason, a principal) when it holds a secret: it goes
+/// into a ledger record as it is, and no secret may be in one.
+pub fn without_secret(what: &str, text: &str) -> Result<(), Failure> {
+    match gavel_engine::secret_in_text(text) {
+        None => Ok(()),
+        Some(rule) => Err(Failure::invalid(format!(
+            "{what} holds what looks like a secret ({rule}); it is recorded in the ledger as it is, so leave the secret out"
+        ))),
+    }
+}
+
 /// Whether a gavel process holds the ledger for writing now (see [`Ledger::open`]).
 pub fn writer_running(db_path: &Path) -> Result<bool, Failure> {
     let lock_path = db_path.with_extension("ledger-lock");

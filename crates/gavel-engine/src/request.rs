@@ -321,22 +321,6 @@ impl DecideRequest {
     /// in a ledger record; unlike content, they cannot be scanned and redacted, so a request
     /// carrying a secret in one is refused before anything is decided or recorded.
     pub fn secret_in_identifiers(&self) -> Option<(&'static str, &'static str)> {
-        static SECRETS: std::sync::OnceLock<Option<gavel_scan::Scanners>> =
-            std::sync::OnceLock::new();
-        // Secrets only: identifiers are short, and PII or injection in them is not what this
-        // guards (they are not content, and are never shown to a model).
-        let scanners = SECRETS.get_or_init(|| {
-            gavel_scan::Scanners::new(&gavel_scan::ScanConfig {
-                pii: false,
-                injection: false,
-                ..gavel_scan::ScanConfig::default()
-            })
-            .ok()
-        });
-        // Without scanners nothing could be checked: refuse rather than record unchecked.
-        let Some(scanners) = scanners else {
-            return Some(("identifiers", "scanners unavailable"));
-        };
         fn optional(v: &Option<String>) -> &str {
             v.as_deref().unwrap_or_default()
         }
@@ -354,12 +338,10 @@ impl DecideRequest {
             .map(|t| ("tools[].function.name", t.function.name.as_str()))
             .chain(self.params.keys().map(|k| ("params", k.as_str())))
             .chain(self.resources.keys().map(|k| ("resources", k.as_str())));
-        let mut findings = Vec::new();
-        singles.into_iter().chain(names).find_map(|(field, text)| {
-            findings.clear();
-            scanners.scan(text, gavel_scan::ContentRole::User, &mut findings);
-            findings.first().map(|f| (field, f.rule_id))
-        })
+        singles
+            .into_iter()
+            .chain(names)
+            .find_map(|(field, text)| secret_in_text(text).map(|rule| (field, rule)))
     }
 
     /// How many of [`DecideRequest::texts`] come first and can be redacted in place: each
@@ -427,6 +409,29 @@ pub fn parse_request(bytes: &[u8]) -> Result<DecideRequest, RequestError> {
         Some((field, rule)) => Err(secret_in(field, rule)),
         None => Ok(request),
     }
+}
+
+/// The rule of the first secret the scanners find in `text`, which is not content but goes
+/// into ledger records as it is (an identifier, a reason, a name): such text must hold no
+/// secret, and cannot be redacted. Secrets only: PII or injection in such text is not what
+/// this guards (it is never shown to a model). If the scanners cannot be built, every text is
+/// refused rather than recorded unchecked.
+pub fn secret_in_text(text: &str) -> Option<&'static str> {
+    static SECRETS: std::sync::OnceLock<Option<gavel_scan::Scanners>> = std::sync::OnceLock::new();
+    let scanners = SECRETS.get_or_init(|| {
+        gavel_scan::Scanners::new(&gavel_scan::ScanConfig {
+            pii: false,
+            injection: false,
+            ..gavel_scan::ScanConfig::default()
+        })
+        .ok()
+    });
+    let Some(scanners) = scanners else {
+        return Some("scanners unavailable");
+    };
+    let mut findings = Vec::new();
+    scanners.scan(text, gavel_scan::ContentRole::User, &mut findings);
+    findings.first().map(|f| f.rule_id)
 }
 
 /// Why a request with a secret in identifier `field` is refused.

@@ -144,6 +144,7 @@ fn terms_from(
         .population
         .clone()
         .ok_or_else(|| Failure::invalid("a new approval needs --population (who it covers)"))?;
+    crate::ledger::without_secret("--population", &population)?;
     let expires = args
         .expires
         .as_deref()
@@ -283,6 +284,7 @@ pub fn revoke_as(
     approval_id: &str,
     reason: &str,
 ) -> Result<String, Failure> {
+    crate::ledger::without_secret("the reason", reason)?;
     let mut approval = store.approval(approval_id)?.ok_or_else(|| {
         Failure::invalid(format!(
             "no approval `{approval_id}`; see `gavel approvals`"

@@ -51,6 +51,7 @@ pub fn create_key(
     approver_role: Option<String>,
     created_by: &str,
 ) -> Result<String, Failure> {
+    crate::ledger::without_secret("the key's principal", principal)?;
     let key = format!("gvl_{}", hex::encode(random_bytes::<32>()?));
     let record = KeyRecord {
         id: new_id("key")?,

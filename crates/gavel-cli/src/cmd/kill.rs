@@ -64,6 +64,7 @@ pub fn kill_as(
             "a kill must say why (--reason; it is shown on every refused request)",
         ));
     }
+    crate::ledger::without_secret("--reason", &args.reason)?;
     let at = now();
     let until = args
         .duration

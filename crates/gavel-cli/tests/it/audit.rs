@@ -426,3 +426,21 @@ fn concurrent_decide_processes_all_get_recorded() {
     assert_eq!(decisions.stdout.lines().count(), 20);
     g.run(Some(&r.auditor), &["audit", "verify"]).ok();
 }
+
+/// Free text an operator or approver gives goes into ledger records as it is: text holding a
+/// secret is refused before anything is recorded.
+#[test]
+fn governance_text_holding_a_secret_is_refused_and_never_recorded() {
+    let r = Ready::start();
+    let g = &r.g;
+    let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
+    let reason = format!("leaked {key} in a prompt");
+    g.run(
+        Some(&r.operator),
+        &["kill", "--deployment", "kb-search-v1", "--reason", &reason],
+    )
+    .fails(1, "--reason holds what looks like a secret");
+    let exported = g.run(Some(&r.auditor), &["audit", "export"]).ok().stdout;
+    assert!(!exported.contains(&key));
+    assert!(!exported.contains("\"kill\""), "nothing was recorded");
+}
