@@ -1357,3 +1357,25 @@ fn a_deleted_database_stops_the_ledger_and_readiness_says_so() {
         ready.body
     );
 }
+
+/// `--max-header-bytes` is exact: the HTTP layer's read buffer of that size alone let heads
+/// nearly twice as large through (a 110,000-byte header with the limit at 65,536).
+#[test]
+fn the_header_limit_is_exact() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &["--max-header-bytes", "65536"]);
+    let head = |n: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: g\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(n)
+        )
+    };
+    assert_eq!(s.raw(head(60_000).as_bytes()).status, 200);
+    let over = s.raw(head(90_000).as_bytes());
+    assert_eq!(
+        (over.status, over.code()),
+        (431, "headers_too_large".to_string()),
+        "{}",
+        over.body
+    );
+}
