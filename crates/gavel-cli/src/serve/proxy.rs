@@ -19,7 +19,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use gavel_contract::{Contract, Deployment, Fallback, FindingAction};
-use gavel_engine::{DecideRequest, Decision, Message, Obligation, ToolDefinition, Usage, Verdict};
+use gavel_engine::{
+    DecideRequest, Decision, Message, MessageContent, Obligation, ToolDefinition, Usage, Verdict,
+};
 use gavel_store::KeyRecord;
 
 use super::error::{ApiError, ApiResult};
@@ -804,34 +806,57 @@ fn route_of(decision: &Decision) -> String {
 }
 
 /// Replaces redacted spans in the messages sent upstream. Redactions index the request's
-/// texts, which begin with one text per message; a message given as parts becomes one text.
+/// texts, which begin with one text per message: a message given as parts is one text, its
+/// text parts joined with a line break, so each text part is redacted where its share of that
+/// text lies, and the other parts (images, files) go as they came.
 fn redact_messages(
     messages: &mut [Value],
     parsed: &[Message],
     redactions: &[gavel_engine::Redaction],
 ) {
     for (index, message) in parsed.iter().enumerate() {
-        if !redactions.iter().any(|r| r.text_index == index) {
+        let spans: Vec<&gavel_engine::Redaction> = redactions
+            .iter()
+            .filter(|r| r.text_index == index)
+            .collect();
+        let Some(slot) = messages.get_mut(index).filter(|_| !spans.is_empty()) else {
             continue;
-        }
-        if let Some(slot) = messages.get_mut(index) {
-            slot["content"] = json!(redacted(&message.text(), index, redactions));
+        };
+        match (&message.content, slot["content"].as_array_mut()) {
+            (Some(MessageContent::Parts(parts)), Some(sent)) if sent.len() == parts.len() => {
+                let mut at = 0;
+                for (sent, part) in sent.iter_mut().zip(parts) {
+                    let Some(text) = part.text.as_deref() else {
+                        continue;
+                    };
+                    sent["text"] = json!(redacted(text, at, &spans));
+                    at += text.len() + 1;
+                }
+            }
+            _ => slot["content"] = json!(redacted(&message.text(), 0, &spans)),
         }
     }
 }
 
-/// Text `index` of a request (redactions index the request's texts) with its redacted spans
-/// replaced by their placeholders, the last span first so earlier offsets stay valid.
-fn redacted(text: &str, index: usize, redactions: &[gavel_engine::Redaction]) -> String {
-    let mut spans: Vec<&gavel_engine::Redaction> = redactions
+/// `text`, which starts at offset `at` of the text the spans index, with the part of every
+/// span that falls in it removed and each placeholder written where its span starts; the last
+/// span first, so that earlier offsets stay valid.
+fn redacted(text: &str, at: usize, spans: &[&gavel_engine::Redaction]) -> String {
+    let mut spans: Vec<&&gavel_engine::Redaction> = spans
         .iter()
-        .filter(|r| r.text_index == index)
+        .filter(|r| r.start < at + text.len() && r.end > at)
         .collect();
     spans.sort_by_key(|r| std::cmp::Reverse(r.start));
     let mut text = text.to_string();
     for r in spans {
-        if r.end <= text.len() && text.is_char_boundary(r.start) && text.is_char_boundary(r.end) {
-            text.replace_range(r.start..r.end, &r.placeholder);
+        let (start, end) = (r.start.max(at) - at, r.end.min(at + text.len()) - at);
+        let placeholder = if r.start >= at {
+            r.placeholder.as_str()
+        } else {
+            ""
+        };
+        if text.is_char_boundary(start) && text.is_char_boundary(end) {
+            text.replace_range(start..end, placeholder);
         }
     }
     text
@@ -1033,7 +1058,11 @@ pub async fn embeddings(
         let inputs: Vec<String> = inputs
             .iter()
             .enumerate()
-            .map(|(i, text)| redacted(text, i, redactions))
+            .map(|(i, text)| {
+                let spans: Vec<&gavel_engine::Redaction> =
+                    redactions.iter().filter(|r| r.text_index == i).collect();
+                redacted(text, 0, &spans)
+            })
             .collect();
         body.insert("input".to_string(), json!(inputs));
     }
@@ -1159,6 +1188,37 @@ mod tests {
             &[r(5, 11, "[EMAIL_1]"), r(16, 22, "[EMAIL_2]")],
         );
         assert_eq!(messages[0]["content"], "mail [EMAIL_1] and [EMAIL_2]");
+    }
+
+    /// A message given as parts keeps its parts: each text part is redacted where its share
+    /// of the message's text lies, and the image goes as it came.
+    #[test]
+    fn redaction_keeps_a_messages_parts() {
+        let content = json!([
+            { "type": "text", "text": "mail a@b.co" },
+            { "type": "image_url", "image_url": { "url": "https://example.org/x.png" } },
+            { "type": "text", "text": "or c@d.co" },
+        ]);
+        let parsed: Vec<Message> =
+            serde_json::from_value(json!([{ "role": "user", "content": content }])).unwrap();
+        // The message's text is "mail a@b.co\nor c@d.co".
+        assert_eq!(parsed[0].text(), "mail a@b.co\nor c@d.co");
+        let mut messages = vec![json!({ "role": "user", "content": content })];
+        let r = |start, end, p: &str| gavel_engine::Redaction {
+            text_index: 0,
+            start,
+            end,
+            placeholder: p.into(),
+        };
+        redact_messages(
+            &mut messages,
+            &parsed,
+            &[r(5, 11, "[EMAIL_1]"), r(15, 21, "[EMAIL_2]")],
+        );
+        let sent = &messages[0]["content"];
+        assert_eq!(sent[0]["text"], "mail [EMAIL_1]");
+        assert_eq!(sent[1]["image_url"]["url"], "https://example.org/x.png");
+        assert_eq!(sent[2]["text"], "or [EMAIL_2]");
     }
 
     #[test]
