@@ -855,9 +855,12 @@ fn redacted(text: &str, at: usize, spans: &[&gavel_engine::Redaction]) -> String
         } else {
             ""
         };
-        if text.is_char_boundary(start) && text.is_char_boundary(end) {
-            text.replace_range(start..end, placeholder);
+        if !(text.is_char_boundary(start) && text.is_char_boundary(end)) {
+            // The scanners' spans fall on characters of this very text; one that does not is
+            // a fault, and the text is withheld whole rather than sent unredacted.
+            return "[REDACTED]".to_string();
         }
+        text.replace_range(start..end, placeholder);
     }
     text
 }
