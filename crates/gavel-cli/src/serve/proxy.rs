@@ -1219,6 +1219,14 @@ mod tests {
             &[r(5, 11, "[EMAIL_1]"), r(15, 21, "[EMAIL_2]")],
         );
         let sent = &messages[0]["content"];
+        // A span inside a character cannot come from the scanners: the text is withheld.
+        let inside = gavel_engine::Redaction {
+            text_index: 0,
+            start: 1,
+            end: 3,
+            placeholder: "[EMAIL_1]".into(),
+        };
+        assert_eq!(redacted("é@b.co", 0, &[&inside]), "[REDACTED]");
         assert_eq!(sent[0]["text"], "mail [EMAIL_1]");
         assert_eq!(sent[1]["image_url"]["url"], "https://example.org/x.png");
         assert_eq!(sent[2]["text"], "or [EMAIL_2]");
