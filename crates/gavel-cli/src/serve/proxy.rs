@@ -1172,6 +1172,16 @@ mod tests {
         assert_eq!(rest, "");
     }
 
+    /// A redaction of text 0.
+    fn span(start: usize, end: usize, placeholder: &str) -> gavel_engine::Redaction {
+        gavel_engine::Redaction {
+            text_index: 0,
+            start,
+            end,
+            placeholder: placeholder.into(),
+        }
+    }
+
     #[test]
     fn redaction_replaces_spans_from_the_end() {
         let parsed: Vec<Message> = serde_json::from_value(
@@ -1179,16 +1189,10 @@ mod tests {
         )
         .unwrap();
         let mut messages = vec![json!({ "role": "user", "content": "mail a@b.co and c@d.co" })];
-        let r = |start, end, p: &str| gavel_engine::Redaction {
-            text_index: 0,
-            start,
-            end,
-            placeholder: p.into(),
-        };
         redact_messages(
             &mut messages,
             &parsed,
-            &[r(5, 11, "[EMAIL_1]"), r(16, 22, "[EMAIL_2]")],
+            &[span(5, 11, "[EMAIL_1]"), span(16, 22, "[EMAIL_2]")],
         );
         assert_eq!(messages[0]["content"], "mail [EMAIL_1] and [EMAIL_2]");
     }
@@ -1207,26 +1211,17 @@ mod tests {
         // The message's text is "mail a@b.co\nor c@d.co".
         assert_eq!(parsed[0].text(), "mail a@b.co\nor c@d.co");
         let mut messages = vec![json!({ "role": "user", "content": content })];
-        let r = |start, end, p: &str| gavel_engine::Redaction {
-            text_index: 0,
-            start,
-            end,
-            placeholder: p.into(),
-        };
         redact_messages(
             &mut messages,
             &parsed,
-            &[r(5, 11, "[EMAIL_1]"), r(15, 21, "[EMAIL_2]")],
+            &[span(5, 11, "[EMAIL_1]"), span(15, 21, "[EMAIL_2]")],
         );
         let sent = &messages[0]["content"];
         // A span inside a character cannot come from the scanners: the text is withheld.
-        let inside = gavel_engine::Redaction {
-            text_index: 0,
-            start: 1,
-            end: 3,
-            placeholder: "[EMAIL_1]".into(),
-        };
-        assert_eq!(redacted("é@b.co", 0, &[&inside]), "[REDACTED]");
+        assert_eq!(
+            redacted("é@b.co", 0, &[&span(1, 3, "[EMAIL_1]")]),
+            "[REDACTED]"
+        );
         assert_eq!(sent[0]["text"], "mail [EMAIL_1]");
         assert_eq!(sent[1]["image_url"]["url"], "https://example.org/x.png");
         assert_eq!(sent[2]["text"], "or [EMAIL_2]");
