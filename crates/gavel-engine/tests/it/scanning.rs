@@ -313,7 +313,15 @@ fn a_message_field_openai_does_not_define_is_refused() {
     assert!(refused.0.contains("notes"), "{refused}");
     let mut r = kb_request();
     r["messages"][1]["content"] = json!([{"type": "text", "text": "hi", "extra": 1}]);
-    assert!(parse_request(r.to_string().as_bytes()).is_err());
+    let refused = parse_request(r.to_string().as_bytes()).unwrap_err();
+    assert!(refused.0.contains("unknown field `extra`"), "{refused}");
+    let mut r = kb_request();
+    r["messages"][1]["content"] = json!(42);
+    let refused = parse_request(r.to_string().as_bytes()).unwrap_err();
+    assert!(
+        refused.0.contains("a string or a list of content parts"),
+        "{refused}"
+    );
 }
 
 /// Identifiers go into the ledger as they are, so one holding a secret is refused at parsing,
