@@ -77,8 +77,9 @@ pub fn table() -> Vec<(RouteDoc, MethodRouter<Arc<Gateway>>)> {
 pub fn router(gw: Arc<Gateway>) -> Router {
     let mut router = Router::new();
     for (doc, handler) in table() {
+        let route: Arc<str> = format!("{} {}", doc.method.to_uppercase(), doc.path).into();
         let handler = handler.route_layer(middleware::from_fn_with_state(
-            (gw.clone(), doc.roles, doc.summary),
+            (gw.clone(), doc.roles, route),
             authorize,
         ));
         router = router.route(doc.path, handler);
@@ -94,19 +95,19 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-type Guard = (Arc<Gateway>, &'static [Role], &'static str);
+/// The gateway, the roles a route allows, and the route as `METHOD /path` for refusals.
+type Guard = (Arc<Gateway>, &'static [Role], Arc<str>);
 
 /// Checks the caller's key against the route's roles and hands the key record to the handler.
 async fn authorize(
-    State((gw, roles, summary)): State<Guard>,
+    State((gw, roles, route)): State<Guard>,
     mut request: Request,
     next: Next,
 ) -> Response {
     if roles.is_empty() {
         return next.run(request).await;
     }
-    let action = summary.split([':', '.']).next().unwrap_or(summary);
-    match gw.authorize(request.headers(), roles, &format!("`{action}`")) {
+    match gw.authorize(request.headers(), roles, &format!("`{route}`")) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await

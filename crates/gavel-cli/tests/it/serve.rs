@@ -465,6 +465,14 @@ fn every_admin_route_refuses_every_wrong_role() {
                 "{method} {path} without a key: {}",
                 anonymous.body
             );
+            // The refusal names the route as called.
+            assert!(
+                anonymous
+                    .body
+                    .contains(&format!("`{method} {path}` needs an API key")),
+                "{}",
+                anonymous.body
+            );
             for (role, key) in &keys {
                 let reply = s.request(&method, &concrete, Some(key), body.as_ref());
                 if roles.contains(role) {
