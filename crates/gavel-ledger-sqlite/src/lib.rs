@@ -24,7 +24,7 @@ use gavel_ledger::{
     Visit, VisitWithAids,
 };
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -325,6 +325,7 @@ impl SqliteLedgerSink {
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         upgrade_from_schema_1(&conn)?;
+        known_schema(&conn)?;
         Ok(SqliteLedgerSink { conn })
     }
 
@@ -341,6 +342,7 @@ impl SqliteLedgerSink {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_handler(Some(wait_for_writer))?;
+        known_schema(&conn)?;
         Ok(SqliteLedgerSink { conn })
     }
 
@@ -363,6 +365,28 @@ impl SqliteLedgerSink {
     /// [`WalCheckpointer`] instead.
     pub fn hand_checkpoints_to_background(&self) -> Result<(), Error> {
         Ok(self.conn.pragma_update(None, "wal_autocheckpoint", 0)?)
+    }
+}
+
+/// The schema version this crate reads and writes.
+const SCHEMA_VERSION: &str = "2";
+
+/// Refuses a ledger whose recorded schema version is not this crate's: one written by a newer
+/// gavel may hold what this one would misread, or break by writing to it.
+fn known_schema(conn: &Connection) -> Result<(), Error> {
+    let version: Option<String> = conn
+        .query_row(
+            "SELECT value FROM ledger_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match version.as_deref() {
+        Some(SCHEMA_VERSION) => Ok(()),
+        other => Err(Error::Invalid(format!(
+            "the ledger says its schema version is {}, and this gavel reads version {SCHEMA_VERSION} only: use the gavel that wrote it, or a newer one (a version-1 ledger is upgraded by any gavel command that writes to it)",
+            other.map_or_else(|| "missing".to_string(), |v| format!("{v:?}"))
+        ))),
     }
 }
 

@@ -345,6 +345,30 @@ fn verifying_read_only_names_a_dropped_trigger_and_leaves_it_dropped() {
     assert_eq!(still_dropped, 0);
 }
 
+/// A ledger written under another schema version is refused, for reading and for writing:
+/// this gavel could misread it, or break it by writing.
+#[test]
+fn a_ledger_of_another_schema_version_is_refused() {
+    let dir = TempDir::new("schema");
+    let db = dir.path("gavel.db");
+    populate(&db);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute(
+        "UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version'",
+        [],
+    )
+    .unwrap();
+    for refused in [
+        SqliteLedgerSink::open(&db).unwrap_err(),
+        SqliteLedgerSink::open_read_only(&db).unwrap_err(),
+    ] {
+        assert!(
+            refused.to_string().contains("schema version is \"3\""),
+            "{refused}"
+        );
+    }
+}
+
 /// A copy of record 3's row inserted at `index`.
 fn row_copied_to(index: i64) -> String {
     format!(
