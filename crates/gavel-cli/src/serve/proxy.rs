@@ -371,24 +371,19 @@ impl Call {
             .into_response();
         };
         // Each choice is its own answer: its own guard, one push and the end. Then every other
-        // string of the reply, each on its own, with the contents set aside meanwhile.
+        // string of the reply.
         let mut findings = Vec::new();
         let mut violation = None;
-        let mut contents = Vec::new();
         if let Some(choices) = reply["choices"].as_array_mut() {
-            for choice in choices.iter_mut() {
+            for choice in choices {
                 let Some(text) = choice["message"]["content"].as_str().map(str::to_string) else {
-                    contents.push(None);
                     continue;
                 };
                 let mut guard = self.guard();
                 let checked = guard.whole(&text);
                 findings.append(&mut guard.findings);
                 match checked {
-                    Ok(checked) => {
-                        contents.push(Some(checked));
-                        choice["message"]["content"] = Value::Null;
-                    }
+                    Ok(checked) => choice["message"]["content"] = json!(checked),
                     Err(v) => {
                         violation = Some(v);
                         break;
@@ -397,15 +392,9 @@ impl Call {
             }
         }
         if violation.is_none() {
-            self.withhold_logprobs(&mut reply);
-            violation = guard_strings(&mut reply, &|| self.guard(), &mut findings).err();
-        }
-        if let Some(choices) = reply["choices"].as_array_mut() {
-            for (choice, content) in choices.iter_mut().zip(contents) {
-                if let Some(content) = content {
-                    choice["message"]["content"] = json!(content);
-                }
-            }
+            violation = self
+                .guard_all_but_content(&mut reply, "message", &mut findings)
+                .err();
         }
         let usage = usage_of(&reply["usage"]).unwrap_or_else(|| counted(decision, &reply));
         let snapshot = snapshot_check(deployment, reply["model"].as_str());
@@ -429,6 +418,43 @@ impl Call {
         let mut response = (StatusCode::OK, Json(reply)).into_response();
         annotate(response.headers_mut(), ruling, fallback, &snapshot);
         response
+    }
+
+    /// Guards every string of `answer` (object keys included), each on its own, except the
+    /// text content under each choice's `part` (`message`, or a stream event's `delta`), which
+    /// the caller has guarded as the answer: set aside meanwhile, then put back. Drops
+    /// `logprobs` first (see [`Call::withhold_logprobs`]).
+    fn guard_all_but_content(
+        &self,
+        answer: &mut Value,
+        part: &str,
+        findings: &mut Vec<Value>,
+    ) -> Result<(), Violation> {
+        fn text_content<'a>(choice: &'a mut Value, part: &str) -> Option<&'a mut Value> {
+            choice
+                .get_mut(part)?
+                .get_mut("content")
+                .filter(|c| c.is_string())
+        }
+        let set_aside: Vec<Option<Value>> = answer["choices"]
+            .as_array_mut()
+            .map(|choices| {
+                choices
+                    .iter_mut()
+                    .map(|c| text_content(c, part).map(Value::take))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.withhold_logprobs(answer);
+        let guarded = guard_strings(answer, &|| self.guard(), findings);
+        if let Some(choices) = answer["choices"].as_array_mut() {
+            for (choice, text) in choices.iter_mut().zip(set_aside) {
+                if let (Some(text), Some(slot)) = (text, choice.get_mut(part)) {
+                    slot["content"] = text;
+                }
+            }
+        }
+        guarded
     }
 
     /// Drops the `logprobs` of every choice when an output policy applies: they repeat the
@@ -684,33 +710,12 @@ impl Call {
                     }
                 }
                 // Every other string of the event (a refusal, tool-call arguments, fields of the
-                // upstream's own), each on its own, with the released content set aside.
-                let released: Vec<Value> = chunk["choices"]
-                    .as_array_mut()
-                    .map(|choices| {
-                        choices
-                            .iter_mut()
-                            .map(|c| {
-                                c["delta"]
-                                    .get_mut("content")
-                                    .map(Value::take)
-                                    .unwrap_or(Value::Null)
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                self.withhold_logprobs(&mut chunk);
-                if let Err(v) = guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings) {
+                // upstream's own), the released content aside.
+                if let Err(v) = self.guard_all_but_content(&mut chunk, "delta", &mut guard.findings)
+                {
                     let findings = std::mem::take(&mut guard.findings);
                     self.cut(&mut summary, decision, v, findings, tx).await;
                     return summary;
-                }
-                if let Some(choices) = chunk["choices"].as_array_mut() {
-                    for (choice, content) in choices.iter_mut().zip(released) {
-                        if let Some(slot) = choice["delta"].get_mut("content") {
-                            *slot = content;
-                        }
-                    }
                 }
                 if template.is_none() {
                     template = Some(chunk.clone());
