@@ -164,7 +164,11 @@ pub fn guard_strings(
     findings: &mut Vec<Value>,
 ) -> Result<(), Violation> {
     match value {
-        Value::String(text) => guard_string(text, new_guard, findings)?,
+        Value::String(text) => {
+            if let Some(guarded) = guarded(text, new_guard, findings)? {
+                *text = guarded;
+            }
+        }
         Value::Array(items) => {
             for item in items {
                 guard_strings(item, new_guard, findings)?;
@@ -176,9 +180,7 @@ pub fn guard_strings(
             let mut renamed = Vec::new();
             for (key, member) in members.iter_mut() {
                 guard_strings(member, new_guard, findings)?;
-                let mut guarded_key = key.clone();
-                guard_string(&mut guarded_key, new_guard, findings)?;
-                if guarded_key != *key {
+                if let Some(guarded_key) = guarded(key, new_guard, findings)? {
                     renamed.push((key.clone(), guarded_key));
                 }
             }
@@ -219,14 +221,15 @@ thread_local! {
     static CLEAN: std::cell::RefCell<std::collections::HashSet<String>> = Default::default();
 }
 
-/// Guards `text` in place as a whole answer, unless this thread found it clean before.
-fn guard_string(
-    text: &mut String,
+/// Guards `text` as a whole answer, unless this thread found it clean before: what to put in
+/// its place if guarding changed it (a redaction), `None` if it goes as it is.
+fn guarded(
+    text: &str,
     new_guard: &dyn Fn() -> OutputGuard,
     findings: &mut Vec<Value>,
-) -> Result<(), Violation> {
-    if CLEAN.with_borrow(|clean| clean.contains(text.as_str())) {
-        return Ok(());
+) -> Result<Option<String>, Violation> {
+    if CLEAN.with_borrow(|clean| clean.contains(text)) {
+        return Ok(None);
     }
     let mut guard = new_guard();
     let result = guard.whole(text);
@@ -235,12 +238,11 @@ fn guard_string(
             if clean.len() >= CLEAN_MOST {
                 clean.clear();
             }
-            clean.insert(text.clone());
+            clean.insert(text.to_string());
         });
     }
     findings.append(&mut guard.findings);
-    *text = result?;
-    Ok(())
+    Ok(Some(result?).filter(|guarded| guarded != text))
 }
 
 #[cfg(test)]
