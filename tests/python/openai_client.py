@@ -2,10 +2,11 @@
 
 Run by the Rust test `serve::official_openai_client` (crates/gavel-cli/tests/it/serve.rs), which
 starts the gateway and sets GAVEL_BASE_URL, GAVEL_SERVICE_KEY and GAVEL_KB_PROMPT. The contract
-there allows the principal 5 requests a minute, so the last case runs into the budget.
+there allows the principal 7 requests a minute, so the last case runs into the budget.
 Exits non-zero (with the failing case named) if any expectation fails.
 """
 
+import json
 import os
 import sys
 
@@ -74,7 +75,44 @@ except openai.APIError as e:
     check("stream cut carries the reason code", "privacy.pii" in str(e.body) or "privacy.pii" in str(e), e)
     check("nothing of the address was delivered", "jane" not in "".join(received), received)
 
-# 6. COOLDOWN: the budget of 5 requests a minute runs out: the client's rate-limit error, with
+def stream_tool_calls(user, calls):
+    """Streams a chat, accumulating its tool calls into `calls` (by index) as the client hands
+    them out, so a caller still has what arrived when the stream raises; returns the finish
+    reason."""
+    finish = None
+    for chunk in chat(user, stream=True):
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
+                if call.function is not None:
+                    entry["name"] += call.function.name or ""
+                    entry["arguments"] += call.function.arguments or ""
+            finish = choice.finish_reason or finish
+    return finish
+
+
+# 6. A streamed tool call, its arguments a few characters an event (the mock streams them as
+#    models do): they pass their own hold-back window and arrive whole.
+calls = {}
+finish = stream_tool_calls("Find the VPN guide [mock:tool]", calls)
+arguments = json.loads(calls[0]["arguments"])
+check(
+    "streamed tool call",
+    calls[0]["name"] == "search" and arguments == {"query": "Find the VPN guide"} and finish == "tool_calls",
+    calls,
+)
+
+# 7. A secret in streamed tool-call arguments cuts the stream before any of it is delivered.
+calls = {}
+try:
+    stream_tool_calls("Find the deploy key [mock:tool] [mock:secret]", calls)
+    check("tool call cut", False, "the stream ended normally")
+except openai.APIError as e:
+    check("tool call cut carries the reason code", "privacy.secret" in str(e.body) or "privacy.secret" in str(e), e)
+    received = "".join(c["arguments"] for c in calls.values())
+    check("nothing of the token was delivered", "ghp" not in received, received)
+
+# 8. COOLDOWN: the budget of 7 requests a minute runs out: the client's rate-limit error, with
 #    the retry delay.
 for attempt in range(10):
     try:

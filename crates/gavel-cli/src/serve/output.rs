@@ -18,21 +18,34 @@ use gavel_scan::{Finding, FindingKind, Scanners, StreamScanner};
 pub struct Violation {
     pub code: ReasonCode,
     pub rule_id: &'static str,
+    /// Bytes of the text that held it: the answer, or the stream `field` names.
     pub span: Range<usize>,
+    /// Which text of a streamed choice held it (e.g. `choices[0].delta.tool_calls[1].function.arguments`),
+    /// when it was not the content.
+    pub field: Option<String>,
 }
 
 impl Violation {
     pub fn message(&self) -> String {
         format!(
-            "the model's output contained {} ({}) at bytes {}..{}; policy.privacy.output blocks it, so the rest was withheld",
+            "the model's output contained {} ({}){} at bytes {}..{}; policy.privacy.output blocks it, so the rest was withheld",
             match self.code {
                 ReasonCode::PrivacySecret => "a secret",
                 _ => "personal data",
             },
             self.rule_id,
+            self.field
+                .as_ref()
+                .map(|f| format!(" in {f}"))
+                .unwrap_or_default(),
             self.span.start,
             self.span.end
         )
+    }
+
+    /// What the outcome record says of it (never the text).
+    pub fn record(&self) -> Value {
+        json!({ "code": self.code.as_str(), "rule_id": self.rule_id, "field": self.field, "start": self.span.start, "end": self.span.end })
     }
 }
 
@@ -107,6 +120,7 @@ impl OutputGuard {
                         code,
                         rule_id: finding.rule_id,
                         span: finding.span.clone(),
+                        field: None,
                     })
                 }
                 FindingAction::Redact => {
@@ -150,6 +164,299 @@ impl OutputGuard {
         self.redactions.retain(|(span, _)| span.end > to);
         out
     }
+}
+
+/// Where a streamed choice carries text that arrives in pieces, one piece per event. Each is an
+/// answer of its own with its own hold-back window: a span split across events (a model streams
+/// tool-call arguments a few characters at a time) is caught whole, and the text of one never
+/// runs into another's.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Channel {
+    Content,
+    Refusal,
+    /// The deprecated `function_call`'s arguments.
+    FunctionArguments,
+    /// The arguments of the tool call with this `index`.
+    ToolArguments(u64),
+}
+
+impl Channel {
+    fn field(self, choice: u64) -> String {
+        match self {
+            Channel::Content => format!("choices[{choice}].delta.content"),
+            Channel::Refusal => format!("choices[{choice}].delta.refusal"),
+            Channel::FunctionArguments => {
+                format!("choices[{choice}].delta.function_call.arguments")
+            }
+            Channel::ToolArguments(call) => {
+                format!("choices[{choice}].delta.tool_calls[{call}].function.arguments")
+            }
+        }
+    }
+}
+
+/// The output guards of one streamed answer: one per choice and [`Channel`], made as their
+/// first piece arrives and finished with their choice (or at the end of the stream).
+pub struct StreamGuard {
+    scanners: Arc<Scanners>,
+    actions: Option<PrivacyActions>,
+    guards: std::collections::BTreeMap<(u64, Channel), OutputGuard>,
+    /// Every finding so far, each naming its field (kind, rule, span; never the text).
+    pub findings: Vec<Value>,
+    /// Every piece of text the upstream streamed, in arrival order: for the outcome's digest and
+    /// for counting tokens when the upstream reports no usage.
+    pub seen: String,
+}
+
+impl StreamGuard {
+    pub fn new(scanners: Arc<Scanners>, actions: Option<PrivacyActions>) -> StreamGuard {
+        StreamGuard {
+            scanners,
+            actions,
+            guards: Default::default(),
+            findings: Vec::new(),
+            seen: String::new(),
+        }
+    }
+
+    /// Guards one `chat.completion.chunk` in place: each text piece of each choice is replaced
+    /// by what its guard releases, and a choice that finishes gets the rest of its texts. Returns
+    /// whether the event still says anything (pieces that are all held back are not sent), or
+    /// the violation that ends the stream.
+    pub fn event(&mut self, chunk: &mut Value) -> Result<bool, Violation> {
+        let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
+            return Ok(false);
+        };
+        if choices.is_empty() {
+            return Ok(true);
+        }
+        let mut says_something = false;
+        for (position, choice) in choices.iter_mut().enumerate() {
+            let index = choice["index"].as_u64().unwrap_or(position as u64);
+            let finished = !choice["finish_reason"].is_null();
+            let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+                says_something |= finished;
+                continue;
+            };
+            for (key, channel) in [("content", Channel::Content), ("refusal", Channel::Refusal)] {
+                if let Some(Value::String(text)) = delta.get_mut(key) {
+                    *text = self.push(index, channel, text)?;
+                    says_something |= !text.is_empty();
+                }
+            }
+            if let Some(call) = delta.get_mut("function_call") {
+                says_something |= self.guard_call(index, Channel::FunctionArguments, call)?;
+            }
+            if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                let before = calls.len();
+                let mut kept = Vec::with_capacity(before);
+                for (position, mut call) in std::mem::take(calls).into_iter().enumerate() {
+                    let number = call["index"].as_u64().unwrap_or(position as u64);
+                    if self.guard_call(index, Channel::ToolArguments(number), &mut call)? {
+                        kept.push(call);
+                    }
+                }
+                says_something |= !kept.is_empty();
+                if kept.is_empty() && before > 0 {
+                    delta.remove("tool_calls");
+                } else {
+                    *calls = kept;
+                }
+            }
+            says_something |= delta.iter().any(|(key, value)| !is_text_piece(key, value));
+            if finished {
+                self.finish_choice(index, delta)?;
+                says_something = true;
+            }
+        }
+        Ok(says_something)
+    }
+
+    /// Ends the stream: the rest of every choice that did not finish, as the `choices` of one
+    /// last event (None when nothing was held back), or the violation found in it.
+    pub fn finish(&mut self) -> Result<Option<Value>, Violation> {
+        let mut open: Vec<u64> = self.guards.keys().map(|(choice, _)| *choice).collect();
+        open.dedup();
+        let mut choices = Vec::new();
+        for index in open {
+            let mut delta = serde_json::Map::new();
+            self.finish_choice(index, &mut delta)?;
+            if !delta.is_empty() {
+                choices.push(json!({ "index": index, "delta": delta, "finish_reason": null }));
+            }
+        }
+        Ok((!choices.is_empty()).then_some(Value::Array(choices)))
+    }
+
+    /// Guards the `arguments` of a function or tool call in place; whether the call still says
+    /// anything (its id, name or type, or arguments released now).
+    fn guard_call(
+        &mut self,
+        choice: u64,
+        channel: Channel,
+        call: &mut Value,
+    ) -> Result<bool, Violation> {
+        if !call.is_object() {
+            return Ok(!call.is_null());
+        }
+        let function = match channel {
+            Channel::ToolArguments(_) => call.get_mut("function"),
+            _ => Some(&mut *call),
+        };
+        let mut released_any = false;
+        if let Some(Value::String(arguments)) = function.and_then(|f| f.get_mut("arguments")) {
+            *arguments = self.push(choice, channel, arguments)?;
+            released_any = !arguments.is_empty();
+        }
+        let names_more = |members: &serde_json::Map<String, Value>, skip: &str| {
+            members.keys().any(|key| key != skip && key != "arguments")
+        };
+        let says_more = match channel {
+            Channel::ToolArguments(_) => {
+                call.as_object().is_some_and(|c| names_more(c, "function"))
+                    || call["function"]
+                        .as_object()
+                        .is_some_and(|f| names_more(f, ""))
+                    || !call["function"].is_object()
+            }
+            _ => call.as_object().is_some_and(|c| names_more(c, "")),
+        };
+        Ok(released_any || says_more)
+    }
+
+    fn push(&mut self, choice: u64, channel: Channel, piece: &str) -> Result<String, Violation> {
+        self.seen.push_str(piece);
+        let guard = self
+            .guards
+            .entry((choice, channel))
+            .or_insert_with(|| OutputGuard::new(self.scanners.clone(), self.actions));
+        let released = guard.push(piece);
+        tagged(&mut self.findings, guard, choice, channel, released)
+    }
+
+    /// Finishes every guard of `choice`, adding what they held back to `delta`.
+    fn finish_choice(
+        &mut self,
+        choice: u64,
+        delta: &mut serde_json::Map<String, Value>,
+    ) -> Result<(), Violation> {
+        let channels: Vec<Channel> = self
+            .guards
+            .range((choice, Channel::Content)..=(choice, Channel::ToolArguments(u64::MAX)))
+            .map(|(&(_, channel), _)| channel)
+            .collect();
+        for channel in channels {
+            let Some(mut guard) = self.guards.remove(&(choice, channel)) else {
+                continue;
+            };
+            let tail = guard.finish();
+            let tail = tagged(&mut self.findings, &mut guard, choice, channel, tail)?;
+            if !tail.is_empty() {
+                put_tail(delta, channel, tail);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves the findings of `(choice, channel)`'s `guard` into `findings`, each naming its field,
+/// and names the field of a violation.
+fn tagged(
+    findings: &mut Vec<Value>,
+    guard: &mut OutputGuard,
+    choice: u64,
+    channel: Channel,
+    released: Result<String, Violation>,
+) -> Result<String, Violation> {
+    for mut finding in guard.findings.drain(..) {
+        finding["field"] = json!(channel.field(choice));
+        findings.push(finding);
+    }
+    released.map_err(|mut v| {
+        v.field = Some(channel.field(choice));
+        v
+    })
+}
+
+/// Adds the held-back end of `channel`'s text to a choice's `delta`, after what the delta
+/// already carries of it.
+fn put_tail(delta: &mut serde_json::Map<String, Value>, channel: Channel, tail: String) {
+    fn append(slot: &mut Value, tail: String) {
+        match slot {
+            Value::String(text) => text.push_str(&tail),
+            _ => *slot = Value::String(tail),
+        }
+    }
+    /// Appends to `arguments` in `slot`, which becomes an object if it is not one.
+    fn append_arguments(slot: &mut Value, tail: String) {
+        if !slot.is_object() {
+            *slot = json!({});
+        }
+        if let Value::Object(members) = slot {
+            append(members.entry("arguments").or_insert(Value::Null), tail);
+        }
+    }
+    match channel {
+        Channel::Content => append(delta.entry("content").or_insert(Value::Null), tail),
+        Channel::Refusal => append(delta.entry("refusal").or_insert(Value::Null), tail),
+        Channel::FunctionArguments => {
+            append_arguments(delta.entry("function_call").or_insert(Value::Null), tail)
+        }
+        Channel::ToolArguments(number) => {
+            let calls = delta.entry("tool_calls").or_insert(Value::Null);
+            if !calls.is_array() {
+                *calls = json!([]);
+            }
+            let Value::Array(calls) = calls else { return };
+            let same_call = calls
+                .iter_mut()
+                .find(|c| c["index"] == number && c["function"].is_object());
+            match same_call {
+                Some(call) => append_arguments(&mut call["function"], tail),
+                None => calls.push(json!({ "index": number, "function": { "arguments": tail } })),
+            }
+        }
+    }
+}
+
+/// Whether `key: value` of a delta is only a piece of guarded text, which says nothing once it
+/// is empty (the calls are judged by [`StreamGuard::guard_call`]).
+fn is_text_piece(key: &str, value: &Value) -> bool {
+    match key {
+        "content" | "refusal" => value.is_null() || value.as_str().is_some_and(str::is_empty),
+        "tool_calls" | "function_call" => true,
+        _ => false,
+    }
+}
+
+/// JSON pointers to the texts of a `chat.completion.chunk` that [`StreamGuard::event`] guarded,
+/// which the rest of the event's guarding must leave alone.
+pub fn stream_text_pointers(chunk: &Value) -> Vec<String> {
+    let mut pointers = Vec::new();
+    let Some(choices) = chunk["choices"].as_array() else {
+        return pointers;
+    };
+    for (i, choice) in choices.iter().enumerate() {
+        let delta = &choice["delta"];
+        for key in ["content", "refusal"] {
+            if delta[key].is_string() {
+                pointers.push(format!("/choices/{i}/delta/{key}"));
+            }
+        }
+        if delta["function_call"]["arguments"].is_string() {
+            pointers.push(format!("/choices/{i}/delta/function_call/arguments"));
+        }
+        if let Some(calls) = delta["tool_calls"].as_array() {
+            for (k, call) in calls.iter().enumerate() {
+                if call["function"]["arguments"].is_string() {
+                    pointers.push(format!(
+                        "/choices/{i}/delta/tool_calls/{k}/function/arguments"
+                    ));
+                }
+            }
+        }
+    }
+    pointers
 }
 
 /// Guards, in place, every string in `value` (object keys included), each as a whole answer
@@ -366,5 +673,204 @@ mod tests {
             );
             assert!(refused.is_err());
         }
+    }
+
+    fn stream(pii: FindingAction) -> StreamGuard {
+        let scanners = Arc::new(Scanners::new(&ScanConfig::default()).unwrap());
+        StreamGuard::new(
+            scanners,
+            Some(PrivacyActions {
+                pii,
+                secret: FindingAction::Block,
+            }),
+        )
+    }
+
+    /// A chunk of choice `choice` whose delta is `delta`.
+    fn chunk(choice: u64, delta: Value, finish: Option<&str>) -> Value {
+        serde_json::json!({ "object": "chat.completion.chunk",
+            "choices": [{ "index": choice, "delta": delta, "finish_reason": finish }] })
+    }
+
+    /// `text` in pieces of `size` bytes, as a model streams a tool call's arguments: the first
+    /// piece with the call's id and name.
+    fn tool_call_pieces(text: &str, size: usize) -> Vec<Value> {
+        let mut pieces = vec![chunk(
+            0,
+            serde_json::json!({ "role": "assistant", "tool_calls": [{ "index": 0, "id": "call_1", "type": "function", "function": { "name": "send", "arguments": "" } }] }),
+            None,
+        )];
+        for piece in text.as_bytes().chunks(size) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            pieces.push(chunk(
+                0,
+                serde_json::json!({ "tool_calls": [{ "index": 0, "function": { "arguments": piece } }] }),
+                None,
+            ));
+        }
+        pieces
+    }
+
+    /// What the client receives of tool call 0's arguments: every forwarded event's piece.
+    fn arguments_sent(events: &[Value]) -> String {
+        events
+            .iter()
+            .filter_map(|e| {
+                e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
+            .collect()
+    }
+
+    /// A model streams tool-call arguments a few characters at a time, so a secret in them is
+    /// never whole in one event: each call's arguments have a hold-back window of their own.
+    #[test]
+    fn a_secret_split_across_tool_call_pieces_is_caught_before_any_of_it_is_sent() {
+        let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
+        let arguments = format!("{{\"note\": \"use {token} to push\"}}");
+        for size in [1, 3, 4, 16] {
+            let mut guard = stream(FindingAction::Block);
+            let mut sent = Vec::new();
+            let violation = tool_call_pieces(&arguments, size)
+                .into_iter()
+                .find_map(|mut event| match guard.event(&mut event) {
+                    Ok(forward) => {
+                        if forward {
+                            sent.push(event);
+                        }
+                        None
+                    }
+                    Err(v) => Some(v),
+                })
+                .or_else(|| guard.finish().err())
+                .expect("the token must be caught");
+            assert_eq!(violation.code, ReasonCode::PrivacySecret, "size {size}");
+            assert_eq!(
+                violation.field.as_deref(),
+                Some("choices[0].delta.tool_calls[0].function.arguments")
+            );
+            let released = arguments_sent(&sent);
+            assert!(
+                released.len() <= violation.span.start,
+                "size {size}: {released}"
+            );
+            assert!(arguments.starts_with(&released));
+            // The call itself (id and name) was announced.
+            assert_eq!(
+                sent[0]["choices"][0]["delta"]["tool_calls"][0]["id"],
+                "call_1"
+            );
+        }
+    }
+
+    #[test]
+    fn tool_call_arguments_are_redacted_across_pieces_and_finished_with_their_choice() {
+        let arguments = r#"{"to": "jane.doe@example.org", "cc": "bob@example.com"}"#;
+        for size in [1, 2, 5, 64] {
+            let mut guard = stream(FindingAction::Redact);
+            let mut events = tool_call_pieces(arguments, size);
+            events.push(chunk(0, serde_json::json!({}), Some("tool_calls")));
+            let mut sent = Vec::new();
+            for mut event in events {
+                if guard.event(&mut event).unwrap() {
+                    sent.push(event);
+                }
+            }
+            assert_eq!(guard.finish().unwrap(), None, "the choice finished already");
+            assert_eq!(
+                arguments_sent(&sent),
+                r#"{"to": "[EMAIL_1]", "cc": "[EMAIL_2]"}"#,
+                "size {size}"
+            );
+            assert_eq!(
+                sent.last().unwrap()["choices"][0]["finish_reason"],
+                "tool_calls"
+            );
+            assert_eq!(guard.findings.len(), 2);
+            assert_eq!(
+                guard.findings[0]["field"],
+                "choices[0].delta.tool_calls[0].function.arguments"
+            );
+            // Pieces that released nothing were not sent as events of their own.
+            assert!(
+                sent.len() <= arguments.len() / size + 3,
+                "size {size}: {}",
+                sent.len()
+            );
+        }
+    }
+
+    /// With `n` > 1 the choices' pieces interleave: each choice is an answer of its own, so
+    /// nothing of one is released into another, and a refusal has a window of its own too.
+    #[test]
+    fn interleaved_choices_and_refusals_keep_their_own_text() {
+        let first = "Mail jane.doe@example.org about the outage. ".repeat(2);
+        let second = "Nothing personal here, only the outage report. ".repeat(3);
+        let refusal = "I cannot write to bob@example.com.";
+        let mut guard = stream(FindingAction::Redact);
+        let mut texts: [String; 3] = Default::default();
+        let mut take = |event: &Value| {
+            for choice in event["choices"].as_array().unwrap() {
+                let i = choice["index"].as_u64().unwrap() as usize;
+                let delta = &choice["delta"];
+                texts[i].push_str(delta["content"].as_str().unwrap_or(""));
+                texts[2].push_str(delta["refusal"].as_str().unwrap_or(""));
+            }
+        };
+        let pieces = |text: &str| -> Vec<String> {
+            text.as_bytes()
+                .chunks(3)
+                .map(|p| String::from_utf8(p.to_vec()).unwrap())
+                .collect()
+        };
+        let (a, b, r) = (pieces(&first), pieces(&second), pieces(refusal));
+        for i in 0..a.len().max(b.len()) {
+            for (choice, pieces) in [(0, &a), (1, &b)] {
+                if let Some(piece) = pieces.get(i) {
+                    let mut delta = serde_json::json!({ "content": piece });
+                    if choice == 1 {
+                        if let Some(piece) = r.get(i) {
+                            delta["refusal"] = serde_json::json!(piece);
+                        }
+                    }
+                    let mut event = chunk(choice, delta, None);
+                    if guard.event(&mut event).unwrap() {
+                        take(&event);
+                    }
+                }
+            }
+        }
+        let mut end = chunk(0, serde_json::json!({}), Some("stop"));
+        guard.event(&mut end).unwrap();
+        take(&end);
+        // Choice 1 never finished: its rest comes with the end of the stream.
+        let rest = guard.finish().unwrap().expect("choice 1 held text back");
+        take(&serde_json::json!({ "choices": rest }));
+        assert_eq!(
+            texts[0],
+            "Mail [EMAIL_1] about the outage. Mail [EMAIL_2] about the outage. "
+        );
+        assert_eq!(texts[1], second);
+        assert_eq!(texts[2], "I cannot write to [EMAIL_1].");
+    }
+
+    /// An upstream decides the shape of its events: shapes no chunk has are relayed as they
+    /// are (their strings guarded by the rest of the event's guarding), never a panic.
+    #[test]
+    fn events_of_any_shape_are_handled() {
+        let shapes = [
+            serde_json::json!({ "choices": 5 }),
+            serde_json::json!({ "choices": [5, null, "x"] }),
+            serde_json::json!({ "choices": [{ "delta": "text" }] }),
+            serde_json::json!({ "choices": [{ "delta": { "tool_calls": "x" } }] }),
+            serde_json::json!({ "choices": [{ "delta": { "tool_calls": [1, { "function": "f" }, { "function": { "arguments": 3 } }] } }] }),
+            serde_json::json!({ "choices": [{ "delta": { "function_call": "f", "content": 7 } }] }),
+            serde_json::json!({ "choices": [{ "index": "one", "delta": { "content": "jane.doe@" } }] }),
+            serde_json::json!({ "choices": [{ "index": 0, "delta": { "tool_calls": [{ "index": 2, "function": { "arguments": "example.org" } }] }, "finish_reason": "x" }] }),
+        ];
+        let mut guard = stream(FindingAction::Redact);
+        for mut shape in shapes {
+            guard.event(&mut shape).unwrap();
+        }
+        guard.finish().unwrap();
     }
 }

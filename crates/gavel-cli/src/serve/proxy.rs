@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use gavel_contract::{Contract, Deployment, Fallback, FindingAction};
+use gavel_contract::{Contract, Deployment, Fallback, FindingAction, PrivacyActions};
 use gavel_engine::{
     DecideRequest, Decision, Message, MessageContent, Obligation, ToolDefinition, Usage, Verdict,
 };
@@ -27,7 +27,7 @@ use gavel_store::KeyRecord;
 use super::error::{ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway, Ruling};
 use super::metrics;
-use super::output::{guard_strings, OutputGuard, Violation};
+use super::output::{guard_strings, stream_text_pointers, OutputGuard, StreamGuard, Violation};
 use super::upstream::{too_large, ByteStream, Reply, ANSWER_MAX_BYTES};
 
 /// Body fields that are not generation parameters.
@@ -346,25 +346,25 @@ impl Call {
                 }
                 Err(v) => {
                     metrics::output_violation(&deployment.id, v.code.as_str());
-                    details["output_violation"] = json!({ "code": v.code.as_str(), "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end });
+                    details["output_violation"] = v.record();
                     self.gw
                         .record_outcome(decision, &deployment.id, &Usage::default(), details);
                     output_refusal(decision, &v).into_response()
                 }
             };
         }
-        let Ok(mut reply) = serde_json::from_slice::<Value>(&body) else {
+        let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
             self.gw.record_outcome(
                 decision,
                 &deployment.id,
                 &Usage::default(),
-                json!({ "upstream_error": "the answer was not JSON" }),
+                json!({ "upstream_error": "the answer was not a JSON object" }),
             );
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream.invalid",
                 format!(
-                    "endpoint of `{}` answered with something that is not JSON",
+                    "endpoint of `{}` answered with something that is not a JSON object",
                     deployment.id
                 ),
             )
@@ -374,11 +374,13 @@ impl Call {
         // string of the reply.
         let mut findings = Vec::new();
         let mut violation = None;
+        let mut guarded = Vec::new();
         if let Some(choices) = reply["choices"].as_array_mut() {
-            for choice in choices {
+            for (i, choice) in choices.iter_mut().enumerate() {
                 let Some(text) = choice["message"]["content"].as_str().map(str::to_string) else {
                     continue;
                 };
+                guarded.push(format!("/choices/{i}/message/content"));
                 let mut guard = self.guard();
                 let checked = guard.whole(&text);
                 findings.append(&mut guard.findings);
@@ -393,7 +395,7 @@ impl Call {
         }
         if violation.is_none() {
             violation = self
-                .guard_all_but_content(&mut reply, "message", &mut findings)
+                .guard_all_but(&mut reply, &guarded, &mut findings)
                 .err();
         }
         let usage = usage_of(&reply["usage"]).unwrap_or_else(|| counted(decision, &reply));
@@ -408,7 +410,7 @@ impl Call {
         merge(&mut details, &snapshot);
         if let Some(v) = violation {
             metrics::output_violation(&deployment.id, v.code.as_str());
-            details["output_violation"] = json!({ "code": v.code.as_str(), "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end });
+            details["output_violation"] = v.record();
             self.gw
                 .record_outcome(decision, &deployment.id, &usage, details);
             return output_refusal(decision, &v).into_response();
@@ -421,40 +423,27 @@ impl Call {
     }
 
     /// Guards every string of `answer` (object keys included), each on its own, except the
-    /// text content under each choice's `part` (`message`, or a stream event's `delta`), which
-    /// the caller has guarded as the answer: set aside meanwhile, then put back. Drops
-    /// `logprobs` first (see [`Call::withhold_logprobs`]).
-    fn guard_all_but_content(
+    /// texts at `guarded` (JSON pointers), which the caller has guarded as answers of their
+    /// own: set aside meanwhile, then put back. Drops `logprobs` first (see
+    /// [`Call::withhold_logprobs`]).
+    fn guard_all_but(
         &self,
         answer: &mut Value,
-        part: &str,
+        guarded: &[String],
         findings: &mut Vec<Value>,
     ) -> Result<(), Violation> {
-        fn text_content<'a>(choice: &'a mut Value, part: &str) -> Option<&'a mut Value> {
-            choice
-                .get_mut(part)?
-                .get_mut("content")
-                .filter(|c| c.is_string())
-        }
-        let set_aside: Vec<Option<Value>> = answer["choices"]
-            .as_array_mut()
-            .map(|choices| {
-                choices
-                    .iter_mut()
-                    .map(|c| text_content(c, part).map(Value::take))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let set_aside: Vec<Option<Value>> = guarded
+            .iter()
+            .map(|pointer| answer.pointer_mut(pointer).map(Value::take))
+            .collect();
         self.withhold_logprobs(answer);
-        let guarded = guard_strings(answer, &|| self.guard(), findings);
-        if let Some(choices) = answer["choices"].as_array_mut() {
-            for (choice, text) in choices.iter_mut().zip(set_aside) {
-                if let (Some(text), Some(slot)) = (text, choice.get_mut(part)) {
-                    slot["content"] = text;
-                }
+        let result = guard_strings(answer, &|| self.guard(), findings);
+        for (pointer, text) in guarded.iter().zip(set_aside) {
+            if let (Some(text), Some(slot)) = (text, answer.pointer_mut(pointer)) {
+                *slot = text;
             }
         }
-        guarded
+        result
     }
 
     /// Drops the `logprobs` of every choice when an output policy applies: they repeat the
@@ -479,9 +468,19 @@ impl Call {
     }
 
     fn guard(&self) -> OutputGuard {
-        let engine = self.gw.engine();
-        let actions = engine.contract().policy.privacy.as_ref().map(|p| p.output);
-        OutputGuard::new(self.gw.output_scanners.clone(), actions)
+        OutputGuard::new(self.gw.output_scanners.clone(), self.output_actions())
+    }
+
+    fn output_actions(&self) -> Option<PrivacyActions> {
+        let privacy = self
+            .gw
+            .engine()
+            .contract()
+            .policy
+            .privacy
+            .as_ref()
+            .map(|p| p.output);
+        privacy
     }
 
     /// The approved fallback response, in the shape the client asked for.
@@ -550,7 +549,7 @@ impl Call {
             merge(&mut details, &summary.snapshot);
             if let Some(v) = &summary.violation {
                 metrics::stream_violation(&deployment.id, v.code.as_str());
-                details["output_violation"] = json!({ "code": v.code.as_str(), "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end });
+                details["output_violation"] = v.record();
             }
             self.gw
                 .record_outcome(&ruling.decision, &deployment.id, &usage, details);
@@ -567,11 +566,35 @@ impl Call {
         &self,
         decision: &Decision,
         deployment: &Deployment,
-        mut upstream: ByteStream,
+        upstream: ByteStream,
         tx: &tokio::sync::mpsc::Sender<Bytes>,
     ) -> StreamSummary {
         let mut summary = StreamSummary::default();
-        let mut guard = self.guard();
+        let mut guard = StreamGuard::new(self.gw.output_scanners.clone(), self.output_actions());
+        if let Err(v) = self
+            .relay_events(&mut guard, &mut summary, deployment, upstream, tx)
+            .await
+        {
+            let error = output_refusal(decision, &v);
+            let _ = tx.send(event(&error.body())).await;
+            summary.ended = format!("cut: {}", v.code.as_str());
+            summary.violation = Some(v);
+        }
+        summary.text_seen = guard.seen;
+        summary.findings = guard.findings;
+        summary
+    }
+
+    /// Relays the upstream's events through `guard` until the stream ends; the violation that
+    /// must cut it, if one does.
+    async fn relay_events(
+        &self,
+        guard: &mut StreamGuard,
+        summary: &mut StreamSummary,
+        deployment: &Deployment,
+        mut upstream: ByteStream,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<(), Violation> {
         let mut pending = String::new();
         // The bytes of a character the last read cut in two, until the next read completes it.
         let mut cut_char: Vec<u8> = Vec::new();
@@ -604,7 +627,7 @@ impl Call {
                     let error =
                         ApiError::new(StatusCode::BAD_GATEWAY, "upstream.stream_broken", why);
                     let _ = tx.send(event(&error.body())).await;
-                    return summary;
+                    return Ok(());
                 }
             };
             decode_utf8_into(&mut pending, &mut cut_char, &bytes);
@@ -612,41 +635,22 @@ impl Call {
                 pending = rest;
                 let Some(data) = data else { continue };
                 if data == "[DONE]" {
-                    match guard.finish() {
-                        Ok(tail) => {
-                            if !tail.is_empty() {
-                                let _ = tx.send(content_event(template.as_ref(), &tail)).await;
-                            }
-                            summary.findings = std::mem::take(&mut guard.findings);
-                            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-                            summary.ended = "done".to_string();
-                        }
-                        Err(v) => {
-                            self.cut(
-                                &mut summary,
-                                decision,
-                                v,
-                                std::mem::take(&mut guard.findings),
-                                tx,
-                            )
-                            .await
-                        }
+                    if let Some(choices) = guard.finish()? {
+                        let _ = tx.send(tail_event(template.as_ref(), choices)).await;
                     }
-                    return summary;
+                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    summary.ended = "done".to_string();
+                    return Ok(());
                 }
-                let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
+                // An event that is not a JSON object is no chunk of an answer: not relayed.
+                let Ok(mut chunk @ Value::Object(_)) = serde_json::from_str::<Value>(&data) else {
                     continue;
                 };
                 if chunk.get("error").is_some() {
-                    if let Err(v) = guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings)
-                    {
-                        let findings = std::mem::take(&mut guard.findings);
-                        self.cut(&mut summary, decision, v, findings, tx).await;
-                        return summary;
-                    }
+                    guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings)?;
                     let _ = tx.send(event(&chunk)).await;
                     summary.ended = "upstream error event".to_string();
-                    return summary;
+                    return Ok(());
                 }
                 if let Some(usage) = usage_of(&chunk["usage"]) {
                     summary.usage = Some(usage);
@@ -656,92 +660,20 @@ impl Call {
                         summary.snapshot = snapshot_check(deployment, Some(model));
                     }
                 }
-                let mut finished = false;
-                let mut forward = false;
-                if let Some(choices) = chunk["choices"].as_array_mut() {
-                    for choice in choices.iter_mut() {
-                        let delta = &mut choice["delta"];
-                        let mut released = String::new();
-                        if let Some(text) = delta["content"].as_str().map(str::to_string) {
-                            summary.text_seen.push_str(&text);
-                            match guard.push(&text) {
-                                Ok(r) => released = r,
-                                Err(v) => {
-                                    self.cut(
-                                        &mut summary,
-                                        decision,
-                                        v,
-                                        std::mem::take(&mut guard.findings),
-                                        tx,
-                                    )
-                                    .await;
-                                    return summary;
-                                }
-                            }
-                        }
-                        if !choice["finish_reason"].is_null() {
-                            finished = true;
-                            match guard.finish() {
-                                Ok(tail) => released.push_str(&tail),
-                                Err(v) => {
-                                    self.cut(
-                                        &mut summary,
-                                        decision,
-                                        v,
-                                        std::mem::take(&mut guard.findings),
-                                        tx,
-                                    )
-                                    .await;
-                                    return summary;
-                                }
-                            }
-                        }
-                        let delta = &mut choice["delta"];
-                        if delta.get("content").is_some() || !released.is_empty() {
-                            delta["content"] = json!(released);
-                        }
-                        let has_more = delta
-                            .as_object()
-                            .is_some_and(|d| d.keys().any(|k| k != "content"));
-                        forward |= !released.is_empty() || has_more || finished;
-                    }
-                    if choices.is_empty() {
-                        forward = true;
-                    }
-                }
-                // Every other string of the event (a refusal, tool-call arguments, fields of the
-                // upstream's own), the released content aside.
-                if let Err(v) = self.guard_all_but_content(&mut chunk, "delta", &mut guard.findings)
-                {
-                    let findings = std::mem::take(&mut guard.findings);
-                    self.cut(&mut summary, decision, v, findings, tx).await;
-                    return summary;
-                }
+                // The texts of each choice through their hold-back windows, then every other
+                // string of the event (fields of the upstream's own, ids, names) on its own.
+                let forward = guard.event(&mut chunk)?;
+                let guarded = stream_text_pointers(&chunk);
+                self.guard_all_but(&mut chunk, &guarded, &mut guard.findings)?;
                 if template.is_none() {
                     template = Some(chunk.clone());
                 }
                 if forward && tx.send(event(&chunk)).await.is_err() {
                     summary.ended = "client disconnected".to_string();
-                    return summary;
+                    return Ok(());
                 }
             }
         }
-    }
-
-    /// Ends the stream with a governance error event: nothing of the violating span was sent.
-    async fn cut(
-        &self,
-        summary: &mut StreamSummary,
-        decision: &Decision,
-        v: Violation,
-        findings: Vec<Value>,
-        tx: &tokio::sync::mpsc::Sender<Bytes>,
-    ) {
-        let error = output_refusal(decision, &v);
-        let _ = tx.send(event(&error.body())).await;
-        summary.findings = findings;
-        summary.ended = format!("cut: {}", v.code.as_str());
-        summary.violation = Some(v);
     }
 }
 
@@ -778,12 +710,13 @@ fn event(data: &Value) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
 
-/// A content chunk shaped like the upstream's chunks, carrying `text`.
-fn content_event(template: Option<&Value>, text: &str) -> Bytes {
+/// An event shaped like the upstream's chunks, carrying the held-back ends of the choices'
+/// texts (`choices`, from [`StreamGuard::finish`]).
+fn tail_event(template: Option<&Value>, choices: Value) -> Bytes {
     let mut chunk = template
         .cloned()
         .unwrap_or_else(|| json!({ "object": "chat.completion.chunk" }));
-    chunk["choices"] = json!([{ "index": 0, "delta": { "content": text }, "finish_reason": null }]);
+    chunk["choices"] = choices;
     if let Some(object) = chunk.as_object_mut() {
         object.remove("usage");
     }
@@ -793,7 +726,7 @@ fn content_event(template: Option<&Value>, text: &str) -> Bytes {
 fn output_refusal(decision: &Decision, v: &Violation) -> ApiError {
     let mut error = ApiError::new(StatusCode::FORBIDDEN, v.code.as_str(), v.message());
     error.decision = Some(
-        json!({ "decision_id": decision.decision_id, "reasons": [{ "code": v.code.as_str(), "message": v.message(), "direction": "output", "rule_id": v.rule_id, "start": v.span.start, "end": v.span.end }] }),
+        json!({ "decision_id": decision.decision_id, "reasons": [{ "code": v.code.as_str(), "message": v.message(), "direction": "output", "rule_id": v.rule_id, "field": v.field, "start": v.span.start, "end": v.span.end }] }),
     );
     error
 }

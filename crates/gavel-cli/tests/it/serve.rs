@@ -702,6 +702,24 @@ fn answer(mut stream: TcpStream) {
     } else if body.contains("fault:stream-refusal-secret") {
         let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "refusal": format!("not with {token}") }, "finish_reason": null }] }).to_string();
         let _ = stream.write_all(sse(&[chunk, "[DONE]".to_string()]).as_bytes());
+    } else if body.contains("fault:stream-tool-secret") {
+        // A tool call whose arguments hold the token, streamed three bytes an event as models
+        // stream arguments: no event holds it whole.
+        let chunk = |delta: Value| {
+            json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": delta, "finish_reason": null }] }).to_string()
+        };
+        let arguments = format!("{{\"note\": \"push with {token}\"}}");
+        let mut events = vec![chunk(
+            json!({ "role": "assistant", "tool_calls": [{ "index": 0, "id": "call_1", "type": "function", "function": { "name": "lookup", "arguments": "" } }] }),
+        )];
+        for piece in arguments.as_bytes().chunks(3) {
+            let piece = String::from_utf8_lossy(piece);
+            events.push(chunk(
+                json!({ "tool_calls": [{ "index": 0, "function": { "arguments": piece } }] }),
+            ));
+        }
+        events.push("[DONE]".to_string());
+        let _ = stream.write_all(sse(&events).as_bytes());
     } else if body.contains("fault:stream-utf8") {
         // "héllo" with the two bytes of "é" in two writes, flushed apart.
         let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "content": "héllo" }, "finish_reason": "stop" }] }).to_string();
@@ -1102,7 +1120,7 @@ fn kill_9_under_load_loses_no_acknowledged_decision() {
 #[test]
 fn official_openai_client() {
     let python = python_with_openai();
-    let r = Ready::start_with(|yaml| yaml.replace("requests: 120 }", "requests: 5 }"));
+    let r = Ready::start_with(|yaml| yaml.replace("requests: 120 }", "requests: 7 }"));
     let s = Server::start(&r.g, &r.operator, &[]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -1299,8 +1317,9 @@ fn a_stalled_mock_answer_ends_at_the_first_byte_timeout() {
 }
 
 /// Everything of an upstream's answer reaches the client, so everything is guarded: a refusal,
-/// an error body, an error event or a refusal delta holding a secret is refused or cut like
-/// content holding one; and a character split between two reads of a stream arrives whole.
+/// an error body, an error event, a refusal delta or tool-call arguments streamed in pieces
+/// holding a secret is refused or cut like content holding one; and a character split between
+/// two reads of a stream arrives whole.
 #[test]
 fn answers_are_guarded_outside_their_content_too() {
     let upstream = faulty_upstream();
@@ -1337,6 +1356,29 @@ fn answers_are_guarded_outside_their_content_too() {
         reply.body
     );
     assert!(!reply.body.contains("jane"), "{}", reply.body);
+    let mut streamed = chat(&r.g, "fault:stream-tool-secret");
+    streamed["stream"] = json!(true);
+    let reply = s.chat(Some(&r.service), Some(&streamed));
+    let arguments: String = reply
+        .body
+        .split("data: ")
+        .filter_map(|event| serde_json::from_str::<Value>(event.trim()).ok())
+        .filter_map(|event| {
+            event["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        reply.body.contains("\"code\":\"privacy.secret\""),
+        "{}",
+        reply.body
+    );
+    // What was sent of the arguments stops before the token (the window may hold back more).
+    assert!(
+        "{\"note\": \"push with ".starts_with(&arguments),
+        "{arguments}"
+    );
     let mut streamed = chat(&r.g, "fault:stream-utf8");
     streamed["stream"] = json!(true);
     let reply = s.chat(Some(&r.service), Some(&streamed));
