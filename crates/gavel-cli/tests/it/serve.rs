@@ -702,6 +702,15 @@ fn answer(mut stream: TcpStream) {
     } else if body.contains("fault:stream-refusal-secret") {
         let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "refusal": format!("not with {token}") }, "finish_reason": null }] }).to_string();
         let _ = stream.write_all(sse(&[chunk, "[DONE]".to_string()]).as_bytes());
+    } else if body.contains("fault:stream-not-object") {
+        // Events that are JSON but no chunk, then one that is.
+        let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "content": "fine" }, "finish_reason": "stop" }] }).to_string();
+        let events = ["5", "[1,2]", "\"text\"", &chunk, "[DONE]"].map(str::to_string);
+        let _ = stream.write_all(sse(&events).as_bytes());
+    } else if body.contains("fault:not-object") {
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n[1,2]",
+        );
     } else if body.contains("fault:stream-tool-secret") {
         // A tool call whose arguments hold the token, streamed three bytes an event as models
         // stream arguments: no event holds it whole.
@@ -1356,6 +1365,23 @@ fn answers_are_guarded_outside_their_content_too() {
         reply.body
     );
     assert!(!reply.body.contains("jane"), "{}", reply.body);
+    // JSON that is no answer: a clear error, or (events in a stream) not relayed.
+    let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:not-object")));
+    assert_eq!(
+        (reply.status, reply.code()),
+        (502, "upstream.invalid".to_string()),
+        "{}",
+        reply.body
+    );
+    let mut streamed = chat(&r.g, "fault:stream-not-object");
+    streamed["stream"] = json!(true);
+    let reply = s.chat(Some(&r.service), Some(&streamed));
+    assert!(
+        reply.body.contains("fine") && reply.body.contains("[DONE]"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("[1,2]"), "{}", reply.body);
     let mut streamed = chat(&r.g, "fault:stream-tool-secret");
     streamed["stream"] = json!(true);
     let reply = s.chat(Some(&r.service), Some(&streamed));
