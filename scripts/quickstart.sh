@@ -125,7 +125,17 @@ PY
 step "gavel status   (every deployment: its state, signals over the window, approved thresholds against them)"
 sleep 1.2   # the gateway writes its monitoring buckets once a second
 as "$auditor" status
+step "GET /dashboard   (the same, as HTML for a browser; the auditor's key is the password)"
+GAVEL_URL="$url" AUDITOR="$auditor" python3 - <<'PY'
+import base64, os, re, urllib.request
+auth = base64.b64encode((":" + os.environ["AUDITOR"]).encode()).decode()
+req = urllib.request.Request(os.environ["GAVEL_URL"] + "/dashboard", headers={"Authorization": "Basic " + auth})
+with urllib.request.urlopen(req) as r:
+    page = r.read().decode()
+print("GET /dashboard ->", r.status, "; ".join(re.findall(r"<h2>([^<]*)", page)))
+PY
 if [ -t 1 ]; then
+  printf '\nthe dashboard: %s/dashboard (user name: anything; password: %s)\n' "${url%/}" "$auditor"
   printf '\nthe gateway keeps running at %s (Ctrl-C stops it; it drains and signs a final checkpoint).\n' "$url"
   printf 'try: curl %s/chat/completions -H "Authorization: Bearer %s" -d @request.json\n' "$url/v1" "$service"
   wait $serve_pid || true

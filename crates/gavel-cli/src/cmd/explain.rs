@@ -31,170 +31,10 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
     )?;
     let sink = crate::ledger::open_sink(&ctx.db_path)?;
     let e = gather(&contract, &store, &sink, deployment_id)?;
-    let window_name = contract.policy.monitoring.window;
     if as_json {
         return print_json(&e.json());
     }
-    let Explanation {
-        d,
-        use_case,
-        at,
-        approvals: _,
-        covering,
-        kills,
-        cooldowns,
-        registration,
-        latest,
-        why_not,
-        performance,
-        breaches,
-        pages,
-    } = e;
-    out!(
-        "{} ({} use case `{}`, binding {})",
-        d.id,
-        use_case.tier,
-        use_case.id,
-        short_hash(&d.binding.0)
-    );
-    out!("\n1. Who approved it?");
-    match &covering {
-        Ok(a) => {
-            out!(
-                "   approval {} ({}), valid until {}",
-                a.id,
-                a.state_at(at),
-                a.expires_at
-            );
-            out!("   population: {}", a.population);
-            for s in &a.signoffs {
-                out!(
-                    "   signed by {}{} at {}",
-                    s.principal,
-                    s.approver_role
-                        .as_ref()
-                        .map(|r| format!(" as {r}"))
-                        .unwrap_or_default(),
-                    s.at
-                );
-            }
-            for e in &a.evidence {
-                out!(
-                    "   evidence {}: {} (sha256 {})",
-                    e.kind,
-                    e.path,
-                    short_hash(&e.sha256)
-                );
-            }
-            out!(
-                "   on breach: {}",
-                serde_json::to_string(&a.on_breach).unwrap_or_default()
-            );
-            out!(
-                "   under contract version {}",
-                short_hash(&a.contract_version)
-            );
-        }
-        Err(_) => out!(
-            "   nobody: {}; every request is refused",
-            why_not.unwrap_or_default()
-        ),
-    }
-    for decision in &latest {
-        out!(
-            "   served {} ({}) at {}, ledger leaf {}",
-            decision["decision_id"].as_str().unwrap_or_default(),
-            decision["verdict"].as_str().unwrap_or_default(),
-            decision["at"].as_str().unwrap_or_default(),
-            decision["index"]
-        );
-    }
-    if let Some(r) = &registration {
-        out!(
-            "   this binding was applied by {} at {}",
-            r.changed_by,
-            r.at
-        );
-    }
-    out!("\n2. How does it perform against its thresholds?");
-    let signals = &performance.signals;
-    out!(
-        "   over the last {}: {} decisions, {} executions{}",
-        window_name,
-        signals.decisions,
-        signals.executions,
-        match &performance.breach {
-            Some(b) => format!("; BREACH {} of `{}` since {}", b.id, b.threshold, b.since),
-            None => String::new(),
-        }
-    );
-    if performance.checks.is_empty() {
-        out!("   no approved thresholds");
-    }
-    for c in &performance.checks {
-        out!(
-            "   {}: {} against the approved {} ({} {})",
-            c.threshold,
-            c.value.map_or("-".to_string(), |v| format!("{v:.4}")),
-            c.limit,
-            match c.state {
-                CheckState::Within => "within",
-                CheckState::Breached => "BREACHED",
-                CheckState::Insufficient => "too few observations:",
-            },
-            match c.state {
-                CheckState::Insufficient => c.samples.to_string(),
-                _ => format!("n={}", c.samples),
-            }
-        );
-    }
-    out!("\n3. Who is on the hook?");
-    out!("   owner: {}", use_case.owner);
-    out!("   on-call webhook: {}", use_case.oncall.webhook);
-    if let Some(runbook) = &use_case.oncall.runbook {
-        out!("   runbook: {runbook}");
-    }
-    if breaches.is_empty() {
-        out!("   paged: never (no breach has been recorded)");
-    }
-    for b in &breaches {
-        let id = b["breach_id"].as_str().unwrap_or_default();
-        let page = pages.iter().find(|p| p["breach_id"] == id);
-        out!(
-            "   breach {id} at {}: {} {} against {}; on-call {}",
-            b["since"].as_str().unwrap_or_default(),
-            b["threshold"].as_str().unwrap_or_default(),
-            b["value"],
-            b["limit"],
-            match page {
-                Some(p) if p["delivered"] == true =>
-                    format!("paged ({} attempt(s))", p["attempts"]),
-                Some(p) => format!(
-                    "NOT reached after {} attempt(s): {}",
-                    p["attempts"],
-                    p["last_error"].as_str().unwrap_or_default()
-                ),
-                None => "alert pending or not recorded".to_string(),
-            }
-        );
-    }
-    for k in &kills {
-        out!(
-            "\nKILLED: `{}` by {} at {}: {}",
-            k.scope.key(),
-            k.by,
-            k.at,
-            k.reason
-        );
-    }
-    for c in &cooldowns {
-        out!(
-            "\nCOOLING DOWN: `{}` until {}: {}",
-            c.scope.key(),
-            c.until,
-            c.reason
-        );
-    }
+    out!("{}", e.text(&contract.policy.monitoring.window.to_string()));
     Ok(())
 }
 
@@ -216,6 +56,182 @@ pub struct Explanation<'a> {
     /// The latest breach records (newest first) and the alert deliveries recorded.
     breaches: Vec<serde_json::Value>,
     pages: Vec<serde_json::Value>,
+}
+
+impl Explanation<'_> {
+    /// The answers as `gavel explain` prints them; `window_name` is the monitoring window.
+    pub fn text(self, window_name: &str) -> String {
+        let Explanation {
+            d,
+            use_case,
+            at,
+            approvals: _,
+            covering,
+            kills,
+            cooldowns,
+            registration,
+            latest,
+            why_not,
+            performance,
+            breaches,
+            pages,
+        } = self;
+        let mut text = String::new();
+        // One line of the answer.
+        macro_rules! say {
+            ($($arg:tt)*) => {{
+                text.push_str(&format!($($arg)*));
+                text.push('\n');
+            }};
+        }
+        say!(
+            "{} ({} use case `{}`, binding {})",
+            d.id,
+            use_case.tier,
+            use_case.id,
+            short_hash(&d.binding.0)
+        );
+        say!("\n1. Who approved it?");
+        match &covering {
+            Ok(a) => {
+                say!(
+                    "   approval {} ({}), valid until {}",
+                    a.id,
+                    a.state_at(at),
+                    a.expires_at
+                );
+                say!("   population: {}", a.population);
+                for s in &a.signoffs {
+                    say!(
+                        "   signed by {}{} at {}",
+                        s.principal,
+                        s.approver_role
+                            .as_ref()
+                            .map(|r| format!(" as {r}"))
+                            .unwrap_or_default(),
+                        s.at
+                    );
+                }
+                for e in &a.evidence {
+                    say!(
+                        "   evidence {}: {} (sha256 {})",
+                        e.kind,
+                        e.path,
+                        short_hash(&e.sha256)
+                    );
+                }
+                say!(
+                    "   on breach: {}",
+                    serde_json::to_string(&a.on_breach).unwrap_or_default()
+                );
+                say!(
+                    "   under contract version {}",
+                    short_hash(&a.contract_version)
+                );
+            }
+            Err(_) => say!(
+                "   nobody: {}; every request is refused",
+                why_not.unwrap_or_default()
+            ),
+        }
+        for decision in &latest {
+            say!(
+                "   served {} ({}) at {}, ledger leaf {}",
+                decision["decision_id"].as_str().unwrap_or_default(),
+                decision["verdict"].as_str().unwrap_or_default(),
+                decision["at"].as_str().unwrap_or_default(),
+                decision["index"]
+            );
+        }
+        if let Some(r) = &registration {
+            say!(
+                "   this binding was applied by {} at {}",
+                r.changed_by,
+                r.at
+            );
+        }
+        say!("\n2. How does it perform against its thresholds?");
+        let signals = &performance.signals;
+        say!(
+            "   over the last {}: {} decisions, {} executions{}",
+            window_name,
+            signals.decisions,
+            signals.executions,
+            match &performance.breach {
+                Some(b) => format!("; BREACH {} of `{}` since {}", b.id, b.threshold, b.since),
+                None => String::new(),
+            }
+        );
+        if performance.checks.is_empty() {
+            say!("   no approved thresholds");
+        }
+        for c in &performance.checks {
+            say!(
+                "   {}: {} against the approved {} ({} {})",
+                c.threshold,
+                c.value.map_or("-".to_string(), |v| format!("{v:.4}")),
+                c.limit,
+                match c.state {
+                    CheckState::Within => "within",
+                    CheckState::Breached => "BREACHED",
+                    CheckState::Insufficient => "too few observations:",
+                },
+                match c.state {
+                    CheckState::Insufficient => c.samples.to_string(),
+                    _ => format!("n={}", c.samples),
+                }
+            );
+        }
+        say!("\n3. Who is on the hook?");
+        say!("   owner: {}", use_case.owner);
+        say!("   on-call webhook: {}", use_case.oncall.webhook);
+        if let Some(runbook) = &use_case.oncall.runbook {
+            say!("   runbook: {runbook}");
+        }
+        if breaches.is_empty() {
+            say!("   paged: never (no breach has been recorded)");
+        }
+        for b in &breaches {
+            let id = b["breach_id"].as_str().unwrap_or_default();
+            let page = pages.iter().find(|p| p["breach_id"] == id);
+            say!(
+                "   breach {id} at {}: {} {} against {}; on-call {}",
+                b["since"].as_str().unwrap_or_default(),
+                b["threshold"].as_str().unwrap_or_default(),
+                b["value"],
+                b["limit"],
+                match page {
+                    Some(p) if p["delivered"] == true =>
+                        format!("paged ({} attempt(s))", p["attempts"]),
+                    Some(p) => format!(
+                        "NOT reached after {} attempt(s): {}",
+                        p["attempts"],
+                        p["last_error"].as_str().unwrap_or_default()
+                    ),
+                    None => "alert pending or not recorded".to_string(),
+                }
+            );
+        }
+        for k in &kills {
+            say!(
+                "\nKILLED: `{}` by {} at {}: {}",
+                k.scope.key(),
+                k.by,
+                k.at,
+                k.reason
+            );
+        }
+        for c in &cooldowns {
+            say!(
+                "\nCOOLING DOWN: `{}` until {}: {}",
+                c.scope.key(),
+                c.until,
+                c.reason
+            );
+        }
+        text.truncate(text.trim_end().len());
+        text
+    }
 }
 
 pub fn gather<'a>(

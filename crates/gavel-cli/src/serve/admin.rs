@@ -16,6 +16,7 @@ use gavel_ledger::VerifyOptions;
 use gavel_store::{KeyRecord, Store};
 
 use super::api::{blocking, typed};
+use super::dashboard::Verification;
 use super::error::{ApiError, ApiResult};
 use super::gateway::Gateway;
 use crate::cli::{ApproveArgs, ExportArgs, KillArgs, ScopeArgs};
@@ -318,14 +319,37 @@ pub async fn proof(
     .await
 }
 
-pub async fn verify(State(gw): State<Arc<Gateway>>) -> ApiResult<Json<Value>> {
-    act(gw, |gw| {
+pub async fn verify(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<KeyRecord>,
+) -> ApiResult<Json<Value>> {
+    verify_ledger(gw, caller.principal).await.map(Json)
+}
+
+/// Verifies the ledger and keeps the result for the dashboard: `{ok, records, checkpoints,
+/// unsigned_tail}` or `{ok: false, failure}`.
+pub async fn verify_ledger(gw: Arc<Gateway>, by: String) -> ApiResult<Value> {
+    blocking(move || {
         let verifier = crate::ledger::load_key(&gw.db_path)?.verifier();
-        match gw.ledger_reader()?.verify(&verifier, VerifyOptions::default()) {
-            Ok(report) => Ok(json!({ "ok": true, "records": report.records, "checkpoints": report.checkpoints, "unsigned_tail": report.unsigned_tail })),
-            Err(gavel_ledger::VerifyError::Failed(failure)) => Ok(json!({ "ok": false, "failure": failure.to_string() })),
-            Err(e) => Err(Failure::storage(e)),
+        let verified = gw.ledger_reader()?.verify(&verifier, VerifyOptions::default());
+        let (answer, outcome) = match verified {
+            Ok(report) => (
+                json!({ "ok": true, "records": report.records, "checkpoints": report.checkpoints, "unsigned_tail": report.unsigned_tail }),
+                Ok(format!(
+                    "{} records, {} signed checkpoints, {} record(s) after the newest checkpoint",
+                    report.records, report.checkpoints, report.unsigned_tail
+                )),
+            ),
+            Err(gavel_ledger::VerifyError::Failed(failure)) => (
+                json!({ "ok": false, "failure": failure.to_string() }),
+                Err(failure.to_string()),
+            ),
+            Err(e) => return Err(ApiError::from(Failure::storage(e))),
+        };
+        if let Ok(mut last) = gw.last_verification.lock() {
+            *last = Some(Verification { at: now(), by, outcome });
         }
+        Ok(answer)
     })
     .await
 }

@@ -65,6 +65,8 @@ pub struct Gateway {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set once the contract and the ledger are loaded.
     pub ready: AtomicBool,
+    /// The last verification of the ledger this gateway ran, for the dashboard.
+    pub last_verification: Mutex<Option<super::dashboard::Verification>>,
 }
 
 /// What happened after an ALLOW, waiting to be settled and recorded.
@@ -115,11 +117,11 @@ impl Gateway {
     /// The caller's key, if it is valid (else 401) and its role is allowed here (else 403).
     pub fn authorize(
         &self,
-        headers: &HeaderMap,
+        key: Option<&str>,
         allowed: &[Role],
         action: &str,
     ) -> ApiResult<KeyRecord> {
-        let Some(key) = bearer(headers).filter(|k| !k.is_empty()) else {
+        let Some(key) = key.filter(|k| !k.is_empty()) else {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_api_key",

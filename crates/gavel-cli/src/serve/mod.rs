@@ -9,6 +9,7 @@
 
 mod admin;
 mod api;
+mod dashboard;
 mod decider;
 mod error;
 mod gateway;
@@ -133,6 +134,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         db_path: ctx.db_path.clone(),
         metrics,
         ready: Default::default(),
+        last_verification: Mutex::new(None),
     });
     gw.decider.start(decisions, Arc::downgrade(&gw))?;
     let listen: SocketAddr = args.listen.parse().map_err(|_| {

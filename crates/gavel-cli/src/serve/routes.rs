@@ -5,16 +5,18 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use gavel_store::Role;
 
-use super::gateway::Gateway;
-use super::{admin, api, proxy};
+use super::gateway::{bearer, Gateway};
+use super::{admin, api, dashboard, proxy};
 
 /// Who may call a route; empty means public (health, readiness, metrics, the API document).
 pub struct RouteDoc {
@@ -70,6 +72,11 @@ pub fn table() -> Vec<(RouteDoc, MethodRouter<Arc<Gateway>>)> {
         route!(get, "/v1/audit/records/{id}", READERS, "One ledger record by id.", admin::record),
         route!(get, "/v1/audit/proof/{id}", READERS, "An inclusion proof for a record plus the signed checkpoint, checkable with the public key alone.", admin::proof),
         route!(post, "/v1/audit/verify", READERS, "Re-derive every leaf, the tree and every checkpoint signature.", admin::verify),
+        route!(get, "/dashboard", READERS, "The dashboard (HTML): deployments and their signals against their thresholds, breaches, approvals, the ledger and its last verification. Also takes the key as the password of HTTP Basic authentication.", dashboard::overview),
+        route!(get, "/dashboard/ledger", READERS, "The dashboard's ledger search (HTML); query: deployment, approval, principal, reason, kind, from, to, limit.", dashboard::ledger),
+        route!(get, "/dashboard/records/{id}", READERS, "One ledger record (HTML).", dashboard::record),
+        route!(get, "/dashboard/deployments/{deployment}", READERS, "One deployment's three answers, as `gavel explain` (HTML).", dashboard::deployment),
+        route!(post, "/dashboard/verify", READERS, "Verify the ledger from the dashboard (a form; refused when another site's page sends it), then show the overview.", dashboard::verify),
     ]
 }
 
@@ -99,6 +106,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 type Guard = (Arc<Gateway>, &'static [Role], Arc<str>);
 
 /// Checks the caller's key against the route's roles and hands the key record to the handler.
+/// The dashboard's routes also take the key as HTTP Basic authentication's password (a
+/// browser cannot send a Bearer header), and ask a browser without one to sign in.
 async fn authorize(
     State((gw, roles, route)): State<Guard>,
     mut request: Request,
@@ -107,13 +116,49 @@ async fn authorize(
     if roles.is_empty() {
         return next.run(request).await;
     }
-    match gw.authorize(request.headers(), roles, &format!("`{route}`")) {
+    let dashboard = route.contains(" /dashboard");
+    let key = match bearer(request.headers()).map(str::to_string) {
+        None if dashboard => basic_password(request.headers()),
+        key => key,
+    };
+    match gw.authorize(key.as_deref(), roles, &format!("`{route}`")) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
+        Err(refused) if dashboard && refused.status == StatusCode::UNAUTHORIZED => {
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "{}; in a browser, sign in with the key as the password (the user name is not read)",
+                    refused.message
+                ),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"gavel\", charset=\"UTF-8\""),
+            );
+            response
+        }
         Err(refused) => refused.into_response(),
     }
+}
+
+/// The password of `Authorization: Basic base64(user:password)`, or the user name when the
+/// password is empty (`curl -u KEY:`).
+fn basic_password(headers: &HeaderMap) -> Option<String> {
+    let encoded = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let credentials = String::from_utf8(decoded).ok()?;
+    let (user, password) = credentials.split_once(':')?;
+    Some(if password.is_empty() { user } else { password }.to_string())
 }
 
 /// OpenAPI 3.1, generated from the route table.

@@ -1455,3 +1455,197 @@ fn the_header_limit_is_exact() {
         over.body
     );
 }
+
+/// A request to a dashboard page, the key given as a browser gives it (HTTP Basic, as the
+/// password), with `extra` header lines.
+fn dashboard(s: &Server, method: &str, path: &str, key: Option<&str>, extra: &str) -> Reply {
+    use base64::Engine as _;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: gavel\r\nConnection: close\r\n{extra}");
+    if let Some(key) = key {
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("audrey:{key}"));
+        head.push_str(&format!("Authorization: Basic {credentials}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\n\r\n");
+    s.raw(head.as_bytes())
+}
+
+/// The dashboard shows what the admin API reads (deployments, approvals, the ledger), to a
+/// reader who signs in with a key as a browser does; escapes what it shows; and verifies the
+/// ledger only when its own page asks.
+#[test]
+fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let served = s.chat(
+        Some(&r.service),
+        Some(&chat(&r.g, "Where is the VPN guide?")),
+    );
+    assert_eq!(served.status, 200, "{}", served.body);
+    let decision = served.header("x-gavel-decision-id").unwrap().to_string();
+    let killed = s.request(
+        "POST",
+        "/v1/admin/kill",
+        Some(&r.operator),
+        Some(&json!({ "deployment": "kb-search-v1", "reason": "<script>alert(1)</script>" })),
+    );
+    assert_eq!(killed.status, 200, "{}", killed.body);
+
+    // A browser without a key is asked for one; a wrong key or role is refused.
+    let anonymous = dashboard(&s, "GET", "/dashboard", None, "");
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Basic realm=\"gavel\", charset=\"UTF-8\"")
+    );
+    assert_eq!(
+        dashboard(&s, "GET", "/dashboard", Some("gvl_wrong"), "").status,
+        401
+    );
+    assert_eq!(
+        dashboard(&s, "GET", "/dashboard", Some(&r.service), "").status,
+        403
+    );
+    // Basic authentication is the dashboard's alone.
+    assert_eq!(
+        dashboard(&s, "GET", "/v1/status", Some(&r.auditor), "").status,
+        401
+    );
+
+    let overview = dashboard(&s, "GET", "/dashboard", Some(&r.auditor), "");
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    assert_eq!(
+        overview.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(overview
+        .header("content-security-policy")
+        .is_some_and(|csp| csp.starts_with("default-src 'none'")));
+    for shown in [
+        "kb-search-v1",
+        "credit-limit-v1",
+        "killed",
+        "Acme employees",
+        "apr_",
+        "none since this gateway started",
+    ] {
+        assert!(
+            overview.body.contains(shown),
+            "{shown} missing: {}",
+            overview.body
+        );
+    }
+
+    // A form another site's page sends is refused; the dashboard's own is run.
+    let cross = dashboard(
+        &s,
+        "POST",
+        "/dashboard/verify",
+        Some(&r.auditor),
+        "Origin: https://evil.example\r\n",
+    );
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    let cross = dashboard(
+        &s,
+        "POST",
+        "/dashboard/verify",
+        Some(&r.auditor),
+        "Sec-Fetch-Site: cross-site\r\n",
+    );
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    assert!(dashboard(&s, "GET", "/dashboard", Some(&r.auditor), "")
+        .body
+        .contains("none since this gateway started"));
+    let own = dashboard(
+        &s,
+        "POST",
+        "/dashboard/verify",
+        Some(&r.auditor),
+        "Sec-Fetch-Site: same-origin\r\n",
+    );
+    assert_eq!(
+        (own.status, own.header("location")),
+        (303, Some("/dashboard")),
+        "{}",
+        own.body
+    );
+    let overview = dashboard(&s, "GET", "/dashboard", Some(&r.auditor), "");
+    assert!(overview.body.contains("OK</span>"), "{}", overview.body);
+    assert!(overview.body.contains("by audrey"), "{}", overview.body);
+
+    let found = dashboard(
+        &s,
+        "GET",
+        "/dashboard/ledger?deployment=kb-search-v1&kind=decision&approval=&limit=",
+        Some(&r.auditor),
+        "",
+    );
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(
+        found.body.contains(&decision) && found.body.contains("ALLOW"),
+        "{}",
+        found.body
+    );
+    let none = dashboard(
+        &s,
+        "GET",
+        "/dashboard/ledger?deployment=nothing-like-it",
+        Some(&r.auditor),
+        "",
+    );
+    assert!(none.body.contains("0 record(s)"), "{}", none.body);
+    let bad = dashboard(
+        &s,
+        "GET",
+        "/dashboard/ledger?limit=many",
+        Some(&r.auditor),
+        "",
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("limit `many` is not a number"),
+        "{}",
+        bad.body
+    );
+
+    let record = dashboard(
+        &s,
+        "GET",
+        &format!("/dashboard/records/{decision}"),
+        Some(&r.auditor),
+        "",
+    );
+    assert_eq!(record.status, 200, "{}", record.body);
+    assert!(record.body.contains("input_sha256"), "{}", record.body);
+
+    // What the ledger holds is shown as text, never as markup.
+    let explained = dashboard(
+        &s,
+        "GET",
+        "/dashboard/deployments/kb-search-v1",
+        Some(&r.auditor),
+        "",
+    );
+    assert_eq!(explained.status, 200, "{}", explained.body);
+    assert!(
+        explained.body.contains("1. Who approved it?"),
+        "{}",
+        explained.body
+    );
+    assert!(
+        explained
+            .body
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        explained.body
+    );
+    assert!(!explained.body.contains("<script>"), "{}", explained.body);
+    let unknown = dashboard(
+        &s,
+        "GET",
+        "/dashboard/deployments/nope",
+        Some(&r.auditor),
+        "",
+    );
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+}
