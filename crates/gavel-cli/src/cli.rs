@@ -71,6 +71,22 @@ pub enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Show what a candidate contract would change: each request (one JSON object, or JSON
+    /// Lines, on stdin or from --file) is decided as a dry run under the contract in force and
+    /// under the candidate, and the differences are printed. Nothing is recorded.
+    Replay {
+        /// The candidate contract (a file or a folder).
+        #[arg(long)]
+        candidate: PathBuf,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Print every request's two rulings as JSON Lines, then a summary line.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 if any request's verdict, reasons or obligations would change.
+        #[arg(long)]
+        fail_on_change: bool,
+    },
     /// Run the gateway: OpenAI-compatible proxy, decide API, admin API (operator or admin key).
     Serve(ServeArgs),
     /// Settle a decision's reserved budget with the actual usage (service).

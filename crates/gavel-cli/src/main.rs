@@ -55,6 +55,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             cmd::approve::list(&ctx, deployment.as_deref(), json)
         }
         Command::Decide { file } => cmd::decide::decide(&ctx, file.as_deref()),
+        Command::Replay {
+            candidate,
+            file,
+            json,
+            fail_on_change,
+        } => cmd::replay::run(&ctx, &candidate, file.as_deref(), json, fail_on_change),
         Command::Outcome {
             decision,
             deployment,

@@ -174,7 +174,8 @@ pub fn apply(
     })
 }
 
-fn print_changes(previous: &str, changes: &ContractDiff) -> Outcome {
+/// What changed since `previous`, one line a change, the loosening ones flagged.
+pub fn print_changes(previous: &str, changes: &ContractDiff) -> Outcome {
     out!(
         "changes since {}{}:",
         short_hash(previous),

@@ -266,7 +266,8 @@ pub fn withdrawn(
     blocked
 }
 
-fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
+/// Decide requests from `file` or standard input, bounded.
+pub fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
     let mut bytes = Vec::new();
     let result = match file {
         Some(path) => std::fs::File::open(path)
@@ -292,7 +293,7 @@ fn read_input(file: Option<&Path>) -> Result<Vec<u8>, Failure> {
 }
 
 /// One JSON document (possibly spread over lines), or JSON Lines: one request per line.
-fn requests(input: &[u8]) -> Vec<(usize, &[u8])> {
+pub fn requests(input: &[u8]) -> Vec<(usize, &[u8])> {
     let trimmed = input.trim_ascii();
     let single = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok();
     if single {

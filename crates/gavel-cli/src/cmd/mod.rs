@@ -10,5 +10,6 @@ pub mod feedback;
 pub mod init;
 pub mod keys;
 pub mod kill;
+pub mod replay;
 pub mod scan;
 pub mod status;

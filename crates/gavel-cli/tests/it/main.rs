@@ -15,6 +15,7 @@ mod drift;
 mod fairness;
 mod hooks;
 mod monitoring;
+mod replay;
 mod roles;
 mod serve;
 mod tour;

@@ -1,0 +1,123 @@
+//! `gavel replay`: what a candidate contract would change, shown on requests; nothing recorded.
+
+use serde_json::{json, Value};
+
+use super::{kb_request, Ready};
+
+fn requests() -> String {
+    let mut mail = kb_request();
+    mail["messages"][1]["content"] = json!("Mail the guide to jane.doe@example.org");
+    let unapproved = json!({ "deployment": "support-triage-v3", "messages": [{ "role": "user", "content": "hi" }] });
+    [kb_request(), mail, unapproved]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes `edit` of the contract in force next to it as `candidate.yaml` (its paths resolve
+/// against the same folder).
+fn candidate(r: &Ready, edit: impl FnOnce(&str) -> String) {
+    let yaml = std::fs::read_to_string(r.g.path("gavel.yaml")).unwrap();
+    let edited = edit(&yaml);
+    assert_ne!(edited, yaml, "the edit changed nothing");
+    std::fs::write(r.g.path("candidate.yaml"), edited).unwrap();
+}
+
+fn ledger_size(r: &Ready) -> usize {
+    r.g.run(Some(&r.auditor), &["audit", "export"])
+        .ok()
+        .stdout
+        .lines()
+        .count()
+}
+
+#[test]
+fn replay_shows_what_a_candidate_changes_and_records_nothing() {
+    let r = Ready::start();
+    let before = ledger_size(&r);
+    let replay = |extra: &[&str]| {
+        let mut args = vec!["replay", "--candidate", "candidate.yaml"];
+        args.extend_from_slice(extra);
+        r.g.run_stdin(Some(&r.auditor), &args, requests().as_bytes())
+    };
+
+    // Personal data in input blocked instead of redacted: the request with an address changes.
+    candidate(&r, |yaml| {
+        yaml.replace(
+            "input: { pii: redact, secret: block }",
+            "input: { pii: block, secret: block }",
+        )
+    });
+    let lines = replay(&["--json"]).ok().json_lines();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["changed"], false);
+    assert_eq!(lines[0]["current"]["verdict"], "ALLOW");
+    assert_eq!(lines[1]["changed"], true);
+    assert_eq!(lines[1]["current"]["verdict"], "ALLOW");
+    assert_eq!(lines[1]["current"]["obligations"][1]["type"], "redact");
+    assert_eq!(
+        (
+            &lines[1]["candidate"]["verdict"],
+            &lines[1]["candidate"]["reason_codes"]
+        ),
+        (&json!("BLOCK"), &json!(["privacy.pii"]))
+    );
+    assert_eq!(lines[2]["changed"], false);
+    assert_eq!(
+        lines[2]["current"]["reason_codes"],
+        json!(["approval.missing"])
+    );
+    assert_eq!(
+        lines[3]["summary"],
+        json!({ "requests": 3, "changed": 1, "would_be_refused": 1, "would_run": 0, "unreadable": 0 })
+    );
+    let text = replay(&[]).ok().stdout;
+    assert!(
+        text.contains("privacy input pii: redact -> block"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "line 2  kb-search-v1  ALLOW with cap_max_tokens, redact  ->  BLOCK [privacy.pii]"
+        ),
+        "{text}"
+    );
+    replay(&["--fail-on-change"]).fails(1, "changes the outcome of 1 request(s)");
+
+    // A change to the deployment itself gives it a new binding its approval does not cover.
+    candidate(&r, |yaml| {
+        yaml.replace(
+            "params: { temperature: 0.1, max_tokens: 400 }",
+            "params: { temperature: 0.1, max_tokens: 300 }",
+        )
+    });
+    let lines = replay(&["--json"]).ok().json_lines();
+    for line in &lines[..2] {
+        assert_eq!(
+            line["candidate"]["reason_codes"],
+            json!(["approval.binding_mismatch"]),
+            "{line}"
+        );
+    }
+    assert_eq!(lines[3]["summary"]["would_be_refused"], 2);
+
+    // Dry runs only: the ledger holds what it held.
+    assert_eq!(ledger_size(&r), before);
+
+    // Readers only; a service key decides, it does not review contracts.
+    r.g.run_stdin(
+        Some(&r.service),
+        &["replay", "--candidate", "candidate.yaml"],
+        requests().as_bytes(),
+    )
+    .fails(3, "replaying requests needs role");
+    // The comparison is with the contract in force: an unapplied edit of it is refused.
+    let yaml = std::fs::read_to_string(r.g.path("gavel.yaml")).unwrap();
+    std::fs::write(
+        r.g.path("gavel.yaml"),
+        yaml.replace("max_tokens: 400", "max_tokens: 350"),
+    )
+    .unwrap();
+    replay(&[]).fails(1, "replay compares a candidate with the contract in force");
+}
