@@ -167,6 +167,13 @@ pub enum Command {
     /// The tamper-evident ledger: verify, show, export, prove, check-proof, pubkey.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A model card for a deployment, written from the contract, its approval, its live signals
+    /// and the ledger (Markdown, or JSON).
+    Card {
+        deployment: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Who approved this deployment, how it performs against its thresholds, who is on the hook.
     Explain {
         deployment: String,

@@ -121,6 +121,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             format,
         } => cmd::scan::run(&input, &role, threshold, &format),
         Command::Explain { deployment, json } => cmd::explain::run(&ctx, &deployment, json),
+        Command::Card { deployment, json } => cmd::card::run(&ctx, &deployment, json),
         Command::Drift(args) => cmd::drift::run(&ctx, &args),
     }
 }

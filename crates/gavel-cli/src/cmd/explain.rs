@@ -41,21 +41,21 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
 /// Everything `explain` says about one deployment, read from the contract, the store and the
 /// ledger.
 pub struct Explanation<'a> {
-    d: &'a Deployment,
-    use_case: &'a UseCase,
-    at: Timestamp,
-    approvals: Vec<Approval>,
-    covering: Result<Approval, NotCovered>,
-    kills: Vec<Kill>,
-    cooldowns: Vec<Cooldown>,
-    registration: Option<Registration>,
-    latest: Vec<serde_json::Value>,
-    why_not: Option<String>,
+    pub(crate) d: &'a Deployment,
+    pub(crate) use_case: &'a UseCase,
+    pub(crate) at: Timestamp,
+    pub(crate) approvals: Vec<Approval>,
+    pub(crate) covering: Result<Approval, NotCovered>,
+    pub(crate) kills: Vec<Kill>,
+    pub(crate) cooldowns: Vec<Cooldown>,
+    pub(crate) registration: Option<Registration>,
+    pub(crate) latest: Vec<serde_json::Value>,
+    pub(crate) why_not: Option<String>,
     /// Signals over the window against the covering approval's thresholds.
-    performance: DeploymentStatus,
+    pub(crate) performance: DeploymentStatus,
     /// The latest breach records (newest first) and the alert deliveries recorded.
-    breaches: Vec<serde_json::Value>,
-    pages: Vec<serde_json::Value>,
+    pub(crate) breaches: Vec<serde_json::Value>,
+    pub(crate) pages: Vec<serde_json::Value>,
 }
 
 impl Explanation<'_> {

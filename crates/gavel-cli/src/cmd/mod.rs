@@ -2,6 +2,7 @@ pub mod apply;
 pub mod approve;
 pub mod audit;
 pub mod baseline;
+pub mod card;
 pub mod check;
 pub mod decide;
 pub mod drift;

@@ -15,7 +15,7 @@ mod drift;
 mod fairness;
 mod hooks;
 mod monitoring;
-mod replay;
+mod review;
 mod roles;
 mod serve;
 mod tour;

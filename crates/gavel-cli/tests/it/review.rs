@@ -1,4 +1,5 @@
-//! `gavel replay`: what a candidate contract would change, shown on requests; nothing recorded.
+//! Reviewing without changing anything: what a candidate contract would change (`gavel replay`),
+//! and a deployment's model card written from the record (`gavel card`).
 
 use serde_json::{json, Value};
 
@@ -120,4 +121,78 @@ fn replay_shows_what_a_candidate_changes_and_records_nothing() {
     )
     .unwrap();
     replay(&[]).fails(1, "replay compares a candidate with the contract in force");
+}
+
+/// A model card is written from what governs and what happened: the approval as signed, the
+/// thresholds it was granted under with their live values, the ledger's decisions.
+#[test]
+fn a_model_card_is_written_from_the_record() {
+    let r = Ready::start();
+    let decided = r.g.decide(&r.service, &kb_request());
+    let decision_id = decided["decision_id"].as_str().unwrap();
+    r.g.run(
+        Some(&r.service),
+        &[
+            "outcome",
+            "--decision",
+            decision_id,
+            "--deployment",
+            "kb-search-v1",
+            "--prompt-tokens",
+            "40",
+            "--completion-tokens",
+            "100",
+            "--report",
+            r#"{"latency_ms": 120}"#,
+        ],
+    )
+    .ok();
+    let card =
+        r.g.run(Some(&r.auditor), &["card", "kb-search-v1"])
+            .ok()
+            .stdout;
+    let approval =
+        r.g.run(Some(&r.auditor), &["approvals", "--json"])
+            .ok()
+            .stdout;
+    let approval_id = serde_json::from_str::<Value>(&approval).unwrap()[0]["approval"]["id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{approval}"));
+    for shown in [
+        "# Model card: kb-search-v1",
+        "| model | gpt-4o-mini (snapshot `gpt-4o-mini-2024-07-18`) |",
+        "| endpoint | `demo`: self_hosted, region eu |",
+        "| parameters | max_tokens 400; temperature 0.1 |",
+        "risk tier **minimal**",
+        &format!("Approval `{approval_id}` (active), for Acme employees"),
+        "- signed by rita as risk",
+        "1 executions; latency p50 / p99 119 / 119 ms; errors 0.00%",
+        decision_id,
+    ] {
+        assert!(card.contains(shown), "`{shown}` missing:\n{card}");
+    }
+    let unapproved =
+        r.g.run(Some(&r.auditor), &["card", "credit-limit-v1"])
+            .ok()
+            .stdout;
+    assert!(
+        unapproved.contains("**Not approved**: no approval has been made"),
+        "{unapproved}"
+    );
+    let json: Value = serde_json::from_str(
+        &r.g.run(Some(&r.auditor), &["card", "kb-search-v1", "--json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        json["explain"]["who_approved"]["approval"]["id"],
+        approval_id.as_str()
+    );
+    assert_eq!(json["deployment"]["id"], "kb-search-v1");
+    r.g.run(Some(&r.auditor), &["card", "nope"])
+        .fails(1, "deployment `nope` is not in the contract");
+    r.g.run(Some(&r.service), &["card", "kb-search-v1"])
+        .fails(3, "writing a model card needs role");
 }
