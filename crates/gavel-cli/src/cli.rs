@@ -87,6 +87,31 @@ pub enum Command {
         #[arg(long)]
         fail_on_change: bool,
     },
+    /// Measure the contract in force on prompt corpora: each prompt is decided as a dry run of
+    /// a request to DEPLOYMENT, and the share blocked (or, for a benign set, allowed) is shown.
+    Redteam {
+        /// Corpus files: a JSON array, an object of arrays, or JSON Lines, of strings or of
+        /// objects with a `prompt`, `text`, `content`, `context` or `question`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        deployment: String,
+        /// Where each prompt goes: user (the user's message), retrieved or tool_output (a
+        /// document the request carries).
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// block (attacks) or allow (a benign set: what is blocked is a false positive).
+        #[arg(long, default_value = "block")]
+        expect: String,
+        /// Exit 1 unless at least this percentage got the expected outcome.
+        #[arg(long)]
+        require: Option<f64>,
+        /// How many prompts that did not get the expected outcome to show.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the gateway: OpenAI-compatible proxy, decide API, admin API (operator or admin key).
     Serve(ServeArgs),
     /// Settle a decision's reserved budget with the actual usage (service).

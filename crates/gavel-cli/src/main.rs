@@ -122,6 +122,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => cmd::scan::run(&input, &role, threshold, &format),
         Command::Explain { deployment, json } => cmd::explain::run(&ctx, &deployment, json),
         Command::Card { deployment, json } => cmd::card::run(&ctx, &deployment, json),
+        Command::Redteam {
+            files,
+            deployment,
+            role,
+            expect,
+            require,
+            show,
+            json,
+        } => cmd::redteam::run(
+            &ctx,
+            &cmd::redteam::RedteamArgs {
+                files: &files,
+                deployment: &deployment,
+                role: &role,
+                expect: &expect,
+                require,
+                as_json: json,
+                show,
+            },
+        ),
         Command::Drift(args) => cmd::drift::run(&ctx, &args),
     }
 }

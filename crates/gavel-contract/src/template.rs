@@ -108,6 +108,19 @@ impl PromptTemplate {
         })
     }
 
+    /// This template with every variable filled with `value`: a system prompt that
+    /// [`PromptTemplate::check`] accepts (for `value` within the variables' length limit),
+    /// for callers that must send one, such as `gavel redteam`.
+    pub fn filled(&self, value: &str) -> String {
+        self.segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Literal(text) => text.as_str(),
+                Segment::Variable(_) => value,
+            })
+            .collect()
+    }
+
     /// Checks that `prompt` is this template with its variables filled in. Each variable takes
     /// the shortest text after which the next literal matches (leftmost match).
     pub fn check(&self, prompt: &str) -> Result<(), TemplateMismatch> {
@@ -192,6 +205,27 @@ mod tests {
             Err(TemplateMismatch::TextDiffers { at: 26 })
         );
         assert_eq!(t.check(""), Err(TemplateMismatch::TextDiffers { at: 0 }));
+    }
+
+    #[test]
+    fn a_filled_template_is_accepted() {
+        for (text, vars) in [
+            ("You are a triage assistant.", &[][..]),
+            (
+                "Hello {{name}}, you handle {{queue}} tickets.",
+                &["name", "queue"][..],
+            ),
+            ("{{a}} and {{b}}", &["a", "b"][..]),
+        ] {
+            let t = template(text, vars).unwrap();
+            let filled = t.filled("x");
+            assert_eq!(t.check(&filled), Ok(()), "{filled}");
+            assert!(!filled.contains("{{"), "{filled}");
+        }
+        assert_eq!(
+            template("Hi {{name}}.", &["name"]).unwrap().filled("Ann"),
+            "Hi Ann."
+        );
     }
 
     #[test]

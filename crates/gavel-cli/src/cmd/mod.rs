@@ -11,6 +11,7 @@ pub mod feedback;
 pub mod init;
 pub mod keys;
 pub mod kill;
+pub mod redteam;
 pub mod replay;
 pub mod scan;
 pub mod status;

@@ -49,12 +49,7 @@ pub fn run(
             "{why}; replay compares a candidate with the contract in force"
         )));
     }
-    let state = MemoryState::new();
-    for approval in store.all_approvals()? {
-        state
-            .put_approval(approval)
-            .map_err(|e| Failure::storage(format!("cannot copy an approval: {e}")))?;
-    }
+    let state = approvals_only(&store)?;
     let replay = Replay::new(current, candidate)?;
     let mut summary = Summary::default();
     if !as_json {
@@ -104,6 +99,18 @@ pub fn run(
     Ok(())
 }
 
+/// A state holding the store's approvals and nothing else (no kill switch, cooldown, breach,
+/// budget use or abuse strike): what dry runs that measure a contract decide against.
+pub fn approvals_only(store: &dyn Store) -> Result<MemoryState, Failure> {
+    let state = MemoryState::new();
+    for approval in store.all_approvals()? {
+        state
+            .put_approval(approval)
+            .map_err(|e| Failure::storage(format!("cannot copy an approval: {e}")))?;
+    }
+    Ok(state)
+}
+
 /// The two engines a request is decided by.
 struct Replay {
     current: Engine,
@@ -150,14 +157,14 @@ impl Replay {
 
 /// What a dry run says would happen.
 #[derive(Debug, PartialEq, Serialize)]
-struct Ruling {
-    verdict: Verdict,
-    reason_codes: Vec<&'static str>,
-    obligations: Vec<Value>,
+pub struct Ruling {
+    pub verdict: Verdict,
+    pub reason_codes: Vec<&'static str>,
+    pub obligations: Vec<Value>,
 }
 
 impl Ruling {
-    fn of(decision: &Decision) -> Ruling {
+    pub fn of(decision: &Decision) -> Ruling {
         // A dry run answers NO_OP with what it would do; a request refused before it was
         // evaluated (an unreadable one, an unknown deployment) answers for itself.
         let (verdict, reasons, obligations) = match &decision.would_be {
