@@ -199,6 +199,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write an evidence pack for a deployment (EU AI Act Annex IV, NIST AI RMF) into a new
+    /// folder: model card, contract files, approvals with proofs, history, incidents, decisions,
+    /// checkpoints; its manifest's digest is recorded in the ledger.
+    Evidence {
+        deployment: String,
+        /// The folder to create (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Count decisions from this time (inclusive): YYYY-MM-DD or RFC 3339.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this time (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Who approved this deployment, how it performs against its thresholds, who is on the hook.
     Explain {
         deployment: String,
@@ -267,7 +282,7 @@ pub enum AuditCommand {
     },
 }
 
-#[derive(Debug, Args, serde::Deserialize)]
+#[derive(Debug, Default, Args, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportArgs {
     #[arg(long)]

@@ -122,6 +122,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => cmd::scan::run(&input, &role, threshold, &format),
         Command::Explain { deployment, json } => cmd::explain::run(&ctx, &deployment, json),
         Command::Card { deployment, json } => cmd::card::run(&ctx, &deployment, json),
+        Command::Evidence {
+            deployment,
+            out,
+            from,
+            to,
+        } => cmd::evidence::run(&ctx, &deployment, &out, from, to),
         Command::Redteam {
             files,
             deployment,

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use gavel_contract::{short_hash, Contract, ParamRule};
 use gavel_ledger::LedgerSink;
+use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_monitor::{Bound, CheckState};
+use gavel_store::Store;
 
 use super::explain::{gather, Explanation};
 use super::status::READERS;
@@ -24,14 +26,7 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
     ctx.authenticate(&store, READERS, "writing a model card")?;
     let sink = crate::ledger::open_sink(&ctx.db_path)?;
     let explanation = gather(&contract, &store, &sink, deployment_id)?;
-    let ledger = LedgerState {
-        records: sink.record_count().map_err(Failure::storage)?,
-        newest_checkpoint: sink
-            .checkpoints()
-            .map_err(Failure::storage)?
-            .last()
-            .map(|c| (c.seq, c.size)),
-    };
+    let ledger = LedgerState::of(&sink)?;
     if as_json {
         return print_json(&json!({
             "deployment": explanation.d,
@@ -46,6 +41,17 @@ pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
     Ok(())
 }
 
+/// The model card of `deployment_id`, as Markdown.
+pub fn card(
+    contract: &Contract,
+    store: &dyn Store,
+    sink: &SqliteLedgerSink,
+    deployment_id: &str,
+) -> Result<String, Failure> {
+    let explanation = gather(contract, store, sink, deployment_id)?;
+    Ok(markdown(contract, &explanation, &LedgerState::of(sink)?))
+}
+
 /// `400` for a whole number however YAML read it (`400.0`), the value as JSON otherwise.
 fn number_or_value(value: &serde_json::Value) -> String {
     match value.as_f64() {
@@ -58,6 +64,19 @@ fn number_or_value(value: &serde_json::Value) -> String {
 struct LedgerState {
     records: u64,
     newest_checkpoint: Option<(u64, u64)>,
+}
+
+impl LedgerState {
+    fn of(sink: &SqliteLedgerSink) -> Result<LedgerState, Failure> {
+        Ok(LedgerState {
+            records: sink.record_count().map_err(Failure::storage)?,
+            newest_checkpoint: sink
+                .checkpoints()
+                .map_err(Failure::storage)?
+                .last()
+                .map(|c| (c.seq, c.size)),
+        })
+    }
 }
 
 fn markdown(contract: &Contract, e: &Explanation<'_>, ledger: &LedgerState) -> String {

@@ -6,6 +6,7 @@ pub mod card;
 pub mod check;
 pub mod decide;
 pub mod drift;
+pub mod evidence;
 pub mod explain;
 pub mod feedback;
 pub mod init;

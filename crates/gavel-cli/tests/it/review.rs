@@ -276,3 +276,99 @@ fn redteam_measures_the_contract_on_corpora() {
     )
     .fails(3, "red-teaming a deployment needs role");
 }
+
+/// An evidence pack holds what the record holds, each file listed with its digest in a manifest
+/// whose own digest the ledger records; its proofs check with the public key alone.
+#[test]
+fn an_evidence_pack_is_written_from_the_record_and_anchored_in_the_ledger() {
+    use sha2::{Digest, Sha256};
+    let r = Ready::start();
+    r.g.decide(&r.service, &kb_request());
+    let pack = r.g.path("pack");
+    let said =
+        r.g.run(
+            Some(&r.auditor),
+            &["evidence", "kb-search-v1", "--out", "pack"],
+        )
+        .ok()
+        .stdout;
+    // Every file the manifest names is there with that digest, and nothing else is.
+    let manifest = std::fs::read(pack.join("MANIFEST.sha256")).unwrap();
+    let mut listed = Vec::new();
+    for line in String::from_utf8(manifest.clone()).unwrap().lines() {
+        let (digest, path) = line.split_once("  ").unwrap();
+        let bytes = std::fs::read(pack.join(path)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), digest, "{path}");
+        listed.push(path.to_string());
+    }
+    for expected in [
+        "README.md",
+        "model-card.md",
+        "contract/gavel.yaml",
+        "contract/prompts/kb.txt",
+        "approvals.jsonl",
+        "contract-history.jsonl",
+        "incidents.jsonl",
+        "decisions.json",
+        "ledger/checkpoints.jsonl",
+        "ledger/pubkey.txt",
+        "ledger/verification.txt",
+    ] {
+        assert!(
+            listed.iter().any(|p| p == expected),
+            "{expected} not in {listed:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(pack.join("contract/gavel.yaml")).unwrap(),
+        std::fs::read(r.g.path("gavel.yaml")).unwrap()
+    );
+    let decisions: Value =
+        serde_json::from_slice(&std::fs::read(pack.join("decisions.json")).unwrap()).unwrap();
+    assert_eq!(decisions["by_verdict"], json!({ "ALLOW": 1 }));
+    assert!(
+        std::fs::read_to_string(pack.join("ledger/verification.txt"))
+            .unwrap()
+            .starts_with("ledger OK")
+    );
+    // The approval's proof checks with nothing but the file and the key.
+    let pubkey = std::fs::read_to_string(pack.join("ledger/pubkey.txt")).unwrap();
+    let proofs: Vec<_> = listed.iter().filter(|p| p.starts_with("proofs/")).collect();
+    assert_eq!(proofs.len(), 1, "{listed:?}");
+    r.g.run(
+        None,
+        &[
+            "audit",
+            "check-proof",
+            &pack.join(proofs[0]).to_string_lossy(),
+            "--pubkey",
+            pubkey.trim(),
+        ],
+    )
+    .ok();
+    // The ledger anchors the manifest.
+    let digest = hex::encode(Sha256::digest(&manifest));
+    assert!(said.contains(&digest), "{said}");
+    let exported =
+        r.g.run(Some(&r.auditor), &["audit", "export", "--kind", "admin"])
+            .ok()
+            .json_lines();
+    assert!(
+        exported
+            .iter()
+            .any(|rec| rec["body"]["action"] == "evidence_exported"
+                && rec["body"]["manifest_sha256"] == digest.as_str()
+                && rec["body"]["principal"] == "audrey"),
+        "{exported:?}"
+    );
+    r.g.run(
+        Some(&r.auditor),
+        &["evidence", "kb-search-v1", "--out", "pack"],
+    )
+    .fails(1, "name a folder that does not exist yet");
+    r.g.run(
+        Some(&r.service),
+        &["evidence", "kb-search-v1", "--out", "other"],
+    )
+    .fails(3, "exporting evidence needs role");
+}

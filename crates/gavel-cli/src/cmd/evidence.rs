@@ -1,0 +1,425 @@
+//! `gavel evidence DEPLOYMENT --out DIR`: an evidence pack for one deployment, for the EU AI
+//! Act's technical documentation (Annex IV) and the NIST AI RMF's functions, written from the
+//! system of record: the model card, the contract files it was approved under (their exact
+//! bytes), the approval records with inclusion proofs a third party can check, the contract's
+//! history with its loosening flags, incidents, the decisions over a period by verdict and
+//! reason, the ledger's signed checkpoints and a verification run. `MANIFEST.sha256` lists
+//! every file's digest, and the manifest's digest is recorded in the ledger, so the pack can be
+//! shown to be the one gavel wrote, and when.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use gavel_contract::time::Timestamp;
+use gavel_contract::{load_with_snapshot, short_hash};
+use gavel_ledger::{RecordKind, VerifyOptions};
+use gavel_ledger_sqlite::{ExportFilter, SqliteLedgerSink};
+
+use super::audit::export_filter;
+use super::card::card;
+use super::status::READERS;
+use crate::cli::ExportArgs;
+use crate::context::out;
+use crate::context::{now, Context};
+use crate::failure::{Failure, Outcome};
+use crate::ledger;
+
+/// The approval kinds of the ledger, in a deployment's lifecycle order.
+const APPROVAL_KINDS: [RecordKind; 5] = [
+    RecordKind::ApprovalRequested,
+    RecordKind::ApprovalPending,
+    RecordKind::ApprovalGranted,
+    RecordKind::ApprovalCompleted,
+    RecordKind::ApprovalRevoked,
+];
+
+/// What happened to a deployment in operation.
+const INCIDENT_KINDS: [RecordKind; 6] = [
+    RecordKind::Breach,
+    RecordKind::Recovery,
+    RecordKind::Kill,
+    RecordKind::Unkill,
+    RecordKind::CooldownStarted,
+    RecordKind::CooldownEnded,
+];
+
+pub fn run(
+    ctx: &Context,
+    deployment_id: &str,
+    out_dir: &Path,
+    from: Option<String>,
+    to: Option<String>,
+) -> Outcome {
+    let (loaded, snapshot) = load_with_snapshot(&ctx.contract_path)
+        .map_err(|errors| Failure::invalid(errors.to_string()))?;
+    let contract = loaded.contract;
+    let store = ctx.store()?;
+    let who = ctx.authenticate(&store, READERS, "exporting evidence")?;
+    if let Some(why) = ctx.not_in_force(&store, &contract.version.0)? {
+        return Err(Failure::invalid(format!(
+            "{why}; evidence is exported under the contract in force"
+        )));
+    }
+    let d = contract.deployment(deployment_id).ok_or_else(|| {
+        Failure::invalid(format!(
+            "deployment `{deployment_id}` is not in the contract; see `gavel check`"
+        ))
+    })?;
+    let use_case = contract
+        .use_case_of(d)
+        .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
+    let period = export_filter(&ExportArgs {
+        deployment: Some(d.id.clone()),
+        kind: Some(RecordKind::Decision.as_str().to_string()),
+        from: from.clone(),
+        to: to.clone(),
+        ..ExportArgs::default()
+    })?;
+    std::fs::create_dir(out_dir).map_err(|e| {
+        Failure::invalid(format!(
+            "cannot create `{}` ({e}); name a folder that does not exist yet",
+            out_dir.display()
+        ))
+    })?;
+    let pack = Pack::new(out_dir);
+    let sink = ledger::open_sink(&ctx.db_path)?;
+    let signer = ledger::load_key(&ctx.db_path)?;
+    let concerns = |body: &Value| {
+        let scope = body["scope"].as_str().unwrap_or_default();
+        body["deployment"] == d.id.as_str()
+            || body["approval"]["deployment"] == d.id.as_str()
+            || scope == format!("deployment:{}", d.id)
+            || scope == format!("use_case:{}", use_case.id)
+            || scope == "all"
+    };
+
+    pack.write(
+        "model-card.md",
+        card(&contract, &store, &sink, &d.id)?.as_bytes(),
+    )?;
+    for (name, bytes) in &snapshot.files {
+        pack.write(&format!("contract/{}", inside(name)), bytes)?;
+    }
+    let approvals = records(&sink, &APPROVAL_KINDS, &concerns)?;
+    pack.write("approvals.jsonl", &jsonl(&approvals))?;
+    let verifier = signer.verifier();
+    for (_, record) in &approvals {
+        let id = record["id"].as_str().unwrap_or_default();
+        let proof = sink
+            .prove(id, &verifier)
+            .map_err(|e| Failure::storage(format!("cannot prove `{id}`: {e}")))?;
+        let proof = serde_json::to_vec_pretty(&proof)
+            .map_err(|e| Failure::storage(format!("cannot encode a proof: {e}")))?;
+        pack.write(&format!("proofs/{}.json", inside(id)), &proof)?;
+    }
+    let changes = records(&sink, &[RecordKind::ContractLoaded], &|_| true)?;
+    pack.write("contract-history.jsonl", &jsonl(&changes))?;
+    let incidents = records(&sink, &INCIDENT_KINDS, &concerns)?;
+    pack.write("incidents.jsonl", &jsonl(&incidents))?;
+    let tally = tally_decisions(&sink, &period)?;
+    pack.write(
+        "decisions.json",
+        &serde_json::to_vec_pretty(&json!({
+            "deployment": d.id, "from": from, "to": to,
+            "decisions": tally.decisions, "by_verdict": tally.by_verdict,
+            "by_reason": tally.by_reason, "first_at": tally.first_at, "last_at": tally.last_at,
+        }))
+        .map_err(|e| Failure::storage(format!("cannot encode the tally: {e}")))?,
+    )?;
+    let mut checkpoints = Vec::new();
+    sink.export_checkpoints_jsonl(&mut checkpoints)
+        .map_err(Failure::storage)?;
+    pack.write("ledger/checkpoints.jsonl", &checkpoints)?;
+    pack.write(
+        "ledger/pubkey.txt",
+        format!("{}\n", gavel_ledger_sqlite::public_key(&signer)).as_bytes(),
+    )?;
+    let verification = match sink.verify(&verifier, VerifyOptions::default()) {
+        Ok(report) => format!(
+            "ledger OK at {}: {} records, {} signed checkpoints, {} record(s) after the newest checkpoint\n",
+            now(),
+            report.records,
+            report.checkpoints,
+            report.unsigned_tail
+        ),
+        Err(gavel_ledger::VerifyError::Failed(failure)) => {
+            format!("ledger FAILED verification at {}: {failure}\n", now())
+        }
+        Err(e) => return Err(Failure::storage(e)),
+    };
+    pack.write("ledger/verification.txt", verification.as_bytes())?;
+    let readme = readme(
+        &d.id,
+        &contract.version.0,
+        &tally,
+        approvals.len(),
+        incidents.len(),
+        &verification,
+    );
+    pack.write("README.md", readme.as_bytes())?;
+
+    let manifest = pack.manifest()?;
+    let manifest_sha256 = hex::encode(Sha256::digest(&manifest));
+    std::fs::write(out_dir.join("MANIFEST.sha256"), &manifest).map_err(|e| {
+        Failure::storage(format!(
+            "cannot write `{}` ({e})",
+            out_dir.join("MANIFEST.sha256").display()
+        ))
+    })?;
+    let receipt = ledger::record_change(
+        &ctx.db_path,
+        RecordKind::Admin,
+        now(),
+        &who.principal,
+        "evidence_exported",
+        json!({ "deployment": d.id, "manifest_sha256": manifest_sha256, "files": pack.count(), "from": from, "to": to }),
+    )?;
+    out!(
+        "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
+        pack.count() + 1,
+        out_dir.display(),
+        manifest_sha256,
+        receipt.index
+    );
+    Ok(())
+}
+
+/// The pack's folder and the digest of each file written into it.
+struct Pack {
+    dir: PathBuf,
+    written: std::cell::RefCell<BTreeMap<String, String>>,
+}
+
+impl Pack {
+    fn new(dir: &Path) -> Pack {
+        Pack {
+            dir: dir.to_path_buf(),
+            written: Default::default(),
+        }
+    }
+
+    /// Writes `bytes` at `relative` (a path of normal components, made by [`inside`]).
+    fn write(&self, relative: &str, bytes: &[u8]) -> Outcome {
+        let path = self.dir.join(relative);
+        let failed = |e: std::io::Error| {
+            Failure::storage(format!("cannot write `{}` ({e})", path.display()))
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(failed)?;
+        }
+        std::fs::File::create_new(&path)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+            .map_err(failed)?;
+        self.written
+            .borrow_mut()
+            .insert(relative.to_string(), hex::encode(Sha256::digest(bytes)));
+        Ok(())
+    }
+
+    fn count(&self) -> usize {
+        self.written.borrow().len()
+    }
+
+    /// `sha256sum -c` input: one `DIGEST  PATH` line per file.
+    fn manifest(&self) -> Result<Vec<u8>, Failure> {
+        let mut manifest = String::new();
+        for (path, digest) in self.written.borrow().iter() {
+            manifest.push_str(&format!("{digest}  {path}\n"));
+        }
+        Ok(manifest.into_bytes())
+    }
+}
+
+/// `name` as a path inside the pack: its normal components joined by `/`; `..`, roots and
+/// prefixes (a contract may read files outside its folder) become `_`.
+fn inside(name: &str) -> String {
+    let parts: Vec<String> = Path::new(name)
+        .components()
+        .map(|c| match c {
+            Component::Normal(part) => part.to_string_lossy().replace(['\\', ':'], "_"),
+            _ => "_".to_string(),
+        })
+        .collect();
+    if parts.is_empty() {
+        "_".to_string()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Records of `kinds` whose body `concerns` says is about the deployment, in ledger order,
+/// with their leaf index.
+fn records(
+    sink: &SqliteLedgerSink,
+    kinds: &[RecordKind],
+    concerns: &dyn Fn(&Value) -> bool,
+) -> Result<Vec<(u64, Value)>, Failure> {
+    let mut found = Vec::new();
+    for kind in kinds {
+        let filter = ExportFilter {
+            kind: Some(*kind),
+            ..ExportFilter::default()
+        };
+        for entry in sink
+            .query(&filter)
+            .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?
+        {
+            if concerns(&entry.record.body) {
+                let record = serde_json::to_value(&entry.record)
+                    .map_err(|e| Failure::storage(format!("cannot encode a record: {e}")))?;
+                found.push((entry.index, record));
+            }
+        }
+    }
+    found.sort_by_key(|(index, _)| *index);
+    Ok(found)
+}
+
+fn jsonl(records: &[(u64, Value)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (index, record) in records {
+        out.extend_from_slice(
+            json!({ "index": index, "record": record })
+                .to_string()
+                .as_bytes(),
+        );
+        out.push(b'\n');
+    }
+    out
+}
+
+#[derive(Default)]
+struct Tally {
+    decisions: u64,
+    by_verdict: BTreeMap<String, u64>,
+    by_reason: BTreeMap<String, u64>,
+    first_at: Option<String>,
+    last_at: Option<String>,
+}
+
+/// Counts the decisions `filter` selects, a record at a time (a period can hold millions).
+fn tally_decisions(sink: &SqliteLedgerSink, filter: &ExportFilter) -> Result<Tally, Failure> {
+    struct Lines {
+        pending: Vec<u8>,
+        tally: Tally,
+    }
+    impl Lines {
+        fn take(&mut self, line: &[u8]) {
+            let Ok(record) = serde_json::from_slice::<Value>(line) else {
+                return;
+            };
+            let body = &record["body"];
+            let t = &mut self.tally;
+            t.decisions += 1;
+            *t.by_verdict
+                .entry(body["verdict"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+            for code in body["reason_codes"].as_array().into_iter().flatten() {
+                *t.by_reason
+                    .entry(code.as_str().unwrap_or("?").to_string())
+                    .or_default() += 1;
+            }
+            let at = record["at_ms"].as_i64().map(|ms| Timestamp(ms).to_string());
+            if t.first_at.is_none() {
+                t.first_at = at.clone();
+            }
+            t.last_at = at;
+        }
+    }
+    impl Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.pending.extend_from_slice(bytes);
+            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                self.take(&line[..end]);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut lines = Lines {
+        pending: Vec::new(),
+        tally: Tally::default(),
+    };
+    sink.export_jsonl(filter, &mut lines)
+        .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?;
+    Ok(lines.tally)
+}
+
+fn readme(
+    deployment: &str,
+    version: &str,
+    tally: &Tally,
+    approvals: usize,
+    incidents: usize,
+    verification: &str,
+) -> String {
+    format!(
+        "# Evidence pack: {deployment}
+
+Written by gavel at {at} under the contract in force (version {version_short}). Every file is
+read from the system of record; `MANIFEST.sha256` lists their SHA-256 (`sha256sum -c
+MANIFEST.sha256`), and the manifest's own SHA-256 is a ledger record (`evidence_exported`), so
+this pack can be shown to be the one gavel wrote.
+
+| file | what it holds |
+|---|---|
+| `model-card.md` | what is deployed, intended use, risk tier, the approval, live signals against its thresholds, incidents |
+| `contract/` | the exact bytes of the contract version in force ({version}) and of every file it binds |
+| `approvals.jsonl` | the {approvals} approval record(s) of this deployment, as the ledger holds them (leaf index and record) |
+| `proofs/` | an inclusion proof of each approval record against a signed checkpoint: `gavel audit check-proof proofs/ID.json --pubkey \"$(cat ledger/pubkey.txt)\"` needs nothing else |
+| `contract-history.jsonl` | every contract version loaded, with its changes and loosening flag |
+| `incidents.jsonl` | the {incidents} breach, recovery, kill, unkill and cooldown record(s) that concern it |
+| `decisions.json` | its {decisions} decision(s) over the period, by verdict and by reason code |
+| `ledger/` | the signed checkpoints, the public key, and a verification run at export: {verification_line} |
+
+## EU AI Act, Annex IV (technical documentation)
+
+| Annex IV item | where |
+|---|---|
+| 1. general description (intended purpose, provider's system, versions) | `model-card.md` (what is deployed, intended use), `contract/` |
+| 2. detailed description of the elements and the development process | `contract/` (prompt, tools, parameters, eval set, by digest); the design choices behind them are not gavel's to record |
+| 3. monitoring, functioning and control (capabilities, limitations, human oversight) | `model-card.md` (approval, signers and evidence, on-breach action), `incidents.jsonl` |
+| 4. appropriateness of the performance metrics | `model-card.md` (thresholds approved and live values), `approvals.jsonl` |
+| 5. risk management system (Article 9) | `contract/` (risk taxonomy, tier, approval requirements), `contract-history.jsonl` |
+| 6. changes made through the lifecycle | `contract-history.jsonl`, `approvals.jsonl` |
+| 7. harmonised standards applied | not recorded by gavel |
+| 8. EU declaration of conformity | not recorded by gavel |
+| 9. post-market monitoring (Article 72) | `decisions.json`, `incidents.jsonl`, `model-card.md` (signals), `ledger/` |
+
+## NIST AI RMF 1.0
+
+| function | where |
+|---|---|
+| GOVERN (policies, accountability, roles) | `contract/`, `approvals.jsonl` (who approved, with which role), `proofs/` |
+| MAP (context, intended use, risk tier) | `model-card.md` (intended use), `contract/` |
+| MEASURE (metrics, monitoring, tracking) | `model-card.md` (signals against thresholds), `decisions.json` |
+| MANAGE (responses, incidents, change) | `incidents.jsonl`, `contract-history.jsonl` |
+",
+        at = now(),
+        version_short = short_hash(version),
+        decisions = tally.decisions,
+        verification_line = verification.trim(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_paths_stay_inside_the_pack() {
+        assert_eq!(inside("prompts/kb.txt"), "prompts/kb.txt");
+        assert_eq!(inside("../shared/x.txt"), "_/shared/x.txt");
+        assert_eq!(inside("/etc/passwd"), "_/etc/passwd");
+        assert_eq!(inside("a/./b"), "a/b");
+        assert_eq!(inside(""), "_");
+        assert_eq!(inside("apr_01:x"), "apr_01_x");
+    }
+}
