@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use gavel_contract::time::Timestamp;
-use gavel_contract::Loaded;
+use gavel_contract::{Contract, Deployment, Loaded, UseCase};
 use gavel_store::{hash_key, KeyRecord, Role, SqliteStore, Store};
 
 use crate::cli::Global;
@@ -133,6 +133,28 @@ fn default_db(contract: &Path) -> PathBuf {
     gavel_contract::contract_file(contract)
         .parent()
         .map_or_else(|| PathBuf::from("gavel.db"), |dir| dir.join("gavel.db"))
+}
+
+/// The deployment `id` names, or the sentence that says the contract has none.
+pub fn known_deployment<'c>(contract: &'c Contract, id: &str) -> Result<&'c Deployment, Failure> {
+    contract.deployment(id).ok_or_else(|| {
+        Failure::invalid(format!(
+            "deployment `{id}` is not in the contract; see `gavel check`"
+        ))
+    })
+}
+
+/// The deployment `id` names and its use case.
+pub fn deployment_and_use_case<'c>(
+    contract: &'c Contract,
+    id: &str,
+) -> Result<(&'c Deployment, &'c UseCase), Failure> {
+    let d = known_deployment(contract, id)?;
+    // A validated contract has no dangling use case; said plainly all the same.
+    let use_case = contract
+        .use_case_of(d)
+        .ok_or_else(|| Failure::invalid(format!("deployment `{id}` has no use case")))?;
+    Ok((d, use_case))
 }
 
 pub fn load_contract_at(path: &Path) -> Result<Loaded, Failure> {

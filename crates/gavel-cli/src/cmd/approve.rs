@@ -48,12 +48,7 @@ pub fn sign_off(
 ) -> Result<SignoffOutcome, Failure> {
     let at = now();
     let terms = terms_from(args, at, contract)?;
-    let deployment = contract.deployment(&args.deployment).ok_or_else(|| {
-        Failure::invalid(format!(
-            "deployment `{}` is not in the contract; see `gavel check`",
-            args.deployment
-        ))
-    })?;
+    let deployment = crate::context::known_deployment(contract, &args.deployment)?;
     let pending = store
         .all_approvals()?
         .into_iter()

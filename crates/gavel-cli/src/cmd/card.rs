@@ -14,7 +14,7 @@ use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_monitor::{Bound, CheckState};
 use gavel_store::Store;
 
-use super::explain::{gather, Explanation};
+use super::explain::{gather, signer, Explanation};
 use super::status::READERS;
 use crate::context::out;
 use crate::context::{print_json, Context};
@@ -214,15 +214,7 @@ fn markdown(contract: &Contract, e: &Explanation<'_>, ledger: &LedgerState) -> S
                 short_hash(&a.contract_version)
             );
             for s in &a.signoffs {
-                line!(
-                    "- signed by {}{} at {}",
-                    s.principal,
-                    s.approver_role
-                        .as_ref()
-                        .map(|r| format!(" as {r}"))
-                        .unwrap_or_default(),
-                    s.at
-                );
+                line!("- signed by {}", signer(s));
             }
             for evidence in &a.evidence {
                 line!(

@@ -24,7 +24,7 @@ use super::card::card;
 use super::status::READERS;
 use crate::cli::ExportArgs;
 use crate::context::out;
-use crate::context::{now, Context};
+use crate::context::{deployment_and_use_case, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger;
 
@@ -64,14 +64,7 @@ pub fn run(
             "{why}; evidence is exported under the contract in force"
         )));
     }
-    let d = contract.deployment(deployment_id).ok_or_else(|| {
-        Failure::invalid(format!(
-            "deployment `{deployment_id}` is not in the contract; see `gavel check`"
-        ))
-    })?;
-    let use_case = contract
-        .use_case_of(d)
-        .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
+    let (d, use_case) = deployment_and_use_case(&contract, deployment_id)?;
     let period = export_filter(&ExportArgs {
         deployment: Some(d.id.clone()),
         kind: Some(RecordKind::Decision.as_str().to_string()),

@@ -8,14 +8,14 @@ use gavel_contract::{short_hash, Contract, Deployment, UseCase};
 use gavel_engine::approval::Registration;
 use gavel_engine::approval::{covering_approval, NotCovered};
 use gavel_engine::relevant_scopes;
-use gavel_engine::{Approval, Cooldown, Kill};
+use gavel_engine::{Approval, Cooldown, Kill, Signoff};
 use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_store::{Role, Store};
 
 use gavel_monitor::CheckState;
 
 use crate::context::out;
-use crate::context::{now, print_json, Context};
+use crate::context::{deployment_and_use_case, now, print_json, Context};
 use crate::failure::{Failure, Outcome};
 use crate::monitoring::{
     alert_deliveries, config_of, newest_records, status, stored_windows, DeploymentStatus,
@@ -102,15 +102,7 @@ impl Explanation<'_> {
                 );
                 say!("   population: {}", a.population);
                 for s in &a.signoffs {
-                    say!(
-                        "   signed by {}{} at {}",
-                        s.principal,
-                        s.approver_role
-                            .as_ref()
-                            .map(|r| format!(" as {r}"))
-                            .unwrap_or_default(),
-                        s.at
-                    );
+                    say!("   signed by {}", signer(s));
                 }
                 for e in &a.evidence {
                     say!(
@@ -234,20 +226,26 @@ impl Explanation<'_> {
     }
 }
 
+/// Who signed an approval, as which role, when: `rita as risk at 2026-...`.
+pub fn signer(s: &Signoff) -> String {
+    format!(
+        "{}{} at {}",
+        s.principal,
+        s.approver_role
+            .as_ref()
+            .map(|r| format!(" as {r}"))
+            .unwrap_or_default(),
+        s.at
+    )
+}
+
 pub fn gather<'a>(
     contract: &'a Contract,
     store: &dyn Store,
     sink: &SqliteLedgerSink,
     deployment_id: &str,
 ) -> Result<Explanation<'a>, Failure> {
-    let d = contract.deployment(deployment_id).ok_or_else(|| {
-        Failure::invalid(format!(
-            "deployment `{deployment_id}` is not in the contract; see `gavel check`"
-        ))
-    })?;
-    let use_case = contract
-        .use_case_of(d)
-        .ok_or_else(|| Failure::invalid(format!("deployment `{deployment_id}` has no use case")))?;
+    let (d, use_case) = deployment_and_use_case(contract, deployment_id)?;
     let at = now();
     let approvals = store.approvals_of(&d.id)?;
     let covering = covering_approval(&approvals, d, at).cloned();

@@ -16,11 +16,7 @@ use crate::ledger::Ledger;
 pub fn scope_of(contract: &Contract, args: &ScopeArgs) -> Result<Scope, Failure> {
     match (&args.deployment, &args.use_case, args.all) {
         (Some(d), None, false) => {
-            if contract.deployment(d).is_none() {
-                return Err(Failure::invalid(format!(
-                    "deployment `{d}` is not in the contract; see `gavel check`"
-                )));
-            }
+            crate::context::known_deployment(contract, d)?;
             Ok(Scope::Deployment(d.clone()))
         }
         (None, Some(u), false) => {

@@ -24,7 +24,7 @@ use gavel_engine::{
 use super::replay::{approvals_only, Ruling};
 use super::status::READERS;
 use crate::context::out;
-use crate::context::{now, Context};
+use crate::context::{known_deployment, now, Context};
 use crate::failure::{Failure, Outcome};
 
 /// The principal every prompt is decided for.
@@ -215,11 +215,7 @@ impl Probe {
         role: Option<ContentRole>,
         state: MemoryState,
     ) -> Result<Probe, Failure> {
-        let d = contract.deployment(deployment).ok_or_else(|| {
-            Failure::invalid(format!(
-                "deployment `{deployment}` is not in the contract; see `gavel check`"
-            ))
-        })?;
+        let d = known_deployment(&contract, deployment)?;
         // The approved system prompt, as the application would send it.
         let system_prompt = d.prompt_template.as_ref().map(|t| t.filled("x"));
         Ok(Probe {
