@@ -210,11 +210,11 @@ impl Gateway {
                 }
             }
         };
-        metrics::decided(&ruling.decision, started.elapsed());
         let known = engine
             .contract()
             .deployment(&ruling.decision.deployment)
             .is_some();
+        metrics::decided(&ruling.decision, known, started.elapsed());
         self.monitor.record_decision(&ruling.decision, known);
         ruling
     }

@@ -47,9 +47,19 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))
 }
 
-pub fn decided(decision: &Decision, took: Duration) {
+/// Label value for a deployment the contract does not name: the client chose that name, and a
+/// series per name would grow without bound (and show on the public /metrics).
+pub const UNKNOWN_DEPLOYMENT: &str = "(unknown)";
+
+/// Counts a decision; `known` says whether its deployment is in the contract.
+pub fn decided(decision: &Decision, known: bool, took: Duration) {
     let reason = decision.reasons.first().map_or("none", |r| r.code.as_str());
-    metrics::counter!("gavel_decisions_total", "verdict" => decision.verdict.as_str(), "reason" => reason, "deployment" => decision.deployment.clone()).increment(1);
+    let deployment = if known {
+        decision.deployment.clone()
+    } else {
+        UNKNOWN_DEPLOYMENT.to_string()
+    };
+    metrics::counter!("gavel_decisions_total", "verdict" => decision.verdict.as_str(), "reason" => reason, "deployment" => deployment).increment(1);
     metrics::histogram!(DECISION_SECONDS).record(took.as_secs_f64());
 }
 

@@ -6,6 +6,7 @@
 //! max_tokens cap); the answer passes the output scanners (streams through the hold-back
 //! window) before it reaches the client; usage is settled and an outcome recorded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -118,12 +119,38 @@ fn deployment_of(
 
 /// The chat body as a decide request: messages, tools, and every other field as a parameter
 /// (so an unapproved one is refused by conformance, and `bypass: true` is just that).
+/// Refuses messages, and content parts, that are not JSON objects. serde would read a message
+/// written as an array (`["user", "hi"]`) field by field, but OpenAI's API takes objects only,
+/// and the request is forwarded as written: its redactions are written into those objects.
+fn shaped_as_openai(messages: &[Value]) -> ApiResult<()> {
+    for (i, message) in messages.iter().enumerate() {
+        let not_object = |what: String| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("{what} is not a JSON object; write it as OpenAI's API does ({{\"role\": ..., \"content\": ...}}, parts as {{\"type\": ..., ...}})"),
+            )
+        };
+        let Some(message) = message.as_object() else {
+            return Err(not_object(format!("`messages[{i}]`")));
+        };
+        if let Some(parts) = message.get("content").and_then(Value::as_array) {
+            if let Some(j) = parts.iter().position(|p| !p.is_object()) {
+                return Err(not_object(format!("`messages[{i}].content[{j}]`")));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn decide_request(
     headers: &HeaderMap,
     fields: &Map<String, Value>,
     deployment: String,
     model: Option<String>,
 ) -> ApiResult<DecideRequest> {
+    if let Some(messages) = fields.get("messages").and_then(Value::as_array) {
+        shaped_as_openai(messages)?;
+    }
     let messages: Vec<Message> = match fields.get("messages") {
         Some(m) => serde_json::from_value(m.clone()).map_err(|e| {
             ApiError::bad_request(
@@ -743,6 +770,29 @@ fn route_of(decision: &Decision) -> String {
         .unwrap_or_else(|| decision.deployment.clone())
 }
 
+/// The redactions of each text (by text index), in order, overlapping spans merged into the
+/// first one's placeholder: what [`redacted`] needs to work through a text once.
+fn spans_by_text(
+    redactions: &[gavel_engine::Redaction],
+) -> HashMap<usize, Vec<gavel_engine::Redaction>> {
+    let mut by_text: HashMap<usize, Vec<gavel_engine::Redaction>> = HashMap::new();
+    for r in redactions {
+        by_text.entry(r.text_index).or_default().push(r.clone());
+    }
+    for spans in by_text.values_mut() {
+        spans.sort_by_key(|r| (r.start, r.end));
+        let mut merged: Vec<gavel_engine::Redaction> = Vec::with_capacity(spans.len());
+        for r in spans.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.start < last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        *spans = merged;
+    }
+    by_text
+}
+
 /// Replaces redacted spans in the messages sent upstream. Redactions index the request's
 /// texts, which begin with one text per message: a message given as parts is one text, its
 /// text parts joined with a line break, so each text part is redacted where its share of that
@@ -752,55 +802,70 @@ fn redact_messages(
     parsed: &[Message],
     redactions: &[gavel_engine::Redaction],
 ) {
+    let by_text = spans_by_text(redactions);
     for (index, message) in parsed.iter().enumerate() {
-        let spans: Vec<&gavel_engine::Redaction> = redactions
-            .iter()
-            .filter(|r| r.text_index == index)
-            .collect();
-        let Some(slot) = messages.get_mut(index).filter(|_| !spans.is_empty()) else {
+        let (Some(spans), Some(slot)) = (by_text.get(&index), messages.get_mut(index)) else {
             continue;
         };
-        match (&message.content, slot["content"].as_array_mut()) {
+        // `decide_request` refused messages that are not objects; one that got here anyway is
+        // withheld whole rather than sent unredacted.
+        let Some(slot) = slot.as_object_mut() else {
+            *slot = Value::String("[REDACTED]".to_string());
+            continue;
+        };
+        match (
+            &message.content,
+            slot.get_mut("content").and_then(Value::as_array_mut),
+        ) {
             (Some(MessageContent::Parts(parts)), Some(sent)) if sent.len() == parts.len() => {
                 let mut at = 0;
                 for (sent, part) in sent.iter_mut().zip(parts) {
                     let Some(text) = part.text.as_deref() else {
                         continue;
                     };
-                    sent["text"] = json!(redacted(text, at, &spans));
+                    let text_part = redacted(text, at, spans);
+                    match sent.as_object_mut() {
+                        Some(sent) => {
+                            sent.insert("text".to_string(), Value::String(text_part));
+                        }
+                        None => *sent = json!({ "type": "text", "text": text_part }),
+                    }
                     at += text.len() + 1;
                 }
             }
-            _ => slot["content"] = json!(redacted(&message.text(), 0, &spans)),
+            _ => {
+                slot.insert(
+                    "content".to_string(),
+                    Value::String(redacted(&message.text(), 0, spans)),
+                );
+            }
         }
     }
 }
 
 /// `text`, which starts at offset `at` of the text the spans index, with the part of every
-/// span that falls in it removed and each placeholder written where its span starts; the last
-/// span first, so that earlier offsets stay valid.
-fn redacted(text: &str, at: usize, spans: &[&gavel_engine::Redaction]) -> String {
-    let mut spans: Vec<&&gavel_engine::Redaction> = spans
-        .iter()
-        .filter(|r| r.start < at + text.len() && r.end > at)
-        .collect();
-    spans.sort_by_key(|r| std::cmp::Reverse(r.start));
-    let mut text = text.to_string();
-    for r in spans {
-        let (start, end) = (r.start.max(at) - at, r.end.min(at + text.len()) - at);
-        let placeholder = if r.start >= at {
-            r.placeholder.as_str()
-        } else {
-            ""
-        };
+/// span that falls in it replaced, each placeholder written where its span starts. `spans` are
+/// in order and do not overlap ([`spans_by_text`]), so the text is copied once.
+fn redacted(text: &str, at: usize, spans: &[gavel_engine::Redaction]) -> String {
+    let end_of_text = at + text.len();
+    let first = spans.partition_point(|r| r.end <= at);
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for r in spans[first..].iter().take_while(|r| r.start < end_of_text) {
+        let (start, end) = (r.start.max(at) - at, r.end.min(end_of_text) - at);
         if !(text.is_char_boundary(start) && text.is_char_boundary(end)) {
             // The scanners' spans fall on characters of this very text; one that does not is
             // a fault, and the text is withheld whole rather than sent unredacted.
             return "[REDACTED]".to_string();
         }
-        text.replace_range(start..end, placeholder);
+        out.push_str(&text[copied..start]);
+        if r.start >= at {
+            out.push_str(&r.placeholder);
+        }
+        copied = end;
     }
-    text
+    out.push_str(&text[copied..]);
+    out
 }
 
 fn usage_of(value: &Value) -> Option<Usage> {
@@ -996,13 +1061,14 @@ pub async fn embeddings(
         .find(|o| matches!(o, Obligation::Redact { .. }))
     {
         // An embeddings request has no messages: its inputs are texts 0, 1, ...
+        let by_text = spans_by_text(redactions);
         let inputs: Vec<String> = inputs
             .iter()
             .enumerate()
             .map(|(i, text)| {
-                let spans: Vec<&gavel_engine::Redaction> =
-                    redactions.iter().filter(|r| r.text_index == i).collect();
-                redacted(text, 0, &spans)
+                by_text
+                    .get(&i)
+                    .map_or_else(|| text.clone(), |spans| redacted(text, 0, spans))
             })
             .collect();
         body.insert("input".to_string(), json!(inputs));
@@ -1157,12 +1223,39 @@ mod tests {
         let sent = &messages[0]["content"];
         // A span inside a character cannot come from the scanners: the text is withheld.
         assert_eq!(
-            redacted("é@b.co", 0, &[&span(1, 3, "[EMAIL_1]")]),
+            redacted("é@b.co", 0, &[span(1, 3, "[EMAIL_1]")]),
             "[REDACTED]"
         );
         assert_eq!(sent[0]["text"], "mail [EMAIL_1]");
         assert_eq!(sent[1]["image_url"]["url"], "https://example.org/x.png");
         assert_eq!(sent[2]["text"], "or [EMAIL_2]");
+    }
+
+    /// Overlapping spans become one; many spans cost one pass over the text, and a text part
+    /// takes only the spans that fall in it.
+    #[test]
+    fn redaction_merges_overlaps_and_is_linear() {
+        let by_text = spans_by_text(&[
+            span(18, 24, "[EMAIL_2]"),
+            span(5, 11, "[EMAIL_1]"),
+            span(8, 13, "[SECRET_1]"),
+        ]);
+        let spans = &by_text[&0];
+        assert_eq!(spans.len(), 2);
+        assert_eq!((spans[0].start, spans[0].end), (5, 13));
+        assert_eq!(
+            redacted("mail a@b.co.. and c@d.co", 0, spans),
+            "mail [EMAIL_1] and [EMAIL_2]"
+        );
+        // The second half of that text, as a part starting at offset 13.
+        assert_eq!(redacted(" and c@d.co", 13, spans), " and [EMAIL_2]");
+        let text = "a@b.co ".repeat(100_000);
+        let many: Vec<_> = (0..100_000)
+            .map(|i| span(i * 7, i * 7 + 6, "[EMAIL]"))
+            .collect();
+        let by_text = spans_by_text(&many);
+        let out = redacted(&text, 0, &by_text[&0]);
+        assert_eq!(out, "[EMAIL] ".repeat(100_000));
     }
 
     #[test]

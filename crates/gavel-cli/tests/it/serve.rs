@@ -334,10 +334,24 @@ fn proxy_allows_blocks_redacts_and_cuts_a_violating_stream() {
         .json()["ok"],
         true
     );
+    // A deployment name the contract does not have is the client's to choose: it is counted
+    // under one label, not a series of its own.
+    let invented = "made-up-deployment-7f3a";
+    let refused = s.request(
+        "POST",
+        "/v1/decide",
+        Some(&r.service),
+        Some(&json!({ "deployment": invented, "messages": [{ "role": "user", "content": "hi" }] })),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
     let metrics = s.request("GET", "/metrics", None, None).body;
     assert!(
         metrics.contains("gavel_decisions_total")
             && metrics.contains("gavel_decision_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("deployment=\"(unknown)\"") && !metrics.contains(invented),
         "{metrics}"
     );
     assert!(
@@ -559,6 +573,10 @@ fn bad_input_gets_a_clear_error_and_the_gateway_stays_up() {
         ("wrong type", br#"{"model": 42, "messages": []}"#.to_vec(), 400, "invalid_request"),
         ("messages wrong", br#"{"model": "kb-search-v1", "messages": "hi"}"#.to_vec(), 400, "invalid_request"),
         ("not an object", b"[1,2]".to_vec(), 400, "invalid_request"),
+        // serde reads a struct written as an array; OpenAI's API does not, and a redaction
+        // written into such a message panicked the handler.
+        ("message as an array", br#"{"model": "kb-search-v1", "messages": [["user", "mail jane.doe@example.org"]]}"#.to_vec(), 400, "invalid_request"),
+        ("part as an array", br#"{"model": "kb-search-v1", "messages": [{"role": "user", "content": [["text", "mail jane.doe@example.org"]]}]}"#.to_vec(), 400, "invalid_request"),
         ("stream not a boolean", br#"{"model": "kb-search-v1", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}"#.to_vec(), 400, "invalid_request"),
         ("invalid utf-8", b"{\"model\": \"kb-search-v1\xff\"}".to_vec(), 400, "invalid_utf8"),
         ("deep", format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(), 400, "too_deep"),
