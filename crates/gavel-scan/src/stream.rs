@@ -22,6 +22,7 @@
 //! at three sentences at a time anyway); a cue cut off at the left edge of a stretch was seen
 //! whole by an earlier one.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::detect::Sink;
@@ -84,7 +85,7 @@ pub struct StreamScanner {
     base: usize,
     released: usize,
     scan_from: usize,
-    reported: Vec<(usize, usize, &'static str)>,
+    reported: HashSet<(usize, usize, &'static str)>,
     found: Vec<Finding>,
     fresh: Vec<Finding>,
     injection: Option<InjectionState>,
@@ -100,7 +101,7 @@ struct InjectionState {
     /// Highest window score so far.
     best: f32,
     /// Evidence already reported (start, end, rule), pruned once out of every future window.
-    reported: Vec<(usize, usize, &'static str)>,
+    reported: HashSet<(usize, usize, &'static str)>,
 }
 
 impl StreamScanner {
@@ -111,7 +112,7 @@ impl StreamScanner {
             base: 0,
             released: 0,
             scan_from: 0,
-            reported: Vec::new(),
+            reported: HashSet::new(),
             found: Vec::new(),
             fresh: Vec::new(),
             injection: None,
@@ -137,7 +138,7 @@ impl StreamScanner {
                 scored: 0,
                 tail_left: false,
                 best: 0.0,
-                reported: Vec::new(),
+                reported: HashSet::new(),
             });
         }
         s
@@ -212,8 +213,7 @@ impl StreamScanner {
         self.reported.retain(|&(_, e, _)| e >= scan_from);
         for f in self.found.drain(..) {
             let key = (f.span.start, f.span.end, f.rule_id);
-            if !self.reported.contains(&key) {
-                self.reported.push(key);
+            if self.reported.insert(key) {
                 self.fresh.push(f);
             }
         }
@@ -279,8 +279,7 @@ impl StreamScanner {
         inj.reported.retain(|&(s, _, _)| s >= window_start);
         for f in self.found.drain(..) {
             let key = (f.span.start, f.span.end, f.rule_id);
-            if !inj.reported.contains(&key) {
-                inj.reported.push(key);
+            if inj.reported.insert(key) {
                 self.fresh.push(f);
             }
         }
