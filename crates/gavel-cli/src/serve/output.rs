@@ -27,6 +27,12 @@ pub struct Violation {
 
 impl Violation {
     pub fn message(&self) -> String {
+        if self.code == ReasonCode::GovernanceUnavailable {
+            return format!(
+                "the upstream's stream carried more than {MAX_STREAM_TEXTS} separate texts (choices, tool calls, fields), more than gavel guards in one stream, so it was cut at {}",
+                self.field.as_deref().unwrap_or("an event")
+            );
+        }
         format!(
             "the model's output contained {} ({}){} at bytes {}..{}; policy.privacy.output blocks it, so the rest was withheld",
             match self.code {
@@ -170,7 +176,7 @@ impl OutputGuard {
 /// answer of its own with its own hold-back window: a span split across events (a model streams
 /// tool-call arguments a few characters at a time) is caught whole, and the text of one never
 /// runs into another's.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Channel {
     Content,
     Refusal,
@@ -178,10 +184,13 @@ enum Channel {
     FunctionArguments,
     /// The arguments of the tool call with this `index`.
     ToolArguments(u64),
+    /// Any other string of the delta, by its JSON pointer within the delta: a reasoning model's
+    /// `reasoning_content`, an audio answer's `transcript`, content given as parts.
+    Other(String),
 }
 
 impl Channel {
-    fn field(self, choice: u64) -> String {
+    fn field(&self, choice: u64) -> String {
         match self {
             Channel::Content => format!("choices[{choice}].delta.content"),
             Channel::Refusal => format!("choices[{choice}].delta.refusal"),
@@ -191,8 +200,29 @@ impl Channel {
             Channel::ToolArguments(call) => {
                 format!("choices[{choice}].delta.tool_calls[{call}].function.arguments")
             }
+            Channel::Other(pointer) => {
+                format!("choices[{choice}].delta{}", pointer.replace('/', "."))
+            }
         }
     }
+}
+
+/// Keys of a delta whose strings name things rather than say them (`"role": "assistant"`, a
+/// call's `id`, `type` and `name`): sent as they come, each guarded whole with the rest of
+/// the event, never held back.
+const NAMING_KEYS: [&str; 4] = ["role", "type", "id", "name"];
+
+/// Most texts (choices times channels) one stream may carry. Each holds a window and a scanner;
+/// models stream a few choices of a few texts each, and past this the stream is cut.
+pub const MAX_STREAM_TEXTS: usize = 1024;
+
+/// What [`StreamGuard::event`] did to an event.
+pub struct Guarded {
+    /// Whether the event still says anything (pieces that are all held back are not sent).
+    pub forward: bool,
+    /// JSON pointers to the texts it guarded, which the rest of the event's guarding must
+    /// leave alone.
+    pub texts: Vec<String>,
 }
 
 /// The output guards of one streamed answer: one per choice and [`Channel`], made as their
@@ -206,6 +236,8 @@ pub struct StreamGuard {
     /// Every piece of text the upstream streamed, in arrival order: for the outcome's digest and
     /// for counting tokens when the upstream reports no usage.
     pub seen: String,
+    /// Texts given a guard so far (finished ones included).
+    texts: usize,
 }
 
 impl StreamGuard {
@@ -216,60 +248,211 @@ impl StreamGuard {
             guards: Default::default(),
             findings: Vec::new(),
             seen: String::new(),
+            texts: 0,
         }
     }
 
     /// Guards one `chat.completion.chunk` in place: each text piece of each choice is replaced
-    /// by what its guard releases, and a choice that finishes gets the rest of its texts. Returns
-    /// whether the event still says anything (pieces that are all held back are not sent), or
-    /// the violation that ends the stream.
-    pub fn event(&mut self, chunk: &mut Value) -> Result<bool, Violation> {
+    /// by what its guard releases, and a choice that finishes gets the rest of its texts in
+    /// this event. Returns what it did, or the violation that ends the stream.
+    pub fn event(&mut self, chunk: &mut Value) -> Result<Guarded, Violation> {
+        let mut guarded = Guarded {
+            forward: false,
+            texts: Vec::new(),
+        };
         let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
-            return Ok(false);
+            return Ok(guarded);
         };
         if choices.is_empty() {
-            return Ok(true);
+            guarded.forward = true;
+            return Ok(guarded);
         }
-        let mut says_something = false;
         for (position, choice) in choices.iter_mut().enumerate() {
             let index = choice["index"].as_u64().unwrap_or(position as u64);
             let finished = !choice["finish_reason"].is_null();
-            let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
-                says_something |= finished;
+            let Some(choice) = choice.as_object_mut() else {
                 continue;
             };
-            for (key, channel) in [("content", Channel::Content), ("refusal", Channel::Refusal)] {
-                if let Some(Value::String(text)) = delta.get_mut(key) {
-                    *text = self.push(index, channel, text)?;
-                    says_something |= !text.is_empty();
-                }
+            if finished && !choice.get("delta").is_some_and(Value::is_object) {
+                // The rest of its texts goes with its finish, so a delta it lacks is made.
+                choice.insert("delta".to_string(), json!({}));
             }
-            if let Some(call) = delta.get_mut("function_call") {
-                says_something |= self.guard_call(index, Channel::FunctionArguments, call)?;
-            }
-            if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
-                let before = calls.len();
-                let mut kept = Vec::with_capacity(before);
-                for (position, mut call) in std::mem::take(calls).into_iter().enumerate() {
-                    let number = call["index"].as_u64().unwrap_or(position as u64);
-                    if self.guard_call(index, Channel::ToolArguments(number), &mut call)? {
-                        kept.push(call);
-                    }
-                }
-                says_something |= !kept.is_empty();
-                if kept.is_empty() && before > 0 {
-                    delta.remove("tool_calls");
-                } else {
-                    *calls = kept;
-                }
-            }
-            says_something |= delta.iter().any(|(key, value)| !is_text_piece(key, value));
+            let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let at = format!("/choices/{position}/delta");
+            guarded.forward |= self.delta(index, delta, &at, &mut guarded.texts)?;
             if finished {
                 self.finish_choice(index, delta)?;
-                says_something = true;
+                guarded.forward = true;
             }
         }
+        Ok(guarded)
+    }
+
+    /// Guards the texts of one choice's `delta` (at pointer `at` in the event); whether it
+    /// still says anything.
+    fn delta(
+        &mut self,
+        index: u64,
+        delta: &mut serde_json::Map<String, Value>,
+        at: &str,
+        texts: &mut Vec<String>,
+    ) -> Result<bool, Violation> {
+        let mut says_something = false;
+        for (key, value) in delta.iter_mut() {
+            let channel = match key.as_str() {
+                "content" if value.is_string() => Channel::Content,
+                "refusal" if value.is_string() => Channel::Refusal,
+                "function_call" => {
+                    says_something |= self.guard_call(
+                        index,
+                        Channel::FunctionArguments,
+                        value,
+                        &format!("{at}/function_call"),
+                        texts,
+                    )?;
+                    continue;
+                }
+                "tool_calls" if value.is_array() => {
+                    says_something |=
+                        self.guard_calls(index, value, &format!("{at}/tool_calls"), texts)?;
+                    continue;
+                }
+                _ => {
+                    says_something |= self.other(index, value, &pointer_segment(key), at, texts)?;
+                    continue;
+                }
+            };
+            if let Value::String(text) = value {
+                *text = self.push(index, channel, text)?;
+                says_something |= !text.is_empty();
+                texts.push(format!("{at}/{key}"));
+            }
+        }
+        if delta
+            .get("tool_calls")
+            .is_some_and(|c| c.as_array().is_some_and(Vec::is_empty))
+        {
+            delta.remove("tool_calls");
+        }
         Ok(says_something)
+    }
+
+    /// Guards a delta's `tool_calls` in place, dropping the calls that say nothing now.
+    fn guard_calls(
+        &mut self,
+        index: u64,
+        calls: &mut Value,
+        at: &str,
+        texts: &mut Vec<String>,
+    ) -> Result<bool, Violation> {
+        let Value::Array(calls) = calls else {
+            return Ok(false);
+        };
+        let mut kept = Vec::with_capacity(calls.len());
+        for (position, mut call) in std::mem::take(calls).into_iter().enumerate() {
+            let number = call["index"].as_u64().unwrap_or(position as u64);
+            let mut guarded = Vec::new();
+            let at_call = format!("{at}/{}", kept.len());
+            if self.guard_call(
+                index,
+                Channel::ToolArguments(number),
+                &mut call,
+                &at_call,
+                &mut guarded,
+            )? {
+                texts.extend(guarded);
+                kept.push(call);
+            }
+        }
+        let says_something = !kept.is_empty();
+        *calls = kept;
+        Ok(says_something)
+    }
+
+    /// Guards the `arguments` of a function or tool call in place; whether the call still says
+    /// anything (its id, name or type, or arguments released now).
+    fn guard_call(
+        &mut self,
+        choice: u64,
+        channel: Channel,
+        call: &mut Value,
+        at: &str,
+        texts: &mut Vec<String>,
+    ) -> Result<bool, Violation> {
+        if !call.is_object() {
+            return Ok(!call.is_null());
+        }
+        let (function, at_function) = match channel {
+            Channel::ToolArguments(_) => (call.get_mut("function"), format!("{at}/function")),
+            _ => (Some(&mut *call), at.to_string()),
+        };
+        let mut released_any = false;
+        if let Some(Value::String(arguments)) = function.and_then(|f| f.get_mut("arguments")) {
+            *arguments = self.push(choice, channel.clone(), arguments)?;
+            released_any = !arguments.is_empty();
+            texts.push(format!("{at_function}/arguments"));
+        }
+        // The call's `index` only says which call a piece belongs to.
+        let names_more = |members: &serde_json::Map<String, Value>| {
+            members
+                .keys()
+                .any(|key| !matches!(key.as_str(), "index" | "arguments" | "function"))
+        };
+        let says_more = match channel {
+            Channel::ToolArguments(_) => {
+                call.as_object().is_some_and(names_more)
+                    || call["function"].as_object().is_some_and(names_more)
+                    || call.get("function").is_some_and(|f| !f.is_object())
+            }
+            _ => call.as_object().is_some_and(names_more),
+        };
+        Ok(released_any || says_more)
+    }
+
+    /// Guards every string under `value` (at `path` within the delta, which is at `at` in the
+    /// event) with a window of its own, but those under [`NAMING_KEYS`]; whether anything of it
+    /// still says something.
+    fn other(
+        &mut self,
+        index: u64,
+        value: &mut Value,
+        path: &str,
+        at: &str,
+        texts: &mut Vec<String>,
+    ) -> Result<bool, Violation> {
+        match value {
+            Value::String(text) => {
+                let naming = path
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|key| NAMING_KEYS.contains(&key));
+                if naming {
+                    return Ok(!text.is_empty());
+                }
+                *text = self.push(index, Channel::Other(path.to_string()), text)?;
+                texts.push(format!("{at}{path}"));
+                Ok(!text.is_empty())
+            }
+            Value::Array(items) => {
+                let mut says = false;
+                for (i, item) in items.iter_mut().enumerate() {
+                    says |= self.other(index, item, &format!("{path}/{i}"), at, texts)?;
+                }
+                Ok(says)
+            }
+            Value::Object(members) => {
+                let mut says = false;
+                for (key, member) in members.iter_mut() {
+                    let inner = format!("{path}{}", pointer_segment(key));
+                    says |= self.other(index, member, &inner, at, texts)?;
+                }
+                Ok(says)
+            }
+            Value::Null => Ok(false),
+            Value::Bool(_) | Value::Number(_) => Ok(true),
+        }
     }
 
     /// Ends the stream: the rest of every choice that did not finish, as the `choices` of one
@@ -288,50 +471,27 @@ impl StreamGuard {
         Ok((!choices.is_empty()).then_some(Value::Array(choices)))
     }
 
-    /// Guards the `arguments` of a function or tool call in place; whether the call still says
-    /// anything (its id, name or type, or arguments released now).
-    fn guard_call(
-        &mut self,
-        choice: u64,
-        channel: Channel,
-        call: &mut Value,
-    ) -> Result<bool, Violation> {
-        if !call.is_object() {
-            return Ok(!call.is_null());
-        }
-        let function = match channel {
-            Channel::ToolArguments(_) => call.get_mut("function"),
-            _ => Some(&mut *call),
-        };
-        let mut released_any = false;
-        if let Some(Value::String(arguments)) = function.and_then(|f| f.get_mut("arguments")) {
-            *arguments = self.push(choice, channel, arguments)?;
-            released_any = !arguments.is_empty();
-        }
-        let names_more = |members: &serde_json::Map<String, Value>, skip: &str| {
-            members.keys().any(|key| key != skip && key != "arguments")
-        };
-        let says_more = match channel {
-            Channel::ToolArguments(_) => {
-                call.as_object().is_some_and(|c| names_more(c, "function"))
-                    || call["function"]
-                        .as_object()
-                        .is_some_and(|f| names_more(f, ""))
-                    || !call["function"].is_object()
-            }
-            _ => call.as_object().is_some_and(|c| names_more(c, "")),
-        };
-        Ok(released_any || says_more)
-    }
-
     fn push(&mut self, choice: u64, channel: Channel, piece: &str) -> Result<String, Violation> {
         self.seen.push_str(piece);
+        let key = (choice, channel);
+        if !self.guards.contains_key(&key) {
+            if self.texts >= MAX_STREAM_TEXTS {
+                return Err(Violation {
+                    code: ReasonCode::GovernanceUnavailable,
+                    rule_id: "stream.too_many_texts",
+                    span: 0..0,
+                    field: Some(key.1.field(choice)),
+                });
+            }
+            self.texts += 1;
+        }
+        let field = key.1.field(choice);
         let guard = self
             .guards
-            .entry((choice, channel))
+            .entry(key)
             .or_insert_with(|| OutputGuard::new(self.scanners.clone(), self.actions));
         let released = guard.push(piece);
-        tagged(&mut self.findings, guard, choice, channel, released)
+        tagged(&mut self.findings, guard, field, released)
     }
 
     /// Finishes every guard of `choice`, adding what they held back to `delta`.
@@ -342,121 +502,143 @@ impl StreamGuard {
     ) -> Result<(), Violation> {
         let channels: Vec<Channel> = self
             .guards
-            .range((choice, Channel::Content)..=(choice, Channel::ToolArguments(u64::MAX)))
-            .map(|(&(_, channel), _)| channel)
+            .range((choice, Channel::Content)..)
+            .take_while(|((c, _), _)| *c == choice)
+            .map(|((_, channel), _)| channel.clone())
             .collect();
+        // Where each tool call's arguments go in `delta`, by the call's index, so that many
+        // calls' tails are placed in one pass.
+        let mut call_at: HashMap<u64, usize> = HashMap::new();
+        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+            for (position, call) in calls.iter().enumerate() {
+                if let (Some(number), true) = (call["index"].as_u64(), call["function"].is_object())
+                {
+                    call_at.entry(number).or_insert(position);
+                }
+            }
+        }
         for channel in channels {
-            let Some(mut guard) = self.guards.remove(&(choice, channel)) else {
+            let Some(mut guard) = self.guards.remove(&(choice, channel.clone())) else {
                 continue;
             };
             let tail = guard.finish();
-            let tail = tagged(&mut self.findings, &mut guard, choice, channel, tail)?;
+            let tail = tagged(&mut self.findings, &mut guard, channel.field(choice), tail)?;
             if !tail.is_empty() {
-                put_tail(delta, channel, tail);
+                put_tail(delta, &channel, tail, &mut call_at);
             }
         }
         Ok(())
     }
 }
 
-/// Moves the findings of `(choice, channel)`'s `guard` into `findings`, each naming its field,
-/// and names the field of a violation.
+/// `key` as a JSON pointer segment (RFC 6901: `~` and `/` escaped), with its leading `/`.
+fn pointer_segment(key: &str) -> String {
+    format!("/{}", key.replace('~', "~0").replace('/', "~1"))
+}
+
+/// Moves the findings of a guard into `findings`, each naming its `field`, and names the field
+/// of a violation.
 fn tagged(
     findings: &mut Vec<Value>,
     guard: &mut OutputGuard,
-    choice: u64,
-    channel: Channel,
+    field: String,
     released: Result<String, Violation>,
 ) -> Result<String, Violation> {
     for mut finding in guard.findings.drain(..) {
-        finding["field"] = json!(channel.field(choice));
+        finding["field"] = json!(field);
         findings.push(finding);
     }
     released.map_err(|mut v| {
-        v.field = Some(channel.field(choice));
+        v.field = Some(field);
         v
     })
 }
 
 /// Adds the held-back end of `channel`'s text to a choice's `delta`, after what the delta
-/// already carries of it.
-fn put_tail(delta: &mut serde_json::Map<String, Value>, channel: Channel, tail: String) {
-    fn append(slot: &mut Value, tail: String) {
-        match slot {
-            Value::String(text) => text.push_str(&tail),
-            _ => *slot = Value::String(tail),
-        }
-    }
-    /// Appends to `arguments` in `slot`, which becomes an object if it is not one.
-    fn append_arguments(slot: &mut Value, tail: String) {
-        if !slot.is_object() {
-            *slot = json!({});
-        }
-        if let Value::Object(members) = slot {
-            append(members.entry("arguments").or_insert(Value::Null), tail);
-        }
-    }
+/// already carries of it; `call_at` says where each tool call already is in the delta.
+fn put_tail(
+    delta: &mut serde_json::Map<String, Value>,
+    channel: &Channel,
+    tail: String,
+    call_at: &mut HashMap<u64, usize>,
+) {
     match channel {
         Channel::Content => append(delta.entry("content").or_insert(Value::Null), tail),
         Channel::Refusal => append(delta.entry("refusal").or_insert(Value::Null), tail),
-        Channel::FunctionArguments => {
-            append_arguments(delta.entry("function_call").or_insert(Value::Null), tail)
-        }
+        Channel::FunctionArguments => append_at(
+            delta.entry("function_call").or_insert(Value::Null),
+            "/arguments",
+            tail,
+        ),
         Channel::ToolArguments(number) => {
             let calls = delta.entry("tool_calls").or_insert(Value::Null);
             if !calls.is_array() {
                 *calls = json!([]);
+                call_at.clear();
             }
             let Value::Array(calls) = calls else { return };
-            let same_call = calls
-                .iter_mut()
-                .find(|c| c["index"] == number && c["function"].is_object());
-            match same_call {
-                Some(call) => append_arguments(&mut call["function"], tail),
-                None => calls.push(json!({ "index": number, "function": { "arguments": tail } })),
-            }
-        }
-    }
-}
-
-/// Whether `key: value` of a delta is only a piece of guarded text, which says nothing once it
-/// is empty (the calls are judged by [`StreamGuard::guard_call`]).
-fn is_text_piece(key: &str, value: &Value) -> bool {
-    match key {
-        "content" | "refusal" => value.is_null() || value.as_str().is_some_and(str::is_empty),
-        "tool_calls" | "function_call" => true,
-        _ => false,
-    }
-}
-
-/// JSON pointers to the texts of a `chat.completion.chunk` that [`StreamGuard::event`] guarded,
-/// which the rest of the event's guarding must leave alone.
-pub fn stream_text_pointers(chunk: &Value) -> Vec<String> {
-    let mut pointers = Vec::new();
-    let Some(choices) = chunk["choices"].as_array() else {
-        return pointers;
-    };
-    for (i, choice) in choices.iter().enumerate() {
-        let delta = &choice["delta"];
-        for key in ["content", "refusal"] {
-            if delta[key].is_string() {
-                pointers.push(format!("/choices/{i}/delta/{key}"));
-            }
-        }
-        if delta["function_call"]["arguments"].is_string() {
-            pointers.push(format!("/choices/{i}/delta/function_call/arguments"));
-        }
-        if let Some(calls) = delta["tool_calls"].as_array() {
-            for (k, call) in calls.iter().enumerate() {
-                if call["function"]["arguments"].is_string() {
-                    pointers.push(format!(
-                        "/choices/{i}/delta/tool_calls/{k}/function/arguments"
-                    ));
+            match call_at.get(number).and_then(|&at| calls.get_mut(at)) {
+                Some(call) => append_at(&mut call["function"], "/arguments", tail),
+                None => {
+                    call_at.insert(*number, calls.len());
+                    calls.push(json!({ "index": number, "function": { "arguments": tail } }));
                 }
             }
         }
+        Channel::Other(pointer) => {
+            let Some((first, rest)) = pointer
+                .strip_prefix('/')
+                .map(|p| p.split_once('/').map_or((p, ""), |(f, r)| (f, r)))
+            else {
+                return;
+            };
+            let key = first.replace("~1", "/").replace("~0", "~");
+            let rest = if rest.is_empty() {
+                String::new()
+            } else {
+                format!("/{rest}")
+            };
+            append_at(delta.entry(key).or_insert(Value::Null), &rest, tail);
+        }
     }
-    pointers
+}
+
+fn append(slot: &mut Value, tail: String) {
+    match slot {
+        Value::String(text) => text.push_str(&tail),
+        _ => *slot = Value::String(tail),
+    }
+}
+
+/// Appends `tail` to the string at `pointer` under `slot`, making the objects and array items
+/// the way needs (an array is grown to the index with empty objects).
+fn append_at(slot: &mut Value, pointer: &str, tail: String) {
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return append(slot, tail);
+    };
+    let (segment, rest) = rest.split_once('/').map_or((rest, ""), |(s, r)| (s, r));
+    let rest = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("/{rest}")
+    };
+    match (segment.parse::<usize>(), &mut *slot) {
+        (Ok(i), Value::Array(items)) => {
+            while items.len() <= i {
+                items.push(json!({}));
+            }
+            append_at(&mut items[i], &rest, tail);
+        }
+        _ => {
+            if !slot.is_object() {
+                *slot = json!({});
+            }
+            if let Value::Object(members) = slot {
+                let key = segment.replace("~1", "/").replace("~0", "~");
+                append_at(members.entry(key).or_insert(Value::Null), &rest, tail);
+            }
+        }
+    }
 }
 
 /// Guards, in place, every string in `value` (object keys included), each as a whole answer
@@ -491,14 +673,16 @@ pub fn guard_strings(
                     renamed.push((key.clone(), guarded_key));
                 }
             }
+            // Two keys can redact to the same placeholder (each string is guarded on its own):
+            // the later ones are numbered rather than overwrite a member, each placeholder's
+            // count kept so that many such keys are numbered in one pass.
+            let mut taken: HashMap<String, usize> = HashMap::new();
             for (key, guarded_key) in renamed {
                 if let Some(member) = members.remove(&key) {
-                    // Two keys can redact to the same placeholder (each string is guarded on
-                    // its own): number the later ones rather than overwrite a member.
+                    let n = taken.entry(guarded_key.clone()).or_insert(1);
                     let mut free = guarded_key.clone();
-                    let mut n = 1;
                     while members.contains_key(&free) {
-                        n += 1;
+                        *n += 1;
                         free = format!("{guarded_key} ({n})");
                     }
                     members.insert(free, member);
@@ -733,8 +917,8 @@ mod tests {
             let violation = tool_call_pieces(&arguments, size)
                 .into_iter()
                 .find_map(|mut event| match guard.event(&mut event) {
-                    Ok(forward) => {
-                        if forward {
+                    Ok(guarded) => {
+                        if guarded.forward {
                             sent.push(event);
                         }
                         None
@@ -771,7 +955,7 @@ mod tests {
             events.push(chunk(0, serde_json::json!({}), Some("tool_calls")));
             let mut sent = Vec::new();
             for mut event in events {
-                if guard.event(&mut event).unwrap() {
+                if guard.event(&mut event).unwrap().forward {
                     sent.push(event);
                 }
             }
@@ -790,12 +974,11 @@ mod tests {
                 guard.findings[0]["field"],
                 "choices[0].delta.tool_calls[0].function.arguments"
             );
-            // Pieces that released nothing were not sent as events of their own.
-            assert!(
-                sent.len() <= arguments.len() / size + 3,
-                "size {size}: {}",
-                sent.len()
-            );
+            // A piece that released nothing is not sent as an event of its own.
+            for event in &sent[1..sent.len() - 1] {
+                let call = &event["choices"][0]["delta"]["tool_calls"][0];
+                assert_ne!(call["function"]["arguments"], "", "size {size}: {event}");
+            }
         }
     }
 
@@ -833,7 +1016,7 @@ mod tests {
                         }
                     }
                     let mut event = chunk(choice, delta, None);
-                    if guard.event(&mut event).unwrap() {
+                    if guard.event(&mut event).unwrap().forward {
                         take(&event);
                     }
                 }
@@ -851,6 +1034,118 @@ mod tests {
         );
         assert_eq!(texts[1], second);
         assert_eq!(texts[2], "I cannot write to [EMAIL_1].");
+    }
+
+    /// Text in fields of a delta other than the content, the refusal and the calls' arguments
+    /// (a reasoning model's `reasoning_content`, an audio answer's transcript) has a window of
+    /// its own too; naming fields (`role`, `id`, `type`, `name`) go as they come.
+    #[test]
+    fn other_streamed_texts_have_windows_of_their_own() {
+        let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
+        let reasoning = format!("I could use {token} for that.");
+        let mut guard = stream(FindingAction::Block);
+        let mut first = chunk(
+            0,
+            serde_json::json!({ "role": "assistant", "audio": { "id": "audio_1" } }),
+            None,
+        );
+        let guarded = guard.event(&mut first).unwrap();
+        assert!(guarded.forward);
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(first["choices"][0]["delta"]["audio"]["id"], "audio_1");
+        let mut released = String::new();
+        let mut violation = None;
+        for piece in reasoning.as_bytes().chunks(4) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            let mut event = chunk(0, serde_json::json!({ "reasoning_content": piece }), None);
+            match guard.event(&mut event) {
+                Ok(guarded) => {
+                    assert_eq!(guarded.texts, ["/choices/0/delta/reasoning_content"]);
+                    released.push_str(
+                        event["choices"][0]["delta"]["reasoning_content"]
+                            .as_str()
+                            .unwrap(),
+                    );
+                }
+                Err(v) => {
+                    violation = Some(v);
+                    break;
+                }
+            }
+        }
+        let v = violation
+            .or_else(|| guard.finish().err())
+            .expect("the token must be caught");
+        assert_eq!(
+            v.field.as_deref(),
+            Some("choices[0].delta.reasoning_content")
+        );
+        assert!(!released.contains("ghp"), "{released}");
+
+        // Redacted, and the rest placed where it belongs when the choice finishes without a
+        // delta of its own.
+        let mut guard = stream(FindingAction::Redact);
+        let transcript = "Write to jane.doe@example.org today";
+        let mut sent = String::new();
+        for piece in transcript.as_bytes().chunks(5) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            let mut event = chunk(
+                0,
+                serde_json::json!({ "audio": { "transcript": piece } }),
+                None,
+            );
+            if guard.event(&mut event).unwrap().forward {
+                sent.push_str(
+                    event["choices"][0]["delta"]["audio"]["transcript"]
+                        .as_str()
+                        .unwrap(),
+                );
+            }
+        }
+        let mut end = serde_json::json!({ "choices": [{ "index": 0, "finish_reason": "stop" }] });
+        assert!(guard.event(&mut end).unwrap().forward);
+        sent.push_str(
+            end["choices"][0]["delta"]["audio"]["transcript"]
+                .as_str()
+                .unwrap(),
+        );
+        assert_eq!(sent, "Write to [EMAIL_1] today");
+        assert_eq!(guard.finish().unwrap(), None);
+    }
+
+    /// A stream may not open more windows than [`MAX_STREAM_TEXTS`]: each costs a scanner.
+    #[test]
+    fn a_stream_of_too_many_texts_is_cut() {
+        let mut guard = stream(FindingAction::Block);
+        let calls: Vec<Value> = (0..MAX_STREAM_TEXTS as u64 + 1)
+            .map(|i| serde_json::json!({ "index": i, "function": { "arguments": "{" } }))
+            .collect();
+        let mut event = chunk(0, serde_json::json!({ "tool_calls": calls }), None);
+        let v = guard.event(&mut event).err().expect("cut");
+        assert_eq!(v.code, ReasonCode::GovernanceUnavailable);
+        assert!(
+            v.message().contains("more than 1024 separate texts"),
+            "{}",
+            v.message()
+        );
+        // Many calls within the limit finish in one pass each.
+        let mut guard = stream(FindingAction::Block);
+        let calls: Vec<Value> = (0..1000u64)
+            .map(|i| serde_json::json!({ "index": i, "function": { "arguments": "{\"a\": 1}" } }))
+            .collect();
+        let mut event = chunk(
+            0,
+            serde_json::json!({ "tool_calls": calls }),
+            Some("tool_calls"),
+        );
+        guard.event(&mut event).unwrap();
+        let calls = event["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .unwrap();
+        assert_eq!(calls.len(), 1000);
+        assert!(calls
+            .iter()
+            .all(|c| c["function"]["arguments"] == "{\"a\": 1}"));
     }
 
     /// An upstream decides the shape of its events: shapes no chunk has are relayed as they

@@ -28,7 +28,7 @@ use gavel_store::KeyRecord;
 use super::error::{ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway, Ruling};
 use super::metrics;
-use super::output::{guard_strings, stream_text_pointers, OutputGuard, StreamGuard, Violation};
+use super::output::{guard_strings, OutputGuard, StreamGuard, Violation};
 use super::upstream::{too_large, ByteStream, Reply, ANSWER_MAX_BYTES};
 
 /// Body fields that are not generation parameters.
@@ -402,7 +402,7 @@ impl Call {
         let mut findings = Vec::new();
         let mut violation = None;
         let mut guarded = Vec::new();
-        if let Some(choices) = reply["choices"].as_array_mut() {
+        if let Some(choices) = reply.get_mut("choices").and_then(Value::as_array_mut) {
             for (i, choice) in choices.iter_mut().enumerate() {
                 let Some(text) = choice["message"]["content"].as_str().map(str::to_string) else {
                     continue;
@@ -485,7 +485,7 @@ impl Call {
         if !guarded {
             return;
         }
-        if let Some(choices) = answer["choices"].as_array_mut() {
+        if let Some(choices) = answer.get_mut("choices").and_then(Value::as_array_mut) {
             for choice in choices {
                 if let Some(logprobs) = choice.get_mut("logprobs").filter(|l| !l.is_null()) {
                     *logprobs = Value::Null;
@@ -622,7 +622,7 @@ impl Call {
         mut upstream: ByteStream,
         tx: &tokio::sync::mpsc::Sender<Bytes>,
     ) -> Result<(), Violation> {
-        let mut pending = String::new();
+        let mut events = SseEvents::default();
         // The bytes of a character the last read cut in two, until the next read completes it.
         let mut cut_char: Vec<u8> = Vec::new();
         let mut template: Option<Value> = None;
@@ -657,9 +657,8 @@ impl Call {
                     return Ok(());
                 }
             };
-            decode_utf8_into(&mut pending, &mut cut_char, &bytes);
-            while let Some((data, rest)) = next_event(&pending) {
-                pending = rest;
+            decode_utf8_into(events.buffer(), &mut cut_char, &bytes);
+            while let Some(data) = events.next() {
                 let Some(data) = data else { continue };
                 if data == "[DONE]" {
                     if let Some(choices) = guard.finish()? {
@@ -689,13 +688,12 @@ impl Call {
                 }
                 // The texts of each choice through their hold-back windows, then every other
                 // string of the event (fields of the upstream's own, ids, names) on its own.
-                let forward = guard.event(&mut chunk)?;
-                let guarded = stream_text_pointers(&chunk);
-                self.guard_all_but(&mut chunk, &guarded, &mut guard.findings)?;
+                let guarded = guard.event(&mut chunk)?;
+                self.guard_all_but(&mut chunk, &guarded.texts, &mut guard.findings)?;
                 if template.is_none() {
                     template = Some(chunk.clone());
                 }
-                if forward && tx.send(event(&chunk)).await.is_err() {
+                if guarded.forward && tx.send(event(&chunk)).await.is_err() {
                     summary.ended = "client disconnected".to_string();
                     return Ok(());
                 }
@@ -715,22 +713,59 @@ struct StreamSummary {
     ended: String,
 }
 
-/// The next complete server-sent event in `buffer`: its data (None for a comment or an event
-/// without data) and what follows it.
-fn next_event(buffer: &str) -> Option<(Option<String>, String)> {
-    let normalized_end = buffer
-        .find("\n\n")
-        .map(|i| (i, 2))
-        .or_else(|| buffer.find("\r\n\r\n").map(|i| (i, 4)))?;
-    let (end, gap) = normalized_end;
-    let block = &buffer[..end];
-    let data: Vec<&str> = block
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    let data = (!data.is_empty()).then(|| data.join("\n"));
-    Some((data, buffer[end + gap..].to_string()))
+/// Server-sent events cut from a stream as its text arrives. Each byte is searched once for the
+/// blank line that ends an event (LF, CRLF or CR line endings), and consumed text is dropped
+/// once per read, so a read of many events costs its length, not its length times its events.
+#[derive(Default)]
+struct SseEvents {
+    buffer: String,
+    /// Where the next event starts.
+    start: usize,
+    /// Where the search for the end of the next event resumes.
+    searched: usize,
+}
+
+impl SseEvents {
+    /// The decoded text of one read is `buffer`'s to add to: drops what was consumed.
+    fn buffer(&mut self) -> &mut String {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.searched -= self.start;
+            self.start = 0;
+        }
+        &mut self.buffer
+    }
+
+    /// The next complete event's data (None for a comment or an event without data), or None
+    /// when no complete event is buffered.
+    fn next(&mut self) -> Option<Option<String>> {
+        let bytes = self.buffer.as_bytes();
+        let mut i = self.searched.max(self.start);
+        while i < bytes.len() {
+            let gap = match bytes[i] {
+                b'\n' if bytes.get(i + 1) == Some(&b'\n') => 2,
+                b'\r' if bytes[i..].starts_with(b"\r\n\r\n") => 4,
+                b'\r' if bytes.get(i + 1) == Some(&b'\r') => 2,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let block = &self.buffer[self.start..i];
+            let data: Vec<&str> = block
+                .split(['\r', '\n'])
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            let data = (!data.is_empty()).then(|| data.join("\n"));
+            self.start = i + gap;
+            self.searched = self.start;
+            return Some(data);
+        }
+        // A blank line's first bytes may have arrived at the end: look at them again.
+        self.searched = bytes.len().saturating_sub(3).max(self.start);
+        None
+    }
 }
 
 fn event(data: &Value) -> Bytes {
@@ -1167,13 +1202,22 @@ mod tests {
 
     #[test]
     fn events_split_on_blank_lines_and_keep_the_rest() {
-        let (data, rest) = next_event("data: {\"a\":1}\n\ndata: [DO").unwrap();
-        assert_eq!(data.as_deref(), Some("{\"a\":1}"));
-        assert_eq!(rest, "data: [DO");
-        assert!(next_event(&rest).is_none());
-        let (data, rest) = next_event(": keep-alive\r\n\r\n").unwrap();
-        assert_eq!(data, None);
-        assert_eq!(rest, "");
+        let mut events = SseEvents::default();
+        events.buffer().push_str("data: {\"a\":1}\n\ndata: [DO");
+        assert_eq!(events.next(), Some(Some("{\"a\":1}".to_string())));
+        assert_eq!(events.next(), None);
+        events.buffer().push_str("NE]\r");
+        assert_eq!(events.next(), None);
+        // A blank line split across reads, and every line ending SSE allows.
+        events
+            .buffer()
+            .push_str("\n\r\n: keep-alive\n\ndata: b\r\rdata: c\r\n\n");
+        assert_eq!(events.next(), Some(Some("[DONE]".to_string())));
+        assert_eq!(events.next(), Some(None));
+        assert_eq!(events.next(), Some(Some("b".to_string())));
+        assert_eq!(events.next(), Some(Some("c".to_string())));
+        assert_eq!(events.next(), None);
+        assert_eq!(events.buffer().as_str(), "");
     }
 
     /// A redaction of text 0.

@@ -729,6 +729,49 @@ fn answer(mut stream: TcpStream) {
         let _ = stream.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n[1,2]",
         );
+    } else if body.contains("fault:stream-reasoning-secret")
+        || body.contains("fault:stream-two-choices")
+    {
+        // A reasoning model's thoughts holding the token, four bytes an event; or two choices
+        // (n = 2) whose pieces interleave, each finishing on its own.
+        let chunk = |choice: u64, delta: Value, finish: Value| {
+            json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": choice, "delta": delta, "finish_reason": finish }] }).to_string()
+        };
+        let mut events = Vec::new();
+        if body.contains("fault:stream-reasoning-secret") {
+            let thoughts = format!("I could push with {token} but should not.");
+            for piece in thoughts.as_bytes().chunks(4) {
+                events.push(chunk(
+                    0,
+                    json!({ "reasoning_content": String::from_utf8_lossy(piece) }),
+                    Value::Null,
+                ));
+            }
+        } else {
+            let texts = [
+                "The first answer, whole and in order. ".repeat(4),
+                "The second answer, also whole. ".repeat(4),
+            ];
+            let pieces: Vec<Vec<&[u8]>> = texts
+                .iter()
+                .map(|t| t.as_bytes().chunks(3).collect())
+                .collect();
+            for i in 0..pieces[0].len().max(pieces[1].len()) {
+                for (choice, own) in pieces.iter().enumerate() {
+                    if let Some(piece) = own.get(i) {
+                        events.push(chunk(
+                            choice as u64,
+                            json!({ "content": String::from_utf8_lossy(piece) }),
+                            Value::Null,
+                        ));
+                    }
+                }
+            }
+            events.push(chunk(0, json!({}), json!("stop")));
+            events.push(chunk(1, json!({}), json!("stop")));
+        }
+        events.push("[DONE]".to_string());
+        let _ = stream.write_all(sse(&events).as_bytes());
     } else if body.contains("fault:stream-tool-secret") {
         // A tool call whose arguments hold the token, streamed three bytes an event as models
         // stream arguments: no event holds it whole.
@@ -1403,10 +1446,8 @@ fn answers_are_guarded_outside_their_content_too() {
     let mut streamed = chat(&r.g, "fault:stream-tool-secret");
     streamed["stream"] = json!(true);
     let reply = s.chat(Some(&r.service), Some(&streamed));
-    let arguments: String = reply
-        .body
-        .split("data: ")
-        .filter_map(|event| serde_json::from_str::<Value>(event.trim()).ok())
+    let arguments: String = events_of(&reply.body)
+        .into_iter()
         .filter_map(|event| {
             event["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
                 .as_str()
@@ -1423,6 +1464,51 @@ fn answers_are_guarded_outside_their_content_too() {
         "{\"note\": \"push with ".starts_with(&arguments),
         "{arguments}"
     );
+    let mut streamed = chat(&r.g, "fault:stream-reasoning-secret");
+    streamed["stream"] = json!(true);
+    let reply = s.chat(Some(&r.service), Some(&streamed));
+    let thoughts: String = events_of(&reply.body)
+        .iter()
+        .filter_map(|e| {
+            e["choices"][0]["delta"]["reasoning_content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        reply.body.contains("\"code\":\"privacy.secret\""),
+        "{}",
+        reply.body
+    );
+    assert!("I could push with ".starts_with(&thoughts), "{thoughts}");
+    // n = 2: each choice's text arrives whole and in order, none of it in the other.
+    let mut streamed = chat(&r.g, "fault:stream-two-choices");
+    streamed["stream"] = json!(true);
+    let reply = s.chat(Some(&r.service), Some(&streamed));
+    let mut texts = [String::new(), String::new()];
+    for event in events_of(&reply.body) {
+        for choice in event["choices"].as_array().into_iter().flatten() {
+            if let (Some(i), Some(text)) = (
+                choice["index"].as_u64(),
+                choice["delta"]["content"].as_str(),
+            ) {
+                texts[i as usize].push_str(text);
+            }
+        }
+    }
+    assert_eq!(
+        texts[0],
+        "The first answer, whole and in order. ".repeat(4),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        texts[1],
+        "The second answer, also whole. ".repeat(4),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.ends_with("data: [DONE]\n\n"), "{}", reply.body);
     let mut streamed = chat(&r.g, "fault:stream-utf8");
     streamed["stream"] = json!(true);
     let reply = s.chat(Some(&r.service), Some(&streamed));
@@ -1472,6 +1558,13 @@ fn the_header_limit_is_exact() {
         "{}",
         over.body
     );
+}
+
+/// The JSON events of a server-sent-event body.
+fn events_of(body: &str) -> Vec<Value> {
+    body.split("data: ")
+        .filter_map(|event| serde_json::from_str::<Value>(event.trim()).ok())
+        .collect()
 }
 
 /// A request to a dashboard page, the key given as a browser gives it (HTTP Basic, as the
