@@ -113,10 +113,19 @@ pub struct Ledger {
     _writer_lock: std::fs::File,
 }
 
+/// What to do while `gavel serve` holds the ledger, for commands its API offers too.
+const WHILE_SERVED: &str = "use its admin API, or stop it";
+
 impl Ledger {
     /// Opens the ledger for appending, waiting a while for another gavel process to finish.
     pub fn open(db_path: &Path) -> Result<Ledger, Failure> {
-        Ledger::open_with(db_path, LOCK_PATIENCE, None, false)
+        Ledger::open_with(db_path, LOCK_PATIENCE, None, false, WHILE_SERVED)
+    }
+
+    /// As [`Ledger::open`], for a command the gateway's API does not offer: `while_served`
+    /// says what to do while `gavel serve` holds the ledger.
+    pub fn open_unserved(db_path: &Path, while_served: &str) -> Result<Ledger, Failure> {
+        Ledger::open_with(db_path, LOCK_PATIENCE, None, false, while_served)
     }
 
     /// Opens the ledger for a long-running writer (`gavel serve`): fails within a second if
@@ -127,7 +136,13 @@ impl Ledger {
         db_path: &Path,
         observer: Option<BatchObserver>,
     ) -> Result<Ledger, Failure> {
-        Ledger::open_with(db_path, Duration::from_secs(1), observer, true)
+        Ledger::open_with(
+            db_path,
+            Duration::from_secs(1),
+            observer,
+            true,
+            WHILE_SERVED,
+        )
     }
 
     fn open_with(
@@ -135,6 +150,7 @@ impl Ledger {
         patience: Duration,
         observer: Option<BatchObserver>,
         background_checkpoints: bool,
+        while_served: &str,
     ) -> Result<Ledger, Failure> {
         let lock_path = db_path.with_extension("ledger-lock");
         let lock = std::fs::OpenOptions::new()
@@ -157,7 +173,7 @@ impl Ledger {
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(Failure::storage(format!(
-                        "the ledger `{}` is held by another gavel process (a running `gavel serve` holds it for as long as it runs: use its admin API, or stop it)",
+                        "the ledger `{}` is held by another gavel process (a running `gavel serve` holds it for as long as it runs: {while_served})",
                         lock_path.display()
                     )))
                 }

@@ -72,6 +72,12 @@ pub fn run(
         to: to.clone(),
         ..ExportArgs::default()
     })?;
+    // The pack is anchored by a ledger record: the ledger is taken before anything is
+    // written, so a pack is not left behind unrecorded.
+    let ledger = ledger::Ledger::open_unserved(
+        &ctx.db_path,
+        "stop it, run `gavel evidence`, and start it again (the pack is recorded in the ledger, which one process writes at a time, and the gateway has no evidence route)",
+    )?;
     std::fs::create_dir(out_dir).map_err(|e| {
         Failure::invalid(format!(
             "cannot create `{}` ({e}); name a folder that does not exist yet",
@@ -163,14 +169,14 @@ pub fn run(
             out_dir.join("MANIFEST.sha256").display()
         ))
     })?;
-    let receipt = ledger::record_change(
-        &ctx.db_path,
+    let receipt = ledger.record_change(
         RecordKind::Admin,
         now(),
         &who.principal,
         "evidence_exported",
         json!({ "deployment": d.id, "manifest_sha256": manifest_sha256, "files": pack.count(), "from": from, "to": to }),
     )?;
+    ledger.close()?;
     out!(
         "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
         pack.count() + 1,

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use gavel_contract::Contract;
 use gavel_engine::{
     parse_request, ContentRole, DecideInput, DecideRequest, Engine, EngineConfig, MemoryState,
-    Verdict,
+    ReasonCode, Verdict,
 };
 
 use super::replay::{approvals_only, Ruling};
@@ -106,9 +106,31 @@ pub fn run(ctx: &Context, args: &RedteamArgs<'_>) -> Outcome {
 
     let mut report = Report::default();
     for prompt in &prompts {
-        let ruling = probe.rule(&prompt.text)?;
+        let ruling = match probe.rule(&prompt.text) {
+            Ok(ruling) => ruling,
+            Err(why) => {
+                report
+                    .not_measured
+                    .push(format!("{}: {}", prompt.source, why.message));
+                continue;
+            }
+        };
+        // Bytes no text may hold (NUL, invalid UTF-8) are refused before any guard looks at
+        // the words: counted apart, not as caught.
+        if ruling.reason_codes == [ReasonCode::InputInvalid.as_str()] {
+            report
+                .not_measured
+                .push(format!("{}: refused as invalid input", prompt.source));
+            continue;
+        }
         let blocked = ruling.verdict != Verdict::Allow;
         report.count(&ruling, blocked == expect_block, prompt, args.show);
+    }
+    if report.prompts == 0 {
+        return Err(Failure::invalid(format!(
+            "no prompt could be measured ({})",
+            report.not_measured.first().map_or("", String::as_str)
+        )));
     }
     let share = report.expected as f64 * 100.0 / report.prompts as f64;
     if args.as_json {
@@ -119,6 +141,7 @@ pub fn run(ctx: &Context, args: &RedteamArgs<'_>) -> Outcome {
                 "prompts": report.prompts, "as_expected": report.expected, "share_percent": share,
                 "blocked": report.blocked, "reasons": report.reasons,
                 "not_as_expected": report.misses.iter().map(|p| json!({ "source": p.source, "text": p.text })).collect::<Vec<_>>(),
+                "not_measured": report.not_measured,
             })
         );
     } else {
@@ -145,6 +168,12 @@ pub fn run(ctx: &Context, args: &RedteamArgs<'_>) -> Outcome {
                 format!(": {}", reasons.join(", "))
             }
         );
+        if let Some(first) = report.not_measured.first() {
+            out!(
+                "  not measured: {} prompt(s), e.g. {first}",
+                report.not_measured.len()
+            );
+        }
         for miss in &report.misses {
             let shown: String = miss.text.chars().take(100).collect();
             out!(
@@ -180,6 +209,8 @@ struct Report {
     reasons: BTreeMap<&'static str, usize>,
     /// The first prompts that did not get the expected outcome.
     misses: Vec<Prompt>,
+    /// Prompts not counted, and why (no request could be made of one; bytes no text holds).
+    not_measured: Vec<String>,
 }
 
 impl Report {
@@ -249,7 +280,7 @@ impl Probe {
         }
         request["messages"] = Value::Array(messages);
         let request: DecideRequest = parse_request(request.to_string().as_bytes())
-            .map_err(|e| Failure::invalid(format!("a prompt made no request: {}", e.0)))?;
+            .map_err(|e| Failure::invalid(format!("no request could be made of it ({})", e.0)))?;
         let decision = self.engine.decide(
             &self.state,
             DecideInput {

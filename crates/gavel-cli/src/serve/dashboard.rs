@@ -321,9 +321,9 @@ fn badge(state: &str) -> Markup {
     html! { span class=(format!("state {class}")) { (state) } }
 }
 
-/// The ledger search, as the form sends it: empty fields are no filter.
+/// The ledger search, as the form sends it: empty fields are no filter, and parameters it does
+/// not know (a link's tracking parameters) are ignored rather than answered with a blank page.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Search {
     #[serde(default)]
     deployment: String,

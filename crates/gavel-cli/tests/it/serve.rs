@@ -1704,6 +1704,19 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
         Some(&r.auditor),
         "",
     );
+    // A parameter the search does not know (a link's tracking) is ignored.
+    let tracked = dashboard(
+        &s,
+        "GET",
+        "/dashboard/ledger?kind=decision&utm_source=mail",
+        Some(&r.auditor),
+        "",
+    );
+    assert!(
+        tracked.status == 200 && tracked.body.contains(&decision),
+        "{}",
+        tracked.body
+    );
     assert!(none.body.contains("0 record(s)"), "{}", none.body);
     let bad = dashboard(
         &s,
