@@ -280,24 +280,25 @@ impl StreamGuard {
             let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
                 continue;
             };
-            let at = format!("/choices/{position}/delta");
-            guarded.forward |= self.delta(index, delta, &at, &mut guarded.texts)?;
+            guarded.forward |= self.delta(index, delta)?;
             if finished {
                 self.finish_choice(index, delta)?;
                 guarded.forward = true;
             }
+            windowed_texts(
+                delta,
+                &format!("/choices/{position}/delta"),
+                &mut guarded.texts,
+            );
         }
         Ok(guarded)
     }
 
-    /// Guards the texts of one choice's `delta` (at pointer `at` in the event); whether it
-    /// still says anything.
+    /// Guards the texts of one choice's `delta`; whether it still says anything.
     fn delta(
         &mut self,
         index: u64,
         delta: &mut serde_json::Map<String, Value>,
-        at: &str,
-        texts: &mut Vec<String>,
     ) -> Result<bool, Violation> {
         let mut says_something = false;
         for (key, value) in delta.iter_mut() {
@@ -305,29 +306,21 @@ impl StreamGuard {
                 "content" if value.is_string() => Channel::Content,
                 "refusal" if value.is_string() => Channel::Refusal,
                 "function_call" => {
-                    says_something |= self.guard_call(
-                        index,
-                        Channel::FunctionArguments,
-                        value,
-                        &format!("{at}/function_call"),
-                        texts,
-                    )?;
+                    says_something |= self.guard_call(index, Channel::FunctionArguments, value)?;
                     continue;
                 }
                 "tool_calls" if value.is_array() => {
-                    says_something |=
-                        self.guard_calls(index, value, &format!("{at}/tool_calls"), texts)?;
+                    says_something |= self.guard_calls(index, value)?;
                     continue;
                 }
                 _ => {
-                    says_something |= self.other(index, value, &pointer_segment(key), at, texts)?;
+                    says_something |= self.other(index, value, &pointer_segment(key))?;
                     continue;
                 }
             };
             if let Value::String(text) = value {
                 *text = self.push(index, channel, text)?;
                 says_something |= !text.is_empty();
-                texts.push(format!("{at}/{key}"));
             }
         }
         if delta
@@ -340,29 +333,14 @@ impl StreamGuard {
     }
 
     /// Guards a delta's `tool_calls` in place, dropping the calls that say nothing now.
-    fn guard_calls(
-        &mut self,
-        index: u64,
-        calls: &mut Value,
-        at: &str,
-        texts: &mut Vec<String>,
-    ) -> Result<bool, Violation> {
+    fn guard_calls(&mut self, index: u64, calls: &mut Value) -> Result<bool, Violation> {
         let Value::Array(calls) = calls else {
             return Ok(false);
         };
         let mut kept = Vec::with_capacity(calls.len());
         for (position, mut call) in std::mem::take(calls).into_iter().enumerate() {
             let number = call["index"].as_u64().unwrap_or(position as u64);
-            let mut guarded = Vec::new();
-            let at_call = format!("{at}/{}", kept.len());
-            if self.guard_call(
-                index,
-                Channel::ToolArguments(number),
-                &mut call,
-                &at_call,
-                &mut guarded,
-            )? {
-                texts.extend(guarded);
+            if self.guard_call(index, Channel::ToolArguments(number), &mut call)? {
                 kept.push(call);
             }
         }
@@ -378,21 +356,18 @@ impl StreamGuard {
         choice: u64,
         channel: Channel,
         call: &mut Value,
-        at: &str,
-        texts: &mut Vec<String>,
     ) -> Result<bool, Violation> {
         if !call.is_object() {
             return Ok(!call.is_null());
         }
-        let (function, at_function) = match channel {
-            Channel::ToolArguments(_) => (call.get_mut("function"), format!("{at}/function")),
-            _ => (Some(&mut *call), at.to_string()),
+        let function = match channel {
+            Channel::ToolArguments(_) => call.get_mut("function"),
+            _ => Some(&mut *call),
         };
         let mut released_any = false;
         if let Some(Value::String(arguments)) = function.and_then(|f| f.get_mut("arguments")) {
             *arguments = self.push(choice, channel.clone(), arguments)?;
             released_any = !arguments.is_empty();
-            texts.push(format!("{at_function}/arguments"));
         }
         // The call's `index` only says which call a piece belongs to.
         let names_more = |members: &serde_json::Map<String, Value>| {
@@ -411,34 +386,21 @@ impl StreamGuard {
         Ok(released_any || says_more)
     }
 
-    /// Guards every string under `value` (at `path` within the delta, which is at `at` in the
-    /// event) with a window of its own, but those under [`NAMING_KEYS`]; whether anything of it
-    /// still says something.
-    fn other(
-        &mut self,
-        index: u64,
-        value: &mut Value,
-        path: &str,
-        at: &str,
-        texts: &mut Vec<String>,
-    ) -> Result<bool, Violation> {
+    /// Guards every string under `value` (at `path` within the delta) with a window of its
+    /// own, but those under [`NAMING_KEYS`]; whether anything of it still says something.
+    fn other(&mut self, index: u64, value: &mut Value, path: &str) -> Result<bool, Violation> {
         match value {
             Value::String(text) => {
-                let naming = path
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|key| NAMING_KEYS.contains(&key));
-                if naming {
+                if names(path) {
                     return Ok(!text.is_empty());
                 }
                 *text = self.push(index, Channel::Other(path.to_string()), text)?;
-                texts.push(format!("{at}{path}"));
                 Ok(!text.is_empty())
             }
             Value::Array(items) => {
                 let mut says = false;
                 for (i, item) in items.iter_mut().enumerate() {
-                    says |= self.other(index, item, &format!("{path}/{i}"), at, texts)?;
+                    says |= self.other(index, item, &format!("{path}/{i}"))?;
                 }
                 Ok(says)
             }
@@ -446,7 +408,7 @@ impl StreamGuard {
                 let mut says = false;
                 for (key, member) in members.iter_mut() {
                     let inner = format!("{path}{}", pointer_segment(key));
-                    says |= self.other(index, member, &inner, at, texts)?;
+                    says |= self.other(index, member, &inner)?;
                 }
                 Ok(says)
             }
@@ -528,6 +490,53 @@ impl StreamGuard {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the string at `path` (a pointer) names something: its key is one of [`NAMING_KEYS`].
+fn names(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|key| NAMING_KEYS.contains(&key))
+}
+
+/// Adds to `texts` the pointers (under `at`) of the strings of `delta` that have windows, as
+/// [`StreamGuard::delta`] chose them, tails included: the rest of the event's guarding leaves
+/// them alone.
+fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut Vec<String>) {
+    fn strings(value: &Value, path: String, texts: &mut Vec<String>) {
+        match value {
+            Value::String(_) if !names(&path) => texts.push(path),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    strings(item, format!("{path}/{i}"), texts);
+                }
+            }
+            Value::Object(members) => {
+                for (key, member) in members {
+                    strings(member, format!("{path}{}", pointer_segment(key)), texts);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, value) in delta {
+        match (key.as_str(), value) {
+            ("content" | "refusal", Value::String(_)) => texts.push(format!("{at}/{key}")),
+            ("function_call", call) => {
+                if call["arguments"].is_string() {
+                    texts.push(format!("{at}/function_call/arguments"));
+                }
+            }
+            ("tool_calls", Value::Array(calls)) => {
+                for (i, call) in calls.iter().enumerate() {
+                    if call["function"]["arguments"].is_string() {
+                        texts.push(format!("{at}/tool_calls/{i}/function/arguments"));
+                    }
+                }
+            }
+            _ => strings(value, format!("{at}{}", pointer_segment(key)), texts),
+        }
     }
 }
 
@@ -1103,7 +1112,10 @@ mod tests {
             }
         }
         let mut end = serde_json::json!({ "choices": [{ "index": 0, "finish_reason": "stop" }] });
-        assert!(guard.event(&mut end).unwrap().forward);
+        let guarded = guard.event(&mut end).unwrap();
+        assert!(guarded.forward);
+        // The tail is a windowed text: the rest of the event's guarding leaves it alone.
+        assert_eq!(guarded.texts, ["/choices/0/delta/audio/transcript"]);
         sent.push_str(
             end["choices"][0]["delta"]["audio"]["transcript"]
                 .as_str()
