@@ -1443,44 +1443,35 @@ fn answers_are_guarded_outside_their_content_too() {
         reply.body
     );
     assert!(!reply.body.contains("[1,2]"), "{}", reply.body);
-    let mut streamed = chat(&r.g, "fault:stream-tool-secret");
-    streamed["stream"] = json!(true);
-    let reply = s.chat(Some(&r.service), Some(&streamed));
-    let arguments: String = events_of(&reply.body)
-        .into_iter()
-        .filter_map(|event| {
-            event["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert!(
-        reply.body.contains("\"code\":\"privacy.secret\""),
-        "{}",
-        reply.body
-    );
-    // What was sent of the arguments stops before the token (the window may hold back more).
-    assert!(
-        "{\"note\": \"push with ".starts_with(&arguments),
-        "{arguments}"
-    );
-    let mut streamed = chat(&r.g, "fault:stream-reasoning-secret");
-    streamed["stream"] = json!(true);
-    let reply = s.chat(Some(&r.service), Some(&streamed));
-    let thoughts: String = events_of(&reply.body)
-        .iter()
-        .filter_map(|e| {
-            e["choices"][0]["delta"]["reasoning_content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert!(
-        reply.body.contains("\"code\":\"privacy.secret\""),
-        "{}",
-        reply.body
-    );
-    assert!("I could push with ".starts_with(&thoughts), "{thoughts}");
+    // Tool-call arguments and a reasoning model's thoughts, streamed a few bytes an event: cut
+    // with the secret's code, and what was sent of them stops before the token (the window may
+    // hold back more).
+    for (fault, field, before_token) in [
+        (
+            "fault:stream-tool-secret",
+            "/choices/0/delta/tool_calls/0/function/arguments",
+            "{\"note\": \"push with ",
+        ),
+        (
+            "fault:stream-reasoning-secret",
+            "/choices/0/delta/reasoning_content",
+            "I could push with ",
+        ),
+    ] {
+        let mut streamed = chat(&r.g, fault);
+        streamed["stream"] = json!(true);
+        let reply = s.chat(Some(&r.service), Some(&streamed));
+        let sent: String = events_of(&reply.body)
+            .iter()
+            .filter_map(|e| e.pointer(field).and_then(Value::as_str).map(str::to_string))
+            .collect();
+        assert!(
+            reply.body.contains("\"code\":\"privacy.secret\""),
+            "{fault}: {}",
+            reply.body
+        );
+        assert!(before_token.starts_with(&sent), "{fault}: {sent}");
+    }
     // n = 2: each choice's text arrives whole and in order, none of it in the other.
     let mut streamed = chat(&r.g, "fault:stream-two-choices");
     streamed["stream"] = json!(true);
@@ -1594,6 +1585,7 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
     );
     assert_eq!(served.status, 200, "{}", served.body);
     let decision = served.header("x-gavel-decision-id").unwrap().to_string();
+    let read = |path: &str| dashboard(&s, "GET", path, Some(&r.auditor), "");
     let killed = s.request(
         "POST",
         "/v1/admin/kill",
@@ -1618,12 +1610,9 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
         403
     );
     // Basic authentication is the dashboard's alone.
-    assert_eq!(
-        dashboard(&s, "GET", "/v1/status", Some(&r.auditor), "").status,
-        401
-    );
+    assert_eq!(read("/v1/status").status, 401);
 
-    let overview = dashboard(&s, "GET", "/dashboard", Some(&r.auditor), "");
+    let overview = read("/dashboard");
     assert_eq!(overview.status, 200, "{}", overview.body);
     assert_eq!(
         overview.header("content-type"),
@@ -1664,7 +1653,7 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
         "Sec-Fetch-Site: cross-site\r\n",
     );
     assert_eq!(cross.status, 403, "{}", cross.body);
-    assert!(dashboard(&s, "GET", "/dashboard", Some(&r.auditor), "")
+    assert!(read("/dashboard")
         .body
         .contains("none since this gateway started"));
     let own = dashboard(
@@ -1680,51 +1669,27 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
         "{}",
         own.body
     );
-    let overview = dashboard(&s, "GET", "/dashboard", Some(&r.auditor), "");
+    let overview = read("/dashboard");
     assert!(overview.body.contains("OK</span>"), "{}", overview.body);
     assert!(overview.body.contains("by audrey"), "{}", overview.body);
 
-    let found = dashboard(
-        &s,
-        "GET",
-        "/dashboard/ledger?deployment=kb-search-v1&kind=decision&approval=&limit=",
-        Some(&r.auditor),
-        "",
-    );
+    let found = read("/dashboard/ledger?deployment=kb-search-v1&kind=decision&approval=&limit=");
     assert_eq!(found.status, 200, "{}", found.body);
     assert!(
         found.body.contains(&decision) && found.body.contains("ALLOW"),
         "{}",
         found.body
     );
-    let none = dashboard(
-        &s,
-        "GET",
-        "/dashboard/ledger?deployment=nothing-like-it",
-        Some(&r.auditor),
-        "",
-    );
+    let none = read("/dashboard/ledger?deployment=nothing-like-it");
     // A parameter the search does not know (a link's tracking) is ignored.
-    let tracked = dashboard(
-        &s,
-        "GET",
-        "/dashboard/ledger?kind=decision&utm_source=mail",
-        Some(&r.auditor),
-        "",
-    );
+    let tracked = read("/dashboard/ledger?kind=decision&utm_source=mail");
     assert!(
         tracked.status == 200 && tracked.body.contains(&decision),
         "{}",
         tracked.body
     );
     assert!(none.body.contains("0 record(s)"), "{}", none.body);
-    let bad = dashboard(
-        &s,
-        "GET",
-        "/dashboard/ledger?limit=many",
-        Some(&r.auditor),
-        "",
-    );
+    let bad = read("/dashboard/ledger?limit=many");
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(
         bad.body.contains("limit `many` is not a number"),
@@ -1732,24 +1697,12 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
         bad.body
     );
 
-    let record = dashboard(
-        &s,
-        "GET",
-        &format!("/dashboard/records/{decision}"),
-        Some(&r.auditor),
-        "",
-    );
+    let record = read(&format!("/dashboard/records/{decision}"));
     assert_eq!(record.status, 200, "{}", record.body);
     assert!(record.body.contains("input_sha256"), "{}", record.body);
 
     // What the ledger holds is shown as text, never as markup.
-    let explained = dashboard(
-        &s,
-        "GET",
-        "/dashboard/deployments/kb-search-v1",
-        Some(&r.auditor),
-        "",
-    );
+    let explained = read("/dashboard/deployments/kb-search-v1");
     assert_eq!(explained.status, 200, "{}", explained.body);
     assert!(
         explained.body.contains("1. Who approved it?"),
@@ -1764,12 +1717,6 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
         explained.body
     );
     assert!(!explained.body.contains("<script>"), "{}", explained.body);
-    let unknown = dashboard(
-        &s,
-        "GET",
-        "/dashboard/deployments/nope",
-        Some(&r.auditor),
-        "",
-    );
+    let unknown = read("/dashboard/deployments/nope");
     assert_eq!(unknown.status, 400, "{}", unknown.body);
 }
