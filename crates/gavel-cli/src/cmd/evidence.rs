@@ -233,18 +233,27 @@ impl Pack {
     }
 }
 
-/// `name` as a path inside the pack: its normal components joined by `/`; `..`, roots and
-/// prefixes (a contract may read files outside its folder) become `_`.
+/// `name` as a path inside the pack, one to one: its components joined by `/`, each escaped
+/// so that it stays one file name (`%` as `%25`, `\\` as `%5C`, `:` as `%3A`), and the ones that
+/// would leave the pack (a contract may read files outside its folder) written as `%2E%2E`
+/// (`..`) or `%2F` (a root).
 fn inside(name: &str) -> String {
     let parts: Vec<String> = Path::new(name)
         .components()
-        .map(|c| match c {
-            Component::Normal(part) => part.to_string_lossy().replace(['\\', ':'], "_"),
-            _ => "_".to_string(),
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(
+                part.to_string_lossy()
+                    .replace('%', "%25")
+                    .replace('\\', "%5C")
+                    .replace(':', "%3A"),
+            ),
+            Component::CurDir => None,
+            Component::ParentDir => Some("%2E%2E".to_string()),
+            Component::RootDir | Component::Prefix(_) => Some("%2F".to_string()),
         })
         .collect();
     if parts.is_empty() {
-        "_".to_string()
+        "%2E".to_string()
     } else {
         parts.join("/")
     }
@@ -413,12 +422,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pack_paths_stay_inside_the_pack() {
+    fn pack_paths_stay_inside_the_pack_one_to_one() {
         assert_eq!(inside("prompts/kb.txt"), "prompts/kb.txt");
-        assert_eq!(inside("../shared/x.txt"), "_/shared/x.txt");
-        assert_eq!(inside("/etc/passwd"), "_/etc/passwd");
+        assert_eq!(inside("../shared/x.txt"), "%2E%2E/shared/x.txt");
+        assert_eq!(inside("/etc/passwd"), "%2F/etc/passwd");
         assert_eq!(inside("a/./b"), "a/b");
-        assert_eq!(inside(""), "_");
-        assert_eq!(inside("apr_01:x"), "apr_01_x");
+        assert_eq!(inside(""), "%2E");
+        assert_eq!(inside("apr_01:x"), "apr_01%3Ax");
+        // Names that looked alike before are told apart.
+        assert_ne!(inside("../x"), inside("%2E%2E/x"));
+        assert_eq!(inside("%2E%2E/x"), "%252E%252E/x");
+        assert_ne!(inside("_/x"), inside("../x"));
     }
 }
