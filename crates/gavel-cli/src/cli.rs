@@ -213,6 +213,10 @@ pub enum Command {
         /// Up to this time (exclusive).
         #[arg(long)]
         to: Option<String>,
+        /// Ask the gateway at this URL for the pack (`POST /v1/admin/evidence`) instead of
+        /// reading the database, which a running gateway holds.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Who approved this deployment, how it performs against its thresholds, who is on the hook.
     Explain {

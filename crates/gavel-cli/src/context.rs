@@ -44,6 +44,11 @@ impl Context {
         }
     }
 
+    /// The caller's API key, for a command that presents it to a gateway.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     pub fn load_contract(&self) -> Result<Loaded, Failure> {
         load_contract_at(&self.contract_path)
     }

@@ -127,7 +127,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out,
             from,
             to,
-        } => cmd::evidence::run(&ctx, &deployment, &out, from, to),
+            url,
+        } => {
+            let request = cmd::evidence::PackRequest {
+                deployment,
+                from,
+                to,
+            };
+            match url {
+                Some(url) => cmd::evidence::fetch(&ctx, &url, &request, &out),
+                None => cmd::evidence::run(&ctx, &request, &out),
+            }
+        }
         Command::Redteam {
             files,
             deployment,

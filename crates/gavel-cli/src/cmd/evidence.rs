@@ -9,15 +9,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use gavel_contract::time::Timestamp;
-use gavel_contract::{load_with_snapshot, short_hash};
+use gavel_contract::{load_with_snapshot, short_hash, Contract, Snapshot};
+use gavel_ledger::NoteSigner;
 use gavel_ledger::{RecordKind, VerifyOptions};
 use gavel_ledger_sqlite::{ExportFilter, SqliteLedgerSink};
+use gavel_store::Store;
 
 use super::audit::export_filter;
 use super::card::card;
@@ -27,6 +29,7 @@ use crate::context::out;
 use crate::context::{deployment_and_use_case, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger;
+use base64::Engine as _;
 
 /// The approval kinds of the ledger, in a deployment's lifecycle order.
 const APPROVAL_KINDS: [RecordKind; 5] = [
@@ -47,13 +50,7 @@ const INCIDENT_KINDS: [RecordKind; 6] = [
     RecordKind::CooldownEnded,
 ];
 
-pub fn run(
-    ctx: &Context,
-    deployment_id: &str,
-    out_dir: &Path,
-    from: Option<String>,
-    to: Option<String>,
-) -> Outcome {
+pub fn run(ctx: &Context, request: &PackRequest, out_dir: &Path) -> Outcome {
     let (loaded, snapshot) = load_with_snapshot(&ctx.contract_path)
         .map_err(|errors| Failure::invalid(errors.to_string()))?;
     let contract = loaded.contract;
@@ -64,174 +61,308 @@ pub fn run(
             "{why}; evidence is exported under the contract in force"
         )));
     }
-    let (d, use_case) = deployment_and_use_case(&contract, deployment_id)?;
-    let period = export_filter(&ExportArgs {
-        deployment: Some(d.id.clone()),
-        kind: Some(RecordKind::Decision.as_str().to_string()),
-        from: from.clone(),
-        to: to.clone(),
-        ..ExportArgs::default()
-    })?;
     // The pack is anchored by a ledger record: the ledger is taken before anything is
     // written, so a pack is not left behind unrecorded.
     let ledger = ledger::Ledger::open_unserved(
         &ctx.db_path,
-        "stop it, run `gavel evidence`, and start it again (the pack is recorded in the ledger, which one process writes at a time, and the gateway has no evidence route)",
+        "ask it for the pack instead (`POST /v1/admin/evidence`), or stop it",
     )?;
-    std::fs::create_dir(out_dir).map_err(|e| {
-        Failure::invalid(format!(
-            "cannot create `{}` ({e}); name a folder that does not exist yet",
-            out_dir.display()
-        ))
-    })?;
-    let pack = Pack::new(out_dir);
+    new_folder(out_dir)?;
     let sink = ledger::open_sink(&ctx.db_path)?;
     let signer = ledger::load_key(&ctx.db_path)?;
-    let concerns = |body: &Value| {
-        let scope = body["scope"].as_str().unwrap_or_default();
-        body["deployment"] == d.id.as_str()
-            || body["approval"]["deployment"] == d.id.as_str()
-            || scope == format!("deployment:{}", d.id)
-            || scope == format!("use_case:{}", use_case.id)
-            || scope == "all"
-    };
-
-    pack.write(
-        "model-card.md",
-        card(&contract, &store, &sink, &d.id)?.as_bytes(),
-    )?;
-    for (name, bytes) in &snapshot.files {
-        pack.write(&format!("contract/{}", inside(name)), bytes)?;
-    }
-    let approvals = records(&sink, &APPROVAL_KINDS, &concerns)?;
-    pack.write("approvals.jsonl", &jsonl(&approvals))?;
-    let verifier = signer.verifier();
-    for (_, record) in &approvals {
-        let id = record["id"].as_str().unwrap_or_default();
-        let proof = sink
-            .prove(id, &verifier)
-            .map_err(|e| Failure::storage(format!("cannot prove `{id}`: {e}")))?;
-        let proof = serde_json::to_vec_pretty(&proof)
-            .map_err(|e| Failure::storage(format!("cannot encode a proof: {e}")))?;
-        pack.write(&format!("proofs/{}.json", inside(id)), &proof)?;
-    }
-    let changes = records(&sink, &[RecordKind::ContractLoaded], &|_| true)?;
-    pack.write("contract-history.jsonl", &jsonl(&changes))?;
-    let incidents = records(&sink, &INCIDENT_KINDS, &concerns)?;
-    pack.write("incidents.jsonl", &jsonl(&incidents))?;
-    let tally = tally_decisions(&sink, &period)?;
-    pack.write(
-        "decisions.json",
-        &serde_json::to_vec_pretty(&json!({
-            "deployment": d.id, "from": from, "to": to,
-            "decisions": tally.decisions, "by_verdict": tally.by_verdict,
-            "by_reason": tally.by_reason, "first_at": tally.first_at, "last_at": tally.last_at,
-        }))
-        .map_err(|e| Failure::storage(format!("cannot encode the tally: {e}")))?,
-    )?;
-    let mut checkpoints = Vec::new();
-    sink.export_checkpoints_jsonl(&mut checkpoints)
-        .map_err(Failure::storage)?;
-    pack.write("ledger/checkpoints.jsonl", &checkpoints)?;
-    pack.write(
-        "ledger/pubkey.txt",
-        format!("{}\n", gavel_ledger_sqlite::public_key(&signer)).as_bytes(),
-    )?;
-    let verification = match sink.verify(&verifier, VerifyOptions::default()) {
-        Ok(report) => format!(
-            "ledger OK at {}: {} records, {} signed checkpoints, {} record(s) after the newest checkpoint\n",
-            now(),
-            report.records,
-            report.checkpoints,
-            report.unsigned_tail
-        ),
-        Err(gavel_ledger::VerifyError::Failed(failure)) => {
-            format!("ledger FAILED verification at {}: {failure}\n", now())
-        }
-        Err(e) => return Err(Failure::storage(e)),
-    };
-    pack.write("ledger/verification.txt", verification.as_bytes())?;
-    let readme = readme(
-        &d.id,
-        &contract.version.0,
-        &tally,
-        approvals.len(),
-        incidents.len(),
-        &verification,
-    );
-    pack.write("README.md", readme.as_bytes())?;
-
-    let manifest = pack.manifest()?;
-    let manifest_sha256 = hex::encode(Sha256::digest(&manifest));
-    std::fs::write(out_dir.join("MANIFEST.sha256"), &manifest).map_err(|e| {
-        Failure::storage(format!(
-            "cannot write `{}` ({e})",
-            out_dir.join("MANIFEST.sha256").display()
-        ))
-    })?;
-    let receipt = ledger.record_change(
-        RecordKind::Admin,
-        now(),
-        &who.principal,
-        "evidence_exported",
-        json!({ "deployment": d.id, "manifest_sha256": manifest_sha256, "files": pack.count(), "from": from, "to": to }),
-    )?;
+    let pack = Pack::build(&contract, &snapshot, &store, &sink, &signer, request)?;
+    pack.write_to(out_dir)?;
+    let receipt = pack.record(&ledger, &who.principal, request)?;
     ledger.close()?;
     out!(
         "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
-        pack.count() + 1,
+        pack.files.len(),
         out_dir.display(),
-        manifest_sha256,
+        pack.manifest_sha256(),
         receipt.index
     );
     Ok(())
 }
 
-/// The pack's folder and the digest of each file written into it.
-struct Pack {
-    dir: PathBuf,
-    written: std::cell::RefCell<BTreeMap<String, String>>,
+/// `gavel evidence --url URL`: asks a running gateway for the pack, checks every file against
+/// the manifest it came with, and writes them into `out_dir`.
+pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) -> Outcome {
+    let key = ctx.key().ok_or_else(|| {
+        Failure::auth("asking a gateway for evidence needs an API key: set GAVEL_KEY")
+    })?;
+    let endpoint = format!("{}/v1/admin/evidence", url.trim_end_matches('/'));
+    let body = json!({ "deployment": request.deployment, "from": request.from, "to": request.to });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::storage(format!("cannot start the HTTP client ({e})")))?;
+    let (status, answer) = runtime.block_on(async {
+        let reply = reqwest::Client::new()
+            .post(&endpoint)
+            .bearer_auth(key)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| Failure::storage(format!("cannot reach `{endpoint}` ({e})")))?;
+        let status = reply.status();
+        let bytes = reply
+            .bytes()
+            .await
+            .map_err(|e| Failure::storage(format!("`{endpoint}` broke off its answer ({e})")))?;
+        let answer: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::storage(format!("`{endpoint}` answered {status} with no JSON ({e})"))
+        })?;
+        Ok::<_, Failure>((status, answer))
+    })?;
+    if !status.is_success() {
+        return Err(Failure::invalid(format!(
+            "`{endpoint}` answered {status}: {}",
+            answer["error"]["message"]
+                .as_str()
+                .unwrap_or("no reason given")
+        )));
+    }
+    let pack = Pack::from_answer(&answer)?;
+    if pack.manifest_sha256() != answer["manifest_sha256"].as_str().unwrap_or_default() {
+        return Err(Failure::invalid(
+            "the pack's manifest does not match the digest the gateway recorded; nothing was written",
+        ));
+    }
+    pack.check_manifest()?;
+    new_folder(out_dir)?;
+    pack.write_to(out_dir)?;
+    out!(
+        "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
+        pack.files.len(),
+        out_dir.display(),
+        pack.manifest_sha256(),
+        answer["ledger_index"]
+    );
+    Ok(())
+}
+
+fn new_folder(dir: &Path) -> Outcome {
+    std::fs::create_dir(dir).map_err(|e| {
+        Failure::invalid(format!(
+            "cannot create `{}` ({e}); name a folder that does not exist yet",
+            dir.display()
+        ))
+    })
+}
+
+/// Which pack to build: a deployment, and the period its decisions are counted over.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackRequest {
+    pub deployment: String,
+    /// From this time (inclusive): YYYY-MM-DD or RFC 3339.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Up to this time (exclusive).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// An evidence pack: its files by path inside it, `MANIFEST.sha256` among them.
+pub struct Pack {
+    pub files: BTreeMap<String, Vec<u8>>,
 }
 
 impl Pack {
-    fn new(dir: &Path) -> Pack {
-        Pack {
-            dir: dir.to_path_buf(),
-            written: Default::default(),
+    /// Reads the pack of `request` from the contract in force (and the bytes it was built
+    /// from), the store and the ledger.
+    pub fn build(
+        contract: &Contract,
+        snapshot: &Snapshot,
+        store: &dyn Store,
+        sink: &SqliteLedgerSink,
+        signer: &NoteSigner,
+        request: &PackRequest,
+    ) -> Result<Pack, Failure> {
+        let (d, use_case) = deployment_and_use_case(contract, &request.deployment)?;
+        let period = export_filter(&ExportArgs {
+            deployment: Some(d.id.clone()),
+            kind: Some(RecordKind::Decision.as_str().to_string()),
+            from: request.from.clone(),
+            to: request.to.clone(),
+            ..ExportArgs::default()
+        })?;
+        let concerns = |body: &Value| {
+            let scope = body["scope"].as_str().unwrap_or_default();
+            body["deployment"] == d.id.as_str()
+                || body["approval"]["deployment"] == d.id.as_str()
+                || scope == format!("deployment:{}", d.id)
+                || scope == format!("use_case:{}", use_case.id)
+                || scope == "all"
+        };
+        let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        files.insert(
+            "model-card.md".into(),
+            card(contract, store, sink, &d.id)?.into_bytes(),
+        );
+        for (name, bytes) in &snapshot.files {
+            files.insert(format!("contract/{}", inside(name)), bytes.clone());
         }
+        let approvals = records(sink, &APPROVAL_KINDS, &concerns)?;
+        files.insert("approvals.jsonl".into(), jsonl(&approvals));
+        let verifier = signer.verifier();
+        for (_, record) in &approvals {
+            let id = record["id"].as_str().unwrap_or_default();
+            let proof = sink
+                .prove(id, &verifier)
+                .map_err(|e| Failure::storage(format!("cannot prove `{id}`: {e}")))?;
+            let proof = serde_json::to_vec_pretty(&proof)
+                .map_err(|e| Failure::storage(format!("cannot encode a proof: {e}")))?;
+            files.insert(format!("proofs/{}.json", inside(id)), proof);
+        }
+        let changes = records(sink, &[RecordKind::ContractLoaded], &|_| true)?;
+        files.insert("contract-history.jsonl".into(), jsonl(&changes));
+        let incidents = records(sink, &INCIDENT_KINDS, &concerns)?;
+        files.insert("incidents.jsonl".into(), jsonl(&incidents));
+        let tally = tally_decisions(sink, &period)?;
+        files.insert(
+            "decisions.json".into(),
+            serde_json::to_vec_pretty(&json!({
+                "deployment": d.id, "from": request.from, "to": request.to,
+                "decisions": tally.decisions, "by_verdict": tally.by_verdict,
+                "by_reason": tally.by_reason, "first_at": tally.first_at, "last_at": tally.last_at,
+            }))
+            .map_err(|e| Failure::storage(format!("cannot encode the tally: {e}")))?,
+        );
+        let mut checkpoints = Vec::new();
+        sink.export_checkpoints_jsonl(&mut checkpoints)
+            .map_err(Failure::storage)?;
+        files.insert("ledger/checkpoints.jsonl".into(), checkpoints);
+        files.insert(
+            "ledger/pubkey.txt".into(),
+            format!("{}\n", gavel_ledger_sqlite::public_key(signer)).into_bytes(),
+        );
+        let verification = match sink.verify(&verifier, VerifyOptions::default()) {
+            Ok(report) => format!(
+                "ledger OK at {}: {} records, {} signed checkpoints, {} record(s) after the newest checkpoint\n",
+                now(),
+                report.records,
+                report.checkpoints,
+                report.unsigned_tail
+            ),
+            Err(gavel_ledger::VerifyError::Failed(failure)) => {
+                format!("ledger FAILED verification at {}: {failure}\n", now())
+            }
+            Err(e) => return Err(Failure::storage(e)),
+        };
+        let readme = readme(
+            &d.id,
+            &contract.version.0,
+            &tally,
+            approvals.len(),
+            incidents.len(),
+            &verification,
+        );
+        files.insert("ledger/verification.txt".into(), verification.into_bytes());
+        files.insert("README.md".into(), readme.into_bytes());
+        let mut manifest = String::new();
+        for (path, bytes) in &files {
+            manifest.push_str(&format!("{}  {path}\n", hex::encode(Sha256::digest(bytes))));
+        }
+        files.insert(MANIFEST.to_string(), manifest.into_bytes());
+        Ok(Pack { files })
     }
 
-    /// Writes `bytes` at `relative` (a path of normal components, made by [`inside`]).
-    fn write(&self, relative: &str, bytes: &[u8]) -> Outcome {
-        let path = self.dir.join(relative);
-        let failed = |e: std::io::Error| {
-            Failure::storage(format!("cannot write `{}` ({e})", path.display()))
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(failed)?;
+    /// The pack a gateway answered with (`files`: path to `{"text"}` or `{"base64"}`); paths
+    /// must be the pack's own (relative, no `..`).
+    fn from_answer(answer: &Value) -> Result<Pack, Failure> {
+        let bad = |why: String| Failure::invalid(format!("the gateway's pack is unusable: {why}"));
+        let mut files = BTreeMap::new();
+        for (path, content) in answer["files"]
+            .as_object()
+            .ok_or_else(|| bad("it has no files".into()))?
+        {
+            if inside(path) != *path {
+                return Err(bad(format!("`{path}` is not a path inside a pack")));
+            }
+            let bytes = match (content["text"].as_str(), content["base64"].as_str()) {
+                (Some(text), None) => text.as_bytes().to_vec(),
+                (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| bad(format!("`{path}` is not base64 ({e})")))?,
+                _ => return Err(bad(format!("`{path}` has neither text nor base64"))),
+            };
+            files.insert(path.clone(), bytes);
         }
-        std::fs::File::create_new(&path)
-            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-            .map_err(failed)?;
-        self.written
-            .borrow_mut()
-            .insert(relative.to_string(), hex::encode(Sha256::digest(bytes)));
+        Ok(Pack { files })
+    }
+
+    /// Checks every file against `MANIFEST.sha256`, which must list each of them.
+    fn check_manifest(&self) -> Outcome {
+        let manifest = self.files.get(MANIFEST).map_or(&[][..], Vec::as_slice);
+        let listed: BTreeMap<&str, &str> = std::str::from_utf8(manifest)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_once("  ").map(|(digest, path)| (path, digest)))
+            .collect();
+        for (path, bytes) in &self.files {
+            if path == MANIFEST {
+                continue;
+            }
+            let digest = hex::encode(Sha256::digest(bytes));
+            if listed.get(path.as_str()) != Some(&digest.as_str()) {
+                return Err(Failure::invalid(format!(
+                    "`{path}` does not match the pack's manifest; nothing was written"
+                )));
+            }
+        }
+        if listed.len() + 1 != self.files.len() {
+            return Err(Failure::invalid(
+                "the pack's manifest lists files the pack lacks; nothing was written",
+            ));
+        }
         Ok(())
     }
 
-    fn count(&self) -> usize {
-        self.written.borrow().len()
+    /// The SHA-256 of `MANIFEST.sha256`: what the ledger records.
+    pub fn manifest_sha256(&self) -> String {
+        hex::encode(Sha256::digest(
+            self.files.get(MANIFEST).map_or(&[][..], Vec::as_slice),
+        ))
     }
 
-    /// `sha256sum -c` input: one `DIGEST  PATH` line per file.
-    fn manifest(&self) -> Result<Vec<u8>, Failure> {
-        let mut manifest = String::new();
-        for (path, digest) in self.written.borrow().iter() {
-            manifest.push_str(&format!("{digest}  {path}\n"));
+    /// Records the pack (its manifest's digest) in the ledger, as `principal`'s.
+    pub fn record(
+        &self,
+        ledger: &ledger::Ledger,
+        principal: &str,
+        request: &PackRequest,
+    ) -> Result<gavel_ledger::Receipt, Failure> {
+        ledger.record_change(
+            RecordKind::Admin,
+            now(),
+            principal,
+            "evidence_exported",
+            json!({ "deployment": request.deployment, "manifest_sha256": self.manifest_sha256(), "files": self.files.len(), "from": request.from, "to": request.to }),
+        )
+    }
+
+    /// Writes every file into `dir` (which exists), each new and synced.
+    pub fn write_to(&self, dir: &Path) -> Outcome {
+        for (relative, bytes) in &self.files {
+            let path = dir.join(relative);
+            let failed = |e: std::io::Error| {
+                Failure::storage(format!("cannot write `{}` ({e})", path.display()))
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(failed)?;
+            }
+            std::fs::File::create_new(&path)
+                .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+                .map_err(failed)?;
         }
-        Ok(manifest.into_bytes())
+        Ok(())
     }
 }
+
+/// The file listing every other file's SHA-256.
+const MANIFEST: &str = "MANIFEST.sha256";
 
 /// `name` as a path inside the pack, one to one: its components joined by `/`, each escaped
 /// so that it stays one file name (`%` as `%25`, `\\` as `%5C`, `:` as `%3A`), and the ones that

@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,6 +22,7 @@ use super::error::{ApiError, ApiResult};
 use super::gateway::Gateway;
 use crate::cli::{ApproveArgs, ExportArgs, KillArgs, ScopeArgs};
 use crate::cmd::baseline::{self, Source};
+use crate::cmd::evidence::{Pack, PackRequest};
 use crate::cmd::{approve, audit, explain, keys, kill, status};
 use crate::context::now;
 use crate::failure::Failure;
@@ -350,6 +352,46 @@ pub async fn verify_ledger(gw: Arc<Gateway>, by: String) -> ApiResult<Value> {
             *last = Some(Verification { at: now(), by, outcome });
         }
         Ok(answer)
+    })
+    .await
+}
+
+/// `POST /v1/admin/evidence`: a deployment's evidence pack, as `gavel evidence` writes it,
+/// recorded in the ledger as the caller's; its files in the answer, text as it is and other
+/// bytes in base64 (`gavel evidence --url` writes them into a folder).
+pub async fn evidence(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<KeyRecord>,
+    request: Request,
+) -> ApiResult<Json<Value>> {
+    let wanted: PackRequest = body_of(&gw, request).await?;
+    act(gw, move |gw| {
+        let (loaded, snapshot) = gavel_contract::load_with_snapshot(&gw.contract_path)
+            .map_err(|errors| Failure::invalid(errors.to_string()))?;
+        let engine = gw.engine();
+        if loaded.contract.version.0 != engine.contract().version.0 {
+            return Err(Failure::invalid(
+                "the contract file changed since the gateway loaded it; ask again once it has reloaded",
+            ));
+        }
+        let signer = crate::ledger::load_key(&gw.db_path)?;
+        let pack = {
+            let sink = gw.ledger_reader()?;
+            Pack::build(engine.contract(), &snapshot, &gw.store, &sink, &signer, &wanted)?
+        };
+        let receipt = pack.record(&gw.ledger, &caller.principal, &wanted)?;
+        let files: serde_json::Map<String, Value> = pack
+            .files
+            .iter()
+            .map(|(path, bytes)| {
+                let content = match std::str::from_utf8(bytes) {
+                    Ok(text) => json!({ "text": text }),
+                    Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+                };
+                (path.clone(), content)
+            })
+            .collect();
+        Ok(json!({ "deployment": wanted.deployment, "manifest_sha256": pack.manifest_sha256(), "ledger_index": receipt.index, "files": files }))
     })
     .await
 }

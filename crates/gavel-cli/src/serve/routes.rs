@@ -71,6 +71,7 @@ pub fn table() -> Vec<(RouteDoc, MethodRouter<Arc<Gateway>>)> {
         route!(get, "/v1/audit/records", READERS, "Ledger records as JSON Lines; query: deployment, approval, principal, reason, kind, from, to, limit.", admin::records),
         route!(get, "/v1/audit/records/{id}", READERS, "One ledger record by id.", admin::record),
         route!(get, "/v1/audit/proof/{id}", READERS, "An inclusion proof for a record plus the signed checkpoint, checkable with the public key alone.", admin::proof),
+        route!(post, "/v1/admin/evidence", READERS, "An evidence pack for a deployment (EU AI Act Annex IV, NIST AI RMF), as `gavel evidence`: {deployment, from?, to?}; its files in the answer (text, or base64), its manifest's digest recorded in the ledger.", admin::evidence),
         route!(post, "/v1/audit/verify", READERS, "Re-derive every leaf, the tree and every checkpoint signature.", admin::verify),
         route!(get, "/dashboard", READERS, "The dashboard (HTML): deployments and their signals against their thresholds, breaches, approvals, the ledger and its last verification. Also takes the key as the password of HTTP Basic authentication.", dashboard::overview),
         route!(get, "/dashboard/ledger", READERS, "The dashboard's ledger search (HTML); query: deployment, approval, principal, reason, kind, from, to, limit.", dashboard::ledger),

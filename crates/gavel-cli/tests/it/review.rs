@@ -395,15 +395,61 @@ fn an_evidence_pack_is_written_from_the_record_and_anchored_in_the_ledger() {
         &["evidence", "kb-search-v1", "--out", "pack"],
     )
     .fails(1, "name a folder that does not exist yet");
-    // While a gateway holds the ledger the pack could not be recorded: nothing is written.
+    // While a gateway holds the ledger the pack could not be recorded there: nothing is
+    // written, and the gateway is asked for it instead.
     let served = super::serve::Server::start(&r.g, &r.operator, &[]);
     r.g.run(
         Some(&r.auditor),
         &["evidence", "kb-search-v1", "--out", "while-served"],
     )
-    .fails(4, "stop it, run `gavel evidence`, and start it again");
+    .fails(4, "ask it for the pack instead (`POST /v1/admin/evidence`)");
     assert!(!r.g.path("while-served").exists());
+    let url = format!("http://{}", served.addr);
+    let said =
+        r.g.run(
+            Some(&r.auditor),
+            &[
+                "evidence",
+                "kb-search-v1",
+                "--out",
+                "from-gateway",
+                "--url",
+                &url,
+            ],
+        )
+        .ok()
+        .stdout;
+    let fetched = std::fs::read(r.g.path("from-gateway/MANIFEST.sha256")).unwrap();
+    let digest = hex::encode(Sha256::digest(&fetched));
+    assert!(said.contains(&digest), "{said}");
+    for line in String::from_utf8(fetched).unwrap().lines() {
+        let (digest, path) = line.split_once("  ").unwrap();
+        let bytes = std::fs::read(r.g.path("from-gateway").join(path)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), digest, "{path}");
+    }
+    r.g.run(
+        Some(&r.service),
+        &[
+            "evidence",
+            "kb-search-v1",
+            "--out",
+            "refused",
+            "--url",
+            &url,
+        ],
+    )
+    .fails(1, "403");
     drop(served);
+    let exported =
+        r.g.run(Some(&r.auditor), &["audit", "export", "--kind", "admin"])
+            .ok()
+            .json_lines();
+    assert!(
+        exported
+            .iter()
+            .any(|rec| rec["body"]["manifest_sha256"] == digest.as_str()),
+        "the gateway did not record the pack it gave"
+    );
     r.g.run(
         Some(&r.service),
         &["evidence", "kb-search-v1", "--out", "other"],
