@@ -71,9 +71,10 @@ pub fn run(ctx: &Context, request: &PackRequest, out_dir: &Path) -> Outcome {
     let sink = ledger::open_sink(&ctx.db_path)?;
     let signer = ledger::load_key(&ctx.db_path)?;
     let pack = Pack::build(&contract, &snapshot, &store, &sink, &signer, request)?;
-    pack.write_to(out_dir)?;
+    // Recorded before it is written: a pack on disk is always one the ledger holds.
     let receipt = pack.record(&ledger, &who.principal, request)?;
     ledger.close()?;
+    pack.write_to(out_dir)?;
     out!(
         "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
         pack.files.len(),
