@@ -223,6 +223,9 @@ pub struct Guarded {
     /// JSON pointers to the texts it guarded, which the rest of the event's guarding must
     /// leave alone.
     pub texts: Vec<String>,
+    /// The `choices` of an event to send right after this one: the held-back ends of the
+    /// choices that finished in it, with their finish.
+    pub after: Option<Value>,
 }
 
 /// The output guards of one streamed answer: one per choice and [`Channel`], made as their
@@ -259,6 +262,7 @@ impl StreamGuard {
         let mut guarded = Guarded {
             forward: false,
             texts: Vec::new(),
+            after: None,
         };
         let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
             return Ok(guarded);
@@ -267,30 +271,38 @@ impl StreamGuard {
             guarded.forward = true;
             return Ok(guarded);
         }
+        // A finishing choice's held-back texts go in an event of their own right after this
+        // one, which carries its finish instead: they arrive after what this event released
+        // and before the finish, never meet the shapes of this event's delta, and a client
+        // that reads `choices[0]` of each event still reads them.
+        let mut after = Vec::new();
         for (position, choice) in choices.iter_mut().enumerate() {
             let index = choice["index"].as_u64().unwrap_or(position as u64);
             let finished = !choice["finish_reason"].is_null();
             let Some(choice) = choice.as_object_mut() else {
                 continue;
             };
-            if finished && !choice.get("delta").is_some_and(Value::is_object) {
-                // The rest of its texts goes with its finish, so a delta it lacks is made.
-                choice.insert("delta".to_string(), json!({}));
+            if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
+                guarded.forward |= self.delta(index, delta)?;
             }
-            let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
-                continue;
-            };
-            guarded.forward |= self.delta(index, delta)?;
             if finished {
-                self.finish_choice(index, delta)?;
-                guarded.forward = true;
+                let mut tails = serde_json::Map::new();
+                self.finish_choice(index, &mut tails)?;
+                if tails.is_empty() {
+                    guarded.forward = true;
+                } else {
+                    let finish = choice
+                        .insert("finish_reason".to_string(), Value::Null)
+                        .unwrap_or(Value::Null);
+                    after.push(json!({ "index": index, "delta": tails, "finish_reason": finish }));
+                }
             }
-            windowed_texts(
-                delta,
-                &format!("/choices/{position}/delta"),
-                &mut guarded.texts,
-            );
+            if let Some(delta) = choice.get("delta").and_then(Value::as_object) {
+                let at = format!("/choices/{position}/delta");
+                windowed_texts(delta, &at, &mut guarded.texts);
+            }
         }
+        guarded.after = (!after.is_empty()).then_some(Value::Array(after));
         Ok(guarded)
     }
 
@@ -612,15 +624,24 @@ fn put_tail(
     }
 }
 
+/// Appends `tail` to the string in `slot`, or puts it there if `slot` is empty. A slot holding
+/// something else (a stream that changed a field's shape) is left as it is and the tail
+/// dropped: losing text is better than overwriting text already released.
 fn append(slot: &mut Value, tail: String) {
     match slot {
         Value::String(text) => text.push_str(&tail),
-        _ => *slot = Value::String(tail),
+        Value::Null => *slot = Value::String(tail),
+        _ => {}
     }
 }
 
+/// Most empty items [`append_at`] adds to an array to reach an index: content parts sit near
+/// the front, and an index taken from the upstream must not size an allocation.
+const MOST_PADDING: usize = 64;
+
 /// Appends `tail` to the string at `pointer` under `slot`, making the objects and array items
-/// the way needs (an array is grown to the index with empty objects).
+/// the way needs (an array is grown by at most [`MOST_PADDING`] empty objects). A way that
+/// runs into something of another shape is not forced: the tail is dropped (see [`append`]).
 fn append_at(slot: &mut Value, pointer: &str, tail: String) {
     let Some(rest) = pointer.strip_prefix('/') else {
         return append(slot, tail);
@@ -631,22 +652,35 @@ fn append_at(slot: &mut Value, pointer: &str, tail: String) {
     } else {
         format!("/{rest}")
     };
-    match (segment.parse::<usize>(), &mut *slot) {
-        (Ok(i), Value::Array(items)) => {
-            while items.len() <= i {
-                items.push(json!({}));
+    // An array index in canonical form only (`+1` and `01` are keys).
+    let canonical = segment == "0"
+        || (!segment.is_empty()
+            && !segment.starts_with('0')
+            && segment.bytes().all(|b| b.is_ascii_digit()));
+    let index = canonical.then(|| segment.parse::<usize>().ok()).flatten();
+    if slot.is_null() {
+        // A pointer does not say whether `7` is an index or a key: a small number makes an
+        // array (content parts), anything else an object.
+        *slot = if index.is_some_and(|i| i < MOST_PADDING) {
+            json!([])
+        } else {
+            json!({})
+        };
+    }
+    match (index, slot) {
+        (Some(i), Value::Array(items)) => {
+            if i >= items.len() && i - items.len() < MOST_PADDING {
+                items.resize_with(i + 1, || json!({}));
             }
-            append_at(&mut items[i], &rest, tail);
+            if let Some(item) = items.get_mut(i) {
+                append_at(item, &rest, tail);
+            }
         }
-        _ => {
-            if !slot.is_object() {
-                *slot = json!({});
-            }
-            if let Value::Object(members) = slot {
-                let key = segment.replace("~1", "/").replace("~0", "~");
-                append_at(members.entry(key).or_insert(Value::Null), &rest, tail);
-            }
+        (_, Value::Object(members)) => {
+            let key = segment.replace("~1", "/").replace("~0", "~");
+            append_at(members.entry(key).or_insert(Value::Null), &rest, tail);
         }
+        _ => {}
     }
 }
 
@@ -904,13 +938,28 @@ mod tests {
         pieces
     }
 
+    /// What the client receives of `event`: the event itself if it still says something, then
+    /// the event of the held-back ends of the choices that finished in it.
+    fn relay(guard: &mut StreamGuard, mut event: Value) -> Vec<Value> {
+        let guarded = guard.event(&mut event).unwrap();
+        let mut sent = Vec::new();
+        if guarded.forward {
+            sent.push(event);
+        }
+        sent.extend(
+            guarded
+                .after
+                .map(|choices| serde_json::json!({ "choices": choices })),
+        );
+        sent
+    }
+
     /// What the client receives of tool call 0's arguments: every forwarded event's piece.
     fn arguments_sent(events: &[Value]) -> String {
         events
             .iter()
-            .filter_map(|e| {
-                e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
-            })
+            .flat_map(|e| e["choices"].as_array().into_iter().flatten())
+            .filter_map(|c| c["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
             .collect()
     }
 
@@ -962,12 +1011,10 @@ mod tests {
             let mut guard = stream(FindingAction::Redact);
             let mut events = tool_call_pieces(arguments, size);
             events.push(chunk(0, serde_json::json!({}), Some("tool_calls")));
-            let mut sent = Vec::new();
-            for mut event in events {
-                if guard.event(&mut event).unwrap().forward {
-                    sent.push(event);
-                }
-            }
+            let sent: Vec<Value> = events
+                .into_iter()
+                .flat_map(|event| relay(&mut guard, event))
+                .collect();
             assert_eq!(guard.finish().unwrap(), None, "the choice finished already");
             assert_eq!(
                 arguments_sent(&sent),
@@ -1031,9 +1078,9 @@ mod tests {
                 }
             }
         }
-        let mut end = chunk(0, serde_json::json!({}), Some("stop"));
-        guard.event(&mut end).unwrap();
-        take(&end);
+        for sent in relay(&mut guard, chunk(0, serde_json::json!({}), Some("stop"))) {
+            take(&sent);
+        }
         // Choice 1 never finished: its rest comes with the end of the stream.
         let rest = guard.finish().unwrap().expect("choice 1 held text back");
         take(&serde_json::json!({ "choices": rest }));
@@ -1113,14 +1160,13 @@ mod tests {
         }
         let mut end = serde_json::json!({ "choices": [{ "index": 0, "finish_reason": "stop" }] });
         let guarded = guard.event(&mut end).unwrap();
-        assert!(guarded.forward);
-        // The tail is a windowed text: the rest of the event's guarding leaves it alone.
-        assert_eq!(guarded.texts, ["/choices/0/delta/audio/transcript"]);
-        sent.push_str(
-            end["choices"][0]["delta"]["audio"]["transcript"]
-                .as_str()
-                .unwrap(),
-        );
+        // The tail goes in an event of its own, which carries the finish; the finishing event
+        // itself says nothing more.
+        assert!(!guarded.forward);
+        assert_eq!(end["choices"][0]["finish_reason"], Value::Null);
+        let after = guarded.after.expect("the held-back end");
+        assert_eq!(after[0]["finish_reason"], "stop");
+        sent.push_str(after[0]["delta"]["audio"]["transcript"].as_str().unwrap());
         assert_eq!(sent, "Write to [EMAIL_1] today");
         assert_eq!(guard.finish().unwrap(), None);
     }
@@ -1150,14 +1196,43 @@ mod tests {
             serde_json::json!({ "tool_calls": calls }),
             Some("tool_calls"),
         );
-        guard.event(&mut event).unwrap();
-        let calls = event["choices"][0]["delta"]["tool_calls"]
-            .as_array()
-            .unwrap();
+        let after = guard.event(&mut event).unwrap().after.expect("tails");
+        let calls = after[0]["delta"]["tool_calls"].as_array().unwrap();
         assert_eq!(calls.len(), 1000);
         assert!(calls
             .iter()
             .all(|c| c["function"]["arguments"] == "{\"a\": 1}"));
+    }
+
+    /// An upstream that changes a field's shape between events cannot make a tail overwrite
+    /// text, nor make an index taken from it size an allocation.
+    #[test]
+    fn tails_keep_to_their_own_shape_and_size() {
+        let mut guard = stream(FindingAction::Redact);
+        let mut first = chunk(
+            0,
+            serde_json::json!({ "x": { "99999999999": "held back" } }),
+            None,
+        );
+        guard.event(&mut first).unwrap();
+        let mut end = chunk(
+            0,
+            serde_json::json!({ "x": [] , "content": "done" }),
+            Some("stop"),
+        );
+        let after = guard.event(&mut end).unwrap().after.expect("tails");
+        assert_eq!(end["choices"][0]["delta"]["x"], serde_json::json!([]));
+        assert_eq!(after[0]["delta"]["content"], "done");
+        // The tail went to a key, not to an array index grown to 10^11.
+        assert_eq!(after[0]["delta"]["x"]["99999999999"], "held back");
+        let mut array = serde_json::json!([]);
+        append_at(&mut array, "/100000", "t".to_string());
+        assert_eq!(array, serde_json::json!([]));
+        append_at(&mut array, "/1/text", "t".to_string());
+        assert_eq!(array, serde_json::json!([{}, { "text": "t" }]));
+        let mut text = serde_json::json!(["a part"]);
+        append(&mut text, "tail".to_string());
+        assert_eq!(text, serde_json::json!(["a part"]), "not overwritten");
     }
 
     /// An upstream decides the shape of its events: shapes no chunk has are relayed as they

@@ -693,9 +693,18 @@ impl Call {
                 if template.is_none() {
                     template = Some(chunk.clone());
                 }
-                if guarded.forward && tx.send(event(&chunk)).await.is_err() {
-                    summary.ended = "client disconnected".to_string();
-                    return Ok(());
+                let mut sends = Vec::new();
+                if guarded.forward {
+                    sends.push(event(&chunk));
+                }
+                if let Some(choices) = guarded.after {
+                    sends.push(tail_event(Some(&chunk), choices));
+                }
+                for bytes in sends {
+                    if tx.send(bytes).await.is_err() {
+                        summary.ended = "client disconnected".to_string();
+                        return Ok(());
+                    }
                 }
             }
         }
