@@ -91,6 +91,14 @@ pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) ->
     let key = ctx.key().ok_or_else(|| {
         Failure::auth("asking a gateway for evidence needs an API key: set GAVEL_KEY")
     })?;
+    // Asked for, the pack is recorded: the folder is checked first, so that a pack is not
+    // recorded that could not be written.
+    if out_dir.exists() {
+        return Err(Failure::invalid(format!(
+            "`{}` exists; name a folder that does not exist yet",
+            out_dir.display()
+        )));
+    }
     let endpoint = format!("{}/v1/admin/evidence", url.trim_end_matches('/'));
     let body = json!({ "deployment": request.deployment, "from": request.from, "to": request.to });
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -117,11 +125,14 @@ pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) ->
         Ok::<_, Failure>((status, answer))
     })?;
     if !status.is_success() {
+        let reason: String = answer["error"]["message"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
         return Err(Failure::invalid(format!(
-            "`{endpoint}` answered {status}: {}",
-            answer["error"]["message"]
-                .as_str()
-                .unwrap_or("no reason given")
+            "`{endpoint}` answered {status}: {reason}"
         )));
     }
     let pack = Pack::from_answer(&answer)?;
@@ -131,8 +142,27 @@ pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) ->
         ));
     }
     pack.check_manifest()?;
-    new_folder(out_dir)?;
-    pack.write_to(out_dir)?;
+    // Written beside the folder and renamed into place, so that a write that fails half-way
+    // leaves no pack that looks whole.
+    let partial = out_dir.with_file_name(format!(
+        ".{}.partial-{}",
+        out_dir
+            .file_name()
+            .map_or_else(|| "evidence".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    new_folder(&partial)?;
+    if let Err(failed) = pack.write_to(&partial) {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(failed);
+    }
+    std::fs::rename(&partial, out_dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&partial);
+        Failure::storage(format!(
+            "cannot move the pack into `{}` ({e})",
+            out_dir.display()
+        ))
+    })?;
     out!(
         "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
         pack.files.len(),
@@ -279,7 +309,7 @@ impl Pack {
             .as_object()
             .ok_or_else(|| bad("it has no files".into()))?
         {
-            if inside(path) != *path {
+            if !pack_path(path) {
                 return Err(bad(format!("`{path}` is not a path inside a pack")));
             }
             let bytes = match (content["text"].as_str(), content["base64"].as_str()) {
@@ -290,6 +320,16 @@ impl Pack {
                 _ => return Err(bad(format!("`{path}` has neither text nor base64"))),
             };
             files.insert(path.clone(), bytes);
+        }
+        // A file and a folder of one name cannot both be written.
+        for path in files.keys() {
+            let mut folder = path.as_str();
+            while let Some((parent, _)) = folder.rsplit_once('/') {
+                if files.contains_key(parent) {
+                    return Err(bad(format!("`{parent}` is both a file and a folder")));
+                }
+                folder = parent;
+            }
         }
         Ok(Pack { files })
     }
@@ -364,6 +404,19 @@ impl Pack {
 
 /// The file listing every other file's SHA-256.
 const MANIFEST: &str = "MANIFEST.sha256";
+
+/// Whether `path` names a file inside a pack: segments that are names (not empty, `.` or
+/// `..`), with no character a file name or the manifest's lines cannot hold (control
+/// characters, `\\`, `:`). What [`inside`] makes passes.
+fn pack_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('/').all(|segment| {
+            !matches!(segment, "" | "." | "..")
+                && !segment
+                    .chars()
+                    .any(|c| c.is_control() || c == '\\' || c == ':')
+        })
+}
 
 /// `name` as a path inside the pack, one to one: its components joined by `/`, each escaped
 /// so that it stays one file name (`%` as `%25`, `\\` as `%5C`, `:` as `%3A`), and the ones that
@@ -553,6 +606,49 @@ this pack can be shown to be the one gavel wrote.
 mod tests {
     use super::*;
 
+    /// A gateway's answer becomes a pack only if every path is a pack's and every file is the
+    /// one the manifest lists.
+    #[test]
+    fn a_fetched_pack_is_checked_before_anything_is_written() {
+        let digest = |text: &str| hex::encode(Sha256::digest(text.as_bytes()));
+        let answer = |files: Value| json!({ "files": files });
+        let manifest = format!(
+            "{}  README.md\n{}  contract/%2E%2E/x.txt\n",
+            digest("hi"),
+            digest("x")
+        );
+        let good = Pack::from_answer(&answer(json!({
+            "README.md": { "text": "hi" },
+            "contract/%2E%2E/x.txt": { "base64": "eA==" },
+            "MANIFEST.sha256": { "text": manifest },
+        })))
+        .unwrap();
+        good.check_manifest().unwrap();
+        for hostile in [
+            json!({ "../escape": { "text": "x" } }),
+            json!({ "a": { "text": "x" }, "a/b": { "text": "y" } }),
+            json!({ "a": { "neither": "x" } }),
+        ] {
+            assert!(
+                Pack::from_answer(&answer(hostile.clone())).is_err(),
+                "{hostile}"
+            );
+        }
+        let tampered = Pack::from_answer(&answer(json!({
+            "README.md": { "text": "changed" },
+            "contract/%2E%2E/x.txt": { "base64": "eA==" },
+            "MANIFEST.sha256": { "text": manifest },
+        })))
+        .unwrap();
+        assert!(tampered.check_manifest().is_err());
+        let unlisted = Pack::from_answer(&answer(json!({
+            "README.md": { "text": "hi" },
+            "MANIFEST.sha256": { "text": manifest },
+        })))
+        .unwrap();
+        assert!(unlisted.check_manifest().is_err());
+    }
+
     #[test]
     fn pack_paths_stay_inside_the_pack_one_to_one() {
         assert_eq!(inside("prompts/kb.txt"), "prompts/kb.txt");
@@ -565,5 +661,14 @@ mod tests {
         assert_ne!(inside("../x"), inside("%2E%2E/x"));
         assert_eq!(inside("%2E%2E/x"), "%252E%252E/x");
         assert_ne!(inside("_/x"), inside("../x"));
+        // What `inside` makes is a pack path; a hostile answer's paths are not.
+        for name in ["../x", "/etc/passwd", "a:b", "%2E%2E/x", "prompts/kb.txt"] {
+            assert!(pack_path(&format!("contract/{}", inside(name))), "{name}");
+        }
+        for hostile in [
+            "../x", "a/../b", "/abs", "a//b", "a\nb", "c:\\x", "", "a/./b",
+        ] {
+            assert!(!pack_path(hostile), "{hostile:?}");
+        }
     }
 }

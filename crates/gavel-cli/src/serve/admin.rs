@@ -374,11 +374,16 @@ pub async fn evidence(
                 "the contract file changed since the gateway loaded it; ask again once it has reloaded",
             ));
         }
-        let signer = crate::ledger::load_key(&gw.db_path)?;
-        let pack = {
-            let sink = gw.ledger_reader()?;
-            Pack::build(engine.contract(), &snapshot, &gw.store, &sink, &signer, &wanted)?
+        // One pack at a time, on a connection of its own: a pack reads the whole ledger (and
+        // verifies it), which must not hold up the queries and payloads of decisions.
+        let Ok(_one_at_a_time) = gw.building_evidence.try_lock() else {
+            return Err(Failure::invalid(
+                "an evidence pack is being built; ask again once it is done",
+            ));
         };
+        let signer = crate::ledger::load_key(&gw.db_path)?;
+        let sink = crate::ledger::open_reader(&gw.db_path)?;
+        let pack = Pack::build(engine.contract(), &snapshot, &gw.store, &sink, &signer, &wanted)?;
         let receipt = pack.record(&gw.ledger, &caller.principal, &wanted)?;
         let files: serde_json::Map<String, Value> = pack
             .files

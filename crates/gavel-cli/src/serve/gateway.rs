@@ -67,6 +67,8 @@ pub struct Gateway {
     pub ready: AtomicBool,
     /// The last verification of the ledger this gateway ran, for the dashboard.
     pub last_verification: Mutex<Option<super::dashboard::Verification>>,
+    /// Held while an evidence pack is built: one at a time.
+    pub building_evidence: Mutex<()>,
 }
 
 /// What happened after an ALLOW, waiting to be settled and recorded.

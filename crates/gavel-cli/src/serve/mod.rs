@@ -135,6 +135,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         metrics,
         ready: Default::default(),
         last_verification: Mutex::new(None),
+        building_evidence: Mutex::new(()),
     });
     gw.decider.start(decisions, Arc::downgrade(&gw))?;
     let listen: SocketAddr = args.listen.parse().map_err(|_| {
