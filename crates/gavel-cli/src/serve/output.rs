@@ -184,6 +184,8 @@ enum Channel {
     FunctionArguments,
     /// The arguments of the tool call with this `index`.
     ToolArguments(u64),
+    /// The input of the custom tool call with this `index` (`custom.input`).
+    ToolInput(u64),
     /// Any other string of the delta, by its JSON pointer within the delta: a reasoning model's
     /// `reasoning_content`, an audio answer's `transcript`, content given as parts.
     Other(String),
@@ -199,6 +201,9 @@ impl Channel {
             }
             Channel::ToolArguments(call) => {
                 format!("choices[{choice}].delta.tool_calls[{call}].function.arguments")
+            }
+            Channel::ToolInput(call) => {
+                format!("choices[{choice}].delta.tool_calls[{call}].custom.input")
             }
             Channel::Other(pointer) => {
                 format!("choices[{choice}].delta{}", pointer.replace('/', "."))
@@ -361,8 +366,9 @@ impl StreamGuard {
         Ok(says_something)
     }
 
-    /// Guards the `arguments` of a function or tool call in place; whether the call still says
-    /// anything (its id, name or type, or arguments released now).
+    /// Guards the text of a function or tool call in place (a function's `arguments`, a custom
+    /// tool's `input`); whether the call still says anything (its id, name or type, or text
+    /// released now). `channel` is the call's arguments channel.
     fn guard_call(
         &mut self,
         choice: u64,
@@ -372,30 +378,42 @@ impl StreamGuard {
         if !call.is_object() {
             return Ok(!call.is_null());
         }
-        let function = match channel {
-            Channel::ToolArguments(_) => call.get_mut("function"),
-            _ => Some(&mut *call),
+        // Where the call's texts are: (holder key, text key, channel); the deprecated
+        // `function_call` holds its `arguments` itself.
+        let texts: Vec<(Option<&str>, &str, Channel)> = match channel {
+            Channel::ToolArguments(number) => vec![
+                (
+                    Some("function"),
+                    "arguments",
+                    Channel::ToolArguments(number),
+                ),
+                (Some("custom"), "input", Channel::ToolInput(number)),
+            ],
+            other => vec![(None, "arguments", other)],
         };
         let mut released_any = false;
-        if let Some(Value::String(arguments)) = function.and_then(|f| f.get_mut("arguments")) {
-            *arguments = self.push(choice, channel.clone(), arguments)?;
-            released_any = !arguments.is_empty();
-        }
-        // The call's `index` only says which call a piece belongs to.
-        let names_more = |members: &serde_json::Map<String, Value>| {
-            members
-                .keys()
-                .any(|key| !matches!(key.as_str(), "index" | "arguments" | "function"))
-        };
-        let says_more = match channel {
-            Channel::ToolArguments(_) => {
-                call.as_object().is_some_and(names_more)
-                    || call["function"].as_object().is_some_and(names_more)
-                    || call.get("function").is_some_and(|f| !f.is_object())
+        for (holder, key, channel) in texts {
+            let holder = match holder {
+                Some(holder) => call.get_mut(holder),
+                None => Some(&mut *call),
+            };
+            if let Some(Value::String(text)) = holder.and_then(|h| h.get_mut(key)) {
+                *text = self.push(choice, channel, text)?;
+                released_any |= !text.is_empty();
             }
-            _ => call.as_object().is_some_and(names_more),
+        }
+        // The call's `index` only says which call a piece belongs to, and its texts are
+        // judged above.
+        let says_more = |members: &serde_json::Map<String, Value>| {
+            members.iter().any(|(key, value)| match key.as_str() {
+                "index" | "arguments" | "input" => false,
+                "function" | "custom" => {
+                    !value.is_object() || value.as_object().is_some_and(says_more_of)
+                }
+                _ => true,
+            })
         };
-        Ok(released_any || says_more)
+        Ok(released_any || call.as_object().is_some_and(says_more))
     }
 
     /// Guards every string under `value` (at `path` within the delta) with a window of its
@@ -480,17 +498,9 @@ impl StreamGuard {
             .take_while(|((c, _), _)| *c == choice)
             .map(|((_, channel), _)| channel.clone())
             .collect();
-        // Where each tool call's arguments go in `delta`, by the call's index, so that many
-        // calls' tails are placed in one pass.
+        // Where each tool call's texts go in `delta`, by the call's index, so that many calls'
+        // tails are placed in one pass.
         let mut call_at: HashMap<u64, usize> = HashMap::new();
-        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-            for (position, call) in calls.iter().enumerate() {
-                if let (Some(number), true) = (call["index"].as_u64(), call["function"].is_object())
-                {
-                    call_at.entry(number).or_insert(position);
-                }
-            }
-        }
         for channel in channels {
             let Some(mut guard) = self.guards.remove(&(choice, channel.clone())) else {
                 continue;
@@ -503,6 +513,13 @@ impl StreamGuard {
         }
         Ok(())
     }
+}
+
+/// Whether a call's `function` or `custom` object says more than its text.
+fn says_more_of(holder: &serde_json::Map<String, Value>) -> bool {
+    holder
+        .keys()
+        .any(|key| !matches!(key.as_str(), "arguments" | "input"))
 }
 
 /// Whether the string at `path` (a pointer) names something: its key is one of [`NAMING_KEYS`].
@@ -544,6 +561,9 @@ fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut 
                 for (i, call) in calls.iter().enumerate() {
                     if call["function"]["arguments"].is_string() {
                         texts.push(format!("{at}/tool_calls/{i}/function/arguments"));
+                    }
+                    if call["custom"]["input"].is_string() {
+                        texts.push(format!("{at}/tool_calls/{i}/custom/input"));
                     }
                 }
             }
@@ -591,19 +611,23 @@ fn put_tail(
             "/arguments",
             tail,
         ),
-        Channel::ToolArguments(number) => {
-            let calls = delta.entry("tool_calls").or_insert(Value::Null);
-            if !calls.is_array() {
-                *calls = json!([]);
-                call_at.clear();
-            }
+        Channel::ToolArguments(number) | Channel::ToolInput(number) => {
+            let (holder, key) = match channel {
+                Channel::ToolInput(_) => ("custom", "input"),
+                _ => ("function", "arguments"),
+            };
+            let calls = delta.entry("tool_calls").or_insert_with(|| json!([]));
             let Value::Array(calls) = calls else { return };
-            match call_at.get(number).and_then(|&at| calls.get_mut(at)) {
-                Some(call) => append_at(&mut call["function"], "/arguments", tail),
-                None => {
-                    call_at.insert(*number, calls.len());
-                    calls.push(json!({ "index": number, "function": { "arguments": tail } }));
-                }
+            let at = *call_at.entry(*number).or_insert_with(|| {
+                calls.push(json!({ "index": number }));
+                calls.len() - 1
+            });
+            if let Some(Value::Object(call)) = calls.get_mut(at) {
+                append_at(
+                    call.entry(holder).or_insert(Value::Null),
+                    &format!("/{key}"),
+                    tail,
+                );
             }
         }
         Channel::Other(pointer) => {
@@ -1169,6 +1193,46 @@ mod tests {
         sent.push_str(after[0]["delta"]["audio"]["transcript"].as_str().unwrap());
         assert_eq!(sent, "Write to [EMAIL_1] today");
         assert_eq!(guard.finish().unwrap(), None);
+    }
+
+    /// A custom tool's input (`custom.input`) streams like a function's arguments, and has a
+    /// window of its own too.
+    #[test]
+    fn custom_tool_input_has_a_window_of_its_own() {
+        let input = "send the report to jane.doe@example.org tonight";
+        let mut guard = stream(FindingAction::Redact);
+        let mut events = vec![chunk(
+            0,
+            serde_json::json!({ "tool_calls": [{ "index": 0, "id": "call_1", "type": "custom", "custom": { "name": "mail", "input": "" } }] }),
+            None,
+        )];
+        for piece in input.as_bytes().chunks(3) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            events.push(chunk(
+                0,
+                serde_json::json!({ "tool_calls": [{ "index": 0, "custom": { "input": piece } }] }),
+                None,
+            ));
+        }
+        events.push(chunk(0, serde_json::json!({}), Some("tool_calls")));
+        let sent: Vec<Value> = events
+            .into_iter()
+            .flat_map(|event| relay(&mut guard, event))
+            .collect();
+        let received: String = sent
+            .iter()
+            .flat_map(|e| e["choices"].as_array().into_iter().flatten())
+            .filter_map(|c| c["delta"]["tool_calls"][0]["custom"]["input"].as_str())
+            .collect();
+        assert_eq!(received, "send the report to [EMAIL_1] tonight");
+        assert_eq!(
+            sent[0]["choices"][0]["delta"]["tool_calls"][0]["custom"]["name"],
+            "mail"
+        );
+        assert_eq!(
+            guard.findings[0]["field"],
+            "choices[0].delta.tool_calls[0].custom.input"
+        );
     }
 
     /// A stream may not open more windows than [`MAX_STREAM_TEXTS`]: each costs a scanner.
