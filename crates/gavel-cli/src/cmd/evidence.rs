@@ -91,14 +91,53 @@ pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) ->
     let key = ctx.key().ok_or_else(|| {
         Failure::auth("asking a gateway for evidence needs an API key: set GAVEL_KEY")
     })?;
-    // Asked for, the pack is recorded: the folder is checked first, so that a pack is not
-    // recorded that could not be written.
+    // Asked for, the pack is recorded: the folder it goes to is made first (beside the one
+    // named, renamed into place at the end), so that a pack is not recorded that could not be
+    // written, and a write that fails half-way leaves no pack that looks whole.
     if out_dir.exists() {
         return Err(Failure::invalid(format!(
             "`{}` exists; name a folder that does not exist yet",
             out_dir.display()
         )));
     }
+    let partial = out_dir.with_file_name(format!(
+        ".{}.partial-{}",
+        out_dir
+            .file_name()
+            .map_or_else(|| "evidence".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    new_folder(&partial)?;
+    let written = fetch_into(key, url, request, &partial).and_then(|(pack, index)| {
+        std::fs::rename(&partial, out_dir).map_err(|e| {
+            Failure::storage(format!(
+                "cannot move the pack into `{}` ({e})",
+                out_dir.display()
+            ))
+        })?;
+        Ok((pack, index))
+    });
+    let (pack, index) = written.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&partial);
+    })?;
+    out!(
+        "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
+        pack.files.len(),
+        out_dir.display(),
+        pack.manifest_sha256(),
+        index
+    );
+    Ok(())
+}
+
+/// Asks the gateway at `url` for the pack, checks it, and writes it into `dir`; the pack and
+/// the leaf its record went to.
+fn fetch_into(
+    key: &str,
+    url: &str,
+    request: &PackRequest,
+    dir: &Path,
+) -> Result<(Pack, Value), Failure> {
     let endpoint = format!("{}/v1/admin/evidence", url.trim_end_matches('/'));
     let body = json!({ "deployment": request.deployment, "from": request.from, "to": request.to });
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -142,35 +181,8 @@ pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) ->
         ));
     }
     pack.check_manifest()?;
-    // Written beside the folder and renamed into place, so that a write that fails half-way
-    // leaves no pack that looks whole.
-    let partial = out_dir.with_file_name(format!(
-        ".{}.partial-{}",
-        out_dir
-            .file_name()
-            .map_or_else(|| "evidence".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    new_folder(&partial)?;
-    if let Err(failed) = pack.write_to(&partial) {
-        let _ = std::fs::remove_dir_all(&partial);
-        return Err(failed);
-    }
-    std::fs::rename(&partial, out_dir).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&partial);
-        Failure::storage(format!(
-            "cannot move the pack into `{}` ({e})",
-            out_dir.display()
-        ))
-    })?;
-    out!(
-        "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
-        pack.files.len(),
-        out_dir.display(),
-        pack.manifest_sha256(),
-        answer["ledger_index"]
-    );
-    Ok(())
+    pack.write_to(dir)?;
+    Ok((pack, answer["ledger_index"].clone()))
 }
 
 fn new_folder(dir: &Path) -> Outcome {

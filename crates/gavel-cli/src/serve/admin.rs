@@ -376,10 +376,15 @@ pub async fn evidence(
         }
         // One pack at a time, on a connection of its own: a pack reads the whole ledger (and
         // verifies it), which must not hold up the queries and payloads of decisions.
-        let Ok(_one_at_a_time) = gw.building_evidence.try_lock() else {
-            return Err(Failure::invalid(
-                "an evidence pack is being built; ask again once it is done",
-            ));
+        // A build that panicked poisons the lock but holds nothing: the next may go on.
+        let _one_at_a_time = match gw.building_evidence.try_lock() {
+            Ok(held) => held,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(Failure::invalid(
+                    "an evidence pack is being built; ask again once it is done",
+                ))
+            }
         };
         let signer = crate::ledger::load_key(&gw.db_path)?;
         let sink = crate::ledger::open_reader(&gw.db_path)?;

@@ -264,8 +264,9 @@ impl StreamGuard {
     /// by what its guard releases, and a choice that finishes gets the rest of its texts in
     /// this event. Returns what it did, or the violation that ends the stream.
     pub fn event(&mut self, chunk: &mut Value) -> Result<Guarded, Violation> {
+        // An event that reports usage is sent, whatever its choices say.
         let mut guarded = Guarded {
-            forward: false,
+            forward: chunk.get("usage").is_some_and(|u| !u.is_null()),
             texts: Vec::new(),
             after: None,
         };
@@ -572,6 +573,23 @@ fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut 
     }
 }
 
+/// The pointers of the windowed texts of an event of held-back ends (its `choices` from
+/// [`Guarded::after`] or [`StreamGuard::finish`]).
+pub fn tail_texts(chunk: &Value) -> Vec<String> {
+    let mut texts = Vec::new();
+    for (position, choice) in chunk["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(delta) = choice["delta"].as_object() {
+            windowed_texts(delta, &format!("/choices/{position}/delta"), &mut texts);
+        }
+    }
+    texts
+}
+
 /// `key` as a JSON pointer segment (RFC 6901: `~` and `/` escaped), with its leading `/`.
 fn pointer_segment(key: &str) -> String {
     format!("/{}", key.replace('~', "~0").replace('/', "~1"))
@@ -694,7 +712,9 @@ fn append_at(slot: &mut Value, pointer: &str, tail: String) {
     match (index, slot) {
         (Some(i), Value::Array(items)) => {
             if i >= items.len() && i - items.len() < MOST_PADDING {
-                items.resize_with(i + 1, || json!({}));
+                // Empty objects up to it; the item itself empty, for the way on to fill.
+                items.resize_with(i, || json!({}));
+                items.push(Value::Null);
             }
             if let Some(item) = items.get_mut(i) {
                 append_at(item, &rest, tail);
@@ -1294,6 +1314,20 @@ mod tests {
         assert_eq!(array, serde_json::json!([]));
         append_at(&mut array, "/1/text", "t".to_string());
         assert_eq!(array, serde_json::json!([{}, { "text": "t" }]));
+        // An array item's own tail is kept: `{"x": ["..."]}` ends in `{"x": ["...tail"]}`.
+        let mut empty = Value::Null;
+        append_at(&mut empty, "/0", "tail".to_string());
+        assert_eq!(empty, serde_json::json!(["tail"]));
+        // An event reporting usage is sent even when all it says of its choices is held back.
+        let mut guard = stream(FindingAction::Block);
+        let mut with_usage = chunk(
+            0,
+            serde_json::json!({ "content": "almost done" }),
+            Some("stop"),
+        );
+        with_usage["usage"] = serde_json::json!({ "prompt_tokens": 1, "completion_tokens": 2 });
+        let guarded = guard.event(&mut with_usage).unwrap();
+        assert!(guarded.forward && guarded.after.is_some());
         let mut text = serde_json::json!(["a part"]);
         append(&mut text, "tail".to_string());
         assert_eq!(text, serde_json::json!(["a part"]), "not overwritten");

@@ -28,7 +28,7 @@ use gavel_store::KeyRecord;
 use super::error::{ApiError, ApiResult};
 use super::gateway::{parse_json, Gateway, Ruling};
 use super::metrics;
-use super::output::{guard_strings, OutputGuard, StreamGuard, Violation};
+use super::output::{guard_strings, tail_texts, OutputGuard, StreamGuard, Violation};
 use super::upstream::{too_large, ByteStream, Reply, ANSWER_MAX_BYTES};
 
 /// Body fields that are not generation parameters.
@@ -494,6 +494,28 @@ impl Call {
         }
     }
 
+    /// An event shaped like the upstream's chunks (`template`, its usage left out) carrying
+    /// held-back ends of the choices' texts (`choices`, from [`StreamGuard`]). Its texts passed
+    /// their windows; everything else in it (keys, a finish reason, the template's fields) is
+    /// guarded like any event's.
+    fn tail_event(
+        &self,
+        template: Option<&Value>,
+        choices: Value,
+        guard: &mut StreamGuard,
+    ) -> Result<Bytes, Violation> {
+        let mut chunk = template
+            .cloned()
+            .unwrap_or_else(|| json!({ "object": "chat.completion.chunk" }));
+        if let Some(object) = chunk.as_object_mut() {
+            object.remove("usage");
+            object.insert("choices".to_string(), choices);
+        }
+        let texts = tail_texts(&chunk);
+        self.guard_all_but(&mut chunk, &texts, &mut guard.findings)?;
+        Ok(event(&chunk))
+    }
+
     fn guard(&self) -> OutputGuard {
         OutputGuard::new(self.gw.output_scanners.clone(), self.output_actions())
     }
@@ -662,7 +684,8 @@ impl Call {
                 let Some(data) = data else { continue };
                 if data == "[DONE]" {
                     if let Some(choices) = guard.finish()? {
-                        let _ = tx.send(tail_event(template.as_ref(), choices)).await;
+                        let tail = self.tail_event(template.as_ref(), choices, guard)?;
+                        let _ = tx.send(tail).await;
                     }
                     let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
                     summary.ended = "done".to_string();
@@ -698,7 +721,7 @@ impl Call {
                     sends.push(event(&chunk));
                 }
                 if let Some(choices) = guarded.after {
-                    sends.push(tail_event(Some(&chunk), choices));
+                    sends.push(self.tail_event(Some(&chunk), choices, guard)?);
                 }
                 for bytes in sends {
                     if tx.send(bytes).await.is_err() {
@@ -779,19 +802,6 @@ impl SseEvents {
 
 fn event(data: &Value) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
-}
-
-/// An event shaped like the upstream's chunks, carrying the held-back ends of the choices'
-/// texts (`choices`, from [`StreamGuard::finish`]).
-fn tail_event(template: Option<&Value>, choices: Value) -> Bytes {
-    let mut chunk = template
-        .cloned()
-        .unwrap_or_else(|| json!({ "object": "chat.completion.chunk" }));
-    chunk["choices"] = choices;
-    if let Some(object) = chunk.as_object_mut() {
-        object.remove("usage");
-    }
-    event(&chunk)
 }
 
 fn output_refusal(decision: &Decision, v: &Violation) -> ApiError {
