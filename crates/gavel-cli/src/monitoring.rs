@@ -10,7 +10,9 @@ use serde_json::{json, Map, Value};
 use gavel_contract::time::Timestamp;
 use gavel_contract::{Contract, Monitoring};
 use gavel_engine::approval::covering_approval;
-use gavel_engine::{relevant_scopes, Approval, Breach, OnBreach, Usage};
+use gavel_engine::{
+    relevant_scopes, Approval, Breach, Decision, OnBreach, ReasonCode, Usage, Verdict,
+};
 use gavel_monitor::{
     checks, signals, Baseline, Bucket, Check, Config, FeatureValue, Outcome, Signals,
 };
@@ -291,6 +293,78 @@ pub struct Recorded {
     pub answer: Value,
     pub deployment: String,
     pub observed: Outcome,
+}
+
+/// The built-in drift feature carrying the scanners' highest injection score of a decision.
+pub const INJECTION_SCORE: &str = "injection_score";
+
+/// Counts a decision in `bucket`, as the gateway and `gavel decide` both do: whether it was
+/// blocked or abusive (findings, an abuse refusal, an abuse cooldown), and for decisions the
+/// scanners looked at (those allowed, and those they stopped) the injection score, a built-in
+/// drift feature.
+pub fn observe_decision(bucket: &mut Bucket, decision: &Decision) {
+    let first = decision.reasons.first().map(|r| r.code);
+    let blocked = decision.verdict == Verdict::Block;
+    let abusive = !decision.findings.is_empty()
+        || (blocked && first.is_some_and(ReasonCode::is_abuse))
+        || first == Some(ReasonCode::AbuseCooldown);
+    let scanned = decision.verdict == Verdict::Allow
+        || first.is_some_and(|c| {
+            matches!(
+                c,
+                ReasonCode::InjectionDirect
+                    | ReasonCode::InjectionIndirect
+                    | ReasonCode::PrivacyPii
+                    | ReasonCode::PrivacySecret
+            )
+        });
+    bucket.record_decision(&decision.decision_id, blocked, abusive);
+    if scanned {
+        let score = decision
+            .findings
+            .iter()
+            .filter(|f| f.kind == "injection")
+            .map(|f| f64::from(f.confidence))
+            .fold(0.0, f64::max);
+        bucket.record_outcome(&Outcome {
+            features: vec![(INJECTION_SCORE.to_string(), FeatureValue::Number(score))],
+            ..Outcome::default()
+        });
+    }
+}
+
+/// Counts a one-shot writer's decisions (`gavel decide`'s) as rollup rows of its own, one per
+/// deployment the contract has, so that `gavel status` and the breach checks see the traffic
+/// the CLI decided as they see the gateway's.
+pub fn record_decisions_once(
+    store: &dyn Store,
+    contract: &Contract,
+    decisions: &[Decision],
+    writer_id: &str,
+    at: Timestamp,
+) -> Result<(), Failure> {
+    let cfg = config_of(&contract.policy.monitoring);
+    let mut buckets: BTreeMap<&str, Bucket> = BTreeMap::new();
+    for decision in decisions {
+        if contract.deployment(&decision.deployment).is_some() {
+            observe_decision(buckets.entry(&decision.deployment).or_default(), decision);
+        }
+    }
+    let rows = buckets
+        .into_iter()
+        .map(|(deployment, bucket)| {
+            Ok(Rollup {
+                deployment: deployment.to_string(),
+                start_ms: at.millis().div_euclid(cfg.bucket_ms) * cfg.bucket_ms,
+                writer: writer_id.to_string(),
+                body: bucket.to_bytes().map_err(Failure::storage)?,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    if !rows.is_empty() {
+        store.save_rollups(&rows)?;
+    }
+    Ok(())
 }
 
 /// Writes what a one-shot writer such as the CLI observed as a rollup row of its own (rows add

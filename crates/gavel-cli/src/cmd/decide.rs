@@ -19,7 +19,7 @@ use crate::context::out;
 use crate::context::{new_id, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::{self, Ledger};
-use crate::monitoring::{record_once, Recorded, Reported};
+use crate::monitoring::{record_decisions_once, record_once, Recorded, Reported};
 
 /// Input larger than this is refused whole: a decide batch is requests, not a data dump.
 const MAX_INPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -78,6 +78,7 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
     }
 
     let mut bad_lines = 0usize;
+    let mut ruled_all = Vec::new();
     for result in results {
         match result {
             Decided::Unreadable { line, error } => {
@@ -89,23 +90,21 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
                 decision,
                 submitted,
             } => {
-                let mut shown =
-                    match submitted.wait() {
-                        Ok(receipt) => {
-                            if let Some((field, sink)) = &capture {
-                                capture_payload(sink, field, &request, &decision)?;
-                            }
-                            let mut shown = serde_json::to_value(&*decision).map_err(|e| {
-                                Failure::invalid(format!("cannot print a decision: {e}"))
-                            })?;
-                            shown["receipt"] = json!(receipt);
-                            shown
+                let (ruled, receipt) = match submitted.wait() {
+                    Ok(receipt) => {
+                        if let Some((field, sink)) = &capture {
+                            capture_payload(sink, field, &request, &decision)?;
                         }
-                        Err(why) => serde_json::to_value(withdrawn(
-                            &engine, &store, &request, &decision, &why,
-                        ))
-                        .map_err(|e| Failure::invalid(format!("cannot print a decision: {e}")))?,
-                    };
+                        (*decision, Some(receipt))
+                    }
+                    Err(why) => (withdrawn(&engine, &store, &request, &decision, &why), None),
+                };
+                let mut shown = serde_json::to_value(&ruled)
+                    .map_err(|e| Failure::invalid(format!("cannot print a decision: {e}")))?;
+                if let Some(receipt) = receipt {
+                    shown["receipt"] = json!(receipt);
+                }
+                ruled_all.push(ruled);
                 if let Some(object) = shown.as_object_mut() {
                     object.remove("started_cooldown");
                 }
@@ -114,6 +113,14 @@ pub fn decide(ctx: &Context, file: Option<&Path>) -> Outcome {
         }
     }
     ledger.close()?;
+    // Counted for monitoring as the gateway counts its decisions (`gavel status`, breaches).
+    record_decisions_once(
+        &store,
+        engine.contract(),
+        &ruled_all,
+        &new_id("cli")?,
+        now(),
+    )?;
     if bad_lines > 0 {
         return Err(Failure::invalid(format!(
             "{bad_lines} request(s) could not be read; their lines carry an `error`"

@@ -11,25 +11,23 @@ use serde_json::{json, Value};
 
 use gavel_contract::time::{Span, Timestamp};
 use gavel_engine::approval::covering_approval;
-use gavel_engine::{Breach, Decision, OnBreach, ReasonCode, Verdict};
+use gavel_engine::{Breach, Decision, OnBreach};
 use gavel_ledger::RecordKind;
 use gavel_monitor::breach::{next_step, Action, Active, Step};
-use gavel_monitor::{
-    checks, signal_of, signals, Baseline, Bucket, Check, Config, FeatureValue, Outcome, Series,
-};
+use gavel_monitor::{checks, signal_of, signals, Baseline, Bucket, Check, Config, Outcome, Series};
 use gavel_store::{Rollup, Store};
 
 use super::gateway::Gateway;
 use super::metrics;
 use crate::context::{new_id, now};
 use crate::failure::Failure;
-use crate::monitoring::{add_row, alert_deliveries, baseline_of, config_of, window_start};
+use crate::monitoring::{
+    add_row, alert_deliveries, baseline_of, config_of, observe_decision, window_start,
+};
 
 /// How long a baseline read from storage is used before it is read again (a new one recorded
 /// through this gateway is seen at once: the route forgets the cached one).
 const BASELINE_TTL_MS: i64 = 10_000;
-/// The built-in drift feature carrying the scanners' highest injection score of a decision.
-pub const INJECTION_SCORE: &str = "injection_score";
 /// How long rollups are kept (baselines from a traffic window read them back).
 const KEEP_ROLLUPS: Span = Span::from_days(30);
 /// Waits between webhook attempts; one attempt more than there are waits.
@@ -115,44 +113,9 @@ impl Monitor {
         if !known {
             return;
         }
-        let first = decision.reasons.first().map(|r| r.code);
-        let blocked = decision.verdict == Verdict::Block;
-        let abusive = !decision.findings.is_empty()
-            || (blocked && first.is_some_and(ReasonCode::is_abuse))
-            || first == Some(ReasonCode::AbuseCooldown);
-        // The scanners' injection score is a built-in drift feature, for decisions that were
-        // scanned: those allowed, and those the scanners stopped.
-        let scanned = decision.verdict == Verdict::Allow
-            || first.is_some_and(|c| {
-                matches!(
-                    c,
-                    ReasonCode::InjectionDirect
-                        | ReasonCode::InjectionIndirect
-                        | ReasonCode::PrivacyPii
-                        | ReasonCode::PrivacySecret
-                )
-            });
-        let scores = scanned.then(|| Outcome {
-            features: vec![(
-                INJECTION_SCORE.to_string(),
-                FeatureValue::Number(
-                    decision
-                        .findings
-                        .iter()
-                        .filter(|f| f.kind == "injection")
-                        .map(|f| f64::from(f.confidence))
-                        .fold(0.0, f64::max),
-                ),
-            )],
-            ..Outcome::default()
-        });
         if let Some(series) = self.series(&decision.deployment) {
             if let Ok(mut s) = series.lock() {
-                let bucket = s.at(now().millis());
-                bucket.record_decision(&decision.decision_id, blocked, abusive);
-                if let Some(scores) = &scores {
-                    bucket.record_outcome(scores);
-                }
+                observe_decision(s.at(now().millis()), decision);
             }
         }
     }

@@ -169,7 +169,7 @@ fn a_model_card_is_written_from_the_record() {
         "- signed by rita as risk",
         // A webhook's path is often its credential: the card shows its host only.
         "on-call https://hooks.acme.example/…",
-        "1 executions; latency p50 / p99 119 / 119 ms; errors 0.00%",
+        "State **serving**. 1 decisions, 1 executions; latency p50 / p99 119 / 119 ms; errors 0.00%",
         decision_id,
     ] {
         assert!(card.contains(shown), "`{shown}` missing:\n{card}");
