@@ -366,14 +366,23 @@ pub async fn evidence(
 ) -> ApiResult<Json<Value>> {
     let wanted: PackRequest = body_of(&gw, request).await?;
     act(gw, move |gw| {
-        let (loaded, snapshot) = gavel_contract::load_with_snapshot(&gw.contract_path)
-            .map_err(|errors| Failure::invalid(errors.to_string()))?;
+        // The bytes of the version the gateway runs: as the store keeps them when it is the
+        // version applied last, else as the file holds them if it is still that version.
         let engine = gw.engine();
-        if loaded.contract.version.0 != engine.contract().version.0 {
-            return Err(Failure::invalid(
-                "the contract file changed since the gateway loaded it; ask again once it has reloaded",
-            ));
-        }
+        let running = &engine.contract().version.0;
+        let snapshot = match gw.store.latest_contract()? {
+            Some((applied, snapshot)) if applied.version == *running => snapshot,
+            _ => {
+                let (loaded, snapshot) = gavel_contract::load_with_snapshot(&gw.contract_path)
+                    .map_err(|errors| Failure::invalid(errors.to_string()))?;
+                if loaded.contract.version.0 != *running {
+                    return Err(Failure::invalid(
+                        "the contract file changed since the gateway loaded it; ask again once it has reloaded",
+                    ));
+                }
+                snapshot
+            }
+        };
         // One pack at a time, on a connection of its own: a pack reads the whole ledger (and
         // verifies it), which must not hold up the queries and payloads of decisions.
         // A build that panicked poisons the lock but holds nothing: the next may go on.
