@@ -378,18 +378,18 @@ fn an_evidence_pack_is_written_from_the_record_and_anchored_in_the_ledger() {
     // The ledger anchors the manifest.
     let digest = hex::encode(Sha256::digest(&manifest));
     assert!(said.contains(&digest), "{said}");
-    let exported =
+    let recorded = |digest: &str| {
         r.g.run(Some(&r.auditor), &["audit", "export", "--kind", "admin"])
             .ok()
-            .json_lines();
-    assert!(
-        exported
+            .json_lines()
             .iter()
-            .any(|rec| rec["body"]["action"] == "evidence_exported"
-                && rec["body"]["manifest_sha256"] == digest.as_str()
-                && rec["body"]["principal"] == "audrey"),
-        "{exported:?}"
-    );
+            .any(|rec| {
+                rec["body"]["action"] == "evidence_exported"
+                    && rec["body"]["manifest_sha256"] == digest
+                    && rec["body"]["principal"] == "audrey"
+            })
+    };
+    assert!(recorded(&digest), "the pack is not in the ledger");
     r.g.run(
         Some(&r.auditor),
         &["evidence", "kb-search-v1", "--out", "pack"],
@@ -440,14 +440,8 @@ fn an_evidence_pack_is_written_from_the_record_and_anchored_in_the_ledger() {
     )
     .fails(1, "403");
     drop(served);
-    let exported =
-        r.g.run(Some(&r.auditor), &["audit", "export", "--kind", "admin"])
-            .ok()
-            .json_lines();
     assert!(
-        exported
-            .iter()
-            .any(|rec| rec["body"]["manifest_sha256"] == digest.as_str()),
+        recorded(&digest),
         "the gateway did not record the pack it gave"
     );
     r.g.run(
