@@ -217,6 +217,10 @@ pub enum Command {
         /// reading the database, which a running gateway holds.
         #[arg(long)]
         url: Option<String>,
+        /// With --url: the ledger's public key (as `gavel audit pubkey` prints it) to prove the
+        /// pack's record with, instead of the key the pack carries.
+        #[arg(long, requires = "url")]
+        pubkey: Option<String>,
     },
     /// Who approved this deployment, how it performs against its thresholds, who is on the hook.
     Explain {

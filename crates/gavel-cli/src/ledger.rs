@@ -258,6 +258,20 @@ impl Ledger {
         )
     }
 
+    /// As [`Ledger::record_change`], also giving the record's id (to prove it by).
+    pub fn record_change_named(
+        &self,
+        kind: RecordKind,
+        at: Timestamp,
+        principal: &str,
+        action: &str,
+        details: Value,
+    ) -> Result<(String, Receipt), Failure> {
+        let id = crate::context::new_id("chg")?;
+        let pending = self.submit(kind, at, &id, change(principal, action, details))?;
+        Ok((id, wait(pending)?))
+    }
+
     /// Records a governance change by `principal` under a fresh id, durably.
     pub fn record_change(
         &self,

@@ -128,6 +128,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             from,
             to,
             url,
+            pubkey,
         } => {
             let request = cmd::evidence::PackRequest {
                 deployment,
@@ -135,7 +136,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 to,
             };
             match url {
-                Some(url) => cmd::evidence::fetch(&ctx, &url, &request, &out),
+                Some(url) => cmd::evidence::fetch(&ctx, &url, pubkey.as_deref(), &request, &out),
                 None => cmd::evidence::run(&ctx, &request, &out),
             }
         }

@@ -72,7 +72,7 @@ pub fn run(ctx: &Context, request: &PackRequest, out_dir: &Path) -> Outcome {
     let signer = ledger::load_key(&ctx.db_path)?;
     let pack = Pack::build(&contract, &snapshot, &store, &sink, &signer, request)?;
     // Recorded before it is written: a pack on disk is always one the ledger holds.
-    let receipt = pack.record(&ledger, &who.principal, request)?;
+    let (_, receipt) = pack.record(&ledger, &who.principal, request)?;
     ledger.close()?;
     pack.write_to(out_dir)?;
     out!(
@@ -87,7 +87,13 @@ pub fn run(ctx: &Context, request: &PackRequest, out_dir: &Path) -> Outcome {
 
 /// `gavel evidence --url URL`: asks a running gateway for the pack, checks every file against
 /// the manifest it came with, and writes them into `out_dir`.
-pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) -> Outcome {
+pub fn fetch(
+    ctx: &Context,
+    url: &str,
+    pubkey: Option<&str>,
+    request: &PackRequest,
+    out_dir: &Path,
+) -> Outcome {
     let key = ctx.key().ok_or_else(|| {
         Failure::auth("asking a gateway for evidence needs an API key: set GAVEL_KEY")
     })?;
@@ -108,81 +114,149 @@ pub fn fetch(ctx: &Context, url: &str, request: &PackRequest, out_dir: &Path) ->
         std::process::id()
     ));
     new_folder(&partial)?;
-    let written = fetch_into(key, url, request, &partial).and_then(|(pack, index)| {
+    let written = fetch_into(key, url, request, pubkey, &partial).and_then(|(pack, record)| {
         std::fs::rename(&partial, out_dir).map_err(|e| {
             Failure::storage(format!(
                 "cannot move the pack into `{}` ({e})",
                 out_dir.display()
             ))
         })?;
-        Ok((pack, index))
+        Ok((pack, record))
     });
-    let (pack, index) = written.inspect_err(|_| {
+    let (pack, record) = written.inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&partial);
     })?;
     out!(
-        "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is recorded in the ledger at leaf {}",
+        "wrote {} files to {}; MANIFEST.sha256 (sha256 {}) is in the ledger: {record}",
         pack.files.len(),
         out_dir.display(),
-        pack.manifest_sha256(),
-        index
+        pack.manifest_sha256()
     );
     Ok(())
 }
 
-/// Asks the gateway at `url` for the pack, checks it, and writes it into `dir`; the pack and
-/// the leaf its record went to.
+/// Asks the gateway at `url` for the pack, checks it (paths, every file against the manifest,
+/// and the manifest against the ledger record the gateway made of it, proven by a signed
+/// checkpoint under `pubkey`, or the key the pack carries), and writes it into `dir`; the pack
+/// and a sentence on its record.
 fn fetch_into(
     key: &str,
     url: &str,
     request: &PackRequest,
+    pubkey: Option<&str>,
     dir: &Path,
-) -> Result<(Pack, Value), Failure> {
-    let endpoint = format!("{}/v1/admin/evidence", url.trim_end_matches('/'));
+) -> Result<(Pack, String), Failure> {
+    let base = url.trim_end_matches('/');
+    let endpoint = format!("{base}/v1/admin/evidence");
     let body = json!({ "deployment": request.deployment, "from": request.from, "to": request.to });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::storage(format!("cannot start the HTTP client ({e})")))?;
-    let (status, answer) = runtime.block_on(async {
-        let reply = reqwest::Client::new()
-            .post(&endpoint)
-            .bearer_auth(key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| Failure::storage(format!("cannot reach `{endpoint}` ({e})")))?;
-        let status = reply.status();
-        let bytes = reply
-            .bytes()
-            .await
-            .map_err(|e| Failure::storage(format!("`{endpoint}` broke off its answer ({e})")))?;
-        let answer: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::storage(format!("`{endpoint}` answered {status} with no JSON ({e})"))
-        })?;
-        Ok::<_, Failure>((status, answer))
-    })?;
+    let client = reqwest::Client::new();
+    let (status, answer) = runtime.block_on(call(
+        client.post(&endpoint).body(body.to_string()),
+        key,
+        &endpoint,
+    ))?;
     if !status.is_success() {
-        let reason: String = answer["error"]["message"]
-            .as_str()
-            .unwrap_or("no reason given")
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect();
-        return Err(Failure::invalid(format!(
-            "`{endpoint}` answered {status}: {reason}"
-        )));
+        return Err(refused(&endpoint, status, &answer));
     }
     let pack = Pack::from_answer(&answer)?;
     if pack.manifest_sha256() != answer["manifest_sha256"].as_str().unwrap_or_default() {
         return Err(Failure::invalid(
-            "the pack's manifest does not match the digest the gateway recorded; nothing was written",
+            "the pack's manifest does not match the digest the gateway says it recorded; nothing was written",
         ));
     }
     pack.check_manifest()?;
+
+    // The record the gateway made of it, proven against a signed checkpoint (signed within a
+    // second or so of the record).
+    let record_id = answer["record_id"].as_str().unwrap_or_default();
+    let proof_url = format!("{base}/v1/audit/proof/{record_id}");
+    let deadline = std::time::Instant::now() + PROOF_PATIENCE;
+    let proof = loop {
+        let (status, proof) = runtime.block_on(call(client.get(&proof_url), key, &proof_url))?;
+        if status.is_success() {
+            break proof;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(refused(&proof_url, status, &proof));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let (key_used, verifier_key) = match pubkey {
+        Some(pinned) => ("the key you pinned", pinned.to_string()),
+        None => (
+            "the key in ledger/pubkey.txt",
+            String::from_utf8_lossy(
+                pack.files
+                    .get("ledger/pubkey.txt")
+                    .map_or(&[][..], Vec::as_slice),
+            )
+            .trim()
+            .to_string(),
+        ),
+    };
+    let checked =
+        gavel_ledger::check_proof_json(&proof.to_string(), &verifier_key).map_err(|e| {
+            Failure::invalid(format!(
+                "the pack's ledger record does not prove: {}; nothing was written",
+                e.0
+            ))
+        })?;
+    let body = &checked.record.body;
+    if body["action"] != "evidence_exported"
+        || body["manifest_sha256"] != pack.manifest_sha256().as_str()
+    {
+        return Err(Failure::invalid(
+            "the ledger record the gateway named is not this pack's; nothing was written",
+        ));
+    }
     pack.write_to(dir)?;
-    Ok((pack, answer["ledger_index"].clone()))
+    Ok((
+        pack,
+        format!(
+            "record `{record_id}` at leaf {}, proven by signed checkpoint #{} under {key_used}",
+            checked.index, checked.checkpoint.seq
+        ),
+    ))
+}
+
+/// How long to wait for a signed checkpoint that covers a record just made.
+const PROOF_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends `request` with the key; its status and JSON answer.
+async fn call(
+    request: reqwest::RequestBuilder,
+    key: &str,
+    url: &str,
+) -> Result<(reqwest::StatusCode, Value), Failure> {
+    let reply = request
+        .bearer_auth(key)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .send()
+        .await
+        .map_err(|e| Failure::storage(format!("cannot reach `{url}` ({e})")))?;
+    let status = reply.status();
+    let bytes = reply
+        .bytes()
+        .await
+        .map_err(|e| Failure::storage(format!("`{url}` broke off its answer ({e})")))?;
+    let answer = serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::storage(format!("`{url}` answered {status} with no JSON ({e})")))?;
+    Ok((status, answer))
+}
+
+/// What a gateway's refusal says, without control characters.
+fn refused(url: &str, status: reqwest::StatusCode, answer: &Value) -> Failure {
+    let reason: String = answer["error"]["message"]
+        .as_str()
+        .unwrap_or("no reason given")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    Failure::invalid(format!("`{url}` answered {status}: {reason}"))
 }
 
 fn new_folder(dir: &Path) -> Outcome {
@@ -380,14 +454,15 @@ impl Pack {
         ))
     }
 
-    /// Records the pack (its manifest's digest) in the ledger, as `principal`'s.
+    /// Records the pack (its manifest's digest) in the ledger, as `principal`'s: the record's
+    /// id and receipt.
     pub fn record(
         &self,
         ledger: &ledger::Ledger,
         principal: &str,
         request: &PackRequest,
-    ) -> Result<gavel_ledger::Receipt, Failure> {
-        ledger.record_change(
+    ) -> Result<(String, gavel_ledger::Receipt), Failure> {
+        ledger.record_change_named(
             RecordKind::Admin,
             now(),
             principal,

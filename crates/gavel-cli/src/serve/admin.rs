@@ -398,7 +398,7 @@ pub async fn evidence(
         let signer = crate::ledger::load_key(&gw.db_path)?;
         let sink = crate::ledger::open_reader(&gw.db_path)?;
         let pack = Pack::build(engine.contract(), &snapshot, &gw.store, &sink, &signer, &wanted)?;
-        let receipt = pack.record(&gw.ledger, &caller.principal, &wanted)?;
+        let (record_id, receipt) = pack.record(&gw.ledger, &caller.principal, &wanted)?;
         let files: serde_json::Map<String, Value> = pack
             .files
             .iter()
@@ -410,7 +410,7 @@ pub async fn evidence(
                 (path.clone(), content)
             })
             .collect();
-        Ok(json!({ "deployment": wanted.deployment, "manifest_sha256": pack.manifest_sha256(), "ledger_index": receipt.index, "files": files }))
+        Ok(json!({ "deployment": wanted.deployment, "manifest_sha256": pack.manifest_sha256(), "record_id": record_id, "ledger_index": receipt.index, "files": files }))
     })
     .await
 }

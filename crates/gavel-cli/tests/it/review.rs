@@ -422,6 +422,32 @@ fn an_evidence_pack_is_written_from_the_record_and_anchored_in_the_ledger() {
     let fetched = std::fs::read(r.g.path("from-gateway/MANIFEST.sha256")).unwrap();
     let digest = hex::encode(Sha256::digest(&fetched));
     assert!(said.contains(&digest), "{said}");
+    // The pack's record was proven against a signed checkpoint before anything was written.
+    assert!(said.contains("proven by signed checkpoint #"), "{said}");
+    // Proven under another ledger's key, it is refused and nothing is written.
+    let elsewhere = super::Gavel::init();
+    let other_key = elsewhere.run(None, &["audit", "pubkey"]).ok().stdout;
+    r.g.run(
+        Some(&r.auditor),
+        &[
+            "evidence",
+            "kb-search-v1",
+            "--out",
+            "wrong-key",
+            "--url",
+            &url,
+            "--pubkey",
+            other_key.trim(),
+        ],
+    )
+    .fails(1, "the pack's ledger record does not prove");
+    assert!(!r.g.path("wrong-key").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(r.g.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     for line in String::from_utf8(fetched).unwrap().lines() {
         let (digest, path) = line.split_once("  ").unwrap();
         let bytes = std::fs::read(r.g.path("from-gateway").join(path)).unwrap();
