@@ -261,8 +261,9 @@ impl StreamGuard {
     }
 
     /// Guards one `chat.completion.chunk` in place: each text piece of each choice is replaced
-    /// by what its guard releases, and a choice that finishes gets the rest of its texts in
-    /// this event. Returns what it did, or the violation that ends the stream.
+    /// by what its guard releases; the rest of the texts of a choice that finishes, with its
+    /// finish, goes in [`Guarded::after`]. Returns what it did, or the violation that ends the
+    /// stream.
     pub fn event(&mut self, chunk: &mut Value) -> Result<Guarded, Violation> {
         // An event that reports usage is sent, whatever its choices say.
         let mut guarded = Guarded {
