@@ -241,23 +241,6 @@ impl Ledger {
             .map_err(refused)
     }
 
-    /// Queues a governance change by `principal` under a fresh id; durable once resolved.
-    pub fn submit_change(
-        &self,
-        kind: RecordKind,
-        at: Timestamp,
-        principal: &str,
-        action: &str,
-        details: Value,
-    ) -> Result<Pending, Failure> {
-        self.submit(
-            kind,
-            at,
-            &crate::context::new_id("chg")?,
-            change(principal, action, details),
-        )
-    }
-
     /// As [`Ledger::record_change`], also giving the record's id (to prove it by).
     pub fn record_change_named(
         &self,
@@ -281,7 +264,8 @@ impl Ledger {
         action: &str,
         details: Value,
     ) -> Result<Receipt, Failure> {
-        wait(self.submit_change(kind, at, principal, action, details)?)
+        self.record_change_named(kind, at, principal, action, details)
+            .map(|(_, receipt)| receipt)
     }
 
     /// Appends a record and returns once it is durable.
