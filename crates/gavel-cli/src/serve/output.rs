@@ -479,13 +479,12 @@ impl StreamGuard {
             }
             self.texts += 1;
         }
-        let field = key.1.field(choice);
         let guard = self
             .guards
-            .entry(key)
+            .entry(key.clone())
             .or_insert_with(|| OutputGuard::new(self.scanners.clone(), self.actions));
         let released = guard.push(piece);
-        tagged(&mut self.findings, guard, field, released)
+        tagged(&mut self.findings, guard, || key.1.field(choice), released)
     }
 
     /// Finishes every guard of `choice`, adding what they held back to `delta`.
@@ -508,7 +507,12 @@ impl StreamGuard {
                 continue;
             };
             let tail = guard.finish();
-            let tail = tagged(&mut self.findings, &mut guard, channel.field(choice), tail)?;
+            let tail = tagged(
+                &mut self.findings,
+                &mut guard,
+                || channel.field(choice),
+                tail,
+            )?;
             if !tail.is_empty() {
                 put_tail(delta, &channel, tail, &mut call_at);
             }
@@ -597,19 +601,19 @@ fn pointer_segment(key: &str) -> String {
 }
 
 /// Moves the findings of a guard into `findings`, each naming its `field`, and names the field
-/// of a violation.
+/// of a violation; the field is written out only then, not for every piece.
 fn tagged(
     findings: &mut Vec<Value>,
     guard: &mut OutputGuard,
-    field: String,
+    field: impl Fn() -> String,
     released: Result<String, Violation>,
 ) -> Result<String, Violation> {
     for mut finding in guard.findings.drain(..) {
-        finding["field"] = json!(field);
+        finding["field"] = json!(field());
         findings.push(finding);
     }
     released.map_err(|mut v| {
-        v.field = Some(field);
+        v.field = Some(field());
         v
     })
 }
