@@ -310,12 +310,12 @@ fn deployment_row(row: &DeploymentStatus) -> Markup {
     }
 }
 
-/// A state word, coloured by what it asks of the reader.
+/// A state or verdict, coloured by what it asks of the reader.
 fn badge(state: &str) -> Markup {
     let class = match state {
-        "serving" | "active" | "ok" => "ok",
-        "cooldown" | "probing" | "fallback" | "pending" => "warn",
-        "blocked" | "killed" | "revoked" | "expired" | "unapproved" => "bad",
+        "serving" | "active" | "ok" | "ALLOW" => "ok",
+        "cooldown" | "probing" | "fallback" | "pending" | "COOLDOWN" | "NO_OP" => "warn",
+        "blocked" | "killed" | "revoked" | "expired" | "unapproved" | "BLOCK" => "bad",
         _ => "idle",
     };
     html! { span class=(format!("state {class}")) { (state) } }
@@ -414,7 +414,7 @@ pub async fn ledger(State(gw): State<Arc<Gateway>>, Query(search): Query<Search>
                         td { a href=(format!("/dashboard/records/{}", urlencode(&entry.record.id))) { code { (entry.record.id) } } }
                         td { (text_of(body, "deployment")) }
                         td { (text_of(body, "principal")) }
-                        td { @if let Some(v) = body["verdict"].as_str() { (badge_for_verdict(v)) } }
+                        td { @if let Some(v) = body["verdict"].as_str() { (badge(v)) } }
                         td { (reason_codes(body)) }
                     }
                 }
@@ -432,15 +432,6 @@ fn search_ledger(
     gw.ledger_reader()?
         .query(&filter)
         .map_err(|e| Failure::storage(format!("the search failed: {e}")))
-}
-
-fn badge_for_verdict(verdict: &str) -> Markup {
-    let class = match verdict {
-        "ALLOW" => "ok",
-        "COOLDOWN" | "NO_OP" => "warn",
-        _ => "bad",
-    };
-    html! { span class=(format!("state {class}")) { (verdict) } }
 }
 
 fn text_of<'a>(body: &'a Value, key: &str) -> &'a str {
