@@ -478,10 +478,9 @@ impl Call {
     /// come back intact, token by token), and in a stream they carry text the hold-back window
     /// has not cleared yet.
     fn withhold_logprobs(&self, answer: &mut Value) {
-        let engine = self.gw.engine();
-        let guarded = engine.contract().policy.privacy.as_ref().is_some_and(|p| {
-            p.output.pii != FindingAction::Allow || p.output.secret != FindingAction::Allow
-        });
+        let guarded = self
+            .output_actions()
+            .is_some_and(|a| a.pii != FindingAction::Allow || a.secret != FindingAction::Allow);
         if !guarded {
             return;
         }
@@ -521,15 +520,8 @@ impl Call {
     }
 
     fn output_actions(&self) -> Option<PrivacyActions> {
-        let privacy = self
-            .gw
-            .engine()
-            .contract()
-            .policy
-            .privacy
-            .as_ref()
-            .map(|p| p.output);
-        privacy
+        let engine = self.gw.engine();
+        engine.contract().policy.privacy.as_ref().map(|p| p.output)
     }
 
     /// The approved fallback response, in the shape the client asked for.
