@@ -260,9 +260,25 @@ pub struct UseCase {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Oncall {
+    /// Where alerts are posted. Its path or query is often the credential (a chat tool's
+    /// incoming webhook, a pager's integration key): show it by [`Oncall::webhook_origin`].
     pub webhook: String,
     pub runbook: Option<String>,
     pub severity_map: BTreeMap<String, String>,
+}
+
+impl Oncall {
+    /// The webhook's scheme, host and port (`https://hooks.slack.com`): what a report, an API
+    /// answer or a ledger record may say about it. Credentials before the host, the path, the
+    /// query and the fragment are left out.
+    pub fn webhook_origin(&self) -> String {
+        let Some((scheme, rest)) = self.webhook.split_once("://") else {
+            return "(not a URL)".to_string();
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        format!("{scheme}://{host}")
+    }
 }
 
 /// The governed unit: everything that must be approved together.
@@ -558,5 +574,33 @@ impl Price {
         } else {
             u64::MAX
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oncall(webhook: &str) -> Oncall {
+        Oncall {
+            webhook: webhook.to_string(),
+            runbook: None,
+            severity_map: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_webhook_is_shown_by_its_origin_only() {
+        let origin = |w: &str| oncall(w).webhook_origin();
+        assert_eq!(
+            origin("https://hooks.slack.com/services/T000/B000/XXXXSECRET"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            origin("https://user:pw@pager.example:8443?token=abc"),
+            "https://pager.example:8443"
+        );
+        assert_eq!(origin("http://[::1]:9000#key"), "http://[::1]:9000");
+        assert_eq!(origin("not a url"), "(not a URL)");
     }
 }

@@ -176,7 +176,7 @@ impl Explanation<'_> {
         }
         say!("\n3. Who is on the hook?");
         say!("   owner: {}", use_case.owner);
-        say!("   on-call webhook: {}", use_case.oncall.webhook);
+        say!("   on-call webhook: {}/…", use_case.oncall.webhook_origin());
         if let Some(runbook) = &use_case.oncall.runbook {
             say!("   runbook: {runbook}");
         }
@@ -360,7 +360,11 @@ impl Explanation<'_> {
             },
             "on_the_hook": {
                 "owner": use_case.owner,
-                "oncall": use_case.oncall,
+                "oncall": {
+                    "webhook_origin": use_case.oncall.webhook_origin(),
+                    "runbook": use_case.oncall.runbook,
+                    "severity_map": use_case.oncall.severity_map,
+                },
                 "breaches": breaches,
                 "paged": pages,
             },

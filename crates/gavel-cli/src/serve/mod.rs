@@ -198,7 +198,7 @@ async fn serve(
     listen: SocketAddr,
     settings: Listening,
     watched: Vec<std::path::PathBuf>,
-    alert_queue: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    alert_queue: tokio::sync::mpsc::UnboundedReceiver<monitor::Alert>,
     checkpointer: WalCheckpointer,
 ) -> Outcome {
     let listener = tokio::net::TcpListener::bind(listen)

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use gavel_contract::time::{Span, Timestamp};
+use gavel_contract::Oncall;
 use gavel_engine::approval::covering_approval;
 use gavel_engine::{Breach, Decision, OnBreach};
 use gavel_ledger::RecordKind;
@@ -70,14 +71,14 @@ pub struct Monitor {
     keep_ms: std::sync::atomic::AtomicI64,
     /// Baselines by approval id, read at most every [`BASELINE_TTL_MS`].
     baselines: Mutex<HashMap<String, CachedBaseline>>,
-    alerts: tokio::sync::mpsc::UnboundedSender<Value>,
+    alerts: tokio::sync::mpsc::UnboundedSender<Alert>,
 }
 
 impl Monitor {
     /// A monitor and the receiving end of its alert queue (for [`deliver_alerts`]).
     pub fn new(
         cfg: &Config,
-    ) -> Result<(Monitor, tokio::sync::mpsc::UnboundedReceiver<Value>), Failure> {
+    ) -> Result<(Monitor, tokio::sync::mpsc::UnboundedReceiver<Alert>), Failure> {
         let (alerts, queue) = tokio::sync::mpsc::unbounded_channel();
         let monitor = Monitor {
             writer: new_id("gw")?,
@@ -351,10 +352,11 @@ impl Monitor {
         }
         metrics::breach(&d.id, &breach.signal, "started");
         tracing::warn!(deployment = %d.id, breach_id = %breach.id, threshold = %breach.threshold, value = breach.value, limit = breach.limit, "threshold breached");
-        if let Some(webhook) = use_case.map(|u| u.oncall.webhook.clone()) {
-            let _ = self
-                .alerts
-                .send(json!({ "webhook": webhook, "alert": alert }));
+        if let Some(oncall) = use_case.map(|u| u.oncall.clone()) {
+            let _ = self.alerts.send(Alert {
+                oncall,
+                body: alert,
+            });
         }
         Ok(())
     }
@@ -421,7 +423,7 @@ impl Monitor {
             let recorded = reader
                 .record_by_id(&breach.id)
                 .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?;
-            let webhook = gw
+            let oncall = gw
                 .engine()
                 .contract()
                 .deployment(&breach.deployment)
@@ -429,12 +431,13 @@ impl Monitor {
                     gw.engine()
                         .contract()
                         .use_case_of(d)
-                        .map(|u| u.oncall.webhook.clone())
+                        .map(|u| u.oncall.clone())
                 });
-            if let (Some(entry), Some(webhook)) = (recorded, webhook) {
-                let _ = self
-                    .alerts
-                    .send(json!({ "webhook": webhook, "alert": entry.record.body }));
+            if let (Some(entry), Some(oncall)) = (recorded, oncall) {
+                let _ = self.alerts.send(Alert {
+                    oncall,
+                    body: entry.record.body,
+                });
                 resent += 1;
             }
         }
@@ -621,11 +624,17 @@ pub async fn final_flush(gw: Arc<Gateway>) {
     }
 }
 
+/// A breach's alert on its way to the use case's on-call webhook.
+pub struct Alert {
+    oncall: Oncall,
+    body: Value,
+}
+
 /// Posts each alert to its webhook, retrying with backoff, and records in the ledger whether
 /// the on-call was reached (the webhook's host only: its path may carry a token).
 pub async fn deliver_alerts(
     gw: Arc<Gateway>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Alert>,
 ) {
     let Ok(http) = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -635,11 +644,12 @@ pub async fn deliver_alerts(
         return;
     };
     let mut sent = HashSet::new();
-    while let Some(item) = queue.recv().await {
-        let (webhook, alert) = (
-            item["webhook"].as_str().unwrap_or_default().to_string(),
-            item["alert"].clone(),
-        );
+    while let Some(Alert {
+        oncall,
+        body: alert,
+    }) = queue.recv().await
+    {
+        let (webhook, origin) = (oncall.webhook.clone(), oncall.webhook_origin());
         let breach_id = alert["breach_id"].as_str().unwrap_or_default().to_string();
         if !sent.insert(breach_id.clone()) {
             continue;
@@ -674,11 +684,7 @@ pub async fn deliver_alerts(
                 }
             };
             metrics::alert(if delivered { "delivered" } else { "failed" });
-            let host = reqwest::Url::parse(&webhook)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_string))
-                .unwrap_or_default();
-            let details = json!({ "breach_id": breach_id, "deployment": alert["deployment"], "webhook_host": host, "attempts": attempts, "delivered": delivered, "last_error": (!delivered).then_some(last) });
+            let details = json!({ "breach_id": breach_id, "deployment": alert["deployment"], "webhook_origin": origin, "attempts": attempts, "delivered": delivered, "last_error": (!delivered).then_some(last) });
             let record = tokio::task::spawn_blocking(move || {
                 gw.ledger.record_change(
                     RecordKind::Admin,

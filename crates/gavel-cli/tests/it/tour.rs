@@ -87,12 +87,25 @@ fn init_check_apply_approve_decide_outcome_explain() {
     );
     assert!(explain.stdout.contains("owner: dana@acme.example"));
     assert!(explain.stdout.contains("applied by olga"));
-    let explain: serde_json::Value = serde_json::from_str(
-        &g.run(Some(&r.auditor), &["explain", "kb-search-v1", "--json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    // A webhook's path is often its credential: explain names its origin only.
+    assert!(
+        explain
+            .stdout
+            .contains("on-call webhook: https://hooks.acme.example/…"),
+        "{}",
+        explain.stdout
+    );
+    assert!(!explain.stdout.contains("/pager"), "{}", explain.stdout);
+    let explain_json = g
+        .run(Some(&r.auditor), &["explain", "kb-search-v1", "--json"])
+        .ok()
+        .stdout;
+    assert!(!explain_json.contains("/pager"), "{explain_json}");
+    let explain: serde_json::Value = serde_json::from_str(&explain_json).unwrap();
+    assert_eq!(
+        explain["on_the_hook"]["oncall"]["webhook_origin"],
+        "https://hooks.acme.example"
+    );
     assert_eq!(
         explain["who_approved"]["approval"]["signoffs"][0]["principal"],
         "rita"
