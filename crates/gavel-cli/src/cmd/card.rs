@@ -341,8 +341,3 @@ fn markdown(contract: &Contract, e: &Explanation<'_>, ledger: &LedgerState) -> S
     md.truncate(md.trim_end().len());
     md
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
