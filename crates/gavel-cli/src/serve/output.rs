@@ -332,6 +332,15 @@ impl StreamGuard {
                     says_something |= self.guard_calls(index, value)?;
                     continue;
                 }
+                // One call not wrapped in an array: the same call, and the same window, as
+                // when it comes as the array's item, so that its text cannot be split between
+                // two windows by changing the shape from one event to the next.
+                "tool_calls" if value.is_object() => {
+                    let number = value["index"].as_u64().unwrap_or(0);
+                    says_something |=
+                        self.guard_call(index, Channel::ToolArguments(number), value)?;
+                    continue;
+                }
                 _ => {
                     says_something |= self.other(index, value, &pointer_segment(key))?;
                     continue;
@@ -394,23 +403,29 @@ impl StreamGuard {
             other => vec![(None, "arguments", other)],
         };
         let mut released_any = false;
-        for (holder, key, channel) in texts {
+        for (holder, key, channel) in &texts {
             let holder = match holder {
-                Some(holder) => call.get_mut(holder),
+                Some(holder) => call.get_mut(*holder),
                 None => Some(&mut *call),
             };
-            if let Some(Value::String(text)) = holder.and_then(|h| h.get_mut(key)) {
-                *text = self.push(choice, channel, text)?;
+            if let Some(Value::String(text)) = holder.and_then(|h| h.get_mut(*key)) {
+                *text = self.push(choice, channel.clone(), text)?;
                 released_any |= !text.is_empty();
             }
         }
-        // The call's `index` only says which call a piece belongs to, and its texts are
-        // judged above.
+        // The call's `index` only says which call a piece belongs to, and its windowed texts
+        // are judged above; anything else it carries (an id, a name, a key no window reads)
+        // is sent, and guarded with the rest of the event.
+        let windowed = |holder: Option<&str>, key: &str, value: &Value| {
+            value.is_string() && texts.iter().any(|(h, k, _)| *h == holder && *k == key)
+        };
         let says_more = |members: &serde_json::Map<String, Value>| {
-            members.iter().any(|(key, value)| match key.as_str() {
-                "index" | "arguments" | "input" => false,
-                "function" | "custom" => {
-                    !value.is_object() || value.as_object().is_some_and(says_more_of)
+            members.iter().any(|(key, value)| match value {
+                _ if key == "index" || windowed(None, key, value) => false,
+                Value::Object(inner) if texts.iter().any(|(h, ..)| *h == Some(key.as_str())) => {
+                    inner
+                        .iter()
+                        .any(|(k, v)| !windowed(Some(key.as_str()), k, v))
                 }
                 _ => true,
             })
@@ -521,13 +536,6 @@ impl StreamGuard {
     }
 }
 
-/// Whether a call's `function` or `custom` object says more than its text.
-fn says_more_of(holder: &serde_json::Map<String, Value>) -> bool {
-    holder
-        .keys()
-        .any(|key| !matches!(key.as_str(), "arguments" | "input"))
-}
-
 /// Whether the string at `path` (a pointer) names something: its key is one of [`NAMING_KEYS`].
 fn names(path: &str) -> bool {
     path.rsplit('/')
@@ -565,16 +573,24 @@ fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut 
             }
             ("tool_calls", Value::Array(calls)) => {
                 for (i, call) in calls.iter().enumerate() {
-                    if call["function"]["arguments"].is_string() {
-                        texts.push(format!("{at}/tool_calls/{i}/function/arguments"));
-                    }
-                    if call["custom"]["input"].is_string() {
-                        texts.push(format!("{at}/tool_calls/{i}/custom/input"));
-                    }
+                    call_texts(call, &format!("{at}/tool_calls/{i}"), texts);
                 }
+            }
+            ("tool_calls", call @ Value::Object(_)) => {
+                call_texts(call, &format!("{at}/tool_calls"), texts);
             }
             _ => strings(value, format!("{at}{}", pointer_segment(key)), texts),
         }
+    }
+}
+
+/// Adds the pointers (under `at`) of the windowed texts of one tool call.
+fn call_texts(call: &Value, at: &str, texts: &mut Vec<String>) {
+    if call["function"]["arguments"].is_string() {
+        texts.push(format!("{at}/function/arguments"));
+    }
+    if call["custom"]["input"].is_string() {
+        texts.push(format!("{at}/custom/input"));
     }
 }
 
@@ -1357,5 +1373,106 @@ mod tests {
             guard.event(&mut shape).unwrap();
         }
         guard.finish().unwrap();
+    }
+
+    /// Feeds `events` to a blocking guard until it refuses one; what was sent before, and the
+    /// violation (also one found when the stream ends).
+    fn until_refused(events: Vec<Value>) -> (Vec<Value>, Option<Violation>) {
+        let mut guard = stream(FindingAction::Block);
+        let mut sent = Vec::new();
+        for mut event in events {
+            match guard.event(&mut event) {
+                Ok(guarded) => {
+                    if guarded.forward {
+                        sent.push(event);
+                    }
+                }
+                Err(v) => return (sent, Some(v)),
+            }
+        }
+        let violation = guard.finish().err();
+        (sent, violation)
+    }
+
+    /// Every string a client could read in `events`, in order.
+    fn all_strings(events: &[Value]) -> String {
+        fn walk(value: &Value, out: &mut String) {
+            match value {
+                Value::String(s) => out.push_str(s),
+                Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                Value::Object(members) => members.values().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = String::new();
+        events.iter().for_each(|e| walk(e, &mut out));
+        out
+    }
+
+    /// A hostile or sloppy upstream may send one call as an object in one event and as the
+    /// array's item in the next, or the same call twice in one event: the pieces still run
+    /// through one window, so a secret split between them is caught before any of it is sent.
+    #[test]
+    fn a_call_keeps_its_window_whatever_shape_its_pieces_come_in() {
+        let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
+        let (head, tail) = token.split_at(12);
+        let object = |piece: &str| {
+            chunk(
+                0,
+                serde_json::json!({ "tool_calls": { "index": 0, "function": { "arguments": piece } } }),
+                None,
+            )
+        };
+        let array = |pieces: &[&str]| {
+            let calls: Vec<Value> = pieces
+                .iter()
+                .map(|p| serde_json::json!({ "index": 0, "function": { "arguments": p } }))
+                .collect();
+            chunk(0, serde_json::json!({ "tool_calls": calls }), None)
+        };
+        let cases = [
+            ("object, then array", vec![object(head), array(&[tail])]),
+            ("array, then object", vec![array(&[head]), object(tail)]),
+            ("twice in one event", vec![array(&[head, tail])]),
+        ];
+        for (case, events) in cases {
+            let (sent, violation) = until_refused(events);
+            let violation = violation.unwrap_or_else(|| panic!("{case}: not caught"));
+            assert_eq!(violation.code, ReasonCode::PrivacySecret, "{case}");
+            assert!(!all_strings(&sent).contains("ghp_"), "{case}: {sent:?}");
+        }
+    }
+
+    /// A call's strings that no window reads (a `function.input`, a `custom.arguments`) are
+    /// not dropped with the call: the event is still sent, and they are left to the event's
+    /// own guarding (they are not among its windowed texts).
+    #[test]
+    fn a_calls_other_strings_are_kept_and_left_to_the_events_guarding() {
+        let mut guard = stream(FindingAction::Block);
+        let mut event = chunk(
+            0,
+            serde_json::json!({ "tool_calls": [
+                { "index": 0, "function": { "input": "a" } },
+                { "index": 1, "custom": { "arguments": "b" } },
+            ] }),
+            None,
+        );
+        let guarded = guard.event(&mut event).unwrap();
+        assert!(guarded.forward);
+        let calls = &event["choices"][0]["delta"]["tool_calls"];
+        assert_eq!(calls[0]["function"]["input"], "a");
+        assert_eq!(calls[1]["custom"]["arguments"], "b");
+        assert!(guarded.texts.is_empty(), "{:?}", guarded.texts);
+        // An object call's windowed text is listed where it is.
+        let mut event = chunk(
+            0,
+            serde_json::json!({ "tool_calls": { "index": 3, "function": { "arguments": "a long enough piece of arguments to release" } } }),
+            None,
+        );
+        let guarded = guard.event(&mut event).unwrap();
+        assert_eq!(
+            guarded.texts,
+            ["/choices/0/delta/tool_calls/function/arguments"]
+        );
     }
 }
