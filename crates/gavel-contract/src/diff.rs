@@ -431,6 +431,18 @@ fn prices(d: &mut ContractDiff, old: &BTreeMap<String, Price>, new: &BTreeMap<St
             }
             _ => {}
         }
+        // Fewer tokens reserved per image let more images through the same token budget.
+        if let Some(n) = new.get(snapshot) {
+            let (was, is) = (o.most_image_tokens(), n.most_image_tokens());
+            if is < was {
+                d.note(
+                    true,
+                    format!("image tokens of `{snapshot}` lowered ({was} -> {is})"),
+                );
+            } else if is > was {
+                d.note(false, format!("image tokens of `{snapshot}` raised"));
+            }
+        }
     }
 }
 
@@ -531,6 +543,18 @@ mod tests {
             d.changes.iter().any(|c| c.loosening
                 && c.what
                     .contains("price of `llama-3.1-8b-instruct-q8-2024-07` lowered")),
+            "{d:?}"
+        );
+        // Fewer tokens reserved per image let more images through a token budget.
+        let d = loosening(&[(
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05, image_tokens: 85 }",
+        )]);
+        assert!(
+            d.changes.iter().any(|c| c.loosening
+                && c.what.contains(
+                    "image tokens of `llama-3.1-8b-instruct-q8-2024-07` lowered (1600 -> 85)"
+                )),
             "{d:?}"
         );
         let d = loosening(&[(

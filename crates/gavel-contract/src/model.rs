@@ -43,6 +43,12 @@ impl Contract {
     pub fn price_of(&self, snapshot: &str) -> Option<Price> {
         self.prices.get(snapshot).copied()
     }
+
+    /// The most prompt tokens one input image counts for on `snapshot`.
+    pub fn image_tokens_of(&self, snapshot: &str) -> u64 {
+        self.price_of(snapshot)
+            .map_or(DEFAULT_IMAGE_TOKENS, Price::most_image_tokens)
+    }
 }
 
 /// Hex SHA-256 of a contract's canonical form.
@@ -557,14 +563,29 @@ pub struct AbusePolicy {
     pub cooldown: Span,
 }
 
-/// USD per one million tokens.
+/// The most prompt tokens one image is reserved at on a snapshot whose entry in the price table
+/// does not say: about what the common vision models count for their largest image (OpenAI's
+/// tile models 1,445 at `detail: high`, its patch models 1,536 before their multiplier,
+/// Anthropic's about 1,600).
+pub const DEFAULT_IMAGE_TOKENS: u64 = 1_600;
+
+/// USD per one million tokens, and what one image counts for.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Price {
     pub input: f64,
     pub output: f64,
+    /// The most prompt tokens one input image counts for on this snapshot (None: not known,
+    /// [`DEFAULT_IMAGE_TOKENS`]). A request's images are reserved at this, since their size is
+    /// not known before the upstream reads them.
+    pub image_tokens: Option<u64>,
 }
 
 impl Price {
+    /// What one image is reserved at.
+    pub fn most_image_tokens(self) -> u64 {
+        self.image_tokens.unwrap_or(DEFAULT_IMAGE_TOKENS)
+    }
+
     /// Cost in micro-dollars, rounded up so that estimates never undercount.
     pub fn cost_micros(self, input_tokens: u64, output_tokens: u64) -> u64 {
         // USD per 1M tokens equals micro-USD per token.

@@ -316,4 +316,6 @@ pub(crate) struct RawIdempotency {
 pub(crate) struct RawPrice {
     pub input: Sp<f64>,
     pub output: Sp<f64>,
+    #[serde(default)]
+    pub image_tokens: Option<Sp<u64>>,
 }

@@ -27,6 +27,9 @@ pub struct Loaded {
 
 /// No model generates this many tokens in one reply; a larger ceiling is a typo.
 const MAX_TOKENS_CEILING: f64 = 10_000_000.0;
+/// Most tokens a price entry may say one image counts for: twenty times the largest published
+/// figure (gpt-4o-mini's 48,169); a larger one is a typo.
+const MOST_IMAGE_TOKENS: u64 = 1_000_000;
 
 pub(crate) const DEFAULT_IDEMPOTENCY_WINDOW: Span = Span::from_secs(24 * 3600);
 
@@ -161,11 +164,25 @@ pub(crate) fn validate(
                 );
             }
         }
+        if let Some(tokens) = &price.image_tokens {
+            if !(1..=MOST_IMAGE_TOKENS).contains(&tokens.value) {
+                v.error(
+                    tokens,
+                    "image_tokens must be a whole number of tokens from 1 to 1000000 (the most one image counts for on this snapshot)",
+                );
+            }
+        }
+        // An entry that does not say how images count keeps what the built-in table says.
+        let image_tokens = price
+            .image_tokens
+            .map(|t| t.value)
+            .or_else(|| prices.get(&snapshot).and_then(|p| p.image_tokens));
         prices.insert(
             snapshot,
             Price {
                 input: price.input.value,
                 output: price.output.value,
+                image_tokens,
             },
         );
     }

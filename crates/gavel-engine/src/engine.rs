@@ -1221,7 +1221,17 @@ impl Ctx<'_> {
         let is_inference = self.request.is_generative();
         let prompt_tokens = if needs_tokens {
             let encoding = Encoding::for_model(&target.model.name);
-            encoding.count_chat(self.texts.iter().map(|(_, t)| t.as_ref()))
+            match self.request.images() {
+                0 => encoding.count_chat(self.texts.iter().map(|(_, t)| t.as_ref())),
+                images => {
+                    let read: Vec<Text<'_>> = self.request.counted_texts().collect();
+                    encoding
+                        .count_chat(read.iter().map(|(_, t)| t.as_ref()))
+                        .saturating_add(
+                            images.saturating_mul(contract.image_tokens_of(&target.model.snapshot)),
+                        )
+                }
+            }
         } else {
             0
         };

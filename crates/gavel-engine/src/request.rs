@@ -180,15 +180,12 @@ pub struct MessagePart {
 }
 
 impl MessagePart {
-    fn carries_more_than_text(&self) -> bool {
-        [
-            &self.image_url,
-            &self.input_audio,
-            &self.file,
-            &self.refusal,
-        ]
-        .iter()
-        .any(|v| v.as_ref().is_some_and(|v| !v.is_null()))
+    /// Whether the part carries more than its text (and its image, unless `images`).
+    fn carries_more_than_text(&self, images: bool) -> bool {
+        let image = if images { &self.image_url } else { &None };
+        [image, &self.input_audio, &self.file, &self.refusal]
+            .iter()
+            .any(|v| v.as_ref().is_some_and(|v| !v.is_null()))
     }
 }
 
@@ -197,6 +194,13 @@ impl Message {
     /// scan, or `None` when that is nothing: `name`, `tool_call_id`, `refusal`,
     /// `function_call`, `audio`, `annotations`, and the content parts that are not text.
     pub fn other_content(&self) -> Option<String> {
+        self.other_fields(true)
+    }
+
+    /// [`Message::other_content`] with the images left out, if `images` is false: a model
+    /// sees an image, not its URL or base64 text, and images are counted apart
+    /// ([`DecideRequest::images`]).
+    fn other_fields(&self, images: bool) -> Option<String> {
         let mut other = serde_json::Map::new();
         let text = |v: &Option<String>| v.as_ref().map(|t| Value::String(t.clone()));
         let fields = [
@@ -216,10 +220,11 @@ impl Message {
         if let Some(MessageContent::Parts(parts)) = &self.content {
             let parts: Vec<Value> = parts
                 .iter()
-                .filter(|p| p.carries_more_than_text())
+                .filter(|p| p.carries_more_than_text(images))
                 .map(|p| {
+                    let image = if images { &p.image_url } else { &None };
                     serde_json::json!({
-                        "image_url": p.image_url, "input_audio": p.input_audio,
+                        "image_url": image, "input_audio": p.input_audio,
                         "file": p.file, "refusal": p.refusal,
                     })
                 })
@@ -300,6 +305,35 @@ impl DecideRequest {
     /// descriptions. Only the first two kinds can be redacted
     /// ([`DecideRequest::redactable_texts`]).
     pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
+        self.texts_with(true)
+    }
+
+    /// What a model reads of the request as text, for counting its tokens: [`Self::texts`]
+    /// with the images left out (each counts as [`Contract::image_tokens_of`] says, not as
+    /// the length of its URL or of its base64 data).
+    ///
+    /// [`Contract::image_tokens_of`]: gavel_contract::Contract::image_tokens_of
+    pub fn counted_texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
+        self.texts_with(false)
+    }
+
+    /// How many images the request's messages carry (content parts with an `image_url`).
+    pub fn images(&self) -> u64 {
+        self.messages
+            .iter()
+            .filter_map(|m| match &m.content {
+                Some(MessageContent::Parts(parts)) => Some(parts),
+                _ => None,
+            })
+            .flatten()
+            .filter(|p| p.image_url.as_ref().is_some_and(|v| !v.is_null()))
+            .count() as u64
+    }
+
+    fn texts_with(
+        &self,
+        images: bool,
+    ) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
         let messages = self.messages.iter().map(|m| {
             let role = role_of(m.role);
             let text = match &m.content {
@@ -325,8 +359,8 @@ impl DecideRequest {
                     std::borrow::Cow::Owned(v.to_string()),
                 )
             });
-        let others = self.messages.iter().filter_map(|m| {
-            m.other_content()
+        let others = self.messages.iter().filter_map(move |m| {
+            m.other_fields(images)
                 .map(|text| (role_of(m.role), std::borrow::Cow::Owned(text)))
         });
         // Tool descriptions go to the model with the request, and conformance compares only a

@@ -251,3 +251,45 @@ fn unclassified_domain_warns() {
         .iter()
         .any(|w| w.contains("internal_knowlege")));
 }
+
+#[test]
+fn image_tokens_are_a_positive_bounded_count_and_kept_from_the_built_in_table() {
+    for (bad, said) in [
+        (
+            "0",
+            "image_tokens must be a whole number of tokens from 1 to 1000000",
+        ),
+        (
+            "2000000",
+            "image_tokens must be a whole number of tokens from 1 to 1000000",
+        ),
+        ("-5", "u64"),
+        ("lots", "u64"),
+    ] {
+        let mut f = Files::example();
+        f.edit(
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
+            &format!("llama-3.1-8b-instruct-q8-2024-07:  {{ input: 0.05, output: 0.05, image_tokens: {bad} }}"),
+        );
+        let e = first_error(&f);
+        assert!(e.starts_with("gavel.yaml:142:"), "{bad}: {e}");
+        assert!(e.contains(said), "{bad}: {e}");
+    }
+    // A contract that reprices a built-in snapshot keeps the table's image count; one that says
+    // its own gets it; a snapshot nobody describes gets the default.
+    let mut f = Files::example();
+    f.edit(
+        "  llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
+        "  llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05, image_tokens: 576 }\n  gpt-4o-2024-08-06: { input: 2.0, output: 8.0 }",
+    );
+    let contract = f.load().unwrap().contract;
+    assert_eq!(contract.image_tokens_of("gpt-4o-2024-08-06"), 1_445);
+    assert_eq!(
+        contract.image_tokens_of("llama-3.1-8b-instruct-q8-2024-07"),
+        576
+    );
+    assert_eq!(
+        contract.image_tokens_of("llama-3.1-70b-instruct-q4-2024-07"),
+        gavel_contract::DEFAULT_IMAGE_TOKENS
+    );
+}
