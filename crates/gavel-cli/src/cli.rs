@@ -313,6 +313,12 @@ pub struct ExportArgs {
     pub to: Option<String>,
     #[arg(long)]
     pub limit: Option<u64>,
+    /// Only records after this leaf index: the next page after one that ended there.
+    #[arg(long)]
+    pub after: Option<u64>,
+    /// Only records before this leaf index.
+    #[arg(long)]
+    pub before: Option<u64>,
 }
 
 #[derive(Debug, Args, serde::Deserialize)]

@@ -27,6 +27,11 @@ pub struct ExportFilter {
     pub limit: Option<u64>,
     /// Newest (highest index) first, e.g. "latest decisions under approval X".
     pub newest_first: bool,
+    /// Exclusive lower bound on the leaf index: where the next page of an oldest-first listing
+    /// starts (after the last index of the page before).
+    pub after_index: Option<u64>,
+    /// Exclusive upper bound on the leaf index: the next page of a newest-first listing.
+    pub before_index: Option<u64>,
 }
 
 /// A stored record with its leaf index.
@@ -81,6 +86,15 @@ impl ExportFilter {
         if let Some(to) = self.to_ms {
             args.push(SqlValue::Integer(to));
             sql.push_str(&format!(" AND at_ms < ?{}", args.len()));
+        }
+        let index = |i: u64| SqlValue::Integer(i64::try_from(i).unwrap_or(i64::MAX));
+        if let Some(after) = self.after_index {
+            args.push(index(after));
+            sql.push_str(&format!(" AND idx > ?{}", args.len()));
+        }
+        if let Some(before) = self.before_index {
+            args.push(index(before));
+            sql.push_str(&format!(" AND idx < ?{}", args.len()));
         }
         sql.push_str(if self.newest_first {
             " ORDER BY idx DESC"

@@ -145,6 +145,35 @@ fn filters_select_the_right_records() {
         }),
         vec!["d-29", "d-26"]
     );
+    // Pages: the next newest-first page starts below the last index shown (d-26 is leaf 26),
+    // the next oldest-first page after it, through the approval's spans as through the rows.
+    assert_eq!(
+        ids(ExportFilter {
+            approval_id: Some("ap-2".into()),
+            newest_first: true,
+            limit: Some(2),
+            before_index: Some(26),
+            ..Default::default()
+        }),
+        vec!["d-23", "d-20"]
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            kind: Some(RecordKind::Decision),
+            limit: Some(3),
+            after_index: Some(26),
+            ..Default::default()
+        }),
+        vec!["d-27", "d-28", "d-29"]
+    );
+    assert_eq!(
+        ids(ExportFilter {
+            after_index: Some(10),
+            before_index: Some(13),
+            ..Default::default()
+        }),
+        vec!["d-11", "d-12"]
+    );
     // Values containing SQL or JSON syntax are just values.
     assert!(ids(ExportFilter {
         reason_code: Some("pii' OR 1=1 --".into()),

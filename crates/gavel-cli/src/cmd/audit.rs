@@ -241,6 +241,8 @@ pub fn export_filter(args: &ExportArgs) -> Result<ExportFilter, Failure> {
         to_ms: time("to", &args.to)?,
         limit: args.limit,
         newest_first: false,
+        after_index: args.after,
+        before_index: args.before,
     })
 }
 

@@ -341,6 +341,9 @@ pub struct Search {
     to: String,
     #[serde(default)]
     limit: String,
+    /// Only records below this leaf index: the page after one that ended there.
+    #[serde(default)]
+    before: String,
 }
 
 impl Search {
@@ -352,6 +355,12 @@ impl Search {
                 .parse::<u64>()
                 .map_err(|_| Failure::invalid(format!("limit `{n}` is not a number of records")))?,
         };
+        let before = given(&self.before)
+            .map(|n| {
+                n.parse::<u64>()
+                    .map_err(|_| Failure::invalid(format!("before `{n}` is not a leaf index")))
+            })
+            .transpose()?;
         Ok(ExportArgs {
             deployment: given(&self.deployment),
             approval: given(&self.approval),
@@ -361,7 +370,30 @@ impl Search {
             from: given(&self.from),
             to: given(&self.to),
             limit: Some(limit.clamp(1, SEARCH_MOST)),
+            after: None,
+            before,
         })
+    }
+
+    /// The link to the page of older records after a full page whose oldest record is `last`.
+    fn older_than(&self, last: u64) -> String {
+        let fields = [
+            ("deployment", &self.deployment),
+            ("approval", &self.approval),
+            ("principal", &self.principal),
+            ("reason", &self.reason),
+            ("kind", &self.kind),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("limit", &self.limit),
+        ];
+        let mut query: Vec<String> = fields
+            .iter()
+            .filter(|(_, value)| !value.trim().is_empty())
+            .map(|(name, value)| format!("{name}={}", urlencode(value.trim())))
+            .collect();
+        query.push(format!("before={last}"));
+        format!("/dashboard/ledger?{}", query.join("&"))
     }
 }
 
@@ -393,7 +425,7 @@ pub async fn ledger(State(gw): State<Arc<Gateway>>, Query(search): Query<Search>
         move || search_ledger(&gw, args).map_err(ApiError::from)
     })
     .await;
-    let found = match found {
+    let (found, more) = match found {
         Ok(found) => found,
         Err(e) => return failed(&gw, e),
     };
@@ -402,7 +434,8 @@ pub async fn ledger(State(gw): State<Arc<Gateway>>, Query(search): Query<Search>
         "Ledger",
         html! {
             (search_form(&search))
-            h2 { (found.len()) " record(s), newest first" }
+            h2 { (found.len()) " record(s), newest first"
+                @if let Ok(before) = search.before.trim().parse::<u64>() { ", below leaf " (before) } }
             table {
                 tr { th { "Leaf" } th { "Time" } th { "Kind" } th { "Id" } th { "Deployment" } th { "Principal" } th { "Verdict" } th { "Reasons" } }
                 @for entry in &found {
@@ -419,19 +452,29 @@ pub async fn ledger(State(gw): State<Arc<Gateway>>, Query(search): Query<Search>
                     }
                 }
             }
+            @if let (Some(last), true) = (found.last(), more) {
+                p { a href=(search.older_than(last.index)) { "Older records →" } }
+            }
         },
     )
 }
 
+/// The newest records that match, and whether older ones match too (one more is read to know).
 fn search_ledger(
     gw: &Gateway,
     args: Result<ExportArgs, Failure>,
-) -> Result<Vec<gavel_ledger_sqlite::LedgerEntry>, Failure> {
+) -> Result<(Vec<gavel_ledger_sqlite::LedgerEntry>, bool), Failure> {
     let mut filter = audit::export_filter(&args?)?;
     filter.newest_first = true;
-    gw.ledger_reader()?
+    let page = filter.limit.unwrap_or(SEARCH_DEFAULT);
+    filter.limit = Some(page + 1);
+    let mut found = gw
+        .ledger_reader()?
         .query(&filter)
-        .map_err(|e| Failure::storage(format!("the search failed: {e}")))
+        .map_err(|e| Failure::storage(format!("the search failed: {e}")))?;
+    let more = found.len() as u64 > page;
+    found.truncate(page as usize);
+    Ok((found, more))
 }
 
 fn text_of<'a>(body: &'a Value, key: &str) -> &'a str {

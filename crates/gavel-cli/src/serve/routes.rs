@@ -68,7 +68,7 @@ pub fn table() -> Vec<(RouteDoc, MethodRouter<Arc<Gateway>>)> {
         route!(post, "/v1/admin/baselines", &[Role::Approver], "Record a drift baseline with the deployment's approval: {deployment, rows: [{feature: value}], label?} or {deployment, from, to} (a traffic window), as `gavel baseline`.", admin::baseline),
         route!(post, "/v1/admin/kill", &[Role::Operator], "Set a kill switch: {deployment | use_case | all, reason, for?}.", admin::kill),
         route!(post, "/v1/admin/unkill", &[Role::Operator], "Lift a kill switch: {deployment | use_case | all}.", admin::unkill),
-        route!(get, "/v1/audit/records", READERS, "Ledger records as JSON Lines; query: deployment, approval, principal, reason, kind, from, to, limit.", admin::records),
+        route!(get, "/v1/audit/records", READERS, "Ledger records as JSON Lines, oldest first; query: deployment, approval, principal, reason, kind, from, to, limit, after, before (leaf index bounds, for paging).", admin::records),
         route!(get, "/v1/audit/records/{id}", READERS, "One ledger record by id.", admin::record),
         route!(get, "/v1/audit/proof/{id}", READERS, "An inclusion proof for a record plus the signed checkpoint, checkable with the public key alone.", admin::proof),
         route!(post, "/v1/admin/evidence", READERS, "An evidence pack for a deployment (EU AI Act Annex IV, NIST AI RMF), as `gavel evidence`: {deployment, from?, to?}; its files in the answer (text, or base64), its manifest's digest recorded in the ledger.", admin::evidence),

@@ -1689,6 +1689,43 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
         tracked.body
     );
     assert!(none.body.contains("0 record(s)"), "{}", none.body);
+    // A full page links to the older records after it, with the same search.
+    let older_link = |body: &str| {
+        body.split("href=\"")
+            .filter_map(|rest| rest.split('"').next())
+            .find(|href| href.contains("before="))
+            .map(|href| href.replace("&amp;", "&"))
+    };
+    let first = read("/dashboard/ledger?limit=1");
+    assert!(first.body.contains("1 record(s)"), "{}", first.body);
+    let next = older_link(&first.body).unwrap_or_else(|| panic!("no link: {}", first.body));
+    assert!(
+        next.starts_with("/dashboard/ledger?limit=1&before="),
+        "{next}"
+    );
+    let second = read(&next);
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert!(
+        second
+            .body
+            .contains("1 record(s), newest first, below leaf"),
+        "{}",
+        second.body
+    );
+    let leaf = |body: &str| {
+        body.split("<td class=\"num\">")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .map(str::to_string)
+    };
+    assert_ne!(leaf(&first.body), leaf(&second.body), "{}", second.body);
+    // The only decision is the whole of its search: no link to more.
+    let whole = read("/dashboard/ledger?kind=decision&limit=1");
+    assert!(whole.body.contains("1 record(s)") && older_link(&whole.body).is_none());
+    let last = read("/dashboard/ledger?before=0");
+    assert!(last.body.contains("0 record(s)") && older_link(&last.body).is_none());
+    let bad = read("/dashboard/ledger?before=-1");
+    assert_eq!(bad.status, 400, "{}", bad.body);
     let bad = read("/dashboard/ledger?limit=many");
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(
