@@ -431,17 +431,24 @@ fn prices(d: &mut ContractDiff, old: &BTreeMap<String, Price>, new: &BTreeMap<St
             }
             _ => {}
         }
-        // Fewer tokens reserved per image let more images through the same token budget.
-        if let Some(n) = new.get(snapshot) {
-            let (was, is) = (o.most_image_tokens(), n.most_image_tokens());
-            if is < was {
-                d.note(
-                    true,
-                    format!("image tokens of `{snapshot}` lowered ({was} -> {is})"),
-                );
-            } else if is > was {
-                d.note(false, format!("image tokens of `{snapshot}` raised"));
-            }
+    }
+    // Fewer tokens reserved per image let more images through the same token budget; an entry
+    // added or removed moves a snapshot from or to the default.
+    let reserved = |prices: &BTreeMap<String, Price>, snapshot: &str| {
+        prices
+            .get(snapshot)
+            .map_or(DEFAULT_IMAGE_TOKENS, |p| p.most_image_tokens())
+    };
+    let snapshots: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for snapshot in snapshots {
+        let (was, is) = (reserved(old, snapshot), reserved(new, snapshot));
+        if is < was {
+            d.note(
+                true,
+                format!("image tokens of `{snapshot}` lowered ({was} -> {is})"),
+            );
+        } else if is > was {
+            d.note(false, format!("image tokens of `{snapshot}` raised"));
         }
     }
 }
@@ -553,8 +560,20 @@ mod tests {
         assert!(
             d.changes.iter().any(|c| c.loosening
                 && c.what.contains(
-                    "image tokens of `llama-3.1-8b-instruct-q8-2024-07` lowered (1600 -> 85)"
+                    "image tokens of `llama-3.1-8b-instruct-q8-2024-07` lowered (16384 -> 85)"
                 )),
+            "{d:?}"
+        );
+        // Removing an entry that raised the figure lowers it to the default.
+        let raised = [(
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }\n  qwen2.5-vl-72b: { input: 0, output: 0, image_tokens: 20000 }",
+        )];
+        let d = diff(&contract(&raised), &contract(&[]));
+        assert!(
+            d.changes.iter().any(|c| c.loosening
+                && c.what
+                    .contains("image tokens of `qwen2.5-vl-72b` lowered (20000 -> 16384)")),
             "{d:?}"
         );
         let d = loosening(&[(

@@ -281,7 +281,8 @@ impl Oncall {
         let Some((scheme, rest)) = self.webhook.split_once("://") else {
             return "(not a URL)".to_string();
         };
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        // A backslash ends the host too: URL parsers read it as `/` in http(s) URLs.
+        let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
         let host = authority.rsplit('@').next().unwrap_or_default();
         format!("{scheme}://{host}")
     }
@@ -564,10 +565,10 @@ pub struct AbusePolicy {
 }
 
 /// The most prompt tokens one image is reserved at on a snapshot whose entry in the price table
-/// does not say: about what the common vision models count for their largest image (OpenAI's
-/// tile models 1,445 at `detail: high`, its patch models 1,536 before their multiplier,
-/// Anthropic's about 1,600).
-pub const DEFAULT_IMAGE_TOKENS: u64 = 1_600;
+/// does not say. Budgets must hold, so it errs high: open vision models count up to 16,384 per
+/// image by default (Qwen2.5-VL), where OpenAI's and Anthropic's count 1,445 to about 3,800
+/// (gpt-4o-mini's 48,169 is in the built-in table). Settlement charges what the upstream reports.
+pub const DEFAULT_IMAGE_TOKENS: u64 = 16_384;
 
 /// USD per one million tokens, and what one image counts for.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -622,6 +623,10 @@ mod tests {
             "https://pager.example:8443"
         );
         assert_eq!(origin("http://[::1]:9000#key"), "http://[::1]:9000");
+        assert_eq!(
+            origin("https://hooks.example.com\\services\\T000\\SECRET"),
+            "https://hooks.example.com"
+        );
         assert_eq!(origin("not a url"), "(not a URL)");
     }
 }

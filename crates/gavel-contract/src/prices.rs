@@ -9,15 +9,15 @@ use crate::model::Price;
 /// Snapshot, input and output price, and the most prompt tokens one image counts for where the
 /// provider publishes how images are counted. OpenAI's tile models: 85 tokens plus 170 per 512 px
 /// tile, at most 8 tiles once the image is scaled to fit 2048 px and its short side to 768 px
-/// (1,445); gpt-4o-mini counts 2,833 plus 5,667 per tile (48,169), so that an image costs what it
-/// costs on gpt-4o; the patch models at most 1,536 patches of 32 px times their multiplier
-/// (gpt-4.1 1, gpt-4.1-mini 1.62). Anthropic: width times height / 750 for an image scaled to
-/// about 1.15 megapixels, about 1,600.
+/// (1,445; gpt-4o and gpt-4.1); gpt-4o-mini counts 2,833 plus 5,667 per tile (48,169), so that
+/// an image costs what it costs on gpt-4o; the patch models at most 1,536 patches of 32 px times
+/// their multiplier (gpt-4.1-mini 1.62). Anthropic: width times height / 750 for an image scaled
+/// to about 1.15 megapixels, about 1,600.
 const DEFAULT_PRICES: &[(&str, f64, f64, Option<u64>)] = &[
     ("gpt-4o-2024-08-06", 2.5, 10.0, Some(1_445)),
     ("gpt-4o-2024-11-20", 2.5, 10.0, Some(1_445)),
     ("gpt-4o-mini-2024-07-18", 0.15, 0.6, Some(48_169)),
-    ("gpt-4.1-2025-04-14", 2.0, 8.0, Some(1_536)),
+    ("gpt-4.1-2025-04-14", 2.0, 8.0, Some(1_445)),
     ("gpt-4.1-mini-2025-04-14", 0.4, 1.6, Some(2_489)),
     ("o3-mini-2025-01-31", 1.1, 4.4, None),
     ("claude-3-5-sonnet-20241022", 3.0, 15.0, Some(1_600)),

@@ -186,6 +186,9 @@ enum Channel {
     ToolArguments(u64),
     /// The input of the custom tool call with this `index` (`custom.input`).
     ToolInput(u64),
+    /// Any other string of the tool call with this `index`, by its JSON pointer within the
+    /// call (a `function.input`, an `arguments` beside `function`).
+    CallOther(u64, String),
     /// Any other string of the delta, by its JSON pointer within the delta: a reasoning model's
     /// `reasoning_content`, an audio answer's `transcript`, content given as parts.
     Other(String),
@@ -204,6 +207,12 @@ impl Channel {
             }
             Channel::ToolInput(call) => {
                 format!("choices[{choice}].delta.tool_calls[{call}].custom.input")
+            }
+            Channel::CallOther(call, pointer) => {
+                format!(
+                    "choices[{choice}].delta.tool_calls[{call}]{}",
+                    pointer.replace('/', ".")
+                )
             }
             Channel::Other(pointer) => {
                 format!("choices[{choice}].delta{}", pointer.replace('/', "."))
@@ -377,60 +386,81 @@ impl StreamGuard {
         Ok(says_something)
     }
 
-    /// Guards the text of a function or tool call in place (a function's `arguments`, a custom
-    /// tool's `input`); whether the call still says anything (its id, name or type, or text
-    /// released now). `channel` is the call's arguments channel.
+    /// Guards the texts of a function or tool call in place, each with a window of its own;
+    /// whether the call still says anything (its id, name or type, or text released now).
+    /// `channel` is the call's arguments channel: [`Channel::ToolArguments`] for a tool call
+    /// (its texts keyed by the call's `index`, so that its pieces meet in one window whatever
+    /// shape they come in), [`Channel::FunctionArguments`] for the deprecated `function_call`.
     fn guard_call(
         &mut self,
         choice: u64,
         channel: Channel,
         call: &mut Value,
     ) -> Result<bool, Violation> {
-        if !call.is_object() {
+        let Value::Object(members) = call else {
             return Ok(!call.is_null());
-        }
-        // Where the call's texts are: (holder key, text key, channel); the deprecated
-        // `function_call` holds its `arguments` itself.
-        let texts: Vec<(Option<&str>, &str, Channel)> = match channel {
-            Channel::ToolArguments(number) => vec![
-                (
-                    Some("function"),
-                    "arguments",
-                    Channel::ToolArguments(number),
-                ),
-                (Some("custom"), "input", Channel::ToolInput(number)),
-            ],
-            other => vec![(None, "arguments", other)],
         };
-        let mut released_any = false;
-        for (holder, key, channel) in &texts {
-            let holder = match holder {
-                Some(holder) => call.get_mut(*holder),
-                None => Some(&mut *call),
-            };
-            if let Some(Value::String(text)) = holder.and_then(|h| h.get_mut(*key)) {
-                *text = self.push(choice, channel.clone(), text)?;
-                released_any |= !text.is_empty();
-            }
-        }
-        // The call's `index` only says which call a piece belongs to, and its windowed texts
-        // are judged above; anything else it carries (an id, a name, a key no window reads)
-        // is sent, and guarded with the rest of the event.
-        let windowed = |holder: Option<&str>, key: &str, value: &Value| {
-            value.is_string() && texts.iter().any(|(h, k, _)| *h == holder && *k == key)
-        };
-        let says_more = |members: &serde_json::Map<String, Value>| {
-            members.iter().any(|(key, value)| match value {
-                _ if key == "index" || windowed(None, key, value) => false,
-                Value::Object(inner) if texts.iter().any(|(h, ..)| *h == Some(key.as_str())) => {
-                    inner
-                        .iter()
-                        .any(|(k, v)| !windowed(Some(key.as_str()), k, v))
+        let mut says_something = false;
+        for (key, member) in members.iter_mut() {
+            let at = pointer_segment(key);
+            says_something |= match &channel {
+                Channel::ToolArguments(number) => self.call_text(choice, *number, member, &at)?,
+                _ if key == "arguments" && member.is_string() => {
+                    let Value::String(text) = member else {
+                        continue;
+                    };
+                    *text = self.push(choice, Channel::FunctionArguments, text)?;
+                    !text.is_empty()
                 }
-                _ => true,
-            })
-        };
-        Ok(released_any || call.as_object().is_some_and(says_more))
+                _ => self.other(choice, member, &format!("/function_call{at}"))?,
+            };
+        }
+        Ok(says_something)
+    }
+
+    /// Guards the strings under `value`, at `path` within tool call `number`: the call's
+    /// `index` and naming fields ([`NAMING_KEYS`]) go as they are; every other string has a
+    /// window (the function's `arguments`, a custom tool's `input`, and any other key, so that
+    /// nothing of a call is judged one event at a time). Whether anything of it says something.
+    fn call_text(
+        &mut self,
+        choice: u64,
+        number: u64,
+        value: &mut Value,
+        path: &str,
+    ) -> Result<bool, Violation> {
+        match value {
+            Value::String(text) => {
+                if path == "/index" || names(path) {
+                    return Ok(true);
+                }
+                let channel = match path {
+                    "/function/arguments" => Channel::ToolArguments(number),
+                    "/custom/input" => Channel::ToolInput(number),
+                    _ => Channel::CallOther(number, path.to_string()),
+                };
+                *text = self.push(choice, channel, text)?;
+                Ok(!text.is_empty())
+            }
+            Value::Array(items) => {
+                let mut says = false;
+                for (i, item) in items.iter_mut().enumerate() {
+                    says |= self.call_text(choice, number, item, &format!("{path}/{i}"))?;
+                }
+                Ok(says)
+            }
+            Value::Object(members) => {
+                let mut says = false;
+                for (key, member) in members.iter_mut() {
+                    let inner = format!("{path}{}", pointer_segment(key));
+                    says |= self.call_text(choice, number, member, &inner)?;
+                }
+                Ok(says)
+            }
+            Value::Null => Ok(false),
+            // The call's `index` only says which call a piece belongs to.
+            Value::Bool(_) | Value::Number(_) => Ok(path != "/index"),
+        }
     }
 
     /// Guards every string under `value` (at `path` within the delta) with a window of its
@@ -566,11 +596,11 @@ fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut 
     for (key, value) in delta {
         match (key.as_str(), value) {
             ("content" | "refusal", Value::String(_)) => texts.push(format!("{at}/{key}")),
-            ("function_call", call) => {
-                if call["arguments"].is_string() {
-                    texts.push(format!("{at}/function_call/arguments"));
-                }
+            // As `guard_call` reads it: every string of it but the naming fields.
+            ("function_call", call @ Value::Object(_)) => {
+                strings(call, format!("{at}/function_call"), texts);
             }
+            ("function_call", _) => {}
             ("tool_calls", Value::Array(calls)) => {
                 for (i, call) in calls.iter().enumerate() {
                     call_texts(call, &format!("{at}/tool_calls/{i}"), texts);
@@ -584,13 +614,30 @@ fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut 
     }
 }
 
-/// Adds the pointers (under `at`) of the windowed texts of one tool call.
+/// Adds the pointers (under `at`) of the windowed texts of one tool call, as
+/// [`StreamGuard::call_text`] chose them: every string of an object call but its `index` and
+/// naming fields.
 fn call_texts(call: &Value, at: &str, texts: &mut Vec<String>) {
-    if call["function"]["arguments"].is_string() {
-        texts.push(format!("{at}/function/arguments"));
+    fn walk(value: &Value, path: String, at: &str, texts: &mut Vec<String>) {
+        match value {
+            Value::String(_) if !(path == "/index" || names(&path)) => {
+                texts.push(format!("{at}{path}"));
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, format!("{path}/{i}"), at, texts);
+                }
+            }
+            Value::Object(members) => {
+                for (key, member) in members {
+                    walk(member, format!("{path}{}", pointer_segment(key)), at, texts);
+                }
+            }
+            _ => {}
+        }
     }
-    if call["custom"]["input"].is_string() {
-        texts.push(format!("{at}/custom/input"));
+    if call.is_object() {
+        walk(call, String::new(), at, texts);
     }
 }
 
@@ -650,10 +697,13 @@ fn put_tail(
             "/arguments",
             tail,
         ),
-        Channel::ToolArguments(number) | Channel::ToolInput(number) => {
-            let (holder, key) = match channel {
-                Channel::ToolInput(_) => ("custom", "input"),
-                _ => ("function", "arguments"),
+        Channel::ToolArguments(number)
+        | Channel::ToolInput(number)
+        | Channel::CallOther(number, _) => {
+            let pointer = match channel {
+                Channel::ToolInput(_) => "/custom/input",
+                Channel::CallOther(_, pointer) => pointer.as_str(),
+                _ => "/function/arguments",
             };
             let calls = delta.entry("tool_calls").or_insert_with(|| json!([]));
             let Value::Array(calls) = calls else { return };
@@ -661,12 +711,8 @@ fn put_tail(
                 calls.push(json!({ "index": number }));
                 calls.len() - 1
             });
-            if let Some(Value::Object(call)) = calls.get_mut(at) {
-                append_at(
-                    call.entry(holder).or_insert(Value::Null),
-                    &format!("/{key}"),
-                    tail,
-                );
+            if let Some(call) = calls.get_mut(at) {
+                append_at(call, pointer, tail);
             }
         }
         Channel::Other(pointer) => {
@@ -1443,36 +1489,111 @@ mod tests {
         }
     }
 
-    /// A call's strings that no window reads (a `function.input`, a `custom.arguments`) are
-    /// not dropped with the call: the event is still sent, and they are left to the event's
-    /// own guarding (they are not among its windowed texts).
+    /// Relays `events` as the proxy does: each event through the stream guard, then everything
+    /// in it but the texts the windows guarded through a guard of its own (one event at a
+    /// time); what was sent before a violation, and the violation (also one found at the end).
+    fn relay_as_the_proxy_does(events: Vec<Value>) -> (Vec<Value>, Option<Violation>) {
+        let scanners = Arc::new(Scanners::new(&ScanConfig::default()).unwrap());
+        let actions = Some(PrivacyActions {
+            pii: FindingAction::Block,
+            secret: FindingAction::Block,
+        });
+        let mut guard = StreamGuard::new(scanners.clone(), actions);
+        let per_event = || OutputGuard::new(scanners.clone(), actions);
+        let mut sent = Vec::new();
+        for mut event in events {
+            let guarded = match guard.event(&mut event) {
+                Ok(guarded) => guarded,
+                Err(v) => return (sent, Some(v)),
+            };
+            let set_aside: Vec<Option<Value>> = guarded
+                .texts
+                .iter()
+                .map(|pointer| event.pointer_mut(pointer).map(Value::take))
+                .collect();
+            if let Err(v) = guard_strings(&mut event, &per_event, &mut Vec::new()) {
+                return (sent, Some(v));
+            }
+            for (pointer, text) in guarded.texts.iter().zip(set_aside) {
+                if let (Some(text), Some(slot)) = (text, event.pointer_mut(pointer)) {
+                    *slot = text;
+                }
+            }
+            if guarded.forward {
+                sent.push(event);
+            }
+        }
+        let violation = guard.finish().err();
+        (sent, violation)
+    }
+
+    /// Every string of a call but its naming fields has a window, keyed by the call's index:
+    /// a secret in a key no client library reads (a `function.input`, an `arguments` beside
+    /// `function`, the deprecated `function_call`'s `input`) is caught whole in one event and
+    /// split across two, whatever the shape, and the windowed texts are exactly the ones the
+    /// rest of the event's guarding may skip.
     #[test]
-    fn a_calls_other_strings_are_kept_and_left_to_the_events_guarding() {
+    fn every_string_of_a_call_has_a_window_keyed_by_the_call() {
+        let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
+        let (head, tail) = token.split_at(12);
+        /// A delta carrying one piece of text somewhere in a call.
+        type Carrying = fn(&str) -> Value;
+        let shapes: [(&str, Carrying); 5] = [
+            (
+                "function.input",
+                |t| serde_json::json!({ "tool_calls": [{ "index": 0, "function": { "input": t } }] }),
+            ),
+            (
+                "custom.arguments",
+                |t| serde_json::json!({ "tool_calls": [{ "index": 0, "custom": { "arguments": t } }] }),
+            ),
+            (
+                "arguments beside function",
+                |t| serde_json::json!({ "tool_calls": [{ "index": 0, "arguments": t }] }),
+            ),
+            (
+                "object call",
+                |t| serde_json::json!({ "tool_calls": { "index": 0, "function": { "input": [t] } } }),
+            ),
+            (
+                "function_call.input",
+                |t| serde_json::json!({ "function_call": { "name": "f", "input": t } }),
+            ),
+        ];
+        for (shape, delta) in shapes {
+            for pieces in [vec![token.as_str()], vec![head, tail]] {
+                let events = pieces.iter().map(|p| chunk(0, delta(p), None)).collect();
+                let (sent, violation) = relay_as_the_proxy_does(events);
+                assert!(
+                    violation.is_some_and(|v| v.code == ReasonCode::PrivacySecret),
+                    "{shape}, {} piece(s): not caught",
+                    pieces.len()
+                );
+                assert!(!all_strings(&sent).contains("ghp_"), "{shape}: {sent:?}");
+            }
+        }
+        // Naming fields and the index are not held back: a call's id and name go out at once.
         let mut guard = stream(FindingAction::Block);
         let mut event = chunk(
             0,
-            serde_json::json!({ "tool_calls": [
-                { "index": 0, "function": { "input": "a" } },
-                { "index": 1, "custom": { "arguments": "b" } },
-            ] }),
+            serde_json::json!({ "tool_calls": [{ "index": 0, "id": "call_1", "type": "function", "function": { "name": "send", "input": "x" } }] }),
             None,
         );
         let guarded = guard.event(&mut event).unwrap();
         assert!(guarded.forward);
-        let calls = &event["choices"][0]["delta"]["tool_calls"];
-        assert_eq!(calls[0]["function"]["input"], "a");
-        assert_eq!(calls[1]["custom"]["arguments"], "b");
-        assert!(guarded.texts.is_empty(), "{:?}", guarded.texts);
-        // An object call's windowed text is listed where it is.
-        let mut event = chunk(
-            0,
-            serde_json::json!({ "tool_calls": { "index": 3, "function": { "arguments": "a long enough piece of arguments to release" } } }),
-            None,
-        );
-        let guarded = guard.event(&mut event).unwrap();
         assert_eq!(
             guarded.texts,
-            ["/choices/0/delta/tool_calls/function/arguments"]
+            ["/choices/0/delta/tool_calls/0/function/input"]
         );
+        let call = &event["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(
+            (&call["id"], &call["function"]["name"]),
+            (&serde_json::json!("call_1"), &serde_json::json!("send"))
+        );
+        // Held back until the choice ends, then sent in its call, by its index.
+        assert_eq!(call["function"]["input"], "");
+        let rest = guard.finish().unwrap().unwrap();
+        assert_eq!(rest[0]["delta"]["tool_calls"][0]["index"], 0);
+        assert_eq!(rest[0]["delta"]["tool_calls"][0]["function"]["input"], "x");
     }
 }
