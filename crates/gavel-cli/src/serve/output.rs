@@ -333,8 +333,14 @@ impl StreamGuard {
             let channel = match key.as_str() {
                 "content" if value.is_string() => Channel::Content,
                 "refusal" if value.is_string() => Channel::Refusal,
-                "function_call" => {
+                "function_call" if value.is_object() => {
                     says_something |= self.guard_call(index, Channel::FunctionArguments, value)?;
+                    continue;
+                }
+                // Not a function call's shape: its strings are texts like any other.
+                "function_call" => {
+                    says_something |=
+                        self.other(index, value, "/function_call", function_call_names)?;
                     continue;
                 }
                 "tool_calls" if value.is_array() => {
@@ -351,7 +357,7 @@ impl StreamGuard {
                     continue;
                 }
                 _ => {
-                    says_something |= self.other(index, value, &pointer_segment(key))?;
+                    says_something |= self.other(index, value, &pointer_segment(key), names)?;
                     continue;
                 }
             };
@@ -376,8 +382,14 @@ impl StreamGuard {
         };
         let mut kept = Vec::with_capacity(calls.len());
         for (position, mut call) in std::mem::take(calls).into_iter().enumerate() {
-            let number = call["index"].as_u64().unwrap_or(position as u64);
-            if self.guard_call(index, Channel::ToolArguments(number), &mut call)? {
+            let says = if call.is_object() {
+                let number = call["index"].as_u64().unwrap_or(position as u64);
+                self.guard_call(index, Channel::ToolArguments(number), &mut call)?
+            } else {
+                // Not a call's shape: its strings are texts like any other, by position.
+                self.other(index, &mut call, &format!("/tool_calls/{position}"), names)?
+            };
+            if says {
                 kept.push(call);
             }
         }
@@ -412,16 +424,21 @@ impl StreamGuard {
                     *text = self.push(choice, Channel::FunctionArguments, text)?;
                     !text.is_empty()
                 }
-                _ => self.other(choice, member, &format!("/function_call{at}"))?,
+                _ => self.other(
+                    choice,
+                    member,
+                    &format!("/function_call{at}"),
+                    function_call_names,
+                )?,
             };
         }
         Ok(says_something)
     }
 
-    /// Guards the strings under `value`, at `path` within tool call `number`: the call's
-    /// `index` and naming fields ([`NAMING_KEYS`]) go as they are; every other string has a
-    /// window (the function's `arguments`, a custom tool's `input`, and any other key, so that
-    /// nothing of a call is judged one event at a time). Whether anything of it says something.
+    /// Guards the strings under `value`, at `path` within tool call `number`: the call's naming
+    /// fields ([`call_names`]) go as they are; every other string has a window (the function's
+    /// `arguments`, a custom tool's `input`, any other key, a string `index`), so that nothing
+    /// of a call is judged one event at a time. Whether anything of it says something.
     fn call_text(
         &mut self,
         choice: u64,
@@ -431,8 +448,8 @@ impl StreamGuard {
     ) -> Result<bool, Violation> {
         match value {
             Value::String(text) => {
-                if path == "/index" || names(path) {
-                    return Ok(true);
+                if call_names(path) {
+                    return Ok(!text.is_empty());
                 }
                 let channel = match path {
                     "/function/arguments" => Channel::ToolArguments(number),
@@ -464,11 +481,18 @@ impl StreamGuard {
     }
 
     /// Guards every string under `value` (at `path` within the delta) with a window of its
-    /// own, but those under [`NAMING_KEYS`]; whether anything of it still says something.
-    fn other(&mut self, index: u64, value: &mut Value, path: &str) -> Result<bool, Violation> {
+    /// own, but those `naming` says name something; whether anything of it still says
+    /// something.
+    fn other(
+        &mut self,
+        index: u64,
+        value: &mut Value,
+        path: &str,
+        naming: Naming,
+    ) -> Result<bool, Violation> {
         match value {
             Value::String(text) => {
-                if names(path) {
+                if naming(path) {
                     return Ok(!text.is_empty());
                 }
                 *text = self.push(index, Channel::Other(path.to_string()), text)?;
@@ -477,7 +501,7 @@ impl StreamGuard {
             Value::Array(items) => {
                 let mut says = false;
                 for (i, item) in items.iter_mut().enumerate() {
-                    says |= self.other(index, item, &format!("{path}/{i}"))?;
+                    says |= self.other(index, item, &format!("{path}/{i}"), naming)?;
                 }
                 Ok(says)
             }
@@ -485,7 +509,7 @@ impl StreamGuard {
                 let mut says = false;
                 for (key, member) in members.iter_mut() {
                     let inner = format!("{path}{}", pointer_segment(key));
-                    says |= self.other(index, member, &inner)?;
+                    says |= self.other(index, member, &inner, naming)?;
                 }
                 Ok(says)
             }
@@ -566,78 +590,97 @@ impl StreamGuard {
     }
 }
 
-/// Whether the string at `path` (a pointer) names something: its key is one of [`NAMING_KEYS`].
+/// Says whether the string at a pointer names something rather than says it: sent as it
+/// comes, never held back.
+type Naming = fn(&str) -> bool;
+
+/// In a delta's own members (`role`, a content part's `type`, an audio answer's `id`): the
+/// string's key is one of [`NAMING_KEYS`].
 fn names(path: &str) -> bool {
     path.rsplit('/')
         .next()
         .is_some_and(|key| NAMING_KEYS.contains(&key))
 }
 
+/// In a tool call: its `id` and `type` and its function's or custom tool's `name`, where the API
+/// puts them, and nowhere else (a `name` inside the arguments is the model's text).
+fn call_names(path: &str) -> bool {
+    matches!(path, "/id" | "/type" | "/function/name" | "/custom/name")
+}
+
+/// In the deprecated `function_call`: its `name`.
+fn function_call_names(path: &str) -> bool {
+    path == "/function_call/name"
+}
+
+/// Adds to `texts` the pointers (`at` followed by `path`) of the strings under `value` that
+/// have windows: all but those `naming` says name something.
+fn windowed_strings(
+    value: &Value,
+    path: String,
+    at: &str,
+    naming: Naming,
+    texts: &mut Vec<String>,
+) {
+    match value {
+        Value::String(_) if !naming(&path) => texts.push(format!("{at}{path}")),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                windowed_strings(item, format!("{path}/{i}"), at, naming, texts);
+            }
+        }
+        Value::Object(members) => {
+            for (key, member) in members {
+                let inner = format!("{path}{}", pointer_segment(key));
+                windowed_strings(member, inner, at, naming, texts);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Adds to `texts` the pointers (under `at`) of the strings of `delta` that have windows, as
 /// [`StreamGuard::delta`] chose them, tails included: the rest of the event's guarding leaves
 /// them alone.
 fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut Vec<String>) {
-    fn strings(value: &Value, path: String, texts: &mut Vec<String>) {
-        match value {
-            Value::String(_) if !names(&path) => texts.push(path),
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    strings(item, format!("{path}/{i}"), texts);
-                }
-            }
-            Value::Object(members) => {
-                for (key, member) in members {
-                    strings(member, format!("{path}{}", pointer_segment(key)), texts);
-                }
-            }
-            _ => {}
-        }
-    }
     for (key, value) in delta {
         match (key.as_str(), value) {
             ("content" | "refusal", Value::String(_)) => texts.push(format!("{at}/{key}")),
-            // As `guard_call` reads it: every string of it but the naming fields.
-            ("function_call", call @ Value::Object(_)) => {
-                strings(call, format!("{at}/function_call"), texts);
+            ("function_call", call) => {
+                windowed_strings(
+                    call,
+                    "/function_call".into(),
+                    at,
+                    function_call_names,
+                    texts,
+                );
             }
-            ("function_call", _) => {}
             ("tool_calls", Value::Array(calls)) => {
                 for (i, call) in calls.iter().enumerate() {
-                    call_texts(call, &format!("{at}/tool_calls/{i}"), texts);
+                    if call.is_object() {
+                        windowed_strings(
+                            call,
+                            String::new(),
+                            &format!("{at}/tool_calls/{i}"),
+                            call_names,
+                            texts,
+                        );
+                    } else {
+                        windowed_strings(call, format!("/tool_calls/{i}"), at, names, texts);
+                    }
                 }
             }
             ("tool_calls", call @ Value::Object(_)) => {
-                call_texts(call, &format!("{at}/tool_calls"), texts);
+                windowed_strings(
+                    call,
+                    String::new(),
+                    &format!("{at}/tool_calls"),
+                    call_names,
+                    texts,
+                );
             }
-            _ => strings(value, format!("{at}{}", pointer_segment(key)), texts),
+            _ => windowed_strings(value, pointer_segment(key), at, names, texts),
         }
-    }
-}
-
-/// Adds the pointers (under `at`) of the windowed texts of one tool call, as
-/// [`StreamGuard::call_text`] chose them: every string of an object call but its `index` and
-/// naming fields.
-fn call_texts(call: &Value, at: &str, texts: &mut Vec<String>) {
-    fn walk(value: &Value, path: String, at: &str, texts: &mut Vec<String>) {
-        match value {
-            Value::String(_) if !(path == "/index" || names(&path)) => {
-                texts.push(format!("{at}{path}"));
-            }
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    walk(item, format!("{path}/{i}"), at, texts);
-                }
-            }
-            Value::Object(members) => {
-                for (key, member) in members {
-                    walk(member, format!("{path}{}", pointer_segment(key)), at, texts);
-                }
-            }
-            _ => {}
-        }
-    }
-    if call.is_object() {
-        walk(call, String::new(), at, texts);
     }
 }
 
@@ -1538,7 +1581,7 @@ mod tests {
         let (head, tail) = token.split_at(12);
         /// A delta carrying one piece of text somewhere in a call.
         type Carrying = fn(&str) -> Value;
-        let shapes: [(&str, Carrying); 5] = [
+        let shapes: [(&str, Carrying); 14] = [
             (
                 "function.input",
                 |t| serde_json::json!({ "tool_calls": [{ "index": 0, "function": { "input": t } }] }),
@@ -1558,6 +1601,45 @@ mod tests {
             (
                 "function_call.input",
                 |t| serde_json::json!({ "function_call": { "name": "f", "input": t } }),
+            ),
+            // Naming keys count where the API puts them only: elsewhere a `name`, `id` or
+            // `type` is the model's text.
+            (
+                "a name inside the arguments",
+                |t| serde_json::json!({ "tool_calls": [{ "index": 0, "function": { "arguments": { "name": t } } }] }),
+            ),
+            (
+                "an id inside function.input",
+                |t| serde_json::json!({ "tool_calls": [{ "index": 0, "function": { "input": { "id": t } } }] }),
+            ),
+            (
+                "a string index",
+                |t| serde_json::json!({ "tool_calls": [{ "index": t }] }),
+            ),
+            (
+                "a type inside function_call",
+                |t| serde_json::json!({ "function_call": { "x": { "type": t } } }),
+            ),
+            // Not a call's shape at all: still a text with a window.
+            (
+                "a string for a call",
+                |t| serde_json::json!({ "tool_calls": [t] }),
+            ),
+            (
+                "an array for a call",
+                |t| serde_json::json!({ "tool_calls": [[t]] }),
+            ),
+            (
+                "a call inside an array",
+                |t| serde_json::json!({ "tool_calls": [[{ "index": 0, "function": { "arguments": t } }]] }),
+            ),
+            (
+                "a string for function_call",
+                |t| serde_json::json!({ "function_call": t }),
+            ),
+            (
+                "an array for function_call",
+                |t| serde_json::json!({ "function_call": [t] }),
             ),
         ];
         for (shape, delta) in shapes {
