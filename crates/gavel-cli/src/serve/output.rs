@@ -386,8 +386,10 @@ impl StreamGuard {
                 let number = call["index"].as_u64().unwrap_or(position as u64);
                 self.guard_call(index, Channel::ToolArguments(number), &mut call)?
             } else {
-                // Not a call's shape: its strings are texts like any other, by position.
-                self.other(index, &mut call, &format!("/tool_calls/{position}"), names)?
+                // Not a call's shape: every string of it is a text, by position (no key in it
+                // is a call's naming field).
+                let at = format!("/tool_calls/{position}");
+                self.other(index, &mut call, &at, names_nothing)?
             };
             if says {
                 kept.push(call);
@@ -608,6 +610,11 @@ fn call_names(path: &str) -> bool {
     matches!(path, "/id" | "/type" | "/function/name" | "/custom/name")
 }
 
+/// Inside an item of `tool_calls` that is not a call: nothing there is a call's naming field.
+fn names_nothing(_: &str) -> bool {
+    false
+}
+
 /// In the deprecated `function_call`: its `name`.
 fn function_call_names(path: &str) -> bool {
     path == "/function_call/name"
@@ -666,7 +673,8 @@ fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut 
                             texts,
                         );
                     } else {
-                        windowed_strings(call, format!("/tool_calls/{i}"), at, names, texts);
+                        let path = format!("/tool_calls/{i}");
+                        windowed_strings(call, path, at, names_nothing, texts);
                     }
                 }
             }
@@ -1581,7 +1589,7 @@ mod tests {
         let (head, tail) = token.split_at(12);
         /// A delta carrying one piece of text somewhere in a call.
         type Carrying = fn(&str) -> Value;
-        let shapes: [(&str, Carrying); 14] = [
+        let shapes: [(&str, Carrying); 15] = [
             (
                 "function.input",
                 |t| serde_json::json!({ "tool_calls": [{ "index": 0, "function": { "input": t } }] }),
@@ -1628,6 +1636,10 @@ mod tests {
             (
                 "an array for a call",
                 |t| serde_json::json!({ "tool_calls": [[t]] }),
+            ),
+            (
+                "a name inside a call inside an array",
+                |t| serde_json::json!({ "tool_calls": [[{ "function": { "arguments": { "name": t } } }]] }),
             ),
             (
                 "a call inside an array",
