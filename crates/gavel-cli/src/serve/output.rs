@@ -411,14 +411,22 @@ impl StreamGuard {
         channel: Channel,
         call: &mut Value,
     ) -> Result<bool, Violation> {
-        let Value::Object(members) = call else {
+        if !call.is_object() {
             return Ok(!call.is_null());
+        }
+        if let Channel::ToolArguments(number) = channel {
+            // One buffer for every pointer within the call: a few characters stream per event,
+            // and a string per key per event was most of the cost of guarding one.
+            let mut path = String::with_capacity(32);
+            return self.call_text(choice, number, call, &mut path);
+        }
+        let Value::Object(members) = call else {
+            return Ok(false);
         };
         let mut says_something = false;
         for (key, member) in members.iter_mut() {
             let at = pointer_segment(key);
             says_something |= match &channel {
-                Channel::ToolArguments(number) => self.call_text(choice, *number, member, &at)?,
                 _ if key == "arguments" && member.is_string() => {
                     let Value::String(text) = member else {
                         continue;
@@ -446,33 +454,39 @@ impl StreamGuard {
         choice: u64,
         number: u64,
         value: &mut Value,
-        path: &str,
+        path: &mut String,
     ) -> Result<bool, Violation> {
         match value {
             Value::String(text) => {
                 if call_names(path) {
                     return Ok(!text.is_empty());
                 }
-                let channel = match path {
+                let channel = match path.as_str() {
                     "/function/arguments" => Channel::ToolArguments(number),
                     "/custom/input" => Channel::ToolInput(number),
-                    _ => Channel::CallOther(number, path.to_string()),
+                    _ => Channel::CallOther(number, path.clone()),
                 };
                 *text = self.push(choice, channel, text)?;
                 Ok(!text.is_empty())
             }
             Value::Array(items) => {
                 let mut says = false;
+                let len = path.len();
                 for (i, item) in items.iter_mut().enumerate() {
-                    says |= self.call_text(choice, number, item, &format!("{path}/{i}"))?;
+                    path.push('/');
+                    path.push_str(&i.to_string());
+                    says |= self.call_text(choice, number, item, path)?;
+                    path.truncate(len);
                 }
                 Ok(says)
             }
             Value::Object(members) => {
                 let mut says = false;
+                let len = path.len();
                 for (key, member) in members.iter_mut() {
-                    let inner = format!("{path}{}", pointer_segment(key));
-                    says |= self.call_text(choice, number, member, &inner)?;
+                    push_segment(path, key);
+                    says |= self.call_text(choice, number, member, path)?;
+                    path.truncate(len);
                 }
                 Ok(says)
             }
@@ -624,22 +638,27 @@ fn function_call_names(path: &str) -> bool {
 /// have windows: all but those `naming` says name something.
 fn windowed_strings(
     value: &Value,
-    path: String,
+    path: &mut String,
     at: &str,
     naming: Naming,
     texts: &mut Vec<String>,
 ) {
+    let len = path.len();
     match value {
-        Value::String(_) if !naming(&path) => texts.push(format!("{at}{path}")),
+        Value::String(_) if !naming(path) => texts.push(format!("{at}{path}")),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                windowed_strings(item, format!("{path}/{i}"), at, naming, texts);
+                path.push('/');
+                path.push_str(&i.to_string());
+                windowed_strings(item, path, at, naming, texts);
+                path.truncate(len);
             }
         }
         Value::Object(members) => {
             for (key, member) in members {
-                let inner = format!("{path}{}", pointer_segment(key));
-                windowed_strings(member, inner, at, naming, texts);
+                push_segment(path, key);
+                windowed_strings(member, path, at, naming, texts);
+                path.truncate(len);
             }
         }
         _ => {}
@@ -650,44 +669,36 @@ fn windowed_strings(
 /// [`StreamGuard::delta`] chose them, tails included: the rest of the event's guarding leaves
 /// them alone.
 fn windowed_texts(delta: &serde_json::Map<String, Value>, at: &str, texts: &mut Vec<String>) {
+    // One buffer for the pointers within a member, as in `StreamGuard::call_text`.
+    let mut path = String::with_capacity(32);
     for (key, value) in delta {
+        path.clear();
         match (key.as_str(), value) {
             ("content" | "refusal", Value::String(_)) => texts.push(format!("{at}/{key}")),
             ("function_call", call) => {
-                windowed_strings(
-                    call,
-                    "/function_call".into(),
-                    at,
-                    function_call_names,
-                    texts,
-                );
+                path.push_str("/function_call");
+                windowed_strings(call, &mut path, at, function_call_names, texts);
             }
             ("tool_calls", Value::Array(calls)) => {
                 for (i, call) in calls.iter().enumerate() {
+                    path.clear();
                     if call.is_object() {
-                        windowed_strings(
-                            call,
-                            String::new(),
-                            &format!("{at}/tool_calls/{i}"),
-                            call_names,
-                            texts,
-                        );
+                        let call_at = format!("{at}/tool_calls/{i}");
+                        windowed_strings(call, &mut path, &call_at, call_names, texts);
                     } else {
-                        let path = format!("/tool_calls/{i}");
-                        windowed_strings(call, path, at, names_nothing, texts);
+                        path.push_str(&format!("/tool_calls/{i}"));
+                        windowed_strings(call, &mut path, at, names_nothing, texts);
                     }
                 }
             }
             ("tool_calls", call @ Value::Object(_)) => {
-                windowed_strings(
-                    call,
-                    String::new(),
-                    &format!("{at}/tool_calls"),
-                    call_names,
-                    texts,
-                );
+                let call_at = format!("{at}/tool_calls");
+                windowed_strings(call, &mut path, &call_at, call_names, texts);
             }
-            _ => windowed_strings(value, pointer_segment(key), at, names, texts),
+            _ => {
+                push_segment(&mut path, key);
+                windowed_strings(value, &mut path, at, names, texts);
+            }
         }
     }
 }
@@ -711,7 +722,19 @@ pub fn tail_texts(chunk: &Value) -> Vec<String> {
 
 /// `key` as a JSON pointer segment (RFC 6901: `~` and `/` escaped), with its leading `/`.
 fn pointer_segment(key: &str) -> String {
-    format!("/{}", key.replace('~', "~0").replace('/', "~1"))
+    let mut segment = String::with_capacity(key.len() + 1);
+    push_segment(&mut segment, key);
+    segment
+}
+
+/// Appends `key` to `path` as a JSON pointer segment ([`pointer_segment`]).
+fn push_segment(path: &mut String, key: &str) {
+    path.push('/');
+    if key.contains(['~', '/']) {
+        path.push_str(&key.replace('~', "~0").replace('/', "~1"));
+    } else {
+        path.push_str(key);
+    }
 }
 
 /// Moves the findings of a guard into `findings`, each naming its `field`, and names the field
