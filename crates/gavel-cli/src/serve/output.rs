@@ -221,9 +221,10 @@ impl Channel {
     }
 }
 
-/// Keys of a delta whose strings name things rather than say them (`"role": "assistant"`, a
-/// call's `id`, `type` and `name`): sent as they come, each guarded whole with the rest of
-/// the event, never held back.
+/// Keys of a delta's own members whose strings name things rather than say them (`"role":
+/// "assistant"`, a content part's `type`, an audio answer's `id`): sent as they come, each
+/// guarded whole with the rest of the event, never held back. Inside a call only the places
+/// [`call_names`] lists name things.
 const NAMING_KEYS: [&str; 4] = ["role", "type", "id", "name"];
 
 /// Most texts (choices times channels) one stream may carry. Each holds a window and a scanner;
