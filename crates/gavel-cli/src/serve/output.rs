@@ -330,6 +330,8 @@ impl StreamGuard {
         delta: &mut serde_json::Map<String, Value>,
     ) -> Result<bool, Violation> {
         let mut says_something = false;
+        // A lone call that says nothing now, to drop as an array's are dropped.
+        let mut silent_call = false;
         for (key, value) in delta.iter_mut() {
             let channel = match key.as_str() {
                 "content" if value.is_string() => Channel::Content,
@@ -353,8 +355,9 @@ impl StreamGuard {
                 // two windows by changing the shape from one event to the next.
                 "tool_calls" if value.is_object() => {
                     let number = value["index"].as_u64().unwrap_or(0);
-                    says_something |=
-                        self.guard_call(index, Channel::ToolArguments(number), value)?;
+                    let says = self.guard_call(index, Channel::ToolArguments(number), value)?;
+                    silent_call = !says;
+                    says_something |= says;
                     continue;
                 }
                 _ => {
@@ -367,9 +370,10 @@ impl StreamGuard {
                 says_something |= !text.is_empty();
             }
         }
-        if delta
-            .get("tool_calls")
-            .is_some_and(|c| c.as_array().is_some_and(Vec::is_empty))
+        if silent_call
+            || delta
+                .get("tool_calls")
+                .is_some_and(|c| c.as_array().is_some_and(Vec::is_empty))
         {
             delta.remove("tool_calls");
         }
@@ -1707,6 +1711,22 @@ mod tests {
         assert_eq!(
             (&call["id"], &call["function"]["name"]),
             (&serde_json::json!("call_1"), &serde_json::json!("send"))
+        );
+        // A lone call whose texts are all held back is dropped from an event that is sent.
+        let mut event = chunk(
+            0,
+            serde_json::json!({ "refusal": "x".repeat(200), "tool_calls": { "index": 1, "function": { "arguments": "held" } } }),
+            None,
+        );
+        assert!(
+            stream(FindingAction::Block)
+                .event(&mut event)
+                .unwrap()
+                .forward
+        );
+        assert!(
+            event["choices"][0]["delta"].get("tool_calls").is_none(),
+            "{event}"
         );
         // Held back until the choice ends, then sent in its call, by its index.
         assert_eq!(call["function"]["input"], "");
