@@ -83,7 +83,7 @@ impl OutputGuard {
         let from = self.scanner.released_len();
         let event = self.scanner.push(chunk);
         let (findings, released) = (event.findings.to_vec(), event.released.to_string());
-        self.judge(&findings, from, &released)
+        self.judge(&findings, from, released)
     }
 
     /// Guards `text` as a whole answer: one push, then the end.
@@ -97,14 +97,14 @@ impl OutputGuard {
         let from = self.scanner.released_len();
         let event = self.scanner.finish();
         let (findings, released) = (event.findings.to_vec(), event.released.to_string());
-        self.judge(&findings, from, &released)
+        self.judge(&findings, from, released)
     }
 
     fn judge(
         &mut self,
         findings: &[Finding],
         from: usize,
-        released: &str,
+        released: String,
     ) -> Result<String, Violation> {
         for finding in findings {
             let (action, code) = match finding.kind {
@@ -144,9 +144,10 @@ impl OutputGuard {
 
     /// `released` starts at stream offset `from`; replaces the parts of it that fall in a
     /// redaction span, writing each placeholder once, where its span starts.
-    fn redact(&mut self, from: usize, released: &str) -> String {
+    fn redact(&mut self, from: usize, released: String) -> String {
+        // Most pieces of most answers: handed on as they were released, not copied again.
         if self.redactions.is_empty() {
-            return released.to_string();
+            return released;
         }
         let to = from + released.len();
         let mut out = String::with_capacity(released.len());
