@@ -599,15 +599,13 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 /// `text` for a URL's query or path segment: every byte but unreserved ones percent-encoded.
 fn urlencode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    // RFC 3986's unreserved characters stay as they are.
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, ESCAPED).to_string()
 }
 
 #[cfg(test)]
