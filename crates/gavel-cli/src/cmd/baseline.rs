@@ -40,9 +40,7 @@ pub fn record_baseline(
     source: Source,
 ) -> Result<Value, Failure> {
     let at = now();
-    let d = contract.deployment(deployment).ok_or_else(|| {
-        Failure::invalid(format!("deployment `{deployment}` is not in the contract"))
-    })?;
+    let d = crate::context::known_deployment(contract, deployment)?;
     let approvals = store
         .approvals_of(deployment)
         .map_err(|e| Failure::storage(e.0))?;

@@ -396,11 +396,7 @@ pub fn settle_outcome(
     usage: &Usage,
     reported: &Reported,
 ) -> Result<Recorded, Failure> {
-    if engine.contract().deployment(deployment).is_none() {
-        return Err(Failure::invalid(format!(
-            "deployment `{deployment}` is not in the contract"
-        )));
-    }
+    crate::context::known_deployment(engine.contract(), deployment)?;
     let decided = own_decision(sink, decision_id, who, "report the outcome")?;
     let ran_on = decided["obligations"]
         .as_array()
