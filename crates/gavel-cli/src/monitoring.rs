@@ -343,13 +343,25 @@ pub fn record_decisions_once(
     writer_id: &str,
     at: Timestamp,
 ) -> Result<(), Failure> {
-    let cfg = config_of(&contract.policy.monitoring);
     let mut buckets: BTreeMap<&str, Bucket> = BTreeMap::new();
     for decision in decisions {
         if contract.deployment(&decision.deployment).is_some() {
             observe_decision(buckets.entry(&decision.deployment).or_default(), decision);
         }
     }
+    save_buckets(store, contract, buckets, writer_id, at)
+}
+
+/// Saves a one-shot writer's buckets, by deployment, as rollup rows of its own in the bucket
+/// of `at` (rows add up, so nothing is read back or overwritten).
+fn save_buckets<'d>(
+    store: &dyn Store,
+    contract: &Contract,
+    buckets: impl IntoIterator<Item = (&'d str, Bucket)>,
+    writer_id: &str,
+    at: Timestamp,
+) -> Result<(), Failure> {
+    let cfg = config_of(&contract.policy.monitoring);
     let rows = buckets
         .into_iter()
         .map(|(deployment, bucket)| {
@@ -376,17 +388,15 @@ pub fn record_once(
     writer_id: &str,
     at: Timestamp,
 ) -> Result<(), Failure> {
-    let cfg = config_of(&contract.policy.monitoring);
     let mut bucket = Bucket::default();
     bucket.record_outcome(&recorded.observed);
-    let body = bucket.to_bytes().map_err(Failure::storage)?;
-    store.save_rollups(&[Rollup {
-        deployment: recorded.deployment.clone(),
-        start_ms: at.millis().div_euclid(cfg.bucket_ms) * cfg.bucket_ms,
-        writer: writer_id.to_string(),
-        body,
-    }])?;
-    Ok(())
+    save_buckets(
+        store,
+        contract,
+        [(recorded.deployment.as_str(), bucket)],
+        writer_id,
+        at,
+    )
 }
 
 /// The bodies of a deployment's latest `limit` ledger records of `kind`, newest first.
