@@ -339,3 +339,19 @@ pub fn change(principal: &str, action: &str, details: Value) -> Value {
     }
     body
 }
+
+/// How far the ledger has come: its size and its newest signed checkpoint (sequence number,
+/// tree size), as the model card and the dashboard show it.
+pub struct LedgerState {
+    pub records: u64,
+    pub newest_checkpoint: Option<(u64, u64)>,
+}
+
+impl LedgerState {
+    pub fn of(sink: &SqliteLedgerSink) -> Result<LedgerState, Failure> {
+        Ok(LedgerState {
+            records: gavel_ledger::LedgerSink::record_count(sink).map_err(Failure::storage)?,
+            newest_checkpoint: sink.newest_checkpoint().map_err(Failure::storage)?,
+        })
+    }
+}

@@ -133,6 +133,21 @@ impl SqliteLedgerSink {
         .transpose()
     }
 
+    /// The newest signed checkpoint's sequence number and tree size, without reading the
+    /// others (a ledger signs one every second or thousand records).
+    pub fn newest_checkpoint(&self) -> Result<Option<(u64, u64)>, Error> {
+        let row: Option<(i64, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT seq, size FROM ledger_checkpoints ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(seq, size)| Ok((index_of(seq)?, index_of(size)?)))
+            .transpose()
+    }
+
     /// Records matching `filter`, parsed.
     pub fn query(&self, filter: &ExportFilter) -> Result<Vec<LedgerEntry>, Error> {
         let mut out = Vec::new();

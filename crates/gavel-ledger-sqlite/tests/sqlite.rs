@@ -65,6 +65,7 @@ fn appends_survive_reopen_and_verify() {
     let report = sink.verify(&signer().verifier(), strict()).unwrap();
     assert_eq!((report.records, report.unsigned_tail), (31, 0));
     assert_eq!(report.checkpoints, 4); // sizes 8, 16, 24 and the closing 31
+    assert_eq!(sink.newest_checkpoint().unwrap(), Some((4, 31)));
     let e = sink.record_by_id("d-7").unwrap().unwrap();
     assert_eq!(
         (e.index, e.record.body["principal"].as_str()),

@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use gavel_contract::{short_hash, Contract, ParamRule};
-use gavel_ledger::LedgerSink;
 use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_monitor::{Bound, CheckState};
 use gavel_store::Store;
@@ -19,6 +18,7 @@ use super::status::READERS;
 use crate::context::out;
 use crate::context::{print_json, Context};
 use crate::failure::{Failure, Outcome};
+use crate::ledger::LedgerState;
 
 pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
     let contract = ctx.load_contract()?.contract;
@@ -57,25 +57,6 @@ fn number_or_value(value: &serde_json::Value) -> String {
     match value.as_f64() {
         Some(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("{}", n as i64),
         _ => value.to_string(),
-    }
-}
-
-/// What the ledger holds when the card is written.
-struct LedgerState {
-    records: u64,
-    newest_checkpoint: Option<(u64, u64)>,
-}
-
-impl LedgerState {
-    fn of(sink: &SqliteLedgerSink) -> Result<LedgerState, Failure> {
-        Ok(LedgerState {
-            records: sink.record_count().map_err(Failure::storage)?,
-            newest_checkpoint: sink
-                .checkpoints()
-                .map_err(Failure::storage)?
-                .last()
-                .map(|c| (c.seq, c.size)),
-        })
     }
 }
 

@@ -20,7 +20,6 @@ use serde_json::Value;
 
 use gavel_contract::time::Timestamp;
 use gavel_contract::{short_hash, Contract};
-use gavel_ledger::LedgerSink;
 use gavel_monitor::{Bound, CheckState};
 use gavel_store::{KeyRecord, Store};
 
@@ -32,6 +31,7 @@ use crate::cli::ExportArgs;
 use crate::cmd::{audit, explain};
 use crate::context::now;
 use crate::failure::Failure;
+use crate::ledger::LedgerState;
 use crate::monitoring::{status, DeploymentStatus};
 
 /// Most records one search shows.
@@ -140,8 +140,7 @@ struct Overview {
     window: String,
     rows: Vec<DeploymentStatus>,
     approvals: Vec<gavel_engine::Approval>,
-    records: u64,
-    newest_checkpoint: Option<(u64, u64)>,
+    ledger: LedgerState,
 }
 
 fn gather_overview(gw: &Gateway) -> Result<Overview, Failure> {
@@ -152,21 +151,14 @@ fn gather_overview(gw: &Gateway) -> Result<Overview, Failure> {
     let rows = status(contract, &gw.store, &windows, at, None)?;
     let mut approvals = gw.store.all_approvals()?;
     approvals.sort_by_key(|a| std::cmp::Reverse(a.created_at));
-    let reader = gw.ledger_reader()?;
-    let records = reader.record_count().map_err(Failure::storage)?;
-    let newest_checkpoint = reader
-        .checkpoints()
-        .map_err(Failure::storage)?
-        .last()
-        .map(|c| (c.seq, c.size));
+    let ledger = LedgerState::of(&*gw.ledger_reader()?)?;
     Ok(Overview {
         at,
         contract_version: contract.version.to_string(),
         window: contract.policy.monitoring.window.to_string(),
         rows,
         approvals,
-        records,
-        newest_checkpoint,
+        ledger,
     })
 }
 
@@ -237,8 +229,8 @@ impl Overview {
             }
             h2 { "Ledger" }
             p {
-                (self.records) " records; "
-                @match self.newest_checkpoint {
+                (self.ledger.records) " records; "
+                @match self.ledger.newest_checkpoint {
                     Some((seq, size)) => { "newest signed checkpoint #" (seq) " covers " (size) " records. " }
                     None => { "no signed checkpoint yet. " }
                 }
