@@ -6,6 +6,7 @@
 //! recorded before their verdict is printed: a caller never acts on a decision the ledger
 //! does not hold.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -353,5 +354,99 @@ impl LedgerState {
             records: gavel_ledger::LedgerSink::record_count(sink).map_err(Failure::storage)?,
             newest_checkpoint: sink.newest_checkpoint().map_err(Failure::storage)?,
         })
+    }
+}
+
+/// Hands each line of `export_jsonl`'s output (one canonical record per line) to `each` as it
+/// arrives, so the ledger is read one record at a time instead of collected in memory.
+pub struct EachLine<F> {
+    partial: Vec<u8>,
+    each: F,
+    /// Why `each` stopped the export: an `io::Error` cannot carry a `Failure` through it.
+    failure: Option<Failure>,
+}
+
+impl<F: FnMut(&[u8]) -> Result<(), Failure>> EachLine<F> {
+    pub fn new(each: F) -> EachLine<F> {
+        EachLine {
+            partial: Vec::new(),
+            each,
+            failure: None,
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) -> io::Result<()> {
+        (self.each)(line).map_err(|failure| {
+            self.failure = Some(failure);
+            io::Error::other("the reader stopped reading the ledger")
+        })
+    }
+
+    /// The export's outcome, reporting the failure that stopped it, if one did.
+    pub fn finish<E: std::fmt::Display>(self, exported: Result<u64, E>) -> Result<(), Failure> {
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        exported
+            .map(|_| ())
+            .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))
+    }
+}
+
+impl<F: FnMut(&[u8]) -> Result<(), Failure>> io::Write for EachLine<F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = rest.split_at(end);
+            if self.partial.is_empty() {
+                self.line(line)?;
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole)?;
+                whole.clear();
+                self.partial = whole;
+            }
+            rest = after.get(1..).unwrap_or_default();
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn lines_are_handed_over_whole_however_the_bytes_arrive() {
+        let mut seen = Vec::new();
+        let mut lines = EachLine::new(|line: &[u8]| {
+            seen.push(String::from_utf8(line.to_vec()).unwrap());
+            Ok(())
+        });
+        lines.write_all(b"{\"a\"").unwrap();
+        lines.write_all(b":1}").unwrap();
+        lines.write_all(b"\n").unwrap();
+        lines.write_all(b"{}\n{\"b\":2}\n{").unwrap();
+        lines.write_all(b"}\n").unwrap();
+        lines.finish(Ok::<u64, String>(4)).unwrap();
+        assert_eq!(seen, ["{\"a\":1}", "{}", "{\"b\":2}", "{}"]);
+    }
+
+    #[test]
+    fn a_failing_line_stops_the_export_with_its_own_failure() {
+        let mut lines = EachLine::new(|_: &[u8]| Err(Failure::storage("bad record")));
+        let written = lines.write_all(b"x\n");
+        let failure = lines
+            .finish(written.map(|()| 1).map_err(|e| e.to_string()))
+            .unwrap_err();
+        assert_eq!(failure.message, "bad record");
     }
 }

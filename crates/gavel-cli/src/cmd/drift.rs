@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +21,7 @@ use crate::cmd::audit::READERS;
 use crate::context::{note, now, out, print_json, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger;
+use crate::ledger::EachLine;
 
 const DAY_MS: i64 = 86_400_000;
 /// Days in the default period (today included).
@@ -322,67 +322,6 @@ impl Tally {
 /// `part / whole`, or None when there is no whole to be a share of.
 fn share(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
-}
-
-/// Hands each line of `export_jsonl`'s output (one canonical record per line) to `each` as it
-/// arrives, so the ledger is read one record at a time instead of collected in memory.
-struct EachLine<F> {
-    partial: Vec<u8>,
-    each: F,
-    /// Why `each` stopped the export: an `io::Error` cannot carry a `Failure` through it.
-    failure: Option<Failure>,
-}
-
-impl<F: FnMut(&[u8]) -> Result<(), Failure>> EachLine<F> {
-    fn new(each: F) -> EachLine<F> {
-        EachLine {
-            partial: Vec::new(),
-            each,
-            failure: None,
-        }
-    }
-
-    fn line(&mut self, line: &[u8]) -> io::Result<()> {
-        (self.each)(line).map_err(|failure| {
-            self.failure = Some(failure);
-            io::Error::other("drift stopped reading the ledger")
-        })
-    }
-
-    /// The export's outcome, reporting the failure that stopped it, if one did.
-    fn finish<E: std::fmt::Display>(self, exported: Result<u64, E>) -> Result<(), Failure> {
-        if let Some(failure) = self.failure {
-            return Err(failure);
-        }
-        exported
-            .map(|_| ())
-            .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))
-    }
-}
-
-impl<F: FnMut(&[u8]) -> Result<(), Failure>> Write for EachLine<F> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-            let (line, after) = rest.split_at(end);
-            if self.partial.is_empty() {
-                self.line(line)?;
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                self.line(&whole)?;
-                whole.clear();
-                self.partial = whole;
-            }
-            rest = after.get(1..).unwrap_or_default();
-        }
-        self.partial.extend_from_slice(rest);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Streams the period's decisions (of the selected deployments) into a tally. Returns it with
@@ -1364,31 +1303,5 @@ mod tests {
         let revoked = HashMap::from([("b".to_string(), at("2026-10-13"))]);
         let (_, repeated) = approval_drift(&grants, &revoked, p, Span::from_days(7));
         assert!(repeated.is_empty());
-    }
-
-    #[test]
-    fn lines_are_handed_over_whole_however_the_bytes_arrive() {
-        let mut seen = Vec::new();
-        let mut lines = EachLine::new(|line: &[u8]| {
-            seen.push(String::from_utf8(line.to_vec()).unwrap());
-            Ok(())
-        });
-        lines.write_all(b"{\"a\"").unwrap();
-        lines.write_all(b":1}").unwrap();
-        lines.write_all(b"\n").unwrap();
-        lines.write_all(b"{}\n{\"b\":2}\n{").unwrap();
-        lines.write_all(b"}\n").unwrap();
-        lines.finish(Ok::<u64, String>(4)).unwrap();
-        assert_eq!(seen, ["{\"a\":1}", "{}", "{\"b\":2}", "{}"]);
-    }
-
-    #[test]
-    fn a_failing_line_stops_the_export_with_its_own_failure() {
-        let mut lines = EachLine::new(|_: &[u8]| Err(Failure::storage("bad record")));
-        let written = lines.write_all(b"x\n");
-        let failure = lines
-            .finish(written.map(|()| 1).map_err(|e| e.to_string()))
-            .unwrap_err();
-        assert_eq!(failure.message, "bad record");
     }
 }

@@ -29,6 +29,7 @@ use crate::context::out;
 use crate::context::{deployment_and_use_case, now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger;
+use crate::ledger::EachLine;
 use base64::Engine as _;
 
 /// The approval kinds of the ledger, in a deployment's lifecycle order.
@@ -581,55 +582,44 @@ struct Tally {
     last_at: Option<String>,
 }
 
+impl Tally {
+    /// Counts one decision record (its canonical JSON).
+    fn add(&mut self, record: &Value) {
+        let body = &record["body"];
+        self.decisions += 1;
+        *self
+            .by_verdict
+            .entry(body["verdict"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+        for code in body["reason_codes"].as_array().into_iter().flatten() {
+            *self
+                .by_reason
+                .entry(code.as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        let at = record["at_ms"].as_i64().map(|ms| Timestamp(ms).to_string());
+        if self.first_at.is_none() {
+            self.first_at = at.clone();
+        }
+        self.last_at = at;
+    }
+}
+
 /// Counts the decisions `filter` selects, a record at a time (a period can hold millions).
 fn tally_decisions(sink: &SqliteLedgerSink, filter: &ExportFilter) -> Result<Tally, Failure> {
-    struct Lines {
-        pending: Vec<u8>,
-        tally: Tally,
-    }
-    impl Lines {
-        fn take(&mut self, line: &[u8]) {
-            let Ok(record) = serde_json::from_slice::<Value>(line) else {
-                return;
-            };
-            let body = &record["body"];
-            let t = &mut self.tally;
-            t.decisions += 1;
-            *t.by_verdict
-                .entry(body["verdict"].as_str().unwrap_or("?").to_string())
-                .or_default() += 1;
-            for code in body["reason_codes"].as_array().into_iter().flatten() {
-                *t.by_reason
-                    .entry(code.as_str().unwrap_or("?").to_string())
-                    .or_default() += 1;
-            }
-            let at = record["at_ms"].as_i64().map(|ms| Timestamp(ms).to_string());
-            if t.first_at.is_none() {
-                t.first_at = at.clone();
-            }
-            t.last_at = at;
-        }
-    }
-    impl Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.pending.extend_from_slice(bytes);
-            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).collect();
-                self.take(&line[..end]);
-            }
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut lines = Lines {
-        pending: Vec::new(),
-        tally: Tally::default(),
-    };
-    sink.export_jsonl(filter, &mut lines)
-        .map_err(|e| Failure::storage(format!("cannot read the ledger: {e}")))?;
-    Ok(lines.tally)
+    let mut tally = Tally::default();
+    let mut lines = EachLine::new(|line: &[u8]| {
+        let record: Value = serde_json::from_slice(line).map_err(|e| {
+            Failure::storage(format!(
+                "a decision record in the ledger is not JSON ({e}); check the ledger with `gavel audit verify`"
+            ))
+        })?;
+        tally.add(&record);
+        Ok(())
+    });
+    let exported = sink.export_jsonl(filter, &mut lines);
+    lines.finish(exported)?;
+    Ok(tally)
 }
 
 fn readme(
