@@ -1,6 +1,8 @@
 //! `gavel explain DEPLOYMENT`: the auditor's three questions, answered from the contract and
 //! the system of record.
 
+use std::fmt::Write as _;
+
 use serde_json::json;
 
 use gavel_contract::time::Timestamp;
@@ -77,11 +79,10 @@ impl Explanation<'_> {
             pages,
         } = self;
         let mut text = String::new();
-        // One line of the answer.
+        // One line of the answer (writing to a String cannot fail).
         macro_rules! say {
             ($($arg:tt)*) => {{
-                text.push_str(&format!($($arg)*));
-                text.push('\n');
+                let _ = writeln!(text, $($arg)*);
             }};
         }
         say!(
