@@ -74,7 +74,7 @@ pub fn table() -> Vec<(RouteDoc, MethodRouter<Arc<Gateway>>)> {
         route!(post, "/v1/admin/evidence", READERS, "An evidence pack for a deployment (EU AI Act Annex IV, NIST AI RMF), as `gavel evidence`: {deployment, from?, to?}; its files in the answer (text, or base64), its manifest's digest recorded in the ledger.", admin::evidence),
         route!(post, "/v1/audit/verify", READERS, "Re-derive every leaf, the tree and every checkpoint signature.", admin::verify),
         route!(get, "/dashboard", READERS, "The dashboard (HTML): deployments and their signals against their thresholds, breaches, approvals, the ledger and its last verification. Also takes the key as the password of HTTP Basic authentication.", dashboard::overview),
-        route!(get, "/dashboard/ledger", READERS, "The dashboard's ledger search (HTML); query: deployment, approval, principal, reason, kind, from, to, limit.", dashboard::ledger),
+        route!(get, "/dashboard/ledger", READERS, "The dashboard's ledger search (HTML), newest first; query: deployment, approval, principal, reason, kind, from, to, limit, before (a leaf index: the next page).", dashboard::ledger),
         route!(get, "/dashboard/records/{id}", READERS, "One ledger record (HTML).", dashboard::record),
         route!(get, "/dashboard/deployments/{deployment}", READERS, "One deployment's three answers, as `gavel explain` (HTML).", dashboard::deployment),
         route!(post, "/dashboard/verify", READERS, "Verify the ledger from the dashboard (a form; refused when another site's page sends it), then show the overview.", dashboard::verify),
