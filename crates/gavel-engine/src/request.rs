@@ -23,7 +23,7 @@ pub struct DecideRequest {
     #[serde(default)]
     pub action: Action,
     /// Chat messages in OpenAI's shape.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "messages_from")]
     pub messages: Vec<Message>,
     /// Content parts marked with their role, for non-chat actions and retrieved documents.
     #[serde(default)]
@@ -112,6 +112,74 @@ pub struct Message {
     pub annotations: Option<Value>,
 }
 
+/// Reads a `T` from a JSON object only. serde's derive also reads a struct from an array, field
+/// by field (`["user", "hi"]` as a message), which OpenAI's API does not take, and a chat body
+/// is forwarded as written: its redactions are written into those objects.
+struct ObjectOnly<T> {
+    expected: &'static str,
+    reads: std::marker::PhantomData<T>,
+}
+
+impl<T> ObjectOnly<T> {
+    fn new(expected: &'static str) -> ObjectOnly<T> {
+        ObjectOnly {
+            expected,
+            reads: std::marker::PhantomData,
+        }
+    }
+}
+
+// Written out: derived, they would ask `T` to be `Clone` and `Copy` too.
+impl<T> Clone for ObjectOnly<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for ObjectOnly<T> {}
+
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for ObjectOnly<T> {
+    type Value = T;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.expected)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+/// Chat messages from a list of message objects, each content part an object too (a message or
+/// a part written as an array is refused: see [`ObjectOnly`]). The gateway reads a chat body's
+/// `messages` with it as the decide API reads them.
+pub fn messages_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Message>, D::Error> {
+    struct Messages;
+    impl<'de> serde::de::Visitor<'de> for Messages {
+        type Value = Vec<Message>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of messages")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Message>, A::Error> {
+            let message = ObjectOnly::new("a message object ({\"role\": ..., \"content\": ...})");
+            let mut messages = Vec::new();
+            while let Some(m) = seq.next_element_seed(message)? {
+                messages.push(m);
+            }
+            Ok(messages)
+        }
+    }
+    d.deserialize_seq(Messages)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageRole {
@@ -149,7 +217,8 @@ impl<'de> Deserialize<'de> for MessageContent {
                 mut seq: A,
             ) -> Result<MessageContent, A::Error> {
                 let mut parts = Vec::new();
-                while let Some(part) = seq.next_element()? {
+                let part = ObjectOnly::new("a content part object ({\"type\": ..., ...})");
+                while let Some(part) = seq.next_element_seed(part)? {
                     parts.push(part);
                 }
                 Ok(MessageContent::Parts(parts))

@@ -119,40 +119,16 @@ fn deployment_of(
 
 /// The chat body as a decide request: messages, tools, and every other field as a parameter
 /// (so an unapproved one is refused by conformance, and `bypass: true` is just that).
-/// Refuses messages, and content parts, that are not JSON objects. serde would read a message
-/// written as an array (`["user", "hi"]`) field by field, but OpenAI's API takes objects only,
-/// and the request is forwarded as written: its redactions are written into those objects.
-fn shaped_as_openai(messages: &[Value]) -> ApiResult<()> {
-    for (i, message) in messages.iter().enumerate() {
-        let not_object = |what: String| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("{what} is not a JSON object; write it as OpenAI's API does ({{\"role\": ..., \"content\": ...}}, parts as {{\"type\": ..., ...}})"),
-            )
-        };
-        let Some(message) = message.as_object() else {
-            return Err(not_object(format!("`messages[{i}]`")));
-        };
-        if let Some(parts) = message.get("content").and_then(Value::as_array) {
-            if let Some(j) = parts.iter().position(|p| !p.is_object()) {
-                return Err(not_object(format!("`messages[{i}].content[{j}]`")));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn decide_request(
     headers: &HeaderMap,
     fields: &Map<String, Value>,
     deployment: String,
     model: Option<String>,
 ) -> ApiResult<DecideRequest> {
-    if let Some(messages) = fields.get("messages").and_then(Value::as_array) {
-        shaped_as_openai(messages)?;
-    }
     let messages: Vec<Message> = match fields.get("messages") {
-        Some(m) => serde_json::from_value(m.clone()).map_err(|e| {
+        // Objects only, as OpenAI's API takes them: the body is forwarded as written, and its
+        // redactions are written into those objects.
+        Some(m) => gavel_engine::messages_from(m).map_err(|e| {
             ApiError::bad_request(
                 "invalid_request",
                 format!("`messages` is not a list of chat messages: {e}"),

@@ -322,6 +322,18 @@ fn a_message_field_openai_does_not_define_is_refused() {
         refused.0.contains("a string or a list of content parts"),
         "{refused}"
     );
+    // serde would read a struct from an array field by field; OpenAI's API takes objects only.
+    let mut r = kb_request();
+    r["messages"][1] = json!(["user", "hi"]);
+    let refused = parse_request(r.to_string().as_bytes()).unwrap_err();
+    assert!(refused.0.contains("expected a message object"), "{refused}");
+    let mut r = kb_request();
+    r["messages"][1]["content"] = json!([["text", "hi"]]);
+    let refused = parse_request(r.to_string().as_bytes()).unwrap_err();
+    assert!(
+        refused.0.contains("expected a content part object"),
+        "{refused}"
+    );
 }
 
 /// Identifiers go into the ledger as they are, so one holding a secret is refused at parsing,
