@@ -154,7 +154,13 @@ fn fetch_into(
         .enable_all()
         .build()
         .map_err(|e| Failure::storage(format!("cannot start the HTTP client ({e})")))?;
-    let client = reqwest::Client::new();
+    // Bounded: a gateway that stops answering must not hold the command for ever. A pack over
+    // millions of decisions takes the gateway a while to count, hence the long total.
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .map_err(|e| Failure::storage(format!("cannot start the HTTP client ({e})")))?;
     let (status, answer) = runtime.block_on(call(
         client.post(&endpoint).body(body.to_string()),
         key,
