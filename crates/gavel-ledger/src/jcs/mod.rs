@@ -66,6 +66,10 @@ fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 /// Whether a key's bytes between the quotes order as its UTF-16 code units do: no escapes, and
 /// no lead byte from 0xEE up (see [`utf16_cmp`]). Plain keys are ordered by their bytes.
 fn is_plain_key(inner: &[u8]) -> bool {
+    // Keys are nearly always ASCII, which two word-at-a-time scans settle.
+    if inner.is_ascii() {
+        return !inner.contains(&b'\\');
+    }
     inner.iter().all(|&b| b != b'\\' && b < 0xEE)
 }
 
@@ -98,42 +102,51 @@ pub fn write_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     // The bytes since the last escape, copied in one piece when the next one (or the end) comes.
     let mut start = 0;
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        // Most strings in a record (ids, hashes, codes) need no escaping: eight bytes at a time
-        // while none does.
-        if let Some(word) = bytes
-            .get(i..i + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-        {
-            if !any_escaped(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
-        }
-        if ESCAPED[usize::from(b)] {
-            out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
-            write_escape(out, b);
-            start = i + 1;
-        }
-        i += 1;
+    loop {
+        let i = next_escaped(bytes, start);
+        let Some(&b) = bytes.get(i) else { break };
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        write_escape(out, b);
+        start = i + 1;
     }
     out.extend_from_slice(bytes.get(start..).unwrap_or_default());
     out.push(b'"');
 }
 
-/// Whether any of the eight bytes of `word` is one [`ESCAPED`] marks: a control byte (below
-/// 0x20), `"` or `\`. Word-at-a-time tests (exact as a yes or no): a byte below n, for n up to
-/// 0x80, leaves its high bit set in `(w - n * ONES) & !w`; a byte equal to c is a zero byte of
-/// `w ^ c * ONES`. Bytes of 0x80 and above (UTF-8 beyond ASCII) are never flagged.
-fn any_escaped(word: u64) -> bool {
+/// The index of the first byte from `at` on that a string literal escapes ([`ESCAPED`]), or
+/// the length of `bytes` if there is none. Most strings in a record (ids, hashes, codes) escape
+/// nothing: eight bytes at a time, and the word that holds one says where.
+pub(crate) fn next_escaped(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(word) = bytes
+        .get(at..at + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok())
+    {
+        let escaped = escaped_bytes(u64::from_le_bytes(word));
+        if escaped != 0 {
+            return at + (escaped.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while bytes.get(at).is_some_and(|&b| !ESCAPED[usize::from(b)]) {
+        at += 1;
+    }
+    at.min(bytes.len())
+}
+
+/// The bytes of `word` that [`ESCAPED`] marks (a control byte below 0x20, `"` or `\\`), as the
+/// high bit of each: nonzero exactly when one is there, and the lowest bit set is the first of
+/// them (a wrong flag can only follow a right one, through a borrow). Word-at-a-time tests: a
+/// byte below n, for n up to 0x80, leaves its high bit set in `(w - n * ONES) & !w`; a byte
+/// equal to c is a zero byte of `w ^ c * ONES`. Bytes of 0x80 and above (UTF-8 beyond ASCII)
+/// are never flagged.
+fn escaped_bytes(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below = |w: u64, n: u64| w.wrapping_sub(n * ONES) & !w & HIGHS;
     let control = below(word, 0x20);
     let quote = below(word ^ (u64::from(b'"') * ONES), 1);
     let backslash = below(word ^ (u64::from(b'\\') * ONES), 1);
-    control | quote | backslash != 0
+    control | quote | backslash
 }
 
 fn write_escape(out: &mut Vec<u8>, b: u8) {
@@ -385,16 +398,27 @@ mod tests {
     }
 
     #[test]
-    fn the_word_test_flags_exactly_the_bytes_that_are_escaped() {
-        for b in 0..=255u8 {
-            for at in 0..8 {
-                let mut word = *b"abcdefgh";
-                word[at] = b;
-                assert_eq!(
-                    any_escaped(u64::from_le_bytes(word)),
-                    ESCAPED[usize::from(b)],
-                    "byte {b:#04x} at {at}"
-                );
+    fn the_word_test_finds_exactly_the_first_byte_that_is_escaped() {
+        // Every pair of bytes at every two places of a word: the first escaped one is found,
+        // whatever a borrow from it does to the bytes above.
+        for first in 0..8 {
+            for second in first + 1..8 {
+                for a in 0..=255u8 {
+                    for b in 0..=255u8 {
+                        let mut word = *b"abcdefgh";
+                        word[first] = a;
+                        word[second] = b;
+                        let expected = word
+                            .iter()
+                            .position(|&x| ESCAPED[usize::from(x)])
+                            .unwrap_or(8);
+                        assert_eq!(
+                            next_escaped(&word, 0),
+                            expected,
+                            "{a:#04x} at {first}, {b:#04x} at {second}"
+                        );
+                    }
+                }
             }
         }
         // Every string whose escapes fall at every offset of a word, past the end of a word,
