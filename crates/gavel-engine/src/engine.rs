@@ -26,8 +26,23 @@ use crate::state::*;
 use crate::tokens::Encoding;
 
 /// Parameters a request may send without them being approved: they change transport, not
-/// behaviour or cost.
+/// behaviour or cost. Each must still be of its type ([`neutral_param_is_well_typed`]): they
+/// are forwarded as sent, so a free-form value would be text nothing scanned. `user` is a
+/// string, and scanned as the request's text is ([`DecideRequest::texts`]).
 const NEUTRAL_PARAMS: &[&str] = &["stream", "stream_options", "user", "seed"];
+
+/// Whether a neutral parameter's value is what the API takes there (null: not sent).
+fn neutral_param_is_well_typed(name: &str, value: &Value) -> bool {
+    match (name, value) {
+        (_, Value::Null) => true,
+        ("stream", v) => v.is_boolean(),
+        ("user", v) => v.is_string(),
+        ("seed", v) => v.is_i64() || v.is_u64(),
+        // `{ "include_usage": true }` and the like: switches, nothing else.
+        ("stream_options", Value::Object(options)) => options.values().all(Value::is_boolean),
+        _ => false,
+    }
+}
 
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -927,12 +942,6 @@ impl Ctx<'_> {
     fn params_guard(&self, eval: &mut Evaluation) -> Option<Stop> {
         let d = self.deployment;
         for (name, value) in &self.request.params {
-            if NEUTRAL_PARAMS.contains(&name.as_str())
-                || name == "max_tokens"
-                || name == "max_completion_tokens"
-            {
-                continue;
-            }
             // The offending value is described by its type only: a caller may put anything in
             // a parameter, including a credential, and reasons are recorded in the ledger.
             let refuse = |why: String| {
@@ -942,6 +951,17 @@ impl Ctx<'_> {
                         .with("value_type", crate::schema::json_type(value)),
                 ))
             };
+            if NEUTRAL_PARAMS.contains(&name.as_str()) {
+                if neutral_param_is_well_typed(name, value) {
+                    continue;
+                }
+                return refuse(format!(
+                    "parameter `{name}` is not of its type (stream: true or false; user: a string; seed: an integer; stream_options: an object of true/false switches)"
+                ));
+            }
+            if name == "max_tokens" || name == "max_completion_tokens" {
+                continue;
+            }
             match d.params.get(name) {
                 None => {
                     return refuse(format!("parameter `{name}` is not approved for `{}`", d.id))

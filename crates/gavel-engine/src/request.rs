@@ -235,7 +235,7 @@ impl<'de> Deserialize<'de> for MessageContent {
 #[serde(deny_unknown_fields)]
 pub struct MessagePart {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: PartKind,
     #[serde(default)]
     pub text: Option<String>,
     #[serde(default)]
@@ -246,6 +246,18 @@ pub struct MessagePart {
     pub file: Option<Value>,
     #[serde(default)]
     pub refusal: Option<Value>,
+}
+
+/// The kinds of content part the API takes. A part's `type` is forwarded as sent, so it is one
+/// of these, never free text nothing scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartKind {
+    Text,
+    ImageUrl,
+    InputAudio,
+    File,
+    Refusal,
 }
 
 impl MessagePart {
@@ -350,9 +362,17 @@ pub struct ContentPart {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolDefinition {
+    /// `function`, the one kind of tool a definition with a `function` member is; forwarded
+    /// as sent, so never free text.
     #[serde(rename = "type", default)]
-    pub kind: Option<String>,
+    pub kind: Option<ToolKind>,
     pub function: FunctionDefinition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    Function,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -370,11 +390,18 @@ pub struct FunctionDefinition {
 impl DecideRequest {
     /// Every piece of text in the request with its role, in order: one per message (its
     /// content), one per content part, the tool calls' arguments, one per message that carries
-    /// more than content and tool calls ([`Message::other_content`]), then the offered tools'
-    /// descriptions. Only the first two kinds can be redacted
+    /// more than content and tool calls ([`Message::other_content`]), the offered tools'
+    /// descriptions, then the `user` parameter. Only the first two kinds can be redacted
     /// ([`DecideRequest::redactable_texts`]).
     pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
-        self.texts_with(true)
+        // Last, the end user's id (`user`), forwarded upstream as sent: an e-mail address or a
+        // credential there leaves like any text. Not read by the model, so not counted.
+        let user = self
+            .params
+            .get("user")
+            .and_then(Value::as_str)
+            .map(|user| (ContentRole::User, std::borrow::Cow::Borrowed(user)));
+        self.texts_with(true).chain(user)
     }
 
     /// What a model reads of the request as text, for counting its tokens: [`Self::texts`]

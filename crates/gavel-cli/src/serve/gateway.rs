@@ -69,6 +69,10 @@ pub struct Gateway {
     pub last_verification: Mutex<Option<super::dashboard::Verification>>,
     /// Held while an evidence pack is built: one at a time.
     pub building_evidence: Mutex<()>,
+    /// Decisions of calls through the proxy, from their ALLOW until the decider has settled
+    /// them with what the upstream reported: nobody else may report their outcome (a caller
+    /// that did, first, would settle them at whatever usage it claimed).
+    pub settling_itself: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What happened after an ALLOW, waiting to be settled and recorded.
@@ -84,6 +88,10 @@ pub struct Finished {
 pub struct Ruling {
     pub decision: Decision,
     pub receipt: Option<Receipt>,
+    /// The contract in force when the decision was made: what an ALLOW executes (deployment,
+    /// endpoint, model), whatever a reload has put in force since, so that the call is the
+    /// binding the decision and its record name.
+    pub engine: Arc<Engine>,
 }
 
 impl Ruling {
@@ -192,6 +200,7 @@ impl Gateway {
                 Ruling {
                     decision,
                     receipt: Some(receipt),
+                    engine: engine.clone(),
                 }
             }
             Err(why) => {
@@ -204,6 +213,7 @@ impl Gateway {
                     Ok(blocked) => Ruling {
                         decision: blocked,
                         receipt: None,
+                        engine: engine.clone(),
                     },
                     Err(e) => {
                         let failure = Failure::storage(format!("the decision was lost: {e}"));
@@ -223,7 +233,7 @@ impl Gateway {
 
     fn refused(
         &self,
-        engine: &Engine,
+        engine: &Arc<Engine>,
         request: &DecideRequest,
         principal: &str,
         why: Failure,
@@ -240,6 +250,7 @@ impl Gateway {
         Ruling {
             decision,
             receipt: None,
+            engine: engine.clone(),
         }
     }
 
@@ -271,6 +282,23 @@ impl Gateway {
         });
     }
 
+    /// Marks an allowed call through the proxy as one whose outcome the gateway settles itself
+    /// ([`Gateway::settles_itself`] says so until it has); every such call ends in
+    /// [`Gateway::record_outcome`].
+    pub fn will_settle(&self, decision: &Decision) {
+        if let Ok(mut settling) = self.settling_itself.lock() {
+            settling.insert(decision.decision_id.clone());
+        }
+    }
+
+    /// Whether the gateway settles this decision itself (a call through its proxy, not yet
+    /// settled). Fails closed: a poisoned set answers yes.
+    pub fn settles_itself(&self, decision_id: &str) -> bool {
+        self.settling_itself
+            .lock()
+            .map_or(true, |settling| settling.contains(decision_id))
+    }
+
     /// Replaces the reservations of `finished` with their actual usage, in `batch`'s
     /// transaction. A failure is logged: the reservation then holds until it expires.
     pub fn settle(&self, batch: &Batch<'_>, finished: &[Finished]) {
@@ -288,6 +316,12 @@ impl Gateway {
         if let Err(e) = batch.state().settle_many(&settlements, now()) {
             for (decision_id, _) in &settlements {
                 tracing::error!(%decision_id, error = %e, "settling usage failed");
+            }
+        }
+        // Settled, or failed and left to expire: either way no longer the gateway's to settle.
+        if let Ok(mut settling) = self.settling_itself.lock() {
+            for f in finished {
+                settling.remove(&f.decision_id);
             }
         }
     }

@@ -129,6 +129,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
             max_body_bytes: args.max_body_bytes,
             body_timeout: duration("body-timeout", &args.body_timeout)?,
         },
+        settling_itself: Mutex::new(Default::default()),
         operator: operator.principal.clone(),
         contract_path: ctx.contract_path.clone(),
         db_path: ctx.db_path.clone(),

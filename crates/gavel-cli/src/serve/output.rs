@@ -191,7 +191,8 @@ enum Channel {
     /// call (a `function.input`, an `arguments` beside `function`).
     CallOther(u64, String),
     /// Any other string of the delta, by its JSON pointer within the delta: a reasoning model's
-    /// `reasoning_content`, an audio answer's `transcript`, content given as parts.
+    /// `reasoning_content`, an audio answer's `transcript`, a content part's strings other than
+    /// its `text` (which is [`Channel::Content`]).
     Other(String),
 }
 
@@ -257,6 +258,9 @@ pub struct StreamGuard {
     pub seen: String,
     /// Texts given a guard so far (finished ones included).
     texts: usize,
+    /// Choices whose latest `content` came as parts: the held-back end of their content goes
+    /// out as a text part too, not as a string a parts-reading client would not expect.
+    content_as_parts: std::collections::BTreeSet<u64>,
 }
 
 impl StreamGuard {
@@ -268,6 +272,7 @@ impl StreamGuard {
             findings: Vec::new(),
             seen: String::new(),
             texts: 0,
+            content_as_parts: Default::default(),
         }
     }
 
@@ -335,7 +340,19 @@ impl StreamGuard {
         let mut silent_call = false;
         for (key, value) in delta.iter_mut() {
             let channel = match key.as_str() {
-                "content" if value.is_string() => Channel::Content,
+                "content" if value.is_string() => {
+                    self.content_as_parts.remove(&index);
+                    Channel::Content
+                }
+                // Content as parts (or one part): each part's `text` is the same text as a
+                // `content` string, in the same window, so that a stream that switches between
+                // the two shapes, or moves its text part along the array, cannot split a text
+                // between two windows.
+                "content" if value.is_array() || value.is_object() => {
+                    self.content_as_parts.insert(index);
+                    says_something |= self.content_parts(index, value)?;
+                    continue;
+                }
                 "refusal" if value.is_string() => Channel::Refusal,
                 "function_call" if value.is_object() => {
                     says_something |= self.guard_call(index, Channel::FunctionArguments, value)?;
@@ -379,6 +396,42 @@ impl StreamGuard {
             delta.remove("tool_calls");
         }
         Ok(says_something)
+    }
+
+    /// Guards `content` given as an array of parts or as one part: a part's `text` string goes
+    /// through the choice's [`Channel::Content`] window, its other strings through windows of
+    /// their own (as [`StreamGuard::other`] gives them); whether anything still says something.
+    fn content_parts(&mut self, index: u64, content: &mut Value) -> Result<bool, Violation> {
+        let Value::Array(parts) = content else {
+            return self.content_part(index, content, "/content");
+        };
+        let mut says = false;
+        for (i, part) in parts.iter_mut().enumerate() {
+            says |= self.content_part(index, part, &format!("/content/{i}"))?;
+        }
+        Ok(says)
+    }
+
+    fn content_part(&mut self, index: u64, part: &mut Value, at: &str) -> Result<bool, Violation> {
+        let Value::Object(members) = part else {
+            return self.other(index, part, at, names);
+        };
+        let mut says = false;
+        for (key, member) in members.iter_mut() {
+            says |= match member {
+                Value::String(text) if key == "text" => {
+                    *text = self.push(index, Channel::Content, text)?;
+                    !text.is_empty()
+                }
+                member => self.other(
+                    index,
+                    member,
+                    &format!("{at}{}", pointer_segment(key)),
+                    names,
+                )?,
+            };
+        }
+        Ok(says)
     }
 
     /// Guards a delta's `tool_calls` in place, dropping the calls that say nothing now.
@@ -604,10 +657,19 @@ impl StreamGuard {
                 || channel.field(choice),
                 tail,
             )?;
-            if !tail.is_empty() {
+            if tail.is_empty() {
+                continue;
+            }
+            if channel == Channel::Content && self.content_as_parts.contains(&choice) {
+                delta.insert(
+                    "content".to_string(),
+                    json!([{ "type": "text", "text": tail }]),
+                );
+            } else {
                 put_tail(delta, &channel, tail, &mut call_at);
             }
         }
+        self.content_as_parts.remove(&choice);
         Ok(())
     }
 }
@@ -1567,6 +1629,78 @@ mod tests {
             assert_eq!(violation.code, ReasonCode::PrivacySecret, "{case}");
             assert!(!all_strings(&sent).contains("ghp_"), "{case}: {sent:?}");
         }
+    }
+
+    /// Content as a string and content as parts are one text: a secret split between the two
+    /// shapes, or between text parts at different places in the array, meets in one window and
+    /// is caught before any of it is sent.
+    #[test]
+    fn content_keeps_its_window_whatever_shape_its_pieces_come_in() {
+        let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
+        let (head, tail) = token.split_at(12);
+        let string = |t: &str| chunk(0, serde_json::json!({ "content": t }), None);
+        let parts = |t: &str| {
+            chunk(
+                0,
+                serde_json::json!({ "content": [{ "type": "text", "text": t }] }),
+                None,
+            )
+        };
+        let second_part = |t: &str| {
+            chunk(
+                0,
+                serde_json::json!({ "content": [
+                    { "type": "image_url", "image_url": { "url": "https://example.com/a.png" } },
+                    { "type": "text", "text": t }
+                ] }),
+                None,
+            )
+        };
+        let one_part = |t: &str| {
+            chunk(
+                0,
+                serde_json::json!({ "content": { "type": "text", "text": t } }),
+                None,
+            )
+        };
+        let cases = [
+            ("string, then parts", vec![string(head), parts(tail)]),
+            ("parts, then string", vec![parts(head), string(tail)]),
+            (
+                "first part, then second",
+                vec![parts(head), second_part(tail)],
+            ),
+            ("one part, then string", vec![one_part(head), string(tail)]),
+        ];
+        for (case, events) in cases {
+            let (sent, violation) = relay_as_the_proxy_does(events);
+            assert!(
+                violation.is_some_and(|v| v.code == ReasonCode::PrivacySecret),
+                "{case}: not caught"
+            );
+            assert!(!all_strings(&sent).contains("ghp_"), "{case}: {sent:?}");
+        }
+        // What was held back of content that came as parts goes out as a text part.
+        let mut guard = stream(FindingAction::Block);
+        let mut event = parts("Hello there");
+        let guarded = guard.event(&mut event).unwrap();
+        assert_eq!(guarded.texts, ["/choices/0/delta/content/0/text"]);
+        let rest = guard.finish().unwrap().unwrap();
+        let released = event["choices"][0]["delta"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            released + rest[0]["delta"]["content"][0]["text"].as_str().unwrap(),
+            "Hello there"
+        );
+        assert_eq!(rest[0]["delta"]["content"][0]["type"], "text");
+        // And after a string, as a string.
+        let mut guard = stream(FindingAction::Block);
+        guard.event(&mut parts("Hello")).unwrap();
+        guard.event(&mut string(" there")).unwrap();
+        let rest = guard.finish().unwrap().unwrap();
+        assert!(rest[0]["delta"]["content"].is_string(), "{rest}");
     }
 
     /// Relays `events` as the proxy does: each event through the stream guard, then everything

@@ -145,19 +145,7 @@ fn decide_request(
         })?,
         None => Vec::new(),
     };
-    let header = |name: &str| -> ApiResult<Option<String>> {
-        headers
-            .get(name)
-            .map(|v| {
-                v.to_str().map(str::to_string).map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_request",
-                        format!("the {name} header must be ASCII"),
-                    )
-                })
-            })
-            .transpose()
-    };
+    let header = |name: &str| ascii_header(headers, name);
     let mut metadata = std::collections::BTreeMap::new();
     if let Some(Value::String(user)) = fields.get("user") {
         metadata.insert("user".to_string(), user.clone());
@@ -178,12 +166,55 @@ fn decide_request(
         metadata,
         ..DecideRequest::default()
     };
+    no_secret_in_identifiers(request)
+}
+
+/// A header's value, or a clear refusal when it is not ASCII (never dropped: a dropped
+/// idempotency key would let a retry run twice).
+fn ascii_header(headers: &HeaderMap, name: &str) -> ApiResult<Option<String>> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map(str::to_string).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    format!("the {name} header must be ASCII"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Refuses a request whose identifiers (deployment, model, keys) hold a secret: they are
+/// recorded as they are, and no secret goes into the ledger.
+fn no_secret_in_identifiers(request: DecideRequest) -> ApiResult<DecideRequest> {
     match request.secret_in_identifiers() {
         Some((field, rule)) => Err(ApiError::bad_request(
             "invalid_request",
             gavel_engine::secret_in(field, rule).0,
         )),
         None => Ok(request),
+    }
+}
+
+/// An upstream's refusal (an answer that is not a 2xx) guarded like any answer, since an error
+/// message can quote what it was sent: the body to relay, or the violation. The guards'
+/// findings go into `findings`.
+fn guarded_refusal(
+    body: &Bytes,
+    guard: &dyn Fn() -> OutputGuard,
+    findings: &mut Vec<Value>,
+) -> Result<Bytes, Violation> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut refusal) => {
+            guard_strings(&mut refusal, guard, findings).map(|()| Bytes::from(refusal.to_string()))
+        }
+        Err(_) => {
+            let mut whole = guard();
+            let checked = whole.whole(&String::from_utf8_lossy(body));
+            findings.append(&mut whole.findings);
+            checked.map(Bytes::from)
+        }
     }
 }
 
@@ -202,18 +233,13 @@ impl Call {
         let mut ruling = ruling;
         let mut hops = 0;
         loop {
-            let engine = self.gw.engine();
-            let contract = engine.contract();
-            let ran_on = route_of(&ruling.decision);
-            let Some(deployment) = contract.deployment(&ran_on) else {
-                return ApiError::unavailable(format!(
-                    "deployment `{ran_on}` left the contract while this request ran"
-                ))
-                .into_response();
-            };
-            let Some(endpoint) = contract.endpoint_of(deployment) else {
-                return ApiError::unavailable(format!("deployment `{ran_on}` has no endpoint"))
-                    .into_response();
+            // What was decided is what runs: the contract of the decision, not one a reload
+            // has put in force since.
+            let engine = ruling.engine.clone();
+            self.gw.will_settle(&ruling.decision);
+            let (ran_on, deployment, endpoint) = match target(&self.gw, &engine, &ruling.decision) {
+                Ok(target) => target,
+                Err(e) => return e.into_response(),
             };
             let body = self.upstream_body(&ruling.decision, deployment);
             let reply = self
@@ -332,14 +358,7 @@ impl Call {
             // like any answer (an error message can quote what it was sent, or anything).
             let mut findings = Vec::new();
             let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": self.started.elapsed().as_millis() as u64 });
-            let guarded = match serde_json::from_slice::<Value>(&body) {
-                Ok(mut refusal) => guard_strings(&mut refusal, &|| self.guard(), &mut findings)
-                    .map(|()| Bytes::from(refusal.to_string())),
-                Err(_) => self
-                    .guard()
-                    .whole(&String::from_utf8_lossy(&body))
-                    .map(Bytes::from),
-            };
+            let guarded = guarded_refusal(&body, &|| self.guard(), &mut findings);
             details["output_findings"] = json!(findings);
             return match guarded {
                 Ok(body) => {
@@ -663,7 +682,12 @@ impl Call {
                 let Ok(mut chunk @ Value::Object(_)) = serde_json::from_str::<Value>(&data) else {
                     continue;
                 };
-                if chunk.get("error").is_some() {
+                // An error ends the stream. Only the error is relayed, guarded whole: choices
+                // beside it would skip their windows, and their logprobs would carry text one
+                // token per string. `"error": null` is no error: the event is a chunk like any
+                // other.
+                if let Some(error) = chunk.get_mut("error").filter(|e| !e.is_null()) {
+                    let mut chunk = json!({ "error": error.take() });
                     guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings)?;
                     let _ = tx.send(event(&chunk)).await;
                     summary.ended = "upstream error event".to_string();
@@ -994,6 +1018,35 @@ fn decode_utf8_into(text: &mut String, cut: &mut Vec<u8>, bytes: &[u8]) {
     cut.drain(..from);
 }
 
+/// Where an allowed call runs: the deployment the decision names (or routes to), its endpoint,
+/// in the contract the decision was made under; what was decided is what runs, whatever a
+/// reload has put in force since. A decision that names neither (it cannot, in the contract it
+/// was made under) ends its call, recorded as such.
+fn target<'e>(
+    gw: &Gateway,
+    decided_under: &'e gavel_engine::Engine,
+    decision: &Decision,
+) -> ApiResult<(String, &'e Deployment, &'e gavel_contract::Endpoint)> {
+    let contract = decided_under.contract();
+    let ran_on = route_of(decision);
+    let found = contract
+        .deployment(&ran_on)
+        .and_then(|d| contract.endpoint_of(d).map(|e| (d, e)));
+    match found {
+        Some((deployment, endpoint)) => Ok((ran_on, deployment, endpoint)),
+        None => {
+            let why = format!("deployment `{ran_on}` or its endpoint is not in the contract the decision was made under");
+            gw.record_outcome(
+                decision,
+                &ran_on,
+                &Usage::default(),
+                json!({ "upstream_error": why }),
+            );
+            Err(ApiError::unavailable(why))
+        }
+    }
+}
+
 fn passthrough(status: StatusCode, body: Bytes, decision: &Decision) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(
@@ -1035,6 +1088,18 @@ pub async fn embeddings(
             ))
         }
     };
+    // Transport, like `stream` for chat, so not a parameter to approve; forwarded as sent, so
+    // one of the API's two values and nothing else.
+    match fields.get("encoding_format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(format)) if format == "float" || format == "base64" => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`encoding_format` must be \"float\" or \"base64\"",
+            ))
+        }
+    }
     let request = DecideRequest {
         deployment: deployment_id,
         model,
@@ -1056,24 +1121,17 @@ pub async fn embeddings(
             .filter(|(k, _)| !["model", "input", "encoding_format"].contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        idempotency_key: headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        idempotency_key: ascii_header(&headers, "idempotency-key")?,
         ..DecideRequest::default()
     };
+    let request = no_secret_in_identifiers(request)?;
     let ruling = gw.decide(Arc::new(request), &caller.principal).await;
     if ruling.decision.verdict != Verdict::Allow {
         return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
     }
-    let contract = engine.contract();
-    let ran_on = route_of(&ruling.decision);
-    let deployment = contract
-        .deployment(&ran_on)
-        .ok_or_else(|| ApiError::unavailable("the deployment left the contract"))?;
-    let endpoint = contract
-        .endpoint_of(deployment)
-        .ok_or_else(|| ApiError::unavailable("the deployment has no endpoint"))?;
+    gw.will_settle(&ruling.decision);
+    let contract = ruling.engine.contract();
+    let (ran_on, deployment, endpoint) = target(&gw, &ruling.engine, &ruling.decision)?;
     let mut body = fields.clone();
     body.insert("model".to_string(), json!(deployment.model.name));
     if let Some(Obligation::Redact { redactions }) = ruling
@@ -1101,19 +1159,50 @@ pub async fn embeddings(
         .call(endpoint, "/embeddings", &Value::Object(body), false)
         .await
     {
+        Ok(Reply::Whole { status, body }) if !status.is_success() => {
+            // Guarded as the chat route guards a refusal (its vectors are no text to guard).
+            let actions = contract.policy.privacy.as_ref().map(|p| p.output);
+            let guard = || OutputGuard::new(gw.output_scanners.clone(), actions);
+            let mut findings = Vec::new();
+            let guarded = guarded_refusal(&body, &guard, &mut findings);
+            let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64, "output_findings": findings });
+            match guarded {
+                Ok(body) => {
+                    gw.record_outcome(&ruling.decision, &ran_on, &Usage::default(), details);
+                    Ok(passthrough(status, body, &ruling.decision))
+                }
+                Err(v) => {
+                    metrics::output_violation(&ran_on, v.code.as_str());
+                    details["output_violation"] = v.record();
+                    gw.record_outcome(&ruling.decision, &ran_on, &Usage::default(), details);
+                    Ok(output_refusal(&ruling.decision, &v).into_response())
+                }
+            }
+        }
         Ok(Reply::Whole { status, body }) => {
+            // Settled from the upstream's usage, or counted (the estimate's prompt tokens).
             let usage = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| usage_of(&v["usage"]))
-                .unwrap_or_default();
+                .map(|reply| {
+                    usage_of(&reply["usage"]).unwrap_or_else(|| counted(&ruling.decision, &reply))
+                })
+                .unwrap_or_else(|_| counted(&ruling.decision, &Value::Null));
             gw.record_outcome(&ruling.decision, &ran_on, &usage, json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64 }));
             Ok(passthrough(status, body, &ruling.decision))
         }
-        Ok(Reply::Stream(_)) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream.invalid",
-            "the endpoint streamed an embeddings answer",
-        )),
+        Ok(Reply::Stream(_)) => {
+            let why = "the endpoint streamed an embeddings answer";
+            gw.record_outcome(
+                &ruling.decision,
+                &ran_on,
+                &Usage::default(),
+                json!({ "upstream_error": why }),
+            );
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream.invalid",
+                why,
+            ))
+        }
         Err(e) => {
             let why = e.describe(&endpoint.id);
             gw.record_outcome(

@@ -717,6 +717,23 @@ fn answer(mut stream: TcpStream) {
         let error =
             json!({ "error": { "message": format!("quota of {token} exceeded") } }).to_string();
         let _ = stream.write_all(sse(&[error]).as_bytes());
+    } else if body.contains("fault:stream-error-null-logprobs")
+        || body.contains("fault:stream-error-beside-logprobs")
+    {
+        // A chunk that says `"error": null` (no error), or an error beside a choice: either
+        // way, log probabilities spelling an address one token per string.
+        let tokens: Vec<Value> = ["jane", ".doe@", "example", ".org"]
+            .iter()
+            .map(|t| json!({ "token": t, "logprob": -0.1 }))
+            .collect();
+        let error = if body.contains("fault:stream-error-null-logprobs") {
+            Value::Null
+        } else {
+            json!({ "message": "overloaded" })
+        };
+        let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "error": error,
+            "choices": [{ "index": 0, "delta": { "content": "fine" }, "logprobs": { "content": tokens }, "finish_reason": "stop" }] }).to_string();
+        let _ = stream.write_all(sse(&[chunk, "[DONE]".to_string()]).as_bytes());
     } else if body.contains("fault:stream-refusal-secret") {
         let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "refusal": format!("not with {token}") }, "finish_reason": null }] }).to_string();
         let _ = stream.write_all(sse(&[chunk, "[DONE]".to_string()]).as_bytes());
@@ -828,6 +845,54 @@ fn answer(mut stream: TcpStream) {
     } else {
         let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{completion}", completion.len()).as_bytes());
     }
+}
+
+/// A call through the proxy is settled with what the upstream reports, by the gateway: its
+/// caller cannot report its outcome first (at whatever usage it likes) while the call runs.
+#[test]
+fn the_caller_cannot_settle_a_proxied_call() {
+    let upstream = faulty_upstream();
+    let r = with_upstream(&upstream, false);
+    let s = Server::start(&r.g, &r.operator, &["--upstream-timeout", "20s"]);
+    // A stream that stalls after its first event: the call is in flight meanwhile.
+    let mut streamed = chat(&r.g, "fault:stream-stall");
+    streamed["stream"] = json!(true);
+    let body = streamed.to_string();
+    let mut stream = TcpStream::connect(&s.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        r.service,
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut decision_id = None;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("x-gavel-decision-id") {
+                decision_id = Some(value.trim().to_string());
+            }
+        }
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    let decision_id = decision_id.expect("the stream names its decision");
+    let outcome = json!({ "decision_id": decision_id, "deployment": "kb-search-v1",
+        "usage": { "prompt_tokens": 0, "completion_tokens": 0 } });
+    let reported = s.request("POST", "/v1/outcome", Some(&r.service), Some(&outcome));
+    assert_eq!(
+        (reported.status, reported.code()),
+        (409, "outcome.settled_by_gateway".to_string()),
+        "{}",
+        reported.body
+    );
 }
 
 /// A folder whose kb-search-v1 calls `upstream` (and, with `fallback`, falls back to a canned
@@ -1405,6 +1470,55 @@ fn answers_are_guarded_outside_their_content_too() {
         );
         assert!(!reply.body.contains("ghp_"), "{fault}: {}", reply.body);
     }
+    // Embeddings too: the upstream's refusal is guarded before it is relayed, a secret in an
+    // identifier never reaches the ledger, and an idempotency key is never silently dropped.
+    let embedding = |input: &str| json!({ "model": "kb-search-v1", "input": input });
+    let refused = s.request(
+        "POST",
+        "/v1/embeddings",
+        Some(&r.service),
+        Some(&embedding("fault:400-secret")),
+    );
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "privacy.secret".to_string()),
+        "{}",
+        refused.body
+    );
+    assert!(!refused.body.contains("ghp_"), "{}", refused.body);
+    let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
+    // A parameter named with a secret would be named in the refusal's reason, in the ledger.
+    let mut secret_key = embedding("x");
+    secret_key[token.as_str()] = json!(1);
+    let refused = s.request(
+        "POST",
+        "/v1/embeddings",
+        Some(&r.service),
+        Some(&secret_key),
+    );
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "invalid_request".to_string()),
+        "{}",
+        refused.body
+    );
+    assert!(!refused.body.contains("ghp_"), "{}", refused.body);
+    let body = embedding("hello").to_string();
+    let mut raw = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: gavel\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nIdempotency-Key: cl",
+        r.service,
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(b"\xe9\r\n\r\n");
+    raw.extend_from_slice(body.as_bytes());
+    let not_ascii = s.raw(&raw);
+    assert_eq!(
+        (not_ascii.status, not_ascii.code()),
+        (400, "invalid_request".to_string()),
+        "{}",
+        not_ascii.body
+    );
     for fault in ["fault:stream-error-secret", "fault:stream-refusal-secret"] {
         let mut streamed = chat(&r.g, fault);
         streamed["stream"] = json!(true);
@@ -1415,6 +1529,21 @@ fn answers_are_guarded_outside_their_content_too() {
             reply.body
         );
         assert!(!reply.body.contains("ghp_"), "{fault}: {}", reply.body);
+    }
+    // An event with an `error` member, null or not, is no way around the windows and the
+    // withheld log probabilities.
+    for fault in [
+        "fault:stream-error-null-logprobs",
+        "fault:stream-error-beside-logprobs",
+    ] {
+        let mut streamed = chat(&r.g, fault);
+        streamed["stream"] = json!(true);
+        let reply = s.chat(Some(&r.service), Some(&streamed));
+        assert_eq!(reply.status, 200, "{fault}: {}", reply.body);
+        assert!(!reply.body.contains("jane"), "{fault}: {}", reply.body);
+        // A null error is no error: the chunk's text is relayed.
+        let relayed = reply.body.contains("fine");
+        assert_eq!(relayed, fault.contains("null"), "{fault}: {}", reply.body);
     }
     // Log probabilities repeat the answer one token per string, where no guard sees a span
     // whole: under an output policy they are withheld.

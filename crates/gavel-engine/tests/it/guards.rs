@@ -355,6 +355,66 @@ mod conformance {
         assert_verdict(&w.decide(r), Verdict::Block, "privacy.secret");
     }
 
+    /// Parameters that need no approval are forwarded as sent, so each must be of its type
+    /// (free-form values there would be text nothing scans); the end user's id is a string,
+    /// and scanned like the request's other texts.
+    #[test]
+    fn parameters_that_need_no_approval_are_of_their_type_and_user_is_scanned() {
+        let w = world();
+        let with = |name: &str, value: serde_json::Value| {
+            let mut r = kb_request();
+            r["params"] = json!({ name: value });
+            w.decide(r)
+        };
+        for (name, value) in [
+            ("seed", json!(7)),
+            ("user", json!("user-4711")),
+            ("stream", json!(true)),
+            ("stream_options", json!({ "include_usage": true })),
+            ("seed", json!(null)),
+        ] {
+            assert_eq!(
+                with(name, value.clone()).verdict,
+                Verdict::Allow,
+                "{name}: {value}"
+            );
+        }
+        for (name, value) in [
+            ("seed", json!("AKIA-anything at all")),
+            ("seed", json!(1.5)),
+            ("user", json!({ "email": "jane.doe@example.org" })),
+            ("stream", json!("yes")),
+            (
+                "stream_options",
+                json!({ "include_usage": "jane.doe@example.org" }),
+            ),
+            ("stream_options", json!("on")),
+        ] {
+            assert_verdict(
+                &with(name, value.clone()),
+                Verdict::Block,
+                "conformance.params",
+            );
+        }
+        let secret = with("user", json!(format!("AKIA{}", "QWERTYUIOPASDFGH")));
+        assert_verdict(&secret, Verdict::Block, "privacy.secret");
+    }
+
+    /// A content part's `type` and a tool's `type` are forwarded as sent: one of the kinds the
+    /// API takes, never free text.
+    #[test]
+    fn part_and_tool_kinds_are_the_apis() {
+        let mut r = kb_request();
+        r["messages"][1]["content"] = json!([{ "type": "text", "text": "How do I book a room?" }]);
+        assert!(gavel_engine::parse_request(r.to_string().as_bytes()).is_ok());
+        r["messages"][1]["content"][0]["type"] = json!("jane.doe@example.org");
+        assert!(gavel_engine::parse_request(r.to_string().as_bytes()).is_err());
+        let mut r = plan_request();
+        assert!(gavel_engine::parse_request(r.to_string().as_bytes()).is_ok());
+        r["tools"][0]["type"] = json!("function; AKIAQWERTYUIOPASDFGH");
+        assert!(gavel_engine::parse_request(r.to_string().as_bytes()).is_err());
+    }
+
     #[test]
     fn chain_steps_must_be_declared_and_match_the_action() {
         let w = world();
