@@ -388,6 +388,10 @@ pub struct ServeArgs {
     /// Time a client has to send its request body.
     #[arg(long, default_value = "30s")]
     pub body_timeout: String,
+    /// Longest a decision may take, its durable ledger record included: past it the answer is
+    /// BLOCK with `governance.unavailable`.
+    #[arg(long, default_value = "10s")]
+    pub decision_timeout: String,
     /// Time to connect to an upstream.
     #[arg(long, default_value = "5s")]
     pub connect_timeout: String,

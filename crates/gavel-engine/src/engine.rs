@@ -38,8 +38,10 @@ fn neutral_param_is_well_typed(name: &str, value: &Value) -> bool {
         ("stream", v) => v.is_boolean(),
         ("user", v) => v.is_string(),
         ("seed", v) => v.is_i64() || v.is_u64(),
-        // `{ "include_usage": true }` and the like: switches, nothing else.
-        ("stream_options", Value::Object(options)) => options.values().all(Value::is_boolean),
+        // The API's switches, nothing else: their keys are forwarded as sent too.
+        ("stream_options", Value::Object(options)) => options.iter().all(|(key, on)| {
+            matches!(key.as_str(), "include_usage" | "include_obfuscation") && on.is_boolean()
+        }),
         _ => false,
     }
 }
@@ -172,6 +174,11 @@ pub struct Prescanned {
 impl Engine {
     pub fn new(contract: Arc<Contract>, config: EngineConfig) -> Engine {
         Engine { contract, config }
+    }
+
+    /// How long an unsettled reservation holds what it reserved.
+    pub fn reservation_ttl(&self) -> Span {
+        self.config.reservation_ttl
     }
 
     /// Runs the content-scanning stage on `request` now, for [`Engine::decide_prescanned`].
@@ -956,7 +963,7 @@ impl Ctx<'_> {
                     continue;
                 }
                 return refuse(format!(
-                    "parameter `{name}` is not of its type (stream: true or false; user: a string; seed: an integer; stream_options: an object of true/false switches)"
+                    "parameter `{name}` is not of its type (stream: true or false; user: a string; seed: an integer; stream_options: include_usage and include_obfuscation, true or false)"
                 ));
             }
             if name == "max_tokens" || name == "max_completion_tokens" {
@@ -1241,8 +1248,12 @@ impl Ctx<'_> {
         let is_inference = self.request.is_generative();
         let prompt_tokens = if needs_tokens {
             let encoding = Encoding::for_model(&target.model.name);
+            // The texts already in hand are what the model reads unless images or the `user`
+            // parameter are among them.
             match self.request.images() {
-                0 => encoding.count_chat(self.texts.iter().map(|(_, t)| t.as_ref())),
+                0 if self.request.user_param().is_none() => {
+                    encoding.count_chat(self.texts.iter().map(|(_, t)| t.as_ref()))
+                }
                 images => {
                     let read: Vec<Text<'_>> = self.request.counted_texts().collect();
                     encoding

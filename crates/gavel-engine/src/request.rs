@@ -389,19 +389,20 @@ pub struct FunctionDefinition {
 
 impl DecideRequest {
     /// Every piece of text in the request with its role, in order: one per message (its
-    /// content), one per content part, the tool calls' arguments, one per message that carries
-    /// more than content and tool calls ([`Message::other_content`]), the offered tools'
-    /// descriptions, then the `user` parameter. Only the first two kinds can be redacted
-    /// ([`DecideRequest::redactable_texts`]).
+    /// content), one per content part, the `user` parameter ([`DecideRequest::user_param`]),
+    /// the tool calls' arguments, one per message that carries more than content and tool calls
+    /// ([`Message::other_content`]), then the offered tools' descriptions. Only the first three
+    /// kinds can be redacted ([`DecideRequest::redactable_texts`]).
     pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
-        // Last, the end user's id (`user`), forwarded upstream as sent: an e-mail address or a
-        // credential there leaves like any text. Not read by the model, so not counted.
-        let user = self
-            .params
-            .get("user")
-            .and_then(Value::as_str)
-            .map(|user| (ContentRole::User, std::borrow::Cow::Borrowed(user)));
-        self.texts_with(true).chain(user)
+        self.texts_with(true, true)
+    }
+
+    /// The `user` parameter (the end user's id, which OpenAI's API takes), when it is a string:
+    /// forwarded upstream as sent, so an e-mail address or a credential there leaves like any
+    /// text. Scanned and redactable ([`DecideRequest::texts`]), not counted: the model does
+    /// not read it.
+    pub fn user_param(&self) -> Option<&str> {
+        self.params.get("user").and_then(Value::as_str)
     }
 
     /// What a model reads of the request as text, for counting its tokens: [`Self::texts`]
@@ -410,7 +411,7 @@ impl DecideRequest {
     ///
     /// [`Contract::image_tokens_of`]: gavel_contract::Contract::image_tokens_of
     pub fn counted_texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
-        self.texts_with(false)
+        self.texts_with(false, false)
     }
 
     /// How many images the request's messages carry (content parts with an `image_url`).
@@ -429,6 +430,7 @@ impl DecideRequest {
     fn texts_with(
         &self,
         images: bool,
+        user: bool,
     ) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
         let messages = self.messages.iter().map(|m| {
             let role = role_of(m.role);
@@ -442,6 +444,10 @@ impl DecideRequest {
             .content
             .iter()
             .map(|p| (p.role, std::borrow::Cow::Borrowed(p.text.as_str())));
+        let user = self
+            .user_param()
+            .filter(|_| user)
+            .map(|u| (ContentRole::User, std::borrow::Cow::Borrowed(u)));
         // Tool-call arguments (in assistant messages and in a tool_call action) are content
         // too: they can carry secrets, PII or instructions, so they are scanned and hashed.
         let calls = self
@@ -470,6 +476,7 @@ impl DecideRequest {
         });
         messages
             .chain(parts)
+            .chain(user)
             .chain(calls)
             .chain(others)
             .chain(descriptions)
@@ -505,11 +512,17 @@ impl DecideRequest {
     }
 
     /// How many of [`DecideRequest::texts`] come first and can be redacted in place: each
-    /// message's content and each content part. The texts after them (tool-call arguments,
-    /// other message fields) are scanned, but a finding there that policy would redact
-    /// blocks instead.
+    /// message's content, each content part, and the `user` parameter. The texts after them
+    /// (tool-call arguments, other message fields) are scanned, but a finding there that policy
+    /// would redact blocks instead.
     pub fn redactable_texts(&self) -> usize {
-        self.messages.len() + self.content.len()
+        self.messages.len() + self.content.len() + usize::from(self.user_param().is_some())
+    }
+
+    /// The index in [`DecideRequest::texts`] of the `user` parameter, if it is there.
+    pub fn user_text_index(&self) -> Option<usize> {
+        self.user_param()
+            .map(|_| self.messages.len() + self.content.len())
     }
 
     /// Whether the request generates text (an inference, or anything carrying chat messages):

@@ -85,10 +85,24 @@ struct Job {
 }
 
 impl Job {
-    fn answer(self, decided: Decided) {
-        // The caller's task runs to the end whatever its client does (`Gateway::decide`):
-        // nobody listening means it panicked, and then there is nobody to tell.
-        let _ = self.reply.send(decided);
+    /// Whether its caller still waits: it stops at the decision deadline (`Gateway::decide`),
+    /// or if its task panicked.
+    fn wanted(&self) -> bool {
+        !self.reply.is_closed()
+    }
+
+    /// Hands the caller its decision; the decision comes back if nobody waits for it any more.
+    fn deliver(self, decision: Decision, submitted: Submitted<Durable>) -> Option<Decision> {
+        match self.reply.send(Ok((decision, submitted))) {
+            Err(Ok((decision, _))) => Some(decision),
+            Ok(()) | Err(Err(_)) => None,
+        }
+    }
+
+    /// Tells the caller its request could not be decided (nothing was recorded, so nothing is
+    /// left to release if nobody listens any more).
+    fn refuse(self, failure: Failure) {
+        let _ = self.reply.send(Err(failure));
     }
 }
 
@@ -252,7 +266,7 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
             Err(e) => {
                 let why = format!("the store cannot take decisions: {e}");
                 for job in waiting {
-                    job.answer(Err(Failure::storage(why.clone())));
+                    job.refuse(Failure::storage(why.clone()));
                 }
                 if let Some(outcomes) = outcomes {
                     tracing::error!(error = %why, "settling usage failed");
@@ -262,13 +276,18 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
             }
         };
         let settled = outcomes.take();
+        let mut all_settled = false;
         let mut decided: Vec<(Job, Decision)> = Vec::new();
         {
             let state = batch.state();
             if let Some(settled) = &settled {
-                gw.settle(&batch, settled);
+                all_settled = gw.settle(&batch, settled);
             }
             for mut job in waiting.by_ref() {
+                // Given up at the deadline before it was decided: never decided, never recorded.
+                if !job.wanted() {
+                    continue;
+                }
                 let decision = match new_id("dec") {
                     Ok(decision_id) => {
                         let input = DecideInput {
@@ -281,7 +300,7 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
                         job.engine.decide_prescanned(&state, input, prescanned)
                     }
                     Err(failure) => {
-                        job.answer(Err(failure));
+                        job.refuse(failure);
                         continue;
                     }
                 };
@@ -300,20 +319,27 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
                 }
                 for (job, decision) in decided {
                     let submitted = submit_async(&gw.ledger, &decision);
-                    job.answer(Ok((decision, submitted)));
+                    // Given up while it was decided: recorded, so released as nothing ran.
+                    if let Some(abandoned) = job.deliver(decision, submitted) {
+                        gw.release_abandoned(&abandoned);
+                    }
                 }
             }
             Err(e) => {
                 let why = format!("the store could not hold the decision: {e}");
                 for (job, _) in decided {
-                    job.answer(Err(Failure::storage(why.clone())));
+                    job.refuse(Failure::storage(why.clone()));
                 }
             }
         }
         // After the answers: recording outcomes is not on any request's path.
         if let Some(settled) = settled {
-            if let Err(e) = &committed {
-                tracing::error!(error = %e, "settling usage failed: the batch was not committed");
+            match &committed {
+                Ok(()) if all_settled => gw.settled(&settled),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "settling usage failed: the batch was not committed");
+                }
             }
             gw.record_settled(settled);
         }

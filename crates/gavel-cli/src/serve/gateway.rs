@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
 use gavel_engine::{
-    Amounts, DecideInput, DecideRequest, Decision, Engine, Reason, ReasonCode, RuntimeState, Usage,
+    Amounts, DecideInput, DecideRequest, Decision, Engine, Obligation, Reason, ReasonCode,
+    RuntimeState, Usage, Verdict,
 };
 use gavel_ledger::{Receipt, RecordKind};
 use gavel_ledger_sqlite::SqliteLedgerSink;
@@ -32,6 +33,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// How long a client may take to send its body.
     pub body_timeout: Duration,
+    /// How long a decision may take, durable record included; past it, the answer is BLOCK
+    /// with `governance.unavailable` (see [`Gateway::decide`]).
+    pub decision_timeout: Duration,
 }
 
 /// How long to wait for an upstream.
@@ -69,10 +73,11 @@ pub struct Gateway {
     pub last_verification: Mutex<Option<super::dashboard::Verification>>,
     /// Held while an evidence pack is built: one at a time.
     pub building_evidence: Mutex<()>,
-    /// Decisions of calls through the proxy, from their ALLOW until the decider has settled
-    /// them with what the upstream reported: nobody else may report their outcome (a caller
-    /// that did, first, would settle them at whatever usage it claimed).
-    pub settling_itself: Mutex<std::collections::HashSet<String>>,
+    /// Decisions of calls through the proxy, from their ALLOW (with when) until the decider
+    /// has committed their settlement with what the upstream reported: nobody else may report
+    /// their outcome (a caller that did, first, would settle them at whatever usage it
+    /// claimed). One whose settlement failed is given up when its reservation expires.
+    pub settling_itself: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 /// What happened after an ALLOW, waiting to be settled and recorded.
@@ -82,6 +87,18 @@ pub struct Finished {
     ran_on: String,
     usage: Usage,
     details: Value,
+}
+
+/// The deployment the decision runs on: its route obligation's, else its own.
+pub fn route_of(decision: &Decision) -> String {
+    decision
+        .obligations
+        .iter()
+        .find_map(|o| match o {
+            Obligation::Route { deployment, .. } => Some(deployment.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| decision.deployment.clone())
 }
 
 /// A decision the ledger holds (or, if it could not take it, the fail-closed refusal).
@@ -173,16 +190,32 @@ impl Gateway {
     ) -> Ruling {
         let started = Instant::now();
         let engine = self.engine();
-        let decided = self
-            .decider
-            .decide(engine.clone(), request.clone(), principal)
-            .await;
+        // Time running out is a refusal like any failure to decide. A decision given up before
+        // the decider takes it is never made (`Job::answer` tells the decider nobody waits); one
+        // given up after it is released or withdrawn once its record lands (`abandon`).
+        let timeout = self.limits.decision_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let late = || Failure::storage(format!("no durable decision within {timeout:?}"));
+        let decided = tokio::time::timeout_at(
+            deadline,
+            self.decider
+                .decide(engine.clone(), request.clone(), principal),
+        )
+        .await;
         let (decision, submitted) = match decided {
-            Ok(decided) => decided,
-            Err(failure) => return self.refused(&engine, &request, principal, failure),
+            Ok(Ok(decided)) => decided,
+            Ok(Err(failure)) => return self.refused(&engine, &request, principal, failure),
+            Err(_) => return self.refused(&engine, &request, principal, late()),
         };
         let committing = Instant::now();
-        let durable = submitted.durable().await;
+        let mut durable = Box::pin(submitted.durable());
+        let durable = match tokio::time::timeout_at(deadline, &mut durable).await {
+            Ok(durable) => durable,
+            Err(_) => {
+                self.abandon(engine.clone(), request.clone(), decision, durable);
+                return self.refused(&engine, &request, principal, late());
+            }
+        };
         metrics::ledger_wait(committing.elapsed());
         let ruling = match durable {
             Ok(receipt) => {
@@ -229,6 +262,46 @@ impl Gateway {
         metrics::decided(&ruling.decision, known, started.elapsed());
         self.monitor.record_decision(&ruling.decision, known);
         ruling
+    }
+
+    /// A decision whose record was not durable by the deadline, answered as refused: once the
+    /// record lands, an ALLOW's reservation is released by an outcome that says nothing ran,
+    /// and a record the ledger could not take is withdrawn, as when that happens in time.
+    fn abandon(
+        self: &Arc<Self>,
+        engine: Arc<Engine>,
+        request: Arc<DecideRequest>,
+        decision: Decision,
+        durable: std::pin::Pin<
+            Box<impl std::future::Future<Output = Result<Receipt, Failure>> + Send + 'static>,
+        >,
+    ) {
+        let gw = self.clone();
+        tokio::spawn(async move {
+            match durable.await {
+                Ok(_) => gw.release_abandoned(&decision),
+                Err(why) => {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        withdrawn(&engine, &gw.store, &request, &decision, &why)
+                    })
+                    .await;
+                }
+            }
+        });
+    }
+
+    /// Releases what an abandoned ALLOW reserved: an outcome that says nothing ran, settled
+    /// at no usage. Its caller was refused with `governance.unavailable` at the deadline.
+    pub fn release_abandoned(&self, decision: &Decision) {
+        if decision.verdict != Verdict::Allow {
+            return;
+        }
+        self.record_outcome(
+            decision,
+            &route_of(decision),
+            &Usage::default(),
+            json!({ "abandoned": "no durable decision by the deadline: the caller was refused with governance.unavailable, and nothing ran" }),
+        );
     }
 
     fn refused(
@@ -286,22 +359,57 @@ impl Gateway {
     /// ([`Gateway::settles_itself`] says so until it has); every such call ends in
     /// [`Gateway::record_outcome`].
     pub fn will_settle(&self, decision: &Decision) {
+        let held_for = self.reservations_held_for();
         if let Ok(mut settling) = self.settling_itself.lock() {
-            settling.insert(decision.decision_id.clone());
+            // Now and then, the calls whose settlement failed and whose reservations have
+            // expired since: a caller's outcome finds nothing to settle for them anyway.
+            if settling.len() % 4096 == 4095 {
+                settling.retain(|_, since| since.elapsed() < held_for);
+            }
+            settling.insert(decision.decision_id.clone(), Instant::now());
         }
     }
 
-    /// Whether the gateway settles this decision itself (a call through its proxy, not yet
-    /// settled). Fails closed: a poisoned set answers yes.
+    /// Whether the gateway settles this decision itself (a call through its proxy whose
+    /// settlement is not committed, while its reservation holds). Fails closed: a poisoned
+    /// set answers yes.
     pub fn settles_itself(&self, decision_id: &str) -> bool {
-        self.settling_itself
-            .lock()
-            .map_or(true, |settling| settling.contains(decision_id))
+        let held_for = self.reservations_held_for();
+        self.settling_itself.lock().map_or(true, |settling| {
+            settling
+                .get(decision_id)
+                .is_some_and(|since| since.elapsed() < held_for)
+        })
+    }
+
+    /// The settlements of `finished` are committed: no longer the gateway's to settle.
+    pub fn settled(&self, finished: &[Finished]) {
+        if let Ok(mut settling) = self.settling_itself.lock() {
+            for f in finished {
+                settling.remove(&f.decision_id);
+            }
+        }
+    }
+
+    /// The output policy answers are guarded under: the contract in force as the answer
+    /// arrives, so that a reload that tightens it applies to calls already running.
+    pub fn output_actions(&self) -> Option<gavel_contract::PrivacyActions> {
+        self.engine()
+            .contract()
+            .policy
+            .privacy
+            .as_ref()
+            .map(|p| p.output)
+    }
+
+    fn reservations_held_for(&self) -> Duration {
+        Duration::from_millis(self.engine().reservation_ttl().millis())
     }
 
     /// Replaces the reservations of `finished` with their actual usage, in `batch`'s
-    /// transaction. A failure is logged: the reservation then holds until it expires.
-    pub fn settle(&self, batch: &Batch<'_>, finished: &[Finished]) {
+    /// transaction; whether all of them were. A failure is logged: the reservation then holds
+    /// until it expires.
+    pub fn settle(&self, batch: &Batch<'_>, finished: &[Finished]) -> bool {
         let engine = self.engine();
         let settlements: Vec<(String, Amounts)> = finished
             .iter()
@@ -317,13 +425,9 @@ impl Gateway {
             for (decision_id, _) in &settlements {
                 tracing::error!(%decision_id, error = %e, "settling usage failed");
             }
+            return false;
         }
-        // Settled, or failed and left to expire: either way no longer the gateway's to settle.
-        if let Ok(mut settling) = self.settling_itself.lock() {
-            for f in finished {
-                settling.remove(&f.decision_id);
-            }
-        }
+        settlements.len() == finished.len()
     }
 
     /// Counts `finished` in monitoring and submits their outcome records to the ledger.

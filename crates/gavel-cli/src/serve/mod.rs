@@ -128,6 +128,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             body_timeout: duration("body-timeout", &args.body_timeout)?,
+            decision_timeout: duration("decision-timeout", &args.decision_timeout)?,
         },
         settling_itself: Mutex::new(Default::default()),
         operator: operator.principal.clone(),

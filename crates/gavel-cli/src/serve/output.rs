@@ -398,9 +398,10 @@ impl StreamGuard {
         Ok(says_something)
     }
 
-    /// Guards `content` given as an array of parts or as one part: a part's `text` string goes
-    /// through the choice's [`Channel::Content`] window, its other strings through windows of
-    /// their own (as [`StreamGuard::other`] gives them); whether anything still says something.
+    /// Guards `content` given as an array of parts or as one part: a part's `text` string (or a
+    /// bare string where a part should be) goes through the choice's [`Channel::Content`]
+    /// window, its other strings through windows of their own (as [`StreamGuard::other`] gives
+    /// them); whether anything still says something.
     fn content_parts(&mut self, index: u64, content: &mut Value) -> Result<bool, Violation> {
         let Value::Array(parts) = content else {
             return self.content_part(index, content, "/content");
@@ -413,8 +414,14 @@ impl StreamGuard {
     }
 
     fn content_part(&mut self, index: u64, part: &mut Value, at: &str) -> Result<bool, Violation> {
-        let Value::Object(members) = part else {
-            return self.other(index, part, at, names);
+        let members = match part {
+            // A bare string where a part should be is text too.
+            Value::String(text) => {
+                *text = self.push(index, Channel::Content, text)?;
+                return Ok(!text.is_empty());
+            }
+            Value::Object(members) => members,
+            _ => return self.other(index, part, at, names),
         };
         let mut says = false;
         for (key, member) in members.iter_mut() {
@@ -1671,6 +1678,13 @@ mod tests {
                 vec![parts(head), second_part(tail)],
             ),
             ("one part, then string", vec![one_part(head), string(tail)]),
+            (
+                "string, then a bare string in an array",
+                vec![
+                    string(head),
+                    chunk(0, serde_json::json!({ "content": [tail] }), None),
+                ],
+            ),
         ];
         for (case, events) in cases {
             let (sent, violation) = relay_as_the_proxy_does(events);

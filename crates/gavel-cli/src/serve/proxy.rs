@@ -26,7 +26,7 @@ use gavel_engine::{
 use gavel_store::KeyRecord;
 
 use super::error::{ApiError, ApiResult};
-use super::gateway::{parse_json, Gateway, Ruling};
+use super::gateway::{parse_json, route_of, Gateway, Ruling};
 use super::metrics;
 use super::output::{guard_strings, tail_texts, OutputGuard, StreamGuard, Violation};
 use super::upstream::{too_large, ByteStream, Reply, ANSWER_MAX_BYTES};
@@ -79,7 +79,18 @@ pub async fn chat_completions(
         stream,
         started: Instant::now(),
     };
-    Ok(call.run(ruling).await)
+    ran_to_the_end(call.run(ruling)).await
+}
+
+/// Runs an allowed call on a task of its own, to its end whatever the client does: a client
+/// that hangs up drops its request's future, and an upstream call cut there would leave its
+/// decision with no outcome (its usage never settled, its reservation held until it expires).
+async fn ran_to_the_end(
+    call: impl std::future::Future<Output = Response> + Send + 'static,
+) -> ApiResult<Response> {
+    tokio::spawn(call)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the call was lost: {e}")))
 }
 
 /// Which deployment: the `X-Gavel-Deployment` header, else the body's `model` naming a
@@ -331,6 +342,7 @@ impl Call {
                     if let Some(Value::Array(messages)) = body.get_mut("messages") {
                         redact_messages(messages, &self.request.messages, redactions);
                     }
+                    redact_user(&mut body, &self.request, redactions);
                 }
                 Obligation::Route { .. } => {}
             }
@@ -515,8 +527,7 @@ impl Call {
     }
 
     fn output_actions(&self) -> Option<PrivacyActions> {
-        let engine = self.gw.engine();
-        engine.contract().policy.privacy.as_ref().map(|p| p.output)
+        self.gw.output_actions()
     }
 
     /// The approved fallback response, in the shape the client asked for.
@@ -804,18 +815,6 @@ fn output_refusal(decision: &Decision, v: &Violation) -> ApiError {
     error
 }
 
-/// The deployment the decision runs on: its route obligation's, else its own.
-fn route_of(decision: &Decision) -> String {
-    decision
-        .obligations
-        .iter()
-        .find_map(|o| match o {
-            Obligation::Route { deployment, .. } => Some(deployment.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| decision.deployment.clone())
-}
-
 /// The redactions of each text (by text index), in order, overlapping spans merged into the
 /// first one's placeholder: what [`redacted`] needs to work through a text once.
 fn spans_by_text(
@@ -843,6 +842,21 @@ fn spans_by_text(
 /// texts, which begin with one text per message: a message given as parts is one text, its
 /// text parts joined with a line break, so each text part is redacted where its share of that
 /// text lies, and the other parts (images, files) go as they came.
+/// Applies the redactions of the `user` parameter (its text index,
+/// [`DecideRequest::user_text_index`]) to the body sent upstream.
+fn redact_user(
+    body: &mut Map<String, Value>,
+    request: &DecideRequest,
+    redactions: &[gavel_engine::Redaction],
+) {
+    let (Some(index), Some(user)) = (request.user_text_index(), request.user_param()) else {
+        return;
+    };
+    if let Some(spans) = spans_by_text(redactions).get(&index) {
+        body.insert("user".to_string(), json!(redacted(user, 0, spans)));
+    }
+}
+
 fn redact_messages(
     messages: &mut [Value],
     parsed: &[Message],
@@ -1125,12 +1139,28 @@ pub async fn embeddings(
         ..DecideRequest::default()
     };
     let request = no_secret_in_identifiers(request)?;
-    let ruling = gw.decide(Arc::new(request), &caller.principal).await;
+    let request = Arc::new(request);
+    let ruling = gw.decide(request.clone(), &caller.principal).await;
     if ruling.decision.verdict != Verdict::Allow {
         return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
     }
+    ran_to_the_end(async move {
+        embed(gw, ruling, fields, inputs, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
+}
+
+/// The upstream call of an allowed embeddings request, its answer and its outcome.
+async fn embed(
+    gw: Arc<Gateway>,
+    ruling: Ruling,
+    fields: Map<String, Value>,
+    inputs: Vec<String>,
+    request: Arc<DecideRequest>,
+) -> ApiResult<Response> {
     gw.will_settle(&ruling.decision);
-    let contract = ruling.engine.contract();
     let (ran_on, deployment, endpoint) = target(&gw, &ruling.engine, &ruling.decision)?;
     let mut body = fields.clone();
     body.insert("model".to_string(), json!(deployment.model.name));
@@ -1152,6 +1182,7 @@ pub async fn embeddings(
             })
             .collect();
         body.insert("input".to_string(), json!(inputs));
+        redact_user(&mut body, &request, redactions);
     }
     let started = Instant::now();
     match gw
@@ -1161,7 +1192,7 @@ pub async fn embeddings(
     {
         Ok(Reply::Whole { status, body }) if !status.is_success() => {
             // Guarded as the chat route guards a refusal (its vectors are no text to guard).
-            let actions = contract.policy.privacy.as_ref().map(|p| p.output);
+            let actions = gw.output_actions();
             let guard = || OutputGuard::new(gw.output_scanners.clone(), actions);
             let mut findings = Vec::new();
             let guarded = guarded_refusal(&body, &guard, &mut findings);

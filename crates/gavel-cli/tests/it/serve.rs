@@ -717,6 +717,19 @@ fn answer(mut stream: TcpStream) {
         let error =
             json!({ "error": { "message": format!("quota of {token} exceeded") } }).to_string();
         let _ = stream.write_all(sse(&[error]).as_bytes());
+    } else if body.contains("fault:slow") {
+        // The usual answer, a second late.
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{completion}", completion.len()).as_bytes());
+    } else if body.contains("fault:echo-user") {
+        // Says which `user` arrived, its `@` spelled out so that no output guard acts on it.
+        let user = serde_json::from_str::<Value>(&body).unwrap()["user"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('@', " at ");
+        let reply = json!({ "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": format!("user: {user}") }, "finish_reason": "stop" }] }).to_string();
+        let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len()).as_bytes());
     } else if body.contains("fault:stream-error-null-logprobs")
         || body.contains("fault:stream-error-beside-logprobs")
     {
@@ -845,6 +858,105 @@ fn answer(mut stream: TcpStream) {
     } else {
         let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{completion}", completion.len()).as_bytes());
     }
+}
+
+/// Time running out is a refusal: a decision that cannot be made durable by the deadline
+/// (here, the database's write lock held by someone else) is answered BLOCK with
+/// `governance.unavailable` at the deadline, not when the lock goes, and the decider does not
+/// decide it afterwards.
+#[test]
+fn a_decision_that_runs_out_of_time_is_refused() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &["--decision-timeout", "1s"]);
+    assert_eq!(
+        s.chat(
+            Some(&r.service),
+            Some(&chat(&r.g, "Where is the VPN guide?"))
+        )
+        .status,
+        200
+    );
+    let (release, released_when) = std::sync::mpsc::channel::<()>();
+    let (locked, locked_when) = std::sync::mpsc::channel::<()>();
+    let db = r.g.path("gavel.db");
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        // Held until the test has its answer, or for 8 s at most.
+        let _ = released_when.recv_timeout(Duration::from_secs(8));
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    locked_when.recv().unwrap();
+    let refused = s.chat(
+        Some(&r.service),
+        Some(&chat(&r.g, "Where is the VPN guide?")),
+    );
+    // Answered while the lock is still held (without the deadline, the decision would wait for
+    // it and be an ALLOW).
+    let _ = release.send(());
+    holder.join().unwrap();
+    assert_eq!(
+        (refused.status, refused.code()),
+        (503, "governance.unavailable".to_string()),
+        "{}",
+        refused.body
+    );
+    // Given up before the decider could take it, it is never decided: the next request (which
+    // the decider takes after it) is the second decision recorded, not the third.
+    assert_eq!(
+        s.chat(
+            Some(&r.service),
+            Some(&chat(&r.g, "Where is the VPN guide?"))
+        )
+        .status,
+        200
+    );
+    let decisions = s.request(
+        "GET",
+        "/v1/audit/records?kind=decision",
+        Some(&r.auditor),
+        None,
+    );
+    assert_eq!(decisions.body.lines().count(), 2, "{}", decisions.body);
+}
+
+/// A client that hangs up while its call is upstream does not cut the call: it runs to its
+/// end, and its outcome (the upstream's usage) is recorded and settled.
+#[test]
+fn a_call_whose_client_hangs_up_still_records_its_outcome() {
+    let upstream = faulty_upstream();
+    let r = with_upstream(&upstream, false);
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let outcomes = || {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=outcome",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .lines()
+        .filter(|l| l.contains("\"upstream_status\":200"))
+        .count()
+    };
+    let before = outcomes();
+    let body = chat(&r.g, "fault:slow").to_string();
+    let mut stream = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        r.service,
+        body.len()
+    )
+    .unwrap();
+    // Gone before the upstream answers.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    assert!(
+        wait_for(|| outcomes() > before),
+        "the call's outcome was not recorded"
+    );
 }
 
 /// A call through the proxy is settled with what the upstream reports, by the gateway: its
@@ -1470,6 +1582,17 @@ fn answers_are_guarded_outside_their_content_too() {
         );
         assert!(!reply.body.contains("ghp_"), "{fault}: {}", reply.body);
     }
+    // The end user's id is redacted like the messages before the upstream sees it.
+    let mut with_user = chat(&r.g, "fault:echo-user");
+    with_user["user"] = json!("jane.doe@example.org");
+    let echoed = s.chat(Some(&r.service), Some(&with_user));
+    assert_eq!(echoed.status, 200, "{}", echoed.body);
+    assert_eq!(
+        echoed.json()["choices"][0]["message"]["content"],
+        "user: [EMAIL_1]",
+        "{}",
+        echoed.body
+    );
     // Embeddings too: the upstream's refusal is guarded before it is relayed, a secret in an
     // identifier never reaches the ledger, and an idempotency key is never silently dropped.
     let embedding = |input: &str| json!({ "model": "kb-search-v1", "input": input });

@@ -389,6 +389,7 @@ mod conformance {
                 json!({ "include_usage": "jane.doe@example.org" }),
             ),
             ("stream_options", json!("on")),
+            ("stream_options", json!({ "jane.doe@example.org": true })),
         ] {
             assert_verdict(
                 &with(name, value.clone()),
@@ -398,6 +399,20 @@ mod conformance {
         }
         let secret = with("user", json!(format!("AKIA{}", "QWERTYUIOPASDFGH")));
         assert_verdict(&secret, Verdict::Block, "privacy.secret");
+        // An e-mail address as the id is redacted like the messages (text 2: after the two).
+        let email = with("user", json!("jane.doe@example.org"));
+        assert_eq!(email.verdict, Verdict::Allow, "{:?}", email.reasons);
+        let redacted: Vec<usize> = email
+            .obligations
+            .iter()
+            .flat_map(|o| match o {
+                gavel_engine::Obligation::Redact { redactions } => {
+                    redactions.iter().map(|r| r.text_index).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(redacted, [2]);
     }
 
     /// A content part's `type` and a tool's `type` are forwarded as sent: one of the kinds the
