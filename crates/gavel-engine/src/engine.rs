@@ -176,11 +176,6 @@ impl Engine {
         Engine { contract, config }
     }
 
-    /// How long an unsettled reservation holds what it reserved.
-    pub fn reservation_ttl(&self) -> Span {
-        self.config.reservation_ttl
-    }
-
     /// Runs the content-scanning stage on `request` now, for [`Engine::decide_prescanned`].
     pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
         let texts: Vec<Text<'_>> = request.texts().collect();

@@ -58,6 +58,16 @@ fn text_bytes(request: &DecideRequest) -> usize {
 /// A decision whose store writes are committed and whose record is submitted to the ledger.
 pub type Decided = Result<(Decision, Submitted<Durable>), Failure>;
 
+/// What [`Decider::decide`] came back with.
+pub enum Answered {
+    /// In time: the decision and its submitted record, or why there is none.
+    InTime(Decided),
+    /// The deadline passed first. With the decision the decider had handed over by then,
+    /// which its caller must abandon ([`super::gateway::Gateway::abandon`]); without, the
+    /// decider abandons what it decides, or decides nothing ([`Job::wanted`]).
+    Late(Option<(Decision, Submitted<Durable>)>),
+}
+
 /// The queue into the decider thread, and the thread.
 pub struct Decider {
     work: Sender<Work>,
@@ -91,10 +101,15 @@ impl Job {
         !self.reply.is_closed()
     }
 
-    /// Hands the caller its decision; the decision comes back if nobody waits for it any more.
-    fn deliver(self, decision: Decision, submitted: Submitted<Durable>) -> Option<Decision> {
+    /// Hands the caller its decision; the decision and its record come back if nobody waits
+    /// for them any more.
+    fn deliver(
+        self,
+        decision: Decision,
+        submitted: Submitted<Durable>,
+    ) -> Option<(Decision, Submitted<Durable>)> {
         match self.reply.send(Ok((decision, submitted))) {
-            Err(Ok((decision, _))) => Some(decision),
+            Err(Ok(nobody_took)) => Some(nobody_took),
             Ok(()) | Err(Err(_)) => None,
         }
     }
@@ -152,13 +167,27 @@ impl Decider {
     }
 
     /// Decides `request` on the decider thread: its store writes are committed and its record
-    /// is submitted when this returns Ok.
+    /// is submitted when this returns a decision in time; past `deadline`, it is late.
     pub async fn decide(
         &self,
         engine: Arc<Engine>,
         request: Arc<DecideRequest>,
         principal: &str,
-    ) -> Decided {
+        deadline: tokio::time::Instant,
+    ) -> Answered {
+        match self.decide_by(engine, request, principal, deadline).await {
+            Ok(answered) => answered,
+            Err(failure) => Answered::InTime(Err(failure)),
+        }
+    }
+
+    async fn decide_by(
+        &self,
+        engine: Arc<Engine>,
+        request: Arc<DecideRequest>,
+        principal: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answered, Failure> {
         let prescanned = if text_bytes(&request) <= PRESCAN_INLINE_UP_TO {
             engine.prescan(&request)
         } else {
@@ -169,7 +198,7 @@ impl Decider {
                 .await
                 .map_err(|_| Failure::storage("scanning the request failed (a panic)"))?
         };
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         let job = Job {
             prescanned: Some(prescanned),
             engine,
@@ -180,9 +209,18 @@ impl Decider {
         self.work
             .send(Work::Decide(job))
             .map_err(|_| Failure::storage("the decider has stopped"))?;
-        answer.await.map_err(|_| {
-            Failure::storage("the decision was lost: the decider failed while deciding it")
-        })?
+        match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(answered) => Ok(Answered::InTime(answered.map_err(|_| {
+                Failure::storage("the decision was lost: the decider failed while deciding it")
+            })?)),
+            Err(_) => {
+                // Closed first, so that the decider either finds nobody waiting or has already
+                // handed over what it decided, which is taken here.
+                answer.close();
+                let handed_over = answer.try_recv().ok().and_then(Result::ok);
+                Ok(Answered::Late(handed_over))
+            }
+        }
     }
 }
 
@@ -257,7 +295,7 @@ fn run(queue: &Receiver<Work>, gateway: &Weak<Gateway>) {
 /// decision starts a cooldown (the next decisions must see it, and reads of governance see only
 /// what is committed) or SQLite rolls a transaction back on its own. Outcomes are settled
 /// first, so that what they give back is there for the decisions.
-fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
+fn decide_in_batches(gw: &Arc<Gateway>, jobs: Vec<Job>, outcomes: Vec<Finished>) {
     let mut waiting = jobs.into_iter();
     let mut outcomes = Some(outcomes).filter(|o| !o.is_empty());
     while waiting.len() > 0 || outcomes.is_some() {
@@ -319,9 +357,10 @@ fn decide_in_batches(gw: &Gateway, jobs: Vec<Job>, outcomes: Vec<Finished>) {
                 }
                 for (job, decision) in decided {
                     let submitted = submit_async(&gw.ledger, &decision);
-                    // Given up while it was decided: recorded, so released as nothing ran.
-                    if let Some(abandoned) = job.deliver(decision, submitted) {
-                        gw.release_abandoned(&abandoned);
+                    let (engine, request) = (job.engine.clone(), job.request.clone());
+                    // Given up while it was decided: withdrawn once its record lands.
+                    if let Some((decision, submitted)) = job.deliver(decision, submitted) {
+                        gw.abandon(engine, request, decision, submitted.durable());
                     }
                 }
             }

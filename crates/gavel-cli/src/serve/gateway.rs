@@ -20,6 +20,7 @@ use gavel_ledger_sqlite::SqliteLedgerSink;
 use gavel_scan::Scanners;
 use gavel_store::{Batch, KeyRecord, Role, SqliteStore};
 
+use super::decider::Answered;
 use super::error::{ApiError, ApiResult};
 use super::metrics;
 use crate::cmd::decide::{capture_payload, withdrawn};
@@ -73,11 +74,14 @@ pub struct Gateway {
     pub last_verification: Mutex<Option<super::dashboard::Verification>>,
     /// Held while an evidence pack is built: one at a time.
     pub building_evidence: Mutex<()>,
-    /// Decisions of calls through the proxy, from their ALLOW (with when) until the decider
-    /// has committed their settlement with what the upstream reported: nobody else may report
-    /// their outcome (a caller that did, first, would settle them at whatever usage it
-    /// claimed). One whose settlement failed is given up when its reservation expires.
-    pub settling_itself: Mutex<std::collections::HashMap<String, Instant>>,
+    /// The runtime the gateway serves on, for work started from the decider's thread.
+    pub runtime: tokio::runtime::Handle,
+    /// Decisions of calls through the proxy, from their ALLOW until the decider has committed
+    /// their settlement with what the upstream reported: nobody else may report their outcome
+    /// (a caller that did, first, would settle them at whatever usage it claimed). One whose
+    /// settlement failed stays: its reservation stays charged at the estimate (the store keeps
+    /// unsettled reservations), and so it should.
+    pub settling_itself: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What happened after an ALLOW, waiting to be settled and recorded.
@@ -191,21 +195,31 @@ impl Gateway {
         let started = Instant::now();
         let engine = self.engine();
         // Time running out is a refusal like any failure to decide. A decision given up before
-        // the decider takes it is never made (`Job::answer` tells the decider nobody waits); one
-        // given up after it is released or withdrawn once its record lands (`abandon`).
+        // the decider takes it is never made (`Job::wanted`); one given up after it is withdrawn
+        // once its record lands (`abandon`).
         let timeout = self.limits.decision_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let late = || Failure::storage(format!("no durable decision within {timeout:?}"));
-        let decided = tokio::time::timeout_at(
-            deadline,
-            self.decider
-                .decide(engine.clone(), request.clone(), principal),
-        )
-        .await;
-        let (decision, submitted) = match decided {
-            Ok(Ok(decided)) => decided,
-            Ok(Err(failure)) => return self.refused(&engine, &request, principal, failure),
-            Err(_) => return self.refused(&engine, &request, principal, late()),
+        let answered = self
+            .decider
+            .decide(engine.clone(), request.clone(), principal, deadline)
+            .await;
+        let (decision, submitted) = match answered {
+            Answered::InTime(Ok(decided)) => decided,
+            Answered::InTime(Err(failure)) => {
+                return self.refused(&engine, &request, principal, failure)
+            }
+            Answered::Late(handed_over) => {
+                if let Some((decision, submitted)) = handed_over {
+                    self.abandon(
+                        engine.clone(),
+                        request.clone(),
+                        decision,
+                        submitted.durable(),
+                    );
+                }
+                return self.refused(&engine, &request, principal, late());
+            }
         };
         let committing = Instant::now();
         let mut durable = Box::pin(submitted.durable());
@@ -264,44 +278,42 @@ impl Gateway {
         ruling
     }
 
-    /// A decision whose record was not durable by the deadline, answered as refused: once the
-    /// record lands, an ALLOW's reservation is released by an outcome that says nothing ran,
-    /// and a record the ledger could not take is withdrawn, as when that happens in time.
-    fn abandon(
+    /// A decision its caller gave up at the deadline (answered BLOCK `governance.unavailable`):
+    /// once its record lands, an ALLOW is withdrawn (its reservation and idempotency key given
+    /// back: nothing ran, and a retry under the same key is decided afresh) and, if the ledger
+    /// took its record, an outcome says so; a record the ledger refused is withdrawn as when
+    /// that happens in time. Runs on the gateway's runtime, from any thread.
+    pub fn abandon(
         self: &Arc<Self>,
         engine: Arc<Engine>,
         request: Arc<DecideRequest>,
         decision: Decision,
-        durable: std::pin::Pin<
-            Box<impl std::future::Future<Output = Result<Receipt, Failure>> + Send + 'static>,
-        >,
+        landed: impl std::future::Future<Output = Result<Receipt, Failure>> + Send + 'static,
     ) {
         let gw = self.clone();
-        tokio::spawn(async move {
-            match durable.await {
-                Ok(_) => gw.release_abandoned(&decision),
-                Err(why) => {
-                    let _ = tokio::task::spawn_blocking(move || {
-                        withdrawn(&engine, &gw.store, &request, &decision, &why)
-                    })
-                    .await;
-                }
+        self.runtime.spawn(async move {
+            let landed = landed.await;
+            if decision.verdict != Verdict::Allow && landed.is_ok() {
+                return;
+            }
+            let recorded = landed.is_ok();
+            let why = landed.err().unwrap_or_else(|| {
+                Failure::storage("no durable decision by the deadline: the caller was refused")
+            });
+            let (store_of, withdrawn_decision) = (gw.clone(), decision.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                withdrawn(&engine, &store_of.store, &request, &withdrawn_decision, &why)
+            })
+            .await;
+            if recorded {
+                gw.record_outcome(
+                    &decision,
+                    &route_of(&decision),
+                    &Usage::default(),
+                    json!({ "abandoned": "no durable decision by the deadline: the caller was refused with governance.unavailable, nothing ran, and the decision was withdrawn" }),
+                );
             }
         });
-    }
-
-    /// Releases what an abandoned ALLOW reserved: an outcome that says nothing ran, settled
-    /// at no usage. Its caller was refused with `governance.unavailable` at the deadline.
-    pub fn release_abandoned(&self, decision: &Decision) {
-        if decision.verdict != Verdict::Allow {
-            return;
-        }
-        self.record_outcome(
-            decision,
-            &route_of(decision),
-            &Usage::default(),
-            json!({ "abandoned": "no durable decision by the deadline: the caller was refused with governance.unavailable, and nothing ran" }),
-        );
     }
 
     fn refused(
@@ -359,27 +371,17 @@ impl Gateway {
     /// ([`Gateway::settles_itself`] says so until it has); every such call ends in
     /// [`Gateway::record_outcome`].
     pub fn will_settle(&self, decision: &Decision) {
-        let held_for = self.reservations_held_for();
         if let Ok(mut settling) = self.settling_itself.lock() {
-            // Now and then, the calls whose settlement failed and whose reservations have
-            // expired since: a caller's outcome finds nothing to settle for them anyway.
-            if settling.len() % 4096 == 4095 {
-                settling.retain(|_, since| since.elapsed() < held_for);
-            }
-            settling.insert(decision.decision_id.clone(), Instant::now());
+            settling.insert(decision.decision_id.clone());
         }
     }
 
     /// Whether the gateway settles this decision itself (a call through its proxy whose
-    /// settlement is not committed, while its reservation holds). Fails closed: a poisoned
-    /// set answers yes.
+    /// settlement is not committed). Fails closed: a poisoned set answers yes.
     pub fn settles_itself(&self, decision_id: &str) -> bool {
-        let held_for = self.reservations_held_for();
-        self.settling_itself.lock().map_or(true, |settling| {
-            settling
-                .get(decision_id)
-                .is_some_and(|since| since.elapsed() < held_for)
-        })
+        self.settling_itself
+            .lock()
+            .map_or(true, |settling| settling.contains(decision_id))
     }
 
     /// The settlements of `finished` are committed: no longer the gateway's to settle.
@@ -400,10 +402,6 @@ impl Gateway {
             .privacy
             .as_ref()
             .map(|p| p.output)
-    }
-
-    fn reservations_held_for(&self) -> Duration {
-        Duration::from_millis(self.engine().reservation_ttl().millis())
     }
 
     /// Replaces the reservations of `finished` with their actual usage, in `batch`'s
@@ -502,9 +500,11 @@ fn observed(
         fallback_used: details["fallback"].as_bool(),
         ..Default::default()
     };
+    // An abandoned decision ran nothing: no call to count, neither good nor failed.
+    let executed = details.get("abandoned").is_none();
     let mut outcome = reported.outcome(
         decision_id,
-        true,
+        executed,
         Some(usage),
         engine.usd_micros(ran_on, usage),
     );

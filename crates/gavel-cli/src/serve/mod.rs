@@ -109,7 +109,15 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         &engine.contract().policy.monitoring,
     ))?;
     let (decider, decisions) = decider::Decider::new();
+    // Blocking threads run what writes SQLite off the request path (admin actions, withdrawn
+    // decisions, payload capture); the decider thread makes the decisions. 16 bound memory.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::storage(format!("cannot start the runtime: {e}")))?;
     let gw = Arc::new(Gateway {
+        runtime: runtime.handle().clone(),
         decider,
         monitor,
         engine: ArcSwap::from_pointee(engine),
@@ -158,13 +166,6 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         drain: duration("drain-timeout", &args.drain_timeout)?,
         reload_every: duration("reload-interval", &args.reload_interval)?,
     };
-    // Blocking threads run what writes SQLite off the request path (admin actions, withdrawn
-    // decisions, payload capture); the decider thread makes the decisions. 16 bound memory.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(16)
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::storage(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(serve(
         gw.clone(),
         listen,

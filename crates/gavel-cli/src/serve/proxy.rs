@@ -67,24 +67,28 @@ pub async fn chat_completions(
             ))
         }
     };
-    let ruling = gw.decide(request.clone(), &caller.principal).await;
-    if ruling.decision.verdict != Verdict::Allow {
-        return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
-    }
-    let call = Call {
-        gw,
-        caller,
-        fields,
-        request,
-        stream,
-        started: Instant::now(),
-    };
-    ran_to_the_end(call.run(ruling)).await
+    ran_to_the_end(async move {
+        let ruling = gw.decide(request.clone(), &caller.principal).await;
+        if ruling.decision.verdict != Verdict::Allow {
+            return ApiError::from_decision(&ruling.decision, ruling.shown()).into_response();
+        }
+        let call = Call {
+            gw,
+            caller,
+            fields,
+            request,
+            stream,
+            started: Instant::now(),
+        };
+        call.run(ruling).await
+    })
+    .await
 }
 
-/// Runs an allowed call on a task of its own, to its end whatever the client does: a client
-/// that hangs up drops its request's future, and an upstream call cut there would leave its
-/// decision with no outcome (its usage never settled, its reservation held until it expires).
+/// Runs a request from its decision on, on a task of its own, to its end whatever the client
+/// does: a client that hangs up drops its request's future, and a decision or an upstream call
+/// cut there would leave an ALLOW with no outcome (its usage never settled, its reservation
+/// charged at the estimate for good, its idempotency key spent).
 async fn ran_to_the_end(
     call: impl std::future::Future<Output = Response> + Send + 'static,
 ) -> ApiResult<Response> {
@@ -838,10 +842,6 @@ fn spans_by_text(
     by_text
 }
 
-/// Replaces redacted spans in the messages sent upstream. Redactions index the request's
-/// texts, which begin with one text per message: a message given as parts is one text, its
-/// text parts joined with a line break, so each text part is redacted where its share of that
-/// text lies, and the other parts (images, files) go as they came.
 /// Applies the redactions of the `user` parameter (its text index,
 /// [`DecideRequest::user_text_index`]) to the body sent upstream.
 fn redact_user(
@@ -857,6 +857,10 @@ fn redact_user(
     }
 }
 
+/// Replaces redacted spans in the messages sent upstream. Redactions index the request's
+/// texts, which begin with one text per message: a message given as parts is one text, its
+/// text parts joined with a line break, so each text part is redacted where its share of that
+/// text lies, and the other parts (images, files) go as they came.
 fn redact_messages(
     messages: &mut [Value],
     parsed: &[Message],
@@ -1140,11 +1144,11 @@ pub async fn embeddings(
     };
     let request = no_secret_in_identifiers(request)?;
     let request = Arc::new(request);
-    let ruling = gw.decide(request.clone(), &caller.principal).await;
-    if ruling.decision.verdict != Verdict::Allow {
-        return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
-    }
     ran_to_the_end(async move {
+        let ruling = gw.decide(request.clone(), &caller.principal).await;
+        if ruling.decision.verdict != Verdict::Allow {
+            return ApiError::from_decision(&ruling.decision, ruling.shown()).into_response();
+        }
         embed(gw, ruling, fields, inputs, request)
             .await
             .unwrap_or_else(IntoResponse::into_response)

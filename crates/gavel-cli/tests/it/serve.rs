@@ -957,6 +957,28 @@ fn a_call_whose_client_hangs_up_still_records_its_outcome() {
         wait_for(|| outcomes() > before),
         "the call's outcome was not recorded"
     );
+    // Gone while the decision waits (the database's write lock held meanwhile): decided all
+    // the same, called, and its outcome recorded.
+    let before = outcomes();
+    let conn = rusqlite::Connection::open(r.g.path("gavel.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let body = chat(&r.g, "Where is the VPN guide?").to_string();
+    let mut stream = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        r.service,
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(300));
+    conn.execute_batch("ROLLBACK").unwrap();
+    assert!(
+        wait_for(|| outcomes() > before),
+        "the outcome of a call decided after its client left was not recorded"
+    );
 }
 
 /// A call through the proxy is settled with what the upstream reports, by the gateway: its
