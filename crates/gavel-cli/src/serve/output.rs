@@ -400,8 +400,9 @@ impl StreamGuard {
 
     /// Guards `content` given as an array of parts or as one part: a part's `text` string (or a
     /// bare string where a part should be) goes through the choice's [`Channel::Content`]
-    /// window, its other strings through windows of their own (as [`StreamGuard::other`] gives
-    /// them); whether anything still says something.
+    /// window, a refusal part's `refusal` through its [`Channel::Refusal`] window, the parts'
+    /// other strings through windows of their own (as [`StreamGuard::other`] gives them);
+    /// whether anything still says something.
     fn content_parts(&mut self, index: u64, content: &mut Value) -> Result<bool, Violation> {
         let Value::Array(parts) = content else {
             return self.content_part(index, content, "/content");
@@ -428,6 +429,11 @@ impl StreamGuard {
             says |= match member {
                 Value::String(text) if key == "text" => {
                     *text = self.push(index, Channel::Content, text)?;
+                    !text.is_empty()
+                }
+                // A refusal part's text is the refusal's, as a `refusal` string's is.
+                Value::String(text) if key == "refusal" => {
+                    *text = self.push(index, Channel::Refusal, text)?;
                     !text.is_empty()
                 }
                 member => self.other(
@@ -1678,6 +1684,17 @@ mod tests {
                 vec![parts(head), second_part(tail)],
             ),
             ("one part, then string", vec![one_part(head), string(tail)]),
+            (
+                "refusal, then a refusal part",
+                vec![
+                    chunk(0, serde_json::json!({ "refusal": head }), None),
+                    chunk(
+                        0,
+                        serde_json::json!({ "content": [{ "type": "refusal", "refusal": tail }] }),
+                        None,
+                    ),
+                ],
+            ),
             (
                 "string, then a bare string in an array",
                 vec![
