@@ -314,12 +314,12 @@ fn decide_in_batches(gw: &Arc<Gateway>, jobs: Vec<Job>, outcomes: Vec<Finished>)
             }
         };
         let settled = outcomes.take();
-        let mut all_settled = false;
+        let mut settled_ids = Vec::new();
         let mut decided: Vec<(Job, Decision)> = Vec::new();
         {
             let state = batch.state();
             if let Some(settled) = &settled {
-                all_settled = gw.settle(&batch, settled);
+                settled_ids = gw.settle(&batch, settled);
             }
             for mut job in waiting.by_ref() {
                 // Given up at the deadline before it was decided: never decided, never recorded.
@@ -374,8 +374,7 @@ fn decide_in_batches(gw: &Arc<Gateway>, jobs: Vec<Job>, outcomes: Vec<Finished>)
         // After the answers: recording outcomes is not on any request's path.
         if let Some(settled) = settled {
             match &committed {
-                Ok(()) if all_settled => gw.settled(&settled),
-                Ok(()) => {}
+                Ok(()) => gw.settled(&settled_ids),
                 Err(e) => {
                     tracing::error!(error = %e, "settling usage failed: the batch was not committed");
                 }

@@ -1,6 +1,7 @@
 //! The gateway's shared state and the steps every route takes: authenticate, read a bounded
 //! body, decide and record durably before answering.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -81,16 +82,37 @@ pub struct Gateway {
     /// (a caller that did, first, would settle them at whatever usage it claimed). One whose
     /// settlement failed stays: its reservation stays charged at the estimate (the store keeps
     /// unsettled reservations), and so it should.
-    pub settling_itself: Mutex<std::collections::HashSet<String>>,
+    pub settling_itself: Mutex<HashMap<String, Open>>,
+    /// Decisions given up at the deadline whose withdrawal waits for their record
+    /// ([`Gateway::abandon`]); finished at shutdown if it comes first.
+    pub abandoning: Mutex<HashMap<String, Abandoned>>,
 }
 
 /// What happened after an ALLOW, waiting to be settled and recorded.
 pub struct Finished {
+    /// The contract the decision was made under, which prices and settles it (a reload may
+    /// have dropped its deployment since).
+    engine: Arc<Engine>,
     decision_id: String,
     principal: String,
     ran_on: String,
     usage: Usage,
     details: Value,
+}
+
+/// An allowed call through the proxy, from its ALLOW until its settlement is committed.
+pub struct Open {
+    engine: Arc<Engine>,
+    decision: Decision,
+    /// Whether its outcome is on its way to the decider.
+    outcome_queued: bool,
+}
+
+/// A decision given up at the deadline, with what withdrawing it needs.
+pub struct Abandoned {
+    engine: Arc<Engine>,
+    request: Arc<DecideRequest>,
+    decision: Decision,
 }
 
 /// The deployment the decision runs on: its route obligation's, else its own.
@@ -290,30 +312,105 @@ impl Gateway {
         decision: Decision,
         landed: impl std::future::Future<Output = Result<Receipt, Failure>> + Send + 'static,
     ) {
+        let id = decision.decision_id.clone();
+        if let Ok(mut abandoning) = self.abandoning.lock() {
+            abandoning.insert(
+                id.clone(),
+                Abandoned {
+                    engine,
+                    request,
+                    decision,
+                },
+            );
+        }
         let gw = self.clone();
         self.runtime.spawn(async move {
             let landed = landed.await;
-            if decision.verdict != Verdict::Allow && landed.is_ok() {
+            // Taken out now: whoever takes it (this task, or shutdown) finishes it, once.
+            let Some(abandoned) = gw.abandoning.lock().ok().and_then(|mut a| a.remove(&id)) else {
                 return;
-            }
-            let recorded = landed.is_ok();
-            let why = landed.err().unwrap_or_else(|| {
-                Failure::storage("no durable decision by the deadline: the caller was refused")
-            });
-            let (store_of, withdrawn_decision) = (gw.clone(), decision.clone());
+            };
+            let finishing = gw.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                withdrawn(&engine, &store_of.store, &request, &withdrawn_decision, &why)
+                finishing.finish_abandoned(abandoned, landed.err())
             })
             .await;
-            if recorded {
-                gw.record_outcome(
-                    &decision,
-                    &route_of(&decision),
-                    &Usage::default(),
-                    json!({ "abandoned": "no durable decision by the deadline: the caller was refused with governance.unavailable, nothing ran, and the decision was withdrawn" }),
-                );
-            }
         });
+    }
+
+    /// Withdraws an abandoned decision (an ALLOW, or one whose record the ledger refused: a
+    /// BLOCK or a COOLDOWN reserved nothing) and, if the ledger took its record, says so in
+    /// an outcome. Writes the store: a blocking thread, or the main thread at shutdown.
+    fn finish_abandoned(&self, abandoned: Abandoned, refused: Option<Failure>) {
+        let Abandoned {
+            engine,
+            request,
+            decision,
+        } = abandoned;
+        if decision.verdict != Verdict::Allow && refused.is_none() {
+            return;
+        }
+        let withdrawal = engine
+            .withdraw(&self.store, &request, &decision, now())
+            .map_err(|e| e.0);
+        if refused.is_some() {
+            return;
+        }
+        let said = match withdrawal {
+            Ok(()) => "no durable decision by the deadline: the caller was refused with governance.unavailable, nothing ran, and the decision was withdrawn".to_string(),
+            Err(e) => {
+                tracing::error!(decision_id = %decision.decision_id, error = %e, "withdrawing an abandoned decision failed");
+                format!("no durable decision by the deadline: the caller was refused with governance.unavailable and nothing ran; withdrawing it failed ({e}), so it is settled at no usage")
+            }
+        };
+        self.queue_outcome(
+            engine,
+            &decision,
+            &route_of(&decision),
+            &Usage::default(),
+            json!({ "abandoned": said }),
+        );
+    }
+
+    /// At shutdown, once no task runs any more (the runtime is stopped) and before the
+    /// decider stops: every allowed call cut before its outcome gets one, charged as reserved
+    /// (what the upstream used is unknown), and every abandoned decision is finished.
+    pub fn close_open_calls(&self) {
+        let cut: Vec<(Arc<Engine>, Decision)> = self
+            .settling_itself
+            .lock()
+            .map(|open| {
+                open.values()
+                    .filter(|o| !o.outcome_queued)
+                    .map(|o| (o.engine.clone(), o.decision.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (engine, decision) in cut {
+            let reserved = decision
+                .estimate
+                .as_ref()
+                .map_or_else(Usage::default, |e| Usage {
+                    prompt_tokens: e.prompt_tokens,
+                    completion_tokens: e.max_tokens,
+                    tool_calls: e.tool_calls,
+                });
+            self.queue_outcome(
+                engine,
+                &decision,
+                &route_of(&decision),
+                &reserved,
+                json!({ "upstream_error": "the gateway stopped before the call ended: what the upstream used is unknown, so it is charged as reserved" }),
+            );
+        }
+        let abandoned: Vec<Abandoned> = self
+            .abandoning
+            .lock()
+            .map(|mut a| a.drain().map(|(_, abandoned)| abandoned).collect())
+            .unwrap_or_default();
+        for abandoned in abandoned {
+            self.finish_abandoned(abandoned, None);
+        }
     }
 
     fn refused(
@@ -358,7 +455,27 @@ impl Gateway {
     /// what must be durable before acting; this follows it. The decider settles it in its next
     /// store transaction, with whatever else has queued by then.
     pub fn record_outcome(&self, decision: &Decision, ran_on: &str, usage: &Usage, details: Value) {
+        let open = self.settling_itself.lock().ok().and_then(|mut open| {
+            open.get_mut(&decision.decision_id).map(|o| {
+                o.outcome_queued = true;
+                o.engine.clone()
+            })
+        });
+        let engine = open.unwrap_or_else(|| self.engine());
+        self.queue_outcome(engine, decision, ran_on, usage, details);
+    }
+
+    /// Queues an outcome to be settled under `engine` (the decision's contract) and recorded.
+    fn queue_outcome(
+        &self,
+        engine: Arc<Engine>,
+        decision: &Decision,
+        ran_on: &str,
+        usage: &Usage,
+        details: Value,
+    ) {
         self.decider.settle(Finished {
+            engine,
             decision_id: decision.decision_id.clone(),
             principal: decision.principal.clone(),
             ran_on: ran_on.to_string(),
@@ -370,9 +487,16 @@ impl Gateway {
     /// Marks an allowed call through the proxy as one whose outcome the gateway settles itself
     /// ([`Gateway::settles_itself`] says so until it has); every such call ends in
     /// [`Gateway::record_outcome`].
-    pub fn will_settle(&self, decision: &Decision) {
+    pub fn will_settle(&self, engine: &Arc<Engine>, decision: &Decision) {
         if let Ok(mut settling) = self.settling_itself.lock() {
-            settling.insert(decision.decision_id.clone());
+            settling.insert(
+                decision.decision_id.clone(),
+                Open {
+                    engine: engine.clone(),
+                    decision: decision.clone(),
+                    outcome_queued: false,
+                },
+            );
         }
     }
 
@@ -381,14 +505,14 @@ impl Gateway {
     pub fn settles_itself(&self, decision_id: &str) -> bool {
         self.settling_itself
             .lock()
-            .map_or(true, |settling| settling.contains(decision_id))
+            .map_or(true, |settling| settling.contains_key(decision_id))
     }
 
-    /// The settlements of `finished` are committed: no longer the gateway's to settle.
-    pub fn settled(&self, finished: &[Finished]) {
+    /// These settlements are committed: no longer the gateway's to settle.
+    pub fn settled(&self, decision_ids: &[String]) {
         if let Ok(mut settling) = self.settling_itself.lock() {
-            for f in finished {
-                settling.remove(&f.decision_id);
+            for id in decision_ids {
+                settling.remove(id);
             }
         }
     }
@@ -405,13 +529,12 @@ impl Gateway {
     }
 
     /// Replaces the reservations of `finished` with their actual usage, in `batch`'s
-    /// transaction; whether all of them were. A failure is logged: the reservation then holds
-    /// until it expires.
-    pub fn settle(&self, batch: &Batch<'_>, finished: &[Finished]) -> bool {
-        let engine = self.engine();
+    /// transaction; the decisions it settled. A failure is logged: the reservation then stays
+    /// charged at the estimate.
+    pub fn settle(&self, batch: &Batch<'_>, finished: &[Finished]) -> Vec<String> {
         let settlements: Vec<(String, Amounts)> = finished
             .iter()
-            .filter_map(|f| match engine.actual_amounts(&f.ran_on, &f.usage) {
+            .filter_map(|f| match f.engine.actual_amounts(&f.ran_on, &f.usage) {
                 Ok(actual) => Some((f.decision_id.clone(), actual)),
                 Err(e) => {
                     tracing::error!(decision_id = %f.decision_id, error = %e, "settling usage failed");
@@ -423,19 +546,18 @@ impl Gateway {
             for (decision_id, _) in &settlements {
                 tracing::error!(%decision_id, error = %e, "settling usage failed");
             }
-            return false;
+            return Vec::new();
         }
-        settlements.len() == finished.len()
+        settlements.into_iter().map(|(id, _)| id).collect()
     }
 
     /// Counts `finished` in monitoring and submits their outcome records to the ledger.
     pub fn record_settled(&self, finished: Vec<Finished>) {
         let at = now();
-        let engine = self.engine();
         for f in finished {
             self.monitor.record_outcome(
                 &f.ran_on,
-                &observed(&engine, &f.decision_id, &f.ran_on, &f.usage, &f.details),
+                &observed(&f.engine, &f.decision_id, &f.ran_on, &f.usage, &f.details),
             );
             let mut body = json!({
                 "principal": f.principal,

@@ -139,6 +139,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
             decision_timeout: duration("decision-timeout", &args.decision_timeout)?,
         },
         settling_itself: Mutex::new(Default::default()),
+        abandoning: Mutex::new(Default::default()),
         operator: operator.principal.clone(),
         contract_path: ctx.contract_path.clone(),
         db_path: ctx.db_path.clone(),
@@ -175,7 +176,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         checkpointer,
     ))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
-    // Every request is done: settle and record the last outcomes, then sign the final checkpoint.
+    // No task runs any more: the calls cut meanwhile get their outcomes, then the decider
+    // settles and records every last outcome, then the final checkpoint is signed.
+    gw.close_open_calls();
     gw.decider.stop();
     match Arc::into_inner(gw) {
         Some(gw) => gw.ledger.close()?,

@@ -251,7 +251,7 @@ impl Call {
             // What was decided is what runs: the contract of the decision, not one a reload
             // has put in force since.
             let engine = ruling.engine.clone();
-            self.gw.will_settle(&ruling.decision);
+            self.gw.will_settle(&engine, &ruling.decision);
             let (ran_on, deployment, endpoint) = match target(&self.gw, &engine, &ruling.decision) {
                 Ok(target) => target,
                 Err(e) => return e.into_response(),
@@ -1164,7 +1164,7 @@ async fn embed(
     inputs: Vec<String>,
     request: Arc<DecideRequest>,
 ) -> ApiResult<Response> {
-    gw.will_settle(&ruling.decision);
+    gw.will_settle(&ruling.engine, &ruling.decision);
     let (ran_on, deployment, endpoint) = target(&gw, &ruling.engine, &ruling.decision)?;
     let mut body = fields.clone();
     body.insert("model".to_string(), json!(deployment.model.name));

@@ -981,6 +981,46 @@ fn a_call_whose_client_hangs_up_still_records_its_outcome() {
     );
 }
 
+/// A call still upstream when the gateway stops (past its drain) is cut, and gets its outcome
+/// all the same: charged as reserved, since what the upstream used is unknown.
+#[test]
+fn a_call_cut_at_shutdown_gets_its_outcome() {
+    let upstream = faulty_upstream();
+    let r = with_upstream(&upstream, false);
+    let s = Server::start(&r.g, &r.operator, &["--drain-timeout", "1s"]);
+    let (addr, service) = (s.addr.clone(), r.service.clone());
+    let body = chat(&r.g, "fault:stall").to_string();
+    let client = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {service}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+    });
+    // Decided, and waiting on the upstream, when the gateway is told to stop.
+    std::thread::sleep(Duration::from_millis(700));
+    drop(s);
+    client.join().unwrap();
+    let outcomes =
+        r.g.run(Some(&r.auditor), &["audit", "export", "--kind", "outcome"])
+            .ok()
+            .stdout;
+    assert!(
+        outcomes.contains("the gateway stopped before the call ended"),
+        "{outcomes}"
+    );
+    // Closed cleanly: every record signed.
+    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
+        .ok();
+}
+
 /// A call through the proxy is settled with what the upstream reports, by the gateway: its
 /// caller cannot report its outcome first (at whatever usage it likes) while the call runs.
 #[test]
