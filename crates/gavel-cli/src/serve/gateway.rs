@@ -100,10 +100,17 @@ pub struct Finished {
     details: Value,
 }
 
+/// Why a decision given up at its deadline ran nothing (its caller was refused).
+const DEADLINE_PASSED: &str =
+    "no durable decision by the deadline: the caller was refused with governance.unavailable";
+
 /// An allowed call through the proxy, from its ALLOW until its settlement is committed.
 pub struct Open {
     engine: Arc<Engine>,
+    request: Arc<DecideRequest>,
     decision: Decision,
+    /// Whether the upstream has been called ([`Gateway::calling`]).
+    called: bool,
     /// Whether its outcome is on its way to the decider.
     outcome_queued: bool,
 }
@@ -196,11 +203,33 @@ impl Gateway {
 
     /// Decides one request and waits until its record is durable. A record the ledger does not
     /// take turns the decision into BLOCK `governance.unavailable` (and gives back what it held).
+    /// Its caller reports its outcome (the decide API).
     pub async fn decide(self: &Arc<Self>, request: Arc<DecideRequest>, principal: &str) -> Ruling {
+        self.decide_settled_by(request, principal, false).await
+    }
+
+    /// [`Gateway::decide`] for a call through the proxy, whose outcome the gateway settles
+    /// itself: an ALLOW is registered ([`Gateway::settles_itself`]) as soon as it is decided,
+    /// so that from then on it ends in an outcome whatever happens, shutdown included.
+    pub async fn decide_for_call(
+        self: &Arc<Self>,
+        request: Arc<DecideRequest>,
+        principal: &str,
+    ) -> Ruling {
+        self.decide_settled_by(request, principal, true).await
+    }
+
+    async fn decide_settled_by(
+        self: &Arc<Self>,
+        request: Arc<DecideRequest>,
+        principal: &str,
+        by_gateway: bool,
+    ) -> Ruling {
         // A task of its own, so that it runs to the end even if the client goes away meanwhile:
         // a reservation the ledger refused must be given back, and the decision counted.
         let (gw, req, owner) = (self.clone(), request.clone(), principal.to_string());
-        match tokio::spawn(async move { gw.decide_to_the_end(req, &owner).await }).await {
+        let deciding = async move { gw.decide_to_the_end(req, &owner, by_gateway).await };
+        match tokio::spawn(deciding).await {
             Ok(ruling) => ruling,
             Err(e) => {
                 let failure = Failure::storage(format!("the decision was lost: {e}"));
@@ -213,6 +242,7 @@ impl Gateway {
         self: Arc<Self>,
         request: Arc<DecideRequest>,
         principal: &str,
+        by_gateway: bool,
     ) -> Ruling {
         let started = Instant::now();
         let engine = self.engine();
@@ -227,7 +257,12 @@ impl Gateway {
             .decide(engine.clone(), request.clone(), principal, deadline)
             .await;
         let (decision, submitted) = match answered {
-            Answered::InTime(Ok(decided)) => decided,
+            Answered::InTime(Ok((decision, submitted))) => {
+                if by_gateway && decision.verdict == Verdict::Allow {
+                    self.will_settle(&engine, &request, &decision);
+                }
+                (decision, submitted)
+            }
             Answered::InTime(Err(failure)) => {
                 return self.refused(&engine, &request, principal, failure)
             }
@@ -273,6 +308,8 @@ impl Gateway {
                 }
             }
             Err(why) => {
+                // Withdrawn, so no outcome is to come.
+                self.forget_call(&decision.decision_id);
                 // Giving back the reservation writes SQLite: a blocking thread again.
                 let (gw, in_force, req) = (self.clone(), engine.clone(), request.clone());
                 let withdrawing = tokio::task::spawn_blocking(move || {
@@ -313,6 +350,8 @@ impl Gateway {
         landed: impl std::future::Future<Output = Result<Receipt, Failure>> + Send + 'static,
     ) {
         let id = decision.decision_id.clone();
+        // Finished here, not settled as a call.
+        self.forget_call(&id);
         if let Ok(mut abandoning) = self.abandoning.lock() {
             abandoning.insert(
                 id.clone(),
@@ -326,13 +365,18 @@ impl Gateway {
         let gw = self.clone();
         self.runtime.spawn(async move {
             let landed = landed.await;
-            // Taken out now: whoever takes it (this task, or shutdown) finishes it, once.
-            let Some(abandoned) = gw.abandoning.lock().ok().and_then(|mut a| a.remove(&id)) else {
-                return;
-            };
             let finishing = gw.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                finishing.finish_abandoned(abandoned, landed.err())
+                // Taken out only here, where the work surely runs: whoever takes it (this
+                // thread, or the sweep at shutdown) finishes it, once.
+                let taken = finishing
+                    .abandoning
+                    .lock()
+                    .ok()
+                    .and_then(|mut a| a.remove(&id));
+                if let Some(abandoned) = taken {
+                    finishing.finish_abandoned(abandoned, landed.err(), DEADLINE_PASSED);
+                }
             })
             .await;
         });
@@ -341,7 +385,7 @@ impl Gateway {
     /// Withdraws an abandoned decision (an ALLOW, or one whose record the ledger refused: a
     /// BLOCK or a COOLDOWN reserved nothing) and, if the ledger took its record, says so in
     /// an outcome. Writes the store: a blocking thread, or the main thread at shutdown.
-    fn finish_abandoned(&self, abandoned: Abandoned, refused: Option<Failure>) {
+    fn finish_abandoned(&self, abandoned: Abandoned, refused: Option<Failure>, why: &str) {
         let Abandoned {
             engine,
             request,
@@ -357,10 +401,10 @@ impl Gateway {
             return;
         }
         let said = match withdrawal {
-            Ok(()) => "no durable decision by the deadline: the caller was refused with governance.unavailable, nothing ran, and the decision was withdrawn".to_string(),
+            Ok(()) => format!("{why}; nothing ran, and the decision was withdrawn"),
             Err(e) => {
                 tracing::error!(decision_id = %decision.decision_id, error = %e, "withdrawing an abandoned decision failed");
-                format!("no durable decision by the deadline: the caller was refused with governance.unavailable and nothing ran; withdrawing it failed ({e}), so it is settled at no usage")
+                format!("{why}; nothing ran, and withdrawing it failed ({e}), so it is settled at no usage")
             }
         };
         self.queue_outcome(
@@ -376,16 +420,32 @@ impl Gateway {
     /// decider stops: every allowed call cut before its outcome gets one, charged as reserved
     /// (what the upstream used is unknown), and every abandoned decision is finished.
     pub fn close_open_calls(&self) {
-        let cut: Vec<(Arc<Engine>, Decision)> = self
-            .settling_itself
-            .lock()
-            .map(|open| {
-                open.values()
-                    .filter(|o| !o.outcome_queued)
-                    .map(|o| (o.engine.clone(), o.decision.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut cut = Vec::new();
+        let mut never_called = Vec::new();
+        if let Ok(mut open) = self.settling_itself.lock() {
+            for o in open.values_mut().filter(|o| !o.outcome_queued) {
+                // Whatever a task still running would say comes too late: one outcome each.
+                o.outcome_queued = true;
+                let abandoned = Abandoned {
+                    engine: o.engine.clone(),
+                    request: o.request.clone(),
+                    decision: o.decision.clone(),
+                };
+                if o.called {
+                    cut.push((abandoned.engine, abandoned.decision));
+                } else {
+                    never_called.push(abandoned);
+                }
+            }
+        }
+        // Decided, never called: withdrawn like a decision given up at its deadline.
+        for abandoned in never_called {
+            self.finish_abandoned(
+                abandoned,
+                None,
+                "the gateway stopped between the decision and its call",
+            );
+        }
         for (engine, decision) in cut {
             let reserved = decision
                 .estimate
@@ -409,7 +469,7 @@ impl Gateway {
             .map(|mut a| a.drain().map(|(_, abandoned)| abandoned).collect())
             .unwrap_or_default();
         for abandoned in abandoned {
-            self.finish_abandoned(abandoned, None);
+            self.finish_abandoned(abandoned, None, DEADLINE_PASSED);
         }
     }
 
@@ -455,14 +515,21 @@ impl Gateway {
     /// what must be durable before acting; this follows it. The decider settles it in its next
     /// store transaction, with whatever else has queued by then.
     pub fn record_outcome(&self, decision: &Decision, ran_on: &str, usage: &Usage, details: Value) {
-        let open = self.settling_itself.lock().ok().and_then(|mut open| {
+        let registered = self.settling_itself.lock().ok().and_then(|mut open| {
             open.get_mut(&decision.decision_id).map(|o| {
+                let first = !o.outcome_queued;
                 o.outcome_queued = true;
-                o.engine.clone()
+                (o.engine.clone(), first)
             })
         });
-        let engine = open.unwrap_or_else(|| self.engine());
-        self.queue_outcome(engine, decision, ran_on, usage, details);
+        match registered {
+            // One outcome per call: a second (its task outlived the sweep at shutdown) is late.
+            Some((_, false)) => {
+                tracing::warn!(decision_id = %decision.decision_id, "a second outcome for one call was dropped");
+            }
+            Some((engine, true)) => self.queue_outcome(engine, decision, ran_on, usage, details),
+            None => self.queue_outcome(self.engine(), decision, ran_on, usage, details),
+        }
     }
 
     /// Queues an outcome to be settled under `engine` (the decision's contract) and recorded.
@@ -484,19 +551,39 @@ impl Gateway {
         });
     }
 
-    /// Marks an allowed call through the proxy as one whose outcome the gateway settles itself
-    /// ([`Gateway::settles_itself`] says so until it has); every such call ends in
-    /// [`Gateway::record_outcome`].
-    pub fn will_settle(&self, engine: &Arc<Engine>, decision: &Decision) {
+    /// Registers an allowed call through the proxy as one whose outcome the gateway settles
+    /// itself ([`Gateway::settles_itself`] says so until it has, and [`Gateway::close_open_calls`]
+    /// finishes it if it is cut).
+    fn will_settle(&self, engine: &Arc<Engine>, request: &Arc<DecideRequest>, decision: &Decision) {
         if let Ok(mut settling) = self.settling_itself.lock() {
             settling.insert(
                 decision.decision_id.clone(),
                 Open {
                     engine: engine.clone(),
+                    request: request.clone(),
                     decision: decision.clone(),
+                    called: false,
                     outcome_queued: false,
                 },
             );
+        }
+    }
+
+    /// The call's upstream is about to be called: cut at shutdown from here on, it is charged
+    /// as reserved, not withdrawn.
+    pub fn calling(&self, decision: &Decision) {
+        if let Ok(mut settling) = self.settling_itself.lock() {
+            if let Some(open) = settling.get_mut(&decision.decision_id) {
+                open.called = true;
+            }
+        }
+    }
+
+    /// Takes a call off the register: it is withdrawn or abandoned, and no outcome of a call
+    /// will come.
+    fn forget_call(&self, decision_id: &str) {
+        if let Ok(mut settling) = self.settling_itself.lock() {
+            settling.remove(decision_id);
         }
     }
 

@@ -68,7 +68,7 @@ pub async fn chat_completions(
         }
     };
     ran_to_the_end(async move {
-        let ruling = gw.decide(request.clone(), &caller.principal).await;
+        let ruling = gw.decide_for_call(request.clone(), &caller.principal).await;
         if ruling.decision.verdict != Verdict::Allow {
             return ApiError::from_decision(&ruling.decision, ruling.shown()).into_response();
         }
@@ -251,7 +251,7 @@ impl Call {
             // What was decided is what runs: the contract of the decision, not one a reload
             // has put in force since.
             let engine = ruling.engine.clone();
-            self.gw.will_settle(&engine, &ruling.decision);
+            self.gw.calling(&ruling.decision);
             let (ran_on, deployment, endpoint) = match target(&self.gw, &engine, &ruling.decision) {
                 Ok(target) => target,
                 Err(e) => return e.into_response(),
@@ -315,7 +315,7 @@ impl Call {
             .insert("fallback_for".to_string(), failed.decision_id.clone());
         let ruling = self
             .gw
-            .decide(Arc::new(request), &self.caller.principal)
+            .decide_for_call(Arc::new(request), &self.caller.principal)
             .await;
         if ruling.decision.verdict != Verdict::Allow {
             return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
@@ -1145,7 +1145,7 @@ pub async fn embeddings(
     let request = no_secret_in_identifiers(request)?;
     let request = Arc::new(request);
     ran_to_the_end(async move {
-        let ruling = gw.decide(request.clone(), &caller.principal).await;
+        let ruling = gw.decide_for_call(request.clone(), &caller.principal).await;
         if ruling.decision.verdict != Verdict::Allow {
             return ApiError::from_decision(&ruling.decision, ruling.shown()).into_response();
         }
@@ -1164,7 +1164,7 @@ async fn embed(
     inputs: Vec<String>,
     request: Arc<DecideRequest>,
 ) -> ApiResult<Response> {
-    gw.will_settle(&ruling.engine, &ruling.decision);
+    gw.calling(&ruling.decision);
     let (ran_on, deployment, endpoint) = target(&gw, &ruling.engine, &ruling.decision)?;
     let mut body = fields.clone();
     body.insert("model".to_string(), json!(deployment.model.name));
