@@ -1189,6 +1189,16 @@ async fn embed(
         redact_user(&mut body, &request, redactions);
     }
     let started = Instant::now();
+    // A call that did not answer: recorded, and a clear error.
+    let failed = |code: &'static str, why: String| -> ApiResult<Response> {
+        gw.record_outcome(
+            &ruling.decision,
+            &ran_on,
+            &Usage::default(),
+            json!({ "upstream_error": why }),
+        );
+        Err(ApiError::new(StatusCode::BAD_GATEWAY, code, why))
+    };
     match gw
         .upstreams
         .call(endpoint, "/embeddings", &Value::Object(body), false)
@@ -1224,34 +1234,11 @@ async fn embed(
             gw.record_outcome(&ruling.decision, &ran_on, &usage, json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64 }));
             Ok(passthrough(status, body, &ruling.decision))
         }
-        Ok(Reply::Stream(_)) => {
-            let why = "the endpoint streamed an embeddings answer";
-            gw.record_outcome(
-                &ruling.decision,
-                &ran_on,
-                &Usage::default(),
-                json!({ "upstream_error": why }),
-            );
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream.invalid",
-                why,
-            ))
-        }
-        Err(e) => {
-            let why = e.describe(&endpoint.id);
-            gw.record_outcome(
-                &ruling.decision,
-                &ran_on,
-                &Usage::default(),
-                json!({ "upstream_error": why }),
-            );
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream.unavailable",
-                why,
-            ))
-        }
+        Ok(Reply::Stream(_)) => failed(
+            "upstream.invalid",
+            "the endpoint streamed an embeddings answer".to_string(),
+        ),
+        Err(e) => failed("upstream.unavailable", e.describe(&endpoint.id)),
     }
 }
 

@@ -921,6 +921,22 @@ fn a_decision_that_runs_out_of_time_is_refused() {
     assert_eq!(decisions.body.lines().count(), 2, "{}", decisions.body);
 }
 
+/// Sends `body` to `/v1/chat/completions` on a connection left open, for a test that reads
+/// the answer its own way or hangs up; reads time out after 30 s.
+fn send_chat(addr: &str, key: &str, body: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+}
+
 /// A client that hangs up while its call is upstream does not cut the call: it runs to its
 /// end, and its outcome (the upstream's usage) is recorded and settled.
 #[test]
@@ -942,14 +958,7 @@ fn a_call_whose_client_hangs_up_still_records_its_outcome() {
     };
     let before = outcomes();
     let body = chat(&r.g, "fault:slow").to_string();
-    let mut stream = TcpStream::connect(&s.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        r.service,
-        body.len()
-    )
-    .unwrap();
+    let stream = send_chat(&s.addr, &r.service, &body);
     // Gone before the upstream answers.
     std::thread::sleep(Duration::from_millis(300));
     drop(stream);
@@ -963,14 +972,7 @@ fn a_call_whose_client_hangs_up_still_records_its_outcome() {
     let conn = rusqlite::Connection::open(r.g.path("gavel.db")).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     let body = chat(&r.g, "Where is the VPN guide?").to_string();
-    let mut stream = TcpStream::connect(&s.addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        r.service,
-        body.len()
-    )
-    .unwrap();
+    let stream = send_chat(&s.addr, &r.service, &body);
     std::thread::sleep(Duration::from_millis(300));
     drop(stream);
     std::thread::sleep(Duration::from_millis(300));
@@ -991,16 +993,7 @@ fn a_call_cut_at_shutdown_gets_its_outcome() {
     let (addr, service) = (s.addr.clone(), r.service.clone());
     let body = chat(&r.g, "fault:stall").to_string();
     let client = std::thread::spawn(move || {
-        let mut stream = TcpStream::connect(&addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            stream,
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {service}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        let mut stream = send_chat(&addr, &service, &body);
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
     });
@@ -1032,18 +1025,7 @@ fn the_caller_cannot_settle_a_proxied_call() {
     let mut streamed = chat(&r.g, "fault:stream-stall");
     streamed["stream"] = json!(true);
     let body = streamed.to_string();
-    let mut stream = TcpStream::connect(&s.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        r.service,
-        body.len()
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(send_chat(&s.addr, &r.service, &body));
     let mut decision_id = None;
     loop {
         let mut line = String::new();
