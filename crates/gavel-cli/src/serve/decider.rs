@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use gavel_engine::{DecideInput, DecideRequest, Decision, Engine, Prescanned};
+use gavel_engine::{DecideInput, DecideRequest, Decision, Engine, Prescanned, Verdict};
 use gavel_ledger::appender::Durable;
 
 use super::gateway::{Finished, Gateway};
@@ -91,6 +91,9 @@ struct Job {
     /// it stays out of the one thread every decision goes through.
     prescanned: Option<Prescanned>,
     principal: String,
+    /// A call through the proxy, whose ALLOW the gateway settles itself: registered
+    /// ([`Gateway::will_settle`]) as it is committed, before anyone can drop it.
+    by_gateway: bool,
     reply: oneshot::Sender<Decided>,
 }
 
@@ -159,7 +162,8 @@ impl Decider {
     }
 
     /// Queues an answered request's outcome for settling and recording. If the decider has
-    /// stopped, the outcome is logged and dropped: its reservation holds until it expires.
+    /// stopped, the outcome is logged and dropped: its reservation stays charged at the
+    /// estimate (its resources are freed when the reservation's time runs out).
     pub fn settle(&self, finished: Finished) {
         if self.work.send(Work::Settle(finished)).is_err() {
             tracing::error!("an outcome arrived after the decider stopped; it was not recorded");
@@ -173,9 +177,13 @@ impl Decider {
         engine: Arc<Engine>,
         request: Arc<DecideRequest>,
         principal: &str,
+        by_gateway: bool,
         deadline: tokio::time::Instant,
     ) -> Answered {
-        match self.decide_by(engine, request, principal, deadline).await {
+        match self
+            .decide_by(engine, request, principal, by_gateway, deadline)
+            .await
+        {
             Ok(answered) => answered,
             Err(failure) => Answered::InTime(Err(failure)),
         }
@@ -186,6 +194,7 @@ impl Decider {
         engine: Arc<Engine>,
         request: Arc<DecideRequest>,
         principal: &str,
+        by_gateway: bool,
         deadline: tokio::time::Instant,
     ) -> Result<Answered, Failure> {
         let prescanned = if text_bytes(&request) <= PRESCAN_INLINE_UP_TO {
@@ -194,9 +203,13 @@ impl Decider {
             // A long text ties up its thread for milliseconds: not one of the async workers,
             // which serve every other connection meanwhile.
             let (engine, request) = (engine.clone(), request.clone());
-            tokio::task::spawn_blocking(move || engine.prescan(&request))
-                .await
-                .map_err(|_| Failure::storage("scanning the request failed (a panic)"))?
+            let scanning = tokio::task::spawn_blocking(move || engine.prescan(&request));
+            match tokio::time::timeout_at(deadline, scanning).await {
+                Ok(scanned) => scanned
+                    .map_err(|_| Failure::storage("scanning the request failed (a panic)"))?,
+                // Nothing decided yet, so nothing to abandon.
+                Err(_) => return Ok(Answered::Late(None)),
+            }
         };
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
@@ -204,6 +217,7 @@ impl Decider {
             engine,
             request,
             principal: principal.to_string(),
+            by_gateway,
             reply,
         };
         self.work
@@ -357,6 +371,9 @@ fn decide_in_batches(gw: &Arc<Gateway>, jobs: Vec<Job>, outcomes: Vec<Finished>)
                 }
                 for (job, decision) in decided {
                     let submitted = submit_async(&gw.ledger, &decision);
+                    if job.by_gateway && decision.verdict == Verdict::Allow {
+                        gw.will_settle(&job.engine, &job.request, &decision);
+                    }
                     let (engine, request) = (job.engine.clone(), job.request.clone());
                     // Given up while it was decided: withdrawn once its record lands.
                     if let Some((decision, submitted)) = job.deliver(decision, submitted) {

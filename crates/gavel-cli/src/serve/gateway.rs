@@ -254,15 +254,16 @@ impl Gateway {
         let late = || Failure::storage(format!("no durable decision within {timeout:?}"));
         let answered = self
             .decider
-            .decide(engine.clone(), request.clone(), principal, deadline)
+            .decide(
+                engine.clone(),
+                request.clone(),
+                principal,
+                by_gateway,
+                deadline,
+            )
             .await;
         let (decision, submitted) = match answered {
-            Answered::InTime(Ok((decision, submitted))) => {
-                if by_gateway && decision.verdict == Verdict::Allow {
-                    self.will_settle(&engine, &request, &decision);
-                }
-                (decision, submitted)
-            }
+            Answered::InTime(Ok(decided)) => decided,
             Answered::InTime(Err(failure)) => {
                 return self.refused(&engine, &request, principal, failure)
             }
@@ -308,12 +309,14 @@ impl Gateway {
                 }
             }
             Err(why) => {
-                // Withdrawn, so no outcome is to come.
-                self.forget_call(&decision.decision_id);
-                // Giving back the reservation writes SQLite: a blocking thread again.
+                // Giving back the reservation writes SQLite: a blocking thread again. Off the
+                // register (no outcome is to come) only there, where the withdrawal surely
+                // runs: cut before, the sweep at shutdown withdraws it.
                 let (gw, in_force, req) = (self.clone(), engine.clone(), request.clone());
                 let withdrawing = tokio::task::spawn_blocking(move || {
-                    withdrawn(&in_force, &gw.store, &req, &decision, &why)
+                    let blocked = withdrawn(&in_force, &gw.store, &req, &decision, &why);
+                    gw.forget_call(&decision.decision_id);
+                    blocked
                 });
                 match withdrawing.await {
                     Ok(blocked) => Ruling {
@@ -523,7 +526,7 @@ impl Gateway {
             })
         });
         match registered {
-            // One outcome per call: a second (its task outlived the sweep at shutdown) is late.
+            // One outcome per call: a second would settle and record it twice.
             Some((_, false)) => {
                 tracing::warn!(decision_id = %decision.decision_id, "a second outcome for one call was dropped");
             }
@@ -554,7 +557,12 @@ impl Gateway {
     /// Registers an allowed call through the proxy as one whose outcome the gateway settles
     /// itself ([`Gateway::settles_itself`] says so until it has, and [`Gateway::close_open_calls`]
     /// finishes it if it is cut).
-    fn will_settle(&self, engine: &Arc<Engine>, request: &Arc<DecideRequest>, decision: &Decision) {
+    pub fn will_settle(
+        &self,
+        engine: &Arc<Engine>,
+        request: &Arc<DecideRequest>,
+        decision: &Decision,
+    ) {
         if let Ok(mut settling) = self.settling_itself.lock() {
             settling.insert(
                 decision.decision_id.clone(),

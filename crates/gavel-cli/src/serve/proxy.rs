@@ -526,6 +526,15 @@ impl Call {
         Ok(event(&chunk))
     }
 
+    /// Hands `bytes` to the client's connection; false if the client is gone, or has taken
+    /// nothing for as long as an upstream may stay silent: a client that stops reading must
+    /// not hold its call (and its outcome) open beyond the upstream's own limits.
+    async fn to_client(&self, tx: &tokio::sync::mpsc::Sender<Bytes>, bytes: Bytes) -> bool {
+        tx.send_timeout(bytes, self.gw.upstreams.timeouts.first_byte)
+            .await
+            .is_ok()
+    }
+
     fn guard(&self) -> OutputGuard {
         OutputGuard::new(self.gw.output_scanners.clone(), self.output_actions())
     }
@@ -627,7 +636,7 @@ impl Call {
             .await
         {
             let error = output_refusal(decision, &v);
-            let _ = tx.send(event(&error.body())).await;
+            self.to_client(tx, event(&error.body())).await;
             summary.ended = format!("cut: {}", v.code.as_str());
             summary.violation = Some(v);
         }
@@ -677,7 +686,7 @@ impl Call {
                     summary.ended = why.clone();
                     let error =
                         ApiError::new(StatusCode::BAD_GATEWAY, "upstream.stream_broken", why);
-                    let _ = tx.send(event(&error.body())).await;
+                    self.to_client(tx, event(&error.body())).await;
                     return Ok(());
                 }
             };
@@ -687,9 +696,10 @@ impl Call {
                 if data == "[DONE]" {
                     if let Some(choices) = guard.finish()? {
                         let tail = self.tail_event(template.as_ref(), choices, guard)?;
-                        let _ = tx.send(tail).await;
+                        self.to_client(tx, tail).await;
                     }
-                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    self.to_client(tx, Bytes::from_static(b"data: [DONE]\n\n"))
+                        .await;
                     summary.ended = "done".to_string();
                     return Ok(());
                 }
@@ -704,7 +714,7 @@ impl Call {
                 if let Some(error) = chunk.get_mut("error").filter(|e| !e.is_null()) {
                     let mut chunk = json!({ "error": error.take() });
                     guard_strings(&mut chunk, &|| self.guard(), &mut guard.findings)?;
-                    let _ = tx.send(event(&chunk)).await;
+                    self.to_client(tx, event(&chunk)).await;
                     summary.ended = "upstream error event".to_string();
                     return Ok(());
                 }
@@ -731,8 +741,8 @@ impl Call {
                     sends.push(self.tail_event(Some(&chunk), choices, guard)?);
                 }
                 for bytes in sends {
-                    if tx.send(bytes).await.is_err() {
-                        summary.ended = "client disconnected".to_string();
+                    if !self.to_client(tx, bytes).await {
+                        summary.ended = "client disconnected or stopped reading".to_string();
                         return Ok(());
                     }
                 }

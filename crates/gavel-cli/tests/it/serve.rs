@@ -717,6 +717,18 @@ fn answer(mut stream: TcpStream) {
         let error =
             json!({ "error": { "message": format!("quota of {token} exceeded") } }).to_string();
         let _ = stream.write_all(sse(&[error]).as_bytes());
+    } else if body.contains("fault:stream-long") {
+        // About 16 MB of ordinary text, an event at a time: more than sockets buffer.
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
+        let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{ "index": 0, "delta": { "content": "The guide is in the wiki. ".repeat(8) }, "finish_reason": null }] });
+        let event = format!("data: {chunk}\n\n");
+        for _ in 0..(16 << 20) / event.len() {
+            if stream.write_all(event.as_bytes()).is_err() {
+                return;
+            }
+        }
+        let _ = stream.write_all(b"data: [DONE]\n\n");
     } else if body.contains("fault:slow") {
         // The usual answer, a second late.
         std::thread::sleep(Duration::from_secs(1));
@@ -981,6 +993,31 @@ fn a_call_whose_client_hangs_up_still_records_its_outcome() {
         wait_for(|| outcomes() > before),
         "the outcome of a call decided after its client left was not recorded"
     );
+}
+
+/// A client that keeps its stream open but stops reading does not hold the call open: once
+/// it has taken nothing for as long as an upstream may stay silent, the stream ends and its
+/// outcome is recorded.
+#[test]
+fn a_client_that_stops_reading_does_not_hold_its_call() {
+    let upstream = faulty_upstream();
+    let r = with_upstream(&upstream, false);
+    let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "1s"]);
+    let mut streamed = chat(&r.g, "fault:stream-long");
+    streamed["stream"] = json!(true);
+    // Never read from.
+    let _idle = send_chat(&s.addr, &r.service, &streamed.to_string());
+    let stopped = wait_for(|| {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=outcome",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .contains("stopped reading")
+    });
+    assert!(stopped, "the stream's outcome was not recorded");
 }
 
 /// A call still upstream when the gateway stops (past its drain) is cut, and gets its outcome
