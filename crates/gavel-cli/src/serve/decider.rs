@@ -80,6 +80,8 @@ pub struct Queue(Receiver<Work>);
 enum Work {
     Decide(Job),
     Settle(Finished),
+    /// Handle what came before, then say so.
+    Fence(std::sync::mpsc::Sender<()>),
     /// Handle what came before, then stop.
     Stop,
 }
@@ -158,6 +160,17 @@ impl Decider {
             if thread.join().is_err() {
                 tracing::error!("the decider thread ended with a panic");
             }
+        }
+    }
+
+    /// Returns once everything queued before it is handled (at most about 15 s): at shutdown,
+    /// once no request is left, so that what the decider had in hand is registered or
+    /// abandoned before the gateway finishes the calls that were cut
+    /// ([`Gateway::close_open_calls`]).
+    pub fn fence(&self) {
+        let (done, handled) = std::sync::mpsc::channel();
+        if self.work.send(Work::Fence(done)).is_ok() {
+            let _ = handled.recv_timeout(Duration::from_secs(15));
         }
     }
 
@@ -243,6 +256,7 @@ impl Decider {
 struct Taken {
     jobs: Vec<Job>,
     outcomes: Vec<Finished>,
+    fences: Vec<std::sync::mpsc::Sender<()>>,
     stop: bool,
 }
 
@@ -251,6 +265,7 @@ impl Taken {
         match work {
             Work::Decide(job) => self.jobs.push(job),
             Work::Settle(finished) => self.outcomes.push(finished),
+            Work::Fence(done) => self.fences.push(done),
             Work::Stop => self.stop = true,
         }
     }
@@ -283,6 +298,7 @@ fn run(queue: &Receiver<Work>, gateway: &Weak<Gateway>) {
         let Taken {
             jobs,
             outcomes,
+            fences,
             stop,
         } = taken;
         stopping = stop;
@@ -301,6 +317,9 @@ fn run(queue: &Receiver<Work>, gateway: &Weak<Gateway>) {
         let batches = AssertUnwindSafe(|| decide_in_batches(&gw, jobs, outcomes));
         if catch_unwind(batches).is_err() {
             tracing::error!("a batch of decisions failed with a panic; they were refused");
+        }
+        for done in fences {
+            let _ = done.send(());
         }
     }
 }

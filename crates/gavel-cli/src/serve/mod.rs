@@ -178,6 +178,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     runtime.shutdown_timeout(Duration::from_secs(2));
     // No task runs any more: the calls cut meanwhile get their outcomes, then the decider
     // settles and records every last outcome, then the final checkpoint is signed.
+    gw.decider.fence();
     gw.close_open_calls();
     gw.decider.stop();
     match Arc::into_inner(gw) {
