@@ -1007,16 +1007,7 @@ fn a_client_that_stops_reading_does_not_hold_its_call() {
     streamed["stream"] = json!(true);
     // Never read from.
     let _idle = send_chat(&s.addr, &r.service, &streamed.to_string());
-    let stopped = wait_for(|| {
-        s.request(
-            "GET",
-            "/v1/audit/records?kind=outcome",
-            Some(&r.auditor),
-            None,
-        )
-        .body
-        .contains("stopped reading")
-    });
+    let stopped = outcome_recorded(&s, &r.auditor, "stopped reading");
     assert!(stopped, "the stream's outcome was not recorded");
 }
 
@@ -1257,6 +1248,15 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
     assert_eq!(s.stop(), 0);
     r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
         .ok();
+}
+
+/// Whether an outcome record holding `text` appears (within `wait_for`'s time).
+fn outcome_recorded(s: &Server, auditor: &str, text: &str) -> bool {
+    wait_for(|| {
+        s.request("GET", "/v1/audit/records?kind=outcome", Some(auditor), None)
+            .body
+            .contains(text)
+    })
 }
 
 fn wait_for(mut done: impl FnMut() -> bool) -> bool {
@@ -1600,16 +1600,7 @@ fn circuit_breaker_opens_after_failures_and_probes_to_close() {
         "{}",
         open.body
     );
-    let recorded = wait_for(|| {
-        s.request(
-            "GET",
-            "/v1/audit/records?kind=outcome",
-            Some(&r.auditor),
-            None,
-        )
-        .body
-        .contains("circuit is open")
-    });
+    let recorded = outcome_recorded(&s, &r.auditor, "circuit is open");
     assert!(recorded, "the open circuit is not in the outcome record");
     std::thread::sleep(Duration::from_millis(1700));
     // The probe succeeds and closes the circuit.
