@@ -193,23 +193,7 @@ impl Decider {
         by_gateway: bool,
         deadline: tokio::time::Instant,
     ) -> Answered {
-        match self
-            .decide_by(engine, request, principal, by_gateway, deadline)
-            .await
-        {
-            Ok(answered) => answered,
-            Err(failure) => Answered::InTime(Err(failure)),
-        }
-    }
-
-    async fn decide_by(
-        &self,
-        engine: Arc<Engine>,
-        request: Arc<DecideRequest>,
-        principal: &str,
-        by_gateway: bool,
-        deadline: tokio::time::Instant,
-    ) -> Result<Answered, Failure> {
+        let refused = |why: &str| Answered::InTime(Err(Failure::storage(why)));
         let prescanned = if text_bytes(&request) <= PRESCAN_INLINE_UP_TO {
             engine.prescan(&request)
         } else {
@@ -218,10 +202,10 @@ impl Decider {
             let (engine, request) = (engine.clone(), request.clone());
             let scanning = tokio::task::spawn_blocking(move || engine.prescan(&request));
             match tokio::time::timeout_at(deadline, scanning).await {
-                Ok(scanned) => scanned
-                    .map_err(|_| Failure::storage("scanning the request failed (a panic)"))?,
+                Ok(Ok(scanned)) => scanned,
+                Ok(Err(_)) => return refused("scanning the request failed (a panic)"),
                 // Nothing decided yet, so nothing to abandon.
-                Err(_) => return Ok(Answered::Late(None)),
+                Err(_) => return Answered::Late(None),
             }
         };
         let (reply, mut answer) = oneshot::channel();
@@ -233,19 +217,17 @@ impl Decider {
             by_gateway,
             reply,
         };
-        self.work
-            .send(Work::Decide(job))
-            .map_err(|_| Failure::storage("the decider has stopped"))?;
+        if self.work.send(Work::Decide(job)).is_err() {
+            return refused("the decider has stopped");
+        }
         match tokio::time::timeout_at(deadline, &mut answer).await {
-            Ok(answered) => Ok(Answered::InTime(answered.map_err(|_| {
-                Failure::storage("the decision was lost: the decider failed while deciding it")
-            })?)),
+            Ok(Ok(decided)) => Answered::InTime(decided),
+            Ok(Err(_)) => refused("the decision was lost: the decider failed while deciding it"),
             Err(_) => {
                 // Closed first, so that the decider either finds nobody waiting or has already
                 // handed over what it decided, which is taken here.
                 answer.close();
-                let handed_over = answer.try_recv().ok().and_then(Result::ok);
-                Ok(Answered::Late(handed_over))
+                Answered::Late(answer.try_recv().ok().and_then(Result::ok))
             }
         }
     }
