@@ -394,7 +394,7 @@ impl DecideRequest {
     /// ([`Message::other_content`]), then the offered tools' descriptions. Only the first three
     /// kinds can be redacted ([`DecideRequest::redactable_texts`]).
     pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
-        self.texts_with(true, true)
+        self.texts_with(true)
     }
 
     /// The `user` parameter (the end user's id, which OpenAI's API takes), when it is a string:
@@ -411,7 +411,7 @@ impl DecideRequest {
     ///
     /// [`Contract::image_tokens_of`]: gavel_contract::Contract::image_tokens_of
     pub fn counted_texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
-        self.texts_with(false, false)
+        self.texts_with(false)
     }
 
     /// How many images the request's messages carry (content parts with an `image_url`).
@@ -427,10 +427,11 @@ impl DecideRequest {
             .count() as u64
     }
 
+    /// [`Self::texts`] with `as_sent`; [`Self::counted_texts`] without: then no image URL or
+    /// data and no `user` parameter, which the model does not read as text.
     fn texts_with(
         &self,
-        images: bool,
-        user: bool,
+        as_sent: bool,
     ) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
         let messages = self.messages.iter().map(|m| {
             let role = role_of(m.role);
@@ -446,7 +447,7 @@ impl DecideRequest {
             .map(|p| (p.role, std::borrow::Cow::Borrowed(p.text.as_str())));
         let user = self
             .user_param()
-            .filter(|_| user)
+            .filter(|_| as_sent)
             .map(|u| (ContentRole::User, std::borrow::Cow::Borrowed(u)));
         // Tool-call arguments (in assistant messages and in a tool_call action) are content
         // too: they can carry secrets, PII or instructions, so they are scanned and hashed.
@@ -462,7 +463,7 @@ impl DecideRequest {
                 )
             });
         let others = self.messages.iter().filter_map(move |m| {
-            m.other_fields(images)
+            m.other_fields(as_sent)
                 .map(|text| (role_of(m.role), std::borrow::Cow::Owned(text)))
         });
         // Tool descriptions go to the model with the request, and conformance compares only a
