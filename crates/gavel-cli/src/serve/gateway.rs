@@ -106,16 +106,16 @@ const DEADLINE_PASSED: &str =
 
 /// An allowed call through the proxy, from its ALLOW until its settlement is committed.
 pub struct Open {
-    engine: Arc<Engine>,
-    request: Arc<DecideRequest>,
-    decision: Decision,
+    decided: Abandoned,
     /// Whether the upstream has been called ([`Gateway::calling`]).
     called: bool,
     /// Whether its outcome is on its way to the decider.
     outcome_queued: bool,
 }
 
-/// A decision given up at the deadline, with what withdrawing it needs.
+/// A decision with what withdrawing it needs, should it be abandoned: given up at its
+/// deadline, or cut at shutdown before its call.
+#[derive(Clone)]
 pub struct Abandoned {
     engine: Arc<Engine>,
     request: Arc<DecideRequest>,
@@ -429,15 +429,11 @@ impl Gateway {
             for o in open.values_mut().filter(|o| !o.outcome_queued) {
                 // Whatever a task still running would say comes too late: one outcome each.
                 o.outcome_queued = true;
-                let abandoned = Abandoned {
-                    engine: o.engine.clone(),
-                    request: o.request.clone(),
-                    decision: o.decision.clone(),
-                };
+                let decided = o.decided.clone();
                 if o.called {
-                    cut.push((abandoned.engine, abandoned.decision));
+                    cut.push((decided.engine, decided.decision));
                 } else {
-                    never_called.push(abandoned);
+                    never_called.push(decided);
                 }
             }
         }
@@ -522,7 +518,7 @@ impl Gateway {
             open.get_mut(&decision.decision_id).map(|o| {
                 let first = !o.outcome_queued;
                 o.outcome_queued = true;
-                (o.engine.clone(), first)
+                (o.decided.engine.clone(), first)
             })
         });
         match registered {
@@ -567,9 +563,11 @@ impl Gateway {
             settling.insert(
                 decision.decision_id.clone(),
                 Open {
-                    engine: engine.clone(),
-                    request: request.clone(),
-                    decision: decision.clone(),
+                    decided: Abandoned {
+                        engine: engine.clone(),
+                        request: request.clone(),
+                        decision: decision.clone(),
+                    },
                     called: false,
                     outcome_queued: false,
                 },
