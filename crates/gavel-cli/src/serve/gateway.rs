@@ -621,6 +621,11 @@ impl Gateway {
             .map(|p| p.output)
     }
 
+    /// A guard for one answer under [`Gateway::output_actions`].
+    pub fn output_guard(&self) -> super::output::OutputGuard {
+        super::output::OutputGuard::new(self.output_scanners.clone(), self.output_actions())
+    }
+
     /// Replaces the reservations of `finished` with their actual usage, in `batch`'s
     /// transaction; the decisions it settled. A failure is logged: the reservation then stays
     /// charged at the estimate.

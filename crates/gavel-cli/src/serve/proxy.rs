@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use gavel_contract::{Contract, Deployment, Fallback, FindingAction, PrivacyActions};
+use gavel_contract::{Contract, Deployment, Fallback, FindingAction};
 use gavel_engine::{
     DecideRequest, Decision, Message, MessageContent, Obligation, ToolDefinition, Usage, Verdict,
 };
@@ -212,23 +212,39 @@ fn no_secret_in_identifiers(request: DecideRequest) -> ApiResult<DecideRequest> 
     }
 }
 
-/// An upstream's refusal (an answer that is not a 2xx) guarded like any answer, since an error
-/// message can quote what it was sent: the body to relay, or the violation. The guards'
-/// findings go into `findings`.
-fn guarded_refusal(
+/// An upstream's refusal (an answer that is not a 2xx), relayed as it gave it once guarded like
+/// any answer (an error message can quote what it was sent, or anything), or refused if a
+/// guard blocks; recorded either way. Chat and embeddings alike.
+fn relay_refusal(
+    gw: &Gateway,
+    decision: &Decision,
+    ran_on: &str,
+    status: StatusCode,
     body: &Bytes,
-    guard: &dyn Fn() -> OutputGuard,
-    findings: &mut Vec<Value>,
-) -> Result<Bytes, Violation> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(mut refusal) => {
-            guard_strings(&mut refusal, guard, findings).map(|()| Bytes::from(refusal.to_string()))
-        }
+    started: Instant,
+) -> Response {
+    let mut findings = Vec::new();
+    let guarded = match serde_json::from_slice::<Value>(body) {
+        Ok(mut refusal) => guard_strings(&mut refusal, &|| gw.output_guard(), &mut findings)
+            .map(|()| Bytes::from(refusal.to_string())),
         Err(_) => {
-            let mut whole = guard();
+            let mut whole = gw.output_guard();
             let checked = whole.whole(&String::from_utf8_lossy(body));
             findings.append(&mut whole.findings);
             checked.map(Bytes::from)
+        }
+    };
+    let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64, "output_findings": findings });
+    match guarded {
+        Ok(body) => {
+            gw.record_outcome(decision, ran_on, &Usage::default(), details);
+            passthrough(status, body, decision)
+        }
+        Err(v) => {
+            metrics::output_violation(ran_on, v.code.as_str());
+            details["output_violation"] = v.record();
+            gw.record_outcome(decision, ran_on, &Usage::default(), details);
+            output_refusal(decision, &v).into_response()
         }
     }
 }
@@ -370,26 +386,14 @@ impl Call {
     ) -> Response {
         let decision = &ruling.decision;
         if !status.is_success() {
-            // The upstream refused the request (4xx): its answer, as it gave it once guarded
-            // like any answer (an error message can quote what it was sent, or anything).
-            let mut findings = Vec::new();
-            let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": self.started.elapsed().as_millis() as u64 });
-            let guarded = guarded_refusal(&body, &|| self.guard(), &mut findings);
-            details["output_findings"] = json!(findings);
-            return match guarded {
-                Ok(body) => {
-                    self.gw
-                        .record_outcome(decision, &deployment.id, &Usage::default(), details);
-                    passthrough(status, body, decision)
-                }
-                Err(v) => {
-                    metrics::output_violation(&deployment.id, v.code.as_str());
-                    details["output_violation"] = v.record();
-                    self.gw
-                        .record_outcome(decision, &deployment.id, &Usage::default(), details);
-                    output_refusal(decision, &v).into_response()
-                }
-            };
+            return relay_refusal(
+                &self.gw,
+                decision,
+                &deployment.id,
+                status,
+                &body,
+                self.started,
+            );
         }
         let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
             self.gw.record_outcome(
@@ -490,6 +494,7 @@ impl Call {
     /// has not cleared yet.
     fn withhold_logprobs(&self, answer: &mut Value) {
         let guarded = self
+            .gw
             .output_actions()
             .is_some_and(|a| a.pii != FindingAction::Allow || a.secret != FindingAction::Allow);
         if !guarded {
@@ -536,11 +541,7 @@ impl Call {
     }
 
     fn guard(&self) -> OutputGuard {
-        OutputGuard::new(self.gw.output_scanners.clone(), self.output_actions())
-    }
-
-    fn output_actions(&self) -> Option<PrivacyActions> {
-        self.gw.output_actions()
+        self.gw.output_guard()
     }
 
     /// The approved fallback response, in the shape the client asked for.
@@ -630,7 +631,7 @@ impl Call {
         tx: &tokio::sync::mpsc::Sender<Bytes>,
     ) -> StreamSummary {
         let mut summary = StreamSummary::default();
-        let mut guard = StreamGuard::new(self.gw.output_scanners.clone(), self.output_actions());
+        let mut guard = StreamGuard::new(self.gw.output_scanners.clone(), self.gw.output_actions());
         if let Err(v) = self
             .relay_events(&mut guard, &mut summary, deployment, upstream, tx)
             .await
@@ -1214,26 +1215,15 @@ async fn embed(
         .call(endpoint, "/embeddings", &Value::Object(body), false)
         .await
     {
-        Ok(Reply::Whole { status, body }) if !status.is_success() => {
-            // Guarded as the chat route guards a refusal (its vectors are no text to guard).
-            let actions = gw.output_actions();
-            let guard = || OutputGuard::new(gw.output_scanners.clone(), actions);
-            let mut findings = Vec::new();
-            let guarded = guarded_refusal(&body, &guard, &mut findings);
-            let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64, "output_findings": findings });
-            match guarded {
-                Ok(body) => {
-                    gw.record_outcome(&ruling.decision, &ran_on, &Usage::default(), details);
-                    Ok(passthrough(status, body, &ruling.decision))
-                }
-                Err(v) => {
-                    metrics::output_violation(&ran_on, v.code.as_str());
-                    details["output_violation"] = v.record();
-                    gw.record_outcome(&ruling.decision, &ran_on, &Usage::default(), details);
-                    Ok(output_refusal(&ruling.decision, &v).into_response())
-                }
-            }
-        }
+        // Guarded as chat's are (an answer's vectors are no text to guard).
+        Ok(Reply::Whole { status, body }) if !status.is_success() => Ok(relay_refusal(
+            &gw,
+            &ruling.decision,
+            &ran_on,
+            status,
+            &body,
+            started,
+        )),
         Ok(Reply::Whole { status, body }) => {
             // Settled from the upstream's usage, or counted (the estimate's prompt tokens).
             let usage = serde_json::from_slice::<Value>(&body)
