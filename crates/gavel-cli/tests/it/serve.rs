@@ -174,6 +174,17 @@ impl Reply {
     }
 
     /// The OpenAI-shaped error's `code`.
+    /// Asserts the answer's status and error code, showing the body when they differ.
+    #[track_caller]
+    pub fn assert_is(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (status, code),
+            "{}",
+            self.body
+        );
+    }
+
     pub fn code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()
@@ -601,12 +612,7 @@ fn bad_input_gets_a_clear_error_and_the_gateway_stays_up() {
     let body = chat(&r.g, "hello").to_string();
     let raw = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {}\r\nX-Gavel-Run-Id: {key}\r\nContent-Length: {}\r\n\r\n{body}", r.service, body.len());
     let reply = s.raw(raw.as_bytes());
-    assert_eq!(
-        (reply.status, reply.code()),
-        (400, "invalid_request".to_string()),
-        "{}",
-        reply.body
-    );
+    reply.assert_is(400, "invalid_request");
     assert!(
         reply.body.contains("`run_id`") && !reply.body.contains(&key),
         "{}",
@@ -880,14 +886,13 @@ fn answer(mut stream: TcpStream) {
 fn a_decision_that_runs_out_of_time_is_refused() {
     let r = Ready::start();
     let s = Server::start(&r.g, &r.operator, &["--decision-timeout", "1s"]);
-    assert_eq!(
+    let ask = || {
         s.chat(
             Some(&r.service),
-            Some(&chat(&r.g, "Where is the VPN guide?"))
+            Some(&chat(&r.g, "Where is the VPN guide?")),
         )
-        .status,
-        200
-    );
+    };
+    assert_eq!(ask().status, 200);
     let (release, released_when) = std::sync::mpsc::channel::<()>();
     let (locked, locked_when) = std::sync::mpsc::channel::<()>();
     let db = r.g.path("gavel.db");
@@ -900,30 +905,15 @@ fn a_decision_that_runs_out_of_time_is_refused() {
         conn.execute_batch("ROLLBACK").unwrap();
     });
     locked_when.recv().unwrap();
-    let refused = s.chat(
-        Some(&r.service),
-        Some(&chat(&r.g, "Where is the VPN guide?")),
-    );
+    let refused = ask();
     // Answered while the lock is still held (without the deadline, the decision would wait for
     // it and be an ALLOW).
     let _ = release.send(());
     holder.join().unwrap();
-    assert_eq!(
-        (refused.status, refused.code()),
-        (503, "governance.unavailable".to_string()),
-        "{}",
-        refused.body
-    );
+    refused.assert_is(503, "governance.unavailable");
     // Given up before the decider could take it, it is never decided: the next request (which
     // the decider takes after it) is the second decision recorded, not the third.
-    assert_eq!(
-        s.chat(
-            Some(&r.service),
-            Some(&chat(&r.g, "Where is the VPN guide?"))
-        )
-        .status,
-        200
-    );
+    assert_eq!(ask().status, 200);
     let decisions = s.request(
         "GET",
         "/v1/audit/records?kind=decision",
@@ -1071,12 +1061,7 @@ fn the_caller_cannot_settle_a_proxied_call() {
     let outcome = json!({ "decision_id": decision_id, "deployment": "kb-search-v1",
         "usage": { "prompt_tokens": 0, "completion_tokens": 0 } });
     let reported = s.request("POST", "/v1/outcome", Some(&r.service), Some(&outcome));
-    assert_eq!(
-        (reported.status, reported.code()),
-        (409, "outcome.settled_by_gateway".to_string()),
-        "{}",
-        reported.body
-    );
+    reported.assert_is(409, "outcome.settled_by_gateway");
 }
 
 /// A folder whose kb-search-v1 calls `upstream` (and, with `fallback`, falls back to a canned
@@ -1174,12 +1159,7 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
     let r = with_upstream(&upstream, false);
     let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "1s"]);
     let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:500")));
-    assert_eq!(
-        (reply.status, reply.code()),
-        (502, "upstream.unavailable".to_string()),
-        "{}",
-        reply.body
-    );
+    reply.assert_is(502, "upstream.unavailable");
     assert!(reply.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -1626,12 +1606,7 @@ fn a_stalled_mock_answer_ends_at_the_first_byte_timeout() {
         Some(&r.service),
         Some(&chat(&r.g, "Are you there? [mock:stall]")),
     );
-    assert_eq!(
-        (reply.status, reply.code()),
-        (502, "upstream.unavailable".to_string()),
-        "{}",
-        reply.body
-    );
+    reply.assert_is(502, "upstream.unavailable");
     assert!(reply.body.contains("first-byte timeout"), "{}", reply.body);
 }
 
@@ -1674,12 +1649,7 @@ fn answers_are_guarded_outside_their_content_too() {
         Some(&r.service),
         Some(&embedding("fault:400-secret")),
     );
-    assert_eq!(
-        (refused.status, refused.code()),
-        (403, "privacy.secret".to_string()),
-        "{}",
-        refused.body
-    );
+    refused.assert_is(403, "privacy.secret");
     assert!(!refused.body.contains("ghp_"), "{}", refused.body);
     let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
     // A parameter named with a secret would be named in the refusal's reason, in the ledger.
@@ -1691,12 +1661,7 @@ fn answers_are_guarded_outside_their_content_too() {
         Some(&r.service),
         Some(&secret_key),
     );
-    assert_eq!(
-        (refused.status, refused.code()),
-        (400, "invalid_request".to_string()),
-        "{}",
-        refused.body
-    );
+    refused.assert_is(400, "invalid_request");
     assert!(!refused.body.contains("ghp_"), "{}", refused.body);
     let body = embedding("hello").to_string();
     let mut raw = format!(
@@ -1708,12 +1673,7 @@ fn answers_are_guarded_outside_their_content_too() {
     raw.extend_from_slice(b"\xe9\r\n\r\n");
     raw.extend_from_slice(body.as_bytes());
     let not_ascii = s.raw(&raw);
-    assert_eq!(
-        (not_ascii.status, not_ascii.code()),
-        (400, "invalid_request".to_string()),
-        "{}",
-        not_ascii.body
-    );
+    not_ascii.assert_is(400, "invalid_request");
     for fault in ["fault:stream-error-secret", "fault:stream-refusal-secret"] {
         let mut streamed = chat(&r.g, fault);
         streamed["stream"] = json!(true);
@@ -1752,12 +1712,7 @@ fn answers_are_guarded_outside_their_content_too() {
     assert!(!reply.body.contains("jane"), "{}", reply.body);
     // JSON that is no answer: a clear error, or (events in a stream) not relayed.
     let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:not-object")));
-    assert_eq!(
-        (reply.status, reply.code()),
-        (502, "upstream.invalid".to_string()),
-        "{}",
-        reply.body
-    );
+    reply.assert_is(502, "upstream.invalid");
     let mut streamed = chat(&r.g, "fault:stream-not-object");
     streamed["stream"] = json!(true);
     let reply = s.chat(Some(&r.service), Some(&streamed));
@@ -1867,12 +1822,7 @@ fn the_header_limit_is_exact() {
     };
     assert_eq!(s.raw(head(60_000).as_bytes()).status, 200);
     let over = s.raw(head(90_000).as_bytes());
-    assert_eq!(
-        (over.status, over.code()),
-        (431, "headers_too_large".to_string()),
-        "{}",
-        over.body
-    );
+    over.assert_is(431, "headers_too_large");
 }
 
 /// The JSON events of a server-sent-event body.
