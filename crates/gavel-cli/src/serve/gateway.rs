@@ -205,30 +205,10 @@ impl Gateway {
     /// take turns the decision into BLOCK `governance.unavailable` (and gives back what it held).
     /// Its caller reports its outcome (the decide API).
     pub async fn decide(self: &Arc<Self>, request: Arc<DecideRequest>, principal: &str) -> Ruling {
-        self.decide_settled_by(request, principal, false).await
-    }
-
-    /// [`Gateway::decide`] for a call through the proxy, whose outcome the gateway settles
-    /// itself: an ALLOW is registered ([`Gateway::settles_itself`]) as soon as it is decided,
-    /// so that from then on it ends in an outcome whatever happens, shutdown included.
-    pub async fn decide_for_call(
-        self: &Arc<Self>,
-        request: Arc<DecideRequest>,
-        principal: &str,
-    ) -> Ruling {
-        self.decide_settled_by(request, principal, true).await
-    }
-
-    async fn decide_settled_by(
-        self: &Arc<Self>,
-        request: Arc<DecideRequest>,
-        principal: &str,
-        by_gateway: bool,
-    ) -> Ruling {
         // A task of its own, so that it runs to the end even if the client goes away meanwhile:
         // a reservation the ledger refused must be given back, and the decision counted.
         let (gw, req, owner) = (self.clone(), request.clone(), principal.to_string());
-        let deciding = async move { gw.decide_to_the_end(req, &owner, by_gateway).await };
+        let deciding = async move { gw.decide_to_the_end(req, &owner, false).await };
         match tokio::spawn(deciding).await {
             Ok(ruling) => ruling,
             Err(e) => {
@@ -236,6 +216,21 @@ impl Gateway {
                 self.refused(&self.engine(), &request, principal, failure)
             }
         }
+    }
+
+    /// [`Gateway::decide`] for a call through the proxy, whose outcome the gateway settles
+    /// itself: the decider registers an ALLOW ([`Gateway::settles_itself`]) as it commits it,
+    /// so that from then on it ends in an outcome whatever happens, shutdown included. Its
+    /// callers already run on a task of their own to the end (the proxy's `ran_to_the_end`),
+    /// so it needs none.
+    pub async fn decide_for_call(
+        self: &Arc<Self>,
+        request: Arc<DecideRequest>,
+        principal: &str,
+    ) -> Ruling {
+        self.clone()
+            .decide_to_the_end(request, principal, true)
+            .await
     }
 
     async fn decide_to_the_end(
