@@ -20,6 +20,10 @@
 //! second thread makes each committed batch durable (the fsync) and only then
 //! acknowledges it, while the writer already commits the next batch: syncing
 //! overlaps writing, and the sink's write lock is not held through the fsync.
+//! A batch committed with nothing else queued behind it and nothing left to the
+//! sync thread is synced by the writer itself, after its commit: there is no
+//! commit to overlap, and a lone request's path is spared the sync thread's
+//! wake-up (on an idle machine the longest of its thread hand-overs).
 
 use crate::merkle::{leaf_hash, Hash, MerkleTree};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
@@ -30,7 +34,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -218,39 +223,60 @@ impl Ack {
     }
 }
 
-/// How committed work is acknowledged: at once (the sink's commits are durable), or by the
-/// sync thread after its next flush.
+/// How committed work is acknowledged: at once (the sink's commits are durable), or after a
+/// flush, by the sync thread or by the writer itself ([`Syncer`]).
 enum Acks {
     Now,
     AfterFlush {
+        syncer: Arc<Syncer>,
         tx: Sender<Ack>,
         handle: JoinHandle<()>,
     },
 }
 
-/// The sync thread: flushes once for everything that queued up meanwhile, then acknowledges
-/// it. After a failed flush nothing more is acknowledged: what the failed sync covered is in
-/// doubt, and a later sync that succeeds would not prove otherwise.
-fn flush_loop(
-    mut flusher: Box<dyn Flusher>,
-    rx: Receiver<Ack>,
+/// Makes committed work durable, then acknowledges it. After a failed flush nothing more is
+/// acknowledged: what the failed sync covered is in doubt, and a later sync that succeeds
+/// would not prove otherwise.
+struct Syncer {
+    /// Locked for each flush: the sync thread and the writer never flush at once.
+    flusher: Mutex<Box<dyn Flusher>>,
     failed: Arc<OnceLock<String>>,
     observer: Option<BatchObserver>,
-) {
+    /// Acknowledgements handed to the sync thread and not yet settled by it.
+    handed: AtomicUsize,
+}
+
+impl Syncer {
+    /// One flush for all of `acks` (committed before the call), then their callers hear.
+    fn flush_and_settle(&self, acks: Vec<Ack>) {
+        let durable = match self.failed.get() {
+            Some(f) => Err(LedgerError::Failed(f.clone())),
+            None => {
+                let flushed = match self.flusher.lock() {
+                    Ok(mut flusher) => flusher.flush().map_err(|e| e.to_string()),
+                    Err(_) => Err("a flush panicked".to_string()),
+                };
+                flushed.map_err(|e| {
+                    let msg = format!("sync failed: {e}");
+                    let _ = self.failed.set(msg.clone());
+                    LedgerError::Sink(msg)
+                })
+            }
+        };
+        for ack in acks {
+            ack.settle(durable.as_ref().map(|_| ()), self.observer.as_ref());
+        }
+    }
+}
+
+/// The sync thread: flushes once for everything that queued up meanwhile.
+fn flush_loop(syncer: &Syncer, rx: Receiver<Ack>) {
     while let Ok(first) = rx.recv() {
         let mut acks = vec![first];
         acks.extend(rx.try_iter());
-        let durable = match failed.get() {
-            Some(f) => Err(LedgerError::Failed(f.clone())),
-            None => flusher.flush().map_err(|e| {
-                let msg = format!("sync failed: {e}");
-                let _ = failed.set(msg.clone());
-                LedgerError::Sink(msg)
-            }),
-        };
-        for ack in acks {
-            ack.settle(durable.as_ref().map(|_| ()), observer.as_ref());
-        }
+        let taken = acks.len();
+        syncer.flush_and_settle(acks);
+        syncer.handed.fetch_sub(taken, Ordering::AcqRel);
     }
 }
 
@@ -441,6 +467,14 @@ impl Drop for Appender {
     }
 }
 
+/// Whether a message waits for the writer; one taken from `rx` to look is kept in `next`.
+fn peek(rx: &Receiver<Msg>, next: &mut Option<Msg>) -> bool {
+    if next.is_none() {
+        *next = rx.try_recv().ok();
+    }
+    next.is_some()
+}
+
 /// Moves queued appends into `batch` (up to `max`) without waiting; returns a
 /// non-append message met on the way.
 fn drain(rx: &Receiver<Msg>, batch: &mut Vec<Request>, max: usize) -> Option<Msg> {
@@ -583,21 +617,35 @@ impl<S: LedgerSink> Writer<S> {
             return Ok(());
         };
         let (tx, rx) = mpsc::channel();
-        let failed = Arc::clone(&self.failed);
-        let observer = self.observer.take();
+        let syncer = Arc::new(Syncer {
+            flusher: Mutex::new(flusher),
+            failed: Arc::clone(&self.failed),
+            observer: self.observer.take(),
+            handed: AtomicUsize::new(0),
+        });
+        let on_thread = Arc::clone(&syncer);
         let handle = std::thread::Builder::new()
             .name("gavel-ledger-sync".into())
-            .spawn(move || flush_loop(flusher, rx, failed, observer))
+            .spawn(move || flush_loop(&on_thread, rx))
             .map_err(|e| LedgerError::Sink(format!("cannot start the sync thread: {e}")))?;
-        self.acks = Acks::AfterFlush { tx, handle };
+        self.acks = Acks::AfterFlush { syncer, tx, handle };
         Ok(())
     }
 
-    fn acknowledge(&self, ack: Ack) {
+    /// Acknowledges committed work once it is durable. `more_queued` says whether work waits
+    /// behind it: then the sync thread flushes while the writer commits that work; otherwise,
+    /// with nothing left to the sync thread either, the writer flushes itself.
+    fn acknowledge(&self, ack: Ack, more_queued: bool) {
         match &self.acks {
             Acks::Now => ack.settle(Ok(()), self.observer.as_ref()),
-            Acks::AfterFlush { tx, .. } => {
+            Acks::AfterFlush { syncer, tx, .. } => {
+                if !more_queued && syncer.handed.load(Ordering::Acquire) == 0 {
+                    syncer.flush_and_settle(vec![ack]);
+                    return;
+                }
+                syncer.handed.fetch_add(1, Ordering::AcqRel);
                 if let Err(returned) = tx.send(ack) {
+                    syncer.handed.fetch_sub(1, Ordering::AcqRel);
                     let stopped = LedgerError::Failed("the ledger's sync thread stopped".into());
                     returned.0.settle(Err(&stopped), None);
                 }
@@ -611,9 +659,12 @@ impl<S: LedgerSink> Writer<S> {
         &self,
         reply: Option<CheckpointReply>,
         result: Result<Option<StoredCheckpoint>, LedgerError>,
+        more_queued: bool,
     ) {
         match result {
-            Ok(Some(checkpoint)) => self.acknowledge(Ack::Checkpoint { reply, checkpoint }),
+            Ok(Some(checkpoint)) => {
+                self.acknowledge(Ack::Checkpoint { reply, checkpoint }, more_queued);
+            }
             other => {
                 if let Some(reply) = reply {
                     let _ = reply.send(other);
@@ -624,7 +675,7 @@ impl<S: LedgerSink> Writer<S> {
 
     /// Waits until the sync thread has acknowledged everything committed.
     fn finish(self) {
-        if let Acks::AfterFlush { tx, handle } = self.acks {
+        if let Acks::AfterFlush { tx, handle, .. } = self.acks {
             drop(tx);
             let _ = handle.join();
         }
@@ -643,7 +694,8 @@ impl<S: LedgerSink> Writer<S> {
                             Ok(m) => m,
                             Err(RecvTimeoutError::Timeout) => {
                                 let result = self.checkpoint();
-                                self.checkpoint_done(None, result);
+                                let more_queued = peek(&rx, &mut next);
+                                self.checkpoint_done(None, result, more_queued);
                                 continue;
                             }
                             Err(RecvTimeoutError::Disconnected) => break,
@@ -659,15 +711,19 @@ impl<S: LedgerSink> Writer<S> {
                 Msg::Append(first) => {
                     let mut batch = vec![first];
                     next = self.gather(&rx, &mut batch);
-                    self.commit(batch);
+                    if let Some(ack) = self.commit(batch) {
+                        let more_queued = peek(&rx, &mut next);
+                        self.acknowledge(ack, more_queued);
+                    }
                 }
                 Msg::Checkpoint(reply) => {
                     let result = self.checkpoint();
-                    self.checkpoint_done(Some(reply), result);
+                    let more_queued = peek(&rx, &mut next);
+                    self.checkpoint_done(Some(reply), result, more_queued);
                 }
                 Msg::Close(reply) => {
                     let result = self.checkpoint();
-                    self.checkpoint_done(Some(reply), result);
+                    self.checkpoint_done(Some(reply), result, false);
                     break;
                 }
             }
@@ -675,7 +731,7 @@ impl<S: LedgerSink> Writer<S> {
         // Every handle is gone without `close`: still leave a signed tail (after a `close`
         // there is nothing left to sign).
         let result = self.checkpoint();
-        self.checkpoint_done(None, result);
+        self.checkpoint_done(None, result, false);
         self.finish();
     }
 
@@ -755,13 +811,15 @@ impl<S: LedgerSink> Writer<S> {
         self.unsigned_since = None;
     }
 
-    fn commit(&mut self, batch: Vec<Request>) {
+    /// Commits `batch`; what to acknowledge once it is durable, or None if it failed (its
+    /// callers have heard why).
+    fn commit(&mut self, batch: Vec<Request>) -> Option<Ack> {
         if let Some(f) = self.failed.get() {
             let err = LedgerError::Failed(f.clone());
             for r in batch {
                 r.reply.send(Err(err.clone()));
             }
-            return;
+            return None;
         }
         let base = self.tree.len();
         let mut replies = Vec::with_capacity(batch.len());
@@ -807,13 +865,13 @@ impl<S: LedgerSink> Writer<S> {
                         (self.last_seq + 1, None)
                     }
                 };
-                self.acknowledge(Ack::Records {
+                Some(Ack::Records {
                     replies,
                     base,
                     checkpoint_seq,
                     checkpoint_size,
                     started,
-                });
+                })
             }
             Err(e) => {
                 // The sink's transaction failed, so nothing from this batch
@@ -825,6 +883,7 @@ impl<S: LedgerSink> Writer<S> {
                 for reply in replies {
                     reply.send(Err(e.clone()));
                 }
+                None
             }
         }
     }

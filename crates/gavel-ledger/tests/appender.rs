@@ -509,3 +509,103 @@ fn a_failed_flush_fails_closed() {
         Err(LedgerError::Failed(_))
     ));
 }
+
+/// Records the thread each flush ran on; commits signal when they start and, with a `release`,
+/// wait for the test's word before committing.
+struct WatchedSink {
+    inner: MemorySink,
+    entered: std::sync::mpsc::Sender<()>,
+    release: Option<std::sync::mpsc::Receiver<()>>,
+    flushed_on: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+struct NamingFlusher(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl gavel_ledger::Flusher for NamingFlusher {
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.0.lock().unwrap().push(name);
+        Ok(())
+    }
+}
+
+impl LedgerSink for WatchedSink {
+    fn append(
+        &mut self,
+        records: &[AppendRecord],
+        checkpoint: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError> {
+        let _ = self.entered.send(());
+        if let Some(release) = &self.release {
+            release
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| SinkError::from("the test never released the commit"))?;
+        }
+        self.inner.append(records, checkpoint)
+    }
+    fn record_count(&self) -> Result<u64, SinkError> {
+        self.inner.record_count()
+    }
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+        self.inner.leaf_hashes(from, to)
+    }
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+        self.inner.read_records(from, to)
+    }
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+        self.inner.checkpoints()
+    }
+    fn flusher(&mut self) -> Result<Option<Box<dyn gavel_ledger::Flusher>>, SinkError> {
+        Ok(Some(Box::new(NamingFlusher(Arc::clone(&self.flushed_on)))))
+    }
+}
+
+#[test]
+fn a_lone_commit_is_synced_by_the_writer_and_one_with_work_behind_it_by_the_sync_thread() {
+    const WRITER: &str = "gavel-ledger-writer";
+    const SYNC: &str = "gavel-ledger-sync";
+    // One append at a time: nothing is ever queued behind a commit.
+    let flushed_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (entered, _) = std::sync::mpsc::channel();
+    let sink = WatchedSink {
+        inner: MemorySink::new(),
+        entered,
+        release: None,
+        flushed_on: Arc::clone(&flushed_on),
+    };
+    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
+    for i in 0..5 {
+        assert_eq!(app.append(&record(i)).unwrap().index, i as u64);
+    }
+    app.close().unwrap();
+    let threads = flushed_on.lock().unwrap().clone();
+    assert_eq!(threads.len(), 6, "five appends and the closing checkpoint");
+    assert!(threads.iter().all(|t| t == WRITER), "{threads:?}");
+
+    // A second append queued while the first commits: the first's flush goes to the sync
+    // thread, so that the second's commit overlaps it.
+    let flushed_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (entered, commits_started) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    let sink = WatchedSink {
+        inner: MemorySink::new(),
+        entered,
+        release: Some(released),
+        flushed_on: Arc::clone(&flushed_on),
+    };
+    let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
+    let first = app.submit(&record(0)).unwrap();
+    commits_started
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap();
+    let second = app.submit(&record(1)).unwrap();
+    // Both commits and the closing checkpoint's (a spare word or two is never read).
+    for _ in 0..5 {
+        release.send(()).unwrap();
+    }
+    assert_eq!(first.wait().unwrap().index, 0);
+    assert_eq!(second.wait().unwrap().index, 1);
+    app.close().unwrap();
+    let threads = flushed_on.lock().unwrap().clone();
+    assert_eq!(threads.first().map(String::as_str), Some(SYNC), "{threads:?}");
+}
