@@ -16,6 +16,9 @@ pub const EXIT_STORAGE: u8 = 4;
 pub struct Failure {
     pub exit_code: u8,
     pub message: String,
+    /// The stable code of a request that conflicts with the state of what it is about (the
+    /// HTTP API answers 409 with it); None for every other failure.
+    pub conflict: Option<&'static str>,
 }
 
 impl Failure {
@@ -23,6 +26,16 @@ impl Failure {
         Failure {
             exit_code: EXIT_INVALID,
             message: message.into(),
+            conflict: None,
+        }
+    }
+
+    /// A request refused because of the state of what it is about (exit code 1, HTTP 409 with
+    /// `code`).
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            conflict: Some(code),
+            ..Failure::invalid(message)
         }
     }
 
@@ -30,6 +43,7 @@ impl Failure {
         Failure {
             exit_code: EXIT_USAGE,
             message: message.into(),
+            conflict: None,
         }
     }
 
@@ -37,6 +51,7 @@ impl Failure {
         Failure {
             exit_code: EXIT_AUTH,
             message: message.into(),
+            conflict: None,
         }
     }
 
@@ -44,6 +59,7 @@ impl Failure {
         Failure {
             exit_code: EXIT_STORAGE,
             message: message.to_string(),
+            conflict: None,
         }
     }
 }

@@ -32,7 +32,9 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure { exit_code, message }) => {
+        Err(Failure {
+            exit_code, message, ..
+        }) => {
             context::note(&format!("gavel: {message}"));
             ExitCode::from(exit_code)
         }

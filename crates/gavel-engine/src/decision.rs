@@ -322,6 +322,22 @@ pub struct DecisionRecord<'d> {
     #[serde(flatten)]
     decision: &'d Decision,
     reason_codes: Vec<&'static str>,
+    /// `gateway` for a call through the gateway's proxy, whose outcome the gateway settles
+    /// itself from what the upstream reports; absent when the caller reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    settled_by: Option<&'static str>,
+}
+
+impl DecisionRecord<'_> {
+    /// The value of `settled_by` in the record of a decision the gateway settles itself.
+    pub const SETTLED_BY_GATEWAY: &'static str = "gateway";
+
+    /// Records that the gateway settles this decision's outcome: in the ledger, so that no
+    /// caller reports it instead (at a usage of its choosing), whenever and wherever from.
+    pub fn settled_by_gateway(mut self) -> Self {
+        self.settled_by = Some(Self::SETTLED_BY_GATEWAY);
+        self
+    }
 }
 
 /// The reservation a decision holds; settle it with the actual usage when the action is done.
@@ -382,6 +398,7 @@ impl Decision {
         DecisionRecord {
             decision: self,
             reason_codes: self.reason_code_strings(),
+            settled_by: None,
         }
     }
 

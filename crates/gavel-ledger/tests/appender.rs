@@ -607,5 +607,9 @@ fn a_lone_commit_is_synced_by_the_writer_and_one_with_work_behind_it_by_the_sync
     assert_eq!(second.wait().unwrap().index, 1);
     app.close().unwrap();
     let threads = flushed_on.lock().unwrap().clone();
-    assert_eq!(threads.first().map(String::as_str), Some(SYNC), "{threads:?}");
+    assert_eq!(
+        threads.first().map(String::as_str),
+        Some(SYNC),
+        "{threads:?}"
+    );
 }

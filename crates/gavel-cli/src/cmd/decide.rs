@@ -174,27 +174,33 @@ impl Submitted<Durable> {
 
 /// Queues a decision's record, and the record of the cooldown it started.
 pub fn submit(ledger: &Ledger, decision: &Decision) -> Submitted<Pending> {
-    queue(decision, |kind, at, id, body| {
+    queue(decision.record(), decision, |kind, at, id, body| {
         ledger.submit(kind, at, id, body)
     })
 }
 
-/// [`submit`] for async callers.
-pub fn submit_async(ledger: &Ledger, decision: &Decision) -> Submitted<Durable> {
-    queue(decision, |kind, at, id, body| {
+/// [`submit`] for async callers; `by_gateway` for a call through the gateway's proxy, whose
+/// outcome the gateway settles itself (its record says so: [`DecisionRecord::settled_by_gateway`]).
+pub fn submit_async(ledger: &Ledger, decision: &Decision, by_gateway: bool) -> Submitted<Durable> {
+    let record = match by_gateway {
+        true => decision.record().settled_by_gateway(),
+        false => decision.record(),
+    };
+    queue(record, decision, |kind, at, id, body| {
         ledger.submit_async(kind, at, id, body)
     })
 }
 
-fn queue<P>(
-    decision: &Decision,
+fn queue<'d, P>(
+    record: DecisionRecord<'d>,
+    decision: &'d Decision,
     send: impl Fn(RecordKind, Timestamp, &str, Body<'_>) -> Result<P, Failure>,
 ) -> Submitted<P> {
     let pending = send(
         RecordKind::Decision,
         now(),
         &decision.decision_id,
-        Body::Decision(decision.record()),
+        Body::Decision(record),
     );
     let cooldown = decision.started_cooldown.as_ref().map(|cooldown| {
         let body = Body::Change(ledger::change(
@@ -406,6 +412,12 @@ pub fn settle_outcome(
         .unwrap_or_default();
     if ran_on != deployment {
         return Err(Failure::invalid(format!("decision `{decision_id}` ran on `{ran_on}`; report its outcome with --deployment {ran_on}")));
+    }
+    if decided["settled_by"] == DecisionRecord::SETTLED_BY_GATEWAY {
+        return Err(Failure::conflict(
+            "outcome.settled_by_gateway",
+            format!("decision `{decision_id}` is a call through the gateway's proxy, which settles it with the usage the upstream reports; its outcome is not reported by its caller"),
+        ));
     }
     // Refused before anything is recorded: the ledger lists only outcomes that settled.
     if !store.reservation_open(decision_id)? {

@@ -10,7 +10,7 @@ use serde_json::json;
 use gavel_scan::{ContentRole, ScanConfig, Scanners};
 
 use crate::context::out;
-use crate::failure::{Failure, Outcome, EXIT_INVALID};
+use crate::failure::{Failure, Outcome};
 
 /// Files larger than this are refused: scan them in pieces.
 const MAX_SCAN_BYTES: u64 = 256 * 1024 * 1024;
@@ -77,10 +77,7 @@ pub fn run(input: &Path, role: &str, threshold: f32, format: &str) -> Outcome {
     }
     if found {
         // Not a failure of the command: exit 1 says "something was found", for scripts and CI.
-        return Err(Failure {
-            exit_code: EXIT_INVALID,
-            message: "findings at or above the threshold".into(),
-        });
+        return Err(Failure::invalid("findings at or above the threshold"));
     }
     Ok(())
 }

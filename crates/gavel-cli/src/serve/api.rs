@@ -97,13 +97,6 @@ pub async fn outcome(
             )
         })?;
     let reported = reported(fields)?;
-    if gw.settles_itself(&decision_id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "outcome.settled_by_gateway",
-            format!("decision `{decision_id}` is a call through this gateway's proxy, which settles it with the usage the upstream reports; its outcome is not reported here"),
-        ));
-    }
     blocking(move || {
         let recorded = settle_outcome(
             &gw.engine(),

@@ -371,8 +371,9 @@ fn decide_in_batches(gw: &Arc<Gateway>, jobs: Vec<Job>, outcomes: Vec<Finished>)
                     metrics::decision_batch(decided.len());
                 }
                 for (job, decision) in decided {
-                    let submitted = submit_async(&gw.ledger, &decision);
-                    if job.by_gateway && decision.verdict == Verdict::Allow {
+                    let by_gateway = job.by_gateway && decision.verdict == Verdict::Allow;
+                    let submitted = submit_async(&gw.ledger, &decision, by_gateway);
+                    if by_gateway {
                         gw.will_settle(&job.engine, &job.request, &decision);
                     }
                     let (engine, request) = (job.engine.clone(), job.request.clone());

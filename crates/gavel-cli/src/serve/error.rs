@@ -140,11 +140,12 @@ pub fn status_of(decision: &Decision) -> StatusCode {
 
 impl From<Failure> for ApiError {
     fn from(failure: Failure) -> Self {
-        let (status, code) = match failure.exit_code {
-            EXIT_INVALID | EXIT_USAGE => (StatusCode::BAD_REQUEST, "invalid_request"),
+        let (status, code) = match (failure.conflict, failure.exit_code) {
+            (Some(code), _) => (StatusCode::CONFLICT, code),
+            (None, EXIT_INVALID | EXIT_USAGE) => (StatusCode::BAD_REQUEST, "invalid_request"),
             // Keys are checked before a handler runs (401 there); an action's own refusal of
             // the caller (not your decision, not your role) is a 403.
-            EXIT_AUTH => (StatusCode::FORBIDDEN, "not_allowed"),
+            (None, EXIT_AUTH) => (StatusCode::FORBIDDEN, "not_allowed"),
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ReasonCode::GovernanceUnavailable.as_str(),

@@ -78,11 +78,12 @@ pub struct Gateway {
     /// The runtime the gateway serves on, for work started from the decider's thread.
     pub runtime: tokio::runtime::Handle,
     /// Decisions of calls through the proxy, from their ALLOW until the decider has committed
-    /// their settlement with what the upstream reported: nobody else may report their outcome
-    /// (a caller that did, first, would settle them at whatever usage it claimed). One whose
-    /// settlement failed stays: its reservation stays charged at the estimate (the store keeps
-    /// unsettled reservations), and so it should.
-    pub settling_itself: Mutex<HashMap<String, Open>>,
+    /// their settlement with what the upstream reported, so that each gets exactly one
+    /// outcome, a call cut at shutdown included ([`Gateway::close_open_calls`]). Nobody else
+    /// reports their outcome: their ledger records say the gateway settles them
+    /// (`settle_outcome` refuses). One whose settlement failed stays: its reservation stays
+    /// charged at the estimate (the store keeps unsettled reservations), and so it should.
+    pub open_calls: Mutex<HashMap<String, Open>>,
     /// Decisions given up at the deadline whose withdrawal waits for their record
     /// ([`Gateway::abandon`]); finished at shutdown if it comes first.
     pub abandoning: Mutex<HashMap<String, Abandoned>>,
@@ -219,8 +220,9 @@ impl Gateway {
     }
 
     /// [`Gateway::decide`] for a call through the proxy, whose outcome the gateway settles
-    /// itself: the decider registers an ALLOW ([`Gateway::settles_itself`]) as it commits it,
-    /// so that from then on it ends in an outcome whatever happens, shutdown included. Its
+    /// itself: the decider registers an ALLOW ([`Gateway::will_settle`]) as it commits it,
+    /// so that from then on it ends in an outcome whatever happens, shutdown included (its
+    /// ledger record says the gateway settles it, so no caller can report that outcome). Its
     /// callers already run on a task of their own to the end (the proxy's `ran_to_the_end`),
     /// so it needs none.
     pub async fn decide_for_call(
@@ -420,7 +422,7 @@ impl Gateway {
     pub fn close_open_calls(&self) {
         let mut cut = Vec::new();
         let mut never_called = Vec::new();
-        if let Ok(mut open) = self.settling_itself.lock() {
+        if let Ok(mut open) = self.open_calls.lock() {
             for o in open.values_mut().filter(|o| !o.outcome_queued) {
                 // Whatever a task still running would say comes too late: one outcome each.
                 o.outcome_queued = true;
@@ -509,7 +511,7 @@ impl Gateway {
     /// what must be durable before acting; this follows it. The decider settles it in its next
     /// store transaction, with whatever else has queued by then.
     pub fn record_outcome(&self, decision: &Decision, ran_on: &str, usage: &Usage, details: Value) {
-        let registered = self.settling_itself.lock().ok().and_then(|mut open| {
+        let registered = self.open_calls.lock().ok().and_then(|mut open| {
             open.get_mut(&decision.decision_id).map(|o| {
                 let first = !o.outcome_queued;
                 o.outcome_queued = true;
@@ -546,15 +548,15 @@ impl Gateway {
     }
 
     /// Registers an allowed call through the proxy as one whose outcome the gateway settles
-    /// itself ([`Gateway::settles_itself`] says so until it has, and [`Gateway::close_open_calls`]
-    /// finishes it if it is cut).
+    /// itself, until its settlement is committed ([`Gateway::close_open_calls`] finishes it if
+    /// it is cut).
     pub fn will_settle(
         &self,
         engine: &Arc<Engine>,
         request: &Arc<DecideRequest>,
         decision: &Decision,
     ) {
-        if let Ok(mut settling) = self.settling_itself.lock() {
+        if let Ok(mut settling) = self.open_calls.lock() {
             settling.insert(
                 decision.decision_id.clone(),
                 Open {
@@ -573,7 +575,7 @@ impl Gateway {
     /// The call's upstream is about to be called: cut at shutdown from here on, it is charged
     /// as reserved, not withdrawn.
     pub fn calling(&self, decision: &Decision) {
-        if let Ok(mut settling) = self.settling_itself.lock() {
+        if let Ok(mut settling) = self.open_calls.lock() {
             if let Some(open) = settling.get_mut(&decision.decision_id) {
                 open.called = true;
             }
@@ -583,22 +585,14 @@ impl Gateway {
     /// Takes a call off the register: it is withdrawn or abandoned, and no outcome of a call
     /// will come.
     fn forget_call(&self, decision_id: &str) {
-        if let Ok(mut settling) = self.settling_itself.lock() {
+        if let Ok(mut settling) = self.open_calls.lock() {
             settling.remove(decision_id);
         }
     }
 
-    /// Whether the gateway settles this decision itself (a call through its proxy whose
-    /// settlement is not committed). Fails closed: a poisoned set answers yes.
-    pub fn settles_itself(&self, decision_id: &str) -> bool {
-        self.settling_itself
-            .lock()
-            .map_or(true, |settling| settling.contains_key(decision_id))
-    }
-
     /// These settlements are committed: no longer the gateway's to settle.
     pub fn settled(&self, decision_ids: &[String]) {
-        if let Ok(mut settling) = self.settling_itself.lock() {
+        if let Ok(mut settling) = self.open_calls.lock() {
             for id in decision_ids {
                 settling.remove(id);
             }

@@ -138,7 +138,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
             body_timeout: duration("body-timeout", &args.body_timeout)?,
             decision_timeout: duration("decision-timeout", &args.decision_timeout)?,
         },
-        settling_itself: Mutex::new(Default::default()),
+        open_calls: Mutex::new(Default::default()),
         abandoning: Mutex::new(Default::default()),
         operator: operator.principal.clone(),
         contract_path: ctx.contract_path.clone(),
@@ -177,10 +177,12 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     ))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
     // No task runs any more: the calls cut meanwhile get their outcomes, then the decider
-    // settles and records every last outcome, then the final checkpoint is signed.
+    // settles and records every last outcome, monitoring writes its last buckets (with those
+    // outcomes counted), then the final checkpoint is signed.
     gw.decider.fence();
     gw.close_open_calls();
     gw.decider.stop();
+    monitor::final_flush(&gw);
     match Arc::into_inner(gw) {
         Some(gw) => gw.ledger.close()?,
         None => diag!(
@@ -313,9 +315,8 @@ async fn serve(
     {
         tracing::warn!("connections still open after the drain timeout were cut");
     }
-    // After the drain: the requests it finished are counted in the last buckets written.
+    // The last buckets are written once the decider has settled the last outcomes (`run`).
     let _ = monitoring.await;
-    monitor::final_flush(gw.clone()).await;
     Ok(())
 }
 

@@ -612,15 +612,11 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
     }
 }
 
-/// Writes the last buckets, once the drain has finished the requests in flight.
-pub async fn final_flush(gw: Arc<Gateway>) {
-    let worker = gw.clone();
-    match tokio::task::spawn_blocking(move || worker.monitor.flush(&worker.store)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e.message, "the last monitoring buckets could not be written")
-        }
-        Err(e) => tracing::error!(error = %e, "the last monitoring buckets were lost"),
+/// Writes the last buckets: at shutdown, once the decider has settled the last outcomes (those
+/// of the requests the drain finished, and of the calls cut at its end).
+pub fn final_flush(gw: &Gateway) {
+    if let Err(e) = gw.monitor.flush(&gw.store) {
+        tracing::error!(error = %e.message, "the last monitoring buckets could not be written");
     }
 }
 

@@ -1027,6 +1027,16 @@ fn a_call_cut_at_shutdown_gets_its_outcome() {
         outcomes.contains("the gateway stopped before the call ended"),
         "{outcomes}"
     );
+    // Counted by monitoring as well: its last buckets are written after that outcome.
+    let status = r.g.run(Some(&r.auditor), &["status", "--json"]).ok();
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let kb = status["deployments"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["deployment"] == "kb-search-v1"))
+        .unwrap_or(&Value::Null);
+    assert_eq!(kb["signals"]["decisions"], 1, "{status:#}");
+    assert_eq!(kb["signals"]["executions"], 1, "{status:#}");
+    assert_eq!(kb["signals"]["error_rate"], 1.0, "{status:#}");
     // Closed cleanly: every record signed.
     r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
         .ok();
@@ -1038,7 +1048,11 @@ fn a_call_cut_at_shutdown_gets_its_outcome() {
 fn the_caller_cannot_settle_a_proxied_call() {
     let upstream = faulty_upstream();
     let r = with_upstream(&upstream, false);
-    let s = Server::start(&r.g, &r.operator, &["--upstream-timeout", "20s"]);
+    let s = Server::start(
+        &r.g,
+        &r.operator,
+        &["--upstream-timeout", "20s", "--drain-timeout", "1s"],
+    );
     // A stream that stalls after its first event: the call is in flight meanwhile.
     let mut streamed = chat(&r.g, "fault:stream-stall");
     streamed["stream"] = json!(true);
@@ -1062,6 +1076,44 @@ fn the_caller_cannot_settle_a_proxied_call() {
         "usage": { "prompt_tokens": 0, "completion_tokens": 0 } });
     let reported = s.request("POST", "/v1/outcome", Some(&r.service), Some(&outcome));
     reported.assert_is(409, "outcome.settled_by_gateway");
+    drop(reader);
+
+    // Nor once the call is over and settled, nor after a restart, nor from the command line:
+    // the decision's own record says the gateway settles it.
+    let answered = s.chat(
+        Some(&r.service),
+        Some(&chat(&r.g, "Where is the VPN guide?")),
+    );
+    assert_eq!(answered.status, 200, "{}", answered.body);
+    let decision_id = answered
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("x-gavel-decision-id"))
+        .map(|(_, id)| id.clone())
+        .expect("the answer names its decision");
+    assert!(outcome_recorded(&s, &r.auditor, &decision_id));
+    drop(s);
+    let outcome = json!({ "decision_id": decision_id, "deployment": "kb-search-v1",
+        "usage": { "prompt_tokens": 0, "completion_tokens": 0 } });
+    let s = Server::start(&r.g, &r.operator, &[]);
+    s.request("POST", "/v1/outcome", Some(&r.service), Some(&outcome))
+        .assert_is(409, "outcome.settled_by_gateway");
+    drop(s);
+    r.g.run(
+        Some(&r.service),
+        &[
+            "outcome",
+            "--decision",
+            &decision_id,
+            "--deployment",
+            "kb-search-v1",
+            "--prompt-tokens",
+            "0",
+            "--completion-tokens",
+            "0",
+        ],
+    )
+    .fails(1, "the gateway's proxy, which settles it");
 }
 
 /// A folder whose kb-search-v1 calls `upstream` (and, with `fallback`, falls back to a canned
