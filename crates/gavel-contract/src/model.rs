@@ -266,26 +266,64 @@ pub struct UseCase {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Oncall {
-    /// Where alerts are posted. Its path or query is often the credential (a chat tool's
-    /// incoming webhook, a pager's integration key): show it by [`Oncall::webhook_origin`].
+    /// Where alerts are posted, as the contract writes it: an http(s) URL, or
+    /// `${env:NAME}` for a URL kept out of the contract ([`Oncall::webhook_env`]). A URL's path
+    /// or query is often the credential (a chat tool's incoming webhook, a pager's integration
+    /// key): show it by [`Oncall::webhook_origin`].
     pub webhook: String,
     pub runbook: Option<String>,
     pub severity_map: BTreeMap<String, String>,
 }
 
 impl Oncall {
+    /// The environment variable that holds the webhook's URL, when the contract says
+    /// `${env:NAME}` instead of the URL itself (a credential has no place in a file kept in
+    /// git, nor in the evidence packs that copy it). Read where alerts are sent.
+    pub fn webhook_env(&self) -> Option<&str> {
+        env_reference(&self.webhook)
+    }
+
     /// The webhook's scheme, host and port (`https://hooks.slack.com`): what a report, an API
     /// answer or a ledger record may say about it. Credentials before the host, the path, the
-    /// query and the fragment are left out.
+    /// query and the fragment are left out. For a URL kept in the environment, the reference
+    /// as written (`${env:NAME}`).
     pub fn webhook_origin(&self) -> String {
-        let Some((scheme, rest)) = self.webhook.split_once("://") else {
-            return "(not a URL)".to_string();
-        };
-        // A backslash ends the host too: URL parsers read it as `/` in http(s) URLs.
-        let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
-        let host = authority.rsplit('@').next().unwrap_or_default();
-        format!("{scheme}://{host}")
+        if self.webhook_env().is_some() {
+            return self.webhook.clone();
+        }
+        origin_of(&self.webhook)
     }
+
+    /// The webhook as a person reads it in a report: its origin and an ellipsis for the rest
+    /// (`https://hooks.slack.com/…`), or the environment reference as written.
+    pub fn webhook_shown(&self) -> String {
+        match self.webhook_env() {
+            Some(_) => self.webhook.clone(),
+            None => format!("{}/…", origin_of(&self.webhook)),
+        }
+    }
+}
+
+/// `NAME` of `${env:NAME}`, when NAME is an environment variable's name (letters, digits and
+/// `_`, not starting with a digit).
+pub(crate) fn env_reference(written: &str) -> Option<&str> {
+    let name = written.strip_prefix("${env:")?.strip_suffix('}')?;
+    let mut bytes = name.bytes();
+    let first = bytes.next()?;
+    ((first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then_some(name)
+}
+
+/// The scheme, host and port of a URL.
+pub fn origin_of(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".to_string();
+    };
+    // A backslash ends the host too: URL parsers read it as `/` in http(s) URLs.
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}")
 }
 
 /// The governed unit: everything that must be approved together.
@@ -628,5 +666,33 @@ mod tests {
             "https://hooks.example.com"
         );
         assert_eq!(origin("not a url"), "(not a URL)");
+    }
+
+    #[test]
+    fn a_webhook_kept_in_the_environment_is_named_by_its_variable() {
+        let hook = oncall("${env:KB_PAGER_URL}");
+        assert_eq!(hook.webhook_env(), Some("KB_PAGER_URL"));
+        assert_eq!(hook.webhook_origin(), "${env:KB_PAGER_URL}");
+        assert_eq!(hook.webhook_shown(), "${env:KB_PAGER_URL}");
+        assert_eq!(
+            oncall("https://hooks.slack.com/services/T0/B0/SECRET").webhook_shown(),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(oncall("${env:_x1}").webhook_env(), Some("_x1"));
+        for not_a_reference in [
+            "https://hooks.example.com/${env:X}",
+            "${env:}",
+            "${env:1X}",
+            "${env:X-Y}",
+            "${env:X} ",
+            "${X}",
+            "$env:X",
+        ] {
+            assert_eq!(
+                oncall(not_a_reference).webhook_env(),
+                None,
+                "{not_a_reference}"
+            );
+        }
     }
 }

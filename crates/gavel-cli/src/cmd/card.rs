@@ -173,7 +173,7 @@ fn markdown(contract: &Contract, e: &Explanation<'_>, ledger: &LedgerState) -> S
             u.data_classes.join(", ")
         },
         u.owner,
-        format!("{}/…", u.oncall.webhook_origin()),
+        u.oncall.webhook_shown(),
         u.oncall
             .runbook
             .as_ref()

@@ -177,7 +177,7 @@ impl Explanation<'_> {
         }
         say!("\n3. Who is on the hook?");
         say!("   owner: {}", use_case.owner);
-        say!("   on-call webhook: {}/…", use_case.oncall.webhook_origin());
+        say!("   on-call webhook: {}", use_case.oncall.webhook_shown());
         if let Some(runbook) = &use_case.oncall.runbook {
             say!("   runbook: {runbook}");
         }

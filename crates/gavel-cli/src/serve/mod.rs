@@ -108,6 +108,11 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     let (monitor, alert_queue) = monitor::Monitor::new(&crate::monitoring::config_of(
         &engine.contract().policy.monitoring,
     ))?;
+    for use_case in engine.contract().use_cases.values() {
+        if let Err(why) = monitor::webhook_url(&use_case.oncall) {
+            tracing::warn!(use_case = %use_case.id, "{why}: this use case's on-call alerts cannot be sent until a start with it set");
+        }
+    }
     let (decider, decisions) = decider::Decider::new();
     // Blocking threads run what writes SQLite off the request path (admin actions, withdrawn
     // decisions, payload capture); the decider thread makes the decisions. 16 bound memory.

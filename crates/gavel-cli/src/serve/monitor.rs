@@ -620,6 +620,21 @@ pub fn final_flush(gw: &Gateway) {
     }
 }
 
+/// Where `oncall`'s alerts go: the URL the contract writes, or the one in the environment
+/// variable it names (`${env:NAME}`); why there is none, naming the variable.
+pub fn webhook_url(oncall: &Oncall) -> Result<String, String> {
+    let Some(name) = oncall.webhook_env() else {
+        return Ok(oncall.webhook.clone());
+    };
+    match std::env::var(name) {
+        Ok(url) if url.starts_with("https://") || url.starts_with("http://") => Ok(url),
+        Ok(_) => Err(format!(
+            "the environment variable {name} does not hold an http(s) URL"
+        )),
+        Err(_) => Err(format!("the environment variable {name} is not set")),
+    }
+}
+
 /// A breach's alert on its way to the use case's on-call webhook.
 pub struct Alert {
     oncall: Oncall,
@@ -645,7 +660,7 @@ pub async fn deliver_alerts(
         body: alert,
     }) = queue.recv().await
     {
-        let (webhook, origin) = (oncall.webhook.clone(), oncall.webhook_origin());
+        let (webhook, origin) = (webhook_url(&oncall), oncall.webhook_origin());
         let breach_id = alert["breach_id"].as_str().unwrap_or_default().to_string();
         if !sent.insert(breach_id.clone()) {
             continue;
@@ -656,9 +671,16 @@ pub async fn deliver_alerts(
             let mut attempts = 0;
             let mut last = String::new();
             let delivered = loop {
+                let webhook = match &webhook {
+                    Ok(url) => url,
+                    Err(unset) => {
+                        last.clone_from(unset);
+                        break false;
+                    }
+                };
                 attempts += 1;
                 let request = http
-                    .post(&webhook)
+                    .post(webhook.as_str())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(alert.to_string());
                 match request.send().await {

@@ -352,6 +352,61 @@ fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
     );
 }
 
+/// An on-call webhook kept out of the contract (`${env:NAME}`) is read from the gateway's
+/// environment: unset, the alert is not sent and the failure names the variable (never a URL);
+/// set at the next start, the alert goes out.
+#[test]
+fn a_webhook_kept_in_the_environment_is_read_from_it() {
+    const VARIABLE: &str = "GAVEL_TEST_KB_PAGER";
+    let (hook, alerts) = webhook();
+    let t = setup(&format!("${{env:{VARIABLE}}}"));
+    let s = Server::start(&t.g, &t.operator, &[]);
+    record_baseline(&s, &t);
+    for i in 0..60 {
+        served(&s, &t.service, 0.8 + in_distribution(i) / 5.0);
+    }
+    let failed = |s: &Server| {
+        records(s, &t.auditor, "admin")
+            .into_iter()
+            .find(|r| r["body"]["action"] == "alert_failed")
+    };
+    let mut failure = None;
+    assert!(
+        until(Duration::from_secs(15), || {
+            failure = failed(&s);
+            failure.is_some()
+        }),
+        "no failed alert recorded"
+    );
+    let failure = failure.unwrap();
+    assert_eq!(
+        failure["body"]["last_error"],
+        format!("the environment variable {VARIABLE} is not set"),
+        "{failure:#}"
+    );
+    assert_eq!(
+        failure["body"]["webhook_origin"],
+        format!("${{env:{VARIABLE}}}")
+    );
+    assert_eq!(failure["body"]["attempts"], 0);
+    assert!(alerts.lock().unwrap().is_empty());
+    s.stop();
+
+    let again = Server::start_with_env(&t.g, &t.operator, &[], &[(VARIABLE, &hook)]);
+    assert!(
+        until(Duration::from_secs(15), || !alerts
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the alert was not sent with the variable set"
+    );
+    assert_eq!(
+        alerts.lock().unwrap()[0]["breach_id"],
+        failure["body"]["breach_id"]
+    );
+    again.stop();
+}
+
 /// An alert the gateway could not deliver before it stopped is sent when it starts again, and
 /// its delivery is recorded: the on-call is paged once the webhook answers.
 #[test]

@@ -18,6 +18,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(g: &Gavel, operator: &str, extra: &[&str]) -> Server {
+        Server::start_with_env(g, operator, extra, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set.
+    pub fn start_with_env(
+        g: &Gavel,
+        operator: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = gavel_command(g.dir.path(), Some(operator))
             .args([
                 "serve",
@@ -27,6 +37,7 @@ impl Server {
                 "200ms",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

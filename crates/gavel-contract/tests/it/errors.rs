@@ -293,3 +293,38 @@ fn image_tokens_are_a_positive_bounded_count_and_kept_from_the_built_in_table() 
         gavel_contract::DEFAULT_IMAGE_TOKENS
     );
 }
+
+#[test]
+fn an_oncall_webhook_is_a_url_or_an_environment_variable() {
+    let mut f = Files::example();
+    f.edit(
+        "oncall: { webhook: \"https://hooks.acme.example/pager/platform\" }",
+        "oncall: { webhook: \"${env:KB_PAGER_URL}\" }",
+    );
+    let contract = f.load().unwrap().contract;
+    let kb = contract
+        .use_cases
+        .values()
+        .find(|u| u.oncall.webhook_env().is_some())
+        .expect("the use case keeps its webhook in the environment");
+    assert_eq!(kb.oncall.webhook_env(), Some("KB_PAGER_URL"));
+    for bad in [
+        "${env:KB-PAGER}",
+        "$KB_PAGER_URL",
+        "hooks.acme.example/pager",
+    ] {
+        let mut f = Files::example();
+        f.edit(
+            "oncall: { webhook: \"https://hooks.acme.example/pager/platform\" }",
+            &format!("oncall: {{ webhook: \"{bad}\" }}"),
+        );
+        let e = first_error(&f);
+        assert!(e.starts_with("gavel.yaml:"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "on-call webhook `{bad}` is neither an http(s) URL nor `${{env:NAME}}`"
+            )),
+            "{e}"
+        );
+    }
+}
