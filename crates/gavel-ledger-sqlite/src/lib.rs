@@ -785,8 +785,8 @@ impl LedgerSink for SqliteLedgerSink {
     }
 
     /// Commits stop syncing (`synchronous=NORMAL`: in WAL mode every commit is still atomic
-    /// and a crash of the process loses none) and the appender's sync thread syncs the WAL
-    /// file instead, outside the write lock. The descriptor stays on the right file: SQLite
+    /// and a crash of the process loses none) and the appender syncs the WAL file instead
+    /// (its sync thread, or its writer after a lone commit), outside the write lock. The descriptor stays on the right file: SQLite
     /// removes or replaces a WAL only when its last connection closes, and this one stays
     /// open for as long as the appender runs.
     fn flusher(&mut self) -> Result<Option<Box<dyn Flusher>>, SinkError> {

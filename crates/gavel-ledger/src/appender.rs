@@ -646,8 +646,12 @@ impl<S: LedgerSink> Writer<S> {
                 syncer.handed.fetch_add(1, Ordering::AcqRel);
                 if let Err(returned) = tx.send(ack) {
                     syncer.handed.fetch_sub(1, Ordering::AcqRel);
-                    let stopped = LedgerError::Failed("the ledger's sync thread stopped".into());
-                    returned.0.settle(Err(&stopped), None);
+                    // Nothing is made durable any more: refuse every later append too.
+                    let why = "the ledger's sync thread stopped";
+                    let _ = self.failed.set(why.to_string());
+                    returned
+                        .0
+                        .settle(Err(&LedgerError::Failed(why.into())), None);
                 }
             }
         }

@@ -39,9 +39,10 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
-/// Makes everything its sink has committed so far durable (an fsync). It runs on a thread of
-/// its own, so the sink commits the next batch while the previous one is being synced, and
-/// the sink's write lock is not held for the length of a sync.
+/// Makes everything its sink has committed so far durable (an fsync), outside the sink's
+/// commits: on a thread of its own while the sink commits the next batch, or after a commit
+/// with nothing queued behind it, so the sink's write lock is not held for the length of a
+/// sync.
 pub trait Flusher: Send + 'static {
     /// Returns once every commit that returned before this call began is durable.
     fn flush(&mut self) -> Result<(), SinkError>;

@@ -404,6 +404,12 @@ pub fn settle_outcome(
 ) -> Result<Recorded, Failure> {
     crate::context::known_deployment(engine.contract(), deployment)?;
     let decided = own_decision(sink, decision_id, who, "report the outcome")?;
+    if decided["settled_by"] == DecisionRecord::SETTLED_BY_GATEWAY {
+        return Err(Failure::conflict(
+            "outcome.settled_by_gateway",
+            format!("decision `{decision_id}` is a call through the gateway's proxy, which settles it with the usage the upstream reports; its outcome is not reported by its caller"),
+        ));
+    }
     let ran_on = decided["obligations"]
         .as_array()
         .and_then(|obligations| obligations.iter().find(|o| o["type"] == "route"))
@@ -412,12 +418,6 @@ pub fn settle_outcome(
         .unwrap_or_default();
     if ran_on != deployment {
         return Err(Failure::invalid(format!("decision `{decision_id}` ran on `{ran_on}`; report its outcome with --deployment {ran_on}")));
-    }
-    if decided["settled_by"] == DecisionRecord::SETTLED_BY_GATEWAY {
-        return Err(Failure::conflict(
-            "outcome.settled_by_gateway",
-            format!("decision `{decision_id}` is a call through the gateway's proxy, which settles it with the usage the upstream reports; its outcome is not reported by its caller"),
-        ));
     }
     // Refused before anything is recorded: the ledger lists only outcomes that settled.
     if !store.reservation_open(decision_id)? {

@@ -1026,8 +1026,19 @@ fn a_call_cut_at_shutdown_gets_its_outcome() {
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
     });
-    // Decided, and waiting on the upstream, when the gateway is told to stop.
-    std::thread::sleep(Duration::from_millis(700));
+    // Decided, and waiting on the upstream, when the gateway is told to stop: its record is
+    // durable before the call starts, and the stall lasts far longer than the margin.
+    assert!(wait_for(|| {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=decision",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .contains("\"verdict\":\"ALLOW\"")
+    }));
+    std::thread::sleep(Duration::from_millis(300));
     drop(s);
     client.join().unwrap();
     let outcomes =
@@ -1059,11 +1070,7 @@ fn a_call_cut_at_shutdown_gets_its_outcome() {
 fn the_caller_cannot_settle_a_proxied_call() {
     let upstream = faulty_upstream();
     let r = with_upstream(&upstream, false);
-    let s = Server::start(
-        &r.g,
-        &r.operator,
-        &["--upstream-timeout", "20s", "--drain-timeout", "1s"],
-    );
+    let s = Server::start(&r.g, &r.operator, &["--upstream-timeout", "20s"]);
     // A stream that stalls after its first event: the call is in flight meanwhile.
     let mut streamed = chat(&r.g, "fault:stream-stall");
     streamed["stream"] = json!(true);
@@ -1087,28 +1094,34 @@ fn the_caller_cannot_settle_a_proxied_call() {
         "usage": { "prompt_tokens": 0, "completion_tokens": 0 } });
     let reported = s.request("POST", "/v1/outcome", Some(&r.service), Some(&outcome));
     reported.assert_is(409, "outcome.settled_by_gateway");
-    drop(reader);
 
-    // Nor once the call is over and settled, nor after a restart, nor from the command line:
-    // the decision's own record says the gateway settles it.
+    // Nor once no process remembers the call: killed while it runs, its reservation stays
+    // open, and the restarted gateway (and, below, the command line) still refuse, from the
+    // record.
+    s.kill_hard();
+    drop(reader);
+    let s = Server::start(&r.g, &r.operator, &[]);
+    s.request("POST", "/v1/outcome", Some(&r.service), Some(&outcome))
+        .assert_is(409, "outcome.settled_by_gateway");
+
+    // Nor once a call is over and settled.
     let answered = s.chat(
         Some(&r.service),
         Some(&chat(&r.g, "Where is the VPN guide?")),
     );
     assert_eq!(answered.status, 200, "{}", answered.body);
-    let decision_id = answered
+    let settled_id = answered
         .headers
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("x-gavel-decision-id"))
         .map(|(_, id)| id.clone())
         .expect("the answer names its decision");
-    assert!(outcome_recorded(&s, &r.auditor, &decision_id));
-    drop(s);
-    let outcome = json!({ "decision_id": decision_id, "deployment": "kb-search-v1",
+    assert!(outcome_recorded(&s, &r.auditor, &settled_id));
+    let outcome = json!({ "decision_id": settled_id, "deployment": "kb-search-v1",
         "usage": { "prompt_tokens": 0, "completion_tokens": 0 } });
-    let s = Server::start(&r.g, &r.operator, &[]);
     s.request("POST", "/v1/outcome", Some(&r.service), Some(&outcome))
         .assert_is(409, "outcome.settled_by_gateway");
+    // The command line (which runs only while no gateway holds the ledger).
     drop(s);
     r.g.run(
         Some(&r.service),
