@@ -41,13 +41,6 @@ CREATE TABLE IF NOT EXISTS kills (scope TEXT PRIMARY KEY, until INTEGER, body TE
 CREATE TABLE IF NOT EXISTS cooldowns (
     id INTEGER PRIMARY KEY, scope TEXT NOT NULL, until INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS cooldowns_by_scope ON cooldowns (scope, until);
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, expires_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS budget_windows (
-    key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL,
-    requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, windows TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS reservation_resources (
     reservation_id TEXT NOT NULL, name TEXT NOT NULL, amount INTEGER NOT NULL, expires_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS resources_by_name ON reservation_resources (name, expires_at);
@@ -67,6 +60,84 @@ CREATE TABLE IF NOT EXISTS baselines (
 /// any process, bumps `generation` (by trigger, so no write path can forget it); a reader that
 /// sees the generation it last loaded knows its copy is current.
 const WATCHED_TABLES: [&str; 5] = ["kills", "cooldowns", "approvals", "breaches", "api_keys"];
+
+/// A table a decision writes to, keyed by text.
+struct KeyedTable {
+    name: &'static str,
+    columns: &'static str,
+    definition: &'static str,
+}
+
+/// The tables a decision writes to, keyed by text. Each is kept `WITHOUT ROWID`: in one b-tree,
+/// where a rowid table with a text primary key is two (its rows, and an index of its key), so
+/// a decision's commit writes one page fewer for each of them (docs/gateway.md, "Pages written
+/// per request").
+const KEYED_TABLES: [KeyedTable; 3] = [
+    KeyedTable {
+        name: "idempotency",
+        columns: "key, decision_id, expires_at",
+        definition: "key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, expires_at INTEGER NOT NULL",
+    },
+    KeyedTable {
+        name: "budget_windows",
+        columns: "key, tokens, usd_micros, requests, tool_calls",
+        definition: "key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL,
+            requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL",
+    },
+    KeyedTable {
+        name: "reservations",
+        columns: "id, expires_at, windows",
+        definition: "id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, windows TEXT NOT NULL",
+    },
+];
+
+fn keyed_schema() -> String {
+    KEYED_TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}) WITHOUT ROWID;",
+                t.name, t.definition
+            )
+        })
+        .collect()
+}
+
+/// Databases made before the keyed tables were `WITHOUT ROWID` have them as rowid tables: each
+/// is rebuilt once, its rows kept, in one transaction that holds the write lock while it copies
+/// (nothing prunes idempotency keys or past budget windows, so a busy gateway's tables can be
+/// large: about two seconds per million rows, docs/gateway.md).
+fn rebuild_keyed_tables(conn: &Connection) -> rusqlite::Result<()> {
+    let with_rowid = |c: &Connection, table: &str| -> rusqlite::Result<bool> {
+        let without_rowid: Option<bool> = c
+            .query_row(
+                "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(without_rowid == Some(false))
+    };
+    for t in &KEYED_TABLES {
+        if !with_rowid(conn, t.name)? {
+            continue;
+        }
+        immediate(conn, |tx| {
+            // Another process may have rebuilt it while this one waited for the write lock.
+            if with_rowid(tx, t.name)? {
+                let (name, columns, definition) = (t.name, t.columns, t.definition);
+                tx.execute_batch(&format!(
+                    "CREATE TABLE {name}_keyed ({definition}) WITHOUT ROWID;
+                     INSERT INTO {name}_keyed ({columns}) SELECT {columns} FROM {name};
+                     DROP TABLE {name};
+                     ALTER TABLE {name}_keyed RENAME TO {name};"
+                ))?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })?;
+    }
+    Ok(())
+}
 
 fn generation_schema() -> String {
     let mut sql = String::from(
@@ -235,6 +306,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err("synchronous"))?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(&keyed_schema()))
+            .and_then(|()| rebuild_keyed_tables(&conn))
             .and_then(|()| conn.execute_batch(&generation_schema()))
             .map_err(|e| StoreError(format!("cannot create the schema in `{name}`: {e}")))?;
         let version: Option<String> = conn

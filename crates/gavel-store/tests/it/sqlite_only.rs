@@ -590,3 +590,88 @@ fn a_batch_reuses_its_governance_copy_only_for_moments_it_covers() {
     drop(state);
     batch.commit().unwrap();
 }
+
+/// A database made when the tables a decision writes were rowid tables is rebuilt with them
+/// `WITHOUT ROWID`, and keeps what they held: a reservation settles, a window keeps its charge,
+/// an idempotency key stays claimed.
+#[test]
+fn tables_of_an_older_layout_are_rebuilt_with_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let old = SqliteStore::open(&path).unwrap();
+        old.reserve(
+            &reservation("r1", vec![charge("a", 80, 100)], vec![]),
+            NOW,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        old.claim_idempotency("k1", "dec_1", NOW, NOW.saturating_add(Span::from_secs(60)))
+            .unwrap();
+    }
+    // Back to the layout before: rowid tables, each with the index of its text key.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for (table, columns, key) in [
+        ("idempotency", "key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, expires_at INTEGER NOT NULL", "key"),
+        ("budget_windows", "key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL, requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL", "key"),
+        ("reservations", "id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, windows TEXT NOT NULL", "id"),
+    ] {
+        conn.execute_batch(&format!(
+            "CREATE TABLE {table}_old ({columns});
+             INSERT INTO {table}_old SELECT * FROM {table};
+             DROP TABLE {table};
+             ALTER TABLE {table}_old RENAME TO {table};"
+        ))
+        .unwrap();
+        let rows: i64 = conn
+            .query_row(&format!("SELECT COUNT({key}) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "{table}");
+    }
+    let layouts = |conn: &rusqlite::Connection| -> Vec<String> {
+        conn.prepare(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table'
+             AND name IN ('idempotency', 'budget_windows', 'reservations') ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    assert!(layouts(&conn)
+        .iter()
+        .all(|sql| !sql.contains("WITHOUT ROWID")));
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rebuilt = layouts(&conn);
+    assert_eq!(rebuilt.len(), 3);
+    assert!(
+        rebuilt.iter().all(|sql| sql.ends_with("WITHOUT ROWID")),
+        "{rebuilt:?}"
+    );
+    // The key's claim, the window's charge and the reservation all came through.
+    assert_eq!(
+        store
+            .claim_idempotency("k1", "dec_2", NOW, NOW.saturating_add(Span::from_secs(60)))
+            .unwrap(),
+        Some("dec_1".to_string())
+    );
+    assert!(store
+        .reserve(
+            &reservation("r2", vec![charge("a", 21, 100)], vec![]),
+            NOW,
+            false
+        )
+        .unwrap()
+        .is_err());
+    let actual = Amounts {
+        tokens: 10,
+        requests: 1,
+        ..Default::default()
+    };
+    assert_eq!(store.settle("r1", actual, NOW).unwrap(), Settled::Settled);
+}
