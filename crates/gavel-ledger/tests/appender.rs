@@ -37,15 +37,31 @@ fn strict() -> VerifyOptions {
 }
 
 /// Wraps a sink, sleeping per commit like an fsync would, and optionally
-/// failing on demand. With `flushes`, it splits durability off its commits as
-/// SQLite's sink does: each `flush` returns what the test sends, once it does.
+/// failing on demand. With a `flusher`, it splits durability off its commits as
+/// SQLite's sink does. Each commit says it has started to `entered`, if given, and with a
+/// `release` waits for the test's word before committing.
 struct SlowSink {
     inner: MemorySink,
     delay: Duration,
     fail: Arc<AtomicBool>,
-    flushes: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
+    flusher: Option<Box<dyn gavel_ledger::Flusher>>,
+    entered: Option<std::sync::mpsc::Sender<()>>,
+    release: Option<std::sync::mpsc::Receiver<()>>,
 }
 
+/// A sink over `inner` that sleeps `delay` per commit, and nothing else.
+fn slow(inner: &MemorySink, delay: Duration) -> SlowSink {
+    SlowSink {
+        inner: inner.clone(),
+        delay,
+        fail: Arc::new(AtomicBool::new(false)),
+        flusher: None,
+        entered: None,
+        release: None,
+    }
+}
+
+/// Each `flush` returns what the test sends, once it does.
 struct HandFlusher(std::sync::mpsc::Receiver<Result<(), String>>);
 
 impl gavel_ledger::Flusher for HandFlusher {
@@ -63,6 +79,14 @@ impl LedgerSink for SlowSink {
         records: &[AppendRecord],
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError> {
+        if let Some(entered) = &self.entered {
+            let _ = entered.send(());
+        }
+        if let Some(release) = &self.release {
+            release
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| SinkError::from("the test never released the commit"))?;
+        }
         std::thread::sleep(self.delay);
         if self.fail.load(Ordering::SeqCst) {
             return Err("disk on fire".into());
@@ -82,22 +106,14 @@ impl LedgerSink for SlowSink {
         self.inner.checkpoints()
     }
     fn flusher(&mut self) -> Result<Option<Box<dyn gavel_ledger::Flusher>>, SinkError> {
-        Ok(self
-            .flushes
-            .take()
-            .map(|rx| Box::new(HandFlusher(rx)) as Box<dyn gavel_ledger::Flusher>))
+        Ok(self.flusher.take())
     }
 }
 
 #[test]
 fn concurrent_appends_are_batched_and_all_acknowledged() {
     let mem = MemorySink::new();
-    let sink = SlowSink {
-        inner: mem.clone(),
-        delay: Duration::from_millis(2),
-        fail: Arc::new(AtomicBool::new(false)),
-        flushes: None,
-    };
+    let sink = slow(&mem, Duration::from_millis(2));
     let app = Arc::new(Appender::start(sink, signer(), AppenderConfig::default()).unwrap());
     let threads = 16;
     let per = 50;
@@ -133,12 +149,7 @@ fn concurrent_appends_are_batched_and_all_acknowledged() {
 #[test]
 fn a_lone_append_is_not_held_back() {
     let mem = MemorySink::new();
-    let sink = SlowSink {
-        inner: mem.clone(),
-        delay: Duration::from_millis(1),
-        fail: Arc::new(AtomicBool::new(false)),
-        flushes: None,
-    };
+    let sink = slow(&mem, Duration::from_millis(1));
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     let mut times: Vec<Duration> = (0..21)
         .map(|i| {
@@ -304,10 +315,8 @@ fn a_failed_commit_fails_closed() {
     let mem = MemorySink::new();
     let fail = Arc::new(AtomicBool::new(false));
     let sink = SlowSink {
-        inner: mem.clone(),
-        delay: Duration::ZERO,
         fail: Arc::clone(&fail),
-        flushes: None,
+        ..slow(&mem, Duration::ZERO)
     };
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     app.append(&record(0)).unwrap();
@@ -454,10 +463,8 @@ fn synced_by_hand() -> (
     let mem = MemorySink::new();
     let (flush, flushes) = std::sync::mpsc::channel();
     let sink = SlowSink {
-        inner: mem.clone(),
-        delay: Duration::ZERO,
-        fail: Arc::new(AtomicBool::new(false)),
-        flushes: Some(flushes),
+        flusher: Some(Box::new(HandFlusher(flushes))),
+        ..slow(&mem, Duration::ZERO)
     };
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     (mem, app, flush)
@@ -510,15 +517,7 @@ fn a_failed_flush_fails_closed() {
     ));
 }
 
-/// Records the thread each flush ran on; commits signal when they start and, with a `release`,
-/// wait for the test's word before committing.
-struct WatchedSink {
-    inner: MemorySink,
-    entered: std::sync::mpsc::Sender<()>,
-    release: Option<std::sync::mpsc::Receiver<()>>,
-    flushed_on: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
+/// Notes the thread each flush runs on.
 struct NamingFlusher(Arc<std::sync::Mutex<Vec<String>>>);
 
 impl gavel_ledger::Flusher for NamingFlusher {
@@ -529,49 +528,15 @@ impl gavel_ledger::Flusher for NamingFlusher {
     }
 }
 
-impl LedgerSink for WatchedSink {
-    fn append(
-        &mut self,
-        records: &[AppendRecord],
-        checkpoint: Option<&StoredCheckpoint>,
-    ) -> Result<(), SinkError> {
-        let _ = self.entered.send(());
-        if let Some(release) = &self.release {
-            release
-                .recv_timeout(Duration::from_secs(30))
-                .map_err(|_| SinkError::from("the test never released the commit"))?;
-        }
-        self.inner.append(records, checkpoint)
-    }
-    fn record_count(&self) -> Result<u64, SinkError> {
-        self.inner.record_count()
-    }
-    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
-        self.inner.leaf_hashes(from, to)
-    }
-    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
-        self.inner.read_records(from, to)
-    }
-    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
-        self.inner.checkpoints()
-    }
-    fn flusher(&mut self) -> Result<Option<Box<dyn gavel_ledger::Flusher>>, SinkError> {
-        Ok(Some(Box::new(NamingFlusher(Arc::clone(&self.flushed_on)))))
-    }
-}
-
 #[test]
 fn a_lone_commit_is_synced_by_the_writer_and_one_with_work_behind_it_by_the_sync_thread() {
     const WRITER: &str = "gavel-ledger-writer";
     const SYNC: &str = "gavel-ledger-sync";
     // One append at a time: nothing is ever queued behind a commit.
     let flushed_on = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (entered, _) = std::sync::mpsc::channel();
-    let sink = WatchedSink {
-        inner: MemorySink::new(),
-        entered,
-        release: None,
-        flushed_on: Arc::clone(&flushed_on),
+    let sink = SlowSink {
+        flusher: Some(Box::new(NamingFlusher(Arc::clone(&flushed_on)))),
+        ..slow(&MemorySink::new(), Duration::ZERO)
     };
     // No timed checkpoint (one more flush) however slowly the machine runs the test.
     let untimed = AppenderConfig {
@@ -592,11 +557,11 @@ fn a_lone_commit_is_synced_by_the_writer_and_one_with_work_behind_it_by_the_sync
     let flushed_on = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (entered, commits_started) = std::sync::mpsc::channel();
     let (release, released) = std::sync::mpsc::channel();
-    let sink = WatchedSink {
-        inner: MemorySink::new(),
-        entered,
+    let sink = SlowSink {
+        flusher: Some(Box::new(NamingFlusher(Arc::clone(&flushed_on)))),
+        entered: Some(entered),
         release: Some(released),
-        flushed_on: Arc::clone(&flushed_on),
+        ..slow(&MemorySink::new(), Duration::ZERO)
     };
     let app = Appender::start(sink, signer(), AppenderConfig::default()).unwrap();
     let first = app.submit(&record(0)).unwrap();
