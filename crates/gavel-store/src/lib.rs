@@ -140,6 +140,9 @@ pub trait Store: RuntimeState {
     ) -> Result<Vec<Rollup>, StoreError>;
     /// Deletes rows of buckets that started before `before_ms`; returns how many.
     fn prune_rollups(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// Deletes the budget windows that ended and the idempotency keys that expired before
+    /// `before_ms` (neither counts for anything once past); returns how many rows went.
+    fn prune_expired(&self, before_ms: i64) -> Result<usize, StoreError>;
 
     /// Whether a decision still holds an open reservation (no outcome settled it yet).
     fn reservation_open(&self, decision_id: &str) -> Result<bool, StoreError>;

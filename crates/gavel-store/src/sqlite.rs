@@ -78,11 +78,13 @@ const KEYED_TABLES: [KeyedTable; 3] = [
         columns: "key, decision_id, expires_at",
         definition: "key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, expires_at INTEGER NOT NULL",
     },
+    // `resets_at`: when the window ends (NULL for one that never does, a run's), so that
+    // ended windows can be pruned (`prune_expired`). Rows from before it have none and stay.
     KeyedTable {
         name: "budget_windows",
         columns: "key, tokens, usd_micros, requests, tool_calls",
         definition: "key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL,
-            requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL",
+            requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL, resets_at INTEGER",
     },
     KeyedTable {
         name: "reservations",
@@ -105,8 +107,8 @@ fn keyed_schema() -> String {
 
 /// Databases made before the keyed tables were `WITHOUT ROWID` have them as rowid tables: each
 /// is rebuilt once, its rows kept, in one transaction that holds the write lock while it copies
-/// (nothing prunes idempotency keys or past budget windows, so a busy gateway's tables can be
-/// large: about two seconds per million rows, docs/gateway.md).
+/// (nothing pruned idempotency keys or past budget windows before, so a busy gateway's tables
+/// can be large: about two seconds per million rows, docs/gateway.md).
 fn rebuild_keyed_tables(conn: &Connection) -> rusqlite::Result<()> {
     let with_rowid = |c: &Connection, table: &str| -> rusqlite::Result<bool> {
         let without_rowid: Option<bool> = c
@@ -135,6 +137,13 @@ fn rebuild_keyed_tables(conn: &Connection) -> rusqlite::Result<()> {
             }
             Ok::<_, rusqlite::Error>(())
         })?;
+    }
+    // Made `WITHOUT ROWID` before windows had an end (2026-11-24, for a few hours of commits).
+    let has_end = conn
+        .prepare("SELECT 1 FROM pragma_table_info('budget_windows') WHERE name = 'resets_at'")?
+        .exists([])?;
+    if !has_end {
+        conn.execute_batch("ALTER TABLE budget_windows ADD COLUMN resets_at INTEGER")?;
     }
     Ok(())
 }
@@ -840,6 +849,22 @@ impl Store for SqliteStore {
         rows.map(|r| r.map_err(err("rollups"))).collect()
     }
 
+    fn prune_expired(&self, before_ms: i64) -> Result<usize, StoreError> {
+        immediate(&*self.conn()?, |tx| {
+            let windows = tx
+                .prepare_cached("DELETE FROM budget_windows WHERE resets_at < ?1")
+                .map_err(err("statement"))?
+                .execute([before_ms])
+                .map_err(err("budget windows"))?;
+            let keys = tx
+                .prepare_cached("DELETE FROM idempotency WHERE expires_at < ?1")
+                .map_err(err("statement"))?
+                .execute([before_ms])
+                .map_err(err("idempotency"))?;
+            Ok(windows + keys)
+        })
+    }
+
     fn prune_rollups(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.conn()?
             .prepare_cached("DELETE FROM rollups WHERE start_ms < ?1")
@@ -1267,7 +1292,7 @@ impl Connected<'_> {
                 return Ok(Ok(()));
             }
             for charge in &request.windows {
-                add_to_window(tx, &charge.key, charge.amounts, false)?;
+                add_to_window(tx, &charge.key, charge.amounts, false, charge.resets_at)?;
             }
             let held: Vec<(&str, Amounts)> = request
                 .windows
@@ -1380,7 +1405,9 @@ fn settle_in(
         let settled = used
             .saturating_sub(reserved)
             .saturating_add(actual.settled_within(reserved));
-        add_to_window(tx, &key, settled, true)?;
+        // A window that ended and was pruned meanwhile comes back without an end: a settlement
+        // that late is rare, and its row is small.
+        add_to_window(tx, &key, settled, true, None)?;
     }
     tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")
         .map_err(err("statement"))?
@@ -1421,18 +1448,20 @@ fn window_usage(tx: &Connection, key: &str) -> Result<Amounts, StoreError> {
     )
 }
 
-/// Adds `amounts` to a window (or, with `replace`, sets it to `amounts`).
+/// Adds `amounts` to a window (or, with `replace`, sets it to `amounts`); a new window's row
+/// notes when it ends.
 fn add_to_window(
     tx: &Connection,
     key: &str,
     amounts: Amounts,
     replace: bool,
+    resets_at: Option<Timestamp>,
 ) -> Result<(), StoreError> {
     let sql = if replace {
-        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls, resets_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (key) DO UPDATE SET tokens = ?2, usd_micros = ?3, requests = ?4, tool_calls = ?5"
     } else {
-        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls, resets_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (key) DO UPDATE SET tokens = tokens + ?2, usd_micros = usd_micros + ?3,
              requests = requests + ?4, tool_calls = tool_calls + ?5"
     };
@@ -1443,7 +1472,8 @@ fn add_to_window(
             to_i64(amounts.tokens),
             to_i64(amounts.usd_micros),
             to_i64(amounts.requests),
-            to_i64(amounts.tool_calls)
+            to_i64(amounts.tool_calls),
+            resets_at.map(Timestamp::millis)
         ])
         .map_err(err("budget window"))?;
     Ok(())

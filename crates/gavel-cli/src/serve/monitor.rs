@@ -31,6 +31,12 @@ use crate::monitoring::{
 const BASELINE_TTL_MS: i64 = 10_000;
 /// How long rollups are kept (baselines from a traffic window read them back).
 const KEEP_ROLLUPS: Span = Span::from_days(30);
+
+/// Budget windows and idempotency keys are pruned once a minute (of the once-a-second ticks),
+/// an hour after they ended: a decision in flight across a window's end, or its settlement,
+/// still finds the row.
+const PRUNE_EVERY_TICKS: u64 = 60;
+const KEEP_EXPIRED: Span = Span::from_secs(3600);
 /// Waits between webhook attempts; one attempt more than there are waits.
 const ALERT_BACKOFF_MS: [u64; 5] = [500, 1_000, 2_000, 4_000, 8_000];
 
@@ -590,7 +596,9 @@ fn publish(deployment: &str, checks: &[Check]) {
 
 /// Checks once a second until `stop` ([`final_flush`] writes what the drain adds).
 pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks: u64 = 0;
     loop {
+        ticks += 1;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => break,
@@ -608,6 +616,12 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
             .prune_rollups(now().saturating_sub(KEEP_ROLLUPS).millis())
         {
             tracing::warn!(error = %e, "old rollups could not be pruned");
+        }
+        if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+            let before = now().saturating_sub(KEEP_EXPIRED).millis();
+            if let Err(e) = gw.store.prune_expired(before) {
+                tracing::warn!(error = %e, "ended budget windows and expired idempotency keys could not be pruned");
+            }
         }
     }
 }

@@ -612,14 +612,14 @@ fn tables_of_an_older_layout_are_rebuilt_with_their_rows() {
     }
     // Back to the layout before: rowid tables, each with the index of its text key.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    for (table, columns, key) in [
-        ("idempotency", "key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, expires_at INTEGER NOT NULL", "key"),
-        ("budget_windows", "key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL, requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL", "key"),
-        ("reservations", "id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, windows TEXT NOT NULL", "id"),
+    for (table, columns, key, names) in [
+        ("idempotency", "key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, expires_at INTEGER NOT NULL", "key", "key, decision_id, expires_at"),
+        ("budget_windows", "key TEXT PRIMARY KEY, tokens INTEGER NOT NULL, usd_micros INTEGER NOT NULL, requests INTEGER NOT NULL, tool_calls INTEGER NOT NULL", "key", "key, tokens, usd_micros, requests, tool_calls"),
+        ("reservations", "id TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, windows TEXT NOT NULL", "id", "id, expires_at, windows"),
     ] {
         conn.execute_batch(&format!(
             "CREATE TABLE {table}_old ({columns});
-             INSERT INTO {table}_old SELECT * FROM {table};
+             INSERT INTO {table}_old SELECT {names} FROM {table};
              DROP TABLE {table};
              ALTER TABLE {table}_old RENAME TO {table};"
         ))
@@ -674,4 +674,64 @@ fn tables_of_an_older_layout_are_rebuilt_with_their_rows() {
         ..Default::default()
     };
     assert_eq!(store.settle("r1", actual, NOW).unwrap(), Settled::Settled);
+}
+
+/// Windows that ended and idempotency keys that expired are pruned; the current window, a
+/// window that never ends (a run's) and a live key stay, with what they hold.
+#[test]
+fn ended_windows_and_expired_keys_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+    let minute = Span::from_secs(60);
+    let ended = WindowCharge {
+        resets_at: Some(NOW),
+        ..charge("ended", 10, 100)
+    };
+    let current = WindowCharge {
+        resets_at: Some(NOW.saturating_add(Span::from_secs(600))),
+        ..charge("current", 10, 100)
+    };
+    let endless = WindowCharge {
+        resets_at: None,
+        ..charge("run", 10, 100)
+    };
+    store
+        .reserve(
+            &reservation("r1", vec![ended, current, endless], vec![]),
+            NOW,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+    store
+        .claim_idempotency("old", "dec_1", NOW, NOW.saturating_add(Span::from_secs(1)))
+        .unwrap();
+    store
+        .claim_idempotency(
+            "live",
+            "dec_2",
+            NOW,
+            NOW.saturating_add(Span::from_secs(600)),
+        )
+        .unwrap();
+    let later = NOW.saturating_add(Span::from_secs(120));
+    assert_eq!(store.prune_expired(later.millis()).unwrap(), 2);
+    assert_eq!(store.prune_expired(later.millis()).unwrap(), 0);
+    // What stayed still counts: 95 more do not fit in the current window or the run's.
+    for key in ["current", "run"] {
+        assert!(store
+            .reserve(
+                &reservation("r2", vec![charge(key, 95, 100)], vec![]),
+                later,
+                false
+            )
+            .unwrap()
+            .is_err());
+    }
+    assert_eq!(
+        store
+            .claim_idempotency("live", "dec_3", later, later.saturating_add(minute))
+            .unwrap(),
+        Some("dec_2".to_string())
+    );
 }
