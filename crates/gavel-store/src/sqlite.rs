@@ -139,11 +139,18 @@ fn rebuild_keyed_tables(conn: &Connection) -> rusqlite::Result<()> {
         })?;
     }
     // Made `WITHOUT ROWID` before windows had an end (2026-11-24, for a few hours of commits).
-    let has_end = conn
-        .prepare("SELECT 1 FROM pragma_table_info('budget_windows') WHERE name = 'resets_at'")?
-        .exists([])?;
-    if !has_end {
-        conn.execute_batch("ALTER TABLE budget_windows ADD COLUMN resets_at INTEGER")?;
+    let has_end = |c: &Connection| {
+        c.prepare("SELECT 1 FROM pragma_table_info('budget_windows') WHERE name = 'resets_at'")?
+            .exists([])
+    };
+    if !has_end(conn)? {
+        immediate(conn, |tx| {
+            // Another process may have added it while this one waited for the write lock.
+            if !has_end(tx)? {
+                tx.execute_batch("ALTER TABLE budget_windows ADD COLUMN resets_at INTEGER")?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })?;
     }
     Ok(())
 }
@@ -850,19 +857,31 @@ impl Store for SqliteStore {
     }
 
     fn prune_expired(&self, before_ms: i64) -> Result<usize, StoreError> {
-        immediate(&*self.conn()?, |tx| {
-            let windows = tx
-                .prepare_cached("DELETE FROM budget_windows WHERE resets_at < ?1")
-                .map_err(err("statement"))?
-                .execute([before_ms])
-                .map_err(err("budget windows"))?;
-            let keys = tx
-                .prepare_cached("DELETE FROM idempotency WHERE expires_at < ?1")
-                .map_err(err("statement"))?
-                .execute([before_ms])
-                .map_err(err("idempotency"))?;
-            Ok(windows + keys)
-        })
+        // In transactions of at most `CHUNK` rows, each taking the write lock anew: the first
+        // prune of a database that never pruned may have millions to delete, and decisions
+        // must not wait behind all of them at once.
+        const CHUNK: usize = 1_000;
+        let mut pruned = 0;
+        for sql in [
+            "DELETE FROM budget_windows WHERE key IN
+                 (SELECT key FROM budget_windows WHERE resets_at < ?1 LIMIT ?2)",
+            "DELETE FROM idempotency WHERE key IN
+                 (SELECT key FROM idempotency WHERE expires_at < ?1 LIMIT ?2)",
+        ] {
+            loop {
+                let deleted = immediate(&*self.conn()?, |tx| {
+                    tx.prepare_cached(sql)
+                        .map_err(err("statement"))?
+                        .execute(params![before_ms, CHUNK as i64])
+                        .map_err(err("pruning"))
+                })?;
+                pruned += deleted;
+                if deleted < CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     fn prune_rollups(&self, before_ms: i64) -> Result<usize, StoreError> {
@@ -1292,7 +1311,7 @@ impl Connected<'_> {
                 return Ok(Ok(()));
             }
             for charge in &request.windows {
-                add_to_window(tx, &charge.key, charge.amounts, false, charge.resets_at)?;
+                add_to_window(tx, &charge.key, charge.amounts, charge.resets_at)?;
             }
             let held: Vec<(&str, Amounts)> = request
                 .windows
@@ -1405,9 +1424,7 @@ fn settle_in(
         let settled = used
             .saturating_sub(reserved)
             .saturating_add(actual.settled_within(reserved));
-        // A window that ended and was pruned meanwhile comes back without an end: a settlement
-        // that late is rare, and its row is small.
-        add_to_window(tx, &key, settled, true, None)?;
+        set_window(tx, &key, settled)?;
     }
     tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")
         .map_err(err("statement"))?
@@ -1448,24 +1465,39 @@ fn window_usage(tx: &Connection, key: &str) -> Result<Amounts, StoreError> {
     )
 }
 
-/// Adds `amounts` to a window (or, with `replace`, sets it to `amounts`); a new window's row
-/// notes when it ends.
+/// Sets a window's use to `amounts` (a settlement). A window pruned meanwhile (it ended over
+/// an hour ago) is left gone: nothing is charged to it any more.
+fn set_window(tx: &Connection, key: &str, amounts: Amounts) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE budget_windows SET tokens = ?2, usd_micros = ?3, requests = ?4, tool_calls = ?5
+         WHERE key = ?1",
+    )
+    .map_err(err("statement"))?
+    .execute(params![
+        key,
+        to_i64(amounts.tokens),
+        to_i64(amounts.usd_micros),
+        to_i64(amounts.requests),
+        to_i64(amounts.tool_calls)
+    ])
+    .map_err(err("budget window"))?;
+    Ok(())
+}
+
+/// Adds `amounts` to a window; its row notes when the window ends (also a row from before
+/// windows had an end, once charged again).
 fn add_to_window(
     tx: &Connection,
     key: &str,
     amounts: Amounts,
-    replace: bool,
     resets_at: Option<Timestamp>,
 ) -> Result<(), StoreError> {
-    let sql = if replace {
-        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls, resets_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (key) DO UPDATE SET tokens = ?2, usd_micros = ?3, requests = ?4, tool_calls = ?5"
-    } else {
+    tx.prepare_cached(
         "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls, resets_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (key) DO UPDATE SET tokens = tokens + ?2, usd_micros = usd_micros + ?3,
-             requests = requests + ?4, tool_calls = tool_calls + ?5"
-    };
-    tx.prepare_cached(sql)
+             requests = requests + ?4, tool_calls = tool_calls + ?5,
+             resets_at = COALESCE(resets_at, ?6)",
+    )
         .map_err(err("statement"))?
         .execute(params![
             key,

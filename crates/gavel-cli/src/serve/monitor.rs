@@ -597,6 +597,9 @@ fn publish(deployment: &str, checks: &[Check]) {
 /// Checks once a second until `stop` ([`final_flush`] writes what the drain adds).
 pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut ticks: u64 = 0;
+    // Pruning trusts the wall clock; this catches it jumping (set by hand, or a VM resumed),
+    // which would otherwise delete windows and idempotency keys still in force.
+    let (started_wall, started) = (now(), std::time::Instant::now());
     loop {
         ticks += 1;
         tokio::select! {
@@ -611,17 +614,29 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
             }
             Err(e) => tracing::error!(error = %e, "monitoring stopped unexpectedly"),
         }
-        if let Err(e) = gw
-            .store
-            .prune_rollups(now().saturating_sub(KEEP_ROLLUPS).millis())
-        {
-            tracing::warn!(error = %e, "old rollups could not be pruned");
+        let prune_expired = ticks.is_multiple_of(PRUNE_EVERY_TICKS);
+        let wall_elapsed = now().millis().saturating_sub(started_wall.millis());
+        let clock_steady = (wall_elapsed - started.elapsed().as_millis() as i64).abs() < 60_000;
+        if prune_expired && !clock_steady {
+            tracing::warn!("the wall clock moved apart from the time elapsed since start; ended budget windows and expired idempotency keys are not pruned until a restart");
         }
-        if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
-            let before = now().saturating_sub(KEEP_EXPIRED).millis();
-            if let Err(e) = gw.store.prune_expired(before) {
-                tracing::warn!(error = %e, "ended budget windows and expired idempotency keys could not be pruned");
+        let worker = gw.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            if let Err(e) = worker
+                .store
+                .prune_rollups(now().saturating_sub(KEEP_ROLLUPS).millis())
+            {
+                tracing::warn!(error = %e, "old rollups could not be pruned");
             }
+            if prune_expired && clock_steady {
+                let before = now().saturating_sub(KEEP_EXPIRED).millis();
+                if let Err(e) = worker.store.prune_expired(before) {
+                    tracing::warn!(error = %e, "ended budget windows and expired idempotency keys could not be pruned");
+                }
+            }
+        });
+        if pruned.await.is_err() {
+            tracing::error!("pruning stopped unexpectedly");
         }
     }
 }

@@ -734,4 +734,30 @@ fn ended_windows_and_expired_keys_are_pruned() {
             .unwrap(),
         Some("dec_2".to_string())
     );
+    // Settling into the pruned window leaves it gone; the others take the settlement.
+    let actual = Amounts {
+        tokens: 1,
+        requests: 1,
+        ..Default::default()
+    };
+    assert_eq!(store.settle("r1", actual, later).unwrap(), Settled::Settled);
+    let conn = rusqlite::Connection::open(dir.path().join("gavel.db")).unwrap();
+    let windows: Vec<(String, i64)> = conn
+        .prepare("SELECT key, tokens FROM budget_windows ORDER BY key")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        windows,
+        [("current".to_string(), 1), ("run".to_string(), 1)]
+    );
+    // Pruned a thousand at a time, however many there are.
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+         INSERT INTO idempotency (key, decision_id, expires_at) SELECT 'k' || i, 'dec_x', 0 FROM n;",
+    )
+    .unwrap();
+    assert_eq!(store.prune_expired(later.millis()).unwrap(), 2500);
 }
