@@ -1468,20 +1468,25 @@ fn window_usage(tx: &Connection, key: &str) -> Result<Amounts, StoreError> {
 /// Sets a window's use to `amounts` (a settlement). A window pruned meanwhile (it ended over
 /// an hour ago) is left gone: nothing is charged to it any more.
 fn set_window(tx: &Connection, key: &str, amounts: Amounts) -> Result<(), StoreError> {
+    let [tokens, usd_micros, requests, tool_calls] = window_columns(amounts);
     tx.prepare_cached(
         "UPDATE budget_windows SET tokens = ?2, usd_micros = ?3, requests = ?4, tool_calls = ?5
          WHERE key = ?1",
     )
     .map_err(err("statement"))?
-    .execute(params![
-        key,
+    .execute(params![key, tokens, usd_micros, requests, tool_calls])
+    .map_err(err("budget window"))?;
+    Ok(())
+}
+
+/// A window's amounts as its columns hold them: tokens, usd_micros, requests, tool_calls.
+fn window_columns(amounts: Amounts) -> [i64; 4] {
+    [
         to_i64(amounts.tokens),
         to_i64(amounts.usd_micros),
         to_i64(amounts.requests),
-        to_i64(amounts.tool_calls)
-    ])
-    .map_err(err("budget window"))?;
-    Ok(())
+        to_i64(amounts.tool_calls),
+    ]
 }
 
 /// Adds `amounts` to a window; its row notes when the window ends (also a row from before
@@ -1492,6 +1497,7 @@ fn add_to_window(
     amounts: Amounts,
     resets_at: Option<Timestamp>,
 ) -> Result<(), StoreError> {
+    let [tokens, usd_micros, requests, tool_calls] = window_columns(amounts);
     tx.prepare_cached(
         "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls, resets_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (key) DO UPDATE SET tokens = tokens + ?2, usd_micros = usd_micros + ?3,
@@ -1501,10 +1507,10 @@ fn add_to_window(
         .map_err(err("statement"))?
         .execute(params![
             key,
-            to_i64(amounts.tokens),
-            to_i64(amounts.usd_micros),
-            to_i64(amounts.requests),
-            to_i64(amounts.tool_calls),
+            tokens,
+            usd_micros,
+            requests,
+            tool_calls,
             resets_at.map(Timestamp::millis)
         ])
         .map_err(err("budget window"))?;
