@@ -44,6 +44,15 @@ impl From<StoreError> for gavel_engine::StateError {
     }
 }
 
+/// Until when [`Store::prune_expired`] deletes, in milliseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneBefore {
+    /// Budget windows, idempotency keys and cooldowns that ended before this.
+    pub ended_ms: i64,
+    /// Reservations never settled whose resource claims lapsed before this.
+    pub unsettled_ms: i64,
+}
+
 /// A contract version as first applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContractRecord {
@@ -140,9 +149,11 @@ pub trait Store: RuntimeState {
     ) -> Result<Vec<Rollup>, StoreError>;
     /// Deletes rows of buckets that started before `before_ms`; returns how many.
     fn prune_rollups(&self, before_ms: i64) -> Result<usize, StoreError>;
-    /// Deletes the budget windows that ended and the idempotency keys that expired before
-    /// `before_ms` (neither counts for anything once past); returns how many rows went.
-    fn prune_expired(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// Deletes what counts for nothing any more: budget windows, idempotency keys and
+    /// cooldowns that ended before `cutoffs.ended_ms`, and reservations (with their resource
+    /// claims) that expired before `cutoffs.unsettled_ms`, whose outcome is then refused as
+    /// for an unknown decision. Returns how many rows went.
+    fn prune_expired(&self, cutoffs: PruneBefore) -> Result<usize, StoreError>;
 
     /// Whether a decision still holds an open reservation (no outcome settled it yet).
     fn reservation_open(&self, decision_id: &str) -> Result<bool, StoreError>;

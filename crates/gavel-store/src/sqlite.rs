@@ -18,7 +18,7 @@ use gavel_engine::approval::Registration;
 use gavel_engine::*;
 
 use crate::keys::{KeyRecord, Role};
-use crate::{ContractRecord, Rollup, Store, StoreError, StoredBaseline};
+use crate::{ContractRecord, PruneBefore, Rollup, Store, StoreError, StoredBaseline};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -856,17 +856,40 @@ impl Store for SqliteStore {
         rows.map(|r| r.map_err(err("rollups"))).collect()
     }
 
-    fn prune_expired(&self, before_ms: i64) -> Result<usize, StoreError> {
+    fn prune_expired(&self, cutoffs: PruneBefore) -> Result<usize, StoreError> {
         // In transactions of at most `CHUNK` rows, each taking the write lock anew: the first
         // prune of a database that never pruned may have millions to delete, and decisions
         // must not wait behind all of them at once.
         const CHUNK: usize = 1_000;
         let mut pruned = 0;
-        for sql in [
-            "DELETE FROM budget_windows WHERE key IN
-                 (SELECT key FROM budget_windows WHERE resets_at < ?1 LIMIT ?2)",
-            "DELETE FROM idempotency WHERE key IN
-                 (SELECT key FROM idempotency WHERE expires_at < ?1 LIMIT ?2)",
+        for (sql, before_ms) in [
+            (
+                "DELETE FROM budget_windows WHERE key IN
+                     (SELECT key FROM budget_windows WHERE resets_at < ?1 LIMIT ?2)",
+                cutoffs.ended_ms,
+            ),
+            (
+                "DELETE FROM idempotency WHERE key IN
+                     (SELECT key FROM idempotency WHERE expires_at < ?1 LIMIT ?2)",
+                cutoffs.ended_ms,
+            ),
+            (
+                "DELETE FROM cooldowns WHERE id IN
+                     (SELECT id FROM cooldowns WHERE until < ?1 LIMIT ?2)",
+                cutoffs.ended_ms,
+            ),
+            // A reservation's resource claims lapse at its `expires_at`; its row is kept until
+            // `unsettled_ms` so that a late outcome can still settle it.
+            (
+                "DELETE FROM reservations WHERE id IN
+                     (SELECT id FROM reservations WHERE expires_at < ?1 LIMIT ?2)",
+                cutoffs.unsettled_ms,
+            ),
+            (
+                "DELETE FROM reservation_resources WHERE rowid IN
+                     (SELECT rowid FROM reservation_resources WHERE expires_at < ?1 LIMIT ?2)",
+                cutoffs.unsettled_ms,
+            ),
         ] {
             loop {
                 let deleted = immediate(&*self.conn()?, |tx| {

@@ -16,7 +16,7 @@ use gavel_engine::{Breach, Decision, OnBreach};
 use gavel_ledger::RecordKind;
 use gavel_monitor::breach::{next_step, Action, Active, Step};
 use gavel_monitor::{checks, signal_of, signals, Baseline, Bucket, Check, Config, Outcome, Series};
-use gavel_store::{Rollup, Store};
+use gavel_store::{PruneBefore, Rollup, Store};
 
 use super::gateway::Gateway;
 use super::metrics;
@@ -32,11 +32,15 @@ const BASELINE_TTL_MS: i64 = 10_000;
 /// How long rollups are kept (baselines from a traffic window read them back).
 const KEEP_ROLLUPS: Span = Span::from_days(30);
 
-/// Budget windows and idempotency keys are pruned once a minute (of the once-a-second ticks),
-/// an hour after they ended: a decision in flight across a window's end, or its settlement,
-/// still finds the row.
+/// Budget windows, idempotency keys and cooldowns are pruned a second after start and then once
+/// a minute (of the once-a-second ticks), an hour after they ended: a decision in flight across
+/// a window's end, or its settlement, still finds the row.
 const PRUNE_EVERY_TICKS: u64 = 60;
 const KEEP_EXPIRED: Span = Span::from_secs(3600);
+/// A reservation never settled (a decide-API caller that reports no outcome, a gateway killed
+/// mid-call) is pruned a day after its resource claims lapsed: an outcome may come that late
+/// (a batch task's), and one later still is refused, the estimate staying charged.
+const KEEP_UNSETTLED: Span = Span::from_days(1);
 /// Waits between webhook attempts; one attempt more than there are waits.
 const ALERT_BACKOFF_MS: [u64; 5] = [500, 1_000, 2_000, 4_000, 8_000];
 
@@ -614,11 +618,11 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
             }
             Err(e) => tracing::error!(error = %e, "monitoring stopped unexpectedly"),
         }
-        let prune_expired = ticks.is_multiple_of(PRUNE_EVERY_TICKS);
+        let prune_expired = (ticks - 1).is_multiple_of(PRUNE_EVERY_TICKS);
         let wall_elapsed = now().millis().saturating_sub(started_wall.millis());
         let clock_steady = (wall_elapsed - started.elapsed().as_millis() as i64).abs() < 60_000;
         if prune_expired && !clock_steady {
-            tracing::warn!("the wall clock moved apart from the time elapsed since start; ended budget windows and expired idempotency keys are not pruned until a restart");
+            tracing::warn!("the wall clock moved apart from the time elapsed since start; ended budget windows, idempotency keys, cooldowns and reservations are not pruned until a restart");
         }
         let worker = gw.clone();
         let pruned = tokio::task::spawn_blocking(move || {
@@ -629,9 +633,12 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
                 tracing::warn!(error = %e, "old rollups could not be pruned");
             }
             if prune_expired && clock_steady {
-                let before = now().saturating_sub(KEEP_EXPIRED).millis();
-                if let Err(e) = worker.store.prune_expired(before) {
-                    tracing::warn!(error = %e, "ended budget windows and expired idempotency keys could not be pruned");
+                let cutoffs = PruneBefore {
+                    ended_ms: now().saturating_sub(KEEP_EXPIRED).millis(),
+                    unsettled_ms: now().saturating_sub(KEEP_UNSETTLED).millis(),
+                };
+                if let Err(e) = worker.store.prune_expired(cutoffs) {
+                    tracing::warn!(error = %e, "ended budget windows, idempotency keys, cooldowns and reservations could not be pruned");
                 }
             }
         });

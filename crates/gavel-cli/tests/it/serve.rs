@@ -1140,6 +1140,47 @@ fn the_caller_cannot_settle_a_proxied_call() {
     .fails(1, "the gateway's proxy, which settles it");
 }
 
+/// The gateway prunes what counts for nothing any more, starting a second after it starts:
+/// a budget window and an idempotency key that ended over an hour ago, a reservation never
+/// settled whose claims lapsed over a day ago. What is still in force stays.
+#[test]
+fn the_gateway_prunes_ended_windows_keys_and_abandoned_reservations() {
+    let r = Ready::start();
+    let db = r.g.path("gavel.db");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (hours_ago, in_an_hour) = (now_ms - 2 * 3_600_000, now_ms + 3_600_000);
+    let days_ago = now_ms - 2 * 86_400_000;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls, resets_at)
+             VALUES ('ended', 1, 0, 1, 0, {hours_ago}), ('current', 1, 0, 1, 0, {in_an_hour});
+         INSERT INTO idempotency (key, decision_id, expires_at)
+             VALUES ('ended', 'dec_a', {hours_ago}), ('current', 'dec_b', {in_an_hour});
+         INSERT INTO reservations (id, expires_at, windows)
+             VALUES ('abandoned', {days_ago}, '[]'), ('late', {hours_ago}, '[]');"
+    ))
+    .unwrap();
+    let left = |table: &str, key: &str| -> Vec<String> {
+        conn.prepare(&format!("SELECT {key} FROM {table} ORDER BY {key}"))
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let _s = Server::start(&r.g, &r.operator, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while left("reservations", "id") != ["late"] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left("reservations", "id"), ["late"]);
+    assert_eq!(left("budget_windows", "key"), ["current"]);
+    assert_eq!(left("idempotency", "key"), ["current"]);
+}
+
 /// A folder whose kb-search-v1 calls `upstream` (and, with `fallback`, falls back to a canned
 /// response).
 fn with_upstream(upstream: &str, fallback: bool) -> Ready {

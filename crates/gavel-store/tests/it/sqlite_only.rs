@@ -4,7 +4,7 @@
 use gavel_contract::time::{Span, Timestamp};
 use gavel_engine::approval::Registration;
 use gavel_engine::*;
-use gavel_store::{hash_key, ContractRecord, KeyRecord, Role, SqliteStore, Store};
+use gavel_store::{hash_key, ContractRecord, KeyRecord, PruneBefore, Role, SqliteStore, Store};
 
 use crate::*;
 
@@ -676,10 +676,12 @@ fn tables_of_an_older_layout_are_rebuilt_with_their_rows() {
     assert_eq!(store.settle("r1", actual, NOW).unwrap(), Settled::Settled);
 }
 
-/// Windows that ended and idempotency keys that expired are pruned; the current window, a
-/// window that never ends (a run's) and a live key stay, with what they hold.
+/// Windows, idempotency keys and cooldowns that ended are pruned, and reservations never
+/// settled once past their own, later cutoff; the current window, a window that never ends (a
+/// run's), a live key, a live cooldown and a reservation still inside its cutoff stay, with what
+/// they hold.
 #[test]
-fn ended_windows_and_expired_keys_are_pruned() {
+fn ended_windows_expired_keys_and_abandoned_reservations_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
     let minute = Span::from_secs(60);
@@ -714,9 +716,52 @@ fn ended_windows_and_expired_keys_are_pruned() {
             NOW.saturating_add(Span::from_secs(600)),
         )
         .unwrap();
-    let later = NOW.saturating_add(Span::from_secs(120));
-    assert_eq!(store.prune_expired(later.millis()).unwrap(), 2);
-    assert_eq!(store.prune_expired(later.millis()).unwrap(), 0);
+    for (until, reason) in [(NOW, "ended"), (NOW.saturating_add(minute), "live")] {
+        store
+            .start_cooldown(&Cooldown {
+                scope: Scope::Principal("p".into()),
+                code: "abuse.cooldown".into(),
+                reason: reason.into(),
+                since: NOW,
+                until,
+            })
+            .unwrap();
+    }
+    // Never settled: its resource claim lapsed at NOW.
+    let abandoned = ReservationRequest {
+        expires_at: NOW,
+        ..reservation(
+            "r0",
+            vec![],
+            vec![ResourceClaim {
+                name: "memory_mb".into(),
+                amount: 10,
+                capacity: 100,
+            }],
+        )
+    };
+    store.reserve(&abandoned, NOW, false).unwrap().unwrap();
+    let later = NOW.saturating_add(Span::from_secs(30));
+    let cutoffs = PruneBefore {
+        ended_ms: later.millis(),
+        unsettled_ms: NOW.millis(),
+    };
+    assert_eq!(store.prune_expired(cutoffs).unwrap(), 3);
+    assert!(store.reservation_open("r0").unwrap());
+    let cutoffs = PruneBefore {
+        unsettled_ms: later.millis(),
+        ..cutoffs
+    };
+    assert_eq!(store.prune_expired(cutoffs).unwrap(), 2);
+    assert_eq!(store.prune_expired(cutoffs).unwrap(), 0);
+    assert_eq!(
+        store.settle("r0", Amounts::default(), later).unwrap(),
+        Settled::Unknown
+    );
+    // Read as of the epoch, so that an ended cooldown left in the table would show.
+    let cooldowns = store.cooldowns(Timestamp(0)).unwrap();
+    assert_eq!(cooldowns.len(), 1);
+    assert_eq!(cooldowns[0].reason, "live");
     // What stayed still counts: 95 more do not fit in the current window or the run's.
     for key in ["current", "run"] {
         assert!(store
@@ -759,5 +804,5 @@ fn ended_windows_and_expired_keys_are_pruned() {
          INSERT INTO idempotency (key, decision_id, expires_at) SELECT 'k' || i, 'dec_x', 0 FROM n;",
     )
     .unwrap();
-    assert_eq!(store.prune_expired(later.millis()).unwrap(), 2500);
+    assert_eq!(store.prune_expired(cutoffs).unwrap(), 2500);
 }
