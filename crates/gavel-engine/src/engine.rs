@@ -178,11 +178,11 @@ impl Engine {
 
     /// Runs the content-scanning stage on `request` now, for [`Engine::decide_prescanned`].
     pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
-        let texts: Vec<Text<'_>> = request.texts().collect();
+        let (texts, input_sha256) = texts_and_digest(request);
         Prescanned {
             contract: Arc::clone(&self.contract),
             scanner: self.config.scanner.clone(),
-            input_sha256: input_digest(&texts),
+            input_sha256,
             report: self.scan_texts(&texts),
         }
     }
@@ -235,8 +235,8 @@ impl Engine {
         let use_case = deployment.and_then(|d| self.contract.use_case_of(d));
         // Every stage reads the request's texts (the digest, the template check, the scanners,
         // the token count): gather them once, tool-call arguments serialised once.
-        let texts: Vec<Text<'_>> = request.texts().collect();
-        let mut decision = self.skeleton(request, &texts, principal, decision_id, now);
+        let (texts, input_sha256) = texts_and_digest(request);
+        let mut decision = self.skeleton(request, input_sha256, principal, decision_id, now);
 
         if let Some(claimed) = request.principal.as_deref().filter(|p| *p != principal) {
             decision.reasons.push(Reason::new(
@@ -345,7 +345,7 @@ impl Engine {
     pub fn refuse(&self, input: DecideInput<'_>, reason: Reason) -> Decision {
         let mut decision = self.skeleton(
             input.request,
-            &input.request.texts().collect::<Vec<_>>(),
+            texts_and_digest(input.request).1,
             input.principal,
             input.decision_id,
             input.now,
@@ -358,7 +358,7 @@ impl Engine {
     fn skeleton(
         &self,
         request: &DecideRequest,
-        texts: &[Text<'_>],
+        input_sha256: String,
         principal: &str,
         decision_id: String,
         now: Timestamp,
@@ -385,7 +385,7 @@ impl Engine {
             would_be: None,
             first_decision_id: None,
             estimate: None,
-            input_sha256: input_digest(texts),
+            input_sha256,
             started_cooldown: None,
         }
     }
@@ -515,16 +515,24 @@ fn breach_reason(breach: &Breach, consequence: &str) -> Reason {
 /// One text of a request with the role it was written in.
 type Text<'a> = (ContentRole, std::borrow::Cow<'a, str>);
 
-/// SHA-256 over every text with its role and length, so that different splits of the same
-/// characters hash differently.
-fn input_digest(texts: &[Text<'_>]) -> String {
+/// The request's texts ([`DecideRequest::texts`]), and their digest: SHA-256 over every text
+/// with the field it comes from, its role and its length, so that no two requests that differ
+/// in their texts, in how those are split or in where they stand digest alike.
+fn texts_and_digest(request: &DecideRequest) -> (Vec<Text<'_>>, String) {
     let mut hasher = Sha256::new();
-    for (role, text) in texts {
-        hasher.update([*role as u8]);
-        hasher.update((text.len() as u64).to_be_bytes());
-        hasher.update(text.as_bytes());
-    }
-    hex::encode(hasher.finalize())
+    let texts = request
+        .sourced_texts()
+        .map(|(source, role, text)| {
+            let (tag, index) = source.tag();
+            hasher.update([tag]);
+            hasher.update(index.to_be_bytes());
+            hasher.update([role as u8]);
+            hasher.update((text.len() as u64).to_be_bytes());
+            hasher.update(text.as_bytes());
+            (role, text)
+        })
+        .collect();
+    (texts, hex::encode(hasher.finalize()))
 }
 
 struct Ctx<'a> {
@@ -1405,5 +1413,60 @@ fn same_value(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> DecideRequest {
+        crate::parse_request(json.as_bytes()).unwrap()
+    }
+
+    fn digest(json: &str) -> String {
+        texts_and_digest(&request(json)).1
+    }
+
+    /// The recipe docs/decide.md gives, written out for a request of two texts.
+    #[test]
+    fn the_input_digest_is_the_documented_recipe() {
+        let mut expected = Sha256::new();
+        for (tag, index, role, text) in [(0u8, 0u64, 1u8, "Be brief."), (2, 0, 0, "user-7")] {
+            expected.update([tag]);
+            expected.update(index.to_be_bytes());
+            expected.update([role]);
+            expected.update((text.len() as u64).to_be_bytes());
+            expected.update(text.as_bytes());
+        }
+        assert_eq!(
+            digest(
+                r#"{"deployment":"d","messages":[{"role":"system","content":"Be brief."}],"params":{"user":"user-7"}}"#
+            ),
+            hex::encode(expected.finalize())
+        );
+    }
+
+    /// Requests that carry the same texts in the same roles, in different fields, digest apart.
+    #[test]
+    fn the_same_texts_in_other_fields_digest_apart() {
+        let user_param = digest(
+            r#"{"deployment":"d","messages":[{"role":"user","content":"hi"}],"params":{"user":"bob"}}"#,
+        );
+        let trailing_part = digest(
+            r#"{"deployment":"d","messages":[{"role":"user","content":"hi"}],"content":[{"role":"user","text":"bob"}]}"#,
+        );
+        assert_ne!(user_param, trailing_part);
+        let calls = |on: usize| {
+            let mut messages = [r#"{"role":"assistant","content":"a"}"#; 2];
+            messages[on] = r#"{"role":"assistant","content":"a","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}"#;
+            digest(&format!(
+                r#"{{"deployment":"d","messages":[{}]}}"#,
+                messages.join(",")
+            ))
+        };
+        assert_ne!(calls(0), calls(1));
+        // And the same request digests alike.
+        assert_eq!(calls(1), calls(1));
     }
 }

@@ -387,6 +387,39 @@ pub struct FunctionDefinition {
     pub strict: Option<bool>,
 }
 
+/// The field a text of [`DecideRequest::texts`] comes from: what the input digest hashes
+/// beside it, so that requests of different shapes with the same texts digest apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextSource {
+    /// The content of `messages[i]`.
+    Message(usize),
+    /// `content[i]` (the decide API's content parts).
+    Part(usize),
+    /// The `user` parameter.
+    UserParam,
+    /// The tool calls of `messages[i]`, or (None) the action's arguments.
+    ToolCalls(Option<usize>),
+    /// The fields of `messages[i]` beyond its text and tool calls.
+    OtherFields(usize),
+    /// The description of `tools[i]`.
+    ToolDescription(usize),
+}
+
+impl TextSource {
+    /// A tag byte and an index, as the input digest writes them (docs/decide.md).
+    pub fn tag(self) -> (u8, u64) {
+        let index = |i: usize| i as u64;
+        match self {
+            TextSource::Message(i) => (0, index(i)),
+            TextSource::Part(i) => (1, index(i)),
+            TextSource::UserParam => (2, 0),
+            TextSource::ToolCalls(i) => (3, i.map_or(u64::MAX, index)),
+            TextSource::OtherFields(i) => (4, index(i)),
+            TextSource::ToolDescription(i) => (5, index(i)),
+        }
+    }
+}
+
 impl DecideRequest {
     /// Every piece of text in the request with its role, in order: one per message (its
     /// content), one per content part, the `user` parameter ([`DecideRequest::user_param`]),
@@ -394,6 +427,13 @@ impl DecideRequest {
     /// ([`Message::other_content`]), then the offered tools' descriptions. Only the first three
     /// kinds can be redacted ([`DecideRequest::redactable_texts`]).
     pub fn texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
+        self.texts_with(true).map(|(_, role, text)| (role, text))
+    }
+
+    /// [`Self::texts`], each with the field it comes from.
+    pub fn sourced_texts(
+        &self,
+    ) -> impl Iterator<Item = (TextSource, ContentRole, std::borrow::Cow<'_, str>)> {
         self.texts_with(true)
     }
 
@@ -411,7 +451,7 @@ impl DecideRequest {
     ///
     /// [`Contract::image_tokens_of`]: gavel_contract::Contract::image_tokens_of
     pub fn counted_texts(&self) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
-        self.texts_with(false)
+        self.texts_with(false).map(|(_, role, text)| (role, text))
     }
 
     /// How many images the request's messages carry (content parts with an `image_url`).
@@ -432,48 +472,59 @@ impl DecideRequest {
     fn texts_with(
         &self,
         as_sent: bool,
-    ) -> impl Iterator<Item = (ContentRole, std::borrow::Cow<'_, str>)> {
-        let messages = self.messages.iter().map(|m| {
-            let role = role_of(m.role);
+    ) -> impl Iterator<Item = (TextSource, ContentRole, std::borrow::Cow<'_, str>)> {
+        use std::borrow::Cow;
+        let messages = self.messages.iter().enumerate().map(|(i, m)| {
             let text = match &m.content {
-                Some(MessageContent::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
-                _ => std::borrow::Cow::Owned(m.text()),
+                Some(MessageContent::Text(t)) => Cow::Borrowed(t.as_str()),
+                _ => Cow::Owned(m.text()),
             };
-            (role, text)
+            (TextSource::Message(i), role_of(m.role), text)
         });
         let parts = self
             .content
             .iter()
-            .map(|p| (p.role, std::borrow::Cow::Borrowed(p.text.as_str())));
+            .enumerate()
+            .map(|(i, p)| (TextSource::Part(i), p.role, Cow::Borrowed(p.text.as_str())));
         let user = self
             .user_param()
             .filter(|_| as_sent)
-            .map(|u| (ContentRole::User, std::borrow::Cow::Borrowed(u)));
+            .map(|u| (TextSource::UserParam, ContentRole::User, Cow::Borrowed(u)));
         // Tool-call arguments (in assistant messages and in a tool_call action) are content
         // too: they can carry secrets, PII or instructions, so they are scanned and hashed.
         let calls = self
             .messages
             .iter()
-            .filter_map(|m| m.tool_calls.as_ref())
-            .chain(self.action.args.as_ref())
-            .map(|v| {
+            .enumerate()
+            .filter_map(|(i, m)| m.tool_calls.as_ref().map(|v| (Some(i), v)))
+            .chain(self.action.args.as_ref().map(|v| (None, v)))
+            .map(|(i, v)| {
                 (
+                    TextSource::ToolCalls(i),
                     ContentRole::Assistant,
-                    std::borrow::Cow::Owned(v.to_string()),
+                    Cow::Owned(v.to_string()),
                 )
             });
-        let others = self.messages.iter().filter_map(move |m| {
-            m.other_fields(as_sent)
-                .map(|text| (role_of(m.role), std::borrow::Cow::Owned(text)))
+        let others = self.messages.iter().enumerate().filter_map(move |(i, m)| {
+            m.other_fields(as_sent).map(|text| {
+                (
+                    TextSource::OtherFields(i),
+                    role_of(m.role),
+                    Cow::Owned(text),
+                )
+            })
         });
         // Tool descriptions go to the model with the request, and conformance compares only a
         // tool's name and schema: they are read like the system prompt's filled-in variables
         // (secrets and personal data, not injection: they are the application's own words).
-        let descriptions = self.tools.iter().filter_map(|t| {
-            t.function
-                .description
-                .as_deref()
-                .map(|d| (ContentRole::System, std::borrow::Cow::Borrowed(d)))
+        let descriptions = self.tools.iter().enumerate().filter_map(|(i, t)| {
+            t.function.description.as_deref().map(|d| {
+                (
+                    TextSource::ToolDescription(i),
+                    ContentRole::System,
+                    Cow::Borrowed(d),
+                )
+            })
         });
         messages
             .chain(parts)
