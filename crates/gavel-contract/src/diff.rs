@@ -434,21 +434,24 @@ fn prices(d: &mut ContractDiff, old: &BTreeMap<String, Price>, new: &BTreeMap<St
     }
     // Fewer tokens reserved per image let more images through the same token budget; an entry
     // added or removed moves a snapshot from or to the default.
-    let reserved = |prices: &BTreeMap<String, Price>, snapshot: &str| {
-        prices
-            .get(snapshot)
-            .map_or(DEFAULT_IMAGE_TOKENS, |p| p.most_image_tokens())
+    let reserved = |prices: &BTreeMap<String, Price>, snapshot: &str, low_detail: bool| {
+        prices.get(snapshot).map_or(DEFAULT_IMAGE_TOKENS, |p| {
+            p.reserved_image_tokens(low_detail)
+        })
     };
     let snapshots: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     for snapshot in snapshots {
-        let (was, is) = (reserved(old, snapshot), reserved(new, snapshot));
-        if is < was {
-            d.note(
-                true,
-                format!("image tokens of `{snapshot}` lowered ({was} -> {is})"),
-            );
-        } else if is > was {
-            d.note(false, format!("image tokens of `{snapshot}` raised"));
+        for (low_detail, what) in [(false, "image tokens"), (true, "low-detail image tokens")] {
+            let was = reserved(old, snapshot, low_detail);
+            let is = reserved(new, snapshot, low_detail);
+            if is < was {
+                d.note(
+                    true,
+                    format!("{what} of `{snapshot}` lowered ({was} -> {is})"),
+                );
+            } else if is > was {
+                d.note(false, format!("{what} of `{snapshot}` raised"));
+            }
         }
     }
 }
@@ -562,6 +565,23 @@ mod tests {
                 && c.what.contains(
                     "image tokens of `llama-3.1-8b-instruct-q8-2024-07` lowered (16384 -> 85)"
                 )),
+            "{d:?}"
+        );
+        // So do fewer per image sent with `detail: low`.
+        let d = loosening(&[(
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
+            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }\n  gpt-4o-2024-08-06: { input: 2.5, output: 10.0, low_detail_image_tokens: 40 }",
+        )]);
+        assert!(
+            d.changes.iter().any(|c| c.loosening
+                && c.what
+                    .contains("low-detail image tokens of `gpt-4o-2024-08-06` lowered (85 -> 40)")),
+            "{d:?}"
+        );
+        assert!(
+            !d.changes
+                .iter()
+                .any(|c| c.what.starts_with("image tokens of `gpt-4o-2024-08-06`")),
             "{d:?}"
         );
         // Removing an entry that raised the figure lowers it to the default.

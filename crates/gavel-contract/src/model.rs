@@ -44,10 +44,12 @@ impl Contract {
         self.prices.get(snapshot).copied()
     }
 
-    /// The most prompt tokens one input image counts for on `snapshot`.
-    pub fn image_tokens_of(&self, snapshot: &str) -> u64 {
-        self.price_of(snapshot)
-            .map_or(DEFAULT_IMAGE_TOKENS, Price::most_image_tokens)
+    /// The most prompt tokens one input image counts for on `snapshot`; with `low_detail`, one
+    /// sent with `detail: low`.
+    pub fn image_tokens_of(&self, snapshot: &str, low_detail: bool) -> u64 {
+        self.price_of(snapshot).map_or(DEFAULT_IMAGE_TOKENS, |p| {
+            p.reserved_image_tokens(low_detail)
+        })
     }
 }
 
@@ -617,12 +619,25 @@ pub struct Price {
     /// [`DEFAULT_IMAGE_TOKENS`]). A request's images are reserved at this, since their size is
     /// not known before the upstream reads them.
     pub image_tokens: Option<u64>,
+    /// What one image sent with `detail: low` counts for, on a snapshot that reads such images
+    /// at a fixed size (None: no such mode, they count as any image).
+    pub low_detail_image_tokens: Option<u64>,
 }
 
 impl Price {
     /// What one image is reserved at.
     pub fn most_image_tokens(self) -> u64 {
         self.image_tokens.unwrap_or(DEFAULT_IMAGE_TOKENS)
+    }
+
+    /// What one image is reserved at; with `low_detail`, one sent with `detail: low` (never
+    /// more than any image).
+    pub fn reserved_image_tokens(self, low_detail: bool) -> u64 {
+        let most = self.most_image_tokens();
+        match self.low_detail_image_tokens {
+            Some(low) if low_detail => low.min(most),
+            _ => most,
+        }
     }
 
     /// Cost in micro-dollars, rounded up so that estimates never undercount.

@@ -318,4 +318,6 @@ pub(crate) struct RawPrice {
     pub output: Sp<f64>,
     #[serde(default)]
     pub image_tokens: Option<Sp<u64>>,
+    #[serde(default)]
+    pub low_detail_image_tokens: Option<Sp<u64>>,
 }

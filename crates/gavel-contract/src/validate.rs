@@ -164,25 +164,47 @@ pub(crate) fn validate(
                 );
             }
         }
-        if let Some(tokens) = &price.image_tokens {
-            if !(1..=MOST_IMAGE_TOKENS).contains(&tokens.value) {
+        for (tokens, field, meaning) in [
+            (
+                &price.image_tokens,
+                "image_tokens",
+                "the most one image counts for on this snapshot",
+            ),
+            (
+                &price.low_detail_image_tokens,
+                "low_detail_image_tokens",
+                "what one image sent with `detail: low` counts for on this snapshot",
+            ),
+        ] {
+            if let Some(tokens) = tokens
+                .as_ref()
+                .filter(|t| !(1..=MOST_IMAGE_TOKENS).contains(&t.value))
+            {
                 v.error(
                     tokens,
-                    "image_tokens must be a whole number of tokens from 1 to 1000000 (the most one image counts for on this snapshot)",
+                    format!(
+                        "{field} must be a whole number of tokens from 1 to 1000000 ({meaning})"
+                    ),
                 );
             }
         }
         // An entry that does not say how images count keeps what the built-in table says.
+        let table = prices.get(&snapshot);
         let image_tokens = price
             .image_tokens
             .map(|t| t.value)
-            .or_else(|| prices.get(&snapshot).and_then(|p| p.image_tokens));
+            .or_else(|| table.and_then(|p| p.image_tokens));
+        let low_detail_image_tokens = price
+            .low_detail_image_tokens
+            .map(|t| t.value)
+            .or_else(|| table.and_then(|p| p.low_detail_image_tokens));
         prices.insert(
             snapshot,
             Price {
                 input: price.input.value,
                 output: price.output.value,
                 image_tokens,
+                low_detail_image_tokens,
             },
         );
     }

@@ -1254,16 +1254,22 @@ impl Ctx<'_> {
             // The texts already in hand are what the model reads unless images or the `user`
             // parameter are among them.
             match self.request.images() {
-                0 if self.request.user_param().is_none() => {
+                images if images.all == 0 && self.request.user_param().is_none() => {
                     encoding.count_chat(self.texts.iter().map(|(_, t)| t.as_ref()))
                 }
                 images => {
                     let read: Vec<Text<'_>> = self.request.counted_texts().collect();
+                    let snapshot = &target.model.snapshot;
+                    let image_tokens = (images.all - images.low_detail)
+                        .saturating_mul(contract.image_tokens_of(snapshot, false))
+                        .saturating_add(
+                            images
+                                .low_detail
+                                .saturating_mul(contract.image_tokens_of(snapshot, true)),
+                        );
                     encoding
                         .count_chat(read.iter().map(|(_, t)| t.as_ref()))
-                        .saturating_add(
-                            images.saturating_mul(contract.image_tokens_of(&target.model.snapshot)),
-                        )
+                        .saturating_add(image_tokens)
                 }
             }
         } else {

@@ -387,6 +387,14 @@ pub struct FunctionDefinition {
     pub strict: Option<bool>,
 }
 
+/// The images of a request ([`DecideRequest::images`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Images {
+    pub all: u64,
+    /// Of `all`, those sent with `detail: low`.
+    pub low_detail: u64,
+}
+
 /// The field a text of [`DecideRequest::texts`] comes from: what the input digest hashes
 /// beside it, so that requests of different shapes with the same texts digest apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,17 +462,26 @@ impl DecideRequest {
         self.texts_with(false).map(|(_, role, text)| (role, text))
     }
 
-    /// How many images the request's messages carry (content parts with an `image_url`).
-    pub fn images(&self) -> u64 {
-        self.messages
+    /// How many images the request's messages carry (content parts with an `image_url`), and
+    /// how many of those ask for `detail: low`.
+    pub fn images(&self) -> Images {
+        let mut images = Images::default();
+        let urls = self
+            .messages
             .iter()
             .filter_map(|m| match &m.content {
                 Some(MessageContent::Parts(parts)) => Some(parts),
                 _ => None,
             })
             .flatten()
-            .filter(|p| p.image_url.as_ref().is_some_and(|v| !v.is_null()))
-            .count() as u64
+            .filter_map(|p| p.image_url.as_ref().filter(|v| !v.is_null()));
+        for url in urls {
+            images.all += 1;
+            if url.get("detail").and_then(Value::as_str) == Some("low") {
+                images.low_detail += 1;
+            }
+        }
+        images
     }
 
     /// [`Self::texts`] with `as_sent`; [`Self::counted_texts`] without: then no image URL or

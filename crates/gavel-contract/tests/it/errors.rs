@@ -254,43 +254,48 @@ fn unclassified_domain_warns() {
 
 #[test]
 fn image_tokens_are_a_positive_bounded_count_and_kept_from_the_built_in_table() {
-    for (bad, said) in [
-        (
-            "0",
-            "image_tokens must be a whole number of tokens from 1 to 1000000",
-        ),
-        (
-            "2000000",
-            "image_tokens must be a whole number of tokens from 1 to 1000000",
-        ),
-        ("-5", "u64"),
-        ("lots", "u64"),
-    ] {
-        let mut f = Files::example();
-        f.edit(
-            "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
-            &format!("llama-3.1-8b-instruct-q8-2024-07:  {{ input: 0.05, output: 0.05, image_tokens: {bad} }}"),
-        );
-        let e = first_error(&f);
-        assert!(e.starts_with("gavel.yaml:142:"), "{bad}: {e}");
-        assert!(e.contains(said), "{bad}: {e}");
+    for field in ["image_tokens", "low_detail_image_tokens"] {
+        let out_of_range = format!("{field} must be a whole number of tokens from 1 to 1000000");
+        for (bad, said) in [
+            ("0", out_of_range.as_str()),
+            ("2000000", out_of_range.as_str()),
+            ("-5", "u64"),
+            ("lots", "u64"),
+        ] {
+            let mut f = Files::example();
+            f.edit(
+                "llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
+                &format!("llama-3.1-8b-instruct-q8-2024-07:  {{ input: 0.05, output: 0.05, {field}: {bad} }}"),
+            );
+            let e = first_error(&f);
+            assert!(e.starts_with("gavel.yaml:142:"), "{field} {bad}: {e}");
+            assert!(e.contains(said), "{field} {bad}: {e}");
+        }
     }
-    // A contract that reprices a built-in snapshot keeps the table's image count; one that says
-    // its own gets it; a snapshot nobody describes gets the default.
+    // A contract that reprices a built-in snapshot keeps the table's image counts; one that says
+    // its own gets them; a snapshot nobody describes gets the default, at any detail.
     let mut f = Files::example();
     f.edit(
         "  llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05 }",
-        "  llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05, image_tokens: 576 }\n  gpt-4o-2024-08-06: { input: 2.0, output: 8.0 }",
+        "  llama-3.1-8b-instruct-q8-2024-07:  { input: 0.05, output: 0.05, image_tokens: 576, low_detail_image_tokens: 64 }\n  gpt-4o-2024-08-06: { input: 2.0, output: 8.0 }\n  gpt-4.1-2025-04-14: { input: 2.0, output: 8.0, image_tokens: 50 }",
     );
     let contract = f.load().unwrap().contract;
-    assert_eq!(contract.image_tokens_of("gpt-4o-2024-08-06"), 1_445);
+    let counts = |snapshot: &str| {
+        (
+            contract.image_tokens_of(snapshot, false),
+            contract.image_tokens_of(snapshot, true),
+        )
+    };
+    assert_eq!(counts("gpt-4o-2024-08-06"), (1_445, 85));
+    assert_eq!(counts("llama-3.1-8b-instruct-q8-2024-07"), (576, 64));
+    // A low-detail image never counts for more than any image.
+    assert_eq!(counts("gpt-4.1-2025-04-14"), (50, 50));
+    // No low-detail mode: as any image.
+    assert_eq!(counts("claude-3-5-haiku-20241022"), (1_600, 1_600));
+    let default = gavel_contract::DEFAULT_IMAGE_TOKENS;
     assert_eq!(
-        contract.image_tokens_of("llama-3.1-8b-instruct-q8-2024-07"),
-        576
-    );
-    assert_eq!(
-        contract.image_tokens_of("llama-3.1-70b-instruct-q4-2024-07"),
-        gavel_contract::DEFAULT_IMAGE_TOKENS
+        counts("llama-3.1-70b-instruct-q4-2024-07"),
+        (default, default)
     );
 }
 

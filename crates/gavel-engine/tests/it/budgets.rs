@@ -173,29 +173,41 @@ fn reported_usage_is_a_count_the_ledger_records_exactly() {
 
 /// An image is reserved at the most its snapshot counts for one (the upstream reads its size,
 /// gavel does not), and its URL or base64 data is not counted as text: a 300 KB data URL is
-/// one image, not a hundred thousand tokens of text, and a link is not twenty tokens.
+/// one image, not a hundred thousand tokens of text, and a link is not twenty tokens. One sent
+/// with `detail: low` is reserved at what the snapshot counts for such an image, whatever its
+/// size.
 #[test]
 fn images_are_reserved_at_what_their_snapshot_counts_for_one() {
     let w = World::example();
     w.approve("kb-search-v1");
     let text_only = w.decide(kb_request()).estimate.unwrap().prompt_tokens;
-    let with_images =
-        |urls: &[&str]| {
-            let mut request = kb_request();
-            let mut parts = vec![json!({"type": "text", "text": "How do I book a meeting room?"})];
-            parts.extend(urls.iter().map(
-                |url| json!({"type": "image_url", "image_url": {"url": url, "detail": "high"}}),
-            ));
-            request["messages"][1]["content"] = json!(parts);
-            let d = w.decide(request);
-            assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
-            d.estimate.unwrap().prompt_tokens
-        };
-    // gpt-4o-mini-2024-07-18: 2,833 + 8 x 5,667 tokens for its largest image.
-    let per_image = 48_169;
+    // Each in a world of its own: together they would fill the use case's token budget.
+    let with_images = |images: &[(&str, &str)]| {
+        let w = World::example();
+        w.approve("kb-search-v1");
+        let mut request = kb_request();
+        let mut parts = vec![json!({"type": "text", "text": "How do I book a meeting room?"})];
+        parts.extend(images.iter().map(|(url, detail)| {
+            json!({"type": "image_url", "image_url": {"url": url, "detail": detail}})
+        }));
+        request["messages"][1]["content"] = json!(parts);
+        let d = w.decide(request);
+        assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+        d.estimate.unwrap().prompt_tokens
+    };
+    // gpt-4o-mini-2024-07-18: 2,833 + 8 x 5,667 tokens for its largest image; 2,833 at low
+    // detail.
+    let (per_image, per_low_detail_image) = (48_169, 2_833);
     let data_url = format!("data:image/png;base64,{}", "iVBORw0KGgo".repeat(30_000));
     let link = "https://example.org/floor-plan.png";
-    assert_eq!(with_images(&[&data_url]), text_only + per_image);
-    assert_eq!(with_images(&[link]), text_only + per_image);
-    assert_eq!(with_images(&[&data_url, link]), text_only + 2 * per_image);
+    assert_eq!(with_images(&[(&data_url, "high")]), text_only + per_image);
+    assert_eq!(with_images(&[(link, "auto")]), text_only + per_image);
+    assert_eq!(
+        with_images(&[(&data_url, "high"), (link, "high")]),
+        text_only + 2 * per_image
+    );
+    assert_eq!(
+        with_images(&[(&data_url, "low"), (link, "high")]),
+        text_only + per_low_detail_image + per_image
+    );
 }
