@@ -414,6 +414,31 @@ pub enum TextSource {
 }
 
 impl TextSource {
+    /// The field's name, as captured payloads give it (docs/contract.md, `payload_capture`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TextSource::Message(_) => "message",
+            TextSource::Part(_) => "part",
+            TextSource::UserParam => "user",
+            TextSource::ToolCalls(Some(_)) => "tool_calls",
+            TextSource::ToolCalls(None) => "action_args",
+            TextSource::OtherFields(_) => "other_fields",
+            TextSource::ToolDescription(_) => "tool_description",
+        }
+    }
+
+    /// The index of the message, content part or tool the text comes from, if any.
+    pub fn index(self) -> Option<usize> {
+        match self {
+            TextSource::Message(i)
+            | TextSource::Part(i)
+            | TextSource::OtherFields(i)
+            | TextSource::ToolDescription(i)
+            | TextSource::ToolCalls(Some(i)) => Some(i),
+            TextSource::UserParam | TextSource::ToolCalls(None) => None,
+        }
+    }
+
     /// A tag byte and an index, as the input digest writes them (docs/decide.md).
     pub fn tag(self) -> (u8, u64) {
         let index = |i: usize| i as u64;

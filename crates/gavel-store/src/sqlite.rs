@@ -105,6 +105,146 @@ fn keyed_schema() -> String {
         .collect()
 }
 
+/// A table [`Store::prune_expired`] deletes from: rows whose `time` is before a cutoff.
+struct Expiring {
+    table: &'static str,
+    /// Its primary key (or rowid): the order it is walked in.
+    key: &'static str,
+    time: &'static str,
+    /// Cut at [`PruneBefore::unsettled_ms`], not [`PruneBefore::ended_ms`].
+    unsettled: bool,
+}
+
+const EXPIRING: [Expiring; 5] = [
+    Expiring {
+        table: "budget_windows",
+        key: "key",
+        time: "resets_at",
+        unsettled: false,
+    },
+    Expiring {
+        table: "idempotency",
+        key: "key",
+        time: "expires_at",
+        unsettled: false,
+    },
+    Expiring {
+        table: "cooldowns",
+        key: "id",
+        time: "until",
+        unsettled: false,
+    },
+    Expiring {
+        table: "reservations",
+        key: "id",
+        time: "expires_at",
+        unsettled: true,
+    },
+    Expiring {
+        table: "reservation_resources",
+        key: "rowid",
+        time: "expires_at",
+        unsettled: true,
+    },
+];
+
+/// How many rows of a table one prune looks at, at most, and how many one read takes. None of
+/// these tables has an index on its time column (each would cost a page write in every
+/// decision's commit), so a prune walks the table in key order from where the last one
+/// stopped: a busy table is covered over several minutes, never read whole at once.
+const PRUNE_LOOKS_AT: usize = 100_000;
+const PRUNE_STRETCH: usize = 5_000;
+/// Rows deleted per transaction: each takes the write lock anew, so that decisions wait
+/// behind at most this many deletes by key.
+const PRUNE_DELETES_PER_TRANSACTION: usize = 250;
+
+/// The connection pruning reads and deletes through, so that its reads wait for no decision
+/// and no decision waits for them (they hold no lock), and where each table's walk stopped.
+struct Pruner {
+    conn: Connection,
+    resume_after: HashMap<&'static str, rusqlite::types::Value>,
+}
+
+impl Pruner {
+    fn prune(&mut self, table: &Expiring, before_ms: i64) -> Result<usize, StoreError> {
+        let Expiring {
+            table: name,
+            key,
+            time,
+            ..
+        } = table;
+        let mut pruned = 0;
+        let mut looked_at = 0;
+        while looked_at < PRUNE_LOOKS_AT {
+            // A NULL time (a window that never ends) compares to NULL: not expired.
+            let select = format!("SELECT {key}, {time} < ?1 FROM {name}");
+            let stretch = PRUNE_STRETCH as i64;
+            let read = |statement: &mut rusqlite::CachedStatement<'_>,
+                        args: &[&dyn rusqlite::ToSql]| {
+                statement
+                    .query_map(args, |r| {
+                        Ok((r.get(0)?, r.get::<_, Option<bool>>(1)?.unwrap_or(false)))
+                    })
+                    .and_then(|rows| {
+                        rows.collect::<Result<Vec<(rusqlite::types::Value, bool)>, _>>()
+                    })
+            };
+            let rows = match self.resume_after.get(name) {
+                Some(after) => read(
+                    &mut self
+                        .conn
+                        .prepare_cached(&format!(
+                            "{select} WHERE {key} > ?3 ORDER BY {key} LIMIT ?2"
+                        ))
+                        .map_err(err("statement"))?,
+                    &[&before_ms, &stretch, after],
+                ),
+                None => read(
+                    &mut self
+                        .conn
+                        .prepare_cached(&format!("{select} ORDER BY {key} LIMIT ?2"))
+                        .map_err(err("statement"))?,
+                    &[&before_ms, &stretch],
+                ),
+            }
+            .map_err(err("pruning"))?;
+            looked_at += rows.len();
+            let reached_the_end = rows.len() < PRUNE_STRETCH;
+            match rows.last() {
+                Some((last, _)) if !reached_the_end => {
+                    self.resume_after.insert(name, last.clone());
+                }
+                _ => {
+                    self.resume_after.remove(name);
+                }
+            }
+            let expired: Vec<_> = rows
+                .into_iter()
+                .filter(|(_, expired)| *expired)
+                .map(|(k, _)| k)
+                .collect();
+            // The time is checked again as each row goes: it may have been written since.
+            let delete = format!("DELETE FROM {name} WHERE {key} = ?1 AND {time} < ?2");
+            for chunk in expired.chunks(PRUNE_DELETES_PER_TRANSACTION) {
+                pruned += immediate(&self.conn, |tx| -> Result<usize, StoreError> {
+                    let mut statement = tx.prepare_cached(&delete).map_err(err("statement"))?;
+                    let mut deleted = 0;
+                    for k in chunk {
+                        deleted += statement
+                            .execute(params![k, before_ms])
+                            .map_err(err("pruning"))?;
+                    }
+                    Ok(deleted)
+                })?;
+            }
+            if reached_the_end {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+}
+
 /// Databases made before the keyed tables were `WITHOUT ROWID` have them as rowid tables: each
 /// is rebuilt once, its rows kept, in one transaction that holds the write lock while it copies
 /// (nothing pruned idempotency keys or past budget windows before, so a busy gateway's tables
@@ -211,6 +351,8 @@ pub struct SqliteStore {
     /// gateway's async workers) and a decision's view then never queue behind another
     /// decision's writes.
     watch: Mutex<Connection>,
+    /// A third, for [`Store::prune_expired`] alone.
+    pruner: Mutex<Pruner>,
     governance: Mutex<Option<Arc<Governance>>>,
 }
 
@@ -275,7 +417,12 @@ impl SqliteStore {
                 ))
             })
         };
-        Self::init(connect()?, connect()?, &path.display().to_string())
+        Self::init(
+            connect()?,
+            connect()?,
+            connect()?,
+            &path.display().to_string(),
+        )
     }
 
     /// Opens an existing database, refusing to create one (for read-only commands).
@@ -310,8 +457,13 @@ impl SqliteStore {
             .map_err(err("wal_autocheckpoint"))
     }
 
-    fn init(conn: Connection, watch: Connection, name: &str) -> Result<SqliteStore, StoreError> {
-        for c in [&conn, &watch] {
+    fn init(
+        conn: Connection,
+        watch: Connection,
+        pruner: Connection,
+        name: &str,
+    ) -> Result<SqliteStore, StoreError> {
+        for c in [&conn, &watch, &pruner] {
             c.busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
                 .map_err(err("busy handler"))?;
         }
@@ -350,6 +502,10 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             writer: Mutex::new(()),
             watch: Mutex::new(watch),
+            pruner: Mutex::new(Pruner {
+                conn: pruner,
+                resume_after: HashMap::new(),
+            }),
             governance: Mutex::new(None),
         })
     }
@@ -857,52 +1013,15 @@ impl Store for SqliteStore {
     }
 
     fn prune_expired(&self, cutoffs: PruneBefore) -> Result<usize, StoreError> {
-        // In transactions of at most `CHUNK` rows, each taking the write lock anew: the first
-        // prune of a database that never pruned may have millions to delete, and decisions
-        // must not wait behind all of them at once.
-        const CHUNK: usize = 1_000;
+        let mut pruner = locked(&self.pruner)?;
         let mut pruned = 0;
-        for (sql, before_ms) in [
-            (
-                "DELETE FROM budget_windows WHERE key IN
-                     (SELECT key FROM budget_windows WHERE resets_at < ?1 LIMIT ?2)",
-                cutoffs.ended_ms,
-            ),
-            (
-                "DELETE FROM idempotency WHERE key IN
-                     (SELECT key FROM idempotency WHERE expires_at < ?1 LIMIT ?2)",
-                cutoffs.ended_ms,
-            ),
-            (
-                "DELETE FROM cooldowns WHERE id IN
-                     (SELECT id FROM cooldowns WHERE until < ?1 LIMIT ?2)",
-                cutoffs.ended_ms,
-            ),
-            // A reservation's resource claims lapse at its `expires_at`; its row is kept until
-            // `unsettled_ms` so that a late outcome can still settle it.
-            (
-                "DELETE FROM reservations WHERE id IN
-                     (SELECT id FROM reservations WHERE expires_at < ?1 LIMIT ?2)",
-                cutoffs.unsettled_ms,
-            ),
-            (
-                "DELETE FROM reservation_resources WHERE rowid IN
-                     (SELECT rowid FROM reservation_resources WHERE expires_at < ?1 LIMIT ?2)",
-                cutoffs.unsettled_ms,
-            ),
-        ] {
-            loop {
-                let deleted = immediate(&*self.conn()?, |tx| {
-                    tx.prepare_cached(sql)
-                        .map_err(err("statement"))?
-                        .execute(params![before_ms, CHUNK as i64])
-                        .map_err(err("pruning"))
-                })?;
-                pruned += deleted;
-                if deleted < CHUNK {
-                    break;
-                }
-            }
+        for table in &EXPIRING {
+            let before_ms = if table.unsettled {
+                cutoffs.unsettled_ms
+            } else {
+                cutoffs.ended_ms
+            };
+            pruned += pruner.prune(table, before_ms)?;
         }
         Ok(pruned)
     }

@@ -222,7 +222,8 @@ fn queue<'d, P>(
 }
 
 /// Stores the request's texts encrypted under the subject's key (crypto-shreddable with
-/// `gavel audit forget`). The ledger record holds only their digest (`input_sha256`).
+/// `gavel audit forget`). The ledger record holds only their digest (`input_sha256`), which
+/// each text's field, index and role are enough to recompute (docs/decide.md).
 pub fn capture_payload(
     sink: &gavel_ledger_sqlite::SqliteLedgerSink,
     field: &str,
@@ -233,8 +234,10 @@ pub fn capture_payload(
         return Ok(());
     };
     let texts: Vec<serde_json::Value> = request
-        .texts()
-        .map(|(role, text)| json!({ "role": role, "text": text }))
+        .sourced_texts()
+        .map(|(source, role, text)| {
+            json!({ "source": source.name(), "index": source.index(), "role": role, "text": text })
+        })
         .collect();
     let plaintext = serde_json::to_vec(&texts)
         .map_err(|e| Failure::storage(format!("cannot encode a payload: {e}")))?;
@@ -457,6 +460,6 @@ pub fn settle_outcome(
 
 fn no_open_reservation(decision_id: &str) -> Failure {
     Failure::invalid(format!(
-        "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, or unknown)"
+        "decision `{decision_id}` holds no open reservation (already settled, refused, a dry run, unknown, or left unsettled for over a day and pruned)"
     ))
 }

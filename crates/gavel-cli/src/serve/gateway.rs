@@ -82,7 +82,8 @@ pub struct Gateway {
     /// outcome, a call cut at shutdown included ([`Gateway::close_open_calls`]). Nobody else
     /// reports their outcome: their ledger records say the gateway settles them
     /// (`settle_outcome` refuses). One whose settlement failed stays: its reservation stays
-    /// charged at the estimate (the store keeps unsettled reservations), and so it should.
+    /// charged at the estimate (the store keeps an unsettled reservation for a day after its
+    /// claims lapse), and so it should.
     pub open_calls: Mutex<HashMap<String, Open>>,
     /// Decisions given up at the deadline whose withdrawal waits for their record
     /// ([`Gateway::abandon`]); finished at shutdown if it comes first.

@@ -362,6 +362,37 @@ fn captured_payloads_are_crypto_shredded_by_forget_and_the_ledger_still_verifies
         "{}",
         payload.stdout
     );
+    // What was captured digests to what the ledger holds, by docs/decide.md's recipe.
+    let texts: Vec<serde_json::Value> = serde_json::from_str(&payload.stdout).unwrap();
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for t in &texts {
+        let (tag, index) = match t["source"].as_str().unwrap() {
+            "message" => (0u8, t["index"].as_u64().unwrap()),
+            "part" => (1, t["index"].as_u64().unwrap()),
+            "user" => (2, 0),
+            "tool_calls" => (3, t["index"].as_u64().unwrap()),
+            "action_args" => (3, u64::MAX),
+            "other_fields" => (4, t["index"].as_u64().unwrap()),
+            "tool_description" => (5, t["index"].as_u64().unwrap()),
+            other => panic!("unknown source {other}"),
+        };
+        let role = ["user", "system", "assistant", "retrieved", "tool_output"]
+            .iter()
+            .position(|s| *s == t["role"])
+            .unwrap() as u8;
+        let text = t["text"].as_str().unwrap();
+        digest.update([tag]);
+        digest.update(index.to_be_bytes());
+        digest.update([role]);
+        digest.update((text.len() as u64).to_be_bytes());
+        digest.update(text.as_bytes());
+    }
+    assert_eq!(
+        hex::encode(digest.finalize()),
+        d["input_sha256"].as_str().unwrap(),
+        "{texts:?}"
+    );
     // Not captured without the subject field.
     let other = g.decide(&r.service, &kb_request());
     g.run(
