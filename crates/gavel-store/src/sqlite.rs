@@ -105,145 +105,41 @@ fn keyed_schema() -> String {
         .collect()
 }
 
-/// A table [`Store::prune_expired`] deletes from: rows whose `time` is before a cutoff.
-struct Expiring {
-    table: &'static str,
-    /// Its primary key (or rowid): the order it is walked in.
-    key: &'static str,
-    time: &'static str,
-    /// Cut at [`PruneBefore::unsettled_ms`], not [`PruneBefore::ended_ms`].
-    unsettled: bool,
-}
-
-const EXPIRING: [Expiring; 5] = [
-    Expiring {
-        table: "budget_windows",
-        key: "key",
-        time: "resets_at",
-        unsettled: false,
-    },
-    Expiring {
-        table: "idempotency",
-        key: "key",
-        time: "expires_at",
-        unsettled: false,
-    },
-    Expiring {
-        table: "cooldowns",
-        key: "id",
-        time: "until",
-        unsettled: false,
-    },
-    Expiring {
-        table: "reservations",
-        key: "id",
-        time: "expires_at",
-        unsettled: true,
-    },
-    Expiring {
-        table: "reservation_resources",
-        key: "rowid",
-        time: "expires_at",
-        unsettled: true,
-    },
+/// The tables [`Store::prune_expired`] deletes from, each with its key, the column that says
+/// when a row ends, and whether it is cut at [`PruneBefore::unsettled_ms`] rather than
+/// [`PruneBefore::ended_ms`].
+const EXPIRING: [(&str, &str, &str, bool); 5] = [
+    ("budget_windows", "key", "resets_at", false),
+    ("idempotency", "key", "expires_at", false),
+    ("cooldowns", "id", "until", false),
+    ("reservations", "id", "expires_at", true),
+    ("reservation_resources", "rowid", "expires_at", true),
 ];
 
-/// How many rows of a table one prune looks at, at most, and how many one read takes. None of
-/// these tables has an index on its time column (each would cost a page write in every
-/// decision's commit), so a prune walks the table in key order from where the last one
-/// stopped: a busy table is covered over several minutes, never read whole at once.
-const PRUNE_LOOKS_AT: usize = 100_000;
-const PRUNE_STRETCH: usize = 5_000;
-/// Rows deleted per transaction: each takes the write lock anew, so that decisions wait
-/// behind at most this many deletes by key.
-const PRUNE_DELETES_PER_TRANSACTION: usize = 250;
-
-/// The connection pruning reads and deletes through, so that its reads wait for no decision
-/// and no decision waits for them (they hold no lock), and where each table's walk stopped.
-struct Pruner {
-    conn: Connection,
-    resume_after: HashMap<&'static str, rusqlite::types::Value>,
+/// An index on each of those end columns, so that a prune finds what ended without reading the
+/// table: a decision's commit writes one page more for its reservation (the index's newest
+/// leaf), and one for an idempotency key. Created after the keyed tables are rebuilt, since a
+/// rebuild drops a table's indexes.
+fn expiry_indexes() -> String {
+    EXPIRING
+        .iter()
+        .map(|(table, _, end, _)| {
+            format!("CREATE INDEX IF NOT EXISTS {table}_by_{end} ON {table} ({end});")
+        })
+        .collect()
 }
 
-impl Pruner {
-    fn prune(&mut self, table: &Expiring, before_ms: i64) -> Result<usize, StoreError> {
-        let Expiring {
-            table: name,
-            key,
-            time,
-            ..
-        } = table;
-        let mut pruned = 0;
-        let mut looked_at = 0;
-        while looked_at < PRUNE_LOOKS_AT {
-            // A NULL time (a window that never ends) compares to NULL: not expired.
-            let select = format!("SELECT {key}, {time} < ?1 FROM {name}");
-            let stretch = PRUNE_STRETCH as i64;
-            let read = |statement: &mut rusqlite::CachedStatement<'_>,
-                        args: &[&dyn rusqlite::ToSql]| {
-                statement
-                    .query_map(args, |r| {
-                        Ok((r.get(0)?, r.get::<_, Option<bool>>(1)?.unwrap_or(false)))
-                    })
-                    .and_then(|rows| {
-                        rows.collect::<Result<Vec<(rusqlite::types::Value, bool)>, _>>()
-                    })
-            };
-            let rows = match self.resume_after.get(name) {
-                Some(after) => read(
-                    &mut self
-                        .conn
-                        .prepare_cached(&format!(
-                            "{select} WHERE {key} > ?3 ORDER BY {key} LIMIT ?2"
-                        ))
-                        .map_err(err("statement"))?,
-                    &[&before_ms, &stretch, after],
-                ),
-                None => read(
-                    &mut self
-                        .conn
-                        .prepare_cached(&format!("{select} ORDER BY {key} LIMIT ?2"))
-                        .map_err(err("statement"))?,
-                    &[&before_ms, &stretch],
-                ),
-            }
-            .map_err(err("pruning"))?;
-            looked_at += rows.len();
-            let reached_the_end = rows.len() < PRUNE_STRETCH;
-            match rows.last() {
-                Some((last, _)) if !reached_the_end => {
-                    self.resume_after.insert(name, last.clone());
-                }
-                _ => {
-                    self.resume_after.remove(name);
-                }
-            }
-            let expired: Vec<_> = rows
-                .into_iter()
-                .filter(|(_, expired)| *expired)
-                .map(|(k, _)| k)
-                .collect();
-            // The time is checked again as each row goes: it may have been written since.
-            let delete = format!("DELETE FROM {name} WHERE {key} = ?1 AND {time} < ?2");
-            for chunk in expired.chunks(PRUNE_DELETES_PER_TRANSACTION) {
-                pruned += immediate(&self.conn, |tx| -> Result<usize, StoreError> {
-                    let mut statement = tx.prepare_cached(&delete).map_err(err("statement"))?;
-                    let mut deleted = 0;
-                    for k in chunk {
-                        deleted += statement
-                            .execute(params![k, before_ms])
-                            .map_err(err("pruning"))?;
-                    }
-                    Ok(deleted)
-                })?;
-            }
-            if reached_the_end {
-                break;
-            }
-        }
-        Ok(pruned)
-    }
+/// Deletes at most ?2 rows of `table` that ended before ?1. A NULL end (a window that never
+/// ends) is never before anything.
+fn prune_statement(table: &str, key: &str, end: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {end} < ?1 LIMIT ?2)"
+    )
 }
+
+/// Rows deleted per transaction: each takes the write lock anew, so that decisions wait behind
+/// at most this many deletes.
+const PRUNE_DELETES_PER_TRANSACTION: i64 = 250;
 
 /// Databases made before the keyed tables were `WITHOUT ROWID` have them as rowid tables: each
 /// is rebuilt once, its rows kept, in one transaction that holds the write lock while it copies
@@ -351,8 +247,6 @@ pub struct SqliteStore {
     /// gateway's async workers) and a decision's view then never queue behind another
     /// decision's writes.
     watch: Mutex<Connection>,
-    /// A third, for [`Store::prune_expired`] alone.
-    pruner: Mutex<Pruner>,
     governance: Mutex<Option<Arc<Governance>>>,
 }
 
@@ -417,12 +311,7 @@ impl SqliteStore {
                 ))
             })
         };
-        Self::init(
-            connect()?,
-            connect()?,
-            connect()?,
-            &path.display().to_string(),
-        )
+        Self::init(connect()?, connect()?, &path.display().to_string())
     }
 
     /// Opens an existing database, refusing to create one (for read-only commands).
@@ -457,13 +346,8 @@ impl SqliteStore {
             .map_err(err("wal_autocheckpoint"))
     }
 
-    fn init(
-        conn: Connection,
-        watch: Connection,
-        pruner: Connection,
-        name: &str,
-    ) -> Result<SqliteStore, StoreError> {
-        for c in [&conn, &watch, &pruner] {
+    fn init(conn: Connection, watch: Connection, name: &str) -> Result<SqliteStore, StoreError> {
+        for c in [&conn, &watch] {
             c.busy_handler(Some(gavel_ledger_sqlite::wait_for_writer))
                 .map_err(err("busy handler"))?;
         }
@@ -476,6 +360,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)
             .and_then(|()| conn.execute_batch(&keyed_schema()))
             .and_then(|()| rebuild_keyed_tables(&conn))
+            .and_then(|()| conn.execute_batch(&expiry_indexes()))
             .and_then(|()| conn.execute_batch(&generation_schema()))
             .map_err(|e| StoreError(format!("cannot create the schema in `{name}`: {e}")))?;
         let version: Option<String> = conn
@@ -502,10 +387,6 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             writer: Mutex::new(()),
             watch: Mutex::new(watch),
-            pruner: Mutex::new(Pruner {
-                conn: pruner,
-                resume_after: HashMap::new(),
-            }),
             governance: Mutex::new(None),
         })
     }
@@ -1013,15 +894,26 @@ impl Store for SqliteStore {
     }
 
     fn prune_expired(&self, cutoffs: PruneBefore) -> Result<usize, StoreError> {
-        let mut pruner = locked(&self.pruner)?;
         let mut pruned = 0;
-        for table in &EXPIRING {
-            let before_ms = if table.unsettled {
+        for (table, key, end, unsettled) in EXPIRING {
+            let before_ms = if unsettled {
                 cutoffs.unsettled_ms
             } else {
                 cutoffs.ended_ms
             };
-            pruned += pruner.prune(table, before_ms)?;
+            let sql = prune_statement(table, key, end);
+            loop {
+                let deleted = immediate(&*self.conn()?, |tx| {
+                    tx.prepare_cached(&sql)
+                        .map_err(err("statement"))?
+                        .execute(params![before_ms, PRUNE_DELETES_PER_TRANSACTION])
+                        .map_err(err("pruning"))
+                })?;
+                pruned += deleted;
+                if (deleted as i64) < PRUNE_DELETES_PER_TRANSACTION {
+                    break;
+                }
+            }
         }
         Ok(pruned)
     }
@@ -1631,8 +1523,9 @@ fn window_columns(amounts: Amounts) -> [i64; 4] {
     ]
 }
 
-/// Adds `amounts` to a window; its row notes when the window ends (also a row from before
-/// windows had an end, once charged again).
+/// Adds `amounts` to a window; its row notes when the window ends. Charging it again leaves that
+/// column as it is, so that its index is not written (a row from before windows had an end
+/// keeps none).
 fn add_to_window(
     tx: &Connection,
     key: &str,
@@ -1643,8 +1536,7 @@ fn add_to_window(
     tx.prepare_cached(
         "INSERT INTO budget_windows (key, tokens, usd_micros, requests, tool_calls, resets_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (key) DO UPDATE SET tokens = tokens + ?2, usd_micros = usd_micros + ?3,
-             requests = requests + ?4, tool_calls = tool_calls + ?5,
-             resets_at = COALESCE(resets_at, ?6)",
+             requests = requests + ?4, tool_calls = tool_calls + ?5",
     )
         .map_err(err("statement"))?
         .execute(params![
@@ -1657,4 +1549,35 @@ fn add_to_window(
         ])
         .map_err(err("budget window"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each prune finds what ended through an index on its end column, not by reading the
+    /// table: a busy gateway's reservations and idempotency keys run to millions of rows.
+    #[test]
+    fn every_prune_searches_an_index_of_its_end_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+        let conn = store.conn().unwrap();
+        for (table, key, end, _) in EXPIRING {
+            let plan: Vec<String> = conn
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN {}",
+                    prune_statement(table, key, end)
+                ))
+                .unwrap()
+                .query_map(params![0, 1], |r| r.get(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(&format!("INDEX {table}_by_{end}"))),
+                "{table}: {plan:?}"
+            );
+        }
+    }
 }
