@@ -354,6 +354,8 @@ fn captured_payloads_are_crypto_shredded_by_forget_and_the_ledger_still_verifies
     g.run(Some(&r.operator), &["apply"]).ok();
     let mut req = kb_request();
     req["metadata"] = serde_json::json!({"user_id": "u-42"});
+    // The `user` parameter is a text of a field of its own in the digest.
+    req["params"]["user"] = serde_json::json!("employee-42");
     let d = g.decide(&r.service, &req);
     let id = d["decision_id"].as_str().unwrap();
     let payload = g.run(Some(&r.auditor), &["audit", "payload", id]).ok();
@@ -364,6 +366,8 @@ fn captured_payloads_are_crypto_shredded_by_forget_and_the_ledger_still_verifies
     );
     // What was captured digests to what the ledger holds, by docs/decide.md's recipe.
     let texts: Vec<serde_json::Value> = serde_json::from_str(&payload.stdout).unwrap();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert_eq!(texts[2]["source"], "user", "{texts:?}");
     use sha2::Digest;
     let mut digest = sha2::Sha256::new();
     for t in &texts {
