@@ -25,7 +25,7 @@
 //! commit to overlap, and a lone request's path is spared the sync thread's
 //! wake-up (on an idle machine the longest of its thread hand-overs).
 
-use crate::merkle::{leaf_hash, Hash, MerkleTree};
+use crate::merkle::{leaf_hash, Hash, MerkleFrontier};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
 use crate::record::{Appendable, IndexFields, Record, RecordError, RecordKind};
 use crate::sink::{AppendRecord, Flusher, LedgerSink, StoredCheckpoint};
@@ -492,7 +492,9 @@ struct Writer<S> {
     sink: S,
     signer: NoteSigner,
     config: AppenderConfig,
-    tree: MerkleTree,
+    /// The tree's right edge only: the writer needs the root as it grows, and a whole tree
+    /// (two hashes a record) grew without bound in a gateway that ran for days.
+    tree: MerkleFrontier,
     last_seq: u64,
     last_size: u64,
     /// When the oldest unsigned record was committed (drives T).
@@ -557,22 +559,9 @@ impl<S: LedgerSink> Writer<S> {
     fn load(sink: S, signer: NoteSigner, config: AppenderConfig) -> Result<Writer<S>, LedgerError> {
         let sink_err = |e: crate::sink::SinkError| LedgerError::Sink(e.to_string());
         let count = sink.record_count().map_err(sink_err)?;
-        let mut tree = MerkleTree::new();
-        let mut from = 0;
-        while from < count {
-            let to = (from + LOAD_CHUNK).min(count);
-            let hashes = sink.leaf_hashes(from, to).map_err(sink_err)?;
-            if hashes.len() as u64 != to - from {
-                return Err(LedgerError::Corrupt(format!(
-                    "records {from}..{to} are not contiguous"
-                )));
-            }
-            hashes.into_iter().for_each(|h| tree.push(h));
-            from = to;
-        }
         let checkpoints = sink.checkpoints().map_err(sink_err)?;
-        let (last_seq, last_size) = match checkpoints.last() {
-            None => (0, 0),
+        let newest = match checkpoints.last() {
+            None => None,
             Some(stored) => {
                 let cp = Checkpoint::open(&stored.note, &signer.verifier())
                     .map_err(|e| LedgerError::Corrupt(format!("newest checkpoint: {e}")))?;
@@ -583,14 +572,46 @@ impl<S: LedgerSink> Writer<S> {
                         checkpoints.len()
                     )));
                 }
-                if tree.root_at(cp.size) != Some(cp.root) {
-                    return Err(LedgerError::Corrupt(format!(
-                        "stored leaves do not match the root signed at size {}",
-                        cp.size
-                    )));
-                }
-                (cp.seq, cp.size)
+                Some(cp)
             }
+        };
+        let mismatch = |size: u64| {
+            LedgerError::Corrupt(format!(
+                "stored leaves do not match the root signed at size {size}"
+            ))
+        };
+        // The leaves are read once, and the newest checkpoint's root is checked as the tree
+        // passes its size.
+        let signed_at = |tree: &MerkleFrontier| {
+            newest
+                .as_ref()
+                .is_some_and(|cp| cp.size == tree.len() && cp.root != tree.root())
+        };
+        let mut tree = MerkleFrontier::new();
+        if signed_at(&tree) {
+            return Err(mismatch(0));
+        }
+        let mut from = 0;
+        while from < count {
+            let to = (from + LOAD_CHUNK).min(count);
+            let hashes = sink.leaf_hashes(from, to).map_err(sink_err)?;
+            if hashes.len() as u64 != to - from {
+                return Err(LedgerError::Corrupt(format!(
+                    "records {from}..{to} are not contiguous"
+                )));
+            }
+            for h in hashes {
+                tree.push(h);
+                if signed_at(&tree) {
+                    return Err(mismatch(tree.len()));
+                }
+            }
+            from = to;
+        }
+        let (last_seq, last_size) = match newest {
+            None => (0, 0),
+            Some(cp) if cp.size > tree.len() => return Err(mismatch(cp.size)),
+            Some(cp) => (cp.seq, cp.size),
         };
         check_unsigned_tail(&sink, last_size, count, &config)?;
         Ok(Writer {
@@ -826,6 +847,7 @@ impl<S: LedgerSink> Writer<S> {
             return None;
         }
         let base = self.tree.len();
+        let before = self.tree.clone();
         let mut replies = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         for (i, r) in batch.into_iter().enumerate() {
@@ -882,7 +904,7 @@ impl<S: LedgerSink> Writer<S> {
                 // is stored. Our in-memory view may still be ahead of or
                 // behind the sink in ways we cannot know (e.g. an fsync error),
                 // so stop accepting appends until restarted from the sink.
-                self.tree.truncate(base);
+                self.tree = before;
                 let _ = self.failed.set(e.to_string());
                 for reply in replies {
                     reply.send(Err(e.clone()));

@@ -1,5 +1,7 @@
 //! RFC 6962 / RFC 9162 Merkle tree: hashing, an append-only in-memory tree
-//! that serves roots and proofs for any past size, and proof verification.
+//! that serves roots and proofs for any past size, its right edge alone (what
+//! an appender needs: the root as it grows, in memory that does not grow), and
+//! proof verification.
 
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -63,6 +65,63 @@ impl fmt::Display for ProofError {
 }
 
 impl std::error::Error for ProofError {}
+
+/// The right edge of an append-only Merkle tree: the hash of each complete subtree its leaves
+/// divide into, from the largest (leftmost) down, one per bit set in the leaf count. At most 64
+/// hashes whatever the size, and enough to append and to give the root; proofs need a
+/// [`MerkleTree`] (or the stored leaves).
+#[derive(Debug, Clone, Default)]
+pub struct MerkleFrontier {
+    size: u64,
+    subtrees: Vec<Hash>,
+}
+
+impl MerkleFrontier {
+    pub fn new() -> MerkleFrontier {
+        MerkleFrontier::default()
+    }
+
+    /// Number of leaves.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// How many hashes it holds: one per bit set in [`Self::len`].
+    pub fn hashes(&self) -> usize {
+        self.subtrees.len()
+    }
+
+    /// Appends a leaf hash: like adding one to a binary counter, each subtree it completes
+    /// merges with its left neighbour of the same size.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut hash = leaf;
+        let mut carry = self.size;
+        while carry & 1 == 1 {
+            // A set bit always has its subtree at the end.
+            let Some(left) = self.subtrees.pop() else {
+                break;
+            };
+            hash = node_hash(&left, &hash);
+            carry >>= 1;
+        }
+        self.subtrees.push(hash);
+        self.size += 1;
+    }
+
+    /// Root hash: the subtrees folded from the right (RFC 9162's MTH splits at the largest
+    /// power of two below the size, which is the leftmost subtree).
+    pub fn root(&self) -> Hash {
+        let mut from_right = self.subtrees.iter().rev();
+        match from_right.next() {
+            None => EMPTY_ROOT,
+            Some(last) => from_right.fold(*last, |right, left| node_hash(left, &right)),
+        }
+    }
+}
 
 /// Append-only Merkle tree keeping every complete aligned subtree hash:
 /// `levels[k][i]` is the hash of leaves `[i * 2^k, (i + 1) * 2^k)`. That is

@@ -310,6 +310,44 @@ fn restart_does_not_sign_more_than_a_writer_leaves_unsigned() {
     );
 }
 
+/// A starting writer reads every stored leaf once, keeping only the tree's right edge, and
+/// checks the newest checkpoint's root as it passes that size: a signed leaf edited, or signed
+/// records gone, and it refuses to extend the ledger.
+#[test]
+fn restart_refuses_signed_leaves_that_do_not_give_the_signed_root() {
+    let config = AppenderConfig::default();
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), config).unwrap();
+    for i in 0..5 {
+        app.append(&record(i)).unwrap();
+    }
+    app.close().unwrap();
+    let (records, checkpoints) = mem.snapshot();
+    assert_eq!(checkpoints.last().unwrap().size, 5);
+    // As stored, it reopens, and goes on from the signed root.
+    let reopened = MemorySink::from_parts(records.clone(), checkpoints.clone());
+    let app = Appender::start(reopened.clone(), signer(), config).unwrap();
+    assert_eq!(app.append(&record(5)).unwrap().index, 5);
+    app.close().unwrap();
+    verify_sink(&reopened, &signer().verifier(), strict()).unwrap();
+
+    let mut edited = records.clone();
+    edited[2].leaf_hash[0] ^= 1;
+    let why = refused(MemorySink::from_parts(edited, checkpoints.clone()), config);
+    assert!(
+        why.contains("do not match the root signed at size 5"),
+        "{why}"
+    );
+    let why = refused(
+        MemorySink::from_parts(records[..4].to_vec(), checkpoints),
+        config,
+    );
+    assert!(
+        why.contains("do not match the root signed at size 5"),
+        "{why}"
+    );
+}
+
 #[test]
 fn a_failed_commit_fails_closed() {
     let mem = MemorySink::new();

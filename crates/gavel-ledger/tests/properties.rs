@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use gavel_ledger::merkle::{
-    leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleTree, EMPTY_ROOT,
+    leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleFrontier, MerkleTree,
+    EMPTY_ROOT,
 };
 use gavel_ledger::{
     verify_records, Appender, AppenderConfig, IndexFields, MemorySink, NoteSigner, Record,
@@ -60,6 +61,23 @@ proptest! {
         prop_assert_eq!(t.root(), reference_root(&ls));
         for size in [0, n / 3, n / 2, n] {
             prop_assert_eq!(t.root_at(size), Some(reference_root(&ls[..size as usize])));
+        }
+    }
+
+    /// The right edge alone gives the root the whole tree gives, at every size, and keeps one
+    /// hash per bit set in its size.
+    #[test]
+    fn the_frontier_roots_are_the_trees(n in 0u64..600) {
+        let ls = leaves(n);
+        let tree = MerkleTree::from_leaf_hashes(ls.iter().copied());
+        let mut frontier = MerkleFrontier::new();
+        prop_assert_eq!(frontier.root(), EMPTY_ROOT);
+        for (i, leaf) in ls.iter().enumerate() {
+            frontier.push(*leaf);
+            let size = i as u64 + 1;
+            prop_assert_eq!(frontier.len(), size);
+            prop_assert_eq!(Some(frontier.root()), tree.root_at(size));
+            prop_assert_eq!(frontier.hashes(), size.count_ones() as usize);
         }
     }
 

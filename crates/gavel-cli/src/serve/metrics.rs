@@ -24,7 +24,23 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 8192.0,
 ];
 
-/// Installs the process-wide recorder; the handle renders `/metrics`.
+/// How often histogram samples are folded into their buckets. The recorder keeps each sample
+/// until then or until `/metrics` is read: about 100 bytes a request, without bound in a gateway
+/// that nobody scrapes (35-37 MB freed by one read after six minutes at 1,000 req/s).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`], until `stop`.
+pub async fn upkeep(handle: PrometheusHandle, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(UPKEEP_EVERY) => handle.run_upkeep(),
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Installs the process-wide recorder; the handle renders `/metrics`. Its samples are folded by
+/// [`upkeep`], which the caller runs.
 pub fn install() -> Result<PrometheusHandle, String> {
     let mut builder = PrometheusBuilder::new();
     for name in [

@@ -234,6 +234,7 @@ async fn serve(
     ));
     tokio::spawn(checkpoint_wal(checkpointer, stop_rx.clone()));
     tokio::spawn(report_a_stopped_ledger(gw.clone(), stop_rx.clone()));
+    tokio::spawn(metrics::upkeep(gw.metrics.clone(), stop_rx.clone()));
     let monitoring = tokio::spawn(monitor::run(gw.clone(), stop_rx));
     tokio::spawn(monitor::deliver_alerts(gw.clone(), alert_queue));
     let pager = gw.clone();
