@@ -847,7 +847,6 @@ impl<S: LedgerSink> Writer<S> {
             return None;
         }
         let base = self.tree.len();
-        let before = self.tree.clone();
         let mut replies = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         for (i, r) in batch.into_iter().enumerate() {
@@ -903,8 +902,8 @@ impl<S: LedgerSink> Writer<S> {
                 // The sink's transaction failed, so nothing from this batch
                 // is stored. Our in-memory view may still be ahead of or
                 // behind the sink in ways we cannot know (e.g. an fsync error),
-                // so stop accepting appends until restarted from the sink.
-                self.tree = before;
+                // so stop accepting appends until restarted from the sink (the
+                // tree, ahead now, is never read again).
                 let _ = self.failed.set(e.to_string());
                 for reply in replies {
                     reply.send(Err(e.clone()));

@@ -112,6 +112,21 @@ impl MerkleFrontier {
         self.size += 1;
     }
 
+    /// Its subtrees with the leaf range each covers, from the leftmost.
+    pub fn blocks(&self) -> impl Iterator<Item = ((u64, u64), Hash)> + '_ {
+        let mut sizes = (0..64u32)
+            .rev()
+            .map(|bit| 1u64 << bit)
+            .filter(|size| self.size & size != 0);
+        let mut start = 0;
+        self.subtrees.iter().map(move |hash| {
+            let size = sizes.next().unwrap_or(0);
+            let range = (start, start + size);
+            start += size;
+            (range, *hash)
+        })
+    }
+
     /// Root hash: the subtrees folded from the right (RFC 9162's MTH splits at the largest
     /// power of two below the size, which is the leftmost subtree).
     pub fn root(&self) -> Hash {
@@ -231,66 +246,146 @@ impl MerkleTree {
     /// Inclusion proof of leaf `index` in the tree of the first `size` leaves
     /// (RFC 9162 2.1.3.1), ordered from the leaf upwards.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
-        if index >= size || size > self.len() {
+        if size > self.len() {
             return Err(ProofError::OutOfRange { index, size });
         }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof)
-            .ok_or(ProofError::OutOfRange { index, size })?;
-        Ok(proof)
-    }
-
-    fn path(&self, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Option<()> {
-        if n == 1 {
-            return Some(());
-        }
-        let k = split_point(n);
-        if m < k {
-            self.path(m, start, k, out)?;
-            out.push(self.range_hash(start + k, start + n)?);
-        } else {
-            self.path(m - k, start + k, n - k, out)?;
-            out.push(self.range_hash(start, start + k)?);
-        }
-        Some(())
+        self.hashes_of(&inclusion_ranges(index, size)?, index, size)
     }
 
     /// Consistency proof between the trees of sizes `old` and `new`
     /// (RFC 9162 2.1.4.1). Empty when `old` is 0 or equals `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ProofError> {
-        if old > new || new > self.len() {
+        if new > self.len() {
             return Err(ProofError::OutOfRange {
                 index: old,
                 size: new,
             });
         }
-        let mut proof = Vec::new();
-        if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof)
-                .ok_or(ProofError::OutOfRange {
-                    index: old,
-                    size: new,
-                })?;
-        }
-        Ok(proof)
+        self.hashes_of(&consistency_ranges(old, new)?, old, new)
     }
 
-    fn subproof(&self, m: u64, start: u64, n: u64, whole: bool, out: &mut Vec<Hash>) -> Option<()> {
-        if m == n {
-            if !whole {
-                out.push(self.range_hash(start, start + n)?);
-            }
-            return Some(());
+    fn hashes_of(
+        &self,
+        ranges: &[(u64, u64)],
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>, ProofError> {
+        ranges
+            .iter()
+            .map(|&(start, end)| self.range_hash(start, end))
+            .collect::<Option<Vec<Hash>>>()
+            .ok_or(ProofError::OutOfRange { index, size })
+    }
+}
+
+/// The leaf ranges `[start, end)` whose hashes make up the inclusion proof of leaf `index` in
+/// the tree of `size` leaves (RFC 9162 2.1.3.1), from the leaf upwards. Disjoint, so that
+/// [`RangeHashes`] can hash them from leaves read once.
+pub fn inclusion_ranges(index: u64, size: u64) -> Result<Vec<(u64, u64)>, ProofError> {
+    if index >= size {
+        return Err(ProofError::OutOfRange { index, size });
+    }
+    let mut top_down = Vec::new();
+    let (mut m, mut start, mut n) = (index, 0, size);
+    while n > 1 {
+        let k = split_point(n);
+        if m < k {
+            top_down.push((start + k, start + n));
+            n = k;
+        } else {
+            top_down.push((start, start + k));
+            m -= k;
+            start += k;
+            n -= k;
         }
+    }
+    top_down.reverse();
+    Ok(top_down)
+}
+
+/// The leaf ranges whose hashes make up the consistency proof between the trees of sizes `old`
+/// and `new` (RFC 9162 2.1.4.1), in proof order. Those below `old` are blocks of the frontier at
+/// `old` ([`MerkleFrontier::blocks`]); the others lie between `old` and `new`.
+pub fn consistency_ranges(old: u64, new: u64) -> Result<Vec<(u64, u64)>, ProofError> {
+    if old > new {
+        return Err(ProofError::OutOfRange {
+            index: old,
+            size: new,
+        });
+    }
+    if old == 0 || old == new {
+        return Ok(Vec::new());
+    }
+    let mut top_down = Vec::new();
+    let (mut m, mut start, mut n, mut whole) = (old, 0, new, true);
+    while m != n {
         let k = split_point(n);
         if m <= k {
-            self.subproof(m, start, k, whole, out)?;
-            out.push(self.range_hash(start + k, start + n)?);
+            top_down.push((start + k, start + n));
+            n = k;
         } else {
-            self.subproof(m - k, start + k, n - k, false, out)?;
-            out.push(self.range_hash(start, start + k)?);
+            top_down.push((start, start + k));
+            m -= k;
+            start += k;
+            n -= k;
+            whole = false;
         }
-        Some(())
+    }
+    // Where the old tree is one subtree of the new, the proof starts with it, unless it is
+    // the whole old tree (whose root the verifier has).
+    let last = (!whole).then_some((start, start + n));
+    Ok(last.into_iter().chain(top_down.into_iter().rev()).collect())
+}
+
+/// The hashes of chosen disjoint leaf ranges (the MTH of each), from leaves pushed once and in
+/// order, in memory that does not grow with the tree: a frontier per range. Ranges already
+/// known (blocks of a frontier) can be given instead of their leaves.
+#[derive(Debug, Clone)]
+pub struct RangeHashes {
+    ranges: Vec<(u64, u64)>,
+    hashes: Vec<Option<Hash>>,
+    growing: Vec<MerkleFrontier>,
+    next: u64,
+}
+
+impl RangeHashes {
+    /// Collects the hashes of `ranges`; the first leaf pushed is leaf `from`.
+    pub fn new(ranges: Vec<(u64, u64)>, from: u64) -> RangeHashes {
+        let n = ranges.len();
+        RangeHashes {
+            ranges,
+            hashes: vec![None; n],
+            growing: vec![MerkleFrontier::new(); n],
+            next: from,
+        }
+    }
+
+    /// Gives the hash of each range that is one of `blocks` (as [`MerkleFrontier::blocks`]
+    /// lists them).
+    pub fn known(&mut self, blocks: impl IntoIterator<Item = ((u64, u64), Hash)>) {
+        for (range, hash) in blocks {
+            if let Some(i) = self.ranges.iter().position(|r| *r == range) {
+                self.hashes[i] = Some(hash);
+            }
+        }
+    }
+
+    pub fn push(&mut self, leaf: Hash) {
+        let at = self.next;
+        for (i, &(start, end)) in self.ranges.iter().enumerate() {
+            if start <= at && at < end && self.hashes[i].is_none() {
+                self.growing[i].push(leaf);
+                if self.growing[i].len() == end - start {
+                    self.hashes[i] = Some(self.growing[i].root());
+                }
+            }
+        }
+        self.next += 1;
+    }
+
+    /// Every range's hash, in the order given, once each is complete.
+    pub fn hashes(&self) -> Option<Vec<Hash>> {
+        self.hashes.iter().copied().collect()
     }
 }
 

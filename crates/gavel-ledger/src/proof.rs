@@ -2,7 +2,9 @@
 //! record, its Merkle path and the signed checkpoint, checkable with nothing
 //! but the file and the log's public key.
 
-use crate::merkle::{leaf_hash, verify_inclusion, Hash, MerkleTree};
+use crate::merkle::{
+    inclusion_ranges, leaf_hash, verify_inclusion, Hash, MerkleFrontier, RangeHashes,
+};
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::record::Record;
 use crate::sink::LedgerSink;
@@ -54,54 +56,64 @@ pub struct CheckedInclusion {
     pub checkpoint: Checkpoint,
 }
 
-impl InclusionBundle {
-    /// Builds a bundle for leaf `index` against the newest checkpoint, using a
-    /// tree already loaded (e.g. kept by a server).
-    pub fn from_tree(
-        tree: &MerkleTree,
-        index: u64,
-        record_bytes: &[u8],
-        checkpoint_note: &str,
-        verifier: &NoteVerifier,
-    ) -> Result<InclusionBundle, ProofFailure> {
-        let cp = Checkpoint::open(checkpoint_note, verifier).map_err(failure)?;
-        if index >= cp.size {
-            return Err(failure(format!("record {index} is not yet covered by a signed checkpoint (newest covers {} records)", cp.size)));
-        }
-        if tree.leaf(index) != Some(leaf_hash(record_bytes)) {
-            return Err(failure(format!(
-                "record {index} bytes do not match the tree"
-            )));
-        }
-        if tree.root_at(cp.size) != Some(cp.root) {
-            return Err(failure("the tree does not match the signed checkpoint"));
-        }
-        let proof = tree.inclusion_proof(index, cp.size).map_err(failure)?;
-        let record = String::from_utf8(record_bytes.to_vec())
-            .map_err(|_| failure("record bytes are not UTF-8"))?;
-        Ok(InclusionBundle {
-            format: BUNDLE_FORMAT.to_owned(),
-            index,
-            tree_size: cp.size,
-            record,
-            proof: proof.iter().map(|h| B64.encode(h)).collect(),
-            checkpoint: checkpoint_note.to_owned(),
-        })
+/// The checkpoint in `note`, if it covers record `index`.
+fn covering(note: &str, verifier: &NoteVerifier, index: u64) -> Result<Checkpoint, ProofFailure> {
+    let cp = Checkpoint::open(note, verifier).map_err(failure)?;
+    if index >= cp.size {
+        return Err(failure(format!(
+            "record {index} is not yet covered by a signed checkpoint (newest covers {} records)",
+            cp.size
+        )));
     }
+    Ok(cp)
+}
 
-    /// Builds a bundle for leaf `index` from a sink (loads the leaf hashes
-    /// up to the newest checkpoint).
+/// The bundle for a record, once its stored leaf hash and the tree's root at the checkpoint's
+/// size (`found`) are checked against its bytes and the signed root.
+fn bundle(
+    index: u64,
+    record_bytes: &[u8],
+    found: (Option<Hash>, Option<Hash>),
+    proof: Vec<Hash>,
+    checkpoint_note: &str,
+    cp: &Checkpoint,
+) -> Result<InclusionBundle, ProofFailure> {
+    let (leaf, root) = found;
+    if leaf != Some(leaf_hash(record_bytes)) {
+        return Err(failure(format!(
+            "record {index} bytes do not match the tree"
+        )));
+    }
+    if root != Some(cp.root) {
+        return Err(failure("the tree does not match the signed checkpoint"));
+    }
+    let record = String::from_utf8(record_bytes.to_vec())
+        .map_err(|_| failure("record bytes are not UTF-8"))?;
+    Ok(InclusionBundle {
+        format: BUNDLE_FORMAT.to_owned(),
+        index,
+        tree_size: cp.size,
+        record,
+        proof: proof.iter().map(|h| B64.encode(h)).collect(),
+        checkpoint: checkpoint_note.to_owned(),
+    })
+}
+
+impl InclusionBundle {
+    /// Builds a bundle for leaf `index` from a sink, reading the leaf hashes up to the newest
+    /// checkpoint once, in chunks, and keeping only what the proof needs: a gateway asked for
+    /// a proof holds a few kilobytes, not the tree (96 bytes a record until 2026-11-24).
     pub fn from_sink<S: LedgerSink + ?Sized>(
         sink: &S,
         index: u64,
         verifier: &NoteVerifier,
     ) -> Result<InclusionBundle, ProofFailure> {
+        const CHUNK: u64 = 65_536;
         let checkpoints = sink.checkpoints().map_err(failure)?;
         let newest = checkpoints
             .last()
             .ok_or_else(|| failure("the ledger has no signed checkpoint yet"))?;
-        let hashes = sink.leaf_hashes(0, newest.size).map_err(failure)?;
-        let tree = MerkleTree::from_leaf_hashes(hashes);
+        let cp = covering(&newest.note, verifier, index)?;
         let record = sink
             .read_records(index, index.saturating_add(1))
             .map_err(failure)?;
@@ -109,7 +121,35 @@ impl InclusionBundle {
             .into_iter()
             .next()
             .ok_or_else(|| failure(format!("no record {index}")))?;
-        InclusionBundle::from_tree(&tree, index, &record.bytes, &newest.note, verifier)
+        let mut path = RangeHashes::new(inclusion_ranges(index, cp.size).map_err(failure)?, 0);
+        let mut whole = MerkleFrontier::new();
+        let mut leaf = None;
+        while whole.len() < cp.size {
+            let from = whole.len();
+            let to = from.saturating_add(CHUNK).min(cp.size);
+            let hashes = sink.leaf_hashes(from, to).map_err(failure)?;
+            if hashes.len() as u64 != to - from {
+                return Err(failure(format!("records {from}..{to} are not all stored")));
+            }
+            for hash in hashes {
+                if whole.len() == index {
+                    leaf = Some(hash);
+                }
+                path.push(hash);
+                whole.push(hash);
+            }
+        }
+        let proof = path
+            .hashes()
+            .ok_or_else(|| failure("the proof's hashes could not all be read"))?;
+        bundle(
+            index,
+            &record.bytes,
+            (leaf, Some(whole.root())),
+            proof,
+            &newest.note,
+            &cp,
+        )
     }
 
     /// Checks the bundle with nothing but the verifier key: the checkpoint

@@ -1,8 +1,11 @@
 //! Full re-derivation of a stored ledger: every leaf hash from its bytes, the
 //! tree, every checkpoint signature, and consistency between consecutive
-//! checkpoints. Reports the first problem found and where.
+//! checkpoints. Reports the first problem found and where. Its memory does not
+//! grow with the ledger: the tree is kept as its right edge.
 
-use crate::merkle::{leaf_hash, verify_consistency, Hash, MerkleTree};
+use crate::merkle::{
+    consistency_ranges, leaf_hash, verify_consistency, Hash, MerkleFrontier, RangeHashes,
+};
 use crate::note::{Checkpoint, NoteError, NoteVerifier};
 use crate::record::{Record, RecordAids, RecordError};
 use crate::sink::{
@@ -278,6 +281,67 @@ where
     verify_examined(examined, checkpoints, verifier, opts)
 }
 
+/// The signed checkpoints, matched in order against the tree as it grows.
+struct SignedRoots<'c> {
+    cps: &'c [Checkpoint],
+    /// The first checkpoint not matched yet.
+    next_cp: usize,
+    /// The size the last matched one covered (the start of the range a mismatch implicates).
+    good_size: u64,
+    /// From the last matched checkpoint to the next: the hashes of the RFC 9162 consistency
+    /// proof between them, collected as the records between them pass (those below the older
+    /// one are blocks of the tree's right edge when it was matched).
+    consistency: Option<(usize, RangeHashes)>,
+}
+
+impl SignedRoots<'_> {
+    /// Matches every checkpoint of the tree's size. Each root is the root of the records as
+    /// stored, so consecutive checkpoints are consistent by construction; each pair is still
+    /// checked with a consistency proof, as an auditor holding only the two would check it.
+    fn check_due(&mut self, tree: &MerkleFrontier) -> Result<(), VerifyError> {
+        while let Some(cp) = self.cps.get(self.next_cp) {
+            if cp.size != tree.len() {
+                break;
+            }
+            if tree.root() != cp.root {
+                return Err(fail(
+                    Some(self.good_size),
+                    Some(cp.seq),
+                    Problem::RootMismatch {
+                        checkpoint_seq: cp.seq,
+                        size: cp.size,
+                    },
+                ));
+            }
+            if let Some((from, proof)) = self.consistency.take() {
+                let a = &self.cps[from];
+                let consistent = proof.hashes().is_some_and(|p| {
+                    verify_consistency(a.size, cp.size, &a.root, &cp.root, &p).is_ok()
+                });
+                if !consistent {
+                    return Err(fail(
+                        Some(a.size),
+                        Some(cp.seq),
+                        Problem::Inconsistent {
+                            from_seq: a.seq,
+                            to_seq: cp.seq,
+                        },
+                    ));
+                }
+            }
+            if let Some(next) = self.cps.get(self.next_cp + 1) {
+                let ranges = consistency_ranges(cp.size, next.size).unwrap_or_default();
+                let mut proof = RangeHashes::new(ranges, cp.size);
+                proof.known(tree.blocks());
+                self.consistency = Some((self.next_cp, proof));
+            }
+            self.good_size = cp.size;
+            self.next_cp += 1;
+        }
+        Ok(())
+    }
+}
+
 /// The part of verification that follows the order of records, over records already examined.
 fn verify_examined<I>(
     records: I,
@@ -289,33 +353,15 @@ where
     I: IntoIterator<Item = Result<Examined, SinkError>>,
 {
     let cps = open_checkpoints(checkpoints, verifier)?;
-    let mut tree = MerkleTree::new();
-    // Checkpoints not yet matched against the tree, and the size the last
-    // matched one covered (the start of the range a mismatch implicates).
-    let mut next_cp = 0usize;
-    let mut good_size = 0u64;
-    let check_due =
-        |tree: &MerkleTree, next_cp: &mut usize, good_size: &mut u64| -> Result<(), VerifyError> {
-            while let Some(cp) = cps.get(*next_cp) {
-                if cp.size != tree.len() {
-                    break;
-                }
-                if tree.root() != cp.root {
-                    return Err(fail(
-                        Some(*good_size),
-                        Some(cp.seq),
-                        Problem::RootMismatch {
-                            checkpoint_seq: cp.seq,
-                            size: cp.size,
-                        },
-                    ));
-                }
-                *good_size = cp.size;
-                *next_cp += 1;
-            }
-            Ok(())
-        };
-    check_due(&tree, &mut next_cp, &mut good_size)?;
+    // The tree's right edge: its root as it grows, in memory that does not grow with the ledger.
+    let mut tree = MerkleFrontier::new();
+    let mut signed = SignedRoots {
+        cps: &cps,
+        next_cp: 0,
+        good_size: 0,
+        consistency: None,
+    };
+    signed.check_due(&tree)?;
     // Reported only once everything else has verified, as when the aids were checked in a
     // pass of their own over the proven records; so is a failure to read what an aid check
     // needs, which must not hide a problem with the records.
@@ -339,9 +385,12 @@ where
             first_wrong_aid.get_or_insert((index, wrong));
         }
         tree.push(rec.leaf);
-        check_due(&tree, &mut next_cp, &mut good_size)?;
+        if let Some((_, proof)) = signed.consistency.as_mut() {
+            proof.push(rec.leaf);
+        }
+        signed.check_due(&tree)?;
     }
-    if let Some(cp) = cps.get(next_cp) {
+    if let Some(cp) = cps.get(signed.next_cp) {
         return Err(fail(
             Some(tree.len()),
             Some(cp.seq),
@@ -350,28 +399,6 @@ where
                 size: cp.size,
             },
         ));
-    }
-    // Each checkpoint matched the recomputed tree, so consecutive ones are
-    // consistent by construction; still check it the way an outside auditor
-    // holding only the two checkpoints would, so the proof code is exercised
-    // on every real ledger.
-    for pair in cps.windows(2) {
-        if let [a, b] = pair {
-            let ok = tree
-                .consistency_proof(a.size, b.size)
-                .ok()
-                .is_some_and(|p| verify_consistency(a.size, b.size, &a.root, &b.root, &p).is_ok());
-            if !ok {
-                return Err(fail(
-                    Some(a.size),
-                    Some(b.seq),
-                    Problem::Inconsistent {
-                        from_seq: a.seq,
-                        to_seq: b.seq,
-                    },
-                ));
-            }
-        }
     }
     let latest = cps.last().cloned();
     let signed = latest.as_ref().map_or(0, |c| c.size);

@@ -346,6 +346,21 @@ fn restart_refuses_signed_leaves_that_do_not_give_the_signed_root() {
         why.contains("do not match the root signed at size 5"),
         "{why}"
     );
+
+    // Checked as the leaves pass the signed size, with unsigned records after it.
+    let config = AppenderConfig {
+        checkpoint_every: 2,
+        max_batch: 1,
+        ..AppenderConfig::default()
+    };
+    let (mut records, checkpoints) = crashed_after(5, config);
+    assert_eq!(checkpoints.last().unwrap().size, 4);
+    records[1].leaf_hash[0] ^= 1;
+    let why = refused(MemorySink::from_parts(records, checkpoints), config);
+    assert!(
+        why.contains("do not match the root signed at size 4"),
+        "{why}"
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use gavel_ledger::merkle::{
-    leaf_hash, node_hash, verify_consistency, verify_inclusion, Hash, MerkleFrontier, MerkleTree,
-    EMPTY_ROOT,
+    consistency_ranges, inclusion_ranges, leaf_hash, node_hash, verify_consistency,
+    verify_inclusion, Hash, MerkleFrontier, MerkleTree, RangeHashes, EMPTY_ROOT,
 };
 use gavel_ledger::{
     verify_records, Appender, AppenderConfig, IndexFields, MemorySink, NoteSigner, Record,
@@ -79,6 +79,26 @@ proptest! {
             prop_assert_eq!(Some(frontier.root()), tree.root_at(size));
             prop_assert_eq!(frontier.hashes(), size.count_ones() as usize);
         }
+    }
+
+    /// Proofs built from leaves read once (and, below the old size, the frontier's blocks) are
+    /// the proofs the whole tree gives.
+    #[test]
+    fn proofs_from_streamed_leaves_are_the_trees(n in 1u64..700, i in any::<u64>(), m in any::<u64>()) {
+        let ls = leaves(n);
+        let tree = MerkleTree::from_leaf_hashes(ls.iter().copied());
+        let index = i % n;
+        let mut streamed = RangeHashes::new(inclusion_ranges(index, n).unwrap(), 0);
+        ls.iter().for_each(|l| streamed.push(*l));
+        prop_assert_eq!(streamed.hashes(), Some(tree.inclusion_proof(index, n).unwrap()));
+
+        let old = m % (n + 1);
+        let mut frontier = MerkleFrontier::new();
+        ls[..old as usize].iter().for_each(|l| frontier.push(*l));
+        let mut streamed = RangeHashes::new(consistency_ranges(old, n).unwrap(), old);
+        streamed.known(frontier.blocks());
+        ls[old as usize..].iter().for_each(|l| streamed.push(*l));
+        prop_assert_eq!(streamed.hashes(), Some(tree.consistency_proof(old, n).unwrap()));
     }
 
     #[test]
