@@ -809,25 +809,37 @@ impl LedgerSink for SqliteLedgerSink {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, size, note FROM ledger_checkpoints ORDER BY seq")?;
-        // A column of another SQL type, or a negative number, is an edit of the checkpoint,
-        // not a storage failure: read as a value no checkpoint has (u64::MAX, a note of no
-        // lines), so that verification names the checkpoint as it names any edited one.
-        let number = |v: ValueRef<'_>| match v {
-            ValueRef::Integer(n) => u64::try_from(n).unwrap_or(u64::MAX),
-            _ => u64::MAX,
-        };
-        let rows = stmt.query_map([], |r| {
-            Ok(StoredCheckpoint {
-                seq: number(r.get_ref(0)?),
-                size: number(r.get_ref(1)?),
-                note: match r.get_ref(2)? {
-                    ValueRef::Text(note) => String::from_utf8_lossy(note).into_owned(),
-                    _ => String::new(),
-                },
-            })
-        })?;
+        let rows = stmt.query_map([], stored_checkpoint)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+
+    fn newest_stored_checkpoint(&self) -> Result<Option<StoredCheckpoint>, SinkError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT seq, size, note FROM ledger_checkpoints ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([], stored_checkpoint)
+            .optional()?)
+    }
+}
+
+/// A checkpoint row. A column of another SQL type, or a negative number, is an edit of the
+/// checkpoint, not a storage failure: read as a value no checkpoint has (u64::MAX, a note of no
+/// lines), so that verification names the checkpoint as it names any edited one.
+fn stored_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCheckpoint> {
+    let number = |v: ValueRef<'_>| match v {
+        ValueRef::Integer(n) => u64::try_from(n).unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    };
+    Ok(StoredCheckpoint {
+        seq: number(r.get_ref(0)?),
+        size: number(r.get_ref(1)?),
+        note: match r.get_ref(2)? {
+            ValueRef::Text(note) => String::from_utf8_lossy(note).into_owned(),
+            _ => String::new(),
+        },
+    })
 }
 
 #[cfg(test)]

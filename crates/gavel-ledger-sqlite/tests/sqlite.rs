@@ -66,6 +66,12 @@ fn appends_survive_reopen_and_verify() {
     assert_eq!((report.records, report.unsigned_tail), (31, 0));
     assert_eq!(report.checkpoints, 4); // sizes 8, 16, 24 and the closing 31
     assert_eq!(sink.newest_checkpoint().unwrap(), Some((4, 31)));
+    // What a proof reads of the checkpoints: the newest, alone.
+    let all = gavel_ledger::LedgerSink::checkpoints(&sink).unwrap();
+    assert_eq!(
+        gavel_ledger::LedgerSink::newest_stored_checkpoint(&sink).unwrap(),
+        all.last().cloned()
+    );
     let e = sink.record_by_id("d-7").unwrap().unwrap();
     assert_eq!(
         (e.index, e.record.body["principal"].as_str()),

@@ -109,9 +109,9 @@ impl InclusionBundle {
         verifier: &NoteVerifier,
     ) -> Result<InclusionBundle, ProofFailure> {
         const CHUNK: u64 = 65_536;
-        let checkpoints = sink.checkpoints().map_err(failure)?;
-        let newest = checkpoints
-            .last()
+        let newest = sink
+            .newest_stored_checkpoint()
+            .map_err(failure)?
             .ok_or_else(|| failure("the ledger has no signed checkpoint yet"))?;
         let cp = covering(&newest.note, verifier, index)?;
         let record = sink

@@ -70,6 +70,10 @@ pub trait LedgerSink: Send + 'static {
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError>;
     /// Every stored checkpoint, in `seq` order.
     fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError>;
+    /// The checkpoint of the highest `seq`, if any (a proof needs no other).
+    fn newest_stored_checkpoint(&self) -> Result<Option<StoredCheckpoint>, SinkError> {
+        Ok(self.checkpoints()?.pop())
+    }
     /// Splits durability off `append`: afterwards `append` need only be atomic, and a batch
     /// is durable once a [`Flusher::flush`] that began after its `append` returned has
     /// returned. The appender asks once, at start. A sink that cannot split returns None
