@@ -129,6 +129,13 @@ pub trait Store: RuntimeState {
     fn kills(&self, now: Timestamp) -> Result<Vec<Kill>, StoreError>;
     /// Cooldowns in force at `now`.
     fn cooldowns(&self, now: Timestamp) -> Result<Vec<Cooldown>, StoreError>;
+    /// Cooldowns that ended by `now` and whose end is not in the ledger yet, by row id.
+    fn ended_cooldowns_unrecorded(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(i64, Cooldown)>, StoreError>;
+    /// Notes that a cooldown's end is in the ledger.
+    fn cooldown_end_recorded(&self, id: i64) -> Result<(), StoreError>;
 
     /// Puts a breach in force on its deployment; false, writing nothing, when one already is.
     fn start_breach(&self, breach: &Breach) -> Result<bool, StoreError>;

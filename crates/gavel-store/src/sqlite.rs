@@ -174,19 +174,32 @@ fn rebuild_keyed_tables(conn: &Connection) -> rusqlite::Result<()> {
             Ok::<_, rusqlite::Error>(())
         })?;
     }
-    // Made `WITHOUT ROWID` before windows had an end (2026-11-24, for a few hours of commits).
-    let has_end = |c: &Connection| {
-        c.prepare("SELECT 1 FROM pragma_table_info('budget_windows') WHERE name = 'resets_at'")?
-            .exists([])
-    };
-    if !has_end(conn)? {
-        immediate(conn, |tx| {
-            // Another process may have added it while this one waited for the write lock.
-            if !has_end(tx)? {
-                tx.execute_batch("ALTER TABLE budget_windows ADD COLUMN resets_at INTEGER")?;
-            }
-            Ok::<_, rusqlite::Error>(())
-        })?;
+    Ok(())
+}
+
+/// Columns added after their tables were first made: a window's end (made `WITHOUT ROWID`
+/// before windows had one, for a few hours of commits on 2026-11-24), and whether a cooldown's
+/// end is in the ledger.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in [
+        ("budget_windows", "resets_at", "INTEGER"),
+        ("cooldowns", "end_recorded", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let has = |c: &Connection| {
+            c.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+                .exists([table, column])
+        };
+        if !has(conn)? {
+            immediate(conn, |tx| {
+                // Another process may have added it while this one waited for the write lock.
+                if !has(tx)? {
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                    ))?;
+                }
+                Ok::<_, rusqlite::Error>(())
+            })?;
+        }
     }
     Ok(())
 }
@@ -360,6 +373,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)
             .and_then(|()| conn.execute_batch(&keyed_schema()))
             .and_then(|()| rebuild_keyed_tables(&conn))
+            .and_then(|()| add_missing_columns(&conn))
             .and_then(|()| conn.execute_batch(&expiry_indexes()))
             .and_then(|()| conn.execute_batch(&generation_schema()))
             .map_err(|e| StoreError(format!("cannot create the schema in `{name}`: {e}")))?;
@@ -815,6 +829,36 @@ impl Store for SqliteStore {
 
     fn cooldowns(&self, now: Timestamp) -> Result<Vec<Cooldown>, StoreError> {
         bodies(&*self.conn()?, COOLDOWNS_SQL, [now.millis()])
+    }
+
+    fn ended_cooldowns_unrecorded(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(i64, Cooldown)>, StoreError> {
+        let conn = self.conn()?;
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, body FROM cooldowns WHERE until <= ?1 AND end_recorded = 0 ORDER BY id",
+            )
+            .map_err(err("statement"))?;
+        let rows = statement
+            .query_map([now.millis()], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(err("cooldowns"))?;
+        rows.into_iter()
+            .map(|(id, body)| Ok((id, from_json(&body)?)))
+            .collect()
+    }
+
+    fn cooldown_end_recorded(&self, id: i64) -> Result<(), StoreError> {
+        self.conn()?
+            .prepare_cached("UPDATE cooldowns SET end_recorded = 1 WHERE id = ?1")
+            .map_err(err("statement"))?
+            .execute([id])
+            .map_err(err("cooldowns"))
+            .map(drop)
     }
 
     fn start_breach(&self, breach: &Breach) -> Result<bool, StoreError> {

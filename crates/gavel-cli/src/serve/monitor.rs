@@ -143,6 +143,7 @@ impl Monitor {
     pub fn tick(&self, gw: &Gateway) -> Result<(), Failure> {
         let at = now();
         self.flush(&gw.store)?;
+        record_ended_cooldowns(gw, at)?;
         let engine = gw.engine();
         let contract = engine.contract();
         let cfg = config_of(&contract.policy.monitoring);
@@ -646,6 +647,22 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
             tracing::error!("pruning stopped unexpectedly");
         }
     }
+}
+
+/// Records, once, the end of each cooldown whose time ran out (a principal's abuse cooldown; a
+/// breach's cooldown ends in a `recovery` record, or is extended). Ended while no gateway ran,
+/// it is recorded at the next start, before the prune that follows deletes it.
+fn record_ended_cooldowns(gw: &Gateway, at: Timestamp) -> Result<(), Failure> {
+    for (id, cooldown) in gw.store.ended_cooldowns_unrecorded(at)? {
+        gw.ledger.record(
+            RecordKind::CooldownEnded,
+            at,
+            &new_id("chg")?,
+            json!({ "cooldown": cooldown, "why": "its time ran out" }),
+        )?;
+        gw.store.cooldown_end_recorded(id)?;
+    }
+    Ok(())
 }
 
 /// Writes the last buckets: at shutdown, once the decider has settled the last outcomes (those
