@@ -143,7 +143,10 @@ impl Monitor {
     pub fn tick(&self, gw: &Gateway) -> Result<(), Failure> {
         let at = now();
         self.flush(&gw.store)?;
-        record_ended_cooldowns(gw, at)?;
+        // Not a reason to skip the signals: said, and tried again at the next tick.
+        if let Err(e) = record_ended_cooldowns(gw, at) {
+            tracing::error!(error = %e.message, "the end of a cooldown could not be recorded");
+        }
         let engine = gw.engine();
         let contract = engine.contract();
         let cfg = config_of(&contract.policy.monitoring);
@@ -633,7 +636,15 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
             {
                 tracing::warn!(error = %e, "old rollups could not be pruned");
             }
-            if prune_expired && clock_steady {
+            // Ended cooldowns go only once their end is in the ledger.
+            let ended_recorded = || match record_ended_cooldowns(&worker, now()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "ended cooldowns are not recorded yet; nothing is pruned this time");
+                    false
+                }
+            };
+            if prune_expired && clock_steady && ended_recorded() {
                 let cutoffs = PruneBefore {
                     ended_ms: now().saturating_sub(KEEP_EXPIRED).millis(),
                     unsettled_ms: now().saturating_sub(KEEP_UNSETTLED).millis(),
@@ -651,15 +662,23 @@ pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>)
 
 /// Records, once, the end of each cooldown whose time ran out (a principal's abuse cooldown; a
 /// breach's cooldown ends in a `recovery` record, or is extended). Ended while no gateway ran,
-/// it is recorded at the next start, before the prune that follows deletes it.
+/// it is recorded at the next start; the prune, which deletes ended cooldowns, runs only after
+/// this has succeeded.
 fn record_ended_cooldowns(gw: &Gateway, at: Timestamp) -> Result<(), Failure> {
     for (id, cooldown) in gw.store.ended_cooldowns_unrecorded(at)? {
-        gw.ledger.record(
-            RecordKind::CooldownEnded,
-            at,
-            &new_id("chg")?,
+        // Under the principal it cooled down, as its start was, so that a query by principal
+        // finds both.
+        let principal = match &cooldown.scope {
+            gavel_engine::Scope::Principal(p) => p.clone(),
+            other => other.key(),
+        };
+        let body = crate::ledger::change(
+            &principal,
+            "cooldown_ended",
             json!({ "cooldown": cooldown, "why": "its time ran out" }),
-        )?;
+        );
+        gw.ledger
+            .record(RecordKind::CooldownEnded, at, &new_id("chg")?, body)?;
         gw.store.cooldown_end_recorded(id)?;
     }
     Ok(())

@@ -1225,6 +1225,8 @@ fn an_abuse_cooldown_that_runs_out_is_recorded_as_ended() {
     assert_eq!(ended.len(), 1, "{ended:?}");
     let cooldown = &ended[0]["body"]["cooldown"];
     assert_eq!(cooldown["code"], "abuse.cooldown", "{ended:?}");
+    // Found by principal, as its start is.
+    assert_eq!(ended[0]["body"]["principal"], "svc-wiki", "{ended:?}");
     assert_eq!(
         cooldown["until"],
         records("cooldown_started")[0]["body"]["cooldown"]["until"]

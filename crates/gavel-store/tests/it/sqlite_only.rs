@@ -813,3 +813,35 @@ fn ended_windows_expired_keys_and_abandoned_reservations_are_pruned() {
         .unwrap();
     assert_eq!(keys, 120_001, "the live keys stay");
 }
+
+/// Cooldowns that ended are listed until their end is noted as recorded; one in force is not.
+#[test]
+fn ended_cooldowns_are_listed_until_their_end_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+    for (until, reason) in [
+        (NOW, "ended"),
+        (NOW.saturating_add(Span::from_secs(60)), "live"),
+    ] {
+        store
+            .start_cooldown(&Cooldown {
+                scope: Scope::Principal("p".into()),
+                code: "abuse.cooldown".into(),
+                reason: reason.into(),
+                since: NOW,
+                until,
+            })
+            .unwrap();
+    }
+    let ended = store.ended_cooldowns_unrecorded(NOW).unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].1.reason, "ended");
+    store.cooldown_end_recorded(ended[0].0).unwrap();
+    assert!(store.ended_cooldowns_unrecorded(NOW).unwrap().is_empty());
+    // The other, once it ends.
+    let later = store
+        .ended_cooldowns_unrecorded(NOW.saturating_add(Span::from_secs(60)))
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].1.reason, "live");
+}
