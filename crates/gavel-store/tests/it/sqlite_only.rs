@@ -716,17 +716,7 @@ fn ended_windows_expired_keys_and_abandoned_reservations_are_pruned() {
             NOW.saturating_add(Span::from_secs(600)),
         )
         .unwrap();
-    for (until, reason) in [(NOW, "ended"), (NOW.saturating_add(minute), "live")] {
-        store
-            .start_cooldown(&Cooldown {
-                scope: Scope::Principal("p".into()),
-                code: "abuse.cooldown".into(),
-                reason: reason.into(),
-                since: NOW,
-                until,
-            })
-            .unwrap();
-    }
+    ended_and_live_cooldowns(&store, minute);
     // Never settled: its resource claim lapsed at NOW.
     let abandoned = ReservationRequest {
         expires_at: NOW,
@@ -819,20 +809,7 @@ fn ended_windows_expired_keys_and_abandoned_reservations_are_pruned() {
 fn ended_cooldowns_are_listed_until_their_end_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
-    for (until, reason) in [
-        (NOW, "ended"),
-        (NOW.saturating_add(Span::from_secs(60)), "live"),
-    ] {
-        store
-            .start_cooldown(&Cooldown {
-                scope: Scope::Principal("p".into()),
-                code: "abuse.cooldown".into(),
-                reason: reason.into(),
-                since: NOW,
-                until,
-            })
-            .unwrap();
-    }
+    ended_and_live_cooldowns(&store, Span::from_secs(60));
     let ended = store.ended_cooldowns_unrecorded(NOW).unwrap();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].1.reason, "ended");
@@ -844,4 +821,20 @@ fn ended_cooldowns_are_listed_until_their_end_is_recorded() {
         .unwrap();
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].1.reason, "live");
+}
+
+/// A principal's cooldown that ended at NOW (reason `ended`) and one that ends `live_for` later
+/// (reason `live`).
+fn ended_and_live_cooldowns(store: &SqliteStore, live_for: Span) {
+    for (until, reason) in [(NOW, "ended"), (NOW.saturating_add(live_for), "live")] {
+        store
+            .start_cooldown(&Cooldown {
+                scope: Scope::Principal("p".into()),
+                code: "abuse.cooldown".into(),
+                reason: reason.into(),
+                since: NOW,
+                until,
+            })
+            .unwrap();
+    }
 }
