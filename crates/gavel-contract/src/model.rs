@@ -317,6 +317,12 @@ pub(crate) fn env_reference(written: &str) -> Option<&str> {
     .then_some(name)
 }
 
+/// Whether `url` is an http(s) URL, as an on-call webhook must be (written in the contract, or
+/// held by the environment variable it names).
+pub fn is_http_url(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://")
+}
+
 /// The scheme, host and port of a URL.
 pub fn origin_of(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

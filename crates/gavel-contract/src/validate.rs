@@ -521,8 +521,7 @@ fn use_cases(
             v.error(&u.owner, format!("owner `{}` is not an email address; expected who is accountable, e.g. alice@acme.example", u.owner.value));
         }
         let hook = &u.oncall.webhook.value;
-        let is_url = hook.starts_with("https://") || hook.starts_with("http://");
-        if !is_url && crate::model::env_reference(hook).is_none() {
+        if !crate::model::is_http_url(hook) && crate::model::env_reference(hook).is_none() {
             v.error(
                 &u.oncall.webhook,
                 format!("on-call webhook `{hook}` is neither an http(s) URL nor `${{env:NAME}}`; write the URL, or keep it out of the contract as `${{env:KB_PAGER_URL}}` and set that variable where `gavel serve` runs"),

@@ -161,9 +161,9 @@ struct Evaluation {
 /// decision by [`Engine::prescan`]: a caller that decides on one thread for everyone (the
 /// gateway's decider) scans on each request's own thread instead, since scanning needs no
 /// state. Opaque: only the engine makes one, and [`Engine::decide_prescanned`] takes its
-/// findings only for the request it was made for (the same texts in the same fields and roles) under the
-/// same contract and scanners; for any other request it scans again. So it cannot carry
-/// findings past the scanners.
+/// findings only for the request it was made for (the same texts in the same fields and roles)
+/// under the same contract and scanners; for any other request it scans again. So it cannot
+/// carry findings past the scanners.
 pub struct Prescanned {
     contract: Arc<Contract>,
     scanner: Option<Arc<dyn ContentScanner>>,

@@ -28,7 +28,9 @@
 use crate::merkle::{leaf_hash, Hash, MerkleFrontier};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
 use crate::record::{Appendable, IndexFields, Record, RecordError, RecordKind};
-use crate::sink::{AppendRecord, Flusher, LedgerSink, StoredCheckpoint};
+use crate::sink::{
+    leaf_hashes_in_order, AppendRecord, Flusher, LeafReadError, LedgerSink, StoredCheckpoint,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::future::Future;
@@ -39,9 +41,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Leaf hashes read per sink call when rebuilding the tree at start.
-const LOAD_CHUNK: u64 = 65_536;
 
 /// When checkpoints are signed, and how large a batch may grow.
 #[derive(Debug, Clone, Copy)]
@@ -591,22 +590,14 @@ impl<S: LedgerSink> Writer<S> {
         if signed_at(&tree) {
             return Err(mismatch(0));
         }
-        let mut from = 0;
-        while from < count {
-            let to = (from + LOAD_CHUNK).min(count);
-            let hashes = sink.leaf_hashes(from, to).map_err(sink_err)?;
-            if hashes.len() as u64 != to - from {
-                return Err(LedgerError::Corrupt(format!(
-                    "records {from}..{to} are not contiguous"
-                )));
+        for hash in leaf_hashes_in_order(&sink, count) {
+            tree.push(hash.map_err(|e| match e {
+                LeafReadError::Sink(e) => LedgerError::Sink(e.to_string()),
+                missing => LedgerError::Corrupt(missing.to_string()),
+            })?);
+            if signed_at(&tree) {
+                return Err(mismatch(tree.len()));
             }
-            for h in hashes {
-                tree.push(h);
-                if signed_at(&tree) {
-                    return Err(mismatch(tree.len()));
-                }
-            }
-            from = to;
         }
         let (last_seq, last_size) = match newest {
             None => (0, 0),

@@ -170,11 +170,6 @@ impl MerkleTree {
         self.len() == 0
     }
 
-    /// Leaf hash at `index`.
-    pub fn leaf(&self, index: u64) -> Option<Hash> {
-        self.node(0, index)
-    }
-
     /// Appends a leaf hash, completing every subtree it closes.
     pub fn push(&mut self, leaf: Hash) {
         let mut hash = leaf;
@@ -191,16 +186,6 @@ impl MerkleTree {
             }
             hash = node_hash(&row[n - 2], &row[n - 1]);
             level += 1;
-        }
-    }
-
-    /// Drops leaves past `size` (used to roll back a batch whose commit failed).
-    pub fn truncate(&mut self, size: u64) {
-        for (k, row) in self.levels.iter_mut().enumerate() {
-            row.truncate((size >> k) as usize);
-        }
-        while self.levels.last().is_some_and(Vec::is_empty) {
-            self.levels.pop();
         }
     }
 
@@ -515,21 +500,6 @@ mod tests {
     fn empty_root_is_sha256_of_nothing() {
         assert_eq!(EMPTY_ROOT, <[u8; 32]>::from(Sha256::digest(b"")));
         assert_eq!(MerkleTree::new().root(), EMPTY_ROOT);
-    }
-
-    #[test]
-    fn truncate_restores_earlier_tree() {
-        let leaves: Vec<Hash> = (0u32..37).map(|i| leaf_hash(&i.to_be_bytes())).collect();
-        let mut t = MerkleTree::from_leaf_hashes(leaves.iter().copied());
-        let want = MerkleTree::from_leaf_hashes(leaves[..21].iter().copied());
-        t.truncate(21);
-        assert_eq!(t.len(), 21);
-        assert_eq!(t.root(), want.root());
-        t.push(leaves[21]);
-        assert_eq!(
-            t.root(),
-            MerkleTree::from_leaf_hashes(leaves[..22].iter().copied()).root()
-        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::merkle::{
 };
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::record::Record;
-use crate::sink::LedgerSink;
+use crate::sink::{leaf_hashes_in_order, LedgerSink};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,6 @@ impl InclusionBundle {
         index: u64,
         verifier: &NoteVerifier,
     ) -> Result<InclusionBundle, ProofFailure> {
-        const CHUNK: u64 = 65_536;
         let newest = sink
             .newest_stored_checkpoint()
             .map_err(failure)?
@@ -124,20 +123,13 @@ impl InclusionBundle {
         let mut path = RangeHashes::new(inclusion_ranges(index, cp.size).map_err(failure)?, 0);
         let mut whole = MerkleFrontier::new();
         let mut leaf = None;
-        while whole.len() < cp.size {
-            let from = whole.len();
-            let to = from.saturating_add(CHUNK).min(cp.size);
-            let hashes = sink.leaf_hashes(from, to).map_err(failure)?;
-            if hashes.len() as u64 != to - from {
-                return Err(failure(format!("records {from}..{to} are not all stored")));
+        for hash in leaf_hashes_in_order(sink, cp.size) {
+            let hash = hash.map_err(failure)?;
+            if whole.len() == index {
+                leaf = Some(hash);
             }
-            for hash in hashes {
-                if whole.len() == index {
-                    leaf = Some(hash);
-                }
-                path.push(hash);
-                whole.push(hash);
-            }
+            path.push(hash);
+            whole.push(hash);
         }
         let proof = path
             .hashes()

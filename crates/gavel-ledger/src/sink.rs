@@ -7,6 +7,67 @@ use std::sync::{Arc, Mutex};
 /// Boxed storage error: sinks wrap whatever their backend reports.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why stored leaf hashes could not be read in order ([`leaf_hashes_in_order`]).
+#[derive(Debug)]
+pub enum LeafReadError {
+    Sink(SinkError),
+    /// The sink holds fewer hashes for `[from, to)` than the range has indexes.
+    Missing {
+        from: u64,
+        to: u64,
+    },
+}
+
+impl std::fmt::Display for LeafReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeafReadError::Sink(e) => write!(f, "{e}"),
+            LeafReadError::Missing { from, to } => {
+                write!(f, "records {from}..{to} are not all stored")
+            }
+        }
+    }
+}
+
+/// Leaf hashes read per sink call by [`leaf_hashes_in_order`].
+const LEAF_CHUNK: u64 = 65_536;
+
+/// The stored leaf hashes of indexes `[0, to)` in order, read a chunk at a time, so that a reader
+/// of the whole ledger (a starting writer, a proof) holds one chunk, not every hash. Ends after
+/// the first error.
+pub fn leaf_hashes_in_order<S: LedgerSink + ?Sized>(
+    sink: &S,
+    to: u64,
+) -> impl Iterator<Item = Result<Hash, LeafReadError>> + '_ {
+    let mut next = 0;
+    let mut failed = false;
+    let mut chunk = Vec::new().into_iter();
+    std::iter::from_fn(move || loop {
+        if let Some(hash) = chunk.next() {
+            return Some(Ok(hash));
+        }
+        if failed || next >= to {
+            return None;
+        }
+        let (from, end) = (next, next.saturating_add(LEAF_CHUNK).min(to));
+        let read = match sink.leaf_hashes(from, end) {
+            Ok(hashes) if hashes.len() as u64 == end - from => Ok(hashes),
+            Ok(_) => Err(LeafReadError::Missing { from, to: end }),
+            Err(e) => Err(LeafReadError::Sink(e)),
+        };
+        match read {
+            Ok(hashes) => {
+                next = end;
+                chunk = hashes.into_iter();
+            }
+            Err(e) => {
+                failed = true;
+                return Some(Err(e));
+            }
+        }
+    })
+}
+
 /// A record as handed to a sink: the canonical bytes plus everything a sink
 /// may want to store beside them for lookups.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,5 +314,43 @@ impl LedgerSink for MemorySink {
 
     fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
         Ok(lock(&self.inner)?.checkpoints.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink_of(n: u64) -> MemorySink {
+        let records = (0..n)
+            .map(|index| StoredRecord {
+                index,
+                leaf_hash: crate::merkle::leaf_hash(&index.to_be_bytes()),
+                bytes: Vec::new(),
+            })
+            .collect();
+        MemorySink::from_parts(records, Vec::new())
+    }
+
+    /// Across chunk boundaries every hash comes once, in order; a chunk that reaches past the
+    /// stored records comes as the error that names them, and the reader stops.
+    #[test]
+    fn leaf_hashes_come_in_order_across_chunks_and_missing_ones_are_named() {
+        let n = 2 * LEAF_CHUNK + 5;
+        let sink = sink_of(n);
+        let read: Vec<Hash> = leaf_hashes_in_order(&sink, n).map(Result::unwrap).collect();
+        let want: Vec<Hash> = (0..n)
+            .map(|i| crate::merkle::leaf_hash(&i.to_be_bytes()))
+            .collect();
+        assert!(read == want, "{} hashes read of {n}", read.len());
+
+        let mut past_the_end = leaf_hashes_in_order(&sink, n + 3).skip(2 * LEAF_CHUNK as usize);
+        match past_the_end.next() {
+            Some(Err(LeafReadError::Missing { from, to })) => {
+                assert_eq!((from, to), (2 * LEAF_CHUNK, n + 3))
+            }
+            other => panic!("expected the missing records to be named, got {other:?}"),
+        }
+        assert!(past_the_end.next().is_none());
     }
 }

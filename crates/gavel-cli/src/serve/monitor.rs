@@ -699,7 +699,7 @@ pub fn webhook_url(oncall: &Oncall) -> Result<String, String> {
         return Ok(oncall.webhook.clone());
     };
     match std::env::var(name) {
-        Ok(url) if url.starts_with("https://") || url.starts_with("http://") => Ok(url),
+        Ok(url) if gavel_contract::is_http_url(&url) => Ok(url),
         Ok(_) => Err(format!(
             "the environment variable {name} does not hold an http(s) URL"
         )),
