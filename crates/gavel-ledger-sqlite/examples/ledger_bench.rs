@@ -25,7 +25,7 @@ use gavel_ledger::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash
 use gavel_ledger::{
     verify_records, AppendRecord, Appender, AppenderConfig, Encoded, Flusher, InclusionBundle,
     LedgerSink, NoteSigner, Pending, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord,
-    VerifyOptions,
+    TreeNode, VerifyOptions,
 };
 use gavel_ledger_sqlite::{SqliteLedgerSink, WalCheckpointer};
 use serde_json::json;
@@ -48,11 +48,12 @@ impl LedgerSink for Counting {
     fn append(
         &mut self,
         records: &[AppendRecord],
+        nodes: &[TreeNode],
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError> {
         self.commits.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let appended = self.inner.append(records, checkpoint);
+        let appended = self.inner.append(records, nodes, checkpoint);
         self.commit_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         appended
@@ -62,6 +63,12 @@ impl LedgerSink for Counting {
     }
     fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
         self.inner.leaf_hashes(from, to)
+    }
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
+        self.inner.tree_nodes(level, from, to)
+    }
+    fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
+        self.inner.add_missing_nodes(nodes)
     }
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
         self.inner.read_records(from, to)
@@ -208,6 +215,89 @@ fn serve_like_sink(db: &Path) -> (SqliteLedgerSink, BackgroundCheckpoints) {
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// What reads the ledger's tree, on the ledger itself: a starting writer and `audit prove`'s
+/// proof (`InclusionBundle::from_sink`). Both read stored tree nodes, O(log n) rows; a ledger
+/// written before the nodes existed gets them at its first writer start, which reads every
+/// leaf hash as every start did before.
+fn ledger_proof_table(db: &Path, sink: &SqliteLedgerSink) {
+    let v = signer().verifier();
+    let count = sink.record_count().unwrap();
+    println!("| on the ledger ({count} records) | value |");
+    println!("|------------------------------|-------|");
+    for label in ["writer start, first", "writer start, again"] {
+        let t = Instant::now();
+        Appender::start(
+            SqliteLedgerSink::open(db).unwrap(),
+            signer(),
+            AppenderConfig::default(),
+        )
+        .unwrap()
+        .close()
+        .unwrap();
+        println!("| {label} | {:.2} ms |", t.elapsed().as_secs_f64() * 1e3);
+    }
+    let Some((_, signed)) = sink.newest_checkpoint().unwrap() else {
+        return;
+    };
+    let iters = 2_000u64;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let indexes: Vec<u64> = (0..iters)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % signed
+        })
+        .collect();
+    let t = Instant::now();
+    for &i in &indexes {
+        std::hint::black_box(InclusionBundle::from_sink(sink, i, &v).unwrap());
+    }
+    println!(
+        "| inclusion proof from the ledger (`audit prove`; mean of {iters}) | {} |",
+        us(t.elapsed() / iters as u32)
+    );
+    let without_nodes = WithoutNodes(SqliteLedgerSink::open_read_only(db).unwrap());
+    let t = Instant::now();
+    for &i in &indexes[..5] {
+        std::hint::black_box(InclusionBundle::from_sink(&without_nodes, i, &v).unwrap());
+    }
+    println!(
+        "| the same from every leaf hash (a ledger without nodes, as before them; mean of 5) | {} |",
+        us(t.elapsed() / 5)
+    );
+    println!();
+}
+
+/// The ledger as a sink that keeps no tree nodes, for the proof a ledger without them gets.
+struct WithoutNodes(SqliteLedgerSink);
+
+impl LedgerSink for WithoutNodes {
+    fn append(
+        &mut self,
+        _: &[AppendRecord],
+        _: &[TreeNode],
+        _: Option<&StoredCheckpoint>,
+    ) -> Result<(), SinkError> {
+        Err("read-only".into())
+    }
+    fn record_count(&self) -> Result<u64, SinkError> {
+        self.0.record_count()
+    }
+    fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+        self.0.leaf_hashes(from, to)
+    }
+    fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
+        self.0.read_records(from, to)
+    }
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, SinkError> {
+        self.0.checkpoints()
+    }
+    fn newest_stored_checkpoint(&self) -> Result<Option<StoredCheckpoint>, SinkError> {
+        self.0.newest_stored_checkpoint()
+    }
 }
 
 fn us(d: Duration) -> String {
@@ -624,6 +714,7 @@ fn main() {
         report.records as f64 / s
     );
     println!();
+    ledger_proof_table(&db, &sink);
 
     let n: u64 = 1 << 20;
     let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&i.to_le_bytes())).collect();

@@ -21,7 +21,7 @@ use gavel_ledger::proof::ProofFailure;
 use gavel_ledger::record::RecordError;
 use gavel_ledger::{
     AppendRecord, Flusher, LedgerSink, RecordReader, SinkError, StoredCheckpoint, StoredRecord,
-    Visit, VisitWithAids,
+    TreeNode, Visit, VisitWithAids,
 };
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS ledger_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-INSERT OR IGNORE INTO ledger_meta (key, value) VALUES ('schema_version', '2');
+INSERT OR IGNORE INTO ledger_meta (key, value) VALUES ('schema_version', '3');
 
 CREATE TABLE IF NOT EXISTS ledger_records (
     idx          INTEGER PRIMARY KEY,   -- Merkle leaf index
@@ -72,6 +72,18 @@ CREATE TABLE IF NOT EXISTS ledger_checkpoints (
     note  TEXT NOT NULL                 -- C2SP signed note (the authority)
 );
 
+-- The hashes of the tree's complete subtrees at every fourth level (4, 8, 12, ...): node
+-- (level, idx) covers records [idx << level, (idx + 1) << level). Derived from the records
+-- and written in the same transaction, so that a proof or a starting writer reads O(log n)
+-- rows instead of every leaf hash (about one row per 15 records). Not the authority: what is
+-- built from them is checked against a signed root before use, and `verify` checks them.
+CREATE TABLE IF NOT EXISTS ledger_nodes (
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+
 CREATE TRIGGER IF NOT EXISTS ledger_records_no_update BEFORE UPDATE ON ledger_records
     BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_records_no_delete BEFORE DELETE ON ledger_records
@@ -80,6 +92,10 @@ CREATE TRIGGER IF NOT EXISTS ledger_approval_spans_no_update BEFORE UPDATE ON le
     BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_approval_spans_no_delete BEFORE DELETE ON ledger_approval_spans
     BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_nodes_no_update BEFORE UPDATE ON ledger_nodes
+    BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_nodes_no_delete BEFORE DELETE ON ledger_nodes
+    BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
     BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
@@ -182,6 +198,27 @@ fn visit_rows(conn: &Connection, from: u64, to: u64, visit: Visit<'_>) -> Result
     Ok(())
 }
 
+/// The stored tree nodes of `level` in `[from, to)`. A ledger opened read-only that no gavel
+/// with nodes has written to has no node table: it holds no nodes.
+fn read_tree_nodes(
+    conn: &Connection,
+    level: u32,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, Hash)>, SinkError> {
+    let mut stmt = match conn.prepare_cached(
+        "SELECT idx, hash FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx",
+    ) {
+        Ok(stmt) => stmt,
+        Err(e) if e.to_string().contains("no such table") => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let rows = stmt.query_map(params![level, to_i64(from)?, to_i64(to)?], |r| {
+        Ok((to_u64(r.get(0)?)?, hash_column(r, 1)?))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// A verification's extra reader: see [`SqliteLedgerSink::parallel_reader`].
 struct Reader {
     conn: Connection,
@@ -199,6 +236,10 @@ impl RecordReader for Reader {
         visit: VisitWithAids<'_>,
     ) -> Result<(), SinkError> {
         aids::visit_rows_with_aids(&self.conn, from, to, visit)
+    }
+
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
+        read_tree_nodes(&self.conn, level, from, to)
     }
 }
 
@@ -325,7 +366,12 @@ impl SqliteLedgerSink {
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         upgrade_from_schema_1(&conn)?;
-        known_schema(&conn)?;
+        // Version 2 lacks only the node table, which the schema above has just created.
+        conn.execute(
+            "UPDATE ledger_meta SET value = ?1 WHERE key = 'schema_version' AND value = '2'",
+            [SCHEMA_VERSION],
+        )?;
+        known_schema(&conn, false)?;
         Ok(SqliteLedgerSink { conn })
     }
 
@@ -342,7 +388,7 @@ impl SqliteLedgerSink {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_handler(Some(wait_for_writer))?;
-        known_schema(&conn)?;
+        known_schema(&conn, true)?;
         Ok(SqliteLedgerSink { conn })
     }
 
@@ -368,12 +414,14 @@ impl SqliteLedgerSink {
     }
 }
 
-/// The schema version this crate reads and writes.
-const SCHEMA_VERSION: &str = "2";
+/// The schema version this crate reads and writes. Version 3 added `ledger_nodes`; a version-2
+/// ledger is read as it is (it has no nodes: proofs read its leaves) and upgraded by any
+/// command that writes to it, whose writer then fills the nodes in.
+const SCHEMA_VERSION: &str = "3";
 
 /// Refuses a ledger whose recorded schema version is not this crate's: one written by a newer
 /// gavel may hold what this one would misread, or break by writing to it.
-fn known_schema(conn: &Connection) -> Result<(), Error> {
+fn known_schema(conn: &Connection, read_only: bool) -> Result<(), Error> {
     let version: Option<String> = conn
         .query_row(
             "SELECT value FROM ledger_meta WHERE key = 'schema_version'",
@@ -383,8 +431,9 @@ fn known_schema(conn: &Connection) -> Result<(), Error> {
         .optional()?;
     match version.as_deref() {
         Some(SCHEMA_VERSION) => Ok(()),
+        Some("2") if read_only => Ok(()),
         other => Err(Error::Invalid(format!(
-            "the ledger says its schema version is {}, and this gavel reads version {SCHEMA_VERSION} only: use the gavel that wrote it, or a newer one (a version-1 ledger is upgraded by any gavel command that writes to it)",
+            "the ledger says its schema version is {}, and this gavel reads version {SCHEMA_VERSION} only: use the gavel that wrote it, or a newer one (a version-1 or -2 ledger is upgraded by any gavel command that writes to it)",
             other.map_or_else(|| "missing".to_string(), |v| format!("{v:?}"))
         ))),
     }
@@ -650,6 +699,21 @@ fn unlinked(_file: &std::fs::File) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// Stores tree nodes; `insert` is `INSERT` (a node already stored is an error) or
+/// `INSERT OR IGNORE`.
+fn insert_nodes(conn: &Connection, nodes: &[TreeNode], insert: &str) -> Result<(), SinkError> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(&format!(
+        "{insert} INTO ledger_nodes (level, idx, hash) VALUES (?1, ?2, ?3)"
+    ))?;
+    for n in nodes {
+        stmt.execute(params![n.level, to_i64(n.index)?, &n.hash[..]])?;
+    }
+    Ok(())
+}
+
 /// For each approval in a batch, the first and last index of its records there.
 fn approval_spans(records: &[AppendRecord]) -> Vec<(&str, u64, u64)> {
     // A batch rarely holds more than a few approvals: a list beats a map.
@@ -670,6 +734,7 @@ impl LedgerSink for SqliteLedgerSink {
     fn append(
         &mut self,
         records: &[AppendRecord],
+        nodes: &[TreeNode],
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError> {
         // IMMEDIATE takes the write lock up front, so a busy database makes us
@@ -716,6 +781,7 @@ impl LedgerSink for SqliteLedgerSink {
             for (approval, first, last) in approval_spans(records) {
                 span.execute(params![approval, to_i64(first)?, to_i64(last)?])?;
             }
+            insert_nodes(tx, nodes, "INSERT")?;
             if let Some(cp) = checkpoint {
                 tx.prepare_cached(
                     "INSERT INTO ledger_checkpoints (seq, size, note) VALUES (?1, ?2, ?3)",
@@ -735,19 +801,33 @@ impl LedgerSink for SqliteLedgerSink {
         Ok(to_u64(n)?)
     }
 
-    /// Read through a connection of its own where there is a file: the appender loads its tree
-    /// with this at start, and every leaf read through the writing connection would leave that
-    /// connection's page cache with a hash table sized for the whole pass. SQLite sweeps the
-    /// whole table each time another connection's commit makes it drop its cache, which in
-    /// `gavel serve` is at every ledger commit.
+    /// A long range is read through a connection of its own where there is a file: a writer
+    /// that fills in tree nodes reads every leaf with this, and every leaf read through the
+    /// writing connection would leave that connection's page cache with a hash table sized for
+    /// the whole pass. SQLite sweeps the whole table each time another connection's commit
+    /// makes it drop its cache, which in `gavel serve` is at every ledger commit. A short one
+    /// (a proof's few leaves below the stored nodes) is not worth opening a connection for.
     fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
-        let own = self.read_only_connection()?;
+        const SHORT: u64 = 4_096;
+        let own = if to.saturating_sub(from) > SHORT {
+            self.read_only_connection()?
+        } else {
+            None
+        };
         let conn = own.as_ref().unwrap_or(&self.conn);
         let mut stmt = conn.prepare_cached(
             "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
         )?;
         let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| hash_column(r, 0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
+        read_tree_nodes(&self.conn, level, from, to)
+    }
+
+    fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
+        immediate(&self.conn, |tx| insert_nodes(tx, nodes, "INSERT OR IGNORE"))
     }
 
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {

@@ -65,7 +65,7 @@ fn append_batches(
                 }
             })
             .collect();
-        sink.append(&records, None).unwrap();
+        sink.append(&records, &[], None).unwrap();
     }
     approvals
 }
@@ -198,7 +198,7 @@ fn a_schema_1_ledger_is_upgraded_in_place() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "2");
+    assert_eq!(version, "3");
     // Spans are append-only like the records they point at.
     assert!(conn
         .execute("DELETE FROM ledger_approval_spans", [])

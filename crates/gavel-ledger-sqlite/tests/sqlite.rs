@@ -290,6 +290,98 @@ fn failure_after(sql: &str) -> gavel_ledger::VerifyFailure {
     failure(&db)
 }
 
+/// 300 decisions through an appender configured as by default, closed (signed at 300).
+fn three_hundred(db: &std::path::Path) {
+    let app = appender(db);
+    for i in 0..300i64 {
+        let body = json!({"deployment": "prod", "n": i});
+        app.append(&Record::new(RecordKind::Decision, 1_000 + i, format!("d-{i}"), &body).unwrap())
+            .unwrap();
+    }
+    app.close().unwrap();
+}
+
+fn node_rows(db: &std::path::Path) -> Vec<(u32, i64)> {
+    let raw = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = raw
+        .prepare("SELECT level, idx FROM ledger_nodes ORDER BY level, idx")
+        .unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// The tree nodes go in with their records and are append-only like them; verify names an
+/// edited one while proofs still check (they are rebuilt from the leaves); a ledger without
+/// them (written by a gavel before them) verifies and proves read-only, and gets them at the
+/// next writer start.
+#[test]
+fn tree_nodes_are_stored_checked_and_filled_in() {
+    let dir = TempDir::new("nodes");
+    let db = dir.path("gavel.db");
+    three_hundred(&db);
+    let expected: Vec<(u32, i64)> = (0..18).map(|i| (4, i)).chain([(8, 0)]).collect();
+    assert_eq!(node_rows(&db), expected);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    for sql in [
+        "UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 4 AND idx = 5",
+        "DELETE FROM ledger_nodes WHERE level = 8",
+    ] {
+        let err = raw.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    let prove = |db: &std::path::Path, id: &str| {
+        let sink = SqliteLedgerSink::open_read_only(db).unwrap();
+        let bundle = sink.prove(id, &signer().verifier()).unwrap();
+        check_proof_json(
+            &serde_json::to_string(&bundle).unwrap(),
+            &public_key(&signer()),
+        )
+        .unwrap();
+    };
+    prove(&db, "d-90");
+
+    let legacy = dir.path("legacy.db");
+    std::fs::copy(&db, &legacy).unwrap();
+    tamper(
+        &db,
+        "DROP TRIGGER ledger_nodes_no_update;
+         UPDATE ledger_nodes SET hash = zeroblob(32) WHERE level = 4 AND idx = 5;",
+    );
+    let f = failure(&db);
+    assert_eq!(
+        (f.index, f.problem),
+        (Some(95), Problem::TreeNode { level: 4, index: 5 })
+    );
+    prove(&db, "d-90");
+
+    // What a gavel of schema 2 left: no node table.
+    rusqlite::Connection::open(&legacy)
+        .unwrap()
+        .execute_batch(
+            "DROP TABLE ledger_nodes;
+             UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    let read_only = SqliteLedgerSink::open_read_only(&legacy).unwrap();
+    read_only.verify(&signer().verifier(), strict()).unwrap();
+    prove(&legacy, "d-90");
+    appender(&legacy).close().unwrap();
+    assert_eq!(node_rows(&legacy), expected);
+    let version: String = rusqlite::Connection::open(&legacy)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM ledger_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, "3");
+    SqliteLedgerSink::open(&legacy)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+        .unwrap();
+}
+
 #[test]
 fn tampering_in_the_database_is_named() {
     // Checkpoints sign 8, 16, 24 and 31 records; a bad checkpoint is named
@@ -390,7 +482,7 @@ fn a_ledger_of_another_schema_version_is_refused() {
     populate(&db);
     let raw = rusqlite::Connection::open(&db).unwrap();
     raw.execute(
-        "UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version'",
+        "UPDATE ledger_meta SET value = '4' WHERE key = 'schema_version'",
         [],
     )
     .unwrap();
@@ -399,7 +491,7 @@ fn a_ledger_of_another_schema_version_is_refused() {
         SqliteLedgerSink::open_read_only(&db).unwrap_err(),
     ] {
         assert!(
-            refused.to_string().contains("schema version is \"3\""),
+            refused.to_string().contains("schema version is \"4\""),
             "{refused}"
         );
     }

@@ -25,11 +25,14 @@
 //! commit to overlap, and a lone request's path is spared the sync thread's
 //! wake-up (on an idle machine the longest of its thread hand-overs).
 
-use crate::merkle::{leaf_hash, Hash, MerkleFrontier};
+use crate::merkle::{
+    is_stored_level, leaf_hash, Hash, MerkleFrontier, TreeNode, STORED_LEVEL_STEP,
+};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
 use crate::record::{Appendable, IndexFields, Record, RecordError, RecordKind};
 use crate::sink::{
-    leaf_hashes_in_order, AppendRecord, Flusher, LeafReadError, LedgerSink, StoredCheckpoint,
+    leaf_hashes_in_order, stored_frontier, AppendRecord, Flusher, LeafReadError, LedgerSink,
+    StoredCheckpoint,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -554,8 +557,103 @@ fn check_unsigned_tail<S: LedgerSink>(
     }
 }
 
+fn mismatch(size: u64) -> LedgerError {
+    LedgerError::Corrupt(format!(
+        "stored leaves do not match the root signed at size {size}"
+    ))
+}
+
+fn leaf_read_err(e: LeafReadError) -> LedgerError {
+    match e {
+        LeafReadError::Sink(e) => LedgerError::Sink(e.to_string()),
+        missing => LedgerError::Corrupt(missing.to_string()),
+    }
+}
+
+/// Leaves read between two writes of the nodes a starting writer fills in (about 70,000
+/// nodes, 3 MB).
+const LEAVES_PER_FILL: u64 = 1 << 20;
+
+/// The tree of `count` records from stored nodes, in O(log n) reads: the newest checkpoint's
+/// tree, checked against its signed root, then the leaves after it (the unsigned tail, which
+/// [`check_unsigned_tail`] bounds). None when the sink lacks a node it needs, or lacks the
+/// newest nodes of some level (records appended by a gavel that stored none), or when the
+/// nodes do not give the signed root: then [`tree_from_leaves`] reads every leaf.
+fn tree_from_nodes<S: LedgerSink>(
+    sink: &S,
+    count: u64,
+    newest: Option<&Checkpoint>,
+) -> Result<Option<MerkleFrontier>, LedgerError> {
+    let sink_err = |e: crate::sink::SinkError| LedgerError::Sink(e.to_string());
+    // Nodes are written with their records, so every level's newest node is stored unless
+    // some records were appended without them.
+    for level in (STORED_LEVEL_STEP..64).step_by(STORED_LEVEL_STEP as usize) {
+        let nodes = count >> level;
+        if nodes == 0 {
+            break;
+        }
+        if sink
+            .tree_nodes(level, nodes - 1, nodes)
+            .map_err(sink_err)?
+            .is_empty()
+        {
+            return Ok(None);
+        }
+    }
+    let signed = newest.map_or(0, |cp| cp.size);
+    let Some(mut tree) = stored_frontier(sink, signed).map_err(sink_err)? else {
+        return Ok(None);
+    };
+    if newest.is_some_and(|cp| cp.root != tree.root()) {
+        return Ok(None);
+    }
+    for hash in leaf_hashes_in_order(sink, signed, count) {
+        tree.push(hash.map_err(leaf_read_err)?);
+    }
+    Ok(Some(tree))
+}
+
+/// The tree of `count` records from every stored leaf hash, read once, the newest checkpoint's
+/// root checked as the tree passes its size; the nodes it completes at stored levels that the
+/// sink lacks are stored on the way, so that the next start, and proofs, need not read every
+/// leaf.
+fn tree_from_leaves<S: LedgerSink>(
+    sink: &mut S,
+    count: u64,
+    newest: Option<&Checkpoint>,
+) -> Result<MerkleFrontier, LedgerError> {
+    let signed_at = |tree: &MerkleFrontier| {
+        newest.is_some_and(|cp| cp.size == tree.len() && cp.root != tree.root())
+    };
+    let mut tree = MerkleFrontier::new();
+    if signed_at(&tree) {
+        return Err(mismatch(0));
+    }
+    while tree.len() < count {
+        let to = tree.len().saturating_add(LEAVES_PER_FILL).min(count);
+        let mut nodes: Vec<TreeNode> = Vec::new();
+        for hash in leaf_hashes_in_order(&*sink, tree.len(), to) {
+            tree.push_reporting(hash.map_err(leaf_read_err)?, |n| {
+                if is_stored_level(n.level) {
+                    nodes.push(n);
+                }
+            });
+            if signed_at(&tree) {
+                return Err(mismatch(tree.len()));
+            }
+        }
+        sink.add_missing_nodes(&nodes)
+            .map_err(|e| LedgerError::Sink(e.to_string()))?;
+    }
+    Ok(tree)
+}
+
 impl<S: LedgerSink> Writer<S> {
-    fn load(sink: S, signer: NoteSigner, config: AppenderConfig) -> Result<Writer<S>, LedgerError> {
+    fn load(
+        mut sink: S,
+        signer: NoteSigner,
+        config: AppenderConfig,
+    ) -> Result<Writer<S>, LedgerError> {
         let sink_err = |e: crate::sink::SinkError| LedgerError::Sink(e.to_string());
         let count = sink.record_count().map_err(sink_err)?;
         let checkpoints = sink.checkpoints().map_err(sink_err)?;
@@ -574,37 +672,15 @@ impl<S: LedgerSink> Writer<S> {
                 Some(cp)
             }
         };
-        let mismatch = |size: u64| {
-            LedgerError::Corrupt(format!(
-                "stored leaves do not match the root signed at size {size}"
-            ))
-        };
-        // The leaves are read once, and the newest checkpoint's root is checked as the tree
-        // passes its size.
-        let signed_at = |tree: &MerkleFrontier| {
-            newest
-                .as_ref()
-                .is_some_and(|cp| cp.size == tree.len() && cp.root != tree.root())
-        };
-        let mut tree = MerkleFrontier::new();
-        if signed_at(&tree) {
-            return Err(mismatch(0));
+        let (last_seq, last_size) = newest.as_ref().map_or((0, 0), |cp| (cp.seq, cp.size));
+        if last_size > count {
+            return Err(mismatch(last_size));
         }
-        for hash in leaf_hashes_in_order(&sink, count) {
-            tree.push(hash.map_err(|e| match e {
-                LeafReadError::Sink(e) => LedgerError::Sink(e.to_string()),
-                missing => LedgerError::Corrupt(missing.to_string()),
-            })?);
-            if signed_at(&tree) {
-                return Err(mismatch(tree.len()));
-            }
-        }
-        let (last_seq, last_size) = match newest {
-            None => (0, 0),
-            Some(cp) if cp.size > tree.len() => return Err(mismatch(cp.size)),
-            Some(cp) => (cp.seq, cp.size),
-        };
         check_unsigned_tail(&sink, last_size, count, &config)?;
+        let tree = match tree_from_nodes(&sink, count, newest.as_ref())? {
+            Some(tree) => tree,
+            None => tree_from_leaves(&mut sink, count, newest.as_ref())?,
+        };
         Ok(Writer {
             sink,
             signer,
@@ -808,7 +884,7 @@ impl<S: LedgerSink> Writer<S> {
             return Ok(None);
         }
         let cp = self.next_checkpoint()?;
-        match self.sink.append(&[], Some(&cp)) {
+        match self.sink.append(&[], &[], Some(&cp)) {
             Ok(()) => {
                 self.signed(&cp);
                 Ok(Some(cp))
@@ -840,8 +916,13 @@ impl<S: LedgerSink> Writer<S> {
         let base = self.tree.len();
         let mut replies = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
+        let mut nodes = Vec::new();
         for (i, r) in batch.into_iter().enumerate() {
-            self.tree.push(r.leaf);
+            self.tree.push_reporting(r.leaf, |n| {
+                if is_stored_level(n.level) {
+                    nodes.push(n);
+                }
+            });
             records.push(AppendRecord {
                 index: base + i as u64,
                 leaf_hash: r.leaf,
@@ -865,7 +946,7 @@ impl<S: LedgerSink> Writer<S> {
         let started = Instant::now();
         let result = checkpoint.and_then(|cp| {
             self.sink
-                .append(&records, cp.as_ref())
+                .append(&records, &nodes, cp.as_ref())
                 .map(|()| cp)
                 .map_err(|e| LedgerError::Sink(e.to_string()))
         });

@@ -23,7 +23,7 @@ pub mod verify;
 pub use appender::{
     Appender, AppenderConfig, BatchObserver, Durable, LedgerError, Pending, Receipt,
 };
-pub use merkle::{Hash, MerkleFrontier, MerkleTree};
+pub use merkle::{Hash, MerkleFrontier, MerkleTree, TreeNode};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
 pub use proof::{check_proof_json, CheckedInclusion, InclusionBundle};
 pub use record::{

@@ -7,7 +7,7 @@ use crate::merkle::{
 };
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::record::Record;
-use crate::sink::{leaf_hashes_in_order, LedgerSink};
+use crate::sink::{leaf_hashes_in_order, stored_range_hash, LedgerSink};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -100,9 +100,11 @@ fn bundle(
 }
 
 impl InclusionBundle {
-    /// Builds a bundle for leaf `index` from a sink, reading the leaf hashes up to the newest
-    /// checkpoint once, in chunks, and keeping only what the proof needs: a gateway asked for
-    /// a proof holds a few kilobytes, not the tree (96 bytes a record until 2026-11-24).
+    /// Builds a bundle for leaf `index` from a sink against its newest checkpoint: from the
+    /// tree nodes the sink stores (O(log n) reads), checked against the signed root before it
+    /// is handed out; where a node is missing or wrong, from the leaf hashes up to the
+    /// checkpoint, read once, in chunks, keeping only what the proof needs (a few kilobytes,
+    /// not the tree).
     pub fn from_sink<S: LedgerSink + ?Sized>(
         sink: &S,
         index: u64,
@@ -120,10 +122,32 @@ impl InclusionBundle {
             .into_iter()
             .next()
             .ok_or_else(|| failure(format!("no record {index}")))?;
-        let mut path = RangeHashes::new(inclusion_ranges(index, cp.size).map_err(failure)?, 0);
+        let ranges = inclusion_ranges(index, cp.size).map_err(failure)?;
+        let leaf = leaf_hash(&record.bytes);
+        let mut from_nodes = Vec::with_capacity(ranges.len());
+        for &(start, end) in &ranges {
+            match stored_range_hash(sink, start, end).map_err(failure)? {
+                Some(hash) => from_nodes.push(hash),
+                None => break,
+            }
+        }
+        if from_nodes.len() == ranges.len()
+            && verify_inclusion(&leaf, index, cp.size, &from_nodes, &cp.root).is_ok()
+        {
+            // The path leads from the record's bytes to the signed root: both are proven.
+            return bundle(
+                index,
+                &record.bytes,
+                (Some(leaf), Some(cp.root)),
+                from_nodes,
+                &newest.note,
+                &cp,
+            );
+        }
+        let mut path = RangeHashes::new(ranges, 0);
         let mut whole = MerkleFrontier::new();
         let mut leaf = None;
-        for hash in leaf_hashes_in_order(sink, cp.size) {
+        for hash in leaf_hashes_in_order(sink, 0, cp.size) {
             let hash = hash.map_err(failure)?;
             if whole.len() == index {
                 leaf = Some(hash);

@@ -1,6 +1,6 @@
 //! The storage interface the appender writes through, and an in-memory sink.
 
-use crate::merkle::Hash;
+use crate::merkle::{frontier_from_stored, Hash, MerkleFrontier, TreeNode};
 use crate::record::{IndexFields, RecordAids, RecordKind};
 use std::sync::{Arc, Mutex};
 
@@ -32,14 +32,15 @@ impl std::fmt::Display for LeafReadError {
 /// Leaf hashes read per sink call by [`leaf_hashes_in_order`].
 const LEAF_CHUNK: u64 = 65_536;
 
-/// The stored leaf hashes of indexes `[0, to)` in order, read a chunk at a time, so that a reader
-/// of the whole ledger (a starting writer, a proof) holds one chunk, not every hash. Ends after
-/// the first error.
+/// The stored leaf hashes of indexes `[from, to)` in order, read a chunk at a time, so that a
+/// reader of the whole ledger (a starting writer, a proof) holds one chunk, not every hash.
+/// Ends after the first error.
 pub fn leaf_hashes_in_order<S: LedgerSink + ?Sized>(
     sink: &S,
+    from: u64,
     to: u64,
 ) -> impl Iterator<Item = Result<Hash, LeafReadError>> + '_ {
-    let mut next = 0;
+    let mut next = from;
     let mut failed = false;
     let mut chunk = Vec::new().into_iter();
     std::iter::from_fn(move || loop {
@@ -65,6 +66,48 @@ pub fn leaf_hashes_in_order<S: LedgerSink + ?Sized>(
                 return Some(Err(e));
             }
         }
+    })
+}
+
+/// The hashes of the complete subtrees `[from, to)` of `level` (0: the leaves) if the sink
+/// holds them all.
+fn stored_hashes<S: LedgerSink + ?Sized>(
+    sink: &S,
+    level: u32,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<Hash>>, SinkError> {
+    let want = to.saturating_sub(from);
+    if level == 0 {
+        let hashes = sink.leaf_hashes(from, to)?;
+        return Ok((hashes.len() as u64 == want).then_some(hashes));
+    }
+    let nodes = sink.tree_nodes(level, from, to)?;
+    let contiguous = nodes.len() as u64 == want && nodes.iter().zip(from..).all(|(n, i)| n.0 == i);
+    Ok(contiguous.then(|| nodes.into_iter().map(|(_, hash)| hash).collect()))
+}
+
+/// The tree of the first `size` leaves as its right edge, from stored nodes: O(log n) reads.
+/// None when a node it needs is not stored; the caller then reads the leaves
+/// ([`leaf_hashes_in_order`]) and checks what it builds from either against a signed root.
+pub fn stored_frontier<S: LedgerSink + ?Sized>(
+    sink: &S,
+    size: u64,
+) -> Result<Option<MerkleFrontier>, SinkError> {
+    frontier_from_stored(0, size, &mut |level, from, to| {
+        stored_hashes(sink, level, from, to)
+    })
+}
+
+/// The MTH of leaves `[start, end)` (a range of an RFC 9162 proof) from stored nodes, or None
+/// when one it needs is not stored (see [`stored_frontier`]).
+pub fn stored_range_hash<S: LedgerSink + ?Sized>(
+    sink: &S,
+    start: u64,
+    end: u64,
+) -> Result<Option<Hash>, SinkError> {
+    crate::merkle::range_hash_from_stored(start, end, &mut |level, from, to| {
+        stored_hashes(sink, level, from, to)
     })
 }
 
@@ -115,13 +158,30 @@ pub trait Flusher: Send + 'static {
 /// handed out a [`Flusher`], durably (one fsync) before returning Ok: the appender
 /// acknowledges callers once their batch is durable.
 pub trait LedgerSink: Send + 'static {
-    /// Appends records (with consecutive indexes continuing the ledger) and
-    /// optionally a checkpoint, atomically (and durably, without a flusher).
+    /// Appends records (with consecutive indexes continuing the ledger), the tree nodes they
+    /// complete at stored levels ([`crate::merkle::is_stored_level`]) and optionally a
+    /// checkpoint, atomically (and durably, without a flusher). A sink that keeps no nodes
+    /// ignores `nodes`.
     fn append(
         &mut self,
         records: &[AppendRecord],
+        nodes: &[TreeNode],
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError>;
+    /// The stored tree nodes of `level` with indexes in `[from, to)`, as `(index, hash)` in
+    /// index order; those not stored are left out. Nodes are derived from the records, never
+    /// the authority: whatever is built from them is checked against a signed root before it
+    /// is used, and `verify` checks them. A sink that keeps none returns none.
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
+        let _ = (level, from, to);
+        Ok(Vec::new())
+    }
+    /// Stores those of `nodes` that are not stored yet (a starting writer fills in the nodes
+    /// of records appended by a gavel that kept none), leaving stored ones as they are.
+    fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
+        let _ = nodes;
+        Ok(())
+    }
     /// Number of records stored.
     fn record_count(&self) -> Result<u64, SinkError>;
     /// Stored leaf hashes for indexes `[from, to)`, in index order.
@@ -207,12 +267,15 @@ pub trait RecordReader: Send {
         to: u64,
         visit: VisitWithAids<'_>,
     ) -> Result<(), SinkError>;
+    /// As [`LedgerSink::tree_nodes`]; required for the same reason.
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError>;
 }
 
 #[derive(Debug, Default)]
 struct MemoryInner {
     records: Vec<StoredRecord>,
     checkpoints: Vec<StoredCheckpoint>,
+    nodes: std::collections::BTreeMap<(u32, u64), Hash>,
     batches: u64,
 }
 
@@ -238,6 +301,7 @@ impl MemorySink {
             inner: Arc::new(Mutex::new(MemoryInner {
                 records,
                 checkpoints,
+                nodes: Default::default(),
                 batches: 0,
             })),
         }
@@ -248,6 +312,21 @@ impl MemorySink {
         match self.inner.lock() {
             Ok(g) => (g.records.clone(), g.checkpoints.clone()),
             Err(p) => (p.get_ref().records.clone(), p.get_ref().checkpoints.clone()),
+        }
+    }
+
+    /// The tree nodes stored, by `(level, index)`.
+    pub fn nodes(&self) -> std::collections::BTreeMap<(u32, u64), Hash> {
+        self.inner
+            .lock()
+            .map(|g| g.nodes.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the stored tree nodes (a test's edits).
+    pub fn set_nodes(&self, nodes: std::collections::BTreeMap<(u32, u64), Hash>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.nodes = nodes;
         }
     }
 
@@ -265,9 +344,16 @@ impl LedgerSink for MemorySink {
     fn append(
         &mut self,
         records: &[AppendRecord],
+        nodes: &[TreeNode],
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError> {
         let mut g = lock(&self.inner)?;
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| g.nodes.contains_key(&(n.level, n.index)))
+        {
+            return Err(format!("tree node {}/{} is already stored", n.level, n.index).into());
+        }
         let next = g.records.len() as u64;
         for (i, r) in records.iter().enumerate() {
             if r.index != next + i as u64 {
@@ -284,10 +370,28 @@ impl LedgerSink for MemorySink {
             leaf_hash: r.leaf_hash,
             bytes: r.bytes.clone(),
         }));
+        g.nodes
+            .extend(nodes.iter().map(|n| ((n.level, n.index), n.hash)));
         if let Some(cp) = checkpoint {
             g.checkpoints.push(cp.clone());
         }
         g.batches += 1;
+        Ok(())
+    }
+
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
+        let g = lock(&self.inner)?;
+        Ok(g.nodes
+            .range((level, from)..(level, to.max(from)))
+            .map(|(&(_, index), hash)| (index, *hash))
+            .collect())
+    }
+
+    fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
+        let mut g = lock(&self.inner)?;
+        for n in nodes {
+            g.nodes.entry((n.level, n.index)).or_insert(n.hash);
+        }
         Ok(())
     }
 
@@ -338,13 +442,15 @@ mod tests {
     fn leaf_hashes_come_in_order_across_chunks_and_missing_ones_are_named() {
         let n = 2 * LEAF_CHUNK + 5;
         let sink = sink_of(n);
-        let read: Vec<Hash> = leaf_hashes_in_order(&sink, n).map(Result::unwrap).collect();
+        let read: Vec<Hash> = leaf_hashes_in_order(&sink, 0, n)
+            .map(Result::unwrap)
+            .collect();
         let want: Vec<Hash> = (0..n)
             .map(|i| crate::merkle::leaf_hash(&i.to_be_bytes()))
             .collect();
         assert!(read == want, "{} hashes read of {n}", read.len());
 
-        let mut past_the_end = leaf_hashes_in_order(&sink, n + 3).skip(2 * LEAF_CHUNK as usize);
+        let mut past_the_end = leaf_hashes_in_order(&sink, 0, n + 3).skip(2 * LEAF_CHUNK as usize);
         match past_the_end.next() {
             Some(Err(LeafReadError::Missing { from, to })) => {
                 assert_eq!((from, to), (2 * LEAF_CHUNK, n + 3))

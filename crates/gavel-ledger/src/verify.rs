@@ -4,7 +4,8 @@
 //! grow with the ledger: the tree is kept as its right edge.
 
 use crate::merkle::{
-    consistency_ranges, leaf_hash, verify_consistency, Hash, MerkleFrontier, RangeHashes,
+    consistency_ranges, is_stored_level, leaf_hash, verify_consistency, Hash, MerkleFrontier,
+    RangeHashes, STORED_LEVEL_STEP,
 };
 use crate::note::{Checkpoint, NoteError, NoteVerifier};
 use crate::record::{Record, RecordAids, RecordError};
@@ -94,6 +95,15 @@ pub enum Problem {
     /// miss the record or return it for the wrong filter. The sentence says which aid, what it
     /// holds and what it would break.
     QueryAid(String),
+    /// A stored tree node (the hash of the complete subtree `index` of `level`, kept so that
+    /// proofs read O(log n) hashes) is not the hash of its records. Reported at the last record
+    /// it covers, once everything else has verified: proofs built through it fail their check
+    /// against the signed root and are rebuilt from the leaves, so it changes no answer, but
+    /// it was edited.
+    TreeNode { level: u32, index: u64 },
+    /// A tree node is stored where the tree has none (past its records, or at a level nodes
+    /// are not kept at): the writer would fail when the tree reaches it.
+    ExtraTreeNode { level: u32, index: u64 },
 }
 
 impl fmt::Display for Problem {
@@ -119,6 +129,14 @@ impl fmt::Display for Problem {
             Problem::Inconsistent { from_seq, to_seq } => write!(f, "checkpoints {from_seq} and {to_seq} are not consistent"),
             Problem::Unsigned => f.write_str("records from here on are not covered by any signed checkpoint"),
             Problem::QueryAid(what) => f.write_str(what),
+            Problem::TreeNode { level, index } => write!(
+                f,
+                "the stored tree node {index} of level {level} is not the hash of its records (edited); proofs through it fail their check and are rebuilt from the leaves"
+            ),
+            Problem::ExtraTreeNode { level, index } => write!(
+                f,
+                "a tree node {index} of level {level} is stored where the tree has none (inserted); the writer will fail when the ledger reaches it"
+            ),
         }
     }
 }
@@ -228,6 +246,9 @@ struct Examined {
     leaf: Hash,
     format: Result<(), RecordError>,
     aids: Result<(), AidError>,
+    /// The stored tree nodes this record completes, as `(level, hash)` (see
+    /// [`LedgerSink::tree_nodes`]): empty for most records, and where the sink keeps none.
+    stored_nodes: Vec<(u32, Hash)>,
 }
 
 fn examine(
@@ -262,6 +283,7 @@ fn examine(
         leaf: leaf_hash(bytes),
         format,
         aids,
+        stored_nodes: Vec::new(),
     }
 }
 
@@ -366,6 +388,7 @@ where
     // pass of their own over the proven records; so is a failure to read what an aid check
     // needs, which must not hide a problem with the records.
     let mut first_wrong_aid: Option<(u64, AidError)> = None;
+    let mut first_wrong_node: Option<(u64, Problem)> = None;
     for rec in records {
         let rec = rec.map_err(VerifyError::Sink)?;
         let index = tree.len();
@@ -384,7 +407,21 @@ where
         if let Err(wrong) = rec.aids {
             first_wrong_aid.get_or_insert((index, wrong));
         }
-        tree.push(rec.leaf);
+        tree.push_reporting(rec.leaf, |node| {
+            let stored = rec
+                .stored_nodes
+                .iter()
+                .find(|(level, _)| *level == node.level);
+            if stored.is_some_and(|(_, hash)| *hash != node.hash) {
+                first_wrong_node.get_or_insert((
+                    index,
+                    Problem::TreeNode {
+                        level: node.level,
+                        index: node.index,
+                    },
+                ));
+            }
+        });
         if let Some((_, proof)) = signed.consistency.as_mut() {
             proof.push(rec.leaf);
         }
@@ -412,6 +449,9 @@ where
         }
         Some((_, AidError::Sink(e))) => return Err(VerifyError::Sink(e)),
         None => {}
+    }
+    if let Some((index, problem)) = first_wrong_node {
+        return Err(fail(Some(index), None, problem));
     }
     Ok(VerifyReport {
         records: tree.len(),
@@ -515,25 +555,37 @@ fn verify_sink_in_chunks<S: LedgerSink + ?Sized>(
             .map(|reader| {
                 let tx = examined_tx.clone();
                 scope.spawn(move || {
-                    chunks.work(&tx, |f, t, v| reader.visit_records_with_aids(f, t, v))
+                    chunks.work(
+                        &tx,
+                        |f, t, v| reader.visit_records_with_aids(f, t, v),
+                        |l, f, t| reader.tree_nodes(l, f, t),
+                    )
                 })
             })
             .collect();
         match own_reader {
-            Some(reader) => chunks.work(&examined_tx, |f, t, v| {
-                reader.visit_records_with_aids(f, t, v)
-            }),
-            None => chunks.work(&examined_tx, |f, t, v| {
-                sink.visit_records_with_aids(f, t, v)
-            }),
+            Some(reader) => chunks.work(
+                &examined_tx,
+                |f, t, v| reader.visit_records_with_aids(f, t, v),
+                |l, f, t| reader.tree_nodes(l, f, t),
+            ),
+            None => chunks.work(
+                &examined_tx,
+                |f, t, v| sink.visit_records_with_aids(f, t, v),
+                |l, f, t| sink.tree_nodes(l, f, t),
+            ),
         }
         drop(examined_tx);
         // Every thread is joined here, so that a panic is an error rather than a panic of
         // this call.
         let joined: Vec<_> = working.into_iter().map(|w| w.join()).collect();
-        match last_stage.join() {
-            Ok(report) if joined.iter().all(Result::is_ok) => report,
-            _ => Err(VerifyError::Sink("a verification thread panicked".into())),
+        let report = match last_stage.join() {
+            Ok(report) if joined.iter().all(Result::is_ok) => report?,
+            _ => return Err(VerifyError::Sink("a verification thread panicked".into())),
+        };
+        match extra_tree_node(sink, report.records).map_err(VerifyError::Sink)? {
+            Some(problem) => Err(fail(None, None, problem)),
+            None => Ok(report),
         }
     })
 }
@@ -551,9 +603,10 @@ impl Chunks {
     /// Reads and examines chunks until none is left or the last stage has stopped (it found a
     /// problem). Every chunk taken is sent, examined or as its error, so that the last stage
     /// never waits for one that will not come; after an error this worker stops.
-    fn work<R>(&self, tx: &mpsc::SyncSender<Chunk>, read: R)
+    fn work<R, N>(&self, tx: &mpsc::SyncSender<Chunk>, read: R, nodes: N)
     where
         R: Fn(u64, u64, VisitWithAids<'_>) -> Result<(), SinkError>,
+        N: Fn(u32, u64, u64) -> Result<Vec<(u64, Hash)>, SinkError>,
     {
         loop {
             let seq = self.next.fetch_add(1, Ordering::Relaxed);
@@ -568,7 +621,8 @@ impl Chunks {
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 read(from, to, &mut |index, stored, bytes, aid_check| {
                     examined.push(examine(index, stored, bytes, opts, aid_check));
-                })
+                })?;
+                attach_stored_nodes(&mut examined, from, to, &nodes)
             }))
             .unwrap_or_else(|_| {
                 Err(format!("examining the records from index {from} on failed (a panic)").into())
@@ -579,6 +633,53 @@ impl Chunks {
             }
         }
     }
+}
+
+/// Hands each stored tree node that records `[from, to)` complete to the record that completes
+/// it (the last it covers), for the last stage to compare with the node its tree computes.
+fn attach_stored_nodes<N>(
+    examined: &mut [Examined],
+    from: u64,
+    to: u64,
+    nodes: &N,
+) -> Result<(), SinkError>
+where
+    N: Fn(u32, u64, u64) -> Result<Vec<(u64, Hash)>, SinkError>,
+{
+    for level in (STORED_LEVEL_STEP..64).step_by(STORED_LEVEL_STEP as usize) {
+        // Node i of this level is completed by record ((i + 1) << level) - 1.
+        let (first, end) = (from >> level, to >> level);
+        if first == end {
+            continue;
+        }
+        for (index, hash) in nodes(level, first, end)? {
+            let last = ((index + 1) << level) - 1;
+            if let Ok(at) = examined.binary_search_by_key(&last, |e| e.index) {
+                examined[at].stored_nodes.push((level, hash));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A node stored where the tree of `count` records has none: past the last node of a stored
+/// level, or at any other level. Such a row is read by nothing, so the chunks do not see it.
+fn extra_tree_node<S: LedgerSink + ?Sized>(
+    sink: &S,
+    count: u64,
+) -> Result<Option<Problem>, SinkError> {
+    let everything = i64::MAX as u64;
+    for level in 0..64u32 {
+        let first_extra = if is_stored_level(level) {
+            count >> level
+        } else {
+            0
+        };
+        if let Some(&(index, _)) = sink.tree_nodes(level, first_extra, everything)?.first() {
+            return Ok(Some(Problem::ExtraTreeNode { level, index }));
+        }
+    }
+    Ok(None)
 }
 
 /// Chunks numbered 0, 1, 2, ... as they arrive in any order, given back in order. Ends at the
@@ -618,9 +719,18 @@ mod tests {
         edited_aids: Vec<u64>,
         /// Records whose aid cannot be read, as a storage error would have it.
         unreadable_aids: Vec<u64>,
+        /// Tree nodes by `(level, index)`, as the appender stored them.
+        nodes: std::collections::BTreeMap<(u32, u64), Hash>,
     }
 
     impl Stored {
+        fn nodes_of(&self, level: u32, from: u64, to: u64) -> Vec<(u64, Hash)> {
+            self.nodes
+                .range((level, from)..(level, to.max(from)))
+                .map(|(&(_, index), hash)| (index, *hash))
+                .collect()
+        }
+
         /// The sink's aid for record `index` against the one its bytes give.
         fn check_aid(&self, index: u64, aids: &RecordAids) -> Result<(), AidError> {
             if self.unreadable_aids.contains(&index) {
@@ -646,6 +756,7 @@ mod tests {
         fn append(
             &mut self,
             _: &[AppendRecord],
+            _: &[crate::TreeNode],
             _: Option<&StoredCheckpoint>,
         ) -> Result<(), SinkError> {
             Err("read-only".into())
@@ -692,6 +803,14 @@ mod tests {
         fn parallel_reader(&self) -> Result<Option<Box<dyn RecordReader>>, SinkError> {
             Ok(Some(Box::new(self.clone())))
         }
+        fn tree_nodes(
+            &self,
+            level: u32,
+            from: u64,
+            to: u64,
+        ) -> Result<Vec<(u64, Hash)>, SinkError> {
+            Ok(self.nodes_of(level, from, to))
+        }
     }
 
     impl RecordReader for Stored {
@@ -705,6 +824,14 @@ mod tests {
             visit: VisitWithAids<'_>,
         ) -> Result<(), SinkError> {
             LedgerSink::visit_records_with_aids(self, from, to, visit)
+        }
+        fn tree_nodes(
+            &self,
+            level: u32,
+            from: u64,
+            to: u64,
+        ) -> Result<Vec<(u64, Hash)>, SinkError> {
+            Ok(self.nodes_of(level, from, to))
         }
     }
 
@@ -741,6 +868,7 @@ mod tests {
             unreadable_from: u64::MAX,
             edited_aids: Vec::new(),
             unreadable_aids: Vec::new(),
+            nodes: sink.nodes(),
         }
     }
 
@@ -830,6 +958,49 @@ mod tests {
         assert_eq!(in_chunks_of_7(&ledger(100)).unwrap().records, 100);
     }
 
+    /// The tree nodes the appender stored are checked against the tree: an edited one is named
+    /// at the record that completes it, after everything else (a record's own problem comes
+    /// first); one stored where the tree has none is named too; a missing one is not a problem
+    /// (proofs then read the leaves).
+    #[test]
+    fn stored_tree_nodes_are_checked_against_the_tree() {
+        let s = ledger(100);
+        // 100 records complete six subtrees of 16 (level 4), none of 256.
+        let levels: Vec<(u32, u64)> = s.nodes.keys().copied().collect();
+        assert_eq!(levels, (0..6).map(|i| (4, i)).collect::<Vec<_>>());
+        assert_eq!(in_chunks_of_7(&s).unwrap().records, 100);
+
+        let mut edited = s.clone();
+        edited.nodes.insert((4, 2), [9; 32]);
+        let failure = |r: Result<VerifyReport, VerifyError>| match r {
+            Err(VerifyError::Failed(f)) => (f.index, f.problem),
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        assert_eq!(
+            failure(in_chunks_of_7(&edited)),
+            (Some(47), Problem::TreeNode { level: 4, index: 2 })
+        );
+        let mut and_a_record = edited.clone();
+        and_a_record.records[60].bytes[5] ^= 1;
+        assert_eq!(
+            failure(in_chunks_of_7(&and_a_record)),
+            (Some(60), Problem::LeafHash)
+        );
+
+        for (level, index) in [(4, 6), (8, 0), (3, 0)] {
+            let mut extra = s.clone();
+            extra.nodes.insert((level, index), [1; 32]);
+            assert_eq!(
+                failure(in_chunks_of_7(&extra)),
+                (None, Problem::ExtraTreeNode { level, index })
+            );
+        }
+
+        let mut missing = s.clone();
+        missing.nodes.remove(&(4, 3));
+        assert_eq!(in_chunks_of_7(&missing).unwrap().records, 100);
+    }
+
     /// A read that fails part-way is an error, never a report over the records read before it.
     #[test]
     fn a_storage_error_part_way_is_not_a_shorter_ledger() {
@@ -842,6 +1013,7 @@ mod tests {
             unreadable_from: u64::MAX,
             edited_aids: Vec::new(),
             unreadable_aids: Vec::new(),
+            nodes: Default::default(),
         })
         .is_ok());
         match in_chunks_of_7(&s) {

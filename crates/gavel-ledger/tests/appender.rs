@@ -6,7 +6,8 @@
 use gavel_ledger::merkle::Hash;
 use gavel_ledger::{
     verify_sink, AppendRecord, Appender, AppenderConfig, LedgerError, LedgerSink, MemorySink,
-    NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, VerifyOptions,
+    NoteSigner, Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, TreeNode,
+    VerifyOptions,
 };
 use serde_json::json;
 use std::future::Future;
@@ -39,9 +40,11 @@ fn strict() -> VerifyOptions {
 /// Wraps a sink, sleeping per commit like an fsync would, and optionally
 /// failing on demand. With a `flusher`, it splits durability off its commits as
 /// SQLite's sink does. Each commit says it has started to `entered`, if given, and with a
-/// `release` waits for the test's word before committing.
+/// `release` waits for the test's word before committing. It counts the leaf hashes read
+/// through it.
 struct SlowSink {
     inner: MemorySink,
+    leaves_read: Arc<std::sync::atomic::AtomicU64>,
     delay: Duration,
     fail: Arc<AtomicBool>,
     flusher: Option<Box<dyn gavel_ledger::Flusher>>,
@@ -53,6 +56,7 @@ struct SlowSink {
 fn slow(inner: &MemorySink, delay: Duration) -> SlowSink {
     SlowSink {
         inner: inner.clone(),
+        leaves_read: Arc::default(),
         delay,
         fail: Arc::new(AtomicBool::new(false)),
         flusher: None,
@@ -77,6 +81,7 @@ impl LedgerSink for SlowSink {
     fn append(
         &mut self,
         records: &[AppendRecord],
+        nodes: &[TreeNode],
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError> {
         if let Some(entered) = &self.entered {
@@ -91,13 +96,22 @@ impl LedgerSink for SlowSink {
         if self.fail.load(Ordering::SeqCst) {
             return Err("disk on fire".into());
         }
-        self.inner.append(records, checkpoint)
+        self.inner.append(records, nodes, checkpoint)
     }
     fn record_count(&self) -> Result<u64, SinkError> {
         self.inner.record_count()
     }
     fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
-        self.inner.leaf_hashes(from, to)
+        let hashes = self.inner.leaf_hashes(from, to)?;
+        self.leaves_read
+            .fetch_add(hashes.len() as u64, Ordering::SeqCst);
+        Ok(hashes)
+    }
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
+        self.inner.tree_nodes(level, from, to)
+    }
+    fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
+        self.inner.add_missing_nodes(nodes)
     }
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
         self.inner.read_records(from, to)
@@ -361,6 +375,97 @@ fn restart_refuses_signed_leaves_that_do_not_give_the_signed_root() {
         why.contains("do not match the root signed at size 4"),
         "{why}"
     );
+}
+
+/// Appends `n` records through a sink that stores tree nodes, signed and closed.
+fn closed_after(n: usize) -> MemorySink {
+    let mem = MemorySink::new();
+    let app = Appender::start(mem.clone(), signer(), AppenderConfig::default()).unwrap();
+    for i in 0..n {
+        app.append(&record(i)).unwrap();
+    }
+    app.close().unwrap();
+    mem
+}
+
+/// Leaf hashes read by a writer starting on `sink`, which then appends one record and closes.
+fn leaves_read_by_a_start(sink: &MemorySink) -> u64 {
+    let counting = slow(sink, Duration::ZERO);
+    let leaves_read = Arc::clone(&counting.leaves_read);
+    let app = Appender::start(counting, signer(), AppenderConfig::default()).unwrap();
+    let read = leaves_read.load(Ordering::SeqCst);
+    app.append(&record(9_999)).unwrap();
+    app.close().unwrap();
+    read
+}
+
+/// A starting writer builds its tree from the stored nodes (O(log n) reads) and checks it
+/// against the signed root. Where the nodes are missing (a ledger from a gavel that kept none)
+/// or wrong, it reads every leaf as before, and stores the missing nodes for the next start.
+#[test]
+fn a_starting_writer_reads_stored_nodes_not_every_leaf() {
+    let mem = closed_after(1000);
+    let nodes = mem.nodes();
+    assert_eq!(nodes.len(), 1000 / 16 + 1000 / 256);
+    // 1000 = 512 + 256 + 128 + 64 + 32 + 8: only the last block is read from its 8 leaves.
+    assert_eq!(leaves_read_by_a_start(&mem), 8);
+    verify_sink(&mem, &signer().verifier(), strict()).unwrap();
+
+    let (records, checkpoints) = closed_after(1000).snapshot();
+    let legacy = MemorySink::from_parts(records.clone(), checkpoints.clone());
+    assert_eq!(leaves_read_by_a_start(&legacy), 1000);
+    assert_eq!(legacy.nodes(), nodes);
+    // 1001 = the same blocks and one leaf.
+    assert_eq!(leaves_read_by_a_start(&legacy), 9);
+    verify_sink(&legacy, &signer().verifier(), strict()).unwrap();
+
+    // A wrong node gives the wrong root: the leaves are read, and verify names the node.
+    let edited = MemorySink::from_parts(records, checkpoints);
+    let mut wrong = nodes.clone();
+    wrong.insert((8, 1), [7; 32]);
+    edited.set_nodes(wrong);
+    assert_eq!(leaves_read_by_a_start(&edited), 8 + 1000);
+    let named = verify_sink(&edited, &signer().verifier(), strict()).unwrap_err();
+    assert!(
+        named.to_string().contains("tree node 1 of level 8"),
+        "{named}"
+    );
+}
+
+/// A proof is built from the stored nodes, reading a few leaves, not every one; where a node
+/// is wrong or missing, from the leaves; either way the proof is the tree's, and checks.
+#[test]
+fn proofs_read_stored_nodes_and_are_the_trees() {
+    let mem = closed_after(300);
+    let v = signer().verifier();
+    let (records, checkpoints) = mem.snapshot();
+    let tree = gavel_ledger::MerkleTree::from_leaf_hashes(records.iter().map(|r| r.leaf_hash));
+    let proof_of = |sink: &MemorySink, index: u64| {
+        let counting = slow(sink, Duration::ZERO);
+        let bundle = gavel_ledger::InclusionBundle::from_sink(&counting, index, &v).unwrap();
+        bundle.check(&v).unwrap();
+        let path: Vec<String> = tree
+            .inclusion_proof(index, 300)
+            .unwrap()
+            .iter()
+            .map(|h| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, h))
+            .collect();
+        assert_eq!(bundle.proof, path, "{index}");
+        counting.leaves_read.load(Ordering::SeqCst)
+    };
+    // At most 15 leaves below the stored level 4 on the path, and 12 for the ragged right
+    // edge (300 = 256 + 32 + 8 + 4).
+    for index in [0, 1, 17, 150, 255, 256, 299] {
+        assert!(proof_of(&mem, index) <= 27, "{index}");
+    }
+    let edited = MemorySink::from_parts(records, checkpoints);
+    let mut wrong = mem.nodes();
+    wrong.insert((4, 3), [7; 32]);
+    edited.set_nodes(wrong);
+    // The path from the nodes, then every leaf.
+    let from_nodes = proof_of(&mem, 0);
+    assert_eq!(proof_of(&edited, 0), from_nodes + 300);
+    assert!(proof_of(&edited, 290) <= 27);
 }
 
 #[test]

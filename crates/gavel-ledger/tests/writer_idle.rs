@@ -8,7 +8,7 @@
 use gavel_ledger::merkle::Hash;
 use gavel_ledger::{
     AppendRecord, Appender, AppenderConfig, LedgerError, LedgerSink, MemorySink, NoteSigner,
-    Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord,
+    Record, RecordKind, SinkError, StoredCheckpoint, StoredRecord, TreeNode,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,18 +25,25 @@ impl LedgerSink for FailingSink {
     fn append(
         &mut self,
         records: &[AppendRecord],
+        nodes: &[TreeNode],
         checkpoint: Option<&StoredCheckpoint>,
     ) -> Result<(), SinkError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err("disk on fire".into());
         }
-        self.inner.append(records, checkpoint)
+        self.inner.append(records, nodes, checkpoint)
     }
     fn record_count(&self) -> Result<u64, SinkError> {
         self.inner.record_count()
     }
     fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
         self.inner.leaf_hashes(from, to)
+    }
+    fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
+        self.inner.tree_nodes(level, from, to)
+    }
+    fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
+        self.inner.add_missing_nodes(nodes)
     }
     fn read_records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, SinkError> {
         self.inner.read_records(from, to)
