@@ -353,6 +353,17 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
         (Some(95), Problem::TreeNode { level: 4, index: 5 })
     );
     prove(&db, "d-90");
+    // A node that is no 32-byte hash at all is read as a wrong one: named, never a storage
+    // error, and a writer still starts (from the leaves).
+    tamper(
+        &db,
+        "DROP TRIGGER ledger_nodes_no_update;
+         UPDATE ledger_nodes SET hash = 'not a hash' WHERE level = 8 AND idx = 0;",
+    );
+    let f = failure(&db);
+    assert_eq!(f.problem, Problem::TreeNode { level: 4, index: 5 });
+    appender(&db).close().unwrap();
+    prove(&db, "d-90");
 
     // What a gavel of schema 2 left: no node table.
     rusqlite::Connection::open(&legacy)
@@ -380,6 +391,43 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
         .unwrap()
         .verify(&signer().verifier(), strict())
         .unwrap();
+}
+
+/// Verification while a writer appends: the records and nodes committed after it counted the
+/// records are not "inserted" nodes.
+#[test]
+fn verify_passes_while_a_writer_appends() {
+    let dir = TempDir::new("live");
+    let db = dir.path("gavel.db");
+    three_hundred(&db);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let app = appender(&db);
+            let mut i = 300i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = json!({"deployment": "prod", "n": i});
+                let r = Record::new(RecordKind::Decision, 1_000 + i, format!("d-{i}"), &body);
+                app.append(&r.unwrap()).unwrap();
+                i += 1;
+            }
+            app.close().unwrap();
+            i
+        })
+    };
+    let sink = SqliteLedgerSink::open_read_only(&db).unwrap();
+    let live = VerifyOptions {
+        require_signed_tail: false,
+        ..strict()
+    };
+    for _ in 0..20 {
+        sink.verify(&signer().verifier(), live).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let appended = writing.join().unwrap();
+    assert!(appended > 400, "{appended}");
+    sink.verify(&signer().verifier(), strict()).unwrap();
 }
 
 #[test]

@@ -25,9 +25,7 @@
 //! commit to overlap, and a lone request's path is spared the sync thread's
 //! wake-up (on an idle machine the longest of its thread hand-overs).
 
-use crate::merkle::{
-    is_stored_level, leaf_hash, Hash, MerkleFrontier, TreeNode, STORED_LEVEL_STEP,
-};
+use crate::merkle::{is_stored_level, leaf_hash, stored_levels, Hash, MerkleFrontier, TreeNode};
 use crate::note::{Checkpoint, NoteError, NoteSigner};
 use crate::record::{Appendable, IndexFields, Record, RecordError, RecordKind};
 use crate::sink::{
@@ -585,17 +583,28 @@ fn tree_from_nodes<S: LedgerSink>(
     newest: Option<&Checkpoint>,
 ) -> Result<Option<MerkleFrontier>, LedgerError> {
     let sink_err = |e: crate::sink::SinkError| LedgerError::Sink(e.to_string());
-    // Nodes are written with their records, so every level's newest node is stored unless
-    // some records were appended without them.
-    for level in (STORED_LEVEL_STEP..64).step_by(STORED_LEVEL_STEP as usize) {
+    for level in stored_levels() {
         let nodes = count >> level;
-        if nodes == 0 {
-            break;
-        }
-        if sink
-            .tree_nodes(level, nodes - 1, nodes)
+        // A node past the records would make the append that reaches it fail: refused here,
+        // where the reason can be said, rather than in the middle of serving.
+        if let Some((index, _)) = sink
+            .tree_nodes(level, nodes, i64::MAX as u64)
             .map_err(sink_err)?
-            .is_empty()
+            .first()
+        {
+            return Err(LedgerError::Corrupt(format!(
+                "a tree node ({index} of level {level}) is stored past the ledger's {count} \
+                 records: it was inserted, and this writer would fail on it (run `gavel audit \
+                 verify`)"
+            )));
+        }
+        // Nodes are written with their records, so every level's newest node is stored unless
+        // some records were appended without them.
+        if nodes > 0
+            && sink
+                .tree_nodes(level, nodes - 1, nodes)
+                .map_err(sink_err)?
+                .is_empty()
         {
             return Ok(None);
         }

@@ -78,6 +78,11 @@ pub fn is_stored_level(level: u32) -> bool {
     level != 0 && level % STORED_LEVEL_STEP == 0
 }
 
+/// The levels a sink stores nodes at, from the lowest.
+pub fn stored_levels() -> impl Iterator<Item = u32> {
+    (STORED_LEVEL_STEP..64).step_by(STORED_LEVEL_STEP as usize)
+}
+
 /// The hash of a complete aligned subtree: of leaves `[index << level, (index + 1) << level)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TreeNode {

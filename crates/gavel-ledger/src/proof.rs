@@ -68,8 +68,9 @@ fn covering(note: &str, verifier: &NoteVerifier, index: u64) -> Result<Checkpoin
     Ok(cp)
 }
 
-/// The bundle for a record, once its stored leaf hash and the tree's root at the checkpoint's
-/// size (`found`) are checked against its bytes and the signed root.
+/// The bundle for a record, once its leaf hash and the tree's root at the checkpoint's size
+/// (`found`: from the stored leaves, or, for a path from stored nodes, the ones the path was
+/// checked with) are checked against its bytes and the signed root.
 fn bundle(
     index: u64,
     record_bytes: &[u8],

@@ -4,8 +4,8 @@
 //! grow with the ledger: the tree is kept as its right edge.
 
 use crate::merkle::{
-    consistency_ranges, is_stored_level, leaf_hash, verify_consistency, Hash, MerkleFrontier,
-    RangeHashes, STORED_LEVEL_STEP,
+    consistency_ranges, is_stored_level, leaf_hash, stored_levels, verify_consistency, Hash,
+    MerkleFrontier, RangeHashes,
 };
 use crate::note::{Checkpoint, NoteError, NoteVerifier};
 use crate::record::{Record, RecordAids, RecordError};
@@ -102,7 +102,7 @@ pub enum Problem {
     /// it was edited.
     TreeNode { level: u32, index: u64 },
     /// A tree node is stored where the tree has none (past its records, or at a level nodes
-    /// are not kept at): the writer would fail when the tree reaches it.
+    /// are not kept at): a writer refuses to start on it.
     ExtraTreeNode { level: u32, index: u64 },
 }
 
@@ -135,7 +135,7 @@ impl fmt::Display for Problem {
             ),
             Problem::ExtraTreeNode { level, index } => write!(
                 f,
-                "a tree node {index} of level {level} is stored where the tree has none (inserted); the writer will fail when the ledger reaches it"
+                "a tree node {index} of level {level} is stored where the tree has none (inserted); a writer refuses to start on it"
             ),
         }
     }
@@ -646,7 +646,7 @@ fn attach_stored_nodes<N>(
 where
     N: Fn(u32, u64, u64) -> Result<Vec<(u64, Hash)>, SinkError>,
 {
-    for level in (STORED_LEVEL_STEP..64).step_by(STORED_LEVEL_STEP as usize) {
+    for level in stored_levels() {
         // Node i of this level is completed by record ((i + 1) << level) - 1.
         let (first, end) = (from >> level, to >> level);
         if first == end {
@@ -662,24 +662,45 @@ where
     Ok(())
 }
 
-/// A node stored where the tree of `count` records has none: past the last node of a stored
-/// level, or at any other level. Such a row is read by nothing, so the chunks do not see it.
+/// A node stored where the tree has none: past the records at a stored level, or at any other
+/// level. Such a row is read by nothing, so the chunks do not see it. A writer may have
+/// appended since verification counted `count` records, with the nodes they complete: the
+/// records are counted again after the nodes are read (a node is committed with its records,
+/// so a real one never lies past that count).
 fn extra_tree_node<S: LedgerSink + ?Sized>(
     sink: &S,
     count: u64,
 ) -> Result<Option<Problem>, SinkError> {
     let everything = i64::MAX as u64;
+    let mut past_count = Vec::new();
     for level in 0..64u32 {
         let first_extra = if is_stored_level(level) {
             count >> level
         } else {
             0
         };
-        if let Some(&(index, _)) = sink.tree_nodes(level, first_extra, everything)?.first() {
-            return Ok(Some(Problem::ExtraTreeNode { level, index }));
+        for (index, _) in sink.tree_nodes(level, first_extra, everything)? {
+            if !is_stored_level(level) {
+                return Ok(Some(Problem::ExtraTreeNode { level, index }));
+            }
+            past_count.push((level, index));
         }
     }
-    Ok(None)
+    if past_count.is_empty() {
+        return Ok(None);
+    }
+    let now = sink.record_count()?;
+    let beyond = |&(level, index): &(u32, u64)| {
+        index
+            .checked_add(1)
+            .and_then(|n| n.checked_shl(level))
+            .filter(|end| end >> level == index + 1)
+            .is_none_or(|end| end > now)
+    };
+    Ok(past_count
+        .into_iter()
+        .find(beyond)
+        .map(|(level, index)| Problem::ExtraTreeNode { level, index }))
 }
 
 /// Chunks numbered 0, 1, 2, ... as they arrive in any order, given back in order. Ends at the

@@ -324,9 +324,11 @@ fn restart_does_not_sign_more_than_a_writer_leaves_unsigned() {
     );
 }
 
-/// A starting writer reads every stored leaf once, keeping only the tree's right edge, and
-/// checks the newest checkpoint's root as it passes that size: a signed leaf edited, or signed
-/// records gone, and it refuses to extend the ledger.
+/// A starting writer that reads the stored leaves (a ledger without tree nodes: `from_parts`
+/// keeps none) keeps only the tree's right edge and checks the newest checkpoint's root as it
+/// passes that size: a signed leaf edited, or signed records gone, and it refuses to extend
+/// the ledger. With the nodes it reads those instead, and an edited signed leaf is `verify`'s
+/// to name (`a_starting_writer_reads_stored_nodes_not_every_leaf`).
 #[test]
 fn restart_refuses_signed_leaves_that_do_not_give_the_signed_root() {
     let config = AppenderConfig::default();
@@ -429,6 +431,67 @@ fn a_starting_writer_reads_stored_nodes_not_every_leaf() {
     assert!(
         named.to_string().contains("tree node 1 of level 8"),
         "{named}"
+    );
+
+    // The tree from the nodes gives the signed root whatever a signed leaf's stored hash says:
+    // the writer extends the signed tree (its roots stay consistent with the signed ones) and
+    // `verify` names the edit.
+    let (mut records, checkpoints) = mem.snapshot();
+    records[500].leaf_hash[0] ^= 1;
+    let edited_leaf = MemorySink::from_parts(records, checkpoints);
+    edited_leaf.set_nodes(mem.nodes());
+    // 1001 records now: the 8 leaves of the block [992, 1000) and the last one.
+    assert_eq!(leaves_read_by_a_start(&edited_leaf), 9);
+    let named = verify_sink(&edited_leaf, &signer().verifier(), strict()).unwrap_err();
+    assert!(
+        named
+            .to_string()
+            .starts_with("ledger does not verify: record 500"),
+        "{named}"
+    );
+}
+
+/// Records appended without their nodes (by a gavel from before them) leave a level's newest
+/// node missing: the writer then reads every leaf and stores what is missing, even where the
+/// signed part's nodes would give its tree. A node stored past the records is refused at
+/// start, where it can be named, not when an append reaches it.
+#[test]
+fn a_starting_writer_fills_in_nodes_and_refuses_one_past_the_records() {
+    let mem = closed_after(1000);
+    let complete = mem.nodes();
+    let mut without = mem.clone();
+    let appended: Vec<gavel_ledger::AppendRecord> = (1000..1024)
+        .map(|i| {
+            let encoded = record(i).encode().unwrap();
+            gavel_ledger::AppendRecord {
+                index: i as u64,
+                leaf_hash: gavel_ledger::merkle::leaf_hash(&encoded.bytes),
+                bytes: encoded.bytes,
+                id: encoded.id,
+                kind: encoded.kind,
+                at_ms: encoded.at_ms,
+                fields: encoded.fields,
+            }
+        })
+        .collect();
+    without.append(&appended, &[], None).unwrap();
+    assert_eq!(leaves_read_by_a_start(&mem), 1024);
+    let filled = mem.nodes();
+    assert!(complete
+        .iter()
+        .all(|(at, hash)| filled.get(at) == Some(hash)));
+    for at in [(4, 62), (4, 63), (8, 3)] {
+        assert!(filled.contains_key(&at), "{at:?}");
+    }
+    verify_sink(&mem, &signer().verifier(), strict()).unwrap();
+
+    let mut planted = mem.nodes();
+    planted.insert((4, 70), [3; 32]);
+    mem.set_nodes(planted);
+    let why = refused(mem, AppenderConfig::default());
+    assert!(
+        why.contains("tree node (70 of level 4) is stored past"),
+        "{why}"
     );
 }
 
