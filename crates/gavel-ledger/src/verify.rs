@@ -745,13 +745,6 @@ mod tests {
     }
 
     impl Stored {
-        fn nodes_of(&self, level: u32, from: u64, to: u64) -> Vec<(u64, Hash)> {
-            self.nodes
-                .range((level, from)..(level, to.max(from)))
-                .map(|(&(_, index), hash)| (index, *hash))
-                .collect()
-        }
-
         /// The sink's aid for record `index` against the one its bytes give.
         fn check_aid(&self, index: u64, aids: &RecordAids) -> Result<(), AidError> {
             if self.unreadable_aids.contains(&index) {
@@ -830,7 +823,11 @@ mod tests {
             from: u64,
             to: u64,
         ) -> Result<Vec<(u64, Hash)>, SinkError> {
-            Ok(self.nodes_of(level, from, to))
+            Ok(self
+                .nodes
+                .range((level, from)..(level, to.max(from)))
+                .map(|(&(_, index), hash)| (index, *hash))
+                .collect())
         }
     }
 
@@ -852,7 +849,7 @@ mod tests {
             from: u64,
             to: u64,
         ) -> Result<Vec<(u64, Hash)>, SinkError> {
-            Ok(self.nodes_of(level, from, to))
+            LedgerSink::tree_nodes(self, level, from, to)
         }
     }
 
