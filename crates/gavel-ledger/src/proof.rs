@@ -7,7 +7,7 @@ use crate::merkle::{
 };
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::record::Record;
-use crate::sink::{leaf_hashes_in_order, stored_range_hash, LedgerSink};
+use crate::sink::{leaf_hashes_in_order, LedgerSink, ProofReads};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -126,8 +126,9 @@ impl InclusionBundle {
         let ranges = inclusion_ranges(index, cp.size).map_err(failure)?;
         let leaf = leaf_hash(&record.bytes);
         let mut from_nodes = Vec::with_capacity(ranges.len());
+        let mut reads = ProofReads::new(sink);
         for &(start, end) in &ranges {
-            match stored_range_hash(sink, start, end).map_err(failure)? {
+            match reads.range_hash(start, end).map_err(failure)? {
                 Some(hash) => from_nodes.push(hash),
                 None => break,
             }
