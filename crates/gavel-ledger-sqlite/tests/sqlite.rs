@@ -352,18 +352,26 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
         (f.index, f.problem),
         (Some(95), Problem::TreeNode { level: 4, index: 5 })
     );
-    prove(&db, "d-90");
+    // d-70's path goes through node 5 of level 4 (records 80-95).
+    prove(&db, "d-70");
     // A node that is no 32-byte hash at all is read as a wrong one: named, never a storage
-    // error, and a writer still starts (from the leaves).
+    // error; a writer still starts (from the leaves) and proofs through it check.
+    let malformed = dir.path("malformed.db");
+    std::fs::copy(&legacy, &malformed).unwrap();
     tamper(
-        &db,
+        &malformed,
         "DROP TRIGGER ledger_nodes_no_update;
          UPDATE ledger_nodes SET hash = 'not a hash' WHERE level = 8 AND idx = 0;",
     );
-    let f = failure(&db);
-    assert_eq!(f.problem, Problem::TreeNode { level: 4, index: 5 });
-    appender(&db).close().unwrap();
-    prove(&db, "d-90");
+    let f = failure(&malformed);
+    assert_eq!(
+        (f.index, f.problem),
+        (Some(255), Problem::TreeNode { level: 8, index: 0 })
+    );
+    // d-270's path goes through node 0 of level 8 (records 0-255).
+    prove(&malformed, "d-270");
+    appender(&malformed).close().unwrap();
+    prove(&malformed, "d-270");
 
     // What a gavel of schema 2 left: no node table.
     rusqlite::Connection::open(&legacy)
@@ -421,12 +429,16 @@ fn verify_passes_while_a_writer_appends() {
         require_signed_tail: false,
         ..strict()
     };
-    for _ in 0..20 {
+    // Until the writer has completed a few dozen nodes while verifications ran.
+    for _ in 0..1_000 {
         sink.verify(&signer().verifier(), live).unwrap();
+        if gavel_ledger::LedgerSink::record_count(&sink).unwrap() > 1_000 {
+            break;
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let appended = writing.join().unwrap();
-    assert!(appended > 400, "{appended}");
+    assert!(appended > 1_000, "{appended}");
     sink.verify(&signer().verifier(), strict()).unwrap();
 }
 

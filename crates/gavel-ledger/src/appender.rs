@@ -572,6 +572,25 @@ fn leaf_read_err(e: LeafReadError) -> LedgerError {
 /// nodes, 3 MB).
 const LEAVES_PER_FILL: u64 = 1 << 20;
 
+/// A node stored past the records at a stored level would make the append that reaches it
+/// fail: refused at start, whichever way the tree is then built, where the reason can be said
+/// rather than in the middle of serving. (Nodes at other levels are read by nothing.)
+fn refuse_nodes_past_the_records<S: LedgerSink>(sink: &S, count: u64) -> Result<(), LedgerError> {
+    for level in stored_levels() {
+        let past = sink
+            .tree_nodes(level, count >> level, i64::MAX as u64)
+            .map_err(|e| LedgerError::Sink(e.to_string()))?;
+        if let Some((index, _)) = past.first() {
+            return Err(LedgerError::Corrupt(format!(
+                "a tree node ({index} of level {level}) is stored past the ledger's {count} \
+                 records: it was inserted, and this writer would fail on it (run `gavel audit \
+                 verify`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The tree of `count` records from stored nodes, in O(log n) reads: the newest checkpoint's
 /// tree, checked against its signed root, then the leaves after it (the unsigned tail, which
 /// [`check_unsigned_tail`] bounds). None when the sink lacks a node it needs, or lacks the
@@ -585,19 +604,6 @@ fn tree_from_nodes<S: LedgerSink>(
     let sink_err = |e: crate::sink::SinkError| LedgerError::Sink(e.to_string());
     for level in stored_levels() {
         let nodes = count >> level;
-        // A node past the records would make the append that reaches it fail: refused here,
-        // where the reason can be said, rather than in the middle of serving.
-        if let Some((index, _)) = sink
-            .tree_nodes(level, nodes, i64::MAX as u64)
-            .map_err(sink_err)?
-            .first()
-        {
-            return Err(LedgerError::Corrupt(format!(
-                "a tree node ({index} of level {level}) is stored past the ledger's {count} \
-                 records: it was inserted, and this writer would fail on it (run `gavel audit \
-                 verify`)"
-            )));
-        }
         // Nodes are written with their records, so every level's newest node is stored unless
         // some records were appended without them.
         if nodes > 0
@@ -686,6 +692,7 @@ impl<S: LedgerSink> Writer<S> {
             return Err(mismatch(last_size));
         }
         check_unsigned_tail(&sink, last_size, count, &config)?;
+        refuse_nodes_past_the_records(&sink, count)?;
         let tree = match tree_from_nodes(&sink, count, newest.as_ref())? {
             Some(tree) => tree,
             None => tree_from_leaves(&mut sink, count, newest.as_ref())?,

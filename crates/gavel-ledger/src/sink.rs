@@ -146,14 +146,19 @@ impl<'s, S: LedgerSink + ?Sized> ProofReads<'s, S> {
                 let first = block * BLOCK;
                 let mut row = vec![None; BLOCK as usize];
                 if level == 0 {
-                    // Records are stored from 0 without gaps: a short read is the ledger's end.
+                    // Records are stored from 0 without gaps, so a short read is the ledger's
+                    // end; if one was deleted, the hashes land in the wrong slots and the path
+                    // fails its check against the signed root (the proof then reads the leaves).
                     let leaves = self.sink.leaf_hashes(first, first + BLOCK)?;
                     for (slot, hash) in row.iter_mut().zip(leaves) {
                         *slot = Some(hash);
                     }
                 } else {
                     for (index, hash) in self.sink.tree_nodes(level, first, first + BLOCK)? {
-                        if let Some(slot) = row.get_mut((index - first) as usize) {
+                        let slot = index
+                            .checked_sub(first)
+                            .and_then(|i| row.get_mut(i as usize));
+                        if let Some(slot) = slot {
                             *slot = Some(hash);
                         }
                     }

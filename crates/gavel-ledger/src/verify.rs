@@ -102,7 +102,8 @@ pub enum Problem {
     /// it was edited.
     TreeNode { level: u32, index: u64 },
     /// A tree node is stored where the tree has none (past its records, or at a level nodes
-    /// are not kept at): a writer refuses to start on it.
+    /// are not kept at). At a stored level, past the records, a writer refuses to start on it
+    /// (an append reaching it would fail); anywhere else it is read by nothing.
     ExtraTreeNode { level: u32, index: u64 },
 }
 
@@ -135,7 +136,7 @@ impl fmt::Display for Problem {
             ),
             Problem::ExtraTreeNode { level, index } => write!(
                 f,
-                "a tree node {index} of level {level} is stored where the tree has none (inserted); a writer refuses to start on it"
+                "a tree node {index} of level {level} is stored where the tree has none (inserted)"
             ),
         }
     }

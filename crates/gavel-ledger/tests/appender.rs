@@ -475,6 +475,15 @@ fn a_starting_writer_fills_in_nodes_and_refuses_one_past_the_records() {
         })
         .collect();
     without.append(&appended, &[], None).unwrap();
+    // Refused even where the nodes are to be filled in from the leaves.
+    let (records, checkpoints) = mem.snapshot();
+    let planted_early = MemorySink::from_parts(records, checkpoints);
+    let mut planted = mem.nodes();
+    planted.insert((8, 10), [3; 32]);
+    planted_early.set_nodes(planted);
+    let why = refused(planted_early, AppenderConfig::default());
+    assert!(why.contains("tree node (10 of level 8)"), "{why}");
+
     assert_eq!(leaves_read_by_a_start(&mem), 1024);
     let filled = mem.nodes();
     assert!(complete
