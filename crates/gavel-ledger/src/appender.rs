@@ -29,8 +29,8 @@ use crate::merkle::{is_stored_level, leaf_hash, stored_levels, Hash, MerkleFront
 use crate::note::{Checkpoint, NoteError, NoteSigner};
 use crate::record::{Appendable, IndexFields, Record, RecordError, RecordKind};
 use crate::sink::{
-    leaf_hashes_in_order, stored_frontier, AppendRecord, Flusher, LeafReadError, LedgerSink,
-    StoredCheckpoint,
+    leaf_hashes_in_order, tree_nodes_past, AppendRecord, Flusher, LeafReadError, LedgerSink,
+    StoredCheckpoint, StoredReads,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -572,23 +572,19 @@ fn leaf_read_err(e: LeafReadError) -> LedgerError {
 /// nodes, 3 MB).
 const LEAVES_PER_FILL: u64 = 1 << 20;
 
-/// A node stored past the records at a stored level would make the append that reaches it
-/// fail: refused at start, whichever way the tree is then built, where the reason can be said
-/// rather than in the middle of serving. (Nodes at other levels are read by nothing.)
+/// A node stored where the tree has none (past the records at a stored level, which would make
+/// the append that reaches it fail, or at another level) is refused at start, whichever way
+/// the tree is then built, where the reason can be said rather than in the middle of serving.
 fn refuse_nodes_past_the_records<S: LedgerSink>(sink: &S, count: u64) -> Result<(), LedgerError> {
-    for level in stored_levels() {
-        let past = sink
-            .tree_nodes(level, count >> level, i64::MAX as u64)
-            .map_err(|e| LedgerError::Sink(e.to_string()))?;
-        if let Some((index, _)) = past.first() {
-            return Err(LedgerError::Corrupt(format!(
-                "a tree node ({index} of level {level}) is stored past the ledger's {count} \
-                 records: it was inserted, and this writer would fail on it (run `gavel audit \
-                 verify`)"
-            )));
-        }
+    let past = tree_nodes_past(sink, count).map_err(|e| LedgerError::Sink(e.to_string()))?;
+    match past.first() {
+        Some((level, index)) => Err(LedgerError::Corrupt(format!(
+            "a tree node ({index} of level {level}) is stored where the ledger's {count} records \
+             have none: it was inserted, and this writer would fail on it (run `gavel audit \
+             verify`)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The tree of `count` records from stored nodes, in O(log n) reads: the newest checkpoint's
@@ -616,7 +612,7 @@ fn tree_from_nodes<S: LedgerSink>(
         }
     }
     let signed = newest.map_or(0, |cp| cp.size);
-    let Some(mut tree) = stored_frontier(sink, signed).map_err(sink_err)? else {
+    let Some(mut tree) = StoredReads::new(sink).frontier(signed).map_err(sink_err)? else {
         return Ok(None);
     };
     if newest.is_some_and(|cp| cp.root != tree.root()) {

@@ -7,7 +7,7 @@ use crate::merkle::{
 };
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::record::Record;
-use crate::sink::{leaf_hashes_in_order, LedgerSink, ProofReads};
+use crate::sink::{leaf_hashes_in_order, LedgerSink, StoredReads};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ impl InclusionBundle {
         let ranges = inclusion_ranges(index, cp.size).map_err(failure)?;
         let leaf = leaf_hash(&record.bytes);
         let mut from_nodes = Vec::with_capacity(ranges.len());
-        let mut reads = ProofReads::new(sink);
+        let mut reads = StoredReads::new(sink);
         for &(start, end) in &ranges {
             match reads.range_hash(start, end).map_err(failure)? {
                 Some(hash) => from_nodes.push(hash),

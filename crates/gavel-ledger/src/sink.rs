@@ -69,42 +69,35 @@ pub fn leaf_hashes_in_order<S: LedgerSink + ?Sized>(
     })
 }
 
-/// The hashes of the complete subtrees `[from, to)` of `level` (0: the leaves) if the sink
-/// holds them all.
-fn stored_hashes<S: LedgerSink + ?Sized>(
+/// Every tree node stored where the tree of `count` records has none, as `(level, index)`:
+/// past the records at a stored level (node `i` of `level` ends at record `(i + 1) << level`,
+/// so it lies past them when `i >= count >> level`), or at a level nodes are not kept at. A
+/// writer refuses to start on one; `verify` names it.
+pub fn tree_nodes_past<S: LedgerSink + ?Sized>(
     sink: &S,
-    level: u32,
-    from: u64,
-    to: u64,
-) -> Result<Option<Vec<Hash>>, SinkError> {
-    let want = to.saturating_sub(from);
-    if level == 0 {
-        let hashes = sink.leaf_hashes(from, to)?;
-        return Ok((hashes.len() as u64 == want).then_some(hashes));
+    count: u64,
+) -> Result<Vec<(u32, u64)>, SinkError> {
+    let mut past = Vec::new();
+    for level in 0..64u32 {
+        let first = if crate::merkle::is_stored_level(level) {
+            count >> level
+        } else {
+            0
+        };
+        let rows = sink.tree_nodes(level, first, i64::MAX as u64)?;
+        past.extend(rows.into_iter().map(|(index, _)| (level, index)));
     }
-    let nodes = sink.tree_nodes(level, from, to)?;
-    let contiguous = nodes.len() as u64 == want && nodes.iter().zip(from..).all(|(n, i)| n.0 == i);
-    Ok(contiguous.then(|| nodes.into_iter().map(|(_, hash)| hash).collect()))
+    Ok(past)
 }
 
-/// The tree of the first `size` leaves as its right edge, from stored nodes: O(log n) reads.
-/// None when a node it needs is not stored; the caller then reads the leaves
-/// ([`leaf_hashes_in_order`]) and checks what it builds from either against a signed root.
-pub fn stored_frontier<S: LedgerSink + ?Sized>(
-    sink: &S,
-    size: u64,
-) -> Result<Option<MerkleFrontier>, SinkError> {
-    frontier_from_stored(0, size, &mut |level, from, to| {
-        stored_hashes(sink, level, from, to)
-    })
-}
-
-/// Reads the stored hashes of a proof's ranges ([`ProofReads::range_hash`]) a block of 16 at a
-/// time per level, each block once. The hashes a proof needs below one stored level are the
-/// path's siblings of heights 0 to 3 above it, which lie in the aligned block of 16 holding
-/// the path: so a proof reads about one block per stored level (5 reads for a million records)
-/// instead of one read per hash.
-pub struct ProofReads<'s, S: LedgerSink + ?Sized> {
+/// Reads stored hashes (tree nodes, and leaf hashes below the lowest stored level) a block of
+/// 16 aligned ones at a time per level, each block once, for a starting writer's tree
+/// ([`StoredReads::frontier`]) and a proof's ranges ([`StoredReads::range_hash`]). Every read
+/// these make below one stored level lies in one such block (a subtree of height below 4
+/// above the level is at most 8 aligned hashes, and a proof's siblings at heights 0 to 3 share
+/// the block of its path), so a proof reads about one block per stored level (5 reads for a
+/// million records) instead of one read per hash.
+pub struct StoredReads<'s, S: LedgerSink + ?Sized> {
     sink: &'s S,
     blocks: Vec<Block>,
 }
@@ -115,26 +108,35 @@ type Block = ((u32, u64), Vec<Option<Hash>>);
 /// Hashes per block: one stored level spans this many of the level below it.
 const BLOCK: u64 = 1 << crate::merkle::STORED_LEVEL_STEP;
 
-impl<'s, S: LedgerSink + ?Sized> ProofReads<'s, S> {
-    pub fn new(sink: &'s S) -> ProofReads<'s, S> {
-        ProofReads {
+impl<'s, S: LedgerSink + ?Sized> StoredReads<'s, S> {
+    pub fn new(sink: &'s S) -> StoredReads<'s, S> {
+        StoredReads {
             sink,
             blocks: Vec::new(),
         }
     }
 
-    /// The MTH of leaves `[start, end)` (a range of an RFC 9162 proof) from stored nodes, or
-    /// None when one it needs is not stored (see [`stored_frontier`]).
+    /// The tree of the first `size` leaves as its right edge: O(log n) reads. None when a
+    /// hash it needs is not stored; the caller then reads the leaves ([`leaf_hashes_in_order`])
+    /// and checks what it builds from either against a signed root.
+    pub fn frontier(&mut self, size: u64) -> Result<Option<MerkleFrontier>, SinkError> {
+        frontier_from_stored(0, size, &mut |level, from, to| self.hashes(level, from, to))
+    }
+
+    /// The MTH of leaves `[start, end)` (a range of an RFC 9162 proof), or None when a hash it
+    /// needs is not stored.
     pub fn range_hash(&mut self, start: u64, end: u64) -> Result<Option<Hash>, SinkError> {
         crate::merkle::range_hash_from_stored(start, end, &mut |level, from, to| {
             self.hashes(level, from, to)
         })
     }
 
+    /// The hashes `[from, to)` of `level` (0: the leaves) if all are stored. A range across two
+    /// blocks is none that the tree reads ask for: answered as not stored.
     fn hashes(&mut self, level: u32, from: u64, to: u64) -> Result<Option<Vec<Hash>>, SinkError> {
         let block = from / BLOCK;
         if to <= from || (to - 1) / BLOCK != block {
-            return stored_hashes(self.sink, level, from, to);
+            return Ok(None);
         }
         let at = match self
             .blocks

@@ -10,7 +10,8 @@ use crate::merkle::{
 use crate::note::{Checkpoint, NoteError, NoteVerifier};
 use crate::record::{Record, RecordAids, RecordError};
 use crate::sink::{
-    AidCheck, AidError, LedgerSink, SinkError, StoredCheckpoint, StoredRecord, VisitWithAids,
+    tree_nodes_past, AidCheck, AidError, LedgerSink, SinkError, StoredCheckpoint, StoredRecord,
+    VisitWithAids,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,8 +103,8 @@ pub enum Problem {
     /// it was edited.
     TreeNode { level: u32, index: u64 },
     /// A tree node is stored where the tree has none (past its records, or at a level nodes
-    /// are not kept at). At a stored level, past the records, a writer refuses to start on it
-    /// (an append reaching it would fail); anywhere else it is read by nothing.
+    /// are not kept at). A writer refuses to start on it (past the records at a stored level,
+    /// the append reaching it would fail).
     ExtraTreeNode { level: u32, index: u64 },
 }
 
@@ -663,44 +664,22 @@ where
     Ok(())
 }
 
-/// A node stored where the tree has none: past the records at a stored level, or at any other
-/// level. Such a row is read by nothing, so the chunks do not see it. A writer may have
-/// appended since verification counted `count` records, with the nodes they complete: the
-/// records are counted again after the nodes are read (a node is committed with its records,
-/// so a real one never lies past that count).
+/// A node stored where the tree has none ([`tree_nodes_past`]); such a row is read by nothing,
+/// so the chunks do not see it. A writer may have appended since verification counted `count`
+/// records, with the nodes they complete: the records are counted again after the nodes are
+/// read (a node is committed with its records, so a real one never lies past that count).
 fn extra_tree_node<S: LedgerSink + ?Sized>(
     sink: &S,
     count: u64,
 ) -> Result<Option<Problem>, SinkError> {
-    let everything = i64::MAX as u64;
-    let mut past_count = Vec::new();
-    for level in 0..64u32 {
-        let first_extra = if is_stored_level(level) {
-            count >> level
-        } else {
-            0
-        };
-        for (index, _) in sink.tree_nodes(level, first_extra, everything)? {
-            if !is_stored_level(level) {
-                return Ok(Some(Problem::ExtraTreeNode { level, index }));
-            }
-            past_count.push((level, index));
-        }
-    }
-    if past_count.is_empty() {
+    let past = tree_nodes_past(sink, count)?;
+    if past.is_empty() {
         return Ok(None);
     }
     let now = sink.record_count()?;
-    let beyond = |&(level, index): &(u32, u64)| {
-        index
-            .checked_add(1)
-            .and_then(|n| n.checked_shl(level))
-            .filter(|end| end >> level == index + 1)
-            .is_none_or(|end| end > now)
-    };
-    Ok(past_count
+    Ok(past
         .into_iter()
-        .find(beyond)
+        .find(|&(level, index)| !is_stored_level(level) || index >= now >> level)
         .map(|(level, index)| Problem::ExtraTreeNode { level, index }))
 }
 

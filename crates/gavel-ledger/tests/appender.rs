@@ -499,7 +499,9 @@ fn a_starting_writer_fills_in_nodes_and_refuses_one_past_the_records() {
     mem.set_nodes(planted);
     let why = refused(mem, AppenderConfig::default());
     assert!(
-        why.contains("tree node (70 of level 4) is stored past"),
+        why.contains(
+            "tree node (70 of level 4) is stored where the ledger's 1025 records have none"
+        ),
         "{why}"
     );
 }
