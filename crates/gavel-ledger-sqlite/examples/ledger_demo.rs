@@ -91,7 +91,12 @@ fn main() {
     let checkpoints = sink
         .export_checkpoints_jsonl(&mut File::create(dir.join("checkpoints.jsonl")).unwrap())
         .unwrap();
-    let proof = sink.prove(&format!("dec-{}", n / 2), &verifier).unwrap();
+    let proof = sink
+        .prove(
+            &format!("dec-{}", n / 2),
+            &gavel_ledger::Prover::new(verifier.clone()),
+        )
+        .unwrap();
     std::fs::write(
         dir.join("proof.json"),
         serde_json::to_string_pretty(&proof).unwrap(),

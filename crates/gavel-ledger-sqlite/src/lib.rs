@@ -342,6 +342,22 @@ fn undone_unless_ok<T, E: From<rusqlite::Error>>(
     Ok(value)
 }
 
+/// A connection that only reads: what verifies a ledger, reads it alongside a writer, or
+/// serves one command. It reads the file through a memory map rather than a copy per page
+/// (about a tenth of a full verification's time): its reads end when it closes, so the pages
+/// mapped are not held by a long-running process. Nothing shrinks a ledger's file (no
+/// VACUUM), and in WAL mode no checkpoint truncates it under an open read.
+fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_handler(Some(wait_for_writer))?;
+    // SQLite caps it at its compile-time maximum (2 GiB); reads past that use copies.
+    conn.pragma_update(None, "mmap_size", 1i64 << 40)?;
+    Ok(conn)
+}
+
 impl SqliteLedgerSink {
     /// Opens (creating if needed) the ledger tables in the database at `path`.
     /// WAL journal with synchronous=FULL: each commit is fsynced to the WAL,
@@ -386,26 +402,17 @@ impl SqliteLedgerSink {
     /// checking a ledger (`audit verify`) never changes the file it checks (opening it for
     /// writing would put back append-only triggers someone dropped, hiding that they did).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteLedgerSink, Error> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_handler(Some(wait_for_writer))?;
+        let conn = read_only_connection(path.as_ref())?;
         known_schema(&conn, true)?;
         Ok(SqliteLedgerSink { conn })
     }
 
     /// A read-only connection to the same file; None for an in-memory database.
     fn read_only_connection(&self) -> Result<Option<Connection>, rusqlite::Error> {
-        let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
-            return Ok(None);
-        };
-        let conn = Connection::open_with_flags(
-            db,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_handler(Some(wait_for_writer))?;
-        Ok(Some(conn))
+        match self.conn.path().filter(|p| !p.is_empty()) {
+            Some(db) => read_only_connection(Path::new(db)).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Stops this connection's commits from checkpointing the WAL (a checkpoint copies the

@@ -3,8 +3,8 @@
 
 use crate::{Error, SqliteLedgerSink};
 use gavel_ledger::{
-    verify_sink_reporting, InclusionBundle, LedgerSink, NoteVerifier, Problem, Record, RecordKind,
-    VerifyError, VerifyOptions, VerifyReport,
+    verify_sink_reporting, InclusionBundle, LedgerSink, NoteVerifier, Problem, Prover, Record,
+    RecordKind, VerifyError, VerifyOptions, VerifyReport,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension};
@@ -301,10 +301,19 @@ impl SqliteLedgerSink {
 
     /// `gavel audit prove ID`: inclusion proof of the record against the
     /// newest signed checkpoint.
-    pub fn prove(&self, id: &str, verifier: &NoteVerifier) -> Result<InclusionBundle, Error> {
-        let entry = self
-            .record_by_id(id)?
-            .ok_or_else(|| Error::Invalid(format!("no record with id {id:?}")))?;
-        InclusionBundle::from_sink(self, entry.index, verifier).map_err(Error::Proof)
+    ///
+    /// Its dozen reads share one read transaction: they see one state of the ledger, and
+    /// SQLite takes its locks once rather than per statement (about 2.5 us each, which was a
+    /// third of a proof).
+    pub fn prove(&self, id: &str, prover: &Prover) -> Result<InclusionBundle, Error> {
+        // Dropped unfinished, it rolls back: nothing was written.
+        let _one_read = self.conn().unchecked_transaction()?;
+        let index: Option<i64> = self
+            .conn()
+            .prepare_cached("SELECT idx FROM ledger_records WHERE id = ?1 ORDER BY idx LIMIT 1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        let index = index.ok_or_else(|| Error::Invalid(format!("no record with id {id:?}")))?;
+        prover.prove(self, index_of(index)?).map_err(Error::Proof)
     }
 }

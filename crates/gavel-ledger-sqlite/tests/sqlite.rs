@@ -9,7 +9,7 @@ mod common;
 use common::TempDir;
 use gavel_ledger::merkle::leaf_hash;
 use gavel_ledger::{
-    check_proof_json, Appender, AppenderConfig, NoteSigner, NoteVerifier, Problem, Record,
+    check_proof_json, Appender, AppenderConfig, NoteSigner, NoteVerifier, Problem, Prover, Record,
     RecordKind, VerifyError, VerifyOptions,
 };
 use gavel_ledger_sqlite::{
@@ -225,12 +225,16 @@ fn prove_and_check_proof_with_only_the_public_key() {
     let db = dir.path("gavel.db");
     populate(&db);
     let sink = SqliteLedgerSink::open(&db).unwrap();
-    let bundle = sink.prove("d-12", &signer().verifier()).unwrap();
+    let bundle = sink
+        .prove("d-12", &Prover::new(signer().verifier()))
+        .unwrap();
     let json = serde_json::to_string(&bundle).unwrap();
     let checked = check_proof_json(&json, &public_key(&signer())).unwrap();
     assert_eq!((checked.index, checked.record.id.as_str()), (12, "d-12"));
     assert!(check_proof_json(&json.replace("d-12", "d-13"), &public_key(&signer())).is_err());
-    assert!(sink.prove("missing", &signer().verifier()).is_err());
+    assert!(sink
+        .prove("missing", &Prover::new(signer().verifier()))
+        .is_err());
 }
 
 #[test]
@@ -331,7 +335,7 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
     }
     let prove = |db: &std::path::Path, id: &str| {
         let sink = SqliteLedgerSink::open_read_only(db).unwrap();
-        let bundle = sink.prove(id, &signer().verifier()).unwrap();
+        let bundle = sink.prove(id, &Prover::new(signer().verifier())).unwrap();
         check_proof_json(
             &serde_json::to_string(&bundle).unwrap(),
             &public_key(&signer()),

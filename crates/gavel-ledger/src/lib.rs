@@ -25,7 +25,7 @@ pub use appender::{
 };
 pub use merkle::{Hash, MerkleFrontier, MerkleTree, TreeNode};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier};
-pub use proof::{check_proof_json, CheckedInclusion, InclusionBundle};
+pub use proof::{check_proof_json, CheckedInclusion, InclusionBundle, Prover};
 pub use record::{
     Appendable, ContractLoaded, Encoded, IndexFields, Record, RecordAids, RecordKind,
     FORMAT_VERSION,

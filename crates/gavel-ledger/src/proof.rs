@@ -11,7 +11,9 @@ use crate::sink::{leaf_hashes_in_order, LedgerSink, StoredReads};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 /// Value of [`InclusionBundle::format`] this build writes and reads.
 pub const BUNDLE_FORMAT: &str = "gavel-inclusion-proof/1";
@@ -56,9 +58,8 @@ pub struct CheckedInclusion {
     pub checkpoint: Checkpoint,
 }
 
-/// The checkpoint in `note`, if it covers record `index`.
-fn covering(note: &str, verifier: &NoteVerifier, index: u64) -> Result<Checkpoint, ProofFailure> {
-    let cp = Checkpoint::open(note, verifier).map_err(failure)?;
+/// The checkpoint `cp`, if it covers record `index`.
+fn covering(cp: Checkpoint, index: u64) -> Result<Checkpoint, ProofFailure> {
     if index >= cp.size {
         return Err(failure(format!(
             "record {index} is not yet covered by a signed checkpoint (newest covers {} records)",
@@ -100,22 +101,103 @@ fn bundle(
     })
 }
 
-impl InclusionBundle {
+/// Builds inclusion bundles from a sink against its newest signed checkpoint.
+///
+/// Two things a proof would otherwise redo it keeps between proofs, both only ever used on the
+/// way to a path that is checked against the signed root before it is handed out:
+/// - the last checkpoint whose Ed25519 signature it checked, by the note's exact text (a note
+///   that differs in any byte is checked again): with the tree nodes stored, that check was
+///   most of what a proof cost;
+/// - the hashes of complete subtrees of [`KEPT_SUBTREE_LEAVES`] leaves or more from proofs
+///   whose path checked: in an append-only log such a hash never changes, whatever checkpoint
+///   a later proof is against, and the upper ones are in nearly every proof's path.
+pub struct Prover {
+    verifier: NoteVerifier,
+    opened: Mutex<Option<(String, Checkpoint)>>,
+    subtrees: Mutex<HashMap<(u64, u64), Hash>>,
+}
+
+/// The smallest subtree whose hash a [`Prover`] keeps: below it, one read of stored nodes and a
+/// few hashes make it.
+pub const KEPT_SUBTREE_LEAVES: u64 = 1 << 8;
+
+/// Most subtree hashes kept (about 50 bytes each): those of a ledger of up to a million
+/// records. Past it they are dropped and read again.
+const KEPT_SUBTREES: usize = 8_192;
+
+/// Leaves `[start, end)` form a complete subtree: an aligned power of two of them.
+fn is_subtree(start: u64, end: u64) -> bool {
+    let size = end.wrapping_sub(start);
+    end > start && size.is_power_of_two() && start % size == 0
+}
+
+impl Prover {
+    pub fn new(verifier: NoteVerifier) -> Prover {
+        Prover {
+            verifier,
+            opened: Mutex::new(None),
+            subtrees: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key the checkpoints are checked with.
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.verifier
+    }
+
+    /// The checkpoint in `note`, its signature checked now or when this note was last seen.
+    fn open(&self, note: &str) -> Result<Checkpoint, ProofFailure> {
+        // A panic elsewhere while a lock was held leaves a whole value or none: still usable.
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((text, cp)) = opened.as_ref() {
+            if text == note {
+                return Ok(cp.clone());
+            }
+        }
+        let cp = Checkpoint::open(note, &self.verifier).map_err(failure)?;
+        *opened = Some((note.to_owned(), cp.clone()));
+        Ok(cp)
+    }
+
+    /// The kept hashes of `ranges`, None where not kept.
+    fn kept(&self, ranges: &[(u64, u64)]) -> Vec<Option<Hash>> {
+        let subtrees = self.subtrees.lock().unwrap_or_else(|e| e.into_inner());
+        ranges.iter().map(|r| subtrees.get(r).copied()).collect()
+    }
+
+    /// Keeps the large subtrees of a path that checked; forgets them all after one that did
+    /// not (a kept hash may have been in it).
+    fn keep(&self, ranges: &[(u64, u64)], path: Option<&[Hash]>) {
+        let mut subtrees = self.subtrees.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = path else {
+            subtrees.clear();
+            return;
+        };
+        for (&(start, end), hash) in ranges.iter().zip(path) {
+            if end - start >= KEPT_SUBTREE_LEAVES && is_subtree(start, end) {
+                if subtrees.len() >= KEPT_SUBTREES {
+                    subtrees.clear();
+                }
+                subtrees.insert((start, end), *hash);
+            }
+        }
+    }
+
     /// Builds a bundle for leaf `index` from a sink against its newest checkpoint: from the
     /// tree nodes the sink stores (O(log n) reads), checked against the signed root before it
     /// is handed out; where a node is missing or wrong, from the leaf hashes up to the
     /// checkpoint, read once, in chunks, keeping only what the proof needs (a few kilobytes,
     /// not the tree).
-    pub fn from_sink<S: LedgerSink + ?Sized>(
+    pub fn prove<S: LedgerSink + ?Sized>(
+        &self,
         sink: &S,
         index: u64,
-        verifier: &NoteVerifier,
     ) -> Result<InclusionBundle, ProofFailure> {
         let newest = sink
             .newest_stored_checkpoint()
             .map_err(failure)?
             .ok_or_else(|| failure("the ledger has no signed checkpoint yet"))?;
-        let cp = covering(&newest.note, verifier, index)?;
+        let cp = covering(self.open(&newest.note)?, index)?;
         let record = sink
             .read_records(index, index.saturating_add(1))
             .map_err(failure)?;
@@ -127,15 +209,20 @@ impl InclusionBundle {
         let leaf = leaf_hash(&record.bytes);
         let mut from_nodes = Vec::with_capacity(ranges.len());
         let mut reads = StoredReads::new(sink);
-        for &(start, end) in &ranges {
-            match reads.range_hash(start, end).map_err(failure)? {
+        for (&(start, end), kept) in ranges.iter().zip(self.kept(&ranges)) {
+            let hash = match kept {
+                Some(hash) => Some(hash),
+                None => reads.range_hash(start, end).map_err(failure)?,
+            };
+            match hash {
                 Some(hash) => from_nodes.push(hash),
                 None => break,
             }
         }
-        if from_nodes.len() == ranges.len()
-            && verify_inclusion(&leaf, index, cp.size, &from_nodes, &cp.root).is_ok()
-        {
+        let checked = from_nodes.len() == ranges.len()
+            && verify_inclusion(&leaf, index, cp.size, &from_nodes, &cp.root).is_ok();
+        self.keep(&ranges, checked.then_some(&from_nodes[..]));
+        if checked {
             // The path leads from the record's bytes to the signed root: both are proven.
             return bundle(
                 index,
@@ -169,7 +256,9 @@ impl InclusionBundle {
             &cp,
         )
     }
+}
 
+impl InclusionBundle {
     /// Checks the bundle with nothing but the verifier key: the checkpoint
     /// signature, the record's canonical form and the inclusion path.
     pub fn check(&self, verifier: &NoteVerifier) -> Result<CheckedInclusion, ProofFailure> {

@@ -514,9 +514,10 @@ fn proofs_read_stored_nodes_and_are_the_trees() {
     let v = signer().verifier();
     let (records, checkpoints) = mem.snapshot();
     let tree = gavel_ledger::MerkleTree::from_leaf_hashes(records.iter().map(|r| r.leaf_hash));
+    let prover = gavel_ledger::Prover::new(v.clone());
     let proof_of = |sink: &MemorySink, index: u64| {
         let counting = slow(sink, Duration::ZERO);
-        let bundle = gavel_ledger::InclusionBundle::from_sink(&counting, index, &v).unwrap();
+        let bundle = prover.prove(&counting, index).unwrap();
         bundle.check(&v).unwrap();
         let path: Vec<String> = tree
             .inclusion_proof(index, 300)
@@ -540,6 +541,64 @@ fn proofs_read_stored_nodes_and_are_the_trees() {
     let from_nodes = proof_of(&mem, 0);
     assert_eq!(proof_of(&edited, 0), from_nodes + 300);
     assert!(proof_of(&edited, 290) <= 16 + 12);
+}
+
+/// A prover checks a checkpoint's signature once per note, by its exact text: a note edited
+/// after a proof against the one before it is checked, and refused.
+#[test]
+fn a_prover_checks_every_note_it_has_not_seen() {
+    let mem = closed_after(20);
+    let prover = gavel_ledger::Prover::new(signer().verifier());
+    prover.prove(&mem, 3).unwrap();
+    prover.prove(&mem, 4).unwrap();
+    let (records, mut checkpoints) = mem.snapshot();
+    let newest = checkpoints.last_mut().unwrap();
+    let body = newest.note.split("\n\n").next().unwrap().to_owned() + "\n";
+    let other = NoteSigner::from_seed("gavel.test/appender", &[2u8; 32]).unwrap();
+    newest.note = gavel_ledger::Checkpoint::parse(&body)
+        .unwrap()
+        .sign(&other)
+        .unwrap();
+    let forged = MemorySink::from_parts(records, checkpoints);
+    assert!(prover.prove(&forged, 3).is_err());
+}
+
+/// A prover keeps the hashes of complete subtrees of 256 leaves or more from paths that checked
+/// and proves through them, not through the stored nodes; once a kept hash is in a path that
+/// does not check (here: another ledger signed with the same key), it forgets them all.
+#[test]
+fn a_prover_keeps_checked_subtrees_and_forgets_them_after_a_failed_path() {
+    let mem = closed_after(300);
+    let prover = gavel_ledger::Prover::new(signer().verifier());
+    let leaves_read = |prover: &gavel_ledger::Prover, sink: &MemorySink, index: u64| {
+        let counting = slow(sink, Duration::ZERO);
+        let bundle = prover.prove(&counting, index).unwrap();
+        bundle.check(&signer().verifier()).unwrap();
+        counting.leaves_read.load(Ordering::SeqCst)
+    };
+    // 290's path holds the subtree of leaves 0-255: kept.
+    assert!(leaves_read(&prover, &mem, 290) <= 16 + 12);
+    let (records, checkpoints) = mem.snapshot();
+    let edited = MemorySink::from_parts(records, checkpoints);
+    let mut wrong = mem.nodes();
+    wrong.insert((8, 0), [7; 32]);
+    edited.set_nodes(wrong);
+    // Through the kept hash, the wrong node is not read; a prover without it reads every leaf.
+    assert!(leaves_read(&prover, &edited, 291) <= 16 + 12);
+    let fresh = gavel_ledger::Prover::new(signer().verifier());
+    assert!(leaves_read(&fresh, &edited, 291) >= 300);
+
+    let other = MemorySink::new();
+    let app = Appender::start(other.clone(), signer(), AppenderConfig::default()).unwrap();
+    for i in 0..300 {
+        let record = Record::new(RecordKind::Decision, i, format!("other-{i}"), &json!({}));
+        app.append(&record.unwrap()).unwrap();
+    }
+    app.close().unwrap();
+    // The kept hash of leaves 0-255 is the first ledger's: the path fails, the leaves are read.
+    assert!(leaves_read(&prover, &other, 290) >= 300);
+    // Forgotten: the next proof goes through the stored nodes again.
+    assert!(leaves_read(&prover, &other, 290) <= 16 + 12);
 }
 
 #[test]
@@ -592,7 +651,7 @@ fn inclusion_bundle_round_trip() {
     }
     app.close().unwrap();
     let v = signer().verifier();
-    let bundle = gavel_ledger::InclusionBundle::from_sink(&mem, 6, &v).unwrap();
+    let bundle = gavel_ledger::Prover::new(v.clone()).prove(&mem, 6).unwrap();
     let json = serde_json::to_string_pretty(&bundle).unwrap();
     let checked = gavel_ledger::check_proof_json(&json, &v.to_string()).unwrap();
     assert_eq!(

@@ -456,7 +456,9 @@ fn proof_json() -> &'static (String, String) {
         }
         app.close().unwrap();
         let v = signer().verifier();
-        let bundle = gavel_ledger::InclusionBundle::from_sink(&sink, 3, &v).unwrap();
+        let bundle = gavel_ledger::Prover::new(v.clone())
+            .prove(&sink, 3)
+            .unwrap();
         (serde_json::to_string(&bundle).unwrap(), v.to_string())
     })
 }

@@ -114,7 +114,7 @@ pub fn run(ctx: &Context, command: AuditCommand) -> Outcome {
         }
         AuditCommand::Prove { id } => {
             let bundle = sink
-                .prove(&id, &verifier)
+                .prove(&id, &gavel_ledger::Prover::new(verifier.clone()))
                 .map_err(|e| Failure::invalid(format!("cannot prove `{id}`: {e}")))?;
             crate::context::print_json(&bundle)?;
         }

@@ -330,11 +330,12 @@ impl Pack {
         }
         let approvals = records(sink, &APPROVAL_KINDS, &concerns)?;
         files.insert("approvals.jsonl".into(), jsonl(&approvals));
-        let verifier = signer.verifier();
+        // One prover for every proof: the checkpoint's signature is checked once.
+        let prover = gavel_ledger::Prover::new(signer.verifier());
         for (_, record) in &approvals {
             let id = record["id"].as_str().unwrap_or_default();
             let proof = sink
-                .prove(id, &verifier)
+                .prove(id, &prover)
                 .map_err(|e| Failure::storage(format!("cannot prove `{id}`: {e}")))?;
             let proof = serde_json::to_vec_pretty(&proof)
                 .map_err(|e| Failure::storage(format!("cannot encode a proof: {e}")))?;
@@ -362,7 +363,7 @@ impl Pack {
             "ledger/pubkey.txt".into(),
             format!("{}\n", gavel_ledger_sqlite::public_key(signer)).into_bytes(),
         );
-        let verification = match sink.verify(&verifier, VerifyOptions::default()) {
+        let verification = match sink.verify(prover.verifier(), VerifyOptions::default()) {
             Ok(report) => format!(
                 "ledger OK at {}: {} records, {} signed checkpoints, {} record(s) after the newest checkpoint\n",
                 now(),

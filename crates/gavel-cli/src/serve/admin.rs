@@ -310,10 +310,9 @@ pub async fn proof(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     act(gw, move |gw| {
-        let verifier = crate::ledger::load_key(&gw.db_path)?.verifier();
         let bundle = gw
             .ledger_reader()?
-            .prove(&id, &verifier)
+            .prove(&id, &gw.prover)
             .map_err(|e| Failure::invalid(format!("cannot prove `{id}`: {e}")))?;
         serde_json::to_value(bundle)
             .map_err(|e| Failure::storage(format!("cannot encode the proof: {e}")))
@@ -332,8 +331,9 @@ pub async fn verify(
 /// unsigned_tail}` or `{ok: false, failure}`.
 pub async fn verify_ledger(gw: Arc<Gateway>, by: String) -> ApiResult<Value> {
     blocking(move || {
-        let verifier = crate::ledger::load_key(&gw.db_path)?.verifier();
-        let verified = gw.ledger_reader()?.verify(&verifier, VerifyOptions::default());
+        let verified = gw
+            .ledger_reader()?
+            .verify(gw.prover.verifier(), VerifyOptions::default());
         let (answer, outcome) = match verified {
             Ok(report) => (
                 json!({ "ok": true, "records": report.records, "checkpoints": report.checkpoints, "unsigned_tail": report.unsigned_tail }),

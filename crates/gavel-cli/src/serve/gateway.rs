@@ -60,6 +60,9 @@ pub struct Gateway {
     pub ledger: Ledger,
     /// A second connection for ledger queries, proofs and captured payloads.
     pub ledger_reader: Mutex<SqliteLedgerSink>,
+    /// Proofs for the admin API, with the key the ledger is signed with (loaded at start, as
+    /// the ledger's writer loads it).
+    pub prover: gavel_ledger::Prover,
     /// Output scanners (secrets and PII), shared by every stream.
     pub output_scanners: Arc<Scanners>,
     pub upstreams: super::upstream::Upstreams,

@@ -129,6 +129,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         store,
         ledger,
         ledger_reader: Mutex::new(ledger::open_sink(&ctx.db_path)?),
+        prover: gavel_ledger::Prover::new(ledger::load_key(&ctx.db_path)?.verifier()),
         output_scanners: Arc::new(output_scanners),
         upstreams: Upstreams {
             http,
