@@ -343,18 +343,15 @@ fn undone_unless_ok<T, E: From<rusqlite::Error>>(
 }
 
 /// A connection that only reads: what verifies a ledger, reads it alongside a writer, or
-/// serves one command. It reads the file through a memory map rather than a copy per page
-/// (about a tenth of a full verification's time): its reads end when it closes, so the pages
-/// mapped are not held by a long-running process. Nothing shrinks a ledger's file (no
-/// VACUUM), and in WAL mode no checkpoint truncates it under an open read.
+/// serves one command. Its pages are read by `pread`, not through a memory map: under a map an
+/// I/O error is a SIGBUS that kills the process, and `audit verify` must report one (docs/ledger.md,
+/// "The query aids in the same pass").
 fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_handler(Some(wait_for_writer))?;
-    // SQLite caps it at its compile-time maximum (2 GiB); reads past that use copies.
-    conn.pragma_update(None, "mmap_size", 1i64 << 40)?;
     Ok(conn)
 }
 
@@ -942,6 +939,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A proof's read transaction ends with it, whether the record is found or not: the
+    /// connection goes on committing its own statements.
+    #[test]
+    fn a_proof_leaves_no_transaction_open() {
+        use gavel_ledger::{Appender, AppenderConfig, NoteSigner, Prover, Record, RecordKind};
+        let db = fresh_dir("prove-read").join("ledger.db");
+        let signer = || NoteSigner::from_seed("gavel.test/prove", &[3; 32]).unwrap();
+        let app = Appender::start(
+            SqliteLedgerSink::open(&db).unwrap(),
+            signer(),
+            AppenderConfig::default(),
+        )
+        .unwrap();
+        for i in 0..3 {
+            let body = serde_json::json!({ "n": i });
+            app.append(&Record::new(RecordKind::Decision, i, format!("d-{i}"), &body).unwrap())
+                .unwrap();
+        }
+        app.close().unwrap();
+        let sink = SqliteLedgerSink::open(&db).unwrap();
+        let prover = Prover::new(signer().verifier());
+        sink.prove("d-1", &prover)
+            .unwrap()
+            .check(prover.verifier())
+            .unwrap();
+        assert!(sink.conn().is_autocommit());
+        assert!(sink.prove("d-9", &prover).is_err());
+        assert!(sink.conn().is_autocommit());
     }
 
     fn count(conn: &Connection) -> i64 {

@@ -89,6 +89,12 @@ fn bundle(
     if root != Some(cp.root) {
         return Err(failure("the tree does not match the signed checkpoint"));
     }
+    // What `check` would refuse is said here, not by whoever is handed the bundle.
+    Record::check_canonical(record_bytes).map_err(|e| {
+        failure(format!(
+            "record {index} is not a canonical record ({e}); `gavel audit verify` says more"
+        ))
+    })?;
     let record = String::from_utf8(record_bytes.to_vec())
         .map_err(|_| failure("record bytes are not UTF-8"))?;
     Ok(InclusionBundle {
@@ -101,16 +107,19 @@ fn bundle(
     })
 }
 
-/// Builds inclusion bundles from a sink against its newest signed checkpoint.
+/// Builds inclusion bundles from a sink against its newest signed checkpoint. One prover
+/// serves one ledger.
 ///
 /// Two things a proof would otherwise redo it keeps between proofs, both only ever used on the
 /// way to a path that is checked against the signed root before it is handed out:
 /// - the last checkpoint whose Ed25519 signature it checked, by the note's exact text (a note
 ///   that differs in any byte is checked again): with the tree nodes stored, that check was
 ///   most of what a proof cost;
-/// - the hashes of complete subtrees of [`KEPT_SUBTREE_LEAVES`] leaves or more from proofs
-///   whose path checked: in an append-only log such a hash never changes, whatever checkpoint
-///   a later proof is against, and the upper ones are in nearly every proof's path.
+/// - the hashes of complete subtrees of [`KEPT_SUBTREE_LEAVES`] leaves or more in the top 12
+///   levels of the tree, from proofs whose path checked: in an append-only log such a hash
+///   never changes, whatever checkpoint a later proof is against, and the upper ones are in
+///   nearly every proof's path. When a path through kept hashes does not check, they are all
+///   forgotten and the path is built again from the stored nodes alone.
 pub struct Prover {
     verifier: NoteVerifier,
     opened: Mutex<Option<(String, Checkpoint)>>,
@@ -121,14 +130,44 @@ pub struct Prover {
 /// few hashes make it.
 pub const KEPT_SUBTREE_LEAVES: u64 = 1 << 8;
 
-/// Most subtree hashes kept (about 50 bytes each): those of a ledger of up to a million
-/// records. Past it they are dropped and read again.
-const KEPT_SUBTREES: usize = 8_192;
+/// Levels from the top of the tree whose subtrees a [`Prover`] keeps: at most 8,191 of them.
+const KEPT_LEVELS: u32 = 12;
 
-/// Leaves `[start, end)` form a complete subtree: an aligned power of two of them.
-fn is_subtree(start: u64, end: u64) -> bool {
-    let size = end.wrapping_sub(start);
-    end > start && size.is_power_of_two() && start % size == 0
+/// Most subtree hashes kept (about 50 bytes each): a tree's top 12 levels, with room for
+/// subtrees kept while the tree was smaller. Past it they are all dropped and read again.
+const KEPT_SUBTREES: usize = 1 << (KEPT_LEVELS + 1);
+
+/// Leaves `[start, end)` form a subtree a prover keeps in a tree of `size` leaves: an aligned
+/// power of two of them, at least [`KEPT_SUBTREE_LEAVES`] and in the tree's top levels.
+fn kept_subtree(start: u64, end: u64, size: u64) -> bool {
+    let leaves = end.wrapping_sub(start);
+    let height = u64::BITS - size.saturating_sub(1).leading_zeros();
+    let top_levels = 1u64 << height.saturating_sub(KEPT_LEVELS);
+    end > start
+        && leaves.is_power_of_two()
+        && start % leaves == 0
+        && leaves >= KEPT_SUBTREE_LEAVES.max(top_levels)
+}
+
+/// A path's hashes, each the kept one where there is one, else made from stored hashes; None
+/// when one of them is not stored.
+fn path_from_stored<S: LedgerSink + ?Sized>(
+    reads: &mut StoredReads<'_, S>,
+    ranges: &[(u64, u64)],
+    kept: &[Option<Hash>],
+) -> Result<Option<Vec<Hash>>, ProofFailure> {
+    let mut path = Vec::with_capacity(ranges.len());
+    for (&(start, end), kept) in ranges.iter().zip(kept) {
+        let hash = match kept {
+            Some(hash) => Some(*hash),
+            None => reads.range_hash(start, end).map_err(failure)?,
+        };
+        match hash {
+            Some(hash) => path.push(hash),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(path))
 }
 
 impl Prover {
@@ -165,22 +204,24 @@ impl Prover {
         ranges.iter().map(|r| subtrees.get(r).copied()).collect()
     }
 
-    /// Keeps the large subtrees of a path that checked; forgets them all after one that did
-    /// not (a kept hash may have been in it).
-    fn keep(&self, ranges: &[(u64, u64)], path: Option<&[Hash]>) {
+    /// Keeps the subtrees of a path that checked, in a tree of `size` leaves.
+    fn keep(&self, ranges: &[(u64, u64)], path: &[Hash], size: u64) {
         let mut subtrees = self.subtrees.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(path) = path else {
-            subtrees.clear();
-            return;
-        };
         for (&(start, end), hash) in ranges.iter().zip(path) {
-            if end - start >= KEPT_SUBTREE_LEAVES && is_subtree(start, end) {
+            if kept_subtree(start, end, size) {
                 if subtrees.len() >= KEPT_SUBTREES {
                     subtrees.clear();
                 }
                 subtrees.insert((start, end), *hash);
             }
         }
+    }
+
+    fn forget_subtrees(&self) {
+        self.subtrees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Builds a bundle for leaf `index` from a sink against its newest checkpoint: from the
@@ -207,28 +248,24 @@ impl Prover {
             .ok_or_else(|| failure(format!("no record {index}")))?;
         let ranges = inclusion_ranges(index, cp.size).map_err(failure)?;
         let leaf = leaf_hash(&record.bytes);
-        let mut from_nodes = Vec::with_capacity(ranges.len());
+        let checks =
+            |path: &Vec<Hash>| verify_inclusion(&leaf, index, cp.size, path, &cp.root).is_ok();
         let mut reads = StoredReads::new(sink);
-        for (&(start, end), kept) in ranges.iter().zip(self.kept(&ranges)) {
-            let hash = match kept {
-                Some(hash) => Some(hash),
-                None => reads.range_hash(start, end).map_err(failure)?,
-            };
-            match hash {
-                Some(hash) => from_nodes.push(hash),
-                None => break,
-            }
+        let kept = self.kept(&ranges);
+        let mut path = path_from_stored(&mut reads, &ranges, &kept)?.filter(checks);
+        if path.is_none() && kept.iter().any(Option::is_some) {
+            // A kept hash may be what is wrong (another ledger's, under the same key).
+            self.forget_subtrees();
+            path = path_from_stored(&mut reads, &ranges, &vec![None; ranges.len()])?.filter(checks);
         }
-        let checked = from_nodes.len() == ranges.len()
-            && verify_inclusion(&leaf, index, cp.size, &from_nodes, &cp.root).is_ok();
-        self.keep(&ranges, checked.then_some(&from_nodes[..]));
-        if checked {
+        if let Some(path) = path {
             // The path leads from the record's bytes to the signed root: both are proven.
+            self.keep(&ranges, &path, cp.size);
             return bundle(
                 index,
                 &record.bytes,
                 (Some(leaf), Some(cp.root)),
-                from_nodes,
+                path,
                 &newest.note,
                 &cp,
             );
@@ -302,4 +339,34 @@ pub fn check_proof_json(json: &str, verifier_key: &str) -> Result<CheckedInclusi
     let bundle: InclusionBundle =
         serde_json::from_str(json).map_err(|e| failure(format!("not a proof file: {e}")))?;
     bundle.check(&verifier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_subtrees_are_aligned_large_and_in_the_top_levels() {
+        assert!(kept_subtree(0, 256, 300));
+        assert!(kept_subtree(256, 512, 512));
+        assert!(!kept_subtree(0, 128, 300), "below 256 leaves");
+        assert!(!kept_subtree(256, 300, 300), "not a power of two");
+        assert!(!kept_subtree(128, 384, 1000), "not aligned");
+        assert!(!kept_subtree(5, 5, 300));
+        // 2^24 leaves: the top 12 levels are subtrees of 4,096 leaves and more, 8,191 of them.
+        let size = 1 << 24;
+        assert!(!kept_subtree(0, 2048, size));
+        assert!(kept_subtree(4096, 8192, size));
+        // Below 256 leaves nothing is kept (the first test above), so from height 8 up.
+        let kept: u64 = (8..=24)
+            .map(|height| {
+                let leaves = 1u64 << height;
+                (0..size / leaves)
+                    .filter(|i| kept_subtree(i * leaves, (i + 1) * leaves, size))
+                    .count() as u64
+            })
+            .sum();
+        assert_eq!(kept, 8191);
+        assert!(kept < KEPT_SUBTREES as u64);
+    }
 }

@@ -565,7 +565,8 @@ fn a_prover_checks_every_note_it_has_not_seen() {
 
 /// A prover keeps the hashes of complete subtrees of 256 leaves or more from paths that checked
 /// and proves through them, not through the stored nodes; once a kept hash is in a path that
-/// does not check (here: another ledger signed with the same key), it forgets them all.
+/// does not check (here: another ledger signed with the same key), it forgets them all and
+/// builds the path from the stored nodes alone, not from every leaf.
 #[test]
 fn a_prover_keeps_checked_subtrees_and_forgets_them_after_a_failed_path() {
     let mem = closed_after(300);
@@ -595,10 +596,12 @@ fn a_prover_keeps_checked_subtrees_and_forgets_them_after_a_failed_path() {
         app.append(&record.unwrap()).unwrap();
     }
     app.close().unwrap();
-    // The kept hash of leaves 0-255 is the first ledger's: the path fails, the leaves are read.
-    assert!(leaves_read(&prover, &other, 290) >= 300);
-    // Forgotten: the next proof goes through the stored nodes again.
+    // The kept hash of leaves 0-255 is the first ledger's: the path fails, and is built again
+    // from the stored nodes alone.
     assert!(leaves_read(&prover, &other, 290) <= 16 + 12);
+    // Now the kept hash is the other ledger's: on the first, with its wrong stored node, both
+    // ways fail and the leaves are read.
+    assert!(leaves_read(&prover, &edited, 291) >= 300);
 }
 
 #[test]
