@@ -1410,6 +1410,66 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
         .ok();
 }
 
+/// A reload while a call waits for its answer: the answer is guarded by the output policy in
+/// force when it arrives (`Gateway::output_actions`), so a reload that tightens the policy
+/// applies to calls already running.
+#[test]
+fn a_reload_during_a_call_guards_its_answer_under_the_policy_then_in_force() {
+    let r = Ready::start_with(|yaml| {
+        yaml.replace("mock: { latency_ms: 5 }", "mock: { latency_ms: 3000 }")
+            .replace(
+                "output: { pii: block, secret: block }",
+                "output: { pii: redact, secret: block }",
+            )
+    });
+    // Contract changes are looked for every 200 ms (`Server::start`).
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let ask = || {
+        s.chat(
+            Some(&r.service),
+            Some(&chat(&r.g, "Who owns it? [mock:pii]")),
+        )
+    };
+    let count = |kind: &str| {
+        let path = format!("/v1/audit/records?kind={kind}");
+        s.request("GET", &path, Some(&r.auditor), None)
+            .body
+            .lines()
+            .count()
+    };
+    // Under the contract as started, the answer's address is redacted.
+    let redacted = ask();
+    assert_eq!(redacted.status, 200, "{}", redacted.body);
+    assert!(
+        redacted.body.contains("[EMAIL_1]") && !redacted.body.contains("jane.doe"),
+        "{}",
+        redacted.body
+    );
+    let (decisions, contracts) = (count("decision"), count("contract_loaded"));
+    std::thread::scope(|scope| {
+        let call = scope.spawn(ask);
+        // Its decision is recorded before the mock is called, which answers 3 s later.
+        assert!(wait_for(|| count("decision") > decisions));
+        let path = r.g.path("gavel.yaml");
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let tightened = yaml.replace("output: { pii: redact,", "output: { pii: block,");
+        assert_ne!(tightened, yaml);
+        std::fs::write(&path, tightened).unwrap();
+        assert!(
+            wait_for(|| count("contract_loaded") > contracts),
+            "the tightened contract was not loaded"
+        );
+        assert!(
+            !call.is_finished(),
+            "the answer came before the reload was in force: the test did not test the race"
+        );
+        let blocked = call.join().unwrap();
+        assert_eq!(blocked.status, 403, "{}", blocked.body);
+        assert_eq!(blocked.code(), "privacy.pii");
+        assert!(!blocked.body.contains("jane.doe"), "{}", blocked.body);
+    });
+}
+
 /// Whether an outcome record holding `text` appears (within `wait_for`'s time).
 fn outcome_recorded(s: &Server, auditor: &str, text: &str) -> bool {
     wait_for(|| {
