@@ -4,7 +4,7 @@
 use crate::{Error, SqliteLedgerSink};
 use gavel_ledger::{
     verify_sink_reporting, InclusionBundle, LedgerSink, NoteVerifier, Problem, Prover, Record,
-    RecordKind, VerifyError, VerifyOptions, VerifyReport,
+    RecordAids, RecordKind, VerifyError, VerifyOptions, VerifyReport,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension};
@@ -315,6 +315,15 @@ impl SqliteLedgerSink {
             .query_row(params![id], |r| r.get(0))
             .optional()?;
         let index = index.ok_or_else(|| Error::Invalid(format!("no record with id {id:?}")))?;
-        prover.prove(self, index_of(index)?).map_err(Error::Proof)
+        let bundle = prover.prove(self, index_of(index)?).map_err(Error::Proof)?;
+        // The id column is a query aid: the record it led to must be the one asked for.
+        let proven = RecordAids::from_bytes(bundle.record.as_bytes()).map_err(Error::Record)?;
+        if proven.id != id {
+            return Err(Error::Invalid(format!(
+                "the ledger's id column leads {id:?} to record {}, whose id is {:?}: the query columns were edited (`gavel audit verify` names the record)",
+                bundle.index, proven.id
+            )));
+        }
+        Ok(bundle)
     }
 }

@@ -235,6 +235,18 @@ fn prove_and_check_proof_with_only_the_public_key() {
     assert!(sink
         .prove("missing", &Prover::new(signer().verifier()))
         .is_err());
+    // An edited id column that leads one id to another record's proof is refused.
+    drop(sink);
+    tamper(&db, "UPDATE ledger_records SET id = 'd-12' WHERE idx = 5; UPDATE ledger_records SET id = 'd-5' WHERE idx = 12");
+    let sink = SqliteLedgerSink::open(&db).unwrap();
+    let why = sink
+        .prove("d-12", &Prover::new(signer().verifier()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("id column leads \"d-12\" to record 5"),
+        "{why}"
+    );
 }
 
 #[test]

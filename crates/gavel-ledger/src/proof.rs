@@ -115,8 +115,8 @@ fn bundle(
 /// - the last checkpoint whose Ed25519 signature it checked, by the note's exact text (a note
 ///   that differs in any byte is checked again): with the tree nodes stored, that check was
 ///   most of what a proof cost;
-/// - the hashes of complete subtrees of [`KEPT_SUBTREE_LEAVES`] leaves or more in the top 12
-///   levels of the tree, from proofs whose path checked: in an append-only log such a hash
+/// - the hashes of complete subtrees of [`KEPT_SUBTREE_LEAVES`] leaves or more, 12 levels
+///   below the root at most, from proofs whose path checked: in an append-only log such a hash
 ///   never changes, whatever checkpoint a later proof is against, and the upper ones are in
 ///   nearly every proof's path. When a path through kept hashes does not check, they are all
 ///   forgotten and the path is built again from the stored nodes alone.
@@ -130,11 +130,12 @@ pub struct Prover {
 /// few hashes make it.
 pub const KEPT_SUBTREE_LEAVES: u64 = 1 << 8;
 
-/// Levels from the top of the tree whose subtrees a [`Prover`] keeps: at most 8,191 of them.
+/// How far below the root a [`Prover`] keeps subtrees: those of at least 2^-12 of the tree's
+/// leaves (rounded up to a power of two), at most 8,191 of them, the root's included.
 const KEPT_LEVELS: u32 = 12;
 
-/// Most subtree hashes kept (about 50 bytes each): a tree's top 12 levels, with room for
-/// subtrees kept while the tree was smaller. Past it they are all dropped and read again.
+/// Most subtree hashes kept (about 50 bytes each): all of a tree's. When the tree's height
+/// grows, the smaller ones kept before push it over, and all are dropped and read again.
 const KEPT_SUBTREES: usize = 1 << (KEPT_LEVELS + 1);
 
 /// Leaves `[start, end)` form a subtree a prover keeps in a tree of `size` leaves: an aligned
@@ -252,11 +253,15 @@ impl Prover {
             |path: &Vec<Hash>| verify_inclusion(&leaf, index, cp.size, path, &cp.root).is_ok();
         let mut reads = StoredReads::new(sink);
         let kept = self.kept(&ranges);
-        let mut path = path_from_stored(&mut reads, &ranges, &kept)?.filter(checks);
-        if path.is_none() && kept.iter().any(Option::is_some) {
-            // A kept hash may be what is wrong (another ledger's, under the same key).
-            self.forget_subtrees();
-            path = path_from_stored(&mut reads, &ranges, &vec![None; ranges.len()])?.filter(checks);
+        let mut path = path_from_stored(&mut reads, &ranges, &kept)?;
+        if path.as_ref().is_some_and(|path| !checks(path)) {
+            path = None;
+            if kept.iter().any(Option::is_some) {
+                // A kept hash may be what is wrong (another ledger's, under the same key).
+                self.forget_subtrees();
+                path = path_from_stored(&mut reads, &ranges, &vec![None; ranges.len()])?
+                    .filter(checks);
+            }
         }
         if let Some(path) = path {
             // The path leads from the record's bytes to the signed root: both are proven.
@@ -353,7 +358,7 @@ mod tests {
         assert!(!kept_subtree(256, 300, 300), "not a power of two");
         assert!(!kept_subtree(128, 384, 1000), "not aligned");
         assert!(!kept_subtree(5, 5, 300));
-        // 2^24 leaves: the top 12 levels are subtrees of 4,096 leaves and more, 8,191 of them.
+        // 2^24 leaves: subtrees of 4,096 leaves and more, 8,191 of them (the root's included).
         let size = 1 << 24;
         assert!(!kept_subtree(0, 2048, size));
         assert!(kept_subtree(4096, 8192, size));

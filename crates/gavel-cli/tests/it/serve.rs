@@ -1416,11 +1416,16 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
 #[test]
 fn a_reload_during_a_call_guards_its_answer_under_the_policy_then_in_force() {
     let r = Ready::start_with(|yaml| {
-        yaml.replace("mock: { latency_ms: 5 }", "mock: { latency_ms: 3000 }")
-            .replace(
-                "output: { pii: block, secret: block }",
-                "output: { pii: redact, secret: block }",
-            )
+        let slow = yaml.replace("mock: { latency_ms: 5 }", "mock: { latency_ms: 5000 }");
+        let edited = slow.replace(
+            "output: { pii: block, secret: block }",
+            "output: { pii: redact, secret: block }",
+        );
+        assert!(
+            slow != yaml && edited != slow,
+            "the example contract changed"
+        );
+        edited
     });
     // Contract changes are looked for every 200 ms (`Server::start`).
     let s = Server::start(&r.g, &r.operator, &[]);
@@ -1445,10 +1450,16 @@ fn a_reload_during_a_call_guards_its_answer_under_the_policy_then_in_force() {
         "{}",
         redacted.body
     );
-    let (decisions, contracts) = (count("decision"), count("contract_loaded"));
+    // Counted once the new engine is in force, not when its record is written (before).
+    let swapped = || {
+        s.request("GET", "/metrics", None, None)
+            .body
+            .contains("gavel_contract_reloads_total{outcome=\"applied\"} 1")
+    };
+    let decisions = count("decision");
     std::thread::scope(|scope| {
         let call = scope.spawn(ask);
-        // Its decision is recorded before the mock is called, which answers 3 s later.
+        // Its decision is recorded before the mock is called, which answers 5 s later.
         assert!(wait_for(|| count("decision") > decisions));
         let path = r.g.path("gavel.yaml");
         let yaml = std::fs::read_to_string(&path).unwrap();
@@ -1456,8 +1467,8 @@ fn a_reload_during_a_call_guards_its_answer_under_the_policy_then_in_force() {
         assert_ne!(tightened, yaml);
         std::fs::write(&path, tightened).unwrap();
         assert!(
-            wait_for(|| count("contract_loaded") > contracts),
-            "the tightened contract was not loaded"
+            wait_for(swapped),
+            "the tightened contract was not put in force"
         );
         assert!(
             !call.is_finished(),
