@@ -60,8 +60,8 @@ pub struct Gateway {
     pub ledger: Ledger,
     /// A second connection for ledger queries, proofs and captured payloads.
     pub ledger_reader: Mutex<SqliteLedgerSink>,
-    /// Proofs for the admin API, with the key the ledger is signed with (loaded at start, as
-    /// the ledger's writer loads it).
+    /// Proofs for the admin API, and the key its proofs and verifications check the ledger's
+    /// signatures with (loaded at start, as the ledger's writer loads it).
     pub prover: gavel_ledger::Prover,
     /// Output scanners (secrets and PII), shared by every stream.
     pub output_scanners: Arc<Scanners>,
