@@ -934,6 +934,100 @@ fn a_decision_that_runs_out_of_time_is_refused() {
     assert_eq!(decisions.body.lines().count(), 2, "{}", decisions.body);
 }
 
+/// A decision made but not durable by its deadline is refused at the deadline and withdrawn
+/// once its record lands: an outcome says so, and its idempotency key is given back, so a retry
+/// under it is decided afresh. Here the database's write lock is taken the moment the
+/// decision's store transaction commits, before the ledger's writer (woken by a channel) takes
+/// it to commit the record. That is a race the lock's holder, spinning on the lock, usually
+/// wins; an attempt it loses is answered in time and another is made.
+#[test]
+fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
+    let r = Ready::start();
+    let s = Server::start(&r.g, &r.operator, &["--decision-timeout", "1s"]);
+    let db = r.g.path("gavel.db");
+    let request = |key: &str| {
+        json!({ "deployment": "kb-search-v1", "messages": [
+            { "role": "system", "content": kb_prompt() }, { "role": "user", "content": "hi" } ],
+            "idempotency_key": key })
+    };
+    let withdrawn = || {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=outcome",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .lines()
+        .filter(|l| l.contains("nothing ran, and the decision was withdrawn"))
+        .count()
+    };
+    for attempt in 0..8 {
+        let key = format!("late-{attempt}");
+        let (locked, locked_when) = std::sync::mpsc::channel::<()>();
+        let answer = std::thread::scope(|scope| {
+            let holder = scope.spawn(|| {
+                let conn = rusqlite::Connection::open(&db).unwrap();
+                // Retries at once: the lock is taken the moment it is free.
+                conn.busy_handler(Some(|_| true)).unwrap();
+                let version = |c: &rusqlite::Connection| -> i64 {
+                    c.query_row("PRAGMA data_version", [], |r| r.get(0))
+                        .unwrap()
+                };
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked.send(()).unwrap();
+                // The request arrives and its decision waits for the lock.
+                std::thread::sleep(Duration::from_millis(300));
+                conn.execute_batch("ROLLBACK").unwrap();
+                // The next commit by anyone else is the decision's store transaction.
+                let before = version(&conn);
+                let give_up = Instant::now() + Duration::from_secs(2);
+                while version(&conn) == before && Instant::now() < give_up {}
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                // Past the decision's 1 s deadline.
+                std::thread::sleep(Duration::from_millis(2500));
+                conn.execute_batch("ROLLBACK").unwrap();
+            });
+            locked_when.recv().unwrap();
+            let answer = s.request("POST", "/v1/decide", Some(&r.service), Some(&request(&key)));
+            holder.join().unwrap();
+            answer
+        });
+        if answer.status == 200 {
+            // The ledger's writer took the lock first: durable in time.
+            assert_eq!(answer.json()["verdict"], "ALLOW", "{}", answer.body);
+            eprintln!("attempt {attempt}: durable in time");
+            continue;
+        }
+        assert!(
+            answer.body.contains("governance.unavailable"),
+            "{}",
+            answer.body
+        );
+        // Refused before it was decided (the lock was taken before the decision's store
+        // transaction): never decided, nothing to withdraw.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while withdrawn() == 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if withdrawn() == 0 {
+            eprintln!("attempt {attempt}: refused before it was decided");
+            continue;
+        }
+        eprintln!("attempt {attempt}: withdrawn");
+        let again = s.request("POST", "/v1/decide", Some(&r.service), Some(&request(&key)));
+        assert_eq!(
+            (again.status, again.json()["verdict"].clone()),
+            (200, json!("ALLOW")),
+            "a retry under the withdrawn decision's key is decided afresh: {}",
+            again.body
+        );
+        assert_eq!(withdrawn(), 1);
+        return;
+    }
+    panic!("in 8 attempts the lock never fell between a decision's store commit and its record");
+}
+
 /// Sends `body` to `/v1/chat/completions` on a connection left open, for a test that reads
 /// the answer its own way or hangs up; reads time out after 30 s.
 fn send_chat(addr: &str, key: &str, body: &str) -> TcpStream {
