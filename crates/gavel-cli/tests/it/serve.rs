@@ -934,12 +934,13 @@ fn a_decision_that_runs_out_of_time_is_refused() {
     assert_eq!(decisions.body.lines().count(), 2, "{}", decisions.body);
 }
 
-/// A decision made but not durable by its deadline is refused at the deadline and withdrawn
-/// once its record lands: an outcome says so, and its idempotency key is given back, so a retry
-/// under it is decided afresh. Here the database's write lock is taken the moment the
-/// decision's store transaction commits, before the ledger's writer (woken by a channel) takes
-/// it to commit the record. That is a race the lock's holder, spinning on the lock, usually
-/// wins; an attempt it loses is answered in time and another is made.
+/// A decision made but not durable by its deadline (here: its record waits for the database's
+/// write lock) is refused at the deadline and withdrawn once its record lands: an outcome says
+/// so, and its idempotency key is given back, so a retry under it is decided afresh. The test
+/// takes the lock the moment the decision's store transaction commits, before the ledger's
+/// writer (woken by a channel) takes it for the record: it spins on `PRAGMA data_version` and
+/// then on the lock. A race it usually wins; an attempt it loses is answered in time, or
+/// refused before it is decided (another commit came first), and another is made.
 #[test]
 fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
     let r = Ready::start();
@@ -950,20 +951,24 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
             { "role": "system", "content": kb_prompt() }, { "role": "user", "content": "hi" } ],
             "idempotency_key": key })
     };
-    let withdrawn = || {
-        s.request(
-            "GET",
-            "/v1/audit/records?kind=outcome",
-            Some(&r.auditor),
-            None,
-        )
-        .body
-        .lines()
-        .filter(|l| l.contains("nothing ran, and the decision was withdrawn"))
-        .count()
+    let records = |kind: &str| -> Vec<Value> {
+        let path = format!("/v1/audit/records?kind={kind}");
+        let body = s.request("GET", &path, Some(&r.auditor), None).body;
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let id_of = |line: &Value| line["id"].as_str().unwrap().to_string();
+    let withdrawn = |decision_id: &str| {
+        records("outcome").iter().any(|line| {
+            let text = line.to_string();
+            text.contains(decision_id)
+                && text.contains("nothing ran, and the decision was withdrawn")
+        })
     };
     for attempt in 0..8 {
         let key = format!("late-{attempt}");
+        let decided_before: Vec<String> = records("decision").iter().map(id_of).collect();
         let (locked, locked_when) = std::sync::mpsc::channel::<()>();
         let answer = std::thread::scope(|scope| {
             let holder = scope.spawn(|| {
@@ -994,7 +999,7 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
             answer
         });
         if answer.status == 200 {
-            // The ledger's writer took the lock first: durable in time.
+            // Durable in time: the lock was taken too late (or not at all).
             assert_eq!(answer.json()["verdict"], "ALLOW", "{}", answer.body);
             eprintln!("attempt {attempt}: durable in time");
             continue;
@@ -1004,17 +1009,31 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
             "{}",
             answer.body
         );
-        // Refused before it was decided (the lock was taken before the decision's store
-        // transaction): never decided, nothing to withdraw.
-        let give_up = Instant::now() + Duration::from_secs(5);
-        while withdrawn() == 0 && Instant::now() < give_up {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if withdrawn() == 0 {
+        // Whether it was decided: the ledger commits records in order, so once a probe decided
+        // after it is durable, its record is in the ledger if it was ever made.
+        let probe = s.request(
+            "POST",
+            "/v1/decide",
+            Some(&r.service),
+            Some(&request(&format!("probe-{attempt}"))),
+        );
+        assert_eq!(probe.status, 200, "{}", probe.body);
+        let probe_id = probe.json()["decision_id"].as_str().unwrap().to_string();
+        let late: Vec<String> = records("decision")
+            .iter()
+            .map(id_of)
+            .filter(|id| *id != probe_id && !decided_before.contains(id))
+            .collect();
+        let [late] = late.as_slice() else {
+            assert!(late.is_empty(), "{late:?}");
             eprintln!("attempt {attempt}: refused before it was decided");
             continue;
-        }
-        eprintln!("attempt {attempt}: withdrawn");
+        };
+        eprintln!("attempt {attempt}: decided, refused at its deadline");
+        assert!(
+            wait_for(|| withdrawn(late)),
+            "decision {late}, given up at its deadline, was not withdrawn"
+        );
         let again = s.request("POST", "/v1/decide", Some(&r.service), Some(&request(&key)));
         assert_eq!(
             (again.status, again.json()["verdict"].clone()),
@@ -1022,7 +1041,6 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
             "a retry under the withdrawn decision's key is decided afresh: {}",
             again.body
         );
-        assert_eq!(withdrawn(), 1);
         return;
     }
     panic!("in 8 attempts the lock never fell between a decision's store commit and its record");
