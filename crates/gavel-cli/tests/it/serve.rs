@@ -1036,6 +1036,17 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
             wait_for(|| withdrawn(late)),
             "decision {late}, given up at its deadline, was not withdrawn"
         );
+        // Its reservation is given back; an ALLOW whose outcome is still to come keeps its own.
+        let reserved = |id: &str| -> bool {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let sql = "SELECT count(*) FROM reservations WHERE id = ?1";
+            conn.query_row(sql, [id], |r| r.get::<_, i64>(0)).unwrap() > 0
+        };
+        assert!(reserved(&probe_id));
+        assert!(
+            !reserved(late),
+            "decision {late} was withdrawn but its reservation is held"
+        );
         let again = s.request("POST", "/v1/decide", Some(&r.service), Some(&request(&key)));
         assert_eq!(
             (again.status, again.json()["verdict"].clone()),
