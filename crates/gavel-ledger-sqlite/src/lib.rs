@@ -161,6 +161,8 @@ impl From<std::io::Error> for Error {
 /// The ledger's tables in a SQLite database, through one connection.
 pub struct SqliteLedgerSink {
     conn: Connection,
+    /// Whether the ledger has the tree node table: not a version-2 ledger opened read-only.
+    has_nodes: bool,
 }
 
 impl fmt::Debug for SqliteLedgerSink {
@@ -198,21 +200,21 @@ fn visit_rows(conn: &Connection, from: u64, to: u64, visit: Visit<'_>) -> Result
     Ok(())
 }
 
-/// The stored tree nodes of `level` in `[from, to)`. A ledger opened read-only that no gavel
-/// with nodes has written to has no node table: it holds no nodes.
+/// The stored tree nodes of `level` in `[from, to)`. A version-2 ledger (opened read-only: no
+/// gavel with nodes has written to it) has no node table, so it holds no nodes.
 fn read_tree_nodes(
     conn: &Connection,
+    has_nodes: bool,
     level: u32,
     from: u64,
     to: u64,
 ) -> Result<Vec<(u64, Hash)>, SinkError> {
-    let mut stmt = match conn.prepare_cached(
+    if !has_nodes {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(
         "SELECT idx, hash FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx",
-    ) {
-        Ok(stmt) => stmt,
-        Err(e) if e.to_string().contains("no such table") => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
+    )?;
     let rows = stmt.query_map(params![level, to_i64(from)?, to_i64(to)?], |r| {
         // A hash that is not a 32-byte blob is an edit: read as a value no node has, so that
         // a writer or a proof falls back to the leaves and `verify` names the node.
@@ -225,6 +227,7 @@ fn read_tree_nodes(
 /// A verification's extra reader: see [`SqliteLedgerSink::parallel_reader`].
 struct Reader {
     conn: Connection,
+    has_nodes: bool,
 }
 
 impl RecordReader for Reader {
@@ -242,7 +245,7 @@ impl RecordReader for Reader {
     }
 
     fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
-        read_tree_nodes(&self.conn, level, from, to)
+        read_tree_nodes(&self.conn, self.has_nodes, level, from, to)
     }
 }
 
@@ -387,8 +390,8 @@ impl SqliteLedgerSink {
             "UPDATE ledger_meta SET value = ?1 WHERE key = 'schema_version' AND value = '2'",
             [SCHEMA_VERSION],
         )?;
-        known_schema(&conn, false)?;
-        Ok(SqliteLedgerSink { conn })
+        let has_nodes = known_schema(&conn, false)?;
+        Ok(SqliteLedgerSink { conn, has_nodes })
     }
 
     pub(crate) fn conn(&self) -> &Connection {
@@ -400,8 +403,8 @@ impl SqliteLedgerSink {
     /// writing would put back append-only triggers someone dropped, hiding that they did).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteLedgerSink, Error> {
         let conn = read_only_connection(path.as_ref())?;
-        known_schema(&conn, true)?;
-        Ok(SqliteLedgerSink { conn })
+        let has_nodes = known_schema(&conn, true)?;
+        Ok(SqliteLedgerSink { conn, has_nodes })
     }
 
     /// A read-only connection to the same file; None for an in-memory database.
@@ -427,8 +430,9 @@ impl SqliteLedgerSink {
 const SCHEMA_VERSION: &str = "3";
 
 /// Refuses a ledger whose recorded schema version is not this crate's: one written by a newer
-/// gavel may hold what this one would misread, or break by writing to it.
-fn known_schema(conn: &Connection, read_only: bool) -> Result<(), Error> {
+/// gavel may hold what this one would misread, or break by writing to it. Says whether the
+/// ledger has the tree node table (all but a version-2 one, read only).
+fn known_schema(conn: &Connection, read_only: bool) -> Result<bool, Error> {
     let version: Option<String> = conn
         .query_row(
             "SELECT value FROM ledger_meta WHERE key = 'schema_version'",
@@ -437,8 +441,8 @@ fn known_schema(conn: &Connection, read_only: bool) -> Result<(), Error> {
         )
         .optional()?;
     match version.as_deref() {
-        Some(SCHEMA_VERSION) => Ok(()),
-        Some("2") if read_only => Ok(()),
+        Some(SCHEMA_VERSION) => Ok(true),
+        Some("2") if read_only => Ok(false),
         other => Err(Error::Invalid(format!(
             "the ledger says its schema version is {}, and this gavel reads version {SCHEMA_VERSION} only: use the gavel that wrote it, or a newer one (a version-1 or -2 ledger is upgraded by any gavel command that writes to it)",
             other.map_or_else(|| "missing".to_string(), |v| format!("{v:?}"))
@@ -830,7 +834,7 @@ impl LedgerSink for SqliteLedgerSink {
     }
 
     fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
-        read_tree_nodes(&self.conn, level, from, to)
+        read_tree_nodes(&self.conn, self.has_nodes, level, from, to)
     }
 
     fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
@@ -866,9 +870,12 @@ impl LedgerSink for SqliteLedgerSink {
     /// verification starts from never change (the ledger is append-only), so readers that
     /// start their read transactions at different moments read the same bytes.
     fn parallel_reader(&self) -> Result<Option<Box<dyn RecordReader>>, SinkError> {
-        Ok(self
-            .read_only_connection()?
-            .map(|conn| Box::new(Reader { conn }) as Box<dyn RecordReader>))
+        Ok(self.read_only_connection()?.map(|conn| {
+            Box::new(Reader {
+                conn,
+                has_nodes: self.has_nodes,
+            }) as Box<dyn RecordReader>
+        }))
     }
 
     /// Commits stop syncing (`synchronous=NORMAL`: in WAL mode every commit is still atomic

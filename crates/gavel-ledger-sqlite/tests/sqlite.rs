@@ -389,14 +389,19 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
     appender(&malformed).close().unwrap();
     prove(&malformed, "d-270");
 
-    // What a gavel of schema 2 left: no node table.
-    rusqlite::Connection::open(&legacy)
+    // A schema-3 ledger without its node table was edited: verify does not pass it.
+    let raw = rusqlite::Connection::open(&legacy).unwrap();
+    raw.execute_batch("DROP TABLE ledger_nodes;").unwrap();
+    let why = SqliteLedgerSink::open_read_only(&legacy)
         .unwrap()
-        .execute_batch(
-            "DROP TABLE ledger_nodes;
-             UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version';",
-        )
+        .verify(&signer().verifier(), strict())
+        .unwrap_err()
+        .to_string();
+    assert!(why.contains("ledger_nodes"), "{why}");
+    // What a gavel of schema 2 left: no node table.
+    raw.execute_batch("UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version';")
         .unwrap();
+    drop(raw);
     let read_only = SqliteLedgerSink::open_read_only(&legacy).unwrap();
     read_only.verify(&signer().verifier(), strict()).unwrap();
     prove(&legacy, "d-90");
