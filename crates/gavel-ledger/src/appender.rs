@@ -568,6 +568,16 @@ fn leaf_read_err(e: LeafReadError) -> LedgerError {
     }
 }
 
+/// Appends `leaf` to `tree`, adding to `nodes` the subtrees it completes at the levels a sink
+/// stores.
+fn push_keeping_stored(tree: &mut MerkleFrontier, leaf: Hash, nodes: &mut Vec<TreeNode>) {
+    tree.push_reporting(leaf, |n| {
+        if is_stored_level(n.level) {
+            nodes.push(n);
+        }
+    });
+}
+
 /// Leaves read between two writes of the nodes a starting writer fills in (about 70,000
 /// nodes, 3 MB).
 const LEAVES_PER_FILL: u64 = 1 << 20;
@@ -644,11 +654,7 @@ fn tree_from_leaves<S: LedgerSink>(
         let to = tree.len().saturating_add(LEAVES_PER_FILL).min(count);
         let mut nodes: Vec<TreeNode> = Vec::new();
         for hash in leaf_hashes_in_order(&*sink, tree.len(), to) {
-            tree.push_reporting(hash.map_err(leaf_read_err)?, |n| {
-                if is_stored_level(n.level) {
-                    nodes.push(n);
-                }
-            });
+            push_keeping_stored(&mut tree, hash.map_err(leaf_read_err)?, &mut nodes);
             if signed_at(&tree) {
                 return Err(mismatch(tree.len()));
             }
@@ -930,11 +936,7 @@ impl<S: LedgerSink> Writer<S> {
         let mut records = Vec::with_capacity(batch.len());
         let mut nodes = Vec::new();
         for (i, r) in batch.into_iter().enumerate() {
-            self.tree.push_reporting(r.leaf, |n| {
-                if is_stored_level(n.level) {
-                    nodes.push(n);
-                }
-            });
+            push_keeping_stored(&mut self.tree, r.leaf, &mut nodes);
             records.push(AppendRecord {
                 index: base + i as u64,
                 leaf_hash: r.leaf,
