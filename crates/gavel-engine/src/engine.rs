@@ -157,18 +157,24 @@ struct Evaluation {
     breach_route: Option<Breach>,
 }
 
-/// What the content scanners found in one request under one engine, worked out ahead of the
-/// decision by [`Engine::prescan`]: a caller that decides on one thread for everyone (the
-/// gateway's decider) scans on each request's own thread instead, since scanning needs no
-/// state. Opaque: only the engine makes one, and [`Engine::decide_prescanned`] takes its
-/// findings only for the request it was made for (the same texts in the same fields and roles)
-/// under the same contract and scanners; for any other request it scans again. So it cannot
-/// carry findings past the scanners.
+/// What the content scanners found in one request under one engine, and its texts' token
+/// count, worked out ahead of the decision by [`Engine::prescan`]: a caller that decides on one
+/// thread for everyone (the gateway's decider) scans and counts on each request's own thread
+/// instead, since neither needs state, and both grow with the request's text (counting 100 KB
+/// takes milliseconds, which every decision queued behind it would wait). Opaque: only the
+/// engine makes one, and [`Engine::decide_prescanned`] takes its findings and count only for
+/// the request it was made for (the same texts in the same fields and roles) under the same
+/// contract and scanners; for any other request it scans and counts again. So it cannot carry
+/// findings past the scanners, nor a count onto a budget.
 pub struct Prescanned {
     contract: Arc<Contract>,
     scanner: Option<Arc<dyn ContentScanner>>,
     input_sha256: String,
     report: ScanReport,
+    /// The texts' tokens ([`text_tokens`]) in the encoding of the requested deployment's
+    /// model, when the contract has a budget that counts tokens or dollars. A decision that
+    /// runs on a target with another encoding (a route) counts again.
+    text_tokens: Option<(Encoding, u64)>,
 }
 
 impl Engine {
@@ -179,11 +185,26 @@ impl Engine {
     /// Runs the content-scanning stage on `request` now, for [`Engine::decide_prescanned`].
     pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
         let (texts, input_sha256) = texts_and_digest(request);
+        let counts_tokens = self
+            .contract
+            .policy
+            .budgets
+            .iter()
+            .any(|b| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
+        let text_tokens = self
+            .contract
+            .deployment(&request.deployment)
+            .filter(|_| counts_tokens)
+            .map(|d| {
+                let encoding = Encoding::for_model(&d.model.name);
+                (encoding, text_tokens(request, &texts, encoding))
+            });
         Prescanned {
             contract: Arc::clone(&self.contract),
             scanner: self.config.scanner.clone(),
             input_sha256,
             report: self.scan_texts(&texts),
+            text_tokens,
         }
     }
 
@@ -290,6 +311,11 @@ impl Engine {
             }
         };
 
+        let (prescanned, counted) =
+            match prescanned.filter(|p| self.made_for(p, &decision.input_sha256)) {
+                Some(p) => (Some(p.report), p.text_tokens),
+                None => (None, None),
+            };
         let ctx = Ctx {
             engine: self,
             request,
@@ -299,10 +325,8 @@ impl Engine {
             now,
             decision_id: &decision.decision_id,
             texts: &texts,
+            counted,
         };
-        let prescanned = prescanned
-            .filter(|p| self.made_for(p, &decision.input_sha256))
-            .map(|p| p.report);
         let evaluation = match ctx.evaluate(state, request.dry_run, prescanned) {
             Ok(evaluation) => evaluation,
             Err(e) => Evaluation::allow().stopped(Stop::block(unavailable(&e))),
@@ -518,6 +542,18 @@ type Text<'a> = (ContentRole, std::borrow::Cow<'a, str>);
 /// The request's texts ([`DecideRequest::texts`]), and their digest: SHA-256 over every text
 /// with the field it comes from, its role and its length, so that no two requests that differ
 /// in their texts, in how those are split or in where they stand digest alike.
+/// The prompt tokens of what a model reads of `request` as text, images aside (they are counted
+/// by the contract's figure per image): `texts` (its texts as gathered for the decision) unless
+/// images or the `user` parameter are among them, which the model does not read as text.
+fn text_tokens(request: &DecideRequest, texts: &[Text<'_>], encoding: Encoding) -> u64 {
+    if request.images().all == 0 && request.user_param().is_none() {
+        encoding.count_chat(texts.iter().map(|(_, t)| t.as_ref()))
+    } else {
+        let read: Vec<Text<'_>> = request.counted_texts().collect();
+        encoding.count_chat(read.iter().map(|(_, t)| t.as_ref()))
+    }
+}
+
 fn texts_and_digest(request: &DecideRequest) -> (Vec<Text<'_>>, String) {
     let mut hasher = Sha256::new();
     let texts = request
@@ -544,6 +580,8 @@ struct Ctx<'a> {
     now: Timestamp,
     decision_id: &'a str,
     texts: &'a [Text<'a>],
+    /// The texts' tokens counted ahead ([`Prescanned`]), in the encoding named.
+    counted: Option<(Encoding, u64)>,
 }
 
 impl Ctx<'_> {
@@ -1251,27 +1289,20 @@ impl Ctx<'_> {
         let is_inference = self.request.is_generative();
         let prompt_tokens = if needs_tokens {
             let encoding = Encoding::for_model(&target.model.name);
-            // The texts already in hand are what the model reads unless images or the `user`
-            // parameter are among them.
-            match self.request.images() {
-                images if images.all == 0 && self.request.user_param().is_none() => {
-                    encoding.count_chat(self.texts.iter().map(|(_, t)| t.as_ref()))
-                }
-                images => {
-                    let read: Vec<Text<'_>> = self.request.counted_texts().collect();
-                    let snapshot = &target.model.snapshot;
-                    let image_tokens = (images.all - images.low_detail)
-                        .saturating_mul(contract.image_tokens_of(snapshot, false))
-                        .saturating_add(
-                            images
-                                .low_detail
-                                .saturating_mul(contract.image_tokens_of(snapshot, true)),
-                        );
-                    encoding
-                        .count_chat(read.iter().map(|(_, t)| t.as_ref()))
-                        .saturating_add(image_tokens)
-                }
-            }
+            let texts = match self.counted {
+                Some((counted_in, tokens)) if counted_in == encoding => tokens,
+                _ => text_tokens(self.request, self.texts, encoding),
+            };
+            let images = self.request.images();
+            let snapshot = &target.model.snapshot;
+            let image_tokens = (images.all - images.low_detail)
+                .saturating_mul(contract.image_tokens_of(snapshot, false))
+                .saturating_add(
+                    images
+                        .low_detail
+                        .saturating_mul(contract.image_tokens_of(snapshot, true)),
+                );
+            texts.saturating_add(image_tokens)
         } else {
             0
         };
@@ -1451,6 +1482,74 @@ mod tests {
             ),
             hex::encode(expected.finalize())
         );
+    }
+
+    /// A decision takes its texts' token count from a prescan made for it instead of counting
+    /// again (the gateway's decider counts nothing): a count set by hand here, which only this
+    /// crate can do, is what the estimate shows.
+    #[test]
+    fn a_prescanned_count_is_taken_not_counted_again() {
+        let contract = Arc::new(gavel_contract::example::load().unwrap().contract);
+        let engine = Engine::new(contract.clone(), EngineConfig::default());
+        let state = crate::MemoryState::new();
+        let deployment = &contract.deployments["kb-search-v1"];
+        let now = Timestamp(1_795_348_800_000);
+        state
+            .put_approval(crate::Approval {
+                id: "apr_kb".into(),
+                deployment: deployment.id.clone(),
+                use_case: deployment.use_case.clone(),
+                binding: deployment.binding.0.clone(),
+                contract_version: contract.version.0.clone(),
+                tier: "limited".into(),
+                population: "test".into(),
+                created_at: now,
+                expires_at: now.saturating_add(gavel_contract::time::Span::from_days(30)),
+                thresholds: Default::default(),
+                on_breach: crate::OnBreach::Block,
+                evidence: vec![],
+                signoffs: vec![],
+                status: crate::ApprovalStatus::Active,
+                revocation: None,
+            })
+            .unwrap();
+        let system = gavel_contract::example::FILES
+            .iter()
+            .find(|(path, _)| *path == "prompts/kb.txt")
+            .map(|(_, text)| *text)
+            .unwrap();
+        let request = crate::parse_request(
+            serde_json::json!({
+                "deployment": "kb-search-v1",
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": "How do I book a meeting room?"}
+                ]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let prompt_tokens = |prescanned: Option<Prescanned>| {
+            let input = DecideInput {
+                request: &request,
+                principal: "svc",
+                decision_id: "dec_count".into(),
+                now,
+            };
+            let decision = engine.decide_prescanned(&state, input, prescanned);
+            assert_eq!(decision.verdict, Verdict::Allow, "{decision:?}");
+            decision.estimate.unwrap().prompt_tokens
+        };
+        let counted = prompt_tokens(None);
+        let mut prescanned = engine.prescan(&request);
+        assert_eq!(
+            prescanned.text_tokens,
+            Some((Encoding::O200k, counted)),
+            "gpt-4o-mini counts in o200k"
+        );
+        prescanned.text_tokens = Some((Encoding::O200k, 1_000));
+        assert_eq!(prompt_tokens(Some(prescanned)), 1_000);
     }
 
     /// Requests that carry the same texts in the same roles, in different fields, digest apart.

@@ -211,3 +211,82 @@ fn images_are_reserved_at_what_their_snapshot_counts_for_one() {
         text_only + per_low_detail_image + per_image
     );
 }
+
+/// The texts' token count worked out ahead of the decision (`Engine::prescan`, as the gateway
+/// does off its decider thread) gives the estimate the engine counts itself: for plain text,
+/// with an image and the `user` parameter (which are not counted as text), and for a request
+/// routed to a target whose model counts in another encoding (counted again there). A count
+/// made for another request is not taken.
+#[test]
+fn a_prescanned_token_count_gives_the_estimate_the_engine_counts() {
+    let parse = |v: serde_json::Value| parse_request(v.to_string().as_bytes()).unwrap();
+    let estimate = |w: &World, request: &DecideRequest, prescanned: Option<Prescanned>| {
+        let input = DecideInput {
+            request,
+            principal: "svc",
+            decision_id: "dec_counted".into(),
+            now: NOW,
+        };
+        let d = w.engine.decide_prescanned(&w.state, input, prescanned);
+        assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+        let routed = codes(&d).contains(&"sovereignty.routed");
+        (d.estimate.unwrap().prompt_tokens, routed)
+    };
+    // Each decision in a world of its own, so that no budget fills up across them.
+    let kb = || {
+        let w = World::example();
+        w.approve("kb-search-v1");
+        w
+    };
+    let long =
+        "Where is the onboarding checklist for new starters kept, and who owns it? ".repeat(400);
+    let mut with_image = kb_request();
+    with_image["messages"][1]["content"] = json!([
+        {"type": "text", "text": "What does this floor plan show?"},
+        {"type": "image_url", "image_url": {"url": "https://example.org/plan.png"}}
+    ]);
+    let mut with_user = kb_request();
+    with_user["params"] = json!({"user": "employee-42"});
+    let mut long_request = kb_request();
+    long_request["messages"][1]["content"] = json!(long);
+    for request in [kb_request(), with_image, with_user, long_request] {
+        let request = parse(request);
+        let counted = estimate(&kb(), &request, None);
+        let w = kb();
+        let prescanned = w.engine.prescan(&request);
+        assert_eq!(estimate(&w, &request, Some(prescanned)), counted);
+    }
+
+    // Support triage routed to its self-hosted fallback (llama: cl100k) for the PII its use
+    // case declares; counted ahead for the deployment asked for (gpt-4o: o200k).
+    let triage = || {
+        let w = World::edited(&[(
+            "    data_classes: [internal]\n  credit-limit:",
+            "    data_classes: [internal, pii]\n  credit-limit:",
+        )]);
+        w.approve("support-triage-v3");
+        w.approve("support-triage-local");
+        w
+    };
+    let mut routed = triage_request("support-triage-v3");
+    routed["messages"][1]["content"] = json!(long);
+    let routed = parse(routed);
+    let (counted, was_routed) = estimate(&triage(), &routed, None);
+    assert!(was_routed);
+    let w = triage();
+    let prescanned = w.engine.prescan(&routed);
+    assert_eq!(estimate(&w, &routed, Some(prescanned)), (counted, true));
+    // The two encodings count this text apart, so a count carried over would show.
+    assert_ne!(Encoding::O200k.count(&long), Encoding::Cl100k.count(&long));
+
+    // A count made for a longer request is not the shorter one's.
+    let short = parse(kb_request());
+    let counted = estimate(&kb(), &short, None);
+    let w = kb();
+    let other = w.engine.prescan(&parse({
+        let mut r = kb_request();
+        r["messages"][1]["content"] = json!(long);
+        r
+    }));
+    assert_eq!(estimate(&w, &short, Some(other)), counted);
+}
