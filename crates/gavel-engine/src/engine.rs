@@ -158,12 +158,13 @@ struct Evaluation {
 }
 
 /// What the content scanners found in one request under one engine, and its texts' token
-/// count, worked out ahead of the decision by [`Engine::prescan`]: a caller that decides on one
-/// thread for everyone (the gateway's decider) scans and counts on each request's own thread
-/// instead, since neither needs state, and both grow with the request's text (counting 100 KB
-/// takes milliseconds, which every decision queued behind it would wait). Opaque: only the
-/// engine makes one, and [`Engine::decide_prescanned`] takes its findings and count only for
-/// the request it was made for (the same texts in the same fields and roles) under the same
+/// counts, worked out ahead of the decision by [`Engine::prescan`]: a caller that decides on
+/// one thread for everyone (the gateway's decider) scans and counts on each request's own
+/// thread instead, since neither needs state, and both grow with the request's text (counting
+/// 100 KB takes milliseconds, which every decision queued behind it would wait). Opaque: only
+/// the engine makes one, and [`Engine::decide_prescanned`] takes its findings and counts only
+/// for the request it was made for (the same texts in the same fields and roles: the digest
+/// covers everything a count reads, images and the `user` parameter included) under the same
 /// contract and scanners; for any other request it scans and counts again. So it cannot carry
 /// findings past the scanners, nor a count onto a budget.
 pub struct Prescanned {
@@ -171,10 +172,12 @@ pub struct Prescanned {
     scanner: Option<Arc<dyn ContentScanner>>,
     input_sha256: String,
     report: ScanReport,
-    /// The texts' tokens ([`text_tokens`]) in the encoding of the requested deployment's
-    /// model, when the contract has a budget that counts tokens or dollars. A decision that
-    /// runs on a target with another encoding (a route) counts again.
-    text_tokens: Option<(Encoding, u64)>,
+    /// The texts' tokens ([`text_tokens`]) per encoding the budget stage may need: the
+    /// requested deployment's model's, and its fallback's when sovereignty would route there.
+    /// Empty when the contract has no budget that counts tokens or dollars, or no such
+    /// deployment. A decision that runs where none of these counts is (a route for a breach)
+    /// counts on the spot.
+    counts: Vec<(Encoding, u64)>,
 }
 
 impl Engine {
@@ -182,30 +185,62 @@ impl Engine {
         Engine { contract, config }
     }
 
-    /// Runs the content-scanning stage on `request` now, for [`Engine::decide_prescanned`].
+    /// Runs the content-scanning stage on `request` now, and counts its texts' tokens, for
+    /// [`Engine::decide_prescanned`].
     pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
         let (texts, input_sha256) = texts_and_digest(request);
+        let report = self.scan_texts(&texts);
+        let mut encodings: Vec<Encoding> = Vec::new();
         let counts_tokens = self
             .contract
             .policy
             .budgets
             .iter()
             .any(|b| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
-        let text_tokens = self
-            .contract
-            .deployment(&request.deployment)
-            .filter(|_| counts_tokens)
-            .map(|d| {
-                let encoding = Encoding::for_model(&d.model.name);
-                (encoding, text_tokens(request, &texts, encoding))
-            });
+        let deployment = self.contract.deployment(&request.deployment);
+        if let Some(deployment) = deployment.filter(|_| counts_tokens) {
+            encodings.push(Encoding::for_model(&deployment.model.name));
+            let detected = &report.detected_classes;
+            if let Some(target) = self.sovereignty_route(deployment, detected) {
+                encodings.push(Encoding::for_model(&target.model.name));
+            }
+        }
+        encodings.dedup();
         Prescanned {
             contract: Arc::clone(&self.contract),
             scanner: self.config.scanner.clone(),
             input_sha256,
-            report: self.scan_texts(&texts),
-            text_tokens,
+            counts: encodings
+                .into_iter()
+                .map(|encoding| (encoding, text_tokens(request, &texts, encoding)))
+                .collect(),
+            report,
         }
+    }
+
+    /// The fallback `deployment`'s requests would be routed to for their data classes (the
+    /// use case's and `detected`): the deployment its fallback names, when its own endpoint
+    /// breaks a sovereignty rule and every rule it breaks may route. Whether the fallback may
+    /// then take the request (its endpoint, approval, snapshot) is the decision's to find.
+    fn sovereignty_route(
+        &self,
+        deployment: &Deployment,
+        detected: &[String],
+    ) -> Option<&Deployment> {
+        let Some(Fallback::Deployment(target)) = &deployment.fallback else {
+            return None;
+        };
+        let use_case = self.contract.use_case_of(deployment)?;
+        let endpoint = self.contract.endpoint_of(deployment)?;
+        let classes = data_classes(use_case, detected);
+        let violated = violated_rules(&self.contract, &classes, endpoint);
+        let may_route = !violated.is_empty()
+            && violated
+                .iter()
+                .all(|r| r.on_violation == OnViolation::RouteOrBlock);
+        may_route
+            .then(|| self.contract.deployment(target))
+            .flatten()
     }
 
     fn scan_texts(&self, texts: &[Text<'_>]) -> ScanReport {
@@ -238,8 +273,9 @@ impl Engine {
         self.decide_prescanned(state, input, None)
     }
 
-    /// [`Engine::decide`], with the scanners' findings taken from `prescanned` when it was
-    /// made for this request under this engine (see [`Prescanned`]); otherwise it scans.
+    /// [`Engine::decide`], with the scanners' findings and the texts' token counts taken from
+    /// `prescanned` when it was made for this request under this engine (see [`Prescanned`]);
+    /// otherwise it scans and counts.
     pub fn decide_prescanned(
         &self,
         state: &dyn RuntimeState,
@@ -311,10 +347,10 @@ impl Engine {
             }
         };
 
-        let (prescanned, counted) =
+        let (prescanned, counts) =
             match prescanned.filter(|p| self.made_for(p, &decision.input_sha256)) {
-                Some(p) => (Some(p.report), p.text_tokens),
-                None => (None, None),
+                Some(p) => (Some(p.report), p.counts),
+                None => (None, Vec::new()),
             };
         let ctx = Ctx {
             engine: self,
@@ -325,7 +361,7 @@ impl Engine {
             now,
             decision_id: &decision.decision_id,
             texts: &texts,
-            counted,
+            counts: &counts,
         };
         let evaluation = match ctx.evaluate(state, request.dry_run, prescanned) {
             Ok(evaluation) => evaluation,
@@ -539,9 +575,30 @@ fn breach_reason(breach: &Breach, consequence: &str) -> Reason {
 /// One text of a request with the role it was written in.
 type Text<'a> = (ContentRole, std::borrow::Cow<'a, str>);
 
-/// The request's texts ([`DecideRequest::texts`]), and their digest: SHA-256 over every text
-/// with the field it comes from, its role and its length, so that no two requests that differ
-/// in their texts, in how those are split or in where they stand digest alike.
+/// The request's data classes: those its use case declares and those the scanners `detected`.
+fn data_classes<'a>(use_case: &'a UseCase, detected: &'a [String]) -> Vec<&'a str> {
+    use_case
+        .data_classes
+        .iter()
+        .map(String::as_str)
+        .chain(detected.iter().map(String::as_str))
+        .collect()
+}
+
+/// The sovereignty rules sending data of `classes` to `endpoint` breaks.
+fn violated_rules<'c>(
+    contract: &'c Contract,
+    classes: &[&str],
+    endpoint: &gavel_contract::Endpoint,
+) -> Vec<&'c gavel_contract::SovereigntyRule> {
+    contract
+        .policy
+        .sovereignty
+        .iter()
+        .filter(|rule| classes.contains(&rule.data_class.as_str()) && !rule.admits(endpoint))
+        .collect()
+}
+
 /// The prompt tokens of what a model reads of `request` as text, images aside (they are counted
 /// by the contract's figure per image): `texts` (its texts as gathered for the decision) unless
 /// images or the `user` parameter are among them, which the model does not read as text.
@@ -554,6 +611,9 @@ fn text_tokens(request: &DecideRequest, texts: &[Text<'_>], encoding: Encoding) 
     }
 }
 
+/// The request's texts ([`DecideRequest::texts`]), and their digest: SHA-256 over every text
+/// with the field it comes from, its role and its length, so that no two requests that differ
+/// in their texts, in how those are split or in where they stand digest alike.
 fn texts_and_digest(request: &DecideRequest) -> (Vec<Text<'_>>, String) {
     let mut hasher = Sha256::new();
     let texts = request
@@ -580,8 +640,8 @@ struct Ctx<'a> {
     now: Timestamp,
     decision_id: &'a str,
     texts: &'a [Text<'a>],
-    /// The texts' tokens counted ahead ([`Prescanned`]), in the encoding named.
-    counted: Option<(Encoding, u64)>,
+    /// The texts' tokens counted ahead ([`Prescanned`]), per encoding.
+    counts: &'a [(Encoding, u64)],
 }
 
 impl Ctx<'_> {
@@ -1075,16 +1135,6 @@ impl Ctx<'_> {
         None
     }
 
-    /// The use case's declared data classes and those the scanners detected.
-    fn data_classes<'s>(&'s self, detected: &'s [String]) -> Vec<&'s str> {
-        self.use_case
-            .data_classes
-            .iter()
-            .map(String::as_str)
-            .chain(detected.iter().map(String::as_str))
-            .collect()
-    }
-
     /// The deployment's fallback and the route obligation to it, when the fallback is a
     /// deployment whose endpoint `admits`, with a covering approval, a current snapshot, and
     /// no kill or cooldown of its own.
@@ -1147,7 +1197,7 @@ impl Ctx<'_> {
     ) -> Result<Result<&'c Deployment, Stop>, StateError> {
         let contract = self.contract();
         if let Some(breach) = eval.breach_route.take() {
-            let classes = self.data_classes(detected);
+            let classes = data_classes(self.use_case, detected);
             let rules: Vec<&gavel_contract::SovereigntyRule> = contract
                 .policy
                 .sovereignty
@@ -1177,13 +1227,8 @@ impl Ctx<'_> {
                 "the deployment's endpoint is missing from the contract",
             ))));
         };
-        let classes = self.data_classes(detected);
-        let violated: Vec<&gavel_contract::SovereigntyRule> = contract
-            .policy
-            .sovereignty
-            .iter()
-            .filter(|rule| classes.contains(&rule.data_class.as_str()) && !rule.admits(endpoint))
-            .collect();
+        let classes = data_classes(self.use_case, detected);
+        let violated = violated_rules(contract, &classes, endpoint);
         if violated.is_empty() {
             return Ok(Ok(self.deployment));
         }
@@ -1289,9 +1334,9 @@ impl Ctx<'_> {
         let is_inference = self.request.is_generative();
         let prompt_tokens = if needs_tokens {
             let encoding = Encoding::for_model(&target.model.name);
-            let texts = match self.counted {
-                Some((counted_in, tokens)) if counted_in == encoding => tokens,
-                _ => text_tokens(self.request, self.texts, encoding),
+            let for_texts = match self.counts.iter().find(|(e, _)| *e == encoding) {
+                Some(&(_, tokens)) => tokens,
+                None => text_tokens(self.request, self.texts, encoding),
             };
             let images = self.request.images();
             let snapshot = &target.model.snapshot;
@@ -1302,7 +1347,7 @@ impl Ctx<'_> {
                         .low_detail
                         .saturating_mul(contract.image_tokens_of(snapshot, true)),
                 );
-            texts.saturating_add(image_tokens)
+            for_texts.saturating_add(image_tokens)
         } else {
             0
         };
@@ -1484,72 +1529,123 @@ mod tests {
         );
     }
 
-    /// A decision takes its texts' token count from a prescan made for it instead of counting
-    /// again (the gateway's decider counts nothing): a count set by hand here, which only this
-    /// crate can do, is what the estimate shows.
-    #[test]
-    fn a_prescanned_count_is_taken_not_counted_again() {
-        let contract = Arc::new(gavel_contract::example::load().unwrap().contract);
-        let engine = Engine::new(contract.clone(), EngineConfig::default());
+    /// The example contract with `from` replaced by `to` in gavel.yaml, every deployment
+    /// approved, and a request to `deployment` whose system prompt is the example's
+    /// `prompts/{prompt}.txt`.
+    fn example_world(
+        (from, to): (&str, &str),
+        deployment: &str,
+        prompt: &str,
+        user: &str,
+    ) -> (Engine, crate::MemoryState, DecideRequest) {
+        let text = gavel_contract::example::FILES[0].1.replacen(from, to, 1);
+        let contract = gavel_contract::load_bytes(
+            std::path::Path::new("gavel.yaml"),
+            text.as_bytes(),
+            &gavel_contract::example::InMemory,
+        )
+        .unwrap()
+        .contract;
         let state = crate::MemoryState::new();
-        let deployment = &contract.deployments["kb-search-v1"];
-        let now = Timestamp(1_795_348_800_000);
-        state
-            .put_approval(crate::Approval {
-                id: "apr_kb".into(),
-                deployment: deployment.id.clone(),
-                use_case: deployment.use_case.clone(),
-                binding: deployment.binding.0.clone(),
-                contract_version: contract.version.0.clone(),
-                tier: "limited".into(),
-                population: "test".into(),
-                created_at: now,
-                expires_at: now.saturating_add(gavel_contract::time::Span::from_days(30)),
-                thresholds: Default::default(),
-                on_breach: crate::OnBreach::Block,
-                evidence: vec![],
-                signoffs: vec![],
-                status: crate::ApprovalStatus::Active,
-                revocation: None,
-            })
-            .unwrap();
+        for d in contract.deployments.values() {
+            state
+                .put_approval(crate::Approval {
+                    id: format!("apr_{}", d.id),
+                    deployment: d.id.clone(),
+                    use_case: d.use_case.clone(),
+                    binding: d.binding.0.clone(),
+                    contract_version: contract.version.0.clone(),
+                    tier: "limited".into(),
+                    population: "test".into(),
+                    created_at: NOW,
+                    expires_at: NOW.saturating_add(gavel_contract::time::Span::from_days(30)),
+                    thresholds: Default::default(),
+                    on_breach: crate::OnBreach::Block,
+                    evidence: vec![],
+                    signoffs: vec![],
+                    status: crate::ApprovalStatus::Active,
+                    revocation: None,
+                })
+                .unwrap();
+        }
         let system = gavel_contract::example::FILES
             .iter()
-            .find(|(path, _)| *path == "prompts/kb.txt")
-            .map(|(_, text)| *text)
+            .find(|(path, _)| *path == format!("prompts/{prompt}.txt"))
+            .map(|(_, text)| text.replace("{{queue_list}}", "billing"))
             .unwrap();
         let request = crate::parse_request(
             serde_json::json!({
-                "deployment": "kb-search-v1",
+                "deployment": deployment,
                 "messages": [
                     {"role": "system", "content": system},
-                    {"role": "user", "content": "How do I book a meeting room?"}
+                    {"role": "user", "content": user}
                 ]
             })
             .to_string()
             .as_bytes(),
         )
         .unwrap();
-        let prompt_tokens = |prescanned: Option<Prescanned>| {
-            let input = DecideInput {
-                request: &request,
-                principal: "svc",
-                decision_id: "dec_count".into(),
-                now,
-            };
-            let decision = engine.decide_prescanned(&state, input, prescanned);
-            assert_eq!(decision.verdict, Verdict::Allow, "{decision:?}");
-            decision.estimate.unwrap().prompt_tokens
+        let engine = Engine::new(Arc::new(contract), EngineConfig::default());
+        (engine, state, request)
+    }
+
+    const NOW: Timestamp = Timestamp(1_795_348_800_000);
+
+    fn prompt_tokens(
+        (engine, state, request): &(Engine, crate::MemoryState, DecideRequest),
+        prescanned: Option<Prescanned>,
+    ) -> u64 {
+        let input = DecideInput {
+            request,
+            principal: "svc",
+            decision_id: "dec_count".into(),
+            now: NOW,
         };
-        let counted = prompt_tokens(None);
-        let mut prescanned = engine.prescan(&request);
-        assert_eq!(
-            prescanned.text_tokens,
-            Some((Encoding::O200k, counted)),
-            "gpt-4o-mini counts in o200k"
+        let decision = engine.decide_prescanned(state, input, prescanned);
+        assert_eq!(decision.verdict, Verdict::Allow, "{decision:?}");
+        decision.estimate.unwrap().prompt_tokens
+    }
+
+    /// A decision takes its texts' token count from a prescan made for it instead of counting
+    /// again on the deciding thread, also when sovereignty routes it to a fallback whose model
+    /// counts in another encoding: counts set by hand here, which only this crate can do, are
+    /// what the estimate shows.
+    #[test]
+    fn a_prescanned_count_is_taken_not_counted_again() {
+        let kb = example_world(
+            ("", ""),
+            "kb-search-v1",
+            "kb",
+            "How do I book a meeting room?",
         );
-        prescanned.text_tokens = Some((Encoding::O200k, 1_000));
-        assert_eq!(prompt_tokens(Some(prescanned)), 1_000);
+        let counted = prompt_tokens(&kb, None);
+        let mut prescanned = kb.0.prescan(&kb.2);
+        assert_eq!(
+            prescanned.counts,
+            [(Encoding::O200k, counted)],
+            "gpt-4o-mini counts in o200k, and kb-search-v1 has no fallback to count for"
+        );
+        prescanned.counts = vec![(Encoding::O200k, 1_000)];
+        assert_eq!(prompt_tokens(&kb, Some(prescanned)), 1_000);
+
+        // Support triage declares PII, which may not go to its external endpoint: routed to
+        // support-triage-local (llama: cl100k) from support-triage-v3 (gpt-4o: o200k).
+        let triage = example_world(
+            (
+                "    data_classes: [internal]\n  credit-limit:",
+                "    data_classes: [internal, pii]\n  credit-limit:",
+            ),
+            "support-triage-v3",
+            "triage",
+            "My parcel arrived crushed.",
+        );
+        let counted = prompt_tokens(&triage, None);
+        let mut prescanned = triage.0.prescan(&triage.2);
+        let encodings: Vec<Encoding> = prescanned.counts.iter().map(|(e, _)| *e).collect();
+        assert_eq!(encodings, [Encoding::O200k, Encoding::Cl100k]);
+        assert_eq!(prescanned.counts[1].1, counted);
+        prescanned.counts = vec![(Encoding::O200k, 1_000), (Encoding::Cl100k, 2_000)];
+        assert_eq!(prompt_tokens(&triage, Some(prescanned)), 2_000);
     }
 
     /// Requests that carry the same texts in the same roles, in different fields, digest apart.

@@ -249,13 +249,17 @@ fn a_prescanned_token_count_gives_the_estimate_the_engine_counts() {
     with_user["params"] = json!({"user": "employee-42"});
     let mut long_request = kb_request();
     long_request["messages"][1]["content"] = json!(long);
+    let mut estimates = Vec::new();
     for request in [kb_request(), with_image, with_user, long_request] {
         let request = parse(request);
         let counted = estimate(&kb(), &request, None);
         let w = kb();
         let prescanned = w.engine.prescan(&request);
         assert_eq!(estimate(&w, &request, Some(prescanned)), counted);
+        estimates.push(counted.0);
     }
+    // The `user` parameter is not read as text.
+    assert_eq!(estimates[2], estimates[0]);
 
     // Support triage routed to its self-hosted fallback (llama: cl100k) for the PII its use
     // case declares; counted ahead for the deployment asked for (gpt-4o: o200k).
@@ -276,8 +280,16 @@ fn a_prescanned_token_count_gives_the_estimate_the_engine_counts() {
     let w = triage();
     let prescanned = w.engine.prescan(&routed);
     assert_eq!(estimate(&w, &routed, Some(prescanned)), (counted, true));
-    // The two encodings count this text apart, so a count carried over would show.
-    assert_ne!(Encoding::O200k.count(&long), Encoding::Cl100k.count(&long));
+    // Where it is not routed (its use case declares no PII), the same request is counted for
+    // gpt-4o, and to another figure: a count for the deployment asked for, carried over to
+    // the route target, would show.
+    let unrouted = {
+        let w = World::example();
+        w.approve("support-triage-v3");
+        estimate(&w, &routed, None)
+    };
+    assert!(!unrouted.1);
+    assert_ne!(unrouted.0, counted);
 
     // A count made for a longer request is not the shorter one's.
     let short = parse(kb_request());
