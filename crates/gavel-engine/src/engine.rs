@@ -158,11 +158,11 @@ struct Evaluation {
 }
 
 /// What the content scanners found in one request under one engine, and its texts' token
-/// counts, worked out ahead of the decision by [`Engine::prescan`]: a caller that decides on
+/// count, worked out ahead of the decision by [`Engine::prescan`]: a caller that decides on
 /// one thread for everyone (the gateway's decider) scans and counts on each request's own
 /// thread instead, since neither needs state, and both grow with the request's text (counting
 /// 100 KB takes milliseconds, which every decision queued behind it would wait). Opaque: only
-/// the engine makes one, and [`Engine::decide_prescanned`] takes its findings and counts only
+/// the engine makes one, and [`Engine::decide_prescanned`] takes its findings and count only
 /// for the request it was made for (the same texts in the same fields and roles: the digest
 /// covers everything a count reads, images and the `user` parameter included) under the same
 /// contract and scanners; for any other request it scans and counts again. So it cannot carry
@@ -172,12 +172,13 @@ pub struct Prescanned {
     scanner: Option<Arc<dyn ContentScanner>>,
     input_sha256: String,
     report: ScanReport,
-    /// The texts' tokens ([`text_tokens`]) per encoding the budget stage may need: the
-    /// requested deployment's model's, and its fallback's when sovereignty would route there.
-    /// Empty when the contract has no budget that counts tokens or dollars, or no such
-    /// deployment. A decision that runs where none of these counts is (a route for a breach)
+    /// The texts' tokens ([`text_tokens`]) in the encoding of the model the request will run
+    /// on: the requested deployment's, or its fallback's when sovereignty would route it
+    /// there (where it is either routed or blocked, so the deployment's own count would go
+    /// unused). None when the contract has no budget that counts tokens or dollars, or no such
+    /// deployment. A decision that runs on a model of another encoding (a route for a breach)
     /// counts on the spot.
-    counts: Vec<(Encoding, u64)>,
+    count: Option<(Encoding, u64)>,
 }
 
 impl Engine {
@@ -190,31 +191,30 @@ impl Engine {
     pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
         let (texts, input_sha256) = texts_and_digest(request);
         let report = self.scan_texts(&texts);
-        let mut encodings: Vec<Encoding> = Vec::new();
         let counts_tokens = self
             .contract
             .policy
             .budgets
             .iter()
             .any(|b| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
-        let deployment = self.contract.deployment(&request.deployment);
-        if let Some(deployment) = deployment.filter(|_| counts_tokens) {
-            encodings.push(Encoding::for_model(&deployment.model.name));
-            let detected = &report.detected_classes;
-            if let Some(target) = self.sovereignty_route(deployment, detected) {
-                encodings.push(Encoding::for_model(&target.model.name));
-            }
-        }
-        encodings.dedup();
+        let runs_on = self
+            .contract
+            .deployment(&request.deployment)
+            .filter(|_| counts_tokens)
+            .map(|d| {
+                self.sovereignty_route(d, &report.detected_classes)
+                    .unwrap_or(d)
+            });
+        let count = runs_on.map(|d| {
+            let encoding = Encoding::for_model(&d.model.name);
+            (encoding, text_tokens(request, &texts, encoding))
+        });
         Prescanned {
             contract: Arc::clone(&self.contract),
             scanner: self.config.scanner.clone(),
             input_sha256,
-            counts: encodings
-                .into_iter()
-                .map(|encoding| (encoding, text_tokens(request, &texts, encoding)))
-                .collect(),
             report,
+            count,
         }
     }
 
@@ -234,11 +234,7 @@ impl Engine {
         let endpoint = self.contract.endpoint_of(deployment)?;
         let classes = data_classes(use_case, detected);
         let violated = violated_rules(&self.contract, &classes, endpoint);
-        let may_route = !violated.is_empty()
-            && violated
-                .iter()
-                .all(|r| r.on_violation == OnViolation::RouteOrBlock);
-        may_route
+        (!violated.is_empty() && may_route(&violated))
             .then(|| self.contract.deployment(target))
             .flatten()
     }
@@ -273,7 +269,7 @@ impl Engine {
         self.decide_prescanned(state, input, None)
     }
 
-    /// [`Engine::decide`], with the scanners' findings and the texts' token counts taken from
+    /// [`Engine::decide`], with the scanners' findings and the texts' token count taken from
     /// `prescanned` when it was made for this request under this engine (see [`Prescanned`]);
     /// otherwise it scans and counts.
     pub fn decide_prescanned(
@@ -347,10 +343,10 @@ impl Engine {
             }
         };
 
-        let (prescanned, counts) =
+        let (prescanned, counted) =
             match prescanned.filter(|p| self.made_for(p, &decision.input_sha256)) {
-                Some(p) => (Some(p.report), p.counts),
-                None => (None, Vec::new()),
+                Some(p) => (Some(p.report), p.count),
+                None => (None, None),
             };
         let ctx = Ctx {
             engine: self,
@@ -361,7 +357,7 @@ impl Engine {
             now,
             decision_id: &decision.decision_id,
             texts: &texts,
-            counts: &counts,
+            counted,
         };
         let evaluation = match ctx.evaluate(state, request.dry_run, prescanned) {
             Ok(evaluation) => evaluation,
@@ -599,6 +595,14 @@ fn violated_rules<'c>(
         .collect()
 }
 
+/// Whether a request whose data classes break `violated` may be routed to the deployment's
+/// fallback rather than blocked: every rule it breaks says `route_or_block`.
+fn may_route(violated: &[&gavel_contract::SovereigntyRule]) -> bool {
+    violated
+        .iter()
+        .all(|r| r.on_violation == OnViolation::RouteOrBlock)
+}
+
 /// The prompt tokens of what a model reads of `request` as text, images aside (they are counted
 /// by the contract's figure per image): `texts` (its texts as gathered for the decision) unless
 /// images or the `user` parameter are among them, which the model does not read as text.
@@ -640,8 +644,8 @@ struct Ctx<'a> {
     now: Timestamp,
     decision_id: &'a str,
     texts: &'a [Text<'a>],
-    /// The texts' tokens counted ahead ([`Prescanned`]), per encoding.
-    counts: &'a [(Encoding, u64)],
+    /// The texts' tokens counted ahead ([`Prescanned`]), in the encoding named.
+    counted: Option<(Encoding, u64)>,
 }
 
 impl Ctx<'_> {
@@ -1233,10 +1237,7 @@ impl Ctx<'_> {
             return Ok(Ok(self.deployment));
         }
         let names: Vec<&str> = violated.iter().map(|r| r.data_class.as_str()).collect();
-        let may_route = violated
-            .iter()
-            .all(|r| r.on_violation == OnViolation::RouteOrBlock);
-        if may_route {
+        if may_route(&violated) {
             if let Some((target, obligation)) =
                 self.approved_fallback(state, |e| violated.iter().all(|r| r.admits(e)))?
             {
@@ -1334,9 +1335,9 @@ impl Ctx<'_> {
         let is_inference = self.request.is_generative();
         let prompt_tokens = if needs_tokens {
             let encoding = Encoding::for_model(&target.model.name);
-            let for_texts = match self.counts.iter().find(|(e, _)| *e == encoding) {
-                Some(&(_, tokens)) => tokens,
-                None => text_tokens(self.request, self.texts, encoding),
+            let for_texts = match self.counted {
+                Some((counted_in, tokens)) if counted_in == encoding => tokens,
+                _ => text_tokens(self.request, self.texts, encoding),
             };
             let images = self.request.images();
             let snapshot = &target.model.snapshot;
@@ -1529,16 +1530,23 @@ mod tests {
         );
     }
 
-    /// The example contract with `from` replaced by `to` in gavel.yaml, every deployment
+    /// 2026-11-22T12:00:00Z, well before the example's deprecation dates.
+    const NOW: Timestamp = Timestamp(1_795_348_800_000);
+
+    /// The example contract with each edit `(from, to)` made in gavel.yaml, every deployment
     /// approved, and a request to `deployment` whose system prompt is the example's
     /// `prompts/{prompt}.txt`.
     fn example_world(
-        (from, to): (&str, &str),
+        edits: &[(&str, &str)],
         deployment: &str,
         prompt: &str,
         user: &str,
     ) -> (Engine, crate::MemoryState, DecideRequest) {
-        let text = gavel_contract::example::FILES[0].1.replacen(from, to, 1);
+        let mut text = gavel_contract::example::FILES[0].1.to_string();
+        for (from, to) in edits {
+            assert!(text.contains(from), "the example has no `{from}`");
+            text = text.replacen(from, to, 1);
+        }
         let contract = gavel_contract::load_bytes(
             std::path::Path::new("gavel.yaml"),
             text.as_bytes(),
@@ -1589,8 +1597,6 @@ mod tests {
         (engine, state, request)
     }
 
-    const NOW: Timestamp = Timestamp(1_795_348_800_000);
-
     fn prompt_tokens(
         (engine, state, request): &(Engine, crate::MemoryState, DecideRequest),
         prescanned: Option<Prescanned>,
@@ -1608,44 +1614,44 @@ mod tests {
 
     /// A decision takes its texts' token count from a prescan made for it instead of counting
     /// again on the deciding thread, also when sovereignty routes it to a fallback whose model
-    /// counts in another encoding: counts set by hand here, which only this crate can do, are
-    /// what the estimate shows.
+    /// counts in another encoding; a count in an encoding other than the model's it runs on is
+    /// not taken. Counts set by hand here, which only this crate can do, show which was used.
     #[test]
     fn a_prescanned_count_is_taken_not_counted_again() {
-        let kb = example_world(
-            ("", ""),
-            "kb-search-v1",
-            "kb",
-            "How do I book a meeting room?",
-        );
+        let kb = example_world(&[], "kb-search-v1", "kb", "How do I book a meeting room?");
         let counted = prompt_tokens(&kb, None);
         let mut prescanned = kb.0.prescan(&kb.2);
         assert_eq!(
-            prescanned.counts,
-            [(Encoding::O200k, counted)],
-            "gpt-4o-mini counts in o200k, and kb-search-v1 has no fallback to count for"
+            prescanned.count,
+            Some((Encoding::O200k, counted)),
+            "kb-search-v1 runs gpt-4o-mini, which counts in o200k"
         );
-        prescanned.counts = vec![(Encoding::O200k, 1_000)];
+        prescanned.count = Some((Encoding::O200k, 1_000));
         assert_eq!(prompt_tokens(&kb, Some(prescanned)), 1_000);
+        let mut prescanned = kb.0.prescan(&kb.2);
+        prescanned.count = Some((Encoding::Cl100k, 1_000));
+        assert_eq!(prompt_tokens(&kb, Some(prescanned)), counted);
 
         // Support triage declares PII, which may not go to its external endpoint: routed to
         // support-triage-local (llama: cl100k) from support-triage-v3 (gpt-4o: o200k).
         let triage = example_world(
-            (
+            &[(
                 "    data_classes: [internal]\n  credit-limit:",
                 "    data_classes: [internal, pii]\n  credit-limit:",
-            ),
+            )],
             "support-triage-v3",
             "triage",
             "My parcel arrived crushed.",
         );
         let counted = prompt_tokens(&triage, None);
         let mut prescanned = triage.0.prescan(&triage.2);
-        let encodings: Vec<Encoding> = prescanned.counts.iter().map(|(e, _)| *e).collect();
-        assert_eq!(encodings, [Encoding::O200k, Encoding::Cl100k]);
-        assert_eq!(prescanned.counts[1].1, counted);
-        prescanned.counts = vec![(Encoding::O200k, 1_000), (Encoding::Cl100k, 2_000)];
+        assert_eq!(prescanned.count, Some((Encoding::Cl100k, counted)));
+        prescanned.count = Some((Encoding::Cl100k, 2_000));
         assert_eq!(prompt_tokens(&triage, Some(prescanned)), 2_000);
+        // A count for the deployment asked for is not the route target's.
+        let mut prescanned = triage.0.prescan(&triage.2);
+        prescanned.count = Some((Encoding::O200k, 1_000));
+        assert_eq!(prompt_tokens(&triage, Some(prescanned)), counted);
     }
 
     /// Requests that carry the same texts in the same roles, in different fields, digest apart.

@@ -114,9 +114,9 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         }
     }
     let (decider, decisions) = decider::Decider::new();
-    // Blocking threads run what writes SQLite off the request path (admin actions, withdrawn
-    // decisions, payload capture) and the scanning and counting of texts over 16 KiB; the
-    // decider thread makes the decisions. 16 bound memory.
+    // Blocking threads run what writes or reads SQLite off the request path (admin actions,
+    // withdrawn decisions, payload capture, monitoring, reload checks) and the scanning and
+    // counting of texts over 16 KiB; the decider thread makes the decisions. 16 bound memory.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(16)
         .enable_all()

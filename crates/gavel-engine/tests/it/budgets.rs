@@ -215,8 +215,8 @@ fn images_are_reserved_at_what_their_snapshot_counts_for_one() {
 /// The texts' token count worked out ahead of the decision (`Engine::prescan`, as the gateway
 /// does off its decider thread) gives the estimate the engine counts itself: for plain text,
 /// with an image and the `user` parameter (which are not counted as text), and for a request
-/// routed to a target whose model counts in another encoding (counted again there). A count
-/// made for another request is not taken.
+/// that sovereignty routes to a target whose model counts in another encoding (counted ahead
+/// for the target). A count made for another request is not taken.
 #[test]
 fn a_prescanned_token_count_gives_the_estimate_the_engine_counts() {
     let parse = |v: serde_json::Value| parse_request(v.to_string().as_bytes()).unwrap();
@@ -262,7 +262,8 @@ fn a_prescanned_token_count_gives_the_estimate_the_engine_counts() {
     assert_eq!(estimates[2], estimates[0]);
 
     // Support triage routed to its self-hosted fallback (llama: cl100k) for the PII its use
-    // case declares; counted ahead for the deployment asked for (gpt-4o: o200k).
+    // case declares; counted ahead for the route target, not for the deployment asked for
+    // (gpt-4o: o200k).
     let triage = || {
         let w = World::edited(&[(
             "    data_classes: [internal]\n  credit-limit:",
