@@ -1059,6 +1059,122 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
     panic!("in {ATTEMPTS} attempts the lock never fell between a decision's store commit and its record");
 }
 
+/// Under deadlines so tight that decisions fall on every side of them (given up before the
+/// decider takes them, while it decides them, as it hands them over, while their records
+/// become durable), every ALLOW the ledger holds ends in exactly one outcome, its call's or its
+/// withdrawal's, while the gateway still runs (at shutdown a sweep would finish what was left),
+/// and no reservation stays held once it has stopped. Each way a decision is given up has its
+/// own path back (`Gateway::abandon`, from the caller's task or from the decider); one that
+/// dropped its decision would leave an ALLOW with no outcome and its reservation charged.
+/// Several deadlines, since how long a decision takes depends on the machine and the build.
+#[test]
+fn under_tight_deadlines_every_recorded_allow_ends_in_one_outcome() {
+    let r = Ready::start_with(|yaml| yaml.replace("requests: 120 }", "requests: 1000000 }"));
+    let body = chat(&r.g, "Where is the VPN guide?");
+    // Each recorded ALLOW with the outcomes that name it.
+    let settlement = |s: &Server| -> Vec<(Value, Vec<Value>)> {
+        let records = |kind: &str| -> Vec<Value> {
+            let path = format!("/v1/audit/records?kind={kind}");
+            let body = s.request("GET", &path, Some(&r.auditor), None).body;
+            body.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let outcomes = records("outcome");
+        records("decision")
+            .into_iter()
+            .filter(|d| d["body"]["verdict"] == "ALLOW")
+            .map(|d| {
+                let id = d["body"]["decision_id"].clone();
+                let its = outcomes
+                    .iter()
+                    .filter(|o| o["body"]["decision_id"] == id)
+                    .cloned()
+                    .collect();
+                (id, its)
+            })
+            .collect()
+    };
+    let (mut allowed, mut refused) = (0, 0);
+    for deadline in ["1ms", "2ms", "4ms", "8ms", "16ms"] {
+        let s = Server::start(&r.g, &r.operator, &["--decision-timeout", deadline]);
+        let addr = s.addr.clone();
+        let statuses: Vec<(u16, String)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..6)
+                .map(|_| {
+                    let (addr, key, body) = (addr.clone(), r.service.clone(), body.clone());
+                    scope.spawn(move || {
+                        let client = Server { child: None, addr };
+                        (0..15)
+                            .map(|_| {
+                                let reply = client.chat(Some(&key), Some(&body));
+                                (reply.status, reply.code())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        for (status, code) in &statuses {
+            match status {
+                200 => allowed += 1,
+                503 if code == "governance.unavailable" => refused += 1,
+                _ => panic!("deadline {deadline}: answered {status} {code}"),
+            }
+        }
+        // Outcome records are committed within 100 ms of their settling.
+        let all_settled = wait_for(|| settlement(&s).iter().all(|(_, its)| its.len() == 1));
+        let unsettled: Vec<(Value, usize)> = settlement(&s)
+            .into_iter()
+            .filter(|(_, its)| its.len() != 1)
+            .map(|(id, its)| (id, its.len()))
+            .collect();
+        assert!(
+            all_settled,
+            "deadline {deadline}: ALLOWs without exactly one outcome (id, outcomes): {unsettled:?}"
+        );
+        assert_eq!(s.stop(), 0);
+    }
+    assert!(
+        allowed > 0 && refused > 0,
+        "{allowed} allowed, {refused} refused"
+    );
+
+    let conn = rusqlite::Connection::open(r.g.path("gavel.db")).unwrap();
+    let held: i64 = conn
+        .query_row("SELECT count(*) FROM reservations", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(held, 0, "reservations left held");
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let settled = settlement(&s);
+    let withdrawn = settled
+        .iter()
+        .filter(|(_, its)| {
+            its[0]
+                .to_string()
+                .contains("no durable decision by the deadline")
+        })
+        .count();
+    // Some decisions were made and then given up, not only refused before they were made.
+    assert!(
+        withdrawn > 0,
+        "none of {} recorded ALLOWs was withdrawn",
+        settled.len()
+    );
+    assert!(settled.len() >= allowed);
+    assert_eq!(s.stop(), 0);
+    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
+        .ok();
+    eprintln!(
+        "{allowed} allowed, {refused} refused, {withdrawn} of {} recorded ALLOWs withdrawn",
+        settled.len()
+    );
+}
+
 /// Sends `body` to `/v1/chat/completions` on a connection left open, for a test that reads
 /// the answer its own way or hangs up; reads time out after 30 s.
 fn send_chat(addr: &str, key: &str, body: &str) -> TcpStream {
