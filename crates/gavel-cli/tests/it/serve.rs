@@ -1175,6 +1175,94 @@ fn under_tight_deadlines_every_recorded_allow_ends_in_one_outcome() {
     );
 }
 
+/// Stopped in the middle of a burst, with no time to drain, under a tight decision deadline:
+/// requests are cut wherever they are, upstream, waiting for their records, in the decider's
+/// hands. Once it has stopped, every ALLOW in the ledger has exactly one outcome (a call cut
+/// upstream gets its own from the sweep at shutdown, `Gateway::close_open_calls`) and no
+/// reservation is held.
+#[test]
+fn a_stop_mid_burst_leaves_every_recorded_allow_with_one_outcome() {
+    // Calls take 50 ms upstream, so that a stop finds some of them there.
+    let r = Ready::start_with(|yaml| {
+        let edited = yaml
+            .replace("requests: 120 }", "requests: 1000000 }")
+            .replace("mock: { latency_ms: 5 }", "mock: { latency_ms: 50 }");
+        assert!(
+            edited.contains("latency_ms: 50 }"),
+            "the example contract changed"
+        );
+        edited
+    });
+    let body = chat(&r.g, "Where is the VPN guide?").to_string();
+    // One request on a connection of its own; false when the gateway has gone.
+    let try_chat = |addr: &str| -> bool {
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let sent = write!(
+            stream,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gavel\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            r.service,
+            body.len()
+        );
+        let mut answer = Vec::new();
+        sent.is_ok() && stream.read_to_end(&mut answer).is_ok() && !answer.is_empty()
+    };
+    for deadline in ["2ms", "8ms", "32ms"] {
+        let s = Server::start(
+            &r.g,
+            &r.operator,
+            &["--decision-timeout", deadline, "--drain-timeout", "1ms"],
+        );
+        let addr = s.addr.clone();
+        let answered = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    while try_chat(&addr) {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+            assert!(wait_for(|| {
+                answered.load(std::sync::atomic::Ordering::Relaxed) >= 30
+            }));
+            assert_eq!(s.stop(), 0);
+        });
+    }
+    let conn = rusqlite::Connection::open(r.g.path("gavel.db")).unwrap();
+    let held: i64 = conn
+        .query_row("SELECT count(*) FROM reservations", [], |row| row.get(0))
+        .unwrap();
+    let export = |kind: &str| -> Vec<Value> {
+        r.g.run(Some(&r.auditor), &["audit", "export", "--kind", kind])
+            .ok()
+            .json_lines()
+    };
+    let outcomes = export("outcome");
+    let unsettled: Vec<(Value, usize)> = export("decision")
+        .into_iter()
+        .filter(|d| d["body"]["verdict"] == "ALLOW")
+        .map(|d| {
+            let id = d["body"]["decision_id"].clone();
+            let its = outcomes
+                .iter()
+                .filter(|o| o["body"]["decision_id"] == id)
+                .count();
+            (id, its)
+        })
+        .filter(|(_, its)| *its != 1)
+        .collect();
+    assert!(
+        unsettled.is_empty(),
+        "ALLOWs without exactly one outcome (id, outcomes): {unsettled:?}"
+    );
+    assert_eq!(held, 0, "reservations left held");
+    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
+        .ok();
+}
+
 /// Sends `body` to `/v1/chat/completions` on a connection left open, for a test that reads
 /// the answer its own way or hangs up; reads time out after 30 s.
 fn send_chat(addr: &str, key: &str, body: &str) -> TcpStream {
