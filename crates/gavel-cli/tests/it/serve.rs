@@ -953,13 +953,7 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
             { "role": "system", "content": kb_prompt() }, { "role": "user", "content": "hi" } ],
             "idempotency_key": key })
     };
-    let records = |kind: &str| -> Vec<Value> {
-        let path = format!("/v1/audit/records?kind={kind}");
-        let body = s.request("GET", &path, Some(&r.auditor), None).body;
-        body.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let records = |kind: &str| served_records(&s, &r.auditor, kind);
     let id_of = |line: &Value| line["id"].as_str().unwrap().to_string();
     let withdrawn = |decision_id: &str| {
         records("outcome").iter().any(|line| {
@@ -1059,6 +1053,15 @@ fn a_decision_that_lands_after_its_deadline_is_withdrawn() {
     panic!("in {ATTEMPTS} attempts the lock never fell between a decision's store commit and its record");
 }
 
+/// The ledger's records of `kind`, as the running gateway serves them.
+fn served_records(s: &Server, auditor: &str, kind: &str) -> Vec<Value> {
+    let path = format!("/v1/audit/records?kind={kind}");
+    let body = s.request("GET", &path, Some(auditor), None).body;
+    body.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Each ALLOW among `decisions` (ledger records, as exported) with the outcome records among
 /// `outcomes` that name it.
 fn allows_with_outcomes(decisions: Vec<Value>, outcomes: &[Value]) -> Vec<(Value, Vec<Value>)> {
@@ -1094,14 +1097,30 @@ fn reservations_held(g: &Gavel) -> i64 {
         .unwrap()
 }
 
-/// The ledger's ALLOWs with their outcomes, read through `gavel audit export`.
-fn exported_allows(r: &Ready) -> Vec<(Value, Vec<Value>)> {
+/// Once the gateway has stopped: asserts that every ALLOW in the ledger (read through `gavel
+/// audit export`) has exactly one outcome, that no reservation is held and that the ledger
+/// verifies with every record signed; returns how many ALLOWs there are, and how many of them
+/// have an outcome that says `said`.
+fn every_allow_settled_once(r: &Ready, said: &str) -> (usize, usize) {
+    assert_eq!(reservations_held(&r.g), 0, "reservations left held");
     let export = |kind: &str| -> Vec<Value> {
         r.g.run(Some(&r.auditor), &["audit", "export", "--kind", kind])
             .ok()
             .json_lines()
     };
-    allows_with_outcomes(export("decision"), &export("outcome"))
+    let allows = allows_with_outcomes(export("decision"), &export("outcome"));
+    assert!(
+        not_settled_once(&allows).is_empty(),
+        "ALLOWs without exactly one outcome (id, outcomes): {:?}",
+        not_settled_once(&allows)
+    );
+    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
+        .ok();
+    let saying = allows
+        .iter()
+        .filter(|(_, its)| its[0].to_string().contains(said))
+        .count();
+    (allows.len(), saying)
 }
 
 /// Under deadlines so tight that decisions fall on every side of them (given up before the
@@ -1153,13 +1172,7 @@ fn under_tight_deadlines_every_recorded_allow_ends_in_one_outcome() {
         }
         // An answered call's outcome and a withdrawal's are background records, committed a
         // little after the answers this loop has seen.
-        let records = |kind: &str| -> Vec<Value> {
-            let path = format!("/v1/audit/records?kind={kind}");
-            let body = s.request("GET", &path, Some(&r.auditor), None).body;
-            body.lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        };
+        let records = |kind: &str| served_records(&s, &r.auditor, kind);
         let mut last = Vec::new();
         let all_settled = wait_for(|| {
             last = allows_with_outcomes(records("decision"), &records("outcome"));
@@ -1176,33 +1189,15 @@ fn under_tight_deadlines_every_recorded_allow_ends_in_one_outcome() {
         allowed > 0 && refused > 0,
         "{allowed} allowed, {refused} refused"
     );
-    assert_eq!(reservations_held(&r.g), 0, "reservations left held");
-    let allows = exported_allows(&r);
-    assert!(
-        not_settled_once(&allows).is_empty(),
-        "after the stops: {:?}",
-        not_settled_once(&allows)
-    );
-    let withdrawn = allows
-        .iter()
-        .filter(|(_, its)| {
-            its[0]
-                .to_string()
-                .contains("no durable decision by the deadline")
-        })
-        .count();
+    let (recorded, withdrawn) = every_allow_settled_once(&r, "no durable decision by the deadline");
     // Some decisions were made and then given up, not only refused before they were made.
     assert!(
         withdrawn > 0,
-        "none of {} recorded ALLOWs was withdrawn",
-        allows.len()
+        "none of {recorded} recorded ALLOWs was withdrawn"
     );
-    assert!(allows.len() >= allowed);
-    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
-        .ok();
+    assert!(recorded >= allowed);
     eprintln!(
-        "{allowed} allowed, {refused} refused, {withdrawn} of {} recorded ALLOWs withdrawn",
-        allows.len()
+        "{allowed} allowed, {refused} refused, {withdrawn} of {recorded} recorded ALLOWs withdrawn"
     );
 }
 
@@ -1262,25 +1257,12 @@ fn a_stop_mid_burst_leaves_every_recorded_allow_with_one_outcome() {
             assert_eq!(s.stop(), 0);
         });
     }
-    assert_eq!(reservations_held(&r.g), 0, "reservations left held");
-    let allows = exported_allows(&r);
-    assert!(
-        not_settled_once(&allows).is_empty(),
-        "ALLOWs without exactly one outcome (id, outcomes): {:?}",
-        not_settled_once(&allows)
-    );
-    let cut = allows
-        .iter()
-        .filter(|(_, its)| its[0].to_string().contains("the gateway stopped"))
-        .count();
+    let (recorded, cut) = every_allow_settled_once(&r, "the gateway stopped");
     assert!(
         cut > 0,
-        "no call of {} recorded ALLOWs was cut by a stop",
-        allows.len()
+        "no call of {recorded} recorded ALLOWs was cut by a stop"
     );
-    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
-        .ok();
-    eprintln!("{cut} of {} recorded ALLOWs cut by a stop", allows.len());
+    eprintln!("{cut} of {recorded} recorded ALLOWs cut by a stop");
 }
 
 /// Sends `body` to `/v1/chat/completions` on a connection left open, for a test that reads
