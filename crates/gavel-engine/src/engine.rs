@@ -175,7 +175,8 @@ pub struct Prescanned {
     /// The texts' tokens ([`text_tokens`]) in the encoding of the model the request will run
     /// on: the requested deployment's, or its fallback's when sovereignty would route it
     /// there (where it is either routed or blocked, so the deployment's own count would go
-    /// unused). None when the contract has no budget that counts tokens or dollars, or no such
+    /// unused). None when the contract has no budget that counts tokens or dollars, for a
+    /// request that is not an inference (nothing is counted for it), or with no such
     /// deployment. A decision that runs on a model of another encoding (a route for a breach)
     /// counts on the spot.
     count: Option<(Encoding, u64)>,
@@ -200,7 +201,7 @@ impl Engine {
         let runs_on = self
             .contract
             .deployment(&request.deployment)
-            .filter(|_| counts_tokens)
+            .filter(|_| counts_tokens && request.is_generative())
             .map(|d| {
                 self.sovereignty_route(d, &report.detected_classes)
                     .unwrap_or(d)
@@ -1332,8 +1333,10 @@ impl Ctx<'_> {
         let needs_tokens = applicable
             .iter()
             .any(|(b, _)| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
+        // A model reads a prompt only for inference (or anything carrying chat messages): a
+        // tool call's arguments or a task's content are not tokens of a model's.
         let is_inference = self.request.is_generative();
-        let prompt_tokens = if needs_tokens {
+        let prompt_tokens = if needs_tokens && is_inference {
             let encoding = Encoding::for_model(&target.model.name);
             let for_texts = match self.counted {
                 Some((counted_in, tokens)) if counted_in == encoding => tokens,

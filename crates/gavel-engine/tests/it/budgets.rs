@@ -105,7 +105,19 @@ fn run_budget_on_tool_calls_blocks_the_run_only() {
     )]);
     w.approve("order-agent-v2");
     let call = |run: &str| json!({"deployment": "order-agent-v2", "step": "lookup", "run_id": run, "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
-    assert_eq!(w.decide(call("r1")).verdict, Verdict::Allow);
+    let first = w.decide(call("r1"));
+    assert_eq!(first.verdict, Verdict::Allow);
+    // A tool call reads no prompt: its arguments are not tokens of a model's (docs/decide.md,
+    // "The estimate"), though a token budget applies to the run.
+    let estimate = first.estimate.unwrap();
+    assert_eq!(
+        (
+            estimate.prompt_tokens,
+            estimate.max_tokens,
+            estimate.tool_calls
+        ),
+        (0, 0, 1)
+    );
     assert_eq!(w.decide(call("r1")).verdict, Verdict::Allow);
     // A run's budget never resets, so this is a BLOCK, not a COOLDOWN.
     assert_verdict(&w.decide(call("r1")), Verdict::Block, "budget.tool_calls");
