@@ -91,7 +91,7 @@ enum Work {
 struct Job {
     engine: Arc<Engine>,
     request: Arc<DecideRequest>,
-    /// The scanners' findings and the texts' token counts, worked out on the caller's task:
+    /// The scanners' findings and the texts' token count, worked out on the caller's task:
     /// neither needs state, so both stay out of the one thread every decision goes through.
     prescanned: Option<Prescanned>,
     principal: String,
