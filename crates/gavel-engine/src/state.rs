@@ -212,15 +212,25 @@ impl Amounts {
     /// for it, and its prompt was counted when it was reserved; a report far past both is not
     /// a call this reservation allowed, and settled whole it would fill every window the
     /// reservation charged (one outcome claiming 2^53 tokens locked a use case out for a day).
+    ///
+    /// A report of an action that ran (it counts its request) keeps at least the tool calls
+    /// reserved: a `tool_call` action is one whatever the caller reports (`--tool-calls`
+    /// defaults to 0), so an outcome cannot hand its run's tool-call budget back. A withdrawal
+    /// (nothing ran: all zero) gives everything back.
     pub fn settled_within(self, reserved: Amounts) -> Amounts {
         let cap = |actual: u64, reserved: u64, margin: u64| {
             actual.min(reserved.saturating_mul(2).saturating_add(margin))
+        };
+        let tool_calls = if self.requests > 0 {
+            self.tool_calls.max(reserved.tool_calls)
+        } else {
+            self.tool_calls
         };
         Amounts {
             tokens: cap(self.tokens, reserved.tokens, 1_024),
             usd_micros: cap(self.usd_micros, reserved.usd_micros, 1_000),
             requests: cap(self.requests, reserved.requests, 1),
-            tool_calls: cap(self.tool_calls, reserved.tool_calls, 8),
+            tool_calls: cap(tool_calls, reserved.tool_calls, 8),
         }
     }
 

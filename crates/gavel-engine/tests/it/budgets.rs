@@ -109,7 +109,7 @@ fn run_budget_on_tool_calls_blocks_the_run_only() {
     assert_eq!(first.verdict, Verdict::Allow);
     // A tool call reads no prompt: its arguments are not tokens of a model's (docs/decide.md,
     // "The estimate"), though a token budget applies to the run.
-    let estimate = first.estimate.unwrap();
+    let estimate = first.estimate.as_ref().unwrap();
     assert_eq!(
         (
             estimate.prompt_tokens,
@@ -118,10 +118,31 @@ fn run_budget_on_tool_calls_blocks_the_run_only() {
         ),
         (0, 0, 1)
     );
-    assert_eq!(w.decide(call("r1")).verdict, Verdict::Allow);
+    let second = w.decide(call("r1"));
+    assert_eq!(second.verdict, Verdict::Allow);
+    // Their outcomes, reported without a tool-call count (the CLI's default), keep the calls
+    // charged: settling handed them back before.
+    for done in [&first, &second] {
+        w.engine
+            .settle(
+                &w.state,
+                &done.decision_id,
+                "order-agent-v2",
+                &Usage::default(),
+                NOW,
+            )
+            .unwrap();
+    }
     // A run's budget never resets, so this is a BLOCK, not a COOLDOWN.
     assert_verdict(&w.decide(call("r1")), Verdict::Block, "budget.tool_calls");
+    // A withdrawn call never ran: its tool call is given back.
+    let r2 = w.decide(call("r2"));
+    assert_eq!(r2.verdict, Verdict::Allow);
+    let request = serde_json::from_value(call("r2")).unwrap();
+    w.engine.withdraw(&w.state, &request, &r2, NOW).unwrap();
     assert_eq!(w.decide(call("r2")).verdict, Verdict::Allow);
+    assert_eq!(w.decide(call("r2")).verdict, Verdict::Allow);
+    assert_verdict(&w.decide(call("r2")), Verdict::Block, "budget.tool_calls");
 }
 
 #[test]
