@@ -522,7 +522,9 @@ impl Engine {
         let Some(abuse) = self.contract.policy.abuse else {
             return Ok(None);
         };
-        if !decision.reason_codes().any(ReasonCode::is_abuse) {
+        // The reason that blocked comes first; the others are notes (findings the policy only
+        // flags), and a block for another reason is not abuse because of them.
+        if !decision.reasons.first().is_some_and(|r| r.code.is_abuse()) {
             return Ok(None);
         }
         let strikes = state.add_strike(principal, now, abuse.within.millis())?;
