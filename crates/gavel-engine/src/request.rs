@@ -557,13 +557,14 @@ impl DecideRequest {
             })
         });
         // Tool descriptions go to the model with the request, and conformance compares only a
-        // tool's name and schema: they are read like the system prompt's filled-in variables
-        // (secrets and personal data, not injection: they are the application's own words).
+        // tool's name and schema: text nobody approved, in the caller's hands, so read as user
+        // input (secrets, personal data and direct injection). Read as system text they
+        // escaped the injection scanner ("Ignore all previous instructions" passed there).
         let descriptions = self.tools.iter().enumerate().filter_map(|(i, t)| {
             t.function.description.as_deref().map(|d| {
                 (
                     TextSource::ToolDescription(i),
-                    ContentRole::System,
+                    ContentRole::User,
                     Cow::Borrowed(d),
                 )
             })
