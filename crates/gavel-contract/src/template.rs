@@ -5,6 +5,8 @@
 //! some text of at most `MAX_VARIABLE_BYTES` bytes. Two placeholders may not touch: the literal
 //! between them is what makes the match unambiguous.
 
+use std::ops::Range;
+
 use serde::Serialize;
 
 use crate::model::FileDigest;
@@ -124,6 +126,14 @@ impl PromptTemplate {
     /// Checks that `prompt` is this template with its variables filled in. Each variable takes
     /// the shortest text after which the next literal matches (leftmost match).
     pub fn check(&self, prompt: &str) -> Result<(), TemplateMismatch> {
+        self.filled_spans(prompt).map(drop)
+    }
+
+    /// [`PromptTemplate::check`], giving where in `prompt` each variable's value lies, in
+    /// order: the caller's text inside an approved prompt, which is all of it that conformance
+    /// did not approve.
+    pub fn filled_spans(&self, prompt: &str) -> Result<Vec<Range<usize>>, TemplateMismatch> {
+        let mut spans = Vec::new();
         let mut pos = 0usize;
         let mut pending_variable: Option<&str> = None;
         for segment in &self.segments {
@@ -147,6 +157,7 @@ impl PromptTemplate {
                                 .find(literal.as_str())
                                 .ok_or(TemplateMismatch::TextDiffers { at: pos })?;
                             check_variable_length(name, found)?;
+                            spans.push(pos..pos + found);
                             Some(found)
                         }
                     };
@@ -157,10 +168,14 @@ impl PromptTemplate {
         }
         let remaining = prompt.len() - pos.min(prompt.len());
         match pending_variable {
-            Some(name) => check_variable_length(name, remaining),
-            None if remaining == 0 => Ok(()),
-            None => Err(TemplateMismatch::TextDiffers { at: pos }),
+            Some(name) => {
+                check_variable_length(name, remaining)?;
+                spans.push(pos.min(prompt.len())..prompt.len());
+            }
+            None if remaining == 0 => {}
+            None => return Err(TemplateMismatch::TextDiffers { at: pos }),
         }
+        Ok(spans)
     }
 }
 
@@ -241,6 +256,24 @@ mod tests {
             .check("Hello Ann, you handle billing tickets. And more.")
             .is_err());
         assert!(t.check("Hi Ann, you handle billing tickets.").is_err());
+    }
+
+    #[test]
+    fn filled_spans_are_where_the_values_lie() {
+        let t = template(
+            "Hello {{name}}, you handle {{queue}} tickets. {{note}}",
+            &["name", "queue", "note"],
+        )
+        .unwrap();
+        let prompt = "Hello Ann, you handle  tickets. Be brief.";
+        let spans = t.filled_spans(prompt).unwrap();
+        let values: Vec<&str> = spans.iter().map(|s| &prompt[s.clone()]).collect();
+        assert_eq!(values, ["Ann", "", "Be brief."]);
+        assert_eq!(
+            template("Fixed.", &[]).unwrap().filled_spans("Fixed."),
+            Ok(vec![])
+        );
+        assert!(t.filled_spans("Hi Ann").is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use gavel_contract::{
 use crate::approval::{covering_approval, NotCovered};
 use crate::decision::*;
 use crate::request::{ActionKind, ContentRole, DecideRequest};
-use crate::scan::{ContentScanner, ScanReport};
+use crate::scan::{ContentScanner, ScanReport, Unapproved};
 use crate::state::*;
 use crate::tokens::Encoding;
 
@@ -191,7 +191,11 @@ impl Engine {
     /// [`Engine::decide_prescanned`].
     pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
         let (texts, input_sha256) = texts_and_digest(request);
-        let report = self.scan_texts(&texts);
+        let report = self.scan_texts(
+            request,
+            &texts,
+            self.contract.deployment(&request.deployment),
+        );
         let counts_tokens = self
             .contract
             .policy
@@ -240,10 +244,18 @@ impl Engine {
             .flatten()
     }
 
-    fn scan_texts(&self, texts: &[Text<'_>]) -> ScanReport {
+    /// Scans `request`'s `texts` for `deployment` (whose prompt template says which bytes of a
+    /// system prompt are the caller's).
+    fn scan_texts(
+        &self,
+        request: &DecideRequest,
+        texts: &[Text<'_>],
+        deployment: Option<&Deployment>,
+    ) -> ScanReport {
         let mut report = ScanReport::default();
         if let Some(scanner) = &self.config.scanner {
-            scanner.scan(texts, &self.contract.policy, &mut report);
+            let unapproved = unapproved_spans(request, texts, deployment);
+            scanner.scan(texts, &unapproved, &self.contract.policy, &mut report);
         }
         report
     }
@@ -574,6 +586,45 @@ fn breach_reason(breach: &Breach, consequence: &str) -> Reason {
 /// One text of a request with the role it was written in.
 type Text<'a> = (ContentRole, std::borrow::Cow<'a, str>);
 
+/// The bytes of `texts`' system texts that conformance does not approve: in a system prompt
+/// that the conformance guard checks against `deployment`'s template (an inference's), the
+/// values filled into its variables; any other system text whole (one in a tool call's or a
+/// task's content, a system message's other fields), since no template vouches for it. A
+/// prompt that is not an instance of the template is refused by conformance before anything is
+/// scanned; here it counts as unapproved whole.
+fn unapproved_spans(
+    request: &DecideRequest,
+    texts: &[Text<'_>],
+    deployment: Option<&Deployment>,
+) -> Vec<Unapproved> {
+    let template = deployment
+        .and_then(|d| d.prompt_template.as_ref())
+        .filter(|_| request.is_generative());
+    let prompts = request.redactable_texts();
+    let mut unapproved = Vec::new();
+    for (text_index, (role, text)) in texts.iter().enumerate() {
+        if *role != ContentRole::System {
+            continue;
+        }
+        let filled = template
+            .filter(|_| text_index < prompts)
+            .and_then(|t| t.filled_spans(text).ok());
+        match filled {
+            Some(spans) => unapproved.extend(
+                spans
+                    .into_iter()
+                    .filter(|span| !span.is_empty())
+                    .map(|span| Unapproved { text_index, span }),
+            ),
+            None => unapproved.push(Unapproved {
+                text_index,
+                span: 0..text.len(),
+            }),
+        }
+    }
+    unapproved
+}
+
 /// The request's data classes: those its use case declares and those the scanners `detected`.
 fn data_classes<'a>(use_case: &'a UseCase, detected: &'a [String]) -> Vec<&'a str> {
     use_case
@@ -678,7 +729,10 @@ impl Ctx<'_> {
         if let Some(stop) = outcome {
             return Ok(eval.stopped(stop));
         }
-        let scan = prescanned.unwrap_or_else(|| self.engine.scan_texts(self.texts));
+        let scan = prescanned.unwrap_or_else(|| {
+            self.engine
+                .scan_texts(self.request, self.texts, Some(self.deployment))
+        });
         let unredactable = self.unredactable(&scan);
         eval.findings = scan.findings;
         if let Some(reason) = scan.block {

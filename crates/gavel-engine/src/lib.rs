@@ -42,7 +42,7 @@ pub use engine::{window_charge, DecideInput, Engine, EngineConfig, Prescanned, U
 pub use ids::new_id;
 pub use memory::{relevant_scopes, MemoryState};
 pub use request::*;
-pub use scan::{ContentScanner, ScanReport};
+pub use scan::{ContentScanner, ScanReport, Unapproved};
 pub use scanning::PolicyScanner;
 pub use state::*;
 pub use tokens::Encoding;

@@ -3,6 +3,7 @@
 //! whether to block, what to redact and which data classes it saw (which feed sovereignty).
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use gavel_contract::Policy;
 
@@ -21,8 +22,25 @@ pub struct ScanReport {
     pub detected_classes: Vec<String>,
 }
 
+/// Bytes `span` of system text `text_index` that conformance did not approve: the values a
+/// caller filled into the approved prompt template's variables, or the whole text where no
+/// template vouches for it. They are the caller's words, so they are scored for injection as
+/// user input, where the rest of a system text is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unapproved {
+    pub text_index: usize,
+    pub span: Range<usize>,
+}
+
 pub trait ContentScanner: Send + Sync {
     /// Scans `texts` (indexed as `Redaction::text_index` and `FindingRecord::text_index`) under
-    /// `policy` and fills `report`.
-    fn scan(&self, texts: &[(ContentRole, Cow<'_, str>)], policy: &Policy, report: &mut ScanReport);
+    /// `policy` and fills `report`; `unapproved` says which bytes of system texts are the
+    /// caller's.
+    fn scan(
+        &self,
+        texts: &[(ContentRole, Cow<'_, str>)],
+        unapproved: &[Unapproved],
+        policy: &Policy,
+        report: &mut ScanReport,
+    );
 }

@@ -6,9 +6,10 @@
 //! `privacy.retrieved`, which defaults to the input's), injection takes `injection.input` for
 //! user and assistant turns (direct) and `injection.retrieved` for retrieved documents and tool
 //! outputs (indirect: instructions inside data are suspect), at `injection.threshold`. System
-//! prompts are scanned for secrets and PII only (their template variables are the caller's),
-//! not for injection: conformance proved the rest equal to the approved template. Tool-call
-//! arguments are scanned as input.
+//! prompts are scanned whole for secrets and PII; for injection only what conformance did not
+//! approve is scored, as user input (`Unapproved`: the values filled into the template's
+//! variables, or a whole system text no template vouches for), since the approved template's
+//! own instructions would read as injection. Tool-call arguments are scanned as input.
 //! NUL bytes are refused as invalid input. Every finding is recorded (kind, rule, span,
 //! confidence), never the text; detected classes feed the sovereignty guard even when no
 //! privacy policy is set.
@@ -22,7 +23,7 @@ use gavel_scan::{
 
 use crate::decision::{FindingRecord, Reason, ReasonCode, Redaction};
 use crate::request::ContentRole;
-use crate::scan::{ContentScanner, ScanReport};
+use crate::scan::{ContentScanner, ScanReport, Unapproved};
 
 /// The default content scanner: every detector on, the contract's policy deciding what to do.
 pub struct PolicyScanner {
@@ -105,10 +106,103 @@ fn evidence(reason: Reason, index: usize, role: ContentRole, f: &Finding) -> Rea
         .with("confidence", f64::from(f.confidence))
 }
 
+/// What an injection score of text `index` adds to the report: a BLOCK or a note when it is
+/// at or over the contract's threshold, with the strongest piece of evidence among the
+/// findings recorded for that text from `first` on.
+fn judge_injection(
+    report: &mut ScanReport,
+    policy: &Policy,
+    (action, code, described): (Option<FindingAction>, ReasonCode, [&str; 2]),
+    (index, score, first): (usize, f32, usize),
+) {
+    let (Some(action), Some(threshold)) = (action, policy.injection.as_ref().map(|i| i.threshold))
+    else {
+        return;
+    };
+    let score = f64::from(score);
+    if score < threshold || action == FindingAction::Allow {
+        return;
+    }
+    let findings = report.findings.get(first..).unwrap_or_default();
+    let strongest = findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::Injection.as_str())
+        .max_by(|a, b| a.confidence.total_cmp(&b.confidence));
+    let [what, whose] = described;
+    let message =
+        format!("{what}{whose} scores {score:.2} for prompt injection (threshold {threshold})");
+    let mut reason = Reason::new(code, message)
+        .with("score", score)
+        .with("threshold", threshold)
+        .with("text_index", index);
+    if let Some(f) = strongest {
+        reason = reason
+            .with("feature", f.rule_id.clone())
+            .with("start", f.start)
+            .with("end", f.end);
+    }
+    if action == FindingAction::Block {
+        report.block.get_or_insert(reason);
+    } else {
+        report.notes.push(reason);
+    }
+}
+
+impl PolicyScanner {
+    /// Scores for injection, as user input, the bytes of system text `index` that conformance
+    /// did not approve; their findings are recorded at their place in the whole text.
+    fn score_unapproved(
+        &self,
+        (index, text): (usize, &str),
+        unapproved: &[Unapproved],
+        policy: &Policy,
+        report: &mut ScanReport,
+    ) {
+        let mut findings = Vec::new();
+        for span in unapproved.iter().filter(|u| u.text_index == index) {
+            let Some(value) = text.get(span.span.clone()) else {
+                continue;
+            };
+            findings.clear();
+            let outcome = self.scanners.scan(value, ScanRole::User, &mut findings);
+            let first = report.findings.len();
+            report.findings.extend(
+                findings
+                    .iter()
+                    .filter(|f| f.kind == FindingKind::Injection)
+                    .map(|f| finding_record(index, f, span.span.start)),
+            );
+            judge_injection(
+                report,
+                policy,
+                (
+                    policy.injection.as_ref().map(|i| i.input),
+                    ReasonCode::InjectionDirect,
+                    ["system content", " the caller filled in"],
+                ),
+                (index, outcome.injection_score, first),
+            );
+        }
+    }
+}
+
+/// A finding's record, its span moved by `offset` (where the scanned text starts in text `index`).
+fn finding_record(index: usize, f: &Finding, offset: usize) -> FindingRecord {
+    FindingRecord {
+        kind: f.kind.as_str().to_string(),
+        rule_id: f.rule_id.to_string(),
+        text_index: index,
+        start: f.span.start + offset,
+        end: f.span.end + offset,
+        confidence: (f.confidence * 1000.0).round() / 1000.0,
+    }
+}
+
 impl ContentScanner for PolicyScanner {
     fn scan(
         &self,
         texts: &[(ContentRole, Cow<'_, str>)],
+        unapproved: &[Unapproved],
         policy: &Policy,
         report: &mut ScanReport,
     ) {
@@ -132,15 +226,9 @@ impl ContentScanner for PolicyScanner {
             findings.clear();
             let outcome = self.scanners.scan(text, direction.scan_role, &mut findings);
             classes.extend(DataClasses::from_findings(&findings).names());
+            let first = report.findings.len();
             for f in &findings {
-                report.findings.push(FindingRecord {
-                    kind: f.kind.as_str().to_string(),
-                    rule_id: f.rule_id.to_string(),
-                    text_index: index,
-                    start: f.span.start,
-                    end: f.span.end,
-                    confidence: (f.confidence * 1000.0).round() / 1000.0,
-                });
+                report.findings.push(finding_record(index, f, 0));
                 let (action, code, what) = match f.kind {
                     FindingKind::Secret => (
                         direction.privacy.map(|p| p.secret),
@@ -199,36 +287,18 @@ impl ContentScanner for PolicyScanner {
                     Some(FindingAction::Allow) | None => {}
                 }
             }
-            if let (Some(action), Some(threshold)) = (
-                direction.injection,
-                policy.injection.as_ref().map(|i| i.threshold),
-            ) {
-                let score = f64::from(outcome.injection_score);
-                if score >= threshold && action != FindingAction::Allow {
-                    let strongest = findings
-                        .iter()
-                        .filter(|f| f.kind == FindingKind::Injection)
-                        .max_by(|a, b| a.confidence.total_cmp(&b.confidence));
-                    let message = format!(
-                        "{} content scores {score:.2} for prompt injection (threshold {threshold})",
-                        role_name(*role)
-                    );
-                    let mut reason = Reason::new(direction.code, message)
-                        .with("score", score)
-                        .with("threshold", threshold)
-                        .with("text_index", index);
-                    if let Some(f) = strongest {
-                        reason = reason
-                            .with("feature", f.rule_id)
-                            .with("start", f.span.start)
-                            .with("end", f.span.end);
-                    }
-                    if action == FindingAction::Block {
-                        report.block.get_or_insert(reason);
-                    } else {
-                        report.notes.push(reason);
-                    }
-                }
+            judge_injection(
+                report,
+                policy,
+                (
+                    direction.injection,
+                    direction.code,
+                    [role_name(*role), " content"],
+                ),
+                (index, outcome.injection_score, first),
+            );
+            if *role == ContentRole::System {
+                self.score_unapproved((index, text), unapproved, policy, report);
             }
         }
         report

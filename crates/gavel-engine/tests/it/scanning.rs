@@ -186,11 +186,12 @@ impl ContentScanner for Counting {
     fn scan(
         &self,
         texts: &[(ContentRole, std::borrow::Cow<'_, str>)],
+        unapproved: &[Unapproved],
         policy: &gavel_contract::Policy,
         report: &mut ScanReport,
     ) {
         self.scans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.scan(texts, policy, report);
+        self.inner.scan(texts, unapproved, policy, report);
     }
 }
 
