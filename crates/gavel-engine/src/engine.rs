@@ -205,7 +205,7 @@ impl Engine {
         let runs_on = self
             .contract
             .deployment(&request.deployment)
-            .filter(|_| counts_tokens && request.is_generative())
+            .filter(|_| counts_tokens && request.reads_prompt())
             .map(|d| {
                 self.sovereignty_route(d, &report.detected_classes)
                     .unwrap_or(d)
@@ -661,6 +661,13 @@ fn may_route(violated: &[&gavel_contract::SovereigntyRule]) -> bool {
 /// by the contract's figure per image): `texts` (its texts as gathered for the decision) unless
 /// images or the `user` parameter are among them, which the model does not read as text.
 fn text_tokens(request: &DecideRequest, texts: &[Text<'_>], encoding: Encoding) -> u64 {
+    if !request.is_generative() {
+        // Embeddings: each input is counted as it is, with no chat framing around it.
+        return texts
+            .iter()
+            .map(|(_, t)| encoding.count(t))
+            .fold(0, u64::saturating_add);
+    }
     if request.images().all == 0 && request.user_param().is_none() {
         encoding.count_chat(texts.iter().map(|(_, t)| t.as_ref()))
     } else {
@@ -1389,10 +1396,10 @@ impl Ctx<'_> {
         let needs_tokens = applicable
             .iter()
             .any(|(b, _)| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
-        // A model reads a prompt only for inference (or anything carrying chat messages): a
-        // tool call's arguments or a task's content are not tokens of a model's.
+        // A model reads a prompt only for inference (or anything carrying chat messages) and
+        // embeddings: a tool call's arguments or a task's content are not tokens of a model's.
         let is_inference = self.request.is_generative();
-        let prompt_tokens = if needs_tokens && is_inference {
+        let prompt_tokens = if needs_tokens && self.request.reads_prompt() {
             let encoding = Encoding::for_model(&target.model.name);
             let for_texts = match self.counted {
                 Some((counted_in, tokens)) if counted_in == encoding => tokens,

@@ -83,6 +83,9 @@ pub enum ActionKind {
     Inference,
     ToolCall,
     Task,
+    /// A model reads the content's texts and answers with vectors: prompt tokens, no
+    /// completion (the gateway's `/v1/embeddings`).
+    Embeddings,
 }
 
 /// An OpenAI chat message, with every field OpenAI's API defines and no other: a body is
@@ -625,6 +628,12 @@ impl DecideRequest {
     /// action is called.
     pub fn is_generative(&self) -> bool {
         self.action.kind == ActionKind::Inference || !self.messages.is_empty()
+    }
+
+    /// Whether a model reads the request's texts as its prompt: generative requests, and
+    /// embeddings. A tool call's arguments and a task's content are not a model's tokens.
+    pub fn reads_prompt(&self) -> bool {
+        self.is_generative() || self.action.kind == ActionKind::Embeddings
     }
 
     /// The system prompt: system/developer messages' content, or system content parts.

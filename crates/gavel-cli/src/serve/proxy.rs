@@ -1140,7 +1140,7 @@ pub async fn embeddings(
             })
             .collect(),
         action: gavel_engine::Action {
-            kind: gavel_engine::ActionKind::Task,
+            kind: gavel_engine::ActionKind::Embeddings,
             name: Some("embeddings".to_string()),
             args: None,
         },

@@ -336,3 +336,34 @@ fn a_prescanned_token_count_gives_the_estimate_the_engine_counts() {
     }));
     assert_eq!(estimate(&w, &short, Some(other)), counted);
 }
+
+/// Embeddings read their inputs as a model's prompt: counted (each input as it is, no chat
+/// framing), no completion reserved, and refused like any call once a window is full. As a
+/// `task` (how the gateway sent them before) they reserved nothing and no budget held them.
+#[test]
+fn embeddings_are_counted_and_held_to_token_budgets() {
+    let w = World::edited(&[("window: 1m, tokens: 200000", "window: 1m, tokens: 40")]);
+    w.approve("kb-search-v1");
+    let inputs = [
+        "How do I book a meeting room?",
+        "Where is the printer on floor three?",
+    ];
+    let embed = |kind: &str| {
+        json!({"deployment": "kb-search-v1", "action": {"type": kind},
+               "content": inputs.iter().map(|t| json!({"role": "user", "text": t})).collect::<Vec<_>>()})
+    };
+    let first = w.decide(embed("embeddings"));
+    assert_eq!(first.verdict, Verdict::Allow);
+    let counted: u64 = inputs.iter().map(|t| Encoding::O200k.count(t)).sum();
+    let estimate = first.estimate.as_ref().unwrap();
+    assert_eq!((estimate.prompt_tokens, estimate.max_tokens), (counted, 0));
+    // Two calls of about 16 tokens fill 40; the third is refused until the window ends.
+    assert_eq!(w.decide(embed("embeddings")).verdict, Verdict::Allow);
+    assert_verdict(
+        &w.decide(embed("embeddings")),
+        Verdict::Cooldown,
+        "budget.tokens",
+    );
+    // A task's content is not a model's prompt: it reserves no tokens.
+    assert_eq!(w.decide(embed("task")).verdict, Verdict::Allow);
+}
