@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
-use gavel_contract::{BudgetScope, Contract, Deployment, Signal, Tier};
+use gavel_contract::{BudgetScope, Contract, Deployment, Signal, Tier, UseCase};
 
 use crate::state::{Approval, ApprovalStatus, Evidence, OnBreach, Signoff};
 
@@ -357,6 +357,47 @@ fn spend_roles(contract: &Contract, deployment: &Deployment) -> Vec<String> {
         .filter(|t| ceiling.is_none_or(|c| c > t.above_usd_per_month))
         .map(|t| t.extra_role.clone())
         .collect()
+}
+
+/// Why `approval` no longer meets what the contract in force asks of an approval of
+/// `deployment`, if it does not. Both can move without the binding moving (a use case is not
+/// part of a deployment's binding): the use case's tier, which its domain decides (a tier
+/// raised asks for more signers, evidence and thresholds; one lowered is a loosening that needs
+/// a recorded approval, SPEC section 2), and the spend tiers' extra roles, which follow the
+/// budgets. Checked on every decision, so an approval granted under other requirements stops
+/// covering as soon as they change, until one granted under the new ones.
+pub fn requirements_moved(
+    approval: &Approval,
+    contract: &Contract,
+    deployment: &Deployment,
+    use_case: &UseCase,
+) -> Option<String> {
+    if approval.tier != use_case.tier.as_str() {
+        return Some(format!(
+            "approval {} was granted at tier `{}`, and use case `{}` (domain `{}`) is now tier `{}`; approve again under that tier's requirements",
+            approval.id,
+            approval.tier,
+            use_case.id,
+            use_case.domain,
+            use_case.tier
+        ));
+    }
+    let ceiling = monthly_spend_ceiling_usd(contract, deployment);
+    let unsigned = contract
+        .taxonomy
+        .spend_tiers
+        .iter()
+        .filter(|t| ceiling.is_none_or(|c| c > t.above_usd_per_month))
+        .find(|t| {
+            !approval
+                .signoffs
+                .iter()
+                .any(|s| s.approver_role.as_deref() == Some(t.extra_role.as_str()))
+        })?;
+    Some(format!(
+        "the budgets now allow `{}` to spend more than ${} a month, which needs a `{}` signoff that approval {} does not have; approve again",
+        deployment.id, unsigned.above_usd_per_month, unsigned.extra_role, approval.id
+    ))
 }
 
 /// Why no approval covers a request, as a reason code and sentence.

@@ -53,6 +53,8 @@ pub enum ReasonCode {
     ApprovalRevoked,
     #[serde(rename = "approval.binding_mismatch")]
     ApprovalBindingMismatch,
+    #[serde(rename = "approval.requirements_changed")]
+    ApprovalRequirementsChanged,
     #[serde(rename = "tier.unacceptable")]
     TierUnacceptable,
     #[serde(rename = "model.deprecated")]
@@ -120,7 +122,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 43] = [
+    pub const ALL: [ReasonCode; 44] = [
         ReasonCode::GovernanceUnavailable,
         ReasonCode::DeploymentUnknown,
         ReasonCode::PrincipalMismatch,
@@ -132,6 +134,7 @@ impl ReasonCode {
         ReasonCode::ApprovalExpired,
         ReasonCode::ApprovalRevoked,
         ReasonCode::ApprovalBindingMismatch,
+        ReasonCode::ApprovalRequirementsChanged,
         ReasonCode::TierUnacceptable,
         ReasonCode::ModelDeprecated,
         ReasonCode::ConformanceModel,
@@ -179,6 +182,7 @@ impl ReasonCode {
             ReasonCode::ApprovalExpired => "approval.expired",
             ReasonCode::ApprovalRevoked => "approval.revoked",
             ReasonCode::ApprovalBindingMismatch => "approval.binding_mismatch",
+            ReasonCode::ApprovalRequirementsChanged => "approval.requirements_changed",
             ReasonCode::TierUnacceptable => "tier.unacceptable",
             ReasonCode::ModelDeprecated => "model.deprecated",
             ReasonCode::ConformanceModel => "conformance.model",

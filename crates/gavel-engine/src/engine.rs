@@ -18,7 +18,7 @@ use gavel_contract::{
     Budget, BudgetScope, Contract, Deployment, Fallback, OnViolation, ParamRule, UseCase,
 };
 
-use crate::approval::{covering_approval, NotCovered};
+use crate::approval::{covering_approval, requirements_moved, NotCovered};
 use crate::decision::*;
 use crate::request::{ActionKind, ContentRole, DecideRequest};
 use crate::scan::{ContentScanner, ScanReport, Unapproved};
@@ -868,6 +868,12 @@ impl Ctx<'_> {
             Err(why) => return Some(Stop::block(self.not_covered_reason(why))),
         };
         eval.approval_id = Some(approval.id.clone());
+        if let Some(why) = requirements_moved(approval, &self.engine.contract, d, self.use_case) {
+            return Some(Stop::block(
+                Reason::new(ReasonCode::ApprovalRequirementsChanged, why)
+                    .with("approval_id", approval.id.clone()),
+            ));
+        }
         if let Some(date) = d.model.deprecates {
             if self.now >= date.start() {
                 return Some(Stop::block(
@@ -1629,7 +1635,7 @@ mod tests {
                     use_case: d.use_case.clone(),
                     binding: d.binding.0.clone(),
                     contract_version: contract.version.0.clone(),
-                    tier: "limited".into(),
+                    tier: contract.use_case_of(d).unwrap().tier.as_str().into(),
                     population: "test".into(),
                     created_at: NOW,
                     expires_at: NOW.saturating_add(gavel_contract::time::Span::from_days(30)),

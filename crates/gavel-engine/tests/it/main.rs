@@ -90,7 +90,7 @@ impl World {
             use_case: d.use_case.clone(),
             binding: d.binding.0.clone(),
             contract_version: self.contract.version.0.clone(),
-            tier: "limited".into(),
+            tier: self.contract.use_case_of(d).unwrap().tier.as_str().into(),
             population: "test".into(),
             created_at: NOW,
             expires_at: NOW.saturating_add(Span::from_days(30)),
