@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
-use gavel_contract::{BudgetScope, Contract, Deployment, Signal, Tier, UseCase};
+use gavel_contract::{BudgetScope, Contract, Deployment, Signal, Tier};
 
 use crate::state::{Approval, ApprovalStatus, Evidence, OnBreach, Signoff};
 
@@ -360,28 +360,16 @@ fn spend_roles(contract: &Contract, deployment: &Deployment) -> Vec<String> {
 }
 
 /// Why `approval` no longer meets what the contract in force asks of an approval of
-/// `deployment`, if it does not. Both can move without the binding moving (a use case is not
-/// part of a deployment's binding): the use case's tier, which its domain decides (a tier
-/// raised asks for more signers, evidence and thresholds; one lowered is a loosening that needs
-/// a recorded approval, SPEC section 2), and the spend tiers' extra roles, which follow the
-/// budgets. Checked on every decision, so an approval granted under other requirements stops
-/// covering as soon as they change, until one granted under the new ones.
+/// `deployment`, if it does not: the spend tiers' extra roles follow the budgets, which are not
+/// part of the binding (the use case's domain, tier, population and data classes are, so a
+/// change there already needs a new approval), so lowering or removing a dollar budget can ask
+/// for a role none of the approval's signers holds. Checked on every decision, so such an
+/// approval stops covering as soon as the contract changes, until one signed under it.
 pub fn requirements_moved(
     approval: &Approval,
     contract: &Contract,
     deployment: &Deployment,
-    use_case: &UseCase,
 ) -> Option<String> {
-    if approval.tier != use_case.tier.as_str() {
-        return Some(format!(
-            "approval {} was granted at tier `{}`, and use case `{}` (domain `{}`) is now tier `{}`; approve again under that tier's requirements",
-            approval.id,
-            approval.tier,
-            use_case.id,
-            use_case.domain,
-            use_case.tier
-        ));
-    }
     let ceiling = monthly_spend_ceiling_usd(contract, deployment);
     let unsigned = contract
         .taxonomy

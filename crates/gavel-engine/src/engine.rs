@@ -868,7 +868,7 @@ impl Ctx<'_> {
             Err(why) => return Some(Stop::block(self.not_covered_reason(why))),
         };
         eval.approval_id = Some(approval.id.clone());
-        if let Some(why) = requirements_moved(approval, &self.engine.contract, d, self.use_case) {
+        if let Some(why) = requirements_moved(approval, &self.engine.contract, d) {
             return Some(Stop::block(
                 Reason::new(ReasonCode::ApprovalRequirementsChanged, why)
                     .with("approval_id", approval.id.clone()),

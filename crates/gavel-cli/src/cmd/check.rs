@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::json;
 
 use gavel_contract::short_hash;
-use gavel_engine::approval::{covering_approval, NotCovered};
+use gavel_engine::approval::{covering_approval, requirements_moved, NotCovered};
 use gavel_engine::RuntimeState;
 use gavel_store::{SqliteStore, Store};
 
@@ -34,7 +34,14 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
         let approval = match &store {
             None => "unknown (no database)".to_string(),
             Some(s) => match covering_approval(&RuntimeState::approvals_of(s, &d.id)?, d, at) {
-                Ok(a) => format!("active {} until {}", a.id, a.expires_at),
+                // What this contract would do to the approval: a CI gate sees it before apply.
+                Ok(a) => match requirements_moved(a, &contract, d) {
+                    Some(_) => format!(
+                        "stale {} (approved under other requirements: re-approve)",
+                        a.id
+                    ),
+                    None => format!("active {} until {}", a.id, a.expires_at),
+                },
                 Err(NotCovered::Missing) => "none".to_string(),
                 Err(NotCovered::Pending(id)) => format!("pending {id}"),
                 Err(NotCovered::Expired(id)) => format!("expired {id}"),

@@ -369,3 +369,32 @@ fn evidence_files_are_regular_files_inside_the_contract_folder() {
     let args = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
     g.run(Some(&r.risk), &strs(&args)).ok();
 }
+
+/// Budgets are not part of the binding: removing the dollar budget lifts the deployment's
+/// spend ceiling past the example's spend tier, whose `budget_owner` role the approval lacks.
+/// `gavel check` (the CI gate) says the approval is stale before the change is applied, and
+/// after `apply` decisions are refused until an approval signed by that role.
+#[test]
+fn a_budget_change_that_needs_another_signer_makes_the_approval_stale() {
+    let r = Ready::start();
+    let g = &r.g;
+    assert_eq!(g.decide(&r.service, &kb_request())["verdict"], "ALLOW");
+    let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    let unbounded = yaml.replacen("    - { scope: use_case,  window: 1d, usd: 300 }\n", "", 1);
+    assert_ne!(unbounded, yaml);
+    std::fs::write(g.path("gavel.yaml"), unbounded).unwrap();
+    let check = g.run(None, &["check"]).ok();
+    assert!(
+        check.stdout.contains("approval: stale apr_")
+            && check.stdout.contains("approved under other requirements"),
+        "{}",
+        check.stdout
+    );
+    g.run(Some(&r.operator), &["apply"]).ok();
+    let d = g.decide(&r.service, &kb_request());
+    assert_eq!(d["verdict"], "BLOCK", "{d}");
+    assert_eq!(
+        d["reasons"][0]["code"], "approval.requirements_changed",
+        "{d}"
+    );
+}

@@ -198,49 +198,29 @@ fn injection_in_a_system_part_no_template_approves_blocks() {
     assert_verdict(&d, Verdict::Block, "injection.direct");
 }
 
-/// A use case is not part of a deployment's binding, so its domain can change under an
-/// approval. An approval granted at one tier stops covering once the tier moves, either way
-/// (raised: the new tier asks for more; lowered: a loosening that needs a recorded approval),
-/// and one whose signers lack a role the spend tiers now ask for stops covering too.
+/// Budgets are not part of a deployment's binding, so removing a dollar budget can raise the
+/// deployment's spend ceiling past a spend tier under an approval made without that tier's
+/// extra role: such an approval stops covering until one is signed by the role.
 #[test]
-fn an_approval_stops_covering_when_its_requirements_move() {
-    let granted_at = |edits: &[(&str, &str)], tier: &str| {
+fn an_approval_stops_covering_when_the_spend_tiers_ask_for_a_role_it_lacks() {
+    let unbounded = [("    - { scope: use_case,  window: 1d, usd: 300 }\n", "")];
+    let approved = |edits: &[(&str, &str)], role: Option<&str>| {
         let w = World::edited(edits);
         let mut a = w.approval("support-triage-v3", ApprovalStatus::Active);
-        a.tier = tier.into();
+        a.signoffs.extend(role.map(|role| Signoff {
+            principal: "bo".into(),
+            approver_role: Some(role.into()),
+            at: NOW,
+        }));
         w.state.put_approval(a).unwrap();
         w.decide(triage_request("support-triage-v3"))
     };
-    let unchanged = granted_at(&[], "limited");
-    assert_eq!(unchanged.verdict, Verdict::Allow);
-    for (domain, now) in [("credit", "high"), ("internal_knowledge", "minimal")] {
-        let edit = (
-            "    domain: customer_support",
-            &*format!("    domain: {domain}"),
-        );
-        let d = granted_at(&[edit], "limited");
-        assert_verdict(&d, Verdict::Block, "approval.requirements_changed");
-        assert!(
-            d.reasons[0].message.contains(&format!("now tier `{now}`")),
-            "{d:?}"
-        );
-        assert_eq!(granted_at(&[edit], now).verdict, Verdict::Allow);
-    }
-    // Without a dollar budget nothing caps spend, so the spend tier's extra role applies.
-    let unbounded = [("    - { scope: use_case,  window: 1d, usd: 300 }\n", "")];
-    let d = granted_at(&unbounded, "limited");
+    assert_eq!(approved(&[], None).verdict, Verdict::Allow);
+    let d = approved(&unbounded, None);
     assert_verdict(&d, Verdict::Block, "approval.requirements_changed");
     assert!(d.reasons[0].message.contains("`budget_owner`"), "{d:?}");
-    let w = World::edited(&unbounded);
-    let mut a = w.approval("support-triage-v3", ApprovalStatus::Active);
-    a.signoffs.push(Signoff {
-        principal: "bo".into(),
-        approver_role: Some("budget_owner".into()),
-        at: NOW,
-    });
-    w.state.put_approval(a).unwrap();
     assert_eq!(
-        w.decide(triage_request("support-triage-v3")).verdict,
+        approved(&unbounded, Some("budget_owner")).verdict,
         Verdict::Allow
     );
 }
