@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
             None => "unknown (no database)".to_string(),
             Some(s) => match covering_approval(&RuntimeState::approvals_of(s, &d.id)?, d, at) {
                 // What this contract would do to the approval: a CI gate sees it before apply.
-                Ok(a) => match requirements_moved(a, &contract, d) {
+                Ok(a) => match requirements_moved(a, contract, d) {
                     Some(_) => format!(
                         "stale {} (approved under other requirements: re-approve)",
                         a.id
