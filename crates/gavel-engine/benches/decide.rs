@@ -113,7 +113,7 @@ fn setup_with(pipeline: Pipeline) -> (Engine, MemoryState, Vec<DecideRequest>) {
         use_case: d.use_case.clone(),
         binding: d.binding.0.clone(),
         contract_version: contract.version.0.clone(),
-        tier: contract.use_case_of(d).unwrap().tier.as_str().into(),
+        tier: "minimal".into(),
         population: "bench".into(),
         created_at: NOW,
         expires_at: NOW.saturating_add(Span::from_days(300)),
