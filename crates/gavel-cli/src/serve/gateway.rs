@@ -67,8 +67,9 @@ pub struct Gateway {
     pub output_scanners: Arc<Scanners>,
     pub upstreams: super::upstream::Upstreams,
     pub limits: Limits,
-    /// The operator who started the gateway: contract reloads are recorded as theirs.
-    pub operator: String,
+    /// The key the gateway was started with: contract reloads are applied in its principal's
+    /// name, and only while it is still an operator's or admin's active key.
+    pub operator: KeyRecord,
     pub contract_path: PathBuf,
     pub db_path: PathBuf,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,

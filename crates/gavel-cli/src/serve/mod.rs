@@ -147,7 +147,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
         },
         open_calls: Mutex::new(Default::default()),
         abandoning: Mutex::new(Default::default()),
-        operator: operator.principal.clone(),
+        operator: operator.clone(),
         contract_path: ctx.contract_path.clone(),
         db_path: ctx.db_path.clone(),
         metrics,

@@ -13,6 +13,7 @@ use serde_json::json;
 use gavel_contract::{load_with_snapshot, short_hash, Contract, Snapshot};
 use gavel_engine::{Engine, EngineConfig};
 use gavel_ledger::RecordKind;
+use gavel_store::{Role, Store};
 
 use super::gateway::Gateway;
 use super::metrics;
@@ -29,7 +30,6 @@ pub fn make_in_force(
     snapshot: &Snapshot,
     operator: &str,
 ) -> Result<(Engine, Option<Applied>), Failure> {
-    use gavel_store::Store;
     let in_force = store
         .latest_contract()?
         .is_some_and(|(latest, _)| latest.version == contract.version.0);
@@ -144,12 +144,15 @@ fn check(
         return (Reloaded::Unchanged, files);
     }
     let version = loaded.contract.version.0.clone();
+    if let Err(why) = operator_still_holds(gw) {
+        return (refuse(gw, why, already_refused), files);
+    }
     match make_in_force(
         &gw.store,
         &gw.ledger,
         loaded.contract,
         &snapshot,
-        &gw.operator,
+        &gw.operator.principal,
     ) {
         Ok((engine, applied)) => {
             gw.engine.store(Arc::new(engine));
@@ -162,6 +165,23 @@ fn check(
     }
 }
 
+/// A change is applied in the name of the key that started the gateway, so that key must still
+/// be an active operator's or admin's: a revoked key authorises nothing from then on
+/// (docs/cli.md), a running gateway's reloads included. Read from the store at each change.
+fn operator_still_holds(gw: &Gateway) -> Result<(), String> {
+    let key = &gw.operator;
+    match gw.store.key_by_hash(&key.hash) {
+        Ok(Some(now)) if now.revoked_at.is_none() && matches!(now.role, Role::Operator | Role::Admin) => Ok(()),
+        Ok(_) => Err(format!(
+            "key {} of `{}`, which started this gateway, is revoked: contract changes are not applied until the gateway is restarted with an active operator key",
+            key.id, key.principal
+        )),
+        Err(e) => Err(format!(
+            "cannot check that the key which started this gateway is still active ({e}); the change is not applied"
+        )),
+    }
+}
+
 fn refuse(gw: &Gateway, why: String, already_refused: Option<&str>) -> Reloaded {
     if already_refused == Some(why.as_str()) {
         return Reloaded::Refused(why);
@@ -171,7 +191,7 @@ fn refuse(gw: &Gateway, why: String, already_refused: Option<&str>) -> Reloaded 
     let recorded = gw.ledger.record_change(
         RecordKind::Admin,
         now(),
-        &gw.operator,
+        &gw.operator.principal,
         "contract_reload_refused",
         json!({ "file": gw.contract_path.display().to_string(), "why": why, "in_force": gw.engine().contract().version }),
     );

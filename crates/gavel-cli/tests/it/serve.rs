@@ -2613,3 +2613,60 @@ fn the_dashboard_shows_the_state_to_readers_and_verifies_on_its_own_pages_only()
     let unknown = read("/dashboard/deployments/nope");
     assert_eq!(unknown.status, 400, "{}", unknown.body);
 }
+
+/// A revoked key authorises nothing from then on (docs/cli.md), including the contract changes
+/// a running gateway applies in the name of the operator who started it: after that key is
+/// revoked, a change is refused on the record and the version in force keeps governing.
+#[test]
+fn a_reload_is_refused_once_the_operator_key_that_started_the_gateway_is_revoked() {
+    let r = Ready::start();
+    let admin = r.g.admin.clone();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let keys = s.request("GET", "/v1/admin/keys", Some(&admin), None);
+    let keys: serde_json::Value = serde_json::from_str(&keys.body).unwrap();
+    let olga = keys
+        .as_array()
+        .or_else(|| keys["keys"].as_array())
+        .unwrap()
+        .iter()
+        .find(|k| k["principal"] == "olga")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = s.request(
+        "POST",
+        &format!("/v1/admin/keys/{olga}/revoke"),
+        Some(&admin),
+        Some(&json!({})),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let path = r.g.path("gavel.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        original.replace("requests: 120 }", "requests: 240 }"),
+    )
+    .unwrap();
+    let refused = wait_for(|| {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=admin",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .contains("which started this gateway, is revoked")
+    });
+    assert!(refused, "the change was not refused on the record");
+    let loaded = s
+        .request(
+            "GET",
+            "/v1/audit/records?kind=contract_loaded",
+            Some(&r.auditor),
+            None,
+        )
+        .body;
+    assert_eq!(loaded.lines().count(), 1, "{loaded}");
+    assert_eq!(s.stop(), 0);
+}
