@@ -1072,12 +1072,14 @@ impl Ctx<'_> {
         let empty = Value::Object(serde_json::Map::new());
         let args = r.action.args.as_ref().unwrap_or(&empty);
         let problem = crate::schema::violation(&approved.schema, args)?;
+        // The problem names the place by the caller's property names, and the reason is
+        // recorded: one that holds a secret is not repeated.
+        let message = match crate::request::secret_in_text(&problem) {
+            None => format!("arguments to `{name}` do not fit its approved schema: {problem}"),
+            Some(rule) => format!("arguments to `{name}` do not fit its approved schema, at a property whose name holds what looks like a secret ({rule}; not repeated here)"),
+        };
         Some(Stop::block(
-            Reason::new(
-                ReasonCode::ConformanceToolArgs,
-                format!("arguments to `{name}` do not fit its approved schema: {problem}"),
-            )
-            .with("tool", name),
+            Reason::new(ReasonCode::ConformanceToolArgs, message).with("tool", name),
         ))
     }
 
@@ -1469,7 +1471,14 @@ impl Ctx<'_> {
 
     fn refusal_stop(&self, refusal: Refusal) -> Stop {
         match refusal {
-            Refusal::Window { key, measure, limit, used, requested, resets_at } => {
+            Refusal::Window {
+                key,
+                measure,
+                limit,
+                used,
+                requested,
+                resets_at,
+            } => {
                 let (code, unit) = match measure {
                     Measure::Tokens => (ReasonCode::BudgetTokens, "tokens"),
                     Measure::UsdMicros => (ReasonCode::BudgetSpend, "micro-USD"),
@@ -1481,19 +1490,30 @@ impl Ctx<'_> {
                     .with("limit", limit)
                     .with("used", used)
                     .with("requested", requested);
+                // More than the whole limit never fits, however long it waits: a BLOCK (not as
+                // is), not a COOLDOWN whose retry would be refused again in every window.
                 match resets_at {
-                    Some(until) => Stop::cooldown(reason, until),
-                    None => Stop::block(reason),
+                    Some(until) if requested <= limit => Stop::cooldown(reason, until),
+                    _ => Stop::block(reason),
                 }
             }
-            Refusal::Resource { name, capacity, in_use, requested } => Stop::cooldown(
-                Reason::new(ReasonCode::BudgetResource, format!("resource `{name}`: {in_use} in use + {requested} requested > capacity {capacity}"))
+            Refusal::Resource {
+                name,
+                capacity,
+                in_use,
+                requested,
+            } => {
+                let reason = Reason::new(ReasonCode::BudgetResource, format!("resource `{name}`: {in_use} in use + {requested} requested > capacity {capacity}"))
                     .with("resource", name)
                     .with("limit", capacity)
                     .with("used", in_use)
-                    .with("requested", requested),
-                self.now.saturating_add(Span::from_secs(1)),
-            ),
+                    .with("requested", requested);
+                if requested > capacity {
+                    Stop::block(reason)
+                } else {
+                    Stop::cooldown(reason, self.now.saturating_add(Span::from_secs(1)))
+                }
+            }
         }
     }
 }

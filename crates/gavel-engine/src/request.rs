@@ -591,6 +591,7 @@ impl DecideRequest {
         }
         let singles = [
             ("deployment", self.deployment.as_str()),
+            ("principal", optional(&self.principal)),
             ("model", optional(&self.model)),
             ("run_id", optional(&self.run_id)),
             ("step", optional(&self.step)),

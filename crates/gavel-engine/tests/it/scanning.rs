@@ -379,6 +379,9 @@ fn a_secret_in_an_identifier_is_refused_before_anything_is_recorded() {
     let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
     for (field, value) in [
         ("run_id", json!(key)),
+        // The claimed principal goes into `principal.mismatch`'s sentence when it is not the
+        // caller's.
+        ("principal", json!(key)),
         ("step", json!(format!("step-{key}"))),
         ("idempotency_key", json!(key)),
         ("params", json!({ key.clone(): 1 })),
@@ -396,4 +399,24 @@ fn a_secret_in_an_identifier_is_refused_before_anything_is_recorded() {
     let mut r = kb_request();
     r["run_id"] = json!("run-2026-11-24-0001");
     parse_request(r.to_string().as_bytes()).unwrap();
+}
+
+/// A tool call's argument names are the caller's, and the schema's refusal names the place it
+/// fails by them: one holding a secret is not repeated in the reason, which is recorded.
+#[test]
+fn a_secret_as_a_tool_argument_name_is_not_repeated_in_the_reason() {
+    let w = World::example();
+    w.approve("order-agent-v2");
+    let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
+    let call = |args: serde_json::Value| {
+        json!({"deployment": "order-agent-v2", "step": "lookup",
+               "action": {"type": "tool_call", "name": "lookup_order", "args": args}})
+    };
+    let d = w.decide(call(json!({"order_id": "A00012345", "extra": 1})));
+    assert_verdict(&d, Verdict::Block, "conformance.tool_args");
+    assert!(d.reasons[0].message.contains("$.extra"), "{d:?}");
+    let d = w.decide(call(json!({"order_id": "A00012345", key.clone(): 1})));
+    assert_verdict(&d, Verdict::Block, "conformance.tool_args");
+    let recorded = serde_json::to_string(&d).unwrap();
+    assert!(!recorded.contains(&key), "{recorded}");
 }
