@@ -180,6 +180,27 @@ fn undeclared_resources_are_refused() {
     assert_verdict(&w.decide(r), Verdict::Block, "budget.resource");
 }
 
+/// A request that asks more than a whole window's limit, or a resource's whole capacity, can
+/// never fit however long it waits: BLOCK, not a COOLDOWN whose retry is refused again.
+#[test]
+fn a_request_larger_than_the_limit_itself_is_blocked_not_cooled_down() {
+    let w = World::edited(&[("window: 1m, tokens: 200000", "window: 1m, tokens: 300")]);
+    w.approve("kb-search-v1");
+    // The approved max_tokens (400) alone is more than the window holds.
+    let d = w.decide(kb_request());
+    assert_verdict(&d, Verdict::Block, "budget.tokens");
+    assert!(d.retry_after.is_none(), "{d:?}");
+    let w = World::example();
+    w.approve("kb-search-v1");
+    let mut r = kb_request();
+    r["resources"] = json!({"memory_mb": 16385});
+    assert_verdict(&w.decide(r), Verdict::Block, "budget.resource");
+    let mut r = kb_request();
+    r["resources"] = json!({"memory_mb": 16384});
+    assert_eq!(w.decide(r.clone()).verdict, Verdict::Allow);
+    assert_verdict(&w.decide(r), Verdict::Cooldown, "budget.resource");
+}
+
 #[test]
 fn a_refused_request_holds_no_budget() {
     let w = World::example();
