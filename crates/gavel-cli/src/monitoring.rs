@@ -124,6 +124,16 @@ impl Reported {
                 }
             }
         }
+        // Reports are recorded in the ledger as they are, and no secret may be in a record.
+        let texts = self
+            .group
+            .iter()
+            .chain(self.features.keys())
+            .map(String::as_str)
+            .chain(self.features.values().filter_map(Value::as_str));
+        if let Some(rule) = texts.into_iter().find_map(gavel_engine::secret_in_text) {
+            return Err(format!("a `group` or a feature holds what looks like a secret ({rule}); reports are recorded in the ledger as they are, so leave the secret out"));
+        }
         Ok(())
     }
 
@@ -303,6 +313,11 @@ pub const INJECTION_SCORE: &str = "injection_score";
 /// scanners looked at (those allowed, and those they stopped) the injection score, a built-in
 /// drift feature.
 pub fn observe_decision(bucket: &mut Bucket, decision: &Decision) {
+    // A dry run or an idempotent duplicate ran nothing: it is not traffic, and a dry run's
+    // findings (what a probe asked about) must not move the abuse rate into a breach.
+    if decision.verdict == Verdict::NoOp {
+        return;
+    }
     let first = decision.reasons.first().map(|r| r.code);
     let blocked = decision.verdict == Verdict::Block;
     let abusive = !decision.findings.is_empty()
@@ -548,6 +563,7 @@ pub fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gavel_engine::FindingRecord;
 
     fn report(v: Value) -> Result<Reported, String> {
         let r: Reported = serde_json::from_value(v).map_err(|e| e.to_string())?;
@@ -610,6 +626,48 @@ mod tests {
             .features
             .contains(&("vip".into(), FeatureValue::Category("true".into()))));
         assert!(report(json!({})).unwrap_or_default().is_empty());
+    }
+
+    /// A dry run or a duplicate ran nothing: not traffic, and a dry run's findings are what a
+    /// probe asked about, not abuse.
+    #[test]
+    fn a_no_op_is_not_observed() {
+        let finding = FindingRecord {
+            kind: "injection".into(),
+            rule_id: "instruction_override".into(),
+            text_index: 0,
+            start: 0,
+            end: 6,
+            confidence: 0.9,
+        };
+        let decision = |verdict| Decision {
+            decision_id: "dec_1".into(),
+            verdict,
+            reasons: vec![],
+            obligations: vec![],
+            findings: vec![finding.clone()],
+            deployment: "kb".into(),
+            use_case: None,
+            tier: None,
+            binding: None,
+            approval_id: None,
+            contract_version: "v".into(),
+            principal: "svc".into(),
+            run_id: None,
+            at: "2026-11-24T00:00:00Z".into(),
+            retry_after: None,
+            retry_after_seconds: None,
+            would_be: None,
+            first_decision_id: None,
+            estimate: None,
+            input_sha256: String::new(),
+            started_cooldown: None,
+        };
+        let mut bucket = Bucket::default();
+        observe_decision(&mut bucket, &decision(Verdict::NoOp));
+        assert_eq!((bucket.decisions, bucket.abusive), (0, 0));
+        observe_decision(&mut bucket, &decision(Verdict::Allow));
+        assert_eq!((bucket.decisions, bucket.abusive), (1, 1));
     }
 
     #[test]

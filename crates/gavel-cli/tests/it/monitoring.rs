@@ -260,6 +260,15 @@ fn outcome_and_feedback_refuse_bad_reports_and_other_principals() {
             "feature `x`",
         ),
         (json!({ "override": true }), "unknown field"),
+        // Reports are recorded as they are: no secret in a group or a feature.
+        (
+            json!({ "features": { "note": format!("AKIA{}", "QWERTYUIOPASDFGH") } }),
+            "looks like a secret",
+        ),
+        (
+            json!({ "prediction": 1, "group": format!("AKIA{}", "QWERTYUIOPASDFGH") }),
+            "looks like a secret",
+        ),
     ] {
         let reply = s.request(
             "POST",
