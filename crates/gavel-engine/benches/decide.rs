@@ -123,6 +123,7 @@ fn setup_with(pipeline: Pipeline) -> (Engine, MemoryState, Vec<DecideRequest>) {
         signoffs: vec![],
         status: ApprovalStatus::Active,
         revocation: None,
+        activated_at: None,
     };
     state.put_approval(approval).unwrap_or_default();
     (

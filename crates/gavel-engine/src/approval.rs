@@ -188,6 +188,7 @@ pub fn sign(contract: &Contract, signing: Signing<'_>) -> Result<SignoffOutcome,
                 signoffs: Vec::new(),
                 status: ApprovalStatus::Pending,
                 revocation: None,
+                activated_at: None,
             }
         }
     };
@@ -206,6 +207,7 @@ pub fn sign(contract: &Contract, signing: Signing<'_>) -> Result<SignoffOutcome,
     let missing = missing_signoffs(&approval.signoffs, requirements.approvers, &required_roles);
     if missing.is_empty() {
         approval.status = ApprovalStatus::Active;
+        approval.activated_at = Some(now);
         Ok(SignoffOutcome::Completed(approval))
     } else {
         Ok(SignoffOutcome::Pending { approval, missing })
@@ -411,15 +413,18 @@ pub fn covering_approval<'a>(
     let current =
         |a: &&Approval| a.binding == deployment.binding.0 && a.use_case == deployment.use_case;
     let live = |a: &&Approval| a.status == ApprovalStatus::Active && now < a.expires_at;
-    // The newest live approval is the one in force: a re-approval supersedes the earlier one
-    // (its thresholds, its on_breach, and any breach held against the earlier one), even when
-    // it expires sooner.
-    if let Some(a) = approvals
+    // The newest approval that came into force is the one that governs: a re-approval
+    // supersedes the earlier one (its thresholds, its on_breach, and any breach held against
+    // the earlier one) for good, even when it expires sooner or is revoked: neither brings the
+    // earlier one's terms back, nor a breach that its arrival cleared.
+    let in_force_once =
+        |a: &&Approval| a.status == ApprovalStatus::Active || a.activated_at.is_some();
+    let governing = approvals
         .iter()
         .filter(current)
-        .filter(live)
-        .max_by_key(|a| (a.created_at, a.expires_at))
-    {
+        .filter(in_force_once)
+        .max_by_key(|a| (a.created_at, a.expires_at));
+    if let Some(a) = governing.filter(live) {
         return Ok(a);
     }
     let latest = |status: ApprovalStatus| {
@@ -436,8 +441,11 @@ pub fn covering_approval<'a>(
             NotCovered::Expired(a.id.clone())
         });
     }
-    if let Some(a) = latest(ApprovalStatus::Active) {
-        return Err(NotCovered::Expired(a.id.clone()));
+    if let Some(a) = governing {
+        return Err(match a.status {
+            ApprovalStatus::Revoked => NotCovered::Revoked(a.id.clone()),
+            _ => NotCovered::Expired(a.id.clone()),
+        });
     }
     if let Some(a) = latest(ApprovalStatus::Revoked) {
         return Err(NotCovered::Revoked(a.id.clone()));

@@ -1665,6 +1665,7 @@ mod tests {
                     signoffs: vec![],
                     status: crate::ApprovalStatus::Active,
                     revocation: None,
+                    activated_at: None,
                 })
                 .unwrap();
         }

@@ -131,6 +131,10 @@ pub struct Approval {
     pub signoffs: Vec<Signoff>,
     pub status: ApprovalStatus,
     pub revocation: Option<Revocation>,
+    /// When its last signoff brought it into force (absent: never, or before this was kept).
+    /// An approval that was once in force supersedes every earlier one for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<Timestamp>,
 }
 
 impl Approval {

@@ -100,6 +100,7 @@ impl World {
             signoffs: vec![],
             status,
             revocation: None,
+            activated_at: None,
         }
     }
 

@@ -224,3 +224,39 @@ fn an_approval_stops_covering_when_the_spend_tiers_ask_for_a_role_it_lacks() {
         Verdict::Allow
     );
 }
+
+/// The newest approval that came into force supersedes the earlier ones for good: revoking it,
+/// or outliving it, does not bring an earlier approval's terms back (nor let traffic past a
+/// breach of the earlier one that its arrival cleared). One revoked while still pending never
+/// came into force and supersedes nothing.
+#[test]
+fn a_superseded_approval_does_not_come_back() {
+    let day = Span::from_days(1);
+    let setup = |second: &dyn Fn(&mut Approval)| {
+        let w = World::example();
+        let mut first = w.approval("kb-search-v1", ApprovalStatus::Active);
+        first.created_at = Timestamp(NOW.0 - 2 * day.millis() as i64);
+        first.activated_at = Some(first.created_at);
+        w.state.put_approval(first).unwrap();
+        let mut newer = w.approval("kb-search-v1", ApprovalStatus::Active);
+        newer.created_at = Timestamp(NOW.0 - day.millis() as i64);
+        newer.activated_at = Some(newer.created_at);
+        second(&mut newer);
+        let id = newer.id.clone();
+        w.state.put_approval(newer).unwrap();
+        (w.decide(kb_request()), id)
+    };
+    let (d, newer) = setup(&|_| {});
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.approval_id.as_deref(), Some(newer.as_str()));
+    let (d, _) = setup(&|a| a.status = ApprovalStatus::Revoked);
+    assert_verdict(&d, Verdict::Block, "approval.revoked");
+    let (d, _) = setup(&|a| a.expires_at = Timestamp(NOW.0 - 1));
+    assert_verdict(&d, Verdict::Block, "approval.expired");
+    let (d, newer) = setup(&|a| {
+        a.status = ApprovalStatus::Revoked;
+        a.activated_at = None;
+    });
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_ne!(d.approval_id.as_deref(), Some(newer.as_str()));
+}

@@ -29,6 +29,7 @@ fn approval(id: &str) -> Approval {
         }],
         status: ApprovalStatus::Active,
         revocation: None,
+        activated_at: None,
     }
 }
 
