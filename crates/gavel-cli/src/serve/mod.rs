@@ -66,13 +66,8 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Outcome {
     let metrics = metrics::install().map_err(Failure::storage)?;
     let ledger = Ledger::open_exclusive(&ctx.db_path, Some(Arc::new(metrics::ledger_batch)))?;
     let watched = reload::files_of(&ctx.contract_path, &snapshot);
-    let (engine, applied) = reload::make_in_force(
-        &store,
-        &ledger,
-        loaded.contract,
-        &snapshot,
-        &operator.principal,
-    )?;
+    let (engine, applied) =
+        reload::make_in_force(&store, &ledger, loaded.contract, &snapshot, &operator)?;
     if let Some(applied) = applied {
         diag!(
             "applied contract {} as {} (it was not the version in force){}",

@@ -13,7 +13,7 @@ use serde_json::json;
 use gavel_contract::{load_with_snapshot, short_hash, Contract, Snapshot};
 use gavel_engine::{Engine, EngineConfig};
 use gavel_ledger::RecordKind;
-use gavel_store::{Role, Store};
+use gavel_store::{KeyRecord, Role, Store};
 
 use super::gateway::Gateway;
 use super::metrics;
@@ -22,13 +22,17 @@ use crate::context::now;
 use crate::failure::Failure;
 use crate::ledger::Ledger;
 
-/// Makes `contract` the version in force (if it is not already) and returns its engine.
+/// Makes `contract` the version in force (if it is not already) and returns its engine. A
+/// version not yet in force is applied in the name of `operator`, whose key must still be an
+/// active operator's or admin's (a revoked key authorises nothing, a running gateway's reloads
+/// included; read from the store each time); one already in force (applied by someone else) is
+/// only taken up.
 pub fn make_in_force(
     store: &gavel_store::SqliteStore,
     ledger: &Ledger,
     contract: Contract,
     snapshot: &Snapshot,
-    operator: &str,
+    operator: &KeyRecord,
 ) -> Result<(Engine, Option<Applied>), Failure> {
     let in_force = store
         .latest_contract()?
@@ -36,7 +40,15 @@ pub fn make_in_force(
     let applied = if in_force {
         None
     } else {
-        Some(apply(store, ledger, &contract, snapshot, operator, now())?)
+        still_holds(store, operator)?;
+        Some(apply(
+            store,
+            ledger,
+            &contract,
+            snapshot,
+            &operator.principal,
+            now(),
+        )?)
     };
     let config = EngineConfig::standard().map_err(Failure::storage)?;
     Ok((Engine::new(Arc::new(contract), config), applied))
@@ -144,15 +156,12 @@ fn check(
         return (Reloaded::Unchanged, files);
     }
     let version = loaded.contract.version.0.clone();
-    if let Err(why) = operator_still_holds(gw) {
-        return (refuse(gw, why, already_refused), files);
-    }
     match make_in_force(
         &gw.store,
         &gw.ledger,
         loaded.contract,
         &snapshot,
-        &gw.operator.principal,
+        &gw.operator,
     ) {
         Ok((engine, applied)) => {
             gw.engine.store(Arc::new(engine));
@@ -165,20 +174,14 @@ fn check(
     }
 }
 
-/// A change is applied in the name of the key that started the gateway, so that key must still
-/// be an active operator's or admin's: a revoked key authorises nothing from then on
-/// (docs/cli.md), a running gateway's reloads included. Read from the store at each change.
-fn operator_still_holds(gw: &Gateway) -> Result<(), String> {
-    let key = &gw.operator;
-    match gw.store.key_by_hash(&key.hash) {
-        Ok(Some(now)) if now.revoked_at.is_none() && matches!(now.role, Role::Operator | Role::Admin) => Ok(()),
-        Ok(_) => Err(format!(
+/// Whether `key` is still an active operator's or admin's key.
+fn still_holds(store: &gavel_store::SqliteStore, key: &KeyRecord) -> Result<(), Failure> {
+    match store.key_by_hash(&key.hash)? {
+        Some(now) if now.revoked_at.is_none() && matches!(now.role, Role::Operator | Role::Admin) => Ok(()),
+        _ => Err(Failure::auth(format!(
             "key {} of `{}`, which started this gateway, is revoked: contract changes are not applied until the gateway is restarted with an active operator key",
             key.id, key.principal
-        )),
-        Err(e) => Err(format!(
-            "cannot check that the key which started this gateway is still active ({e}); the change is not applied"
-        )),
+        ))),
     }
 }
 
