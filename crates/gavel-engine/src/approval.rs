@@ -12,7 +12,7 @@ use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
 use gavel_contract::{BudgetScope, Contract, Deployment, Signal, Tier};
 
-use crate::state::{Approval, ApprovalStatus, Evidence, OnBreach, Signoff};
+use crate::state::{Approval, ApprovalStatus, Evidence, OnBreach, Revocation, Signoff};
 
 /// Who last registered (applied) a deployment's current binding. Segregation of duties: that
 /// principal cannot approve it.
@@ -347,6 +347,22 @@ pub fn monthly_spend_ceiling_usd(contract: &Contract, deployment: &Deployment) -
             Some(usd * (MONTH_MS / window).ceil())
         })
         .min_by(f64::total_cmp)
+}
+
+/// Revokes `approval`. One that is in force keeps when it came into force, so that it goes on
+/// superseding the approvals before it ([`covering_approval`]): one completed before approvals
+/// kept that time gets it from its last signoff.
+pub fn revoke(approval: &mut Approval, revocation: Revocation) {
+    if approval.status == ApprovalStatus::Active && approval.activated_at.is_none() {
+        approval.activated_at = approval
+            .signoffs
+            .iter()
+            .map(|s| s.at)
+            .max()
+            .or(Some(approval.created_at));
+    }
+    approval.status = ApprovalStatus::Revoked;
+    approval.revocation = Some(revocation);
 }
 
 /// Roles the spend tiers add for this deployment.

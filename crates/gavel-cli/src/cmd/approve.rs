@@ -295,12 +295,14 @@ pub fn revoke_as(
     }
     let read = approval.clone();
     let at = now();
-    approval.status = ApprovalStatus::Revoked;
-    approval.revocation = Some(Revocation {
-        by: who.principal.clone(),
-        at,
-        reason: reason.to_string(),
-    });
+    gavel_engine::approval::revoke(
+        &mut approval,
+        Revocation {
+            by: who.principal.clone(),
+            at,
+            reason: reason.to_string(),
+        },
+    );
     ledger.record_change(
         RecordKind::ApprovalRevoked,
         at,

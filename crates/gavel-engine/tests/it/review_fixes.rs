@@ -259,4 +259,16 @@ fn a_superseded_approval_does_not_come_back() {
     });
     assert_eq!(d.verdict, Verdict::Allow);
     assert_ne!(d.approval_id.as_deref(), Some(newer.as_str()));
+    // One completed before approvals kept when they came into force, revoked since: revoking
+    // an active approval records that it was in force.
+    let revocation = Revocation {
+        by: "rita".into(),
+        at: NOW,
+        reason: "eval was wrong".into(),
+    };
+    let (d, _) = setup(&|a| {
+        a.activated_at = None;
+        gavel_engine::approval::revoke(a, revocation.clone());
+    });
+    assert_verdict(&d, Verdict::Block, "approval.revoked");
 }
