@@ -176,7 +176,7 @@ pub struct Prescanned {
     /// on: the requested deployment's, or its fallback's when sovereignty would route it
     /// there (where it is either routed or blocked, so the deployment's own count would go
     /// unused). None when the contract has no budget that counts tokens or dollars, for a
-    /// request that is not an inference (nothing is counted for it), or with no such
+    /// request no model reads as a prompt (a tool call, a task: nothing is counted), or with no such
     /// deployment. A decision that runs on a model of another encoding (a route for a breach)
     /// counts on the spot.
     count: Option<(Encoding, u64)>,
@@ -662,10 +662,11 @@ fn may_route(violated: &[&gavel_contract::SovereigntyRule]) -> bool {
 /// images or the `user` parameter are among them, which the model does not read as text.
 fn text_tokens(request: &DecideRequest, texts: &[Text<'_>], encoding: Encoding) -> u64 {
     if !request.is_generative() {
-        // Embeddings: each input is counted as it is, with no chat framing around it.
-        return texts
-            .iter()
-            .map(|(_, t)| encoding.count(t))
+        // Embeddings: each input is counted as it is, with no chat framing around it (and the
+        // `user` parameter, which the model does not read, left out).
+        return request
+            .counted_texts()
+            .map(|(_, t)| encoding.count(&t))
             .fold(0, u64::saturating_add);
     }
     if request.images().all == 0 && request.user_param().is_none() {
@@ -1240,6 +1241,10 @@ impl Ctx<'_> {
         let Ok(approval) = covering_approval(&approvals, target, self.now) else {
             return Ok(None);
         };
+        // What would refuse the target if called directly refuses it as a route too.
+        if requirements_moved(approval, contract, target).is_some() {
+            return Ok(None);
+        }
         let target_state = state.view(
             target_id,
             &target.use_case,

@@ -536,6 +536,38 @@ mod sovereignty {
         );
     }
 
+    /// A fallback whose approval no longer meets the spend tiers (no `budget_owner` signer once
+    /// the dollar budget is gone) would be refused if called directly: it is no route either.
+    #[test]
+    fn a_fallback_approved_under_other_requirements_is_not_a_route() {
+        let w = World::edited(&[
+            (
+                "    data_classes: [internal]\n  credit-limit:",
+                "    data_classes: [internal, pii]\n  credit-limit:",
+            ),
+            ("    - { scope: use_case,  window: 1d, usd: 300 }\n", ""),
+        ]);
+        let owner = Signoff {
+            principal: "bo".into(),
+            approver_role: Some("budget_owner".into()),
+            at: NOW,
+        };
+        let mut main = w.approval("support-triage-v3", ApprovalStatus::Active);
+        main.signoffs.push(owner.clone());
+        w.state.put_approval(main).unwrap();
+        w.approve("support-triage-local");
+        assert_verdict(
+            &w.decide(triage_request("support-triage-v3")),
+            Verdict::Block,
+            "sovereignty.endpoint",
+        );
+        let mut fallback = w.approval("support-triage-local", ApprovalStatus::Active);
+        fallback.signoffs.push(owner);
+        w.state.put_approval(fallback).unwrap();
+        let d = w.decide(triage_request("support-triage-v3"));
+        assert!(codes(&d).contains(&"sovereignty.routed"), "{d:?}");
+    }
+
     #[test]
     fn block_rules_never_route() {
         let w = World::edited(&[(
