@@ -320,7 +320,16 @@ pub fn observe_decision(bucket: &mut Bucket, decision: &Decision) {
     }
     let first = decision.reasons.first().map(|r| r.code);
     let blocked = decision.verdict == Verdict::Block;
-    let abusive = !decision.findings.is_empty()
+    // Injection evidence is reported from a floor of 0 (the policy thresholds it): it counts
+    // only where the policy acted on it (an `injection.*` reason, blocking or flagged), or a
+    // single "you must" in a tool's description would make every request abusive.
+    let abusive = decision.findings.iter().any(|f| f.kind != "injection")
+        || decision.reason_codes().any(|c| {
+            matches!(
+                c,
+                ReasonCode::InjectionDirect | ReasonCode::InjectionIndirect
+            )
+        })
         || (blocked && first.is_some_and(ReasonCode::is_abuse))
         || first == Some(ReasonCode::AbuseCooldown);
     let scanned = decision.verdict == Verdict::Allow
@@ -563,7 +572,7 @@ pub fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gavel_engine::FindingRecord;
+    use gavel_engine::{FindingRecord, Reason};
 
     fn report(v: Value) -> Result<Reported, String> {
         let r: Reported = serde_json::from_value(v).map_err(|e| e.to_string())?;
@@ -631,7 +640,7 @@ mod tests {
     /// A dry run or a duplicate ran nothing: not traffic, and a dry run's findings are what a
     /// probe asked about, not abuse.
     #[test]
-    fn a_no_op_is_not_observed() {
+    fn a_no_op_is_not_observed_and_unacted_injection_evidence_is_not_abuse() {
         let finding = FindingRecord {
             kind: "injection".into(),
             rule_id: "instruction_override".into(),
@@ -666,8 +675,19 @@ mod tests {
         let mut bucket = Bucket::default();
         observe_decision(&mut bucket, &decision(Verdict::NoOp));
         assert_eq!((bucket.decisions, bucket.abusive), (0, 0));
+        // Injection evidence under the contract's threshold is not abuse; flagged, it is.
         observe_decision(&mut bucket, &decision(Verdict::Allow));
-        assert_eq!((bucket.decisions, bucket.abusive), (1, 1));
+        assert_eq!((bucket.decisions, bucket.abusive), (1, 0));
+        let mut flagged = decision(Verdict::Allow);
+        flagged
+            .reasons
+            .push(Reason::new(ReasonCode::InjectionDirect, "flagged"));
+        observe_decision(&mut bucket, &flagged);
+        assert_eq!((bucket.decisions, bucket.abusive), (2, 1));
+        let mut pii = decision(Verdict::Allow);
+        pii.findings[0].kind = "pii".into();
+        observe_decision(&mut bucket, &pii);
+        assert_eq!((bucket.decisions, bucket.abusive), (3, 2));
     }
 
     #[test]
