@@ -59,8 +59,10 @@ fn direction(role: ContentRole, policy: &Policy) -> Option<Direction> {
             .map(|i| if indirect { i.retrieved } else { i.input })
     };
     match role {
-        // System prompts passed conformance (they are the approved template), but template
-        // variables are filled by the caller: scan them for secrets and PII, not injection.
+        // System prompts passed conformance (they are the approved template): the whole text is
+        // scanned for secrets and PII here, and for injection only what conformance did not
+        // approve (`PolicyScanner::score_unapproved`), since the template's own instructions
+        // would read as injection.
         ContentRole::System => Some(Direction {
             privacy: policy.privacy.as_ref().map(|p| p.input),
             injection: None,
@@ -158,29 +160,33 @@ impl PolicyScanner {
         policy: &Policy,
         report: &mut ScanReport,
     ) {
+        let Some(injection) = &policy.injection else {
+            return;
+        };
         let mut findings = Vec::new();
         for span in unapproved.iter().filter(|u| u.text_index == index) {
             let Some(value) = text.get(span.span.clone()) else {
                 continue;
             };
             findings.clear();
-            let outcome = self.scanners.scan(value, ScanRole::User, &mut findings);
+            let score = self
+                .scanners
+                .score_injection(value, ScanRole::User, &mut findings);
             let first = report.findings.len();
             report.findings.extend(
                 findings
                     .iter()
-                    .filter(|f| f.kind == FindingKind::Injection)
                     .map(|f| finding_record(index, f, span.span.start)),
             );
             judge_injection(
                 report,
                 policy,
                 (
-                    policy.injection.as_ref().map(|i| i.input),
+                    Some(injection.input),
                     ReasonCode::InjectionDirect,
                     ["system content", " the caller filled in"],
                 ),
-                (index, outcome.injection_score, first),
+                (index, score, first),
             );
         }
     }

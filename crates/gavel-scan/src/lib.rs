@@ -215,16 +215,22 @@ impl Scanners {
     /// detector family) to `out`.
     pub fn scan(&self, text: &str, role: ContentRole, out: &mut Vec<Finding>) -> ScanOutcome {
         self.detect.scan_final(text, 0, out);
-        let mut outcome = ScanOutcome {
-            injection_score: 0.0,
-        };
-        if let (true, Some(mode)) = (self.config.injection, role.injection_mode()) {
-            let score =
-                self.injection
-                    .score_into(text, mode, self.config.injection_threshold, 0, out);
-            outcome.injection_score = score;
+        ScanOutcome {
+            injection_score: self.score_injection(text, role, out),
         }
-        outcome
+    }
+
+    /// The injection part of [`Scanners::scan`] alone: the score of `text` as content of
+    /// `role` (0 when injection is off or not scored for the role), its evidence at or above
+    /// the configured threshold appended to `out` as findings. No secrets or PII.
+    pub fn score_injection(&self, text: &str, role: ContentRole, out: &mut Vec<Finding>) -> f32 {
+        match (self.config.injection, role.injection_mode()) {
+            (true, Some(mode)) => {
+                self.injection
+                    .score_into(text, mode, self.config.injection_threshold, 0, out)
+            }
+            _ => 0.0,
+        }
     }
 
     /// Scans arbitrary bytes: invalid UTF-8 sequences and runs of NUL bytes become findings of
