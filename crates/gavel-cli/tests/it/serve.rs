@@ -2670,3 +2670,28 @@ fn a_reload_is_refused_once_the_operator_key_that_started_the_gateway_is_revoked
     assert_eq!(loaded.lines().count(), 1, "{loaded}");
     assert_eq!(s.stop(), 0);
 }
+
+/// `/v1/embeddings` is decided as an `embeddings` action: its inputs are counted against token
+/// budgets, so a full window refuses it (as a `task` it reserved nothing and always passed).
+#[test]
+fn embeddings_are_held_to_token_budgets() {
+    let r =
+        Ready::start_with(|y| y.replace("window: 1m, tokens: 200000", "window: 1m, tokens: 60"));
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let input = "How do I book a meeting room on the third floor for tomorrow morning?";
+    let embed = || {
+        s.request(
+            "POST",
+            "/v1/embeddings",
+            Some(&r.service),
+            Some(&json!({ "model": "kb-search-v1", "input": [input, input] })),
+        )
+    };
+    let first = embed();
+    assert_eq!(first.status, 200, "{}", first.body);
+    let refused = (0..4).map(|_| embed()).find(|reply| reply.status != 200);
+    let refused = refused.expect("a window of 60 tokens holds every embeddings call");
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.code(), "budget.tokens", "{}", refused.body);
+    assert_eq!(s.stop(), 0);
+}
