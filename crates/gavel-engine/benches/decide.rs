@@ -120,23 +120,49 @@ fn setup_with(pipeline: Pipeline) -> (Engine, MemoryState, Vec<DecideRequest>) {
         thresholds: Default::default(),
         on_breach: OnBreach::Block,
         evidence: vec![],
-        signoffs: vec![],
+        // The raised dollar budget puts the deployment past the example's spend tier.
+        signoffs: vec![Signoff {
+            principal: "bench".into(),
+            approver_role: Some("budget_owner".into()),
+            at: NOW,
+        }],
         status: ApprovalStatus::Active,
         revocation: None,
         activated_at: None,
     };
     state.put_approval(approval).unwrap_or_default();
-    (
-        Engine::new(
-            contract,
-            match pipeline {
-                Pipeline::Full => EngineConfig::standard().unwrap_or_else(|e| panic!("{e}")),
-                Pipeline::WithoutScanners => EngineConfig::default(),
-            },
-        ),
-        state,
-        requests(),
-    )
+    let engine = Engine::new(
+        contract,
+        match pipeline {
+            Pipeline::Full => EngineConfig::standard().unwrap_or_else(|e| panic!("{e}")),
+            Pipeline::WithoutScanners => EngineConfig::default(),
+        },
+    );
+    // The ALLOW path is measured: the few requests the scanners refuse at the example's
+    // threshold (0.5; prompts glued together can read as a fake conversation turn) are left out.
+    let all = requests();
+    let before = all.len();
+    let allowed: Vec<DecideRequest> = all
+        .into_iter()
+        .zip(1_000_000_000u64..)
+        .filter(|(request, i)| {
+            // A dry run: the verdict it would be, no strike against the bench's principal.
+            let probe = DecideRequest {
+                dry_run: true,
+                ..request.clone()
+            };
+            let d = decide_once(&engine, &state, &probe, *i);
+            d.would_be.is_some_and(|w| w.verdict == Verdict::Allow)
+        })
+        .map(|(request, _)| request)
+        .collect();
+    if allowed.len() < before {
+        eprintln!(
+            "({} of {before} requests refused by the scanners, left out)",
+            before - allowed.len()
+        );
+    }
+    (engine, state, allowed)
 }
 
 fn setup() -> (Engine, MemoryState, Vec<DecideRequest>) {
