@@ -8,7 +8,7 @@ use serde_json::json;
 use gavel_contract::time::Timestamp;
 use gavel_contract::{short_hash, Contract, Deployment, UseCase};
 use gavel_engine::approval::Registration;
-use gavel_engine::approval::{covering_approval, NotCovered};
+use gavel_engine::approval::{covering_approval, requirements_moved, NotCovered};
 use gavel_engine::relevant_scopes;
 use gavel_engine::{Approval, Cooldown, Kill, Signoff};
 use gavel_ledger_sqlite::SqliteLedgerSink;
@@ -121,6 +121,9 @@ impl Explanation<'_> {
                     "   under contract version {}",
                     short_hash(&a.contract_version)
                 );
+                if let Some(why) = &why_not {
+                    say!("   but every request is refused: {why}");
+                }
             }
             Err(_) => say!(
                 "   nobody: {}; every request is refused",
@@ -290,7 +293,8 @@ pub fn gather<'a>(
     let breaches = newest_records(sink, gavel_ledger::RecordKind::Breach, &d.id, 5)?;
     let pages = alert_deliveries(sink, &d.id)?;
     let why_not = match &covering {
-        Ok(_) => None,
+        Ok(a) => requirements_moved(a, contract, d)
+            .map(|why| format!("approval {} no longer meets the contract: {why}", a.id)),
         Err(NotCovered::Missing) => {
             Some("no approval has been made for this deployment".to_string())
         }

@@ -397,4 +397,12 @@ fn a_budget_change_that_needs_another_signer_makes_the_approval_stale() {
         d["reasons"][0]["code"], "approval.requirements_changed",
         "{d}"
     );
+    // `explain` says why the approval it names no longer serves.
+    let explained = g.run(Some(&r.auditor), &["explain", "kb-search-v1"]).ok();
+    assert!(
+        explained.stdout.contains("every request is refused")
+            && explained.stdout.contains("`budget_owner`"),
+        "{}",
+        explained.stdout
+    );
 }
