@@ -249,6 +249,32 @@ fn relay_refusal(
     }
 }
 
+/// Guards every string of an embeddings answer but its vectors (`data[].embedding`: numbers,
+/// or base64 text that is no text to guard, where a guard would see random letters): an
+/// upstream's other fields reach the client as chat's do, so they are guarded as chat's are.
+fn guard_all_but_vectors(
+    answer: &mut Value,
+    new_guard: &dyn Fn() -> OutputGuard,
+    findings: &mut Vec<Value>,
+) -> Result<(), Violation> {
+    let vectors: Vec<Value> = vector_slots(answer).map(Value::take).collect();
+    let result = guard_strings(answer, new_guard, findings);
+    for (slot, vector) in vector_slots(answer).zip(vectors) {
+        *slot = vector;
+    }
+    result
+}
+
+/// Each `data[].embedding` of an embeddings answer, in order.
+fn vector_slots(answer: &mut Value) -> impl Iterator<Item = &mut Value> {
+    answer
+        .get_mut("data")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get_mut("embedding"))
+}
+
 /// One allowed call on its way upstream and back.
 struct Call {
     gw: Arc<Gateway>,
@@ -1215,7 +1241,7 @@ async fn embed(
         .call(endpoint, "/embeddings", &Value::Object(body), false)
         .await
     {
-        // Guarded as chat's are (an answer's vectors are no text to guard).
+        // Guarded as chat's are.
         Ok(Reply::Whole { status, body }) if !status.is_success() => Ok(relay_refusal(
             &gw,
             &ruling.decision,
@@ -1225,13 +1251,32 @@ async fn embed(
             started,
         )),
         Ok(Reply::Whole { status, body }) => {
+            let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+                return failed(
+                    "upstream.invalid",
+                    "the endpoint's embeddings answer is not a JSON object".to_string(),
+                );
+            };
             // Settled from the upstream's usage, or counted (the estimate's prompt tokens).
-            let usage = serde_json::from_slice::<Value>(&body)
-                .map(|reply| {
-                    usage_of(&reply["usage"]).unwrap_or_else(|| counted(&ruling.decision, &reply))
-                })
-                .unwrap_or_else(|_| counted(&ruling.decision, &Value::Null));
-            gw.record_outcome(&ruling.decision, &ran_on, &usage, json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64 }));
+            let usage =
+                usage_of(&reply["usage"]).unwrap_or_else(|| counted(&ruling.decision, &reply));
+            let mut findings = Vec::new();
+            let guarded = guard_all_but_vectors(&mut reply, &|| gw.output_guard(), &mut findings);
+            // Written again only when a guard found something: else the vectors go as they came.
+            let rewrite = !findings.is_empty();
+            let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64, "output_findings": findings });
+            if let Err(v) = guarded {
+                metrics::output_violation(&ran_on, v.code.as_str());
+                details["output_violation"] = v.record();
+                gw.record_outcome(&ruling.decision, &ran_on, &usage, details);
+                return Ok(output_refusal(&ruling.decision, &v).into_response());
+            }
+            gw.record_outcome(&ruling.decision, &ran_on, &usage, details);
+            let body = if rewrite {
+                Bytes::from(reply.to_string())
+            } else {
+                body
+            };
             Ok(passthrough(status, body, &ruling.decision))
         }
         Ok(Reply::Stream(_)) => failed(

@@ -784,6 +784,20 @@ fn answer(mut stream: TcpStream) {
         let chunk = json!({ "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini-2024-07-18", "choices": [{ "index": 0, "delta": { "content": "fine" }, "finish_reason": "stop" }] }).to_string();
         let events = ["5", "[1,2]", "\"text\"", &chunk, "[DONE]"].map(str::to_string);
         let _ = stream.write_all(sse(&events).as_bytes());
+    } else if body.contains("fault:embed-") {
+        // An embeddings answer whose vector is base64 text, with the token, an address or
+        // nothing in a field of the upstream's own.
+        let extra = if body.contains("fault:embed-secret") {
+            format!("served with {token}")
+        } else if body.contains("fault:embed-email") {
+            "ask jane.doe@example.org".to_string()
+        } else {
+            "served".to_string()
+        };
+        let reply = json!({ "object": "list", "model": "text-embedding-3-small", "note": extra,
+            "data": [{ "object": "embedding", "index": 0, "embedding": "AAAAAAAAgD8AAABAAABAQA==" }],
+            "usage": { "prompt_tokens": 3, "total_tokens": 3 } }).to_string();
+        let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len()).as_bytes());
     } else if body.contains("fault:not-object") {
         let _ = stream.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n[1,2]",
@@ -2233,6 +2247,35 @@ fn answers_are_guarded_outside_their_content_too() {
     );
     refused.assert_is(403, "privacy.secret");
     assert!(!refused.body.contains("ghp_"), "{}", refused.body);
+    // A successful answer is guarded too, but for its vectors, which go as they came.
+    let refused = s.request(
+        "POST",
+        "/v1/embeddings",
+        Some(&r.service),
+        Some(&embedding("fault:embed-secret")),
+    );
+    refused.assert_is(403, "privacy.secret");
+    assert!(!refused.body.contains("ghp_"), "{}", refused.body);
+    let blocked_pii = s.request(
+        "POST",
+        "/v1/embeddings",
+        Some(&r.service),
+        Some(&embedding("fault:embed-email")),
+    );
+    blocked_pii.assert_is(403, "privacy.pii");
+    let clean = s.request(
+        "POST",
+        "/v1/embeddings",
+        Some(&r.service),
+        Some(&embedding("fault:embed-clean")),
+    );
+    assert_eq!(clean.status, 200, "{}", clean.body);
+    assert_eq!(
+        clean.json()["data"][0]["embedding"],
+        "AAAAAAAAgD8AAABAAABAQA==",
+        "{}",
+        clean.body
+    );
     let token = format!("ghp_{}", "wWPw5k4aXcaT4fNP0UcnZwJUVFk6LO0pINUx");
     // A parameter named with a secret would be named in the refusal's reason, in the ledger.
     let mut secret_key = embedding("x");
