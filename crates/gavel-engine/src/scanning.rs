@@ -164,14 +164,18 @@ impl PolicyScanner {
             return;
         };
         let mut findings = Vec::new();
+        let mut values = Vec::new();
+        let mut highest = 0.0f32;
         for span in unapproved.iter().filter(|u| u.text_index == index) {
             let Some(value) = text.get(span.span.clone()) else {
                 continue;
             };
+            values.push(value);
             findings.clear();
             let score = self
                 .scanners
                 .score_injection(value, ScanRole::User, &mut findings);
+            highest = highest.max(score);
             let first = report.findings.len();
             report.findings.extend(
                 findings
@@ -187,6 +191,30 @@ impl PolicyScanner {
                     ["system content", " the caller filled in"],
                 ),
                 (index, score, first),
+            );
+        }
+        // The model reads the values together, with the approved words between them: an
+        // attack split across two variables ("ignore all the previous" / "guidelines ...") is
+        // whole only there. Scored read together when no value is over the threshold alone; the
+        // joined text is no span of the prompt, so the reason names no evidence span.
+        if values.len() > 1 && f64::from(highest) < injection.threshold {
+            findings.clear();
+            let joined = values.join(" ");
+            let score = self
+                .scanners
+                .score_injection(&joined, ScanRole::User, &mut findings);
+            judge_injection(
+                report,
+                policy,
+                (
+                    Some(injection.input),
+                    ReasonCode::InjectionDirect,
+                    [
+                        "system content",
+                        " the caller filled in, its values read together,",
+                    ],
+                ),
+                (index, score, report.findings.len()),
             );
         }
     }
