@@ -406,3 +406,23 @@ fn a_budget_change_that_needs_another_signer_makes_the_approval_stale() {
         explained.stdout
     );
 }
+
+/// Segregation of duties holds for signatures already given: a signer who applies the binding
+/// afterwards (another version, then the same one again) is whoever last changed it, and their
+/// signature cannot count towards completing the approval.
+#[test]
+fn a_signer_who_applies_the_binding_afterwards_cannot_have_their_signature_counted() {
+    let r = Ready::start();
+    let g = &r.g;
+    let args = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
+    g.run(Some(&r.risk), &strs(&args)).ok();
+    // rita, who signed, applies another version and then the one she signed again.
+    let rita_ops = g.key("rita", "operator", None);
+    let prompt = std::fs::read_to_string(g.path("prompts/credit.txt")).unwrap();
+    std::fs::write(g.path("prompts/credit.txt"), "Answer briefly.\n").unwrap();
+    g.run(Some(&rita_ops), &["apply"]).ok();
+    std::fs::write(g.path("prompts/credit.txt"), prompt).unwrap();
+    g.run(Some(&rita_ops), &["apply"]).ok();
+    g.run(Some(&r.engineering), &["approve", "credit-limit-v1"])
+        .fails(1, "has since applied this version");
+}
