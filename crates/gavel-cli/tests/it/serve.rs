@@ -2239,36 +2239,25 @@ fn answers_are_guarded_outside_their_content_too() {
     // Embeddings too: the upstream's refusal is guarded before it is relayed, a secret in an
     // identifier never reaches the ledger, and an idempotency key is never silently dropped.
     let embedding = |input: &str| json!({ "model": "kb-search-v1", "input": input });
-    let refused = s.request(
-        "POST",
-        "/v1/embeddings",
-        Some(&r.service),
-        Some(&embedding("fault:400-secret")),
-    );
-    refused.assert_is(403, "privacy.secret");
-    assert!(!refused.body.contains("ghp_"), "{}", refused.body);
+    let embed = |input: &str| {
+        s.request(
+            "POST",
+            "/v1/embeddings",
+            Some(&r.service),
+            Some(&embedding(input)),
+        )
+    };
     // A successful answer is guarded too, but for its vectors, which go as they came.
-    let refused = s.request(
-        "POST",
-        "/v1/embeddings",
-        Some(&r.service),
-        Some(&embedding("fault:embed-secret")),
-    );
-    refused.assert_is(403, "privacy.secret");
-    assert!(!refused.body.contains("ghp_"), "{}", refused.body);
-    let blocked_pii = s.request(
-        "POST",
-        "/v1/embeddings",
-        Some(&r.service),
-        Some(&embedding("fault:embed-email")),
-    );
-    blocked_pii.assert_is(403, "privacy.pii");
-    let clean = s.request(
-        "POST",
-        "/v1/embeddings",
-        Some(&r.service),
-        Some(&embedding("fault:embed-clean")),
-    );
+    for (fault, code) in [
+        ("fault:400-secret", "privacy.secret"),
+        ("fault:embed-secret", "privacy.secret"),
+        ("fault:embed-email", "privacy.pii"),
+    ] {
+        let refused = embed(fault);
+        refused.assert_is(403, code);
+        assert!(!refused.body.contains("ghp_"), "{fault}: {}", refused.body);
+    }
+    let clean = embed("fault:embed-clean");
     assert_eq!(clean.status, 200, "{}", clean.body);
     assert_eq!(
         clean.json()["data"][0]["embedding"],
