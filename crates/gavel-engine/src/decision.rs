@@ -73,6 +73,8 @@ pub enum ReasonCode {
     ToolNotApproved,
     #[serde(rename = "chain.step_undeclared")]
     ChainStepUndeclared,
+    #[serde(rename = "chain.run_missing")]
+    ChainRunMissing,
     #[serde(rename = "sovereignty.endpoint")]
     SovereigntyEndpoint,
     #[serde(rename = "sovereignty.routed")]
@@ -122,7 +124,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 44] = [
+    pub const ALL: [ReasonCode; 45] = [
         ReasonCode::GovernanceUnavailable,
         ReasonCode::DeploymentUnknown,
         ReasonCode::PrincipalMismatch,
@@ -144,6 +146,7 @@ impl ReasonCode {
         ReasonCode::ConformanceToolArgs,
         ReasonCode::ToolNotApproved,
         ReasonCode::ChainStepUndeclared,
+        ReasonCode::ChainRunMissing,
         ReasonCode::SovereigntyEndpoint,
         ReasonCode::SovereigntyRouted,
         ReasonCode::BudgetTokens,
@@ -192,6 +195,7 @@ impl ReasonCode {
             ReasonCode::ConformanceToolArgs => "conformance.tool_args",
             ReasonCode::ToolNotApproved => "tool.not_approved",
             ReasonCode::ChainStepUndeclared => "chain.step_undeclared",
+            ReasonCode::ChainRunMissing => "chain.run_missing",
             ReasonCode::SovereigntyEndpoint => "sovereignty.endpoint",
             ReasonCode::SovereigntyRouted => "sovereignty.routed",
             ReasonCode::BudgetTokens => "budget.tokens",

@@ -1048,15 +1048,24 @@ impl Ctx<'_> {
                     gavel_contract::StepKind::Model => r.action.kind == ActionKind::Inference,
                     gavel_contract::StepKind::Retriever => r.action.kind != ActionKind::ToolCall,
                 };
-                if fits {
-                    None
-                } else {
-                    step_reason(format!(
+                if !fits {
+                    return step_reason(format!(
                         "step `{step}` of `{}` is a {} step; this request does something else",
                         d.id,
                         step_kind_name(declared.kind)
-                    ))
+                    ));
                 }
+                // A chain's steps are governed as one run (run budgets, `run:` cooldowns and
+                // kills count by its id): a step outside any run would escape them all.
+                r.run_id.is_none().then(|| {
+                    Stop::block(Reason::new(
+                        ReasonCode::ChainRunMissing,
+                        format!(
+                            "`{}` is a chain; name the run this step belongs to (`run_id`, or the `X-Gavel-Run-Id` header)",
+                            d.id
+                        ),
+                    ))
+                })
             }
         }
     }

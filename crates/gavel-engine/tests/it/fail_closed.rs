@@ -126,7 +126,7 @@ fn a_failing_strike_counter_still_blocks_and_says_so() {
         .inner
         .put_approval(w.approval("order-agent-v2", ApprovalStatus::Active))
         .unwrap();
-    let r = serde_json::json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "nope"}});
+    let r = serde_json::json!({"deployment": "order-agent-v2", "run_id": "r1", "step": "lookup", "action": {"type": "tool_call", "name": "nope"}});
     let request = parse_request(r.to_string().as_bytes()).unwrap();
     let d = w.engine.decide(
         &state,

@@ -469,6 +469,21 @@ mod conformance {
         r["step"] = json!("plan");
         assert_verdict(&w.decide(r), Verdict::Block, "chain.step_undeclared");
     }
+
+    /// A chain's steps are governed as one run: a step outside any run would escape the run's
+    /// budgets (the example's 40 tool calls a run), so leaving the run out is refused, not a
+    /// way around them.
+    #[test]
+    fn a_chain_step_outside_any_run_is_refused() {
+        let w = world();
+        let mut r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
+        assert_verdict(&w.decide(r.clone()), Verdict::Block, "chain.run_missing");
+        r["run_id"] = json!("run-7");
+        assert_eq!(w.decide(r).verdict, Verdict::Allow);
+        // Not a chain: no run needed.
+        w.approve("kb-search-v1");
+        assert_eq!(w.decide(kb_request()).verdict, Verdict::Allow);
+    }
 }
 
 mod sovereignty {
@@ -587,7 +602,7 @@ mod sovereignty {
     fn allowed_region_passes() {
         let w = World::example();
         w.approve("order-agent-v2");
-        let r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
+        let r = json!({"deployment": "order-agent-v2", "run_id": "r1", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
         assert_eq!(w.decide(r).verdict, Verdict::Allow);
     }
 }
@@ -684,11 +699,11 @@ mod abuse {
     fn repeated_abuse_blocks_put_the_principal_in_cooldown() {
         let w = World::example();
         w.approve("order-agent-v2");
-        let bad = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "drop_tables"}});
+        let bad = json!({"deployment": "order-agent-v2", "run_id": "r1", "step": "lookup", "action": {"type": "tool_call", "name": "drop_tables"}});
         for _ in 0..3 {
             assert_verdict(&w.decide(bad.clone()), Verdict::Block, "tool.not_approved");
         }
-        let good = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
+        let good = json!({"deployment": "order-agent-v2", "run_id": "r1", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
         let d = w.decide(good.clone());
         assert_verdict(&d, Verdict::Cooldown, "abuse.cooldown");
         assert_eq!(d.retry_after_seconds, Some(15 * 60));

@@ -49,7 +49,7 @@ fn tool_call_arguments_are_scanned() {
     let w = World::example();
     w.approve("order-agent-v2");
     let aws = format!("AKIA{}", "QWERTYUIOPASDFGH");
-    let r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": format!("A00012345 {aws}")}}});
+    let r = json!({"deployment": "order-agent-v2", "run_id": "r1", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": format!("A00012345 {aws}")}}});
     assert_verdict(&w.decide(r), Verdict::Block, "privacy.secret");
 }
 

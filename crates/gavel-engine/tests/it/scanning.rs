@@ -409,7 +409,7 @@ fn a_secret_as_a_tool_argument_name_is_not_repeated_in_the_reason() {
     w.approve("order-agent-v2");
     let key = format!("AKIA{}", "QWERTYUIOPASDFGH");
     let call = |args: serde_json::Value| {
-        json!({"deployment": "order-agent-v2", "step": "lookup",
+        json!({"deployment": "order-agent-v2", "run_id": "r1", "step": "lookup",
                "action": {"type": "tool_call", "name": "lookup_order", "args": args}})
     };
     let d = w.decide(call(json!({"order_id": "A00012345", "extra": 1})));
