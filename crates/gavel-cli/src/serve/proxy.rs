@@ -265,7 +265,9 @@ fn guard_all_but_vectors(
     result
 }
 
-/// Each `data[].embedding` of an embeddings answer, in order.
+/// Each `data[].embedding` of an embeddings answer that is a vector, in order: an array of
+/// numbers, or base64 (its alphabet only, in groups of four). Anything else an upstream put
+/// there is text like any other, and guarded.
 fn vector_slots(answer: &mut Value) -> impl Iterator<Item = &mut Value> {
     answer
         .get_mut("data")
@@ -273,6 +275,20 @@ fn vector_slots(answer: &mut Value) -> impl Iterator<Item = &mut Value> {
         .into_iter()
         .flatten()
         .filter_map(|item| item.get_mut("embedding"))
+        .filter(|slot| is_vector(slot))
+}
+
+fn is_vector(value: &Value) -> bool {
+    match value {
+        Value::Array(items) => items.iter().all(Value::is_number),
+        Value::String(text) => {
+            text.len() % 4 == 0
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        }
+        _ => false,
+    }
 }
 
 /// One allowed call on its way upstream and back.
@@ -1252,10 +1268,19 @@ async fn embed(
         )),
         Ok(Reply::Whole { status, body }) => {
             let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
-                return failed(
-                    "upstream.invalid",
-                    "the endpoint's embeddings answer is not a JSON object".to_string(),
+                // The upstream did the work (it answered 2xx): charged at the estimate.
+                let why = "the endpoint's embeddings answer is not a JSON object".to_string();
+                gw.record_outcome(
+                    &ruling.decision,
+                    &ran_on,
+                    &counted(&ruling.decision, &Value::Null),
+                    json!({ "upstream_status": status.as_u16(), "upstream_error": why }),
                 );
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream.invalid",
+                    why,
+                ));
             };
             // Settled from the upstream's usage, or counted (the estimate's prompt tokens).
             let usage =

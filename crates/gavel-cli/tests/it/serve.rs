@@ -794,9 +794,16 @@ fn answer(mut stream: TcpStream) {
         } else {
             "served".to_string()
         };
+        // A base64 vector a detector would read a card number in, were it guarded as text.
+        let vector = if body.contains("fault:embed-in-vector") {
+            json!(format!("served with {token}"))
+        } else {
+            json!("AAAA+4111111111111111/AAAAAA")
+        };
         let reply = json!({ "object": "list", "model": "text-embedding-3-small", "note": extra,
-            "data": [{ "object": "embedding", "index": 0, "embedding": "AAAAAAAAgD8AAABAAABAQA==" }],
-            "usage": { "prompt_tokens": 3, "total_tokens": 3 } }).to_string();
+            "data": [{ "object": "embedding", "index": 0, "embedding": vector }],
+            "usage": { "prompt_tokens": 3, "total_tokens": 3 } })
+        .to_string();
         let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}", reply.len()).as_bytes());
     } else if body.contains("fault:not-object") {
         let _ = stream.write_all(
@@ -2252,16 +2259,19 @@ fn answers_are_guarded_outside_their_content_too() {
         ("fault:400-secret", "privacy.secret"),
         ("fault:embed-secret", "privacy.secret"),
         ("fault:embed-email", "privacy.pii"),
+        // Text where a vector should be is guarded as text.
+        ("fault:embed-in-vector", "privacy.secret"),
     ] {
         let refused = embed(fault);
         refused.assert_is(403, code);
         assert!(!refused.body.contains("ghp_"), "{fault}: {}", refused.body);
     }
+    embed("fault:not-object").assert_is(502, "upstream.invalid");
     let clean = embed("fault:embed-clean");
     assert_eq!(clean.status, 200, "{}", clean.body);
     assert_eq!(
         clean.json()["data"][0]["embedding"],
-        "AAAAAAAAgD8AAABAAABAQA==",
+        "AAAA+4111111111111111/AAAAAA",
         "{}",
         clean.body
     );
