@@ -164,13 +164,18 @@ impl PolicyScanner {
             return;
         };
         let mut findings = Vec::new();
-        let mut values = Vec::new();
+        let mut values = 0;
         let mut highest = 0.0f32;
+        let mut stretch: Option<std::ops::Range<usize>> = None;
         for span in unapproved.iter().filter(|u| u.text_index == index) {
             let Some(value) = text.get(span.span.clone()) else {
                 continue;
             };
-            values.push(value);
+            values += 1;
+            stretch = Some(match stretch {
+                Some(s) => s.start.min(span.span.start)..s.end.max(span.span.end),
+                None => span.span.clone(),
+            });
             findings.clear();
             let score = self
                 .scanners
@@ -195,14 +200,21 @@ impl PolicyScanner {
         }
         // The model reads the values together, with the approved words between them: an
         // attack split across two variables ("ignore all the previous" / "guidelines ...") is
-        // whole only there. Scored read together when no value is over the threshold alone; the
-        // joined text is no span of the prompt, so the reason names no evidence span.
-        if values.len() > 1 && f64::from(highest) < injection.threshold {
+        // whole only there. When no value is over the threshold alone, the prompt's stretch
+        // from the first value to the last is scored as the model reads it, approved words and
+        // sentence breaks between included (values a full stop apart do not add up).
+        let stretch = stretch.filter(|_| values > 1 && f64::from(highest) < injection.threshold);
+        if let Some((offset, read)) =
+            stretch.and_then(|s| text.get(s.clone()).map(|read| (s.start, read)))
+        {
             findings.clear();
-            let joined = values.join(" ");
             let score = self
                 .scanners
-                .score_injection(&joined, ScanRole::User, &mut findings);
+                .score_injection(read, ScanRole::User, &mut findings);
+            let first = report.findings.len();
+            report
+                .findings
+                .extend(findings.iter().map(|f| finding_record(index, f, offset)));
             judge_injection(
                 report,
                 policy,
@@ -211,10 +223,10 @@ impl PolicyScanner {
                     ReasonCode::InjectionDirect,
                     [
                         "system content",
-                        " the caller filled in, its values read together,",
+                        " the caller filled in, read with the words between,",
                     ],
                 ),
-                (index, score, report.findings.len()),
+                (index, score, first),
             );
         }
     }
