@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use gavel_contract::time::Timestamp;
 use gavel_contract::{Contract, Monitoring};
-use gavel_engine::approval::covering_approval;
+use gavel_engine::approval::{covering_approval, requirements_moved};
 use gavel_engine::{
     relevant_scopes, Approval, Breach, Decision, OnBreach, ReasonCode, Usage, Verdict,
 };
@@ -525,10 +525,15 @@ pub fn status(
             .cloned();
         let kill = kills.iter().find(|k| scopes.contains(&k.scope));
         let cooling = cooldowns.iter().any(|c| scopes.contains(&c.scope));
+        // An approval the spend tiers no longer accept covers nothing (decisions refuse it).
+        let stale = covering
+            .as_ref()
+            .is_some_and(|a| requirements_moved(a, contract, d).is_some());
         let state = match (kill, &breach, &covering) {
             (Some(k), _, _) if k.until.is_none() => "killed",
             (Some(_), _, _) => "cooldown",
             (None, _, None) => "unapproved",
+            (None, _, Some(_)) if stale => "unapproved",
             (None, Some(b), Some(_)) => match b.on_breach {
                 OnBreach::Block => "blocked",
                 OnBreach::Fallback => "fallback",

@@ -160,22 +160,15 @@ pub fn sign(contract: &Contract, signing: Signing<'_>) -> Result<SignoffOutcome,
                     approver.principal, open.id
                 ));
             }
-            // Whoever applied the binding since signing (to the same binding again) cannot
-            // have their signature counted towards it.
-            if open
-                .signoffs
-                .iter()
-                .any(|s| s.principal == registration.changed_by)
-            {
-                return Err(format!(
-                    "segregation of duties: `{}` signed approval {} and has since applied this version of `{deployment_id}`, so that signature cannot count; revoke the approval and start a new one",
-                    registration.changed_by, open.id
-                ));
-            }
             if now >= open.expires_at {
                 return Err(format!("pending approval {} expired before it was complete; start a new one", open.id));
             }
-            open.clone()
+            // Whoever applied the binding since signing it (another version, then this one
+            // again) is its last changer now: their signature no longer counts towards it.
+            let mut open = open.clone();
+            open.signoffs
+                .retain(|s| s.principal != registration.changed_by);
+            open
         }
         (None, None) => {
             return Err(format!(

@@ -209,6 +209,9 @@ fn markdown(contract: &Contract, e: &Explanation<'_>, ledger: &LedgerState) -> S
                 "- on breach: {}",
                 serde_json::to_string(&a.on_breach).unwrap_or_default()
             );
+            if let Some(why) = &e.why_not {
+                line!("- **Every request to it is refused**: {why}.");
+            }
         }
         Err(_) => line!(
             "**Not approved**: {}. Every request to it is refused.",

@@ -397,7 +397,7 @@ fn a_budget_change_that_needs_another_signer_makes_the_approval_stale() {
         d["reasons"][0]["code"], "approval.requirements_changed",
         "{d}"
     );
-    // `explain` says why the approval it names no longer serves.
+    // `explain` and the model card say why the approval they name no longer serves.
     let explained = g.run(Some(&r.auditor), &["explain", "kb-search-v1"]).ok();
     assert!(
         explained.stdout.contains("every request is refused")
@@ -405,11 +405,27 @@ fn a_budget_change_that_needs_another_signer_makes_the_approval_stale() {
         "{}",
         explained.stdout
     );
+    let status = g.run(Some(&r.auditor), &["status", "--json"]).ok();
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let kb = status["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["deployment"] == "kb-search-v1")
+        .unwrap();
+    assert_eq!(kb["state"], "unapproved", "{kb}");
+    let card = g.run(Some(&r.auditor), &["card", "kb-search-v1"]).ok();
+    assert!(
+        card.stdout.contains("Every request to it is refused")
+            && card.stdout.contains("`budget_owner`"),
+        "{}",
+        card.stdout
+    );
 }
 
 /// Segregation of duties holds for signatures already given: a signer who applies the binding
 /// afterwards (another version, then the same one again) is whoever last changed it, and their
-/// signature cannot count towards completing the approval.
+/// signature no longer counts towards completing the approval; other signers can still.
 #[test]
 fn a_signer_who_applies_the_binding_afterwards_cannot_have_their_signature_counted() {
     let r = Ready::start();
@@ -423,6 +439,15 @@ fn a_signer_who_applies_the_binding_afterwards_cannot_have_their_signature_count
     g.run(Some(&rita_ops), &["apply"]).ok();
     std::fs::write(g.path("prompts/credit.txt"), prompt).unwrap();
     g.run(Some(&rita_ops), &["apply"]).ok();
-    g.run(Some(&r.engineering), &["approve", "credit-limit-v1"])
-        .fails(1, "has since applied this version");
+    let signed = g
+        .run(Some(&r.engineering), &["approve", "credit-limit-v1"])
+        .ok();
+    assert!(
+        signed.stdout.contains("pending") && signed.stdout.contains("role `risk`"),
+        "{}",
+        signed.stdout
+    );
+    let risk2 = g.key("rolf", "approver", Some("risk"));
+    let done = g.run(Some(&risk2), &["approve", "credit-limit-v1"]).ok();
+    assert!(done.stdout.contains("is active"), "{}", done.stdout);
 }
