@@ -1057,7 +1057,7 @@ impl Ctx<'_> {
                 }
                 // A chain's steps are governed as one run (run budgets, `run:` cooldowns and
                 // kills count by its id): a step outside any run would escape them all.
-                r.run_id.is_none().then(|| {
+                r.run_id.as_deref().is_none_or(str::is_empty).then(|| {
                     Stop::block(Reason::new(
                         ReasonCode::ChainRunMissing,
                         format!(

@@ -478,6 +478,8 @@ mod conformance {
         let w = world();
         let mut r = json!({"deployment": "order-agent-v2", "step": "lookup", "action": {"type": "tool_call", "name": "lookup_order", "args": {"order_id": "A00012345"}}});
         assert_verdict(&w.decide(r.clone()), Verdict::Block, "chain.run_missing");
+        r["run_id"] = json!("");
+        assert_verdict(&w.decide(r.clone()), Verdict::Block, "chain.run_missing");
         r["run_id"] = json!("run-7");
         assert_eq!(w.decide(r).verdict, Verdict::Allow);
         // Not a chain: no run needed.
