@@ -126,7 +126,8 @@ impl PromptTemplate {
     /// Checks that `prompt` is this template with its variables filled in. Each variable takes
     /// the shortest text after which the next literal matches (leftmost match).
     pub fn check(&self, prompt: &str) -> Result<(), TemplateMismatch> {
-        self.filled_spans(prompt).map(drop)
+        // Conformance runs this on every decision: it collects nothing.
+        self.match_values(prompt, |_| {})
     }
 
     /// [`PromptTemplate::check`], giving where in `prompt` each variable's value lies, in
@@ -134,6 +135,16 @@ impl PromptTemplate {
     /// did not approve.
     pub fn filled_spans(&self, prompt: &str) -> Result<Vec<Range<usize>>, TemplateMismatch> {
         let mut spans = Vec::new();
+        self.match_values(prompt, |span| spans.push(span))?;
+        Ok(spans)
+    }
+
+    /// Matches `prompt` against the template, handing `value` where each variable's value lies.
+    fn match_values(
+        &self,
+        prompt: &str,
+        mut value: impl FnMut(Range<usize>),
+    ) -> Result<(), TemplateMismatch> {
         let mut pos = 0usize;
         let mut pending_variable: Option<&str> = None;
         for segment in &self.segments {
@@ -157,7 +168,7 @@ impl PromptTemplate {
                                 .find(literal.as_str())
                                 .ok_or(TemplateMismatch::TextDiffers { at: pos })?;
                             check_variable_length(name, found)?;
-                            spans.push(pos..pos + found);
+                            value(pos..pos + found);
                             Some(found)
                         }
                     };
@@ -170,12 +181,12 @@ impl PromptTemplate {
         match pending_variable {
             Some(name) => {
                 check_variable_length(name, remaining)?;
-                spans.push(pos.min(prompt.len())..prompt.len());
+                value(pos.min(prompt.len())..prompt.len());
             }
             None if remaining == 0 => {}
             None => return Err(TemplateMismatch::TextDiffers { at: pos }),
         }
-        Ok(spans)
+        Ok(())
     }
 }
 
