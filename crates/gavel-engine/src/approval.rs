@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
-use gavel_contract::{BudgetScope, Contract, Deployment, Signal, Tier};
+use gavel_contract::{BudgetScope, Contract, Deployment, Signal, SpendTier, Tier};
 
 use crate::state::{Approval, ApprovalStatus, Evidence, OnBreach, Revocation, Signoff};
 
@@ -370,14 +370,25 @@ pub fn revoke(approval: &mut Approval, revocation: Revocation) {
     approval.revocation = Some(revocation);
 }
 
-/// Roles the spend tiers add for this deployment.
-fn spend_roles(contract: &Contract, deployment: &Deployment) -> Vec<String> {
-    let ceiling = monthly_spend_ceiling_usd(contract, deployment);
+/// The spend tiers that apply to this deployment: those its monthly spend ceiling is above.
+fn spend_tiers_applying<'c>(
+    contract: &'c Contract,
+    deployment: &Deployment,
+) -> impl Iterator<Item = &'c SpendTier> {
+    // Most contracts have none: the ceiling (a pass over the budgets) is not worked out then.
+    let ceiling = (!contract.taxonomy.spend_tiers.is_empty())
+        .then(|| monthly_spend_ceiling_usd(contract, deployment))
+        .flatten();
     contract
         .taxonomy
         .spend_tiers
         .iter()
-        .filter(|t| ceiling.is_none_or(|c| c > t.above_usd_per_month))
+        .filter(move |t| ceiling.is_none_or(|c| c > t.above_usd_per_month))
+}
+
+/// Roles the spend tiers add for this deployment.
+fn spend_roles(contract: &Contract, deployment: &Deployment) -> Vec<String> {
+    spend_tiers_applying(contract, deployment)
         .map(|t| t.extra_role.clone())
         .collect()
 }
@@ -393,18 +404,12 @@ pub fn requirements_moved(
     contract: &Contract,
     deployment: &Deployment,
 ) -> Option<String> {
-    let ceiling = monthly_spend_ceiling_usd(contract, deployment);
-    let unsigned = contract
-        .taxonomy
-        .spend_tiers
-        .iter()
-        .filter(|t| ceiling.is_none_or(|c| c > t.above_usd_per_month))
-        .find(|t| {
-            !approval
-                .signoffs
-                .iter()
-                .any(|s| s.approver_role.as_deref() == Some(t.extra_role.as_str()))
-        })?;
+    let unsigned = spend_tiers_applying(contract, deployment).find(|t| {
+        !approval
+            .signoffs
+            .iter()
+            .any(|s| s.approver_role.as_deref() == Some(t.extra_role.as_str()))
+    })?;
     Some(format!(
         "the budgets now allow `{}` to spend more than ${} a month, which needs a `{}` signoff that approval {} does not have; approve again",
         deployment.id, unsigned.above_usd_per_month, unsigned.extra_role, approval.id
