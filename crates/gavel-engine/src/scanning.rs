@@ -164,49 +164,9 @@ impl PolicyScanner {
             return;
         };
         let mut findings = Vec::new();
-        let mut values = 0;
-        let mut highest = 0.0f32;
-        let mut stretch: Option<std::ops::Range<usize>> = None;
-        for span in unapproved.iter().filter(|u| u.text_index == index) {
-            let Some(value) = text.get(span.span.clone()) else {
-                continue;
-            };
-            values += 1;
-            stretch = Some(match stretch {
-                Some(s) => s.start.min(span.span.start)..s.end.max(span.span.end),
-                None => span.span.clone(),
-            });
-            findings.clear();
-            let score = self
-                .scanners
-                .score_injection(value, ScanRole::User, &mut findings);
-            highest = highest.max(score);
-            let first = report.findings.len();
-            report.findings.extend(
-                findings
-                    .iter()
-                    .map(|f| finding_record(index, f, span.span.start)),
-            );
-            judge_injection(
-                report,
-                policy,
-                (
-                    Some(injection.input),
-                    ReasonCode::InjectionDirect,
-                    ["system content", " the caller filled in"],
-                ),
-                (index, score, first),
-            );
-        }
-        // The model reads the values together, with the approved words between them: an
-        // attack split across two variables ("ignore all the previous" / "guidelines ...") is
-        // whole only there. When no value is over the threshold alone, the prompt's stretch
-        // from the first value to the last is scored as the model reads it, approved words and
-        // sentence breaks between included (values a full stop apart do not add up).
-        let stretch = stretch.filter(|_| values > 1 && f64::from(highest) < injection.threshold);
-        if let Some((offset, read)) =
-            stretch.and_then(|s| text.get(s.clone()).map(|read| (s.start, read)))
-        {
+        // Scores `read`, which starts at `offset` in the text, records its evidence there and
+        // judges it; its score.
+        let mut score_at = |report: &mut ScanReport, offset: usize, read: &str, whose: &str| {
             findings.clear();
             let score = self
                 .scanners
@@ -221,13 +181,42 @@ impl PolicyScanner {
                 (
                     Some(injection.input),
                     ReasonCode::InjectionDirect,
-                    [
-                        "system content",
-                        " the caller filled in, read with the words between,",
-                    ],
+                    ["system content", whose],
                 ),
                 (index, score, first),
             );
+            score
+        };
+        let mut values = 0;
+        let mut highest = 0.0f32;
+        let mut stretch: Option<std::ops::Range<usize>> = None;
+        for span in unapproved.iter().filter(|u| u.text_index == index) {
+            let Some(value) = text.get(span.span.clone()) else {
+                continue;
+            };
+            values += 1;
+            stretch = Some(match stretch {
+                Some(s) => s.start.min(span.span.start)..s.end.max(span.span.end),
+                None => span.span.clone(),
+            });
+            let score = score_at(report, span.span.start, value, " the caller filled in");
+            highest = highest.max(score);
+        }
+        // The model reads the values together, with the approved words between them: an
+        // attack split across two variables ("ignore all the previous" / "guidelines ...") is
+        // whole only there. When no value is over the threshold alone, the prompt's stretch
+        // from the first value to the last is scored as the model reads it, approved words and
+        // sentence breaks between included (values a full stop apart do not add up).
+        let stretch = stretch.filter(|_| values > 1 && f64::from(highest) < injection.threshold);
+        if let Some(s) = stretch {
+            if let Some(read) = text.get(s.clone()) {
+                score_at(
+                    report,
+                    s.start,
+                    read,
+                    " the caller filled in, read with the words between,",
+                );
+            }
         }
     }
 }
