@@ -107,7 +107,12 @@ pub fn known_key(store: &dyn Store, key: Option<&str>, action: &str) -> Result<K
             "{action} needs an API key; set GAVEL_KEY or pass --key"
         ))
     })?;
-    let record = store.key_by_hash(&hash_key(key))?.ok_or_else(|| {
+    active_key(store, &hash_key(key))
+}
+
+/// The record of the active key whose hash is `hash` (any role).
+pub fn active_key(store: &dyn Store, hash: &str) -> Result<KeyRecord, Failure> {
+    let record = store.key_by_hash(hash)?.ok_or_else(|| {
         Failure::auth("this API key is not known; check GAVEL_KEY or ask an admin for a key")
     })?;
     if record.revoked_at.is_some() {

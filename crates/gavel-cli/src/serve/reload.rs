@@ -174,15 +174,17 @@ fn check(
     }
 }
 
-/// Whether `key` is still an active operator's or admin's key.
+/// Whether `key` is still an active operator's or admin's key, as when it started the gateway.
 fn still_holds(store: &gavel_store::SqliteStore, key: &KeyRecord) -> Result<(), Failure> {
-    match store.key_by_hash(&key.hash)? {
-        Some(now) if now.revoked_at.is_none() && matches!(now.role, Role::Operator | Role::Admin) => Ok(()),
-        _ => Err(Failure::auth(format!(
-            "key {} of `{}`, which started this gateway, is revoked: contract changes are not applied until the gateway is restarted with an active operator key",
-            key.id, key.principal
-        ))),
-    }
+    let action = "applying a contract change";
+    crate::context::active_key(store, &key.hash)
+        .and_then(|now| crate::context::role_allowed(&now, &[Role::Operator, Role::Admin], action))
+        .map_err(|e| {
+            Failure::auth(format!(
+                "the key that started this gateway cannot apply contract changes any more ({}); restart it with an active operator key",
+                e.message
+            ))
+        })
 }
 
 fn refuse(gw: &Gateway, why: String, already_refused: Option<&str>) -> Reloaded {

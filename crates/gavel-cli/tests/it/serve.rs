@@ -2689,8 +2689,9 @@ fn a_reload_is_refused_once_the_operator_key_that_started_the_gateway_is_revoked
     std::fs::write(&path, loosened).unwrap();
     let refused = wait_for(|| {
         served_records(&s, &r.auditor, "admin").iter().any(|rec| {
-            rec.to_string()
-                .contains("which started this gateway, is revoked")
+            let rec = rec.to_string();
+            rec.contains("the key that started this gateway cannot apply contract changes")
+                && rec.contains("of `olga` was revoked")
         })
     });
     assert!(refused, "the change was not refused on the record");
