@@ -8,13 +8,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use gavel_ledger::merkle::Hash;
 use gavel_ledger::{
-    AidError, Problem, RecordAids, SinkError, VerifyError, VerifyFailure, VisitWithAids,
+    AidError, Problem, RecordAids, SinkError, VerifyError, VerifyFailure, VisitWithAids, LEAF_BLOCK,
 };
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::SqliteLedgerSink;
+use crate::{SqliteLedgerSink, Tables};
 
 fn spans_mismatch(index: Option<i64>, what: String) -> VerifyError {
     VerifyError::Failed(VerifyFailure {
@@ -161,8 +162,13 @@ impl SqliteLedgerSink {
         // A version-2 ledger (no gavel with tree nodes has written to it) has no node table,
         // nor its triggers: nothing is missing from it (nodes only spare proofs reading every
         // leaf). A version-3 one without them was edited.
-        if !self.has_nodes {
+        // The same for the leaf blocks, before version 4.
+        let tables = self.tables();
+        if !tables.nodes {
             expected.retain(|(_, name, _)| !name.starts_with("ledger_nodes_"));
+        }
+        if !tables.leaf_blocks {
+            expected.retain(|(_, name, _)| !name.starts_with("ledger_leaf_blocks_"));
         }
         let stored = ledger_schema_objects(conn).map_err(read_error)?;
         if let Some((kind, name, _)) = expected.difference(&stored).next() {
@@ -200,6 +206,42 @@ impl SqliteLedgerSink {
             ));
         }
         Ok(())
+    }
+
+    /// No leaf block lies where the ledger has no complete block of records: nothing reads
+    /// one there, but the append that completes those records would fail on it.
+    pub(crate) fn verify_leaf_blocks_within_records(&self) -> Result<(), VerifyError> {
+        if !self.tables().leaf_blocks {
+            return Ok(());
+        }
+        let conn = self.conn();
+        let (lowest, highest): (Option<i64>, Option<i64>) = conn
+            .query_row(
+                "SELECT (SELECT MIN(block) FROM ledger_leaf_blocks),
+                        (SELECT MAX(block) FROM ledger_leaf_blocks)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(read_error)?;
+        // Counted after the blocks were read: a block commits with its records, so a writer
+        // appending meanwhile adds records for any block read above.
+        let records: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM ledger_records",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(read_error)?;
+        let complete = records / LEAF_BLOCK as i64;
+        match lowest.filter(|b| *b < 0).or(highest.filter(|b| *b >= complete)) {
+            None => Ok(()),
+            Some(block) => Err(failed(
+                None,
+                Problem::QueryAid(format!(
+                    "a leaf block {block} is stored, but the ledger's {records} records make {complete} complete blocks: the append that completes its records would fail on it (leaf blocks edited)"
+                )),
+            )),
+        }
     }
 
     /// Every span begins no later than it ends, and one approval's spans do not overlap: what
@@ -252,6 +294,7 @@ fn read_error(e: rusqlite::Error) -> VerifyError {
 /// columns come from the same row, so the aids cost no second read of the ledger.
 pub(crate) fn visit_rows_with_aids(
     conn: &Connection,
+    tables: Tables,
     from: u64,
     to: u64,
     visit: VisitWithAids<'_>,
@@ -263,6 +306,10 @@ pub(crate) fn visit_rows_with_aids(
     )?;
     let mut rows = stmt.query(params![crate::to_i64(from)?, crate::to_i64(to)?])?;
     let mut spans = Spans::new(conn);
+    let mut blocks = match tables.leaf_blocks {
+        true => Some(LeafBlocks::new(conn, from, to)?),
+        false => None,
+    };
     while let Some(row) = rows.next()? {
         let index: i64 = row.get(0)?;
         // A leaf hash or bytes column of another SQL type (or a hash of another length) is an
@@ -273,11 +320,16 @@ pub(crate) fn visit_rows_with_aids(
             ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
             ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => &[],
         };
+        let at = crate::to_u64(index)?;
+        let mut block = blocks.as_mut().map(|b| b.push(at, leaf));
         visit(
-            crate::to_u64(index)?,
+            at,
             &leaf,
             bytes,
-            Some(&mut |aids| check_columns(row, index, aids, &mut spans)),
+            Some(&mut |aids| {
+                check_columns(row, index, aids, &mut spans)?;
+                block.take().unwrap_or(Ok(()))
+            }),
         );
     }
     Ok(())
@@ -375,6 +427,63 @@ impl<'s> Spans<'s> {
             }
             _ => Err(AidError::Mismatch(format!(
                 "no span of approval {approval:?} covers this record: `audit export --approval` and `gavel explain` would miss it ({SPANS_EDITED})"
+            ))),
+        }
+    }
+}
+
+/// Why the leaf blocks matter, for the sentence that names an edited one.
+const BLOCKS_EDITED: &str = "proofs of its records read the records instead, and proofs through a wrong block fail their check and are built from every leaf (leaf blocks edited)";
+
+/// The stored leaf blocks of a chunk of records read in index order, each compared with the
+/// leaf hashes of its records when the last of them is read.
+struct LeafBlocks {
+    /// The stored blocks the chunk's records complete, by block, as their column holds them
+    /// (None: not a blob).
+    stored: HashMap<u64, Option<Vec<u8>>>,
+    /// The leaf hashes read so far of the block being read.
+    leaves: Vec<u8>,
+}
+
+impl LeafBlocks {
+    /// For records `[from, to)`: a block that began before `from` (only in chunks that do not
+    /// start at a block's first record) takes its first hashes from the records' rows.
+    fn new(conn: &Connection, from: u64, to: u64) -> Result<LeafBlocks, SinkError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT block, hashes FROM ledger_leaf_blocks WHERE block >= ?1 AND block < ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                crate::to_i64(from / LEAF_BLOCK)?,
+                crate::to_i64(to / LEAF_BLOCK)?
+            ],
+            |r| {
+                let block = crate::to_u64(r.get(0)?)?;
+                Ok((block, r.get_ref(1)?.as_blob().ok().map(<[u8]>::to_vec)))
+            },
+        )?;
+        let stored = rows.collect::<Result<_, _>>()?;
+        let begun = from - from % LEAF_BLOCK;
+        let leaves = crate::leaf_hashes_by_rows(conn, begun, from)?.concat();
+        Ok(LeafBlocks { stored, leaves })
+    }
+
+    /// Takes record `index`'s leaf hash; at the last record of a block, compares the block.
+    fn push(&mut self, index: u64, leaf: Hash) -> Result<(), AidError> {
+        self.leaves.extend_from_slice(&leaf);
+        if (index + 1) % LEAF_BLOCK != 0 {
+            return Ok(());
+        }
+        let block = index / LEAF_BLOCK;
+        let leaves = std::mem::take(&mut self.leaves);
+        let first = block * LEAF_BLOCK;
+        match self.stored.remove(&block) {
+            Some(Some(hashes)) if hashes == leaves => Ok(()),
+            Some(_) => Err(AidError::Mismatch(format!(
+                "the leaf block {block} is not the leaf hashes of records {first}..={index}: {BLOCKS_EDITED}"
+            ))),
+            None => Err(AidError::Mismatch(format!(
+                "no leaf block {block} is stored for records {first}..={index}, and every complete block of {LEAF_BLOCK} records has one: {BLOCKS_EDITED}"
             ))),
         }
     }

@@ -21,7 +21,7 @@ use gavel_ledger::proof::ProofFailure;
 use gavel_ledger::record::RecordError;
 use gavel_ledger::{
     AppendRecord, Flusher, LedgerSink, RecordReader, SinkError, StoredCheckpoint, StoredRecord,
-    TreeNode, Visit, VisitWithAids,
+    TreeNode, Visit, VisitWithAids, LEAF_BLOCK,
 };
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS ledger_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-INSERT OR IGNORE INTO ledger_meta (key, value) VALUES ('schema_version', '3');
+INSERT OR IGNORE INTO ledger_meta (key, value) VALUES ('schema_version', '4');
 
 CREATE TABLE IF NOT EXISTS ledger_records (
     idx          INTEGER PRIMARY KEY,   -- Merkle leaf index
@@ -84,6 +84,16 @@ CREATE TABLE IF NOT EXISTS ledger_nodes (
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
 
+-- The leaf hashes of each complete block of 16 records (records [16 * block, 16 * block + 16)),
+-- 512 bytes in index order, written with the record that completes the block. A proof needs all
+-- 16 of its block's leaf hashes (below the lowest stored level of nodes): one row here, where
+-- the records' rows that hold them span five or six pages (3.5 against 15 us a read, measured).
+-- Derived and checked like the nodes.
+CREATE TABLE IF NOT EXISTS ledger_leaf_blocks (
+    block  INTEGER PRIMARY KEY,
+    hashes BLOB NOT NULL
+);
+
 CREATE TRIGGER IF NOT EXISTS ledger_records_no_update BEFORE UPDATE ON ledger_records
     BEGIN SELECT RAISE(ABORT, 'ledger records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_records_no_delete BEFORE DELETE ON ledger_records
@@ -96,6 +106,10 @@ CREATE TRIGGER IF NOT EXISTS ledger_nodes_no_update BEFORE UPDATE ON ledger_node
     BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_nodes_no_delete BEFORE DELETE ON ledger_nodes
     BEGIN SELECT RAISE(ABORT, 'ledger nodes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_leaf_blocks_no_update BEFORE UPDATE ON ledger_leaf_blocks
+    BEGIN SELECT RAISE(ABORT, 'ledger leaf blocks are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_leaf_blocks_no_delete BEFORE DELETE ON ledger_leaf_blocks
+    BEGIN SELECT RAISE(ABORT, 'ledger leaf blocks are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
     BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
@@ -161,8 +175,17 @@ impl From<std::io::Error> for Error {
 /// The ledger's tables in a SQLite database, through one connection.
 pub struct SqliteLedgerSink {
     conn: Connection,
-    /// Whether the ledger has the tree node table: not a version-2 ledger opened read-only.
-    has_nodes: bool,
+    tables: Tables,
+}
+
+/// Which of the tables that spare proofs reading every leaf the ledger has: all of them but in
+/// a ledger of an earlier schema opened read-only, which is read as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tables {
+    /// `ledger_nodes`: from schema 3.
+    pub(crate) nodes: bool,
+    /// `ledger_leaf_blocks`: from schema 4.
+    pub(crate) leaf_blocks: bool,
 }
 
 impl fmt::Debug for SqliteLedgerSink {
@@ -227,7 +250,7 @@ fn read_tree_nodes(
 /// A verification's extra reader: see [`SqliteLedgerSink::parallel_reader`].
 struct Reader {
     conn: Connection,
-    has_nodes: bool,
+    tables: Tables,
 }
 
 impl RecordReader for Reader {
@@ -241,11 +264,11 @@ impl RecordReader for Reader {
         to: u64,
         visit: VisitWithAids<'_>,
     ) -> Result<(), SinkError> {
-        aids::visit_rows_with_aids(&self.conn, from, to, visit)
+        aids::visit_rows_with_aids(&self.conn, self.tables, from, to, visit)
     }
 
     fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
-        read_tree_nodes(&self.conn, self.has_nodes, level, from, to)
+        read_tree_nodes(&self.conn, self.tables.nodes, level, from, to)
     }
 }
 
@@ -385,13 +408,13 @@ impl SqliteLedgerSink {
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         upgrade_from_schema_1(&conn)?;
-        // Version 2 lacks only the node table, which the schema above has just created.
-        conn.execute(
-            "UPDATE ledger_meta SET value = ?1 WHERE key = 'schema_version' AND value = '2'",
-            [SCHEMA_VERSION],
-        )?;
-        let has_nodes = known_schema(&conn, false)?;
-        Ok(SqliteLedgerSink { conn, has_nodes })
+        upgrade_to_leaf_blocks(&conn).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot upgrade the ledger to schema {SCHEMA_VERSION}: {e}"
+            ))
+        })?;
+        let tables = known_schema(&conn, false)?;
+        Ok(SqliteLedgerSink { conn, tables })
     }
 
     pub(crate) fn conn(&self) -> &Connection {
@@ -403,8 +426,12 @@ impl SqliteLedgerSink {
     /// writing would put back append-only triggers someone dropped, hiding that they did).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteLedgerSink, Error> {
         let conn = read_only_connection(path.as_ref())?;
-        let has_nodes = known_schema(&conn, true)?;
-        Ok(SqliteLedgerSink { conn, has_nodes })
+        let tables = known_schema(&conn, true)?;
+        Ok(SqliteLedgerSink { conn, tables })
+    }
+
+    pub(crate) fn tables(&self) -> Tables {
+        self.tables
     }
 
     /// A read-only connection to the same file; None for an in-memory database.
@@ -424,15 +451,16 @@ impl SqliteLedgerSink {
     }
 }
 
-/// The schema version this crate reads and writes. Version 3 added `ledger_nodes`; a version-2
-/// ledger is read as it is (it has no nodes: proofs read its leaves) and upgraded by any
-/// command that writes to it, whose writer then fills the nodes in.
-const SCHEMA_VERSION: &str = "3";
+/// The schema version this crate reads and writes. Version 3 added `ledger_nodes`, version 4
+/// `ledger_leaf_blocks`; a version-2 or -3 ledger is read as it is (proofs read the leaves
+/// from its records) and upgraded by any command that writes to it: the upgrade fills the
+/// leaf blocks in, and a writer that starts on it the nodes.
+const SCHEMA_VERSION: &str = "4";
 
 /// Refuses a ledger whose recorded schema version is not this crate's: one written by a newer
-/// gavel may hold what this one would misread, or break by writing to it. Says whether the
-/// ledger has the tree node table (all but a version-2 one, read only).
-fn known_schema(conn: &Connection, read_only: bool) -> Result<bool, Error> {
+/// gavel may hold what this one would misread, or break by writing to it. Says which of the
+/// proofs' tables the ledger has (all but in a version-2 or -3 one, read only).
+fn known_schema(conn: &Connection, read_only: bool) -> Result<Tables, Error> {
     let version: Option<String> = conn
         .query_row(
             "SELECT value FROM ledger_meta WHERE key = 'schema_version'",
@@ -440,11 +468,13 @@ fn known_schema(conn: &Connection, read_only: bool) -> Result<bool, Error> {
             |r| r.get(0),
         )
         .optional()?;
+    let tables = |nodes, leaf_blocks| Ok(Tables { nodes, leaf_blocks });
     match version.as_deref() {
-        Some(SCHEMA_VERSION) => Ok(true),
-        Some("2") if read_only => Ok(false),
+        Some(SCHEMA_VERSION) => tables(true, true),
+        Some("3") if read_only => tables(true, false),
+        Some("2") if read_only => tables(false, false),
         other => Err(Error::Invalid(format!(
-            "the ledger says its schema version is {}, and this gavel reads version {SCHEMA_VERSION} only: use the gavel that wrote it, or a newer one (a version-1 or -2 ledger is upgraded by any gavel command that writes to it)",
+            "the ledger says its schema version is {}, and this gavel reads version {SCHEMA_VERSION} only: use the gavel that wrote it, or a newer one (a version-1, -2 or -3 ledger is upgraded by any gavel command that writes to it)",
             other.map_or_else(|| "missing".to_string(), |v| format!("{v:?}"))
         ))),
     }
@@ -475,6 +505,92 @@ fn upgrade_from_schema_1(conn: &Connection) -> Result<(), Error> {
         Ok::<_, rusqlite::Error>(())
     })?;
     Ok(())
+}
+
+/// Versions 2 and 3 lack the leaf blocks (version 2 the nodes too), whose tables the schema has
+/// just created: this stores the block of every complete 16 records, reading every leaf hash
+/// once, and records version 4, in one transaction. A block already there (only an edit puts
+/// one in a ledger of an earlier version) is left for `verify` to judge. The nodes are filled in by the next writer
+/// to start (it reads the leaves when they are missing).
+fn upgrade_to_leaf_blocks(conn: &Connection) -> Result<(), SinkError> {
+    let earlier = |c: &Connection| {
+        c.prepare_cached(
+            "SELECT 1 FROM ledger_meta WHERE key = 'schema_version' AND value IN ('2', '3')",
+        )?
+        .exists([])
+    };
+    if !earlier(conn)? {
+        return Ok(());
+    }
+    immediate(conn, |tx| {
+        // Another process may have upgraded while this one waited for the write lock.
+        if !earlier(tx)? {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare("SELECT leaf_hash FROM ledger_records ORDER BY idx")?;
+        let mut rows = stmt.query([])?;
+        let mut leaves = Vec::with_capacity(LEAF_BLOCK as usize);
+        let mut block = 0u64;
+        while let Some(row) = rows.next()? {
+            leaves.push(hash_column(row, 0)?);
+            if leaves.len() as u64 == LEAF_BLOCK {
+                insert_leaf_block(tx, "INSERT OR IGNORE", block, &leaves)?;
+                leaves.clear();
+                block += 1;
+            }
+        }
+        tx.execute(
+            "UPDATE ledger_meta SET value = ?1 WHERE key = 'schema_version'",
+            [SCHEMA_VERSION],
+        )?;
+        Ok::<_, SinkError>(())
+    })
+}
+
+/// Stores the block of leaf hashes `block` (all [`LEAF_BLOCK`] of them); `insert` as in
+/// [`insert_nodes`].
+fn insert_leaf_block(
+    conn: &Connection,
+    insert: &str,
+    block: u64,
+    leaves: &[Hash],
+) -> Result<(), SinkError> {
+    conn.prepare_cached(&format!(
+        "{insert} INTO ledger_leaf_blocks (block, hashes) VALUES (?1, ?2)"
+    ))?
+    .execute(params![to_i64(block)?, leaves.concat()])?;
+    Ok(())
+}
+
+/// Stores the block of leaf hashes of every [`LEAF_BLOCK`] records that `records` (a batch
+/// continuing the ledger) complete. A block that an earlier batch began takes its first hashes
+/// from the ledger, read only when this batch completes it.
+fn insert_leaf_blocks(conn: &Connection, records: &[AppendRecord]) -> Result<(), SinkError> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
+    let begun = first.index - first.index % LEAF_BLOCK;
+    if first.index + records.len() as u64 - begun < LEAF_BLOCK {
+        return Ok(());
+    }
+    let mut leaves = leaf_hashes_by_rows(conn, begun, first.index)?;
+    for r in records {
+        leaves.push(r.leaf_hash);
+        if leaves.len() as u64 == LEAF_BLOCK {
+            insert_leaf_block(conn, "INSERT", r.index / LEAF_BLOCK, &leaves)?;
+            leaves.clear();
+        }
+    }
+    Ok(())
+}
+
+/// The leaf hashes of `[from, to)` from the records' rows.
+fn leaf_hashes_by_rows(conn: &Connection, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| hash_column(r, 0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Checkpoints the WAL on a connection of its own, so that no commit on a request's path
@@ -793,6 +909,7 @@ impl LedgerSink for SqliteLedgerSink {
                 span.execute(params![approval, to_i64(first)?, to_i64(last)?])?;
             }
             insert_nodes(tx, nodes, "INSERT")?;
+            insert_leaf_blocks(tx, records)?;
             if let Some(cp) = checkpoint {
                 tx.prepare_cached(
                     "INSERT INTO ledger_checkpoints (seq, size, note) VALUES (?1, ?2, ?3)",
@@ -825,16 +942,30 @@ impl LedgerSink for SqliteLedgerSink {
         } else {
             None
         };
-        let conn = own.as_ref().unwrap_or(&self.conn);
-        let mut stmt = conn.prepare_cached(
-            "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
-        )?;
-        let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| hash_column(r, 0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        leaf_hashes_by_rows(own.as_ref().unwrap_or(&self.conn), from, to)
+    }
+
+    /// A block whose hashes column is not 512 bytes (an edit) is read as none: the proof reads
+    /// the records, and `verify` names the block.
+    fn leaf_block(&self, block: u64) -> Result<Option<Vec<Hash>>, SinkError> {
+        if !self.tables.leaf_blocks {
+            return Ok(None);
+        }
+        let hashes: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT hashes FROM ledger_leaf_blocks WHERE block = ?1")?
+            .query_row([to_i64(block)?], |r| {
+                Ok(r.get_ref(0)?.as_blob().ok().map(<[u8]>::to_vec))
+            })
+            .optional()?
+            .flatten();
+        Ok(hashes
+            .filter(|h| h.len() as u64 == 32 * LEAF_BLOCK)
+            .and_then(|h| h.chunks_exact(32).map(|c| Hash::try_from(c).ok()).collect()))
     }
 
     fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
-        read_tree_nodes(&self.conn, self.has_nodes, level, from, to)
+        read_tree_nodes(&self.conn, self.tables.nodes, level, from, to)
     }
 
     fn add_missing_nodes(&mut self, nodes: &[TreeNode]) -> Result<(), SinkError> {
@@ -863,7 +994,7 @@ impl LedgerSink for SqliteLedgerSink {
         to: u64,
         visit: VisitWithAids<'_>,
     ) -> Result<(), SinkError> {
-        aids::visit_rows_with_aids(&self.conn, from, to, visit)
+        aids::visit_rows_with_aids(&self.conn, self.tables, from, to, visit)
     }
 
     /// A read-only connection of its own to the same file. Records below the count a
@@ -873,7 +1004,7 @@ impl LedgerSink for SqliteLedgerSink {
         Ok(self.read_only_connection()?.map(|conn| {
             Box::new(Reader {
                 conn,
-                has_nodes: self.has_nodes,
+                tables: self.tables,
             }) as Box<dyn RecordReader>
         }))
     }

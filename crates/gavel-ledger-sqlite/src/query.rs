@@ -294,6 +294,7 @@ impl SqliteLedgerSink {
         // The schema last: a record's wrong aid, named by its index, says more.
         let report = verified?;
         if opts.check_query_aids {
+            self.verify_leaf_blocks_within_records()?;
             self.verify_lookup_indexes()?;
         }
         Ok(report)

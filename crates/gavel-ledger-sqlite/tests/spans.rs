@@ -164,10 +164,12 @@ fn a_schema_1_ledger_is_upgraded_in_place() {
         let mut sink = SqliteLedgerSink::open(&db).unwrap();
         append_batches(&mut sink, &batches)
     };
-    // Turn it into what schema 1 left: no spans, an index on approval_id, version 1.
+    // Turn it into what schema 1 left: no spans nor leaf blocks, an index on approval_id,
+    // version 1.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
         "DROP TABLE ledger_approval_spans;
+         DROP TABLE ledger_leaf_blocks;
          CREATE INDEX ledger_records_approval ON ledger_records (approval_id) WHERE approval_id IS NOT NULL;
          UPDATE ledger_meta SET value = '1' WHERE key = 'schema_version';",
     )
@@ -198,7 +200,7 @@ fn a_schema_1_ledger_is_upgraded_in_place() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "3");
+    assert_eq!(version, "4");
     // Spans are append-only like the records they point at.
     assert!(conn
         .execute("DELETE FROM ledger_approval_spans", [])

@@ -398,9 +398,12 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
         .unwrap_err()
         .to_string();
     assert!(why.contains("ledger_nodes"), "{why}");
-    // What a gavel of schema 2 left: no node table.
-    raw.execute_batch("UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version';")
-        .unwrap();
+    // What a gavel of schema 2 left: no node table, nor leaf blocks.
+    raw.execute_batch(
+        "DROP TABLE ledger_leaf_blocks;
+         UPDATE ledger_meta SET value = '2' WHERE key = 'schema_version';",
+    )
+    .unwrap();
     drop(raw);
     let read_only = SqliteLedgerSink::open_read_only(&legacy).unwrap();
     read_only.verify(&signer().verifier(), strict()).unwrap();
@@ -415,11 +418,181 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "3");
+    assert_eq!(version, "4");
     SqliteLedgerSink::open(&legacy)
         .unwrap()
         .verify(&signer().verifier(), strict())
         .unwrap();
+}
+
+/// The leaf hashes of each block of 16 records, as stored: `(block, hashes)`.
+fn leaf_block_rows(db: &std::path::Path) -> Vec<(i64, Vec<u8>)> {
+    let raw = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = raw
+        .prepare("SELECT block, hashes FROM ledger_leaf_blocks ORDER BY block")
+        .unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// The leaf blocks go in with the records that complete them (a block begun by an earlier
+/// batch included), are append-only, and are what a proof reads; verify names an edited,
+/// missing, malformed or extra one; a ledger from before them verifies and proves read-only,
+/// and the first command that writes to it fills them in.
+#[test]
+fn leaf_blocks_are_stored_checked_and_filled_in() {
+    let dir = TempDir::new("blocks");
+    let db = dir.path("gavel.db");
+    // Lone appends, whose blocks each take 15 hashes from earlier batches, then batches of
+    // whatever queued.
+    three_hundred(&db);
+    let app = appender(&db);
+    let pending: Vec<_> = (300..500i64)
+        .map(|i| {
+            let body = json!({"deployment": "prod", "n": i});
+            app.submit(
+                &Record::new(RecordKind::Decision, 1_000 + i, format!("d-{i}"), &body).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    for p in pending {
+        p.wait().unwrap();
+    }
+    app.close().unwrap();
+    let sink = SqliteLedgerSink::open_read_only(&db).unwrap();
+    let leaves: Vec<[u8; 32]> = gavel_ledger::LedgerSink::read_records(&sink, 0, 500)
+        .unwrap()
+        .iter()
+        .map(|r| leaf_hash(&r.bytes))
+        .collect();
+    let expected: Vec<(i64, Vec<u8>)> = leaves
+        .chunks_exact(16)
+        .enumerate()
+        .map(|(block, hashes)| (block as i64, hashes.concat()))
+        .collect();
+    assert_eq!(expected.len(), 31);
+    assert_eq!(leaf_block_rows(&db), expected);
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    for sql in [
+        "UPDATE ledger_leaf_blocks SET hashes = zeroblob(512) WHERE block = 1",
+        "DELETE FROM ledger_leaf_blocks WHERE block = 1",
+    ] {
+        let err = raw.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    // No connection stays open: the file alone is then the whole ledger (no WAL beside it).
+    drop((raw, sink));
+    let pristine = std::fs::read(&db).unwrap();
+    let proves = |db: &std::path::Path, id: &str| {
+        SqliteLedgerSink::open_read_only(db)
+            .unwrap()
+            .prove(id, &Prover::new(signer().verifier()))
+            .is_ok()
+    };
+
+    // Record 17's leaf hash column wrong: record 16's proof takes its sibling from block 1,
+    // where reading the records (and then every leaf) would give a path that does not check.
+    tamper(
+        &db,
+        "UPDATE ledger_records SET leaf_hash = zeroblob(32) WHERE idx = 17",
+    );
+    assert!(proves(&db, "d-16"));
+    assert_eq!(
+        (failure(&db).index, failure(&db).problem),
+        (Some(17), Problem::LeafHash)
+    );
+
+    let unblocked =
+        "DROP TRIGGER ledger_leaf_blocks_no_update; DROP TRIGGER ledger_leaf_blocks_no_delete;";
+    for (edit, index, says) in [
+        (
+            "UPDATE ledger_leaf_blocks SET hashes = zeroblob(512) WHERE block = 1",
+            Some(31),
+            "not the leaf hashes of records 16..=31",
+        ),
+        (
+            "UPDATE ledger_leaf_blocks SET hashes = 'not hashes' WHERE block = 2",
+            Some(47),
+            "not the leaf hashes of records 32..=47",
+        ),
+        (
+            "DELETE FROM ledger_leaf_blocks WHERE block = 30",
+            Some(495),
+            "no leaf block 30 is stored",
+        ),
+        (
+            "INSERT INTO ledger_leaf_blocks VALUES (31, zeroblob(512))",
+            None,
+            "a leaf block 31 is stored",
+        ),
+        (
+            "INSERT INTO ledger_leaf_blocks VALUES (-1, zeroblob(512))",
+            None,
+            "a leaf block -1 is stored",
+        ),
+    ] {
+        std::fs::write(&db, &pristine).unwrap();
+        tamper(&db, &format!("{unblocked} {edit}"));
+        let f = failure(&db);
+        assert_eq!(f.index, index, "{edit}: {f}");
+        assert!(
+            matches!(&f.problem, Problem::QueryAid(what) if what.contains(says)),
+            "{edit}: {f}"
+        );
+        // Proofs through an edited block still check: they are built from the leaves.
+        assert!(proves(&db, "d-20"), "{edit}");
+    }
+
+    // A range that begins inside a block checks it whole: block 0 takes records 0-4 from the
+    // rows before the range.
+    let wrong_aids = |db: &std::path::Path| {
+        let sink = SqliteLedgerSink::open_read_only(db).unwrap();
+        let mut wrong = Vec::new();
+        let mut visit =
+            |index, _: &[u8; 32], bytes: &[u8], check: Option<gavel_ledger::AidCheck<'_>>| {
+                let aids = gavel_ledger::RecordAids::from_bytes(bytes).unwrap();
+                if check.unwrap()(&aids).is_err() {
+                    wrong.push(index);
+                }
+            };
+        gavel_ledger::LedgerSink::visit_records_with_aids(&sink, 5, 40, &mut visit).unwrap();
+        wrong
+    };
+    std::fs::write(&db, &pristine).unwrap();
+    assert_eq!(wrong_aids(&db), Vec::<u64>::new());
+    tamper(
+        &db,
+        &format!(
+            "{unblocked} UPDATE ledger_leaf_blocks SET hashes = zeroblob(512) WHERE block = 0"
+        ),
+    );
+    assert_eq!(wrong_aids(&db), [15]);
+
+    // What a gavel of schema 3 left: no leaf blocks.
+    std::fs::write(&db, &pristine).unwrap();
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute_batch(
+        "DROP TABLE ledger_leaf_blocks;
+         UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    SqliteLedgerSink::open_read_only(&db)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+        .unwrap();
+    assert!(proves(&db, "d-16"));
+    let upgraded = SqliteLedgerSink::open(&db).unwrap();
+    assert_eq!(leaf_block_rows(&db), expected);
+    upgraded.verify(&signer().verifier(), strict()).unwrap();
+    // A schema-4 ledger without them was edited.
+    raw.execute_batch("DROP TABLE ledger_leaf_blocks;").unwrap();
+    let why = SqliteLedgerSink::open_read_only(&db)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+        .unwrap_err()
+        .to_string();
+    assert!(why.contains("ledger_leaf_blocks"), "{why}");
 }
 
 /// Verification while a writer appends: the records and nodes committed after it counted the
@@ -563,7 +736,7 @@ fn a_ledger_of_another_schema_version_is_refused() {
     populate(&db);
     let raw = rusqlite::Connection::open(&db).unwrap();
     raw.execute(
-        "UPDATE ledger_meta SET value = '4' WHERE key = 'schema_version'",
+        "UPDATE ledger_meta SET value = '5' WHERE key = 'schema_version'",
         [],
     )
     .unwrap();
@@ -572,7 +745,7 @@ fn a_ledger_of_another_schema_version_is_refused() {
         SqliteLedgerSink::open_read_only(&db).unwrap_err(),
     ] {
         assert!(
-            refused.to_string().contains("schema version is \"4\""),
+            refused.to_string().contains("schema version is \"5\""),
             "{refused}"
         );
     }

@@ -32,7 +32,7 @@ pub use record::{
 };
 pub use sink::{
     AidCheck, AidError, AppendRecord, Flusher, LedgerSink, MemorySink, RecordReader, SinkError,
-    StoredCheckpoint, StoredRecord, Visit, VisitWithAids,
+    StoredCheckpoint, StoredRecord, Visit, VisitWithAids, LEAF_BLOCK,
 };
 pub use verify::{
     verify_records, verify_sink, verify_sink_reporting, Problem, VerifyError, VerifyFailure,
