@@ -163,13 +163,16 @@ struct Evaluation {
 /// thread instead, since neither needs state, and both grow with the request's text (counting
 /// 100 KB takes milliseconds, which every decision queued behind it would wait). Opaque: only
 /// the engine makes one, and [`Engine::decide_prescanned`] takes its findings and count only
-/// for the request it was made for (the same texts in the same fields and roles: the digest
-/// covers everything a count reads, images and the `user` parameter included) under the same
-/// contract and scanners; for any other request it scans and counts again. So it cannot carry
-/// findings past the scanners, nor a count onto a budget.
+/// for the request it was made for (the same deployment and kind of action, whose template
+/// and model decide what is scanned and how it is counted, and the same texts in the same
+/// fields and roles: the digest covers everything a count reads, images and the `user`
+/// parameter included) under the same contract and scanners; for any other request it scans
+/// and counts again. So it cannot carry findings past the scanners, nor a count onto a budget.
 pub struct Prescanned {
     contract: Arc<Contract>,
     scanner: Option<Arc<dyn ContentScanner>>,
+    deployment: String,
+    kind: ActionKind,
     input_sha256: String,
     report: ScanReport,
     /// The texts' tokens ([`text_tokens`]) in the encoding of the model the request will run
@@ -217,6 +220,8 @@ impl Engine {
         Prescanned {
             contract: Arc::clone(&self.contract),
             scanner: self.config.scanner.clone(),
+            deployment: request.deployment.clone(),
+            kind: request.action.kind,
             input_sha256,
             report,
             count,
@@ -260,9 +265,14 @@ impl Engine {
         report
     }
 
-    /// Whether `prescanned` was made by this engine's contract and scanners for the request
+    /// Whether `prescanned` was made by this engine's contract and scanners for `request`,
     /// whose texts digest to `input_sha256`.
-    fn made_for(&self, prescanned: &Prescanned, input_sha256: &str) -> bool {
+    fn made_for(
+        &self,
+        prescanned: &Prescanned,
+        request: &DecideRequest,
+        input_sha256: &str,
+    ) -> bool {
         let same_scanner = match (&prescanned.scanner, &self.config.scanner) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
@@ -270,6 +280,8 @@ impl Engine {
         };
         Arc::ptr_eq(&prescanned.contract, &self.contract)
             && same_scanner
+            && prescanned.deployment == request.deployment
+            && prescanned.kind == request.action.kind
             && prescanned.input_sha256 == input_sha256
     }
 
@@ -357,7 +369,7 @@ impl Engine {
         };
 
         let (prescanned, counted) =
-            match prescanned.filter(|p| self.made_for(p, &decision.input_sha256)) {
+            match prescanned.filter(|p| self.made_for(p, request, &decision.input_sha256)) {
                 Some(p) => (Some(p.report), p.count),
                 None => (None, None),
             };
@@ -1759,6 +1771,40 @@ mod tests {
         let mut prescanned = triage.0.prescan(&triage.2);
         prescanned.count = Some((Encoding::O200k, 1_000));
         assert_eq!(prompt_tokens(&triage, Some(prescanned)), counted);
+    }
+
+    /// A prescan is taken only for the deployment and the kind of action it was made for: the
+    /// same texts sent to another deployment (another template, another model) or as another
+    /// kind of action are scanned and counted again.
+    #[test]
+    fn a_prescan_is_not_taken_for_another_deployment_or_action() {
+        let v3 = example_world(
+            &[],
+            "support-triage-v3",
+            "triage",
+            "My parcel arrived crushed.",
+        );
+        let local = example_world(
+            &[],
+            "support-triage-local",
+            "triage",
+            "My parcel arrived crushed.",
+        );
+        let counted = prompt_tokens(&local, None);
+        // Made for support-triage-v3, with the count support-triage-local's model would take.
+        let mut prescanned = local.0.prescan(&v3.2);
+        prescanned.count = Some((Encoding::Cl100k, 2_000));
+        assert_eq!(prompt_tokens(&local, Some(prescanned)), counted);
+        // The control: made for support-triage-local, it is taken.
+        let mut prescanned = local.0.prescan(&local.2);
+        prescanned.count = Some((Encoding::Cl100k, 2_000));
+        assert_eq!(prompt_tokens(&local, Some(prescanned)), 2_000);
+
+        let mut as_task = local.2.clone();
+        as_task.action.kind = ActionKind::Task;
+        let mut prescanned = local.0.prescan(&as_task);
+        prescanned.count = Some((Encoding::Cl100k, 2_000));
+        assert_eq!(prompt_tokens(&local, Some(prescanned)), counted);
     }
 
     /// Requests that carry the same texts in the same roles, in different fields, digest apart.
