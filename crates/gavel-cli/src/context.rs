@@ -53,6 +53,23 @@ impl Context {
         load_contract_at(&self.contract_path)
     }
 
+    /// The contract in force: the version most recently applied, loaded from the files it was
+    /// applied with, whatever the contract file says now. What reports on what governs
+    /// (`explain`, `card`, `status`) read: an edited file that nobody applied governs nothing.
+    pub fn contract_in_force(&self, store: &dyn Store) -> Result<Contract, Failure> {
+        let Some((record, snapshot)) = store.latest_contract()? else {
+            return Err(Failure::invalid(
+                "no contract has been applied yet, so nothing governs; an operator must run `gavel apply`",
+            ));
+        };
+        snapshot.load().map(|loaded| loaded.contract).map_err(|e| {
+            Failure::storage(format!(
+                "the contract in force (version {}) no longer loads from the files it was applied with: {e}",
+                gavel_contract::short_hash(&record.version)
+            ))
+        })
+    }
+
     /// Why the contract on disk is not the one in force, if it is not: only the most recently
     /// applied version governs (a caller cannot pick an older or an unapplied file).
     pub fn not_in_force(

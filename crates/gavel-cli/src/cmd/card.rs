@@ -21,9 +21,9 @@ use crate::failure::{Failure, Outcome};
 use crate::ledger::LedgerState;
 
 pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
-    let contract = ctx.load_contract()?.contract;
     let store = ctx.store()?;
     ctx.authenticate(&store, READERS, "writing a model card")?;
+    let contract = ctx.contract_in_force(&store)?;
     let sink = crate::ledger::open_sink(&ctx.db_path)?;
     let explanation = gather(&contract, &store, &sink, deployment_id)?;
     let ledger = LedgerState::of(&sink)?;

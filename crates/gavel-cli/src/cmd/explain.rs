@@ -24,13 +24,13 @@ use crate::monitoring::{
 };
 
 pub fn run(ctx: &Context, deployment_id: &str, as_json: bool) -> Outcome {
-    let contract = ctx.load_contract()?.contract;
     let store = ctx.store()?;
     ctx.authenticate(
         &store,
         &[Role::Auditor, Role::Approver, Role::Operator, Role::Admin],
         "explaining a deployment",
     )?;
+    let contract = ctx.contract_in_force(&store)?;
     let sink = crate::ledger::open_sink(&ctx.db_path)?;
     let e = gather(&contract, &store, &sink, deployment_id)?;
     if as_json {

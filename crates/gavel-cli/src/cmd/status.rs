@@ -33,21 +33,21 @@ pub fn gather(
 }
 
 pub fn run(ctx: &Context, json_out: bool) -> Outcome {
-    let loaded = ctx.load_contract()?;
     let store = ctx.store()?;
     ctx.authenticate(&store, READERS, "reading the status")?;
+    let contract = ctx.contract_in_force(&store)?;
     let at = now();
-    let cfg = config_of(&loaded.contract.policy.monitoring);
+    let cfg = config_of(&contract.policy.monitoring);
     let windows = stored_windows(&store, &cfg, at, None)?;
     if json_out {
-        out!("{}", gather(&loaded.contract, &store, &windows)?);
+        out!("{}", gather(&contract, &store, &windows)?);
         return Ok(());
     }
-    let rows = status(&loaded.contract, &store, &windows, at, None)?;
+    let rows = status(&contract, &store, &windows, at, None)?;
     out!(
         "{} deployment(s), signals over the last {} (as of {at})",
         rows.len(),
-        loaded.contract.policy.monitoring.window
+        contract.policy.monitoring.window
     );
     out!(
         "{:<28} {:<11} {:<32} {}",

@@ -111,6 +111,32 @@ fn init_check_apply_approve_decide_outcome_explain() {
         "rita"
     );
     assert_eq!(explain["on_the_hook"]["owner"], "dana@acme.example");
+
+    // Reports answer from the contract in force, not from an edited file nobody applied.
+    let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    assert!(yaml.contains("owner: dana@acme.example"));
+    let edited = yaml.replace("owner: dana@acme.example", "owner: eve@acme.example");
+    std::fs::write(g.path("gavel.yaml"), edited).unwrap();
+    for args in [
+        &["explain", "kb-search-v1"][..],
+        &["card", "kb-search-v1"],
+        &["status"],
+    ] {
+        let report = g.run(Some(&r.auditor), args).ok().stdout;
+        assert!(report.contains("dana@acme.example"), "{args:?}: {report}");
+        assert!(!report.contains("eve@acme.example"), "{args:?}: {report}");
+    }
+    let fresh = Gavel::init();
+    let auditor = fresh.key("audrey", "auditor", None);
+    for args in [
+        &["explain", "kb-search-v1"][..],
+        &["card", "kb-search-v1"],
+        &["status"],
+    ] {
+        fresh
+            .run(Some(&auditor), args)
+            .fails(1, "no contract has been applied yet");
+    }
 }
 
 #[test]
