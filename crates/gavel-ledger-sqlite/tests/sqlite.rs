@@ -317,13 +317,22 @@ fn three_hundred(db: &std::path::Path) {
     app.close().unwrap();
 }
 
-fn node_rows(db: &std::path::Path) -> Vec<(u32, i64)> {
+/// The rows of `sql`, a query of two columns, on the database at `db`.
+fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+    db: &std::path::Path,
+    sql: &str,
+) -> Vec<(A, B)> {
     let raw = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = raw
-        .prepare("SELECT level, idx FROM ledger_nodes ORDER BY level, idx")
-        .unwrap();
+    let mut stmt = raw.prepare(sql).unwrap();
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     rows.collect::<Result<_, _>>().unwrap()
+}
+
+fn node_rows(db: &std::path::Path) -> Vec<(u32, i64)> {
+    pairs(
+        db,
+        "SELECT level, idx FROM ledger_nodes ORDER BY level, idx",
+    )
 }
 
 /// The tree nodes go in with their records and are append-only like them; verify names an
@@ -427,12 +436,10 @@ fn tree_nodes_are_stored_checked_and_filled_in() {
 
 /// The leaf hashes of each block of 16 records, as stored: `(block, hashes)`.
 fn leaf_block_rows(db: &std::path::Path) -> Vec<(i64, Vec<u8>)> {
-    let raw = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = raw
-        .prepare("SELECT block, hashes FROM ledger_leaf_blocks ORDER BY block")
-        .unwrap();
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-    rows.collect::<Result<_, _>>().unwrap()
+    pairs(
+        db,
+        "SELECT block, hashes FROM ledger_leaf_blocks ORDER BY block",
+    )
 }
 
 /// The leaf blocks go in with the records that complete them (a block begun by an earlier
