@@ -162,15 +162,20 @@ impl SqliteLedgerSink {
         // A version-2 ledger (no gavel with tree nodes has written to it) has no node table,
         // nor its triggers: nothing is missing from it (nodes only spare proofs reading every
         // leaf). A version-3 one without them was edited.
-        // The same for the leaf blocks, before version 4.
-        let tables = self.tables();
-        if !tables.nodes {
-            expected.retain(|(_, name, _)| !name.starts_with("ledger_nodes_"));
+        // The same for the leaf blocks, before version 4. Nor is what a writer of this version
+        // creates before it upgrades the ledger (in a transaction of its own, which may not
+        // have committed) an edit of an earlier one.
+        let tables = self.expected_tables();
+        let mut stored = ledger_schema_objects(conn).map_err(read_error)?;
+        for (kept, prefix) in [
+            (tables.nodes, "ledger_nodes_"),
+            (tables.leaf_blocks, "ledger_leaf_blocks_"),
+        ] {
+            if !kept {
+                expected.retain(|(_, name, _)| !name.starts_with(prefix));
+                stored.retain(|(_, name, _)| !name.starts_with(prefix));
+            }
         }
-        if !tables.leaf_blocks {
-            expected.retain(|(_, name, _)| !name.starts_with("ledger_leaf_blocks_"));
-        }
-        let stored = ledger_schema_objects(conn).map_err(read_error)?;
         if let Some((kind, name, _)) = expected.difference(&stored).next() {
             return Err(failed(
                 None,
@@ -211,7 +216,7 @@ impl SqliteLedgerSink {
     /// No leaf block lies where the ledger has no complete block of records: nothing reads
     /// one there, but the append that completes those records would fail on it.
     pub(crate) fn verify_leaf_blocks_within_records(&self) -> Result<(), VerifyError> {
-        if !self.tables().leaf_blocks {
+        if !self.tables.leaf_blocks {
             return Ok(());
         }
         let conn = self.conn();
@@ -315,20 +320,23 @@ pub(crate) fn visit_rows_with_aids(
         // A leaf hash or bytes column of another SQL type (or a hash of another length) is an
         // edit of this record, not a storage failure: handed on as a hash no bytes have, and
         // as whatever bytes the column holds, so that verification names the record.
-        let leaf = crate::hash_column(row, 1).unwrap_or([0; 32]);
+        let leaf = crate::leaf_hash_as_stored(row, 1);
         let bytes = match row.get_ref(2)? {
             ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
             ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => &[],
         };
         let at = crate::to_u64(index)?;
-        let mut block = blocks.as_mut().map(|b| b.push(at, leaf));
+        let mut completed = blocks.as_mut().and_then(|b| b.push(at, leaf));
         visit(
             at,
             &leaf,
             bytes,
             Some(&mut |aids| {
                 check_columns(row, index, aids, &mut spans)?;
-                block.take().unwrap_or(Ok(()))
+                match (blocks.as_mut(), completed.take()) {
+                    (Some(blocks), Some((block, leaves))) => blocks.check(block, &leaves),
+                    _ => Ok(()),
+                }
             }),
         );
     }
@@ -436,55 +444,70 @@ impl<'s> Spans<'s> {
 const BLOCKS_EDITED: &str = "proofs of its records read the records instead, and proofs through a wrong block fail their check and are built from every leaf (leaf blocks edited)";
 
 /// The stored leaf blocks of a chunk of records read in index order, each compared with the
-/// leaf hashes of its records when the last of them is read.
-struct LeafBlocks {
-    /// The stored blocks the chunk's records complete, by block, as their column holds them
-    /// (None: not a blob).
-    stored: HashMap<u64, Option<Vec<u8>>>,
+/// leaf hashes of its records when the last of them is read and the aids are checked.
+struct LeafBlocks<'c> {
+    conn: &'c Connection,
+    /// The blocks the chunk's records complete.
+    range: (u64, u64),
+    /// The stored ones among them, by block, as their column holds them (None: not a blob);
+    /// read at the first check, so that a verification that checks no aids reads none.
+    stored: Option<HashMap<u64, Option<Vec<u8>>>>,
     /// The leaf hashes read so far of the block being read.
     leaves: Vec<u8>,
 }
 
-impl LeafBlocks {
+impl<'c> LeafBlocks<'c> {
     /// For records `[from, to)`: a block that began before `from` (only in chunks that do not
     /// start at a block's first record) takes its first hashes from the records' rows.
-    fn new(conn: &Connection, from: u64, to: u64) -> Result<LeafBlocks, SinkError> {
-        let mut stmt = conn.prepare_cached(
+    fn new(conn: &'c Connection, from: u64, to: u64) -> Result<LeafBlocks<'c>, SinkError> {
+        let begun = from - from % LEAF_BLOCK;
+        let leaves = crate::leaf_hashes_as_stored(conn, begun, from)?.concat();
+        Ok(LeafBlocks {
+            conn,
+            range: (from / LEAF_BLOCK, to / LEAF_BLOCK),
+            stored: None,
+            leaves,
+        })
+    }
+
+    /// Takes record `index`'s leaf hash; at the last record of a block, gives the block and
+    /// its records' leaf hashes.
+    fn push(&mut self, index: u64, leaf: Hash) -> Option<(u64, Vec<u8>)> {
+        self.leaves.extend_from_slice(&leaf);
+        ((index + 1) % LEAF_BLOCK == 0)
+            .then(|| (index / LEAF_BLOCK, std::mem::take(&mut self.leaves)))
+    }
+
+    /// Compares stored block `block` with its records' `leaves`. A block that is not stored is
+    /// no failure: it hides nothing (proofs read the records), and a gavel from before the
+    /// blocks that still appends to an upgraded ledger leaves its blocks out.
+    fn check(&mut self, block: u64, leaves: &[u8]) -> Result<(), AidError> {
+        if self.stored.is_none() {
+            self.stored = Some(self.read_stored().map_err(AidError::Sink)?);
+        }
+        let stored = self.stored.as_mut().and_then(|s| s.remove(&block));
+        let first = block * LEAF_BLOCK;
+        match stored {
+            None => Ok(()),
+            Some(Some(hashes)) if hashes == leaves => Ok(()),
+            Some(_) => Err(AidError::Mismatch(format!(
+                "the leaf block {block} is not the leaf hashes of records {first}..={}: {BLOCKS_EDITED}",
+                first + LEAF_BLOCK - 1
+            ))),
+        }
+    }
+
+    fn read_stored(&self) -> Result<HashMap<u64, Option<Vec<u8>>>, SinkError> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT block, hashes FROM ledger_leaf_blocks WHERE block >= ?1 AND block < ?2",
         )?;
         let rows = stmt.query_map(
-            params![
-                crate::to_i64(from / LEAF_BLOCK)?,
-                crate::to_i64(to / LEAF_BLOCK)?
-            ],
+            params![crate::to_i64(self.range.0)?, crate::to_i64(self.range.1)?],
             |r| {
                 let block = crate::to_u64(r.get(0)?)?;
                 Ok((block, r.get_ref(1)?.as_blob().ok().map(<[u8]>::to_vec)))
             },
         )?;
-        let stored = rows.collect::<Result<_, _>>()?;
-        let begun = from - from % LEAF_BLOCK;
-        let leaves = crate::leaf_hashes_by_rows(conn, begun, from)?.concat();
-        Ok(LeafBlocks { stored, leaves })
-    }
-
-    /// Takes record `index`'s leaf hash; at the last record of a block, compares the block.
-    fn push(&mut self, index: u64, leaf: Hash) -> Result<(), AidError> {
-        self.leaves.extend_from_slice(&leaf);
-        if (index + 1) % LEAF_BLOCK != 0 {
-            return Ok(());
-        }
-        let block = index / LEAF_BLOCK;
-        let leaves = std::mem::take(&mut self.leaves);
-        let first = block * LEAF_BLOCK;
-        match self.stored.remove(&block) {
-            Some(Some(hashes)) if hashes == leaves => Ok(()),
-            Some(_) => Err(AidError::Mismatch(format!(
-                "the leaf block {block} is not the leaf hashes of records {first}..={index}: {BLOCKS_EDITED}"
-            ))),
-            None => Err(AidError::Mismatch(format!(
-                "no leaf block {block} is stored for records {first}..={index}, and every complete block of {LEAF_BLOCK} records has one: {BLOCKS_EDITED}"
-            ))),
-        }
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }

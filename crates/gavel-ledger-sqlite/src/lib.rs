@@ -175,11 +175,14 @@ impl From<std::io::Error> for Error {
 /// The ledger's tables in a SQLite database, through one connection.
 pub struct SqliteLedgerSink {
     conn: Connection,
+    /// The tables its schema version has (`verify` names one that is missing) ...
+    expected: Tables,
+    /// ... and those that are there, which reads use: without them, proofs read the records.
     tables: Tables,
 }
 
-/// Which of the tables that spare proofs reading every leaf the ledger has: all of them but in
-/// a ledger of an earlier schema opened read-only, which is read as it is.
+/// Which of the tables that spare proofs reading every leaf a ledger has or should have: all
+/// of them but in a ledger of an earlier schema opened read-only, which is read as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tables {
     /// `ledger_nodes`: from schema 3.
@@ -413,8 +416,7 @@ impl SqliteLedgerSink {
                 "cannot upgrade the ledger to schema {SCHEMA_VERSION}: {e}"
             ))
         })?;
-        let tables = known_schema(&conn, false)?;
-        Ok(SqliteLedgerSink { conn, tables })
+        SqliteLedgerSink::with_schema(conn, false)
     }
 
     pub(crate) fn conn(&self) -> &Connection {
@@ -426,12 +428,29 @@ impl SqliteLedgerSink {
     /// writing would put back append-only triggers someone dropped, hiding that they did).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<SqliteLedgerSink, Error> {
         let conn = read_only_connection(path.as_ref())?;
-        let tables = known_schema(&conn, true)?;
-        Ok(SqliteLedgerSink { conn, tables })
+        SqliteLedgerSink::with_schema(conn, true)
     }
 
-    pub(crate) fn tables(&self) -> Tables {
-        self.tables
+    fn with_schema(conn: Connection, read_only: bool) -> Result<SqliteLedgerSink, Error> {
+        let expected = known_schema(&conn, read_only)?;
+        let exists = |table: &str| {
+            conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+                .exists([table])
+        };
+        let tables = Tables {
+            nodes: expected.nodes && exists("ledger_nodes")?,
+            leaf_blocks: expected.leaf_blocks && exists("ledger_leaf_blocks")?,
+        };
+        Ok(SqliteLedgerSink {
+            conn,
+            expected,
+            tables,
+        })
+    }
+
+    /// The tables the ledger's schema version has.
+    pub(crate) fn expected_tables(&self) -> Tables {
+        self.expected
     }
 
     /// A read-only connection to the same file; None for an in-memory database.
@@ -532,7 +551,7 @@ fn upgrade_to_leaf_blocks(conn: &Connection) -> Result<(), SinkError> {
         let mut leaves = Vec::with_capacity(LEAF_BLOCK as usize);
         let mut block = 0u64;
         while let Some(row) = rows.next()? {
-            leaves.push(hash_column(row, 0)?);
+            leaves.push(leaf_hash_as_stored(row, 0));
             if leaves.len() as u64 == LEAF_BLOCK {
                 insert_leaf_block(tx, "INSERT OR IGNORE", block, &leaves)?;
                 leaves.clear();
@@ -564,7 +583,9 @@ fn insert_leaf_block(
 
 /// Stores the block of leaf hashes of every [`LEAF_BLOCK`] records that `records` (a batch
 /// continuing the ledger) complete. A block that an earlier batch began takes its first hashes
-/// from the ledger, read only when this batch completes it.
+/// from the ledger, read only when this batch completes it. A block already stored (only an
+/// edit puts one ahead of its records, and `verify` names it) is left as it is rather than
+/// failing every append that reaches it.
 fn insert_leaf_blocks(conn: &Connection, records: &[AppendRecord]) -> Result<(), SinkError> {
     let Some(first) = records.first() else {
         return Ok(());
@@ -573,15 +594,37 @@ fn insert_leaf_blocks(conn: &Connection, records: &[AppendRecord]) -> Result<(),
     if first.index + records.len() as u64 - begun < LEAF_BLOCK {
         return Ok(());
     }
-    let mut leaves = leaf_hashes_by_rows(conn, begun, first.index)?;
+    let mut leaves = leaf_hashes_as_stored(conn, begun, first.index)?;
     for r in records {
         leaves.push(r.leaf_hash);
         if leaves.len() as u64 == LEAF_BLOCK {
-            insert_leaf_block(conn, "INSERT", r.index / LEAF_BLOCK, &leaves)?;
+            insert_leaf_block(conn, "INSERT OR IGNORE", r.index / LEAF_BLOCK, &leaves)?;
             leaves.clear();
         }
     }
     Ok(())
+}
+
+/// The leaf hashes of `[from, to)` from the records' rows, as [`leaf_hash_as_stored`] reads
+/// them: what the blocks are made of (an edited record must not stop appends or upgrades).
+pub(crate) fn leaf_hashes_as_stored(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Hash>, SinkError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| {
+        Ok(leaf_hash_as_stored(r, 0))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A leaf hash column that is no 32-byte hash (an edit, which `verify` names at its record)
+/// read as zeros, as verification reads it.
+pub(crate) fn leaf_hash_as_stored(row: &rusqlite::Row<'_>, col: usize) -> Hash {
+    hash_column(row, col).unwrap_or([0; 32])
 }
 
 /// The leaf hashes of `[from, to)` from the records' rows.

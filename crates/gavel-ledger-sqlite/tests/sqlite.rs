@@ -524,11 +524,6 @@ fn leaf_blocks_are_stored_checked_and_filled_in() {
             "not the leaf hashes of records 32..=47",
         ),
         (
-            "DELETE FROM ledger_leaf_blocks WHERE block = 30",
-            Some(495),
-            "no leaf block 30 is stored",
-        ),
-        (
             "INSERT INTO ledger_leaf_blocks VALUES (31, zeroblob(512))",
             None,
             "a leaf block 31 is stored",
@@ -550,6 +545,40 @@ fn leaf_blocks_are_stored_checked_and_filled_in() {
         // Proofs through an edited block still check: they are built from the leaves.
         assert!(proves(&db, "d-20"), "{edit}");
     }
+    // A block left out (as a gavel from before them, appending to an upgraded ledger, leaves
+    // them out) hides nothing: no failure, and proofs read the records.
+    std::fs::write(&db, &pristine).unwrap();
+    tamper(
+        &db,
+        &format!("{unblocked} DELETE FROM ledger_leaf_blocks WHERE block = 30"),
+    );
+    // Opened for writing, as `failure` opens it: the schema puts the dropped triggers back.
+    SqliteLedgerSink::open(&db)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+        .unwrap();
+    assert!(proves(&db, "d-490"));
+    // A block planted ahead of its records does not stop the appends that complete them;
+    // verify names it.
+    std::fs::write(&db, &pristine).unwrap();
+    tamper(
+        &db,
+        &format!("{unblocked} INSERT INTO ledger_leaf_blocks VALUES (31, zeroblob(512))"),
+    );
+    let app = appender(&db);
+    for i in 500..516i64 {
+        let body = json!({"deployment": "prod", "n": i});
+        app.append(&Record::new(RecordKind::Decision, 1_000 + i, format!("d-{i}"), &body).unwrap())
+            .unwrap();
+    }
+    app.close().unwrap();
+    let f = failure(&db);
+    assert_eq!(f.index, Some(511), "{f}");
+    assert!(
+        f.to_string()
+            .contains("not the leaf hashes of records 496..=511"),
+        "{f}"
+    );
 
     // A range that begins inside a block checks it whole: block 0 takes records 0-4 from the
     // rows before the range.
@@ -576,14 +605,37 @@ fn leaf_blocks_are_stored_checked_and_filled_in() {
     );
     assert_eq!(wrong_aids(&db), [15]);
 
-    // What a gavel of schema 3 left: no leaf blocks.
+    // A writer of version 4 creates the leaf block table before it upgrades a version-3
+    // ledger, in a transaction of its own: what a reader of the version-3 ledger then finds is
+    // no edit.
     std::fs::write(&db, &pristine).unwrap();
     let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute_batch("UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version';")
+        .unwrap();
+    SqliteLedgerSink::open_read_only(&db)
+        .unwrap()
+        .verify(&signer().verifier(), strict())
+        .unwrap();
+    // What a gavel of schema 3 left: no leaf blocks.
     raw.execute_batch(
         "DROP TABLE ledger_leaf_blocks;
          UPDATE ledger_meta SET value = '3' WHERE key = 'schema_version';",
     )
     .unwrap();
+    // An edited leaf hash does not stop the upgrade (verify names the record). The copy is of
+    // the file, so what the WAL holds goes into it first.
+    raw.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    let edited = dir.path("edited.db");
+    std::fs::copy(&db, &edited).unwrap();
+    tamper(
+        &edited,
+        "UPDATE ledger_records SET leaf_hash = 'x' WHERE idx = 17",
+    );
+    assert_eq!(
+        (failure(&edited).index, failure(&edited).problem),
+        (Some(17), Problem::LeafHash)
+    );
     SqliteLedgerSink::open_read_only(&db)
         .unwrap()
         .verify(&signer().verifier(), strict())
@@ -592,14 +644,17 @@ fn leaf_blocks_are_stored_checked_and_filled_in() {
     let upgraded = SqliteLedgerSink::open(&db).unwrap();
     assert_eq!(leaf_block_rows(&db), expected);
     upgraded.verify(&signer().verifier(), strict()).unwrap();
-    // A schema-4 ledger without them was edited.
+    // A schema-4 ledger without them was edited: named as such, and proofs read the records.
+    // Read only: a writer's schema would put the table back.
     raw.execute_batch("DROP TABLE ledger_leaf_blocks;").unwrap();
     let why = SqliteLedgerSink::open_read_only(&db)
         .unwrap()
-        .verify(&signer().verifier(), strict())
-        .unwrap_err()
-        .to_string();
-    assert!(why.contains("ledger_leaf_blocks"), "{why}");
+        .verify(&signer().verifier(), strict());
+    assert!(
+        matches!(&why, Err(VerifyError::Failed(f)) if matches!(&f.problem, Problem::QueryAid(what) if what.contains("ledger_leaf_blocks"))),
+        "{why:?}"
+    );
+    assert!(proves(&db, "d-16"));
 }
 
 /// Verification while a writer appends: the records and nodes committed after it counted the
