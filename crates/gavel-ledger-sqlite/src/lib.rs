@@ -529,8 +529,8 @@ fn upgrade_from_schema_1(conn: &Connection) -> Result<(), Error> {
 /// Versions 2 and 3 lack the leaf blocks (version 2 the nodes too), whose tables the schema has
 /// just created: this stores the block of every complete 16 records, reading every leaf hash
 /// once, and records version 4, in one transaction. A block already there (only an edit puts
-/// one in a ledger of an earlier version) is left for `verify` to judge. The nodes are filled in by the next writer
-/// to start (it reads the leaves when they are missing).
+/// one in a ledger of an earlier version) is left for `verify` to judge. The nodes are filled
+/// in by the next writer to start (it reads the leaves when they are missing).
 fn upgrade_to_leaf_blocks(conn: &Connection) -> Result<(), SinkError> {
     let earlier = |c: &Connection| {
         c.prepare_cached(
@@ -612,13 +612,7 @@ pub(crate) fn leaf_hashes_as_stored(
     from: u64,
     to: u64,
 ) -> Result<Vec<Hash>, SinkError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
-    )?;
-    let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| {
-        Ok(leaf_hash_as_stored(r, 0))
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    leaf_hash_column(conn, from, to, |r| Ok(leaf_hash_as_stored(r, 0)))
 }
 
 /// A leaf hash column that is no 32-byte hash (an edit, which `verify` names at its record)
@@ -627,12 +621,23 @@ pub(crate) fn leaf_hash_as_stored(row: &rusqlite::Row<'_>, col: usize) -> Hash {
     hash_column(row, col).unwrap_or([0; 32])
 }
 
-/// The leaf hashes of `[from, to)` from the records' rows.
+/// The leaf hashes of `[from, to)` from the records' rows; one that is no 32-byte hash is an
+/// error.
 fn leaf_hashes_by_rows(conn: &Connection, from: u64, to: u64) -> Result<Vec<Hash>, SinkError> {
+    leaf_hash_column(conn, from, to, |r| hash_column(r, 0))
+}
+
+/// The `leaf_hash` column of records `[from, to)`, each read by `read`.
+fn leaf_hash_column(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Hash>,
+) -> Result<Vec<Hash>, SinkError> {
     let mut stmt = conn.prepare_cached(
         "SELECT leaf_hash FROM ledger_records WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
     )?;
-    let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], |r| hash_column(r, 0))?;
+    let rows = stmt.query_map(params![to_i64(from)?, to_i64(to)?], read)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
