@@ -194,20 +194,15 @@ impl Engine {
     /// [`Engine::decide_prescanned`].
     pub fn prescan(&self, request: &DecideRequest) -> Prescanned {
         let (texts, input_sha256) = texts_and_digest(request);
-        let report = self.scan_texts(
-            request,
-            &texts,
-            self.contract.deployment(&request.deployment),
-        );
+        let deployment = self.contract.deployment(&request.deployment);
+        let report = self.scan_texts(request, &texts, deployment);
         let counts_tokens = self
             .contract
             .policy
             .budgets
             .iter()
             .any(|b| b.limits.tokens.is_some() || b.limits.usd_micros.is_some());
-        let runs_on = self
-            .contract
-            .deployment(&request.deployment)
+        let runs_on = deployment
             .filter(|_| counts_tokens && request.reads_prompt())
             .map(|d| {
                 self.sovereignty_route(d, &report.detected_classes)

@@ -999,17 +999,23 @@ impl LedgerSink for SqliteLedgerSink {
         if !self.tables.leaf_blocks {
             return Ok(None);
         }
-        let hashes: Option<Vec<u8>> = self
+        let hashes = |blob: &[u8]| -> Option<Vec<Hash>> {
+            (blob.len() as u64 == 32 * LEAF_BLOCK)
+                .then(|| {
+                    blob.chunks_exact(32)
+                        .map(|c| Hash::try_from(c).ok())
+                        .collect()
+                })
+                .flatten()
+        };
+        Ok(self
             .conn
             .prepare_cached("SELECT hashes FROM ledger_leaf_blocks WHERE block = ?1")?
             .query_row([to_i64(block)?], |r| {
-                Ok(r.get_ref(0)?.as_blob().ok().map(<[u8]>::to_vec))
+                Ok(r.get_ref(0)?.as_blob().ok().and_then(hashes))
             })
             .optional()?
-            .flatten();
-        Ok(hashes
-            .filter(|h| h.len() as u64 == 32 * LEAF_BLOCK)
-            .and_then(|h| h.chunks_exact(32).map(|c| Hash::try_from(c).ok()).collect()))
+            .flatten())
     }
 
     fn tree_nodes(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, SinkError> {
