@@ -179,11 +179,12 @@ pub fn run(
             ))
         }
     };
-    let loaded = ctx.load_contract()?;
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Approver], "recording a baseline")?;
+    // The deployment's binding in force, which its approvals are of.
+    let contract = ctx.contract_in_force(&store)?;
     let ledger = Ledger::open(&ctx.db_path)?;
-    let recorded = record_baseline(&loaded.contract, &store, &ledger, &who, deployment, source);
+    let recorded = record_baseline(&contract, &store, &ledger, &who, deployment, source);
     ledger.close()?;
     out!("{}", recorded?);
     Ok(())

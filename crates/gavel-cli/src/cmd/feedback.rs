@@ -121,17 +121,18 @@ pub fn run(ctx: &Context, decision_id: &str, args: FeedbackArgs) -> Outcome {
         features,
         ..Reported::default()
     };
-    let loaded = ctx.load_contract()?;
     let store = ctx.store()?;
     let who = ctx
         .authenticate(&store, &[Role::Service], "giving feedback")?
         .principal;
+    // Signals are measured against the thresholds in force, not an edited file's.
+    let contract = ctx.contract_in_force(&store)?;
     let sink = ledger::open_sink(&ctx.db_path)?;
     let ledger = Ledger::open(&ctx.db_path)?;
     let recorded = record_feedback(&store, &ledger, &sink, &who, decision_id, &reported);
     ledger.close()?;
     let recorded = recorded?;
-    record_once(&store, &loaded.contract, &recorded, &new_id("cli")?, now())?;
+    record_once(&store, &contract, &recorded, &new_id("cli")?, now())?;
     out!("{}", recorded.answer);
     Ok(())
 }

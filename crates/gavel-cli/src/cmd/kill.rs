@@ -13,20 +13,11 @@ use crate::context::{now, Context};
 use crate::failure::{Failure, Outcome};
 use crate::ledger::Ledger;
 
-pub fn scope_of(contract: &Contract, args: &ScopeArgs) -> Result<Scope, Failure> {
+/// The scope the options name, whatever the contract holds.
+fn scope_named(args: &ScopeArgs) -> Result<Scope, Failure> {
     match (&args.deployment, &args.use_case, args.all) {
-        (Some(d), None, false) => {
-            crate::context::known_deployment(contract, d)?;
-            Ok(Scope::Deployment(d.clone()))
-        }
-        (None, Some(u), false) => {
-            if !contract.use_cases.contains_key(u) {
-                return Err(Failure::invalid(format!(
-                    "use case `{u}` is not in the contract; see `gavel check`"
-                )));
-            }
-            Ok(Scope::UseCase(u.clone()))
-        }
+        (Some(d), None, false) => Ok(Scope::Deployment(d.clone())),
+        (None, Some(u), false) => Ok(Scope::UseCase(u.clone())),
         (None, None, true) => Ok(Scope::All),
         _ => Err(Failure::usage(
             "name exactly one of --deployment, --use-case or --all",
@@ -34,10 +25,30 @@ pub fn scope_of(contract: &Contract, args: &ScopeArgs) -> Result<Scope, Failure>
     }
 }
 
+/// The scope the options name, which must be in `contract` (the one in force): a kill on a
+/// misspelt name would stop nothing while its operator believes it stopped the model.
+fn scope_in(contract: &Contract, args: &ScopeArgs) -> Result<Scope, Failure> {
+    let scope = scope_named(args)?;
+    match &scope {
+        Scope::Deployment(d) => {
+            crate::context::known_deployment(contract, d)?;
+        }
+        Scope::UseCase(u) if !contract.use_cases.contains_key(u) => {
+            return Err(Failure::invalid(format!(
+                "use case `{u}` is not in the contract in force; see `gavel status`"
+            )));
+        }
+        _ => {}
+    }
+    Ok(scope)
+}
+
+/// Checked against the contract in force, not the file: an on-call stopping a model must not
+/// depend on what someone left half-edited on disk.
 pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
-    let contract = ctx.load_contract()?.contract;
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Operator], "killing")?;
+    let contract = ctx.contract_in_force(&store)?;
     let ledger = Ledger::open(&ctx.db_path)?;
     let done = kill_as(&store, &ledger, &contract, &who, args);
     ledger.close()?;
@@ -54,7 +65,7 @@ pub fn kill_as(
     who: &KeyRecord,
     args: &KillArgs,
 ) -> Result<String, Failure> {
-    let scope = scope_of(contract, &args.scope)?;
+    let scope = scope_in(contract, &args.scope)?;
     if args.reason.trim().is_empty() {
         return Err(Failure::invalid(
             "a kill must say why (--reason; it is shown on every refused request)",
@@ -109,25 +120,24 @@ pub fn kill_as(
 }
 
 pub fn unkill(ctx: &Context, args: &ScopeArgs) -> Outcome {
-    let contract = ctx.load_contract()?.contract;
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Operator], "unkilling")?;
     let ledger = Ledger::open(&ctx.db_path)?;
-    let done = unkill_as(&store, &ledger, &contract, &who, args);
+    let done = unkill_as(&store, &ledger, &who, args);
     ledger.close()?;
     out!("{}", done?);
     Ok(())
 }
 
-/// Lifts a kill switch as `who`: recorded, then cleared.
+/// Lifts a kill switch as `who`: recorded, then cleared. Any kill that is set can be lifted,
+/// also one on a deployment or use case the contract in force no longer has.
 pub fn unkill_as(
     store: &dyn Store,
     ledger: &Ledger,
-    contract: &Contract,
     who: &KeyRecord,
     args: &ScopeArgs,
 ) -> Result<String, Failure> {
-    let scope = scope_of(contract, args)?;
+    let scope = scope_named(args)?;
     let not_killed = || Failure::invalid(format!("no kill switch is set on `{}`", scope.key()));
     if !store.kills(now())?.iter().any(|k| k.scope == scope) {
         return Err(not_killed());

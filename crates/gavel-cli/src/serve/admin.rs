@@ -177,7 +177,10 @@ pub async fn unkill(
     request: Request,
 ) -> ApiResult<Json<Value>> {
     let scope: ScopeArgs = body_of(&gw, request).await?;
-    act(gw, move |gw| Ok(json!({ "message": kill::unkill_as(&gw.store, &gw.ledger, gw.engine().contract(), &who, &scope)? }))).await
+    act(gw, move |gw| {
+        Ok(json!({ "message": kill::unkill_as(&gw.store, &gw.ledger, &who, &scope)? }))
+    })
+    .await
 }
 
 /// Every deployment's state, its signals against its approved thresholds, approval and owner

@@ -256,6 +256,122 @@ fn kill_and_unkill() {
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
 
+/// The commands that act on what is in force (kill, unkill, feedback, baseline) read the
+/// contract in force, not the file: an on-call must be able to stop a model while the file on
+/// disk is half-edited, and signals are measured against the thresholds that were applied.
+#[test]
+fn a_broken_contract_file_stops_no_kill_feedback_or_baseline() {
+    let r = Ready::start();
+    let g = &r.g;
+    let d = g.decide(&r.service, &kb_request());
+    let id = d["decision_id"].as_str().unwrap();
+    let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    std::fs::write(
+        g.path("gavel.yaml"),
+        "version: 1\norganization: [half-edited\n",
+    )
+    .unwrap();
+
+    g.run(
+        Some(&r.operator),
+        &[
+            "kill",
+            "--deployment",
+            "kb-search-v1",
+            "--reason",
+            "incident 9",
+        ],
+    )
+    .ok();
+    g.run(
+        Some(&r.operator),
+        &[
+            "kill",
+            "--use-case",
+            "knowledge-search",
+            "--reason",
+            "incident 9",
+        ],
+    )
+    .ok();
+    g.run(
+        Some(&r.operator),
+        &["kill", "--deployment", "ghost", "--reason", "x"],
+    )
+    .fails(1, "not in the contract");
+    g.run(
+        Some(&r.operator),
+        &["kill", "--use-case", "ghost", "--reason", "x"],
+    )
+    .fails(1, "not in the contract in force");
+    g.run(
+        Some(&r.operator),
+        &["unkill", "--deployment", "kb-search-v1"],
+    )
+    .ok();
+    g.run(
+        Some(&r.operator),
+        &["unkill", "--use-case", "knowledge-search"],
+    )
+    .ok();
+    g.run(Some(&r.operator), &["unkill", "--deployment", "ghost"])
+        .fails(1, "no kill switch is set on `deployment:ghost`");
+
+    g.run(Some(&r.service), &["feedback", id, "--score", "0.9"])
+        .ok();
+    let rows: String = (0..50)
+        .map(|i| format!("{{\"score\": {}}}\n", f64::from(i) / 50.0))
+        .collect();
+    std::fs::write(g.path("rows.jsonl"), rows).unwrap();
+    let rows_path = g.path("rows.jsonl");
+    g.run(
+        Some(&r.risk),
+        &[
+            "baseline",
+            "kb-search-v1",
+            "--file",
+            rows_path.to_str().unwrap(),
+        ],
+    )
+    .ok();
+
+    // The data path still reads the file, and refuses it.
+    g.run_stdin(
+        Some(&r.service),
+        &["decide"],
+        kb_request().to_string().as_bytes(),
+    )
+    .fails(1, "gavel.yaml:2:15");
+
+    // A kill outlives its deployment's removal from the contract, and can still be lifted.
+    g.run(
+        Some(&r.operator),
+        &[
+            "kill",
+            "--deployment",
+            "kb-search-v1",
+            "--reason",
+            "retired",
+        ],
+    )
+    .ok();
+    let kb_block = yaml.find("  kb-search-v1:\n").unwrap();
+    let next_block = yaml.find("  tenant-score-v0:\n").unwrap();
+    let without_kb = format!("{}{}", &yaml[..kb_block], &yaml[next_block..]);
+    std::fs::write(g.path("gavel.yaml"), without_kb).unwrap();
+    g.run(Some(&r.operator), &["apply"]).ok();
+    g.run(
+        Some(&r.operator),
+        &["kill", "--deployment", "kb-search-v1", "--reason", "again"],
+    )
+    .fails(1, "not in the contract");
+    g.run(
+        Some(&r.operator),
+        &["unkill", "--deployment", "kb-search-v1"],
+    )
+    .ok();
+}
+
 #[test]
 fn a_changed_deployment_is_refused_until_applied_and_reapproved() {
     let r = Ready::start();
