@@ -1486,7 +1486,14 @@ impl Ctx<'_> {
             BudgetScope::UseCase => Some(target.use_case.clone()),
             BudgetScope::Deployment => Some(target.id.clone()),
             BudgetScope::Principal => Some(self.principal.to_string()),
-            BudgetScope::Run => self.request.run_id.clone(),
+            // A run is the caller's own: another principal naming the same run id (a sequence
+            // number, a guess) has a counter of its own and cannot spend this run's budget.
+            // JSON, so that no pair of names reads as another pair.
+            BudgetScope::Run => self
+                .request
+                .run_id
+                .as_ref()
+                .map(|run| serde_json::json!([self.principal, run]).to_string()),
         }
     }
 

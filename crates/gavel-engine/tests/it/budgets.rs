@@ -143,6 +143,18 @@ fn run_budget_on_tool_calls_blocks_the_run_only() {
     assert_eq!(w.decide(call("r2")).verdict, Verdict::Allow);
     assert_eq!(w.decide(call("r2")).verdict, Verdict::Allow);
     assert_verdict(&w.decide(call("r2")), Verdict::Block, "budget.tool_calls");
+    // The run is svc's: another principal's run of the same id has a budget of its own, and
+    // the refusal names whose run it is.
+    assert_eq!(
+        w.decide_at(call("r2"), "svc-2", NOW).verdict,
+        Verdict::Allow
+    );
+    let refused = w.decide(call("r2"));
+    assert_eq!(
+        refused.reasons[0].evidence["budget"],
+        json!(r#"run/run/*/*|["svc","r2"]"#),
+        "{refused:?}"
+    );
 }
 
 #[test]
