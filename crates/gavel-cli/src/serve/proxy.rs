@@ -1193,6 +1193,9 @@ pub async fn embeddings(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         idempotency_key: ascii_header(&headers, "idempotency-key")?,
+        // As for chat: a retriever step of a chain, and any call of an agent's run, says so.
+        run_id: ascii_header(&headers, "x-gavel-run-id")?,
+        step: ascii_header(&headers, "x-gavel-step")?,
         ..DecideRequest::default()
     };
     let request = no_secret_in_identifiers(request)?;

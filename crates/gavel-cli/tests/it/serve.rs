@@ -2724,3 +2724,45 @@ fn embeddings_are_held_to_token_budgets() {
     assert_eq!(refused.code(), "budget.tokens", "{}", refused.body);
     assert_eq!(s.stop(), 0);
 }
+
+/// An embeddings call names its run and its chain step with the headers chat uses: here
+/// kb-search-v1 is made a chain whose one step is a retriever, and its run's budget counts the
+/// calls' tokens.
+#[test]
+fn embeddings_name_their_run_and_chain_step() {
+    let r = Ready::start_with(|y| {
+        y.replace(
+            "scope: run,       tokens: 50000",
+            "scope: run,       tokens: 60",
+        )
+        .replace(
+            "    params: { temperature: 0.1, max_tokens: 400 }\n",
+            "    params: { temperature: 0.1, max_tokens: 400 }\n    steps: { search: { kind: retriever } }\n",
+        )
+    });
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let embed = |headers: &str| {
+        let body = json!({ "model": "kb-search-v1", "input": ["How do I book a meeting room on the third floor?"] }).to_string();
+        s.raw(format!("POST /v1/embeddings HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", r.service, body.len()).as_bytes())
+    };
+    let in_run = |run: &str| {
+        embed(&format!(
+            "X-Gavel-Step: search\r\nX-Gavel-Run-Id: {run}\r\n"
+        ))
+    };
+    let no_step = embed("X-Gavel-Run-Id: e1\r\n");
+    assert_eq!(no_step.code(), "chain.step_undeclared", "{}", no_step.body);
+    let no_run = embed("X-Gavel-Step: search\r\n");
+    assert_eq!(no_run.code(), "chain.run_missing", "{}", no_run.body);
+    let first = in_run("e1");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let refused = (0..6)
+        .map(|_| in_run("e1"))
+        .find(|reply| reply.status != 200);
+    let refused = refused.expect("a run of 60 tokens holds every embeddings call of the run");
+    // A run's budget never resets: BLOCK, not COOLDOWN.
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.code(), "budget.tokens", "{}", refused.body);
+    assert_eq!(in_run("e2").status, 200, "another run has its own budget");
+    assert_eq!(s.stop(), 0);
+}
