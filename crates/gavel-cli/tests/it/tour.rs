@@ -266,55 +266,35 @@ fn a_broken_contract_file_stops_no_kill_feedback_or_baseline() {
     let d = g.decide(&r.service, &kb_request());
     let id = d["decision_id"].as_str().unwrap();
     let yaml = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    let operator = |args: &[&str]| g.run(Some(&r.operator), args);
     std::fs::write(
         g.path("gavel.yaml"),
         "version: 1\norganization: [half-edited\n",
     )
     .unwrap();
 
-    g.run(
-        Some(&r.operator),
-        &[
-            "kill",
-            "--deployment",
-            "kb-search-v1",
-            "--reason",
-            "incident 9",
-        ],
-    )
+    operator(&[
+        "kill",
+        "--deployment",
+        "kb-search-v1",
+        "--reason",
+        "incident 9",
+    ])
     .ok();
-    g.run(
-        Some(&r.operator),
-        &[
-            "kill",
-            "--use-case",
-            "knowledge-search",
-            "--reason",
-            "incident 9",
-        ],
-    )
+    operator(&[
+        "kill",
+        "--use-case",
+        "knowledge-search",
+        "--reason",
+        "incident 9",
+    ])
     .ok();
-    g.run(
-        Some(&r.operator),
-        &["kill", "--deployment", "ghost", "--reason", "x"],
-    )
-    .fails(1, "not in the contract");
-    g.run(
-        Some(&r.operator),
-        &["kill", "--use-case", "ghost", "--reason", "x"],
-    )
-    .fails(1, "not in the contract in force");
-    g.run(
-        Some(&r.operator),
-        &["unkill", "--deployment", "kb-search-v1"],
-    )
-    .ok();
-    g.run(
-        Some(&r.operator),
-        &["unkill", "--use-case", "knowledge-search"],
-    )
-    .ok();
-    g.run(Some(&r.operator), &["unkill", "--deployment", "ghost"])
+    operator(&["kill", "--deployment", "ghost", "--reason", "x"]).fails(1, "not in the contract");
+    operator(&["kill", "--use-case", "ghost", "--reason", "x"])
+        .fails(1, "not in the contract in force");
+    operator(&["unkill", "--deployment", "kb-search-v1"]).ok();
+    operator(&["unkill", "--use-case", "knowledge-search"]).ok();
+    operator(&["unkill", "--deployment", "ghost"])
         .fails(1, "no kill switch is set on `deployment:ghost`");
 
     g.run(Some(&r.service), &["feedback", id, "--score", "0.9"])
@@ -344,32 +324,22 @@ fn a_broken_contract_file_stops_no_kill_feedback_or_baseline() {
     .fails(1, "gavel.yaml:2:15");
 
     // A kill outlives its deployment's removal from the contract, and can still be lifted.
-    g.run(
-        Some(&r.operator),
-        &[
-            "kill",
-            "--deployment",
-            "kb-search-v1",
-            "--reason",
-            "retired",
-        ],
-    )
+    operator(&[
+        "kill",
+        "--deployment",
+        "kb-search-v1",
+        "--reason",
+        "retired",
+    ])
     .ok();
     let kb_block = yaml.find("  kb-search-v1:\n").unwrap();
     let next_block = yaml.find("  tenant-score-v0:\n").unwrap();
     let without_kb = format!("{}{}", &yaml[..kb_block], &yaml[next_block..]);
     std::fs::write(g.path("gavel.yaml"), without_kb).unwrap();
-    g.run(Some(&r.operator), &["apply"]).ok();
-    g.run(
-        Some(&r.operator),
-        &["kill", "--deployment", "kb-search-v1", "--reason", "again"],
-    )
-    .fails(1, "not in the contract");
-    g.run(
-        Some(&r.operator),
-        &["unkill", "--deployment", "kb-search-v1"],
-    )
-    .ok();
+    operator(&["apply"]).ok();
+    operator(&["kill", "--deployment", "kb-search-v1", "--reason", "again"])
+        .fails(1, "not in the contract");
+    operator(&["unkill", "--deployment", "kb-search-v1"]).ok();
 }
 
 #[test]
