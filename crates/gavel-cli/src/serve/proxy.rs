@@ -1356,14 +1356,10 @@ fn usable_models(gw: &Gateway, caller: &KeyRecord) -> Vec<Value> {
                 now,
             },
         );
-        // A chain refuses a request that names none of its steps, which this one cannot (its
-        // steps take different actions): stopped there, it has passed the kill switches,
-        // cooldowns and approval that come before.
-        let usable = decision.would_be.as_ref().is_some_and(|w| {
-            w.verdict == Verdict::Allow
-                || w.reasons.first().map(|r| r.code)
-                    == Some(gavel_engine::ReasonCode::ChainStepUndeclared)
-        });
+        let usable = decision
+            .would_be
+            .as_ref()
+            .is_some_and(|w| w.verdict == Verdict::Allow);
         if usable {
             data.push(json!({ "id": deployment.id, "object": "model", "created": 0, "owned_by": engine.contract().organization, "gavel": { "model": deployment.model.name, "snapshot": deployment.model.snapshot, "approval_id": decision.approval_id } }));
         }

@@ -2741,29 +2741,6 @@ fn embeddings_name_their_run_and_chain_step() {
         )
     });
     let s = Server::start(&r.g, &r.operator, &[]);
-    let models = |key: &str| s.request("GET", "/v1/models", Some(key), None).body;
-    assert!(
-        models(&r.service).contains("\"kb-search-v1\""),
-        "{}",
-        models(&r.service)
-    );
-    s.request(
-        "POST",
-        "/v1/admin/kill",
-        Some(&r.operator),
-        Some(&json!({ "deployment": "kb-search-v1", "reason": "drill" })),
-    );
-    assert!(
-        !models(&r.service).contains("\"kb-search-v1\""),
-        "{}",
-        models(&r.service)
-    );
-    s.request(
-        "POST",
-        "/v1/admin/unkill",
-        Some(&r.operator),
-        Some(&json!({ "deployment": "kb-search-v1" })),
-    );
     let embed = |headers: &str| {
         let body = json!({ "model": "kb-search-v1", "input": ["How do I book a meeting room on the third floor?"] }).to_string();
         s.raw(format!("POST /v1/embeddings HTTP/1.1\r\nHost: g\r\nConnection: close\r\nAuthorization: Bearer {}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", r.service, body.len()).as_bytes())
