@@ -26,19 +26,27 @@ fn scope_named(args: &ScopeArgs) -> Result<Scope, Failure> {
 }
 
 /// The scope the options name, which must be in `contract` (the one in force): a kill on a
-/// misspelt name would stop nothing while its operator believes it stopped the model.
-fn scope_in(contract: &Contract, args: &ScopeArgs) -> Result<Scope, Failure> {
+/// misspelt name would stop nothing while its operator believes it stopped the model. `--all`
+/// names nothing a contract must hold, and needs none.
+fn scope_in(contract: Option<&Contract>, args: &ScopeArgs) -> Result<Scope, Failure> {
     let scope = scope_named(args)?;
-    match &scope {
-        Scope::Deployment(d) => {
-            crate::context::known_deployment(contract, d)?;
-        }
-        Scope::UseCase(u) if !contract.use_cases.contains_key(u) => {
-            return Err(Failure::invalid(format!(
-                "use case `{u}` is not in the contract in force; see `gavel status`"
-            )));
-        }
-        _ => {}
+    let (kind, name, known) = match &scope {
+        Scope::Deployment(d) => (
+            "deployment",
+            d,
+            contract.is_some_and(|c| c.deployment(d).is_some()),
+        ),
+        Scope::UseCase(u) => (
+            "use case",
+            u,
+            contract.is_some_and(|c| c.use_cases.contains_key(u)),
+        ),
+        _ => return Ok(scope),
+    };
+    if !known {
+        return Err(Failure::invalid(format!(
+            "{kind} `{name}` is not in the contract in force; see `gavel status`"
+        )));
     }
     Ok(scope)
 }
@@ -48,9 +56,14 @@ fn scope_in(contract: &Contract, args: &ScopeArgs) -> Result<Scope, Failure> {
 pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
     let store = ctx.store()?;
     let who = ctx.authenticate(&store, &[Role::Operator], "killing")?;
-    let contract = ctx.contract_in_force(&store)?;
+    let contract = match ctx.contract_in_force(&store) {
+        Ok(contract) => Some(contract),
+        // Stopping everything never waits for a contract that loads.
+        Err(_) if args.scope.all => None,
+        Err(e) => return Err(e),
+    };
     let ledger = Ledger::open(&ctx.db_path)?;
-    let done = kill_as(&store, &ledger, &contract, &who, args);
+    let done = kill_as(&store, &ledger, contract.as_ref(), &who, args);
     ledger.close()?;
     out!("{}", done?);
     Ok(())
@@ -58,10 +71,11 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
 
 /// Sets a kill switch as `who`: recorded, then stored. A kill can be extended or made
 /// permanent, never shortened: lifting one is `unkill`, which is its own recorded decision.
+/// `contract` is the one in force, None when it cannot be read (then only `--all` is taken).
 pub fn kill_as(
     store: &dyn Store,
     ledger: &Ledger,
-    contract: &Contract,
+    contract: Option<&Contract>,
     who: &KeyRecord,
     args: &KillArgs,
 ) -> Result<String, Failure> {

@@ -166,7 +166,7 @@ pub async fn kill(
             reason: body.reason,
             duration: body.duration,
         };
-        Ok(json!({ "message": kill::kill_as(&gw.store, &gw.ledger, gw.engine().contract(), &who, &args)? }))
+        Ok(json!({ "message": kill::kill_as(&gw.store, &gw.ledger, Some(gw.engine().contract()), &who, &args)? }))
     })
     .await
 }

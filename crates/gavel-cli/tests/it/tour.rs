@@ -292,6 +292,8 @@ fn a_broken_contract_file_stops_no_kill_feedback_or_baseline() {
     operator(&["kill", "--deployment", "ghost", "--reason", "x"]).fails(1, "not in the contract");
     operator(&["kill", "--use-case", "ghost", "--reason", "x"])
         .fails(1, "not in the contract in force");
+    let status = g.run(Some(&r.auditor), &["status"]).ok().stdout;
+    assert!(status.contains("killed"), "{status}");
     operator(&["unkill", "--deployment", "kb-search-v1"]).ok();
     operator(&["unkill", "--use-case", "knowledge-search"]).ok();
     operator(&["unkill", "--deployment", "ghost"])
@@ -340,6 +342,23 @@ fn a_broken_contract_file_stops_no_kill_feedback_or_baseline() {
     operator(&["kill", "--deployment", "kb-search-v1", "--reason", "again"])
         .fails(1, "not in the contract");
     operator(&["unkill", "--deployment", "kb-search-v1"]).ok();
+
+    // Before any contract is applied, everything can still be stopped; a named scope cannot be
+    // checked, and is refused.
+    let fresh = Gavel::init();
+    let fresh_operator = fresh.key("olga", "operator", None);
+    fresh
+        .run(
+            Some(&fresh_operator),
+            &["kill", "--all", "--reason", "drill"],
+        )
+        .ok();
+    fresh
+        .run(
+            Some(&fresh_operator),
+            &["kill", "--deployment", "kb-search-v1", "--reason", "x"],
+        )
+        .fails(1, "no contract has been applied yet");
 }
 
 #[test]
