@@ -167,6 +167,10 @@ pub trait Store: RuntimeState {
     /// Claims, all or none, what a decision may be given once (`feedback:<id>`,
     /// `judged:<id>`) for `by`; the first key already claimed, writing nothing, if any was.
     fn claim_reports(&self, keys: &[String], by: &str) -> Result<Option<String>, StoreError>;
+    /// Gives back claims of [`Store::claim_reports`]: those of a report that was not recorded,
+    /// so that it can be made again, and `settling:<id>`, which is held only while an outcome
+    /// is recorded and settled.
+    fn release_reports(&self, keys: &[String]) -> Result<(), StoreError>;
 
     /// Records the baseline of an approval, replacing an earlier one of the same approval.
     fn save_baseline(&self, baseline: &StoredBaseline) -> Result<(), StoreError>;

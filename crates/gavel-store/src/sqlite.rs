@@ -1003,6 +1003,18 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
+    fn release_reports(&self, keys: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(err("report claim"))?;
+        for key in keys {
+            tx.prepare_cached("DELETE FROM report_claims WHERE key = ?1")
+                .map_err(err("statement"))?
+                .execute([key])
+                .map_err(err("report claim"))?;
+        }
+        tx.commit().map_err(err("report claim"))
+    }
+
     fn save_baseline(&self, b: &StoredBaseline) -> Result<(), StoreError> {
         self.conn()?
             .prepare_cached(

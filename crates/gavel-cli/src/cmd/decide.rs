@@ -426,14 +426,6 @@ pub fn settle_outcome(
     if !store.reservation_open(decision_id)? {
         return Err(no_open_reservation(decision_id));
     }
-    if reported.judges() {
-        crate::cmd::feedback::claim(
-            store,
-            decision_id,
-            &[format!("judged:{decision_id}")],
-            "outcome",
-        )?;
-    }
     let at = now();
     let mut body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
     if let (Some(body), Ok(serde_json::Value::Object(extra))) =
@@ -441,8 +433,28 @@ pub fn settle_outcome(
     {
         body.extend(extra);
     }
-    let receipt = ledger.record(RecordKind::Outcome, at, &new_id("out")?, body)?;
-    match engine.settle(store, decision_id, deployment, usage, at)? {
+    let outcome_id = new_id("out")?;
+    // Of two reports racing for one reservation, one claims it, records and settles; the other
+    // is refused here and records nothing (the check above alone let both record).
+    let settling = format!("settling:{decision_id}");
+    let mut claims = vec![settling.clone()];
+    if reported.judges() {
+        claims.push(format!("judged:{decision_id}"));
+    }
+    crate::cmd::feedback::claim(store, decision_id, &claims, "outcome")?;
+    let receipt = ledger
+        .record(RecordKind::Outcome, at, &outcome_id, body)
+        .inspect_err(|_| {
+            // Not recorded, so not given: a retry may claim again. Should the store fail too,
+            // the reservation stays held (the safe side) until it lapses.
+            let _ = store.release_reports(&claims);
+        })?;
+    let settled = engine.settle(store, decision_id, deployment, usage, at);
+    // Held only while settling: once settled, the reservation is gone and refuses a second
+    // report by itself. A claim a failing store keeps refuses retries until the reservation
+    // lapses (its budget held meanwhile, the safe side).
+    let _ = store.release_reports(std::slice::from_ref(&settling));
+    match settled? {
         Settled::Settled => Ok(Recorded {
             answer: json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }),
             deployment: deployment.to_string(),

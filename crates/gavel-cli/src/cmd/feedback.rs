@@ -52,7 +52,12 @@ pub fn record_feedback(
         once.push(format!("judged:{decision_id}"));
     }
     claim(store, decision_id, &once, &id)?;
-    let receipt = ledger.record(RecordKind::Outcome, now(), &id, record)?;
+    let receipt = ledger
+        .record(RecordKind::Outcome, now(), &id, record)
+        .inspect_err(|_| {
+            // Not recorded, so not given: a retry may claim again.
+            let _ = store.release_reports(&once);
+        })?;
     Ok(Recorded {
         answer: json!({ "feedback_id": id, "decision_id": decision_id, "receipt": receipt }),
         deployment,
@@ -72,6 +77,8 @@ pub fn claim(
     };
     let what = if taken.starts_with("judged:") {
         "a score, prediction, label or group (given with its outcome or feedback)"
+    } else if taken.starts_with("settling:") {
+        "an outcome being recorded and settled by another report"
     } else {
         "its feedback"
     };

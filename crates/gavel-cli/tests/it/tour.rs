@@ -361,6 +361,82 @@ fn a_broken_contract_file_stops_no_kill_feedback_or_baseline() {
         .fails(1, "no contract has been applied yet");
 }
 
+/// Two reports of one decision's outcome at once: the one that claims the reservation records
+/// and settles it; the other is refused and records nothing (the race is staged: the claim of
+/// a report in progress is written first). The claim is held only while settling, and an
+/// outcome or feedback the ledger did not take gives its claims back.
+#[test]
+fn report_claims_refuse_a_racing_outcome_and_are_given_back_when_not_recorded() {
+    let r = Ready::start();
+    let g = &r.g;
+    let id = g.decide(&r.service, &kb_request())["decision_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let report = || {
+        g.run(
+            Some(&r.service),
+            &[
+                "outcome",
+                "--decision",
+                &id,
+                "--deployment",
+                "kb-search-v1",
+                "--prompt-tokens",
+                "40",
+                "--completion-tokens",
+                "120",
+            ],
+        )
+    };
+    let outcomes = || {
+        g.run(Some(&r.auditor), &["audit", "export", "--kind", "outcome"])
+            .ok()
+            .stdout
+            .lines()
+            .count()
+    };
+    let db = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
+    let settling = format!("settling:{id}");
+    db.execute(
+        "INSERT INTO report_claims (key, by_id) VALUES (?1, 'another report')",
+        [&settling],
+    )
+    .unwrap();
+    report().fails(1, "being recorded and settled by another report");
+    assert_eq!(outcomes(), 0, "the refused report recorded nothing");
+
+    db.execute("DELETE FROM report_claims WHERE key = ?1", [&settling])
+        .unwrap();
+
+    // A report the ledger does not take gives its claim back, so that it can be made again.
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON ledger_records BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .unwrap();
+    let refused = report();
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    let feedback = || g.run(Some(&r.service), &["feedback", &id, "--score", "0.5"]);
+    let refused = feedback();
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    db.execute_batch("DROP TRIGGER refuse").unwrap();
+    assert!(report().ok().stdout.contains("\"settled\":true"));
+    feedback().ok();
+    assert_eq!(outcomes(), 2, "the outcome and the feedback");
+    let claims: Vec<String> = db
+        .prepare("SELECT key FROM report_claims ORDER BY key")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        claims,
+        [format!("feedback:{id}"), format!("judged:{id}")],
+        "the settling claim is given back once settled; feedback's stay"
+    );
+}
+
 #[test]
 fn a_changed_deployment_is_refused_until_applied_and_reapproved() {
     let r = Ready::start();

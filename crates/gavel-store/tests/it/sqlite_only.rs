@@ -839,3 +839,32 @@ fn ended_and_live_cooldowns(store: &SqliteStore, live_for: Span) {
             .unwrap();
     }
 }
+
+/// Report claims are taken all or none, refuse a second claimant, and once given back can be
+/// taken again (what lets an outcome that was not recorded be reported again).
+#[test]
+fn report_claims_are_all_or_none_and_can_be_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("gavel.db")).unwrap();
+    let keys = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        store.claim_reports(&keys(&["a", "b"]), "first").unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim_reports(&keys(&["c", "b"]), "second").unwrap(),
+        Some("b".to_string())
+    );
+    // All or none: `c` was not taken by the refused claim.
+    assert_eq!(store.claim_reports(&keys(&["c"]), "third").unwrap(), None);
+    store.release_reports(&keys(&["b", "c"])).unwrap();
+    assert_eq!(
+        store.claim_reports(&keys(&["b", "c"]), "fourth").unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim_reports(&keys(&["a"]), "fifth").unwrap(),
+        Some("a".to_string()),
+        "a claim not given back still holds"
+    );
+}
