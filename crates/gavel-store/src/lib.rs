@@ -167,9 +167,18 @@ pub trait Store: RuntimeState {
     /// Claims, all or none, what a decision may be given once (`feedback:<id>`,
     /// `judged:<id>`) for `by`; the first key already claimed, writing nothing, if any was.
     fn claim_reports(&self, keys: &[String], by: &str) -> Result<Option<String>, StoreError>;
-    /// Gives back claims of [`Store::claim_reports`]: those of a report that was not recorded,
-    /// so that it can be made again, and `settling:<id>`, which is held only while an outcome
-    /// is recorded and settled.
+    /// Claims `settling:<decision_id>` for an outcome report begun at `now_ms`, held while it
+    /// records and settles; a claim made before `stale_before_ms` is taken over (its report
+    /// died between claiming and giving it back). False when a live report holds it.
+    fn claim_settling(
+        &self,
+        decision_id: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives back claims (of [`Store::claim_reports`] or [`Store::claim_settling`]) whose
+    /// report recorded nothing, so that it can be made again, or that were held only while
+    /// settling.
     fn release_reports(&self, keys: &[String]) -> Result<(), StoreError>;
 
     /// Records the baseline of an approval, replacing an earlier one of the same approval.

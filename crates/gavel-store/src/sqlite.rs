@@ -1003,6 +1003,30 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
+    fn claim_settling(
+        &self,
+        decision_id: &str,
+        now_ms: i64,
+        stale_before_ms: i64,
+    ) -> Result<bool, StoreError> {
+        // `by_id` holds when the claim was made; only a stale one is overwritten.
+        let changed = self
+            .conn()?
+            .prepare_cached(
+                "INSERT INTO report_claims (key, by_id) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET by_id = excluded.by_id
+                 WHERE CAST(report_claims.by_id AS INTEGER) < ?3",
+            )
+            .map_err(err("statement"))?
+            .execute(params![
+                format!("settling:{decision_id}"),
+                now_ms.to_string(),
+                stale_before_ms
+            ])
+            .map_err(err("report claim"))?;
+        Ok(changed == 1)
+    }
+
     fn release_reports(&self, keys: &[String]) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(err("report claim"))?;

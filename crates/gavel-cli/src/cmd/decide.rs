@@ -436,24 +436,39 @@ pub fn settle_outcome(
     let outcome_id = new_id("out")?;
     // Of two reports racing for one reservation, one claims it, records and settles; the other
     // is refused here and records nothing (the check above alone let both record).
-    let settling = format!("settling:{decision_id}");
-    let mut claims = vec![settling.clone()];
-    if reported.judges() {
-        claims.push(format!("judged:{decision_id}"));
+    let stale_before = at.millis().saturating_sub(SETTLING_GOES_STALE_MS);
+    if !store.claim_settling(decision_id, at.millis(), stale_before)? {
+        return Err(Failure::conflict(
+            "outcome.settling",
+            format!("decision `{decision_id}` has an outcome being recorded and settled by another report; if that report failed, report again in a minute"),
+        ));
     }
-    crate::cmd::feedback::claim(store, decision_id, &claims, "outcome")?;
-    let receipt = ledger
-        .record(RecordKind::Outcome, at, &outcome_id, body)
+    let settling = [format!("settling:{decision_id}")];
+    let judged = format!("judged:{decision_id}");
+    let claimed = (if reported.judges() {
+        crate::cmd::feedback::claim(store, decision_id, std::slice::from_ref(&judged), "outcome")
+    } else {
+        Ok(())
+    })
+    // Settled since the check above by a report that has given its claim back.
+    .and_then(|()| match store.reservation_open(decision_id)? {
+        true => Ok(()),
+        false => {
+            let _ = store.release_reports(std::slice::from_ref(&judged));
+            Err(no_open_reservation(decision_id))
+        }
+    });
+    let receipt = claimed
+        .and_then(|()| ledger.record(RecordKind::Outcome, at, &outcome_id, body))
         .inspect_err(|_| {
-            // Not recorded, so not given: a retry may claim again. Should the store fail too,
-            // the reservation stays held (the safe side) until it lapses.
-            let _ = store.release_reports(&claims);
+            // A retry must be able to settle. A judgement stays claimed once its record was
+            // sent: a failed sync leaves what it covered in doubt.
+            let _ = store.release_reports(&settling);
         })?;
     let settled = engine.settle(store, decision_id, deployment, usage, at);
     // Held only while settling: once settled, the reservation is gone and refuses a second
-    // report by itself. A claim a failing store keeps refuses retries until the reservation
-    // lapses (its budget held meanwhile, the safe side).
-    let _ = store.release_reports(std::slice::from_ref(&settling));
+    // report by itself. A claim a failing store keeps is taken over once stale.
+    let _ = store.release_reports(&settling);
     match settled? {
         Settled::Settled => Ok(Recorded {
             answer: json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }),
@@ -465,10 +480,14 @@ pub fn settle_outcome(
                 engine.usd_micros(deployment, usage),
             ),
         }),
-        // Another report settled it between the check and here.
+        // Withdrawn or pruned since the check: recorded, and nothing settled.
         Settled::Unknown => Err(no_open_reservation(decision_id)),
     }
 }
+
+/// How long an outcome report may hold its reservation's claim before another may take it
+/// over: far longer than recording and settling take, short enough for a retry after a crash.
+const SETTLING_GOES_STALE_MS: i64 = 60_000;
 
 fn no_open_reservation(decision_id: &str) -> Failure {
     Failure::invalid(format!(

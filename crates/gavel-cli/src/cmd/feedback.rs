@@ -52,12 +52,7 @@ pub fn record_feedback(
         once.push(format!("judged:{decision_id}"));
     }
     claim(store, decision_id, &once, &id)?;
-    let receipt = ledger
-        .record(RecordKind::Outcome, now(), &id, record)
-        .inspect_err(|_| {
-            // Not recorded, so not given: a retry may claim again.
-            let _ = store.release_reports(&once);
-        })?;
+    let receipt = ledger.record(RecordKind::Outcome, now(), &id, record)?;
     Ok(Recorded {
         answer: json!({ "feedback_id": id, "decision_id": decision_id, "receipt": receipt }),
         deployment,
@@ -77,8 +72,6 @@ pub fn claim(
     };
     let what = if taken.starts_with("judged:") {
         "a score, prediction, label or group (given with its outcome or feedback)"
-    } else if taken.starts_with("settling:") {
-        "an outcome being recorded and settled by another report"
     } else {
         "its feedback"
     };

@@ -363,23 +363,25 @@ fn a_broken_contract_file_stops_no_kill_feedback_or_baseline() {
 
 /// Two reports of one decision's outcome at once: the one that claims the reservation records
 /// and settles it; the other is refused and records nothing (the race is staged: the claim of
-/// a report in progress is written first). The claim is held only while settling, and an
-/// outcome or feedback the ledger did not take gives its claims back.
+/// a report in progress is written first). The claim is held only while settling, is given
+/// back when the ledger does not take the record, and is taken over once stale.
 #[test]
-fn report_claims_refuse_a_racing_outcome_and_are_given_back_when_not_recorded() {
+fn an_outcome_claims_its_reservation_while_it_records_and_settles() {
     let r = Ready::start();
     let g = &r.g;
-    let id = g.decide(&r.service, &kb_request())["decision_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let report = || {
+    let decide = || {
+        g.decide(&r.service, &kb_request())["decision_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let report = |id: &str| {
         g.run(
             Some(&r.service),
             &[
                 "outcome",
                 "--decision",
-                &id,
+                id,
                 "--deployment",
                 "kb-search-v1",
                 "--prompt-tokens",
@@ -397,43 +399,47 @@ fn report_claims_refuse_a_racing_outcome_and_are_given_back_when_not_recorded() 
             .count()
     };
     let db = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
-    let settling = format!("settling:{id}");
-    db.execute(
-        "INSERT INTO report_claims (key, by_id) VALUES (?1, 'another report')",
-        [&settling],
-    )
-    .unwrap();
-    report().fails(1, "being recorded and settled by another report");
+    let stage_claim = |id: &str, at_ms: &str| {
+        db.execute(
+            "INSERT INTO report_claims (key, by_id) VALUES (?1, ?2)",
+            [format!("settling:{id}"), at_ms.to_string()],
+        )
+        .unwrap();
+    };
+    let claims = || -> i64 {
+        db.query_row("SELECT count(*) FROM report_claims", [], |row| row.get(0))
+            .unwrap()
+    };
+
+    let id = decide();
+    stage_claim(&id, "99999999999999");
+    report(&id).fails(1, "being recorded and settled by another report");
     assert_eq!(outcomes(), 0, "the refused report recorded nothing");
 
-    db.execute("DELETE FROM report_claims WHERE key = ?1", [&settling])
-        .unwrap();
+    // A claim whose report died long ago is taken over.
+    let stale = decide();
+    stage_claim(&stale, "0");
+    assert!(report(&stale).ok().stdout.contains("\"settled\":true"));
+    assert_eq!(outcomes(), 1);
 
     // A report the ledger does not take gives its claim back, so that it can be made again.
+    let refused_once = decide();
     db.execute_batch(
         "CREATE TRIGGER refuse BEFORE INSERT ON ledger_records BEGIN SELECT RAISE(ABORT, 'disk full'); END",
     )
     .unwrap();
-    let refused = report();
-    assert_eq!(refused.code, 4, "{}", refused.stderr);
-    let feedback = || g.run(Some(&r.service), &["feedback", &id, "--score", "0.5"]);
-    let refused = feedback();
+    let refused = report(&refused_once);
     assert_eq!(refused.code, 4, "{}", refused.stderr);
     db.execute_batch("DROP TRIGGER refuse").unwrap();
-    assert!(report().ok().stdout.contains("\"settled\":true"));
-    feedback().ok();
-    assert_eq!(outcomes(), 2, "the outcome and the feedback");
-    let claims: Vec<String> = db
-        .prepare("SELECT key FROM report_claims ORDER BY key")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    assert!(report(&refused_once)
+        .ok()
+        .stdout
+        .contains("\"settled\":true"));
+    assert_eq!(outcomes(), 2);
     assert_eq!(
-        claims,
-        [format!("feedback:{id}"), format!("judged:{id}")],
-        "the settling claim is given back once settled; feedback's stay"
+        claims(),
+        1,
+        "only the staged claim of the first decision is left: the others were given back once settled"
     );
 }
 
