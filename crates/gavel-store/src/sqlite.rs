@@ -979,6 +979,10 @@ impl Store for SqliteStore {
     }
 
     fn claim_reports(&self, keys: &[String], by: &str) -> Result<Option<String>, StoreError> {
+        // Nothing to claim takes no write lock.
+        if keys.is_empty() {
+            return Ok(None);
+        }
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

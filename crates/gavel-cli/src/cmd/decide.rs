@@ -444,20 +444,20 @@ pub fn settle_outcome(
         ));
     }
     let settling = [format!("settling:{decision_id}")];
-    let judged = format!("judged:{decision_id}");
-    let claimed = (if reported.judges() {
-        crate::cmd::feedback::claim(store, decision_id, std::slice::from_ref(&judged), "outcome")
-    } else {
-        Ok(())
-    })
-    // Settled since the check above by a report that has given its claim back.
-    .and_then(|()| match store.reservation_open(decision_id)? {
-        true => Ok(()),
-        false => {
-            let _ = store.release_reports(std::slice::from_ref(&judged));
-            Err(no_open_reservation(decision_id))
-        }
-    });
+    // Only this report's own: a judgement an earlier feedback claimed is never given back.
+    let judged: Vec<String> = match reported.judges() {
+        true => vec![format!("judged:{decision_id}")],
+        false => Vec::new(),
+    };
+    let claimed = crate::cmd::feedback::claim(store, decision_id, &judged, "outcome")
+        // Settled since the check above by a report that has given its claim back.
+        .and_then(|()| match store.reservation_open(decision_id)? {
+            true => Ok(()),
+            false => {
+                let _ = store.release_reports(&judged);
+                Err(no_open_reservation(decision_id))
+            }
+        });
     let receipt = claimed
         .and_then(|()| ledger.record(RecordKind::Outcome, at, &outcome_id, body))
         .inspect_err(|_| {
