@@ -257,27 +257,35 @@ fn guard_all_but_vectors(
     new_guard: &dyn Fn() -> OutputGuard,
     findings: &mut Vec<Value>,
 ) -> Result<(), Violation> {
-    let vectors: Vec<Value> = vector_slots(answer).map(Value::take).collect();
+    // Taken out by their place in `data` (once out, a slot holds null and is no vector).
+    let vectors: Vec<(usize, Value)> = embedding_slots(answer)
+        .filter(|(_, slot)| is_vector(slot))
+        .map(|(at, slot)| (at, slot.take()))
+        .collect();
     let result = guard_strings(answer, new_guard, findings);
-    for (slot, vector) in vector_slots(answer).zip(vectors) {
-        *slot = vector;
+    // Both in the order of `data`: one pass puts each back.
+    let mut vectors = vectors.into_iter().peekable();
+    for (at, slot) in embedding_slots(answer) {
+        if let Some((_, vector)) = vectors.next_if(|(taken_at, _)| *taken_at == at) {
+            *slot = vector;
+        }
     }
     result
 }
 
-/// Each `data[].embedding` of an embeddings answer that is a vector, in order: an array of
-/// numbers, or base64 (its alphabet only, in groups of four). Anything else an upstream put
-/// there is text like any other, and guarded.
-fn vector_slots(answer: &mut Value) -> impl Iterator<Item = &mut Value> {
+/// Each `data[].embedding` of an embeddings answer, with its item's place in `data`. A vector
+/// ([`is_vector`]) there is no text; anything else an upstream put there is guarded.
+fn embedding_slots(answer: &mut Value) -> impl Iterator<Item = (usize, &mut Value)> {
     answer
         .get_mut("data")
         .and_then(Value::as_array_mut)
         .into_iter()
         .flatten()
-        .filter_map(|item| item.get_mut("embedding"))
-        .filter(|slot| is_vector(slot))
+        .enumerate()
+        .filter_map(|(at, item)| item.get_mut("embedding").map(|slot| (at, slot)))
 }
 
+/// An array of numbers, or base64 (its alphabet only, in groups of four).
 fn is_vector(value: &Value) -> bool {
     match value {
         Value::Array(items) => items.iter().all(Value::is_number),

@@ -1599,6 +1599,15 @@ fn an_abuse_cooldown_that_runs_out_is_recorded_as_ended() {
 /// A folder whose kb-search-v1 calls `upstream` (and, with `fallback`, falls back to a canned
 /// response).
 fn with_upstream(upstream: &str, fallback: bool) -> Ready {
+    with_upstream_edited(upstream, fallback, |yaml| yaml)
+}
+
+/// [`with_upstream`], the contract also edited by `edit`.
+fn with_upstream_edited(
+    upstream: &str,
+    fallback: bool,
+    edit: impl FnOnce(String) -> String,
+) -> Ready {
     Ready::start_with(|yaml| {
         let mut yaml = yaml.replace(
             "demo:        { kind: mock, location: self_hosted, region: eu, mock: { latency_ms: 5 } }",
@@ -1610,7 +1619,7 @@ fn with_upstream(upstream: &str, fallback: bool) -> Ready {
                 "    retrieval: { index: wiki-2026-11, top_k: 5, embedding_model: text-embedding-3-small }\n    fallback: { response: \"The assistant is unavailable; a person will answer.\" }\n",
             );
         }
-        yaml
+        edit(yaml)
     })
 }
 
@@ -2764,5 +2773,34 @@ fn embeddings_name_their_run_and_chain_step() {
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(refused.code(), "budget.tokens", "{}", refused.body);
     assert_eq!(in_run("e2").status, 200, "another run has its own budget");
+    assert_eq!(s.stop(), 0);
+}
+
+/// An embeddings answer whose other fields a guard rewrites (an address redacted under an
+/// output policy that redacts) keeps its vectors as they came.
+#[test]
+fn a_redacted_embeddings_answer_keeps_its_vectors() {
+    let upstream = faulty_upstream();
+    let r = with_upstream_edited(&upstream, false, |y| {
+        y.replace(
+            "output: { pii: block, secret: block }",
+            "output: { pii: redact, secret: block }",
+        )
+    });
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let redacted = s.request(
+        "POST",
+        "/v1/embeddings",
+        Some(&r.service),
+        Some(&json!({ "model": "kb-search-v1", "input": "fault:embed-email" })),
+    );
+    assert_eq!(redacted.status, 200, "{}", redacted.body);
+    let answer = redacted.json();
+    assert_eq!(answer["note"], "ask [EMAIL_1]", "{}", redacted.body);
+    assert_eq!(
+        answer["data"][0]["embedding"], "AAAA+4111111111111111/AAAAAA",
+        "{}",
+        redacted.body
+    );
     assert_eq!(s.stop(), 0);
 }
