@@ -167,7 +167,7 @@ pub trait Store: RuntimeState {
     /// Claims, all or none, what a decision may be given once (`feedback:<id>`,
     /// `judged:<id>`) for `by`; the first key already claimed, writing nothing, if any was.
     fn claim_reports(&self, keys: &[String], by: &str) -> Result<Option<String>, StoreError>;
-    /// Claims `settling:<decision_id>` for an outcome report begun at `now_ms`, held while it
+    /// Claims [`settling_claim`] of `decision_id` for an outcome report begun at `now_ms`, held while it
     /// records and settles; a claim made before `stale_before_ms` is taken over (its report
     /// died between claiming and giving it back). False when a live report holds it.
     fn claim_settling(
@@ -184,4 +184,10 @@ pub trait Store: RuntimeState {
     /// Records the baseline of an approval, replacing an earlier one of the same approval.
     fn save_baseline(&self, baseline: &StoredBaseline) -> Result<(), StoreError>;
     fn baseline(&self, approval_id: &str) -> Result<Option<StoredBaseline>, StoreError>;
+}
+
+/// The report claim an outcome holds while it records and settles its decision's reservation
+/// ([`Store::claim_settling`]; given back by [`Store::release_reports`]).
+pub fn settling_claim(decision_id: &str) -> String {
+    format!("settling:{decision_id}")
 }

@@ -1023,7 +1023,7 @@ impl Store for SqliteStore {
             )
             .map_err(err("statement"))?
             .execute(params![
-                format!("settling:{decision_id}"),
+                crate::settling_claim(decision_id),
                 now_ms.to_string(),
                 stale_before_ms
             ])

@@ -443,7 +443,7 @@ pub fn settle_outcome(
             format!("decision `{decision_id}` has an outcome being recorded and settled by another report; if that report failed, report again in a minute"),
         ));
     }
-    let settling = [format!("settling:{decision_id}")];
+    let settling = [gavel_store::settling_claim(decision_id)];
     // Only this report's own: a judgement an earlier feedback claimed is never given back.
     let judged: Vec<String> = match reported.judges() {
         true => vec![format!("judged:{decision_id}")],
