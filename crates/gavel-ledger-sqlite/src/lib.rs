@@ -553,7 +553,7 @@ fn upgrade_to_leaf_blocks(conn: &Connection) -> Result<(), SinkError> {
         while let Some(row) = rows.next()? {
             leaves.push(leaf_hash_as_stored(row, 0));
             if leaves.len() as u64 == LEAF_BLOCK {
-                insert_leaf_block(tx, "INSERT OR IGNORE", block, &leaves)?;
+                insert_leaf_block(tx, block, &leaves)?;
                 leaves.clear();
                 block += 1;
             }
@@ -566,17 +566,12 @@ fn upgrade_to_leaf_blocks(conn: &Connection) -> Result<(), SinkError> {
     })
 }
 
-/// Stores the block of leaf hashes `block` (all [`LEAF_BLOCK`] of them); `insert` as in
-/// [`insert_nodes`].
-fn insert_leaf_block(
-    conn: &Connection,
-    insert: &str,
-    block: u64,
-    leaves: &[Hash],
-) -> Result<(), SinkError> {
-    conn.prepare_cached(&format!(
-        "{insert} INTO ledger_leaf_blocks (block, hashes) VALUES (?1, ?2)"
-    ))?
+/// Stores the block of leaf hashes `block` (all [`LEAF_BLOCK`] of them), leaving one already
+/// stored as it is (only an edit puts one there first; `verify` judges it).
+fn insert_leaf_block(conn: &Connection, block: u64, leaves: &[Hash]) -> Result<(), SinkError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO ledger_leaf_blocks (block, hashes) VALUES (?1, ?2)",
+    )?
     .execute(params![to_i64(block)?, leaves.concat()])?;
     Ok(())
 }
@@ -598,7 +593,7 @@ fn insert_leaf_blocks(conn: &Connection, records: &[AppendRecord]) -> Result<(),
     for r in records {
         leaves.push(r.leaf_hash);
         if leaves.len() as u64 == LEAF_BLOCK {
-            insert_leaf_block(conn, "INSERT OR IGNORE", r.index / LEAF_BLOCK, &leaves)?;
+            insert_leaf_block(conn, r.index / LEAF_BLOCK, &leaves)?;
             leaves.clear();
         }
     }
