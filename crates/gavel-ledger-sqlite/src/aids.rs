@@ -214,7 +214,8 @@ impl SqliteLedgerSink {
     }
 
     /// No leaf block lies where the ledger has no complete block of records: nothing reads
-    /// one there, but the append that completes those records would fail on it.
+    /// one there yet, but the append that completes those records keeps it (it inserts its own
+    /// block only where none is), and proofs would then read it.
     pub(crate) fn verify_leaf_blocks_within_records(&self) -> Result<(), VerifyError> {
         if !self.tables.leaf_blocks {
             return Ok(());
@@ -243,7 +244,7 @@ impl SqliteLedgerSink {
             Some(block) => Err(failed(
                 None,
                 Problem::QueryAid(format!(
-                    "a leaf block {block} is stored, but the ledger's {records} records make {complete} complete blocks: the append that completes its records would fail on it (leaf blocks edited)"
+                    "a leaf block {block} is stored, but the ledger's {records} records make {complete} complete blocks: the append that completes its records would keep it in place of theirs (leaf blocks edited)"
                 )),
             )),
         }
