@@ -335,9 +335,56 @@ fn azure_client_secret(b: &[u8], q: usize, q_end: usize, rule: &PrefixRule, sink
     }
 }
 
-/// The longest private key block searched for its END line; a header without an END line within
-/// this distance is reported on its own.
+/// The longest private key block searched for its END line; without one, the key material that
+/// follows the header is reported up to this distance.
 const MAX_KEY_BLOCK: usize = 16 * 1024;
+
+/// Where the key material after a private key header stops when no END line follows (a key
+/// cut short, as by an answer's token limit): over base64 lines, their indentation and the
+/// armor headers of encrypted PEM and OpenPGP blocks (`Proc-Type: 4,ENCRYPTED`, `Version: …`),
+/// to the last byte of a line of them; a blank line after base64 ends it. Line breaks may be
+/// written as JSON escapes (`\n`), as in a cloud service account's key file.
+fn key_material_end(b: &[u8], from: usize, limit: usize) -> usize {
+    let is_base64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=');
+    let (mut i, mut last, mut line_start, mut seen_base64) = (from, from, true, false);
+    while let Some(&c) = b.get(i).filter(|_| i < limit) {
+        // An escaped line break counts as the break it stands for.
+        let (c, width) = match (c, b.get(i + 1)) {
+            (b'\\', Some(b'n')) => (b'\n', 2),
+            (b'\\', Some(b'r')) => (b'\r', 2),
+            _ => (c, 1),
+        };
+        match c {
+            b'\n' if line_start && seen_base64 => return last,
+            b'\n' => {
+                line_start = true;
+                i += width;
+            }
+            b'\r' => i += width,
+            b' ' | b'\t' if line_start => i += 1,
+            _ if line_start && is_armor_header(b, i) => {
+                i = run_end(b, i, limit - i, |c| c != b'\n');
+                last = i;
+                line_start = false;
+            }
+            _ if is_base64(c) => {
+                i += 1;
+                last = i;
+                line_start = false;
+                seen_base64 = true;
+            }
+            _ => return last,
+        }
+    }
+    last
+}
+
+/// A `Name: value` header line of a PEM or OpenPGP armor (RFC 1421, RFC 4880 6.2) at `from`.
+fn is_armor_header(b: &[u8], from: usize) -> bool {
+    let name_end = run_end(b, from, 32, |c| c.is_ascii_alphanumeric() || c == b'-');
+    at(b, from).is_some_and(|c| c.is_ascii_alphabetic())
+        && b.get(name_end..name_end + 2) == Some(b": ")
+}
 
 fn private_key(b: &[u8], start: usize, end: usize, rule: &PrefixRule, sink: &mut Sink<'_>) {
     // `-----BEGIN [A-Z0-9 ]{0,30}PRIVATE KEY( BLOCK)?-----`
@@ -369,10 +416,12 @@ fn private_key(b: &[u8], start: usize, end: usize, rule: &PrefixRule, sink: &mut
             sink.push(secret(rule.rule_id, start, stop, rule.confidence));
         }
         None => {
+            // The END line may still come; once it cannot, the material is what is found.
             if window_end < header_end + MAX_KEY_BLOCK && sink.hit_end(window_end, b.len(), start) {
                 return;
             }
-            sink.push(secret(rule.rule_id, start, header_end, rule.confidence));
+            let stop = key_material_end(b, header_end, window_end);
+            sink.push(secret(rule.rule_id, start, stop, rule.confidence));
         }
     }
 }
@@ -976,13 +1025,41 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn private_key_without_end_reports_the_header() {
-        let found = ids("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA");
+    fn private_key_without_end_reports_the_key_material_after_its_header() {
+        let cut = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nAAAABG5vbmU+/w==";
+        assert_eq!(ids(cut), [("secret.private_key", cut.to_string())]);
+        // Indented, CRLF lines, encrypted PEM's headers; what follows the material is not in it.
+        let pem = "  -----BEGIN RSA PRIVATE KEY-----\r\n  Proc-Type: 4,ENCRYPTED\r\n  DEK-Info: AES-128-CBC,0A1B\r\n\r\n  MIIEowIBAAKCAQEA\r\n  q83jfK+a/Z==";
+        for (after, text) in [
+            ("", pem.to_string()),
+            (" That was the key.", format!("{pem} That was the key.")),
+            (
+                "\r\n\r\nThat was the key.",
+                format!("{pem}\r\n\r\nThat was the key."),
+            ),
+            ("\n{\"done\": true}", format!("{pem}\n{{\"done\": true}}")),
+        ] {
+            assert_eq!(
+                ids(&text),
+                [("secret.private_key", pem.trim_start().to_string())],
+                "followed by {after:?}"
+            );
+        }
+        let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF8x";
+        assert_eq!(ids(pgp), [("secret.private_key", pgp.to_string())]);
+        // A service account's key file, cut short: the material is in JSON escapes.
+        let escaped = r#"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\nkqhkiG9w0BAQEF"#;
+        for text in [
+            escaped.to_string(),
+            format!(r#"{{"private_key": "{escaped}", "x": 1}}"#),
+        ] {
+            assert_eq!(ids(&text), [("secret.private_key", escaped.to_string())]);
+        }
         assert_eq!(
-            found,
+            ids("-----BEGIN EC PRIVATE KEY-----. That is a header."),
             [(
                 "secret.private_key",
-                "-----BEGIN OPENSSH PRIVATE KEY-----".to_string()
+                "-----BEGIN EC PRIVATE KEY-----".to_string()
             )]
         );
         assert!(ids("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----").is_empty());

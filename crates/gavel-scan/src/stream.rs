@@ -501,6 +501,8 @@ mod tests {
         "ghp_",
         "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCD",
         "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAK\n-----END RSA PRIVATE KEY-----",
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIO+/\nAoGCCqGSM49==\n",
+        "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBg\\nkqhkiG9w0\\n",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl",
         "postgres://u:pw12345@h/db",
         "Authorization: Bearer 0a1b2c3d4e5f6a7b8c9d0e1f",
