@@ -140,6 +140,20 @@ pub fn route_of(decision: &Decision) -> String {
         .unwrap_or_else(|| decision.deployment.clone())
 }
 
+/// The usage a call is charged when the upstream may have done the work but did not say what
+/// it used (cut at shutdown, timed out, broken off after it was sent): all that was reserved,
+/// so that a budget is never spent by calls that fail late.
+pub fn as_reserved(decision: &Decision) -> Usage {
+    decision
+        .estimate
+        .as_ref()
+        .map_or_else(Usage::default, |e| Usage {
+            prompt_tokens: e.prompt_tokens,
+            completion_tokens: e.max_tokens,
+            tool_calls: e.tool_calls,
+        })
+}
+
 /// A decision the ledger holds (or, if it could not take it, the fail-closed refusal).
 pub struct Ruling {
     pub decision: Decision,
@@ -448,19 +462,11 @@ impl Gateway {
             );
         }
         for (engine, decision) in cut {
-            let reserved = decision
-                .estimate
-                .as_ref()
-                .map_or_else(Usage::default, |e| Usage {
-                    prompt_tokens: e.prompt_tokens,
-                    completion_tokens: e.max_tokens,
-                    tool_calls: e.tool_calls,
-                });
             self.queue_outcome(
                 engine,
                 &decision,
                 &route_of(&decision),
-                &reserved,
+                &as_reserved(&decision),
                 json!({ "upstream_error": "the gateway stopped before the call ended: what the upstream used is unknown, so it is charged as reserved" }),
             );
         }

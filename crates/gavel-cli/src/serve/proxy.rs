@@ -26,10 +26,10 @@ use gavel_engine::{
 use gavel_store::KeyRecord;
 
 use super::error::{ApiError, ApiResult};
-use super::gateway::{parse_json, route_of, Gateway, Ruling};
+use super::gateway::{as_reserved, parse_json, route_of, Gateway, Ruling};
 use super::metrics;
 use super::output::{guard_strings, tail_texts, OutputGuard, StreamGuard, Violation};
-use super::upstream::{too_large, ByteStream, Reply, ANSWER_MAX_BYTES};
+use super::upstream::{too_large, ByteStream, Reply, UpstreamError, ANSWER_MAX_BYTES};
 
 /// Body fields that are not generation parameters.
 const STRUCTURAL: &[&str] = &["model", "messages", "tools"];
@@ -339,7 +339,8 @@ impl Call {
             };
             let why = failure.describe(&endpoint.id);
             tracing::warn!(decision_id = %ruling.decision.decision_id, deployment = %ran_on, error = %why, "upstream failed");
-            self.gw.record_outcome(&ruling.decision, &ran_on, &Usage::default(), json!({ "upstream_error": why, "latency_ms": self.started.elapsed().as_millis() as u64 }));
+            let usage = failed_call_usage(&ruling.decision, &failure);
+            self.gw.record_outcome(&ruling.decision, &ran_on, &usage, json!({ "upstream_error": why, "latency_ms": self.started.elapsed().as_millis() as u64 }));
             hops += 1;
             match deployment.fallback.clone() {
                 Some(Fallback::Deployment(next)) if hops <= MAX_FALLBACK_HOPS => {
@@ -446,10 +447,11 @@ impl Call {
             );
         }
         let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+            // The upstream did the work (it answered 2xx) and said nothing of what it used.
             self.gw.record_outcome(
                 decision,
                 &deployment.id,
-                &Usage::default(),
+                &as_reserved(decision),
                 json!({ "upstream_error": "the answer was not a JSON object" }),
             );
             return ApiError::new(
@@ -1004,6 +1006,15 @@ fn usage_of(value: &Value) -> Option<Usage> {
 }
 
 /// Usage when the upstream reports none: the decision's prompt estimate and the answer counted.
+/// What a call that failed is charged: what was reserved when the upstream may have worked on
+/// it, nothing when it cannot have.
+fn failed_call_usage(decision: &Decision, failure: &UpstreamError) -> Usage {
+    match failure.may_have_run() {
+        true => as_reserved(decision),
+        false => Usage::default(),
+    }
+}
+
 fn counted(decision: &Decision, reply: &Value) -> Usage {
     let text: String = reply["choices"]
         .as_array()
@@ -1254,11 +1265,11 @@ async fn embed(
     }
     let started = Instant::now();
     // A call that did not answer: recorded, and a clear error.
-    let failed = |code: &'static str, why: String| -> ApiResult<Response> {
+    let failed = |code: &'static str, why: String, usage: Usage| -> ApiResult<Response> {
         gw.record_outcome(
             &ruling.decision,
             &ran_on,
-            &Usage::default(),
+            &usage,
             json!({ "upstream_error": why }),
         );
         Err(ApiError::new(StatusCode::BAD_GATEWAY, code, why))
@@ -1318,8 +1329,13 @@ async fn embed(
         Ok(Reply::Stream(_)) => failed(
             "upstream.invalid",
             "the endpoint streamed an embeddings answer".to_string(),
+            as_reserved(&ruling.decision),
         ),
-        Err(e) => failed("upstream.unavailable", e.describe(&endpoint.id)),
+        Err(e) => failed(
+            "upstream.unavailable",
+            e.describe(&endpoint.id),
+            failed_call_usage(&ruling.decision, &e),
+        ),
     }
 }
 

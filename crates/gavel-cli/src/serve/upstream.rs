@@ -46,6 +46,13 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the request may have reached the upstream and been worked on (and billed): a
+    /// timeout or an answer broken off. A refused connection, a 5xx or 3xx answer, a missing
+    /// key or an open breaker did no billable work.
+    pub fn may_have_run(&self) -> bool {
+        matches!(self, UpstreamError::Timeout(_) | UpstreamError::Broken(_))
+    }
+
     pub fn describe(&self, endpoint: &str) -> String {
         match self {
             UpstreamError::Connect(e) => format!("endpoint `{endpoint}` could not be reached ({e})"),

@@ -1694,6 +1694,38 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
             >= 5
     });
     assert!(recorded, "the failures were not all recorded");
+    // A call the upstream may have worked on is charged what was reserved; one it refused
+    // (HTTP 500, a redirect) is charged nothing.
+    let records = s.request(
+        "GET",
+        "/v1/audit/records?kind=outcome",
+        Some(&r.auditor),
+        None,
+    );
+    let charged = |said: &str| -> Vec<(u64, u64)> {
+        records
+            .body
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|rec| {
+                let error = rec["body"]["upstream_error"].as_str().unwrap_or_default();
+                error.contains(said)
+            })
+            .map(|rec| {
+                let usage = &rec["body"]["usage"];
+                let tokens = |f: &str| usage[f].as_u64().unwrap();
+                (tokens("prompt_tokens"), tokens("completion_tokens"))
+            })
+            .collect()
+    };
+    for refused in ["HTTP 500", "redirect"] {
+        assert_eq!(charged(refused), [(0, 0)], "{refused}: {}", records.body);
+    }
+    for worked in ["timed out", "broke off"] {
+        let usage = charged(worked);
+        assert_eq!(usage.len(), 1, "{worked}: {}", records.body);
+        assert!(usage[0].0 > 0 && usage[0].1 > 0, "{worked}: {usage:?}");
+    }
 
     // Without a fallback: a clear 502 naming the endpoint.
     drop(s);
