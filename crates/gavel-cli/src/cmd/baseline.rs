@@ -54,12 +54,47 @@ pub fn record_baseline(
         .ok_or_else(|| {
             Failure::invalid(format!("`{deployment}` has no active or pending approval of its current binding to record a baseline with; start one with `gavel approve`"))
         })?;
-    // Captured with the approval, once: a different baseline is a different approval.
-    if let Some(earlier) = store.baseline(&approval.id)? {
+    // The baseline decides what drift is measured against: it is part of what was approved,
+    // so it is recorded by one who signed the approval, under the same segregation of duties.
+    let applied_by = store.registration(deployment)?.map(|r| r.changed_by);
+    if applied_by.as_deref() == Some(who.principal.as_str()) {
         return Err(Failure::invalid(format!(
-            "approval {} already has its baseline ({}, recorded by {} at {}); a different baseline needs a new approval",
-            approval.id, earlier.source, earlier.recorded_by, earlier.recorded_at
+            "segregation of duties: `{}` applied this version of `{deployment}` and cannot record the baseline its drift is measured against; one of approval {}'s signers must",
+            who.principal, approval.id
         )));
+    }
+    if !approval
+        .signoffs
+        .iter()
+        .any(|s| s.principal == who.principal)
+    {
+        let signers: Vec<&str> = approval
+            .signoffs
+            .iter()
+            .map(|s| s.principal.as_str())
+            .collect();
+        return Err(Failure::invalid(format!(
+            "only a signer of approval {} ({}) records its baseline: the baseline drift is measured against is part of what they approved",
+            approval.id,
+            signers.join(", ")
+        )));
+    }
+    // Captured with the approval, once: a different baseline is a different approval.
+    let once = format!("baseline:{}", approval.id);
+    let already = |approval_id: &str| -> Result<Failure, Failure> {
+        Ok(match store.baseline(approval_id)? {
+            Some(earlier) => Failure::invalid(format!(
+                "approval {approval_id} already has its baseline ({}, recorded by {} at {}); a different baseline needs a new approval",
+                earlier.source, earlier.recorded_by, earlier.recorded_at
+            )),
+            None => Failure::conflict(
+                "baseline.recording",
+                format!("approval {approval_id}'s baseline is being recorded by another request; if that one failed, record it again"),
+            ),
+        })
+    };
+    if store.baseline(&approval.id)?.is_some() {
+        return Err(already(&approval.id)?);
     }
     let (baseline, source_name) = match source {
         Source::Rows { label, text } => {
@@ -105,13 +140,24 @@ pub fn record_baseline(
         "values_per_feature": counts,
         "baseline_sha256": hex::encode(Sha256::digest(body.as_bytes())),
     });
-    ledger.record_change(
-        RecordKind::Admin,
-        at,
-        &who.principal,
-        "baseline_recorded",
-        details.clone(),
-    )?;
+    // Of two requests racing, one records; the other is refused before it records anything.
+    if store
+        .claim_reports(std::slice::from_ref(&once), &who.principal)?
+        .is_some()
+    {
+        return Err(already(&approval.id)?);
+    }
+    ledger
+        .record_change(
+            RecordKind::Admin,
+            at,
+            &who.principal,
+            "baseline_recorded",
+            details.clone(),
+        )
+        .inspect_err(|_| {
+            let _ = store.release_reports(std::slice::from_ref(&once));
+        })?;
     store.save_baseline(&StoredBaseline {
         approval_id: approval.id.clone(),
         deployment: deployment.to_string(),

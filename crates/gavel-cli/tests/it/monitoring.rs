@@ -474,3 +474,62 @@ fn an_undelivered_alert_is_sent_after_a_restart() {
     );
     third.stop();
 }
+
+/// The baseline decides what drift is measured against: only a signer of the approval records
+/// it, never whoever applied the binding, and one request of two racing records it.
+#[test]
+fn a_baseline_is_recorded_once_by_a_signer_of_its_approval() {
+    let r = Ready::start();
+    let g = &r.g;
+    let rows: String = (0..50)
+        .map(|i| format!("{{\"score\": {}}}\n", f64::from(i) / 50.0))
+        .collect();
+    std::fs::write(g.path("rows.jsonl"), rows).unwrap();
+    let rows_path = g.path("rows.jsonl");
+    let baseline = |key: &str| {
+        g.run(
+            Some(key),
+            &[
+                "baseline",
+                "kb-search-v1",
+                "--file",
+                rows_path.to_str().unwrap(),
+            ],
+        )
+    };
+    let records = || {
+        g.run(Some(&r.auditor), &["audit", "export"])
+            .ok()
+            .stdout
+            .matches("baseline_recorded")
+            .count()
+    };
+    // Emil is an approver who did not sign kb-search-v1's approval (Rita did).
+    baseline(&r.engineering).fails(1, "only a signer of approval");
+    // Olga applied the binding; an approver's key of hers is barred as her signature would be.
+    let olga_approver = g.key("olga", "approver", Some("risk"));
+    baseline(&olga_approver).fails(1, "segregation of duties");
+    // Another request holds the approval's baseline claim: refused, nothing recorded.
+    let db = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
+    let approval: String = db
+        .query_row("SELECT id FROM approvals", [], |row| row.get(0))
+        .unwrap();
+    let claim = format!("baseline:{approval}");
+    db.execute(
+        "INSERT INTO report_claims (key, by_id) VALUES (?1, 'rita')",
+        [&claim],
+    )
+    .unwrap();
+    baseline(&r.risk).fails(1, "being recorded by another request");
+    assert_eq!(records(), 0, "the refused requests recorded nothing");
+    db.execute("DELETE FROM report_claims WHERE key = ?1", [&claim])
+        .unwrap();
+    baseline(&r.risk).ok();
+    assert_eq!(records(), 1);
+    baseline(&r.risk).fails(1, "already has its baseline");
+    // A baseline recorded before its claim was kept (an older gavel's) is not replaced either.
+    db.execute("DELETE FROM report_claims WHERE key = ?1", [&claim])
+        .unwrap();
+    baseline(&r.risk).fails(1, "already has its baseline");
+    assert_eq!(records(), 1);
+}
