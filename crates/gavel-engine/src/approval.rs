@@ -322,10 +322,10 @@ fn missing_signoffs(signoffs: &[Signoff], approvers: u32, roles: &[String]) -> V
     missing
 }
 
-/// The most a deployment can spend in 30 days under the contract's USD budgets, or `None` when
-/// no budget bounds it (principal and run budgets do not: there is no bound on their number).
+/// The most a deployment can spend in a calendar month under the contract's USD budgets, or
+/// `None` when no budget bounds it (principal and run budgets do not: there is no bound on their
+/// number).
 pub fn monthly_spend_ceiling_usd(contract: &Contract, deployment: &Deployment) -> Option<f64> {
-    const MONTH_MS: f64 = 30.0 * 86_400_000.0;
     contract
         .policy
         .budgets
@@ -348,10 +348,28 @@ pub fn monthly_spend_ceiling_usd(contract: &Contract, deployment: &Deployment) -
         })
         .filter_map(|b| {
             let usd = b.limits.usd_micros? as f64 / 1e6;
-            let window = b.window?.millis() as f64;
-            Some(usd * (MONTH_MS / window).ceil())
+            let windows = windows_in_a_month(b.window?.millis())?;
+            Some(usd * windows as f64)
         })
         .min_by(f64::total_cmp)
+}
+
+/// The most budget windows of `window_ms` one calendar month overlaps, each of which can be
+/// spent in full. Windows are aligned to the epoch; a month has up to 31 days and starts at
+/// midnight UTC, so it starts at an offset into a window that is a multiple of gcd(window,
+/// one day), the latest being a window less that step. (30 days divided by the window, as
+/// before, left out the 31st day and the window a month starts inside.)
+fn windows_in_a_month(window_ms: u64) -> Option<u64> {
+    const DAY_MS: u64 = 86_400_000;
+    const MONTH_MS: u64 = 31 * DAY_MS;
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let step = gcd(window_ms, DAY_MS);
+    (window_ms > 0).then(|| (MONTH_MS + window_ms - step).div_ceil(window_ms))
 }
 
 /// Revokes `approval`. One that is in force keeps when it came into force, so that it goes on
@@ -488,4 +506,32 @@ pub fn covering_approval<'a>(
         });
     }
     Err(NotCovered::Missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::windows_in_a_month;
+
+    #[test]
+    fn a_month_overlaps_every_window_it_can_start_inside() {
+        let hour = 3_600_000;
+        let day = 24 * hour;
+        for (window, windows) in [
+            // Windows that divide a day line up with the month's start: 31 days' worth.
+            (60_000, 31 * 24 * 60),
+            (hour, 31 * 24),
+            (day, 31),
+            // A month can start on its window's last day and end two windows on.
+            (7 * day, 6),
+            (30 * day, 2),
+            (31 * day, 2),
+            // 36 h windows: a midnight falls 0, 12 or 24 h into one; from 24 h, 12 h are left
+            // in the first and the other 732 h reach into 21 more.
+            (36 * hour, 22),
+            (5 * hour, 150),
+        ] {
+            assert_eq!(windows_in_a_month(window), Some(windows), "{window} ms");
+        }
+        assert_eq!(windows_in_a_month(0), None);
+    }
 }

@@ -219,6 +219,16 @@ fn an_approval_stops_covering_when_the_spend_tiers_ask_for_a_role_it_lacks() {
     let d = approved(&unbounded, None);
     assert_verdict(&d, Verdict::Block, "approval.requirements_changed");
     assert!(d.reasons[0].message.contains("`budget_owner`"), "{d:?}");
+    // $333 a day is $10,323 in a 31-day month, above the tier's $10,000 (30 days made it $9,990).
+    let raised = [(
+        "    - { scope: use_case,  window: 1d, usd: 300 }\n",
+        "    - { scope: use_case,  window: 1d, usd: 333 }\n",
+    )];
+    assert_verdict(
+        &approved(&raised, None),
+        Verdict::Block,
+        "approval.requirements_changed",
+    );
     assert_eq!(
         approved(&unbounded, Some("budget_owner")).verdict,
         Verdict::Allow
