@@ -351,6 +351,9 @@ pub struct ScopeArgs {
     pub deployment: Option<String>,
     #[arg(long, group = "scope")]
     pub use_case: Option<String>,
+    /// One caller (the principal of API keys): every request it makes, on any deployment.
+    #[arg(long, group = "scope")]
+    pub principal: Option<String>,
     /// Everything in the organisation.
     #[arg(long, group = "scope")]
     #[serde(default)]

@@ -15,20 +15,32 @@ use crate::ledger::Ledger;
 
 /// The scope the options name, whatever the contract holds.
 fn scope_named(args: &ScopeArgs) -> Result<Scope, Failure> {
-    match (&args.deployment, &args.use_case, args.all) {
-        (Some(d), None, false) => Ok(Scope::Deployment(d.clone())),
-        (None, Some(u), false) => Ok(Scope::UseCase(u.clone())),
-        (None, None, true) => Ok(Scope::All),
-        _ => Err(Failure::usage(
-            "name exactly one of --deployment, --use-case or --all",
+    let named: Vec<Scope> = [
+        args.deployment.clone().map(Scope::Deployment),
+        args.use_case.clone().map(Scope::UseCase),
+        args.principal.clone().map(Scope::Principal),
+        args.all.then_some(Scope::All),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match <[Scope; 1]>::try_from(named) {
+        Ok([scope]) => Ok(scope),
+        Err(_) => Err(Failure::usage(
+            "name exactly one of --deployment, --use-case, --principal or --all",
         )),
     }
 }
 
-/// The scope the options name, which must be in `contract` (the one in force): a kill on a
-/// misspelt name would stop nothing while its operator believes it stopped the model. `--all`
-/// names nothing a contract must hold, and needs none.
-fn scope_in(contract: Option<&Contract>, args: &ScopeArgs) -> Result<Scope, Failure> {
+/// The scope the options name, which must exist: a deployment or use case in `contract` (the
+/// one in force), a principal that holds an API key. A kill on a misspelt name would stop
+/// nothing while its operator believes it stopped the model. `--all` names nothing a contract
+/// must hold, and needs none.
+fn scope_in(
+    store: &dyn Store,
+    contract: Option<&Contract>,
+    args: &ScopeArgs,
+) -> Result<Scope, Failure> {
     let scope = scope_named(args)?;
     let (kind, name, known) = match &scope {
         Scope::Deployment(d) => (
@@ -41,6 +53,14 @@ fn scope_in(contract: Option<&Contract>, args: &ScopeArgs) -> Result<Scope, Fail
             u,
             contract.is_some_and(|c| c.use_cases.contains_key(u)),
         ),
+        Scope::Principal(p) => {
+            if !store.keys()?.iter().any(|k| k.principal == *p) {
+                return Err(Failure::invalid(format!(
+                    "principal `{p}` holds no API key; see `gavel keys list`"
+                )));
+            }
+            return Ok(scope);
+        }
         _ => return Ok(scope),
     };
     if !known {
@@ -58,8 +78,8 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
     let who = ctx.authenticate(&store, &[Role::Operator], "killing")?;
     let contract = match ctx.contract_in_force(&store) {
         Ok(contract) => Some(contract),
-        // Stopping everything never waits for a contract that loads.
-        Err(_) if args.scope.all => None,
+        // Stopping everything, or a caller, never waits for a contract that loads.
+        Err(_) if args.scope.all || args.scope.principal.is_some() => None,
         Err(e) => return Err(e),
     };
     let ledger = Ledger::open(&ctx.db_path)?;
@@ -79,7 +99,7 @@ pub fn kill_as(
     who: &KeyRecord,
     args: &KillArgs,
 ) -> Result<String, Failure> {
-    let scope = scope_in(contract, &args.scope)?;
+    let scope = scope_in(store, contract, &args.scope)?;
     if args.reason.trim().is_empty() {
         return Err(Failure::invalid(
             "a kill must say why (--reason; it is shown on every refused request)",

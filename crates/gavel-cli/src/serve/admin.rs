@@ -148,6 +148,8 @@ struct KillBody {
     #[serde(default)]
     use_case: Option<String>,
     #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
     all: bool,
     reason: String,
     #[serde(default, rename = "for")]
@@ -162,7 +164,7 @@ pub async fn kill(
     let body: KillBody = body_of(&gw, request).await?;
     act(gw, move |gw| {
         let args = KillArgs {
-            scope: ScopeArgs { deployment: body.deployment, use_case: body.use_case, all: body.all },
+            scope: ScopeArgs { deployment: body.deployment, use_case: body.use_case, principal: body.principal, all: body.all },
             reason: body.reason,
             duration: body.duration,
         };

@@ -239,6 +239,35 @@ fn kill_and_unkill() {
         &["unkill", "--use-case", "knowledge-search"],
     )
     .ok();
+    // One caller: its requests are refused, another's are not; a name that holds no key is
+    // refused, as a misspelt deployment is.
+    let other = g.key("svc-other", "service", None);
+    g.run(
+        Some(&r.operator),
+        &[
+            "kill",
+            "--principal",
+            "svc-wiki",
+            "--reason",
+            "runaway agent",
+        ],
+    )
+    .ok();
+    let d = g.decide(&r.service, &kb_request());
+    assert_eq!(d["reasons"][0]["code"], "killswitch.active", "{d}");
+    assert!(d["reasons"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("runaway agent"));
+    assert_eq!(g.decide(&other, &kb_request())["verdict"], "ALLOW");
+    g.run(
+        Some(&r.operator),
+        &["kill", "--principal", "svc-wikki", "--reason", "x"],
+    )
+    .fails(1, "principal `svc-wikki` holds no API key");
+    g.run(Some(&r.operator), &["unkill", "--principal", "svc-wiki"])
+        .ok();
+    assert_eq!(g.decide(&r.service, &kb_request())["verdict"], "ALLOW");
     g.run(
         Some(&r.operator),
         &["kill", "--all", "--reason", "drill", "--for", "10m"],
