@@ -362,8 +362,9 @@ fn key_material_end(b: &[u8], from: usize, limit: usize) -> usize {
             }
             b'\r' => i += width,
             b' ' | b'\t' if line_start => i += 1,
-            _ if line_start && is_armor_header(b, i) => {
-                i = run_end(b, i, limit - i, |c| c != b'\n');
+            _ if line_start && is_armor_header(b, i, limit) => {
+                // To its line's end, a `\n` escape's included.
+                i = run_end(b, i, limit - i, |c| c != b'\n' && c != b'\\');
                 last = i;
                 line_start = false;
             }
@@ -379,10 +380,13 @@ fn key_material_end(b: &[u8], from: usize, limit: usize) -> usize {
     last
 }
 
-/// A `Name: value` header line of a PEM or OpenPGP armor (RFC 1421, RFC 4880 6.2) at `from`.
-fn is_armor_header(b: &[u8], from: usize) -> bool {
+/// A `Name: value` header line of a PEM or OpenPGP armor (RFC 1421, RFC 4880 6.2) at `from`,
+/// read no further than `limit` (so that a stream, which decides once it holds `limit` bytes,
+/// reads it as the whole text does).
+fn is_armor_header(b: &[u8], from: usize, limit: usize) -> bool {
     let name_end = run_end(b, from, 32, |c| c.is_ascii_alphanumeric() || c == b'-');
     at(b, from).is_some_and(|c| c.is_ascii_alphabetic())
+        && name_end + 2 <= limit
         && b.get(name_end..name_end + 2) == Some(b": ")
 }
 
@@ -1047,6 +1051,10 @@ pub(crate) mod tests {
         }
         let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF8x";
         assert_eq!(ids(pgp), [("secret.private_key", pgp.to_string())]);
+        // Escaped in JSON, an armor header ends at its `\n` escape, not at the next real line.
+        let escaped = r#"-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF8x"#;
+        let file = format!(r#"{{"key": "{escaped}", "client_email": "bot@corp.example"}}"#);
+        assert_eq!(ids(&file), [("secret.private_key", escaped.to_string())]);
         // A service account's key file, cut short: the material is in JSON escapes.
         let escaped = r#"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\nkqhkiG9w0BAQEF"#;
         for text in [

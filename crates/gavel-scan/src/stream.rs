@@ -457,6 +457,34 @@ mod tests {
         }
     }
 
+    /// A private key without its END line is decided once 16 KiB of material follow its header:
+    /// an armor header line that straddles that point is read alike by a stream cut there and
+    /// by the whole text.
+    #[test]
+    fn a_key_cut_short_is_decided_alike_at_its_last_byte() {
+        let s = scanners();
+        let header = "-----BEGIN RSA PRIVATE KEY-----";
+        let limit = header.len() + 16 * 1024;
+        for straddle in 1..4 {
+            let mut text = format!("{header}\n");
+            while text.len() + 65 < limit - 9 - straddle {
+                text.push_str(&"A".repeat(64));
+                text.push('\n');
+            }
+            text.push_str(&"B".repeat(limit - 9 - straddle - text.len() - 1));
+            text.push('\n');
+            // `Proc-Type: ` with its `: ` running over the limit by `straddle` bytes or less.
+            text.push_str("Proc-Type: 4,ENCRYPTED\nmore material, and prose.");
+            for cut in limit - 2..limit + 2 {
+                assert_eq!(
+                    check_stream(&s, &text, &[cut]),
+                    whole(&s, &text),
+                    "straddle {straddle}, cut at {cut}"
+                );
+            }
+        }
+    }
+
     const FRAGMENTS: &[&str] = &[
         " ",
         " ",
