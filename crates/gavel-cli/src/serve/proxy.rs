@@ -641,7 +641,7 @@ impl Call {
             let summary = self
                 .pump(&ruling.decision, &deployment, upstream, &tx)
                 .await;
-            let usage = summary.usage.clone().unwrap_or_else(|| Usage {
+            let counted = Usage {
                 prompt_tokens: ruling
                     .decision
                     .estimate
@@ -650,7 +650,22 @@ impl Call {
                 completion_tokens: gavel_engine::Encoding::for_model(&deployment.model.name)
                     .count(&summary.text_seen),
                 tool_calls: 0,
-            });
+            };
+            let usage = match summary.usage.clone() {
+                Some(reported) => reported,
+                // Cut off while the upstream may have gone on generating: what it used is
+                // unknown, so it is charged what was reserved (or what was seen, if more).
+                None if summary.cut_off => {
+                    let reserved = as_reserved(&ruling.decision);
+                    Usage {
+                        completion_tokens: reserved
+                            .completion_tokens
+                            .max(counted.completion_tokens),
+                        ..reserved
+                    }
+                }
+                None => counted,
+            };
             let mut details = json!({
                 "stream": true,
                 "latency_ms": self.started.elapsed().as_millis() as u64,
@@ -691,6 +706,7 @@ impl Call {
             let error = output_refusal(decision, &v);
             self.to_client(tx, event(&error.body())).await;
             summary.ended = format!("cut: {}", v.code.as_str());
+            summary.cut_off = true;
             summary.violation = Some(v);
         }
         summary.text_seen = guard.seen;
@@ -721,12 +737,19 @@ impl Call {
                 .timeouts
                 .first_byte
                 .min(deadline.saturating_duration_since(Instant::now()));
+            // Why it ended, and whether the upstream may have gone on generating.
             let next = match tokio::time::timeout(wait, upstream.next()).await {
-                Err(_) => Err("the upstream stalled (no data within the timeout)".to_string()),
-                Ok(None) => Err("the upstream ended the stream without [DONE]".to_string()),
-                Ok(Some(Err(e))) => Err(format!("the upstream stream broke ({e})")),
+                Err(_) => Err((
+                    "the upstream stalled (no data within the timeout)".to_string(),
+                    true,
+                )),
+                Ok(None) => Err((
+                    "the upstream ended the stream without [DONE]".to_string(),
+                    false,
+                )),
+                Ok(Some(Err(e))) => Err((format!("the upstream stream broke ({e})"), true)),
                 Ok(Some(Ok(bytes))) if received + bytes.len() > ANSWER_MAX_BYTES => {
-                    Err(too_large())
+                    Err((too_large(), true))
                 }
                 Ok(Some(Ok(bytes))) => {
                     received += bytes.len();
@@ -735,8 +758,9 @@ impl Call {
             };
             let bytes = match next {
                 Ok(bytes) => bytes,
-                Err(why) => {
+                Err((why, cut_off)) => {
                     summary.ended = why.clone();
+                    summary.cut_off = cut_off;
                     let error =
                         ApiError::new(StatusCode::BAD_GATEWAY, "upstream.stream_broken", why);
                     self.to_client(tx, event(&error.body())).await;
@@ -796,6 +820,7 @@ impl Call {
                 for bytes in sends {
                     if !self.to_client(tx, bytes).await {
                         summary.ended = "client disconnected or stopped reading".to_string();
+                        summary.cut_off = true;
                         return Ok(());
                     }
                 }
@@ -813,6 +838,8 @@ struct StreamSummary {
     snapshot: Value,
     violation: Option<Violation>,
     ended: String,
+    /// Whether the gateway stopped reading while the upstream may have gone on generating.
+    cut_off: bool,
 }
 
 /// Server-sent events cut from a stream as its text arrives. Each byte is searched once for the
@@ -1005,7 +1032,6 @@ fn usage_of(value: &Value) -> Option<Usage> {
     })
 }
 
-/// Usage when the upstream reports none: the decision's prompt estimate and the answer counted.
 /// What a call that failed is charged: what was reserved when the upstream may have worked on
 /// it, nothing when it cannot have.
 fn failed_call_usage(decision: &Decision, failure: &UpstreamError) -> Usage {
@@ -1015,6 +1041,7 @@ fn failed_call_usage(decision: &Decision, failure: &UpstreamError) -> Usage {
     }
 }
 
+/// Usage when the upstream reports none: the decision's prompt estimate and the answer counted.
 fn counted(decision: &Decision, reply: &Value) -> Usage {
     let text: String = reply["choices"]
         .as_array()

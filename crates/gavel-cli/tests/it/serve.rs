@@ -1726,6 +1726,31 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         assert_eq!(usage.len(), 1, "{worked}: {}", records.body);
         assert!(usage[0].0 > 0 && usage[0].1 > 0, "{worked}: {usage:?}");
     }
+    // So is a stream the gateway stopped reading (stalled, broken) with no usage reported:
+    // its `max_tokens`, not the three tokens of "partial answer " it saw.
+    let streams_cut = || -> Vec<u64> {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=outcome",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|rec| {
+            let ended = rec["body"]["ended"].as_str().unwrap_or_default();
+            ended.contains("stalled") || ended.contains("stream broke")
+        })
+        .map(|rec| rec["body"]["usage"]["completion_tokens"].as_u64().unwrap())
+        .collect()
+    };
+    assert!(wait_for(|| streams_cut().len() == 2), "{:?}", streams_cut());
+    assert!(
+        streams_cut().iter().all(|&t| t >= 100),
+        "{:?}",
+        streams_cut()
+    );
 
     // Without a fallback: a clear 502 naming the endpoint.
     drop(s);
