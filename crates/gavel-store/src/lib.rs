@@ -167,16 +167,17 @@ pub trait Store: RuntimeState {
     /// Claims, all or none, what a decision may be given once (`feedback:<id>`,
     /// `judged:<id>`) for `by`; the first key already claimed, writing nothing, if any was.
     fn claim_reports(&self, keys: &[String], by: &str) -> Result<Option<String>, StoreError>;
-    /// Claims [`settling_claim`] of `decision_id` for an outcome report begun at `now_ms`, held while it
-    /// records and settles; a claim made before `stale_before_ms` is taken over (its report
-    /// died between claiming and giving it back). False when a live report holds it.
-    fn claim_settling(
+    /// Claims `key` for work begun at `now_ms` and held only while it records and stores (an
+    /// outcome's [`settling_claim`], an approval's baseline); a claim made before
+    /// `stale_before_ms` is taken over (its holder died between claiming and giving it back).
+    /// False when a live holder has it.
+    fn claim_expiring(
         &self,
-        decision_id: &str,
+        key: &str,
         now_ms: i64,
         stale_before_ms: i64,
     ) -> Result<bool, StoreError>;
-    /// Gives back claims (of [`Store::claim_reports`] or [`Store::claim_settling`]) whose
+    /// Gives back claims (of [`Store::claim_reports`] or [`Store::claim_expiring`]) whose
     /// report recorded nothing, so that it can be made again, or that were held only while
     /// settling.
     fn release_reports(&self, keys: &[String]) -> Result<(), StoreError>;
@@ -187,7 +188,7 @@ pub trait Store: RuntimeState {
 }
 
 /// The report claim an outcome holds while it records and settles its decision's reservation
-/// ([`Store::claim_settling`]; given back by [`Store::release_reports`]).
+/// ([`Store::claim_expiring`]; given back by [`Store::release_reports`]).
 pub fn settling_claim(decision_id: &str) -> String {
     format!("settling:{decision_id}")
 }

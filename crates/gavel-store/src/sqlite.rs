@@ -1007,9 +1007,9 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
-    fn claim_settling(
+    fn claim_expiring(
         &self,
-        decision_id: &str,
+        key: &str,
         now_ms: i64,
         stale_before_ms: i64,
     ) -> Result<bool, StoreError> {
@@ -1022,11 +1022,7 @@ impl Store for SqliteStore {
                  WHERE CAST(report_claims.by_id AS INTEGER) < ?3",
             )
             .map_err(err("statement"))?
-            .execute(params![
-                crate::settling_claim(decision_id),
-                now_ms.to_string(),
-                stale_before_ms
-            ])
+            .execute(params![key, now_ms.to_string(), stale_before_ms])
             .map_err(err("report claim"))?;
         Ok(changed == 1)
     }

@@ -80,22 +80,16 @@ pub fn record_baseline(
         )));
     }
     // Captured with the approval, once: a different baseline is a different approval.
-    let once = format!("baseline:{}", approval.id);
-    let already = |approval_id: &str| -> Result<Failure, Failure> {
-        Ok(match store.baseline(approval_id)? {
-            Some(earlier) => Failure::invalid(format!(
-                "approval {approval_id} already has its baseline ({}, recorded by {} at {}); a different baseline needs a new approval",
-                earlier.source, earlier.recorded_by, earlier.recorded_at
-            )),
-            None => Failure::conflict(
-                "baseline.recording",
-                format!("approval {approval_id}'s baseline is being recorded by another request; if that one failed, record it again"),
-            ),
-        })
+    let recorded_already = || -> Result<(), Failure> {
+        match store.baseline(&approval.id)? {
+            Some(earlier) => Err(Failure::invalid(format!(
+                "approval {} already has its baseline ({}, recorded by {} at {}); a different baseline needs a new approval",
+                approval.id, earlier.source, earlier.recorded_by, earlier.recorded_at
+            ))),
+            None => Ok(()),
+        }
     };
-    if store.baseline(&approval.id)?.is_some() {
-        return Err(already(&approval.id)?);
-    }
+    recorded_already()?;
     let (baseline, source_name) = match source {
         Source::Rows { label, text } => {
             let baseline = from_rows(&text)?;
@@ -140,13 +134,22 @@ pub fn record_baseline(
         "values_per_feature": counts,
         "baseline_sha256": hex::encode(Sha256::digest(body.as_bytes())),
     });
-    // Of two requests racing, one records; the other is refused before it records anything.
-    if store
-        .claim_reports(std::slice::from_ref(&once), &who.principal)?
-        .is_some()
-    {
-        return Err(already(&approval.id)?);
+    // Of two requests racing, one claims the approval's baseline while it records and stores
+    // it; the other is refused before it records anything. The claim is given back when this
+    // one is done, or has failed (so that the baseline can be recorded again); a claim whose
+    // holder died is taken over once a minute old.
+    let claim = [format!("baseline:{}", approval.id)];
+    if !store.claim_expiring(&claim[0], at.millis(), at.millis().saturating_sub(60_000))? {
+        return Err(Failure::conflict(
+            "baseline.recording",
+            format!("approval {}'s baseline is being recorded by another request; if that one failed, record it again in a minute", approval.id),
+        ));
     }
+    let give_back = |_: &Failure| {
+        let _ = store.release_reports(&claim);
+    };
+    // Recorded since the check above by a request that has given its claim back.
+    recorded_already().inspect_err(give_back)?;
     ledger
         .record_change(
             RecordKind::Admin,
@@ -155,17 +158,19 @@ pub fn record_baseline(
             "baseline_recorded",
             details.clone(),
         )
-        .inspect_err(|_| {
-            let _ = store.release_reports(std::slice::from_ref(&once));
-        })?;
-    store.save_baseline(&StoredBaseline {
-        approval_id: approval.id.clone(),
-        deployment: deployment.to_string(),
-        recorded_at: at,
-        recorded_by: who.principal.clone(),
-        source: source_name,
-        body,
-    })?;
+        .inspect_err(give_back)?;
+    store
+        .save_baseline(&StoredBaseline {
+            approval_id: approval.id.clone(),
+            deployment: deployment.to_string(),
+            recorded_at: at,
+            recorded_by: who.principal.clone(),
+            source: source_name,
+            body,
+        })
+        .map_err(Failure::from)
+        .inspect_err(give_back)?;
+    let _ = store.release_reports(&claim);
     Ok(details)
 }
 

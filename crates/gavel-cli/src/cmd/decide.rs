@@ -437,13 +437,13 @@ pub fn settle_outcome(
     // Of two reports racing for one reservation, one claims it, records and settles; the other
     // is refused here and records nothing (the check above alone let both record).
     let stale_before = at.millis().saturating_sub(SETTLING_GOES_STALE_MS);
-    if !store.claim_settling(decision_id, at.millis(), stale_before)? {
+    let settling = [gavel_store::settling_claim(decision_id)];
+    if !store.claim_expiring(&settling[0], at.millis(), stale_before)? {
         return Err(Failure::conflict(
             "outcome.settling",
             format!("decision `{decision_id}` has an outcome being recorded and settled by another report; if that report failed, report again in a minute"),
         ));
     }
-    let settling = [gavel_store::settling_claim(decision_id)];
     // Only this report's own: a judgement an earlier feedback claimed is never given back.
     let judged: Vec<String> = match reported.judges() {
         true => vec![format!("judged:{decision_id}")],

@@ -509,27 +509,42 @@ fn a_baseline_is_recorded_once_by_a_signer_of_its_approval() {
     // Olga applied the binding; an approver's key of hers is barred as her signature would be.
     let olga_approver = g.key("olga", "approver", Some("risk"));
     baseline(&olga_approver).fails(1, "segregation of duties");
-    // Another request holds the approval's baseline claim: refused, nothing recorded.
+    assert_eq!(records(), 0, "the refused requests recorded nothing");
+    // Recorded but not stored (a storage failure): the claim is given back, so it can be
+    // recorded again rather than never.
     let db = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER no_baselines BEFORE INSERT ON baselines BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    baseline(&r.risk).fails(4, "disk full");
+    assert_eq!(records(), 1);
+    db.execute_batch("DROP TRIGGER no_baselines").unwrap();
+    let claims = || -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM report_claims WHERE key LIKE 'baseline:%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims(), 0, "the failed request gave its claim back");
+    // Another request holds the approval's baseline claim: refused, nothing recorded.
     let approval: String = db
         .query_row("SELECT id FROM approvals", [], |row| row.get(0))
         .unwrap();
-    let claim = format!("baseline:{approval}");
     db.execute(
-        "INSERT INTO report_claims (key, by_id) VALUES (?1, 'rita')",
-        [&claim],
+        "INSERT INTO report_claims (key, by_id) VALUES (?1, '99999999999999')",
+        [format!("baseline:{approval}")],
     )
     .unwrap();
     baseline(&r.risk).fails(1, "being recorded by another request");
-    assert_eq!(records(), 0, "the refused requests recorded nothing");
-    db.execute("DELETE FROM report_claims WHERE key = ?1", [&claim])
+    assert_eq!(records(), 1, "the refused request recorded nothing");
+    // A claim whose request died long ago is taken over, and given back once recorded.
+    db.execute("UPDATE report_claims SET by_id = '1'", [])
         .unwrap();
     baseline(&r.risk).ok();
-    assert_eq!(records(), 1);
+    assert_eq!((records(), claims()), (2, 0));
     baseline(&r.risk).fails(1, "already has its baseline");
-    // A baseline recorded before its claim was kept (an older gavel's) is not replaced either.
-    db.execute("DELETE FROM report_claims WHERE key = ?1", [&claim])
-        .unwrap();
-    baseline(&r.risk).fails(1, "already has its baseline");
-    assert_eq!(records(), 1);
+    assert_eq!(records(), 2);
 }
