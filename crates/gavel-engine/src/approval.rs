@@ -369,7 +369,9 @@ fn windows_in_a_month(window_ms: u64) -> Option<u64> {
         a
     };
     let step = gcd(window_ms, DAY_MS);
-    (window_ms > 0).then(|| (MONTH_MS + window_ms - step).div_ceil(window_ms))
+    // ceil((month + window - step) / window), written so that no window, however long (a
+    // window parses up to u64::MAX ms), overflows.
+    (window_ms > 0).then(|| (MONTH_MS - step).div_ceil(window_ms) + 1)
 }
 
 /// Revokes `approval`. One that is in force keeps when it came into force, so that it goes on
@@ -532,6 +534,7 @@ mod tests {
         ] {
             assert_eq!(windows_in_a_month(window), Some(windows), "{window} ms");
         }
+        assert_eq!(windows_in_a_month(u64::MAX), Some(2));
         assert_eq!(windows_in_a_month(0), None);
     }
 }
