@@ -91,7 +91,8 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> Outcome {
 
 /// Sets a kill switch as `who`: recorded, then stored. A kill can be extended or made
 /// permanent, never shortened: lifting one is `unkill`, which is its own recorded decision.
-/// `contract` is the one in force, None when it cannot be read (then only `--all` is taken).
+/// `contract` is the one in force, None when it cannot be read (then only `--all` and
+/// `--principal` are taken).
 pub fn kill_as(
     store: &dyn Store,
     ledger: &Ledger,
