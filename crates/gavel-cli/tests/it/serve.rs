@@ -1676,8 +1676,7 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         );
         assert!(!reply.body.contains("[DONE]"), "{fault}");
     }
-    // Every failure is in the ledger as an outcome (stream outcomes follow the stream's end).
-    let recorded = wait_for(|| {
+    let outcomes = || -> Vec<Value> {
         let records = s.request(
             "GET",
             "/v1/audit/records?kind=outcome",
@@ -1687,30 +1686,39 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         records
             .body
             .lines()
-            .filter(|l| {
-                l.contains("upstream_error") || l.contains("stream broke") || l.contains("stalled")
-            })
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let says = |rec: &Value, field: &str, what: &str| {
+        rec["body"][field]
+            .as_str()
+            .is_some_and(|said| said.contains(what))
+    };
+    let stream_cut =
+        |rec: &Value| says(rec, "ended", "stalled") || says(rec, "ended", "stream broke");
+    // Every failure is in the ledger as an outcome (stream outcomes follow the stream's end):
+    // four calls that did not answer and two streams that broke off.
+    let recorded = wait_for(|| {
+        let records = outcomes();
+        records
+            .iter()
+            .filter(|r| r["body"]["upstream_error"].is_string())
             .count()
-            >= 5
+            == 4
+            && records.iter().filter(|r| stream_cut(r)).count() == 2
     });
-    assert!(recorded, "the failures were not all recorded");
+    assert!(
+        recorded,
+        "the failures were not all recorded: {:?}",
+        outcomes()
+    );
     // A call the upstream may have worked on is charged what was reserved; one it refused
     // (HTTP 500, a redirect) is charged nothing.
-    let records = s.request(
-        "GET",
-        "/v1/audit/records?kind=outcome",
-        Some(&r.auditor),
-        None,
-    );
+    let records = outcomes();
     let charged = |said: &str| -> Vec<(u64, u64)> {
         records
-            .body
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|rec| {
-                let error = rec["body"]["upstream_error"].as_str().unwrap_or_default();
-                error.contains(said)
-            })
+            .iter()
+            .filter(|rec| says(rec, "upstream_error", said))
             .map(|rec| {
                 let usage = &rec["body"]["usage"];
                 let tokens = |f: &str| usage[f].as_u64().unwrap();
@@ -1719,38 +1727,19 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
             .collect()
     };
     for refused in ["HTTP 500", "redirect"] {
-        assert_eq!(charged(refused), [(0, 0)], "{refused}: {}", records.body);
+        assert_eq!(charged(refused), [(0, 0)], "{refused}: {records:?}");
     }
     for worked in ["timed out", "broke off"] {
         let usage = charged(worked);
-        assert_eq!(usage.len(), 1, "{worked}: {}", records.body);
+        assert_eq!(usage.len(), 1, "{worked}: {records:?}");
         assert!(usage[0].0 > 0 && usage[0].1 > 0, "{worked}: {usage:?}");
     }
     // So is a stream the gateway stopped reading (stalled, broken) with no usage reported:
     // its `max_tokens`, not the three tokens of "partial answer " it saw.
-    let streams_cut = || -> Vec<u64> {
-        s.request(
-            "GET",
-            "/v1/audit/records?kind=outcome",
-            Some(&r.auditor),
-            None,
-        )
-        .body
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|rec| {
-            let ended = rec["body"]["ended"].as_str().unwrap_or_default();
-            ended.contains("stalled") || ended.contains("stream broke")
-        })
-        .map(|rec| rec["body"]["usage"]["completion_tokens"].as_u64().unwrap())
-        .collect()
-    };
-    assert!(wait_for(|| streams_cut().len() == 2), "{:?}", streams_cut());
-    assert!(
-        streams_cut().iter().all(|&t| t >= 100),
-        "{:?}",
-        streams_cut()
-    );
+    for rec in records.iter().filter(|r| stream_cut(r)) {
+        let completion = rec["body"]["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!(completion >= 100, "{rec}");
+    }
 
     // Without a fallback: a clear 502 naming the endpoint.
     drop(s);
