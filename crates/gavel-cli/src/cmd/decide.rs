@@ -426,6 +426,13 @@ pub fn settle_outcome(
     if !store.reservation_open(decision_id)? {
         return Err(no_open_reservation(decision_id));
     }
+    // The prompt gavel counted with the model's tokenizer when it decided is a floor: a report
+    // below it would hand back the tokens and dollars reserved for a prompt that was sent.
+    let counted_prompt = decided["estimate"]["prompt_tokens"].as_u64().unwrap_or(0);
+    let usage = &Usage {
+        prompt_tokens: usage.prompt_tokens.max(counted_prompt),
+        ..usage.clone()
+    };
     let at = now();
     let mut body = json!({ "principal": who, "decision_id": decision_id, "deployment": deployment, "usage": usage });
     if let (Some(body), Ok(serde_json::Value::Object(extra))) =

@@ -569,3 +569,57 @@ fn apply_reports_what_changed_and_flags_loosening() {
         back.stdout
     );
 }
+
+/// A caller reports its usage, but not less prompt than gavel counted when it decided: a report
+/// of zero would hand back the tokens and dollars reserved for a prompt that was sent.
+#[test]
+fn an_outcome_settles_no_less_prompt_than_was_counted() {
+    let r = Ready::start();
+    let g = &r.g;
+    // Reports `report(counted)` prompt tokens; returns what was counted and what settled.
+    let settle = |report: &dyn Fn(u64) -> u64| {
+        let decided = g.decide(&r.service, &kb_request());
+        let id = decided["decision_id"].as_str().unwrap();
+        let counted = decided["estimate"]["prompt_tokens"].as_u64().unwrap();
+        g.run(
+            Some(&r.service),
+            &[
+                "outcome",
+                "--decision",
+                id,
+                "--deployment",
+                "kb-search-v1",
+                "--prompt-tokens",
+                &report(counted).to_string(),
+                "--completion-tokens",
+                "3",
+            ],
+        )
+        .ok();
+        let outcomes = g
+            .run(Some(&r.auditor), &["audit", "export", "--kind", "outcome"])
+            .ok()
+            .stdout;
+        let outcome: Value = outcomes
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|o| o["body"]["decision_id"] == id)
+            .unwrap();
+        let settled = outcome["body"]["usage"]["prompt_tokens"].as_u64().unwrap();
+        (counted, settled)
+    };
+    let (counted, settled) = settle(&|_| 0);
+    assert!(counted > 0);
+    assert_eq!(
+        settled, counted,
+        "a report of no prompt settles what was counted"
+    );
+    let (counted, settled) = settle(&|counted| counted - 1);
+    assert_eq!(settled, counted);
+    let (counted, settled) = settle(&|counted| counted + 25);
+    assert_eq!(
+        settled,
+        counted + 25,
+        "more than was counted is taken as reported"
+    );
+}
