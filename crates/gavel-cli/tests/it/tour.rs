@@ -23,57 +23,15 @@ fn init_check_apply_approve_decide_outcome_explain() {
     assert_eq!(d["principal"], "svc-wiki");
     let id = d["decision_id"].as_str().unwrap();
 
-    let settled = g
-        .run(
-            Some(&r.service),
-            &[
-                "outcome",
-                "--decision",
-                id,
-                "--deployment",
-                "kb-search-v1",
-                "--prompt-tokens",
-                "40",
-                "--completion-tokens",
-                "120",
-            ],
-        )
-        .ok();
+    let settled = report_outcome(g, &r.service, id, "kb-search-v1", (40, 120)).ok();
     assert!(settled.stdout.contains("\"settled\":true"));
-    g.run(
-        Some(&r.service),
-        &[
-            "outcome",
-            "--decision",
-            id,
-            "--deployment",
-            "kb-search-v1",
-            "--prompt-tokens",
-            "1",
-            "--completion-tokens",
-            "1",
-        ],
-    )
-    .fails(1, "holds no open reservation");
+    report_outcome(g, &r.service, id, "kb-search-v1", (1, 1)).fails(1, "holds no open reservation");
     // Nobody else settles it, and not under another deployment.
     let second = g.decide(&r.service, &kb_request());
     let second = second["decision_id"].as_str().unwrap();
     let other = g.key("other-team", "service", None);
     let settle = |key: &str, decision: &str, deployment: &str| {
-        g.run(
-            Some(key),
-            &[
-                "outcome",
-                "--decision",
-                decision,
-                "--deployment",
-                deployment,
-                "--prompt-tokens",
-                "0",
-                "--completion-tokens",
-                "0",
-            ],
-        )
+        report_outcome(g, key, decision, deployment, (0, 0))
     };
     settle(&other, second, "kb-search-v1").fails(3, "another principal");
     settle(&r.service, second, "credit-limit-v1").fails(1, "ran on `kb-search-v1`");
@@ -404,22 +362,7 @@ fn an_outcome_claims_its_reservation_while_it_records_and_settles() {
             .unwrap()
             .to_string()
     };
-    let report = |id: &str| {
-        g.run(
-            Some(&r.service),
-            &[
-                "outcome",
-                "--decision",
-                id,
-                "--deployment",
-                "kb-search-v1",
-                "--prompt-tokens",
-                "40",
-                "--completion-tokens",
-                "120",
-            ],
-        )
-    };
+    let report = |id: &str| report_outcome(g, &r.service, id, "kb-search-v1", (40, 120));
     let outcomes = || {
         g.run(Some(&r.auditor), &["audit", "export", "--kind", "outcome"])
             .ok()
@@ -581,21 +524,7 @@ fn an_outcome_settles_no_less_prompt_than_was_counted() {
         let decided = g.decide(&r.service, &kb_request());
         let id = decided["decision_id"].as_str().unwrap();
         let counted = decided["estimate"]["prompt_tokens"].as_u64().unwrap();
-        g.run(
-            Some(&r.service),
-            &[
-                "outcome",
-                "--decision",
-                id,
-                "--deployment",
-                "kb-search-v1",
-                "--prompt-tokens",
-                &report(counted).to_string(),
-                "--completion-tokens",
-                "3",
-            ],
-        )
-        .ok();
+        report_outcome(g, &r.service, id, "kb-search-v1", (report(counted), 3)).ok();
         let outcomes = g
             .run(Some(&r.auditor), &["audit", "export", "--kind", "outcome"])
             .ok()
@@ -622,4 +551,28 @@ fn an_outcome_settles_no_less_prompt_than_was_counted() {
         counted + 25,
         "more than was counted is taken as reported"
     );
+}
+
+/// `gavel outcome` for `decision` on `deployment`, as `key`, with (prompt, completion) tokens.
+fn report_outcome(
+    g: &Gavel,
+    key: &str,
+    decision: &str,
+    deployment: &str,
+    (prompt, completion): (u64, u64),
+) -> Run {
+    g.run(
+        Some(key),
+        &[
+            "outcome",
+            "--decision",
+            decision,
+            "--deployment",
+            deployment,
+            "--prompt-tokens",
+            &prompt.to_string(),
+            "--completion-tokens",
+            &completion.to_string(),
+        ],
+    )
 }
