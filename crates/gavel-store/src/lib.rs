@@ -188,7 +188,38 @@ pub trait Store: RuntimeState {
 }
 
 /// The report claim an outcome holds while it records and settles its decision's reservation
-/// ([`Store::claim_expiring`]; given back by [`Store::release_reports`]).
+/// ([`hold_claim`]).
 pub fn settling_claim(decision_id: &str) -> String {
     format!("settling:{decision_id}")
+}
+
+/// How long a [`HeldClaim`] may go unreleased before another may take it over: far longer than
+/// recording and storing take, short enough for a retry after a crash.
+pub const CLAIM_GOES_STALE_MS: i64 = 60_000;
+
+/// A claim of [`Store::claim_expiring`], given back when dropped: when its work is done or has
+/// failed, so that it can be done again. One whose holder died is taken over once stale.
+pub struct HeldClaim<'s> {
+    store: &'s dyn Store,
+    key: [String; 1],
+}
+
+impl Drop for HeldClaim<'_> {
+    fn drop(&mut self) {
+        // A claim a failing store keeps is taken over once stale.
+        let _ = self.store.release_reports(&self.key);
+    }
+}
+
+/// Claims `key` for work begun at `now_ms`, held until the [`HeldClaim`] is dropped; None when a
+/// live holder has it.
+pub fn hold_claim(
+    store: &dyn Store,
+    key: String,
+    now_ms: i64,
+) -> Result<Option<HeldClaim<'_>>, StoreError> {
+    let stale_before = now_ms.saturating_sub(CLAIM_GOES_STALE_MS);
+    Ok(store
+        .claim_expiring(&key, now_ms, stale_before)?
+        .then(|| HeldClaim { store, key: [key] }))
 }

@@ -138,39 +138,30 @@ pub fn record_baseline(
     // it; the other is refused before it records anything. The claim is given back when this
     // one is done, or has failed (so that the baseline can be recorded again); a claim whose
     // holder died is taken over once a minute old.
-    let claim = [format!("baseline:{}", approval.id)];
-    if !store.claim_expiring(&claim[0], at.millis(), at.millis().saturating_sub(60_000))? {
+    let claim = format!("baseline:{}", approval.id);
+    let Some(_held) = gavel_store::hold_claim(store, claim, at.millis())? else {
         return Err(Failure::conflict(
             "baseline.recording",
             format!("approval {}'s baseline is being recorded by another request; if that one failed, record it again in a minute", approval.id),
         ));
-    }
-    let give_back = |_: &Failure| {
-        let _ = store.release_reports(&claim);
     };
     // Recorded since the check above by a request that has given its claim back.
-    recorded_already().inspect_err(give_back)?;
-    ledger
-        .record_change(
-            RecordKind::Admin,
-            at,
-            &who.principal,
-            "baseline_recorded",
-            details.clone(),
-        )
-        .inspect_err(give_back)?;
-    store
-        .save_baseline(&StoredBaseline {
-            approval_id: approval.id.clone(),
-            deployment: deployment.to_string(),
-            recorded_at: at,
-            recorded_by: who.principal.clone(),
-            source: source_name,
-            body,
-        })
-        .map_err(Failure::from)
-        .inspect_err(give_back)?;
-    let _ = store.release_reports(&claim);
+    recorded_already()?;
+    ledger.record_change(
+        RecordKind::Admin,
+        at,
+        &who.principal,
+        "baseline_recorded",
+        details.clone(),
+    )?;
+    store.save_baseline(&StoredBaseline {
+        approval_id: approval.id.clone(),
+        deployment: deployment.to_string(),
+        recorded_at: at,
+        recorded_by: who.principal.clone(),
+        source: source_name,
+        body,
+    })?;
     Ok(details)
 }
 

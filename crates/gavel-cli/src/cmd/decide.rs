@@ -442,41 +442,30 @@ pub fn settle_outcome(
     }
     let outcome_id = new_id("out")?;
     // Of two reports racing for one reservation, one claims it, records and settles; the other
-    // is refused here and records nothing (the check above alone let both record).
-    let stale_before = at.millis().saturating_sub(SETTLING_GOES_STALE_MS);
-    let settling = [gavel_store::settling_claim(decision_id)];
-    if !store.claim_expiring(&settling[0], at.millis(), stale_before)? {
+    // is refused here and records nothing (the check above alone let both record). Held only
+    // while settling, and given back however this report ends, so that a retry can settle:
+    // once settled, the reservation is gone and refuses a second report by itself.
+    let settling = gavel_store::settling_claim(decision_id);
+    let Some(_held) = gavel_store::hold_claim(store, settling, at.millis())? else {
         return Err(Failure::conflict(
             "outcome.settling",
             format!("decision `{decision_id}` has an outcome being recorded and settled by another report; if that report failed, report again in a minute"),
         ));
-    }
-    // Only this report's own: a judgement an earlier feedback claimed is never given back.
+    };
+    // Only this report's own: a judgement an earlier feedback claimed is never given back, and
+    // one stays claimed once its record was sent (a failed sync leaves what it covered in doubt).
     let judged: Vec<String> = match reported.judges() {
         true => vec![format!("judged:{decision_id}")],
         false => Vec::new(),
     };
-    let claimed = crate::cmd::feedback::claim(store, decision_id, &judged, "outcome")
-        // Settled since the check above by a report that has given its claim back.
-        .and_then(|()| match store.reservation_open(decision_id)? {
-            true => Ok(()),
-            false => {
-                let _ = store.release_reports(&judged);
-                Err(no_open_reservation(decision_id))
-            }
-        });
-    let receipt = claimed
-        .and_then(|()| ledger.record(RecordKind::Outcome, at, &outcome_id, body))
-        .inspect_err(|_| {
-            // A retry must be able to settle. A judgement stays claimed once its record was
-            // sent: a failed sync leaves what it covered in doubt.
-            let _ = store.release_reports(&settling);
-        })?;
-    let settled = engine.settle(store, decision_id, deployment, usage, at);
-    // Held only while settling: once settled, the reservation is gone and refuses a second
-    // report by itself. A claim a failing store keeps is taken over once stale.
-    let _ = store.release_reports(&settling);
-    match settled? {
+    crate::cmd::feedback::claim(store, decision_id, &judged, "outcome")?;
+    // Settled since the check above by a report that has given its claim back.
+    if !store.reservation_open(decision_id)? {
+        let _ = store.release_reports(&judged);
+        return Err(no_open_reservation(decision_id));
+    }
+    let receipt = ledger.record(RecordKind::Outcome, at, &outcome_id, body)?;
+    match engine.settle(store, decision_id, deployment, usage, at)? {
         Settled::Settled => Ok(Recorded {
             answer: json!({ "decision_id": decision_id, "settled": true, "receipt": receipt }),
             deployment: deployment.to_string(),
@@ -491,10 +480,6 @@ pub fn settle_outcome(
         Settled::Unknown => Err(no_open_reservation(decision_id)),
     }
 }
-
-/// How long an outcome report may hold its reservation's claim before another may take it
-/// over: far longer than recording and settling take, short enough for a retry after a crash.
-const SETTLING_GOES_STALE_MS: i64 = 60_000;
 
 fn no_open_reservation(decision_id: &str) -> Failure {
     Failure::invalid(format!(
