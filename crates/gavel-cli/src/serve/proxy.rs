@@ -641,30 +641,24 @@ impl Call {
             let summary = self
                 .pump(&ruling.decision, &deployment, upstream, &tx)
                 .await;
-            let counted = Usage {
-                prompt_tokens: ruling
-                    .decision
-                    .estimate
-                    .as_ref()
-                    .map_or(0, |e| e.prompt_tokens),
-                completion_tokens: gavel_engine::Encoding::for_model(&deployment.model.name)
-                    .count(&summary.text_seen),
-                tool_calls: 0,
+            // Counted only when the upstream reported no usage.
+            let seen = || {
+                gavel_engine::Encoding::for_model(&deployment.model.name).count(&summary.text_seen)
             };
+            let reserved = as_reserved(&ruling.decision);
             let usage = match summary.usage.clone() {
                 Some(reported) => reported,
                 // Cut off while the upstream may have gone on generating: what it used is
                 // unknown, so it is charged what was reserved (or what was seen, if more).
-                None if summary.cut_off => {
-                    let reserved = as_reserved(&ruling.decision);
-                    Usage {
-                        completion_tokens: reserved
-                            .completion_tokens
-                            .max(counted.completion_tokens),
-                        ..reserved
-                    }
-                }
-                None => counted,
+                None if summary.cut_off => Usage {
+                    completion_tokens: reserved.completion_tokens.max(seen()),
+                    ..reserved
+                },
+                None => Usage {
+                    prompt_tokens: reserved.prompt_tokens,
+                    completion_tokens: seen(),
+                    tool_calls: 0,
+                },
             };
             let mut details = json!({
                 "stream": true,
@@ -1317,12 +1311,12 @@ async fn embed(
         )),
         Ok(Reply::Whole { status, body }) => {
             let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
-                // The upstream did the work (it answered 2xx): charged at the estimate.
+                // The upstream did the work (it answered 2xx) and said nothing of what it used.
                 let why = "the endpoint's embeddings answer is not a JSON object".to_string();
                 gw.record_outcome(
                     &ruling.decision,
                     &ran_on,
-                    &counted(&ruling.decision, &Value::Null),
+                    &as_reserved(&ruling.decision),
                     json!({ "upstream_status": status.as_u16(), "upstream_error": why }),
                 );
                 return Err(ApiError::new(
