@@ -42,33 +42,25 @@ fn scope_in(
     args: &ScopeArgs,
 ) -> Result<Scope, Failure> {
     let scope = scope_named(args)?;
-    let (kind, name, known) = match &scope {
-        Scope::Deployment(d) => (
-            "deployment",
-            d,
-            contract.is_some_and(|c| c.deployment(d).is_some()),
-        ),
-        Scope::UseCase(u) => (
-            "use case",
-            u,
-            contract.is_some_and(|c| c.use_cases.contains_key(u)),
-        ),
-        Scope::Principal(p) => {
-            if !store.keys()?.iter().any(|k| k.principal == *p) {
-                return Err(Failure::invalid(format!(
-                    "principal `{p}` holds no API key; see `gavel keys list`"
-                )));
-            }
-            return Ok(scope);
-        }
-        _ => return Ok(scope),
+    let not_in_force = |kind: &str, name: &str| {
+        format!("{kind} `{name}` is not in the contract in force; see `gavel status`")
     };
-    if !known {
-        return Err(Failure::invalid(format!(
-            "{kind} `{name}` is not in the contract in force; see `gavel status`"
-        )));
+    let unknown = match &scope {
+        Scope::Deployment(d) if contract.is_none_or(|c| c.deployment(d).is_none()) => {
+            Some(not_in_force("deployment", d))
+        }
+        Scope::UseCase(u) if contract.is_none_or(|c| !c.use_cases.contains_key(u)) => {
+            Some(not_in_force("use case", u))
+        }
+        Scope::Principal(p) if !store.keys()?.iter().any(|k| k.principal == *p) => Some(format!(
+            "principal `{p}` holds no API key; see `gavel keys list`"
+        )),
+        _ => None,
+    };
+    match unknown {
+        Some(why) => Err(Failure::invalid(why)),
+        None => Ok(scope),
     }
-    Ok(scope)
 }
 
 /// Checked against the contract in force, not the file: an on-call stopping a model must not
