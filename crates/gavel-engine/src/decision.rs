@@ -334,9 +334,13 @@ pub struct DecisionRecord<'d> {
     /// itself from what the upstream reports; absent when the caller reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     settled_by: Option<&'static str>,
+    /// The decision whose upstream call failed, when this one is its approved fallback
+    /// deployment's: the ledger ties the two together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback_for: Option<&'d str>,
 }
 
-impl DecisionRecord<'_> {
+impl<'d> DecisionRecord<'d> {
     /// The value of `settled_by` in the record of a decision the gateway settles itself.
     pub const SETTLED_BY_GATEWAY: &'static str = "gateway";
 
@@ -344,6 +348,13 @@ impl DecisionRecord<'_> {
     /// caller reports it instead (at a usage of its choosing), whenever and wherever from.
     pub fn settled_by_gateway(mut self) -> Self {
         self.settled_by = Some(Self::SETTLED_BY_GATEWAY);
+        self
+    }
+
+    /// Records that this decision is the approved fallback for `failed`, a decision whose
+    /// upstream call failed.
+    pub fn fallback_for(mut self, failed: Option<&'d str>) -> Self {
+        self.fallback_for = failed;
         self
     }
 }
@@ -407,6 +418,7 @@ impl Decision {
             decision: self,
             reason_codes: self.reason_code_strings(),
             settled_by: None,
+            fallback_for: None,
         }
     }
 

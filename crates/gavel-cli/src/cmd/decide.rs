@@ -179,13 +179,13 @@ pub fn submit(ledger: &Ledger, decision: &Decision) -> Submitted<Pending> {
     })
 }
 
-/// [`submit`] for async callers; `by_gateway` for a call through the gateway's proxy, whose
-/// outcome the gateway settles itself (its record says so: [`DecisionRecord::settled_by_gateway`]).
-pub fn submit_async(ledger: &Ledger, decision: &Decision, by_gateway: bool) -> Submitted<Durable> {
-    let record = match by_gateway {
-        true => decision.record().settled_by_gateway(),
-        false => decision.record(),
-    };
+/// [`submit`] for async callers, with what [`queue`] is to record of the decision: the
+/// gateway's proxy says which outcomes it settles itself and which decisions are fallbacks.
+pub fn submit_async<'d>(
+    ledger: &Ledger,
+    decision: &'d Decision,
+    record: DecisionRecord<'d>,
+) -> Submitted<Durable> {
     queue(record, decision, |kind, at, id, body| {
         ledger.submit_async(kind, at, id, body)
     })

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use gavel_engine::{DecideInput, DecideRequest, Decision, Engine, Prescanned, Verdict};
 use gavel_ledger::appender::Durable;
 
-use super::gateway::{Finished, Gateway};
+use super::gateway::{Finished, Gateway, FALLBACK_FOR};
 use super::metrics;
 use crate::cmd::decide::{submit_async, Submitted};
 use crate::context::{new_id, now};
@@ -374,7 +374,18 @@ fn decide_in_batches(gw: &Arc<Gateway>, jobs: Vec<Job>, outcomes: Vec<Finished>)
                 }
                 for (job, decision) in decided {
                     let by_gateway = job.by_gateway && decision.verdict == Verdict::Allow;
-                    let submitted = submit_async(&gw.ledger, &decision, by_gateway);
+                    let mut record = decision.record();
+                    if job.by_gateway {
+                        // Only the proxy sets this: a caller's metadata reaches no record.
+                        record = record.fallback_for(
+                            job.request.metadata.get(FALLBACK_FOR).map(String::as_str),
+                        );
+                    }
+                    if by_gateway {
+                        // No caller reports this outcome: it is the gateway's to settle.
+                        record = record.settled_by_gateway();
+                    }
+                    let submitted = submit_async(&gw.ledger, &decision, record);
                     if by_gateway {
                         gw.will_settle(&job.engine, &job.request, &decision);
                     }

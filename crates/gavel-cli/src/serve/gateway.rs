@@ -106,6 +106,11 @@ pub struct Finished {
     details: Value,
 }
 
+/// The request metadata key under which the proxy names the decision whose failed upstream
+/// call a fallback deployment's decision stands in for; the decider records it
+/// ([`gavel_engine::DecisionRecord::fallback_for`]).
+pub const FALLBACK_FOR: &str = "fallback_for";
+
 /// Why a decision given up at its deadline ran nothing (its caller was refused).
 const DEADLINE_PASSED: &str =
     "no durable decision by the deadline: the caller was refused with governance.unavailable";

@@ -26,7 +26,7 @@ use gavel_engine::{
 use gavel_store::KeyRecord;
 
 use super::error::{ApiError, ApiResult};
-use super::gateway::{as_reserved, parse_json, route_of, Gateway, Ruling};
+use super::gateway::{as_reserved, parse_json, route_of, Gateway, Ruling, FALLBACK_FOR};
 use super::metrics;
 use super::output::{guard_strings, tail_texts, OutputGuard, StreamGuard, Violation};
 use super::upstream::{too_large, ByteStream, Reply, UpstreamError, ANSWER_MAX_BYTES};
@@ -249,6 +249,75 @@ fn relay_refusal(
     }
 }
 
+/// A call whose upstream gave no usable answer, on its way to the approved fallback.
+struct Failed<'a> {
+    decision: &'a Decision,
+    /// The deployment the call ran on, whose fallback comes next.
+    deployment: &'a Deployment,
+    /// Why the upstream failed, as the client is told.
+    why: &'a str,
+    /// Upstream failures so far, this one included.
+    hops: usize,
+}
+
+/// Where the approved fallback of a failed call leads.
+enum FellBack {
+    /// The fallback deployment's own ruling, an ALLOW: call its upstream next.
+    Deployment(Box<Ruling>),
+    /// The approved fixed answer's text.
+    Response(String),
+    /// The call ends with this response: a refused fallback, a human queue, no fallback.
+    Ended(Response),
+}
+
+/// The approved fallback's next step after `failed`. A fallback deployment is governed like any
+/// other: its own decision on the same request, recorded, which may refuse it.
+async fn fall_back(
+    gw: &Arc<Gateway>,
+    caller: &KeyRecord,
+    request: &DecideRequest,
+    failed: Failed<'_>,
+) -> FellBack {
+    let ran_on = &failed.deployment.id;
+    let why = failed.why;
+    match failed.deployment.fallback.clone() {
+        Some(Fallback::Deployment(next)) if failed.hops <= MAX_FALLBACK_HOPS => {
+            metrics::fallback(ran_on, &next);
+            let mut request = request.clone();
+            request.deployment = next;
+            request.model = None;
+            // The first decision holds the idempotency key; the fallback is the same request.
+            request.idempotency_key = None;
+            request.metadata.insert(
+                FALLBACK_FOR.to_string(),
+                failed.decision.decision_id.clone(),
+            );
+            let ruling = gw
+                .decide_for_call(Arc::new(request), &caller.principal)
+                .await;
+            if ruling.decision.verdict != Verdict::Allow {
+                return FellBack::Ended(
+                    ApiError::from_decision(&ruling.decision, ruling.shown()).into_response(),
+                );
+            }
+            FellBack::Deployment(Box::new(ruling))
+        }
+        Some(Fallback::Response(text)) => FellBack::Response(text),
+        Some(Fallback::HumanQueue(queue)) => {
+            metrics::fallback(ran_on, "human_queue");
+            FellBack::Ended(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fallback.human_queue", format!("{why}; the approved fallback is the human queue `{queue}`: hand the request to it")).into_response())
+        }
+        _ => FellBack::Ended(
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream.unavailable",
+                format!("{why}; deployment `{ran_on}` has no approved fallback"),
+            )
+            .into_response(),
+        ),
+    }
+}
+
 /// Guards every string of an embeddings answer but its vectors (`data[].embedding`: numbers,
 /// or base64 text that is no text to guard, where a guard would see random letters): an
 /// upstream's other fields reach the client as chat's do, so they are guarded as chat's are.
@@ -342,52 +411,21 @@ impl Call {
             let usage = failed_call_usage(&ruling.decision, &failure);
             self.gw.record_outcome(&ruling.decision, &ran_on, &usage, json!({ "upstream_error": why, "latency_ms": self.started.elapsed().as_millis() as u64 }));
             hops += 1;
-            match deployment.fallback.clone() {
-                Some(Fallback::Deployment(next)) if hops <= MAX_FALLBACK_HOPS => {
-                    metrics::fallback(&ran_on, &next);
-                    match self.decide_fallback(&next, &ruling.decision).await {
-                        Ok(next_ruling) => ruling = next_ruling,
-                        Err(refused) => return refused.into_response(),
-                    }
-                }
-                Some(Fallback::Response(text)) => {
+            let failed = Failed {
+                decision: &ruling.decision,
+                deployment,
+                why: &why,
+                hops,
+            };
+            match fall_back(&self.gw, &self.caller, &self.request, failed).await {
+                FellBack::Deployment(next_ruling) => ruling = *next_ruling,
+                FellBack::Response(text) => {
                     metrics::fallback(&ran_on, "response");
                     return self.canned(&ruling.decision, deployment, &text);
                 }
-                Some(Fallback::HumanQueue(queue)) => {
-                    metrics::fallback(&ran_on, "human_queue");
-                    return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fallback.human_queue", format!("{why}; the approved fallback is the human queue `{queue}`: hand the request to it")).into_response();
-                }
-                _ => {
-                    return ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream.unavailable",
-                        format!("{why}; deployment `{ran_on}` has no approved fallback"),
-                    )
-                    .into_response();
-                }
+                FellBack::Ended(response) => return response,
             }
         }
-    }
-
-    /// The fallback deployment is governed like any other: its own decision, recorded.
-    async fn decide_fallback(&self, next: &str, failed: &Decision) -> ApiResult<Ruling> {
-        let mut request = DecideRequest::clone(&self.request);
-        request.deployment = next.to_string();
-        request.model = None;
-        // The first decision holds the idempotency key; the fallback is the same request.
-        request.idempotency_key = None;
-        request
-            .metadata
-            .insert("fallback_for".to_string(), failed.decision_id.clone());
-        let ruling = self
-            .gw
-            .decide_for_call(Arc::new(request), &self.caller.principal)
-            .await;
-        if ruling.decision.verdict != Verdict::Allow {
-            return Err(ApiError::from_decision(&ruling.decision, ruling.shown()));
-        }
-        Ok(ruling)
     }
 
     /// The body sent upstream: the caller's, with the approved model name and the decision's
@@ -1245,27 +1283,106 @@ pub async fn embeddings(
         if ruling.decision.verdict != Verdict::Allow {
             return ApiError::from_decision(&ruling.decision, ruling.shown()).into_response();
         }
-        embed(gw, ruling, fields, inputs, request)
+        embed(gw, caller, ruling, fields, inputs, request)
             .await
             .unwrap_or_else(IntoResponse::into_response)
     })
     .await
 }
 
-/// The upstream call of an allowed embeddings request, its answer and its outcome.
+/// The upstream call of an allowed embeddings request, its answer and its outcome; on an
+/// upstream failure, the approved fallback deployment's call, as for chat.
 async fn embed(
     gw: Arc<Gateway>,
+    caller: KeyRecord,
     ruling: Ruling,
     fields: Map<String, Value>,
     inputs: Vec<String>,
     request: Arc<DecideRequest>,
 ) -> ApiResult<Response> {
-    gw.calling(&ruling.decision);
-    let (ran_on, deployment, endpoint) = target(&gw, &ruling.engine, &ruling.decision)?;
+    let started = Instant::now();
+    let mut ruling = ruling;
+    let mut hops = 0;
+    loop {
+        let engine = ruling.engine.clone();
+        gw.calling(&ruling.decision);
+        let (ran_on, deployment, endpoint) = target(&gw, &engine, &ruling.decision)?;
+        let body = embeddings_body(&ruling.decision, deployment, &fields, &inputs, &request);
+        let reply = gw
+            .upstreams
+            .call(endpoint, "/embeddings", &body, false)
+            .await;
+        let failure = match reply {
+            Ok(Reply::Whole { status, body }) => {
+                return Ok(embedded(
+                    &gw,
+                    &ruling,
+                    &ran_on,
+                    status,
+                    body,
+                    started,
+                    hops > 0,
+                ))
+            }
+            Ok(Reply::Stream(_)) => {
+                let why = "the endpoint streamed an embeddings answer".to_string();
+                gw.record_outcome(
+                    &ruling.decision,
+                    &ran_on,
+                    &as_reserved(&ruling.decision),
+                    json!({ "upstream_error": why }),
+                );
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream.invalid",
+                    why,
+                ));
+            }
+            Err(e) => e,
+        };
+        let why = failure.describe(&endpoint.id);
+        tracing::warn!(decision_id = %ruling.decision.decision_id, deployment = %ran_on, error = %why, "upstream failed");
+        let usage = failed_call_usage(&ruling.decision, &failure);
+        gw.record_outcome(
+            &ruling.decision,
+            &ran_on,
+            &usage,
+            json!({ "upstream_error": why, "latency_ms": started.elapsed().as_millis() as u64 }),
+        );
+        hops += 1;
+        let failed = Failed {
+            decision: &ruling.decision,
+            deployment,
+            why: &why,
+            hops,
+        };
+        match fall_back(&gw, &caller, &request, failed).await {
+            FellBack::Deployment(next_ruling) => ruling = *next_ruling,
+            // A fixed text is no vector: an embeddings call cannot be answered with it.
+            FellBack::Response(_) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream.unavailable",
+                    format!("{why}; the approved fallback of deployment `{ran_on}` is a fixed answer, which cannot stand in for embeddings"),
+                ))
+            }
+            FellBack::Ended(response) => return Ok(response),
+        }
+    }
+}
+
+/// The body sent upstream for an embeddings call: the caller's, with the approved model name
+/// and the decision's redactions applied to the inputs.
+fn embeddings_body(
+    decision: &Decision,
+    deployment: &Deployment,
+    fields: &Map<String, Value>,
+    inputs: &[String],
+    request: &DecideRequest,
+) -> Value {
     let mut body = fields.clone();
     body.insert("model".to_string(), json!(deployment.model.name));
-    if let Some(Obligation::Redact { redactions }) = ruling
-        .decision
+    if let Some(Obligation::Redact { redactions }) = decision
         .obligations
         .iter()
         .find(|o| matches!(o, Obligation::Redact { .. }))
@@ -1282,82 +1399,58 @@ async fn embed(
             })
             .collect();
         body.insert("input".to_string(), json!(inputs));
-        redact_user(&mut body, &request, redactions);
+        redact_user(&mut body, request, redactions);
     }
-    let started = Instant::now();
-    // A call that did not answer: recorded, and a clear error.
-    let failed = |code: &'static str, why: String, usage: Usage| -> ApiResult<Response> {
+    Value::Object(body)
+}
+
+/// An embeddings upstream's whole answer, guarded as chat's are, and its outcome recorded.
+fn embedded(
+    gw: &Gateway,
+    ruling: &Ruling,
+    ran_on: &str,
+    status: StatusCode,
+    body: Bytes,
+    started: Instant,
+    fallback: bool,
+) -> Response {
+    let decision = &ruling.decision;
+    if !status.is_success() {
+        return relay_refusal(gw, decision, ran_on, status, &body, started);
+    }
+    let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+        // The upstream did the work (it answered 2xx) and said nothing of what it used.
+        let why = "the endpoint's embeddings answer is not a JSON object".to_string();
         gw.record_outcome(
-            &ruling.decision,
-            &ran_on,
-            &usage,
-            json!({ "upstream_error": why }),
+            decision,
+            ran_on,
+            &as_reserved(decision),
+            json!({ "upstream_status": status.as_u16(), "upstream_error": why }),
         );
-        Err(ApiError::new(StatusCode::BAD_GATEWAY, code, why))
+        return ApiError::new(StatusCode::BAD_GATEWAY, "upstream.invalid", why).into_response();
     };
-    match gw
-        .upstreams
-        .call(endpoint, "/embeddings", &Value::Object(body), false)
-        .await
-    {
-        // Guarded as chat's are.
-        Ok(Reply::Whole { status, body }) if !status.is_success() => Ok(relay_refusal(
-            &gw,
-            &ruling.decision,
-            &ran_on,
-            status,
-            &body,
-            started,
-        )),
-        Ok(Reply::Whole { status, body }) => {
-            let Ok(mut reply @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
-                // The upstream did the work (it answered 2xx) and said nothing of what it used.
-                let why = "the endpoint's embeddings answer is not a JSON object".to_string();
-                gw.record_outcome(
-                    &ruling.decision,
-                    &ran_on,
-                    &as_reserved(&ruling.decision),
-                    json!({ "upstream_status": status.as_u16(), "upstream_error": why }),
-                );
-                return Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream.invalid",
-                    why,
-                ));
-            };
-            // Settled from the upstream's usage, or counted (the estimate's prompt tokens).
-            let usage =
-                usage_of(&reply["usage"]).unwrap_or_else(|| counted(&ruling.decision, &reply));
-            let mut findings = Vec::new();
-            let guarded = guard_all_but_vectors(&mut reply, &|| gw.output_guard(), &mut findings);
-            // Written again only when a guard found something: else the vectors go as they came.
-            let rewrite = !findings.is_empty();
-            let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64, "output_findings": findings });
-            if let Err(v) = guarded {
-                metrics::output_violation(&ran_on, v.code.as_str());
-                details["output_violation"] = v.record();
-                gw.record_outcome(&ruling.decision, &ran_on, &usage, details);
-                return Ok(output_refusal(&ruling.decision, &v).into_response());
-            }
-            gw.record_outcome(&ruling.decision, &ran_on, &usage, details);
-            let body = if rewrite {
-                Bytes::from(reply.to_string())
-            } else {
-                body
-            };
-            Ok(passthrough(status, body, &ruling.decision))
-        }
-        Ok(Reply::Stream(_)) => failed(
-            "upstream.invalid",
-            "the endpoint streamed an embeddings answer".to_string(),
-            as_reserved(&ruling.decision),
-        ),
-        Err(e) => failed(
-            "upstream.unavailable",
-            e.describe(&endpoint.id),
-            failed_call_usage(&ruling.decision, &e),
-        ),
+    // Settled from the upstream's usage, or counted (the estimate's prompt tokens).
+    let usage = usage_of(&reply["usage"]).unwrap_or_else(|| counted(decision, &reply));
+    let mut findings = Vec::new();
+    let guarded = guard_all_but_vectors(&mut reply, &|| gw.output_guard(), &mut findings);
+    // Written again only when a guard found something: else the vectors go as they came.
+    let rewrite = !findings.is_empty();
+    let mut details = json!({ "upstream_status": status.as_u16(), "latency_ms": started.elapsed().as_millis() as u64, "output_findings": findings, "fallback": fallback });
+    if let Err(v) = guarded {
+        metrics::output_violation(ran_on, v.code.as_str());
+        details["output_violation"] = v.record();
+        gw.record_outcome(decision, ran_on, &usage, details);
+        return output_refusal(decision, &v).into_response();
     }
+    gw.record_outcome(decision, ran_on, &usage, details);
+    let body = if rewrite {
+        Bytes::from(reply.to_string())
+    } else {
+        body
+    };
+    let mut response = passthrough(status, body, decision);
+    annotate(response.headers_mut(), ruling, fallback, &Value::Null);
+    response
 }
 
 /// `GET /v1/models`: the deployments this caller may use now (approved, not killed), as models.

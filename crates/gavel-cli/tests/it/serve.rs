@@ -1740,17 +1740,31 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         let completion = rec["body"]["usage"]["completion_tokens"].as_u64().unwrap();
         assert!(completion >= 100, "{rec}");
     }
+    // A fixed answer is no vector: a failed embeddings call says why it has no fallback.
+    let embed = |s: &Server, r: &Ready| {
+        let body = json!({ "model": "kb-search-v1", "input": "fault:500" });
+        s.request("POST", "/v1/embeddings", Some(&r.service), Some(&body))
+    };
+    let reply = embed(&s, &r);
+    reply.assert_is(502, "upstream.unavailable");
+    assert!(reply.body.contains("HTTP 500") && reply.body.contains("a fixed answer"));
 
     // Without a fallback: a clear 502 naming the endpoint.
     drop(s);
     let r = with_upstream(&upstream, false);
     let s = Server::start(&r.g, &r.operator, &["--first-byte-timeout", "1s"]);
-    let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:500")));
-    reply.assert_is(502, "upstream.unavailable");
-    assert!(reply.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("HTTP 500"));
+    for reply in [
+        s.chat(Some(&r.service), Some(&chat(&r.g, "fault:500"))),
+        embed(&s, &r),
+    ] {
+        reply.assert_is(502, "upstream.unavailable");
+        let said = reply.json()["error"]["message"].clone();
+        assert!(said.as_str().unwrap().contains("HTTP 500"), "{said}");
+        assert!(
+            said.as_str().unwrap().contains("no approved fallback"),
+            "{said}"
+        );
+    }
     // An answer without end is cut at 32 MiB, whole or streamed.
     let reply = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:huge")));
     assert_eq!(reply.status, 502, "{}", reply.body);
@@ -1763,6 +1777,114 @@ fn upstream_faults_get_the_fallback_or_a_clear_error_and_are_recorded() {
         "{}",
         &reply.body[..reply.body.len().min(500)]
     );
+}
+
+/// An upstream failure hands the call to the approved fallback deployment, chat and embeddings
+/// alike: under its own decision, recorded and tied to the failed one, on its own upstream,
+/// counted as fallback engagement. A fallback the guards refuse ends the call with that refusal.
+#[test]
+fn a_failed_call_goes_to_the_fallback_deployment_under_its_own_decision() {
+    let upstream = faulty_upstream();
+    let r = with_upstream_edited(&upstream, false, |yaml| {
+        let spare = "  kb-search-spare:\n    use_case: knowledge-search\n    endpoint: spare\n    model: { name: gpt-4o-mini, snapshot: gpt-4o-mini-2024-07-18 }\n    prompt_template: prompts/kb.txt\n    params: { temperature: 0.1, max_tokens: 400 }\n";
+        yaml.replace(
+            "\nuse_cases:\n",
+            "  spare:       { kind: mock, location: self_hosted, region: eu }\n\nuse_cases:\n",
+        )
+        .replace(
+            "    endpoint: demo\n",
+            "    endpoint: demo\n    fallback: { deployment: kb-search-spare }\n",
+        )
+        .replace(
+            "  tenant-score-v0:\n",
+            &format!("{spare}  tenant-score-v0:\n"),
+        )
+    });
+    let mut approve = crate::approve_kb("cooldown:15m");
+    approve[1] = "kb-search-spare";
+    r.g.run(Some(&r.risk), &approve).ok();
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let embed = |input: &str| {
+        s.request(
+            "POST",
+            "/v1/embeddings",
+            Some(&r.service),
+            Some(&json!({ "model": "kb-search-v1", "input": [input] })),
+        )
+    };
+
+    // The primary answers: no fallback.
+    let ok = s.chat(Some(&r.service), Some(&chat(&r.g, "hello")));
+    assert_eq!(ok.json()["choices"][0]["message"]["content"], "fine");
+    assert_eq!(ok.header("x-gavel-fallback"), None);
+    // It fails: the spare (the mock, which echoes the question) answers.
+    let chatted = s.chat(Some(&r.service), Some(&chat(&r.g, "fault:500 about VPN")));
+    assert_eq!(chatted.status, 200, "{}", chatted.body);
+    assert_eq!(chatted.header("x-gavel-fallback"), Some("deployment"));
+    let said = chatted.json()["choices"][0]["message"]["content"].clone();
+    assert!(said.as_str().unwrap().contains("about VPN"), "{said}");
+    let embedded = embed("fault:500 in an embedding");
+    assert_eq!(embedded.status, 200, "{}", embedded.body);
+    assert_eq!(embedded.header("x-gavel-fallback"), Some("deployment"));
+    let vector = embedded.json()["data"][0]["embedding"].clone();
+    assert_eq!(vector.as_array().map(Vec::len), Some(8), "{vector}");
+
+    // Each fallback is a decision of its own under the spare, naming the failed one, whose
+    // outcome says why it failed; the spare's outcome counts as fallback engagement.
+    let records = |kind: &str| -> Vec<Value> {
+        let path = format!("/v1/audit/records?kind={kind}");
+        let reply = s.request("GET", &path, Some(&r.auditor), None);
+        reply
+            .body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let fallbacks: Vec<Value> = records("decision")
+        .into_iter()
+        .filter(|d| d["body"]["deployment"] == "kb-search-spare")
+        .collect();
+    assert_eq!(fallbacks.len(), 2, "{fallbacks:?}");
+    for fallback in &fallbacks {
+        assert_eq!(fallback["body"]["verdict"], "ALLOW", "{fallback}");
+        let failed = fallback["body"]["fallback_for"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let engaged = wait_for(|| {
+            let outcomes = records("outcome");
+            let of = |id: &str| {
+                outcomes
+                    .iter()
+                    .find(|o| o["body"]["decision_id"] == id)
+                    .cloned()
+            };
+            let failed_outcome = of(&failed).unwrap_or_default();
+            let spare_outcome = of(fallback["id"].as_str().unwrap()).unwrap_or_default();
+            failed_outcome["body"]["upstream_error"]
+                .as_str()
+                .is_some_and(|why| why.contains("HTTP 500"))
+                && spare_outcome["body"]["fallback"] == true
+        });
+        assert!(engaged, "{fallback}: {:?}", records("outcome"));
+    }
+    // The primary's own decisions name no fallback.
+    assert!(records("decision")
+        .iter()
+        .filter(|d| d["body"]["deployment"] == "kb-search-v1")
+        .all(|d| d["body"].get("fallback_for").is_none()));
+
+    // The spare is governed: killed, it refuses the call, and nothing else answers it.
+    let killed = s.request(
+        "POST",
+        "/v1/admin/kill",
+        Some(&r.operator),
+        Some(&json!({ "deployment": "kb-search-spare", "reason": "drill" })),
+    );
+    assert_eq!(killed.status, 200, "{}", killed.body);
+    s.chat(Some(&r.service), Some(&chat(&r.g, "fault:500 again")))
+        .assert_is(403, "killswitch.active");
+    embed("fault:500 again").assert_is(403, "killswitch.active");
 }
 
 #[test]
