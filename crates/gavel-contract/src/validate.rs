@@ -572,7 +572,10 @@ fn deployments(
     use_cases: &BTreeMap<String, UseCase>,
     endpoints: &BTreeMap<String, Endpoint>,
 ) -> BTreeMap<String, Deployment> {
-    let ids: BTreeSet<String> = raw.keys().cloned().collect();
+    let use_case_of: BTreeMap<String, String> = raw
+        .iter()
+        .map(|(id, d)| (id.clone(), d.use_case.value.clone()))
+        .collect();
     let mut out = BTreeMap::new();
     for (id, d) in raw {
         if !use_cases.contains_key(&d.use_case.value) {
@@ -695,8 +698,23 @@ fn deployments(
                                 "deployment `{id}` falls back to itself; name another deployment"
                             ),
                         );
-                    } else if !ids.contains(target) {
-                        v.error(fb, format!("fallback names unknown deployment `{target}`"));
+                    } else {
+                        match use_case_of.get(target) {
+                            None => v.error(
+                                fb,
+                                format!("fallback names unknown deployment `{target}`"),
+                            ),
+                            // It takes this deployment's requests, under the data classes,
+                            // population and owner of the use case its approval names.
+                            Some(theirs) if *theirs != d.use_case.value => v.error(
+                                fb,
+                                format!(
+                                    "deployment `{id}` falls back to `{target}`, which serves use case `{theirs}`, not `{}`; a fallback takes the same requests, so it must serve the same use case: name one of its deployments, or a `response` or `human_queue`",
+                                    d.use_case.value
+                                ),
+                            ),
+                            Some(_) => {}
+                        }
                     }
                     Some(Fallback::Deployment(target.clone()))
                 }

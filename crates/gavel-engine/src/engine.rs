@@ -1293,16 +1293,14 @@ impl Ctx<'_> {
         eval: &mut Evaluation,
     ) -> Result<Result<&'c Deployment, Stop>, StateError> {
         let contract = self.contract();
+        let classes = data_classes(self.use_case, detected);
+        // A route target takes the request's data: every rule of its classes must admit it,
+        // not only those the deployment's own endpoint broke.
+        let may_take =
+            |e: &gavel_contract::Endpoint| violated_rules(contract, &classes, e).is_empty();
         if let Some(breach) = eval.breach_route.take() {
-            let classes = data_classes(self.use_case, detected);
-            let rules: Vec<&gavel_contract::SovereigntyRule> = contract
-                .policy
-                .sovereignty
-                .iter()
-                .filter(|rule| classes.contains(&rule.data_class.as_str()))
-                .collect();
             return Ok(
-                match self.approved_fallback(state, |e| rules.iter().all(|r| r.admits(e)))? {
+                match self.approved_fallback(state, may_take)? {
                     Some((target, obligation)) => {
                         eval.reasons.push(
                             breach_reason(&breach, "routed to the approved fallback")
@@ -1324,16 +1322,13 @@ impl Ctx<'_> {
                 "the deployment's endpoint is missing from the contract",
             ))));
         };
-        let classes = data_classes(self.use_case, detected);
         let violated = violated_rules(contract, &classes, endpoint);
         if violated.is_empty() {
             return Ok(Ok(self.deployment));
         }
         let names: Vec<&str> = violated.iter().map(|r| r.data_class.as_str()).collect();
         if may_route(&violated) {
-            if let Some((target, obligation)) =
-                self.approved_fallback(state, |e| violated.iter().all(|r| r.admits(e)))?
-            {
+            if let Some((target, obligation)) = self.approved_fallback(state, may_take)? {
                 eval.reasons.push(
                     Reason::new(
                         ReasonCode::SovereigntyRouted,

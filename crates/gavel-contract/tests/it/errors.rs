@@ -89,6 +89,24 @@ fn endpoint_kinds_are_checked() {
     );
 }
 
+/// A fallback takes the same requests, so it serves the same use case: another would decide
+/// them under its own data classes, population and owner (sovereignty then checks the wrong
+/// classes).
+#[test]
+fn a_fallback_deployment_serves_the_same_use_case() {
+    let mut f = Files::example();
+    f.edit(
+        "fallback: { human_queue: underwriting }",
+        "fallback: { deployment: support-triage-local }",
+    );
+    let e = first_error(&f);
+    assert!(
+        e.contains("falls back to `support-triage-local`, which serves use case `support-triage`, not `credit-limit`"),
+        "{e}"
+    );
+    assert!(e.contains("gavel.yaml:"), "{e}");
+}
+
 #[test]
 fn fallback_cycles_are_refused() {
     let mut f = Files::example();

@@ -585,6 +585,28 @@ mod sovereignty {
         assert!(codes(&d).contains(&"sovereignty.routed"), "{d:?}");
     }
 
+    /// A route target takes all of the request's data: a rule the deployment's own endpoint
+    /// keeps but the target's breaks (here internal data must stay in the US, and the local
+    /// fallback is in the EU) stops the route, as it would stop a direct call to the target.
+    #[test]
+    fn a_fallback_that_breaks_another_rule_is_not_a_route() {
+        let w = World::edited(&[
+            (
+                "    data_classes: [internal]\n  credit-limit:",
+                "    data_classes: [internal, pii]\n  credit-limit:",
+            ),
+            (
+                "    - { data_class: financial, allow: [self_hosted], on_violation: block }\n",
+                "    - { data_class: financial, allow: [self_hosted], on_violation: block }\n    - { data_class: internal, allow: [\"region:us\"], on_violation: block }\n",
+            ),
+        ]);
+        w.approve("support-triage-v3");
+        w.approve("support-triage-local");
+        let d = w.decide(triage_request("support-triage-v3"));
+        assert_verdict(&d, Verdict::Block, "sovereignty.endpoint");
+        assert!(d.obligations.is_empty(), "{d:?}");
+    }
+
     #[test]
     fn block_rules_never_route() {
         let w = World::edited(&[(
