@@ -292,7 +292,10 @@ impl Message {
             // An id by OpenAI's design, but any string by JSON's: forwarded as it came.
             ("tool_call_id", text(&self.tool_call_id)),
             ("refusal", self.refusal.clone()),
-            ("function_call", self.function_call.clone()),
+            (
+                "function_call",
+                self.function_call.as_ref().map(json_strings_opened),
+            ),
             ("audio", self.audio.clone()),
             ("annotations", self.annotations.clone()),
         ];
@@ -331,6 +334,29 @@ impl Message {
                 .collect::<Vec<_>>()
                 .join("\n"),
         }
+    }
+}
+
+/// `value` with each string in it that holds a JSON object or array written as that value,
+/// one level deep. OpenAI sends a tool call's `arguments` as such a string: as compact JSON its
+/// JSON is escaped twice (`{\"password\":\"...\"}`), where the scanners' assignment rules
+/// (`password=`, `api_key:`) look for a quote, not a backslash, and found nothing.
+fn json_strings_opened(value: &Value) -> Value {
+    match value {
+        Value::String(text) if text.trim_start().starts_with(['{', '[']) => {
+            match serde_json::from_str::<Value>(text) {
+                Ok(inner @ (Value::Object(_) | Value::Array(_))) => inner,
+                _ => value.clone(),
+            }
+        }
+        Value::Array(items) => Value::Array(items.iter().map(json_strings_opened).collect()),
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(key, v)| (key.clone(), json_strings_opened(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -547,7 +573,7 @@ impl DecideRequest {
                 (
                     TextSource::ToolCalls(i),
                     ContentRole::Assistant,
-                    Cow::Owned(v.to_string()),
+                    Cow::Owned(json_strings_opened(v).to_string()),
                 )
             });
         let others = self.messages.iter().enumerate().filter_map(move |(i, m)| {

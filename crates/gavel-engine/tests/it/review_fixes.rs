@@ -53,6 +53,39 @@ fn tool_call_arguments_are_scanned() {
     assert_verdict(&w.decide(r), Verdict::Block, "privacy.secret");
 }
 
+/// OpenAI's `arguments` is a JSON string: as the call's compact JSON its quotes are escaped
+/// (`{\"password\":\"...\"}`), where the assignment rules look for a quote. A password in
+/// an earlier tool call of the conversation, or in the legacy `function_call`, is read
+/// as the same password in the content would be.
+#[test]
+fn a_secret_in_a_chat_tool_calls_json_string_arguments_is_found() {
+    let w = World::example();
+    w.approve("kb-search-v1");
+    let arguments = r#"{"order_id":"A00012345","password":"Xk9mPq2vL7wZ"}"#;
+    let call = json!({"id": "c1", "type": "function", "function": {"name": "lookup_order", "arguments": arguments}});
+    let with = |assistant: Value| {
+        let mut r = kb_request();
+        let messages = r["messages"].as_array_mut().unwrap();
+        messages.push(assistant);
+        messages.push(json!({"role": "user", "content": "And the other one?"}));
+        r
+    };
+    let in_tool_calls = with(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
+    let in_function_call =
+        with(json!({"role": "assistant", "content": null, "function_call": call["function"]}));
+    for r in [in_tool_calls, in_function_call] {
+        let d = w.decide(r);
+        assert_verdict(&d, Verdict::Block, "privacy.secret");
+        assert!(!serde_json::to_string(&d).unwrap().contains("Xk9mPq2vL7wZ"));
+    }
+    // Arguments that are not JSON, or JSON of no object or array, are scanned as they are.
+    let plain = json!({"id": "c1", "type": "function", "function": {"name": "lookup_order", "arguments": "{not json"}});
+    let d = w.decide(with(
+        json!({"role": "assistant", "content": null, "tool_calls": [plain]}),
+    ));
+    assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+}
+
 #[test]
 fn both_spellings_of_max_tokens_are_capped_and_nonsense_is_refused() {
     let w = World::example();
