@@ -144,6 +144,30 @@ impl Stop {
     }
 }
 
+/// An approved fallback that may take the request in place of its deployment.
+struct Route<'c> {
+    target: &'c Deployment,
+    /// Names the target, its endpoint, binding and approval.
+    obligation: Obligation,
+    /// The target's own checks of the request: its max_tokens cap and the note of it.
+    as_target: Evaluation,
+}
+
+impl<'c> Route<'c> {
+    /// Routes `eval` to the target: the route obligation, and the target's max_tokens cap in
+    /// place of the deployment's. Returns the target.
+    fn taken(self, eval: &mut Evaluation) -> &'c Deployment {
+        eval.obligations
+            .retain(|o| !matches!(o, Obligation::CapMaxTokens { .. }));
+        eval.reasons
+            .retain(|r| r.code != ReasonCode::MaxTokensCapped);
+        eval.obligations.extend(self.as_target.obligations);
+        eval.reasons.extend(self.as_target.reasons);
+        eval.obligations.push(self.obligation);
+        self.target
+    }
+}
+
 /// What the guards concluded.
 struct Evaluation {
     verdict: Verdict,
@@ -704,6 +728,7 @@ fn texts_and_digest(request: &DecideRequest) -> (Vec<Text<'_>>, String) {
     (texts, hex::encode(hasher.finalize()))
 }
 
+#[derive(Clone, Copy)]
 struct Ctx<'a> {
     engine: &'a Engine,
     request: &'a DecideRequest,
@@ -978,6 +1003,15 @@ impl Ctx<'_> {
                 ));
             }
         }
+        self.approved_shape_guard(eval)
+    }
+
+    /// The request against what the deployment's approval covers, its model name aside: chain
+    /// step, tool-call arguments, system prompt, tools and parameters (and the max_tokens cap
+    /// they give). A route target must pass it too: it runs the request as it is.
+    fn approved_shape_guard(&self, eval: &mut Evaluation) -> Option<Stop> {
+        let d = self.deployment;
+        let r = self.request;
         if let Some(stop) = self.chain_guard().or_else(|| self.tool_args_guard()) {
             return Some(stop);
         }
@@ -1228,14 +1262,14 @@ impl Ctx<'_> {
         None
     }
 
-    /// The deployment's fallback and the route obligation to it, when the fallback is a
-    /// deployment whose endpoint `admits`, with a covering approval, a current snapshot, and
-    /// no kill or cooldown of its own.
+    /// The route to the deployment's fallback, when the fallback is a deployment whose
+    /// endpoint `admits`, with a covering approval, a current snapshot, no kill or cooldown of
+    /// its own, and an approval that covers the request as it is ([`Self::approved_shape_guard`]).
     fn approved_fallback(
         &self,
         state: &dyn RuntimeState,
         admits: impl Fn(&gavel_contract::Endpoint) -> bool,
-    ) -> Result<Option<(&Deployment, Obligation)>, StateError> {
+    ) -> Result<Option<Route<'_>>, StateError> {
         let contract = self.contract();
         let Some(Fallback::Deployment(target_id)) = &self.deployment.fallback else {
             return Ok(None);
@@ -1274,15 +1308,28 @@ impl Ctx<'_> {
         if !target_state.kills.is_empty() || !target_state.cooldowns.is_empty() || breached {
             return Ok(None);
         }
-        Ok(Some((
+        // The target runs the request as it came (its model name aside, which the route
+        // swaps): a template, tool or parameter its approval does not cover stops the route,
+        // and its own max_tokens ceiling is the one that holds.
+        let mut as_target = Evaluation::allow();
+        let shape = Ctx {
+            deployment: target,
+            ..*self
+        }
+        .approved_shape_guard(&mut as_target);
+        if shape.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Route {
             target,
-            Obligation::Route {
+            obligation: Obligation::Route {
                 deployment: target_id.clone(),
                 endpoint: target.endpoint.clone(),
                 binding: target.binding.0.clone(),
                 approval_id: approval.id.clone(),
             },
-        )))
+            as_target,
+        }))
     }
 
     /// Returns the deployment the request will run on (itself or a route target).
@@ -1301,13 +1348,12 @@ impl Ctx<'_> {
         if let Some(breach) = eval.breach_route.take() {
             return Ok(
                 match self.approved_fallback(state, may_take)? {
-                    Some((target, obligation)) => {
+                    Some(route) => {
                         eval.reasons.push(
                             breach_reason(&breach, "routed to the approved fallback")
-                                .with("to", target.id.clone()),
+                                .with("to", route.target.id.clone()),
                         );
-                        eval.obligations.push(obligation);
-                        Ok(target)
+                        Ok(route.taken(eval))
                     }
                     None => Err(Stop::block(breach_reason(
                         &breach,
@@ -1328,7 +1374,7 @@ impl Ctx<'_> {
         }
         let names: Vec<&str> = violated.iter().map(|r| r.data_class.as_str()).collect();
         if may_route(&violated) {
-            if let Some((target, obligation)) = self.approved_fallback(state, may_take)? {
+            if let Some(route) = self.approved_fallback(state, may_take)? {
                 eval.reasons.push(
                     Reason::new(
                         ReasonCode::SovereigntyRouted,
@@ -1336,14 +1382,13 @@ impl Ctx<'_> {
                             "{} data may not go to endpoint `{}`; routed to `{}`",
                             names.join(", "),
                             endpoint.id,
-                            target.id
+                            route.target.id
                         ),
                     )
                     .with("data_classes", json!(names))
-                    .with("to", target.id.clone()),
+                    .with("to", route.target.id.clone()),
                 );
-                eval.obligations.push(obligation);
-                return Ok(Ok(target));
+                return Ok(Ok(route.taken(eval)));
             }
         }
         Ok(Err(Stop::block(

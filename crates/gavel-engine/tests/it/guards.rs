@@ -607,6 +607,46 @@ mod sovereignty {
         assert!(d.obligations.is_empty(), "{d:?}");
     }
 
+    /// A route target runs the request as it came: its own approval must cover it (here a
+    /// temperature the local model is not approved for), and its own max_tokens ceiling holds.
+    #[test]
+    fn a_route_target_must_be_approved_for_the_request_as_it_is() {
+        let w = World::edited(&[
+            (
+                "    data_classes: [internal]\n  credit-limit:",
+                "    data_classes: [internal, pii]\n  credit-limit:",
+            ),
+            (
+                "    params: { temperature: { min: 0, max: 0.3 }, max_tokens: 512 }\n",
+                "    params: { temperature: { min: 0, max: 0.1 }, max_tokens: 128 }\n",
+            ),
+        ]);
+        w.approve("support-triage-v3");
+        w.approve("support-triage-local");
+        // temperature 0.2: approved for v3, not for the local fallback.
+        let d = w.decide(triage_request("support-triage-v3"));
+        assert_verdict(&d, Verdict::Block, "sovereignty.endpoint");
+        // Without it the route holds, capped at the fallback's 128 tokens, not v3's 512.
+        let mut r = triage_request("support-triage-v3");
+        r["params"] = json!({"max_tokens": 600});
+        let d = w.decide(r);
+        assert!(codes(&d).contains(&"sovereignty.routed"), "{d:?}");
+        let caps: Vec<&Obligation> = d
+            .obligations
+            .iter()
+            .filter(|o| matches!(o, Obligation::CapMaxTokens { .. }))
+            .collect();
+        assert_eq!(caps, [&Obligation::CapMaxTokens { max_tokens: 128 }], "{d:?}");
+        assert_eq!(d.estimate.as_ref().unwrap().max_tokens, 128);
+        let noted: Vec<&Value> = d
+            .reasons
+            .iter()
+            .filter(|r| r.code.as_str() == "params.max_tokens_capped")
+            .map(|r| &r.evidence["limit"])
+            .collect();
+        assert_eq!(noted, [&json!(128)], "{d:?}");
+    }
+
     #[test]
     fn block_rules_never_route() {
         let w = World::edited(&[(
