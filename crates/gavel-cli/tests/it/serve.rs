@@ -1787,7 +1787,12 @@ fn a_failed_call_goes_to_the_fallback_deployment_under_its_own_decision() {
     let upstream = faulty_upstream();
     let r = with_upstream_edited(&upstream, false, |yaml| {
         let spare = "  kb-search-spare:\n    use_case: knowledge-search\n    endpoint: spare\n    model: { name: gpt-4o-mini, snapshot: gpt-4o-mini-2024-07-18 }\n    prompt_template: prompts/kb.txt\n    params: { temperature: 0.1, max_tokens: 400 }\n";
+        // The primary's endpoint is external and in the US: personal data may not go there.
         yaml.replace(
+            "/v1\", location: self_hosted, region: eu }",
+            "/v1\", location: external, region: us }",
+        )
+        .replace(
             "\nuse_cases:\n",
             "  spare:       { kind: mock, location: self_hosted, region: eu }\n\nuse_cases:\n",
         )
@@ -1874,6 +1879,15 @@ fn a_failed_call_goes_to_the_fallback_deployment_under_its_own_decision() {
         .filter(|d| d["body"]["deployment"] == "kb-search-v1")
         .all(|d| d["body"].get("fallback_for").is_none()));
 
+    // A call with personal data is routed to the spare (sovereignty) and redacted: the mock
+    // echoes what it was sent, where the primary would have answered "fine".
+    let personal = chat(&r.g, "Mail jane.doe@example.org the VPN guide");
+    let routed = s.chat(Some(&r.service), Some(&personal));
+    assert_eq!(routed.status, 200, "{}", routed.body);
+    let said = routed.json()["choices"][0]["message"]["content"].clone();
+    let said = said.as_str().unwrap();
+    assert!(said.contains("Mail [EMAIL_1] the VPN guide"), "{said}");
+
     // The spare is governed: killed, it refuses the call, and nothing else answers it.
     let killed = s.request(
         "POST",
@@ -1885,6 +1899,9 @@ fn a_failed_call_goes_to_the_fallback_deployment_under_its_own_decision() {
     s.chat(Some(&r.service), Some(&chat(&r.g, "fault:500 again")))
         .assert_is(403, "killswitch.active");
     embed("fault:500 again").assert_is(403, "killswitch.active");
+    // Nor is it a route any more: the personal data is refused, not sent to the primary.
+    s.chat(Some(&r.service), Some(&personal))
+        .assert_is(403, "sovereignty.endpoint");
 }
 
 #[test]

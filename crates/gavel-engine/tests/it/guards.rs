@@ -636,7 +636,11 @@ mod sovereignty {
             .iter()
             .filter(|o| matches!(o, Obligation::CapMaxTokens { .. }))
             .collect();
-        assert_eq!(caps, [&Obligation::CapMaxTokens { max_tokens: 128 }], "{d:?}");
+        assert_eq!(
+            caps,
+            [&Obligation::CapMaxTokens { max_tokens: 128 }],
+            "{d:?}"
+        );
         assert_eq!(d.estimate.as_ref().unwrap().max_tokens, 128);
         let noted: Vec<&Value> = d
             .reasons
