@@ -39,6 +39,7 @@ pub fn diff(old: &Contract, new: &Contract) -> ContractDiff {
         return d;
     }
     use_cases(&mut d, &old.use_cases, &new.use_cases);
+    endpoints(&mut d, old, new);
     deployments(&mut d, &old.deployments, &new.deployments);
     requirements(&mut d, &old.taxonomy, &new.taxonomy);
     policy(&mut d, &old.policy, &new.policy);
@@ -101,6 +102,67 @@ fn use_cases(
         if n.population != o.population {
             d.note(false, format!("use case `{id}` population changed"));
         }
+        // Who is on the hook (SPEC section 1's third question): recorded, though no limit.
+        if n.owner != o.owner {
+            d.note(
+                false,
+                format!("use case `{id}` owner {} -> {}", o.owner, n.owner),
+            );
+        }
+        let (oc, nc) = (&o.oncall, &n.oncall);
+        if nc.webhook != oc.webhook {
+            // By its origin only: a webhook's path is often its credential.
+            d.note(
+                false,
+                format!(
+                    "use case `{id}` on-call webhook changed ({} -> {})",
+                    oc.webhook_origin(),
+                    nc.webhook_origin()
+                ),
+            );
+        }
+        if nc.severity_map != oc.severity_map || nc.runbook != oc.runbook {
+            d.note(
+                false,
+                format!("use case `{id}` on-call severity map or runbook changed"),
+            );
+        }
+    }
+}
+
+/// An endpoint's place (location, region) decides which sovereignty rules let data go to it:
+/// one that moves where a rule of the new policy admits it and did not before loosens that
+/// rule as widening its `allow` would. (Every deployment on it also gets a new binding.)
+fn endpoints(d: &mut ContractDiff, old: &Contract, new: &Contract) {
+    let (added, removed) = added_removed(&old.endpoints, &new.endpoints);
+    for id in added {
+        d.note(false, format!("endpoint `{id}` added"));
+    }
+    for id in removed {
+        d.note(false, format!("endpoint `{id}` removed"));
+    }
+    for (id, n) in &new.endpoints {
+        let Some(o) = old.endpoints.get(id) else {
+            continue;
+        };
+        if (&n.location, &n.region) != (&o.location, &o.region) {
+            let now_admitted: Vec<&str> = new
+                .policy
+                .sovereignty
+                .iter()
+                .filter(|rule| rule.admits(n) && !rule.admits(o))
+                .map(|rule| rule.data_class.as_str())
+                .collect();
+            let place = |e: &Endpoint| format!("{}, {}", e.location.as_str(), e.region);
+            let mut what = format!("endpoint `{id}` moved ({} -> {})", place(o), place(n));
+            if !now_admitted.is_empty() {
+                what.push_str(&format!(": {now_admitted:?} data may now go to it"));
+            }
+            d.note(!now_admitted.is_empty(), what);
+        }
+        if n.url != o.url || n.kind != o.kind {
+            d.note(false, format!("endpoint `{id}` address or kind changed"));
+        }
     }
 }
 
@@ -139,14 +201,27 @@ fn deployments(
             );
         }
         for (name, rule) in &n.params {
-            if widened(o.params.get(name), rule) {
+            if widened(name, o.params.get(name), rule) {
                 d.note(true, format!("deployment `{id}` param `{name}` widened"));
             }
+        }
+        // Other params left out are refused at run time; max_tokens left out falls back to the
+        // default ceiling, which may be higher.
+        if o.params.contains_key("max_tokens") && !n.params.contains_key("max_tokens") {
+            d.note(
+                true,
+                format!(
+                    "deployment `{id}` no longer caps `max_tokens` (the default ceiling applies)"
+                ),
+            );
         }
     }
 }
 
-fn widened(old: Option<&ParamRule>, new: &ParamRule) -> bool {
+/// Whether param `name`'s rule now lets through a value the old one refused. `max_tokens` is a
+/// ceiling (an exact value caps, so only a higher one widens); any other exact value is the
+/// one value allowed, so another one is a change, not a widening, unless a range held it out.
+fn widened(name: &str, old: Option<&ParamRule>, new: &ParamRule) -> bool {
     match (old, new) {
         (None, _) => true,
         (Some(ParamRule::Range { min: a, max: b }), ParamRule::Range { min: c, max: e }) => {
@@ -156,11 +231,12 @@ fn widened(old: Option<&ParamRule>, new: &ParamRule) -> bool {
             a.as_f64().is_none_or(|v| *min < v || *max > v)
         }
         (Some(ParamRule::Exactly(a)), ParamRule::Exactly(b)) => match (a.as_f64(), b.as_f64()) {
-            // For max_tokens the value is a ceiling; for others any change is a change, not a widening.
-            (Some(x), Some(y)) => y > x,
+            (Some(x), Some(y)) if name == "max_tokens" => y > x,
             _ => false,
         },
-        (Some(ParamRule::Range { .. }), ParamRule::Exactly(_)) => false,
+        (Some(ParamRule::Range { min, max }), ParamRule::Exactly(b)) => {
+            b.as_f64().is_some_and(|v| v < *min || v > *max)
+        }
     }
 }
 
@@ -317,13 +393,25 @@ fn policy(d: &mut ContractDiff, old: &Policy, new: &Policy) {
         );
     }
     let (o, n) = (&old.monitoring, &new.monitoring);
-    if n.window > o.window
+    let slower = n.window > o.window
         || n.min_samples > o.min_samples
         || n.drift_min_samples > o.drift_min_samples
-        || n.min_group_size > o.min_group_size
-    {
+        || n.min_group_size > o.min_group_size;
+    if slower {
         d.note(true, format!("monitoring slower to notice (window {} -> {}, min_samples {} -> {}, drift_min_samples {} -> {}, min_group_size {} -> {})", o.window, n.window, o.min_samples, n.min_samples, o.drift_min_samples, n.drift_min_samples, o.min_group_size, n.min_group_size));
-    } else if n != o {
+    }
+    // More of a breached deployment's traffic goes to it rather than to its fallback.
+    let more_probes = n.probe_percent > o.probe_percent;
+    if more_probes {
+        d.note(
+            true,
+            format!(
+                "breach probes raised {}% -> {}% of requests",
+                o.probe_percent, n.probe_percent
+            ),
+        );
+    }
+    if !slower && !more_probes && n != o {
         d.note(false, "monitoring settings changed".into());
     }
     if new.idempotency_window < old.idempotency_window {
@@ -488,7 +576,7 @@ mod tests {
 
     #[test]
     fn each_kind_of_loosening_is_flagged() {
-        let cases: [(&str, &str, &str); 9] = [
+        let cases: [(&str, &str, &str); 13] = [
             (
                 "window: 1m, requests: 120",
                 "window: 1m, requests: 500",
@@ -529,6 +617,23 @@ mod tests {
                 "    - { scope: principal, window: 1m, requests: 120 }\n",
                 "",
                 "removed",
+            ),
+            // Relabelled self-hosted, OpenAI's endpoint now takes what the pii rule admits.
+            (
+                "api.openai.com/v1\", location: external,",
+                "api.openai.com/v1\", location: self_hosted,",
+                "endpoint `openai` moved (external, us -> self_hosted, us): [\"pii\", \"financial\"] data may now go to it",
+            ),
+            ("probe_percent: 10", "probe_percent: 50", "breach probes raised 10% -> 50%"),
+            (
+                "params: { temperature: 0.2, max_tokens: 512 }",
+                "params: { temperature: 0.2 }",
+                "`support-triage-v3` no longer caps `max_tokens`",
+            ),
+            (
+                "temperature: { min: 0, max: 0.3 }",
+                "temperature: 1.5",
+                "param `temperature` widened",
             ),
         ];
         for (from, to, expected) in cases {
@@ -601,6 +706,40 @@ mod tests {
             "  idempotency: { window: 24h }\n  payload_capture: { subject: user_id }\n",
         )]);
         assert!(d.loosening(), "{d:?}");
+    }
+
+    /// Who is on the hook, an endpoint moved where no rule newly admits it, and another exact
+    /// value for a param are recorded as changes that loosen nothing; a webhook by its origin
+    /// only, since its path is often its credential.
+    #[test]
+    fn owners_on_call_and_places_are_recorded_without_loosening() {
+        let d = loosening(&[
+            ("owner: alice@acme.example", "owner: mallory@acme.example"),
+            (
+                "https://hooks.acme.example/pager/support",
+                "https://pager.example/integration/k3y-abc123",
+            ),
+            (
+                "location: external, region: us",
+                "location: external, region: ca",
+            ),
+            ("params: { temperature: 0.2,", "params: { temperature: 0.3,"),
+        ]);
+        assert!(!d.loosening(), "{d:?}");
+        let said = |what: &str| d.changes.iter().any(|c| c.what.contains(what));
+        assert!(
+            said("owner alice@acme.example -> mallory@acme.example"),
+            "{d:?}"
+        );
+        assert!(
+            said("on-call webhook changed (https://hooks.acme.example -> https://pager.example)"),
+            "{d:?}"
+        );
+        assert!(!said("k3y-abc123"), "{d:?}");
+        assert!(
+            said("endpoint `openai` moved (external, us -> external, ca)"),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -106,6 +106,17 @@ pub fn apply(
         // The previous version reloads from its own files; if that fails (a newer gavel
         // changed validation), say so rather than pretend nothing changed.
         Some((record, files)) => match files.load() {
+            // A gavel whose built-in defaults (the price table, image tokens, monitoring
+            // defaults) changed since reads the same files as another contract: comparing
+            // that one would hide what the new defaults loosened, as the new one has them too.
+            Ok(old) if old.contract.version.0 != record.version => {
+                not_compared = Some(format!(
+                    "the previous version {} reloads as {} under this gavel (its built-in defaults changed since it was applied), so what changed cannot be told",
+                    short_hash(&record.version),
+                    short_hash(&old.contract.version.0)
+                ));
+                None
+            }
             Ok(old) => Some(diff(&old.contract, contract)),
             Err(e) => {
                 not_compared = Some(format!(
@@ -130,6 +141,11 @@ pub fn apply(
         .iter()
         .flat_map(|c| c.changes.iter())
         .map(|c| format!("{}{}", if c.loosening { "LOOSENS " } else { "" }, c.what))
+        .chain(
+            not_compared
+                .iter()
+                .map(|why| format!("not compared, so taken to loosen: {why}")),
+        )
         .collect();
     // When the previous version cannot be compared, assume the worst.
     let loosening = previous.is_some() && changes.as_ref().is_none_or(ContractDiff::loosening);

@@ -513,6 +513,51 @@ fn apply_reports_what_changed_and_flags_loosening() {
     );
 }
 
+/// The version in force reloads from its stored files as another version when this gavel's
+/// built-in defaults (its price table, say) changed since it was applied: comparing that one
+/// would hide what the new defaults loosened, so the change is taken to loosen and says why.
+/// Here the stored files are edited to stand for such an upgrade.
+#[test]
+fn apply_takes_a_previous_version_that_reloads_differently_to_loosen() {
+    let r = Ready::start();
+    let g = &r.g;
+    let db = rusqlite::Connection::open(g.path("gavel.db")).unwrap();
+    let edited = db
+        .execute(
+            "UPDATE contract_files SET bytes = CAST(CAST(bytes AS TEXT) || ' ' AS BLOB) WHERE path = 'prompts/kb.txt'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(edited, 1);
+    drop(db);
+    let text = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
+    // A tightening, which a comparison would not flag.
+    std::fs::write(
+        g.path("gavel.yaml"),
+        text.replace("window: 1m, requests: 120", "window: 1m, requests: 60"),
+    )
+    .unwrap();
+    let run = g.run(Some(&r.operator), &["apply"]).ok();
+    assert!(
+        run.stdout.contains("reloads as") && run.stdout.contains("built-in defaults changed"),
+        "{}",
+        run.stdout
+    );
+    let loads = g
+        .run(
+            Some(&r.auditor),
+            &["audit", "export", "--kind", "contract_loaded"],
+        )
+        .ok()
+        .stdout;
+    let last: Value = serde_json::from_str(loads.lines().last().unwrap()).unwrap();
+    assert_eq!(last["body"]["loosening"], true, "{last}");
+    assert!(last["body"]["changes"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("not compared, so taken to loosen: the previous version"));
+}
+
 /// A caller reports its usage, but not less prompt than gavel counted when it decided: a report
 /// of zero would hand back the tokens and dollars reserved for a prompt that was sent.
 #[test]
