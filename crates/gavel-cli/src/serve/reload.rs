@@ -124,8 +124,8 @@ pub async fn watch(
                     seen = Fingerprint(Vec::new());
                 }
                 match reloaded {
-                    Reloaded::Unchanged => {}
-                    Reloaded::Swapped => last_refusal = None,
+                    // The file is the version in force again: a refusal after this is new.
+                    Reloaded::Unchanged | Reloaded::Swapped => last_refusal = None,
                     Reloaded::Refused(why) => last_refusal = Some(why),
                 }
             }

@@ -1948,6 +1948,33 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
         refused,
         "the invalid contract was not refused on the record"
     );
+    // Put back, then broken the same way again: a new refusal, recorded again (a refusal is
+    // recorded once while it lasts, not once for ever). The pause lets the gateway, which
+    // looks every 200 ms, see the file put back.
+    std::fs::write(
+        &path,
+        original.replace("requests: 120 }", "requests: 240 }"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(
+        &path,
+        original.replace("version: 1", "version: 1\nbogus_key: 3"),
+    )
+    .unwrap();
+    let refused_again = wait_for(|| {
+        s.request(
+            "GET",
+            "/v1/audit/records?kind=admin",
+            Some(&r.auditor),
+            None,
+        )
+        .body
+        .matches("contract_reload_refused")
+        .count()
+            == 2
+    });
+    assert!(refused_again, "the second refusal was not recorded");
     let ok = s.chat(Some(&r.service), Some(&chat(&r.g, "still governed?")));
     assert_eq!(ok.status, 200, "{}", ok.body);
     // A graceful stop signs a final checkpoint: the strict verify (no unsigned tail) passes.
