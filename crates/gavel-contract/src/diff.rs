@@ -470,10 +470,31 @@ fn sovereignty(d: &mut ContractDiff, old: &[SovereigntyRule], new: &[Sovereignty
 fn budgets(d: &mut ContractDiff, old: &[Budget], new: &[Budget]) {
     let new_lines: BTreeMap<String, &Budget> = new.iter().map(|b| (b.line(), b)).collect();
     let old_lines: BTreeSet<String> = old.iter().map(Budget::line).collect();
+    let added: Vec<&Budget> = new
+        .iter()
+        .filter(|n| !old_lines.contains(&n.line()))
+        .collect();
+    let removed: Vec<&Budget> = old
+        .iter()
+        .filter(|o| !new_lines.contains_key(&o.line()))
+        .collect();
+    let mut relined = BTreeSet::new();
     for o in old {
         let key = o.line();
         let Some(n) = new_lines.get(&key) else {
-            d.note(true, format!("budget `{key}` removed"));
+            match lengthened(o, &removed, &added) {
+                Some(n) => {
+                    relined.insert(n.line());
+                    d.note(
+                        false,
+                        format!(
+                            "budget `{key}` window lengthened to `{}`, its limits not raised",
+                            n.line()
+                        ),
+                    );
+                }
+                None => d.note(true, format!("budget `{key}` removed")),
+            }
             continue;
         };
         let measures = [
@@ -498,9 +519,44 @@ fn budgets(d: &mut ContractDiff, old: &[Budget], new: &[Budget]) {
             }
         }
     }
-    for key in new_lines.keys().filter(|k| !old_lines.contains(*k)) {
-        d.note(false, format!("budget `{key}` added"));
+    for n in added.iter().filter(|n| !relined.contains(&n.line())) {
+        d.note(false, format!("budget `{}` added", n.line()));
     }
+}
+
+/// The line that replaces `old`'s (gone from the new contract) with a longer window and no
+/// limit raised or removed: a tightening, since every window of the longer one is a whole
+/// number of the shorter ones (windows are aligned to the epoch) and holds no more than each
+/// did. Only when the pairing is certain: `old` is the only line of its scope and filters that
+/// went, and one such line came.
+fn lengthened<'a>(old: &Budget, removed: &[&Budget], added: &[&'a Budget]) -> Option<&'a Budget> {
+    let same_place = |b: &Budget| {
+        (b.scope, &b.only_use_case, &b.only_deployment)
+            == (old.scope, &old.only_use_case, &old.only_deployment)
+    };
+    let candidates: Vec<&&Budget> = added.iter().filter(|b| same_place(b)).collect();
+    let gone_alike = removed.iter().filter(|b| same_place(b)).count();
+    let [n] = candidates.as_slice() else {
+        return None;
+    };
+    let (Some(was), Some(is)) = (old.window, n.window) else {
+        return None;
+    };
+    let (was, is) = (was.millis(), is.millis());
+    // A whole multiple, and not the same window (else the line would have stayed).
+    let longer = was > 0 && is % was == 0;
+    let limits = [
+        (old.limits.tokens, n.limits.tokens),
+        (old.limits.usd_micros, n.limits.usd_micros),
+        (old.limits.requests, n.limits.requests),
+        (old.limits.tool_calls, n.limits.tool_calls),
+    ];
+    let not_raised = limits.iter().all(|(a, b)| match (a, b) {
+        (Some(a), Some(b)) => b <= a,
+        (Some(_), None) => false,
+        (None, _) => true,
+    });
+    (gone_alike == 1 && longer && not_raised).then_some(**n)
 }
 
 /// A lower price lets more traffic through the same USD budget.
@@ -740,6 +796,37 @@ mod tests {
             said("endpoint `openai` moved (external, us -> external, ca)"),
             "{d:?}"
         );
+    }
+
+    /// A budget line whose window grows to a multiple of the old one, limits not raised, holds
+    /// no more in any window than before: listed, not flagged. Any other new window is the old
+    /// line removed (flagged) and a new one added.
+    #[test]
+    fn a_budget_window_lengthened_without_a_raise_is_no_loosening() {
+        let line = "window: 1m, tokens: 200000";
+        let d = loosening(&[(line, "window: 1h, tokens: 200000")]);
+        assert!(!d.loosening(), "{d:?}");
+        assert_eq!(d.changes.len(), 1, "{d:?}");
+        assert!(
+            d.changes[0]
+                .what
+                .contains("budget `use_case/1m/*/*` window lengthened to `use_case/1h/*/*`"),
+            "{d:?}"
+        );
+        for looser in [
+            "window: 1h, tokens: 300000",
+            "window: 30s, tokens: 200000",
+            "window: 90s, tokens: 200000",
+            "window: 1h, usd: 5",
+        ] {
+            let d = loosening(&[(line, looser)]);
+            assert!(
+                d.changes
+                    .iter()
+                    .any(|c| c.loosening && c.what == "budget `use_case/1m/*/*` removed"),
+                "{looser}: {d:?}"
+            );
+        }
     }
 
     #[test]
