@@ -206,6 +206,25 @@ impl Signal {
             _ => Signal::parse(name),
         }
     }
+
+    /// Why `value` cannot be the threshold `name` (a threshold [`Signal::of_threshold`]
+    /// knows), or None. Shares (accuracy, fairness, error, abuse and fallback rates) and the
+    /// Jensen-Shannon distance lie in [0, 1]; a floor at 0 or a ceiling at 1 on one of them
+    /// could never be crossed, so it would satisfy a tier's `require_thresholds` while
+    /// watching nothing. PSI, latency and spend have no upper end; none is negative.
+    pub fn threshold_out_of_range(name: &str, value: f64) -> Option<String> {
+        let (fits, expected) = match name {
+            "accuracy" | "fairness" => (value > 0.0 && value <= 1.0, "a floor above 0, at most 1"),
+            "error" | "abuse" | "fallback" | "drift_js" => (
+                value >= 0.0 && value < 1.0,
+                "a ceiling of at least 0, below 1",
+            ),
+            "latency" => (value > 0.0, "more than 0 milliseconds"),
+            _ => (value >= 0.0, "at least 0"),
+        };
+        (!value.is_finite() || !fits)
+            .then(|| format!("threshold `{name}` is {value}; expected {expected}"))
+    }
 }
 
 impl fmt::Display for Signal {
@@ -668,6 +687,46 @@ mod tests {
             runbook: None,
             severity_map: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_threshold_that_can_never_be_crossed_is_out_of_range() {
+        let fits = |name: &str, value: f64| Signal::threshold_out_of_range(name, value).is_none();
+        for (name, value) in [
+            ("accuracy", 0.9),
+            ("accuracy", 1.0),
+            ("fairness", 0.8),
+            ("error", 0.0),
+            ("abuse", 0.05),
+            ("fallback", 0.2),
+            ("drift_js", 0.3),
+            ("drift", 0.2),
+            ("drift", 3.0),
+            ("latency", 800.0),
+            ("spend", 0.0),
+        ] {
+            assert!(fits(name, value), "{name}={value}");
+        }
+        for (name, value) in [
+            ("accuracy", 0.0),
+            ("accuracy", 1.5),
+            ("fairness", -0.1),
+            ("error", 1.0),
+            ("abuse", 2.0),
+            ("fallback", -0.5),
+            ("drift_js", 1.0),
+            ("drift", -1.0),
+            ("drift", f64::INFINITY),
+            ("latency", 0.0),
+            ("spend", -5.0),
+            ("spend", f64::NAN),
+        ] {
+            assert!(!fits(name, value), "{name}={value}");
+        }
+        assert_eq!(
+            Signal::threshold_out_of_range("drift_js", 1.0).as_deref(),
+            Some("threshold `drift_js` is 1; expected a ceiling of at least 0, below 1")
+        );
     }
 
     #[test]

@@ -249,8 +249,8 @@ fn check_terms(
         }
     }
     for (name, value) in &terms.thresholds {
-        if !value.is_finite() {
-            return Err(format!("threshold `{name}` must be a finite number"));
+        if let Some(why) = Signal::threshold_out_of_range(name, *value) {
+            return Err(why);
         }
     }
     let missing_thresholds: Vec<&str> = requirements

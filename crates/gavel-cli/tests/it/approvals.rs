@@ -32,6 +32,42 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
+/// A threshold that can never be crossed (a share's floor at 0 or ceiling at 1, a negative
+/// ceiling, or any out-of-range number) watches nothing: it cannot meet a tier's
+/// `require_thresholds`, so the approval is refused with the range expected.
+#[test]
+fn an_approval_with_a_threshold_that_can_never_be_crossed_is_refused() {
+    let r = Ready::start();
+    let args = credit(&["--evidence", "human_oversight=prompts/credit.txt"]);
+    let vacuous = |from: &str, to: &str| -> Vec<String> {
+        args.iter()
+            .map(|a| if a == from { to.to_string() } else { a.clone() })
+            .collect()
+    };
+    for (from, to, said) in [
+        (
+            "accuracy=0.9",
+            "accuracy=0",
+            "threshold `accuracy` is 0; expected a floor above 0, at most 1",
+        ),
+        (
+            "fairness=0.8",
+            "fairness=1.2",
+            "threshold `fairness` is 1.2",
+        ),
+        (
+            "drift=0.2",
+            "drift=-1",
+            "threshold `drift` is -1; expected at least 0",
+        ),
+    ] {
+        r.g.run(Some(&r.risk), &strs(&vacuous(from, to)))
+            .fails(1, said);
+    }
+    let pending = r.g.run(Some(&r.risk), &strs(&args)).ok();
+    assert!(pending.stdout.contains("pending"), "{}", pending.stdout);
+}
+
 #[test]
 fn high_risk_needs_two_approvers_with_distinct_roles() {
     let r = Ready::start();
