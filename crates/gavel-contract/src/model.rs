@@ -216,7 +216,7 @@ impl Signal {
         let (fits, expected) = match name {
             "accuracy" | "fairness" => (value > 0.0 && value <= 1.0, "a floor above 0, at most 1"),
             "error" | "abuse" | "fallback" | "drift_js" => (
-                value >= 0.0 && value < 1.0,
+                (0.0..1.0).contains(&value),
                 "a ceiling of at least 0, below 1",
             ),
             "latency" => (value > 0.0, "more than 0 milliseconds"),
