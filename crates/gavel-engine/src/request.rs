@@ -292,10 +292,7 @@ impl Message {
             // An id by OpenAI's design, but any string by JSON's: forwarded as it came.
             ("tool_call_id", text(&self.tool_call_id)),
             ("refusal", self.refusal.clone()),
-            (
-                "function_call",
-                self.function_call.as_ref().map(json_strings_opened),
-            ),
+            ("function_call", self.function_call.clone()),
             ("audio", self.audio.clone()),
             ("annotations", self.annotations.clone()),
         ];
@@ -320,7 +317,17 @@ impl Message {
                 other.insert("parts".to_string(), Value::Array(parts));
             }
         }
-        (!other.is_empty()).then(|| Value::Object(other).to_string())
+        if other.is_empty() {
+            return None;
+        }
+        let other = Value::Object(other);
+        // The strings as sent are for the scanners (`images`: the text as sent); the model
+        // reads them once, so they are counted once.
+        Some(if images {
+            with_escaped_strings_as_sent(&other)
+        } else {
+            other.to_string()
+        })
     }
 
     /// The message's text; non-text parts (images...) contribute nothing.
@@ -337,27 +344,29 @@ impl Message {
     }
 }
 
-/// `value` with each string in it that holds a JSON object or array written as that value,
-/// one level deep. OpenAI sends a tool call's `arguments` as such a string: as compact JSON its
-/// JSON is escaped twice (`{\"password\":\"...\"}`), where the scanners' assignment rules
-/// (`password=`, `api_key:`) look for a quote, not a backslash, and found nothing.
-fn json_strings_opened(value: &Value) -> Value {
-    match value {
-        Value::String(text) if text.trim_start().starts_with(['{', '[']) => {
-            match serde_json::from_str::<Value>(text) {
-                Ok(inner @ (Value::Object(_) | Value::Array(_))) => inner,
-                _ => value.clone(),
+/// `value` as scanned and hashed: its compact JSON, then each string in it that JSON had to
+/// escape (one with a quote, a backslash or a control character), as sent, on a line of its
+/// own. OpenAI sends a tool call's `arguments` as such a string: escaped, its JSON reads
+/// `{\"password\":\"...\"}`, where the scanners' assignment rules (`password=`, `api_key:`)
+/// look for a quote, not a backslash. The JSON comes first and whole, so two values never give
+/// one text.
+fn with_escaped_strings_as_sent(value: &Value) -> String {
+    fn push_escaped(value: &Value, out: &mut String) {
+        match value {
+            Value::String(text)
+                if text.contains(['"', '\\']) || text.contains(char::is_control) =>
+            {
+                out.push('\n');
+                out.push_str(text);
             }
+            Value::Array(items) => items.iter().for_each(|v| push_escaped(v, out)),
+            Value::Object(members) => members.values().for_each(|v| push_escaped(v, out)),
+            _ => {}
         }
-        Value::Array(items) => Value::Array(items.iter().map(json_strings_opened).collect()),
-        Value::Object(members) => Value::Object(
-            members
-                .iter()
-                .map(|(key, v)| (key.clone(), json_strings_opened(v)))
-                .collect(),
-        ),
-        other => other.clone(),
     }
+    let mut out = value.to_string();
+    push_escaped(value, &mut out);
+    out
 }
 
 fn role_of(role: MessageRole) -> ContentRole {
@@ -569,11 +578,16 @@ impl DecideRequest {
             .enumerate()
             .filter_map(|(i, m)| m.tool_calls.as_ref().map(|v| (Some(i), v)))
             .chain(self.action.args.as_ref().map(|v| (None, v)))
-            .map(|(i, v)| {
+            .map(move |(i, v)| {
                 (
                     TextSource::ToolCalls(i),
                     ContentRole::Assistant,
-                    Cow::Owned(json_strings_opened(v).to_string()),
+                    // The strings as sent are for the scanners: the model reads them once.
+                    Cow::Owned(if as_sent {
+                        with_escaped_strings_as_sent(v)
+                    } else {
+                        v.to_string()
+                    }),
                 )
             });
         let others = self.messages.iter().enumerate().filter_map(move |(i, m)| {

@@ -54,15 +54,15 @@ fn tool_call_arguments_are_scanned() {
 }
 
 /// OpenAI's `arguments` is a JSON string: as the call's compact JSON its quotes are escaped
-/// (`{\"password\":\"...\"}`), where the assignment rules look for a quote. A password in
-/// an earlier tool call of the conversation, or in the legacy `function_call`, is read
-/// as the same password in the content would be.
+/// (`{\"password\":\"...\"}`), where the assignment rules look for a quote. Each string
+/// JSON escaped is also scanned as it was sent: a password in an earlier tool call of the
+/// conversation, or in the legacy `function_call`, is found as it would be in the content,
+/// whatever the string holds (JSON with a key twice, which a parser would fold into one, or
+/// no JSON at all).
 #[test]
 fn a_secret_in_a_chat_tool_calls_json_string_arguments_is_found() {
     let w = World::example();
     w.approve("kb-search-v1");
-    let arguments = r#"{"order_id":"A00012345","password":"Xk9mPq2vL7wZ"}"#;
-    let call = json!({"id": "c1", "type": "function", "function": {"name": "lookup_order", "arguments": arguments}});
     let with = |assistant: Value| {
         let mut r = kb_request();
         let messages = r["messages"].as_array_mut().unwrap();
@@ -70,20 +70,32 @@ fn a_secret_in_a_chat_tool_calls_json_string_arguments_is_found() {
         messages.push(json!({"role": "user", "content": "And the other one?"}));
         r
     };
-    let in_tool_calls = with(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
-    let in_function_call =
-        with(json!({"role": "assistant", "content": null, "function_call": call["function"]}));
-    for r in [in_tool_calls, in_function_call] {
-        let d = w.decide(r);
-        assert_verdict(&d, Verdict::Block, "privacy.secret");
-        assert!(!serde_json::to_string(&d).unwrap().contains("Xk9mPq2vL7wZ"));
+    let call = |arguments: &str| json!({"id": "c1", "type": "function", "function": {"name": "lookup_order", "arguments": arguments}});
+    for (caller, arguments) in [
+        r#"{"order_id":"A00012345","password":"Xk9mPq2vL7wZ"}"#,
+        r#"{"password":"Xk9mPq2vL7wZ","password":"x"}"#,
+        r#"password="Xk9mPq2vL7wZ""#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let in_tool_calls =
+            with(json!({"role": "assistant", "content": null, "tool_calls": [call(arguments)]}));
+        let in_function_call = with(
+            json!({"role": "assistant", "content": null, "function_call": call(arguments)["function"]}),
+        );
+        for r in [in_tool_calls, in_function_call] {
+            // A caller apiece: three refusals for one would start its abuse cooldown.
+            let d = w.decide_at(r, &format!("svc-{caller}"), NOW);
+            assert_verdict(&d, Verdict::Block, "privacy.secret");
+            assert!(!serde_json::to_string(&d).unwrap().contains("Xk9mPq2vL7wZ"));
+        }
     }
-    // Arguments that are not JSON, or JSON of no object or array, are scanned as they are.
-    let plain = json!({"id": "c1", "type": "function", "function": {"name": "lookup_order", "arguments": "{not json"}});
-    let d = w.decide(with(
-        json!({"role": "assistant", "content": null, "tool_calls": [plain]}),
-    ));
-    assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+    // Arguments with nothing to find pass.
+    let plain = with(
+        json!({"role": "assistant", "content": null, "tool_calls": [call(r#"{"order_id":"A00012345"}"#)]}),
+    );
+    assert_eq!(w.decide(plain).verdict, Verdict::Allow);
 }
 
 #[test]
