@@ -40,7 +40,7 @@ pub fn diff(old: &Contract, new: &Contract) -> ContractDiff {
     }
     use_cases(&mut d, &old.use_cases, &new.use_cases);
     endpoints(&mut d, old, new);
-    deployments(&mut d, &old.deployments, &new.deployments);
+    deployments(&mut d, old, new);
     requirements(&mut d, &old.taxonomy, &new.taxonomy);
     policy(&mut d, &old.policy, &new.policy);
     prices(&mut d, &old.prices, &new.prices);
@@ -146,13 +146,7 @@ fn endpoints(d: &mut ContractDiff, old: &Contract, new: &Contract) {
             continue;
         };
         if (&n.location, &n.region) != (&o.location, &o.region) {
-            let now_admitted: Vec<&str> = new
-                .policy
-                .sovereignty
-                .iter()
-                .filter(|rule| rule.admits(n) && !rule.admits(o))
-                .map(|rule| rule.data_class.as_str())
-                .collect();
+            let now_admitted = newly_admitted(&new.policy, o, n);
             let place = |e: &Endpoint| format!("{}, {}", e.location.as_str(), e.region);
             let mut what = format!("endpoint `{id}` moved ({} -> {})", place(o), place(n));
             if !now_admitted.is_empty() {
@@ -166,11 +160,18 @@ fn endpoints(d: &mut ContractDiff, old: &Contract, new: &Contract) {
     }
 }
 
-fn deployments(
-    d: &mut ContractDiff,
-    old: &BTreeMap<String, Deployment>,
-    new: &BTreeMap<String, Deployment>,
-) {
+/// The data classes whose sovereignty rule (in `policy`) admits endpoint `is` and not `was`.
+fn newly_admitted<'p>(policy: &'p Policy, was: &Endpoint, is: &Endpoint) -> Vec<&'p str> {
+    policy
+        .sovereignty
+        .iter()
+        .filter(|rule| rule.admits(is) && !rule.admits(was))
+        .map(|rule| rule.data_class.as_str())
+        .collect()
+}
+
+fn deployments(d: &mut ContractDiff, old_contract: &Contract, new_contract: &Contract) {
+    let (old, new) = (&old_contract.deployments, &new_contract.deployments);
     let (added, removed) = added_removed(old, new);
     for id in added {
         d.note(
@@ -194,6 +195,24 @@ fn deployments(
                 short_hash(&n.binding.0)
             ),
         );
+        // Sent to another endpoint: as an endpoint moving there would, by the new rules.
+        if let (Some(was), Some(is)) = (
+            old_contract.endpoint_of(o),
+            new_contract
+                .endpoint_of(n)
+                .filter(|_| n.endpoint != o.endpoint),
+        ) {
+            let now_admitted = newly_admitted(&new_contract.policy, was, is);
+            if !now_admitted.is_empty() {
+                d.note(
+                    true,
+                    format!(
+                        "deployment `{id}` now sends to endpoint `{}` (was `{}`): {now_admitted:?} data may now go to it",
+                        n.endpoint, o.endpoint
+                    ),
+                );
+            }
+        }
         for tool in n.tools.keys().filter(|t| !o.tools.contains_key(*t)) {
             d.note(
                 true,
@@ -201,7 +220,7 @@ fn deployments(
             );
         }
         for (name, rule) in &n.params {
-            if widened(name, o.params.get(name), rule) {
+            if widened(o.params.get(name), rule) {
                 d.note(true, format!("deployment `{id}` param `{name}` widened"));
             }
         }
@@ -218,10 +237,10 @@ fn deployments(
     }
 }
 
-/// Whether param `name`'s rule now lets through a value the old one refused. `max_tokens` is a
-/// ceiling (an exact value caps, so only a higher one widens); any other exact value is the
-/// one value allowed, so another one is a change, not a widening, unless a range held it out.
-fn widened(name: &str, old: Option<&ParamRule>, new: &ParamRule) -> bool {
+/// Whether a param's rule now lets through a value the old one refused, or raises its one value
+/// (a higher `max_tokens` is a higher ceiling; a higher `n` or `temperature` is taken as
+/// looser too, in doubt).
+fn widened(old: Option<&ParamRule>, new: &ParamRule) -> bool {
     match (old, new) {
         (None, _) => true,
         (Some(ParamRule::Range { min: a, max: b }), ParamRule::Range { min: c, max: e }) => {
@@ -231,7 +250,7 @@ fn widened(name: &str, old: Option<&ParamRule>, new: &ParamRule) -> bool {
             a.as_f64().is_none_or(|v| *min < v || *max > v)
         }
         (Some(ParamRule::Exactly(a)), ParamRule::Exactly(b)) => match (a.as_f64(), b.as_f64()) {
-            (Some(x), Some(y)) if name == "max_tokens" => y > x,
+            (Some(x), Some(y)) => y > x,
             _ => false,
         },
         (Some(ParamRule::Range { min, max }), ParamRule::Exactly(b)) => {
@@ -632,7 +651,7 @@ mod tests {
 
     #[test]
     fn each_kind_of_loosening_is_flagged() {
-        let cases: [(&str, &str, &str); 13] = [
+        let cases: [(&str, &str, &str); 14] = [
             (
                 "window: 1m, requests: 120",
                 "window: 1m, requests: 500",
@@ -681,6 +700,11 @@ mod tests {
                 "endpoint `openai` moved (external, us -> self_hosted, us): [\"pii\", \"financial\"] data may now go to it",
             ),
             ("probe_percent: 10", "probe_percent: 50", "breach probes raised 10% -> 50%"),
+            (
+                "    endpoint: openai\n",
+                "    endpoint: local-llama\n",
+                "deployment `support-triage-v3` now sends to endpoint `local-llama` (was `openai`): [\"pii\", \"financial\"] data may now go to it",
+            ),
             (
                 "params: { temperature: 0.2, max_tokens: 512 }",
                 "params: { temperature: 0.2 }",
@@ -779,7 +803,7 @@ mod tests {
                 "location: external, region: us",
                 "location: external, region: ca",
             ),
-            ("params: { temperature: 0.2,", "params: { temperature: 0.3,"),
+            ("params: { temperature: 0.2,", "params: { temperature: 0.1,"),
         ]);
         assert!(!d.loosening(), "{d:?}");
         let said = |what: &str| d.changes.iter().any(|c| c.what.contains(what));

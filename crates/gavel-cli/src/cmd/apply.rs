@@ -38,8 +38,8 @@ pub fn run(ctx: &Context) -> Outcome {
     ledger.close()?;
     let applied = applied?;
     let contract = &loaded.contract;
-    if let Some(why) = &applied.not_compared {
-        out!("{why}");
+    if let Some(why) = &applied.in_doubt {
+        out!("LOOSENING, taken to be: {why}");
     }
     out!(
         "contract {} {} by {}",
@@ -78,9 +78,11 @@ pub struct Applied {
     /// The version in force before, if any.
     pub previous: Option<String>,
     /// What changed since `previous` (None when there is no previous version or it could not
-    /// be reloaded to compare: see `not_compared`).
+    /// be reloaded to compare: see `in_doubt`).
     pub changes: Option<ContractDiff>,
-    pub not_compared: Option<String>,
+    /// Why the comparison with `previous` is missing or in doubt: the change is then taken to
+    /// loosen governance.
+    pub in_doubt: Option<String>,
     /// Whether the change was recorded as loosening governance.
     pub loosening: bool,
     /// Deployments whose binding is new: (deployment, binding).
@@ -101,25 +103,27 @@ pub fn apply(
     at: Timestamp,
 ) -> Result<Applied, Failure> {
     let previous = store.latest_contract()?;
-    let mut not_compared = None;
+    let mut in_doubt = None;
     let changes = match &previous {
         // The previous version reloads from its own files; if that fails (a newer gavel
         // changed validation), say so rather than pretend nothing changed.
         Some((record, files)) => match files.load() {
-            // A gavel whose built-in defaults (the price table, image tokens, monitoring
-            // defaults) changed since reads the same files as another contract: comparing
-            // that one would hide what the new defaults loosened, as the new one has them too.
-            Ok(old) if old.contract.version.0 != record.version => {
-                not_compared = Some(format!(
-                    "the previous version {} reloads as {} under this gavel (its built-in defaults changed since it was applied), so what changed cannot be told",
-                    short_hash(&record.version),
-                    short_hash(&old.contract.version.0)
-                ));
-                None
+            // The same files read as another contract: this gavel's built-in defaults (the
+            // price table, image tokens, monitoring defaults) changed since, or the stored
+            // files were altered. A comparison with it is the best there is, but it hides
+            // whatever the difference loosened (the new version has it too).
+            Ok(old) => {
+                if old.contract.version.0 != record.version {
+                    in_doubt = Some(format!(
+                        "the previous version {} reloads as {} (this gavel's built-in defaults changed since it was applied, or its stored files were altered): the changes listed are against it as it reloads",
+                        short_hash(&record.version),
+                        short_hash(&old.contract.version.0)
+                    ));
+                }
+                Some(diff(&old.contract, contract))
             }
-            Ok(old) => Some(diff(&old.contract, contract)),
             Err(e) => {
-                not_compared = Some(format!(
+                in_doubt = Some(format!(
                     "cannot reload the previous version {} to compare: {e}",
                     short_hash(&record.version)
                 ));
@@ -142,13 +146,14 @@ pub fn apply(
         .flat_map(|c| c.changes.iter())
         .map(|c| format!("{}{}", if c.loosening { "LOOSENS " } else { "" }, c.what))
         .chain(
-            not_compared
+            in_doubt
                 .iter()
-                .map(|why| format!("not compared, so taken to loosen: {why}")),
+                .map(|why| format!("LOOSENS (taken to, in doubt) {why}")),
         )
         .collect();
-    // When the previous version cannot be compared, assume the worst.
-    let loosening = previous.is_some() && changes.as_ref().is_none_or(ContractDiff::loosening);
+    // When the previous version cannot be compared, or only in doubt, assume the worst.
+    let loosening = previous.is_some()
+        && (in_doubt.is_some() || changes.as_ref().is_none_or(ContractDiff::loosening));
     ledger.record_change(
         RecordKind::ContractLoaded,
         at,
@@ -183,7 +188,7 @@ pub fn apply(
     Ok(Applied {
         previous: previous.map(|(r, _)| r.version),
         changes,
-        not_compared,
+        in_doubt,
         loosening,
         rebound,
         new_version,

@@ -514,9 +514,10 @@ fn apply_reports_what_changed_and_flags_loosening() {
 }
 
 /// The version in force reloads from its stored files as another version when this gavel's
-/// built-in defaults (its price table, say) changed since it was applied: comparing that one
-/// would hide what the new defaults loosened, so the change is taken to loosen and says why.
-/// Here the stored files are edited to stand for such an upgrade.
+/// built-in defaults (its price table, say) changed since it was applied, or the files were
+/// altered: comparing with that one would hide what the difference loosened, so the change is
+/// taken to loosen and says why, with the changes against the version as it reloads. Here the
+/// stored files are edited to stand for such an upgrade.
 #[test]
 fn apply_takes_a_previous_version_that_reloads_differently_to_loosen() {
     let r = Ready::start();
@@ -531,7 +532,7 @@ fn apply_takes_a_previous_version_that_reloads_differently_to_loosen() {
     assert_eq!(edited, 1);
     drop(db);
     let text = std::fs::read_to_string(g.path("gavel.yaml")).unwrap();
-    // A tightening, which a comparison would not flag.
+    // A tightening, which a comparison alone would not flag.
     std::fs::write(
         g.path("gavel.yaml"),
         text.replace("window: 1m, requests: 120", "window: 1m, requests: 60"),
@@ -539,7 +540,9 @@ fn apply_takes_a_previous_version_that_reloads_differently_to_loosen() {
     .unwrap();
     let run = g.run(Some(&r.operator), &["apply"]).ok();
     assert!(
-        run.stdout.contains("reloads as") && run.stdout.contains("built-in defaults changed"),
+        run.stdout
+            .contains("LOOSENING, taken to be: the previous version")
+            && run.stdout.contains("reloads as"),
         "{}",
         run.stdout
     );
@@ -552,10 +555,21 @@ fn apply_takes_a_previous_version_that_reloads_differently_to_loosen() {
         .stdout;
     let last: Value = serde_json::from_str(loads.lines().last().unwrap()).unwrap();
     assert_eq!(last["body"]["loosening"], true, "{last}");
-    assert!(last["body"]["changes"][0]
-        .as_str()
+    let changes: Vec<&str> = last["body"]["changes"]
+        .as_array()
         .unwrap()
-        .starts_with("not compared, so taken to loosen: the previous version"));
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.contains("requests lowered 120 -> 60"))
+            && changes
+                .iter()
+                .any(|c| c.starts_with("LOOSENS (taken to, in doubt) the previous version")),
+        "{changes:?}"
+    );
 }
 
 /// A caller reports its usage, but not less prompt than gavel counted when it decided: a report
