@@ -251,47 +251,81 @@ fn relay_refusal(
 
 /// A call whose upstream gave no usable answer, on its way to the approved fallback.
 struct Failed<'a> {
-    decision: &'a Decision,
+    ruling: &'a Ruling,
     /// The deployment the call ran on, whose fallback comes next.
     deployment: &'a Deployment,
-    /// Why the upstream failed, as the client is told.
-    why: &'a str,
+    /// The endpoint that failed, and how.
+    endpoint: &'a str,
+    failure: UpstreamError,
+    /// When the call started, for the outcome's latency.
+    started: Instant,
     /// Upstream failures so far, this one included.
     hops: usize,
+    answers: Answers<'a>,
+}
+
+/// What a call answers with, which decides the fallbacks that can stand in for its upstream.
+enum Answers<'a> {
+    /// Text (chat): the approved fixed answer, rendered by this, can.
+    Text(&'a (dyn Fn(&str) -> Response + Sync)),
+    /// Vectors (embeddings): no fixed text can, nor another model, whose vectors are of another
+    /// space (a client storing them beside this model's would search its index with nonsense,
+    /// and nothing would say so).
+    Vectors,
 }
 
 /// Where the approved fallback of a failed call leads.
 enum FellBack {
     /// The fallback deployment's own ruling, an ALLOW: call its upstream next.
     Deployment(Box<Ruling>),
-    /// The approved fixed answer's text.
-    Response(String),
-    /// The call ends with this response: a refused fallback, a human queue, no fallback.
+    /// The call ends with this response: the fixed answer, a refused fallback, a human queue,
+    /// no fallback that can stand in.
     Ended(Response),
 }
 
-/// The approved fallback's next step after `failed`. A fallback deployment is governed like any
-/// other: its own decision on the same request, recorded, which may refuse it.
+/// Records `failed` (its outcome, charged as [`failed_call_usage`] says) and takes its approved
+/// fallback's next step. A fallback deployment is governed like any other: its own decision on
+/// the same request, recorded, which may refuse it.
 async fn fall_back(
     gw: &Arc<Gateway>,
     caller: &KeyRecord,
     request: &DecideRequest,
     failed: Failed<'_>,
 ) -> FellBack {
+    let decision = &failed.ruling.decision;
     let ran_on = &failed.deployment.id;
-    let why = failed.why;
-    match failed.deployment.fallback.clone() {
-        Some(Fallback::Deployment(next)) if failed.hops <= MAX_FALLBACK_HOPS => {
+    let why = failed.failure.describe(failed.endpoint);
+    tracing::warn!(decision_id = %decision.decision_id, deployment = %ran_on, error = %why, "upstream failed");
+    let usage = failed_call_usage(decision, &failed.failure);
+    gw.record_outcome(
+        decision,
+        ran_on,
+        &usage,
+        json!({ "upstream_error": why, "latency_ms": failed.started.elapsed().as_millis() as u64 }),
+    );
+    let unavailable = |message: String| {
+        FellBack::Ended(
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream.unavailable", message).into_response(),
+        )
+    };
+    match (failed.deployment.fallback.clone(), failed.answers) {
+        (Some(Fallback::Deployment(next)), answers) if failed.hops <= MAX_FALLBACK_HOPS => {
+            let contract = failed.ruling.engine.contract();
+            let next_model = contract.deployment(&next).map(|n| &n.model.snapshot);
+            if matches!(answers, Answers::Vectors)
+                && next_model != Some(&failed.deployment.model.snapshot)
+            {
+                return unavailable(format!("{why}; the approved fallback `{next}` runs another model, whose embeddings could not be compared with `{ran_on}`'s, so embeddings do not fall back to it"));
+            }
             metrics::fallback(ran_on, &next);
             let mut request = request.clone();
             request.deployment = next;
             request.model = None;
             // The first decision holds the idempotency key; the fallback is the same request.
             request.idempotency_key = None;
-            request.metadata.insert(
-                FALLBACK_FOR.to_string(),
-                failed.decision.decision_id.clone(),
-            );
+            request
+                .metadata
+                .insert(FALLBACK_FOR.to_string(), decision.decision_id.clone());
             let ruling = gw
                 .decide_for_call(Arc::new(request), &caller.principal)
                 .await;
@@ -302,19 +336,16 @@ async fn fall_back(
             }
             FellBack::Deployment(Box::new(ruling))
         }
-        Some(Fallback::Response(text)) => FellBack::Response(text),
-        Some(Fallback::HumanQueue(queue)) => {
+        (Some(Fallback::Response(text)), Answers::Text(canned)) => {
+            metrics::fallback(ran_on, "response");
+            FellBack::Ended(canned(&text))
+        }
+        (Some(Fallback::Response(_)), Answers::Vectors) => unavailable(format!("{why}; the approved fallback of deployment `{ran_on}` is a fixed answer, which cannot stand in for embeddings")),
+        (Some(Fallback::HumanQueue(queue)), _) => {
             metrics::fallback(ran_on, "human_queue");
             FellBack::Ended(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fallback.human_queue", format!("{why}; the approved fallback is the human queue `{queue}`: hand the request to it")).into_response())
         }
-        _ => FellBack::Ended(
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream.unavailable",
-                format!("{why}; deployment `{ran_on}` has no approved fallback"),
-            )
-            .into_response(),
-        ),
+        _ => unavailable(format!("{why}; deployment `{ran_on}` has no approved fallback")),
     }
 }
 
@@ -387,7 +418,7 @@ impl Call {
             // has put in force since.
             let engine = ruling.engine.clone();
             self.gw.calling(&ruling.decision);
-            let (ran_on, deployment, endpoint) = match target(&self.gw, &engine, &ruling.decision) {
+            let (_, deployment, endpoint) = match target(&self.gw, &engine, &ruling.decision) {
                 Ok(target) => target,
                 Err(e) => return e.into_response(),
             };
@@ -406,23 +437,19 @@ impl Call {
                 }
                 Err(e) => e,
             };
-            let why = failure.describe(&endpoint.id);
-            tracing::warn!(decision_id = %ruling.decision.decision_id, deployment = %ran_on, error = %why, "upstream failed");
-            let usage = failed_call_usage(&ruling.decision, &failure);
-            self.gw.record_outcome(&ruling.decision, &ran_on, &usage, json!({ "upstream_error": why, "latency_ms": self.started.elapsed().as_millis() as u64 }));
             hops += 1;
+            let canned = |text: &str| self.canned(&ruling.decision, deployment, text);
             let failed = Failed {
-                decision: &ruling.decision,
+                ruling: &ruling,
                 deployment,
-                why: &why,
+                endpoint: &endpoint.id,
+                failure,
+                started: self.started,
                 hops,
+                answers: Answers::Text(&canned),
             };
             match fall_back(&self.gw, &self.caller, &self.request, failed).await {
                 FellBack::Deployment(next_ruling) => ruling = *next_ruling,
-                FellBack::Response(text) => {
-                    metrics::fallback(&ran_on, "response");
-                    return self.canned(&ruling.decision, deployment, &text);
-                }
                 FellBack::Ended(response) => return response,
             }
         }
@@ -1340,32 +1367,18 @@ async fn embed(
             }
             Err(e) => e,
         };
-        let why = failure.describe(&endpoint.id);
-        tracing::warn!(decision_id = %ruling.decision.decision_id, deployment = %ran_on, error = %why, "upstream failed");
-        let usage = failed_call_usage(&ruling.decision, &failure);
-        gw.record_outcome(
-            &ruling.decision,
-            &ran_on,
-            &usage,
-            json!({ "upstream_error": why, "latency_ms": started.elapsed().as_millis() as u64 }),
-        );
         hops += 1;
         let failed = Failed {
-            decision: &ruling.decision,
+            ruling: &ruling,
             deployment,
-            why: &why,
+            endpoint: &endpoint.id,
+            failure,
+            started,
             hops,
+            answers: Answers::Vectors,
         };
         match fall_back(&gw, &caller, &request, failed).await {
             FellBack::Deployment(next_ruling) => ruling = *next_ruling,
-            // A fixed text is no vector: an embeddings call cannot be answered with it.
-            FellBack::Response(_) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream.unavailable",
-                    format!("{why}; the approved fallback of deployment `{ran_on}` is a fixed answer, which cannot stand in for embeddings"),
-                ))
-            }
             FellBack::Ended(response) => return Ok(response),
         }
     }

@@ -1902,6 +1902,22 @@ fn a_failed_call_goes_to_the_fallback_deployment_under_its_own_decision() {
     // Nor is it a route any more: the personal data is refused, not sent to the primary.
     s.chat(Some(&r.service), Some(&personal))
         .assert_is(403, "sovereignty.endpoint");
+
+    // A spare on another model: its vectors would be of another space, so embeddings do not
+    // fall back to it (checked before any decision on it).
+    let path = r.g.path("gavel.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let other_model = yaml.replace(
+        "    endpoint: spare\n    model: { name: gpt-4o-mini, snapshot: gpt-4o-mini-2024-07-18 }",
+        "    endpoint: spare\n    model: { name: gpt-4o, snapshot: gpt-4o-2024-08-06 }",
+    );
+    assert_ne!(other_model, yaml);
+    std::fs::write(&path, other_model).unwrap();
+    let refused = wait_for(|| {
+        let reply = embed("fault:500 once more");
+        reply.status == 502 && reply.body.contains("runs another model")
+    });
+    assert!(refused, "{}", embed("fault:500 once more").body);
 }
 
 #[test]
