@@ -925,6 +925,34 @@ mod breach {
         assert!(blocked >= 30, "all but the probes are blocked: {blocked}");
     }
 
+    /// A breach route, like a sovereignty route, takes only a fallback approved for the
+    /// request as it is: temperature 0.2 is outside the local model's approved range here.
+    #[test]
+    fn a_fallback_breach_to_a_target_not_approved_for_the_request_blocks() {
+        let w = World::edited(&[(
+            "    params: { temperature: { min: 0, max: 0.3 }, max_tokens: 512 }\n",
+            "    params: { temperature: { min: 0, max: 0.1 }, max_tokens: 512 }\n",
+        )]);
+        let a = w.approve("support-triage-v3");
+        w.approve("support-triage-local");
+        w.state
+            .set_breach(breach(&a, OnBreach::Fallback, None))
+            .unwrap();
+        let decisions: Vec<Decision> = (0..50)
+            .map(|i| w.decide_at(triage_request("support-triage-v3"), &format!("svc{i}"), NOW))
+            .collect();
+        assert!(
+            decisions.iter().all(|d| route_of(d).is_none()),
+            "{decisions:?}"
+        );
+        let blocked = decisions
+            .iter()
+            .filter(|d| d.verdict == Verdict::Block)
+            .inspect(|d| assert_verdict(d, Verdict::Block, "contract.breach.drift"))
+            .count();
+        assert!(blocked >= 30, "all but the probes are blocked: {blocked}");
+    }
+
     #[test]
     fn a_breach_of_an_earlier_approval_does_not_touch_the_current_one() {
         let w = World::example();
