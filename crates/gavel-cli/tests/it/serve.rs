@@ -1945,12 +1945,14 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
     });
     assert!(loaded, "the loosened contract was not recorded");
     // An invalid edit is refused; the last good version keeps serving.
-    std::fs::write(
-        &path,
-        original.replace("version: 1", "version: 1\nbogus_key: 3"),
-    )
-    .unwrap();
-    let refused = wait_for(|| {
+    let break_it = || {
+        std::fs::write(
+            &path,
+            original.replace("version: 1", "version: 1\nbogus_key: 3"),
+        )
+        .unwrap()
+    };
+    let refusals = || {
         s.request(
             "GET",
             "/v1/audit/records?kind=admin",
@@ -1958,10 +1960,12 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
             None,
         )
         .body
-        .contains("contract_reload_refused")
-    });
+        .matches("contract_reload_refused")
+        .count()
+    };
+    break_it();
     assert!(
-        refused,
+        wait_for(|| refusals() == 1),
         "the invalid contract was not refused on the record"
     );
     // Put back, then broken the same way again: a new refusal, recorded again (a refusal is
@@ -1973,24 +1977,11 @@ fn contract_reloads_are_applied_or_refused_and_recorded() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    std::fs::write(
-        &path,
-        original.replace("version: 1", "version: 1\nbogus_key: 3"),
-    )
-    .unwrap();
-    let refused_again = wait_for(|| {
-        s.request(
-            "GET",
-            "/v1/audit/records?kind=admin",
-            Some(&r.auditor),
-            None,
-        )
-        .body
-        .matches("contract_reload_refused")
-        .count()
-            == 2
-    });
-    assert!(refused_again, "the second refusal was not recorded");
+    break_it();
+    assert!(
+        wait_for(|| refusals() == 2),
+        "the second refusal was not recorded"
+    );
     let ok = s.chat(Some(&r.service), Some(&chat(&r.g, "still governed?")));
     assert_eq!(ok.status, 200, "{}", ok.body);
     // A graceful stop signs a final checkpoint: the strict verify (no unsigned tail) passes.

@@ -493,10 +493,16 @@ mod sovereignty {
 
     /// Support triage declares PII, which may not go to the external US endpoint.
     fn world() -> World {
-        World::edited(&[(
+        world_also(&[])
+    }
+
+    /// [`world`] with these edits to the example contract as well.
+    fn world_also(edits: &[(&str, &str)]) -> World {
+        let pii = (
             "    data_classes: [internal]\n  credit-limit:",
             "    data_classes: [internal, pii]\n  credit-limit:",
-        )])
+        );
+        World::edited(&[&[pii], edits].concat())
     }
 
     #[test]
@@ -557,13 +563,7 @@ mod sovereignty {
     /// the dollar budget is gone) would be refused if called directly: it is no route either.
     #[test]
     fn a_fallback_approved_under_other_requirements_is_not_a_route() {
-        let w = World::edited(&[
-            (
-                "    data_classes: [internal]\n  credit-limit:",
-                "    data_classes: [internal, pii]\n  credit-limit:",
-            ),
-            ("    - { scope: use_case,  window: 1d, usd: 300 }\n", ""),
-        ]);
+        let w = world_also(&[("    - { scope: use_case,  window: 1d, usd: 300 }\n", "")]);
         let owner = Signoff {
             principal: "bo".into(),
             approver_role: Some("budget_owner".into()),
@@ -590,16 +590,10 @@ mod sovereignty {
     /// fallback is in the EU) stops the route, as it would stop a direct call to the target.
     #[test]
     fn a_fallback_that_breaks_another_rule_is_not_a_route() {
-        let w = World::edited(&[
-            (
-                "    data_classes: [internal]\n  credit-limit:",
-                "    data_classes: [internal, pii]\n  credit-limit:",
-            ),
-            (
-                "    - { data_class: financial, allow: [self_hosted], on_violation: block }\n",
-                "    - { data_class: financial, allow: [self_hosted], on_violation: block }\n    - { data_class: internal, allow: [\"region:us\"], on_violation: block }\n",
-            ),
-        ]);
+        let w = world_also(&[(
+            "    - { data_class: financial, allow: [self_hosted], on_violation: block }\n",
+            "    - { data_class: financial, allow: [self_hosted], on_violation: block }\n    - { data_class: internal, allow: [\"region:us\"], on_violation: block }\n",
+        )]);
         w.approve("support-triage-v3");
         w.approve("support-triage-local");
         let d = w.decide(triage_request("support-triage-v3"));
@@ -611,16 +605,10 @@ mod sovereignty {
     /// temperature the local model is not approved for), and its own max_tokens ceiling holds.
     #[test]
     fn a_route_target_must_be_approved_for_the_request_as_it_is() {
-        let w = World::edited(&[
-            (
-                "    data_classes: [internal]\n  credit-limit:",
-                "    data_classes: [internal, pii]\n  credit-limit:",
-            ),
-            (
-                "    params: { temperature: { min: 0, max: 0.3 }, max_tokens: 512 }\n",
-                "    params: { temperature: { min: 0, max: 0.1 }, max_tokens: 128 }\n",
-            ),
-        ]);
+        let w = world_also(&[(
+            "    params: { temperature: { min: 0, max: 0.3 }, max_tokens: 512 }\n",
+            "    params: { temperature: { min: 0, max: 0.1 }, max_tokens: 128 }\n",
+        )]);
         w.approve("support-triage-v3");
         w.approve("support-triage-local");
         // temperature 0.2: approved for v3, not for the local fallback.
