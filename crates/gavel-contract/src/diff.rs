@@ -516,13 +516,7 @@ fn budgets(d: &mut ContractDiff, old: &[Budget], new: &[Budget]) {
             }
             continue;
         };
-        let measures = [
-            ("tokens", o.limits.tokens, n.limits.tokens),
-            ("usd_micros", o.limits.usd_micros, n.limits.usd_micros),
-            ("requests", o.limits.requests, n.limits.requests),
-            ("tool_calls", o.limits.tool_calls, n.limits.tool_calls),
-        ];
-        for (what, a, b) in measures {
+        for (what, a, b) in limits(o, n) {
             match (a, b) {
                 (Some(a), Some(b)) if b > a => {
                     d.note(true, format!("budget `{key}` {what} raised {a} -> {b}"))
@@ -541,6 +535,17 @@ fn budgets(d: &mut ContractDiff, old: &[Budget], new: &[Budget]) {
     for n in added.iter().filter(|n| !relined.contains(&n.line())) {
         d.note(false, format!("budget `{}` added", n.line()));
     }
+}
+
+/// Each limit of two budget lines, by name: (name, old's, new's).
+fn limits(old: &Budget, new: &Budget) -> [(&'static str, Option<u64>, Option<u64>); 4] {
+    let (o, n) = (&old.limits, &new.limits);
+    [
+        ("tokens", o.tokens, n.tokens),
+        ("usd_micros", o.usd_micros, n.usd_micros),
+        ("requests", o.requests, n.requests),
+        ("tool_calls", o.tool_calls, n.tool_calls),
+    ]
 }
 
 /// The line that replaces `old`'s (gone from the new contract) with a longer window and no
@@ -564,13 +569,7 @@ fn lengthened<'a>(old: &Budget, removed: &[&Budget], added: &[&'a Budget]) -> Op
     let (was, is) = (was.millis(), is.millis());
     // A whole multiple, and not the same window (else the line would have stayed).
     let longer = was > 0 && is % was == 0;
-    let limits = [
-        (old.limits.tokens, n.limits.tokens),
-        (old.limits.usd_micros, n.limits.usd_micros),
-        (old.limits.requests, n.limits.requests),
-        (old.limits.tool_calls, n.limits.tool_calls),
-    ];
-    let not_raised = limits.iter().all(|(a, b)| match (a, b) {
+    let not_raised = limits(old, n).iter().all(|(_, a, b)| match (a, b) {
         (Some(a), Some(b)) => b <= a,
         (Some(_), None) => false,
         (None, _) => true,

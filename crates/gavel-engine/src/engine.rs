@@ -1287,6 +1287,19 @@ impl Ctx<'_> {
         {
             return Ok(None);
         }
+        // The target runs the request as it came (its model name aside, which the route
+        // swaps): a template, tool or parameter its approval does not cover stops the route,
+        // and its own max_tokens ceiling is the one that holds. Checked before the state is
+        // read, as the guards are: cheapest first.
+        let mut as_target = Evaluation::allow();
+        let shape = Ctx {
+            deployment: target,
+            ..*self
+        }
+        .approved_shape_guard(&mut as_target);
+        if shape.is_some() {
+            return Ok(None);
+        }
         let approvals = state.approvals_of(target_id)?;
         let Ok(approval) = covering_approval(&approvals, target, self.now) else {
             return Ok(None);
@@ -1306,18 +1319,6 @@ impl Ctx<'_> {
             .breach
             .is_some_and(|b| b.approval_id == approval.id);
         if !target_state.kills.is_empty() || !target_state.cooldowns.is_empty() || breached {
-            return Ok(None);
-        }
-        // The target runs the request as it came (its model name aside, which the route
-        // swaps): a template, tool or parameter its approval does not cover stops the route,
-        // and its own max_tokens ceiling is the one that holds.
-        let mut as_target = Evaluation::allow();
-        let shape = Ctx {
-            deployment: target,
-            ..*self
-        }
-        .approved_shape_guard(&mut as_target);
-        if shape.is_some() {
             return Ok(None);
         }
         Ok(Some(Route {

@@ -320,14 +320,8 @@ impl Message {
         if other.is_empty() {
             return None;
         }
-        let other = Value::Object(other);
-        // The strings as sent are for the scanners (`images`: the text as sent); the model
-        // reads them once, so they are counted once.
-        Some(if images {
-            with_escaped_strings_as_sent(&other)
-        } else {
-            other.to_string()
-        })
+        // `images`: the text as sent, not as counted.
+        Some(json_text(&Value::Object(other), images))
     }
 
     /// The message's text; non-text parts (images...) contribute nothing.
@@ -344,13 +338,13 @@ impl Message {
     }
 }
 
-/// `value` as scanned and hashed: its compact JSON, then each string in it that JSON had to
-/// escape (one with a quote, a backslash or a control character), as sent, on a line of its
-/// own. OpenAI sends a tool call's `arguments` as such a string: escaped, its JSON reads
-/// `{\"password\":\"...\"}`, where the scanners' assignment rules (`password=`, `api_key:`)
-/// look for a quote, not a backslash. The JSON comes first and whole, so two values never give
-/// one text.
-fn with_escaped_strings_as_sent(value: &Value) -> String {
+/// `value` as a text: its compact JSON; `as_sent` (scanned and hashed), then each string in it
+/// that JSON had to escape (one with a quote, a backslash or a control character), as sent, on
+/// a line of its own. OpenAI sends a tool call's `arguments` as such a string: escaped, its
+/// JSON reads `{\"password\":\"...\"}`, where the scanners' assignment rules (`password=`,
+/// `api_key:`) look for a quote, not a backslash. The JSON comes first and whole, so two values
+/// never give one text. Counted (not `as_sent`), the JSON alone: the model reads it once.
+fn json_text(value: &Value, as_sent: bool) -> String {
     fn push_escaped(value: &Value, out: &mut String) {
         match value {
             Value::String(text)
@@ -365,7 +359,9 @@ fn with_escaped_strings_as_sent(value: &Value) -> String {
         }
     }
     let mut out = value.to_string();
-    push_escaped(value, &mut out);
+    if as_sent {
+        push_escaped(value, &mut out);
+    }
     out
 }
 
@@ -582,12 +578,7 @@ impl DecideRequest {
                 (
                     TextSource::ToolCalls(i),
                     ContentRole::Assistant,
-                    // The strings as sent are for the scanners: the model reads them once.
-                    Cow::Owned(if as_sent {
-                        with_escaped_strings_as_sent(v)
-                    } else {
-                        v.to_string()
-                    }),
+                    Cow::Owned(json_text(v, as_sent)),
                 )
             });
         let others = self.messages.iter().enumerate().filter_map(move |(i, m)| {
