@@ -433,6 +433,7 @@ fn policy(d: &mut ContractDiff, old: &Policy, new: &Policy) {
     if !slower && !more_probes && n != o {
         d.note(false, "monitoring settings changed".into());
     }
+    custom_rules(d, &old.rules, &new.rules);
     if new.idempotency_window < old.idempotency_window {
         d.note(
             true,
@@ -441,6 +442,53 @@ fn policy(d: &mut ContractDiff, old: &Policy, new: &Policy) {
                 old.idempotency_window, new.idempotency_window
             ),
         );
+    }
+}
+
+/// A rule added or made to block tightens; one removed or made to only flag loosens. A rule
+/// whose file changed is taken to loosen: what a Rego program denies cannot be compared, and
+/// an edit that narrows it must not pass unflagged.
+fn custom_rules(d: &mut ContractDiff, old: &[CustomRule], new: &[CustomRule]) {
+    for o in old {
+        let Some(n) = new.iter().find(|n| n.id == o.id) else {
+            d.note(true, format!("custom rule `{}` removed", o.id));
+            continue;
+        };
+        if n.file.sha256 != o.file.sha256 {
+            d.note(
+                true,
+                format!(
+                    "custom rule `{}` changed (its file's SHA-256 {} -> {}): taken to loosen, since what it denies may have narrowed",
+                    o.id,
+                    short_hash(&o.file.sha256),
+                    short_hash(&n.file.sha256)
+                ),
+            );
+        }
+        if n.action != o.action {
+            d.note(
+                n.action == RuleAction::Flag,
+                format!(
+                    "custom rule `{}`: {} -> {}",
+                    o.id,
+                    rule_action(o.action),
+                    rule_action(n.action)
+                ),
+            );
+        }
+    }
+    for n in new.iter().filter(|n| old.iter().all(|o| o.id != n.id)) {
+        d.note(
+            false,
+            format!("custom rule `{}` added ({})", n.id, rule_action(n.action)),
+        );
+    }
+}
+
+fn rule_action(action: RuleAction) -> &'static str {
+    match action {
+        RuleAction::Block => "block",
+        RuleAction::Flag => "flag",
     }
 }
 
@@ -860,6 +908,78 @@ mod tests {
         ]);
         assert!(!d.loosening(), "{d:?}");
         assert_eq!(d.changes.len(), 2, "{d:?}");
+    }
+
+    /// The example's files with the rule file's text replaced.
+    struct RuleText(String);
+
+    impl crate::SourceFiles for RuleText {
+        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            if path.ends_with("rules/refund_ticket.rego") {
+                return Ok(self.0.as_bytes().to_vec());
+            }
+            crate::example::InMemory.read(path)
+        }
+    }
+
+    #[test]
+    fn custom_rules_removed_edited_or_made_to_flag_loosen_and_added_ones_do_not() {
+        let line = "  rules:\n    - { id: refund-needs-ticket, file: rules/refund_ticket.rego }\n";
+        let flagged = |d: &ContractDiff, what: &str| {
+            d.changes
+                .iter()
+                .any(|c| c.loosening && c.what.starts_with(what))
+        };
+        let d = loosening(&[(line, "")]);
+        assert!(
+            flagged(&d, "custom rule `refund-needs-ticket` removed"),
+            "{d:?}"
+        );
+        let d = loosening(&[(
+            "rules/refund_ticket.rego }",
+            "rules/refund_ticket.rego, action: flag }",
+        )]);
+        assert!(
+            flagged(&d, "custom rule `refund-needs-ticket`: block -> flag"),
+            "{d:?}"
+        );
+        // An edit, even one that only adds a comment, cannot be judged: it is taken to loosen.
+        let text = format!(
+            "{}\n# reviewed\n",
+            crate::example::FILES
+                .iter()
+                .find(|(p, _)| *p == "rules/refund_ticket.rego")
+                .map_or("", |f| f.1)
+        );
+        let edited = crate::load_bytes(
+            Path::new("gavel.yaml"),
+            crate::example::FILES[0].1.as_bytes(),
+            &RuleText(text),
+        )
+        .unwrap()
+        .contract;
+        let d = diff(&contract(&[]), &edited);
+        assert!(
+            flagged(&d, "custom rule `refund-needs-ticket` changed"),
+            "{d:?}"
+        );
+        // Added, or turned from flag to block: recorded, not loosening.
+        let without = contract(&[(line, "")]);
+        let d = diff(&without, &contract(&[]));
+        assert!(!d.loosening(), "{d:?}");
+        assert_eq!(
+            d.changes[0].what,
+            "custom rule `refund-needs-ticket` added (block)"
+        );
+        let d = diff(
+            &contract(&[(
+                "rules/refund_ticket.rego }",
+                "rules/refund_ticket.rego, action: flag }",
+            )]),
+            &contract(&[]),
+        );
+        assert!(!d.loosening(), "{d:?}");
+        assert_eq!(d.changes.len(), 1, "{d:?}");
     }
 
     #[test]

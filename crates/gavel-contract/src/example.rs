@@ -40,6 +40,10 @@ pub const FILES: &[(&str, &str)] = &[
         "evals/order-agent-v2.jsonl",
         include_str!("../example/evals/order-agent-v2.jsonl"),
     ),
+    (
+        "rules/refund_ticket.rego",
+        include_str!("../example/rules/refund_ticket.rego"),
+    ),
 ];
 
 /// Writes the example into `dir`, refusing to overwrite any existing file.

@@ -454,6 +454,41 @@ pub struct Policy {
     /// request metadata field (e.g. `user_id`); off by default.
     pub payload_subject: Option<String>,
     pub monitoring: Monitoring,
+    /// Custom rules (stage 7), run in this order. Left out of the canonical form when there
+    /// are none, so that contracts written before rules existed keep their versions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<CustomRule>,
+}
+
+/// A custom rule (`policy.rules`, docs/rules.md): a Rego file whose `deny` messages block the
+/// request, or with `action: flag` are only recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomRule {
+    pub id: String,
+    /// The file's digest: a changed rule is a new contract version.
+    pub file: FileDigest,
+    pub action: RuleAction,
+    #[serde(skip)]
+    pub program: gavel_rules::RuleProgram,
+}
+
+/// Two rules are the same rule when their ids, actions and file contents are.
+impl PartialEq for CustomRule {
+    fn eq(&self, other: &CustomRule) -> bool {
+        (&self.id, self.action, &self.file.sha256) == (&other.id, other.action, &other.file.sha256)
+    }
+}
+
+impl Eq for CustomRule {}
+
+/// What a custom rule's `deny` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// BLOCK with `rule.deny`.
+    Block,
+    /// Record `rule.flagged` on the decision and go on: a rule tried out before it blocks.
+    Flag,
 }
 
 /// How signals are gathered and judged (`policy.monitoring`, docs/monitoring.md).

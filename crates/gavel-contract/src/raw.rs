@@ -219,6 +219,17 @@ pub(crate) struct RawPolicy {
     pub payload_capture: Option<RawPayloadCapture>,
     #[serde(default)]
     pub monitoring: Option<RawMonitoring>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub id: Sp<String>,
+    pub file: Sp<String>,
+    #[serde(default)]
+    pub action: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -955,6 +955,7 @@ fn policy(
         field.clone()
     });
     let monitoring = raw.monitoring.map(|m| monitoring(v, m)).unwrap_or_default();
+    let rules = custom_rules(v, &raw.rules);
     Policy {
         privacy,
         injection,
@@ -965,7 +966,70 @@ fn policy(
         idempotency_window,
         payload_subject,
         monitoring,
+        rules,
     }
+}
+
+fn custom_rules(v: &mut Validator<'_>, raw: &[RawRule]) -> Vec<CustomRule> {
+    let mut rules: Vec<CustomRule> = Vec::new();
+    for r in raw {
+        let id = &r.id.value;
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            v.error(&r.id, format!("rule id `{id}` must be lowercase letters, digits, `-` and `_`, e.g. credit-needs-case"));
+        }
+        if rules.iter().any(|other| other.id == *id) {
+            v.error(
+                &r.id,
+                format!("rule id `{id}` is used twice; give each rule its own id"),
+            );
+        }
+        let action = match r.action.as_ref().map(|a| a.value.as_str()) {
+            None | Some("block") => RuleAction::Block,
+            Some("flag") => RuleAction::Flag,
+            Some(other) => {
+                if let Some(at) = &r.action {
+                    v.error(
+                        at,
+                        format!("unknown rule action `{other}`; expected block or flag"),
+                    );
+                }
+                RuleAction::Block
+            }
+        };
+        let Some((file, bytes)) = v.read_file(&r.file, "rule file") else {
+            continue;
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            v.error(
+                &r.file,
+                format!("rule file `{}` is not valid UTF-8", r.file.value),
+            );
+            continue;
+        };
+        match gavel_rules::RuleProgram::compile(&r.file.value, &text) {
+            Ok(program) => rules.push(CustomRule {
+                id: id.clone(),
+                file,
+                action,
+                program,
+            }),
+            // Located in the rule file, where the fix is.
+            Err(e) => {
+                let (line, column) = e.at.map_or((0, 0), |(l, c)| (u64::from(l), u64::from(c)));
+                v.errors.push(ContractError::at(
+                    &file.path,
+                    line,
+                    column,
+                    format!("rule `{id}`: {}; rules are Rego v1 modules defining `deny`, with the builtins docs/rules.md lists", e.message),
+                ));
+            }
+        }
+    }
+    rules
 }
 
 fn monitoring(v: &mut Validator<'_>, raw: RawMonitoring) -> Monitoring {

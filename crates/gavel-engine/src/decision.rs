@@ -105,6 +105,10 @@ pub enum ReasonCode {
     IdempotentDuplicate,
     #[serde(rename = "dry_run")]
     DryRun,
+    #[serde(rename = "rule.deny")]
+    RuleDeny,
+    #[serde(rename = "rule.flagged")]
+    RuleFlagged,
     #[serde(rename = "contract.breach.accuracy")]
     ContractBreachAccuracy,
     #[serde(rename = "contract.breach.drift")]
@@ -124,7 +128,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 45] = [
+    pub const ALL: [ReasonCode; 47] = [
         ReasonCode::GovernanceUnavailable,
         ReasonCode::DeploymentUnknown,
         ReasonCode::PrincipalMismatch,
@@ -162,6 +166,8 @@ impl ReasonCode {
         ReasonCode::InputInvalid,
         ReasonCode::IdempotentDuplicate,
         ReasonCode::DryRun,
+        ReasonCode::RuleDeny,
+        ReasonCode::RuleFlagged,
         ReasonCode::ContractBreachAccuracy,
         ReasonCode::ContractBreachDrift,
         ReasonCode::ContractBreachLatency,
@@ -211,6 +217,8 @@ impl ReasonCode {
             ReasonCode::InputInvalid => "input.invalid",
             ReasonCode::IdempotentDuplicate => "idempotent.duplicate",
             ReasonCode::DryRun => "dry_run",
+            ReasonCode::RuleDeny => "rule.deny",
+            ReasonCode::RuleFlagged => "rule.flagged",
             ReasonCode::ContractBreachAccuracy => "contract.breach.accuracy",
             ReasonCode::ContractBreachDrift => "contract.breach.drift",
             ReasonCode::ContractBreachLatency => "contract.breach.latency",

@@ -1,7 +1,8 @@
 //! The decision pipeline (SPEC section 5).
 //!
 //! Guards run cheapest first and stop at the first terminal verdict: state (kills, cooldowns),
-//! approval, conformance, content scanning, sovereignty, then the budget reservation. The
+//! approval, conformance, content scanning, sovereignty, the contract's custom rules (Rego),
+//! then the budget reservation. The
 //! reservation is taken last, so a request that a guard refuses never holds budget. Any error
 //! from the state backend ends the pipeline with BLOCK `governance.unavailable`. A caller may
 //! run the content scanners ahead ([`Engine::prescan`]); the scanning step then takes that
@@ -15,10 +16,12 @@ use sha2::{Digest, Sha256};
 use gavel_contract::short_hash;
 use gavel_contract::time::{Span, Timestamp};
 use gavel_contract::{
-    Budget, BudgetScope, Contract, Deployment, Fallback, OnViolation, ParamRule, UseCase,
+    Budget, BudgetScope, Contract, Deployment, Fallback, OnViolation, ParamRule, RuleAction,
+    UseCase,
 };
 
 use crate::approval::{covering_approval, requirements_moved, NotCovered};
+use crate::custom_rules::{Facts, RuleInputs};
 use crate::decision::*;
 use crate::request::{ActionKind, ContentRole, DecideRequest};
 use crate::scan::{ContentScanner, ScanReport, Unapproved};
@@ -83,6 +86,7 @@ impl Default for EngineConfig {
 pub struct Engine {
     contract: Arc<Contract>,
     config: EngineConfig,
+    rule_inputs: Arc<RuleInputs>,
 }
 
 /// One request to decide, with what the caller (not the request) asserts: who is asking, the
@@ -211,7 +215,12 @@ pub struct Prescanned {
 
 impl Engine {
     pub fn new(contract: Arc<Contract>, config: EngineConfig) -> Engine {
-        Engine { contract, config }
+        let rule_inputs = Arc::new(RuleInputs::new(&contract));
+        Engine {
+            contract,
+            config,
+            rule_inputs,
+        }
     }
 
     /// Runs the content-scanning stage on `request` now, and counts its texts' tokens, for
@@ -791,6 +800,9 @@ impl Ctx<'_> {
             Ok(target) => target,
             Err(stop) => return Ok(eval.stopped(stop)),
         };
+        if let Some(stop) = self.rules_guard(target, &scan.detected_classes, &mut eval) {
+            return Ok(eval.stopped(stop));
+        }
         if let Some(stop) = self.budget_guard(state, target, dry_run, &mut eval)? {
             return Ok(eval.stopped(stop));
         }
@@ -1400,6 +1412,74 @@ impl Ctx<'_> {
             .with("data_classes", json!(names))
             .with("endpoint", endpoint.id.clone()),
         )))
+    }
+
+    /// Stage 7: the contract's custom rules, in order ([`crate::custom_rules`]). A `block`
+    /// rule that denies stops the request (`rule.deny`); a `flag` rule's denial is recorded
+    /// (`rule.flagged`) and the pipeline goes on. A rule that cannot be evaluated blocks with
+    /// `governance.unavailable`: a rule that gave no answer has not said yes.
+    fn rules_guard(
+        &self,
+        target: &Deployment,
+        detected: &[String],
+        eval: &mut Evaluation,
+    ) -> Option<Stop> {
+        let rules = &self.contract().policy.rules;
+        if rules.is_empty() {
+            return None;
+        }
+        let classes = data_classes(self.use_case, detected);
+        let roles: Vec<ContentRole> = self.texts.iter().map(|(role, _)| *role).collect();
+        let input = crate::custom_rules::input(
+            &self.engine.rule_inputs,
+            &Facts {
+                contract: self.contract(),
+                request: self.request,
+                principal: self.principal,
+                deployment: self.deployment,
+                target,
+                data_classes: &classes,
+                findings: &eval.findings,
+                roles: &roles,
+                now: self.now,
+            },
+        );
+        for rule in rules {
+            let messages = match rule.program.evaluate(&input) {
+                Ok(messages) => messages,
+                Err(e) => {
+                    return Some(Stop::block(
+                        Reason::new(
+                            ReasonCode::GovernanceUnavailable,
+                            format!("custom rule `{}` could not be evaluated ({e}), so the request is blocked", rule.id),
+                        )
+                        .with("rule", rule.id.clone()),
+                    ))
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            let (code, verb) = match rule.action {
+                RuleAction::Block => (ReasonCode::RuleDeny, "denies"),
+                RuleAction::Flag => (ReasonCode::RuleFlagged, "flags"),
+            };
+            let reason = Reason::new(
+                code,
+                format!(
+                    "custom rule `{}` {verb} this request: {}",
+                    rule.id,
+                    messages.join("; ")
+                ),
+            )
+            .with("rule", rule.id.clone())
+            .with("messages", json!(messages));
+            match rule.action {
+                RuleAction::Block => return Some(Stop::block(reason)),
+                RuleAction::Flag => eval.reasons.push(reason),
+            }
+        }
+        None
     }
 
     fn budget_guard(

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod approval;
+mod custom_rules;
 mod decision;
 mod engine;
 mod ids;

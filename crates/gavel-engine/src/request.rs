@@ -386,6 +386,19 @@ pub enum ContentRole {
     ToolOutput,
 }
 
+impl ContentRole {
+    /// The role's name as requests give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentRole::User => "user",
+            ContentRole::System => "system",
+            ContentRole::Assistant => "assistant",
+            ContentRole::Retrieved => "retrieved",
+            ContentRole::ToolOutput => "tool_output",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContentPart {

@@ -88,21 +88,11 @@ fn direction(role: ContentRole, policy: &Policy) -> Option<Direction> {
     }
 }
 
-fn role_name(role: ContentRole) -> &'static str {
-    match role {
-        ContentRole::User => "user",
-        ContentRole::System => "system",
-        ContentRole::Assistant => "assistant",
-        ContentRole::Retrieved => "retrieved",
-        ContentRole::ToolOutput => "tool_output",
-    }
-}
-
 fn evidence(reason: Reason, index: usize, role: ContentRole, f: &Finding) -> Reason {
     reason
         .with("rule_id", f.rule_id)
         .with("text_index", index)
-        .with("role", role_name(role))
+        .with("role", role.as_str())
         .with("start", f.span.start)
         .with("end", f.span.end)
         .with("confidence", f64::from(f.confidence))
@@ -282,7 +272,7 @@ impl ContentScanner for PolicyScanner {
                         "invalid input",
                     ),
                 };
-                let message = format!("{what} ({}) in {} content", f.rule_id, role_name(*role));
+                let message = format!("{what} ({}) in {} content", f.rule_id, role.as_str());
                 match action {
                     Some(FindingAction::Block) => {
                         report.block.get_or_insert_with(|| {
@@ -328,7 +318,7 @@ impl ContentScanner for PolicyScanner {
                 (
                     direction.injection,
                     direction.code,
-                    [role_name(*role), " content"],
+                    [role.as_str(), " content"],
                 ),
                 (index, outcome.injection_score, first),
             );

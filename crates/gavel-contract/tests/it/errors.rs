@@ -286,7 +286,7 @@ fn image_tokens_are_a_positive_bounded_count_and_kept_from_the_built_in_table() 
                 &format!("llama-3.1-8b-instruct-q8-2024-07:  {{ input: 0.05, output: 0.05, {field}: {bad} }}"),
             );
             let e = first_error(&f);
-            assert!(e.starts_with("gavel.yaml:142:"), "{field} {bad}: {e}");
+            assert!(e.starts_with("gavel.yaml:145:"), "{field} {bad}: {e}");
             assert!(e.contains(said), "{field} {bad}: {e}");
         }
     }
@@ -349,5 +349,83 @@ fn an_oncall_webhook_is_a_url_or_an_environment_variable() {
             )),
             "{e}"
         );
+    }
+}
+
+#[test]
+fn custom_rules_are_compiled_when_the_contract_loads_and_errors_point_into_the_rule_file() {
+    const LINE: &str = "    - { id: refund-needs-ticket, file: rules/refund_ticket.rego }";
+    // A Rego error is located in the rule file, where the fix is.
+    let mut f = Files::example();
+    f.set(
+        "rules/refund_ticket.rego",
+        "package acme.refunds\n\ndeny contains m if {\n  m := http.send({})\n}\n",
+    );
+    let e = first_error(&f);
+    assert!(
+        e.starts_with("rules/refund_ticket.rego:4:17: rule `refund-needs-ticket`: Unknown function: 'http.send'"),
+        "{e}"
+    );
+    // A file without `deny`, a missing file, a bad id, a duplicate id, an unknown action.
+    f.set(
+        "rules/refund_ticket.rego",
+        "package acme.refunds\nallow if true\n",
+    );
+    assert!(first_error(&f).contains("package `acme.refunds` defines no `deny` rule"));
+    let mut f = Files::example();
+    f.edit(
+        LINE,
+        "    - { id: refund-needs-ticket, file: rules/nope.rego }",
+    );
+    let e = first_error(&f);
+    assert!(
+        e.starts_with("gavel.yaml:") && e.contains("cannot read rule file"),
+        "{e}"
+    );
+    for (edit, said) in [
+        (
+            "    - { id: Refund, file: rules/refund_ticket.rego }",
+            "rule id `Refund` must be lowercase",
+        ),
+        (
+            "    - { id: r, file: rules/refund_ticket.rego }\n    - { id: r, file: rules/refund_ticket.rego }",
+            "rule id `r` is used twice",
+        ),
+        (
+            "    - { id: r, file: rules/refund_ticket.rego, action: warn }",
+            "unknown rule action `warn`; expected block or flag",
+        ),
+        (
+            "    - { id: r, file: rules/refund_ticket.rego, query: data.x }",
+            "unknown field `query`",
+        ),
+    ] {
+        let mut f = Files::example();
+        f.edit(LINE, edit);
+        let e = first_error(&f);
+        assert!(e.starts_with("gavel.yaml:"), "{e}");
+        assert!(e.contains(said), "{e}");
+    }
+}
+
+#[test]
+fn a_rule_file_is_part_of_the_contract_version_but_not_of_any_binding() {
+    let before = Files::example().load().unwrap().contract;
+    let mut f = Files::example();
+    f.set(
+        "rules/refund_ticket.rego",
+        &format!(
+            "{}\n# reviewed\n",
+            gavel_contract::example::FILES
+                .iter()
+                .find(|(p, _)| *p == "rules/refund_ticket.rego")
+                .unwrap()
+                .1
+        ),
+    );
+    let after = f.load().unwrap().contract;
+    assert_ne!(before.version, after.version);
+    for (id, d) in &before.deployments {
+        assert_eq!(d.binding, after.deployments[id].binding, "{id}");
     }
 }

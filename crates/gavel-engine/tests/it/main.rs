@@ -9,6 +9,7 @@
 )]
 
 mod budgets;
+mod custom_rules;
 mod fail_closed;
 mod guards;
 mod properties;

@@ -163,7 +163,7 @@ fn a_routed_request_is_charged_to_its_target() {
 fn tool_call_arguments_must_fit_the_approved_schema() {
     let w = World::example();
     w.approve("order-agent-v2");
-    let refund = |args: serde_json::Value| json!({"deployment": "order-agent-v2", "step": "refund", "run_id": "r", "action": {"type": "tool_call", "name": "issue_refund", "args": args}});
+    let refund = |args: serde_json::Value| json!({"deployment": "order-agent-v2", "step": "refund", "run_id": "r", "metadata": {"ticket_id": "T-10452"}, "action": {"type": "tool_call", "name": "issue_refund", "args": args}});
     assert_eq!(
         w.decide(refund(
             json!({"order_id": "A00012345", "amount_eur": 40, "reason": "damaged"})
