@@ -471,8 +471,8 @@ fn custom_rules(d: &mut ContractDiff, old: &[CustomRule], new: &[CustomRule]) {
                 format!(
                     "custom rule `{}`: {} -> {}",
                     o.id,
-                    rule_action(o.action),
-                    rule_action(n.action)
+                    o.action.as_str(),
+                    n.action.as_str()
                 ),
             );
         }
@@ -480,15 +480,8 @@ fn custom_rules(d: &mut ContractDiff, old: &[CustomRule], new: &[CustomRule]) {
     for n in new.iter().filter(|n| old.iter().all(|o| o.id != n.id)) {
         d.note(
             false,
-            format!("custom rule `{}` added ({})", n.id, rule_action(n.action)),
+            format!("custom rule `{}` added ({})", n.id, n.action.as_str()),
         );
-    }
-}
-
-fn rule_action(action: RuleAction) -> &'static str {
-    match action {
-        RuleAction::Block => "block",
-        RuleAction::Flag => "flag",
     }
 }
 

@@ -491,6 +491,16 @@ pub enum RuleAction {
     Flag,
 }
 
+impl RuleAction {
+    /// The action as the contract writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Block => "block",
+            RuleAction::Flag => "flag",
+        }
+    }
+}
+
 /// How signals are gathered and judged (`policy.monitoring`, docs/monitoring.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Monitoring {

@@ -4,7 +4,7 @@
 )]
 
 //! Decision latency on the example contract with a ~1 KB prompt (SPEC section 11: p99 <= 20 us
-//! for the full default pipeline).
+//! for the full default pipeline, <= 30 us with a custom Rego rule).
 //!
 //! `cargo bench -p gavel-engine --bench decide` prints criterion's estimates and then a table of
 //! per-decision percentiles and single-core throughput measured over many decisions. Budgets
@@ -23,9 +23,70 @@ use gavel_engine::*;
 
 const NOW: Timestamp = Timestamp(1_795_348_800_000);
 
-fn contract() -> gavel_contract::Contract {
-    let text = gavel_contract::example::FILES[0]
-        .1
+/// Custom rules (`policy.rules`) in the contract measured.
+#[derive(Clone, Copy)]
+enum Rules {
+    /// None: the pipeline as the SPEC's default.
+    None,
+    /// The example's one rule (refunds need a ticket), which looks at the deployment and stops.
+    Example,
+    /// Four rules over the principal, data classes, endpoint, tier, params, tools and time,
+    /// each read in full: none of them denies a kb-search request.
+    Four,
+}
+
+/// Four rules of the kinds a platform team writes, in one file.
+const FOUR_RULES: &str = r#"package bench.facts
+
+allowed_principals := {"svc-bench", "svc-kb", "svc-support"}
+
+deny contains sprintf("principal %s may not call %s", [input.principal, input.deployment.id]) if {
+	not input.principal in allowed_principals
+}
+
+deny contains "pii may not leave the EU" if {
+	"pii" in input.data_classes
+	input.target.endpoint.region != "eu"
+}
+
+deny contains "a minimal-tier use case asks for at most 1000 tokens" if {
+	input.use_case.tier == "minimal"
+	input.params.max_tokens > 1000
+}
+
+deny contains "no tools between 22:00 and 06:00 UTC" if {
+	count(input.tools) > 0
+	some hour in [22, 23, 0, 1, 2, 3, 4, 5]
+	input.time.hour == hour
+}
+"#;
+
+/// The example's files, with the four-rule file beside them.
+struct BenchFiles;
+
+impl gavel_contract::SourceFiles for BenchFiles {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        if path.ends_with("rules/bench.rego") {
+            return Ok(FOUR_RULES.as_bytes().to_vec());
+        }
+        gavel_contract::example::InMemory.read(path)
+    }
+}
+
+fn contract(rules: Rules) -> gavel_contract::Contract {
+    const EXAMPLE_RULES: &str =
+        "  rules:\n    - { id: refund-needs-ticket, file: rules/refund_ticket.rego }\n";
+    let rules = match rules {
+        Rules::None => "",
+        Rules::Example => EXAMPLE_RULES,
+        Rules::Four => "  rules:\n    - { id: bench, file: rules/bench.rego }\n",
+    };
+    let example = gavel_contract::example::FILES[0].1;
+    if !example.contains(EXAMPLE_RULES) {
+        panic!("the example's rules are no longer `{EXAMPLE_RULES}`");
+    }
+    let text = example
+        .replace(EXAMPLE_RULES, rules)
         .replace(
             "window: 1m, tokens: 200000",
             "window: 1m, tokens: 2000000000",
@@ -35,13 +96,9 @@ fn contract() -> gavel_contract::Contract {
             "window: 1m, requests: 120",
             "window: 1m, requests: 100000000",
         );
-    gavel_contract::load_bytes(
-        Path::new("gavel.yaml"),
-        text.as_bytes(),
-        &gavel_contract::example::InMemory,
-    )
-    .map(|l| l.contract)
-    .unwrap_or_else(|e| panic!("{e}"))
+    gavel_contract::load_bytes(Path::new("gavel.yaml"), text.as_bytes(), &BenchFiles)
+        .map(|l| l.contract)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// ~1 KB requests: the approved system prompt plus a user message built from real user
@@ -103,8 +160,8 @@ enum Pipeline {
     WithoutScanners,
 }
 
-fn setup_with(pipeline: Pipeline) -> (Engine, MemoryState, Vec<DecideRequest>) {
-    let contract = Arc::new(contract());
+fn setup_with(pipeline: Pipeline, rules: Rules) -> (Engine, MemoryState, Vec<DecideRequest>) {
+    let contract = Arc::new(contract(rules));
     let state = MemoryState::new();
     let d = &contract.deployments["kb-search-v1"];
     let approval = Approval {
@@ -166,7 +223,7 @@ fn setup_with(pipeline: Pipeline) -> (Engine, MemoryState, Vec<DecideRequest>) {
 }
 
 fn setup() -> (Engine, MemoryState, Vec<DecideRequest>) {
-    setup_with(Pipeline::Full)
+    setup_with(Pipeline::Full, Rules::None)
 }
 
 fn decide_once(engine: &Engine, state: &MemoryState, request: &DecideRequest, i: u64) -> Decision {
@@ -184,8 +241,8 @@ fn decide_once(engine: &Engine, state: &MemoryState, request: &DecideRequest, i:
 /// Per-decision latency over `n` decisions cycling through the requests. With `cold`, the
 /// tokenizer's piece memo is emptied before each decision (untimed), which is the worst case:
 /// every piece counted from scratch.
-fn percentiles(pipeline: Pipeline, cold: bool) {
-    let (engine, state, requests) = setup_with(pipeline);
+fn percentiles(pipeline: Pipeline, rules: Rules, cold: bool) {
+    let (engine, state, requests) = setup_with(pipeline, rules);
     let bytes: usize = requests
         .iter()
         .map(|r| r.texts().map(|(_, t)| t.len()).sum::<usize>())
@@ -220,10 +277,15 @@ fn percentiles(pipeline: Pipeline, cold: bool) {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
     println!(
-        "| {} | {} | {} | {bytes} B | {:.1} us | {:.1} us | {:.1} us | {:.1} us | {:.0} |",
+        "| {} | {} | {} | {} | {bytes} B | {:.1} us | {:.1} us | {:.1} us | {:.1} us | {:.0} |",
         match pipeline {
             Pipeline::Full => "full (guards + scanners + reservation)",
             Pipeline::WithoutScanners => "guards + reservation, no scanners",
+        },
+        match rules {
+            Rules::None => "none",
+            Rules::Example => "the example's (refund-needs-ticket)",
+            Rules::Four => "four rules over the request's facts",
         },
         if cold {
             "cold (memo cleared each time)"
@@ -282,16 +344,21 @@ fn main() {
     });
     criterion.final_summary();
     println!("\ndecision latency, example contract, kb-search-v1 ALLOW path (every guard and the budget reservation), one thread:");
-    println!("| pipeline | tokenizer memo | distinct prompts | mean prompt | p50 | p90 | p99 | p99.9 | decisions/s (one core) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| pipeline | custom rules (Rego) | tokenizer memo | distinct prompts | mean prompt | p50 | p90 | p99 | p99.9 | decisions/s (one core) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // DECIDE_MEMO=warm or cold runs one of the two (e.g. under callgrind); default both.
     let memo = std::env::var("DECIDE_MEMO").unwrap_or_default();
-    for pipeline in [Pipeline::Full, Pipeline::WithoutScanners] {
+    for (pipeline, rules) in [
+        (Pipeline::Full, Rules::None),
+        (Pipeline::Full, Rules::Example),
+        (Pipeline::Full, Rules::Four),
+        (Pipeline::WithoutScanners, Rules::None),
+    ] {
         if memo != "cold" {
-            percentiles(pipeline, false);
+            percentiles(pipeline, rules, false);
         }
         if memo != "warm" {
-            percentiles(pipeline, true);
+            percentiles(pipeline, rules, true);
         }
     }
 }

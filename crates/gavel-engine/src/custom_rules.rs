@@ -15,11 +15,13 @@ use gavel_rules::{Doc, Field};
 use crate::decision::FindingRecord;
 use crate::request::{ActionKind, ContentRole, DecideRequest};
 
-/// The parts of the document that depend on the deployment alone, built once per contract so
-/// that a decision clones them (a reference count) instead of building them.
+/// The parts of the document that depend on the deployment alone (its own facts and its use
+/// case's), built once per contract so that a decision clones them (a reference count)
+/// instead of building them.
 #[derive(Clone, Default)]
 pub(crate) struct RuleInputs {
     deployments: HashMap<String, Field>,
+    use_cases: HashMap<String, Field>,
 }
 
 impl RuleInputs {
@@ -52,7 +54,25 @@ impl RuleInputs {
                 (d.id.clone(), doc.into())
             })
             .collect();
-        RuleInputs { deployments }
+        let use_cases = contract
+            .use_cases
+            .values()
+            .map(|u| {
+                let doc = Doc::default()
+                    .with("id", u.id.as_str())
+                    .with("domain", u.domain.as_str())
+                    .with("tier", u.tier.as_str())
+                    .with(
+                        "data_classes",
+                        u.data_classes.iter().map(String::as_str).collect::<Field>(),
+                    );
+                (u.id.clone(), doc.into())
+            })
+            .collect();
+        RuleInputs {
+            deployments,
+            use_cases,
+        }
     }
 
     fn deployment(&self, d: &Deployment) -> Field {
@@ -65,7 +85,6 @@ impl RuleInputs {
 
 /// What the document is made of, as the pipeline knows it at stage 7.
 pub(crate) struct Facts<'a> {
-    pub(crate) contract: &'a Contract,
     pub(crate) request: &'a DecideRequest,
     pub(crate) principal: &'a str,
     pub(crate) deployment: &'a Deployment,
@@ -81,16 +100,7 @@ pub(crate) struct Facts<'a> {
 /// The input document for `facts` (docs/rules.md).
 pub(crate) fn input(inputs: &RuleInputs, facts: &Facts<'_>) -> Field {
     let request = facts.request;
-    let use_case = facts.contract.use_case_of(facts.deployment).map(|u| {
-        Doc::default()
-            .with("id", u.id.as_str())
-            .with("domain", u.domain.as_str())
-            .with("tier", u.tier.as_str())
-            .with(
-                "data_classes",
-                u.data_classes.iter().map(String::as_str).collect::<Field>(),
-            )
-    });
+    let use_case = inputs.use_cases.get(&facts.deployment.use_case).cloned();
     let findings: Field = facts
         .findings
         .iter()

@@ -1433,7 +1433,6 @@ impl Ctx<'_> {
         let input = crate::custom_rules::input(
             &self.engine.rule_inputs,
             &Facts {
-                contract: self.contract(),
                 request: self.request,
                 principal: self.principal,
                 deployment: self.deployment,

@@ -210,8 +210,7 @@ impl CompileError {
             .lines()
             .filter_map(|l| l.trim_start().strip_prefix("error: "))
             .map(|m| m.trim_start_matches("Compilation error:").trim())
-            .filter(|m| !m.is_empty())
-            .next_back()
+            .rfind(|m| !m.is_empty())
             .unwrap_or_else(|| text.lines().next().unwrap_or("unknown error").trim())
             .to_string();
         CompileError { at, message }

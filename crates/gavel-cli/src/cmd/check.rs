@@ -1,5 +1,5 @@
 //! `gavel check [PATH]`: validate the contract and summarise it: use cases with tiers,
-//! deployments with bindings, and which of them lack a valid approval.
+//! deployments with bindings, which of them lack a valid approval, and the custom rules.
 
 use std::path::Path;
 
@@ -64,6 +64,7 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
             "warnings": loaded.warnings,
             "use_cases": contract.use_cases.values().map(|u| json!({"id": u.id, "domain": u.domain, "tier": u.tier, "owner": u.owner})).collect::<Vec<_>>(),
             "deployments": deployments.iter().map(|(d, tier, approval)| json!({"id": d.id, "use_case": d.use_case, "tier": tier, "binding": d.binding, "approval": approval})).collect::<Vec<_>>(),
+            "rules": contract.policy.rules.iter().map(|r| json!({"id": r.id, "action": r.action, "package": r.program.package(), "sha256": r.file.sha256})).collect::<Vec<_>>(),
         }));
     }
     out!(
@@ -98,6 +99,19 @@ pub fn run(ctx: &Context, path: Option<&Path>, as_json: bool) -> Outcome {
             tier,
             short_hash(&d.binding.0)
         );
+    }
+    if !contract.policy.rules.is_empty() {
+        out!("\ncustom rules (Rego, run in this order):");
+        for r in &contract.policy.rules {
+            out!(
+                "  {:<22} {:<6} package {}  file {} ({})",
+                r.id,
+                r.action.as_str(),
+                r.program.package(),
+                r.file.path.display(),
+                short_hash(&r.file.sha256)
+            );
+        }
     }
     let lacking = deployments
         .iter()

@@ -3023,3 +3023,80 @@ fn a_redacted_embeddings_answer_keeps_its_vectors() {
     );
     assert_eq!(s.stop(), 0);
 }
+
+/// A custom rule (Rego) through the real binary: its edit is applied as loosening, it refuses
+/// through `gavel decide`, the decide API and the proxy alike (403 with its reason code), and the
+/// ledger finds the refusals by reason.
+#[test]
+fn a_custom_rule_refuses_through_decide_the_api_and_the_proxy() {
+    let r = Ready::start();
+    // The example's rule file, rewritten to keep the wiki search to one service.
+    std::fs::write(
+        r.g.path("rules/refund_ticket.rego"),
+        "package acme.refunds\n\ndeny contains sprintf(\"%s may not search the wiki\", [input.principal]) if {\n\tinput.deployment.id == \"kb-search-v1\"\n\tinput.principal != \"svc-wiki\"\n}\n",
+    )
+    .unwrap();
+    let applied = r.g.run(Some(&r.operator), &["apply"]).ok();
+    assert!(
+        applied.stdout.contains("LOOSENING")
+            && applied
+                .stdout
+                .contains("LOOSENS custom rule `refund-needs-ticket` changed"),
+        "{}",
+        applied.stdout
+    );
+    let other = r.g.key("svc-other", "service", None);
+    assert_eq!(
+        r.g.decide(&r.service, &super::kb_request())["verdict"],
+        "ALLOW"
+    );
+    let d = r.g.decide(&other, &super::kb_request());
+    assert_eq!(d["verdict"], "BLOCK", "{d}");
+    assert_eq!(d["reasons"][0]["code"], "rule.deny");
+    assert_eq!(d["reasons"][0]["rule"], "refund-needs-ticket");
+    assert_eq!(
+        d["reasons"][0]["messages"],
+        json!(["svc-other may not search the wiki"])
+    );
+
+    let s = Server::start(&r.g, &r.operator, &[]);
+    let api = s.request(
+        "POST",
+        "/v1/decide",
+        Some(&other),
+        Some(&super::kb_request()),
+    );
+    assert_eq!(
+        (api.status, api.json()["reasons"][0]["code"].clone()),
+        (403, json!("rule.deny")),
+        "{}",
+        api.body
+    );
+    let proxied = s.chat(Some(&other), Some(&chat(&r.g, "hi")));
+    assert_eq!(
+        (proxied.status, proxied.code()),
+        (403, "rule.deny".to_string()),
+        "{}",
+        proxied.body
+    );
+    assert!(
+        proxied.body.contains("svc-other may not search the wiki"),
+        "{}",
+        proxied.body
+    );
+    assert_eq!(
+        s.chat(Some(&r.service), Some(&chat(&r.g, "hi"))).status,
+        200
+    );
+    drop(s);
+
+    let refused =
+        r.g.run(
+            Some(&r.auditor),
+            &["audit", "export", "--reason", "rule.deny"],
+        )
+        .ok();
+    assert_eq!(refused.stdout.lines().count(), 3, "{}", refused.stdout);
+    r.g.run(Some(&r.auditor), &["audit", "verify", "--strict"])
+        .ok();
+}

@@ -15,6 +15,13 @@ fn init_check_apply_approve_decide_outcome_explain() {
         check.stdout
     );
     assert!(check.stdout.contains("applied"));
+    assert!(
+        check
+            .stdout
+            .contains("refund-needs-ticket    block  package acme.refunds"),
+        "{}",
+        check.stdout
+    );
     assert!(check.stdout.contains("kb-search-v1") && check.stdout.contains("approval: active"));
 
     let d = g.decide(&r.service, &kb_request());

@@ -242,3 +242,25 @@ deny contains sprintf("%s may not run on %s", [input.deployment.id, input.target
         Verdict::Allow
     );
 }
+
+/// A class both declared and detected is listed once.
+#[test]
+fn data_classes_are_listed_once() {
+    let w = world_with_rules(
+        "    - { id: classes, file: rules/classes.rego }",
+        &[(
+            "rules/classes.rego",
+            "package c\ndeny contains concat(\",\", input.data_classes) if true\n",
+        )],
+        &[(
+            "    data_classes: [internal]\n  tenant-trust-score:",
+            "    data_classes: [pii, internal]\n  tenant-trust-score:",
+        )],
+    );
+    w.approve("kb-search-v1");
+    let mut r = kb_request();
+    r["messages"][1]["content"] = json!("Mail jane.doe@example.com the room guide");
+    let d = w.decide(r);
+    assert_verdict(&d, Verdict::Block, "rule.deny");
+    assert_eq!(evidence(&d, "messages"), &json!(["internal,pii"]));
+}
