@@ -53,6 +53,12 @@ if [ ! -d "$corpus/scan_bytes" ]; then
     seed "$d" s4 "$(printf 'plain text \377\376 invalid utf8 \342\200\213 zero width')"
 fi
 
+if [ ! -d "$corpus/rule_compile" ]; then
+    mkdir -p "$corpus/rule_compile"
+    cp "$root/crates/gavel-contract/example/rules/refund_ticket.rego" "$corpus/rule_compile/"
+    seed "$corpus/rule_compile" r2.rego 'package t
+deny contains sprintf("%s asks %d", [input.principal, input.params.max_tokens]) if input.params.max_tokens > 100'
+fi
 if [ ! -d "$corpus/ledger_record" ]; then
     d="$corpus/ledger_record"
     seed "$d" l1 '{"at_ms":1764000000000,"body":{"approval_id":"apr_1","confidence":0.699999988079071,"deployment":"kb-search-v1","reason_codes":["privacy.pii"],"verdict":"allow"},"format":1,"id":"dec_1","kind":"decision"}'
@@ -62,7 +68,7 @@ fi
 status=0
 summary=()
 # fuzz_dir:target pairs
-for entry in "fuzz:contract_load" "fuzz:decide_request" "fuzz:ledger_record" "crates/gavel-scan/fuzz:scan_bytes"; do
+for entry in "fuzz:contract_load" "fuzz:decide_request" "fuzz:ledger_record" "fuzz:rule_compile" "crates/gavel-scan/fuzz:scan_bytes"; do
     dir="$root/${entry%%:*}"
     target="${entry##*:}"
     # scan_bytes only checks stream/whole agreement meaningfully on inputs longer than the

@@ -118,7 +118,8 @@ pub(crate) fn input(inputs: &RuleInputs, facts: &Facts<'_>) -> Field {
         metadata.set(key, value.as_str());
     }
     let mut params = Doc::default();
-    for (key, value) in &request.params {
+    // `user` is text the request sends (and the scanners read), not a parameter to judge.
+    for (key, value) in request.params.iter().filter(|(k, _)| *k != "user") {
         params.set(key, value);
     }
     Doc::default()
@@ -161,6 +162,19 @@ pub(crate) fn input(inputs: &RuleInputs, facts: &Facts<'_>) -> Field {
         .into()
 }
 
+/// The values of the request's metadata, each with its stand-in (`[metadata.KEY]`), for the
+/// rules' messages and errors: metadata is the caller's text and reaches no record, and a rule
+/// that quotes it would put it (perhaps a credential) in one. Values under four characters are
+/// left: replacing them would garble messages, and they hide nothing.
+pub(crate) fn hidden(request: &DecideRequest) -> Vec<(String, &str)> {
+    request
+        .metadata
+        .iter()
+        .filter(|(_, v)| v.chars().count() >= 4)
+        .map(|(k, v)| (format!("[metadata.{k}]"), v.as_str()))
+        .collect()
+}
+
 fn action_name(kind: ActionKind) -> &'static str {
     match kind {
         ActionKind::Inference => "inference",
@@ -180,8 +194,8 @@ const WEEKDAYS: [&str; 7] = [
     "wednesday",
 ];
 
-/// The decision's time in UTC: what a rule about hours or days needs, from the clock the
-/// decision was made by (so a replay of the request sees the same time).
+/// The decision's time in UTC: what a rule about hours or days needs, from the time the
+/// decision was given (the engine reads no clock of its own).
 fn time(now: Timestamp) -> Doc {
     let days = now.millis().div_euclid(86_400_000);
     let millis_of_day = now.millis().rem_euclid(86_400_000);

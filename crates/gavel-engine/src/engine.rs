@@ -1443,9 +1443,24 @@ impl Ctx<'_> {
                 now: self.now,
             },
         );
+        let stand_ins = crate::custom_rules::hidden(self.request);
+        let hidden: Vec<(&str, &str)> = stand_ins.iter().map(|(s, v)| (s.as_str(), *v)).collect();
         for rule in rules {
-            let messages = match rule.program.evaluate(&input) {
+            let messages = match rule.program.evaluate_hiding(&input, &hidden) {
                 Ok(messages) => messages,
+                // A rule on trial takes no part in the verdict, so governance can still decide
+                // without it: its failure is recorded, not enforced.
+                Err(e) if rule.action == RuleAction::Flag => {
+                    eval.reasons.push(
+                        Reason::new(
+                            ReasonCode::RuleFlagged,
+                            format!("custom rule `{}` (flag) could not be evaluated ({e}); it is not enforced", rule.id),
+                        )
+                        .with("rule", rule.id.clone())
+                        .with("error", e.0),
+                    );
+                    continue;
+                }
                 Err(e) => {
                     return Some(Stop::block(
                         Reason::new(

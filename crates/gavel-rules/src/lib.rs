@@ -29,19 +29,17 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Once;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
-use regorus::utils::limits::{
-    fallback_execution_timer_config, set_fallback_execution_timer_config, ExecutionTimerConfig,
-};
-use regorus::{CompiledPolicy, Value};
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::Value;
 
 /// Longest one evaluation may run, by the clock. A rule over a request's facts takes
 /// microseconds; one that takes this long is looping over something large, and the decision
 /// waits for it. Generous because the clock also counts time the thread was not running.
-pub const TIME_LIMIT: Duration = Duration::from_millis(100);
+pub const TIME_LIMIT: Duration = Duration::from_millis(50);
 /// Most messages kept from one evaluation: they become reasons, which the ledger records.
 pub const MAX_MESSAGES: usize = 8;
 /// Most characters kept of each message, for the same reason.
@@ -50,7 +48,10 @@ pub const MAX_MESSAGE_CHARS: usize = 200;
 #[derive(Clone)]
 pub struct RuleProgram {
     package: String,
-    policy: CompiledPolicy,
+    /// `data.<package>.deny`.
+    entry: String,
+    /// Prepared: the module parsed and its rules scheduled.
+    engine: Arc<regorus::Engine>,
 }
 
 impl fmt::Debug for RuleProgram {
@@ -75,9 +76,20 @@ impl fmt::Display for CompileError {
     }
 }
 
-/// Why an evaluation gave no answer: the request cannot be ruled on by this rule.
+/// Why an evaluation gave no answer: the request cannot be ruled on by this rule. One line, at
+/// most [`MAX_MESSAGE_CHARS`] long, located in the rule file where regorus says where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalError(pub String);
+
+impl EvalError {
+    fn from_regorus(text: &str) -> EvalError {
+        let e = CompileError::from_regorus(text);
+        let place =
+            e.at.map(|(l, c)| format!("line {l}:{c}: "))
+                .unwrap_or_default();
+        EvalError(cut(&format!("{place}{}", e.message)))
+    }
+}
 
 impl fmt::Display for EvalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -98,13 +110,9 @@ impl RuleProgram {
             .strip_prefix("data.")
             .unwrap_or(&package)
             .to_string();
-        let no_deny = || {
-            CompileError {
+        let no_deny = || CompileError {
             at: None,
-            message: format!(
-                "package `{package}` defines no `deny` rule; a rule file must define `deny contains msg if {{ ... }}`"
-            ),
-        }
+            message: format!("package `{package}` defines no `deny` rule; {DENY_SHAPE}"),
         };
         let policy = engine
             .compile_with_entrypoint(&entry.as_str().into())
@@ -113,11 +121,37 @@ impl RuleProgram {
                 text => CompileError::from_regorus(&text),
             })?;
         // The interpreter resolves a function only when it calls it: an unknown one would
-        // fail every request that reaches it. The bytecode compiler resolves them all now.
-        Compiler::compile_from_policy(&policy, &[&entry])
-            .map_err(|e| CompileError::from_regorus(&format!("{e:#}")))?;
-        limit_evaluation_time();
-        Ok(RuleProgram { package, policy })
+        // fail every request that reaches it. The bytecode compiler resolves them all now;
+        // what else it refuses (`with`, some rule shapes) it does not support, which says
+        // nothing about the rule, since rules are not run on it.
+        if let Err(e) = Compiler::compile_from_policy(&policy, &[&entry]) {
+            let text = format!("{e:#}");
+            if UNKNOWN_FUNCTION.iter().any(|m| text.contains(m)) {
+                return Err(CompileError::from_regorus(&text));
+            }
+        }
+        if let Some(at) = random_call(source) {
+            return Err(CompileError {
+                at: Some(at),
+                message: "`rand.intn` makes a rule decide differently each time it runs (and on replay); derive what you need from the input".into(),
+            });
+        }
+        let rule = RuleProgram {
+            package,
+            entry,
+            engine: Arc::new(engine),
+        };
+        // `deny := true` or `deny[k] := v` compile, then fail every request: refuse them now.
+        // The input here is empty, so an error proves nothing; a value of the wrong kind does.
+        if let Err(EvalError(why)) = rule.evaluate(&Doc::default().into()) {
+            if why.starts_with(NOT_A_SET) {
+                return Err(CompileError {
+                    at: None,
+                    message: format!("{why}; {DENY_SHAPE}"),
+                });
+            }
+        }
+        Ok(rule)
     }
 
     /// The Rego package the file declares, e.g. `acme.tokens`.
@@ -129,48 +163,82 @@ impl RuleProgram {
     /// error when the rule fails at run time, runs past [`TIME_LIMIT`], or its `deny` is not a
     /// set of messages.
     pub fn evaluate(&self, input: &Field) -> Result<Vec<String>, EvalError> {
-        let value = self
-            .policy
-            .eval_with_input(input.0.clone())
-            .map_err(|e| EvalError(format!("{e:#}")))?;
-        messages(&value)
+        self.evaluate_hiding(input, &[])
+    }
+
+    /// [`RuleProgram::evaluate`], with every occurrence of each `(stand_in, value)`'s value in
+    /// the messages and the error replaced by its stand-in, before anything is cut: for values
+    /// of the input that no record may hold.
+    pub fn evaluate_hiding(
+        &self,
+        input: &Field,
+        hidden: &[(&str, &str)],
+    ) -> Result<Vec<String>, EvalError> {
+        self.run(input)
+            .and_then(|deny| messages(&deny, hidden))
+            .map_err(|EvalError(e)| EvalError(cut(&hide(e, hidden))))
+    }
+
+    fn run(&self, input: &Field) -> Result<Value, EvalError> {
+        // A copy of the prepared engine per evaluation (reference counts, about as cheap as
+        // regorus's own compiled-policy path) with its own timer: no process-wide setting.
+        let mut engine = regorus::Engine::clone(&self.engine);
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: TIME_LIMIT,
+            check_interval: CHECK_INTERVAL,
+        });
+        engine.set_input(input.0.clone());
+        engine
+            .eval_rule(self.entry.clone())
+            .map_err(|e| EvalError::from_regorus(&format!("{e:#}")))
     }
 }
 
-/// A compiled policy evaluates under regorus's process-wide fallback time limit (it offers no
-/// limit per policy); set it once, unless the embedding program has set its own.
-fn limit_evaluation_time() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if fallback_execution_timer_config().is_none() {
-            set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
-                limit: TIME_LIMIT,
-                check_interval: NonZeroU32::MIN.saturating_add(63),
-            }));
-        }
-    });
+/// Messages that the bytecode compiler gives for a function that does not exist.
+const UNKNOWN_FUNCTION: [&str; 3] = [
+    "Unknown function",
+    "Unknown builtin function",
+    "Not a builtin function",
+];
+
+const DENY_SHAPE: &str = "a rule file must define `deny contains msg if { ... }`";
+const NOT_A_SET: &str = "`deny` must be a set of messages";
+
+/// Work units between two reads of the clock.
+const CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(64) {
+    Some(n) => n,
+    None => NonZeroU32::MIN,
+};
+
+/// Where the source calls `rand.intn` outside a comment (the one builtin of the set gavel
+/// enables whose answer is not a function of its arguments).
+fn random_call(source: &str) -> Option<(u32, u32)> {
+    source.lines().enumerate().find_map(|(i, line)| {
+        let code = line.split('#').next().unwrap_or("");
+        let column = code.find("rand.intn")?;
+        Some((i as u32 + 1, column as u32 + 1))
+    })
 }
 
-/// `deny`'s value as messages: strings as they are, anything else as compact JSON, each cut to
-/// [`MAX_MESSAGE_CHARS`], at most [`MAX_MESSAGES`] of them (the last saying how many more).
-fn messages(deny: &Value) -> Result<Vec<String>, EvalError> {
+/// `deny`'s value as messages: strings as they are, anything else as compact JSON, each with
+/// the `hidden` values replaced and then cut to [`MAX_MESSAGE_CHARS`], at most
+/// [`MAX_MESSAGES`] of them (the last saying how many more).
+fn messages(deny: &Value, hidden: &[(&str, &str)]) -> Result<Vec<String>, EvalError> {
     let items: Vec<&Value> = match deny {
         Value::Undefined => return Ok(Vec::new()),
         Value::Set(set) => set.iter_sorted().collect(),
         Value::Array(array) => array.iter().collect(),
         other => {
-            return Err(EvalError(format!(
-                "`deny` must be a set of messages, not {}",
-                cut(&compact(other))
-            )))
+            // Whole: the caller hides values in it, then cuts it.
+            return Err(EvalError(format!("{NOT_A_SET}, not {}", compact(other))));
         }
     };
     let mut out: Vec<String> = items
         .iter()
         .take(MAX_MESSAGES)
         .map(|v| match v {
-            Value::String(s) => cut(s),
-            other => cut(&compact(other)),
+            Value::String(s) => cut(&hide(s.to_string(), hidden)),
+            other => cut(&hide(compact(other), hidden)),
         })
         .collect();
     if items.len() > MAX_MESSAGES {
@@ -179,6 +247,19 @@ fn messages(deny: &Value) -> Result<Vec<String>, EvalError> {
         }
     }
     Ok(out)
+}
+
+/// `text` with each hidden value replaced by its stand-in, longest values first (so that a
+/// value inside another does not leave the rest of the longer one behind).
+fn hide(mut text: String, hidden: &[(&str, &str)]) -> String {
+    let mut by_length: Vec<&(&str, &str)> = hidden.iter().filter(|(_, v)| !v.is_empty()).collect();
+    by_length.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    for (stand_in, value) in by_length {
+        if text.contains(value) {
+            text = text.replace(value, stand_in);
+        }
+    }
+    text
 }
 
 fn compact(value: &Value) -> String {
@@ -402,10 +483,62 @@ deny contains sprintf("principal %s may not call this", [input.principal]) if {
     }
 
     #[test]
-    fn a_deny_that_is_not_a_set_is_an_error_not_an_answer() {
-        let r = rule("package t\ndeny := true\n");
+    fn a_deny_that_is_no_set_is_refused_at_load_and_a_conflict_is_an_error() {
+        for shape in ["deny := true", "deny[k] := 1 if { some k in [\"a\"] }"] {
+            let e =
+                RuleProgram::compile("rules/t.rego", &format!("package t\n{shape}\n")).unwrap_err();
+            assert!(
+                e.message
+                    .starts_with("`deny` must be a set of messages, not"),
+                "{e}"
+            );
+            assert!(e.message.ends_with("`deny contains msg if { ... }`"), "{e}");
+        }
+        // A complete rule with two values is a conflict, found only when it is evaluated.
+        let r = rule("package t\nlevel := 1 if input.principal\nlevel := 2 if input.principal\ndeny contains \"x\" if level == 3\n");
         let e = r.evaluate(&principal("a")).unwrap_err();
-        assert!(e.0.contains("must be a set of messages"), "{e}");
+        assert!(e.0.starts_with("line "), "{e}");
+        assert!(
+            !e.0.contains('\n') && e.0.chars().count() <= MAX_MESSAGE_CHARS + 3,
+            "{e}"
+        );
+    }
+
+    /// What regorus's bytecode compiler does not support is no reason to refuse a rule, which
+    /// the interpreter runs; a random answer is.
+    #[test]
+    fn rules_the_bytecode_compiler_cannot_take_still_load_but_randomness_does_not() {
+        let r = rule(
+            r#"package t
+ceiling["gpt-4o"] := 4000
+ceiling["gpt-4o-mini"] := 1000
+deny contains "over the model's ceiling" if input.max_tokens > ceiling[input.model]
+deny contains "test" if data.t.flagged with input.principal as "x"
+flagged if input.principal == "x"
+"#,
+        );
+        let ask = |model: &str, n: u64| -> Field {
+            Doc::default()
+                .with("model", model)
+                .with("max_tokens", n)
+                .into()
+        };
+        assert_eq!(
+            r.evaluate(&ask("gpt-4o-mini", 2000)).unwrap(),
+            ["over the model's ceiling", "test"]
+        );
+        assert_eq!(r.evaluate(&ask("gpt-4o", 2000)).unwrap(), ["test"]);
+        let e = RuleProgram::compile(
+            "rules/t.rego",
+            "package t\n# rand.intn in a comment is fine\ndeny contains \"x\" if rand.intn(\"s\", 2) == 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.at, Some((3, 22)), "{e}");
+        assert!(
+            e.message
+                .contains("`rand.intn` makes a rule decide differently"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -415,6 +548,42 @@ deny contains sprintf("principal %s may not call this", [input.principal]) if {
         assert!(e.0.contains("time limit"), "{e}");
         // The next evaluation is timed afresh.
         assert!(rule(ONLY_BATCH).evaluate(&principal("a")).is_ok());
+    }
+
+    #[test]
+    fn hidden_values_are_replaced_before_messages_are_cut() {
+        let r = rule(
+            "package t\ndeny contains sprintf(\"ticket %s of %s is unknown\", [input.ticket, input.who]) if true\n",
+        );
+        let long = "k".repeat(300);
+        let doc: Field = Doc::default()
+            .with("ticket", long.as_str())
+            .with("who", "jane@example.com")
+            .into();
+        let hidden = [
+            ("[metadata.ticket]", long.as_str()),
+            ("[metadata.who]", "jane@example.com"),
+        ];
+        assert_eq!(
+            r.evaluate_hiding(&doc, &hidden).unwrap(),
+            ["ticket [metadata.ticket] of [metadata.who] is unknown"]
+        );
+        // Without hiding, the message is cut inside the value: a prefix of it would remain.
+        assert!(r.evaluate(&doc).unwrap()[0].starts_with("ticket kkkk"));
+        // Errors too: a `deny` that is no set is quoted in the error. (This one loads: with
+        // the empty input of the load-time check it is undefined.)
+        let r = rule("package t\ndeny := input.who\n");
+        let e = r.evaluate_hiding(&doc, &hidden).unwrap_err();
+        assert!(
+            e.0.contains("[metadata.who]") && !e.0.contains("jane"),
+            "{e}"
+        );
+        let r = rule("package t\ndeny := input.ticket\n");
+        let e = r.evaluate_hiding(&doc, &hidden).unwrap_err();
+        assert!(
+            e.0.contains("[metadata.ticket]") && !e.0.contains("kkk"),
+            "{e}"
+        );
     }
 
     #[test]

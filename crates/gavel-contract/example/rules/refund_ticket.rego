@@ -5,8 +5,10 @@
 # the request that asked for it.
 package acme.refunds
 
+# Keyed on the use case, not a deployment id: the agent's next version, or a fallback
+# deployment of the same use case, is covered too.
 refund if {
-	input.deployment.id == "order-agent-v2"
+	input.use_case.id == "order-agent"
 	input.action.type == "tool_call"
 	input.action.name == "issue_refund"
 }

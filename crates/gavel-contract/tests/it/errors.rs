@@ -429,3 +429,25 @@ fn a_rule_file_is_part_of_the_contract_version_but_not_of_any_binding() {
         assert_eq!(d.binding, after.deployments[id].binding, "{id}");
     }
 }
+
+/// Rules entered the contract after versions were in force: a contract without them must
+/// keep the canonical form (and so the version) it had.
+#[test]
+fn a_contract_without_rules_has_none_in_its_canonical_form() {
+    let mut f = Files::example();
+    f.edit(
+        "  rules:\n    - { id: refund-needs-ticket, file: rules/refund_ticket.rego }\n",
+        "",
+    );
+    let without = f.load().unwrap().contract;
+    assert!(without.policy.rules.is_empty());
+    assert!(serde_json::to_value(&without.policy)
+        .unwrap()
+        .get("rules")
+        .is_none());
+    let with = Files::example().load().unwrap().contract;
+    assert!(serde_json::to_value(&with.policy)
+        .unwrap()
+        .get("rules")
+        .is_some());
+}

@@ -162,6 +162,7 @@ deny contains "the canary is in the input" if contains(json.marshal(input), "zeb
     w.approve("kb-search-v1");
     let mut r = kb_request();
     r["messages"][1]["content"] = json!("zebracanary: how do I book a room?");
+    r["params"] = json!({"user": "zebracanary"});
     assert_eq!(w.decide(r.clone()).verdict, Verdict::Allow);
     r["metadata"] = json!({"note": "zebracanary"});
     assert_verdict(&w.decide(r), Verdict::Block, "rule.deny");
@@ -263,4 +264,60 @@ fn data_classes_are_listed_once() {
     let d = w.decide(r);
     assert_verdict(&d, Verdict::Block, "rule.deny");
     assert_eq!(evidence(&d, "messages"), &json!(["internal,pii"]));
+}
+
+/// A rule that quotes the caller's metadata in its message does not put it in the decision
+/// (which the ledger records): the value is replaced by `[metadata.KEY]`.
+#[test]
+fn metadata_a_rule_quotes_reaches_no_record() {
+    let quotes = "package q\ndeny contains sprintf(\"ticket %s is unknown\", [input.metadata.ticket_id]) if input.metadata.ticket_id\n";
+    let w = world_with_rules(
+        "    - { id: quotes, file: rules/quotes.rego }",
+        &[("rules/quotes.rego", quotes)],
+        &[],
+    );
+    w.approve("kb-search-v1");
+    let secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = kb_request();
+    r["metadata"] = json!({"ticket_id": secret});
+    let d = w.decide(r);
+    assert_verdict(&d, Verdict::Block, "rule.deny");
+    assert_eq!(
+        evidence(&d, "messages"),
+        &json!(["ticket [metadata.ticket_id] is unknown"])
+    );
+    assert!(!serde_json::to_string(&d)
+        .unwrap()
+        .contains("abcdefghijklmnop"));
+}
+
+/// A `flag` rule takes no part in the verdict: when it cannot be evaluated, the failure is
+/// noted and the request goes on (a `block` rule's failure blocks: see above).
+#[test]
+fn a_flag_rule_that_fails_is_noted_not_enforced() {
+    let fails = "package f\ndeny contains \"x\" if to_number(input.metadata.n) > 1\n";
+    let w = world_with_rules(
+        "    - { id: fails, file: rules/fails.rego, action: flag }",
+        &[("rules/fails.rego", fails)],
+        &[],
+    );
+    w.approve("kb-search-v1");
+    let mut r = kb_request();
+    r["metadata"] = json!({"n": "many"});
+    let d = w.decide(r);
+    assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+    let note = d
+        .reasons
+        .iter()
+        .find(|r| r.code.as_str() == "rule.flagged")
+        .unwrap();
+    assert_eq!(note.evidence["rule"], "fails");
+    assert!(
+        note.message.contains("could not be evaluated"),
+        "{}",
+        note.message
+    );
+    assert!(note.evidence["error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
 }
