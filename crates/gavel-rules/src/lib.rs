@@ -101,6 +101,22 @@ impl RuleProgram {
     /// Compiles the Rego v1 module `source`; `name` (the file's path as the contract gives it)
     /// is what errors are reported against.
     pub fn compile(name: &str, source: &str) -> Result<RuleProgram, CompileError> {
+        if let Some(at) = too_deep(source) {
+            return Err(CompileError {
+                at: Some(at),
+                message: format!("brackets and braces nest more than {MAX_NESTING} deep here; regorus's parser takes time exponential in nesting, so gavel refuses it: name the inner parts with helper rules"),
+            });
+        }
+        guarded(|| RuleProgram::compile_checked(name, source)).unwrap_or_else(|why| {
+            Err(CompileError {
+                at: None,
+                message: why,
+            })
+        })
+    }
+
+    /// [`RuleProgram::compile`] once the nesting is known to be within the parser's reach.
+    fn compile_checked(name: &str, source: &str) -> Result<RuleProgram, CompileError> {
         let mut engine = regorus::Engine::new();
         let package = engine
             .add_policy(name.to_string(), source.to_string())
@@ -188,10 +204,25 @@ impl RuleProgram {
             check_interval: CHECK_INTERVAL,
         });
         engine.set_input(input.0.clone());
-        engine
-            .eval_rule(self.entry.clone())
+        guarded(|| engine.eval_rule(self.entry.clone()))
+            .map_err(EvalError)?
             .map_err(|e| EvalError::from_regorus(&format!("{e:#}")))
     }
+}
+
+/// Runs `work` on regorus, a panic in it (fuzzing found one: an error message formatting a
+/// number) becoming an error: a rule that breaks regorus is refused at load, or fails its
+/// request closed, and never takes the thread (the gateway's decider) down with it. Whatever
+/// panicked is dropped with the unwinding; the prepared engine is only ever read.
+fn guarded<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        format!("regorus failed on this rule (internal error: {why})")
+    })
 }
 
 /// Messages that the bytecode compiler gives for a function that does not exist.
@@ -209,6 +240,57 @@ const CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(64) {
     Some(n) => n,
     None => NonZeroU32::MIN,
 };
+
+/// Deepest nesting of `[` and `{` a rule may have. regorus 0.14.1 parses nested brackets in
+/// time that doubles with each level (12: about 5 ms; 20: about a second; found by fuzzing);
+/// a rule nests three or four.
+const MAX_NESTING: usize = 12;
+
+/// Where `[` and `{`, outside strings and comments, first nest deeper than [`MAX_NESTING`].
+fn too_deep(source: &str) -> Option<(u32, u32)> {
+    let mut depth = 0usize;
+    let (mut line, mut column) = (1u32, 0u32);
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        column += 1;
+        match c {
+            '\n' => (line, column) = (line + 1, 0),
+            '#' => {
+                // A comment runs to the end of the line.
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        (line, column) = (line + 1, 0);
+                        break;
+                    }
+                }
+            }
+            '"' | '`' => {
+                let close = c;
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    column += 1;
+                    if c == '\n' {
+                        (line, column) = (line + 1, 0);
+                    }
+                    match c {
+                        '\\' if close == '"' && !escaped => escaped = true,
+                        c if c == close && !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some((line, column));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
 
 /// Where the source calls `rand.intn` outside a comment (the one builtin of the set gavel
 /// enables whose answer is not a function of its arguments).
@@ -446,6 +528,62 @@ deny contains sprintf("principal %s may not call this", [input.principal]) if {
         let e = RuleProgram::compile("rules/t.rego", "package t\ndeny[m] { m := input.x }\n")
             .unwrap_err();
         assert!(e.message.contains("`if`"), "{e}");
+    }
+
+    /// Found by the fuzz target: 147 bytes of nested `[` kept regorus's parser busy for
+    /// minutes. Nesting past the limit is refused before the parser sees it, quickly.
+    #[test]
+    fn deep_nesting_is_refused_before_the_parser_sees_it() {
+        let found = "package t\ndeny contains sp[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[rintf, [ ((((((((s((";
+        let e = RuleProgram::compile("rules/t.rego", found).unwrap_err();
+        assert_eq!(e.at, Some((2, 29)), "{e}");
+        assert!(
+            e.message
+                .starts_with("brackets and braces nest more than 12 deep"),
+            "{e}"
+        );
+        let nested = |n: usize| {
+            format!(
+                "package t\n# [[[[[[[[[[[[[[[[ in a comment\ndeny contains \"x\" if {{\n  x := {}1{}\n  \"\\\"{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{\" != `[[[[[[[[[[[[[[[[`\n}}\n",
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        // The rule's body is one level: 11 more are allowed, 12 more are not.
+        assert!(RuleProgram::compile("rules/t.rego", &nested(11)).is_ok());
+        let e = RuleProgram::compile("rules/t.rego", &nested(12)).unwrap_err();
+        assert_eq!(e.at, Some((4, 19)), "{e}");
+    }
+
+    /// Found by the fuzz target: regorus panics on this file (formatting a number for an
+    /// error message). A panic is an error, at load or when evaluated, never the caller's.
+    #[test]
+    fn a_rule_that_makes_regorus_panic_is_an_error() {
+        const FOUND: &str = "package t00\ndeny contains 44444444444444444444444444444444444444444444444444444444444000000000000044444444444888844440000000044444444444888844444444444444444444444444444444444444444444444*444000000000000044444444444888844440000000044444444444888844444444444444444444444444444444444444444444444*44444444444444000000000000044444444444888844444444444444444444444444444444444444444444444*444444444444444444|444444444444444444444444444444444444444444444*444444444444440044444444444444000000000000044444444444888844444444444444444444444444444444444444444444444*4444444444444444444444444444444444444444444444444444444444444444*44444444444444000000000000044444444444888844444444444444444444444444444444444444444444444*444444444444444444444444444444\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00000000000000000000000010.y";
+        match RuleProgram::compile("rules/t.rego", FOUND) {
+            Err(e) => assert!(!e.message.is_empty()),
+            Ok(rule) => {
+                let _ = rule.evaluate(&principal("a"));
+            }
+        }
+        // The same panic from a request's value: the rule loads (its body is undefined on the
+        // load-time check's empty input) and fails the request it panics on.
+        let product = vec!["4".repeat(60); 6].join(" * ");
+        let r = rule(&format!(
+            "package t\ndeny contains x if {{ x := {product} * input.n | 1 }}\n"
+        ));
+        let e = r
+            .evaluate(&Doc::default().with("n", 1u64).into())
+            .unwrap_err();
+        assert!(
+            e.0.starts_with("regorus failed on this rule (internal error: a formatting trait"),
+            "{e}"
+        );
+        let e = guarded(|| -> u8 { panic!("regorus broke") }).unwrap_err();
+        assert_eq!(
+            e,
+            "regorus failed on this rule (internal error: regorus broke)"
+        );
     }
 
     #[test]
