@@ -101,11 +101,8 @@ impl RuleProgram {
     /// Compiles the Rego v1 module `source`; `name` (the file's path as the contract gives it)
     /// is what errors are reported against.
     pub fn compile(name: &str, source: &str) -> Result<RuleProgram, CompileError> {
-        if let Some(at) = too_deep(source) {
-            return Err(CompileError {
-                at: Some(at),
-                message: format!("brackets and braces nest more than {MAX_NESTING} deep here; regorus's parser takes time exponential in nesting, so gavel refuses it: name the inner parts with helper rules"),
-            });
+        if let Some(e) = beyond_the_parser(source) {
+            return Err(e);
         }
         guarded(|| RuleProgram::compile_checked(name, source)).unwrap_or_else(|why| {
             Err(CompileError {
@@ -245,12 +242,18 @@ const CHECK_INTERVAL: NonZeroU32 = match NonZeroU32::new(64) {
 /// time that doubles with each level (12: about 5 ms; 20: about a second; found by fuzzing);
 /// a rule nests three or four.
 const MAX_NESTING: usize = 12;
+/// Most digits a number's exponent may have: regorus 0.14.1 takes time that grows with the
+/// exponent itself (`0e400000`: 21 ms; found by fuzzing), and a rule needs none this large.
+const MAX_EXPONENT_DIGITS: usize = 3;
 
-/// Where `[` and `{`, outside strings and comments, first nest deeper than [`MAX_NESTING`].
-fn too_deep(source: &str) -> Option<(u32, u32)> {
+/// Where `[` and `{`, outside strings and comments, first nest deeper than [`MAX_NESTING`], or
+/// a number's exponent has more than [`MAX_EXPONENT_DIGITS`] digits: what regorus's parser
+/// cannot take in reasonable time, said before it is given the file.
+fn beyond_the_parser(source: &str) -> Option<CompileError> {
     let mut depth = 0usize;
     let (mut line, mut column) = (1u32, 0u32);
-    let mut chars = source.chars();
+    let mut previous = ' ';
+    let mut chars = source.chars().peekable();
     while let Some(c) = chars.next() {
         column += 1;
         match c {
@@ -282,12 +285,39 @@ fn too_deep(source: &str) -> Option<(u32, u32)> {
             '[' | '{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return Some((line, column));
+                    return Some(CompileError {
+                        at: Some((line, column)),
+                        message: format!("brackets and braces nest more than {MAX_NESTING} deep here; regorus's parser takes time exponential in nesting, so gavel refuses it: name the inner parts with helper rules"),
+                    });
                 }
             }
             ']' | '}' => depth = depth.saturating_sub(1),
+            '0'..='9' if !(previous.is_alphanumeric() || previous == '_') => {
+                let at = (line, column);
+                let mut exponent_digits = None;
+                while let Some(&next) = chars.peek() {
+                    match (next, exponent_digits) {
+                        ('0'..='9', Some(n)) => exponent_digits = Some(n + 1),
+                        ('0'..='9' | '.', None) => {}
+                        ('e' | 'E', None) => exponent_digits = Some(0),
+                        ('+' | '-', Some(0)) if matches!(previous, 'e' | 'E') => {}
+                        _ => break,
+                    }
+                    previous = next;
+                    column += 1;
+                    chars.next();
+                }
+                if exponent_digits.unwrap_or(0) > MAX_EXPONENT_DIGITS {
+                    return Some(CompileError {
+                        at: Some(at),
+                        message: format!("a number's exponent has more than {MAX_EXPONENT_DIGITS} digits; regorus's parser takes time that grows with it: write the number out or use a smaller exponent"),
+                    });
+                }
+                continue;
+            }
             _ => {}
         }
+        previous = c;
     }
     None
 }
@@ -584,6 +614,36 @@ deny contains sprintf("principal %s may not call this", [input.principal]) if {
             e,
             "regorus failed on this rule (internal error: regorus broke)"
         );
+    }
+
+    /// Found by the fuzz target: `0e40000000` kept regorus's parser busy for seconds.
+    #[test]
+    fn a_number_with_a_long_exponent_is_refused_before_the_parser_sees_it() {
+        let with = |number: &str| {
+            RuleProgram::compile(
+                "rules/t.rego",
+                &format!("package t\n\ndeny contains \"x\" if {{ input.n > {number} }}\n"),
+            )
+        };
+        for refused in ["0e40000000", "1.5E+1000", "2e-0001"] {
+            let e = with(refused).unwrap_err();
+            assert_eq!(e.at, Some((3, 34)), "{refused}: {e}");
+            assert!(
+                e.message
+                    .starts_with("a number's exponent has more than 3 digits"),
+                "{e}"
+            );
+        }
+        for allowed in ["1e308", "1.5E+100", "2e-9", "1000000", "x1e40000"] {
+            let e = with(allowed).err().map(|e| e.message).unwrap_or_default();
+            assert!(!e.contains("exponent"), "{allowed}: {e}");
+        }
+        // In a string or a comment it is only text.
+        assert!(RuleProgram::compile(
+            "rules/t.rego",
+            "package t\n# 0e40000000\ndeny contains \"0e40000000\" if input.n > 1\n"
+        )
+        .is_ok());
     }
 
     #[test]
