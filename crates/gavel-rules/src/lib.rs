@@ -245,19 +245,29 @@ const MAX_NESTING: usize = 12;
 /// Most digits a number's exponent may have: regorus 0.14.1 takes time that grows with the
 /// exponent itself (`0e400000`: 21 ms; found by fuzzing), and a rule needs none this large.
 const MAX_EXPONENT_DIGITS: usize = 3;
+/// Most minus signs in a row (`- - -x`): regorus 0.14.1 parses each as a unary minus by
+/// recursion, and about 900 overflowed a 2 MiB thread's stack, which aborts the process
+/// (found by fuzzing). Rego has no `--`; one is all a rule needs.
+const MAX_MINUSES: usize = 4;
 
 /// Where `[` and `{`, outside strings and comments, first nest deeper than [`MAX_NESTING`], or
 /// a number's exponent has more than [`MAX_EXPONENT_DIGITS`] digits: what regorus's parser
 /// cannot take in reasonable time, said before it is given the file.
 fn beyond_the_parser(source: &str) -> Option<CompileError> {
     let mut depth = 0usize;
+    let mut minuses = 0usize;
     let (mut line, mut column) = (1u32, 0u32);
     let mut previous = ' ';
     let mut chars = source.chars().peekable();
     while let Some(c) = chars.next() {
         column += 1;
         match c {
-            '\n' => (line, column) = (line + 1, 0),
+            // Space and comments separate tokens and end none of the runs counted here.
+            '\n' => {
+                (line, column) = (line + 1, 0);
+                previous = c;
+                continue;
+            }
             '#' => {
                 // A comment runs to the end of the line.
                 for c in chars.by_ref() {
@@ -266,6 +276,8 @@ fn beyond_the_parser(source: &str) -> Option<CompileError> {
                         break;
                     }
                 }
+                previous = '\n';
+                continue;
             }
             '"' | '`' => {
                 let close = c;
@@ -292,6 +304,21 @@ fn beyond_the_parser(source: &str) -> Option<CompileError> {
                 }
             }
             ']' | '}' => depth = depth.saturating_sub(1),
+            '-' => {
+                minuses += 1;
+                if minuses > MAX_MINUSES {
+                    return Some(CompileError {
+                        at: Some((line, column)),
+                        message: format!("more than {MAX_MINUSES} minus signs in a row; regorus's parser recurses once for each, and enough of them overflow its stack: write the value out"),
+                    });
+                }
+                previous = c;
+                continue;
+            }
+            c if c.is_whitespace() => {
+                previous = c;
+                continue;
+            }
             '0'..='9' if !(previous.is_alphanumeric() || previous == '_') => {
                 let at = (line, column);
                 let mut exponent_digits = None;
@@ -307,6 +334,7 @@ fn beyond_the_parser(source: &str) -> Option<CompileError> {
                     column += 1;
                     chars.next();
                 }
+                minuses = 0;
                 if exponent_digits.unwrap_or(0) > MAX_EXPONENT_DIGITS {
                     return Some(CompileError {
                         at: Some(at),
@@ -317,6 +345,7 @@ fn beyond_the_parser(source: &str) -> Option<CompileError> {
             }
             _ => {}
         }
+        minuses = 0;
         previous = c;
     }
     None
@@ -614,6 +643,40 @@ deny contains sprintf("principal %s may not call this", [input.principal]) if {
             e,
             "regorus failed on this rule (internal error: regorus broke)"
         );
+    }
+
+    /// Found by the fuzz target (under AddressSanitizer): a few hundred minus signs overflow
+    /// the parser's stack, which aborts the process; space, newlines and comments between
+    /// them change nothing.
+    #[test]
+    fn a_run_of_minus_signs_is_refused_before_the_parser_sees_it() {
+        for run in [
+            "-----1",
+            "- - - - -1",
+            "-\n-\n-\n-\n-1",
+            "-#a\n-#b\n-#c\n-#d\n-1",
+            &"-".repeat(900),
+        ] {
+            let e = RuleProgram::compile(
+                "rules/t.rego",
+                &format!("package t\ndeny contains \"x\" if input.n > {run}\n"),
+            )
+            .unwrap_err();
+            assert!(
+                e.message.starts_with("more than 4 minus signs in a row"),
+                "{run:?}: {e}"
+            );
+        }
+        for fine in ["- - - -1", "1 - -1", "\"-----\"", "`-----`", "1e-5 - -2"] {
+            let rule = format!("package t\n# -----\ndeny contains \"x\" if input.n > {fine}\n");
+            let e = RuleProgram::compile("rules/t.rego", &rule)
+                .err()
+                .map(|e| e.message);
+            assert!(
+                !e.clone().unwrap_or_default().contains("minus"),
+                "{fine}: {e:?}"
+            );
+        }
     }
 
     /// Found by the fuzz target: `0e40000000` kept regorus's parser busy for seconds.
