@@ -2,11 +2,11 @@
 //!
 //! Guards run cheapest first and stop at the first terminal verdict: state (kills, cooldowns),
 //! approval, conformance, content scanning, sovereignty, the contract's custom rules (Rego),
-//! then the budget reservation. The
-//! reservation is taken last, so a request that a guard refuses never holds budget. Any error
-//! from the state backend ends the pipeline with BLOCK `governance.unavailable`. A caller may
-//! run the content scanners ahead ([`Engine::prescan`]); the scanning step then takes that
-//! report at its place in the order, so the verdict is the same.
+//! then the budget reservation. The reservation is taken last, so a request that a guard
+//! refuses never holds budget. Any error from the state backend ends the pipeline with BLOCK
+//! `governance.unavailable`. A caller may run the content scanners ahead
+//! ([`Engine::prescan`]); the scanning step then takes that report at its place in the order,
+//! so the verdict is the same.
 
 use std::sync::Arc;
 

@@ -44,6 +44,7 @@ pub const TIME_LIMIT: Duration = Duration::from_millis(50);
 pub const MAX_MESSAGES: usize = 8;
 /// Most characters kept of each message, for the same reason.
 pub const MAX_MESSAGE_CHARS: usize = 200;
+
 /// One compiled rule file: its package's `deny` set, ready to evaluate from any thread.
 #[derive(Clone)]
 pub struct RuleProgram {
@@ -112,7 +113,7 @@ impl RuleProgram {
         })
     }
 
-    /// [`RuleProgram::compile`] once the nesting is known to be within the parser's reach.
+    /// [`RuleProgram::compile`] once the source is known to be within the parser's reach.
     fn compile_checked(name: &str, source: &str) -> Result<RuleProgram, CompileError> {
         let mut engine = regorus::Engine::new();
         let package = engine
