@@ -1443,8 +1443,7 @@ impl Ctx<'_> {
                 now: self.now,
             },
         );
-        let stand_ins = crate::custom_rules::hidden(self.request);
-        let hidden: Vec<(&str, &str)> = stand_ins.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+        let hidden = crate::custom_rules::hidden(self.request);
         for rule in rules {
             let messages = match rule.program.evaluate_hiding(&input, &hidden) {
                 Ok(messages) => messages,

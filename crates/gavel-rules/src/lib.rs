@@ -102,7 +102,7 @@ impl RuleProgram {
     /// Compiles the Rego v1 module `source`; `name` (the file's path as the contract gives it)
     /// is what errors are reported against.
     pub fn compile(name: &str, source: &str) -> Result<RuleProgram, CompileError> {
-        if let Some(e) = beyond_the_parser(source) {
+        if let Some(e) = refused_before_parsing(source) {
             return Err(e);
         }
         guarded(|| RuleProgram::compile_checked(name, source)).unwrap_or_else(|why| {
@@ -113,7 +113,8 @@ impl RuleProgram {
         })
     }
 
-    /// [`RuleProgram::compile`] once the source is known to be within the parser's reach.
+    /// [`RuleProgram::compile`] once the source is known to be within the parser's reach and
+    /// free of randomness.
     fn compile_checked(name: &str, source: &str) -> Result<RuleProgram, CompileError> {
         let mut engine = regorus::Engine::new();
         let package = engine
@@ -144,12 +145,6 @@ impl RuleProgram {
                 return Err(CompileError::from_regorus(&text));
             }
         }
-        if let Some(at) = random_call(source) {
-            return Err(CompileError {
-                at: Some(at),
-                message: "`rand.intn` makes a rule decide differently each time it runs (and on replay); derive what you need from the input".into(),
-            });
-        }
         let rule = RuleProgram {
             package,
             entry,
@@ -177,16 +172,16 @@ impl RuleProgram {
     /// error when the rule fails at run time, runs past [`TIME_LIMIT`], or its `deny` is not a
     /// set of messages.
     pub fn evaluate(&self, input: &Field) -> Result<Vec<String>, EvalError> {
-        self.evaluate_hiding(input, &[])
+        self.evaluate_hiding::<&str>(input, &[])
     }
 
     /// [`RuleProgram::evaluate`], with every occurrence of each `(stand_in, value)`'s value in
     /// the messages and the error replaced by its stand-in, before anything is cut: for values
     /// of the input that no record may hold.
-    pub fn evaluate_hiding(
+    pub fn evaluate_hiding<S: AsRef<str>>(
         &self,
         input: &Field,
-        hidden: &[(&str, &str)],
+        hidden: &[(S, &str)],
     ) -> Result<Vec<String>, EvalError> {
         self.run(input)
             .and_then(|deny| messages(&deny, hidden))
@@ -251,15 +246,17 @@ const MAX_EXPONENT_DIGITS: usize = 3;
 /// (found by fuzzing). Rego has no `--`; one is all a rule needs.
 const MAX_MINUSES: usize = 4;
 
-/// Where `[` and `{`, outside strings and comments, first nest deeper than [`MAX_NESTING`], or
-/// a number's exponent has more than [`MAX_EXPONENT_DIGITS`] digits: what regorus's parser
-/// cannot take in reasonable time, said before it is given the file.
-fn beyond_the_parser(source: &str) -> Option<CompileError> {
+/// What is refused in one pass over the source, outside strings and comments, before
+/// regorus's parser is given it: what the parser cannot take in reasonable time (`[` and `{`
+/// nested deeper than [`MAX_NESTING`], an exponent of more than [`MAX_EXPONENT_DIGITS`]
+/// digits, more than [`MAX_MINUSES`] minus signs in a row), and a call of `rand.intn`, the one
+/// builtin of the set gavel enables whose answer is not a function of its arguments.
+fn refused_before_parsing(source: &str) -> Option<CompileError> {
     let mut depth = 0usize;
     let mut minuses = 0usize;
     let (mut line, mut column) = (1u32, 0u32);
     let mut previous = ' ';
-    let mut chars = source.chars().peekable();
+    let mut chars = source.chars();
     while let Some(c) = chars.next() {
         column += 1;
         match c {
@@ -323,7 +320,7 @@ fn beyond_the_parser(source: &str) -> Option<CompileError> {
             '0'..='9' if !(previous.is_alphanumeric() || previous == '_') => {
                 let at = (line, column);
                 let mut exponent_digits = None;
-                while let Some(&next) = chars.peek() {
+                while let Some(next) = chars.clone().next() {
                     match (next, exponent_digits) {
                         ('0'..='9', Some(n)) => exponent_digits = Some(n + 1),
                         ('0'..='9' | '.', None) => {}
@@ -344,6 +341,15 @@ fn beyond_the_parser(source: &str) -> Option<CompileError> {
                 }
                 continue;
             }
+            // `chars` is past the `r`: what follows it in the source.
+            'r' if !(previous.is_alphanumeric() || previous == '_')
+                && chars.as_str().starts_with("and.intn") =>
+            {
+                return Some(CompileError {
+                    at: Some((line, column)),
+                    message: "`rand.intn` makes a rule decide differently each time it runs (and on replay); derive what you need from the input".into(),
+                });
+            }
             _ => {}
         }
         minuses = 0;
@@ -352,20 +358,10 @@ fn beyond_the_parser(source: &str) -> Option<CompileError> {
     None
 }
 
-/// Where the source calls `rand.intn` outside a comment (the one builtin of the set gavel
-/// enables whose answer is not a function of its arguments).
-fn random_call(source: &str) -> Option<(u32, u32)> {
-    source.lines().enumerate().find_map(|(i, line)| {
-        let code = line.split('#').next().unwrap_or("");
-        let column = code.find("rand.intn")?;
-        Some((i as u32 + 1, column as u32 + 1))
-    })
-}
-
 /// `deny`'s value as messages: strings as they are, anything else as compact JSON, each with
 /// the `hidden` values replaced and then cut to [`MAX_MESSAGE_CHARS`], at most
 /// [`MAX_MESSAGES`] of them (the last saying how many more).
-fn messages(deny: &Value, hidden: &[(&str, &str)]) -> Result<Vec<String>, EvalError> {
+fn messages<S: AsRef<str>>(deny: &Value, hidden: &[(S, &str)]) -> Result<Vec<String>, EvalError> {
     let items: Vec<&Value> = match deny {
         Value::Undefined => return Ok(Vec::new()),
         Value::Set(set) => set.iter_sorted().collect(),
@@ -393,12 +389,12 @@ fn messages(deny: &Value, hidden: &[(&str, &str)]) -> Result<Vec<String>, EvalEr
 
 /// `text` with each hidden value replaced by its stand-in, longest values first (so that a
 /// value inside another does not leave the rest of the longer one behind).
-fn hide(mut text: String, hidden: &[(&str, &str)]) -> String {
-    let mut by_length: Vec<&(&str, &str)> = hidden.iter().filter(|(_, v)| !v.is_empty()).collect();
+fn hide<S: AsRef<str>>(mut text: String, hidden: &[(S, &str)]) -> String {
+    let mut by_length: Vec<&(S, &str)> = hidden.iter().filter(|(_, v)| !v.is_empty()).collect();
     by_length.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
     for (stand_in, value) in by_length {
         if text.contains(value) {
-            text = text.replace(value, stand_in);
+            text = text.replace(value, stand_in.as_ref());
         }
     }
     text
@@ -796,6 +792,18 @@ flagged if input.principal == "x"
         )
         .unwrap_err();
         assert_eq!(e.at, Some((3, 22)), "{e}");
+        // A `#` in a string starts no comment, and `rand.intn` in a string is only text.
+        let e = RuleProgram::compile(
+            "rules/t.rego",
+            "package t\ndeny contains \"#1\" if rand.intn(\"s\", 2) == 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.at, Some((2, 23)), "{e}");
+        assert!(RuleProgram::compile(
+            "rules/t.rego",
+            "package t\ndeny contains \"no rand.intn(x) here\" if input.brand.intnx\n"
+        )
+        .is_ok());
         assert!(
             e.message
                 .contains("`rand.intn` makes a rule decide differently"),
